@@ -1,0 +1,172 @@
+//! The candle backend of the encoder: a BERT-family forward pass (candle-transformers'
+//! `BertModel`) plus mean or CLS pooling, on CPU or, with the `cuda` feature, an NVIDIA GPU.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), souk_encoder_core::EncoderError> {
+//! use souk_encoder_core::{Backend, Batch, ModelFiles, TextTokenizer};
+//! let files = ModelFiles::open("models/all-MiniLM-L6-v2")?;
+//! let mut backend = souk_encoder_candle::CandleBackend::load(&files, "cpu", "f32")?;
+//! let tokenizer = TextTokenizer::load(&files)?;
+//! let batch = Batch { sequences: vec![tokenizer.encode_one("hello", true)?] };
+//! assert_eq!(backend.embed(&batch)?[0].len(), 384);
+//! # Ok(()) }
+//! ```
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
+
+/// A loaded model on one device.
+pub struct CandleBackend {
+    model: BertModel,
+    device: Device,
+    device_name: String,
+    dtype: DType,
+    pooling: Pooling,
+    dimension: usize,
+}
+
+fn backend_err(e: candle_core::Error) -> EncoderError {
+    EncoderError::Backend(e.to_string())
+}
+
+/// Parses `cpu` or `cuda:N` (`cuda` alone means `cuda:0`).
+///
+/// # Errors
+/// An unknown device, or `cuda` in a build without the `cuda` feature.
+pub fn parse_device(name: &str) -> Result<Device, EncoderError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other if other == "cuda" || other.starts_with("cuda:") => {
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .map_err(|e| EncoderError::Model(format!("device {other:?}: {e}")))?
+                .unwrap_or(0);
+            if cfg!(feature = "cuda") {
+                Device::new_cuda(ordinal).map_err(backend_err)
+            } else {
+                let _ = ordinal;
+                Err(EncoderError::Model(format!(
+                    "device {other:?}: this binary was built without the `cuda` feature"
+                )))
+            }
+        }
+        other => Err(EncoderError::Model(format!(
+            "device {other:?}: expected cpu or cuda:N"
+        ))),
+    }
+}
+
+impl CandleBackend {
+    /// Loads the weights of `files` onto `device` (`cpu`, `cuda:N`) as `dtype` (`f32`; `f16` and
+    /// `bf16` only on GPU, where they pay off).
+    ///
+    /// # Errors
+    /// A bad device or dtype, or weights that do not fit the config.
+    pub fn load(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
+        let device_handle = parse_device(device)?;
+        let dtype_value = match dtype {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            other => {
+                return Err(EncoderError::Model(format!(
+                    "dtype {other:?}: expected f32, f16 or bf16"
+                )));
+            }
+        };
+        if device_handle.is_cpu() && dtype_value != DType::F32 {
+            return Err(EncoderError::Model(format!(
+                "dtype {dtype} is only supported on GPU; use f32 on cpu"
+            )));
+        }
+        let config_text = std::fs::read_to_string(&files.config)
+            .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
+        let config: Config = serde_json::from_str(&config_text)
+            .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
+        let dimension = serde_json::from_str::<serde_json::Value>(&config_text)
+            .ok()
+            .and_then(|v| v.get("hidden_size").and_then(|h| h.as_u64()))
+            .ok_or_else(|| EncoderError::Model("config.json has no hidden_size".into()))?
+            as usize;
+        // Memory-mapping is the one unsafe step: the file must not change while mapped.
+        let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
+        let model = BertModel::load(vb, &config).map_err(backend_err)?;
+        Ok(Self {
+            model,
+            device: device_handle,
+            device_name: device.to_string(),
+            dtype: dtype_value,
+            pooling: files.pooling,
+            dimension,
+        })
+    }
+
+    fn forward(&self, batch: &Batch) -> candle_core::Result<Vec<Vec<f32>>> {
+        let n = batch.sequences.len();
+        let width = batch.max_len().max(1);
+        let mut ids = vec![0u32; n * width];
+        let mut types = vec![0u32; n * width];
+        let mut mask = vec![0u32; n * width];
+        for (row, seq) in batch.sequences.iter().enumerate() {
+            let base = row * width;
+            ids[base..base + seq.ids.len()].copy_from_slice(&seq.ids);
+            types[base..base + seq.type_ids.len()].copy_from_slice(&seq.type_ids);
+            mask[base..base + seq.ids.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
+        let types = Tensor::from_vec(types, (n, width), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let mask = mask.to_dtype(self.dtype)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1f64, f64::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+        };
+        pooled.to_dtype(DType::F32)?.to_vec2::<f32>()
+    }
+}
+
+#[allow(unsafe_code)]
+fn load_weights(
+    path: &std::path::Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>, EncoderError> {
+    // SAFETY: the weights file is read-only model data that souk never writes; mapping it
+    // avoids a copy of the whole model in memory.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
+        .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))
+}
+
+impl Backend for CandleBackend {
+    fn embed(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, EncoderError> {
+        if batch.sequences.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.forward(batch).map_err(backend_err)
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn device(&self) -> String {
+        self.device_name.clone()
+    }
+
+    fn dtype(&self) -> String {
+        match self.dtype {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        }
+        .to_string()
+    }
+}

@@ -1,0 +1,308 @@
+//! Dynamic batching under a token budget (the idea of TEI's `max_batch_tokens`).
+//!
+//! Callers tokenize on the blocking pool, then queue a job on a bounded channel. One inference
+//! thread owns the [`Backend`]: it takes the first waiting job, drains whatever else is queued
+//! up to the token budget, sorts all sequences by length (so each forward pass pads little),
+//! cuts them into passes of at most `max_batch_tokens` padded tokens, and replies to every job.
+//! A full queue answers [`EncoderError::Overloaded`] at once instead of growing memory.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Backend, Batch, EncoderError, Sequence, TextTokenizer, l2_normalize};
+
+/// Limits of the batcher.
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherOptions {
+    /// Padded tokens (longest sequence x sequences) in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Jobs (requests) waiting for the inference thread before new ones are refused.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatcherOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 16_384,
+            queue_capacity: 256,
+        }
+    }
+}
+
+/// One embedded text.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub vector: Vec<f32>,
+    /// Word pieces the model saw.
+    pub tokens: usize,
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Default)]
+pub struct BatcherStats {
+    pub forward_passes: AtomicU64,
+    pub sequences: AtomicU64,
+    pub padded_tokens: AtomicU64,
+    pub real_tokens: AtomicU64,
+    pub inference_micros: AtomicU64,
+}
+
+struct Job {
+    sequences: Vec<Sequence>,
+    normalize: bool,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EncoderError>>,
+}
+
+/// Handle to the inference thread; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    tokenizer: Arc<TextTokenizer>,
+    stats: Arc<BatcherStats>,
+    dimension: usize,
+    device: String,
+    dtype: String,
+}
+
+impl Batcher {
+    /// Starts the inference thread, which owns `backend` until every handle is dropped.
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn spawn<B: Backend>(
+        backend: B,
+        tokenizer: TextTokenizer,
+        options: BatcherOptions,
+    ) -> Result<Self, EncoderError> {
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let stats = Arc::new(BatcherStats::default());
+        let (dimension, device, dtype) = (backend.dimension(), backend.device(), backend.dtype());
+        let worker_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("souk-encoder-inference".into())
+            .spawn(move || run_inference(backend, rx, options, &worker_stats))
+            .map_err(|e| EncoderError::Backend(format!("cannot start the inference thread: {e}")))?;
+        Ok(Self {
+            tx,
+            tokenizer: Arc::new(tokenizer),
+            stats,
+            dimension,
+            device,
+            dtype,
+        })
+    }
+
+    /// Tokenizes and embeds `texts`, sharing forward passes with concurrent callers.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a text over the limit with `truncate` false (naming its index);
+    /// `Overloaded` when the queue is full; `Backend` when the forward pass fails.
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        normalize: bool,
+    ) -> Result<Vec<Embedded>, EncoderError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokenizer = self.tokenizer.clone();
+        let sequences = tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate))
+            .await
+            .map_err(|e| EncoderError::Backend(format!("tokenizer task failed: {e}")))??;
+        let tokens: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Job {
+                sequences,
+                normalize,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EncoderError::Overloaded(format!(
+                    "{} requests already queued; retry with backoff",
+                    self.tx.max_capacity()
+                )),
+                mpsc::error::TrySendError::Closed(_) => EncoderError::Closed,
+            })?;
+        let vectors = answer.await.map_err(|_| EncoderError::Closed)??;
+        Ok(vectors
+            .into_iter()
+            .zip(tokens)
+            .map(|(vector, tokens)| Embedded { vector, tokens })
+            .collect())
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> &str {
+        &self.dtype
+    }
+
+    /// Jobs waiting for the inference thread.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn stats(&self) -> &BatcherStats {
+        &self.stats
+    }
+}
+
+/// Sequence `index` of job `job`.
+struct Slot {
+    job: usize,
+    index: usize,
+    sequence: Sequence,
+}
+
+fn run_inference<B: Backend>(
+    mut backend: B,
+    mut rx: mpsc::Receiver<Job>,
+    options: BatcherOptions,
+    stats: &BatcherStats,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut queued: usize = first.sequences.iter().map(|s| s.ids.len()).sum();
+        let mut jobs = vec![first];
+        while queued < options.max_batch_tokens {
+            match rx.try_recv() {
+                Ok(job) => {
+                    queued += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut slots = Vec::new();
+        let mut results: Vec<Result<Vec<Vec<f32>>, EncoderError>> = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.into_iter().enumerate() {
+            results.push(Ok(vec![Vec::new(); job.sequences.len()]));
+            replies.push((job.reply, job.normalize));
+            for (index, sequence) in job.sequences.into_iter().enumerate() {
+                slots.push(Slot { job: j, index, sequence });
+            }
+        }
+        slots.sort_by_key(|s| s.sequence.ids.len());
+        for pass in split_by_budget(slots, options.max_batch_tokens) {
+            let owners: Vec<(usize, usize)> = pass.iter().map(|s| (s.job, s.index)).collect();
+            let batch = Batch {
+                sequences: pass.into_iter().map(|s| s.sequence).collect(),
+            };
+            let started = std::time::Instant::now();
+            let outcome = backend.embed(&batch);
+            record(stats, &batch, started.elapsed());
+            match outcome {
+                Ok(vectors) if vectors.len() == owners.len() => {
+                    for ((job, index), vector) in owners.into_iter().zip(vectors) {
+                        if let Ok(out) = &mut results[job] {
+                            out[index] = vector;
+                        }
+                    }
+                }
+                Ok(vectors) => {
+                    let message = format!("backend returned {} vectors for {} texts", vectors.len(), owners.len());
+                    tracing::error!("{message}");
+                    for (job, _) in owners {
+                        results[job] = Err(EncoderError::Backend(message.clone()));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "forward pass failed");
+                    let message = error.to_string();
+                    for (job, _) in owners {
+                        results[job] = Err(EncoderError::Backend(message.clone()));
+                    }
+                }
+            }
+        }
+        for ((reply, normalize), mut result) in replies.into_iter().zip(results) {
+            if let (Ok(vectors), true) = (&mut result, normalize) {
+                vectors.iter_mut().for_each(|v| l2_normalize(v));
+            }
+            // The caller may have gone (deadline); nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn record(stats: &BatcherStats, batch: &Batch, elapsed: std::time::Duration) {
+    stats.forward_passes.fetch_add(1, Ordering::Relaxed);
+    stats
+        .sequences
+        .fetch_add(batch.sequences.len() as u64, Ordering::Relaxed);
+    stats
+        .padded_tokens
+        .fetch_add((batch.max_len() * batch.sequences.len()) as u64, Ordering::Relaxed);
+    stats.real_tokens.fetch_add(
+        batch.sequences.iter().map(|s| s.ids.len() as u64).sum(),
+        Ordering::Relaxed,
+    );
+    stats
+        .inference_micros
+        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+}
+
+/// Cuts length-sorted slots into passes whose padded size (count x longest) stays within
+/// `budget`; a single sequence longer than the budget gets a pass of its own.
+fn split_by_budget(slots: Vec<Slot>, budget: usize) -> Vec<Vec<Slot>> {
+    let mut passes = Vec::new();
+    let mut current: Vec<Slot> = Vec::new();
+    for slot in slots {
+        let len = slot.sequence.ids.len().max(1);
+        if !current.is_empty() && (current.len() + 1) * len > budget {
+            passes.push(std::mem::take(&mut current));
+        }
+        current.push(slot);
+    }
+    if !current.is_empty() {
+        passes.push(current);
+    }
+    passes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(len: usize) -> Slot {
+        Slot {
+            job: 0,
+            index: 0,
+            sequence: Sequence {
+                ids: vec![1; len],
+                type_ids: vec![0; len],
+            },
+        }
+    }
+
+    #[test]
+    fn passes_respect_the_token_budget() {
+        let slots: Vec<Slot> = [2, 3, 3, 4, 8, 8, 9].into_iter().map(slot).collect();
+        let passes = split_by_budget(slots, 16);
+        for pass in &passes {
+            let longest = pass.iter().map(|s| s.sequence.ids.len()).max().unwrap_or(0);
+            assert!(pass.len() == 1 || pass.len() * longest <= 16, "pass over budget");
+        }
+        assert_eq!(passes.iter().map(Vec::len).sum::<usize>(), 7, "every sequence lands in a pass");
+    }
+
+    #[test]
+    fn an_oversized_sequence_gets_its_own_pass() {
+        let passes = split_by_budget(vec![slot(2), slot(100)], 16);
+        assert_eq!(passes.len(), 2);
+        assert_eq!(passes[1][0].sequence.ids.len(), 100);
+    }
+}

@@ -1,0 +1,91 @@
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::{EncoderError, ModelFiles};
+
+/// One tokenized text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// Tokenizes like sentence-transformers: truncation at the model's `max_seq_length` and no
+/// padding. The default model's `tokenizer.json` pads every input to 128 and truncates at 128;
+/// both are overridden here, or the model would compute on padding and cut long texts short.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_len: usize,
+}
+
+impl TextTokenizer {
+    /// # Errors
+    /// When `tokenizer.json` cannot be read or parsed.
+    pub fn load(files: &ModelFiles) -> Result<Self, EncoderError> {
+        let mut inner = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| EncoderError::Model(format!("{}: {e}", files.tokenizer.display())))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: files.max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EncoderError::Model(format!("truncation: {e}")))?;
+        Ok(Self {
+            inner,
+            max_len: files.max_seq_length,
+        })
+    }
+
+    /// Longest sequence in word pieces.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Tokenizes one text with [CLS]/[SEP]. With `truncate` false, a text longer than the
+    /// maximum is an error.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the text is too long and `truncate` is false, or the tokenizer fails.
+    pub fn encode_one(&self, text: &str, truncate: bool) -> Result<Sequence, EncoderError> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| EncoderError::InvalidInput(format!("cannot tokenize: {e}")))?;
+        if !truncate && !encoding.get_overflowing().is_empty() {
+            let total = encoding.get_ids().len()
+                + encoding
+                    .get_overflowing()
+                    .iter()
+                    .map(|o| o.get_ids().len())
+                    .sum::<usize>();
+            return Err(EncoderError::InvalidInput(format!(
+                "text is longer than {} tokens (about {total}) and truncate is false",
+                self.max_len
+            )));
+        }
+        Ok(Sequence {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Tokenizes every text; an error names the index of the text that failed.
+    ///
+    /// # Errors
+    /// As [`Self::encode_one`], prefixed with `texts[i]`.
+    pub fn encode_all(&self, texts: &[String], truncate: bool) -> Result<Vec<Sequence>, EncoderError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                self.encode_one(text, truncate).map_err(|e| match e {
+                    EncoderError::InvalidInput(m) => EncoderError::InvalidInput(format!("texts[{i}]: {m}")),
+                    other => other,
+                })
+            })
+            .collect()
+    }
+}

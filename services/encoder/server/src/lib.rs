@@ -1,0 +1,221 @@
+//! The encoder gRPC service (`souk.encoder.v1.Encoder`): text in, vectors out, through the
+//! dynamic batcher of `souk-encoder-core` and the candle backend.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use clap::Parser;
+//! let args = souk_encoder::EncoderArgs::parse_from(["souk-encoder", "--listen", "127.0.0.1:0"]);
+//! souk_encoder::run(args, souk_shared::shutdown::signal()).await
+//! # }
+//! ```
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use souk_encoder_candle::CandleBackend;
+use souk_encoder_core::batcher::{Batcher, BatcherOptions};
+use souk_encoder_core::{EncoderError, ModelFiles, TextTokenizer};
+use souk_proto::encoder::v1 as pb;
+use souk_shared::config::ServerArgs;
+use souk_shared::server::GrpcServer;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Flags of `souk-encoder`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "souk-encoder", version, about = "souk's text encoder (gRPC)")]
+pub struct EncoderArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SOUK_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Model directory: config.json, model.safetensors, tokenizer.json and the
+    /// sentence-transformers pooling config.
+    #[arg(long, env = "SOUK_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    /// Where the forward pass runs: cpu or cuda:N (needs the `cuda` build).
+    #[arg(long, env = "SOUK_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Numeric type: f32, or f16/bf16 on GPU.
+    #[arg(long, env = "SOUK_DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// Padded tokens in one forward pass (dynamic batching packs requests under it).
+    #[arg(long, env = "SOUK_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
+    /// Most texts in one Embed request.
+    #[arg(long, env = "SOUK_MAX_BATCH_TEXTS", default_value_t = 512)]
+    pub max_batch_texts: usize,
+    /// Requests waiting for the model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SOUK_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Binds `args.listen` and serves until `shutdown`.
+///
+/// # Errors
+/// When the address cannot be bound or the server fails.
+pub async fn run(args: EncoderArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "encoder listening");
+    serve(listener, args, shutdown).await
+}
+
+/// Serves on `listener`; health turns SERVING once the model is loaded.
+///
+/// # Errors
+/// When the model cannot be loaded (the server stops) or the transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    args: EncoderArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(EncoderService {
+        batcher: OnceLock::new(),
+        info: OnceLock::new(),
+        max_batch_texts: args.max_batch_texts.max(1),
+    });
+    let mut server = GrpcServer::new("encoder", args.server.options()).await?;
+    server.add_service(pb::encoder_server::EncoderServer::from_arc(state.clone()), &[]);
+    let health = server.health();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader_state = state.clone();
+    let loader = tokio::spawn(async move {
+        let loaded = tokio::task::spawn_blocking(move || load(&args)).await;
+        match loaded {
+            Ok(Ok((batcher, info))) => {
+                tracing::info!(model = %info.model_id, device = %info.device, dim = info.dimension, "model loaded");
+                let _ = loader_state.info.set(info);
+                let _ = loader_state.batcher.set(batcher);
+                health.set_ready().await;
+            }
+            Ok(Err(error)) => {
+                let _ = failed_tx.send(error);
+            }
+            Err(join) => {
+                let _ = failed_tx.send(anyhow::anyhow!("model loader panicked: {join}"));
+            }
+        }
+    });
+    let load_failed = async {
+        match failed_rx.await {
+            Ok(error) => Some(error),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.serve(listener, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serving);
+    tokio::pin!(shutdown);
+    tokio::pin!(load_failed);
+    let outcome = tokio::select! {
+        result = &mut serving => return result.map_err(Into::into),
+        () = &mut shutdown => None,
+        error = &mut load_failed => error,
+    };
+    let _ = stop_tx.send(());
+    loader.abort();
+    serving.await?;
+    match outcome {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn load(args: &EncoderArgs) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
+    let files = ModelFiles::open(&args.model_dir)?;
+    let tokenizer = TextTokenizer::load(&files)?;
+    let backend = CandleBackend::load(&files, &args.device, &args.dtype)?;
+    let options = BatcherOptions {
+        max_batch_tokens: args.max_batch_tokens.max(files.max_seq_length),
+        queue_capacity: args.queue_capacity,
+    };
+    let batcher = Batcher::spawn(backend, tokenizer, options)?;
+    let info = pb::InfoResponse {
+        model_id: files.model_id(),
+        dimension: batcher.dimension() as u32,
+        max_tokens: files.max_seq_length as u32,
+        device: batcher.device().to_string(),
+        dtype: batcher.dtype().to_string(),
+        pooling: files.pooling.as_str().to_string(),
+        max_batch_texts: args.max_batch_texts as u32,
+        max_batch_tokens: options.max_batch_tokens as u32,
+    };
+    Ok((batcher, info))
+}
+
+struct EncoderService {
+    batcher: OnceLock<Batcher>,
+    info: OnceLock<pb::InfoResponse>,
+    max_batch_texts: usize,
+}
+
+/// Maps encoder errors to gRPC codes: the caller's fault, overload, or ours (logged, not leaked).
+fn status(error: EncoderError) -> Status {
+    match error {
+        EncoderError::InvalidInput(m) => Status::invalid_argument(m),
+        EncoderError::Overloaded(m) => Status::resource_exhausted(m),
+        EncoderError::Closed => Status::unavailable("encoder is shutting down"),
+        EncoderError::Model(m) | EncoderError::Backend(m) => {
+            tracing::error!(error = %m, "encoder failure");
+            Status::internal("the encoder failed; see its log")
+        }
+    }
+}
+
+impl EncoderService {
+    fn batcher(&self) -> Result<&Batcher, Status> {
+        self.batcher
+            .get()
+            .ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::encoder_server::Encoder for EncoderService {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let request = request.into_inner();
+        if request.texts.len() > self.max_batch_texts {
+            return Err(Status::invalid_argument(format!(
+                "{} texts in one request; the limit is {}",
+                request.texts.len(),
+                self.max_batch_texts
+            )));
+        }
+        let batcher = self.batcher()?;
+        let embedded = batcher
+            .embed(
+                request.texts,
+                request.truncate.unwrap_or(true),
+                request.normalize.unwrap_or(true),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::EmbedResponse {
+            embeddings: embedded
+                .into_iter()
+                .map(|e| pb::Embedding {
+                    values: e.vector,
+                    tokens: e.tokens as u32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
+        self.info
+            .get()
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+}

@@ -1,0 +1,1 @@
+//! The knowledge-graph gRPC service, its sled store and the souk-kg binary.

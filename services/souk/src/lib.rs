@@ -1,0 +1,1 @@
+//! The all-in-one souk binary: the three services in one process, and the demo.

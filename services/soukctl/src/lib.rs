@@ -1,0 +1,1 @@
+//! souk's admin and client CLI.

@@ -1,0 +1,46 @@
+//! Flags every server takes, as a clap group to `#[command(flatten)]`.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::server::ServerOptions;
+
+/// Settings common to every souk server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address the Prometheus `/metrics` endpoint listens on; unset disables it.
+    #[arg(long, env = "SOUK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Deadline for one request, in milliseconds.
+    #[arg(long, env = "SOUK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SOUK_CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+    /// Token that admin RPCs (loading and training) require as `authorization: Bearer <token>`.
+    /// Unset: admin RPCs are open (fine on one machine, not in a shared cluster).
+    #[arg(long, env = "SOUK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            metrics_listen: None,
+            request_timeout_ms: 30_000,
+            concurrency_limit: 256,
+            admin_token: None,
+        }
+    }
+}
+
+impl ServerArgs {
+    /// The options [`crate::server::GrpcServer`] takes.
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            concurrency_limit: self.concurrency_limit.max(1),
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            metrics_listen: self.metrics_listen,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The gRPC bootstrap every souk server shares: health tied to readiness, reflection over the
+//! souk descriptor set, tower layers (metrics, load shedding, admin auth, timeout, tracing),
+//! an optional Prometheus endpoint and graceful shutdown.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+
+use crate::Error;
+use crate::auth::AdminAuthLayer;
+use crate::metrics::Metrics;
+use crate::shed::LoadShedLayer;
+
+/// How a server behaves under load and who may call its admin RPCs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Deadline of one request (a client's shorter `grpc-timeout` wins).
+    pub request_timeout: Duration,
+    /// Requests in flight at once; more are answered RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// Bearer token admin RPCs require; `None` leaves them open.
+    pub admin_token: Option<String>,
+    /// Where `/metrics` is served; `None` disables the endpoint (metrics are still recorded).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 256,
+            admin_token: None,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `grpc.health.v1` for one server: NOT_SERVING from the start until [`Health::set_ready`].
+#[derive(Debug, Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// Marks the server and every service it hosts SERVING.
+    pub async fn set_ready(&self) {
+        self.set(ServingStatus::Serving).await;
+    }
+
+    /// Marks the server and every service it hosts NOT_SERVING.
+    pub async fn set_not_ready(&self) {
+        self.set(ServingStatus::NotServing).await;
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+}
+
+/// A server under construction: add services, mark it ready when its state is loaded, serve.
+pub struct GrpcServer {
+    options: ServerOptions,
+    routes: Routes,
+    health: Health,
+    metrics: Arc<Metrics>,
+    admin_methods: Vec<String>,
+}
+
+impl GrpcServer {
+    /// A server named `name` (the `service` label of its metrics) with health (NOT_SERVING until
+    /// ready) and reflection already routed.
+    ///
+    /// # Errors
+    /// When the reflection descriptor set cannot be decoded or the metrics cannot be registered.
+    pub async fn new(name: &str, options: ServerOptions) -> Result<Self, Error> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(souk_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let routes = Routes::new(health_service).add_service(reflection);
+        Ok(Self {
+            options,
+            routes,
+            health: Health {
+                reporter,
+                services: Vec::new(),
+            },
+            metrics: Arc::new(Metrics::new(name)?),
+            admin_methods: Vec::new(),
+        })
+    }
+
+    /// Routes a tonic service; `admin` lists its methods (by name, e.g. `"LoadTriples"`) that
+    /// need the admin token.
+    pub fn add_service<S>(&mut self, service: S, admin: &[&str]) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let name = S::NAME;
+        self.admin_methods
+            .extend(admin.iter().map(|m| format!("/{name}/{m}")));
+        self.health.services.push(name);
+        let routes = std::mem::take(&mut self.routes);
+        self.routes = routes.add_service(service);
+        self
+    }
+
+    /// The health handle: mark the server ready once its model or store is loaded.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The registry, for service-specific metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains open calls.
+    ///
+    /// # Errors
+    /// When the metrics address cannot be bound or the transport fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let options = self.options;
+        let metrics_task = match options.metrics_listen {
+            Some(addr) => {
+                let (bound, task) = self.metrics.clone().spawn_http(addr).await?;
+                tracing::info!(%bound, "metrics on http://{bound}/metrics");
+                Some(task)
+            }
+            None => None,
+        };
+        let layers = ServiceBuilder::new()
+            .layer(self.metrics.layer())
+            .layer(LoadShedLayer::new(options.concurrency_limit))
+            .layer(AdminAuthLayer::new(
+                options.admin_token.as_deref(),
+                &self.admin_methods,
+            ))
+            .into_inner();
+        let result = Server::builder()
+            .timeout(options.request_timeout)
+            .tcp_nodelay(true)
+            .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
+            .layer(layers)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        self.health.set_not_ready().await;
+        Ok(result?)
+    }
+}

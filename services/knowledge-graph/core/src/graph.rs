@@ -1,0 +1,635 @@
+//! The in-memory mirror of the stored graph: a petgraph `DiGraph` whose node index is the
+//! entity id and whose edge weight is the relation id, plus the name dictionaries.
+use std::collections::{HashMap, HashSet};
+
+use petgraph::Direction::{Incoming, Outgoing};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use crate::{Inserted, KgError, MAX_HOPS, Triple};
+
+/// Nodes a path search may visit before it stops and reports `truncated`.
+pub const PATH_NODE_BUDGET: usize = 200_000;
+/// Nodes with more edges than this are "hubs" (a category holding 100k items): a path search
+/// reaching one does not enumerate its edges, it only checks which targets touch it directly.
+pub const HUB_DEGREE: usize = 2_000;
+
+/// Which edges of an entity to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Out,
+    In,
+    Both,
+}
+
+/// Everything a store holds, ids implied by position.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub entities: Vec<String>,
+    pub relations: Vec<String>,
+    pub triples: Vec<(u32, u32, u32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NeighborQuery {
+    pub entity: String,
+    /// Only this relation, when set.
+    pub relation: Option<String>,
+    pub direction: Direction,
+    /// 1..=10,000.
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    pub entity: String,
+    pub relation: String,
+    /// `Out` when the asked entity is the head.
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NeighborsFound {
+    pub neighbors: Vec<Neighbor>,
+    /// Matching edges before the limit.
+    pub total: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PathQuery {
+    pub sources: Vec<String>,
+    pub targets: Vec<String>,
+    /// 1..=4.
+    pub max_hops: u32,
+    /// Paths per target, 1..=1,000.
+    pub limit: usize,
+    /// Relations a path may use; empty means any.
+    pub relations: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStep {
+    pub relation: String,
+    /// `Out`: walked head to tail; `In`: walked against the edge.
+    pub direction: Direction,
+    /// The entity this step arrives at.
+    pub entity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub source: String,
+    pub target: String,
+    pub steps: Vec<PathStep>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PathsFound {
+    pub paths: Vec<Path>,
+    /// The search hit its node budget or skipped a hub's edges: longer paths may exist.
+    pub truncated: bool,
+}
+
+/// The graph in memory. Entity `i` is node `i`.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    graph: DiGraph<(), u32, u32>,
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    relations: Vec<String>,
+    relation_index: HashMap<String, u32>,
+}
+
+/// One way into a node found by the path search: from `prev` over relation `rel`.
+#[derive(Debug, Clone, Copy)]
+struct Pred {
+    prev: u32,
+    rel: u32,
+    dir: Direction,
+}
+
+impl Graph {
+    /// Rebuilds the graph from a store's snapshot.
+    ///
+    /// # Errors
+    /// `Storage` when a triple refers to an id the snapshot does not name.
+    pub fn from_snapshot(snapshot: Snapshot) -> Result<Self, KgError> {
+        let mut graph = DiGraph::with_capacity(snapshot.entities.len(), snapshot.triples.len());
+        for _ in 0..snapshot.entities.len() {
+            graph.add_node(());
+        }
+        let (n, r) = (snapshot.entities.len() as u32, snapshot.relations.len() as u32);
+        for &(h, rel, t) in &snapshot.triples {
+            if h >= n || t >= n || rel >= r {
+                return Err(KgError::Storage(format!(
+                    "triple ({h}, {rel}, {t}) refers to an unknown id ({n} entities, {r} relations)"
+                )));
+            }
+            graph.add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
+        }
+        let index = snapshot
+            .entities
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32))
+            .collect();
+        let relation_index = snapshot
+            .relations
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32))
+            .collect();
+        Ok(Self {
+            graph,
+            names: snapshot.entities,
+            index,
+            relations: snapshot.relations,
+            relation_index,
+        })
+    }
+
+    /// Mirrors what a store inserted. Ids must continue the graph's own numbering.
+    ///
+    /// # Errors
+    /// `Storage` when the ids do not line up (the store and the mirror disagree).
+    pub fn apply(&mut self, inserted: &Inserted) -> Result<(), KgError> {
+        for (id, name) in &inserted.new_entities {
+            if *id as usize != self.names.len() {
+                return Err(KgError::Storage(format!(
+                    "entity id {id} out of sequence (expected {})",
+                    self.names.len()
+                )));
+            }
+            self.graph.add_node(());
+            self.index.insert(name.clone(), *id);
+            self.names.push(name.clone());
+        }
+        for (id, name) in &inserted.new_relations {
+            if *id as usize != self.relations.len() {
+                return Err(KgError::Storage(format!(
+                    "relation id {id} out of sequence (expected {})",
+                    self.relations.len()
+                )));
+            }
+            self.relation_index.insert(name.clone(), *id);
+            self.relations.push(name.clone());
+        }
+        let (n, r) = (self.names.len() as u32, self.relations.len() as u32);
+        for &(h, rel, t) in &inserted.new_triples {
+            if h >= n || t >= n || rel >= r {
+                return Err(KgError::Storage(format!("triple ({h}, {rel}, {t}) refers to an unknown id")));
+            }
+            self.graph
+                .add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
+        }
+        Ok(())
+    }
+
+    /// Inserts triples directly (no store): assigns ids, skips triples already present.
+    pub fn insert(&mut self, triples: &[Triple]) -> Inserted {
+        let mut inserted = Inserted::default();
+        for triple in triples {
+            let h = self.intern_entity(&triple.head, &mut inserted);
+            let t = self.intern_entity(&triple.tail, &mut inserted);
+            let rel = match self.relation_index.get(&triple.relation) {
+                Some(&id) => id,
+                None => {
+                    let id = self.relations.len() as u32;
+                    self.relations.push(triple.relation.clone());
+                    self.relation_index.insert(triple.relation.clone(), id);
+                    inserted.new_relations.push((id, triple.relation.clone()));
+                    id
+                }
+            };
+            let (hn, tn) = (NodeIndex::new(h as usize), NodeIndex::new(t as usize));
+            if !self.graph.edges_connecting(hn, tn).any(|e| *e.weight() == rel) {
+                self.graph.add_edge(hn, tn, rel);
+                inserted.new_triples.push((h, rel, t));
+            }
+        }
+        inserted
+    }
+
+    fn intern_entity(&mut self, name: &str, inserted: &mut Inserted) -> u32 {
+        if let Some(&id) = self.index.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.graph.add_node(());
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), id);
+        inserted.new_entities.push((id, name.to_string()));
+        id
+    }
+
+    pub fn entity_id(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    pub fn entity_name(&self, id: u32) -> Option<&str> {
+        self.names.get(id as usize).map(String::as_str)
+    }
+
+    pub fn relation_id(&self, name: &str) -> Option<u32> {
+        self.relation_index.get(name).copied()
+    }
+
+    pub fn entity_count(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn relation_count(&self) -> usize {
+        self.relations.len()
+    }
+
+    pub fn triple_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    /// Edges touching `id`, both directions.
+    pub fn degree(&self, id: u32) -> usize {
+        let node = NodeIndex::new(id as usize);
+        self.graph.edges_directed(node, Outgoing).count()
+            + self.graph.edges_directed(node, Incoming).count()
+    }
+
+    /// Every triple as ids, for training and export.
+    pub fn triples(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        self.graph
+            .edge_references()
+            .map(|e| (e.source().index() as u32, *e.weight(), e.target().index() as u32))
+    }
+
+    /// Edges of one entity.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown entity or relation; `InvalidInput` for a limit outside 1..=10,000.
+    ///
+    /// # Complexity
+    /// O(degree of the entity).
+    pub fn neighbors(&self, query: &NeighborQuery) -> Result<NeighborsFound, KgError> {
+        if query.limit == 0 || query.limit > 10_000 {
+            return Err(KgError::InvalidInput(format!(
+                "limit must be 1..=10000, got {}",
+                query.limit
+            )));
+        }
+        let id = self
+            .entity_id(&query.entity)
+            .ok_or_else(|| KgError::NotFound(format!("unknown entity {:?}", query.entity)))?;
+        let relation = match &query.relation {
+            Some(name) => Some(
+                self.relation_id(name)
+                    .ok_or_else(|| KgError::NotFound(format!("unknown relation {name:?}")))?,
+            ),
+            None => None,
+        };
+        let node = NodeIndex::new(id as usize);
+        let mut found = NeighborsFound::default();
+        let mut visit = |dir: Direction| {
+            let (pg_dir, other) = match dir {
+                Direction::In => (Incoming, true),
+                _ => (Outgoing, false),
+            };
+            for edge in self.graph.edges_directed(node, pg_dir) {
+                if relation.is_some_and(|r| r != *edge.weight()) {
+                    continue;
+                }
+                found.total += 1;
+                if found.neighbors.len() < query.limit {
+                    let end = if other { edge.source() } else { edge.target() };
+                    found.neighbors.push(Neighbor {
+                        entity: self.names[end.index()].clone(),
+                        relation: self.relations[*edge.weight() as usize].clone(),
+                        direction: dir,
+                    });
+                }
+            }
+        };
+        match query.direction {
+            Direction::Out => visit(Direction::Out),
+            Direction::In => visit(Direction::In),
+            Direction::Both => {
+                visit(Direction::Out);
+                visit(Direction::In);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Shortest relation chains from any source to each target, walking edges both ways.
+    ///
+    /// A breadth-first search from all sources at once, level by level up to `max_hops`, that
+    /// keeps up to `limit` ways into each node at its shortest distance; paths are read back from
+    /// each reached target. Every returned path has the minimal length for its target.
+    ///
+    /// Bounded on graphs with hubs: a node with more than [`HUB_DEGREE`] edges is not expanded;
+    /// instead each target's own (short) edge list is checked for a direct edge to it, so
+    /// "item -category-> C <-category- target" is still found without touching C's 100k items.
+    /// The search also stops after [`PATH_NODE_BUDGET`] nodes. Either sets `truncated`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for hops outside 1..=4, limit outside 1..=1,000, no sources or targets,
+    /// more than 256 sources or 1,000 targets; `NotFound` when no source is in the graph.
+    ///
+    /// # Complexity
+    /// O(min(budget, edges within `max_hops`) + hubs reached x targets x target degree).
+    pub fn paths(&self, query: &PathQuery) -> Result<PathsFound, KgError> {
+        if query.max_hops == 0 || query.max_hops > MAX_HOPS {
+            return Err(KgError::InvalidInput(format!(
+                "max_hops must be 1..={MAX_HOPS}, got {}",
+                query.max_hops
+            )));
+        }
+        if query.limit == 0 || query.limit > 1_000 {
+            return Err(KgError::InvalidInput(format!("limit must be 1..=1000, got {}", query.limit)));
+        }
+        if query.sources.is_empty() || query.sources.len() > 256 {
+            return Err(KgError::InvalidInput(format!(
+                "sources must name 1..=256 entities, got {}",
+                query.sources.len()
+            )));
+        }
+        if query.targets.is_empty() || query.targets.len() > 1_000 {
+            return Err(KgError::InvalidInput(format!(
+                "targets must name 1..=1000 entities, got {}",
+                query.targets.len()
+            )));
+        }
+        let allowed: Option<HashSet<u32>> = if query.relations.is_empty() {
+            None
+        } else {
+            Some(query.relations.iter().filter_map(|r| self.relation_id(r)).collect())
+        };
+        let allows = |rel: u32| allowed.as_ref().is_none_or(|a| a.contains(&rel));
+        let sources: Vec<u32> = query.sources.iter().filter_map(|s| self.entity_id(s)).collect();
+        if sources.is_empty() {
+            return Err(KgError::NotFound("none of the sources is in the graph".into()));
+        }
+        let targets: HashSet<u32> = query
+            .targets
+            .iter()
+            .filter_map(|t| self.entity_id(t))
+            .filter(|t| !sources.contains(t))
+            .collect();
+        let mut found = PathsFound::default();
+        if targets.is_empty() {
+            return Ok(found);
+        }
+
+        let mut depth: HashMap<u32, u32> = HashMap::new();
+        let mut preds: HashMap<u32, Vec<Pred>> = HashMap::new();
+        for &s in &sources {
+            depth.insert(s, 0);
+        }
+        let mut frontier: Vec<u32> = depth.keys().copied().collect();
+        frontier.sort_unstable();
+        let mut reached = 0usize;
+        'levels: for d in 1..=query.max_hops {
+            let mut next = Vec::new();
+            for &u in &frontier {
+                let node = NodeIndex::new(u as usize);
+                if self.degree(u) > HUB_DEGREE {
+                    found.truncated = true;
+                    // Only direct edges from the hub to a target; walk them from the target side.
+                    for &t in &targets {
+                        let tn = NodeIndex::new(t as usize);
+                        for (edge_dir, pg) in [(Direction::In, Outgoing), (Direction::Out, Incoming)] {
+                            for edge in self.graph.edges_directed(tn, pg) {
+                                let other = if pg == Outgoing { edge.target() } else { edge.source() };
+                                if other == node && allows(*edge.weight()) {
+                                    // Edge t -> hub walked hub -> t is IN; hub -> t is OUT.
+                                    if record(&mut depth, &mut preds, t, d, Pred { prev: u, rel: *edge.weight(), dir: edge_dir }, query.limit) {
+                                        reached += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for (dir, pg) in [(Direction::Out, Outgoing), (Direction::In, Incoming)] {
+                    for edge in self.graph.edges_directed(node, pg) {
+                        if !allows(*edge.weight()) {
+                            continue;
+                        }
+                        let v = if pg == Outgoing { edge.target() } else { edge.source() }.index() as u32;
+                        if record(&mut depth, &mut preds, v, d, Pred { prev: u, rel: *edge.weight(), dir }, query.limit) {
+                            next.push(v);
+                            if targets.contains(&v) {
+                                reached += 1;
+                            }
+                            if depth.len() > PATH_NODE_BUDGET {
+                                found.truncated = true;
+                                break 'levels;
+                            }
+                        }
+                    }
+                }
+            }
+            if reached >= targets.len() {
+                break;
+            }
+            frontier = next;
+        }
+
+        let mut ordered: Vec<u32> = targets.into_iter().filter(|t| preds.contains_key(t)).collect();
+        ordered.sort_by_key(|t| (depth.get(t).copied().unwrap_or(u32::MAX), *t));
+        for t in ordered {
+            let mut paths = Vec::new();
+            let mut trail = Vec::new();
+            self.walk_back(t, &preds, &depth, &mut trail, &mut paths, query.limit);
+            found.paths.extend(paths);
+        }
+        Ok(found)
+    }
+
+    /// Reads paths back from `node` to a source through `preds`, up to `limit` of them.
+    fn walk_back(
+        &self,
+        node: u32,
+        preds: &HashMap<u32, Vec<Pred>>,
+        depth: &HashMap<u32, u32>,
+        trail: &mut Vec<(u32, Pred)>,
+        out: &mut Vec<Path>,
+        limit: usize,
+    ) {
+        if out.len() >= limit {
+            return;
+        }
+        if depth.get(&node) == Some(&0) {
+            let target = trail.first().map(|(n, _)| *n).unwrap_or(node);
+            let steps = trail
+                .iter()
+                .rev()
+                .map(|(arrive, pred)| PathStep {
+                    relation: self.relations[pred.rel as usize].clone(),
+                    direction: pred.dir,
+                    entity: self.names[*arrive as usize].clone(),
+                })
+                .collect();
+            out.push(Path {
+                source: self.names[node as usize].clone(),
+                target: self.names[target as usize].clone(),
+                steps,
+            });
+            return;
+        }
+        for pred in preds.get(&node).into_iter().flatten() {
+            trail.push((node, *pred));
+            self.walk_back(pred.prev, preds, depth, trail, out, limit);
+            trail.pop();
+        }
+    }
+}
+
+/// Notes a way into `v` at distance `d`. Returns true when `v` is reached for the first time.
+fn record(
+    depth: &mut HashMap<u32, u32>,
+    preds: &mut HashMap<u32, Vec<Pred>>,
+    v: u32,
+    d: u32,
+    pred: Pred,
+    limit: usize,
+) -> bool {
+    match depth.get(&v) {
+        None => {
+            depth.insert(v, d);
+            preds.insert(v, vec![pred]);
+            true
+        }
+        Some(&dv) if dv == d => {
+            let ways = preds.entry(v).or_default();
+            if ways.len() < limit {
+                ways.push(pred);
+            }
+            false
+        }
+        Some(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: &str, r: &str, tl: &str) -> Triple {
+        Triple::new(h, r, tl).unwrap()
+    }
+
+    fn shop() -> Graph {
+        let mut g = Graph::default();
+        g.insert(&[
+            t("item:tent", "brand", "brand:acme"),
+            t("item:stove", "brand", "brand:acme"),
+            t("item:tent", "category", "cat:tents"),
+            t("cat:tents", "parent", "cat:camping"),
+            t("cat:stoves", "parent", "cat:camping"),
+            t("item:stove", "category", "cat:stoves"),
+            t("item:pegs", "accessory_of", "item:tent"),
+        ]);
+        g
+    }
+
+    fn query(sources: &[&str], targets: &[&str], hops: u32, limit: usize) -> PathQuery {
+        PathQuery {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            max_hops: hops,
+            limit,
+            relations: vec![],
+        }
+    }
+
+    #[test]
+    fn inserting_twice_changes_nothing() {
+        let mut g = shop();
+        let before = (g.entity_count(), g.triple_count());
+        let again = g.insert(&[t("item:tent", "brand", "brand:acme")]);
+        assert!(again.new_triples.is_empty() && again.new_entities.is_empty());
+        assert_eq!((g.entity_count(), g.triple_count()), before);
+    }
+
+    #[test]
+    fn shortest_path_goes_through_the_shared_brand() {
+        let g = shop();
+        let found = g.paths(&query(&["item:tent"], &["item:stove"], 4, 5)).unwrap();
+        assert!(!found.paths.is_empty());
+        let p = &found.paths[0];
+        assert_eq!(p.steps.len(), 2, "tent -brand-> acme <-brand- stove is the only 2-hop path");
+        assert_eq!(p.steps[0].relation, "brand");
+        assert_eq!(p.steps[0].direction, Direction::Out);
+        assert_eq!(p.steps[1].direction, Direction::In);
+        assert_eq!(p.steps[1].entity, "item:stove");
+        assert!(found.paths.iter().all(|p| p.steps.len() == 2), "only shortest paths are returned");
+    }
+
+    #[test]
+    fn relation_filter_forces_the_longer_route() {
+        let g = shop();
+        let mut q = query(&["item:tent"], &["item:stove"], 4, 5);
+        q.relations = vec!["category".into(), "parent".into()];
+        let found = g.paths(&q).unwrap();
+        assert_eq!(found.paths[0].steps.len(), 4, "tent->tents->camping<-stoves<-stove");
+    }
+
+    #[test]
+    fn hop_limit_and_bad_arguments() {
+        let g = shop();
+        let found = g.paths(&query(&["item:pegs"], &["item:stove"], 2, 1)).unwrap();
+        assert!(found.paths.is_empty(), "pegs->tent->acme<-stove needs 3 hops");
+        assert!(matches!(g.paths(&query(&["item:tent"], &["item:stove"], 5, 1)), Err(KgError::InvalidInput(_))));
+        assert!(matches!(g.paths(&query(&["item:tent"], &["item:stove"], 2, 0)), Err(KgError::InvalidInput(_))));
+        assert!(matches!(g.paths(&query(&["nope"], &["item:stove"], 2, 1)), Err(KgError::NotFound(_))));
+    }
+
+    #[test]
+    fn neighbors_respect_direction_relation_and_limit() {
+        let g = shop();
+        let all = g
+            .neighbors(&NeighborQuery { entity: "item:tent".into(), relation: None, direction: Direction::Both, limit: 10 })
+            .unwrap();
+        assert_eq!(all.total, 3, "brand, category out; accessory_of in");
+        let inbound = g
+            .neighbors(&NeighborQuery { entity: "item:tent".into(), relation: None, direction: Direction::In, limit: 10 })
+            .unwrap();
+        assert_eq!(inbound.neighbors, vec![Neighbor { entity: "item:pegs".into(), relation: "accessory_of".into(), direction: Direction::In }]);
+        let limited = g
+            .neighbors(&NeighborQuery { entity: "brand:acme".into(), relation: Some("brand".into()), direction: Direction::In, limit: 1 })
+            .unwrap();
+        assert_eq!((limited.neighbors.len(), limited.total), (1, 2));
+        assert!(matches!(
+            g.neighbors(&NeighborQuery { entity: "ghost".into(), relation: None, direction: Direction::Both, limit: 1 }),
+            Err(KgError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_hub_is_not_expanded_but_direct_links_through_it_are_found() {
+        let mut g = Graph::default();
+        let mut triples: Vec<Triple> = (0..HUB_DEGREE + 500)
+            .map(|i| t(&format!("item:{i}"), "category", "cat:huge"))
+            .collect();
+        triples.push(t("item:0", "brand", "brand:x"));
+        g.insert(&triples);
+        let found = g.paths(&query(&["item:0"], &["item:7"], 4, 1)).unwrap();
+        assert!(found.truncated, "the hub was skipped");
+        assert_eq!(found.paths.len(), 1);
+        assert_eq!(found.paths[0].steps[0].entity, "cat:huge");
+        assert_eq!(found.paths[0].steps[1].entity, "item:7");
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_the_graph() {
+        let g = shop();
+        let snapshot = Snapshot {
+            entities: (0..g.entity_count() as u32).map(|i| g.entity_name(i).unwrap().to_string()).collect(),
+            relations: g.relations.clone(),
+            triples: g.triples().collect(),
+        };
+        let back = Graph::from_snapshot(snapshot).unwrap();
+        assert_eq!(back.triple_count(), g.triple_count());
+        assert_eq!(back.paths(&query(&["item:tent"], &["item:stove"], 4, 1)).unwrap().paths,
+                   g.paths(&query(&["item:tent"], &["item:stove"], 4, 1)).unwrap().paths);
+    }
+}

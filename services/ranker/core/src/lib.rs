@@ -1,1 +1,37 @@
-//! Ranker domain: items, filters, features, fusion, explanations and the source traits. No sled, no tonic.
+//! The ranker's domain: catalog items and filters ([`item`]), the in-memory [`catalog::Catalog`]
+//! (vectors, BM25, popularity, histories, online item-kNN), pseudonymous [`UserKey`]s, and
+//! [`rank::Ranker`], which fuses the signals and explains each result. No sled, no tonic: the
+//! service crate persists the catalog and implements the source traits over gRPC.
+//!
+//! ```
+//! use std::sync::{Arc, RwLock};
+//! use souk_ranker_core::catalog::Catalog;
+//! use souk_ranker_core::item::Item;
+//! let mut catalog = Catalog::default();
+//! let tent = Item { id: "p1".into(), title: "Trail Tent".into(), description: String::new(),
+//!     category: vec!["Outdoor".into()], brand: "Acme".into(), price: 99.0,
+//!     attributes: Default::default(), in_stock: true };
+//! catalog.upsert(tent.validated().unwrap(), vec![1.0, 0.0]).unwrap();
+//! assert_eq!(catalog.len(), 1);
+//! ```
+
+pub mod bm25;
+pub mod catalog;
+pub mod item;
+pub mod rank;
+mod user;
+
+pub use user::{UserHasher, UserKey};
+
+/// Errors of the ranker's domain.
+#[derive(Debug, thiserror::Error)]
+pub enum RankError {
+    /// The caller's request or data is wrong (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Something failed inside (INTERNAL, detail logged).
+    #[error("{0}")]
+    Internal(String),
+}

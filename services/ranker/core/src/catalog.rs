@@ -1,0 +1,258 @@
+//! The ranker's in-memory state: items with their vectors, the BM25 index, popularity, user
+//! histories and item co-occurrence (the online item-kNN collaborative filter). The server
+//! persists items and events in sled and replays them into a `Catalog` at start.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::bm25::Bm25;
+use crate::item::{Interaction, InteractionKind, Item};
+use crate::{RankError, UserKey};
+
+/// Items of a user's history that feed CF and the graph signal.
+pub const HISTORY_WINDOW: usize = 50;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    item: Item,
+    vector: Vec<f32>,
+}
+
+/// One item in a user's history (merged over events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub item_id: String,
+    /// The strongest thing the user did with it.
+    pub kind: InteractionKind,
+    /// Summed event weights.
+    pub weight: f32,
+    pub last_ms: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_id: HashMap<String, u32>,
+    dimension: Option<usize>,
+    bm25: Bm25,
+    popularity: HashMap<String, f32>,
+    /// Distinct users per item, the CF normaliser.
+    item_users: HashMap<String, u32>,
+    histories: HashMap<UserKey, Vec<HistoryEntry>>,
+    cooccurrence: HashMap<String, HashMap<String, f32>>,
+    interactions: u64,
+}
+
+fn kind_rank(kind: InteractionKind) -> u8 {
+    match kind {
+        InteractionKind::View => 0,
+        InteractionKind::Click => 1,
+        InteractionKind::Rating => 2,
+        InteractionKind::Cart => 3,
+        InteractionKind::Purchase => 4,
+    }
+}
+
+impl Catalog {
+    /// Adds or replaces an item with its text vector.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the vector's length differs from the catalog's.
+    pub fn upsert(&mut self, item: Item, vector: Vec<f32>) -> Result<(), RankError> {
+        match self.dimension {
+            Some(d) if d != vector.len() => {
+                return Err(RankError::InvalidInput(format!(
+                    "item {:?}: vector has {} dimensions, the catalog {d} (was the encoder model changed?)",
+                    item.id,
+                    vector.len()
+                )));
+            }
+            None => self.dimension = Some(vector.len()),
+            _ => {}
+        }
+        let slot = match self.by_id.get(&item.id) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.free.pop().unwrap_or(self.slots.len() as u32);
+                if slot as usize == self.slots.len() {
+                    self.slots.push(None);
+                }
+                self.by_id.insert(item.id.clone(), slot);
+                slot
+            }
+        };
+        self.bm25.insert(slot, &item.text());
+        self.slots[slot as usize] = Some(Entry { item, vector });
+        Ok(())
+    }
+
+    /// Removes an item from every index it ranks in. Returns false when it was not there.
+    pub fn delete(&mut self, id: &str) -> bool {
+        let Some(slot) = self.by_id.remove(id) else {
+            return false;
+        };
+        self.bm25.remove(slot);
+        self.slots[slot as usize] = None;
+        self.free.push(slot);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn dimension(&self) -> Option<usize> {
+        self.dimension
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Item> {
+        self.by_id.get(id).and_then(|&s| self.slot(s)).map(|e| &e.item)
+    }
+
+    fn slot(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn slot_of(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    pub(crate) fn item_at(&self, slot: u32) -> Option<(&Item, &[f32])> {
+        self.slot(slot).map(|e| (&e.item, e.vector.as_slice()))
+    }
+
+    /// Every live slot.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_id.values().copied()
+    }
+
+    pub(crate) fn bm25(&self, query: &str) -> HashMap<u32, f32> {
+        self.bm25.scores(query)
+    }
+
+    pub fn popularity(&self, id: &str) -> f32 {
+        self.popularity.get(id).copied().unwrap_or(0.0)
+    }
+
+    pub(crate) fn max_popularity(&self) -> f32 {
+        self.popularity.values().copied().fold(0.0, f32::max)
+    }
+
+    pub fn users(&self) -> usize {
+        self.histories.len()
+    }
+
+    pub fn interactions(&self) -> u64 {
+        self.interactions
+    }
+
+    /// The user's history, most recent first.
+    pub fn history(&self, user: &UserKey) -> Vec<HistoryEntry> {
+        let mut h = self.histories.get(user).cloned().unwrap_or_default();
+        h.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then_with(|| a.item_id.cmp(&b.item_id)));
+        h
+    }
+
+    /// Records an event: popularity, the user's history and co-occurrence all move at once,
+    /// so the next `Rank` sees it.
+    pub fn record(&mut self, event: &Interaction) {
+        self.interactions += 1;
+        let weight = event.weight();
+        *self.popularity.entry(event.item_id.clone()).or_default() += weight;
+        let history = self.histories.entry(event.user.clone()).or_default();
+        if let Some(entry) = history.iter_mut().find(|e| e.item_id == event.item_id) {
+            entry.weight += weight;
+            entry.last_ms = entry.last_ms.max(event.timestamp_ms);
+            if kind_rank(event.kind) > kind_rank(entry.kind) {
+                entry.kind = event.kind;
+            }
+            return;
+        }
+        // First time this user touches this item: it co-occurs with their recent items.
+        *self.item_users.entry(event.item_id.clone()).or_default() += 1;
+        let mut recent: Vec<&HistoryEntry> = history.iter().collect();
+        recent.sort_by(|a, b| b.last_ms.cmp(&a.last_ms));
+        let neighbours: Vec<String> = recent.iter().take(HISTORY_WINDOW).map(|e| e.item_id.clone()).collect();
+        history.push(HistoryEntry {
+            item_id: event.item_id.clone(),
+            kind: event.kind,
+            weight,
+            last_ms: event.timestamp_ms,
+        });
+        for other in neighbours {
+            *self.cooccurrence.entry(other.clone()).or_default().entry(event.item_id.clone()).or_default() += 1.0;
+            *self.cooccurrence.entry(event.item_id.clone()).or_default().entry(other).or_default() += 1.0;
+        }
+    }
+
+    /// Item-kNN scores from the history: for each candidate c, the sum over history items h of
+    /// w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix), with the
+    /// history item that contributed most.
+    pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<String, (f32, String)> {
+        let mut out: HashMap<String, (f32, String, f32)> = HashMap::new();
+        for h in history.iter().take(HISTORY_WINDOW) {
+            let Some(row) = self.cooccurrence.get(&h.item_id) else {
+                continue;
+            };
+            let uh = self.item_users.get(&h.item_id).copied().unwrap_or(1).max(1) as f32;
+            let wh = h.weight.ln_1p();
+            for (c, &count) in row {
+                let uc = self.item_users.get(c).copied().unwrap_or(1).max(1) as f32;
+                let s = wh * count / (uh * uc).sqrt();
+                let e = out.entry(c.clone()).or_insert((0.0, h.item_id.clone(), 0.0));
+                e.0 += s;
+                if s > e.2 {
+                    e.1 = h.item_id.clone();
+                    e.2 = s;
+                }
+            }
+        }
+        out.into_iter().map(|(c, (s, by, _))| (c, (s, by))).collect()
+    }
+
+    /// The user's top categories, brands and attributes, weighted by their events.
+    pub fn profile(&self, user: &UserKey, limit: usize) -> Profile {
+        let history = self.history(user);
+        let mut categories: BTreeMap<String, f32> = BTreeMap::new();
+        let mut brands: BTreeMap<String, f32> = BTreeMap::new();
+        let mut attributes: BTreeMap<String, f32> = BTreeMap::new();
+        for h in &history {
+            let Some(item) = self.get(&h.item_id) else { continue };
+            for c in &item.category {
+                *categories.entry(c.clone()).or_default() += h.weight;
+            }
+            if !item.brand.is_empty() {
+                *brands.entry(item.brand.clone()).or_default() += h.weight;
+            }
+            for (k, v) in &item.attributes {
+                *attributes.entry(format!("{k}={v}")).or_default() += h.weight;
+            }
+        }
+        let top = |m: BTreeMap<String, f32>| {
+            let mut v: Vec<(String, f32)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(limit);
+            v
+        };
+        Profile {
+            interactions: history.len() as u64,
+            categories: top(categories),
+            brands: top(brands),
+            attributes: top(attributes),
+            recent_items: history.iter().take(limit).map(|h| h.item_id.clone()).collect(),
+        }
+    }
+}
+
+/// What [`Catalog::profile`] returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    pub interactions: u64,
+    pub categories: Vec<(String, f32)>,
+    pub brands: Vec<(String, f32)>,
+    pub attributes: Vec<(String, f32)>,
+    pub recent_items: Vec<String>,
+}

@@ -1,0 +1,311 @@
+//! Catalog items, request filters and interaction events, validated.
+use std::collections::BTreeMap;
+
+use crate::RankError;
+
+/// Longest item id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// A product as the ranker stores it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Item {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    /// Category path from the root.
+    pub category: Vec<String>,
+    pub brand: String,
+    pub price: f64,
+    pub attributes: BTreeMap<String, String>,
+    pub in_stock: bool,
+}
+
+/// Checks an item id.
+///
+/// # Errors
+/// `InvalidInput` when it is empty, too long or holds control characters.
+pub fn validate_id(id: &str) -> Result<(), RankError> {
+    if id.trim().is_empty() {
+        return Err(RankError::InvalidInput("item id is empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(RankError::InvalidInput(format!(
+            "item id is {} bytes; the limit is {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(RankError::InvalidInput(format!("item id {id:?} contains a control character")));
+    }
+    Ok(())
+}
+
+/// Removes control characters (tabs, newlines, NUL) and trims: they would break the graph's
+/// entity names and the TSV exports.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Item {
+    /// Validates and normalises an item: id rules, a finite non-negative price, a title, and
+    /// whitespace-normalised category, brand and attribute names.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the item and the field.
+    pub fn validated(mut self) -> Result<Self, RankError> {
+        validate_id(&self.id)?;
+        let bad = |why: String| RankError::InvalidInput(format!("item {:?}: {why}", self.id));
+        if !self.price.is_finite() || self.price < 0.0 {
+            return Err(bad(format!("price must be finite and >= 0, got {}", self.price)));
+        }
+        if self.title.trim().is_empty() {
+            return Err(bad("title is empty".into()));
+        }
+        self.category = self.category.iter().map(|c| clean(c)).filter(|c| !c.is_empty()).collect();
+        self.brand = clean(&self.brand);
+        self.attributes = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (clean(k), clean(v)))
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .collect();
+        for (what, value) in std::iter::once(("brand", &self.brand)).chain(self.category.iter().map(|c| ("category", c))) {
+            if value.len() > 512 {
+                return Err(bad(format!("{what} is {} bytes; the limit is 512", value.len())));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The text the encoder embeds and BM25 indexes.
+    pub fn text(&self) -> String {
+        if self.description.is_empty() {
+            self.title.clone()
+        } else {
+            format!("{}. {}", self.title, self.description)
+        }
+    }
+
+    /// The knowledge-graph entity of this item.
+    pub fn entity(&self) -> String {
+        item_entity(&self.id)
+    }
+
+    /// Facts about the item for the knowledge graph: brand, category chain, attributes.
+    pub fn facts(&self) -> Vec<(String, String, String)> {
+        let me = self.entity();
+        let mut facts = Vec::new();
+        if !self.brand.is_empty() {
+            facts.push((me.clone(), "brand".into(), format!("brand:{}", self.brand)));
+        }
+        let mut path = String::new();
+        let mut parent: Option<String> = None;
+        for level in &self.category {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(level);
+            let node = format!("category:{path}");
+            if let Some(p) = &parent {
+                facts.push((node.clone(), "parent".into(), p.clone()));
+            }
+            parent = Some(node);
+        }
+        if let Some(leaf) = parent {
+            facts.push((me.clone(), "category".into(), leaf));
+        }
+        for (k, v) in &self.attributes {
+            facts.push((me.clone(), "attribute".into(), format!("attr:{k}={v}")));
+        }
+        facts
+    }
+}
+
+/// `item:<id>`, how items are named in the knowledge graph.
+pub fn item_entity(id: &str) -> String {
+    format!("item:{id}")
+}
+
+/// The item id inside an `item:<id>` entity.
+pub fn entity_item(entity: &str) -> Option<&str> {
+    entity.strip_prefix("item:")
+}
+
+/// Restrictions on what `Rank` may return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    /// Lower-cased; matches any level of the category path.
+    pub category: Option<String>,
+    /// Lower-cased brands; empty means any.
+    pub brands: Vec<String>,
+    pub min_price: Option<f64>,
+    pub max_price: Option<f64>,
+    pub in_stock_only: bool,
+}
+
+impl Filters {
+    /// # Errors
+    /// `InvalidInput` for a negative or non-finite price bound or min above max.
+    pub fn new(
+        category: &str,
+        brands: &[String],
+        min_price: Option<f64>,
+        max_price: Option<f64>,
+        in_stock_only: bool,
+    ) -> Result<Self, RankError> {
+        for (name, v) in [("filters.min_price", min_price), ("filters.max_price", max_price)] {
+            if let Some(v) = v {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(RankError::InvalidInput(format!("{name} must be finite and >= 0, got {v}")));
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (min_price, max_price) {
+            if lo > hi {
+                return Err(RankError::InvalidInput(format!(
+                    "filters.min_price ({lo}) is above filters.max_price ({hi})"
+                )));
+            }
+        }
+        Ok(Self {
+            category: Some(category.trim().to_lowercase()).filter(|c| !c.is_empty()),
+            brands: brands.iter().map(|b| b.trim().to_lowercase()).filter(|b| !b.is_empty()).collect(),
+            min_price,
+            max_price,
+            in_stock_only,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn accepts(&self, item: &Item) -> bool {
+        if self.in_stock_only && !item.in_stock {
+            return false;
+        }
+        if self.min_price.is_some_and(|lo| item.price < lo) || self.max_price.is_some_and(|hi| item.price > hi) {
+            return false;
+        }
+        if !self.brands.is_empty() && !self.brands.contains(&item.brand.to_lowercase()) {
+            return false;
+        }
+        if let Some(category) = &self.category {
+            if !item.category.iter().any(|c| c.to_lowercase() == *category) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What a shopper did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum InteractionKind {
+    View,
+    Click,
+    Cart,
+    Purchase,
+    Rating,
+}
+
+impl InteractionKind {
+    /// Parses `view`, `click`, `cart`, `purchase` or `rating` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "view" => Some(Self::View),
+            "click" => Some(Self::Click),
+            "cart" | "add_to_cart" => Some(Self::Cart),
+            "purchase" | "buy" | "bought" => Some(Self::Purchase),
+            "rating" | "rate" => Some(Self::Rating),
+            _ => None,
+        }
+    }
+
+    /// The verb explanations use ("the X you bought").
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Self::View | Self::Click => "viewed",
+            Self::Cart => "added to your cart",
+            Self::Purchase => "bought",
+            Self::Rating => "rated",
+        }
+    }
+}
+
+/// One event, with the user already pseudonymised.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Interaction {
+    pub user: crate::UserKey,
+    pub item_id: String,
+    pub kind: InteractionKind,
+    pub value: f32,
+    pub timestamp_ms: i64,
+}
+
+impl Interaction {
+    /// How much the event says about taste: a purchase means more than a view; a rating
+    /// counts by how high it is (a 1-star rating adds almost nothing).
+    pub fn weight(&self) -> f32 {
+        match self.kind {
+            InteractionKind::View => 1.0,
+            InteractionKind::Click => 2.0,
+            InteractionKind::Cart => 3.0,
+            InteractionKind::Purchase => 5.0,
+            InteractionKind::Rating => (self.value.clamp(0.0, 5.0) - 1.0).max(0.25),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item() -> Item {
+        Item {
+            id: "p1".into(),
+            title: "Trail Tent".into(),
+            description: String::new(),
+            category: vec!["Outdoor".into(), " Tents\t".into()],
+            brand: "Acme".into(),
+            price: 120.0,
+            attributes: [("color".to_string(), "green".to_string())].into(),
+            in_stock: true,
+        }
+    }
+
+    #[test]
+    fn facts_chain_the_category_path() {
+        let facts = item().validated().unwrap().facts();
+        assert!(facts.contains(&("item:p1".into(), "brand".into(), "brand:Acme".into())));
+        assert!(facts.contains(&("category:Outdoor/Tents".into(), "parent".into(), "category:Outdoor".into())));
+        assert!(facts.contains(&("item:p1".into(), "category".into(), "category:Outdoor/Tents".into())));
+        assert!(facts.contains(&("item:p1".into(), "attribute".into(), "attr:color=green".into())));
+    }
+
+    #[test]
+    fn bad_items_are_rejected_with_the_field() {
+        let mut i = item();
+        i.price = f64::NAN;
+        assert!(i.validated().unwrap_err().to_string().contains("price"));
+        let mut i = item();
+        i.id = String::new();
+        assert!(i.validated().unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn filters_check_price_brand_category_stock() {
+        let f = Filters::new("tents", &["ACME".into()], Some(100.0), Some(150.0), true).unwrap();
+        assert!(f.accepts(&item().validated().unwrap()));
+        let mut cheap = item();
+        cheap.price = 10.0;
+        assert!(!f.accepts(&cheap));
+        assert!(Filters::new("", &[], Some(5.0), Some(1.0), false).is_err());
+        assert!(Filters::new("", &[], Some(-1.0), None, false).is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! `Rank`, end to end: candidates, features, fusion, the knowledge-graph signal, filters,
+//! diversity and explanations. Generic over where query vectors and graph paths come from, so
+//! the service plugs in gRPC clients and tests plug in fakes.
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use crate::catalog::{Catalog, HistoryEntry};
+use crate::item::{Filters, InteractionKind, entity_item, item_entity};
+use crate::{RankError, UserKey};
+
+/// Most results one request may ask for.
+pub const MAX_K: usize = 1_000;
+/// Candidates sent to the graph for paths after the first scoring pass.
+const KG_CANDIDATES: usize = 300;
+/// History items the graph signal starts from.
+const KG_SOURCES: usize = 20;
+
+/// Where query vectors come from (the encoder service, or a fake in tests).
+pub trait EmbeddingSource: Send + Sync {
+    /// One L2-normalised vector for `text`.
+    fn embed_query(&self, text: &str) -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send;
+}
+
+/// Where relation paths come from (the knowledge-graph service, or a fake in tests).
+pub trait GraphSource: Send + Sync {
+    /// Shortest paths from any of `sources` to each of `targets`, at most `max_hops` edges.
+    fn paths(
+        &self,
+        sources: Vec<String>,
+        targets: Vec<String>,
+        max_hops: u32,
+    ) -> impl Future<Output = Result<Vec<GraphPath>, SourceError>> + Send;
+}
+
+/// A dependency that could not answer (down, late, or refused).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// One edge of a path as walked: `forward` when from head to tail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphStep {
+    pub relation: String,
+    pub forward: bool,
+    pub entity: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphPath {
+    pub source: String,
+    pub target: String,
+    pub steps: Vec<GraphStep>,
+}
+
+/// The signals a score is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Dense,
+    Bm25,
+    Cf,
+    Kg,
+    Popularity,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 5] = [Signal::Dense, Signal::Bm25, Signal::Cf, Signal::Kg, Signal::Popularity];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Dense => "dense",
+            Signal::Bm25 => "bm25",
+            Signal::Cf => "cf",
+            Signal::Kg => "kg",
+            Signal::Popularity => "popularity",
+        }
+    }
+}
+
+/// Linear fusion: one weight set for requests with a query, one for recommendations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusionModel {
+    pub version: String,
+    pub with_query: [f32; 5],
+    pub without_query: [f32; 5],
+}
+
+impl Default for FusionModel {
+    /// Hand-set weights (order: dense, bm25, cf, kg, popularity). With a query, relevance to it
+    /// dominates and personal signals break ties; without one, the user's history does.
+    fn default() -> Self {
+        Self {
+            version: "default-v1".into(),
+            with_query: [0.55, 0.20, 0.10, 0.10, 0.05],
+            without_query: [0.0, 0.0, 0.45, 0.35, 0.20],
+        }
+    }
+}
+
+/// A validated `Rank` request.
+#[derive(Debug, Clone, Default)]
+pub struct RankQuery {
+    pub user: Option<UserKey>,
+    pub query: Option<String>,
+    pub k: usize,
+    pub filters: Filters,
+    pub exclude: HashSet<String>,
+    pub candidate_ids: Vec<String>,
+    pub explain: bool,
+    /// 0..=1.
+    pub diversity: f32,
+    pub include_purchased: bool,
+}
+
+impl RankQuery {
+    /// # Errors
+    /// `InvalidInput` for k outside 1..=1000 or diversity outside 0..=1.
+    pub fn validate(&self) -> Result<(), RankError> {
+        if self.k == 0 || self.k > MAX_K {
+            return Err(RankError::InvalidInput(format!("k must be 1..={MAX_K}, got {}", self.k)));
+        }
+        if !(0.0..=1.0).contains(&self.diversity) {
+            return Err(RankError::InvalidInput(format!(
+                "diversity must be between 0 and 1, got {}",
+                self.diversity
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub signal: Signal,
+    pub value: f32,
+    pub contribution: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedItem {
+    pub id: String,
+    pub score: f32,
+    pub title: String,
+    pub brand: String,
+    pub category: Vec<String>,
+    pub price: f64,
+    pub contributions: Vec<Contribution>,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranking {
+    pub items: Vec<RankedItem>,
+    pub missing_signals: Vec<Signal>,
+    pub candidates: usize,
+    pub model_version: String,
+}
+
+/// Per-candidate working state.
+#[derive(Debug, Clone)]
+struct Candidate {
+    slot: u32,
+    id: String,
+    features: [f32; 5],
+    cf_by: Option<String>,
+    kg_path: Option<GraphPath>,
+    score: f32,
+}
+
+/// The ranker's logic over a shared catalog and two sources.
+pub struct Ranker<E, G> {
+    catalog: Arc<RwLock<Catalog>>,
+    encoder: E,
+    graph: G,
+    model: RwLock<FusionModel>,
+}
+
+fn poisoned() -> RankError {
+    RankError::Internal("catalog lock poisoned".into())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
+    pub fn new(catalog: Arc<RwLock<Catalog>>, encoder: E, graph: G) -> Self {
+        Self {
+            catalog,
+            encoder,
+            graph,
+            model: RwLock::new(FusionModel::default()),
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<RwLock<Catalog>> {
+        &self.catalog
+    }
+
+    pub fn model_version(&self) -> String {
+        self.model.read().map(|m| m.version.clone()).unwrap_or_default()
+    }
+
+    /// Ranks the catalog for one request.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad request. A failing encoder or graph is not an error: the
+    /// ranking comes from the other signals and `missing_signals` names the lost ones.
+    pub async fn rank(&self, request: &RankQuery) -> Result<Ranking, RankError> {
+        request.validate()?;
+        let model = self.model.read().map_err(|_| poisoned())?.clone();
+        let mut missing = Vec::new();
+        let query = request.query.as_deref().map(str::trim).filter(|q| !q.is_empty());
+        let query_vector = match query {
+            Some(q) => match self.encoder.embed_query(q).await {
+                Ok(v) => Some(v),
+                Err(error) => {
+                    tracing::warn!(%error, "encoder unavailable; ranking without the dense signal");
+                    missing.push(Signal::Dense);
+                    None
+                }
+            },
+            None => None,
+        };
+        let weights = if query.is_some() { model.with_query } else { model.without_query };
+
+        // First pass, under the lock: candidates and every feature but the graph's.
+        let (mut candidates, history) = {
+            let catalog = self.catalog.read().map_err(|_| poisoned())?;
+            let history = request.user.as_ref().map(|u| catalog.history(u)).unwrap_or_default();
+            let candidates = first_pass(&catalog, request, query, query_vector.as_deref(), &history, &weights);
+            (candidates, history)
+        };
+        let total = candidates.len();
+        candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+
+        // The graph signal for the best candidates: paths from the user's recent items.
+        if !history.is_empty() && !candidates.is_empty() && weights[3] > 0.0 {
+            let sources: Vec<String> = history.iter().take(KG_SOURCES).map(|h| item_entity(&h.item_id)).collect();
+            let shortlist = candidates.len().min(KG_CANDIDATES.max(request.k * 2)).min(1_000);
+            let targets: Vec<String> = candidates[..shortlist].iter().map(|c| item_entity(&c.id)).collect();
+            match self.graph.paths(sources, targets, 2).await {
+                Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, &history, &weights),
+                Err(error) => {
+                    tracing::warn!(%error, "knowledge graph unavailable; ranking without it");
+                    missing.push(Signal::Kg);
+                }
+            }
+            candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        }
+
+        let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        let chosen = diversify(&catalog, candidates, request.k, request.diversity);
+        let items = chosen
+            .into_iter()
+            .filter_map(|c| {
+                let (item, _) = catalog.item_at(c.slot)?;
+                let mut contributions: Vec<Contribution> = Signal::ALL
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| weights[*i] > 0.0 && c.features[*i] > 0.0)
+                    .map(|(i, &signal)| Contribution {
+                        signal,
+                        value: c.features[i],
+                        contribution: weights[i] * c.features[i],
+                    })
+                    .collect();
+                contributions.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+                let reasons = if request.explain {
+                    explain(&catalog, &c, &contributions, query, &history)
+                } else {
+                    Vec::new()
+                };
+                Some(RankedItem {
+                    id: c.id.clone(),
+                    score: c.score,
+                    title: item.title.clone(),
+                    brand: item.brand.clone(),
+                    category: item.category.clone(),
+                    price: item.price,
+                    contributions: if request.explain { contributions } else { Vec::new() },
+                    reasons,
+                })
+            })
+            .collect();
+        Ok(Ranking {
+            items,
+            missing_signals: missing,
+            candidates: total,
+            model_version: model.version,
+        })
+    }
+}
+
+fn fuse(features: &[f32; 5], weights: &[f32; 5]) -> f32 {
+    features.iter().zip(weights).map(|(f, w)| f * w).sum()
+}
+
+/// Candidates (the caller's ids, or the whole catalog: an exact scan) that pass filters and
+/// exclusions, with dense, BM25, CF and popularity features normalised to 0..1 and a first score.
+fn first_pass(
+    catalog: &Catalog,
+    request: &RankQuery,
+    query: Option<&str>,
+    query_vector: Option<&[f32]>,
+    history: &[HistoryEntry],
+    weights: &[f32; 5],
+) -> Vec<Candidate> {
+    let purchased: HashSet<&str> = history
+        .iter()
+        .filter(|h| h.kind == InteractionKind::Purchase)
+        .map(|h| h.item_id.as_str())
+        .collect();
+    let slots: Vec<u32> = if request.candidate_ids.is_empty() {
+        catalog.slots().collect()
+    } else {
+        let mut seen = HashSet::new();
+        request
+            .candidate_ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .filter_map(|id| catalog.slot_of(id))
+            .collect()
+    };
+    let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
+    let bm25_max = bm25.values().copied().fold(0.0, f32::max);
+    let cf = if history.is_empty() { HashMap::new() } else { catalog.cf_scores(history) };
+    let cf_max = cf.values().map(|(s, _)| *s).fold(0.0, f32::max);
+    let pop_norm = catalog.max_popularity().ln_1p();
+    let mut out = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let Some((item, vector)) = catalog.item_at(slot) else { continue };
+        if request.exclude.contains(&item.id)
+            || (!request.include_purchased && purchased.contains(item.id.as_str()))
+            || !request.filters.accepts(item)
+        {
+            continue;
+        }
+        let dense = query_vector.map(|q| cosine(q, vector).max(0.0)).unwrap_or(0.0);
+        let lexical = if bm25_max > 0.0 { bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max } else { 0.0 };
+        let (cf_score, cf_by) = match cf.get(&item.id) {
+            Some((s, by)) if cf_max > 0.0 => (s / cf_max, Some(by.clone())),
+            _ => (0.0, None),
+        };
+        let popularity = if pop_norm > 0.0 { catalog.popularity(&item.id).ln_1p() / pop_norm } else { 0.0 };
+        let features = [dense, lexical, cf_score, 0.0, popularity];
+        out.push(Candidate {
+            slot,
+            id: item.id.clone(),
+            score: fuse(&features, weights),
+            features,
+            cf_by,
+            kg_path: None,
+        });
+    }
+    out
+}
+
+/// How much a path says: a direct item-to-item relation (accessory, complement) most, a shared
+/// brand more than a shared category, an attribute least.
+fn path_strength(path: &GraphPath) -> f32 {
+    match path.steps.as_slice() {
+        [_] => 1.0,
+        [a, b] if a.relation == b.relation => match a.relation.as_str() {
+            "brand" => 0.7,
+            "category" => 0.5,
+            "attribute" => 0.3,
+            _ => 0.5,
+        },
+        _ => 0.25,
+    }
+}
+
+/// Sets the graph feature of each candidate from its strongest path (plus a little for every
+/// further history item that reaches it) and rescoring.
+fn apply_paths(candidates: &mut [Candidate], paths: Vec<GraphPath>, history: &[HistoryEntry], weights: &[f32; 5]) {
+    let recency: HashMap<String, usize> =
+        history.iter().enumerate().map(|(i, h)| (item_entity(&h.item_id), i)).collect();
+    let mut best: HashMap<String, (f32, GraphPath, HashSet<String>)> = HashMap::new();
+    for path in paths {
+        let strength = path_strength(&path);
+        let entry = best
+            .entry(path.target.clone())
+            .or_insert_with(|| (0.0, path.clone(), HashSet::new()));
+        entry.2.insert(path.source.clone());
+        let newer = recency.get(&path.source) < recency.get(&entry.1.source);
+        if strength > entry.0 || (strength == entry.0 && newer) {
+            entry.0 = strength;
+            entry.1 = path;
+        }
+    }
+    for c in candidates.iter_mut() {
+        if let Some((strength, path, sources)) = best.remove(&item_entity(&c.id)) {
+            c.features[3] = (strength + 0.1 * (sources.len() as f32 - 1.0)).min(1.0);
+            c.kg_path = Some(path);
+            c.score = fuse(&c.features, weights);
+        }
+    }
+}
+
+/// Top k by maximal marginal relevance: each pick maximises
+/// (1 - diversity) x score - diversity x similarity to what is already picked, where two items
+/// in the same leaf category are similar (1) and in the same top category half so.
+fn diversify(catalog: &Catalog, candidates: Vec<Candidate>, k: usize, diversity: f32) -> Vec<Candidate> {
+    if diversity <= 0.0 || candidates.len() <= 1 {
+        return candidates.into_iter().take(k).collect();
+    }
+    let pool_size = candidates.len().min(k * 5 + 20);
+    let mut pool: Vec<Candidate> = candidates.into_iter().take(pool_size).collect();
+    let categories: Vec<(String, String)> = pool
+        .iter()
+        .map(|c| {
+            let cat = catalog.item_at(c.slot).map(|(i, _)| i.category.clone()).unwrap_or_default();
+            (cat.first().cloned().unwrap_or_default(), cat.last().cloned().unwrap_or_default())
+        })
+        .collect();
+    let mut keys: Vec<Option<(String, String)>> = categories.into_iter().map(Some).collect();
+    let mut picked_keys: Vec<(String, String)> = Vec::new();
+    let mut out = Vec::with_capacity(k);
+    while out.len() < k && !pool.is_empty() {
+        let mut best = 0;
+        let mut best_value = f32::NEG_INFINITY;
+        for (i, c) in pool.iter().enumerate() {
+            let Some((top, leaf)) = &keys[i] else { continue };
+            let similarity = picked_keys
+                .iter()
+                .map(|(t, l)| if l == leaf && !leaf.is_empty() { 1.0 } else if t == top && !top.is_empty() { 0.5 } else { 0.0 })
+                .fold(0.0, f32::max);
+            let value = (1.0 - diversity) * c.score - diversity * similarity;
+            if value > best_value {
+                best_value = value;
+                best = i;
+            }
+        }
+        if let Some(key) = keys.remove(best) {
+            picked_keys.push(key);
+        }
+        out.push(pool.remove(best));
+    }
+    out
+}
+
+fn display(entity: &str) -> String {
+    if let Some(b) = entity.strip_prefix("brand:") {
+        b.to_string()
+    } else if let Some(c) = entity.strip_prefix("category:") {
+        c.rsplit('/').next().unwrap_or(c).to_string()
+    } else if let Some(a) = entity.strip_prefix("attr:") {
+        a.replacen('=', " ", 1)
+    } else {
+        entity.to_string()
+    }
+}
+
+/// "the Trail Tent you bought", from a history item.
+fn your_item(catalog: &Catalog, history: &[HistoryEntry], entity: &str) -> String {
+    let id = entity_item(entity).unwrap_or(entity);
+    let title = catalog.get(id).map(|i| i.title.as_str()).unwrap_or(id);
+    let verb = history
+        .iter()
+        .find(|h| h.item_id == id)
+        .map(|h| h.kind.past_tense())
+        .unwrap_or("viewed");
+    format!("the {title} you {verb}")
+}
+
+/// Turns a path into words.
+pub fn describe_path(path: &GraphPath, yours: &str) -> String {
+    match path.steps.as_slice() {
+        [step] => match (step.relation.as_str(), step.forward) {
+            ("accessory_of", false) => format!("an accessory for {yours}"),
+            ("accessory_of", true) => format!("{yours} is an accessory for it"),
+            ("complements" | "goes_with", _) => format!("goes with {yours}"),
+            (rel, _) => format!("linked to {yours} ({})", rel.replace('_', " ")),
+        },
+        [a, b] if a.relation == b.relation && a.forward && !b.forward => {
+            let via = display(&a.entity);
+            match a.relation.as_str() {
+                "brand" => format!("same brand ({via}) as {yours}"),
+                "category" => format!("same category ({via}) as {yours}"),
+                "attribute" => format!("shares {via} with {yours}"),
+                rel => format!("same {} ({via}) as {yours}", rel.replace('_', " ")),
+            }
+        }
+        steps => {
+            let chain: Vec<String> = steps.iter().map(|s| s.relation.replace('_', " ")).collect();
+            format!("related to {yours} via {}", chain.join(" > "))
+        }
+    }
+}
+
+fn explain(
+    catalog: &Catalog,
+    candidate: &Candidate,
+    contributions: &[Contribution],
+    query: Option<&str>,
+    history: &[HistoryEntry],
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for c in contributions {
+        let reason = match c.signal {
+            Signal::Dense | Signal::Bm25 => match query {
+                Some(q) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {
+                    Some(format!("matches your search \"{q}\""))
+                }
+                _ => None,
+            },
+            Signal::Kg => candidate
+                .kg_path
+                .as_ref()
+                .map(|p| describe_path(p, &your_item(catalog, history, &p.source))),
+            Signal::Cf => candidate.cf_by.as_ref().map(|by| {
+                let title = catalog.get(by).map(|i| i.title.as_str()).unwrap_or(by);
+                format!("shoppers who liked the {title} also chose this")
+            }),
+            Signal::Popularity => Some("popular with shoppers".to_string()),
+        };
+        if let Some(r) = reason {
+            reasons.push(r);
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("in the catalog (no signal favoured it)".into());
+    }
+    reasons
+}

@@ -1,0 +1,252 @@
+//! The ranker's logic with fake sources: the real catalog, scoring, graph signal, filters,
+//! diversity and explanations; only the encoder and the graph service are replaced.
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
+use souk_ranker_core::rank::{
+    EmbeddingSource, GraphPath, GraphSource, GraphStep, RankQuery, Ranker, Signal, SourceError,
+};
+use souk_ranker_core::{RankError, UserHasher};
+
+const VOCAB: &[&str] = &["tent", "stove", "shoe", "running", "camping", "jacket", "lamp", "pegs"];
+
+/// Bag of words over a tiny vocabulary, normalised: enough to tell texts apart.
+fn fake_vector(text: &str) -> Vec<f32> {
+    let lower = text.to_lowercase();
+    let mut v: Vec<f32> = VOCAB.iter().map(|w| if lower.contains(w) { 1.0 } else { 0.0 }).collect();
+    v.push(0.1);
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+struct FakeEncoder {
+    down: Arc<AtomicBool>,
+}
+
+impl EmbeddingSource for FakeEncoder {
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SourceError("encoder down".into()));
+        }
+        Ok(fake_vector(text))
+    }
+}
+
+/// A graph that knows which items share a brand, and one accessory link.
+struct FakeGraph {
+    brands: HashMap<String, String>,
+    accessories: Vec<(String, String)>,
+    down: Arc<AtomicBool>,
+}
+
+impl GraphSource for FakeGraph {
+    async fn paths(&self, sources: Vec<String>, targets: Vec<String>, _hops: u32) -> Result<Vec<GraphPath>, SourceError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SourceError("graph down".into()));
+        }
+        let mut out = Vec::new();
+        for s in &sources {
+            for t in &targets {
+                let (si, ti) = (s.trim_start_matches("item:"), t.trim_start_matches("item:"));
+                if self.accessories.iter().any(|(acc, of)| acc == ti && of == si) {
+                    out.push(GraphPath {
+                        source: s.clone(),
+                        target: t.clone(),
+                        steps: vec![GraphStep { relation: "accessory_of".into(), forward: false, entity: t.clone() }],
+                    });
+                } else if let (Some(a), Some(b)) = (self.brands.get(si), self.brands.get(ti)) {
+                    if a == b && s != t {
+                        out.push(GraphPath {
+                            source: s.clone(),
+                            target: t.clone(),
+                            steps: vec![
+                                GraphStep { relation: "brand".into(), forward: true, entity: format!("brand:{a}") },
+                                GraphStep { relation: "brand".into(), forward: false, entity: t.clone() },
+                            ],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn item(id: &str, title: &str, category: &[&str], brand: &str, price: f64) -> Item {
+    Item {
+        id: id.into(),
+        title: title.into(),
+        description: String::new(),
+        category: category.iter().map(|c| c.to_string()).collect(),
+        brand: brand.into(),
+        price,
+        attributes: Default::default(),
+        in_stock: id != "p9",
+    }
+}
+
+/// Switches that take the fake dependencies down.
+struct Switches {
+    encoder_down: Arc<AtomicBool>,
+    graph_down: Arc<AtomicBool>,
+}
+
+fn shop() -> (Ranker<FakeEncoder, FakeGraph>, UserHasher, Switches) {
+    let items = vec![
+        item("p1", "Trail Tent", &["Outdoor", "Tents"], "Acme", 120.0),
+        item("p2", "Camping Stove", &["Outdoor", "Stoves"], "Acme", 45.0),
+        item("p3", "Running Shoe", &["Sports", "Shoes"], "Swift", 80.0),
+        item("p4", "Running Jacket", &["Sports", "Jackets"], "Swift", 95.0),
+        item("p5", "Desk Lamp", &["Home", "Lamps"], "Glow", 30.0),
+        item("p6", "Tent Pegs", &["Outdoor", "Tents"], "Pegco", 8.0),
+        item("p7", "Family Tent", &["Outdoor", "Tents"], "Bigtop", 300.0),
+        item("p8", "Floor Lamp", &["Home", "Lamps"], "Glow", 60.0),
+        item("p9", "Trail Running Shoe", &["Sports", "Shoes"], "Swift", 110.0),
+    ];
+    let mut catalog = Catalog::default();
+    let mut brands = HashMap::new();
+    for i in items {
+        brands.insert(i.id.clone(), i.brand.clone());
+        let v = fake_vector(&i.text());
+        catalog.upsert(i.validated().unwrap(), v).unwrap();
+    }
+    let switches = Switches { encoder_down: Arc::default(), graph_down: Arc::default() };
+    let graph = FakeGraph { brands, accessories: vec![("p6".into(), "p1".into())], down: switches.graph_down.clone() };
+    let encoder = FakeEncoder { down: switches.encoder_down.clone() };
+    let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), encoder, graph);
+    (ranker, UserHasher::new(b"test"), switches)
+}
+
+fn record(ranker: &Ranker<FakeEncoder, FakeGraph>, hasher: &UserHasher, user: &str, item: &str, kind: InteractionKind, ts: i64) {
+    ranker.catalog().write().unwrap().record(&Interaction {
+        user: hasher.key(user),
+        item_id: item.into(),
+        kind,
+        value: 1.0,
+        timestamp_ms: ts,
+    });
+}
+
+fn ids(r: &souk_ranker_core::rank::Ranking) -> Vec<&str> {
+    r.items.iter().map(|i| i.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_new_user_without_a_query_gets_popular_items() {
+    let (ranker, h, _) = shop();
+    for (u, ts) in [("a", 1), ("b", 2), ("c", 3)] {
+        record(&ranker, &h, u, "p5", InteractionKind::Purchase, ts);
+    }
+    record(&ranker, &h, "a", "p3", InteractionKind::View, 4);
+    let r = ranker.rank(&RankQuery { user: Some(h.key("new")), k: 3, explain: true, ..Default::default() }).await.unwrap();
+    assert_eq!(ids(&r)[..2], ["p5", "p3"], "most popular first");
+    assert!(r.items[0].reasons.iter().any(|x| x.contains("popular")));
+    assert!(r.missing_signals.is_empty());
+}
+
+#[tokio::test]
+async fn a_query_ranks_matching_items_first_and_survives_a_dead_encoder() {
+    let (ranker, _, switches) = shop();
+    let q = RankQuery { query: Some("camping stove".into()), k: 3, explain: true, ..Default::default() };
+    let r = ranker.rank(&q).await.unwrap();
+    assert_eq!(r.items[0].id, "p2");
+    assert!(r.items[0].reasons[0].contains("matches your search \"camping stove\""));
+    assert!(r.items[0].contributions.iter().any(|c| c.signal == Signal::Dense));
+
+    switches.encoder_down.store(true, Ordering::SeqCst);
+    let r = ranker.rank(&q).await.unwrap();
+    assert_eq!(r.missing_signals, vec![Signal::Dense]);
+    assert_eq!(r.items[0].id, "p2", "BM25 alone still finds the stove");
+}
+
+#[tokio::test]
+async fn history_brings_same_brand_and_accessories_with_reasons() {
+    let (ranker, h, _) = shop();
+    record(&ranker, &h, "u", "p1", InteractionKind::Purchase, 10);
+    let r = ranker.rank(&RankQuery { user: Some(h.key("u")), k: 3, explain: true, ..Default::default() }).await.unwrap();
+    assert!(!ids(&r).contains(&"p1"), "already bought: dropped by default");
+    assert_eq!(r.items[0].id, "p6", "the accessory of the tent comes first");
+    assert_eq!(r.items[0].reasons[0], "an accessory for the Trail Tent you bought");
+    let stove = r.items.iter().find(|i| i.id == "p2").expect("same brand as the tent");
+    assert!(stove.reasons.iter().any(|x| x == "same brand (Acme) as the Trail Tent you bought"), "{:?}", stove.reasons);
+
+    let with_bought = ranker
+        .rank(&RankQuery { user: Some(h.key("u")), k: 9, include_purchased: true, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(ids(&with_bought).contains(&"p1"));
+}
+
+#[tokio::test]
+async fn a_dead_graph_is_flagged_not_fatal() {
+    let (ranker, h, switches) = shop();
+    record(&ranker, &h, "u", "p1", InteractionKind::Purchase, 10);
+    switches.graph_down.store(true, Ordering::SeqCst);
+    let r = ranker.rank(&RankQuery { user: Some(h.key("u")), k: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(r.missing_signals, vec![Signal::Kg]);
+    assert_eq!(r.items.len(), 3);
+}
+
+#[tokio::test]
+async fn a_click_changes_the_next_ranking() {
+    let (ranker, h, _) = shop();
+    // Other shoppers who looked at the shoe also looked at the jacket.
+    for (u, ts) in [("x", 1), ("y", 3)] {
+        record(&ranker, &h, u, "p3", InteractionKind::View, ts);
+        record(&ranker, &h, u, "p4", InteractionKind::View, ts + 1);
+    }
+    let before = ranker.rank(&RankQuery { user: Some(h.key("me")), k: 9, ..Default::default() }).await.unwrap();
+    let jacket_before = ids(&before).iter().position(|i| *i == "p4");
+    record(&ranker, &h, "me", "p3", InteractionKind::Click, 10);
+    let after = ranker.rank(&RankQuery { user: Some(h.key("me")), k: 9, explain: true, ..Default::default() }).await.unwrap();
+    let jacket_after = ids(&after).iter().position(|i| *i == "p4");
+    assert_eq!(after.items[0].id, "p4", "co-viewed jacket jumps to the top");
+    assert!(jacket_after < jacket_before);
+    assert!(after.items[0].reasons.iter().any(|r| r.contains("shoppers who liked the Running Shoe")));
+}
+
+#[tokio::test]
+async fn filters_exclusions_and_candidate_ids() {
+    let (ranker, _, _) = shop();
+    let filters = Filters::new("tents", &[], None, Some(200.0), true).unwrap();
+    let r = ranker
+        .rank(&RankQuery { query: Some("tent".into()), k: 10, filters, exclude: HashSet::from(["p6".to_string()]), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&r), vec!["p1"], "p7 is too expensive, p6 excluded, others not tents");
+
+    let stock = Filters::new("", &[], None, None, true).unwrap();
+    let r = ranker.rank(&RankQuery { query: Some("running shoe".into()), k: 10, filters: stock, ..Default::default() }).await.unwrap();
+    assert!(!ids(&r).contains(&"p9"), "out of stock");
+
+    let r = ranker
+        .rank(&RankQuery { query: Some("lamp".into()), k: 10, candidate_ids: vec!["p3".into(), "p8".into(), "nope".into()], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&r), vec!["p8", "p3"], "re-rank mode ranks only the given ids");
+}
+
+#[tokio::test]
+async fn diversity_spreads_categories() {
+    let (ranker, _, _) = shop();
+    let q = |d| RankQuery { query: Some("tent camping".into()), k: 3, diversity: d, ..Default::default() };
+    let plain = ranker.rank(&q(0.0)).await.unwrap();
+    let diverse = ranker.rank(&q(0.9)).await.unwrap();
+    let leaves = |r: &souk_ranker_core::rank::Ranking| r.items.iter().map(|i| i.category.last().cloned().unwrap_or_default()).collect::<HashSet<_>>().len();
+    assert!(leaves(&diverse) > leaves(&plain), "{:?} vs {:?}", ids(&diverse), ids(&plain));
+}
+
+#[tokio::test]
+async fn bad_k_and_diversity_are_invalid() {
+    let (ranker, _, _) = shop();
+    for k in [0, 1001] {
+        let e = ranker.rank(&RankQuery { k, ..Default::default() }).await.unwrap_err();
+        assert!(matches!(e, RankError::InvalidInput(ref m) if m.contains("k must be")), "{e}");
+    }
+    let e = ranker.rank(&RankQuery { k: 1, diversity: 2.0, ..Default::default() }).await.unwrap_err();
+    assert!(e.to_string().contains("diversity"));
+}

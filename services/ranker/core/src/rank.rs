@@ -33,6 +33,23 @@ pub trait GraphSource: Send + Sync {
     ) -> impl Future<Output = Result<Vec<GraphPath>, SourceError>> + Send;
 }
 
+impl<T: EmbeddingSource> EmbeddingSource for Arc<T> {
+    fn embed_query(&self, text: &str) -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send {
+        (**self).embed_query(text)
+    }
+}
+
+impl<T: GraphSource> GraphSource for Arc<T> {
+    fn paths(
+        &self,
+        sources: Vec<String>,
+        targets: Vec<String>,
+        max_hops: u32,
+    ) -> impl Future<Output = Result<Vec<GraphPath>, SourceError>> + Send {
+        (**self).paths(sources, targets, max_hops)
+    }
+}
+
 /// A dependency that could not answer (down, late, or refused).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

@@ -1,1 +1,448 @@
-//! The ranker gRPC service, its sled store, encoder/graph clients and the souk-ranker binary.
+//! The ranker gRPC service (`souk.ranker.v1.Ranker`): the catalog and event log in sled
+//! ([`store::RankerStore`]), replayed into the in-memory catalog of `souk-ranker-core`, and
+//! `Rank` over the encoder and knowledge-graph services ([`sources`]).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use clap::Parser;
+//! let args = souk_ranker::RankerArgs::parse_from(["souk-ranker", "--data-dir", "/tmp/ranker"]);
+//! souk_ranker::run(args, souk_shared::shutdown::signal()).await
+//! # }
+//! ```
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use souk_proto::ranker::v1 as pb;
+use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item, validate_id};
+use souk_ranker_core::rank::{RankQuery, Ranker};
+use souk_ranker_core::{RankError, UserHasher};
+use souk_shared::config::ServerArgs;
+use souk_shared::server::GrpcServer;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, Streaming};
+
+pub mod sources;
+pub mod store;
+
+use sources::{GrpcEncoder, GrpcGraph};
+use store::RankerStore;
+
+/// Flags of `souk-ranker`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "souk-ranker", version, about = "souk's ranker (gRPC)")]
+pub struct RankerArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SOUK_LISTEN", default_value = "127.0.0.1:50053")]
+    pub listen: SocketAddr,
+    /// Directory of the sled store (created when missing).
+    #[arg(long, env = "SOUK_DATA_DIR", default_value = "souk-data/ranker")]
+    pub data_dir: PathBuf,
+    /// The encoder service.
+    #[arg(long, env = "SOUK_ENCODER_URL", default_value = "http://127.0.0.1:50051")]
+    pub encoder_url: String,
+    /// The knowledge-graph service.
+    #[arg(long, env = "SOUK_KG_URL", default_value = "http://127.0.0.1:50052")]
+    pub kg_url: String,
+    /// Deadline for the encoder and the graph inside one `Rank`, in milliseconds; past it the
+    /// ranking goes on without that signal.
+    #[arg(long, env = "SOUK_DEPENDENCY_TIMEOUT_MS", default_value_t = 300)]
+    pub dependency_timeout_ms: u64,
+    /// Deadline for embedding and graph writes while loading the catalog, in milliseconds.
+    #[arg(long, env = "SOUK_LOAD_TIMEOUT_MS", default_value_t = 120_000)]
+    pub load_timeout_ms: u64,
+    /// How long a query's vector is reused, in seconds.
+    #[arg(long, env = "SOUK_QUERY_CACHE_TTL_S", default_value_t = 300)]
+    pub query_cache_ttl_s: u64,
+    /// Secret for pseudonymising user ids. Unset: a random one is created in the data
+    /// directory (`user-id.key`) on first start and reused.
+    #[arg(long, env = "SOUK_USER_ID_KEY", hide_env_values = true)]
+    pub user_id_key: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Binds `args.listen` and serves until `shutdown`.
+///
+/// # Errors
+/// When the address cannot be bound, the store cannot be opened or the server fails.
+pub async fn run(args: RankerArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "ranker listening");
+    serve(listener, args, shutdown).await
+}
+
+type CoreRanker = Ranker<Arc<GrpcEncoder>, Arc<GrpcGraph>>;
+
+struct Ready {
+    ranker: CoreRanker,
+    store: RankerStore,
+    hasher: UserHasher,
+    encoder: Arc<GrpcEncoder>,
+    graph: Arc<GrpcGraph>,
+    load_timeout: Duration,
+}
+
+struct RankerService {
+    ready: OnceLock<Arc<Ready>>,
+}
+
+/// Serves on `listener`; health turns SERVING once the store is open and replayed. The
+/// encoder and graph need not be up: `Rank` degrades without them.
+///
+/// # Errors
+/// When the store cannot be opened or the transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    args: RankerArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(RankerService { ready: OnceLock::new() });
+    let mut server = GrpcServer::new("ranker", args.server.options()).await?;
+    server.add_service(
+        pb::ranker_server::RankerServer::from_arc(state.clone()).max_decoding_message_size(64 * 1024 * 1024),
+        &["UpsertItems", "DeleteItems"],
+    );
+    let health = server.health();
+    let timeout = Duration::from_millis(args.dependency_timeout_ms.max(1));
+    let encoder = Arc::new(GrpcEncoder::new(
+        souk_shared::client::lazy_channel(&args.encoder_url, timeout)?,
+        timeout,
+        Duration::from_secs(args.query_cache_ttl_s),
+    ));
+    let graph = Arc::new(GrpcGraph::new(
+        souk_shared::client::lazy_channel(&args.kg_url, timeout)?,
+        timeout,
+        args.server.admin_token.clone(),
+    ));
+    let data_dir = args.data_dir.clone();
+    let secret = args.user_id_key.clone();
+    let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
+        let store = RankerStore::open(&data_dir)?;
+        let secret = match secret.filter(|s| !s.is_empty()) {
+            Some(s) => s.into_bytes(),
+            None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
+        };
+        let catalog = store.load()?;
+        tracing::info!(items = catalog.len(), users = catalog.users(), "catalog replayed from the store");
+        Ok((store, catalog, UserHasher::new(&secret)))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
+    .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
+    let (store, catalog, hasher) = opened;
+    let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), encoder.clone(), graph.clone());
+    let _ = state.ready.set(Arc::new(Ready {
+        ranker,
+        store,
+        hasher,
+        encoder,
+        graph,
+        load_timeout: Duration::from_millis(args.load_timeout_ms.max(1)),
+    }));
+    health.set_ready().await;
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Maps ranker errors to gRPC codes; internal detail is logged, not sent.
+fn status(error: RankError) -> Status {
+    match error {
+        RankError::InvalidInput(m) => Status::invalid_argument(m),
+        RankError::NotFound(m) => Status::not_found(m),
+        RankError::Internal(m) => {
+            tracing::error!(error = %m, "ranker failure");
+            Status::internal("ranker failure; see the service log")
+        }
+    }
+}
+
+fn poisoned() -> Status {
+    Status::internal("catalog lock poisoned; restart the service")
+}
+
+impl RankerService {
+    fn ready(&self) -> Result<Arc<Ready>, Status> {
+        self.ready
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("the ranker store is still opening"))
+    }
+}
+
+fn item_from_pb(item: pb::Item) -> Result<Item, RankError> {
+    Item {
+        id: item.id,
+        title: item.title,
+        description: item.description,
+        category: item.category,
+        brand: item.brand,
+        price: item.price,
+        attributes: item.attributes.into_iter().collect(),
+        in_stock: item.in_stock,
+    }
+    .validated()
+}
+
+fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery, RankError> {
+    let filters = match request.filters {
+        Some(f) => Filters::new(&f.category, &f.brands, f.min_price, f.max_price, f.in_stock_only)?,
+        None => Filters::default(),
+    };
+    if !request.diversity.is_finite() {
+        return Err(RankError::InvalidInput("diversity must be a number between 0 and 1".into()));
+    }
+    if request.candidate_ids.len() > 10_000 {
+        return Err(RankError::InvalidInput(format!(
+            "candidate_ids holds {} ids; the limit is 10000",
+            request.candidate_ids.len()
+        )));
+    }
+    let user = Some(request.user_id.trim()).filter(|u| !u.is_empty()).map(|u| hasher.key(u));
+    Ok(RankQuery {
+        user,
+        query: Some(request.query).filter(|q| !q.trim().is_empty()),
+        k: request.k as usize,
+        filters,
+        exclude: request.exclude.into_iter().collect(),
+        candidate_ids: request.candidate_ids,
+        explain: request.explain,
+        diversity: request.diversity,
+        include_purchased: request.include_purchased,
+    })
+}
+
+fn interaction_from_pb(event: pb::Interaction, hasher: &UserHasher, index: usize) -> Result<Interaction, RankError> {
+    let bad = |why: String| RankError::InvalidInput(format!("interactions[{index}]: {why}"));
+    if event.user_id.trim().is_empty() {
+        return Err(bad("user_id is empty".into()));
+    }
+    validate_id(&event.item_id).map_err(|e| bad(e.to_string()))?;
+    let kind = match pb::InteractionKind::try_from(event.kind) {
+        Ok(pb::InteractionKind::View) => InteractionKind::View,
+        Ok(pb::InteractionKind::Click) => InteractionKind::Click,
+        Ok(pb::InteractionKind::Cart) => InteractionKind::Cart,
+        Ok(pb::InteractionKind::Purchase) => InteractionKind::Purchase,
+        Ok(pb::InteractionKind::Rating) => InteractionKind::Rating,
+        _ => return Err(bad(format!("kind {} is not one of view, click, cart, purchase, rating", event.kind))),
+    };
+    if !event.value.is_finite() {
+        return Err(bad("value is not a finite number".into()));
+    }
+    let timestamp_ms = if event.timestamp_ms == 0 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    } else {
+        event.timestamp_ms
+    };
+    Ok(Interaction {
+        user: hasher.key(event.user_id.trim()),
+        item_id: event.item_id,
+        kind,
+        value: event.value,
+        timestamp_ms,
+    })
+}
+
+fn affinities(list: Vec<(String, f32)>) -> Vec<pb::Affinity> {
+    list.into_iter().map(|(name, weight)| pb::Affinity { name, weight }).collect()
+}
+
+#[tonic::async_trait]
+impl pb::ranker_server::Ranker for RankerService {
+    async fn rank(&self, request: Request<pb::RankRequest>) -> Result<Response<pb::RankResponse>, Status> {
+        let ready = self.ready()?;
+        let query = rank_query(request.into_inner(), &ready.hasher).map_err(status)?;
+        let ranking = ready.ranker.rank(&query).await.map_err(status)?;
+        Ok(Response::new(pb::RankResponse {
+            items: ranking
+                .items
+                .into_iter()
+                .map(|i| pb::RankedItem {
+                    id: i.id,
+                    score: i.score,
+                    title: i.title,
+                    brand: i.brand,
+                    category: i.category,
+                    price: i.price,
+                    contributions: i
+                        .contributions
+                        .into_iter()
+                        .map(|c| pb::Contribution {
+                            signal: c.signal.name().to_string(),
+                            value: c.value,
+                            contribution: c.contribution,
+                        })
+                        .collect(),
+                    reasons: i.reasons,
+                })
+                .collect(),
+            missing_signals: ranking.missing_signals.iter().map(|s| s.name().to_string()).collect(),
+            candidates: ranking.candidates as u32,
+            model_version: ranking.model_version,
+        }))
+    }
+
+    async fn upsert_items(
+        &self,
+        request: Request<Streaming<pb::UpsertItemsRequest>>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let ready = self.ready()?;
+        let mut stream = request.into_inner();
+        let mut response = pb::UpsertItemsResponse::default();
+        let mut batch_no = 0u64;
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            let items = message
+                .items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    item_from_pb(item).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "batch {batch_no}, item {i}: {e}; this batch was not stored, {batch_no} earlier batches were"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            batch_no += 1;
+            if items.is_empty() {
+                continue;
+            }
+            let texts = items.iter().map(Item::text).collect();
+            let vectors = ready.encoder.embed_many(texts, ready.load_timeout).await.map_err(|e| {
+                Status::unavailable(format!("cannot embed items (batch {}): {e}", batch_no - 1))
+            })?;
+            if vectors.len() != items.len() {
+                return Err(Status::internal("encoder returned the wrong number of vectors"));
+            }
+            let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
+            let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
+            {
+                let ready = ready.clone();
+                let pairs = pairs.clone();
+                tokio::task::spawn_blocking(move || ready.store.put_items(&pairs))
+                    .await
+                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                    .map_err(status)?;
+            }
+            {
+                let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+                for (item, vector) in pairs.iter().cloned() {
+                    catalog.upsert(item, vector).map_err(status)?;
+                }
+            }
+            response.upserted += pairs.len() as u64;
+            match ready.graph.load_facts(facts, ready.load_timeout).await {
+                Ok(()) => response.graph_synced += pairs.len() as u64,
+                Err(error) => tracing::warn!(%error, "item facts did not reach the knowledge graph"),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn delete_items(
+        &self,
+        request: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let ready = self.ready()?;
+        let ids = request.into_inner().ids;
+        let known: Vec<String> = {
+            let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+            ids.iter().filter(|id| catalog.get(id).is_some()).cloned().collect()
+        };
+        {
+            let ready = ready.clone();
+            let known = known.clone();
+            tokio::task::spawn_blocking(move || ready.store.delete_items(&known))
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                .map_err(status)?;
+        }
+        let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+        for id in &known {
+            catalog.delete(id);
+        }
+        Ok(Response::new(pb::DeleteItemsResponse {
+            deleted: known.len() as u64,
+            not_found: (ids.len() - known.len()) as u64,
+        }))
+    }
+
+    async fn record_interactions(
+        &self,
+        request: Request<Streaming<pb::RecordInteractionsRequest>>,
+    ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+        let ready = self.ready()?;
+        let mut stream = request.into_inner();
+        let mut response = pb::RecordInteractionsResponse::default();
+        while let Some(message) = stream.next().await {
+            let events = message?
+                .interactions
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| interaction_from_pb(e, &ready.hasher, i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(status)?;
+            {
+                let ready = ready.clone();
+                let events = events.clone();
+                tokio::task::spawn_blocking(move || ready.store.append_events(&events))
+                    .await
+                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                    .map_err(status)?;
+            }
+            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+            for event in &events {
+                if catalog.get(&event.item_id).is_none() {
+                    response.unknown_items += 1;
+                }
+                catalog.record(event);
+            }
+            response.recorded += events.len() as u64;
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn user_profile(
+        &self,
+        request: Request<pb::UserProfileRequest>,
+    ) -> Result<Response<pb::UserProfileResponse>, Status> {
+        let ready = self.ready()?;
+        let request = request.into_inner();
+        if request.user_id.trim().is_empty() {
+            return Err(Status::invalid_argument("user_id is empty"));
+        }
+        let limit = match request.limit {
+            0 => 10,
+            n @ 1..=100 => n as usize,
+            n => return Err(Status::invalid_argument(format!("limit must be 1..=100, got {n}"))),
+        };
+        let user = ready.hasher.key(request.user_id.trim());
+        let profile = ready.ranker.catalog().read().map_err(|_| poisoned())?.profile(&user, limit);
+        Ok(Response::new(pb::UserProfileResponse {
+            interactions: profile.interactions,
+            categories: affinities(profile.categories),
+            brands: affinities(profile.brands),
+            attributes: affinities(profile.attributes),
+            recent_items: profile.recent_items,
+        }))
+    }
+
+    async fn stats(&self, _request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let ready = self.ready()?;
+        let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+        Ok(Response::new(pb::StatsResponse {
+            items: catalog.len() as u64,
+            users: catalog.users() as u64,
+            interactions: catalog.interactions(),
+            dimension: catalog.dimension().unwrap_or(0) as u32,
+            model_version: ready.ranker.model_version(),
+        }))
+    }
+}

@@ -1,0 +1,207 @@
+//! The ranker's view of its two dependencies, over gRPC: the encoder (query vectors, cached
+//! for a short time, and item vectors) and the knowledge graph (paths, and item facts).
+//! Every call carries a deadline so a slow dependency cannot hold a `Rank` past it.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use souk_proto::encoder::v1 as enc;
+use souk_proto::encoder::v1::encoder_client::EncoderClient;
+use souk_proto::kg::v1 as kg;
+use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
+use souk_ranker_core::rank::{EmbeddingSource, GraphPath, GraphSource, GraphStep, SourceError};
+use tonic::transport::Channel;
+
+fn failed(what: &str, status: &tonic::Status) -> SourceError {
+    SourceError(format!("{what}: {:?} {}", status.code(), status.message()))
+}
+
+/// Query vectors by query string, kept `ttl`; at most `capacity` entries.
+struct QueryCache {
+    entries: HashMap<String, (Instant, Vec<f32>)>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl QueryCache {
+    fn get(&self, query: &str) -> Option<Vec<f32>> {
+        self.entries
+            .get(query)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, query: String, vector: Vec<f32>) {
+        if self.entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(query, (Instant::now(), vector));
+    }
+}
+
+pub struct GrpcEncoder {
+    client: EncoderClient<Channel>,
+    /// Deadline of a query embedding inside `Rank`.
+    query_timeout: Duration,
+    cache: Mutex<QueryCache>,
+}
+
+impl GrpcEncoder {
+    pub fn new(channel: Channel, query_timeout: Duration, cache_ttl: Duration) -> Self {
+        Self {
+            client: EncoderClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
+            query_timeout,
+            cache: Mutex::new(QueryCache {
+                entries: HashMap::new(),
+                ttl: cache_ttl,
+                capacity: 10_000,
+            }),
+        }
+    }
+
+    /// Embeds item texts (normalised), in requests of at most 64 texts.
+    ///
+    /// # Errors
+    /// When the encoder is unreachable, refuses, or runs past `timeout` per request.
+    pub async fn embed_many(&self, texts: Vec<String>, timeout: Duration) -> Result<Vec<Vec<f32>>, SourceError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(64) {
+            let mut request = tonic::Request::new(enc::EmbedRequest {
+                texts: chunk.to_vec(),
+                truncate: Some(true),
+                normalize: Some(true),
+            });
+            request.set_timeout(timeout);
+            let response = self
+                .client
+                .clone()
+                .embed(request)
+                .await
+                .map_err(|s| failed("encoder", &s))?;
+            out.extend(response.into_inner().embeddings.into_iter().map(|e| e.values));
+        }
+        Ok(out)
+    }
+}
+
+impl EmbeddingSource for GrpcEncoder {
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some(v) = cache.get(text) {
+                return Ok(v);
+            }
+        }
+        let mut request = tonic::Request::new(enc::EmbedRequest {
+            texts: vec![text.to_string()],
+            truncate: Some(true),
+            normalize: Some(true),
+        });
+        request.set_timeout(self.query_timeout);
+        let mut client = self.client.clone();
+        let call = client.embed(request);
+        let response = tokio::time::timeout(self.query_timeout, call)
+            .await
+            .map_err(|_| SourceError(format!("encoder: no answer within {:?}", self.query_timeout)))?
+            .map_err(|s| failed("encoder", &s))?;
+        let vector = response
+            .into_inner()
+            .embeddings
+            .into_iter()
+            .next()
+            .map(|e| e.values)
+            .ok_or_else(|| SourceError("encoder returned no embedding".into()))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(text.to_string(), vector.clone());
+        }
+        Ok(vector)
+    }
+}
+
+pub struct GrpcGraph {
+    client: KnowledgeGraphClient<Channel>,
+    timeout: Duration,
+    admin_token: Option<String>,
+}
+
+impl GrpcGraph {
+    pub fn new(channel: Channel, timeout: Duration, admin_token: Option<String>) -> Self {
+        Self {
+            client: KnowledgeGraphClient::new(channel),
+            timeout,
+            admin_token,
+        }
+    }
+
+    /// Sends item facts to the graph as one atomic batch.
+    ///
+    /// # Errors
+    /// When the graph is unreachable or refuses the batch.
+    pub async fn load_facts(&self, facts: Vec<(String, String, String)>, timeout: Duration) -> Result<(), SourceError> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        let batch = kg::LoadTriplesRequest {
+            triples: facts
+                .into_iter()
+                .map(|(head, relation, tail)| kg::Triple { head, relation, tail })
+                .collect(),
+        };
+        let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
+        request.set_timeout(timeout);
+        if let Some(token) = &self.admin_token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| SourceError("admin token is not a valid header value".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        self.client
+            .clone()
+            .load_triples(request)
+            .await
+            .map_err(|s| failed("knowledge graph", &s))?;
+        Ok(())
+    }
+}
+
+impl GraphSource for GrpcGraph {
+    async fn paths(&self, sources: Vec<String>, targets: Vec<String>, max_hops: u32) -> Result<Vec<GraphPath>, SourceError> {
+        let mut request = tonic::Request::new(kg::PathsRequest {
+            sources,
+            targets,
+            max_hops,
+            limit: 1,
+            relations: Vec::new(),
+        });
+        request.set_timeout(self.timeout);
+        let mut client = self.client.clone();
+        let call = client.paths(request);
+        let response = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => return Err(SourceError(format!("knowledge graph: no answer within {:?}", self.timeout))),
+            // None of the user's items is in the graph: no paths, not an outage.
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => return Ok(Vec::new()),
+            Ok(Err(status)) => return Err(failed("knowledge graph", &status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        Ok(response
+            .paths
+            .into_iter()
+            .map(|p| GraphPath {
+                source: p.source,
+                target: p.target,
+                steps: p
+                    .steps
+                    .into_iter()
+                    .map(|s| GraphStep {
+                        relation: s.relation,
+                        forward: s.direction == kg::Direction::Out as i32,
+                        entity: s.entity,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}

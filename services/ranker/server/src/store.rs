@@ -1,0 +1,136 @@
+//! The ranker's sled store: items and their vectors in one tree (`i`+id -> JSON item,
+//! `v`+id -> little-endian f32s, written together in one atomic batch) and the event log in
+//! another (sequence number -> JSON event with the pseudonymised user).
+use std::path::Path;
+
+use souk_ranker_core::RankError;
+use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::item::{Interaction, Item};
+
+pub struct RankerStore {
+    db: sled::Db,
+    catalog: sled::Tree,
+    events: sled::Tree,
+}
+
+fn internal(e: impl std::fmt::Display) -> RankError {
+    RankError::Internal(format!("ranker store: {e}"))
+}
+
+fn key(prefix: u8, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(prefix);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+impl RankerStore {
+    /// # Errors
+    /// When the directory cannot be created or sled cannot open it.
+    pub fn open(dir: &Path) -> Result<Self, RankError> {
+        std::fs::create_dir_all(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        let db = sled::open(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        let catalog = db.open_tree("catalog").map_err(internal)?;
+        let events = db.open_tree("events").map_err(internal)?;
+        Ok(Self { db, catalog, events })
+    }
+
+    /// Stores items with their vectors atomically and durably.
+    ///
+    /// # Errors
+    /// When the write fails; then none of the batch is stored.
+    pub fn put_items(&self, items: &[(Item, Vec<f32>)]) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for (item, vector) in items {
+            batch.insert(key(b'i', &item.id), serde_json::to_vec(item).map_err(internal)?);
+            let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+            batch.insert(key(b'v', &item.id), bytes);
+        }
+        self.catalog.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// When the write fails.
+    pub fn delete_items(&self, ids: &[String]) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(key(b'i', id));
+            batch.remove(key(b'v', id));
+        }
+        self.catalog.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Appends events durably.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn append_events(&self, events: &[Interaction]) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for event in events {
+            let seq = self.db.generate_id().map_err(internal)?;
+            batch.insert(&seq.to_be_bytes(), serde_json::to_vec(event).map_err(internal)?);
+        }
+        self.events.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Rebuilds the in-memory catalog: items with vectors, then every event in order.
+    ///
+    /// # Errors
+    /// When the store cannot be read or a record does not decode.
+    pub fn load(&self) -> Result<Catalog, RankError> {
+        let mut catalog = Catalog::default();
+        for entry in self.catalog.scan_prefix([b'i']) {
+            let (k, v) = entry.map_err(internal)?;
+            let item: Item = serde_json::from_slice(&v).map_err(internal)?;
+            let vector_bytes = self
+                .catalog
+                .get([&[b'v'], &k[1..]].concat())
+                .map_err(internal)?
+                .ok_or_else(|| internal(format!("item {:?} has no vector", item.id)))?;
+            let vector = vector_bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            catalog.upsert(item, vector)?;
+        }
+        for entry in self.events.iter() {
+            let (_, v) = entry.map_err(internal)?;
+            let event: Interaction = serde_json::from_slice(&v).map_err(internal)?;
+            catalog.record(&event);
+        }
+        Ok(catalog)
+    }
+
+    /// Reads the secret for user-id hashing from `path`, creating a random one (owner-only
+    /// permissions) when absent.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn user_id_secret(path: &Path) -> Result<Vec<u8>, RankError> {
+        if let Ok(existing) = std::fs::read(path) {
+            if !existing.is_empty() {
+                return Ok(existing);
+            }
+        }
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        use std::io::Write;
+        let mut file = options.open(path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        file.write_all(secret.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        Ok(secret.into_bytes())
+    }
+}

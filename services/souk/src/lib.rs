@@ -1,1 +1,299 @@
-//! The all-in-one souk binary: the three services in one process, and the demo.
+//! The all-in-one `souk` binary: the encoder, knowledge-graph and ranker servers in one
+//! process on three loopback ports, still talking gRPC to each other, with embedded sled
+//! storage under one data directory. `souk demo` starts them, loads `kg-data/` when the stores
+//! are empty, prints rankings with reasons, and stops.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use souk_encoder::EncoderArgs;
+use souk_kg::KgArgs;
+use souk_proto::ranker::v1 as rk;
+use souk_ranker::RankerArgs;
+use souk_shared::config::ServerArgs;
+use tokio::net::TcpListener;
+
+/// souk on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "souk", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the three services until Ctrl-C or SIGTERM.
+    Up(UpArgs),
+    /// Start the services, load the demo shop if the stores are empty, print rankings, stop.
+    Demo {
+        #[command(flatten)]
+        up: UpArgs,
+        /// Directory with products.csv, triples.tsv and events.csv.
+        #[arg(long, default_value = "kg-data")]
+        demo_data: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where the stores live (`kg/` and `ranker/` inside).
+    #[arg(long, env = "SOUK_DATA_DIR", default_value = "souk-data")]
+    pub data_dir: PathBuf,
+    /// Model directory for the encoder.
+    #[arg(long, env = "SOUK_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    #[arg(long, env = "SOUK_ENCODER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub encoder_listen: SocketAddr,
+    #[arg(long, env = "SOUK_KG_LISTEN", default_value = "127.0.0.1:50052")]
+    pub kg_listen: SocketAddr,
+    #[arg(long, env = "SOUK_RANKER_LISTEN", default_value = "127.0.0.1:50053")]
+    pub ranker_listen: SocketAddr,
+    /// First of three ports for Prometheus `/metrics` (encoder, graph, ranker); unset: off.
+    #[arg(long, env = "SOUK_METRICS_BASE_PORT")]
+    pub metrics_base_port: Option<u16>,
+    /// Encoder device: cpu or cuda:N.
+    #[arg(long, env = "SOUK_DEVICE", default_value = "cpu")]
+    pub device: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The three servers, bound and running.
+pub struct Suite {
+    pub encoder: SocketAddr,
+    pub kg: SocketAddr,
+    pub ranker: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+fn server_args(base: &ServerArgs, metrics_port: Option<u16>) -> ServerArgs {
+    ServerArgs {
+        metrics_listen: metrics_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        ..base.clone()
+    }
+}
+
+impl Suite {
+    /// Binds the three ports and starts the servers (they turn SERVING as they get ready).
+    ///
+    /// # Errors
+    /// When a port cannot be bound.
+    pub async fn start(args: &UpArgs) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the {what} (is another souk running?)"))
+        };
+        let (el, kl, rl) = (
+            bind(args.encoder_listen, "encoder").await?,
+            bind(args.kg_listen, "knowledge graph").await?,
+            bind(args.ranker_listen, "ranker").await?,
+        );
+        let (encoder, kg, ranker) = (el.local_addr()?, kl.local_addr()?, rl.local_addr()?);
+        let metrics = |i: u16| args.metrics_base_port.map(|p| p + i);
+        let encoder_args = EncoderArgs {
+            listen: encoder,
+            model_dir: args.model_dir.clone(),
+            device: args.device.clone(),
+            dtype: "f32".into(),
+            max_batch_tokens: 16_384,
+            max_batch_texts: 512,
+            queue_capacity: 256,
+            server: server_args(&args.server, metrics(0)),
+        };
+        let kg_args = KgArgs {
+            listen: kg,
+            data_dir: args.data_dir.join("kg"),
+            server: server_args(&args.server, metrics(1)),
+        };
+        let ranker_args = RankerArgs {
+            listen: ranker,
+            data_dir: args.data_dir.join("ranker"),
+            encoder_url: format!("http://{encoder}"),
+            kg_url: format!("http://{kg}"),
+            dependency_timeout_ms: 300,
+            load_timeout_ms: 120_000,
+            query_cache_ttl_s: 300,
+            user_id_key: None,
+            server: server_args(&args.server, metrics(2)),
+        };
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let signal = move || {
+            let mut watch = watch.clone();
+            async move {
+                let _ = watch.wait_for(|stop| *stop).await;
+            }
+        };
+        let tasks = vec![
+            ("encoder", tokio::spawn(souk_encoder::serve(el, encoder_args, signal()))),
+            ("knowledge-graph", tokio::spawn(souk_kg::serve(kl, kg_args, signal()))),
+            ("ranker", tokio::spawn(souk_ranker::serve(rl, ranker_args, signal()))),
+        ];
+        Ok(Self { encoder, kg, ranker, stop, tasks })
+    }
+
+    /// Waits until all three report SERVING, or one of them stops with an error.
+    ///
+    /// # Errors
+    /// When a server fails to start (missing model, locked store) or `timeout` passes.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            for (name, task) in &self.tasks {
+                if task.is_finished() {
+                    anyhow::bail!("the {name} stopped during startup; see the log above");
+                }
+            }
+            let mut ready = true;
+            for addr in [self.encoder, self.kg, self.ranker] {
+                ready &= matches!(soukctl::health(&format!("http://{addr}")).await.as_deref(), Ok("SERVING"));
+            }
+            if ready {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!("services not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the servers and waits for them.
+    ///
+    /// # Errors
+    /// The first error a server ended with.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first = None;
+        for (name, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first.get_or_insert(e.context(format!("{name} failed")));
+                }
+                Err(e) => {
+                    first.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Resolves when any server stops on its own (an error).
+    async fn any_stopped(&mut self) -> String {
+        loop {
+            for (name, task) in &self.tasks {
+                if task.is_finished() {
+                    return (*name).to_string();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Runs a `souk` command.
+///
+/// # Errors
+/// Startup failures, load failures, or a server failing while running.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => {
+            let mut suite = Suite::start(&args).await?;
+            suite.wait_ready(Duration::from_secs(300)).await?;
+            eprintln!(
+                "souk is up: encoder {}, knowledge graph {}, ranker {} (data in {}). Ctrl-C stops it.",
+                suite.encoder,
+                suite.kg,
+                suite.ranker,
+                args.data_dir.display()
+            );
+            tokio::select! {
+                () = souk_shared::shutdown::signal() => {}
+                name = suite.any_stopped() => eprintln!("the {name} stopped; shutting down"),
+            }
+            suite.stop().await
+        }
+        Command::Demo { up, demo_data } => {
+            let mut suite = Suite::start(&up).await?;
+            let result = async {
+                suite.wait_ready(Duration::from_secs(300)).await?;
+                demo(&suite, &up, &demo_data).await
+            }
+            .await;
+            let stopped = suite.stop().await;
+            result.and(stopped)
+        }
+    }
+}
+
+/// The user in `events.csv` with the most purchases: a returning shopper worth showing.
+fn returning_user(events: &Path) -> anyhow::Result<String> {
+    let mut reader = csv::Reader::from_path(events).with_context(|| format!("{}", events.display()))?;
+    let mut purchases: std::collections::BTreeMap<String, u32> = Default::default();
+    for record in reader.records() {
+        let record = record?;
+        if record.get(2) == Some("purchase") {
+            *purchases.entry(record.get(0).unwrap_or_default().to_string()).or_default() += 1;
+        }
+    }
+    purchases
+        .into_iter()
+        .max_by_key(|(user, n)| (*n, std::cmp::Reverse(user.clone())))
+        .map(|(u, _)| u)
+        .context("events.csv has no purchases")
+}
+
+async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
+    let ranker_channel = soukctl::connect(&format!("http://{}", suite.ranker), "ranker").await?;
+    let mut ranker = rk::ranker_client::RankerClient::new(ranker_channel.clone());
+    let stats = ranker.stats(rk::StatsRequest {}).await?.into_inner();
+    let token = up.server.admin_token.clone();
+    if stats.items == 0 {
+        eprintln!("loading the demo shop from {} ...", data.display());
+        let options = soukctl::LoadOptions { batch_size: None, dry_run: false, max_errors: 0, quiet: false };
+        let kg_channel = soukctl::connect(&format!("http://{}", suite.kg), "knowledge graph").await?;
+        let (r, _) = soukctl::load_triples(kg_channel, &data.join("triples.tsv"), None, &options, &token).await?;
+        eprintln!("  graph: {} triples in {:.1}s", r.rows, r.elapsed.as_secs_f64());
+        let (r, _) = soukctl::load_catalog(ranker_channel.clone(), &data.join("products.csv"), &options, &token).await?;
+        eprintln!("  catalog: {} items embedded and indexed in {:.1}s", r.rows, r.elapsed.as_secs_f64());
+        let (r, _) = soukctl::load_events(ranker_channel.clone(), &data.join("events.csv"), &options, &token).await?;
+        eprintln!("  events: {} interactions in {:.1}s", r.rows, r.elapsed.as_secs_f64());
+    } else {
+        eprintln!("stores already hold {} items and {} events; skipping the load", stats.items, stats.interactions);
+    }
+    let user = returning_user(&data.join("events.csv"))?;
+    let profile = ranker
+        .user_profile(rk::UserProfileRequest { user_id: user.clone(), limit: 3 })
+        .await?
+        .into_inner();
+    let names = |list: &[rk::Affinity]| list.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(", ");
+    let cases = [
+        ("Search \"waterproof hiking boots\" (anonymous shopper)".to_string(), String::new(), "waterproof hiking boots".to_string()),
+        (
+            format!("Recommendations for returning shopper {user} (likes {}; brands {})", names(&profile.categories), names(&profile.brands)),
+            user.clone(),
+            String::new(),
+        ),
+        (format!("Search \"gift for a coffee lover\" for {user}"), user.clone(), "gift for a coffee lover".to_string()),
+        ("Recommendations for a brand-new shopper (no history, no query)".to_string(), "someone-new".to_string(), String::new()),
+    ];
+    let mut out = std::io::stdout();
+    for (title, user_id, query) in cases {
+        // Variety helps a recommendation shelf; a search should stay on what was asked.
+        let diversity = if query.is_empty() { 0.2 } else { 0.0 };
+        let started = Instant::now();
+        let ranking = ranker
+            .rank(rk::RankRequest { user_id, query, k: 5, explain: true, diversity, ..Default::default() })
+            .await?
+            .into_inner();
+        println!("\n== {title}  ({:.0} ms)", started.elapsed().as_secs_f64() * 1e3);
+        soukctl::print_ranking(&mut out, &ranking)?;
+    }
+    println!();
+    Ok(())
+}

@@ -1,1 +1,667 @@
-//! souk's admin and client CLI.
+//! `soukctl`: the admin and client CLI of souk. Loads graphs, catalogs and events (streamed in
+//! batches, with a progress bar, every bad line reported as `file:line: reason`), ranks, and
+//! inspects the services. The load functions are a library too: `souk demo` uses them.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let ranker = soukctl::connect("http://127.0.0.1:50053", "ranker").await?;
+//! let mut client = souk_proto::ranker::v1::ranker_client::RankerClient::new(ranker);
+//! let request = souk_proto::ranker::v1::RankRequest { query: "tent".into(), k: 5, explain: true, ..Default::default() };
+//! let ranking = client.rank(request).await?.into_inner();
+//! soukctl::print_ranking(&mut std::io::stdout(), &ranking)?;
+//! # Ok(()) }
+//! ```
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use souk_proto::encoder::v1 as enc;
+use souk_proto::kg::v1 as kg;
+use souk_proto::ranker::v1 as rk;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+pub mod files;
+
+use files::{LineError, TripleFormat};
+
+/// souk's admin and client CLI.
+#[derive(Debug, Parser)]
+#[command(name = "soukctl", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the services are.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoints {
+    /// The ranker service.
+    #[arg(long, global = true, env = "SOUK_RANKER_URL", default_value = "http://127.0.0.1:50053")]
+    pub ranker: String,
+    /// The knowledge-graph service.
+    #[arg(long, global = true, env = "SOUK_KG_URL", default_value = "http://127.0.0.1:50052")]
+    pub kg: String,
+    /// The encoder service.
+    #[arg(long, global = true, env = "SOUK_ENCODER_URL", default_value = "http://127.0.0.1:50051")]
+    pub encoder: String,
+    /// Admin token sent as `authorization: Bearer <token>` with loads.
+    #[arg(long, global = true, env = "SOUK_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The knowledge graph: load triples, inspect.
+    #[command(subcommand)]
+    Kg(KgCommand),
+    /// The catalog: load and delete items.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Interaction events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Rank products for a user and/or a query, with reasons.
+    Rank(RankArgs),
+    /// What the ranker knows about a user's taste.
+    Profile {
+        user: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+    /// Embed texts with the encoder (prints dimension, tokens and the first values).
+    Embed { texts: Vec<String> },
+    /// Sizes of the catalog, the log and the graph.
+    Stats,
+    /// Health of the three services (grpc.health.v1).
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KgCommand {
+    /// Load triples from TSV, CSV or N-Triples files.
+    Load {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        options: LoadOptions,
+        /// Format; by default from the extension (.tsv/.txt, .csv, .nt).
+        #[arg(long, value_enum)]
+        format: Option<TripleFormat>,
+    },
+    /// Edges around an entity.
+    Neighbors {
+        entity: String,
+        #[arg(long, default_value = "")]
+        relation: String,
+        /// in, out or both.
+        #[arg(long, default_value = "both")]
+        direction: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Shortest relation paths from entities to a target.
+    Paths {
+        #[arg(long = "from", required = true)]
+        from: Vec<String>,
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        max_hops: u32,
+        #[arg(long, default_value_t = 3)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Load items from a catalog CSV (see kg-data/README.md).
+    Load {
+        file: PathBuf,
+        #[command(flatten)]
+        options: LoadOptions,
+    },
+    /// Delete items by id.
+    Delete { ids: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Load interactions from an events CSV (see kg-data/README.md).
+    Load {
+        file: PathBuf,
+        #[command(flatten)]
+        options: LoadOptions,
+    },
+}
+
+/// How a file is loaded.
+#[derive(Debug, Clone, Args)]
+pub struct LoadOptions {
+    /// Rows per batch; each batch is stored atomically.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Check the file and report bad lines without loading anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Bad lines to skip (each is reported) before stopping; 0 stops at the first.
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RankArgs {
+    /// The shopper; omit for an anonymous request.
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// Search query; omit for recommendations.
+    #[arg(long, short, default_value = "")]
+    pub query: String,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: u32,
+    #[arg(long, default_value = "")]
+    pub category: String,
+    #[arg(long = "brand")]
+    pub brands: Vec<String>,
+    #[arg(long)]
+    pub min_price: Option<f64>,
+    #[arg(long)]
+    pub max_price: Option<f64>,
+    #[arg(long)]
+    pub in_stock: bool,
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// 0..1: trade score for category variety.
+    #[arg(long, default_value_t = 0.0)]
+    pub diversity: f32,
+    /// Print the raw response as JSON-like debug output instead of the table.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Connects to a service, failing fast with a message that says what to check.
+///
+/// # Errors
+/// When the URL is malformed or nothing answers within 5 s.
+pub async fn connect(url: &str, what: &str) -> anyhow::Result<Channel> {
+    let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+    Endpoint::from_shared(full.clone())
+        .with_context(|| format!("{what} URL {full:?} is not valid"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the {what} at {full} (is `souk up` running?)"))
+}
+
+fn with_token<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().context("admin token is not a valid header value")?);
+    }
+    Ok(request)
+}
+
+/// What a load did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub rows: u64,
+    pub batches: u64,
+    pub errors: Vec<LineError>,
+    pub elapsed: Duration,
+    /// Set when bad lines exceeded `--max-errors` and the load stopped.
+    pub stopped: bool,
+}
+
+impl LoadReport {
+    fn print_errors(&self) {
+        for e in self.errors.iter().take(20) {
+            eprintln!("{e}");
+        }
+        if self.errors.len() > 20 {
+            eprintln!("... and {} more bad lines", self.errors.len() - 20);
+        }
+    }
+}
+
+fn progress(size: u64, quiet: bool, label: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Reads rows on a blocking thread and hands batches to `send` as a stream. Bad lines are
+/// collected; past `max_errors` the reader stops (the batches already sent stay loaded).
+async fn stream_batches<T, Req, Resp, F, Fut>(
+    rows: Box<dyn Iterator<Item = Result<T, LineError>> + Send>,
+    counter: Arc<AtomicU64>,
+    bar: ProgressBar,
+    options: &LoadOptions,
+    default_batch: usize,
+    wrap: fn(Vec<T>) -> Req,
+    send: F,
+) -> anyhow::Result<(LoadReport, Option<Resp>)>
+where
+    T: Send + 'static,
+    Req: Send + 'static,
+    F: FnOnce(ReceiverStream<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, tonic::Status>>,
+{
+    let started = Instant::now();
+    let batch_size = options.batch_size.unwrap_or(default_batch).max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Req>(4);
+    let max_errors = options.max_errors;
+    let dry_run = options.dry_run;
+    let reader_bar = bar.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut report = LoadReport::default();
+        let mut batch = Vec::with_capacity(batch_size);
+        let tick = |report: &LoadReport| {
+            reader_bar.set_position(counter.load(Ordering::Relaxed));
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            reader_bar.set_message(format!("{} rows, {:.0} rows/s", report.rows, report.rows as f64 / secs));
+        };
+        for row in rows {
+            match row {
+                Ok(item) => {
+                    report.rows += 1;
+                    if !dry_run {
+                        batch.push(item);
+                        if batch.len() == batch_size {
+                            if tx.blocking_send(wrap(std::mem::take(&mut batch))).is_err() {
+                                break; // the RPC ended (refused); its error explains why
+                            }
+                            report.batches += 1;
+                            tick(&report);
+                        }
+                    }
+                }
+                Err(e) => {
+                    report.errors.push(e);
+                    if report.errors.len() > max_errors {
+                        report.stopped = true;
+                        return report;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() && !dry_run && tx.blocking_send(wrap(batch)).is_ok() {
+            report.batches += 1;
+        }
+        tick(&report);
+        report
+    });
+    let response = if dry_run {
+        None
+    } else {
+        Some(send(ReceiverStream::new(rx)).await)
+    };
+    let mut report = reader.await.context("file reader failed")?;
+    report.elapsed = started.elapsed();
+    bar.finish_and_clear();
+    report.print_errors();
+    match response {
+        Some(Err(status)) => Err(anyhow::anyhow!(
+            "the service refused the load: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+        Some(Ok(r)) => Ok((report, Some(r))),
+        None => Ok((report, None)),
+    }
+}
+
+fn stopped_error(report: &LoadReport, path: &Path, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: stopped after {} bad line(s) (--max-errors {}); {} {what} in {} batch(es) before the stop are loaded",
+        path.display(),
+        report.errors.len(),
+        report.errors.len().saturating_sub(1),
+        report.rows,
+        report.batches
+    )
+}
+
+/// Loads a triple file into the knowledge graph.
+///
+/// # Errors
+/// When the file cannot be read, has more bad lines than allowed, or the service refuses.
+pub async fn load_triples(
+    channel: Channel,
+    path: &Path,
+    format: Option<TripleFormat>,
+    options: &LoadOptions,
+    token: &Option<String>,
+) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
+    let format = format
+        .or_else(|| TripleFormat::from_path(path))
+        .with_context(|| format!("{}: cannot tell the format from the extension; pass --format", path.display()))?;
+    let (reader, size) = files::open(path)?;
+    let counter = reader.read.clone();
+    let rows = files::triples(path, reader, format);
+    let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel).max_decoding_message_size(64 << 20);
+    let token = token.clone();
+    let bar = progress(size, options.quiet, "triples");
+    let result = stream_batches(
+        rows,
+        counter,
+        bar,
+        options,
+        10_000,
+        |triples| kg::LoadTriplesRequest { triples: triples.into_iter().map(|t| kg::Triple { head: t.head, relation: t.relation, tail: t.tail }).collect() },
+        |stream| async move {
+            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            client.load_triples(request).await.map(|r| r.into_inner())
+        },
+    )
+    .await?;
+    if result.0.stopped {
+        return Err(stopped_error(&result.0, path, "triples"));
+    }
+    Ok(result)
+}
+
+/// Loads a catalog CSV into the ranker.
+///
+/// # Errors
+/// As [`load_triples`].
+pub async fn load_catalog(
+    channel: Channel,
+    path: &Path,
+    options: &LoadOptions,
+    token: &Option<String>,
+) -> anyhow::Result<(LoadReport, Option<rk::UpsertItemsResponse>)> {
+    let (reader, size) = files::open(path)?;
+    let counter = reader.read.clone();
+    let rows = files::catalog(path, reader);
+    let mut client = rk::ranker_client::RankerClient::new(channel);
+    let token = token.clone();
+    let bar = progress(size, options.quiet, "items");
+    let result = stream_batches(
+        rows,
+        counter,
+        bar,
+        options,
+        64,
+        |items| rk::UpsertItemsRequest { items },
+        |stream| async move {
+            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            client.upsert_items(request).await.map(|r| r.into_inner())
+        },
+    )
+    .await?;
+    if result.0.stopped {
+        return Err(stopped_error(&result.0, path, "items"));
+    }
+    Ok(result)
+}
+
+/// Loads an events CSV into the ranker.
+///
+/// # Errors
+/// As [`load_triples`].
+pub async fn load_events(
+    channel: Channel,
+    path: &Path,
+    options: &LoadOptions,
+    token: &Option<String>,
+) -> anyhow::Result<(LoadReport, Option<rk::RecordInteractionsResponse>)> {
+    let (reader, size) = files::open(path)?;
+    let counter = reader.read.clone();
+    let rows = files::events(path, reader);
+    let mut client = rk::ranker_client::RankerClient::new(channel);
+    let token = token.clone();
+    let bar = progress(size, options.quiet, "events");
+    let result = stream_batches(
+        rows,
+        counter,
+        bar,
+        options,
+        2_000,
+        |interactions| rk::RecordInteractionsRequest { interactions },
+        |stream| async move {
+            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            client.record_interactions(request).await.map(|r| r.into_inner())
+        },
+    )
+    .await?;
+    if result.0.stopped {
+        return Err(stopped_error(&result.0, path, "events"));
+    }
+    Ok(result)
+}
+
+/// Prints a ranking as a numbered list with reasons.
+///
+/// # Errors
+/// When writing fails.
+pub fn print_ranking(out: &mut impl Write, ranking: &rk::RankResponse) -> std::io::Result<()> {
+    if !ranking.missing_signals.is_empty() {
+        writeln!(out, "  (degraded: no {} signal for this request)", ranking.missing_signals.join(", "))?;
+    }
+    if ranking.items.is_empty() {
+        writeln!(out, "  no results")?;
+    }
+    for (i, item) in ranking.items.iter().enumerate() {
+        writeln!(
+            out,
+            "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}",
+            i + 1,
+            item.title,
+            item.id,
+            item.category.last().map(String::as_str).unwrap_or("-"),
+            item.price,
+            item.score
+        )?;
+        for reason in &item.reasons {
+            writeln!(out, "       - {reason}")?;
+        }
+    }
+    Ok(())
+}
+
+fn direction(text: &str) -> anyhow::Result<kg::Direction> {
+    match text {
+        "in" => Ok(kg::Direction::In),
+        "out" => Ok(kg::Direction::Out),
+        "both" => Ok(kg::Direction::Both),
+        other => anyhow::bail!("--direction {other:?}: expected in, out or both"),
+    }
+}
+
+fn report_load(what: &str, report: &LoadReport, extra: String) {
+    let secs = report.elapsed.as_secs_f64().max(1e-6);
+    eprintln!(
+        "{what}: {} rows in {} batches, {:.2}s ({:.0} rows/s){}{}",
+        report.rows,
+        report.batches,
+        secs,
+        report.rows as f64 / secs,
+        if report.errors.is_empty() { String::new() } else { format!(", {} bad lines skipped", report.errors.len()) },
+        extra
+    );
+}
+
+/// Runs one CLI command.
+///
+/// # Errors
+/// Whatever the command hit: unreachable services, bad files, refused requests.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ep = cli.endpoints;
+    match cli.command {
+        Command::Kg(KgCommand::Load { files, options, format }) => {
+            if files.is_empty() {
+                anyhow::bail!("name at least one file to load");
+            }
+            let channel = if options.dry_run { None } else { Some(connect(&ep.kg, "knowledge graph").await?) };
+            for path in files {
+                let ch = channel.clone().unwrap_or_else(|| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
+                let (report, response) = load_triples(ch, &path, format, &options, &ep.token).await?;
+                let extra = response.map(|r| format!(", {} new triples", r.inserted)).unwrap_or_else(|| " (dry run)".into());
+                report_load(&path.display().to_string(), &report, extra);
+            }
+        }
+        Command::Kg(KgCommand::Neighbors { entity, relation, direction: d, limit }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+            let r = client
+                .neighbors(kg::NeighborsRequest { entity: entity.clone(), relation, direction: direction(&d)? as i32, limit })
+                .await?
+                .into_inner();
+            for n in &r.neighbors {
+                let arrow = if n.direction == kg::Direction::In as i32 { "<-" } else { "->" };
+                println!("{entity} {arrow}{}{arrow} {}", n.relation, n.entity);
+            }
+            println!("({} of {} edges)", r.neighbors.len(), r.total);
+        }
+        Command::Kg(KgCommand::Paths { from, to, max_hops, limit }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+            let r = client
+                .paths(kg::PathsRequest { sources: from, targets: to, max_hops, limit, relations: vec![] })
+                .await?
+                .into_inner();
+            for p in &r.paths {
+                let mut line = p.source.clone();
+                for s in &p.steps {
+                    if s.direction == kg::Direction::In as i32 {
+                        line.push_str(&format!(" <-{}- {}", s.relation, s.entity));
+                    } else {
+                        line.push_str(&format!(" -{}-> {}", s.relation, s.entity));
+                    }
+                }
+                println!("{line}");
+            }
+            if r.paths.is_empty() {
+                println!("no path within {max_hops} hops");
+            }
+            if r.truncated {
+                println!("(search truncated at a hub or its node budget)");
+            }
+        }
+        Command::Catalog(CatalogCommand::Load { file, options }) => {
+            let channel = if options.dry_run { Endpoint::from_static("http://0.0.0.0:1").connect_lazy() } else { connect(&ep.ranker, "ranker").await? };
+            let (report, response) = load_catalog(channel, &file, &options, &ep.token).await?;
+            let extra = response
+                .map(|r| format!(", {} items stored, {} synced to the graph", r.upserted, r.graph_synced))
+                .unwrap_or_else(|| " (dry run)".into());
+            report_load(&file.display().to_string(), &report, extra);
+        }
+        Command::Catalog(CatalogCommand::Delete { ids }) => {
+            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = client.delete_items(with_token(rk::DeleteItemsRequest { ids }, &ep.token)?).await?.into_inner();
+            println!("deleted {}, not found {}", r.deleted, r.not_found);
+        }
+        Command::Events(EventsCommand::Load { file, options }) => {
+            let channel = if options.dry_run { Endpoint::from_static("http://0.0.0.0:1").connect_lazy() } else { connect(&ep.ranker, "ranker").await? };
+            let (report, response) = load_events(channel, &file, &options, &ep.token).await?;
+            let extra = response
+                .map(|r| format!(", {} recorded ({} for items not in the catalog)", r.recorded, r.unknown_items))
+                .unwrap_or_else(|| " (dry run)".into());
+            report_load(&file.display().to_string(), &report, extra);
+        }
+        Command::Rank(args) => {
+            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let request = rk::RankRequest {
+                user_id: args.user,
+                query: args.query,
+                k: args.k,
+                filters: Some(rk::Filters {
+                    category: args.category,
+                    brands: args.brands,
+                    min_price: args.min_price,
+                    max_price: args.max_price,
+                    in_stock_only: args.in_stock,
+                }),
+                exclude: args.exclude,
+                candidate_ids: vec![],
+                explain: true,
+                diversity: args.diversity,
+                include_purchased: false,
+            };
+            let started = Instant::now();
+            let ranking = client.rank(request).await?.into_inner();
+            if args.raw {
+                println!("{ranking:#?}");
+            } else {
+                print_ranking(&mut std::io::stdout(), &ranking)?;
+                eprintln!("({} candidates, model {}, {:.1} ms)", ranking.candidates, ranking.model_version, started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Command::Profile { user, limit } => {
+            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let p = client.user_profile(rk::UserProfileRequest { user_id: user, limit }).await?.into_inner();
+            println!("items interacted with: {}", p.interactions);
+            for (label, list) in [("categories", &p.categories), ("brands", &p.brands), ("attributes", &p.attributes)] {
+                let shown: Vec<String> = list.iter().map(|a| format!("{} ({:.0})", a.name, a.weight)).collect();
+                println!("{label}: {}", shown.join(", "));
+            }
+            println!("recent: {}", p.recent_items.join(", "));
+        }
+        Command::Embed { texts } => {
+            let mut client = enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
+            let r = client.embed(enc::EmbedRequest { texts: texts.clone(), truncate: None, normalize: None }).await?.into_inner();
+            for (text, e) in texts.iter().zip(&r.embeddings) {
+                let head: Vec<String> = e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                println!("{text:?}: {} dims, {} tokens, [{} ...]", e.values.len(), e.tokens, head.join(", "));
+            }
+        }
+        Command::Stats => {
+            let mut ranker = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = ranker.stats(rk::StatsRequest {}).await?.into_inner();
+            println!("catalog: {} items ({}-d vectors), {} users, {} events, fusion {}", r.items, r.dimension, r.users, r.interactions, r.model_version);
+            let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+            let g = graph.stats(kg::StatsRequest {}).await?.into_inner();
+            println!("graph: {} entities, {} relations, {} triples, {} bytes on disk", g.entities, g.relations, g.triples, g.store_bytes);
+        }
+        Command::Health => {
+            let mut all_ok = true;
+            for (name, url) in [("encoder", &ep.encoder), ("knowledge-graph", &ep.kg), ("ranker", &ep.ranker)] {
+                let state = match health(url).await {
+                    Ok(s) => s,
+                    Err(e) => format!("UNREACHABLE ({e})"),
+                };
+                all_ok &= state == "SERVING";
+                println!("{name:<16} {url:<28} {state}");
+            }
+            if !all_ok {
+                anyhow::bail!("not every service is serving");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The grpc.health.v1 status of a server ("SERVING", "NOT_SERVING", ...).
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn health(url: &str) -> anyhow::Result<String> {
+    let channel = connect(url, "service").await?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = client
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner();
+    Ok(match tonic_health::pb::health_check_response::ServingStatus::try_from(r.status) {
+        Ok(s) => s.as_str_name().to_string(),
+        Err(_) => format!("UNKNOWN({})", r.status),
+    })
+}

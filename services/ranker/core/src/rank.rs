@@ -381,7 +381,7 @@ fn path_strength(path: &GraphPath) -> f32 {
         [a, b] if a.relation == b.relation => match a.relation.as_str() {
             "brand" => 0.7,
             "category" => 0.5,
-            "attribute" => 0.3,
+            "attribute" => 0.15,
             _ => 0.5,
         },
         _ => 0.25,
@@ -514,7 +514,9 @@ fn explain(
     history: &[HistoryEntry],
 ) -> Vec<String> {
     let mut reasons = Vec::new();
-    for c in contributions {
+    // Only the signals that carried the score: at least a fifth of it, at most three.
+    let total: f32 = contributions.iter().map(|c| c.contribution).sum();
+    for c in contributions.iter().filter(|c| c.contribution >= 0.2 * total).take(3) {
         let reason = match c.signal {
             Signal::Dense | Signal::Bm25 => match query {
                 Some(q) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {

@@ -1,0 +1,327 @@
+//! Reading load files into batches, with every bad line reported as `file:line: reason`.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use souk_kg_core::{Triple, parse};
+use souk_proto::ranker::v1 as rk;
+
+/// A line that could not be used.
+#[derive(Debug, Clone)]
+pub struct LineError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+    }
+}
+
+/// Triple file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TripleFormat {
+    /// head<TAB>relation<TAB>tail
+    Tsv,
+    /// head,relation,tail (RFC 4180 quoting; a header row `head,relation,tail` is skipped)
+    Csv,
+    /// N-Triples: <s> <p> <o> .
+    Nt,
+}
+
+impl TripleFormat {
+    /// From the file extension: .tsv/.txt -> TSV, .csv -> CSV, .nt -> N-Triples.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "tsv" | "txt" | "tab" => Some(Self::Tsv),
+            "csv" => Some(Self::Csv),
+            "nt" | "ntriples" => Some(Self::Nt),
+            _ => None,
+        }
+    }
+}
+
+/// Counts bytes read, for the progress bar.
+pub struct Counting<R> {
+    inner: R,
+    pub read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens `path` for reading with a byte counter.
+///
+/// # Errors
+/// When the file cannot be opened.
+pub fn open(path: &Path) -> anyhow::Result<(Counting<File>, u64)> {
+    let file = File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((
+        Counting {
+            inner: file,
+            read: Default::default(),
+        },
+        size,
+    ))
+}
+
+/// Every triple of a file, with line numbers; bad lines come back as errors.
+pub fn triples<R: Read + Send + 'static>(
+    path: &Path,
+    reader: R,
+    format: TripleFormat,
+) -> Box<dyn Iterator<Item = Result<Triple, LineError>> + Send> {
+    let file = path.to_path_buf();
+    match format {
+        TripleFormat::Tsv | TripleFormat::Nt => {
+            let parse_line = if format == TripleFormat::Tsv { parse::tsv_line } else { parse::ntriples_line };
+            Box::new(BufReader::new(reader).lines().enumerate().filter_map(move |(i, line)| {
+                let at = |reason: String| LineError { file: file.clone(), line: i as u64 + 1, reason };
+                match line {
+                    Err(e) => Some(Err(at(format!("cannot read: {e}")))),
+                    Ok(line) => match parse_line(&line) {
+                        Ok(Some(t)) => Some(Ok(t)),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(at(e.to_string()))),
+                    },
+                }
+            }))
+        }
+        TripleFormat::Csv => {
+            let reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+            Box::new(reader.into_records().enumerate().filter_map(move |(i, record)| {
+                let line = i as u64 + 1;
+                let at = |reason: String| LineError { file: file.clone(), line, reason };
+                let record = match record {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(at(format!("bad CSV: {e}")))),
+                };
+                if line == 1 && record.iter().map(|f| f.trim().to_ascii_lowercase()).eq(["head", "relation", "tail"]) {
+                    return None;
+                }
+                if record.len() != 3 {
+                    return Some(Err(at(format!("expected 3 columns (head, relation, tail), found {}", record.len()))));
+                }
+                Some(Triple::new(record[0].trim(), record[1].trim(), record[2].trim()).map_err(|e| at(e.to_string())))
+            }))
+        }
+    }
+}
+
+/// Column positions of a CSV header, by lower-cased name.
+struct Columns(BTreeMap<String, usize>);
+
+impl Columns {
+    fn new(headers: &csv::StringRecord) -> Self {
+        Self(headers.iter().enumerate().map(|(i, h)| (h.trim().to_ascii_lowercase(), i)).collect())
+    }
+
+    fn require(&self, names: &[&str]) -> Result<(), String> {
+        let missing: Vec<&str> = names.iter().copied().filter(|n| !self.0.contains_key(*n)).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("header lacks column(s): {}", missing.join(", ")))
+        }
+    }
+
+    fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> &'r str {
+        self.0.get(name).and_then(|&i| record.get(i)).unwrap_or("").trim()
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" | "y" => Ok(true),
+        "false" | "0" | "no" | "n" => Ok(false),
+        other => Err(format!("in_stock {other:?} is not true/false")),
+    }
+}
+
+/// Parses one catalog row (see kg-data/README.md).
+fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item, String> {
+    let id = columns.get(record, "id");
+    if id.is_empty() {
+        return Err("id is empty".into());
+    }
+    let title = columns.get(record, "title");
+    if title.is_empty() {
+        return Err(format!("item {id:?}: title is empty"));
+    }
+    let price_text = columns.get(record, "price");
+    let price: f64 = price_text
+        .parse()
+        .map_err(|_| format!("item {id:?}: price {price_text:?} is not a number"))?;
+    if !price.is_finite() || price < 0.0 {
+        return Err(format!("item {id:?}: price must be finite and >= 0, got {price_text}"));
+    }
+    let category = columns
+        .get(record, "category")
+        .split('>')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    let mut attributes = std::collections::HashMap::new();
+    for pair in columns.get(record, "attributes").split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("item {id:?}: attribute {pair:?} is not key=value"))?;
+        attributes.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(rk::Item {
+        id: id.to_string(),
+        title: title.to_string(),
+        description: columns.get(record, "description").to_string(),
+        category,
+        brand: columns.get(record, "brand").to_string(),
+        price,
+        attributes,
+        in_stock: parse_bool(columns.get(record, "in_stock")).map_err(|e| format!("item {id:?}: {e}"))?,
+    })
+}
+
+/// CSV rows parsed by `parse`, numbered by physical line (header = line 1).
+fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
+    path: &Path,
+    reader: R,
+    required: &'static [&'static str],
+    parse: fn(&Columns, &csv::StringRecord) -> Result<T, String>,
+) -> Box<dyn Iterator<Item = Result<T, LineError>> + Send> {
+    let file = path.to_path_buf();
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let columns = match reader.headers() {
+        Ok(h) => Columns::new(h),
+        Err(e) => {
+            return Box::new(std::iter::once(Err(LineError { file, line: 1, reason: format!("bad CSV header: {e}") })));
+        }
+    };
+    if let Err(reason) = columns.require(required) {
+        return Box::new(std::iter::once(Err(LineError { file, line: 1, reason })));
+    }
+    Box::new(reader.into_records().map(move |record| {
+        let record = record.map_err(|e| LineError {
+            file: file.clone(),
+            line: e.position().map(|p| p.line()).unwrap_or(0),
+            reason: format!("bad CSV: {e}"),
+        })?;
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        parse(&columns, &record).map_err(|reason| LineError { file: file.clone(), line, reason })
+    }))
+}
+
+/// Items of a catalog CSV.
+pub fn catalog<R: Read + Send + 'static>(path: &Path, reader: R) -> Box<dyn Iterator<Item = Result<rk::Item, LineError>> + Send> {
+    csv_rows(path, reader, &["id", "title", "price"], catalog_row)
+}
+
+fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Interaction, String> {
+    let user_id = columns.get(record, "user_id");
+    let item_id = columns.get(record, "item_id");
+    if user_id.is_empty() {
+        return Err("user_id is empty".into());
+    }
+    if item_id.is_empty() {
+        return Err("item_id is empty".into());
+    }
+    let kind_text = columns.get(record, "kind");
+    let kind = match souk_ranker_core::item::InteractionKind::parse(kind_text) {
+        Some(souk_ranker_core::item::InteractionKind::View) => rk::InteractionKind::View,
+        Some(souk_ranker_core::item::InteractionKind::Click) => rk::InteractionKind::Click,
+        Some(souk_ranker_core::item::InteractionKind::Cart) => rk::InteractionKind::Cart,
+        Some(souk_ranker_core::item::InteractionKind::Purchase) => rk::InteractionKind::Purchase,
+        Some(souk_ranker_core::item::InteractionKind::Rating) => rk::InteractionKind::Rating,
+        None => return Err(format!("kind {kind_text:?} is not view, click, cart, purchase or rating")),
+    };
+    let value_text = columns.get(record, "value");
+    let value = if value_text.is_empty() {
+        1.0
+    } else {
+        value_text
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("value {value_text:?} is not a number"))?
+    };
+    let ts_text = columns.get(record, "timestamp_ms");
+    let timestamp_ms = if ts_text.is_empty() {
+        0
+    } else {
+        ts_text
+            .parse::<i64>()
+            .map_err(|_| format!("timestamp_ms {ts_text:?} is not an integer (Unix milliseconds)"))?
+    };
+    Ok(rk::Interaction {
+        user_id: user_id.to_string(),
+        item_id: item_id.to_string(),
+        kind: kind as i32,
+        value,
+        timestamp_ms,
+    })
+}
+
+/// Events of an events CSV.
+pub fn events<R: Read + Send + 'static>(path: &Path, reader: R) -> Box<dyn Iterator<Item = Result<rk::Interaction, LineError>> + Send> {
+    csv_rows(path, reader, &["user_id", "item_id", "kind"], event_row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors<T>(it: Box<dyn Iterator<Item = Result<T, LineError>> + Send>) -> Vec<String> {
+        it.filter_map(Result::err).map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn tsv_errors_name_file_and_line() {
+        let data = "a\tr\tb\n\nbad line\nc\t\td\n";
+        let errs = errors(triples(Path::new("t.tsv"), data.as_bytes(), TripleFormat::Tsv));
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].starts_with("t.tsv:3: expected 3"), "{}", errs[0]);
+        assert!(errs[1].starts_with("t.tsv:4: relation is empty"), "{}", errs[1]);
+    }
+
+    #[test]
+    fn csv_triples_skip_the_header() {
+        let data = "head,relation,tail\n\"a, inc\",r,b\nx,y\n";
+        let all: Vec<_> = triples(Path::new("t.csv"), data.as_bytes(), TripleFormat::Csv).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].as_ref().unwrap().head, "a, inc");
+        assert!(all[1].as_ref().unwrap_err().to_string().starts_with("t.csv:3:"));
+    }
+
+    #[test]
+    fn catalog_rows_parse_and_report() {
+        let data = "id,title,price,category,attributes,in_stock\n\
+                    p1,Tent,99.5,Outdoor > Tents,color=green; size=2,true\n\
+                    p2,Stove,cheap,,,\n\
+                    p3,Lamp,5,,color,\n";
+        let rows: Vec<_> = catalog(Path::new("c.csv"), data.as_bytes()).collect();
+        let p1 = rows[0].as_ref().unwrap();
+        assert_eq!(p1.category, vec!["Outdoor", "Tents"]);
+        assert_eq!(p1.attributes.get("size").map(String::as_str), Some("2"));
+        assert_eq!(rows[1].as_ref().unwrap_err().to_string(), "c.csv:3: item \"p2\": price \"cheap\" is not a number");
+        assert!(rows[2].as_ref().unwrap_err().to_string().starts_with("c.csv:4: item \"p3\": attribute"));
+        let missing = errors(catalog(Path::new("c.csv"), "id,name\n".as_bytes()));
+        assert_eq!(missing, vec!["c.csv:1: header lacks column(s): title, price"]);
+    }
+
+    #[test]
+    fn events_parse_kind_value_and_time() {
+        let data = "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n";
+        let rows: Vec<_> = events(Path::new("e.csv"), data.as_bytes()).collect();
+        let e = rows[0].as_ref().unwrap();
+        assert_eq!((e.kind, e.value, e.timestamp_ms), (rk::InteractionKind::Purchase as i32, 1.0, 17));
+        assert!(rows[1].as_ref().unwrap_err().to_string().contains("e.csv:3: kind \"teleport\""));
+    }
+}

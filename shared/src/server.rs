@@ -103,11 +103,15 @@ impl GrpcServer {
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(souk_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let routes = Routes::new(health_service).add_service(reflection);
+        // v1 for current tools; v1alpha for grpcio-reflection and older grpcurl.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(souk_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let routes = Routes::new(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
         Ok(Self {
             options,
             routes,
@@ -193,5 +197,42 @@ impl GrpcServer {
         }
         self.health.set_not_ready().await;
         Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    use tonic_health::pb::health_client::HealthClient;
+
+    #[tokio::test]
+    async fn health_says_serving_only_after_ready() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = GrpcServer::new("test", ServerOptions::default()).await.unwrap();
+        let health = server.health();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let mut client = HealthClient::connect(format!("http://{addr}")).await.unwrap();
+        let check = |c: &mut HealthClient<_>| {
+            let mut c = c.clone();
+            async move {
+                c.check(HealthCheckRequest { service: String::new() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+            }
+        };
+        assert_eq!(check(&mut client).await, Wire::NotServing as i32);
+        health.set_ready().await;
+        assert_eq!(check(&mut client).await, Wire::Serving as i32);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 }

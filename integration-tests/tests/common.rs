@@ -1,0 +1,185 @@
+//! Starting real services for tests.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use souk_shared::config::ServerArgs;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The default model, fetched by scripts/fetch-model.sh (CI runs it first).
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SOUK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the model is missing at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A running server and the switch that stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop; returns what the server ended with.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn spawn<F, Fut>(listener: TcpListener, serve: F) -> Running
+where
+    F: FnOnce(TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(listener, rx));
+    Running { addr, stop: Some(stop), task: Some(task) }
+}
+
+pub fn server_args(admin_token: Option<&str>) -> ServerArgs {
+    ServerArgs { admin_token: admin_token.map(String::from), ..ServerArgs::default() }
+}
+
+pub fn encoder_args(model_dir: PathBuf) -> souk_encoder::EncoderArgs {
+    souk_encoder::EncoderArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_dir,
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        max_batch_tokens: 16_384,
+        max_batch_texts: 512,
+        queue_capacity: 256,
+        server: server_args(None),
+    }
+}
+
+pub async fn start_encoder(args: souk_encoder::EncoderArgs) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn(listener, move |l, stop| souk_encoder::serve(l, args, async move { let _ = stop.await; }))
+}
+
+/// One encoder for the whole test binary, on its own runtime thread (the model is 90 MB;
+/// loading it once keeps the suite fast). Tests that kill the encoder start their own.
+pub async fn shared_encoder() -> String {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    let addr = *ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let model = model_dir();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                souk_encoder::serve(listener, encoder_args(model), std::future::pending()).await
+            })
+        });
+        rx.recv().unwrap()
+    });
+    let url = format!("http://{addr}");
+    wait_serving(&url).await;
+    url
+}
+
+pub async fn start_kg(data_dir: &Path, admin_token: Option<&str>) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = souk_kg::KgArgs {
+        listen: listener.local_addr().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        server: server_args(admin_token),
+    };
+    let running = spawn(listener, move |l, stop| souk_kg::serve(l, args, async move { let _ = stop.await; }));
+    wait_serving(&running.url()).await;
+    running
+}
+
+pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = souk_ranker::RankerArgs {
+        listen: listener.local_addr().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        encoder_url: encoder_url.to_string(),
+        kg_url: kg_url.to_string(),
+        dependency_timeout_ms: 2_000,
+        load_timeout_ms: 60_000,
+        query_cache_ttl_s: 300,
+        user_id_key: Some("test-secret".into()),
+        server: server_args(None),
+    };
+    let running = spawn(listener, move |l, stop| souk_ranker::serve(l, args, async move { let _ = stop.await; }));
+    wait_serving(&running.url()).await;
+    running
+}
+
+/// Polls grpc.health.v1 until SERVING (60 s at most).
+pub async fn wait_serving(url: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(status) = soukctl::health(url).await {
+            if status == "SERVING" {
+                return;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{url} never became SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn channel(url: &str) -> Channel {
+    soukctl::connect(url, "test server").await.unwrap()
+}
+
+pub fn quiet() -> soukctl::LoadOptions {
+    soukctl::LoadOptions { batch_size: None, dry_run: false, max_errors: 0, quiet: true }
+}
+
+/// A graph and a ranker with the demo shop loaded, on the shared encoder.
+pub struct Shop {
+    pub kg: Running,
+    pub ranker: Running,
+    pub encoder_url: String,
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn demo_shop() -> Shop {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder_url = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg.url()).await;
+    let data = repo_root().join("kg-data");
+    soukctl::load_triples(channel(&kg.url()).await, &data.join("triples.tsv"), None, &quiet(), &None).await.unwrap();
+    soukctl::load_catalog(channel(&ranker.url()).await, &data.join("products.csv"), &quiet(), &None).await.unwrap();
+    soukctl::load_events(channel(&ranker.url()).await, &data.join("events.csv"), &quiet(), &None).await.unwrap();
+    Shop { kg, ranker, encoder_url, _dir: dir }
+}

@@ -218,7 +218,8 @@ mod tests {
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
-        let mut client = HealthClient::connect(format!("http://{addr}")).await.unwrap();
+        let channel = crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        let mut client = HealthClient::new(channel);
         let check = |c: &mut HealthClient<_>| {
             let mut c = c.clone();
             async move {

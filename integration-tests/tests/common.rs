@@ -65,11 +65,18 @@ where
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(serve(listener, rx));
-    Running { addr, stop: Some(stop), task: Some(task) }
+    Running {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 pub fn server_args(admin_token: Option<&str>) -> ServerArgs {
-    ServerArgs { admin_token: admin_token.map(String::from), ..ServerArgs::default() }
+    ServerArgs {
+        admin_token: admin_token.map(String::from),
+        ..ServerArgs::default()
+    }
 }
 
 pub fn encoder_args(model_dir: PathBuf) -> souk_encoder::EncoderArgs {
@@ -87,7 +94,11 @@ pub fn encoder_args(model_dir: PathBuf) -> souk_encoder::EncoderArgs {
 
 pub async fn start_encoder(args: souk_encoder::EncoderArgs) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    spawn(listener, move |l, stop| souk_encoder::serve(l, args, async move { let _ = stop.await; }))
+    spawn(listener, move |l, stop| {
+        souk_encoder::serve(l, args, async move {
+            let _ = stop.await;
+        })
+    })
 }
 
 /// One encoder for the whole test binary, on its own runtime thread (the model is 90 MB;
@@ -119,7 +130,11 @@ pub async fn start_kg(data_dir: &Path, admin_token: Option<&str>) -> Running {
         data_dir: data_dir.to_path_buf(),
         server: server_args(admin_token),
     };
-    let running = spawn(listener, move |l, stop| souk_kg::serve(l, args, async move { let _ = stop.await; }));
+    let running = spawn(listener, move |l, stop| {
+        souk_kg::serve(l, args, async move {
+            let _ = stop.await;
+        })
+    });
     wait_serving(&running.url()).await;
     running
 }
@@ -137,7 +152,11 @@ pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> R
         user_id_key: Some("test-secret".into()),
         server: server_args(None),
     };
-    let running = spawn(listener, move |l, stop| souk_ranker::serve(l, args, async move { let _ = stop.await; }));
+    let running = spawn(listener, move |l, stop| {
+        souk_ranker::serve(l, args, async move {
+            let _ = stop.await;
+        })
+    });
     wait_serving(&running.url()).await;
     running
 }
@@ -146,12 +165,16 @@ pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> R
 pub async fn wait_serving(url: &str) {
     let started = Instant::now();
     loop {
-        if let Ok(status) = soukctl::health(url).await {
-            if status == "SERVING" {
-                return;
-            }
+        if soukctl::health(url)
+            .await
+            .is_ok_and(|status| status == "SERVING")
+        {
+            return;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{url} never became SERVING");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{url} never became SERVING"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -161,7 +184,12 @@ pub async fn channel(url: &str) -> Channel {
 }
 
 pub fn quiet() -> soukctl::LoadOptions {
-    soukctl::LoadOptions { batch_size: None, dry_run: false, max_errors: 0, quiet: true }
+    soukctl::LoadOptions {
+        batch_size: None,
+        dry_run: false,
+        max_errors: 0,
+        quiet: true,
+    }
 }
 
 /// A graph and a ranker with the demo shop loaded, on the shared encoder.
@@ -178,8 +206,35 @@ pub async fn demo_shop() -> Shop {
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg.url()).await;
     let data = repo_root().join("kg-data");
-    soukctl::load_triples(channel(&kg.url()).await, &data.join("triples.tsv"), None, &quiet(), &None).await.unwrap();
-    soukctl::load_catalog(channel(&ranker.url()).await, &data.join("products.csv"), &quiet(), &None).await.unwrap();
-    soukctl::load_events(channel(&ranker.url()).await, &data.join("events.csv"), &quiet(), &None).await.unwrap();
-    Shop { kg, ranker, encoder_url, _dir: dir }
+    soukctl::load_triples(
+        channel(&kg.url()).await,
+        &data.join("triples.tsv"),
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    soukctl::load_catalog(
+        channel(&ranker.url()).await,
+        &data.join("products.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    soukctl::load_events(
+        channel(&ranker.url()).await,
+        &data.join("events.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    Shop {
+        kg,
+        ranker,
+        encoder_url,
+        _dir: dir,
+    }
 }

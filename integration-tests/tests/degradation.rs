@@ -12,21 +12,65 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder.url(), &kg.url()).await;
     let data = repo_root().join("kg-data");
-    soukctl::load_triples(channel(&kg.url()).await, &data.join("triples.tsv"), None, &quiet(), &None).await.unwrap();
-    soukctl::load_catalog(channel(&ranker.url()).await, &data.join("products.csv"), &quiet(), &None).await.unwrap();
-    soukctl::load_events(channel(&ranker.url()).await, &data.join("events.csv"), &quiet(), &None).await.unwrap();
+    soukctl::load_triples(
+        channel(&kg.url()).await,
+        &data.join("triples.tsv"),
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    soukctl::load_catalog(
+        channel(&ranker.url()).await,
+        &data.join("products.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    soukctl::load_events(
+        channel(&ranker.url()).await,
+        &data.join("events.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let search = |q: &str| rk::RankRequest { query: q.into(), k: 5, explain: true, ..Default::default() };
-    let healthy = client.rank(search("espresso machine")).await.unwrap().into_inner();
+    let search = |q: &str| rk::RankRequest {
+        query: q.into(),
+        k: 5,
+        explain: true,
+        ..Default::default()
+    };
+    let healthy = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(healthy.missing_signals.is_empty());
 
     encoder.stop().await.unwrap();
     // A query never seen before, so no cached vector can hide the outage.
-    let r = client.rank(search("cast iron skillet")).await.unwrap().into_inner();
+    let r = client
+        .rank(search("cast iron skillet"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.missing_signals, vec!["dense"]);
-    assert!(r.items[0].title.contains("Cast Iron Skillet"), "BM25 still finds it: {}", r.items[0].title);
+    assert!(
+        r.items[0].title.contains("Cast Iron Skillet"),
+        "BM25 still finds it: {}",
+        r.items[0].title
+    );
 
-    let user = rk::RankRequest { user_id: "u010".into(), k: 5, explain: true, ..Default::default() };
+    let user = rk::RankRequest {
+        user_id: "u010".into(),
+        k: 5,
+        explain: true,
+        ..Default::default()
+    };
     let with_graph = client.rank(user.clone()).await.unwrap().into_inner();
     assert!(with_graph.missing_signals.is_empty());
     kg.stop().await.unwrap();
@@ -34,5 +78,8 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     let r = client.rank(user).await.unwrap().into_inner();
     assert_eq!(r.missing_signals, vec!["kg"]);
     assert_eq!(r.items.len(), 5, "CF and popularity still rank");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3), "within the dependency deadline");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "within the dependency deadline"
+    );
 }

@@ -14,45 +14,102 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_match_sentence_transformers() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm-reference.json")).unwrap())
-            .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/minilm-reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let items = fixture["items"].as_array().unwrap();
-    let texts: Vec<String> = items.iter().map(|i| i["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_string())
+        .collect();
     let mut client = EncoderClient::new(channel(&shared_encoder().await).await);
-    let response = client.embed(enc::EmbedRequest { texts: texts.clone(), truncate: None, normalize: None }).await.unwrap().into_inner();
+    let response = client
+        .embed(enc::EmbedRequest {
+            texts: texts.clone(),
+            truncate: None,
+            normalize: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.embeddings.len(), items.len());
     for ((item, got), text) in items.iter().zip(&response.embeddings).zip(&texts) {
-        let want: Vec<f64> = item["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let c = cosine(&got.values, &want);
-        assert!(c >= 0.9999, "cosine {c:.6} for {:?}", text.chars().take(60).collect::<String>());
-        assert_eq!(u64::from(got.tokens), item["tokens"].as_u64().unwrap(), "token count for {:?}", text.chars().take(60).collect::<String>());
+        assert!(
+            c >= 0.9999,
+            "cosine {c:.6} for {:?}",
+            text.chars().take(60).collect::<String>()
+        );
+        assert_eq!(
+            u64::from(got.tokens),
+            item["tokens"].as_u64().unwrap(),
+            "token count for {:?}",
+            text.chars().take(60).collect::<String>()
+        );
     }
     let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
-    assert_eq!((info.dimension, info.max_tokens, info.pooling.as_str()), (384, 256, "mean"));
+    assert_eq!(
+        (info.dimension, info.max_tokens, info.pooling.as_str()),
+        (384, 256, "mean")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_without_hurting_other_callers() {
     let url = shared_encoder().await;
     let mut client = EncoderClient::new(channel(&url).await);
-    let too_many = enc::EmbedRequest { texts: vec!["x".into(); 513], truncate: None, normalize: None };
+    let too_many = enc::EmbedRequest {
+        texts: vec!["x".into(); 513],
+        truncate: None,
+        normalize: None,
+    };
     let status = client.embed(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("513 texts"), "{}", status.message());
+    assert!(
+        status.message().contains("513 texts"),
+        "{}",
+        status.message()
+    );
 
     let long = "word ".repeat(400);
-    let strict = enc::EmbedRequest { texts: vec!["short".into(), long.clone()], truncate: Some(false), normalize: None };
+    let strict = enc::EmbedRequest {
+        texts: vec!["short".into(), long.clone()],
+        truncate: Some(false),
+        normalize: None,
+    };
     let status = client.embed(strict).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("texts[1]"), "{}", status.message());
+    assert!(
+        status.message().contains("texts[1]"),
+        "{}",
+        status.message()
+    );
 
     // Empty, NUL and control characters are valid text; concurrent good and bad requests each
     // get their own answer.
-    let odd = enc::EmbedRequest { texts: vec![String::new(), "a\0b\u{7}c".into(), "\t\n".into()], truncate: None, normalize: None };
+    let odd = enc::EmbedRequest {
+        texts: vec![String::new(), "a\0b\u{7}c".into(), "\t\n".into()],
+        truncate: None,
+        normalize: None,
+    };
     let mut good_client = EncoderClient::new(channel(&url).await);
     let mut bad_client = EncoderClient::new(channel(&url).await);
-    let bad = enc::EmbedRequest { texts: vec![long], truncate: Some(false), normalize: None };
+    let bad = enc::EmbedRequest {
+        texts: vec![long],
+        truncate: Some(false),
+        normalize: None,
+    };
     let (good, bad) = tokio::join!(good_client.embed(odd), bad_client.embed(bad));
     let good = good.unwrap().into_inner();
     assert_eq!(good.embeddings.len(), 3);
@@ -61,5 +118,13 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         assert!((norm - 1.0).abs() < 1e-4, "normalised by default");
     }
     assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
-    assert!(client.embed(enc::EmbedRequest::default()).await.unwrap().into_inner().embeddings.is_empty());
+    assert!(
+        client
+            .embed(enc::EmbedRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .embeddings
+            .is_empty()
+    );
 }

@@ -7,7 +7,11 @@ use tonic::Code;
 use crate::common::*;
 
 fn triple(h: &str, r: &str, t: &str) -> kg::Triple {
-    kg::Triple { head: h.into(), relation: r.into(), tail: t.into() }
+    kg::Triple {
+        head: h.into(),
+        relation: r.into(),
+        tail: t.into(),
+    }
 }
 
 fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
@@ -16,7 +20,9 @@ fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
 
 fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
@@ -26,43 +32,98 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
     let server = start_kg(dir.path(), None).await;
     let file = repo_root().join("kg-data/triples.tsv");
     let lines = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
-    let (_, first) = soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None).await.unwrap();
+    let (_, first) =
+        soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+            .await
+            .unwrap();
     assert_eq!(first.unwrap().inserted, lines);
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    let stats = client.stats(kg::StatsRequest {}).await.unwrap().into_inner();
-    let (_, second) = soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None).await.unwrap();
+    let stats = client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, second) =
+        soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+            .await
+            .unwrap();
     assert_eq!(second.unwrap().inserted, 0, "second load adds nothing");
-    let again = client.stats(kg::StatsRequest {}).await.unwrap().into_inner();
-    assert_eq!((again.entities, again.relations, again.triples), (stats.entities, stats.relations, stats.triples));
+    let again = client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.entities, again.relations, again.triples),
+        (stats.entities, stats.relations, stats.triples)
+    );
     assert_eq!(stats.triples, lines);
 
     // Batch 0 is good, batch 1 has an empty relation: batch 0 stays, nothing of batch 1 lands.
     let stream = futures::stream::iter(vec![
         batch(vec![triple("x:a", "likes", "x:b")]),
-        batch(vec![triple("x:c", "likes", "x:d"), triple("x:e", "", "x:f")]),
+        batch(vec![
+            triple("x:c", "likes", "x:d"),
+            triple("x:e", "", "x:f"),
+        ]),
     ]);
     let status = client.load_triples(stream).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("batch 1, triple 1: relation is empty"), "{}", status.message());
-    let after_bad = client.stats(kg::StatsRequest {}).await.unwrap().into_inner();
+    assert!(
+        status
+            .message()
+            .contains("batch 1, triple 1: relation is empty"),
+        "{}",
+        status.message()
+    );
+    let after_bad = client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after_bad.triples, lines + 1);
     let missing = client
-        .neighbors(kg::NeighborsRequest { entity: "x:c".into(), limit: 5, ..Default::default() })
+        .neighbors(kg::NeighborsRequest {
+            entity: "x:c".into(),
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound, "x:c came only in the rejected batch");
+    assert_eq!(
+        missing.code(),
+        Code::NotFound,
+        "x:c came only in the rejected batch"
+    );
 
     server.stop().await.unwrap();
     let server = start_kg(dir.path(), None).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    let reopened = client.stats(kg::StatsRequest {}).await.unwrap().into_inner();
-    assert_eq!(reopened.triples, lines + 1, "everything acknowledged is back after restart");
-    let paths = client
-        .paths(kg::PathsRequest { sources: vec!["item:p00040".into()], targets: vec!["item:p00029".into()], max_hops: 2, limit: 1, relations: vec![] })
+    let reopened = client
+        .stats(kg::StatsRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(paths.paths[0].steps[0].relation, "accessory_of", "the rebuilt graph still traverses");
+    assert_eq!(
+        reopened.triples,
+        lines + 1,
+        "everything acknowledged is back after restart"
+    );
+    let paths = client
+        .paths(kg::PathsRequest {
+            sources: vec!["item:p00040".into()],
+            targets: vec!["item:p00029".into()],
+            max_hops: 2,
+            limit: 1,
+            relations: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        paths.paths[0].steps[0].relation, "accessory_of",
+        "the rebuilt graph still traverses"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,24 +131,53 @@ async fn queries_reject_bad_arguments_and_unknown_entities() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_kg(dir.path(), None).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    client.load_triples(futures::stream::iter(vec![batch(vec![triple("a", "r", "b")])])).await.unwrap();
-    let paths = |max_hops, limit| kg::PathsRequest { sources: vec!["a".into()], targets: vec!["b".into()], max_hops, limit, relations: vec![] };
-    for (request, message) in [(paths(5, 1), "max_hops must be 1..=4"), (paths(0, 1), "max_hops"), (paths(2, 0), "limit must be 1..=1000"), (paths(2, 100_000), "limit")] {
+    client
+        .load_triples(futures::stream::iter(vec![batch(vec![triple(
+            "a", "r", "b",
+        )])]))
+        .await
+        .unwrap();
+    let paths = |max_hops, limit| kg::PathsRequest {
+        sources: vec!["a".into()],
+        targets: vec!["b".into()],
+        max_hops,
+        limit,
+        relations: vec![],
+    };
+    for (request, message) in [
+        (paths(5, 1), "max_hops must be 1..=4"),
+        (paths(0, 1), "max_hops"),
+        (paths(2, 0), "limit must be 1..=1000"),
+        (paths(2, 100_000), "limit"),
+    ] {
         let status = client.paths(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains(message), "{}", status.message());
     }
     let status = client
-        .neighbors(kg::NeighborsRequest { entity: "a".into(), limit: 0, ..Default::default() })
+        .neighbors(kg::NeighborsRequest {
+            entity: "a".into(),
+            limit: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = client
-        .neighbors(kg::NeighborsRequest { entity: "ghost".into(), limit: 5, ..Default::default() })
+        .neighbors(kg::NeighborsRequest {
+            entity: "ghost".into(),
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client.entity_embeddings(kg::EntityEmbeddingsRequest { entities: vec!["a".into()] }).await.unwrap_err();
+    let status = client
+        .entity_embeddings(kg::EntityEmbeddingsRequest {
+            entities: vec!["a".into()],
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
 }
 
@@ -99,12 +189,19 @@ async fn admin_rpcs_need_the_token_when_one_is_set() {
     let load = || futures::stream::iter(vec![batch(vec![triple("a", "r", "b")])]);
     let status = client.load_triples(load()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let status = client.load_triples(authed(load(), "wrong")).await.unwrap_err();
+    let status = client
+        .load_triples(authed(load(), "wrong"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     client.load_triples(authed(load(), "s3cret")).await.unwrap();
     // Reads stay open.
     let n = client
-        .neighbors(kg::NeighborsRequest { entity: "a".into(), limit: 5, ..Default::default() })
+        .neighbors(kg::NeighborsRequest {
+            entity: "a".into(),
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

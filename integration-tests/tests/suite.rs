@@ -8,7 +8,13 @@ use tonic::Code;
 use crate::common::*;
 
 fn rank(user: &str, query: &str, k: u32) -> rk::RankRequest {
-    rk::RankRequest { user_id: user.into(), query: query.into(), k, explain: true, ..Default::default() }
+    rk::RankRequest {
+        user_id: user.into(),
+        query: query.into(),
+        k,
+        explain: true,
+        ..Default::default()
+    }
 }
 
 /// Popularity as the contract defines it: summed event weights (view 1, click 2, cart 3,
@@ -35,37 +41,73 @@ async fn the_demo_shop_ranks_with_reasons() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
 
-    let stats = client.stats(rk::StatsRequest {}).await.unwrap().into_inner();
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((stats.items, stats.users, stats.dimension), (312, 100, 384));
 
     // A search: boots first, each with its reason.
-    let r = client.rank(rank("", "waterproof hiking boots", 5)).await.unwrap().into_inner();
+    let r = client
+        .rank(rank("", "waterproof hiking boots", 5))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
     assert_eq!(r.items.len(), 5);
     for item in &r.items[..3] {
-        assert_eq!(item.category.last().map(String::as_str), Some("Hiking Boots"), "{}", item.title);
-        assert!(item.reasons[0].contains("matches your search"), "{:?}", item.reasons);
+        assert_eq!(
+            item.category.last().map(String::as_str),
+            Some("Hiking Boots"),
+            "{}",
+            item.title
+        );
+        assert!(
+            item.reasons[0].contains("matches your search"),
+            "{:?}",
+            item.reasons
+        );
     }
 
     // A returning shopper: the graph explains at least one result by a path from their history.
-    let r = client.rank(rank("u010", "", 10)).await.unwrap().into_inner();
+    let r = client
+        .rank(rank("u010", "", 10))
+        .await
+        .unwrap()
+        .into_inner();
     let graph_reasons: Vec<&String> = r
         .items
         .iter()
         .flat_map(|i| &i.reasons)
         .filter(|x| x.contains("same brand") || x.contains("goes with") || x.contains("accessory"))
         .collect();
-    assert!(!graph_reasons.is_empty(), "no graph reason in {:#?}", r.items);
-    assert!(r.items.iter().any(|i| i.contributions.iter().any(|c| c.signal == "kg")));
+    assert!(
+        !graph_reasons.is_empty(),
+        "no graph reason in {:#?}",
+        r.items
+    );
+    assert!(
+        r.items
+            .iter()
+            .any(|i| i.contributions.iter().any(|c| c.signal == "kg"))
+    );
 
     // A new shopper without a query gets the most popular items, in order.
     let pop = popularity_from_events();
-    let r = client.rank(rank("nobody-seen-before", "", 5)).await.unwrap().into_inner();
+    let r = client
+        .rank(rank("nobody-seen-before", "", 5))
+        .await
+        .unwrap()
+        .into_inner();
     let mut expected: Vec<(&String, &f32)> = pop.iter().collect();
     expected.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
     assert_eq!(r.items[0].id, *expected[0].0, "most popular first");
     let got: Vec<f32> = r.items.iter().map(|i| pop[&i.id]).collect();
-    assert!(got.windows(2).all(|w| w[0] >= w[1]), "popularity must not increase: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[0] >= w[1]),
+        "popularity must not increase: {got:?}"
+    );
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
@@ -74,39 +116,100 @@ async fn bad_requests_are_invalid_argument_with_the_reason() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
     let cases = [
-        (rk::RankRequest { k: 0, ..Default::default() }, "k must be 1..=1000"),
-        (rk::RankRequest { k: 1001, ..Default::default() }, "k must be 1..=1000"),
+        (
+            rk::RankRequest {
+                k: 0,
+                ..Default::default()
+            },
+            "k must be 1..=1000",
+        ),
+        (
+            rk::RankRequest {
+                k: 1001,
+                ..Default::default()
+            },
+            "k must be 1..=1000",
+        ),
         (
             rk::RankRequest {
                 k: 5,
-                filters: Some(rk::Filters { min_price: Some(50.0), max_price: Some(10.0), ..Default::default() }),
+                filters: Some(rk::Filters {
+                    min_price: Some(50.0),
+                    max_price: Some(10.0),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             "filters.min_price (50) is above filters.max_price (10)",
         ),
         (
-            rk::RankRequest { k: 5, filters: Some(rk::Filters { max_price: Some(f64::NAN), ..Default::default() }), ..Default::default() },
+            rk::RankRequest {
+                k: 5,
+                filters: Some(rk::Filters {
+                    max_price: Some(f64::NAN),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             "filters.max_price must be finite",
         ),
-        (rk::RankRequest { k: 5, diversity: 3.0, ..Default::default() }, "diversity must be between 0 and 1"),
+        (
+            rk::RankRequest {
+                k: 5,
+                diversity: 3.0,
+                ..Default::default()
+            },
+            "diversity must be between 0 and 1",
+        ),
     ];
     for (request, message) in cases {
         let status = client.rank(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains(message), "{:?} lacks {message:?}", status.message());
+        assert!(
+            status.message().contains(message),
+            "{:?} lacks {message:?}",
+            status.message()
+        );
     }
     // A bad item in a stream is named, and nothing of its batch is stored.
     let bad = rk::UpsertItemsRequest {
         items: vec![
-            rk::Item { id: "ok-1".into(), title: "Fine".into(), price: 1.0, ..Default::default() },
-            rk::Item { id: "bad".into(), title: "Broken".into(), price: -3.0, ..Default::default() },
+            rk::Item {
+                id: "ok-1".into(),
+                title: "Fine".into(),
+                price: 1.0,
+                ..Default::default()
+            },
+            rk::Item {
+                id: "bad".into(),
+                title: "Broken".into(),
+                price: -3.0,
+                ..Default::default()
+            },
         ],
     };
-    let status = client.upsert_items(futures::stream::iter(vec![bad])).await.unwrap_err();
+    let status = client
+        .upsert_items(futures::stream::iter(vec![bad]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("batch 0, item 1"), "{}", status.message());
-    let r = client.rank(rk::RankRequest { k: 5, candidate_ids: vec!["ok-1".into()], ..Default::default() }).await.unwrap();
-    assert!(r.into_inner().items.is_empty(), "the batch with the bad item left nothing behind");
+    assert!(
+        status.message().contains("batch 0, item 1"),
+        "{}",
+        status.message()
+    );
+    let r = client
+        .rank(rk::RankRequest {
+            k: 5,
+            candidate_ids: vec!["ok-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        r.into_inner().items.is_empty(),
+        "the batch with the bad item left nothing behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,7 +227,9 @@ async fn a_click_moves_the_next_rank_and_user_ids_stay_off_disk() {
         timestamp_ms: 0,
     };
     let recorded = client
-        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest { interactions: vec![event] }]))
+        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest {
+            interactions: vec![event],
+        }]))
         .await
         .unwrap()
         .into_inner();
@@ -134,14 +239,31 @@ async fn a_click_moves_the_next_rank_and_user_ids_stay_off_disk() {
         before.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
         after.items.iter().map(|i| &i.id).collect::<Vec<_>>()
     );
-    assert!(after.items.iter().all(|i| i.id != "p00030"), "bought items are not recommended again");
     assert!(
-        after.items.iter().flat_map(|i| &i.reasons).any(|r| r.contains("you bought")),
+        after.items.iter().all(|i| i.id != "p00030"),
+        "bought items are not recommended again"
+    );
+    assert!(
+        after
+            .items
+            .iter()
+            .flat_map(|i| &i.reasons)
+            .any(|r| r.contains("you bought")),
         "{:#?}",
         after.items
     );
-    let profile = client.user_profile(rk::UserProfileRequest { user_id: user.into(), limit: 5 }).await.unwrap().into_inner();
-    assert_eq!(profile.categories.first().map(|a| a.name.as_str()), Some("Electronics"));
+    let profile = client
+        .user_profile(rk::UserProfileRequest {
+            user_id: user.into(),
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        profile.categories.first().map(|a| a.name.as_str()),
+        Some("Electronics")
+    );
 
     // The raw id is nowhere in the ranker's files.
     shop.ranker.stop().await.unwrap();
@@ -169,32 +291,60 @@ async fn state_survives_a_restart_and_deletes_stick() {
     let encoder = shared_encoder().await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder, &kg.url()).await;
-    soukctl::load_catalog(channel(&ranker.url()).await, &repo_root().join("kg-data/products.csv"), &quiet(), &None).await.unwrap();
+    soukctl::load_catalog(
+        channel(&ranker.url()).await,
+        &repo_root().join("kg-data/products.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let d = client.delete_items(rk::DeleteItemsRequest { ids: vec!["p00141".into(), "nope".into()] }).await.unwrap().into_inner();
+    let d = client
+        .delete_items(rk::DeleteItemsRequest {
+            ids: vec!["p00141".into(), "nope".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((d.deleted, d.not_found), (1, 1));
-    let before = client.rank(rank("", "waterproof hiking boots", 5)).await.unwrap().into_inner();
+    let before = client
+        .rank(rank("", "waterproof hiking boots", 5))
+        .await
+        .unwrap()
+        .into_inner();
     ranker.stop().await.unwrap();
 
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder, &kg.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let stats = client.stats(rk::StatsRequest {}).await.unwrap().into_inner();
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stats.items, 311);
-    let after = client.rank(rank("", "waterproof hiking boots", 5)).await.unwrap().into_inner();
+    let after = client
+        .rank(rank("", "waterproof hiking boots", 5))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         before.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
         after.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
         "same ranking after restart"
     );
-    assert!(after.items.iter().all(|i| i.id != "p00141"), "deleted item stays deleted");
+    assert!(
+        after.items.iter().all(|i| i.id != "p00141"),
+        "deleted item stays deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_lists_every_service_to_a_client_that_knows_only_the_address() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let shop = demo_shop().await;
     for (url, expected) in [
@@ -203,14 +353,24 @@ async fn reflection_lists_every_service_to_a_client_that_knows_only_the_address(
         (shop.encoder_url.clone(), "souk.encoder.v1.Encoder"),
     ] {
         let mut client = ServerReflectionClient::new(channel(&url).await);
-        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-        let mut responses = client.server_reflection_info(futures::stream::iter(vec![request])).await.unwrap().into_inner();
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(futures::stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
         let response = responses.message().await.unwrap().unwrap();
         let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
             panic!("unexpected reflection answer");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(names.contains(&expected.to_string()), "{url}: {names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
     }
 }

@@ -3,12 +3,13 @@
 //! Prometheus metrics over HTTP, telemetry, and the flags every server takes.
 //!
 //! ```no_run
-//! # async fn demo(routes: tonic::service::Routes) -> Result<(), souk_shared::Error> {
+//! # async fn demo() -> Result<(), souk_shared::Error> {
 //! use souk_shared::server::{GrpcServer, ServerOptions};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let server = GrpcServer::new("demo", ServerOptions::default());
+//! let server = GrpcServer::new("demo", ServerOptions::default()).await?;
+//! // server.add_service(MyServiceServer::new(handler), &["AdminMethod"]);
 //! server.health().set_ready().await;
-//! server.serve(listener, routes, souk_shared::shutdown::signal()).await?;
+//! server.serve(listener, souk_shared::shutdown::signal()).await?;
 //! # Ok(()) }
 //! ```
 

@@ -6,7 +6,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
@@ -30,14 +32,21 @@ impl Metrics {
         let labels = std::iter::once(("service".to_string(), service.to_string())).collect();
         let registry = Registry::new_custom(Some("souk".into()), Some(labels))?;
         let requests = IntCounterVec::new(
-            Opts::new("grpc_requests_total", "gRPC requests by method and status code"),
+            Opts::new(
+                "grpc_requests_total",
+                "gRPC requests by method and status code",
+            ),
             &["method", "code"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("grpc_request_duration_seconds", "gRPC request latency until response headers")
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
+            HistogramOpts::new(
+                "grpc_request_duration_seconds",
+                "gRPC request latency until response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["method"],
         )?;
         registry.register(Box::new(requests.clone()))?;

@@ -212,22 +212,27 @@ mod tests {
     async fn health_says_serving_only_after_ready() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = GrpcServer::new("test", ServerOptions::default()).await.unwrap();
+        let server = GrpcServer::new("test", ServerOptions::default())
+            .await
+            .unwrap();
         let health = server.health();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
-        let channel = crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        let channel =
+            crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
         let mut client = HealthClient::new(channel);
         let check = |c: &mut HealthClient<_>| {
             let mut c = c.clone();
             async move {
-                c.check(HealthCheckRequest { service: String::new() })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .status
+                c.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
             }
         };
         assert_eq!(check(&mut client).await, Wire::NotServing as i32);

@@ -43,7 +43,11 @@ pub struct UpArgs {
     #[arg(long, env = "SOUK_DATA_DIR", default_value = "souk-data")]
     pub data_dir: PathBuf,
     /// Model directory for the encoder.
-    #[arg(long, env = "SOUK_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "SOUK_MODEL_DIR",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
     pub model_dir: PathBuf,
     #[arg(long, env = "SOUK_ENCODER_LISTEN", default_value = "127.0.0.1:50051")]
     pub encoder_listen: SocketAddr,
@@ -84,9 +88,9 @@ impl Suite {
     /// When a port cannot be bound.
     pub async fn start(args: &UpArgs) -> anyhow::Result<Self> {
         let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the {what} (is another souk running?)"))
+            TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the {what} (is another souk running?)")
+            })
         };
         let (el, kl, rl) = (
             bind(args.encoder_listen, "encoder").await?,
@@ -129,11 +133,26 @@ impl Suite {
             }
         };
         let tasks = vec![
-            ("encoder", tokio::spawn(souk_encoder::serve(el, encoder_args, signal()))),
-            ("knowledge-graph", tokio::spawn(souk_kg::serve(kl, kg_args, signal()))),
-            ("ranker", tokio::spawn(souk_ranker::serve(rl, ranker_args, signal()))),
+            (
+                "encoder",
+                tokio::spawn(souk_encoder::serve(el, encoder_args, signal())),
+            ),
+            (
+                "knowledge-graph",
+                tokio::spawn(souk_kg::serve(kl, kg_args, signal())),
+            ),
+            (
+                "ranker",
+                tokio::spawn(souk_ranker::serve(rl, ranker_args, signal())),
+            ),
         ];
-        Ok(Self { encoder, kg, ranker, stop, tasks })
+        Ok(Self {
+            encoder,
+            kg,
+            ranker,
+            stop,
+            tasks,
+        })
     }
 
     /// Waits until all three report SERVING, or one of them stops with an error.
@@ -150,7 +169,10 @@ impl Suite {
             }
             let mut ready = true;
             for addr in [self.encoder, self.kg, self.ranker] {
-                ready &= matches!(soukctl::health(&format!("http://{addr}")).await.as_deref(), Ok("SERVING"));
+                ready &= matches!(
+                    soukctl::health(&format!("http://{addr}")).await.as_deref(),
+                    Ok("SERVING")
+                );
             }
             if ready {
                 return Ok(());
@@ -233,12 +255,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The user in `events.csv` with the most purchases: a returning shopper worth showing.
 fn returning_user(events: &Path) -> anyhow::Result<String> {
-    let mut reader = csv::Reader::from_path(events).with_context(|| format!("{}", events.display()))?;
+    let mut reader =
+        csv::Reader::from_path(events).with_context(|| format!("{}", events.display()))?;
     let mut purchases: std::collections::BTreeMap<String, u32> = Default::default();
     for record in reader.records() {
         let record = record?;
         if record.get(2) == Some("purchase") {
-            *purchases.entry(record.get(0).unwrap_or_default().to_string()).or_default() += 1;
+            *purchases
+                .entry(record.get(0).unwrap_or_default().to_string())
+                .or_default() += 1;
         }
     }
     purchases
@@ -255,32 +280,96 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
     let token = up.server.admin_token.clone();
     if stats.items == 0 {
         eprintln!("loading the demo shop from {} ...", data.display());
-        let options = soukctl::LoadOptions { batch_size: None, dry_run: false, max_errors: 0, quiet: false };
-        let kg_channel = soukctl::connect(&format!("http://{}", suite.kg), "knowledge graph").await?;
-        let (r, _) = soukctl::load_triples(kg_channel, &data.join("triples.tsv"), None, &options, &token).await?;
-        eprintln!("  graph: {} triples in {:.1}s", r.rows, r.elapsed.as_secs_f64());
-        let (r, _) = soukctl::load_catalog(ranker_channel.clone(), &data.join("products.csv"), &options, &token).await?;
-        eprintln!("  catalog: {} items embedded and indexed in {:.1}s", r.rows, r.elapsed.as_secs_f64());
-        let (r, _) = soukctl::load_events(ranker_channel.clone(), &data.join("events.csv"), &options, &token).await?;
-        eprintln!("  events: {} interactions in {:.1}s", r.rows, r.elapsed.as_secs_f64());
+        let options = soukctl::LoadOptions {
+            batch_size: None,
+            dry_run: false,
+            max_errors: 0,
+            quiet: false,
+        };
+        let kg_channel =
+            soukctl::connect(&format!("http://{}", suite.kg), "knowledge graph").await?;
+        let (r, _) = soukctl::load_triples(
+            kg_channel,
+            &data.join("triples.tsv"),
+            None,
+            &options,
+            &token,
+        )
+        .await?;
+        eprintln!(
+            "  graph: {} triples in {:.1}s",
+            r.rows,
+            r.elapsed.as_secs_f64()
+        );
+        let (r, _) = soukctl::load_catalog(
+            ranker_channel.clone(),
+            &data.join("products.csv"),
+            &options,
+            &token,
+        )
+        .await?;
+        eprintln!(
+            "  catalog: {} items embedded and indexed in {:.1}s",
+            r.rows,
+            r.elapsed.as_secs_f64()
+        );
+        let (r, _) = soukctl::load_events(
+            ranker_channel.clone(),
+            &data.join("events.csv"),
+            &options,
+            &token,
+        )
+        .await?;
+        eprintln!(
+            "  events: {} interactions in {:.1}s",
+            r.rows,
+            r.elapsed.as_secs_f64()
+        );
     } else {
-        eprintln!("stores already hold {} items and {} events; skipping the load", stats.items, stats.interactions);
+        eprintln!(
+            "stores already hold {} items and {} events; skipping the load",
+            stats.items, stats.interactions
+        );
     }
     let user = returning_user(&data.join("events.csv"))?;
     let profile = ranker
-        .user_profile(rk::UserProfileRequest { user_id: user.clone(), limit: 3 })
+        .user_profile(rk::UserProfileRequest {
+            user_id: user.clone(),
+            limit: 3,
+        })
         .await?
         .into_inner();
-    let names = |list: &[rk::Affinity]| list.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(", ");
+    let names = |list: &[rk::Affinity]| {
+        list.iter()
+            .map(|a| a.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let cases = [
-        ("Search \"waterproof hiking boots\" (anonymous shopper)".to_string(), String::new(), "waterproof hiking boots".to_string()),
         (
-            format!("Recommendations for returning shopper {user} (likes {}; brands {})", names(&profile.categories), names(&profile.brands)),
+            "Search \"waterproof hiking boots\" (anonymous shopper)".to_string(),
+            String::new(),
+            "waterproof hiking boots".to_string(),
+        ),
+        (
+            format!(
+                "Recommendations for returning shopper {user} (likes {}; brands {})",
+                names(&profile.categories),
+                names(&profile.brands)
+            ),
             user.clone(),
             String::new(),
         ),
-        (format!("Search \"gift for a coffee lover\" for {user}"), user.clone(), "gift for a coffee lover".to_string()),
-        ("Recommendations for a brand-new shopper (no history, no query)".to_string(), "someone-new".to_string(), String::new()),
+        (
+            format!("Search \"gift for a coffee lover\" for {user}"),
+            user.clone(),
+            "gift for a coffee lover".to_string(),
+        ),
+        (
+            "Recommendations for a brand-new shopper (no history, no query)".to_string(),
+            "someone-new".to_string(),
+            String::new(),
+        ),
     ];
     let mut out = std::io::stdout();
     for (title, user_id, query) in cases {
@@ -288,10 +377,20 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
         let diversity = if query.is_empty() { 0.2 } else { 0.0 };
         let started = Instant::now();
         let ranking = ranker
-            .rank(rk::RankRequest { user_id, query, k: 5, explain: true, diversity, ..Default::default() })
+            .rank(rk::RankRequest {
+                user_id,
+                query,
+                k: 5,
+                explain: true,
+                diversity,
+                ..Default::default()
+            })
             .await?
             .into_inner();
-        println!("\n== {title}  ({:.0} ms)", started.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "\n== {title}  ({:.0} ms)",
+            started.elapsed().as_secs_f64() * 1e3
+        );
         soukctl::print_ranking(&mut out, &ranking)?;
     }
     println!();

@@ -53,7 +53,8 @@ pub struct Counting<R> {
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -83,36 +84,72 @@ pub fn triples<R: Read + Send + 'static>(
     let file = path.to_path_buf();
     match format {
         TripleFormat::Tsv | TripleFormat::Nt => {
-            let parse_line = if format == TripleFormat::Tsv { parse::tsv_line } else { parse::ntriples_line };
-            Box::new(BufReader::new(reader).lines().enumerate().filter_map(move |(i, line)| {
-                let at = |reason: String| LineError { file: file.clone(), line: i as u64 + 1, reason };
-                match line {
-                    Err(e) => Some(Err(at(format!("cannot read: {e}")))),
-                    Ok(line) => match parse_line(&line) {
-                        Ok(Some(t)) => Some(Ok(t)),
-                        Ok(None) => None,
-                        Err(e) => Some(Err(at(e.to_string()))),
-                    },
-                }
-            }))
+            let parse_line = if format == TripleFormat::Tsv {
+                parse::tsv_line
+            } else {
+                parse::ntriples_line
+            };
+            Box::new(
+                BufReader::new(reader)
+                    .lines()
+                    .enumerate()
+                    .filter_map(move |(i, line)| {
+                        let at = |reason: String| LineError {
+                            file: file.clone(),
+                            line: i as u64 + 1,
+                            reason,
+                        };
+                        match line {
+                            Err(e) => Some(Err(at(format!("cannot read: {e}")))),
+                            Ok(line) => match parse_line(&line) {
+                                Ok(Some(t)) => Some(Ok(t)),
+                                Ok(None) => None,
+                                Err(e) => Some(Err(at(e.to_string()))),
+                            },
+                        }
+                    }),
+            )
         }
         TripleFormat::Csv => {
-            let reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
-            Box::new(reader.into_records().enumerate().filter_map(move |(i, record)| {
-                let line = i as u64 + 1;
-                let at = |reason: String| LineError { file: file.clone(), line, reason };
-                let record = match record {
-                    Ok(r) => r,
-                    Err(e) => return Some(Err(at(format!("bad CSV: {e}")))),
-                };
-                if line == 1 && record.iter().map(|f| f.trim().to_ascii_lowercase()).eq(["head", "relation", "tail"]) {
-                    return None;
-                }
-                if record.len() != 3 {
-                    return Some(Err(at(format!("expected 3 columns (head, relation, tail), found {}", record.len()))));
-                }
-                Some(Triple::new(record[0].trim(), record[1].trim(), record[2].trim()).map_err(|e| at(e.to_string())))
-            }))
+            let reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(reader);
+            Box::new(
+                reader
+                    .into_records()
+                    .enumerate()
+                    .filter_map(move |(i, record)| {
+                        let line = i as u64 + 1;
+                        let at = |reason: String| LineError {
+                            file: file.clone(),
+                            line,
+                            reason,
+                        };
+                        let record = match record {
+                            Ok(r) => r,
+                            Err(e) => return Some(Err(at(format!("bad CSV: {e}")))),
+                        };
+                        if line == 1
+                            && record
+                                .iter()
+                                .map(|f| f.trim().to_ascii_lowercase())
+                                .eq(["head", "relation", "tail"])
+                        {
+                            return None;
+                        }
+                        if record.len() != 3 {
+                            return Some(Err(at(format!(
+                                "expected 3 columns (head, relation, tail), found {}",
+                                record.len()
+                            ))));
+                        }
+                        Some(
+                            Triple::new(record[0].trim(), record[1].trim(), record[2].trim())
+                                .map_err(|e| at(e.to_string())),
+                        )
+                    }),
+            )
         }
     }
 }
@@ -122,11 +159,21 @@ struct Columns(BTreeMap<String, usize>);
 
 impl Columns {
     fn new(headers: &csv::StringRecord) -> Self {
-        Self(headers.iter().enumerate().map(|(i, h)| (h.trim().to_ascii_lowercase(), i)).collect())
+        Self(
+            headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.trim().to_ascii_lowercase(), i))
+                .collect(),
+        )
     }
 
     fn require(&self, names: &[&str]) -> Result<(), String> {
-        let missing: Vec<&str> = names.iter().copied().filter(|n| !self.0.contains_key(*n)).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.0.contains_key(*n))
+            .collect();
         if missing.is_empty() {
             Ok(())
         } else {
@@ -135,7 +182,11 @@ impl Columns {
     }
 
     fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> &'r str {
-        self.0.get(name).and_then(|&i| record.get(i)).unwrap_or("").trim()
+        self.0
+            .get(name)
+            .and_then(|&i| record.get(i))
+            .unwrap_or("")
+            .trim()
     }
 }
 
@@ -162,7 +213,9 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
         .parse()
         .map_err(|_| format!("item {id:?}: price {price_text:?} is not a number"))?;
     if !price.is_finite() || price < 0.0 {
-        return Err(format!("item {id:?}: price must be finite and >= 0, got {price_text}"));
+        return Err(format!(
+            "item {id:?}: price must be finite and >= 0, got {price_text}"
+        ));
     }
     let category = columns
         .get(record, "category")
@@ -172,7 +225,12 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
         .map(String::from)
         .collect();
     let mut attributes = std::collections::HashMap::new();
-    for pair in columns.get(record, "attributes").split(';').map(str::trim).filter(|p| !p.is_empty()) {
+    for pair in columns
+        .get(record, "attributes")
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("item {id:?}: attribute {pair:?} is not key=value"))?;
@@ -186,7 +244,8 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
         brand: columns.get(record, "brand").to_string(),
         price,
         attributes,
-        in_stock: parse_bool(columns.get(record, "in_stock")).map_err(|e| format!("item {id:?}: {e}"))?,
+        in_stock: parse_bool(columns.get(record, "in_stock"))
+            .map_err(|e| format!("item {id:?}: {e}"))?,
     })
 }
 
@@ -202,11 +261,19 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     let columns = match reader.headers() {
         Ok(h) => Columns::new(h),
         Err(e) => {
-            return Box::new(std::iter::once(Err(LineError { file, line: 1, reason: format!("bad CSV header: {e}") })));
+            return Box::new(std::iter::once(Err(LineError {
+                file,
+                line: 1,
+                reason: format!("bad CSV header: {e}"),
+            })));
         }
     };
     if let Err(reason) = columns.require(required) {
-        return Box::new(std::iter::once(Err(LineError { file, line: 1, reason })));
+        return Box::new(std::iter::once(Err(LineError {
+            file,
+            line: 1,
+            reason,
+        })));
     }
     Box::new(reader.into_records().map(move |record| {
         let record = record.map_err(|e| LineError {
@@ -215,12 +282,19 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
             reason: format!("bad CSV: {e}"),
         })?;
         let line = record.position().map(|p| p.line()).unwrap_or(0);
-        parse(&columns, &record).map_err(|reason| LineError { file: file.clone(), line, reason })
+        parse(&columns, &record).map_err(|reason| LineError {
+            file: file.clone(),
+            line,
+            reason,
+        })
     }))
 }
 
 /// Items of a catalog CSV.
-pub fn catalog<R: Read + Send + 'static>(path: &Path, reader: R) -> Box<dyn Iterator<Item = Result<rk::Item, LineError>> + Send> {
+pub fn catalog<R: Read + Send + 'static>(
+    path: &Path,
+    reader: R,
+) -> Box<dyn Iterator<Item = Result<rk::Item, LineError>> + Send> {
     csv_rows(path, reader, &["id", "title", "price"], catalog_row)
 }
 
@@ -240,7 +314,11 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
         Some(souk_ranker_core::item::InteractionKind::Cart) => rk::InteractionKind::Cart,
         Some(souk_ranker_core::item::InteractionKind::Purchase) => rk::InteractionKind::Purchase,
         Some(souk_ranker_core::item::InteractionKind::Rating) => rk::InteractionKind::Rating,
-        None => return Err(format!("kind {kind_text:?} is not view, click, cart, purchase or rating")),
+        None => {
+            return Err(format!(
+                "kind {kind_text:?} is not view, click, cart, purchase or rating"
+            ));
+        }
     };
     let value_text = columns.get(record, "value");
     let value = if value_text.is_empty() {
@@ -256,9 +334,9 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
     let timestamp_ms = if ts_text.is_empty() {
         0
     } else {
-        ts_text
-            .parse::<i64>()
-            .map_err(|_| format!("timestamp_ms {ts_text:?} is not an integer (Unix milliseconds)"))?
+        ts_text.parse::<i64>().map_err(|_| {
+            format!("timestamp_ms {ts_text:?} is not an integer (Unix milliseconds)")
+        })?
     };
     Ok(rk::Interaction {
         user_id: user_id.to_string(),
@@ -270,7 +348,10 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
 }
 
 /// Events of an events CSV.
-pub fn events<R: Read + Send + 'static>(path: &Path, reader: R) -> Box<dyn Iterator<Item = Result<rk::Interaction, LineError>> + Send> {
+pub fn events<R: Read + Send + 'static>(
+    path: &Path,
+    reader: R,
+) -> Box<dyn Iterator<Item = Result<rk::Interaction, LineError>> + Send> {
     csv_rows(path, reader, &["user_id", "item_id", "kind"], event_row)
 }
 
@@ -285,10 +366,18 @@ mod tests {
     #[test]
     fn tsv_errors_name_file_and_line() {
         let data = "a\tr\tb\n\nbad line\nc\t\td\n";
-        let errs = errors(triples(Path::new("t.tsv"), data.as_bytes(), TripleFormat::Tsv));
+        let errs = errors(triples(
+            Path::new("t.tsv"),
+            data.as_bytes(),
+            TripleFormat::Tsv,
+        ));
         assert_eq!(errs.len(), 2);
         assert!(errs[0].starts_with("t.tsv:3: expected 3"), "{}", errs[0]);
-        assert!(errs[1].starts_with("t.tsv:4: relation is empty"), "{}", errs[1]);
+        assert!(
+            errs[1].starts_with("t.tsv:4: relation is empty"),
+            "{}",
+            errs[1]
+        );
     }
 
     #[test]
@@ -297,7 +386,13 @@ mod tests {
         let all: Vec<_> = triples(Path::new("t.csv"), data.as_bytes(), TripleFormat::Csv).collect();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].as_ref().unwrap().head, "a, inc");
-        assert!(all[1].as_ref().unwrap_err().to_string().starts_with("t.csv:3:"));
+        assert!(
+            all[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("t.csv:3:")
+        );
     }
 
     #[test]
@@ -310,18 +405,40 @@ mod tests {
         let p1 = rows[0].as_ref().unwrap();
         assert_eq!(p1.category, vec!["Outdoor", "Tents"]);
         assert_eq!(p1.attributes.get("size").map(String::as_str), Some("2"));
-        assert_eq!(rows[1].as_ref().unwrap_err().to_string(), "c.csv:3: item \"p2\": price \"cheap\" is not a number");
-        assert!(rows[2].as_ref().unwrap_err().to_string().starts_with("c.csv:4: item \"p3\": attribute"));
+        assert_eq!(
+            rows[1].as_ref().unwrap_err().to_string(),
+            "c.csv:3: item \"p2\": price \"cheap\" is not a number"
+        );
+        assert!(
+            rows[2]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("c.csv:4: item \"p3\": attribute")
+        );
         let missing = errors(catalog(Path::new("c.csv"), "id,name\n".as_bytes()));
-        assert_eq!(missing, vec!["c.csv:1: header lacks column(s): title, price"]);
+        assert_eq!(
+            missing,
+            vec!["c.csv:1: header lacks column(s): title, price"]
+        );
     }
 
     #[test]
     fn events_parse_kind_value_and_time() {
-        let data = "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n";
+        let data =
+            "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n";
         let rows: Vec<_> = events(Path::new("e.csv"), data.as_bytes()).collect();
         let e = rows[0].as_ref().unwrap();
-        assert_eq!((e.kind, e.value, e.timestamp_ms), (rk::InteractionKind::Purchase as i32, 1.0, 17));
-        assert!(rows[1].as_ref().unwrap_err().to_string().contains("e.csv:3: kind \"teleport\""));
+        assert_eq!(
+            (e.kind, e.value, e.timestamp_ms),
+            (rk::InteractionKind::Purchase as i32, 1.0, 17)
+        );
+        assert!(
+            rows[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("e.csv:3: kind \"teleport\"")
+        );
     }
 }

@@ -44,13 +44,28 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Endpoints {
     /// The ranker service.
-    #[arg(long, global = true, env = "SOUK_RANKER_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        global = true,
+        env = "SOUK_RANKER_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub ranker: String,
     /// The knowledge-graph service.
-    #[arg(long, global = true, env = "SOUK_KG_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        global = true,
+        env = "SOUK_KG_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub kg: String,
     /// The encoder service.
-    #[arg(long, global = true, env = "SOUK_ENCODER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "SOUK_ENCODER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub encoder: String,
     /// Admin token sent as `authorization: Bearer <token>` with loads.
     #[arg(long, global = true, env = "SOUK_ADMIN_TOKEN", hide_env_values = true)]
@@ -193,7 +208,11 @@ pub struct RankArgs {
 /// # Errors
 /// When the URL is malformed or nothing answers within 5 s.
 pub async fn connect(url: &str, what: &str) -> anyhow::Result<Channel> {
-    let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
     Endpoint::from_shared(full.clone())
         .with_context(|| format!("{what} URL {full:?} is not valid"))?
         .connect_timeout(Duration::from_secs(5))
@@ -206,9 +225,12 @@ pub async fn connect(url: &str, what: &str) -> anyhow::Result<Channel> {
 fn with_token<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().context("admin token is not a valid header value")?);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("admin token is not a valid header value")?,
+        );
     }
     Ok(request)
 }
@@ -278,7 +300,11 @@ where
         let tick = |report: &LoadReport| {
             reader_bar.set_position(counter.load(Ordering::Relaxed));
             let secs = started.elapsed().as_secs_f64().max(1e-3);
-            reader_bar.set_message(format!("{} rows, {:.0} rows/s", report.rows, report.rows as f64 / secs));
+            reader_bar.set_message(format!(
+                "{} rows, {:.0} rows/s",
+                report.rows,
+                report.rows as f64 / secs
+            ));
         };
         for row in rows {
             match row {
@@ -354,11 +380,17 @@ pub async fn load_triples(
 ) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
     let format = format
         .or_else(|| TripleFormat::from_path(path))
-        .with_context(|| format!("{}: cannot tell the format from the extension; pass --format", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: cannot tell the format from the extension; pass --format",
+                path.display()
+            )
+        })?;
     let (reader, size) = files::open(path)?;
     let counter = reader.read.clone();
     let rows = files::triples(path, reader, format);
-    let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel)
+        .max_decoding_message_size(64 << 20);
     let token = token.clone();
     let bar = progress(size, options.quiet, "triples");
     let result = stream_batches(
@@ -367,9 +399,19 @@ pub async fn load_triples(
         bar,
         options,
         10_000,
-        |triples| kg::LoadTriplesRequest { triples: triples.into_iter().map(|t| kg::Triple { head: t.head, relation: t.relation, tail: t.tail }).collect() },
+        |triples| kg::LoadTriplesRequest {
+            triples: triples
+                .into_iter()
+                .map(|t| kg::Triple {
+                    head: t.head,
+                    relation: t.relation,
+                    tail: t.tail,
+                })
+                .collect(),
+        },
         |stream| async move {
-            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let request = with_token(stream, &token)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
             client.load_triples(request).await.map(|r| r.into_inner())
         },
     )
@@ -404,7 +446,8 @@ pub async fn load_catalog(
         64,
         |items| rk::UpsertItemsRequest { items },
         |stream| async move {
-            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let request = with_token(stream, &token)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
             client.upsert_items(request).await.map(|r| r.into_inner())
         },
     )
@@ -439,8 +482,12 @@ pub async fn load_events(
         2_000,
         |interactions| rk::RecordInteractionsRequest { interactions },
         |stream| async move {
-            let request = with_token(stream, &token).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            client.record_interactions(request).await.map(|r| r.into_inner())
+            let request = with_token(stream, &token)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            client
+                .record_interactions(request)
+                .await
+                .map(|r| r.into_inner())
         },
     )
     .await?;
@@ -456,7 +503,11 @@ pub async fn load_events(
 /// When writing fails.
 pub fn print_ranking(out: &mut impl Write, ranking: &rk::RankResponse) -> std::io::Result<()> {
     if !ranking.missing_signals.is_empty() {
-        writeln!(out, "  (degraded: no {} signal for this request)", ranking.missing_signals.join(", "))?;
+        writeln!(
+            out,
+            "  (degraded: no {} signal for this request)",
+            ranking.missing_signals.join(", ")
+        )?;
     }
     if ranking.items.is_empty() {
         writeln!(out, "  no results")?;
@@ -496,7 +547,11 @@ fn report_load(what: &str, report: &LoadReport, extra: String) {
         report.batches,
         secs,
         report.rows as f64 / secs,
-        if report.errors.is_empty() { String::new() } else { format!(", {} bad lines skipped", report.errors.len()) },
+        if report.errors.is_empty() {
+            String::new()
+        } else {
+            format!(", {} bad lines skipped", report.errors.len())
+        },
         extra
     );
 }
@@ -508,34 +563,76 @@ fn report_load(what: &str, report: &LoadReport, extra: String) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
-        Command::Kg(KgCommand::Load { files, options, format }) => {
+        Command::Kg(KgCommand::Load {
+            files,
+            options,
+            format,
+        }) => {
             if files.is_empty() {
                 anyhow::bail!("name at least one file to load");
             }
-            let channel = if options.dry_run { None } else { Some(connect(&ep.kg, "knowledge graph").await?) };
+            let channel = if options.dry_run {
+                None
+            } else {
+                Some(connect(&ep.kg, "knowledge graph").await?)
+            };
             for path in files {
-                let ch = channel.clone().unwrap_or_else(|| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
-                let (report, response) = load_triples(ch, &path, format, &options, &ep.token).await?;
-                let extra = response.map(|r| format!(", {} new triples", r.inserted)).unwrap_or_else(|| " (dry run)".into());
+                let ch = channel
+                    .clone()
+                    .unwrap_or_else(|| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
+                let (report, response) =
+                    load_triples(ch, &path, format, &options, &ep.token).await?;
+                let extra = response
+                    .map(|r| format!(", {} new triples", r.inserted))
+                    .unwrap_or_else(|| " (dry run)".into());
                 report_load(&path.display().to_string(), &report, extra);
             }
         }
-        Command::Kg(KgCommand::Neighbors { entity, relation, direction: d, limit }) => {
-            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+        Command::Kg(KgCommand::Neighbors {
+            entity,
+            relation,
+            direction: d,
+            limit,
+        }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
             let r = client
-                .neighbors(kg::NeighborsRequest { entity: entity.clone(), relation, direction: direction(&d)? as i32, limit })
+                .neighbors(kg::NeighborsRequest {
+                    entity: entity.clone(),
+                    relation,
+                    direction: direction(&d)? as i32,
+                    limit,
+                })
                 .await?
                 .into_inner();
             for n in &r.neighbors {
-                let arrow = if n.direction == kg::Direction::In as i32 { "<-" } else { "->" };
+                let arrow = if n.direction == kg::Direction::In as i32 {
+                    "<-"
+                } else {
+                    "->"
+                };
                 println!("{entity} {arrow}{}{arrow} {}", n.relation, n.entity);
             }
             println!("({} of {} edges)", r.neighbors.len(), r.total);
         }
-        Command::Kg(KgCommand::Paths { from, to, max_hops, limit }) => {
-            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+        Command::Kg(KgCommand::Paths {
+            from,
+            to,
+            max_hops,
+            limit,
+        }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
             let r = client
-                .paths(kg::PathsRequest { sources: from, targets: to, max_hops, limit, relations: vec![] })
+                .paths(kg::PathsRequest {
+                    sources: from,
+                    targets: to,
+                    max_hops,
+                    limit,
+                    relations: vec![],
+                })
                 .await?
                 .into_inner();
             for p in &r.paths {
@@ -557,28 +654,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Catalog(CatalogCommand::Load { file, options }) => {
-            let channel = if options.dry_run { Endpoint::from_static("http://0.0.0.0:1").connect_lazy() } else { connect(&ep.ranker, "ranker").await? };
+            let channel = if options.dry_run {
+                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+            } else {
+                connect(&ep.ranker, "ranker").await?
+            };
             let (report, response) = load_catalog(channel, &file, &options, &ep.token).await?;
             let extra = response
-                .map(|r| format!(", {} items stored, {} synced to the graph", r.upserted, r.graph_synced))
+                .map(|r| {
+                    format!(
+                        ", {} items stored, {} synced to the graph",
+                        r.upserted, r.graph_synced
+                    )
+                })
                 .unwrap_or_else(|| " (dry run)".into());
             report_load(&file.display().to_string(), &report, extra);
         }
         Command::Catalog(CatalogCommand::Delete { ids }) => {
-            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
-            let r = client.delete_items(with_token(rk::DeleteItemsRequest { ids }, &ep.token)?).await?.into_inner();
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = client
+                .delete_items(with_token(rk::DeleteItemsRequest { ids }, &ep.token)?)
+                .await?
+                .into_inner();
             println!("deleted {}, not found {}", r.deleted, r.not_found);
         }
         Command::Events(EventsCommand::Load { file, options }) => {
-            let channel = if options.dry_run { Endpoint::from_static("http://0.0.0.0:1").connect_lazy() } else { connect(&ep.ranker, "ranker").await? };
+            let channel = if options.dry_run {
+                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+            } else {
+                connect(&ep.ranker, "ranker").await?
+            };
             let (report, response) = load_events(channel, &file, &options, &ep.token).await?;
             let extra = response
-                .map(|r| format!(", {} recorded ({} for items not in the catalog)", r.recorded, r.unknown_items))
+                .map(|r| {
+                    format!(
+                        ", {} recorded ({} for items not in the catalog)",
+                        r.recorded, r.unknown_items
+                    )
+                })
                 .unwrap_or_else(|| " (dry run)".into());
             report_load(&file.display().to_string(), &report, extra);
         }
         Command::Rank(args) => {
-            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let request = rk::RankRequest {
                 user_id: args.user,
                 query: args.query,
@@ -602,38 +722,84 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{ranking:#?}");
             } else {
                 print_ranking(&mut std::io::stdout(), &ranking)?;
-                eprintln!("({} candidates, model {}, {:.1} ms)", ranking.candidates, ranking.model_version, started.elapsed().as_secs_f64() * 1e3);
+                eprintln!(
+                    "({} candidates, model {}, {:.1} ms)",
+                    ranking.candidates,
+                    ranking.model_version,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
             }
         }
         Command::Profile { user, limit } => {
-            let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
-            let p = client.user_profile(rk::UserProfileRequest { user_id: user, limit }).await?.into_inner();
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let p = client
+                .user_profile(rk::UserProfileRequest {
+                    user_id: user,
+                    limit,
+                })
+                .await?
+                .into_inner();
             println!("items interacted with: {}", p.interactions);
-            for (label, list) in [("categories", &p.categories), ("brands", &p.brands), ("attributes", &p.attributes)] {
-                let shown: Vec<String> = list.iter().map(|a| format!("{} ({:.0})", a.name, a.weight)).collect();
+            for (label, list) in [
+                ("categories", &p.categories),
+                ("brands", &p.brands),
+                ("attributes", &p.attributes),
+            ] {
+                let shown: Vec<String> = list
+                    .iter()
+                    .map(|a| format!("{} ({:.0})", a.name, a.weight))
+                    .collect();
                 println!("{label}: {}", shown.join(", "));
             }
             println!("recent: {}", p.recent_items.join(", "));
         }
         Command::Embed { texts } => {
-            let mut client = enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
-            let r = client.embed(enc::EmbedRequest { texts: texts.clone(), truncate: None, normalize: None }).await?.into_inner();
+            let mut client =
+                enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
+            let r = client
+                .embed(enc::EmbedRequest {
+                    texts: texts.clone(),
+                    truncate: None,
+                    normalize: None,
+                })
+                .await?
+                .into_inner();
             for (text, e) in texts.iter().zip(&r.embeddings) {
-                let head: Vec<String> = e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
-                println!("{text:?}: {} dims, {} tokens, [{} ...]", e.values.len(), e.tokens, head.join(", "));
+                let head: Vec<String> =
+                    e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                println!(
+                    "{text:?}: {} dims, {} tokens, [{} ...]",
+                    e.values.len(),
+                    e.tokens,
+                    head.join(", ")
+                );
             }
         }
         Command::Stats => {
-            let mut ranker = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.stats(rk::StatsRequest {}).await?.into_inner();
-            println!("catalog: {} items ({}-d vectors), {} users, {} events, fusion {}", r.items, r.dimension, r.users, r.interactions, r.model_version);
-            let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(connect(&ep.kg, "knowledge graph").await?);
+            println!(
+                "catalog: {} items ({}-d vectors), {} users, {} events, fusion {}",
+                r.items, r.dimension, r.users, r.interactions, r.model_version
+            );
+            let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
             let g = graph.stats(kg::StatsRequest {}).await?.into_inner();
-            println!("graph: {} entities, {} relations, {} triples, {} bytes on disk", g.entities, g.relations, g.triples, g.store_bytes);
+            println!(
+                "graph: {} entities, {} relations, {} triples, {} bytes on disk",
+                g.entities, g.relations, g.triples, g.store_bytes
+            );
         }
         Command::Health => {
             let mut all_ok = true;
-            for (name, url) in [("encoder", &ep.encoder), ("knowledge-graph", &ep.kg), ("ranker", &ep.ranker)] {
+            for (name, url) in [
+                ("encoder", &ep.encoder),
+                ("knowledge-graph", &ep.kg),
+                ("ranker", &ep.ranker),
+            ] {
                 let state = match health(url).await {
                     Ok(s) => s,
                     Err(e) => format!("UNREACHABLE ({e})"),
@@ -657,11 +823,15 @@ pub async fn health(url: &str) -> anyhow::Result<String> {
     let channel = connect(url, "service").await?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = client
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await?
         .into_inner();
-    Ok(match tonic_health::pb::health_check_response::ServingStatus::try_from(r.status) {
-        Ok(s) => s.as_str_name().to_string(),
-        Err(_) => format!("UNKNOWN({})", r.status),
-    })
+    Ok(
+        match tonic_health::pb::health_check_response::ServingStatus::try_from(r.status) {
+            Ok(s) => s.as_str_name().to_string(),
+            Err(_) => format!("UNKNOWN({})", r.status),
+        },
+    )
 }

@@ -82,7 +82,9 @@ impl Batcher {
         std::thread::Builder::new()
             .name("souk-encoder-inference".into())
             .spawn(move || run_inference(backend, rx, options, &worker_stats))
-            .map_err(|e| EncoderError::Backend(format!("cannot start the inference thread: {e}")))?;
+            .map_err(|e| {
+                EncoderError::Backend(format!("cannot start the inference thread: {e}"))
+            })?;
         Ok(Self {
             tx,
             tokenizer: Arc::new(tokenizer),
@@ -192,7 +194,11 @@ fn run_inference<B: Backend>(
             results.push(Ok(vec![Vec::new(); job.sequences.len()]));
             replies.push((job.reply, job.normalize));
             for (index, sequence) in job.sequences.into_iter().enumerate() {
-                slots.push(Slot { job: j, index, sequence });
+                slots.push(Slot {
+                    job: j,
+                    index,
+                    sequence,
+                });
             }
         }
         slots.sort_by_key(|s| s.sequence.ids.len());
@@ -213,7 +219,11 @@ fn run_inference<B: Backend>(
                     }
                 }
                 Ok(vectors) => {
-                    let message = format!("backend returned {} vectors for {} texts", vectors.len(), owners.len());
+                    let message = format!(
+                        "backend returned {} vectors for {} texts",
+                        vectors.len(),
+                        owners.len()
+                    );
                     tracing::error!("{message}");
                     for (job, _) in owners {
                         results[job] = Err(EncoderError::Backend(message.clone()));
@@ -243,9 +253,10 @@ fn record(stats: &BatcherStats, batch: &Batch, elapsed: std::time::Duration) {
     stats
         .sequences
         .fetch_add(batch.sequences.len() as u64, Ordering::Relaxed);
-    stats
-        .padded_tokens
-        .fetch_add((batch.max_len() * batch.sequences.len()) as u64, Ordering::Relaxed);
+    stats.padded_tokens.fetch_add(
+        (batch.max_len() * batch.sequences.len()) as u64,
+        Ordering::Relaxed,
+    );
     stats.real_tokens.fetch_add(
         batch.sequences.iter().map(|s| s.ids.len() as u64).sum(),
         Ordering::Relaxed,
@@ -294,9 +305,16 @@ mod tests {
         let passes = split_by_budget(slots, 16);
         for pass in &passes {
             let longest = pass.iter().map(|s| s.sequence.ids.len()).max().unwrap_or(0);
-            assert!(pass.len() == 1 || pass.len() * longest <= 16, "pass over budget");
+            assert!(
+                pass.len() == 1 || pass.len() * longest <= 16,
+                "pass over budget"
+            );
         }
-        assert_eq!(passes.iter().map(Vec::len).sum::<usize>(), 7, "every sequence lands in a pass");
+        assert_eq!(
+            passes.iter().map(Vec::len).sum::<usize>(),
+            7,
+            "every sequence lands in a pass"
+        );
     }
 
     #[test]

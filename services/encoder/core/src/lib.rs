@@ -29,7 +29,11 @@ pub struct Batch {
 impl Batch {
     /// Longest sequence, the padded width of a dense forward pass.
     pub fn max_len(&self) -> usize {
-        self.sequences.iter().map(|s| s.ids.len()).max().unwrap_or(0)
+        self.sequences
+            .iter()
+            .map(|s| s.ids.len())
+            .max()
+            .unwrap_or(0)
     }
 }
 

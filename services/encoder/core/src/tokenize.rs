@@ -76,13 +76,19 @@ impl TextTokenizer {
     ///
     /// # Errors
     /// As [`Self::encode_one`], prefixed with `texts[i]`.
-    pub fn encode_all(&self, texts: &[String], truncate: bool) -> Result<Vec<Sequence>, EncoderError> {
+    pub fn encode_all(
+        &self,
+        texts: &[String],
+        truncate: bool,
+    ) -> Result<Vec<Sequence>, EncoderError> {
         texts
             .iter()
             .enumerate()
             .map(|(i, text)| {
                 self.encode_one(text, truncate).map_err(|e| match e {
-                    EncoderError::InvalidInput(m) => EncoderError::InvalidInput(format!("texts[{i}]: {m}")),
+                    EncoderError::InvalidInput(m) => {
+                        EncoderError::InvalidInput(format!("texts[{i}]: {m}"))
+                    }
                     other => other,
                 })
             })

@@ -31,7 +31,11 @@ pub struct EncoderArgs {
     pub listen: SocketAddr,
     /// Model directory: config.json, model.safetensors, tokenizer.json and the
     /// sentence-transformers pooling config.
-    #[arg(long, env = "SOUK_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "SOUK_MODEL_DIR",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
     pub model_dir: PathBuf,
     /// Where the forward pass runs: cpu or cuda:N (needs the `cuda` build).
     #[arg(long, env = "SOUK_DEVICE", default_value = "cpu")]
@@ -77,7 +81,10 @@ pub async fn serve(
         max_batch_texts: args.max_batch_texts.max(1),
     });
     let mut server = GrpcServer::new("encoder", args.server.options()).await?;
-    server.add_service(pb::encoder_server::EncoderServer::from_arc(state.clone()), &[]);
+    server.add_service(
+        pb::encoder_server::EncoderServer::from_arc(state.clone()),
+        &[],
+    );
     let health = server.health();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();

@@ -118,7 +118,10 @@ impl Graph {
         for _ in 0..snapshot.entities.len() {
             graph.add_node(());
         }
-        let (n, r) = (snapshot.entities.len() as u32, snapshot.relations.len() as u32);
+        let (n, r) = (
+            snapshot.entities.len() as u32,
+            snapshot.relations.len() as u32,
+        );
         for &(h, rel, t) in &snapshot.triples {
             if h >= n || t >= n || rel >= r {
                 return Err(KgError::Storage(format!(
@@ -177,7 +180,9 @@ impl Graph {
         let (n, r) = (self.names.len() as u32, self.relations.len() as u32);
         for &(h, rel, t) in &inserted.new_triples {
             if h >= n || t >= n || rel >= r {
-                return Err(KgError::Storage(format!("triple ({h}, {rel}, {t}) refers to an unknown id")));
+                return Err(KgError::Storage(format!(
+                    "triple ({h}, {rel}, {t}) refers to an unknown id"
+                )));
             }
             self.graph
                 .add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
@@ -202,7 +207,11 @@ impl Graph {
                 }
             };
             let (hn, tn) = (NodeIndex::new(h as usize), NodeIndex::new(t as usize));
-            if !self.graph.edges_connecting(hn, tn).any(|e| *e.weight() == rel) {
+            if !self
+                .graph
+                .edges_connecting(hn, tn)
+                .any(|e| *e.weight() == rel)
+            {
                 self.graph.add_edge(hn, tn, rel);
                 inserted.new_triples.push((h, rel, t));
             }
@@ -255,9 +264,13 @@ impl Graph {
 
     /// Every triple as ids, for training and export.
     pub fn triples(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
-        self.graph
-            .edge_references()
-            .map(|e| (e.source().index() as u32, *e.weight(), e.target().index() as u32))
+        self.graph.edge_references().map(|e| {
+            (
+                e.source().index() as u32,
+                *e.weight(),
+                e.target().index() as u32,
+            )
+        })
     }
 
     /// Edges of one entity.
@@ -342,7 +355,10 @@ impl Graph {
             )));
         }
         if query.limit == 0 || query.limit > 1_000 {
-            return Err(KgError::InvalidInput(format!("limit must be 1..=1000, got {}", query.limit)));
+            return Err(KgError::InvalidInput(format!(
+                "limit must be 1..=1000, got {}",
+                query.limit
+            )));
         }
         if query.sources.is_empty() || query.sources.len() > 256 {
             return Err(KgError::InvalidInput(format!(
@@ -359,12 +375,24 @@ impl Graph {
         let allowed: Option<HashSet<u32>> = if query.relations.is_empty() {
             None
         } else {
-            Some(query.relations.iter().filter_map(|r| self.relation_id(r)).collect())
+            Some(
+                query
+                    .relations
+                    .iter()
+                    .filter_map(|r| self.relation_id(r))
+                    .collect(),
+            )
         };
         let allows = |rel: u32| allowed.as_ref().is_none_or(|a| a.contains(&rel));
-        let sources: Vec<u32> = query.sources.iter().filter_map(|s| self.entity_id(s)).collect();
+        let sources: Vec<u32> = query
+            .sources
+            .iter()
+            .filter_map(|s| self.entity_id(s))
+            .collect();
         if sources.is_empty() {
-            return Err(KgError::NotFound("none of the sources is in the graph".into()));
+            return Err(KgError::NotFound(
+                "none of the sources is in the graph".into(),
+            ));
         }
         let targets: HashSet<u32> = query
             .targets
@@ -394,12 +422,29 @@ impl Graph {
                     // Only direct edges from the hub to a target; walk them from the target side.
                     for &t in &targets {
                         let tn = NodeIndex::new(t as usize);
-                        for (edge_dir, pg) in [(Direction::In, Outgoing), (Direction::Out, Incoming)] {
+                        for (edge_dir, pg) in
+                            [(Direction::In, Outgoing), (Direction::Out, Incoming)]
+                        {
                             for edge in self.graph.edges_directed(tn, pg) {
-                                let other = if pg == Outgoing { edge.target() } else { edge.source() };
+                                let other = if pg == Outgoing {
+                                    edge.target()
+                                } else {
+                                    edge.source()
+                                };
                                 if other == node && allows(*edge.weight()) {
                                     // Edge t -> hub walked hub -> t is IN; hub -> t is OUT.
-                                    if record(&mut depth, &mut preds, t, d, Pred { prev: u, rel: *edge.weight(), dir: edge_dir }, query.limit) {
+                                    if record(
+                                        &mut depth,
+                                        &mut preds,
+                                        t,
+                                        d,
+                                        Pred {
+                                            prev: u,
+                                            rel: *edge.weight(),
+                                            dir: edge_dir,
+                                        },
+                                        query.limit,
+                                    ) {
                                         reached += 1;
                                     }
                                 }
@@ -413,8 +458,24 @@ impl Graph {
                         if !allows(*edge.weight()) {
                             continue;
                         }
-                        let v = if pg == Outgoing { edge.target() } else { edge.source() }.index() as u32;
-                        if record(&mut depth, &mut preds, v, d, Pred { prev: u, rel: *edge.weight(), dir }, query.limit) {
+                        let v = if pg == Outgoing {
+                            edge.target()
+                        } else {
+                            edge.source()
+                        }
+                        .index() as u32;
+                        if record(
+                            &mut depth,
+                            &mut preds,
+                            v,
+                            d,
+                            Pred {
+                                prev: u,
+                                rel: *edge.weight(),
+                                dir,
+                            },
+                            query.limit,
+                        ) {
                             next.push(v);
                             if targets.contains(&v) {
                                 reached += 1;
@@ -433,7 +494,10 @@ impl Graph {
             frontier = next;
         }
 
-        let mut ordered: Vec<u32> = targets.into_iter().filter(|t| preds.contains_key(t)).collect();
+        let mut ordered: Vec<u32> = targets
+            .into_iter()
+            .filter(|t| preds.contains_key(t))
+            .collect();
         ordered.sort_by_key(|t| (depth.get(t).copied().unwrap_or(u32::MAX), *t));
         for t in ordered {
             let mut paths = Vec::new();
@@ -553,15 +617,24 @@ mod tests {
     #[test]
     fn shortest_path_goes_through_the_shared_brand() {
         let g = shop();
-        let found = g.paths(&query(&["item:tent"], &["item:stove"], 4, 5)).unwrap();
+        let found = g
+            .paths(&query(&["item:tent"], &["item:stove"], 4, 5))
+            .unwrap();
         assert!(!found.paths.is_empty());
         let p = &found.paths[0];
-        assert_eq!(p.steps.len(), 2, "tent -brand-> acme <-brand- stove is the only 2-hop path");
+        assert_eq!(
+            p.steps.len(),
+            2,
+            "tent -brand-> acme <-brand- stove is the only 2-hop path"
+        );
         assert_eq!(p.steps[0].relation, "brand");
         assert_eq!(p.steps[0].direction, Direction::Out);
         assert_eq!(p.steps[1].direction, Direction::In);
         assert_eq!(p.steps[1].entity, "item:stove");
-        assert!(found.paths.iter().all(|p| p.steps.len() == 2), "only shortest paths are returned");
+        assert!(
+            found.paths.iter().all(|p| p.steps.len() == 2),
+            "only shortest paths are returned"
+        );
     }
 
     #[test]
@@ -570,36 +643,81 @@ mod tests {
         let mut q = query(&["item:tent"], &["item:stove"], 4, 5);
         q.relations = vec!["category".into(), "parent".into()];
         let found = g.paths(&q).unwrap();
-        assert_eq!(found.paths[0].steps.len(), 4, "tent->tents->camping<-stoves<-stove");
+        assert_eq!(
+            found.paths[0].steps.len(),
+            4,
+            "tent->tents->camping<-stoves<-stove"
+        );
     }
 
     #[test]
     fn hop_limit_and_bad_arguments() {
         let g = shop();
-        let found = g.paths(&query(&["item:pegs"], &["item:stove"], 2, 1)).unwrap();
-        assert!(found.paths.is_empty(), "pegs->tent->acme<-stove needs 3 hops");
-        assert!(matches!(g.paths(&query(&["item:tent"], &["item:stove"], 5, 1)), Err(KgError::InvalidInput(_))));
-        assert!(matches!(g.paths(&query(&["item:tent"], &["item:stove"], 2, 0)), Err(KgError::InvalidInput(_))));
-        assert!(matches!(g.paths(&query(&["nope"], &["item:stove"], 2, 1)), Err(KgError::NotFound(_))));
+        let found = g
+            .paths(&query(&["item:pegs"], &["item:stove"], 2, 1))
+            .unwrap();
+        assert!(
+            found.paths.is_empty(),
+            "pegs->tent->acme<-stove needs 3 hops"
+        );
+        assert!(matches!(
+            g.paths(&query(&["item:tent"], &["item:stove"], 5, 1)),
+            Err(KgError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            g.paths(&query(&["item:tent"], &["item:stove"], 2, 0)),
+            Err(KgError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            g.paths(&query(&["nope"], &["item:stove"], 2, 1)),
+            Err(KgError::NotFound(_))
+        ));
     }
 
     #[test]
     fn neighbors_respect_direction_relation_and_limit() {
         let g = shop();
         let all = g
-            .neighbors(&NeighborQuery { entity: "item:tent".into(), relation: None, direction: Direction::Both, limit: 10 })
+            .neighbors(&NeighborQuery {
+                entity: "item:tent".into(),
+                relation: None,
+                direction: Direction::Both,
+                limit: 10,
+            })
             .unwrap();
         assert_eq!(all.total, 3, "brand, category out; accessory_of in");
         let inbound = g
-            .neighbors(&NeighborQuery { entity: "item:tent".into(), relation: None, direction: Direction::In, limit: 10 })
+            .neighbors(&NeighborQuery {
+                entity: "item:tent".into(),
+                relation: None,
+                direction: Direction::In,
+                limit: 10,
+            })
             .unwrap();
-        assert_eq!(inbound.neighbors, vec![Neighbor { entity: "item:pegs".into(), relation: "accessory_of".into(), direction: Direction::In }]);
+        assert_eq!(
+            inbound.neighbors,
+            vec![Neighbor {
+                entity: "item:pegs".into(),
+                relation: "accessory_of".into(),
+                direction: Direction::In
+            }]
+        );
         let limited = g
-            .neighbors(&NeighborQuery { entity: "brand:acme".into(), relation: Some("brand".into()), direction: Direction::In, limit: 1 })
+            .neighbors(&NeighborQuery {
+                entity: "brand:acme".into(),
+                relation: Some("brand".into()),
+                direction: Direction::In,
+                limit: 1,
+            })
             .unwrap();
         assert_eq!((limited.neighbors.len(), limited.total), (1, 2));
         assert!(matches!(
-            g.neighbors(&NeighborQuery { entity: "ghost".into(), relation: None, direction: Direction::Both, limit: 1 }),
+            g.neighbors(&NeighborQuery {
+                entity: "ghost".into(),
+                relation: None,
+                direction: Direction::Both,
+                limit: 1
+            }),
             Err(KgError::NotFound(_))
         ));
     }
@@ -623,13 +741,21 @@ mod tests {
     fn snapshot_round_trip_keeps_the_graph() {
         let g = shop();
         let snapshot = Snapshot {
-            entities: (0..g.entity_count() as u32).map(|i| g.entity_name(i).unwrap().to_string()).collect(),
+            entities: (0..g.entity_count() as u32)
+                .map(|i| g.entity_name(i).unwrap().to_string())
+                .collect(),
             relations: g.relations.clone(),
             triples: g.triples().collect(),
         };
         let back = Graph::from_snapshot(snapshot).unwrap();
         assert_eq!(back.triple_count(), g.triple_count());
-        assert_eq!(back.paths(&query(&["item:tent"], &["item:stove"], 4, 1)).unwrap().paths,
-                   g.paths(&query(&["item:tent"], &["item:stove"], 4, 1)).unwrap().paths);
+        assert_eq!(
+            back.paths(&query(&["item:tent"], &["item:stove"], 4, 1))
+                .unwrap()
+                .paths,
+            g.paths(&query(&["item:tent"], &["item:stove"], 4, 1))
+                .unwrap()
+                .paths
+        );
     }
 }

@@ -19,8 +19,8 @@ mod graph;
 pub mod parse;
 
 pub use graph::{
-    Direction, Graph, Neighbor, NeighborQuery, NeighborsFound, Path, PathQuery, PathStep, PathsFound,
-    Snapshot,
+    Direction, Graph, Neighbor, NeighborQuery, NeighborsFound, Path, PathQuery, PathStep,
+    PathsFound, Snapshot,
 };
 
 /// Longest entity id or relation name, in bytes.
@@ -59,7 +59,11 @@ impl Triple {
     /// # Errors
     /// As [`Triple::new`].
     pub fn validate(&self) -> Result<(), KgError> {
-        for (name, value) in [("head", &self.head), ("relation", &self.relation), ("tail", &self.tail)] {
+        for (name, value) in [
+            ("head", &self.head),
+            ("relation", &self.relation),
+            ("tail", &self.tail),
+        ] {
             validate_field(name, value)?;
         }
         Ok(())
@@ -81,7 +85,9 @@ pub fn validate_field(name: &str, value: &str) -> Result<(), KgError> {
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(KgError::InvalidInput(format!("{name} contains a control character")));
+        return Err(KgError::InvalidInput(format!(
+            "{name} contains a control character"
+        )));
     }
     Ok(())
 }

@@ -76,7 +76,9 @@ fn nt_term<'a>(input: &'a str, what: &str) -> Result<(String, &'a str), KgError>
                         let end = tagged.find(char::is_whitespace).unwrap_or(tagged.len());
                         after = &tagged[end..];
                     } else if let Some(typed) = after.strip_prefix("^^<") {
-                        let end = typed.find('>').ok_or_else(|| bad("unterminated datatype IRI"))?;
+                        let end = typed
+                            .find('>')
+                            .ok_or_else(|| bad("unterminated datatype IRI"))?;
                         after = &typed[end + 1..];
                     }
                     return Ok((value, after));
@@ -97,29 +99,57 @@ mod tests {
     #[test]
     fn tsv_accepts_three_columns_and_skips_comments() {
         let t = tsv_line("item:a\tbrand\tbrand:x\r").unwrap().unwrap();
-        assert_eq!((t.head.as_str(), t.relation.as_str(), t.tail.as_str()), ("item:a", "brand", "brand:x"));
+        assert_eq!(
+            (t.head.as_str(), t.relation.as_str(), t.tail.as_str()),
+            ("item:a", "brand", "brand:x")
+        );
         assert_eq!(tsv_line("# comment").unwrap(), None);
         assert_eq!(tsv_line("   ").unwrap(), None);
     }
 
     #[test]
     fn tsv_rejects_wrong_columns_and_empty_fields() {
-        assert!(tsv_line("a\tb").unwrap_err().to_string().contains("found 2"));
-        assert!(tsv_line("a\tb\tc\td").unwrap_err().to_string().contains("found 4"));
-        assert!(tsv_line("a\t\tc").unwrap_err().to_string().contains("relation is empty"));
+        assert!(
+            tsv_line("a\tb")
+                .unwrap_err()
+                .to_string()
+                .contains("found 2")
+        );
+        assert!(
+            tsv_line("a\tb\tc\td")
+                .unwrap_err()
+                .to_string()
+                .contains("found 4")
+        );
+        assert!(
+            tsv_line("a\t\tc")
+                .unwrap_err()
+                .to_string()
+                .contains("relation is empty")
+        );
         let long = "x".repeat(1025);
-        assert!(tsv_line(&format!("{long}\tr\tt")).unwrap_err().to_string().contains("1025 bytes"));
+        assert!(
+            tsv_line(&format!("{long}\tr\tt"))
+                .unwrap_err()
+                .to_string()
+                .contains("1025 bytes")
+        );
     }
 
     #[test]
     fn ntriples_parses_iris_blank_nodes_and_literals() {
-        let t = ntriples_line("<http://e/a> <http://r/b> \"caf\\\"e\"@en .").unwrap().unwrap();
+        let t = ntriples_line("<http://e/a> <http://r/b> \"caf\\\"e\"@en .")
+            .unwrap()
+            .unwrap();
         assert_eq!(t.head, "http://e/a");
         assert_eq!(t.tail, "caf\"e");
         let t = ntriples_line("_:b1 <p> <o> .").unwrap().unwrap();
         assert_eq!(t.head, "_:b1");
         assert!(ntriples_line("<a> <b> <c>").is_err(), "missing dot");
         assert!(ntriples_line("<a <b> <c> .").is_err(), "broken IRI");
-        assert!(ntriples_line("\"lit\" <b> <c> .").is_err(), "literal subject");
+        assert!(
+            ntriples_line("\"lit\" <b> <c> .").is_err(),
+            "literal subject"
+        );
     }
 }

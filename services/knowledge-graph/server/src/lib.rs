@@ -28,7 +28,11 @@ use store::SledStore;
 
 /// Flags of `souk-kg`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "souk-kg", version, about = "souk's knowledge-graph service (gRPC)")]
+#[command(
+    name = "souk-kg",
+    version,
+    about = "souk's knowledge-graph service (gRPC)"
+)]
 pub struct KgArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "SOUK_LISTEN", default_value = "127.0.0.1:50052")]
@@ -59,7 +63,9 @@ pub async fn serve(
     args: KgArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(KgService { loaded: OnceLock::new() });
+    let state = Arc::new(KgService {
+        loaded: OnceLock::new(),
+    });
     let mut server = GrpcServer::new("knowledge-graph", args.server.options()).await?;
     server.add_service(
         pb::knowledge_graph_server::KnowledgeGraphServer::from_arc(state.clone())
@@ -80,7 +86,11 @@ pub async fn serve(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "graph rebuilt from the store"
         );
-        Ok(Loaded { store, graph: RwLock::new(graph), writer: Mutex::new(()) })
+        Ok(Loaded {
+            store,
+            graph: RwLock::new(graph),
+            writer: Mutex::new(()),
+        })
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server.serve(listener, async move {

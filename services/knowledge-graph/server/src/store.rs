@@ -57,7 +57,8 @@ impl SledStore {
     /// # Errors
     /// When sled cannot open the directory (permissions, another process holds it).
     pub fn open(dir: &Path) -> Result<Self, KgError> {
-        std::fs::create_dir_all(dir).map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
@@ -91,7 +92,11 @@ impl SledStore {
     /// # Errors
     /// When the store cannot be read.
     pub fn counts(&self) -> Result<(u64, u64, u64), KgError> {
-        Ok((self.counter(ENTITIES)?, self.counter(RELATIONS)?, self.counter(TRIPLES)?))
+        Ok((
+            self.counter(ENTITIES)?,
+            self.counter(RELATIONS)?,
+            self.counter(TRIPLES)?,
+        ))
     }
 }
 
@@ -127,8 +132,20 @@ impl Interner<'_> {
 impl TripleStore for SledStore {
     fn insert(&self, triples: &[Triple]) -> Result<Inserted, KgError> {
         let (entities, relations, stored) = self.counts()?;
-        let mut ents = Interner { store: self, prefix: b'e', next: entities as u32, fresh: HashMap::new(), out: Vec::new() };
-        let mut rels = Interner { store: self, prefix: b'r', next: relations as u32, fresh: HashMap::new(), out: Vec::new() };
+        let mut ents = Interner {
+            store: self,
+            prefix: b'e',
+            next: entities as u32,
+            fresh: HashMap::new(),
+            out: Vec::new(),
+        };
+        let mut rels = Interner {
+            store: self,
+            prefix: b'r',
+            next: relations as u32,
+            fresh: HashMap::new(),
+            out: Vec::new(),
+        };
         let mut seen = HashSet::new();
         let mut new_triples = Vec::new();
         for triple in triples {
@@ -138,7 +155,11 @@ impl TripleStore for SledStore {
             if !seen.insert((h, r, t)) {
                 continue;
             }
-            if self.tree.contains_key(triple_key(b's', h, r, t)).map_err(storage)? {
+            if self
+                .tree
+                .contains_key(triple_key(b's', h, r, t))
+                .map_err(storage)?
+            {
                 continue;
             }
             new_triples.push((h, r, t));
@@ -148,7 +169,10 @@ impl TripleStore for SledStore {
             new_relations: rels.out,
             new_triples,
         };
-        if inserted.new_triples.is_empty() && inserted.new_entities.is_empty() && inserted.new_relations.is_empty() {
+        if inserted.new_triples.is_empty()
+            && inserted.new_entities.is_empty()
+            && inserted.new_relations.is_empty()
+        {
             return Ok(inserted);
         }
         let mut batch = sled::Batch::default();
@@ -164,9 +188,18 @@ impl TripleStore for SledStore {
             batch.insert(&triple_key(b's', h, r, t), &[]);
             batch.insert(&triple_key(b'p', r, t, h), &[]);
         }
-        batch.insert(ENTITIES, &(entities + inserted.new_entities.len() as u64).to_be_bytes());
-        batch.insert(RELATIONS, &(relations + inserted.new_relations.len() as u64).to_be_bytes());
-        batch.insert(TRIPLES, &(stored + inserted.new_triples.len() as u64).to_be_bytes());
+        batch.insert(
+            ENTITIES,
+            &(entities + inserted.new_entities.len() as u64).to_be_bytes(),
+        );
+        batch.insert(
+            RELATIONS,
+            &(relations + inserted.new_relations.len() as u64).to_be_bytes(),
+        );
+        batch.insert(
+            TRIPLES,
+            &(stored + inserted.new_triples.len() as u64).to_be_bytes(),
+        );
         // One atomic batch, flushed before the caller acknowledges it: a crash keeps whole
         // batches or nothing of them.
         self.tree.apply_batch(batch).map_err(storage)?;
@@ -182,12 +215,19 @@ impl TripleStore for SledStore {
                 let (k, v) = item.map_err(storage)?;
                 let id = be_u32(&k[1..])?;
                 if id as usize != out.len() {
-                    return Err(KgError::Storage(format!("id {id} missing from the dictionary")));
+                    return Err(KgError::Storage(format!(
+                        "id {id} missing from the dictionary"
+                    )));
                 }
-                out.push(String::from_utf8(v.to_vec()).map_err(|e| KgError::Storage(e.to_string()))?);
+                out.push(
+                    String::from_utf8(v.to_vec()).map_err(|e| KgError::Storage(e.to_string()))?,
+                );
             }
             if out.len() as u64 != count {
-                return Err(KgError::Storage(format!("dictionary holds {} names, counter says {count}", out.len())));
+                return Err(KgError::Storage(format!(
+                    "dictionary holds {} names, counter says {count}",
+                    out.len()
+                )));
             }
             Ok(out)
         };
@@ -228,7 +268,11 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             let first = store.insert(&batch).unwrap();
-            assert_eq!(first.new_triples.len(), 2, "the duplicate inside the batch counts once");
+            assert_eq!(
+                first.new_triples.len(),
+                2,
+                "the duplicate inside the batch counts once"
+            );
             assert_eq!(first.new_entities.len(), 3);
             let second = store.insert(&batch).unwrap();
             assert_eq!(second, Inserted::default());

@@ -6,7 +6,9 @@ const B: f32 = 0.75;
 
 /// Lower-cased alphanumeric terms; very short tokens and a few stop words are dropped.
 pub fn terms(text: &str) -> Vec<String> {
-    const STOP: &[&str] = &["the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by"];
+    const STOP: &[&str] = &[
+        "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
+    ];
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
         .map(str::to_lowercase)
@@ -33,7 +35,12 @@ impl Bm25 {
         self.total_length += terms.len() as u64;
         let mut distinct = Vec::new();
         for term in terms {
-            let tf = self.postings.entry(term.clone()).or_default().entry(doc).or_default();
+            let tf = self
+                .postings
+                .entry(term.clone())
+                .or_default()
+                .entry(doc)
+                .or_default();
             if *tf == 0 {
                 distinct.push(term);
             }
@@ -107,6 +114,9 @@ mod tests {
         index.remove(0);
         assert!(!index.scores("shoes").contains_key(&0));
         index.insert(2, "green scarf");
-        assert!(index.scores("red").is_empty(), "re-inserting replaces the old text");
+        assert!(
+            index.scores("red").is_empty(),
+            "re-inserting replaces the old text"
+        );
     }
 }

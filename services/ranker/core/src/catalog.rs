@@ -109,7 +109,10 @@ impl Catalog {
     }
 
     pub fn get(&self, id: &str) -> Option<&Item> {
-        self.by_id.get(id).and_then(|&s| self.slot(s)).map(|e| &e.item)
+        self.by_id
+            .get(id)
+            .and_then(|&s| self.slot(s))
+            .map(|e| &e.item)
     }
 
     fn slot(&self, slot: u32) -> Option<&Entry> {
@@ -152,7 +155,11 @@ impl Catalog {
     /// The user's history, most recent first.
     pub fn history(&self, user: &UserKey) -> Vec<HistoryEntry> {
         let mut h = self.histories.get(user).cloned().unwrap_or_default();
-        h.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then_with(|| a.item_id.cmp(&b.item_id)));
+        h.sort_by(|a, b| {
+            b.last_ms
+                .cmp(&a.last_ms)
+                .then_with(|| a.item_id.cmp(&b.item_id))
+        });
         h
     }
 
@@ -174,8 +181,12 @@ impl Catalog {
         // First time this user touches this item: it co-occurs with their recent items.
         *self.item_users.entry(event.item_id.clone()).or_default() += 1;
         let mut recent: Vec<&HistoryEntry> = history.iter().collect();
-        recent.sort_by(|a, b| b.last_ms.cmp(&a.last_ms));
-        let neighbours: Vec<String> = recent.iter().take(HISTORY_WINDOW).map(|e| e.item_id.clone()).collect();
+        recent.sort_by_key(|e| std::cmp::Reverse(e.last_ms));
+        let neighbours: Vec<String> = recent
+            .iter()
+            .take(HISTORY_WINDOW)
+            .map(|e| e.item_id.clone())
+            .collect();
         history.push(HistoryEntry {
             item_id: event.item_id.clone(),
             kind: event.kind,
@@ -183,8 +194,18 @@ impl Catalog {
             last_ms: event.timestamp_ms,
         });
         for other in neighbours {
-            *self.cooccurrence.entry(other.clone()).or_default().entry(event.item_id.clone()).or_default() += 1.0;
-            *self.cooccurrence.entry(event.item_id.clone()).or_default().entry(other).or_default() += 1.0;
+            *self
+                .cooccurrence
+                .entry(other.clone())
+                .or_default()
+                .entry(event.item_id.clone())
+                .or_default() += 1.0;
+            *self
+                .cooccurrence
+                .entry(event.item_id.clone())
+                .or_default()
+                .entry(other)
+                .or_default() += 1.0;
         }
     }
 
@@ -202,7 +223,9 @@ impl Catalog {
             for (c, &count) in row {
                 let uc = self.item_users.get(c).copied().unwrap_or(1).max(1) as f32;
                 let s = wh * count / (uh * uc).sqrt();
-                let e = out.entry(c.clone()).or_insert((0.0, h.item_id.clone(), 0.0));
+                let e = out
+                    .entry(c.clone())
+                    .or_insert((0.0, h.item_id.clone(), 0.0));
                 e.0 += s;
                 if s > e.2 {
                     e.1 = h.item_id.clone();
@@ -210,7 +233,9 @@ impl Catalog {
                 }
             }
         }
-        out.into_iter().map(|(c, (s, by, _))| (c, (s, by))).collect()
+        out.into_iter()
+            .map(|(c, (s, by, _))| (c, (s, by)))
+            .collect()
     }
 
     /// The user's top categories, brands and attributes, weighted by their events.
@@ -220,7 +245,9 @@ impl Catalog {
         let mut brands: BTreeMap<String, f32> = BTreeMap::new();
         let mut attributes: BTreeMap<String, f32> = BTreeMap::new();
         for h in &history {
-            let Some(item) = self.get(&h.item_id) else { continue };
+            let Some(item) = self.get(&h.item_id) else {
+                continue;
+            };
             for c in &item.category {
                 *categories.entry(c.clone()).or_default() += h.weight;
             }
@@ -242,7 +269,11 @@ impl Catalog {
             categories: top(categories),
             brands: top(brands),
             attributes: top(attributes),
-            recent_items: history.iter().take(limit).map(|h| h.item_id.clone()).collect(),
+            recent_items: history
+                .iter()
+                .take(limit)
+                .map(|h| h.item_id.clone())
+                .collect(),
         }
     }
 }

@@ -35,7 +35,9 @@ pub fn validate_id(id: &str) -> Result<(), RankError> {
         )));
     }
     if id.chars().any(char::is_control) {
-        return Err(RankError::InvalidInput(format!("item id {id:?} contains a control character")));
+        return Err(RankError::InvalidInput(format!(
+            "item id {id:?} contains a control character"
+        )));
     }
     Ok(())
 }
@@ -61,12 +63,20 @@ impl Item {
         validate_id(&self.id)?;
         let bad = |why: String| RankError::InvalidInput(format!("item {:?}: {why}", self.id));
         if !self.price.is_finite() || self.price < 0.0 {
-            return Err(bad(format!("price must be finite and >= 0, got {}", self.price)));
+            return Err(bad(format!(
+                "price must be finite and >= 0, got {}",
+                self.price
+            )));
         }
         if self.title.trim().is_empty() {
             return Err(bad("title is empty".into()));
         }
-        self.category = self.category.iter().map(|c| clean(c)).filter(|c| !c.is_empty()).collect();
+        self.category = self
+            .category
+            .iter()
+            .map(|c| clean(c))
+            .filter(|c| !c.is_empty())
+            .collect();
         self.brand = clean(&self.brand);
         self.attributes = self
             .attributes
@@ -74,9 +84,14 @@ impl Item {
             .map(|(k, v)| (clean(k), clean(v)))
             .filter(|(k, v)| !k.is_empty() && !v.is_empty())
             .collect();
-        for (what, value) in std::iter::once(("brand", &self.brand)).chain(self.category.iter().map(|c| ("category", c))) {
+        for (what, value) in std::iter::once(("brand", &self.brand))
+            .chain(self.category.iter().map(|c| ("category", c)))
+        {
             if value.len() > 512 {
-                return Err(bad(format!("{what} is {} bytes; the limit is 512", value.len())));
+                return Err(bad(format!(
+                    "{what} is {} bytes; the limit is 512",
+                    value.len()
+                )));
             }
         }
         Ok(self)
@@ -158,23 +173,32 @@ impl Filters {
         max_price: Option<f64>,
         in_stock_only: bool,
     ) -> Result<Self, RankError> {
-        for (name, v) in [("filters.min_price", min_price), ("filters.max_price", max_price)] {
-            if let Some(v) = v {
-                if !v.is_finite() || v < 0.0 {
-                    return Err(RankError::InvalidInput(format!("{name} must be finite and >= 0, got {v}")));
-                }
-            }
-        }
-        if let (Some(lo), Some(hi)) = (min_price, max_price) {
-            if lo > hi {
+        for (name, v) in [
+            ("filters.min_price", min_price),
+            ("filters.max_price", max_price),
+        ] {
+            if let Some(v) = v
+                && (!v.is_finite() || v < 0.0)
+            {
                 return Err(RankError::InvalidInput(format!(
-                    "filters.min_price ({lo}) is above filters.max_price ({hi})"
+                    "{name} must be finite and >= 0, got {v}"
                 )));
             }
         }
+        if let (Some(lo), Some(hi)) = (min_price, max_price)
+            && lo > hi
+        {
+            return Err(RankError::InvalidInput(format!(
+                "filters.min_price ({lo}) is above filters.max_price ({hi})"
+            )));
+        }
         Ok(Self {
             category: Some(category.trim().to_lowercase()).filter(|c| !c.is_empty()),
-            brands: brands.iter().map(|b| b.trim().to_lowercase()).filter(|b| !b.is_empty()).collect(),
+            brands: brands
+                .iter()
+                .map(|b| b.trim().to_lowercase())
+                .filter(|b| !b.is_empty())
+                .collect(),
             min_price,
             max_price,
             in_stock_only,
@@ -189,16 +213,18 @@ impl Filters {
         if self.in_stock_only && !item.in_stock {
             return false;
         }
-        if self.min_price.is_some_and(|lo| item.price < lo) || self.max_price.is_some_and(|hi| item.price > hi) {
+        if self.min_price.is_some_and(|lo| item.price < lo)
+            || self.max_price.is_some_and(|hi| item.price > hi)
+        {
             return false;
         }
         if !self.brands.is_empty() && !self.brands.contains(&item.brand.to_lowercase()) {
             return false;
         }
-        if let Some(category) = &self.category {
-            if !item.category.iter().any(|c| c.to_lowercase() == *category) {
-                return false;
-            }
+        if let Some(category) = &self.category
+            && !item.category.iter().any(|c| c.to_lowercase() == *category)
+        {
+            return false;
         }
         true
     }
@@ -283,9 +309,21 @@ mod tests {
     fn facts_chain_the_category_path() {
         let facts = item().validated().unwrap().facts();
         assert!(facts.contains(&("item:p1".into(), "brand".into(), "brand:Acme".into())));
-        assert!(facts.contains(&("category:Outdoor/Tents".into(), "parent".into(), "category:Outdoor".into())));
-        assert!(facts.contains(&("item:p1".into(), "category".into(), "category:Outdoor/Tents".into())));
-        assert!(facts.contains(&("item:p1".into(), "attribute".into(), "attr:color=green".into())));
+        assert!(facts.contains(&(
+            "category:Outdoor/Tents".into(),
+            "parent".into(),
+            "category:Outdoor".into()
+        )));
+        assert!(facts.contains(&(
+            "item:p1".into(),
+            "category".into(),
+            "category:Outdoor/Tents".into()
+        )));
+        assert!(facts.contains(&(
+            "item:p1".into(),
+            "attribute".into(),
+            "attr:color=green".into()
+        )));
     }
 
     #[test]

@@ -19,7 +19,8 @@ const KG_SOURCES: usize = 20;
 /// Where query vectors come from (the encoder service, or a fake in tests).
 pub trait EmbeddingSource: Send + Sync {
     /// One L2-normalised vector for `text`.
-    fn embed_query(&self, text: &str) -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send;
+    fn embed_query(&self, text: &str)
+    -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send;
 }
 
 /// Where relation paths come from (the knowledge-graph service, or a fake in tests).
@@ -34,7 +35,10 @@ pub trait GraphSource: Send + Sync {
 }
 
 impl<T: EmbeddingSource> EmbeddingSource for Arc<T> {
-    fn embed_query(&self, text: &str) -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send {
+    fn embed_query(
+        &self,
+        text: &str,
+    ) -> impl Future<Output = Result<Vec<f32>, SourceError>> + Send {
         (**self).embed_query(text)
     }
 }
@@ -81,7 +85,13 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] = [Signal::Dense, Signal::Bm25, Signal::Cf, Signal::Kg, Signal::Popularity];
+    pub const ALL: [Signal; 5] = [
+        Signal::Dense,
+        Signal::Bm25,
+        Signal::Cf,
+        Signal::Kg,
+        Signal::Popularity,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -134,7 +144,10 @@ impl RankQuery {
     /// `InvalidInput` for k outside 1..=1000 or diversity outside 0..=1.
     pub fn validate(&self) -> Result<(), RankError> {
         if self.k == 0 || self.k > MAX_K {
-            return Err(RankError::InvalidInput(format!("k must be 1..={MAX_K}, got {}", self.k)));
+            return Err(RankError::InvalidInput(format!(
+                "k must be 1..={MAX_K}, got {}",
+                self.k
+            )));
         }
         if !(0.0..=1.0).contains(&self.diversity) {
             return Err(RankError::InvalidInput(format!(
@@ -215,7 +228,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
     }
 
     pub fn model_version(&self) -> String {
-        self.model.read().map(|m| m.version.clone()).unwrap_or_default()
+        self.model
+            .read()
+            .map(|m| m.version.clone())
+            .unwrap_or_default()
     }
 
     /// Ranks the catalog for one request.
@@ -227,7 +243,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         request.validate()?;
         let model = self.model.read().map_err(|_| poisoned())?.clone();
         let mut missing = Vec::new();
-        let query = request.query.as_deref().map(str::trim).filter(|q| !q.is_empty());
+        let query = request
+            .query
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty());
         let query_vector = match query {
             Some(q) => match self.encoder.embed_query(q).await {
                 Ok(v) => Some(v),
@@ -239,13 +259,28 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             },
             None => None,
         };
-        let weights = if query.is_some() { model.with_query } else { model.without_query };
+        let weights = if query.is_some() {
+            model.with_query
+        } else {
+            model.without_query
+        };
 
         // First pass, under the lock: candidates and every feature but the graph's.
         let (mut candidates, history) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
-            let history = request.user.as_ref().map(|u| catalog.history(u)).unwrap_or_default();
-            let candidates = first_pass(&catalog, request, query, query_vector.as_deref(), &history, &weights);
+            let history = request
+                .user
+                .as_ref()
+                .map(|u| catalog.history(u))
+                .unwrap_or_default();
+            let candidates = first_pass(
+                &catalog,
+                request,
+                query,
+                query_vector.as_deref(),
+                &history,
+                &weights,
+            );
             (candidates, history)
         };
         let total = candidates.len();
@@ -253,9 +288,19 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
 
         // The graph signal for the best candidates: paths from the user's recent items.
         if !history.is_empty() && !candidates.is_empty() && weights[3] > 0.0 {
-            let sources: Vec<String> = history.iter().take(KG_SOURCES).map(|h| item_entity(&h.item_id)).collect();
-            let shortlist = candidates.len().min(KG_CANDIDATES.max(request.k * 2)).min(1_000);
-            let targets: Vec<String> = candidates[..shortlist].iter().map(|c| item_entity(&c.id)).collect();
+            let sources: Vec<String> = history
+                .iter()
+                .take(KG_SOURCES)
+                .map(|h| item_entity(&h.item_id))
+                .collect();
+            let shortlist = candidates
+                .len()
+                .min(KG_CANDIDATES.max(request.k * 2))
+                .min(1_000);
+            let targets: Vec<String> = candidates[..shortlist]
+                .iter()
+                .map(|c| item_entity(&c.id))
+                .collect();
             match self.graph.paths(sources, targets, 2).await {
                 Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, &history, &weights),
                 Err(error) => {
@@ -295,7 +340,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     brand: item.brand.clone(),
                     category: item.category.clone(),
                     price: item.price,
-                    contributions: if request.explain { contributions } else { Vec::new() },
+                    contributions: if request.explain {
+                        contributions
+                    } else {
+                        Vec::new()
+                    },
                     reasons,
                 })
             })
@@ -341,25 +390,41 @@ fn first_pass(
     };
     let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
     let bm25_max = bm25.values().copied().fold(0.0, f32::max);
-    let cf = if history.is_empty() { HashMap::new() } else { catalog.cf_scores(history) };
+    let cf = if history.is_empty() {
+        HashMap::new()
+    } else {
+        catalog.cf_scores(history)
+    };
     let cf_max = cf.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let pop_norm = catalog.max_popularity().ln_1p();
     let mut out = Vec::with_capacity(slots.len());
     for slot in slots {
-        let Some((item, vector)) = catalog.item_at(slot) else { continue };
+        let Some((item, vector)) = catalog.item_at(slot) else {
+            continue;
+        };
         if request.exclude.contains(&item.id)
             || (!request.include_purchased && purchased.contains(item.id.as_str()))
             || !request.filters.accepts(item)
         {
             continue;
         }
-        let dense = query_vector.map(|q| cosine(q, vector).max(0.0)).unwrap_or(0.0);
-        let lexical = if bm25_max > 0.0 { bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max } else { 0.0 };
+        let dense = query_vector
+            .map(|q| cosine(q, vector).max(0.0))
+            .unwrap_or(0.0);
+        let lexical = if bm25_max > 0.0 {
+            bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max
+        } else {
+            0.0
+        };
         let (cf_score, cf_by) = match cf.get(&item.id) {
             Some((s, by)) if cf_max > 0.0 => (s / cf_max, Some(by.clone())),
             _ => (0.0, None),
         };
-        let popularity = if pop_norm > 0.0 { catalog.popularity(&item.id).ln_1p() / pop_norm } else { 0.0 };
+        let popularity = if pop_norm > 0.0 {
+            catalog.popularity(&item.id).ln_1p() / pop_norm
+        } else {
+            0.0
+        };
         let features = [dense, lexical, cf_score, 0.0, popularity];
         out.push(Candidate {
             slot,
@@ -390,9 +455,17 @@ fn path_strength(path: &GraphPath) -> f32 {
 
 /// Sets the graph feature of each candidate from its strongest path (plus a little for every
 /// further history item that reaches it) and rescoring.
-fn apply_paths(candidates: &mut [Candidate], paths: Vec<GraphPath>, history: &[HistoryEntry], weights: &[f32; 5]) {
-    let recency: HashMap<String, usize> =
-        history.iter().enumerate().map(|(i, h)| (item_entity(&h.item_id), i)).collect();
+fn apply_paths(
+    candidates: &mut [Candidate],
+    paths: Vec<GraphPath>,
+    history: &[HistoryEntry],
+    weights: &[f32; 5],
+) {
+    let recency: HashMap<String, usize> = history
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (item_entity(&h.item_id), i))
+        .collect();
     let mut best: HashMap<String, (f32, GraphPath, HashSet<String>)> = HashMap::new();
     for path in paths {
         let strength = path_strength(&path);
@@ -418,7 +491,12 @@ fn apply_paths(candidates: &mut [Candidate], paths: Vec<GraphPath>, history: &[H
 /// Top k by maximal marginal relevance: each pick maximises
 /// (1 - diversity) x score - diversity x similarity to what is already picked, where two items
 /// in the same leaf category are similar (1) and in the same top category half so.
-fn diversify(catalog: &Catalog, candidates: Vec<Candidate>, k: usize, diversity: f32) -> Vec<Candidate> {
+fn diversify(
+    catalog: &Catalog,
+    candidates: Vec<Candidate>,
+    k: usize,
+    diversity: f32,
+) -> Vec<Candidate> {
     if diversity <= 0.0 || candidates.len() <= 1 {
         return candidates.into_iter().take(k).collect();
     }
@@ -427,8 +505,14 @@ fn diversify(catalog: &Catalog, candidates: Vec<Candidate>, k: usize, diversity:
     let categories: Vec<(String, String)> = pool
         .iter()
         .map(|c| {
-            let cat = catalog.item_at(c.slot).map(|(i, _)| i.category.clone()).unwrap_or_default();
-            (cat.first().cloned().unwrap_or_default(), cat.last().cloned().unwrap_or_default())
+            let cat = catalog
+                .item_at(c.slot)
+                .map(|(i, _)| i.category.clone())
+                .unwrap_or_default();
+            (
+                cat.first().cloned().unwrap_or_default(),
+                cat.last().cloned().unwrap_or_default(),
+            )
         })
         .collect();
     let mut keys: Vec<Option<(String, String)>> = categories.into_iter().map(Some).collect();
@@ -438,10 +522,20 @@ fn diversify(catalog: &Catalog, candidates: Vec<Candidate>, k: usize, diversity:
         let mut best = 0;
         let mut best_value = f32::NEG_INFINITY;
         for (i, c) in pool.iter().enumerate() {
-            let Some((top, leaf)) = &keys[i] else { continue };
+            let Some((top, leaf)) = &keys[i] else {
+                continue;
+            };
             let similarity = picked_keys
                 .iter()
-                .map(|(t, l)| if l == leaf && !leaf.is_empty() { 1.0 } else if t == top && !top.is_empty() { 0.5 } else { 0.0 })
+                .map(|(t, l)| {
+                    if l == leaf && !leaf.is_empty() {
+                        1.0
+                    } else if t == top && !top.is_empty() {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                })
                 .fold(0.0, f32::max);
             let value = (1.0 - diversity) * c.score - diversity * similarity;
             if value > best_value {
@@ -516,7 +610,11 @@ fn explain(
     let mut reasons = Vec::new();
     // Only the signals that carried the score: at least a fifth of it, at most three.
     let total: f32 = contributions.iter().map(|c| c.contribution).sum();
-    for c in contributions.iter().filter(|c| c.contribution >= 0.2 * total).take(3) {
+    for c in contributions
+        .iter()
+        .filter(|c| c.contribution >= 0.2 * total)
+        .take(3)
+    {
         let reason = match c.signal {
             Signal::Dense | Signal::Bm25 => match query {
                 Some(q) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {

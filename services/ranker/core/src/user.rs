@@ -2,7 +2,9 @@
 //! disk or logs. The key is the deployment's secret; without it a key cannot be traced back.
 
 /// A pseudonymised user id (32 hex characters).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct UserKey(String);
 
 impl UserKey {
@@ -52,7 +54,11 @@ mod tests {
         let b = UserHasher::new(b"secret-b");
         assert_eq!(a.key("alice"), a.key("alice"));
         assert_ne!(a.key("alice"), a.key("bob"));
-        assert_ne!(a.key("alice"), b.key("alice"), "another deployment's secret gives other keys");
+        assert_ne!(
+            a.key("alice"),
+            b.key("alice"),
+            "another deployment's secret gives other keys"
+        );
         assert!(!a.key("alice").as_str().contains("alice"));
         assert_eq!(a.key("alice").as_str().len(), 32);
     }

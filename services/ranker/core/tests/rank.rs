@@ -1,5 +1,6 @@
 //! The ranker's logic with fake sources: the real catalog, scoring, graph signal, filters,
 //! diversity and explanations; only the encoder and the graph service are replaced.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::collapsible_if)]
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,12 +12,17 @@ use souk_ranker_core::rank::{
 };
 use souk_ranker_core::{RankError, UserHasher};
 
-const VOCAB: &[&str] = &["tent", "stove", "shoe", "running", "camping", "jacket", "lamp", "pegs"];
+const VOCAB: &[&str] = &[
+    "tent", "stove", "shoe", "running", "camping", "jacket", "lamp", "pegs",
+];
 
 /// Bag of words over a tiny vocabulary, normalised: enough to tell texts apart.
 fn fake_vector(text: &str) -> Vec<f32> {
     let lower = text.to_lowercase();
-    let mut v: Vec<f32> = VOCAB.iter().map(|w| if lower.contains(w) { 1.0 } else { 0.0 }).collect();
+    let mut v: Vec<f32> = VOCAB
+        .iter()
+        .map(|w| if lower.contains(w) { 1.0 } else { 0.0 })
+        .collect();
     v.push(0.1);
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
@@ -44,7 +50,12 @@ struct FakeGraph {
 }
 
 impl GraphSource for FakeGraph {
-    async fn paths(&self, sources: Vec<String>, targets: Vec<String>, _hops: u32) -> Result<Vec<GraphPath>, SourceError> {
+    async fn paths(
+        &self,
+        sources: Vec<String>,
+        targets: Vec<String>,
+        _hops: u32,
+    ) -> Result<Vec<GraphPath>, SourceError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SourceError("graph down".into()));
         }
@@ -52,11 +63,19 @@ impl GraphSource for FakeGraph {
         for s in &sources {
             for t in &targets {
                 let (si, ti) = (s.trim_start_matches("item:"), t.trim_start_matches("item:"));
-                if self.accessories.iter().any(|(acc, of)| acc == ti && of == si) {
+                if self
+                    .accessories
+                    .iter()
+                    .any(|(acc, of)| acc == ti && of == si)
+                {
                     out.push(GraphPath {
                         source: s.clone(),
                         target: t.clone(),
-                        steps: vec![GraphStep { relation: "accessory_of".into(), forward: false, entity: t.clone() }],
+                        steps: vec![GraphStep {
+                            relation: "accessory_of".into(),
+                            forward: false,
+                            entity: t.clone(),
+                        }],
                     });
                 } else if let (Some(a), Some(b)) = (self.brands.get(si), self.brands.get(ti)) {
                     if a == b && s != t {
@@ -64,8 +83,16 @@ impl GraphSource for FakeGraph {
                             source: s.clone(),
                             target: t.clone(),
                             steps: vec![
-                                GraphStep { relation: "brand".into(), forward: true, entity: format!("brand:{a}") },
-                                GraphStep { relation: "brand".into(), forward: false, entity: t.clone() },
+                                GraphStep {
+                                    relation: "brand".into(),
+                                    forward: true,
+                                    entity: format!("brand:{a}"),
+                                },
+                                GraphStep {
+                                    relation: "brand".into(),
+                                    forward: false,
+                                    entity: t.clone(),
+                                },
                             ],
                         });
                     }
@@ -100,12 +127,24 @@ fn shop() -> (Ranker<FakeEncoder, FakeGraph>, UserHasher, Switches) {
         item("p1", "Trail Tent", &["Outdoor", "Tents"], "Acme", 120.0),
         item("p2", "Camping Stove", &["Outdoor", "Stoves"], "Acme", 45.0),
         item("p3", "Running Shoe", &["Sports", "Shoes"], "Swift", 80.0),
-        item("p4", "Running Jacket", &["Sports", "Jackets"], "Swift", 95.0),
+        item(
+            "p4",
+            "Running Jacket",
+            &["Sports", "Jackets"],
+            "Swift",
+            95.0,
+        ),
         item("p5", "Desk Lamp", &["Home", "Lamps"], "Glow", 30.0),
         item("p6", "Tent Pegs", &["Outdoor", "Tents"], "Pegco", 8.0),
         item("p7", "Family Tent", &["Outdoor", "Tents"], "Bigtop", 300.0),
         item("p8", "Floor Lamp", &["Home", "Lamps"], "Glow", 60.0),
-        item("p9", "Trail Running Shoe", &["Sports", "Shoes"], "Swift", 110.0),
+        item(
+            "p9",
+            "Trail Running Shoe",
+            &["Sports", "Shoes"],
+            "Swift",
+            110.0,
+        ),
     ];
     let mut catalog = Catalog::default();
     let mut brands = HashMap::new();
@@ -114,14 +153,30 @@ fn shop() -> (Ranker<FakeEncoder, FakeGraph>, UserHasher, Switches) {
         let v = fake_vector(&i.text());
         catalog.upsert(i.validated().unwrap(), v).unwrap();
     }
-    let switches = Switches { encoder_down: Arc::default(), graph_down: Arc::default() };
-    let graph = FakeGraph { brands, accessories: vec![("p6".into(), "p1".into())], down: switches.graph_down.clone() };
-    let encoder = FakeEncoder { down: switches.encoder_down.clone() };
+    let switches = Switches {
+        encoder_down: Arc::default(),
+        graph_down: Arc::default(),
+    };
+    let graph = FakeGraph {
+        brands,
+        accessories: vec![("p6".into(), "p1".into())],
+        down: switches.graph_down.clone(),
+    };
+    let encoder = FakeEncoder {
+        down: switches.encoder_down.clone(),
+    };
     let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), encoder, graph);
     (ranker, UserHasher::new(b"test"), switches)
 }
 
-fn record(ranker: &Ranker<FakeEncoder, FakeGraph>, hasher: &UserHasher, user: &str, item: &str, kind: InteractionKind, ts: i64) {
+fn record(
+    ranker: &Ranker<FakeEncoder, FakeGraph>,
+    hasher: &UserHasher,
+    user: &str,
+    item: &str,
+    kind: InteractionKind,
+    ts: i64,
+) {
     ranker.catalog().write().unwrap().record(&Interaction {
         user: hasher.key(user),
         item_id: item.into(),
@@ -142,7 +197,15 @@ async fn a_new_user_without_a_query_gets_popular_items() {
         record(&ranker, &h, u, "p5", InteractionKind::Purchase, ts);
     }
     record(&ranker, &h, "a", "p3", InteractionKind::View, 4);
-    let r = ranker.rank(&RankQuery { user: Some(h.key("new")), k: 3, explain: true, ..Default::default() }).await.unwrap();
+    let r = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("new")),
+            k: 3,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(ids(&r)[..2], ["p5", "p3"], "most popular first");
     assert!(r.items[0].reasons.iter().any(|x| x.contains("popular")));
     assert!(r.missing_signals.is_empty());
@@ -151,11 +214,21 @@ async fn a_new_user_without_a_query_gets_popular_items() {
 #[tokio::test]
 async fn a_query_ranks_matching_items_first_and_survives_a_dead_encoder() {
     let (ranker, _, switches) = shop();
-    let q = RankQuery { query: Some("camping stove".into()), k: 3, explain: true, ..Default::default() };
+    let q = RankQuery {
+        query: Some("camping stove".into()),
+        k: 3,
+        explain: true,
+        ..Default::default()
+    };
     let r = ranker.rank(&q).await.unwrap();
     assert_eq!(r.items[0].id, "p2");
     assert!(r.items[0].reasons[0].contains("matches your search \"camping stove\""));
-    assert!(r.items[0].contributions.iter().any(|c| c.signal == Signal::Dense));
+    assert!(
+        r.items[0]
+            .contributions
+            .iter()
+            .any(|c| c.signal == Signal::Dense)
+    );
 
     switches.encoder_down.store(true, Ordering::SeqCst);
     let r = ranker.rank(&q).await.unwrap();
@@ -167,15 +240,45 @@ async fn a_query_ranks_matching_items_first_and_survives_a_dead_encoder() {
 async fn history_brings_same_brand_and_accessories_with_reasons() {
     let (ranker, h, _) = shop();
     record(&ranker, &h, "u", "p1", InteractionKind::Purchase, 10);
-    let r = ranker.rank(&RankQuery { user: Some(h.key("u")), k: 3, explain: true, ..Default::default() }).await.unwrap();
-    assert!(!ids(&r).contains(&"p1"), "already bought: dropped by default");
+    let r = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("u")),
+            k: 3,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !ids(&r).contains(&"p1"),
+        "already bought: dropped by default"
+    );
     assert_eq!(r.items[0].id, "p6", "the accessory of the tent comes first");
-    assert_eq!(r.items[0].reasons[0], "an accessory for the Trail Tent you bought");
-    let stove = r.items.iter().find(|i| i.id == "p2").expect("same brand as the tent");
-    assert!(stove.reasons.iter().any(|x| x == "same brand (Acme) as the Trail Tent you bought"), "{:?}", stove.reasons);
+    assert_eq!(
+        r.items[0].reasons[0],
+        "an accessory for the Trail Tent you bought"
+    );
+    let stove = r
+        .items
+        .iter()
+        .find(|i| i.id == "p2")
+        .expect("same brand as the tent");
+    assert!(
+        stove
+            .reasons
+            .iter()
+            .any(|x| x == "same brand (Acme) as the Trail Tent you bought"),
+        "{:?}",
+        stove.reasons
+    );
 
     let with_bought = ranker
-        .rank(&RankQuery { user: Some(h.key("u")), k: 9, include_purchased: true, ..Default::default() })
+        .rank(&RankQuery {
+            user: Some(h.key("u")),
+            k: 9,
+            include_purchased: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(ids(&with_bought).contains(&"p1"));
@@ -186,7 +289,14 @@ async fn a_dead_graph_is_flagged_not_fatal() {
     let (ranker, h, switches) = shop();
     record(&ranker, &h, "u", "p1", InteractionKind::Purchase, 10);
     switches.graph_down.store(true, Ordering::SeqCst);
-    let r = ranker.rank(&RankQuery { user: Some(h.key("u")), k: 3, ..Default::default() }).await.unwrap();
+    let r = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("u")),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.missing_signals, vec![Signal::Kg]);
     assert_eq!(r.items.len(), 3);
 }
@@ -199,14 +309,34 @@ async fn a_click_changes_the_next_ranking() {
         record(&ranker, &h, u, "p3", InteractionKind::View, ts);
         record(&ranker, &h, u, "p4", InteractionKind::View, ts + 1);
     }
-    let before = ranker.rank(&RankQuery { user: Some(h.key("me")), k: 9, ..Default::default() }).await.unwrap();
+    let before = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("me")),
+            k: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let jacket_before = ids(&before).iter().position(|i| *i == "p4");
     record(&ranker, &h, "me", "p3", InteractionKind::Click, 10);
-    let after = ranker.rank(&RankQuery { user: Some(h.key("me")), k: 9, explain: true, ..Default::default() }).await.unwrap();
+    let after = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("me")),
+            k: 9,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let jacket_after = ids(&after).iter().position(|i| *i == "p4");
     assert_eq!(after.items[0].id, "p4", "co-viewed jacket jumps to the top");
     assert!(jacket_after < jacket_before);
-    assert!(after.items[0].reasons.iter().any(|r| r.contains("shoppers who liked the Running Shoe")));
+    assert!(
+        after.items[0]
+            .reasons
+            .iter()
+            .any(|r| r.contains("shoppers who liked the Running Shoe"))
+    );
 }
 
 #[tokio::test]
@@ -214,39 +344,98 @@ async fn filters_exclusions_and_candidate_ids() {
     let (ranker, _, _) = shop();
     let filters = Filters::new("tents", &[], None, Some(200.0), true).unwrap();
     let r = ranker
-        .rank(&RankQuery { query: Some("tent".into()), k: 10, filters, exclude: HashSet::from(["p6".to_string()]), ..Default::default() })
+        .rank(&RankQuery {
+            query: Some("tent".into()),
+            k: 10,
+            filters,
+            exclude: HashSet::from(["p6".to_string()]),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(ids(&r), vec!["p1"], "p7 is too expensive, p6 excluded, others not tents");
+    assert_eq!(
+        ids(&r),
+        vec!["p1"],
+        "p7 is too expensive, p6 excluded, others not tents"
+    );
 
     let stock = Filters::new("", &[], None, None, true).unwrap();
-    let r = ranker.rank(&RankQuery { query: Some("running shoe".into()), k: 10, filters: stock, ..Default::default() }).await.unwrap();
+    let r = ranker
+        .rank(&RankQuery {
+            query: Some("running shoe".into()),
+            k: 10,
+            filters: stock,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(!ids(&r).contains(&"p9"), "out of stock");
 
     let r = ranker
-        .rank(&RankQuery { query: Some("lamp".into()), k: 10, candidate_ids: vec!["p3".into(), "p8".into(), "nope".into()], ..Default::default() })
+        .rank(&RankQuery {
+            query: Some("lamp".into()),
+            k: 10,
+            candidate_ids: vec!["p3".into(), "p8".into(), "nope".into()],
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(ids(&r), vec!["p8", "p3"], "re-rank mode ranks only the given ids");
+    assert_eq!(
+        ids(&r),
+        vec!["p8", "p3"],
+        "re-rank mode ranks only the given ids"
+    );
 }
 
 #[tokio::test]
 async fn diversity_spreads_categories() {
     let (ranker, _, _) = shop();
-    let q = |d| RankQuery { query: Some("tent camping".into()), k: 3, diversity: d, ..Default::default() };
+    let q = |d| RankQuery {
+        query: Some("tent camping".into()),
+        k: 3,
+        diversity: d,
+        ..Default::default()
+    };
     let plain = ranker.rank(&q(0.0)).await.unwrap();
     let diverse = ranker.rank(&q(0.9)).await.unwrap();
-    let leaves = |r: &souk_ranker_core::rank::Ranking| r.items.iter().map(|i| i.category.last().cloned().unwrap_or_default()).collect::<HashSet<_>>().len();
-    assert!(leaves(&diverse) > leaves(&plain), "{:?} vs {:?}", ids(&diverse), ids(&plain));
+    let leaves = |r: &souk_ranker_core::rank::Ranking| {
+        r.items
+            .iter()
+            .map(|i| i.category.last().cloned().unwrap_or_default())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    assert!(
+        leaves(&diverse) > leaves(&plain),
+        "{:?} vs {:?}",
+        ids(&diverse),
+        ids(&plain)
+    );
 }
 
 #[tokio::test]
 async fn bad_k_and_diversity_are_invalid() {
     let (ranker, _, _) = shop();
     for k in [0, 1001] {
-        let e = ranker.rank(&RankQuery { k, ..Default::default() }).await.unwrap_err();
-        assert!(matches!(e, RankError::InvalidInput(ref m) if m.contains("k must be")), "{e}");
+        let e = ranker
+            .rank(&RankQuery {
+                k,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RankError::InvalidInput(ref m) if m.contains("k must be")),
+            "{e}"
+        );
     }
-    let e = ranker.rank(&RankQuery { k: 1, diversity: 2.0, ..Default::default() }).await.unwrap_err();
+    let e = ranker
+        .rank(&RankQuery {
+            k: 1,
+            diversity: 2.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("diversity"));
 }

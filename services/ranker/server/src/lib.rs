@@ -42,7 +42,11 @@ pub struct RankerArgs {
     #[arg(long, env = "SOUK_DATA_DIR", default_value = "souk-data/ranker")]
     pub data_dir: PathBuf,
     /// The encoder service.
-    #[arg(long, env = "SOUK_ENCODER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SOUK_ENCODER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub encoder_url: String,
     /// The knowledge-graph service.
     #[arg(long, env = "SOUK_KG_URL", default_value = "http://127.0.0.1:50052")]
@@ -100,10 +104,13 @@ pub async fn serve(
     args: RankerArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(RankerService { ready: OnceLock::new() });
+    let state = Arc::new(RankerService {
+        ready: OnceLock::new(),
+    });
     let mut server = GrpcServer::new("ranker", args.server.options()).await?;
     server.add_service(
-        pb::ranker_server::RankerServer::from_arc(state.clone()).max_decoding_message_size(64 * 1024 * 1024),
+        pb::ranker_server::RankerServer::from_arc(state.clone())
+            .max_decoding_message_size(64 * 1024 * 1024),
         &["UpsertItems", "DeleteItems"],
     );
     let health = server.health();
@@ -127,14 +134,22 @@ pub async fn serve(
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
         let catalog = store.load()?;
-        tracing::info!(items = catalog.len(), users = catalog.users(), "catalog replayed from the store");
+        tracing::info!(
+            items = catalog.len(),
+            users = catalog.users(),
+            "catalog replayed from the store"
+        );
         Ok((store, catalog, UserHasher::new(&secret)))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
     let (store, catalog, hasher) = opened;
-    let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), encoder.clone(), graph.clone());
+    let ranker = Ranker::new(
+        Arc::new(RwLock::new(catalog)),
+        encoder.clone(),
+        graph.clone(),
+    );
     let _ = state.ready.set(Arc::new(Ready {
         ranker,
         store,
@@ -189,11 +204,19 @@ fn item_from_pb(item: pb::Item) -> Result<Item, RankError> {
 
 fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery, RankError> {
     let filters = match request.filters {
-        Some(f) => Filters::new(&f.category, &f.brands, f.min_price, f.max_price, f.in_stock_only)?,
+        Some(f) => Filters::new(
+            &f.category,
+            &f.brands,
+            f.min_price,
+            f.max_price,
+            f.in_stock_only,
+        )?,
         None => Filters::default(),
     };
     if !request.diversity.is_finite() {
-        return Err(RankError::InvalidInput("diversity must be a number between 0 and 1".into()));
+        return Err(RankError::InvalidInput(
+            "diversity must be a number between 0 and 1".into(),
+        ));
     }
     if request.candidate_ids.len() > 10_000 {
         return Err(RankError::InvalidInput(format!(
@@ -201,7 +224,9 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
             request.candidate_ids.len()
         )));
     }
-    let user = Some(request.user_id.trim()).filter(|u| !u.is_empty()).map(|u| hasher.key(u));
+    let user = Some(request.user_id.trim())
+        .filter(|u| !u.is_empty())
+        .map(|u| hasher.key(u));
     Ok(RankQuery {
         user,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
@@ -215,7 +240,11 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
     })
 }
 
-fn interaction_from_pb(event: pb::Interaction, hasher: &UserHasher, index: usize) -> Result<Interaction, RankError> {
+fn interaction_from_pb(
+    event: pb::Interaction,
+    hasher: &UserHasher,
+    index: usize,
+) -> Result<Interaction, RankError> {
     let bad = |why: String| RankError::InvalidInput(format!("interactions[{index}]: {why}"));
     if event.user_id.trim().is_empty() {
         return Err(bad("user_id is empty".into()));
@@ -227,7 +256,12 @@ fn interaction_from_pb(event: pb::Interaction, hasher: &UserHasher, index: usize
         Ok(pb::InteractionKind::Cart) => InteractionKind::Cart,
         Ok(pb::InteractionKind::Purchase) => InteractionKind::Purchase,
         Ok(pb::InteractionKind::Rating) => InteractionKind::Rating,
-        _ => return Err(bad(format!("kind {} is not one of view, click, cart, purchase, rating", event.kind))),
+        _ => {
+            return Err(bad(format!(
+                "kind {} is not one of view, click, cart, purchase, rating",
+                event.kind
+            )));
+        }
     };
     if !event.value.is_finite() {
         return Err(bad("value is not a finite number".into()));
@@ -250,12 +284,17 @@ fn interaction_from_pb(event: pb::Interaction, hasher: &UserHasher, index: usize
 }
 
 fn affinities(list: Vec<(String, f32)>) -> Vec<pb::Affinity> {
-    list.into_iter().map(|(name, weight)| pb::Affinity { name, weight }).collect()
+    list.into_iter()
+        .map(|(name, weight)| pb::Affinity { name, weight })
+        .collect()
 }
 
 #[tonic::async_trait]
 impl pb::ranker_server::Ranker for RankerService {
-    async fn rank(&self, request: Request<pb::RankRequest>) -> Result<Response<pb::RankResponse>, Status> {
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
         let ready = self.ready()?;
         let query = rank_query(request.into_inner(), &ready.hasher).map_err(status)?;
         let ranking = ready.ranker.rank(&query).await.map_err(status)?;
@@ -282,7 +321,11 @@ impl pb::ranker_server::Ranker for RankerService {
                     reasons: i.reasons,
                 })
                 .collect(),
-            missing_signals: ranking.missing_signals.iter().map(|s| s.name().to_string()).collect(),
+            missing_signals: ranking
+                .missing_signals
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect(),
             candidates: ranking.candidates as u32,
             model_version: ranking.model_version,
         }))
@@ -315,11 +358,17 @@ impl pb::ranker_server::Ranker for RankerService {
                 continue;
             }
             let texts = items.iter().map(Item::text).collect();
-            let vectors = ready.encoder.embed_many(texts, ready.load_timeout).await.map_err(|e| {
-                Status::unavailable(format!("cannot embed items (batch {}): {e}", batch_no - 1))
-            })?;
+            let vectors = ready
+                .encoder
+                .embed_many(texts, ready.load_timeout)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("cannot embed items (batch {}): {e}", batch_no - 1))
+                })?;
             if vectors.len() != items.len() {
-                return Err(Status::internal("encoder returned the wrong number of vectors"));
+                return Err(Status::internal(
+                    "encoder returned the wrong number of vectors",
+                ));
             }
             let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
@@ -340,7 +389,9 @@ impl pb::ranker_server::Ranker for RankerService {
             response.upserted += pairs.len() as u64;
             match ready.graph.load_facts(facts, ready.load_timeout).await {
                 Ok(()) => response.graph_synced += pairs.len() as u64,
-                Err(error) => tracing::warn!(%error, "item facts did not reach the knowledge graph"),
+                Err(error) => {
+                    tracing::warn!(%error, "item facts did not reach the knowledge graph")
+                }
             }
         }
         Ok(Response::new(response))
@@ -354,7 +405,10 @@ impl pb::ranker_server::Ranker for RankerService {
         let ids = request.into_inner().ids;
         let known: Vec<String> = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-            ids.iter().filter(|id| catalog.get(id).is_some()).cloned().collect()
+            ids.iter()
+                .filter(|id| catalog.get(id).is_some())
+                .cloned()
+                .collect()
         };
         {
             let ready = ready.clone();
@@ -421,10 +475,19 @@ impl pb::ranker_server::Ranker for RankerService {
         let limit = match request.limit {
             0 => 10,
             n @ 1..=100 => n as usize,
-            n => return Err(Status::invalid_argument(format!("limit must be 1..=100, got {n}"))),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit must be 1..=100, got {n}"
+                )));
+            }
         };
         let user = ready.hasher.key(request.user_id.trim());
-        let profile = ready.ranker.catalog().read().map_err(|_| poisoned())?.profile(&user, limit);
+        let profile = ready
+            .ranker
+            .catalog()
+            .read()
+            .map_err(|_| poisoned())?
+            .profile(&user, limit);
         Ok(Response::new(pb::UserProfileResponse {
             interactions: profile.interactions,
             categories: affinities(profile.categories),
@@ -434,7 +497,10 @@ impl pb::ranker_server::Ranker for RankerService {
         }))
     }
 
-    async fn stats(&self, _request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let ready = self.ready()?;
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
         Ok(Response::new(pb::StatsResponse {

@@ -67,7 +67,11 @@ impl GrpcEncoder {
     ///
     /// # Errors
     /// When the encoder is unreachable, refuses, or runs past `timeout` per request.
-    pub async fn embed_many(&self, texts: Vec<String>, timeout: Duration) -> Result<Vec<Vec<f32>>, SourceError> {
+    pub async fn embed_many(
+        &self,
+        texts: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<f32>>, SourceError> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(64) {
             let mut request = tonic::Request::new(enc::EmbedRequest {
@@ -82,7 +86,13 @@ impl GrpcEncoder {
                 .embed(request)
                 .await
                 .map_err(|s| failed("encoder", &s))?;
-            out.extend(response.into_inner().embeddings.into_iter().map(|e| e.values));
+            out.extend(
+                response
+                    .into_inner()
+                    .embeddings
+                    .into_iter()
+                    .map(|e| e.values),
+            );
         }
         Ok(out)
     }
@@ -90,10 +100,8 @@ impl GrpcEncoder {
 
 impl EmbeddingSource for GrpcEncoder {
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some(v) = cache.get(text) {
-                return Ok(v);
-            }
+        if let Some(v) = self.cache.lock().ok().and_then(|cache| cache.get(text)) {
+            return Ok(v);
         }
         let mut request = tonic::Request::new(enc::EmbedRequest {
             texts: vec![text.to_string()],
@@ -105,7 +113,12 @@ impl EmbeddingSource for GrpcEncoder {
         let call = client.embed(request);
         let response = tokio::time::timeout(self.query_timeout, call)
             .await
-            .map_err(|_| SourceError(format!("encoder: no answer within {:?}", self.query_timeout)))?
+            .map_err(|_| {
+                SourceError(format!(
+                    "encoder: no answer within {:?}",
+                    self.query_timeout
+                ))
+            })?
             .map_err(|s| failed("encoder", &s))?;
         let vector = response
             .into_inner()
@@ -140,14 +153,22 @@ impl GrpcGraph {
     ///
     /// # Errors
     /// When the graph is unreachable or refuses the batch.
-    pub async fn load_facts(&self, facts: Vec<(String, String, String)>, timeout: Duration) -> Result<(), SourceError> {
+    pub async fn load_facts(
+        &self,
+        facts: Vec<(String, String, String)>,
+        timeout: Duration,
+    ) -> Result<(), SourceError> {
         if facts.is_empty() {
             return Ok(());
         }
         let batch = kg::LoadTriplesRequest {
             triples: facts
                 .into_iter()
-                .map(|(head, relation, tail)| kg::Triple { head, relation, tail })
+                .map(|(head, relation, tail)| kg::Triple {
+                    head,
+                    relation,
+                    tail,
+                })
                 .collect(),
         };
         let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
@@ -168,7 +189,12 @@ impl GrpcGraph {
 }
 
 impl GraphSource for GrpcGraph {
-    async fn paths(&self, sources: Vec<String>, targets: Vec<String>, max_hops: u32) -> Result<Vec<GraphPath>, SourceError> {
+    async fn paths(
+        &self,
+        sources: Vec<String>,
+        targets: Vec<String>,
+        max_hops: u32,
+    ) -> Result<Vec<GraphPath>, SourceError> {
         let mut request = tonic::Request::new(kg::PathsRequest {
             sources,
             targets,
@@ -180,7 +206,12 @@ impl GraphSource for GrpcGraph {
         let mut client = self.client.clone();
         let call = client.paths(request);
         let response = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => return Err(SourceError(format!("knowledge graph: no answer within {:?}", self.timeout))),
+            Err(_) => {
+                return Err(SourceError(format!(
+                    "knowledge graph: no answer within {:?}",
+                    self.timeout
+                )));
+            }
             // None of the user's items is in the graph: no paths, not an outage.
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => return Ok(Vec::new()),
             Ok(Err(status)) => return Err(failed("knowledge graph", &status)),

@@ -32,7 +32,11 @@ impl RankerStore {
         let db = sled::open(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
-        Ok(Self { db, catalog, events })
+        Ok(Self {
+            db,
+            catalog,
+            events,
+        })
     }
 
     /// Stores items with their vectors atomically and durably.
@@ -42,7 +46,10 @@ impl RankerStore {
     pub fn put_items(&self, items: &[(Item, Vec<f32>)]) -> Result<(), RankError> {
         let mut batch = sled::Batch::default();
         for (item, vector) in items {
-            batch.insert(key(b'i', &item.id), serde_json::to_vec(item).map_err(internal)?);
+            batch.insert(
+                key(b'i', &item.id),
+                serde_json::to_vec(item).map_err(internal)?,
+            );
             let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
             batch.insert(key(b'v', &item.id), bytes);
         }
@@ -72,7 +79,10 @@ impl RankerStore {
         let mut batch = sled::Batch::default();
         for event in events {
             let seq = self.db.generate_id().map_err(internal)?;
-            batch.insert(&seq.to_be_bytes(), serde_json::to_vec(event).map_err(internal)?);
+            batch.insert(
+                &seq.to_be_bytes(),
+                serde_json::to_vec(event).map_err(internal)?,
+            );
         }
         self.events.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
@@ -88,9 +98,11 @@ impl RankerStore {
         for entry in self.catalog.scan_prefix([b'i']) {
             let (k, v) = entry.map_err(internal)?;
             let item: Item = serde_json::from_slice(&v).map_err(internal)?;
+            let mut vector_key = k.to_vec();
+            vector_key[0] = b'v';
             let vector_bytes = self
                 .catalog
-                .get([&[b'v'], &k[1..]].concat())
+                .get(vector_key)
                 .map_err(internal)?
                 .ok_or_else(|| internal(format!("item {:?} has no vector", item.id)))?;
             let vector = vector_bytes
@@ -113,10 +125,10 @@ impl RankerStore {
     /// # Errors
     /// When the file cannot be read or written.
     pub fn user_id_secret(path: &Path) -> Result<Vec<u8>, RankError> {
-        if let Ok(existing) = std::fs::read(path) {
-            if !existing.is_empty() {
-                return Ok(existing);
-            }
+        if let Ok(existing) = std::fs::read(path)
+            && !existing.is_empty()
+        {
+            return Ok(existing);
         }
         let secret = hex::encode(rand::random::<[u8; 32]>());
         let mut options = std::fs::OpenOptions::new();
@@ -127,7 +139,9 @@ impl RankerStore {
             options.mode(0o600);
         }
         use std::io::Write;
-        let mut file = options.open(path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        let mut file = options
+            .open(path)
+            .map_err(|e| internal(format!("{}: {e}", path.display())))?;
         file.write_all(secret.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| internal(format!("{}: {e}", path.display())))?;

@@ -94,7 +94,7 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// A server named `name` (the `service` label of its metrics) with health (NOT_SERVING until
-    /// ready) and reflection already routed.
+    /// ready) routed; reflection is added when it serves.
     ///
     /// # Errors
     /// When the reflection descriptor set cannot be decoded or the metrics cannot be registered.
@@ -103,15 +103,7 @@ impl GrpcServer {
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        // v1 for current tools; v1alpha for grpcio-reflection and older grpcurl.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(souk_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let routes = Routes::new(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+        let routes = Routes::new(health_service);
         Ok(Self {
             options,
             routes,
@@ -168,6 +160,22 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let options = self.options;
+        // Reflection advertises exactly the services this server hosts (plus health). v1 for
+        // current tools; v1alpha for grpcio-reflection and older grpcurl.
+        let reflection = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(souk_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            self.health
+                .services
+                .iter()
+                .fold(builder, |b, name| b.with_service_name(*name))
+        };
+        let routes = self
+            .routes
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
         let metrics_task = match options.metrics_listen {
             Some(addr) => {
                 let (bound, task) = self.metrics.clone().spawn_http(addr).await?;
@@ -189,7 +197,7 @@ impl GrpcServer {
             .tcp_nodelay(true)
             .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
             .layer(layers)
-            .add_routes(self.routes)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         if let Some(task) = metrics_task {

@@ -170,3 +170,49 @@ impl Backend for CandleBackend {
         .to_string()
     }
 }
+
+/// Copies a model directory to `out`, converting `model.safetensors` to `dtype` (`f16`,
+/// `bf16` or `f32`); the other files (config, tokenizer, pooling) are copied as they are.
+/// Halving the weights makes a model small enough to ship to a GPU box for a benchmark.
+///
+/// # Errors
+/// When a file cannot be read or written, or the weights do not load.
+pub fn convert_model(
+    files: &ModelFiles,
+    out: &std::path::Path,
+    dtype: &str,
+) -> Result<(), EncoderError> {
+    let dtype = match dtype {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "f32" => DType::F32,
+        other => {
+            return Err(EncoderError::Model(format!(
+                "dtype {other:?}: expected f16, bf16 or f32"
+            )));
+        }
+    };
+    let io = |e: std::io::Error| EncoderError::Model(format!("{}: {e}", out.display()));
+    std::fs::create_dir_all(out.join("1_Pooling")).map_err(io)?;
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        let src = files.dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(name)).map_err(io)?;
+        }
+    }
+    let tensors =
+        candle_core::safetensors::load(&files.weights, &Device::Cpu).map_err(backend_err)?;
+    let converted = tensors
+        .into_iter()
+        .map(|(name, t)| t.to_dtype(dtype).map(|t| (name, t)))
+        .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()
+        .map_err(backend_err)?;
+    candle_core::safetensors::save(&converted, out.join("model.safetensors"))
+        .map_err(backend_err)?;
+    Ok(())
+}

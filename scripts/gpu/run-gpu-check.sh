@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The encoder's GPU check, run once on a lent GPU machine (device tool) from the repo root, with
+# target-cuda/gpu-bundle carried (made by scripts/gpu/make-bundle.sh). Writes $OUT/gpu-check.txt:
+# the card, the CUDA libraries the binary resolves, f32/f16/bf16 agreement with CPU f32 vectors,
+# and sequences/s for candle and PyTorch at 128x32 and 512x128 in the same run.
+set -u
+bundle=target-cuda/gpu-bundle
+out="${OUT:-/tmp}"
+bin="$bundle/souk-encoder-bench"
+chmod +x "$bin"
+# cuBLAS and cuRAND: the system toolkit, else PyTorch's nvidia wheels.
+libs="/usr/local/cuda/lib64"
+for d in $(python3 -c 'import nvidia, os; p = list(nvidia.__path__)[0]; print(" ".join(os.path.join(r) for r, _, f in os.walk(p) if any(x.startswith(("libcublas", "libcurand", "libnvrtc")) for x in f)))' 2>/dev/null); do
+  libs="$libs:$d"
+done
+export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+{
+  echo "== card"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
+  echo "== libraries"
+  ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found"
+  echo "== agreement with CPU f32 (288 texts)"
+  for dt in f32 f16 bf16; do
+    timeout 120 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $dt"
+  done
+  echo "== throughput, candle"
+  for dt in f32 f16 bf16; do
+    for shape in 128x32 512x128; do
+      timeout 120 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "candle $dt $shape FAILED"
+    done
+  done
+  echo "== throughput, PyTorch (same shapes, same weights)"
+  timeout 300 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 || echo "torch bench FAILED"
+} 2>&1 | tee "$out/gpu-check.txt"

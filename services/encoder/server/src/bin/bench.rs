@@ -1,0 +1,227 @@
+//! `souk-encoder-bench`: measures and checks the encoder's forward pass outside the server.
+//!
+//! - `shapes`: sequences/s at a fixed batch x sequence length (synthetic token ids), the
+//!   figure to compare with PyTorch at the same shapes (`scripts/gpu/torch_bench.py`).
+//! - `texts`: texts/s over a file of texts through the dynamic batcher, in requests of `--batch`.
+//! - `reference` / `agree`: write f32 CPU vectors for a text file; compare another device or dtype
+//!   against them (minimum cosine; exits non-zero under `--min-cosine`).
+//! - `convert`: copy a model directory with its weights cast (f16 halves what a GPU run carries).
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use souk_encoder_candle::CandleBackend;
+use souk_encoder_core::batcher::{Batcher, BatcherOptions};
+use souk_encoder_core::{Backend, Batch, ModelFiles, Sequence, TextTokenizer};
+
+#[derive(Parser)]
+#[command(
+    name = "souk-encoder-bench",
+    about = "Benchmarks and checks for souk's encoder"
+)]
+struct Cli {
+    /// Model directory.
+    #[arg(long, global = true, default_value = "models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    /// cpu or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, global = true, default_value = "f32")]
+    dtype: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sequences per second at batch x seq tokens (synthetic ids).
+    Shapes {
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        seq: usize,
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+    },
+    /// Texts per second over a file (one text per line) through the dynamic batcher.
+    Texts {
+        file: PathBuf,
+        /// Texts per request.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Repeat the whole file this many times and report the median.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Write CPU f32 vectors of a text file as JSON.
+    Reference { file: PathBuf, out: PathBuf },
+    /// Compare this device/dtype with a reference JSON.
+    Agree {
+        reference: PathBuf,
+        #[arg(long, default_value_t = 0.999)]
+        min_cosine: f64,
+    },
+    /// Copy the model directory with weights cast to --dtype.
+    Convert { out: PathBuf },
+}
+
+fn synthetic(batch: usize, seq: usize) -> Batch {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let sequences = (0..batch)
+        .map(|_| {
+            let mut ids = Vec::with_capacity(seq);
+            ids.push(101);
+            for _ in 1..seq.saturating_sub(1) {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                ids.push(1_000 + ((state >> 33) % 28_000) as u32);
+            }
+            ids.push(102);
+            Sequence {
+                type_ids: vec![0; ids.len()],
+                ids,
+            }
+        })
+        .collect();
+    Batch { sequences }
+}
+
+fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| path.display().to_string())?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let files = ModelFiles::open(&cli.model)?;
+    match cli.command {
+        Command::Convert { out } => {
+            souk_encoder_candle::convert_model(&files, &out, &cli.dtype)?;
+            println!("wrote {} ({})", out.display(), cli.dtype);
+        }
+        Command::Shapes {
+            batch,
+            seq,
+            iters,
+            warmup,
+        } => {
+            let mut backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let input = synthetic(batch, seq);
+            for _ in 0..warmup {
+                backend.embed(&input)?;
+            }
+            let mut times = Vec::with_capacity(iters);
+            for _ in 0..iters.max(1) {
+                let started = Instant::now();
+                let out = backend.embed(&input)?;
+                times.push(started.elapsed().as_secs_f64());
+                anyhow::ensure!(out.len() == batch, "wrong output size");
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            println!(
+                "engine=candle device={} dtype={} shape={batch}x{seq} seqs_per_s={:.1} ms_per_batch={:.3}",
+                cli.device,
+                cli.dtype,
+                batch as f64 / median,
+                median * 1e3
+            );
+        }
+        Command::Texts {
+            file,
+            batch,
+            repeat,
+        } => {
+            let texts = read_lines(&file)?;
+            let tokenizer = TextTokenizer::load(&files)?;
+            let backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let batcher = Batcher::spawn(backend, tokenizer, BatcherOptions::default())?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut rates = Vec::new();
+            for _ in 0..repeat.max(1) {
+                let started = Instant::now();
+                runtime.block_on(async {
+                    for chunk in texts.chunks(batch.max(1)) {
+                        batcher.embed(chunk.to_vec(), true, true).await?;
+                    }
+                    anyhow::Ok(())
+                })?;
+                rates.push(texts.len() as f64 / started.elapsed().as_secs_f64());
+            }
+            rates.sort_by(f64::total_cmp);
+            println!(
+                "engine=candle device={} dtype={} texts={} batch={batch} texts_per_s={:.1} (median of {})",
+                cli.device,
+                cli.dtype,
+                texts.len(),
+                rates[rates.len() / 2],
+                rates.len()
+            );
+        }
+        Command::Reference { file, out } => {
+            let texts = read_lines(&file)?;
+            let tokenizer = TextTokenizer::load(&files)?;
+            let mut backend = CandleBackend::load(&files, "cpu", "f32")?;
+            let sequences = tokenizer.encode_all(&texts, true)?;
+            let mut vectors = Vec::new();
+            for chunk in sequences.chunks(32) {
+                vectors.extend(backend.embed(&Batch {
+                    sequences: chunk.to_vec(),
+                })?);
+            }
+            let json = serde_json::json!({ "texts": texts, "vectors": vectors });
+            std::fs::write(&out, serde_json::to_vec(&json)?)?;
+            println!("wrote {} vectors to {}", vectors.len(), out.display());
+        }
+        Command::Agree {
+            reference,
+            min_cosine,
+        } => {
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference)?)?;
+            let texts: Vec<String> = serde_json::from_value(json["texts"].clone())?;
+            let want: Vec<Vec<f32>> = serde_json::from_value(json["vectors"].clone())?;
+            let tokenizer = TextTokenizer::load(&files)?;
+            let mut backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let sequences = tokenizer.encode_all(&texts, true)?;
+            let mut got = Vec::new();
+            for chunk in sequences.chunks(32) {
+                got.extend(backend.embed(&Batch {
+                    sequences: chunk.to_vec(),
+                })?);
+            }
+            let cosines: Vec<f64> = got.iter().zip(&want).map(|(a, b)| cosine(a, b)).collect();
+            let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
+            let mean = cosines.iter().sum::<f64>() / cosines.len().max(1) as f64;
+            println!(
+                "agreement device={} dtype={} texts={} min_cosine={min:.6} mean_cosine={mean:.6}",
+                cli.device,
+                cli.dtype,
+                cosines.len()
+            );
+            anyhow::ensure!(
+                min >= min_cosine,
+                "min cosine {min:.6} is under {min_cosine}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -26,6 +26,7 @@ use souk_proto::ranker::v1 as rk;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod eval;
 pub mod files;
 
 use files::{LineError, TripleFormat};
@@ -45,7 +46,8 @@ pub struct Cli {
 pub struct Endpoints {
     /// The ranker service.
     #[arg(
-        long,
+        id = "ranker_url",
+        long = "ranker-url",
         global = true,
         env = "SOUK_RANKER_URL",
         default_value = "http://127.0.0.1:50053"
@@ -53,7 +55,8 @@ pub struct Endpoints {
     pub ranker: String,
     /// The knowledge-graph service.
     #[arg(
-        long,
+        id = "kg_url",
+        long = "kg-url",
         global = true,
         env = "SOUK_KG_URL",
         default_value = "http://127.0.0.1:50052"
@@ -61,7 +64,8 @@ pub struct Endpoints {
     pub kg: String,
     /// The encoder service.
     #[arg(
-        long,
+        id = "encoder_url",
+        long = "encoder-url",
         global = true,
         env = "SOUK_ENCODER_URL",
         default_value = "http://127.0.0.1:50051"
@@ -97,6 +101,9 @@ pub enum Command {
     Stats,
     /// Health of the three services (grpc.health.v1).
     Health,
+    /// Standard metrics on real datasets, with the ranker's scoring code.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -563,6 +570,7 @@ fn report_load(what: &str, report: &LoadReport, extra: String) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
+        Command::Eval(command) => eval::run(command)?,
         Command::Kg(KgCommand::Load {
             files,
             options,

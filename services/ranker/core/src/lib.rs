@@ -17,6 +17,8 @@
 
 pub mod bm25;
 pub mod catalog;
+pub mod cf;
+pub mod eval;
 pub mod item;
 pub mod rank;
 mod user;

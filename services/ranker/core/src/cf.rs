@@ -1,0 +1,317 @@
+//! Collaborative filtering fitted on an implicit-feedback matrix: popularity, item-kNN (cosine)
+//! and EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1).
+//!
+//! Memory: EASE keeps a dense items x items matrix of f64 while fitting (n^2 x 8 bytes: 23 MB
+//! for ML-100k's 1,682 items, 117 MB for Last.FM's 3,820, 5 GB for 25k items), so it is for
+//! catalogs up to roughly 10k items; item-kNN keeps only the top neighbours of each item.
+use std::collections::HashMap;
+
+/// Users' item sets over dense item indexes 0..n_items.
+#[derive(Debug, Clone, Default)]
+pub struct Interactions {
+    pub n_items: usize,
+    pub users: Vec<Vec<u32>>,
+}
+
+impl Interactions {
+    /// Number of users per item.
+    pub fn item_counts(&self) -> Vec<f64> {
+        let mut counts = vec![0.0; self.n_items];
+        for items in &self.users {
+            for &i in items {
+                counts[i as usize] += 1.0;
+            }
+        }
+        counts
+    }
+
+    /// X'X: co-occurrence counts, dense row-major n x n.
+    fn gram(&self) -> Vec<f64> {
+        let n = self.n_items;
+        let mut g = vec![0.0; n * n];
+        for items in &self.users {
+            for &a in items {
+                let row = &mut g[a as usize * n..(a as usize + 1) * n];
+                for &b in items {
+                    row[b as usize] += 1.0;
+                }
+            }
+        }
+        g
+    }
+}
+
+/// A fitted model scores every item for a user's history.
+pub trait Recommender: Sync {
+    /// Scores of all items for a user who interacted with `history`.
+    fn scores(&self, history: &[u32]) -> Vec<f64>;
+}
+
+pub struct Popularity {
+    counts: Vec<f64>,
+}
+
+impl Popularity {
+    pub fn fit(data: &Interactions) -> Self {
+        Self {
+            counts: data.item_counts(),
+        }
+    }
+}
+
+impl Recommender for Popularity {
+    fn scores(&self, _history: &[u32]) -> Vec<f64> {
+        self.counts.clone()
+    }
+}
+
+/// Item-kNN: cosine similarity of item columns, keeping each item's `k` nearest neighbours.
+pub struct ItemKnn {
+    neighbours: Vec<Vec<(u32, f64)>>,
+    n_items: usize,
+}
+
+impl ItemKnn {
+    /// # Complexity
+    /// O(sum over users of |items|^2) time, O(n_items x k) memory after fitting.
+    pub fn fit(data: &Interactions, k: usize) -> Self {
+        let counts = data.item_counts();
+        let mut co: Vec<HashMap<u32, f64>> = vec![HashMap::new(); data.n_items];
+        for items in &data.users {
+            for &a in items {
+                for &b in items {
+                    if a != b {
+                        *co[a as usize].entry(b).or_default() += 1.0;
+                    }
+                }
+            }
+        }
+        let neighbours = co
+            .into_iter()
+            .enumerate()
+            .map(|(a, row)| {
+                let mut sims: Vec<(u32, f64)> = row
+                    .into_iter()
+                    .map(|(b, c)| (b, c / (counts[a] * counts[b as usize]).sqrt().max(1e-12)))
+                    .collect();
+                sims.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+                sims.truncate(k);
+                sims
+            })
+            .collect();
+        Self {
+            neighbours,
+            n_items: data.n_items,
+        }
+    }
+}
+
+impl Recommender for ItemKnn {
+    fn scores(&self, history: &[u32]) -> Vec<f64> {
+        let mut s = vec![0.0; self.n_items];
+        for &h in history {
+            for &(b, sim) in &self.neighbours[h as usize] {
+                s[b as usize] += sim;
+            }
+        }
+        s
+    }
+}
+
+/// EASE: a dense item-item weight matrix with a zero diagonal.
+pub struct Ease {
+    b: Vec<f64>,
+    n: usize,
+}
+
+impl Ease {
+    /// # Errors
+    /// When X'X + lambda I is not positive definite (lambda <= 0 on a singular Gram matrix).
+    ///
+    /// # Complexity
+    /// O(n_items^3) time (one Cholesky factorisation and inverse), O(n_items^2) memory.
+    pub fn fit(data: &Interactions, lambda: f64) -> Result<Self, crate::RankError> {
+        Self::fit_with_side(data, &[], 0.0, lambda)
+    }
+
+    /// EASE with side information (Jeunen et al., 2020): each knowledge-graph fact shared by a
+    /// set of items (an actor, a genre, an origin) acts as a pseudo-user weighted by `mu`, so
+    /// the Gram matrix becomes X'X + mu^2 S'S. With `mu = 0` this is plain EASE.
+    ///
+    /// # Errors
+    /// As [`Ease::fit`].
+    pub fn fit_with_side(
+        data: &Interactions,
+        side: &[Vec<u32>],
+        mu: f64,
+        lambda: f64,
+    ) -> Result<Self, crate::RankError> {
+        let n = data.n_items;
+        let mut g = data.gram();
+        if mu > 0.0 {
+            let w = mu * mu;
+            for items in side {
+                for &a in items {
+                    let row = &mut g[a as usize * n..(a as usize + 1) * n];
+                    for &b in items {
+                        row[b as usize] += w;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            g[i * n + i] += lambda;
+        }
+        let p = spd_inverse(g, n)?;
+        let mut b = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    b[i * n + j] = -p[i * n + j] / p[j * n + j];
+                }
+            }
+        }
+        Ok(Self { b, n })
+    }
+}
+
+impl Recommender for Ease {
+    fn scores(&self, history: &[u32]) -> Vec<f64> {
+        let mut s = vec![0.0; self.n];
+        for &h in history {
+            let row = &self.b[h as usize * self.n..(h as usize + 1) * self.n];
+            s.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        s
+    }
+}
+
+/// Inverse of a symmetric positive definite matrix (row-major) via Cholesky: A = L L',
+/// A^-1 = L'^-1 L^-1. Loops run along rows so the inner products are contiguous.
+fn spd_inverse(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, crate::RankError> {
+    // Cholesky in place: lower triangle holds L.
+    for j in 0..n {
+        let (head, tail) = a.split_at_mut(j * n);
+        let row_j = &mut tail[..n];
+        let _ = head;
+        let mut d = row_j[j];
+        d -= row_j[..j].iter().map(|x| x * x).sum::<f64>();
+        if d <= 0.0 || !d.is_finite() {
+            return Err(crate::RankError::InvalidInput(format!(
+                "matrix is not positive definite at row {j}; raise lambda"
+            )));
+        }
+        let d = d.sqrt();
+        row_j[j] = d;
+        let lj: Vec<f64> = row_j[..j].to_vec();
+        for i in j + 1..n {
+            let row_i = &mut a[i * n..(i + 1) * n];
+            let dot: f64 = row_i[..j].iter().zip(&lj).map(|(x, y)| x * y).sum();
+            row_i[j] = (row_i[j] - dot) / d;
+        }
+    }
+    // Inverse of L (lower triangular), row by row: M = L^-1.
+    let mut m = vec![0.0; n * n];
+    for i in 0..n {
+        let lii = a[i * n + i];
+        m[i * n + i] = 1.0 / lii;
+        for j in 0..i {
+            // M[i][j] = -(sum_{k=j}^{i-1} L[i][k] M[k][j]) / L[i][i]
+            let mut s = 0.0;
+            for k in j..i {
+                s += a[i * n + k] * m[k * n + j];
+            }
+            m[i * n + j] = -s / lii;
+        }
+    }
+    // A^-1 = M' M: (A^-1)[i][j] = sum_k M[k][i] M[k][j], k >= max(i, j).
+    let mut inv = vec![0.0; n * n];
+    for k in 0..n {
+        let row = &m[k * n..k * n + k + 1];
+        for i in 0..=k {
+            let mki = row[i];
+            if mki == 0.0 {
+                continue;
+            }
+            let out = &mut inv[i * n..i * n + k + 1];
+            out.iter_mut().zip(row).for_each(|(o, mkj)| *o += mki * mkj);
+        }
+    }
+    for i in 0..n {
+        for j in 0..i {
+            inv[i * n + j] = inv[j * n + i];
+        }
+    }
+    Ok(inv)
+}
+
+/// The top `k` items by score, skipping `exclude` (the user's training items).
+pub fn top_k(scores: &[f64], exclude: &std::collections::HashSet<u32>, k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..scores.len() as u32)
+        .filter(|i| !exclude.contains(i))
+        .collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(k - 1, |a, b| {
+        scores[*b as usize]
+            .total_cmp(&scores[*a as usize])
+            .then(a.cmp(b))
+    });
+    idx.truncate(k);
+    idx.sort_by(|a, b| {
+        scores[*b as usize]
+            .total_cmp(&scores[*a as usize])
+            .then(a.cmp(b))
+    });
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spd_inverse_inverts() {
+        let a = vec![4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0];
+        let inv = spd_inverse(a.clone(), 3).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| a[i * 3 + k] * inv[k * 3 + j]).sum();
+                assert!(
+                    (v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12,
+                    "A A^-1 = I at ({i},{j}): {v}"
+                );
+            }
+        }
+        assert!(
+            spd_inverse(vec![1.0, 2.0, 2.0, 1.0], 2).is_err(),
+            "indefinite"
+        );
+    }
+
+    #[test]
+    fn ease_and_knn_recommend_the_co_occurring_item() {
+        // Items 0 and 1 always together; 2 and 3 together.
+        let data = Interactions {
+            n_items: 4,
+            users: vec![
+                vec![0, 1],
+                vec![0, 1],
+                vec![2, 3],
+                vec![2, 3],
+                vec![0, 1, 2],
+            ],
+        };
+        for model in [
+            Box::new(Ease::fit(&data, 1.0).unwrap()) as Box<dyn Recommender>,
+            Box::new(ItemKnn::fit(&data, 10)),
+        ] {
+            let s = model.scores(&[0]);
+            assert!(s[1] > s[2] && s[1] > s[3], "{s:?}");
+            let top = top_k(&s, &[0].into_iter().collect(), 1);
+            assert_eq!(top, vec![1]);
+        }
+    }
+}

@@ -17,5 +17,8 @@ target/release/souk-encoder-bench --dtype f16 convert "$bundle/model"
     integration-tests/tests/data/minilm-reference.json
 } > "$bundle/agree-texts.txt"
 target/release/souk-encoder-bench --model "$bundle/model" reference "$bundle/agree-texts.txt" "$bundle/reference.json"
+# The stripped binary is ~53 MB, mostly PTX text; xz takes it to ~6 MB so the bundle
+# (with the 45 MB f16 model) fits what the device tool carries.
 strip -o "$bundle/souk-encoder-bench" target-cuda/release/souk-encoder-bench
+xz -T2 -9 -f "$bundle/souk-encoder-bench"
 du -sh "$bundle"

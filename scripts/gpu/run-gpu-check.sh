@@ -6,7 +6,12 @@
 set -u
 bundle=target-cuda/gpu-bundle
 out="${OUT:-/tmp}"
-bin="$bundle/souk-encoder-bench"
+bin=/tmp/souk-encoder-bench
+if command -v xz >/dev/null; then
+  xz -dc "$bundle/souk-encoder-bench.xz" > "$bin"
+else
+  python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$bundle/souk-encoder-bench.xz" > "$bin"
+fi
 chmod +x "$bin"
 # cuBLAS and cuRAND: the system toolkit, else PyTorch's nvidia wheels.
 libs="/usr/local/cuda/lib64"
@@ -22,14 +27,14 @@ export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
   ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found"
   echo "== agreement with CPU f32 (288 texts)"
   for dt in f32 f16 bf16; do
-    timeout 120 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $dt"
+    timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $dt"
   done
   echo "== throughput, candle"
   for dt in f32 f16 bf16; do
     for shape in 128x32 512x128; do
-      timeout 120 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "candle $dt $shape FAILED"
+      timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "candle $dt $shape FAILED"
     done
   done
   echo "== throughput, PyTorch (same shapes, same weights)"
-  timeout 300 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 || echo "torch bench FAILED"
+  timeout 240 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 || echo "torch bench FAILED"
 } 2>&1 | tee "$out/gpu-check.txt"

@@ -9,6 +9,10 @@ use souk_ranker_core::eval::RecSplit;
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// Search relevance: NDCG@10 of each signal and of the learned fusion, on graded
+    /// (query, product) judgements (CSV `query,product_title,product_description,median_relevance`).
+    /// Needs the encoder (`--encoder-url`).
+    Search(SearchArgs),
     /// Recommendation: Recall@k and NDCG@k on a fixed train/test split (TSV `user<TAB>item`).
     Rec(RecArgs),
 }
@@ -43,6 +47,26 @@ pub struct RecArgs {
     /// Graph weight mu when not tuning.
     #[arg(long, default_value_t = 0.5)]
     pub mu: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// One labelled file, evaluated by k-fold cross-validation over queries.
+    #[arg(long, conflicts_with_all = ["train", "test"])]
+    pub dataset: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Fit the fusion on this file...
+    #[arg(long, requires = "test")]
+    pub train: Option<PathBuf>,
+    /// ...and report on this one.
+    #[arg(long, requires = "train")]
+    pub test: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Queries with fewer judged products are skipped (the protocol uses 5).
+    #[arg(long, default_value_t = 5)]
+    pub min_judged: usize,
 }
 
 /// Reads `user<TAB>item` pairs; a first line that is not two fields or reads `user item` is a header.
@@ -93,10 +117,206 @@ fn read_triples(path: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
     Ok(out)
 }
 
-pub fn run(command: EvalCommand) -> anyhow::Result<()> {
+pub async fn run(command: EvalCommand, encoder_url: &str) -> anyhow::Result<()> {
     match command {
         EvalCommand::Rec(args) => rec(args),
+        EvalCommand::Search(args) => search(args, encoder_url).await,
     }
+}
+
+/// One judged (query, product) pair.
+#[derive(Debug, Clone)]
+struct Judged {
+    query: String,
+    title: String,
+    description: String,
+    label: u8,
+}
+
+/// Undoes the commonest UTF-8-read-as-cp1252 damage (`â€™` for `'`); other text passes as is.
+fn demojibake(s: &str) -> String {
+    s.replace("â€™", "'")
+        .replace("â€œ", "\"")
+        .replace("â€\u{9d}", "\"")
+        .replace("â€“", "-")
+        .replace("â€”", "-")
+        .replace("Â®", "®")
+        .replace("Â ", " ")
+}
+
+fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .with_context(|| format!("{}: no `{name}` column", path.display()))
+    };
+    let (q, t, d, l) = (col("query")?, col("product_title")?, col("product_description")?, col("median_relevance")?);
+    let mut out = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        let label: u8 = record
+            .get(l)
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| (1..=4).contains(v))
+            .with_context(|| format!("{}:{}: median_relevance must be 1..4", path.display(), i + 2))?;
+        out.push(Judged {
+            query: demojibake(record.get(q).unwrap_or("").trim()),
+            title: demojibake(record.get(t).unwrap_or("").trim()),
+            description: demojibake(record.get(d).unwrap_or("").trim()),
+            label,
+        });
+    }
+    Ok(out)
+}
+
+const SIGNALS: [&str; 5] = ["dense(title)", "dense(title+desc)", "bm25(title)", "bm25(title+desc)", "term overlap"];
+
+/// Features of every judged pair, grouped by query: the same signals the ranker uses
+/// (MiniLM cosine from the encoder service, BM25 max-normalised within the query's candidates).
+async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyhow::Result<Vec<(String, souk_ranker_core::fusion::Group)>> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut texts: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut intern = |t: String| -> usize {
+        let next = texts.len();
+        *index.entry(t.clone()).or_insert_with(|| {
+            texts.push(t);
+            next
+        })
+    };
+    let full = |r: &Judged| if r.description.is_empty() { r.title.clone() } else { format!("{}. {}", r.title, r.description) };
+    let ids: Vec<(usize, usize, usize)> = rows.iter().map(|r| (intern(r.query.clone()), intern(r.title.clone()), intern(full(r)))).collect();
+    eprintln!("embedding {} distinct texts with the encoder at {encoder_url} ...", texts.len());
+    let started = Instant::now();
+    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(crate::connect(encoder_url, "encoder").await?)
+        .max_decoding_message_size(256 << 20);
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        let response = client
+            .embed(souk_proto::encoder::v1::EmbedRequest { texts: chunk.to_vec(), truncate: Some(true), normalize: Some(true) })
+            .await?
+            .into_inner();
+        vectors.extend(response.embeddings.into_iter().map(|e| e.values));
+    }
+    eprintln!("embedded in {:.1}s", started.elapsed().as_secs_f64());
+    let cos = |a: usize, b: usize| -> f64 { vectors[a].iter().zip(&vectors[b]).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum() };
+    // BM25 over every distinct product text in the file.
+    let mut bm_title = souk_ranker_core::bm25::Bm25::default();
+    let mut bm_full = souk_ranker_core::bm25::Bm25::default();
+    for (_, t, f) in &ids {
+        bm_title.insert(*t as u32, &texts[*t]);
+        bm_full.insert(*f as u32, &texts[*f]);
+    }
+    let mut by_query: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        by_query.entry(r.query.as_str()).or_default().push(i);
+    }
+    let mut groups = Vec::new();
+    for (query, members) in by_query {
+        if members.len() < min_judged {
+            continue;
+        }
+        let qi = ids[members[0]].0;
+        let st = bm_title.scores(query);
+        let sf = bm_full.scores(query);
+        let max_t = members.iter().map(|&m| st.get(&(ids[m].1 as u32)).copied().unwrap_or(0.0)).fold(0.0f32, f32::max);
+        let max_f = members.iter().map(|&m| sf.get(&(ids[m].2 as u32)).copied().unwrap_or(0.0)).fold(0.0f32, f32::max);
+        let q_terms = souk_ranker_core::bm25::terms(query);
+        let mut group = souk_ranker_core::fusion::Group::default();
+        for &m in &members {
+            let (_, t, f) = ids[m];
+            let norm = |v: f32, max: f32| if max > 0.0 { f64::from(v / max) } else { 0.0 };
+            let title_terms = souk_ranker_core::bm25::terms(&texts[t]);
+            let overlap = if q_terms.is_empty() {
+                0.0
+            } else {
+                q_terms.iter().filter(|q| title_terms.contains(q)).count() as f64 / q_terms.len() as f64
+            };
+            group.features.push(vec![
+                cos(qi, t),
+                cos(qi, f),
+                norm(st.get(&(t as u32)).copied().unwrap_or(0.0), max_t),
+                norm(sf.get(&(f as u32)).copied().unwrap_or(0.0), max_f),
+                overlap,
+            ]);
+            group.gains.push(souk_ranker_core::eval::graded_gain(rows[m].label));
+        }
+        groups.push((query.to_string(), group));
+    }
+    Ok(groups)
+}
+
+/// NDCG@k of ranking each group by `score`.
+fn mean_ndcg(groups: &[&souk_ranker_core::fusion::Group], k: usize, score: impl Fn(&[f64]) -> f64) -> f64 {
+    let total: f64 = groups
+        .iter()
+        .map(|g| {
+            let mut order: Vec<usize> = (0..g.gains.len()).collect();
+            // Ties broken by position in the file, the same for every signal.
+            order.sort_by(|a, b| score(&g.features[*b]).total_cmp(&score(&g.features[*a])).then(a.cmp(b)));
+            let ranked: Vec<f64> = order.iter().map(|&i| g.gains[i]).collect();
+            souk_ranker_core::eval::ndcg_at(&ranked, k)
+        })
+        .sum();
+    total / groups.len().max(1) as f64
+}
+
+async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
+    use souk_ranker_core::fusion::{TrainOptions, train};
+    let k = args.k;
+    let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
+        (Some(dataset), _, _) => {
+            let groups = features(&read_judged(dataset)?, encoder_url, args.min_judged).await?;
+            (None, groups, args.folds.max(2))
+        }
+        (None, Some(train_file), Some(test_file)) => {
+            let tr = features(&read_judged(train_file)?, encoder_url, args.min_judged).await?;
+            let te = features(&read_judged(test_file)?, encoder_url, args.min_judged).await?;
+            (Some(tr), te, 1)
+        }
+        _ => anyhow::bail!("give --dataset FILE, or --train A --test B"),
+    };
+    let test_refs: Vec<&souk_ranker_core::fusion::Group> = test_groups.iter().map(|(_, g)| g).collect();
+    println!("{} queries, {} judged products", test_refs.len(), test_refs.iter().map(|g| g.gains.len()).sum::<usize>());
+    println!("{:<22} ndcg@{k}", "signal");
+    let mut best_single = 0.0f64;
+    for (i, name) in SIGNALS.iter().enumerate() {
+        let v = mean_ndcg(&test_refs, k, |x| x[i]);
+        best_single = best_single.max(v);
+        println!("{name:<22} {v:.4}");
+    }
+    let fused = match train_groups {
+        Some(train_groups) => {
+            let refs: Vec<souk_ranker_core::fusion::Group> = train_groups.into_iter().map(|(_, g)| g).collect();
+            let model = train(&refs, TrainOptions::default());
+            println!("fusion weights (standardised): {:?}", model.weights.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>());
+            mean_ndcg(&test_refs, k, |x| model.score(x))
+        }
+        None => {
+            // k-fold over queries: each query is scored by a model that never saw it.
+            let mut total = 0.0;
+            for fold in 0..folds {
+                let (held, rest): (Vec<_>, Vec<_>) = test_groups.iter().enumerate().partition(|(i, _)| i % folds == fold);
+                let training: Vec<souk_ranker_core::fusion::Group> = rest.into_iter().map(|(_, (_, g))| g.clone()).collect();
+                let model = train(&training, TrainOptions::default());
+                let held: Vec<&souk_ranker_core::fusion::Group> = held.into_iter().map(|(_, (_, g))| g).collect();
+                total += mean_ndcg(&held, k, |x| model.score(x)) * held.len() as f64;
+            }
+            total / test_refs.len().max(1) as f64
+        }
+    };
+    let how = if folds > 1 { format!("{folds}-fold over queries") } else { "fit on --train".to_string() };
+    println!("{:<22} {fused:.4}  ({how}; best single signal {best_single:.4})", "fused");
+    println!("ndcg@{k} fused={fused:.3}");
+    Ok(())
 }
 
 fn rec(args: RecArgs) -> anyhow::Result<()> {

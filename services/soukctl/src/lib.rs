@@ -570,7 +570,7 @@ fn report_load(what: &str, report: &LoadReport, extra: String) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
-        Command::Eval(command) => eval::run(command)?,
+        Command::Eval(command) => eval::run(command, &ep.encoder).await?,
         Command::Kg(KgCommand::Load {
             files,
             options,

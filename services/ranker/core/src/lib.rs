@@ -19,6 +19,7 @@ pub mod bm25;
 pub mod catalog;
 pub mod cf;
 pub mod eval;
+pub mod fusion;
 pub mod item;
 pub mod rank;
 mod user;

@@ -11,14 +11,75 @@
 //! assert_eq!(backend.embed(&batch)?[0].len(), 384);
 //! # Ok(()) }
 //! ```
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_transformers::models::bert::{BertEncoder, Config};
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
+
+/// Word + position + token-type embeddings and their layer norm (BERT's input layer).
+struct Embeddings {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        Ok(Self {
+            words: candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("word_embeddings"))?,
+            positions: candle_nn::embedding(
+                config.max_position_embeddings,
+                config.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_types: candle_nn::embedding(config.type_vocab_size, config.hidden_size, vb.pp("token_type_embeddings"))?,
+            norm: candle_nn::layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, types: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, width) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, width as u32, ids.device())?;
+        let x = (self.words.forward(ids)? + self.token_types.forward(types)?)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        self.norm.forward(&x)
+    }
+}
+
+/// BERT as the encoder runs it: candle's transformer layers with our own input layer and
+/// attention mask. candle's `BertModel` builds the additive mask as `(1 - m) * f32::MIN` in the
+/// model's dtype; in f16/bf16 `f32::MIN` becomes -inf and `0 * -inf` is NaN, so every f16/bf16
+/// vector came out NaN (measured on an H100). A finite -10000 (BERT's original choice) masks
+/// the same (exp(-10000) is 0) in every dtype.
+struct Bert {
+    embeddings: Embeddings,
+    encoder: BertEncoder,
+}
+
+impl Bert {
+    fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
+        Ok(Self {
+            embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
+            encoder: BertEncoder::load(vb.pp("encoder"), config)?,
+        })
+    }
+
+    /// Token states, (batch, width, hidden). `mask` is 1 for real tokens, 0 for padding.
+    fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        let x = self.embeddings.forward(ids, types)?;
+        let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 10_000.0)?
+            .to_dtype(dtype)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
+        self.encoder.forward(&x, &additive)
+    }
+}
 
 /// A loaded model on one device.
 pub struct CandleBackend {
-    model: BertModel,
+    model: Bert,
     device: Device,
     device_name: String,
     dtype: DType,
@@ -93,7 +154,7 @@ impl CandleBackend {
             as usize;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
-        let model = BertModel::load(vb, &config).map_err(backend_err)?;
+        let model = Bert::load(vb, &config).map_err(backend_err)?;
         Ok(Self {
             model,
             device: device_handle,
@@ -119,7 +180,7 @@ impl CandleBackend {
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let types = Tensor::from_vec(types, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &types, &mask, self.dtype)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {

@@ -36,5 +36,7 @@ export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
     done
   done
   echo "== throughput, PyTorch (same shapes, same weights)"
-  timeout 240 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 || echo "torch bench FAILED"
+  timeout 240 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 2>/dev/null || echo "torch bench FAILED"
+  echo "== PyTorch with unfused (eager) attention, for the diagnosis"
+  timeout 120 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 --dtypes f16 --attn eager 2>/dev/null || echo "torch eager FAILED"
 } 2>&1 | tee "$out/gpu-check.txt"

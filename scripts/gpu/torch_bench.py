@@ -14,11 +14,12 @@ from transformers import BertModel
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load(model_dir, dtype):
+def load(model_dir, dtype, attn):
+    extra = {"attn_implementation": attn} if attn else {}
     try:
-        model = BertModel.from_pretrained(model_dir, dtype=dtype, add_pooling_layer=False)
+        model = BertModel.from_pretrained(model_dir, dtype=dtype, add_pooling_layer=False, **extra)
     except TypeError:
-        model = BertModel.from_pretrained(model_dir, torch_dtype=dtype, add_pooling_layer=False)
+        model = BertModel.from_pretrained(model_dir, torch_dtype=dtype, add_pooling_layer=False, **extra)
     return model.cuda().eval()
 
 
@@ -29,10 +30,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--shapes", default="128x32,512x128")
     ap.add_argument("--dtypes", default="f32,f16,bf16")
+    ap.add_argument("--attn", default="", help="eager or sdpa; empty: transformers' default")
     args = ap.parse_args()
     gen = torch.Generator(device="cpu").manual_seed(7)
     for name in args.dtypes.split(","):
-        model = load(args.model, DTYPES[name])
+        model = load(args.model, DTYPES[name], args.attn)
         attn = getattr(model.config, "_attn_implementation", "?")
         for shape in args.shapes.split(","):
             b, s = (int(x) for x in shape.split("x"))

@@ -249,4 +249,68 @@ mod tests {
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn every_rpc_is_counted_and_timed_on_the_metrics_endpoint() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = GrpcServer::new("test", ServerOptions::default())
+            .await
+            .unwrap();
+        let metrics = server.metrics();
+        let (http, _task) = metrics
+            .clone()
+            .spawn_http("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let channel =
+            crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        let mut client = HealthClient::new(channel);
+        for _ in 0..3 {
+            client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+        }
+        let _ = client
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await;
+        let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        let ok = body
+            .lines()
+            .find(|l| {
+                l.starts_with("souk_grpc_requests_total")
+                    && l.contains("Health/Check")
+                    && l.contains("code=\"Ok\"")
+            })
+            .unwrap_or_else(|| panic!("no request counter in {body}"));
+        assert!(ok.ends_with(" 3"), "three successful checks: {ok}");
+        assert!(
+            body.contains("code=\"NotFound\""),
+            "the failed check is counted by its code"
+        );
+        assert!(
+            body.contains("souk_grpc_request_duration_seconds_bucket"),
+            "latency histogram"
+        );
+        assert!(body.contains("service=\"test\""));
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
 }

@@ -147,7 +147,9 @@ fn demojibake(s: &str) -> String {
 fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let text = String::from_utf8_lossy(&bytes);
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let headers = reader.headers()?.clone();
     let col = |name: &str| {
         headers
@@ -155,7 +157,12 @@ fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
             .position(|h| h.trim() == name)
             .with_context(|| format!("{}: no `{name}` column", path.display()))
     };
-    let (q, t, d, l) = (col("query")?, col("product_title")?, col("product_description")?, col("median_relevance")?);
+    let (q, t, d, l) = (
+        col("query")?,
+        col("product_title")?,
+        col("product_description")?,
+        col("median_relevance")?,
+    );
     let mut out = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
@@ -166,7 +173,13 @@ fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
             .parse()
             .ok()
             .filter(|v| (1..=4).contains(v))
-            .with_context(|| format!("{}:{}: median_relevance must be 1..4", path.display(), i + 2))?;
+            .with_context(|| {
+                format!(
+                    "{}:{}: median_relevance must be 1..4",
+                    path.display(),
+                    i + 2
+                )
+            })?;
         out.push(Judged {
             query: demojibake(record.get(q).unwrap_or("").trim()),
             title: demojibake(record.get(t).unwrap_or("").trim()),
@@ -177,11 +190,21 @@ fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
     Ok(out)
 }
 
-const SIGNALS: [&str; 5] = ["dense(title)", "dense(title+desc)", "bm25(title)", "bm25(title+desc)", "term overlap"];
+const SIGNALS: [&str; 5] = [
+    "dense(title)",
+    "dense(title+desc)",
+    "bm25(title)",
+    "bm25(title+desc)",
+    "term overlap",
+];
 
 /// Features of every judged pair, grouped by query: the same signals the ranker uses
 /// (MiniLM cosine from the encoder service, BM25 max-normalised within the query's candidates).
-async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyhow::Result<Vec<(String, souk_ranker_core::fusion::Group)>> {
+async fn features(
+    rows: &[Judged],
+    encoder_url: &str,
+    min_judged: usize,
+) -> anyhow::Result<Vec<(String, souk_ranker_core::fusion::Group)>> {
     use std::collections::{BTreeMap, HashMap};
     let mut texts: Vec<String> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -192,22 +215,52 @@ async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyh
             next
         })
     };
-    let full = |r: &Judged| if r.description.is_empty() { r.title.clone() } else { format!("{}. {}", r.title, r.description) };
-    let ids: Vec<(usize, usize, usize)> = rows.iter().map(|r| (intern(r.query.clone()), intern(r.title.clone()), intern(full(r)))).collect();
-    eprintln!("embedding {} distinct texts with the encoder at {encoder_url} ...", texts.len());
+    let full = |r: &Judged| {
+        if r.description.is_empty() {
+            r.title.clone()
+        } else {
+            format!("{}. {}", r.title, r.description)
+        }
+    };
+    let ids: Vec<(usize, usize, usize)> = rows
+        .iter()
+        .map(|r| {
+            (
+                intern(r.query.clone()),
+                intern(r.title.clone()),
+                intern(full(r)),
+            )
+        })
+        .collect();
+    eprintln!(
+        "embedding {} distinct texts with the encoder at {encoder_url} ...",
+        texts.len()
+    );
     let started = Instant::now();
-    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(crate::connect(encoder_url, "encoder").await?)
-        .max_decoding_message_size(256 << 20);
+    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
+        crate::connect(encoder_url, "encoder").await?,
+    )
+    .max_decoding_message_size(256 << 20);
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
         let response = client
-            .embed(souk_proto::encoder::v1::EmbedRequest { texts: chunk.to_vec(), truncate: Some(true), normalize: Some(true) })
+            .embed(souk_proto::encoder::v1::EmbedRequest {
+                texts: chunk.to_vec(),
+                truncate: Some(true),
+                normalize: Some(true),
+            })
             .await?
             .into_inner();
         vectors.extend(response.embeddings.into_iter().map(|e| e.values));
     }
     eprintln!("embedded in {:.1}s", started.elapsed().as_secs_f64());
-    let cos = |a: usize, b: usize| -> f64 { vectors[a].iter().zip(&vectors[b]).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum() };
+    let cos = |a: usize, b: usize| -> f64 {
+        vectors[a]
+            .iter()
+            .zip(&vectors[b])
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    };
     // BM25 over every distinct product text in the file.
     let mut bm_title = souk_ranker_core::bm25::Bm25::default();
     let mut bm_full = souk_ranker_core::bm25::Bm25::default();
@@ -227,8 +280,14 @@ async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyh
         let qi = ids[members[0]].0;
         let st = bm_title.scores(query);
         let sf = bm_full.scores(query);
-        let max_t = members.iter().map(|&m| st.get(&(ids[m].1 as u32)).copied().unwrap_or(0.0)).fold(0.0f32, f32::max);
-        let max_f = members.iter().map(|&m| sf.get(&(ids[m].2 as u32)).copied().unwrap_or(0.0)).fold(0.0f32, f32::max);
+        let max_t = members
+            .iter()
+            .map(|&m| st.get(&(ids[m].1 as u32)).copied().unwrap_or(0.0))
+            .fold(0.0f32, f32::max);
+        let max_f = members
+            .iter()
+            .map(|&m| sf.get(&(ids[m].2 as u32)).copied().unwrap_or(0.0))
+            .fold(0.0f32, f32::max);
         let q_terms = souk_ranker_core::bm25::terms(query);
         let mut group = souk_ranker_core::fusion::Group::default();
         for &m in &members {
@@ -238,7 +297,8 @@ async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyh
             let overlap = if q_terms.is_empty() {
                 0.0
             } else {
-                q_terms.iter().filter(|q| title_terms.contains(q)).count() as f64 / q_terms.len() as f64
+                q_terms.iter().filter(|q| title_terms.contains(q)).count() as f64
+                    / q_terms.len() as f64
             };
             group.features.push(vec![
                 cos(qi, t),
@@ -247,7 +307,9 @@ async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyh
                 norm(sf.get(&(f as u32)).copied().unwrap_or(0.0), max_f),
                 overlap,
             ]);
-            group.gains.push(souk_ranker_core::eval::graded_gain(rows[m].label));
+            group
+                .gains
+                .push(souk_ranker_core::eval::graded_gain(rows[m].label));
         }
         groups.push((query.to_string(), group));
     }
@@ -255,13 +317,21 @@ async fn features(rows: &[Judged], encoder_url: &str, min_judged: usize) -> anyh
 }
 
 /// NDCG@k of ranking each group by `score`.
-fn mean_ndcg(groups: &[&souk_ranker_core::fusion::Group], k: usize, score: impl Fn(&[f64]) -> f64) -> f64 {
+fn mean_ndcg(
+    groups: &[&souk_ranker_core::fusion::Group],
+    k: usize,
+    score: impl Fn(&[f64]) -> f64,
+) -> f64 {
     let total: f64 = groups
         .iter()
         .map(|g| {
             let mut order: Vec<usize> = (0..g.gains.len()).collect();
             // Ties broken by position in the file, the same for every signal.
-            order.sort_by(|a, b| score(&g.features[*b]).total_cmp(&score(&g.features[*a])).then(a.cmp(b)));
+            order.sort_by(|a, b| {
+                score(&g.features[*b])
+                    .total_cmp(&score(&g.features[*a]))
+                    .then(a.cmp(b))
+            });
             let ranked: Vec<f64> = order.iter().map(|&i| g.gains[i]).collect();
             souk_ranker_core::eval::ndcg_at(&ranked, k)
         })
@@ -284,8 +354,13 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give --dataset FILE, or --train A --test B"),
     };
-    let test_refs: Vec<&souk_ranker_core::fusion::Group> = test_groups.iter().map(|(_, g)| g).collect();
-    println!("{} queries, {} judged products", test_refs.len(), test_refs.iter().map(|g| g.gains.len()).sum::<usize>());
+    let test_refs: Vec<&souk_ranker_core::fusion::Group> =
+        test_groups.iter().map(|(_, g)| g).collect();
+    println!(
+        "{} queries, {} judged products",
+        test_refs.len(),
+        test_refs.iter().map(|g| g.gains.len()).sum::<usize>()
+    );
     println!("{:<22} ndcg@{k}", "signal");
     let mut best_single = 0.0f64;
     for (i, name) in SIGNALS.iter().enumerate() {
@@ -295,26 +370,46 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
     }
     let fused = match train_groups {
         Some(train_groups) => {
-            let refs: Vec<souk_ranker_core::fusion::Group> = train_groups.into_iter().map(|(_, g)| g).collect();
+            let refs: Vec<souk_ranker_core::fusion::Group> =
+                train_groups.into_iter().map(|(_, g)| g).collect();
             let model = train(&refs, TrainOptions::default());
-            println!("fusion weights (standardised): {:?}", model.weights.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>());
+            println!(
+                "fusion weights (standardised): {:?}",
+                model
+                    .weights
+                    .iter()
+                    .map(|w| format!("{w:.3}"))
+                    .collect::<Vec<_>>()
+            );
             mean_ndcg(&test_refs, k, |x| model.score(x))
         }
         None => {
             // k-fold over queries: each query is scored by a model that never saw it.
             let mut total = 0.0;
             for fold in 0..folds {
-                let (held, rest): (Vec<_>, Vec<_>) = test_groups.iter().enumerate().partition(|(i, _)| i % folds == fold);
-                let training: Vec<souk_ranker_core::fusion::Group> = rest.into_iter().map(|(_, (_, g))| g.clone()).collect();
+                let (held, rest): (Vec<_>, Vec<_>) = test_groups
+                    .iter()
+                    .enumerate()
+                    .partition(|(i, _)| i % folds == fold);
+                let training: Vec<souk_ranker_core::fusion::Group> =
+                    rest.into_iter().map(|(_, (_, g))| g.clone()).collect();
                 let model = train(&training, TrainOptions::default());
-                let held: Vec<&souk_ranker_core::fusion::Group> = held.into_iter().map(|(_, (_, g))| g).collect();
+                let held: Vec<&souk_ranker_core::fusion::Group> =
+                    held.into_iter().map(|(_, (_, g))| g).collect();
                 total += mean_ndcg(&held, k, |x| model.score(x)) * held.len() as f64;
             }
             total / test_refs.len().max(1) as f64
         }
     };
-    let how = if folds > 1 { format!("{folds}-fold over queries") } else { "fit on --train".to_string() };
-    println!("{:<22} {fused:.4}  ({how}; best single signal {best_single:.4})", "fused");
+    let how = if folds > 1 {
+        format!("{folds}-fold over queries")
+    } else {
+        "fit on --train".to_string()
+    };
+    println!(
+        "{:<22} {fused:.4}  ({how}; best single signal {best_single:.4})",
+        "fused"
+    );
     println!("ndcg@{k} fused={fused:.3}");
     Ok(())
 }

@@ -27,14 +27,26 @@ struct Embeddings {
 impl Embeddings {
     fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
         Ok(Self {
-            words: candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("word_embeddings"))?,
+            words: candle_nn::embedding(
+                config.vocab_size,
+                config.hidden_size,
+                vb.pp("word_embeddings"),
+            )?,
             positions: candle_nn::embedding(
                 config.max_position_embeddings,
                 config.hidden_size,
                 vb.pp("position_embeddings"),
             )?,
-            token_types: candle_nn::embedding(config.type_vocab_size, config.hidden_size, vb.pp("token_type_embeddings"))?,
-            norm: candle_nn::layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp("LayerNorm"))?,
+            token_types: candle_nn::embedding(
+                config.type_vocab_size,
+                config.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            norm: candle_nn::layer_norm(
+                config.hidden_size,
+                config.layer_norm_eps,
+                vb.pp("LayerNorm"),
+            )?,
         })
     }
 
@@ -59,7 +71,11 @@ struct Bert {
 
 impl Bert {
     fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             encoder: BertEncoder::load(vb.pp("encoder"), config)?,
@@ -67,7 +83,13 @@ impl Bert {
     }
 
     /// Token states, (batch, width, hidden). `mask` is 1 for real tokens, 0 for padding.
-    fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        mask: &Tensor,
+        dtype: DType,
+    ) -> candle_core::Result<Tensor> {
         let x = self.embeddings.forward(ids, types)?;
         let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 10_000.0)?
             .to_dtype(dtype)?

@@ -37,7 +37,11 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { iterations: 400, learning_rate: 0.5, l2: 1e-3 }
+        Self {
+            iterations: 400,
+            learning_rate: 0.5,
+            l2: 1e-3,
+        }
     }
 }
 
@@ -46,12 +50,23 @@ impl Default for TrainOptions {
 /// # Complexity
 /// O(iterations x pairs x features); pairs are those within a group with different gains.
 pub fn train(groups: &[Group], options: TrainOptions) -> LinearModel {
-    let dim = groups.iter().flat_map(|g| g.features.first()).map(Vec::len).next().unwrap_or(0);
+    let dim = groups
+        .iter()
+        .flat_map(|g| g.features.first())
+        .map(Vec::len)
+        .next()
+        .unwrap_or(0);
     let rows: Vec<&Vec<f64>> = groups.iter().flat_map(|g| &g.features).collect();
     let n = rows.len().max(1) as f64;
-    let mean: Vec<f64> = (0..dim).map(|d| rows.iter().map(|r| r[d]).sum::<f64>() / n).collect();
+    let mean: Vec<f64> = (0..dim)
+        .map(|d| rows.iter().map(|r| r[d]).sum::<f64>() / n)
+        .collect();
     let scale: Vec<f64> = (0..dim)
-        .map(|d| (rows.iter().map(|r| (r[d] - mean[d]).powi(2)).sum::<f64>() / n).sqrt().max(1e-9))
+        .map(|d| {
+            (rows.iter().map(|r| (r[d] - mean[d]).powi(2)).sum::<f64>() / n)
+                .sqrt()
+                .max(1e-9)
+        })
         .collect();
     // Pair differences in standardised space, with their weights.
     let mut diffs: Vec<(Vec<f64>, f64)> = Vec::new();
@@ -59,7 +74,9 @@ pub fn train(groups: &[Group], options: TrainOptions) -> LinearModel {
         for i in 0..g.gains.len() {
             for j in 0..g.gains.len() {
                 if g.gains[i] > g.gains[j] {
-                    let d = (0..dim).map(|k| (g.features[i][k] - g.features[j][k]) / scale[k]).collect();
+                    let d = (0..dim)
+                        .map(|k| (g.features[i][k] - g.features[j][k]) / scale[k])
+                        .collect();
                     diffs.push((d, g.gains[i] - g.gains[j]));
                 }
             }
@@ -81,7 +98,11 @@ pub fn train(groups: &[Group], options: TrainOptions) -> LinearModel {
             w[k] -= options.learning_rate * (grad[k] / total_weight + options.l2 * w[k]);
         }
     }
-    LinearModel { weights: w, mean, scale }
+    LinearModel {
+        weights: w,
+        mean,
+        scale,
+    }
 }
 
 #[cfg(test)]
@@ -93,13 +114,19 @@ mod tests {
         // Feature 0 tracks the gain, feature 1 is noise that anti-correlates a little.
         let groups: Vec<Group> = (0..20)
             .map(|q| {
-                let features = (0..6).map(|i| vec![i as f64 + 0.1 * q as f64, ((i * 7 + q) % 5) as f64]).collect();
+                let features = (0..6)
+                    .map(|i| vec![i as f64 + 0.1 * q as f64, ((i * 7 + q) % 5) as f64])
+                    .collect();
                 let gains = (0..6).map(|i| i as f64).collect();
                 Group { features, gains }
             })
             .collect();
         let model = train(&groups, TrainOptions::default());
-        assert!(model.weights[0] > 0.5 && model.weights[0] > model.weights[1].abs() * 3.0, "{:?}", model.weights);
+        assert!(
+            model.weights[0] > 0.5 && model.weights[0] > model.weights[1].abs() * 3.0,
+            "{:?}",
+            model.weights
+        );
         assert!(model.score(&[5.0, 0.0]) > model.score(&[1.0, 0.0]));
     }
 }

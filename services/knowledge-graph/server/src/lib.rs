@@ -350,7 +350,16 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let loaded = self.loaded()?;
-        let (entities, relations, triples) = loaded.store.counts().map_err(status)?;
+        // Counts come from the in-memory mirror, which takes a batch only after the store has
+        // flushed it: Stats never reports a batch that a crash could still lose.
+        let (entities, relations, triples) = {
+            let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+            (
+                graph.entity_count() as u64,
+                graph.relation_count() as u64,
+                graph.triple_count() as u64,
+            )
+        };
         Ok(Response::new(pb::StatsResponse {
             entities,
             relations,

@@ -190,45 +190,62 @@ impl Graph {
         Ok(())
     }
 
-    /// Inserts triples directly (no store): assigns ids, skips triples already present.
-    pub fn insert(&mut self, triples: &[Triple]) -> Inserted {
+    /// What inserting `triples` would change, without changing anything: existing names keep
+    /// their ids, new ones continue the numbering in order of first appearance, and triples
+    /// already present (or repeated in the batch) are left out. The store persists the plan,
+    /// then [`Graph::apply`] mirrors it, so lookups never touch the disk.
+    ///
+    /// # Complexity
+    /// O(triples x out-degree of their heads).
+    pub fn plan<'a>(&self, triples: &'a [Triple]) -> Inserted {
         let mut inserted = Inserted::default();
+        let mut fresh_entities: HashMap<&'a str, u32> = HashMap::new();
+        let mut fresh_relations: HashMap<&'a str, u32> = HashMap::new();
+        let mut seen: std::collections::HashSet<(u32, u32, u32)> = std::collections::HashSet::new();
         for triple in triples {
-            let h = self.intern_entity(&triple.head, &mut inserted);
-            let t = self.intern_entity(&triple.tail, &mut inserted);
-            let rel = match self.relation_index.get(&triple.relation) {
-                Some(&id) => id,
-                None => {
-                    let id = self.relations.len() as u32;
-                    self.relations.push(triple.relation.clone());
-                    self.relation_index.insert(triple.relation.clone(), id);
-                    inserted.new_relations.push((id, triple.relation.clone()));
-                    id
-                }
-            };
-            let (hn, tn) = (NodeIndex::new(h as usize), NodeIndex::new(t as usize));
-            if !self
-                .graph
-                .edges_connecting(hn, tn)
-                .any(|e| *e.weight() == rel)
-            {
-                self.graph.add_edge(hn, tn, rel);
+            let h = intern(
+                &self.index,
+                self.names.len(),
+                &mut fresh_entities,
+                &triple.head,
+                &mut inserted.new_entities,
+            );
+            let t = intern(
+                &self.index,
+                self.names.len(),
+                &mut fresh_entities,
+                &triple.tail,
+                &mut inserted.new_entities,
+            );
+            let rel = intern(
+                &self.relation_index,
+                self.relations.len(),
+                &mut fresh_relations,
+                &triple.relation,
+                &mut inserted.new_relations,
+            );
+            if !seen.insert((h, rel, t)) {
+                continue;
+            }
+            let known = (h as usize) < self.names.len()
+                && (t as usize) < self.names.len()
+                && self
+                    .graph
+                    .edges_connecting(NodeIndex::new(h as usize), NodeIndex::new(t as usize))
+                    .any(|e| *e.weight() == rel);
+            if !known {
                 inserted.new_triples.push((h, rel, t));
             }
         }
         inserted
     }
 
-    fn intern_entity(&mut self, name: &str, inserted: &mut Inserted) -> u32 {
-        if let Some(&id) = self.index.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.graph.add_node(());
-        self.names.push(name.to_string());
-        self.index.insert(name.to_string(), id);
-        inserted.new_entities.push((id, name.to_string()));
-        id
+    /// Inserts triples directly (no store): plans, then applies.
+    pub fn insert(&mut self, triples: &[Triple]) -> Inserted {
+        let inserted = self.plan(triples);
+        // A plan made from this graph always lines up with it.
+        let _ = self.apply(&inserted);
+        inserted
     }
 
     pub fn entity_id(&self, name: &str) -> Option<u32> {
@@ -545,6 +562,24 @@ impl Graph {
             trail.pop();
         }
     }
+}
+
+/// The id of `name`: known, already given in this batch, or the next free one.
+fn intern<'a>(
+    known: &HashMap<String, u32>,
+    base: usize,
+    fresh: &mut HashMap<&'a str, u32>,
+    name: &'a str,
+    out: &mut Vec<(u32, String)>,
+) -> u32 {
+    if let Some(&id) = known.get(name) {
+        return id;
+    }
+    let next = (base + fresh.len()) as u32;
+    *fresh.entry(name).or_insert_with(|| {
+        out.push((next, name.to_string()));
+        next
+    })
 }
 
 /// Notes a way into `v` at distance `d`. Returns true when `v` is reached for the first time.

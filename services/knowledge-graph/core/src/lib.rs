@@ -104,12 +104,13 @@ pub struct Inserted {
 /// Persistence of the graph. Implementations assign dense ids (0, 1, 2, ...) to entities and
 /// relations in insertion order, so the in-memory [`Graph`] can mirror them by index.
 pub trait TripleStore: Send + Sync {
-    /// Stores a batch atomically: after a crash either all of it is there or none.
-    /// Triples already stored are skipped (loading twice is idempotent).
+    /// Persists a plan made by [`Graph::plan`] atomically and durably: after a crash either
+    /// all of it is there or none. (The plan already left out triples that exist, so loading
+    /// twice is idempotent without the store reading anything.)
     ///
     /// # Errors
     /// `Storage` when the write fails; nothing of the batch is stored then.
-    fn insert(&self, triples: &[Triple]) -> Result<Inserted, KgError>;
+    fn persist(&self, inserted: &Inserted) -> Result<(), KgError>;
     /// Everything stored, to rebuild the in-memory graph at start.
     ///
     /// # Errors

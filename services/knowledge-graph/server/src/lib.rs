@@ -184,19 +184,25 @@ fn direction_pb(d: Direction) -> i32 {
     }
 }
 
-/// Applies one batch atomically to the store and then to the in-memory mirror.
+/// Plans a batch against the in-memory mirror (ids, duplicates: no disk reads), persists the
+/// plan atomically and durably, then mirrors it. The writer lock keeps plans in order.
 fn insert_batch(loaded: &Loaded, triples: &[Triple]) -> Result<usize, KgError> {
     let _writer = loaded
         .writer
         .lock()
         .map_err(|_| KgError::Storage("writer lock poisoned".into()))?;
-    let inserted = loaded.store.insert(triples)?;
-    let mut graph = loaded
+    let plan = loaded
+        .graph
+        .read()
+        .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
+        .plan(triples);
+    loaded.store.persist(&plan)?;
+    loaded
         .graph
         .write()
-        .map_err(|_| KgError::Storage("graph lock poisoned".into()))?;
-    graph.apply(&inserted)?;
-    Ok(inserted.new_triples.len())
+        .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
+        .apply(&plan)?;
+    Ok(plan.new_triples.len())
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::TrainProgress, Status>> + Send>>;

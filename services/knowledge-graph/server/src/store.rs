@@ -10,10 +10,9 @@
 //! | `m` counter name            | u64 BE       | entity/relation/triple counts |
 //!
 //! Ids are dense and assigned in insertion order, so the in-memory graph mirrors them by index.
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use souk_kg_core::{Inserted, KgError, Snapshot, Triple, TripleStore};
+use souk_kg_core::{Inserted, KgError, Snapshot, TripleStore};
 
 const ENTITIES: &[u8] = b"mentities";
 const RELATIONS: &[u8] = b"mrelations";
@@ -79,14 +78,6 @@ impl SledStore {
         }
     }
 
-    fn lookup(&self, prefix: u8, name: &str) -> Result<Option<u32>, KgError> {
-        self.tree
-            .get(key(prefix, name.as_bytes()))
-            .map_err(storage)?
-            .map(|v| be_u32(&v))
-            .transpose()
-    }
-
     /// Counts of (entities, relations, triples).
     ///
     /// # Errors
@@ -100,81 +91,15 @@ impl SledStore {
     }
 }
 
-/// Assigns ids to names new in this batch, continuing the stored numbering.
-struct Interner<'a> {
-    store: &'a SledStore,
-    prefix: u8,
-    next: u32,
-    fresh: HashMap<String, u32>,
-    out: Vec<(u32, String)>,
-}
-
-impl Interner<'_> {
-    fn id(&mut self, name: &str) -> Result<u32, KgError> {
-        if let Some(&id) = self.fresh.get(name) {
-            return Ok(id);
-        }
-        if let Some(id) = self.store.lookup(self.prefix, name)? {
-            self.fresh.insert(name.to_string(), id);
-            return Ok(id);
-        }
-        let id = self.next;
-        self.next = self
-            .next
-            .checked_add(1)
-            .ok_or_else(|| KgError::Storage("more than 2^32 ids".into()))?;
-        self.fresh.insert(name.to_string(), id);
-        self.out.push((id, name.to_string()));
-        Ok(id)
-    }
-}
-
 impl TripleStore for SledStore {
-    fn insert(&self, triples: &[Triple]) -> Result<Inserted, KgError> {
-        let (entities, relations, stored) = self.counts()?;
-        let mut ents = Interner {
-            store: self,
-            prefix: b'e',
-            next: entities as u32,
-            fresh: HashMap::new(),
-            out: Vec::new(),
-        };
-        let mut rels = Interner {
-            store: self,
-            prefix: b'r',
-            next: relations as u32,
-            fresh: HashMap::new(),
-            out: Vec::new(),
-        };
-        let mut seen = HashSet::new();
-        let mut new_triples = Vec::new();
-        for triple in triples {
-            let h = ents.id(&triple.head)?;
-            let r = rels.id(&triple.relation)?;
-            let t = ents.id(&triple.tail)?;
-            if !seen.insert((h, r, t)) {
-                continue;
-            }
-            if self
-                .tree
-                .contains_key(triple_key(b's', h, r, t))
-                .map_err(storage)?
-            {
-                continue;
-            }
-            new_triples.push((h, r, t));
-        }
-        let inserted = Inserted {
-            new_entities: ents.out,
-            new_relations: rels.out,
-            new_triples,
-        };
+    fn persist(&self, inserted: &Inserted) -> Result<(), KgError> {
         if inserted.new_triples.is_empty()
             && inserted.new_entities.is_empty()
             && inserted.new_relations.is_empty()
         {
-            return Ok(inserted);
+            return Ok(());
         }
+        let (entities, relations, stored) = self.counts()?;
         let mut batch = sled::Batch::default();
         for (id, name) in &inserted.new_entities {
             batch.insert(key(b'e', name.as_bytes()), &id.to_be_bytes());
@@ -204,7 +129,7 @@ impl TripleStore for SledStore {
         // batches or nothing of them.
         self.tree.apply_batch(batch).map_err(storage)?;
         self.db.flush().map_err(storage)?;
-        Ok(inserted)
+        Ok(())
     }
 
     fn snapshot(&self) -> Result<Snapshot, KgError> {
@@ -257,32 +182,39 @@ impl TripleStore for SledStore {
 mod tests {
     use super::*;
 
-    fn t(h: &str, r: &str, tl: &str) -> Triple {
-        Triple::new(h, r, tl).unwrap()
-    }
-
     #[test]
-    fn loading_twice_is_idempotent_and_survives_reopen() {
+    fn persisted_plans_survive_reopen_and_replanning_is_idempotent() {
+        use souk_kg_core::{Graph, Triple};
+        let t = |h: &str, r: &str, tl: &str| Triple::new(h, r, tl).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let batch = vec![t("a", "r", "b"), t("b", "r", "c"), t("a", "r", "b")];
         {
             let store = SledStore::open(dir.path()).unwrap();
-            let first = store.insert(&batch).unwrap();
+            let mut graph = Graph::default();
+            let plan = graph.plan(&batch);
             assert_eq!(
-                first.new_triples.len(),
+                plan.new_triples.len(),
                 2,
                 "the duplicate inside the batch counts once"
             );
-            assert_eq!(first.new_entities.len(), 3);
-            let second = store.insert(&batch).unwrap();
-            assert_eq!(second, Inserted::default());
+            assert_eq!(plan.new_entities.len(), 3);
+            store.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+            let again = graph.plan(&batch);
+            assert_eq!(again, Inserted::default(), "nothing new the second time");
+            store.persist(&again).unwrap();
             assert_eq!(store.counts().unwrap(), (3, 1, 2));
         }
         let store = SledStore::open(dir.path()).unwrap();
         let snapshot = store.snapshot().unwrap();
         assert_eq!(snapshot.entities, vec!["a", "b", "c"]);
         assert_eq!(snapshot.triples.len(), 2);
-        let graph = souk_kg_core::Graph::from_snapshot(snapshot).unwrap();
+        let graph = Graph::from_snapshot(snapshot).unwrap();
         assert_eq!(graph.triple_count(), 2);
+        assert_eq!(
+            graph.plan(&batch),
+            Inserted::default(),
+            "the rebuilt graph knows every triple"
+        );
     }
 }

@@ -82,13 +82,18 @@ struct VectorCache {
 }
 
 fn fnv1a(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl VectorCache {
     fn load(path: Option<&Path>, model: &str, dim: usize) -> Self {
-        let mut cache = Self { model: model.to_string(), dim, vectors: Default::default() };
+        let mut cache = Self {
+            model: model.to_string(),
+            dim,
+            vectors: Default::default(),
+        };
         let Some(bytes) = path.and_then(|p| std::fs::read(p).ok()) else {
             return cache;
         };
@@ -113,7 +118,8 @@ impl VectorCache {
         let mut out = format!("souk-vectors v1 {} {}\n", self.model, self.dim).into_bytes();
         for (hash, v) in &self.vectors {
             out.extend_from_slice(&hash.to_le_bytes());
-            v.iter().for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
+            v.iter()
+                .for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
         }
         std::fs::write(path, out).with_context(|| path.display().to_string())
     }
@@ -323,7 +329,13 @@ async fn features(
     }
     let vectors: Vec<Vec<f32>> = texts
         .iter()
-        .map(|t| cache.vectors.get(&fnv1a(t)).cloned().context("vector missing after embedding"))
+        .map(|t| {
+            cache
+                .vectors
+                .get(&fnv1a(t))
+                .cloned()
+                .context("vector missing after embedding")
+        })
         .collect::<anyhow::Result<_>>()?;
     let cos = |a: usize, b: usize| -> f64 {
         vectors[a]
@@ -382,9 +394,39 @@ async fn features(
                 .gains
                 .push(souk_ranker_core::eval::graded_gain(rows[m].label));
         }
+        add_relative_features(&mut group);
         groups.push((query.to_string(), group));
     }
     Ok(groups)
+}
+
+/// Appends, for the fusion only, each dense signal relative to the query's other candidates
+/// (z-score within the query) and the product of dense similarity and term overlap: a linear
+/// model cannot form either from the raw signals, and both carry "better than the alternatives".
+fn add_relative_features(group: &mut souk_ranker_core::fusion::Group) {
+    let n = group.features.len().max(1) as f64;
+    for signal in [0usize, 1] {
+        let mean = group.features.iter().map(|f| f[signal]).sum::<f64>() / n;
+        let sd = (group
+            .features
+            .iter()
+            .map(|f| (f[signal] - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        for f in &mut group.features {
+            let z = if sd > 1e-9 {
+                (f[signal] - mean) / sd
+            } else {
+                0.0
+            };
+            f.push(z);
+        }
+    }
+    for f in &mut group.features {
+        let product = f[0] * f[4];
+        f.push(product);
+    }
 }
 
 /// NDCG@k of ranking each group by `score`.
@@ -415,12 +457,30 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
     let k = args.k;
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
         (Some(dataset), _, _) => {
-            let groups = features(&read_judged(dataset)?, encoder_url, args.min_judged, args.cache.as_deref()).await?;
+            let groups = features(
+                &read_judged(dataset)?,
+                encoder_url,
+                args.min_judged,
+                args.cache.as_deref(),
+            )
+            .await?;
             (None, groups, args.folds.max(2))
         }
         (None, Some(train_file), Some(test_file)) => {
-            let tr = features(&read_judged(train_file)?, encoder_url, args.min_judged, args.cache.as_deref()).await?;
-            let te = features(&read_judged(test_file)?, encoder_url, args.min_judged, args.cache.as_deref()).await?;
+            let tr = features(
+                &read_judged(train_file)?,
+                encoder_url,
+                args.min_judged,
+                args.cache.as_deref(),
+            )
+            .await?;
+            let te = features(
+                &read_judged(test_file)?,
+                encoder_url,
+                args.min_judged,
+                args.cache.as_deref(),
+            )
+            .await?;
             (Some(tr), te, 1)
         }
         _ => anyhow::bail!("give --dataset FILE, or --train A --test B"),

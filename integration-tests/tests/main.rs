@@ -5,5 +5,6 @@
 mod common;
 mod degradation;
 mod encoder;
+mod eval;
 mod graph;
 mod suite;

@@ -71,6 +71,9 @@ pub struct SearchArgs {
     /// the same model. Embedding 11.8k Crowdflower texts takes ~20 min on 2 CPU cores.
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Leave product descriptions out (title-only signals; much faster to embed on CPU).
+    #[arg(long)]
+    pub titles_only: bool,
 }
 
 /// Vectors by text, persisted as a header line (format, model id, dimension), then records of
@@ -200,7 +203,7 @@ fn demojibake(s: &str) -> String {
         .replace("Â ", " ")
 }
 
-fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
+fn read_judged(path: &Path, titles_only: bool) -> anyhow::Result<Vec<Judged>> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let text = String::from_utf8_lossy(&bytes);
     let mut reader = csv::ReaderBuilder::new()
@@ -239,7 +242,11 @@ fn read_judged(path: &Path) -> anyhow::Result<Vec<Judged>> {
         out.push(Judged {
             query: demojibake(record.get(q).unwrap_or("").trim()),
             title: demojibake(record.get(t).unwrap_or("").trim()),
-            description: demojibake(record.get(d).unwrap_or("").trim()),
+            description: if titles_only {
+                String::new()
+            } else {
+                demojibake(record.get(d).unwrap_or("").trim())
+            },
             label,
         });
     }
@@ -452,13 +459,36 @@ fn mean_ndcg(
     total / groups.len().max(1) as f64
 }
 
+/// What `eval search` measured.
+#[derive(Debug, Clone)]
+pub struct SearchReport {
+    pub queries: usize,
+    /// (signal, NDCG@k) for each signal alone.
+    pub signals: Vec<(String, f64)>,
+    pub best_single: f64,
+    pub fused: f64,
+}
+
 async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
+    search_report(&args, encoder_url, true).await.map(|_| ())
+}
+
+/// Runs the search evaluation; prints the table when `print` is set.
+///
+/// # Errors
+/// Unreadable files, a malformed label, an unreachable encoder.
+pub async fn search_report(
+    args: &SearchArgs,
+    encoder_url: &str,
+    print: bool,
+) -> anyhow::Result<SearchReport> {
+    let mut signals = Vec::new();
     use souk_ranker_core::fusion::{TrainOptions, train};
     let k = args.k;
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
         (Some(dataset), _, _) => {
             let groups = features(
-                &read_judged(dataset)?,
+                &read_judged(dataset, args.titles_only)?,
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
@@ -468,14 +498,14 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
         }
         (None, Some(train_file), Some(test_file)) => {
             let tr = features(
-                &read_judged(train_file)?,
+                &read_judged(train_file, args.titles_only)?,
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
             )
             .await?;
             let te = features(
-                &read_judged(test_file)?,
+                &read_judged(test_file, args.titles_only)?,
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
@@ -487,31 +517,40 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
     };
     let test_refs: Vec<&souk_ranker_core::fusion::Group> =
         test_groups.iter().map(|(_, g)| g).collect();
-    println!(
-        "{} queries, {} judged products",
-        test_refs.len(),
-        test_refs.iter().map(|g| g.gains.len()).sum::<usize>()
-    );
-    println!("{:<22} ndcg@{k}", "signal");
+    if print {
+        println!(
+            "{} queries, {} judged products",
+            test_refs.len(),
+            test_refs.iter().map(|g| g.gains.len()).sum::<usize>()
+        );
+    }
+    if print {
+        println!("{:<22} ndcg@{k}", "signal");
+    }
     let mut best_single = 0.0f64;
     for (i, name) in SIGNALS.iter().enumerate() {
         let v = mean_ndcg(&test_refs, k, |x| x[i]);
         best_single = best_single.max(v);
-        println!("{name:<22} {v:.4}");
+        if print {
+            println!("{name:<22} {v:.4}");
+        }
+        signals.push((name.to_string(), v));
     }
     let fused = match train_groups {
         Some(train_groups) => {
             let refs: Vec<souk_ranker_core::fusion::Group> =
                 train_groups.into_iter().map(|(_, g)| g).collect();
             let model = train(&refs, TrainOptions::default());
-            println!(
-                "fusion weights (standardised): {:?}",
-                model
-                    .weights
-                    .iter()
-                    .map(|w| format!("{w:.3}"))
-                    .collect::<Vec<_>>()
-            );
+            if print {
+                println!(
+                    "fusion weights (standardised): {:?}",
+                    model
+                        .weights
+                        .iter()
+                        .map(|w| format!("{w:.3}"))
+                        .collect::<Vec<_>>()
+                );
+            }
             mean_ndcg(&test_refs, k, |x| model.score(x))
         }
         None => {
@@ -537,12 +576,19 @@ async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
     } else {
         "fit on --train".to_string()
     };
-    println!(
-        "{:<22} {fused:.4}  ({how}; best single signal {best_single:.4})",
-        "fused"
-    );
-    println!("ndcg@{k} fused={fused:.3}");
-    Ok(())
+    if print {
+        println!(
+            "{:<22} {fused:.4}  ({how}; best single signal {best_single:.4})",
+            "fused"
+        );
+        println!("ndcg@{k} fused={fused:.3}");
+    }
+    Ok(SearchReport {
+        queries: test_refs.len(),
+        signals,
+        best_single,
+        fused,
+    })
 }
 
 fn rec(args: RecArgs) -> anyhow::Result<()> {

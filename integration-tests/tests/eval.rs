@@ -9,7 +9,10 @@ use crate::common::*;
 async fn fused_search_beats_every_single_signal_on_held_out_queries() {
     let source = repo_root().join("../shared/datasets/search/crowdflower-dev.csv");
     if !source.is_file() {
-        eprintln!("skipped: {} is absent (it is present in CI)", source.display());
+        eprintln!(
+            "skipped: {} is absent (it is present in CI)",
+            source.display()
+        );
         return;
     }
     let mut reader = csv::Reader::from_path(&source).unwrap();
@@ -38,10 +41,20 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         cache: None,
         titles_only: true,
     };
-    let report = soukctl::eval::search_report(&args, &shared_encoder().await, false).await.unwrap();
+    let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
+        .await
+        .unwrap();
     assert!(report.queries >= 50, "{} queries evaluated", report.queries);
-    let dense = report.signals.iter().find(|(n, _)| n == "dense(title)").unwrap().1;
-    assert!(dense > 0.75, "MiniLM alone is far above random (0.72): {dense}");
+    let dense = report
+        .signals
+        .iter()
+        .find(|(n, _)| n == "dense(title)")
+        .unwrap()
+        .1;
+    assert!(
+        dense > 0.75,
+        "MiniLM alone is far above random (0.72): {dense}"
+    );
     assert!(
         report.fused > report.best_single,
         "fused {:.4} must beat the best single signal {:.4}: {:?}",

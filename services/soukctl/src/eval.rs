@@ -47,6 +47,9 @@ pub struct RecArgs {
     /// Graph weight mu when not tuning.
     #[arg(long, default_value_t = 0.5)]
     pub mu: f64,
+    /// Also evaluate DLAE (dropout linear autoencoder), tuned on the validation split.
+    #[arg(long)]
+    pub dlae: bool,
 }
 
 #[derive(Debug, Args)]
@@ -693,6 +696,49 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
         measure(
             format!("ease + kg (lambda={lambda}, mu={mu})"),
             &fused,
+            t.elapsed().as_secs_f64(),
+        );
+    }
+    if args.dlae {
+        let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
+        let side = groups.as_deref().unwrap_or(&[]);
+        let mut best = (f64::MIN, 0.0, 0.0, 0.0);
+        let mus: &[f64] = if groups.is_some() {
+            &[0.0, 0.5]
+        } else {
+            &[0.0]
+        };
+        for &p in &[0.1, 0.25, 0.33, 0.5] {
+            for &lambda in &[10.0, 50.0, 100.0, 200.0] {
+                for &m in mus {
+                    let model = Ease::fit_dlae(&validation.train, side, m, lambda, p)?;
+                    let r = validation.evaluate(k, args.threads, |h| model.scores(h)).0;
+                    println!("  validation: dlae p={p} lambda={lambda} mu={m} recall@{k}={r:.4}");
+                    if r > best.0 {
+                        best = (r, p, lambda, m);
+                    }
+                }
+            }
+        }
+        let (_, p, lambda, m) = best;
+        if m > 0.0 {
+            // The same model without the graph, to show what the graph adds.
+            let t = Instant::now();
+            let model = Ease::fit_dlae(&split.train, side, 0.0, lambda, p)?;
+            measure(
+                format!("dlae (p={p}, lambda={lambda})"),
+                &model,
+                t.elapsed().as_secs_f64(),
+            );
+        }
+        let t = Instant::now();
+        let model = Ease::fit_dlae(&split.train, side, m, lambda, p)?;
+        measure(
+            format!(
+                "dlae{} (p={p}, lambda={lambda}, mu={m})",
+                if m > 0.0 { " + kg" } else { "" }
+            ),
+            &model,
             t.elapsed().as_secs_f64(),
         );
     }

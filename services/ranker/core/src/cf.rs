@@ -175,6 +175,56 @@ impl Ease {
     }
 }
 
+impl Ease {
+    /// DLAE (Steck 2020, "Autoencoders that don't overfit towards the identity"): a linear
+    /// autoencoder trained with dropout `p` on its input, in closed form:
+    /// B = (G + L)^-1 G = I - P L with L = diag(p / (1 - p) * diag(G)) + lambda I. Dropout
+    /// penalises popular items' self-weights instead of forcing a zero diagonal.
+    ///
+    /// # Errors
+    /// As [`Ease::fit`]; `p` must be in [0, 1).
+    pub fn fit_dlae(
+        data: &Interactions,
+        side: &[Vec<u32>],
+        mu: f64,
+        lambda: f64,
+        p: f64,
+    ) -> Result<Self, crate::RankError> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(crate::RankError::InvalidInput(format!(
+                "dropout p must be in [0, 1), got {p}"
+            )));
+        }
+        let n = data.n_items;
+        let mut g = data.gram();
+        if mu > 0.0 {
+            let w = mu * mu;
+            for items in side {
+                for &a in items {
+                    let row = &mut g[a as usize * n..(a as usize + 1) * n];
+                    for &b in items {
+                        row[b as usize] += w;
+                    }
+                }
+            }
+        }
+        let penalty: Vec<f64> = (0..n)
+            .map(|i| lambda + p / (1.0 - p) * g[i * n + i])
+            .collect();
+        for i in 0..n {
+            g[i * n + i] += penalty[i];
+        }
+        let inv = spd_inverse(g, n)?;
+        let mut b = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                b[i * n + j] = if i == j { 1.0 } else { 0.0 } - inv[i * n + j] * penalty[j];
+            }
+        }
+        Ok(Self { b, n })
+    }
+}
+
 impl Recommender for Ease {
     fn scores(&self, history: &[u32]) -> Vec<f64> {
         let mut s = vec![0.0; self.n];

@@ -337,6 +337,8 @@ mod tests {
         }
         assert!(
             spd_inverse(vec![1.0, 2.0, 2.0, 1.0], 2).is_err(),
+        let pair = Interactions { n_items: 2, users: vec![vec![0, 1]] };
+        assert!(Ease::fit_dlae(&pair, &[], 0.0, 1.0, 1.0).is_err(), "dropout 1 is refused");
             "indefinite"
         );
     }
@@ -354,10 +356,13 @@ mod tests {
                 vec![0, 1, 2],
             ],
         };
-        for model in [
-            Box::new(Ease::fit(&data, 1.0).unwrap()) as Box<dyn Recommender>,
+        let models: Vec<Box<dyn Recommender>> = vec![
+            Box::new(Ease::fit(&data, 1.0).unwrap()),
+            Box::new(Ease::fit_dlae(&data, &[], 0.0, 1.0, 0.25).unwrap()),
+            Box::new(Ease::fit_with_side(&data, &[vec![0, 1]], 0.5, 1.0).unwrap()),
             Box::new(ItemKnn::fit(&data, 10)),
-        ] {
+        ];
+        for model in models {
             let s = model.scores(&[0]);
             assert!(s[1] > s[2] && s[1] > s[3], "{s:?}");
             let top = top_k(&s, &[0].into_iter().collect(), 1);

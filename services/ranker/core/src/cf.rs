@@ -337,9 +337,15 @@ mod tests {
         }
         assert!(
             spd_inverse(vec![1.0, 2.0, 2.0, 1.0], 2).is_err(),
-        let pair = Interactions { n_items: 2, users: vec![vec![0, 1]] };
-        assert!(Ease::fit_dlae(&pair, &[], 0.0, 1.0, 1.0).is_err(), "dropout 1 is refused");
             "indefinite"
+        );
+        let pair = Interactions {
+            n_items: 2,
+            users: vec![vec![0, 1]],
+        };
+        assert!(
+            Ease::fit_dlae(&pair, &[], 0.0, 1.0, 1.0).is_err(),
+            "dropout 1 is refused"
         );
     }
 

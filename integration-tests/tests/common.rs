@@ -192,6 +192,37 @@ pub fn quiet() -> soukctl::LoadOptions {
     }
 }
 
+/// Loads kg-data/ (graph, catalog, events) through soukctl's loaders, as `souk demo` does.
+pub async fn load_demo(kg_url: &str, ranker_url: &str) {
+    let data = repo_root().join("kg-data");
+    let none = None;
+    soukctl::load_triples(
+        channel(kg_url).await,
+        &data.join("triples.tsv"),
+        None,
+        &quiet(),
+        &none,
+    )
+    .await
+    .unwrap();
+    soukctl::load_catalog(
+        channel(ranker_url).await,
+        &data.join("products.csv"),
+        &quiet(),
+        &none,
+    )
+    .await
+    .unwrap();
+    soukctl::load_events(
+        channel(ranker_url).await,
+        &data.join("events.csv"),
+        &quiet(),
+        &none,
+    )
+    .await
+    .unwrap();
+}
+
 /// A graph and a ranker with the demo shop loaded, on the shared encoder.
 pub struct Shop {
     pub kg: Running,
@@ -205,32 +236,7 @@ pub async fn demo_shop() -> Shop {
     let encoder_url = shared_encoder().await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg.url()).await;
-    let data = repo_root().join("kg-data");
-    soukctl::load_triples(
-        channel(&kg.url()).await,
-        &data.join("triples.tsv"),
-        None,
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
-    soukctl::load_catalog(
-        channel(&ranker.url()).await,
-        &data.join("products.csv"),
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
-    soukctl::load_events(
-        channel(&ranker.url()).await,
-        &data.join("events.csv"),
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
+    load_demo(&kg.url(), &ranker.url()).await;
     Shop {
         kg,
         ranker,

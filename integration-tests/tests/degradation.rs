@@ -11,32 +11,7 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     wait_serving(&encoder.url()).await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder.url(), &kg.url()).await;
-    let data = repo_root().join("kg-data");
-    soukctl::load_triples(
-        channel(&kg.url()).await,
-        &data.join("triples.tsv"),
-        None,
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
-    soukctl::load_catalog(
-        channel(&ranker.url()).await,
-        &data.join("products.csv"),
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
-    soukctl::load_events(
-        channel(&ranker.url()).await,
-        &data.join("events.csv"),
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
+    load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let search = |q: &str| rk::RankRequest {
         query: q.into(),

@@ -25,6 +25,25 @@ impl Interactions {
         counts
     }
 
+    /// X'X + mu^2 S'S: co-occurrence counts plus side-information groups (each group of items
+    /// acts as one pseudo-user of weight mu), dense row-major n x n.
+    fn gram_with_side(&self, side: &[Vec<u32>], mu: f64) -> Vec<f64> {
+        let n = self.n_items;
+        let mut g = self.gram();
+        if mu > 0.0 {
+            let w = mu * mu;
+            for items in side {
+                for &a in items {
+                    let row = &mut g[a as usize * n..(a as usize + 1) * n];
+                    for &b in items {
+                        row[b as usize] += w;
+                    }
+                }
+            }
+        }
+        g
+    }
+
     /// X'X: co-occurrence counts, dense row-major n x n.
     fn gram(&self) -> Vec<f64> {
         let n = self.n_items;
@@ -147,18 +166,7 @@ impl Ease {
         lambda: f64,
     ) -> Result<Self, crate::RankError> {
         let n = data.n_items;
-        let mut g = data.gram();
-        if mu > 0.0 {
-            let w = mu * mu;
-            for items in side {
-                for &a in items {
-                    let row = &mut g[a as usize * n..(a as usize + 1) * n];
-                    for &b in items {
-                        row[b as usize] += w;
-                    }
-                }
-            }
-        }
+        let mut g = data.gram_with_side(side, mu);
         for i in 0..n {
             g[i * n + i] += lambda;
         }
@@ -196,18 +204,7 @@ impl Ease {
             )));
         }
         let n = data.n_items;
-        let mut g = data.gram();
-        if mu > 0.0 {
-            let w = mu * mu;
-            for items in side {
-                for &a in items {
-                    let row = &mut g[a as usize * n..(a as usize + 1) * n];
-                    for &b in items {
-                        row[b as usize] += w;
-                    }
-                }
-            }
-        }
+        let mut g = data.gram_with_side(side, mu);
         let penalty: Vec<f64> = (0..n)
             .map(|i| lambda + p / (1.0 - p) * g[i * n + i])
             .collect();

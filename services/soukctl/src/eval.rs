@@ -708,16 +708,45 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
         } else {
             &[0.0]
         };
-        for &p in &[0.1, 0.25, 0.33, 0.5] {
-            for &lambda in &[10.0, 50.0, 100.0, 200.0] {
-                for &m in mus {
-                    let model = Ease::fit_dlae(&validation.train, side, m, lambda, p)?;
-                    let r = validation.evaluate(k, args.threads, |h| model.scores(h)).0;
-                    println!("  validation: dlae p={p} lambda={lambda} mu={m} recall@{k}={r:.4}");
-                    if r > best.0 {
-                        best = (r, p, lambda, m);
-                    }
-                }
+        // Each fit is single-threaded and O(n^3): run the grid on `threads` workers.
+        let grid: Vec<(f64, f64, f64)> = [0.1, 0.25, 0.33, 0.5]
+            .into_iter()
+            .flat_map(|p| {
+                [10.0, 50.0, 100.0, 200.0]
+                    .into_iter()
+                    .flat_map(move |l| mus.iter().map(move |&m| (p, l, m)))
+            })
+            .collect();
+        let results: Vec<anyhow::Result<(f64, f64, f64, f64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = grid
+                .chunks(grid.len().div_ceil(args.threads.max(1)))
+                .map(|chunk| {
+                    let validation = &validation;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(p, lambda, m)| {
+                                let model = Ease::fit_dlae(&validation.train, side, m, lambda, p)?;
+                                let r = validation.evaluate(k, 1, |h| model.scores(h)).0;
+                                println!("  validation: dlae p={p} lambda={lambda} mu={m} recall@{k}={r:.4}");
+                                Ok((r, p, lambda, m))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(anyhow::anyhow!("a fit panicked"))])
+                })
+                .collect()
+        });
+        for result in results {
+            let candidate = result?;
+            if candidate.0 > best.0 {
+                best = candidate;
             }
         }
         let (_, p, lambda, m) = best;

@@ -1,8 +1,7 @@
-//! A reduced search evaluation on real data (Crowdflower, first 60 queries, titles only), through
-//! the same code as `soukctl eval search` and the real encoder: the learned fusion, scored only on
-//! queries it was not trained on, must beat every signal alone.
-use std::collections::BTreeSet;
-
+//! A reduced search evaluation on real data (Crowdflower, all 173 queries, titles only: embedding
+//! the long descriptions takes ~20 min on 2 cores), through the same code as `soukctl eval search`
+//! and the real encoder: the learned fusion, scored only on queries it was not trained on (5-fold),
+//! must beat every signal alone. (On a 60-query slice it did not: too few queries to learn from.)
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -15,24 +14,8 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         );
         return;
     }
-    let mut reader = csv::Reader::from_path(&source).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let dir = tempfile::tempdir().unwrap();
-    let reduced = dir.path().join("reduced.csv");
-    let mut writer = csv::Writer::from_path(&reduced).unwrap();
-    writer.write_record(&headers).unwrap();
-    let mut queries = BTreeSet::new();
-    for record in reader.records() {
-        let record = record.unwrap();
-        let query = record.get(1).unwrap().to_string();
-        if queries.len() < 60 || queries.contains(&query) {
-            queries.insert(query);
-            writer.write_record(&record).unwrap();
-        }
-    }
-    writer.flush().unwrap();
     let args = soukctl::eval::SearchArgs {
-        dataset: Some(reduced),
+        dataset: Some(source),
         folds: 5,
         train: None,
         test: None,
@@ -44,7 +27,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
         .unwrap();
-    assert!(report.queries >= 50, "{} queries evaluated", report.queries);
+    assert_eq!(report.queries, 173, "every query with >= 5 judged products");
     let dense = report
         .signals
         .iter()

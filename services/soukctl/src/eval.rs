@@ -709,10 +709,10 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
             &[0.0]
         };
         // Each fit is single-threaded and O(n^3): run the grid on `threads` workers.
-        let grid: Vec<(f64, f64, f64)> = [0.1, 0.25, 0.33, 0.5]
+        let grid: Vec<(f64, f64, f64)> = [0.25, 0.5, 0.6, 0.7]
             .into_iter()
             .flat_map(|p| {
-                [10.0, 50.0, 100.0, 200.0]
+                [50.0, 100.0, 200.0]
                     .into_iter()
                     .flat_map(move |l| mus.iter().map(move |&m| (p, l, m)))
             })

@@ -216,21 +216,47 @@ mod tests {
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
     use tonic_health::pb::health_client::HealthClient;
 
-    #[tokio::test]
-    async fn health_says_serving_only_after_ready() {
+    /// A bare server on 127.0.0.1:0, running; a health client to it; its stop switch.
+    struct Running {
+        health: Health,
+        metrics: Arc<Metrics>,
+        client: HealthClient<tonic::transport::Channel>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    }
+
+    async fn start() -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = GrpcServer::new("test", ServerOptions::default())
             .await
             .unwrap();
-        let health = server.health();
+        let (health, metrics) = (server.health(), server.metrics());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
         let channel =
             crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
-        let mut client = HealthClient::new(channel);
+        let client = HealthClient::new(channel);
+        Running {
+            health,
+            metrics,
+            client,
+            stop,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn health_says_serving_only_after_ready() {
+        let Running {
+            health,
+            metrics: _,
+            mut client,
+            stop,
+            task,
+        } = start().await;
         let check = |c: &mut HealthClient<_>| {
             let mut c = c.clone();
             async move {
@@ -253,24 +279,18 @@ mod tests {
     #[tokio::test]
     async fn every_rpc_is_counted_and_timed_on_the_metrics_endpoint() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = GrpcServer::new("test", ServerOptions::default())
-            .await
-            .unwrap();
-        let metrics = server.metrics();
+        let Running {
+            health: _,
+            metrics,
+            mut client,
+            stop,
+            task,
+        } = start().await;
         let (http, _task) = metrics
             .clone()
             .spawn_http("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        let channel =
-            crate::client::lazy_channel(&addr.to_string(), Duration::from_secs(5)).unwrap();
-        let mut client = HealthClient::new(channel);
         for _ in 0..3 {
             client
                 .check(HealthCheckRequest {

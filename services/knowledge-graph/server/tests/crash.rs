@@ -33,14 +33,34 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_souk-kg"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// The server process, killed when the test ends however it ends (a failed assertion must not
+/// leave a `souk-kg` running).
+struct Server(Child);
+
+impl Server {
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap(); // SIGKILL
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &std::path::Path, port: u16) -> Server {
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_souk-kg"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 async fn connect(port: u16) -> KnowledgeGraphClient<Channel> {
@@ -96,14 +116,13 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.kill_9();
     assert!(
         load.await.unwrap().is_err(),
         "the interrupted stream must not report success"
     );
 
-    let mut server = spawn(dir.path(), port);
+    let _server = spawn(dir.path(), port);
     let mut client = connect(port).await;
     let after = triples(&mut client).await;
     assert!(
@@ -131,8 +150,6 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
         .into_inner();
     assert_eq!(stats.triples, (BATCH * BATCHES) as u64);
     assert_eq!(stats.entities, (BATCHES * (BATCH + 1)) as u64);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 fn futures_iter(

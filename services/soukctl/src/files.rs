@@ -21,6 +21,9 @@ impl std::fmt::Display for LineError {
     }
 }
 
+/// A file's rows, each parsed or the reason it could not be.
+pub type Rows<T> = Box<dyn Iterator<Item = Result<T, LineError>> + Send>;
+
 /// Triple file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TripleFormat {
@@ -80,7 +83,7 @@ pub fn triples<R: Read + Send + 'static>(
     path: &Path,
     reader: R,
     format: TripleFormat,
-) -> Box<dyn Iterator<Item = Result<Triple, LineError>> + Send> {
+) -> Rows<Triple> {
     let file = path.to_path_buf();
     match format {
         TripleFormat::Tsv | TripleFormat::Nt => {
@@ -255,7 +258,7 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     reader: R,
     required: &'static [&'static str],
     parse: fn(&Columns, &csv::StringRecord) -> Result<T, String>,
-) -> Box<dyn Iterator<Item = Result<T, LineError>> + Send> {
+) -> Rows<T> {
     let file = path.to_path_buf();
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
     let columns = match reader.headers() {
@@ -291,10 +294,7 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
 }
 
 /// Items of a catalog CSV.
-pub fn catalog<R: Read + Send + 'static>(
-    path: &Path,
-    reader: R,
-) -> Box<dyn Iterator<Item = Result<rk::Item, LineError>> + Send> {
+pub fn catalog<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk::Item> {
     csv_rows(path, reader, &["id", "title", "price"], catalog_row)
 }
 
@@ -348,10 +348,7 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
 }
 
 /// Events of an events CSV.
-pub fn events<R: Read + Send + 'static>(
-    path: &Path,
-    reader: R,
-) -> Box<dyn Iterator<Item = Result<rk::Interaction, LineError>> + Send> {
+pub fn events<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk::Interaction> {
     csv_rows(path, reader, &["user_id", "item_id", "kind"], event_row)
 }
 
@@ -359,7 +356,7 @@ pub fn events<R: Read + Send + 'static>(
 mod tests {
     use super::*;
 
-    fn errors<T>(it: Box<dyn Iterator<Item = Result<T, LineError>> + Send>) -> Vec<String> {
+    fn errors<T>(it: Rows<T>) -> Vec<String> {
         it.filter_map(Result::err).map(|e| e.to_string()).collect()
     }
 

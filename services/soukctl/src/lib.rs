@@ -13,8 +13,7 @@
 //! ```
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -278,23 +277,40 @@ fn progress(size: u64, quiet: bool, label: &str) -> ProgressBar {
     bar
 }
 
-/// Reads rows on a blocking thread and hands batches to `send` as a stream. Bad lines are
-/// collected; past `max_errors` the reader stops (the batches already sent stay loaded).
-async fn stream_batches<T, Req, Resp, F, Fut>(
-    rows: Box<dyn Iterator<Item = Result<T, LineError>> + Send>,
-    counter: Arc<AtomicU64>,
-    bar: ProgressBar,
-    options: &LoadOptions,
+/// What a load needs to know about one file format and one RPC.
+struct Load<T, Req> {
+    /// Progress-bar label and the noun in messages ("triples", "items", "events").
+    what: &'static str,
+    /// Rows per batch when `--batch-size` is not given.
     default_batch: usize,
+    /// Parses the opened file into rows.
+    rows: Box<dyn FnOnce(files::Counting<std::fs::File>) -> files::Rows<T>>,
+    /// Wraps one batch of rows into the streamed request message.
     wrap: fn(Vec<T>) -> Req,
+}
+
+/// Reads `path` on a blocking thread and hands batches to `send` as one client stream (with the
+/// admin token attached). Bad lines are collected; past `max_errors` the reader stops, the
+/// batches already sent stay loaded, and the load fails saying so.
+async fn load_file<T, Req, Resp, F, Fut>(
+    path: &Path,
+    options: &LoadOptions,
+    token: &Option<String>,
+    load: Load<T, Req>,
     send: F,
 ) -> anyhow::Result<(LoadReport, Option<Resp>)>
 where
     T: Send + 'static,
     Req: Send + 'static,
-    F: FnOnce(ReceiverStream<Req>) -> Fut,
+    F: FnOnce(tonic::Request<ReceiverStream<Req>>) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, tonic::Status>>,
 {
+    let (reader, size) = files::open(path)?;
+    let counter = reader.read.clone();
+    let rows = (load.rows)(reader);
+    let bar = progress(size, options.quiet, load.what);
+    let default_batch = load.default_batch;
+    let wrap = load.wrap;
     let started = Instant::now();
     let batch_size = options.batch_size.unwrap_or(default_batch).max(1);
     let (tx, rx) = tokio::sync::mpsc::channel::<Req>(4);
@@ -346,21 +362,23 @@ where
     let response = if dry_run {
         None
     } else {
-        Some(send(ReceiverStream::new(rx)).await)
+        Some(send(with_token(ReceiverStream::new(rx), token)?).await)
     };
     let mut report = reader.await.context("file reader failed")?;
     report.elapsed = started.elapsed();
     bar.finish_and_clear();
     report.print_errors();
-    match response {
-        Some(Err(status)) => Err(anyhow::anyhow!(
+    let response = response.transpose().map_err(|status| {
+        anyhow::anyhow!(
             "the service refused the load: {:?}: {}",
             status.code(),
             status.message()
-        )),
-        Some(Ok(r)) => Ok((report, Some(r))),
-        None => Ok((report, None)),
+        )
+    })?;
+    if report.stopped {
+        return Err(stopped_error(&report, path, load.what));
     }
+    Ok((report, response))
 }
 
 fn stopped_error(report: &LoadReport, path: &Path, what: &str) -> anyhow::Error {
@@ -393,20 +411,14 @@ pub async fn load_triples(
                 path.display()
             )
         })?;
-    let (reader, size) = files::open(path)?;
-    let counter = reader.read.clone();
-    let rows = files::triples(path, reader, format);
     let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel)
         .max_decoding_message_size(64 << 20);
-    let token = token.clone();
-    let bar = progress(size, options.quiet, "triples");
-    let result = stream_batches(
-        rows,
-        counter,
-        bar,
-        options,
-        10_000,
-        |triples| kg::LoadTriplesRequest {
+    let file = path.to_path_buf();
+    let load = Load {
+        what: "triples",
+        default_batch: 10_000,
+        rows: Box::new(move |reader| files::triples(&file, reader, format)),
+        wrap: |triples| kg::LoadTriplesRequest {
             triples: triples
                 .into_iter()
                 .map(|t| kg::Triple {
@@ -416,17 +428,11 @@ pub async fn load_triples(
                 })
                 .collect(),
         },
-        |stream| async move {
-            let request = with_token(stream, &token)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            client.load_triples(request).await.map(|r| r.into_inner())
-        },
-    )
-    .await?;
-    if result.0.stopped {
-        return Err(stopped_error(&result.0, path, "triples"));
-    }
-    Ok(result)
+    };
+    load_file(path, options, token, load, |request| async move {
+        client.load_triples(request).await.map(|r| r.into_inner())
+    })
+    .await
 }
 
 /// Loads a catalog CSV into the ranker.
@@ -439,30 +445,18 @@ pub async fn load_catalog(
     options: &LoadOptions,
     token: &Option<String>,
 ) -> anyhow::Result<(LoadReport, Option<rk::UpsertItemsResponse>)> {
-    let (reader, size) = files::open(path)?;
-    let counter = reader.read.clone();
-    let rows = files::catalog(path, reader);
     let mut client = rk::ranker_client::RankerClient::new(channel);
-    let token = token.clone();
-    let bar = progress(size, options.quiet, "items");
-    let result = stream_batches(
-        rows,
-        counter,
-        bar,
-        options,
-        64,
-        |items| rk::UpsertItemsRequest { items },
-        |stream| async move {
-            let request = with_token(stream, &token)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            client.upsert_items(request).await.map(|r| r.into_inner())
-        },
-    )
-    .await?;
-    if result.0.stopped {
-        return Err(stopped_error(&result.0, path, "items"));
-    }
-    Ok(result)
+    let file = path.to_path_buf();
+    let load = Load {
+        what: "items",
+        default_batch: 64,
+        rows: Box::new(move |reader| files::catalog(&file, reader)),
+        wrap: |items| rk::UpsertItemsRequest { items },
+    };
+    load_file(path, options, token, load, |request| async move {
+        client.upsert_items(request).await.map(|r| r.into_inner())
+    })
+    .await
 }
 
 /// Loads an events CSV into the ranker.
@@ -475,33 +469,21 @@ pub async fn load_events(
     options: &LoadOptions,
     token: &Option<String>,
 ) -> anyhow::Result<(LoadReport, Option<rk::RecordInteractionsResponse>)> {
-    let (reader, size) = files::open(path)?;
-    let counter = reader.read.clone();
-    let rows = files::events(path, reader);
     let mut client = rk::ranker_client::RankerClient::new(channel);
-    let token = token.clone();
-    let bar = progress(size, options.quiet, "events");
-    let result = stream_batches(
-        rows,
-        counter,
-        bar,
-        options,
-        2_000,
-        |interactions| rk::RecordInteractionsRequest { interactions },
-        |stream| async move {
-            let request = with_token(stream, &token)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            client
-                .record_interactions(request)
-                .await
-                .map(|r| r.into_inner())
-        },
-    )
-    .await?;
-    if result.0.stopped {
-        return Err(stopped_error(&result.0, path, "events"));
-    }
-    Ok(result)
+    let file = path.to_path_buf();
+    let load = Load {
+        what: "events",
+        default_batch: 2_000,
+        rows: Box::new(move |reader| files::events(&file, reader)),
+        wrap: |interactions| rk::RecordInteractionsRequest { interactions },
+    };
+    load_file(path, options, token, load, |request| async move {
+        client
+            .record_interactions(request)
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
 }
 
 /// Prints a ranking as a numbered list with reasons.

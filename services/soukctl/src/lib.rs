@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod eval;
 pub mod files;
+pub mod kgembed;
 
 use files::{LineError, TripleFormat};
 
@@ -137,6 +138,34 @@ pub enum KgCommand {
         max_hops: u32,
         #[arg(long, default_value_t = 3)]
         limit: u32,
+    },
+    /// Train entity/relation embeddings on the service's graph (progress is streamed).
+    Train(kgembed::EmbedArgs),
+    /// Link-prediction benchmark on a dataset directory (train/valid/test.txt), run locally:
+    /// train on train, select on valid, filtered MRR and Hits@1/3/10 on test.
+    Eval(kgembed::KgEvalArgs),
+    /// Entities closest to one in embedding space.
+    Similar {
+        entity: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Only entities whose id starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Most plausible missing tails of (head, relation) or heads of (relation, tail).
+    Predict {
+        #[arg(long, default_value = "")]
+        head: String,
+        #[arg(long)]
+        relation: String,
+        #[arg(long, default_value = "")]
+        tail: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Leave out links already in the graph.
+        #[arg(long)]
+        new_only: bool,
     },
 }
 
@@ -553,6 +582,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
         Command::Eval(command) => eval::run(command, &ep.encoder).await?,
+        Command::Kg(KgCommand::Eval(args)) => {
+            tokio::task::spawn_blocking(move || kgembed::eval(&args)).await??;
+        }
+        Command::Kg(KgCommand::Train(args)) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
+            let mut stream = client
+                .train_embeddings(with_token(args.request(), &ep.token)?)
+                .await?
+                .into_inner();
+            while let Some(progress) = stream.message().await? {
+                if progress.done {
+                    println!("embeddings stored and serving");
+                } else {
+                    println!(
+                        "epoch {:>4}/{} loss {:.4} {:>8.0} triples/s",
+                        progress.epoch, progress.epochs, progress.loss, progress.triples_per_second
+                    );
+                }
+            }
+        }
+        Command::Kg(KgCommand::Similar {
+            entity,
+            limit,
+            prefix,
+        }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
+            let r = client
+                .similar_entities(kg::SimilarEntitiesRequest {
+                    entity,
+                    limit,
+                    prefix,
+                })
+                .await?
+                .into_inner();
+            for e in &r.entities {
+                println!("{:.4}  {}", e.score, e.entity);
+            }
+        }
+        Command::Kg(KgCommand::Predict {
+            head,
+            relation,
+            tail,
+            limit,
+            new_only,
+        }) => {
+            let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
+                connect(&ep.kg, "knowledge graph").await?,
+            );
+            let r = client
+                .predict_links(kg::PredictLinksRequest {
+                    head,
+                    relation,
+                    tail,
+                    limit,
+                    filter_known: new_only,
+                })
+                .await?
+                .into_inner();
+            for e in &r.entities {
+                println!("{:.4}  {}", e.score, e.entity);
+            }
+        }
         Command::Kg(KgCommand::Load {
             files,
             options,

@@ -1,0 +1,193 @@
+//! `soukctl kg train | eval | similar | predict`: knowledge-graph embeddings.
+//!
+//! `kg eval` runs locally on a dataset directory with the same training and scoring code the
+//! service uses (`souk-kg-embed`); `kg train` asks the service to train on its graph and
+//! streams the progress; `similar` and `predict` query the stored embeddings.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use souk_kg_embed::eval::Filter;
+use souk_kg_embed::{Config, Dataset, Embeddings, Metrics, Model, evaluate};
+use souk_proto::kg::v1 as kg;
+
+/// Hyper-parameters shared by `kg train` and `kg eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EmbedArgs {
+    /// transe, distmult or rotate.
+    #[arg(long, default_value = "rotate")]
+    pub model: Model,
+    /// Vector size (RotatE: complex numbers, so 2x floats per entity).
+    #[arg(long, default_value_t = 200)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Negative samples per positive triple.
+    #[arg(long, default_value_t = 128)]
+    pub negatives: usize,
+    /// Adam step size.
+    #[arg(long = "lr", default_value_t = 1e-3)]
+    pub learning_rate: f32,
+    /// γ of TransE and RotatE.
+    #[arg(long, default_value_t = 6.0)]
+    pub margin: f32,
+    /// Self-adversarial sampling temperature α (0: uniform weights).
+    #[arg(long = "adversarial", default_value_t = 0.5)]
+    pub adversarial_temperature: f32,
+    /// L2 weight on the touched embeddings (useful for DistMult).
+    #[arg(long = "reg", default_value_t = 0.0)]
+    pub regularization: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Worker threads; 0 is one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl EmbedArgs {
+    #[must_use]
+    pub fn config(&self) -> Config {
+        Config {
+            model: self.model,
+            dim: self.dim,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            negatives: self.negatives,
+            learning_rate: self.learning_rate,
+            margin: self.margin,
+            adversarial_temperature: self.adversarial_temperature,
+            regularization: self.regularization,
+            seed: self.seed,
+            threads: self.threads,
+        }
+    }
+
+    #[must_use]
+    pub fn request(&self) -> kg::TrainEmbeddingsRequest {
+        kg::TrainEmbeddingsRequest {
+            model: model_pb(self.model) as i32,
+            dim: self.dim as u32,
+            epochs: self.epochs as u32,
+            batch_size: self.batch_size as u32,
+            negatives: self.negatives as u32,
+            learning_rate: self.learning_rate,
+            margin: self.margin,
+            seed: self.seed,
+            adversarial_temperature: self.adversarial_temperature,
+            regularization: self.regularization,
+            threads: self.threads as u32,
+        }
+    }
+}
+
+#[must_use]
+pub fn model_pb(model: Model) -> kg::EmbeddingModel {
+    match model {
+        Model::TransE => kg::EmbeddingModel::Transe,
+        Model::DistMult => kg::EmbeddingModel::Distmult,
+        Model::RotatE => kg::EmbeddingModel::Rotate,
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KgEvalArgs {
+    /// A directory with train.txt, valid.txt and test.txt (head<TAB>relation<TAB>tail).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    #[command(flatten)]
+    pub embed: EmbedArgs,
+    /// Evaluate on the validation split every N epochs and keep the best epoch's embeddings
+    /// for the test; 0 checks only after the last epoch.
+    #[arg(long, default_value_t = 10)]
+    pub valid_every: usize,
+    /// Validation triples used for selection (the first N; 0 = all). Filtered ranking against
+    /// every entity is the slow part of an evaluation.
+    #[arg(long, default_value_t = 1000)]
+    pub valid_triples: usize,
+    /// Stop when this many validation checks in a row did not improve MRR (0: never).
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+}
+
+/// Trains on train, keeps the epoch with the best validation MRR, reports filtered metrics on
+/// test. The last printed line is the test result (`mrr=… hits@1=… hits@3=… hits@10=…`).
+///
+/// # Errors
+/// A bad dataset or configuration.
+pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
+    let started = Instant::now();
+    let dataset = Dataset::load_dir(&args.dataset)?;
+    let config = args.embed.config();
+    config.validate()?;
+    println!(
+        "dataset {}: {} entities, {} relations, {} / {} / {} train / valid / test triples",
+        args.dataset.display(),
+        dataset.entities.len(),
+        dataset.relations.len(),
+        dataset.train.len(),
+        dataset.valid.len(),
+        dataset.test.len()
+    );
+    println!("config {config:?}");
+    let filter = Filter::new([
+        dataset.train.as_slice(),
+        dataset.valid.as_slice(),
+        dataset.test.as_slice(),
+    ]);
+    let valid: &[[u32; 3]] = if args.valid_triples == 0 {
+        &dataset.valid
+    } else {
+        &dataset.valid[..args.valid_triples.min(dataset.valid.len())]
+    };
+    let mut best: Option<(f64, usize, Embeddings)> = None;
+    let mut since_best = 0usize;
+    let mut train_seconds = 0.0f32;
+    let trained = souk_kg_embed::train::train(
+        &config,
+        dataset.entities.len(),
+        dataset.relations.len(),
+        &dataset.train,
+        |report, embeddings| {
+            train_seconds += report.seconds;
+            println!(
+                "epoch {:>4}/{} loss {:.4} {:>8.0} triples/s {:.2} s",
+                report.epoch, report.epochs, report.loss, report.triples_per_second, report.seconds
+            );
+            let check = report.epoch == report.epochs
+                || (args.valid_every > 0 && report.epoch % args.valid_every == 0);
+            if !check {
+                return true;
+            }
+            let metrics = evaluate(embeddings, valid, &filter);
+            let improved = best.as_ref().is_none_or(|(mrr, _, _)| metrics.mrr > *mrr);
+            println!(
+                "  valid ({} triples) {metrics}{}",
+                valid.len(),
+                if improved { "  (best)" } else { "" }
+            );
+            if improved {
+                best = Some((metrics.mrr, report.epoch, embeddings.clone()));
+                since_best = 0;
+            } else {
+                since_best += 1;
+            }
+            args.patience == 0 || since_best < args.patience
+        },
+    )?;
+    let (valid_mrr, epoch, embeddings) =
+        best.unwrap_or((f64::NAN, trained.reports.len(), trained.embeddings));
+    let eval_started = Instant::now();
+    let metrics = evaluate(&embeddings, &dataset.test, &filter);
+    println!(
+        "test: best validation epoch {epoch} (valid mrr {valid_mrr:.3}); training {train_seconds:.0} s, test ranking {:.0} s, total {:.0} s",
+        eval_started.elapsed().as_secs_f32(),
+        started.elapsed().as_secs_f32()
+    );
+    println!(
+        "mrr={:.3} hits@1={:.3} hits@3={:.3} hits@10={:.3}",
+        metrics.mrr, metrics.hits_at_1, metrics.hits_at_3, metrics.hits_at_10
+    );
+    Ok(metrics)
+}

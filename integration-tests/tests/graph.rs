@@ -207,3 +207,187 @@ async fn admin_rpcs_need_the_token_when_one_is_set() {
         .into_inner();
     assert_eq!(n.total, 1);
 }
+
+/// Trains RotatE through `TrainEmbeddings` on the demo graph, then checks what a user of the
+/// embeddings would notice: the stored brand of an item is among the top predictions for most
+/// items (random would put it at ~1/1000), similar entities respect the prefix, vectors survive
+/// a restart bit for bit, and bad requests get the right codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn trained_embeddings_predict_known_links_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let file = repo_root().join("kg-data/triples.tsv");
+    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+        .await
+        .unwrap();
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+
+    let request = |model: kg::EmbeddingModel| kg::TrainEmbeddingsRequest {
+        model: model as i32,
+        dim: 32,
+        epochs: 60,
+        batch_size: 256,
+        negatives: 64,
+        learning_rate: 0.01,
+        seed: 7,
+        ..Default::default()
+    };
+    let status = client
+        .train_embeddings(request(kg::EmbeddingModel::Unspecified))
+        .await
+        .err()
+        .expect("an unspecified model is refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut bad = request(kg::EmbeddingModel::Rotate);
+    bad.learning_rate = -1.0;
+    assert_eq!(
+        client.train_embeddings(bad).await.err().unwrap().code(),
+        Code::InvalidArgument
+    );
+
+    let mut stream = client
+        .train_embeddings(request(kg::EmbeddingModel::Rotate))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut progress = Vec::new();
+    while let Some(p) = stream.message().await.unwrap() {
+        progress.push(p);
+    }
+    assert_eq!(progress.len(), 61, "one message per epoch, then done");
+    assert!(progress.last().unwrap().done);
+    assert!(
+        progress[59].loss < progress[0].loss * 0.5,
+        "loss {} -> {}",
+        progress[0].loss,
+        progress[59].loss
+    );
+    let stats = client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.embedding_model, kg::EmbeddingModel::Rotate as i32);
+
+    // Known links: for every item, where does its stored brand rank among predicted tails?
+    let text = std::fs::read_to_string(&file).unwrap();
+    let brands: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[1] == "brand").then(|| (f[0], f[2]))
+        })
+        .take(60)
+        .collect();
+    let mut reciprocal = 0.0;
+    for (item, brand) in &brands {
+        let predicted = client
+            .predict_links(kg::PredictLinksRequest {
+                head: (*item).into(),
+                relation: "brand".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(rank) = predicted.entities.iter().position(|e| e.entity == *brand) {
+            reciprocal += 1.0 / (rank + 1) as f64;
+        }
+    }
+    let mrr = reciprocal / brands.len() as f64;
+    assert!(mrr > 0.5, "brand MRR@10 on trained links {mrr:.3}");
+
+    let new_only = client
+        .predict_links(kg::PredictLinksRequest {
+            head: brands[0].0.into(),
+            relation: "brand".into(),
+            limit: 5,
+            filter_known: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(new_only.entities.iter().all(|e| e.entity != brands[0].1));
+
+    let similar = client
+        .similar_entities(kg::SimilarEntitiesRequest {
+            entity: "item:p00001".into(),
+            limit: 5,
+            prefix: "item:".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(similar.entities.len(), 5);
+    assert!(
+        similar
+            .entities
+            .iter()
+            .all(|e| e.entity.starts_with("item:") && e.entity != "item:p00001")
+    );
+    assert!(
+        similar
+            .entities
+            .windows(2)
+            .all(|w| w[0].score >= w[1].score)
+    );
+
+    for (request, code) in [
+        (
+            kg::SimilarEntitiesRequest {
+                entity: "ghost".into(),
+                limit: 5,
+                prefix: String::new(),
+            },
+            Code::NotFound,
+        ),
+        (
+            kg::SimilarEntitiesRequest {
+                entity: "item:p00001".into(),
+                limit: 0,
+                prefix: String::new(),
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(
+            client.similar_entities(request).await.unwrap_err().code(),
+            code
+        );
+    }
+    let both = client
+        .predict_links(kg::PredictLinksRequest {
+            head: "item:p00001".into(),
+            tail: "brand:Pixelon".into(),
+            relation: "brand".into(),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+
+    let lookup = kg::EntityEmbeddingsRequest {
+        entities: vec!["item:p00001".into(), "ghost".into()],
+    };
+    let before = client
+        .entity_embeddings(lookup.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.missing, ["ghost"]);
+    assert_eq!(
+        before.embeddings[0].values.len(),
+        64,
+        "RotatE: 32 complex numbers"
+    );
+
+    server.stop().await.unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
+    assert_eq!(after.embeddings[0].values, before.embeddings[0].values);
+    assert_eq!(after.model, kg::EmbeddingModel::Rotate as i32);
+}

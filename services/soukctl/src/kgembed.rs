@@ -30,6 +30,9 @@ pub struct EmbedArgs {
     /// Adam step size.
     #[arg(long = "lr", default_value_t = 1e-3)]
     pub learning_rate: f32,
+    /// Divide the learning rate by 10 after this epoch (0: never).
+    #[arg(long = "lr-drop-at", default_value_t = 0)]
+    pub lr_drop_epoch: usize,
     /// γ of TransE and RotatE.
     #[arg(long, default_value_t = 6.0)]
     pub margin: f32,
@@ -56,6 +59,7 @@ impl EmbedArgs {
             batch_size: self.batch_size,
             negatives: self.negatives,
             learning_rate: self.learning_rate,
+            lr_drop_epoch: self.lr_drop_epoch,
             margin: self.margin,
             adversarial_temperature: self.adversarial_temperature,
             regularization: self.regularization,
@@ -75,9 +79,10 @@ impl EmbedArgs {
             learning_rate: self.learning_rate,
             margin: self.margin,
             seed: self.seed,
-            adversarial_temperature: self.adversarial_temperature,
+            adversarial_temperature: Some(self.adversarial_temperature),
             regularization: self.regularization,
             threads: self.threads as u32,
+            lr_drop_epoch: self.lr_drop_epoch as u32,
         }
     }
 }
@@ -109,6 +114,9 @@ pub struct KgEvalArgs {
     /// Stop when this many validation checks in a row did not improve MRR (0: never).
     #[arg(long, default_value_t = 3)]
     pub patience: usize,
+    /// Only train and report epoch times (for speed comparisons): no validation, no test.
+    #[arg(long)]
+    pub train_only: bool,
 }
 
 /// Trains on train, keeps the epoch with the best validation MRR, reports filtered metrics on
@@ -155,8 +163,9 @@ pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
                 "epoch {:>4}/{} loss {:.4} {:>8.0} triples/s {:.2} s",
                 report.epoch, report.epochs, report.loss, report.triples_per_second, report.seconds
             );
-            let check = report.epoch == report.epochs
-                || (args.valid_every > 0 && report.epoch % args.valid_every == 0);
+            let check = !args.train_only
+                && (report.epoch == report.epochs
+                    || (args.valid_every > 0 && report.epoch % args.valid_every == 0));
             if !check {
                 return true;
             }
@@ -176,6 +185,15 @@ pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
             args.patience == 0 || since_best < args.patience
         },
     )?;
+    if args.train_only {
+        let seconds: Vec<f32> = trained.reports.iter().map(|r| r.seconds).collect();
+        let mean = seconds.iter().sum::<f32>() / seconds.len().max(1) as f32;
+        println!(
+            "souk seconds/epoch {mean:.2} ({} triples/s)",
+            (dataset.train.len() as f32 / mean).round()
+        );
+        return Ok(Metrics::default());
+    }
     let (valid_mrr, epoch, embeddings) =
         best.unwrap_or((f64::NAN, trained.reports.len(), trained.embeddings));
     let eval_started = Instant::now();

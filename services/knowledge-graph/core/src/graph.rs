@@ -279,6 +279,33 @@ impl Graph {
             + self.graph.edges_directed(node, Incoming).count()
     }
 
+    /// Entities joined to `id` by `relation`: tails of `(id, relation, ?)` for `Out`, heads of
+    /// `(?, relation, id)` for `In`, both for `Both`. O(degree).
+    pub fn linked(&self, id: u32, relation: u32, direction: Direction) -> Vec<u32> {
+        let node = NodeIndex::new(id as usize);
+        if node.index() >= self.graph.node_count() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if matches!(direction, Direction::Out | Direction::Both) {
+            out.extend(
+                self.graph
+                    .edges_directed(node, Outgoing)
+                    .filter(|e| *e.weight() == relation)
+                    .map(|e| e.target().index() as u32),
+            );
+        }
+        if matches!(direction, Direction::In | Direction::Both) {
+            out.extend(
+                self.graph
+                    .edges_directed(node, Incoming)
+                    .filter(|e| *e.weight() == relation)
+                    .map(|e| e.source().index() as u32),
+            );
+        }
+        out
+    }
+
     /// Every triple as ids, for training and export.
     pub fn triples(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
         self.graph.edge_references().map(|e| {

@@ -79,8 +79,10 @@ impl std::str::FromStr for Model {
     }
 }
 
-/// Hyper-parameters of one training run.
+/// Hyper-parameters of one training run. Stored with the embeddings (JSON; fields added later
+/// read as their defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Config {
     pub model: Model,
     /// Vector size; RotatE entities hold `dim` complex numbers (`2 * dim` floats).
@@ -91,6 +93,9 @@ pub struct Config {
     /// Corrupted triples per positive (head or tail, alternating by batch).
     pub negatives: usize,
     pub learning_rate: f32,
+    /// After this epoch the learning rate drops tenfold (the RotatE code's schedule drops it at
+    /// half the steps); 0 keeps it constant.
+    pub lr_drop_epoch: usize,
     /// `γ`: the margin of the distance models (TransE, RotatE); DistMult ignores it.
     pub margin: f32,
     /// Self-adversarial temperature `α`; 0 weighs negatives uniformly.
@@ -111,6 +116,7 @@ impl Default for Config {
             batch_size: 512,
             negatives: 128,
             learning_rate: 1e-3,
+            lr_drop_epoch: 0,
             margin: 6.0,
             adversarial_temperature: 0.5,
             regularization: 0.0,
@@ -150,6 +156,12 @@ impl Config {
             return bad(format!(
                 "learning rate must be in (0, 10), got {}",
                 self.learning_rate
+            ));
+        }
+        if self.lr_drop_epoch > self.epochs {
+            return bad(format!(
+                "the learning-rate drop epoch {} is past the last epoch {}",
+                self.lr_drop_epoch, self.epochs
             ));
         }
         if !(self.margin.is_finite() && self.margin > 0.0) {

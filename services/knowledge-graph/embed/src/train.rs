@@ -285,7 +285,11 @@ pub fn train_from(
                     relation_touched[row as usize] = true;
                 }
             }
-            let lr = config.learning_rate;
+            let lr = if config.lr_drop_epoch > 0 && epoch > config.lr_drop_epoch {
+                config.learning_rate / 10.0
+            } else {
+                config.learning_rate
+            };
             let bias1 = 1.0 - BETA1.powi(step);
             let bias2 = 1.0 - BETA2.powi(step);
             let grads_ref = &grads;

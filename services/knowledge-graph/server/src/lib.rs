@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -22,8 +23,11 @@ use souk_shared::server::GrpcServer;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod embeddings;
 pub mod store;
 
+use embeddings::Served;
+use souk_kg_embed::{Config, Model, Side};
 use store::SledStore;
 
 /// Flags of `souk-kg`.
@@ -80,9 +84,11 @@ pub async fn serve(
         let started = std::time::Instant::now();
         let store = SledStore::open(&data_dir)?;
         let graph = Graph::from_snapshot(store.snapshot()?)?;
+        let served = embeddings::load(store.db())?;
         tracing::info!(
             entities = graph.entity_count(),
             triples = graph.triple_count(),
+            embeddings = served.as_ref().map(|s| s.config.model.name()),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "graph rebuilt from the store"
         );
@@ -90,6 +96,8 @@ pub async fn serve(
             store,
             graph: RwLock::new(graph),
             writer: Mutex::new(()),
+            embeddings: RwLock::new(served),
+            training: AtomicBool::new(false),
         })
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -136,6 +144,19 @@ struct Loaded {
     graph: RwLock<Graph>,
     /// One writer at a time: the store assigns ids and the graph must mirror them in order.
     writer: Mutex<()>,
+    /// The trained embeddings in service, if any.
+    embeddings: RwLock<Option<Arc<Served>>>,
+    /// Set while a training run holds the trainer (one at a time: it uses every core).
+    training: AtomicBool,
+}
+
+/// Clears `Loaded::training` when a run ends, however it ends.
+struct TrainingSlot(Arc<Loaded>);
+
+impl Drop for TrainingSlot {
+    fn drop(&mut self) {
+        self.0.training.store(false, Ordering::Release);
+    }
 }
 
 struct KgService {
@@ -318,37 +339,221 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
 
     async fn entity_embeddings(
         &self,
-        _request: Request<pb::EntityEmbeddingsRequest>,
+        request: Request<pb::EntityEmbeddingsRequest>,
     ) -> Result<Response<pb::EntityEmbeddingsResponse>, Status> {
-        self.loaded()?;
-        Err(no_embeddings())
+        let request = request.into_inner();
+        if request.entities.len() > MAX_LOOKUP {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_LOOKUP} entities per request, got {}",
+                request.entities.len()
+            )));
+        }
+        let loaded = self.loaded()?;
+        let served = served(&loaded)?;
+        let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+        let mut response = pb::EntityEmbeddingsResponse {
+            model: model_pb(served.config.model) as i32,
+            ..Default::default()
+        };
+        for entity in request.entities {
+            match graph
+                .entity_id(&entity)
+                .and_then(|id| served.embeddings.entity(id))
+            {
+                Some(row) => response.embeddings.push(pb::EntityEmbedding {
+                    entity,
+                    values: row.to_vec(),
+                }),
+                None => response.missing.push(entity),
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn similar_entities(
         &self,
-        _request: Request<pb::SimilarEntitiesRequest>,
+        request: Request<pb::SimilarEntitiesRequest>,
     ) -> Result<Response<pb::SimilarEntitiesResponse>, Status> {
-        self.loaded()?;
-        Err(no_embeddings())
+        let request = request.into_inner();
+        let limit = check_limit(request.limit)?;
+        let loaded = self.loaded()?;
+        let served = served(&loaded)?;
+        let found = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+            let id = known_entity(&graph, &request.entity)?;
+            let row = trained_row(&served, id, &request.entity)?;
+            let norm = served.norms[id as usize].max(f32::MIN_POSITIVE);
+            let width = served.embeddings.entity_width();
+            let scored = served
+                .embeddings
+                .entities
+                .chunks_exact(width)
+                .zip(&served.norms)
+                .enumerate()
+                .filter(|&(other, _)| other as u32 != id)
+                .filter(|&(other, _)| {
+                    request.prefix.is_empty()
+                        || graph
+                            .entity_name(other as u32)
+                            .is_some_and(|n| n.starts_with(&request.prefix))
+                })
+                .map(|(other, (v, n))| {
+                    let dot: f32 = v.iter().zip(row).map(|(a, b)| a * b).sum();
+                    (other as u32, dot / (norm * n.max(f32::MIN_POSITIVE)))
+                });
+            Ok(named_top(&graph, scored, limit))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("similarity task failed: {e}")))??;
+        Ok(Response::new(pb::SimilarEntitiesResponse {
+            entities: found,
+        }))
     }
 
     async fn predict_links(
         &self,
-        _request: Request<pb::PredictLinksRequest>,
+        request: Request<pb::PredictLinksRequest>,
     ) -> Result<Response<pb::PredictLinksResponse>, Status> {
-        self.loaded()?;
-        Err(no_embeddings())
+        let request = request.into_inner();
+        let limit = check_limit(request.limit)?;
+        let (side, known_name) = match (request.head.is_empty(), request.tail.is_empty()) {
+            (false, true) => (Side::Tail, request.head),
+            (true, false) => (Side::Head, request.tail),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of head (to predict tails) or tail (to predict heads)",
+                ));
+            }
+        };
+        if request.relation.is_empty() {
+            return Err(Status::invalid_argument("relation is required"));
+        }
+        let loaded = self.loaded()?;
+        let served = served(&loaded)?;
+        let found = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+            let known = known_entity(&graph, &known_name)?;
+            trained_row(&served, known, &known_name)?;
+            let relation = graph.relation_id(&request.relation).ok_or_else(|| {
+                Status::not_found(format!("unknown relation {:?}", request.relation))
+            })?;
+            let scores = served.embeddings.score_all(side, known, relation);
+            if scores.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "relation {:?} was added after the embeddings were trained; train again",
+                    request.relation
+                )));
+            }
+            let exclude: std::collections::HashSet<u32> = if request.filter_known {
+                let direction = match side {
+                    Side::Tail => Direction::Out,
+                    Side::Head => Direction::In,
+                };
+                graph
+                    .linked(known, relation, direction)
+                    .into_iter()
+                    .collect()
+            } else {
+                Default::default()
+            };
+            let scored = scores
+                .into_iter()
+                .enumerate()
+                .map(|(id, s)| (id as u32, s))
+                .filter(|(id, _)| !exclude.contains(id));
+            Ok(named_top(&graph, scored, limit))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("prediction task failed: {e}")))??;
+        Ok(Response::new(pb::PredictLinksResponse { entities: found }))
     }
 
     type TrainEmbeddingsStream = ProgressStream;
 
     async fn train_embeddings(
         &self,
-        _request: Request<pb::TrainEmbeddingsRequest>,
+        request: Request<pb::TrainEmbeddingsRequest>,
     ) -> Result<Response<Self::TrainEmbeddingsStream>, Status> {
-        Err(Status::unimplemented(
-            "embedding training is not built yet (tracked by the knowledge-graph issue)",
-        ))
+        let config = train_config(&request.into_inner())?;
+        let loaded = self.loaded()?;
+        let (triples, entities, relations) = {
+            let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+            let triples: Vec<[u32; 3]> = graph.triples().map(|(h, r, t)| [h, r, t]).collect();
+            (triples, graph.entity_count(), graph.relation_count())
+        };
+        if triples.is_empty() {
+            return Err(Status::failed_precondition(
+                "the graph is empty: load triples before training",
+            ));
+        }
+        if loaded
+            .training
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Status::aborted(
+                "a training run is already in progress; wait for it to finish",
+            ));
+        }
+        let slot = TrainingSlot(loaded);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::TrainProgress, Status>>(16);
+        tokio::task::spawn_blocking(move || {
+            let loaded = &slot.0;
+            let started = std::time::Instant::now();
+            let result =
+                souk_kg_embed::train::train(&config, entities, relations, &triples, |report, _| {
+                    // A caller that went away cancels the run: nothing is stored.
+                    tx.blocking_send(Ok(pb::TrainProgress {
+                        epoch: report.epoch as u32,
+                        epochs: report.epochs as u32,
+                        loss: report.loss,
+                        triples_per_second: report.triples_per_second,
+                        done: false,
+                    }))
+                    .is_ok()
+                });
+            let trained = match result {
+                Ok(trained) if trained.stopped_early => {
+                    tracing::info!("embedding training cancelled: the caller went away");
+                    return;
+                }
+                Ok(trained) => trained,
+                Err(error) => {
+                    let _ = tx.blocking_send(Err(Status::invalid_argument(error.to_string())));
+                    return;
+                }
+            };
+            let served = Served::new(config, trained.embeddings, triples.len());
+            if let Err(error) = embeddings::save(loaded.store.db(), &served) {
+                let _ = tx.blocking_send(Err(status(error)));
+                return;
+            }
+            let model = served.config.model.name();
+            match loaded.embeddings.write() {
+                Ok(mut current) => *current = Some(Arc::new(served)),
+                Err(_) => {
+                    let _ = tx.blocking_send(Err(lock_poisoned()));
+                    return;
+                }
+            }
+            tracing::info!(
+                model,
+                triples = triples.len(),
+                seconds = started.elapsed().as_secs_f32(),
+                "embeddings trained and serving"
+            );
+            let last = trained.reports.last();
+            let _ = tx.blocking_send(Ok(pb::TrainProgress {
+                epoch: last.map_or(0, |r| r.epoch as u32),
+                epochs: last.map_or(0, |r| r.epochs as u32),
+                loss: last.map_or(0.0, |r| r.loss),
+                triples_per_second: last.map_or(0.0, |r| r.triples_per_second),
+                done: true,
+            }));
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn stats(
@@ -371,11 +576,131 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             relations,
             triples,
             store_bytes: loaded.store.size_on_disk(),
-            embedding_model: pb::EmbeddingModel::Unspecified as i32,
+            embedding_model: loaded
+                .embeddings
+                .read()
+                .map_err(|_| lock_poisoned())?
+                .as_ref()
+                .map_or(pb::EmbeddingModel::Unspecified, |s| {
+                    model_pb(s.config.model)
+                }) as i32,
         }))
     }
 }
 
-fn no_embeddings() -> Status {
-    Status::failed_precondition("no entity embeddings are trained in this graph")
+/// Most entities one `EntityEmbeddings` call may ask for.
+const MAX_LOOKUP: usize = 10_000;
+/// Most results of `SimilarEntities` and `PredictLinks`.
+const MAX_RESULTS: u32 = 1_000;
+
+fn check_limit(limit: u32) -> Result<usize, Status> {
+    if (1..=MAX_RESULTS).contains(&limit) {
+        Ok(limit as usize)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "limit must be 1..={MAX_RESULTS}, got {limit}"
+        )))
+    }
+}
+
+fn served(loaded: &Loaded) -> Result<Arc<Served>, Status> {
+    loaded
+        .embeddings
+        .read()
+        .map_err(|_| lock_poisoned())?
+        .clone()
+        .ok_or_else(|| {
+            Status::failed_precondition(
+                "no entity embeddings are trained in this graph; run `soukctl kg train`",
+            )
+        })
+}
+
+fn known_entity(graph: &Graph, name: &str) -> Result<u32, Status> {
+    graph
+        .entity_id(name)
+        .ok_or_else(|| Status::not_found(format!("unknown entity {name:?}")))
+}
+
+fn trained_row<'a>(served: &'a Served, id: u32, name: &str) -> Result<&'a [f32], Status> {
+    served.embeddings.entity(id).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "entity {name:?} was added after the embeddings were trained; train again"
+        ))
+    })
+}
+
+/// The `limit` best `(id, score)` pairs, named, best first (NaN scores are dropped).
+fn named_top(
+    graph: &Graph,
+    scored: impl Iterator<Item = (u32, f32)>,
+    limit: usize,
+) -> Vec<pb::ScoredEntity> {
+    let mut all: Vec<(u32, f32)> = scored.filter(|(_, s)| !s.is_nan()).collect();
+    let cut = limit.min(all.len());
+    if cut < all.len() {
+        all.select_nth_unstable_by(cut, |a, b| b.1.total_cmp(&a.1));
+        all.truncate(cut);
+    }
+    all.sort_by(|a, b| b.1.total_cmp(&a.1));
+    all.into_iter()
+        .filter_map(|(id, score)| {
+            graph.entity_name(id).map(|name| pb::ScoredEntity {
+                entity: name.to_owned(),
+                score,
+            })
+        })
+        .collect()
+}
+
+fn model_pb(model: Model) -> pb::EmbeddingModel {
+    match model {
+        Model::TransE => pb::EmbeddingModel::Transe,
+        Model::DistMult => pb::EmbeddingModel::Distmult,
+        Model::RotatE => pb::EmbeddingModel::Rotate,
+    }
+}
+
+/// A training request as a [`Config`]: zero means the documented default.
+fn train_config(request: &pb::TrainEmbeddingsRequest) -> Result<Config, Status> {
+    let model = match pb::EmbeddingModel::try_from(request.model) {
+        Ok(pb::EmbeddingModel::Transe) => Model::TransE,
+        Ok(pb::EmbeddingModel::Distmult) => Model::DistMult,
+        Ok(pb::EmbeddingModel::Rotate) => Model::RotatE,
+        _ => {
+            return Err(Status::invalid_argument(
+                "model must be TRANSE, DISTMULT or ROTATE",
+            ));
+        }
+    };
+    let defaults = Config::default();
+    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    let config = Config {
+        model,
+        dim: or(request.dim, defaults.dim),
+        epochs: or(request.epochs, defaults.epochs),
+        batch_size: or(request.batch_size, defaults.batch_size),
+        negatives: or(request.negatives, defaults.negatives),
+        learning_rate: if request.learning_rate == 0.0 {
+            defaults.learning_rate
+        } else {
+            request.learning_rate
+        },
+        margin: if request.margin == 0.0 {
+            defaults.margin
+        } else {
+            request.margin
+        },
+        adversarial_temperature: request
+            .adversarial_temperature
+            .unwrap_or(defaults.adversarial_temperature),
+        lr_drop_epoch: request.lr_drop_epoch as usize,
+        regularization: request.regularization,
+        seed: request.seed,
+        threads: request.threads as usize,
+    };
+    config
+        .validate()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(config)
 }

@@ -78,6 +78,11 @@ impl SledStore {
         }
     }
 
+    /// The database, for the embeddings' trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Counts of (entities, relations, triples).
     ///
     /// # Errors

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod metrics;
 pub mod server;
 pub mod shed;

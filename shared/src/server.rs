@@ -17,6 +17,7 @@ use tower::ServiceBuilder;
 
 use crate::Error;
 use crate::auth::AdminAuthLayer;
+use crate::deadline::DeadlineLayer;
 use crate::metrics::Metrics;
 use crate::shed::LoadShedLayer;
 
@@ -117,7 +118,8 @@ impl GrpcServer {
     }
 
     /// Routes a tonic service; `admin` lists its methods (by name, e.g. `"LoadTriples"`) that
-    /// need the admin token.
+    /// need the admin token. Admin methods are bulk operations (streamed loads, training): they
+    /// get no server-side default deadline, only the one their caller sets.
     pub fn add_service<S>(&mut self, service: S, admin: &[&str]) -> &mut Self
     where
         S: tower::Service<
@@ -191,9 +193,12 @@ impl GrpcServer {
                 options.admin_token.as_deref(),
                 &self.admin_methods,
             ))
+            .layer(DeadlineLayer::new(
+                options.request_timeout,
+                &self.admin_methods,
+            ))
             .into_inner();
         let result = Server::builder()
-            .timeout(options.request_timeout)
             .tcp_nodelay(true)
             .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
             .layer(layers)

@@ -293,9 +293,147 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     }))
 }
 
-/// Items of a catalog CSV.
+/// Quoted strings (`'...'` or `"..."`) in order of appearance: the elements of a Python-list
+/// string such as `['footwear', "women's footwear"]`.
+fn quoted_strings(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(['\'', '"']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        let body = &rest[start + 1..];
+        match body.find(quote) {
+            Some(end) => {
+                out.push(&body[..end]);
+                rest = &body[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// `key`/`value` pairs of a specification string, in either the Python form
+/// `[{'key': 'Type', 'value': 'Bellies'}]` or the Ruby form
+/// `{"product_specification"=>[{"key"=>"Type", "value"=>"Bellies"}]}`. Entries without a key
+/// are skipped.
+fn specification_pairs(text: &str) -> Vec<(String, String)> {
+    let strings = quoted_strings(text);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 3 < strings.len() {
+        if strings[i] == "key" && strings[i + 2] == "value" {
+            out.push((
+                strings[i + 1].trim().to_string(),
+                strings[i + 3].trim().to_string(),
+            ));
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Attributes kept per Flipkart item, and the longest key or value kept.
+const MAX_ATTRIBUTES: usize = 24;
+const MAX_ATTRIBUTE_CHARS: usize = 80;
+
+/// One row of the Flipkart export (`../shared/datasets/catalog/flipkart-1k.csv` and the full
+/// 20k-product crawl it comes from): `pid` is the id, the category tree is a Python-list string
+/// whose last element often repeats the product name (dropped), the brand falls back to the
+/// specification's `Brand`, the price is the discounted price (what a shopper pays).
+fn flipkart_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item, String> {
+    let id = match columns.get(record, "pid") {
+        "" => columns.get(record, "uniq_id"),
+        pid => pid,
+    };
+    if id.is_empty() {
+        return Err("pid and uniq_id are both empty".into());
+    }
+    let title = columns.get(record, "product_name");
+    if title.is_empty() {
+        return Err(format!("item {id:?}: product_name is empty"));
+    }
+    let price_text = match columns.get(record, "discounted_price") {
+        "" => columns.get(record, "retail_price"),
+        p => p,
+    };
+    let price: f64 = price_text.parse().map_err(|_| {
+        format!("item {id:?}: discounted_price/retail_price {price_text:?} is not a number")
+    })?;
+    if !price.is_finite() || price < 0.0 {
+        return Err(format!(
+            "item {id:?}: price must be finite and >= 0, got {price_text}"
+        ));
+    }
+    let tree = columns.get(record, "product_category_tree");
+    let mut category: Vec<String> = quoted_strings(tree)
+        .into_iter()
+        .flat_map(|s| s.split(">>"))
+        .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|c| !c.is_empty())
+        .collect();
+    if category.len() > 1
+        && category
+            .last()
+            .is_some_and(|last| last.eq_ignore_ascii_case(title) || category.len() > 4)
+    {
+        category.pop();
+    }
+    let specs = specification_pairs(columns.get(record, "product_specifications"));
+    let mut brand = columns.get(record, "brand").to_string();
+    if brand.is_empty() {
+        if let Some((_, b)) = specs.iter().find(|(k, _)| k.eq_ignore_ascii_case("brand")) {
+            brand = b.clone();
+        }
+    }
+    let attributes = specs
+        .into_iter()
+        .filter(|(k, v)| {
+            !k.is_empty()
+                && !v.is_empty()
+                && !k.eq_ignore_ascii_case("brand")
+                && k.chars().count() <= MAX_ATTRIBUTE_CHARS
+                && v.chars().count() <= MAX_ATTRIBUTE_CHARS
+        })
+        .take(MAX_ATTRIBUTES)
+        .collect();
+    Ok(rk::Item {
+        id: id.to_string(),
+        title: title.to_string(),
+        description: columns.get(record, "description").to_string(),
+        category,
+        brand,
+        price,
+        attributes,
+        in_stock: true,
+    })
+}
+
+/// Items of a catalog CSV: souk's own columns (see kg-data/README.md), or a Flipkart export
+/// (recognised by its `product_name` and `product_category_tree` columns).
 pub fn catalog<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk::Item> {
-    csv_rows(path, reader, &["id", "title", "price"], catalog_row)
+    let mut buffered = std::io::BufReader::new(reader);
+    let flipkart = std::io::BufRead::fill_buf(&mut buffered).is_ok_and(|head| {
+        let first = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let first = String::from_utf8_lossy(first).to_ascii_lowercase();
+        first.contains("product_name") && first.contains("product_category_tree")
+    });
+    if flipkart {
+        csv_rows(
+            path,
+            buffered,
+            &[
+                "product_name",
+                "product_category_tree",
+                "pid",
+                "retail_price",
+            ],
+            flipkart_row,
+        )
+    } else {
+        csv_rows(path, buffered, &["id", "title", "price"], catalog_row)
+    }
 }
 
 fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Interaction, String> {
@@ -390,6 +528,65 @@ mod tests {
                 .to_string()
                 .starts_with("t.csv:3:")
         );
+    }
+
+    #[test]
+    fn flipkart_rows_map_to_items() {
+        let data = "uniq_id,product_name,product_category_tree,pid,retail_price,discounted_price,description,brand,product_specifications\n\
+            u1,aw bellies,\"['footwear', 'womens footwear', 'aw bellies']\",SHOE1,999.0,499.0,nice,,\"[{'key': 'Brand', 'value': 'AW'}, {'key': 'Type', 'value': 'Bellies'}, {'value': 'no key'}]\"\n\
+            u2,tee,\"[\"\"Clothing >> Men's >> T-Shirts\"\"]\",TEE2,100,,,Acme,\"{\"\"product_specification\"\"=>[{\"\"key\"\"=>\"\"Fit\"\", \"\"value\"\"=>\"\"Slim\"\"}]}\"\n\
+            u3,broken,\"[]\",BAD3,n/a,,,,\n";
+        let rows: Vec<_> = catalog(Path::new("f.csv"), data.as_bytes()).collect();
+        let shoe = rows[0].as_ref().unwrap();
+        assert_eq!(shoe.id, "SHOE1");
+        assert_eq!(
+            shoe.category,
+            vec!["footwear", "womens footwear"],
+            "the name is not a category"
+        );
+        assert_eq!(
+            shoe.brand, "AW",
+            "brand from the specification when the column is empty"
+        );
+        assert_eq!(shoe.price, 499.0);
+        assert_eq!(shoe.attributes.len(), 1);
+        assert_eq!(
+            shoe.attributes.get("Type").map(String::as_str),
+            Some("Bellies")
+        );
+        let tee = rows[1].as_ref().unwrap();
+        assert_eq!(tee.category, vec!["Clothing", "Men's", "T-Shirts"]);
+        assert_eq!(tee.price, 100.0, "retail price when no discount");
+        assert_eq!(tee.attributes.get("Fit").map(String::as_str), Some("Slim"));
+        assert!(
+            rows[2]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("f.csv:4: item \"BAD3\"")
+        );
+    }
+
+    #[test]
+    fn the_real_flipkart_sample_loads_every_row() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/catalog/flipkart-1k.csv");
+        let Ok(file) = std::fs::File::open(&path) else {
+            eprintln!("skipped: {} not found", path.display());
+            return;
+        };
+        let rows: Vec<_> = catalog(&path, file).collect();
+        let errors: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(ToString::to_string)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rows.len(), 1002);
+        let items: Vec<&rk::Item> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let branded = items.iter().filter(|i| !i.brand.is_empty()).count();
+        assert!(branded >= 628, "the brand column has 628 values: {branded}");
+        assert!(items.iter().all(|i| !i.category.is_empty()));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use souk_proto::ranker::v1 as rk;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod bench;
 pub mod eval;
 pub mod files;
 pub mod kgembed;
@@ -104,6 +105,15 @@ pub enum Command {
     /// Standard metrics on real datasets, with the ranker's scoring code.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Load generators against running services.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Open-loop `Rank` load at a fixed rate; prints p50/p90/p99 from scheduled send time.
+    Rank(bench::RankBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -582,6 +592,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
         Command::Eval(command) => eval::run(command, &ep.encoder).await?,
+        Command::Bench(BenchCommand::Rank(args)) => {
+            bench::rank(args, &ep.ranker).await?;
+        }
         Command::Kg(KgCommand::Eval(args)) => {
             tokio::task::spawn_blocking(move || kgembed::eval(&args)).await??;
         }

@@ -13,7 +13,8 @@ pub const HISTORY_WINDOW: usize = 50;
 #[derive(Debug, Clone)]
 struct Entry {
     item: Item,
-    vector: Vec<f32>,
+    /// Mirror of `Catalog::popularity` for this id, so a scan reads it without hashing.
+    popularity: f32,
 }
 
 /// One item in a user's history (merged over events).
@@ -30,6 +31,9 @@ pub struct HistoryEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     slots: Vec<Option<Entry>>,
+    /// Every slot's vector, row-major (`slot * dimension`): a full scan streams one array
+    /// instead of chasing 10k heap pointers (it was memory-bound: ~4 ms per `Rank` at 10k items).
+    vectors: Vec<f32>,
     free: Vec<u32>,
     by_id: HashMap<String, u32>,
     dimension: Option<usize>,
@@ -81,7 +85,14 @@ impl Catalog {
             }
         };
         self.bm25.insert(slot, &item.text());
-        self.slots[slot as usize] = Some(Entry { item, vector });
+        let popularity = self.popularity(&item.id);
+        let d = vector.len();
+        let start = slot as usize * d;
+        if self.vectors.len() < start + d {
+            self.vectors.resize(start + d, 0.0);
+        }
+        self.vectors[start..start + d].copy_from_slice(&vector);
+        self.slots[slot as usize] = Some(Entry { item, popularity });
         Ok(())
     }
 
@@ -124,7 +135,10 @@ impl Catalog {
     }
 
     pub(crate) fn item_at(&self, slot: u32) -> Option<(&Item, &[f32])> {
-        self.slot(slot).map(|e| (&e.item, e.vector.as_slice()))
+        let d = self.dimension.unwrap_or(0);
+        let start = slot as usize * d;
+        self.slot(slot)
+            .map(|e| (&e.item, self.vectors.get(start..start + d).unwrap_or(&[])))
     }
 
     /// Every live slot.
@@ -134,6 +148,11 @@ impl Catalog {
 
     pub(crate) fn bm25(&self, query: &str) -> HashMap<u32, f32> {
         self.bm25.scores(query)
+    }
+
+    /// Popularity of the item in `slot` (0 for an empty slot).
+    pub(crate) fn popularity_at(&self, slot: u32) -> f32 {
+        self.slot(slot).map_or(0.0, |e| e.popularity)
     }
 
     pub fn popularity(&self, id: &str) -> f32 {
@@ -168,7 +187,14 @@ impl Catalog {
     pub fn record(&mut self, event: &Interaction) {
         self.interactions += 1;
         let weight = event.weight();
-        *self.popularity.entry(event.item_id.clone()).or_default() += weight;
+        let popularity = self.popularity.entry(event.item_id.clone()).or_default();
+        *popularity += weight;
+        let popularity = *popularity;
+        if let Some(&slot) = self.by_id.get(&event.item_id)
+            && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
+        {
+            entry.popularity = popularity;
+        }
         let history = self.histories.entry(event.user.clone()).or_default();
         if let Some(entry) = history.iter_mut().find(|e| e.item_id == event.item_id) {
             entry.weight += weight;

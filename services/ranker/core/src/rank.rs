@@ -209,8 +209,46 @@ fn poisoned() -> RankError {
     RankError::Internal("catalog lock poisoned".into())
 }
 
+/// Dot product of unit vectors, in 8 independent lanes so it vectorises.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+/// The dense scan's kernel: the AVX2 build of [`dot_lanes`] where the CPU has it (8 floats
+/// per instruction instead of SSE2's 4; the scan over a 10k-item catalog is most of a `Rank`).
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *AVX2.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }) {
+            // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
+            #[allow(unsafe_code)]
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_lanes(a, b)
 }
 
 impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
@@ -266,25 +304,24 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
 
         // First pass, under the lock: candidates and every feature but the graph's.
-        let (mut candidates, history) = {
+        let (mut candidates, total, history) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             let history = request
                 .user
                 .as_ref()
                 .map(|u| catalog.history(u))
                 .unwrap_or_default();
-            let candidates = first_pass(
+            let (candidates, total) = first_pass(
                 &catalog,
                 request,
                 query,
                 query_vector.as_deref(),
                 &history,
                 &weights,
+                keep_for(request.k),
             );
-            (candidates, history)
+            (candidates, total, history)
         };
-        let total = candidates.len();
-        candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
 
         // The graph signal for the best candidates: paths from the user's recent items.
         if !history.is_empty() && !candidates.is_empty() && weights[3] > 0.0 {
@@ -358,12 +395,19 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
     }
 }
 
+/// Candidates the first pass must keep for `k` results: the graph shortlist (at most 1,000) and
+/// the MMR pool (`5k + 20`) are both taken from the top.
+fn keep_for(k: usize) -> usize {
+    (k * 5 + 20).max(1_000)
+}
+
 fn fuse(features: &[f32; 5], weights: &[f32; 5]) -> f32 {
     features.iter().zip(weights).map(|(f, w)| f * w).sum()
 }
 
 /// Candidates (the caller's ids, or the whole catalog: an exact scan) that pass filters and
-/// exclusions, with dense, BM25, CF and popularity features normalised to 0..1 and a first score.
+/// exclusions, with dense, BM25, CF and popularity features normalised to 0..1 and a first score:
+/// the best `keep` of them, best first, and how many passed.
 fn first_pass(
     catalog: &Catalog,
     request: &RankQuery,
@@ -371,11 +415,17 @@ fn first_pass(
     query_vector: Option<&[f32]>,
     history: &[HistoryEntry],
     weights: &[f32; 5],
-) -> Vec<Candidate> {
-    let purchased: HashSet<&str> = history
+    keep: usize,
+) -> (Vec<Candidate>, usize) {
+    let purchased: HashSet<u32> = history
         .iter()
         .filter(|h| h.kind == InteractionKind::Purchase)
-        .map(|h| h.item_id.as_str())
+        .filter_map(|h| catalog.slot_of(&h.item_id))
+        .collect();
+    let excluded: HashSet<u32> = request
+        .exclude
+        .iter()
+        .filter_map(|id| catalog.slot_of(id))
         .collect();
     let slots: Vec<u32> = if request.candidate_ids.is_empty() {
         catalog.slots().collect()
@@ -396,15 +446,23 @@ fn first_pass(
         catalog.cf_scores(history)
     };
     let cf_max = cf.values().map(|(s, _)| *s).fold(0.0, f32::max);
+    // CF neighbours by slot: the scan below must not hash an item id per item.
+    let cf_by_slot: HashMap<u32, (f32, &String)> = cf
+        .iter()
+        .filter_map(|(id, (s, by))| catalog.slot_of(id).map(|slot| (slot, (*s, by))))
+        .collect();
     let pop_norm = catalog.max_popularity().ln_1p();
-    let mut out = Vec::with_capacity(slots.len());
+    let filtering = request.filters != Filters::default();
+    // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
+    // of them by (score, id) spent most of its ~10 ms there.
+    let mut scored: Vec<(u32, f32, [f32; 5])> = Vec::with_capacity(slots.len());
     for slot in slots {
         let Some((item, vector)) = catalog.item_at(slot) else {
             continue;
         };
-        if request.exclude.contains(&item.id)
-            || (!request.include_purchased && purchased.contains(item.id.as_str()))
-            || !request.filters.accepts(item)
+        if excluded.contains(&slot)
+            || (!request.include_purchased && purchased.contains(&slot))
+            || (filtering && !request.filters.accepts(item))
         {
             continue;
         }
@@ -416,26 +474,46 @@ fn first_pass(
         } else {
             0.0
         };
-        let (cf_score, cf_by) = match cf.get(&item.id) {
-            Some((s, by)) if cf_max > 0.0 => (s / cf_max, Some(by.clone())),
-            _ => (0.0, None),
+        let cf_score = match cf_by_slot.get(&slot) {
+            Some((s, _)) if cf_max > 0.0 => s / cf_max,
+            _ => 0.0,
         };
         let popularity = if pop_norm > 0.0 {
-            catalog.popularity(&item.id).ln_1p() / pop_norm
+            catalog.popularity_at(slot).ln_1p() / pop_norm
         } else {
             0.0
         };
         let features = [dense, lexical, cf_score, 0.0, popularity];
-        out.push(Candidate {
-            slot,
-            id: item.id.clone(),
-            score: fuse(&features, weights),
-            features,
-            cf_by,
-            kg_path: None,
-        });
+        scored.push((slot, fuse(&features, weights), features));
     }
-    out
+    let total = scored.len();
+    // Only the best `keep` can reach the answer: the graph shortlist and the MMR pool are
+    // both drawn from the top of this order (ties broken by id, as everywhere).
+    let keep = keep.min(total);
+    let id_of = |slot: u32| catalog.item_at(slot).map_or("", |(i, _)| i.id.as_str());
+    let order = |a: &(u32, f32, [f32; 5]), b: &(u32, f32, [f32; 5])| {
+        b.1.total_cmp(&a.1).then_with(|| id_of(a.0).cmp(id_of(b.0)))
+    };
+    if keep < total && keep > 0 {
+        scored.select_nth_unstable_by(keep - 1, order);
+        scored.truncate(keep);
+    }
+    scored.sort_by(order);
+    let candidates = scored
+        .into_iter()
+        .map(|(slot, score, features)| Candidate {
+            slot,
+            id: id_of(slot).to_owned(),
+            score,
+            features,
+            cf_by: cf_by_slot
+                .get(&slot)
+                .filter(|_| cf_max > 0.0)
+                .map(|(_, by)| (*by).clone()),
+            kg_path: None,
+        })
+        .collect();
+    (candidates, total)
 }
 
 /// How much a path says: a direct item-to-item relation (accessory, complement) most, a shared

@@ -1,0 +1,204 @@
+//! `soukctl bench rank`: an open-loop load generator for `Rank`.
+//!
+//! Requests are scheduled at a fixed rate whatever the server does (open loop), and latency is
+//! measured from each request's *scheduled* time, so a stalled server shows up in the tail
+//! instead of silently slowing the generator (coordinated omission). The mix follows a shop:
+//! half searches by a known user, a quarter recommendations for a known user, a quarter
+//! anonymous searches; queries are 1-3 words taken from catalog titles, users from the events
+//! file.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use souk_proto::ranker::v1 as rk;
+
+#[derive(Debug, Args)]
+pub struct RankBenchArgs {
+    /// Catalog CSV whose titles seed the queries.
+    #[arg(long, default_value = "kg-data/products.csv")]
+    pub catalog: PathBuf,
+    /// Events CSV whose users make the personalised requests.
+    #[arg(long, default_value = "kg-data/events.csv")]
+    pub events: PathBuf,
+    /// Requests per second to send.
+    #[arg(long, default_value_t = 200.0)]
+    pub qps: f64,
+    /// Seconds to send for (after a 2 s warm-up that is not counted).
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Results per request.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: u32,
+    /// Connections to spread requests over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Distinct queries in the pool (a shop's query log repeats itself; the ranker caches
+    /// query vectors).
+    #[arg(long, default_value_t = 2000)]
+    pub distinct_queries: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+struct Pools {
+    queries: Vec<String>,
+    users: Vec<String>,
+}
+
+fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
+    let mut rng = souk_kg_embed::SplitMix64::new(args.seed);
+    let mut reader = csv::Reader::from_path(&args.catalog)
+        .with_context(|| args.catalog.display().to_string())?;
+    let headers = reader.headers()?.clone();
+    let title = headers
+        .iter()
+        .position(|h| h == "title" || h == "product_name")
+        .context("the catalog has no title column")?;
+    let titles: Vec<Vec<String>> = reader
+        .records()
+        .filter_map(Result::ok)
+        .filter_map(|r| {
+            r.get(title)
+                .map(|t| t.split_whitespace().map(str::to_lowercase).collect())
+        })
+        .filter(|w: &Vec<String>| !w.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !titles.is_empty(),
+        "no titles in {}",
+        args.catalog.display()
+    );
+    let queries = (0..args.distinct_queries.max(1))
+        .map(|_| {
+            let words = &titles[rng.below(titles.len() as u32) as usize];
+            let n = 1 + rng.below(3) as usize;
+            let start = rng.below(words.len() as u32) as usize;
+            words[start..(start + n).min(words.len())].join(" ")
+        })
+        .collect();
+    let mut reader =
+        csv::Reader::from_path(&args.events).with_context(|| args.events.display().to_string())?;
+    let user = reader
+        .headers()?
+        .iter()
+        .position(|h| h == "user_id")
+        .context("the events file has no user_id column")?;
+    let mut users: Vec<String> = reader
+        .records()
+        .filter_map(Result::ok)
+        .filter_map(|r| r.get(user).map(String::from))
+        .collect();
+    users.sort();
+    users.dedup();
+    anyhow::ensure!(!users.is_empty(), "no users in {}", args.events.display());
+    Ok(Pools { queries, users })
+}
+
+/// Runs the load and prints the latency distribution; returns the p99 in milliseconds.
+///
+/// # Errors
+/// Unreadable seed files or an unreachable ranker.
+pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> {
+    anyhow::ensure!(
+        args.qps > 0.0 && args.qps <= 100_000.0,
+        "--qps must be in (0, 100000]"
+    );
+    let pools = Arc::new(pools(&args)?);
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(rk::ranker_client::RankerClient::new(
+            crate::connect(ranker_url, "ranker").await?,
+        ));
+    }
+    println!(
+        "rank load: {} qps for {} s (+2 s warm-up), {} connections, {} distinct queries, {} users",
+        args.qps,
+        args.seconds,
+        clients.len(),
+        pools.queries.len(),
+        pools.users.len()
+    );
+    let interval = Duration::from_secs_f64(1.0 / args.qps);
+    let warmup = Duration::from_secs(2);
+    let total = warmup + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Duration, Result<(), tonic::Code>)>();
+    let mut rng = souk_kg_embed::SplitMix64::new(args.seed ^ 0xBE4C);
+    let mut n: u64 = 0;
+    loop {
+        let scheduled = started + interval.mul_f64(n as f64);
+        if scheduled.duration_since(started) >= total {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        let kind = rng.below(4);
+        let user = if kind == 3 {
+            String::new()
+        } else {
+            pools.users[rng.below(pools.users.len() as u32) as usize].clone()
+        };
+        let query = if kind == 2 {
+            String::new()
+        } else {
+            pools.queries[rng.below(pools.queries.len() as u32) as usize].clone()
+        };
+        let request = rk::RankRequest {
+            user_id: user,
+            query,
+            k: args.k,
+            explain: true,
+            ..Default::default()
+        };
+        let mut client = clients[(n as usize) % clients.len()].clone();
+        let tx = tx.clone();
+        let counted = scheduled.duration_since(started) >= warmup;
+        tokio::spawn(async move {
+            let result = client.rank(request).await.map(|_| ()).map_err(|s| s.code());
+            if counted {
+                let _ = tx.send((scheduled.elapsed(), result));
+            }
+        });
+        n += 1;
+    }
+    drop(tx);
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    while let Some((latency, result)) = rx.recv().await {
+        match result {
+            Ok(()) => latencies.push(latency.as_secs_f64() * 1e3),
+            Err(code) => *errors.entry(format!("{code:?}")).or_default() += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64() - warmup.as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            f64::NAN
+        } else {
+            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+        }
+    };
+    let failed: u64 = errors.values().sum();
+    println!(
+        "sent {} in {:.1} s: {} ok ({:.1} ok/s), {} failed {:?}",
+        latencies.len() as u64 + failed,
+        elapsed,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        failed,
+        errors
+    );
+    println!(
+        "latency ms (from scheduled send): p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(0.999),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(pct(0.99))
+}

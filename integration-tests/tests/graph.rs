@@ -235,8 +235,7 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
     let status = client
         .train_embeddings(request(kg::EmbeddingModel::Unspecified))
         .await
-        .err()
-        .expect("an unspecified model is refused");
+        .expect_err("an unspecified model is refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     let mut bad = request(kg::EmbeddingModel::Rotate);
     bad.learning_rate = -1.0;

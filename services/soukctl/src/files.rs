@@ -382,10 +382,10 @@ fn flipkart_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Ite
     }
     let specs = specification_pairs(columns.get(record, "product_specifications"));
     let mut brand = columns.get(record, "brand").to_string();
-    if brand.is_empty() {
-        if let Some((_, b)) = specs.iter().find(|(k, _)| k.eq_ignore_ascii_case("brand")) {
-            brand = b.clone();
-        }
+    if brand.is_empty()
+        && let Some((_, b)) = specs.iter().find(|(k, _)| k.eq_ignore_ascii_case("brand"))
+    {
+        brand = b.clone();
     }
     let attributes = specs
         .into_iter()

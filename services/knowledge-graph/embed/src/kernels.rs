@@ -314,12 +314,11 @@ mod tests {
                         "{model:?} {side:?} c[{i}]"
                     );
                 }
-                for i in 0..d {
+                for (i, &g) in gr.iter().enumerate() {
                     assert!(
-                        (numeric(1, i) - gr[i]).abs() < 5e-2,
-                        "{model:?} {side:?} r[{i}]: {} vs {}",
-                        numeric(1, i),
-                        gr[i]
+                        (numeric(1, i) - g).abs() < 5e-2,
+                        "{model:?} {side:?} r[{i}]: {} vs {g}",
+                        numeric(1, i)
                     );
                 }
             }

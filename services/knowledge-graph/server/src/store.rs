@@ -321,8 +321,8 @@ mod tests {
             t.insert(key(b'E', &1u32.to_be_bytes()), b"b").unwrap();
             t.insert(key(b'r', b"r"), &0u32.to_be_bytes()).unwrap();
             t.insert(key(b'R', &0u32.to_be_bytes()), b"r").unwrap();
-            t.insert(&triple_key(b's', 0, 0, 1), &[]).unwrap();
-            t.insert(&triple_key(b'p', 0, 1, 0), &[]).unwrap();
+            t.insert(triple_key(b's', 0, 0, 1), &[]).unwrap();
+            t.insert(triple_key(b'p', 0, 1, 0), &[]).unwrap();
             t.insert(ENTITIES, &2u64.to_be_bytes()).unwrap();
             t.insert(RELATIONS, &1u64.to_be_bytes()).unwrap();
             t.insert(TRIPLES, &1u64.to_be_bytes()).unwrap();

@@ -118,6 +118,46 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         assert!((norm - 1.0).abs() < 1e-4, "normalised by default");
     }
     assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    // 10 MB in one text: embedded (its first 256 word pieces, like sentence-transformers) while
+    // another caller's request goes through; with truncate false, a clear refusal.
+    let huge = "lorem ipsum dolor sit amet ".repeat(10 * 1024 * 1024 / 27);
+    let started = std::time::Instant::now();
+    let (big, small) = tokio::join!(
+        good_client.embed(enc::EmbedRequest {
+            texts: vec![huge.clone(), "tent".into()],
+            truncate: None,
+            normalize: None,
+        }),
+        bad_client.embed(enc::EmbedRequest {
+            texts: vec!["camping stove".into()],
+            truncate: None,
+            normalize: None,
+        })
+    );
+    let big = big.unwrap().into_inner();
+    assert_eq!(big.embeddings[0].tokens, 256);
+    assert_eq!(big.embeddings[1].tokens, 3);
+    assert_eq!(small.unwrap().into_inner().embeddings.len(), 1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "a 10 MB text must not stall the batcher: {:?}",
+        started.elapsed()
+    );
+    let status = client
+        .embed(enc::EmbedRequest {
+            texts: vec!["ok".into(), huge],
+            truncate: Some(false),
+            normalize: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("texts[1]"),
+        "{}",
+        status.message()
+    );
+
     assert!(
         client
             .embed(enc::EmbedRequest::default())

@@ -9,6 +9,9 @@ pub struct Sequence {
     pub type_ids: Vec<u32>,
 }
 
+/// Bytes of one text that are tokenized; see [`TextTokenizer::max_len`].
+pub const MAX_TOKENIZED_BYTES: usize = 64 * 1024;
+
 /// Tokenizes like sentence-transformers: truncation at the model's `max_seq_length` and no
 /// padding. The default model's `tokenizer.json` pads every input to 128 and truncates at 128;
 /// both are overridden here, or the model would compute on padding and cut long texts short.
@@ -40,6 +43,11 @@ impl TextTokenizer {
     }
 
     /// Longest sequence in word pieces.
+    ///
+    /// Texts longer than [`MAX_TOKENIZED_BYTES`] are cut there before tokenizing (when
+    /// truncating): 256 word pieces of any natural text lie far inside 64 KiB (a piece spans at
+    /// most 100 characters plus the whitespace before it), so the result matches tokenizing the
+    /// whole text, except for a text padded with more than 64 KiB of whitespace.
     pub fn max_len(&self) -> usize {
         self.max_len
     }
@@ -50,6 +58,20 @@ impl TextTokenizer {
     /// # Errors
     /// `InvalidInput` when the text is too long and `truncate` is false, or the tokenizer fails.
     pub fn encode_one(&self, text: &str, truncate: bool) -> Result<Sequence, EncoderError> {
+        let text = if text.len() > MAX_TOKENIZED_BYTES {
+            if !truncate {
+                return Err(EncoderError::InvalidInput(format!(
+                    "text is {} bytes, longer than {} tokens can be, and truncate is false",
+                    text.len(),
+                    self.max_len
+                )));
+            }
+            // Only the first `max_len` word pieces count; tokenizing 10 MB to keep 256 of them
+            // took seconds of a core and gigabytes of overflow encodings.
+            &text[..text.floor_char_boundary(MAX_TOKENIZED_BYTES)]
+        } else {
+            text
+        };
         let encoding = self
             .inner
             .encode(text, true)

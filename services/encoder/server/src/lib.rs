@@ -82,7 +82,11 @@ pub async fn serve(
     });
     let mut server = GrpcServer::new("encoder", args.server.options()).await?;
     server.add_service(
-        pb::encoder_server::EncoderServer::from_arc(state.clone()),
+        // A request may carry megabytes of text (tonic refuses over 4 MB by default, with a
+        // confusing OUT_OF_RANGE): long texts are cut before tokenizing, see
+        // `MAX_TOKENIZED_BYTES`.
+        pb::encoder_server::EncoderServer::from_arc(state.clone())
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         &[],
     );
     let health = server.health();
@@ -180,6 +184,9 @@ impl EncoderService {
             .ok_or_else(|| Status::unavailable("the model is still loading"))
     }
 }
+
+/// Largest `Embed` request accepted; larger ones are RESOURCE_EXHAUSTED before decoding.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 #[tonic::async_trait]
 impl pb::encoder_server::Encoder for EncoderService {

@@ -168,3 +168,64 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
             .is_empty()
     );
 }
+
+/// The batcher's metrics reach `/metrics`: batch sizes, tokens, padding, tokenization and
+/// inference time, and the queue depth read at scrape time.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_metrics_are_exported() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut args = encoder_args(model_dir());
+    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = start_encoder(args).await;
+    wait_serving(&server.url()).await;
+    let mut client = EncoderClient::new(channel(&server.url()).await);
+    client
+        .embed(enc::EmbedRequest {
+            texts: vec![
+                "a red tent".into(),
+                "a very long sleeping bag for cold nights".into(),
+            ],
+            truncate: None,
+            normalize: None,
+        })
+        .await
+        .unwrap();
+    let scrape = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    let value = |name: &str| -> f64 {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{scrape}"))
+    };
+    assert_eq!(
+        value("souk_encoder_batch_texts_sum"),
+        2.0,
+        "one pass with both texts"
+    );
+    assert!(value("souk_encoder_batch_tokens_sum") >= 12.0);
+    assert!(
+        value("souk_encoder_batch_padding_ratio_sum") > 1.0,
+        "the short text was padded"
+    );
+    assert_eq!(value("souk_encoder_tokenize_seconds_count"), 1.0);
+    assert!(value("souk_encoder_inference_seconds_sum") > 0.0);
+    assert_eq!(value("souk_encoder_queue_depth"), 0.0);
+    server.stop().await.unwrap();
+}

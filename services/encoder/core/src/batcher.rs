@@ -54,12 +54,33 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EncoderError>>,
 }
 
+/// Told about each tokenization and forward pass, for metrics (the server's Prometheus
+/// histograms); the batcher never waits on it.
+pub trait BatchObserver: Send + Sync + 'static {
+    /// One request's texts were tokenized.
+    fn tokenized(&self, _texts: usize, _elapsed: std::time::Duration) {}
+    /// One forward pass ran: its texts, real and padded token counts, and its duration.
+    fn forward(
+        &self,
+        _texts: usize,
+        _real_tokens: usize,
+        _padded_tokens: usize,
+        _elapsed: std::time::Duration,
+    ) {
+    }
+}
+
+struct Unobserved;
+
+impl BatchObserver for Unobserved {}
+
 /// Handle to the inference thread; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     tokenizer: Arc<TextTokenizer>,
     stats: Arc<BatcherStats>,
+    observer: Arc<dyn BatchObserver>,
     dimension: usize,
     device: String,
     dtype: String,
@@ -75,13 +96,27 @@ impl Batcher {
         tokenizer: TextTokenizer,
         options: BatcherOptions,
     ) -> Result<Self, EncoderError> {
+        Self::spawn_observed(backend, tokenizer, options, Arc::new(Unobserved))
+    }
+
+    /// As [`Batcher::spawn`], reporting to `observer`.
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn spawn_observed<B: Backend>(
+        backend: B,
+        tokenizer: TextTokenizer,
+        options: BatcherOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Self, EncoderError> {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let stats = Arc::new(BatcherStats::default());
         let (dimension, device, dtype) = (backend.dimension(), backend.device(), backend.dtype());
         let worker_stats = stats.clone();
+        let worker_observer = observer.clone();
         std::thread::Builder::new()
             .name("souk-encoder-inference".into())
-            .spawn(move || run_inference(backend, rx, options, &worker_stats))
+            .spawn(move || run_inference(backend, rx, options, &worker_stats, &*worker_observer))
             .map_err(|e| {
                 EncoderError::Backend(format!("cannot start the inference thread: {e}"))
             })?;
@@ -89,6 +124,7 @@ impl Batcher {
             tx,
             tokenizer: Arc::new(tokenizer),
             stats,
+            observer,
             dimension,
             device,
             dtype,
@@ -110,9 +146,15 @@ impl Batcher {
             return Ok(Vec::new());
         }
         let tokenizer = self.tokenizer.clone();
-        let sequences = tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate))
-            .await
-            .map_err(|e| EncoderError::Backend(format!("tokenizer task failed: {e}")))??;
+        let observer = self.observer.clone();
+        let sequences = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let sequences = tokenizer.encode_all(&texts, truncate);
+            observer.tokenized(texts.len(), started.elapsed());
+            sequences
+        })
+        .await
+        .map_err(|e| EncoderError::Backend(format!("tokenizer task failed: {e}")))??;
         let tokens: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -174,6 +216,7 @@ fn run_inference<B: Backend>(
     mut rx: mpsc::Receiver<Job>,
     options: BatcherOptions,
     stats: &BatcherStats,
+    observer: &dyn BatchObserver,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut queued: usize = first.sequences.iter().map(|s| s.ids.len()).sum();
@@ -209,7 +252,14 @@ fn run_inference<B: Backend>(
             };
             let started = std::time::Instant::now();
             let outcome = backend.embed(&batch);
-            record(stats, &batch, started.elapsed());
+            let elapsed = started.elapsed();
+            record(stats, &batch, elapsed);
+            observer.forward(
+                batch.sequences.len(),
+                batch.sequences.iter().map(|s| s.ids.len()).sum(),
+                batch.max_len() * batch.sequences.len(),
+                elapsed,
+            );
             match outcome {
                 Ok(vectors) if vectors.len() == owners.len() => {
                     for ((job, index), vector) in owners.into_iter().zip(vectors) {

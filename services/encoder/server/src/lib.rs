@@ -15,6 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use souk_encoder_candle::CandleBackend;
 use souk_encoder_core::batcher::{Batcher, BatcherOptions};
+
+pub mod metrics;
 use souk_encoder_core::{EncoderError, ModelFiles, TextTokenizer};
 use souk_proto::encoder::v1 as pb;
 use souk_shared::config::ServerArgs;
@@ -90,12 +92,22 @@ pub async fn serve(
         &[],
     );
     let health = server.health();
+    let registry = server.metrics();
+    let observer = Arc::new(metrics::EncoderMetrics::register(registry.registry())?);
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
     let loader = tokio::spawn(async move {
-        let loaded = tokio::task::spawn_blocking(move || load(&args)).await;
+        let loaded = tokio::task::spawn_blocking(move || load(&args, observer)).await;
         match loaded {
             Ok(Ok((batcher, info))) => {
+                match metrics::QueueDepth::new(batcher.clone()) {
+                    Ok(depth) => {
+                        if let Err(error) = registry.registry().register(Box::new(depth)) {
+                            tracing::warn!(%error, "queue depth metric not registered");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "queue depth metric not created"),
+                }
                 tracing::info!(model = %info.model_id, device = %info.device, dim = info.dimension, "model loaded");
                 let _ = loader_state.info.set(info);
                 let _ = loader_state.batcher.set(batcher);
@@ -136,7 +148,10 @@ pub async fn serve(
     }
 }
 
-fn load(args: &EncoderArgs) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
+fn load(
+    args: &EncoderArgs,
+    observer: Arc<metrics::EncoderMetrics>,
+) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
     let files = ModelFiles::open(&args.model_dir)?;
     let tokenizer = TextTokenizer::load(&files)?;
     let backend = CandleBackend::load(&files, &args.device, &args.dtype)?;
@@ -144,7 +159,7 @@ fn load(args: &EncoderArgs) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
         max_batch_tokens: args.max_batch_tokens.max(files.max_seq_length),
         queue_capacity: args.queue_capacity,
     };
-    let batcher = Batcher::spawn(backend, tokenizer, options)?;
+    let batcher = Batcher::spawn_observed(backend, tokenizer, options, observer)?;
     let info = pb::InfoResponse {
         model_id: files.model_id(),
         dimension: batcher.dimension() as u32,

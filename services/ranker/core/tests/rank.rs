@@ -46,6 +46,8 @@ impl EmbeddingSource for FakeEncoder {
 struct FakeGraph {
     brands: HashMap<String, String>,
     accessories: Vec<(String, String)>,
+    /// Entity embeddings, as a trained graph would serve them.
+    vectors: HashMap<String, Vec<f32>>,
     down: Arc<AtomicBool>,
 }
 
@@ -100,6 +102,19 @@ impl GraphSource for FakeGraph {
             }
         }
         Ok(out)
+    }
+
+    async fn entity_vectors(
+        &self,
+        entities: Vec<String>,
+    ) -> Result<HashMap<String, Vec<f32>>, SourceError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SourceError("graph down".into()));
+        }
+        Ok(entities
+            .into_iter()
+            .filter_map(|e| self.vectors.get(&e).map(|v| (e, v.clone())))
+            .collect())
     }
 }
 
@@ -160,6 +175,7 @@ fn shop() -> (Ranker<FakeEncoder, FakeGraph>, UserHasher, Switches) {
     let graph = FakeGraph {
         brands,
         accessories: vec![("p6".into(), "p1".into())],
+        vectors: HashMap::new(),
         down: switches.graph_down.clone(),
     };
     let encoder = FakeEncoder {
@@ -282,6 +298,61 @@ async fn history_brings_same_brand_and_accessories_with_reasons() {
         .await
         .unwrap();
     assert!(ids(&with_bought).contains(&"p1"));
+}
+
+/// A lamp bought; the other lamp shares its brand (a path), the family tent shares nothing but
+/// sits next to the lamp in embedding space: the embedding neighbour is lifted above the
+/// unrelated items and explained, and the stated relation still beats it.
+#[tokio::test]
+async fn entity_embeddings_lift_graph_neighbours_without_a_path() {
+    let (mut ranker, h, switches) = shop();
+    let near = vec![1.0, 0.1, 0.0];
+    let far = vec![-1.0, 0.0, 0.2];
+    let vectors: HashMap<String, Vec<f32>> = [
+        ("item:p5", vec![1.0, 0.0, 0.0]),
+        ("item:p7", near),
+        ("item:p8", far.clone()),
+        ("item:p3", far.clone()),
+        ("item:p4", far),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let catalog = ranker.catalog().clone();
+    ranker = Ranker::new(
+        catalog,
+        FakeEncoder {
+            down: switches.encoder_down.clone(),
+        },
+        FakeGraph {
+            brands: [("p5", "Glow"), ("p8", "Glow"), ("p7", "Bigtop")]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            accessories: Vec::new(),
+            vectors,
+            down: switches.graph_down.clone(),
+        },
+    );
+    record(&ranker, &h, "u", "p5", InteractionKind::Purchase, 10);
+    let r = ranker
+        .rank(&RankQuery {
+            user: Some(h.key("u")),
+            k: 3,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&r)[..2], ["p8", "p7"], "{:?}", ids(&r));
+    let tent = &r.items[1];
+    assert!(
+        tent.reasons
+            .iter()
+            .any(|x| x == "close in the product graph to the Desk Lamp you bought"),
+        "{:?}",
+        tent.reasons
+    );
 }
 
 #[tokio::test]

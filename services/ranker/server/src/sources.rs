@@ -235,4 +235,31 @@ impl GraphSource for GrpcGraph {
             })
             .collect())
     }
+
+    async fn entity_vectors(
+        &self,
+        entities: Vec<String>,
+    ) -> Result<HashMap<String, Vec<f32>>, SourceError> {
+        let mut request = tonic::Request::new(kg::EntityEmbeddingsRequest { entities });
+        request.set_timeout(self.timeout);
+        let mut client = self.client.clone();
+        let call = client.entity_embeddings(request);
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(SourceError(format!(
+                "knowledge graph embeddings: no answer within {:?}",
+                self.timeout
+            ))),
+            // No embeddings trained yet: the signal is simply absent.
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                Ok(HashMap::new())
+            }
+            Ok(Err(status)) => Err(failed("knowledge graph", &status)),
+            Ok(Ok(response)) => Ok(response
+                .into_inner()
+                .embeddings
+                .into_iter()
+                .map(|e| (e.entity, e.values))
+                .collect()),
+        }
+    }
 }

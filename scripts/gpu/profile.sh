@@ -4,16 +4,8 @@
 # batch sizes at 128 tokens (does it scale with work, or is it per-op overhead?), and, when
 # Nsight Systems is installed there, the CUDA kernel and API summaries of one f16 512x128 run.
 set -u
-bundle=target-cuda/gpu-bundle
 out="${OUT:-/tmp}"
-bin=/tmp/souk-encoder-bench
-python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$bundle/souk-encoder-bench.xz" > "$bin"
-chmod +x "$bin"
-libs="/usr/local/cuda/lib64"
-for d in $(python3 -c 'import nvidia, os; p = list(nvidia.__path__)[0]; print(" ".join(os.path.join(r) for r, _, f in os.walk(p) if any(x.startswith(("libcublas", "libcurand", "libnvrtc")) for x in f)))' 2>/dev/null); do
-  libs="$libs:$d"
-done
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+. scripts/gpu/env.sh
 {
   echo "== card"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

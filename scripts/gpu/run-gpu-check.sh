@@ -4,21 +4,8 @@
 # the card, the CUDA libraries the binary resolves, f32/f16/bf16 agreement with CPU f32 vectors,
 # and sequences/s for candle and PyTorch at 128x32 and 512x128 in the same run.
 set -u
-bundle=target-cuda/gpu-bundle
 out="${OUT:-/tmp}"
-bin=/tmp/souk-encoder-bench
-if command -v xz >/dev/null; then
-  xz -dc "$bundle/souk-encoder-bench.xz" > "$bin"
-else
-  python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$bundle/souk-encoder-bench.xz" > "$bin"
-fi
-chmod +x "$bin"
-# cuBLAS and cuRAND: the system toolkit, else PyTorch's nvidia wheels.
-libs="/usr/local/cuda/lib64"
-for d in $(python3 -c 'import nvidia, os; p = list(nvidia.__path__)[0]; print(" ".join(os.path.join(r) for r, _, f in os.walk(p) if any(x.startswith(("libcublas", "libcurand", "libnvrtc")) for x in f)))' 2>/dev/null); do
-  libs="$libs:$d"
-done
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+. scripts/gpu/env.sh
 {
   echo "== card"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -79,8 +79,9 @@ pub(crate) fn score(model: Model, margin: f32, x: &[f32], c: &[f32]) -> f32 {
     }
 }
 
+/// `Σ term(xᵢ, cᵢ)` over 8 independent lanes.
 #[inline(always)]
-fn dot(x: &[f32], c: &[f32]) -> f32 {
+fn lane_sum(x: &[f32], c: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let xs = x.chunks_exact(LANES);
     let cs = c.chunks_exact(LANES);
@@ -88,33 +89,24 @@ fn dot(x: &[f32], c: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(cs.remainder())
-        .map(|(a, b)| a * b)
+        .map(|(&a, &b)| term(a, b))
         .sum();
     for (xc, cc) in xs.zip(cs) {
         for l in 0..LANES {
-            acc[l] += xc[l] * cc[l];
+            acc[l] += term(xc[l], cc[l]);
         }
     }
     lanes_sum(acc) + tail
 }
 
 #[inline(always)]
+fn dot(x: &[f32], c: &[f32]) -> f32 {
+    lane_sum(x, c, |a, b| a * b)
+}
+
+#[inline(always)]
 fn l1(x: &[f32], c: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let xs = x.chunks_exact(LANES);
-    let cs = c.chunks_exact(LANES);
-    let tail: f32 = xs
-        .remainder()
-        .iter()
-        .zip(cs.remainder())
-        .map(|(a, b)| (a - b).abs())
-        .sum();
-    for (xc, cc) in xs.zip(cs) {
-        for l in 0..LANES {
-            acc[l] += (xc[l] - cc[l]).abs();
-        }
-    }
-    lanes_sum(acc) + tail
+    lane_sum(x, c, |a, b| (a - b).abs())
 }
 
 #[inline(always)]

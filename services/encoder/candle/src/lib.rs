@@ -13,7 +13,9 @@
 //! ```
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
-use candle_transformers::models::bert::{BertEncoder, Config};
+use candle_transformers::models::bert::Config;
+
+mod layers;
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
 
 /// Word + position + token-type embeddings and their layer norm (BERT's input layer).
@@ -59,14 +61,14 @@ impl Embeddings {
     }
 }
 
-/// BERT as the encoder runs it: candle's transformer layers with our own input layer and
-/// attention mask. candle's `BertModel` builds the additive mask as `(1 - m) * f32::MIN` in the
+/// BERT as the encoder runs it: our own input layer, attention mask and transformer layers
+/// (`layers.rs`: fused QKV, vectorised GELU on CPU). candle's `BertModel` builds the additive mask as `(1 - m) * f32::MIN` in the
 /// model's dtype; in f16/bf16 `f32::MIN` becomes -inf and `0 * -inf` is NaN, so every f16/bf16
 /// vector came out NaN (measured on an H100). A finite -10000 (BERT's original choice) masks
 /// the same (exp(-10000) is 0) in every dtype.
 struct Bert {
     embeddings: Embeddings,
-    encoder: BertEncoder,
+    encoder: layers::Encoder,
 }
 
 impl Bert {
@@ -78,7 +80,7 @@ impl Bert {
         };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
-            encoder: BertEncoder::load(vb.pp("encoder"), config)?,
+            encoder: layers::Encoder::load(vb.pp("encoder"), config)?,
         })
     }
 

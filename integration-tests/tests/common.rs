@@ -88,6 +88,7 @@ pub fn encoder_args(model_dir: PathBuf) -> souk_encoder::EncoderArgs {
         max_batch_tokens: 16_384,
         max_batch_texts: 512,
         queue_capacity: 256,
+        inference_workers: 1,
         server: server_args(None),
     }
 }

@@ -229,3 +229,49 @@ async fn batch_metrics_are_exported() {
     assert_eq!(value("souk_encoder_queue_depth"), 0.0);
     server.stop().await.unwrap();
 }
+
+/// Two inference workers taking batches from one queue: concurrent callers each get the
+/// vectors of their own texts (the same as one worker gives), none is lost or swapped.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_inference_workers_answer_every_caller_with_its_own_vectors() {
+    let mut args = encoder_args(model_dir());
+    args.inference_workers = 2;
+    let server = start_encoder(args).await;
+    wait_serving(&server.url()).await;
+    let single = shared_encoder().await;
+    let texts: Vec<String> = (0..16)
+        .map(|i| format!("product number {i} with {} extra words", "many ".repeat(i)))
+        .collect();
+    let mut calls = Vec::new();
+    for chunk in texts.chunks(2) {
+        let mut client = EncoderClient::new(channel(&server.url()).await);
+        let request = enc::EmbedRequest {
+            texts: chunk.to_vec(),
+            truncate: None,
+            normalize: None,
+        };
+        calls.push(tokio::spawn(async move { client.embed(request).await }));
+    }
+    let mut got = Vec::new();
+    for call in calls {
+        got.extend(call.await.unwrap().unwrap().into_inner().embeddings);
+    }
+    let mut reference = EncoderClient::new(channel(&single).await);
+    let want = reference
+        .embed(enc::EmbedRequest {
+            texts: texts.clone(),
+            truncate: None,
+            normalize: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings;
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let cosine: f32 = g.values.iter().zip(&w.values).map(|(a, b)| a * b).sum();
+        assert!(cosine > 0.99999, "text {i}: cosine {cosine}");
+        assert_eq!(g.tokens, w.tokens, "text {i}");
+    }
+    server.stop().await.unwrap();
+}

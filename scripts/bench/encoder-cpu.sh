@@ -17,5 +17,7 @@ python3 scripts/gen_bench_texts.py > /tmp/souk-bench-texts.txt
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 for b in ${BATCHES//,/ }; do
   /usr/bin/time -f "  peak RSS %M KB" ./target/release/souk-encoder-bench --model "$MODEL" texts /tmp/souk-bench-texts.txt --batch "$b" --repeat 3
+  # Two callers, two single-threaded inference workers (souk-encoder --inference-workers 2).
+  RAYON_NUM_THREADS=1 /usr/bin/time -f "  peak RSS %M KB" ./target/release/souk-encoder-bench --model "$MODEL" texts /tmp/souk-bench-texts.txt --batch "$b" --repeat 3 --concurrency 2 --workers 2
 done
 /usr/bin/time -f "  peak RSS %M KB" "$VENV/bin/python" scripts/bench/st_bench.py "$MODEL" /tmp/souk-bench-texts.txt "$BATCHES"

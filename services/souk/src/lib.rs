@@ -108,6 +108,7 @@ impl Suite {
             max_batch_tokens: 16_384,
             max_batch_texts: 512,
             queue_capacity: 256,
+            inference_workers: 1,
             server: server_args(&args.server, metrics(0)),
         };
         let kg_args = KgArgs {

@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Shape, Tensor
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::Config;
 
+#[derive(Clone)]
 struct Layer {
     qkv: Linear,
     heads: usize,
@@ -89,6 +90,7 @@ impl Layer {
 }
 
 /// The encoder stack.
+#[derive(Clone)]
 pub(crate) struct Encoder {
     layers: Vec<Layer>,
 }

@@ -19,6 +19,7 @@ mod layers;
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
 
 /// Word + position + token-type embeddings and their layer norm (BERT's input layer).
+#[derive(Clone)]
 struct Embeddings {
     words: Embedding,
     positions: Embedding,
@@ -66,6 +67,7 @@ impl Embeddings {
 /// model's dtype; in f16/bf16 `f32::MIN` becomes -inf and `0 * -inf` is NaN, so every f16/bf16
 /// vector came out NaN (measured on an H100). A finite -10000 (BERT's original choice) masks
 /// the same (exp(-10000) is 0) in every dtype.
+#[derive(Clone)]
 struct Bert {
     embeddings: Embeddings,
     encoder: layers::Encoder,
@@ -101,7 +103,9 @@ impl Bert {
     }
 }
 
-/// A loaded model on one device.
+/// A loaded model on one device. Clones share the weights (candle tensors are reference
+/// counted): one per inference worker.
+#[derive(Clone)]
 pub struct CandleBackend {
     model: Bert,
     device: Device,

@@ -109,17 +109,39 @@ impl Batcher {
         options: BatcherOptions,
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Self, EncoderError> {
+        Self::spawn_workers(vec![backend], tokenizer, options, observer)
+    }
+
+    /// One inference thread per backend, all taking batches from the one queue: on a CPU
+    /// with few cores, two single-threaded workers on concurrent batches use the cores better
+    /// than one worker whose matrix products barely split (BENCHMARKS.md).
+    ///
+    /// # Errors
+    /// When `backends` is empty or a thread cannot be spawned.
+    pub fn spawn_workers<B: Backend>(
+        backends: Vec<B>,
+        tokenizer: TextTokenizer,
+        options: BatcherOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Self, EncoderError> {
+        let Some(first) = backends.first() else {
+            return Err(EncoderError::Backend("no inference backend to run".into()));
+        };
+        let (dimension, device, dtype) = (first.dimension(), first.device(), first.dtype());
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let rx = Arc::new(std::sync::Mutex::new(rx));
         let stats = Arc::new(BatcherStats::default());
-        let (dimension, device, dtype) = (backend.dimension(), backend.device(), backend.dtype());
-        let worker_stats = stats.clone();
-        let worker_observer = observer.clone();
-        std::thread::Builder::new()
-            .name("souk-encoder-inference".into())
-            .spawn(move || run_inference(backend, rx, options, &worker_stats, &*worker_observer))
-            .map_err(|e| {
-                EncoderError::Backend(format!("cannot start the inference thread: {e}"))
-            })?;
+        for (i, backend) in backends.into_iter().enumerate() {
+            let (rx, worker_stats, worker_observer) = (rx.clone(), stats.clone(), observer.clone());
+            std::thread::Builder::new()
+                .name(format!("souk-encoder-inference-{i}"))
+                .spawn(move || {
+                    run_inference(backend, &rx, options, &worker_stats, &*worker_observer)
+                })
+                .map_err(|e| {
+                    EncoderError::Backend(format!("cannot start an inference thread: {e}"))
+                })?;
+        }
         Ok(Self {
             tx,
             tokenizer: Arc::new(tokenizer),
@@ -213,23 +235,32 @@ struct Slot {
 
 fn run_inference<B: Backend>(
     mut backend: B,
-    mut rx: mpsc::Receiver<Job>,
+    rx: &std::sync::Mutex<mpsc::Receiver<Job>>,
     options: BatcherOptions,
     stats: &BatcherStats,
     observer: &dyn BatchObserver,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut queued: usize = first.sequences.iter().map(|s| s.ids.len()).sum();
-        let mut jobs = vec![first];
-        while queued < options.max_batch_tokens {
-            match rx.try_recv() {
-                Ok(job) => {
-                    queued += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-                    jobs.push(job);
+    loop {
+        // The queue is held only while a batch is collected; the forward pass runs unlocked,
+        // so another worker can collect the next batch meanwhile.
+        let jobs = {
+            let Ok(mut rx) = rx.lock() else { return };
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            let mut queued: usize = first.sequences.iter().map(|s| s.ids.len()).sum();
+            let mut jobs = vec![first];
+            while queued < options.max_batch_tokens {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        queued += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
+            jobs
+        };
         let mut slots = Vec::new();
         let mut results: Vec<Result<Vec<Vec<f32>>, EncoderError>> = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());

@@ -54,6 +54,12 @@ pub struct EncoderArgs {
     /// Requests waiting for the model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "SOUK_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+    /// Inference threads taking batches from the queue, each with its own forward pass. On a
+    /// 2-core CPU under concurrent load, 2 workers of one thread each (`souk-encoder` then sets
+    /// RAYON_NUM_THREADS=1 unless it is set) beat one worker using both cores; a lone caller is
+    /// faster with 1. See BENCHMARKS.md.
+    #[arg(long, env = "SOUK_INFERENCE_WORKERS", default_value_t = 1)]
+    pub inference_workers: usize,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -159,7 +165,8 @@ fn load(
         max_batch_tokens: args.max_batch_tokens.max(files.max_seq_length),
         queue_capacity: args.queue_capacity,
     };
-    let batcher = Batcher::spawn_observed(backend, tokenizer, options, observer)?;
+    let backends = vec![backend; args.inference_workers.clamp(1, 64)];
+    let batcher = Batcher::spawn_workers(backends, tokenizer, options, observer)?;
     let info = pb::InfoResponse {
         model_id: files.model_id(),
         dimension: batcher.dimension() as u32,

@@ -34,6 +34,10 @@ struct Cli {
     command: Command,
 }
 
+struct NoMetrics;
+
+impl souk_encoder_core::batcher::BatchObserver for NoMetrics {}
+
 #[derive(Subcommand)]
 enum Command {
     /// Sequences per second at batch x seq tokens (synthetic ids).
@@ -56,6 +60,12 @@ enum Command {
         /// Repeat the whole file this many times and report the median.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Callers sending requests at once (the file is dealt out between them).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Inference workers (the service's `--inference-workers`).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Write CPU f32 vectors of a text file as JSON.
     Reference { file: PathBuf, out: PathBuf },
@@ -150,18 +160,45 @@ fn main() -> anyhow::Result<()> {
             file,
             batch,
             repeat,
+            concurrency,
+            workers,
         } => {
             let texts = read_lines(&file)?;
             let tokenizer = TextTokenizer::load(&files)?;
             let backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
-            let batcher = Batcher::spawn(backend, tokenizer, BatcherOptions::default())?;
+            let backends = vec![backend; workers.max(1)];
+            let batcher = Batcher::spawn_workers(
+                backends,
+                tokenizer,
+                BatcherOptions::default(),
+                std::sync::Arc::new(NoMetrics),
+            )?;
             let runtime = tokio::runtime::Runtime::new()?;
+            let chunks: Vec<Vec<String>> =
+                texts.chunks(batch.max(1)).map(<[String]>::to_vec).collect();
             let mut rates = Vec::new();
             for _ in 0..repeat.max(1) {
                 let started = Instant::now();
                 runtime.block_on(async {
-                    for chunk in texts.chunks(batch.max(1)) {
-                        batcher.embed(chunk.to_vec(), true, true).await?;
+                    let callers = concurrency.max(1);
+                    let mut tasks = Vec::new();
+                    for caller in 0..callers {
+                        let batcher = batcher.clone();
+                        let mine: Vec<Vec<String>> = chunks
+                            .iter()
+                            .skip(caller)
+                            .step_by(callers)
+                            .cloned()
+                            .collect();
+                        tasks.push(tokio::spawn(async move {
+                            for chunk in mine {
+                                batcher.embed(chunk, true, true).await?;
+                            }
+                            anyhow::Ok(())
+                        }));
+                    }
+                    for task in tasks {
+                        task.await??;
                     }
                     anyhow::Ok(())
                 })?;
@@ -169,7 +206,7 @@ fn main() -> anyhow::Result<()> {
             }
             rates.sort_by(f64::total_cmp);
             println!(
-                "engine=candle device={} dtype={} texts={} batch={batch} texts_per_s={:.1} (median of {})",
+                "engine=candle device={} dtype={} texts={} batch={batch} concurrency={concurrency} workers={workers} texts_per_s={:.1} (median of {})",
                 cli.device,
                 cli.dtype,
                 texts.len(),

@@ -48,10 +48,11 @@ struct Pools {
     users: Vec<String>,
 }
 
-fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
-    let mut rng = souk_kg_embed::SplitMix64::new(args.seed);
-    let mut reader = csv::Reader::from_path(&args.catalog)
-        .with_context(|| args.catalog.display().to_string())?;
+/// `count` queries of 1-3 consecutive words from the catalog's titles.
+fn queries(catalog: &std::path::Path, count: usize, seed: u64) -> anyhow::Result<Vec<String>> {
+    let mut rng = souk_kg_embed::SplitMix64::new(seed);
+    let mut reader =
+        csv::Reader::from_path(catalog).with_context(|| catalog.display().to_string())?;
     let headers = reader.headers()?.clone();
     let title = headers
         .iter()
@@ -66,19 +67,19 @@ fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
         })
         .filter(|w: &Vec<String>| !w.is_empty())
         .collect();
-    anyhow::ensure!(
-        !titles.is_empty(),
-        "no titles in {}",
-        args.catalog.display()
-    );
-    let queries = (0..args.distinct_queries.max(1))
+    anyhow::ensure!(!titles.is_empty(), "no titles in {}", catalog.display());
+    Ok((0..count.max(1))
         .map(|_| {
             let words = &titles[rng.below(titles.len() as u32) as usize];
             let n = 1 + rng.below(3) as usize;
             let start = rng.below(words.len() as u32) as usize;
             words[start..(start + n).min(words.len())].join(" ")
         })
-        .collect();
+        .collect())
+}
+
+fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
+    let queries = queries(&args.catalog, args.distinct_queries, args.seed)?;
     let mut reader =
         csv::Reader::from_path(&args.events).with_context(|| args.events.display().to_string())?;
     let user = reader
@@ -201,4 +202,54 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
         latencies.last().copied().unwrap_or(f64::NAN)
     );
     Ok(pct(0.99))
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedBenchArgs {
+    /// Sequential single-text requests to time (after 20 untimed ones).
+    #[arg(long, default_value_t = 500)]
+    pub requests: usize,
+    /// Catalog CSV whose titles seed the short queries.
+    #[arg(long, default_value = "kg-data/products.csv")]
+    pub catalog: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// One short query at a time through `Embed` over one connection: the latency a search
+/// request pays for its query vector. Prints p50/p90/p99 in milliseconds.
+///
+/// # Errors
+/// An unreadable catalog or an unreachable encoder.
+pub async fn embed(args: EmbedBenchArgs, encoder_url: &str) -> anyhow::Result<()> {
+    let queries = queries(&args.catalog, args.requests + 20, args.seed)?;
+    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
+        crate::connect(encoder_url, "encoder").await?,
+    );
+    let mut latencies = Vec::with_capacity(args.requests);
+    for (i, query) in queries.iter().enumerate() {
+        let started = Instant::now();
+        client
+            .embed(souk_proto::encoder::v1::EmbedRequest {
+                texts: vec![query.clone()],
+                truncate: None,
+                normalize: None,
+            })
+            .await?;
+        if i >= 20 {
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    println!(
+        "embed, one short query at a time, {} requests: p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms",
+        latencies.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
+    Ok(())
 }

@@ -114,6 +114,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Open-loop `Rank` load at a fixed rate; prints p50/p90/p99 from scheduled send time.
     Rank(bench::RankBenchArgs),
+    /// Sequential single short queries through `Embed`; prints p50/p90/p99.
+    Embed(bench::EmbedBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -594,6 +596,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(command) => eval::run(command, &ep.encoder).await?,
         Command::Bench(BenchCommand::Rank(args)) => {
             bench::rank(args, &ep.ranker).await?;
+        }
+        Command::Bench(BenchCommand::Embed(args)) => {
+            bench::embed(args, &ep.encoder).await?;
         }
         Command::Kg(KgCommand::Eval(args)) => {
             tokio::task::spawn_blocking(move || kgembed::eval(&args)).await??;

@@ -330,21 +330,19 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
         // Entity embeddings of the whole graph (items, brands, categories, attributes): the
         // ranker's "close in the product graph" signal. Small settings: ~2 s on 2 cores.
         let started = std::time::Instant::now();
-        let mut request = tonic::Request::new(kg::TrainEmbeddingsRequest {
-            model: kg::EmbeddingModel::Rotate as i32,
-            dim: 32,
-            epochs: 60,
-            batch_size: 256,
-            negatives: 64,
-            learning_rate: 0.01,
-            seed: 7,
-            ..Default::default()
-        });
-        if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse()?);
-        }
+        let request = soukctl::with_token(
+            kg::TrainEmbeddingsRequest {
+                model: kg::EmbeddingModel::Rotate as i32,
+                dim: 32,
+                epochs: 60,
+                batch_size: 256,
+                negatives: 64,
+                learning_rate: 0.01,
+                seed: 7,
+                ..Default::default()
+            },
+            &token,
+        )?;
         let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(
             soukctl::connect(&format!("http://{}", suite.kg), "knowledge graph").await?,
         );

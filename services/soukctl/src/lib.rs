@@ -269,7 +269,11 @@ pub async fn connect(url: &str, what: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot reach the {what} at {full} (is `souk up` running?)"))
 }
 
-fn with_token<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic::Request<T>> {
+/// `message` with `authorization: Bearer <token>` when a token is set (admin RPCs).
+///
+/// # Errors
+/// When the token is not a valid header value.
+pub fn with_token<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         request.metadata_mut().insert(

@@ -282,28 +282,38 @@ impl Graph {
     /// Entities joined to `id` by `relation`: tails of `(id, relation, ?)` for `Out`, heads of
     /// `(?, relation, id)` for `In`, both for `Both`. O(degree).
     pub fn linked(&self, id: u32, relation: u32, direction: Direction) -> Vec<u32> {
-        let node = NodeIndex::new(id as usize);
-        if node.index() >= self.graph.node_count() {
+        if id as usize >= self.graph.node_count() {
             return Vec::new();
         }
-        let mut out = Vec::new();
-        if matches!(direction, Direction::Out | Direction::Both) {
-            out.extend(
-                self.graph
-                    .edges_directed(node, Outgoing)
-                    .filter(|e| *e.weight() == relation)
-                    .map(|e| e.target().index() as u32),
-            );
-        }
-        if matches!(direction, Direction::In | Direction::Both) {
-            out.extend(
-                self.graph
-                    .edges_directed(node, Incoming)
-                    .filter(|e| *e.weight() == relation)
-                    .map(|e| e.source().index() as u32),
-            );
-        }
-        out
+        self.edges_of(id, direction, Some(relation))
+            .map(|(other, _, _)| other)
+            .collect()
+    }
+
+    /// Edges of entity `id` in `direction` (both: outgoing first), optionally of one relation,
+    /// as (the entity at the other end, relation, the direction walked). `id` must be in range.
+    fn edges_of(
+        &self,
+        id: u32,
+        direction: Direction,
+        relation: Option<u32>,
+    ) -> impl Iterator<Item = (u32, u32, Direction)> + '_ {
+        let node = NodeIndex::new(id as usize);
+        let outgoing = matches!(direction, Direction::Out | Direction::Both).then(|| {
+            self.graph
+                .edges_directed(node, Outgoing)
+                .map(|e| (e.target().index() as u32, *e.weight(), Direction::Out))
+        });
+        let incoming = matches!(direction, Direction::In | Direction::Both).then(|| {
+            self.graph
+                .edges_directed(node, Incoming)
+                .map(|e| (e.source().index() as u32, *e.weight(), Direction::In))
+        });
+        outgoing
+            .into_iter()
+            .flatten()
+            .chain(incoming.into_iter().flatten())
+            .filter(move |&(_, r, _)| relation.is_none_or(|want| want == r))
     }
 
     /// Every triple as ids, for training and export.
@@ -341,34 +351,15 @@ impl Graph {
             ),
             None => None,
         };
-        let node = NodeIndex::new(id as usize);
         let mut found = NeighborsFound::default();
-        let mut visit = |dir: Direction| {
-            let (pg_dir, other) = match dir {
-                Direction::In => (Incoming, true),
-                _ => (Outgoing, false),
-            };
-            for edge in self.graph.edges_directed(node, pg_dir) {
-                if relation.is_some_and(|r| r != *edge.weight()) {
-                    continue;
-                }
-                found.total += 1;
-                if found.neighbors.len() < query.limit {
-                    let end = if other { edge.source() } else { edge.target() };
-                    found.neighbors.push(Neighbor {
-                        entity: self.names[end.index()].clone(),
-                        relation: self.relations[*edge.weight() as usize].clone(),
-                        direction: dir,
-                    });
-                }
-            }
-        };
-        match query.direction {
-            Direction::Out => visit(Direction::Out),
-            Direction::In => visit(Direction::In),
-            Direction::Both => {
-                visit(Direction::Out);
-                visit(Direction::In);
+        for (other, relation, direction) in self.edges_of(id, query.direction, relation) {
+            found.total += 1;
+            if found.neighbors.len() < query.limit {
+                found.neighbors.push(Neighbor {
+                    entity: self.names[other as usize].clone(),
+                    relation: self.relations[relation as usize].clone(),
+                    direction,
+                });
             }
         }
         Ok(found)

@@ -17,10 +17,8 @@ const LANES: usize = 8;
 /// reductions fill one register. Measured on WN18RR RotatE (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    })
+    // std caches the CPUID answer: this is an atomic load.
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 #[inline(always)]

@@ -141,8 +141,9 @@ impl TripleStore for SledStore {
 
     fn snapshot(&self) -> Result<Snapshot, KgError> {
         let (entities, relations, triples) = self.counts()?;
-        let names = |prefix: u8, count: u64| -> Result<Vec<String>, KgError> {
-            let mut out = Vec::with_capacity(count as usize);
+        // Legacy layout first (a key per name and per triple), then the batch log.
+        let names = |prefix: u8| -> Result<Vec<String>, KgError> {
+            let mut out = Vec::new();
             for item in self.tree.scan_prefix([prefix]) {
                 let (k, v) = item.map_err(storage)?;
                 let id = be_u32(&k[1..])?;
@@ -155,14 +156,10 @@ impl TripleStore for SledStore {
                     String::from_utf8(v.to_vec()).map_err(|e| KgError::Storage(e.to_string()))?,
                 );
             }
-            debug_assert_eq!(out.len() as u64, count);
             Ok(out)
         };
-        // Legacy layout first (a key per name and per triple), then the batch log.
-        let legacy_entities = self.tree.scan_prefix([b'E']).count() as u64;
-        let legacy_relations = self.tree.scan_prefix([b'R']).count() as u64;
-        let mut entity_names = names(b'E', legacy_entities)?;
-        let mut relation_names = names(b'R', legacy_relations)?;
+        let mut entity_names = names(b'E')?;
+        let mut relation_names = names(b'R')?;
         let mut all = Vec::with_capacity(triples as usize);
         for item in self.tree.scan_prefix([b's']) {
             let (k, _) = item.map_err(storage)?;

@@ -266,10 +266,8 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        }) {
+        // std caches the CPUID answer: these are atomic loads.
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
             #[allow(unsafe_code)]
             return unsafe { dot_avx2(a, b) };

@@ -7,4 +7,5 @@ mod degradation;
 mod encoder;
 mod eval;
 mod graph;
+mod models;
 mod suite;

@@ -188,7 +188,7 @@ pub async fn run(command: EvalCommand, encoder_url: &str) -> anyhow::Result<()> 
 
 /// One judged (query, product) pair.
 #[derive(Debug, Clone)]
-struct Judged {
+pub(crate) struct Judged {
     query: String,
     title: String,
     description: String,
@@ -206,7 +206,7 @@ fn demojibake(s: &str) -> String {
         .replace("Â ", " ")
 }
 
-fn read_judged(path: &Path, titles_only: bool) -> anyhow::Result<Vec<Judged>> {
+pub(crate) fn read_judged(path: &Path, titles_only: bool) -> anyhow::Result<Vec<Judged>> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let text = String::from_utf8_lossy(&bytes);
     let mut reader = csv::ReaderBuilder::new()
@@ -266,7 +266,7 @@ const SIGNALS: [&str; 5] = [
 
 /// Features of every judged pair, grouped by query: the same signals the ranker uses
 /// (MiniLM cosine from the encoder service, BM25 max-normalised within the query's candidates).
-async fn features(
+pub(crate) async fn features(
     rows: &[Judged],
     encoder_url: &str,
     min_judged: usize,
@@ -440,7 +440,7 @@ fn add_relative_features(group: &mut souk_ranker_core::fusion::Group) {
 }
 
 /// NDCG@k of ranking each group by `score`.
-fn mean_ndcg(
+pub(crate) fn mean_ndcg(
     groups: &[&souk_ranker_core::fusion::Group],
     k: usize,
     score: impl Fn(&[f64]) -> f64,

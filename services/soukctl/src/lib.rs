@@ -29,6 +29,7 @@ pub mod bench;
 pub mod eval;
 pub mod files;
 pub mod kgembed;
+pub mod train;
 
 use files::{LineError, TripleFormat};
 
@@ -108,6 +109,10 @@ pub enum Command {
     /// Load generators against running services.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Fit the ranker's models (collaborative filter, fusion weights); the ranker stores them
+    /// with a version and ranks with them from the next request.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -598,6 +603,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ep = cli.endpoints;
     match cli.command {
         Command::Eval(command) => eval::run(command, &ep.encoder).await?,
+        Command::Train(command) => train::run(command, &ep).await?,
         Command::Bench(BenchCommand::Rank(args)) => {
             bench::rank(args, &ep.ranker).await?;
         }
@@ -860,6 +866,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{label}: {}", shown.join(", "));
             }
             println!("recent: {}", p.recent_items.join(", "));
+            if !p.missing_signals.is_empty() {
+                println!(
+                    "(from the catalog: the knowledge graph did not answer; missing {})",
+                    p.missing_signals.join(", ")
+                );
+            }
         }
         Command::Embed { texts } => {
             let mut client =
@@ -888,8 +900,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.stats(rk::StatsRequest {}).await?.into_inner();
             println!(
-                "catalog: {} items ({}-d vectors), {} users, {} events, fusion {}",
-                r.items, r.dimension, r.users, r.interactions, r.model_version
+                "catalog: {} items ({}-d vectors), {} users, {} events, fusion {}, cf {}",
+                r.items,
+                r.dimension,
+                r.users,
+                r.interactions,
+                r.model_version,
+                if r.cf_version.is_empty() {
+                    "online co-occurrence only"
+                } else {
+                    r.cf_version.as_str()
+                }
             );
             let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,

@@ -1,9 +1,12 @@
 //! The ranker's in-memory state: items with their vectors, the BM25 index, popularity, user
 //! histories and item co-occurrence (the online item-kNN collaborative filter). The server
 //! persists items and events in sled and replays them into a `Catalog` at start.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use std::sync::Arc;
 
 use crate::bm25::Bm25;
+use crate::cf::TrainedCf;
 use crate::item::{Interaction, InteractionKind, Item};
 use crate::{RankError, UserKey};
 
@@ -44,6 +47,8 @@ pub struct Catalog {
     histories: HashMap<UserKey, Vec<HistoryEntry>>,
     cooccurrence: HashMap<String, HashMap<String, f32>>,
     interactions: u64,
+    /// The collaborative filter fitted by `TrainCf`, when one was.
+    trained_cf: Option<Arc<TrainedCf>>,
 }
 
 fn kind_rank(kind: InteractionKind) -> u8 {
@@ -235,11 +240,31 @@ impl Catalog {
         }
     }
 
-    /// Item-kNN scores from the history: for each candidate c, the sum over history items h of
-    /// w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix), with the
-    /// history item that contributed most.
+    /// Every user's distinct items, the input of a CF fit (taken under the read lock, fitted
+    /// outside it).
+    pub fn user_item_sets(&self) -> Vec<Vec<String>> {
+        self.histories
+            .values()
+            .map(|h| h.iter().map(|e| e.item_id.clone()).collect())
+            .collect()
+    }
+
+    /// Serves `model` from now on (`None`: online co-occurrence only).
+    pub fn set_trained_cf(&mut self, model: Option<Arc<TrainedCf>>) {
+        self.trained_cf = model;
+    }
+
+    pub fn trained_cf(&self) -> Option<&TrainedCf> {
+        self.trained_cf.as_deref()
+    }
+
+    /// CF scores from the history, each with the history item that contributed most. Online
+    /// item-kNN: for each candidate c, the sum over history items h of
+    /// w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix, moved by
+    /// every event). With a trained model, its neighbour weights summed over the history are
+    /// added, each part scaled to a maximum of 1 so neither drowns the other.
     pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<String, (f32, String)> {
-        let mut out: HashMap<String, (f32, String, f32)> = HashMap::new();
+        let mut online: HashMap<&str, (f32, &str, f32)> = HashMap::new();
         for h in history.iter().take(HISTORY_WINDOW) {
             let Some(row) = self.cooccurrence.get(&h.item_id) else {
                 continue;
@@ -248,19 +273,41 @@ impl Catalog {
             let wh = h.weight.ln_1p();
             for (c, &count) in row {
                 let uc = self.item_users.get(c).copied().unwrap_or(1).max(1) as f32;
-                let s = wh * count / (uh * uc).sqrt();
-                let e = out
-                    .entry(c.clone())
-                    .or_insert((0.0, h.item_id.clone(), 0.0));
-                e.0 += s;
-                if s > e.2 {
-                    e.1 = h.item_id.clone();
-                    e.2 = s;
+                add_score(&mut online, c, wh * count / (uh * uc).sqrt(), &h.item_id);
+            }
+        }
+        let Some(trained) = self.trained_cf.as_deref() else {
+            return online
+                .into_iter()
+                .map(|(c, (s, by, _))| (c.to_string(), (s, by.to_string())))
+                .collect();
+        };
+        let mut fitted: HashMap<&str, (f32, &str, f32)> = HashMap::new();
+        for h in history.iter().take(HISTORY_WINDOW) {
+            for (c, w) in trained.neighbours.get(&h.item_id).into_iter().flatten() {
+                add_score(&mut fitted, c, *w, &h.item_id);
+            }
+        }
+        let max =
+            |m: &HashMap<&str, (f32, &str, f32)>| m.values().map(|v| v.0).fold(0.0f32, f32::max);
+        let (online_max, fitted_max) = (max(&online), max(&fitted));
+        let mut out: HashMap<&str, (f32, &str, f32)> = HashMap::new();
+        for (part, part_max) in [(online, online_max), (fitted, fitted_max)] {
+            if part_max <= 0.0 {
+                continue;
+            }
+            for (c, (s, by, best)) in part {
+                let e = out.entry(c).or_insert((0.0, by, 0.0));
+                e.0 += s / part_max;
+                if best / part_max > e.2 {
+                    e.1 = by;
+                    e.2 = best / part_max;
                 }
             }
         }
         out.into_iter()
-            .map(|(c, (s, by, _))| (c, (s, by)))
+            .filter(|(_, (s, _, _))| *s > 0.0)
+            .map(|(c, (s, by, _))| (c.to_string(), (s, by.to_string())))
             .collect()
     }
 
@@ -284,12 +331,7 @@ impl Catalog {
                 *attributes.entry(format!("{k}={v}")).or_default() += h.weight;
             }
         }
-        let top = |m: BTreeMap<String, f32>| {
-            let mut v: Vec<(String, f32)> = m.into_iter().collect();
-            v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            v.truncate(limit);
-            v
-        };
+        let top = |m| top(m, limit);
         Profile {
             interactions: history.len() as u64,
             categories: top(categories),
@@ -304,6 +346,60 @@ impl Catalog {
     }
 }
 
+/// Names with their weighted interaction counts, strongest first.
+pub type Affinities = Vec<(String, f32)>;
+
+/// The user's top categories, brands and attributes from knowledge-graph facts: `edges` holds
+/// the out-edges (relation, entity) of the history items' entities and of every category
+/// reached; each item adds its history weight to its brand, attributes, category and every
+/// ancestor along `parent` edges (cycles cut, at most 16 levels).
+pub fn graph_profile(
+    history: &[HistoryEntry],
+    edges: &HashMap<String, Vec<(String, String)>>,
+    limit: usize,
+) -> (Affinities, Affinities, Affinities) {
+    let mut categories: BTreeMap<String, f32> = BTreeMap::new();
+    let mut brands: BTreeMap<String, f32> = BTreeMap::new();
+    let mut attributes: BTreeMap<String, f32> = BTreeMap::new();
+    let strip = |e: &str, prefix: &str| e.strip_prefix(prefix).unwrap_or(e).to_string();
+    for h in history {
+        let entity = crate::item::item_entity(&h.item_id);
+        for (relation, tail) in edges.get(&entity).into_iter().flatten() {
+            match relation.as_str() {
+                "brand" => *brands.entry(strip(tail, "brand:")).or_default() += h.weight,
+                "attribute" => *attributes.entry(strip(tail, "attr:")).or_default() += h.weight,
+                "category" => {
+                    let mut seen: HashSet<&str> = HashSet::new();
+                    let mut node = Some(tail.as_str());
+                    while let Some(c) = node.filter(|c| seen.len() < 16 && seen.insert(c)) {
+                        let name = c.rsplit('/').next().unwrap_or(c);
+                        *categories.entry(strip(name, "category:")).or_default() += h.weight;
+                        node = edges
+                            .get(c)
+                            .into_iter()
+                            .flatten()
+                            .find(|(r, _)| r == "parent")
+                            .map(|(_, p)| p.as_str());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (
+        top(categories, limit),
+        top(brands, limit),
+        top(attributes, limit),
+    )
+}
+
+fn top(m: BTreeMap<String, f32>, limit: usize) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(limit);
+    v
+}
+
 /// What [`Catalog::profile`] returns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
@@ -312,4 +408,19 @@ pub struct Profile {
     pub brands: Vec<(String, f32)>,
     pub attributes: Vec<(String, f32)>,
     pub recent_items: Vec<String>,
+}
+
+/// Adds `s` to candidate `c`'s score, remembering the history item that gave the most.
+fn add_score<'a>(
+    scores: &mut HashMap<&'a str, (f32, &'a str, f32)>,
+    c: &'a str,
+    s: f32,
+    by: &'a str,
+) {
+    let e = scores.entry(c).or_insert((0.0, by, f32::MIN));
+    e.0 += s;
+    if s > e.2 {
+        e.1 = by;
+        e.2 = s;
+    }
 }

@@ -292,6 +292,198 @@ fn spd_inverse(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, crate::RankError> 
     Ok(inv)
 }
 
+/// Each item's `k` strongest positive neighbours (never itself), strongest first.
+pub trait Neighbours {
+    fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>>;
+}
+
+impl Neighbours for Ease {
+    fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>> {
+        (0..self.n)
+            .map(|i| {
+                let row = &self.b[i * self.n..(i + 1) * self.n];
+                let mut best: Vec<(u32, f64)> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &w)| j != i && w > 0.0)
+                    .map(|(j, &w)| (j as u32, w))
+                    .collect();
+                let keep = k.min(best.len());
+                if keep > 0 && keep < best.len() {
+                    best.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
+                }
+                best.truncate(keep);
+                best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                best
+            })
+            .collect()
+    }
+}
+
+impl Neighbours for ItemKnn {
+    fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>> {
+        self.neighbours
+            .iter()
+            .map(|row| row.iter().take(k).copied().collect())
+            .collect()
+    }
+}
+
+/// Which item-to-item model `soukctl train cf` fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CfAlgorithm {
+    Ease,
+    ItemKnn,
+}
+
+impl CfAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            CfAlgorithm::Ease => "ease",
+            CfAlgorithm::ItemKnn => "item-knn",
+        }
+    }
+}
+
+/// Settings of a served CF fit.
+#[derive(Debug, Clone, Copy)]
+pub struct CfOptions {
+    pub algorithm: CfAlgorithm,
+    /// EASE's L2 weight.
+    pub lambda: f64,
+    /// Only the most-interacted items are modelled (EASE is cubic in them).
+    pub max_items: usize,
+    /// Neighbours kept per item.
+    pub neighbours: usize,
+}
+
+/// Most items a served fit models: EASE holds n x n f64 while fitting (800 MB at 10k).
+pub const MAX_CF_ITEMS: usize = 10_000;
+
+impl Default for CfOptions {
+    fn default() -> Self {
+        Self {
+            algorithm: CfAlgorithm::Ease,
+            lambda: 200.0,
+            max_items: 3_000,
+            neighbours: 100,
+        }
+    }
+}
+
+impl CfOptions {
+    /// # Errors
+    /// `InvalidInput` naming the setting out of range.
+    pub fn validate(&self) -> Result<(), crate::RankError> {
+        let bad = |m: String| Err(crate::RankError::InvalidInput(m));
+        if !(self.lambda.is_finite() && self.lambda > 0.0) {
+            return bad(format!(
+                "lambda must be a positive number, got {}",
+                self.lambda
+            ));
+        }
+        if !(2..=MAX_CF_ITEMS).contains(&self.max_items) {
+            return bad(format!(
+                "max_items must be 2..={MAX_CF_ITEMS}, got {}",
+                self.max_items
+            ));
+        }
+        if !(1..=1_000).contains(&self.neighbours) {
+            return bad(format!(
+                "neighbors must be 1..=1000, got {}",
+                self.neighbours
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A collaborative filter fitted offline and served: each modelled item's strongest
+/// neighbours by catalog id. The ranker adds these scores to the online co-occurrence.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainedCf {
+    pub version: String,
+    pub algorithm: String,
+    pub users: usize,
+    pub neighbours: HashMap<String, Vec<(String, f32)>>,
+}
+
+/// Fits `options.algorithm` on users' item sets (catalog ids). Items are the `max_items` with
+/// the most users (ties by id, so a refit on the same events gives the same model).
+///
+/// # Errors
+/// `InvalidInput` for bad options or fewer than two items with events.
+///
+/// # Complexity
+/// EASE: O(n^3) time, O(n^2) memory for n = min(items, max_items); item-kNN: O(sum |user|^2).
+pub fn fit_served(
+    users: &[Vec<String>],
+    options: &CfOptions,
+    version: String,
+) -> Result<TrainedCf, crate::RankError> {
+    options.validate()?;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for items in users {
+        for item in items {
+            *counts.entry(item.as_str()).or_default() += 1;
+        }
+    }
+    let mut items: Vec<(&str, usize)> = counts.into_iter().collect();
+    items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    items.truncate(options.max_items);
+    if items.len() < 2 {
+        return Err(crate::RankError::InvalidInput(format!(
+            "collaborative filtering needs events on at least 2 items, the log has {}",
+            items.len()
+        )));
+    }
+    let index: HashMap<&str, u32> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i as u32))
+        .collect();
+    let data = Interactions {
+        n_items: items.len(),
+        users: users
+            .iter()
+            .map(|u| {
+                let mut set: Vec<u32> = u
+                    .iter()
+                    .filter_map(|i| index.get(i.as_str()).copied())
+                    .collect();
+                set.sort_unstable();
+                set.dedup();
+                set
+            })
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    let neighbours = match options.algorithm {
+        CfAlgorithm::Ease => Ease::fit(&data, options.lambda)?.neighbours(options.neighbours),
+        CfAlgorithm::ItemKnn => {
+            ItemKnn::fit(&data, options.neighbours).neighbours(options.neighbours)
+        }
+    };
+    Ok(TrainedCf {
+        version,
+        algorithm: options.algorithm.name().to_string(),
+        users: data.users.len(),
+        neighbours: neighbours
+            .into_iter()
+            .enumerate()
+            .filter(|(_, row)| !row.is_empty())
+            .map(|(i, row)| {
+                (
+                    items[i].0.to_string(),
+                    row.into_iter()
+                        .map(|(j, w)| (items[j as usize].0.to_string(), w as f32))
+                        .collect(),
+                )
+            })
+            .collect(),
+    })
+}
+
 /// The top `k` items by score, skipping `exclude` (the user's training items).
 pub fn top_k(scores: &[f64], exclude: &std::collections::HashSet<u32>, k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..scores.len() as u32)
@@ -318,6 +510,48 @@ pub fn top_k(scores: &[f64], exclude: &std::collections::HashSet<u32>, k: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_fit_links_items_bought_together_and_validates() {
+        // a+b are bought together by many users, c+d by others; e once with a.
+        let mut users: Vec<Vec<String>> = Vec::new();
+        for _ in 0..20 {
+            users.push(vec!["a".into(), "b".into()]);
+            users.push(vec!["c".into(), "d".into()]);
+        }
+        users.push(vec!["a".into(), "e".into()]);
+        for algorithm in [CfAlgorithm::Ease, CfAlgorithm::ItemKnn] {
+            let options = CfOptions {
+                algorithm,
+                lambda: 1.0,
+                ..CfOptions::default()
+            };
+            let model = fit_served(&users, &options, "v".into()).unwrap();
+            assert_eq!(model.neighbours["a"][0].0, "b", "{algorithm:?}");
+            assert_eq!(model.neighbours["d"][0].0, "c", "{algorithm:?}");
+            assert!(
+                !model.neighbours["a"]
+                    .iter()
+                    .any(|(n, _)| n == "c" || n == "a"),
+                "{algorithm:?}: {:?}",
+                model.neighbours["a"]
+            );
+        }
+        let one_item = vec![vec!["a".to_string()]];
+        assert!(fit_served(&one_item, &CfOptions::default(), "v".into()).is_err());
+        let bad = CfOptions {
+            lambda: f64::NAN,
+            ..CfOptions::default()
+        };
+        assert!(fit_served(&users, &bad, "v".into()).is_err());
+        let capped = CfOptions {
+            max_items: 2,
+            lambda: 1.0,
+            ..CfOptions::default()
+        };
+        let model = fit_served(&users, &capped, "v".into()).unwrap();
+        assert!(model.neighbours.keys().all(|k| k == "a" || k == "b"));
+    }
 
     #[test]
     fn spd_inverse_inverts() {

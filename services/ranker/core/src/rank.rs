@@ -129,7 +129,7 @@ impl Signal {
 }
 
 /// Linear fusion: one weight set for requests with a query, one for recommendations.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FusionModel {
     pub version: String,
     pub with_query: [f32; 5],
@@ -145,6 +145,45 @@ impl Default for FusionModel {
             with_query: [0.55, 0.20, 0.10, 0.10, 0.05],
             without_query: [0.0, 0.0, 0.45, 0.35, 0.20],
         }
+    }
+}
+
+impl FusionModel {
+    /// # Errors
+    /// `InvalidInput` naming the problem: a version that is not 1..64 characters of
+    /// `[A-Za-z0-9._-]`, a weight not finite or outside -10..10, a weight set with no positive
+    /// weight (it could not rank anything by relevance).
+    pub fn validate(&self) -> Result<(), RankError> {
+        let bad = |m: String| Err(RankError::InvalidInput(m));
+        if self.version.is_empty()
+            || self.version.len() > 64
+            || !self
+                .version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return bad(format!(
+                "version must be 1..64 characters of [A-Za-z0-9._-], got {:?}",
+                self.version
+            ));
+        }
+        for (set, weights) in [
+            ("with_query", &self.with_query),
+            ("without_query", &self.without_query),
+        ] {
+            for (signal, w) in Signal::ALL.iter().zip(weights) {
+                if !w.is_finite() || w.abs() > 10.0 {
+                    return bad(format!(
+                        "{set}.{} must be a number in -10..10, got {w}",
+                        signal.name()
+                    ));
+                }
+            }
+            if !weights.iter().any(|w| *w > 0.0) {
+                return bad(format!("{set} has no positive weight"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -288,6 +327,21 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
 
     pub fn catalog(&self) -> &Arc<RwLock<Catalog>> {
         &self.catalog
+    }
+
+    /// The fusion weights in use.
+    pub fn model(&self) -> FusionModel {
+        self.model.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Ranks with `model` from the next request on.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the model does not validate; the old one stays.
+    pub fn set_model(&self, model: FusionModel) -> Result<(), RankError> {
+        model.validate()?;
+        *self.model.write().map_err(|_| poisoned())? = model;
+        Ok(())
     }
 
     pub fn model_version(&self) -> String {

@@ -17,8 +17,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use souk_proto::ranker::v1 as pb;
-use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item, validate_id};
-use souk_ranker_core::rank::{RankQuery, Ranker};
+use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
+use souk_ranker_core::cf::{CfAlgorithm, CfOptions, fit_served};
+use souk_ranker_core::item::{
+    Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
+};
+use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker};
 use souk_ranker_core::{RankError, UserHasher};
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -92,6 +96,8 @@ struct Ready {
 
 struct RankerService {
     ready: OnceLock<Arc<Ready>>,
+    /// Held while a CF fit runs: one at a time (each holds an items x items matrix).
+    fitting: tokio::sync::Mutex<()>,
 }
 
 /// Serves on `listener`; health turns SERVING once the store is open and replayed. The
@@ -106,12 +112,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = Arc::new(RankerService {
         ready: OnceLock::new(),
+        fitting: tokio::sync::Mutex::new(()),
     });
     let mut server = GrpcServer::new("ranker", args.server.options()).await?;
     server.add_service(
         pb::ranker_server::RankerServer::from_arc(state.clone())
             .max_decoding_message_size(64 * 1024 * 1024),
-        &["UpsertItems", "DeleteItems"],
+        &["UpsertItems", "DeleteItems", "TrainCf", "SetFusion"],
     );
     let health = server.health();
     let timeout = Duration::from_millis(args.dependency_timeout_ms.max(1));
@@ -133,23 +140,33 @@ pub async fn serve(
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
-        let catalog = store.load()?;
+        let mut catalog = store.load()?;
+        let cf = store.cf()?;
+        let fusion = store.fusion()?;
         tracing::info!(
             items = catalog.len(),
             users = catalog.users(),
+            cf = cf.as_ref().map_or("none", |m| m.version.as_str()),
+            fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
         );
-        Ok((store, catalog, UserHasher::new(&secret)))
+        catalog.set_trained_cf(cf.map(Arc::new));
+        Ok((store, catalog, fusion, UserHasher::new(&secret)))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
-    let (store, catalog, hasher) = opened;
+    let (store, catalog, fusion, hasher) = opened;
     let ranker = Ranker::new(
         Arc::new(RwLock::new(catalog)),
         encoder.clone(),
         graph.clone(),
     );
+    if let Some(model) = fusion {
+        ranker
+            .set_model(model)
+            .map_err(|e| anyhow::anyhow!("stored fusion model is invalid: {e}"))?;
+    }
     let _ = state.ready.set(Arc::new(Ready {
         ranker,
         store,
@@ -482,19 +499,37 @@ impl pb::ranker_server::Ranker for RankerService {
             }
         };
         let user = ready.hasher.key(request.user_id.trim());
-        let profile = ready
-            .ranker
-            .catalog()
-            .read()
-            .map_err(|_| poisoned())?
-            .profile(&user, limit);
-        Ok(Response::new(pb::UserProfileResponse {
+        let (profile, history) = {
+            let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+            let mut history = catalog.history(&user);
+            history.truncate(HISTORY_WINDOW);
+            (catalog.profile(&user, limit), history)
+        };
+        let mut response = pb::UserProfileResponse {
             interactions: profile.interactions,
             categories: affinities(profile.categories),
             brands: affinities(profile.brands),
             attributes: affinities(profile.attributes),
             recent_items: profile.recent_items,
-        }))
+            missing_signals: Vec::new(),
+        };
+        if history.is_empty() {
+            return Ok(Response::new(response));
+        }
+        let entities = history.iter().map(|h| item_entity(&h.item_id)).collect();
+        match ready.graph.out_edges_up(entities).await {
+            Ok(edges) => {
+                let (categories, brands, attributes) = graph_profile(&history, &edges, limit);
+                response.categories = affinities(categories);
+                response.brands = affinities(brands);
+                response.attributes = affinities(attributes);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "knowledge graph unavailable; profile from the catalog");
+                response.missing_signals.push("kg".into());
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn stats(
@@ -509,6 +544,156 @@ impl pb::ranker_server::Ranker for RankerService {
             interactions: catalog.interactions(),
             dimension: catalog.dimension().unwrap_or(0) as u32,
             model_version: ready.ranker.model_version(),
+            cf_version: catalog
+                .trained_cf()
+                .map(|m| m.version.clone())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn train_cf(
+        &self,
+        request: Request<pb::TrainCfRequest>,
+    ) -> Result<Response<pb::TrainCfResponse>, Status> {
+        let ready = self.ready()?;
+        let request = request.into_inner();
+        let algorithm = match pb::CfAlgorithm::try_from(request.algorithm) {
+            Ok(pb::CfAlgorithm::Ease) => CfAlgorithm::Ease,
+            Ok(pb::CfAlgorithm::ItemKnn) => CfAlgorithm::ItemKnn,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown algorithm {}",
+                    request.algorithm
+                )));
+            }
+        };
+        let defaults = CfOptions::default();
+        let options = CfOptions {
+            algorithm,
+            lambda: if request.lambda == 0.0 {
+                defaults.lambda
+            } else {
+                f64::from(request.lambda)
+            },
+            max_items: match request.max_items {
+                0 => defaults.max_items,
+                n => n as usize,
+            },
+            neighbours: match request.neighbors {
+                0 => defaults.neighbours,
+                n => n as usize,
+            },
+        };
+        options.validate().map_err(status)?;
+        let Ok(_fitting) = self.fitting.try_lock() else {
+            return Err(Status::aborted(
+                "a collaborative-filter fit is already running",
+            ));
+        };
+        let started = std::time::Instant::now();
+        let users = ready
+            .ranker
+            .catalog()
+            .read()
+            .map_err(|_| poisoned())?
+            .user_item_sets();
+        let version = format!(
+            "{}-{}",
+            algorithm.name(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        let fitted = {
+            let ready = ready.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, RankError> {
+                let model = fit_served(&users, &options, version)?;
+                ready.store.put_cf(&model)?;
+                Ok(model)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("fit task failed: {e}")))?
+            .map_err(status)?
+        };
+        let response = pb::TrainCfResponse {
+            version: fitted.version.clone(),
+            items: fitted.neighbours.len() as u64,
+            users: fitted.users as u64,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            version = %response.version,
+            items = response.items,
+            users = response.users,
+            seconds = response.seconds,
+            "collaborative filter trained"
+        );
+        ready
+            .ranker
+            .catalog()
+            .write()
+            .map_err(|_| poisoned())?
+            .set_trained_cf(Some(Arc::new(fitted)));
+        Ok(Response::new(response))
+    }
+
+    async fn set_fusion(
+        &self,
+        request: Request<pb::SetFusionRequest>,
+    ) -> Result<Response<pb::SetFusionResponse>, Status> {
+        let ready = self.ready()?;
+        let model = request
+            .into_inner()
+            .model
+            .ok_or_else(|| Status::invalid_argument("model is missing"))?;
+        let weights = |w: Option<pb::FusionWeights>, name: &str| {
+            w.map(|w| [w.dense, w.bm25, w.cf, w.kg, w.popularity])
+                .ok_or_else(|| Status::invalid_argument(format!("model.{name} is missing")))
+        };
+        let model = FusionModel {
+            version: if model.version.is_empty() {
+                format!(
+                    "fusion-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                )
+            } else {
+                model.version
+            },
+            with_query: weights(model.with_query, "with_query")?,
+            without_query: weights(model.without_query, "without_query")?,
+        };
+        model.validate().map_err(status)?;
+        {
+            let (ready, model) = (ready.clone(), model.clone());
+            tokio::task::spawn_blocking(move || ready.store.put_fusion(&model))
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                .map_err(status)?;
+        }
+        let version = model.version.clone();
+        ready.ranker.set_model(model).map_err(status)?;
+        tracing::info!(%version, "fusion weights replaced");
+        Ok(Response::new(pb::SetFusionResponse { version }))
+    }
+
+    async fn get_fusion(
+        &self,
+        _request: Request<pb::GetFusionRequest>,
+    ) -> Result<Response<pb::FusionModel>, Status> {
+        let model = self.ready()?.ranker.model();
+        let weights = |w: [f32; 5]| pb::FusionWeights {
+            dense: w[0],
+            bm25: w[1],
+            cf: w[2],
+            kg: w[3],
+            popularity: w[4],
+        };
+        Ok(Response::new(pb::FusionModel {
+            version: model.version,
+            with_query: Some(weights(model.with_query)),
+            without_query: Some(weights(model.without_query)),
         }))
     }
 }

@@ -188,6 +188,72 @@ impl GrpcGraph {
     }
 }
 
+impl GrpcGraph {
+    /// Out-edges `(relation, entity)` of `entities` and of every category they reach, following
+    /// `category` and `parent` edges up (one round of concurrent `Neighbors` calls per level,
+    /// at most 8 levels), all within the dependency deadline. An entity the graph does not
+    /// know has no edges.
+    ///
+    /// # Errors
+    /// When the graph is unreachable, refuses, or runs past the deadline.
+    pub async fn out_edges_up(
+        &self,
+        entities: Vec<String>,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, SourceError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut edges: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut frontier = entities;
+        for _ in 0..8 {
+            if frontier.is_empty() {
+                break;
+            }
+            let calls = frontier.iter().map(|entity| {
+                let mut client = self.client.clone();
+                let mut request = tonic::Request::new(kg::NeighborsRequest {
+                    entity: entity.clone(),
+                    relation: String::new(),
+                    direction: kg::Direction::Out as i32,
+                    limit: 500,
+                });
+                request.set_timeout(self.timeout);
+                async move { (entity.clone(), client.neighbors(request).await) }
+            });
+            let answers = tokio::time::timeout_at(deadline, futures::future::join_all(calls))
+                .await
+                .map_err(|_| {
+                    SourceError(format!(
+                        "knowledge graph facts: no answer within {:?}",
+                        self.timeout
+                    ))
+                })?;
+            let mut next = Vec::new();
+            for (entity, answer) in answers {
+                let list: Vec<(String, String)> = match answer {
+                    Ok(r) => r
+                        .into_inner()
+                        .neighbors
+                        .into_iter()
+                        .map(|n| (n.relation, n.entity))
+                        .collect(),
+                    Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+                    Err(status) => return Err(failed("knowledge graph", &status)),
+                };
+                next.extend(
+                    list.iter()
+                        .filter(|(r, _)| r == "category" || r == "parent")
+                        .map(|(_, tail)| tail.clone()),
+                );
+                edges.insert(entity, list);
+            }
+            next.sort_unstable();
+            next.dedup();
+            next.retain(|e| !edges.contains_key(e));
+            frontier = next;
+        }
+        Ok(edges)
+    }
+}
+
 impl GraphSource for GrpcGraph {
     async fn paths(
         &self,

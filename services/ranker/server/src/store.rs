@@ -1,16 +1,21 @@
 //! The ranker's sled store: items and their vectors in one tree (`i`+id -> JSON item,
 //! `v`+id -> little-endian f32s, written together in one atomic batch) and the event log in
-//! another (sequence number -> JSON event with the pseudonymised user).
+//! another (sequence number -> JSON event with the pseudonymised user); fitted models (fusion
+//! weights, the trained collaborative filter) as JSON by name in a third.
 use std::path::Path;
 
 use souk_ranker_core::RankError;
 use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::cf::TrainedCf;
 use souk_ranker_core::item::{Interaction, Item};
+use souk_ranker_core::rank::FusionModel;
 
 pub struct RankerStore {
     db: sled::Db,
     catalog: sled::Tree,
     events: sled::Tree,
+    /// Fitted models by name (`fusion`, `cf`), JSON with their version inside.
+    models: sled::Tree,
 }
 
 fn internal(e: impl std::fmt::Display) -> RankError {
@@ -32,10 +37,12 @@ impl RankerStore {
         let db = sled::open(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
+        let models = db.open_tree("models").map_err(internal)?;
         Ok(Self {
             db,
             catalog,
             events,
+            models,
         })
     }
 
@@ -87,6 +94,52 @@ impl RankerStore {
         self.events.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
         Ok(())
+    }
+
+    /// Stores the fusion weights in use, durably (replacing the previous ones in one write).
+    ///
+    /// # Errors
+    /// When the write fails; the previous model stays stored.
+    pub fn put_fusion(&self, model: &FusionModel) -> Result<(), RankError> {
+        self.put_model("fusion", serde_json::to_vec(model).map_err(internal)?)
+    }
+
+    /// Stores the trained collaborative filter, durably.
+    ///
+    /// # Errors
+    /// When the write fails; the previous model stays stored.
+    pub fn put_cf(&self, model: &TrainedCf) -> Result<(), RankError> {
+        self.put_model("cf", serde_json::to_vec(model).map_err(internal)?)
+    }
+
+    fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<(), RankError> {
+        self.models.insert(name, bytes).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// The stored fusion weights, if any were set.
+    ///
+    /// # Errors
+    /// When the store cannot be read or the record does not decode.
+    pub fn fusion(&self) -> Result<Option<FusionModel>, RankError> {
+        self.model("fusion")
+    }
+
+    /// The stored collaborative filter, if one was trained.
+    ///
+    /// # Errors
+    /// When the store cannot be read or the record does not decode.
+    pub fn cf(&self) -> Result<Option<TrainedCf>, RankError> {
+        self.model("cf")
+    }
+
+    fn model<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, RankError> {
+        self.models
+            .get(name)
+            .map_err(internal)?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(internal))
+            .transpose()
     }
 
     /// Rebuilds the in-memory catalog: items with vectors, then every event in order.

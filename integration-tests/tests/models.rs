@@ -1,0 +1,346 @@
+//! Fitted models through the real services: `TrainCf`, `SetFusion`/`GetFusion` and
+//! `soukctl train fusion` are stored with a version, used by the next `Rank`, and survive a
+//! restart; bad settings are refused without touching what is served.
+use souk_proto::ranker::v1 as rk;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use tonic::Code;
+
+use crate::common::*;
+
+fn recommend(user: &str) -> rk::RankRequest {
+    rk::RankRequest {
+        user_id: user.into(),
+        k: 10,
+        explain: true,
+        ..Default::default()
+    }
+}
+
+fn cf_values(r: &rk::RankResponse) -> Vec<(String, f32)> {
+    r.items
+        .iter()
+        .map(|i| {
+            let cf = i
+                .contributions
+                .iter()
+                .find(|c| c.signal == "cf")
+                .map_or(0.0, |c| c.value);
+            (i.id.clone(), cf)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.cf_version, "", "no CF trained yet");
+    assert_eq!(stats.model_version, "default-v1");
+    let before = client.rank(recommend("u066")).await.unwrap().into_inner();
+
+    // Refused settings change nothing.
+    for bad in [
+        rk::TrainCfRequest {
+            max_items: 1,
+            ..Default::default()
+        },
+        rk::TrainCfRequest {
+            lambda: f32::NAN,
+            ..Default::default()
+        },
+        rk::TrainCfRequest {
+            algorithm: 7,
+            ..Default::default()
+        },
+    ] {
+        let e = client.train_cf(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+
+    let trained = client
+        .train_cf(rk::TrainCfRequest {
+            lambda: 20.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trained.version.starts_with("ease-"), "{trained:?}");
+    assert!(trained.items > 100 && trained.users == 100, "{trained:?}");
+    let after = client.rank(recommend("u066")).await.unwrap().into_inner();
+    assert_ne!(
+        cf_values(&before),
+        cf_values(&after),
+        "the fitted model moves the CF signal"
+    );
+    assert!(
+        after.items.iter().any(|i| i
+            .reasons
+            .iter()
+            .any(|r| r.contains("shoppers who liked the"))),
+        "CF-backed results still explain themselves: {:#?}",
+        after.items
+    );
+
+    // Fusion weights: refused, then set.
+    let weights = |dense: f32, bm25: f32| rk::FusionWeights {
+        dense,
+        bm25,
+        cf: 0.1,
+        kg: 0.1,
+        popularity: 0.05,
+    };
+    let bad = client
+        .set_fusion(rk::SetFusionRequest {
+            model: Some(rk::FusionModel {
+                version: "x".into(),
+                with_query: Some(weights(f32::INFINITY, 0.2)),
+                without_query: Some(weights(0.0, 0.0)),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().contains("with_query.dense"),
+        "{}",
+        bad.message()
+    );
+    let bad = client
+        .set_fusion(rk::SetFusionRequest {
+            model: Some(rk::FusionModel {
+                version: "no spaces".into(),
+                with_query: Some(weights(0.5, 0.2)),
+                without_query: Some(weights(0.0, 0.0)),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let set = client
+        .set_fusion(rk::SetFusionRequest {
+            model: Some(rk::FusionModel {
+                version: "lexical-only-v2".into(),
+                with_query: Some(weights(0.0, 0.75)),
+                without_query: Some(weights(0.0, 0.0)),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.version, "lexical-only-v2");
+    let search = rk::RankRequest {
+        query: "waterproof hiking boots".into(),
+        k: 5,
+        explain: true,
+        ..Default::default()
+    };
+    let r = client.rank(search.clone()).await.unwrap().into_inner();
+    assert_eq!(r.model_version, "lexical-only-v2");
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.contributions.iter().all(|c| c.signal != "dense")),
+        "a zero dense weight leaves dense out of every explanation: {:#?}",
+        r.items
+    );
+
+    let served = client.rank(recommend("u066")).await.unwrap().into_inner();
+
+    // Both survive a restart.
+    let ranker_dir = shop._dir.path().join("ranker");
+    let Shop {
+        kg, ranker, _dir, ..
+    } = shop;
+    ranker.stop().await.unwrap();
+    let ranker = start_ranker(&ranker_dir, &shared_encoder().await, &kg.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.cf_version, trained.version);
+    assert_eq!(stats.model_version, "lexical-only-v2");
+    let fusion = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fusion.with_query, Some(weights(0.0, 0.75)));
+    let again = client.rank(recommend("u066")).await.unwrap().into_inner();
+    assert_eq!(
+        again.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        served.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        "the stored CF and fusion rank the same after a restart"
+    );
+}
+
+/// Graded judgements built from the demo catalog: for each leaf category as a query, its
+/// products are relevant (4) and as many products of other categories are not (1).
+fn demo_labels(path: &std::path::Path) {
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let rows: Vec<(String, String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            let leaf = r[3].rsplit('>').next().unwrap().trim().to_lowercase();
+            (leaf, r[1].to_string(), r[2].to_string())
+        })
+        .collect();
+    let mut leaves: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    let mut out = csv::Writer::from_path(path).unwrap();
+    out.write_record([
+        "query",
+        "product_title",
+        "product_description",
+        "median_relevance",
+    ])
+    .unwrap();
+    for (q, leaf) in leaves.iter().enumerate() {
+        let inside = rows.iter().filter(|r| r.0 == *leaf).take(6);
+        let outside = rows.iter().skip(q * 7).filter(|r| r.0 != *leaf).take(6);
+        for (label, r) in inside.map(|r| ("4", r)).chain(outside.map(|r| ("1", r))) {
+            out.write_record([leaf, r.1.as_str(), r.2.as_str(), label])
+                .unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let ranker = start_ranker(&dir.path().join("ranker"), &encoder, &kg.url()).await;
+    let labels = dir.path().join("labels.csv");
+    demo_labels(&labels);
+    let ep = soukctl::Endpoints {
+        ranker: ranker.url(),
+        kg: kg.url(),
+        encoder: encoder.clone(),
+        token: None,
+    };
+    let mut args = soukctl::train::FusionArgs {
+        labels: labels.clone(),
+        folds: 3,
+        min_judged: 5,
+        cache: None,
+        version: "from-labels-1".into(),
+        dry_run: true,
+    };
+    let dry = soukctl::train::learn_fusion(&args, &ep).await.unwrap();
+    assert!(dry.queries >= 10, "{dry:?}");
+    assert_eq!(dry.version, None);
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.model_version, "default-v1",
+        "a dry run changes nothing"
+    );
+
+    args.dry_run = false;
+    let report = soukctl::train::learn_fusion(&args, &ep).await.unwrap();
+    assert_eq!(report.version.as_deref(), Some("from-labels-1"));
+    assert!(
+        report.learned_ndcg > 0.8,
+        "category queries are easy for dense + BM25: {report:?}"
+    );
+    let fusion = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fusion.version, "from-labels-1");
+    let q = fusion.with_query.unwrap();
+    assert_eq!((q.dense, q.bm25), (report.weights[0], report.weights[1]));
+    assert!(
+        ((q.dense.abs() + q.bm25.abs()) - 0.75).abs() < 1e-4,
+        "relevance keeps the default's share of the score: {q:?}"
+    );
+    assert_eq!(
+        (q.cf, q.kg, q.popularity),
+        (0.10, 0.10, 0.05),
+        "personal weights kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_profile_comes_through_the_graph_and_falls_back_to_the_catalog() {
+    use souk_proto::kg::v1 as kg;
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let profile = |limit| rk::UserProfileRequest {
+        user_id: "u066".into(),
+        limit,
+    };
+    let catalog_view = client
+        .user_profile(profile(100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(catalog_view.missing_signals.is_empty());
+    assert!(!catalog_view.categories.is_empty() && !catalog_view.brands.is_empty());
+
+    // A fact that exists only in the graph (not in the catalog CSV) shows in the profile.
+    let mut graph =
+        kg::knowledge_graph_client::KnowledgeGraphClient::new(channel(&shop.kg.url()).await);
+    graph
+        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+            triples: vec![kg::Triple {
+                head: "item:p00006".into(),
+                relation: "attribute".into(),
+                tail: "attr:warranty=two-years".into(),
+            }],
+        }]))
+        .await
+        .unwrap();
+    let p = client
+        .user_profile(profile(100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(p.missing_signals.is_empty(), "{:?}", p.missing_signals);
+    assert!(
+        p.attributes.iter().any(|a| a.name == "warranty=two-years"),
+        "{:?}",
+        p.attributes
+    );
+    // Category ancestors come from the graph's parent edges: the top level is there.
+    assert_eq!(
+        p.categories.iter().map(|a| &a.name).collect::<Vec<_>>()[..1],
+        catalog_view
+            .categories
+            .iter()
+            .map(|a| &a.name)
+            .collect::<Vec<_>>()[..1]
+    );
+    assert_eq!(p.brands, catalog_view.brands);
+
+    // Without the graph: the catalog's lists, flagged.
+    let Shop {
+        kg, ranker, _dir, ..
+    } = shop;
+    kg.stop().await.unwrap();
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let p = client
+        .user_profile(profile(100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.missing_signals, vec!["kg".to_string()]);
+    assert_eq!(p.categories, catalog_view.categories);
+    assert!(p.attributes.iter().all(|a| a.name != "warranty=two-years"));
+}

@@ -1,0 +1,236 @@
+//! `soukctl train`: fit the ranker's models and hand them to the running service, which
+//! stores them with a version and ranks with them from the next request on.
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use souk_proto::ranker::v1 as rk;
+use souk_ranker_core::fusion::{Group, LinearModel, TrainOptions, train};
+
+use crate::{Endpoints, connect, with_token};
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Fit the collaborative filter (EASE or item-kNN) on the ranker's stored events.
+    Cf(CfArgs),
+    /// Learn the fusion weights of queries (dense vs BM25) from graded judgements
+    /// (CSV `query,product_title,product_description,median_relevance`) with a pairwise
+    /// learning-to-rank loss, then store them in the ranker. Needs the encoder.
+    Fusion(FusionArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Algorithm {
+    Ease,
+    ItemKnn,
+}
+
+#[derive(Debug, Args)]
+pub struct CfArgs {
+    #[arg(long, value_enum, default_value = "ease")]
+    pub algorithm: Algorithm,
+    /// EASE's L2 weight.
+    #[arg(long, default_value_t = 200.0)]
+    pub lambda: f32,
+    /// Only the most-interacted items are modelled (EASE is cubic in them; at most 10,000).
+    #[arg(long, default_value_t = 3_000)]
+    pub max_items: u32,
+    /// Neighbours kept per item.
+    #[arg(long, default_value_t = 100)]
+    pub neighbors: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct FusionArgs {
+    /// Graded judgements.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Folds over queries for the held-out report (the stored model is fitted on all).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Queries with fewer judged products are skipped.
+    #[arg(long, default_value_t = 5)]
+    pub min_judged: usize,
+    /// Vector cache shared with `eval search --cache`.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Version to store the model under (default: "fusion-<unix time>").
+    #[arg(long, default_value = "")]
+    pub version: String,
+    /// Report only; do not change the ranker.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// # Errors
+/// Unreachable services, unreadable files, a refused model.
+pub async fn run(command: TrainCommand, ep: &Endpoints) -> anyhow::Result<()> {
+    match command {
+        TrainCommand::Cf(args) => cf(args, ep).await,
+        TrainCommand::Fusion(args) => fusion(args, ep).await,
+    }
+}
+
+async fn cf(args: CfArgs, ep: &Endpoints) -> anyhow::Result<()> {
+    let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+    let algorithm = match args.algorithm {
+        Algorithm::Ease => rk::CfAlgorithm::Ease,
+        Algorithm::ItemKnn => rk::CfAlgorithm::ItemKnn,
+    };
+    let r = client
+        .train_cf(with_token(
+            rk::TrainCfRequest {
+                algorithm: algorithm as i32,
+                lambda: args.lambda,
+                max_items: args.max_items,
+                neighbors: args.neighbors,
+            },
+            &ep.token,
+        )?)
+        .await?
+        .into_inner();
+    println!(
+        "collaborative filter {} fitted on {} items / {} users in {:.2}s; stored and serving",
+        r.version, r.items, r.users, r.seconds
+    );
+    Ok(())
+}
+
+/// The service's query-time features of a judged pair: dense cosine of the query and the
+/// item text (title. description), clamped at 0 like `Rank`, and BM25 over the item text
+/// normalised by the best judged product of the query.
+fn service_features(groups: &[(String, Group)]) -> Vec<Group> {
+    groups
+        .iter()
+        .map(|(_, g)| Group {
+            features: g
+                .features
+                .iter()
+                .map(|f| vec![f[1].max(0.0), f[3]])
+                .collect(),
+            gains: g.gains.clone(),
+        })
+        .collect()
+}
+
+/// The learned standardised weights as weights on the raw 0..1 features (a constant offset
+/// does not change an order), scaled to `budget` in absolute sum.
+fn raw_weights(model: &LinearModel, budget: f32) -> [f32; 2] {
+    let raw: Vec<f64> = model
+        .weights
+        .iter()
+        .zip(&model.scale)
+        .map(|(w, s)| w / s)
+        .collect();
+    let total: f64 = raw.iter().map(|w| w.abs()).sum::<f64>().max(1e-12);
+    let scale = f64::from(budget) / total;
+    [(raw[0] * scale) as f32, (raw[1] * scale) as f32]
+}
+
+fn ndcg(groups: &[&Group], weights: [f32; 2], k: usize) -> f64 {
+    crate::eval::mean_ndcg(groups, k, |x| {
+        f64::from(weights[0]) * x[0] + f64::from(weights[1]) * x[1]
+    })
+}
+
+/// What `train fusion` measured and stored.
+#[derive(Debug, Clone)]
+pub struct FusionReport {
+    pub queries: usize,
+    /// Held-out NDCG@10 of the weights in use before, and of the learned ones.
+    pub current_ndcg: f64,
+    pub learned_ndcg: f64,
+    /// Learned (dense, bm25) weights.
+    pub weights: [f32; 2],
+    /// The stored version; `None` on a dry run.
+    pub version: Option<String>,
+}
+
+async fn fusion(args: FusionArgs, ep: &Endpoints) -> anyhow::Result<()> {
+    learn_fusion(&args, ep).await.map(|_| ())
+}
+
+/// Learns the query-time weights from `args.labels`, prints the held-out comparison and, unless
+/// a dry run, stores them in the ranker (keeping its personal and recommendation weights).
+///
+/// # Errors
+/// Unreachable services, an unreadable or malformed file, fewer than 2 usable queries.
+pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<FusionReport> {
+    let mut client = rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+    let current = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await?
+        .into_inner();
+    let q = current
+        .with_query
+        .ok_or_else(|| anyhow::anyhow!("the ranker sent no with_query weights"))?;
+    let budget = q.dense.abs() + q.bm25.abs();
+    let judged = crate::eval::read_judged(&args.labels, false)?;
+    let groups = service_features(
+        &crate::eval::features(&judged, &ep.encoder, args.min_judged, args.cache.as_deref())
+            .await?,
+    );
+    anyhow::ensure!(
+        groups.len() >= 2,
+        "{}: {} queries with at least {} judged products; need 2",
+        args.labels.display(),
+        groups.len(),
+        args.min_judged
+    );
+    let k = 10;
+    let folds = args.folds.clamp(2, groups.len());
+    let (mut before, mut after) = (0.0, 0.0);
+    for fold in 0..folds {
+        let (held, rest): (Vec<_>, Vec<_>) = groups
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % folds == fold);
+        let rest: Vec<Group> = rest.into_iter().map(|(_, g)| g.clone()).collect();
+        let held: Vec<&Group> = held.into_iter().map(|(_, g)| g).collect();
+        let learned = raw_weights(&train(&rest, TrainOptions::default()), budget);
+        before += ndcg(&held, [q.dense, q.bm25], k) * held.len() as f64;
+        after += ndcg(&held, learned, k) * held.len() as f64;
+    }
+    let n = groups.len() as f64;
+    let learned = raw_weights(&train(&groups, TrainOptions::default()), budget);
+    let mut report = FusionReport {
+        queries: groups.len(),
+        current_ndcg: before / n,
+        learned_ndcg: after / n,
+        weights: learned,
+        version: None,
+    };
+    println!(
+        "{} queries; held-out ndcg@{k} ({folds}-fold over queries): current {} (dense {:.3}, bm25 {:.3}) {:.4}, learned (dense {:.3}, bm25 {:.3}) {:.4}",
+        report.queries,
+        current.version,
+        q.dense,
+        q.bm25,
+        report.current_ndcg,
+        learned[0],
+        learned[1],
+        report.learned_ndcg
+    );
+    if args.dry_run {
+        println!("dry run: the ranker keeps {}", current.version);
+        return Ok(report);
+    }
+    let model = rk::FusionModel {
+        version: args.version.clone(),
+        with_query: Some(rk::FusionWeights {
+            dense: learned[0],
+            bm25: learned[1],
+            ..q
+        }),
+        without_query: current.without_query,
+    };
+    let r = client
+        .set_fusion(with_token(
+            rk::SetFusionRequest { model: Some(model) },
+            &ep.token,
+        )?)
+        .await?
+        .into_inner();
+    println!("fusion {} stored and serving", r.version);
+    report.version = Some(r.version);
+    Ok(report)
+}

@@ -150,6 +150,7 @@ pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> R
         dependency_timeout_ms: 2_000,
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
+        ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
         user_id_key: Some("test-secret".into()),
         server: server_args(None),
     };

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// Encoder device: cpu or cuda:N.
     #[arg(long, env = "SOUK_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Catalog size from which the ranker takes dense candidates from an HNSW graph instead
+    /// of scanning every item vector.
+    #[arg(long, env = "SOUK_ANN_MIN_ITEMS", default_value_t = souk_ranker::DEFAULT_ANN_MIN_ITEMS)]
+    pub ann_min_items: usize,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -124,6 +128,7 @@ impl Suite {
             dependency_timeout_ms: 300,
             load_timeout_ms: 120_000,
             query_cache_ttl_s: 300,
+            ann_min_items: args.ann_min_items,
             user_id_key: None,
             server: server_args(&args.server, metrics(2)),
         };

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::sync::Arc;
 
+use crate::ann::AnnIndex;
 use crate::bm25::Bm25;
 use crate::cf::TrainedCf;
 use crate::item::{Interaction, InteractionKind, Item};
@@ -31,7 +32,7 @@ pub struct HistoryEntry {
     pub last_ms: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     slots: Vec<Option<Entry>>,
     /// Every slot's vector, row-major (`slot * dimension`): a full scan streams one array
@@ -49,6 +50,38 @@ pub struct Catalog {
     interactions: u64,
     /// The collaborative filter fitted by `TrainCf`, when one was.
     trained_cf: Option<Arc<TrainedCf>>,
+    /// Bumped whenever a slot's item is replaced or deleted; ANN points carry the version they
+    /// were inserted for.
+    slot_versions: Vec<u32>,
+    /// The HNSW graph over item vectors, once the catalog has `ann_min_items` items.
+    ann: Option<AnnIndex>,
+    ann_min_items: usize,
+}
+
+/// Catalog size from which `Rank` takes dense candidates from the HNSW graph instead of scanning
+/// every vector (measured in BENCHMARKS.md, "Rank under load").
+pub const DEFAULT_ANN_MIN_ITEMS: usize = 5_000;
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            vectors: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            dimension: None,
+            bm25: Bm25::default(),
+            popularity: HashMap::new(),
+            item_users: HashMap::new(),
+            histories: HashMap::new(),
+            cooccurrence: HashMap::new(),
+            interactions: 0,
+            trained_cf: None,
+            slot_versions: Vec::new(),
+            ann: None,
+            ann_min_items: DEFAULT_ANN_MIN_ITEMS,
+        }
+    }
 }
 
 fn kind_rank(kind: InteractionKind) -> u8 {
@@ -97,8 +130,98 @@ impl Catalog {
             self.vectors.resize(start + d, 0.0);
         }
         self.vectors[start..start + d].copy_from_slice(&vector);
-        self.slots[slot as usize] = Some(Entry { item, popularity });
+        let replaced = self.slots[slot as usize]
+            .replace(Entry { item, popularity })
+            .is_some();
+        let version = self.bump_version(slot);
+        if let Some(ann) = &mut self.ann {
+            if replaced {
+                ann.mark_stale();
+            }
+            ann.insert(slot, version, &self.vectors[start..start + d]);
+        }
+        self.maintain_ann();
         Ok(())
+    }
+
+    fn bump_version(&mut self, slot: u32) -> u32 {
+        let i = slot as usize;
+        if self.slot_versions.len() <= i {
+            self.slot_versions.resize(i + 1, 0);
+        }
+        self.slot_versions[i] = self.slot_versions[i].wrapping_add(1);
+        self.slot_versions[i]
+    }
+
+    /// Builds the HNSW graph once the catalog reaches the threshold, rebuilds it when a quarter
+    /// of its points are stale, drops it when the catalog falls under half the threshold.
+    fn maintain_ann(&mut self) {
+        let n = self.len();
+        let build = match &self.ann {
+            None => n >= self.ann_min_items && n > 0,
+            Some(ann) => ann.needs_rebuild() && n >= self.ann_min_items,
+        };
+        if build {
+            let d = self.dimension.unwrap_or(0);
+            let versions = &self.slot_versions;
+            let vectors = &self.vectors;
+            let live = self.by_id.values().map(|&slot| {
+                let start = slot as usize * d;
+                (
+                    slot,
+                    versions.get(slot as usize).copied().unwrap_or(0),
+                    &vectors[start..start + d],
+                )
+            });
+            let started = std::time::Instant::now();
+            self.ann = Some(AnnIndex::build(live));
+            tracing::info!(
+                items = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "built the HNSW graph over item vectors"
+            );
+        } else if self.ann.is_some() && n * 2 < self.ann_min_items {
+            self.ann = None;
+        }
+    }
+
+    /// Dense candidates come from the HNSW graph from `min_items` items on (0: always; above
+    /// any catalog: never, an exact scan). Builds or drops the graph now if needed.
+    pub fn set_ann_min_items(&mut self, min_items: usize) {
+        self.ann_min_items = min_items;
+        if self.len() < min_items {
+            self.ann = None;
+        }
+        self.maintain_ann();
+    }
+
+    /// Whether `Rank` takes dense candidates from the HNSW graph.
+    pub fn uses_ann(&self) -> bool {
+        self.ann.is_some()
+    }
+
+    /// The `k` live items whose vectors are closest to `query` by the HNSW graph (beam `ef`),
+    /// nearest first; `None` when the catalog scans instead.
+    pub(crate) fn ann_search(&self, query: &[f32], k: usize, ef: usize) -> Option<Vec<u32>> {
+        let ann = self.ann.as_ref()?;
+        Some(ann.search(query, k, ef, |slot, version| {
+            self.slot_versions.get(slot as usize) == Some(&version) && self.slot(slot).is_some()
+        }))
+    }
+
+    /// The `k` most popular items' slots (any order).
+    pub(crate) fn most_popular(&self, k: usize) -> Vec<u32> {
+        let mut all: Vec<(f32, u32)> = self
+            .by_id
+            .values()
+            .map(|&slot| (self.popularity_at(slot), slot))
+            .filter(|(p, _)| *p > 0.0)
+            .collect();
+        if k < all.len() {
+            all.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+            all.truncate(k);
+        }
+        all.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Removes an item from every index it ranks in. Returns false when it was not there.
@@ -109,6 +232,11 @@ impl Catalog {
         self.bm25.remove(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);
+        self.bump_version(slot);
+        if let Some(ann) = &mut self.ann {
+            ann.mark_stale();
+        }
+        self.maintain_ann();
         true
     }
 

@@ -15,6 +15,7 @@
 //! assert_eq!(catalog.len(), 1);
 //! ```
 
+pub mod ann;
 pub mod bm25;
 pub mod catalog;
 pub mod cf;

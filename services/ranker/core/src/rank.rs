@@ -302,7 +302,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 
 /// The dense scan's kernel: the AVX2 build of [`dot_lanes`] where the CPU has it (8 floats
 /// per instruction instead of SSE2's 4; the scan over a 10k-item catalog is most of a `Rank`).
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         // std caches the CPUID answer: these are atomic loads.
@@ -507,9 +507,48 @@ fn fuse(features: &[f32; 5], weights: &[f32; 5]) -> f32 {
     features.iter().zip(weights).map(|(f, w)| f * w).sum()
 }
 
-/// Candidates (the caller's ids, or the whole catalog: an exact scan) that pass filters and
-/// exclusions, with dense, BM25, CF and popularity features normalised to 0..1 and a first score:
-/// the best `keep` of them, best first, and how many passed.
+/// Dense candidates asked of the HNSW graph per request (at least; 2k for large k).
+const ANN_CANDIDATES: usize = 128;
+
+/// Most popular items added to the pool of a search (a recommendation takes `keep` of them):
+/// with a query, popularity only breaks ties among relevant items.
+const POPULAR_WITH_QUERY: usize = 100;
+
+/// Where the first pass looks when the catalog has an HNSW graph: the query's nearest items
+/// by the graph, every BM25 hit, every CF neighbour and the `keep` most popular items: the
+/// items that can carry a signal into the top `keep`, instead of every item. `None`: scan all.
+fn candidate_pool(
+    catalog: &Catalog,
+    query_vector: Option<&[f32]>,
+    bm25: &HashMap<u32, f32>,
+    cf: &HashMap<u32, (f32, &String)>,
+    keep: usize,
+    k: usize,
+) -> Option<Vec<u32>> {
+    let mut pool = match query_vector {
+        Some(q) => {
+            let n = ANN_CANDIDATES.max(2 * k);
+            catalog.ann_search(q, n, n)?
+        }
+        None if catalog.uses_ann() => Vec::new(),
+        None => return None,
+    };
+    pool.extend(bm25.keys());
+    pool.extend(cf.keys());
+    pool.extend(catalog.most_popular(if query_vector.is_some() {
+        POPULAR_WITH_QUERY
+    } else {
+        keep
+    }));
+    pool.sort_unstable();
+    pool.dedup();
+    Some(pool)
+}
+
+/// Candidates (the caller's ids; the candidate pool of a catalog with an HNSW graph; or the
+/// whole catalog: an exact scan) that pass filters and exclusions, with dense, BM25, CF and
+/// popularity features normalised to 0..1 and a first score: the best `keep` of them, best
+/// first, and how many were scored.
 fn first_pass(
     catalog: &Catalog,
     request: &RankQuery,
@@ -529,17 +568,6 @@ fn first_pass(
         .iter()
         .filter_map(|id| catalog.slot_of(id))
         .collect();
-    let slots: Vec<u32> = if request.candidate_ids.is_empty() {
-        catalog.slots().collect()
-    } else {
-        let mut seen = HashSet::new();
-        request
-            .candidate_ids
-            .iter()
-            .filter(|id| seen.insert(id.as_str()))
-            .filter_map(|id| catalog.slot_of(id))
-            .collect()
-    };
     let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
     let bm25_max = bm25.values().copied().fold(0.0, f32::max);
     let cf = if history.is_empty() {
@@ -553,40 +581,64 @@ fn first_pass(
         .iter()
         .filter_map(|(id, (s, by))| catalog.slot_of(id).map(|slot| (slot, (*s, by))))
         .collect();
+    let pool = if request.candidate_ids.is_empty() {
+        candidate_pool(catalog, query_vector, &bm25, &cf_by_slot, keep, request.k)
+    } else {
+        let mut seen = HashSet::new();
+        Some(
+            request
+                .candidate_ids
+                .iter()
+                .filter(|id| seen.insert(id.as_str()))
+                .filter_map(|id| catalog.slot_of(id))
+                .collect(),
+        )
+    };
     let pop_norm = catalog.max_popularity().ln_1p();
     let filtering = request.filters != Filters::default();
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
     // of them by (score, id) spent most of its ~10 ms there.
-    let mut scored: Vec<(u32, f32, [f32; 5])> = Vec::with_capacity(slots.len());
-    for slot in slots {
-        let Some((item, vector)) = catalog.item_at(slot) else {
-            continue;
-        };
-        if excluded.contains(&slot)
-            || (!request.include_purchased && purchased.contains(&slot))
-            || (filtering && !request.filters.accepts(item))
-        {
-            continue;
+    let score = |slots: &mut dyn Iterator<Item = u32>| {
+        let mut scored: Vec<(u32, f32, [f32; 5])> = Vec::with_capacity(slots.size_hint().0);
+        for slot in slots {
+            let Some((item, vector)) = catalog.item_at(slot) else {
+                continue;
+            };
+            if excluded.contains(&slot)
+                || (!request.include_purchased && purchased.contains(&slot))
+                || (filtering && !request.filters.accepts(item))
+            {
+                continue;
+            }
+            let dense = query_vector
+                .map(|q| cosine(q, vector).max(0.0))
+                .unwrap_or(0.0);
+            let lexical = if bm25_max > 0.0 {
+                bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max
+            } else {
+                0.0
+            };
+            let cf_score = match cf_by_slot.get(&slot) {
+                Some((s, _)) if cf_max > 0.0 => s / cf_max,
+                _ => 0.0,
+            };
+            let popularity = if pop_norm > 0.0 {
+                catalog.popularity_at(slot).ln_1p() / pop_norm
+            } else {
+                0.0
+            };
+            let features = [dense, lexical, cf_score, 0.0, popularity];
+            scored.push((slot, fuse(&features, weights), features));
         }
-        let dense = query_vector
-            .map(|q| cosine(q, vector).max(0.0))
-            .unwrap_or(0.0);
-        let lexical = if bm25_max > 0.0 {
-            bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max
-        } else {
-            0.0
-        };
-        let cf_score = match cf_by_slot.get(&slot) {
-            Some((s, _)) if cf_max > 0.0 => s / cf_max,
-            _ => 0.0,
-        };
-        let popularity = if pop_norm > 0.0 {
-            catalog.popularity_at(slot).ln_1p() / pop_norm
-        } else {
-            0.0
-        };
-        let features = [dense, lexical, cf_score, 0.0, popularity];
-        scored.push((slot, fuse(&features, weights), features));
+        scored
+    };
+    let mut scored = match &pool {
+        Some(pool) => score(&mut pool.iter().copied()),
+        None => score(&mut catalog.slots()),
+    };
+    // Filters can leave a candidate pool short of k: the whole catalog then.
+    if scored.len() < request.k && request.candidate_ids.is_empty() && pool.is_some() {
+        scored = score(&mut catalog.slots());
     }
     let total = scored.len();
     // Only the best `keep` can reach the answer: the graph shortlist and the MMR pool are

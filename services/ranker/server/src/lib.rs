@@ -29,6 +29,8 @@ use souk_shared::server::GrpcServer;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS;
+
 pub mod sources;
 pub mod store;
 
@@ -65,6 +67,10 @@ pub struct RankerArgs {
     /// How long a query's vector is reused, in seconds.
     #[arg(long, env = "SOUK_QUERY_CACHE_TTL_S", default_value_t = 300)]
     pub query_cache_ttl_s: u64,
+    /// Catalog size from which dense candidates come from an HNSW graph over item vectors
+    /// instead of a scan of every vector (0: always; a huge number: never).
+    #[arg(long, env = "SOUK_ANN_MIN_ITEMS", default_value_t = DEFAULT_ANN_MIN_ITEMS)]
+    pub ann_min_items: usize,
     /// Secret for pseudonymising user ids. Unset: a random one is created in the data
     /// directory (`user-id.key`) on first start and reused.
     #[arg(long, env = "SOUK_USER_ID_KEY", hide_env_values = true)]
@@ -134,13 +140,14 @@ pub async fn serve(
     ));
     let data_dir = args.data_dir.clone();
     let secret = args.user_id_key.clone();
+    let ann_min_items = args.ann_min_items;
     let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
         let store = RankerStore::open(&data_dir)?;
         let secret = match secret.filter(|s| !s.is_empty()) {
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
-        let mut catalog = store.load()?;
+        let mut catalog = store.load(ann_min_items)?;
         let cf = store.cf()?;
         let fusion = store.fusion()?;
         tracing::info!(

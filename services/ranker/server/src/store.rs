@@ -142,12 +142,14 @@ impl RankerStore {
             .transpose()
     }
 
-    /// Rebuilds the in-memory catalog: items with vectors, then every event in order.
+    /// Rebuilds the in-memory catalog: items with vectors, then every event in order; the HNSW
+    /// graph (from `ann_min_items` items) is built once at the end, on all cores.
     ///
     /// # Errors
     /// When the store cannot be read or a record does not decode.
-    pub fn load(&self) -> Result<Catalog, RankError> {
+    pub fn load(&self, ann_min_items: usize) -> Result<Catalog, RankError> {
         let mut catalog = Catalog::default();
+        catalog.set_ann_min_items(usize::MAX);
         for entry in self.catalog.scan_prefix([b'i']) {
             let (k, v) = entry.map_err(internal)?;
             let item: Item = serde_json::from_slice(&v).map_err(internal)?;
@@ -169,6 +171,7 @@ impl RankerStore {
             let event: Interaction = serde_json::from_slice(&v).map_err(internal)?;
             catalog.record(&event);
         }
+        catalog.set_ann_min_items(ann_min_items);
         Ok(catalog)
     }
 

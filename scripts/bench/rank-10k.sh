@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `Rank` under load on a 10k-item shop (BENCHMARKS.md, "Rank under load"): generates the shop
+# once, loads it once into $STORE (later runs reuse the store: restart with a new build and
+# measure again), warms the query cache at 100 QPS, then runs each QPS given (default 200 400).
+# usage: scripts/bench/rank-10k.sh [QPS...]    env: SHOP=/tmp/shop10k STORE=/tmp/s10 SECONDS_PER_RUN=30
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SHOP=${SHOP:-/tmp/shop10k}
+STORE=${STORE:-/tmp/s10}
+RUN=${SECONDS_PER_RUN:-30}
+bin=target/release
+[ -x $bin/souk ] && [ -x $bin/soukctl ] || cargo build --release -p souk -p soukctl
+[ -f "$SHOP/products.csv" ] || python3 scripts/gen_demo_data.py --scale 32 --users 1000 --out "$SHOP"
+fresh=0
+[ -d "$STORE" ] || fresh=1
+$bin/souk up --data-dir "$STORE" > /tmp/souk-up.log 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+for _ in $(seq 1 600); do
+  $bin/soukctl health > /dev/null 2>&1 && break
+  sleep 0.5
+done
+if [ $fresh = 1 ]; then
+  $bin/soukctl kg load "$SHOP/triples.tsv" --quiet
+  $bin/soukctl catalog load "$SHOP/products.csv" --quiet
+  $bin/soukctl events load "$SHOP/events.csv" --quiet
+fi
+$bin/soukctl stats
+bench() { $bin/soukctl bench rank --catalog "$SHOP/products.csv" --events "$SHOP/events.csv" "$@"; }
+echo "warm-up (query cache) at 100 QPS"
+bench --qps 100 --seconds "$RUN" > /dev/null
+for q in "${@:-200 400}"; do
+  for qps in $q; do
+    echo "== $qps QPS"
+    bench --qps "$qps" --seconds "$RUN"
+  done
+done

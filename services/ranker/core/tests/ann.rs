@@ -66,13 +66,14 @@ fn item(i: usize) -> Item {
     }
 }
 
-fn shop(
-    min_items: usize,
-) -> (
+/// A ranker, its query names, and the vector each query embeds to.
+type Shop = (
     Ranker<Queries, NoGraph>,
     Vec<String>,
     HashMap<String, Vec<f32>>,
-) {
+);
+
+fn shop(min_items: usize) -> Shop {
     let mut rng = Rng(7);
     let centers: Vec<Vec<f32>> = (0..60)
         .map(|_| unit((0..DIM).map(|_| rng.next()).collect()))

@@ -152,7 +152,7 @@ impl CustomOp1 for FastGelu {
 /// `e^x` for x ≤ 0 (clamped at -87): Cody-Waite reduction to |r| ≤ ln2/2 and a degree-6
 /// polynomial (relative error ~2e-7), written without calls so that it vectorises.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -191,7 +191,7 @@ fn gelu_slice_avx2(values: &mut [f32]) {
     gelu_slice_body(values);
 }
 
-fn gelu_slice(values: &mut [f32]) {
+pub(crate) fn gelu_slice(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.

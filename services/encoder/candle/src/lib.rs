@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::Config;
 
+mod cpu;
 mod layers;
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
 
@@ -107,7 +108,11 @@ impl Bert {
 /// counted): one per inference worker.
 #[derive(Clone)]
 pub struct CandleBackend {
-    model: Bert,
+    /// candle's graph; `None` when the packed path serves (its weights are not kept twice).
+    model: Option<Bert>,
+    /// The packed, padding-free f32 path (CPU only; `SOUK_ENCODER_PACKED=0` turns it off to
+    /// measure candle's own path).
+    packed: Option<std::sync::Arc<cpu::CpuBert>>,
     device: Device,
     device_name: String,
     dtype: DType,
@@ -182,15 +187,65 @@ impl CandleBackend {
             as usize;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
-        let model = Bert::load(vb, &config).map_err(backend_err)?;
+        let packed_wanted = std::env::var("SOUK_ENCODER_PACKED").map_or(true, |v| v != "0");
+        let packed = if device_handle.is_cpu() && dtype_value == DType::F32 && packed_wanted {
+            let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+                vb.pp("bert")
+            } else {
+                vb.clone()
+            };
+            Some(std::sync::Arc::new(
+                cpu::CpuBert::load(root, &config).map_err(backend_err)?,
+            ))
+        } else {
+            None
+        };
+        let model = match packed {
+            Some(_) => None,
+            None => Some(Bert::load(vb, &config).map_err(backend_err)?),
+        };
         Ok(Self {
             model,
+            packed,
             device: device_handle,
             device_name: device.to_string(),
             dtype: dtype_value,
             pooling: files.pooling,
             dimension,
         })
+    }
+
+    /// The packed CPU path: hidden states of real tokens only, pooled per sequence.
+    fn forward_packed(
+        &self,
+        packed: &cpu::CpuBert,
+        batch: &Batch,
+    ) -> Result<Vec<Vec<f32>>, EncoderError> {
+        let sequences: Vec<(&[u32], &[u32])> = batch
+            .sequences
+            .iter()
+            .map(|s| (s.ids.as_slice(), s.type_ids.as_slice()))
+            .collect();
+        let (hidden, offsets) = packed.forward(&sequences).map_err(EncoderError::Backend)?;
+        let h = self.dimension;
+        Ok(offsets
+            .windows(2)
+            .map(|w| {
+                let rows = &hidden[w[0] * h..w[1] * h];
+                match self.pooling {
+                    Pooling::Cls => rows.get(..h).map_or_else(|| vec![0.0; h], <[f32]>::to_vec),
+                    Pooling::Mean => {
+                        let mut sum = vec![0.0f32; h];
+                        for row in rows.chunks_exact(h) {
+                            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                        }
+                        let n = (w[1] - w[0]).max(1) as f32;
+                        sum.iter_mut().for_each(|s| *s /= n);
+                        sum
+                    }
+                }
+            })
+            .collect())
     }
 
     fn forward(&self, batch: &Batch) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -208,7 +263,10 @@ impl CandleBackend {
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let types = Tensor::from_vec(types, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, &mask, self.dtype)?;
+        let Some(model) = &self.model else {
+            candle_core::bail!("no candle model loaded");
+        };
+        let hidden = model.forward(&ids, &types, &mask, self.dtype)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
@@ -238,6 +296,9 @@ impl Backend for CandleBackend {
     fn embed(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, EncoderError> {
         if batch.sequences.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(packed) = &self.packed {
+            return self.forward_packed(packed, batch);
         }
         self.forward(batch).map_err(backend_err)
     }

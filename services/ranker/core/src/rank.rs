@@ -510,12 +510,15 @@ fn fuse(features: &[f32; 5], weights: &[f32; 5]) -> f32 {
 /// Dense candidates asked of the HNSW graph per request (at least; 2k for large k).
 const ANN_CANDIDATES: usize = 128;
 
+/// Best BM25 hits added to the pool of a search (at least; 2k for large k).
+const BM25_CANDIDATES: usize = 256;
+
 /// Most popular items added to the pool of a search (a recommendation takes `keep` of them):
 /// with a query, popularity only breaks ties among relevant items.
 const POPULAR_WITH_QUERY: usize = 100;
 
 /// Where the first pass looks when the catalog has an HNSW graph: the query's nearest items
-/// by the graph, every BM25 hit, every CF neighbour and the `keep` most popular items: the
+/// by the graph, the best BM25 hits, every CF neighbour and the `keep` most popular items: the
 /// items that can carry a signal into the top `keep`, instead of every item. `None`: scan all.
 fn candidate_pool(
     catalog: &Catalog,
@@ -533,7 +536,14 @@ fn candidate_pool(
         None if catalog.uses_ann() => Vec::new(),
         None => return None,
     };
-    pool.extend(bm25.keys());
+    // The best BM25 hits only: a common word ("black") matches thousands of items.
+    let mut lexical: Vec<(u32, f32)> = bm25.iter().map(|(s, v)| (*s, *v)).collect();
+    let cap = BM25_CANDIDATES.max(2 * k);
+    if lexical.len() > cap {
+        lexical.select_nth_unstable_by(cap - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        lexical.truncate(cap);
+    }
+    pool.extend(lexical.into_iter().map(|(s, _)| s));
     pool.extend(cf.keys());
     pool.extend(catalog.most_popular(if query_vector.is_some() {
         POPULAR_WITH_QUERY

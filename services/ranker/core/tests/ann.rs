@@ -59,7 +59,11 @@ fn item(i: usize) -> Item {
         title: "Thing".into(),
         description: String::new(),
         category: vec!["Things".into()],
-        brand: String::new(),
+        brand: if i.is_multiple_of(500) {
+            "Rare".into()
+        } else {
+            String::new()
+        },
         price: 1.0,
         attributes: Default::default(),
         in_stock: true,
@@ -131,6 +135,35 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
         recall >= 0.95,
         "recall@10 of the HNSW pool vs exact: {recall:.3}"
     );
+
+    // A filter that few items pass still fills k: the pool falls back to the scan.
+    let rare = RankQuery {
+        query: Some(queries[1].clone()),
+        k: 5,
+        filters: souk_ranker_core::item::Filters {
+            brands: vec!["rare".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let want: Vec<String> = exact
+        .rank(&rare)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let got: Vec<String> = ann
+        .rank(&rare)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(want.len(), 5);
+    assert_eq!(got, want, "filtered searches answer as the exact scan does");
 
     // A new item is found at once; a deleted one is gone at once.
     let q = &queries[0];

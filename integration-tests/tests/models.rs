@@ -344,3 +344,110 @@ async fn user_profile_comes_through_the_graph_and_falls_back_to_the_catalog() {
     assert_eq!(p.categories, catalog_view.categories);
     assert!(p.attributes.iter().all(|a| a.name != "warranty=two-years"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_start_new_users_and_new_items_are_reachable() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    // A new user: the query and popularity carry a search, popularity a recommendation.
+    let r = client
+        .rank(rk::RankRequest {
+            user_id: "someone-new".into(),
+            query: "noise cancelling headphones".into(),
+            k: 5,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.items.len(), 5);
+    assert!(r.items[0].contributions.iter().any(|c| c.signal == "dense"));
+    let r = client
+        .rank(rk::RankRequest {
+            user_id: "someone-new".into(),
+            k: 5,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.items.len(), 5);
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.contributions.iter().any(|c| c.signal == "popularity")),
+        "{:#?}",
+        r.items
+    );
+
+    // A new item with no events: found by its text, and by the graph through its brand.
+    let bought = "p00074"; // u043 purchased it (kg-data/events.csv)
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let brand = reader
+        .records()
+        .map(|r| r.unwrap())
+        .find(|r| &r[0] == bought)
+        .map(|r| r[4].to_string())
+        .unwrap();
+    let item = rk::Item {
+        id: "new-pole".into(),
+        title: "Carbon Trekking Pole".into(),
+        description: "A light carbon trekking pole for long trails.".into(),
+        category: vec!["Outdoor".into(), "Trekking Poles".into()],
+        brand: brand.clone(),
+        price: 49.0,
+        in_stock: true,
+        ..Default::default()
+    };
+    client
+        .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items: vec![item],
+        }]))
+        .await
+        .unwrap();
+    let r = client
+        .rank(rk::RankRequest {
+            query: "carbon trekking pole".into(),
+            k: 3,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.items[0].id, "new-pole");
+    let signals: Vec<&str> = r.items[0]
+        .contributions
+        .iter()
+        .map(|c| c.signal.as_str())
+        .collect();
+    assert!(
+        signals.contains(&"dense") && signals.contains(&"bm25"),
+        "{signals:?}"
+    );
+    let r = client
+        .rank(rk::RankRequest {
+            user_id: "u043".into(),
+            candidate_ids: vec!["new-pole".into(), "p00001".into(), "p00150".into()],
+            k: 3,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pole = r.items.iter().find(|i| i.id == "new-pole").unwrap();
+    assert!(
+        pole.contributions
+            .iter()
+            .any(|c| c.signal == "kg" && c.value > 0.0),
+        "{pole:#?}"
+    );
+    assert!(
+        pole.reasons.iter().any(|r| r.contains(&brand)),
+        "the graph path through the brand explains it: {:?}",
+        pole.reasons
+    );
+}

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use souk_ranker_core::cf::{Ease, ItemKnn, Popularity, Recommender};
+use souk_ranker_core::cf::{Blend, Ease, ItemKnn, Popularity, Recommender, Rp3Beta};
 use souk_ranker_core::eval::RecSplit;
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +50,10 @@ pub struct RecArgs {
     /// Also evaluate DLAE (dropout linear autoencoder), tuned on the validation split.
     #[arg(long)]
     pub dlae: bool,
+    /// Blend the last model with RP3beta (a popularity-damped two-step walk), beta and the
+    /// blend weight chosen on the validation split.
+    #[arg(long)]
+    pub blend: bool,
 }
 
 #[derive(Debug, Args)]
@@ -762,14 +766,51 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
         }
         let t = Instant::now();
         let model = Ease::fit_dlae(&split.train, side, m, lambda, p)?;
-        measure(
-            format!(
-                "dlae{} (p={p}, lambda={lambda}, mu={m})",
-                if m > 0.0 { " + kg" } else { "" }
-            ),
-            &model,
-            t.elapsed().as_secs_f64(),
+        let name = format!(
+            "dlae{} (p={p}, lambda={lambda}, mu={m})",
+            if m > 0.0 { " + kg" } else { "" }
         );
+        measure(name.clone(), &model, t.elapsed().as_secs_f64());
+        if args.blend {
+            // Blend weights on the validation split only: the DLAE refitted there.
+            let on_validation = Ease::fit_dlae(&validation.train, side, m, lambda, p)?;
+            let mut best = (f64::MIN, 0.0, 0.0);
+            for beta in [0.0, 0.3, 0.5, 0.7] {
+                let walk = Rp3Beta::fit(&validation.train, beta);
+                for gamma in [0.0, 0.1, 0.2, 0.4, 0.8] {
+                    let blend = Blend {
+                        a: &on_validation,
+                        b: &walk,
+                        gamma,
+                    };
+                    let r = validation.evaluate(k, args.threads, |h| blend.scores(h)).0;
+                    println!(
+                        "  validation: blend rp3beta beta={beta} gamma={gamma} recall@{k}={r:.4}"
+                    );
+                    if r > best.0 {
+                        best = (r, beta, gamma);
+                    }
+                }
+            }
+            let (_, beta, gamma) = best;
+            let t = Instant::now();
+            let walk = Rp3Beta::fit(&split.train, beta);
+            measure(
+                format!("rp3beta (beta={beta})"),
+                &walk,
+                t.elapsed().as_secs_f64(),
+            );
+            let blend = Blend {
+                a: &model,
+                b: &walk,
+                gamma,
+            };
+            measure(
+                format!("{name} + {gamma} x rp3beta"),
+                &blend,
+                t.elapsed().as_secs_f64(),
+            );
+        }
     }
     if let Some((_, recall, ndcg, _)) = rows.last() {
         println!("recall@{k} fused={recall:.3} ndcg@{k} fused={ndcg:.3}");

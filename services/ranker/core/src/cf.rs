@@ -292,6 +292,80 @@ fn spd_inverse(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, crate::RankError> 
     Ok(inv)
 }
 
+/// RP3beta (Paudel et al. 2017): a two-step random walk item -> user -> item, with the landing
+/// item's popularity divided out to the power `beta`: W[i][j] = sum over users u of i and j of
+/// 1/|users(i)| x 1/|items(u)|, divided by |users(j)|^beta. Dense n x n.
+pub struct Rp3Beta {
+    w: Vec<f64>,
+    n: usize,
+}
+
+impl Rp3Beta {
+    /// # Complexity
+    /// O(sum over users of |items|^2) time, O(n_items^2) memory.
+    pub fn fit(data: &Interactions, beta: f64) -> Self {
+        let n = data.n_items;
+        let counts = data.item_counts();
+        let mut w = vec![0.0; n * n];
+        for items in &data.users {
+            let per_user = 1.0 / items.len().max(1) as f64;
+            for &i in items {
+                let from = per_user / counts[i as usize].max(1.0);
+                let row = &mut w[i as usize * n..(i as usize + 1) * n];
+                for &j in items {
+                    if i != j {
+                        row[j as usize] += from;
+                    }
+                }
+            }
+        }
+        let damp: Vec<f64> = counts.iter().map(|c| c.max(1.0).powf(-beta)).collect();
+        for row in w.chunks_exact_mut(n.max(1)) {
+            row.iter_mut().zip(&damp).for_each(|(v, d)| *v *= d);
+        }
+        Self { w, n }
+    }
+}
+
+impl Recommender for Rp3Beta {
+    fn scores(&self, history: &[u32]) -> Vec<f64> {
+        let mut s = vec![0.0; self.n];
+        for &h in history {
+            let row = &self.w[h as usize * self.n..(h as usize + 1) * self.n];
+            s.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        s
+    }
+}
+
+/// Score-level fusion of two models: each user's scores from each model are scaled to a
+/// maximum of 1, then `a + gamma x b`.
+pub struct Blend<'a> {
+    pub a: &'a dyn Recommender,
+    pub b: &'a dyn Recommender,
+    pub gamma: f64,
+}
+
+impl Recommender for Blend<'_> {
+    fn scores(&self, history: &[u32]) -> Vec<f64> {
+        let scale = |v: &mut Vec<f64>| {
+            let max = v.iter().copied().fold(0.0f64, f64::max);
+            if max > 0.0 {
+                v.iter_mut().for_each(|x| *x /= max);
+            }
+        };
+        let mut a = self.a.scores(history);
+        scale(&mut a);
+        if self.gamma == 0.0 {
+            return a;
+        }
+        let mut b = self.b.scores(history);
+        scale(&mut b);
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += self.gamma * y);
+        a
+    }
+}
+
 /// Each item's `k` strongest positive neighbours (never itself), strongest first.
 pub trait Neighbours {
     fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>>;

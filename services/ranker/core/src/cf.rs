@@ -672,7 +672,21 @@ mod tests {
             Box::new(Ease::fit_dlae(&data, &[], 0.0, 1.0, 0.25).unwrap()),
             Box::new(Ease::fit_with_side(&data, &[vec![0, 1]], 0.5, 1.0).unwrap()),
             Box::new(ItemKnn::fit(&data, 10)),
+            Box::new(Rp3Beta::fit(&data, 0.5)),
         ];
+        let ease = Ease::fit(&data, 1.0).unwrap();
+        let walk = Rp3Beta::fit(&data, 0.5);
+        let blend = Blend {
+            a: &ease,
+            b: &walk,
+            gamma: 0.5,
+        };
+        let blended = blend.scores(&[0]);
+        assert!(blended[1] > blended[2], "{blended:?}");
+        assert!(
+            blended[1] <= 1.5 + 1e-9,
+            "each part is scaled to a maximum of 1 before the blend: {blended:?}"
+        );
         for model in models {
             let s = model.scores(&[0]);
             assert!(s[1] > s[2] && s[1] > s[3], "{s:?}");

@@ -260,12 +260,14 @@ pub(crate) fn read_judged(path: &Path, titles_only: bool) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-const SIGNALS: [&str; 5] = [
+const SIGNALS: [&str; 7] = [
     "dense(title)",
     "dense(title+desc)",
     "bm25(title)",
     "bm25(title+desc)",
     "term overlap",
+    "phrase in title",
+    "dense(desc)",
 ];
 
 /// Features of every judged pair, grouped by query: the same signals the ranker uses
@@ -302,6 +304,11 @@ pub(crate) async fn features(
                 intern(full(r)),
             )
         })
+        .collect();
+    // The description alone (None without one): a third view the title does not dominate.
+    let descriptions: Vec<Option<usize>> = rows
+        .iter()
+        .map(|r| (!r.description.is_empty()).then(|| intern(r.description.clone())))
         .collect();
     let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
         crate::connect(encoder_url, "encoder").await?,
@@ -397,12 +404,20 @@ pub(crate) async fn features(
                 q_terms.iter().filter(|q| title_terms.contains(q)).count() as f64
                     / q_terms.len() as f64
             };
+            // The whole query, as written, inside the title ("led christmas lights").
+            let phrase = if texts[t].to_lowercase().contains(&query.to_lowercase()) {
+                1.0
+            } else {
+                0.0
+            };
             group.features.push(vec![
                 cos(qi, t),
                 cos(qi, f),
                 norm(st.get(&(t as u32)).copied().unwrap_or(0.0), max_t),
                 norm(sf.get(&(f as u32)).copied().unwrap_or(0.0), max_f),
                 overlap,
+                phrase,
+                descriptions[m].map_or(cos(qi, t), |d| cos(qi, d)),
             ]);
             group
                 .gains
@@ -414,7 +429,7 @@ pub(crate) async fn features(
     Ok(groups)
 }
 
-/// Appends, for the fusion only, each dense signal relative to the query's other candidates
+/// Appends, for the fusion only, the title and title+description dense signals relative to the query's other candidates
 /// (z-score within the query) and the product of dense similarity and term overlap: a linear
 /// model cannot form either from the raw signals, and both carry "better than the alternatives".
 fn add_relative_features(group: &mut souk_ranker_core::fusion::Group) {

@@ -71,7 +71,7 @@ impl EmbedArgs {
     #[must_use]
     pub fn request(&self) -> kg::TrainEmbeddingsRequest {
         kg::TrainEmbeddingsRequest {
-            model: model_pb(self.model) as i32,
+            model: kg::EmbeddingModel::from(self.model) as i32,
             dim: self.dim as u32,
             epochs: self.epochs as u32,
             batch_size: self.batch_size as u32,
@@ -88,14 +88,6 @@ impl EmbedArgs {
 }
 
 #[must_use]
-pub fn model_pb(model: Model) -> kg::EmbeddingModel {
-    match model {
-        Model::TransE => kg::EmbeddingModel::Transe,
-        Model::DistMult => kg::EmbeddingModel::Distmult,
-        Model::RotatE => kg::EmbeddingModel::Rotate,
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct KgEvalArgs {
     /// A directory with train.txt, valid.txt and test.txt (head<TAB>relation<TAB>tail).

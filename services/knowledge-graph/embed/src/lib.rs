@@ -34,6 +34,31 @@ pub use eval::{Metrics, evaluate};
 /// `ε` of the RotatE paper: the initialisation range is `(γ + ε) / dim`.
 const INIT_EPSILON: f32 = 2.0;
 
+#[cfg(feature = "proto")]
+impl From<Model> for souk_proto::kg::v1::EmbeddingModel {
+    fn from(model: Model) -> Self {
+        match model {
+            Model::TransE => Self::Transe,
+            Model::DistMult => Self::Distmult,
+            Model::RotatE => Self::Rotate,
+        }
+    }
+}
+
+#[cfg(feature = "proto")]
+impl Model {
+    /// The model a wire enum value names; `None` for unspecified or unknown values.
+    pub fn from_pb(value: i32) -> Option<Self> {
+        use souk_proto::kg::v1::EmbeddingModel as Pb;
+        match Pb::try_from(value).ok()? {
+            Pb::Transe => Some(Model::TransE),
+            Pb::Distmult => Some(Model::DistMult),
+            Pb::Rotate => Some(Model::RotatE),
+            Pb::Unspecified => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Model {
     /// `γ - ‖h + r - t‖₁` (Bordes et al. 2013).

@@ -352,7 +352,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
         let served = served(&loaded)?;
         let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
         let mut response = pb::EntityEmbeddingsResponse {
-            model: model_pb(served.config.model) as i32,
+            model: pb::EmbeddingModel::from(served.config.model) as i32,
             ..Default::default()
         };
         for entity in request.entities {
@@ -582,7 +582,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 .map_err(|_| lock_poisoned())?
                 .as_ref()
                 .map_or(pb::EmbeddingModel::Unspecified, |s| {
-                    model_pb(s.config.model)
+                    pb::EmbeddingModel::from(s.config.model)
                 }) as i32,
         }))
     }
@@ -653,26 +653,10 @@ fn named_top(
         .collect()
 }
 
-fn model_pb(model: Model) -> pb::EmbeddingModel {
-    match model {
-        Model::TransE => pb::EmbeddingModel::Transe,
-        Model::DistMult => pb::EmbeddingModel::Distmult,
-        Model::RotatE => pb::EmbeddingModel::Rotate,
-    }
-}
-
 /// A training request as a [`Config`]: zero means the documented default.
 fn train_config(request: &pb::TrainEmbeddingsRequest) -> Result<Config, Status> {
-    let model = match pb::EmbeddingModel::try_from(request.model) {
-        Ok(pb::EmbeddingModel::Transe) => Model::TransE,
-        Ok(pb::EmbeddingModel::Distmult) => Model::DistMult,
-        Ok(pb::EmbeddingModel::Rotate) => Model::RotatE,
-        _ => {
-            return Err(Status::invalid_argument(
-                "model must be TRANSE, DISTMULT or ROTATE",
-            ));
-        }
-    };
+    let model = Model::from_pb(request.model)
+        .ok_or_else(|| Status::invalid_argument("model must be TRANSE, DISTMULT or ROTATE"))?;
     let defaults = Config::default();
     let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
     let config = Config {

@@ -54,6 +54,10 @@ pub struct RecArgs {
     /// blend weight chosen on the validation split.
     #[arg(long)]
     pub blend: bool,
+    /// Also try DLAE with users weighted by |items(u)|^-alpha in the Gram matrix, alpha in
+    /// {0.25, 0.5} against 0, chosen on the validation split.
+    #[arg(long)]
+    pub user_weights: bool,
 }
 
 #[derive(Debug, Args)]
@@ -779,11 +783,29 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64(),
             );
         }
+        let mut alpha = 0.0;
+        if args.user_weights {
+            let mut best_alpha = (f64::MIN, 0.0);
+            for a in [0.0, 0.25, 0.5] {
+                let model = Ease::fit_dlae_weighted(&validation.train, side, m, lambda, p, a)?;
+                let r = validation.evaluate(k, args.threads, |h| model.scores(h)).0;
+                println!("  validation: dlae user weights alpha={a} recall@{k}={r:.4}");
+                if r > best_alpha.0 {
+                    best_alpha = (r, a);
+                }
+            }
+            alpha = best_alpha.1;
+        }
         let t = Instant::now();
-        let model = Ease::fit_dlae(&split.train, side, m, lambda, p)?;
+        let model = Ease::fit_dlae_weighted(&split.train, side, m, lambda, p, alpha)?;
         let name = format!(
-            "dlae{} (p={p}, lambda={lambda}, mu={m})",
-            if m > 0.0 { " + kg" } else { "" }
+            "dlae{} (p={p}, lambda={lambda}, mu={m}{})",
+            if m > 0.0 { " + kg" } else { "" },
+            if alpha > 0.0 {
+                format!(", user weights alpha={alpha}")
+            } else {
+                String::new()
+            }
         );
         measure(name.clone(), &model, t.elapsed().as_secs_f64());
         if args.blend {

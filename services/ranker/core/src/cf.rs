@@ -28,8 +28,14 @@ impl Interactions {
     /// X'X + mu^2 S'S: co-occurrence counts plus side-information groups (each group of items
     /// acts as one pseudo-user of weight mu), dense row-major n x n.
     fn gram_with_side(&self, side: &[Vec<u32>], mu: f64) -> Vec<f64> {
+        self.gram_weighted(side, mu, 0.0)
+    }
+
+    /// [`Self::gram_with_side`] with each user's row weighted by |items(u)|^-alpha (alpha 0:
+    /// plain counts): heavy users' many co-occurrences count for less.
+    fn gram_weighted(&self, side: &[Vec<u32>], mu: f64, alpha: f64) -> Vec<f64> {
         let n = self.n_items;
-        let mut g = self.gram();
+        let mut g = self.gram_alpha(alpha);
         if mu > 0.0 {
             let w = mu * mu;
             for items in side {
@@ -44,15 +50,20 @@ impl Interactions {
         g
     }
 
-    /// X'X: co-occurrence counts, dense row-major n x n.
-    fn gram(&self) -> Vec<f64> {
+    /// X'DX with D = diag(|items(u)|^-alpha): co-occurrence counts, dense row-major n x n.
+    fn gram_alpha(&self, alpha: f64) -> Vec<f64> {
         let n = self.n_items;
         let mut g = vec![0.0; n * n];
         for items in &self.users {
+            let w = if alpha == 0.0 {
+                1.0
+            } else {
+                (items.len().max(1) as f64).powf(-alpha)
+            };
             for &a in items {
                 let row = &mut g[a as usize * n..(a as usize + 1) * n];
                 for &b in items {
-                    row[b as usize] += 1.0;
+                    row[b as usize] += w;
                 }
             }
         }
@@ -198,13 +209,28 @@ impl Ease {
         lambda: f64,
         p: f64,
     ) -> Result<Self, crate::RankError> {
+        Self::fit_dlae_weighted(data, side, mu, lambda, p, 0.0)
+    }
+
+    /// [`Ease::fit_dlae`] on a Gram matrix whose users are weighted by |items(u)|^-alpha.
+    ///
+    /// # Errors
+    /// As [`Ease::fit_dlae`].
+    pub fn fit_dlae_weighted(
+        data: &Interactions,
+        side: &[Vec<u32>],
+        mu: f64,
+        lambda: f64,
+        p: f64,
+        alpha: f64,
+    ) -> Result<Self, crate::RankError> {
         if !(0.0..1.0).contains(&p) {
             return Err(crate::RankError::InvalidInput(format!(
                 "dropout p must be in [0, 1), got {p}"
             )));
         }
         let n = data.n_items;
-        let mut g = data.gram_with_side(side, mu);
+        let mut g = data.gram_weighted(side, mu, alpha);
         let penalty: Vec<f64> = (0..n)
             .map(|i| lambda + p / (1.0 - p) * g[i * n + i])
             .collect();

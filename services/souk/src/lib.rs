@@ -362,6 +362,22 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             last.as_ref().map_or(0.0, |p| p.loss),
             started.elapsed().as_secs_f64()
         );
+        // The trained collaborative filter (EASE) on the events just loaded, as
+        // `soukctl train cf` would fit it; the online co-occurrence keeps moving with clicks.
+        let cf = ranker
+            .train_cf(soukctl::with_token(
+                rk::TrainCfRequest {
+                    lambda: 50.0,
+                    ..Default::default()
+                },
+                &token,
+            )?)
+            .await?
+            .into_inner();
+        eprintln!(
+            "  collaborative filter: {} on {} items / {} users in {:.1}s",
+            cf.version, cf.items, cf.users, cf.seconds
+        );
     } else {
         eprintln!(
             "stores already hold {} items and {} events; skipping the load",

@@ -63,9 +63,17 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// One layer; `step(name)` runs after each operation (a no-op, or a device synchronise and
+    /// a clock read when profiling).
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let (batch, width, hidden) = x.dims3()?;
         let qkv = self.qkv.forward(x)?;
+        step("qkv linear")?;
         let split = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(D::Minus1, i * hidden, hidden)?
                 .reshape((batch, width, self.heads, self.head_size))?
@@ -73,19 +81,35 @@ impl Layer {
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scores = (q.matmul(&k.t()?)? / (self.head_size as f64).sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
-        let context = probs
-            .matmul(&v)?
+        step("split heads (3 contiguous copies)")?;
+        let scores = q.matmul(&k.t()?)?;
+        step("q k^T matmul")?;
+        let scores = (scores / (self.head_size as f64).sqrt())?;
+        step("scale")?;
+        let scores = scores.broadcast_add(mask)?;
+        step("mask broadcast add")?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        step("softmax")?;
+        let context = probs.matmul(&v)?;
+        step("probs v matmul")?;
+        let context = context
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch, width, hidden))?;
-        let attended = self
-            .attention_norm
-            .forward(&(self.attention_out.forward(&context)? + x)?)?;
-        let inner = gelu(&self.intermediate.forward(&attended)?)?;
-        self.output_norm
-            .forward(&(self.output.forward(&inner)? + &attended)?)
+        step("merge heads (contiguous copy)")?;
+        let projected = self.attention_out.forward(&context)?;
+        step("attention out linear")?;
+        let attended = self.attention_norm.forward(&(projected + x)?)?;
+        step("residual + layer norm (attention)")?;
+        let inner = self.intermediate.forward(&attended)?;
+        step("intermediate linear")?;
+        let inner = gelu(&inner)?;
+        step("gelu")?;
+        let out = self.output.forward(&inner)?;
+        step("output linear")?;
+        let out = self.output_norm.forward(&(out + &attended)?)?;
+        step("residual + layer norm (output)")?;
+        Ok(out)
     }
 }
 
@@ -105,9 +129,19 @@ impl Encoder {
 
     /// `mask`: additive, broadcastable to (batch, heads, width, width).
     pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, mask, &mut |_| Ok(()))
+    }
+
+    /// [`Self::forward`] calling `step` after each operation of each layer.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, mask)?;
+            x = layer.forward(&x, mask, step)?;
         }
         Ok(x)
     }

@@ -160,6 +160,25 @@ impl CandleBackend {
     /// # Errors
     /// A bad device or dtype, or weights that do not fit the config.
     pub fn load(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
+        let packed_wanted = std::env::var("SOUK_ENCODER_PACKED").map_or(true, |v| v != "0");
+        Self::load_with(files, device, dtype, packed_wanted)
+    }
+
+    /// Loads candle's graph even where the packed CPU path would serve (what GPUs run; tests
+    /// compare the two on CPU).
+    ///
+    /// # Errors
+    /// As [`CandleBackend::load`].
+    pub fn load_graph(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
+        Self::load_with(files, device, dtype, false)
+    }
+
+    fn load_with(
+        files: &ModelFiles,
+        device: &str,
+        dtype: &str,
+        packed_wanted: bool,
+    ) -> Result<Self, EncoderError> {
         let device_handle = parse_device(device)?;
         let dtype_value = match dtype {
             "f32" => DType::F32,
@@ -187,7 +206,6 @@ impl CandleBackend {
             as usize;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
-        let packed_wanted = std::env::var("SOUK_ENCODER_PACKED").map_or(true, |v| v != "0");
         let packed = if device_handle.is_cpu() && dtype_value == DType::F32 && packed_wanted {
             let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
                 vb.pp("bert")
@@ -327,6 +345,80 @@ impl Backend for CandleBackend {
 ///
 /// # Errors
 /// When a file cannot be read or written, or the weights do not load.
+/// Milliseconds per forward pass spent in each operation of candle's graph (all layers summed),
+/// for `souk-encoder-bench ops`: the device is synchronised after every operation, so the
+/// figures are per-op latencies (slower in total than an unsynchronised pass, but they show
+/// where a GPU's time goes without Nsight). Synthetic ids, batch x seq, mean of `iters` passes
+/// after two warm-up passes; biggest first.
+///
+/// # Errors
+/// A model that does not load, or a failing operation.
+pub fn profile_ops(
+    files: &ModelFiles,
+    device: &str,
+    dtype: &str,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+) -> Result<Vec<(String, f64)>, EncoderError> {
+    let backend = CandleBackend::load(files, device, dtype)?;
+    let model = match &backend.model {
+        Some(model) => model.clone(),
+        None => {
+            // The packed CPU path serves; profile candle's graph anyway.
+            let config_text = std::fs::read_to_string(&files.config)
+                .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
+            let config: Config = serde_json::from_str(&config_text)
+                .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
+            let vb = load_weights(&files.weights, backend.dtype, &backend.device)?;
+            Bert::load(vb, &config).map_err(backend_err)?
+        }
+    };
+    let run = || -> candle_core::Result<Vec<(String, f64)>> {
+        let dev = &backend.device;
+        let ids: Vec<u32> = (0..batch * seq)
+            .map(|i| 1000 + (i * 7919 % 20000) as u32)
+            .collect();
+        let ids = Tensor::from_vec(ids, (batch, seq), dev)?;
+        let types = ids.zeros_like()?;
+        let mask = Tensor::ones((batch, 1, 1, seq), backend.dtype, dev)?.zeros_like()?;
+        let mut totals: Vec<(String, f64)> = Vec::new();
+        for pass in 0..iters.max(1) + 2 {
+            let counted = pass >= 2;
+            dev.synchronize()?;
+            let mut last = std::time::Instant::now();
+            let mut add = |name: &str, totals: &mut Vec<(String, f64)>| {
+                let now = std::time::Instant::now();
+                let ms = (now - last).as_secs_f64() * 1e3;
+                last = now;
+                if counted {
+                    match totals.iter_mut().find(|(n, _)| n == name) {
+                        Some(entry) => entry.1 += ms,
+                        None => totals.push((name.to_string(), ms)),
+                    }
+                }
+            };
+            let x = model.embeddings.forward(&ids, &types)?;
+            dev.synchronize()?;
+            add("embeddings + layer norm", &mut totals);
+            let mut step = |name: &'static str| -> candle_core::Result<()> {
+                dev.synchronize()?;
+                add(name, &mut totals);
+                Ok(())
+            };
+            let hidden = model.encoder.forward_with(&x, &mask, &mut step)?;
+            let _pooled = hidden.mean(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            dev.synchronize()?;
+            add("pooling + copy to host", &mut totals);
+        }
+        let n = iters.max(1) as f64;
+        let mut out: Vec<(String, f64)> = totals.into_iter().map(|(k, v)| (k, v / n)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    };
+    run().map_err(backend_err)
+}
+
 pub fn convert_model(
     files: &ModelFiles,
     out: &std::path::Path,

@@ -40,6 +40,16 @@ impl souk_encoder_core::batcher::BatchObserver for NoMetrics {}
 
 #[derive(Subcommand)]
 enum Command {
+    /// Milliseconds per forward pass in each operation of candle's graph (device synchronised
+    /// after every op), at batch x seq tokens (synthetic ids).
+    Ops {
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
     /// Sequences per second at batch x seq tokens (synthetic ids).
     Shapes {
         #[arg(long, default_value_t = 128)]
@@ -127,6 +137,27 @@ fn main() -> anyhow::Result<()> {
         Command::Convert { out } => {
             souk_encoder_candle::convert_model(&files, &out, &cli.dtype)?;
             println!("wrote {} ({})", out.display(), cli.dtype);
+        }
+        Command::Ops { batch, seq, iters } => {
+            let ops = souk_encoder_candle::profile_ops(
+                &files,
+                &cli.device,
+                &cli.dtype,
+                batch,
+                seq,
+                iters,
+            )?;
+            let total: f64 = ops.iter().map(|(_, ms)| ms).sum();
+            println!(
+                "candle graph, device={} dtype={} shape={batch}x{seq}: {total:.2} ms per pass (synchronised after each op)",
+                cli.device, cli.dtype
+            );
+            for (name, ms) in ops {
+                println!(
+                    "  {ms:>9.3} ms  {:>5.1}%  {name}",
+                    100.0 * ms / total.max(1e-12)
+                );
+            }
         }
         Command::Shapes {
             batch,

@@ -43,10 +43,17 @@ pub struct Catalog {
     dimension: Option<usize>,
     bm25: Bm25,
     popularity: HashMap<String, f32>,
-    /// Distinct users per item, the CF normaliser.
-    item_users: HashMap<String, u32>,
+    /// Item ids seen by the collaborative filter (events may name items not in the catalog),
+    /// interned so the per-request CF walk indexes arrays instead of hashing strings.
+    cf_ids: HashMap<String, u32>,
+    cf_names: Vec<String>,
+    /// Distinct users per item (by CF id), the CF normaliser.
+    item_users: Vec<u32>,
     histories: HashMap<UserKey, Vec<HistoryEntry>>,
-    cooccurrence: HashMap<String, HashMap<String, f32>>,
+    /// Co-occurrence counts by CF id.
+    cooccurrence: Vec<HashMap<u32, f32, IdHash>>,
+    /// The trained model's neighbours by CF id.
+    trained_rows: Vec<Vec<(u32, f32)>>,
     interactions: u64,
     /// The collaborative filter fitted by `TrainCf`, when one was.
     trained_cf: Option<Arc<TrainedCf>>,
@@ -72,9 +79,12 @@ impl Default for Catalog {
             dimension: None,
             bm25: Bm25::default(),
             popularity: HashMap::new(),
-            item_users: HashMap::new(),
+            cf_ids: HashMap::new(),
+            cf_names: Vec::new(),
+            item_users: Vec::new(),
             histories: HashMap::new(),
-            cooccurrence: HashMap::new(),
+            cooccurrence: Vec::new(),
+            trained_rows: Vec::new(),
             interactions: 0,
             trained_cf: None,
             slot_versions: Vec::new(),
@@ -328,6 +338,7 @@ impl Catalog {
         {
             entry.popularity = popularity;
         }
+        let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
         if let Some(entry) = history.iter_mut().find(|e| e.item_id == event.item_id) {
             entry.weight += weight;
@@ -338,13 +349,13 @@ impl Catalog {
             return;
         }
         // First time this user touches this item: it co-occurs with their recent items.
-        *self.item_users.entry(event.item_id.clone()).or_default() += 1;
+        self.item_users[item as usize] += 1;
         let mut recent: Vec<&HistoryEntry> = history.iter().collect();
         recent.sort_by_key(|e| std::cmp::Reverse(e.last_ms));
-        let neighbours: Vec<String> = recent
+        let neighbours: Vec<u32> = recent
             .iter()
             .take(HISTORY_WINDOW)
-            .map(|e| e.item_id.clone())
+            .filter_map(|e| self.cf_ids.get(&e.item_id).copied())
             .collect();
         history.push(HistoryEntry {
             item_id: event.item_id.clone(),
@@ -353,19 +364,23 @@ impl Catalog {
             last_ms: event.timestamp_ms,
         });
         for other in neighbours {
-            *self
-                .cooccurrence
-                .entry(other.clone())
-                .or_default()
-                .entry(event.item_id.clone())
-                .or_default() += 1.0;
-            *self
-                .cooccurrence
-                .entry(event.item_id.clone())
-                .or_default()
-                .entry(other)
-                .or_default() += 1.0;
+            *self.cooccurrence[other as usize].entry(item).or_default() += 1.0;
+            *self.cooccurrence[item as usize].entry(other).or_default() += 1.0;
         }
+    }
+
+    /// The CF id of an item id, interning it on first sight.
+    fn cf_id(&mut self, item_id: &str) -> u32 {
+        if let Some(&id) = self.cf_ids.get(item_id) {
+            return id;
+        }
+        let id = self.cf_names.len() as u32;
+        self.cf_ids.insert(item_id.to_string(), id);
+        self.cf_names.push(item_id.to_string());
+        self.item_users.push(0);
+        self.cooccurrence.push(HashMap::default());
+        self.trained_rows.push(Vec::new());
+        id
     }
 
     /// Every user's distinct items, the input of a CF fit (taken under the read lock, fitted
@@ -379,6 +394,14 @@ impl Catalog {
 
     /// Serves `model` from now on (`None`: online co-occurrence only).
     pub fn set_trained_cf(&mut self, model: Option<Arc<TrainedCf>>) {
+        self.trained_rows.iter_mut().for_each(Vec::clear);
+        if let Some(model) = &model {
+            for (item, row) in &model.neighbours {
+                let from = self.cf_id(item);
+                let row: Vec<(u32, f32)> = row.iter().map(|(c, w)| (self.cf_id(c), *w)).collect();
+                self.trained_rows[from as usize] = row;
+            }
+        }
         self.trained_cf = model;
     }
 
@@ -386,40 +409,38 @@ impl Catalog {
         self.trained_cf.as_deref()
     }
 
-    /// CF scores from the history, each with the history item that contributed most. Online
-    /// item-kNN: for each candidate c, the sum over history items h of
-    /// w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix, moved by
-    /// every event). With a trained model, its neighbour weights summed over the history are
+    /// CF scores from the history for the catalog's items (by slot), each with the history item
+    /// that contributed most. Online item-kNN: for each candidate c, the sum over history items
+    /// h of w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix, moved
+    /// by every event). With a trained model, its neighbour weights summed over the history are
     /// added, each part scaled to a maximum of 1 so neither drowns the other.
-    pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<String, (f32, String)> {
-        let mut online: HashMap<&str, (f32, &str, f32)> = HashMap::new();
-        for h in history.iter().take(HISTORY_WINDOW) {
-            let Some(row) = self.cooccurrence.get(&h.item_id) else {
-                continue;
-            };
-            let uh = self.item_users.get(&h.item_id).copied().unwrap_or(1).max(1) as f32;
-            let wh = h.weight.ln_1p();
-            for (c, &count) in row {
-                let uc = self.item_users.get(c).copied().unwrap_or(1).max(1) as f32;
-                add_score(&mut online, c, wh * count / (uh * uc).sqrt(), &h.item_id);
+    pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<u32, (f32, &str)> {
+        type Scores = HashMap<u32, (f32, u32, f32), IdHash>;
+        let sources: Vec<(u32, f32)> = history
+            .iter()
+            .take(HISTORY_WINDOW)
+            .filter_map(|h| self.cf_ids.get(&h.item_id).map(|&id| (id, h.weight)))
+            .collect();
+        let mut online = Scores::default();
+        for &(h, weight) in &sources {
+            let uh = self.item_users[h as usize].max(1) as f32;
+            let wh = weight.ln_1p();
+            for (&c, &count) in &self.cooccurrence[h as usize] {
+                let uc = self.item_users[c as usize].max(1) as f32;
+                add_score(&mut online, c, wh * count / (uh * uc).sqrt(), h);
             }
         }
-        let Some(trained) = self.trained_cf.as_deref() else {
-            return online
-                .into_iter()
-                .map(|(c, (s, by, _))| (c.to_string(), (s, by.to_string())))
-                .collect();
-        };
-        let mut fitted: HashMap<&str, (f32, &str, f32)> = HashMap::new();
-        for h in history.iter().take(HISTORY_WINDOW) {
-            for (c, w) in trained.neighbours.get(&h.item_id).into_iter().flatten() {
-                add_score(&mut fitted, c, *w, &h.item_id);
+        let mut fitted = Scores::default();
+        if self.trained_cf.is_some() {
+            for &(h, _) in &sources {
+                for &(c, w) in &self.trained_rows[h as usize] {
+                    add_score(&mut fitted, c, w, h);
+                }
             }
         }
-        let max =
-            |m: &HashMap<&str, (f32, &str, f32)>| m.values().map(|v| v.0).fold(0.0f32, f32::max);
+        let max = |m: &Scores| m.values().map(|v| v.0).fold(0.0f32, f32::max);
         let (online_max, fitted_max) = (max(&online), max(&fitted));
-        let mut out: HashMap<&str, (f32, &str, f32)> = HashMap::new();
+        let mut out = Scores::default();
         for (part, part_max) in [(online, online_max), (fitted, fitted_max)] {
             if part_max <= 0.0 {
                 continue;
@@ -435,7 +456,10 @@ impl Catalog {
         }
         out.into_iter()
             .filter(|(_, (s, _, _))| *s > 0.0)
-            .map(|(c, (s, by, _))| (c.to_string(), (s, by.to_string())))
+            .filter_map(|(c, (s, by, _))| {
+                let slot = *self.by_id.get(&self.cf_names[c as usize])?;
+                Some((slot, (s, self.cf_names[by as usize].as_str())))
+            })
             .collect()
     }
 
@@ -539,12 +563,7 @@ pub struct Profile {
 }
 
 /// Adds `s` to candidate `c`'s score, remembering the history item that gave the most.
-fn add_score<'a>(
-    scores: &mut HashMap<&'a str, (f32, &'a str, f32)>,
-    c: &'a str,
-    s: f32,
-    by: &'a str,
-) {
+fn add_score(scores: &mut HashMap<u32, (f32, u32, f32), IdHash>, c: u32, s: f32, by: u32) {
     let e = scores.entry(c).or_insert((0.0, by, f32::MIN));
     e.0 += s;
     if s > e.2 {
@@ -552,3 +571,26 @@ fn add_score<'a>(
         e.2 = s;
     }
 }
+
+/// Hashes the u32 ids of the CF maps with one multiply (Fibonacci hashing): SipHash's
+/// resistance to chosen keys is not needed for ids the catalog hands out itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;

@@ -524,7 +524,7 @@ fn candidate_pool(
     catalog: &Catalog,
     query_vector: Option<&[f32]>,
     bm25: &HashMap<u32, f32>,
-    cf: &HashMap<u32, (f32, &String)>,
+    cf: &HashMap<u32, (f32, &str)>,
     keep: usize,
     k: usize,
 ) -> Option<Vec<u32>> {
@@ -580,17 +580,13 @@ fn first_pass(
         .collect();
     let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
     let bm25_max = bm25.values().copied().fold(0.0, f32::max);
-    let cf = if history.is_empty() {
+    // CF neighbours by slot: the scan below must not hash an item id per item.
+    let cf_by_slot: HashMap<u32, (f32, &str)> = if history.is_empty() {
         HashMap::new()
     } else {
         catalog.cf_scores(history)
     };
-    let cf_max = cf.values().map(|(s, _)| *s).fold(0.0, f32::max);
-    // CF neighbours by slot: the scan below must not hash an item id per item.
-    let cf_by_slot: HashMap<u32, (f32, &String)> = cf
-        .iter()
-        .filter_map(|(id, (s, by))| catalog.slot_of(id).map(|slot| (slot, (*s, by))))
-        .collect();
+    let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let pool = if request.candidate_ids.is_empty() {
         candidate_pool(catalog, query_vector, &bm25, &cf_by_slot, keep, request.k)
     } else {
@@ -673,7 +669,7 @@ fn first_pass(
             cf_by: cf_by_slot
                 .get(&slot)
                 .filter(|_| cf_max > 0.0)
-                .map(|(_, by)| (*by).clone()),
+                .map(|(_, by)| (*by).to_string()),
             kg_path: None,
             kg_similar: None,
         })

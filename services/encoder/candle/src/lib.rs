@@ -361,18 +361,9 @@ pub fn profile_ops(
     seq: usize,
     iters: usize,
 ) -> Result<Vec<(String, f64)>, EncoderError> {
-    let backend = CandleBackend::load(files, device, dtype)?;
-    let model = match &backend.model {
-        Some(model) => model.clone(),
-        None => {
-            // The packed CPU path serves; profile candle's graph anyway.
-            let config_text = std::fs::read_to_string(&files.config)
-                .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
-            let config: Config = serde_json::from_str(&config_text)
-                .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
-            let vb = load_weights(&files.weights, backend.dtype, &backend.device)?;
-            Bert::load(vb, &config).map_err(backend_err)?
-        }
+    let backend = CandleBackend::load_graph(files, device, dtype)?;
+    let Some(model) = &backend.model else {
+        return Err(EncoderError::Backend("candle's graph did not load".into()));
     };
     let run = || -> candle_core::Result<Vec<(String, f64)>> {
         let dev = &backend.device;

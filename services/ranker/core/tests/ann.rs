@@ -106,15 +106,19 @@ fn shop(min_items: usize) -> Shop {
     (ranker, names, queries)
 }
 
+async fn ids(ranker: &Ranker<Queries, NoGraph>, request: &RankQuery) -> Vec<String> {
+    let r = ranker.rank(request).await.unwrap();
+    assert!(r.missing_signals.is_empty());
+    r.items.into_iter().map(|i| i.id).collect()
+}
+
 async fn top(ranker: &Ranker<Queries, NoGraph>, query: &str, k: usize) -> Vec<String> {
     let request = RankQuery {
         query: Some(query.into()),
         k,
         ..Default::default()
     };
-    let r = ranker.rank(&request).await.unwrap();
-    assert!(r.missing_signals.is_empty());
-    r.items.into_iter().map(|i| i.id).collect()
+    ids(ranker, &request).await
 }
 
 #[tokio::test]
@@ -146,22 +150,8 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
         },
         ..Default::default()
     };
-    let want: Vec<String> = exact
-        .rank(&rare)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    let got: Vec<String> = ann
-        .rank(&rare)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let want = ids(&exact, &rare).await;
+    let got = ids(&ann, &rare).await;
     assert_eq!(want.len(), 5);
     assert_eq!(got, want, "filtered searches answer as the exact scan does");
 

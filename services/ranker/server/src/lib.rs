@@ -199,6 +199,14 @@ fn status(error: RankError) -> Status {
     }
 }
 
+/// Time since the Unix epoch, the suffix of generated model versions (zero on a clock set
+/// before 1970).
+fn unix_time() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 fn poisoned() -> Status {
     Status::internal("catalog lock poisoned; restart the service")
 }
@@ -604,13 +612,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .read()
             .map_err(|_| poisoned())?
             .user_item_sets();
-        let version = format!(
-            "{}-{}",
-            algorithm.name(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis())
-        );
+        let version = format!("{}-{}", algorithm.name(), unix_time().as_millis());
         let fitted = {
             let ready = ready.clone();
             tokio::task::spawn_blocking(move || -> Result<_, RankError> {
@@ -659,12 +661,7 @@ impl pb::ranker_server::Ranker for RankerService {
         };
         let model = FusionModel {
             version: if model.version.is_empty() {
-                format!(
-                    "fusion-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                )
+                format!("fusion-{}", unix_time().as_secs())
             } else {
                 model.version
             },

@@ -27,6 +27,8 @@ for lib in cublas cublasLt curand nvrtc cudart; do
   [ -n "$real" ] && ln -sf "$real" "$links/lib$lib.so"
 done
 if [ ! -f "$links/libcuda.so" ]; then
+  # The stub's symbol list comes from cudarc's sources: fetch them first on a fresh machine.
+  (cd "$root" && cargo fetch --locked --quiet)
   sys="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)"
   grep -oE 'pub unsafe fn cu[A-Za-z0-9_]+' "$sys" | awk '{print $4}' | sort -u \
     | awk '{print "void " $1 "(void) {}"}' > "$links/libcuda_stub.c"

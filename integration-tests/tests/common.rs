@@ -85,6 +85,7 @@ pub fn encoder_args(model_dir: PathBuf) -> souk_encoder::EncoderArgs {
         model_dir,
         device: "cpu".into(),
         dtype: "f32".into(),
+        engine: "auto".into(),
         max_batch_tokens: 16_384,
         max_batch_texts: 512,
         queue_capacity: 256,

@@ -17,8 +17,8 @@ python3 scripts/gen_bench_texts.py > /tmp/souk-bench-texts.txt
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 for b in ${BATCHES//,/ }; do
   # candle's own graph (padded batches), for comparison with the packed path that serves.
-  echo "candle path (SOUK_ENCODER_PACKED=0):"
-  SOUK_ENCODER_PACKED=0 /usr/bin/time -f "  peak RSS %M KB" ./target/release/souk-encoder-bench --model "$MODEL" texts /tmp/souk-bench-texts.txt --batch "$b" --repeat 3
+  echo "candle path (--engine graph):"
+  /usr/bin/time -f "  peak RSS %M KB" ./target/release/souk-encoder-bench --model "$MODEL" --engine graph texts /tmp/souk-bench-texts.txt --batch "$b" --repeat 3
   echo "packed path (default):"
   /usr/bin/time -f "  peak RSS %M KB" ./target/release/souk-encoder-bench --model "$MODEL" texts /tmp/souk-bench-texts.txt --batch "$b" --repeat 3
   # Two callers, two single-threaded inference workers (souk-encoder --inference-workers 2).

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Where candle's GPU time goes, for the encoder speed work (run on a lent GPU machine from the
+# Where candle's stock graph (--engine graph) spends GPU time, for the encoder speed work
+# (run-gpu-check.sh profiles the fused engine, the default) (run on a lent GPU machine from the
 # repo root with target-cuda/gpu-bundle carried). Writes $OUT/gpu-profile.txt: throughput over
 # batch sizes at 128 tokens (does it scale with work, or is it per-op overhead?), candle's time
 # per operation (`souk-encoder-bench ops`, synchronised after each op), and, when
@@ -12,11 +13,11 @@ out="${OUT:-/tmp}"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   echo "== f16 throughput vs batch at 128 tokens, and vs tokens at batch 128"
   for shape in 32x128 128x128 512x128 1024x128 128x32 128x256; do
-    timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "$shape FAILED"
+    timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine graph --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "$shape FAILED"
   done
   echo "== candle per-op time (device synchronised after each op; souk-encoder-bench ops)"
-  timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "ops 512x128 FAILED"
-  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "ops 128x32 FAILED"
+  timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine graph --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "ops 512x128 FAILED"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine graph --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "ops 128x32 FAILED"
   nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -1)
   echo "== nsys: ${nsys:-not found}"
   if [ -n "$nsys" ]; then

@@ -2,7 +2,9 @@
 # The encoder's GPU check, run once on a lent GPU machine (device tool) from the repo root, with
 # target-cuda/gpu-bundle carried (made by scripts/gpu/make-bundle.sh). Writes $OUT/gpu-check.txt:
 # the card, the CUDA libraries the binary resolves, f32/f16/bf16 agreement with CPU f32 vectors,
-# and sequences/s for candle and PyTorch at 128x32 and 512x128 in the same run.
+# sequences/s for the fused engine (the GPU default), candle's stock graph (the before) and
+# PyTorch at 128x32 and 512x128 in the same run, and the fused engine's time per operation.
+# About 2-3 minutes of device time.
 set -u
 out="${OUT:-/tmp}"
 . scripts/gpu/env.sh
@@ -12,18 +14,27 @@ out="${OUT:-/tmp}"
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
   echo "== libraries"
   ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found"
-  echo "== agreement with CPU f32 (288 texts)"
-  for dt in f32 f16 bf16; do
-    timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $dt"
+  echo "== agreement with CPU f32 (288 texts, padded batches of 32)"
+  for engine in fused graph; do
+    for dt in f32 f16 bf16; do
+      timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $engine $dt"
+    done
   done
-  echo "== throughput, candle"
-  for dt in f32 f16 bf16; do
+  echo "== throughput: fused engine, then candle's stock graph"
+  for dt in f16 bf16 f32; do
     for shape in 128x32 512x128; do
-      timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "candle $dt $shape FAILED"
+      for engine in fused graph; do
+        timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "$engine $dt $shape FAILED"
+      done
     done
   done
   echo "== throughput, PyTorch (same shapes, same weights)"
   timeout 240 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 2>/dev/null || echo "torch bench FAILED"
-  echo "== PyTorch with unfused (eager) attention, for the diagnosis"
-  timeout 120 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 --dtypes f16 --attn eager 2>/dev/null || echo "torch eager FAILED"
+  echo "== fused engine per-op time, f16 (device synchronised after each op)"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "ops 512x128 FAILED"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "ops 128x32 FAILED"
+  echo "== f16 throughput vs batch (does it scale with work, or with launches?)"
+  for shape in 32x128 1024x128 128x256; do
+    timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "fused f16 $shape FAILED"
+  done
 } 2>&1 | tee "$out/gpu-check.txt"

@@ -109,6 +109,7 @@ impl Suite {
             model_dir: args.model_dir.clone(),
             device: args.device.clone(),
             dtype: "f32".into(),
+            engine: "auto".into(),
             max_batch_tokens: 16_384,
             max_batch_texts: 512,
             queue_capacity: 256,

@@ -16,6 +16,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::Config;
 
 mod cpu;
+mod fused;
 mod layers;
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
 
@@ -104,15 +105,68 @@ impl Bert {
     }
 }
 
+/// Which implementation of the forward pass serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `cpu.rs`: padding-free packed rows and our own AVX2 kernels (CPU, f32; the CPU default).
+    Packed,
+    /// `fused.rs`: cuBLAS matrix multiplies and five fused kernels of our own (the GPU
+    /// default; on CPU it runs the kernels' f32 reference, for tests).
+    Fused,
+    /// `layers.rs`: candle's stock tensor ops, kept to measure the other two against.
+    Graph,
+}
+
+impl Engine {
+    /// What serves when nothing is asked for: packed on CPU, fused elsewhere.
+    #[must_use]
+    pub fn default_for(device: &str) -> Self {
+        if device == "cpu" {
+            Self::Packed
+        } else {
+            Self::Fused
+        }
+    }
+
+    /// `auto` (or empty) picks [`Engine::default_for`] the device.
+    ///
+    /// # Errors
+    /// A name other than auto, packed, fused or graph.
+    pub fn parse(name: &str, device: &str) -> Result<Self, EncoderError> {
+        match name {
+            "" | "auto" => Ok(Self::default_for(device)),
+            "packed" => Ok(Self::Packed),
+            "fused" => Ok(Self::Fused),
+            "graph" => Ok(Self::Graph),
+            other => Err(EncoderError::Model(format!(
+                "engine {other:?}: expected auto, packed, fused or graph"
+            ))),
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Packed => "packed",
+            Self::Fused => "fused",
+            Self::Graph => "graph",
+        }
+    }
+}
+
+/// The loaded forward pass; only the serving engine's weights are kept.
+#[derive(Clone)]
+enum Loaded {
+    Packed(std::sync::Arc<cpu::CpuBert>),
+    Fused(std::sync::Arc<fused::FusedBert>),
+    Graph(Bert),
+}
+
 /// A loaded model on one device. Clones share the weights (candle tensors are reference
-/// counted): one per inference worker.
+/// counted, the packed and fused weights sit behind an `Arc`): one per inference worker.
 #[derive(Clone)]
 pub struct CandleBackend {
-    /// candle's graph; `None` when the packed path serves (its weights are not kept twice).
-    model: Option<Bert>,
-    /// The packed, padding-free f32 path (CPU only; `SOUK_ENCODER_PACKED=0` turns it off to
-    /// measure candle's own path).
-    packed: Option<std::sync::Arc<cpu::CpuBert>>,
+    loaded: Loaded,
     device: Device,
     device_name: String,
     dtype: DType,
@@ -155,29 +209,25 @@ pub fn parse_device(name: &str) -> Result<Device, EncoderError> {
 
 impl CandleBackend {
     /// Loads the weights of `files` onto `device` (`cpu`, `cuda:N`) as `dtype` (`f32`; `f16` and
-    /// `bf16` only on GPU, where they pay off).
+    /// `bf16` only on GPU, where they pay off), with the engine `SOUK_ENCODER_ENGINE` names
+    /// (`auto` when unset: packed on CPU, fused on GPU).
     ///
     /// # Errors
-    /// A bad device or dtype, or weights that do not fit the config.
+    /// A bad device, dtype or engine, or weights that do not fit the config.
     pub fn load(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
-        let packed_wanted = std::env::var("SOUK_ENCODER_PACKED").map_or(true, |v| v != "0");
-        Self::load_with(files, device, dtype, packed_wanted)
+        let name = std::env::var("SOUK_ENCODER_ENGINE").unwrap_or_default();
+        Self::load_engine(files, device, dtype, Engine::parse(&name, device)?)
     }
 
-    /// Loads candle's graph even where the packed CPU path would serve (what GPUs run; tests
-    /// compare the two on CPU).
+    /// Loads `files` for one engine.
     ///
     /// # Errors
-    /// As [`CandleBackend::load`].
-    pub fn load_graph(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
-        Self::load_with(files, device, dtype, false)
-    }
-
-    fn load_with(
+    /// As [`CandleBackend::load`]; also the packed engine anywhere but CPU f32.
+    pub fn load_engine(
         files: &ModelFiles,
         device: &str,
         dtype: &str,
-        packed_wanted: bool,
+        engine: Engine,
     ) -> Result<Self, EncoderError> {
         let device_handle = parse_device(device)?;
         let dtype_value = match dtype {
@@ -195,6 +245,11 @@ impl CandleBackend {
                 "dtype {dtype} is only supported on GPU; use f32 on cpu"
             )));
         }
+        if engine == Engine::Packed && !device_handle.is_cpu() {
+            return Err(EncoderError::Model(format!(
+                "engine packed runs on cpu only, not {device}"
+            )));
+        }
         let config_text = std::fs::read_to_string(&files.config)
             .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
         let config: Config = serde_json::from_str(&config_text)
@@ -206,31 +261,38 @@ impl CandleBackend {
             as usize;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
-        let packed = if device_handle.is_cpu() && dtype_value == DType::F32 && packed_wanted {
-            let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-                vb.pp("bert")
-            } else {
-                vb.clone()
-            };
-            Some(std::sync::Arc::new(
-                cpu::CpuBert::load(root, &config).map_err(backend_err)?,
-            ))
+        let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
         } else {
-            None
+            vb.clone()
         };
-        let model = match packed {
-            Some(_) => None,
-            None => Some(Bert::load(vb, &config).map_err(backend_err)?),
+        let loaded = match engine {
+            Engine::Packed => Loaded::Packed(std::sync::Arc::new(
+                cpu::CpuBert::load(root, &config).map_err(backend_err)?,
+            )),
+            Engine::Fused => Loaded::Fused(std::sync::Arc::new(
+                fused::FusedBert::load(root, &config).map_err(backend_err)?,
+            )),
+            Engine::Graph => Loaded::Graph(Bert::load(vb, &config).map_err(backend_err)?),
         };
         Ok(Self {
-            model,
-            packed,
+            loaded,
             device: device_handle,
             device_name: device.to_string(),
             dtype: dtype_value,
             pooling: files.pooling,
             dimension,
         })
+    }
+
+    /// The engine serving.
+    #[must_use]
+    pub fn engine(&self) -> Engine {
+        match self.loaded {
+            Loaded::Packed(_) => Engine::Packed,
+            Loaded::Fused(_) => Engine::Fused,
+            Loaded::Graph(_) => Engine::Graph,
+        }
     }
 
     /// The packed CPU path: hidden states of real tokens only, pooled per sequence.
@@ -281,8 +343,8 @@ impl CandleBackend {
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let types = Tensor::from_vec(types, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let Some(model) = &self.model else {
-            candle_core::bail!("no candle model loaded");
+        let Loaded::Graph(model) = &self.loaded else {
+            candle_core::bail!("candle's graph is not loaded");
         };
         let hidden = model.forward(&ids, &types, &mask, self.dtype)?;
         let pooled = match self.pooling {
@@ -315,10 +377,13 @@ impl Backend for CandleBackend {
         if batch.sequences.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(packed) = &self.packed {
-            return self.forward_packed(packed, batch);
+        match &self.loaded {
+            Loaded::Packed(packed) => self.forward_packed(packed, batch),
+            Loaded::Fused(fused) => fused
+                .embed(batch, self.pooling, &self.device)
+                .map_err(backend_err),
+            Loaded::Graph(_) => self.forward(batch).map_err(backend_err),
         }
-        self.forward(batch).map_err(backend_err)
     }
 
     fn dimension(&self) -> usize {
@@ -339,46 +404,46 @@ impl Backend for CandleBackend {
     }
 }
 
-/// Copies a model directory to `out`, converting `model.safetensors` to `dtype` (`f16`,
-/// `bf16` or `f32`); the other files (config, tokenizer, pooling) are copied as they are.
-/// Halving the weights makes a model small enough to ship to a GPU box for a benchmark.
+/// Milliseconds per forward pass spent in each operation of `engine` (all layers summed), for
+/// `souk-encoder-bench ops`: the device is synchronised after every operation, so the figures
+/// are per-op latencies (slower in total than an unsynchronised pass, but they show where a
+/// GPU's time goes without Nsight). Synthetic ids, batch x seq, mean of `iters` passes after two
+/// warm-up passes; biggest first.
 ///
 /// # Errors
-/// When a file cannot be read or written, or the weights do not load.
-/// Milliseconds per forward pass spent in each operation of candle's graph (all layers summed),
-/// for `souk-encoder-bench ops`: the device is synchronised after every operation, so the
-/// figures are per-op latencies (slower in total than an unsynchronised pass, but they show
-/// where a GPU's time goes without Nsight). Synthetic ids, batch x seq, mean of `iters` passes
-/// after two warm-up passes; biggest first.
-///
-/// # Errors
-/// A model that does not load, or a failing operation.
+/// A model that does not load, the packed engine (it has no per-op hooks), or a failing
+/// operation.
 pub fn profile_ops(
     files: &ModelFiles,
     device: &str,
     dtype: &str,
+    engine: Engine,
     batch: usize,
     seq: usize,
     iters: usize,
 ) -> Result<Vec<(String, f64)>, EncoderError> {
-    let backend = CandleBackend::load_graph(files, device, dtype)?;
-    let Some(model) = &backend.model else {
-        return Err(EncoderError::Backend("candle's graph did not load".into()));
-    };
+    let backend = CandleBackend::load_engine(files, device, dtype, engine)?;
+    let dev = &backend.device;
+    let sequences: Vec<souk_encoder_core::Sequence> = (0..batch)
+        .map(|s| {
+            let ids: Vec<u32> = (0..seq)
+                .map(|i| 1000 + ((s * seq + i) * 7919 % 20000) as u32)
+                .collect();
+            souk_encoder_core::Sequence {
+                type_ids: vec![0; ids.len()],
+                ids,
+            }
+        })
+        .collect();
+    let input = Batch { sequences };
     let run = || -> candle_core::Result<Vec<(String, f64)>> {
-        let dev = &backend.device;
-        let ids: Vec<u32> = (0..batch * seq)
-            .map(|i| 1000 + (i * 7919 % 20000) as u32)
-            .collect();
-        let ids = Tensor::from_vec(ids, (batch, seq), dev)?;
-        let types = ids.zeros_like()?;
-        let mask = Tensor::ones((batch, 1, 1, seq), backend.dtype, dev)?.zeros_like()?;
         let mut totals: Vec<(String, f64)> = Vec::new();
         for pass in 0..iters.max(1) + 2 {
             let counted = pass >= 2;
             dev.synchronize()?;
             let mut last = std::time::Instant::now();
-            let mut add = |name: &str, totals: &mut Vec<(String, f64)>| {
+            let mut step = |name: &'static str| -> candle_core::Result<()> {
+                dev.synchronize()?;
                 let now = std::time::Instant::now();
                 let ms = (now - last).as_secs_f64() * 1e3;
                 last = now;
@@ -388,19 +453,30 @@ pub fn profile_ops(
                         None => totals.push((name.to_string(), ms)),
                     }
                 }
-            };
-            let x = model.embeddings.forward(&ids, &types)?;
-            dev.synchronize()?;
-            add("embeddings + layer norm", &mut totals);
-            let mut step = |name: &'static str| -> candle_core::Result<()> {
-                dev.synchronize()?;
-                add(name, &mut totals);
                 Ok(())
             };
-            let hidden = model.encoder.forward_with(&x, &mask, &mut step)?;
-            let _pooled = hidden.mean(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            dev.synchronize()?;
-            add("pooling + copy to host", &mut totals);
+            match &backend.loaded {
+                Loaded::Fused(model) => {
+                    model.embed_with(&input, backend.pooling, dev, &mut step)?;
+                }
+                Loaded::Graph(model) => {
+                    let ids: Vec<u32> =
+                        input.sequences.iter().flat_map(|s| s.ids.clone()).collect();
+                    let ids = Tensor::from_vec(ids, (batch, seq), dev)?;
+                    let types = ids.zeros_like()?;
+                    let mask = Tensor::zeros((batch, 1, 1, seq), backend.dtype, dev)?;
+                    let x = model.embeddings.forward(&ids, &types)?;
+                    step("embeddings + layer norm")?;
+                    let hidden = model.encoder.forward_with(&x, &mask, &mut step)?;
+                    let _pooled = hidden.mean(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                    step("pooling + copy to host")?;
+                }
+                Loaded::Packed(_) => {
+                    candle_core::bail!(
+                        "the packed engine has no per-op profile; use fused or graph"
+                    )
+                }
+            }
         }
         let n = iters.max(1) as f64;
         let mut out: Vec<(String, f64)> = totals.into_iter().map(|(k, v)| (k, v / n)).collect();
@@ -410,6 +486,12 @@ pub fn profile_ops(
     run().map_err(backend_err)
 }
 
+/// Copies a model directory to `out`, converting `model.safetensors` to `dtype` (`f16`,
+/// `bf16` or `f32`); the other files (config, tokenizer, pooling) are copied as they are.
+/// Halving the weights makes a model small enough to ship to a GPU box for a benchmark.
+///
+/// # Errors
+/// When a file cannot be read or written, or the weights do not load.
 pub fn convert_model(
     files: &ModelFiles,
     out: &std::path::Path,

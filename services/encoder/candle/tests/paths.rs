@@ -1,13 +1,14 @@
-//! The packed CPU path against candle's graph (what GPUs run) on the real model: the same
-//! vectors for sequences of every length class in one mixed batch. The reference test in
-//! integration-tests holds both to sentence-transformers; this one catches a divergence between
-//! them in CI, where no GPU exercises the graph.
+//! The three engines on the real model: the fused engine (what GPUs run, here through its
+//! kernels' CPU reference) and candle's graph must give the packed CPU engine's vectors, for
+//! sequences of every length class in one mixed (padded) batch and for a lone sequence. The
+//! reference test in integration-tests holds the served engine to sentence-transformers; this
+//! one catches a divergence between engines in CI, where no GPU runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use souk_encoder_candle::CandleBackend;
+use souk_encoder_candle::{CandleBackend, Engine};
 use souk_encoder_core::{Backend, Batch, ModelFiles, Sequence};
 
 #[test]
-fn packed_and_graph_paths_give_the_same_vectors() {
+fn every_engine_gives_the_packed_engines_vectors() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../models/all-MiniLM-L6-v2");
     if !dir.is_dir() {
@@ -18,8 +19,7 @@ fn packed_and_graph_paths_give_the_same_vectors() {
         return;
     }
     let files = ModelFiles::open(&dir).unwrap();
-    let mut packed = CandleBackend::load(&files, "cpu", "f32").unwrap();
-    let mut graph = CandleBackend::load_graph(&files, "cpu", "f32").unwrap();
+    let mut packed = CandleBackend::load_engine(&files, "cpu", "f32", Engine::Packed).unwrap();
     // [CLS] ... [SEP] with ids spread over the vocabulary; lengths 2 to 256, mixed.
     let sequences: Vec<Sequence> = [2usize, 5, 17, 64, 3, 256, 31, 128]
         .iter()
@@ -37,11 +37,24 @@ fn packed_and_graph_paths_give_the_same_vectors() {
             }
         })
         .collect();
-    let batch = Batch { sequences };
-    let a = packed.embed(&batch).unwrap();
-    let b = graph.embed(&batch).unwrap();
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+    let lone = Batch {
+        sequences: vec![sequences[2].clone()],
+    };
+    let mixed = Batch { sequences };
+    for engine in [Engine::Fused, Engine::Graph] {
+        let mut other = CandleBackend::load_engine(&files, "cpu", "f32", engine).unwrap();
+        assert_eq!(other.engine(), engine);
+        for batch in [&mixed, &lone] {
+            let a = packed.embed(batch).unwrap();
+            let b = other.embed(batch).unwrap();
+            assert_eq!(a.len(), b.len(), "{engine:?}");
+            assert_close(&a, &b, batch, engine);
+        }
+    }
+}
+
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], batch: &Batch, engine: Engine) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
         let nx: f32 = x.iter().map(|p| p * p).sum::<f32>().sqrt();
         let ny: f32 = y.iter().map(|q| q * q).sum::<f32>().sqrt();
@@ -53,7 +66,7 @@ fn packed_and_graph_paths_give_the_same_vectors() {
             .fold(0.0f32, f32::max);
         assert!(
             cosine > 0.99999 && max_diff < 1e-3,
-            "sequence {i} ({} tokens): cosine {cosine}, max difference {max_diff}",
+            "{engine:?}, sequence {i} ({} tokens): cosine {cosine}, max difference {max_diff}",
             batch.sequences[i].ids.len()
         );
     }

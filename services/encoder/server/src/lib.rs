@@ -45,6 +45,10 @@ pub struct EncoderArgs {
     /// Numeric type: f32, or f16/bf16 on GPU.
     #[arg(long, env = "SOUK_DTYPE", default_value = "f32")]
     pub dtype: String,
+    /// Forward-pass implementation: auto (packed on CPU, fused on GPU), packed, fused or graph
+    /// (candle's stock ops, for comparison). See ARCHITECTURE.md.
+    #[arg(long, env = "SOUK_ENCODER_ENGINE", default_value = "auto")]
+    pub engine: String,
     /// Padded tokens in one forward pass (dynamic batching packs requests under it).
     #[arg(long, env = "SOUK_MAX_BATCH_TOKENS", default_value_t = 16_384)]
     pub max_batch_tokens: usize,
@@ -160,7 +164,9 @@ fn load(
 ) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
     let files = ModelFiles::open(&args.model_dir)?;
     let tokenizer = TextTokenizer::load(&files)?;
-    let backend = CandleBackend::load(&files, &args.device, &args.dtype)?;
+    let engine = souk_encoder_candle::Engine::parse(&args.engine, &args.device)?;
+    let backend = CandleBackend::load_engine(&files, &args.device, &args.dtype, engine)?;
+    tracing::info!(engine = engine.name(), device = %args.device, dtype = %args.dtype, "encoder model loaded");
     let options = BatcherOptions {
         max_batch_tokens: args.max_batch_tokens.max(files.max_seq_length),
         queue_capacity: args.queue_capacity,

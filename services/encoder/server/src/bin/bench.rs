@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use souk_encoder_candle::CandleBackend;
+use souk_encoder_candle::{CandleBackend, Engine};
 use souk_encoder_core::batcher::{Batcher, BatcherOptions};
 use souk_encoder_core::{Backend, Batch, ModelFiles, Sequence, TextTokenizer};
 
@@ -30,6 +30,9 @@ struct Cli {
     /// f32, f16 or bf16.
     #[arg(long, global = true, default_value = "f32")]
     dtype: String,
+    /// auto (packed on CPU, fused on GPU), packed, fused or graph (candle's stock ops).
+    #[arg(long, global = true, default_value = "auto")]
+    engine: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,6 +136,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let files = ModelFiles::open(&cli.model)?;
+    let engine = Engine::parse(&cli.engine, &cli.device)?;
+    let load = || CandleBackend::load_engine(&files, &cli.device, &cli.dtype, engine);
     match cli.command {
         Command::Convert { out } => {
             souk_encoder_candle::convert_model(&files, &out, &cli.dtype)?;
@@ -143,14 +148,17 @@ fn main() -> anyhow::Result<()> {
                 &files,
                 &cli.device,
                 &cli.dtype,
+                engine,
                 batch,
                 seq,
                 iters,
             )?;
             let total: f64 = ops.iter().map(|(_, ms)| ms).sum();
             println!(
-                "candle graph, device={} dtype={} shape={batch}x{seq}: {total:.2} ms per pass (synchronised after each op)",
-                cli.device, cli.dtype
+                "engine={} device={} dtype={} shape={batch}x{seq}: {total:.2} ms per pass (synchronised after each op)",
+                engine.name(),
+                cli.device,
+                cli.dtype
             );
             for (name, ms) in ops {
                 println!(
@@ -165,7 +173,7 @@ fn main() -> anyhow::Result<()> {
             iters,
             warmup,
         } => {
-            let mut backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let mut backend = load()?;
             let input = synthetic(batch, seq);
             for _ in 0..warmup {
                 backend.embed(&input)?;
@@ -180,7 +188,8 @@ fn main() -> anyhow::Result<()> {
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             println!(
-                "engine=candle device={} dtype={} shape={batch}x{seq} seqs_per_s={:.1} ms_per_batch={:.3}",
+                "engine={} device={} dtype={} shape={batch}x{seq} seqs_per_s={:.1} ms_per_batch={:.3}",
+                engine.name(),
                 cli.device,
                 cli.dtype,
                 batch as f64 / median,
@@ -196,7 +205,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let texts = read_lines(&file)?;
             let tokenizer = TextTokenizer::load(&files)?;
-            let backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let backend = load()?;
             let backends = vec![backend; workers.max(1)];
             let batcher = Batcher::spawn_workers(
                 backends,
@@ -237,7 +246,8 @@ fn main() -> anyhow::Result<()> {
             }
             rates.sort_by(f64::total_cmp);
             println!(
-                "engine=candle device={} dtype={} texts={} batch={batch} concurrency={concurrency} workers={workers} texts_per_s={:.1} (median of {})",
+                "engine={} device={} dtype={} texts={} batch={batch} concurrency={concurrency} workers={workers} texts_per_s={:.1} (median of {})",
+                engine.name(),
                 cli.device,
                 cli.dtype,
                 texts.len(),
@@ -248,7 +258,7 @@ fn main() -> anyhow::Result<()> {
         Command::Reference { file, out } => {
             let texts = read_lines(&file)?;
             let tokenizer = TextTokenizer::load(&files)?;
-            let mut backend = CandleBackend::load(&files, "cpu", "f32")?;
+            let mut backend = CandleBackend::load_engine(&files, "cpu", "f32", Engine::Packed)?;
             let sequences = tokenizer.encode_all(&texts, true)?;
             let mut vectors = Vec::new();
             for chunk in sequences.chunks(32) {
@@ -268,7 +278,7 @@ fn main() -> anyhow::Result<()> {
             let texts: Vec<String> = serde_json::from_value(json["texts"].clone())?;
             let want: Vec<Vec<f32>> = serde_json::from_value(json["vectors"].clone())?;
             let tokenizer = TextTokenizer::load(&files)?;
-            let mut backend = CandleBackend::load(&files, &cli.device, &cli.dtype)?;
+            let mut backend = load()?;
             let sequences = tokenizer.encode_all(&texts, true)?;
             let mut got = Vec::new();
             for chunk in sequences.chunks(32) {
@@ -280,7 +290,8 @@ fn main() -> anyhow::Result<()> {
             let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
             let mean = cosines.iter().sum::<f64>() / cosines.len().max(1) as f64;
             println!(
-                "agreement device={} dtype={} texts={} min_cosine={min:.6} mean_cosine={mean:.6}",
+                "agreement engine={} device={} dtype={} texts={} min_cosine={min:.6} mean_cosine={mean:.6}",
+                engine.name(),
                 cli.device,
                 cli.dtype,
                 cosines.len()

@@ -1,0 +1,169 @@
+// The fused engine's kernels (src/fused.rs builds the forward pass from them and cuBLAS matrix
+// multiplies, holds a CPU reference of each, and says why they exist). They replace candle's
+// generic strided kernels (bias and mask broadcasts, copies around the head reshapes, which
+// index every element through a division and a modulo per dimension): every kernel here reads
+// and writes contiguous rows and divides at most once per row.
+//
+// Each kernel is instantiated for float, __half and __nv_bfloat16 (suffix _f32, _f16, _bf16);
+// arithmetic is in float. Indices are 32-bit: fused.rs refuses shapes whose element count does
+// not fit before launching anything.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffff, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, offset));
+    return v;
+}
+
+// Column-parallel kernels: launched on a (ceil(cols / blockDim.x), min(rows, 65535)) grid; a
+// thread owns one column (its bias value and index arithmetic are computed once) and walks rows.
+
+// qkv: (rows, 3 * heads * head) projections without bias, rows = batch * width.
+// out: (3, batch * heads, width, head): q, k, v with each head's rows contiguous.
+template <typename T>
+__device__ void bias_split_heads(const T* qkv, const T* bias, T* out, int rows, int width, int heads,
+                                 int head) {
+    const int hidden = heads * head;
+    const int cols = 3 * hidden;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int batch = rows / width;
+    const int part = c / hidden;
+    const int inner = c - part * hidden;
+    const int h = inner / head;
+    const int d = inner - h * head;
+    const float b = to_float(bias[c]);
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int seq = r / width;
+        const int pos = r - seq * width;
+        const int o = (((part * batch + seq) * heads + h) * width + pos) * head + d;
+        out[o] = from_float<T>(to_float(qkv[r * cols + c]) + b);
+    }
+}
+
+// ctx: (batch * heads, width, head) -> out: (rows, heads * head).
+template <typename T>
+__device__ void merge_heads(const T* ctx, T* out, int rows, int width, int heads, int head) {
+    const int hidden = heads * head;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= hidden) return;
+    const int h = c / head;
+    const int d = c - h * head;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int seq = r / width;
+        const int pos = r - seq * width;
+        out[r * hidden + c] = ctx[((seq * heads + h) * width + pos) * head + d];
+    }
+}
+
+// out = gelu(x + bias), exact (erf) GELU as BERT defines it. x: (rows, cols).
+template <typename T>
+__device__ void bias_gelu(const T* x, const T* bias, T* out, int rows, int cols) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const float b = to_float(bias[c]);
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float v = to_float(x[r * cols + c]) + b;
+        out[r * cols + c] = from_float<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+    }
+}
+
+// Row kernels: one warp per row, blockDim = (32, rows per block).
+
+// scores: (rows, cols), row r belongs to sequence r / rows_per_seq, whose first lengths[seq]
+// keys are real tokens: softmax over those, 0 for the padding keys. No mask tensor is needed.
+template <typename T>
+__device__ void masked_softmax(const T* scores, const uint32_t* lengths, T* out, int rows, int cols,
+                               int rows_per_seq) {
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= rows) return;  // the whole warp leaves together: threadIdx.y is its row
+    const int lane = threadIdx.x;
+    const int len = min((int)lengths[row / rows_per_seq], cols);
+    const T* in = scores + (size_t)row * cols;
+    T* dst = out + (size_t)row * cols;
+    float m = -INFINITY;
+    for (int j = lane; j < len; j += 32) m = fmaxf(m, to_float(in[j]));
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < len; j += 32) sum += expf(to_float(in[j]) - m);
+    sum = warp_sum(sum);
+    const float inv = len > 0 ? 1.0f / sum : 0.0f;
+    for (int j = lane; j < cols; j += 32) {
+        dst[j] = from_float<T>(j < len ? expf(to_float(in[j]) - m) * inv : 0.0f);
+    }
+}
+
+// out = layer_norm(x + bias + residual) * gamma + beta over each row of `cols`;
+// params: (3, cols) = bias, gamma, beta. Mean first, then the centred variance (two passes over
+// a row that stays in L1), as PyTorch's layer norm computes it.
+template <typename T>
+__device__ void bias_residual_norm(const T* x, const T* residual, const T* params, T* out, int rows,
+                                   int cols, float eps) {
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= rows) return;
+    const int lane = threadIdx.x;
+    const T* a = x + (size_t)row * cols;
+    const T* res = residual + (size_t)row * cols;
+    const T* bias = params;
+    const T* gamma = params + cols;
+    const T* beta = params + 2 * cols;
+    T* dst = out + (size_t)row * cols;
+    float sum = 0.0f;
+    for (int j = lane; j < cols; j += 32) sum += to_float(a[j]) + to_float(bias[j]) + to_float(res[j]);
+    const float mean = warp_sum(sum) / cols;
+    float var = 0.0f;
+    for (int j = lane; j < cols; j += 32) {
+        const float v = to_float(a[j]) + to_float(bias[j]) + to_float(res[j]) - mean;
+        var += v * v;
+    }
+    const float inv = rsqrtf(warp_sum(var) / cols + eps);
+    for (int j = lane; j < cols; j += 32) {
+        const float v = (to_float(a[j]) + to_float(bias[j]) + to_float(res[j]) - mean) * inv;
+        dst[j] = from_float<T>(v * to_float(gamma[j]) + to_float(beta[j]));
+    }
+}
+
+#define SOUK_FUSED(T, SUFFIX)                                                                        \
+    extern "C" __global__ void bias_split_heads_##SUFFIX(const T* qkv, const T* bias, T* out,        \
+                                                         int rows, int width, int heads, int head) { \
+        bias_split_heads<T>(qkv, bias, out, rows, width, heads, head);                               \
+    }                                                                                                \
+    extern "C" __global__ void merge_heads_##SUFFIX(const T* ctx, T* out, int rows, int width,       \
+                                                    int heads, int head) {                           \
+        merge_heads<T>(ctx, out, rows, width, heads, head);                                          \
+    }                                                                                                \
+    extern "C" __global__ void bias_gelu_##SUFFIX(const T* x, const T* bias, T* out, int rows,       \
+                                                  int cols) {                                        \
+        bias_gelu<T>(x, bias, out, rows, cols);                                                      \
+    }                                                                                                \
+    extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const uint32_t* lengths,     \
+                                                       T* out, int rows, int cols,                   \
+                                                       int rows_per_seq) {                           \
+        masked_softmax<T>(scores, lengths, out, rows, cols, rows_per_seq);                           \
+    }                                                                                                \
+    extern "C" __global__ void bias_residual_norm_##SUFFIX(const T* x, const T* residual,            \
+                                                           const T* params, T* out, int rows,        \
+                                                           int cols, float eps) {                    \
+        bias_residual_norm<T>(x, residual, params, out, rows, cols, eps);                            \
+    }
+
+SOUK_FUSED(float, f32)
+SOUK_FUSED(__half, f16)
+SOUK_FUSED(__nv_bfloat16, bf16)

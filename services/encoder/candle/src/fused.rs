@@ -1,0 +1,868 @@
+//! The fused engine, the default on GPUs: BERT's forward pass as cuBLAS matrix multiplies
+//! (candle's `matmul`) and five kernels of our own (`kernels/fused.cu`), every one reading and
+//! writing contiguous rows:
+//!
+//! - `bias_split_heads`: the QKV projection's bias, and q/k/v laid out per head in one pass;
+//! - `masked_softmax`: softmax over each sequence's real keys, from its length (no mask tensor);
+//! - `merge_heads`: the attention context back to one row per token;
+//! - `bias_residual_norm`: an output projection's bias, the residual and the layer norm at once;
+//! - `bias_gelu`: the intermediate projection's bias and exact GELU at once.
+//!
+//! Why: on an H100 candle's stock graph (`layers.rs`, `--engine graph`) ran 13x slower than
+//! PyTorch at 512x128 tokens in f16, barely faster than in f32, with time linear in tokens and
+//! growing with sequence length: about 90 ms per pass of work that is neither the matrix
+//! multiplies nor dtype-bound memory traffic. The suspects are candle's generic strided kernels,
+//! which this engine does not use: a broadcast add for every bias and for the mask, and strided
+//! copies around the head reshapes, each indexing every element through a division and a
+//! modulo per dimension with the dims and strides read from memory. Unmeasured until a GPU
+//! run (`scripts/gpu/run-gpu-check.sh` compares both engines and prints per-op times).
+//! Also folded at load: 1/sqrt(head size) into the query weights (no scaling pass).
+//!
+//! Every op has a CPU (f32) implementation that the CUDA kernel mirrors line for line, so the
+//! whole graph runs on CPU and `tests/paths.rs` holds it to the packed path's vectors in CI,
+//! where no GPU exists.
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor,
+};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::Config;
+use souk_encoder_core::{Batch, Pooling};
+
+/// One transformer layer's weights, arranged for the fused kernels.
+struct FusedLayer {
+    /// (3 * hidden, hidden): query rows pre-scaled by 1/sqrt(head size), then key, value.
+    qkv: Tensor,
+    /// (3 * hidden), the query part scaled like its weights.
+    qkv_bias: Tensor,
+    attention_out: Tensor,
+    /// (3, hidden): the attention output's bias, the layer norm's gamma and beta.
+    attention_norm: Tensor,
+    intermediate: Tensor,
+    intermediate_bias: Tensor,
+    output: Tensor,
+    /// (3, hidden): the output projection's bias, gamma, beta.
+    output_norm: Tensor,
+}
+
+/// BERT for the fused kernels: weights on the device in the serving dtype.
+pub(crate) struct FusedBert {
+    words: Tensor,
+    positions: Tensor,
+    token_types: Tensor,
+    /// (3, hidden): zero bias, gamma, beta of the embeddings' layer norm.
+    embedding_norm: Tensor,
+    layers: Vec<FusedLayer>,
+    hidden: usize,
+    heads: usize,
+    head: usize,
+    intermediate: usize,
+    eps: f32,
+    max_positions: usize,
+}
+
+/// Stacks a bias, a layer norm's weight and its bias into the (3, hidden) parameter block
+/// `bias_residual_norm` takes.
+fn norm_params(bias: &Tensor, norm: &VarBuilder) -> candle_core::Result<Tensor> {
+    let h = bias.dim(0)?;
+    Tensor::stack(&[bias, &norm.get(h, "weight")?, &norm.get(h, "bias")?], 0)
+}
+
+impl FusedBert {
+    /// `vb`: the model's root (`embeddings.*`, `encoder.layer.N.*`), in the serving dtype.
+    pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        let h = config.hidden_size;
+        let heads = config.num_attention_heads;
+        if heads == 0 || !h.is_multiple_of(heads) {
+            candle_core::bail!("hidden size {h} does not split into {heads} heads");
+        }
+        let head = h / heads;
+        let inter = config.intermediate_size;
+        let scale = 1.0 / (head as f64).sqrt();
+        let emb = vb.pp("embeddings");
+        let zeros = Tensor::zeros(h, vb.dtype(), vb.device())?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let lv = vb.pp(format!("encoder.layer.{i}"));
+            let own = lv.pp("attention").pp("self");
+            // Scale in f32, then round once to the serving dtype.
+            let scaled = |t: Tensor| -> candle_core::Result<Tensor> {
+                (t.to_dtype(DType::F32)? * scale)?.to_dtype(t.dtype())
+            };
+            let qkv = Tensor::cat(
+                &[
+                    scaled(own.pp("query").get((h, h), "weight")?)?,
+                    own.pp("key").get((h, h), "weight")?,
+                    own.pp("value").get((h, h), "weight")?,
+                ],
+                0,
+            )?;
+            let qkv_bias = Tensor::cat(
+                &[
+                    scaled(own.pp("query").get(h, "bias")?)?,
+                    own.pp("key").get(h, "bias")?,
+                    own.pp("value").get(h, "bias")?,
+                ],
+                0,
+            )?;
+            let out = lv.pp("attention").pp("output");
+            let output = lv.pp("output");
+            layers.push(FusedLayer {
+                qkv,
+                qkv_bias,
+                attention_out: out.pp("dense").get((h, h), "weight")?,
+                attention_norm: norm_params(
+                    &out.pp("dense").get(h, "bias")?,
+                    &out.pp("LayerNorm"),
+                )?,
+                intermediate: lv
+                    .pp("intermediate")
+                    .pp("dense")
+                    .get((inter, h), "weight")?,
+                intermediate_bias: lv.pp("intermediate").pp("dense").get(inter, "bias")?,
+                output: output.pp("dense").get((h, inter), "weight")?,
+                output_norm: norm_params(
+                    &output.pp("dense").get(h, "bias")?,
+                    &output.pp("LayerNorm"),
+                )?,
+            });
+        }
+        Ok(Self {
+            words: emb
+                .pp("word_embeddings")
+                .get((config.vocab_size, h), "weight")?,
+            positions: emb
+                .pp("position_embeddings")
+                .get((config.max_position_embeddings, h), "weight")?,
+            token_types: emb
+                .pp("token_type_embeddings")
+                .get((config.type_vocab_size, h), "weight")?,
+            embedding_norm: norm_params(&zeros, &emb.pp("LayerNorm"))?,
+            layers,
+            hidden: h,
+            heads,
+            head,
+            intermediate: inter,
+            eps: config.layer_norm_eps as f32,
+            max_positions: config.max_position_embeddings,
+        })
+    }
+
+    /// Pooled vectors (f32) of `batch`, one per sequence.
+    pub(crate) fn embed(
+        &self,
+        batch: &Batch,
+        pooling: Pooling,
+        device: &Device,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        self.embed_with(batch, pooling, device, &mut |_| Ok(()))
+    }
+
+    /// [`Self::embed`] calling `step(name)` after each operation (a device synchronise and a
+    /// clock read when profiling).
+    pub(crate) fn embed_with(
+        &self,
+        batch: &Batch,
+        pooling: Pooling,
+        device: &Device,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let n = batch.sequences.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let width = batch.max_len().max(1);
+        if width > self.max_positions {
+            candle_core::bail!(
+                "sequence of {width} tokens is over the model's {} positions",
+                self.max_positions
+            );
+        }
+        let rows = n * width;
+        // The kernels index with 32-bit integers: refuse what would not fit.
+        let largest = [
+            rows * 3 * self.hidden,
+            rows * self.intermediate,
+            n * self.heads * width * width,
+        ];
+        if largest.iter().any(|&e| e > i32::MAX as usize) {
+            candle_core::bail!("batch of {n} x {width} tokens is too large for one pass");
+        }
+        let mut ids = vec![0u32; rows];
+        let mut types = vec![0u32; rows];
+        let positions: Vec<u32> = (0..rows).map(|r| (r % width) as u32).collect();
+        let mut lengths = Vec::with_capacity(n);
+        let mut pool = vec![0f32; rows];
+        for (s, seq) in batch.sequences.iter().enumerate() {
+            let base = s * width;
+            let len = seq.ids.len();
+            ids[base..base + len].copy_from_slice(&seq.ids);
+            let typed = seq.type_ids.len().min(len);
+            types[base..base + typed].copy_from_slice(&seq.type_ids[..typed]);
+            lengths.push(len as u32);
+            match pooling {
+                Pooling::Cls => pool[base] = 1.0,
+                Pooling::Mean => {
+                    let w = 1.0 / len.max(1) as f32;
+                    pool[base..base + len].fill(w);
+                }
+            }
+        }
+        let dtype = self.words.dtype();
+        let ids = Tensor::from_vec(ids, rows, device)?;
+        let types = Tensor::from_vec(types, rows, device)?;
+        let positions = Tensor::from_vec(positions, rows, device)?;
+        let lengths = Tensor::from_vec(lengths, n, device)?;
+        let pool = Tensor::from_vec(pool, (n, 1, width), device)?.to_dtype(dtype)?;
+        let x = (self.words.index_select(&ids, 0)? + self.token_types.index_select(&types, 0)?)?;
+        let x = x.apply_op3_no_bwd(
+            &self.positions.index_select(&positions, 0)?,
+            &self.embedding_norm,
+            &BiasResidualNorm { eps: self.eps },
+        )?;
+        step("embeddings + layer norm")?;
+        let shape = Attention {
+            width,
+            heads: self.heads,
+            head: self.head,
+        };
+        let mut x = x;
+        for layer in &self.layers {
+            x = self.layer(layer, &x, &lengths, shape, step)?;
+        }
+        let pooled = pool.matmul(&x.reshape((n, width, self.hidden))?)?;
+        let out = pooled.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        step("pooling + copy to host")?;
+        Ok(out)
+    }
+
+    fn layer(
+        &self,
+        layer: &FusedLayer,
+        x: &Tensor,
+        lengths: &Tensor,
+        shape: Attention,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
+        let qkv = x.matmul(&layer.qkv.t()?)?;
+        step("qkv matmul")?;
+        let split = qkv.apply_op2_no_bwd(&layer.qkv_bias, &BiasSplitHeads(shape))?;
+        step("bias + split heads")?;
+        let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        step("q k^T matmul")?;
+        let probs = scores.apply_op2_no_bwd(
+            lengths,
+            &MaskedSoftmax {
+                rows_per_seq: shape.heads * shape.width,
+            },
+        )?;
+        step("masked softmax")?;
+        let context = probs.matmul(&v)?;
+        step("probs v matmul")?;
+        let context = context.apply_op1_no_bwd(&MergeHeads(shape))?;
+        step("merge heads")?;
+        let projected = context.matmul(&layer.attention_out.t()?)?;
+        step("attention out matmul")?;
+        let attended = projected.apply_op3_no_bwd(
+            x,
+            &layer.attention_norm,
+            &BiasResidualNorm { eps: self.eps },
+        )?;
+        step("bias + residual + layer norm (attention)")?;
+        let inner = attended.matmul(&layer.intermediate.t()?)?;
+        step("intermediate matmul")?;
+        let inner = inner.apply_op2_no_bwd(&layer.intermediate_bias, &BiasGelu)?;
+        step("bias + gelu")?;
+        let out = inner.matmul(&layer.output.t()?)?;
+        step("output matmul")?;
+        let out = out.apply_op3_no_bwd(
+            &attended,
+            &layer.output_norm,
+            &BiasResidualNorm { eps: self.eps },
+        )?;
+        step("bias + residual + layer norm (output)")?;
+        Ok(out)
+    }
+}
+
+/// The padded batch's attention geometry.
+#[derive(Clone, Copy)]
+struct Attention {
+    width: usize,
+    heads: usize,
+    head: usize,
+}
+
+impl Attention {
+    fn hidden(self) -> usize {
+        self.heads * self.head
+    }
+}
+
+/// A contiguous f32 slice of a CPU tensor (the CPU references take f32 only).
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("the fused engine's CPU reference takes f32");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the fused engine's ops take contiguous tensors");
+    };
+    Ok(&values[start..end])
+}
+
+/// Rows of a 2-d (or flattened) tensor whose last dimension is `cols`.
+fn rows_of(layout: &Layout, cols: usize) -> candle_core::Result<usize> {
+    let n = layout.shape().elem_count();
+    if cols == 0 || !n.is_multiple_of(cols) || layout.dims().last() != Some(&cols) {
+        candle_core::bail!("expected rows of {cols}, got {:?}", layout.dims());
+    }
+    Ok(n / cols)
+}
+
+/// (rows, 3 * hidden) + bias -> (3, batch * heads, width, head).
+struct BiasSplitHeads(Attention);
+
+impl BiasSplitHeads {
+    fn out_shape(&self, rows: usize) -> Shape {
+        let a = self.0;
+        Shape::from((3, rows / a.width * a.heads, a.width, a.head))
+    }
+}
+
+impl CustomOp2 for BiasSplitHeads {
+    fn name(&self) -> &'static str {
+        "souk-bias-split-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = self.0;
+        let hidden = a.hidden();
+        let cols = 3 * hidden;
+        let rows = rows_of(l1, cols)?;
+        let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        if bias.len() != cols || !rows.is_multiple_of(a.width) {
+            candle_core::bail!(
+                "bias-split-heads: bad shapes {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let batch = rows / a.width;
+        let mut out = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let (seq, pos) = (r / a.width, r % a.width);
+            for c in 0..cols {
+                let (part, inner) = (c / hidden, c % hidden);
+                let (h, d) = (inner / a.head, inner % a.head);
+                let o = (((part * batch + seq) * a.heads + h) * a.width + pos) * a.head + d;
+                out[o] = qkv[r * cols + c] + bias[c];
+            }
+        }
+        Ok((CpuStorage::F32(out), self.out_shape(rows)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = self.0;
+        let cols = 3 * a.hidden();
+        let rows = rows_of(l1, cols)?;
+        if l2.shape().elem_count() != cols || !rows.is_multiple_of(a.width) {
+            candle_core::bail!(
+                "bias-split-heads: bad shapes {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = cuda::bias_split_heads(s1, l1, s2, l2, rows, a)?;
+        Ok((out, self.out_shape(rows)))
+    }
+}
+
+/// Softmax over each score row's real keys (the sequence's length), 0 for padding keys.
+struct MaskedSoftmax {
+    /// Score rows per sequence: heads * width.
+    rows_per_seq: usize,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "souk-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cols = l1.dims().last().copied().unwrap_or(0);
+        let rows = rows_of(l1, cols)?;
+        let scores = cpu_f32(s1, l1)?;
+        let (CpuStorage::U32(lengths), Some((ls, le))) = (s2, l2.contiguous_offsets()) else {
+            candle_core::bail!("masked-softmax: lengths must be contiguous u32");
+        };
+        let lengths = &lengths[ls..le];
+        if lengths.len() * self.rows_per_seq != rows {
+            candle_core::bail!("masked-softmax: {rows} rows for {} lengths", lengths.len());
+        }
+        let mut out = vec![0f32; rows * cols];
+        for (r, (row, dst)) in scores
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            let len = (lengths[r / self.rows_per_seq] as usize).min(cols);
+            let max = row[..len].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row[..len].iter().map(|v| (v - max).exp()).sum();
+            let inv = if len > 0 { 1.0 / sum } else { 0.0 };
+            for (d, v) in dst[..len].iter_mut().zip(&row[..len]) {
+                *d = (v - max).exp() * inv;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let cols = l1.dims().last().copied().unwrap_or(0);
+        let rows = rows_of(l1, cols)?;
+        if l2.shape().elem_count() * self.rows_per_seq != rows {
+            candle_core::bail!("masked-softmax: {rows} rows for {:?} lengths", l2.dims());
+        }
+        let out = cuda::masked_softmax(s1, l1, s2, l2, rows, cols, self.rows_per_seq)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// (batch * heads, width, head) -> (rows, hidden).
+struct MergeHeads(Attention);
+
+impl CustomOp1 for MergeHeads {
+    fn name(&self) -> &'static str {
+        "souk-merge-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = self.0;
+        let hidden = a.hidden();
+        let ctx = cpu_f32(s, l)?;
+        if !ctx.len().is_multiple_of(hidden * a.width) || l.dims().last() != Some(&a.head) {
+            candle_core::bail!("merge-heads: bad shape {:?}", l.dims());
+        }
+        let rows = ctx.len() / hidden;
+        let mut out = vec![0f32; rows * hidden];
+        for r in 0..rows {
+            let (seq, pos) = (r / a.width, r % a.width);
+            for c in 0..hidden {
+                let (h, d) = (c / a.head, c % a.head);
+                out[r * hidden + c] = ctx[((seq * a.heads + h) * a.width + pos) * a.head + d];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = self.0;
+        let hidden = a.hidden();
+        let n = l.shape().elem_count();
+        if !n.is_multiple_of(hidden * a.width) || l.dims().last() != Some(&a.head) {
+            candle_core::bail!("merge-heads: bad shape {:?}", l.dims());
+        }
+        let rows = n / hidden;
+        let out = cuda::merge_heads(s, l, rows, a)?;
+        Ok((out, Shape::from((rows, hidden))))
+    }
+}
+
+/// gelu(x + bias), exact (erf) GELU.
+struct BiasGelu;
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "souk-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        rows_of(l1, bias.len())?;
+        let mut out: Vec<f32> = x
+            .chunks_exact(bias.len())
+            .flat_map(|row| row.iter().zip(bias).map(|(v, b)| v + b))
+            .collect();
+        crate::layers::gelu_slice(&mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let cols = l2.shape().elem_count();
+        let rows = rows_of(l1, cols)?;
+        let out = cuda::bias_gelu(s1, l1, s2, l2, rows, cols)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// layer_norm(x + bias + residual) * gamma + beta; the third input is (3, cols): bias, gamma,
+/// beta.
+struct BiasResidualNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for BiasResidualNorm {
+    fn name(&self) -> &'static str {
+        "souk-bias-residual-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, residual, params) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let cols = params.len() / 3;
+        rows_of(l1, cols)?;
+        if residual.len() != x.len() || params.len() != 3 * cols {
+            candle_core::bail!(
+                "bias-residual-norm: bad shapes {:?} {:?}",
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (bias, rest) = params.split_at(cols);
+        let (gamma, beta) = rest.split_at(cols);
+        let mut out = vec![0f32; x.len()];
+        let mut row = vec![0f32; cols];
+        for ((a, res), dst) in x
+            .chunks_exact(cols)
+            .zip(residual.chunks_exact(cols))
+            .zip(out.chunks_exact_mut(cols))
+        {
+            for (((v, a), b), r) in row.iter_mut().zip(a).zip(bias).zip(res) {
+                *v = a + b + r;
+            }
+            let mean = row.iter().sum::<f32>() / cols as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for (((d, v), g), b) in dst.iter_mut().zip(&row).zip(gamma).zip(beta) {
+                *d = (v - mean) * inv * g + b;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let cols = l3.shape().elem_count() / 3;
+        let rows = rows_of(l1, cols)?;
+        if l2.shape().elem_count() != rows * cols || l3.shape().elem_count() != 3 * cols {
+            candle_core::bail!(
+                "bias-residual-norm: bad shapes {:?} {:?}",
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let out = cuda::bias_residual_norm(s1, l1, s2, l2, s3, l3, rows, cols, self.eps)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Launching `kernels/fused.cu` (compiled to PTX by build.rs).
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod cuda {
+    use super::Attention;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Layout, Result, WithDType};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+
+    /// The element types the kernels are instantiated for.
+    pub(super) trait Elem: CudaDType + DeviceRepr + WithDType {}
+    impl Elem for f32 {}
+    impl Elem for half::f16 {}
+    impl Elem for half::bf16 {}
+
+    macro_rules! by_dtype {
+        ($dtype:expr, $f:ident($($arg:expr),*)) => {
+            match $dtype {
+                DType::F32 => $f::<f32>($($arg),*),
+                DType::F16 => $f::<half::f16>($($arg),*),
+                DType::BF16 => $f::<half::bf16>($($arg),*),
+                other => candle_core::bail!("the fused kernels take f32, f16 or bf16, not {other:?}"),
+            }
+        };
+    }
+
+    /// `name` instantiated for `T` (candle does not export its loaded-function type, so callers
+    /// pass this to `get_or_load_custom_func` themselves).
+    fn kernel<T: Elem>(name: &str) -> String {
+        let suffix = match T::DTYPE {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        };
+        format!("{name}_{suffix}")
+    }
+
+    const MODULE: &str = "souk_fused";
+
+    fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("the fused kernels take contiguous tensors");
+        };
+        Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+    }
+
+    /// One thread per column, rows walked by the grid's y dimension.
+    fn columns(cols: usize, rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (cols.div_ceil(128) as u32, rows.clamp(1, 65_535) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// One warp per row, eight rows per block.
+    fn warps(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn int(n: usize) -> i32 {
+        // Sizes were checked against i32::MAX before the pass (FusedBert::embed_with).
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
+    pub(super) fn bias_split_heads(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        rows: usize,
+        a: Attention,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            rows: usize,
+            a: Attention,
+        ) -> Result<CudaStorage> {
+            let dev = s1.device().clone();
+            let (qkv, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            let cols = 3 * a.hidden();
+            // SAFETY: the kernel writes every one of the rows * cols elements before any read.
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_split_heads"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&qkv);
+            b.arg(&bias);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(rows), int(a.width), int(a.heads), int(a.head));
+            // SAFETY: arguments match the kernel's signature; buffers hold rows * cols elements.
+            unsafe { b.launch(columns(cols, rows)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, a))
+    }
+
+    pub(super) fn masked_softmax(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        rows: usize,
+        cols: usize,
+        rows_per_seq: usize,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            rows: usize,
+            cols: usize,
+            rows_per_seq: usize,
+        ) -> Result<CudaStorage> {
+            let dev = s1.device().clone();
+            let scores = view::<T>(s1, l1)?;
+            let Some((start, end)) = l2.contiguous_offsets() else {
+                candle_core::bail!("masked-softmax: lengths must be contiguous");
+            };
+            let lengths = s2.as_cuda_slice::<u32>()?.slice(start..end);
+            // SAFETY: the kernel writes all rows * cols elements (0 for padding keys).
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("masked_softmax"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&scores);
+            b.arg(&lengths);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(rows), int(cols), int(rows_per_seq));
+            // SAFETY: arguments match the kernel's signature; one warp per row, in bounds.
+            unsafe { b.launch(warps(rows)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, cols, rows_per_seq))
+    }
+
+    pub(super) fn merge_heads(
+        s: &CudaStorage,
+        l: &Layout,
+        rows: usize,
+        a: Attention,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            s: &CudaStorage,
+            l: &Layout,
+            rows: usize,
+            a: Attention,
+        ) -> Result<CudaStorage> {
+            let dev = s.device().clone();
+            let ctx = view::<T>(s, l)?;
+            let hidden = a.hidden();
+            // SAFETY: the kernel writes all rows * hidden elements.
+            let out = unsafe { dev.alloc::<T>(rows * hidden)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("merge_heads"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&ctx);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(rows), int(a.width), int(a.heads), int(a.head));
+            // SAFETY: arguments match the kernel's signature; buffers hold rows * hidden.
+            unsafe { b.launch(columns(hidden, rows)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s.dtype(), run(s, l, rows, a))
+    }
+
+    pub(super) fn bias_gelu(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            rows: usize,
+            cols: usize,
+        ) -> Result<CudaStorage> {
+            let dev = s1.device().clone();
+            let (x, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            // SAFETY: the kernel writes all rows * cols elements.
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_gelu"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&x);
+            b.arg(&bias);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(rows), int(cols));
+            // SAFETY: arguments match the kernel's signature; buffers hold rows * cols.
+            unsafe { b.launch(columns(cols, rows)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, cols))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bias_residual_norm(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<CudaStorage> {
+        #[allow(clippy::too_many_arguments)]
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+            rows: usize,
+            cols: usize,
+            eps: f32,
+        ) -> Result<CudaStorage> {
+            let dev = s1.device().clone();
+            let (x, residual, params) =
+                (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
+            // SAFETY: the kernel writes all rows * cols elements.
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_residual_norm"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&x);
+            b.arg(&residual);
+            b.arg(&params);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(rows), int(cols), eps);
+            // SAFETY: arguments match the kernel's signature; one warp per row, in bounds.
+            unsafe { b.launch(warps(rows)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, rows, cols, eps))
+    }
+}

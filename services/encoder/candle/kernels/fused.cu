@@ -7,8 +7,12 @@
 // Each kernel is instantiated for float, __half and __nv_bfloat16 (suffix _f32, _f16, _bf16);
 // arithmetic is in float. Indices are 32-bit: fused.rs refuses shapes whose element count does
 // not fit before launching anything.
+#ifdef SOUK_HOST_EMULATION
+#include "host_emulation.h"  // the CI test runs these kernels on the host (host_harness.cpp)
+#else
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#endif
 #include <stdint.h>
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -299,6 +299,22 @@ impl Attention {
     }
 }
 
+/// Launch shape of the column kernels, ((grid x, grid y), (block x, block y)): one thread per
+/// column, rows walked by the grid's y dimension. The CUDA path and the host test share it.
+#[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
+fn column_launch(cols: usize, rows: usize) -> ([u32; 2], [u32; 2]) {
+    (
+        [cols.div_ceil(128) as u32, rows.clamp(1, 65_535) as u32],
+        [128, 1],
+    )
+}
+
+/// Launch shape of the row kernels: one warp per row, eight rows per block.
+#[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
+fn warp_launch(rows: usize) -> ([u32; 2], [u32; 2]) {
+    ([rows.div_ceil(8).max(1) as u32, 1], [32, 8])
+}
+
 /// A contiguous f32 slice of a CPU tensor (the CPU references take f32 only).
 fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
@@ -665,22 +681,20 @@ mod cuda {
         Ok(s.as_cuda_slice::<T>()?.slice(start..end))
     }
 
-    /// One thread per column, rows walked by the grid's y dimension.
-    fn columns(cols: usize, rows: usize) -> LaunchConfig {
+    fn config(([gx, gy], [bx, by]): ([u32; 2], [u32; 2])) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (cols.div_ceil(128) as u32, rows.clamp(1, 65_535) as u32, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (gx, gy, 1),
+            block_dim: (bx, by, 1),
             shared_mem_bytes: 0,
         }
     }
 
-    /// One warp per row, eight rows per block.
+    fn columns(cols: usize, rows: usize) -> LaunchConfig {
+        config(super::column_launch(cols, rows))
+    }
+
     fn warps(rows: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        }
+        config(super::warp_launch(rows))
     }
 
     fn int(n: usize) -> i32 {
@@ -864,5 +878,283 @@ mod cuda {
             Ok(CudaStorage::wrap_cuda_slice(out, dev))
         }
         by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, rows, cols, eps))
+    }
+}
+
+/// The CUDA kernels themselves, run on the host (`kernels/host_emulation.h`: every warp as 32
+/// threads in lock step) at the launch shapes the CUDA path uses, against the CPU references
+/// above, which `tests/paths.rs` holds to the packed engine. This is what CI can check of
+/// `fused.cu` without a GPU: the index arithmetic, the row walks, the warp reductions and the
+/// masking, in f32, f16 and bf16.
+#[cfg(test)]
+mod kernels_on_the_host {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::io::Write;
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+
+    /// The harness binary, or `None` (test skipped) where no C++20 compiler is installed.
+    fn harness() -> Option<&'static PathBuf> {
+        static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+        BIN.get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
+            let out = std::env::temp_dir().join(format!("souk-fused-host-{}", std::process::id()));
+            let status = Command::new("c++")
+                .args(["-std=c++20", "-O1", "-pthread"])
+                .arg(dir.join("host_harness.cpp"))
+                .arg("-o")
+                .arg(&out)
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(out),
+                Ok(s) => panic!("kernels/host_harness.cpp does not compile: {s}"),
+                Err(e) => {
+                    eprintln!("skipped: no C++ compiler to run the kernels on the host ({e})");
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+
+    fn run(
+        op: &str,
+        dtype: &str,
+        ([gx, gy], [bx, by]): ([u32; 2], [u32; 2]),
+        ints: &[usize],
+        eps: Option<f32>,
+        inputs: &[&[f32]],
+    ) -> Option<Vec<f32>> {
+        let bin = harness()?;
+        let mut args: Vec<String> = vec![op.into(), dtype.into()];
+        args.extend([gx, gy, bx, by].iter().map(u32::to_string));
+        args.extend(ints.iter().map(usize::to_string));
+        if let Some(eps) = eps {
+            args.push(format!("{eps:e}"));
+        }
+        let mut child = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for input in inputs {
+            stdin
+                .write_all(&(input.len() as u64).to_le_bytes())
+                .unwrap();
+            for v in *input {
+                stdin.write_all(&v.to_le_bytes()).unwrap();
+            }
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "harness {args:?} failed");
+        Some(
+            out.stdout
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn cpu(values: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Largest |kernel - reference| allowed for outputs of magnitude ~1: the inputs themselves
+    /// are rounded to the dtype before the kernel runs.
+    fn tolerance(dtype: &str) -> f32 {
+        match dtype {
+            "f32" => 1e-5,
+            "f16" => 1.5e-2,
+            _ => 1e-1,
+        }
+    }
+
+    fn assert_close(op: &str, dtype: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{op} {dtype}: output size");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let allowed = tolerance(dtype) * w.abs().max(1.0);
+            assert!(
+                (g - w).abs() <= allowed,
+                "{op} {dtype}: element {i} is {g}, reference {w}"
+            );
+        }
+    }
+
+    // A padded batch: 3 sequences of width 5 (lengths 5, 2, 3), 2 heads of 4.
+    const SHAPE: Attention = Attention {
+        width: 5,
+        heads: 2,
+        head: 4,
+    };
+    const BATCH: usize = 3;
+    const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+    /// The production launch, and one whose grid has fewer rows than the data (the row walk).
+    fn launches(cols: usize, rows: usize) -> [([u32; 2], [u32; 2]); 2] {
+        let (grid, block) = column_launch(cols, rows);
+        [(grid, block), ([grid[0], 2], block)]
+    }
+
+    #[test]
+    fn bias_split_heads_matches_its_reference() {
+        let rows = BATCH * SHAPE.width;
+        let cols = 3 * SHAPE.hidden();
+        let (qkv, bias) = (random(rows * cols, 1), random(cols, 2));
+        let want = cpu(&qkv, &[rows, cols])
+            .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasSplitHeads(SHAPE))
+            .unwrap();
+        assert_eq!(want.dims(), &[3, BATCH * 2, 5, 4]);
+        for dtype in DTYPES {
+            for launch in launches(cols, rows) {
+                let ints = [rows, SHAPE.width, SHAPE.heads, SHAPE.head];
+                let Some(got) = run(
+                    "bias_split_heads",
+                    dtype,
+                    launch,
+                    &ints,
+                    None,
+                    &[&qkv, &bias],
+                ) else {
+                    return;
+                };
+                assert_close("bias_split_heads", dtype, &got, &flat(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn merge_heads_matches_its_reference() {
+        let rows = BATCH * SHAPE.width;
+        let ctx = random(rows * SHAPE.hidden(), 3);
+        let want = cpu(&ctx, &[BATCH * SHAPE.heads, SHAPE.width, SHAPE.head])
+            .apply_op1_no_bwd(&MergeHeads(SHAPE))
+            .unwrap();
+        for dtype in DTYPES {
+            for launch in launches(SHAPE.hidden(), rows) {
+                let ints = [rows, SHAPE.width, SHAPE.heads, SHAPE.head];
+                let Some(got) = run("merge_heads", dtype, launch, &ints, None, &[&ctx]) else {
+                    return;
+                };
+                assert_close("merge_heads", dtype, &got, &flat(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn bias_gelu_matches_its_reference() {
+        // 300 columns: more than one 128-thread block, the last one partial.
+        let (rows, cols) = (7, 300);
+        let (x, bias) = (random(rows * cols, 4), random(cols, 5));
+        let want = cpu(&x, &[rows, cols])
+            .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasGelu)
+            .unwrap();
+        for dtype in DTYPES {
+            for launch in launches(cols, rows) {
+                let Some(got) = run(
+                    "bias_gelu",
+                    dtype,
+                    launch,
+                    &[rows, cols],
+                    None,
+                    &[&x, &bias],
+                ) else {
+                    return;
+                };
+                assert_close("bias_gelu", dtype, &got, &flat(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn masked_softmax_matches_its_reference() {
+        // Width 40: rows longer than a warp; lengths 40, 2, 33 and 0 (a padded-out slot).
+        let (width, heads) = (40, 2);
+        let lengths = [40u32, 2, 33, 0];
+        let rows = lengths.len() * heads * width;
+        let scores = random(rows * width, 6);
+        let lengths_f: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        let want = cpu(&scores, &[lengths.len() * heads, width, width])
+            .apply_op2_no_bwd(
+                &Tensor::new(&lengths[..], &Device::Cpu).unwrap(),
+                &MaskedSoftmax {
+                    rows_per_seq: heads * width,
+                },
+            )
+            .unwrap();
+        let want = flat(&want);
+        // Padding keys get exactly 0; every real row sums to 1.
+        for (r, row) in want.chunks_exact(width).enumerate() {
+            let len = lengths[r / (heads * width)] as usize;
+            assert!(row[len..].iter().all(|&p| p == 0.0));
+            if len > 0 {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+        for dtype in DTYPES {
+            let ints = [rows, width, heads * width];
+            let launch = warp_launch(rows);
+            let Some(got) = run(
+                "masked_softmax",
+                dtype,
+                launch,
+                &ints,
+                None,
+                &[&scores, &lengths_f],
+            ) else {
+                return;
+            };
+            assert_close("masked_softmax", dtype, &got, &want);
+        }
+    }
+
+    #[test]
+    fn bias_residual_norm_matches_its_reference() {
+        // 13 rows (one block of 8 warps and a partial one), 100 columns (a partial last pass).
+        let (rows, cols) = (13, 100);
+        let (x, residual) = (random(rows * cols, 7), random(rows * cols, 8));
+        let mut params = random(3 * cols, 9);
+        params[cols..2 * cols].iter_mut().for_each(|g| *g += 2.5); // gammas away from 0
+        let eps = 1e-12;
+        let want = cpu(&x, &[rows, cols])
+            .apply_op3_no_bwd(
+                &cpu(&residual, &[rows, cols]),
+                &cpu(&params, &[3, cols]),
+                &BiasResidualNorm { eps },
+            )
+            .unwrap();
+        for dtype in DTYPES {
+            let Some(got) = run(
+                "bias_residual_norm",
+                dtype,
+                warp_launch(rows),
+                &[rows, cols],
+                Some(eps),
+                &[&x, &residual, &params],
+            ) else {
+                return;
+            };
+            assert_close("bias_residual_norm", dtype, &got, &flat(&want));
+        }
     }
 }

@@ -2,9 +2,9 @@
 # The encoder's GPU check, run once on a lent GPU machine (device tool) from the repo root, with
 # target-cuda/gpu-bundle carried (made by scripts/gpu/make-bundle.sh). Writes $OUT/gpu-check.txt:
 # the card, the CUDA libraries the binary resolves, f32/f16/bf16 agreement with CPU f32 vectors,
-# sequences/s for the fused engine (the GPU default), candle's stock graph (the before) and
-# PyTorch at 128x32 and 512x128 in the same run, and the fused engine's time per operation.
-# About 2-3 minutes of device time.
+# sequences/s for the fused engine (the GPU default), the fused engine with one-pass attention
+# (--engine flash), candle's stock graph (the before) and PyTorch at 128x32 and 512x128 in the
+# same run, and the fused engines' time per operation. About 3-4 minutes of device time.
 set -u
 out="${OUT:-/tmp}"
 . scripts/gpu/env.sh
@@ -15,15 +15,16 @@ out="${OUT:-/tmp}"
   echo "== libraries"
   ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found"
   echo "== agreement with CPU f32 (288 texts, padded batches of 32)"
-  for engine in fused graph; do
-    for dt in f32 f16 bf16; do
-      timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $engine $dt"
-    done
+  for run in fused:f32 fused:f16 fused:bf16 flash:f16 flash:bf16 graph:f16; do
+    engine="${run%:*}" dt="${run#*:}"
+    timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $engine $dt"
   done
-  echo "== throughput: fused engine, then candle's stock graph"
+  echo "== throughput: fused, flash (one-pass attention), candle's stock graph"
   for dt in f16 bf16 f32; do
     for shape in 128x32 512x128; do
-      for engine in fused graph; do
+      engines="fused flash graph"
+      [ "$dt" = f32 ] && engines="fused graph"
+      for engine in $engines; do
         timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "$engine $dt $shape FAILED"
       done
     done
@@ -33,8 +34,11 @@ out="${OUT:-/tmp}"
   echo "== fused engine per-op time, f16 (device synchronised after each op)"
   timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "ops 512x128 FAILED"
   timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "ops 128x32 FAILED"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine flash --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "flash ops 512x128 FAILED"
   echo "== f16 throughput vs batch (does it scale with work, or with launches?)"
   for shape in 32x128 1024x128 128x256; do
-    timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "fused f16 $shape FAILED"
+    for engine in fused flash; do
+      timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "$engine f16 $shape FAILED"
+    done
   done
 } 2>&1 | tee "$out/gpu-check.txt"

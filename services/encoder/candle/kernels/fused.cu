@@ -12,6 +12,7 @@
 #else
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <mma.h>
 #endif
 #include <stdint.h>
 
@@ -171,3 +172,130 @@ __device__ void bias_residual_norm(const T* x, const T* residual, const T* param
 SOUK_FUSED(float, f32)
 SOUK_FUSED(__half, f16)
 SOUK_FUSED(__nv_bfloat16, bf16)
+
+// Attention in one pass over the QKV projection (flash-attention's online softmax, on tensor
+// cores through WMMA): for sequence b, head h and a tile of 16 queries, read q, k and v straight
+// from qkv (rows, 3 * heads * D) adding their bias, walk the sequence's real keys 16 at a time,
+// and write the normalised context into out (rows, heads * D) — no scores tensor, no head
+// split or merge copies. Half precision only (WMMA's inputs); D is 32 or 64. One warp per
+// block; grid (ceil(width / 16), batch * heads). Scores and the running output stay in f32;
+// probabilities are rounded to T before the P V product, as flash attention does.
+template <typename T, int D>
+__device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, T* out, int width,
+                          int heads) {
+    using namespace nvcuda;
+    const int hidden = heads * D;
+    const int cols = 3 * hidden;
+    const int b = blockIdx.y / heads;
+    const int h = blockIdx.y - b * heads;
+    const int q0 = blockIdx.x * 16;
+    const int len = min((int)lengths[b], width);
+    const int lane = threadIdx.x;
+    __shared__ __align__(32) T q_s[16 * D];
+    __shared__ __align__(32) T k_s[16 * D];
+    __shared__ __align__(32) T v_s[16 * D];
+    __shared__ __align__(32) T p_s[16 * 16];
+    __shared__ __align__(32) float s_s[16 * 16];
+    __shared__ __align__(32) float o_s[16 * D];
+    __shared__ float m_s[16];
+    __shared__ float l_s[16];
+    const T* seq = qkv + (size_t)b * width * cols;
+    for (int i = lane; i < 16 * D; i += 32) {
+        const int r = i / D, d = i - r * D;
+        const int q = q0 + r;
+        const float v = q < width ? to_float(seq[(size_t)q * cols + h * D + d]) + to_float(bias[h * D + d]) : 0.0f;
+        q_s[i] = from_float<T>(v);
+        o_s[i] = 0.0f;
+    }
+    if (lane < 16) {
+        m_s[lane] = -INFINITY;
+        l_s[lane] = 0.0f;
+    }
+    __syncwarp();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
+    for (int k = 0; k < D / 16; ++k) wmma::load_matrix_sync(qa[k], q_s + k * 16, D);
+    // Lanes 2r and 2r + 1 own query row r of the tile: columns 0-7 / 8-15 of its scores, and
+    // the first / second half of its output.
+    const int r = lane >> 1;
+    const int half = lane & 1;
+    for (int k0 = 0; k0 < len; k0 += 16) {
+        for (int i = lane; i < 16 * D; i += 32) {
+            const int kr = i / D, d = i - kr * D;
+            const int key = k0 + kr;
+            float kv = 0.0f, vv = 0.0f;
+            if (key < len) {
+                const T* row = seq + (size_t)key * cols + h * D + d;
+                kv = to_float(row[hidden]) + to_float(bias[hidden + h * D + d]);
+                vv = to_float(row[2 * hidden]) + to_float(bias[2 * hidden + h * D + d]);
+            }
+            k_s[i] = from_float<T>(kv);
+            v_s[i] = from_float<T>(vv);
+        }
+        __syncwarp();
+        // Scores = Q K^T: K (16 keys x D, row-major) read as K^T column-major.
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+        wmma::fill_fragment(s, 0.0f);
+        for (int k = 0; k < D / 16; ++k) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
+            wmma::load_matrix_sync(kb, k_s + k * 16, D);
+            wmma::mma_sync(s, qa[k], kb, s);
+        }
+        wmma::store_matrix_sync(s_s, s, 16, wmma::mem_row_major);
+        __syncwarp();
+        // Online softmax. The tile holds at least one real key (k0 < len): m_new is finite.
+        const int c0 = half * 8;
+        float mx = -INFINITY;
+        for (int c = c0; c < c0 + 8; ++c)
+            if (k0 + c < len) mx = fmaxf(mx, s_s[r * 16 + c]);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        const float m_old = m_s[r];
+        const float m_new = fmaxf(m_old, mx);
+        float sum = 0.0f;
+        for (int c = c0; c < c0 + 8; ++c) {
+            const float p = k0 + c < len ? expf(s_s[r * 16 + c] - m_new) : 0.0f;
+            p_s[r * 16 + c] = from_float<T>(p);
+            sum += p;
+        }
+        sum += __shfl_xor_sync(0xffffffff, sum, 1);
+        const float alpha = expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) o_s[r * D + d] *= alpha;
+        __syncwarp();  // both lanes of row r have read m_s[r] and l_s[r]
+        if (half == 0) {
+            m_s[r] = m_new;
+            l_s[r] = l_s[r] * alpha + sum;
+        }
+        __syncwarp();
+        // Output += P V.
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
+        wmma::load_matrix_sync(pa, p_s, 16);
+        for (int n = 0; n < D / 16; ++n) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+            wmma::load_matrix_sync(vb, v_s + n * 16, D);
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
+            wmma::load_matrix_sync(o, o_s + n * 16, D, wmma::mem_row_major);
+            wmma::mma_sync(o, pa, vb, o);
+            wmma::store_matrix_sync(o_s + n * 16, o, D, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    for (int i = lane; i < 16 * D; i += 32) {
+        const int qr = i / D, d = i - qr * D;
+        const int q = q0 + qr;
+        if (q < width) {
+            const float l = l_s[qr];
+            out[((size_t)b * width + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_s[i] / l : 0.0f);
+        }
+    }
+}
+
+#define SOUK_ATTENTION(T, SUFFIX, D)                                                                 \
+    extern "C" __global__ void attention_d##D##_##SUFFIX(const T* qkv, const T* bias,               \
+                                                         const uint32_t* lengths, T* out,           \
+                                                         int width, int heads) {                    \
+        attention<T, D>(qkv, bias, lengths, out, width, heads);                                      \
+    }
+
+SOUK_ATTENTION(__half, f16, 32)
+SOUK_ATTENTION(__half, f16, 64)
+SOUK_ATTENTION(__nv_bfloat16, bf16, 32)
+SOUK_ATTENTION(__nv_bfloat16, bf16, 64)

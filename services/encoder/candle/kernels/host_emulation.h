@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct dim3 {
@@ -29,6 +30,9 @@ inline dim3 gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
+// Blocks run one at a time, so one static instance per kernel serves as the block's memory.
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::min;
 
@@ -69,6 +73,77 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask, int = 32) {
     warp_barrier->arrive_and_wait();
     return other;
 }
+
+inline void __syncwarp(unsigned = 0xffffffff) { warp_barrier->arrive_and_wait(); }
+
+// WMMA with the documented semantics, not the hardware's fragment layout: every lane holds the
+// whole 16x16 tile (as float, after rounding to the input type); products are exact and summed
+// in float, as tensor cores do with f32 accumulators; stores are done once, by lane 0. Each call
+// is warp-synchronous, like the real *_sync functions.
+inline float emu_float(float x) { return x; }
+inline float emu_float(__half x) { return __half2float(x); }
+inline float emu_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulation knows 16x16x16 only");
+    float x[256];  // element (row, col) of the operand's logical matrix at x[row * 16 + col]
+};
+
+template <typename Use, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+    warp_barrier->arrive_and_wait();
+    constexpr bool row = std::is_same_v<Layout, row_major>;
+    for (unsigned i = 0; i < 16; ++i)
+        for (unsigned j = 0; j < 16; ++j) f.x[i * 16 + j] = emu_float(row ? p[i * ldm + j] : p[j * ldm + i]);
+    warp_barrier->arrive_and_wait();
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+    warp_barrier->arrive_and_wait();
+    for (unsigned i = 0; i < 16; ++i)
+        for (unsigned j = 0; j < 16; ++j) f.x[i * 16 + j] = layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i];
+    warp_barrier->arrive_and_wait();
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+    warp_barrier->arrive_and_wait();
+    if (threadIdx.x % 32 == 0)
+        for (unsigned i = 0; i < 16; ++i)
+            for (unsigned j = 0; j < 16; ++j) (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.x[i * 16 + j];
+    warp_barrier->arrive_and_wait();
+}
+
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
+    for (float& e : f.x) e = v;
+}
+
+template <typename T, typename La, typename Lb>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, La>& a,
+                     const fragment<matrix_b, 16, 16, 16, T, Lb>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+    warp_barrier->arrive_and_wait();
+    float out[256];
+    for (unsigned m = 0; m < 16; ++m)
+        for (unsigned n = 0; n < 16; ++n) {
+            float acc = c.x[m * 16 + n];
+            for (unsigned k = 0; k < 16; ++k) acc += a.x[m * 16 + k] * b.x[k * 16 + n];
+            out[m * 16 + n] = acc;
+        }
+    std::memcpy(d.x, out, sizeof out);
+    warp_barrier->arrive_and_wait();
+}
+}  // namespace nvcuda::wmma
 
 // Runs `kernel` (a lambda calling the extern "C" entry) on grid x block, warp by warp.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {

@@ -54,6 +54,15 @@ ENTRIES(float, f32)
 ENTRIES(__half, f16)
 ENTRIES(__nv_bfloat16, bf16)
 
+template <typename T> struct AttentionEntry;
+#define ATTENTION_ENTRIES(T, S)                                                    \
+    template <> struct AttentionEntry<T> {                                         \
+        static constexpr auto d32 = attention_d32_##S;                             \
+        static constexpr auto d64 = attention_d64_##S;                             \
+    };
+ATTENTION_ENTRIES(__half, f16)
+ATTENTION_ENTRIES(__nv_bfloat16, bf16)
+
 template <typename T>
 static int run(const std::string& op, dim3 grid, dim3 block, const std::vector<int>& a, float eps) {
     using E = Entry<T>;
@@ -88,6 +97,21 @@ static int run(const std::string& op, dim3 grid, dim3 block, const std::vector<i
         std::vector<T> out(x.size());
         launch(grid, block, [&] { E::norm(x.data(), residual.data(), params.data(), out.data(), a[0], a[1], eps); });
         write_out(out);
+    } else if (op == "attention") {
+        if constexpr (std::is_same_v<T, float>) {
+            std::fprintf(stderr, "attention takes f16 or bf16\n");
+            return 2;
+        } else {
+            auto qkv = to_t<T>(read_tensor());
+            auto bias = to_t<T>(read_tensor());
+            std::vector<uint32_t> lengths;
+            for (float f : read_tensor()) lengths.push_back(static_cast<uint32_t>(f));
+            const int batch = a[0], width = a[1], heads = a[2], head = a[3];
+            std::vector<T> out(static_cast<size_t>(batch) * width * heads * head);
+            auto entry = head == 32 ? AttentionEntry<T>::d32 : AttentionEntry<T>::d64;
+            launch(grid, block, [&] { entry(qkv.data(), bias.data(), lengths.data(), out.data(), width, heads); });
+            write_out(out);
+        }
     } else {
         std::fprintf(stderr, "unknown op %s\n", op.c_str());
         return 2;

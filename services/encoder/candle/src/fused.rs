@@ -58,6 +58,9 @@ pub(crate) struct FusedBert {
     intermediate: usize,
     eps: f32,
     max_positions: usize,
+    /// Attention in one kernel (`attention` in fused.cu: no scores tensor) instead of two
+    /// batched GEMMs around `masked_softmax` (`--engine flash`).
+    one_pass: bool,
 }
 
 /// Stacks a bias, a layer norm's weight and its bias into the (3, hidden) parameter block
@@ -69,13 +72,28 @@ fn norm_params(bias: &Tensor, norm: &VarBuilder) -> candle_core::Result<Tensor> 
 
 impl FusedBert {
     /// `vb`: the model's root (`embeddings.*`, `encoder.layer.N.*`), in the serving dtype.
-    pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+    /// `one_pass`: attention in one kernel (GPU: f16/bf16 and head size 32 or 64 only; on CPU
+    /// its f32 reference runs).
+    pub(crate) fn load(
+        vb: VarBuilder,
+        config: &Config,
+        one_pass: bool,
+    ) -> candle_core::Result<Self> {
         let h = config.hidden_size;
         let heads = config.num_attention_heads;
         if heads == 0 || !h.is_multiple_of(heads) {
             candle_core::bail!("hidden size {h} does not split into {heads} heads");
         }
         let head = h / heads;
+        if one_pass
+            && !vb.device().is_cpu()
+            && (vb.dtype() == DType::F32 || !ONE_PASS_HEADS.contains(&head))
+        {
+            candle_core::bail!(
+                "one-pass attention needs f16 or bf16 and a head size of 32 or 64 (got {:?}, {head})",
+                vb.dtype()
+            );
+        }
         let inter = config.intermediate_size;
         let scale = 1.0 / (head as f64).sqrt();
         let emb = vb.pp("embeddings");
@@ -144,7 +162,12 @@ impl FusedBert {
             intermediate: inter,
             eps: config.layer_norm_eps as f32,
             max_positions: config.max_position_embeddings,
+            one_pass,
         })
+    }
+
+    pub(crate) fn one_pass(&self) -> bool {
+        self.one_pass
     }
 
     /// Pooled vectors (f32) of `batch`, one per sequence.
@@ -245,22 +268,30 @@ impl FusedBert {
     ) -> candle_core::Result<Tensor> {
         let qkv = x.matmul(&layer.qkv.t()?)?;
         step("qkv matmul")?;
-        let split = qkv.apply_op2_no_bwd(&layer.qkv_bias, &BiasSplitHeads(shape))?;
-        step("bias + split heads")?;
-        let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        step("q k^T matmul")?;
-        let probs = scores.apply_op2_no_bwd(
-            lengths,
-            &MaskedSoftmax {
-                rows_per_seq: shape.heads * shape.width,
-            },
-        )?;
-        step("masked softmax")?;
-        let context = probs.matmul(&v)?;
-        step("probs v matmul")?;
-        let context = context.apply_op1_no_bwd(&MergeHeads(shape))?;
-        step("merge heads")?;
+        let context = if self.one_pass {
+            let context =
+                qkv.apply_op3_no_bwd(&layer.qkv_bias, lengths, &OnePassAttention(shape))?;
+            step("attention (one pass)")?;
+            context
+        } else {
+            let split = qkv.apply_op2_no_bwd(&layer.qkv_bias, &BiasSplitHeads(shape))?;
+            step("bias + split heads")?;
+            let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+            let scores = q.matmul(&k.t()?)?;
+            step("q k^T matmul")?;
+            let probs = scores.apply_op2_no_bwd(
+                lengths,
+                &MaskedSoftmax {
+                    rows_per_seq: shape.heads * shape.width,
+                },
+            )?;
+            step("masked softmax")?;
+            let context = probs.matmul(&v)?;
+            step("probs v matmul")?;
+            let context = context.apply_op1_no_bwd(&MergeHeads(shape))?;
+            step("merge heads")?;
+            context
+        };
         let projected = context.matmul(&layer.attention_out.t()?)?;
         step("attention out matmul")?;
         let attended = projected.apply_op3_no_bwd(
@@ -511,6 +542,116 @@ impl CustomOp1 for MergeHeads {
         let rows = n / hidden;
         let out = cuda::merge_heads(s, l, rows, a)?;
         Ok((out, Shape::from((rows, hidden))))
+    }
+}
+
+/// Head sizes the one-pass attention kernel is instantiated for.
+const ONE_PASS_HEADS: [usize; 2] = [32, 64];
+
+/// Attention straight from the QKV projection: (rows, 3 * hidden) + bias, lengths ->
+/// context (rows, hidden). The CPU reference is written out plainly (not composed from the
+/// other ops), so the test of the kernel checks it against an independent computation.
+struct OnePassAttention(Attention);
+
+impl OnePassAttention {
+    /// Launch shape: one warp per (16 queries, sequence x head).
+    #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
+    fn launch(&self, batch: usize) -> ([u32; 2], [u32; 2]) {
+        let a = self.0;
+        (
+            [a.width.div_ceil(16) as u32, (batch * a.heads) as u32],
+            [32, 1],
+        )
+    }
+}
+
+impl CustomOp3 for OnePassAttention {
+    fn name(&self) -> &'static str {
+        "souk-one-pass-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = self.0;
+        let (hidden, d) = (a.hidden(), a.head);
+        let cols = 3 * hidden;
+        let rows = rows_of(l1, cols)?;
+        let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        let (CpuStorage::U32(lengths), Some((ls, le))) = (s3, l3.contiguous_offsets()) else {
+            candle_core::bail!("one-pass attention: lengths must be contiguous u32");
+        };
+        let lengths = &lengths[ls..le];
+        if bias.len() != cols || lengths.len() * a.width != rows {
+            candle_core::bail!(
+                "one-pass attention: bad shapes {:?} {:?}",
+                l1.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0f32; rows * hidden];
+        let mut scores = vec![0f32; a.width];
+        for (b, &len) in lengths.iter().enumerate() {
+            let len = (len as usize).min(a.width);
+            let at = |row: usize, part: usize, h: usize, i: usize| {
+                qkv[(b * a.width + row) * cols + part * hidden + h * d + i]
+                    + bias[part * hidden + h * d + i]
+            };
+            for h in 0..a.heads {
+                for q in 0..a.width {
+                    for (j, s) in scores.iter_mut().enumerate().take(len) {
+                        *s = (0..d).map(|i| at(q, 0, h, i) * at(j, 1, h, i)).sum();
+                    }
+                    let max = scores[..len]
+                        .iter()
+                        .copied()
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = scores[..len].iter().map(|s| (s - max).exp()).sum();
+                    let dst = &mut out[(b * a.width + q) * hidden + h * d..][..d];
+                    for (j, s) in scores[..len].iter().enumerate() {
+                        let p = (s - max).exp() / sum;
+                        for (i, o) in dst.iter_mut().enumerate() {
+                            *o += p * at(j, 2, h, i);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = self.0;
+        let cols = 3 * a.hidden();
+        let rows = rows_of(l1, cols)?;
+        let batch = l3.shape().elem_count();
+        if l2.shape().elem_count() != cols || batch * a.width != rows {
+            candle_core::bail!(
+                "one-pass attention: bad shapes {:?} {:?}",
+                l1.dims(),
+                l3.dims()
+            );
+        }
+        if !ONE_PASS_HEADS.contains(&a.head) {
+            candle_core::bail!("one-pass attention: no kernel for head size {}", a.head);
+        }
+        let out = cuda::one_pass_attention(s1, l1, s2, l2, s3, l3, self.launch(batch), a)?;
+        Ok((out, Shape::from((rows, a.hidden()))))
     }
 }
 
@@ -838,6 +979,56 @@ mod cuda {
     }
 
     #[allow(clippy::too_many_arguments)]
+    pub(super) fn one_pass_attention(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        launch: ([u32; 2], [u32; 2]),
+        a: Attention,
+    ) -> Result<CudaStorage> {
+        #[allow(clippy::too_many_arguments)]
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+            launch: ([u32; 2], [u32; 2]),
+            a: Attention,
+        ) -> Result<CudaStorage> {
+            if T::DTYPE == DType::F32 {
+                candle_core::bail!("one-pass attention takes f16 or bf16");
+            }
+            let dev = s1.device().clone();
+            let (qkv, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            let Some((start, end)) = l3.contiguous_offsets() else {
+                candle_core::bail!("one-pass attention: lengths must be contiguous");
+            };
+            let lengths = s3.as_cuda_slice::<u32>()?.slice(start..end);
+            let n = (end - start) * a.width * a.hidden();
+            // SAFETY: the kernel writes all n elements (every query row of every head).
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let name = kernel::<T>(&format!("attention_d{}", a.head));
+            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&qkv);
+            b.arg(&bias);
+            b.arg(&lengths);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(a.width), int(a.heads));
+            // SAFETY: arguments match the kernel's signature; one warp per 16 queries of one
+            // head of one sequence, all reads within rows * 3 * hidden.
+            unsafe { b.launch(config(launch)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, launch, a))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn bias_residual_norm(
         s1: &CudaStorage,
         l1: &Layout,
@@ -1155,6 +1346,79 @@ mod kernels_on_the_host {
                 return;
             };
             assert_close("bias_residual_norm", dtype, &got, &flat(&want));
+        }
+    }
+
+    #[test]
+    fn one_pass_attention_matches_its_reference() {
+        // Width 37: three query tiles, the last partial; key tiles likewise. Lengths 37, 5
+        // (one partial key tile), 16 (exactly one) and 0 (a padded-out slot).
+        let (width, heads) = (37, 2);
+        let lengths = [37u32, 5, 16, 0];
+        let batch = lengths.len();
+        let rows = batch * width;
+        let lengths_f: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        for head in ONE_PASS_HEADS {
+            let shape = Attention { width, heads, head };
+            let cols = 3 * shape.hidden();
+            let qkv: Vec<f32> = random(rows * cols, 10 + head as u64)
+                .iter()
+                .map(|v| v * 0.5)
+                .collect();
+            let bias = random(cols, 11);
+            let op = OnePassAttention(shape);
+            let want = cpu(&qkv, &[rows, cols])
+                .apply_op3_no_bwd(
+                    &cpu(&bias, &[cols]),
+                    &Tensor::new(&lengths[..], &Device::Cpu).unwrap(),
+                    &op,
+                )
+                .unwrap();
+            // The plain reference agrees with the two-GEMM path the fused engine runs.
+            let lengths_t = Tensor::new(&lengths[..], &Device::Cpu).unwrap();
+            let split = cpu(&qkv, &[rows, cols])
+                .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasSplitHeads(shape))
+                .unwrap();
+            let (q, k, v) = (
+                split.get(0).unwrap(),
+                split.get(1).unwrap(),
+                split.get(2).unwrap(),
+            );
+            let probs = q
+                .matmul(&k.t().unwrap())
+                .unwrap()
+                .apply_op2_no_bwd(
+                    &lengths_t,
+                    &MaskedSoftmax {
+                        rows_per_seq: heads * width,
+                    },
+                )
+                .unwrap();
+            let two_gemm = probs
+                .matmul(&v)
+                .unwrap()
+                .apply_op1_no_bwd(&MergeHeads(shape))
+                .unwrap();
+            assert_close(
+                "one-pass reference vs two GEMMs",
+                "f32",
+                &flat(&want),
+                &flat(&two_gemm),
+            );
+            for dtype in ["f16", "bf16"] {
+                let ints = [batch, width, heads, head];
+                let Some(got) = run(
+                    "attention",
+                    dtype,
+                    op.launch(batch),
+                    &ints,
+                    None,
+                    &[&qkv, &bias, &lengths_f],
+                ) else {
+                    return;
+                };
+                assert_close("attention", dtype, &got, &flat(&want));
+            }
         }
     }
 }

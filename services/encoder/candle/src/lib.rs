@@ -113,6 +113,10 @@ pub enum Engine {
     /// `fused.rs`: cuBLAS matrix multiplies and five fused kernels of our own (the GPU
     /// default; on CPU it runs the kernels' f32 reference, for tests).
     Fused,
+    /// The fused engine with attention in one kernel on tensor cores (no scores tensor, no
+    /// head split/merge): f16/bf16 on GPU with head size 32 or 64. Not the default until a GPU
+    /// run measures it (scripts/gpu/run-gpu-check.sh).
+    Flash,
     /// `layers.rs`: candle's stock tensor ops, kept to measure the other two against.
     Graph,
 }
@@ -137,9 +141,10 @@ impl Engine {
             "" | "auto" => Ok(Self::default_for(device)),
             "packed" => Ok(Self::Packed),
             "fused" => Ok(Self::Fused),
+            "flash" => Ok(Self::Flash),
             "graph" => Ok(Self::Graph),
             other => Err(EncoderError::Model(format!(
-                "engine {other:?}: expected auto, packed, fused or graph"
+                "engine {other:?}: expected auto, packed, fused, flash or graph"
             ))),
         }
     }
@@ -149,6 +154,7 @@ impl Engine {
         match self {
             Self::Packed => "packed",
             Self::Fused => "fused",
+            Self::Flash => "flash",
             Self::Graph => "graph",
         }
     }
@@ -270,8 +276,9 @@ impl CandleBackend {
             Engine::Packed => Loaded::Packed(std::sync::Arc::new(
                 cpu::CpuBert::load(root, &config).map_err(backend_err)?,
             )),
-            Engine::Fused => Loaded::Fused(std::sync::Arc::new(
-                fused::FusedBert::load(root, &config).map_err(backend_err)?,
+            Engine::Fused | Engine::Flash => Loaded::Fused(std::sync::Arc::new(
+                fused::FusedBert::load(root, &config, engine == Engine::Flash)
+                    .map_err(backend_err)?,
             )),
             Engine::Graph => Loaded::Graph(Bert::load(vb, &config).map_err(backend_err)?),
         };
@@ -288,8 +295,9 @@ impl CandleBackend {
     /// The engine serving.
     #[must_use]
     pub fn engine(&self) -> Engine {
-        match self.loaded {
+        match &self.loaded {
             Loaded::Packed(_) => Engine::Packed,
+            Loaded::Fused(model) if model.one_pass() => Engine::Flash,
             Loaded::Fused(_) => Engine::Fused,
             Loaded::Graph(_) => Engine::Graph,
         }

@@ -41,7 +41,7 @@ fn every_engine_gives_the_packed_engines_vectors() {
         sequences: vec![sequences[2].clone()],
     };
     let mixed = Batch { sequences };
-    for engine in [Engine::Fused, Engine::Graph] {
+    for engine in [Engine::Fused, Engine::Flash, Engine::Graph] {
         let mut other = CandleBackend::load_engine(&files, "cpu", "f32", engine).unwrap();
         assert_eq!(other.engine(), engine);
         for batch in [&mixed, &lone] {

@@ -178,7 +178,7 @@ SOUK_FUSED(__nv_bfloat16, bf16)
 // from qkv (rows, 3 * heads * D) adding their bias, walk the sequence's real keys 16 at a time,
 // and write the normalised context into out (rows, heads * D) — no scores tensor, no head
 // split or merge copies. Half precision only (WMMA's inputs); D is 32 or 64. One warp per
-// block; grid (ceil(width / 16), batch * heads). Scores and the running output stay in f32;
+// block; grid (batch * heads, ceil(width / 16)): x has room for any batch, y for 1M tokens. Scores and the running output stay in f32;
 // probabilities are rounded to T before the P V product, as flash attention does.
 template <typename T, int D>
 __device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, T* out, int width,
@@ -186,9 +186,9 @@ __device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, 
     using namespace nvcuda;
     const int hidden = heads * D;
     const int cols = 3 * hidden;
-    const int b = blockIdx.y / heads;
-    const int h = blockIdx.y - b * heads;
-    const int q0 = blockIdx.x * 16;
+    const int b = blockIdx.x / heads;
+    const int h = blockIdx.x - b * heads;
+    const int q0 = blockIdx.y * 16;
     const int len = min((int)lengths[b], width);
     const int lane = threadIdx.x;
     __shared__ __align__(32) T q_s[16 * D];

@@ -554,12 +554,12 @@ const ONE_PASS_HEADS: [usize; 2] = [32, 64];
 struct OnePassAttention(Attention);
 
 impl OnePassAttention {
-    /// Launch shape: one warp per (16 queries, sequence x head).
+    /// Launch shape: one warp per (sequence x head, 16 queries).
     #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
     fn launch(&self, batch: usize) -> ([u32; 2], [u32; 2]) {
         let a = self.0;
         (
-            [a.width.div_ceil(16) as u32, (batch * a.heads) as u32],
+            [(batch * a.heads) as u32, a.width.div_ceil(16) as u32],
             [32, 1],
         )
     }

@@ -37,14 +37,14 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Column-parallel kernels: launched on a (ceil(cols / blockDim.x), min(rows, 65535)) grid; a
+// Column-parallel kernels: launched on a (ceil(cols / blockDim.x), min(rows, 1024)) grid; a
 // thread owns one column (its bias value and index arithmetic are computed once) and walks rows.
 
 // qkv: (rows, 3 * heads * head) projections without bias, rows = batch * width.
 // out: (3, batch * heads, width, head): q, k, v with each head's rows contiguous.
 template <typename T>
-__device__ void bias_split_heads(const T* qkv, const T* bias, T* out, int rows, int width, int heads,
-                                 int head) {
+__device__ void bias_split_heads(const T* __restrict__ qkv, const T* __restrict__ bias, T* __restrict__ out, int rows,
+                                 int width, int heads, int head) {
     const int hidden = heads * head;
     const int cols = 3 * hidden;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -65,7 +65,8 @@ __device__ void bias_split_heads(const T* qkv, const T* bias, T* out, int rows, 
 
 // ctx: (batch * heads, width, head) -> out: (rows, heads * head).
 template <typename T>
-__device__ void merge_heads(const T* ctx, T* out, int rows, int width, int heads, int head) {
+__device__ void merge_heads(const T* __restrict__ ctx, T* __restrict__ out, int rows, int width, int heads,
+                            int head) {
     const int hidden = heads * head;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= hidden) return;
@@ -80,7 +81,8 @@ __device__ void merge_heads(const T* ctx, T* out, int rows, int width, int heads
 
 // out = gelu(x + bias), exact (erf) GELU as BERT defines it. x: (rows, cols).
 template <typename T>
-__device__ void bias_gelu(const T* x, const T* bias, T* out, int rows, int cols) {
+__device__ void bias_gelu(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ out, int rows,
+                          int cols) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
     const float b = to_float(bias[c]);
@@ -178,7 +180,8 @@ SOUK_FUSED(__nv_bfloat16, bf16)
 // from qkv (rows, 3 * heads * D) adding their bias, walk the sequence's real keys 16 at a time,
 // and write the normalised context into out (rows, heads * D) — no scores tensor, no head
 // split or merge copies. Half precision only (WMMA's inputs); D is 32 or 64. One warp per
-// block; grid (batch * heads, ceil(width / 16)): x has room for any batch, y for 1M tokens. Scores and the running output stay in f32;
+// block, grid (batch * heads * ceil(width / 16)): the query tiles of one sequence and head are
+// neighbouring blocks, so they run together and share its keys and values through L2. Scores and the running output stay in f32;
 // probabilities are rounded to T before the P V product, as flash attention does.
 template <typename T, int D>
 __device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, T* out, int width,
@@ -186,9 +189,11 @@ __device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, 
     using namespace nvcuda;
     const int hidden = heads * D;
     const int cols = 3 * hidden;
-    const int b = blockIdx.x / heads;
-    const int h = blockIdx.x - b * heads;
-    const int q0 = blockIdx.y * 16;
+    const int tiles = (width + 15) / 16;
+    const int bh = blockIdx.x / tiles;
+    const int b = bh / heads;
+    const int h = bh - b * heads;
+    const int q0 = (blockIdx.x - bh * tiles) * 16;
     const int len = min((int)lengths[b], width);
     const int lane = threadIdx.x;
     __shared__ __align__(32) T q_s[16 * D];

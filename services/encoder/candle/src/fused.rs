@@ -331,11 +331,13 @@ impl Attention {
 }
 
 /// Launch shape of the column kernels, ((grid x, grid y), (block x, block y)): one thread per
-/// column, rows walked by the grid's y dimension. The CUDA path and the host test share it.
+/// column, rows walked by the grid's y dimension, at most 1,024 rows at once (so a thread has
+/// several rows to walk instead of the grid holding hundreds of thousands of one-row blocks).
+/// The CUDA path and the host test share it.
 #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
 fn column_launch(cols: usize, rows: usize) -> ([u32; 2], [u32; 2]) {
     (
-        [cols.div_ceil(128) as u32, rows.clamp(1, 65_535) as u32],
+        [cols.div_ceil(128) as u32, rows.clamp(1, 1_024) as u32],
         [128, 1],
     )
 }
@@ -554,12 +556,13 @@ const ONE_PASS_HEADS: [usize; 2] = [32, 64];
 struct OnePassAttention(Attention);
 
 impl OnePassAttention {
-    /// Launch shape: one warp per (sequence x head, 16 queries).
+    /// Launch shape: one warp per 16 queries of one sequence and head, neighbouring blocks
+    /// for the same sequence and head (they share its keys and values through L2).
     #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
     fn launch(&self, batch: usize) -> ([u32; 2], [u32; 2]) {
         let a = self.0;
         (
-            [(batch * a.heads) as u32, a.width.div_ceil(16) as u32],
+            [(batch * a.heads * a.width.div_ceil(16)) as u32, 1],
             [32, 1],
         )
     }

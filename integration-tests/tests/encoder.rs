@@ -60,8 +60,13 @@ async fn embeddings_match_sentence_transformers() {
     }
     let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(
-        (info.dimension, info.max_tokens, info.pooling.as_str()),
-        (384, 256, "mean")
+        (
+            info.dimension,
+            info.max_tokens,
+            info.pooling.as_str(),
+            info.engine.as_str()
+        ),
+        (384, 256, "mean", "packed")
     );
 }
 

@@ -182,6 +182,7 @@ fn load(
         pooling: files.pooling.as_str().to_string(),
         max_batch_texts: args.max_batch_texts as u32,
         max_batch_tokens: options.max_batch_tokens as u32,
+        engine: engine.name().to_string(),
     };
     Ok((batcher, info))
 }

@@ -19,23 +19,27 @@ out="${OUT:-/tmp}"
     engine="${run%:*}" dt="${run#*:}"
     timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" agree "$bundle/reference.json" --min-cosine 0.999 || echo "agreement FAILED for $engine $dt"
   done
-  echo "== throughput: fused, flash (one-pass attention), candle's stock graph"
-  for dt in f16 bf16 f32; do
+  # Most important first: the output so far comes back even if the run is cut short.
+  shapes() {  # dtype engines...
+    local dt="$1"; shift
     for shape in 128x32 512x128; do
-      engines="fused flash graph"
-      [ "$dt" = f32 ] && engines="fused graph"
-      for engine in $engines; do
+      for engine in "$@"; do
         timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype "$dt" shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 20 --warmup 5 || echo "$engine $dt $shape FAILED"
       done
     done
-  done
-  echo "== throughput, PyTorch (same shapes, same weights)"
-  timeout 240 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 2>/dev/null || echo "torch bench FAILED"
-  echo "== fused engine per-op time, f16 (device synchronised after each op)"
-  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "ops 512x128 FAILED"
-  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "ops 128x32 FAILED"
+  }
+  echo "== f16 throughput: fused, flash (one-pass attention), candle's stock graph, PyTorch"
+  shapes f16 fused flash graph
+  timeout 120 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 --dtypes f16 2>/dev/null || echo "torch f16 FAILED"
+  echo "== f16 per-op time (device synchronised after each op)"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "fused ops 512x128 FAILED"
   timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine flash --dtype f16 ops --batch 512 --seq 128 --iters 5 || echo "flash ops 512x128 FAILED"
-  echo "== f16 throughput vs batch (does it scale with work, or with launches?)"
+  timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine fused --dtype f16 ops --batch 128 --seq 32 --iters 5 || echo "fused ops 128x32 FAILED"
+  echo "== bf16 and f32 throughput"
+  shapes bf16 fused flash graph
+  shapes f32 fused graph
+  timeout 180 python3 scripts/gpu/torch_bench.py "$bundle/model" --iters 20 --dtypes bf16,f32 2>/dev/null || echo "torch bf16/f32 FAILED"
+  echo "== f16 throughput vs batch and length (does it scale with work, or with launches?)"
   for shape in 32x128 1024x128 128x256; do
     for engine in fused flash; do
       timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "$engine f16 $shape FAILED"

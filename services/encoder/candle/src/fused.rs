@@ -1,12 +1,14 @@
 //! The fused engine, the default on GPUs: BERT's forward pass as cuBLAS matrix multiplies
-//! (candle's `matmul`) and five kernels of our own (`kernels/fused.cu`), every one reading and
+//! (candle's `matmul`) and kernels of our own (`kernels/fused.cu`), every one reading and
 //! writing contiguous rows:
 //!
 //! - `bias_split_heads`: the QKV projection's bias, and q/k/v laid out per head in one pass;
 //! - `masked_softmax`: softmax over each sequence's real keys, from its length (no mask tensor);
 //! - `merge_heads`: the attention context back to one row per token;
 //! - `bias_residual_norm`: an output projection's bias, the residual and the layer norm at once;
-//! - `bias_gelu`: the intermediate projection's bias and exact GELU at once.
+//! - `bias_gelu`: the intermediate projection's bias and exact GELU at once;
+//! - `attention` (`--engine flash`): the three attention steps above and both batched GEMMs in
+//!   one tensor-core kernel, so no scores tensor and no head split/merge copies exist.
 //!
 //! Why: on an H100 candle's stock graph (`layers.rs`, `--engine graph`) ran 13x slower than
 //! PyTorch at 512x128 tokens in f16, barely faster than in f32, with time linear in tokens and
@@ -15,12 +17,13 @@
 //! which this engine does not use: a broadcast add for every bias and for the mask, and strided
 //! copies around the head reshapes, each indexing every element through a division and a
 //! modulo per dimension with the dims and strides read from memory. Unmeasured until a GPU
-//! run (`scripts/gpu/run-gpu-check.sh` compares both engines and prints per-op times).
+//! run (`scripts/gpu/run-gpu-check.sh` compares the engines and prints per-op times).
 //! Also folded at load: 1/sqrt(head size) into the query weights (no scaling pass).
 //!
-//! Every op has a CPU (f32) implementation that the CUDA kernel mirrors line for line, so the
-//! whole graph runs on CPU and `tests/paths.rs` holds it to the packed path's vectors in CI,
-//! where no GPU exists.
+//! Every op has a CPU (f32) implementation, so the whole graph runs on CPU and
+//! `tests/paths.rs` holds it to the packed engine's vectors in CI, where no GPU exists; and the
+//! CUDA kernels themselves run on the host (`kernels/host_emulation.h`) against those CPU
+//! references (`kernels_on_the_host` below).
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor,
 };

@@ -5,8 +5,9 @@
 #  - a stub libcuda.so.1 exporting the driver API names, only to satisfy the linker: at run time
 #    the GPU machine's real driver library is loaded instead;
 #  - unversioned lib*.so links the linker looks for (the wheels ship only lib*.so.13).
-# Output: target-cuda/release/{souk-encoder,souk-encoder-bench}. First build ~40 min on 2 cores
-# (nvcc compiling candle's kernels); later builds minutes. Never part of CI.
+# Output: target-cuda/release/{souk-encoder,souk-encoder-bench}. First build about 12 min on 2 cores
+# in session 4, including the toolkit wheels (session 2 measured about 37 min); later
+# builds 1-5 min. Never part of CI.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${SOUK_CUDA_VENV:-$root/target-cuda/cu13}"

@@ -176,55 +176,69 @@ SOUK_FUSED(__half, f16)
 SOUK_FUSED(__nv_bfloat16, bf16)
 
 // Attention in one pass over the QKV projection (flash-attention's online softmax, on tensor
-// cores through WMMA): for sequence b, head h and a tile of 16 queries, read q, k and v straight
-// from qkv (rows, 3 * heads * D) adding their bias, walk the sequence's real keys 16 at a time,
-// and write the normalised context into out (rows, heads * D) — no scores tensor, no head
-// split or merge copies. Half precision only (WMMA's inputs); D is 32 or 64. One warp per
-// block, grid (batch * heads * ceil(width / 16)): the query tiles of one sequence and head are
-// neighbouring blocks, so they run together and share its keys and values through L2. Scores and the running output stay in f32;
-// probabilities are rounded to T before the P V product, as flash attention does.
+// cores through WMMA): for sequence b, head h and a tile of 64 queries (16 per warp, 4 warps),
+// read q, k and v straight from qkv (rows, 3 * heads * D) adding their bias, walk the
+// sequence's real keys 32 at a time (staged once per block for its 4 warps), and write the
+// normalised context into out (rows, heads * D): no scores tensor, no head split or merge
+// copies. Half precision only (WMMA's inputs); D is 32 or 64. Block (128); grid
+// (batch * heads * ceil(width / 64)): the query tiles of one sequence and head are neighbouring
+// blocks, so they share its keys and values through L2. Scores and the running output stay in
+// f32; probabilities are rounded to T before the P V product, as flash attention does.
+constexpr int ATT_WARPS = 4;
+constexpr int ATT_KEYS = 32;
+
 template <typename T, int D>
-__device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, T* out, int width,
+__device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
+                          const uint32_t* __restrict__ lengths, T* __restrict__ out, int width,
                           int heads) {
     using namespace nvcuda;
+    constexpr int QT = 16 * ATT_WARPS;
+    constexpr int KC = ATT_KEYS;
+    constexpr int THREADS = 32 * ATT_WARPS;
     const int hidden = heads * D;
     const int cols = 3 * hidden;
-    const int tiles = (width + 15) / 16;
+    const int tiles = (width + QT - 1) / QT;
     const int bh = blockIdx.x / tiles;
     const int b = bh / heads;
     const int h = bh - b * heads;
-    const int q0 = (blockIdx.x - bh * tiles) * 16;
+    const int q0 = (blockIdx.x - bh * tiles) * QT;
     const int len = min((int)lengths[b], width);
-    const int lane = threadIdx.x;
-    __shared__ __align__(32) T q_s[16 * D];
-    __shared__ __align__(32) T k_s[16 * D];
-    __shared__ __align__(32) T v_s[16 * D];
-    __shared__ __align__(32) T p_s[16 * 16];
-    __shared__ __align__(32) float s_s[16 * 16];
-    __shared__ __align__(32) float o_s[16 * D];
-    __shared__ float m_s[16];
-    __shared__ float l_s[16];
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    __shared__ __align__(32) T q_s[QT * D];
+    __shared__ __align__(32) T k_s[KC * D];
+    __shared__ __align__(32) T v_s[KC * D];
+    __shared__ __align__(32) T p_s[ATT_WARPS][16 * KC];
+    __shared__ __align__(32) float s_s[ATT_WARPS][16 * KC];
+    __shared__ __align__(32) float o_s[ATT_WARPS][16 * D];
+    __shared__ float m_s[ATT_WARPS][16];
+    __shared__ float l_s[ATT_WARPS][16];
     const T* seq = qkv + (size_t)b * width * cols;
-    for (int i = lane; i < 16 * D; i += 32) {
+    for (int i = tid; i < QT * D; i += THREADS) {
         const int r = i / D, d = i - r * D;
         const int q = q0 + r;
         const float v = q < width ? to_float(seq[(size_t)q * cols + h * D + d]) + to_float(bias[h * D + d]) : 0.0f;
         q_s[i] = from_float<T>(v);
-        o_s[i] = 0.0f;
     }
+    T* p_w = p_s[warp];
+    float* s_w = s_s[warp];
+    float* o_w = o_s[warp];
+    for (int i = lane; i < 16 * D; i += 32) o_w[i] = 0.0f;
     if (lane < 16) {
-        m_s[lane] = -INFINITY;
-        l_s[lane] = 0.0f;
+        m_s[warp][lane] = -INFINITY;
+        l_s[warp][lane] = 0.0f;
     }
-    __syncwarp();
+    __syncthreads();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
-    for (int k = 0; k < D / 16; ++k) wmma::load_matrix_sync(qa[k], q_s + k * 16, D);
-    // Lanes 2r and 2r + 1 own query row r of the tile: columns 0-7 / 8-15 of its scores, and
-    // the first / second half of its output.
+    for (int k = 0; k < D / 16; ++k) wmma::load_matrix_sync(qa[k], q_s + warp * 16 * D + k * 16, D);
+    // Lanes 2r and 2r + 1 own query row r of the warp's tile: the first / second half of its
+    // scores in a chunk, and of its output.
     const int r = lane >> 1;
     const int half = lane & 1;
-    for (int k0 = 0; k0 < len; k0 += 16) {
-        for (int i = lane; i < 16 * D; i += 32) {
+    for (int k0 = 0; k0 < len; k0 += KC) {
+        __syncthreads();  // every warp is done with the previous chunk's keys and values
+        for (int i = tid; i < KC * D; i += THREADS) {
             const int kr = i / D, d = i - kr * D;
             const int key = k0 + kr;
             float kv = 0.0f, vv = 0.0f;
@@ -236,59 +250,63 @@ __device__ void attention(const T* qkv, const T* bias, const uint32_t* lengths, 
             k_s[i] = from_float<T>(kv);
             v_s[i] = from_float<T>(vv);
         }
-        __syncwarp();
-        // Scores = Q K^T: K (16 keys x D, row-major) read as K^T column-major.
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-        wmma::fill_fragment(s, 0.0f);
-        for (int k = 0; k < D / 16; ++k) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
-            wmma::load_matrix_sync(kb, k_s + k * 16, D);
-            wmma::mma_sync(s, qa[k], kb, s);
+        __syncthreads();
+        // Scores = Q K^T, 16 keys at a time: K (keys x D, row-major) read as K^T column-major.
+        for (int t = 0; t < KC / 16; ++t) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+            wmma::fill_fragment(s, 0.0f);
+            for (int k = 0; k < D / 16; ++k) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
+                wmma::load_matrix_sync(kb, k_s + t * 16 * D + k * 16, D);
+                wmma::mma_sync(s, qa[k], kb, s);
+            }
+            wmma::store_matrix_sync(s_w + t * 16, s, KC, wmma::mem_row_major);
         }
-        wmma::store_matrix_sync(s_s, s, 16, wmma::mem_row_major);
         __syncwarp();
-        // Online softmax. The tile holds at least one real key (k0 < len): m_new is finite.
-        const int c0 = half * 8;
+        // Online softmax. The chunk holds at least one real key (k0 < len): m_new is finite.
+        const int c0 = half * (KC / 2);
         float mx = -INFINITY;
-        for (int c = c0; c < c0 + 8; ++c)
-            if (k0 + c < len) mx = fmaxf(mx, s_s[r * 16 + c]);
+        for (int c = c0; c < c0 + KC / 2; ++c)
+            if (k0 + c < len) mx = fmaxf(mx, s_w[r * KC + c]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-        const float m_old = m_s[r];
+        const float m_old = m_s[warp][r];
         const float m_new = fmaxf(m_old, mx);
         float sum = 0.0f;
-        for (int c = c0; c < c0 + 8; ++c) {
-            const float p = k0 + c < len ? expf(s_s[r * 16 + c] - m_new) : 0.0f;
-            p_s[r * 16 + c] = from_float<T>(p);
+        for (int c = c0; c < c0 + KC / 2; ++c) {
+            const float p = k0 + c < len ? expf(s_w[r * KC + c] - m_new) : 0.0f;
+            p_w[r * KC + c] = from_float<T>(p);
             sum += p;
         }
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
-        const float alpha = expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) o_s[r * D + d] *= alpha;
-        __syncwarp();  // both lanes of row r have read m_s[r] and l_s[r]
+        const float alpha = expf(m_old - m_new);  // 0 on the first chunk (m_old = -inf)
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) o_w[r * D + d] *= alpha;
+        __syncwarp();  // both lanes of row r have read m_s and l_s
         if (half == 0) {
-            m_s[r] = m_new;
-            l_s[r] = l_s[r] * alpha + sum;
+            m_s[warp][r] = m_new;
+            l_s[warp][r] = l_s[warp][r] * alpha + sum;
         }
         __syncwarp();
         // Output += P V.
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
-        wmma::load_matrix_sync(pa, p_s, 16);
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa[KC / 16];
+        for (int t = 0; t < KC / 16; ++t) wmma::load_matrix_sync(pa[t], p_w + t * 16, KC);
         for (int n = 0; n < D / 16; ++n) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
-            wmma::load_matrix_sync(vb, v_s + n * 16, D);
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-            wmma::load_matrix_sync(o, o_s + n * 16, D, wmma::mem_row_major);
-            wmma::mma_sync(o, pa, vb, o);
-            wmma::store_matrix_sync(o_s + n * 16, o, D, wmma::mem_row_major);
+            wmma::load_matrix_sync(o, o_w + n * 16, D, wmma::mem_row_major);
+            for (int t = 0; t < KC / 16; ++t) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+                wmma::load_matrix_sync(vb, v_s + t * 16 * D + n * 16, D);
+                wmma::mma_sync(o, pa[t], vb, o);
+            }
+            wmma::store_matrix_sync(o_w + n * 16, o, D, wmma::mem_row_major);
         }
         __syncwarp();
     }
     for (int i = lane; i < 16 * D; i += 32) {
         const int qr = i / D, d = i - qr * D;
-        const int q = q0 + qr;
+        const int q = q0 + warp * 16 + qr;
         if (q < width) {
-            const float l = l_s[qr];
-            out[((size_t)b * width + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_s[i] / l : 0.0f);
+            const float l = l_s[warp][qr];
+            out[((size_t)b * width + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_w[i] / l : 0.0f);
         }
     }
 }

@@ -1,9 +1,10 @@
 // Just enough of CUDA to run fused.cu's kernels on the host, for the test that holds them to
 // their CPU references (src/fused.rs, `kernels_on_the_host`) in CI, where no GPU exists.
 //
-// A launch runs every warp of every block in turn, each warp as 32 host threads in lock step
-// at shuffles (a barrier before and after each exchange). The kernels use no shared memory and
-// no __syncthreads, so warps are independent. __half is GCC's _Float16 (IEEE binary16, round to
+// A launch runs the blocks one after another, each block as one host thread per CUDA thread:
+// __syncthreads is a barrier over the block, and each warp's 32 threads meet at a barrier of
+// their own before and after every shuffle and WMMA call (warp-synchronous, like the device).
+// __shared__ memory is a static in the kernel, which serves because one block runs at a time. __half is GCC's _Float16 (IEEE binary16, round to
 // nearest even like __float2half); __nv_bfloat16 is the top half of a float, rounded to nearest
 // even like __float2bfloat16. What this cannot catch: device-only behaviour (alignment,
 // coalescing, the real intrinsics' last-bit rounding).
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -61,20 +63,23 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
 }
 
-// The running warp's exchange slots and barrier.
-inline std::barrier<>* warp_barrier = nullptr;
-inline float warp_slots[32];
+// The running thread's warp barrier and exchange slots, and the block's barrier.
+inline thread_local std::barrier<>* warp_barrier = nullptr;
+inline thread_local float* warp_slots = nullptr;
+inline thread_local unsigned lane_id = 0;
+inline std::barrier<>* block_barrier = nullptr;
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask, int = 32) {
-    const unsigned lane = threadIdx.x % 32;
-    warp_slots[lane] = v;
+    warp_slots[lane_id] = v;
     warp_barrier->arrive_and_wait();
-    const float other = warp_slots[lane ^ static_cast<unsigned>(lane_mask)];
+    const float other = warp_slots[lane_id ^ static_cast<unsigned>(lane_mask)];
     warp_barrier->arrive_and_wait();
     return other;
 }
 
 inline void __syncwarp(unsigned = 0xffffffff) { warp_barrier->arrive_and_wait(); }
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 
 // WMMA with the documented semantics, not the hardware's fragment layout: every lane holds the
 // whole 16x16 tile (as float, after rounding to the input type); products are exact and summed
@@ -118,7 +123,7 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
                               layout_t layout) {
     warp_barrier->arrive_and_wait();
-    if (threadIdx.x % 32 == 0)
+    if (lane_id == 0)
         for (unsigned i = 0; i < 16; ++i)
             for (unsigned j = 0; j < 16; ++j) (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.x[i * 16 + j];
     warp_barrier->arrive_and_wait();
@@ -145,28 +150,35 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment
 }
 }  // namespace nvcuda::wmma
 
-// Runs `kernel` (a lambda calling the extern "C" entry) on grid x block, warp by warp.
+// Runs `kernel` (a lambda calling the extern "C" entry) on grid x block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = block;
     const unsigned threads = block.x * block.y * block.z;
+    const unsigned warps = (threads + 31) / 32;
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx)
-                for (unsigned first = 0; first < threads; first += 32) {
-                    const unsigned lanes = std::min(32u, threads - first);
-                    std::barrier<> barrier(lanes);
-                    warp_barrier = &barrier;
-                    std::vector<std::thread> warp;
-                    for (unsigned lane = 0; lane < lanes; ++lane) {
-                        warp.emplace_back([&, lane] {
-                            const unsigned t = first + lane;
-                            threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                            blockIdx = dim3{bx, by, bz};
-                            kernel();
-                            barrier.arrive_and_drop();  // lanes that left early free the others
-                        });
-                    }
-                    for (auto& t : warp) t.join();
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                std::barrier<> whole(threads);
+                block_barrier = &whole;
+                std::vector<std::unique_ptr<std::barrier<>>> per_warp;
+                std::vector<float> slots(warps * 32);
+                for (unsigned w = 0; w < warps; ++w)
+                    per_warp.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
+                std::vector<std::thread> running;
+                for (unsigned t = 0; t < threads; ++t) {
+                    running.emplace_back([&, t] {
+                        threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                        blockIdx = dim3{bx, by, bz};
+                        warp_barrier = per_warp[t / 32].get();
+                        warp_slots = slots.data() + (t / 32) * 32;
+                        lane_id = t % 32;
+                        kernel();
+                        // Threads that left early must not hold the others at a barrier.
+                        warp_barrier->arrive_and_drop();
+                        whole.arrive_and_drop();
+                    });
                 }
+                for (auto& t : running) t.join();
+            }
 }

@@ -559,14 +559,15 @@ const ONE_PASS_HEADS: [usize; 2] = [32, 64];
 struct OnePassAttention(Attention);
 
 impl OnePassAttention {
-    /// Launch shape: one warp per 16 queries of one sequence and head, neighbouring blocks
-    /// for the same sequence and head (they share its keys and values through L2).
+    /// Launch shape: four warps per 64 queries of one sequence and head (`ATT_WARPS` in
+    /// fused.cu), neighbouring blocks for the same sequence and head (they share its keys and
+    /// values through L2).
     #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
     fn launch(&self, batch: usize) -> ([u32; 2], [u32; 2]) {
         let a = self.0;
         (
-            [(batch * a.heads * a.width.div_ceil(16)) as u32, 1],
-            [32, 1],
+            [(batch * a.heads * a.width.div_ceil(64)) as u32, 1],
+            [128, 1],
         )
     }
 }
@@ -1357,10 +1358,11 @@ mod kernels_on_the_host {
 
     #[test]
     fn one_pass_attention_matches_its_reference() {
-        // Width 37: three query tiles, the last partial; key tiles likewise. Lengths 37, 5
-        // (one partial key tile), 16 (exactly one) and 0 (a padded-out slot).
-        let (width, heads) = (37, 2);
-        let lengths = [37u32, 5, 16, 0];
+        // Width 70: two 64-query tiles, the second mostly past the end (whole warps of it
+        // idle). Lengths 70 (32-key chunks: two full, one of 6), 5 (one partial chunk), 33 (a
+        // second chunk holding one key) and 0 (a padded-out slot).
+        let (width, heads) = (70, 2);
+        let lengths = [70u32, 5, 33, 0];
         let batch = lengths.len();
         let rows = batch * width;
         let lengths_f: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();

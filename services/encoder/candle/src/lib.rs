@@ -117,7 +117,7 @@ pub enum Engine {
     /// head split/merge): f16/bf16 on GPU with head size 32 or 64. Not the default until a GPU
     /// run measures it (scripts/gpu/run-gpu-check.sh).
     Flash,
-    /// `layers.rs`: candle's stock tensor ops, kept to measure the other two against.
+    /// `layers.rs`: candle's stock tensor ops, kept to measure the others against.
     Graph,
 }
 
@@ -135,7 +135,7 @@ impl Engine {
     /// `auto` (or empty) picks [`Engine::default_for`] the device.
     ///
     /// # Errors
-    /// A name other than auto, packed, fused or graph.
+    /// A name other than auto, packed, fused, flash or graph.
     pub fn parse(name: &str, device: &str) -> Result<Self, EncoderError> {
         match name {
             "" | "auto" => Ok(Self::default_for(device)),

@@ -92,6 +92,30 @@ __device__ void bias_gelu(const T* __restrict__ x, const T* __restrict__ bias, T
     }
 }
 
+// Pooling of packed rows: x (tokens, cols), sequence s = rows offsets[s] .. offsets[s + 1];
+// out (sequences, cols) = the mean of its rows (cls == 0) or its first row (cls != 0); an
+// empty sequence gives zeros. Column-parallel, sequences walked by the grid's y dimension.
+template <typename T>
+__device__ void segment_pool(const T* __restrict__ x, const uint32_t* __restrict__ offsets,
+                             T* __restrict__ out, int sequences, int cols, int cls) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    for (int s = blockIdx.y; s < sequences; s += gridDim.y) {
+        const int start = (int)offsets[s];
+        const int end = (int)offsets[s + 1];
+        float v = 0.0f;
+        if (end > start) {
+            if (cls) {
+                v = to_float(x[(size_t)start * cols + c]);
+            } else {
+                for (int r = start; r < end; ++r) v += to_float(x[(size_t)r * cols + c]);
+                v /= (float)(end - start);
+            }
+        }
+        out[(size_t)s * cols + c] = from_float<T>(v);
+    }
+}
+
 // Row kernels: one warp per row, blockDim = (32, rows per block).
 
 // scores: (rows, cols), row r belongs to sequence r / rows_per_seq, whose first lengths[seq]
@@ -165,6 +189,10 @@ __device__ void bias_residual_norm(const T* x, const T* residual, const T* param
                                                        int rows_per_seq) {                           \
         masked_softmax<T>(scores, lengths, out, rows, cols, rows_per_seq);                           \
     }                                                                                                \
+    extern "C" __global__ void segment_pool_##SUFFIX(const T* x, const uint32_t* offsets, T* out,    \
+                                                     int sequences, int cols, int cls) {             \
+        segment_pool<T>(x, offsets, out, sequences, cols, cls);                                      \
+    }                                                                                                \
     extern "C" __global__ void bias_residual_norm_##SUFFIX(const T* x, const T* residual,            \
                                                            const T* params, T* out, int rows,        \
                                                            int cols, float eps) {                    \
@@ -176,20 +204,22 @@ SOUK_FUSED(__half, f16)
 SOUK_FUSED(__nv_bfloat16, bf16)
 
 // Attention in one pass over the QKV projection (flash-attention's online softmax, on tensor
-// cores through WMMA): for sequence b, head h and a tile of 64 queries (16 per warp, 4 warps),
-// read q, k and v straight from qkv (rows, 3 * heads * D) adding their bias, walk the
-// sequence's real keys 32 at a time (staged once per block for its 4 warps), and write the
-// normalised context into out (rows, heads * D): no scores tensor, no head split or merge
+// cores through WMMA), on packed rows: sequence b is rows offsets[b] .. offsets[b + 1] of qkv
+// (tokens, 3 * heads * D), no padding anywhere. For sequence b, head h and a tile of 64 queries
+// (16 per warp, 4 warps): read q, k and v straight from qkv adding their bias, walk the
+// sequence's keys 32 at a time (staged once per block for its 4 warps), and write the
+// normalised context into out (tokens, heads * D): no scores tensor, no head split or merge
 // copies. Half precision only (WMMA's inputs); D is 32 or 64. Block (128); grid
-// (batch * heads * ceil(width / 64)): the query tiles of one sequence and head are neighbouring
-// blocks, so they share its keys and values through L2. Scores and the running output stay in
-// f32; probabilities are rounded to T before the P V product, as flash attention does.
+// (batch * heads * tiles), tiles = ceil(longest / 64); the tiles past a shorter sequence's end
+// return at once. The query tiles of one sequence and head are neighbouring blocks, so they
+// share its keys and values through L2. Scores and the running output stay in f32;
+// probabilities are rounded to T before the P V product, as flash attention does.
 constexpr int ATT_WARPS = 4;
 constexpr int ATT_KEYS = 32;
 
 template <typename T, int D>
 __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
-                          const uint32_t* __restrict__ lengths, T* __restrict__ out, int width,
+                          const uint32_t* __restrict__ offsets, T* __restrict__ out, int tiles,
                           int heads) {
     using namespace nvcuda;
     constexpr int QT = 16 * ATT_WARPS;
@@ -197,12 +227,13 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
     constexpr int THREADS = 32 * ATT_WARPS;
     const int hidden = heads * D;
     const int cols = 3 * hidden;
-    const int tiles = (width + QT - 1) / QT;
     const int bh = blockIdx.x / tiles;
     const int b = bh / heads;
     const int h = bh - b * heads;
     const int q0 = (blockIdx.x - bh * tiles) * QT;
-    const int len = min((int)lengths[b], width);
+    const int start = (int)offsets[b];
+    const int len = (int)offsets[b + 1] - start;
+    if (q0 >= len) return;  // the whole block: before any barrier
     const int tid = threadIdx.x;
     const int warp = tid / 32;
     const int lane = tid % 32;
@@ -214,11 +245,11 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
     __shared__ __align__(32) float o_s[ATT_WARPS][16 * D];
     __shared__ float m_s[ATT_WARPS][16];
     __shared__ float l_s[ATT_WARPS][16];
-    const T* seq = qkv + (size_t)b * width * cols;
+    const T* seq = qkv + (size_t)start * cols;
     for (int i = tid; i < QT * D; i += THREADS) {
         const int r = i / D, d = i - r * D;
         const int q = q0 + r;
-        const float v = q < width ? to_float(seq[(size_t)q * cols + h * D + d]) + to_float(bias[h * D + d]) : 0.0f;
+        const float v = q < len ? to_float(seq[(size_t)q * cols + h * D + d]) + to_float(bias[h * D + d]) : 0.0f;
         q_s[i] = from_float<T>(v);
     }
     T* p_w = p_s[warp];
@@ -304,18 +335,18 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
     for (int i = lane; i < 16 * D; i += 32) {
         const int qr = i / D, d = i - qr * D;
         const int q = q0 + warp * 16 + qr;
-        if (q < width) {
+        if (q < len) {
             const float l = l_s[warp][qr];
-            out[((size_t)b * width + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_w[i] / l : 0.0f);
+            out[((size_t)start + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_w[i] / l : 0.0f);
         }
     }
 }
 
 #define SOUK_ATTENTION(T, SUFFIX, D)                                                                 \
     extern "C" __global__ void attention_d##D##_##SUFFIX(const T* qkv, const T* bias,               \
-                                                         const uint32_t* lengths, T* out,           \
-                                                         int width, int heads) {                    \
-        attention<T, D>(qkv, bias, lengths, out, width, heads);                                      \
+                                                         const uint32_t* offsets, T* out,           \
+                                                         int tiles, int heads) {                    \
+        attention<T, D>(qkv, bias, offsets, out, tiles, heads);                                      \
     }
 
 SOUK_ATTENTION(__half, f16, 32)

@@ -2,8 +2,8 @@
 // src/fused.rs that holds each kernel to its CPU reference at the launch shape the CUDA path
 // uses. Usage:
 //   host_harness OP DTYPE GRID_X GRID_Y BLOCK_X BLOCK_Y INT... [EPS] < inputs > output
-// inputs: for each input tensor, a little-endian u64 count then that many f32 (lengths too,
-// converted to u32); output: the result as f32. DTYPE (f32, f16, bf16) is what the kernel
+// inputs: for each input tensor, a little-endian u64 count then that many f32 (lengths and
+// offsets too, converted to u32); output: the result as f32. DTYPE (f32, f16, bf16) is what the kernel
 // computes in: inputs are rounded to it, the output converted back.
 #define SOUK_HOST_EMULATION
 #include "fused.cu"
@@ -33,6 +33,12 @@ static std::vector<T> to_t(const std::vector<float>& v) {
     return out;
 }
 
+static std::vector<uint32_t> to_u32(const std::vector<float>& v) {
+    std::vector<uint32_t> out;
+    for (float x : v) out.push_back(static_cast<uint32_t>(x));
+    return out;
+}
+
 template <typename T>
 static void write_out(const std::vector<T>& v) {
     for (const T& x : v) {
@@ -49,6 +55,7 @@ template <typename T> struct Entry;
         static constexpr auto gelu = bias_gelu_##S;                                \
         static constexpr auto softmax = masked_softmax_##S;                        \
         static constexpr auto norm = bias_residual_norm_##S;                       \
+        static constexpr auto pool = segment_pool_##S;                             \
     };
 ENTRIES(float, f32)
 ENTRIES(__half, f16)
@@ -85,8 +92,7 @@ static int run(const std::string& op, dim3 grid, dim3 block, const std::vector<i
         write_out(out);
     } else if (op == "masked_softmax") {
         auto scores = to_t<T>(read_tensor());
-        std::vector<uint32_t> lengths;
-        for (float f : read_tensor()) lengths.push_back(static_cast<uint32_t>(f));
+        auto lengths = to_u32(read_tensor());
         std::vector<T> out(scores.size());
         launch(grid, block, [&] { E::softmax(scores.data(), lengths.data(), out.data(), a[0], a[1], a[2]); });
         write_out(out);
@@ -104,14 +110,20 @@ static int run(const std::string& op, dim3 grid, dim3 block, const std::vector<i
         } else {
             auto qkv = to_t<T>(read_tensor());
             auto bias = to_t<T>(read_tensor());
-            std::vector<uint32_t> lengths;
-            for (float f : read_tensor()) lengths.push_back(static_cast<uint32_t>(f));
-            const int batch = a[0], width = a[1], heads = a[2], head = a[3];
-            std::vector<T> out(static_cast<size_t>(batch) * width * heads * head);
+            auto offsets = to_u32(read_tensor());
+            const int tiles = a[0], heads = a[1], head = a[2];
+            std::vector<T> out(qkv.size() / 3);
             auto entry = head == 32 ? AttentionEntry<T>::d32 : AttentionEntry<T>::d64;
-            launch(grid, block, [&] { entry(qkv.data(), bias.data(), lengths.data(), out.data(), width, heads); });
+            launch(grid, block, [&] { entry(qkv.data(), bias.data(), offsets.data(), out.data(), tiles, heads); });
             write_out(out);
         }
+    } else if (op == "segment_pool") {
+        auto x = to_t<T>(read_tensor());
+        auto offsets = to_u32(read_tensor());
+        const int sequences = a[0], cols = a[1], cls = a[2];
+        std::vector<T> out(static_cast<size_t>(sequences) * cols);
+        launch(grid, block, [&] { E::pool(x.data(), offsets.data(), out.data(), sequences, cols, cls); });
+        write_out(out);
     } else {
         std::fprintf(stderr, "unknown op %s\n", op.c_str());
         return 2;

@@ -8,7 +8,8 @@
 //! - `bias_residual_norm`: an output projection's bias, the residual and the layer norm at once;
 //! - `bias_gelu`: the intermediate projection's bias and exact GELU at once;
 //! - `attention` (`--engine flash`): the three attention steps above and both batched GEMMs in
-//!   one tensor-core kernel, so no scores tensor and no head split/merge copies exist.
+//!   one tensor-core kernel, so no scores tensor and no head split/merge copies exist; this
+//!   engine also runs on packed rows (no padding), pooled by `segment_pool`.
 //!
 //! Why: on an H100 candle's stock graph (`layers.rs`, `--engine graph`) ran 13x slower than
 //! PyTorch at 512x128 tokens in f16, barely faster than in f32, with time linear in tokens and
@@ -203,6 +204,9 @@ impl FusedBert {
                 self.max_positions
             );
         }
+        if self.one_pass {
+            return self.embed_rows(batch, pooling, device, width, step);
+        }
         let rows = n * width;
         // The kernels index with 32-bit integers: refuse what would not fit.
         let largest = [
@@ -261,6 +265,7 @@ impl FusedBert {
         Ok(out)
     }
 
+    /// One layer on the padded batch: attention by two batched GEMMs around our kernels.
     fn layer(
         &self,
         layer: &FusedLayer,
@@ -271,30 +276,33 @@ impl FusedBert {
     ) -> candle_core::Result<Tensor> {
         let qkv = x.matmul(&layer.qkv.t()?)?;
         step("qkv matmul")?;
-        let context = if self.one_pass {
-            let context =
-                qkv.apply_op3_no_bwd(&layer.qkv_bias, lengths, &OnePassAttention(shape))?;
-            step("attention (one pass)")?;
-            context
-        } else {
-            let split = qkv.apply_op2_no_bwd(&layer.qkv_bias, &BiasSplitHeads(shape))?;
-            step("bias + split heads")?;
-            let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
-            let scores = q.matmul(&k.t()?)?;
-            step("q k^T matmul")?;
-            let probs = scores.apply_op2_no_bwd(
-                lengths,
-                &MaskedSoftmax {
-                    rows_per_seq: shape.heads * shape.width,
-                },
-            )?;
-            step("masked softmax")?;
-            let context = probs.matmul(&v)?;
-            step("probs v matmul")?;
-            let context = context.apply_op1_no_bwd(&MergeHeads(shape))?;
-            step("merge heads")?;
-            context
-        };
+        let split = qkv.apply_op2_no_bwd(&layer.qkv_bias, &BiasSplitHeads(shape))?;
+        step("bias + split heads")?;
+        let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        step("q k^T matmul")?;
+        let probs = scores.apply_op2_no_bwd(
+            lengths,
+            &MaskedSoftmax {
+                rows_per_seq: shape.heads * shape.width,
+            },
+        )?;
+        step("masked softmax")?;
+        let context = probs.matmul(&v)?;
+        step("probs v matmul")?;
+        let context = context.apply_op1_no_bwd(&MergeHeads(shape))?;
+        step("merge heads")?;
+        self.feed_forward(layer, x, &context, step)
+    }
+
+    /// The rest of a layer after attention, row by row (padded or packed rows alike).
+    fn feed_forward(
+        &self,
+        layer: &FusedLayer,
+        x: &Tensor,
+        context: &Tensor,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let projected = context.matmul(&layer.attention_out.t()?)?;
         step("attention out matmul")?;
         let attended = projected.apply_op3_no_bwd(
@@ -315,6 +323,74 @@ impl FusedBert {
             &BiasResidualNorm { eps: self.eps },
         )?;
         step("bias + residual + layer norm (output)")?;
+        Ok(out)
+    }
+
+    /// The one-pass engine: the batch's real tokens packed into rows (no padding anywhere, as
+    /// the packed CPU engine and TEI's varlen attention do), attention by the one-pass kernel
+    /// over each sequence's rows, pooling by `segment_pool`.
+    fn embed_rows(
+        &self,
+        batch: &Batch,
+        pooling: Pooling,
+        device: &Device,
+        longest: usize,
+        step: &mut dyn FnMut(&'static str) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let n = batch.sequences.len();
+        let total: usize = batch.sequences.iter().map(|s| s.ids.len()).sum();
+        if total == 0 {
+            return Ok(vec![vec![0.0; self.hidden]; n]);
+        }
+        if [total * 3 * self.hidden, total * self.intermediate]
+            .iter()
+            .any(|&e| e > i32::MAX as usize)
+        {
+            candle_core::bail!("batch of {total} tokens is too large for one pass");
+        }
+        let mut ids = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0u32);
+        for seq in &batch.sequences {
+            let len = seq.ids.len();
+            ids.extend_from_slice(&seq.ids);
+            types.extend((0..len).map(|i| seq.type_ids.get(i).copied().unwrap_or(0)));
+            positions.extend(0..len as u32);
+            offsets.push((ids.len()) as u32);
+        }
+        let ids = Tensor::from_vec(ids, total, device)?;
+        let types = Tensor::from_vec(types, total, device)?;
+        let positions = Tensor::from_vec(positions, total, device)?;
+        let offsets = Tensor::from_vec(offsets, n + 1, device)?;
+        let x = (self.words.index_select(&ids, 0)? + self.token_types.index_select(&types, 0)?)?;
+        let mut x = x.apply_op3_no_bwd(
+            &self.positions.index_select(&positions, 0)?,
+            &self.embedding_norm,
+            &BiasResidualNorm { eps: self.eps },
+        )?;
+        step("embeddings + layer norm")?;
+        let attention = OnePassAttention {
+            heads: self.heads,
+            head: self.head,
+            longest,
+        };
+        for layer in &self.layers {
+            let qkv = x.matmul(&layer.qkv.t()?)?;
+            step("qkv matmul")?;
+            let context = qkv.apply_op3_no_bwd(&layer.qkv_bias, &offsets, &attention)?;
+            step("attention (one pass)")?;
+            x = self.feed_forward(layer, &x, &context, step)?;
+        }
+        let pooled = x.apply_op2_no_bwd(
+            &offsets,
+            &SegmentPool {
+                cls: pooling == Pooling::Cls,
+            },
+        )?;
+        let out = pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        step("pooling + copy to host")?;
         Ok(out)
     }
 }
@@ -553,22 +629,48 @@ impl CustomOp1 for MergeHeads {
 /// Head sizes the one-pass attention kernel is instantiated for.
 const ONE_PASS_HEADS: [usize; 2] = [32, 64];
 
-/// Attention straight from the QKV projection: (rows, 3 * hidden) + bias, lengths ->
-/// context (rows, hidden). The CPU reference is written out plainly (not composed from the
-/// other ops), so the test of the kernel checks it against an independent computation.
-struct OnePassAttention(Attention);
+/// Attention straight from the QKV projection, on packed rows: (tokens, 3 * hidden) + bias,
+/// offsets (sequences + 1) -> context (tokens, hidden). The CPU reference is written out
+/// plainly (not composed from the other ops), so the test of the kernel checks it against an
+/// independent computation.
+struct OnePassAttention {
+    heads: usize,
+    head: usize,
+    /// The longest sequence: how many 64-query tiles each sequence and head gets.
+    longest: usize,
+}
 
 impl OnePassAttention {
+    fn hidden(&self) -> usize {
+        self.heads * self.head
+    }
+
+    fn tiles(&self) -> usize {
+        self.longest.div_ceil(64).max(1)
+    }
+
     /// Launch shape: four warps per 64 queries of one sequence and head (`ATT_WARPS` in
     /// fused.cu), neighbouring blocks for the same sequence and head (they share its keys and
     /// values through L2).
     #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
-    fn launch(&self, batch: usize) -> ([u32; 2], [u32; 2]) {
-        let a = self.0;
+    fn launch(&self, sequences: usize) -> ([u32; 2], [u32; 2]) {
         (
-            [(batch * a.heads * a.width.div_ceil(64)) as u32, 1],
+            [(sequences * self.heads * self.tiles()) as u32, 1],
             [128, 1],
         )
+    }
+
+    /// The offsets as sequence bounds, checked against the rows they index.
+    fn bounds(offsets: &[u32], rows: usize, longest: usize) -> candle_core::Result<()> {
+        let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+        let fits = offsets.last().is_some_and(|&end| end as usize == rows);
+        let short = offsets
+            .windows(2)
+            .all(|w| (w[1] - w[0]) as usize <= longest);
+        if offsets.first() != Some(&0) || !ordered || !fits || !short {
+            candle_core::bail!("one-pass attention: offsets do not split {rows} rows");
+        }
+        Ok(())
     }
 }
 
@@ -586,32 +688,28 @@ impl CustomOp3 for OnePassAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let a = self.0;
-        let (hidden, d) = (a.hidden(), a.head);
+        let (hidden, d) = (self.hidden(), self.head);
         let cols = 3 * hidden;
         let rows = rows_of(l1, cols)?;
         let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
-        let (CpuStorage::U32(lengths), Some((ls, le))) = (s3, l3.contiguous_offsets()) else {
-            candle_core::bail!("one-pass attention: lengths must be contiguous u32");
+        let (CpuStorage::U32(offsets), Some((os, oe))) = (s3, l3.contiguous_offsets()) else {
+            candle_core::bail!("one-pass attention: offsets must be contiguous u32");
         };
-        let lengths = &lengths[ls..le];
-        if bias.len() != cols || lengths.len() * a.width != rows {
-            candle_core::bail!(
-                "one-pass attention: bad shapes {:?} {:?}",
-                l1.dims(),
-                l3.dims()
-            );
+        let offsets = &offsets[os..oe];
+        if bias.len() != cols {
+            candle_core::bail!("one-pass attention: bias of {} for {cols}", bias.len());
         }
+        Self::bounds(offsets, rows, self.longest)?;
         let mut out = vec![0f32; rows * hidden];
-        let mut scores = vec![0f32; a.width];
-        for (b, &len) in lengths.iter().enumerate() {
-            let len = (len as usize).min(a.width);
+        let mut scores = vec![0f32; self.longest];
+        for w in offsets.windows(2) {
+            let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
             let at = |row: usize, part: usize, h: usize, i: usize| {
-                qkv[(b * a.width + row) * cols + part * hidden + h * d + i]
+                qkv[(start + row) * cols + part * hidden + h * d + i]
                     + bias[part * hidden + h * d + i]
             };
-            for h in 0..a.heads {
-                for q in 0..a.width {
+            for h in 0..self.heads {
+                for q in 0..len {
                     for (j, s) in scores.iter_mut().enumerate().take(len) {
                         *s = (0..d).map(|i| at(q, 0, h, i) * at(j, 1, h, i)).sum();
                     }
@@ -620,7 +718,7 @@ impl CustomOp3 for OnePassAttention {
                         .copied()
                         .fold(f32::NEG_INFINITY, f32::max);
                     let sum: f32 = scores[..len].iter().map(|s| (s - max).exp()).sum();
-                    let dst = &mut out[(b * a.width + q) * hidden + h * d..][..d];
+                    let dst = &mut out[(start + q) * hidden + h * d..][..d];
                     for (j, s) in scores[..len].iter().enumerate() {
                         let p = (s - max).exp() / sum;
                         for (i, o) in dst.iter_mut().enumerate() {
@@ -643,22 +741,90 @@ impl CustomOp3 for OnePassAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let a = self.0;
-        let cols = 3 * a.hidden();
+        let cols = 3 * self.hidden();
         let rows = rows_of(l1, cols)?;
-        let batch = l3.shape().elem_count();
-        if l2.shape().elem_count() != cols || batch * a.width != rows {
+        let sequences = l3.shape().elem_count().saturating_sub(1);
+        if l2.shape().elem_count() != cols || sequences == 0 {
             candle_core::bail!(
                 "one-pass attention: bad shapes {:?} {:?}",
-                l1.dims(),
+                l2.dims(),
                 l3.dims()
             );
         }
-        if !ONE_PASS_HEADS.contains(&a.head) {
-            candle_core::bail!("one-pass attention: no kernel for head size {}", a.head);
+        if !ONE_PASS_HEADS.contains(&self.head) {
+            candle_core::bail!("one-pass attention: no kernel for head size {}", self.head);
         }
-        let out = cuda::one_pass_attention(s1, l1, s2, l2, s3, l3, self.launch(batch), a)?;
-        Ok((out, Shape::from((rows, a.hidden()))))
+        let out = cuda::one_pass_attention(
+            s1,
+            l1,
+            s2,
+            l2,
+            s3,
+            l3,
+            self.launch(sequences),
+            rows * self.hidden(),
+            [self.tiles(), self.heads, self.head],
+        )?;
+        Ok((out, Shape::from((rows, self.hidden()))))
+    }
+}
+
+/// Mean (or first row, for CLS pooling) of each sequence's packed rows: x (tokens, hidden),
+/// offsets (sequences + 1) -> (sequences, hidden).
+struct SegmentPool {
+    cls: bool,
+}
+
+impl CustomOp2 for SegmentPool {
+    fn name(&self) -> &'static str {
+        "souk-segment-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cols = l1.dims().last().copied().unwrap_or(0);
+        let rows = rows_of(l1, cols)?;
+        let x = cpu_f32(s1, l1)?;
+        let (CpuStorage::U32(offsets), Some((os, oe))) = (s2, l2.contiguous_offsets()) else {
+            candle_core::bail!("segment-pool: offsets must be contiguous u32");
+        };
+        let offsets = &offsets[os..oe];
+        OnePassAttention::bounds(offsets, rows, rows)?;
+        let mut out = vec![0f32; offsets.len().saturating_sub(1) * cols];
+        for (w, dst) in offsets.windows(2).zip(out.chunks_exact_mut(cols.max(1))) {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            if end == start {
+                continue;
+            }
+            let taken = if self.cls { start + 1 } else { end };
+            for row in x[start * cols..taken * cols].chunks_exact(cols) {
+                dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+            let n = (taken - start) as f32;
+            dst.iter_mut().for_each(|d| *d /= n);
+        }
+        let sequences = offsets.len().saturating_sub(1);
+        Ok((CpuStorage::F32(out), Shape::from((sequences, cols))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let cols = l1.dims().last().copied().unwrap_or(0);
+        rows_of(l1, cols)?;
+        let sequences = l2.shape().elem_count().saturating_sub(1);
+        let out = cuda::segment_pool(s1, l1, s2, l2, sequences, cols, self.cls)?;
+        Ok((out, Shape::from((sequences, cols))))
     }
 }
 
@@ -985,6 +1151,7 @@ mod cuda {
         by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, cols))
     }
 
+    /// `dims`: tiles per sequence and head, heads, head size.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn one_pass_attention(
         s1: &CudaStorage,
@@ -994,7 +1161,8 @@ mod cuda {
         s3: &CudaStorage,
         l3: &Layout,
         launch: ([u32; 2], [u32; 2]),
-        a: Attention,
+        n: usize,
+        dims: [usize; 3],
     ) -> Result<CudaStorage> {
         #[allow(clippy::too_many_arguments)]
         fn run<T: Elem>(
@@ -1005,7 +1173,8 @@ mod cuda {
             s3: &CudaStorage,
             l3: &Layout,
             launch: ([u32; 2], [u32; 2]),
-            a: Attention,
+            n: usize,
+            [tiles, heads, head]: [usize; 3],
         ) -> Result<CudaStorage> {
             if T::DTYPE == DType::F32 {
                 candle_core::bail!("one-pass attention takes f16 or bf16");
@@ -1013,26 +1182,64 @@ mod cuda {
             let dev = s1.device().clone();
             let (qkv, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
             let Some((start, end)) = l3.contiguous_offsets() else {
-                candle_core::bail!("one-pass attention: lengths must be contiguous");
+                candle_core::bail!("one-pass attention: offsets must be contiguous");
             };
-            let lengths = s3.as_cuda_slice::<u32>()?.slice(start..end);
-            let n = (end - start) * a.width * a.hidden();
-            // SAFETY: the kernel writes all n elements (every query row of every head).
+            let offsets = s3.as_cuda_slice::<u32>()?.slice(start..end);
+            // SAFETY: the kernel writes all n elements (every token row of every head).
             let out = unsafe { dev.alloc::<T>(n)? };
-            let name = kernel::<T>(&format!("attention_d{}", a.head));
+            let name = kernel::<T>(&format!("attention_d{head}"));
             let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
             let mut b = f.builder();
             b.arg(&qkv);
             b.arg(&bias);
-            b.arg(&lengths);
+            b.arg(&offsets);
             b.arg(&out);
-            candle_core::builder_arg!(b, int(a.width), int(a.heads));
-            // SAFETY: arguments match the kernel's signature; one warp per 16 queries of one
-            // head of one sequence, all reads within rows * 3 * hidden.
+            candle_core::builder_arg!(b, int(tiles), int(heads));
+            // SAFETY: arguments match the kernel's signature; blocks read rows of their own
+            // sequence (offsets checked on the host side by construction) and write them.
             unsafe { b.launch(config(launch)) }.w()?;
             Ok(CudaStorage::wrap_cuda_slice(out, dev))
         }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, launch, a))
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, launch, n, dims))
+    }
+
+    pub(super) fn segment_pool(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        sequences: usize,
+        cols: usize,
+        cls: bool,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            sequences: usize,
+            cols: usize,
+            cls: bool,
+        ) -> Result<CudaStorage> {
+            let dev = s1.device().clone();
+            let x = view::<T>(s1, l1)?;
+            let Some((start, end)) = l2.contiguous_offsets() else {
+                candle_core::bail!("segment-pool: offsets must be contiguous");
+            };
+            let offsets = s2.as_cuda_slice::<u32>()?.slice(start..end);
+            // SAFETY: the kernel writes all sequences * cols elements.
+            let out = unsafe { dev.alloc::<T>(sequences * cols)? };
+            let f = dev.get_or_load_custom_func(&kernel::<T>("segment_pool"), MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&x);
+            b.arg(&offsets);
+            b.arg(&out);
+            candle_core::builder_arg!(b, int(sequences), int(cols), i32::from(cls));
+            // SAFETY: arguments match the kernel's signature; buffers hold what it indexes.
+            unsafe { b.launch(columns(cols, sequences)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, sequences, cols, cls))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1356,35 +1563,58 @@ mod kernels_on_the_host {
         }
     }
 
+    /// Packed-row offsets for these sequence lengths.
+    fn offsets(lengths: &[u32]) -> Vec<u32> {
+        std::iter::once(0)
+            .chain(lengths.iter().scan(0, |acc, &l| {
+                *acc += l;
+                Some(*acc)
+            }))
+            .collect()
+    }
+
     #[test]
     fn one_pass_attention_matches_its_reference() {
-        // Width 70: two 64-query tiles, the second mostly past the end (whole warps of it
-        // idle). Lengths 70 (32-key chunks: two full, one of 6), 5 (one partial chunk), 33 (a
-        // second chunk holding one key) and 0 (a padded-out slot).
-        let (width, heads) = (70, 2);
-        let lengths = [70u32, 5, 33, 0];
-        let batch = lengths.len();
-        let rows = batch * width;
-        let lengths_f: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        // Packed rows of five sequences: 70 tokens (two 64-query tiles, the second mostly
+        // idle; 32-key chunks: two full and one of 6), 5 (one partial chunk), 33 (a second
+        // chunk of one key), 0 (an empty slot: every one of its tiles returns at once) and 64.
+        let lengths = [70u32, 5, 33, 0, 64];
+        let offsets = offsets(&lengths);
+        let (total, longest, heads) = (offsets[5] as usize, 70, 2);
+        let offsets_f: Vec<f32> = offsets.iter().map(|&o| o as f32).collect();
         for head in ONE_PASS_HEADS {
-            let shape = Attention { width, heads, head };
-            let cols = 3 * shape.hidden();
-            let qkv: Vec<f32> = random(rows * cols, 10 + head as u64)
+            let op = OnePassAttention {
+                heads,
+                head,
+                longest,
+            };
+            let hidden = heads * head;
+            let cols = 3 * hidden;
+            let qkv: Vec<f32> = random(total * cols, 10 + head as u64)
                 .iter()
                 .map(|v| v * 0.5)
                 .collect();
             let bias = random(cols, 11);
-            let op = OnePassAttention(shape);
-            let want = cpu(&qkv, &[rows, cols])
+            let want = cpu(&qkv, &[total, cols])
                 .apply_op3_no_bwd(
                     &cpu(&bias, &[cols]),
-                    &Tensor::new(&lengths[..], &Device::Cpu).unwrap(),
+                    &Tensor::new(&offsets[..], &Device::Cpu).unwrap(),
                     &op,
                 )
                 .unwrap();
-            // The plain reference agrees with the two-GEMM path the fused engine runs.
-            let lengths_t = Tensor::new(&lengths[..], &Device::Cpu).unwrap();
-            let split = cpu(&qkv, &[rows, cols])
+            let want = flat(&want);
+            // The plain reference agrees with the padded two-GEMM path the fused engine runs.
+            let shape = Attention {
+                width: longest,
+                heads,
+                head,
+            };
+            let mut padded = vec![0f32; lengths.len() * longest * cols];
+            for (s, w) in offsets.windows(2).enumerate() {
+                let rows = &qkv[w[0] as usize * cols..w[1] as usize * cols];
+                padded[s * longest * cols..][..rows.len()].copy_from_slice(rows);
+            }
+            let split = cpu(&padded, &[lengths.len() * longest, cols])
                 .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasSplitHeads(shape))
                 .unwrap();
             let (q, k, v) = (
@@ -1396,36 +1626,92 @@ mod kernels_on_the_host {
                 .matmul(&k.t().unwrap())
                 .unwrap()
                 .apply_op2_no_bwd(
-                    &lengths_t,
+                    &Tensor::new(&lengths[..], &Device::Cpu).unwrap(),
                     &MaskedSoftmax {
-                        rows_per_seq: heads * width,
+                        rows_per_seq: heads * longest,
                     },
                 )
                 .unwrap();
-            let two_gemm = probs
-                .matmul(&v)
-                .unwrap()
-                .apply_op1_no_bwd(&MergeHeads(shape))
-                .unwrap();
+            let two_gemm = flat(
+                &probs
+                    .matmul(&v)
+                    .unwrap()
+                    .apply_op1_no_bwd(&MergeHeads(shape))
+                    .unwrap(),
+            );
+            let two_gemm_real: Vec<f32> = offsets
+                .windows(2)
+                .enumerate()
+                .flat_map(|(s, w)| {
+                    let len = (w[1] - w[0]) as usize;
+                    two_gemm[s * longest * hidden..][..len * hidden].to_vec()
+                })
+                .collect();
             assert_close(
                 "one-pass reference vs two GEMMs",
                 "f32",
-                &flat(&want),
-                &flat(&two_gemm),
+                &want,
+                &two_gemm_real,
             );
             for dtype in ["f16", "bf16"] {
-                let ints = [batch, width, heads, head];
+                let ints = [op.tiles(), heads, head];
                 let Some(got) = run(
                     "attention",
                     dtype,
-                    op.launch(batch),
+                    op.launch(lengths.len()),
                     &ints,
                     None,
-                    &[&qkv, &bias, &lengths_f],
+                    &[&qkv, &bias, &offsets_f],
                 ) else {
                     return;
                 };
-                assert_close("attention", dtype, &got, &flat(&want));
+                assert_close("attention", dtype, &got, &want);
+            }
+        }
+    }
+
+    #[test]
+    fn segment_pool_matches_its_reference() {
+        let lengths = [3u32, 0, 1, 7];
+        let offsets = offsets(&lengths);
+        let offsets_f: Vec<f32> = offsets.iter().map(|&o| o as f32).collect();
+        let (rows, cols, sequences) = (offsets[4] as usize, 200, lengths.len());
+        let x = random(rows * cols, 12);
+        for cls in [false, true] {
+            let want = cpu(&x, &[rows, cols])
+                .apply_op2_no_bwd(
+                    &Tensor::new(&offsets[..], &Device::Cpu).unwrap(),
+                    &SegmentPool { cls },
+                )
+                .unwrap();
+            let want = flat(&want);
+            // By hand: sequence 0's mean / first row, the empty sequence all zeros.
+            let first: Vec<f32> = (0..cols)
+                .map(|c| {
+                    if cls {
+                        x[c]
+                    } else {
+                        (x[c] + x[cols + c] + x[2 * cols + c]) / 3.0
+                    }
+                })
+                .collect();
+            assert_close("segment_pool by hand", "f32", &want[..cols], &first);
+            assert!(want[cols..2 * cols].iter().all(|&v| v == 0.0));
+            for dtype in DTYPES {
+                for launch in launches(cols, sequences) {
+                    let ints = [sequences, cols, usize::from(cls)];
+                    let Some(got) = run(
+                        "segment_pool",
+                        dtype,
+                        launch,
+                        &ints,
+                        None,
+                        &[&x, &offsets_f],
+                    ) else {
+                        return;
+                    };
+                    assert_close("segment_pool", dtype, &got, &want);
+                }
             }
         }
     }

@@ -113,9 +113,9 @@ pub enum Engine {
     /// `fused.rs`: cuBLAS matrix multiplies and five fused kernels of our own (the GPU
     /// default; on CPU it runs the kernels' f32 reference, for tests).
     Fused,
-    /// The fused engine with attention in one kernel on tensor cores (no scores tensor, no
-    /// head split/merge): f16/bf16 on GPU with head size 32 or 64. Not the default until a GPU
-    /// run measures it (scripts/gpu/run-gpu-check.sh).
+    /// The fused engine on packed rows (no padding) with attention in one kernel on tensor
+    /// cores (no scores tensor, no head split/merge): f16/bf16 on GPU with head size 32 or 64.
+    /// Not the default until a GPU run measures it (scripts/gpu/run-gpu-check.sh).
     Flash,
     /// `layers.rs`: candle's stock tensor ops, kept to measure the others against.
     Graph,

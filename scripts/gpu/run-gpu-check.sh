@@ -45,4 +45,9 @@ out="${OUT:-/tmp}"
       timeout 60 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype f16 shapes --batch "${shape%x*}" --seq "${shape#*x}" --iters 10 --warmup 3 || echo "$engine f16 $shape FAILED"
     done
   done
+  echo "== mixed-length texts through the batcher, f16 (padded fused vs unpadded flash; tokenizer included)"
+  for _ in $(seq 20); do cat "$bundle/agree-texts.txt"; done > /tmp/souk-texts.txt
+  for engine in fused flash; do
+    timeout 90 "$bin" --model "$bundle/model" --device cuda:0 --engine "$engine" --dtype f16 texts /tmp/souk-texts.txt --batch 256 --repeat 3 || echo "$engine texts FAILED"
+  done
 } 2>&1 | tee "$out/gpu-check.txt"

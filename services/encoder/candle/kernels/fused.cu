@@ -216,6 +216,9 @@ SOUK_FUSED(__nv_bfloat16, bf16)
 // probabilities are rounded to T before the P V product, as flash attention does.
 constexpr int ATT_WARPS = 4;
 constexpr int ATT_KEYS = 32;
+// Shared-memory rows are padded (by 16 bytes) so that the rows of a WMMA tile do not all start
+// in the same bank: unpadded, a 32-float row is exactly the 32 banks and every row of a tile
+// stored by store_matrix_sync would collide.
 
 template <typename T, int D>
 __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
@@ -225,6 +228,11 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
     constexpr int QT = 16 * ATT_WARPS;
     constexpr int KC = ATT_KEYS;
     constexpr int THREADS = 32 * ATT_WARPS;
+    constexpr int QLD = D + 8;    // q, k, v rows (T)
+    constexpr int SLD = KC + 4;   // score rows (float)
+    constexpr int PLD = KC + 8;   // probability rows (T)
+    constexpr int OLD = D + 4;    // output rows (float)
+    static_assert(QT <= 2 * KC, "the query tile is staged in the key/value buffer");
     const int hidden = heads * D;
     const int cols = 3 * hidden;
     const int bh = blockIdx.x / tiles;
@@ -237,12 +245,15 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
     const int tid = threadIdx.x;
     const int warp = tid / 32;
     const int lane = tid % 32;
-    __shared__ __align__(32) T q_s[QT * D];
-    __shared__ __align__(32) T k_s[KC * D];
-    __shared__ __align__(32) T v_s[KC * D];
-    __shared__ __align__(32) T p_s[ATT_WARPS][16 * KC];
-    __shared__ __align__(32) float s_s[ATT_WARPS][16 * KC];
-    __shared__ __align__(32) float o_s[ATT_WARPS][16 * D];
+    // The query tile is staged in the key/value buffer, before the first keys arrive (keeps
+    // the block under 48 KB of shared memory at D = 64).
+    __shared__ __align__(32) T kv_s[2 * KC * QLD];
+    __shared__ __align__(32) T p_s[ATT_WARPS][16 * PLD];
+    __shared__ __align__(32) float s_s[ATT_WARPS][16 * SLD];
+    __shared__ __align__(32) float o_s[ATT_WARPS][16 * OLD];
+    T* q_s = kv_s;
+    T* k_s = kv_s;
+    T* v_s = kv_s + KC * QLD;
     __shared__ float m_s[ATT_WARPS][16];
     __shared__ float l_s[ATT_WARPS][16];
     const T* seq = qkv + (size_t)start * cols;
@@ -250,25 +261,25 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
         const int r = i / D, d = i - r * D;
         const int q = q0 + r;
         const float v = q < len ? to_float(seq[(size_t)q * cols + h * D + d]) + to_float(bias[h * D + d]) : 0.0f;
-        q_s[i] = from_float<T>(v);
+        q_s[r * QLD + d] = from_float<T>(v);
     }
     T* p_w = p_s[warp];
     float* s_w = s_s[warp];
     float* o_w = o_s[warp];
-    for (int i = lane; i < 16 * D; i += 32) o_w[i] = 0.0f;
+    for (int i = lane; i < 16 * OLD; i += 32) o_w[i] = 0.0f;
     if (lane < 16) {
         m_s[warp][lane] = -INFINITY;
         l_s[warp][lane] = 0.0f;
     }
     __syncthreads();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
-    for (int k = 0; k < D / 16; ++k) wmma::load_matrix_sync(qa[k], q_s + warp * 16 * D + k * 16, D);
+    for (int k = 0; k < D / 16; ++k) wmma::load_matrix_sync(qa[k], q_s + warp * 16 * QLD + k * 16, QLD);
     // Lanes 2r and 2r + 1 own query row r of the warp's tile: the first / second half of its
     // scores in a chunk, and of its output.
     const int r = lane >> 1;
     const int half = lane & 1;
     for (int k0 = 0; k0 < len; k0 += KC) {
-        __syncthreads();  // every warp is done with the previous chunk's keys and values
+        __syncthreads();  // every warp is done with the query tile / the previous chunk
         for (int i = tid; i < KC * D; i += THREADS) {
             const int kr = i / D, d = i - kr * D;
             const int key = k0 + kr;
@@ -278,8 +289,8 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
                 kv = to_float(row[hidden]) + to_float(bias[hidden + h * D + d]);
                 vv = to_float(row[2 * hidden]) + to_float(bias[2 * hidden + h * D + d]);
             }
-            k_s[i] = from_float<T>(kv);
-            v_s[i] = from_float<T>(vv);
+            k_s[kr * QLD + d] = from_float<T>(kv);
+            v_s[kr * QLD + d] = from_float<T>(vv);
         }
         __syncthreads();
         // Scores = Q K^T, 16 keys at a time: K (keys x D, row-major) read as K^T column-major.
@@ -288,29 +299,29 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
             wmma::fill_fragment(s, 0.0f);
             for (int k = 0; k < D / 16; ++k) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
-                wmma::load_matrix_sync(kb, k_s + t * 16 * D + k * 16, D);
+                wmma::load_matrix_sync(kb, k_s + t * 16 * QLD + k * 16, QLD);
                 wmma::mma_sync(s, qa[k], kb, s);
             }
-            wmma::store_matrix_sync(s_w + t * 16, s, KC, wmma::mem_row_major);
+            wmma::store_matrix_sync(s_w + t * 16, s, SLD, wmma::mem_row_major);
         }
         __syncwarp();
         // Online softmax. The chunk holds at least one real key (k0 < len): m_new is finite.
         const int c0 = half * (KC / 2);
         float mx = -INFINITY;
         for (int c = c0; c < c0 + KC / 2; ++c)
-            if (k0 + c < len) mx = fmaxf(mx, s_w[r * KC + c]);
+            if (k0 + c < len) mx = fmaxf(mx, s_w[r * SLD + c]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         const float m_old = m_s[warp][r];
         const float m_new = fmaxf(m_old, mx);
         float sum = 0.0f;
         for (int c = c0; c < c0 + KC / 2; ++c) {
-            const float p = k0 + c < len ? expf(s_w[r * KC + c] - m_new) : 0.0f;
-            p_w[r * KC + c] = from_float<T>(p);
+            const float p = k0 + c < len ? expf(s_w[r * SLD + c] - m_new) : 0.0f;
+            p_w[r * PLD + c] = from_float<T>(p);
             sum += p;
         }
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
         const float alpha = expf(m_old - m_new);  // 0 on the first chunk (m_old = -inf)
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) o_w[r * D + d] *= alpha;
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) o_w[r * OLD + d] *= alpha;
         __syncwarp();  // both lanes of row r have read m_s and l_s
         if (half == 0) {
             m_s[warp][r] = m_new;
@@ -319,16 +330,16 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
         __syncwarp();
         // Output += P V.
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa[KC / 16];
-        for (int t = 0; t < KC / 16; ++t) wmma::load_matrix_sync(pa[t], p_w + t * 16, KC);
+        for (int t = 0; t < KC / 16; ++t) wmma::load_matrix_sync(pa[t], p_w + t * 16, PLD);
         for (int n = 0; n < D / 16; ++n) {
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-            wmma::load_matrix_sync(o, o_w + n * 16, D, wmma::mem_row_major);
+            wmma::load_matrix_sync(o, o_w + n * 16, OLD, wmma::mem_row_major);
             for (int t = 0; t < KC / 16; ++t) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
-                wmma::load_matrix_sync(vb, v_s + t * 16 * D + n * 16, D);
+                wmma::load_matrix_sync(vb, v_s + t * 16 * QLD + n * 16, QLD);
                 wmma::mma_sync(o, pa[t], vb, o);
             }
-            wmma::store_matrix_sync(o_w + n * 16, o, D, wmma::mem_row_major);
+            wmma::store_matrix_sync(o_w + n * 16, o, OLD, wmma::mem_row_major);
         }
         __syncwarp();
     }
@@ -337,7 +348,7 @@ __device__ void attention(const T* __restrict__ qkv, const T* __restrict__ bias,
         const int q = q0 + warp * 16 + qr;
         if (q < len) {
             const float l = l_s[warp][qr];
-            out[((size_t)start + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_w[i] / l : 0.0f);
+            out[((size_t)start + q) * hidden + h * D + d] = from_float<T>(l > 0.0f ? o_w[qr * OLD + d] / l : 0.0f);
         }
     }
 }

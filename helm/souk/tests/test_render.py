@@ -49,6 +49,7 @@ def check_default(docs):
     encoder = container(by_kind(docs, "Deployment", "-encoder"))
     assert "nvidia.com/gpu" not in encoder["resources"].get("limits", {}), "CPU by default"
     assert env(encoder)["SOUK_DEVICE"] == "cpu"
+    assert env(encoder)["SOUK_ENCODER_ENGINE"] == "auto", "CPU pods pick the packed engine"
     secret = by_kind(docs, "Secret", "-secrets")
     assert set(secret["data"]) == {"admin-token", "user-id-key"}
     ranker = container(by_kind(docs, "StatefulSet", "-ranker"))
@@ -61,6 +62,7 @@ def check_gpu(docs):
     c = container(encoder)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1, "GPU values request a GPU"
     assert env(c)["SOUK_DEVICE"] == "cuda:0"
+    assert env(c)["SOUK_ENCODER_ENGINE"] == "flash", "the GPU values' engine reaches the pod"
     assert "cuda" in c["image"], "the CUDA image"
     spec = encoder["spec"]["template"]["spec"]
     assert spec["nodeSelector"].get("nvidia.com/gpu.present") == "true"

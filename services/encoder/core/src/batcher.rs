@@ -294,6 +294,16 @@ fn run_inference<B: Backend>(
             match outcome {
                 Ok(vectors) if vectors.len() == owners.len() => {
                     for ((job, index), vector) in owners.into_iter().zip(vectors) {
+                        // A NaN or infinite vector (half-precision overflow, a kernel fault)
+                        // would poison every index it reaches: fail that request instead.
+                        if !vector.iter().all(|v| v.is_finite()) {
+                            let message = format!(
+                                "the forward pass gave non-finite values for text {index} of a request"
+                            );
+                            tracing::error!("{message}");
+                            results[job] = Err(EncoderError::Backend(message));
+                            continue;
+                        }
                         if let Ok(out) = &mut results[job] {
                             out[index] = vector;
                         }
@@ -403,5 +413,84 @@ mod tests {
         let passes = split_by_budget(vec![slot(2), slot(100)], 16);
         assert_eq!(passes.len(), 2);
         assert_eq!(passes[1][0].sequence.ids.len(), 100);
+    }
+
+    /// A backend that fails in the one way a real model cannot be made to on demand: a NaN
+    /// vector for any sequence holding token 666.
+    struct NanOn666;
+
+    impl Backend for NanOn666 {
+        fn embed(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, EncoderError> {
+            Ok(batch
+                .sequences
+                .iter()
+                .map(|s| {
+                    if s.ids.contains(&666) {
+                        vec![f32::NAN, 1.0]
+                    } else {
+                        vec![s.ids.len() as f32, 1.0]
+                    }
+                })
+                .collect())
+        }
+
+        fn dimension(&self) -> usize {
+            2
+        }
+
+        fn device(&self) -> String {
+            "test".into()
+        }
+
+        fn dtype(&self) -> String {
+            "f32".into()
+        }
+    }
+
+    #[test]
+    fn a_non_finite_vector_fails_its_request_and_no_other() {
+        let (tx, rx) = mpsc::channel(4);
+        let sequence = |ids: Vec<u32>| Sequence {
+            type_ids: vec![0; ids.len()],
+            ids,
+        };
+        let mut replies = Vec::new();
+        for ids in [
+            vec![vec![101, 5, 102]],
+            vec![vec![101, 102], vec![101, 666, 102]],
+        ] {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                sequences: ids.into_iter().map(sequence).collect(),
+                normalize: false,
+                reply,
+            };
+            assert!(tx.try_send(job).is_ok());
+            replies.push(answer);
+        }
+        drop(tx);
+        // Both jobs share one forward pass; the worker returns when the queue closes.
+        let options = BatcherOptions {
+            max_batch_tokens: 1_000,
+            queue_capacity: 4,
+        };
+        let stats = BatcherStats::default();
+        run_inference(
+            NanOn666,
+            &std::sync::Mutex::new(rx),
+            options,
+            &stats,
+            &Unobserved,
+        );
+        let mut answers = replies.into_iter().map(|mut r| r.try_recv());
+        let first = answers
+            .next()
+            .map(|a| a.map(|r| r.map_err(|e| e.to_string())));
+        assert_eq!(first, Some(Ok(Ok(vec![vec![3.0, 1.0]]))));
+        let second = answers.next();
+        assert!(
+            matches!(&second, Some(Ok(Err(EncoderError::Backend(m)))) if m.contains("non-finite")),
+            "{second:?}"
+        );
     }
 }

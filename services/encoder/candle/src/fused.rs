@@ -358,7 +358,7 @@ impl FusedBert {
             ids.extend_from_slice(&seq.ids);
             types.extend((0..len).map(|i| seq.type_ids.get(i).copied().unwrap_or(0)));
             positions.extend(0..len as u32);
-            offsets.push((ids.len()) as u32);
+            offsets.push(ids.len() as u32);
         }
         let ids = Tensor::from_vec(ids, total, device)?;
         let types = Tensor::from_vec(types, total, device)?;
@@ -659,19 +659,20 @@ impl OnePassAttention {
             [128, 1],
         )
     }
+}
 
-    /// The offsets as sequence bounds, checked against the rows they index.
-    fn bounds(offsets: &[u32], rows: usize, longest: usize) -> candle_core::Result<()> {
-        let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
-        let fits = offsets.last().is_some_and(|&end| end as usize == rows);
-        let short = offsets
-            .windows(2)
-            .all(|w| (w[1] - w[0]) as usize <= longest);
-        if offsets.first() != Some(&0) || !ordered || !fits || !short {
-            candle_core::bail!("one-pass attention: offsets do not split {rows} rows");
-        }
-        Ok(())
+/// Checks that `offsets` split `rows` packed rows into sequences of at most `longest`: starts
+/// at 0, never decreases, ends at `rows`.
+fn check_offsets(offsets: &[u32], rows: usize, longest: usize) -> candle_core::Result<()> {
+    let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+    let fits = offsets.last().is_some_and(|&end| end as usize == rows);
+    let short = offsets
+        .windows(2)
+        .all(|w| w[1].saturating_sub(w[0]) as usize <= longest);
+    if offsets.first() != Some(&0) || !ordered || !fits || !short {
+        candle_core::bail!("{} offsets do not split {rows} rows", offsets.len());
     }
+    Ok(())
 }
 
 impl CustomOp3 for OnePassAttention {
@@ -699,7 +700,7 @@ impl CustomOp3 for OnePassAttention {
         if bias.len() != cols {
             candle_core::bail!("one-pass attention: bias of {} for {cols}", bias.len());
         }
-        Self::bounds(offsets, rows, self.longest)?;
+        check_offsets(offsets, rows, self.longest)?;
         let mut out = vec![0f32; rows * hidden];
         let mut scores = vec![0f32; self.longest];
         for w in offsets.windows(2) {
@@ -794,7 +795,7 @@ impl CustomOp2 for SegmentPool {
             candle_core::bail!("segment-pool: offsets must be contiguous u32");
         };
         let offsets = &offsets[os..oe];
-        OnePassAttention::bounds(offsets, rows, rows)?;
+        check_offsets(offsets, rows, rows)?;
         let mut out = vec![0f32; offsets.len().saturating_sub(1) * cols];
         for (w, dst) in offsets.windows(2).zip(out.chunks_exact_mut(cols.max(1))) {
             let (start, end) = (w[0] as usize, w[1] as usize);

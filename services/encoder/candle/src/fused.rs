@@ -513,7 +513,14 @@ impl CustomOp2 for BiasSplitHeads {
                 l2.dims()
             );
         }
-        let out = cuda::bias_split_heads(s1, l1, s2, l2, rows, a)?;
+        let out = cuda::launch(
+            "bias_split_heads",
+            &[cuda::In::Data(s1, l1), cuda::In::Data(s2, l2)],
+            rows * cols,
+            column_launch(cols, rows),
+            &[rows, a.width, a.heads, a.head],
+            None,
+        )?;
         Ok((out, self.out_shape(rows)))
     }
 }
@@ -576,7 +583,14 @@ impl CustomOp2 for MaskedSoftmax {
         if l2.shape().elem_count() * self.rows_per_seq != rows {
             candle_core::bail!("masked-softmax: {rows} rows for {:?} lengths", l2.dims());
         }
-        let out = cuda::masked_softmax(s1, l1, s2, l2, rows, cols, self.rows_per_seq)?;
+        let out = cuda::launch(
+            "masked_softmax",
+            &[cuda::In::Data(s1, l1), cuda::In::Index(s2, l2)],
+            rows * cols,
+            warp_launch(rows),
+            &[rows, cols, self.rows_per_seq],
+            None,
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }
@@ -621,7 +635,14 @@ impl CustomOp1 for MergeHeads {
             candle_core::bail!("merge-heads: bad shape {:?}", l.dims());
         }
         let rows = n / hidden;
-        let out = cuda::merge_heads(s, l, rows, a)?;
+        let out = cuda::launch(
+            "merge_heads",
+            &[cuda::In::Data(s, l)],
+            rows * hidden,
+            column_launch(hidden, rows),
+            &[rows, a.width, a.heads, a.head],
+            None,
+        )?;
         Ok((out, Shape::from((rows, hidden))))
     }
 }
@@ -755,16 +776,20 @@ impl CustomOp3 for OnePassAttention {
         if !ONE_PASS_HEADS.contains(&self.head) {
             candle_core::bail!("one-pass attention: no kernel for head size {}", self.head);
         }
-        let out = cuda::one_pass_attention(
-            s1,
-            l1,
-            s2,
-            l2,
-            s3,
-            l3,
-            self.launch(sequences),
+        if candle_core::backend::BackendStorage::dtype(s1) == DType::F32 {
+            candle_core::bail!("one-pass attention takes f16 or bf16");
+        }
+        let out = cuda::launch(
+            &format!("attention_d{}", self.head),
+            &[
+                cuda::In::Data(s1, l1),
+                cuda::In::Data(s2, l2),
+                cuda::In::Index(s3, l3),
+            ],
             rows * self.hidden(),
-            [self.tiles(), self.heads, self.head],
+            self.launch(sequences),
+            &[self.tiles(), self.heads],
+            None,
         )?;
         Ok((out, Shape::from((rows, self.hidden()))))
     }
@@ -824,7 +849,14 @@ impl CustomOp2 for SegmentPool {
         let cols = l1.dims().last().copied().unwrap_or(0);
         rows_of(l1, cols)?;
         let sequences = l2.shape().elem_count().saturating_sub(1);
-        let out = cuda::segment_pool(s1, l1, s2, l2, sequences, cols, self.cls)?;
+        let out = cuda::launch(
+            "segment_pool",
+            &[cuda::In::Data(s1, l1), cuda::In::Index(s2, l2)],
+            sequences * cols,
+            column_launch(cols, sequences),
+            &[sequences, cols, usize::from(self.cls)],
+            None,
+        )?;
         Ok((out, Shape::from((sequences, cols))))
     }
 }
@@ -864,7 +896,14 @@ impl CustomOp2 for BiasGelu {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let cols = l2.shape().elem_count();
         let rows = rows_of(l1, cols)?;
-        let out = cuda::bias_gelu(s1, l1, s2, l2, rows, cols)?;
+        let out = cuda::launch(
+            "bias_gelu",
+            &[cuda::In::Data(s1, l1), cuda::In::Data(s2, l2)],
+            rows * cols,
+            column_launch(cols, rows),
+            &[rows, cols],
+            None,
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }
@@ -940,16 +979,28 @@ impl CustomOp3 for BiasResidualNorm {
                 l3.dims()
             );
         }
-        let out = cuda::bias_residual_norm(s1, l1, s2, l2, s3, l3, rows, cols, self.eps)?;
+        let out = cuda::launch(
+            "bias_residual_norm",
+            &[
+                cuda::In::Data(s1, l1),
+                cuda::In::Data(s2, l2),
+                cuda::In::Data(s3, l3),
+            ],
+            rows * cols,
+            warp_launch(rows),
+            &[rows, cols],
+            Some(self.eps),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }
 
-/// Launching `kernels/fused.cu` (compiled to PTX by build.rs).
+/// Launching `kernels/fused.cu` (compiled to PTX by build.rs). Every kernel takes its inputs,
+/// then its (fresh) output, then i32 sizes and, for layer norm, an f32 epsilon: one launcher
+/// serves them all.
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod cuda {
-    use super::Attention;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -958,332 +1009,104 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Result, WithDType};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    const MODULE: &str = "souk_fused";
+
+    /// One input of a kernel: a tensor in the element type, or u32 lengths/offsets.
+    pub(super) enum In<'a> {
+        Data(&'a CudaStorage, &'a Layout),
+        Index(&'a CudaStorage, &'a Layout),
+    }
 
     /// The element types the kernels are instantiated for.
-    pub(super) trait Elem: CudaDType + DeviceRepr + WithDType {}
+    trait Elem: CudaDType + DeviceRepr + WithDType {}
     impl Elem for f32 {}
     impl Elem for half::f16 {}
     impl Elem for half::bf16 {}
 
-    macro_rules! by_dtype {
-        ($dtype:expr, $f:ident($($arg:expr),*)) => {
-            match $dtype {
-                DType::F32 => $f::<f32>($($arg),*),
-                DType::F16 => $f::<half::f16>($($arg),*),
-                DType::BF16 => $f::<half::bf16>($($arg),*),
-                other => candle_core::bail!("the fused kernels take f32, f16 or bf16, not {other:?}"),
-            }
-        };
+    enum View<'a, T> {
+        Data(CudaView<'a, T>),
+        Index(CudaView<'a, u32>),
     }
 
-    /// `name` instantiated for `T` (candle does not export its loaded-function type, so callers
-    /// pass this to `get_or_load_custom_func` themselves).
-    fn kernel<T: Elem>(name: &str) -> String {
-        let suffix = match T::DTYPE {
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            _ => "f32",
-        };
-        format!("{name}_{suffix}")
-    }
-
-    const MODULE: &str = "souk_fused";
-
-    fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("the fused kernels take contiguous tensors");
         };
         Ok(s.as_cuda_slice::<T>()?.slice(start..end))
     }
 
-    fn config(([gx, gy], [bx, by]): ([u32; 2], [u32; 2])) -> LaunchConfig {
-        LaunchConfig {
+    /// Runs `name` (suffixed with the element type of the first input) on `inputs`, writing a
+    /// fresh output of `len` elements; `ints` are the kernel's sizes (checked against i32::MAX
+    /// before the pass, in FusedBert), `eps` its trailing f32 if it has one.
+    pub(super) fn launch(
+        name: &str,
+        inputs: &[In],
+        len: usize,
+        ([gx, gy], [bx, by]): ([u32; 2], [u32; 2]),
+        ints: &[usize],
+        eps: Option<f32>,
+    ) -> Result<CudaStorage> {
+        fn run<T: Elem>(
+            name: &str,
+            suffix: &str,
+            inputs: &[In],
+            len: usize,
+            cfg: LaunchConfig,
+            ints: &[i32],
+            eps: Option<f32>,
+        ) -> Result<CudaStorage> {
+            let Some(In::Data(first, _)) = inputs.first() else {
+                candle_core::bail!("{name}: the first input must be a tensor");
+            };
+            let dev = first.device().clone();
+            let views = inputs
+                .iter()
+                .map(|input| match input {
+                    In::Data(s, l) => view::<T>(s, l).map(View::Data),
+                    In::Index(s, l) => view::<u32>(s, l).map(View::Index),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // SAFETY: every kernel writes all `len` elements of its output before anything
+            // reads them.
+            let out = unsafe { dev.alloc::<T>(len)? };
+            let f = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
+            let mut b = f.builder();
+            for v in &views {
+                match v {
+                    View::Data(v) => b.arg(v),
+                    View::Index(v) => b.arg(v),
+                };
+            }
+            b.arg(&out);
+            for i in ints {
+                b.arg(i);
+            }
+            if let Some(eps) = &eps {
+                b.arg(eps);
+            }
+            // SAFETY: the arguments follow the kernel's signature (inputs, output, sizes,
+            // epsilon), and the launch shape is the one the host test runs the kernel at.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        }
+        let Some(In::Data(first, _)) = inputs.first() else {
+            candle_core::bail!("{name}: the first input must be a tensor");
+        };
+        let cfg = LaunchConfig {
             grid_dim: (gx, gy, 1),
             block_dim: (bx, by, 1),
             shared_mem_bytes: 0,
+        };
+        let ints: Vec<i32> = ints
+            .iter()
+            .map(|&n| i32::try_from(n).unwrap_or(i32::MAX))
+            .collect();
+        match first.dtype() {
+            DType::F32 => run::<f32>(name, "f32", inputs, len, cfg, &ints, eps),
+            DType::F16 => run::<half::f16>(name, "f16", inputs, len, cfg, &ints, eps),
+            DType::BF16 => run::<half::bf16>(name, "bf16", inputs, len, cfg, &ints, eps),
+            other => candle_core::bail!("the fused kernels take f32, f16 or bf16, not {other:?}"),
         }
-    }
-
-    fn columns(cols: usize, rows: usize) -> LaunchConfig {
-        config(super::column_launch(cols, rows))
-    }
-
-    fn warps(rows: usize) -> LaunchConfig {
-        config(super::warp_launch(rows))
-    }
-
-    fn int(n: usize) -> i32 {
-        // Sizes were checked against i32::MAX before the pass (FusedBert::embed_with).
-        i32::try_from(n).unwrap_or(i32::MAX)
-    }
-
-    pub(super) fn bias_split_heads(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        rows: usize,
-        a: Attention,
-    ) -> Result<CudaStorage> {
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            rows: usize,
-            a: Attention,
-        ) -> Result<CudaStorage> {
-            let dev = s1.device().clone();
-            let (qkv, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
-            let cols = 3 * a.hidden();
-            // SAFETY: the kernel writes every one of the rows * cols elements before any read.
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_split_heads"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&qkv);
-            b.arg(&bias);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(rows), int(a.width), int(a.heads), int(a.head));
-            // SAFETY: arguments match the kernel's signature; buffers hold rows * cols elements.
-            unsafe { b.launch(columns(cols, rows)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, a))
-    }
-
-    pub(super) fn masked_softmax(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        rows: usize,
-        cols: usize,
-        rows_per_seq: usize,
-    ) -> Result<CudaStorage> {
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            rows: usize,
-            cols: usize,
-            rows_per_seq: usize,
-        ) -> Result<CudaStorage> {
-            let dev = s1.device().clone();
-            let scores = view::<T>(s1, l1)?;
-            let Some((start, end)) = l2.contiguous_offsets() else {
-                candle_core::bail!("masked-softmax: lengths must be contiguous");
-            };
-            let lengths = s2.as_cuda_slice::<u32>()?.slice(start..end);
-            // SAFETY: the kernel writes all rows * cols elements (0 for padding keys).
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("masked_softmax"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&scores);
-            b.arg(&lengths);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(rows), int(cols), int(rows_per_seq));
-            // SAFETY: arguments match the kernel's signature; one warp per row, in bounds.
-            unsafe { b.launch(warps(rows)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, cols, rows_per_seq))
-    }
-
-    pub(super) fn merge_heads(
-        s: &CudaStorage,
-        l: &Layout,
-        rows: usize,
-        a: Attention,
-    ) -> Result<CudaStorage> {
-        fn run<T: Elem>(
-            s: &CudaStorage,
-            l: &Layout,
-            rows: usize,
-            a: Attention,
-        ) -> Result<CudaStorage> {
-            let dev = s.device().clone();
-            let ctx = view::<T>(s, l)?;
-            let hidden = a.hidden();
-            // SAFETY: the kernel writes all rows * hidden elements.
-            let out = unsafe { dev.alloc::<T>(rows * hidden)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("merge_heads"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&ctx);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(rows), int(a.width), int(a.heads), int(a.head));
-            // SAFETY: arguments match the kernel's signature; buffers hold rows * hidden.
-            unsafe { b.launch(columns(hidden, rows)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s.dtype(), run(s, l, rows, a))
-    }
-
-    pub(super) fn bias_gelu(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        rows: usize,
-        cols: usize,
-    ) -> Result<CudaStorage> {
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            rows: usize,
-            cols: usize,
-        ) -> Result<CudaStorage> {
-            let dev = s1.device().clone();
-            let (x, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
-            // SAFETY: the kernel writes all rows * cols elements.
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_gelu"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&x);
-            b.arg(&bias);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(rows), int(cols));
-            // SAFETY: arguments match the kernel's signature; buffers hold rows * cols.
-            unsafe { b.launch(columns(cols, rows)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, rows, cols))
-    }
-
-    /// `dims`: tiles per sequence and head, heads, head size.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn one_pass_attention(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-        launch: ([u32; 2], [u32; 2]),
-        n: usize,
-        dims: [usize; 3],
-    ) -> Result<CudaStorage> {
-        #[allow(clippy::too_many_arguments)]
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            s3: &CudaStorage,
-            l3: &Layout,
-            launch: ([u32; 2], [u32; 2]),
-            n: usize,
-            [tiles, heads, head]: [usize; 3],
-        ) -> Result<CudaStorage> {
-            if T::DTYPE == DType::F32 {
-                candle_core::bail!("one-pass attention takes f16 or bf16");
-            }
-            let dev = s1.device().clone();
-            let (qkv, bias) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
-            let Some((start, end)) = l3.contiguous_offsets() else {
-                candle_core::bail!("one-pass attention: offsets must be contiguous");
-            };
-            let offsets = s3.as_cuda_slice::<u32>()?.slice(start..end);
-            // SAFETY: the kernel writes all n elements (every token row of every head).
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let name = kernel::<T>(&format!("attention_d{head}"));
-            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&qkv);
-            b.arg(&bias);
-            b.arg(&offsets);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(tiles), int(heads));
-            // SAFETY: arguments match the kernel's signature; blocks read rows of their own
-            // sequence (offsets checked on the host side by construction) and write them.
-            unsafe { b.launch(config(launch)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, launch, n, dims))
-    }
-
-    pub(super) fn segment_pool(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        sequences: usize,
-        cols: usize,
-        cls: bool,
-    ) -> Result<CudaStorage> {
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            sequences: usize,
-            cols: usize,
-            cls: bool,
-        ) -> Result<CudaStorage> {
-            let dev = s1.device().clone();
-            let x = view::<T>(s1, l1)?;
-            let Some((start, end)) = l2.contiguous_offsets() else {
-                candle_core::bail!("segment-pool: offsets must be contiguous");
-            };
-            let offsets = s2.as_cuda_slice::<u32>()?.slice(start..end);
-            // SAFETY: the kernel writes all sequences * cols elements.
-            let out = unsafe { dev.alloc::<T>(sequences * cols)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("segment_pool"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&x);
-            b.arg(&offsets);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(sequences), int(cols), i32::from(cls));
-            // SAFETY: arguments match the kernel's signature; buffers hold what it indexes.
-            unsafe { b.launch(columns(cols, sequences)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, sequences, cols, cls))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn bias_residual_norm(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<CudaStorage> {
-        #[allow(clippy::too_many_arguments)]
-        fn run<T: Elem>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            s3: &CudaStorage,
-            l3: &Layout,
-            rows: usize,
-            cols: usize,
-            eps: f32,
-        ) -> Result<CudaStorage> {
-            let dev = s1.device().clone();
-            let (x, residual, params) =
-                (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
-            // SAFETY: the kernel writes all rows * cols elements.
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(&kernel::<T>("bias_residual_norm"), MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&x);
-            b.arg(&residual);
-            b.arg(&params);
-            b.arg(&out);
-            candle_core::builder_arg!(b, int(rows), int(cols), eps);
-            // SAFETY: arguments match the kernel's signature; one warp per row, in bounds.
-            unsafe { b.launch(warps(rows)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev))
-        }
-        by_dtype!(s1.dtype(), run(s1, l1, s2, l2, s3, l3, rows, cols, eps))
     }
 }
 

@@ -243,12 +243,7 @@ impl FusedBert {
         let positions = Tensor::from_vec(positions, rows, device)?;
         let lengths = Tensor::from_vec(lengths, n, device)?;
         let pool = Tensor::from_vec(pool, (n, 1, width), device)?.to_dtype(dtype)?;
-        let x = (self.words.index_select(&ids, 0)? + self.token_types.index_select(&types, 0)?)?;
-        let x = x.apply_op3_no_bwd(
-            &self.positions.index_select(&positions, 0)?,
-            &self.embedding_norm,
-            &BiasResidualNorm { eps: self.eps },
-        )?;
+        let x = self.embeddings(&ids, &types, &positions)?;
         step("embeddings + layer norm")?;
         let shape = Attention {
             width,
@@ -263,6 +258,22 @@ impl FusedBert {
         let out = pooled.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         step("pooling + copy to host")?;
         Ok(out)
+    }
+
+    /// BERT's input layer for rows of token ids, token types and positions (padded or packed
+    /// alike): the three embeddings summed, then layer norm.
+    fn embeddings(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        positions: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let x = (self.words.index_select(ids, 0)? + self.token_types.index_select(types, 0)?)?;
+        x.apply_op3_no_bwd(
+            &self.positions.index_select(positions, 0)?,
+            &self.embedding_norm,
+            &BiasResidualNorm { eps: self.eps },
+        )
     }
 
     /// One layer on the padded batch: attention by two batched GEMMs around our kernels.
@@ -364,12 +375,7 @@ impl FusedBert {
         let types = Tensor::from_vec(types, total, device)?;
         let positions = Tensor::from_vec(positions, total, device)?;
         let offsets = Tensor::from_vec(offsets, n + 1, device)?;
-        let x = (self.words.index_select(&ids, 0)? + self.token_types.index_select(&types, 0)?)?;
-        let mut x = x.apply_op3_no_bwd(
-            &self.positions.index_select(&positions, 0)?,
-            &self.embedding_norm,
-            &BiasResidualNorm { eps: self.eps },
-        )?;
+        let mut x = self.embeddings(&ids, &types, &positions)?;
         step("embeddings + layer norm")?;
         let attention = OnePassAttention {
             heads: self.heads,
@@ -434,6 +440,15 @@ fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("the fused engine's ops take contiguous tensors");
+    };
+    Ok(&values[start..end])
+}
+
+/// A contiguous u32 slice of a CPU tensor (sequence lengths or row offsets).
+fn cpu_u32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [u32]> {
+    let (CpuStorage::U32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("lengths and offsets must be contiguous u32");
     };
     Ok(&values[start..end])
 }
@@ -546,10 +561,7 @@ impl CustomOp2 for MaskedSoftmax {
         let cols = l1.dims().last().copied().unwrap_or(0);
         let rows = rows_of(l1, cols)?;
         let scores = cpu_f32(s1, l1)?;
-        let (CpuStorage::U32(lengths), Some((ls, le))) = (s2, l2.contiguous_offsets()) else {
-            candle_core::bail!("masked-softmax: lengths must be contiguous u32");
-        };
-        let lengths = &lengths[ls..le];
+        let lengths = cpu_u32(s2, l2)?;
         if lengths.len() * self.rows_per_seq != rows {
             candle_core::bail!("masked-softmax: {rows} rows for {} lengths", lengths.len());
         }
@@ -714,10 +726,7 @@ impl CustomOp3 for OnePassAttention {
         let cols = 3 * hidden;
         let rows = rows_of(l1, cols)?;
         let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
-        let (CpuStorage::U32(offsets), Some((os, oe))) = (s3, l3.contiguous_offsets()) else {
-            candle_core::bail!("one-pass attention: offsets must be contiguous u32");
-        };
-        let offsets = &offsets[os..oe];
+        let offsets = cpu_u32(s3, l3)?;
         if bias.len() != cols {
             candle_core::bail!("one-pass attention: bias of {} for {cols}", bias.len());
         }
@@ -816,10 +825,7 @@ impl CustomOp2 for SegmentPool {
         let cols = l1.dims().last().copied().unwrap_or(0);
         let rows = rows_of(l1, cols)?;
         let x = cpu_f32(s1, l1)?;
-        let (CpuStorage::U32(offsets), Some((os, oe))) = (s2, l2.contiguous_offsets()) else {
-            candle_core::bail!("segment-pool: offsets must be contiguous u32");
-        };
-        let offsets = &offsets[os..oe];
+        let offsets = cpu_u32(s2, l2)?;
         check_offsets(offsets, rows, rows)?;
         let mut out = vec![0f32; offsets.len().saturating_sub(1) * cols];
         for (w, dst) in offsets.windows(2).zip(out.chunks_exact_mut(cols.max(1))) {

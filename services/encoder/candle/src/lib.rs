@@ -1,5 +1,6 @@
-//! The candle backend of the encoder: a BERT-family forward pass (candle-transformers'
-//! `BertModel`) plus mean or CLS pooling, on CPU or, with the `cuda` feature, an NVIDIA GPU.
+//! The candle backend of the encoder: a BERT-family forward pass plus mean or CLS pooling, on
+//! CPU or, with the `cuda` feature, an NVIDIA GPU, by one of the [`Engine`]s: packed (`cpu.rs`),
+//! fused or flash (`fused.rs` + `kernels/fused.cu`), or candle's stock ops (`layers.rs`).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), souk_encoder_core::EncoderError> {

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
-/// Lower-cased alphanumeric terms; very short tokens and a few stop words are dropped.
+/// Lower-cased alphanumeric terms with plurals folded ("lights" matches "light", "batteries"
+/// matches "battery"); a few stop words are dropped.
 pub fn terms(text: &str) -> Vec<String> {
     const STOP: &[&str] = &[
         "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
@@ -13,7 +14,34 @@ pub fn terms(text: &str) -> Vec<String> {
         .filter(|t| !t.is_empty())
         .map(str::to_lowercase)
         .filter(|t| !STOP.contains(&t.as_str()))
+        .map(plural_stem)
         .collect()
+}
+
+/// Folds English plurals only (Harman's S-stemmer, the rule set of Lucene's
+/// `EnglishMinimalStemmer`): "-ies" -> "-y" (not "-eies"/"-aies"), "-s" dropped (not "-us", "-ss",
+/// "-aes", "-ees", "-oes", "-ies" kept as written). Shop queries gain recall from "lights" ~
+/// "light" but lose precision from a full Porter stemmer ("organic" -> "organ"); measured on
+/// Crowdflower (BENCHMARKS.md): Porter lowered both BM25 signals, this raised both.
+fn plural_stem(mut t: String) -> String {
+    let b = t.as_bytes();
+    let n = b.len();
+    if n < 3 || b[n - 1] != b's' {
+        return t;
+    }
+    match b[n - 2] {
+        b'u' | b's' => t,
+        b'e' if n > 3 && b[n - 3] == b'i' && b[n - 4] != b'a' && b[n - 4] != b'e' => {
+            t.truncate(n - 3);
+            t.push('y');
+            t
+        }
+        b'e' if matches!(b[n - 3], b'i' | b'a' | b'o' | b'e') => t,
+        _ => {
+            t.truncate(n - 1);
+            t
+        }
+    }
 }
 
 /// Postings keyed by document slot.
@@ -101,6 +129,39 @@ impl Bm25 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plurals_fold_onto_their_singular_and_nothing_else_changes() {
+        for (word, stem) in [
+            ("lights", "light"),
+            ("batteries", "battery"),
+            ("cases", "case"),
+            ("glass", "glass"),
+            ("bus", "bus"),
+            ("shoes", "shoes"),
+            ("organic", "organic"),
+            ("running", "running"),
+            ("xs", "xs"),
+            ("s", "s"),
+            ("cafés", "café"),
+            ("éies", "éy"),
+            ("日本s", "日本"),
+        ] {
+            assert_eq!(plural_stem(word.to_string()), stem, "{word}");
+        }
+        // A folding, not a dictionary: "christmas" becomes "christma" on both sides alike.
+        assert_eq!(terms("LED Christmas Lights"), terms("led christmas light"));
+        assert_eq!(terms("the Lights of a car").len(), 2);
+    }
+
+    #[test]
+    fn a_plural_query_finds_the_singular_title() {
+        let mut index = Bm25::default();
+        index.insert(0, "string light for the patio");
+        index.insert(1, "garden hose");
+        let s = index.scores("patio lights");
+        assert!(s.contains_key(&0) && !s.contains_key(&1), "{s:?}");
+    }
 
     #[test]
     fn matching_documents_score_and_rare_terms_weigh_more() {

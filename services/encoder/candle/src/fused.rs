@@ -1154,45 +1154,63 @@ mod kernels_on_the_host {
         .as_ref()
     }
 
-    fn run(
-        op: &str,
-        dtype: &str,
-        ([gx, gy], [bx, by]): ([u32; 2], [u32; 2]),
-        ints: &[usize],
+    /// One kernel call on the host: the kernel's name, its i32 sizes, its eps and its inputs,
+    /// in the order `cuda::launch` passes them.
+    struct HostRun<'a> {
+        op: &'a str,
+        ints: &'a [usize],
         eps: Option<f32>,
-        inputs: &[&[f32]],
-    ) -> Option<Vec<f32>> {
-        let bin = harness()?;
-        let mut args: Vec<String> = vec![op.into(), dtype.into()];
-        args.extend([gx, gy, bx, by].iter().map(u32::to_string));
-        args.extend(ints.iter().map(usize::to_string));
-        if let Some(eps) = eps {
-            args.push(format!("{eps:e}"));
-        }
-        let mut child = Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        for input in inputs {
-            stdin
-                .write_all(&(input.len() as u64).to_le_bytes())
+        inputs: &'a [&'a [f32]],
+    }
+
+    impl HostRun<'_> {
+        /// The kernel's output in `dtype` at one launch shape; None (skipped) without a C++
+        /// compiler.
+        fn run(&self, dtype: &str, ([gx, gy], [bx, by]): ([u32; 2], [u32; 2])) -> Option<Vec<f32>> {
+            let bin = harness()?;
+            let mut args: Vec<String> = vec![self.op.into(), dtype.into()];
+            args.extend([gx, gy, bx, by].iter().map(u32::to_string));
+            args.extend(self.ints.iter().map(usize::to_string));
+            if let Some(eps) = self.eps {
+                args.push(format!("{eps:e}"));
+            }
+            let mut child = Command::new(bin)
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
                 .unwrap();
-            for v in *input {
-                stdin.write_all(&v.to_le_bytes()).unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            for input in self.inputs {
+                stdin
+                    .write_all(&(input.len() as u64).to_le_bytes())
+                    .unwrap();
+                for v in *input {
+                    stdin.write_all(&v.to_le_bytes()).unwrap();
+                }
+            }
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "harness {args:?} failed");
+            Some(
+                out.stdout
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        }
+
+        /// Holds the kernel to `want` in every dtype at every launch shape.
+        fn check(&self, dtypes: &[&str], launches: &[([u32; 2], [u32; 2])], want: &[f32]) {
+            for dtype in dtypes {
+                for &launch in launches {
+                    let Some(got) = self.run(dtype, launch) else {
+                        return;
+                    };
+                    assert_close(self.op, dtype, &got, want);
+                }
             }
         }
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "harness {args:?} failed");
-        Some(
-            out.stdout
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
     }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -1260,22 +1278,13 @@ mod kernels_on_the_host {
             .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasSplitHeads(SHAPE))
             .unwrap();
         assert_eq!(want.dims(), &[3, BATCH * 2, 5, 4]);
-        for dtype in DTYPES {
-            for launch in launches(cols, rows) {
-                let ints = [rows, SHAPE.width, SHAPE.heads, SHAPE.head];
-                let Some(got) = run(
-                    "bias_split_heads",
-                    dtype,
-                    launch,
-                    &ints,
-                    None,
-                    &[&qkv, &bias],
-                ) else {
-                    return;
-                };
-                assert_close("bias_split_heads", dtype, &got, &flat(&want));
-            }
+        HostRun {
+            op: "bias_split_heads",
+            ints: &[rows, SHAPE.width, SHAPE.heads, SHAPE.head],
+            eps: None,
+            inputs: &[&qkv, &bias],
         }
+        .check(&DTYPES, &launches(cols, rows), &flat(&want));
     }
 
     #[test]
@@ -1285,15 +1294,13 @@ mod kernels_on_the_host {
         let want = cpu(&ctx, &[BATCH * SHAPE.heads, SHAPE.width, SHAPE.head])
             .apply_op1_no_bwd(&MergeHeads(SHAPE))
             .unwrap();
-        for dtype in DTYPES {
-            for launch in launches(SHAPE.hidden(), rows) {
-                let ints = [rows, SHAPE.width, SHAPE.heads, SHAPE.head];
-                let Some(got) = run("merge_heads", dtype, launch, &ints, None, &[&ctx]) else {
-                    return;
-                };
-                assert_close("merge_heads", dtype, &got, &flat(&want));
-            }
+        HostRun {
+            op: "merge_heads",
+            ints: &[rows, SHAPE.width, SHAPE.heads, SHAPE.head],
+            eps: None,
+            inputs: &[&ctx],
         }
+        .check(&DTYPES, &launches(SHAPE.hidden(), rows), &flat(&want));
     }
 
     #[test]
@@ -1304,21 +1311,13 @@ mod kernels_on_the_host {
         let want = cpu(&x, &[rows, cols])
             .apply_op2_no_bwd(&cpu(&bias, &[cols]), &BiasGelu)
             .unwrap();
-        for dtype in DTYPES {
-            for launch in launches(cols, rows) {
-                let Some(got) = run(
-                    "bias_gelu",
-                    dtype,
-                    launch,
-                    &[rows, cols],
-                    None,
-                    &[&x, &bias],
-                ) else {
-                    return;
-                };
-                assert_close("bias_gelu", dtype, &got, &flat(&want));
-            }
+        HostRun {
+            op: "bias_gelu",
+            ints: &[rows, cols],
+            eps: None,
+            inputs: &[&x, &bias],
         }
+        .check(&DTYPES, &launches(cols, rows), &flat(&want));
     }
 
     #[test]
@@ -1346,21 +1345,13 @@ mod kernels_on_the_host {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
         }
-        for dtype in DTYPES {
-            let ints = [rows, width, heads * width];
-            let launch = warp_launch(rows);
-            let Some(got) = run(
-                "masked_softmax",
-                dtype,
-                launch,
-                &ints,
-                None,
-                &[&scores, &lengths_f],
-            ) else {
-                return;
-            };
-            assert_close("masked_softmax", dtype, &got, &want);
+        HostRun {
+            op: "masked_softmax",
+            ints: &[rows, width, heads * width],
+            eps: None,
+            inputs: &[&scores, &lengths_f],
         }
+        .check(&DTYPES, &[warp_launch(rows)], &want);
     }
 
     #[test]
@@ -1378,19 +1369,13 @@ mod kernels_on_the_host {
                 &BiasResidualNorm { eps },
             )
             .unwrap();
-        for dtype in DTYPES {
-            let Some(got) = run(
-                "bias_residual_norm",
-                dtype,
-                warp_launch(rows),
-                &[rows, cols],
-                Some(eps),
-                &[&x, &residual, &params],
-            ) else {
-                return;
-            };
-            assert_close("bias_residual_norm", dtype, &got, &flat(&want));
+        HostRun {
+            op: "bias_residual_norm",
+            ints: &[rows, cols],
+            eps: Some(eps),
+            inputs: &[&x, &residual, &params],
         }
+        .check(&DTYPES, &[warp_launch(rows)], &flat(&want));
     }
 
     /// Packed-row offsets for these sequence lengths.
@@ -1483,20 +1468,13 @@ mod kernels_on_the_host {
                 &want,
                 &two_gemm_real,
             );
-            for dtype in ["f16", "bf16"] {
-                let ints = [op.tiles(), heads, head];
-                let Some(got) = run(
-                    "attention",
-                    dtype,
-                    op.launch(lengths.len()),
-                    &ints,
-                    None,
-                    &[&qkv, &bias, &offsets_f],
-                ) else {
-                    return;
-                };
-                assert_close("attention", dtype, &got, &want);
+            HostRun {
+                op: "attention",
+                ints: &[op.tiles(), heads, head],
+                eps: None,
+                inputs: &[&qkv, &bias, &offsets_f],
             }
+            .check(&["f16", "bf16"], &[op.launch(lengths.len())], &want);
         }
     }
 
@@ -1527,22 +1505,13 @@ mod kernels_on_the_host {
                 .collect();
             assert_close("segment_pool by hand", "f32", &want[..cols], &first);
             assert!(want[cols..2 * cols].iter().all(|&v| v == 0.0));
-            for dtype in DTYPES {
-                for launch in launches(cols, sequences) {
-                    let ints = [sequences, cols, usize::from(cls)];
-                    let Some(got) = run(
-                        "segment_pool",
-                        dtype,
-                        launch,
-                        &ints,
-                        None,
-                        &[&x, &offsets_f],
-                    ) else {
-                        return;
-                    };
-                    assert_close("segment_pool", dtype, &got, &want);
-                }
+            HostRun {
+                op: "segment_pool",
+                ints: &[sequences, cols, usize::from(cls)],
+                eps: None,
+                inputs: &[&x, &offsets_f],
             }
+            .check(&DTYPES, &launches(cols, sequences), &want);
         }
     }
 }

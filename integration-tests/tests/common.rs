@@ -247,3 +247,15 @@ pub async fn demo_shop() -> Shop {
         _dir: dir,
     }
 }
+
+/// Asserts that a call was refused with InvalidArgument and a message naming `what`: how every
+/// service must answer bad input.
+#[track_caller]
+pub fn assert_invalid(status: &tonic::Status, what: &str) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(what),
+        "{:?} lacks {what:?}",
+        status.message()
+    );
+}

@@ -105,12 +105,7 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
         })
         .await
         .unwrap_err();
-    assert_eq!(bad.code(), Code::InvalidArgument);
-    assert!(
-        bad.message().contains("with_query.dense"),
-        "{}",
-        bad.message()
-    );
+    assert_invalid(&bad, "with_query.dense");
     let bad = client
         .set_fusion(rk::SetFusionRequest {
             model: Some(rk::FusionModel {

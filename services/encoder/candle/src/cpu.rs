@@ -462,7 +462,7 @@ fn attend_body(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut 
             let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate() {
                 let k = &rows[j * width + ko..j * width + ko + d];
-                *s = dot(q, k) * scale;
+                *s = souk_lanes::dot(q, k) * scale;
                 max = max.max(*s);
             }
             let mut sum = 0.0;
@@ -480,24 +480,6 @@ fn attend_body(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut 
             }
         }
     }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

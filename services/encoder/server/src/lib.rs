@@ -45,7 +45,7 @@ pub struct EncoderArgs {
     /// Numeric type: f32, or f16/bf16 on GPU.
     #[arg(long, env = "SOUK_DTYPE", default_value = "f32")]
     pub dtype: String,
-    /// Forward-pass implementation: auto (packed on CPU, fused on GPU), packed, fused or graph
+    /// Forward-pass implementation: auto (packed on CPU, fused on GPU), packed, fused, flash or graph
     /// (candle's stock ops, for comparison). See ARCHITECTURE.md.
     #[arg(long, env = "SOUK_ENCODER_ENGINE", default_value = "auto")]
     pub engine: String,

@@ -1,13 +1,12 @@
 //! The arithmetic of the three models: anchors, scores and their gradients.
 //!
-//! Reductions use 8 independent lanes so that LLVM vectorises them without fast-math (a
-//! single `f32` accumulator is a serial dependency chain it may not reorder).
+//! Reductions use 8 independent lanes (`souk_lanes`) so that LLVM vectorises them without
+//! fast-math (a single `f32` accumulator is a serial dependency chain it may not reorder).
 //!
 //! RotatE rows are laid out `[re_0..re_d, im_0..im_d]`. Relation rows hold phase parameters
 //! `p`, with `θ = p · phase_scale`.
 use crate::{Model, Side};
-
-const LANES: usize = 8;
+use souk_lanes::LANES;
 
 /// Whether this CPU runs the AVX2 copies of the hot loops (checked once).
 ///
@@ -19,11 +18,6 @@ const LANES: usize = 8;
 pub(crate) fn has_avx2() -> bool {
     // std caches the CPUID answer: this is an atomic load.
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-#[inline(always)]
-fn lanes_sum(acc: [f32; LANES]) -> f32 {
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// `x = compose(e, r)` for the side being predicted.
@@ -77,34 +71,14 @@ pub(crate) fn score(model: Model, margin: f32, x: &[f32], c: &[f32]) -> f32 {
     }
 }
 
-/// `Σ term(xᵢ, cᵢ)` over 8 independent lanes.
-#[inline(always)]
-fn lane_sum(x: &[f32], c: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let xs = x.chunks_exact(LANES);
-    let cs = c.chunks_exact(LANES);
-    let tail: f32 = xs
-        .remainder()
-        .iter()
-        .zip(cs.remainder())
-        .map(|(&a, &b)| term(a, b))
-        .sum();
-    for (xc, cc) in xs.zip(cs) {
-        for l in 0..LANES {
-            acc[l] += term(xc[l], cc[l]);
-        }
-    }
-    lanes_sum(acc) + tail
-}
-
 #[inline(always)]
 fn dot(x: &[f32], c: &[f32]) -> f32 {
-    lane_sum(x, c, |a, b| a * b)
+    souk_lanes::dot(x, c)
 }
 
 #[inline(always)]
 fn l1(x: &[f32], c: &[f32]) -> f32 {
-    lane_sum(x, c, |a, b| (a - b).abs())
+    souk_lanes::sum(x, c, |a, b| (a - b).abs())
 }
 
 #[inline(always)]
@@ -131,7 +105,7 @@ fn modulus_sum(x: &[f32], c: &[f32]) -> f32 {
         let b = x_im[j] - c_im[j];
         tail += (a * a + b * b).sqrt();
     }
-    lanes_sum(acc) + tail
+    souk_lanes::fold(acc) + tail
 }
 
 /// Adds `g · ∂score/∂c` to `gc` and `g · ∂score/∂x` to `gx`.

@@ -275,32 +275,14 @@ fn poisoned() -> RankError {
     RankError::Internal("catalog lock poisoned".into())
 }
 
-/// Dot product of unit vectors, in 8 independent lanes so it vectorises.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
+    souk_lanes::dot(a, b)
 }
 
-/// The dense scan's kernel: the AVX2 build of [`dot_lanes`] where the CPU has it (8 floats
+/// The dense scan's kernel (dot product of unit vectors): the AVX2 build of
+/// [`souk_lanes::dot`] where the CPU has it (8 floats
 /// per instruction instead of SSE2's 4; the scan over a 10k-item catalog is most of a `Rank`).
 pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -312,7 +294,7 @@ pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
             return unsafe { dot_avx2(a, b) };
         }
     }
-    dot_lanes(a, b)
+    souk_lanes::dot(a, b)
 }
 
 impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {

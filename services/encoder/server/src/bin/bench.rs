@@ -30,7 +30,7 @@ struct Cli {
     /// f32, f16 or bf16.
     #[arg(long, global = true, default_value = "f32")]
     dtype: String,
-    /// auto (packed on CPU, fused on GPU), packed, fused or graph (candle's stock ops).
+    /// auto (packed on CPU, fused on GPU), packed, fused, flash or graph (candle's stock ops).
     #[arg(long, global = true, default_value = "auto")]
     engine: String,
     #[command(subcommand)]

@@ -12,6 +12,47 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{Backend, Batch, EncoderError, Sequence, TextTokenizer, l2_normalize};
 
+/// One forward pass before any request, checked like a real answer (a vector per sequence,
+/// the backend's dimension, finite values): a device setup that cannot run (kernels that do not
+/// load, a missing library, weights that give NaN in this dtype) then fails the start with its
+/// cause, before the service reports ready, instead of failing every request; and the first
+/// caller does not pay for loading kernels. With the longest sequence the model takes, it also
+/// reserves the device memory of a full-length pass.
+///
+/// # Errors
+/// `Backend`, naming the device and dtype, when the pass fails or its answer is malformed.
+pub fn warm_up<B: Backend>(backend: &mut B, batch: &Batch) -> Result<(), EncoderError> {
+    let context = format!("warm-up pass on {} {}", backend.device(), backend.dtype());
+    let vectors = backend
+        .embed(batch)
+        .map_err(|e| EncoderError::Backend(format!("{context} failed: {e}")))?;
+    let dimension = backend.dimension();
+    if vectors.len() != batch.sequences.len() {
+        return Err(EncoderError::Backend(format!(
+            "{}: {} vectors for {} sequences",
+            context,
+            vectors.len(),
+            batch.sequences.len()
+        )));
+    }
+    for (i, v) in vectors.iter().enumerate() {
+        if v.len() != dimension {
+            return Err(EncoderError::Backend(format!(
+                "{}: vector {i} has {} values, the model's dimension is {dimension}",
+                context,
+                v.len()
+            )));
+        }
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(EncoderError::Backend(format!(
+                "{}: vector {i} is not finite (NaN or infinity)",
+                context
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Limits of the batcher.
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherOptions {
@@ -116,10 +157,12 @@ impl Batcher {
     /// with few cores, two single-threaded workers on concurrent batches use the cores better
     /// than one worker whose matrix products barely split (BENCHMARKS.md).
     ///
+    /// Every backend first runs [`warm_up`] on a short and a longest-possible text.
+    ///
     /// # Errors
-    /// When `backends` is empty or a thread cannot be spawned.
+    /// When `backends` is empty, a warm-up pass fails or a thread cannot be spawned.
     pub fn spawn_workers<B: Backend>(
-        backends: Vec<B>,
+        mut backends: Vec<B>,
         tokenizer: TextTokenizer,
         options: BatcherOptions,
         observer: Arc<dyn BatchObserver>,
@@ -128,6 +171,15 @@ impl Batcher {
             return Err(EncoderError::Backend("no inference backend to run".into()));
         };
         let (dimension, device, dtype) = (first.dimension(), first.device(), first.dtype());
+        let warm = Batch {
+            sequences: vec![
+                tokenizer.encode_one("warm-up", true)?,
+                tokenizer.encode_one(&"warm-up ".repeat(tokenizer.max_len()), true)?,
+            ],
+        };
+        for backend in &mut backends {
+            warm_up(backend, &warm)?;
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let stats = Arc::new(BatcherStats::default());
@@ -445,6 +497,45 @@ mod tests {
         fn dtype(&self) -> String {
             "f32".into()
         }
+    }
+
+    #[test]
+    fn warm_up_passes_a_sound_backend_and_names_what_is_wrong_with_another() {
+        let sequence = |ids: Vec<u32>| Sequence {
+            type_ids: vec![0; ids.len()],
+            ids,
+        };
+        let sound = Batch {
+            sequences: vec![sequence(vec![101, 102]), sequence(vec![101, 7, 8, 102])],
+        };
+        assert!(warm_up(&mut NanOn666, &sound).is_ok());
+        let poisoned = Batch {
+            sequences: vec![sequence(vec![101, 102]), sequence(vec![101, 666, 102])],
+        };
+        let error = warm_up(&mut NanOn666, &poisoned).unwrap_err().to_string();
+        assert!(
+            error.contains("warm-up pass on test f32") && error.contains("vector 1 is not finite"),
+            "{error}"
+        );
+
+        /// Answers one value short of its dimension.
+        struct Short;
+        impl Backend for Short {
+            fn embed(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, EncoderError> {
+                Ok(vec![vec![0.5]; batch.sequences.len()])
+            }
+            fn dimension(&self) -> usize {
+                2
+            }
+            fn device(&self) -> String {
+                "test".into()
+            }
+            fn dtype(&self) -> String {
+                "f16".into()
+            }
+        }
+        let error = warm_up(&mut Short, &sound).unwrap_err().to_string();
+        assert!(error.contains("vector 0 has 1 values"), "{error}");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct EmbedArgs {
     /// L2 weight on the touched embeddings (useful for DistMult).
     #[arg(long = "reg", default_value_t = 0.0)]
     pub regularization: f32,
+    /// Weigh each positive (h, r, t) by 1 / sqrt(#(h, r) + #(t, r^-1)), as the RotatE
+    /// reference code does: triples around hub entities count less.
+    #[arg(long)]
+    pub subsampling: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Worker threads; 0 is one per core.
@@ -63,6 +67,7 @@ impl EmbedArgs {
             margin: self.margin,
             adversarial_temperature: self.adversarial_temperature,
             regularization: self.regularization,
+            subsampling: self.subsampling,
             seed: self.seed,
             threads: self.threads,
         }
@@ -81,6 +86,7 @@ impl EmbedArgs {
             seed: self.seed,
             adversarial_temperature: Some(self.adversarial_temperature),
             regularization: self.regularization,
+            subsampling: self.subsampling,
             threads: self.threads as u32,
             lr_drop_epoch: self.lr_drop_epoch as u32,
         }

@@ -127,6 +127,9 @@ pub struct Config {
     pub adversarial_temperature: f32,
     /// L2 weight on the embeddings a step touches (the RotatE code uses it for DistMult).
     pub regularization: f32,
+    /// Weigh each positive by `1 / sqrt(#(h, r) + #(t, r⁻¹))` (the RotatE reference code's
+    /// default), so triples around hub entities count less.
+    pub subsampling: bool,
     pub seed: u64,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
@@ -145,6 +148,7 @@ impl Default for Config {
             margin: 6.0,
             adversarial_temperature: 0.5,
             regularization: 0.0,
+            subsampling: false,
             seed: 42,
             threads: 0,
         }

@@ -222,6 +222,7 @@ pub fn train_from(
         .collect();
     let mut entity_touched = vec![false; entities];
     let mut relation_touched = vec![false; relations];
+    let weights = config.subsampling.then(|| subsampling_weights(triples));
 
     let mut order: Vec<u32> = (0..triples.len() as u32).collect();
     let mut rng = SplitMix64::new(config.seed.wrapping_add(1));
@@ -243,8 +244,13 @@ pub fn train_from(
             let side = if b % 2 == 0 { Side::Tail } else { Side::Head };
             let per_worker = batch.len().div_ceil(threads);
             let batch_seed = rng.next_u64();
-            let scale = 0.5 / batch.len() as f32;
+            // The batch's loss is the (weighted) mean over its positives.
+            let total_weight = weights.as_deref().map_or(batch.len() as f32, |w| {
+                batch.iter().map(|&i| w[i as usize]).sum::<f32>()
+            });
+            let scale = 0.5 / total_weight;
             let params = &embeddings;
+            let weights = weights.as_deref();
             pool.install(|| {
                 grads
                     .par_iter_mut()
@@ -261,6 +267,7 @@ pub fn train_from(
                             params,
                             side,
                             scale,
+                            weights,
                             entities: entities as u32,
                             rng: &mut wrng,
                             scratch: &mut scratch,
@@ -274,7 +281,7 @@ pub fn train_from(
             for g in grads.iter_mut().skip(used) {
                 g.clear(width, dim);
             }
-            loss_sum += grads.iter().map(|g| g.loss).sum::<f64>() / batch.len() as f64;
+            loss_sum += grads.iter().map(|g| g.loss).sum::<f64>() / f64::from(total_weight);
             batches += 1;
 
             for g in &grads {
@@ -350,12 +357,34 @@ pub fn train_from(
     })
 }
 
+/// The RotatE reference code's "subsampling" weights (word2vec's idea applied to triples): a
+/// positive `(h, r, t)` weighs `1 / sqrt(#(h, r) + #(t, r⁻¹))`, counts over the training triples
+/// starting at 4, so the many triples around a hub entity do not dominate every batch.
+fn subsampling_weights(triples: &[[u32; 3]]) -> Vec<f32> {
+    let mut counts: std::collections::HashMap<(u32, u32, bool), u32> =
+        std::collections::HashMap::new();
+    for &[h, r, t] in triples {
+        *counts.entry((h, r, false)).or_insert(4) += 1;
+        *counts.entry((t, r, true)).or_insert(4) += 1;
+    }
+    triples
+        .iter()
+        .map(|&[h, r, t]| {
+            let n = counts[&(h, r, false)] + counts[&(t, r, true)];
+            1.0 / (n as f32).sqrt()
+        })
+        .collect()
+}
+
 /// What a worker needs to process its share of a batch.
 struct Job<'a> {
     config: &'a Config,
     params: &'a Embeddings,
     side: Side,
+    /// 0.5 / the batch's total positive weight.
     scale: f32,
+    /// Each training triple's weight (subsampling), or None for 1 each.
+    weights: Option<&'a [f32]>,
     entities: u32,
     rng: &'a mut SplitMix64,
     scratch: &'a mut Scratch,
@@ -396,12 +425,14 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         params,
         side,
         scale,
+        weights,
         entities,
         rng,
         scratch,
         grads,
     } = job;
     let (config, params, side, scale, entities) = (*config, *params, *side, *scale, *entities);
+    let weight = |i: usize| weights.map_or(1.0, |w| w[group[i] as usize]);
     let width = params.entity_width();
     let dim = params.dim;
     let model = params.model;
@@ -473,17 +504,17 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
             scratch.gradients[c * size + i] = if share < negligible {
                 0.0
             } else {
-                scale * share
+                scale * weight(i) * share
             };
         }
-        grads.loss += 0.5 * f64::from(loss);
+        grads.loss += 0.5 * f64::from(weight(i) * loss);
     }
 
     let reg = config.regularization;
     scratch.anchor_grads[..size * width].fill(0.0);
     // Positives: d loss / d s⁺ = -(1 - σ(s⁺)).
     for i in 0..size {
-        let g = -scale * (1.0 - sigmoid(scratch.positives[i]));
+        let g = -scale * weight(i) * (1.0 - sigmoid(scratch.positives[i]));
         let truth = scratch.truths[i];
         let gc = grads.entity_row(truth, width);
         kernels::score_backward(
@@ -659,6 +690,17 @@ mod tests {
     }
 
     #[test]
+    fn subsampling_weighs_triples_around_a_hub_less() {
+        // Entity 0 has three tails under relation 0; (4, 0, 5) stands alone.
+        let triples = [[0, 0, 1], [0, 0, 2], [0, 0, 3], [4, 0, 5]];
+        let w = subsampling_weights(&triples);
+        // #(0, r) = 4 + 3, #(1, r^-1) = 4 + 1; #(4, r) = #(5, r^-1) = 4 + 1.
+        assert!((w[0] - 1.0 / 12f32.sqrt()).abs() < 1e-6, "{w:?}");
+        assert!((w[3] - 1.0 / 10f32.sqrt()).abs() < 1e-6, "{w:?}");
+        assert!(w[3] > w[0] && w[0] == w[1] && w[1] == w[2]);
+    }
+
+    #[test]
     fn the_loss_falls_and_the_callback_can_stop() {
         let triples: Vec<[u32; 3]> = (0..200)
             .map(|i| [i % 50, i % 4, (i * 13 + 5) % 50])
@@ -673,10 +715,19 @@ mod tests {
             threads: 2,
             ..Config::default()
         };
-        let trained = train(&config, 50, 4, &triples, |_, _| true).unwrap();
-        let first = trained.reports[0].loss;
-        let last = trained.reports[59].loss;
-        assert!(last < first * 0.7, "loss {first} -> {last}");
+        for subsampling in [false, true] {
+            let config = Config {
+                subsampling,
+                ..config.clone()
+            };
+            let trained = train(&config, 50, 4, &triples, |_, _| true).unwrap();
+            let first = trained.reports[0].loss;
+            let last = trained.reports[59].loss;
+            assert!(
+                last < first * 0.7,
+                "subsampling {subsampling}: loss {first} -> {last}"
+            );
+        }
 
         let stopped = train(&config, 50, 4, &triples, |r, _| r.epoch < 3).unwrap();
         assert_eq!(stopped.reports.len(), 3);

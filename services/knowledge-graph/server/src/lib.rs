@@ -680,6 +680,7 @@ fn train_config(request: &pb::TrainEmbeddingsRequest) -> Result<Config, Status> 
             .unwrap_or(defaults.adversarial_temperature),
         lr_drop_epoch: request.lr_drop_epoch as usize,
         regularization: request.regularization,
+        subsampling: request.subsampling,
         seed: request.seed,
         threads: request.threads as usize,
     };

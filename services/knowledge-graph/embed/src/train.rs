@@ -249,6 +249,7 @@ pub fn train_from(
                 batch.iter().map(|&i| w[i as usize]).sum::<f32>()
             });
             let scale = 0.5 / total_weight;
+            let reg_scale = 0.5 / batch.len() as f32;
             let params = &embeddings;
             let weights = weights.as_deref();
             pool.install(|| {
@@ -267,6 +268,7 @@ pub fn train_from(
                             params,
                             side,
                             scale,
+                            reg_scale,
                             weights,
                             entities: entities as u32,
                             rng: &mut wrng,
@@ -383,6 +385,8 @@ struct Job<'a> {
     side: Side,
     /// 0.5 / the batch's total positive weight.
     scale: f32,
+    /// 0.5 / the batch's positives: the L2 term does not depend on the weights.
+    reg_scale: f32,
     /// Each training triple's weight (subsampling), or None for 1 each.
     weights: Option<&'a [f32]>,
     entities: u32,
@@ -425,6 +429,7 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         params,
         side,
         scale,
+        reg_scale,
         weights,
         entities,
         rng,
@@ -432,6 +437,7 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         grads,
     } = job;
     let (config, params, side, scale, entities) = (*config, *params, *side, *scale, *entities);
+    let reg_scale = *reg_scale;
     let weight = |i: usize| weights.map_or(1.0, |w| w[group[i] as usize]);
     let width = params.entity_width();
     let dim = params.dim;
@@ -527,7 +533,7 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         );
         if reg > 0.0 {
             for (gc, p) in gc.iter_mut().zip(row(truth)) {
-                *gc += 2.0 * reg * scale * p;
+                *gc += 2.0 * reg * reg_scale * p;
             }
         }
     }
@@ -553,7 +559,7 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         }
         if reg > 0.0 {
             touched = true;
-            let weight = 2.0 * reg * scale * size as f32;
+            let weight = 2.0 * reg * reg_scale * size as f32;
             for (g, p) in scratch.candidate_grad.iter_mut().zip(candidate) {
                 *g += weight * p;
             }
@@ -586,10 +592,10 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         );
         if reg > 0.0 {
             for (g, p) in ge.iter_mut().zip(row(known)) {
-                *g += 2.0 * reg * scale * p;
+                *g += 2.0 * reg * reg_scale * p;
             }
             for (g, p) in gr.iter_mut().zip(relation(r)) {
-                *g += 2.0 * reg * scale * p;
+                *g += 2.0 * reg * reg_scale * p;
             }
         }
         for (acc, g) in grads.entity_row(known, width).iter_mut().zip(ge.iter()) {

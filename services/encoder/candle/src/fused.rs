@@ -462,10 +462,35 @@ fn rows_of(layout: &Layout, cols: usize) -> candle_core::Result<usize> {
     Ok(n / cols)
 }
 
+/// (rows, cols) of a tensor read as rows of its last dimension.
+fn rows_and_cols(layout: &Layout) -> candle_core::Result<(usize, usize)> {
+    let cols = layout.dims().last().copied().unwrap_or(0);
+    Ok((rows_of(layout, cols)?, cols))
+}
+
+// Each op checks its input shapes once, from the layouts, for its CPU reference and its CUDA
+// launch alike; what only one side can check (offsets' values on the CPU, kernel variants on
+// the GPU) stays on that side.
+
 /// (rows, 3 * hidden) + bias -> (3, batch * heads, width, head).
 struct BiasSplitHeads(Attention);
 
 impl BiasSplitHeads {
+    /// Rows of the QKV input.
+    fn rows(&self, qkv: &Layout, bias: &Layout) -> candle_core::Result<usize> {
+        let a = self.0;
+        let cols = 3 * a.hidden();
+        let rows = rows_of(qkv, cols)?;
+        if bias.shape().elem_count() != cols || !rows.is_multiple_of(a.width) {
+            candle_core::bail!(
+                "bias-split-heads: bad shapes {:?} {:?}",
+                qkv.dims(),
+                bias.dims()
+            );
+        }
+        Ok(rows)
+    }
+
     fn out_shape(&self, rows: usize) -> Shape {
         let a = self.0;
         Shape::from((3, rows / a.width * a.heads, a.width, a.head))
@@ -487,15 +512,8 @@ impl CustomOp2 for BiasSplitHeads {
         let a = self.0;
         let hidden = a.hidden();
         let cols = 3 * hidden;
-        let rows = rows_of(l1, cols)?;
+        let rows = self.rows(l1, l2)?;
         let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
-        if bias.len() != cols || !rows.is_multiple_of(a.width) {
-            candle_core::bail!(
-                "bias-split-heads: bad shapes {:?} {:?}",
-                l1.dims(),
-                l2.dims()
-            );
-        }
         let batch = rows / a.width;
         let mut out = vec![0f32; rows * cols];
         for r in 0..rows {
@@ -520,14 +538,7 @@ impl CustomOp2 for BiasSplitHeads {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let a = self.0;
         let cols = 3 * a.hidden();
-        let rows = rows_of(l1, cols)?;
-        if l2.shape().elem_count() != cols || !rows.is_multiple_of(a.width) {
-            candle_core::bail!(
-                "bias-split-heads: bad shapes {:?} {:?}",
-                l1.dims(),
-                l2.dims()
-            );
-        }
+        let rows = self.rows(l1, l2)?;
         let out = cuda::launch(
             "bias_split_heads",
             &[cuda::In::Data(s1, l1), cuda::In::Data(s2, l2)],
@@ -546,6 +557,18 @@ struct MaskedSoftmax {
     rows_per_seq: usize,
 }
 
+impl MaskedSoftmax {
+    /// (rows, cols) of the scores.
+    fn shape(&self, scores: &Layout, lengths: &Layout) -> candle_core::Result<(usize, usize)> {
+        let (rows, cols) = rows_and_cols(scores)?;
+        let sequences = lengths.shape().elem_count();
+        if sequences * self.rows_per_seq != rows {
+            candle_core::bail!("masked-softmax: {rows} rows for {sequences} lengths");
+        }
+        Ok((rows, cols))
+    }
+}
+
 impl CustomOp2 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "souk-masked-softmax"
@@ -558,13 +581,9 @@ impl CustomOp2 for MaskedSoftmax {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let cols = l1.dims().last().copied().unwrap_or(0);
-        let rows = rows_of(l1, cols)?;
+        let (rows, cols) = self.shape(l1, l2)?;
         let scores = cpu_f32(s1, l1)?;
         let lengths = cpu_u32(s2, l2)?;
-        if lengths.len() * self.rows_per_seq != rows {
-            candle_core::bail!("masked-softmax: {rows} rows for {} lengths", lengths.len());
-        }
         let mut out = vec![0f32; rows * cols];
         for (r, (row, dst)) in scores
             .chunks_exact(cols)
@@ -590,11 +609,7 @@ impl CustomOp2 for MaskedSoftmax {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let cols = l1.dims().last().copied().unwrap_or(0);
-        let rows = rows_of(l1, cols)?;
-        if l2.shape().elem_count() * self.rows_per_seq != rows {
-            candle_core::bail!("masked-softmax: {rows} rows for {:?} lengths", l2.dims());
-        }
+        let (rows, cols) = self.shape(l1, l2)?;
         let out = cuda::launch(
             "masked_softmax",
             &[cuda::In::Data(s1, l1), cuda::In::Index(s2, l2)],
@@ -610,6 +625,18 @@ impl CustomOp2 for MaskedSoftmax {
 /// (batch * heads, width, head) -> (rows, hidden).
 struct MergeHeads(Attention);
 
+impl MergeHeads {
+    /// Rows of the merged output.
+    fn rows(&self, ctx: &Layout) -> candle_core::Result<usize> {
+        let a = self.0;
+        let n = ctx.shape().elem_count();
+        if !n.is_multiple_of(a.hidden() * a.width) || ctx.dims().last() != Some(&a.head) {
+            candle_core::bail!("merge-heads: bad shape {:?}", ctx.dims());
+        }
+        Ok(n / a.hidden())
+    }
+}
+
 impl CustomOp1 for MergeHeads {
     fn name(&self) -> &'static str {
         "souk-merge-heads"
@@ -618,11 +645,8 @@ impl CustomOp1 for MergeHeads {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let a = self.0;
         let hidden = a.hidden();
+        let rows = self.rows(l)?;
         let ctx = cpu_f32(s, l)?;
-        if !ctx.len().is_multiple_of(hidden * a.width) || l.dims().last() != Some(&a.head) {
-            candle_core::bail!("merge-heads: bad shape {:?}", l.dims());
-        }
-        let rows = ctx.len() / hidden;
         let mut out = vec![0f32; rows * hidden];
         for r in 0..rows {
             let (seq, pos) = (r / a.width, r % a.width);
@@ -642,11 +666,7 @@ impl CustomOp1 for MergeHeads {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let a = self.0;
         let hidden = a.hidden();
-        let n = l.shape().elem_count();
-        if !n.is_multiple_of(hidden * a.width) || l.dims().last() != Some(&a.head) {
-            candle_core::bail!("merge-heads: bad shape {:?}", l.dims());
-        }
-        let rows = n / hidden;
+        let rows = self.rows(l)?;
         let out = cuda::launch(
             "merge_heads",
             &[cuda::In::Data(s, l)],
@@ -680,6 +700,16 @@ impl OnePassAttention {
 
     fn tiles(&self) -> usize {
         self.longest.div_ceil(64).max(1)
+    }
+
+    /// Packed rows of the QKV input.
+    fn rows(&self, qkv: &Layout, bias: &Layout) -> candle_core::Result<usize> {
+        let cols = 3 * self.hidden();
+        let rows = rows_of(qkv, cols)?;
+        if bias.shape().elem_count() != cols {
+            candle_core::bail!("one-pass attention: bias {:?} for {cols}", bias.dims());
+        }
+        Ok(rows)
     }
 
     /// Launch shape: four warps per 64 queries of one sequence and head (`ATT_WARPS` in
@@ -724,12 +754,9 @@ impl CustomOp3 for OnePassAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (hidden, d) = (self.hidden(), self.head);
         let cols = 3 * hidden;
-        let rows = rows_of(l1, cols)?;
+        let rows = self.rows(l1, l2)?;
         let (qkv, bias) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
         let offsets = cpu_u32(s3, l3)?;
-        if bias.len() != cols {
-            candle_core::bail!("one-pass attention: bias of {} for {cols}", bias.len());
-        }
         check_offsets(offsets, rows, self.longest)?;
         let mut out = vec![0f32; rows * hidden];
         let mut scores = vec![0f32; self.longest];
@@ -772,13 +799,11 @@ impl CustomOp3 for OnePassAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let cols = 3 * self.hidden();
-        let rows = rows_of(l1, cols)?;
+        let rows = self.rows(l1, l2)?;
         let sequences = l3.shape().elem_count().saturating_sub(1);
-        if l2.shape().elem_count() != cols || sequences == 0 {
+        if sequences == 0 {
             candle_core::bail!(
-                "one-pass attention: bad shapes {:?} {:?}",
-                l2.dims(),
+                "one-pass attention: offsets {:?} hold no sequence",
                 l3.dims()
             );
         }
@@ -822,8 +847,7 @@ impl CustomOp2 for SegmentPool {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let cols = l1.dims().last().copied().unwrap_or(0);
-        let rows = rows_of(l1, cols)?;
+        let (rows, cols) = rows_and_cols(l1)?;
         let x = cpu_f32(s1, l1)?;
         let offsets = cpu_u32(s2, l2)?;
         check_offsets(offsets, rows, rows)?;
@@ -852,8 +876,7 @@ impl CustomOp2 for SegmentPool {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let cols = l1.dims().last().copied().unwrap_or(0);
-        rows_of(l1, cols)?;
+        let (_, cols) = rows_and_cols(l1)?;
         let sequences = l2.shape().elem_count().saturating_sub(1);
         let out = cuda::launch(
             "segment_pool",
@@ -920,6 +943,27 @@ struct BiasResidualNorm {
     eps: f32,
 }
 
+impl BiasResidualNorm {
+    /// (rows, cols) of x; `params` holds bias, gamma and beta of `cols` each.
+    fn shape(
+        &self,
+        x: &Layout,
+        residual: &Layout,
+        params: &Layout,
+    ) -> candle_core::Result<(usize, usize)> {
+        let cols = params.shape().elem_count() / 3;
+        let rows = rows_of(x, cols)?;
+        if residual.shape().elem_count() != rows * cols || params.shape().elem_count() != 3 * cols {
+            candle_core::bail!(
+                "bias-residual-norm: bad shapes {:?} {:?}",
+                residual.dims(),
+                params.dims()
+            );
+        }
+        Ok((rows, cols))
+    }
+}
+
 impl CustomOp3 for BiasResidualNorm {
     fn name(&self) -> &'static str {
         "souk-bias-residual-norm"
@@ -934,16 +978,8 @@ impl CustomOp3 for BiasResidualNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, cols) = self.shape(l1, l2, l3)?;
         let (x, residual, params) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
-        let cols = params.len() / 3;
-        rows_of(l1, cols)?;
-        if residual.len() != x.len() || params.len() != 3 * cols {
-            candle_core::bail!(
-                "bias-residual-norm: bad shapes {:?} {:?}",
-                l2.dims(),
-                l3.dims()
-            );
-        }
         let (bias, rest) = params.split_at(cols);
         let (gamma, beta) = rest.split_at(cols);
         let mut out = vec![0f32; x.len()];
@@ -976,15 +1012,7 @@ impl CustomOp3 for BiasResidualNorm {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let cols = l3.shape().elem_count() / 3;
-        let rows = rows_of(l1, cols)?;
-        if l2.shape().elem_count() != rows * cols || l3.shape().elem_count() != 3 * cols {
-            candle_core::bail!(
-                "bias-residual-norm: bad shapes {:?} {:?}",
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let (rows, cols) = self.shape(l1, l2, l3)?;
         let out = cuda::launch(
             "bias_residual_norm",
             &[

@@ -416,8 +416,8 @@ impl Backend for CandleBackend {
 /// Milliseconds per forward pass spent in each operation of `engine` (all layers summed), for
 /// `souk-encoder-bench ops`: the device is synchronised after every operation, so the figures
 /// are per-op latencies (slower in total than an unsynchronised pass, but they show where a
-/// GPU's time goes without Nsight). Synthetic ids, batch x seq, mean of `iters` passes after two
-/// warm-up passes; biggest first.
+/// GPU's time goes without Nsight). `input` holds sequences of one length (candle's graph runs
+/// them unpadded); mean of `iters` passes after two warm-up passes; biggest first.
 ///
 /// # Errors
 /// A model that does not load, the packed engine (it has no per-op hooks), or a failing
@@ -427,24 +427,12 @@ pub fn profile_ops(
     device: &str,
     dtype: &str,
     engine: Engine,
-    batch: usize,
-    seq: usize,
+    input: &Batch,
     iters: usize,
 ) -> Result<Vec<(String, f64)>, EncoderError> {
     let backend = CandleBackend::load_engine(files, device, dtype, engine)?;
     let dev = &backend.device;
-    let sequences: Vec<souk_encoder_core::Sequence> = (0..batch)
-        .map(|s| {
-            let ids: Vec<u32> = (0..seq)
-                .map(|i| 1000 + ((s * seq + i) * 7919 % 20000) as u32)
-                .collect();
-            souk_encoder_core::Sequence {
-                type_ids: vec![0; ids.len()],
-                ids,
-            }
-        })
-        .collect();
-    let input = Batch { sequences };
+    let (batch, seq) = (input.sequences.len(), input.max_len());
     let run = || -> candle_core::Result<Vec<(String, f64)>> {
         let mut totals: Vec<(String, f64)> = Vec::new();
         for pass in 0..iters.max(1) + 2 {
@@ -466,7 +454,7 @@ pub fn profile_ops(
             };
             match &backend.loaded {
                 Loaded::Fused(model) => {
-                    model.embed_with(&input, backend.pooling, dev, &mut step)?;
+                    model.embed_with(input, backend.pooling, dev, &mut step)?;
                 }
                 Loaded::Graph(model) => {
                     let ids: Vec<u32> =

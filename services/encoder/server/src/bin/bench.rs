@@ -149,8 +149,7 @@ fn main() -> anyhow::Result<()> {
                 &cli.device,
                 &cli.dtype,
                 engine,
-                batch,
-                seq,
+                &synthetic(batch, seq),
                 iters,
             )?;
             let total: f64 = ops.iter().map(|(_, ms)| ms).sum();

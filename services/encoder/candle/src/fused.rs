@@ -1163,15 +1163,26 @@ mod kernels_on_the_host {
         static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
         BIN.get_or_init(|| {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
-            let out = std::env::temp_dir().join(format!("souk-fused-host-{}", std::process::id()));
+            // Next to the test binary (target/<profile>/deps), not in /tmp: one file that each
+            // run replaces instead of one more per run. Built under a per-process name and
+            // renamed into place, so two test runs at once never execute a half-written file.
+            let deps = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(PathBuf::from))
+                .unwrap_or_else(std::env::temp_dir);
+            let out = deps.join("souk-fused-host");
+            let building = deps.join(format!("souk-fused-host.{}", std::process::id()));
             let status = Command::new("c++")
                 .args(["-std=c++20", "-O1", "-pthread"])
                 .arg(dir.join("host_harness.cpp"))
                 .arg("-o")
-                .arg(&out)
+                .arg(&building)
                 .status();
             match status {
-                Ok(s) if s.success() => Some(out),
+                Ok(s) if s.success() => {
+                    std::fs::rename(&building, &out).expect("harness binary moves into place");
+                    Some(out)
+                }
                 Ok(s) => panic!("kernels/host_harness.cpp does not compile: {s}"),
                 Err(e) => {
                     eprintln!("skipped: no C++ compiler to run the kernels on the host ({e})");

@@ -65,6 +65,22 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
             },
             "unknown algorithm 7",
         ),
+        (
+            rk::TrainCfRequest {
+                algorithm: rk::CfAlgorithm::Ials as i32,
+                dim: 5_000,
+                ..Default::default()
+            },
+            "dim must be 1..=1024, got 5000",
+        ),
+        (
+            rk::TrainCfRequest {
+                algorithm: rk::CfAlgorithm::Ials as i32,
+                unobserved: -1.0,
+                ..Default::default()
+            },
+            "unobserved weight must be a positive number, got -1",
+        ),
     ] {
         assert_invalid(&client.train_cf(bad).await.unwrap_err(), what);
     }
@@ -92,6 +108,32 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
             .any(|r| r.contains("shoppers who liked the"))),
         "CF-backed results still explain themselves: {:#?}",
         after.items
+    );
+
+    // iALS replaces EASE's neighbours with its own.
+    let trained = client
+        .train_cf(rk::TrainCfRequest {
+            algorithm: rk::CfAlgorithm::Ials as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trained.version.starts_with("ials-"), "{trained:?}");
+    assert!(trained.items > 100 && trained.users == 100, "{trained:?}");
+    let with_ials = client.rank(recommend("u066")).await.unwrap().into_inner();
+    assert_ne!(
+        cf_values(&after),
+        cf_values(&with_ials),
+        "the iALS fit serves other CF scores than EASE's"
+    );
+    assert!(
+        with_ials.items.iter().any(|i| i
+            .reasons
+            .iter()
+            .any(|r| r.contains("shoppers who liked the"))),
+        "iALS-backed results explain themselves: {:#?}",
+        with_ials.items
     );
 
     // Fusion weights: refused, then set.

@@ -10,7 +10,7 @@ use crate::{Endpoints, connect, with_token};
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
-    /// Fit the collaborative filter (EASE or item-kNN) on the ranker's stored events.
+    /// Fit the collaborative filter (EASE, item-kNN or iALS) on the ranker's stored events.
     Cf(CfArgs),
     /// Learn the fusion weights of queries (dense vs BM25) from graded judgements
     /// (CSV `query,product_title,product_description,median_relevance`) with a pairwise
@@ -22,6 +22,9 @@ pub enum TrainCommand {
 pub enum Algorithm {
     Ease,
     ItemKnn,
+    /// Alternating least squares on user and item vectors: on sparse logs (Last.FM) ahead of
+    /// EASE, on denser ones (ML-100k) behind; BENCHMARKS.md has both.
+    Ials,
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +40,18 @@ pub struct CfArgs {
     /// Neighbours kept per item.
     #[arg(long, default_value_t = 100)]
     pub neighbors: u32,
+    /// iALS: vector size.
+    #[arg(long, default_value_t = 64)]
+    pub dim: u32,
+    /// iALS: L2 weight (scaled per user and item by how much each has seen).
+    #[arg(long, default_value_t = 0.03)]
+    pub reg: f32,
+    /// iALS: weight alpha0 of every unobserved (user, item) pair.
+    #[arg(long, default_value_t = 0.03)]
+    pub alpha0: f32,
+    /// iALS: alternations.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: u32,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +90,7 @@ async fn cf(args: CfArgs, ep: &Endpoints) -> anyhow::Result<()> {
     let algorithm = match args.algorithm {
         Algorithm::Ease => rk::CfAlgorithm::Ease,
         Algorithm::ItemKnn => rk::CfAlgorithm::ItemKnn,
+        Algorithm::Ials => rk::CfAlgorithm::Ials,
     };
     let r = client
         .train_cf(with_token(
@@ -83,6 +99,10 @@ async fn cf(args: CfArgs, ep: &Endpoints) -> anyhow::Result<()> {
                 lambda: args.lambda,
                 max_items: args.max_items,
                 neighbors: args.neighbors,
+                dim: args.dim,
+                reg: args.reg,
+                unobserved: args.alpha0,
+                iterations: args.iterations,
             },
             &ep.token,
         )?)

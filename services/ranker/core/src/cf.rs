@@ -1,10 +1,14 @@
 //! Collaborative filtering fitted on an implicit-feedback matrix: popularity, item-kNN (cosine)
-//! and EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1).
+//! EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1), DLAE, RP3beta and iALS
+//! ([`Ials`]: user and item vectors by alternating least squares).
 //!
 //! Memory: EASE keeps a dense items x items matrix of f64 while fitting (n^2 x 8 bytes: 23 MB
 //! for ML-100k's 1,682 items, 117 MB for Last.FM's 3,820, 5 GB for 25k items), so it is for
 //! catalogs up to roughly 10k items; item-kNN keeps only the top neighbours of each item.
 use std::collections::HashMap;
+
+mod ials;
+pub use ials::{Ials, IalsOptions};
 
 /// Users' item sets over dense item indexes 0..n_items.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +106,15 @@ pub struct ItemKnn {
 }
 
 impl ItemKnn {
+    /// Scores a history by summing its items' neighbour lists (each item's strongest first),
+    /// the way the ranker serves any trained model ([`Neighbours`]).
+    pub fn from_neighbours(neighbours: Vec<Vec<(u32, f64)>>, n_items: usize) -> Self {
+        Self {
+            neighbours,
+            n_items,
+        }
+    }
+
     /// # Complexity
     /// O(sum over users of |items|^2) time, O(n_items x k) memory after fitting.
     pub fn fit(data: &Interactions, k: usize) -> Self {
@@ -262,27 +275,7 @@ impl Recommender for Ease {
 /// Inverse of a symmetric positive definite matrix (row-major) via Cholesky: A = L L',
 /// A^-1 = L'^-1 L^-1. Loops run along rows so the inner products are contiguous.
 fn spd_inverse(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, crate::RankError> {
-    // Cholesky in place: lower triangle holds L.
-    for j in 0..n {
-        let (head, tail) = a.split_at_mut(j * n);
-        let row_j = &mut tail[..n];
-        let _ = head;
-        let mut d = row_j[j];
-        d -= row_j[..j].iter().map(|x| x * x).sum::<f64>();
-        if d <= 0.0 || !d.is_finite() {
-            return Err(crate::RankError::InvalidInput(format!(
-                "matrix is not positive definite at row {j}; raise lambda"
-            )));
-        }
-        let d = d.sqrt();
-        row_j[j] = d;
-        let lj: Vec<f64> = row_j[..j].to_vec();
-        for i in j + 1..n {
-            let row_i = &mut a[i * n..(i + 1) * n];
-            let dot: f64 = row_i[..j].iter().zip(&lj).map(|(x, y)| x * y).sum();
-            row_i[j] = (row_i[j] - dot) / d;
-        }
-    }
+    cholesky(&mut a, n)?;
     // Inverse of L (lower triangular), row by row: M = L^-1.
     let mut m = vec![0.0; n * n];
     for i in 0..n {
@@ -316,6 +309,49 @@ fn spd_inverse(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, crate::RankError> 
         }
     }
     Ok(inv)
+}
+
+/// Cholesky factorisation A = L L' in place: the lower triangle of `a` (row-major n x n)
+/// becomes L; the upper triangle is left as it was.
+///
+/// # Errors
+/// `InvalidInput` when A is not positive definite (the regulariser is too small).
+fn cholesky(a: &mut [f64], n: usize) -> Result<(), crate::RankError> {
+    let mut lj = vec![0.0; n];
+    for j in 0..n {
+        let row_j = &mut a[j * n..(j + 1) * n];
+        let d = row_j[j] - row_j[..j].iter().map(|x| x * x).sum::<f64>();
+        if d <= 0.0 || !d.is_finite() {
+            return Err(crate::RankError::InvalidInput(format!(
+                "matrix is not positive definite at row {j}; raise the regularisation"
+            )));
+        }
+        let d = d.sqrt();
+        row_j[j] = d;
+        lj[..j].copy_from_slice(&row_j[..j]);
+        for i in j + 1..n {
+            let row_i = &mut a[i * n..(i + 1) * n];
+            let dot: f64 = row_i[..j].iter().zip(&lj[..j]).map(|(x, y)| x * y).sum();
+            row_i[j] = (row_i[j] - dot) / d;
+        }
+    }
+    Ok(())
+}
+
+/// Solves L L' x = b in place (`l` from [`cholesky`]).
+fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
+    for i in 0..n {
+        let row = &l[i * n..i * n + i];
+        let dot: f64 = row.iter().zip(&b[..i]).map(|(x, y)| x * y).sum();
+        b[i] = (b[i] - dot) / l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= l[k * n + i] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
 }
 
 /// RP3beta (Paudel et al. 2017): a two-step random walk item -> user -> item, with the landing
@@ -434,6 +470,7 @@ impl Neighbours for ItemKnn {
 pub enum CfAlgorithm {
     Ease,
     ItemKnn,
+    Ials,
 }
 
 impl CfAlgorithm {
@@ -441,6 +478,7 @@ impl CfAlgorithm {
         match self {
             CfAlgorithm::Ease => "ease",
             CfAlgorithm::ItemKnn => "item-knn",
+            CfAlgorithm::Ials => "ials",
         }
     }
 }
@@ -455,6 +493,8 @@ pub struct CfOptions {
     pub max_items: usize,
     /// Neighbours kept per item.
     pub neighbours: usize,
+    /// iALS's settings (used when `algorithm` is `Ials`; its `threads` are the fit's).
+    pub ials: IalsOptions,
 }
 
 /// Most items a served fit models: EASE holds n x n f64 while fitting (800 MB at 10k).
@@ -467,6 +507,7 @@ impl Default for CfOptions {
             lambda: 200.0,
             max_items: 3_000,
             neighbours: 100,
+            ials: IalsOptions::default(),
         }
     }
 }
@@ -494,6 +535,9 @@ impl CfOptions {
                 self.neighbours
             ));
         }
+        if self.algorithm == CfAlgorithm::Ials {
+            self.ials.validate()?;
+        }
         Ok(())
     }
 }
@@ -515,7 +559,8 @@ pub struct TrainedCf {
 /// `InvalidInput` for bad options or fewer than two items with events.
 ///
 /// # Complexity
-/// EASE: O(n^3) time, O(n^2) memory for n = min(items, max_items); item-kNN: O(sum |user|^2).
+/// EASE: O(n^3) time, O(n^2) memory for n = min(items, max_items); item-kNN: O(sum |user|^2);
+/// iALS: O(iterations x nnz x dim^2) to fit plus O(n^2 x dim) for the neighbour lists.
 pub fn fit_served(
     users: &[Vec<String>],
     options: &CfOptions,
@@ -563,6 +608,7 @@ pub fn fit_served(
         CfAlgorithm::ItemKnn => {
             ItemKnn::fit(&data, options.neighbours).neighbours(options.neighbours)
         }
+        CfAlgorithm::Ials => Ials::fit(&data, &options.ials)?.neighbours(options.neighbours),
     };
     Ok(TrainedCf {
         version,
@@ -620,7 +666,7 @@ mod tests {
             users.push(vec!["c".into(), "d".into()]);
         }
         users.push(vec!["a".into(), "e".into()]);
-        for algorithm in [CfAlgorithm::Ease, CfAlgorithm::ItemKnn] {
+        for algorithm in [CfAlgorithm::Ease, CfAlgorithm::ItemKnn, CfAlgorithm::Ials] {
             let options = CfOptions {
                 algorithm,
                 lambda: 1.0,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
-use souk_ranker_core::cf::{CfAlgorithm, CfOptions, fit_served};
+use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
 use souk_ranker_core::item::{
     Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
 };
@@ -205,6 +205,15 @@ fn unix_time() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// A proto3 float setting: 0 (unset) means the default.
+fn or_default(value: f32, default: f64) -> f64 {
+    if value == 0.0 {
+        default
+    } else {
+        f64::from(value)
+    }
 }
 
 fn poisoned() -> Status {
@@ -575,6 +584,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let algorithm = match pb::CfAlgorithm::try_from(request.algorithm) {
             Ok(pb::CfAlgorithm::Ease) => CfAlgorithm::Ease,
             Ok(pb::CfAlgorithm::ItemKnn) => CfAlgorithm::ItemKnn,
+            Ok(pb::CfAlgorithm::Ials) => CfAlgorithm::Ials,
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "unknown algorithm {}",
@@ -585,11 +595,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let defaults = CfOptions::default();
         let options = CfOptions {
             algorithm,
-            lambda: if request.lambda == 0.0 {
-                defaults.lambda
-            } else {
-                f64::from(request.lambda)
-            },
+            lambda: or_default(request.lambda, defaults.lambda),
             max_items: match request.max_items {
                 0 => defaults.max_items,
                 n => n as usize,
@@ -597,6 +603,19 @@ impl pb::ranker_server::Ranker for RankerService {
             neighbours: match request.neighbors {
                 0 => defaults.neighbours,
                 n => n as usize,
+            },
+            ials: IalsOptions {
+                dim: match request.dim {
+                    0 => defaults.ials.dim,
+                    n => n as usize,
+                },
+                reg: or_default(request.reg, defaults.ials.reg),
+                unobserved: or_default(request.unobserved, defaults.ials.unobserved),
+                iterations: match request.iterations {
+                    0 => defaults.ials.iterations,
+                    n => n as usize,
+                },
+                ..defaults.ials
             },
         };
         options.validate().map_err(status)?;

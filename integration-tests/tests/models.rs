@@ -29,6 +29,29 @@ fn cf_values(r: &rk::RankResponse) -> Vec<(String, f32)> {
         .collect()
 }
 
+/// Trains the demo shop's collaborative filter with `request`, then ranks for u066: the fit
+/// covers the shop's 100 shoppers, is stored under a version named for its algorithm, and
+/// the results it backs still explain themselves.
+async fn train_cf_and_rank(
+    client: &mut RankerClient<tonic::transport::Channel>,
+    request: rk::TrainCfRequest,
+    version_prefix: &str,
+) -> (rk::TrainCfResponse, rk::RankResponse) {
+    let trained = client.train_cf(request).await.unwrap().into_inner();
+    assert!(trained.version.starts_with(version_prefix), "{trained:?}");
+    assert!(trained.items > 100 && trained.users == 100, "{trained:?}");
+    let ranked = client.rank(recommend("u066")).await.unwrap().into_inner();
+    assert!(
+        ranked.items.iter().any(|i| i
+            .reasons
+            .iter()
+            .any(|r| r.contains("shoppers who liked the"))),
+        "{version_prefix} CF-backed results explain themselves: {:#?}",
+        ranked.items
+    );
+    (trained, ranked)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     let shop = demo_shop().await;
@@ -85,55 +108,34 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
         assert_invalid(&client.train_cf(bad).await.unwrap_err(), what);
     }
 
-    let trained = client
-        .train_cf(rk::TrainCfRequest {
+    let (_, after) = train_cf_and_rank(
+        &mut client,
+        rk::TrainCfRequest {
             lambda: 20.0,
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(trained.version.starts_with("ease-"), "{trained:?}");
-    assert!(trained.items > 100 && trained.users == 100, "{trained:?}");
-    let after = client.rank(recommend("u066")).await.unwrap().into_inner();
+        },
+        "ease-",
+    )
+    .await;
     assert_ne!(
         cf_values(&before),
         cf_values(&after),
         "the fitted model moves the CF signal"
     );
-    assert!(
-        after.items.iter().any(|i| i
-            .reasons
-            .iter()
-            .any(|r| r.contains("shoppers who liked the"))),
-        "CF-backed results still explain themselves: {:#?}",
-        after.items
-    );
-
-    // iALS replaces EASE's neighbours with its own.
-    let trained = client
-        .train_cf(rk::TrainCfRequest {
+    // iALS replaces EASE's neighbours with its own; it is the model checked after the restart.
+    let (trained, with_ials) = train_cf_and_rank(
+        &mut client,
+        rk::TrainCfRequest {
             algorithm: rk::CfAlgorithm::Ials as i32,
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(trained.version.starts_with("ials-"), "{trained:?}");
-    assert!(trained.items > 100 && trained.users == 100, "{trained:?}");
-    let with_ials = client.rank(recommend("u066")).await.unwrap().into_inner();
+        },
+        "ials-",
+    )
+    .await;
     assert_ne!(
         cf_values(&after),
         cf_values(&with_ials),
         "the iALS fit serves other CF scores than EASE's"
-    );
-    assert!(
-        with_ials.items.iter().any(|i| i
-            .reasons
-            .iter()
-            .any(|r| r.contains("shoppers who liked the"))),
-        "iALS-backed results explain themselves: {:#?}",
-        with_ials.items
     );
 
     // Fusion weights: refused, then set.

@@ -1,0 +1,59 @@
+//! How long `soukctl train cf` takes per algorithm at a given `--max-items`: the served fit
+//! (`fit_served`, neighbour lists included) on a generated log, every algorithm on the same
+//! log in one run. Shoppers have a taste cluster (50 items of a 500-item block) and pick
+//! 5-30 items, 80% inside it; item popularity within a block is skewed (the smallest of three uniform draws).
+//!
+//! `cargo run --release -p souk-ranker-core --example cf_fit -- 3000 20000`
+//! (items, users; defaults 3000 and 20000).
+use std::time::Instant;
+
+use souk_ranker_core::cf::{CfAlgorithm, CfOptions, fit_served};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let items = args.next().transpose()?.unwrap_or(3_000);
+    let users = args.next().transpose()?.unwrap_or(20_000);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    // Skewed pick in 0..n (popular items first): the smallest of three uniform draws.
+    let skewed = |n: usize, next: &mut dyn FnMut(usize) -> usize| next(n).min(next(n)).min(next(n));
+    let log: Vec<Vec<String>> = (0..users)
+        .map(|_| {
+            let block = next(items.div_ceil(500)) * 500;
+            let count = 5 + next(26);
+            (0..count)
+                .map(|_| {
+                    let id = if next(10) < 8 {
+                        (block + skewed(500, &mut next)).min(items - 1)
+                    } else {
+                        skewed(items, &mut next)
+                    };
+                    format!("p{id:05}")
+                })
+                .collect()
+        })
+        .collect();
+    let events: usize = log.iter().map(Vec::len).sum();
+    println!("{items} items, {users} users, {events} events, 2 threads where a fit uses them");
+    for algorithm in [CfAlgorithm::ItemKnn, CfAlgorithm::Ials, CfAlgorithm::Ease] {
+        let options = CfOptions {
+            algorithm,
+            max_items: items,
+            ..CfOptions::default()
+        };
+        let started = Instant::now();
+        let fitted = fit_served(&log, &options, "bench".into())?;
+        println!(
+            "{:<9} {:>8.2} s  ({} items with neighbours)",
+            algorithm.name(),
+            started.elapsed().as_secs_f64(),
+            fitted.neighbours.len()
+        );
+    }
+    Ok(())
+}

@@ -676,6 +676,9 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64(),
         );
     }
+    // Each tuned family's best validation recall: all on the same validation split, so the
+    // family to deploy can be chosen without looking at the test split.
+    let mut picks: Vec<(&str, f64)> = Vec::new();
     let (lambda, mu) = if args.tune {
         let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
         let score = |lambda: f64, mu: f64| -> anyhow::Result<f64> {
@@ -708,6 +711,7 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        picks.push(("ease", best_mu.0));
         (best.1, best_mu.1)
     } else {
         (args.lambda, args.mu)
@@ -778,6 +782,7 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
                 best = candidate;
             }
         }
+        picks.push(("dlae", best.0));
         let (_, p, lambda, m) = best;
         if m > 0.0 {
             // The same model without the graph, to show what the graph adds.
@@ -877,6 +882,7 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        picks.push(("ials", best.0));
         let options = best.1;
         let t = Instant::now();
         let model = Ials::fit(&split.train, &options)?;
@@ -901,6 +907,15 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
     }
     if let Some((name, recall, ndcg, _)) = rows.last() {
         println!("last model: {name} recall@{k}={recall:.3} ndcg@{k}={ndcg:.3}");
+    }
+    if picks.len() > 1 {
+        let listed: Vec<String> = picks.iter().map(|(f, r)| format!("{f} {r:.4}")).collect();
+        if let Some((family, _)) = picks.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+            println!(
+                "validation picks {family} (best recall@{k} on the validation split: {})",
+                listed.join(", ")
+            );
+        }
     }
     Ok(())
 }

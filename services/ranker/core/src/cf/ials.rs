@@ -124,28 +124,11 @@ impl Ials {
             |n: usize| -> Vec<f64> { (0..n * dim).map(|_| scale * rng.uniform()).collect() };
         let mut users = init(n_users);
         let mut items = init(n_items);
-        let threads = options.threads.max(1);
         for _ in 0..options.iterations {
             let gram = weighted_gram(&items, dim, options.unobserved);
-            solve_rows(
-                &mut users,
-                &data.users,
-                &items,
-                &gram,
-                n_items,
-                options,
-                threads,
-            )?;
+            solve_rows(&mut users, &data.users, &items, &gram, n_items, options)?;
             let gram = weighted_gram(&users, dim, options.unobserved);
-            solve_rows(
-                &mut items,
-                &item_users,
-                &users,
-                &gram,
-                n_users,
-                options,
-                threads,
-            )?;
+            solve_rows(&mut items, &item_users, &users, &gram, n_users, options)?;
         }
         let total: usize = data.users.iter().map(Vec::len).sum();
         Ok(Self {
@@ -156,7 +139,7 @@ impl Ials {
             reg: options.reg,
             unobserved: options.unobserved,
             mean_history: total as f64 / n_users.max(1) as f64,
-            threads,
+            threads: options.threads.max(1),
         })
     }
 
@@ -304,11 +287,10 @@ fn solve_rows(
     gram: &[f64],
     other_count: usize,
     options: &IalsOptions,
-    threads: usize,
 ) -> Result<(), RankError> {
     let d = options.dim;
     let rows = observed.len();
-    let per_thread = rows.div_ceil(threads).max(1);
+    let per_thread = rows.div_ceil(options.threads.max(1)).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = target
             .chunks_mut(per_thread * d)

@@ -109,12 +109,36 @@ pub struct KgEvalArgs {
     /// every entity is the slow part of an evaluation.
     #[arg(long, default_value_t = 1000)]
     pub valid_triples: usize,
-    /// Stop when this many validation checks in a row did not improve MRR (0: never).
+    /// Stop when this many validation checks in a row did not improve MRR (0: never). With
+    /// `--lr-drop-at`, only checks after the drop count.
     #[arg(long, default_value_t = 3)]
     pub patience: usize,
     /// Only train and report epoch times (for speed comparisons): no validation, no test.
     #[arg(long)]
     pub train_only: bool,
+}
+
+/// Early stopping on validation checks.
+struct Patience {
+    /// Checks in a row without a better MRR before stopping; 0 never stops.
+    limit: usize,
+    /// The learning-rate drop epoch (0: none). A plateau before the drop is what the drop is
+    /// for, so only checks after it count: a TransE run stopped at epoch 140 of a drop at 150
+    /// gave 0.215 test MRR where the same run to the end gave 0.221.
+    drop_epoch: usize,
+    since_best: usize,
+}
+
+impl Patience {
+    /// Records the check at `epoch`; false when training should stop.
+    fn keep_going(&mut self, epoch: usize, improved: bool) -> bool {
+        if improved {
+            self.since_best = 0;
+        } else if self.drop_epoch == 0 || epoch > self.drop_epoch {
+            self.since_best += 1;
+        }
+        self.limit == 0 || self.since_best < self.limit
+    }
 }
 
 /// Trains on train, keeps the epoch with the best validation MRR, reports filtered metrics on
@@ -148,7 +172,11 @@ pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
         &dataset.valid[..args.valid_triples.min(dataset.valid.len())]
     };
     let mut best: Option<(f64, usize, Embeddings)> = None;
-    let mut since_best = 0usize;
+    let mut patience = Patience {
+        limit: args.patience,
+        drop_epoch: config.lr_drop_epoch,
+        since_best: 0,
+    };
     let mut train_seconds = 0.0f32;
     let trained = souk_kg_embed::train::train(
         &config,
@@ -176,11 +204,8 @@ pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
             );
             if improved {
                 best = Some((metrics.mrr, report.epoch, embeddings.clone()));
-                since_best = 0;
-            } else {
-                since_best += 1;
             }
-            args.patience == 0 || since_best < args.patience
+            patience.keep_going(report.epoch, improved)
         },
     )?;
     if args.train_only {
@@ -206,4 +231,38 @@ pub fn eval(args: &KgEvalArgs) -> anyhow::Result<Metrics> {
         metrics.mrr, metrics.hits_at_1, metrics.hits_at_3, metrics.hits_at_10
     );
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Patience;
+
+    /// Checks every 10 epochs; `improved` at each; the epoch where training stops.
+    fn stops_at(limit: usize, drop_epoch: usize, improved: &[bool]) -> Option<usize> {
+        let mut patience = Patience {
+            limit,
+            drop_epoch,
+            since_best: 0,
+        };
+        improved
+            .iter()
+            .enumerate()
+            .map(|(i, &better)| ((i + 1) * 10, better))
+            .find(|&(epoch, better)| !patience.keep_going(epoch, better))
+            .map(|(epoch, _)| epoch)
+    }
+
+    #[test]
+    fn a_plateau_before_the_step_drop_does_not_stop_training() {
+        let plateau = [true, true, false, false, false, false, false, false];
+        // No drop: three flat checks stop it at epoch 50.
+        assert_eq!(stops_at(3, 0, &plateau), Some(50));
+        // Drop at 60: the flat checks at 30-60 do not count; 70 and 80 are 2 of 3.
+        assert_eq!(stops_at(3, 60, &plateau), None);
+        // Drop at 40: 50, 60, 70 count.
+        assert_eq!(stops_at(3, 40, &plateau), Some(70));
+        // An improvement resets the count; 0 never stops.
+        assert_eq!(stops_at(2, 0, &[false, true, false, false]), Some(40));
+        assert_eq!(stops_at(0, 0, &[false; 8]), None);
+    }
 }

@@ -615,6 +615,8 @@ impl pb::ranker_server::Ranker for RankerService {
                     0 => defaults.ials.iterations,
                     n => n as usize,
                 },
+                // Two fit threads (the default), not every core: the fit shares the machine
+                // with live `Rank` traffic, and 10k items take 6.5 s on two (BENCHMARKS.md).
                 ..defaults.ials
             },
         };

@@ -48,12 +48,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let started = Instant::now();
         let fitted = fit_served(&log, &options, "bench".into())?;
+        let seconds = started.elapsed().as_secs_f64();
+        // What the ranker keeps and stores of it: the lists as strings, one JSON record.
+        let entries: usize = fitted.neighbours.values().map(Vec::len).sum();
         println!(
-            "{:<9} {:>8.2} s  ({} items with neighbours)",
+            "{:<9} {seconds:>8.2} s  ({} items with neighbours, {entries} entries: {:.1} MB \
+             of heap as strings, {:.1} MB of JSON stored)",
             algorithm.name(),
-            started.elapsed().as_secs_f64(),
-            fitted.neighbours.len()
+            fitted.neighbours.len(),
+            heap_bytes(&fitted) as f64 / 1e6,
+            serde_json::to_vec(&fitted)?.len() as f64 / 1e6,
         );
     }
     Ok(())
+}
+
+/// Heap bytes of the neighbour lists as held in memory: the map's slots, each key, each list
+/// and each neighbour's id (allocator overhead not counted, so a lower bound).
+fn heap_bytes(model: &souk_ranker_core::cf::TrainedCf) -> usize {
+    use std::mem::size_of;
+    let slot = size_of::<(String, Vec<(String, f32)>)>();
+    model.neighbours.capacity() * slot
+        + model
+            .neighbours
+            .iter()
+            .map(|(key, row)| {
+                key.capacity()
+                    + row.capacity() * size_of::<(String, f32)>()
+                    + row.iter().map(|(id, _)| id.capacity()).sum::<usize>()
+            })
+            .sum::<usize>()
 }

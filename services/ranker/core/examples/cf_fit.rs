@@ -1,7 +1,8 @@
-//! How long `soukctl train cf` takes per algorithm at a given `--max-items`: the served fit
-//! (`fit_served`, neighbour lists included) on a generated log, every algorithm on the same
-//! log in one run. Shoppers have a taste cluster (50 items of a 500-item block) and pick
-//! 5-30 items, 80% inside it; item popularity within a block is skewed (the smallest of three uniform draws).
+//! How long `soukctl train cf` takes per algorithm at a given `--max-items`, and how large the
+//! served neighbour lists are: the served fit (`fit_served`, lists included) on a generated
+//! log, every algorithm on the same log in one run. Each shopper has a taste block of 500
+//! items and picks 5-30 items, 80% inside it; popularity is skewed (each pick is the smallest
+//! of three uniform draws).
 //!
 //! `cargo run --release -p souk-ranker-core --example cf_fit -- 3000 20000`
 //! (items, users; defaults 3000 and 20000).

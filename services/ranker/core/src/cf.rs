@@ -433,25 +433,29 @@ pub trait Neighbours {
     fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>>;
 }
 
+/// Item `i`'s `k` strongest positive neighbours from its dense row of item-item weights
+/// (itself skipped), strongest first, ties by index.
+fn strongest(i: usize, weights: impl Iterator<Item = f64>, k: usize) -> Vec<(u32, f64)> {
+    let mut best: Vec<(u32, f64)> = weights
+        .enumerate()
+        .filter(|&(j, w)| j != i && w > 0.0)
+        .map(|(j, w)| (j as u32, w))
+        .collect();
+    let keep = k.min(best.len());
+    if keep > 0 && keep < best.len() {
+        best.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
+    }
+    best.truncate(keep);
+    best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    best
+}
+
 impl Neighbours for Ease {
     fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>> {
-        (0..self.n)
-            .map(|i| {
-                let row = &self.b[i * self.n..(i + 1) * self.n];
-                let mut best: Vec<(u32, f64)> = row
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, &w)| j != i && w > 0.0)
-                    .map(|(j, &w)| (j as u32, w))
-                    .collect();
-                let keep = k.min(best.len());
-                if keep > 0 && keep < best.len() {
-                    best.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
-                }
-                best.truncate(keep);
-                best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                best
-            })
+        self.b
+            .chunks_exact(self.n)
+            .enumerate()
+            .map(|(i, row)| strongest(i, row.iter().copied(), k))
             .collect()
     }
 }

@@ -16,7 +16,7 @@
 //! Memory: the item vectors, n x dim f64 (2 MB for 3,820 items at dim 64); fitting also holds
 //! the users' vectors. Unlike EASE nothing is n x n, except [`super::Neighbours`] for serving,
 //! which walks the implied item-item matrix one row at a time.
-use super::{Interactions, Neighbours, Recommender, cholesky, cholesky_solve};
+use super::{Interactions, Neighbours, Recommender, cholesky, cholesky_solve, strongest};
 use crate::RankError;
 
 /// Settings of an iALS fit.
@@ -144,33 +144,26 @@ impl Ials {
     }
 
     /// The user vector that best explains `history` against the fitted items (one user
-    /// half-step); zeros for an empty history.
+    /// half-step, the same solve as the fit's); zeros for an empty history. Item indexes out
+    /// of range are skipped.
     fn fold_in(&self, history: &[u32]) -> Vec<f64> {
         let d = self.dim;
-        let mut a = self.gram.clone();
-        let mut b = vec![0.0; d];
-        let mut seen = 0usize;
-        for &h in history {
-            let Some(v) = self.items.get(h as usize * d..(h as usize + 1) * d) else {
-                continue;
-            };
-            seen += 1;
-            add_outer(&mut a, v, d);
-            b.iter_mut().zip(v).for_each(|(x, y)| *x += y);
-        }
-        if seen == 0 {
-            return b;
-        }
-        let lambda = self.reg * (seen as f64 + self.unobserved * self.n_items as f64);
-        for k in 0..d {
-            a[k * d + k] += lambda;
-        }
+        let seen = history
+            .iter()
+            .filter_map(|&h| self.items.get(h as usize * d..(h as usize + 1) * d));
+        let mut a = vec![0.0; d * d];
+        let mut x = vec![0.0; d];
+        let system = RowSystem {
+            gram: &self.gram,
+            reg: self.reg,
+            unobserved: self.unobserved,
+            other_count: self.n_items,
+        };
         // The Gram matrix plus a positive diagonal is positive definite.
-        if cholesky(&mut a, d).is_err() {
-            return vec![0.0; d];
+        if system.solve(&mut a, &mut x, seen).is_err() {
+            x.fill(0.0);
         }
-        cholesky_solve(&a, d, &mut b);
-        b
+        x
     }
 }
 
@@ -179,7 +172,7 @@ impl Recommender for Ials {
         let w = self.fold_in(history);
         self.items
             .chunks_exact(self.dim)
-            .map(|v| v.iter().zip(&w).map(|(x, y)| x * y).sum())
+            .map(|v| dot(v, &w))
             .collect()
     }
 }
@@ -213,25 +206,13 @@ impl Neighbours for Ials {
             })
             .collect();
         let row = |i: usize, w: &[f64]| -> Vec<(u32, f64)> {
-            let mut row: Vec<(u32, f64)> = self
-                .items
-                .chunks_exact(d)
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(j, v)| (j as u32, v.iter().zip(w).map(|(x, y)| x * y).sum()))
-                .filter(|&(_, s): &(u32, f64)| s > 0.0)
-                .collect();
-            let keep = k.min(row.len());
-            if keep > 0 && keep < row.len() {
-                row.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
-            }
-            row.truncate(keep);
+            let weights = self.items.chunks_exact(d).map(|v| dot(v, w));
+            let mut row = strongest(i, weights, k);
             // Unlike EASE's, these weights are dense: items that never met get rounding
             // noise (1e-10 where the strongest is 6), which would be served as "shoppers
             // who liked A also chose B". Below a thousandth of the strongest is no signal.
-            let strongest = row.iter().map(|&(_, s)| s).fold(0.0, f64::max);
-            row.retain(|&(_, s)| s > strongest * 1e-3);
-            row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let floor = row.first().map_or(0.0, |&(_, s)| s * 1e-3);
+            row.retain(|&(_, s)| s > floor);
             row
         };
         let per_thread = self.n_items.div_ceil(self.threads).max(1);
@@ -269,6 +250,10 @@ fn weighted_gram(f: &[f64], dim: usize, alpha0: f64) -> Vec<f64> {
     g
 }
 
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
 /// a += v v' (dim x dim, row-major).
 fn add_outer(a: &mut [f64], v: &[f64], dim: usize) {
     for (r, &vr) in v.iter().enumerate() {
@@ -277,9 +262,51 @@ fn add_outer(a: &mut [f64], v: &[f64], dim: usize) {
     }
 }
 
-/// One half-step: every row of `target` (rows x dim) solved against the fixed `other` side.
-/// Row r's system: (gram + sum over its observed o of other_o other_o' + lambda_r I) x =
-/// sum of other_o, lambda_r = reg (|observed| + alpha0 x other_count).
+/// What every row of one half-step shares: the fixed side's weighted Gram matrix and the
+/// regulariser's terms.
+struct RowSystem<'a> {
+    /// alpha0 F'F of the fixed side.
+    gram: &'a [f64],
+    reg: f64,
+    unobserved: f64,
+    /// Rows of the fixed side (items when solving a user).
+    other_count: usize,
+}
+
+impl RowSystem<'_> {
+    /// One row: (gram + sum of v v' over its observed vectors v + lambda I) x = sum of v,
+    /// lambda = reg (|observed| + alpha0 x other_count). `a` (dim x dim) is scratch; x = 0
+    /// when nothing is observed.
+    fn solve<'v>(
+        &self,
+        a: &mut [f64],
+        x: &mut [f64],
+        observed: impl Iterator<Item = &'v [f64]>,
+    ) -> Result<(), RankError> {
+        let d = x.len();
+        a.copy_from_slice(self.gram);
+        x.fill(0.0);
+        let mut count = 0usize;
+        for v in observed {
+            count += 1;
+            add_outer(a, v, d);
+            x.iter_mut().zip(v).for_each(|(s, y)| *s += y);
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let lambda = self.reg * (count as f64 + self.unobserved * self.other_count as f64);
+        for k in 0..d {
+            a[k * d + k] += lambda;
+        }
+        cholesky(a, d)?;
+        cholesky_solve(a, d, x);
+        Ok(())
+    }
+}
+
+/// One half-step: every row of `target` (rows x dim) solved against the fixed `other` side
+/// ([`RowSystem::solve`]).
 fn solve_rows(
     target: &mut [f64],
     observed: &[Vec<u32>],
@@ -291,6 +318,12 @@ fn solve_rows(
     let d = options.dim;
     let rows = observed.len();
     let per_thread = rows.div_ceil(options.threads.max(1)).max(1);
+    let system = &RowSystem {
+        gram,
+        reg: options.reg,
+        unobserved: options.unobserved,
+        other_count,
+    };
     std::thread::scope(|scope| {
         let workers: Vec<_> = target
             .chunks_mut(per_thread * d)
@@ -299,20 +332,10 @@ fn solve_rows(
                 scope.spawn(move || -> Result<(), RankError> {
                     let mut a = vec![0.0; d * d];
                     for (x, seen) in out.chunks_exact_mut(d).zip(obs) {
-                        a.copy_from_slice(gram);
-                        x.iter_mut().for_each(|v| *v = 0.0);
-                        for &o in seen {
-                            let v = &other[o as usize * d..(o as usize + 1) * d];
-                            add_outer(&mut a, v, d);
-                            x.iter_mut().zip(v).for_each(|(s, y)| *s += y);
-                        }
-                        let lambda = options.reg
-                            * (seen.len() as f64 + options.unobserved * other_count as f64);
-                        for k in 0..d {
-                            a[k * d + k] += lambda;
-                        }
-                        cholesky(&mut a, d)?;
-                        cholesky_solve(&a, d, x);
+                        let vectors = seen
+                            .iter()
+                            .map(|&o| &other[o as usize * d..(o as usize + 1) * d]);
+                        system.solve(&mut a, x, vectors)?;
                     }
                     Ok(())
                 })

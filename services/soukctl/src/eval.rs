@@ -676,11 +676,11 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64(),
         );
     }
-    // Each tuned family's best validation recall: all on the same validation split, so the
-    // family to deploy can be chosen without looking at the test split.
+    // Every tuned family chooses on this one split carved from train, and its best validation
+    // recall is kept: the family to deploy can be chosen without looking at the test split.
+    let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
     let mut picks: Vec<(&str, f64)> = Vec::new();
     let (lambda, mu) = if args.tune {
-        let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
         let score = |lambda: f64, mu: f64| -> anyhow::Result<f64> {
             let model = Ease::fit_with_side(
                 &validation.train,
@@ -733,7 +733,6 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
         );
     }
     if args.dlae {
-        let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
         let side = groups.as_deref().unwrap_or(&[]);
         let mut best = (f64::MIN, 0.0, 0.0, 0.0);
         let mus: &[f64] = if groups.is_some() {
@@ -861,7 +860,6 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
         }
     }
     if args.ials {
-        let validation = souk_ranker_core::eval::validation_split(&split, 0.2, 42);
         let base = IalsOptions {
             threads: args.threads,
             ..IalsOptions::default()

@@ -216,6 +216,14 @@ fn or_default(value: f32, default: f64) -> f64 {
     }
 }
 
+/// A proto3 count setting: 0 (unset) means the default.
+fn count_or_default(value: u32, default: usize) -> usize {
+    match value {
+        0 => default,
+        n => n as usize,
+    }
+}
+
 fn poisoned() -> Status {
     Status::internal("catalog lock poisoned; restart the service")
 }
@@ -596,25 +604,13 @@ impl pb::ranker_server::Ranker for RankerService {
         let options = CfOptions {
             algorithm,
             lambda: or_default(request.lambda, defaults.lambda),
-            max_items: match request.max_items {
-                0 => defaults.max_items,
-                n => n as usize,
-            },
-            neighbours: match request.neighbors {
-                0 => defaults.neighbours,
-                n => n as usize,
-            },
+            max_items: count_or_default(request.max_items, defaults.max_items),
+            neighbours: count_or_default(request.neighbors, defaults.neighbours),
             ials: IalsOptions {
-                dim: match request.dim {
-                    0 => defaults.ials.dim,
-                    n => n as usize,
-                },
+                dim: count_or_default(request.dim, defaults.ials.dim),
                 reg: or_default(request.reg, defaults.ials.reg),
                 unobserved: or_default(request.unobserved, defaults.ials.unobserved),
-                iterations: match request.iterations {
-                    0 => defaults.ials.iterations,
-                    n => n as usize,
-                },
+                iterations: count_or_default(request.iterations, defaults.ials.iterations),
                 // Two fit threads (the default), not every core: the fit shares the machine
                 // with live `Rank` traffic, and 10k items take 6.5 s on two (BENCHMARKS.md).
                 ..defaults.ials

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use souk_ranker_core::cf::{
-    Blend, Ease, Ials, IalsOptions, ItemKnn, Neighbours, Popularity, Recommender, Rp3Beta,
+    Blend, Ease, Ials, IalsOptions, ItemKnn, Popularity, Recommender, Rp3Beta,
 };
 use souk_ranker_core::eval::RecSplit;
 
@@ -893,15 +893,8 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
             &model,
             fit_s,
         );
-        // What `soukctl train cf --algorithm ials` serves: each item's strongest neighbours
-        // in the item-item matrix implied by the fit.
-        let served =
-            ItemKnn::from_neighbours(model.neighbours(args.neighbours), split.train.n_items);
-        measure(
-            format!("ials as served ({} neighbours per item)", args.neighbours),
-            &served,
-            fit_s,
-        );
+        // This is also what `soukctl train cf --algorithm ials` serves: `Rank` folds the
+        // shopper's 50 most recent items into the same f32 item vectors.
     }
     if let Some((name, recall, ndcg, _)) = rows.last() {
         println!("last model: {name} recall@{k}={recall:.3} ndcg@{k}={ndcg:.3}");

@@ -34,10 +34,12 @@ pub struct CfArgs {
     /// EASE's L2 weight.
     #[arg(long, default_value_t = 200.0)]
     pub lambda: f32,
-    /// Only the most-interacted items are modelled (EASE is cubic in them; at most 10,000).
+    /// Only the most-interacted items are modelled (EASE is cubic in them; at most 10,000 for
+    /// EASE and item-kNN, 100,000 for iALS).
     #[arg(long, default_value_t = 3_000)]
     pub max_items: u32,
-    /// Neighbours kept per item.
+    /// EASE and item-kNN: neighbours kept per item (iALS is served by folding the shopper's
+    /// items into a user vector, with no lists).
     #[arg(long, default_value_t = 100)]
     pub neighbors: u32,
     /// iALS: vector size.

@@ -16,7 +16,7 @@ pub struct UnitDot;
 
 impl Distance<f32> for UnitDot {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - crate::rank::cosine(a, b)).max(0.0)
+        (1.0 - crate::rank::dot(a, b)).max(0.0)
     }
 }
 

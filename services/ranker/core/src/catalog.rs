@@ -14,6 +14,13 @@ use crate::{RankError, UserKey};
 /// Items of a user's history that feed CF and the graph signal.
 pub const HISTORY_WINDOW: usize = 50;
 
+/// Items a factor model (iALS) adds to a `Rank` from its folded-in scores: the strongest
+/// ones, each credited to the history item that contributed most (BENCHMARKS.md has the
+/// cost per `Rank`).
+pub const FOLD_IN_CANDIDATES: usize = 500;
+
+const NO_ROW: u32 = u32::MAX;
+
 #[derive(Debug, Clone)]
 struct Entry {
     item: Item,
@@ -52,8 +59,12 @@ pub struct Catalog {
     histories: HashMap<UserKey, Vec<HistoryEntry>>,
     /// Co-occurrence counts by CF id.
     cooccurrence: Vec<HashMap<u32, f32, IdHash>>,
-    /// The trained model's neighbours by CF id.
+    /// The trained model's neighbours by CF id (EASE, item-kNN).
     trained_rows: Vec<Vec<(u32, f32)>>,
+    /// A factor model's (iALS) row of each CF id ([`NO_ROW`] when it has none; ids interned
+    /// after the fit are past the end) and the CF id of each row.
+    factor_rows: Vec<u32>,
+    factor_ids: Vec<u32>,
     interactions: u64,
     /// The collaborative filter fitted by `TrainCf`, when one was.
     trained_cf: Option<Arc<TrainedCf>>,
@@ -85,6 +96,8 @@ impl Default for Catalog {
             histories: HashMap::new(),
             cooccurrence: Vec::new(),
             trained_rows: Vec::new(),
+            factor_rows: Vec::new(),
+            factor_ids: Vec::new(),
             interactions: 0,
             trained_cf: None,
             slot_versions: Vec::new(),
@@ -395,12 +408,20 @@ impl Catalog {
     /// Serves `model` from now on (`None`: online co-occurrence only).
     pub fn set_trained_cf(&mut self, model: Option<Arc<TrainedCf>>) {
         self.trained_rows.iter_mut().for_each(Vec::clear);
+        self.factor_ids.clear();
         if let Some(model) = &model {
             for (item, row) in &model.neighbours {
                 let from = self.cf_id(item);
                 let row: Vec<(u32, f32)> = row.iter().map(|(c, w)| (self.cf_id(c), *w)).collect();
                 self.trained_rows[from as usize] = row;
             }
+            if let Some(factors) = &model.factors {
+                self.factor_ids = factors.items.iter().map(|i| self.cf_id(i)).collect();
+            }
+        }
+        self.factor_rows = vec![NO_ROW; self.cf_names.len()];
+        for (row, &id) in self.factor_ids.iter().enumerate() {
+            self.factor_rows[id as usize] = row as u32;
         }
         self.trained_cf = model;
     }
@@ -412,8 +433,9 @@ impl Catalog {
     /// CF scores from the history for the catalog's items (by slot), each with the history item
     /// that contributed most. Online item-kNN: for each candidate c, the sum over history items
     /// h of w(h) x co(h, c) / sqrt(users(h) x users(c)) (cosine on the user-item matrix, moved
-    /// by every event). With a trained model, its neighbour weights summed over the history are
-    /// added, each part scaled to a maximum of 1 so neither drowns the other.
+    /// by every event). With a trained model, its neighbour weights summed over the history
+    /// (EASE, item-kNN) or its [`FOLD_IN_CANDIDATES`] best folded-in scores (iALS) are added,
+    /// each part scaled to a maximum of 1 so neither drowns the other.
     pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<u32, (f32, &str)> {
         type Scores = HashMap<u32, (f32, u32, f32), IdHash>;
         let sources: Vec<(u32, f32)> = history
@@ -431,12 +453,35 @@ impl Catalog {
             }
         }
         let mut fitted = Scores::default();
-        if self.trained_cf.is_some() {
-            for &(h, _) in &sources {
-                for &(c, w) in &self.trained_rows[h as usize] {
-                    add_score(&mut fitted, c, w, h);
+        match self.trained_cf.as_ref().and_then(|m| m.factors.as_ref()) {
+            Some(factors) => {
+                let rows: Vec<u32> = sources
+                    .iter()
+                    .filter_map(|&(h, _)| self.factor_rows.get(h as usize).copied())
+                    .filter(|&r| r != NO_ROW)
+                    .collect();
+                let folded = factors.model.fold(&rows);
+                let mut scores = folded.scores();
+                // The history's own items score highest (the fold-in reconstructs them) and
+                // would set the scale the others are divided by: they are not candidates.
+                for &r in &rows {
+                    scores[r as usize] = 0.0;
+                }
+                for row in strongest_rows(&scores, FOLD_IN_CANDIDATES) {
+                    if let Some((by, share)) = folded.strongest_source(row) {
+                        let (c, by) = (self.factor_ids[row as usize], self.factor_ids[by as usize]);
+                        fitted.insert(c, (scores[row as usize], by, share));
+                    }
                 }
             }
+            None if self.trained_cf.is_some() => {
+                for &(h, _) in &sources {
+                    for &(c, w) in &self.trained_rows[h as usize] {
+                        add_score(&mut fitted, c, w, h);
+                    }
+                }
+            }
+            None => {}
         }
         let max = |m: &Scores| m.values().map(|v| v.0).fold(0.0f32, f32::max);
         let (online_max, fitted_max) = (max(&online), max(&fitted));
@@ -563,6 +608,23 @@ pub struct Profile {
 }
 
 /// Adds `s` to candidate `c`'s score, remembering the history item that gave the most.
+/// Indexes of the `k` largest positive scores, in no particular order.
+fn strongest_rows(scores: &[f32], k: usize) -> Vec<u32> {
+    let mut rows: Vec<u32> = (0..scores.len() as u32)
+        .filter(|&r| scores[r as usize] > 0.0)
+        .collect();
+    if k == 0 {
+        return Vec::new();
+    }
+    if rows.len() > k {
+        rows.select_nth_unstable_by(k - 1, |a, b| {
+            scores[*b as usize].total_cmp(&scores[*a as usize])
+        });
+        rows.truncate(k);
+    }
+    rows
+}
+
 fn add_score(scores: &mut HashMap<u32, (f32, u32, f32), IdHash>, c: u32, s: f32, by: u32) {
     let e = scores.entry(c).or_insert((0.0, by, f32::MIN));
     e.0 += s;
@@ -594,3 +656,104 @@ impl std::hash::Hasher for IdHasher {
 }
 
 type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
+
+    fn item(id: String) -> Item {
+        Item {
+            id,
+            title: String::new(),
+            description: String::new(),
+            category: Vec::new(),
+            brand: String::new(),
+            price: 1.0,
+            attributes: BTreeMap::new(),
+            in_stock: true,
+        }
+    }
+
+    /// Two taste groups of six items (p0-p5, p6-p11); each of 40 shoppers takes four of
+    /// their group's. A shopper with p0 and p1 gets the rest of group one from the fold-in,
+    /// each credited to p0 or p1, and never their own items back from the model.
+    #[test]
+    fn a_factor_model_scores_the_shoppers_group_and_credits_their_items() {
+        let mut catalog = Catalog::default();
+        for i in 0..12 {
+            catalog
+                .upsert(item(format!("p{i}")), vec![1.0, 0.0])
+                .unwrap();
+        }
+        let mut t = 0;
+        let mut event = |catalog: &mut Catalog, user: String, i: u32| {
+            t += 1;
+            catalog.record(&Interaction {
+                user: UserKey::from_stored(user),
+                item_id: format!("p{i}"),
+                kind: InteractionKind::Purchase,
+                value: 1.0,
+                timestamp_ms: t,
+            });
+        };
+        for u in 0..40u32 {
+            let base = if u % 2 == 0 { 0 } else { 6 };
+            for k in 0..4 {
+                event(&mut catalog, format!("{u:08x}"), base + (u / 2 + k) % 6);
+            }
+        }
+        let options = CfOptions {
+            algorithm: CfAlgorithm::Ials,
+            ials: IalsOptions {
+                dim: 4,
+                ..IalsOptions::default()
+            },
+            ..CfOptions::default()
+        };
+        let model = fit_served(&catalog.user_item_sets(), &options, "v".into()).unwrap();
+        assert_eq!(model.items(), 12);
+        event(&mut catalog, "shopper".into(), 0);
+        event(&mut catalog, "shopper".into(), 1);
+        let history = catalog.history(&UserKey::from_stored("shopper".into()));
+        let owned = |catalog: &Catalog| -> HashMap<u32, (f32, String)> {
+            catalog
+                .cf_scores(&history)
+                .into_iter()
+                .map(|(slot, (s, by))| (slot, (s, by.to_string())))
+                .collect()
+        };
+        let online = owned(&catalog);
+        catalog.set_trained_cf(Some(Arc::new(model)));
+        let scores = owned(&catalog);
+        assert_ne!(online, scores, "the model moves the CF scores");
+        let name = |slot: &u32| {
+            catalog.slots[*slot as usize]
+                .as_ref()
+                .unwrap()
+                .item
+                .id
+                .clone()
+        };
+        let mut ranked: Vec<(String, f32, &str)> = scores
+            .iter()
+            .map(|(slot, (s, by))| (name(slot), *s, by.as_str()))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<&str> = ranked[..4].iter().map(|r| r.0.as_str()).collect();
+        for want in ["p2", "p3", "p4", "p5"] {
+            assert!(
+                top.contains(&want),
+                "{want} missing from the top 4: {ranked:?}"
+            );
+        }
+        assert!(
+            ranked[..4].iter().all(|r| r.2 == "p0" || r.2 == "p1"),
+            "credited to the shopper's items: {ranked:?}"
+        );
+        // Back to online co-occurrence only.
+        catalog.set_trained_cf(None);
+        assert_eq!(owned(&catalog), online);
+    }
+}

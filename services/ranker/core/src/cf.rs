@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 mod ials;
-pub use ials::{Ials, IalsOptions};
+pub use ials::{FoldIn, Folded, Ials, IalsOptions};
 
 /// Users' item sets over dense item indexes 0..n_items.
 #[derive(Debug, Clone, Default)]
@@ -501,8 +501,24 @@ pub struct CfOptions {
     pub ials: IalsOptions,
 }
 
-/// Most items a served fit models: EASE holds n x n f64 while fitting (800 MB at 10k).
+/// Most items a served EASE or item-kNN fit models: EASE holds n x n f64 while fitting
+/// (800 MB at 10k), and both are served as per-item neighbour lists of strings (~39 bytes per
+/// neighbour, 38 MB at 10k x 100).
 pub const MAX_CF_ITEMS: usize = 10_000;
+
+/// Most items a served iALS fit models: nothing in its fit or its served form is items x items
+/// (100k items at dim 64: 26 MB of f32 vectors; fit and fold-in times in BENCHMARKS.md).
+pub const MAX_FACTOR_ITEMS: usize = 100_000;
+
+impl CfAlgorithm {
+    /// The largest `max_items` this algorithm accepts.
+    pub fn max_items(self) -> usize {
+        match self {
+            CfAlgorithm::Ease | CfAlgorithm::ItemKnn => MAX_CF_ITEMS,
+            CfAlgorithm::Ials => MAX_FACTOR_ITEMS,
+        }
+    }
+}
 
 impl Default for CfOptions {
     fn default() -> Self {
@@ -527,9 +543,11 @@ impl CfOptions {
                 self.lambda
             ));
         }
-        if !(2..=MAX_CF_ITEMS).contains(&self.max_items) {
+        let most = self.algorithm.max_items();
+        if !(2..=most).contains(&self.max_items) {
             return bad(format!(
-                "max_items must be 2..={MAX_CF_ITEMS}, got {}",
+                "max_items must be 2..={most} for {}, got {}",
+                self.algorithm.name(),
                 self.max_items
             ));
         }
@@ -546,14 +564,34 @@ impl CfOptions {
     }
 }
 
-/// A collaborative filter fitted offline and served: each modelled item's strongest
-/// neighbours by catalog id. The ranker adds these scores to the online co-occurrence.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A collaborative filter fitted offline and served. The ranker adds its scores to the
+/// online co-occurrence.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainedCf {
     pub version: String,
     pub algorithm: String,
     pub users: usize,
+    /// EASE and item-kNN: each modelled item's strongest neighbours by catalog id.
     pub neighbours: HashMap<String, Vec<(String, f32)>>,
+    /// iALS: the item vectors a history is folded into at `Rank`.
+    pub factors: Option<ItemFactors>,
+}
+
+/// A factor model as served: the modelled items' catalog ids in the vectors' row order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFactors {
+    pub items: Vec<String>,
+    pub model: FoldIn,
+}
+
+impl TrainedCf {
+    /// Items the model scores from.
+    pub fn items(&self) -> usize {
+        match &self.factors {
+            Some(f) => f.items.len(),
+            None => self.neighbours.len(),
+        }
+    }
 }
 
 /// Fits `options.algorithm` on users' item sets (catalog ids). Items are the `max_items` with
@@ -564,7 +602,7 @@ pub struct TrainedCf {
 ///
 /// # Complexity
 /// EASE: O(n^3) time, O(n^2) memory for n = min(items, max_items); item-kNN: O(sum |user|^2);
-/// iALS: O(iterations x nnz x dim^2) to fit plus O(n^2 x dim) for the neighbour lists.
+/// iALS: O(iterations x (nnz x dim^2 + (users + n) x dim^3)), O((users + n) x dim) memory.
 pub fn fit_served(
     users: &[Vec<String>],
     options: &CfOptions,
@@ -607,30 +645,41 @@ pub fn fit_served(
             .filter(|s| !s.is_empty())
             .collect(),
     };
-    let neighbours = match options.algorithm {
-        CfAlgorithm::Ease => Ease::fit(&data, options.lambda)?.neighbours(options.neighbours),
-        CfAlgorithm::ItemKnn => {
-            ItemKnn::fit(&data, options.neighbours).neighbours(options.neighbours)
-        }
-        CfAlgorithm::Ials => Ials::fit(&data, &options.ials)?.neighbours(options.neighbours),
+    let name = |i: u32| items[i as usize].0.to_string();
+    let lists = |neighbours: Vec<Vec<(u32, f64)>>| {
+        neighbours
+            .into_iter()
+            .enumerate()
+            .filter(|(_, row)| !row.is_empty())
+            .map(|(i, row)| {
+                let row = row.into_iter().map(|(j, w)| (name(j), w as f32)).collect();
+                (name(i as u32), row)
+            })
+            .collect()
+    };
+    let (neighbours, factors) = match options.algorithm {
+        CfAlgorithm::Ease => (
+            lists(Ease::fit(&data, options.lambda)?.neighbours(options.neighbours)),
+            None,
+        ),
+        CfAlgorithm::ItemKnn => (
+            lists(ItemKnn::fit(&data, options.neighbours).neighbours(options.neighbours)),
+            None,
+        ),
+        CfAlgorithm::Ials => (
+            HashMap::new(),
+            Some(ItemFactors {
+                items: (0..items.len() as u32).map(name).collect(),
+                model: Ials::fit(&data, &options.ials)?.into_served(),
+            }),
+        ),
     };
     Ok(TrainedCf {
         version,
         algorithm: options.algorithm.name().to_string(),
         users: data.users.len(),
-        neighbours: neighbours
-            .into_iter()
-            .enumerate()
-            .filter(|(_, row)| !row.is_empty())
-            .map(|(i, row)| {
-                (
-                    items[i].0.to_string(),
-                    row.into_iter()
-                        .map(|(j, w)| (items[j as usize].0.to_string(), w as f32))
-                        .collect(),
-                )
-            })
-            .collect(),
+        neighbours,
+        factors,
     })
 }
 
@@ -677,14 +726,16 @@ mod tests {
                 ..CfOptions::default()
             };
             let model = fit_served(&users, &options, "v".into()).unwrap();
-            assert_eq!(model.neighbours["a"][0].0, "b", "{algorithm:?}");
-            assert_eq!(model.neighbours["d"][0].0, "c", "{algorithm:?}");
+            let after_a = ranked_after(&model, "a");
+            assert_eq!(after_a[0].0, "b", "{algorithm:?}: {after_a:?}");
+            assert_eq!(ranked_after(&model, "d")[0].0, "c", "{algorithm:?}");
+            // What was never bought with a is not recommended after it (iALS scores every
+            // item, so "not" means under a tenth of b's score).
             assert!(
-                !model.neighbours["a"]
+                after_a
                     .iter()
-                    .any(|(n, _)| n == "c" || n == "a"),
-                "{algorithm:?}: {:?}",
-                model.neighbours["a"]
+                    .all(|(n, w)| n != "a" && (n != "c" || *w < 0.1 * after_a[0].1)),
+                "{algorithm:?}: {after_a:?}"
             );
         }
         let one_item = vec![vec!["a".to_string()]];
@@ -701,6 +752,42 @@ mod tests {
         };
         let model = fit_served(&users, &capped, "v".into()).unwrap();
         assert!(model.neighbours.keys().all(|k| k == "a" || k == "b"));
+        // iALS has no items x items matrix anywhere, so it takes ten times EASE's cap.
+        let wide = |algorithm| CfOptions {
+            algorithm,
+            max_items: MAX_CF_ITEMS + 1,
+            ..CfOptions::default()
+        };
+        let err = wide(CfAlgorithm::Ease).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max_items must be 2..=10000 for ease"),
+            "{err}"
+        );
+        assert!(wide(CfAlgorithm::Ials).validate().is_ok());
+        let over = CfOptions {
+            max_items: MAX_FACTOR_ITEMS + 1,
+            ..wide(CfAlgorithm::Ials)
+        };
+        assert!(over.validate().is_err());
+    }
+
+    /// What a served model recommends after `item` alone, strongest first, `item` left out.
+    fn ranked_after(model: &TrainedCf, item: &str) -> Vec<(String, f32)> {
+        let mut out: Vec<(String, f32)> = match &model.factors {
+            None => model.neighbours.get(item).cloned().unwrap_or_default(),
+            Some(f) => {
+                let row = f.items.iter().position(|i| i == item).unwrap() as u32;
+                let scores = f.model.fold(&[row]).scores();
+                f.items
+                    .iter()
+                    .cloned()
+                    .zip(scores)
+                    .filter(|(i, s)| i != item && *s > 0.0)
+                    .collect()
+            }
+        };
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
     }
 
     #[test]

@@ -281,10 +281,10 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     souk_lanes::dot(a, b)
 }
 
-/// The dense scan's kernel (dot product of unit vectors): the AVX2 build of
-/// [`souk_lanes::dot`] where the CPU has it (8 floats
+/// The dense scan's kernel (dot product; cosine for the catalog's unit vectors) and the CF
+/// fold-in's: the AVX2 build of [`souk_lanes::dot`] where the CPU has it (8 floats
 /// per instruction instead of SSE2's 4; the scan over a 10k-item catalog is most of a `Rank`).
-pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         // std caches the CPUID answer: these are atomic loads.
@@ -598,9 +598,7 @@ fn first_pass(
             {
                 continue;
             }
-            let dense = query_vector
-                .map(|q| cosine(q, vector).max(0.0))
-                .unwrap_or(0.0);
+            let dense = query_vector.map(|q| dot(q, vector).max(0.0)).unwrap_or(0.0);
             let lexical = if bm25_max > 0.0 {
                 bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max
             } else {
@@ -736,7 +734,7 @@ fn apply_similarity(
         let best = history
             .iter()
             .filter(|(e, u)| **e != entity && u.len() == v.len())
-            .map(|(e, u)| (*e, cosine(u, &v)))
+            .map(|(e, u)| (*e, dot(u, &v)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((source, similarity)) = best {
             let value = KG_EMBEDDING_WEIGHT * similarity.max(0.0);

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use souk_ranker_core::cf::{Ease, Ials, IalsOptions, ItemKnn, Neighbours, Popularity, Recommender};
+use souk_ranker_core::cf::{Ease, Ials, IalsOptions, Popularity, Recommender};
 use souk_ranker_core::eval::RecSplit;
 
 fn split(name: &str) -> Option<RecSplit> {
@@ -39,29 +39,22 @@ fn recall(split: &RecSplit, model: &dyn Recommender) -> f64 {
 }
 
 /// Last.FM: iALS with its default settings (no tuning on test) reaches 0.424 (BENCHMARKS.md),
-/// popularity 0.195, EASE 0.386. The neighbour lists it is served as reach 0.406.
+/// popularity 0.195, EASE 0.386. The model scored here is the served one (f32 item vectors,
+/// each history folded in), and no Last.FM user has more than the ranker's 50-item window.
 #[test]
-fn ials_on_lastfm_beats_the_goal_and_its_served_form_stays_close() {
+fn ials_on_lastfm_beats_the_goal() {
     let Some(split) = split("lastfm-kgcn") else {
         return;
     };
     let popularity = recall(&split, &Popularity::fit(&split.train));
     let model = Ials::fit(&split.train, &IalsOptions::default()).unwrap();
     let ials = recall(&split, &model);
-    let served = recall(
-        &split,
-        &ItemKnn::from_neighbours(model.neighbours(100), split.train.n_items),
-    );
-    eprintln!("last.fm recall@20: popularity {popularity:.4}, ials {ials:.4}, served {served:.4}");
+    eprintln!("last.fm recall@20: popularity {popularity:.4}, ials {ials:.4}");
     assert!(
         (0.18..0.21).contains(&popularity),
         "protocol drift: {popularity}"
     );
     assert!(ials >= 0.41, "iALS recall@20 {ials} (measured 0.424)");
-    assert!(
-        served >= 0.39,
-        "served iALS recall@20 {served} (measured 0.406)"
-    );
 }
 
 /// ML-100k: EASE (lambda 500, the datasets README's reference, 0.365) and iALS with defaults.

@@ -643,7 +643,7 @@ impl pb::ranker_server::Ranker for RankerService {
         };
         let response = pb::TrainCfResponse {
             version: fitted.version.clone(),
-            items: fitted.neighbours.len() as u64,
+            items: fitted.items() as u64,
             users: fitted.users as u64,
             seconds: started.elapsed().as_secs_f64(),
         };

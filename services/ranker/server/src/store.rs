@@ -1,12 +1,14 @@
 //! The ranker's sled store: items and their vectors in one tree (`i`+id -> JSON item,
 //! `v`+id -> little-endian f32s, written together in one atomic batch) and the event log in
 //! another (sequence number -> JSON event with the pseudonymised user); fitted models (fusion
-//! weights, the trained collaborative filter) as JSON by name in a third.
+//! weights, the trained collaborative filter) as JSON by name in a third, with a factor
+//! model's vectors beside its record as little-endian f32s (`cf.vectors`).
+use std::collections::HashMap;
 use std::path::Path;
 
 use souk_ranker_core::RankError;
 use souk_ranker_core::catalog::Catalog;
-use souk_ranker_core::cf::TrainedCf;
+use souk_ranker_core::cf::{FoldIn, ItemFactors, TrainedCf};
 use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::rank::FusionModel;
 
@@ -21,6 +23,29 @@ pub struct RankerStore {
 fn internal(e: impl std::fmt::Display) -> RankError {
     RankError::Internal(format!("ranker store: {e}"))
 }
+
+/// The stored form of a [`TrainedCf`]. Records written before factor models existed have no
+/// `factors` and read as they did.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CfRecord {
+    version: String,
+    algorithm: String,
+    users: usize,
+    neighbours: HashMap<String, Vec<(String, f32)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    factors: Option<FactorRecord>,
+}
+
+/// A factor model's items (in row order) and settings; its vectors are `CF_VECTORS`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FactorRecord {
+    items: Vec<String>,
+    dim: usize,
+    reg: f64,
+    unobserved: f64,
+}
+
+const CF_VECTORS: &str = "cf.vectors";
 
 fn key(prefix: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
@@ -104,12 +129,41 @@ impl RankerStore {
         self.put_model("fusion", serde_json::to_vec(model).map_err(internal)?)
     }
 
-    /// Stores the trained collaborative filter, durably.
+    /// Stores the trained collaborative filter, durably: its record and a factor model's
+    /// vectors in one atomic batch, so a crash keeps the old model or the new one whole.
     ///
     /// # Errors
     /// When the write fails; the previous model stays stored.
     pub fn put_cf(&self, model: &TrainedCf) -> Result<(), RankError> {
-        self.put_model("cf", serde_json::to_vec(model).map_err(internal)?)
+        let record = CfRecord {
+            version: model.version.clone(),
+            algorithm: model.algorithm.clone(),
+            users: model.users,
+            neighbours: model.neighbours.clone(),
+            factors: model.factors.as_ref().map(|f| FactorRecord {
+                items: f.items.clone(),
+                dim: f.model.dim(),
+                reg: f.model.reg(),
+                unobserved: f.model.unobserved(),
+            }),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert("cf", serde_json::to_vec(&record).map_err(internal)?);
+        match &model.factors {
+            Some(f) => {
+                let bytes: Vec<u8> = f
+                    .model
+                    .vectors()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                batch.insert(CF_VECTORS, bytes);
+            }
+            None => batch.remove(CF_VECTORS),
+        }
+        self.models.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
     }
 
     fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<(), RankError> {
@@ -129,9 +183,49 @@ impl RankerStore {
     /// The stored collaborative filter, if one was trained.
     ///
     /// # Errors
-    /// When the store cannot be read or the record does not decode.
+    /// When the store cannot be read, the record does not decode, or a factor model's vectors
+    /// are missing or do not match its record (a damaged model is refused, not served).
     pub fn cf(&self) -> Result<Option<TrainedCf>, RankError> {
-        self.model("cf")
+        let Some(record) = self.model::<CfRecord>("cf")? else {
+            return Ok(None);
+        };
+        let factors = match record.factors {
+            None => None,
+            Some(f) => {
+                let damaged =
+                    |why: String| internal(format!("stored CF model {}: {why}", record.version));
+                let bytes = self
+                    .models
+                    .get(CF_VECTORS)
+                    .map_err(internal)?
+                    .ok_or_else(|| damaged("its vectors are missing".into()))?;
+                if bytes.len() != f.items.len() * f.dim * 4 {
+                    return Err(damaged(format!(
+                        "{} bytes of vectors for {} items of {}",
+                        bytes.len(),
+                        f.items.len(),
+                        f.dim
+                    )));
+                }
+                let vectors = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let model = FoldIn::new(vectors, f.dim, f.reg, f.unobserved)
+                    .map_err(|e| damaged(e.to_string()))?;
+                Some(ItemFactors {
+                    items: f.items,
+                    model,
+                })
+            }
+        };
+        Ok(Some(TrainedCf {
+            version: record.version,
+            algorithm: record.algorithm,
+            users: record.users,
+            neighbours: record.neighbours,
+            factors,
+        }))
     }
 
     fn model<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, RankError> {
@@ -202,5 +296,69 @@ impl RankerStore {
             .and_then(|()| file.sync_all())
             .map_err(|e| internal(format!("{}: {e}", path.display())))?;
         Ok(secret.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
+
+    fn ials() -> TrainedCf {
+        let users: Vec<Vec<String>> = (0..20)
+            .map(|u| vec![format!("a{}", u % 3), format!("b{}", u % 4)])
+            .collect();
+        let options = CfOptions {
+            algorithm: CfAlgorithm::Ials,
+            ials: IalsOptions {
+                dim: 3,
+                ..IalsOptions::default()
+            },
+            ..CfOptions::default()
+        };
+        fit_served(&users, &options, "ials-1".into()).unwrap()
+    }
+
+    /// A factor model comes back as stored; an item-item model stored over it drops its
+    /// vectors; damaged vectors are refused with what is wrong, not served.
+    #[test]
+    fn factor_models_round_trip_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ials();
+        {
+            let store = RankerStore::open(dir.path()).unwrap();
+            store.put_cf(&model).unwrap();
+        }
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.cf().unwrap(), Some(model.clone()));
+
+        let lists = TrainedCf {
+            version: "ease-2".into(),
+            algorithm: "ease".into(),
+            users: 20,
+            neighbours: [("a0".to_string(), vec![("b0".to_string(), 0.5)])].into(),
+            factors: None,
+        };
+        store.put_cf(&lists).unwrap();
+        assert_eq!(store.cf().unwrap(), Some(lists));
+        assert!(store.models.get(CF_VECTORS).unwrap().is_none());
+
+        store.put_cf(&model).unwrap();
+        store.models.insert(CF_VECTORS, &[0u8; 10][..]).unwrap();
+        let err = store.cf().unwrap_err().to_string();
+        assert!(
+            err.contains("stored CF model ials-1: 10 bytes of vectors for 7 items of 3"),
+            "{err}"
+        );
+        let nan: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), 21)
+            .flatten()
+            .collect();
+        store.models.insert(CF_VECTORS, nan).unwrap();
+        let err = store.cf().unwrap_err().to_string();
+        assert!(err.contains("non-finite"), "{err}");
+        store.models.remove(CF_VECTORS).unwrap();
+        let err = store.cf().unwrap_err().to_string();
+        assert!(err.contains("its vectors are missing"), "{err}");
     }
 }

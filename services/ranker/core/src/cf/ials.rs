@@ -13,10 +13,10 @@
 //! over all items. A user is scored by folding their history in (one more user half-step
 //! against the fitted item vectors), so any history can be scored, not only the training users'.
 //!
-//! Memory: the item vectors, n x dim f64 (2 MB for 3,820 items at dim 64); fitting also holds
-//! the users' vectors. Unlike EASE nothing is n x n, except [`super::Neighbours`] for serving,
-//! which walks the implied item-item matrix one row at a time.
-use super::{Interactions, Neighbours, Recommender, cholesky, cholesky_solve, strongest};
+//! Memory: the item vectors, n x dim (f64 while fitting, f32 once served: 1 MB for 3,820
+//! items at dim 64); fitting also holds the users' vectors. Nothing is n x n: the ranker
+//! serves the model by folding each shopper's history in ([`FoldIn`]), not as item-item lists.
+use super::{Interactions, Recommender, cholesky, cholesky_solve};
 use crate::RankError;
 
 /// Settings of an iALS fit.
@@ -77,20 +77,12 @@ impl IalsOptions {
     }
 }
 
-/// A fitted iALS model: the item vectors and what folding a user in needs.
+/// A fitted iALS model. What is kept of the fit is its served form, [`FoldIn`]: the item
+/// vectors in f32 and the regulariser, so what `soukctl eval rec` measures is what `Rank`
+/// computes.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ials {
-    dim: usize,
-    n_items: usize,
-    /// n_items x dim, row-major.
-    items: Vec<f64>,
-    /// alpha0 H'H, dim x dim.
-    gram: Vec<f64>,
-    reg: f64,
-    unobserved: f64,
-    /// Mean history length of the training users: the typical user that the item-item
-    /// matrix behind [`Neighbours`] stands for.
-    mean_history: f64,
-    threads: usize,
+    served: FoldIn,
 }
 
 impl Ials {
@@ -130,113 +122,219 @@ impl Ials {
             let gram = weighted_gram(&users, dim, options.unobserved);
             solve_rows(&mut items, &item_users, &users, &gram, n_users, options)?;
         }
-        let total: usize = data.users.iter().map(Vec::len).sum();
-        Ok(Self {
+        let served = FoldIn::new(
+            items.iter().map(|&x| x as f32).collect(),
             dim,
-            n_items,
-            gram: weighted_gram(&items, dim, options.unobserved),
-            items,
-            reg: options.reg,
-            unobserved: options.unobserved,
-            mean_history: total as f64 / n_users.max(1) as f64,
-            threads: options.threads.max(1),
+            options.reg,
+            options.unobserved,
+        )?;
+        Ok(Self { served })
+    }
+
+    /// What the ranker serves: the item vectors and the fold-in's settings.
+    pub fn served(&self) -> &FoldIn {
+        &self.served
+    }
+
+    pub fn into_served(self) -> FoldIn {
+        self.served
+    }
+}
+
+impl Recommender for Ials {
+    fn scores(&self, history: &[u32]) -> Vec<f64> {
+        self.served.scores(history)
+    }
+}
+
+/// iALS as served: item vectors (f32) and the fold-in's settings. A history is scored by
+/// solving for the user vector that best explains it (the fit's user half-step:
+/// (alpha0 H'H + sum of h h' over the history + lambda I) w = sum of h over the history), so a
+/// shopper's newest event counts at the next `Rank`, and any history can be scored, not only
+/// the training users'.
+///
+/// Memory: items x dim x 4 bytes (2.6 MB at 10k items, dim 64) plus dim^2 f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldIn {
+    dim: usize,
+    /// items x dim, row-major.
+    vectors: Vec<f32>,
+    /// alpha0 H'H of `vectors`, dim x dim.
+    gram: Vec<f64>,
+    reg: f64,
+    unobserved: f64,
+}
+
+impl FoldIn {
+    /// # Errors
+    /// `InvalidInput` when the vectors are not whole rows of `dim` finite numbers or a
+    /// setting is out of range (a damaged stored model is refused here, not served).
+    ///
+    /// # Complexity
+    /// O(items x dim^2): the Gram matrix.
+    pub fn new(
+        vectors: Vec<f32>,
+        dim: usize,
+        reg: f64,
+        unobserved: f64,
+    ) -> Result<Self, RankError> {
+        IalsOptions {
+            dim,
+            reg,
+            unobserved,
+            ..IalsOptions::default()
+        }
+        .validate()?;
+        if vectors.is_empty() || !vectors.len().is_multiple_of(dim) {
+            return Err(RankError::InvalidInput(format!(
+                "{} numbers are not whole item vectors of {dim}",
+                vectors.len()
+            )));
+        }
+        if let Some(i) = vectors.iter().position(|x| !x.is_finite()) {
+            return Err(RankError::InvalidInput(format!(
+                "item vector {} holds a non-finite number",
+                i / dim
+            )));
+        }
+        let wide: Vec<f64> = vectors.iter().map(|&x| f64::from(x)).collect();
+        Ok(Self {
+            gram: weighted_gram(&wide, dim, unobserved),
+            dim,
+            vectors,
+            reg,
+            unobserved,
         })
     }
 
-    /// The user vector that best explains `history` against the fitted items (one user
-    /// half-step, the same solve as the fit's); zeros for an empty history. Item indexes out
-    /// of range are skipped.
-    fn fold_in(&self, history: &[u32]) -> Vec<f64> {
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn items(&self) -> usize {
+        self.vectors.len() / self.dim
+    }
+
+    /// items x dim, row-major.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
+    pub fn reg(&self) -> f64 {
+        self.reg
+    }
+
+    pub fn unobserved(&self) -> f64 {
+        self.unobserved
+    }
+
+    fn row(&self, item: u32) -> Option<&[f32]> {
         let d = self.dim;
-        let seen = history
+        self.vectors.get(item as usize * d..(item as usize + 1) * d)
+    }
+
+    /// Folds `history` (item rows; out-of-range ones and repeats are skipped) in.
+    ///
+    /// # Complexity
+    /// O(|history| x dim^2 + dim^3).
+    pub fn fold(&self, history: &[u32]) -> Folded<'_> {
+        let d = self.dim;
+        let mut seen: Vec<u32> = Vec::with_capacity(history.len());
+        for &h in history {
+            if self.row(h).is_some() && !seen.contains(&h) {
+                seen.push(h);
+            }
+        }
+        let wide: Vec<Vec<f64>> = seen
             .iter()
-            .filter_map(|&h| self.items.get(h as usize * d..(h as usize + 1) * d));
+            .filter_map(|&h| self.row(h))
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
         let mut a = vec![0.0; d * d];
         let mut x = vec![0.0; d];
         let system = RowSystem {
             gram: &self.gram,
             reg: self.reg,
             unobserved: self.unobserved,
-            other_count: self.n_items,
+            other_count: self.items(),
         };
-        // The Gram matrix plus a positive diagonal is positive definite.
-        if system.solve(&mut a, &mut x, seen).is_err() {
+        let mut parts = Vec::with_capacity(seen.len() * d);
+        // The Gram matrix plus a positive diagonal is positive definite; were rounding to
+        // break that, the history scores nothing rather than garbage.
+        if seen.is_empty()
+            || system
+                .solve(&mut a, &mut x, wide.iter().map(Vec::as_slice))
+                .is_err()
+        {
             x.fill(0.0);
+            seen.clear();
+        } else {
+            // `a` now holds the factor of the user's system: each history item's own share
+            // of the user vector is M^-1 h, and the shares sum to it.
+            for v in &wide {
+                let mut part = v.clone();
+                cholesky_solve(&a, d, &mut part);
+                parts.extend(part.iter().map(|&p| p as f32));
+            }
         }
-        x
+        Folded {
+            model: self,
+            user: x.iter().map(|&w| w as f32).collect(),
+            history: seen,
+            parts,
+        }
     }
-}
 
-impl Recommender for Ials {
-    fn scores(&self, history: &[u32]) -> Vec<f64> {
-        let w = self.fold_in(history);
-        self.items
-            .chunks_exact(self.dim)
-            .map(|v| dot(v, &w))
+    /// Every item's score for `history` (0 for an empty one).
+    pub fn scores(&self, history: &[u32]) -> Vec<f64> {
+        self.fold(history)
+            .scores()
+            .into_iter()
+            .map(f64::from)
             .collect()
     }
 }
 
-impl Neighbours for Ials {
-    /// Item-item weights of the fold-in with its history-dependent terms frozen at the
-    /// typical user: B = H M^-1 H' with M = alpha0 H'H + reg (mean history + alpha0 n) I.
-    /// Summing B's rows over a history is then close to folding the history in (on Last.FM
-    /// 0.406 Recall@20 with 100 neighbours per item against 0.424 folded in).
+/// A history folded into a user vector: scores for every item and, per item, how much each
+/// history item contributed (for "shoppers who liked A also chose this").
+pub struct Folded<'a> {
+    model: &'a FoldIn,
+    /// dim.
+    user: Vec<f32>,
+    /// The history rows that were folded in, in the order given.
+    history: Vec<u32>,
+    /// history x dim: each history item's share of `user` (they sum to it).
+    parts: Vec<f32>,
+}
+
+impl Folded<'_> {
+    /// Every item's score, in row order.
     ///
     /// # Complexity
-    /// O(n^2 x dim / threads) time, O(n x (dim + k)) memory: B is walked one row at a time.
-    fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>> {
-        let d = self.dim;
-        let mut m = self.gram.clone();
-        let lambda = self.reg * (self.mean_history + self.unobserved * self.n_items as f64);
-        for i in 0..d {
-            m[i * d + i] += lambda;
-        }
-        if cholesky(&mut m, d).is_err() {
-            return vec![Vec::new(); self.n_items];
-        }
-        // W = H M^-1, row by row; then B[i][j] = <W_i, H_j>.
-        let projected: Vec<f64> = self
-            .items
-            .chunks_exact(d)
-            .flat_map(|v| {
-                let mut x = v.to_vec();
-                cholesky_solve(&m, d, &mut x);
-                x
-            })
-            .collect();
-        let row = |i: usize, w: &[f64]| -> Vec<(u32, f64)> {
-            let weights = self.items.chunks_exact(d).map(|v| dot(v, w));
-            let mut row = strongest(i, weights, k);
-            // Unlike EASE's, these weights are dense: items that never met get rounding
-            // noise (1e-10 where the strongest is 6), which would be served as "shoppers
-            // who liked A also chose B". Below a thousandth of the strongest is no signal.
-            let floor = row.first().map_or(0.0, |&(_, s)| s * 1e-3);
-            row.retain(|&(_, s)| s > floor);
-            row
-        };
-        let per_thread = self.n_items.div_ceil(self.threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = projected
-                .chunks(per_thread * d)
-                .enumerate()
-                .map(|(c, chunk)| {
-                    let row = &row;
-                    scope.spawn(move || {
-                        chunk
-                            .chunks_exact(d)
-                            .enumerate()
-                            .map(|(i, w)| row(c * per_thread + i, w))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                // Nothing in a worker indexes by input; a panic there is a bug, passed on.
-                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
+    /// O(items x dim).
+    pub fn scores(&self) -> Vec<f32> {
+        self.model
+            .vectors
+            .chunks_exact(self.model.dim)
+            .map(|v| crate::rank::dot(v, &self.user))
+            .collect()
+    }
+
+    /// Each history row's contribution to `item`'s score (they sum to it); nothing for an
+    /// unknown item.
+    pub fn sources(&self, item: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let v = self.model.row(item).unwrap_or(&[]);
+        self.parts
+            .chunks_exact(self.model.dim)
+            .zip(&self.history)
+            .filter(move |_| !v.is_empty())
+            .map(move |(part, &h)| (h, crate::rank::dot(part, v)))
+    }
+
+    /// The history row that contributed most to `item`'s score, with its contribution;
+    /// `None` for an empty history or an unknown item.
+    pub fn strongest_source(&self, item: u32) -> Option<(u32, f32)> {
+        self.sources(item).max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -248,10 +346,6 @@ fn weighted_gram(f: &[f64], dim: usize, alpha0: f64) -> Vec<f64> {
     }
     g.iter_mut().for_each(|x| *x *= alpha0);
     g
-}
-
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
 /// a += v v' (dim x dim, row-major).
@@ -406,17 +500,27 @@ mod tests {
                 &rest[..want]
             );
         }
-        // Served neighbours say the same: an item's first neighbours are its group's.
-        let neighbours = model.neighbours(3);
-        for (i, row) in neighbours.iter().enumerate() {
-            let group = if i < 4 { 0..4u32 } else { 4..8 };
-            assert!(!row.is_empty(), "item {i} has no neighbours");
+        // The reason names the history item that pulled a recommendation up: item 2 comes
+        // from 0 or 1 (its group), never from nothing.
+        let folded = model.served().fold(&[0, 1, 5]);
+        let scores = folded.scores();
+        let (by, share) = folded.strongest_source(2).unwrap();
+        assert!(by == 0 || by == 1, "item 2 credited to {by}");
+        assert!(
+            share > 0.0 && share <= scores[2] + 1e-6,
+            "{share} of {}",
+            scores[2]
+        );
+        // The shares add up to the score, for every item.
+        for item in 0..8u32 {
+            let total: f32 = folded.sources(item).map(|(_, share)| share).sum();
             assert!(
-                row.iter()
-                    .all(|(j, _)| group.contains(j) && *j as usize != i),
-                "item {i}: {row:?}"
+                (total - scores[item as usize]).abs() < 1e-4,
+                "item {item}: shares {total} vs score {}",
+                scores[item as usize]
             );
         }
+        assert!(folded.strongest_source(99).is_none(), "unknown item");
     }
 
     #[test]
@@ -435,7 +539,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(a.items, b.items, "threads must not change the fit");
+        assert_eq!(a, b, "threads must not change the fit");
         assert!(a.scores(&[]).iter().all(|&s| s == 0.0));
         // An out-of-range history item is ignored, not a panic.
         assert_eq!(a.scores(&[0, 99]), a.scores(&[0]));

@@ -777,7 +777,7 @@ mod tests {
             None => model.neighbours.get(item).cloned().unwrap_or_default(),
             Some(f) => {
                 let row = f.items.iter().position(|i| i == item).unwrap() as u32;
-                let scores = f.model.fold(&[row]).scores();
+                let scores = f.model.fold(&[row], 0).scores();
                 f.items
                     .iter()
                     .cloned()

@@ -233,11 +233,13 @@ impl FoldIn {
         self.vectors.get(item as usize * d..(item as usize + 1) * d)
     }
 
-    /// Folds `history` (item rows; out-of-range ones and repeats are skipped) in.
+    /// Folds `history` (item rows; out-of-range ones and repeats are skipped) in, keeping
+    /// each of its first `credited` items' share of the user vector for
+    /// [`Folded::sources`].
     ///
     /// # Complexity
-    /// O(|history| x dim^2 + dim^3).
-    pub fn fold(&self, history: &[u32]) -> Folded<'_> {
+    /// O((|history| + credited) x dim^2 + dim^3).
+    pub fn fold(&self, history: &[u32], credited: usize) -> Folded<'_> {
         let d = self.dim;
         let mut seen: Vec<u32> = Vec::with_capacity(history.len());
         for &h in history {
@@ -271,7 +273,8 @@ impl FoldIn {
         } else {
             // `a` now holds the factor of the user's system: each history item's own share
             // of the user vector is M^-1 h, and the shares sum to it.
-            for v in &wide {
+            seen.truncate(credited);
+            for v in wide.iter().take(credited) {
                 let mut part = v.clone();
                 cholesky_solve(&a, d, &mut part);
                 parts.extend(part.iter().map(|&p| p as f32));
@@ -287,7 +290,7 @@ impl FoldIn {
 
     /// Every item's score for `history` (0 for an empty one).
     pub fn scores(&self, history: &[u32]) -> Vec<f64> {
-        self.fold(history)
+        self.fold(history, 0)
             .scores()
             .into_iter()
             .map(f64::from)
@@ -301,9 +304,9 @@ pub struct Folded<'a> {
     model: &'a FoldIn,
     /// dim.
     user: Vec<f32>,
-    /// The history rows that were folded in, in the order given.
+    /// The credited history rows, in the order given.
     history: Vec<u32>,
-    /// history x dim: each history item's share of `user` (they sum to it).
+    /// credited x dim: each credited history item's share of `user` (all items' sum to it).
     parts: Vec<f32>,
 }
 
@@ -320,8 +323,8 @@ impl Folded<'_> {
             .collect()
     }
 
-    /// Each history row's contribution to `item`'s score (they sum to it); nothing for an
-    /// unknown item.
+    /// Each credited history row's contribution to `item`'s score (with every row credited,
+    /// they sum to it); nothing for an unknown item.
     pub fn sources(&self, item: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
         let v = self.model.row(item).unwrap_or(&[]);
         self.parts
@@ -502,7 +505,7 @@ mod tests {
         }
         // The reason names the history item that pulled a recommendation up: item 2 comes
         // from 0 or 1 (its group), never from nothing.
-        let folded = model.served().fold(&[0, 1, 5]);
+        let folded = model.served().fold(&[0, 1, 5], 3);
         let scores = folded.scores();
         let (by, share) = folded.strongest_source(2).unwrap();
         assert!(by == 0 || by == 1, "item 2 credited to {by}");

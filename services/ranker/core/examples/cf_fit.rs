@@ -54,13 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for id in 0..items {
         let item = Item {
             id: format!("p{id:05}"),
-            title: String::new(),
-            description: String::new(),
-            category: Vec::new(),
-            brand: String::new(),
             price: 1.0,
-            attributes: Default::default(),
             in_stock: true,
+            ..Item::default()
         };
         catalog.upsert(item, vec![1.0, 0.0, 0.0, 0.0])?;
     }

@@ -701,13 +701,9 @@ mod tests {
     fn item(id: String) -> Item {
         Item {
             id,
-            title: String::new(),
-            description: String::new(),
-            category: Vec::new(),
-            brand: String::new(),
             price: 1.0,
-            attributes: BTreeMap::new(),
             in_stock: true,
+            ..Item::default()
         }
     }
 

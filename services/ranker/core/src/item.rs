@@ -7,7 +7,7 @@ use crate::RankError;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// A product as the ranker stores it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Item {
     pub id: String,
     pub title: String,

@@ -108,13 +108,9 @@ fn served_recall(
     for id in ids {
         let item = Item {
             id: id.clone(),
-            title: String::new(),
-            description: String::new(),
-            category: Vec::new(),
-            brand: String::new(),
             price: 1.0,
-            attributes: Default::default(),
             in_stock: true,
+            ..Item::default()
         };
         catalog.upsert(item, vec![1.0]).unwrap();
     }

@@ -23,6 +23,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         min_judged: 5,
         cache: None,
         titles_only: true,
+        simulate_clicks: 20,
     };
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
@@ -44,5 +45,13 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         report.fused,
         report.best_single,
         report.signals
+    );
+    // Learning from position-biased clicks on the dense order: measured 0.848 against the
+    // shown order's 0.849 (BENCHMARKS.md; more sessions and the description signals gain up
+    // to +0.011). Pairs turned the wrong way ("skip above" without propensities) fell to 0.51.
+    let clicks = report.clicks.unwrap();
+    assert!(
+        clicks.weighted > clicks.shown - 0.01 && clicks.clicks_per_session > 1.0,
+        "{clicks:?}"
     );
 }

@@ -91,6 +91,12 @@ pub struct SearchArgs {
     /// Leave product descriptions out (title-only signals; much faster to embed on CPU).
     #[arg(long)]
     pub titles_only: bool,
+    /// Also learn the fusion from simulated clicks (`train fusion --feedback`'s learner): for
+    /// each training query, this many sessions are shown the top 10 by dense(title) and click
+    /// under position bias (looked at with probability 1/rank, clicked by relevance); the
+    /// held-out NDCG is then measured with the real labels (k-fold mode only).
+    #[arg(long, default_value_t = 0)]
+    pub simulate_clicks: usize,
 }
 
 /// Vectors by text, persisted as a header line (format, model id, dimension), then records of
@@ -499,6 +505,8 @@ pub struct SearchReport {
     pub signals: Vec<(String, f64)>,
     pub best_single: f64,
     pub fused: f64,
+    /// With `--simulate-clicks`: the fusions learned from simulated clicks.
+    pub clicks: Option<ClickSimulation>,
 }
 
 async fn search(args: SearchArgs, encoder_url: &str) -> anyhow::Result<()> {
@@ -603,6 +611,22 @@ pub async fn search_report(
             total / test_refs.len().max(1) as f64
         }
     };
+    let clicks = (args.simulate_clicks > 0 && folds > 1)
+        .then(|| simulate_clicks(&test_groups, folds, k, args.simulate_clicks));
+    if let (Some(sim), true) = (&clicks, print) {
+        println!(
+            "from simulated clicks ({} sessions per training query, top 10 by dense(title) shown):",
+            args.simulate_clicks
+        );
+        println!("  shown order, dense(title)    {:.4}", sim.shown);
+        println!("  naive (clicked > unclicked)  {:.4}", sim.naive);
+        println!("  propensity-weighted (served) {:.4}", sim.weighted);
+        println!("  labels (upper bound)         {fused:.4}");
+        println!(
+            "  clicks per session           {:.2}",
+            sim.clicks_per_session
+        );
+    }
     let how = if folds > 1 {
         format!("{folds}-fold over queries")
     } else {
@@ -620,7 +644,95 @@ pub async fn search_report(
         signals,
         best_single,
         fused,
+        clicks,
     })
+}
+
+/// Held-out NDCG@k of fusions learned from simulated clicks.
+#[derive(Debug, Clone)]
+pub struct ClickSimulation {
+    /// The order the sessions were shown: dense(title) alone.
+    pub shown: f64,
+    /// Clicked items as gain 1, the rest of the shown list 0.
+    pub naive: f64,
+    /// Propensity-weighted pairs, what `train fusion --feedback` fits.
+    pub weighted: f64,
+    pub clicks_per_session: f64,
+}
+
+/// For each fold, `sessions` simulated sessions per training query: the top 10 by
+/// dense(title) (the ranking before learning) are shown; rank r is looked at with
+/// probability 1/r, a looked-at item clicked with probability 0.05 + 0.95 x gain / 7 (gains
+/// 0, 1, 3, 7). Fusions learned from those clicks, naively (clicked gain 1, the rest of the
+/// shown list 0) and from skip-above pairs, are scored on the held-out queries' labels.
+fn simulate_clicks(
+    groups: &[(String, souk_ranker_core::fusion::Group)],
+    folds: usize,
+    k: usize,
+    sessions: usize,
+) -> ClickSimulation {
+    use souk_ranker_core::fusion::{ClickGroup, Group, TrainOptions, train, train_on_clicks};
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let (mut shown, mut naive, mut skip, mut clicks, mut lists) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    for fold in 0..folds {
+        let (held, rest): (Vec<_>, Vec<_>) = groups
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % folds == fold);
+        let held: Vec<&Group> = held.into_iter().map(|(_, (_, g))| g).collect();
+        let mut logged: Vec<ClickGroup> = Vec::new();
+        for (_, (_, g)) in rest {
+            let mut order: Vec<usize> = (0..g.gains.len()).collect();
+            order.sort_by(|a, b| {
+                g.features[*b][0]
+                    .total_cmp(&g.features[*a][0])
+                    .then(a.cmp(b))
+            });
+            order.truncate(10);
+            for _ in 0..sessions {
+                let clicked: Vec<bool> = order
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &i)| {
+                        uniform() < 1.0 / (r + 1) as f64
+                            && uniform() < 0.05 + 0.95 * g.gains[i] / 7.0
+                    })
+                    .collect();
+                clicks += clicked.iter().filter(|c| **c).count();
+                lists += 1;
+                logged.push(ClickGroup {
+                    features: order.iter().map(|&i| g.features[i].clone()).collect(),
+                    clicked,
+                });
+            }
+        }
+        let as_gains: Vec<Group> = logged
+            .iter()
+            .map(|c| Group {
+                features: c.features.clone(),
+                gains: c.clicked.iter().map(|&c| f64::from(u8::from(c))).collect(),
+            })
+            .collect();
+        let weight = held.len() as f64;
+        let naive_model = train(&as_gains, TrainOptions::default());
+        let skip_model = train_on_clicks(&logged, 1.0, TrainOptions::default());
+        shown += mean_ndcg(&held, k, |x| x[0]) * weight;
+        naive += mean_ndcg(&held, k, |x| naive_model.score(x)) * weight;
+        skip += mean_ndcg(&held, k, |x| skip_model.score(x)) * weight;
+    }
+    let n = groups.len().max(1) as f64;
+    ClickSimulation {
+        shown: shown / n,
+        naive: naive / n,
+        weighted: skip / n,
+        clicks_per_session: clicks as f64 / lists.max(1) as f64,
+    }
 }
 
 fn rec(args: RecArgs) -> anyhow::Result<()> {

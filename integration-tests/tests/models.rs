@@ -276,7 +276,10 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
         token: None,
     };
     let mut args = soukctl::train::FusionArgs {
-        labels: labels.clone(),
+        labels: Some(labels.clone()),
+        feedback: None,
+        position_bias: 1.0,
+        min_lists: 20,
         folds: 3,
         min_judged: 5,
         cache: None,
@@ -321,6 +324,214 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
         (0.10, 0.10, 0.05),
         "personal weights kept"
     );
+}
+
+/// A click log as a shop's backend would write it: `Rank` with `all_signals` for each list
+/// shown, one row per item with the signal values it returned. The simulated shoppers look at
+/// rank r with probability 1/r and click the most popular item of the list when they see it.
+async fn popularity_click_log(
+    client: &mut RankerClient<tonic::transport::Channel>,
+    path: &std::path::Path,
+) {
+    let queries = [
+        "headphones",
+        "earbuds",
+        "desk lamp",
+        "tent",
+        "hiking boots",
+        "coffee grinder",
+        "kettle",
+        "frying pan",
+        "stove",
+        "phone",
+        "phone case",
+        "backpack",
+        "jacket",
+        "mug",
+        "blender",
+        "speaker",
+        "sleeping bag",
+        "knife",
+        "lamp",
+        "camera",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut out = csv::Writer::from_path(path).unwrap();
+    out.write_record([
+        "request_id",
+        "position",
+        "item_id",
+        "clicked",
+        "query",
+        "dense",
+        "bm25",
+        "cf",
+        "kg",
+        "popularity",
+    ])
+    .unwrap();
+    let mut requests: Vec<(String, String)> = Vec::new();
+    for (i, q) in queries.iter().enumerate() {
+        for u in 0..6 {
+            requests.push((q.to_string(), format!("u{:03}", 1 + (i * 7 + u * 13) % 100)));
+        }
+    }
+    for u in 1..=100 {
+        requests.push((String::new(), format!("u{u:03}")));
+    }
+    for (n, (query, user)) in requests.into_iter().enumerate() {
+        let ranked = client
+            .rank(rk::RankRequest {
+                user_id: user,
+                query: query.clone(),
+                k: 10,
+                all_signals: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let signals: Vec<[f32; 5]> = ranked
+            .items
+            .iter()
+            .map(|item| {
+                assert_eq!(
+                    item.contributions.len(),
+                    5,
+                    "all_signals: every signal, {item:?}"
+                );
+                let value = |name: &str| {
+                    item.contributions
+                        .iter()
+                        .find(|c| c.signal == name)
+                        .unwrap()
+                        .value
+                };
+                ["dense", "bm25", "cf", "kg", "popularity"].map(value)
+            })
+            .collect();
+        let favourite = (0..signals.len())
+            .max_by(|a, b| signals[*a][4].total_cmp(&signals[*b][4]).then(b.cmp(a)))
+            .unwrap();
+        let seen = uniform() < 1.0 / (favourite + 1) as f64;
+        for (r, (item, s)) in ranked.items.iter().zip(&signals).enumerate() {
+            let clicked = if seen && r == favourite { "1" } else { "0" };
+            let mut row = vec![
+                format!("r{n}"),
+                (r + 1).to_string(),
+                item.id.clone(),
+                clicked.to_string(),
+                query.clone(),
+            ];
+            row.extend(s.iter().map(|v| v.to_string()));
+            out.write_record(&row).unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soukctl_train_fusion_learns_from_a_click_log() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let log = shop._dir.path().join("clicks.csv");
+    popularity_click_log(&mut client, &log).await;
+    let ep = soukctl::Endpoints {
+        ranker: shop.ranker.url(),
+        kg: shop.kg.url(),
+        encoder: shop.encoder_url.clone(),
+        token: None,
+    };
+    let options = soukctl::feedback::FeedbackOptions {
+        position_bias: 1.0,
+        min_lists: 10,
+        folds: 3,
+    };
+    let dry = soukctl::feedback::learn(&log, &options, "from-clicks-1", true, &ep)
+        .await
+        .unwrap();
+    assert_eq!(dry.version, None);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.model_version, "default-v1",
+        "a dry run changes nothing"
+    );
+
+    let report = soukctl::feedback::learn(&log, &options, "from-clicks-1", false, &ep)
+        .await
+        .unwrap();
+    assert_eq!(report.version.as_deref(), Some("from-clicks-1"));
+    let fusion = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for (set, stored, default_popularity) in [
+        (&report.with_query, fusion.with_query.unwrap(), 0.05),
+        (&report.without_query, fusion.without_query.unwrap(), 0.20),
+    ] {
+        let learned = set.weights.unwrap();
+        assert_eq!(stored.popularity, learned[4]);
+        // Shoppers clicked for popularity, so it gains weight, and the learned weights order
+        // the held-out lists' clicks better than the defaults.
+        assert!(
+            learned[4] > 2.0 * default_popularity,
+            "popularity {} (default {default_popularity}): {set:?}",
+            learned[4]
+        );
+        assert!(
+            set.learned_agreement.unwrap() > set.current_agreement.unwrap() + 0.05,
+            "{set:?}"
+        );
+    }
+
+    // A bad log is refused with the line, and nothing changes.
+    let bad = shop._dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity\n\
+         r1,1,p00001,0,tent,0.5,0.1,0,0,0.2\n\
+         r1,1,p00002,1,tent,0.4,0.1,0,0,0.3\n",
+    )
+    .unwrap();
+    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with("bad.csv:3: request \"r1\" shows position 1 twice (also line 2)"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity\n\
+         r1,1,p00001,perhaps,tent,0.5,0.1,0,0,0.2\n",
+    )
+    .unwrap();
+    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.csv:2: clicked \"perhaps\" is not 1/0 or true/false"),
+        "{err}"
+    );
+    let fusion_after = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fusion_after.version, "from-clicks-1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

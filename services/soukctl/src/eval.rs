@@ -708,6 +708,7 @@ fn simulate_clicks(
                 lists += 1;
                 logged.push(ClickGroup {
                     features: order.iter().map(|&i| g.features[i].clone()).collect(),
+                    positions: (1..=order.len() as u32).collect(),
                     clicked,
                 });
             }

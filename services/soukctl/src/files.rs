@@ -490,6 +490,86 @@ pub fn events<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk::Inte
     csv_rows(path, reader, &["user_id", "item_id", "kind"], event_row)
 }
 
+/// One item of a shown list, from a feedback log (`train fusion --feedback`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownItem {
+    pub line: u64,
+    pub request_id: String,
+    /// 1 = shown first.
+    pub position: u32,
+    pub item_id: String,
+    pub clicked: bool,
+    /// Empty for a recommendation.
+    pub query: String,
+    /// The signal values `Rank` returned for it (`all_signals`): dense, bm25, cf, kg,
+    /// popularity.
+    pub signals: [f64; 5],
+}
+
+/// The signal columns of a feedback log, in the fusion's weight order.
+pub const SIGNAL_COLUMNS: [&str; 5] = ["dense", "bm25", "cf", "kg", "popularity"];
+
+fn feedback_row(columns: &Columns, record: &csv::StringRecord) -> Result<ShownItem, String> {
+    let request_id = columns.get(record, "request_id");
+    if request_id.is_empty() {
+        return Err("request_id is empty".into());
+    }
+    let item_id = columns.get(record, "item_id");
+    if item_id.is_empty() {
+        return Err("item_id is empty".into());
+    }
+    let position_text = columns.get(record, "position");
+    let position = position_text
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p >= 1)
+        .ok_or_else(|| format!("position {position_text:?} is not a whole number from 1"))?;
+    let clicked = match columns.get(record, "clicked").to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => true,
+        "0" | "false" | "no" => false,
+        other => return Err(format!("clicked {other:?} is not 1/0 or true/false")),
+    };
+    let mut signals = [0.0; 5];
+    for (value, name) in signals.iter_mut().zip(SIGNAL_COLUMNS) {
+        let text = columns.get(record, name);
+        *value = text
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("{name} {text:?} is not a number"))?;
+    }
+    Ok(ShownItem {
+        line: record.position().map(|p| p.line()).unwrap_or(0),
+        request_id: request_id.to_string(),
+        position,
+        item_id: item_id.to_string(),
+        clicked,
+        query: columns.get(record, "query").to_string(),
+        signals,
+    })
+}
+
+/// Rows of a feedback log: `request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity`
+/// (`query` may be left out: recommendations only).
+pub fn feedback<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<ShownItem> {
+    csv_rows(
+        path,
+        reader,
+        &[
+            "request_id",
+            "position",
+            "item_id",
+            "clicked",
+            "dense",
+            "bm25",
+            "cf",
+            "kg",
+            "popularity",
+        ],
+        feedback_row,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +713,46 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("e.csv:3: kind \"teleport\"")
+        );
+    }
+
+    #[test]
+    fn feedback_rows_parse_and_report() {
+        let text = "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity\n\
+                    r1,1,p1,0,tent,0.8,0.5,0,0,0.2\n\
+                    r1,2,p2,true,tent,0.7,1,0.1,0.3,0.9\n\
+                    ,1,p3,0,,0,0,0,0,0\n\
+                    r2,0,p3,0,,0,0,0,0,0\n\
+                    r2,1,p3,maybe,,0,0,0,0,0\n\
+                    r2,1,p3,1,,0,0,NaN,0,0\n";
+        let rows: Vec<_> = feedback(Path::new("f.csv"), text.as_bytes()).collect();
+        let ok: Vec<&ShownItem> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].line, 3);
+        assert!(ok[1].clicked && ok[1].position == 2 && ok[1].query == "tent");
+        assert_eq!(ok[1].signals, [0.7, 1.0, 0.1, 0.3, 0.9]);
+        let errs: Vec<String> = rows
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            vec![
+                "f.csv:4: request_id is empty",
+                "f.csv:5: position \"0\" is not a whole number from 1",
+                "f.csv:6: clicked \"maybe\" is not 1/0 or true/false",
+                "f.csv:7: cf \"NaN\" is not a number",
+            ]
+        );
+        let missing = errors(feedback(
+            Path::new("f.csv"),
+            "request_id,position\n".as_bytes(),
+        ));
+        assert_eq!(missing.len(), 1);
+        assert!(
+            missing[0].starts_with("f.csv:1: header lacks column(s): item_id, clicked"),
+            "{missing:?}"
         );
     }
 }

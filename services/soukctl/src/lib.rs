@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod bench;
 pub mod eval;
+pub mod feedback;
 pub mod files;
 pub mod kgembed;
 pub mod train;
@@ -253,6 +254,10 @@ pub struct RankArgs {
     /// Print the raw response as JSON-like debug output instead of the table.
     #[arg(long)]
     pub raw: bool,
+    /// Every signal's value in the contributions (what a feedback log for `train fusion
+    /// --feedback` records), zero-weighted ones too.
+    #[arg(long)]
+    pub all_signals: bool,
 }
 
 /// Connects to a service, failing fast with a message that says what to check.
@@ -828,6 +833,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 explain: true,
                 diversity: args.diversity,
                 include_purchased: false,
+                all_signals: args.all_signals,
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();

@@ -12,9 +12,11 @@ use crate::{Endpoints, connect, with_token};
 pub enum TrainCommand {
     /// Fit the collaborative filter (EASE, item-kNN or iALS) on the ranker's stored events.
     Cf(CfArgs),
-    /// Learn the fusion weights of queries (dense vs BM25) from graded judgements
-    /// (CSV `query,product_title,product_description,median_relevance`) with a pairwise
-    /// learning-to-rank loss, then store them in the ranker. Needs the encoder.
+    /// Learn the fusion weights, then store them in the ranker: from graded judgements
+    /// (`--labels`, CSV `query,product_title,product_description,median_relevance`: dense vs
+    /// BM25 for searches; needs the encoder), or from a click log of the lists `Rank` showed
+    /// (`--feedback`, CSV `request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity`
+    /// with the signal values `Rank` returned under `all_signals`: every weight of both sets).
     Fusion(FusionArgs),
 }
 
@@ -59,8 +61,18 @@ pub struct CfArgs {
 #[derive(Debug, Args)]
 pub struct FusionArgs {
     /// Graded judgements.
-    #[arg(long)]
-    pub labels: PathBuf,
+    #[arg(long, required_unless_present = "feedback")]
+    pub labels: Option<PathBuf>,
+    /// A click log of shown lists (see the command's help).
+    #[arg(long, conflicts_with = "labels")]
+    pub feedback: Option<PathBuf>,
+    /// Feedback: rank r is taken as looked at with probability 1/r^this (0 trusts every
+    /// click alike).
+    #[arg(long, default_value_t = 1.0)]
+    pub position_bias: f64,
+    /// Feedback: lists with a click needed before a weight set is replaced.
+    #[arg(long, default_value_t = 20)]
+    pub min_lists: usize,
     /// Folds over queries for the held-out report (the stored model is fitted on all).
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
@@ -83,7 +95,24 @@ pub struct FusionArgs {
 pub async fn run(command: TrainCommand, ep: &Endpoints) -> anyhow::Result<()> {
     match command {
         TrainCommand::Cf(args) => cf(args, ep).await,
-        TrainCommand::Fusion(args) => fusion(args, ep).await,
+        TrainCommand::Fusion(args) => match &args.feedback {
+            Some(log) => {
+                anyhow::ensure!(
+                    args.position_bias.is_finite() && (0.0..=4.0).contains(&args.position_bias),
+                    "--position-bias must be in 0..=4, got {}",
+                    args.position_bias
+                );
+                let options = crate::feedback::FeedbackOptions {
+                    position_bias: args.position_bias,
+                    min_lists: args.min_lists,
+                    folds: args.folds,
+                };
+                crate::feedback::learn(log, &options, &args.version, args.dry_run, ep)
+                    .await
+                    .map(|_| ())
+            }
+            None => fusion(args, ep).await,
+        },
     }
 }
 
@@ -186,7 +215,11 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
         .with_query
         .ok_or_else(|| anyhow::anyhow!("the ranker sent no with_query weights"))?;
     let budget = q.dense.abs() + q.bm25.abs();
-    let judged = crate::eval::read_judged(&args.labels, false)?;
+    let labels = args
+        .labels
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("give --labels FILE (or --feedback LOG)"))?;
+    let judged = crate::eval::read_judged(labels, false)?;
     let groups = service_features(
         &crate::eval::features(&judged, &ep.encoder, args.min_judged, args.cache.as_deref())
             .await?,
@@ -194,7 +227,7 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
     anyhow::ensure!(
         groups.len() >= 2,
         "{}: {} queries with at least {} judged products; need 2",
-        args.labels.display(),
+        labels.display(),
         groups.len(),
         args.min_judged
     );

@@ -61,11 +61,12 @@ pub fn train(groups: &[Group], options: TrainOptions) -> LinearModel {
     fit(&rows, pairs, options)
 }
 
-/// One list a shopper was shown, from a feedback log: features in the order shown, and which
-/// items were clicked (or bought).
+/// One list a shopper was shown, from a feedback log: each item's features, where it was
+/// shown (1 = first) and whether it was clicked (or bought).
 #[derive(Debug, Clone, Default)]
 pub struct ClickGroup {
     pub features: Vec<Vec<f64>>,
+    pub positions: Vec<u32>,
     pub clicked: Vec<bool>,
 }
 
@@ -81,7 +82,8 @@ impl ClickGroup {
     pub fn pairs(&self, position_bias: f64) -> Vec<(usize, usize, f64)> {
         let mut pairs = Vec::new();
         for (c, _) in self.clicked.iter().enumerate().filter(|(_, c)| **c) {
-            let weight = ((c + 1) as f64).powf(position_bias);
+            let rank = self.positions.get(c).map_or(c + 1, |&p| p.max(1) as usize);
+            let weight = (rank as f64).powf(position_bias);
             pairs.extend(
                 (0..self.clicked.len())
                     .filter(|&j| j != c)
@@ -188,6 +190,7 @@ mod tests {
     fn clicks_low_in_the_list_count_for_more() {
         let g = ClickGroup {
             features: vec![vec![0.0]; 4],
+            positions: vec![1, 2, 3, 4],
             clicked: vec![true, false, true, false],
         };
         assert_eq!(
@@ -208,6 +211,7 @@ mod tests {
         );
         let none = ClickGroup {
             features: vec![vec![0.0]; 3],
+            positions: vec![1, 2, 3],
             clicked: vec![false; 3],
         };
         assert!(none.pairs(1.0).is_empty(), "no click, no pairs");
@@ -233,7 +237,11 @@ mod tests {
                 let clicked = (0..8)
                     .map(|i| uniform() < 1.0 / (i + 1) as f64 && uniform() < rel[i])
                     .collect();
-                ClickGroup { features, clicked }
+                ClickGroup {
+                    features,
+                    positions: (1..=8).collect(),
+                    clicked,
+                }
             })
             .collect();
         let corrected = train_on_clicks(&groups, 1.0, TrainOptions::default());

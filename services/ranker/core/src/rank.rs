@@ -197,6 +197,8 @@ pub struct RankQuery {
     pub exclude: HashSet<String>,
     pub candidate_ids: Vec<String>,
     pub explain: bool,
+    /// Every signal in `contributions`, zero-weighted and zero-valued ones too.
+    pub all_signals: bool,
     /// 0..=1.
     pub diversity: f32,
     pub include_purchased: bool,
@@ -438,15 +440,16 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .into_iter()
             .filter_map(|c| {
                 let (item, _) = catalog.item_at(c.slot)?;
+                let signal = |(i, &signal): (usize, &Signal)| Contribution {
+                    signal,
+                    value: c.features[i],
+                    contribution: weights[i] * c.features[i],
+                };
                 let mut contributions: Vec<Contribution> = Signal::ALL
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| weights[*i] > 0.0 && c.features[*i] > 0.0)
-                    .map(|(i, &signal)| Contribution {
-                        signal,
-                        value: c.features[i],
-                        contribution: weights[i] * c.features[i],
-                    })
+                    .map(signal)
                     .collect();
                 contributions.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
                 let reasons = if request.explain {
@@ -454,6 +457,16 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 } else {
                     Vec::new()
                 };
+                if request.all_signals {
+                    // The carrying signals first, as with `explain`, then the rest.
+                    let rest: Vec<Contribution> = Signal::ALL
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !(weights[*i] > 0.0 && c.features[*i] > 0.0))
+                        .map(signal)
+                        .collect();
+                    contributions.extend(rest);
+                }
                 Some(RankedItem {
                     id: c.id.clone(),
                     score: c.score,
@@ -461,7 +474,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     brand: item.brand.clone(),
                     category: item.category.clone(),
                     price: item.price,
-                    contributions: if request.explain {
+                    contributions: if request.explain || request.all_signals {
                         contributions
                     } else {
                         Vec::new()

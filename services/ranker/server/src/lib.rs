@@ -284,6 +284,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         exclude: request.exclude.into_iter().collect(),
         candidate_ids: request.candidate_ids,
         explain: request.explain,
+        all_signals: request.all_signals,
         diversity: request.diversity,
         include_purchased: request.include_purchased,
     })

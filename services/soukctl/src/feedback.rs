@@ -1,0 +1,310 @@
+//! `soukctl train fusion --feedback LOG`: the fusion weights learned from what shoppers clicked
+//! in the lists `Rank` showed them. The log holds, per shown item, the signal values `Rank`
+//! returned with it (`all_signals`), so training sees the features as they were served, not
+//! as the catalog and histories look later (a clicked item is in the shopper's history by
+//! then, which would leak the click into its own CF and graph signals).
+//!
+//! Clicks are biased towards the top of a list; the learner weights each click by the inverse
+//! of the chance that its position was looked at ([`ClickGroup::pairs`]). Without that,
+//! a model learns to copy the order the log was shown in (BENCHMARKS.md has the simulation).
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use souk_proto::ranker::v1 as rk;
+use souk_ranker_core::fusion::{ClickGroup, LinearModel, TrainOptions, train_on_clicks};
+
+use crate::files::{self, ShownItem};
+
+/// One weight set's outcome.
+#[derive(Debug, Clone)]
+pub struct SetReport {
+    /// Lists in the log, and those with at least one click (the only ones that teach).
+    pub lists: usize,
+    pub clicked_lists: usize,
+    /// Held-out share of the click preferences (propensity-weighted) that the weights in use
+    /// and the learned ones order right; `None` when too few lists to learn from.
+    pub current_agreement: Option<f64>,
+    pub learned_agreement: Option<f64>,
+    /// The learned weights (dense, bm25, cf, kg, popularity); `None`: the set is kept.
+    pub weights: Option<[f32; 5]>,
+}
+
+/// What `train fusion --feedback` measured and stored.
+#[derive(Debug, Clone)]
+pub struct FeedbackReport {
+    pub with_query: SetReport,
+    pub without_query: SetReport,
+    /// The stored version; `None` on a dry run or when nothing was learned.
+    pub version: Option<String>,
+}
+
+/// Settings of a feedback fit.
+#[derive(Debug, Clone)]
+pub struct FeedbackOptions {
+    /// Exponent of the position-based model: rank r is looked at with probability
+    /// 1/r^position_bias (1 is the usual prior; 0 trusts every click equally).
+    pub position_bias: f64,
+    /// Lists with a click needed before a weight set is replaced.
+    pub min_lists: usize,
+    /// Folds over lists for the held-out report.
+    pub folds: usize,
+}
+
+/// Reads a feedback log into its lists, by request id in file order.
+///
+/// # Errors
+/// Every bad line (`file:line: reason`, the first 10 listed), a request whose rows disagree
+/// on the query or repeat a position.
+pub fn read_lists(path: &Path) -> anyhow::Result<Vec<(String, Vec<ShownItem>)>> {
+    let (reader, _) = files::open(path)?;
+    let mut lists: BTreeMap<String, (usize, Vec<ShownItem>)> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for row in files::feedback(path, reader) {
+        match row {
+            Ok(item) => {
+                let next = lists.len();
+                lists
+                    .entry(item.request_id.clone())
+                    .or_insert_with(|| (next, Vec::new()))
+                    .1
+                    .push(item);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        let shown: Vec<&str> = errors.iter().take(10).map(String::as_str).collect();
+        anyhow::bail!("{} bad line(s):\n{}", errors.len(), shown.join("\n"));
+    }
+    let mut ordered: Vec<(usize, String, Vec<ShownItem>)> = lists
+        .into_iter()
+        .map(|(id, (order, items))| (order, id, items))
+        .collect();
+    ordered.sort_by_key(|(order, _, _)| *order);
+    let mut out = Vec::with_capacity(ordered.len());
+    for (_, id, mut items) in ordered {
+        items.sort_by_key(|i| i.position);
+        for pair in items.windows(2) {
+            if pair[1].query != pair[0].query {
+                anyhow::bail!(
+                    "{}:{}: request {id:?} has query {:?} here and {:?} on line {}",
+                    path.display(),
+                    pair[1].line,
+                    pair[1].query,
+                    pair[0].query,
+                    pair[0].line
+                );
+            }
+            if pair[1].position == pair[0].position {
+                anyhow::bail!(
+                    "{}:{}: request {id:?} shows position {} twice (also line {})",
+                    path.display(),
+                    pair[1].line,
+                    pair[1].position,
+                    pair[0].line
+                );
+            }
+        }
+        out.push((id, items));
+    }
+    Ok(out)
+}
+
+fn click_group(items: &[ShownItem]) -> ClickGroup {
+    ClickGroup {
+        features: items.iter().map(|i| i.signals.to_vec()).collect(),
+        positions: items.iter().map(|i| i.position).collect(),
+        clicked: items.iter().map(|i| i.clicked).collect(),
+    }
+}
+
+/// The propensity-weighted share of `groups`' click preferences that `score` orders right
+/// (ties count half).
+fn agreement(groups: &[&ClickGroup], position_bias: f64, score: impl Fn(&[f64]) -> f64) -> f64 {
+    let (mut right, mut total) = (0.0, 0.0);
+    for g in groups {
+        for (better, worse, weight) in g.pairs(position_bias) {
+            let (a, b) = (score(&g.features[better]), score(&g.features[worse]));
+            right += weight
+                * if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
+            total += weight;
+        }
+    }
+    right / total.max(1e-12)
+}
+
+/// The learned standardised weights as weights on the raw signals (a constant offset does not
+/// change an order), scaled to `budget` in absolute sum; a signal constant over the log (no
+/// query: dense and BM25 are always 0) gets 0.
+fn raw_weights(model: &LinearModel, budget: f32) -> [f32; 5] {
+    let mut raw = [0.0f64; 5];
+    for (k, r) in raw.iter_mut().enumerate() {
+        let (w, s) = (model.weights[k], model.scale[k]);
+        *r = if s > 1e-6 { w / s } else { 0.0 };
+    }
+    let total: f64 = raw.iter().map(|w| w.abs()).sum::<f64>().max(1e-12);
+    let scale = f64::from(budget) / total;
+    raw.map(|w| (w * scale) as f32)
+}
+
+fn weights_of(w: Option<&rk::FusionWeights>) -> [f32; 5] {
+    w.map_or([0.0; 5], |w| [w.dense, w.bm25, w.cf, w.kg, w.popularity])
+}
+
+fn learn_set(groups: &[ClickGroup], current: [f32; 5], options: &FeedbackOptions) -> SetReport {
+    let clicked: Vec<&ClickGroup> = groups
+        .iter()
+        .filter(|g| g.clicked.contains(&true))
+        .collect();
+    let mut report = SetReport {
+        lists: groups.len(),
+        clicked_lists: clicked.len(),
+        current_agreement: None,
+        learned_agreement: None,
+        weights: None,
+    };
+    if clicked.len() < options.min_lists.max(2) {
+        return report;
+    }
+    let budget: f32 = current.iter().map(|w| w.abs()).sum();
+    let linear = |w: [f32; 5]| {
+        move |x: &[f64]| -> f64 { x.iter().zip(w).map(|(v, w)| v * f64::from(w)).sum() }
+    };
+    let fit = |lists: &[&ClickGroup]| {
+        let owned: Vec<ClickGroup> = lists.iter().map(|g| (*g).clone()).collect();
+        raw_weights(
+            &train_on_clicks(&owned, options.position_bias, TrainOptions::default()),
+            budget,
+        )
+    };
+    let folds = options.folds.clamp(2, clicked.len());
+    let (mut before, mut after) = (0.0, 0.0);
+    for fold in 0..folds {
+        let (held, rest): (Vec<_>, Vec<_>) = clicked
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % folds == fold);
+        let held: Vec<&ClickGroup> = held.into_iter().map(|(_, g)| *g).collect();
+        let rest: Vec<&ClickGroup> = rest.into_iter().map(|(_, g)| *g).collect();
+        let learned = fit(&rest);
+        let n = held.len() as f64;
+        before += agreement(&held, options.position_bias, linear(current)) * n;
+        after += agreement(&held, options.position_bias, linear(learned)) * n;
+    }
+    let n = clicked.len() as f64;
+    report.current_agreement = Some(before / n);
+    report.learned_agreement = Some(after / n);
+    report.weights = Some(fit(&clicked));
+    report
+}
+
+/// Learns both weight sets from the log at `path`, prints the held-out comparison and, unless
+/// `dry_run` or nothing was learned, stores the new model in the ranker (a set with too few
+/// clicked lists keeps its weights).
+///
+/// # Errors
+/// Unreachable ranker, an unreadable or malformed log, a refused model.
+pub async fn learn(
+    path: &Path,
+    options: &FeedbackOptions,
+    version: &str,
+    dry_run: bool,
+    ep: &crate::Endpoints,
+) -> anyhow::Result<FeedbackReport> {
+    let lists = read_lists(path)?;
+    let mut client =
+        rk::ranker_client::RankerClient::new(crate::connect(&ep.ranker, "ranker").await?);
+    let current = client
+        .get_fusion(rk::GetFusionRequest {})
+        .await?
+        .into_inner();
+    let (searches, recommendations): (Vec<_>, Vec<_>) = lists
+        .iter()
+        .partition(|(_, items)| !items[0].query.is_empty());
+    let groups = |lists: Vec<&(String, Vec<ShownItem>)>| -> Vec<ClickGroup> {
+        lists
+            .into_iter()
+            .map(|(_, items)| click_group(items))
+            .collect()
+    };
+    let with_query = learn_set(
+        &groups(searches),
+        weights_of(current.with_query.as_ref()),
+        options,
+    );
+    let without_query = learn_set(
+        &groups(recommendations),
+        weights_of(current.without_query.as_ref()),
+        options,
+    );
+    for (name, set) in [
+        ("searches", &with_query),
+        ("recommendations", &without_query),
+    ] {
+        match (set.weights, set.current_agreement, set.learned_agreement) {
+            (Some(w), Some(before), Some(after)) => println!(
+                "{name}: {} lists, {} with clicks; held-out click preferences ordered right \
+                 ({}-fold): current {} {before:.4}, learned {after:.4} (dense {:.3}, bm25 {:.3}, \
+                 cf {:.3}, kg {:.3}, popularity {:.3})",
+                set.lists,
+                set.clicked_lists,
+                options.folds,
+                current.version,
+                w[0],
+                w[1],
+                w[2],
+                w[3],
+                w[4]
+            ),
+            _ => println!(
+                "{name}: {} lists, {} with clicks (need {}): weights kept",
+                set.lists, set.clicked_lists, options.min_lists
+            ),
+        }
+    }
+    let mut report = FeedbackReport {
+        with_query,
+        without_query,
+        version: None,
+    };
+    if report.with_query.weights.is_none() && report.without_query.weights.is_none() {
+        println!("nothing learned: the ranker keeps {}", current.version);
+        return Ok(report);
+    }
+    if dry_run {
+        println!("dry run: the ranker keeps {}", current.version);
+        return Ok(report);
+    }
+    let set = |learned: Option<[f32; 5]>, kept: Option<rk::FusionWeights>| {
+        learned
+            .map(|w| rk::FusionWeights {
+                dense: w[0],
+                bm25: w[1],
+                cf: w[2],
+                kg: w[3],
+                popularity: w[4],
+            })
+            .or(kept)
+    };
+    let model = rk::FusionModel {
+        version: version.to_string(),
+        with_query: set(report.with_query.weights, current.with_query),
+        without_query: set(report.without_query.weights, current.without_query),
+    };
+    let r = client
+        .set_fusion(crate::with_token(
+            rk::SetFusionRequest { model: Some(model) },
+            &ep.token,
+        )?)
+        .await?
+        .into_inner();
+    println!("fusion {} stored and serving", r.version);
+    report.version = Some(r.version);
+    Ok(report)
+}

@@ -46,12 +46,12 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         report.best_single,
         report.signals
     );
-    // Learning from position-biased clicks on the dense order: measured 0.848 against the
-    // shown order's 0.849 (BENCHMARKS.md; more sessions and the description signals gain up
-    // to +0.011). Pairs turned the wrong way ("skip above" without propensities) fell to 0.51.
+    // Learning from position-biased clicks on the dense order (BENCHMARKS.md: 0.8602-0.8637
+    // over seeds against the shown order's 0.8487 and naive clicks' 0.852). Unclipped
+    // propensities fell under the shown order (0.827-0.847), "skip above" pairs to 0.51.
     let clicks = report.clicks.unwrap();
     assert!(
-        clicks.weighted > clicks.shown - 0.01 && clicks.clicks_per_session > 1.0,
+        clicks.weighted.1 > clicks.shown + 0.005 && clicks.weighted.0 > clicks.naive.0 + 0.003,
         "{clicks:?}"
     );
 }

@@ -355,13 +355,8 @@ async fn popularity_click_log(
         "lamp",
         "camera",
     ];
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = souk_ranker_core::rng::XorShift::new(42);
+    let mut uniform = move || rng.unit();
     let mut out = csv::Writer::from_path(path).unwrap();
     out.write_record([
         "request_id",

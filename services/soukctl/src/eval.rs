@@ -615,12 +615,14 @@ pub async fn search_report(
         .then(|| simulate_clicks(&test_groups, folds, k, args.simulate_clicks));
     if let (Some(sim), true) = (&clicks, print) {
         println!(
-            "from simulated clicks ({} sessions per training query, top 10 by dense(title) shown):",
+            "from simulated clicks ({} sessions per training query, top 10 by dense(title) \
+             shown; mean [min-max] over {CLICK_SEEDS} click seeds):",
             args.simulate_clicks
         );
+        let row = |(mean, min, max): (f64, f64, f64)| format!("{mean:.4} [{min:.4}-{max:.4}]");
         println!("  shown order, dense(title)    {:.4}", sim.shown);
-        println!("  naive (clicked > unclicked)  {:.4}", sim.naive);
-        println!("  propensity-weighted (served) {:.4}", sim.weighted);
+        println!("  naive (clicked > unclicked)  {}", row(sim.naive));
+        println!("  propensity-weighted (served) {}", row(sim.weighted));
         println!("  labels (upper bound)         {fused:.4}");
         println!(
             "  clicks per session           {:.2}",
@@ -648,23 +650,27 @@ pub async fn search_report(
     })
 }
 
-/// Held-out NDCG@k of fusions learned from simulated clicks.
+/// Held-out NDCG@k of fusions learned from simulated clicks, over several click seeds.
 #[derive(Debug, Clone)]
 pub struct ClickSimulation {
     /// The order the sessions were shown: dense(title) alone.
     pub shown: f64,
-    /// Clicked items as gain 1, the rest of the shown list 0.
-    pub naive: f64,
-    /// Propensity-weighted pairs, what `train fusion --feedback` fits.
-    pub weighted: f64,
+    /// Clicked items as gain 1, the rest of the shown list 0: (mean, min, max) over seeds.
+    pub naive: (f64, f64, f64),
+    /// Propensity-weighted pairs, what `train fusion --feedback` fits: (mean, min, max).
+    pub weighted: (f64, f64, f64),
     pub clicks_per_session: f64,
 }
 
-/// For each fold, `sessions` simulated sessions per training query: the top 10 by
+/// Click seeds per simulation: one seed's figure moved by up to 0.02 NDCG.
+const CLICK_SEEDS: u64 = 5;
+
+/// For each seed and fold, `sessions` simulated sessions per training query: the top 10 by
 /// dense(title) (the ranking before learning) are shown; rank r is looked at with
 /// probability 1/r, a looked-at item clicked with probability 0.05 + 0.95 x gain / 7 (gains
 /// 0, 1, 3, 7). Fusions learned from those clicks, naively (clicked gain 1, the rest of the
-/// shown list 0) and from skip-above pairs, are scored on the held-out queries' labels.
+/// shown list 0) and from propensity-weighted pairs, are scored on the held-out queries'
+/// labels.
 fn simulate_clicks(
     groups: &[(String, souk_ranker_core::fusion::Group)],
     folds: usize,
@@ -672,66 +678,73 @@ fn simulate_clicks(
     sessions: usize,
 ) -> ClickSimulation {
     use souk_ranker_core::fusion::{ClickGroup, Group, TrainOptions, train, train_on_clicks};
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let (mut shown, mut naive, mut skip, mut clicks, mut lists) = (0.0, 0.0, 0.0, 0usize, 0usize);
-    for fold in 0..folds {
-        let (held, rest): (Vec<_>, Vec<_>) = groups
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| i % folds == fold);
-        let held: Vec<&Group> = held.into_iter().map(|(_, (_, g))| g).collect();
-        let mut logged: Vec<ClickGroup> = Vec::new();
-        for (_, (_, g)) in rest {
-            let mut order: Vec<usize> = (0..g.gains.len()).collect();
-            order.sort_by(|a, b| {
-                g.features[*b][0]
-                    .total_cmp(&g.features[*a][0])
-                    .then(a.cmp(b))
-            });
-            order.truncate(10);
-            for _ in 0..sessions {
-                let clicked: Vec<bool> = order
-                    .iter()
-                    .enumerate()
-                    .map(|(r, &i)| {
-                        uniform() < 1.0 / (r + 1) as f64
-                            && uniform() < 0.05 + 0.95 * g.gains[i] / 7.0
-                    })
-                    .collect();
-                clicks += clicked.iter().filter(|c| **c).count();
-                lists += 1;
-                logged.push(ClickGroup {
-                    features: order.iter().map(|&i| g.features[i].clone()).collect(),
-                    positions: (1..=order.len() as u32).collect(),
-                    clicked,
-                });
-            }
-        }
-        let as_gains: Vec<Group> = logged
-            .iter()
-            .map(|c| Group {
-                features: c.features.clone(),
-                gains: c.clicked.iter().map(|&c| f64::from(u8::from(c))).collect(),
-            })
-            .collect();
-        let weight = held.len() as f64;
-        let naive_model = train(&as_gains, TrainOptions::default());
-        let skip_model = train_on_clicks(&logged, 1.0, TrainOptions::default());
-        shown += mean_ndcg(&held, k, |x| x[0]) * weight;
-        naive += mean_ndcg(&held, k, |x| naive_model.score(x)) * weight;
-        skip += mean_ndcg(&held, k, |x| skip_model.score(x)) * weight;
-    }
     let n = groups.len().max(1) as f64;
+    let (mut shown, mut clicks, mut lists) = (0.0, 0usize, 0usize);
+    let (mut naive, mut weighted) = (Vec::new(), Vec::new());
+    for seed in 1..=CLICK_SEEDS {
+        let mut rng = souk_ranker_core::rng::XorShift::new(seed);
+        let (mut naive_sum, mut weighted_sum) = (0.0, 0.0);
+        shown = 0.0;
+        for fold in 0..folds {
+            let (held, rest): (Vec<_>, Vec<_>) = groups
+                .iter()
+                .enumerate()
+                .partition(|(i, _)| i % folds == fold);
+            let held: Vec<&Group> = held.into_iter().map(|(_, (_, g))| g).collect();
+            let mut logged: Vec<ClickGroup> = Vec::new();
+            for (_, (_, g)) in rest {
+                let mut order: Vec<usize> = (0..g.gains.len()).collect();
+                order.sort_by(|a, b| {
+                    g.features[*b][0]
+                        .total_cmp(&g.features[*a][0])
+                        .then(a.cmp(b))
+                });
+                order.truncate(10);
+                for _ in 0..sessions {
+                    let clicked: Vec<bool> = order
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &i)| {
+                            rng.unit() < 1.0 / (r + 1) as f64
+                                && rng.unit() < 0.05 + 0.95 * g.gains[i] / 7.0
+                        })
+                        .collect();
+                    clicks += clicked.iter().filter(|c| **c).count();
+                    lists += 1;
+                    logged.push(ClickGroup {
+                        features: order.iter().map(|&i| g.features[i].clone()).collect(),
+                        positions: (1..=order.len() as u32).collect(),
+                        clicked,
+                    });
+                }
+            }
+            let as_gains: Vec<Group> = logged
+                .iter()
+                .map(|c| Group {
+                    features: c.features.clone(),
+                    gains: c.clicked.iter().map(|&c| f64::from(u8::from(c))).collect(),
+                })
+                .collect();
+            let weight = held.len() as f64;
+            let naive_model = train(&as_gains, TrainOptions::default());
+            let weighted_model = train_on_clicks(&logged, 1.0, TrainOptions::default());
+            shown += mean_ndcg(&held, k, |x| x[0]) * weight;
+            naive_sum += mean_ndcg(&held, k, |x| naive_model.score(x)) * weight;
+            weighted_sum += mean_ndcg(&held, k, |x| weighted_model.score(x)) * weight;
+        }
+        naive.push(naive_sum / n);
+        weighted.push(weighted_sum / n);
+    }
+    let spread = |v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (mean, min, max)
+    };
     ClickSimulation {
         shown: shown / n,
-        naive: naive / n,
-        weighted: skip / n,
+        naive: spread(&naive),
+        weighted: spread(&weighted),
         clicks_per_session: clicks as f64 / lists.max(1) as f64,
     }
 }

@@ -297,14 +297,6 @@ pub async fn learn(
         with_query: set(report.with_query.weights, current.with_query),
         without_query: set(report.without_query.weights, current.without_query),
     };
-    let r = client
-        .set_fusion(crate::with_token(
-            rk::SetFusionRequest { model: Some(model) },
-            &ep.token,
-        )?)
-        .await?
-        .into_inner();
-    println!("fusion {} stored and serving", r.version);
-    report.version = Some(r.version);
+    report.version = Some(crate::train::store_fusion(&mut client, model, ep).await?);
     Ok(report)
 }

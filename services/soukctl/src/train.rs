@@ -278,6 +278,19 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
         }),
         without_query: current.without_query,
     };
+    report.version = Some(store_fusion(&mut client, model, ep).await?);
+    Ok(report)
+}
+
+/// Stores `model` in the ranker (`SetFusion`), says so, and returns its version.
+///
+/// # Errors
+/// An unreachable ranker, a refused model (InvalidArgument names the weight).
+pub(crate) async fn store_fusion(
+    client: &mut rk::ranker_client::RankerClient<tonic::transport::Channel>,
+    model: rk::FusionModel,
+    ep: &Endpoints,
+) -> anyhow::Result<String> {
     let r = client
         .set_fusion(with_token(
             rk::SetFusionRequest { model: Some(model) },
@@ -286,6 +299,5 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
         .await?
         .into_inner();
     println!("fusion {} stored and serving", r.version);
-    report.version = Some(r.version);
-    Ok(report)
+    Ok(r.version)
 }

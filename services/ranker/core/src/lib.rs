@@ -23,6 +23,7 @@ pub mod eval;
 pub mod fusion;
 pub mod item;
 pub mod rank;
+pub mod rng;
 mod user;
 
 pub use user::{UserHasher, UserKey};

@@ -18,6 +18,7 @@
 //! serves the model by folding each shopper's history in ([`FoldIn`]), not as item-item lists.
 use super::{Interactions, Recommender, cholesky, cholesky_solve};
 use crate::RankError;
+use crate::rng::XorShift;
 
 /// Settings of an iALS fit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -443,24 +444,6 @@ fn solve_rows(
                 .unwrap_or_else(|_| Err(RankError::Internal("an iALS worker panicked".into())))
         })
     })
-}
-
-/// Seeded xorshift64*: the same seed gives the same model.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-        bits as f64 / (1u64 << 52) as f64 - 1.0
-    }
 }
 
 #[cfg(test)]

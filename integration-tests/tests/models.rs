@@ -29,6 +29,22 @@ fn cf_values(r: &rk::RankResponse) -> Vec<(String, f32)> {
         .collect()
 }
 
+async fn get_stats(client: &mut RankerClient<tonic::transport::Channel>) -> rk::StatsResponse {
+    client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn get_fusion(client: &mut RankerClient<tonic::transport::Channel>) -> rk::FusionModel {
+    client
+        .get_fusion(rk::GetFusionRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Trains the demo shop's collaborative filter with `request`, then ranks for u066: the fit
 /// covers the shop's 100 shoppers, is stored under a version named for its algorithm, and
 /// the results it backs still explain themselves.
@@ -56,11 +72,7 @@ async fn train_cf_and_rank(
 async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
-    let stats = client
-        .stats(rk::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = get_stats(&mut client).await;
     assert_eq!(stats.cf_version, "", "no CF trained yet");
     assert_eq!(stats.model_version, "default-v1");
     let before = client.rank(recommend("u066")).await.unwrap().into_inner();
@@ -206,18 +218,10 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     ranker.stop().await.unwrap();
     let ranker = start_ranker(&ranker_dir, &shared_encoder().await, &kg.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let stats = client
-        .stats(rk::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = get_stats(&mut client).await;
     assert_eq!(stats.cf_version, trained.version);
     assert_eq!(stats.model_version, "lexical-only-v2");
-    let fusion = client
-        .get_fusion(rk::GetFusionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let fusion = get_fusion(&mut client).await;
     assert_eq!(fusion.with_query, Some(weights(0.0, 0.75)));
     let again = client.rank(recommend("u066")).await.unwrap().into_inner();
     assert_eq!(
@@ -290,11 +294,7 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
     assert!(dry.queries >= 10, "{dry:?}");
     assert_eq!(dry.version, None);
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let stats = client
-        .stats(rk::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = get_stats(&mut client).await;
     assert_eq!(
         stats.model_version, "default-v1",
         "a dry run changes nothing"
@@ -307,11 +307,7 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
         report.learned_ndcg > 0.8,
         "category queries are easy for dense + BM25: {report:?}"
     );
-    let fusion = client
-        .get_fusion(rk::GetFusionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let fusion = get_fusion(&mut client).await;
     assert_eq!(fusion.version, "from-labels-1");
     let q = fusion.with_query.unwrap();
     assert_eq!((q.dense, q.bm25), (report.weights[0], report.weights[1]));
@@ -452,11 +448,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         .await
         .unwrap();
     assert_eq!(dry.version, None);
-    let stats = client
-        .stats(rk::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = get_stats(&mut client).await;
     assert_eq!(
         stats.model_version, "default-v1",
         "a dry run changes nothing"
@@ -466,11 +458,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         .await
         .unwrap();
     assert_eq!(report.version.as_deref(), Some("from-clicks-1"));
-    let fusion = client
-        .get_fusion(rk::GetFusionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let fusion = get_fusion(&mut client).await;
     for (set, stored, default_popularity) in [
         (&report.with_query, fusion.with_query.unwrap(), 0.05),
         (&report.without_query, fusion.without_query.unwrap(), 0.20),
@@ -521,11 +509,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         err.contains("bad.csv:2: clicked \"perhaps\" is not 1/0 or true/false"),
         "{err}"
     );
-    let fusion_after = client
-        .get_fusion(rk::GetFusionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let fusion_after = get_fusion(&mut client).await;
     assert_eq!(fusion_after.version, "from-clicks-1");
 }
 

@@ -453,19 +453,26 @@ impl Catalog {
     /// maximum of 1, the online one then to [`ONLINE_SHARE_WITH_MODEL`].
     pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<u32, (f32, &str)> {
         type Scores = HashMap<u32, (f32, u32, f32), IdHash>;
-        // The trained model's sources: CF ids, most recent first.
-        let trained_sources: Vec<u32> = history
+        // The history's CF ids with their weights, most recent first, looked up once: the
+        // first HISTORY_WINDOW entries feed the online co-occurrence (and name the reasons),
+        // a trained model reads up to TRAINED_CF_WINDOW.
+        let window = if self.trained_cf.is_some() {
+            TRAINED_CF_WINDOW
+        } else {
+            HISTORY_WINDOW
+        };
+        let known: Vec<(u32, f32, bool)> = history
             .iter()
-            .take(TRAINED_CF_WINDOW)
-            .filter_map(|h| self.cf_ids.get(&h.item_id).copied())
+            .take(window)
+            .enumerate()
+            .filter_map(|(at, h)| {
+                let id = *self.cf_ids.get(&h.item_id)?;
+                Some((id, h.weight, at < HISTORY_WINDOW))
+            })
             .collect();
-        let sources: Vec<(u32, f32)> = history
-            .iter()
-            .take(HISTORY_WINDOW)
-            .filter_map(|h| self.cf_ids.get(&h.item_id).map(|&id| (id, h.weight)))
-            .collect();
+        let recent = &known[..known.partition_point(|k| k.2)];
         let mut online = Scores::default();
-        for &(h, weight) in &sources {
+        for &(h, weight, _) in recent {
             let uh = self.item_users[h as usize].max(1) as f32;
             let wh = weight.ln_1p();
             for (&c, &count) in &self.cooccurrence[h as usize] {
@@ -476,17 +483,14 @@ impl Catalog {
         let mut fitted = Scores::default();
         match self.trained_cf.as_ref().and_then(|m| m.factors.as_ref()) {
             Some(factors) => {
-                let row = |id: &u32| {
-                    let row = *self.factor_rows.get(*id as usize)?;
+                let row = |&(id, _, _): &(u32, f32, bool)| {
+                    let row = *self.factor_rows.get(id as usize)?;
                     (row != NO_ROW).then_some(row)
                 };
-                let rows: Vec<u32> = trained_sources.iter().filter_map(row).collect();
+                let rows: Vec<u32> = known.iter().filter_map(row).collect();
                 // Reasons name one of the most recent items (crediting all 200 would cost
                 // 500 x 200 dot products per `Rank`).
-                let credited = trained_sources[..trained_sources.len().min(HISTORY_WINDOW)]
-                    .iter()
-                    .filter_map(row)
-                    .count();
+                let credited = recent.iter().filter_map(row).count();
                 let folded = factors.model.fold(&rows, credited);
                 let mut scores = folded.scores();
                 // The history's own items score highest (the fold-in reconstructs them) and
@@ -494,15 +498,16 @@ impl Catalog {
                 for &r in &rows {
                     scores[r as usize] = 0.0;
                 }
-                for row in strongest_rows(&scores, FOLD_IN_CANDIDATES) {
+                let best = scores.iter().map(|&s| f64::from(s));
+                for (row, score) in crate::cf::strongest(best, FOLD_IN_CANDIDATES, None) {
                     if let Some((by, share)) = folded.strongest_source(row) {
                         let (c, by) = (self.factor_ids[row as usize], self.factor_ids[by as usize]);
-                        fitted.insert(c, (scores[row as usize], by, share));
+                        fitted.insert(c, (score as f32, by, share));
                     }
                 }
             }
             None if self.trained_cf.is_some() => {
-                for &h in &trained_sources {
+                for &(h, _, _) in &known {
                     for &(c, w) in &self.trained_rows[h as usize] {
                         add_score(&mut fitted, c, w, h);
                     }
@@ -643,23 +648,6 @@ pub struct Profile {
 }
 
 /// Adds `s` to candidate `c`'s score, remembering the history item that gave the most.
-/// Indexes of the `k` largest positive scores, in no particular order.
-fn strongest_rows(scores: &[f32], k: usize) -> Vec<u32> {
-    let mut rows: Vec<u32> = (0..scores.len() as u32)
-        .filter(|&r| scores[r as usize] > 0.0)
-        .collect();
-    if k == 0 {
-        return Vec::new();
-    }
-    if rows.len() > k {
-        rows.select_nth_unstable_by(k - 1, |a, b| {
-            scores[*b as usize].total_cmp(&scores[*a as usize])
-        });
-        rows.truncate(k);
-    }
-    rows
-}
-
 fn add_score(scores: &mut HashMap<u32, (f32, u32, f32), IdHash>, c: u32, s: f32, by: u32) {
     let e = scores.entry(c).or_insert((0.0, by, f32::MIN));
     e.0 += s;

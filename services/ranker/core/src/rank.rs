@@ -440,17 +440,16 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .into_iter()
             .filter_map(|c| {
                 let (item, _) = catalog.item_at(c.slot)?;
-                let signal = |(i, &signal): (usize, &Signal)| Contribution {
-                    signal,
+                let contribution = |i: usize| Contribution {
+                    signal: Signal::ALL[i],
                     value: c.features[i],
                     contribution: weights[i] * c.features[i],
                 };
-                let mut contributions: Vec<Contribution> = Signal::ALL
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| weights[*i] > 0.0 && c.features[*i] > 0.0)
-                    .map(signal)
-                    .collect();
+                // The signals that carried the score, and the rest (for `all_signals`).
+                let (carrying, rest): (Vec<usize>, Vec<usize>) =
+                    (0..Signal::ALL.len()).partition(|&i| weights[i] > 0.0 && c.features[i] > 0.0);
+                let mut contributions: Vec<Contribution> =
+                    carrying.into_iter().map(contribution).collect();
                 contributions.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
                 let reasons = if request.explain {
                     explain(&catalog, &c, &contributions, query, &history)
@@ -459,13 +458,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 };
                 if request.all_signals {
                     // The carrying signals first, as with `explain`, then the rest.
-                    let rest: Vec<Contribution> = Signal::ALL
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !(weights[*i] > 0.0 && c.features[*i] > 0.0))
-                        .map(signal)
-                        .collect();
-                    contributions.extend(rest);
+                    contributions.extend(rest.into_iter().map(contribution));
                 }
                 Some(RankedItem {
                     id: c.id.clone(),

@@ -47,6 +47,19 @@ struct FactorRecord {
 
 const CF_VECTORS: &str = "cf.vectors";
 
+/// Little-endian f32s, how vectors are stored (item vectors, a factor model's vectors).
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The f32s of [`f32_bytes`] (a trailing partial value is dropped: callers check the length).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 fn key(prefix: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(prefix);
@@ -82,8 +95,7 @@ impl RankerStore {
                 key(b'i', &item.id),
                 serde_json::to_vec(item).map_err(internal)?,
             );
-            let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
-            batch.insert(key(b'v', &item.id), bytes);
+            batch.insert(key(b'v', &item.id), f32_bytes(vector));
         }
         self.catalog.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
@@ -150,15 +162,7 @@ impl RankerStore {
         let mut batch = sled::Batch::default();
         batch.insert("cf", serde_json::to_vec(&record).map_err(internal)?);
         match &model.factors {
-            Some(f) => {
-                let bytes: Vec<u8> = f
-                    .model
-                    .vectors()
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect();
-                batch.insert(CF_VECTORS, bytes);
-            }
+            Some(f) => batch.insert(CF_VECTORS, f32_bytes(f.model.vectors())),
             None => batch.remove(CF_VECTORS),
         }
         self.models.apply_batch(batch).map_err(internal)?;
@@ -207,11 +211,7 @@ impl RankerStore {
                         f.dim
                     )));
                 }
-                let vectors = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                let model = FoldIn::new(vectors, f.dim, f.reg, f.unobserved)
+                let model = FoldIn::new(f32s(&bytes), f.dim, f.reg, f.unobserved)
                     .map_err(|e| damaged(e.to_string()))?;
                 Some(ItemFactors {
                     items: f.items,
@@ -254,11 +254,7 @@ impl RankerStore {
                 .get(vector_key)
                 .map_err(internal)?
                 .ok_or_else(|| internal(format!("item {:?} has no vector", item.id)))?;
-            let vector = vector_bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            catalog.upsert(item, vector)?;
+            catalog.upsert(item, f32s(&vector_bytes))?;
         }
         for entry in self.events.iter() {
             let (_, v) = entry.map_err(internal)?;

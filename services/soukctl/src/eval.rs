@@ -474,6 +474,21 @@ fn add_relative_features(group: &mut souk_ranker_core::fusion::Group) {
     }
 }
 
+/// Fold `fold` of `folds` over `items` by position (item i is held out in fold i % folds):
+/// (held out, the rest).
+pub(crate) fn fold_split<'a, T>(
+    items: &'a [T],
+    folds: usize,
+    fold: usize,
+) -> (Vec<&'a T>, Vec<&'a T>) {
+    let (held, rest): (Vec<_>, Vec<_>) = items
+        .iter()
+        .enumerate()
+        .partition(|(i, _)| i % folds == fold);
+    let strip = |v: Vec<(usize, &'a T)>| v.into_iter().map(|(_, t)| t).collect();
+    (strip(held), strip(rest))
+}
+
 /// NDCG@k of ranking each group by `score`.
 pub(crate) fn mean_ndcg(
     groups: &[&souk_ranker_core::fusion::Group],
@@ -597,15 +612,12 @@ pub async fn search_report(
             // k-fold over queries: each query is scored by a model that never saw it.
             let mut total = 0.0;
             for fold in 0..folds {
-                let (held, rest): (Vec<_>, Vec<_>) = test_groups
-                    .iter()
-                    .enumerate()
-                    .partition(|(i, _)| i % folds == fold);
+                let (held, rest) = fold_split(&test_groups, folds, fold);
                 let training: Vec<souk_ranker_core::fusion::Group> =
-                    rest.into_iter().map(|(_, (_, g))| g.clone()).collect();
+                    rest.into_iter().map(|(_, g)| g.clone()).collect();
                 let model = train(&training, TrainOptions::default());
                 let held: Vec<&souk_ranker_core::fusion::Group> =
-                    held.into_iter().map(|(_, (_, g))| g).collect();
+                    held.into_iter().map(|(_, g)| g).collect();
                 total += mean_ndcg(&held, k, |x| model.score(x)) * held.len() as f64;
             }
             total / test_refs.len().max(1) as f64
@@ -679,41 +691,57 @@ fn simulate_clicks(
 ) -> ClickSimulation {
     use souk_ranker_core::fusion::{ClickGroup, Group, TrainOptions, train, train_on_clicks};
     let n = groups.len().max(1) as f64;
-    let (mut shown, mut clicks, mut lists) = (0.0, 0usize, 0usize);
+    // Per fold, the same for every seed: the held-out queries, and each training query's top
+    // 10 by dense(title) as shown (features and gains in shown order).
+    type Shown = (Vec<Vec<f64>>, Vec<f64>);
+    let splits: Vec<(Vec<&Group>, Vec<Shown>)> = (0..folds)
+        .map(|fold| {
+            let (held, rest) = fold_split(groups, folds, fold);
+            let lists = rest
+                .into_iter()
+                .map(|(_, g)| {
+                    let mut order: Vec<usize> = (0..g.gains.len()).collect();
+                    order.sort_by(|a, b| {
+                        g.features[*b][0]
+                            .total_cmp(&g.features[*a][0])
+                            .then(a.cmp(b))
+                    });
+                    order.truncate(10);
+                    (
+                        order.iter().map(|&i| g.features[i].clone()).collect(),
+                        order.iter().map(|&i| g.gains[i]).collect(),
+                    )
+                })
+                .collect();
+            (held.into_iter().map(|(_, g)| g).collect(), lists)
+        })
+        .collect();
+    let shown: f64 = splits
+        .iter()
+        .map(|(held, _)| mean_ndcg(held, k, |x| x[0]) * held.len() as f64)
+        .sum();
+    let (mut clicks, mut lists) = (0usize, 0usize);
     let (mut naive, mut weighted) = (Vec::new(), Vec::new());
     for seed in 1..=CLICK_SEEDS {
         let mut rng = souk_ranker_core::rng::XorShift::new(seed);
         let (mut naive_sum, mut weighted_sum) = (0.0, 0.0);
-        shown = 0.0;
-        for fold in 0..folds {
-            let (held, rest): (Vec<_>, Vec<_>) = groups
-                .iter()
-                .enumerate()
-                .partition(|(i, _)| i % folds == fold);
-            let held: Vec<&Group> = held.into_iter().map(|(_, (_, g))| g).collect();
+        for (held, shown_lists) in &splits {
             let mut logged: Vec<ClickGroup> = Vec::new();
-            for (_, (_, g)) in rest {
-                let mut order: Vec<usize> = (0..g.gains.len()).collect();
-                order.sort_by(|a, b| {
-                    g.features[*b][0]
-                        .total_cmp(&g.features[*a][0])
-                        .then(a.cmp(b))
-                });
-                order.truncate(10);
+            for (features, gains) in shown_lists {
                 for _ in 0..sessions {
-                    let clicked: Vec<bool> = order
+                    let clicked: Vec<bool> = gains
                         .iter()
                         .enumerate()
-                        .map(|(r, &i)| {
+                        .map(|(r, gain)| {
                             rng.unit() < 1.0 / (r + 1) as f64
-                                && rng.unit() < 0.05 + 0.95 * g.gains[i] / 7.0
+                                && rng.unit() < 0.05 + 0.95 * gain / 7.0
                         })
                         .collect();
                     clicks += clicked.iter().filter(|c| **c).count();
                     lists += 1;
                     logged.push(ClickGroup {
-                        features: order.iter().map(|&i| g.features[i].clone()).collect(),
-                        positions: (1..=order.len() as u32).collect(),
+                        features: features.clone(),
+                        positions: (1..=gains.len() as u32).collect(),
                         clicked,
                     });
                 }
@@ -727,10 +755,10 @@ fn simulate_clicks(
                 .collect();
             let weight = held.len() as f64;
             let naive_model = train(&as_gains, TrainOptions::default());
+            let logged: Vec<&ClickGroup> = logged.iter().collect();
             let weighted_model = train_on_clicks(&logged, 1.0, TrainOptions::default());
-            shown += mean_ndcg(&held, k, |x| x[0]) * weight;
-            naive_sum += mean_ndcg(&held, k, |x| naive_model.score(x)) * weight;
-            weighted_sum += mean_ndcg(&held, k, |x| weighted_model.score(x)) * weight;
+            naive_sum += mean_ndcg(held, k, |x| naive_model.score(x)) * weight;
+            weighted_sum += mean_ndcg(held, k, |x| weighted_model.score(x)) * weight;
         }
         naive.push(naive_sum / n);
         weighted.push(weighted_sum / n);
@@ -1020,7 +1048,7 @@ fn rec(args: RecArgs) -> anyhow::Result<()> {
             fit_s,
         );
         // This is also what `soukctl train cf --algorithm ials` serves: `Rank` folds the
-        // shopper's 50 most recent items into the same f32 item vectors.
+        // shopper's 200 most recent items into the same f32 item vectors.
     }
     if let Some((name, recall, ndcg, _)) = rows.last() {
         println!("last model: {name} recall@{k}={recall:.3} ndcg@{k}={ndcg:.3}");

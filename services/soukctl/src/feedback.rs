@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use souk_proto::ranker::v1 as rk;
-use souk_ranker_core::fusion::{ClickGroup, LinearModel, TrainOptions, train_on_clicks};
+use souk_ranker_core::fusion::{ClickGroup, TrainOptions, train_on_clicks};
 
 use crate::files::{self, ShownItem};
 
@@ -139,20 +139,6 @@ fn agreement(groups: &[&ClickGroup], position_bias: f64, score: impl Fn(&[f64]) 
     right / total.max(1e-12)
 }
 
-/// The learned standardised weights as weights on the raw signals (a constant offset does not
-/// change an order), scaled to `budget` in absolute sum; a signal constant over the log (no
-/// query: dense and BM25 are always 0) gets 0.
-fn raw_weights(model: &LinearModel, budget: f32) -> [f32; 5] {
-    let mut raw = [0.0f64; 5];
-    for (k, r) in raw.iter_mut().enumerate() {
-        let (w, s) = (model.weights[k], model.scale[k]);
-        *r = if s > 1e-6 { w / s } else { 0.0 };
-    }
-    let total: f64 = raw.iter().map(|w| w.abs()).sum::<f64>().max(1e-12);
-    let scale = f64::from(budget) / total;
-    raw.map(|w| (w * scale) as f32)
-}
-
 fn weights_of(w: Option<&rk::FusionWeights>) -> [f32; 5] {
     w.map_or([0.0; 5], |w| [w.dense, w.bm25, w.cf, w.kg, w.popularity])
 }
@@ -176,22 +162,17 @@ fn learn_set(groups: &[ClickGroup], current: [f32; 5], options: &FeedbackOptions
     let linear = |w: [f32; 5]| {
         move |x: &[f64]| -> f64 { x.iter().zip(w).map(|(v, w)| v * f64::from(w)).sum() }
     };
-    let fit = |lists: &[&ClickGroup]| {
-        let owned: Vec<ClickGroup> = lists.iter().map(|g| (*g).clone()).collect();
-        raw_weights(
-            &train_on_clicks(&owned, options.position_bias, TrainOptions::default()),
-            budget,
-        )
+    let fit = |lists: &[&ClickGroup]| -> [f32; 5] {
+        let model = train_on_clicks(lists, options.position_bias, TrainOptions::default());
+        let w = model.raw_weights(f64::from(budget));
+        std::array::from_fn(|k| w[k] as f32)
     };
     let folds = options.folds.clamp(2, clicked.len());
     let (mut before, mut after) = (0.0, 0.0);
     for fold in 0..folds {
-        let (held, rest): (Vec<_>, Vec<_>) = clicked
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| i % folds == fold);
-        let held: Vec<&ClickGroup> = held.into_iter().map(|(_, g)| *g).collect();
-        let rest: Vec<&ClickGroup> = rest.into_iter().map(|(_, g)| *g).collect();
+        let (held, rest) = crate::eval::fold_split(&clicked, folds, fold);
+        let held: Vec<&ClickGroup> = held.into_iter().copied().collect();
+        let rest: Vec<&ClickGroup> = rest.into_iter().copied().collect();
         let learned = fit(&rest);
         let n = held.len() as f64;
         before += agreement(&held, options.position_bias, linear(current)) * n;

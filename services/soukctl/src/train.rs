@@ -163,18 +163,10 @@ fn service_features(groups: &[(String, Group)]) -> Vec<Group> {
         .collect()
 }
 
-/// The learned standardised weights as weights on the raw 0..1 features (a constant offset
-/// does not change an order), scaled to `budget` in absolute sum.
+/// The learned (dense, bm25) weights on the raw features, scaled to `budget`.
 fn raw_weights(model: &LinearModel, budget: f32) -> [f32; 2] {
-    let raw: Vec<f64> = model
-        .weights
-        .iter()
-        .zip(&model.scale)
-        .map(|(w, s)| w / s)
-        .collect();
-    let total: f64 = raw.iter().map(|w| w.abs()).sum::<f64>().max(1e-12);
-    let scale = f64::from(budget) / total;
-    [(raw[0] * scale) as f32, (raw[1] * scale) as f32]
+    let w = model.raw_weights(f64::from(budget));
+    [w[0] as f32, w[1] as f32]
 }
 
 fn ndcg(groups: &[&Group], weights: [f32; 2], k: usize) -> f64 {
@@ -235,12 +227,8 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
     let folds = args.folds.clamp(2, groups.len());
     let (mut before, mut after) = (0.0, 0.0);
     for fold in 0..folds {
-        let (held, rest): (Vec<_>, Vec<_>) = groups
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| i % folds == fold);
-        let rest: Vec<Group> = rest.into_iter().map(|(_, g)| g.clone()).collect();
-        let held: Vec<&Group> = held.into_iter().map(|(_, g)| g).collect();
+        let (held, rest) = crate::eval::fold_split(&groups, folds, fold);
+        let rest: Vec<Group> = rest.into_iter().cloned().collect();
         let learned = raw_weights(&train(&rest, TrainOptions::default()), budget);
         before += ndcg(&held, [q.dense, q.bm25], k) * held.len() as f64;
         after += ndcg(&held, learned, k) * held.len() as f64;

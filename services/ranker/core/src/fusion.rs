@@ -18,6 +18,21 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
+    /// The weights on the raw features instead of the standardised ones (a constant offset
+    /// does not change an order), scaled to `budget` in absolute sum: what the served fusion
+    /// takes. A feature (near) constant over the training rows gets 0 rather than its weight
+    /// divided by a spread of ~0 (recommendations: dense and BM25 are always 0).
+    pub fn raw_weights(&self, budget: f64) -> Vec<f64> {
+        let raw: Vec<f64> = self
+            .weights
+            .iter()
+            .zip(&self.scale)
+            .map(|(w, s)| if *s > 1e-6 { w / s } else { 0.0 })
+            .collect();
+        let total: f64 = raw.iter().map(|w| w.abs()).sum::<f64>().max(1e-12);
+        raw.iter().map(|w| w * budget / total).collect()
+    }
+
     pub fn score(&self, x: &[f64]) -> f64 {
         x.iter()
             .zip(&self.weights)
@@ -104,7 +119,7 @@ impl ClickGroup {
 /// Fits weights on the preferences of a click log ([`ClickGroup::pairs`]), with the same
 /// loss and standardisation as [`train`].
 pub fn train_on_clicks(
-    groups: &[ClickGroup],
+    groups: &[&ClickGroup],
     position_bias: f64,
     options: TrainOptions,
 ) -> LinearModel {
@@ -256,6 +271,7 @@ mod tests {
                 }
             })
             .collect();
+        let groups: Vec<&ClickGroup> = groups.iter().collect();
         let corrected = train_on_clicks(&groups, 1.0, TrainOptions::default());
         let naive = train_on_clicks(&groups, 0.0, TrainOptions::default());
         assert!(

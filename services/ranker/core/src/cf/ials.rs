@@ -248,10 +248,12 @@ impl FoldIn {
                 seen.push(h);
             }
         }
-        let wide: Vec<Vec<f64>> = seen
+        // The history's vectors in f64, one flat array (this runs at every `Rank`).
+        let wide: Vec<f64> = seen
             .iter()
             .filter_map(|&h| self.row(h))
-            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .flatten()
+            .map(|&x| f64::from(x))
             .collect();
         let mut a = vec![0.0; d * d];
         let mut x = vec![0.0; d];
@@ -264,19 +266,15 @@ impl FoldIn {
         let mut parts = Vec::with_capacity(seen.len() * d);
         // The Gram matrix plus a positive diagonal is positive definite; were rounding to
         // break that, the history scores nothing rather than garbage.
-        if seen.is_empty()
-            || system
-                .solve(&mut a, &mut x, wide.iter().map(Vec::as_slice))
-                .is_err()
-        {
+        if seen.is_empty() || system.solve(&mut a, &mut x, wide.chunks_exact(d)).is_err() {
             x.fill(0.0);
             seen.clear();
         } else {
             // `a` now holds the factor of the user's system: each history item's own share
             // of the user vector is M^-1 h, and the shares sum to it.
             seen.truncate(credited);
-            for v in wide.iter().take(credited) {
-                let mut part = v.clone();
+            for v in wide.chunks_exact(d).take(credited) {
+                let mut part = v.to_vec();
                 cholesky_solve(&a, d, &mut part);
                 parts.extend(part.iter().map(|&p| p as f32));
             }

@@ -33,6 +33,8 @@ pub const ONLINE_SHARE_WITH_MODEL: f32 = 0.25;
 pub const FOLD_IN_CANDIDATES: usize = 500;
 
 const NO_ROW: u32 = u32::MAX;
+/// A CF id whose item is not in the catalog.
+const NO_SLOT: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -67,6 +69,9 @@ pub struct Catalog {
     /// interned so the per-request CF walk indexes arrays instead of hashing strings.
     cf_ids: HashMap<String, u32>,
     cf_names: Vec<String>,
+    /// The catalog slot of each CF id ([`NO_SLOT`] while the item is not in the catalog), so
+    /// that `cf_scores` hands back slots without hashing an item id per scored item.
+    cf_slots: Vec<u32>,
     /// Distinct users per item (by CF id), the CF normaliser.
     item_users: Vec<u32>,
     histories: HashMap<UserKey, Vec<HistoryEntry>>,
@@ -105,6 +110,7 @@ impl Default for Catalog {
             popularity: HashMap::new(),
             cf_ids: HashMap::new(),
             cf_names: Vec::new(),
+            cf_slots: Vec::new(),
             item_users: Vec::new(),
             histories: HashMap::new(),
             cooccurrence: Vec::new(),
@@ -155,6 +161,9 @@ impl Catalog {
                     self.slots.push(None);
                 }
                 self.by_id.insert(item.id.clone(), slot);
+                if let Some(&cf) = self.cf_ids.get(&item.id) {
+                    self.cf_slots[cf as usize] = slot;
+                }
                 slot
             }
         };
@@ -265,6 +274,9 @@ impl Catalog {
         let Some(slot) = self.by_id.remove(id) else {
             return false;
         };
+        if let Some(&cf) = self.cf_ids.get(id) {
+            self.cf_slots[cf as usize] = NO_SLOT;
+        }
         self.bm25.remove(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);
@@ -404,6 +416,8 @@ impl Catalog {
         let id = self.cf_names.len() as u32;
         self.cf_ids.insert(item_id.to_string(), id);
         self.cf_names.push(item_id.to_string());
+        self.cf_slots
+            .push(self.by_id.get(item_id).copied().unwrap_or(NO_SLOT));
         self.item_users.push(0);
         self.cooccurrence.push(HashMap::default());
         self.trained_rows.push(Vec::new());
@@ -451,7 +465,7 @@ impl Catalog {
     /// recent items are added: its neighbour weights summed over them (EASE, item-kNN) or its
     /// [`FOLD_IN_CANDIDATES`] best scores with them folded in (iALS). Each part is scaled to a
     /// maximum of 1, the online one then to [`ONLINE_SHARE_WITH_MODEL`].
-    pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<u32, (f32, &str)> {
+    pub fn cf_scores(&self, history: &[HistoryEntry]) -> HashMap<u32, (f32, &str), IdHash> {
         type Scores = HashMap<u32, (f32, u32, f32), IdHash>;
         // The history's CF ids with their weights, most recent first, looked up once: the
         // first HISTORY_WINDOW entries feed the online co-occurrence (and name the reasons),
@@ -492,17 +506,12 @@ impl Catalog {
                 // 500 x 200 dot products per `Rank`).
                 let credited = recent.iter().filter_map(row).count();
                 let folded = factors.model.fold(&rows, credited);
-                let mut scores = folded.scores();
                 // The history's own items score highest (the fold-in reconstructs them) and
                 // would set the scale the others are divided by: they are not candidates.
-                for &r in &rows {
-                    scores[r as usize] = 0.0;
-                }
-                let best = scores.iter().map(|&s| f64::from(s));
-                for (row, score) in crate::cf::strongest(best, FOLD_IN_CANDIDATES, None) {
+                for (row, score) in folded.best(FOLD_IN_CANDIDATES, &rows) {
                     if let Some((by, share)) = folded.strongest_source(row) {
                         let (c, by) = (self.factor_ids[row as usize], self.factor_ids[by as usize]);
-                        fitted.insert(c, (score as f32, by, share));
+                        fitted.insert(c, (score, by, share));
                     }
                 }
             }
@@ -542,8 +551,8 @@ impl Catalog {
         out.into_iter()
             .filter(|(_, (s, _, _))| *s > 0.0)
             .filter_map(|(c, (s, by, _))| {
-                let slot = *self.by_id.get(&self.cf_names[c as usize])?;
-                Some((slot, (s, self.cf_names[by as usize].as_str())))
+                let slot = self.cf_slots[c as usize];
+                (slot != NO_SLOT).then(|| (slot, (s, self.cf_names[by as usize].as_str())))
             })
             .collect()
     }
@@ -678,7 +687,8 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+/// The hasher of maps keyed by ids the catalog hands out (CF ids, slots).
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[cfg(test)]
 mod tests {
@@ -774,5 +784,54 @@ mod tests {
         // Back to online co-occurrence only.
         catalog.set_trained_cf(None);
         assert_eq!(owned(&catalog), online);
+    }
+
+    /// Events may name items the catalog does not hold yet (or any more): their CF scores
+    /// reach `Rank` from the moment the item is loaded, at its slot, and stop when it is
+    /// deleted, even when its slot goes to another item.
+    #[test]
+    fn cf_scores_follow_items_into_and_out_of_the_catalog() {
+        let mut catalog = Catalog::default();
+        catalog.upsert(item("p0".into()), vec![1.0, 0.0]).unwrap();
+        for (t, (user, id)) in [
+            ("a", "p0"),
+            ("a", "p1"),
+            ("b", "p0"),
+            ("b", "p1"),
+            ("s", "p0"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            catalog.record(&Interaction {
+                user: UserKey::from_stored(user.into()),
+                item_id: id.into(),
+                kind: InteractionKind::Purchase,
+                value: 1.0,
+                timestamp_ms: t as i64,
+            });
+        }
+        let history = catalog.history(&UserKey::from_stored("s".into()));
+        let scored = |catalog: &Catalog| -> Vec<(u32, String)> {
+            let mut v: Vec<(u32, String)> = catalog
+                .cf_scores(&history)
+                .into_iter()
+                .map(|(slot, (_, by))| (slot, by.to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(scored(&catalog), [], "p1 is not in the catalog yet");
+        catalog.upsert(item("p1".into()), vec![0.0, 1.0]).unwrap();
+        let p1 = catalog.slot_of("p1").unwrap();
+        assert_eq!(scored(&catalog), [(p1, "p0".to_string())]);
+        assert!(catalog.delete("p1"));
+        catalog.upsert(item("p2".into()), vec![0.0, 1.0]).unwrap();
+        assert_eq!(catalog.slot_of("p2"), Some(p1), "the freed slot is reused");
+        assert_eq!(scored(&catalog), [], "the deleted p1 is not scored as p2");
+        catalog.upsert(item("p1".into()), vec![0.0, 1.0]).unwrap();
+        let again = catalog.slot_of("p1").unwrap();
+        assert_ne!(again, p1);
+        assert_eq!(scored(&catalog), [(again, "p0".to_string())]);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use crate::catalog::{Catalog, HistoryEntry};
+use crate::catalog::{Catalog, HistoryEntry, IdHash};
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
 use crate::{RankError, UserKey};
 
@@ -299,6 +299,35 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     souk_lanes::dot(a, b)
 }
 
+/// `each(i, row_i . v)` for every row of the row-major `rows` (rows of `v.len()` numbers), in
+/// order: the CF fold-in's score pass over every item vector. The CPU check runs once per
+/// scan rather than once per row, and the AVX2 build inlines `each`.
+pub(crate) fn scan(rows: &[f32], v: &[f32], mut each: impl FnMut(usize, f32)) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn scan_avx2(rows: &[f32], v: &[f32], each: &mut impl FnMut(usize, f32)) {
+            scan_with(rows, v, each);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
+            #[allow(unsafe_code)]
+            return unsafe { scan_avx2(rows, v, &mut each) };
+        }
+    }
+    scan_with(rows, v, &mut each);
+}
+
+#[inline(always)]
+fn scan_with(rows: &[f32], v: &[f32], each: &mut impl FnMut(usize, f32)) {
+    if v.is_empty() {
+        return;
+    }
+    for (i, row) in rows.chunks_exact(v.len()).enumerate() {
+        each(i, souk_lanes::dot(row, v));
+    }
+}
+
 impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
     pub fn new(catalog: Arc<RwLock<Catalog>>, encoder: E, graph: G) -> Self {
         Self {
@@ -512,7 +541,7 @@ fn candidate_pool(
     catalog: &Catalog,
     query_vector: Option<&[f32]>,
     bm25: &HashMap<u32, f32>,
-    cf: &HashMap<u32, (f32, &str)>,
+    cf: &HashMap<u32, (f32, &str), IdHash>,
     keep: usize,
     k: usize,
 ) -> Option<Vec<u32>> {
@@ -569,8 +598,8 @@ fn first_pass(
     let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
     let bm25_max = bm25.values().copied().fold(0.0, f32::max);
     // CF neighbours by slot: the scan below must not hash an item id per item.
-    let cf_by_slot: HashMap<u32, (f32, &str)> = if history.is_empty() {
-        HashMap::new()
+    let cf_by_slot: HashMap<u32, (f32, &str), IdHash> = if history.is_empty() {
+        HashMap::default()
     } else {
         catalog.cf_scores(history)
     };

@@ -541,6 +541,37 @@ mod tests {
         assert!(folded.strongest_source(99).is_none(), "unknown item");
     }
 
+    /// `best` keeps only a running top: it must give exactly what sorting every item's score
+    /// gives (positive scores only, the history left out, ties by row), for k under, around
+    /// and over the number of positive scores.
+    #[test]
+    fn best_is_the_head_of_every_score_sorted() {
+        let (dim, items) = (4, 3_000);
+        let mut rng = crate::rng::XorShift::new(3);
+        let vectors: Vec<f32> = (0..items * dim)
+            // Coarse values: 625 distinct vectors for 3,000 items, so many scores tie exactly.
+            .map(|_| ((rng.unit() * 5.0).floor() as f32 - 2.0) / 4.0)
+            .collect();
+        let model = FoldIn::new(vectors, dim, 0.03, 0.03).unwrap();
+        let history = [5, 17, 2_999];
+        let folded = model.fold(&history, 0);
+        let mut all: Vec<(u32, f32)> = folded
+            .scores()
+            .into_iter()
+            .enumerate()
+            .map(|(row, s)| (row as u32, s))
+            .filter(|&(row, s)| s > 0.0 && !history.contains(&row))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        assert!(all.len() > 1_000 && all.len() < items - 100, "{}", all.len());
+        for k in [1, 7, 250, 500, all.len() - 1, all.len(), items] {
+            let want = &all[..k.min(all.len())];
+            assert_eq!(folded.best(k, &history), want, "k = {k}");
+        }
+        assert!(folded.best(0, &history).is_empty());
+        assert!(model.fold(&[], 0).best(10, &[]).is_empty(), "no history scores nothing");
+    }
+
     #[test]
     fn same_seed_same_model_and_empty_history_scores_zero() {
         let data = two_groups();

@@ -23,8 +23,9 @@ pub const TRAINED_CF_WINDOW: usize = 200;
 
 /// How much the online co-occurrence counts beside a trained model (each part first scaled to
 /// a maximum of 1). It still carries what the model has not seen (items and events since the
-/// fit) but counts less than the model: a quarter gave the best served CF signal over
-/// ML-100k and Last.FM for both EASE and iALS among 0, 1/4, 1/2 and 1 (BENCHMARKS.md).
+/// fit) but counts less than the model: a quarter gives the best served CF signal on
+/// validation carve-outs of ML-100k's and Last.FM's train splits, averaged over EASE and
+/// iALS, among 0, 1/8, 1/4, 1/2, 3/4 and 1 (the `rec_datasets` test checks it; BENCHMARKS.md).
 pub const ONLINE_SHARE_WITH_MODEL: f32 = 0.25;
 
 /// Items a factor model (iALS) adds to a `Rank` from its folded-in scores: the strongest
@@ -86,6 +87,8 @@ pub struct Catalog {
     interactions: u64,
     /// The collaborative filter fitted by `TrainCf`, when one was.
     trained_cf: Option<Arc<TrainedCf>>,
+    /// What online co-occurrence counts beside it ([`ONLINE_SHARE_WITH_MODEL`]).
+    online_share: f32,
     /// Bumped whenever a slot's item is replaced or deleted; ANN points carry the version they
     /// were inserted for.
     slot_versions: Vec<u32>,
@@ -119,6 +122,7 @@ impl Default for Catalog {
             factor_ids: Vec::new(),
             interactions: 0,
             trained_cf: None,
+            online_share: ONLINE_SHARE_WITH_MODEL,
             slot_versions: Vec::new(),
             ann: None,
             ann_min_items: DEFAULT_ANN_MIN_ITEMS,
@@ -454,6 +458,18 @@ impl Catalog {
         self.trained_cf = model;
     }
 
+    /// What online co-occurrence counts beside a trained model, relative to it (both scaled
+    /// to a maximum of 1 first): [`ONLINE_SHARE_WITH_MODEL`] unless set. For measurements
+    /// (the `rec_datasets` test picks the default on a validation split with it); a negative
+    /// or non-finite share counts as 0.
+    pub fn set_online_share(&mut self, share: f32) {
+        self.online_share = if share.is_finite() {
+            share.max(0.0)
+        } else {
+            0.0
+        };
+    }
+
     pub fn trained_cf(&self) -> Option<&TrainedCf> {
         self.trained_cf.as_deref()
     }
@@ -528,7 +544,7 @@ impl Catalog {
         let (online_max, fitted_max) = (max(&online), max(&fitted));
         let mut out = Scores::default();
         let online_share = if fitted_max > 0.0 {
-            ONLINE_SHARE_WITH_MODEL
+            self.online_share
         } else {
             1.0
         };

@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use souk_ranker_core::UserKey;
-use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::catalog::{Catalog, ONLINE_SHARE_WITH_MODEL};
 use souk_ranker_core::cf::{
     CfAlgorithm, CfOptions, Ease, Ials, IalsOptions, Popularity, Recommender, fit_served,
 };
 use souk_ranker_core::eval::{RecSplit, recall_ndcg_at};
 use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+use souk_ranker_core::rng::XorShift;
 
 type Pairs = Vec<(String, String)>;
 
@@ -100,9 +101,31 @@ fn served_recall(
     times: &HashMap<(String, String), i64>,
     models: &[CfOptions],
 ) -> Option<(f64, Vec<f64>)> {
-    let (mut train, test) = pairs(name)?;
+    let (train, test) = pairs(name)?;
+    let mut catalog = replayed(&train, &[&test], times);
+    let held = held_out(&catalog, &test);
+    let online = cf_recall(&catalog, &held);
+    let users = catalog.user_item_sets();
+    let served = models
+        .iter()
+        .map(|options| {
+            let model = fit_served(&users, options, "v".into()).unwrap();
+            catalog.set_trained_cf(Some(Arc::new(model)));
+            cf_recall(&catalog, &held)
+        })
+        .collect();
+    Some((online, served))
+}
+
+/// A catalog holding every item of `train` and `rest`, with `train` replayed into it as
+/// purchases in time order (`times`; file order where a pair has none).
+fn replayed(train: &Pairs, rest: &[&Pairs], times: &HashMap<(String, String), i64>) -> Catalog {
     let mut catalog = Catalog::default();
-    let mut ids: Vec<&String> = train.iter().chain(&test).map(|(_, i)| i).collect();
+    let mut ids: Vec<&String> = train
+        .iter()
+        .chain(rest.iter().copied().flatten())
+        .map(|(_, i)| i)
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
@@ -114,58 +137,93 @@ fn served_recall(
         };
         catalog.upsert(item, vec![1.0]).unwrap();
     }
-    let order: HashMap<(String, String), i64> = train
+    let order: HashMap<&(String, String), i64> = train
         .iter()
         .enumerate()
-        .map(|(n, p)| (p.clone(), times.get(p).copied().unwrap_or(n as i64)))
+        .map(|(n, p)| (p, times.get(p).copied().unwrap_or(n as i64)))
         .collect();
-    train.sort_by_key(|p| order[p]);
-    for (user, item) in &train {
+    let mut sorted: Vec<&(String, String)> = train.iter().collect();
+    sorted.sort_by_key(|p| order[p]);
+    for pair in sorted {
         catalog.record(&Interaction {
-            user: UserKey::from_stored(user.clone()),
-            item_id: item.clone(),
+            user: UserKey::from_stored(pair.0.clone()),
+            item_id: pair.1.clone(),
             kind: InteractionKind::Purchase,
             value: 1.0,
-            timestamp_ms: order[&(user.clone(), item.clone())],
+            timestamp_ms: order[pair],
         });
     }
+    catalog
+}
+
+/// Each user's held-out items, by catalog slot.
+fn held_out<'a>(catalog: &Catalog, pairs: &'a Pairs) -> HashMap<&'a str, HashSet<u32>> {
     let mut held: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for (user, item) in &test {
+    for (user, item) in pairs {
         held.entry(user)
             .or_default()
             .insert(catalog.slot_of(item).unwrap());
     }
-    let recall = |catalog: &Catalog| {
-        let mut sum = 0.0;
-        for (user, relevant) in &held {
-            let history = catalog.history(&UserKey::from_stored(user.to_string()));
-            let seen: HashSet<u32> = history
-                .iter()
-                .filter_map(|h| catalog.slot_of(&h.item_id))
-                .collect();
-            let mut scored: Vec<(u32, f32)> = catalog
-                .cf_scores(&history)
-                .into_iter()
-                .filter(|(slot, _)| !seen.contains(slot))
-                .map(|(slot, (s, _))| (slot, s))
-                .collect();
-            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let ranked: Vec<u32> = scored.iter().take(20).map(|(slot, _)| *slot).collect();
-            sum += recall_ndcg_at(&ranked, relevant, 20).0;
+    held
+}
+
+/// Recall@20 of `Catalog::cf_scores` ranked alone, the user's own items excluded.
+fn cf_recall(catalog: &Catalog, held: &HashMap<&str, HashSet<u32>>) -> f64 {
+    let mut sum = 0.0;
+    for (user, relevant) in held {
+        let history = catalog.history(&UserKey::from_stored(user.to_string()));
+        let seen: HashSet<u32> = history
+            .iter()
+            .filter_map(|h| catalog.slot_of(&h.item_id))
+            .collect();
+        let mut scored: Vec<(u32, f32)> = catalog
+            .cf_scores(&history)
+            .into_iter()
+            .filter(|(slot, _)| !seen.contains(slot))
+            .map(|(slot, (s, _))| (slot, s))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let ranked: Vec<u32> = scored.iter().take(20).map(|(slot, _)| *slot).collect();
+        sum += recall_ndcg_at(&ranked, relevant, 20).0;
+    }
+    sum / held.len() as f64
+}
+
+/// The split protocol applied to `train` itself: of each user with at least 5 items, a random
+/// 20% (at least one) held out for validation.
+fn carve_validation(train: &Pairs, seed: u64) -> (Pairs, Pairs) {
+    let mut by_user: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for (user, item) in train {
+        let i = *at.entry(user).or_insert_with(|| {
+            by_user.push((user, Vec::new()));
+            by_user.len() - 1
+        });
+        by_user[i].1.push(item);
+    }
+    let mut rng = XorShift::new(seed);
+    let (mut fit, mut valid) = (Vec::new(), Vec::new());
+    for (user, mut items) in by_user {
+        let held = if items.len() >= 5 {
+            (items.len() as f64 * 0.2).round().max(1.0) as usize
+        } else {
+            0
+        };
+        // Fisher-Yates on the first `held` places.
+        for i in 0..held {
+            let j = i + (rng.unit() * (items.len() - i) as f64) as usize;
+            items.swap(i, j);
         }
-        sum / held.len() as f64
-    };
-    let online = recall(&catalog);
-    let users = catalog.user_item_sets();
-    let served = models
-        .iter()
-        .map(|options| {
-            let model = fit_served(&users, options, "v".into()).unwrap();
-            catalog.set_trained_cf(Some(Arc::new(model)));
-            recall(&catalog)
-        })
-        .collect();
-    Some((online, served))
+        for (n, item) in items.into_iter().enumerate() {
+            let pair = (user.to_string(), item.to_string());
+            if n < held {
+                valid.push(pair);
+            } else {
+                fit.push(pair);
+            }
+        }
+    }
+    (fit, valid)
 }
 
 /// ML-100k's timestamps, by (user, item).
@@ -214,4 +272,70 @@ fn trained_models_as_served_lift_the_cf_signal() {
             );
         }
     }
+}
+
+/// `ONLINE_SHARE_WITH_MODEL` (how much online co-occurrence counts beside a trained model) as
+/// picked on validation, never on test: each train split carved again by the split protocol
+/// (20% of each user's train items, seed 42), the rest replayed and fitted, every share of the
+/// grid scored on the carved-out items for EASE and iALS on both datasets. The constant must
+/// be the grid's best mean over those four cells, or within 0.001 of it.
+#[test]
+fn the_online_share_is_the_validation_pick() {
+    const SHARES: [f32; 6] = [0.0, 0.125, 0.25, 0.5, 0.75, 1.0];
+    let mut means = [0.0f64; SHARES.len()];
+    let mut cells = 0;
+    for (name, times, lambda) in [
+        ("lastfm-kgcn", HashMap::new(), 100.0),
+        ("ml-100k", movielens_times(), 500.0),
+    ] {
+        let Some((train, test)) = pairs(name) else {
+            continue;
+        };
+        let (fit, valid) = carve_validation(&train, 42);
+        let mut catalog = replayed(&fit, &[&valid, &test], &times);
+        let held = held_out(&catalog, &valid);
+        let users = catalog.user_item_sets();
+        for options in [
+            CfOptions {
+                lambda,
+                ..CfOptions::default()
+            },
+            CfOptions {
+                algorithm: CfAlgorithm::Ials,
+                ..CfOptions::default()
+            },
+        ] {
+            let model = fit_served(&users, &options, "v".into()).unwrap();
+            catalog.set_trained_cf(Some(Arc::new(model)));
+            let mut row = Vec::new();
+            for (share, mean) in SHARES.iter().zip(&mut means) {
+                catalog.set_online_share(*share);
+                let recall = cf_recall(&catalog, &held);
+                *mean += recall;
+                row.push(format!("{share}: {recall:.4}"));
+            }
+            cells += 1;
+            eprintln!(
+                "{name} {} validation recall@20 by online share: {}",
+                options.algorithm.name(),
+                row.join(", ")
+            );
+        }
+    }
+    if cells == 0 {
+        return;
+    }
+    let means: Vec<f64> = means.iter().map(|m| m / f64::from(cells)).collect();
+    let best = means.iter().copied().fold(f64::MIN, f64::max);
+    let at = SHARES
+        .iter()
+        .position(|&s| s == ONLINE_SHARE_WITH_MODEL)
+        .unwrap();
+    eprintln!("mean over {cells} cells: {means:.4?}");
+    assert!(
+        means[at] >= best - 0.001,
+        "online share {ONLINE_SHARE_WITH_MODEL}: mean validation recall {:.4}, the grid's best \
+         {best:.4} ({means:.4?} for {SHARES:?})",
+        means[at]
+    );
 }

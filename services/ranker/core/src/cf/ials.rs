@@ -563,13 +563,20 @@ mod tests {
             .filter(|&(row, s)| s > 0.0 && !history.contains(&row))
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        assert!(all.len() > 1_000 && all.len() < items - 100, "{}", all.len());
+        assert!(
+            all.len() > 1_000 && all.len() < items - 100,
+            "{}",
+            all.len()
+        );
         for k in [1, 7, 250, 500, all.len() - 1, all.len(), items] {
             let want = &all[..k.min(all.len())];
             assert_eq!(folded.best(k, &history), want, "k = {k}");
         }
         assert!(folded.best(0, &history).is_empty());
-        assert!(model.fold(&[], 0).best(10, &[]).is_empty(), "no history scores nothing");
+        assert!(
+            model.fold(&[], 0).best(10, &[]).is_empty(),
+            "no history scores nothing"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! An incremental BM25 index over item texts (Robertson/Sparck Jones, k1 = 1.2, b = 0.75).
 use std::collections::HashMap;
 
+use crate::catalog::IdHash;
+
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
@@ -44,13 +46,21 @@ fn plural_stem(mut t: String) -> String {
     }
 }
 
-/// Postings keyed by document slot.
+/// A document's length slot when the document is not indexed.
+const ABSENT: u32 = u32::MAX;
+
+/// Postings keyed by document slot. Documents are the catalog's slots (small dense numbers), so
+/// lengths sit in an array and the postings and scores hash them with the id hasher: a common
+/// word ("black") matches a tenth of a 100k-item catalog, and SipHash over those postings was
+/// most of a search's BM25 cost.
 #[derive(Debug, Clone, Default)]
 pub struct Bm25 {
-    postings: HashMap<String, HashMap<u32, u32>>,
-    lengths: HashMap<u32, u32>,
+    postings: HashMap<String, HashMap<u32, u32, IdHash>>,
+    /// Term count of each document, [`ABSENT`] where none is indexed.
+    lengths: Vec<u32>,
+    documents: usize,
     /// Distinct terms of each document, so removal touches only its postings.
-    doc_terms: HashMap<u32, Vec<String>>,
+    doc_terms: Vec<Vec<String>>,
     total_length: u64,
 }
 
@@ -59,8 +69,16 @@ impl Bm25 {
     pub fn insert(&mut self, doc: u32, text: &str) {
         self.remove(doc);
         let terms = terms(text);
-        self.lengths.insert(doc, terms.len() as u32);
-        self.total_length += terms.len() as u64;
+        let i = doc as usize;
+        if self.lengths.len() <= i {
+            self.lengths.resize(i + 1, ABSENT);
+            self.doc_terms.resize_with(i + 1, Vec::new);
+        }
+        // A text of 4 billion terms cannot arrive (requests are capped far below), but its
+        // length must not collide with ABSENT if it did.
+        self.lengths[i] = (terms.len() as u32).min(ABSENT - 1);
+        self.documents += 1;
+        self.total_length += u64::from(self.lengths[i]);
         let mut distinct = Vec::new();
         for term in terms {
             let tf = self
@@ -74,15 +92,18 @@ impl Bm25 {
             }
             *tf += 1;
         }
-        self.doc_terms.insert(doc, distinct);
+        self.doc_terms[i] = distinct;
     }
 
     pub fn remove(&mut self, doc: u32) {
-        let Some(length) = self.lengths.remove(&doc) else {
+        let i = doc as usize;
+        let Some(&length) = self.lengths.get(i).filter(|&&l| l != ABSENT) else {
             return;
         };
+        self.lengths[i] = ABSENT;
+        self.documents -= 1;
         self.total_length -= u64::from(length);
-        for term in self.doc_terms.remove(&doc).unwrap_or_default() {
+        for term in std::mem::take(&mut self.doc_terms[i]) {
             if let Some(docs) = self.postings.get_mut(&term) {
                 docs.remove(&doc);
                 if docs.is_empty() {
@@ -96,31 +117,32 @@ impl Bm25 {
     ///
     /// # Complexity
     /// O(total postings of the query's terms).
-    pub fn scores(&self, query: &str) -> HashMap<u32, f32> {
-        let n = self.lengths.len() as f32;
-        let mut out = HashMap::new();
-        if n == 0.0 {
+    pub fn scores(&self, query: &str) -> HashMap<u32, f32, IdHash> {
+        let n = self.documents as f32;
+        let mut out = HashMap::default();
+        if self.documents == 0 {
             return out;
         }
-        let avg = self.total_length as f32 / n;
-        let mut seen = Vec::new();
+        let avg = (self.total_length as f32 / n).max(1e-6);
+        // Each distinct term once, in query order (the order the scores are summed in).
+        let mut seen: Vec<String> = Vec::new();
+        let mut postings: Vec<&HashMap<u32, u32, IdHash>> = Vec::new();
         for term in terms(query) {
-            if seen.contains(&term) {
-                continue;
-            }
-            let Some(docs) = self.postings.get(&term) else {
+            if !seen.contains(&term) {
+                postings.extend(self.postings.get(&term));
                 seen.push(term);
-                continue;
-            };
+            }
+        }
+        out.reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
+        for docs in postings {
             let df = docs.len() as f32;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
             for (&doc, &tf) in docs {
-                let len = self.lengths.get(&doc).copied().unwrap_or(0) as f32;
+                let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
                 let tf = tf as f32;
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1e-6)));
+                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
                 *out.entry(doc).or_insert(0.0) += s;
             }
-            seen.push(term);
         }
         out
     }
@@ -179,5 +201,74 @@ mod tests {
             index.scores("red").is_empty(),
             "re-inserting replaces the old text"
         );
+    }
+
+    /// After inserts, replacements and removals (some of documents never indexed, on slots
+    /// far apart), every score equals BM25 recomputed from scratch over the texts then held.
+    #[test]
+    fn scores_match_a_recount_after_any_edits() {
+        let words = [
+            "red", "shoe", "lamp", "oak", "black", "mug", "glass", "wool",
+        ];
+        let mut held: HashMap<u32, String> = HashMap::new();
+        let mut index = Bm25::default();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for step in 0..400 {
+            let doc = [0, 1, 2, 7, 40, 1000, 4097][next(7) as usize];
+            if next(4) == 0 {
+                index.remove(doc);
+                held.remove(&doc);
+            } else {
+                let text: Vec<&str> = (0..1 + next(6)).map(|_| words[next(8) as usize]).collect();
+                let text = text.join(" ");
+                index.insert(doc, &text);
+                held.insert(doc, text);
+            }
+            if step % 20 != 19 {
+                continue;
+            }
+            let query = "black red shoe red";
+            let n = held.len() as f32;
+            let lengths: HashMap<u32, f32> = held
+                .iter()
+                .map(|(d, t)| (*d, terms(t).len() as f32))
+                .collect();
+            let avg = (lengths.values().sum::<f32>() / n).max(1e-6);
+            let mut expected: HashMap<u32, f32> = HashMap::new();
+            for term in ["black", "red", "shoe"] {
+                let df = held
+                    .values()
+                    .filter(|t| terms(t).contains(&term.into()))
+                    .count() as f32;
+                let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+                for (doc, text) in &held {
+                    let tf = terms(text).iter().filter(|t| *t == term).count() as f32;
+                    if tf > 0.0 {
+                        let norm = 1.0 - B + B * lengths[doc] / avg;
+                        *expected.entry(*doc).or_default() +=
+                            idf * tf * (K1 + 1.0) / (tf + K1 * norm);
+                    }
+                }
+            }
+            let got = index.scores(query);
+            assert_eq!(
+                got.len(),
+                expected.len(),
+                "step {step}: {got:?} vs {expected:?}"
+            );
+            for (doc, want) in expected {
+                let have = got.get(&doc).copied().unwrap_or(f32::NAN);
+                assert!(
+                    (have - want).abs() < 1e-5,
+                    "step {step} doc {doc}: {have} vs {want}"
+                );
+            }
+        }
     }
 }

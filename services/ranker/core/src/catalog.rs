@@ -1,7 +1,8 @@
 //! The ranker's in-memory state: items with their vectors, the BM25 index, popularity, user
 //! histories and item co-occurrence (the online item-kNN collaborative filter). The server
 //! persists items and events in sled and replays them into a `Catalog` at start.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use std::sync::Arc;
 
@@ -66,6 +67,13 @@ pub struct Catalog {
     dimension: Option<usize>,
     bm25: Bm25,
     popularity: HashMap<String, f32>,
+    /// The catalog's items with popularity > 0, most popular first (ties by slot): the popular
+    /// candidates of a `Rank` are the head of it. Keyed by the f32's bits, which order like the
+    /// numbers for positive floats. Scanning every item for them was ~40% of a search's CPU
+    /// at 100k items (BENCHMARKS.md, "the ranker's own cost per `Rank`").
+    by_popularity: BTreeSet<(Reverse<u32>, u32)>,
+    /// The largest popularity of any item id (events only add, so it only grows).
+    max_popularity: f32,
     /// Item ids seen by the collaborative filter (events may name items not in the catalog),
     /// interned so the per-request CF walk indexes arrays instead of hashing strings.
     cf_ids: HashMap<String, u32>,
@@ -111,6 +119,8 @@ impl Default for Catalog {
             dimension: None,
             bm25: Bm25::default(),
             popularity: HashMap::new(),
+            by_popularity: BTreeSet::new(),
+            max_popularity: 0.0,
             cf_ids: HashMap::new(),
             cf_names: Vec::new(),
             cf_slots: Vec::new(),
@@ -168,6 +178,7 @@ impl Catalog {
                 if let Some(&cf) = self.cf_ids.get(&item.id) {
                     self.cf_slots[cf as usize] = slot;
                 }
+                self.rank_popularity(slot, 0.0, self.popularity(&item.id));
                 slot
             }
         };
@@ -258,19 +269,20 @@ impl Catalog {
         }))
     }
 
-    /// The `k` most popular items' slots (any order).
+    /// The `k` most popular items' slots, most popular first (ties by slot); items without
+    /// events are not among them.
     pub(crate) fn most_popular(&self, k: usize) -> Vec<u32> {
-        let mut all: Vec<(f32, u32)> = self
-            .by_id
-            .values()
-            .map(|&slot| (self.popularity_at(slot), slot))
-            .filter(|(p, _)| *p > 0.0)
-            .collect();
-        if k < all.len() {
-            all.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
-            all.truncate(k);
+        self.by_popularity.iter().take(k).map(|&(_, s)| s).collect()
+    }
+
+    /// Moves `slot` in the popularity order from `old` to `new` (0: not in it).
+    fn rank_popularity(&mut self, slot: u32, old: f32, new: f32) {
+        if old > 0.0 {
+            self.by_popularity.remove(&(Reverse(old.to_bits()), slot));
         }
-        all.into_iter().map(|(_, s)| s).collect()
+        if new > 0.0 {
+            self.by_popularity.insert((Reverse(new.to_bits()), slot));
+        }
     }
 
     /// Removes an item from every index it ranks in. Returns false when it was not there.
@@ -281,6 +293,7 @@ impl Catalog {
         if let Some(&cf) = self.cf_ids.get(id) {
             self.cf_slots[cf as usize] = NO_SLOT;
         }
+        self.rank_popularity(slot, self.popularity(id), 0.0);
         self.bm25.remove(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);
@@ -332,7 +345,7 @@ impl Catalog {
         self.by_id.values().copied()
     }
 
-    pub(crate) fn bm25(&self, query: &str) -> HashMap<u32, f32> {
+    pub(crate) fn bm25(&self, query: &str) -> HashMap<u32, f32, IdHash> {
         self.bm25.scores(query)
     }
 
@@ -346,7 +359,7 @@ impl Catalog {
     }
 
     pub(crate) fn max_popularity(&self) -> f32 {
-        self.popularity.values().copied().fold(0.0, f32::max)
+        self.max_popularity
     }
 
     pub fn users(&self) -> usize {
@@ -374,12 +387,15 @@ impl Catalog {
         self.interactions += 1;
         let weight = event.weight();
         let popularity = self.popularity.entry(event.item_id.clone()).or_default();
+        let old = *popularity;
         *popularity += weight;
         let popularity = *popularity;
+        self.max_popularity = self.max_popularity.max(popularity);
         if let Some(&slot) = self.by_id.get(&event.item_id)
             && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
         {
             entry.popularity = popularity;
+            self.rank_popularity(slot, old, popularity);
         }
         let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
@@ -849,5 +865,99 @@ mod tests {
         let again = catalog.slot_of("p1").unwrap();
         assert_ne!(again, p1);
         assert_eq!(scored(&catalog), [(again, "p0".to_string())]);
+    }
+
+    /// The popular candidates of a `Rank` come from an order kept up to date by events,
+    /// loads and deletes: after each change it equals every catalog item's popularity sorted,
+    /// and items without events or outside the catalog are not in it.
+    #[test]
+    fn most_popular_follows_events_loads_and_deletes() {
+        let mut catalog = Catalog::default();
+        let mut t = 0;
+        let mut event = |catalog: &mut Catalog, id: &str, kind| {
+            t += 1;
+            catalog.record(&Interaction {
+                user: UserKey::from_stored(format!("u{}", t % 7)),
+                item_id: id.into(),
+                kind,
+                value: 1.0,
+                timestamp_ms: t,
+            });
+        };
+        let sorted = |catalog: &Catalog| -> Vec<(String, f32)> {
+            let mut all: Vec<(String, f32)> = (0..12)
+                .map(|i| format!("p{i}"))
+                .filter(|id| catalog.get(id).is_some())
+                .map(|id| {
+                    let p = catalog.popularity(&id);
+                    (id, p)
+                })
+                .filter(|(_, p)| *p > 0.0)
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            all
+        };
+        let head = |catalog: &Catalog, k: usize| -> Vec<(String, f32)> {
+            let mut got: Vec<(String, f32)> = catalog
+                .most_popular(k)
+                .into_iter()
+                .map(|slot| {
+                    let (item, _) = catalog.item_at(slot).unwrap();
+                    (item.id.clone(), catalog.popularity_at(slot))
+                })
+                .collect();
+            // Ties come by slot; compare as the reference orders them.
+            got.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            got
+        };
+        for i in 0..10 {
+            catalog
+                .upsert(item(format!("p{i}")), vec![1.0, 0.0])
+                .unwrap();
+        }
+        assert!(
+            catalog.most_popular(5).is_empty(),
+            "no events, no popular items"
+        );
+        for (i, kind) in [
+            (3, InteractionKind::Purchase),
+            (1, InteractionKind::View),
+            (3, InteractionKind::View),
+            (7, InteractionKind::Cart),
+            (11, InteractionKind::Purchase),
+            (1, InteractionKind::Click),
+            (5, InteractionKind::Cart),
+        ] {
+            event(&mut catalog, &format!("p{i}"), kind);
+        }
+        assert_eq!(head(&catalog, 100), sorted(&catalog));
+        assert_eq!(
+            head(&catalog, 2),
+            [("p3".to_string(), 6.0), ("p1".to_string(), 3.0)],
+            "p11 (5) has events but is not in the catalog"
+        );
+        assert_eq!(catalog.max_popularity(), 6.0);
+        assert!(catalog.delete("p3"));
+        assert_eq!(head(&catalog, 100), sorted(&catalog));
+        assert_eq!(
+            head(&catalog, 1)[0].0,
+            "p1",
+            "p3 left with its slot; p1 and p7 tie at 3"
+        );
+        catalog.upsert(item("p11".into()), vec![1.0, 0.0]).unwrap();
+        catalog.upsert(item("p3".into()), vec![1.0, 0.0]).unwrap();
+        event(&mut catalog, "p7", InteractionKind::View);
+        // Replacing an item keeps its place.
+        catalog.upsert(item("p7".into()), vec![0.0, 1.0]).unwrap();
+        assert_eq!(head(&catalog, 100), sorted(&catalog));
+        assert_eq!(
+            head(&catalog, 3),
+            [
+                ("p3".to_string(), 6.0),
+                ("p11".to_string(), 5.0),
+                ("p7".to_string(), 4.0)
+            ],
+            "loaded items come in with the events they already had"
+        );
     }
 }

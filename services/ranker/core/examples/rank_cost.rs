@@ -1,0 +1,288 @@
+//! What one `Rank` costs inside the ranker at a given catalog size, with the encoder and the
+//! graph answered in memory (so the figure is the ranker's own CPU: candidates, BM25, CF,
+//! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
+//! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
+//! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
+//! once, after loading, as a store reload does. Three request kinds, 400 each: a search by an
+//! anonymous visitor, the same search by a known shopper, and a recommendation (no query).
+//!
+//! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
+//! (items, shoppers; defaults 100000 and 10000).
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use souk_ranker_core::UserKey;
+use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
+use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+use souk_ranker_core::rank::{
+    EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
+};
+
+const DIM: usize = 384;
+const CLUSTERS: usize = 200;
+const COLOURS: &[&str] = &[
+    "black", "white", "red", "blue", "green", "grey", "pink", "brown", "navy", "beige",
+];
+const MATERIALS: &[&str] = &[
+    "cotton",
+    "leather",
+    "steel",
+    "wooden",
+    "plastic",
+    "glass",
+    "wool",
+    "ceramic",
+    "bamboo",
+    "nylon",
+    "silk",
+    "linen",
+    "rubber",
+    "aluminium",
+    "copper",
+    "canvas",
+];
+const NOUNS: &[&str] = &[
+    "shoe",
+    "jacket",
+    "lamp",
+    "mug",
+    "chair",
+    "table",
+    "backpack",
+    "watch",
+    "scarf",
+    "glove",
+    "kettle",
+    "pan",
+    "knife",
+    "bottle",
+    "towel",
+    "pillow",
+    "blanket",
+    "rug",
+    "mirror",
+    "clock",
+    "speaker",
+    "headphone",
+    "charger",
+    "cable",
+    "keyboard",
+    "mouse",
+    "monitor",
+    "desk",
+    "shelf",
+    "basket",
+    "vase",
+    "candle",
+    "frame",
+    "hat",
+    "belt",
+    "wallet",
+    "sock",
+    "boot",
+    "sandal",
+    "dress",
+    "shirt",
+    "sweater",
+    "hoodie",
+    "jean",
+    "short",
+    "skirt",
+    "coat",
+    "umbrella",
+    "tent",
+    "helmet",
+];
+
+/// xorshift64: deterministic without a rand dependency.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+    fn unit_noise(&mut self) -> f32 {
+        self.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5
+    }
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn near(centre: &[f32], spread: f32, rng: &mut Rng) -> Vec<f32> {
+    unit(
+        centre
+            .iter()
+            .map(|c| c + spread * rng.unit_noise())
+            .collect(),
+    )
+}
+
+/// Queries embed to a vector near one cluster's centre, chosen by the query's words.
+struct Encoder(Vec<Vec<f32>>);
+impl EmbeddingSource for Encoder {
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
+        let h = text
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31) + u64::from(b));
+        let mut rng = Rng(h | 1);
+        Ok(near(&self.0[h as usize % CLUSTERS], 0.05, &mut rng))
+    }
+}
+
+struct NoGraph;
+impl GraphSource for NoGraph {
+    async fn paths(
+        &self,
+        _: Vec<String>,
+        _: Vec<String>,
+        _: u32,
+    ) -> Result<Vec<GraphPath>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let items = args.next().transpose()?.unwrap_or(100_000);
+    let users = args.next().transpose()?.unwrap_or(10_000);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let centres: Vec<Vec<f32>> = (0..CLUSTERS)
+        .map(|_| unit((0..DIM).map(|_| rng.unit_noise()).collect()))
+        .collect();
+
+    let started = Instant::now();
+    let mut catalog = Catalog::default();
+    catalog.set_ann_min_items(usize::MAX);
+    for i in 0..items {
+        let cluster = i % CLUSTERS;
+        let noun = NOUNS[cluster % NOUNS.len()];
+        let title = format!(
+            "Brand{} {} {} {}",
+            rng.below(300),
+            COLOURS[rng.below(COLOURS.len())],
+            MATERIALS[rng.below(MATERIALS.len())],
+            noun
+        );
+        let item = Item {
+            id: format!("p{i:06}"),
+            title,
+            description: String::new(),
+            category: vec![format!("dept{}", cluster % 12), noun.to_string()],
+            brand: String::new(),
+            price: 5.0 + rng.below(200) as f64,
+            attributes: Default::default(),
+            in_stock: true,
+        };
+        catalog.upsert(item, near(&centres[cluster], 0.08, &mut rng))?;
+    }
+    let loaded = started.elapsed().as_secs_f64();
+    // Shoppers stay mostly inside a few clusters; picks are skewed to popular items.
+    let mut timestamp_ms = 0;
+    for u in 0..users {
+        let user = UserKey::from_stored(format!("{u:016x}"));
+        let home = rng.below(CLUSTERS);
+        for _ in 0..5 + rng.below(30) {
+            let cluster = if rng.below(10) < 8 {
+                home
+            } else {
+                rng.below(CLUSTERS)
+            };
+            let per = items / CLUSTERS;
+            let pick = rng.below(per).min(rng.below(per)).min(rng.below(per));
+            timestamp_ms += 1;
+            catalog.record(&Interaction {
+                user: user.clone(),
+                item_id: format!("p{:06}", (pick * CLUSTERS + cluster).min(items - 1)),
+                kind: if rng.below(5) == 0 {
+                    InteractionKind::Purchase
+                } else {
+                    InteractionKind::View
+                },
+                value: 1.0,
+                timestamp_ms,
+            });
+        }
+    }
+    let started_ann = Instant::now();
+    catalog.set_ann_min_items(DEFAULT_ANN_MIN_ITEMS);
+    println!(
+        "{items} items ({loaded:.1} s), {users} shoppers, {} events; HNSW {:.1} s",
+        catalog.interactions(),
+        started_ann.elapsed().as_secs_f64()
+    );
+
+    let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), Encoder(centres), NoGraph);
+    let queries: Vec<String> = (0..400)
+        .map(|i| {
+            let noun = NOUNS[i % NOUNS.len()];
+            match i % 3 {
+                0 => format!("{} {noun}", COLOURS[i % COLOURS.len()]),
+                1 => format!("{} {noun}s", MATERIALS[i % MATERIALS.len()]),
+                _ => noun.to_string(),
+            }
+        })
+        .collect();
+    let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 3] = [
+        ("search, anonymous", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("search, known shopper", &|i| RankQuery {
+            user: shopper(i),
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("recommendation", &|i| RankQuery {
+            user: shopper(i),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+    ];
+    let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
+    // Two rounds; the second is reported (the first warms caches and the allocator).
+    for round in 0..2 {
+        for (name, request) in &kinds {
+            let mut micros = Vec::with_capacity(queries.len());
+            for i in 0..queries.len() {
+                let request = request(i);
+                let started = Instant::now();
+                let ranking = futures::executor::block_on(ranker.rank(&request))?;
+                micros.push(started.elapsed().as_secs_f64() * 1e6);
+                if ranking.items.is_empty() {
+                    return Err(format!("{name}: no results for request {i}").into());
+                }
+            }
+            if round == 1 {
+                by_kind.insert(name, micros);
+            }
+        }
+    }
+    for (name, _) in &kinds {
+        let mut m = by_kind.remove(name).unwrap_or_default();
+        m.sort_by(f64::total_cmp);
+        let mean = m.iter().sum::<f64>() / m.len().max(1) as f64;
+        let at = |q: f64| {
+            m.get(((m.len() as f64 * q) as usize).min(m.len() - 1))
+                .copied()
+        };
+        println!(
+            "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us",
+            at(0.5).unwrap_or(0.0),
+            at(0.99).unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}

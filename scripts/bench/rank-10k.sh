@@ -3,14 +3,17 @@
 # once, loads it once into $STORE (later runs reuse the store: restart with a new build and
 # measure again), warms the query cache at 100 QPS, then runs each QPS given (default 200 400).
 # usage: scripts/bench/rank-10k.sh [QPS...]    env: SHOP=/tmp/shop10k STORE=/tmp/s10 SECONDS_PER_RUN=30
+#   BIN=target/release (another build's binaries, e.g. a worktree's, to compare on one store)
+#   SCALE=32 USERS=1000 (the shop generated when SHOP has none: 32 -> 9,984 items, 320 -> 99,840)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHOP=${SHOP:-/tmp/shop10k}
 STORE=${STORE:-/tmp/s10}
 RUN=${SECONDS_PER_RUN:-30}
-bin=target/release
+bin=${BIN:-target/release}
 [ -x $bin/souk ] && [ -x $bin/soukctl ] || cargo build --release -p souk -p soukctl
-[ -f "$SHOP/products.csv" ] || python3 scripts/gen_demo_data.py --scale 32 --users 1000 --out "$SHOP"
+[ -f "$SHOP/products.csv" ] ||
+  python3 scripts/gen_demo_data.py --scale "${SCALE:-32}" --users "${USERS:-1000}" --out "$SHOP"
 fresh=0
 [ -d "$STORE" ] || fresh=1
 $bin/souk up --data-dir "$STORE" > /tmp/souk-up.log 2>&1 &

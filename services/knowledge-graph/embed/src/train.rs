@@ -42,62 +42,65 @@ pub struct Trained {
     pub stopped_early: bool,
 }
 
-/// One worker's gradient buffer and the rows it touched.
+/// A gradient matrix (`rows x width`, row-major) that remembers which rows were written, so
+/// that clearing and the optimiser step touch only those.
+struct SparseRows {
+    values: Vec<f32>,
+    width: usize,
+    touched: Vec<u32>,
+    mark: Vec<bool>,
+}
+
+impl SparseRows {
+    fn new(rows: usize, width: usize) -> Self {
+        Self {
+            values: vec![0.0; rows * width],
+            width,
+            touched: Vec::new(),
+            mark: vec![false; rows],
+        }
+    }
+
+    /// Row `row` to accumulate into, marked as touched.
+    fn row(&mut self, row: u32) -> &mut [f32] {
+        let r = row as usize;
+        if !self.mark[r] {
+            self.mark[r] = true;
+            self.touched.push(row);
+        }
+        &mut self.values[r * self.width..(r + 1) * self.width]
+    }
+
+    fn clear(&mut self) {
+        for &row in &self.touched {
+            let r = row as usize;
+            self.values[r * self.width..(r + 1) * self.width].fill(0.0);
+            self.mark[r] = false;
+        }
+        self.touched.clear();
+    }
+}
+
+/// One worker's gradient buffers and its share of the loss.
 struct Grads {
-    entities: Vec<f32>,
-    relations: Vec<f32>,
-    entity_rows: Vec<u32>,
-    relation_rows: Vec<u32>,
-    entity_mark: Vec<bool>,
-    relation_mark: Vec<bool>,
+    entities: SparseRows,
+    relations: SparseRows,
     loss: f64,
 }
 
 impl Grads {
     fn new(entities: usize, relations: usize, width: usize, dim: usize) -> Self {
         Self {
-            entities: vec![0.0; entities * width],
-            relations: vec![0.0; relations * dim],
-            entity_rows: Vec::new(),
-            relation_rows: Vec::new(),
-            entity_mark: vec![false; entities],
-            relation_mark: vec![false; relations],
+            entities: SparseRows::new(entities, width),
+            relations: SparseRows::new(relations, dim),
             loss: 0.0,
         }
     }
 
-    fn clear(&mut self, width: usize, dim: usize) {
-        for &row in &self.entity_rows {
-            let row = row as usize;
-            self.entities[row * width..(row + 1) * width].fill(0.0);
-            self.entity_mark[row] = false;
-        }
-        for &row in &self.relation_rows {
-            let row = row as usize;
-            self.relations[row * dim..(row + 1) * dim].fill(0.0);
-            self.relation_mark[row] = false;
-        }
-        self.entity_rows.clear();
-        self.relation_rows.clear();
+    fn clear(&mut self) {
+        self.entities.clear();
+        self.relations.clear();
         self.loss = 0.0;
-    }
-
-    fn entity_row(&mut self, row: u32, width: usize) -> &mut [f32] {
-        if !self.entity_mark[row as usize] {
-            self.entity_mark[row as usize] = true;
-            self.entity_rows.push(row);
-        }
-        let row = row as usize;
-        &mut self.entities[row * width..(row + 1) * width]
-    }
-
-    fn relation_row(&mut self, row: u32, dim: usize) -> &mut [f32] {
-        if !self.relation_mark[row as usize] {
-            self.relation_mark[row as usize] = true;
-            self.relation_rows.push(row);
-        }
-        let row = row as usize;
-        &mut self.relations[row * dim..(row + 1) * dim]
     }
 }
 
@@ -258,7 +261,7 @@ pub fn train_from(
                     .zip(batch.par_chunks(per_worker.max(1)))
                     .enumerate()
                     .for_each(|(worker, (grads, chunk))| {
-                        grads.clear(width, dim);
+                        grads.clear();
                         let mut wrng = SplitMix64::new(
                             batch_seed ^ (worker as u64).wrapping_mul(0xA24B_AED4_963E_E407),
                         );
@@ -281,16 +284,16 @@ pub fn train_from(
             // Workers beyond the batch's chunks kept last step's rows: clear them too.
             let used = batch.len().div_ceil(per_worker.max(1));
             for g in grads.iter_mut().skip(used) {
-                g.clear(width, dim);
+                g.clear();
             }
             loss_sum += grads.iter().map(|g| g.loss).sum::<f64>() / f64::from(total_weight);
             batches += 1;
 
             for g in &grads {
-                for &row in &g.entity_rows {
+                for &row in &g.entities.touched {
                     entity_touched[row as usize] = true;
                 }
-                for &row in &g.relation_rows {
+                for &row in &g.relations.touched {
                     relation_touched[row as usize] = true;
                 }
             }
@@ -312,7 +315,7 @@ pub fn train_from(
                     lr,
                     bias1,
                     bias2,
-                    |g: &Grads| &g.entities,
+                    |g: &Grads| &g.entities.values,
                     grads_ref,
                 );
                 adam_rows(
@@ -324,15 +327,15 @@ pub fn train_from(
                     lr,
                     bias1,
                     bias2,
-                    |g: &Grads| &g.relations,
+                    |g: &Grads| &g.relations.values,
                     grads_ref,
                 );
             });
             for g in &grads {
-                for &row in &g.entity_rows {
+                for &row in &g.entities.touched {
                     entity_touched[row as usize] = false;
                 }
-                for &row in &g.relation_rows {
+                for &row in &g.relations.touched {
                     relation_touched[row as usize] = false;
                 }
             }
@@ -522,7 +525,7 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
     for i in 0..size {
         let g = -scale * weight(i) * (1.0 - sigmoid(scratch.positives[i]));
         let truth = scratch.truths[i];
-        let gc = grads.entity_row(truth, width);
+        let gc = grads.entities.row(truth);
         kernels::score_backward(
             model,
             g,
@@ -566,7 +569,8 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
         }
         if touched {
             for (acc, g) in grads
-                .entity_row(negative, width)
+                .entities
+                .row(negative)
                 .iter_mut()
                 .zip(&scratch.candidate_grad)
             {
@@ -598,10 +602,10 @@ fn group_step(job: &mut Job<'_>, triples: &[[u32; 3]], group: &[u32]) {
                 *g += 2.0 * reg * reg_scale * p;
             }
         }
-        for (acc, g) in grads.entity_row(known, width).iter_mut().zip(ge.iter()) {
+        for (acc, g) in grads.entities.row(known).iter_mut().zip(ge.iter()) {
             *acc += g;
         }
-        for (acc, g) in grads.relation_row(r, dim).iter_mut().zip(gr.iter()) {
+        for (acc, g) in grads.relations.row(r).iter_mut().zip(gr.iter()) {
             *acc += g;
         }
     }

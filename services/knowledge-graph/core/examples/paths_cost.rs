@@ -8,8 +8,8 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
-use souk_kg_core::{Graph, PathQuery};
 use souk_kg_core::parse::tsv_line;
+use souk_kg_core::{Graph, PathQuery};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -72,7 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for p in &found.paths {
                 (&p.source, &p.target).hash(&mut digest);
                 for step in &p.steps {
-                    (&step.relation, step.direction == souk_kg_core::Direction::Out, &step.entity)
+                    (
+                        &step.relation,
+                        step.direction == souk_kg_core::Direction::Out,
+                        &step.entity,
+                    )
                         .hash(&mut digest);
                 }
             }

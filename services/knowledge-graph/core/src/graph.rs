@@ -814,9 +814,7 @@ mod tests {
         let hub = back.entity_id("cat:huge").unwrap();
         assert_eq!(back.degree(hub), HUB_DEGREE + 500);
         assert_eq!(back.degree(back.entity_id("item:0").unwrap()), 2);
-        let again = back
-            .paths(&query(&["item:0"], &["item:7"], 4, 1))
-            .unwrap();
+        let again = back.paths(&query(&["item:0"], &["item:7"], 4, 1)).unwrap();
         assert!(again.truncated, "the reloaded graph skips the hub as well");
         assert_eq!(again.paths, found.paths);
     }

@@ -7,7 +7,7 @@
 //! anonymous visitor, the same search by a known shopper, and a recommendation (no query).
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
-//! (items, shoppers; defaults 100000 and 10000).
+//! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold).
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -211,7 +211,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let started_ann = Instant::now();
-    catalog.set_ann_min_items(DEFAULT_ANN_MIN_ITEMS);
+    // ANN_MIN=1000000000: no graph, every `Rank` an exact scan (what a catalog serves below
+    // the threshold, or if it had to serve before its graph is built).
+    let min_items = std::env::var("ANN_MIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ANN_MIN_ITEMS);
+    catalog.set_ann_min_items(min_items);
     println!(
         "{items} items ({loaded:.1} s), {users} shoppers, {} events; HNSW {:.1} s",
         catalog.interactions(),

@@ -154,12 +154,16 @@ impl Recommender for Ials {
 /// shopper's newest event counts at the next `Rank`, and any history can be scored, not only
 /// the training users'.
 ///
-/// Memory: items x dim x 4 bytes (2.6 MB at 10k items, dim 64) plus dim^2 f64.
+/// Memory: items x dim x 6 bytes (3.8 MB at 10k items, dim 64) plus dim^2 f64.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FoldIn {
     dim: usize,
     /// items x dim, row-major.
     vectors: Vec<f32>,
+    /// `vectors` scaled by one positive factor into f16's range and stored as f16 bits: what
+    /// [`Folded::best`] scans, half the memory traffic of the f32 rows (the scan reads every
+    /// item's vector at every `Rank`). The factor changes no score's sign or order.
+    half: Vec<u16>,
     /// alpha0 H'H of `vectors`, dim x dim.
     gram: Vec<f64>,
     reg: f64,
@@ -202,6 +206,7 @@ impl FoldIn {
         Ok(Self {
             gram: weighted_gram(&wide, dim, unobserved),
             dim,
+            half: half_rows(&vectors),
             vectors,
             reg,
             unobserved,
@@ -322,8 +327,10 @@ impl Folded<'_> {
 
     /// The `k` items with the highest positive scores, best first (ties: lower row first),
     /// leaving out the rows in `skip` (the history itself, which the fold-in reconstructs).
-    /// One pass that keeps at most 4k candidates, instead of every item's score and a
-    /// selection over all of them (at 100k items this halves the fold-in's cost per `Rank`).
+    /// One pass over the half-precision rows that keeps at most 4k candidates, instead of
+    /// every item's score and a selection over all of them; the kept ones are then scored
+    /// again from the f32 rows, so the scores returned are exact and only items within f16
+    /// rounding (~1e-3 relative) of the k-th can trade places at the edge.
     ///
     /// # Complexity
     /// O(items x dim + k log k); memory O(k).
@@ -337,7 +344,7 @@ impl Folded<'_> {
         // k-th best so far. Rows come in increasing order, so a later row that only ties the
         // floor would rank after the kept one anyway.
         let mut floor = 0.0f32;
-        crate::rank::scan(&self.model.vectors, &self.user, |row, s| {
+        crate::rank::scan_f16(&self.model.half, &self.user, |row, s| {
             let row = row as u32;
             if s > floor && !skip.contains(&row) {
                 kept.push((row, s));
@@ -352,6 +359,12 @@ impl Folded<'_> {
             kept.select_nth_unstable_by(k - 1, order);
             kept.truncate(k);
         }
+        for (row, s) in &mut kept {
+            if let Some(v) = self.model.row(*row) {
+                *s = crate::rank::dot(v, &self.user);
+            }
+        }
+        kept.retain(|&(_, s)| s > 0.0);
         kept.sort_unstable_by(order);
         kept
     }
@@ -372,6 +385,19 @@ impl Folded<'_> {
     pub fn strongest_source(&self, item: u32) -> Option<(u32, f32)> {
         self.sources(item).max_by(|a, b| a.1.total_cmp(&b.1))
     }
+}
+
+/// `vectors` as f16 bits, scaled so that the largest magnitude is 1: a fit's vectors can sit
+/// far below f16's smallest normal number (6e-5; at 100k items and users iALS's were ~1e-6,
+/// which f16 would flush to zero), and a positive factor keeps every dot product's sign and
+/// order.
+fn half_rows(vectors: &[f32]) -> Vec<u16> {
+    let largest = vectors.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = if largest > 0.0 { 1.0 / largest } else { 1.0 };
+    vectors
+        .iter()
+        .map(|&x| half::f16::from_f32(x * scale).to_bits())
+        .collect()
 }
 
 /// alpha0 F'F for row-major `f` (rows x dim): dim x dim.
@@ -546,11 +572,19 @@ mod tests {
     /// and over the number of positive scores.
     #[test]
     fn best_is_the_head_of_every_score_sorted() {
+        // At the scale of a small fit, and far below f16's smallest number (a fit at 100k
+        // items and users came out near 1e-6): the half-precision scan must rescale.
+        for scale in [1.0, 1e-8] {
+            best_at_scale(scale);
+        }
+    }
+
+    fn best_at_scale(scale: f32) {
         let (dim, items) = (4, 3_000);
         let mut rng = crate::rng::XorShift::new(3);
         let vectors: Vec<f32> = (0..items * dim)
             // Coarse values: 625 distinct vectors for 3,000 items, so many scores tie exactly.
-            .map(|_| ((rng.unit() * 5.0).floor() as f32 - 2.0) / 4.0)
+            .map(|_| scale * ((rng.unit() * 5.0).floor() as f32 - 2.0) / 4.0)
             .collect();
         let model = FoldIn::new(vectors, dim, 0.03, 0.03).unwrap();
         let history = [5, 17, 2_999];
@@ -568,9 +602,33 @@ mod tests {
             "{}",
             all.len()
         );
+        let exact = folded.scores();
         for k in [1, 7, 250, 500, all.len() - 1, all.len(), items] {
             let want = &all[..k.min(all.len())];
-            assert_eq!(folded.best(k, &history), want, "k = {k}");
+            let got = folded.best(k, &history);
+            if scale == 1.0 {
+                // Coarse values are exact in f16: the very same answer.
+                assert_eq!(got, want, "k = {k}");
+                continue;
+            }
+            // Far from 1, "equal" vectors differ in the last bits of f32: items within f16
+            // rounding of the k-th may trade places, nothing else.
+            assert_eq!(got.len(), want.len(), "k = {k}");
+            let edge = want.last().map_or(0.0, |w| w.1);
+            for (i, &(row, score)) in got.iter().enumerate() {
+                assert_eq!(
+                    score, exact[row as usize],
+                    "k = {k}: the f32 score of {row}"
+                );
+                assert!(
+                    score >= edge * (1.0 - 1e-3),
+                    "k = {k}: {row} at {score} < {edge}"
+                );
+                assert!(!history.contains(&row));
+                if i > 0 {
+                    assert!(got[i - 1].1 >= score, "k = {k}: best first");
+                }
+            }
         }
         assert!(folded.best(0, &history).is_empty());
         assert!(

@@ -7,7 +7,9 @@
 //! anonymous visitor, the same search by a known shopper, and a recommendation (no query).
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
-//! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold).
+//! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
+//! `AGREEMENT=1` ranks every request again by exact scans and reports how much of each top 10
+//! the candidate pool found).
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -258,10 +260,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     ];
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut answers: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
     // Two rounds; the second is reported (the first warms caches and the allocator).
     for round in 0..2 {
         for (name, request) in &kinds {
             let mut micros = Vec::with_capacity(queries.len());
+            let mut ids = Vec::with_capacity(queries.len());
             for i in 0..queries.len() {
                 let request = request(i);
                 let started = Instant::now();
@@ -270,10 +274,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if ranking.items.is_empty() {
                     return Err(format!("{name}: no results for request {i}").into());
                 }
+                ids.push(ranking.items.into_iter().map(|r| r.id).collect());
             }
             if round == 1 {
                 by_kind.insert(name, micros);
+                answers.insert(name, ids);
             }
+        }
+    }
+    // AGREEMENT=1: the same requests again by exact scans over every item; how much of each
+    // top 10 the candidate pool found.
+    let mut agreement: HashMap<&str, f64> = HashMap::new();
+    if std::env::var("AGREEMENT").is_ok_and(|v| v == "1") {
+        ranker
+            .catalog()
+            .write()
+            .map_err(|_| "poisoned")?
+            .set_ann_min_items(usize::MAX);
+        for (name, request) in &kinds {
+            let pooled = answers.remove(name).unwrap_or_default();
+            let mut overlap = 0.0;
+            for (i, pooled) in pooled.iter().enumerate() {
+                let exact = futures::executor::block_on(ranker.rank(&request(i)))?;
+                let found = exact
+                    .items
+                    .iter()
+                    .filter(|r| pooled.contains(&r.id))
+                    .count();
+                overlap += found as f64 / exact.items.len().max(1) as f64;
+            }
+            agreement.insert(name, overlap / pooled.len().max(1) as f64);
         }
     }
     for (name, _) in &kinds {
@@ -284,8 +314,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.get(((m.len() as f64 * q) as usize).min(m.len() - 1))
                 .copied()
         };
+        let agrees = agreement
+            .get(name)
+            .map(|a| format!("  top 10 as the exact scan's: {:.1}%", a * 100.0))
+            .unwrap_or_default();
         println!(
-            "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us",
+            "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us{agrees}",
             at(0.5).unwrap_or(0.0),
             at(0.99).unwrap_or(0.0)
         );

@@ -172,6 +172,7 @@ impl Catalog {
             None => self.dimension = Some(vector.len()),
             _ => {}
         }
+        let popularity = self.popularity(&item.id);
         let slot = match self.by_id.get(&item.id) {
             Some(&slot) => slot,
             None => {
@@ -183,12 +184,11 @@ impl Catalog {
                 if let Some(&cf) = self.cf_ids.get(&item.id) {
                     self.cf_slots[cf as usize] = slot;
                 }
-                self.rank_popularity(slot, 0.0, self.popularity(&item.id));
+                self.rank_popularity(slot, 0.0, popularity);
                 slot
             }
         };
         self.bm25.insert(slot, &item.text());
-        let popularity = self.popularity(&item.id);
         let d = vector.len();
         let start = slot as usize * d;
         if self.vectors.len() < start + d {
@@ -298,7 +298,7 @@ impl Catalog {
         if let Some(&cf) = self.cf_ids.get(id) {
             self.cf_slots[cf as usize] = NO_SLOT;
         }
-        self.rank_popularity(slot, self.popularity(id), 0.0);
+        self.rank_popularity(slot, self.popularity_at(slot), 0.0);
         self.bm25.remove(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);

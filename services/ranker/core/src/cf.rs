@@ -433,16 +433,12 @@ pub trait Neighbours {
     fn neighbours(&self, k: usize) -> Vec<Vec<(u32, f64)>>;
 }
 
-/// The `k` largest positive entries of a dense row of scores (index `skip` left out: an
-/// item's own weight in its row), as (index, score), strongest first, ties by index.
-pub(crate) fn strongest(
-    weights: impl Iterator<Item = f64>,
-    k: usize,
-    skip: Option<usize>,
-) -> Vec<(u32, f64)> {
+/// Item `i`'s `k` strongest positive neighbours from its dense row of item-item weights
+/// (itself skipped), strongest first, ties by index.
+fn strongest(i: usize, weights: impl Iterator<Item = f64>, k: usize) -> Vec<(u32, f64)> {
     let mut best: Vec<(u32, f64)> = weights
         .enumerate()
-        .filter(|&(j, w)| Some(j) != skip && w > 0.0)
+        .filter(|&(j, w)| j != i && w > 0.0)
         .map(|(j, w)| (j as u32, w))
         .collect();
     let keep = k.min(best.len());
@@ -459,7 +455,7 @@ impl Neighbours for Ease {
         self.b
             .chunks_exact(self.n)
             .enumerate()
-            .map(|(i, row)| strongest(row.iter().copied(), k, Some(i)))
+            .map(|(i, row)| strongest(i, row.iter().copied(), k))
             .collect()
     }
 }

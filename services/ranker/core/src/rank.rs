@@ -465,13 +465,14 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
 
         // First pass, under the lock: candidates and every feature but the graph's.
-        let (mut candidates, total, history) = {
+        let (mut candidates, total, history, graph) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             let history = request
                 .user
                 .as_ref()
                 .map(|u| catalog.history(u))
                 .unwrap_or_default();
+            // Whether the graph will rescore: the first pass keeps its shortlist then.
             let graph = !history.is_empty() && weights[3] > 0.0;
             let (candidates, total) = first_pass(
                 &catalog,
@@ -482,11 +483,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 &weights,
                 keep_for(request.k, graph),
             );
-            (candidates, total, history)
+            (candidates, total, history, graph)
         };
 
         // The graph signal for the best candidates: paths from the user's recent items.
-        if !history.is_empty() && !candidates.is_empty() && weights[3] > 0.0 {
+        if graph && !candidates.is_empty() {
             let sources: Vec<String> = history
                 .iter()
                 .take(KG_SOURCES)

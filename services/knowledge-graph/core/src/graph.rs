@@ -135,17 +135,6 @@ impl Graph {
             snapshot.entities.len() as u32,
             snapshot.relations.len() as u32,
         );
-        let mut degrees = vec![0u32; snapshot.entities.len()];
-        for &(h, rel, t) in &snapshot.triples {
-            if h >= n || t >= n || rel >= r {
-                return Err(KgError::Storage(format!(
-                    "triple ({h}, {rel}, {t}) refers to an unknown id ({n} entities, {r} relations)"
-                )));
-            }
-            graph.add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
-            degrees[h as usize] += 1;
-            degrees[t as usize] += 1;
-        }
         let index = snapshot
             .entities
             .iter()
@@ -158,14 +147,31 @@ impl Graph {
             .enumerate()
             .map(|(i, name)| (name.clone(), i as u32))
             .collect();
-        Ok(Self {
+        let mut out = Self {
             graph,
-            degrees,
+            degrees: vec![0; snapshot.entities.len()],
             names: snapshot.entities,
             index,
             relations: snapshot.relations,
             relation_index,
-        })
+        };
+        for &(h, rel, t) in &snapshot.triples {
+            if h >= n || t >= n || rel >= r {
+                return Err(KgError::Storage(format!(
+                    "triple ({h}, {rel}, {t}) refers to an unknown id ({n} entities, {r} relations)"
+                )));
+            }
+            out.link(h, rel, t);
+        }
+        Ok(out)
+    }
+
+    /// Adds the edge `h -rel-> t` (ids in range) and counts it in both ends' degrees.
+    fn link(&mut self, h: u32, rel: u32, t: u32) {
+        self.graph
+            .add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
+        self.degrees[h as usize] += 1;
+        self.degrees[t as usize] += 1;
     }
 
     /// Mirrors what a store inserted. Ids must continue the graph's own numbering.
@@ -202,10 +208,7 @@ impl Graph {
                     "triple ({h}, {rel}, {t}) refers to an unknown id"
                 )));
             }
-            self.graph
-                .add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
-            self.degrees[h as usize] += 1;
-            self.degrees[t as usize] += 1;
+            self.link(h, rel, t);
         }
         Ok(())
     }
@@ -295,6 +298,11 @@ impl Graph {
     /// Edges touching `id`, both directions.
     pub fn degree(&self, id: u32) -> usize {
         self.degrees.get(id as usize).map_or(0, |&d| d as usize)
+    }
+
+    /// A node the path search does not expand (more than [`HUB_DEGREE`] edges).
+    fn is_hub(&self, id: u32) -> bool {
+        self.degree(id) > HUB_DEGREE
     }
 
     /// Entities joined to `id` by `relation`: tails of `(id, relation, ?)` for `Out`, heads of
@@ -480,16 +488,19 @@ impl Graph {
                     // A hub costs the forward walk the targets' edges anyway.
                     LastHop::Cheaper => frontier
                         .iter()
-                        .map(|&u| match self.degree(u) {
-                            deg if deg > HUB_DEGREE => from_targets,
-                            deg => deg,
+                        .map(|&u| {
+                            if self.is_hub(u) {
+                                from_targets
+                            } else {
+                                self.degree(u)
+                            }
                         })
                         .sum::<usize>()
                         .gt(&from_targets),
                 };
                 if backward {
                     let hits = self.last_hop_from_targets(&frontier, &targets, &allows);
-                    found.truncated |= frontier.iter().any(|&u| self.degree(u) > HUB_DEGREE);
+                    found.truncated |= frontier.iter().any(|&u| self.is_hub(u));
                     for (t, pred) in hits {
                         record(&mut depth, &mut preds, t, d, pred, query.limit);
                     }
@@ -499,7 +510,7 @@ impl Graph {
             let mut next = Vec::new();
             for &u in &frontier {
                 let node = NodeIndex::new(u as usize);
-                if self.degree(u) > HUB_DEGREE {
+                if self.is_hub(u) {
                     found.truncated = true;
                     // Only direct edges from the hub to a target; walk them from the target side.
                     for &t in &targets {
@@ -629,7 +640,7 @@ impl Graph {
                     if !allows(*edge.weight()) {
                         continue;
                     }
-                    let hub = self.degree(other) > HUB_DEGREE;
+                    let hub = self.is_hub(other);
                     let phase = u8::from((dir == Direction::In) != hub);
                     let pred = Pred {
                         prev: other,

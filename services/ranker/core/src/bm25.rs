@@ -212,20 +212,15 @@ mod tests {
         ];
         let mut held: HashMap<u32, String> = HashMap::new();
         let mut index = Bm25::default();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = crate::rng::XorShift::new(11);
+        let mut next = |n: usize| (rng.unit() * n as f64) as usize;
         for step in 0..400 {
-            let doc = [0, 1, 2, 7, 40, 1000, 4097][next(7) as usize];
+            let doc = [0, 1, 2, 7, 40, 1000, 4097][next(7)];
             if next(4) == 0 {
                 index.remove(doc);
                 held.remove(&doc);
             } else {
-                let text: Vec<&str> = (0..1 + next(6)).map(|_| words[next(8) as usize]).collect();
+                let text: Vec<&str> = (0..1 + next(6)).map(|_| words[next(8)]).collect();
                 let text = text.join(" ");
                 index.insert(doc, &text);
                 held.insert(doc, text);

@@ -312,19 +312,25 @@ fn the_served_cf_constants_are_validation_picks() {
             let model = fit_served(&users, &options, "v".into()).unwrap();
             catalog.set_trained_cf(Some(Arc::new(model)));
             let mut row = Vec::new();
-            for (share, mean) in SHARES.iter().zip(&mut share_means) {
-                catalog.set_online_share(*share);
-                let recall = cf_recall(&catalog, &held);
-                *mean += recall;
-                row.push(format!("{share}: {recall:.4}"));
-            }
+            sweep(
+                &mut catalog,
+                &held,
+                &SHARES,
+                &mut share_means,
+                &mut row,
+                "",
+                |c, s| c.set_online_share(s),
+            );
             catalog.set_online_share(ONLINE_SHARE_WITH_MODEL);
-            for (window, mean) in WINDOWS.iter().zip(&mut window_means) {
-                catalog.set_trained_window(*window);
-                let recall = cf_recall(&catalog, &held);
-                *mean += recall;
-                row.push(format!("window {window}: {recall:.4}"));
-            }
+            sweep(
+                &mut catalog,
+                &held,
+                &WINDOWS,
+                &mut window_means,
+                &mut row,
+                "window ",
+                |c, w| c.set_trained_window(w),
+            );
             catalog.set_trained_window(TRAINED_CF_WINDOW);
             cells += 1;
             eprintln!(
@@ -340,27 +346,37 @@ fn the_served_cf_constants_are_validation_picks() {
     let mean = |sums: &[f64]| -> Vec<f64> { sums.iter().map(|m| m / f64::from(cells)).collect() };
     let (shares, windows) = (mean(&share_means), mean(&window_means));
     eprintln!("mean over {cells} cells: by share {shares:.4?}, by window {windows:.4?}");
-    let best = |means: &[f64]| means.iter().copied().fold(f64::MIN, f64::max);
-    let at = SHARES
-        .iter()
-        .position(|&s| s == ONLINE_SHARE_WITH_MODEL)
-        .unwrap();
+    assert_picked("online share", &SHARES, &shares, ONLINE_SHARE_WITH_MODEL);
+    assert_picked("trained window", &WINDOWS, &windows, TRAINED_CF_WINDOW);
+}
+
+/// Scores the served CF signal on `held` at each value of `grid` (set with `set`), adding
+/// each recall to its sum in `sums` and "{label}{value}: recall" to `row`.
+fn sweep<T: Copy + std::fmt::Display>(
+    catalog: &mut Catalog,
+    held: &HashMap<&str, HashSet<u32>>,
+    grid: &[T],
+    sums: &mut [f64],
+    row: &mut Vec<String>,
+    label: &str,
+    set: impl Fn(&mut Catalog, T),
+) {
+    for (&value, sum) in grid.iter().zip(sums) {
+        set(catalog, value);
+        let recall = cf_recall(catalog, held);
+        *sum += recall;
+        row.push(format!("{label}{value}: {recall:.4}"));
+    }
+}
+
+/// `chosen` (a value of `grid`) has the grid's best mean validation recall, or within 0.001.
+fn assert_picked<T: PartialEq + std::fmt::Debug>(what: &str, grid: &[T], means: &[f64], chosen: T) {
+    let best = means.iter().copied().fold(f64::MIN, f64::max);
+    let at = grid.iter().position(|v| *v == chosen).unwrap();
     assert!(
-        shares[at] >= best(&shares) - 0.001,
-        "online share {ONLINE_SHARE_WITH_MODEL}: mean validation recall {:.4}, the grid's best \
-         {:.4} ({shares:.4?} for {SHARES:?})",
-        shares[at],
-        best(&shares)
-    );
-    let at = WINDOWS
-        .iter()
-        .position(|&w| w == TRAINED_CF_WINDOW)
-        .unwrap();
-    assert!(
-        windows[at] >= best(&windows) - 0.001,
-        "trained window {TRAINED_CF_WINDOW}: mean validation recall {:.4}, the grid's best \
-         {:.4} ({windows:.4?} for {WINDOWS:?})",
-        windows[at],
-        best(&windows)
+        means[at] >= best - 0.001,
+        "{what} {chosen:?}: mean validation recall {:.4}, the grid's best {best:.4} \
+         ({means:.4?} for {grid:?})",
+        means[at]
     );
 }

@@ -589,11 +589,11 @@ mod tests {
         let model = FoldIn::new(vectors, dim, 0.03, 0.03).unwrap();
         let history = [5, 17, 2_999];
         let folded = model.fold(&history, 0);
-        let mut all: Vec<(u32, f32)> = folded
-            .scores()
-            .into_iter()
+        let exact = folded.scores();
+        let mut all: Vec<(u32, f32)> = exact
+            .iter()
             .enumerate()
-            .map(|(row, s)| (row as u32, s))
+            .map(|(row, &s)| (row as u32, s))
             .filter(|&(row, s)| s > 0.0 && !history.contains(&row))
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -602,7 +602,6 @@ mod tests {
             "{}",
             all.len()
         );
-        let exact = folded.scores();
         for k in [1, 7, 250, 500, all.len() - 1, all.len(), items] {
             let want = &all[..k.min(all.len())];
             let got = folded.best(k, &history);

@@ -142,6 +142,22 @@ pub async fn start_kg(data_dir: &Path, admin_token: Option<&str>) -> Running {
 }
 
 pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> Running {
+    start_ranker_ann(
+        data_dir,
+        encoder_url,
+        kg_url,
+        souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+    )
+    .await
+}
+
+/// A ranker that takes dense candidates from an HNSW graph from `ann_min_items` items on.
+pub async fn start_ranker_ann(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    ann_min_items: usize,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let args = souk_ranker::RankerArgs {
         listen: listener.local_addr().unwrap(),
@@ -151,7 +167,7 @@ pub async fn start_ranker(data_dir: &Path, encoder_url: &str, kg_url: &str) -> R
         dependency_timeout_ms: 2_000,
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
-        ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+        ann_min_items,
         user_id_key: Some("test-secret".into()),
         server: server_args(None),
     };

@@ -279,7 +279,10 @@ async fn state_survives_a_restart_and_deletes_stick() {
     let dir = tempfile::tempdir().unwrap();
     let encoder = shared_encoder().await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
-    let ranker = start_ranker(&dir.path().join("ranker"), &encoder, &kg.url()).await;
+    // With an HNSW graph from the first item: a graceful stop saves it beside the store and
+    // the next start reads it (a damaged file is rebuilt instead); rankings stay the same.
+    let data = dir.path().join("ranker");
+    let ranker = start_ranker_ann(&data, &encoder, &kg.url(), 0).await;
     soukctl::load_catalog(
         channel(&ranker.url()).await,
         &repo_root().join("kg-data/products.csv"),
@@ -303,8 +306,10 @@ async fn state_survives_a_restart_and_deletes_stick() {
         .unwrap()
         .into_inner();
     ranker.stop().await.unwrap();
+    let graph = data.join("hnsw.graph");
+    let saved = std::fs::read(&graph).expect("the graph is saved at a graceful stop");
 
-    let ranker = start_ranker(&dir.path().join("ranker"), &encoder, &kg.url()).await;
+    let ranker = start_ranker_ann(&data, &encoder, &kg.url(), 0).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let stats = client
         .stats(rk::StatsRequest {})
@@ -326,6 +331,43 @@ async fn state_survives_a_restart_and_deletes_stick() {
         after.items.iter().all(|i| i.id != "p00141"),
         "deleted item stays deleted"
     );
+    ranker.stop().await.unwrap();
+    assert_eq!(
+        std::fs::read(&graph).unwrap(),
+        saved,
+        "read back unchanged, so not written again"
+    );
+
+    let mut damaged = saved.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&graph, &damaged).unwrap();
+    let ranker = start_ranker_ann(&data, &encoder, &kg.url(), 0).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let rebuilt = client
+        .rank(rank("", "waterproof hiking boots", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(&before.items),
+        ids(&rebuilt.items),
+        "a damaged graph file is rebuilt, not served"
+    );
+    ranker.stop().await.unwrap();
+    let rewritten = std::fs::read(&graph).unwrap();
+    assert_ne!(
+        rewritten, damaged,
+        "the rebuilt graph replaces the damaged file"
+    );
+    assert!(
+        souk_ranker_core::ann::AnnIndex::decode(&rewritten, |_, _| None).is_ok(),
+        "and reads back"
+    );
+}
+
+fn ids(items: &[rk::RankedItem]) -> Vec<&str> {
+    items.iter().map(|i| i.id.as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,33 +1,123 @@
-//! Approximate nearest neighbours over the catalog's item vectors: an HNSW graph (`hnsw_rs`,
-//! M = 16, ef_construction = 100) that the first pass asks for the dense candidates of a query
+//! Approximate nearest neighbours over the catalog's item vectors: an HNSW graph (Malkov and
+//! Yashunin 2018; M = 16, 32 links on the base layer, ef_construction = 100, the paper's
+//! neighbour-selection heuristic) that the first pass asks for the dense candidates of a query
 //! once the catalog is large enough that scanning every vector costs more than walking the
 //! graph (see [`crate::catalog::Catalog::set_ann_min_items`] and BENCHMARKS.md).
+//!
+//! Our own rather than `hnsw_rs` (used until session 10) so that the graph can be saved with
+//! the store and read back at start (20 s of rebuild at 100k items became a read), with a
+//! reader that refuses a damaged file with a reason instead of asserting, and so that points
+//! are inserted in parallel batches (see [`AnnIndex::build`]).
 //!
 //! HNSW cannot delete. Each indexed point remembers the slot and the slot's version it was
 //! inserted for; a replaced or deleted item bumps its slot's version, so its old point is
 //! skipped on search and the graph is rebuilt once such stale points pass a quarter of it.
-use hnsw_rs::anndists::dist::Distance;
-use hnsw_rs::hnsw::Hnsw;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
-/// Distance 1 - dot of unit vectors, with the ranker's SIMD dot product; clamped at 0 (the
-/// library's own dot distance asserts and would panic on rounding above 1).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnitDot;
+use rayon::prelude::*;
 
-impl Distance<f32> for UnitDot {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - crate::rank::dot(a, b)).max(0.0)
+use crate::rank::dot;
+use crate::rng::XorShift;
+
+/// Links per node above the base layer, and on the base layer; the construction beam. The
+/// usual defaults (hnswlib's); recall against an exact scan is in BENCHMARKS.md.
+const M: usize = 16;
+const M0: usize = 2 * M;
+const EF_CONSTRUCTION: usize = 100;
+const MAX_LEVEL: usize = 15;
+
+/// A point's slot when it stands for no item (read back from a file whose item is gone).
+const NO_SLOT: u32 = u32::MAX;
+
+/// Points inserted one at a time before batches start; a batch is then at most 1/32 of the
+/// points already linked, so a point misses few true neighbours that share its batch.
+const SERIAL_POINTS: usize = 1024;
+const MAX_BATCH: usize = 4096;
+
+/// Distance of unit vectors: 1 - dot (only its order matters; rounding may make it < 0).
+fn distance(a: &[f32], b: &[f32]) -> f32 {
+    1.0 - dot(a, b)
+}
+
+/// A point and its distance to whatever is being searched for; ordered by distance, then id.
+#[derive(Debug, Clone, Copy)]
+struct Near {
+    d: f32,
+    id: u32,
+}
+
+impl PartialEq for Near {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Near {}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.d.total_cmp(&other.d).then(self.id.cmp(&other.id))
     }
 }
 
-/// Links per node and the construction beam: the usual defaults (recall@10 > 0.99 at
-/// ef 200 on the 10k-item bench catalog; see the test below for the floor).
-const MAX_CONNECTIONS: usize = 16;
-const EF_CONSTRUCTION: usize = 100;
-const MAX_LAYERS: usize = 16;
+/// Points seen by one search: a mark per point, reset by bumping the epoch (one per thread).
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn start(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    /// True the first time `id` is seen in this search.
+    fn first(&mut self, id: u32) -> bool {
+        let mark = &mut self.marks[id as usize];
+        let first = *mark != self.epoch;
+        *mark = self.epoch;
+        first
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
+}
+
+/// The level a point is drawn at (geometric, mean 1/ln M), a function of its number so that a
+/// build is the same however its batches are spread over threads.
+fn level_of(point: usize) -> usize {
+    let u = XorShift::new(0x4e53_5748 ^ point as u64).unit();
+    let level = -(1.0 - u).ln() / (M as f64).ln();
+    (level as usize).min(MAX_LEVEL)
+}
 
 pub struct AnnIndex {
-    hnsw: Hnsw<'static, f32, UnitDot>,
+    dim: usize,
+    /// Each point's vector, row-major (the graph's own copy: a replaced item's old point keeps
+    /// the vector it was linked by).
+    vectors: Vec<f32>,
+    levels: Vec<u8>,
+    /// Base-layer links, `M0` places per point, `base_len` of them used.
+    base: Vec<u32>,
+    base_len: Vec<u8>,
+    /// Links on layers 1..=level, per point (empty for the ~15/16 of points on layer 0 only).
+    upper: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    top: usize,
     /// Point id -> (slot, slot version at insertion).
     points: Vec<(u32, u32)>,
     stale: usize,
@@ -38,39 +128,274 @@ impl std::fmt::Debug for AnnIndex {
         f.debug_struct("AnnIndex")
             .field("points", &self.points.len())
             .field("stale", &self.stale)
+            .field("top", &self.top)
             .finish()
     }
 }
 
 impl AnnIndex {
-    /// Builds the graph over `(slot, version, vector)` with all cores (rayon).
-    pub fn build<'a>(items: impl Iterator<Item = (u32, u32, &'a [f32])>) -> Self {
-        let items: Vec<(u32, u32, &[f32])> = items.collect();
-        let hnsw = Hnsw::new(
-            MAX_CONNECTIONS,
-            items.len().max(1024) * 2,
-            MAX_LAYERS,
-            EF_CONSTRUCTION,
-            UnitDot,
-        );
-        let data: Vec<(&[f32], usize)> = items
-            .iter()
-            .enumerate()
-            .map(|(id, (_, _, v))| (*v, id))
-            .collect();
-        hnsw.parallel_insert_slice(&data);
+    fn empty(dim: usize) -> Self {
         Self {
-            hnsw,
-            points: items.iter().map(|(s, ver, _)| (*s, *ver)).collect(),
+            dim,
+            vectors: Vec::new(),
+            levels: Vec::new(),
+            base: Vec::new(),
+            base_len: Vec::new(),
+            upper: Vec::new(),
+            entry: None,
+            top: 0,
+            points: Vec::new(),
             stale: 0,
         }
     }
 
+    /// Builds the graph over `(slot, version, vector)`, on all cores (rayon) once past the
+    /// first [`SERIAL_POINTS`].
+    pub fn build<'a>(items: impl Iterator<Item = (u32, u32, &'a [f32])>) -> Self {
+        let mut items = items.peekable();
+        let dim = items.peek().map_or(0, |(_, _, v)| v.len());
+        let mut index = Self::empty(dim);
+        index.extend(items);
+        index
+    }
+
+    /// Adds points and links them: one at a time while the graph is small, then in batches
+    /// whose searches run in parallel against the graph as it was before the batch.
+    fn extend<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
+        let first = self.points.len();
+        for (slot, version, vector) in items {
+            self.push(slot, version, vector);
+        }
+        let mut done = first;
+        while done < self.points.len() {
+            let size = if done < SERIAL_POINTS {
+                1
+            } else {
+                (done / 32).min(MAX_BATCH)
+            };
+            let end = (done + size).min(self.points.len());
+            self.link(done, end);
+            done = end;
+        }
+    }
+
+    /// Appends a point, not yet linked (no search reaches it until [`Self::link`]).
+    fn push(&mut self, slot: u32, version: u32, vector: &[f32]) {
+        if self.points.is_empty() {
+            self.dim = vector.len();
+        }
+        let level = level_of(self.points.len());
+        self.points.push((slot, version));
+        self.vectors.extend_from_slice(vector);
+        self.levels.push(level as u8);
+        self.base.extend(std::iter::repeat_n(0, M0));
+        self.base_len.push(0);
+        self.upper.push(vec![Vec::new(); level]);
+    }
+
     /// Adds one item's vector.
     pub fn insert(&mut self, slot: u32, version: u32, vector: &[f32]) {
-        let id = self.points.len();
-        self.points.push((slot, version));
-        self.hnsw.insert_slice((vector, id));
+        self.extend(std::iter::once((slot, version, vector)));
+    }
+
+    fn vector(&self, p: u32) -> &[f32] {
+        let start = p as usize * self.dim;
+        &self.vectors[start..start + self.dim]
+    }
+
+    fn links(&self, p: u32, layer: usize) -> &[u32] {
+        let p = p as usize;
+        if layer == 0 {
+            &self.base[p * M0..p * M0 + self.base_len[p] as usize]
+        } else {
+            &self.upper[p][layer - 1]
+        }
+    }
+
+    fn set_links(&mut self, p: u32, layer: usize, links: &[u32]) {
+        let p = p as usize;
+        if layer == 0 {
+            self.base[p * M0..p * M0 + links.len()].copy_from_slice(links);
+            self.base_len[p] = links.len() as u8;
+        } else {
+            self.upper[p][layer - 1] = links.to_vec();
+        }
+    }
+
+    /// Links points `first..end` (pushed, unlinked): each one's neighbours are chosen against
+    /// the graph without the batch (in parallel), then set, then every neighbour's list takes
+    /// its new back-links, pruned by the heuristic when full (in parallel by neighbour).
+    fn link(&mut self, mut first: usize, end: usize) {
+        if self.entry.is_none() {
+            self.entry = Some(first as u32);
+            self.top = self.levels[first] as usize;
+            first += 1;
+        }
+        if first >= end {
+            return;
+        }
+        let plans: Vec<Vec<Vec<u32>>> = if end - first == 1 {
+            vec![self.plan(first as u32)]
+        } else {
+            (first..end)
+                .into_par_iter()
+                .map(|p| self.plan(p as u32))
+                .collect()
+        };
+        let mut back: Vec<(u32, u8, u32)> = Vec::new();
+        for (p, plan) in (first..end).zip(&plans) {
+            for (layer, neighbours) in plan.iter().enumerate() {
+                self.set_links(p as u32, layer, neighbours);
+                back.extend(neighbours.iter().map(|&n| (n, layer as u8, p as u32)));
+            }
+        }
+        back.sort_unstable();
+        let groups: Vec<&[(u32, u8, u32)]> =
+            back.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1).collect();
+        let merge = |group: &&[(u32, u8, u32)]| {
+            let (node, layer, _) = group[0];
+            let added: Vec<u32> = group.iter().map(|&(_, _, p)| p).collect();
+            (node, layer, self.merged(node, layer as usize, &added))
+        };
+        let updated: Vec<(u32, u8, Vec<u32>)> = if groups.len() < 64 {
+            groups.iter().map(merge).collect()
+        } else {
+            groups.par_iter().map(merge).collect()
+        };
+        for (node, layer, links) in updated {
+            self.set_links(node, layer as usize, &links);
+        }
+        for p in first..end {
+            if self.levels[p] as usize > self.top {
+                self.top = self.levels[p] as usize;
+                self.entry = Some(p as u32);
+            }
+        }
+    }
+
+    /// `node`'s links on `layer` with `added` joined: all of them while they fit, else the
+    /// heuristic's pick among old and new.
+    fn merged(&self, node: u32, layer: usize, added: &[u32]) -> Vec<u32> {
+        let cap = if layer == 0 { M0 } else { M };
+        let current = self.links(node, layer);
+        if current.len() + added.len() <= cap {
+            return current.iter().chain(added).copied().collect();
+        }
+        let v = self.vector(node);
+        let mut candidates: Vec<Near> = current
+            .iter()
+            .chain(added)
+            .map(|&id| Near {
+                d: distance(v, self.vector(id)),
+                id,
+            })
+            .collect();
+        candidates.sort_unstable();
+        self.select(&candidates, cap)
+    }
+
+    /// The neighbours point `p` links to on each layer up to its level (or the graph's top),
+    /// found by a greedy descent and a beam of [`EF_CONSTRUCTION`] per layer.
+    fn plan(&self, p: u32) -> Vec<Vec<u32>> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let q = self.vector(p);
+        let level = (self.levels[p as usize] as usize).min(self.top);
+        let mut ep = Near {
+            d: distance(q, self.vector(entry)),
+            id: entry,
+        };
+        for layer in (level + 1..=self.top).rev() {
+            ep = self.greedy(q, ep, layer);
+        }
+        let mut plan = vec![Vec::new(); level + 1];
+        let mut entries = vec![ep];
+        VISITED.with_borrow_mut(|visited| {
+            for layer in (0..=level).rev() {
+                let found = self.search_layer(q, &entries, EF_CONSTRUCTION, layer, visited);
+                plan[layer] = self.select(&found, M);
+                entries = found;
+            }
+        });
+        plan
+    }
+
+    /// The heuristic of the HNSW paper (hnswlib's form): walking `candidates` nearest first,
+    /// keep one unless it is nearer to a kept neighbour than to the base point, up to `m`. It
+    /// links across clusters instead of filling every list with one clump's members.
+    fn select(&self, candidates: &[Near], m: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(m);
+        for c in candidates {
+            if kept.len() == m {
+                break;
+            }
+            let v = self.vector(c.id);
+            if kept.iter().all(|&k| distance(v, self.vector(k)) >= c.d) {
+                kept.push(c.id);
+            }
+        }
+        kept
+    }
+
+    /// Moves to a nearer neighbour on `layer` until none is nearer.
+    fn greedy(&self, q: &[f32], mut best: Near, layer: usize) -> Near {
+        loop {
+            let mut moved = false;
+            for &n in self.links(best.id, layer) {
+                let d = distance(q, self.vector(n));
+                if d < best.d {
+                    best = Near { d, id: n };
+                    moved = true;
+                }
+            }
+            if !moved {
+                return best;
+            }
+        }
+    }
+
+    /// The `ef` nearest points to `q` on `layer` reachable from `entries`, nearest first.
+    fn search_layer(
+        &self,
+        q: &[f32],
+        entries: &[Near],
+        ef: usize,
+        layer: usize,
+        visited: &mut Visited,
+    ) -> Vec<Near> {
+        visited.start(self.points.len());
+        let mut frontier: BinaryHeap<std::cmp::Reverse<Near>> = BinaryHeap::new();
+        let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+        for &e in entries {
+            if visited.first(e.id) {
+                frontier.push(std::cmp::Reverse(e));
+                found.push(e);
+                if found.len() > ef {
+                    found.pop();
+                }
+            }
+        }
+        while let Some(std::cmp::Reverse(c)) = frontier.pop() {
+            if found.len() >= ef && found.peek().is_some_and(|worst| c.d > worst.d) {
+                break;
+            }
+            for &n in self.links(c.id, layer) {
+                if !visited.first(n) {
+                    continue;
+                }
+                let d = distance(q, self.vector(n));
+                if found.len() < ef || found.peek().is_some_and(|worst| d < worst.d) {
+                    let near = Near { d, id: n };
+                    frontier.push(std::cmp::Reverse(near));
+                    found.push(near);
+                    if found.len() > ef {
+                        found.pop();
+                    }
+                }
+            }
+        }
+        found.into_sorted_vec()
     }
 
     /// Counts a point that no longer stands for its slot (the item was replaced or deleted).
@@ -91,6 +416,11 @@ impl AnnIndex {
         self.len() == 0
     }
 
+    /// The vectors' dimension (0 before the first point).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// The `k` nearest live slots to `query` (beam `ef`), nearest first; `live(slot, version)`
     /// says whether a point still stands for its slot.
     pub fn search(
@@ -100,15 +430,448 @@ impl AnnIndex {
         ef: usize,
         live: impl Fn(u32, u32) -> bool,
     ) -> Vec<u32> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        if query.len() != self.dim {
+            return Vec::new();
+        }
         // Stale points take places in the answer: ask for that many more.
         let ask = k + self.stale.min(k);
-        self.hnsw
-            .search(query, ask, ef.max(ask))
+        let mut ep = Near {
+            d: distance(query, self.vector(entry)),
+            id: entry,
+        };
+        for layer in (1..=self.top).rev() {
+            ep = self.greedy(query, ep, layer);
+        }
+        let found = VISITED
+            .with_borrow_mut(|visited| self.search_layer(query, &[ep], ef.max(ask), 0, visited));
+        found
             .into_iter()
-            .filter_map(|n| self.points.get(n.d_id).copied())
-            .filter(|&(slot, version)| live(slot, version))
+            .map(|n| self.points[n.id as usize])
+            .filter(|&(slot, version)| slot != NO_SLOT && live(slot, version))
             .map(|(slot, _)| slot)
             .take(k)
             .collect()
+    }
+}
+
+/// The saved graph's first bytes, and its layout's version.
+const MAGIC: &[u8; 8] = b"SOUKHNSW";
+const FORMAT: u32 = 1;
+
+/// Little-endian reads over a saved graph that answer a short or bad file with a reason.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!("cut short at byte {}", self.at));
+        };
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// What [`AnnIndex::decode`] made of a saved graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    pub points: usize,
+    /// Points whose item is gone or whose vector changed since the save.
+    pub stale: usize,
+}
+
+impl AnnIndex {
+    /// The graph as bytes: settings, every point's level, links and item id (`id_of(slot,
+    /// version)`, `None` for a stale point), the vectors, and a BLAKE3 hash of all of it.
+    pub fn encode<'a>(&self, id_of: impl Fn(u32, u32) -> Option<&'a str>) -> Vec<u8> {
+        let n = self.points.len();
+        let mut out = Vec::with_capacity(64 + n * (M0 * 4 + 24) + self.vectors.len() * 4);
+        out.extend_from_slice(MAGIC);
+        for x in [
+            FORMAT,
+            self.dim as u32,
+            n as u32,
+            M as u32,
+            M0 as u32,
+            self.entry.unwrap_or(u32::MAX),
+            self.top as u32,
+        ] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for p in 0..n {
+            let level = self.levels[p] as usize;
+            out.push(level as u8);
+            for layer in 0..=level {
+                let links = self.links(p as u32, layer);
+                out.push(links.len() as u8);
+                out.extend(links.iter().flat_map(|l| l.to_le_bytes()));
+            }
+            let (slot, version) = self.points[p];
+            match id_of(slot, version).filter(|id| id.len() < u16::MAX as usize) {
+                Some(id) => {
+                    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                    out.extend_from_slice(id.as_bytes());
+                }
+                None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+            }
+        }
+        out.extend(self.vectors.iter().flat_map(|x| x.to_le_bytes()));
+        let hash = blake3::hash(&out);
+        out.extend_from_slice(hash.as_bytes());
+        out
+    }
+
+    /// Reads back what [`Self::encode`] wrote. `resolve(id, vector)` gives the slot and version
+    /// a point stands for now, `None` when its item is gone or changed (the point is then kept
+    /// for the links through it but counted stale). A damaged or foreign file, or one saved
+    /// with other settings, is refused with the reason.
+    ///
+    /// # Errors
+    /// The reason the bytes are not a graph this build can use.
+    pub fn decode(
+        bytes: &[u8],
+        mut resolve: impl FnMut(&str, &[f32]) -> Option<(u32, u32)>,
+    ) -> Result<(Self, Decoded), String> {
+        let Some(body_len) = bytes.len().checked_sub(32) else {
+            return Err("too short to be a saved graph".into());
+        };
+        let (body, hash) = bytes.split_at(body_len);
+        if body.len() < MAGIC.len() || &body[..MAGIC.len()] != MAGIC {
+            return Err("not a saved HNSW graph".into());
+        }
+        if blake3::hash(body).as_bytes() != hash {
+            return Err("its checksum does not match (damaged or cut short)".into());
+        }
+        let mut r = Reader {
+            bytes: body,
+            at: MAGIC.len(),
+        };
+        let format = r.u32()?;
+        if format != FORMAT {
+            return Err(format!("format {format}, this build reads {FORMAT}"));
+        }
+        let dim = r.u32()? as usize;
+        let n = r.u32()? as usize;
+        let (m, m0) = (r.u32()? as usize, r.u32()? as usize);
+        if (m, m0) != (M, M0) {
+            return Err(format!("built with M {m}/{m0}, this build uses {M}/{M0}"));
+        }
+        let entry = r.u32()?;
+        let top = r.u32()? as usize;
+        // Every point takes at least 4 bytes and every vector 4 per dimension: a header
+        // claiming more than the file holds is refused before anything is allocated for it.
+        let vector_bytes = n.checked_mul(dim).and_then(|x| x.checked_mul(4));
+        if vector_bytes.is_none_or(|v| v.saturating_add(n.saturating_mul(4)) > body.len()) {
+            return Err(format!(
+                "{n} points of {dim} dimensions do not fit in the file"
+            ));
+        }
+        let mut index = Self::empty(dim);
+        index.levels.reserve(n);
+        index.base.resize(n * M0, 0);
+        index.base_len.resize(n, 0);
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(n);
+        for p in 0..n {
+            let level = r.u8()? as usize;
+            if level > MAX_LEVEL || level > top {
+                return Err(format!(
+                    "point {p} is on level {level}, above the graph's top"
+                ));
+            }
+            index.levels.push(level as u8);
+            let mut upper = Vec::with_capacity(level);
+            for layer in 0..=level {
+                let len = r.u8()? as usize;
+                let cap = if layer == 0 { M0 } else { M };
+                if len > cap {
+                    return Err(format!("point {p} has {len} links on layer {layer}"));
+                }
+                let raw = r.take(len * 4)?;
+                let links: Vec<u32> = raw
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if let Some(bad) = links.iter().find(|&&l| l as usize >= n) {
+                    return Err(format!("point {p} links to point {bad} of {n}"));
+                }
+                if layer == 0 {
+                    index.base[p * M0..p * M0 + len].copy_from_slice(&links);
+                    index.base_len[p] = len as u8;
+                } else {
+                    upper.push(links);
+                }
+            }
+            index.upper.push(upper);
+            let id_len = r.u16()?;
+            ids.push(if id_len == u16::MAX {
+                None
+            } else {
+                let raw = r.take(id_len as usize)?;
+                Some(
+                    std::str::from_utf8(raw)
+                        .map_err(|_| format!("point {p}'s item id is not UTF-8"))?
+                        .to_owned(),
+                )
+            });
+        }
+        let raw = r.take(n * dim * 4)?;
+        if r.at != body.len() {
+            return Err(format!("{} bytes after the vectors", body.len() - r.at));
+        }
+        index.vectors = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if n > 0 {
+            if entry as usize >= n || index.levels[entry as usize] as usize != top {
+                return Err(format!("entry point {entry} is not on the top level {top}"));
+            }
+            index.entry = Some(entry);
+            index.top = top;
+        }
+        for (p, id) in ids.iter().enumerate() {
+            let point = id
+                .as_deref()
+                .and_then(|id| resolve(id, index.vector(p as u32)));
+            index.points.push(point.unwrap_or((NO_SLOT, 0)));
+            if point.is_none() {
+                index.stale += 1;
+            }
+        }
+        let decoded = Decoded {
+            points: n,
+            stale: index.stale,
+        };
+        Ok((index, decoded))
+    }
+
+    /// Adds items (the catalog's items a saved graph did not cover), linked as a build would.
+    pub fn add_all<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
+        self.extend(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn unit(mut v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+
+    /// `n` unit vectors around 40 centres (clustered, as product texts are).
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = XorShift::new(seed);
+        let centres: Vec<Vec<f32>> = (0..40)
+            .map(|_| unit((0..dim).map(|_| rng.uniform() as f32).collect()))
+            .collect();
+        (0..n)
+            .map(|i| {
+                let c = &centres[i % centres.len()];
+                unit(c.iter().map(|x| x + 0.3 * rng.uniform() as f32).collect())
+            })
+            .collect()
+    }
+
+    fn exact(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u32> {
+        let mut all: Vec<Near> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Near {
+                d: distance(q, v),
+                id: i as u32,
+            })
+            .collect();
+        all.sort_unstable();
+        all.iter().take(k).map(|n| n.id).collect()
+    }
+
+    fn recall(index: &AnnIndex, vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> f64 {
+        let mut hits = 0;
+        for q in queries {
+            let want = exact(vectors, q, 10);
+            let got = index.search(q, 10, 64, |_, _| true);
+            hits += got.iter().filter(|s| want.contains(s)).count();
+        }
+        hits as f64 / (10 * queries.len()) as f64
+    }
+
+    /// Built in parallel batches or one point at a time, the graph finds the exact top 10 for
+    /// nearly every query, every list stays within its cap, and every point is reachable.
+    #[test]
+    fn batched_and_serial_builds_find_the_exact_neighbours() {
+        let vectors = clustered(4000, 24, 3);
+        let queries = clustered(100, 24, 4);
+        let batched = AnnIndex::build(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u32, 1, v.as_slice())),
+        );
+        let mut serial = AnnIndex::build(std::iter::empty());
+        for (i, v) in vectors.iter().enumerate() {
+            serial.insert(i as u32, 1, v);
+        }
+        for index in [&batched, &serial] {
+            let r = recall(index, &vectors, &queries);
+            assert!(r >= 0.95, "recall@10 at ef 64: {r:.3}");
+            assert!(index.base_len.iter().all(|&l| l as usize <= M0));
+            assert!(index.upper.iter().flatten().all(|l| l.len() <= M));
+            // Each point is its own nearest neighbour: the search reaches every point.
+            let lost = vectors
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| index.search(v, 1, 64, |_, _| true) != vec![*i as u32])
+                .count();
+            assert!(lost <= vectors.len() / 200, "{lost} points not found");
+        }
+    }
+
+    /// Stale points are skipped, and the answer still has k live slots.
+    #[test]
+    fn stale_points_are_skipped() {
+        let vectors = clustered(1500, 16, 5);
+        let mut index = AnnIndex::build(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u32, 1, v.as_slice())),
+        );
+        let q = &vectors[7];
+        let first = index.search(q, 5, 64, |_, _| true);
+        assert_eq!(first[0], 7);
+        index.mark_stale();
+        let live = |slot: u32, _| slot != 7;
+        let after = index.search(q, 5, 64, live);
+        assert_eq!(after.len(), 5);
+        assert!(!after.contains(&7));
+        assert_eq!(after[..4], first[1..]);
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("item-{i}")).collect()
+    }
+
+    /// A saved graph reads back to the same answers; a point whose item is gone or changed
+    /// comes back stale; any flipped byte, a cut, or other bytes are refused with a reason.
+    #[test]
+    fn saved_graphs_read_back_and_damage_is_refused() {
+        let vectors = clustered(1500, 16, 8);
+        let names = ids(vectors.len());
+        let index = AnnIndex::build(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u32, 1, v.as_slice())),
+        );
+        let bytes = index.encode(|slot, _| Some(names[slot as usize].as_str()));
+        let by_name = |id: &str| names.iter().position(|n| n == id);
+        let (back, decoded) = AnnIndex::decode(&bytes, |id, v| {
+            let i = by_name(id)?;
+            (vectors[i] == v).then_some((i as u32 + 10_000, 3))
+        })
+        .unwrap();
+        assert_eq!(
+            decoded,
+            Decoded {
+                points: 1500,
+                stale: 0
+            }
+        );
+        for q in vectors.iter().step_by(50) {
+            let want: Vec<u32> = index.search(q, 10, 64, |_, _| true);
+            let got: Vec<u32> = back.search(q, 10, 64, |_, v| v == 3);
+            assert_eq!(got, want.iter().map(|s| s + 10_000).collect::<Vec<_>>());
+        }
+
+        // Item 7 deleted, item 8 re-embedded: both stale, the rest found as before.
+        let (back, decoded) = AnnIndex::decode(&bytes, |id, v| {
+            let i = by_name(id)?;
+            (i != 7 && i != 8 && vectors[i] == v).then_some((i as u32, 1))
+        })
+        .unwrap();
+        assert_eq!(decoded.stale, 2);
+        assert!(!back.search(&vectors[7], 5, 64, |_, _| true).contains(&7));
+        assert_eq!(back.search(&vectors[9], 1, 64, |_, _| true), vec![9]);
+
+        let resolve = |_: &str, _: &[f32]| Some((0, 0));
+        let mut rng = XorShift::new(1);
+        for _ in 0..200 {
+            let mut damaged = bytes.clone();
+            let at = (rng.unit() * damaged.len() as f64) as usize;
+            damaged[at] ^= 1 << (at % 8);
+            let err = AnnIndex::decode(&damaged, resolve).unwrap_err();
+            assert!(!err.is_empty());
+        }
+        for cut in [0, 10, 40, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                AnnIndex::decode(&bytes[..cut], resolve).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let err = AnnIndex::decode(
+            b"{\"not\": \"a graph at all, but long enough to hash\"}",
+            resolve,
+        )
+        .unwrap_err();
+        assert_eq!(err, "not a saved HNSW graph");
+    }
+
+    /// A header that lies (links past the end, a level above the top) is refused even when
+    /// its checksum is right: the reader checks what it trusts, not only the hash.
+    #[test]
+    fn a_consistent_hash_over_wrong_structure_is_refused() {
+        let vectors = clustered(200, 8, 9);
+        let index = AnnIndex::build(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u32, 1, v.as_slice())),
+        );
+        let bytes = index.encode(|_, _| None);
+        let rehash = |mut body: Vec<u8>| {
+            body.truncate(body.len() - 32);
+            let hash = blake3::hash(&body);
+            body.extend_from_slice(hash.as_bytes());
+            body
+        };
+        // The point count in the header (bytes 16..20) claims far more than the file holds.
+        let mut lying = bytes.clone();
+        lying[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = AnnIndex::decode(&rehash(lying), |_, _| None).unwrap_err();
+        assert!(err.contains("do not fit"), "{err}");
+        // Point 0's first link (after its level and link count) names a point past the end.
+        let header = 8 + 7 * 4;
+        let mut lying = bytes.clone();
+        lying[header + 2..header + 6].copy_from_slice(&999u32.to_le_bytes());
+        let err = AnnIndex::decode(&rehash(lying), |_, _| None).unwrap_err();
+        assert!(err.contains("links to point 999 of 200"), "{err}");
+        let (back, decoded) = AnnIndex::decode(&bytes, |_, _| None).unwrap();
+        assert_eq!(decoded.stale, 200);
+        assert!(back.search(&vectors[0], 5, 32, |_, _| true).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use std::sync::Arc;
 
-use crate::ann::AnnIndex;
+use crate::ann::{AnnIndex, Decoded};
 use crate::bm25::Bm25;
 use crate::cf::TrainedCf;
 use crate::item::{Interaction, InteractionKind, Item};
@@ -107,6 +107,9 @@ pub struct Catalog {
     /// The HNSW graph over item vectors, once the catalog has `ann_min_items` items.
     ann: Option<AnnIndex>,
     ann_min_items: usize,
+    /// Bumped on every change to the graph (insert, stale point, build, drop): the server
+    /// saves it when this moved since its last save.
+    ann_changes: u64,
 }
 
 /// Catalog size from which `Rank` takes dense candidates from the HNSW graph instead of scanning
@@ -141,6 +144,7 @@ impl Default for Catalog {
             slot_versions: Vec::new(),
             ann: None,
             ann_min_items: DEFAULT_ANN_MIN_ITEMS,
+            ann_changes: 0,
         }
     }
 }
@@ -204,6 +208,7 @@ impl Catalog {
                 ann.mark_stale();
             }
             ann.insert(slot, version, &self.vectors[start..start + d]);
+            self.ann_changes += 1;
         }
         self.maintain_ann();
         Ok(())
@@ -240,6 +245,7 @@ impl Catalog {
             });
             let started = std::time::Instant::now();
             self.ann = Some(AnnIndex::build(live));
+            self.ann_changes += 1;
             tracing::info!(
                 items = n,
                 seconds = started.elapsed().as_secs_f64(),
@@ -247,15 +253,81 @@ impl Catalog {
             );
         } else if self.ann.is_some() && n * 2 < self.ann_min_items {
             self.ann = None;
+            self.ann_changes += 1;
         }
+    }
+
+    /// How many times the HNSW graph has changed: equal counts, same graph.
+    pub fn ann_changes(&self) -> u64 {
+        self.ann_changes
+    }
+
+    /// The HNSW graph as bytes to save (see [`AnnIndex::encode`]), `None` without one.
+    pub fn ann_snapshot(&self) -> Option<Vec<u8>> {
+        let ann = self.ann.as_ref()?;
+        Some(ann.encode(|slot, version| {
+            if self.slot_versions.get(slot as usize) != Some(&version) {
+                return None;
+            }
+            self.slot(slot).map(|e| e.item.id.as_str())
+        }))
+    }
+
+    /// Takes a saved HNSW graph instead of building one: each saved point stands again for
+    /// the item of its id when that item's vector is bit for bit the one it was linked by
+    /// (else it is stale), and items the graph lacks are added to it. Call after the items
+    /// are loaded; [`Self::set_ann_min_items`] then keeps it, or rebuilds when too much of it
+    /// is stale. Returns the points read, the stale ones, and the items added.
+    ///
+    /// # Errors
+    /// Why the bytes cannot be used (damaged, other settings, other dimension); the catalog
+    /// is unchanged.
+    pub fn restore_ann(&mut self, bytes: &[u8]) -> Result<(Decoded, usize), String> {
+        let d = self.dimension.unwrap_or(0);
+        let mut claimed = vec![false; self.slots.len()];
+        let (mut ann, decoded) = AnnIndex::decode(bytes, |id, vector| {
+            let slot = *self.by_id.get(id)?;
+            let start = slot as usize * d;
+            let same = vector.len() == d
+                && self.vectors[start..start + d]
+                    .iter()
+                    .zip(vector)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            // A slot is claimed by the first point whose vector is its vector, only.
+            if !same || std::mem::replace(&mut claimed[slot as usize], true) {
+                return None;
+            }
+            Some((slot, self.slot_versions[slot as usize]))
+        })?;
+        if decoded.points > 0 && ann.dim() != d {
+            return Err(format!(
+                "saved for {} dimensions, the catalog has {d}",
+                ann.dim()
+            ));
+        }
+        let missing: Vec<u32> = self
+            .by_id
+            .values()
+            .copied()
+            .filter(|&slot| !claimed[slot as usize])
+            .collect();
+        let versions = &self.slot_versions;
+        let vectors = &self.vectors;
+        ann.add_all(missing.iter().map(|&slot| {
+            let start = slot as usize * d;
+            (slot, versions[slot as usize], &vectors[start..start + d])
+        }));
+        self.ann = Some(ann);
+        self.ann_changes += 1;
+        Ok((decoded, missing.len()))
     }
 
     /// Dense candidates come from the HNSW graph from `min_items` items on (0: always; above
     /// any catalog: never, an exact scan). Builds or drops the graph now if needed.
     pub fn set_ann_min_items(&mut self, min_items: usize) {
         self.ann_min_items = min_items;
-        if self.len() < min_items {
-            self.ann = None;
+        if self.len() < min_items && self.ann.take().is_some() {
+            self.ann_changes += 1;
         }
         self.maintain_ann();
     }
@@ -305,6 +377,7 @@ impl Catalog {
         self.bump_version(slot);
         if let Some(ann) = &mut self.ann {
             ann.mark_stale();
+            self.ann_changes += 1;
         }
         self.maintain_ann();
         true

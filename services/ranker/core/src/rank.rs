@@ -286,7 +286,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// The dense scan's kernel (dot product; cosine for the catalog's unit vectors) and the CF
 /// fold-in's: the AVX2 build of [`souk_lanes::dot`] where the CPU has it (8 floats
 /// per instruction instead of SSE2's 4; the scan over a 10k-item catalog is most of a `Rank`).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         // std caches the CPUID answer: these are atomic loads.

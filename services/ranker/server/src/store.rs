@@ -2,9 +2,11 @@
 //! `v`+id -> little-endian f32s, written together in one atomic batch) and the event log in
 //! another (sequence number -> JSON event with the pseudonymised user); fitted models (fusion
 //! weights, the trained collaborative filter) as JSON by name in a third, with a factor
-//! model's vectors beside its record as little-endian f32s (`cf.vectors`).
+//! model's vectors beside its record as little-endian f32s (`cf.vectors`). The HNSW graph
+//! over item vectors is a file beside sled's (`hnsw.graph`), written whole and renamed into
+//! place, so that a restart reads it instead of rebuilding it (see [`RankerStore::save_ann`]).
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use souk_ranker_core::RankError;
 use souk_ranker_core::catalog::Catalog;
@@ -13,6 +15,7 @@ use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::rank::FusionModel;
 
 pub struct RankerStore {
+    dir: PathBuf,
     db: sled::Db,
     catalog: sled::Tree,
     events: sled::Tree,
@@ -47,6 +50,9 @@ struct FactorRecord {
 
 const CF_VECTORS: &str = "cf.vectors";
 
+/// The saved HNSW graph, in the store's directory.
+const ANN_FILE: &str = "hnsw.graph";
+
 /// Little-endian f32s, how vectors are stored (item vectors, a factor model's vectors).
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -77,6 +83,7 @@ impl RankerStore {
         let events = db.open_tree("events").map_err(internal)?;
         let models = db.open_tree("models").map_err(internal)?;
         Ok(Self {
+            dir: dir.to_path_buf(),
             db,
             catalog,
             events,
@@ -236,12 +243,48 @@ impl RankerStore {
             .transpose()
     }
 
-    /// Rebuilds the in-memory catalog: items with vectors, then every event in order; the HNSW
-    /// graph (from `ann_min_items` items) is built once at the end, on all cores.
+    fn ann_path(&self) -> PathBuf {
+        self.dir.join(ANN_FILE)
+    }
+
+    /// Writes the HNSW graph's bytes ([`Catalog::ann_snapshot`]) durably: to a temporary
+    /// file, synced, renamed over the previous one, and the directory synced, so that a crash
+    /// leaves the old graph or the new one, never half of one. `None` removes the file.
+    ///
+    /// # Errors
+    /// When the file cannot be written; the previous one stays.
+    pub fn save_ann(&self, bytes: Option<&[u8]>) -> Result<(), RankError> {
+        let path = self.ann_path();
+        let failed = |e: std::io::Error| internal(format!("{}: {e}", path.display()));
+        let Some(bytes) = bytes else {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
+                _ => Ok(()),
+            };
+        };
+        let tmp = self.dir.join(format!("{ANN_FILE}.tmp"));
+        let written = std::fs::File::create(&tmp).and_then(|mut file| {
+            use std::io::Write;
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+        written.map_err(failed)?;
+        std::fs::rename(&tmp, &path).map_err(failed)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)
+    }
+
+    /// Rebuilds the in-memory catalog: items with vectors, then every event in order; then
+    /// the HNSW graph (from `ann_min_items` items): the saved one when it is there and sound
+    /// (items it lacks are added to it), else built on all cores. A saved graph that cannot
+    /// be used is logged and rebuilt, never an error: it holds nothing the items do not.
+    ///
+    /// Also returns whether the catalog's graph is the saved file's, unchanged (nothing to save).
     ///
     /// # Errors
     /// When the store cannot be read or a record does not decode.
-    pub fn load(&self, ann_min_items: usize) -> Result<Catalog, RankError> {
+    pub fn load(&self, ann_min_items: usize) -> Result<(Catalog, bool), RankError> {
         let mut catalog = Catalog::default();
         catalog.set_ann_min_items(usize::MAX);
         for entry in self.catalog.scan_prefix([b'i']) {
@@ -261,8 +304,48 @@ impl RankerStore {
             let event: Interaction = serde_json::from_slice(&v).map_err(internal)?;
             catalog.record(&event);
         }
+        let mut as_saved = false;
+        if catalog.len() >= ann_min_items {
+            as_saved = self.restore_ann(&mut catalog);
+        }
+        let before = catalog.ann_changes();
         catalog.set_ann_min_items(ann_min_items);
-        Ok(catalog)
+        let as_saved = as_saved && catalog.ann_changes() == before;
+        Ok((catalog, as_saved))
+    }
+
+    /// Takes the saved graph into `catalog` when it can; true when it was taken as it is.
+    fn restore_ann(&self, catalog: &mut Catalog) -> bool {
+        let path = self.ann_path();
+        let started = std::time::Instant::now();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the saved HNSW graph; building one");
+                return false;
+            }
+        };
+        match catalog.restore_ann(&bytes) {
+            Ok((decoded, added)) => {
+                tracing::info!(
+                    points = decoded.points,
+                    stale = decoded.stale,
+                    added,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "read the saved HNSW graph"
+                );
+                decoded.stale == 0 && added == 0
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "the saved HNSW graph cannot be used; building one"
+                );
+                false
+            }
+        }
     }
 
     /// Reads the secret for user-id hashing from `path`, creating a random one (owner-only
@@ -314,6 +397,73 @@ mod tests {
             ..CfOptions::default()
         };
         fit_served(&users, &options, "ials-1".into()).unwrap()
+    }
+
+    fn items(n: usize, seed: u64) -> Vec<(Item, Vec<f32>)> {
+        let mut rng = souk_ranker_core::rng::XorShift::new(seed);
+        (0..n)
+            .map(|i| {
+                let item = Item {
+                    id: format!("p{i:04}"),
+                    title: format!("thing {i}"),
+                    description: String::new(),
+                    category: vec!["things".into()],
+                    brand: String::new(),
+                    price: 1.0,
+                    attributes: Default::default(),
+                    in_stock: true,
+                };
+                let v: Vec<f32> = (0..8).map(|_| rng.uniform() as f32).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (item, v.iter().map(|x| x / n).collect())
+            })
+            .collect()
+    }
+
+    /// A saved graph is read back as it was (same bytes when saved again); an item deleted
+    /// or re-embedded since makes it read back with stale points; a damaged file is not used
+    /// and the graph is built instead. The catalog serves from a graph in every case.
+    #[test]
+    fn the_hnsw_graph_is_saved_read_back_and_rebuilt_when_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        store.put_items(&items(600, 1)).unwrap();
+        let (catalog, as_saved) = store.load(0).unwrap();
+        assert!(catalog.uses_ann() && !as_saved, "no file yet: built");
+        let saved = catalog.ann_snapshot().unwrap();
+        store.save_ann(Some(&saved)).unwrap();
+
+        let (catalog, as_saved) = store.load(0).unwrap();
+        assert!(as_saved, "read back as saved");
+        assert_eq!(catalog.ann_snapshot().unwrap(), saved);
+        // Over the threshold only: a small catalog scans and does not read the file.
+        let (catalog, as_saved) = store.load(1000).unwrap();
+        assert!(!catalog.uses_ann() && !as_saved);
+
+        let mut changed = items(1, 2);
+        changed[0].0.id = "p0003".into();
+        store.put_items(&changed).unwrap();
+        store.delete_items(&["p0004".into()]).unwrap();
+        store.put_items(&items(601, 1)[600..]).unwrap();
+        let (catalog, as_saved) = store.load(0).unwrap();
+        assert!(catalog.uses_ann() && !as_saved);
+        let (back, decoded) =
+            souk_ranker_core::ann::AnnIndex::decode(&catalog.ann_snapshot().unwrap(), |id, _| {
+                Some((id[1..].parse().unwrap(), 0))
+            })
+            .unwrap();
+        // 600 read (p0003's and p0004's points now stale), p0003 and p0600 added.
+        assert_eq!(back.len(), 600);
+        assert_eq!(decoded.points, 602);
+
+        let mut damaged = saved.clone();
+        damaged[100] ^= 0x10;
+        store.save_ann(Some(&damaged)).unwrap();
+        let (catalog, as_saved) = store.load(0).unwrap();
+        assert!(catalog.uses_ann() && !as_saved, "damaged: built instead");
+        store.save_ann(None).unwrap();
+        assert!(!dir.path().join(ANN_FILE).exists());
+        store.save_ann(None).unwrap();
     }
 
     /// A factor model comes back as stored; an item-item model stored over it drops its

@@ -1,0 +1,139 @@
+//! The catalog's HNSW graph against `hnsw_rs` (the library it replaced; same M, same
+//! ef_construction, same distance, same SIMD dot product) on the same clustered unit vectors, in one run: build
+//! time, search time, and how much of an exact scan's top 10 each finds, at the first pass's
+//! ask (128 candidates, beam 128), at k = 10 (beam 128), and at wider beams (256, 512).
+//!
+//! `cargo run --release -p souk-ranker-core --example ann_cost -- [POINTS] [DIM] [QUERIES]`
+//! (default 100000 384 300).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::time::Instant;
+
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::hnsw::Hnsw;
+use souk_ranker_core::ann::AnnIndex;
+
+#[derive(Default, Clone, Copy)]
+struct UnitDot;
+impl Distance<f32> for UnitDot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - souk_ranker_core::rank::dot(a, b)).max(0.0)
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers: POINTS DIM QUERIES"))
+        .collect();
+    let n = args.first().copied().unwrap_or(100_000);
+    let dim = args.get(1).copied().unwrap_or(384);
+    let nq = args.get(2).copied().unwrap_or(300);
+    let mut rng = Rng(11);
+    // Clusters of ~50 items, each a centre plus noise NOISE times as long (default 1: members
+    // cosine ~0.5 apart, like product texts of one kind); queries drawn the same way.
+    let centres: Vec<Vec<f32>> = (0..(n / 50).max(1))
+        .map(|_| unit((0..dim).map(|_| rng.next()).collect()))
+        .collect();
+    let noise: f32 = std::env::var("NOISE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let sigma = noise * (3.0 / dim as f32).sqrt();
+    let draw = |rng: &mut Rng, i: usize| {
+        let c = &centres[i % centres.len()];
+        unit(c.iter().map(|x| x + sigma * rng.next()).collect())
+    };
+    let vectors: Vec<Vec<f32>> = (0..n).map(|i| draw(&mut rng, i)).collect();
+    let queries: Vec<Vec<f32>> = (0..nq).map(|i| draw(&mut rng, i * 7919)).collect();
+    let exact: Vec<Vec<u32>> = queries
+        .iter()
+        .map(|q| {
+            let mut all: Vec<(f32, u32)> = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (-v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i as u32))
+                .collect();
+            all.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
+            all.truncate(10);
+            all.into_iter().map(|(_, i)| i).collect()
+        })
+        .collect();
+    println!(
+        "{n} points, {dim} dimensions, {nq} queries, {} threads",
+        rayon::current_num_threads()
+    );
+
+    let started = Instant::now();
+    let ours = AnnIndex::build(
+        vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, 1, v.as_slice())),
+    );
+    let ours_build = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let theirs = Hnsw::<f32, UnitDot>::new(16, n.max(1024) * 2, 16, 100, UnitDot);
+    let data: Vec<(&[f32], usize)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.as_slice(), i))
+        .collect();
+    theirs.parallel_insert_slice(&data);
+    let theirs_build = started.elapsed().as_secs_f64();
+
+    let score = |found: &[Vec<u32>]| -> f64 {
+        let hits: usize = found
+            .iter()
+            .zip(&exact)
+            .map(|(f, e)| f.iter().filter(|i| e.contains(i)).count())
+            .sum();
+        hits as f64 / (10 * found.len()) as f64
+    };
+    for (k, ef) in [(128, 128), (10, 128), (128, 256), (128, 512)] {
+        let started = Instant::now();
+        let a: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| ours.search(q, k, ef, |_, _| true))
+            .collect();
+        let ours_us = started.elapsed().as_secs_f64() * 1e6 / nq as f64;
+        let started = Instant::now();
+        let b: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| {
+                theirs
+                    .search(q, k, ef)
+                    .into_iter()
+                    .map(|n| n.d_id as u32)
+                    .collect()
+            })
+            .collect();
+        let theirs_us = started.elapsed().as_secs_f64() * 1e6 / nq as f64;
+        println!(
+            "k {k:>3} ef {ef}: ours {ours_us:>7.0} us/search, exact top 10 found {:.4}; hnsw_rs {theirs_us:>7.0} us, {:.4}",
+            score(&a),
+            score(&b)
+        );
+    }
+    println!(
+        "build: ours {ours_build:.2} s, hnsw_rs {theirs_build:.2} s ({:.2}x)",
+        theirs_build / ours_build
+    );
+}

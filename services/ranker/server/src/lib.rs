@@ -237,10 +237,16 @@ impl AnnSaver {
                 }
                 (changes, catalog.ann_snapshot())
             };
+            // Without a graph (a small catalog, or the graph turned off) the file is left as
+            // it is: a later start that wants a graph can still use what of it matches.
+            let Some(bytes) = bytes else {
+                saver.saved.store(changes, Ordering::Release);
+                return Ok(None);
+            };
             let started = Instant::now();
-            ready.store.save_ann(bytes.as_deref())?;
+            ready.store.save_ann(&bytes)?;
             saver.saved.store(changes, Ordering::Release);
-            Ok(Some((bytes.map_or(0, |b| b.len()), started.elapsed())))
+            Ok(Some((bytes.len(), started.elapsed())))
         })
         .await;
         match written {

@@ -249,19 +249,13 @@ impl RankerStore {
 
     /// Writes the HNSW graph's bytes ([`Catalog::ann_snapshot`]) durably: to a temporary
     /// file, synced, renamed over the previous one, and the directory synced, so that a crash
-    /// leaves the old graph or the new one, never half of one. `None` removes the file.
+    /// leaves the old graph or the new one, never half of one.
     ///
     /// # Errors
     /// When the file cannot be written; the previous one stays.
-    pub fn save_ann(&self, bytes: Option<&[u8]>) -> Result<(), RankError> {
+    pub fn save_ann(&self, bytes: &[u8]) -> Result<(), RankError> {
         let path = self.ann_path();
         let failed = |e: std::io::Error| internal(format!("{}: {e}", path.display()));
-        let Some(bytes) = bytes else {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
-                _ => Ok(()),
-            };
-        };
         let tmp = self.dir.join(format!("{ANN_FILE}.tmp"));
         let written = std::fs::File::create(&tmp).and_then(|mut file| {
             use std::io::Write;
@@ -431,7 +425,7 @@ mod tests {
         let (catalog, as_saved) = store.load(0).unwrap();
         assert!(catalog.uses_ann() && !as_saved, "no file yet: built");
         let saved = catalog.ann_snapshot().unwrap();
-        store.save_ann(Some(&saved)).unwrap();
+        store.save_ann(&saved).unwrap();
 
         let (catalog, as_saved) = store.load(0).unwrap();
         assert!(as_saved, "read back as saved");
@@ -458,12 +452,9 @@ mod tests {
 
         let mut damaged = saved.clone();
         damaged[100] ^= 0x10;
-        store.save_ann(Some(&damaged)).unwrap();
+        store.save_ann(&damaged).unwrap();
         let (catalog, as_saved) = store.load(0).unwrap();
         assert!(catalog.uses_ann() && !as_saved, "damaged: built instead");
-        store.save_ann(None).unwrap();
-        assert!(!dir.path().join(ANN_FILE).exists());
-        store.save_ann(None).unwrap();
     }
 
     /// A factor model comes back as stored; an item-item model stored over it drops its

@@ -11,23 +11,13 @@ use std::time::Instant;
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
 use souk_ranker_core::ann::AnnIndex;
+use souk_ranker_core::rng::XorShift;
 
 #[derive(Default, Clone, Copy)]
 struct UnitDot;
 impl Distance<f32> for UnitDot {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         (1.0 - souk_ranker_core::rank::dot(a, b)).max(0.0)
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 
@@ -45,20 +35,20 @@ fn main() {
     let n = args.first().copied().unwrap_or(100_000);
     let dim = args.get(1).copied().unwrap_or(384);
     let nq = args.get(2).copied().unwrap_or(300);
-    let mut rng = Rng(11);
+    let mut rng = XorShift::new(11);
     // Clusters of ~50 items, each a centre plus noise NOISE times as long (default 1: members
     // cosine ~0.5 apart, like product texts of one kind); queries drawn the same way.
     let centres: Vec<Vec<f32>> = (0..(n / 50).max(1))
-        .map(|_| unit((0..dim).map(|_| rng.next()).collect()))
+        .map(|_| unit((0..dim).map(|_| rng.uniform() as f32).collect()))
         .collect();
     let noise: f32 = std::env::var("NOISE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let sigma = noise * (3.0 / dim as f32).sqrt();
-    let draw = |rng: &mut Rng, i: usize| {
+    let draw = |rng: &mut XorShift, i: usize| {
         let c = &centres[i % centres.len()];
-        unit(c.iter().map(|x| x + sigma * rng.next()).collect())
+        unit(c.iter().map(|x| x + sigma * rng.uniform() as f32).collect())
     };
     let vectors: Vec<Vec<f32>> = (0..n).map(|i| draw(&mut rng, i)).collect();
     let queries: Vec<Vec<f32>> = (0..nq).map(|i| draw(&mut rng, i * 7919)).collect();

@@ -697,6 +697,16 @@ mod tests {
             .collect()
     }
 
+    /// A graph over `vectors`, point i standing for slot i (version 1).
+    fn built(vectors: &[Vec<f32>]) -> AnnIndex {
+        AnnIndex::build(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u32, 1, v.as_slice())),
+        )
+    }
+
     fn exact(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u32> {
         let mut all: Vec<Near> = vectors
             .iter()
@@ -726,12 +736,7 @@ mod tests {
     fn batched_and_serial_builds_find_the_exact_neighbours() {
         let vectors = clustered(4000, 24, 3);
         let queries = clustered(100, 24, 4);
-        let batched = AnnIndex::build(
-            vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, 1, v.as_slice())),
-        );
+        let batched = built(&vectors);
         let mut serial = AnnIndex::build(std::iter::empty());
         for (i, v) in vectors.iter().enumerate() {
             serial.insert(i as u32, 1, v);
@@ -755,12 +760,7 @@ mod tests {
     #[test]
     fn stale_points_are_skipped() {
         let vectors = clustered(1500, 16, 5);
-        let mut index = AnnIndex::build(
-            vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, 1, v.as_slice())),
-        );
+        let mut index = built(&vectors);
         let q = &vectors[7];
         let first = index.search(q, 5, 64, |_, _| true);
         assert_eq!(first[0], 7);
@@ -782,12 +782,7 @@ mod tests {
     fn saved_graphs_read_back_and_damage_is_refused() {
         let vectors = clustered(1500, 16, 8);
         let names = ids(vectors.len());
-        let index = AnnIndex::build(
-            vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, 1, v.as_slice())),
-        );
+        let index = built(&vectors);
         let bytes = index.encode(|slot, _| Some(names[slot as usize].as_str()));
         let by_name = |id: &str| names.iter().position(|n| n == id);
         let (back, decoded) = AnnIndex::decode(&bytes, |id, v| {
@@ -846,12 +841,7 @@ mod tests {
     #[test]
     fn a_consistent_hash_over_wrong_structure_is_refused() {
         let vectors = clustered(200, 8, 9);
-        let index = AnnIndex::build(
-            vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, 1, v.as_slice())),
-        );
+        let index = built(&vectors);
         let bytes = index.encode(|_, _| None);
         let rehash = |mut body: Vec<u8>| {
             body.truncate(body.len() - 32);

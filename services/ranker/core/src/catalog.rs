@@ -274,7 +274,7 @@ impl Catalog {
     }
 
     /// Takes a saved HNSW graph instead of building one: each saved point stands again for
-    /// the item of its id when that item's vector is bit for bit the one it was linked by
+    /// the item of its id when that item's vector, in f16, is bit for bit the one it was linked by
     /// (else it is stale), and items the graph lacks are added to it. Call after the items
     /// are loaded; [`Self::set_ann_min_items`] then keeps it, or rebuilds when too much of it
     /// is stale. Returns the points read, the stale ones, and the items added.
@@ -292,7 +292,7 @@ impl Catalog {
                 && self.vectors[start..start + d]
                     .iter()
                     .zip(vector)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                    .all(|(a, b)| half::f16::from_f32(*a).to_bits() == *b);
             // A slot is claimed by the first point whose vector is its vector, only.
             if !same || std::mem::replace(&mut claimed[slot as usize], true) {
                 return None;

@@ -260,26 +260,43 @@ impl AnnSaver {
     }
 }
 
+/// When to write the graph: at the first look that finds it changed since the last save and
+/// unchanged since the previous look, or once a change has waited [`ANN_SAVE_MAX_WAIT`] (a
+/// catalog load changes it at every look).
+#[derive(Debug, Default)]
+struct SavePolicy {
+    last_look: Option<u64>,
+    waiting_since: Option<Instant>,
+}
+
+impl SavePolicy {
+    fn due(&mut self, changes: u64, saved: u64, now: Instant) -> bool {
+        let quiet = self.last_look == Some(changes);
+        self.last_look = Some(changes);
+        if changes == saved {
+            self.waiting_since = None;
+            return false;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let due = quiet || now.duration_since(since) >= ANN_SAVE_MAX_WAIT;
+        if due {
+            self.waiting_since = None;
+        }
+        due
+    }
+}
+
 async fn keep_ann_saved(ready: Arc<Ready>, saver: Arc<AnnSaver>) {
     let mut tick = tokio::time::interval(ANN_SAVE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_look = None;
-    let mut waiting_since: Option<Instant> = None;
+    let mut policy = SavePolicy::default();
     loop {
         tick.tick().await;
         let Ok(changes) = ready.ranker.catalog().read().map(|c| c.ann_changes()) else {
             return;
         };
-        let quiet = last_look == Some(changes);
-        last_look = Some(changes);
-        if changes == saver.saved.load(Ordering::Acquire) {
-            waiting_since = None;
-            continue;
-        }
-        let since = *waiting_since.get_or_insert_with(Instant::now);
-        if quiet || since.elapsed() >= ANN_SAVE_MAX_WAIT {
+        if policy.due(changes, saver.saved.load(Ordering::Acquire), Instant::now()) {
             saver.save(&ready).await;
-            waiting_since = None;
         }
     }
 }
@@ -814,5 +831,36 @@ impl pb::ranker_server::Ranker for RankerService {
             with_query: Some(weights(model.with_query)),
             without_query: Some(weights(model.without_query)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A changed graph is written once it holds still for one look; one that keeps changing
+    /// (a catalog load) is written every `ANN_SAVE_MAX_WAIT`; a saved one is not written.
+    #[test]
+    fn the_graph_is_saved_when_quiet_or_after_the_longest_wait() {
+        let start = Instant::now();
+        let at = |looks: u32| start + ANN_SAVE_CHECK * looks;
+        let mut policy = SavePolicy::default();
+        assert!(
+            !policy.due(3, NOT_SAVED, at(0)),
+            "changed since the last look"
+        );
+        assert!(policy.due(3, NOT_SAVED, at(1)), "quiet for one look");
+        assert!(!policy.due(3, 3, at(2)), "saved");
+
+        let per_wait = (ANN_SAVE_MAX_WAIT.as_secs() / ANN_SAVE_CHECK.as_secs()) as u32;
+        let mut saved_at = Vec::new();
+        for look in 0..3 * per_wait {
+            let changes = 4 + u64::from(look);
+            if policy.due(changes, 3, at(3 + look)) {
+                saved_at.push(look);
+            }
+        }
+        assert_eq!(saved_at, vec![per_wait, 2 * per_wait + 1]);
+        assert!(!policy.due(100, 100, at(400)));
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
+//! `UPSERTS=1` times adding items one at a time against batches, and
 //! `AGREEMENT=1` ranks every request again by exact scans and reports how much of each top 10
 //! the candidate pool found).
 use std::collections::HashMap;
@@ -126,6 +127,30 @@ fn near(centre: &[f32], spread: f32, rng: &mut Rng) -> Vec<f32> {
     )
 }
 
+/// A product of `cluster`: a title of brand, colour, material and the cluster's noun, and a
+/// vector near the cluster's centre.
+fn product(id: String, cluster: usize, centres: &[Vec<f32>], rng: &mut Rng) -> (Item, Vec<f32>) {
+    let noun = NOUNS[cluster % NOUNS.len()];
+    let title = format!(
+        "Brand{} {} {} {}",
+        rng.below(300),
+        COLOURS[rng.below(COLOURS.len())],
+        MATERIALS[rng.below(MATERIALS.len())],
+        noun
+    );
+    let item = Item {
+        id,
+        title,
+        description: String::new(),
+        category: vec![format!("dept{}", cluster % 12), noun.to_string()],
+        brand: String::new(),
+        price: 5.0 + rng.below(200) as f64,
+        attributes: Default::default(),
+        in_stock: true,
+    };
+    (item, near(&centres[cluster], 0.08, rng))
+}
+
 /// Queries embed to a vector near one cluster's centre, chosen by the query's words.
 struct Encoder(Vec<Vec<f32>>);
 impl EmbeddingSource for Encoder {
@@ -163,26 +188,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut catalog = Catalog::default();
     catalog.set_ann_min_items(usize::MAX);
     for i in 0..items {
-        let cluster = i % CLUSTERS;
-        let noun = NOUNS[cluster % NOUNS.len()];
-        let title = format!(
-            "Brand{} {} {} {}",
-            rng.below(300),
-            COLOURS[rng.below(COLOURS.len())],
-            MATERIALS[rng.below(MATERIALS.len())],
-            noun
-        );
-        let item = Item {
-            id: format!("p{i:06}"),
-            title,
-            description: String::new(),
-            category: vec![format!("dept{}", cluster % 12), noun.to_string()],
-            brand: String::new(),
-            price: 5.0 + rng.below(200) as f64,
-            attributes: Default::default(),
-            in_stock: true,
-        };
-        catalog.upsert(item, near(&centres[cluster], 0.08, &mut rng))?;
+        let (item, vector) = product(format!("p{i:06}"), i % CLUSTERS, &centres, &mut rng);
+        catalog.upsert(item, vector)?;
     }
     let loaded = started.elapsed().as_secs_f64();
     // Shoppers stay mostly inside a few clusters; picks are skewed to popular items.
@@ -226,7 +233,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started_ann.elapsed().as_secs_f64()
     );
 
-    let ranker = Ranker::new(Arc::new(RwLock::new(catalog)), Encoder(centres), NoGraph);
+    let ranker = Ranker::new(
+        Arc::new(RwLock::new(catalog)),
+        Encoder(centres.clone()),
+        NoGraph,
+    );
     let queries: Vec<String> = (0..400)
         .map(|i| {
             let noun = NOUNS[i % NOUNS.len()];
@@ -322,6 +333,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us{agrees}",
             at(0.5).unwrap_or(0.0),
             at(0.99).unwrap_or(0.0)
+        );
+    }
+    // UPSERTS=1: what a catalog load's batch costs under the write lock, new items into the
+    // graph one at a time (`upsert`) against batches of 64 (`upsert_many`, what `UpsertItems`
+    // does), alternating, 640 items each way per round.
+    if std::env::var("UPSERTS").is_ok_and(|v| v == "1") {
+        let mut catalog = ranker.catalog().write().map_err(|_| "poisoned")?;
+        catalog.set_ann_min_items(min_items);
+        let (mut single, mut batched) = (0.0, 0.0);
+        let mut next = 0;
+        for _ in 0..3 {
+            for one_by_one in [true, false] {
+                let batch: Vec<(Item, Vec<f32>)> = (0..640)
+                    .map(|j| {
+                        next += 1;
+                        product(format!("n{next:06}"), j % CLUSTERS, &centres, &mut rng)
+                    })
+                    .collect();
+                let started = Instant::now();
+                if one_by_one {
+                    for (item, vector) in batch {
+                        catalog.upsert(item, vector)?;
+                    }
+                    single += started.elapsed().as_secs_f64();
+                } else {
+                    let mut batch = batch;
+                    while !batch.is_empty() {
+                        let rest = batch.split_off(batch.len().min(64));
+                        catalog.upsert_many(std::mem::replace(&mut batch, rest))?;
+                    }
+                    batched += started.elapsed().as_secs_f64();
+                }
+            }
+        }
+        println!(
+            "new items into the graph: one at a time {:.0} us each, in batches of 64 {:.0} us each",
+            single * 1e6 / 1920.0,
+            batched * 1e6 / 1920.0
         );
     }
     Ok(())

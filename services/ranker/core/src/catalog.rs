@@ -165,17 +165,61 @@ impl Catalog {
     /// # Errors
     /// `InvalidInput` when the vector's length differs from the catalog's.
     pub fn upsert(&mut self, item: Item, vector: Vec<f32>) -> Result<(), RankError> {
-        match self.dimension {
-            Some(d) if d != vector.len() => {
-                return Err(RankError::InvalidInput(format!(
-                    "item {:?}: vector has {} dimensions, the catalog {d} (was the encoder model changed?)",
-                    item.id,
-                    vector.len()
-                )));
-            }
-            None => self.dimension = Some(vector.len()),
-            _ => {}
+        self.upsert_many(vec![(item, vector)])
+    }
+
+    /// Adds or replaces items with their text vectors, then links their points into the HNSW
+    /// graph in one batch (in parallel, instead of one search per item under the caller's
+    /// write lock).
+    ///
+    /// # Errors
+    /// `InvalidInput` when a vector's length differs from the catalog's (or from the first
+    /// item's, in an empty catalog); then no item of the batch is taken.
+    pub fn upsert_many(&mut self, items: Vec<(Item, Vec<f32>)>) -> Result<(), RankError> {
+        self.check_vectors(&items)?;
+        let Some(d) = self.dimension.or(items.first().map(|(_, v)| v.len())) else {
+            return Ok(());
+        };
+        self.dimension = Some(d);
+        let placed: Vec<(u32, u32)> = items
+            .into_iter()
+            .map(|(item, vector)| self.place(item, &vector))
+            .collect();
+        if let Some(ann) = &mut self.ann {
+            let vectors = &self.vectors;
+            ann.add_all(placed.iter().map(|&(slot, version)| {
+                let start = slot as usize * d;
+                (slot, version, &vectors[start..start + d])
+            }));
+            self.ann_changes += 1;
         }
+        self.maintain_ann();
+        Ok(())
+    }
+
+    /// What [`Self::upsert_many`] would refuse: a vector whose length differs from the
+    /// catalog's (or from the first item's, in an empty catalog).
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the first such item.
+    pub fn check_vectors(&self, items: &[(Item, Vec<f32>)]) -> Result<(), RankError> {
+        let Some(d) = self.dimension.or(items.first().map(|(_, v)| v.len())) else {
+            return Ok(());
+        };
+        match items.iter().find(|(_, v)| v.len() != d) {
+            Some((item, vector)) => Err(RankError::InvalidInput(format!(
+                "item {:?}: vector has {} dimensions, the catalog {d} (was the encoder model changed?)",
+                item.id,
+                vector.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts an item and its vector (of the catalog's dimension) in its slot, in every index
+    /// but the HNSW graph (where its old point, if any, is counted stale); returns the slot
+    /// and its new version, for the graph.
+    fn place(&mut self, item: Item, vector: &[f32]) -> (u32, u32) {
         let popularity = self.popularity(&item.id);
         let slot = match self.by_id.get(&item.id) {
             Some(&slot) => slot,
@@ -198,20 +242,14 @@ impl Catalog {
         if self.vectors.len() < start + d {
             self.vectors.resize(start + d, 0.0);
         }
-        self.vectors[start..start + d].copy_from_slice(&vector);
+        self.vectors[start..start + d].copy_from_slice(vector);
         let replaced = self.slots[slot as usize]
             .replace(Entry { item, popularity })
             .is_some();
-        let version = self.bump_version(slot);
-        if let Some(ann) = &mut self.ann {
-            if replaced {
-                ann.mark_stale();
-            }
-            ann.insert(slot, version, &self.vectors[start..start + d]);
-            self.ann_changes += 1;
+        if replaced && let Some(ann) = &mut self.ann {
+            ann.mark_stale();
         }
-        self.maintain_ann();
-        Ok(())
+        (slot, self.bump_version(slot))
     }
 
     fn bump_version(&mut self, slot: u32) -> u32 {
@@ -821,6 +859,49 @@ mod tests {
             in_stock: true,
             ..Item::default()
         }
+    }
+
+    /// A batch goes into the graph whole (each item found again by its own vector, a replaced
+    /// one by its new vector only), and a batch with a vector of the wrong size is refused
+    /// whole, before anything of it is taken.
+    #[test]
+    fn batches_are_linked_into_the_graph_or_refused_whole() {
+        let mut rng = crate::rng::XorShift::new(4);
+        let mut vector = || {
+            let v: Vec<f32> = (0..16).map(|_| rng.uniform() as f32).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let mut catalog = Catalog::default();
+        catalog.set_ann_min_items(100);
+        let first: Vec<(Item, Vec<f32>)> = (0..1500)
+            .map(|i| (item(format!("a{i}")), vector()))
+            .collect();
+        catalog.upsert_many(first.clone()).unwrap();
+        assert!(catalog.uses_ann());
+        let mut again: Vec<(Item, Vec<f32>)> = (1500..3000)
+            .map(|i| (item(format!("a{i}")), vector()))
+            .collect();
+        again.push((item("a7".into()), vector()));
+        catalog.upsert_many(again.clone()).unwrap();
+        assert_eq!(catalog.len(), 3000);
+        let found = |catalog: &Catalog, v: &[f32]| {
+            let slot = catalog.ann_search(v, 1, 64).unwrap()[0];
+            catalog.item_at(slot).unwrap().0.id.clone()
+        };
+        for (item, v) in first.iter().skip(1).step_by(50).chain(again.iter().step_by(50)) {
+            assert_eq!(found(&catalog, v), item.id);
+        }
+        assert_eq!(found(&catalog, &again[1500].1), "a7");
+        assert_ne!(found(&catalog, &first[7].1), "a7", "the old vector is stale");
+
+        let changes = catalog.ann_changes();
+        let bad = vec![(item("b1".into()), vector()), (item("b2".into()), vec![0.5; 8])];
+        let err = catalog.upsert_many(bad).unwrap_err().to_string();
+        assert!(err.contains("\"b2\": vector has 8 dimensions, the catalog 16"), "{err}");
+        assert_eq!(catalog.len(), 3000);
+        assert!(catalog.slot_of("b1").is_none());
+        assert_eq!(catalog.ann_changes(), changes);
     }
 
     /// Two taste groups of six items (p0-p5, p6-p11); each of 40 shoppers takes four of

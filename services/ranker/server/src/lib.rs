@@ -536,23 +536,30 @@ impl pb::ranker_server::Ranker for RankerService {
             }
             let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
+            let count = pairs.len() as u64;
             {
+                // Stored, then taken into the catalog; the catalog's part links the batch into
+                // the HNSW graph on all cores, so it runs off the async workers too.
                 let ready = ready.clone();
-                let pairs = pairs.clone();
-                tokio::task::spawn_blocking(move || ready.store.put_items(&pairs))
-                    .await
-                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                    .map_err(status)?;
+                tokio::task::spawn_blocking(move || -> Result<(), RankError> {
+                    let poisoned = || RankError::Internal("catalog lock poisoned".into());
+                    // Refused before it is stored: a vector of another size in the store
+                    // would stop the next start's replay.
+                    let catalog = ready.ranker.catalog();
+                    catalog
+                        .read()
+                        .map_err(|_| poisoned())?
+                        .check_vectors(&pairs)?;
+                    ready.store.put_items(&pairs)?;
+                    catalog.write().map_err(|_| poisoned())?.upsert_many(pairs)
+                })
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                .map_err(status)?;
             }
-            {
-                let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
-                for (item, vector) in pairs.iter().cloned() {
-                    catalog.upsert(item, vector).map_err(status)?;
-                }
-            }
-            response.upserted += pairs.len() as u64;
+            response.upserted += count;
             match ready.graph.load_facts(facts, ready.load_timeout).await {
-                Ok(()) => response.graph_synced += pairs.len() as u64,
+                Ok(()) => response.graph_synced += count,
                 Err(error) => {
                     tracing::warn!(%error, "item facts did not reach the knowledge graph")
                 }

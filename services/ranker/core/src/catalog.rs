@@ -889,16 +889,31 @@ mod tests {
             let slot = catalog.ann_search(v, 1, 64).unwrap()[0];
             catalog.item_at(slot).unwrap().0.id.clone()
         };
-        for (item, v) in first.iter().skip(1).step_by(50).chain(again.iter().step_by(50)) {
+        for (item, v) in first
+            .iter()
+            .skip(1)
+            .step_by(50)
+            .chain(again.iter().step_by(50))
+        {
             assert_eq!(found(&catalog, v), item.id);
         }
         assert_eq!(found(&catalog, &again[1500].1), "a7");
-        assert_ne!(found(&catalog, &first[7].1), "a7", "the old vector is stale");
+        assert_ne!(
+            found(&catalog, &first[7].1),
+            "a7",
+            "the old vector is stale"
+        );
 
         let changes = catalog.ann_changes();
-        let bad = vec![(item("b1".into()), vector()), (item("b2".into()), vec![0.5; 8])];
+        let bad = vec![
+            (item("b1".into()), vector()),
+            (item("b2".into()), vec![0.5; 8]),
+        ];
         let err = catalog.upsert_many(bad).unwrap_err().to_string();
-        assert!(err.contains("\"b2\": vector has 8 dimensions, the catalog 16"), "{err}");
+        assert!(
+            err.contains("\"b2\": vector has 8 dimensions, the catalog 16"),
+            "{err}"
+        );
         assert_eq!(catalog.len(), 3000);
         assert!(catalog.slot_of("b1").is_none());
         assert_eq!(catalog.ann_changes(), changes);

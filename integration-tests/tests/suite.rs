@@ -300,11 +300,7 @@ async fn state_survives_a_restart_and_deletes_stick() {
         .unwrap()
         .into_inner();
     assert_eq!((d.deleted, d.not_found), (1, 1));
-    let before = client
-        .rank(rank("", "waterproof hiking boots", 5))
-        .await
-        .unwrap()
-        .into_inner();
+    let before = boots(&ranker).await;
     ranker.stop().await.unwrap();
     let graph = data.join("hnsw.graph");
     let saved = std::fs::read(&graph).expect("the graph is saved at a graceful stop");
@@ -317,18 +313,10 @@ async fn state_survives_a_restart_and_deletes_stick() {
         .unwrap()
         .into_inner();
     assert_eq!(stats.items, 311);
-    let after = client
-        .rank(rank("", "waterproof hiking boots", 5))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        before.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
-        after.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
-        "same ranking after restart"
-    );
+    let after = boots(&ranker).await;
+    assert_eq!(before, after, "same ranking after restart");
     assert!(
-        after.items.iter().all(|i| i.id != "p00141"),
+        after.iter().all(|id| id != "p00141"),
         "deleted item stays deleted"
     );
     ranker.stop().await.unwrap();
@@ -343,15 +331,9 @@ async fn state_survives_a_restart_and_deletes_stick() {
     damaged[middle] ^= 0xff;
     std::fs::write(&graph, &damaged).unwrap();
     let ranker = start_ranker_ann(&data, &encoder, &kg.url(), 0).await;
-    let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let rebuilt = client
-        .rank(rank("", "waterproof hiking boots", 5))
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        ids(&before.items),
-        ids(&rebuilt.items),
+        before,
+        boots(&ranker).await,
         "a damaged graph file is rebuilt, not served"
     );
     ranker.stop().await.unwrap();
@@ -366,8 +348,15 @@ async fn state_survives_a_restart_and_deletes_stick() {
     );
 }
 
-fn ids(items: &[rk::RankedItem]) -> Vec<&str> {
-    items.iter().map(|i| i.id.as_str()).collect()
+/// The ids a search for boots ranks first: the yardstick across the restarts above.
+async fn boots(ranker: &Running) -> Vec<String> {
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let response = client
+        .rank(rank("", "waterproof hiking boots", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    response.items.into_iter().map(|i| i.id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

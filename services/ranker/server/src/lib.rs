@@ -198,7 +198,7 @@ pub async fn serve(
     let served = server.serve(listener, shutdown).await;
     keeper.abort();
     // The last changes since the previous save, so that the next start reads the graph.
-    saver.save(&ready).await;
+    let _ = saver.save(&ready).await;
     served?;
     Ok(())
 }
@@ -223,8 +223,8 @@ struct AnnSaver {
 
 impl AnnSaver {
     /// Writes the graph if it changed since the last save; failures are logged (the graph is
-    /// then rebuilt at the next start, as without a file).
-    async fn save(self: &Arc<Self>, ready: &Arc<Ready>) {
+    /// then rebuilt at the next start, as without a file) and answered `false`.
+    async fn save(self: &Arc<Self>, ready: &Arc<Ready>) -> bool {
         let (saver, ready) = (self.clone(), ready.clone());
         let written = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
             let lock_poisoned = || RankError::Internal("lock poisoned".into());
@@ -251,11 +251,18 @@ impl AnnSaver {
         .await;
         match written {
             Ok(Ok(Some((bytes, took)))) => {
-                tracing::info!(bytes, seconds = took.as_secs_f64(), "saved the HNSW graph")
+                tracing::info!(bytes, seconds = took.as_secs_f64(), "saved the HNSW graph");
+                true
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the HNSW graph"),
-            Err(e) => tracing::warn!(error = %e, "saving the HNSW graph panicked"),
+            Ok(Ok(None)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot save the HNSW graph");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "saving the HNSW graph panicked");
+                false
+            }
         }
     }
 }
@@ -290,13 +297,20 @@ async fn keep_ann_saved(ready: Arc<Ready>, saver: Arc<AnnSaver>) {
     let mut tick = tokio::time::interval(ANN_SAVE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut policy = SavePolicy::default();
+    // After a failed save (a full or read-only disk) the next try waits the longest wait,
+    // instead of a warning every look.
+    let mut next_try = Instant::now();
     loop {
         tick.tick().await;
         let Ok(changes) = ready.ranker.catalog().read().map(|c| c.ann_changes()) else {
             return;
         };
-        if policy.due(changes, saver.saved.load(Ordering::Acquire), Instant::now()) {
-            saver.save(&ready).await;
+        let now = Instant::now();
+        if now >= next_try
+            && policy.due(changes, saver.saved.load(Ordering::Acquire), now)
+            && !saver.save(&ready).await
+        {
+            next_try = now + ANN_SAVE_MAX_WAIT;
         }
     }
 }

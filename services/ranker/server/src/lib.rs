@@ -229,6 +229,7 @@ impl AnnSaver {
         let written = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
             let lock_poisoned = || RankError::Internal("lock poisoned".into());
             let _writing = saver.writing.lock().map_err(|_| lock_poisoned())?;
+            let started = Instant::now();
             let (changes, bytes) = {
                 let catalog = ready.ranker.catalog().read().map_err(|_| lock_poisoned())?;
                 let changes = catalog.ann_changes();
@@ -243,15 +244,21 @@ impl AnnSaver {
                 saver.saved.store(changes, Ordering::Release);
                 return Ok(None);
             };
-            let started = Instant::now();
+            // Writers (loads) wait for the copy above; `Rank` does not.
+            let copied = started.elapsed();
             ready.store.save_ann(&bytes)?;
             saver.saved.store(changes, Ordering::Release);
-            Ok(Some((bytes.len(), started.elapsed())))
+            Ok(Some((bytes.len(), copied, started.elapsed())))
         })
         .await;
         match written {
-            Ok(Ok(Some((bytes, took)))) => {
-                tracing::info!(bytes, seconds = took.as_secs_f64(), "saved the HNSW graph");
+            Ok(Ok(Some((bytes, copied, took)))) => {
+                tracing::info!(
+                    bytes,
+                    copy_seconds = copied.as_secs_f64(),
+                    seconds = took.as_secs_f64(),
+                    "saved the HNSW graph"
+                );
                 true
             }
             Ok(Ok(None)) => true,

@@ -610,9 +610,15 @@ const ANN_CANDIDATES: usize = 128;
 /// Best BM25 hits added to the pool of a search (at least; 2k for large k). 1024, not 256:
 /// a one-word query matching thousands of titles with near-equal BM25 ("420", "Lite") had
 /// its best items outside both lists; through the real model at 100k items the pool then
-/// held 89.9% of an exact scan's top 10s, now 95.6% (`scripts/bench/pool-agreement.sh`,
+/// held 89.9% of an exact scan's top 10s, with 1024 95.6% (`scripts/bench/pool-agreement.sh`,
 /// BENCHMARKS.md "Pending"), for ~0.3 ms more per search at 100k items.
 const BM25_CANDIDATES: usize = 1024;
+
+/// Up to this many BM25 matches, a search's pool takes all of them instead of the best
+/// [`BM25_CANDIDATES`]: a model number matching ~2-4k titles with near-equal BM25 then has
+/// its best items by dense score in the pool (real model, 100k items: 96.3% -> 97.5% of exact
+/// top 10s; 8192 gave 98.9% at 1.9x a search's mean cost and 3x its p99, BENCHMARKS.md).
+const BM25_ALL_MATCHES: usize = 4096;
 
 /// Most popular items added to the pool of a search (a recommendation takes `keep` of them):
 /// with a query, popularity only breaks ties among relevant items.
@@ -639,7 +645,11 @@ fn candidate_pool(
     };
     // The best BM25 hits only: a common word ("black") matches thousands of items.
     let mut lexical: Vec<(u32, f32)> = bm25.iter().map(|(s, v)| (*s, *v)).collect();
-    let cap = BM25_CANDIDATES.max(2 * k);
+    let cap = if lexical.len() <= BM25_ALL_MATCHES {
+        lexical.len()
+    } else {
+        BM25_CANDIDATES.max(2 * k)
+    };
     if lexical.len() > cap {
         lexical.select_nth_unstable_by(cap - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         lexical.truncate(cap);

@@ -349,6 +349,13 @@ impl Catalog {
             .copied()
             .filter(|&slot| !claimed[slot as usize])
             .collect();
+        if decoded.stale * 4 > decoded.points + missing.len() {
+            // It would be rebuilt at once (see `needs_rebuild`): skip adding to it.
+            return Err(format!(
+                "{} of its {} points are stale: building anew is cheaper",
+                decoded.stale, decoded.points
+            ));
+        }
         let versions = &self.slot_versions;
         let vectors = &self.vectors;
         ann.add_all(missing.iter().map(|&slot| {

@@ -450,6 +450,25 @@ mod tests {
         assert_eq!(back.len(), 600);
         assert_eq!(decoded.points, 602);
 
+        // Most items re-embedded since the save: not worth reading, built anew.
+        let mut moved = items(400, 3);
+        for (i, (item, _)) in moved.iter_mut().enumerate() {
+            item.id = format!("p{i:04}");
+        }
+        store.put_items(&moved).unwrap();
+        let (catalog, as_saved) = store.load(0).unwrap();
+        assert!(catalog.uses_ann() && !as_saved);
+        let (_, decoded) =
+            souk_ranker_core::ann::AnnIndex::decode(&catalog.ann_snapshot().unwrap(), |id, _| {
+                Some((id[1..].parse().unwrap(), 0))
+            })
+            .unwrap();
+        assert_eq!(
+            (decoded.points, decoded.stale),
+            (catalog.len(), 0),
+            "built over the items, no stale points"
+        );
+
         let mut damaged = saved.clone();
         damaged[100] ^= 0x10;
         store.save_ann(&damaged).unwrap();

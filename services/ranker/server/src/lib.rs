@@ -194,9 +194,13 @@ pub async fn serve(
     });
     let _ = state.ready.set(ready.clone());
     health.set_ready().await;
-    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saver.clone()));
+    let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
+    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saver.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
-    keeper.abort();
+    // Stopped and awaited, not aborted: an aborted task is dropped later, and while it holds
+    // `ready` the store stays open, so a new server on the same directory cannot open it.
+    let _ = stop_keeper.send(true);
+    let _ = keeper.await;
     // The last changes since the previous save, so that the next start reads the graph.
     let _ = saver.save(&ready).await;
     served?;
@@ -300,7 +304,11 @@ impl SavePolicy {
     }
 }
 
-async fn keep_ann_saved(ready: Arc<Ready>, saver: Arc<AnnSaver>) {
+async fn keep_ann_saved(
+    ready: Arc<Ready>,
+    saver: Arc<AnnSaver>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(ANN_SAVE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut policy = SavePolicy::default();
@@ -308,7 +316,10 @@ async fn keep_ann_saved(ready: Arc<Ready>, saver: Arc<AnnSaver>) {
     // instead of a warning every look.
     let mut next_try = Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
         let Ok(changes) = ready.ranker.catalog().read().map(|c| c.ann_changes()) else {
             return;
         };

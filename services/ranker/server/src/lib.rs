@@ -12,8 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -164,16 +163,12 @@ pub async fn serve(
         } else {
             NOT_SAVED
         };
-        let saver = Arc::new(AnnSaver {
-            saved: AtomicU64::new(saved),
-            writing: Mutex::new(()),
-        });
-        Ok((store, catalog, fusion, UserHasher::new(&secret), saver))
+        Ok((store, catalog, fusion, UserHasher::new(&secret), saved))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
-    let (store, catalog, fusion, hasher, saver) = opened;
+    let (store, catalog, fusion, hasher, saved) = opened;
     let ranker = Ranker::new(
         Arc::new(RwLock::new(catalog)),
         encoder.clone(),
@@ -195,19 +190,18 @@ pub async fn serve(
     let _ = state.ready.set(ready.clone());
     health.set_ready().await;
     let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
-    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saver.clone(), stopped));
+    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saved, stopped));
     let served = server.serve(listener, shutdown).await;
-    // Stopped and awaited, not aborted: an aborted task is dropped later, and while it holds
-    // `ready` the store stays open, so a new server on the same directory cannot open it.
+    // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
+    // dropped later, and while it holds `ready` the store stays open, so a new server on the
+    // same directory cannot open it.
     let _ = stop_keeper.send(true);
     let _ = keeper.await;
-    // The last changes since the previous save, so that the next start reads the graph.
-    let _ = saver.save(&ready).await;
     served?;
     Ok(())
 }
 
-/// `AnnSaver::saved` before the first save (or after a start that built the graph).
+/// The saved count before the first save (or after a start that built the graph).
 const NOT_SAVED: u64 = u64::MAX;
 
 /// How often the saver looks at the HNSW graph, and the longest a changed graph waits while
@@ -216,64 +210,55 @@ const NOT_SAVED: u64 = u64::MAX;
 const ANN_SAVE_CHECK: Duration = Duration::from_secs(10);
 const ANN_SAVE_MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// Keeps `hnsw.graph` in the store's directory close to the served graph, so that a restart
-/// reads it (under a second at 100k items) instead of building one (~7 s on 2 cores).
-struct AnnSaver {
-    /// The catalog's `ann_changes()` that the file holds ([`NOT_SAVED`]: none).
-    saved: AtomicU64,
-    /// One writer at a time (the periodic saver and the one at shutdown).
-    writing: Mutex<()>,
+fn lock_poisoned() -> RankError {
+    RankError::Internal("lock poisoned".into())
 }
 
-impl AnnSaver {
-    /// Writes the graph if it changed since the last save; failures are logged (the graph is
-    /// then rebuilt at the next start, as without a file) and answered `false`.
-    async fn save(self: &Arc<Self>, ready: &Arc<Ready>) -> bool {
-        let (saver, ready) = (self.clone(), ready.clone());
-        let written = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
-            let lock_poisoned = || RankError::Internal("lock poisoned".into());
-            let _writing = saver.writing.lock().map_err(|_| lock_poisoned())?;
-            let started = Instant::now();
-            let (changes, bytes) = {
-                let catalog = ready.ranker.catalog().read().map_err(|_| lock_poisoned())?;
-                let changes = catalog.ann_changes();
-                if changes == saver.saved.load(Ordering::Acquire) {
-                    return Ok(None);
-                }
-                (changes, catalog.ann_snapshot())
-            };
-            // Without a graph (a small catalog, or the graph turned off) the file is left as
-            // it is: a later start that wants a graph can still use what of it matches.
-            let Some(bytes) = bytes else {
-                saver.saved.store(changes, Ordering::Release);
-                return Ok(None);
-            };
-            // Writers (loads) wait for the copy above; `Rank` does not.
-            let copied = started.elapsed();
-            ready.store.save_ann(&bytes)?;
-            saver.saved.store(changes, Ordering::Release);
-            Ok(Some((bytes.len(), copied, started.elapsed())))
-        })
-        .await;
-        match written {
-            Ok(Ok(Some((bytes, copied, took)))) => {
-                tracing::info!(
-                    bytes,
-                    copy_seconds = copied.as_secs_f64(),
-                    seconds = took.as_secs_f64(),
-                    "saved the HNSW graph"
-                );
-                true
+/// Writes `hnsw.graph` if the graph changed since `saved` (the catalog's `ann_changes()` the
+/// file holds), so that a restart reads it (under a second at 100k items) instead of building
+/// one (~8 s on 2 cores). Answers what the file holds now; `None` when the save failed
+/// (logged; the graph is then rebuilt at the next start, as without a file).
+async fn save_ann(ready: &Arc<Ready>, saved: u64) -> Option<u64> {
+    let ready = ready.clone();
+    let written = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
+        let started = Instant::now();
+        let (changes, bytes) = {
+            let catalog = ready.ranker.catalog().read().map_err(|_| lock_poisoned())?;
+            let changes = catalog.ann_changes();
+            if changes == saved {
+                return Ok((changes, None));
             }
-            Ok(Ok(None)) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot save the HNSW graph");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "saving the HNSW graph panicked");
-                false
-            }
+            (changes, catalog.ann_snapshot())
+        };
+        // Without a graph (a small catalog, or the graph turned off) the file is left as it
+        // is: a later start that wants a graph can still use what of it matches.
+        let Some(bytes) = bytes else {
+            return Ok((changes, None));
+        };
+        // Writers (loads) wait for the copy above; `Rank` does not.
+        let copied = started.elapsed();
+        ready.store.save_ann(&bytes)?;
+        Ok((changes, Some((bytes.len(), copied, started.elapsed()))))
+    })
+    .await;
+    match written {
+        Ok(Ok((changes, Some((bytes, copied, took))))) => {
+            tracing::info!(
+                bytes,
+                copy_seconds = copied.as_secs_f64(),
+                seconds = took.as_secs_f64(),
+                "saved the HNSW graph"
+            );
+            Some(changes)
+        }
+        Ok(Ok((changes, None))) => Some(changes),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot save the HNSW graph");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "saving the HNSW graph panicked");
+            None
         }
     }
 }
@@ -304,9 +289,11 @@ impl SavePolicy {
     }
 }
 
+/// Keeps `hnsw.graph` close to the served graph (see [`SavePolicy`]) until `stop`, then saves
+/// the last changes.
 async fn keep_ann_saved(
     ready: Arc<Ready>,
-    saver: Arc<AnnSaver>,
+    mut saved: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(ANN_SAVE_CHECK);
@@ -316,19 +303,23 @@ async fn keep_ann_saved(
     // instead of a warning every look.
     let mut next_try = Instant::now();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        if stopping {
+            save_ann(&ready, saved).await;
+            return;
         }
         let Ok(changes) = ready.ranker.catalog().read().map(|c| c.ann_changes()) else {
             return;
         };
         let now = Instant::now();
-        if now >= next_try
-            && policy.due(changes, saver.saved.load(Ordering::Acquire), now)
-            && !saver.save(&ready).await
-        {
-            next_try = now + ANN_SAVE_MAX_WAIT;
+        if now >= next_try && policy.due(changes, saved, now) {
+            match save_ann(&ready, saved).await {
+                Some(now_saved) => saved = now_saved,
+                None => next_try = now + ANN_SAVE_MAX_WAIT,
+            }
         }
     }
 }
@@ -574,16 +565,18 @@ impl pb::ranker_server::Ranker for RankerService {
                 // the HNSW graph on all cores, so it runs off the async workers too.
                 let ready = ready.clone();
                 tokio::task::spawn_blocking(move || -> Result<(), RankError> {
-                    let poisoned = || RankError::Internal("catalog lock poisoned".into());
                     // Refused before it is stored: a vector of another size in the store
                     // would stop the next start's replay.
                     let catalog = ready.ranker.catalog();
                     catalog
                         .read()
-                        .map_err(|_| poisoned())?
+                        .map_err(|_| lock_poisoned())?
                         .check_vectors(&pairs)?;
                     ready.store.put_items(&pairs)?;
-                    catalog.write().map_err(|_| poisoned())?.upsert_many(pairs)
+                    catalog
+                        .write()
+                        .map_err(|_| lock_poisoned())?
+                        .upsert_many(pairs)
                 })
                 .await
                 .map_err(|e| Status::internal(format!("store task failed: {e}")))?

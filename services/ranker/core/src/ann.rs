@@ -171,13 +171,14 @@ impl AnnIndex {
         let mut items = items.peekable();
         let dim = items.peek().map_or(0, |(_, _, v)| v.len());
         let mut index = Self::empty(dim);
-        index.extend(items);
+        index.add_all(items);
         index
     }
 
-    /// Adds points and links them: one at a time while the graph is small, then in batches
-    /// whose searches run in parallel against the graph as it was before the batch.
-    fn extend<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
+    /// Adds points `(slot, version, vector)` and links them: one at a time while the graph is
+    /// small, then in batches whose searches run in parallel against the graph as it was
+    /// before the batch.
+    pub fn add_all<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
         let first = self.points.len();
         for (slot, version, vector) in items {
             self.push(slot, version, vector);
@@ -207,11 +208,6 @@ impl AnnIndex {
         self.base.extend(std::iter::repeat_n(0, M0));
         self.base_len.push(0);
         self.upper.push(vec![Vec::new(); level]);
-    }
-
-    /// Adds one item's vector.
-    pub fn insert(&mut self, slot: u32, version: u32, vector: &[f32]) {
-        self.extend(std::iter::once((slot, version, vector)));
     }
 
     fn vector(&self, p: u32) -> &[u16] {
@@ -319,13 +315,7 @@ impl AnnIndex {
         let q = widen(self.vector(p));
         let q = q.as_slice();
         let level = (self.levels[p as usize] as usize).min(self.top);
-        let mut ep = Near {
-            d: distance(q, self.vector(entry)),
-            id: entry,
-        };
-        for layer in (level + 1..=self.top).rev() {
-            ep = self.greedy(q, ep, layer);
-        }
+        let ep = self.descend(q, entry, level);
         let mut plan = vec![Vec::new(); level + 1];
         let mut entries = vec![ep];
         VISITED.with_borrow_mut(|visited| {
@@ -353,6 +343,19 @@ impl AnnIndex {
             }
         }
         kept
+    }
+
+    /// The point nearest `q` found by greedy moves from `entry` on each layer above `level`,
+    /// top down: where the beam search on `level` starts.
+    fn descend(&self, q: &[f32], entry: u32, level: usize) -> Near {
+        let mut ep = Near {
+            d: distance(q, self.vector(entry)),
+            id: entry,
+        };
+        for layer in (level + 1..=self.top).rev() {
+            ep = self.greedy(q, ep, layer);
+        }
+        ep
     }
 
     /// Moves to a nearer neighbour on `layer` until none is nearer.
@@ -455,13 +458,7 @@ impl AnnIndex {
         }
         // Stale points take places in the answer: ask for that many more.
         let ask = k + self.stale.min(k);
-        let mut ep = Near {
-            d: distance(query, self.vector(entry)),
-            id: entry,
-        };
-        for layer in (1..=self.top).rev() {
-            ep = self.greedy(query, ep, layer);
-        }
+        let ep = self.descend(query, entry, 0);
         let found = VISITED
             .with_borrow_mut(|visited| self.search_layer(query, &[ep], ef.max(ask), 0, visited));
         found
@@ -682,11 +679,6 @@ impl AnnIndex {
         };
         Ok((index, decoded))
     }
-
-    /// Adds items (the catalog's items a saved graph did not cover), linked as a build would.
-    pub fn add_all<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
-        self.extend(items);
-    }
 }
 
 #[cfg(test)]
@@ -756,7 +748,7 @@ mod tests {
         let batched = built(&vectors);
         let mut serial = AnnIndex::build(std::iter::empty());
         for (i, v) in vectors.iter().enumerate() {
-            serial.insert(i as u32, 1, v);
+            serial.add_all(std::iter::once((i as u32, 1, v.as_slice())));
         }
         for index in [&batched, &serial] {
             let r = recall(index, &vectors, &queries);

@@ -159,6 +159,13 @@ fn kind_rank(kind: InteractionKind) -> u8 {
     }
 }
 
+/// Slot `slot`'s vector in the catalog's row-major array of `d`-dimensional vectors (a free
+/// function, so that it borrows only the array while the graph is borrowed mutably).
+fn row(vectors: &[f32], d: usize, slot: u32) -> &[f32] {
+    let start = slot as usize * d;
+    &vectors[start..start + d]
+}
+
 impl Catalog {
     /// Adds or replaces an item with its text vector.
     ///
@@ -177,7 +184,7 @@ impl Catalog {
     /// item's, in an empty catalog); then no item of the batch is taken.
     pub fn upsert_many(&mut self, items: Vec<(Item, Vec<f32>)>) -> Result<(), RankError> {
         self.check_vectors(&items)?;
-        let Some(d) = self.dimension.or(items.first().map(|(_, v)| v.len())) else {
+        let Some(d) = self.batch_dimension(&items) else {
             return Ok(());
         };
         self.dimension = Some(d);
@@ -187,10 +194,11 @@ impl Catalog {
             .collect();
         if let Some(ann) = &mut self.ann {
             let vectors = &self.vectors;
-            ann.add_all(placed.iter().map(|&(slot, version)| {
-                let start = slot as usize * d;
-                (slot, version, &vectors[start..start + d])
-            }));
+            ann.add_all(
+                placed
+                    .iter()
+                    .map(|&(slot, version)| (slot, version, row(vectors, d, slot))),
+            );
             self.ann_changes += 1;
         }
         self.maintain_ann();
@@ -203,7 +211,7 @@ impl Catalog {
     /// # Errors
     /// `InvalidInput` naming the first such item.
     pub fn check_vectors(&self, items: &[(Item, Vec<f32>)]) -> Result<(), RankError> {
-        let Some(d) = self.dimension.or(items.first().map(|(_, v)| v.len())) else {
+        let Some(d) = self.batch_dimension(items) else {
             return Ok(());
         };
         match items.iter().find(|(_, v)| v.len() != d) {
@@ -214,6 +222,12 @@ impl Catalog {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The dimension a batch's vectors must have: the catalog's, or in an empty catalog the
+    /// first item's (`None`: an empty batch in an empty catalog).
+    fn batch_dimension(&self, items: &[(Item, Vec<f32>)]) -> Option<usize> {
+        self.dimension.or(items.first().map(|(_, v)| v.len()))
     }
 
     /// Puts an item and its vector (of the catalog's dimension) in its slot, in every index
@@ -274,11 +288,10 @@ impl Catalog {
             let versions = &self.slot_versions;
             let vectors = &self.vectors;
             let live = self.by_id.values().map(|&slot| {
-                let start = slot as usize * d;
                 (
                     slot,
                     versions.get(slot as usize).copied().unwrap_or(0),
-                    &vectors[start..start + d],
+                    row(vectors, d, slot),
                 )
             });
             let started = std::time::Instant::now();
@@ -325,9 +338,8 @@ impl Catalog {
         let mut claimed = vec![false; self.slots.len()];
         let (mut ann, decoded) = AnnIndex::decode(bytes, |id, vector| {
             let slot = *self.by_id.get(id)?;
-            let start = slot as usize * d;
             let same = vector.len() == d
-                && self.vectors[start..start + d]
+                && row(&self.vectors, d, slot)
                     .iter()
                     .zip(vector)
                     .all(|(a, b)| half::f16::from_f32(*a).to_bits() == *b);
@@ -358,10 +370,11 @@ impl Catalog {
         }
         let versions = &self.slot_versions;
         let vectors = &self.vectors;
-        ann.add_all(missing.iter().map(|&slot| {
-            let start = slot as usize * d;
-            (slot, versions[slot as usize], &vectors[start..start + d])
-        }));
+        ann.add_all(
+            missing
+                .iter()
+                .map(|&slot| (slot, versions[slot as usize], row(vectors, d, slot))),
+        );
         self.ann = Some(ann);
         self.ann_changes += 1;
         Ok((decoded, missing.len()))

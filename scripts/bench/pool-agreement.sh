@@ -5,6 +5,8 @@
 # compared. BENCHMARKS.md, "Pending".
 # usage: scripts/bench/pool-agreement.sh STORE CATALOG_CSV [QUERIES]   env: BIN=target/release
 #   KEEP=DIR (keep each raw response there)  GRAPH_MIN=5000 (the first suite's threshold; past the catalog: exact against exact, the noise floor)
+#   FILTERS=1: each query also carries a filter, as a shop's facet would: a category (a level of
+#   the query's own row's path, or of a random row's) or a brand, or both; printed per query.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 store=$1 catalog=$2 n=${3:-200}
@@ -13,15 +15,25 @@ work=${KEEP:-$(mktemp -d)}
 mkdir -p "$work"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 # Queries as `soukctl bench rank` draws them: 1-3 consecutive words of a catalog title.
-python3 - "$catalog" "$n" > "$work/queries" <<'PY'
+# One query per line: the query, a category and a brand (both empty unless FILTERS=1), tab-separated.
+python3 - "$catalog" "$n" "${FILTERS:-0}" > "$work/queries" <<'PY'
 import csv, random, sys
 rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))
 rng = random.Random(7)
 for _ in range(int(sys.argv[2])):
-    words = rng.choice(rows)["title"].split()
+    row = rng.choice(rows)
+    words = row["title"].split()
     size = rng.randint(1, min(3, len(words)))
     start = rng.randint(0, len(words) - size)
-    print(" ".join(words[start:start + size]))
+    category = brand = ""
+    if sys.argv[3] == "1":
+        facet = row if rng.random() < 0.5 else rng.choice(rows)
+        kind = rng.choice(["category", "brand", "both"])
+        if kind != "brand":
+            category = rng.choice([p.strip() for p in facet["category"].split(">") if p.strip()])
+        if kind != "category":
+            brand = facet["brand"]
+    print("\t".join([" ".join(words[start:start + size]), category, brand]))
 PY
 run() {
   local label=$1 min=$2 i=0
@@ -29,10 +41,12 @@ run() {
   SOUK_ANN_MIN_ITEMS=$min $bin/souk up --data-dir "$store" > "$work/$label.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 1200); do $bin/soukctl health > /dev/null 2>&1 && break; sleep 0.1; done
-  while read -r q; do
+  while IFS=$'\t' read -r q category brand; do
     i=$((i + 1))
-    $bin/soukctl rank -q "$q" -k 10 --raw > "$work/$label/$i"
-    echo "## $q"
+    local flags=(--category "$category")
+    [ -z "$brand" ] || flags+=(--brand "$brand")
+    $bin/soukctl rank -q "$q" -k 10 "${flags[@]}" --raw > "$work/$label/$i"
+    echo "## $q | $category | $brand"
     grep -E '^ {12}id: "' "$work/$label/$i" || true
   done < "$work/queries" > "$work/$label.out"
   kill -INT $pid; wait $pid || true

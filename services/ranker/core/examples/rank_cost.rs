@@ -3,8 +3,10 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Three request kinds, 400 each: a search by an
-//! anonymous visitor, the same search by a known shopper, and a recommendation (no query).
+//! once, after loading, as a store reload does. Five request kinds, 400 each: a search by an
+//! anonymous visitor, the same search by a known shopper, a recommendation (no query), and
+//! the anonymous search filtered to a department (a twelfth of the items) or by a price cap
+//! (an eighth).
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
-use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
     EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
 };
@@ -249,7 +251,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 3] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 5] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
@@ -267,6 +269,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             user: shopper(i),
             k: 10,
             explain: true,
+            ..RankQuery::default()
+        }),
+        // A department (1/12 of the items), mostly not the query's: a shop's category facet.
+        ("search, department", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            filters: Filters::new(&format!("dept{}", i % 12), &[], None, None, false)
+                .unwrap_or_default(),
+            ..RankQuery::default()
+        }),
+        // A price cap an eighth of the items pass: a filter the facet index cannot count.
+        ("search, under 30", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            filters: Filters::new("", &[], None, Some(30.0), false).unwrap_or_default(),
             ..RankQuery::default()
         }),
     ];

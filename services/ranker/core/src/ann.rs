@@ -38,6 +38,10 @@ const NO_SLOT: u32 = u32::MAX;
 const SERIAL_POINTS: usize = 1024;
 const MAX_BATCH: usize = 4096;
 
+/// Distances a search may compute per place in its beam before it gives up on filling the
+/// beam with points its filter accepts (an unfiltered search at 100k items computes ~30).
+const FILTERED_BUDGET: usize = 256;
+
 /// Distance of a unit vector to a stored point's (f16 bits): 1 - dot (only its order
 /// matters; rounding may make it < 0).
 fn distance(a: &[f32], b: &[u16]) -> f32 {
@@ -384,15 +388,38 @@ impl AnnIndex {
         layer: usize,
         visited: &mut Visited,
     ) -> Vec<Near> {
+        self.search_filtered(q, entries, ef, layer, visited, |_| true, usize::MAX)
+    }
+
+    /// The `ef` nearest points to `q` on `layer` that `accept`, reachable from `entries`,
+    /// nearest first. Points `accept` refuses are walked through but never answered (hnswlib's
+    /// filtered search), so the beam widens until it holds `ef` accepted points or its nearest
+    /// unexpanded point is farther than all of them; it also stops after `budget` distances,
+    /// since a filter few points pass would otherwise walk most of the graph (the caller then
+    /// gets fewer than `ef`).
+    #[allow(clippy::too_many_arguments)]
+    fn search_filtered(
+        &self,
+        q: &[f32],
+        entries: &[Near],
+        ef: usize,
+        layer: usize,
+        visited: &mut Visited,
+        accept: impl Fn(u32) -> bool,
+        budget: usize,
+    ) -> Vec<Near> {
         visited.start(self.points.len());
         let mut frontier: BinaryHeap<std::cmp::Reverse<Near>> = BinaryHeap::new();
         let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+        let mut computed = 0usize;
         for &e in entries {
             if visited.first(e.id) {
                 frontier.push(std::cmp::Reverse(e));
-                found.push(e);
-                if found.len() > ef {
-                    found.pop();
+                if accept(e.id) {
+                    found.push(e);
+                    if found.len() > ef {
+                        found.pop();
+                    }
                 }
             }
         }
@@ -400,17 +427,23 @@ impl AnnIndex {
             if found.len() >= ef && found.peek().is_some_and(|worst| c.d > worst.d) {
                 break;
             }
+            if computed >= budget {
+                break;
+            }
             for &n in self.links(c.id, layer) {
                 if !visited.first(n) {
                     continue;
                 }
                 let d = distance(q, self.vector(n));
+                computed += 1;
                 if found.len() < ef || found.peek().is_some_and(|worst| d < worst.d) {
                     let near = Near { d, id: n };
                     frontier.push(std::cmp::Reverse(near));
-                    found.push(near);
-                    if found.len() > ef {
-                        found.pop();
+                    if accept(n) {
+                        found.push(near);
+                        if found.len() > ef {
+                            found.pop();
+                        }
                     }
                 }
             }
@@ -441,14 +474,17 @@ impl AnnIndex {
         self.dim
     }
 
-    /// The `k` nearest live slots to `query` (beam `ef`), nearest first; `live(slot, version)`
-    /// says whether a point still stands for its slot.
+    /// The `k` nearest slots to `query` that `accept(slot, version)` (beam `ef`), nearest
+    /// first. `accept` must refuse a point that no longer stands for its slot (its version is
+    /// not the slot's), and may refuse more: a request's filters. Refused points are walked
+    /// through, not answered, and the walk stops after [`FILTERED_BUDGET`] distances per beam
+    /// place, so a filter that few items pass can return fewer than `k` (the caller scans).
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
-        live: impl Fn(u32, u32) -> bool,
+        accept: impl Fn(u32, u32) -> bool,
     ) -> Vec<u32> {
         let Some(entry) = self.entry else {
             return Vec::new();
@@ -456,16 +492,19 @@ impl AnnIndex {
         if query.len() != self.dim {
             return Vec::new();
         }
-        // Stale points take places in the answer: ask for that many more.
-        let ask = k + self.stale.min(k);
+        let ef = ef.max(k);
         let ep = self.descend(query, entry, 0);
-        let found = VISITED
-            .with_borrow_mut(|visited| self.search_layer(query, &[ep], ef.max(ask), 0, visited));
+        let accept = |id: u32| {
+            let (slot, version) = self.points[id as usize];
+            slot != NO_SLOT && accept(slot, version)
+        };
+        let found = VISITED.with_borrow_mut(|visited| {
+            let budget = ef.saturating_mul(FILTERED_BUDGET);
+            self.search_filtered(query, &[ep], ef, 0, visited, accept, budget)
+        });
         found
             .into_iter()
-            .map(|n| self.points[n.id as usize])
-            .filter(|&(slot, version)| slot != NO_SLOT && live(slot, version))
-            .map(|(slot, _)| slot)
+            .map(|n| self.points[n.id as usize].0)
             .take(k)
             .collect()
     }
@@ -779,6 +818,41 @@ mod tests {
         assert_eq!(after.len(), 5);
         assert!(!after.contains(&7));
         assert_eq!(after[..4], first[1..]);
+    }
+
+    /// A filter that a tenth or a half of the points pass: the answer holds only points it
+    /// accepts and is nearly the exact top 10 among them, also for queries whose own cluster
+    /// has none of them. A filter nothing passes answers nothing, within its budget.
+    #[test]
+    fn filtered_searches_find_the_nearest_points_that_pass() {
+        let vectors = clustered(4000, 24, 6);
+        let queries = clustered(60, 24, 7);
+        let index = built(&vectors);
+        // Slot % 40 is the cluster: a tenth of the clusters, or every other point.
+        let tenth = |s: u32| s % 40 < 4;
+        let half = |s: u32| s.is_multiple_of(2);
+        for passes in [&tenth as &dyn Fn(u32) -> bool, &half] {
+            let kept: Vec<Vec<f32>> = (0..vectors.len() as u32)
+                .map(|s| {
+                    if passes(s) {
+                        vectors[s as usize].clone()
+                    } else {
+                        vec![0.0; 24] // as far as any unit vector can be from the rest
+                    }
+                })
+                .collect();
+            let mut hits = 0;
+            for q in &queries {
+                let want: Vec<u32> = exact(&kept, q, 10);
+                let got = index.search(q, 10, 64, |s, _| passes(s));
+                assert_eq!(got.len(), 10);
+                assert!(got.iter().all(|&s| passes(s)), "{got:?}");
+                hits += got.iter().filter(|s| want.contains(s)).count();
+            }
+            let r = hits as f64 / (10 * queries.len()) as f64;
+            assert!(r >= 0.95, "filtered recall@10: {r:.3}");
+        }
+        assert!(index.search(&queries[0], 10, 64, |_, _| false).is_empty());
     }
 
     fn halved(v: &[f32]) -> Vec<u16> {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::ann::{AnnIndex, Decoded};
 use crate::bm25::Bm25;
 use crate::cf::TrainedCf;
-use crate::item::{Interaction, InteractionKind, Item};
+use crate::facet::{Facets, Filter};
+use crate::item::{Filters, Interaction, InteractionKind, Item};
 use crate::{RankError, UserKey};
 
 /// Items of a user's history that feed CF and the graph signal.
@@ -68,6 +69,8 @@ pub struct Catalog {
     by_id: HashMap<String, u32>,
     dimension: Option<usize>,
     bm25: Bm25,
+    /// Slots by category level and brand: what a filtered `Rank` may return.
+    facets: Facets,
     popularity: HashMap<String, f32>,
     /// The catalog's items with popularity > 0, most popular first (ties by slot): the popular
     /// candidates of a `Rank` are the head of it. Keyed by the f32's bits, which order like the
@@ -125,6 +128,7 @@ impl Default for Catalog {
             by_id: HashMap::new(),
             dimension: None,
             bm25: Bm25::default(),
+            facets: Facets::default(),
             popularity: HashMap::new(),
             by_popularity: BTreeSet::new(),
             max_popularity: 0.0,
@@ -251,6 +255,10 @@ impl Catalog {
             }
         };
         self.bm25.insert(slot, &item.text());
+        if let Some(old) = &self.slots[slot as usize] {
+            self.facets.remove(slot, &old.item);
+        }
+        self.facets.add(slot, &item);
         let d = vector.len();
         let start = slot as usize * d;
         if self.vectors.len() < start + d {
@@ -395,13 +403,32 @@ impl Catalog {
         self.ann.is_some()
     }
 
-    /// The `k` live items whose vectors are closest to `query` by the HNSW graph (beam `ef`),
-    /// nearest first; `None` when the catalog scans instead.
-    pub(crate) fn ann_search(&self, query: &[f32], k: usize, ef: usize) -> Option<Vec<u32>> {
+    /// The `k` live items that pass `filter` whose vectors are closest to `query` by the HNSW
+    /// graph (beam `ef`), nearest first; `None` when the catalog scans instead. Fewer than `k`
+    /// when few items pass (see [`AnnIndex::search`]).
+    pub(crate) fn ann_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&Filter>,
+    ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
-        Some(ann.search(query, k, ef, |slot, version| {
-            self.slot_versions.get(slot as usize) == Some(&version) && self.slot(slot).is_some()
-        }))
+        // A slot's version moves on every replace and delete: a point whose version is the
+        // slot's stands for the item in it (no need to read the item unless filtering).
+        let live =
+            |slot: u32, version: u32| self.slot_versions.get(slot as usize) == Some(&version);
+        Some(match filter {
+            None => ann.search(query, k, ef, live),
+            Some(f) => ann.search(query, k, ef, |slot, version| {
+                live(slot, version) && self.slot(slot).is_some_and(|e| f.accepts(slot, &e.item))
+            }),
+        })
+    }
+
+    /// A request's filters against the catalog's facet index.
+    pub(crate) fn filter<'a>(&'a self, filters: &'a Filters) -> Filter<'a> {
+        self.facets.resolve(filters)
     }
 
     /// The `k` most popular items' slots, most popular first (ties by slot); items without
@@ -430,7 +457,9 @@ impl Catalog {
         }
         self.rank_popularity(slot, self.popularity_at(slot), 0.0);
         self.bm25.remove(slot);
-        self.slots[slot as usize] = None;
+        if let Some(old) = self.slots[slot as usize].take() {
+            self.facets.remove(slot, &old.item);
+        }
         self.free.push(slot);
         self.bump_version(slot);
         if let Some(ann) = &mut self.ann {
@@ -906,7 +935,7 @@ mod tests {
         catalog.upsert_many(again.clone()).unwrap();
         assert_eq!(catalog.len(), 3000);
         let found = |catalog: &Catalog, v: &[f32]| {
-            let slot = catalog.ann_search(v, 1, 64).unwrap()[0];
+            let slot = catalog.ann_search(v, 1, 64, None).unwrap()[0];
             catalog.item_at(slot).unwrap().0.id.clone()
         };
         for (item, v) in first

@@ -20,6 +20,7 @@ pub mod bm25;
 pub mod catalog;
 pub mod cf;
 pub mod eval;
+pub mod facet;
 pub mod fusion;
 pub mod item;
 pub mod rank;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use crate::catalog::{Catalog, HistoryEntry, IdHash};
+use crate::facet::Filter;
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
 use crate::{RankError, UserKey};
 
@@ -624,27 +625,51 @@ const BM25_ALL_MATCHES: usize = 4096;
 /// with a query, popularity only breaks ties among relevant items.
 const POPULAR_WITH_QUERY: usize = 100;
 
+/// Whether a filter that at most `members` of the catalog's `items` can pass (by category or
+/// brand) is answered by scoring exactly those items instead of the candidate pool. Scoring
+/// costs about 0.3 us per member (reading its f32 vector); the pool's graph search, which
+/// walks past the items the filter refuses, about 0.4 ms / (the share that passes). Scanning
+/// is cheaper while `members^2 < ~1,400 * items`: up to ~10k members at 100k items, ~3k at
+/// 10k (measured with `rank_cost`, BENCHMARKS.md "filtered searches"), and it is exact.
+fn scan_filtered(members: usize, items: usize) -> bool {
+    (members as u64).pow(2) <= 1024 * items as u64
+}
+
 /// Where the first pass looks when the catalog has an HNSW graph: the query's nearest items
 /// by the graph, the best BM25 hits, every CF neighbour and the `keep` most popular items: the
-/// items that can carry a signal into the top `keep`, instead of every item. `None`: scan all.
+/// items that can carry a signal into the top `keep`, instead of every item. The graph's and
+/// BM25's lists hold only items `filter` accepts, so a filter that a tenth of the catalog
+/// passes still gets its own nearest items. `None`: scan all.
 fn candidate_pool(
     catalog: &Catalog,
     query_vector: Option<&[f32]>,
     bm25: &HashMap<u32, f32, IdHash>,
     cf: &HashMap<u32, (f32, &str), IdHash>,
+    filter: Option<&Filter>,
     keep: usize,
     k: usize,
 ) -> Option<Vec<u32>> {
+    let passes = |slot: u32| {
+        filter.is_none_or(|f| {
+            catalog
+                .item_at(slot)
+                .is_some_and(|(item, _)| f.accepts(slot, item))
+        })
+    };
     let mut pool = match query_vector {
         Some(q) => {
             let n = ANN_CANDIDATES.max(2 * k);
-            catalog.ann_search(q, n, n)?
+            catalog.ann_search(q, n, n, filter)?
         }
         None if catalog.uses_ann() => Vec::new(),
         None => return None,
     };
     // The best BM25 hits only: a common word ("black") matches thousands of items.
-    let mut lexical: Vec<(u32, f32)> = bm25.iter().map(|(s, v)| (*s, *v)).collect();
+    let mut lexical: Vec<(u32, f32)> = bm25
+        .iter()
+        .filter(|(s, _)| passes(**s))
+        .map(|(s, v)| (*s, *v))
+        .collect();
     let cap = if lexical.len() <= BM25_ALL_MATCHES {
         lexical.len()
     } else {
@@ -698,9 +723,12 @@ fn first_pass(
         catalog.cf_scores(history)
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
-    let pool = if request.candidate_ids.is_empty() {
-        candidate_pool(catalog, query_vector, &bm25, &cf_by_slot, keep, request.k)
-    } else {
+    let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
+    // The items a narrow filter passes, scored exactly, in place of the pool.
+    let narrow = filter
+        .as_ref()
+        .filter(|f| f.bound().is_some_and(|b| scan_filtered(b, catalog.len())));
+    let pool = if !request.candidate_ids.is_empty() {
         let mut seen = HashSet::new();
         Some(
             request
@@ -710,9 +738,21 @@ fn first_pass(
                 .filter_map(|id| catalog.slot_of(id))
                 .collect(),
         )
+    } else if let Some(f) = narrow {
+        Some(f.members())
+    } else {
+        let filter = filter.as_ref();
+        candidate_pool(
+            catalog,
+            query_vector,
+            &bm25,
+            &cf_by_slot,
+            filter,
+            keep,
+            request.k,
+        )
     };
     let pop_norm = catalog.max_popularity().ln_1p();
-    let filtering = request.filters != Filters::default();
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
     // of them by (score, id) spent most of its ~10 ms there.
     let score = |slots: &mut dyn Iterator<Item = u32>| {
@@ -723,7 +763,7 @@ fn first_pass(
             };
             if excluded.contains(&slot)
                 || (!request.include_purchased && purchased.contains(&slot))
-                || (filtering && !request.filters.accepts(item))
+                || filter.as_ref().is_some_and(|f| !f.accepts(slot, item))
             {
                 continue;
             }
@@ -751,8 +791,13 @@ fn first_pass(
         Some(pool) => score(&mut pool.iter().copied()),
         None => score(&mut catalog.slots()),
     };
-    // Filters can leave a candidate pool short of k: the whole catalog then.
-    if scored.len() < request.k && request.candidate_ids.is_empty() && pool.is_some() {
+    // A filter can leave the candidate pool short of k (the graph gives up on one that few
+    // items pass): the whole catalog then. A narrow filter's members were all scored already.
+    if scored.len() < request.k
+        && request.candidate_ids.is_empty()
+        && pool.is_some()
+        && narrow.is_none()
+    {
         scored = score(&mut catalog.slots());
     }
     let total = scored.len();

@@ -1,12 +1,14 @@
 //! The HNSW candidate pool against the exact scan, through `Ranker::rank` on a 6,000-item
 //! catalog of clustered random vectors: the same answers (recall of the exact top 10), and
-//! inserts and deletes seen at once.
+//! inserts and deletes seen at once, and filtered searches (category, department, price) that
+//! answer as the exact scan does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::Catalog;
-use souk_ranker_core::item::Item;
+use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
     EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
 };
@@ -53,18 +55,20 @@ impl GraphSource for NoGraph {
     }
 }
 
+/// Item `i` is in cluster `i % 60`, in department `d{i % 2}` and its category `c{i % 10}`
+/// (six whole clusters), priced 1 to 7.
 fn item(i: usize) -> Item {
     Item {
         id: format!("x{i:05}"),
         title: "Thing".into(),
         description: String::new(),
-        category: vec!["Things".into()],
+        category: vec![format!("d{}", i % 2), format!("c{}", i % 10)],
         brand: if i.is_multiple_of(500) {
             "Rare".into()
         } else {
             String::new()
         },
-        price: 1.0,
+        price: (1 + i % 7) as f64,
         attributes: Default::default(),
         in_stock: true,
     }
@@ -88,6 +92,16 @@ fn shop(min_items: usize) -> Shop {
         let c = &centers[i % centers.len()];
         let v = unit(c.iter().map(|x| x + 0.35 * rng.next()).collect());
         catalog.upsert(item(i).validated().unwrap(), v).unwrap();
+    }
+    // Every 31st item has been bought: a popular few in every category.
+    for i in (0..6_000).step_by(31) {
+        catalog.record(&Interaction {
+            user: UserKey::from_stored(format!("{i:016x}")),
+            item_id: item(i).id,
+            kind: InteractionKind::Purchase,
+            value: 1.0,
+            timestamp_ms: i as i64,
+        });
     }
     let mut queries = HashMap::new();
     let names: Vec<String> = (0..50).map(|q| format!("query {q}")).collect();
@@ -144,7 +158,7 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     let rare = RankQuery {
         query: Some(queries[1].clone()),
         k: 5,
-        filters: souk_ranker_core::item::Filters {
+        filters: Filters {
             brands: vec!["rare".into()],
             ..Default::default()
         },
@@ -154,6 +168,42 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     let got = ids(&ann, &rare).await;
     assert_eq!(want.len(), 5);
     assert_eq!(got, want, "filtered searches answer as the exact scan does");
+
+    // Filters, with the query's own cluster outside them (the nearest items that pass are in
+    // other clusters, and popular items that pass are in the pool): a category (600 items,
+    // scored exactly), a department (3,000, the graph), a price cap (a seventh, the graph).
+    let (mut hits, mut total) = (0usize, 0usize);
+    for (q, name) in queries.iter().enumerate() {
+        let cluster = (q * 7) % 60;
+        let other = (cluster + 1 + q % 9) % 10;
+        for filters in [
+            Filters::new(&format!("c{other}"), &[], None, None, false),
+            Filters::new(&format!("d{}", (cluster + 1) % 2), &[], None, None, false),
+            Filters::new("", &[], None, Some(1.0), false),
+        ] {
+            let request = RankQuery {
+                query: Some(name.clone()),
+                k: 10,
+                filters: filters.unwrap(),
+                ..Default::default()
+            };
+            let want = ids(&exact, &request).await;
+            let got = ids(&ann, &request).await;
+            assert_eq!(want.len(), 10);
+            if request
+                .filters
+                .category
+                .as_deref()
+                .is_some_and(|c| c.starts_with('c'))
+            {
+                assert_eq!(got, want, "{:?}", request.filters);
+            }
+            hits += got.iter().filter(|id| want.contains(id)).count();
+            total += want.len();
+        }
+    }
+    let recall = hits as f64 / total as f64;
+    assert!(recall >= 0.95, "filtered recall@10 vs exact: {recall:.3}");
 
     // A new item is found at once; a deleted one is gone at once.
     let q = &queries[0];

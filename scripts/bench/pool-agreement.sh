@@ -7,6 +7,8 @@
 #   KEEP=DIR (keep each raw response there)  GRAPH_MIN=5000 (the first suite's threshold; past the catalog: exact against exact, the noise floor)
 #   FILTERS=1: each query also carries a filter, as a shop's facet would: a category (a level of
 #   the query's own row's path, or of a random row's) or a brand, or both; printed per query.
+#   FILTERS=2: a price cap instead (a random row's price, so any share of the catalog passes),
+#   half of them in stock only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 store=$1 catalog=$2 n=${3:-200}
@@ -15,7 +17,9 @@ work=${KEEP:-$(mktemp -d)}
 mkdir -p "$work"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 # Queries as `soukctl bench rank` draws them: 1-3 consecutive words of a catalog title.
-# One query per line: the query, a category and a brand (both empty unless FILTERS=1), tab-separated.
+# One query per line, fields split by \x1f (bash's read merges runs of tabs, so empty fields
+# would shift): the query, a category, a brand, a price cap, "stock" (all but the query empty
+# unless FILTERS is set).
 python3 - "$catalog" "$n" "${FILTERS:-0}" > "$work/queries" <<'PY'
 import csv, random, sys
 rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))
@@ -25,7 +29,10 @@ for _ in range(int(sys.argv[2])):
     words = row["title"].split()
     size = rng.randint(1, min(3, len(words)))
     start = rng.randint(0, len(words) - size)
-    category = brand = ""
+    category = brand = cap = stock = ""
+    if sys.argv[3] == "2":
+        cap = rng.choice(rows)["price"]
+        stock = "stock" if rng.random() < 0.5 else ""
     if sys.argv[3] == "1":
         facet = row if rng.random() < 0.5 else rng.choice(rows)
         kind = rng.choice(["category", "brand", "both"])
@@ -33,7 +40,7 @@ for _ in range(int(sys.argv[2])):
             category = rng.choice([p.strip() for p in facet["category"].split(">") if p.strip()])
         if kind != "category":
             brand = facet["brand"]
-    print("\t".join([" ".join(words[start:start + size]), category, brand]))
+    print("\x1f".join([" ".join(words[start:start + size]), category, brand, cap, stock]))
 PY
 run() {
   local label=$1 min=$2 i=0
@@ -41,12 +48,14 @@ run() {
   SOUK_ANN_MIN_ITEMS=$min $bin/souk up --data-dir "$store" > "$work/$label.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 1200); do $bin/soukctl health > /dev/null 2>&1 && break; sleep 0.1; done
-  while IFS=$'\t' read -r q category brand; do
+  while IFS=$'\x1f' read -r q category brand cap stock; do
     i=$((i + 1))
     local flags=(--category "$category")
     [ -z "$brand" ] || flags+=(--brand "$brand")
+    [ -z "$cap" ] || flags+=(--max-price "$cap")
+    [ -z "$stock" ] || flags+=(--in-stock)
     $bin/soukctl rank -q "$q" -k 10 "${flags[@]}" --raw > "$work/$label/$i"
-    echo "## $q | $category | $brand"
+    echo "## $q | $category | $brand | $cap | $stock"
     grep -E '^ {12}id: "' "$work/$label/$i" || true
   done < "$work/queries" > "$work/$label.out"
   kill -INT $pid; wait $pid || true

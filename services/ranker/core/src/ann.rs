@@ -39,7 +39,9 @@ const SERIAL_POINTS: usize = 1024;
 const MAX_BATCH: usize = 4096;
 
 /// Distances a search may compute per place in its beam before it gives up on filling the
-/// beam with points its filter accepts (an unfiltered search at 100k items computes ~30).
+/// beam with points its filter accepts. Measured in `rank_cost`'s searches (beam 128): 4-9
+/// per place unfiltered (100k and 10k items), 26-50 (at most 57) with a filter an eighth of
+/// the items pass; so the walk gives up only on filters that ~2% or fewer pass.
 const FILTERED_BUDGET: usize = 256;
 
 /// Distance of a unit vector to a stored point's (f16 bits): 1 - dot (only its order

@@ -1,15 +1,17 @@
-//! The catalog's facet index: the slots under each category level and of each brand, so that a
-//! filtered `Rank` knows which items can pass before it looks at any vector.
+//! The catalog's facet index: the slots under each category level, of each brand and in price
+//! order, so that a filtered `Rank` knows which items can pass before it looks at any vector.
 //!
 //! Why: the first pass's candidate pool (the query's nearest items by the HNSW graph, the best
-//! BM25 hits, popular items) is drawn from the whole catalog and filtered afterwards. A filter
-//! that 4% of a 100k catalog passes ("Headphones") kept a few of the pool's items, not the
-//! best ones in the category: through the real model, 30 of 300 filtered searches returned a
-//! different top 10 than an exact scan, most of them sharing no item with it (BENCHMARKS.md,
-//! "filtered searches"). With the index a filter that few items pass is answered by scoring
-//! exactly those items, and one that many pass by a graph search that only answers with items
-//! the filter accepts (qdrant decides the same way, by the filter's cardinality).
-use std::collections::{HashMap, HashSet};
+//! BM25 hits, popular items) was drawn from the whole catalog and filtered afterwards. When
+//! few of the query's nearest items passed ("Smart Speaker" in Computers), the answer was
+//! whatever popular or lexical items passed, not the best ones: through the real model at 100k
+//! items, 39 of 300 searches with a category or brand filter returned another top 10 than an
+//! exact scan (BENCHMARKS.md, "filtered searches"). With the index a filter that one of its
+//! sides (category, brands, price range) narrows to few items is answered by scoring exactly
+//! those items, and a broader one by a graph walk that only answers with items the filter
+//! accepts (qdrant decides the same way, by the filter's cardinality).
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::RangeInclusive;
 
 use crate::catalog::IdHash;
 use crate::item::{Filters, Item};
@@ -17,12 +19,25 @@ use crate::item::{Filters, Item};
 /// Slots, unordered.
 pub type SlotSet = HashSet<u32, IdHash>;
 
-/// Slots by lower-cased category level (every level of an item's path) and by lower-cased
-/// brand (items without a brand are under none).
+/// Slots by lower-cased category level (every level of an item's path), by lower-cased
+/// brand (items without a brand are under none) and by price.
 #[derive(Debug, Default)]
 pub struct Facets {
     categories: HashMap<String, SlotSet>,
     brands: HashMap<String, SlotSet>,
+    /// Every item as (its price's key, slot), cheapest first.
+    prices: PriceIndex,
+}
+
+/// Items as (price key, slot), cheapest first; and a range of it.
+type PriceIndex = BTreeSet<(u64, u32)>;
+type PriceRange = RangeInclusive<(u64, u32)>;
+
+/// A price's place in [`Facets::prices`]: the f64's bits, which order like the numbers for
+/// prices above 0; 0, -0, negatives and NaN (which validation refuses) all sort first. An
+/// item's key is never outside the key range of a price filter it passes.
+fn price_key(price: f64) -> u64 {
+    if price > 0.0 { price.to_bits() } else { 0 }
 }
 
 /// The keys an item is filed under: its category levels and its brand, lower-cased, as
@@ -45,6 +60,7 @@ impl Facets {
         if let Some(b) = brand {
             self.brands.entry(b).or_default().insert(slot);
         }
+        self.prices.insert((price_key(item.price), slot));
     }
 
     /// Takes `slot` out from under `item`'s category levels and brand (what [`Self::add`]
@@ -65,6 +81,7 @@ impl Facets {
         if let Some(b) = brand {
             take(&mut self.brands, &b, slot);
         }
+        self.prices.remove(&(price_key(item.price), slot));
     }
 
     /// A request's filters against this index.
@@ -77,12 +94,20 @@ impl Facets {
         brands.sort_unstable();
         brands.dedup();
         let brands: Vec<&SlotSet> = brands.iter().filter_map(|b| self.brands.get(*b)).collect();
-        let nothing =
-            matches!(category, Some(None)) || (!filters.brands.is_empty() && brands.is_empty());
+        let prices = (filters.min_price.is_some() || filters.max_price.is_some()).then(|| {
+            let lo = price_key(filters.min_price.unwrap_or(0.0));
+            let hi = filters.max_price.map_or(u64::MAX, price_key);
+            (&self.prices, (lo, 0)..=(hi, u32::MAX))
+        });
+        // (`Filters::new` refuses min > max; a range walked backwards would panic.)
+        let nothing = matches!(category, Some(None))
+            || (!filters.brands.is_empty() && brands.is_empty())
+            || prices.as_ref().is_some_and(|(_, r)| r.start() > r.end());
         Filter {
             filters,
             category: category.flatten(),
             brands,
+            prices,
             nothing,
         }
     }
@@ -96,6 +121,8 @@ pub struct Filter<'a> {
     category: Option<&'a SlotSet>,
     /// The items of each brand the filter names that the index has (disjoint).
     brands: Vec<&'a SlotSet>,
+    /// The price index and the filter's range of it, when it has a price bound.
+    prices: Option<(&'a PriceIndex, PriceRange)>,
     /// The filter names a category, or only brands, that no item has: nothing passes.
     nothing: bool,
 }
@@ -119,39 +146,42 @@ impl Filter<'_> {
         f.brands.is_empty() || self.brands.iter().any(|set| set.contains(&slot))
     }
 
-    /// At most this many items pass, when the category or brands narrow it (`None`: only the
-    /// price or stock, which the index does not count).
-    pub fn bound(&self) -> Option<usize> {
+    /// The slots that may pass, when one side of the filter (its category, its brands or its
+    /// price range) holds at most `limit` items: the smallest such side, in slot order (a scan
+    /// then reads the catalog's vectors forwards), to be checked with [`Self::accepts`].
+    /// `None` when every side is larger, or the filter is only on stock.
+    pub fn members_within(&self, limit: usize) -> Option<Vec<u32>> {
         if self.nothing {
-            return Some(0);
+            return Some(Vec::new());
         }
         let category = self.category.map(HashSet::len);
         let brands = (!self.filters.brands.is_empty())
             .then(|| self.brands.iter().map(|s| s.len()).sum::<usize>());
-        match (category, brands) {
-            (Some(c), Some(b)) => Some(c.min(b)),
-            (c, b) => c.or(b),
+        // Counting a price range walks it: stop past the smaller of the other sides.
+        let cap = category.into_iter().chain(brands).fold(limit, usize::min);
+        let prices = self.prices.as_ref().map(|(index, range)| {
+            index
+                .range(range.clone())
+                .take(cap.saturating_add(1))
+                .count()
+        });
+        // The smallest side (the first of equals), if within the limit.
+        let (len, side) = [category, brands, prices]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(side, len)| len.map(|len| (len, side)))
+            .min()?;
+        if len > limit {
+            return None;
         }
-    }
-
-    /// The slots that may pass (the smaller side of category and brands; `bound()` of them),
-    /// to be checked with [`Self::accepts`], in slot order (the scan then walks the catalog's
-    /// vector array forwards); empty when `bound()` is `None`.
-    pub fn members(&self) -> Vec<u32> {
-        if self.nothing {
-            return Vec::new();
-        }
-        let brands = || self.brands.iter().flat_map(|s| s.iter().copied());
-        let by_brand = !self.filters.brands.is_empty();
-        let mut members: Vec<u32> = match self.category {
-            Some(c) if !by_brand || c.len() <= self.bound().unwrap_or(0) => {
-                c.iter().copied().collect()
-            }
-            _ if by_brand => brands().collect(),
+        let mut members: Vec<u32> = match (side, self.category, &self.prices) {
+            (0, Some(c), _) => c.iter().copied().collect(),
+            (1, _, _) => self.brands.iter().flat_map(|s| s.iter().copied()).collect(),
+            (_, _, Some((index, range))) => index.range(range.clone()).map(|&(_, s)| s).collect(),
             _ => Vec::new(),
         };
         members.sort_unstable();
-        members
+        Some(members)
     }
 }
 
@@ -173,7 +203,8 @@ mod tests {
     }
 
     /// Every filter over a small catalog: the index answers as `Filters::accepts` does, its
-    /// members hold every item that passes, and a replaced or removed item is filed anew.
+    /// members (the smallest side within the limit) hold every item that passes, and a
+    /// replaced or removed item is filed anew.
     #[test]
     fn the_index_accepts_what_the_filters_accept() {
         let items = [
@@ -211,32 +242,52 @@ mod tests {
         for f in filters {
             let f = f.unwrap();
             let resolved = facets.resolve(&f);
-            let members = resolved.members();
-            let mut passing = 0;
+            let passing: Vec<u32> = (0..items.len() as u32)
+                .filter(|&s| f.accepts(&items[s as usize]))
+                .collect();
             for (slot, it) in items.iter().enumerate() {
                 let slot = slot as u32;
                 assert_eq!(resolved.accepts(slot, it), f.accepts(it), "{f:?} on {it:?}");
-                if f.accepts(it) {
-                    passing += 1;
-                    if resolved.bound().is_some() {
-                        assert!(members.contains(&slot), "{f:?}: {slot} not a member");
-                    }
+            }
+            for limit in 0..=items.len() {
+                if let Some(members) = resolved.members_within(limit) {
+                    assert!(members.len() <= limit, "{f:?} within {limit}: {members:?}");
+                    assert!(members.is_sorted(), "{members:?}");
+                    assert!(passing.iter().all(|s| members.contains(s)), "{f:?}");
                 }
             }
-            if let Some(bound) = resolved.bound() {
-                assert!(passing <= bound && members.len() == bound, "{f:?}");
-            }
         }
-        let camping = Filters::new("camping", &[], None, None, false).unwrap();
-        assert_eq!(facets.resolve(&camping).bound(), Some(2));
-        // Slot 0 becomes a knife: out of Camping and of Trailhound's items.
+        let within = |f: Filters, limit| facets.resolve(&f).members_within(limit);
+        // The smallest side: Outdoor 3, Trailhound 2, at most 100: 3.
+        let f = Filters::new("OUTDOOR", &["TrailHound".into()], None, Some(100.0), false);
+        assert_eq!(within(f.unwrap(), 5), Some(vec![0, 2]));
+        // A price range, bounds included: 45 to 120 holds slots 0, 1, 2.
+        let f = || Filters::new("", &[], Some(45.0), Some(120.0), true).unwrap();
+        assert_eq!(within(f(), 3), Some(vec![0, 1, 2]));
+        assert_eq!(within(f(), 2), None, "over the limit: the pool");
+        let stock = Filters::new("", &[], None, None, true).unwrap();
+        assert_eq!(within(stock, 5), None, "stock is not indexed");
+        let garden = Filters::new("garden", &[], None, None, false).unwrap();
+        assert_eq!(
+            within(garden, 0),
+            Some(vec![]),
+            "an unknown category passes nothing"
+        );
+        let camping = || Filters::new("camping", &[], None, None, false).unwrap();
+        assert_eq!(within(camping(), 5), Some(vec![0, 1]));
+        // Slot 0 becomes a knife at 20: out of Camping, Trailhound's items and 45-120.
         facets.remove(0, &items[0]);
         facets.add(0, &item(&["Kitchen", "Knives"], "Santoro", 20.0, true));
-        assert_eq!(facets.resolve(&camping).bound(), Some(1));
-        let trailhound = Filters::new("", &["trailhound".into()], None, None, false).unwrap();
-        assert_eq!(facets.resolve(&trailhound).members(), vec![2]);
+        let within = |f: Filters, limit| facets.resolve(&f).members_within(limit);
+        assert_eq!(within(camping(), 5), Some(vec![1]));
+        assert_eq!(within(f(), 5), Some(vec![1, 2]));
+        let trailhound = || Filters::new("", &["trailhound".into()], None, None, false).unwrap();
+        assert_eq!(within(trailhound(), 5), Some(vec![2]));
         facets.remove(2, &items[2]);
-        assert_eq!(facets.resolve(&trailhound).bound(), Some(0));
+        assert_eq!(
+            facets.resolve(&trailhound()).members_within(5),
+            Some(vec![])
+        );
         assert!(!facets.brands.contains_key("trailhound"), "empty keys go");
     }
 }

@@ -625,14 +625,14 @@ const BM25_ALL_MATCHES: usize = 4096;
 /// with a query, popularity only breaks ties among relevant items.
 const POPULAR_WITH_QUERY: usize = 100;
 
-/// Whether a filter that at most `members` of the catalog's `items` can pass (by category or
-/// brand) is answered by scoring exactly those items instead of the candidate pool. Scoring
-/// costs about 0.3 us per member (reading its f32 vector); the pool's graph search, which
-/// walks past the items the filter refuses, about 0.4 ms / (the share that passes). Scanning
-/// is cheaper while `members^2 < ~1,400 * items`: up to ~10k members at 100k items, ~3k at
-/// 10k (measured with `rank_cost`, BENCHMARKS.md "filtered searches"), and it is exact.
-fn scan_filtered(members: usize, items: usize) -> bool {
-    (members as u64).pow(2) <= 1024 * items as u64
+/// Up to how many members a filter (by one of its sides: category, brands or price range) is
+/// answered by scoring exactly those items instead of the candidate pool, in a catalog of
+/// `items`. Scoring costs about 0.3 us per member (reading its f32 vector); the pool's graph
+/// walk, which passes the items the filter refuses, about 0.4 ms / (the share that passes).
+/// Scanning is cheaper while `members^2 < ~1,400 * items`: up to ~10k members at 100k items,
+/// ~3k at 10k (measured with `rank_cost`, BENCHMARKS.md "filtered searches"), and it is exact.
+fn filtered_scan_limit(items: usize) -> usize {
+    (1024.0 * items as f64).sqrt() as usize
 }
 
 /// Where the first pass looks when the catalog has an HNSW graph: the query's nearest items
@@ -724,10 +724,11 @@ fn first_pass(
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
-    // The items a narrow filter passes, scored exactly, in place of the pool.
-    let narrow = filter
+    // The items a narrow filter may pass, scored exactly, in place of the pool.
+    let members = filter
         .as_ref()
-        .filter(|f| f.bound().is_some_and(|b| scan_filtered(b, catalog.len())));
+        .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())));
+    let scans_members = members.is_some();
     let pool = if !request.candidate_ids.is_empty() {
         let mut seen = HashSet::new();
         Some(
@@ -738,8 +739,8 @@ fn first_pass(
                 .filter_map(|id| catalog.slot_of(id))
                 .collect(),
         )
-    } else if let Some(f) = narrow {
-        Some(f.members())
+    } else if members.is_some() {
+        members
     } else {
         let filter = filter.as_ref();
         candidate_pool(
@@ -796,7 +797,7 @@ fn first_pass(
     if scored.len() < request.k
         && request.candidate_ids.is_empty()
         && pool.is_some()
-        && narrow.is_none()
+        && !scans_members
     {
         scored = score(&mut catalog.slots());
     }

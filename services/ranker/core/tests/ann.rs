@@ -56,7 +56,7 @@ impl GraphSource for NoGraph {
 }
 
 /// Item `i` is in cluster `i % 60`, in department `d{i % 2}` and its category `c{i % 10}`
-/// (six whole clusters), priced 1 to 7.
+/// (six whole clusters), priced 1 to 7, a third out of stock.
 fn item(i: usize) -> Item {
     Item {
         id: format!("x{i:05}"),
@@ -70,7 +70,7 @@ fn item(i: usize) -> Item {
         },
         price: (1 + i % 7) as f64,
         attributes: Default::default(),
-        in_stock: true,
+        in_stock: !i.is_multiple_of(3),
     }
 }
 
@@ -154,7 +154,7 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
         "recall@10 of the HNSW pool vs exact: {recall:.3}"
     );
 
-    // A filter that few items pass still fills k: the pool falls back to the scan.
+    // A filter that few items pass (a brand of 12) fills k: its members are scored.
     let rare = RankQuery {
         query: Some(queries[1].clone()),
         k: 5,
@@ -171,7 +171,8 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
 
     // Filters, with the query's own cluster outside them (the nearest items that pass are in
     // other clusters, and popular items that pass are in the pool): a category (600 items,
-    // scored exactly), a department (3,000, the graph), a price cap (a seventh, the graph).
+    // scored exactly), a price cap (857, scored exactly), a department (3,000, the graph
+    // walk), in stock (4,000, the graph walk: stock is not indexed).
     let (mut hits, mut total) = (0usize, 0usize);
     for (q, name) in queries.iter().enumerate() {
         let cluster = (q * 7) % 60;
@@ -180,6 +181,7 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
             Filters::new(&format!("c{other}"), &[], None, None, false),
             Filters::new(&format!("d{}", (cluster + 1) % 2), &[], None, None, false),
             Filters::new("", &[], None, Some(1.0), false),
+            Filters::new("", &[], None, None, true),
         ] {
             let request = RankQuery {
                 query: Some(name.clone()),

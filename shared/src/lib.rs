@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod server;
 pub mod shed;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 
 /// What can go wrong while bootstrapping or running a server.

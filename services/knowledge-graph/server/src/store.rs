@@ -69,10 +69,10 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, KgError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
+            .cache_capacity(256 * 1024 * 1024);
+        let db = souk_shared::storage::open_sled(&config)
             .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
         let tree = db.open_tree("graph").map_err(storage)?;
         Ok(Self { db, tree })

@@ -78,7 +78,8 @@ impl RankerStore {
     /// When the directory cannot be created or sled cannot open it.
     pub fn open(dir: &Path) -> Result<Self, RankError> {
         std::fs::create_dir_all(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
-        let db = sled::open(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        let db = souk_shared::storage::open_sled(&sled::Config::new().path(dir))
+            .map_err(|e| internal(format!("{}: {e}", dir.display())))?;
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
         let models = db.open_tree("models").map_err(internal)?;

@@ -727,6 +727,7 @@ fn first_pass(
     // The items a narrow filter may pass, scored exactly, in place of the pool.
     let members = filter
         .as_ref()
+        .filter(|_| request.candidate_ids.is_empty())
         .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())));
     let scans_members = members.is_some();
     let pool = if !request.candidate_ids.is_empty() {

@@ -301,6 +301,7 @@ async fn state_survives_a_restart_and_deletes_stick() {
         .into_inner();
     assert_eq!((d.deleted, d.not_found), (1, 1));
     let before = boots(&ranker).await;
+    let before_filtered = trailhound_hiking(&ranker).await;
     ranker.stop().await.unwrap();
     let graph = data.join("hnsw.graph");
     let saved = std::fs::read(&graph).expect("the graph is saved at a graceful stop");
@@ -318,6 +319,11 @@ async fn state_survives_a_restart_and_deletes_stick() {
     assert!(
         after.iter().all(|id| id != "p00141"),
         "deleted item stays deleted"
+    );
+    assert_eq!(
+        before_filtered,
+        trailhound_hiking(&ranker).await,
+        "the facet index is rebuilt from the store as it was"
     );
     ranker.stop().await.unwrap();
     assert_eq!(
@@ -357,6 +363,45 @@ async fn boots(ranker: &Running) -> Vec<String> {
         .unwrap()
         .into_inner();
     response.items.into_iter().map(|i| i.id).collect()
+}
+
+/// A search filtered to Trailhound's hiking gear under 200: every result passes (checked on
+/// what the response says of each item), the deleted Trailhound boots (p00141) never come
+/// back, and the ids, for comparing across restarts.
+async fn trailhound_hiking(ranker: &Running) -> Vec<String> {
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let mut request = rank("", "waterproof hiking boots", 10);
+    request.filters = Some(rk::Filters {
+        category: "HIKING".into(),
+        brands: vec!["trailhound".into()],
+        max_price: Some(200.0),
+        ..Default::default()
+    });
+    let items = client.rank(request).await.unwrap().into_inner().items;
+    for item in &items {
+        assert!(item.category.iter().any(|c| c == "Hiking"), "{item:?}");
+        assert_eq!(item.brand, "Trailhound");
+        assert!(item.price <= 200.0, "{item:?}");
+    }
+    // Every item of the file that passes, read independently of the service, is there.
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let mut want: Vec<String> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| {
+            &r[4] == "Trailhound"
+                && r[3].contains("Hiking")
+                && r[5].parse::<f64>().unwrap() <= 200.0
+        })
+        .map(|r| r[0].to_string())
+        .filter(|id| id != "p00141")
+        .collect();
+    let mut ids: Vec<String> = items.into_iter().map(|i| i.id).collect();
+    let order = ids.clone();
+    want.sort();
+    ids.sort();
+    assert_eq!(ids, want, "the passing items, less the deleted p00141");
+    order
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -326,7 +326,15 @@ impl AnnIndex {
         let mut entries = vec![ep];
         VISITED.with_borrow_mut(|visited| {
             for layer in (0..=level).rev() {
-                let found = self.search_layer(q, &entries, EF_CONSTRUCTION, layer, visited);
+                let found = self.search_layer(
+                    q,
+                    &entries,
+                    EF_CONSTRUCTION,
+                    layer,
+                    visited,
+                    |_| true,
+                    usize::MAX,
+                );
                 plan[layer] = self.select(&found, M);
                 entries = found;
             }
@@ -381,18 +389,6 @@ impl AnnIndex {
         }
     }
 
-    /// The `ef` nearest points to `q` on `layer` reachable from `entries`, nearest first.
-    fn search_layer(
-        &self,
-        q: &[f32],
-        entries: &[Near],
-        ef: usize,
-        layer: usize,
-        visited: &mut Visited,
-    ) -> Vec<Near> {
-        self.search_filtered(q, entries, ef, layer, visited, |_| true, usize::MAX)
-    }
-
     /// The `ef` nearest points to `q` on `layer` that `accept`, reachable from `entries`,
     /// nearest first. Points `accept` refuses are walked through but never answered (hnswlib's
     /// filtered search), so the beam widens until it holds `ef` accepted points or its nearest
@@ -400,7 +396,7 @@ impl AnnIndex {
     /// since a filter few points pass would otherwise walk most of the graph (the caller then
     /// gets fewer than `ef`).
     #[allow(clippy::too_many_arguments)]
-    fn search_filtered(
+    fn search_layer(
         &self,
         q: &[f32],
         entries: &[Near],
@@ -502,7 +498,7 @@ impl AnnIndex {
         };
         let found = VISITED.with_borrow_mut(|visited| {
             let budget = ef.saturating_mul(FILTERED_BUDGET);
-            self.search_filtered(query, &[ep], ef, 0, visited, accept, budget)
+            self.search_layer(query, &[ep], ef, 0, visited, accept, budget)
         });
         found
             .into_iter()

@@ -5,6 +5,7 @@
 # usage: scripts/bench/rank-10k.sh [QPS...]    env: SHOP=/tmp/shop10k STORE=/tmp/s10 SECONDS_PER_RUN=30
 #   BIN=target/release (another build's binaries, e.g. a worktree's, to compare on one store)
 #   SCALE=32 USERS=1000 (the shop generated when SHOP has none: 32 -> 9,984 items, 320 -> 99,840)
+#   FILTERED=0.5 (the share of requests that also filter to a category; default 0)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHOP=${SHOP:-/tmp/shop10k}
@@ -29,7 +30,10 @@ if [ $fresh = 1 ]; then
   $bin/soukctl events load "$SHOP/events.csv" --quiet
 fi
 $bin/soukctl stats
-bench() { $bin/soukctl bench rank --catalog "$SHOP/products.csv" --events "$SHOP/events.csv" "$@"; }
+bench() {
+  $bin/soukctl bench rank --catalog "$SHOP/products.csv" --events "$SHOP/events.csv" \
+    --filtered-share "${FILTERED:-0}" "$@"
+}
 echo "warm-up (query cache) at 100 QPS"
 bench --qps 100 --seconds "$RUN" > /dev/null
 for q in "${@:-200 400}"; do

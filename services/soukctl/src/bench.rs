@@ -5,7 +5,8 @@
 //! instead of silently slowing the generator (coordinated omission). The mix follows a shop:
 //! half searches by a known user, a quarter recommendations for a known user, a quarter
 //! anonymous searches; queries are 1-3 words taken from catalog titles, users from the events
-//! file.
+//! file; `--filtered-share` of the requests also filter to a category (a level of a random
+//! catalog row's path, as a shop's category pages and facets do).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,11 +42,37 @@ pub struct RankBenchArgs {
     pub distinct_queries: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Share of requests (0..1) that also filter to a category.
+    #[arg(long, default_value_t = 0.0)]
+    pub filtered_share: f64,
 }
 
 struct Pools {
     queries: Vec<String>,
     users: Vec<String>,
+    /// Every level of every catalog row's category path (so a draw is weighted by items).
+    categories: Vec<String>,
+}
+
+/// Every level of every row's category path (`A > B > C`), in file order.
+fn category_levels(catalog: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut reader =
+        csv::Reader::from_path(catalog).with_context(|| catalog.display().to_string())?;
+    let Some(column) = reader.headers()?.iter().position(|h| h == "category") else {
+        return Ok(Vec::new());
+    };
+    Ok(reader
+        .records()
+        .filter_map(Result::ok)
+        .filter_map(|r| r.get(column).map(String::from))
+        .flat_map(|path| {
+            path.split('>')
+                .map(str::trim)
+                .filter(|level| !level.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect())
 }
 
 /// `count` queries of 1-3 consecutive words from the catalog's titles.
@@ -95,7 +122,21 @@ fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
     users.sort();
     users.dedup();
     anyhow::ensure!(!users.is_empty(), "no users in {}", args.events.display());
-    Ok(Pools { queries, users })
+    let categories = if args.filtered_share > 0.0 {
+        category_levels(&args.catalog)?
+    } else {
+        Vec::new()
+    };
+    anyhow::ensure!(
+        args.filtered_share <= 0.0 || !categories.is_empty(),
+        "--filtered-share needs a category column in {}",
+        args.catalog.display()
+    );
+    Ok(Pools {
+        queries,
+        users,
+        categories,
+    })
 }
 
 /// Runs the load and prints the latency distribution; returns the p99 in milliseconds.
@@ -107,6 +148,10 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
         args.qps > 0.0 && args.qps <= 100_000.0,
         "--qps must be in (0, 100000]"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.filtered_share),
+        "--filtered-share must be in [0, 1]"
+    );
     let pools = Arc::new(pools(&args)?);
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
@@ -115,12 +160,13 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
         ));
     }
     println!(
-        "rank load: {} qps for {} s (+2 s warm-up), {} connections, {} distinct queries, {} users",
+        "rank load: {} qps for {} s (+2 s warm-up), {} connections, {} distinct queries, {} users, {:.0}% filtered to a category",
         args.qps,
         args.seconds,
         clients.len(),
         pools.queries.len(),
-        pools.users.len()
+        pools.users.len(),
+        args.filtered_share * 100.0
     );
     let interval = Duration::from_secs_f64(1.0 / args.qps);
     let warmup = Duration::from_secs(2);
@@ -147,11 +193,19 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
         } else {
             pools.queries[rng.below(pools.queries.len() as u32) as usize].clone()
         };
+        // (No draw at share 0, so unfiltered runs send what they always sent.)
+        let filtered = args.filtered_share > 0.0
+            && f64::from(rng.below(1_000_000)) < args.filtered_share * 1e6;
+        let filters = filtered.then(|| rk::Filters {
+            category: pools.categories[rng.below(pools.categories.len() as u32) as usize].clone(),
+            ..Default::default()
+        });
         let request = rk::RankRequest {
             user_id: user,
             query,
             k: args.k,
             explain: true,
+            filters,
             ..Default::default()
         };
         let mut client = clients[(n as usize) % clients.len()].clone();

@@ -307,3 +307,24 @@ pub async fn embed(args: EmbedBenchArgs, encoder_url: &str) -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The demo catalog's paths have three levels each: every level of every row is drawn from,
+    /// trimmed; a catalog without a category column gives none (and `--filtered-share` refuses).
+    #[test]
+    fn category_levels_are_every_level_of_every_row() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let levels = category_levels(&root.join("kg-data/products.csv")).unwrap();
+        assert_eq!(levels.len(), 312 * 3);
+        assert_eq!(levels.iter().filter(|l| *l == "Hiking Boots").count(), 13);
+        assert_eq!(levels.iter().filter(|l| *l == "Outdoor").count(), 13 * 5);
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("bare.csv");
+        std::fs::write(&bare, "id,title\np1,Tent\n").unwrap();
+        assert!(category_levels(&bare).unwrap().is_empty());
+    }
+}

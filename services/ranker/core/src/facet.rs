@@ -123,7 +123,8 @@ pub struct Filter<'a> {
     brands: Vec<&'a SlotSet>,
     /// The price index and the filter's range of it, when it has a price bound.
     prices: Option<(&'a PriceIndex, PriceRange)>,
-    /// The filter names a category, or only brands, that no item has: nothing passes.
+    /// The filter names a category, or only brands, that no item has, or a price range whose
+    /// minimum is above its maximum: nothing passes.
     nothing: bool,
 }
 

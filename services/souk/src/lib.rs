@@ -404,6 +404,17 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "Search \"waterproof hiking boots\" (anonymous shopper)".to_string(),
             String::new(),
             "waterproof hiking boots".to_string(),
+            None,
+        ),
+        (
+            "Search \"lightweight\" in Tents under 300 (anonymous shopper, filtered)".to_string(),
+            String::new(),
+            "lightweight".to_string(),
+            Some(rk::Filters {
+                category: "Tents".into(),
+                max_price: Some(300.0),
+                ..Default::default()
+            }),
         ),
         (
             format!(
@@ -413,20 +424,23 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             ),
             user.clone(),
             String::new(),
+            None,
         ),
         (
             format!("Search \"gift for a coffee lover\" for {user}"),
             user.clone(),
             "gift for a coffee lover".to_string(),
+            None,
         ),
         (
             "Recommendations for a brand-new shopper (no history, no query)".to_string(),
             "someone-new".to_string(),
             String::new(),
+            None,
         ),
     ];
     let mut out = std::io::stdout();
-    for (title, user_id, query) in cases {
+    for (title, user_id, query, filters) in cases {
         // Variety helps a recommendation shelf; a search should stay on what was asked.
         let diversity = if query.is_empty() { 0.2 } else { 0.0 };
         let started = Instant::now();
@@ -437,6 +451,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 k: 5,
                 explain: true,
                 diversity,
+                filters,
                 ..Default::default()
             })
             .await?

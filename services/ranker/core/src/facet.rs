@@ -10,8 +10,8 @@
 //! sides (category, brands, price range) narrows to few items is answered by scoring exactly
 //! those items, and a broader one by a graph walk that only answers with items the filter
 //! accepts (qdrant decides the same way, by the filter's cardinality).
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ops::RangeInclusive;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::{RangeBounds, RangeInclusive};
 
 use crate::catalog::IdHash;
 use crate::item::{Filters, Item};
@@ -25,13 +25,72 @@ pub type SlotSet = HashSet<u32, IdHash>;
 pub struct Facets {
     categories: HashMap<String, SlotSet>,
     brands: HashMap<String, SlotSet>,
-    /// Every item as (its price's key, slot), cheapest first.
     prices: PriceIndex,
 }
 
-/// Items as (price key, slot), cheapest first; and a range of it.
-type PriceIndex = BTreeSet<(u64, u32)>;
+/// Every item by price: (price key, slot), cheapest first, and how many items each price
+/// bucket holds, so that a broad range is counted by summing buckets instead of walking
+/// ~10k items (~0.2 ms per request at 100k items, in `rank_cost`'s profile).
+#[derive(Debug, Default)]
+struct PriceIndex {
+    items: BTreeSet<(u64, u32)>,
+    buckets: BTreeMap<u64, usize>,
+}
+
+/// A price filter's range of [`PriceIndex::items`].
 type PriceRange = RangeInclusive<(u64, u32)>;
+
+/// A price key's bucket: its top 18 bits (sign, exponent and 6 bits of the fraction), so 64
+/// buckets per doubling of the price.
+fn bucket(key: u64) -> u64 {
+    key >> 46
+}
+
+impl PriceIndex {
+    fn add(&mut self, key: u64, slot: u32) {
+        if self.items.insert((key, slot)) {
+            *self.buckets.entry(bucket(key)).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: u64, slot: u32) {
+        if self.items.remove(&(key, slot))
+            && let Some(n) = self.buckets.get_mut(&bucket(key))
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.buckets.remove(&bucket(key));
+            }
+        }
+    }
+
+    /// How many items `range` holds, or some number over `cap` once it is known to hold more.
+    fn count(&self, range: &PriceRange, cap: usize) -> usize {
+        let (first, last) = (bucket(range.start().0), bucket(range.end().0));
+        if first == last {
+            return self.walk(range.clone(), cap);
+        }
+        // The two edge buckets item by item, the ones between by their counts (first < last,
+        // so (first + 1) << 46 still fits).
+        let mut n = self.walk(*range.start()..((first + 1) << 46, 0), cap);
+        for (_, &c) in self.buckets.range(first + 1..last) {
+            if n > cap {
+                return n;
+            }
+            n += c;
+        }
+        n + self.walk((last << 46, 0)..=*range.end(), cap)
+    }
+
+    /// Items in `range`, counted up to one past `cap`.
+    fn walk(&self, range: impl RangeBounds<(u64, u32)>, cap: usize) -> usize {
+        self.items.range(range).take(cap.saturating_add(1)).count()
+    }
+
+    fn members(&self, range: &PriceRange) -> impl Iterator<Item = u32> + '_ {
+        self.items.range(range.clone()).map(|&(_, slot)| slot)
+    }
+}
 
 /// A price's place in [`Facets::prices`]: the f64's bits, which order like the numbers for
 /// prices above 0; 0, -0, negatives and NaN (which validation refuses) all sort first. An
@@ -60,7 +119,7 @@ impl Facets {
         if let Some(b) = brand {
             self.brands.entry(b).or_default().insert(slot);
         }
-        self.prices.insert((price_key(item.price), slot));
+        self.prices.add(price_key(item.price), slot);
     }
 
     /// Takes `slot` out from under `item`'s category levels and brand (what [`Self::add`]
@@ -81,7 +140,7 @@ impl Facets {
         if let Some(b) = brand {
             take(&mut self.brands, &b, slot);
         }
-        self.prices.remove(&(price_key(item.price), slot));
+        self.prices.remove(price_key(item.price), slot);
     }
 
     /// A request's filters against this index.
@@ -160,12 +219,10 @@ impl Filter<'_> {
             .then(|| self.brands.iter().map(|s| s.len()).sum::<usize>());
         // Counting a price range walks it: stop past the smaller of the other sides.
         let cap = category.into_iter().chain(brands).fold(limit, usize::min);
-        let prices = self.prices.as_ref().map(|(index, range)| {
-            index
-                .range(range.clone())
-                .take(cap.saturating_add(1))
-                .count()
-        });
+        let prices = self
+            .prices
+            .as_ref()
+            .map(|(index, range)| index.count(range, cap));
         // The smallest side (the first of equals), if within the limit.
         let (len, side) = [category, brands, prices]
             .into_iter()
@@ -178,7 +235,7 @@ impl Filter<'_> {
         let mut members: Vec<u32> = match (side, self.category, &self.prices) {
             (0, Some(c), _) => c.iter().copied().collect(),
             (1, _, _) => self.brands.iter().flat_map(|s| s.iter().copied()).collect(),
-            (_, _, Some((index, range))) => index.range(range.clone()).map(|&(_, s)| s).collect(),
+            (_, _, Some((index, range))) => index.members(range).collect(),
             _ => Vec::new(),
         };
         members.sort_unstable();
@@ -200,6 +257,62 @@ mod tests {
             price,
             in_stock,
             ..Item::default()
+        }
+    }
+
+    /// Counting by buckets agrees with walking the items: exactly when the range holds at
+    /// most `cap`, over `cap` otherwise; also after removals, and for ranges inside a bucket,
+    /// across many, open above, or at 0.
+    #[test]
+    fn price_counts_match_a_walk() {
+        let mut rng = crate::rng::XorShift::new(11);
+        let mut index = PriceIndex::default();
+        let prices: Vec<f64> = (0..5_000)
+            .map(|i| match i % 50 {
+                0 => 0.0,
+                1 => 19.99,
+                _ => (rng.uniform() * 12.0).exp(),
+            })
+            .collect();
+        for (slot, &p) in prices.iter().enumerate() {
+            index.add(price_key(p), slot as u32);
+        }
+        for slot in (0..5_000).step_by(7) {
+            index.remove(price_key(prices[slot]), slot as u32);
+        }
+        index.remove(price_key(1e9), 1); // not there: nothing changes
+        let live = |slot: usize| !slot.is_multiple_of(7);
+        let mut ranges: Vec<(f64, f64)> = vec![
+            (0.0, f64::MAX),
+            (0.0, 0.0),
+            (19.99, 19.99),
+            (19.0, 21.0),
+            (1.0, 1.01),
+            (5.0, f64::INFINITY), // no maximum: the index's top key
+        ];
+        for _ in 0..200 {
+            let (a, b) = ((rng.uniform() * 12.0).exp(), (rng.uniform() * 12.0).exp());
+            ranges.push((a.min(b), a.max(b)));
+        }
+        for (lo, hi) in ranges {
+            let top = if hi.is_finite() {
+                price_key(hi)
+            } else {
+                u64::MAX
+            };
+            let range: PriceRange = (price_key(lo), 0)..=(top, u32::MAX);
+            let exact = (0..5_000)
+                .filter(|&s| live(s) && prices[s] >= lo && prices[s] <= hi)
+                .count();
+            for cap in [0, 10, 300, 10_000] {
+                let n = index.count(&range, cap);
+                if exact <= cap {
+                    assert_eq!(n, exact, "{lo}..={hi} under {cap}");
+                } else {
+                    assert!(n > cap, "{lo}..={hi}: {n} for {exact} over {cap}");
+                }
+            }
+            assert_eq!(index.members(&range).count(), exact);
         }
     }
 

@@ -280,7 +280,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_default(),
             ..RankQuery::default()
         }),
-        // A price cap an eighth of the items pass: a filter the facet index cannot count.
+        // A price cap an eighth of the items pass: at 100k items over the scan limit (the
+        // graph walk), at 10k under it (its members scored).
         ("search, under 30", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,

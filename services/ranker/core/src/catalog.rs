@@ -421,7 +421,7 @@ impl Catalog {
         Some(match filter {
             None => ann.search(query, k, ef, live),
             Some(f) => ann.search(query, k, ef, |slot, version| {
-                live(slot, version) && self.slot(slot).is_some_and(|e| f.accepts(slot, &e.item))
+                live(slot, version) && self.passes(f, slot)
             }),
         })
     }
@@ -429,6 +429,12 @@ impl Catalog {
     /// A request's filters against the catalog's facet index.
     pub(crate) fn filter<'a>(&'a self, filters: &'a Filters) -> Filter<'a> {
         self.facets.resolve(filters)
+    }
+
+    /// Whether the item in `slot` passes `filter` (false for an empty slot).
+    pub(crate) fn passes(&self, filter: &Filter, slot: u32) -> bool {
+        self.slot(slot)
+            .is_some_and(|e| filter.accepts(slot, &e.item))
     }
 
     /// The `k` most popular items' slots, most popular first (ties by slot); items without

@@ -190,20 +190,13 @@ pub struct Filter<'a> {
 impl Filter<'_> {
     /// Whether `item`, in `slot`, passes: what [`Filters::accepts`] answers for it.
     pub fn accepts(&self, slot: u32, item: &Item) -> bool {
-        if self.nothing {
-            return false;
-        }
-        let f = self.filters;
-        if (f.in_stock_only && !item.in_stock)
-            || f.min_price.is_some_and(|lo| item.price < lo)
-            || f.max_price.is_some_and(|hi| item.price > hi)
-        {
+        if self.nothing || !self.filters.accepts_stock_and_price(item) {
             return false;
         }
         if self.category.is_some_and(|set| !set.contains(&slot)) {
             return false;
         }
-        f.brands.is_empty() || self.brands.iter().any(|set| set.contains(&slot))
+        self.filters.brands.is_empty() || self.brands.iter().any(|set| set.contains(&slot))
     }
 
     /// The slots that may pass, when one side of the filter (its category, its brands or its
@@ -214,29 +207,32 @@ impl Filter<'_> {
         if self.nothing {
             return Some(Vec::new());
         }
-        let category = self.category.map(HashSet::len);
-        let brands = (!self.filters.brands.is_empty())
-            .then(|| self.brands.iter().map(|s| s.len()).sum::<usize>());
-        // Counting a price range walks it: stop past the smaller of the other sides.
-        let cap = category.into_iter().chain(brands).fold(limit, usize::min);
-        let prices = self
-            .prices
-            .as_ref()
-            .map(|(index, range)| index.count(range, cap));
+        enum Side<'s> {
+            Category(&'s SlotSet),
+            Brands,
+            Prices(&'s PriceIndex, &'s PriceRange),
+        }
+        let mut sides: Vec<(usize, Side)> = Vec::with_capacity(3);
+        if let Some(c) = self.category {
+            sides.push((c.len(), Side::Category(c)));
+        }
+        if !self.filters.brands.is_empty() {
+            sides.push((self.brands.iter().map(|s| s.len()).sum(), Side::Brands));
+        }
+        // Counting a price range stops once past the smaller of the other sides.
+        if let Some((index, range)) = &self.prices {
+            let cap = sides.iter().map(|(len, _)| *len).fold(limit, usize::min);
+            sides.push((index.count(range, cap), Side::Prices(index, range)));
+        }
         // The smallest side (the first of equals), if within the limit.
-        let (len, side) = [category, brands, prices]
-            .into_iter()
-            .enumerate()
-            .filter_map(|(side, len)| len.map(|len| (len, side)))
-            .min()?;
+        let (len, side) = sides.into_iter().min_by_key(|(len, _)| *len)?;
         if len > limit {
             return None;
         }
-        let mut members: Vec<u32> = match (side, self.category, &self.prices) {
-            (0, Some(c), _) => c.iter().copied().collect(),
-            (1, _, _) => self.brands.iter().flat_map(|s| s.iter().copied()).collect(),
-            (_, _, Some((index, range))) => index.members(range).collect(),
-            _ => Vec::new(),
+        let mut members: Vec<u32> = match side {
+            Side::Category(c) => c.iter().copied().collect(),
+            Side::Brands => self.brands.iter().flat_map(|s| s.iter().copied()).collect(),
+            Side::Prices(index, range) => index.members(range).collect(),
         };
         members.sort_unstable();
         Some(members)

@@ -209,13 +209,10 @@ impl Filters {
         *self == Self::default()
     }
 
+    /// Whether `item` passes (the reference the ranker's facet index answers by, see
+    /// `facet::Filter::accepts`).
     pub fn accepts(&self, item: &Item) -> bool {
-        if self.in_stock_only && !item.in_stock {
-            return false;
-        }
-        if self.min_price.is_some_and(|lo| item.price < lo)
-            || self.max_price.is_some_and(|hi| item.price > hi)
-        {
+        if !self.accepts_stock_and_price(item) {
             return false;
         }
         if !self.brands.is_empty() && !self.brands.contains(&item.brand.to_lowercase()) {
@@ -227,6 +224,13 @@ impl Filters {
             return false;
         }
         true
+    }
+
+    /// The part of [`Self::accepts`] that reads numbers, not names: stock and price.
+    pub fn accepts_stock_and_price(&self, item: &Item) -> bool {
+        !(self.in_stock_only && !item.in_stock
+            || self.min_price.is_some_and(|lo| item.price < lo)
+            || self.max_price.is_some_and(|hi| item.price > hi))
     }
 }
 

@@ -649,13 +649,7 @@ fn candidate_pool(
     keep: usize,
     k: usize,
 ) -> Option<Vec<u32>> {
-    let passes = |slot: u32| {
-        filter.is_none_or(|f| {
-            catalog
-                .item_at(slot)
-                .is_some_and(|(item, _)| f.accepts(slot, item))
-        })
-    };
+    let passes = |slot: u32| filter.is_none_or(|f| catalog.passes(f, slot));
     let mut pool = match query_vector {
         Some(q) => {
             let n = ANN_CANDIDATES.max(2 * k);
@@ -724,27 +718,26 @@ fn first_pass(
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
-    // The items a narrow filter may pass, scored exactly, in place of the pool.
-    let members = filter
-        .as_ref()
-        .filter(|_| request.candidate_ids.is_empty())
-        .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())));
-    let scans_members = members.is_some();
-    let pool = if !request.candidate_ids.is_empty() {
+    // Where the first pass looks (`None`: every item), and whether that is the candidate
+    // pool, which can fall short of k under a filter.
+    let (pool, from_candidate_pool) = if !request.candidate_ids.is_empty() {
         let mut seen = HashSet::new();
-        Some(
-            request
-                .candidate_ids
-                .iter()
-                .filter(|id| seen.insert(id.as_str()))
-                .filter_map(|id| catalog.slot_of(id))
-                .collect(),
-        )
-    } else if members.is_some() {
-        members
+        let given = request
+            .candidate_ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .filter_map(|id| catalog.slot_of(id))
+            .collect();
+        (Some(given), false)
+    } else if let Some(members) = filter
+        .as_ref()
+        .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())))
+    {
+        // The items a narrow filter may pass, all scored: exact.
+        (Some(members), false)
     } else {
         let filter = filter.as_ref();
-        candidate_pool(
+        let pool = candidate_pool(
             catalog,
             query_vector,
             &bm25,
@@ -752,7 +745,8 @@ fn first_pass(
             filter,
             keep,
             request.k,
-        )
+        );
+        (pool, true)
     };
     let pop_norm = catalog.max_popularity().ln_1p();
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
@@ -794,12 +788,8 @@ fn first_pass(
         None => score(&mut catalog.slots()),
     };
     // A filter can leave the candidate pool short of k (the graph gives up on one that few
-    // items pass): the whole catalog then. A narrow filter's members were all scored already.
-    if scored.len() < request.k
-        && request.candidate_ids.is_empty()
-        && pool.is_some()
-        && !scans_members
-    {
+    // items pass): the whole catalog then.
+    if scored.len() < request.k && from_candidate_pool && pool.is_some() {
         scored = score(&mut catalog.slots());
     }
     let total = scored.len();

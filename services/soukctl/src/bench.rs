@@ -54,30 +54,14 @@ struct Pools {
     categories: Vec<String>,
 }
 
-/// Every level of every row's category path (`A > B > C`), in file order.
-fn category_levels(catalog: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let mut reader =
-        csv::Reader::from_path(catalog).with_context(|| catalog.display().to_string())?;
-    let Some(column) = reader.headers()?.iter().position(|h| h == "category") else {
-        return Ok(Vec::new());
-    };
-    Ok(reader
-        .records()
-        .filter_map(Result::ok)
-        .filter_map(|r| r.get(column).map(String::from))
-        .flat_map(|path| {
-            path.split('>')
-                .map(str::trim)
-                .filter(|level| !level.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .collect())
+/// What a catalog seeds the load with, read in one pass: each title's lower-cased words, and
+/// every level of every row's category path (none without a category column), in file order.
+struct CatalogSeeds {
+    titles: Vec<Vec<String>>,
+    categories: Vec<String>,
 }
 
-/// `count` queries of 1-3 consecutive words from the catalog's titles.
-fn queries(catalog: &std::path::Path, count: usize, seed: u64) -> anyhow::Result<Vec<String>> {
-    let mut rng = souk_kg_embed::SplitMix64::new(seed);
+fn catalog_seeds(catalog: &std::path::Path) -> anyhow::Result<CatalogSeeds> {
     let mut reader =
         csv::Reader::from_path(catalog).with_context(|| catalog.display().to_string())?;
     let headers = reader.headers()?.clone();
@@ -85,28 +69,46 @@ fn queries(catalog: &std::path::Path, count: usize, seed: u64) -> anyhow::Result
         .iter()
         .position(|h| h == "title" || h == "product_name")
         .context("the catalog has no title column")?;
-    let titles: Vec<Vec<String>> = reader
-        .records()
-        .filter_map(Result::ok)
-        .filter_map(|r| {
-            r.get(title)
-                .map(|t| t.split_whitespace().map(str::to_lowercase).collect())
-        })
-        .filter(|w: &Vec<String>| !w.is_empty())
-        .collect();
-    anyhow::ensure!(!titles.is_empty(), "no titles in {}", catalog.display());
-    Ok((0..count.max(1))
+    let category = headers.iter().position(|h| h == "category");
+    let mut seeds = CatalogSeeds {
+        titles: Vec::new(),
+        categories: Vec::new(),
+    };
+    for record in reader.records().filter_map(Result::ok) {
+        if let Some(t) = record.get(title) {
+            let words: Vec<String> = t.split_whitespace().map(str::to_lowercase).collect();
+            if !words.is_empty() {
+                seeds.titles.push(words);
+            }
+        }
+        if let Some(path) = category.and_then(|c| record.get(c)) {
+            seeds.categories.extend(crate::files::category_path(path));
+        }
+    }
+    anyhow::ensure!(
+        !seeds.titles.is_empty(),
+        "no titles in {}",
+        catalog.display()
+    );
+    Ok(seeds)
+}
+
+/// `count` queries of 1-3 consecutive words from the catalog's titles.
+fn queries(titles: &[Vec<String>], count: usize, seed: u64) -> Vec<String> {
+    let mut rng = souk_kg_embed::SplitMix64::new(seed);
+    (0..count.max(1))
         .map(|_| {
             let words = &titles[rng.below(titles.len() as u32) as usize];
             let n = 1 + rng.below(3) as usize;
             let start = rng.below(words.len() as u32) as usize;
             words[start..(start + n).min(words.len())].join(" ")
         })
-        .collect())
+        .collect()
 }
 
 fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
-    let queries = queries(&args.catalog, args.distinct_queries, args.seed)?;
+    let CatalogSeeds { titles, categories } = catalog_seeds(&args.catalog)?;
+    let queries = queries(&titles, args.distinct_queries, args.seed);
     let mut reader =
         csv::Reader::from_path(&args.events).with_context(|| args.events.display().to_string())?;
     let user = reader
@@ -122,11 +124,6 @@ fn pools(args: &RankBenchArgs) -> anyhow::Result<Pools> {
     users.sort();
     users.dedup();
     anyhow::ensure!(!users.is_empty(), "no users in {}", args.events.display());
-    let categories = if args.filtered_share > 0.0 {
-        category_levels(&args.catalog)?
-    } else {
-        Vec::new()
-    };
     anyhow::ensure!(
         args.filtered_share <= 0.0 || !categories.is_empty(),
         "--filtered-share needs a category column in {}",
@@ -276,7 +273,8 @@ pub struct EmbedBenchArgs {
 /// # Errors
 /// An unreadable catalog or an unreachable encoder.
 pub async fn embed(args: EmbedBenchArgs, encoder_url: &str) -> anyhow::Result<()> {
-    let queries = queries(&args.catalog, args.requests + 20, args.seed)?;
+    let titles = catalog_seeds(&args.catalog)?.titles;
+    let queries = queries(&titles, args.requests + 20, args.seed);
     let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
         crate::connect(encoder_url, "encoder").await?,
     );
@@ -318,13 +316,15 @@ mod tests {
     #[test]
     fn category_levels_are_every_level_of_every_row() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let levels = category_levels(&root.join("kg-data/products.csv")).unwrap();
+        let seeds = catalog_seeds(&root.join("kg-data/products.csv")).unwrap();
+        assert_eq!(seeds.titles.len(), 312);
+        let levels = seeds.categories;
         assert_eq!(levels.len(), 312 * 3);
         assert_eq!(levels.iter().filter(|l| *l == "Hiking Boots").count(), 13);
         assert_eq!(levels.iter().filter(|l| *l == "Outdoor").count(), 13 * 5);
         let dir = tempfile::tempdir().unwrap();
         let bare = dir.path().join("bare.csv");
         std::fs::write(&bare, "id,title\np1,Tent\n").unwrap();
-        assert!(category_levels(&bare).unwrap().is_empty());
+        assert!(catalog_seeds(&bare).unwrap().categories.is_empty());
     }
 }

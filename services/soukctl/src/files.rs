@@ -202,6 +202,16 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// Parses one catalog row (see kg-data/README.md).
+/// A catalog's category column (`Outdoor > Camping > Tents`) as its levels, trimmed, empty
+/// levels dropped.
+pub(crate) fn category_path(text: &str) -> Vec<String> {
+    text.split('>')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item, String> {
     let id = columns.get(record, "id");
     if id.is_empty() {
@@ -220,13 +230,7 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
             "item {id:?}: price must be finite and >= 0, got {price_text}"
         ));
     }
-    let category = columns
-        .get(record, "category")
-        .split('>')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(String::from)
-        .collect();
+    let category = category_path(columns.get(record, "category"));
     let mut attributes = std::collections::HashMap::new();
     for pair in columns
         .get(record, "attributes")

@@ -110,6 +110,49 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// An attribute filter through gRPC: black or navy (any case), in stock. Every item of the
+/// file that passes comes back (read independently of the service), nothing else does, and
+/// the search still puts headphones first.
+#[tokio::test(flavor = "multi_thread")]
+async fn attribute_filters_return_exactly_the_items_that_have_the_values() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut request = rank("", "wireless headphones", 1000);
+    request.filters = Some(rk::Filters {
+        in_stock_only: true,
+        attributes: vec![rk::AttributeFilter {
+            name: "COLOR".into(),
+            values: vec!["Black".into(), "navy".into()],
+        }],
+        ..Default::default()
+    });
+    let items = client.rank(request).await.unwrap().into_inner().items;
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let mut want: Vec<String> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| {
+            &r[7] == "true"
+                && r[6]
+                    .split(';')
+                    .any(|kv| matches!(kv.trim(), "color=black" | "color=navy"))
+        })
+        .map(|r| r[0].to_string())
+        .collect();
+    assert!(want.len() >= 10, "the demo data has black and navy items");
+    for item in &items[..3] {
+        assert_eq!(
+            item.category.last().map(String::as_str),
+            Some("Headphones"),
+            "{item:?}"
+        );
+    }
+    let mut ids: Vec<String> = items.into_iter().map(|i| i.id).collect();
+    want.sort();
+    ids.sort();
+    assert_eq!(ids, want);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_invalid_argument_with_the_reason() {
     let shop = demo_shop().await;
@@ -159,6 +202,20 @@ async fn bad_requests_are_invalid_argument_with_the_reason() {
                 ..Default::default()
             },
             "diversity must be between 0 and 1",
+        ),
+        (
+            rk::RankRequest {
+                k: 5,
+                filters: Some(rk::Filters {
+                    attributes: vec![rk::AttributeFilter {
+                        name: "Color".into(),
+                        values: vec![],
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "filters.attributes[0] (color) lists no value",
         ),
     ];
     for (request, message) in cases {

@@ -417,6 +417,20 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             }),
         ),
         (
+            "Search \"wireless headphones\" in black or navy, in stock (attribute filter)"
+                .to_string(),
+            String::new(),
+            "wireless headphones".to_string(),
+            Some(rk::Filters {
+                in_stock_only: true,
+                attributes: vec![rk::AttributeFilter {
+                    name: "color".into(),
+                    values: vec!["black".into(), "navy".into()],
+                }],
+                ..Default::default()
+            }),
+        ),
+        (
             format!(
                 "Recommendations for returning shopper {user} (likes {}; brands {})",
                 names(&profile.categories),

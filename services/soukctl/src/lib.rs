@@ -226,6 +226,32 @@ pub struct LoadOptions {
     pub quiet: bool,
 }
 
+/// One `--attr NAME=VALUE[,VALUE...]` of `soukctl rank`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeArg {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+fn parse_attribute_filter(arg: &str) -> Result<AttributeArg, String> {
+    let (name, values) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not NAME=VALUE[,VALUE...]"))?;
+    let values: Vec<String> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect();
+    if name.trim().is_empty() || values.is_empty() {
+        return Err(format!("{arg:?} needs a name and at least one value"));
+    }
+    Ok(AttributeArg {
+        name: name.trim().to_string(),
+        values,
+    })
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RankArgs {
     /// The shopper; omit for an anonymous request.
@@ -246,6 +272,10 @@ pub struct RankArgs {
     pub max_price: Option<f64>,
     #[arg(long)]
     pub in_stock: bool,
+    /// Only items with one of these values of an attribute, e.g. `--attr color=black,navy`;
+    /// repeat for more attributes (each must match).
+    #[arg(long = "attr", value_name = "NAME=VALUE[,VALUE...]", value_parser = parse_attribute_filter)]
+    pub attributes: Vec<AttributeArg>,
     #[arg(long)]
     pub exclude: Vec<String>,
     /// 0..1: trade score for category variety.
@@ -827,6 +857,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     min_price: args.min_price,
                     max_price: args.max_price,
                     in_stock_only: args.in_stock,
+                    attributes: args
+                        .attributes
+                        .into_iter()
+                        .map(|a| rk::AttributeFilter {
+                            name: a.name,
+                            values: a.values,
+                        })
+                        .collect(),
                 }),
                 exclude: args.exclude,
                 candidate_ids: vec![],
@@ -968,4 +1006,46 @@ pub async fn health(url: &str) -> anyhow::Result<String> {
             Err(_) => format!("UNKNOWN({})", r.status),
         },
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `--attr` takes NAME=VALUE[,VALUE...], repeated; a malformed one is a usage error.
+    #[test]
+    fn rank_reads_attribute_filters() {
+        let cli = Cli::try_parse_from([
+            "soukctl",
+            "rank",
+            "-q",
+            "headphones",
+            "--attr",
+            "color=black, navy",
+            "--attr",
+            "connectivity=bluetooth",
+        ])
+        .unwrap();
+        let Command::Rank(args) = cli.command else {
+            panic!("not a rank command: {cli:?}");
+        };
+        let attr = |name: &str, values: &[&str]| AttributeArg {
+            name: name.into(),
+            values: values.iter().map(|v| (*v).to_string()).collect(),
+        };
+        assert_eq!(
+            args.attributes,
+            [
+                attr("color", &["black", "navy"]),
+                attr("connectivity", &["bluetooth"])
+            ]
+        );
+        for bad in ["color", "=black", "color=", "color=,"] {
+            let err = Cli::try_parse_from(["soukctl", "rank", "--attr", bad]).unwrap_err();
+            assert!(err.to_string().contains("--attr"), "{bad}: {err}");
+        }
+    }
 }

@@ -20,12 +20,15 @@ use crate::item::{Filters, Item};
 pub type SlotSet = HashSet<u32, IdHash>;
 
 /// Slots by lower-cased category level (every level of an item's path), by lower-cased
-/// brand (items without a brand are under none) and by price.
+/// brand (items without a brand are under none), by lower-cased attribute name and value,
+/// by price, and the items in stock.
 #[derive(Debug, Default)]
 pub struct Facets {
     categories: HashMap<String, SlotSet>,
     brands: HashMap<String, SlotSet>,
+    attributes: HashMap<String, HashMap<String, SlotSet>>,
     prices: PriceIndex,
+    in_stock: SlotSet,
 }
 
 /// Every item by price: (price key, slot), cheapest first, and how many items each price
@@ -99,27 +102,52 @@ fn price_key(price: f64) -> u64 {
     if price > 0.0 { price.to_bits() } else { 0 }
 }
 
-/// The keys an item is filed under: its category levels and its brand, lower-cased, as
-/// [`Filters::accepts`] compares them.
-fn keys(item: &Item) -> (Vec<String>, Option<String>) {
+/// The names an item is filed under, lower-cased as [`Filters::accepts`] compares them.
+struct Keys {
+    /// Every level of its category path, once each.
+    categories: Vec<String>,
+    brand: Option<String>,
+    /// (name, value) pairs, once each (names that differ only in case are one name).
+    attributes: Vec<(String, String)>,
+}
+
+fn keys(item: &Item) -> Keys {
     let mut categories: Vec<String> = item.category.iter().map(|c| c.to_lowercase()).collect();
     categories.sort_unstable();
     categories.dedup();
     let brand = Some(item.brand.to_lowercase()).filter(|b| !b.is_empty());
-    (categories, brand)
+    let mut attributes: Vec<(String, String)> = item
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
+        .collect();
+    attributes.sort_unstable();
+    attributes.dedup();
+    Keys {
+        categories,
+        brand,
+        attributes,
+    }
 }
 
 impl Facets {
     /// Files `slot` under `item`'s category levels and brand.
     pub fn add(&mut self, slot: u32, item: &Item) {
-        let (categories, brand) = keys(item);
-        for c in categories {
+        let keys = keys(item);
+        for c in keys.categories {
             self.categories.entry(c).or_default().insert(slot);
         }
-        if let Some(b) = brand {
+        if let Some(b) = keys.brand {
             self.brands.entry(b).or_default().insert(slot);
         }
+        for (name, value) in keys.attributes {
+            let values = self.attributes.entry(name).or_default();
+            values.entry(value).or_default().insert(slot);
+        }
         self.prices.add(price_key(item.price), slot);
+        if item.in_stock {
+            self.in_stock.insert(slot);
+        }
     }
 
     /// Takes `slot` out from under `item`'s category levels and brand (what [`Self::add`]
@@ -133,14 +161,23 @@ impl Facets {
                 }
             }
         }
-        let (categories, brand) = keys(item);
-        for c in &categories {
+        let keys = keys(item);
+        for c in &keys.categories {
             take(&mut self.categories, c, slot);
         }
-        if let Some(b) = brand {
+        if let Some(b) = keys.brand {
             take(&mut self.brands, &b, slot);
         }
+        for (name, value) in &keys.attributes {
+            if let Some(values) = self.attributes.get_mut(name) {
+                take(values, value, slot);
+                if values.is_empty() {
+                    self.attributes.remove(name);
+                }
+            }
+        }
         self.prices.remove(price_key(item.price), slot);
+        self.in_stock.remove(&slot);
     }
 
     /// A request's filters against this index.
@@ -153,6 +190,18 @@ impl Facets {
         brands.sort_unstable();
         brands.dedup();
         let brands: Vec<&SlotSet> = brands.iter().filter_map(|b| self.brands.get(*b)).collect();
+        // Each attribute filter's sets (one per listed value the index has).
+        let attributes: Vec<Vec<&SlotSet>> = filters
+            .attributes
+            .iter()
+            .map(|(name, values)| {
+                let known = self.attributes.get(name);
+                values
+                    .iter()
+                    .filter_map(|v| known.and_then(|k| k.get(v)))
+                    .collect()
+            })
+            .collect();
         let prices = (filters.min_price.is_some() || filters.max_price.is_some()).then(|| {
             let lo = price_key(filters.min_price.unwrap_or(0.0));
             let hi = filters.max_price.map_or(u64::MAX, price_key);
@@ -161,12 +210,15 @@ impl Facets {
         // (`Filters::new` refuses min > max; a range walked backwards would panic.)
         let nothing = matches!(category, Some(None))
             || (!filters.brands.is_empty() && brands.is_empty())
-            || prices.as_ref().is_some_and(|(_, r)| r.start() > r.end());
+            || prices.as_ref().is_some_and(|(_, r)| r.start() > r.end())
+            || attributes.iter().any(Vec::is_empty);
         Filter {
             filters,
             category: category.flatten(),
             brands,
+            attributes,
             prices,
+            in_stock: filters.in_stock_only.then_some(&self.in_stock),
             nothing,
         }
     }
@@ -180,10 +232,15 @@ pub struct Filter<'a> {
     category: Option<&'a SlotSet>,
     /// The items of each brand the filter names that the index has (disjoint).
     brands: Vec<&'a SlotSet>,
+    /// For each attribute filter, the items with each listed value the index has (an item
+    /// may be in two when it has the name twice in different cases).
+    attributes: Vec<Vec<&'a SlotSet>>,
     /// The price index and the filter's range of it, when it has a price bound.
     prices: Option<(&'a PriceIndex, PriceRange)>,
-    /// The filter names a category, or only brands, that no item has, or a price range whose
-    /// minimum is above its maximum: nothing passes.
+    /// The items in stock, when the filter wants only those.
+    in_stock: Option<&'a SlotSet>,
+    /// The filter names a category, only brands or an attribute's values that no item has,
+    /// or a price range whose minimum is above its maximum: nothing passes.
     nothing: bool,
 }
 
@@ -196,28 +253,37 @@ impl Filter<'_> {
         if self.category.is_some_and(|set| !set.contains(&slot)) {
             return false;
         }
-        self.filters.brands.is_empty() || self.brands.iter().any(|set| set.contains(&slot))
+        if !self.filters.brands.is_empty() && !self.brands.iter().any(|set| set.contains(&slot)) {
+            return false;
+        }
+        self.attributes
+            .iter()
+            .all(|sets| sets.iter().any(|set| set.contains(&slot)))
     }
 
-    /// The slots that may pass, when one side of the filter (its category, its brands or its
-    /// price range) holds at most `limit` items: the smallest such side, in slot order (a scan
-    /// then reads the catalog's vectors forwards), to be checked with [`Self::accepts`].
-    /// `None` when every side is larger, or the filter is only on stock.
+    /// The slots that may pass, when one side of the filter (its category, its brands, one of
+    /// its attributes, its price range or the items in stock) holds at most `limit` items:
+    /// the smallest such side, in slot order (a scan then reads the catalog's vectors
+    /// forwards), to be checked with [`Self::accepts`]. `None` when every side is larger.
     pub fn members_within(&self, limit: usize) -> Option<Vec<u32>> {
         if self.nothing {
             return Some(Vec::new());
         }
         enum Side<'s> {
-            Category(&'s SlotSet),
-            Brands,
+            /// The union of some sets (one for a category or the stock).
+            Sets(&'s [&'s SlotSet]),
             Prices(&'s PriceIndex, &'s PriceRange),
         }
-        let mut sides: Vec<(usize, Side)> = Vec::with_capacity(3);
-        if let Some(c) = self.category {
-            sides.push((c.len(), Side::Category(c)));
+        let union = |sets: &[&SlotSet]| sets.iter().map(|s| s.len()).sum::<usize>();
+        let mut sides: Vec<(usize, Side)> = Vec::with_capacity(4 + self.attributes.len());
+        for set in [&self.category, &self.in_stock].into_iter().flatten() {
+            sides.push((set.len(), Side::Sets(std::slice::from_ref(set))));
         }
         if !self.filters.brands.is_empty() {
-            sides.push((self.brands.iter().map(|s| s.len()).sum(), Side::Brands));
+            sides.push((union(&self.brands), Side::Sets(&self.brands)));
+        }
+        for sets in &self.attributes {
+            sides.push((union(sets), Side::Sets(sets)));
         }
         // Counting a price range stops once past the smaller of the other sides.
         if let Some((index, range)) = &self.prices {
@@ -230,11 +296,11 @@ impl Filter<'_> {
             return None;
         }
         let mut members: Vec<u32> = match side {
-            Side::Category(c) => c.iter().copied().collect(),
-            Side::Brands => self.brands.iter().flat_map(|s| s.iter().copied()).collect(),
+            Side::Sets(sets) => sets.iter().flat_map(|s| s.iter().copied()).collect(),
             Side::Prices(index, range) => index.members(range).collect(),
         };
         members.sort_unstable();
+        members.dedup();
         Some(members)
     }
 }
@@ -317,18 +383,44 @@ mod tests {
     /// replaced or removed item is filed anew.
     #[test]
     fn the_index_accepts_what_the_filters_accept() {
+        let colored = |mut it: Item, pairs: &[(&str, &str)]| {
+            it.attributes = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            it
+        };
         let items = [
-            item(&["Outdoor", "Camping", "Tents"], "Trailhound", 120.0, true),
+            colored(
+                item(&["Outdoor", "Camping", "Tents"], "Trailhound", 120.0, true),
+                &[("Color", "Green"), ("season", "3")],
+            ),
             item(
                 &["Outdoor", "Camping", "Camp Stoves"],
                 "Northpeak",
                 45.0,
                 false,
             ),
-            item(&["Outdoor", "Hiking"], "trailhound", 80.0, true),
-            item(&["Kitchen", "Knives"], "", 30.0, true),
+            colored(
+                item(&["Outdoor", "Hiking"], "trailhound", 80.0, true),
+                &[("color", "green"), ("COLOR", "Black")],
+            ),
+            colored(
+                item(&["Kitchen", "Knives"], "", 30.0, false),
+                &[("color", "black")],
+            ),
             item(&["Kitchen", "Kitchen"], "Santoro", 300.0, true),
         ];
+        let attrs = |f: Result<Filters, _>, pairs: &[(&str, &[&str])]| {
+            f.and_then(|f: Filters| {
+                f.with_attributes(pairs.iter().map(|(k, vs)| {
+                    (
+                        (*k).to_string(),
+                        vs.iter().map(|v| (*v).to_string()).collect(),
+                    )
+                }))
+            })
+        };
         let mut facets = Facets::default();
         for (slot, it) in items.iter().enumerate() {
             facets.add(slot as u32, it);
@@ -348,6 +440,26 @@ mod tests {
             Filters::new("", &["nobody".into()], None, None, false),
             Filters::new("", &["nobody".into(), "santoro".into()], None, None, false),
             Filters::new("", &[], Some(50.0), None, true),
+            attrs(
+                Filters::new("", &[], None, None, false),
+                &[("color", &["green"])],
+            ),
+            attrs(
+                Filters::new("outdoor", &[], None, None, false),
+                &[("Color", &["BLACK"])],
+            ),
+            attrs(
+                Filters::new("", &[], None, None, true),
+                &[("color", &["black", "green"]), ("season", &["3", "4"])],
+            ),
+            attrs(
+                Filters::new("", &[], None, None, false),
+                &[("color", &["red"])],
+            ),
+            attrs(
+                Filters::new("", &[], None, None, false),
+                &[("size", &["xl"])],
+            ),
         ];
         for f in filters {
             let f = f.unwrap();
@@ -372,11 +484,24 @@ mod tests {
         let f = Filters::new("OUTDOOR", &["TrailHound".into()], None, Some(100.0), false);
         assert_eq!(within(f.unwrap(), 5), Some(vec![0, 2]));
         // A price range, bounds included: 45 to 120 holds slots 0, 1, 2.
-        let f = || Filters::new("", &[], Some(45.0), Some(120.0), true).unwrap();
+        let f = || Filters::new("", &[], Some(45.0), Some(120.0), false).unwrap();
         assert_eq!(within(f(), 3), Some(vec![0, 1, 2]));
         assert_eq!(within(f(), 2), None, "over the limit: the pool");
-        let stock = Filters::new("", &[], None, None, true).unwrap();
-        assert_eq!(within(stock, 5), None, "stock is not indexed");
+        let stock = || Filters::new("", &[], None, None, true).unwrap();
+        assert_eq!(within(stock(), 4), Some(vec![0, 2, 4]), "stock is a side");
+        assert_eq!(within(stock(), 2), None);
+        // Black (slots 2 and 3; slot 2 has the name in two cases, listed once) is smaller
+        // than Outdoor (0, 1, 2).
+        let black = attrs(
+            Filters::new("outdoor", &[], None, None, false),
+            &[("color", &["black"])],
+        );
+        assert_eq!(within(black.unwrap(), 5), Some(vec![2, 3]));
+        let green_or_black = attrs(
+            Filters::new("", &[], None, None, false),
+            &[("color", &["black", "green"])],
+        );
+        assert_eq!(within(green_or_black.unwrap(), 5), Some(vec![0, 2, 3]));
         let garden = Filters::new("garden", &[], None, None, false).unwrap();
         assert_eq!(
             within(garden, 0),
@@ -399,5 +524,11 @@ mod tests {
             Some(vec![])
         );
         assert!(!facets.brands.contains_key("trailhound"), "empty keys go");
+        assert!(
+            !facets.attributes["color"].contains_key("green"),
+            "empty values go"
+        );
+        assert!(!facets.attributes.contains_key("season"), "empty names go");
+        assert!(!facets.in_stock.contains(&2));
     }
 }

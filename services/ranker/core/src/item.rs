@@ -161,7 +161,15 @@ pub struct Filters {
     pub min_price: Option<f64>,
     pub max_price: Option<f64>,
     pub in_stock_only: bool,
+    /// Attribute names with the values each may take (any of them), all cleaned as item
+    /// attributes are and lower-cased; sorted by name, values sorted and deduplicated.
+    pub attributes: Vec<(String, Vec<String>)>,
 }
+
+/// Most attributes one request may filter on.
+pub const MAX_ATTRIBUTE_FILTERS: usize = 32;
+/// Most values one attribute filter may list.
+pub const MAX_ATTRIBUTE_VALUES: usize = 256;
 
 impl Filters {
     /// # Errors
@@ -202,7 +210,64 @@ impl Filters {
             min_price,
             max_price,
             in_stock_only,
+            attributes: Vec::new(),
         })
+    }
+
+    /// Adds attribute filters: an item passes when, for every named attribute, its value is
+    /// one of those listed (names and values compared as item attributes are stored, cleaned
+    /// of control characters and extra spaces, and case-insensitively).
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the filter (`filters.attributes[i]`) for an empty name, a name
+    /// given twice, no value, an empty value, or more than [`MAX_ATTRIBUTE_FILTERS`]
+    /// attributes or [`MAX_ATTRIBUTE_VALUES`] values.
+    pub fn with_attributes(
+        mut self,
+        attributes: impl IntoIterator<Item = (String, Vec<String>)>,
+    ) -> Result<Self, RankError> {
+        let bad = |why: String| RankError::InvalidInput(why);
+        let mut parsed: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, (name, values)) in attributes.into_iter().enumerate() {
+            let at = format!("filters.attributes[{i}]");
+            if i >= MAX_ATTRIBUTE_FILTERS {
+                return Err(bad(format!(
+                    "{at}: at most {MAX_ATTRIBUTE_FILTERS} attributes may be filtered on"
+                )));
+            }
+            let key = clean(&name).to_lowercase();
+            if key.is_empty() {
+                return Err(bad(format!("{at}: the attribute name is empty")));
+            }
+            if values.len() > MAX_ATTRIBUTE_VALUES {
+                return Err(bad(format!(
+                    "{at} ({key}): {} values; the limit is {MAX_ATTRIBUTE_VALUES}",
+                    values.len()
+                )));
+            }
+            let mut wanted = Vec::with_capacity(values.len());
+            for (j, v) in values.iter().enumerate() {
+                let v = clean(v).to_lowercase();
+                if v.is_empty() {
+                    return Err(bad(format!("{at} ({key}): value {j} is empty")));
+                }
+                wanted.push(v);
+            }
+            if wanted.is_empty() {
+                return Err(bad(format!("{at} ({key}) lists no value")));
+            }
+            if parsed.iter().any(|(k, _)| *k == key) {
+                return Err(bad(format!(
+                    "{at}: attribute {key:?} is named twice (list all its values in one filter)"
+                )));
+            }
+            wanted.sort_unstable();
+            wanted.dedup();
+            parsed.push((key, wanted));
+        }
+        parsed.sort_unstable();
+        self.attributes = parsed;
+        Ok(self)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -223,7 +288,11 @@ impl Filters {
         {
             return false;
         }
-        true
+        self.attributes.iter().all(|(key, values)| {
+            item.attributes.iter().any(|(k, v)| {
+                k.to_lowercase() == *key && values.binary_search(&v.to_lowercase()).is_ok()
+            })
+        })
     }
 
     /// The part of [`Self::accepts`] that reads numbers, not names: stock and price.
@@ -349,5 +418,70 @@ mod tests {
         assert!(!f.accepts(&cheap));
         assert!(Filters::new("", &[], Some(5.0), Some(1.0), false).is_err());
         assert!(Filters::new("", &[], Some(-1.0), None, false).is_err());
+    }
+
+    fn attrs(pairs: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        pairs
+            .iter()
+            .map(|(k, vs)| {
+                (
+                    (*k).to_string(),
+                    vs.iter().map(|v| (*v).to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Attribute filters: every named attribute must hold one of its values, compared the
+    /// way items store them (cleaned, any case); bad filters are refused by position.
+    #[test]
+    fn attribute_filters_need_every_attribute_and_any_value() {
+        let mut tent = item();
+        tent.attributes = [("Color", "Forest  Green"), ("season", "3")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let tent = tent.validated().unwrap();
+        let with =
+            |pairs: &[(&str, &[&str])]| Filters::default().with_attributes(attrs(pairs)).unwrap();
+        assert!(with(&[("color", &["black", "forest green"])]).accepts(&tent));
+        assert!(with(&[(" COLOR ", &["Forest\tGreen"]), ("Season", &["3", "4"])]).accepts(&tent));
+        assert!(!with(&[("color", &["forest green"]), ("season", &["4"])]).accepts(&tent));
+        assert!(
+            !with(&[("weight", &["2kg"])]).accepts(&tent),
+            "no such attribute"
+        );
+        assert!(
+            !with(&[("color", &["green"])]).accepts(&tent),
+            "whole values only"
+        );
+        assert!(Filters::default().accepts(&tent));
+
+        let refused = |pairs: &[(&str, &[&str])], why: &str| {
+            let e = Filters::default()
+                .with_attributes(attrs(pairs))
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "{e} should say {why}");
+        };
+        refused(
+            &[("color", &["red"]), (" ", &["x"])],
+            "filters.attributes[1]: the attribute name is empty",
+        );
+        refused(
+            &[("color", &[])],
+            "filters.attributes[0] (color) lists no value",
+        );
+        refused(&[("color", &["red", "\n"])], "value 1 is empty");
+        refused(&[("color", &["red"]), ("Color", &["blue"])], "named twice");
+        let many: Vec<(String, Vec<String>)> = (0..=MAX_ATTRIBUTE_FILTERS)
+            .map(|i| (format!("a{i}"), vec!["x".into()]))
+            .collect();
+        assert!(Filters::default().with_attributes(many).is_err());
+        let values = vec!["x".to_string(); MAX_ATTRIBUTE_VALUES + 1];
+        assert!(
+            Filters::default()
+                .with_attributes([("a".to_string(), values)])
+                .is_err()
+        );
     }
 }

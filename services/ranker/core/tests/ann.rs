@@ -55,8 +55,11 @@ impl GraphSource for NoGraph {
     }
 }
 
+const COLORS: [&str; 5] = ["red", "blue", "green", "black", "white"];
+
 /// Item `i` is in cluster `i % 60`, in department `d{i % 2}` and its category `c{i % 10}`
-/// (six whole clusters), priced 1 to 7, a third out of stock.
+/// (six whole clusters), of colour `COLORS[i % 5]` (twelve whole clusters), priced 1 to 7, a
+/// third out of stock.
 fn item(i: usize) -> Item {
     Item {
         id: format!("x{i:05}"),
@@ -69,7 +72,7 @@ fn item(i: usize) -> Item {
             String::new()
         },
         price: (1 + i % 7) as f64,
-        attributes: Default::default(),
+        attributes: [("Color".to_string(), COLORS[i % 5].to_string())].into(),
         in_stock: !i.is_multiple_of(3),
     }
 }
@@ -172,7 +175,8 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     // Filters, with the query's own cluster outside them (the nearest items that pass are in
     // other clusters, and popular items that pass are in the pool): a category (600 items,
     // scored exactly), a price cap (857, scored exactly), a department (3,000, the graph
-    // walk), in stock (4,000, the graph walk: stock is not indexed).
+    // walk), in stock (4,000, the graph walk: more than the ~2,500 a scan may take), a colour
+    // (1,200, scored exactly) and three colours (3,600, the graph walk).
     let (mut hits, mut total) = (0usize, 0usize);
     for (q, name) in queries.iter().enumerate() {
         let cluster = (q * 7) % 60;
@@ -182,6 +186,16 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
             Filters::new(&format!("d{}", (cluster + 1) % 2), &[], None, None, false),
             Filters::new("", &[], None, Some(1.0), false),
             Filters::new("", &[], None, None, true),
+            Filters::default().with_attributes([(
+                "color".to_string(),
+                vec![COLORS[(cluster + 1) % 5].to_string()],
+            )]),
+            Filters::default().with_attributes([(
+                "COLOR".to_string(),
+                (1..4)
+                    .map(|d| COLORS[(cluster + d) % 5].to_uppercase())
+                    .collect(),
+            )]),
         ] {
             let request = RankQuery {
                 query: Some(name.clone()),
@@ -192,12 +206,17 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
             let want = ids(&exact, &request).await;
             let got = ids(&ann, &request).await;
             assert_eq!(want.len(), 10);
-            if request
+            let scored_exactly = request
                 .filters
                 .category
                 .as_deref()
                 .is_some_and(|c| c.starts_with('c'))
-            {
+                || request
+                    .filters
+                    .attributes
+                    .first()
+                    .is_some_and(|(_, v)| v.len() == 1);
+            if scored_exactly {
                 assert_eq!(got, want, "{:?}", request.filters);
             }
             hits += got.iter().filter(|id| want.contains(id)).count();

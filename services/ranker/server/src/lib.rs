@@ -396,7 +396,8 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
             f.min_price,
             f.max_price,
             f.in_stock_only,
-        )?,
+        )?
+        .with_attributes(f.attributes.into_iter().map(|a| (a.name, a.values)))?,
         None => Filters::default(),
     };
     if !request.diversity.is_finite() {

@@ -593,7 +593,7 @@ fn graph_shortlist(k: usize) -> usize {
 /// reach the answer (the graph only raises scores, and only inside the shortlist), and each
 /// kept candidate costs an id copy: keeping 1,000 for every request was ~7% of a search.
 fn keep_for(k: usize, graph: bool) -> usize {
-    let mmr = k * 5 + 20;
+    let mmr = mmr_pool(k);
     if graph {
         mmr.max(graph_shortlist(k))
     } else {
@@ -917,6 +917,11 @@ fn apply_similarity(
 /// Top k by maximal marginal relevance: each pick maximises
 /// (1 - diversity) x score - diversity x similarity to what is already picked, where two items
 /// in the same leaf category are similar (1) and in the same top category half so.
+///
+/// The similarity to the picked items is looked up in the sets of picked leaves and tops, so a
+/// pick costs one pass over the pool: comparing with every picked item made k = 1,000 at
+/// diversity 0.5 take 4.1 s on a 100k catalog (a pool of 5,020 x 1,000 picks x up to 1,000
+/// picked).
 fn diversify(
     catalog: &Catalog,
     candidates: Vec<Candidate>,
@@ -926,55 +931,59 @@ fn diversify(
     if diversity <= 0.0 || candidates.len() <= 1 {
         return candidates.into_iter().take(k).collect();
     }
-    let pool_size = candidates.len().min(k * 5 + 20);
-    let mut pool: Vec<Candidate> = candidates.into_iter().take(pool_size).collect();
-    let categories: Vec<(String, String)> = pool
-        .iter()
+    let pool_size = candidates.len().min(mmr_pool(k));
+    // (candidate, top category, leaf category); picked ones are taken out.
+    let mut pool: Vec<Option<(Candidate, String, String)>> = candidates
+        .into_iter()
+        .take(pool_size)
         .map(|c| {
-            let cat = catalog
+            let (top, leaf) = catalog
                 .item_at(c.slot)
-                .map(|(i, _)| i.category.clone())
+                .map(|(i, _)| {
+                    (
+                        i.category.first().cloned().unwrap_or_default(),
+                        i.category.last().cloned().unwrap_or_default(),
+                    )
+                })
                 .unwrap_or_default();
-            (
-                cat.first().cloned().unwrap_or_default(),
-                cat.last().cloned().unwrap_or_default(),
-            )
+            Some((c, top, leaf))
         })
         .collect();
-    let mut keys: Vec<Option<(String, String)>> = categories.into_iter().map(Some).collect();
-    let mut picked_keys: Vec<(String, String)> = Vec::new();
-    let mut out = Vec::with_capacity(k);
-    while out.len() < k && !pool.is_empty() {
-        let mut best = 0;
-        let mut best_value = f32::NEG_INFINITY;
-        for (i, c) in pool.iter().enumerate() {
-            let Some((top, leaf)) = &keys[i] else {
+    let mut picked_tops: HashSet<String> = HashSet::new();
+    let mut picked_leaves: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(k.min(pool_size));
+    while out.len() < k {
+        let mut best: Option<(usize, f32)> = None;
+        for (i, entry) in pool.iter().enumerate() {
+            let Some((c, top, leaf)) = entry else {
                 continue;
             };
-            let similarity = picked_keys
-                .iter()
-                .map(|(t, l)| {
-                    if l == leaf && !leaf.is_empty() {
-                        1.0
-                    } else if t == top && !top.is_empty() {
-                        0.5
-                    } else {
-                        0.0
-                    }
-                })
-                .fold(0.0, f32::max);
+            let similarity = if !leaf.is_empty() && picked_leaves.contains(leaf) {
+                1.0
+            } else if !top.is_empty() && picked_tops.contains(top) {
+                0.5
+            } else {
+                0.0
+            };
             let value = (1.0 - diversity) * c.score - diversity * similarity;
-            if value > best_value {
-                best_value = value;
-                best = i;
+            // The first of equals: the pool is in score order, ties broken by id.
+            if best.is_none_or(|(_, v)| value > v) {
+                best = Some((i, value));
             }
         }
-        if let Some(key) = keys.remove(best) {
-            picked_keys.push(key);
-        }
-        out.push(pool.remove(best));
+        let Some((c, top, leaf)) = best.and_then(|(i, _)| pool[i].take()) else {
+            break;
+        };
+        picked_tops.insert(top);
+        picked_leaves.insert(leaf);
+        out.push(c);
     }
     out
+}
+
+/// Candidates maximal marginal relevance picks `k` results from: the best `5k + 20`.
+fn mmr_pool(k: usize) -> usize {
+    k * 5 + 20
 }
 
 fn display(entity: &str) -> String {
@@ -1079,6 +1088,97 @@ fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The set-based MMR picks what comparing with every picked item picks (the definition),
+    /// at several diversities and depths, over items with shared leaves under different
+    /// tops, empty categories and tied scores.
+    #[test]
+    fn diversify_picks_what_pairwise_mmr_picks() {
+        use crate::item::Item;
+        let mut rng = crate::rng::XorShift::new(5);
+        let mut below = |n: usize| ((rng.uniform() * n as f64) as usize).min(n - 1);
+        let mut catalog = Catalog::default();
+        let tops = [
+            "Outdoor", "Kitchen", "Home", "Garden", "Toys", "Sport", "Office", "",
+        ];
+        let leaves = [
+            "Knives", "Tents", "Lamps", "Pans", "Mugs", "Balls", "Pens", "Chairs", "Hoses", "",
+        ];
+        let mut candidates = Vec::new();
+        for i in 0..300u32 {
+            let top = tops[below(tops.len())];
+            let leaf = leaves[below(leaves.len())];
+            let category: Vec<String> = [top, leaf]
+                .iter()
+                .filter(|c| !c.is_empty())
+                .map(|c| (*c).to_string())
+                .collect();
+            let item = Item {
+                id: format!("i{i:03}"),
+                title: "t".into(),
+                category,
+                ..Item::default()
+            };
+            catalog.upsert(item, vec![1.0, 0.0]).unwrap();
+            let slot = catalog.slot_of(&format!("i{i:03}")).unwrap();
+            candidates.push(Candidate {
+                slot,
+                id: format!("i{i:03}"),
+                features: [0.0; 5],
+                cf_by: None,
+                kg_path: None,
+                kg_similar: None,
+                // Hundredths, so equal values happen.
+                score: below(100) as f32 / 100.0,
+            });
+        }
+        candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        let keys = |c: &Candidate| {
+            let (item, _) = catalog.item_at(c.slot).unwrap();
+            let first = item.category.first().cloned().unwrap_or_default();
+            let last = item.category.last().cloned().unwrap_or_default();
+            (first, last)
+        };
+        for diversity in [0.1f32, 0.5, 0.9, 1.0] {
+            for k in [1, 5, 40, 300] {
+                let mut pool: Vec<&Candidate> = candidates.iter().take(mmr_pool(k)).collect();
+                let mut picked: Vec<(String, String)> = Vec::new();
+                let mut want = Vec::new();
+                while want.len() < k && !pool.is_empty() {
+                    let value = |c: &Candidate| {
+                        let (top, leaf) = keys(c);
+                        let similarity = picked
+                            .iter()
+                            .map(|(t, l)| {
+                                if *l == leaf && !leaf.is_empty() {
+                                    1.0
+                                } else if *t == top && !top.is_empty() {
+                                    0.5
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .fold(0.0, f32::max);
+                        (1.0 - diversity) * c.score - diversity * similarity
+                    };
+                    let mut best = 0;
+                    for i in 1..pool.len() {
+                        if value(pool[i]) > value(pool[best]) {
+                            best = i;
+                        }
+                    }
+                    let c = pool.remove(best);
+                    picked.push(keys(c));
+                    want.push(c.id.clone());
+                }
+                let got: Vec<String> = diversify(&catalog, candidates.clone(), k, diversity)
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect();
+                assert_eq!(got, want, "diversity {diversity}, k {k}");
+            }
+        }
+    }
 
     /// The half-precision scan (AVX2 with F16C where the CPU has it, and the portable loop)
     /// gives each row's dot product with its f16-rounded values, at every length: whole

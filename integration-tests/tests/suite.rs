@@ -217,6 +217,14 @@ async fn bad_requests_are_invalid_argument_with_the_reason() {
             },
             "filters.attributes[0] (color) lists no value",
         ),
+        (
+            rk::RankRequest {
+                k: 100,
+                offset: 901,
+                ..Default::default()
+            },
+            "offset + k must be at most 1000, got 901 + 100",
+        ),
     ];
     for (request, message) in cases {
         let status = client.rank(request).await.unwrap_err();

@@ -474,7 +474,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "\n== {title}  ({:.0} ms)",
             started.elapsed().as_secs_f64() * 1e3
         );
-        soukctl::print_ranking(&mut out, &ranking)?;
+        soukctl::print_ranking(&mut out, &ranking, 0)?;
     }
     println!();
     Ok(())

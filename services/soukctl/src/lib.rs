@@ -8,7 +8,7 @@
 //! let mut client = souk_proto::ranker::v1::ranker_client::RankerClient::new(ranker);
 //! let request = souk_proto::ranker::v1::RankRequest { query: "tent".into(), k: 5, explain: true, ..Default::default() };
 //! let ranking = client.rank(request).await?.into_inner();
-//! soukctl::print_ranking(&mut std::io::stdout(), &ranking)?;
+//! soukctl::print_ranking(&mut std::io::stdout(), &ranking, 0)?;
 //! # Ok(()) }
 //! ```
 use std::io::Write;
@@ -262,6 +262,9 @@ pub struct RankArgs {
     pub query: String,
     #[arg(short, long, default_value_t = 10)]
     pub k: u32,
+    /// Skip this many results (a later page: `--offset 10 -k 10` is the second page of 10).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
     #[arg(long, default_value = "")]
     pub category: String,
     #[arg(long = "brand")]
@@ -571,11 +574,16 @@ pub async fn load_events(
     .await
 }
 
-/// Prints a ranking as a numbered list with reasons.
+/// Prints a ranking as a numbered list with reasons, numbered from `offset + 1` (the request's
+/// offset: a later page).
 ///
 /// # Errors
 /// When writing fails.
-pub fn print_ranking(out: &mut impl Write, ranking: &rk::RankResponse) -> std::io::Result<()> {
+pub fn print_ranking(
+    out: &mut impl Write,
+    ranking: &rk::RankResponse,
+    offset: u32,
+) -> std::io::Result<()> {
     if !ranking.missing_signals.is_empty() {
         writeln!(
             out,
@@ -590,7 +598,7 @@ pub fn print_ranking(out: &mut impl Write, ranking: &rk::RankResponse) -> std::i
         writeln!(
             out,
             "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}",
-            i + 1,
+            i + offset as usize + 1,
             item.title,
             item.id,
             item.category.last().map(String::as_str).unwrap_or("-"),
@@ -872,13 +880,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 diversity: args.diversity,
                 include_purchased: false,
                 all_signals: args.all_signals,
+                offset: args.offset,
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();
             if args.raw {
                 println!("{ranking:#?}");
             } else {
-                print_ranking(&mut std::io::stdout(), &ranking)?;
+                print_ranking(&mut std::io::stdout(), &ranking, args.offset)?;
                 eprintln!(
                     "({} candidates, model {}, {:.1} ms)",
                     ranking.candidates,

@@ -194,6 +194,8 @@ pub struct RankQuery {
     pub user: Option<UserKey>,
     pub query: Option<String>,
     pub k: usize,
+    /// Results skipped before the k returned (a later page).
+    pub offset: usize,
     pub filters: Filters,
     pub exclude: HashSet<String>,
     pub candidate_ids: Vec<String>,
@@ -206,13 +208,24 @@ pub struct RankQuery {
 }
 
 impl RankQuery {
+    /// How many results are ranked: the skipped ones and the k returned.
+    pub fn depth(&self) -> usize {
+        self.offset.saturating_add(self.k)
+    }
+
     /// # Errors
-    /// `InvalidInput` for k outside 1..=1000 or diversity outside 0..=1.
+    /// `InvalidInput` for k outside 1..=1000, offset + k over 1000 or diversity outside 0..=1.
     pub fn validate(&self) -> Result<(), RankError> {
         if self.k == 0 || self.k > MAX_K {
             return Err(RankError::InvalidInput(format!(
                 "k must be 1..={MAX_K}, got {}",
                 self.k
+            )));
+        }
+        if self.depth() > MAX_K {
+            return Err(RankError::InvalidInput(format!(
+                "offset + k must be at most {MAX_K}, got {} + {}",
+                self.offset, self.k
             )));
         }
         if !(0.0..=1.0).contains(&self.diversity) {
@@ -482,7 +495,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 query_vector.as_deref(),
                 &history,
                 &weights,
-                keep_for(request.k, graph),
+                keep_for(request.depth(), graph),
             );
             (candidates, total, history, graph)
         };
@@ -494,7 +507,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .take(KG_SOURCES)
                 .map(|h| item_entity(&h.item_id))
                 .collect();
-            let shortlist = candidates.len().min(graph_shortlist(request.k));
+            let shortlist = candidates.len().min(graph_shortlist(request.depth()));
             let targets: Vec<String> = candidates[..shortlist]
                 .iter()
                 .map(|c| item_entity(&c.id))
@@ -533,9 +546,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         }
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
-        let chosen = diversify(&catalog, candidates, request.k, request.diversity);
+        let chosen = diversify(&catalog, candidates, request.depth(), request.diversity);
         let items = chosen
             .into_iter()
+            .skip(request.offset)
             .filter_map(|c| {
                 let (item, _) = catalog.item_at(c.slot)?;
                 let contribution = |i: usize| Contribution {
@@ -744,7 +758,7 @@ fn first_pass(
             &cf_by_slot,
             filter,
             keep,
-            request.k,
+            request.depth(),
         );
         (pool, true)
     };
@@ -789,7 +803,7 @@ fn first_pass(
     };
     // A filter can leave the candidate pool short of k (the graph gives up on one that few
     // items pass): the whole catalog then.
-    if scored.len() < request.k && from_candidate_pool && pool.is_some() {
+    if scored.len() < request.depth() && from_candidate_pool && pool.is_some() {
         scored = score(&mut catalog.slots());
     }
     let total = scored.len();

@@ -226,6 +226,25 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     let recall = hits as f64 / total as f64;
     assert!(recall >= 0.95, "filtered recall@10 vs exact: {recall:.3}");
 
+    // Pages of 16 with diversity 0 continue one another up to a depth of 64 (the pool the
+    // graph gives for one page is the pool for four), and skip the offset in a deeper ranking.
+    for q in queries.iter().take(10) {
+        let page = |offset: usize, k: usize| RankQuery {
+            query: Some(q.clone()),
+            k,
+            offset,
+            ..Default::default()
+        };
+        let whole = ids(&ann, &page(0, 64)).await;
+        let mut paged = Vec::new();
+        for offset in (0..64).step_by(16) {
+            paged.extend(ids(&ann, &page(offset, 16)).await);
+        }
+        assert_eq!(paged, whole, "{q}");
+        let deep = ids(&ann, &page(0, 300)).await;
+        assert_eq!(ids(&ann, &page(290, 10)).await, deep[290..], "{q}");
+    }
+
     // A new item is found at once; a deleted one is gone at once.
     let q = &queries[0];
     let target = vectors[q].clone();

@@ -509,4 +509,17 @@ async fn bad_k_and_diversity_are_invalid() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("diversity"));
+    let e = ranker
+        .rank(&RankQuery {
+            k: 10,
+            offset: 995,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("offset + k must be at most 1000, got 995 + 10"),
+        "{e}"
+    );
 }

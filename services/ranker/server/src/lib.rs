@@ -418,6 +418,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         user,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
         k: request.k as usize,
+        offset: request.offset as usize,
         filters,
         exclude: request.exclude.into_iter().collect(),
         candidate_ids: request.candidate_ids,

@@ -3,10 +3,10 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Five request kinds, 400 each: a search by an
+//! once, after loading, as a store reload does. Six request kinds, 400 each: a search by an
 //! anonymous visitor, the same search by a known shopper, a recommendation (no query), and
-//! the anonymous search filtered to a department (a twelfth of the items) or by a price cap
-//! (an eighth).
+//! the anonymous search filtered to a department (a twelfth of the items), by a price cap
+//! (an eighth) or to one colour attribute (a tenth).
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
@@ -133,12 +133,11 @@ fn near(centre: &[f32], spread: f32, rng: &mut Rng) -> Vec<f32> {
 /// vector near the cluster's centre.
 fn product(id: String, cluster: usize, centres: &[Vec<f32>], rng: &mut Rng) -> (Item, Vec<f32>) {
     let noun = NOUNS[cluster % NOUNS.len()];
+    let brand = rng.below(300);
+    let colour = COLOURS[rng.below(COLOURS.len())];
     let title = format!(
-        "Brand{} {} {} {}",
-        rng.below(300),
-        COLOURS[rng.below(COLOURS.len())],
+        "Brand{brand} {colour} {} {noun}",
         MATERIALS[rng.below(MATERIALS.len())],
-        noun
     );
     let item = Item {
         id,
@@ -147,7 +146,7 @@ fn product(id: String, cluster: usize, centres: &[Vec<f32>], rng: &mut Rng) -> (
         category: vec![format!("dept{}", cluster % 12), noun.to_string()],
         brand: String::new(),
         price: 5.0 + rng.below(200) as f64,
-        attributes: Default::default(),
+        attributes: [("colour".to_string(), colour.to_string())].into(),
         in_stock: true,
     };
     (item, near(&centres[cluster], 0.08, rng))
@@ -251,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 5] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 6] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
@@ -287,6 +286,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             k: 10,
             explain: true,
             filters: Filters::new("", &[], None, Some(30.0), false).unwrap_or_default(),
+            ..RankQuery::default()
+        }),
+        // An attribute facet: one colour (a tenth of the items, scored as members).
+        ("search, one colour", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            filters: Filters::default()
+                .with_attributes([(
+                    "colour".to_string(),
+                    vec![COLOURS[i % COLOURS.len()].to_string()],
+                )])
+                .unwrap_or_default(),
             ..RankQuery::default()
         }),
     ];

@@ -73,12 +73,22 @@ fn key(prefix: u8, id: &str) -> Vec<u8> {
     k
 }
 
+/// sled's page cache for the ranker's store. Everything the ranker serves from is in memory
+/// already (the catalog is replayed into it at start), so the cache only helps writes and
+/// the occasional read; sled's default (1 GiB) kept the pages read by that replay, a second
+/// copy of the catalog: 142 MB more RSS at 100k items. 64 MB saved 55 MB more but made a bulk
+/// events load ~15% slower (BENCHMARKS.md, "Session 12").
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 impl RankerStore {
     /// # Errors
     /// When the directory cannot be created or sled cannot open it.
     pub fn open(dir: &Path) -> Result<Self, RankError> {
         std::fs::create_dir_all(dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
-        let db = souk_shared::storage::open_sled(&sled::Config::new().path(dir))
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES);
+        let db = souk_shared::storage::open_sled(&config)
             .map_err(|e| internal(format!("{}: {e}", dir.display())))?;
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;

@@ -158,7 +158,38 @@ pub async fn start_ranker_ann(
     kg_url: &str,
     ann_min_items: usize,
 ) -> Running {
+    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None).await
+}
+
+/// A ranker that also serves Prometheus `/metrics` on the returned port.
+pub async fn start_ranker_metrics(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+) -> (Running, u16) {
+    let port = free_port();
+    let metrics = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let ranker = start_ranker_with(
+        data_dir,
+        encoder_url,
+        kg_url,
+        souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+        metrics,
+    )
+    .await;
+    (ranker, port)
+}
+
+async fn start_ranker_with(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    ann_min_items: usize,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut server = server_args(None);
+    server.metrics_listen = metrics_listen;
     let args = souk_ranker::RankerArgs {
         listen: listener.local_addr().unwrap(),
         data_dir: data_dir.to_path_buf(),
@@ -169,7 +200,7 @@ pub async fn start_ranker_ann(
         query_cache_ttl_s: 300,
         ann_min_items,
         user_id_key: Some("test-secret".into()),
-        server: server_args(None),
+        server,
     };
     let running = spawn(listener, move |l, stop| {
         souk_ranker::serve(l, args, async move {
@@ -274,4 +305,48 @@ pub fn assert_invalid(status: &tonic::Status, what: &str) {
         "{:?} lacks {what:?}",
         status.message()
     );
+}
+
+/// A port nothing listens on now (bound and let go).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// The text of `/metrics` on `port`.
+pub async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of the first sample in `scrape` of `series`: a metric name, optionally with
+/// labels that the sample must carry (in any order among its others), e.g.
+/// `souk_rank_first_pass_total{pass="scan"}`.
+pub fn metric_value(scrape: &str, series: &str) -> f64 {
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    let labels: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .collect();
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let sample = l.split(' ').next().unwrap_or("");
+            let (n, rest) = sample.split_once('{').unwrap_or((sample, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
 }

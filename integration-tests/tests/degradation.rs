@@ -10,7 +10,8 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     let encoder = start_encoder(encoder_args(model_dir())).await;
     wait_serving(&encoder.url()).await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
-    let ranker = start_ranker(&dir.path().join("ranker"), &encoder.url(), &kg.url()).await;
+    let (ranker, metrics_port) =
+        start_ranker_metrics(&dir.path().join("ranker"), &encoder.url(), &kg.url()).await;
     load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let search = |q: &str| rk::RankRequest {
@@ -57,4 +58,21 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
         started.elapsed() < std::time::Duration::from_secs(3),
         "within the dependency deadline"
     );
+    // Each lost signal is counted for the operator, beside how the first pass looked and the
+    // catalog's size (the demo shop is under the graph's threshold: every Rank scanned).
+    let scrape = scrape_metrics(metrics_port).await;
+    let value = |series: &str| metric_value(&scrape, series);
+    assert_eq!(
+        value("souk_rank_missing_signals_total{signal=\"dense\"}"),
+        1.0
+    );
+    assert_eq!(value("souk_rank_missing_signals_total{signal=\"kg\"}"), 1.0);
+    assert_eq!(value("souk_rank_first_pass_total{pass=\"scan\"}"), 4.0);
+    assert_eq!(
+        value("souk_rank_first_pass_total{pass=\"pool_then_scan\"}"),
+        0.0
+    );
+    assert_eq!(value("souk_rank_candidates_count"), 4.0);
+    assert_eq!(value("souk_catalog_items"), 312.0);
+    assert_eq!(value("souk_catalog_users"), 100.0);
 }

@@ -162,10 +162,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
 /// inference time, and the queue depth read at scrape time.
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_metrics_are_exported() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut args = encoder_args(model_dir());
     args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let server = start_encoder(args).await;
@@ -182,27 +179,8 @@ async fn batch_metrics_are_exported() {
         })
         .await
         .unwrap();
-    let scrape = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
-        body
-    };
-    let value = |name: &str| -> f64 {
-        scrape
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{scrape}"))
-    };
+    let scrape = scrape_metrics(port).await;
+    let value = |name: &str| metric_value(&scrape, name);
     assert_eq!(
         value("souk_encoder_batch_texts_sum"),
         2.0,

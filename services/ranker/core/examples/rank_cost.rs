@@ -304,7 +304,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     // KIND=department: only the kinds whose name holds it (for a profile of one).
     let only = std::env::var("KIND").unwrap_or_default();
-    let kinds: Vec<_> = kinds.iter().filter(|(name, _)| name.contains(&only)).collect();
+    let kinds: Vec<_> = kinds
+        .iter()
+        .filter(|(name, _)| name.contains(&only))
+        .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut answers: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
     // Two rounds; the second is reported (the first warms caches and the allocator).

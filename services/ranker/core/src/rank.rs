@@ -263,6 +263,44 @@ pub struct Ranking {
     pub missing_signals: Vec<Signal>,
     pub candidates: usize,
     pub model_version: String,
+    /// Where the first pass looked (for metrics: a fallback scan is worth an alert).
+    pub first_pass: FirstPass,
+}
+
+/// Which items a `Rank`'s first pass scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FirstPass {
+    /// The request's `candidate_ids` (re-rank mode).
+    Given,
+    /// The members of a narrow filter's smallest side.
+    Members,
+    /// The candidate pool: the HNSW graph's nearest items, BM25 hits, CF and popular items.
+    Pool,
+    /// Every item (a catalog below the HNSW threshold).
+    #[default]
+    Scan,
+    /// The candidate pool, then every item: a filter left the pool short of k.
+    PoolThenScan,
+}
+
+impl FirstPass {
+    pub const ALL: [FirstPass; 5] = [
+        FirstPass::Given,
+        FirstPass::Members,
+        FirstPass::Pool,
+        FirstPass::Scan,
+        FirstPass::PoolThenScan,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FirstPass::Given => "given",
+            FirstPass::Members => "members",
+            FirstPass::Pool => "pool",
+            FirstPass::Scan => "scan",
+            FirstPass::PoolThenScan => "pool_then_scan",
+        }
+    }
 }
 
 /// Per-candidate working state.
@@ -479,7 +517,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
 
         // First pass, under the lock: candidates and every feature but the graph's.
-        let (mut candidates, total, history, graph) = {
+        let (mut candidates, total, history, graph, pass) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             let history = request
                 .user
@@ -488,7 +526,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .unwrap_or_default();
             // Whether the graph will rescore: the first pass keeps its shortlist then.
             let graph = !history.is_empty() && weights[3] > 0.0;
-            let (candidates, total) = first_pass(
+            let (candidates, total, pass) = first_pass(
                 &catalog,
                 request,
                 query,
@@ -497,7 +535,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 &weights,
                 keep_for(request.depth(), graph),
             );
-            (candidates, total, history, graph)
+            (candidates, total, history, graph, pass)
         };
 
         // The graph signal for the best candidates: paths from the user's recent items.
@@ -593,6 +631,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             missing_signals: missing,
             candidates: total,
             model_version: model.version,
+            first_pass: pass,
         })
     }
 }
@@ -702,7 +741,7 @@ fn candidate_pool(
 /// Candidates (the caller's ids; the candidate pool of a catalog with an HNSW graph; or the
 /// whole catalog: an exact scan) that pass filters and exclusions, with dense, BM25, CF and
 /// popularity features normalised to 0..1 and a first score: the best `keep` of them, best
-/// first, and how many were scored.
+/// first, how many were scored, and where they came from.
 fn first_pass(
     catalog: &Catalog,
     request: &RankQuery,
@@ -711,7 +750,7 @@ fn first_pass(
     history: &[HistoryEntry],
     weights: &[f32; 5],
     keep: usize,
-) -> (Vec<Candidate>, usize) {
+) -> (Vec<Candidate>, usize, FirstPass) {
     let purchased: HashSet<u32> = history
         .iter()
         .filter(|h| h.kind == InteractionKind::Purchase)
@@ -732,9 +771,8 @@ fn first_pass(
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
-    // Where the first pass looks (`None`: every item), and whether that is the candidate
-    // pool, which can fall short of k under a filter.
-    let (pool, from_candidate_pool) = if !request.candidate_ids.is_empty() {
+    // Where the first pass looks (`None`: every item).
+    let (pool, mut pass) = if !request.candidate_ids.is_empty() {
         let mut seen = HashSet::new();
         let given = request
             .candidate_ids
@@ -742,13 +780,13 @@ fn first_pass(
             .filter(|id| seen.insert(id.as_str()))
             .filter_map(|id| catalog.slot_of(id))
             .collect();
-        (Some(given), false)
+        (Some(given), FirstPass::Given)
     } else if let Some(members) = filter
         .as_ref()
         .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())))
     {
         // The items a narrow filter may pass, all scored: exact.
-        (Some(members), false)
+        (Some(members), FirstPass::Members)
     } else {
         let filter = filter.as_ref();
         let pool = candidate_pool(
@@ -760,7 +798,12 @@ fn first_pass(
             keep,
             request.depth(),
         );
-        (pool, true)
+        let pass = if pool.is_some() {
+            FirstPass::Pool
+        } else {
+            FirstPass::Scan
+        };
+        (pool, pass)
     };
     let pop_norm = catalog.max_popularity().ln_1p();
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
@@ -803,8 +846,9 @@ fn first_pass(
     };
     // A filter can leave the candidate pool short of k (the graph gives up on one that few
     // items pass): the whole catalog then.
-    if scored.len() < request.depth() && from_candidate_pool && pool.is_some() {
+    if scored.len() < request.depth() && pass == FirstPass::Pool {
         scored = score(&mut catalog.slots());
+        pass = FirstPass::PoolThenScan;
     }
     let total = scored.len();
     // Only the best `keep` can reach the answer: the graph shortlist and the MMR pool are
@@ -834,7 +878,7 @@ fn first_pass(
             kg_similar: None,
         })
         .collect();
-    (candidates, total)
+    (candidates, total, pass)
 }
 
 /// How much a path says: a direct item-to-item relation (accessory, complement) most, a shared

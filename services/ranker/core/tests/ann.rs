@@ -10,7 +10,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
-    EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
+    EmbeddingSource, FirstPass, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
 };
 
 const DIM: usize = 32;
@@ -225,6 +225,24 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     }
     let recall = hits as f64 / total as f64;
     assert!(recall >= 0.95, "filtered recall@10 vs exact: {recall:.3}");
+    // Where each first pass looked (what the ranker's metrics count).
+    let pass = |ranker: &Ranker<Queries, NoGraph>, filters: Filters| {
+        let request = RankQuery {
+            query: Some(queries[0].clone()),
+            k: 10,
+            filters,
+            ..Default::default()
+        };
+        futures::executor::block_on(ranker.rank(&request))
+            .unwrap()
+            .first_pass
+    };
+    let category = || Filters::new("c3", &[], None, None, false).unwrap();
+    let department = || Filters::new("d1", &[], None, None, false).unwrap();
+    assert_eq!(pass(&ann, category()), FirstPass::Members);
+    assert_eq!(pass(&ann, department()), FirstPass::Pool);
+    assert_eq!(pass(&ann, Filters::default()), FirstPass::Pool);
+    assert_eq!(pass(&exact, department()), FirstPass::Scan);
 
     // Pages of 16 with diversity 0 continue one another up to a depth of 64 (the pool the
     // graph gives for one page is the pool for four), and skip the offset in a deeper ranking.

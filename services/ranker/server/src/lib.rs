@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS;
 
+pub mod metrics;
 pub mod sources;
 pub mod store;
 
@@ -102,6 +103,7 @@ struct Ready {
 
 struct RankerService {
     ready: OnceLock<Arc<Ready>>,
+    metrics: metrics::RankMetrics,
     /// Held while a CF fit runs: one at a time (each holds an items x items matrix).
     fitting: tokio::sync::Mutex<()>,
 }
@@ -116,11 +118,13 @@ pub async fn serve(
     args: RankerArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut server = GrpcServer::new("ranker", args.server.options()).await?;
+    let registry = server.metrics();
     let state = Arc::new(RankerService {
         ready: OnceLock::new(),
+        metrics: metrics::RankMetrics::register(registry.registry())?,
         fitting: tokio::sync::Mutex::new(()),
     });
-    let mut server = GrpcServer::new("ranker", args.server.options()).await?;
     server.add_service(
         pb::ranker_server::RankerServer::from_arc(state.clone())
             .max_decoding_message_size(64 * 1024 * 1024),
@@ -169,11 +173,11 @@ pub async fn serve(
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
     let (store, catalog, fusion, hasher, saved) = opened;
-    let ranker = Ranker::new(
-        Arc::new(RwLock::new(catalog)),
-        encoder.clone(),
-        graph.clone(),
-    );
+    let catalog = Arc::new(RwLock::new(catalog));
+    registry
+        .registry()
+        .register(Box::new(metrics::CatalogSize::new(catalog.clone())?))?;
+    let ranker = Ranker::new(catalog, encoder.clone(), graph.clone());
     if let Some(model) = fusion {
         ranker
             .set_model(model)
@@ -487,6 +491,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let ready = self.ready()?;
         let query = rank_query(request.into_inner(), &ready.hasher).map_err(status)?;
         let ranking = ready.ranker.rank(&query).await.map_err(status)?;
+        self.metrics.observe(&ranking);
         Ok(Response::new(pb::RankResponse {
             items: ranking
                 .items

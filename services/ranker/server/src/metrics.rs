@@ -1,0 +1,131 @@
+//! The ranker's own Prometheus metrics, next to the per-RPC ones every souk server has:
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `souk_rank_first_pass_total{pass}` | counter | where each `Rank`'s first pass looked: `given` (candidate_ids), `members` (a narrow filter's items), `pool` (the HNSW candidate pool), `scan` (every item: a catalog under the graph's threshold), `pool_then_scan` (a filter left the pool short of k, so every item: a costly fallback) |
+//! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
+//! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
+//! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
+use std::sync::{Arc, RwLock};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::rank::{FirstPass, Ranking, Signal};
+
+/// Counters and the histogram every `Rank` reports into.
+pub struct RankMetrics {
+    first_pass: IntCounterVec,
+    missing: IntCounterVec,
+    candidates: Histogram,
+}
+
+impl RankMetrics {
+    /// Creates and registers them; every label value starts at 0, so a dashboard sees the
+    /// series before the first fallback or outage.
+    ///
+    /// # Errors
+    /// When a metric of the same name is already registered.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let first_pass = IntCounterVec::new(
+            Opts::new(
+                "rank_first_pass_total",
+                "Rank requests by where the first pass looked (pool_then_scan: a filter left \
+                 the candidate pool short, every item was scored).",
+            ),
+            &["pass"],
+        )?;
+        let missing = IntCounterVec::new(
+            Opts::new(
+                "rank_missing_signals_total",
+                "Rank answers without a signal because its service was down or late.",
+            ),
+            &["signal"],
+        )?;
+        let candidates = Histogram::with_opts(
+            HistogramOpts::new("rank_candidates", "Candidates scored per Rank.").buckets(vec![
+                10.0,
+                100.0,
+                500.0,
+                1_000.0,
+                2_500.0,
+                5_000.0,
+                10_000.0,
+                25_000.0,
+                100_000.0,
+                1_000_000.0,
+            ]),
+        )?;
+        for pass in FirstPass::ALL {
+            first_pass.with_label_values(&[pass.name()]);
+        }
+        for signal in [Signal::Dense, Signal::Kg] {
+            missing.with_label_values(&[signal.name()]);
+        }
+        registry.register(Box::new(first_pass.clone()))?;
+        registry.register(Box::new(missing.clone()))?;
+        registry.register(Box::new(candidates.clone()))?;
+        Ok(Self {
+            first_pass,
+            missing,
+            candidates,
+        })
+    }
+
+    pub fn observe(&self, ranking: &Ranking) {
+        self.first_pass
+            .with_label_values(&[ranking.first_pass.name()])
+            .inc();
+        for signal in &ranking.missing_signals {
+            self.missing.with_label_values(&[signal.name()]).inc();
+        }
+        self.candidates.observe(ranking.candidates as f64);
+    }
+}
+
+/// `souk_catalog_items` and `souk_catalog_users`, read from the catalog at scrape time.
+pub struct CatalogSize {
+    catalog: Arc<RwLock<Catalog>>,
+    items: IntGauge,
+    users: IntGauge,
+    descs: Vec<Desc>,
+}
+
+impl CatalogSize {
+    /// # Errors
+    /// When the gauges' options are invalid (they are constants).
+    pub fn new(catalog: Arc<RwLock<Catalog>>) -> Result<Self, prometheus::Error> {
+        let items = IntGauge::new("catalog_items", "Items in the catalog.")?;
+        let users = IntGauge::new("catalog_users", "Shoppers with recorded events.")?;
+        let descs = items
+            .desc()
+            .into_iter()
+            .chain(users.desc())
+            .cloned()
+            .collect();
+        Ok(Self {
+            catalog,
+            items,
+            users,
+            descs,
+        })
+    }
+}
+
+impl Collector for CatalogSize {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // A poisoned lock (a writer panicked) leaves the last values.
+        if let Ok(catalog) = self.catalog.read() {
+            self.items.set(catalog.len() as i64);
+            self.users.set(catalog.users() as i64);
+        }
+        let mut families = self.items.collect();
+        families.extend(self.users.collect());
+        families
+    }
+}

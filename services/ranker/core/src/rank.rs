@@ -279,7 +279,8 @@ pub enum FirstPass {
     /// Every item (a catalog below the HNSW threshold).
     #[default]
     Scan,
-    /// The candidate pool, then every item: a filter left the pool short of k.
+    /// The candidate pool, then every item: fewer than offset + k of the pool passed (a
+    /// filter that few items pass, or many exclusions).
     PoolThenScan,
 }
 

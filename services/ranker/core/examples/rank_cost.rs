@@ -250,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 6] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 7] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
@@ -298,6 +298,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "colour".to_string(),
                     vec![COLOURS[i % COLOURS.len()].to_string()],
                 )])
+                .unwrap_or_default(),
+            ..RankQuery::default()
+        }),
+        // Two broad facets together: under 60 (28% pass) in two colours (20%): each side
+        // over the scan limit at 100k, ~5.5k pass both.
+        ("search, under 60 in two colours", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            filters: Filters::new("", &[], None, Some(60.0), false)
+                .and_then(|f| {
+                    f.with_attributes([(
+                        "colour".to_string(),
+                        vec![
+                            COLOURS[i % COLOURS.len()].to_string(),
+                            COLOURS[(i + 1) % COLOURS.len()].to_string(),
+                        ],
+                    )])
+                })
                 .unwrap_or_default(),
             ..RankQuery::default()
         }),

@@ -20,6 +20,11 @@ use crate::item::{Filters, Item};
 /// Slots, unordered.
 pub type SlotSet = HashSet<u32, IdHash>;
 
+/// A filter whose smallest side holds up to this many times the member-scan limit has that
+/// side intersected with its others (a hash lookup per member and side, ~1 ms for 40k at
+/// 100k items) to see whether few items pass.
+pub const INTERSECT_FACTOR: usize = 4;
+
 /// Slots by lower-cased category level (every level of an item's path), by lower-cased
 /// brand (items without a brand are under none), by lower-cased attribute name and value,
 /// by price, and the items in stock.
@@ -39,6 +44,8 @@ pub struct Facets {
 struct PriceIndex {
     items: BTreeSet<(u64, u32)>,
     buckets: BTreeMap<u64, usize>,
+    /// Each slot's key, so that a slot found on another side is checked without a walk.
+    by_slot: Vec<Option<u64>>,
 }
 
 /// A price filter's range of [`PriceIndex::items`].
@@ -55,9 +62,19 @@ impl PriceIndex {
         if self.items.insert((key, slot)) {
             *self.buckets.entry(bucket(key)).or_default() += 1;
         }
+        let at = slot as usize;
+        if self.by_slot.len() <= at {
+            self.by_slot.resize(at + 1, None);
+        }
+        self.by_slot[at] = Some(key);
     }
 
     fn remove(&mut self, key: u64, slot: u32) {
+        if let Some(k) = self.by_slot.get_mut(slot as usize)
+            && *k == Some(key)
+        {
+            *k = None;
+        }
         if self.items.remove(&(key, slot))
             && let Some(n) = self.buckets.get_mut(&bucket(key))
         {
@@ -93,6 +110,15 @@ impl PriceIndex {
 
     fn members(&self, range: &PriceRange) -> impl Iterator<Item = u32> + '_ {
         self.items.range(range.clone()).map(|&(_, slot)| slot)
+    }
+
+    /// Whether the item in `slot` is priced within `range`.
+    fn holds(&self, range: &PriceRange, slot: u32) -> bool {
+        self.by_slot
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|key| range.contains(&(key, slot)))
     }
 }
 
@@ -262,10 +288,14 @@ impl Filter<'_> {
             .all(|sets| sets.iter().any(|set| set.contains(&slot)))
     }
 
-    /// The slots that may pass, when one side of the filter (its category, its brands, one of
-    /// its attributes, its price range or the items in stock) holds at most `limit` items:
-    /// the smallest such side, in slot order (a scan then reads the catalog's vectors
-    /// forwards), to be checked with [`Self::accepts`]. `None` when every side is larger.
+    /// The slots that may pass, when they are at most `limit`, in slot order (a scan then
+    /// reads the catalog's vectors forwards), to be checked with [`Self::accepts`]: the
+    /// smallest side of the filter (its category, its brands, one of its attributes, its price
+    /// range or the items in stock) when it holds at most `limit` items; else, when the
+    /// filter has two sides or more and the smallest holds at most [`INTERSECT_FACTOR`] x
+    /// `limit`, those of its items that every other side holds, if they are few enough
+    /// (two broad facets together, "under 60" and "black or white", often pass few items).
+    /// `None` otherwise.
     pub fn members_within(&self, limit: usize) -> Option<Vec<u32>> {
         if self.nothing {
             return Some(Vec::new());
@@ -275,6 +305,22 @@ impl Filter<'_> {
             Sets(&'s [&'s SlotSet]),
             Prices(&'s PriceIndex, &'s PriceRange),
         }
+        impl Side<'_> {
+            fn members(&self) -> Box<dyn Iterator<Item = u32> + '_> {
+                match self {
+                    Side::Sets(sets) => Box::new(sets.iter().flat_map(|s| s.iter().copied())),
+                    Side::Prices(index, range) => Box::new(index.members(range)),
+                }
+            }
+
+            fn holds(&self, slot: u32) -> bool {
+                match self {
+                    Side::Sets(sets) => sets.iter().any(|s| s.contains(&slot)),
+                    Side::Prices(index, range) => index.holds(range, slot),
+                }
+            }
+        }
+        let intersect_limit = limit.saturating_mul(INTERSECT_FACTOR);
         let union = |sets: &[&SlotSet]| sets.iter().map(|s| s.len()).sum::<usize>();
         let mut sides: Vec<(usize, Side)> = Vec::with_capacity(4 + self.attributes.len());
         for set in [&self.category, &self.in_stock].into_iter().flatten() {
@@ -288,17 +334,30 @@ impl Filter<'_> {
         }
         // Counting a price range stops once past the smaller of the other sides.
         if let Some((index, range)) = &self.prices {
-            let cap = sides.iter().map(|(len, _)| *len).fold(limit, usize::min);
+            let cap = sides
+                .iter()
+                .map(|(len, _)| *len)
+                .fold(intersect_limit, usize::min);
             sides.push((index.count(range, cap), Side::Prices(index, range)));
         }
-        // The smallest side (the first of equals), if within the limit.
-        let (len, side) = sides.into_iter().min_by_key(|(len, _)| *len)?;
-        if len > limit {
+        // The smallest side first (the first of equals).
+        sides.sort_by_key(|(len, _)| *len);
+        let (len, smallest) = sides.first()?;
+        let mut members: Vec<u32> = if *len <= limit {
+            smallest.members().collect()
+        } else if sides.len() >= 2 && *len <= intersect_limit {
+            let mut both = Vec::new();
+            for slot in smallest.members() {
+                if sides[1..].iter().all(|(_, side)| side.holds(slot)) {
+                    both.push(slot);
+                    if both.len() > limit {
+                        return None;
+                    }
+                }
+            }
+            both
+        } else {
             return None;
-        }
-        let mut members: Vec<u32> = match side {
-            Side::Sets(sets) => sets.iter().flat_map(|s| s.iter().copied()).collect(),
-            Side::Prices(index, range) => index.members(range).collect(),
         };
         members.sort_unstable();
         members.dedup();
@@ -488,6 +547,17 @@ mod tests {
         let f = || Filters::new("", &[], Some(45.0), Some(120.0), false).unwrap();
         assert_eq!(within(f(), 3), Some(vec![0, 1, 2]));
         assert_eq!(within(f(), 2), None, "over the limit: the pool");
+        // Two sides over the limit, few items on both: intersected (a price side holds its
+        // slots' prices, whether it is walked or checked).
+        let f = || Filters::new("outdoor", &[], Some(100.0), None, false).unwrap();
+        assert_eq!(
+            within(f(), 1),
+            Some(vec![0]),
+            "120 is the only Outdoor item >= 100"
+        );
+        let f = || Filters::new("outdoor", &[], None, Some(100.0), false).unwrap();
+        assert_eq!(within(f(), 2), Some(vec![1, 2]), "Outdoor items under 100");
+        assert_eq!(within(f(), 1), None, "two pass both: over the limit");
         let stock = || Filters::new("", &[], None, None, true).unwrap();
         assert_eq!(within(stock(), 4), Some(vec![0, 2, 4]), "stock is a side");
         assert_eq!(within(stock(), 2), None);
@@ -517,9 +587,26 @@ mod tests {
         let within = |f: Filters, limit| facets.resolve(&f).members_within(limit);
         assert_eq!(within(camping(), 5), Some(vec![1]));
         assert_eq!(within(f(), 5), Some(vec![1, 2]));
+        let cheap_outdoor = Filters::new("outdoor", &[], None, Some(100.0), false).unwrap();
+        assert_eq!(
+            within(cheap_outdoor, 2),
+            Some(vec![1, 2]),
+            "the knife at 20 is under 100 but not Outdoor"
+        );
+        let under_30: PriceRange = (0, 0)..=(price_key(30.0), u32::MAX);
+        assert!(
+            facets.prices.holds(&under_30, 0),
+            "slot 0's price moved to 20"
+        );
+        assert!(!facets.prices.holds(&under_30, 2));
+        assert!(!facets.prices.holds(&under_30, 99), "no such slot");
         let trailhound = || Filters::new("", &["trailhound".into()], None, None, false).unwrap();
         assert_eq!(within(trailhound(), 5), Some(vec![2]));
         facets.remove(2, &items[2]);
+        assert!(
+            !facets.prices.holds(&((0, 0)..=(u64::MAX, u32::MAX)), 2),
+            "removed: no price"
+        );
         assert_eq!(
             facets.resolve(&trailhound()).members_within(5),
             Some(vec![])

@@ -176,7 +176,8 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     // other clusters, and popular items that pass are in the pool): a category (600 items,
     // scored exactly), a price cap (857, scored exactly), a department (3,000, the graph
     // walk), in stock (4,000, the graph walk: more than the ~2,500 a scan may take), a colour
-    // (1,200, scored exactly) and three colours (3,600, the graph walk).
+    // (1,200, scored exactly), three colours (3,600, the graph walk), and a department in
+    // three colours (1,800 of 3,000 x 3,600: intersected, scored exactly).
     let (mut hits, mut total) = (0usize, 0usize);
     for (q, name) in queries.iter().enumerate() {
         let cluster = (q * 7) % 60;
@@ -196,6 +197,18 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
                     .map(|d| COLORS[(cluster + d) % 5].to_uppercase())
                     .collect(),
             )]),
+            // The department and three colours: both sides over the limit, 1,800 pass both
+            // (intersected, then scored exactly).
+            Filters::new(&format!("d{}", (cluster + 1) % 2), &[], None, None, false).and_then(
+                |f| {
+                    f.with_attributes([(
+                        "color".to_string(),
+                        (1..4)
+                            .map(|d| COLORS[(cluster + d) % 5].to_string())
+                            .collect(),
+                    )])
+                },
+            ),
         ] {
             let request = RankQuery {
                 query: Some(name.clone()),
@@ -215,7 +228,8 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
                     .filters
                     .attributes
                     .first()
-                    .is_some_and(|(_, v)| v.len() == 1);
+                    .is_some_and(|(_, v)| v.len() == 1)
+                || (request.filters.category.is_some() && !request.filters.attributes.is_empty());
             if scored_exactly {
                 assert_eq!(got, want, "{:?}", request.filters);
             }
@@ -241,6 +255,13 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     let department = || Filters::new("d1", &[], None, None, false).unwrap();
     assert_eq!(pass(&ann, category()), FirstPass::Members);
     assert_eq!(pass(&ann, department()), FirstPass::Pool);
+    let dark_department = department()
+        .with_attributes([(
+            "color".to_string(),
+            vec!["black".into(), "white".into(), "red".into()],
+        )])
+        .unwrap();
+    assert_eq!(pass(&ann, dark_department), FirstPass::Members);
     assert_eq!(pass(&ann, Filters::default()), FirstPass::Pool);
     assert_eq!(pass(&exact, department()), FirstPass::Scan);
 

@@ -127,18 +127,12 @@ async fn attribute_filters_return_exactly_the_items_that_have_the_values() {
         ..Default::default()
     });
     let items = client.rank(request).await.unwrap().into_inner().items;
-    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    let mut want: Vec<String> = reader
-        .records()
-        .map(Result::unwrap)
-        .filter(|r| {
-            &r[7] == "true"
-                && r[6]
-                    .split(';')
-                    .any(|kv| matches!(kv.trim(), "color=black" | "color=navy"))
-        })
-        .map(|r| r[0].to_string())
-        .collect();
+    let want = demo_products_where(|r| {
+        &r[7] == "true"
+            && r[6]
+                .split(';')
+                .any(|kv| matches!(kv.trim(), "color=black" | "color=navy"))
+    });
     assert!(want.len() >= 10, "the demo data has black and navy items");
     for item in &items[..3] {
         assert_eq!(
@@ -148,9 +142,23 @@ async fn attribute_filters_return_exactly_the_items_that_have_the_values() {
         );
     }
     let mut ids: Vec<String> = items.into_iter().map(|i| i.id).collect();
-    want.sort();
     ids.sort();
     assert_eq!(ids, want);
+}
+
+/// The ids of `kg-data/products.csv`'s rows that `keep` (columns: id, title, description,
+/// category, brand, price, attributes, in_stock), sorted: what a filter should pass, read
+/// independently of the service.
+fn demo_products_where(keep: impl Fn(&csv::StringRecord) -> bool) -> Vec<String> {
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let mut ids: Vec<String> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| keep(r))
+        .map(|r| r[0].to_string())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,21 +457,14 @@ async fn trailhound_hiking(ranker: &Running) -> Vec<String> {
         assert!(item.price <= 200.0, "{item:?}");
     }
     // Every item of the file that passes, read independently of the service, is there.
-    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    let mut want: Vec<String> = reader
-        .records()
-        .map(Result::unwrap)
-        .filter(|r| {
-            &r[4] == "Trailhound"
-                && r[3].contains("Hiking")
-                && r[5].parse::<f64>().unwrap() <= 200.0
-        })
-        .map(|r| r[0].to_string())
-        .filter(|id| id != "p00141")
-        .collect();
+    let want = demo_products_where(|r| {
+        &r[4] == "Trailhound"
+            && r[3].contains("Hiking")
+            && r[5].parse::<f64>().unwrap() <= 200.0
+            && &r[0] != "p00141"
+    });
     let mut ids: Vec<String> = items.into_iter().map(|i| i.id).collect();
     let order = ids.clone();
-    want.sort();
     ids.sort();
     assert_eq!(ids, want, "the passing items, less the deleted p00141");
     order

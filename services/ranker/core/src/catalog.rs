@@ -69,7 +69,8 @@ pub struct Catalog {
     by_id: HashMap<String, u32>,
     dimension: Option<usize>,
     bm25: Bm25,
-    /// Slots by category level, brand and price: what a filtered `Rank` may return.
+    /// Slots by category level, brand, attribute, price and stock: what a filtered `Rank` may
+    /// return.
     facets: Facets,
     popularity: HashMap<String, f32>,
     /// The catalog's items with popularity > 0, most popular first (ties by slot): the popular

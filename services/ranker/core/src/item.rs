@@ -226,7 +226,7 @@ impl Filters {
         mut self,
         attributes: impl IntoIterator<Item = (String, Vec<String>)>,
     ) -> Result<Self, RankError> {
-        let bad = |why: String| RankError::InvalidInput(why);
+        let bad = RankError::InvalidInput;
         let mut parsed: Vec<(String, Vec<String>)> = Vec::new();
         for (i, (name, values)) in attributes.into_iter().enumerate() {
             let at = format!("filters.attributes[{i}]");

@@ -272,7 +272,7 @@ pub struct Ranking {
 pub enum FirstPass {
     /// The request's `candidate_ids` (re-rank mode).
     Given,
-    /// The members of a narrow filter's smallest side.
+    /// The items a narrow filter may pass (its smallest side, or what its sides share).
     Members,
     /// The candidate pool: the HNSW graph's nearest items, BM25 hits, CF and popular items.
     Pool,
@@ -679,9 +679,9 @@ const BM25_ALL_MATCHES: usize = 4096;
 /// with a query, popularity only breaks ties among relevant items.
 const POPULAR_WITH_QUERY: usize = 100;
 
-/// Up to how many members a filter (by one of its sides: category, brands or price range) is
-/// answered by scoring exactly those items instead of the candidate pool, in a catalog of
-/// `items`. Scoring costs about 0.3 us per member (reading its f32 vector); the pool's graph
+/// Up to how many members a filter (by one of its sides: category, brands, an attribute, price
+/// range or stock, or by the items its sides share) is answered by scoring exactly those
+/// items instead of the candidate pool, in a catalog of `items`. Scoring costs about 0.3 us per member (reading its f32 vector); the pool's graph
 /// walk, which passes the items the filter refuses, about 0.4 ms / (the share that passes).
 /// Scanning is cheaper while `members^2 < ~1,400 * items`: up to ~10k members at 100k items,
 /// ~3k at 10k (measured with `rank_cost`, BENCHMARKS.md "filtered searches"), and it is exact.

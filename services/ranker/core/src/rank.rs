@@ -517,75 +517,44 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             model.without_query
         };
 
-        // First pass, under the lock: candidates and every feature but the graph's.
-        let (mut candidates, total, history, graph, pass) = {
-            let catalog = self.catalog.read().map_err(|_| poisoned())?;
-            let history = request
-                .user
-                .as_ref()
-                .map(|u| catalog.history(u))
-                .unwrap_or_default();
-            // Whether the graph will rescore: the first pass keeps its shortlist then.
-            let graph = !history.is_empty() && weights[3] > 0.0;
-            let (candidates, total, pass) = first_pass(
-                &catalog,
-                request,
-                query,
-                query_vector.as_deref(),
-                &history,
-                &weights,
-                keep_for(request.depth(), graph),
-            );
-            (candidates, total, history, graph, pass)
-        };
-
-        // The graph signal for the best candidates: paths from the user's recent items.
-        if graph && !candidates.is_empty() {
-            let sources: Vec<String> = history
-                .iter()
-                .take(KG_SOURCES)
-                .map(|h| item_entity(&h.item_id))
-                .collect();
-            let shortlist = candidates.len().min(graph_shortlist(request.depth()));
-            let targets: Vec<String> = candidates[..shortlist]
-                .iter()
-                .map(|c| item_entity(&c.id))
-                .collect();
-            let embedded: Vec<String> = sources
-                .iter()
-                .take(KG_EMBEDDED_SOURCES)
-                .chain(targets.iter().take(KG_EMBEDDED_CANDIDATES))
-                .cloned()
-                .collect();
-            let (paths, vectors) = futures::join!(
-                self.graph.paths(sources, targets, 2),
-                self.graph.entity_vectors(embedded)
-            );
-            match paths {
-                Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, &history, &weights),
-                Err(error) => {
-                    tracing::warn!(%error, "knowledge graph unavailable; ranking without it");
-                    missing.push(Signal::Kg);
-                }
+        // The ranking is built tier by tier (`PAGE_TIERS`): positions up to 64 from a pool
+        // sized for 64, the next ones from a pool sized for 256 without the items already
+        // placed, and so on, so every page is a slice of the same list, however deep.
+        let depth = request.depth();
+        let mut chosen: Vec<Candidate> = Vec::with_capacity(depth);
+        let mut history = Vec::new();
+        let (mut total, mut pass) = (0, FirstPass::default());
+        let mut start = 0;
+        for tier in PAGE_TIERS {
+            if chosen.len() >= depth || chosen.len() < start {
+                // Done, or an earlier tier ran out of items that pass.
+                break;
             }
-            match vectors {
-                Ok(vectors) if !vectors.is_empty() => {
-                    let recent: Vec<String> = history
-                        .iter()
-                        .take(KG_EMBEDDED_SOURCES)
-                        .map(|h| item_entity(&h.item_id))
-                        .collect();
-                    let limit = shortlist.min(KG_EMBEDDED_CANDIDATES);
-                    apply_similarity(&mut candidates[..limit], &vectors, &recent, &weights);
-                }
-                Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "no entity embeddings for this ranking"),
+            let placed = self
+                .rank_tier(
+                    request,
+                    query,
+                    query_vector.as_deref(),
+                    &weights,
+                    Tier {
+                        start,
+                        end: tier,
+                        placed: &chosen,
+                    },
+                    depth.min(tier) - chosen.len(),
+                )
+                .await?;
+            if placed.graph_missing && !missing.contains(&Signal::Kg) {
+                missing.push(Signal::Kg);
             }
-            candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+            total = total.max(placed.scored);
+            pass = placed.pass;
+            history = placed.history;
+            chosen.extend(placed.picked);
+            start = tier;
         }
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
-        let chosen = diversify(&catalog, candidates, request.depth(), request.diversity);
         let items = chosen
             .into_iter()
             .skip(request.offset)
@@ -635,6 +604,135 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             first_pass: pass,
         })
     }
+
+    /// The picks of one tier of the ranking: the best `picks` items (by MMR with diversity)
+    /// of a first pass sized for the tier's end, the items placed by earlier tiers excluded
+    /// and, for MMR, counted as already picked.
+    async fn rank_tier(
+        &self,
+        request: &RankQuery,
+        query: Option<&str>,
+        query_vector: Option<&[f32]>,
+        weights: &[f32; 5],
+        tier: Tier<'_>,
+        picks: usize,
+    ) -> Result<TierPicks, RankError> {
+        // First pass, under the lock: candidates and every feature but the graph's.
+        let (mut candidates, scored, history, graph, pass) = {
+            let catalog = self.catalog.read().map_err(|_| poisoned())?;
+            let history = request
+                .user
+                .as_ref()
+                .map(|u| catalog.history(u))
+                .unwrap_or_default();
+            let (candidates, scored, pass) = first_pass(
+                &catalog,
+                request,
+                query,
+                query_vector,
+                &history,
+                weights,
+                tier,
+            );
+            let graph = graph_rescores(&history, weights);
+            (candidates, scored, history, graph, pass)
+        };
+
+        // The graph signal for the best candidates: paths from the user's recent items.
+        let mut graph_missing = false;
+        if graph && !candidates.is_empty() {
+            let sources: Vec<String> = history
+                .iter()
+                .take(KG_SOURCES)
+                .map(|h| item_entity(&h.item_id))
+                .collect();
+            let shortlist = candidates.len().min(graph_shortlist(tier.end));
+            let targets: Vec<String> = candidates[..shortlist]
+                .iter()
+                .map(|c| item_entity(&c.id))
+                .collect();
+            let embedded: Vec<String> = sources
+                .iter()
+                .take(KG_EMBEDDED_SOURCES)
+                .chain(targets.iter().take(KG_EMBEDDED_CANDIDATES))
+                .cloned()
+                .collect();
+            let (paths, vectors) = futures::join!(
+                self.graph.paths(sources, targets, 2),
+                self.graph.entity_vectors(embedded)
+            );
+            match paths {
+                Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, &history, weights),
+                Err(error) => {
+                    tracing::warn!(%error, "knowledge graph unavailable; ranking without it");
+                    graph_missing = true;
+                }
+            }
+            match vectors {
+                Ok(vectors) if !vectors.is_empty() => {
+                    let recent: Vec<String> = history
+                        .iter()
+                        .take(KG_EMBEDDED_SOURCES)
+                        .map(|h| item_entity(&h.item_id))
+                        .collect();
+                    let limit = shortlist.min(KG_EMBEDDED_CANDIDATES);
+                    apply_similarity(&mut candidates[..limit], &vectors, &recent, weights);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "no entity embeddings for this ranking"),
+            }
+            candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        }
+
+        let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        let picked = diversify(
+            &catalog,
+            candidates,
+            tier.placed,
+            picks,
+            mmr_pool(tier.end),
+            request.diversity,
+        );
+        Ok(TierPicks {
+            picked,
+            scored,
+            pass,
+            history,
+            graph_missing,
+        })
+    }
+}
+
+/// Where each tier of a ranking ends: positions `0..64` come from a first pass sized for 64
+/// results, `64..256` from one sized for 256 and `256..1000` from one sized for 1,000, each
+/// without the items placed before it. A page is a slice of this one list whatever its offset
+/// and k, so pages continue one another (diversity included) for as long as the catalog, the
+/// log and the shopper stay the same; a page in tier t costs the first passes of tiers
+/// 0..=t. (Sizing the pool by the request's own depth made a page at offset 64 come from a
+/// larger pool than the page before it, which could show an item twice or skip one.)
+const PAGE_TIERS: [usize; 3] = [64, 256, MAX_K];
+
+/// Positions `start..end` of a ranking, and the items placed before them.
+#[derive(Debug, Clone, Copy)]
+struct Tier<'a> {
+    start: usize,
+    end: usize,
+    placed: &'a [Candidate],
+}
+
+/// What one tier placed.
+struct TierPicks {
+    picked: Vec<Candidate>,
+    scored: usize,
+    pass: FirstPass,
+    history: Vec<HistoryEntry>,
+    graph_missing: bool,
+}
+
+/// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
+/// shortlist then).
+fn graph_rescores(history: &[HistoryEntry], weights: &[f32; 5]) -> bool {
+    !history.is_empty() && weights[3] > 0.0
 }
 
 /// Candidates the graph is asked about for `k` results (the best of the first pass).
@@ -750,16 +848,20 @@ fn first_pass(
     query_vector: Option<&[f32]>,
     history: &[HistoryEntry],
     weights: &[f32; 5],
-    keep: usize,
+    tier: Tier<'_>,
 ) -> (Vec<Candidate>, usize, FirstPass) {
+    let keep = keep_for(tier.end, graph_rescores(history, weights));
     let purchased: HashSet<u32> = history
         .iter()
         .filter(|h| h.kind == InteractionKind::Purchase)
         .filter_map(|h| catalog.slot_of(&h.item_id))
         .collect();
+    // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
+    // changed between tiers).
     let excluded: HashSet<u32> = request
         .exclude
         .iter()
+        .chain(tier.placed.iter().map(|c| &c.id))
         .filter_map(|id| catalog.slot_of(id))
         .collect();
     let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
@@ -797,7 +899,7 @@ fn first_pass(
             &cf_by_slot,
             filter,
             keep,
-            request.depth(),
+            tier.end,
         );
         let pass = if pool.is_some() {
             FirstPass::Pool
@@ -845,9 +947,10 @@ fn first_pass(
         Some(pool) => score(&mut pool.iter().copied()),
         None => score(&mut catalog.slots()),
     };
-    // A filter can leave the candidate pool short of k (the graph gives up on one that few
-    // items pass): the whole catalog then.
-    if scored.len() < request.depth() && pass == FirstPass::Pool {
+    // A filter can leave the candidate pool short of the tier (the graph gives up on one that
+    // few items pass): the whole catalog then. Judged on the whole tier, not the request's
+    // depth, so that every page of the tier comes from the same candidates.
+    if scored.len() < tier.end - tier.start && pass == FirstPass::Pool {
         scored = score(&mut catalog.slots());
         pass = FirstPass::PoolThenScan;
     }
@@ -984,32 +1087,43 @@ fn apply_similarity(
 fn diversify(
     catalog: &Catalog,
     candidates: Vec<Candidate>,
+    placed: &[Candidate],
     k: usize,
+    pool_size: usize,
     diversity: f32,
 ) -> Vec<Candidate> {
-    if diversity <= 0.0 || candidates.len() <= 1 {
+    if diversity <= 0.0 || candidates.is_empty() {
         return candidates.into_iter().take(k).collect();
     }
-    let pool_size = candidates.len().min(mmr_pool(k));
+    let categories = |slot: u32| {
+        catalog
+            .item_at(slot)
+            .map(|(i, _)| {
+                (
+                    i.category.first().cloned().unwrap_or_default(),
+                    i.category.last().cloned().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let pool_size = candidates.len().min(pool_size);
     // (candidate, top category, leaf category); picked ones are taken out.
     let mut pool: Vec<Option<(Candidate, String, String)>> = candidates
         .into_iter()
         .take(pool_size)
         .map(|c| {
-            let (top, leaf) = catalog
-                .item_at(c.slot)
-                .map(|(i, _)| {
-                    (
-                        i.category.first().cloned().unwrap_or_default(),
-                        i.category.last().cloned().unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_default();
+            let (top, leaf) = categories(c.slot);
             Some((c, top, leaf))
         })
         .collect();
+    // What earlier tiers placed counts as picked.
     let mut picked_tops: HashSet<String> = HashSet::new();
     let mut picked_leaves: HashSet<String> = HashSet::new();
+    for c in placed {
+        let (top, leaf) = catalog.slot_of(&c.id).map(categories).unwrap_or_default();
+        picked_tops.insert(top);
+        picked_leaves.insert(leaf);
+    }
     let mut out = Vec::with_capacity(k.min(pool_size));
     while out.len() < k {
         let mut best: Option<(usize, f32)> = None;
@@ -1230,10 +1344,11 @@ mod tests {
                     picked.push(keys(c));
                     want.push(c.id.clone());
                 }
-                let got: Vec<String> = diversify(&catalog, candidates.clone(), k, diversity)
-                    .into_iter()
-                    .map(|c| c.id)
-                    .collect();
+                let got: Vec<String> =
+                    diversify(&catalog, candidates.clone(), &[], k, mmr_pool(k), diversity)
+                        .into_iter()
+                        .map(|c| c.id)
+                        .collect();
                 assert_eq!(got, want, "diversity {diversity}, k {k}");
             }
         }

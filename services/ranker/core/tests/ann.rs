@@ -265,23 +265,42 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     assert_eq!(pass(&ann, Filters::default()), FirstPass::Pool);
     assert_eq!(pass(&exact, department()), FirstPass::Scan);
 
-    // Pages of 16 with diversity 0 continue one another up to a depth of 64 (the pool the
-    // graph gives for one page is the pool for four), and skip the offset in a deeper ranking.
-    for q in queries.iter().take(10) {
-        let page = |offset: usize, k: usize| RankQuery {
-            query: Some(q.clone()),
-            k,
-            offset,
-            ..Default::default()
-        };
-        let whole = ids(&ann, &page(0, 64)).await;
-        let mut paged = Vec::new();
-        for offset in (0..64).step_by(16) {
-            paged.extend(ids(&ann, &page(offset, 16)).await);
+    // Every page is a slice of one ranking, however deep and with diversity too: pages of
+    // 16 concatenate to the first 128 results, and pages that cross the tiers' ends (64, 256)
+    // give what a request for all 1,000 results holds at their positions, no item twice.
+    for q in queries.iter().take(6) {
+        for diversity in [0.0, 0.5] {
+            let page = |offset: usize, k: usize| RankQuery {
+                query: Some(q.clone()),
+                k,
+                offset,
+                diversity,
+                ..Default::default()
+            };
+            let whole = ids(&ann, &page(0, 1000)).await;
+            assert_eq!(whole.len(), 1000, "{q}");
+            let distinct: std::collections::HashSet<&String> = whole.iter().collect();
+            assert_eq!(distinct.len(), 1000, "{q}: an item twice");
+            let mut paged = Vec::new();
+            for offset in (0..128).step_by(16) {
+                paged.extend(ids(&ann, &page(offset, 16)).await);
+            }
+            assert_eq!(paged, whole[..128], "{q}, diversity {diversity}");
+            for (offset, k) in [
+                (0, 10),
+                (48, 32),
+                (60, 200),
+                (250, 20),
+                (300, 1),
+                (900, 100),
+            ] {
+                assert_eq!(
+                    ids(&ann, &page(offset, k)).await,
+                    whole[offset..offset + k],
+                    "{q}, diversity {diversity}, offset {offset}, k {k}"
+                );
+            }
         }
-        assert_eq!(paged, whole, "{q}");
-        let deep = ids(&ann, &page(0, 300)).await;
-        assert_eq!(ids(&ann, &page(290, 10)).await, deep[290..], "{q}");
     }
 
     // A new item is found at once; a deleted one is gone at once.

@@ -110,6 +110,35 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// Pages through gRPC, for a returning shopper (graph paths rescore) with diversity: ten pages
+/// of 10 are the one list of 100 a single request gives, no item twice. Before the ranking was
+/// built in tiers each page's MMR drew from a pool sized by its own depth and re-picked.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_slices_of_one_ranking() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    for (user, query) in [("u010", ""), ("u010", "lamp"), ("", "bag")] {
+        let page = |offset: u32, k: u32| rk::RankRequest {
+            offset,
+            diversity: 0.5,
+            ..rank(user, query, k)
+        };
+        let ids =
+            |r: rk::RankResponse| -> Vec<String> { r.items.into_iter().map(|i| i.id).collect() };
+        let whole = ids(client.rank(page(0, 100)).await.unwrap().into_inner());
+        assert_eq!(whole.len(), 100);
+        let distinct: std::collections::HashSet<&String> = whole.iter().collect();
+        assert_eq!(distinct.len(), 100, "{user} {query:?}: an item twice");
+        let mut paged = Vec::new();
+        for offset in (0..100).step_by(10) {
+            let r = client.rank(page(offset, 10)).await.unwrap().into_inner();
+            assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+            paged.extend(ids(r));
+        }
+        assert_eq!(paged, whole, "{user} {query:?}");
+    }
+}
+
 /// An attribute filter through gRPC: black or navy (any case), in stock. Every item of the
 /// file that passes comes back (read independently of the service), nothing else does, and
 /// the search still puts headphones first.

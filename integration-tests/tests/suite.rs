@@ -110,6 +110,48 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// A misspelt search through gRPC is ranked as the shopper meant it, and says so; `verbatim`
+/// ranks it as typed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misspelt_search_is_ranked_as_meant() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let ids =
+        |r: &rk::RankResponse| -> Vec<String> { r.items.iter().map(|i| i.id.clone()).collect() };
+    let meant = client
+        .rank(rank("", "wireless headphones", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meant.corrected_query, "", "nothing to correct");
+    let typed = client
+        .rank(rank("", "Wireles hedphones", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(typed.corrected_query, "wireless headphones");
+    assert_eq!(ids(&typed), ids(&meant));
+    assert!(
+        typed.items[0].reasons[0].contains("matches your search \"wireless headphones\""),
+        "{:?}",
+        typed.items[0].reasons
+    );
+    let verbatim = client
+        .rank(rk::RankRequest {
+            verbatim: true,
+            ..rank("", "Wireles hedphones", 5)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verbatim.corrected_query, "");
+    assert!(
+        verbatim.items[0].reasons[0].contains("Wireles hedphones"),
+        "{:?}",
+        verbatim.items[0].reasons
+    );
+}
+
 /// Pages through gRPC, for a returning shopper (graph paths rescore) with diversity: ten pages
 /// of 10 are the one list of 100 a single request gives, no item twice. Before the ranking was
 /// built in tiers each page's MMR drew from a pool sized by its own depth and re-picked.

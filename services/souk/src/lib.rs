@@ -431,6 +431,12 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             }),
         ),
         (
+            "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
+            String::new(),
+            "cofee grindr".to_string(),
+            None,
+        ),
+        (
             format!(
                 "Recommendations for returning shopper {user} (likes {}; brands {})",
                 names(&profile.categories),

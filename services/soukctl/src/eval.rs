@@ -97,6 +97,14 @@ pub struct SearchArgs {
     /// held-out NDCG is then measured with the real labels (k-fold mode only).
     #[arg(long, default_value_t = 0)]
     pub simulate_clicks: usize,
+    /// Misspell one word (4+ letters) of every query with one random edit, from this seed:
+    /// how the ranking holds up when shoppers mistype.
+    #[arg(long)]
+    pub typos: Option<u64>,
+    /// Which signals read the query with misspelt words corrected against the product
+    /// texts, as `Rank` does.
+    #[arg(long, value_enum, default_value_t = Correct::All)]
+    pub correct: Correct,
 }
 
 /// Vectors by text, persisted as a header line (format, model id, dimension), then records of
@@ -293,11 +301,12 @@ pub(crate) async fn features(
     encoder_url: &str,
     min_judged: usize,
     cache_path: Option<&Path>,
+    typing: Typing,
 ) -> anyhow::Result<Vec<(String, souk_ranker_core::fusion::Group)>> {
     use std::collections::{BTreeMap, HashMap};
     let mut texts: Vec<String> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut intern = |t: String| -> usize {
+    let mut intern = |t: String, texts: &mut Vec<String>| -> usize {
         let next = texts.len();
         *index.entry(t.clone()).or_insert_with(|| {
             texts.push(t);
@@ -311,20 +320,84 @@ pub(crate) async fn features(
             format!("{}. {}", r.title, r.description)
         }
     };
-    let ids: Vec<(usize, usize, usize)> = rows
+    let products: Vec<(usize, usize)> = rows
         .iter()
         .map(|r| {
             (
-                intern(r.query.clone()),
-                intern(r.title.clone()),
-                intern(full(r)),
+                intern(r.title.clone(), &mut texts),
+                intern(full(r), &mut texts),
             )
         })
         .collect();
     // The description alone (None without one): a third view the title does not dominate.
     let descriptions: Vec<Option<usize>> = rows
         .iter()
-        .map(|r| (!r.description.is_empty()).then(|| intern(r.description.clone())))
+        .map(|r| (!r.description.is_empty()).then(|| intern(r.description.clone(), &mut texts)))
+        .collect();
+    // BM25 over every distinct product text in the file.
+    let mut bm_title = souk_ranker_core::bm25::Bm25::default();
+    let mut bm_full = souk_ranker_core::bm25::Bm25::default();
+    for (t, f) in &products {
+        bm_title.insert(*t as u32, &texts[*t]);
+        bm_full.insert(*f as u32, &texts[*f]);
+    }
+    // Each query as the ranker understands it: misspelt words corrected against the indexed
+    // product texts (`Bm25::correct`, what `Rank` does), for the lexical signals and, with
+    // `Correct::All`, for the dense one too.
+    // With `typos`, each query as a shopper might mistype it (keyed by the query as judged,
+    // so the folds stay the same).
+    let typed: HashMap<String, String> = rows
+        .iter()
+        .map(|r| {
+            let t = typing
+                .typos
+                .map_or_else(|| r.query.clone(), |seed| misspell(&r.query, seed));
+            (r.query.clone(), t)
+        })
+        .collect();
+    let understood: HashMap<&str, String> = typed
+        .iter()
+        .map(|(q, t)| {
+            let fixed = match typing.correct {
+                Correct::None => None,
+                Correct::Lexical | Correct::All => bm_full.correct(t),
+            };
+            (q.as_str(), fixed.unwrap_or_else(|| t.clone()))
+        })
+        .collect();
+    if typing.typos.is_some() || typing.correct != Correct::None {
+        let misspelt = typed.iter().filter(|(q, t)| q != t).count();
+        let changed = typed
+            .iter()
+            .filter(|(q, t)| understood[q.as_str()] != **t)
+            .count();
+        let restored = typed
+            .iter()
+            .filter(|(q, _)| understood[q.as_str()] == **q)
+            .count();
+        eprintln!(
+            "{} queries: {misspelt} misspelt, {changed} corrected, {restored} read as judged",
+            typed.len()
+        );
+        let mut shown: Vec<(&String, &String)> = typed
+            .iter()
+            .filter(|(q, t)| understood[q.as_str()] != **t)
+            .collect();
+        shown.sort();
+        for (q, t) in shown.into_iter().take(8) {
+            eprintln!("  {q:?}: typed {t:?}, read {:?}", understood[q.as_str()]);
+        }
+    }
+    let ids: Vec<(usize, usize, usize)> = rows
+        .iter()
+        .zip(&products)
+        .map(|(r, (t, f))| {
+            let dense = match typing.correct {
+                Correct::All => understood[r.query.as_str()].clone(),
+                Correct::None | Correct::Lexical => typed[&r.query].clone(),
+            };
+            (intern(dense, &mut texts), *t, *f)
+        })
         .collect();
     let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
         crate::connect(encoder_url, "encoder").await?,
@@ -381,13 +454,6 @@ pub(crate) async fn features(
             .map(|(x, y)| f64::from(*x) * f64::from(*y))
             .sum()
     };
-    // BM25 over every distinct product text in the file.
-    let mut bm_title = souk_ranker_core::bm25::Bm25::default();
-    let mut bm_full = souk_ranker_core::bm25::Bm25::default();
-    for (_, t, f) in &ids {
-        bm_title.insert(*t as u32, &texts[*t]);
-        bm_full.insert(*f as u32, &texts[*f]);
-    }
     let mut by_query: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         by_query.entry(r.query.as_str()).or_default().push(i);
@@ -398,6 +464,8 @@ pub(crate) async fn features(
             continue;
         }
         let qi = ids[members[0]].0;
+        let name = query;
+        let query = understood[query].as_str();
         let st = bm_title.scores(query);
         let sf = bm_full.scores(query);
         let max_t = members
@@ -440,9 +508,80 @@ pub(crate) async fn features(
                 .push(souk_ranker_core::eval::graded_gain(rows[m].label));
         }
         add_relative_features(&mut group);
-        groups.push((query.to_string(), group));
+        groups.push((name.to_string(), group));
     }
     Ok(groups)
+}
+
+/// How the evaluated queries are typed and read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Typing {
+    /// Misspell one word of each query (seed).
+    pub typos: Option<u64>,
+    pub correct: Correct,
+}
+
+/// Which signals read the corrected query (`Bm25::correct`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Correct {
+    /// Every signal reads the query as typed.
+    None,
+    /// The lexical signals read it corrected, the dense ones as typed.
+    Lexical,
+    /// Every signal reads it corrected (what `Rank` does).
+    #[default]
+    All,
+}
+
+/// `query` with one random edit (a letter deleted, inserted or replaced, or two neighbours
+/// swapped) in one of its words of 4+ ASCII letters, chosen by `seed` and the query; as
+/// typed when it has no such word.
+fn misspell(query: &str, seed: u64) -> String {
+    let mut rng = souk_ranker_core::rng::XorShift::new(seed ^ fnv1a(query));
+    let mut below = |n: usize| ((rng.unit() * n as f64) as usize).min(n.saturating_sub(1));
+    let words: Vec<(usize, usize)> = query
+        .match_indices(|c: char| c.is_ascii_alphabetic())
+        .map(|(i, _)| i)
+        .fold(Vec::<(usize, usize)>::new(), |mut runs, i| {
+            match runs.last_mut() {
+                Some((_, end)) if *end == i => *end = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+            runs
+        })
+        .into_iter()
+        .filter(|(a, b)| b - a >= 4)
+        .collect();
+    if words.is_empty() {
+        return query.to_string();
+    }
+    let (a, b) = words[below(words.len())];
+    let mut word: Vec<u8> = query.as_bytes()[a..b].to_ascii_lowercase();
+    let i = below(word.len());
+    let letter = b'a' + below(26) as u8;
+    match below(4) {
+        0 => {
+            word.remove(i);
+        }
+        1 => word.insert(i, letter),
+        2 => {
+            word[i] = if word[i] == letter {
+                b'a' + (letter - b'a' + 1) % 26
+            } else {
+                letter
+            }
+        }
+        _ => {
+            let i = i.min(word.len() - 2);
+            word.swap(i, i + 1);
+        }
+    }
+    format!(
+        "{}{}{}",
+        &query[..a],
+        String::from_utf8_lossy(&word),
+        &query[b..]
+    )
 }
 
 /// Appends, for the fusion only, the title and title+description dense signals relative to the query's other candidates
@@ -547,6 +686,10 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
+                Typing {
+                    typos: args.typos,
+                    correct: args.correct,
+                },
             )
             .await?;
             (None, groups, args.folds.max(2))
@@ -557,6 +700,10 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
+                Typing {
+                    typos: args.typos,
+                    correct: args.correct,
+                },
             )
             .await?;
             let te = features(
@@ -564,6 +711,10 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
+                Typing {
+                    typos: args.typos,
+                    correct: args.correct,
+                },
             )
             .await?;
             (Some(tr), te, 1)

@@ -265,6 +265,9 @@ pub struct RankArgs {
     /// Skip this many results (a later page: `--offset 10 -k 10` is the second page of 10).
     #[arg(long, default_value_t = 0)]
     pub offset: u32,
+    /// Rank the query as typed, without spelling correction.
+    #[arg(long)]
+    pub verbatim: bool,
     #[arg(long, default_value = "")]
     pub category: String,
     #[arg(long = "brand")]
@@ -584,6 +587,9 @@ pub fn print_ranking(
     ranking: &rk::RankResponse,
     offset: u32,
 ) -> std::io::Result<()> {
+    if !ranking.corrected_query.is_empty() {
+        writeln!(out, "  showing results for \"{}\"", ranking.corrected_query)?;
+    }
     if !ranking.missing_signals.is_empty() {
         writeln!(
             out,
@@ -881,6 +887,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 include_purchased: false,
                 all_signals: args.all_signals,
                 offset: args.offset,
+                verbatim: args.verbatim,
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();

@@ -213,8 +213,14 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
         .ok_or_else(|| anyhow::anyhow!("give --labels FILE (or --feedback LOG)"))?;
     let judged = crate::eval::read_judged(labels, false)?;
     let groups = service_features(
-        &crate::eval::features(&judged, &ep.encoder, args.min_judged, args.cache.as_deref())
-            .await?,
+        &crate::eval::features(
+            &judged,
+            &ep.encoder,
+            args.min_judged,
+            args.cache.as_deref(),
+            crate::eval::Typing::default(),
+        )
+        .await?,
     );
     anyhow::ensure!(
         groups.len() >= 2,

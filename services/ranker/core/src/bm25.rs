@@ -6,12 +6,13 @@ use crate::catalog::IdHash;
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
+const STOP: &[&str] = &[
+    "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
+];
+
 /// Lower-cased alphanumeric terms with plurals folded ("lights" matches "light", "batteries"
 /// matches "battery"); a few stop words are dropped.
 pub fn terms(text: &str) -> Vec<String> {
-    const STOP: &[&str] = &[
-        "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
-    ];
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
         .map(str::to_lowercase)
@@ -19,6 +20,15 @@ pub fn terms(text: &str) -> Vec<String> {
         .map(plural_stem)
         .collect()
 }
+
+/// Query words shorter than this are never corrected: one edit turns most 3-letter words into
+/// another word ("mug" -> "rug"), so a short miss is more likely a word the shop lacks.
+const MIN_CORRECTED_CHARS: usize = 4;
+/// Longer words are never corrected: a word's neighbours are ~55 x its letters strings of its
+/// length, and a query is not bounded by the API.
+const MAX_CORRECTED_CHARS: usize = 32;
+/// Unknown words corrected per query (the first ones): bounds a query's correction to ~1 ms.
+const MAX_CORRECTED_WORDS: usize = 8;
 
 /// Folds English plurals only (Harman's S-stemmer, the rule set of Lucene's
 /// `EnglishMinimalStemmer`): "-ies" -> "-y", else a final "-s" dropped; words ending "-us",
@@ -113,6 +123,129 @@ impl Bm25 {
         }
     }
 
+    /// `query` with every word that matches no indexed term replaced by the word one edit
+    /// away (a letter deleted, inserted or replaced, or two neighbours swapped) whose term is
+    /// in the most documents (on a tie the longer, then the first by text): "wireless
+    /// hedphones" -> "wireless headphones". Words under
+    /// [`MIN_CORRECTED_CHARS`] letters, with a digit (model numbers), stop words and words
+    /// with no such neighbour stay as typed; `None` when no word changed. Inserted and
+    /// replacing letters are a-z and the word's own (all letters of a script would be
+    /// thousands of lookups for CJK), so outside a-z a doubled, dropped or swapped letter is
+    /// corrected but a missing accent is not ("creme" stays, "crèmme" -> "crème").
+    ///
+    /// # Complexity
+    /// About 55 x (letters) index lookups per unknown word (every one-edit neighbour): ~0.1 ms
+    /// for a 10-letter word; nothing for words the index holds.
+    pub fn correct(&self, query: &str) -> Option<String> {
+        let mut out = String::with_capacity(query.len());
+        let mut changed = false;
+        let mut tried = 0;
+        let mut rest = query;
+        while let Some(start) = rest.find(char::is_alphanumeric) {
+            out.push_str(&rest[..start]);
+            rest = &rest[start..];
+            let end = rest
+                .find(|c: char| !c.is_alphanumeric())
+                .unwrap_or(rest.len());
+            let word = &rest[..end];
+            let fixed = if tried < MAX_CORRECTED_WORDS {
+                self.correct_word(word, &mut tried)
+            } else {
+                None
+            };
+            match fixed {
+                Some(fixed) => {
+                    out.push_str(&fixed);
+                    changed = true;
+                }
+                None => out.push_str(word),
+            }
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        changed.then_some(out)
+    }
+
+    /// The most common indexed neighbour of one query word (see [`Bm25::correct`]); counts
+    /// in `tried` the words it searched neighbours for.
+    fn correct_word(&self, word: &str, tried: &mut usize) -> Option<String> {
+        let length = word.chars().count();
+        if !(MIN_CORRECTED_CHARS..=MAX_CORRECTED_CHARS).contains(&length)
+            || word.chars().any(char::is_numeric)
+        {
+            return None;
+        }
+        let lower = word.to_lowercase();
+        if STOP.contains(&lower.as_str()) || self.postings.contains_key(&plural_stem(lower.clone()))
+        {
+            return None;
+        }
+        *tried += 1;
+        let letters: Vec<char> = lower.chars().collect();
+        let mut alphabet: Vec<char> = ('a'..='z').chain(letters.iter().copied()).collect();
+        alphabet.sort_unstable();
+        alphabet.dedup();
+        // (documents, indexed term, the word as shown).
+        let mut best: Option<(usize, String, String)> = None;
+        let mut consider = |candidate: Vec<char>| {
+            let word: String = candidate.into_iter().collect();
+            if word.chars().count() < MIN_CORRECTED_CHARS - 1 || STOP.contains(&word.as_str()) {
+                return;
+            }
+            let term = plural_stem(word.clone());
+            let documents = self.postings.get(&term).map_or(0, HashMap::len);
+            if documents == 0 {
+                return;
+            }
+            let better = match &best {
+                None => true,
+                // Several neighbours of one term ("grinds", "grind"): the term as written.
+                Some((_, t, w)) if *t == term => {
+                    (
+                        word == term,
+                        std::cmp::Reverse(word.len()),
+                        std::cmp::Reverse(&word),
+                    ) > (*w == term, std::cmp::Reverse(w.len()), std::cmp::Reverse(w))
+                }
+                // Ties: the longer term (a dropped letter is a commoner slip than an extra
+                // one), then the first by text.
+                Some((d, t, _)) => documents
+                    .cmp(d)
+                    .then_with(|| term.len().cmp(&t.len()))
+                    .then_with(|| t.cmp(&term))
+                    .is_gt(),
+            };
+            if better {
+                best = Some((documents, term, word));
+            }
+        };
+        for i in 0..letters.len() {
+            let mut deleted = letters.clone();
+            deleted.remove(i);
+            consider(deleted);
+            if i + 1 < letters.len() && letters[i] != letters[i + 1] {
+                let mut swapped = letters.clone();
+                swapped.swap(i, i + 1);
+                consider(swapped);
+            }
+            for &c in &alphabet {
+                if c != letters[i] {
+                    let mut replaced = letters.clone();
+                    replaced[i] = c;
+                    consider(replaced);
+                }
+            }
+        }
+        for i in 0..=letters.len() {
+            for &c in &alphabet {
+                let mut inserted = letters.clone();
+                inserted.insert(i, c);
+                consider(inserted);
+            }
+        }
+        best.map(|(_, _, word)| word)
+    }
+
     /// BM25 score of every document matching at least one query term.
     ///
     /// # Complexity
@@ -174,6 +307,80 @@ mod tests {
         // A folding, not a dictionary: "christmas" becomes "christma" on both sides alike.
         assert_eq!(terms("LED Christmas Lights"), terms("led christmas light"));
         assert_eq!(terms("the Lights of a car").len(), 2);
+    }
+
+    #[test]
+    fn a_misspelt_word_becomes_its_most_common_neighbour() {
+        let mut index = Bm25::default();
+        for (doc, text) in [
+            "wireless headphones",
+            "studio headphones",
+            "headphone stand",
+            "headband",
+            "leather wallet",
+            "Café crème mug",
+            "кружка",
+            "usb cable 420",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            index.insert(doc as u32, text);
+        }
+        for (query, want) in [
+            // Each kind of edit, plurals folded on both sides, case and punctuation kept.
+            ("wireless hedphones", Some("wireless headphones")),
+            ("Wireles, headphones!", Some("wireless, headphones!")),
+            ("headpohnes", Some("headphones")),
+            ("headphonnes", Some("headphones")),
+            ("leathre walet", Some("leather wallet")),
+            ("wallez", Some("wallet")),
+            // Other scripts: edits within the word's own letters (and a-z): a doubled or
+            // dropped letter is found, an accent the word lacks is not.
+            ("crèmme mug", Some("crème mug")),
+            ("кружа", Some("кружка")),
+            ("creme mug", None),
+            // Known words, short words, numbers, stop words and far misses stay as typed.
+            ("leather headband", None),
+            ("mig", None),
+            ("usb cable 421", None),
+            ("with", None),
+            ("xylophone", None),
+            ("", None),
+        ] {
+            assert_eq!(index.correct(query).as_deref(), want, "{query:?}");
+        }
+        // A query of any size: the first 8 unknown words are looked at, words over 32
+        // letters never (a 100,000-letter word has ~5.5 million neighbours of its length).
+        let long = format!("{} walet", "xylophone ".repeat(8));
+        assert_eq!(index.correct(&long), None);
+        let long = format!("{} walet {}", "xylophone ".repeat(7), "q".repeat(100_000));
+        let fixed = index.correct(&long).unwrap();
+        assert!(fixed.ends_with(&format!("wallet {}", "q".repeat(100_000))));
+        let huge = "walet ".repeat(200_000);
+        let fixed = index.correct(&huge).unwrap();
+        assert_eq!(fixed.matches("wallet").count(), 8);
+        // The neighbour in the most documents wins: "headphone" (3) over "headband" (1).
+        let mut tie = Bm25::default();
+        tie.insert(0, "cart");
+        tie.insert(1, "card");
+        tie.insert(2, "card");
+        assert_eq!(tie.correct("carx").as_deref(), Some("card"));
+        tie.insert(3, "cart");
+        assert_eq!(
+            tie.correct("carx").as_deref(),
+            Some("card"),
+            "ties: first by text"
+        );
+        tie.insert(4, "cart");
+        assert_eq!(tie.correct("carx").as_deref(), Some("cart"));
+        // Equal counts: the longer word ("grindr" is "grinder" less a letter, or "grind"
+        // plus one).
+        tie.insert(5, "coffee grinder");
+        tie.insert(6, "fine grind");
+        assert_eq!(tie.correct("grindr").as_deref(), Some("grinder"));
+        tie.insert(7, "grind");
+        assert_eq!(tie.correct("grindr").as_deref(), Some("grind"));
     }
 
     #[test]

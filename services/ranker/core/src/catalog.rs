@@ -521,6 +521,12 @@ impl Catalog {
         self.bm25.scores(query)
     }
 
+    /// `query` with its misspelt words corrected against the item texts
+    /// ([`Bm25::correct`]); `None` when every word is known or has no close neighbour.
+    pub fn correct_query(&self, query: &str) -> Option<String> {
+        self.bm25.correct(query)
+    }
+
     /// Popularity of the item in `slot` (0 for an empty slot).
     pub(crate) fn popularity_at(&self, slot: u32) -> f32 {
         self.slot(slot).map_or(0.0, |e| e.popularity)

@@ -205,6 +205,8 @@ pub struct RankQuery {
     /// 0..=1.
     pub diversity: f32,
     pub include_purchased: bool,
+    /// Rank the query as typed: no spelling correction.
+    pub verbatim: bool,
 }
 
 impl RankQuery {
@@ -265,6 +267,8 @@ pub struct Ranking {
     pub model_version: String,
     /// Where the first pass looked (for metrics: a fallback scan is worth an alert).
     pub first_pass: FirstPass,
+    /// The query as ranked when spelling correction changed it ("showing results for").
+    pub corrected_query: Option<String>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -495,11 +499,23 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         request.validate()?;
         let model = self.model.read().map_err(|_| poisoned())?.clone();
         let mut missing = Vec::new();
-        let query = request
+        let typed = request
             .query
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
+        // Misspelt words corrected against the catalog's texts, for every signal: on
+        // Crowdflower with one typo per query, correcting both the lexical and the dense
+        // signal's query recovered most of the loss (BENCHMARKS.md, "spelling").
+        let corrected = match typed {
+            Some(q) if !request.verbatim => self
+                .catalog
+                .read()
+                .map_err(|_| poisoned())?
+                .correct_query(q),
+            _ => None,
+        };
+        let query = corrected.as_deref().or(typed);
         let query_vector = match query {
             Some(q) => match self.encoder.embed_query(q).await {
                 Ok(v) => Some(v),
@@ -602,6 +618,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             candidates: total,
             model_version: model.version,
             first_pass: pass,
+            corrected_query: corrected,
         })
     }
 

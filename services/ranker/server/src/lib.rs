@@ -430,6 +430,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         all_signals: request.all_signals,
         diversity: request.diversity,
         include_purchased: request.include_purchased,
+        verbatim: request.verbatim,
     })
 }
 
@@ -522,6 +523,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .collect(),
             candidates: ranking.candidates as u32,
             model_version: ranking.model_version,
+            corrected_query: ranking.corrected_query.unwrap_or_default(),
         }))
     }
 

@@ -3,10 +3,11 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Six request kinds, 400 each: a search by an
-//! anonymous visitor, the same search by a known shopper, a recommendation (no query), and
-//! the anonymous search filtered to a department (a twelfth of the items), by a price cap
-//! (an eighth) or to one colour attribute (a tenth).
+//! once, after loading, as a store reload does. Eight request kinds, 400 each: a search by an
+//! anonymous visitor, the same search misspelt (two letters swapped), the search by a known
+//! shopper, a recommendation (no query), and the anonymous search filtered to a department
+//! (a twelfth of the items), by a price cap (an eighth), to one colour attribute (a tenth),
+//! or under 60 in two colours.
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
@@ -249,10 +250,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .collect();
+    // The same queries with two letters swapped in a word of 4+ letters (`Bm25::correct`
+    // puts them back; "mug" alone stays as typed).
+    let misspelt: Vec<String> = queries
+        .iter()
+        .map(|q| {
+            let words: Vec<String> = q
+                .split(' ')
+                .map(|w| {
+                    let mut b = w.as_bytes().to_vec();
+                    if b.len() >= 4 {
+                        b.swap(1, 2);
+                    }
+                    String::from_utf8_lossy(&b).into_owned()
+                })
+                .collect();
+            words.join(" ")
+        })
+        .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 7] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 8] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("search, misspelt", &|i| RankQuery {
+            query: Some(misspelt[i].clone()),
             k: 10,
             explain: true,
             ..RankQuery::default()

@@ -418,6 +418,48 @@ async fn a_click_moves_the_next_rank_and_user_ids_stay_off_disk() {
     }
 }
 
+/// With the candidate pool (an HNSW graph from the first item, as a large shop has), an item
+/// the graph relates to what the shopper bought is recommended and explained although no
+/// other signal proposes it: p00107 complements p00100 and has no events (not popular, no
+/// co-occurrence). The ranker asks the real graph service for the neighbours.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_graph_proposes_related_items_as_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let ranker = start_ranker_ann(&dir.path().join("ranker"), &encoder, &kg.url(), 0).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let user = "bought-one-lamp";
+    let event = rk::Interaction {
+        user_id: user.into(),
+        item_id: "p00100".into(),
+        kind: rk::InteractionKind::Purchase as i32,
+        value: 1.0,
+        timestamp_ms: 0,
+    };
+    client
+        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest {
+            interactions: vec![event],
+        }]))
+        .await
+        .unwrap();
+    // Its only signal is the graph's (0.35 of 1 by default), under the tents that CF and
+    // popularity carry, so a long list.
+    let r = client.rank(rank(user, "", 40)).await.unwrap().into_inner();
+    assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+    let related = r
+        .items
+        .iter()
+        .find(|i| i.id == "p00107")
+        .unwrap_or_else(|| panic!("p00107 missing from {:#?}", r.items));
+    assert!(
+        related.reasons.iter().any(|x| x.contains("goes with")),
+        "{:?}",
+        related.reasons
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn state_survives_a_restart_and_deletes_stick() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,12 @@ const KG_EMBEDDED_SOURCES: usize = 5;
 /// An embedding neighbour counts at most this much of the graph feature: a stated relation
 /// (same brand, accessory: 0.7-1.0) stays stronger than a learned resemblance.
 const KG_EMBEDDING_WEIGHT: f32 = 0.6;
+/// Recent history items whose directly related items (accessories, complements) join the
+/// candidates, and how many of each: the pool of a large catalog holds nearest, lexical,
+/// CF and popular items, and without these an accessory of the phone just bought, which the
+/// graph signal ranks first, was never scored.
+const KG_RELATED_SOURCES: usize = 10;
+const KG_RELATED_PER_ITEM: usize = 50;
 
 /// Where query vectors come from (the encoder service, or a fake in tests).
 pub trait EmbeddingSource: Send + Sync {
@@ -49,6 +55,17 @@ pub trait GraphSource: Send + Sync {
         _entities: Vec<String>,
     ) -> impl Future<Output = Result<HashMap<String, Vec<f32>>, SourceError>> + Send {
         async { Ok(HashMap::new()) }
+    }
+
+    /// Item entities joined to any of `items` (item entities) by one edge, either way
+    /// (accessory of, goes with), at most `per_item` from each: candidates for the shopper's
+    /// graph signal that no other signal proposes. Unknown items have none.
+    fn related_items(
+        &self,
+        _items: Vec<String>,
+        _per_item: usize,
+    ) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send {
+        async { Ok(Vec::new()) }
     }
 }
 
@@ -76,6 +93,14 @@ impl<T: GraphSource> GraphSource for Arc<T> {
         entities: Vec<String>,
     ) -> impl Future<Output = Result<HashMap<String, Vec<f32>>, SourceError>> + Send {
         (**self).entity_vectors(entities)
+    }
+
+    fn related_items(
+        &self,
+        items: Vec<String>,
+        per_item: usize,
+    ) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send {
+        (**self).related_items(items, per_item)
     }
 }
 
@@ -516,21 +541,72 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             _ => None,
         };
         let query = corrected.as_deref().or(typed);
-        let query_vector = match query {
-            Some(q) => match self.encoder.embed_query(q).await {
-                Ok(v) => Some(v),
-                Err(error) => {
-                    tracing::warn!(%error, "encoder unavailable; ranking without the dense signal");
-                    missing.push(Signal::Dense);
-                    None
-                }
-            },
-            None => None,
-        };
         let weights = if query.is_some() {
             model.with_query
         } else {
             model.without_query
+        };
+        let history = {
+            let catalog = self.catalog.read().map_err(|_| poisoned())?;
+            request
+                .user
+                .as_ref()
+                .map(|u| catalog.history(u))
+                .unwrap_or_default()
+        };
+        // The query's vector and the items related to the shopper's recent ones, at once.
+        let sources: Vec<String> = if graph_rescores(&history, &weights) {
+            history
+                .iter()
+                .take(KG_RELATED_SOURCES)
+                .map(|h| item_entity(&h.item_id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let embed = async {
+            match query {
+                Some(q) => Some(self.encoder.embed_query(q).await),
+                None => None,
+            }
+        };
+        let related = async {
+            if sources.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.graph.related_items(sources, KG_RELATED_PER_ITEM).await
+            }
+        };
+        let (query_vector, related) = futures::join!(embed, related);
+        let query_vector = match query_vector {
+            Some(Ok(v)) => Some(v),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "encoder unavailable; ranking without the dense signal");
+                missing.push(Signal::Dense);
+                None
+            }
+            None => None,
+        };
+        // A graph that cannot list neighbours is not asked for paths either: a second
+        // deadline would double the wait.
+        let (related, graph_up): (Vec<String>, bool) = match related {
+            Ok(entities) => (
+                entities
+                    .iter()
+                    .filter_map(|e| entity_item(e).map(str::to_string))
+                    .collect(),
+                true,
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "knowledge graph unavailable; ranking without it");
+                missing.push(Signal::Kg);
+                (Vec::new(), false)
+            }
+        };
+        let shopper = Shopper {
+            history: &history,
+            related: &related,
+            graph: graph_up && graph_rescores(&history, &weights),
         };
 
         // The ranking is built tier by tier (`PAGE_TIERS`): positions up to 64 from a pool
@@ -538,7 +614,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         // placed, and so on, so every page is a slice of the same list, however deep.
         let depth = request.depth();
         let mut chosen: Vec<Candidate> = Vec::with_capacity(depth);
-        let mut history = Vec::new();
         let (mut total, mut pass) = (0, FirstPass::default());
         let mut start = 0;
         for tier in PAGE_TIERS {
@@ -552,12 +627,13 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     query,
                     query_vector.as_deref(),
                     &weights,
+                    shopper,
                     Tier {
                         start,
                         end: tier,
                         placed: &chosen,
+                        picks: depth.min(tier) - chosen.len(),
                     },
-                    depth.min(tier) - chosen.len(),
                 )
                 .await?;
             if placed.graph_missing && !missing.contains(&Signal::Kg) {
@@ -565,7 +641,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             }
             total = total.max(placed.scored);
             pass = placed.pass;
-            history = placed.history;
             chosen.extend(placed.picked);
             start = tier;
         }
@@ -622,7 +697,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         })
     }
 
-    /// The picks of one tier of the ranking: the best `picks` items (by MMR with diversity)
+    /// The picks of one tier of the ranking: the best `tier.picks` items (by MMR with diversity)
     /// of a first pass sized for the tier's end, the items placed by earlier tiers excluded
     /// and, for MMR, counted as already picked.
     async fn rank_tier(
@@ -631,39 +706,48 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         query: Option<&str>,
         query_vector: Option<&[f32]>,
         weights: &[f32; 5],
+        shopper: Shopper<'_>,
         tier: Tier<'_>,
-        picks: usize,
     ) -> Result<TierPicks, RankError> {
+        let history = shopper.history;
         // First pass, under the lock: candidates and every feature but the graph's.
-        let (mut candidates, scored, history, graph, pass) = {
+        let (mut candidates, scored, pass) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
-            let history = request
-                .user
-                .as_ref()
-                .map(|u| catalog.history(u))
-                .unwrap_or_default();
-            let (candidates, scored, pass) = first_pass(
+            first_pass(
                 &catalog,
                 request,
                 query,
                 query_vector,
-                &history,
+                shopper,
                 weights,
                 tier,
-            );
-            let graph = graph_rescores(&history, weights);
-            (candidates, scored, history, graph, pass)
+            )
         };
 
         // The graph signal for the best candidates: paths from the user's recent items.
         let mut graph_missing = false;
-        if graph && !candidates.is_empty() {
+        if shopper.graph && !candidates.is_empty() {
             let sources: Vec<String> = history
                 .iter()
                 .take(KG_SOURCES)
                 .map(|h| item_entity(&h.item_id))
                 .collect();
-            let shortlist = candidates.len().min(graph_shortlist(tier.end));
+            let mut shortlist = candidates.len().min(graph_shortlist(tier.end));
+            // Related items the first pass scored low join the shortlist (they are there
+            // for their graph feature), within the graph's 1,000 targets.
+            if !shopper.related.is_empty() && shortlist < candidates.len() {
+                let related: HashSet<&str> = shopper.related.iter().map(String::as_str).collect();
+                let room = MAX_K.saturating_sub(shortlist);
+                let (mut lifted, mut rest): (Vec<Candidate>, Vec<Candidate>) = candidates
+                    .drain(shortlist..)
+                    .partition(|c| related.contains(c.id.as_str()));
+                if lifted.len() > room {
+                    rest.extend(lifted.drain(room..));
+                }
+                shortlist += lifted.len();
+                candidates.extend(lifted);
+                candidates.extend(rest);
+            }
             let targets: Vec<String> = candidates[..shortlist]
                 .iter()
                 .map(|c| item_entity(&c.id))
@@ -679,7 +763,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 self.graph.entity_vectors(embedded)
             );
             match paths {
-                Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, &history, weights),
+                Ok(paths) => apply_paths(&mut candidates[..shortlist], paths, history, weights),
                 Err(error) => {
                     tracing::warn!(%error, "knowledge graph unavailable; ranking without it");
                     graph_missing = true;
@@ -706,7 +790,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             &catalog,
             candidates,
             tier.placed,
-            picks,
+            tier.picks,
             mmr_pool(tier.end),
             request.diversity,
         );
@@ -714,7 +798,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             picked,
             scored,
             pass,
-            history,
             graph_missing,
         })
     }
@@ -729,12 +812,14 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
 /// larger pool than the page before it, which could show an item twice or skip one.)
 const PAGE_TIERS: [usize; 3] = [64, 256, MAX_K];
 
-/// Positions `start..end` of a ranking, and the items placed before them.
+/// Positions `start..end` of a ranking, the items placed before them, and how many of its
+/// positions the request reaches.
 #[derive(Debug, Clone, Copy)]
 struct Tier<'a> {
     start: usize,
     end: usize,
     placed: &'a [Candidate],
+    picks: usize,
 }
 
 /// What one tier placed.
@@ -742,8 +827,17 @@ struct TierPicks {
     picked: Vec<Candidate>,
     scored: usize,
     pass: FirstPass,
-    history: Vec<HistoryEntry>,
     graph_missing: bool,
+}
+
+/// The shopper's side of a request: recent history (newest first), the items the graph
+/// relates to it (ids), and whether the graph signal rescores (a history, a graph weight and
+/// a graph that answered).
+#[derive(Debug, Clone, Copy)]
+struct Shopper<'a> {
+    history: &'a [HistoryEntry],
+    related: &'a [String],
+    graph: bool,
 }
 
 /// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
@@ -863,11 +957,19 @@ fn first_pass(
     request: &RankQuery,
     query: Option<&str>,
     query_vector: Option<&[f32]>,
-    history: &[HistoryEntry],
+    shopper: Shopper<'_>,
     weights: &[f32; 5],
     tier: Tier<'_>,
 ) -> (Vec<Candidate>, usize, FirstPass) {
-    let keep = keep_for(tier.end, graph_rescores(history, weights));
+    let history = shopper.history;
+    let keep = keep_for(tier.end, shopper.graph);
+    // Items the graph relates to the shopper's recent ones: in the pool, and kept below
+    // `keep` too, so that the graph can score them.
+    let related: HashSet<u32> = shopper
+        .related
+        .iter()
+        .filter_map(|id| catalog.slot_of(id))
+        .collect();
     let purchased: HashSet<u32> = history
         .iter()
         .filter(|h| h.kind == InteractionKind::Purchase)
@@ -923,6 +1025,14 @@ fn first_pass(
         } else {
             FirstPass::Scan
         };
+        let pool = pool.map(|mut pool| {
+            if !related.is_empty() {
+                pool.extend(&related);
+                pool.sort_unstable();
+                pool.dedup();
+            }
+            pool
+        });
         (pool, pass)
     };
     let pop_norm = catalog.max_popularity().ln_1p();
@@ -981,7 +1091,9 @@ fn first_pass(
     };
     if keep < total && keep > 0 {
         scored.select_nth_unstable_by(keep - 1, order);
-        scored.truncate(keep);
+        let mut below = scored.split_off(keep);
+        below.retain(|(slot, _, _)| related.contains(slot));
+        scored.extend(below);
     }
     scored.sort_by(order);
     let candidates = scored

@@ -10,7 +10,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
-    EmbeddingSource, FirstPass, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
+    EmbeddingSource, FirstPass, GraphPath, GraphSource, GraphStep, RankQuery, Ranker, SourceError,
 };
 
 const DIM: usize = 32;
@@ -317,4 +317,91 @@ async fn hnsw_candidates_find_what_the_exact_scan_finds() {
     let after = top(&ann, q, 10).await;
     assert!(!after.contains(&"x99999".to_string()));
     assert_eq!(after[0], first[1], "the runner-up moves up");
+}
+
+/// A graph in which x04321 is an accessory of x00100 and nothing else is related; it lists
+/// that neighbour only when `lists_related` (as a graph before `related_items` did not).
+struct Accessory {
+    lists_related: bool,
+}
+
+impl GraphSource for Accessory {
+    async fn paths(
+        &self,
+        sources: Vec<String>,
+        targets: Vec<String>,
+        _: u32,
+    ) -> Result<Vec<GraphPath>, SourceError> {
+        let (from, to) = ("item:x00100".to_string(), "item:x04321".to_string());
+        Ok(if sources.contains(&from) && targets.contains(&to) {
+            vec![GraphPath {
+                source: from,
+                target: to.clone(),
+                steps: vec![GraphStep {
+                    relation: "accessory_of".into(),
+                    forward: false,
+                    entity: to,
+                }],
+            }]
+        } else {
+            Vec::new()
+        })
+    }
+
+    async fn related_items(
+        &self,
+        items: Vec<String>,
+        _per_item: usize,
+    ) -> Result<Vec<String>, SourceError> {
+        Ok(
+            if self.lists_related && items.contains(&"item:x00100".to_string()) {
+                vec!["item:x04321".to_string()]
+            } else {
+                Vec::new()
+            },
+        )
+    }
+}
+
+/// In a catalog ranked from the candidate pool, a shopper who bought x00100 is recommended its
+/// accessory x04321 first, explained, although no other signal (nearest, lexical, CF, popular)
+/// proposes it: the graph's related items are candidates. Without them it is never scored.
+#[tokio::test]
+async fn related_items_from_the_graph_are_candidates() {
+    let (ann, _, queries) = shop(1_000);
+    let shopper = UserKey::from_stored("00000000000000ff".to_string());
+    ann.catalog().write().unwrap().record(&Interaction {
+        user: shopper.clone(),
+        item_id: "x00100".into(),
+        kind: InteractionKind::Purchase,
+        value: 1.0,
+        timestamp_ms: 1_000_000,
+    });
+    let recommend = RankQuery {
+        user: Some(shopper),
+        k: 10,
+        explain: true,
+        ..Default::default()
+    };
+    for lists_related in [true, false] {
+        let ranker = Ranker::new(
+            ann.catalog().clone(),
+            Queries(queries.clone()),
+            Accessory { lists_related },
+        );
+        let ranking = ranker.rank(&recommend).await.unwrap();
+        assert_eq!(ranking.first_pass, FirstPass::Pool);
+        assert!(ranking.missing_signals.is_empty());
+        let ids: Vec<&str> = ranking.items.iter().map(|i| i.id.as_str()).collect();
+        if lists_related {
+            assert_eq!(ids[0], "x04321", "{ids:?}");
+            assert!(
+                ranking.items[0].reasons[0].contains("accessory for the Thing you bought"),
+                "{:?}",
+                ranking.items[0].reasons
+            );
+        } else {
+            assert!(!ids.contains(&"x04321"), "{ids:?}");
+        }
+    }
 }

@@ -328,4 +328,54 @@ impl GraphSource for GrpcGraph {
                 .collect()),
         }
     }
+
+    /// One `Neighbors` call per item, all at once within one deadline; an item's own facts
+    /// (brand, category, attributes: a handful) come back too, so each asks for
+    /// `per_item + 16` edges and keeps the items.
+    async fn related_items(
+        &self,
+        items: Vec<String>,
+        per_item: usize,
+    ) -> Result<Vec<String>, SourceError> {
+        let limit = u32::try_from(per_item + 16).unwrap_or(u32::MAX).min(10_000);
+        let calls = items.iter().map(|entity| {
+            let mut client = self.client.clone();
+            let mut request = tonic::Request::new(kg::NeighborsRequest {
+                entity: entity.clone(),
+                relation: String::new(),
+                direction: kg::Direction::Both as i32,
+                limit,
+            });
+            request.set_timeout(self.timeout);
+            async move { client.neighbors(request).await }
+        });
+        let answers = tokio::time::timeout(self.timeout, futures::future::join_all(calls))
+            .await
+            .map_err(|_| {
+                SourceError(format!(
+                    "knowledge graph neighbours: no answer within {:?}",
+                    self.timeout
+                ))
+            })?;
+        let mut related = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(response) => related.extend(
+                    response
+                        .into_inner()
+                        .neighbors
+                        .into_iter()
+                        .filter(|n| n.entity.starts_with("item:"))
+                        .take(per_item)
+                        .map(|n| n.entity),
+                ),
+                // An item the graph does not hold has no neighbours.
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(failed("knowledge graph", &status)),
+            }
+        }
+        related.sort_unstable();
+        related.dedup();
+        Ok(related)
+    }
 }

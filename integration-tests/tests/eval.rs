@@ -2,18 +2,29 @@
 //! the long descriptions takes ~20 min on 2 cores), through the same code as `soukctl eval search`
 //! and the real encoder: the learned fusion, scored only on queries it was not trained on (5-fold),
 //! must beat every signal alone. (On a 60-query slice it did not: too few queries to learn from.)
+use std::path::PathBuf;
+
 use crate::common::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fused_search_beats_every_single_signal_on_held_out_queries() {
+/// The Crowdflower file, or `None` (saying the test was skipped) where it is absent.
+fn crowdflower() -> Option<PathBuf> {
     let source = repo_root().join("../shared/datasets/search/crowdflower-dev.csv");
-    if !source.is_file() {
+    if source.is_file() {
+        Some(source)
+    } else {
         eprintln!(
             "skipped: {} is absent (it is present in CI)",
             source.display()
         );
-        return;
+        None
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fused_search_beats_every_single_signal_on_held_out_queries() {
+    let Some(source) = crowdflower() else {
+        return;
+    };
     let args = soukctl::eval::SearchArgs {
         dataset: Some(source),
         folds: 5,
@@ -64,14 +75,9 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
 /// 0.8643 on titles, the clean queries 0.8724).
 #[tokio::test(flavor = "multi_thread")]
 async fn misspelt_queries_are_read_as_meant() {
-    let source = repo_root().join("../shared/datasets/search/crowdflower-dev.csv");
-    if !source.is_file() {
-        eprintln!(
-            "skipped: {} is absent (it is present in CI)",
-            source.display()
-        );
+    let Some(source) = crowdflower() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let encoder = shared_encoder().await;
     let mut fused = Vec::new();

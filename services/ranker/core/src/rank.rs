@@ -529,30 +529,27 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        // Misspelt words corrected against the catalog's texts, for every signal: on
-        // Crowdflower with one typo per query, correcting both the lexical and the dense
-        // signal's query recovered most of the loss (BENCHMARKS.md, "spelling").
-        let corrected = match typed {
-            Some(q) if !request.verbatim => self
-                .catalog
-                .read()
-                .map_err(|_| poisoned())?
-                .correct_query(q),
-            _ => None,
+        let (corrected, history) = {
+            let catalog = self.catalog.read().map_err(|_| poisoned())?;
+            // Misspelt words corrected against the catalog's texts, for every signal: on
+            // Crowdflower with one typo per query, correcting both the lexical and the dense
+            // signal's query recovered most of the loss (BENCHMARKS.md, "misspelt queries").
+            let corrected = match typed {
+                Some(q) if !request.verbatim => catalog.correct_query(q),
+                _ => None,
+            };
+            let history = request
+                .user
+                .as_ref()
+                .map(|u| catalog.history(u))
+                .unwrap_or_default();
+            (corrected, history)
         };
         let query = corrected.as_deref().or(typed);
         let weights = if query.is_some() {
             model.with_query
         } else {
             model.without_query
-        };
-        let history = {
-            let catalog = self.catalog.read().map_err(|_| poisoned())?;
-            request
-                .user
-                .as_ref()
-                .map(|u| catalog.history(u))
-                .unwrap_or_default()
         };
         // The query's vector and the items related to the shopper's recent ones, at once.
         let sources: Vec<String> = if graph_rescores(&history, &weights) {

@@ -117,6 +117,33 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
         paths.paths[0].steps[0].relation, "accessory_of",
         "the rebuilt graph still traverses"
     );
+    // Several entities' item neighbours in one call, in the order asked; an unknown one has
+    // none.
+    let each = client
+        .neighbors_of_each(kg::NeighborsOfEachRequest {
+            entities: vec!["item:p00029".into(), "ghost".into()],
+            direction: kg::Direction::Both as i32,
+            limit: 50,
+            prefix: "item:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = each.results.iter().map(|r| r.entity.as_str()).collect();
+    assert_eq!(names, ["item:p00029", "ghost"]);
+    let related: Vec<&str> = each.results[0]
+        .neighbors
+        .iter()
+        .map(|n| n.entity.as_str())
+        .collect();
+    assert!(related.contains(&"item:p00040"), "{related:?}");
+    assert!(
+        related.iter().all(|e| e.starts_with("item:")),
+        "{related:?}"
+    );
+    assert_eq!(each.results[0].total as usize, related.len());
+    assert!(each.results[1].neighbors.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,6 +191,34 @@ async fn queries_reject_bad_arguments_and_unknown_entities() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    for (request, message) in [
+        (
+            kg::NeighborsOfEachRequest {
+                limit: 5,
+                ..Default::default()
+            },
+            "entities must list 1..=256 entities, got 0",
+        ),
+        (
+            kg::NeighborsOfEachRequest {
+                entities: vec!["a".into(); 257],
+                limit: 5,
+                ..Default::default()
+            },
+            "got 257",
+        ),
+        (
+            kg::NeighborsOfEachRequest {
+                entities: vec!["ghost".into()],
+                limit: 0,
+                ..Default::default()
+            },
+            "limit must be 1..=",
+        ),
+    ] {
+        let status = client.neighbors_of_each(request).await.unwrap_err();
+        assert_invalid(&status, message);
+    }
     let status = client
         .entity_embeddings(kg::EntityEmbeddingsRequest {
             entities: vec!["a".into()],

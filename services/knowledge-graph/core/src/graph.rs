@@ -38,6 +38,9 @@ pub struct NeighborQuery {
     pub direction: Direction,
     /// 1..=10,000.
     pub limit: usize,
+    /// Only neighbours whose entity id starts with this ("item:"), when set; `total` counts
+    /// only those.
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +382,11 @@ impl Graph {
         };
         let mut found = NeighborsFound::default();
         for (other, relation, direction) in self.edges_of(id, query.direction, relation) {
+            if let Some(prefix) = &query.prefix
+                && !self.names[other as usize].starts_with(prefix.as_str())
+            {
+                continue;
+            }
             found.total += 1;
             if found.neighbors.len() < query.limit {
                 found.neighbors.push(Neighbor {
@@ -848,6 +856,7 @@ mod tests {
                 relation: None,
                 direction: Direction::Both,
                 limit: 10,
+                prefix: None,
             })
             .unwrap();
         assert_eq!(all.total, 3, "brand, category out; accessory_of in");
@@ -857,6 +866,7 @@ mod tests {
                 relation: None,
                 direction: Direction::In,
                 limit: 10,
+                prefix: None,
             })
             .unwrap();
         assert_eq!(
@@ -873,6 +883,7 @@ mod tests {
                 relation: Some("brand".into()),
                 direction: Direction::In,
                 limit: 1,
+                prefix: None,
             })
             .unwrap();
         assert_eq!((limited.neighbors.len(), limited.total), (1, 2));
@@ -881,10 +892,23 @@ mod tests {
                 entity: "ghost".into(),
                 relation: None,
                 direction: Direction::Both,
-                limit: 1
+                limit: 1,
+                prefix: None,
             }),
             Err(KgError::NotFound(_))
         ));
+        // Only the items among the tent's neighbours, counted alone.
+        let items = g
+            .neighbors(&NeighborQuery {
+                entity: "item:tent".into(),
+                relation: None,
+                direction: Direction::Both,
+                limit: 10,
+                prefix: Some("item:".into()),
+            })
+            .unwrap();
+        assert_eq!(items.total, 1);
+        assert_eq!(items.neighbors[0].entity, "item:pegs");
     }
 
     #[test]

@@ -276,6 +276,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             relation: Some(request.relation).filter(|r| !r.is_empty()),
             direction: direction(request.direction),
             limit: request.limit as usize,
+            prefix: None,
         };
         let loaded = self.loaded()?;
         let found = {
@@ -294,6 +295,51 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 .collect(),
             total: found.total as u64,
         }))
+    }
+
+    async fn neighbors_of_each(
+        &self,
+        request: Request<pb::NeighborsOfEachRequest>,
+    ) -> Result<Response<pb::NeighborsOfEachResponse>, Status> {
+        let request = request.into_inner();
+        if request.entities.is_empty() || request.entities.len() > 256 {
+            return Err(Status::invalid_argument(format!(
+                "entities must list 1..=256 entities, got {}",
+                request.entities.len()
+            )));
+        }
+        let loaded = self.loaded()?;
+        let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
+        let mut results = Vec::with_capacity(request.entities.len());
+        for entity in request.entities {
+            let query = NeighborQuery {
+                entity: entity.clone(),
+                relation: Some(request.relation.clone()).filter(|r| !r.is_empty()),
+                direction: direction(request.direction),
+                limit: request.limit as usize,
+                prefix: Some(request.prefix.clone()).filter(|p| !p.is_empty()),
+            };
+            let found = match graph.neighbors(&query) {
+                Ok(found) => found,
+                // An entity (or relation) the graph does not hold has no edges.
+                Err(KgError::NotFound(_)) => Default::default(),
+                Err(error) => return Err(status(error)),
+            };
+            results.push(pb::EntityNeighbors {
+                entity,
+                neighbors: found
+                    .neighbors
+                    .into_iter()
+                    .map(|n| pb::Neighbor {
+                        entity: n.entity,
+                        relation: n.relation,
+                        direction: direction_pb(n.direction),
+                    })
+                    .collect(),
+                total: found.total as u64,
+            });
+        }
+        Ok(Response::new(pb::NeighborsOfEachResponse { results }))
     }
 
     async fn paths(

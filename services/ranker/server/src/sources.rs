@@ -329,51 +329,38 @@ impl GraphSource for GrpcGraph {
         }
     }
 
-    /// One `Neighbors` call per item, all at once within one deadline; an item's own facts
-    /// (brand, category, attributes: a handful) come back too, so each asks for
-    /// `per_item + 16` edges and keeps the items.
+    /// One `NeighborsOfEach` call: every item's edges to other items, both ways.
     async fn related_items(
         &self,
         items: Vec<String>,
         per_item: usize,
     ) -> Result<Vec<String>, SourceError> {
-        let limit = u32::try_from(per_item + 16).unwrap_or(u32::MAX).min(10_000);
-        let calls = items.iter().map(|entity| {
-            let mut client = self.client.clone();
-            let mut request = tonic::Request::new(kg::NeighborsRequest {
-                entity: entity.clone(),
-                relation: String::new(),
-                direction: kg::Direction::Both as i32,
-                limit,
-            });
-            request.set_timeout(self.timeout);
-            async move { client.neighbors(request).await }
+        let mut request = tonic::Request::new(kg::NeighborsOfEachRequest {
+            entities: items,
+            relation: String::new(),
+            direction: kg::Direction::Both as i32,
+            limit: u32::try_from(per_item).unwrap_or(u32::MAX).clamp(1, 10_000),
+            prefix: "item:".into(),
         });
-        let answers = tokio::time::timeout(self.timeout, futures::future::join_all(calls))
-            .await
-            .map_err(|_| {
-                SourceError(format!(
+        request.set_timeout(self.timeout);
+        let mut client = self.client.clone();
+        let call = client.neighbors_of_each(request);
+        let response = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => {
+                return Err(SourceError(format!(
                     "knowledge graph neighbours: no answer within {:?}",
                     self.timeout
-                ))
-            })?;
-        let mut related = Vec::new();
-        for answer in answers {
-            match answer {
-                Ok(response) => related.extend(
-                    response
-                        .into_inner()
-                        .neighbors
-                        .into_iter()
-                        .filter(|n| n.entity.starts_with("item:"))
-                        .take(per_item)
-                        .map(|n| n.entity),
-                ),
-                // An item the graph does not hold has no neighbours.
-                Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => return Err(failed("knowledge graph", &status)),
+                )));
             }
-        }
+            Ok(Err(status)) => return Err(failed("knowledge graph", &status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let mut related: Vec<String> = response
+            .results
+            .into_iter()
+            .flat_map(|r| r.neighbors)
+            .map(|n| n.entity)
+            .collect();
         related.sort_unstable();
         related.dedup();
         Ok(related)

@@ -197,6 +197,17 @@ fn direction(d: i32) -> Direction {
     }
 }
 
+fn neighbors_pb(found: Vec<souk_kg_core::Neighbor>) -> Vec<pb::Neighbor> {
+    found
+        .into_iter()
+        .map(|n| pb::Neighbor {
+            entity: n.entity,
+            relation: n.relation,
+            direction: direction_pb(n.direction),
+        })
+        .collect()
+}
+
 fn direction_pb(d: Direction) -> i32 {
     match d {
         Direction::Out => pb::Direction::Out as i32,
@@ -284,15 +295,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             graph.neighbors(&query).map_err(status)?
         };
         Ok(Response::new(pb::NeighborsResponse {
-            neighbors: found
-                .neighbors
-                .into_iter()
-                .map(|n| pb::Neighbor {
-                    entity: n.entity,
-                    relation: n.relation,
-                    direction: direction_pb(n.direction),
-                })
-                .collect(),
+            neighbors: neighbors_pb(found.neighbors),
             total: found.total as u64,
         }))
     }
@@ -327,15 +330,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             };
             results.push(pb::EntityNeighbors {
                 entity,
-                neighbors: found
-                    .neighbors
-                    .into_iter()
-                    .map(|n| pb::Neighbor {
-                        entity: n.entity,
-                        relation: n.relation,
-                        direction: direction_pb(n.direction),
-                    })
-                    .collect(),
+                neighbors: neighbors_pb(found.neighbors),
                 total: found.total as u64,
             });
         }

@@ -308,8 +308,8 @@ pub enum FirstPass {
     /// Every item (a catalog below the HNSW threshold).
     #[default]
     Scan,
-    /// The candidate pool, then every item: fewer than offset + k of the pool passed (a
-    /// filter that few items pass, or many exclusions).
+    /// The candidate pool, then every item: fewer of the pool passed than the page tier holds
+    /// (a filter that few items pass, or many exclusions).
     PoolThenScan,
 }
 
@@ -551,16 +551,18 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         } else {
             model.without_query
         };
-        // The query's vector and the items related to the shopper's recent ones, at once.
-        let sources: Vec<String> = if graph_rescores(&history, &weights) {
+        // The graph entities of the shopper's most recent items, for every graph call.
+        let recent: Vec<String> = if graph_rescores(&history, &weights) {
             history
                 .iter()
-                .take(KG_RELATED_SOURCES)
+                .take(KG_SOURCES)
                 .map(|h| item_entity(&h.item_id))
                 .collect()
         } else {
             Vec::new()
         };
+        // The query's vector and the items related to the shopper's recent ones, at once.
+        let sources = recent[..recent.len().min(KG_RELATED_SOURCES)].to_vec();
         let embed = async {
             match query {
                 Some(q) => Some(self.encoder.embed_query(q).await),
@@ -602,6 +604,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
         let shopper = Shopper {
             history: &history,
+            recent: &recent,
             related: &related,
             graph: graph_up && graph_rescores(&history, &weights),
         };
@@ -724,11 +727,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         // The graph signal for the best candidates: paths from the user's recent items.
         let mut graph_missing = false;
         if shopper.graph && !candidates.is_empty() {
-            let sources: Vec<String> = history
-                .iter()
-                .take(KG_SOURCES)
-                .map(|h| item_entity(&h.item_id))
-                .collect();
             let mut shortlist = candidates.len().min(graph_shortlist(tier.end));
             // Related items the first pass scored low join the shortlist (they are there
             // for their graph feature), within the graph's 1,000 targets.
@@ -749,14 +747,14 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .iter()
                 .map(|c| item_entity(&c.id))
                 .collect();
-            let embedded: Vec<String> = sources
+            let recent_embedded = &shopper.recent[..shopper.recent.len().min(KG_EMBEDDED_SOURCES)];
+            let embedded: Vec<String> = recent_embedded
                 .iter()
-                .take(KG_EMBEDDED_SOURCES)
                 .chain(targets.iter().take(KG_EMBEDDED_CANDIDATES))
                 .cloned()
                 .collect();
             let (paths, vectors) = futures::join!(
-                self.graph.paths(sources, targets, 2),
+                self.graph.paths(shopper.recent.to_vec(), targets, 2),
                 self.graph.entity_vectors(embedded)
             );
             match paths {
@@ -768,13 +766,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             }
             match vectors {
                 Ok(vectors) if !vectors.is_empty() => {
-                    let recent: Vec<String> = history
-                        .iter()
-                        .take(KG_EMBEDDED_SOURCES)
-                        .map(|h| item_entity(&h.item_id))
-                        .collect();
                     let limit = shortlist.min(KG_EMBEDDED_CANDIDATES);
-                    apply_similarity(&mut candidates[..limit], &vectors, &recent, weights);
+                    apply_similarity(&mut candidates[..limit], &vectors, recent_embedded, weights);
                 }
                 Ok(_) => {}
                 Err(error) => tracing::debug!(%error, "no entity embeddings for this ranking"),
@@ -827,12 +820,14 @@ struct TierPicks {
     graph_missing: bool,
 }
 
-/// The shopper's side of a request: recent history (newest first), the items the graph
-/// relates to it (ids), and whether the graph signal rescores (a history, a graph weight and
-/// a graph that answered).
+/// The shopper's side of a request: recent history (newest first), the graph entities of its
+/// [`KG_SOURCES`] most recent items (empty when the graph does not rescore), the items the
+/// graph relates to them (ids), and whether the graph signal rescores (a history, a graph
+/// weight and a graph that answered).
 #[derive(Debug, Clone, Copy)]
 struct Shopper<'a> {
     history: &'a [HistoryEntry],
+    recent: &'a [String],
     related: &'a [String],
     graph: bool,
 }

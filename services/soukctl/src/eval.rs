@@ -341,9 +341,6 @@ pub(crate) async fn features(
         bm_title.insert(*t as u32, &texts[*t]);
         bm_full.insert(*f as u32, &texts[*f]);
     }
-    // Each query as the ranker understands it: misspelt words corrected against the indexed
-    // product texts (`Bm25::correct`, what `Rank` does), for the lexical signals and, with
-    // `Correct::All`, for the dense one too.
     // With `typos`, each query as a shopper might mistype it (keyed by the query as judged,
     // so the folds stay the same).
     let typed: HashMap<String, String> = rows
@@ -355,6 +352,9 @@ pub(crate) async fn features(
             (r.query.clone(), t)
         })
         .collect();
+    // Each query as the ranker understands it: misspelt words corrected against the indexed
+    // product texts (`Bm25::correct`, what `Rank` does), for the lexical signals and, with
+    // `Correct::All`, for the dense one too.
     let understood: HashMap<&str, String> = typed
         .iter()
         .map(|(q, t)| {
@@ -367,24 +367,21 @@ pub(crate) async fn features(
         .collect();
     if typing.typos.is_some() || typing.correct != Correct::None {
         let misspelt = typed.iter().filter(|(q, t)| q != t).count();
-        let changed = typed
+        let mut changed: Vec<(&String, &String)> = typed
             .iter()
             .filter(|(q, t)| understood[q.as_str()] != **t)
-            .count();
+            .collect();
+        changed.sort();
         let restored = typed
             .iter()
             .filter(|(q, _)| understood[q.as_str()] == **q)
             .count();
         eprintln!(
-            "{} queries: {misspelt} misspelt, {changed} corrected, {restored} read as judged",
-            typed.len()
+            "{} queries: {misspelt} misspelt, {} corrected, {restored} read as judged",
+            typed.len(),
+            changed.len()
         );
-        let mut shown: Vec<(&String, &String)> = typed
-            .iter()
-            .filter(|(q, t)| understood[q.as_str()] != **t)
-            .collect();
-        shown.sort();
-        for (q, t) in shown.into_iter().take(8) {
+        for (q, t) in changed.into_iter().take(8) {
             eprintln!("  {q:?}: typed {t:?}, read {:?}", understood[q.as_str()]);
         }
     }
@@ -679,6 +676,10 @@ pub async fn search_report(
     let mut signals = Vec::new();
     use souk_ranker_core::fusion::{TrainOptions, train};
     let k = args.k;
+    let typing = Typing {
+        typos: args.typos,
+        correct: args.correct,
+    };
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
         (Some(dataset), _, _) => {
             let groups = features(
@@ -686,10 +687,7 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
-                Typing {
-                    typos: args.typos,
-                    correct: args.correct,
-                },
+                typing,
             )
             .await?;
             (None, groups, args.folds.max(2))
@@ -700,10 +698,7 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
-                Typing {
-                    typos: args.typos,
-                    correct: args.correct,
-                },
+                typing,
             )
             .await?;
             let te = features(
@@ -711,10 +706,7 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
-                Typing {
-                    typos: args.typos,
-                    correct: args.correct,
-                },
+                typing,
             )
             .await?;
             (Some(tr), te, 1)

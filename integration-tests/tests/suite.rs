@@ -16,6 +16,11 @@ fn rank(user: &str, query: &str, k: u32) -> rk::RankRequest {
     }
 }
 
+/// A response's item ids, in rank order.
+fn ids(response: &rk::RankResponse) -> Vec<String> {
+    response.items.iter().map(|i| i.id.clone()).collect()
+}
+
 /// Popularity as the contract defines it: summed event weights (view 1, click 2, cart 3,
 /// purchase 5), computed here from the file independently of the service.
 fn popularity_from_events() -> HashMap<String, f32> {
@@ -116,8 +121,6 @@ async fn the_demo_shop_ranks_with_reasons() {
 async fn a_misspelt_search_is_ranked_as_meant() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
-    let ids =
-        |r: &rk::RankResponse| -> Vec<String> { r.items.iter().map(|i| i.id.clone()).collect() };
     let meant = client
         .rank(rank("", "wireless headphones", 5))
         .await
@@ -165,9 +168,7 @@ async fn pages_are_slices_of_one_ranking() {
             diversity: 0.5,
             ..rank(user, query, k)
         };
-        let ids =
-            |r: rk::RankResponse| -> Vec<String> { r.items.into_iter().map(|i| i.id).collect() };
-        let whole = ids(client.rank(page(0, 100)).await.unwrap().into_inner());
+        let whole = ids(&client.rank(page(0, 100)).await.unwrap().into_inner());
         assert_eq!(whole.len(), 100);
         let distinct: std::collections::HashSet<&String> = whole.iter().collect();
         assert_eq!(distinct.len(), 100, "{user} {query:?}: an item twice");
@@ -175,7 +176,7 @@ async fn pages_are_slices_of_one_ranking() {
         for offset in (0..100).step_by(10) {
             let r = client.rank(page(offset, 10)).await.unwrap().into_inner();
             assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
-            paged.extend(ids(r));
+            paged.extend(ids(&r));
         }
         assert_eq!(paged, whole, "{user} {query:?}");
     }
@@ -548,7 +549,7 @@ async fn boots(ranker: &Running) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    response.items.into_iter().map(|i| i.id).collect()
+    ids(&response)
 }
 
 /// A search filtered to Trailhound's hiking gear under 200: every result passes (checked on

@@ -16,6 +16,17 @@ fn failed(what: &str, status: &tonic::Status) -> SourceError {
     SourceError(format!("{what}: {:?} {}", status.code(), status.message()))
 }
 
+/// `call`'s answer, or "`what`: no answer within `limit`" when it takes longer.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| SourceError(format!("{what}: no answer within {limit:?}")))
+}
+
 /// Query vectors by query string, kept `ttl`; at most `capacity` entries.
 struct QueryCache {
     entries: HashMap<String, (Instant, Vec<f32>)>,
@@ -111,14 +122,8 @@ impl EmbeddingSource for GrpcEncoder {
         request.set_timeout(self.query_timeout);
         let mut client = self.client.clone();
         let call = client.embed(request);
-        let response = tokio::time::timeout(self.query_timeout, call)
-            .await
-            .map_err(|_| {
-                SourceError(format!(
-                    "encoder: no answer within {:?}",
-                    self.query_timeout
-                ))
-            })?
+        let response = within(self.query_timeout, "encoder", call)
+            .await?
             .map_err(|s| failed("encoder", &s))?;
         let vector = response
             .into_inner()
@@ -271,17 +276,11 @@ impl GraphSource for GrpcGraph {
         request.set_timeout(self.timeout);
         let mut client = self.client.clone();
         let call = client.paths(request);
-        let response = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => {
-                return Err(SourceError(format!(
-                    "knowledge graph: no answer within {:?}",
-                    self.timeout
-                )));
-            }
+        let response = match within(self.timeout, "knowledge graph", call).await? {
             // None of the user's items is in the graph: no paths, not an outage.
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => return Ok(Vec::new()),
-            Ok(Err(status)) => return Err(failed("knowledge graph", &status)),
-            Ok(Ok(response)) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(Vec::new()),
+            Err(status) => return Err(failed("knowledge graph", &status)),
+            Ok(response) => response.into_inner(),
         };
         Ok(response
             .paths
@@ -310,17 +309,11 @@ impl GraphSource for GrpcGraph {
         request.set_timeout(self.timeout);
         let mut client = self.client.clone();
         let call = client.entity_embeddings(request);
-        match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(SourceError(format!(
-                "knowledge graph embeddings: no answer within {:?}",
-                self.timeout
-            ))),
+        match within(self.timeout, "knowledge graph embeddings", call).await? {
             // No embeddings trained yet: the signal is simply absent.
-            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
-                Ok(HashMap::new())
-            }
-            Ok(Err(status)) => Err(failed("knowledge graph", &status)),
-            Ok(Ok(response)) => Ok(response
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(HashMap::new()),
+            Err(status) => Err(failed("knowledge graph", &status)),
+            Ok(response) => Ok(response
                 .into_inner()
                 .embeddings
                 .into_iter()
@@ -345,16 +338,10 @@ impl GraphSource for GrpcGraph {
         request.set_timeout(self.timeout);
         let mut client = self.client.clone();
         let call = client.neighbors_of_each(request);
-        let response = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => {
-                return Err(SourceError(format!(
-                    "knowledge graph neighbours: no answer within {:?}",
-                    self.timeout
-                )));
-            }
-            Ok(Err(status)) => return Err(failed("knowledge graph", &status)),
-            Ok(Ok(response)) => response.into_inner(),
-        };
+        let response = within(self.timeout, "knowledge graph neighbours", call)
+            .await?
+            .map_err(|status| failed("knowledge graph", &status))?
+            .into_inner();
         let mut related: Vec<String> = response
             .results
             .into_iter()

@@ -33,6 +33,9 @@ const MAX_LEVEL: usize = 15;
 /// A point's slot when it stands for no item (read back from a file whose item is gone).
 const NO_SLOT: u32 = u32::MAX;
 
+/// A slot's point when it has none.
+const NO_POINT: u32 = u32::MAX;
+
 /// Points inserted one at a time before batches start; a batch is then at most 1/32 of the
 /// points already linked, so a point misses few true neighbours that share its batch.
 const SERIAL_POINTS: usize = 1024;
@@ -142,6 +145,8 @@ pub struct AnnIndex {
     top: usize,
     /// Point id -> (slot, slot version at insertion).
     points: Vec<(u32, u32)>,
+    /// Slot -> its newest point ([`NO_POINT`]: none), where a seeded search starts.
+    point_of: Vec<u32>,
     stale: usize,
 }
 
@@ -167,6 +172,7 @@ impl AnnIndex {
             entry: None,
             top: 0,
             points: Vec::new(),
+            point_of: Vec::new(),
             stale: 0,
         }
     }
@@ -208,12 +214,25 @@ impl AnnIndex {
             self.dim = vector.len();
         }
         let level = level_of(self.points.len());
+        self.note_point(slot, self.points.len() as u32);
         self.points.push((slot, version));
         self.vectors.extend(vector.iter().map(|&x| to_f16(x)));
         self.levels.push(level as u8);
         self.base.extend(std::iter::repeat_n(0, M0));
         self.base_len.push(0);
         self.upper.push(vec![Vec::new(); level]);
+    }
+
+    /// Records `point` as the newest one of `slot`.
+    fn note_point(&mut self, slot: u32, point: u32) {
+        if slot == NO_SLOT {
+            return;
+        }
+        let at = slot as usize;
+        if self.point_of.len() <= at {
+            self.point_of.resize(at + 1, NO_POINT);
+        }
+        self.point_of[at] = point;
     }
 
     fn vector(&self, p: u32) -> &[u16] {
@@ -334,6 +353,7 @@ impl AnnIndex {
                     visited,
                     |_| true,
                     usize::MAX,
+                    f32::INFINITY,
                 );
                 plan[layer] = self.select(&found, M);
                 entries = found;
@@ -405,6 +425,7 @@ impl AnnIndex {
         visited: &mut Visited,
         accept: impl Fn(u32) -> bool,
         budget: usize,
+        within: f32,
     ) -> Vec<Near> {
         visited.start(self.points.len());
         let mut frontier: BinaryHeap<std::cmp::Reverse<Near>> = BinaryHeap::new();
@@ -413,7 +434,7 @@ impl AnnIndex {
         for &e in entries {
             if visited.first(e.id) {
                 frontier.push(std::cmp::Reverse(e));
-                if accept(e.id) {
+                if e.d <= within && accept(e.id) {
                     found.push(e);
                     if found.len() > ef {
                         found.pop();
@@ -422,7 +443,9 @@ impl AnnIndex {
             }
         }
         while let Some(std::cmp::Reverse(c)) = frontier.pop() {
-            if found.len() >= ef && found.peek().is_some_and(|worst| c.d > worst.d) {
+            if c.d > within
+                || (found.len() >= ef && found.peek().is_some_and(|worst| c.d > worst.d))
+            {
                 break;
             }
             if computed >= budget {
@@ -437,7 +460,7 @@ impl AnnIndex {
                 if found.len() < ef || found.peek().is_some_and(|worst| d < worst.d) {
                     let near = Near { d, id: n };
                     frontier.push(std::cmp::Reverse(near));
-                    if accept(n) {
+                    if d <= within && accept(n) {
                         found.push(near);
                         if found.len() > ef {
                             found.pop();
@@ -484,6 +507,27 @@ impl AnnIndex {
         ef: usize,
         accept: impl Fn(u32, u32) -> bool,
     ) -> Vec<u32> {
+        self.search_from(query, k, ef, &[], f32::NEG_INFINITY, accept)
+    }
+
+    /// [`Self::search`], with the base layer's walk also starting at the points of `seeds`
+    /// (slots; those without a point are skipped), and only points whose dot product with
+    /// `query` is at least `min_dot` answered: the walk stops once every point it could still
+    /// expand is below it. A filter that items all over the graph pass (the matches of a
+    /// common word) has its nearest items in several regions, and a walk from one entry
+    /// explores the nearest region and stops there; seeds spread over the accepted items
+    /// start it in each region they reach, and `min_dot` keeps it from filling its beam with
+    /// far points no caller wants (a region with 75 near matches, asked for 128, otherwise
+    /// walks to the budget).
+    pub fn search_from(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        seeds: &[u32],
+        min_dot: f32,
+        accept: impl Fn(u32, u32) -> bool,
+    ) -> Vec<u32> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
@@ -491,14 +535,25 @@ impl AnnIndex {
             return Vec::new();
         }
         let ef = ef.max(k);
-        let ep = self.descend(query, entry, 0);
+        let mut entries = vec![self.descend(query, entry, 0)];
+        entries.extend(
+            seeds
+                .iter()
+                .filter_map(|&slot| self.point_of.get(slot as usize))
+                .filter(|&&p| p != NO_POINT)
+                .map(|&p| Near {
+                    d: distance(query, self.vector(p)),
+                    id: p,
+                }),
+        );
         let accept = |id: u32| {
             let (slot, version) = self.points[id as usize];
             slot != NO_SLOT && accept(slot, version)
         };
         let found = VISITED.with_borrow_mut(|visited| {
             let budget = ef.saturating_mul(FILTERED_BUDGET);
-            self.search_layer(query, &[ep], ef, 0, visited, accept, budget)
+            let within = 1.0 - min_dot;
+            self.search_layer(query, &entries, ef, 0, visited, accept, budget, within)
         });
         found
             .into_iter()
@@ -705,7 +760,9 @@ impl AnnIndex {
             let point = id
                 .as_deref()
                 .and_then(|id| resolve(id, index.vector(p as u32)));
-            index.points.push(point.unwrap_or((NO_SLOT, 0)));
+            let (slot, version) = point.unwrap_or((NO_SLOT, 0));
+            index.note_point(slot, p as u32);
+            index.points.push((slot, version));
             if point.is_none() {
                 index.stale += 1;
             }
@@ -851,6 +908,40 @@ mod tests {
             assert!(r >= 0.95, "filtered recall@10: {r:.3}");
         }
         assert!(index.search(&queries[0], 10, 64, |_, _| false).is_empty());
+    }
+
+    /// A walk among the points of five clusters, with a query as near to each of them: from
+    /// seeds spread over those points it answers the exact nearest among them, and with a
+    /// floor on the dot product only the points above it (fewer than asked), nearest first.
+    #[test]
+    fn seeded_walks_answer_what_passes_above_the_floor() {
+        let vectors = clustered(4000, 24, 9);
+        let index = built(&vectors);
+        let fifth = |s: u32| s % 40 < 5;
+        let q = unit(
+            (0..24)
+                .map(|d| (0..5).map(|c| vectors[c][d]).sum::<f32>())
+                .collect(),
+        );
+        let kept: Vec<Vec<f32>> = (0..vectors.len() as u32)
+            .map(|s| {
+                if fifth(s) {
+                    vectors[s as usize].clone()
+                } else {
+                    vec![0.0; 24]
+                }
+            })
+            .collect();
+        let seeds: Vec<u32> = (0..4000).filter(|&s| fifth(s)).step_by(20).collect();
+        let want = exact(&kept, &q, 100);
+        let got = index.search_from(&q, 100, 100, &seeds, f32::NEG_INFINITY, |s, _| fifth(s));
+        let hits = got.iter().filter(|s| want.contains(s)).count();
+        assert!(hits >= 98, "{hits} of the exact 100");
+        // The floor: the 30th nearest's dot product.
+        let floor = crate::rank::dot(&q, &vectors[want[29] as usize]) - 1e-3;
+        let got = index.search_from(&q, 100, 100, &seeds, floor, |s, _| fifth(s));
+        assert!((29..=31).contains(&got.len()), "{}", got.len());
+        assert_eq!(got[..29], want[..29]);
     }
 
     fn halved(v: &[f32]) -> Vec<u16> {

@@ -427,6 +427,25 @@ impl Catalog {
         })
     }
 
+    /// The `k` live items that `accept` by slot whose vectors are closest to `query`, with a
+    /// dot product of at least `min_dot`, walked from `seeds` too (slots; see
+    /// [`AnnIndex::search_from`]).
+    pub(crate) fn ann_search_from(
+        &self,
+        query: &[f32],
+        k: usize,
+        seeds: &[u32],
+        min_dot: f32,
+        accept: impl Fn(u32) -> bool,
+    ) -> Option<Vec<u32>> {
+        let ann = self.ann.as_ref()?;
+        Some(
+            ann.search_from(query, k, k, seeds, min_dot, |slot, version| {
+                self.slot_versions.get(slot as usize) == Some(&version) && accept(slot)
+            }),
+        )
+    }
+
     /// A request's filters against the catalog's facet index.
     pub(crate) fn filter<'a>(&'a self, filters: &'a Filters) -> Filter<'a> {
         self.facets.resolve(filters)

@@ -311,15 +311,20 @@ pub enum FirstPass {
     /// The candidate pool, then every item: fewer of the pool passed than the page tier holds
     /// (a filter that few items pass, or many exclusions).
     PoolThenScan,
+    /// The candidate pool, then the graph's nearest items among the query's matches: a common
+    /// word matched more items than the pool takes, and one it left out could have reached
+    /// the page tier.
+    PoolThenMatches,
 }
 
 impl FirstPass {
-    pub const ALL: [FirstPass; 5] = [
+    pub const ALL: [FirstPass; 6] = [
         FirstPass::Given,
         FirstPass::Members,
         FirstPass::Pool,
         FirstPass::Scan,
         FirstPass::PoolThenScan,
+        FirstPass::PoolThenMatches,
     ];
 
     pub fn name(self) -> &'static str {
@@ -329,6 +334,7 @@ impl FirstPass {
             FirstPass::Pool => "pool",
             FirstPass::Scan => "scan",
             FirstPass::PoolThenScan => "pool_then_scan",
+            FirstPass::PoolThenMatches => "pool_then_matches",
         }
     }
 }
@@ -903,15 +909,21 @@ fn candidate_pool(
     filter: Option<&Filter>,
     keep: usize,
     k: usize,
-) -> Option<Vec<u32>> {
+) -> Option<CandidatePool> {
     let passes = |slot: u32| filter.is_none_or(|f| catalog.passes(f, slot));
+    let n = ANN_CANDIDATES.max(2 * k);
     let mut pool = match query_vector {
-        Some(q) => {
-            let n = ANN_CANDIDATES.max(2 * k);
-            catalog.ann_search(q, n, n, filter)?
-        }
+        Some(q) => catalog.ann_search(q, n, n, filter)?,
         None if catalog.uses_ann() => Vec::new(),
         None => return None,
+    };
+    // The graph's farthest answer bounds the dense score of every item it did not give
+    // (1 when it gave fewer than asked: a filter few items pass).
+    let dense_beyond = match (query_vector, pool.last()) {
+        (Some(q), Some(&far)) if pool.len() >= n => catalog
+            .item_at(far)
+            .map_or(1.0, |(_, v)| dot(q, v).max(0.0)),
+        _ => 1.0,
     };
     // The best BM25 hits only: a common word ("black") matches thousands of items.
     let mut lexical: Vec<(u32, f32)> = bm25
@@ -924,21 +936,59 @@ fn candidate_pool(
     } else {
         BM25_CANDIDATES.max(2 * k)
     };
+    let mut left_out = None;
     if lexical.len() > cap {
         lexical.select_nth_unstable_by(cap - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let bm25 = lexical[cap..].iter().map(|(_, v)| *v).fold(0.0, f32::max);
+        left_out = Some(LeftOut {
+            dense: dense_beyond,
+            bm25,
+            popularity: 0.0,
+        });
         lexical.truncate(cap);
     }
     pool.extend(lexical.into_iter().map(|(s, _)| s));
     pool.extend(cf.keys());
-    pool.extend(catalog.most_popular(if query_vector.is_some() {
+    let popular = if query_vector.is_some() {
         POPULAR_WITH_QUERY
     } else {
         keep
-    }));
+    };
+    let most_popular = catalog.most_popular(popular);
+    if let Some(left) = &mut left_out
+        && most_popular.len() == popular
+        && let Some(&least) = most_popular.last()
+    {
+        left.popularity = catalog.popularity_at(least);
+    }
+    pool.extend(most_popular);
     pool.sort_unstable();
     pool.dedup();
-    Some(pool)
+    Some(CandidatePool {
+        slots: pool,
+        left_out,
+    })
 }
+
+/// A search's candidate pool (sorted slots).
+struct CandidatePool {
+    slots: Vec<u32>,
+    /// Set when the query matched more items than the pool takes.
+    left_out: Option<LeftOut>,
+}
+
+/// Bounds on the raw features of a match the pool left out: its dense score is at most the
+/// graph's farthest answer's, its BM25 at most the best match not taken, its popularity at
+/// most the least popular item taken for popularity; every CF neighbour is in the pool.
+struct LeftOut {
+    dense: f32,
+    bm25: f32,
+    popularity: f32,
+}
+
+/// Starting points spread over a common word's matches for the graph walk among them (see
+/// [`AnnIndex::search_from`](crate::ann::AnnIndex::search_from)).
+const MATCH_SEEDS: usize = 128;
 
 /// Candidates (the caller's ids; the candidate pool of a catalog with an HNSW graph; or the
 /// whole catalog: an exact scan) that pass filters and exclusions, with dense, BM25, CF and
@@ -985,6 +1035,7 @@ fn first_pass(
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
     let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
+    let mut left_out = None;
     // Where the first pass looks (`None`: every item).
     let (pool, mut pass) = if !request.candidate_ids.is_empty() {
         let mut seen = HashSet::new();
@@ -1019,11 +1070,12 @@ fn first_pass(
         };
         let pool = pool.map(|mut pool| {
             if !related.is_empty() {
-                pool.extend(&related);
-                pool.sort_unstable();
-                pool.dedup();
+                pool.slots.extend(&related);
+                pool.slots.sort_unstable();
+                pool.slots.dedup();
             }
-            pool
+            left_out = pool.left_out.take();
+            pool.slots
         });
         (pool, pass)
     };
@@ -1069,9 +1121,72 @@ fn first_pass(
     // A filter can leave the candidate pool short of the tier (the graph gives up on one that
     // few items pass): the whole catalog then. Judged on the whole tier, not the request's
     // depth, so that every page of the tier comes from the same candidates.
-    if scored.len() < tier.end - tier.start && pass == FirstPass::Pool {
+    let place = tier.end - tier.start;
+    if scored.len() < place && pass == FirstPass::Pool {
         scored = score(&mut catalog.slots());
         pass = FirstPass::PoolThenScan;
+    }
+    // A common word ("Lite", "Pro") matches thousands of titles with near-equal BM25; the
+    // pool took the best 1,024 by BM25 and the graph's nearest items overall, so a match
+    // with a middling BM25 and a dense score just under the nearest items' was in neither,
+    // yet its sum can beat theirs (the real model at 100k items: 98.4% of exact top 10s,
+    // with this walk 99.6%; BENCHMARKS.md "common words").
+    // When the bounds on such a match reach the score at the tier's last place, the graph
+    // walks among the matches too, from seeds spread over them (a walk from one entry stays
+    // in the nearest region, and a generic word's matches are near in many).
+    if let (Some(q), Some(left), Some(pool)) = (query_vector, &left_out, &pool)
+        && pass == FirstPass::Pool
+        && weights[0] > 0.0
+        && place > 0
+        && scored.len() >= place
+    {
+        // All but the dense feature of a left-out match, at most.
+        let rest = fuse(
+            &[
+                0.0,
+                left.bm25 / bm25_max,
+                0.0,
+                0.0,
+                if pop_norm > 0.0 {
+                    left.popularity.ln_1p() / pop_norm
+                } else {
+                    0.0
+                },
+            ],
+            weights,
+        );
+        // The score at the tier's last place.
+        let mut scores: Vec<f32> = scored.iter().map(|(_, s, _)| *s).collect();
+        let last = *scores
+            .select_nth_unstable_by(place - 1, |a, b| b.total_cmp(a))
+            .1;
+        if rest + weights[0] * left.dense >= last {
+            // The dense score a left-out match needs to reach the tier (the graph's vectors
+            // are f16: a little under it).
+            let min_dot = (last - rest) / weights[0] - 0.01;
+            let passes = |slot: u32| filter.as_ref().is_none_or(|f| catalog.passes(f, slot));
+            let seeds: Vec<u32> = bm25
+                .keys()
+                .copied()
+                .step_by((bm25.len() / MATCH_SEEDS).max(1))
+                .filter(|&s| passes(s))
+                .collect();
+            let more = catalog
+                .ann_search_from(
+                    q,
+                    ANN_CANDIDATES.max(2 * tier.end),
+                    &seeds,
+                    min_dot,
+                    |slot| {
+                        bm25.contains_key(&slot)
+                            && pool.binary_search(&slot).is_err()
+                            && passes(slot)
+                    },
+                )
+                .unwrap_or_default();
+            scored.extend(score(&mut more.into_iter()));
+            pass = FirstPass::PoolThenMatches;
+        }
     }
     let total = scored.len();
     // Only the best `keep` can reach the answer: the graph shortlist and the MMR pool are

@@ -405,3 +405,73 @@ async fn related_items_from_the_graph_are_candidates() {
         }
     }
 }
+
+/// "lite" is in 5,000 of 6,000 titles, most of them short (the best BM25); the 300 whose
+/// vectors are near the query have long titles, and 1,000 items without the word are nearer
+/// still. The exact top 10 are those 300's best (dense and a little BM25 beat dense alone),
+/// yet the pool's graph answers are the 1,000 and its 1,024 BM25 hits the short titles: the
+/// pool alone ranks the nearest non-matching items first. The graph's walk among the matches
+/// finds them, and a rarer word's search needs no walk.
+#[tokio::test]
+async fn a_common_word_s_best_matches_are_found_among_thousands() {
+    let mut rng = Rng(11);
+    let query = unit((0..DIM).map(|_| rng.next()).collect());
+    let aside = unit((0..DIM).map(|_| rng.next()).collect());
+    let near = unit(query.iter().zip(&aside).map(|(q, a)| q + 0.5 * a).collect());
+    let far: Vec<Vec<f32>> = (0..20)
+        .map(|_| unit((0..DIM).map(|_| rng.next()).collect()))
+        .collect();
+    let fillers = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa"];
+    let catalog = |min_items: usize| {
+        let mut rng = Rng(13);
+        let mut catalog = Catalog::default();
+        catalog.set_ann_min_items(min_items);
+        for i in 0..6_000 {
+            let (title, centre) = match i {
+                0..1_000 => ("Thing".to_string(), &query),
+                1_000..1_300 => (format!("Lite {}", fillers.join(" ")), &near),
+                _ => {
+                    let words = &fillers[..i % 4];
+                    let rare = if i % 2 == 0 { " rare" } else { "" };
+                    (format!("Lite {}{rare}", words.join(" ")), &far[i % 20])
+                }
+            };
+            let v = unit(centre.iter().map(|x| x + 0.2 * rng.next()).collect());
+            let item = Item {
+                id: format!("x{i:05}"),
+                title,
+                ..item(i)
+            };
+            catalog.upsert(item.validated().unwrap(), v).unwrap();
+        }
+        Arc::new(RwLock::new(catalog))
+    };
+    let queries: HashMap<String, Vec<f32>> = [
+        ("lite".to_string(), query.clone()),
+        ("rare".to_string(), query.clone()),
+    ]
+    .into();
+    let exact = Ranker::new(catalog(usize::MAX), Queries(queries.clone()), NoGraph);
+    let ann = Ranker::new(catalog(0), Queries(queries), NoGraph);
+    let search = |q: &str| RankQuery {
+        query: Some(q.into()),
+        k: 10,
+        ..Default::default()
+    };
+    let ranking = ann.rank(&search("lite")).await.unwrap();
+    assert_eq!(ranking.first_pass, FirstPass::PoolThenMatches);
+    let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
+    let wanted = ids(&exact, &search("lite")).await;
+    assert!(
+        wanted
+            .iter()
+            .all(|id| ("x01000".."x01300").contains(&id.as_str())),
+        "{wanted:?}"
+    );
+    assert_eq!(found, wanted);
+    // 2,500 matches: all in the pool, nothing left out.
+    let ranking = ann.rank(&search("rare")).await.unwrap();
+    assert_eq!(ranking.first_pass, FirstPass::Pool);
+    let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
+    assert_eq!(found, ids(&exact, &search("rare")).await);
+}

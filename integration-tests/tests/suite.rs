@@ -116,7 +116,7 @@ async fn the_demo_shop_ranks_with_reasons() {
 }
 
 /// A misspelt search through gRPC is ranked as the shopper meant it, and says so; `verbatim`
-/// ranks it as typed.
+/// ranks it as typed; a search without the accents of a title finds it with nothing corrected.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_misspelt_search_is_ranked_as_meant() {
     let shop = demo_shop().await;
@@ -153,6 +153,33 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         "{:?}",
         verbatim.items[0].reasons
     );
+    // A missing accent is no typo: "creme brulee" matches "Crème Brûlée" as written, with
+    // nothing to correct, and so does the upper-cased, accented query.
+    let accented = rk::UpsertItemsRequest {
+        items: vec![rk::Item {
+            id: "torch-1".into(),
+            title: "Crème Brûlée Torch".into(),
+            category: vec!["Kitchen".into()],
+            price: 24.0,
+            in_stock: true,
+            ..Default::default()
+        }],
+    };
+    client
+        .upsert_items(futures::stream::iter(vec![accented]))
+        .await
+        .unwrap();
+    for query in ["creme brulee", "CRÈME BRÛLÉE"] {
+        let found = client.rank(rank("", query, 3)).await.unwrap().into_inner();
+        assert_eq!(found.corrected_query, "", "{query}");
+        assert_eq!(ids(&found)[0], "torch-1", "{query}");
+        let bm25 = found.items[0]
+            .contributions
+            .iter()
+            .find(|c| c.signal == "bm25")
+            .map_or(0.0, |c| c.value);
+        assert_eq!(bm25, 1.0, "{query}: {:?}", found.items[0].contributions);
+    }
 }
 
 /// Pages through gRPC, for a returning shopper (graph paths rescore) with diversity: ten pages

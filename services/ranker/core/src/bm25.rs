@@ -1,6 +1,9 @@
 //! An incremental BM25 index over item texts (Robertson/Sparck Jones, k1 = 1.2, b = 0.75).
 use std::collections::HashMap;
 
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
 use crate::catalog::IdHash;
 
 const K1: f32 = 1.2;
@@ -10,15 +13,42 @@ const STOP: &[&str] = &[
     "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
 ];
 
-/// Lower-cased alphanumeric terms with plurals folded ("lights" matches "light", "batteries"
-/// matches "battery"); a few stop words are dropped.
+/// Lower-cased alphanumeric terms without accents ("Crème" matches "creme"), plurals folded
+/// ("lights" matches "light", "batteries" matches "battery"); a few stop words are dropped.
 pub fn terms(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+        .map(fold)
         .filter(|t| !STOP.contains(&t.as_str()))
         .map(plural_stem)
         .collect()
+}
+
+/// A word lower-cased, with its accents and other combining marks dropped (canonical
+/// decomposition: "é" -> "e", "ñ" -> "n", "ö" -> "o") and the Latin letters that do not
+/// decompose written out as Lucene's ASCII folding does ("ß" -> "ss", "æ" -> "ae", "ø" ->
+/// "o", "ł" -> "l"): shoppers type "creme brulee" for "Crème Brûlée". Other scripts keep
+/// their letters (CJK has no marks to drop; a Hangul syllable decomposes into its jamo on
+/// both sides alike).
+pub fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        return word.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(word.len());
+    for c in word.nfd().filter(|c| !is_combining_mark(*c)) {
+        match c {
+            'ß' | 'ẞ' => out.push_str("ss"),
+            'æ' | 'Æ' => out.push_str("ae"),
+            'œ' | 'Œ' => out.push_str("oe"),
+            'þ' | 'Þ' => out.push_str("th"),
+            'ø' | 'Ø' => out.push('o'),
+            'ł' | 'Ł' => out.push('l'),
+            'đ' | 'Đ' | 'ð' | 'Ð' => out.push('d'),
+            'ı' => out.push('i'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
 }
 
 /// Query words shorter than this are never corrected: one edit turns most 3-letter words into
@@ -128,10 +158,11 @@ impl Bm25 {
     /// in the most documents (on a tie the longer, then the first by text): "wireless
     /// hedphones" -> "wireless headphones". Words under
     /// [`MIN_CORRECTED_CHARS`] letters, with a digit (model numbers), stop words and words
-    /// with no such neighbour stay as typed; `None` when no word changed. Inserted and
-    /// replacing letters are a-z and the word's own (all letters of a script would be
-    /// thousands of lookups for CJK), so outside a-z a doubled, dropped or swapped letter is
-    /// corrected but a missing accent is not ("creme" stays, "crèmme" -> "crème").
+    /// with no such neighbour stay as typed; `None` when no word changed. Words are looked up
+    /// folded ([`fold`]: "creme" is no misspelling of "crème", it is the same term) and
+    /// edited as typed ("crèmme" -> "crème"). Inserted and replacing letters are a-z and the
+    /// word's own (all letters of a script would be thousands of lookups for CJK), so
+    /// outside a-z a doubled, dropped or swapped letter is corrected.
     ///
     /// # Complexity
     /// About 55 x (letters) index lookups per unknown word (every one-edit neighbour): ~0.1 ms
@@ -176,8 +207,8 @@ impl Bm25 {
             return None;
         }
         let lower = word.to_lowercase();
-        if STOP.contains(&lower.as_str()) || self.postings.contains_key(&plural_stem(lower.clone()))
-        {
+        let folded = fold(&lower);
+        if STOP.contains(&folded.as_str()) || self.postings.contains_key(&plural_stem(folded)) {
             return None;
         }
         *tried += 1;
@@ -192,7 +223,7 @@ impl Bm25 {
             if word.chars().count() < MIN_CORRECTED_CHARS - 1 || STOP.contains(&word.as_str()) {
                 return;
             }
-            let term = plural_stem(word.clone());
+            let term = plural_stem(fold(&word));
             let documents = self.postings.get(&term).map_or(0, HashMap::len);
             if documents == 0 {
                 return;
@@ -336,10 +367,12 @@ mod tests {
             ("leathre walet", Some("leather wallet")),
             ("wallez", Some("wallet")),
             // Other scripts: edits within the word's own letters (and a-z): a doubled or
-            // dropped letter is found, an accent the word lacks is not.
+            // dropped letter is found; a missing accent is no misspelling (folded alike).
             ("crèmme mug", Some("crème mug")),
+            ("cremme mug", Some("creme mug")),
             ("кружа", Some("кружка")),
             ("creme mug", None),
+            ("CAFE", None),
             // Known words, short words, numbers, stop words and far misses stay as typed.
             ("leather headband", None),
             ("mig", None),
@@ -381,6 +414,39 @@ mod tests {
         assert_eq!(tie.correct("grindr").as_deref(), Some("grinder"));
         tie.insert(7, "grind");
         assert_eq!(tie.correct("grindr").as_deref(), Some("grind"));
+    }
+
+    /// Accents and case do not separate a query from a title; other scripts keep their
+    /// letters.
+    #[test]
+    fn accents_fold_on_both_sides() {
+        for (word, folded) in [
+            ("Crème", "creme"),
+            ("BRÛLÉE", "brulee"),
+            ("Smörgåsbord", "smorgasbord"),
+            ("Straße", "strasse"),
+            ("Æble", "aeble"),
+            ("Øl", "ol"),
+            ("Łódź", "lodz"),
+            ("Ñandú", "nandu"),
+            ("naïve", "naive"),
+            ("кружка", "кружка"),
+            ("咖啡机", "咖啡机"),
+            ("420", "420"),
+        ] {
+            assert_eq!(fold(word), folded, "{word}");
+        }
+        let mut index = Bm25::default();
+        index.insert(0, "Crème Brûlée torch");
+        index.insert(1, "creme brulee ramekins");
+        index.insert(2, "kitchen torch");
+        let s = index.scores("creme brulee");
+        assert!(
+            s.contains_key(&0) && s.contains_key(&1) && !s.contains_key(&2),
+            "{s:?}"
+        );
+        assert_eq!(index.scores("CRÈME BRÛLÉE"), s);
+        assert_eq!(terms("Crèmes brûlée"), ["creme", "brulee"]);
     }
 
     #[test]

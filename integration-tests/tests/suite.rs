@@ -182,6 +182,115 @@ async fn a_misspelt_search_is_ranked_as_meant() {
     }
 }
 
+/// Facet counts through gRPC equal a recount of the catalog file: the items whose title or
+/// description holds a query word (terms as BM25 reads them), in stock, each facet without
+/// its own filter (the brand facet of a one-brand search lists every brand).
+#[tokio::test(flavor = "multi_thread")]
+async fn facet_counts_match_a_recount_of_the_catalog_file() {
+    use souk_ranker_core::bm25::terms;
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let query = "wireless headphones";
+    let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    // (brand, category levels, color) of each in-stock item the query matches.
+    let mut matched: Vec<(String, Vec<String>, String)> = Vec::new();
+    for record in reader.records() {
+        let r = record.unwrap();
+        let text = format!("{} {}", &r[1], &r[2]);
+        if r[7].trim() != "true" || !terms(&text).iter().any(|t| wanted.contains(t)) {
+            continue;
+        }
+        let levels = r[3].split('>').map(|l| l.trim().to_string()).collect();
+        let color = r[6]
+            .split(';')
+            .filter_map(|kv| kv.trim().strip_prefix("color="))
+            .map(str::to_string)
+            .next()
+            .unwrap_or_default();
+        matched.push((r[4].to_string(), levels, color));
+    }
+    let top = |values: Vec<&str>| -> Vec<(String, u64)> {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for v in values.into_iter().filter(|v| !v.is_empty()) {
+            *counts.entry(v).or_insert(0) += 1;
+        }
+        let mut counts: Vec<(String, u64)> = counts
+            .into_iter()
+            .map(|(v, n)| (v.to_string(), n))
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts.truncate(20);
+        counts
+    };
+    let brand = matched[0].0.clone();
+    let request = rk::RankRequest {
+        filters: Some(rk::Filters {
+            brands: vec![brand.to_uppercase()],
+            in_stock_only: true,
+            ..Default::default()
+        }),
+        facets: vec!["brand".into(), "category".into(), "attribute:Color".into()],
+        ..rank("", query, 5)
+    };
+    let response = client.rank(request).await.unwrap().into_inner();
+    let got: Vec<(String, Vec<(String, u64)>)> = response
+        .facets
+        .iter()
+        .map(|f| {
+            let values = f
+                .values
+                .iter()
+                .map(|v| (v.value.clone(), v.count))
+                .collect();
+            (f.name.clone(), values)
+        })
+        .collect();
+    let of_brand = || matched.iter().filter(|m| m.0 == brand);
+    assert_eq!(
+        got,
+        [
+            (
+                "brand".to_string(),
+                top(matched.iter().map(|m| m.0.as_str()).collect())
+            ),
+            (
+                "category".to_string(),
+                top(of_brand()
+                    .flat_map(|m| m.1.iter().map(String::as_str))
+                    .collect())
+            ),
+            (
+                "attribute:color".to_string(),
+                top(of_brand().map(|m| m.2.as_str()).collect())
+            ),
+        ]
+    );
+    assert!(
+        got[0].1.len() > 1,
+        "every brand, not only {brand}: {:?}",
+        got[0].1
+    );
+    assert!(response.items.iter().all(|i| i.brand == brand));
+    // A facet asked for twice, or one that does not exist: InvalidArgument naming it.
+    for (facets, message) in [
+        (
+            vec!["brand", "brand"],
+            "facets[1]: brand is asked for twice",
+        ),
+        (
+            vec!["category", "price"],
+            "facets[1]: unknown facet \"price\"",
+        ),
+    ] {
+        let request = rk::RankRequest {
+            facets: facets.into_iter().map(String::from).collect(),
+            ..rank("", query, 5)
+        };
+        assert_invalid(&client.rank(request).await.unwrap_err(), message);
+    }
+}
+
 /// Pages through gRPC, for a returning shopper (graph paths rescore) with diversity: ten pages
 /// of 10 are the one list of 100 a single request gives, no item twice. Before the ranking was
 /// built in tiers each page's MMR drew from a pool sized by its own depth and re-picked.

@@ -294,6 +294,10 @@ pub struct RankArgs {
     /// --feedback` records), zero-weighted ones too.
     #[arg(long)]
     pub all_signals: bool,
+    /// Counts per value beside the results: `brand`, `category` or `attribute:NAME`
+    /// (repeat for more), over the items the query matches that pass the other filters.
+    #[arg(long = "facet", value_name = "FIELD")]
+    pub facets: Vec<String>,
 }
 
 /// Connects to a service, failing fast with a message that says what to check.
@@ -615,6 +619,22 @@ pub fn print_ranking(
             writeln!(out, "       - {reason}")?;
         }
     }
+    for facet in &ranking.facets {
+        let mut shown: Vec<String> = facet
+            .values
+            .iter()
+            .map(|v| format!("{} ({})", v.value, v.count))
+            .collect();
+        if facet.other_values > 0 {
+            shown.push(format!("and {} more", facet.other_values));
+        }
+        let shown = if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(", ")
+        };
+        writeln!(out, "  {}: {shown}", facet.name)?;
+    }
     Ok(())
 }
 
@@ -888,6 +908,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 all_signals: args.all_signals,
                 offset: args.offset,
                 verbatim: args.verbatim,
+                facets: args.facets,
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();

@@ -3,11 +3,12 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Eight request kinds, 400 each: a search by an
+//! once, after loading, as a store reload does. Nine request kinds, 400 each: a search by an
 //! anonymous visitor, the same search misspelt (two letters swapped), the search by a known
 //! shopper, a recommendation (no query), and the anonymous search filtered to a department
 //! (a twelfth of the items), by a price cap (an eighth), to one colour attribute (a tenth),
-//! or under 60 in two colours.
+//! or under 60 in two colours, and the anonymous search with facet counts (brand, category,
+//! colour).
 //!
 //! `cargo run --release -p souk-ranker-core --example rank_cost -- 100000 10000`
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
+use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
     EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
@@ -269,7 +271,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 8] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 9] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
@@ -343,6 +345,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     )])
                 })
                 .unwrap_or_default(),
+            ..RankQuery::default()
+        }),
+        // The anonymous search with the counts a search page shows beside it.
+        ("search, three facet counts", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            facets: vec![
+                FacetField::Brand,
+                FacetField::Category,
+                FacetField::Attribute("colour".into()),
+            ],
             ..RankQuery::default()
         }),
     ];

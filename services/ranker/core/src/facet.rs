@@ -158,6 +158,19 @@ fn keys(item: &Item) -> Keys {
 }
 
 impl Facets {
+    /// The items of each value of `field`, by lower-cased value.
+    pub(crate) fn value_sets(&self, field: &FacetField) -> Vec<(&str, &SlotSet)> {
+        let sets = match field {
+            FacetField::Brand => Some(&self.brands),
+            FacetField::Category => Some(&self.categories),
+            FacetField::Attribute(a) => self.attributes.get(a),
+        };
+        sets.into_iter()
+            .flatten()
+            .map(|(v, slots)| (v.as_str(), slots))
+            .collect()
+    }
+
     /// Files `slot` under `item`'s category levels, brand, attributes, price and stock.
     pub fn add(&mut self, slot: u32, item: &Item) {
         let keys = keys(item);
@@ -362,6 +375,141 @@ impl Filter<'_> {
         members.sort_unstable();
         members.dedup();
         Some(members)
+    }
+}
+
+/// A field a search page shows counts for beside its filters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FacetField {
+    Brand,
+    /// Every level of the category path.
+    Category,
+    /// One attribute, by its lower-cased name.
+    Attribute(String),
+}
+
+/// Most facets one request may ask for.
+pub const MAX_FACETS: usize = 8;
+/// Most values a facet lists (the most common; the rest are counted in `other_values`).
+pub const FACET_VALUES: usize = 20;
+
+impl FacetField {
+    /// "brand", "category" or "attribute:<name>" (name as items carry it, any case).
+    ///
+    /// # Errors
+    /// The reason `name` is none of those.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.trim() {
+            "brand" => Ok(Self::Brand),
+            "category" => Ok(Self::Category),
+            other => match other.strip_prefix("attribute:").map(str::trim) {
+                Some(attr) if !attr.is_empty() && attr.len() <= 256 => {
+                    Ok(Self::Attribute(attr.to_lowercase()))
+                }
+                _ => Err(format!(
+                    "unknown facet {name:?} (brand, category or attribute:<name>)"
+                )),
+            },
+        }
+    }
+
+    /// The name a response gives it (the parsed form: "attribute:color").
+    pub fn name(&self) -> String {
+        match self {
+            Self::Brand => "brand".into(),
+            Self::Category => "category".into(),
+            Self::Attribute(a) => format!("attribute:{a}"),
+        }
+    }
+
+    /// `filters` without this field's own side: a shopper who picked one brand still sees
+    /// how many items the other brands have (disjunctive faceting).
+    pub fn others(&self, filters: &Filters) -> Filters {
+        let mut f = filters.clone();
+        match self {
+            Self::Brand => f.brands.clear(),
+            Self::Category => f.category = None,
+            Self::Attribute(a) => f.attributes.retain(|(name, _)| name != a),
+        }
+        f
+    }
+
+    /// The values `item` has for this field, as written (a category path's levels once each).
+    pub fn values<'a>(&self, item: &'a Item) -> Vec<&'a str> {
+        match self {
+            Self::Brand => Some(item.brand.as_str())
+                .filter(|b| !b.is_empty())
+                .into_iter()
+                .collect(),
+            Self::Category => {
+                let mut levels: Vec<&str> = Vec::with_capacity(item.category.len());
+                for level in &item.category {
+                    if !levels.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+                        levels.push(level);
+                    }
+                }
+                levels
+            }
+            Self::Attribute(a) => item
+                .attributes
+                .iter()
+                .filter(|(name, _)| name.chars().flat_map(char::to_lowercase).eq(a.chars()))
+                .map(|(_, v)| v.as_str())
+                .collect(),
+        }
+    }
+}
+
+/// One facet's counts: its most common values, most items first (ties by value), and how
+/// many other values it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FacetCounts {
+    pub field: FacetField,
+    pub values: Vec<(String, u64)>,
+    pub other_values: u64,
+}
+
+/// Counts by value as written; values that differ only in case are merged when the counts
+/// are read (one lower-casing per distinct value, not per item).
+#[derive(Default)]
+pub(crate) struct Tally<'a> {
+    counts: HashMap<&'a str, u64, IdHash>,
+}
+
+impl<'a> Tally<'a> {
+    pub(crate) fn add(&mut self, value: &'a str) {
+        self.add_n(value, 1);
+    }
+
+    pub(crate) fn add_n(&mut self, value: &'a str, n: u64) {
+        *self.counts.entry(value).or_insert(0) += n;
+    }
+
+    /// The counts by lower-cased value, each shown as most of its items write it (ties: the
+    /// first by text).
+    pub(crate) fn finish(self, field: FacetField) -> FacetCounts {
+        let mut merged: HashMap<String, (u64, &str, u64)> = HashMap::new();
+        for (written, n) in self.counts {
+            let entry = merged
+                .entry(written.to_lowercase())
+                .or_insert((0, written, 0));
+            entry.0 += n;
+            if (n, std::cmp::Reverse(written)) > (entry.2, std::cmp::Reverse(entry.1)) {
+                (entry.1, entry.2) = (written, n);
+            }
+        }
+        let mut values: Vec<(String, u64)> = merged
+            .into_values()
+            .map(|(n, shown, _)| (shown.to_string(), n))
+            .collect();
+        values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other_values = values.len().saturating_sub(FACET_VALUES) as u64;
+        values.truncate(FACET_VALUES);
+        FacetCounts {
+            field,
+            values,
+            other_values,
+        }
     }
 }
 

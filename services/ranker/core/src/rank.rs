@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use crate::catalog::{Catalog, HistoryEntry, IdHash};
-use crate::facet::Filter;
+use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
 use crate::{RankError, UserKey};
 
@@ -232,6 +232,8 @@ pub struct RankQuery {
     pub include_purchased: bool,
     /// Rank the query as typed: no spelling correction.
     pub verbatim: bool,
+    /// Counts to show beside the results (see [`Catalog::facet_counts`]), each field once.
+    pub facets: Vec<FacetField>,
 }
 
 impl RankQuery {
@@ -260,6 +262,20 @@ impl RankQuery {
                 "diversity must be between 0 and 1, got {}",
                 self.diversity
             )));
+        }
+        if self.facets.len() > MAX_FACETS {
+            return Err(RankError::InvalidInput(format!(
+                "at most {MAX_FACETS} facets, got {}",
+                self.facets.len()
+            )));
+        }
+        for (i, field) in self.facets.iter().enumerate() {
+            if self.facets[..i].contains(field) {
+                return Err(RankError::InvalidInput(format!(
+                    "facets[{i}]: {} is asked for twice",
+                    field.name()
+                )));
+            }
         }
         Ok(())
     }
@@ -294,6 +310,8 @@ pub struct Ranking {
     pub first_pass: FirstPass,
     /// The query as ranked when spelling correction changed it ("showing results for").
     pub corrected_query: Option<String>,
+    /// The request's facets, in its order.
+    pub facets: Vec<FacetCounts>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -652,6 +670,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         }
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        let facets = if request.facets.is_empty() {
+            Vec::new()
+        } else {
+            catalog.facet_counts(query, &request.filters, &request.facets)
+        };
         let items = chosen
             .into_iter()
             .skip(request.offset)
@@ -700,6 +723,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             model_version: model.version,
             first_pass: pass,
             corrected_query: corrected,
+            facets,
         })
     }
 

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
 use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
+use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
     Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
 };
@@ -415,6 +416,21 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
             request.candidate_ids.len()
         )));
     }
+    if request.facets.len() > MAX_FACETS {
+        return Err(RankError::InvalidInput(format!(
+            "at most {MAX_FACETS} facets, got {}",
+            request.facets.len()
+        )));
+    }
+    let facets = request
+        .facets
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            FacetField::parse(name)
+                .map_err(|e| RankError::InvalidInput(format!("facets[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let user = Some(request.user_id.trim())
         .filter(|u| !u.is_empty())
         .map(|u| hasher.key(u));
@@ -431,6 +447,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         diversity: request.diversity,
         include_purchased: request.include_purchased,
         verbatim: request.verbatim,
+        facets,
     })
 }
 
@@ -524,6 +541,19 @@ impl pb::ranker_server::Ranker for RankerService {
             candidates: ranking.candidates as u32,
             model_version: ranking.model_version,
             corrected_query: ranking.corrected_query.unwrap_or_default(),
+            facets: ranking
+                .facets
+                .into_iter()
+                .map(|f| pb::Facet {
+                    name: f.field.name(),
+                    values: f
+                        .values
+                        .into_iter()
+                        .map(|(value, count)| pb::FacetValue { value, count })
+                        .collect(),
+                    other_values: f.other_values,
+                })
+                .collect(),
         }))
     }
 

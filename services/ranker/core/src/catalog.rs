@@ -457,7 +457,9 @@ impl Catalog {
     /// items writes it.
     ///
     /// # Complexity
-    /// One BM25 pass, then O(matches x facets) filter checks (slot-set lookups).
+    /// One BM25 pass; a filter check per match for each distinct set of remaining filters;
+    /// then per facet its passing matches' values or its index entries (see
+    /// `count_facet`).
     pub fn facet_counts(
         &self,
         query: Option<&str>,
@@ -534,6 +536,9 @@ impl Catalog {
                         first = first.min(slot);
                     }
                 }
+                if n == 0 {
+                    continue;
+                }
                 // Shown as the lowest passing slot's item writes it.
                 let shown = self.slot(first).and_then(|e| {
                     field
@@ -541,9 +546,7 @@ impl Catalog {
                         .into_iter()
                         .find(|v| v.to_lowercase() == value)
                 });
-                if n > 0 {
-                    tally.add_n(shown.unwrap_or(value), n);
-                }
+                tally.add_n(shown.unwrap_or(value), n);
             }
         }
         tally.finish(field.clone())

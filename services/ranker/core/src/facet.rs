@@ -443,8 +443,13 @@ impl FacetField {
                 .collect(),
             Self::Category => {
                 let mut levels: Vec<&str> = Vec::with_capacity(item.category.len());
+                let same = |a: &str, b: &str| {
+                    a.chars()
+                        .flat_map(char::to_lowercase)
+                        .eq(b.chars().flat_map(char::to_lowercase))
+                };
                 for level in &item.category {
-                    if !levels.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+                    if !levels.iter().any(|l| same(l, level)) {
                         levels.push(level);
                     }
                 }

@@ -405,6 +405,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             String::new(),
             "waterproof hiking boots".to_string(),
             None,
+            Vec::new(),
         ),
         (
             "Search \"lightweight\" in Tents under 300 (anonymous shopper, filtered)".to_string(),
@@ -415,6 +416,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 max_price: Some(300.0),
                 ..Default::default()
             }),
+            Vec::new(),
         ),
         (
             "Search \"wireless headphones\" in black or navy, in stock (attribute filter)"
@@ -429,12 +431,15 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 }],
                 ..Default::default()
             }),
+            // What a search page shows beside the filters: every colour stays counted.
+            vec!["brand".to_string(), "attribute:color".to_string()],
         ),
         (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
             String::new(),
             "cofee grindr".to_string(),
             None,
+            Vec::new(),
         ),
         (
             format!(
@@ -445,22 +450,25 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             user.clone(),
             String::new(),
             None,
+            Vec::new(),
         ),
         (
             format!("Search \"gift for a coffee lover\" for {user}"),
             user.clone(),
             "gift for a coffee lover".to_string(),
             None,
+            Vec::new(),
         ),
         (
             "Recommendations for a brand-new shopper (no history, no query)".to_string(),
             "someone-new".to_string(),
             String::new(),
             None,
+            Vec::new(),
         ),
     ];
     let mut out = std::io::stdout();
-    for (title, user_id, query, filters) in cases {
+    for (title, user_id, query, filters, facets) in cases {
         // Variety helps a recommendation shelf; a search should stay on what was asked.
         let diversity = if query.is_empty() { 0.2 } else { 0.0 };
         let started = Instant::now();
@@ -472,6 +480,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 explain: true,
                 diversity,
                 filters,
+                facets,
                 ..Default::default()
             })
             .await?

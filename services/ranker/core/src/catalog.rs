@@ -1147,6 +1147,14 @@ mod tests {
         for bad in ["", "price", "attribute:", "attribute: ", "Brand"] {
             assert!(FacetField::parse(bad).is_err(), "{bad:?}");
         }
+        let huge = "x".repeat(1_000_000);
+        let error = FacetField::parse(&huge).unwrap_err();
+        assert!(error.len() < 200 && error.contains("xxx\"... ("), "{error}");
+        let error = FacetField::parse(&format!("attribute:{huge}")).unwrap_err();
+        assert_eq!(
+            error,
+            "attribute name of 1000000 bytes in a facet (at most 256)"
+        );
     }
 
     /// A batch goes into the graph whole (each item found again by its own vector, a replaced

@@ -403,12 +403,19 @@ impl FacetField {
             "brand" => Ok(Self::Brand),
             "category" => Ok(Self::Category),
             other => match other.strip_prefix("attribute:").map(str::trim) {
-                Some(attr) if !attr.is_empty() && attr.len() <= 256 => {
-                    Ok(Self::Attribute(attr.to_lowercase()))
-                }
-                _ => Err(format!(
-                    "unknown facet {name:?} (brand, category or attribute:<name>)"
+                Some(attr) if attr.len() > 256 => Err(format!(
+                    "attribute name of {} bytes in a facet (at most 256)",
+                    attr.len()
                 )),
+                Some(attr) if !attr.is_empty() => Ok(Self::Attribute(attr.to_lowercase())),
+                _ => {
+                    // A name echoed back whole could be megabytes.
+                    let shown: String = name.chars().take(64).collect();
+                    let more = if shown.len() < name.len() { "..." } else { "" };
+                    Err(format!(
+                        "unknown facet {shown:?}{more} (brand, category or attribute:<name>)"
+                    ))
+                }
             },
         }
     }

@@ -193,8 +193,8 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     let query = "wireless headphones";
     let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
     let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    // (brand, category levels, color) of each in-stock item the query matches.
-    let mut matched: Vec<(String, Vec<String>, String)> = Vec::new();
+    // (brand, category levels, color, price) of each in-stock item the query matches.
+    let mut matched: Vec<(String, Vec<String>, String, f64)> = Vec::new();
     for record in reader.records() {
         let r = record.unwrap();
         let text = format!("{} {}", &r[1], &r[2]);
@@ -208,7 +208,7 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             .map(str::to_string)
             .next()
             .unwrap_or_default();
-        matched.push((r[4].to_string(), levels, color));
+        matched.push((r[4].to_string(), levels, color, r[5].parse().unwrap()));
     }
     let top = |values: Vec<&str>| -> Vec<(String, u64)> {
         let mut counts: HashMap<&str, u64> = HashMap::new();
@@ -230,7 +230,12 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             in_stock_only: true,
             ..Default::default()
         }),
-        facets: vec!["brand".into(), "category".into(), "attribute:Color".into()],
+        facets: vec![
+            "brand".into(),
+            "category".into(),
+            "attribute:Color".into(),
+            "price".into(),
+        ],
         ..rank("", query, 5)
     };
     let response = client.rank(request).await.unwrap().into_inner();
@@ -264,8 +269,14 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
                 "attribute:color".to_string(),
                 top(of_brand().map(|m| m.2.as_str()).collect())
             ),
+            ("price".to_string(), Vec::new()),
         ]
     );
+    let price = &response.facets[3];
+    let low = of_brand().map(|m| m.3).fold(f64::INFINITY, f64::min);
+    let high = of_brand().map(|m| m.3).fold(0.0, f64::max);
+    assert_eq!((price.min_price, price.max_price), (Some(low), Some(high)));
+    assert!(low < high);
     assert!(
         got[0].1.len() > 1,
         "every brand, not only {brand}: {:?}",
@@ -279,8 +290,8 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             "facets[1]: brand is asked for twice",
         ),
         (
-            vec!["category", "price"],
-            "facets[1]: unknown facet \"price\"",
+            vec!["category", "size"],
+            "facets[1]: unknown facet \"size\"",
         ),
     ] {
         let request = rk::RankRequest {

@@ -431,8 +431,13 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 }],
                 ..Default::default()
             }),
-            // What a search page shows beside the filters: every colour stays counted.
-            vec!["brand".to_string(), "attribute:color".to_string()],
+            // What a search page shows beside the filters: every colour stays counted, and
+            // the price slider's range.
+            vec![
+                "brand".to_string(),
+                "attribute:color".to_string(),
+                "price".to_string(),
+            ],
         ),
         (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),

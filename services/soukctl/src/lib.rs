@@ -294,8 +294,9 @@ pub struct RankArgs {
     /// --feedback` records), zero-weighted ones too.
     #[arg(long)]
     pub all_signals: bool,
-    /// Counts per value beside the results: `brand`, `category` or `attribute:NAME`
-    /// (repeat for more), over the items the query matches that pass the other filters.
+    /// Counts per value beside the results: `brand`, `category`, `attribute:NAME` or `price`
+    /// (its range) (repeat for more), over the items the query matches that pass the other
+    /// filters.
     #[arg(long = "facet", value_name = "FIELD")]
     pub facets: Vec<String>,
 }
@@ -627,6 +628,9 @@ pub fn print_ranking(
             .collect();
         if facet.other_values > 0 {
             shown.push(format!("and {} more", facet.other_values));
+        }
+        if let (Some(low), Some(high)) = (facet.min_price, facet.max_price) {
+            shown.push(format!("{low:.2} to {high:.2}"));
         }
         let shown = if shown.is_empty() {
             "none".to_string()

@@ -515,6 +515,12 @@ impl Catalog {
         passing: &[u32],
         passes: &dyn Fn(u32) -> bool,
     ) -> FacetCounts {
+        if *field == FacetField::Price {
+            return FacetCounts {
+                price_range: self.facets.price_range(passing),
+                ..Tally::default().finish(FacetField::Price)
+            };
+        }
         let sets = self.facets.value_sets(field);
         let entries: usize = sets.iter().map(|(_, slots)| slots.len()).sum();
         let mut tally = Tally::default();
@@ -1109,6 +1115,7 @@ mod tests {
             let mut it = item(format!("b{i}"));
             it.title = "lamp".into();
             it.brand = format!("Brand {i:02}");
+            it.price = if i == 7 { 9.0 } else { 2.0 };
             catalog
                 .upsert(it.validated().unwrap(), vec![1.0, 0.0])
                 .unwrap();
@@ -1144,7 +1151,14 @@ mod tests {
             FacetField::parse(" attribute: Size ").unwrap().name(),
             "attribute:size"
         );
-        for bad in ["", "price", "attribute:", "attribute: ", "Brand"] {
+        // The price facet: the range of what the other filters pass, its own bound ignored.
+        let cheap = Filters::new("", &[], None, Some(1.5), false).unwrap();
+        let price = &catalog.facet_counts(Some("lamp"), &cheap, &[FacetField::Price])[0];
+        assert_eq!(price.price_range, Some((1.0, 9.0)));
+        assert!(price.values.is_empty());
+        let none = &catalog.facet_counts(Some("nothing"), &cheap, &[FacetField::Price])[0];
+        assert_eq!(none.price_range, None);
+        for bad in ["", "size", "attribute:", "attribute: ", "Brand"] {
             assert!(FacetField::parse(bad).is_err(), "{bad:?}");
         }
         let huge = "x".repeat(1_000_000);

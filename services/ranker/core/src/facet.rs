@@ -158,12 +158,23 @@ fn keys(item: &Item) -> Keys {
 }
 
 impl Facets {
-    /// The items of each value of `field`, by lower-cased value.
+    /// The lowest and highest price among `slots` (`None` when it is empty): a slot's price
+    /// is read from the index's own array, not from its item.
+    pub(crate) fn price_range(&self, slots: &[u32]) -> Option<(f64, f64)> {
+        let keys = slots
+            .iter()
+            .filter_map(|&s| self.prices.by_slot.get(s as usize).copied().flatten());
+        let (low, high) = keys.fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k), hi.max(k)));
+        (low <= high).then(|| (f64::from_bits(low), f64::from_bits(high)))
+    }
+
+    /// The items of each value of `field`, by lower-cased value (none for the price).
     pub(crate) fn value_sets(&self, field: &FacetField) -> Vec<(&str, &SlotSet)> {
         let sets = match field {
             FacetField::Brand => Some(&self.brands),
             FacetField::Category => Some(&self.categories),
             FacetField::Attribute(a) => self.attributes.get(a),
+            FacetField::Price => None,
         };
         sets.into_iter()
             .flatten()
@@ -386,6 +397,8 @@ pub enum FacetField {
     Category,
     /// One attribute, by its lower-cased name.
     Attribute(String),
+    /// The lowest and highest price (for a price slider), no values.
+    Price,
 }
 
 /// Most facets one request may ask for.
@@ -402,6 +415,7 @@ impl FacetField {
         match name.trim() {
             "brand" => Ok(Self::Brand),
             "category" => Ok(Self::Category),
+            "price" => Ok(Self::Price),
             other => match other.strip_prefix("attribute:").map(str::trim) {
                 Some(attr) if attr.len() > 256 => Err(format!(
                     "attribute name of {} bytes in a facet (at most 256)",
@@ -413,7 +427,7 @@ impl FacetField {
                     let shown: String = name.chars().take(64).collect();
                     let more = if shown.len() < name.len() { "..." } else { "" };
                     Err(format!(
-                        "unknown facet {shown:?}{more} (brand, category or attribute:<name>)"
+                        "unknown facet {shown:?}{more} (brand, category, price or attribute:<name>)"
                     ))
                 }
             },
@@ -426,6 +440,7 @@ impl FacetField {
             Self::Brand => "brand".into(),
             Self::Category => "category".into(),
             Self::Attribute(a) => format!("attribute:{a}"),
+            Self::Price => "price".into(),
         }
     }
 
@@ -437,6 +452,7 @@ impl FacetField {
             Self::Brand => f.brands.clear(),
             Self::Category => f.category = None,
             Self::Attribute(a) => f.attributes.retain(|(name, _)| name != a),
+            Self::Price => (f.min_price, f.max_price) = (None, None),
         }
         f
     }
@@ -468,6 +484,7 @@ impl FacetField {
                 .filter(|(name, _)| name.chars().flat_map(char::to_lowercase).eq(a.chars()))
                 .map(|(_, v)| v.as_str())
                 .collect(),
+            Self::Price => Vec::new(),
         }
     }
 }
@@ -479,6 +496,9 @@ pub struct FacetCounts {
     pub field: FacetField,
     pub values: Vec<(String, u64)>,
     pub other_values: u64,
+    /// The price facet's lowest and highest price (`None` for the others, and when no item
+    /// is counted).
+    pub price_range: Option<(f64, f64)>,
 }
 
 /// Counts by value as written; values that differ only in case are merged when the counts
@@ -521,6 +541,7 @@ impl<'a> Tally<'a> {
             field,
             values,
             other_values,
+            price_range: None,
         }
     }
 }

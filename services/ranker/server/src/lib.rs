@@ -552,6 +552,8 @@ impl pb::ranker_server::Ranker for RankerService {
                         .map(|(value, count)| pb::FacetValue { value, count })
                         .collect(),
                     other_values: f.other_values,
+                    min_price: f.price_range.map(|(low, _)| low),
+                    max_price: f.price_range.map(|(_, high)| high),
                 })
                 .collect(),
         }))

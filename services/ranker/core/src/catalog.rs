@@ -452,7 +452,8 @@ impl Catalog {
     }
 
     /// Counts for a search page's facets over the items `query` matches (any of its words;
-    /// every item without one) that pass `filters`, each facet without its own side (see
+    /// every item without one; the items of `among`, a re-rank request's candidate ids, when
+    /// given) that pass `filters`, each facet without its own side (see
     /// [`FacetField::others`]). Values differing only in case are one, shown as one of its
     /// items writes it.
     ///
@@ -463,12 +464,19 @@ impl Catalog {
     pub fn facet_counts(
         &self,
         query: Option<&str>,
+        among: Option<&[String]>,
         filters: &Filters,
         fields: &[FacetField],
     ) -> Vec<FacetCounts> {
-        let matched: Vec<u32> = match query {
-            Some(q) => self.bm25(q).into_keys().collect(),
-            None => self.slots().collect(),
+        let matched: Vec<u32> = match (among, query) {
+            (Some(ids), _) => {
+                let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                slots
+            }
+            (None, Some(q)) => self.bm25(q).into_keys().collect(),
+            (None, None) => self.slots().collect(),
         };
         // Facets whose filters (the request's, less their own side) are the same share the
         // set of matches that pass them: all of them when the request filters nothing they
@@ -1084,7 +1092,7 @@ mod tests {
         ];
         let counts = |catalog: &Catalog, query: Option<&str>, filters: &Filters| {
             catalog
-                .facet_counts(query, filters, &fields)
+                .facet_counts(query, None, filters, &fields)
                 .into_iter()
                 .map(|f| f.values)
                 .collect::<Vec<_>>()
@@ -1120,7 +1128,8 @@ mod tests {
                 .upsert(it.validated().unwrap(), vec![1.0, 0.0])
                 .unwrap();
         }
-        let brands = &catalog.facet_counts(Some("lamp"), &Filters::default(), &fields[..1])[0];
+        let brands =
+            &catalog.facet_counts(Some("lamp"), None, &Filters::default(), &fields[..1])[0];
         assert_eq!(brands.values.len(), FACET_VALUES);
         assert_eq!(brands.values[0], ("Acme".to_string(), 3));
         assert_eq!(brands.other_values, 32 - FACET_VALUES as u64);
@@ -1153,11 +1162,17 @@ mod tests {
         );
         // The price facet: the range of what the other filters pass, its own bound ignored.
         let cheap = Filters::new("", &[], None, Some(1.5), false).unwrap();
-        let price = &catalog.facet_counts(Some("lamp"), &cheap, &[FacetField::Price])[0];
+        let price = &catalog.facet_counts(Some("lamp"), None, &cheap, &[FacetField::Price])[0];
         assert_eq!(price.price_range, Some((1.0, 9.0)));
         assert!(price.values.is_empty());
-        let none = &catalog.facet_counts(Some("nothing"), &cheap, &[FacetField::Price])[0];
+        let none = &catalog.facet_counts(Some("nothing"), None, &cheap, &[FacetField::Price])[0];
         assert_eq!(none.price_range, None);
+        // A re-rank request's candidates are what is counted, whatever the query matches
+        // (unknown and repeated ids ignored).
+        let among: Vec<String> = ["i4", "i6", "i6", "gone"].map(String::from).to_vec();
+        let given = catalog.facet_counts(Some("lamp"), Some(&among), &Filters::default(), &fields);
+        assert_eq!(given[0].values, v(&[("Acme", 1), ("Zeta", 1)]));
+        assert_eq!(given[1].values, v(&[("Home", 2), ("Kitchen", 2)]));
         for bad in ["", "size", "attribute:", "attribute: ", "Brand"] {
             assert!(FacetField::parse(bad).is_err(), "{bad:?}");
         }

@@ -232,7 +232,8 @@ pub struct RankQuery {
     pub include_purchased: bool,
     /// Rank the query as typed: no spelling correction.
     pub verbatim: bool,
-    /// Counts to show beside the results (see [`Catalog::facet_counts`]), each field once.
+    /// Counts to show beside the results (see [`Catalog::facet_counts`]; over `candidate_ids`
+    /// when given), each field once.
     pub facets: Vec<FacetField>,
 }
 
@@ -673,7 +674,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let facets = if request.facets.is_empty() {
             Vec::new()
         } else {
-            catalog.facet_counts(query, &request.filters, &request.facets)
+            let among = (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]);
+            catalog.facet_counts(query, among, &request.filters, &request.facets)
         };
         let items = chosen
             .into_iter()

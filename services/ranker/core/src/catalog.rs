@@ -415,16 +415,19 @@ impl Catalog {
         filter: Option<&Filter>,
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
-        // A slot's version moves on every replace and delete: a point whose version is the
-        // slot's stands for the item in it (no need to read the item unless filtering).
-        let live =
-            |slot: u32, version: u32| self.slot_versions.get(slot as usize) == Some(&version);
+        let live = |slot, version| self.is_live(slot, version);
         Some(match filter {
             None => ann.search(query, k, ef, live),
             Some(f) => ann.search(query, k, ef, |slot, version| {
                 live(slot, version) && self.passes(f, slot)
             }),
         })
+    }
+
+    /// Whether a graph point linked at `version` of `slot` stands for the item in it: a slot's
+    /// version moves on every replace and delete (no need to read the item).
+    fn is_live(&self, slot: u32, version: u32) -> bool {
+        self.slot_versions.get(slot as usize) == Some(&version)
     }
 
     /// The `k` live items that `accept` by slot whose vectors are closest to `query`, with a
@@ -441,7 +444,7 @@ impl Catalog {
         let ann = self.ann.as_ref()?;
         Some(
             ann.search_from(query, k, k, seeds, min_dot, |slot, version| {
-                self.slot_versions.get(slot as usize) == Some(&version) && accept(slot)
+                self.is_live(slot, version) && accept(slot)
             }),
         )
     }

@@ -577,7 +577,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             model.without_query
         };
         // The graph entities of the shopper's most recent items, for every graph call.
-        let recent: Vec<String> = if graph_rescores(&history, &weights) {
+        let rescores = graph_rescores(&history, &weights);
+        let recent: Vec<String> = if rescores {
             history
                 .iter()
                 .take(KG_SOURCES)
@@ -631,7 +632,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             history: &history,
             recent: &recent,
             related: &related,
-            graph: graph_up && graph_rescores(&history, &weights),
+            graph: graph_up && rescores,
         };
 
         // The ranking is built tier by tier (`PAGE_TIERS`): positions up to 64 from a pool
@@ -1105,7 +1106,15 @@ fn first_pass(
         });
         (pool, pass)
     };
+    // Popularity as a feature: log-scaled to the most popular item's.
     let pop_norm = catalog.max_popularity().ln_1p();
+    let popularity_feature = |popularity: f32| {
+        if pop_norm > 0.0 {
+            popularity.ln_1p() / pop_norm
+        } else {
+            0.0
+        }
+    };
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
     // of them by (score, id) spent most of its ~10 ms there.
     let score = |slots: &mut dyn Iterator<Item = u32>| {
@@ -1130,11 +1139,7 @@ fn first_pass(
                 Some((s, _)) if cf_max > 0.0 => s / cf_max,
                 _ => 0.0,
             };
-            let popularity = if pop_norm > 0.0 {
-                catalog.popularity_at(slot).ln_1p() / pop_norm
-            } else {
-                0.0
-            };
+            let popularity = popularity_feature(catalog.popularity_at(slot));
             let features = [dense, lexical, cf_score, 0.0, popularity];
             scored.push((slot, fuse(&features, weights), features));
         }
@@ -1173,11 +1178,7 @@ fn first_pass(
                 left.bm25 / bm25_max,
                 0.0,
                 0.0,
-                if pop_norm > 0.0 {
-                    left.popularity.ln_1p() / pop_norm
-                } else {
-                    0.0
-                },
+                popularity_feature(left.popularity),
             ],
             weights,
         );

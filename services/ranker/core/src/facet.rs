@@ -407,7 +407,7 @@ pub const MAX_FACETS: usize = 8;
 pub const FACET_VALUES: usize = 20;
 
 impl FacetField {
-    /// "brand", "category" or "attribute:<name>" (name as items carry it, any case).
+    /// "brand", "category", "price" or "attribute:<name>" (name as items carry it, any case).
     ///
     /// # Errors
     /// The reason `name` is none of those.
@@ -466,13 +466,8 @@ impl FacetField {
                 .collect(),
             Self::Category => {
                 let mut levels: Vec<&str> = Vec::with_capacity(item.category.len());
-                let same = |a: &str, b: &str| {
-                    a.chars()
-                        .flat_map(char::to_lowercase)
-                        .eq(b.chars().flat_map(char::to_lowercase))
-                };
                 for level in &item.category {
-                    if !levels.iter().any(|l| same(l, level)) {
+                    if !levels.iter().any(|l| same_ignoring_case(l, level)) {
                         levels.push(level);
                     }
                 }
@@ -481,12 +476,20 @@ impl FacetField {
             Self::Attribute(a) => item
                 .attributes
                 .iter()
-                .filter(|(name, _)| name.chars().flat_map(char::to_lowercase).eq(a.chars()))
+                .filter(|(name, _)| same_ignoring_case(name, a))
                 .map(|(_, v)| v.as_str())
                 .collect(),
             Self::Price => Vec::new(),
         }
     }
+}
+
+/// Whether `a` and `b` are the same lower-cased, without allocating (facet values are
+/// counted per item).
+fn same_ignoring_case(a: &str, b: &str) -> bool {
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 /// One facet's counts: its most common values, most items first (ties by value), and how

@@ -16,6 +16,28 @@ fn rank(user: &str, query: &str, k: u32) -> rk::RankRequest {
     }
 }
 
+/// Records that `user` bought `item` (at time 0) through `RecordInteractions`.
+async fn purchase(
+    client: &mut RankerClient<tonic::transport::Channel>,
+    user: &str,
+    item: &str,
+) -> rk::RecordInteractionsResponse {
+    let event = rk::Interaction {
+        user_id: user.into(),
+        item_id: item.into(),
+        kind: rk::InteractionKind::Purchase as i32,
+        value: 1.0,
+        timestamp_ms: 0,
+    };
+    client
+        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest {
+            interactions: vec![event],
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A response's item ids, in rank order.
 fn ids(response: &rk::RankResponse) -> Vec<String> {
     response.items.iter().map(|i| i.id.clone()).collect()
@@ -500,20 +522,7 @@ async fn a_click_moves_the_next_rank_and_user_ids_stay_off_disk() {
     let user = "alice.distinctive@example.com";
     let before = client.rank(rank(user, "", 10)).await.unwrap().into_inner();
     // Alice looks at a phone: the phone's accessories and co-viewed items should surface.
-    let event = rk::Interaction {
-        user_id: user.into(),
-        item_id: "p00030".into(),
-        kind: rk::InteractionKind::Purchase as i32,
-        value: 1.0,
-        timestamp_ms: 0,
-    };
-    let recorded = client
-        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest {
-            interactions: vec![event],
-        }]))
-        .await
-        .unwrap()
-        .into_inner();
+    let recorded = purchase(&mut client, user, "p00030").await;
     assert_eq!(recorded.recorded, 1);
     let after = client.rank(rank(user, "", 10)).await.unwrap().into_inner();
     assert_ne!(
@@ -579,19 +588,7 @@ async fn the_graph_proposes_related_items_as_candidates() {
     load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let user = "bought-one-lamp";
-    let event = rk::Interaction {
-        user_id: user.into(),
-        item_id: "p00100".into(),
-        kind: rk::InteractionKind::Purchase as i32,
-        value: 1.0,
-        timestamp_ms: 0,
-    };
-    client
-        .record_interactions(futures::stream::iter(vec![rk::RecordInteractionsRequest {
-            interactions: vec![event],
-        }]))
-        .await
-        .unwrap();
+    purchase(&mut client, user, "p00100").await;
     // Its only signal is the graph's (0.35 of 1 by default), under the tents that CF and
     // popularity carry, so a long list.
     let r = client.rank(rank(user, "", 40)).await.unwrap().into_inner();

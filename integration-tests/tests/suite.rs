@@ -215,14 +215,17 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     let query = "wireless headphones";
     let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
     let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    // (brand, category levels, color, price) of each in-stock item the query matches.
-    let mut matched: Vec<(String, Vec<String>, String, f64)> = Vec::new();
+    // (brand, category levels, color, price) of each in-stock item, and whether the query's
+    // words match it.
+    let mut in_stock: Vec<(String, Vec<String>, String, f64)> = Vec::new();
+    let mut matches: Vec<bool> = Vec::new();
     for record in reader.records() {
         let r = record.unwrap();
         let text = format!("{} {}", &r[1], &r[2]);
-        if r[7].trim() != "true" || !terms(&text).iter().any(|t| wanted.contains(t)) {
+        if r[7].trim() != "true" {
             continue;
         }
+        matches.push(terms(&text).iter().any(|t| wanted.contains(t)));
         let levels = r[3].split('>').map(|l| l.trim().to_string()).collect();
         let color = r[6]
             .split(';')
@@ -230,8 +233,14 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             .map(str::to_string)
             .next()
             .unwrap_or_default();
-        matched.push((r[4].to_string(), levels, color, r[5].parse().unwrap()));
+        in_stock.push((r[4].to_string(), levels, color, r[5].parse().unwrap()));
     }
+    let matched: Vec<_> = in_stock
+        .iter()
+        .zip(&matches)
+        .filter(|(_, m)| **m)
+        .map(|(item, _)| item.clone())
+        .collect();
     let top = |values: Vec<&str>| -> Vec<(String, u64)> {
         let mut counts: HashMap<&str, u64> = HashMap::new();
         for v in values.into_iter().filter(|v| !v.is_empty()) {
@@ -273,14 +282,15 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             (f.name.clone(), values)
         })
         .collect();
-    let of_brand = || matched.iter().filter(|m| m.0 == brand);
+    // The facets the brand filter narrows (category, colour, price) count the brand's 64
+    // items nearest the query's vector beside its words' matches: it has fewer in stock, so
+    // every one of them, matching the words or not.
+    let of_brand = || in_stock.iter().filter(|m| m.0 == brand);
+    let brand_matches = matched.iter().filter(|m| m.0 == brand).count();
+    assert!(brand_matches < of_brand().count() && of_brand().count() < 64);
     assert_eq!(
-        got,
+        got[1..],
         [
-            (
-                "brand".to_string(),
-                top(matched.iter().map(|m| m.0.as_str()).collect())
-            ),
             (
                 "category".to_string(),
                 top(of_brand()
@@ -299,6 +309,20 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     let high = of_brand().map(|m| m.3).fold(0.0, f64::max);
     assert_eq!((price.min_price, price.max_price), (Some(low), Some(high)));
     assert!(low < high);
+    // The brand facet (the brand filter lifted): every brand's matches and the 64 in-stock
+    // items nearest the query, whatever their words.
+    assert_eq!(got[0].0, "brand");
+    let count =
+        |values: &[(String, u64)], b: &str| values.iter().find(|v| v.0 == b).map_or(0, |v| v.1);
+    let lexical = top(matched.iter().map(|m| m.0.as_str()).collect());
+    let all = top(in_stock.iter().map(|m| m.0.as_str()).collect());
+    for (b, n) in &all {
+        let (least, got) = (count(&lexical, b), count(&got[0].1, b));
+        assert!(least <= got && got <= *n, "{b}: {least} <= {got} <= {n}");
+    }
+    let total: u64 = got[0].1.iter().map(|v| v.1).sum::<u64>() + response.facets[0].other_values;
+    let words = matched.len() as u64;
+    assert!(words < total && total <= words + 64, "{words} < {total}");
     assert!(
         got[0].1.len() > 1,
         "every brand, not only {brand}: {:?}",
@@ -321,6 +345,35 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             ..rank("", query, 5)
         };
         assert_invalid(&client.rank(request).await.unwrap_err(), message);
+    }
+    // No word of this query is in the catalog: the counts are over the 64 items nearest its
+    // vector (every item is a candidate: no filter), which hold what the page shows.
+    let query = "music listening";
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
+    for record in reader.records() {
+        let r = record.unwrap();
+        let text = format!("{} {}", &r[1], &r[2]);
+        assert!(!terms(&text).iter().any(|t| wanted.contains(t)), "{text}");
+    }
+    let request = rk::RankRequest {
+        facets: vec!["brand".into(), "category".into()],
+        verbatim: true,
+        ..rank("", query, 5)
+    };
+    let response = client.rank(request).await.unwrap().into_inner();
+    assert_eq!(response.items.len(), 5);
+    let (brands, categories) = (&response.facets[0], &response.facets[1]);
+    let total: u64 = brands.values.iter().map(|v| v.count).sum::<u64>() + brands.other_values;
+    assert_eq!(total, 64, "{brands:?}");
+    for item in &response.items {
+        let counted = |facet: &rk::Facet, value: &str| {
+            facet.values.iter().any(|v| v.value == value && v.count > 0)
+        };
+        assert!(counted(brands, &item.brand), "{} in {brands:?}", item.brand);
+        for level in &item.category {
+            assert!(counted(categories, level), "{level} in {categories:?}");
+        }
     }
 }
 

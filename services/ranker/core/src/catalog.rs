@@ -11,6 +11,7 @@ use crate::bm25::Bm25;
 use crate::cf::TrainedCf;
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
+use crate::rank::{dot, filtered_scan_limit};
 use crate::{RankError, UserKey};
 
 /// Items of a user's history that feed CF and the graph signal.
@@ -40,6 +41,22 @@ pub const FOLD_IN_CANDIDATES: usize = 500;
 const NO_ROW: u32 = u32::MAX;
 /// A CF id whose item is not in the catalog.
 const NO_SLOT: u32 = u32::MAX;
+
+/// The items a search's facets count (see [`Catalog::facet_counts`]): as Elasticsearch counts
+/// a hybrid search's aggregations, the union of what its words match and its vector's
+/// nearest items, so that a query no title word matches still gets counts over what the dense
+/// signal ranks for it. A re-rank request's candidates instead, when given; every item when
+/// the scope has neither words nor a vector.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FacetScope<'a> {
+    /// The query's words: every item any of them matches by BM25.
+    pub words: Option<&'a str>,
+    /// The query's vector and how many of its nearest items (among those each facet's
+    /// filters pass) count.
+    pub nearest: Option<(&'a [f32], usize)>,
+    /// A re-rank request's candidate ids: these and nothing else.
+    pub among: Option<&'a [String]>,
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -449,29 +466,59 @@ impl Catalog {
         )
     }
 
+    /// The `k` items that pass `filter` whose vectors are nearest `query` (highest dot
+    /// product), nearest first: by the HNSW graph when the catalog has one and the filter is
+    /// broad, else exactly, scanning the filter's members or every item (also when the graph
+    /// finds fewer than `k` that pass).
+    pub(crate) fn nearest(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Vec<u32> {
+        if k == 0 || self.dimension != Some(query.len()) {
+            return Vec::new();
+        }
+        let members = filter.and_then(|f| f.members_within(filtered_scan_limit(self.len())));
+        if members.is_none()
+            && let Some(found) = self.ann_search(query, k, k, filter)
+            && found.len() >= k
+        {
+            return found;
+        }
+        let scan: Box<dyn Iterator<Item = u32>> = match members {
+            Some(members) => Box::new(members.into_iter()),
+            None => Box::new(self.slots()),
+        };
+        let mut scored: Vec<(u32, f32)> = scan
+            .filter(|&slot| filter.is_none_or(|f| self.passes(f, slot)))
+            .filter_map(|slot| Some((slot, dot(query, self.item_at(slot)?.1))))
+            .collect();
+        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, by_score);
+            scored.truncate(k);
+        }
+        scored.sort_unstable_by(by_score);
+        scored.into_iter().map(|(slot, _)| slot).collect()
+    }
+
     /// A request's filters against the catalog's facet index.
     pub(crate) fn filter<'a>(&'a self, filters: &'a Filters) -> Filter<'a> {
         self.facets.resolve(filters)
     }
 
-    /// Counts for a search page's facets over the items `query` matches (any of its words;
-    /// every item without one; the items of `among`, a re-rank request's candidate ids, when
-    /// given) that pass `filters`, each facet without its own side (see
+    /// Counts for a search page's facets over the items a search matches (see
+    /// [`FacetScope`]) that pass `filters`, each facet without its own side (see
     /// [`FacetField::others`]). Values differing only in case are one, shown as one of its
     /// items writes it.
     ///
     /// # Complexity
-    /// One BM25 pass; a filter check per match for each distinct set of remaining filters;
-    /// then per facet its passing matches' values or its index entries (see
-    /// `count_facet`).
+    /// One BM25 pass; for each distinct set of remaining filters, one nearest-items search
+    /// (when the scope has a vector) and a filter check per match; then per facet its passing
+    /// matches' values or its index entries (see `count_facet`).
     pub fn facet_counts(
         &self,
-        query: Option<&str>,
-        among: Option<&[String]>,
+        scope: &FacetScope<'_>,
         filters: &Filters,
         fields: &[FacetField],
     ) -> Vec<FacetCounts> {
-        let matched: Vec<u32> = match (among, query) {
+        let lexical: Vec<u32> = match (scope.among, scope.words) {
             (Some(ids), _) => {
                 let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
                 slots.sort_unstable();
@@ -479,8 +526,10 @@ impl Catalog {
                 slots
             }
             (None, Some(q)) => self.bm25(q).into_keys().collect(),
-            (None, None) => self.slots().collect(),
+            (None, None) if scope.nearest.is_none() => self.slots().collect(),
+            (None, None) => Vec::new(),
         };
+        let nearest = scope.nearest.filter(|_| scope.among.is_none());
         // Facets whose filters (the request's, less their own side) are the same share the
         // set of matches that pass them: all of them when the request filters nothing they
         // count.
@@ -491,9 +540,16 @@ impl Catalog {
                 continue;
             }
             let filter = (!others[first].is_empty()).then(|| self.filter(&others[first]));
+            let mut matched = lexical.clone();
+            if let Some((vector, k)) = nearest {
+                // The dense signal's matches, among the items these filters pass (the ones
+                // a search so filtered ranks from).
+                matched.extend(self.nearest(vector, k, filter.as_ref()));
+                matched.sort_unstable();
+                matched.dedup();
+            }
             let passing: Vec<u32> = matched
-                .iter()
-                .copied()
+                .into_iter()
                 .filter(|&slot| filter.as_ref().is_none_or(|f| self.passes(f, slot)))
                 .collect();
             let mut bits = vec![0u64; self.slots.len().div_ceil(64)];
@@ -1093,9 +1149,13 @@ mod tests {
             FacetField::Category,
             FacetField::parse("attribute:color").unwrap(),
         ];
-        let counts = |catalog: &Catalog, query: Option<&str>, filters: &Filters| {
+        let words = |words: Option<&'static str>| FacetScope {
+            words,
+            ..FacetScope::default()
+        };
+        let counts = |catalog: &Catalog, query: Option<&'static str>, filters: &Filters| {
             catalog
-                .facet_counts(query, None, filters, &fields)
+                .facet_counts(&words(query), filters, &fields)
                 .into_iter()
                 .map(|f| f.values)
                 .collect::<Vec<_>>()
@@ -1132,7 +1192,7 @@ mod tests {
                 .unwrap();
         }
         let brands =
-            &catalog.facet_counts(Some("lamp"), None, &Filters::default(), &fields[..1])[0];
+            &catalog.facet_counts(&words(Some("lamp")), &Filters::default(), &fields[..1])[0];
         assert_eq!(brands.values.len(), FACET_VALUES);
         assert_eq!(brands.values[0], ("Acme".to_string(), 3));
         assert_eq!(brands.other_values, 32 - FACET_VALUES as u64);
@@ -1165,15 +1225,20 @@ mod tests {
         );
         // The price facet: the range of what the other filters pass, its own bound ignored.
         let cheap = Filters::new("", &[], None, Some(1.5), false).unwrap();
-        let price = &catalog.facet_counts(Some("lamp"), None, &cheap, &[FacetField::Price])[0];
+        let price = &catalog.facet_counts(&words(Some("lamp")), &cheap, &[FacetField::Price])[0];
         assert_eq!(price.price_range, Some((1.0, 9.0)));
         assert!(price.values.is_empty());
-        let none = &catalog.facet_counts(Some("nothing"), None, &cheap, &[FacetField::Price])[0];
+        let none = &catalog.facet_counts(&words(Some("nothing")), &cheap, &[FacetField::Price])[0];
         assert_eq!(none.price_range, None);
         // A re-rank request's candidates are what is counted, whatever the query matches
         // (unknown and repeated ids ignored).
         let among: Vec<String> = ["i4", "i6", "i6", "gone"].map(String::from).to_vec();
-        let given = catalog.facet_counts(Some("lamp"), Some(&among), &Filters::default(), &fields);
+        let scope = FacetScope {
+            among: Some(&among),
+            nearest: Some((&[1.0, 0.0], 3)),
+            ..words(Some("lamp"))
+        };
+        let given = catalog.facet_counts(&scope, &Filters::default(), &fields);
         assert_eq!(given[0].values, v(&[("Acme", 1), ("Zeta", 1)]));
         assert_eq!(given[1].values, v(&[("Home", 2), ("Kitchen", 2)]));
         for bad in ["", "size", "attribute:", "attribute: ", "Brand"] {
@@ -1187,6 +1252,85 @@ mod tests {
             error,
             "attribute name of 1000000 bytes in a facet (at most 256)"
         );
+    }
+
+    /// A search's facets count its vector's nearest items beside its words' matches, each
+    /// facet's nearest among what its other filters pass, alike by scan and by the graph.
+    #[test]
+    fn facet_counts_take_the_vector_s_nearest_items_too() {
+        let mut catalog = Catalog::default();
+        // (title, brand, category, angle of the item's vector from the query's, in degrees)
+        let rows: [(&str, &str, &str, f32); 6] = [
+            ("Desk lamp", "Acme", "Lighting", 90.0),
+            ("Floor lamp", "Zeta", "Lighting", 80.0),
+            ("Candle", "Acme", "Decor", 0.0),
+            ("Lantern", "Zeta", "Outdoor", 10.0),
+            ("Torch", "Bolt", "Outdoor", 20.0),
+            ("Kettle", "Zeta", "Kitchen", 180.0),
+        ];
+        for (i, (title, brand, category, angle)) in rows.into_iter().enumerate() {
+            let mut it = item(format!("i{i}"));
+            it.title = title.into();
+            it.brand = brand.into();
+            it.category = vec![category.into()];
+            let (sin, cos) = angle.to_radians().sin_cos();
+            catalog
+                .upsert(it.validated().unwrap(), vec![cos, sin])
+                .unwrap();
+        }
+        let fields = [FacetField::Brand, FacetField::Category];
+        let v = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(s, n)| ((*s).to_string(), *n)).collect()
+        };
+        let query = [1.0, 0.0];
+        let counts = |catalog: &Catalog, words: Option<&str>, k: usize, filters: &Filters| {
+            let scope = FacetScope {
+                words,
+                nearest: (k > 0).then_some((&query[..], k)),
+                among: None,
+            };
+            catalog
+                .facet_counts(&scope, filters, &fields)
+                .into_iter()
+                .map(|f| f.values)
+                .collect::<Vec<_>>()
+        };
+        let zeta = Filters::new("", &["zeta".to_string()], None, None, false).unwrap();
+        for graph in [false, true] {
+            if graph {
+                catalog.set_ann_min_items(1);
+                assert!(catalog.uses_ann());
+            }
+            // No word matches: without the vector nothing is counted, with it its two nearest.
+            assert_eq!(
+                counts(&catalog, Some("glowing"), 0, &Filters::default()),
+                [v(&[]), v(&[])]
+            );
+            assert_eq!(
+                counts(&catalog, Some("glowing"), 2, &Filters::default()),
+                [
+                    v(&[("Acme", 1), ("Zeta", 1)]),
+                    v(&[("Decor", 1), ("Outdoor", 1)])
+                ],
+                "graph {graph}"
+            );
+            // One brand picked: the brand facet counts the nearest items of every brand, the
+            // category facet Zeta's two nearest (the floor lamp, far from the query, too).
+            assert_eq!(
+                counts(&catalog, Some("glowing"), 2, &zeta),
+                [
+                    v(&[("Acme", 1), ("Zeta", 1)]),
+                    v(&[("Lighting", 1), ("Outdoor", 1)])
+                ],
+                "graph {graph}"
+            );
+            // Words and vector: the union.
+            assert_eq!(
+                counts(&catalog, Some("lamp"), 2, &Filters::default())[0],
+                v(&[("Acme", 2), ("Zeta", 2)]),
+                "graph {graph}"
+            );
+        }
     }
 
     /// A batch goes into the graph whole (each item found again by its own vector, a replaced

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use crate::catalog::{Catalog, HistoryEntry, IdHash};
+use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
 use crate::{RankError, UserKey};
@@ -675,8 +675,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let facets = if request.facets.is_empty() {
             Vec::new()
         } else {
-            let among = (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]);
-            catalog.facet_counts(query, among, &request.filters, &request.facets)
+            let scope = FacetScope {
+                words: query,
+                nearest: query_vector.as_deref().map(|q| (q, FACET_NEAREST)),
+                among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
+            };
+            catalog.facet_counts(&scope, &request.filters, &request.facets)
         };
         let items = chosen
             .into_iter()
@@ -896,6 +900,11 @@ fn fuse(features: &[f32; 5], weights: &[f32; 5]) -> f32 {
 /// Dense candidates asked of the HNSW graph per request (at least; 2k for large k).
 const ANN_CANDIDATES: usize = 128;
 
+/// Nearest items by the query's vector that a search's facets count beside its words'
+/// matches: the first tier of the ranking (see [`PAGE_TIERS`]), which the dense signal alone
+/// can fill, so a query that no title word matches still gets counts over what it shows.
+const FACET_NEAREST: usize = PAGE_TIERS[0];
+
 /// Best BM25 hits added to the pool of a search (at least; 2k for large k). 1024, not 256:
 /// a one-word query matching thousands of titles with near-equal BM25 ("420", "Lite") had
 /// its best items outside both lists; through the real model at 100k items the pool then
@@ -919,7 +928,7 @@ const POPULAR_WITH_QUERY: usize = 100;
 /// walk, which passes the items the filter refuses, about 0.4 ms / (the share that passes).
 /// Scanning is cheaper while `members^2 < ~1,400 * items`: up to ~10k members at 100k items,
 /// ~3k at 10k (measured with `rank_cost`, BENCHMARKS.md "filtered searches"), and it is exact.
-fn filtered_scan_limit(items: usize) -> usize {
+pub(crate) fn filtered_scan_limit(items: usize) -> usize {
     (1024.0 * items as f64).sqrt() as usize
 }
 

@@ -204,57 +204,159 @@ async fn a_misspelt_search_is_ranked_as_meant() {
     }
 }
 
-/// Facet counts through gRPC equal a recount of the catalog file: the items whose title or
-/// description holds a query word (terms as BM25 reads them), in stock, each facet without
-/// its own filter (the brand facet of a one-brand search lists every brand).
-#[tokio::test(flavor = "multi_thread")]
-async fn facet_counts_match_a_recount_of_the_catalog_file() {
+/// One row of the demo shop's catalog file, as the facet recount reads it.
+struct Row {
+    brand: String,
+    levels: Vec<String>,
+    color: String,
+    price: f64,
+    in_stock: bool,
+    /// Title and description: what BM25 reads.
+    words: Vec<String>,
+    /// Its vector from the encoder, as the ranker stored it.
+    vector: Vec<f32>,
+}
+
+/// The demo shop's catalog file, each row embedded through `Embed` as the ranker embeds it
+/// (`Item::text`).
+async fn demo_rows(encoder_url: &str) -> Vec<Row> {
+    use souk_proto::encoder::v1 as enc;
+    use souk_proto::encoder::v1::encoder_client::EncoderClient;
     use souk_ranker_core::bm25::terms;
-    let shop = demo_shop().await;
-    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
-    let query = "wireless headphones";
-    let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
     let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    // (brand, category levels, color, price) of each in-stock item, and whether the query's
-    // words match it.
-    let mut in_stock: Vec<(String, Vec<String>, String, f64)> = Vec::new();
-    let mut matches: Vec<bool> = Vec::new();
+    let mut rows = Vec::new();
+    let mut texts = Vec::new();
     for record in reader.records() {
         let r = record.unwrap();
-        let text = format!("{} {}", &r[1], &r[2]);
-        if r[7].trim() != "true" {
-            continue;
-        }
-        matches.push(terms(&text).iter().any(|t| wanted.contains(t)));
-        let levels = r[3].split('>').map(|l| l.trim().to_string()).collect();
-        let color = r[6]
-            .split(';')
-            .filter_map(|kv| kv.trim().strip_prefix("color="))
-            .map(str::to_string)
-            .next()
-            .unwrap_or_default();
-        in_stock.push((r[4].to_string(), levels, color, r[5].parse().unwrap()));
+        rows.push(Row {
+            brand: r[4].to_string(),
+            levels: r[3].split('>').map(|l| l.trim().to_string()).collect(),
+            color: r[6]
+                .split(';')
+                .filter_map(|kv| kv.trim().strip_prefix("color="))
+                .map(str::to_string)
+                .next()
+                .unwrap_or_default(),
+            price: r[5].parse().unwrap(),
+            in_stock: r[7].trim() == "true",
+            words: terms(&format!("{} {}", &r[1], &r[2])),
+            vector: Vec::new(),
+        });
+        texts.push(if r[2].is_empty() {
+            r[1].to_string()
+        } else {
+            format!("{}. {}", &r[1], &r[2])
+        });
     }
-    let matched: Vec<_> = in_stock
-        .iter()
-        .zip(&matches)
-        .filter(|(_, m)| **m)
-        .map(|(item, _)| item.clone())
-        .collect();
-    let top = |values: Vec<&str>| -> Vec<(String, u64)> {
-        let mut counts: HashMap<&str, u64> = HashMap::new();
-        for v in values.into_iter().filter(|v| !v.is_empty()) {
-            *counts.entry(v).or_insert(0) += 1;
+    let mut client = EncoderClient::new(channel(encoder_url).await);
+    for (chunk, rows) in texts.chunks(32).zip(rows.chunks_mut(32)) {
+        let request = enc::EmbedRequest {
+            texts: chunk.to_vec(),
+            truncate: Some(true),
+            normalize: Some(true),
+        };
+        let response = client.embed(request).await.unwrap().into_inner();
+        for (row, e) in rows.iter_mut().zip(response.embeddings) {
+            row.vector = e.values;
         }
-        let mut counts: Vec<(String, u64)> = counts
-            .into_iter()
-            .map(|(v, n)| (v.to_string(), n))
-            .collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        counts.truncate(20);
-        counts
+    }
+    rows
+}
+
+/// The rows a facet of a search counts, recounted: those among `candidates` that hold a word
+/// of `query`, and the 64 nearest `vector` among `candidates` that are at least 3/4 as near
+/// as the nearest (the ranker's `FACET_NEAREST` and `NEAR_MATCH_RATIO`).
+fn facet_rows<'a>(
+    rows: &'a [Row],
+    query: &str,
+    vector: Option<&[f32]>,
+    candidates: impl Fn(&Row) -> bool,
+) -> Vec<&'a Row> {
+    let wanted: std::collections::HashSet<String> =
+        souk_ranker_core::bm25::terms(query).into_iter().collect();
+    let dot = |row: &Row, vector: &[f32]| -> f32 {
+        row.vector.iter().zip(vector).map(|(a, b)| a * b).sum()
     };
-    let brand = matched[0].0.clone();
+    let mut near: Vec<(f32, usize)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| candidates(r))
+        .filter_map(|(i, r)| Some((dot(r, vector?), i)))
+        .collect();
+    near.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let floor = 0.75 * near.first().map_or(0.0, |n| n.0);
+    // Nothing within float noise of a cut, or the recount could differ from the ranker's
+    // f32 sums in the last bit.
+    assert!(near.iter().take(64).all(|(s, _)| (s - floor).abs() > 1e-4));
+    assert!(near.len() <= 64 || (near[63].0 - near[64].0).abs() > 1e-5);
+    let near: std::collections::HashSet<usize> = near
+        .into_iter()
+        .take(64)
+        .filter(|(s, _)| *s >= floor)
+        .map(|(_, i)| i)
+        .collect();
+    rows.iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            candidates(r) && (near.contains(i) || r.words.iter().any(|w| wanted.contains(w)))
+        })
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// The 20 most common values, most items first (ties by value), as a facet lists them.
+fn top<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<(String, u64)> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for v in values.into_iter().filter(|v| !v.is_empty()) {
+        *counts.entry(v).or_insert(0) += 1;
+    }
+    let mut counts: Vec<(String, u64)> = counts
+        .into_iter()
+        .map(|(v, n)| (v.to_string(), n))
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.truncate(20);
+    counts
+}
+
+/// A facet's values as (value, count).
+fn values(facet: &rk::Facet) -> Vec<(String, u64)> {
+    facet
+        .values
+        .iter()
+        .map(|v| (v.value.clone(), v.count))
+        .collect()
+}
+
+/// Facet counts through gRPC equal a recount of the catalog file: the in-stock items whose
+/// title or description holds a query word (terms as BM25 reads them) and those nearest the
+/// query's vector (embedded through the encoder), each facet without its own filter (the
+/// brand facet of a one-brand search lists every brand), price buckets included; a query
+/// that no word matches is counted over its nearest items.
+#[tokio::test(flavor = "multi_thread")]
+async fn facet_counts_match_a_recount_of_the_catalog_file() {
+    let shop = demo_shop().await;
+    let rows = demo_rows(&shop.encoder_url).await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let embed = |text: &str| {
+        let url = shop.encoder_url.clone();
+        let text = text.to_string();
+        async move {
+            use souk_proto::encoder::v1 as enc;
+            let mut client =
+                souk_proto::encoder::v1::encoder_client::EncoderClient::new(channel(&url).await);
+            let request = enc::EmbedRequest {
+                texts: vec![text],
+                truncate: Some(true),
+                normalize: Some(true),
+            };
+            let response = client.embed(request).await.unwrap().into_inner();
+            response.embeddings[0].values.clone()
+        }
+    };
+    let query = "wireless headphones";
+    let vector = embed(query).await;
+    let brand = "Pixelon";
     let request = rk::RankRequest {
         filters: Some(rk::Filters {
             brands: vec![brand.to_uppercase()],
@@ -266,6 +368,7 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             "category".into(),
             "attribute:Color".into(),
             "price".into(),
+            "price:50,100".into(),
         ],
         ..rank("", query, 5)
     };
@@ -273,63 +376,71 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     let got: Vec<(String, Vec<(String, u64)>)> = response
         .facets
         .iter()
-        .map(|f| {
-            let values = f
-                .values
+        .map(|f| (f.name.clone(), values(f)))
+        .collect();
+    // The brand facet lifts the brand filter; the others keep it (and count the brand's own
+    // nearest items).
+    let all_brands = facet_rows(&rows, query, Some(&vector), |r| r.in_stock);
+    let of_brand = facet_rows(&rows, query, Some(&vector), |r| {
+        r.in_stock && r.brand == brand
+    });
+    let buckets = ["*-50", "50-100", "100-*"]
+        .iter()
+        .zip([(0.0, 50.0), (50.0, 100.0), (100.0, f64::INFINITY)])
+        .map(|(label, (low, high))| {
+            let n = of_brand
                 .iter()
-                .map(|v| (v.value.clone(), v.count))
-                .collect();
-            (f.name.clone(), values)
+                .filter(|r| low <= r.price && r.price < high)
+                .count();
+            (label.to_string(), n as u64)
         })
         .collect();
-    // The facets the brand filter narrows (category, colour, price) count the brand's 64
-    // items nearest the query's vector beside its words' matches: it has fewer in stock, so
-    // every one of them, matching the words or not.
-    let of_brand = || in_stock.iter().filter(|m| m.0 == brand);
-    let brand_matches = matched.iter().filter(|m| m.0 == brand).count();
-    assert!(brand_matches < of_brand().count() && of_brand().count() < 64);
     assert_eq!(
-        got[1..],
+        got,
         [
             (
+                "brand".to_string(),
+                top(all_brands.iter().map(|r| r.brand.as_str()))
+            ),
+            (
                 "category".to_string(),
-                top(of_brand()
-                    .flat_map(|m| m.1.iter().map(String::as_str))
-                    .collect())
+                top(of_brand
+                    .iter()
+                    .flat_map(|r| r.levels.iter().map(String::as_str)))
             ),
             (
                 "attribute:color".to_string(),
-                top(of_brand().map(|m| m.2.as_str()).collect())
+                top(of_brand.iter().map(|r| r.color.as_str()))
             ),
             ("price".to_string(), Vec::new()),
+            ("price:50,100".to_string(), buckets),
         ]
     );
+    assert!(got[0].1.len() > 1, "every brand, not only {brand}: {got:?}");
+    assert!(response.items.iter().all(|i| i.brand == brand));
     let price = &response.facets[3];
-    let low = of_brand().map(|m| m.3).fold(f64::INFINITY, f64::min);
-    let high = of_brand().map(|m| m.3).fold(0.0, f64::max);
+    let low = of_brand
+        .iter()
+        .map(|r| r.price)
+        .fold(f64::INFINITY, f64::min);
+    let high = of_brand.iter().map(|r| r.price).fold(0.0, f64::max);
     assert_eq!((price.min_price, price.max_price), (Some(low), Some(high)));
     assert!(low < high);
-    // The brand facet (the brand filter lifted): every brand's matches and the 64 in-stock
-    // items nearest the query, whatever their words.
-    assert_eq!(got[0].0, "brand");
-    let count =
-        |values: &[(String, u64)], b: &str| values.iter().find(|v| v.0 == b).map_or(0, |v| v.1);
-    let lexical = top(matched.iter().map(|m| m.0.as_str()).collect());
-    let all = top(in_stock.iter().map(|m| m.0.as_str()).collect());
-    for (b, n) in &all {
-        let (least, got) = (count(&lexical, b), count(&got[0].1, b));
-        assert!(least <= got && got <= *n, "{b}: {least} <= {got} <= {n}");
-    }
-    let total: u64 = got[0].1.iter().map(|v| v.1).sum::<u64>() + response.facets[0].other_values;
-    let words = matched.len() as u64;
-    assert!(words < total && total <= words + 64, "{words} < {total}");
-    assert!(
-        got[0].1.len() > 1,
-        "every brand, not only {brand}: {:?}",
-        got[0].1
+    let bounds: Vec<(Option<f64>, Option<f64>)> = response.facets[4]
+        .values
+        .iter()
+        .map(|v| (v.price_from, v.price_to))
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            (None, Some(50.0)),
+            (Some(50.0), Some(100.0)),
+            (Some(100.0), None)
+        ]
     );
-    assert!(response.items.iter().all(|i| i.brand == brand));
-    // A facet asked for twice, or one that does not exist: InvalidArgument naming it.
+    // A facet asked for twice, one that does not exist, bad price edges: InvalidArgument
+    // naming it.
     for (facets, message) in [
         (
             vec!["brand", "brand"],
@@ -339,6 +450,10 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
             vec!["category", "size"],
             "facets[1]: unknown facet \"size\"",
         ),
+        (
+            vec!["price", "price:100,50"],
+            "facets[1]: price facet edges must rise: 50 after 100",
+        ),
     ] {
         let request = rk::RankRequest {
             facets: facets.into_iter().map(String::from).collect(),
@@ -346,33 +461,29 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
         };
         assert_invalid(&client.rank(request).await.unwrap_err(), message);
     }
-    // No word of this query is in the catalog: the counts are over the 64 items nearest its
-    // vector (every item is a candidate: no filter), which hold what the page shows.
+    // No word of this query is in the catalog: the counts are over the items nearest its
+    // vector (every item a candidate: no filter), which hold what the page shows.
     let query = "music listening";
-    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
-    let wanted: std::collections::HashSet<String> = terms(query).into_iter().collect();
-    for record in reader.records() {
-        let r = record.unwrap();
-        let text = format!("{} {}", &r[1], &r[2]);
-        assert!(!terms(&text).iter().any(|t| wanted.contains(t)), "{text}");
-    }
+    let vector = embed(query).await;
+    let near = facet_rows(&rows, query, Some(&vector), |_| true);
+    assert!(near.iter().all(|r| !r.words.iter().any(|w| w == "music")));
     let request = rk::RankRequest {
         facets: vec!["brand".into(), "category".into()],
         verbatim: true,
         ..rank("", query, 5)
     };
     let response = client.rank(request).await.unwrap().into_inner();
-    assert_eq!(response.items.len(), 5);
-    let (brands, categories) = (&response.facets[0], &response.facets[1]);
-    let total: u64 = brands.values.iter().map(|v| v.count).sum::<u64>() + brands.other_values;
-    assert_eq!(total, 64, "{brands:?}");
+    assert_eq!(
+        values(&response.facets[0]),
+        top(near.iter().map(|r| r.brand.as_str()))
+    );
+    assert!(near.len() > 5 && near.len() < 64, "{}", near.len());
     for item in &response.items {
-        let counted = |facet: &rk::Facet, value: &str| {
-            facet.values.iter().any(|v| v.value == value && v.count > 0)
-        };
-        assert!(counted(brands, &item.brand), "{} in {brands:?}", item.brand);
+        let counted =
+            |facet: &rk::Facet, value: &str| facet.values.iter().any(|v| v.value == value);
+        assert!(counted(&response.facets[0], &item.brand), "{}", item.brand);
         for level in &item.category {
-            assert!(counted(categories, level), "{level} in {categories:?}");
+            assert!(counted(&response.facets[1], level), "{level}");
         }
     }
 }

@@ -431,12 +431,13 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 }],
                 ..Default::default()
             }),
-            // What a search page shows beside the filters: every colour stays counted, and
-            // the price slider's range.
+            // What a search page shows beside the filters: every colour stays counted, the
+            // price slider's range and items per price bucket.
             vec![
                 "brand".to_string(),
                 "attribute:color".to_string(),
                 "price".to_string(),
+                "price:50,100,200".to_string(),
             ],
         ),
         (

@@ -294,8 +294,9 @@ pub struct RankArgs {
     /// --feedback` records), zero-weighted ones too.
     #[arg(long)]
     pub all_signals: bool,
-    /// Counts per value beside the results: `brand`, `category`, `attribute:NAME` or `price`
-    /// (its range) (repeat for more), over the items the query matches that pass the other
+    /// Counts per value beside the results: `brand`, `category`, `attribute:NAME`, `price`
+    /// (its range) or `price:25,50,100` (items per price bucket) (repeat for more), over the
+    /// items the query matches (its words, and its nearest items by vector) that pass the other
     /// filters.
     #[arg(long = "facet", value_name = "FIELD")]
     pub facets: Vec<String>,

@@ -168,13 +168,25 @@ impl Facets {
         (low <= high).then(|| (f64::from_bits(low), f64::from_bits(high)))
     }
 
+    /// How many of `slots` fall in each bucket between `edges` (price keys, rising; see
+    /// [`FacetField::PriceBuckets`]), read from the index's own array.
+    pub(crate) fn price_buckets(&self, slots: &[u32], edges: &[u64]) -> Vec<u64> {
+        let mut counts = vec![0; edges.len() + 1];
+        for &slot in slots {
+            if let Some(key) = self.prices.by_slot.get(slot as usize).copied().flatten() {
+                counts[edges.partition_point(|&e| e <= key)] += 1;
+            }
+        }
+        counts
+    }
+
     /// The items of each value of `field`, by lower-cased value (none for the price).
     pub(crate) fn value_sets(&self, field: &FacetField) -> Vec<(&str, &SlotSet)> {
         let sets = match field {
             FacetField::Brand => Some(&self.brands),
             FacetField::Category => Some(&self.categories),
             FacetField::Attribute(a) => self.attributes.get(a),
-            FacetField::Price => None,
+            FacetField::Price | FacetField::PriceBuckets(_) => None,
         };
         sets.into_iter()
             .flatten()
@@ -399,15 +411,24 @@ pub enum FacetField {
     Attribute(String),
     /// The lowest and highest price (for a price slider), no values.
     Price,
+    /// Items per price bucket between these edges (ascending positive prices, as their f64
+    /// bits, which order like the prices): below the first edge, from each edge to the next,
+    /// from the last up; a bucket holds its lower edge, not its upper (as Elasticsearch's
+    /// range aggregation). Every bucket is listed, in price order, empty ones too; the range
+    /// is given as for [`FacetField::Price`].
+    PriceBuckets(Vec<u64>),
 }
 
 /// Most facets one request may ask for.
 pub const MAX_FACETS: usize = 8;
 /// Most values a facet lists (the most common; the rest are counted in `other_values`).
 pub const FACET_VALUES: usize = 20;
+/// Most edges of a price-bucket facet (so at most 17 buckets).
+pub const MAX_PRICE_EDGES: usize = 16;
 
 impl FacetField {
-    /// "brand", "category", "price" or "attribute:<name>" (name as items carry it, any case).
+    /// "brand", "category", "price", "price:<edge>,<edge>,..." (price buckets, e.g.
+    /// "price:25,50,100") or "attribute:<name>" (name as items carry it, any case).
     ///
     /// # Errors
     /// The reason `name` is none of those.
@@ -416,6 +437,9 @@ impl FacetField {
             "brand" => Ok(Self::Brand),
             "category" => Ok(Self::Category),
             "price" => Ok(Self::Price),
+            other if other.starts_with("price:") => {
+                parse_price_edges(&other["price:".len()..]).map(Self::PriceBuckets)
+            }
             other => match other.strip_prefix("attribute:").map(str::trim) {
                 Some(attr) if attr.len() > 256 => Err(format!(
                     "attribute name of {} bytes in a facet (at most 256)",
@@ -427,7 +451,7 @@ impl FacetField {
                     let shown: String = name.chars().take(64).collect();
                     let more = if shown.len() < name.len() { "..." } else { "" };
                     Err(format!(
-                        "unknown facet {shown:?}{more} (brand, category, price or attribute:<name>)"
+                        "unknown facet {shown:?}{more} (brand, category, price, price:<edges> or attribute:<name>)"
                     ))
                 }
             },
@@ -441,7 +465,30 @@ impl FacetField {
             Self::Category => "category".into(),
             Self::Attribute(a) => format!("attribute:{a}"),
             Self::Price => "price".into(),
+            Self::PriceBuckets(edges) => {
+                let edges: Vec<String> = edges
+                    .iter()
+                    .map(|&e| f64::from_bits(e).to_string())
+                    .collect();
+                format!("price:{}", edges.join(","))
+            }
         }
+    }
+
+    /// The bounds of a price-bucket facet's `i`-th bucket, lowest first (`None`: open
+    /// there), and its label ("*-25", "25-50", "100-*"); `None` for other facets and past
+    /// the last bucket.
+    pub fn price_bucket(&self, i: usize) -> Option<(Option<f64>, Option<f64>, String)> {
+        let Self::PriceBuckets(edges) = self else {
+            return None;
+        };
+        if i > edges.len() {
+            return None;
+        }
+        let from = i.checked_sub(1).map(|j| f64::from_bits(edges[j]));
+        let to = edges.get(i).map(|&e| f64::from_bits(e));
+        let show = |bound: Option<f64>| bound.map_or("*".to_string(), |b| b.to_string());
+        Some((from, to, format!("{}-{}", show(from), show(to))))
     }
 
     /// `filters` without this field's own side: a shopper who picked one brand still sees
@@ -452,7 +499,7 @@ impl FacetField {
             Self::Brand => f.brands.clear(),
             Self::Category => f.category = None,
             Self::Attribute(a) => f.attributes.retain(|(name, _)| name != a),
-            Self::Price => (f.min_price, f.max_price) = (None, None),
+            Self::Price | Self::PriceBuckets(_) => (f.min_price, f.max_price) = (None, None),
         }
         f
     }
@@ -479,9 +526,40 @@ impl FacetField {
                 .filter(|(name, _)| same_ignoring_case(name, a))
                 .map(|(_, v)| v.as_str())
                 .collect(),
-            Self::Price => Vec::new(),
+            Self::Price | Self::PriceBuckets(_) => Vec::new(),
         }
     }
+}
+
+/// A price-bucket facet's edges ("25, 50, 100"): positive prices, rising, at most
+/// [`MAX_PRICE_EDGES`]; their f64 bits.
+fn parse_price_edges(list: &str) -> Result<Vec<u64>, String> {
+    let count = list.split(',').count();
+    if count > MAX_PRICE_EDGES {
+        return Err(format!(
+            "a price facet has at most {MAX_PRICE_EDGES} edges, got {count}"
+        ));
+    }
+    let mut edges: Vec<u64> = Vec::with_capacity(count);
+    for text in list.split(',').map(str::trim) {
+        let shown: String = text.chars().take(32).collect();
+        let edge: f64 = text
+            .parse()
+            .map_err(|_| format!("price facet edge {shown:?} is not a number"))?;
+        if !(edge.is_finite() && edge > 0.0) {
+            return Err(format!("price facet edge {shown} is not a positive price"));
+        }
+        if let Some(&last) = edges.last()
+            && f64::from_bits(last) >= edge
+        {
+            return Err(format!(
+                "price facet edges must rise: {edge} after {}",
+                f64::from_bits(last)
+            ));
+        }
+        edges.push(edge.to_bits());
+    }
+    Ok(edges)
 }
 
 /// Whether `a` and `b` are the same lower-cased, without allocating (facet values are
@@ -569,6 +647,50 @@ mod tests {
     /// Counting by buckets agrees with walking the items: exactly when the range holds at
     /// most `cap`, over `cap` otherwise; also after removals, and for ranges inside a bucket,
     /// across many, open above, or at 0.
+    /// Price-bucket facets: edges parse into rising positive prices, name and bounds read
+    /// back; anything else is refused with the reason.
+    #[test]
+    fn price_buckets_parse_or_say_why_not() {
+        let field = FacetField::parse("price:25,49.99,100").unwrap();
+        assert_eq!(field.name(), "price:25,49.99,100");
+        assert_eq!(FacetField::parse(&field.name()).unwrap(), field);
+        let bucket = |i| field.price_bucket(i);
+        assert_eq!(bucket(0), Some((None, Some(25.0), "*-25".to_string())));
+        assert_eq!(
+            bucket(1),
+            Some((Some(25.0), Some(49.99), "25-49.99".to_string()))
+        );
+        assert_eq!(bucket(3), Some((Some(100.0), None, "100-*".to_string())));
+        assert_eq!(bucket(4), None);
+        assert_eq!(FacetField::Price.price_bucket(0), None);
+        let too_many = format!(
+            "price:{}",
+            (1..=17)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for (name, why) in [
+            ("price:", "price facet edge \"\" is not a number"),
+            ("price:10,x", "price facet edge \"x\" is not a number"),
+            ("price:0,10", "price facet edge 0 is not a positive price"),
+            ("price:-5", "price facet edge -5 is not a positive price"),
+            ("price:inf", "price facet edge inf is not a positive price"),
+            ("price:NaN", "price facet edge NaN is not a positive price"),
+            ("price:50,25", "price facet edges must rise: 25 after 50"),
+            ("price:50,50", "price facet edges must rise: 50 after 50"),
+            (
+                too_many.as_str(),
+                "a price facet has at most 16 edges, got 17",
+            ),
+        ] {
+            assert_eq!(FacetField::parse(name).unwrap_err(), why, "{name}");
+        }
+        let long = format!("price:{}", "9".repeat(10_000) + "x");
+        let error = FacetField::parse(&long).unwrap_err();
+        assert!(error.len() < 100, "{error}");
+    }
+
     #[test]
     fn price_counts_match_a_walk() {
         let mut rng = crate::rng::XorShift::new(11);

@@ -549,7 +549,19 @@ impl pb::ranker_server::Ranker for RankerService {
                     values: f
                         .values
                         .into_iter()
-                        .map(|(value, count)| pb::FacetValue { value, count })
+                        .enumerate()
+                        .map(|(i, (value, count))| {
+                            let (price_from, price_to) = f
+                                .field
+                                .price_bucket(i)
+                                .map_or((None, None), |(from, to, _)| (from, to));
+                            pb::FacetValue {
+                                value,
+                                count,
+                                price_from,
+                                price_to,
+                            }
+                        })
                         .collect(),
                     other_values: f.other_values,
                     min_price: f.price_range.map(|(low, _)| low),

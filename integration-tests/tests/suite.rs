@@ -156,6 +156,14 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         .into_inner();
     assert_eq!(typed.corrected_query, "wireless headphones");
     assert_eq!(ids(&typed), ids(&meant));
+    // Two edits in a long word ("ph" typed "f"): read as meant too.
+    let two = client
+        .rank(rank("", "wireless headfones", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.corrected_query, "wireless headphones");
+    assert_eq!(ids(&two), ids(&meant));
     assert!(
         typed.items[0].reasons[0].contains("matches your search \"wireless headphones\""),
         "{:?}",

@@ -101,6 +101,10 @@ pub struct SearchArgs {
     /// how the ranking holds up when shoppers mistype.
     #[arg(long)]
     pub typos: Option<u64>,
+    /// With `--typos`: edits per misspelt word. 2 misspells a word of 6+ letters twice (one
+    /// edit on a 4+ letter word when the query has none that long).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub typo_edits: u8,
     /// Which signals read the query with misspelt words corrected against the product
     /// texts, as `Rank` does.
     #[arg(long, value_enum, default_value_t = Correct::All)]
@@ -346,9 +350,10 @@ pub(crate) async fn features(
     let typed: HashMap<String, String> = rows
         .iter()
         .map(|r| {
-            let t = typing
-                .typos
-                .map_or_else(|| r.query.clone(), |seed| misspell(&r.query, seed));
+            let t = typing.typos.map_or_else(
+                || r.query.clone(),
+                |seed| misspell(&r.query, seed, typing.edits),
+            );
             (r.query.clone(), t)
         })
         .collect();
@@ -515,6 +520,8 @@ pub(crate) async fn features(
 pub(crate) struct Typing {
     /// Misspell one word of each query (seed).
     pub typos: Option<u64>,
+    /// Edits in the misspelt word (1 or 2).
+    pub edits: u8,
     pub correct: Correct,
 }
 
@@ -533,7 +540,9 @@ pub enum Correct {
 /// `query` with one random edit (a letter deleted, inserted or replaced, or two neighbours
 /// swapped) in one of its words of 4+ ASCII letters, chosen by `seed` and the query; as
 /// typed when it has no such word.
-fn misspell(query: &str, seed: u64) -> String {
+/// With `edits` 2, a word of 6+ letters gets two such edits (a query without one gets one
+/// edit as above); the first edit's draws are those of one edit.
+fn misspell(query: &str, seed: u64, edits: u8) -> String {
     let mut rng = souk_ranker_core::rng::XorShift::new(seed ^ fnv1a(query));
     let mut below = |n: usize| ((rng.unit() * n as f64) as usize).min(n.saturating_sub(1));
     let words: Vec<(usize, usize)> = query
@@ -545,15 +554,32 @@ fn misspell(query: &str, seed: u64) -> String {
                 _ => runs.push((i, i + 1)),
             }
             runs
-        })
-        .into_iter()
-        .filter(|(a, b)| b - a >= 4)
-        .collect();
+        });
+    let long: Vec<(usize, usize)> = words.iter().copied().filter(|(a, b)| b - a >= 6).collect();
+    let (words, edits) = if edits >= 2 && !long.is_empty() {
+        (long, 2)
+    } else {
+        (words.into_iter().filter(|(a, b)| b - a >= 4).collect(), 1)
+    };
     if words.is_empty() {
         return query.to_string();
     }
     let (a, b) = words[below(words.len())];
     let mut word: Vec<u8> = query.as_bytes()[a..b].to_ascii_lowercase();
+    for _ in 0..edits {
+        edit(&mut word, &mut below);
+    }
+    format!(
+        "{}{}{}",
+        &query[..a],
+        String::from_utf8_lossy(&word),
+        &query[b..]
+    )
+}
+
+/// One random edit of `word` (2+ letters): a letter deleted, inserted or replaced, or two
+/// neighbours swapped.
+fn edit(word: &mut Vec<u8>, below: &mut impl FnMut(usize) -> usize) {
     let i = below(word.len());
     let letter = b'a' + below(26) as u8;
     match below(4) {
@@ -573,12 +599,6 @@ fn misspell(query: &str, seed: u64) -> String {
             word.swap(i, i + 1);
         }
     }
-    format!(
-        "{}{}{}",
-        &query[..a],
-        String::from_utf8_lossy(&word),
-        &query[b..]
-    )
 }
 
 /// Appends, for the fusion only, the title and title+description dense signals relative to the query's other candidates
@@ -678,6 +698,7 @@ pub async fn search_report(
     let k = args.k;
     let typing = Typing {
         typos: args.typos,
+        edits: args.typo_edits,
         correct: args.correct,
     };
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {

@@ -59,6 +59,172 @@ const MIN_CORRECTED_CHARS: usize = 4;
 const MAX_CORRECTED_CHARS: usize = 32;
 /// Unknown words corrected per query (the first ones): bounds a query's correction to ~1 ms.
 const MAX_CORRECTED_WORDS: usize = 8;
+/// Words of at least this many letters with no indexed term one edit away are corrected to
+/// one two edits away (Lucene's fuzzy "AUTO" allows two edits from 6 letters on: shorter
+/// words have too many two-edit neighbours).
+const MIN_TWO_EDIT_CHARS: usize = 6;
+
+/// A term's letters as a set of bits (a-z, digits, anything else by its code): an edit
+/// changes at most two letters' presence, so two edits change at most four bits, and most
+/// terms are ruled out by one popcount.
+fn letter_bits(term: &str) -> u64 {
+    term.chars().fold(0, |bits, c| {
+        let bit = match c {
+            'a'..='z' => c as u32 - 'a' as u32,
+            '0'..='9' => 26 + c as u32 - '0' as u32,
+            _ => 36 + c as u32 % 28,
+        };
+        bits | 1 << bit
+    })
+}
+
+/// Optimal-string-alignment distance (deletions, insertions, replacements and swaps of two
+/// neighbours, each 1) between `a` and `b`, or `None` once it is over `max`. Only the band of
+/// cells within `max` of the diagonal is computed (the others are over it), and words of up
+/// to [`EDIT_LETTERS`] - 1 letters (longer: `None`), so the rows live on the stack.
+fn edit_distance<T: PartialEq>(a: &[T], b: &[T], max: usize) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > max || b.len() >= EDIT_LETTERS || a.len() >= EDIT_LETTERS {
+        return None;
+    }
+    // Cells over `max` are all `over` (so they fit a byte); rows on the stack, rotated by
+    // index: two back (for swaps), the last, the one being filled.
+    let over = (max + 1).min(usize::from(u8::MAX)) as u8;
+    let mut rows = [[over; EDIT_LETTERS]; 3];
+    for (j, cell) in rows[1].iter_mut().enumerate().take(b.len().min(max) + 1) {
+        *cell = j as u8;
+    }
+    let (mut before, mut last, mut row) = (0, 1, 2);
+    for i in 1..=a.len() {
+        let (low, high) = (i.saturating_sub(max).max(1), (i + max).min(b.len()));
+        // The cells either side of the band (this row held the one two back).
+        let first = if i <= max { i as u8 } else { over };
+        rows[row][0] = first;
+        rows[row][low - 1] = if low > 1 { over } else { first };
+        if high + 1 < EDIT_LETTERS {
+            rows[row][high + 1] = over;
+        }
+        let mut least = first;
+        for j in low..=high {
+            let cost = u8::from(a[i - 1] != b[j - 1]);
+            let mut d = (rows[last][j] + 1)
+                .min(rows[row][j - 1] + 1)
+                .min(rows[last][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(rows[before][j - 2] + 1);
+            }
+            let d = d.min(over);
+            rows[row][j] = d;
+            least = least.min(d);
+        }
+        if usize::from(least) > max {
+            return None;
+        }
+        (before, last, row) = (last, row, before);
+    }
+    Some(usize::from(rows[last][b.len()])).filter(|&d| d <= max)
+}
+
+/// Room in [`edit_distance`]'s rows: a corrected word has at most [`MAX_CORRECTED_CHARS`]
+/// letters and a term two edits from it two more.
+const EDIT_LETTERS: usize = MAX_CORRECTED_CHARS + 4;
+
+/// The indexed terms a two-edit correction may become (letters only, 4 to 34 of them), by
+/// length in letters, each with its letter bits, kept in step with the postings: a word's
+/// search reads the five lengths within two of its own and skips most terms there on a
+/// popcount (37k terms of Crowdflower and Flipkart texts: BENCHMARKS.md, "two edits").
+#[derive(Debug, Clone, Default)]
+struct Vocabulary {
+    by_length: Vec<Terms>,
+    /// Each term's length and place in its `Terms`.
+    at: HashMap<String, (usize, usize)>,
+}
+
+/// Terms of one length, with their letter bits side by side for the scan.
+#[derive(Debug, Clone, Default)]
+struct Terms {
+    bits: Vec<u64>,
+    terms: Vec<String>,
+}
+
+impl Vocabulary {
+    fn add(&mut self, term: &str) {
+        let length = term.chars().count();
+        if !(MIN_CORRECTED_CHARS..=MAX_CORRECTED_CHARS + 2).contains(&length)
+            || term.contains(|c: char| c.is_numeric())
+            || self.at.contains_key(term)
+        {
+            return;
+        }
+        if self.by_length.len() <= length {
+            self.by_length.resize_with(length + 1, Terms::default);
+        }
+        let terms = &mut self.by_length[length];
+        self.at
+            .insert(term.to_string(), (length, terms.terms.len()));
+        terms.bits.push(letter_bits(term));
+        terms.terms.push(term.to_string());
+    }
+
+    fn remove(&mut self, term: &str) {
+        let Some((length, i)) = self.at.remove(term) else {
+            return;
+        };
+        let Some(terms) = self.by_length.get_mut(length) else {
+            return;
+        };
+        terms.bits.swap_remove(i);
+        terms.terms.swap_remove(i);
+        if let Some(moved) = terms.terms.get(i) {
+            self.at.insert(moved.clone(), (length, i));
+        }
+    }
+
+    /// The terms within two letters of `length` whose letter bits differ from `bits` in at
+    /// most four places (two edits change at most four letters' presence).
+    fn near(&self, bits: u64, length: usize) -> Vec<&str> {
+        let lengths = length.saturating_sub(2)..(length + 3).min(self.by_length.len());
+        let mut near = Vec::new();
+        let mut places = Vec::new();
+        for t in self.by_length.get(lengths).unwrap_or_default() {
+            places.clear();
+            within_four_bits(&t.bits, bits, &mut places);
+            near.extend(
+                places
+                    .iter()
+                    .filter_map(|&i| t.terms.get(i))
+                    .map(String::as_str),
+            );
+        }
+        near
+    }
+}
+
+/// Appends to `places` the places in `all` whose bits differ from `bits` in at most four:
+/// with the CPU's popcount instruction where it has one (the build targets baseline x86-64,
+/// whose `count_ones` is a dozen instructions, and this is the two-edit search's scan).
+fn within_four_bits(all: &[u64], bits: u64, places: &mut Vec<usize>) {
+    #[inline(always)]
+    fn scan(all: &[u64], bits: u64, places: &mut Vec<usize>) {
+        for (i, b) in all.iter().enumerate() {
+            if (b ^ bits).count_ones() <= 4 {
+                places.push(i);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "popcnt")]
+        fn scan_popcnt(all: &[u64], bits: u64, places: &mut Vec<usize>) {
+            scan(all, bits, places);
+        }
+        if std::is_x86_feature_detected!("popcnt") {
+            // SAFETY: the CPU has POPCNT, checked at run time just above.
+            #[allow(unsafe_code)]
+            return unsafe { scan_popcnt(all, bits, places) };
+        }
+    }
+    scan(all, bits, places);
+}
 
 /// Folds English plurals only (Harman's S-stemmer, the rule set of Lucene's
 /// `EnglishMinimalStemmer`): "-ies" -> "-y", else a final "-s" dropped; words ending "-us",
@@ -102,9 +268,15 @@ pub struct Bm25 {
     /// Distinct terms of each document, so removal touches only its postings.
     doc_terms: Vec<Vec<String>>,
     total_length: u64,
+    vocabulary: Vocabulary,
 }
 
 impl Bm25 {
+    /// Distinct indexed terms (the vocabulary the spelling check reads).
+    pub fn terms_len(&self) -> usize {
+        self.postings.len()
+    }
+
     /// Indexes `text` as document `doc`, replacing what `doc` held before.
     pub fn insert(&mut self, doc: u32, text: &str) {
         self.remove(doc);
@@ -121,6 +293,9 @@ impl Bm25 {
         self.total_length += u64::from(self.lengths[i]);
         let mut distinct = Vec::new();
         for term in terms {
+            if !self.postings.contains_key(&term) {
+                self.vocabulary.add(&term);
+            }
             let tf = self
                 .postings
                 .entry(term.clone())
@@ -148,6 +323,7 @@ impl Bm25 {
                 docs.remove(&doc);
                 if docs.is_empty() {
                     self.postings.remove(&term);
+                    self.vocabulary.remove(&term);
                 }
             }
         }
@@ -162,11 +338,14 @@ impl Bm25 {
     /// folded ([`fold`]: "creme" is no misspelling of "crème", it is the same term) and
     /// edited as typed ("crèmme" -> "crème"). Inserted and replacing letters are a-z and the
     /// word's own (all letters of a script would be thousands of lookups for CJK), so
-    /// outside a-z a doubled, dropped or swapped letter is corrected.
+    /// outside a-z a doubled, dropped or swapped letter is corrected. A word of 6+ letters
+    /// with no neighbour one edit away is read as the term two edits away in the most
+    /// documents ("headfones" -> "headphones"; see `two_edits_away`).
     ///
     /// # Complexity
-    /// About 55 x (letters) index lookups per unknown word (every one-edit neighbour): ~0.1 ms
-    /// for a 10-letter word; nothing for words the index holds.
+    /// About 55 x (letters) index lookups per unknown word (every one-edit neighbour): ~30 us
+    /// for an 8-10-letter word against 37k terms, ~50-100 us when the two-edit search runs
+    /// too (BENCHMARKS.md, "two edits"); nothing for words the index holds.
     pub fn correct(&self, query: &str) -> Option<String> {
         let mut out = String::with_capacity(query.len());
         let mut changed = false;
@@ -274,7 +453,57 @@ impl Bm25 {
                 consider(inserted);
             }
         }
-        best.map(|(_, _, word)| word)
+        match best {
+            Some((_, _, word)) => Some(word),
+            None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower),
+            None => None,
+        }
+    }
+
+    /// The indexed term two edits from `lower` (a lower-cased query word; compared folded and
+    /// without its plural) in the most documents (ties: the longer, then the first by text),
+    /// written plural when the word was ("hedfones" -> "headphones").
+    ///
+    /// # Complexity
+    /// A popcount per indexed term within two letters of the word's length, an edit
+    /// distance for those within four letters' presence (BENCHMARKS.md, "two edits").
+    fn two_edits_away(&self, lower: &str) -> Option<String> {
+        let folded = fold(lower);
+        let stem = plural_stem(folded.clone());
+        let plural = stem != folded;
+        let (bits, letters) = (letter_bits(&stem), stem.chars().collect::<Vec<char>>());
+        let ascii = stem.is_ascii();
+        let mut best: Option<(usize, &str)> = None;
+        let mut chars = Vec::new();
+        for term in self.vocabulary.near(bits, letters.len()) {
+            let near = if ascii && term.is_ascii() {
+                edit_distance(stem.as_bytes(), term.as_bytes(), 2)
+            } else {
+                chars.clear();
+                chars.extend(term.chars());
+                edit_distance(&letters, &chars, 2)
+            };
+            if near.is_none() {
+                continue;
+            }
+            let documents = self.postings.get(term).map_or(0, HashMap::len);
+            let better = best.is_none_or(|(d, t)| {
+                documents
+                    .cmp(&d)
+                    .then_with(|| term.len().cmp(&t.len()))
+                    .then_with(|| t.cmp(term))
+                    .is_gt()
+            });
+            if better {
+                best = Some((documents, term));
+            }
+        }
+        let (_, term) = best?;
+        Some(match (plural, term.strip_suffix('y')) {
+            (false, _) => term.to_string(),
+            (true, Some(base)) if folded.ends_with("ies") => format!("{base}ies"),
+            (true, _) => format!("{term}s"),
+        })
     }
 
     /// BM25 score of every document matching at least one query term.
@@ -338,6 +567,74 @@ mod tests {
         // A folding, not a dictionary: "christmas" becomes "christma" on both sides alike.
         assert_eq!(terms("LED Christmas Lights"), terms("led christmas light"));
         assert_eq!(terms("the Lights of a car").len(), 2);
+    }
+
+    /// Two edits are corrected from six letters on, only when no term is one edit away, to
+    /// the term in the most documents, written plural when the word was; the vocabulary
+    /// follows removals.
+    #[test]
+    fn a_word_two_edits_off_is_corrected_when_long_enough() {
+        let mut index = Bm25::default();
+        for (doc, text) in [
+            "wireless headphones",
+            "studio headphones",
+            "bluetooth speaker",
+            "battery pack",
+            "coffee grinder",
+            "coffee mug",
+            "pepper grinder",
+            "paper grinder",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            index.insert(doc as u32, text);
+        }
+        for (query, want) in [
+            ("headfones", Some("headphones")),
+            ("wireless headfone", Some("wireless headphone")),
+            ("blutoth speaker", Some("bluetooth speaker")),
+            ("baterries", Some("batteries")),
+            ("bateries", Some("batteries")),
+            // One edit wins over two: "peppar" is one from "pepper", two from "paper"
+            // (which is in as many documents and shorter).
+            ("peppar", Some("pepper")),
+            // Under six letters, two edits stay as typed; so do far misses.
+            ("cofie", None),
+            ("xylophone", None),
+            ("headphones", None),
+        ] {
+            assert_eq!(index.correct(query).as_deref(), want, "{query:?}");
+        }
+        // The term in more documents wins: "coffee" (2) over "toffee" (1), both two off.
+        index.insert(8, "toffee");
+        assert_eq!(index.correct("xoffex").as_deref(), Some("coffee"));
+        index.insert(9, "toffee apple");
+        index.insert(10, "toffee sauce");
+        assert_eq!(index.correct("xoffex").as_deref(), Some("toffee"));
+        // Gone from the catalog, gone from the corrections.
+        for doc in [0, 1] {
+            index.remove(doc);
+        }
+        assert_eq!(index.correct("headfones"), None);
+        index.insert(0, "over-ear headphones");
+        assert_eq!(index.correct("headfones").as_deref(), Some("headphones"));
+    }
+
+    #[test]
+    fn edit_distances_count_swaps_as_one() {
+        let d = |a: &str, b: &str| {
+            let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+            edit_distance(&a, &b, 2)
+        };
+        assert_eq!(d("headfone", "headphone"), Some(2));
+        assert_eq!(d("ca", "ac"), Some(1));
+        assert_eq!(d("blutoth", "bluetooth"), Some(2));
+        assert_eq!(d("", "ab"), Some(2));
+        assert_eq!(d("abc", "abc"), Some(0));
+        assert_eq!(d("kitten", "sitting"), None);
+        assert_eq!(d("abc", "abcdef"), None);
+        assert_eq!(d("crème", "creme"), Some(1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ranker's in-memory state: items with their vectors, the BM25 index, popularity, user
 //! histories and item co-occurrence (the online item-kNN collaborative filter). The server
 //! persists items and events in sled and replays them into a `Catalog` at start.
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -551,23 +552,25 @@ impl Catalog {
                 continue;
             }
             let filter = (!others[first].is_empty()).then(|| self.filter(&others[first]));
-            let mut matched = lexical.clone();
+            // The dense signal's matches, among the items these filters pass (the ones a
+            // search so filtered ranks from).
+            let mut matched = Cow::Borrowed(&lexical);
             if let Some((vector, k)) = nearest {
-                // The dense signal's matches, among the items these filters pass (the ones
-                // a search so filtered ranks from).
                 let nearest = self.nearest(vector, k, filter.as_ref());
                 let similarity =
                     |slot: u32| self.item_at(slot).map_or(0.0, |(_, v)| dot(vector, v));
                 let best = nearest.first().map_or(0.0, |&s| similarity(s));
                 if best > 0.0 {
                     let floor = NEAR_MATCH_RATIO * best;
-                    matched.extend(nearest.into_iter().filter(|&s| similarity(s) >= floor));
+                    let union = matched.to_mut();
+                    union.extend(nearest.into_iter().filter(|&s| similarity(s) >= floor));
+                    union.sort_unstable();
+                    union.dedup();
                 }
-                matched.sort_unstable();
-                matched.dedup();
             }
             let passing: Vec<u32> = matched
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|&slot| filter.as_ref().is_none_or(|f| self.passes(f, slot)))
                 .collect();
             let mut bits = vec![0u64; self.slots.len().div_ceil(64)];

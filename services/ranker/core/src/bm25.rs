@@ -635,6 +635,43 @@ mod tests {
         assert_eq!(d("kitten", "sitting"), None);
         assert_eq!(d("abc", "abcdef"), None);
         assert_eq!(d("crème", "creme"), Some(1));
+        // The banded table against the whole one, on random words of three letters' alphabet
+        // (many swaps and repeats).
+        let full = |a: &[u8], b: &[u8]| {
+            let mut t = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+            for (i, row) in t.iter_mut().enumerate() {
+                row[0] = i;
+            }
+            for j in 0..=b.len() {
+                t[0][j] = j;
+            }
+            for i in 1..=a.len() {
+                for j in 1..=b.len() {
+                    let cost = usize::from(a[i - 1] != b[j - 1]);
+                    t[i][j] = (t[i - 1][j] + 1)
+                        .min(t[i][j - 1] + 1)
+                        .min(t[i - 1][j - 1] + cost);
+                    if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                        t[i][j] = t[i][j].min(t[i - 2][j - 2] + 1);
+                    }
+                }
+            }
+            t[a.len()][b.len()]
+        };
+        let mut rng = crate::rng::XorShift::new(11);
+        let mut word = |rng: &mut crate::rng::XorShift| -> Vec<u8> {
+            let n = (rng.unit() * 9.0) as usize;
+            (0..n)
+                .map(|_| b'a' + (rng.unit() * 3.0).min(2.0) as u8)
+                .collect()
+        };
+        for _ in 0..20_000 {
+            let (a, b) = (word(&mut rng), word(&mut rng));
+            for max in [1, 2, 3] {
+                let want = Some(full(&a, &b)).filter(|&d| d <= max);
+                assert_eq!(edit_distance(&a, &b, max), want, "{a:?} {b:?} {max}");
+            }
+        }
     }
 
     #[test]

@@ -96,13 +96,11 @@ fn edit_distance<T: PartialEq>(a: &[T], b: &[T], max: usize) -> Option<usize> {
     let (mut before, mut last, mut row) = (0, 1, 2);
     for i in 1..=a.len() {
         let (low, high) = (i.saturating_sub(max).max(1), (i + max).min(b.len()));
-        // The cells either side of the band (this row held the one two back).
+        // The cell left of the band: this array held row i - 3, whose band covered it. (The
+        // band only moves right, so the cells right of it were never written.)
         let first = if i <= max { i as u8 } else { over };
         rows[row][0] = first;
         rows[row][low - 1] = if low > 1 { over } else { first };
-        if high + 1 < EDIT_LETTERS {
-            rows[row][high + 1] = over;
-        }
         let mut least = first;
         for j in low..=high {
             let cost = u8::from(a[i - 1] != b[j - 1]);

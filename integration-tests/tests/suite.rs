@@ -164,6 +164,44 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         .into_inner();
     assert_eq!(two.corrected_query, "wireless headphones");
     assert_eq!(ids(&two), ids(&meant));
+    // Search as you type: a half-typed last word is completed (in the context of the words
+    // before it, which are corrected), unless the word is finished or the query verbatim.
+    let completed = |query: &str, verbatim: bool| rk::RankRequest {
+        prefix: true,
+        verbatim,
+        ..rank("", query, 5)
+    };
+    let singular = client
+        .rank(rank("", "wireless headphone", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    for (typed, read) in [
+        ("wireless headp", "wireless headphone"),
+        ("Wireles headpho", "wireless headphone"),
+        // The demo's texts say "material" and "last" more often than "maker" and "lamp",
+        // but not beside "coffee" and "desk".
+        ("coffee ma", "coffee maker"),
+        ("desk la", "desk lamp"),
+        ("wireless headphones", ""),
+    ] {
+        let r = client
+            .rank(completed(typed, false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.corrected_query, read, "{typed:?}");
+        if read == "wireless headphone" {
+            assert_eq!(ids(&r), ids(&singular), "{typed:?}");
+        }
+    }
+    for request in [
+        completed("wireless headp ", false),
+        completed("wireless headp", true),
+    ] {
+        let r = client.rank(request).await.unwrap().into_inner();
+        assert_ne!(r.corrected_query, "wireless headphone");
+    }
     assert!(
         typed.items[0].reasons[0].contains("matches your search \"wireless headphones\""),
         "{:?}",

@@ -406,6 +406,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "waterproof hiking boots".to_string(),
             None,
             Vec::new(),
+            false,
         ),
         (
             "Search \"lightweight\" in Tents under 300 (anonymous shopper, filtered)".to_string(),
@@ -417,6 +418,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 ..Default::default()
             }),
             Vec::new(),
+            false,
         ),
         (
             "Search \"wireless headphones\" in black or navy, in stock (attribute filter)"
@@ -439,6 +441,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 "price".to_string(),
                 "price:50,100,200".to_string(),
             ],
+            false,
         ),
         (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
@@ -446,6 +449,16 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "cofee grindr".to_string(),
             None,
             Vec::new(),
+            false,
+        ),
+        (
+            "Search as you type \"desk la\" (the last word completed among terms found with \"desk\")"
+                .to_string(),
+            String::new(),
+            "desk la".to_string(),
+            None,
+            Vec::new(),
+            true,
         ),
         (
             format!(
@@ -457,6 +470,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             String::new(),
             None,
             Vec::new(),
+            false,
         ),
         (
             format!("Search \"gift for a coffee lover\" for {user}"),
@@ -464,6 +478,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "gift for a coffee lover".to_string(),
             None,
             Vec::new(),
+            false,
         ),
         (
             "Recommendations for a brand-new shopper (no history, no query)".to_string(),
@@ -471,10 +486,11 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             String::new(),
             None,
             Vec::new(),
+            false,
         ),
     ];
     let mut out = std::io::stdout();
-    for (title, user_id, query, filters, facets) in cases {
+    for (title, user_id, query, filters, facets, prefix) in cases {
         // Variety helps a recommendation shelf; a search should stay on what was asked.
         let diversity = if query.is_empty() { 0.2 } else { 0.0 };
         let started = Instant::now();
@@ -487,6 +503,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 diversity,
                 filters,
                 facets,
+                prefix,
                 ..Default::default()
             })
             .await?

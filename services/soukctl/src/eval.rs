@@ -105,6 +105,11 @@ pub struct SearchArgs {
     /// edit on a 4+ letter word when the query has none that long).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub typo_edits: u8,
+    /// Search as you type: cut each query's last word to its first N letters (when longer)
+    /// and read it as `Rank` does with `prefix` (completed among the terms found with the
+    /// other words).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub half_typed: Option<u64>,
     /// Which signals read the query with misspelt words corrected against the product
     /// texts, as `Rank` does.
     #[arg(long, value_enum, default_value_t = Correct::All)]
@@ -354,23 +359,31 @@ pub(crate) async fn features(
                 || r.query.clone(),
                 |seed| misspell(&r.query, seed, typing.edits),
             );
+            let t = match typing.half_typed {
+                Some(n) => {
+                    let (head, last) = souk_ranker_core::bm25::last_word(&t);
+                    format!("{head}{}", last.chars().take(n).collect::<String>())
+                }
+                None => t,
+            };
             (r.query.clone(), t)
         })
         .collect();
     // Each query as the ranker understands it: misspelt words corrected against the indexed
-    // product texts (`Bm25::correct`, what `Rank` does), for the lexical signals and, with
-    // `Correct::All`, for the dense one too.
+    // product texts and a half-typed last word completed (`Bm25::read`, what `Rank` does),
+    // for the lexical signals and, with `Correct::All`, for the dense one too.
     let understood: HashMap<&str, String> = typed
         .iter()
         .map(|(q, t)| {
             let fixed = match typing.correct {
                 Correct::None => None,
-                Correct::Lexical | Correct::All => bm_full.correct(t),
+                Correct::Lexical | Correct::All => bm_full.read(t, typing.half_typed.is_some()),
             };
             (q.as_str(), fixed.unwrap_or_else(|| t.clone()))
         })
         .collect();
     if typing.typos.is_some() || typing.correct != Correct::None {
+        // Misspelt or cut short.
         let misspelt = typed.iter().filter(|(q, t)| q != t).count();
         let mut changed: Vec<(&String, &String)> = typed
             .iter()
@@ -382,7 +395,7 @@ pub(crate) async fn features(
             .filter(|(q, _)| understood[q.as_str()] == **q)
             .count();
         eprintln!(
-            "{} queries: {misspelt} misspelt, {} corrected, {restored} read as judged",
+            "{} queries: {misspelt} typed otherwise, {} corrected or completed, {restored} read as judged",
             typed.len(),
             changed.len()
         );
@@ -522,6 +535,8 @@ pub(crate) struct Typing {
     pub typos: Option<u64>,
     /// Edits in the misspelt word (1 or 2).
     pub edits: u8,
+    /// Cut the last word to this many letters and complete it.
+    pub half_typed: Option<usize>,
     pub correct: Correct,
 }
 
@@ -699,6 +714,7 @@ pub async fn search_report(
     let typing = Typing {
         typos: args.typos,
         edits: args.typo_edits,
+        half_typed: args.half_typed.map(|n| n as usize),
         correct: args.correct,
     };
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {

@@ -268,6 +268,10 @@ pub struct RankArgs {
     /// Rank the query as typed, without spelling correction.
     #[arg(long)]
     pub verbatim: bool,
+    /// Search as you type: the query's last word may be half typed, and is completed
+    /// (`--query "coffee ma"` ranks "coffee maker").
+    #[arg(long)]
+    pub prefix: bool,
     #[arg(long, default_value = "")]
     pub category: String,
     #[arg(long = "brand")]
@@ -913,6 +917,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 all_signals: args.all_signals,
                 offset: args.offset,
                 verbatim: args.verbatim,
+                prefix: args.prefix,
                 facets: args.facets,
             };
             let started = Instant::now();

@@ -3,7 +3,8 @@
 //! letters) looked up as typed (known: one hash lookup), with two letters swapped (found one
 //! edit away), with two swaps (two edits: the one-edit search finds nothing, then the scan of
 //! the vocabulary), and random letter strings (nothing near: both searches in full), each
-//! timed over five rounds.
+//! timed over five rounds; then `Bm25::complete` on "<word> <first 2 or 3 letters of the
+//! next word>" (search as you type).
 //!
 //! `cargo run --release -p souk-ranker-core --example spell_cost -- \
 //!   ../shared/datasets/search/crowdflower-dev.csv ../shared/datasets/catalog/flipkart-1k.csv`
@@ -65,6 +66,26 @@ fn main() -> std::io::Result<()> {
         ),
         ("random letters", random),
     ];
+    // Search as you type: the next word's first 2 or 3 letters typed after one of the words
+    // (`Bm25::complete`: the terms they begin, weighed by the documents shared with it).
+    for letters in [2, 3] {
+        let typed: Vec<String> = words
+            .iter()
+            .zip(words.iter().skip(1))
+            .map(|(before, next)| format!("{before} {}", &next[..letters]))
+            .collect();
+        let mut completed = 0;
+        let start = Instant::now();
+        for _ in 0..5 {
+            completed = typed.iter().filter(|q| index.complete(q).is_some()).count();
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / (5 * typed.len()) as f64;
+        println!(
+            "{:<24} {us:>8.1} us per query, {completed} of {} completed",
+            format!("half typed ({letters} letters)"),
+            typed.len()
+        );
+    }
     for (name, typed) in &cases {
         let mut changed = 0;
         let start = Instant::now();

@@ -753,10 +753,9 @@ impl Catalog {
         self.bm25.scores(query)
     }
 
-    /// `query` with its misspelt words corrected against the item texts
-    /// ([`Bm25::correct`]); `None` when every word is known or has no close neighbour.
-    pub fn correct_query(&self, query: &str) -> Option<String> {
-        self.bm25.correct(query)
+    /// `query` as the catalog's texts read it (see [`Bm25::read`]).
+    pub fn read_query(&self, query: &str, typing: bool) -> Option<String> {
+        self.bm25.read(query, typing)
     }
 
     /// Popularity of the item in `slot` (0 for an empty slot).

@@ -230,8 +230,11 @@ pub struct RankQuery {
     /// 0..=1.
     pub diversity: f32,
     pub include_purchased: bool,
-    /// Rank the query as typed: no spelling correction.
+    /// Rank the query as typed: no spelling correction (and no completion).
     pub verbatim: bool,
+    /// The query's last word may be half typed (search as you type): unless the query ends
+    /// in a space or punctuation, it is completed to the term it most likely begins.
+    pub prefix: bool,
     /// Counts to show beside the results (see [`Catalog::facet_counts`]; over `candidate_ids`
     /// when given), each field once.
     pub facets: Vec<FacetField>,
@@ -559,8 +562,13 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
             // signal's query recovered most of the loss (BENCHMARKS.md, "misspelt queries").
+            let completing = request.prefix
+                && request
+                    .query
+                    .as_deref()
+                    .is_some_and(|q| q.ends_with(char::is_alphanumeric));
             let corrected = match typed {
-                Some(q) if !request.verbatim => catalog.correct_query(q),
+                Some(q) if !request.verbatim => catalog.read_query(q, completing),
                 _ => None,
             };
             let history = request

@@ -447,6 +447,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         diversity: request.diversity,
         include_purchased: request.include_purchased,
         verbatim: request.verbatim,
+        prefix: request.prefix,
         facets,
     })
 }

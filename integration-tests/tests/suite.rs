@@ -184,6 +184,8 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         ("coffee ma", "coffee maker"),
         ("desk la", "desk lamp"),
         ("wireless headphones", ""),
+        // Begins no term: misspelt, so corrected.
+        ("wireless hedphones", "wireless headphones"),
     ] {
         let r = client
             .rank(completed(typed, false))

@@ -401,9 +401,10 @@ impl Bm25 {
     }
 
     /// `query` as the ranker reads it: misspelt words corrected ([`Bm25::correct`]) and,
-    /// when the shopper may still be typing its last word (`typing`), that word not corrected
-    /// but completed ([`Bm25::complete`]) among the terms found with the corrected others.
-    /// `None` when nothing changed.
+    /// when the shopper may still be typing its last word (`typing`), that word completed
+    /// ([`Bm25::complete`]) among the terms found with the corrected others, or corrected
+    /// like the rest when it begins no term ("wireless hedphones" is misspelt, not half
+    /// typed). `None` when nothing changed.
     pub fn read(&self, query: &str, typing: bool) -> Option<String> {
         if !typing {
             return self.correct(query);
@@ -411,7 +412,9 @@ impl Bm25 {
         let (head, last) = last_word(query);
         let fixed = self.correct(head).map(|head| format!("{head}{last}"));
         let query = fixed.as_deref().unwrap_or(query);
-        self.complete(query).or(fixed)
+        self.complete(query)
+            .or_else(|| self.correct(query))
+            .or(fixed)
     }
 
     /// `query` with its last word, which may be half typed (search as you type), replaced by
@@ -739,6 +742,22 @@ mod tests {
         ] {
             assert_eq!(index.complete(query).as_deref(), want, "{query:?}");
         }
+        // Read while typing: the others corrected, the last completed, or corrected when it
+        // begins no term; known words stay.
+        for (query, want) in [
+            ("wirless headp", Some("wireless headphone")),
+            ("wireless hedphones", Some("wireless headphones")),
+            ("wirless hedphones", Some("wireless headphones")),
+            ("shower head", None),
+            ("shower hea", Some("shower head")),
+        ] {
+            assert_eq!(index.read(query, true).as_deref(), want, "{query:?}");
+        }
+        // Not typing: "headp" is read as a misspelling of "head".
+        assert_eq!(
+            index.read("wireless headp", false).as_deref(),
+            Some("wireless head")
+        );
         assert_eq!(last_word("wireless headp"), ("wireless ", "headp"));
         assert_eq!(last_word("crème brû"), ("crème ", "brû"));
         assert_eq!(last_word("tea!"), ("tea!", ""));

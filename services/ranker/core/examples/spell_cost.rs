@@ -66,6 +66,19 @@ fn main() -> std::io::Result<()> {
         ),
         ("random letters", random),
     ];
+    // Five rounds of `read` over `inputs`: the mean time per input and how many it changed.
+    let time = |name: &str, inputs: &[String], read: &dyn Fn(&str) -> Option<String>| {
+        let mut changed = 0;
+        let start = Instant::now();
+        for _ in 0..5 {
+            changed = inputs.iter().filter(|w| read(w).is_some()).count();
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / (5 * inputs.len()) as f64;
+        println!(
+            "{name:<24} {us:>8.1} us each, {changed} of {} changed",
+            inputs.len()
+        );
+    };
     // Search as you type: the next word's first 2 or 3 letters typed after one of the words
     // (`Bm25::complete`: the terms they begin, weighed by the documents shared with it).
     for letters in [2, 3] {
@@ -74,29 +87,11 @@ fn main() -> std::io::Result<()> {
             .zip(words.iter().skip(1))
             .map(|(before, next)| format!("{before} {}", &next[..letters]))
             .collect();
-        let mut completed = 0;
-        let start = Instant::now();
-        for _ in 0..5 {
-            completed = typed.iter().filter(|q| index.complete(q).is_some()).count();
-        }
-        let us = start.elapsed().as_secs_f64() * 1e6 / (5 * typed.len()) as f64;
-        println!(
-            "{:<24} {us:>8.1} us per query, {completed} of {} completed",
-            format!("half typed ({letters} letters)"),
-            typed.len()
-        );
+        let name = format!("half typed ({letters} letters)");
+        time(&name, &typed, &|q| index.complete(q));
     }
     for (name, typed) in &cases {
-        let mut changed = 0;
-        let start = Instant::now();
-        for _ in 0..5 {
-            changed = typed.iter().filter(|w| index.correct(w).is_some()).count();
-        }
-        let us = start.elapsed().as_secs_f64() * 1e6 / (5 * typed.len()) as f64;
-        println!(
-            "{name:<24} {us:>8.1} us per word, {changed} of {} corrected",
-            typed.len()
-        );
+        time(name, typed, &|w| index.correct(w));
     }
     Ok(())
 }

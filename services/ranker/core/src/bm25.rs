@@ -672,6 +672,15 @@ impl Bm25 {
 mod tests {
     use super::*;
 
+    /// An index of `texts`, document i holding text i.
+    fn indexed(texts: &[&str]) -> Bm25 {
+        let mut index = Bm25::default();
+        for (doc, text) in texts.iter().enumerate() {
+            index.insert(doc as u32, text);
+        }
+        index
+    }
+
     #[test]
     fn plurals_fold_onto_their_singular_and_nothing_else_changes() {
         for (word, stem) in [
@@ -700,8 +709,7 @@ mod tests {
     /// else the commonest; a finished, known, short or unknown one stays.
     #[test]
     fn a_half_typed_word_is_completed_in_context() {
-        let mut index = Bm25::default();
-        for (doc, text) in [
+        let mut index = indexed(&[
             "wireless headphones",
             "studio headphones",
             "headband",
@@ -715,12 +723,7 @@ mod tests {
             "desk lamp",
             "floor lamp",
             "lampshade",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            index.insert(doc as u32, text);
-        }
+        ]);
         for (query, want) in [
             ("wireless headp", Some("wireless headphone")),
             ("headp", Some("headphone")),
@@ -772,8 +775,7 @@ mod tests {
     /// follows removals.
     #[test]
     fn a_word_two_edits_off_is_corrected_when_long_enough() {
-        let mut index = Bm25::default();
-        for (doc, text) in [
+        let mut index = indexed(&[
             "wireless headphones",
             "studio headphones",
             "bluetooth speaker",
@@ -782,12 +784,7 @@ mod tests {
             "coffee mug",
             "pepper grinder",
             "paper grinder",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            index.insert(doc as u32, text);
-        }
+        ]);
         for (query, want) in [
             ("headfones", Some("headphones")),
             ("wireless headfone", Some("wireless headphone")),
@@ -874,8 +871,7 @@ mod tests {
 
     #[test]
     fn a_misspelt_word_becomes_its_most_common_neighbour() {
-        let mut index = Bm25::default();
-        for (doc, text) in [
+        let index = indexed(&[
             "wireless headphones",
             "studio headphones",
             "headphone stand",
@@ -884,12 +880,7 @@ mod tests {
             "Café crème mug",
             "кружка",
             "usb cable 420",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            index.insert(doc as u32, text);
-        }
+        ]);
         for (query, want) in [
             // Each kind of edit, plurals folded on both sides, case and punctuation kept.
             ("wireless hedphones", Some("wireless headphones")),

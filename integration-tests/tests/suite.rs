@@ -204,6 +204,45 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         let r = client.rank(request).await.unwrap().into_inner();
         assert_ne!(r.corrected_query, "wireless headphone");
     }
+    // Suggestions for the search box: "desk lamp" first, with as many items as the demo
+    // file has titles and descriptions holding both words.
+    let both = {
+        use souk_ranker_core::bm25::terms;
+        let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+        reader
+            .records()
+            .map(|r| r.unwrap())
+            .filter(|r| {
+                let words = terms(&format!("{} {}", &r[1], &r[2]));
+                words.iter().any(|w| w == "desk") && words.iter().any(|w| w == "lamp")
+            })
+            .count() as u64
+    };
+    let suggest = |query: &str, k: u32| rk::SuggestRequest {
+        query: query.into(),
+        k,
+    };
+    let got = client
+        .suggest(suggest("Dessk la", 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .suggestions;
+    assert!(got.len() <= 3 && both > 1, "{got:?}");
+    assert_eq!((got[0].query.as_str(), got[0].items), ("desk lamp", both));
+    for finished in ["desk lamp ", "desk l", ""] {
+        let got = client.suggest(suggest(finished, 0)).await.unwrap();
+        assert!(got.into_inner().suggestions.is_empty(), "{finished:?}");
+    }
+    for (request, message) in [
+        (suggest("desk la", 17), "k must be 1..=16, got 17"),
+        (
+            suggest(&"a".repeat(1025), 5),
+            "query is 1025 bytes; the limit is 1024",
+        ),
+    ] {
+        assert_invalid(&client.suggest(request).await.unwrap_err(), message);
+    }
     assert!(
         typed.items[0].reasons[0].contains("matches your search \"wireless headphones\""),
         "{:?}",

@@ -98,6 +98,12 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: u32,
     },
+    /// Search-as-you-type suggestions for the text in a search box ("desk la").
+    Suggest {
+        query: String,
+        #[arg(short, long, default_value_t = 5)]
+        k: u32,
+    },
     /// Embed texts with the encoder (prints dimension, tokens and the first values).
     Embed { texts: Vec<String> },
     /// Sizes of the catalog, the log and the graph.
@@ -932,6 +938,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ranking.model_version,
                     started.elapsed().as_secs_f64() * 1e3
                 );
+            }
+        }
+        Command::Suggest { query, k } => {
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let response = client
+                .suggest(rk::SuggestRequest { query, k })
+                .await?
+                .into_inner();
+            for s in &response.suggestions {
+                println!("{}  ({} items)", s.query, s.items);
             }
         }
         Command::Profile { user, limit } => {

@@ -86,6 +86,18 @@ pub fn last_word(query: &str) -> (&str, &str) {
     query.split_at(start)
 }
 
+/// A term a half-typed word may become (see [`Bm25::complete`]).
+struct Completion<'a> {
+    term: &'a str,
+    /// Documents it shares with the query's other word it shares most with; all of its own
+    /// when the query has no other indexed word.
+    items: usize,
+    /// Documents holding it.
+    documents: usize,
+    /// Whether it is the typed word itself.
+    itself: bool,
+}
+
 /// A term's letters as a set of bits (a-z, digits, anything else by its code): an edit
 /// changes at most two letters' presence, so two edits change at most four bits, and most
 /// terms are ruled out by one popcount.
@@ -409,12 +421,18 @@ impl Bm25 {
         if !typing {
             return self.correct(query);
         }
-        let (head, last) = last_word(query);
-        let fixed = self.correct(head).map(|head| format!("{head}{last}"));
+        let fixed = self.correct_head(query);
         let query = fixed.as_deref().unwrap_or(query);
         self.complete(query)
             .or_else(|| self.correct(query))
             .or(fixed)
+    }
+
+    /// `query` with the words before its last corrected ([`Bm25::correct`]), the last as
+    /// typed; `None` when none changed.
+    fn correct_head(&self, query: &str) -> Option<String> {
+        let (head, last) = last_word(query);
+        self.correct(head).map(|head| format!("{head}{last}"))
     }
 
     /// `query` with its last word, which may be half typed (search as you type), replaced by
@@ -431,6 +449,34 @@ impl Bm25 {
     /// A walk over the terms the word begins (at most [`PREFIX_SCAN`]), then for each of
     /// the [`COMPLETIONS`] and each other query word, the smaller of their two posting lists.
     pub fn complete(&self, query: &str) -> Option<String> {
+        let (head, completions) = self.completions(query)?;
+        let best = completions.first()?;
+        (!best.itself).then(|| format!("{head}{}", best.term))
+    }
+
+    /// Up to `k` queries a shopper typing `query` may mean (search-as-you-type suggestions):
+    /// the words before the last corrected, the half-typed last word completed to each of
+    /// the terms [`Bm25::complete`] weighs, best first, the word itself included when it is a
+    /// term, each with the documents it has in common with the other word it shares most
+    /// with (all its documents when the query has no other indexed word); completions
+    /// sharing none are left out.
+    pub fn suggest(&self, query: &str, k: usize) -> Vec<(String, usize)> {
+        let fixed = self.correct_head(query);
+        let query = fixed.as_deref().unwrap_or(query);
+        let Some((head, completions)) = self.completions(query) else {
+            return Vec::new();
+        };
+        completions
+            .into_iter()
+            .filter(|c| c.items > 0)
+            .take(k)
+            .map(|c| (format!("{head}{}", c.term), c.items))
+            .collect()
+    }
+
+    /// The query before its last word and the terms that word may become, best first (see
+    /// [`Bm25::complete`]); `None` when the word is finished, short or a stop word.
+    fn completions<'a>(&'a self, query: &'a str) -> Option<(&'a str, Vec<Completion<'a>>)> {
         let (head, last) = last_word(query);
         if last.chars().count() < MIN_PREFIX_CHARS {
             return None;
@@ -472,10 +518,7 @@ impl Bm25 {
             .filter_map(|t| self.postings.get(t))
             .collect();
         // Documents a completion shares with the query word it shares most with.
-        let shared = |term: &str| -> usize {
-            let Some(docs) = self.postings.get(term) else {
-                return 0;
-            };
+        let shared = |docs: &HashMap<u32, u32, IdHash>| -> usize {
             context
                 .iter()
                 .map(|other| {
@@ -489,18 +532,25 @@ impl Bm25 {
                 .max()
                 .unwrap_or(0)
         };
-        let (_, best) = begun
+        let mut completions: Vec<Completion> = begun
             .into_iter()
-            .map(|(n, t)| ((shared(t), n), t))
-            .min_by(|a, b| {
-                b.0.cmp(&a.0)
-                    .then_with(|| a.1.len().cmp(&b.1.len()))
-                    .then_with(|| a.1.cmp(b.1))
-            })?;
-        if itself.is_some_and(|(_, term)| term == best) {
-            return None;
-        }
-        Some(format!("{head}{best}"))
+            .map(|(documents, term)| Completion {
+                term,
+                items: match self.postings.get(term) {
+                    Some(docs) if !context.is_empty() => shared(docs),
+                    _ => documents,
+                },
+                documents,
+                itself: itself.is_some_and(|(_, t)| t == term),
+            })
+            .collect();
+        completions.sort_by(|a, b| {
+            (b.items, b.documents)
+                .cmp(&(a.items, a.documents))
+                .then_with(|| a.term.len().cmp(&b.term.len()))
+                .then_with(|| a.term.cmp(b.term))
+        });
+        Some((head, completions))
     }
 
     /// The most common indexed neighbour of one query word (see [`Bm25::correct`]); counts
@@ -756,6 +806,22 @@ mod tests {
         ] {
             assert_eq!(index.read(query, true).as_deref(), want, "{query:?}");
         }
+        // Suggestions: the completions that go with the other words, the word itself among
+        // them, each with the documents in common.
+        let suggest = |q: &str| index.suggest(q, 5);
+        let s = |pairs: &[(&str, usize)]| -> Vec<(String, usize)> {
+            pairs.iter().map(|(q, n)| ((*q).to_string(), *n)).collect()
+        };
+        assert_eq!(suggest("desk la"), s(&[("desk lamp", 1)]));
+        assert_eq!(suggest("lam"), s(&[("lamp", 3), ("lampshade", 1)]));
+        assert_eq!(suggest("lamp"), s(&[("lamp", 3), ("lampshade", 1)]));
+        assert_eq!(suggest("dessk la"), s(&[("desk lamp", 1)]));
+        assert_eq!(
+            suggest("hea"),
+            s(&[("headphone", 2), ("head", 1), ("headband", 1)])
+        );
+        assert_eq!(index.suggest("hea", 1), s(&[("headphone", 2)]));
+        assert!(suggest("lamp ").is_empty() && suggest("xyz").is_empty());
         // Not typing: "headp" is read as a misspelling of "head".
         assert_eq!(
             index.read("wireless headp", false).as_deref(),

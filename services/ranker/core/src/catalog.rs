@@ -753,6 +753,11 @@ impl Catalog {
         self.bm25.scores(query)
     }
 
+    /// Search-as-you-type suggestions for `query` (see [`Bm25::suggest`]).
+    pub fn suggest(&self, query: &str, k: usize) -> Vec<(String, usize)> {
+        self.bm25.suggest(query, k)
+    }
+
     /// `query` as the catalog's texts read it (see [`Bm25::read`]).
     pub fn read_query(&self, query: &str, typing: bool) -> Option<String> {
         self.bm25.read(query, typing)

@@ -393,6 +393,9 @@ fn item_from_pb(item: pb::Item) -> Result<Item, RankError> {
     .validated()
 }
 
+/// Longest text `Suggest` reads: a search box's, not a document.
+const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
+
 fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery, RankError> {
     let filters = match request.filters {
         Some(f) => Filters::new(
@@ -898,6 +901,42 @@ impl pb::ranker_server::Ranker for RankerService {
         ready.ranker.set_model(model).map_err(status)?;
         tracing::info!(%version, "fusion weights replaced");
         Ok(Response::new(pb::SetFusionResponse { version }))
+    }
+
+    async fn suggest(
+        &self,
+        request: Request<pb::SuggestRequest>,
+    ) -> Result<Response<pb::SuggestResponse>, Status> {
+        let ready = self.ready()?;
+        let request = request.into_inner();
+        if request.query.len() > MAX_SUGGEST_QUERY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "query is {} bytes; the limit is {MAX_SUGGEST_QUERY_BYTES}",
+                request.query.len()
+            )));
+        }
+        let k = match request.k {
+            0 => 5,
+            n @ 1..=16 => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "k must be 1..=16, got {n}"
+                )));
+            }
+        };
+        let suggestions = {
+            let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+            catalog.suggest(&request.query, k)
+        };
+        Ok(Response::new(pb::SuggestResponse {
+            suggestions: suggestions
+                .into_iter()
+                .map(|(query, items)| pb::Suggestion {
+                    query,
+                    items: items as u64,
+                })
+                .collect(),
+        }))
     }
 
     async fn get_fusion(

@@ -71,6 +71,8 @@ const MIN_PREFIX_CHARS: usize = 2;
 /// Terms a half-typed word begins that are weighed by the query's other words: those in the
 /// most documents.
 const COMPLETIONS: usize = 16;
+/// Other query words a half-typed word's completions are weighed against: the last ones.
+const CONTEXT_WORDS: usize = 8;
 /// Terms a half-typed word's completions are picked from, at most (in text order): "co"
 /// begins ~1,200 of the 37k terms of Crowdflower's and Flipkart's texts.
 const PREFIX_SCAN: usize = 4096;
@@ -513,9 +515,15 @@ impl Bm25 {
         {
             begun.push(itself);
         }
-        let context: Vec<&HashMap<u32, u32, IdHash>> = terms(head)
+        // The postings of the last few indexed other words (a query is not bounded by the
+        // API, and each word costs an intersection per completion).
+        let mut words = terms(head);
+        words.reverse();
+        words.dedup();
+        let context: Vec<&HashMap<u32, u32, IdHash>> = words
             .iter()
             .filter_map(|t| self.postings.get(t))
+            .take(CONTEXT_WORDS)
             .collect();
         // Documents a completion shares with the query word it shares most with.
         let shared = |docs: &HashMap<u32, u32, IdHash>| -> usize {
@@ -821,6 +829,9 @@ mod tests {
             s(&[("headphone", 2), ("head", 1), ("headband", 1)])
         );
         assert_eq!(index.suggest("hea", 1), s(&[("headphone", 2)]));
+        // A query of any length: the last 8 indexed words weigh the completions.
+        let long = format!("{}desk la", "tea ".repeat(100_000));
+        assert_eq!(suggest(&long)[0].1, 1);
         assert!(suggest("lamp ").is_empty() && suggest("xyz").is_empty());
         // Not typing: "headp" is read as a misspelling of "head".
         assert_eq!(

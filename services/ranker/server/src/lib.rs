@@ -393,6 +393,17 @@ fn item_from_pb(item: pb::Item) -> Result<Item, RankError> {
     .validated()
 }
 
+/// A request's count `name` (how many results): `default` for 0 (unset), else 1..=`max`.
+fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<usize, Status> {
+    match value {
+        0 => Ok(default),
+        n if n <= max => Ok(n as usize),
+        n => Err(Status::invalid_argument(format!(
+            "{name} must be 1..={max}, got {n}"
+        ))),
+    }
+}
+
 /// Longest text `Suggest` reads: a search box's, not a document.
 const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
 
@@ -725,15 +736,7 @@ impl pb::ranker_server::Ranker for RankerService {
         if request.user_id.trim().is_empty() {
             return Err(Status::invalid_argument("user_id is empty"));
         }
-        let limit = match request.limit {
-            0 => 10,
-            n @ 1..=100 => n as usize,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "limit must be 1..=100, got {n}"
-                )));
-            }
-        };
+        let limit = count_argument("limit", request.limit, 10, 100)?;
         let user = ready.hasher.key(request.user_id.trim());
         let (profile, history) = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
@@ -915,15 +918,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 request.query.len()
             )));
         }
-        let k = match request.k {
-            0 => 5,
-            n @ 1..=16 => n as usize,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "k must be 1..=16, got {n}"
-                )));
-            }
-        };
+        let k = count_argument("k", request.k, 5, 16)?;
         let suggestions = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
             catalog.suggest(&request.query, k)

@@ -805,6 +805,12 @@ async fn a_click_moves_the_next_rank_and_user_ids_stay_off_disk() {
         profile.categories.first().map(|a| a.name.as_str()),
         Some("Electronics")
     );
+    let too_many = rk::UserProfileRequest {
+        user_id: user.into(),
+        limit: 101,
+    };
+    let status = client.user_profile(too_many).await.unwrap_err();
+    assert_invalid(&status, "limit must be 1..=100, got 101");
 
     // The raw id is nowhere in the ranker's files.
     shop.ranker.stop().await.unwrap();

@@ -841,6 +841,8 @@ mod tests {
         assert_eq!(last_word("wireless headp"), ("wireless ", "headp"));
         assert_eq!(last_word("crème brû"), ("crème ", "brû"));
         assert_eq!(last_word("tea!"), ("tea!", ""));
+        assert_eq!(last_word("tea 🍵"), ("tea 🍵", ""));
+        assert_eq!(last_word("抹茶 日本"), ("抹茶 ", "日本"));
         for doc in [5, 6, 7] {
             index.remove(doc);
         }

@@ -88,6 +88,22 @@ pub fn last_word(query: &str) -> (&str, &str) {
     query.split_at(start)
 }
 
+/// Documents `docs` shares with the `context` word it shares most with (0 without context).
+fn shared(docs: &HashMap<u32, u32, IdHash>, context: &[&HashMap<u32, u32, IdHash>]) -> usize {
+    context
+        .iter()
+        .map(|other| {
+            let (small, large) = if docs.len() <= other.len() {
+                (docs, *other)
+            } else {
+                (*other, docs)
+            };
+            small.keys().filter(|d| large.contains_key(d)).count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A term a half-typed word may become (see [`Bm25::complete`]).
 struct Completion<'a> {
     term: &'a str,
@@ -368,9 +384,11 @@ impl Bm25 {
     }
 
     /// `query` with every word that matches no indexed term replaced by the word one edit
-    /// away (a letter deleted, inserted or replaced, or two neighbours swapped) whose term is
-    /// in the most documents (on a tie the longer, then the first by text): "wireless
-    /// hedphones" -> "wireless headphones". Words under
+    /// away (a letter deleted, inserted or replaced, or two neighbours swapped) whose term
+    /// shares the most documents with one of the query's other indexed words, then is in the
+    /// most documents (on a tie the longer, then the first by text): "wireless hedphones" ->
+    /// "wireless headphones". When the query has other indexed words and no neighbour shares
+    /// a document with any, the word stays (one the catalog lacks, not a slip). Words under
     /// [`MIN_CORRECTED_CHARS`] letters, with a digit (model numbers), stop words and words
     /// with no such neighbour stay as typed; `None` when no word changed. Words are looked up
     /// folded ([`fold`]: "creme" is no misspelling of "crème", it is the same term) and
@@ -385,6 +403,7 @@ impl Bm25 {
     /// for an 8-10-letter word against 37k terms, ~50-100 us when the two-edit search runs
     /// too (BENCHMARKS.md, "two edits"); nothing for words the index holds.
     pub fn correct(&self, query: &str) -> Option<String> {
+        let context = self.context(query);
         let mut out = String::with_capacity(query.len());
         let mut changed = false;
         let mut tried = 0;
@@ -397,7 +416,7 @@ impl Bm25 {
                 .unwrap_or(rest.len());
             let word = &rest[..end];
             let fixed = if tried < MAX_CORRECTED_WORDS {
-                self.correct_word(word, &mut tried)
+                self.correct_word(word, &context, &mut tried)
             } else {
                 None
             };
@@ -476,6 +495,20 @@ impl Bm25 {
             .collect()
     }
 
+    /// The postings of the last [`CONTEXT_WORDS`] indexed words of `query`: what a
+    /// correction or completion of another word is weighed against (a query is not bounded
+    /// by the API, and each word costs an intersection per candidate).
+    fn context(&self, query: &str) -> Vec<&HashMap<u32, u32, IdHash>> {
+        let mut words = terms(query);
+        words.reverse();
+        words.dedup();
+        words
+            .iter()
+            .filter_map(|t| self.postings.get(t))
+            .take(CONTEXT_WORDS)
+            .collect()
+    }
+
     /// The query before its last word and the terms that word may become, best first (see
     /// [`Bm25::complete`]); `None` when the word is finished, short or a stop word.
     fn completions<'a>(&'a self, query: &'a str) -> Option<(&'a str, Vec<Completion<'a>>)> {
@@ -515,37 +548,13 @@ impl Bm25 {
         {
             begun.push(itself);
         }
-        // The postings of the last few indexed other words (a query is not bounded by the
-        // API, and each word costs an intersection per completion).
-        let mut words = terms(head);
-        words.reverse();
-        words.dedup();
-        let context: Vec<&HashMap<u32, u32, IdHash>> = words
-            .iter()
-            .filter_map(|t| self.postings.get(t))
-            .take(CONTEXT_WORDS)
-            .collect();
-        // Documents a completion shares with the query word it shares most with.
-        let shared = |docs: &HashMap<u32, u32, IdHash>| -> usize {
-            context
-                .iter()
-                .map(|other| {
-                    let (small, large) = if docs.len() <= other.len() {
-                        (docs, *other)
-                    } else {
-                        (*other, docs)
-                    };
-                    small.keys().filter(|d| large.contains_key(d)).count()
-                })
-                .max()
-                .unwrap_or(0)
-        };
+        let context = self.context(head);
         let mut completions: Vec<Completion> = begun
             .into_iter()
             .map(|(documents, term)| Completion {
                 term,
                 items: match self.postings.get(term) {
-                    Some(docs) if !context.is_empty() => shared(docs),
+                    Some(docs) if !context.is_empty() => shared(docs, &context),
                     _ => documents,
                 },
                 documents,
@@ -563,7 +572,12 @@ impl Bm25 {
 
     /// The most common indexed neighbour of one query word (see [`Bm25::correct`]); counts
     /// in `tried` the words it searched neighbours for.
-    fn correct_word(&self, word: &str, tried: &mut usize) -> Option<String> {
+    fn correct_word(
+        &self,
+        word: &str,
+        context: &[&HashMap<u32, u32, IdHash>],
+        tried: &mut usize,
+    ) -> Option<String> {
         let length = word.chars().count();
         if !(MIN_CORRECTED_CHARS..=MAX_CORRECTED_CHARS).contains(&length)
             || word.chars().any(char::is_numeric)
@@ -580,18 +594,18 @@ impl Bm25 {
         let mut alphabet: Vec<char> = ('a'..='z').chain(letters.iter().copied()).collect();
         alphabet.sort_unstable();
         alphabet.dedup();
-        // (documents, indexed term, the word as shown).
-        let mut best: Option<(usize, String, String)> = None;
+        // ((documents shared with the context, documents), indexed term, the word as shown).
+        let mut best: Option<((usize, usize), String, String)> = None;
         let mut consider = |candidate: Vec<char>| {
             let word: String = candidate.into_iter().collect();
             if word.chars().count() < MIN_CORRECTED_CHARS - 1 || STOP.contains(&word.as_str()) {
                 return;
             }
             let term = plural_stem(fold(&word));
-            let documents = self.postings.get(&term).map_or(0, HashMap::len);
-            if documents == 0 {
+            let Some(docs) = self.postings.get(&term) else {
                 return;
-            }
+            };
+            let documents = (shared(docs, context), docs.len());
             let better = match &best {
                 None => true,
                 // Several neighbours of one term ("grinds", "grind"): the term as written.
@@ -639,8 +653,11 @@ impl Bm25 {
             }
         }
         match best {
+            // Neighbours, but none found with the query's other words: a word the catalog
+            // lacks ("gift for a coffee lover" is not "... loved"), not a slip.
+            Some(((0, _), _, _)) if !context.is_empty() => None,
             Some((_, _, word)) => Some(word),
-            None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower),
+            None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower, context),
             None => None,
         }
     }
@@ -652,13 +669,17 @@ impl Bm25 {
     /// # Complexity
     /// A popcount per indexed term within two letters of the word's length, an edit
     /// distance for those within four letters' presence (BENCHMARKS.md, "two edits").
-    fn two_edits_away(&self, lower: &str) -> Option<String> {
+    fn two_edits_away(
+        &self,
+        lower: &str,
+        context: &[&HashMap<u32, u32, IdHash>],
+    ) -> Option<String> {
         let folded = fold(lower);
         let stem = plural_stem(folded.clone());
         let plural = stem != folded;
         let (bits, letters) = (letter_bits(&stem), stem.chars().collect::<Vec<char>>());
         let ascii = stem.is_ascii();
-        let mut best: Option<(usize, &str)> = None;
+        let mut best: Option<((usize, usize), &str)> = None;
         let mut chars = Vec::new();
         for term in self.vocabulary.near(bits, letters.len()) {
             let near = if ascii && term.is_ascii() {
@@ -671,7 +692,10 @@ impl Bm25 {
             if near.is_none() {
                 continue;
             }
-            let documents = self.postings.get(term).map_or(0, HashMap::len);
+            let Some(docs) = self.postings.get(term) else {
+                continue;
+            };
+            let documents = (shared(docs, context), docs.len());
             let better = best.is_none_or(|(d, t)| {
                 documents
                     .cmp(&d)
@@ -683,7 +707,10 @@ impl Bm25 {
                 best = Some((documents, term));
             }
         }
-        let (_, term) = best?;
+        let ((together, _), term) = best?;
+        if together == 0 && !context.is_empty() {
+            return None;
+        }
         Some(match (plural, term.strip_suffix('y')) {
             (false, _) => term.to_string(),
             (true, Some(base)) if folded.ends_with("ies") => format!("{base}ies"),
@@ -833,11 +860,10 @@ mod tests {
         let long = format!("{}desk la", "tea ".repeat(100_000));
         assert_eq!(suggest(&long)[0].1, 1);
         assert!(suggest("lamp ").is_empty() && suggest("xyz").is_empty());
-        // Not typing: "headp" is read as a misspelling of "head".
-        assert_eq!(
-            index.read("wireless headp", false).as_deref(),
-            Some("wireless head")
-        );
+        // Not typing: "headp" is one edit from "head", but no document holds "head" with
+        // "wireless": left as typed; alone it is read as "head".
+        assert_eq!(index.read("wireless headp", false), None);
+        assert_eq!(index.read("headp", false).as_deref(), Some("head"));
         assert_eq!(last_word("wireless headp"), ("wireless ", "headp"));
         assert_eq!(last_word("crème brû"), ("crème ", "brû"));
         assert_eq!(last_word("tea!"), ("tea!", ""));
@@ -886,6 +912,15 @@ mod tests {
         index.insert(9, "toffee apple");
         index.insert(10, "toffee sauce");
         assert_eq!(index.correct("xoffex").as_deref(), Some("toffee"));
+        // A neighbour no document holds with the query's other words is no correction:
+        // "lover" is a word the catalog lacks, not a slip for "loved" ...
+        index.insert(11, "loved by baristas");
+        assert_eq!(index.correct("gift for a coffee lover"), None);
+        assert_eq!(index.correct("lover").as_deref(), Some("loved"));
+        // ... and among neighbours the one found with the others wins over a commoner one.
+        index.insert(12, "toffee");
+        index.insert(13, "coffee cup");
+        assert_eq!(index.correct("xoffex cup").as_deref(), Some("coffee cup"));
         // Gone from the catalog, gone from the corrections.
         for doc in [0, 1] {
             index.remove(doc);

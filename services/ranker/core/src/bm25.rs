@@ -104,6 +104,26 @@ fn shared(docs: &HashMap<u32, u32, IdHash>, context: &[&HashMap<u32, u32, IdHash
         .unwrap_or(0)
 }
 
+/// Documents `docs` shares with a `context` word it is found with more often than chance
+/// (shared / its documents over the share of all `total` documents the word is in), the most
+/// of them; 0 when it goes with none. A word in every description ("Loved by reviewers") is
+/// found with everything about as often as chance, so it is no reading of a misspelt word.
+fn found_with(
+    docs: &HashMap<u32, u32, IdHash>,
+    context: &[&HashMap<u32, u32, IdHash>],
+    total: usize,
+) -> usize {
+    context
+        .iter()
+        .map(|other| {
+            let both = shared(docs, &[*other]);
+            let chance = docs.len() as f64 * other.len() as f64 / total.max(1) as f64;
+            if both as f64 > chance { both } else { 0 }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A term a half-typed word may become (see [`Bm25::complete`]).
 struct Completion<'a> {
     term: &'a str,
@@ -385,10 +405,11 @@ impl Bm25 {
 
     /// `query` with every word that matches no indexed term replaced by the word one edit
     /// away (a letter deleted, inserted or replaced, or two neighbours swapped) whose term
-    /// shares the most documents with one of the query's other indexed words, then is in the
-    /// most documents (on a tie the longer, then the first by text): "wireless hedphones" ->
-    /// "wireless headphones". When the query has other indexed words and no neighbour shares
-    /// a document with any, the word stays (one the catalog lacks, not a slip). Words under
+    /// shares the most documents with one of the query's other indexed words (counted only
+    /// when more than chance: see `found_with`), then is in the most documents (on a tie the
+    /// longer, then the first by text): "wireless hedphones" -> "wireless headphones". When
+    /// the query has other indexed words and no neighbour goes with any, the word stays (one
+    /// the catalog lacks, not a slip). Words under
     /// [`MIN_CORRECTED_CHARS`] letters, with a digit (model numbers), stop words and words
     /// with no such neighbour stay as typed; `None` when no word changed. Words are looked up
     /// folded ([`fold`]: "creme" is no misspelling of "crème", it is the same term) and
@@ -605,7 +626,7 @@ impl Bm25 {
             let Some(docs) = self.postings.get(&term) else {
                 return;
             };
-            let documents = (shared(docs, context), docs.len());
+            let documents = (found_with(docs, context, self.documents), docs.len());
             let better = match &best {
                 None => true,
                 // Several neighbours of one term ("grinds", "grind"): the term as written.
@@ -695,7 +716,7 @@ impl Bm25 {
             let Some(docs) = self.postings.get(term) else {
                 continue;
             };
-            let documents = (shared(docs, context), docs.len());
+            let documents = (found_with(docs, context, self.documents), docs.len());
             let better = best.is_none_or(|(d, t)| {
                 documents
                     .cmp(&d)
@@ -917,6 +938,18 @@ mod tests {
         index.insert(11, "loved by baristas");
         assert_eq!(index.correct("gift for a coffee lover"), None);
         assert_eq!(index.correct("lover").as_deref(), Some("loved"));
+        // ... nor is one found with them no more often than chance: a word in every text.
+        let boilerplate = indexed(&[
+            "coffee mug, loved by all",
+            "coffee cup, loved by all",
+            "teapot, loved by all",
+            "desk lamp, loved by all",
+        ]);
+        assert_eq!(boilerplate.correct("coffee lover"), None);
+        assert_eq!(
+            boilerplate.correct("coffee cupp").as_deref(),
+            Some("coffee cup")
+        );
         // ... and among neighbours the one found with the others wins over a commoner one.
         index.insert(12, "toffee");
         index.insert(13, "coffee cup");

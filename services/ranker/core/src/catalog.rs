@@ -444,13 +444,9 @@ impl Catalog {
         filter: Option<&Filter>,
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
-        let live = |slot, version| self.is_live(slot, version);
-        Some(match filter {
-            None => ann.search(query, k, ef, live),
-            Some(f) => ann.search(query, k, ef, |slot, version| {
-                live(slot, version) && self.passes(f, slot)
-            }),
-        })
+        Some(ann.search(query, k, ef, |slot, version| {
+            self.is_live(slot, version) && self.passes(filter, slot)
+        }))
     }
 
     /// Whether a graph point linked at `version` of `slot` stands for the item in it: a slot's
@@ -498,7 +494,7 @@ impl Catalog {
             None => Box::new(self.slots()),
         };
         let mut scored: Vec<(u32, f32)> = scan
-            .filter(|&slot| filter.is_none_or(|f| self.passes(f, slot)))
+            .filter(|&slot| self.passes(filter, slot))
             .filter_map(|slot| Some((slot, dot(query, self.item_at(slot)?.1))))
             .collect();
         let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
@@ -571,7 +567,7 @@ impl Catalog {
             let passing: Vec<u32> = matched
                 .iter()
                 .copied()
-                .filter(|&slot| filter.as_ref().is_none_or(|f| self.passes(f, slot)))
+                .filter(|&slot| self.passes(filter.as_ref(), slot))
                 .collect();
             let mut bits = vec![0u64; self.slots.len().div_ceil(64)];
             for &slot in &passing {
@@ -664,10 +660,10 @@ impl Catalog {
         tally.finish(field.clone())
     }
 
-    /// Whether the item in `slot` passes `filter` (false for an empty slot).
-    pub(crate) fn passes(&self, filter: &Filter, slot: u32) -> bool {
-        self.slot(slot)
-            .is_some_and(|e| filter.accepts(slot, &e.item))
+    /// Whether the item in `slot` passes `filter` (false for an empty slot); without a filter
+    /// every slot passes, and none is read.
+    pub(crate) fn passes(&self, filter: Option<&Filter>, slot: u32) -> bool {
+        filter.is_none_or(|f| self.slot(slot).is_some_and(|e| f.accepts(slot, &e.item)))
     }
 
     /// The `k` most popular items' slots, most popular first (ties by slot); items without

@@ -954,7 +954,6 @@ fn candidate_pool(
     keep: usize,
     k: usize,
 ) -> Option<CandidatePool> {
-    let passes = |slot: u32| filter.is_none_or(|f| catalog.passes(f, slot));
     let n = ANN_CANDIDATES.max(2 * k);
     let mut pool = match query_vector {
         Some(q) => catalog.ann_search(q, n, n, filter)?,
@@ -972,7 +971,7 @@ fn candidate_pool(
     // The best BM25 hits only: a common word ("black") matches thousands of items.
     let mut lexical: Vec<(u32, f32)> = bm25
         .iter()
-        .filter(|(s, _)| passes(**s))
+        .filter(|(s, _)| catalog.passes(filter, **s))
         .map(|(s, v)| (*s, *v))
         .collect();
     let cap = if lexical.len() <= BM25_ALL_MATCHES {
@@ -1208,12 +1207,11 @@ fn first_pass(
             // The dense score a left-out match needs to reach the tier (the graph's vectors
             // are f16: a little under it).
             let min_dot = (last - rest) / weights[0] - 0.01;
-            let passes = |slot: u32| filter.as_ref().is_none_or(|f| catalog.passes(f, slot));
             let seeds: Vec<u32> = bm25
                 .keys()
                 .copied()
                 .step_by((bm25.len() / MATCH_SEEDS).max(1))
-                .filter(|&s| passes(s))
+                .filter(|&s| catalog.passes(filter.as_ref(), s))
                 .collect();
             let more = catalog
                 .ann_search_from(
@@ -1224,7 +1222,7 @@ fn first_pass(
                     |slot| {
                         bm25.contains_key(&slot)
                             && pool.binary_search(&slot).is_err()
-                            && passes(slot)
+                            && catalog.passes(filter.as_ref(), slot)
                     },
                 )
                 .unwrap_or_default();

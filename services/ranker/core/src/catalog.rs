@@ -475,19 +475,25 @@ impl Catalog {
     }
 
     /// The `k` items that pass `filter` whose vectors are nearest `query` (highest dot
-    /// product), nearest first: by the HNSW graph when the catalog has one and the filter is
-    /// broad, else exactly, scanning the filter's members or every item (also when the graph
-    /// finds fewer than `k` that pass).
-    pub(crate) fn nearest(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Vec<u32> {
+    /// product), nearest first, each with that dot product (of the f32 vectors): by the HNSW
+    /// graph when the catalog has one and the filter is broad, else exactly, scanning the
+    /// filter's members or every item (also when the graph finds fewer than `k` that pass).
+    pub(crate) fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Vec<(u32, f32)> {
         if k == 0 || self.dimension != Some(query.len()) {
             return Vec::new();
         }
+        let similarity = |slot: u32| Some((slot, dot(query, self.item_at(slot)?.1)));
         let members = filter.and_then(|f| f.members_within(filtered_scan_limit(self.len())));
         if members.is_none()
             && let Some(found) = self.ann_search(query, k, k, filter)
             && found.len() >= k
         {
-            return found;
+            return found.into_iter().filter_map(similarity).collect();
         }
         let scan: Box<dyn Iterator<Item = u32>> = match members {
             Some(members) => Box::new(members.into_iter()),
@@ -495,7 +501,7 @@ impl Catalog {
         };
         let mut scored: Vec<(u32, f32)> = scan
             .filter(|&slot| self.passes(filter, slot))
-            .filter_map(|slot| Some((slot, dot(query, self.item_at(slot)?.1))))
+            .filter_map(similarity)
             .collect();
         let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if scored.len() > k {
@@ -503,7 +509,7 @@ impl Catalog {
             scored.truncate(k);
         }
         scored.sort_unstable_by(by_score);
-        scored.into_iter().map(|(slot, _)| slot).collect()
+        scored
     }
 
     /// A request's filters against the catalog's facet index.
@@ -553,13 +559,16 @@ impl Catalog {
             let mut matched = Cow::Borrowed(&lexical);
             if let Some((vector, k)) = nearest {
                 let nearest = self.nearest(vector, k, filter.as_ref());
-                let similarity =
-                    |slot: u32| self.item_at(slot).map_or(0.0, |(_, v)| dot(vector, v));
-                let best = nearest.first().map_or(0.0, |&s| similarity(s));
+                let best = nearest.first().map_or(0.0, |&(_, similarity)| similarity);
                 if best > 0.0 {
                     let floor = NEAR_MATCH_RATIO * best;
                     let union = matched.to_mut();
-                    union.extend(nearest.into_iter().filter(|&s| similarity(s) >= floor));
+                    union.extend(
+                        nearest
+                            .into_iter()
+                            .filter(|&(_, similarity)| similarity >= floor)
+                            .map(|(slot, _)| slot),
+                    );
                     union.sort_unstable();
                     union.dedup();
                 }

@@ -530,6 +530,17 @@ impl Bm25 {
             .collect()
     }
 
+    /// A misspelt word's neighbour's weight, for one-edit and two-edit neighbours alike: the
+    /// documents it shares with the `context` word it goes with most (see [`found_with`]),
+    /// then the documents holding it.
+    fn weigh(
+        &self,
+        docs: &HashMap<u32, u32, IdHash>,
+        context: &[&HashMap<u32, u32, IdHash>],
+    ) -> (usize, usize) {
+        (found_with(docs, context, self.documents), docs.len())
+    }
+
     /// The query before its last word and the terms that word may become, best first (see
     /// [`Bm25::complete`]); `None` when the word is finished, short or a stop word.
     fn completions<'a>(&'a self, query: &'a str) -> Option<(&'a str, Vec<Completion<'a>>)> {
@@ -626,7 +637,7 @@ impl Bm25 {
             let Some(docs) = self.postings.get(&term) else {
                 return;
             };
-            let documents = (found_with(docs, context, self.documents), docs.len());
+            let documents = self.weigh(docs, context);
             let better = match &best {
                 None => true,
                 // Several neighbours of one term ("grinds", "grind"): the term as written.
@@ -673,19 +684,20 @@ impl Bm25 {
                 consider(inserted);
             }
         }
-        match best {
-            // Neighbours, but none found with the query's other words: a word the catalog
-            // lacks ("gift for a coffee lover" is not "... loved"), not a slip.
-            Some(((0, _), _, _)) if !context.is_empty() => None,
-            Some((_, _, word)) => Some(word),
-            None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower, context),
-            None => None,
-        }
+        let ((together, _), word) = match best {
+            Some((weight, _, word)) => (weight, word),
+            None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower, context)?,
+            None => return None,
+        };
+        // Neighbours, but none found with the query's other words: a word the catalog lacks
+        // ("gift for a coffee lover" is not "... loved"), not a slip.
+        (together > 0 || context.is_empty()).then_some(word)
     }
 
     /// The indexed term two edits from `lower` (a lower-cased query word; compared folded and
-    /// without its plural) in the most documents (ties: the longer, then the first by text),
-    /// written plural when the word was ("hedfones" -> "headphones").
+    /// without its plural) found with the `context` words in the most documents, then in the
+    /// most documents (ties: the longer, then the first by text), written plural when the
+    /// word was ("hedfones" -> "headphones"), with that weight.
     ///
     /// # Complexity
     /// A popcount per indexed term within two letters of the word's length, an edit
@@ -694,7 +706,7 @@ impl Bm25 {
         &self,
         lower: &str,
         context: &[&HashMap<u32, u32, IdHash>],
-    ) -> Option<String> {
+    ) -> Option<((usize, usize), String)> {
         let folded = fold(lower);
         let stem = plural_stem(folded.clone());
         let plural = stem != folded;
@@ -716,7 +728,7 @@ impl Bm25 {
             let Some(docs) = self.postings.get(term) else {
                 continue;
             };
-            let documents = (found_with(docs, context, self.documents), docs.len());
+            let documents = self.weigh(docs, context);
             let better = best.is_none_or(|(d, t)| {
                 documents
                     .cmp(&d)
@@ -728,15 +740,13 @@ impl Bm25 {
                 best = Some((documents, term));
             }
         }
-        let ((together, _), term) = best?;
-        if together == 0 && !context.is_empty() {
-            return None;
-        }
-        Some(match (plural, term.strip_suffix('y')) {
+        let (weight, term) = best?;
+        let word = match (plural, term.strip_suffix('y')) {
             (false, _) => term.to_string(),
             (true, Some(base)) if folded.ends_with("ies") => format!("{base}ies"),
             (true, _) => format!("{term}s"),
-        })
+        };
+        Some((weight, word))
     }
 
     /// BM25 score of every document matching at least one query term.

@@ -114,11 +114,13 @@ impl PriceIndex {
 
     /// Whether the item in `slot` is priced within `range`.
     fn holds(&self, range: &PriceRange, slot: u32) -> bool {
-        self.by_slot
-            .get(slot as usize)
-            .copied()
-            .flatten()
+        self.key_of(slot)
             .is_some_and(|key| range.contains(&(key, slot)))
+    }
+
+    /// The price key of the item in `slot` (`None` for an empty slot).
+    fn key_of(&self, slot: u32) -> Option<u64> {
+        self.by_slot.get(slot as usize).copied().flatten()
     }
 }
 
@@ -161,9 +163,7 @@ impl Facets {
     /// The lowest and highest price among `slots` (`None` when it is empty): a slot's price
     /// is read from the index's own array, not from its item.
     pub(crate) fn price_range(&self, slots: &[u32]) -> Option<(f64, f64)> {
-        let keys = slots
-            .iter()
-            .filter_map(|&s| self.prices.by_slot.get(s as usize).copied().flatten());
+        let keys = slots.iter().filter_map(|&s| self.prices.key_of(s));
         let (low, high) = keys.fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k), hi.max(k)));
         (low <= high).then(|| (f64::from_bits(low), f64::from_bits(high)))
     }
@@ -173,7 +173,7 @@ impl Facets {
     pub(crate) fn price_buckets(&self, slots: &[u32], edges: &[u64]) -> Vec<u64> {
         let mut counts = vec![0; edges.len() + 1];
         for &slot in slots {
-            if let Some(key) = self.prices.by_slot.get(slot as usize).copied().flatten() {
+            if let Some(key) = self.prices.key_of(slot) {
                 counts[edges.partition_point(|&e| e <= key)] += 1;
             }
         }

@@ -304,11 +304,28 @@ struct Row {
     vector: Vec<f32>,
 }
 
+/// `texts` embedded through `Embed` as the ranker asks for them (truncated, normalised), 32
+/// to a request.
+async fn embed(encoder_url: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    use souk_proto::encoder::v1 as enc;
+    use souk_proto::encoder::v1::encoder_client::EncoderClient;
+    let mut client = EncoderClient::new(channel(encoder_url).await);
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        let request = enc::EmbedRequest {
+            texts: chunk.to_vec(),
+            truncate: Some(true),
+            normalize: Some(true),
+        };
+        let response = client.embed(request).await.unwrap().into_inner();
+        vectors.extend(response.embeddings.into_iter().map(|e| e.values));
+    }
+    vectors
+}
+
 /// The demo shop's catalog file, each row embedded through `Embed` as the ranker embeds it
 /// (`Item::text`).
 async fn demo_rows(encoder_url: &str) -> Vec<Row> {
-    use souk_proto::encoder::v1 as enc;
-    use souk_proto::encoder::v1::encoder_client::EncoderClient;
     use souk_ranker_core::bm25::terms;
     let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
     let mut rows = Vec::new();
@@ -335,17 +352,8 @@ async fn demo_rows(encoder_url: &str) -> Vec<Row> {
             format!("{}. {}", &r[1], &r[2])
         });
     }
-    let mut client = EncoderClient::new(channel(encoder_url).await);
-    for (chunk, rows) in texts.chunks(32).zip(rows.chunks_mut(32)) {
-        let request = enc::EmbedRequest {
-            texts: chunk.to_vec(),
-            truncate: Some(true),
-            normalize: Some(true),
-        };
-        let response = client.embed(request).await.unwrap().into_inner();
-        for (row, e) in rows.iter_mut().zip(response.embeddings) {
-            row.vector = e.values;
-        }
+    for (row, vector) in rows.iter_mut().zip(embed(encoder_url, &texts).await) {
+        row.vector = vector;
     }
     rows
 }
@@ -425,24 +433,12 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     let shop = demo_shop().await;
     let rows = demo_rows(&shop.encoder_url).await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
-    let embed = |text: &str| {
-        let url = shop.encoder_url.clone();
-        let text = text.to_string();
-        async move {
-            use souk_proto::encoder::v1 as enc;
-            let mut client =
-                souk_proto::encoder::v1::encoder_client::EncoderClient::new(channel(&url).await);
-            let request = enc::EmbedRequest {
-                texts: vec![text],
-                truncate: Some(true),
-                normalize: Some(true),
-            };
-            let response = client.embed(request).await.unwrap().into_inner();
-            response.embeddings[0].values.clone()
-        }
+    let embed_one = |text: &str| {
+        let (url, texts) = (shop.encoder_url.clone(), vec![text.to_string()]);
+        async move { embed(&url, &texts).await.remove(0) }
     };
     let query = "wireless headphones";
-    let vector = embed(query).await;
+    let vector = embed_one(query).await;
     let brand = "Pixelon";
     let request = rk::RankRequest {
         filters: Some(rk::Filters {
@@ -551,7 +547,7 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     // No word of this query is in the catalog: the counts are over the items nearest its
     // vector (every item a candidate: no filter), which hold what the page shows.
     let query = "music listening";
-    let vector = embed(query).await;
+    let vector = embed_one(query).await;
     let near = facet_rows(&rows, query, Some(&vector), |_| true);
     assert!(near.iter().all(|r| !r.words.iter().any(|w| w == "music")));
     let request = rk::RankRequest {

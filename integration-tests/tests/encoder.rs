@@ -69,6 +69,43 @@ async fn embeddings_match_sentence_transformers() {
     );
 }
 
+/// `Words` lists the whole words of the model's vocabulary, recounted here from
+/// `tokenizer.json` itself: the ranker's spelling lexicon.
+#[tokio::test(flavor = "multi_thread")]
+async fn words_are_the_vocabulary_s_whole_words() {
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir().join("tokenizer.json")).unwrap())
+            .unwrap();
+    let model = &tokenizer["model"];
+    assert_eq!(model["type"], "WordPiece");
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap();
+    let mut want: Vec<String> = model["vocab"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|t| !t.starts_with(prefix))
+        .filter(|t| t.chars().count() >= 2 && t.chars().all(char::is_alphabetic))
+        .map(|t| t.to_lowercase())
+        .collect();
+    want.sort();
+    want.dedup();
+    let mut client = EncoderClient::new(channel(&shared_encoder().await).await);
+    let got = client
+        .words(enc::WordsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .words;
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the words differ from tokenizer.json's");
+    for word in ["lover", "coffee", "lightweight"] {
+        assert!(got.binary_search(&word.to_string()).is_ok(), "{word}");
+    }
+    for not in ["headfones", "##ing", "a", "[cls]", "2020"] {
+        assert!(got.binary_search(&not.to_string()).is_err(), "{not}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_without_hurting_other_callers() {
     let url = shared_encoder().await;

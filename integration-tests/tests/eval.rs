@@ -39,6 +39,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         typo_edits: 1,
         half_typed: None,
         correct: soukctl::eval::Correct::All,
+        no_lexicon: false,
     };
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
@@ -108,6 +109,7 @@ async fn misspelt_queries_are_read_as_meant() {
                 typo_edits,
                 half_typed,
                 correct,
+                no_lexicon: false,
             };
             let report = soukctl::eval::search_report(&args, &encoder, false)
                 .await

@@ -137,6 +137,23 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// The ranker's spelling lexicon (`Stats.lexicon_words`), once it has read it from the
+/// encoder (asked for in the background at start; 10 s at most).
+async fn lexicon_words(client: &mut RankerClient<tonic::transport::Channel>) -> u32 {
+    let started = std::time::Instant::now();
+    loop {
+        let stats = client
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if stats.lexicon_words > 0 || started.elapsed().as_secs() >= 10 {
+            return stats.lexicon_words;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A misspelt search through gRPC is ranked as the shopper meant it, and says so; `verbatim`
 /// ranks it as typed; a search without the accents of a title finds it with nothing corrected.
 #[tokio::test(flavor = "multi_thread")]
@@ -164,6 +181,17 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         .into_inner();
     assert_eq!(two.corrected_query, "wireless headphones");
     assert_eq!(ids(&two), ids(&meant));
+    // A real word the catalog lacks is no misspelling, once the ranker has the encoder's
+    // words: "lover" was read as "over" (pour-over sets are found with "coffee").
+    let lexicon = lexicon_words(&mut client).await;
+    assert!(lexicon > 20_000, "{lexicon} words");
+    for (typed, read) in [
+        ("gift for a coffee lover", ""),
+        ("gift for a cofee lover", "gift for a coffee lover"),
+    ] {
+        let r = client.rank(rank("", typed, 5)).await.unwrap().into_inner();
+        assert_eq!(r.corrected_query, read, "{typed:?}");
+    }
     // Search as you type: a half-typed last word is completed (in the context of the words
     // before it, which are corrected), unless the word is finished or the query verbatim.
     let completed = |query: &str, verbatim: bool| rk::RankRequest {

@@ -86,6 +86,11 @@ fn server_args(base: &ServerArgs, metrics_port: Option<u16>) -> ServerArgs {
     }
 }
 
+/// Longest wait, once the servers are up, for the ranker to read the encoder's words (the
+/// ranker asks every 100 ms at first; the encoder answers once its model is loaded, which
+/// SERVING already says).
+const LEXICON_WAIT: Duration = Duration::from_secs(10);
+
 impl Suite {
     /// Binds the three ports and starts the servers (they turn SERVING as they get ready).
     ///
@@ -163,12 +168,15 @@ impl Suite {
         })
     }
 
-    /// Waits until all three report SERVING, or one of them stops with an error.
+    /// Waits until all three report SERVING and the ranker has read the encoder's words (its
+    /// spelling lexicon, asked for in the background: a query before it may have a real word
+    /// read as a misspelling), or one of them stops with an error.
     ///
     /// # Errors
     /// When a server fails to start (missing model, locked store) or `timeout` passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
+        let mut serving = None;
         loop {
             for (name, task) in &self.tasks {
                 if task.is_finished() {
@@ -183,13 +191,35 @@ impl Suite {
                 );
             }
             if ready {
-                return Ok(());
+                let since = *serving.get_or_insert_with(Instant::now);
+                if self.lexicon_words().await > 0 {
+                    return Ok(());
+                }
+                if since.elapsed() > LEXICON_WAIT {
+                    eprintln!(
+                        "the ranker has no spelling lexicon from the encoder after {LEXICON_WAIT:?}; \
+                         going on without it (real words the catalog lacks may be read as misspellings)"
+                    );
+                    return Ok(());
+                }
             }
             if started.elapsed() > timeout {
                 anyhow::bail!("services not ready after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Words in the ranker's spelling lexicon (`Stats.lexicon_words`); 0 when it cannot say.
+    async fn lexicon_words(&self) -> u32 {
+        let Ok(channel) = soukctl::connect(&format!("http://{}", self.ranker), "ranker").await
+        else {
+            return 0;
+        };
+        rk::ranker_client::RankerClient::new(channel)
+            .stats(rk::StatsRequest {})
+            .await
+            .map_or(0, |s| s.into_inner().lexicon_words)
     }
 
     /// Stops the servers and waits for them.

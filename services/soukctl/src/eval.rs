@@ -114,6 +114,10 @@ pub struct SearchArgs {
     /// texts, as `Rank` does.
     #[arg(long, value_enum, default_value_t = Correct::All)]
     pub correct: Correct,
+    /// Correct real words too: without the encoder's words (`Encoder.Words`) as the
+    /// spelling lexicon that `Rank` leaves as typed ("lover" is not read as "over").
+    #[arg(long)]
+    pub no_lexicon: bool,
 }
 
 /// Vectors by text, persisted as a header line (format, model id, dimension), then records of
@@ -343,9 +347,27 @@ pub(crate) async fn features(
         .iter()
         .map(|r| (!r.description.is_empty()).then(|| intern(r.description.clone(), &mut texts)))
         .collect();
+    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
+        crate::connect(encoder_url, "encoder").await?,
+    )
+    .max_decoding_message_size(256 << 20);
     // BM25 over every distinct product text in the file.
     let mut bm_title = souk_ranker_core::bm25::Bm25::default();
     let mut bm_full = souk_ranker_core::bm25::Bm25::default();
+    if !typing.no_lexicon {
+        // The encoder's words as the spelling lexicon, as `Rank` reads them.
+        let words: std::collections::HashSet<String> = client
+            .words(souk_proto::encoder::v1::WordsRequest {})
+            .await?
+            .into_inner()
+            .words
+            .iter()
+            .map(|w| souk_ranker_core::bm25::fold(w))
+            .collect();
+        let words = Some(std::sync::Arc::new(words));
+        bm_title.set_lexicon(words.clone());
+        bm_full.set_lexicon(words);
+    }
     for (t, f) in &products {
         bm_title.insert(*t as u32, &texts[*t]);
         bm_full.insert(*f as u32, &texts[*f]);
@@ -399,7 +421,12 @@ pub(crate) async fn features(
             typed.len(),
             changed.len()
         );
-        for (q, t) in changed.into_iter().take(8) {
+        for (q, t) in changed.into_iter().take(
+            std::env::var("SHOWN")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(8),
+        ) {
             eprintln!("  {q:?}: typed {t:?}, read {:?}", understood[q.as_str()]);
         }
     }
@@ -414,10 +441,6 @@ pub(crate) async fn features(
             (intern(dense, &mut texts), *t, *f)
         })
         .collect();
-    let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
-        crate::connect(encoder_url, "encoder").await?,
-    )
-    .max_decoding_message_size(256 << 20);
     let info = client
         .info(souk_proto::encoder::v1::InfoRequest {})
         .await?
@@ -538,6 +561,9 @@ pub(crate) struct Typing {
     /// Cut the last word to this many letters and complete it.
     pub half_typed: Option<usize>,
     pub correct: Correct,
+    /// Read every word the product texts lack as a possible misspelling, real words too
+    /// (without the encoder's words as the lexicon).
+    pub no_lexicon: bool,
 }
 
 /// Which signals read the corrected query (`Bm25::correct`).
@@ -716,6 +742,7 @@ pub async fn search_report(
         edits: args.typo_edits,
         half_typed: args.half_typed.map(|n| n as usize),
         correct: args.correct,
+        no_lexicon: args.no_lexicon,
     };
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
         (Some(dataset), _, _) => {

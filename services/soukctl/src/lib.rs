@@ -1020,6 +1020,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.cf_version.as_str()
                 }
             );
+            println!(
+                "spelling: {}",
+                if r.lexicon_words == 0 {
+                    "no lexicon yet (the encoder has not answered Words)".to_string()
+                } else {
+                    format!("{} lexicon words from the encoder", r.lexicon_words)
+                }
+            );
             let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
             );

@@ -90,6 +90,7 @@ pub async fn serve(
     let state = Arc::new(EncoderService {
         batcher: OnceLock::new(),
         info: OnceLock::new(),
+        words: OnceLock::new(),
         max_batch_texts: args.max_batch_texts.max(1),
     });
     let mut server = GrpcServer::new("encoder", args.server.options()).await?;
@@ -190,6 +191,8 @@ fn load(
 struct EncoderService {
     batcher: OnceLock<Batcher>,
     info: OnceLock<pb::InfoResponse>,
+    /// The tokenizer's whole words, listed at the first `Words` call.
+    words: OnceLock<Vec<String>>,
     max_batch_texts: usize,
 }
 
@@ -260,5 +263,17 @@ impl pb::encoder_server::Encoder for EncoderService {
             .cloned()
             .map(Response::new)
             .ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+
+    async fn words(
+        &self,
+        _request: Request<pb::WordsRequest>,
+    ) -> Result<Response<pb::WordsResponse>, Status> {
+        let batcher = self.batcher()?;
+        let words = self
+            .words
+            .get_or_init(|| batcher.tokenizer().words())
+            .clone();
+        Ok(Response::new(pb::WordsResponse { words }))
     }
 }

@@ -1,6 +1,7 @@
 //! An incremental BM25 index over item texts (Robertson/Sparck Jones, k1 = 1.2, b = 0.75).
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -322,6 +323,42 @@ fn plural_stem(mut t: String) -> String {
     }
 }
 
+/// English endings a word of the lexicon may take and still be a word: a WordPiece
+/// vocabulary holds "blend" and "project" but splits "blender" and "projector". Longest first.
+const ENDINGS: &[&str] = &[
+    "ments", "ings", "ment", "ness", "less", "able", "ers", "ors", "ing", "ful", "er", "or", "ed",
+    "ly", "es", "s",
+];
+
+/// Whether `word` (folded) is in `lexicon`, or is a word of it of 4+ letters with one of the
+/// [`ENDINGS`]: as written ("blend-er"), before an ending that begins with a vowel with a final
+/// "e" dropped ("mak-er") or a final consonant doubled ("shopp-er"), or with "y" turned "i"
+/// ("tidi-ness"). Shorter words take endings by chance: "hower" is "how" + "er", "wirless"
+/// German "wir" + "less".
+fn is_word(lexicon: &HashSet<String>, word: &str) -> bool {
+    let known = |w: &str| w.chars().count() >= 4 && lexicon.contains(w);
+    lexicon.contains(word)
+        || ENDINGS.iter().any(|ending| {
+            // No "-s" after an "s": "assassinss" is a slip for "assassins".
+            let Some(stem) = word
+                .strip_suffix(ending)
+                .filter(|stem| !(*ending == "s" && stem.ends_with('s')))
+            else {
+                return false;
+            };
+            let mut last = stem.chars().rev();
+            let (Some(z), Some(y)) = (last.next(), last.next()) else {
+                return false;
+            };
+            let cut = &stem[..stem.len() - z.len_utf8()];
+            let vowel = ending.starts_with(['a', 'e', 'i', 'o']);
+            known(stem)
+                || (vowel && known(&format!("{stem}e")))
+                || (vowel && z == y && known(cut))
+                || (z == 'i' && known(&format!("{cut}y")))
+        })
+}
+
 /// A document's length slot when the document is not indexed.
 const ABSENT: u32 = u32::MAX;
 
@@ -341,12 +378,25 @@ pub struct Bm25 {
     vocabulary: Vocabulary,
     /// Every term in text order, for completing a half-typed word.
     sorted: BTreeSet<String>,
+    /// Words of the language (folded), which are never read as misspellings.
+    lexicon: Option<Arc<HashSet<String>>>,
 }
 
 impl Bm25 {
     /// Distinct indexed terms (the vocabulary the spelling check reads).
     pub fn terms_len(&self) -> usize {
         self.postings.len()
+    }
+
+    /// Words of the language (folded, see [`fold`]) that [`Bm25::correct`] leaves as typed
+    /// although the catalog lacks them; `None` reads every unknown word as a possible slip.
+    pub fn set_lexicon(&mut self, lexicon: Option<Arc<HashSet<String>>>) {
+        self.lexicon = lexicon;
+    }
+
+    /// Words in the lexicon (0 without one).
+    pub fn lexicon_len(&self) -> usize {
+        self.lexicon.as_ref().map_or(0, |l| l.len())
     }
 
     /// Indexes `text` as document `doc`, replacing what `doc` held before.
@@ -411,7 +461,9 @@ impl Bm25 {
     /// the query has other indexed words and no neighbour goes with any, the word stays (one
     /// the catalog lacks, not a slip). Words under
     /// [`MIN_CORRECTED_CHARS`] letters, with a digit (model numbers), stop words and words
-    /// with no such neighbour stay as typed; `None` when no word changed. Words are looked up
+    /// with no such neighbour stay as typed, and so do words of the language the catalog
+    /// lacks when a lexicon is set ([`Bm25::set_lexicon`]: "coffee lover" is not "coffee
+    /// over", although pour-over sets are found with "coffee"); `None` when no word changed. Words are looked up
     /// folded ([`fold`]: "creme" is no misspelling of "crème", it is the same term) and
     /// edited as typed ("crèmme" -> "crème"). Inserted and replacing letters are a-z and the
     /// word's own (all letters of a script would be thousands of lookups for CJK), so
@@ -618,7 +670,16 @@ impl Bm25 {
         }
         let lower = word.to_lowercase();
         let folded = fold(&lower);
-        if STOP.contains(&folded.as_str()) || self.postings.contains_key(&plural_stem(folded)) {
+        if STOP.contains(&folded.as_str()) {
+            return None;
+        }
+        let stem = plural_stem(folded.clone());
+        if self.postings.contains_key(&stem)
+            || self
+                .lexicon
+                .as_ref()
+                .is_some_and(|l| is_word(l, &folded) || is_word(l, &stem))
+        {
             return None;
         }
         *tried += 1;
@@ -971,6 +1032,98 @@ mod tests {
         assert_eq!(index.correct("headfones"), None);
         index.insert(0, "over-ear headphones");
         assert_eq!(index.correct("headfones").as_deref(), Some("headphones"));
+    }
+
+    #[test]
+    fn words_of_the_language_are_no_misspellings() {
+        // "over" goes with "coffee" (pour-over sets), so without a lexicon "lover" is read
+        // as it, and "rain" with "jacket".
+        let mut index = indexed(&[
+            "pour-over coffee set",
+            "pour-over coffee kettle",
+            "coffee beans",
+            "rain jacket",
+            "rain boots",
+            "down jacket",
+        ]);
+        let typed = ["gift for a coffee lover", "coffee lovers", "rani jacket"];
+        let read = typed.map(|q| index.correct(q));
+        assert_eq!(
+            read.each_ref().map(Option::as_deref),
+            [
+                Some("gift for a coffee over"),
+                Some("coffee overs"),
+                Some("rain jacket")
+            ]
+        );
+        let lexicon: HashSet<String> = ["lover", "rani", "coffee", "gift"].map(String::from).into();
+        index.set_lexicon(Some(Arc::new(lexicon)));
+        assert_eq!(index.lexicon_len(), 4);
+        // Real words stay as typed, plurals of them too (the price: a slip that makes a
+        // real word, "rani" for "rain", stays too) ...
+        for query in typed {
+            assert_eq!(index.correct(query), None, "{query:?}");
+        }
+        // ... words that are not are still corrected, beside them or in completions.
+        assert_eq!(
+            index.correct("cofee lover").as_deref(),
+            Some("coffee lover")
+        );
+        assert_eq!(
+            index.read("coffee lover ja", true).as_deref(),
+            Some("coffee lover jacket")
+        );
+        index.set_lexicon(None);
+        assert_eq!(
+            index.correct("coffee lover").as_deref(),
+            Some("coffee over")
+        );
+    }
+
+    #[test]
+    fn a_word_of_the_lexicon_with_an_english_ending_is_a_word() {
+        let lexicon: HashSet<String> = [
+            "blend",
+            "project",
+            "make",
+            "shop",
+            "tidy",
+            "glass",
+            "assassins",
+            "how",
+            "wir",
+            "wire",
+            "ꀀꀀ",
+        ]
+        .map(String::from)
+        .into();
+        for word in [
+            "blend",
+            "blender",
+            "blenders",
+            "projector",
+            "maker",
+            "shopper",
+            "tidiness",
+            "glasses",
+            "wireless",
+        ] {
+            assert!(is_word(&lexicon, word), "{word}");
+        }
+        // Slips that look like endings: a doubled "s", a stem under four letters ("how",
+        // German "wir"), an "e" dropped before a consonant ("wirless"), other scripts.
+        for word in [
+            "assassinss",
+            "hower",
+            "wirless",
+            "blendx",
+            "ꀀꀀer",
+            "ꀀꀀꀀer",
+            "er",
+            "",
+        ] {
+            assert!(!is_word(&lexicon, word), "{word}");
+        }
     }
 
     #[test]

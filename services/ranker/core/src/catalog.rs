@@ -758,6 +758,17 @@ impl Catalog {
         self.bm25.scores(query)
     }
 
+    /// The language's words, which spelling correction leaves as typed (see
+    /// [`Bm25::set_lexicon`]).
+    pub fn set_lexicon(&mut self, words: Option<Arc<HashSet<String>>>) {
+        self.bm25.set_lexicon(words);
+    }
+
+    /// Words in the spelling lexicon (0 without one).
+    pub fn lexicon_len(&self) -> usize {
+        self.bm25.lexicon_len()
+    }
+
     /// Search-as-you-type suggestions for `query` (see [`Bm25::suggest`]).
     pub fn suggest(&self, query: &str, k: usize) -> Vec<(String, usize)> {
         self.bm25.suggest(query, k)

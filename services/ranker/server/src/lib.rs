@@ -195,15 +195,50 @@ pub async fn serve(
     let _ = state.ready.set(ready.clone());
     health.set_ready().await;
     let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
-    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saved, stopped));
+    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saved, stopped.clone()));
+    let lexicon = tokio::spawn(learn_lexicon(ready.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
     // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
     // dropped later, and while it holds `ready` the store stays open, so a new server on the
     // same directory cannot open it.
     let _ = stop_keeper.send(true);
     let _ = keeper.await;
+    let _ = lexicon.await;
     served?;
     Ok(())
+}
+
+/// Longest wait between two asks for the encoder's words while it is down or loading.
+const LEXICON_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Asks the encoder for its model's words until it answers, and gives them to the catalog as
+/// the spelling lexicon (real words the catalog lacks are then no misspellings). Retries
+/// from 100 ms, doubling to [`LEXICON_RETRY_MAX`], until `stopped`.
+async fn learn_lexicon(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let asked = tokio::select! {
+            asked = ready.encoder.words(ready.load_timeout) => asked,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        match asked {
+            Ok(words) => {
+                let count = words.len();
+                match ready.ranker.catalog().write() {
+                    Ok(mut catalog) => catalog.set_lexicon(Some(Arc::new(words))),
+                    Err(_) => return,
+                }
+                tracing::info!(words = count, "spelling lexicon read from the encoder");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e.0, "no spelling lexicon yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        wait = (wait * 2).min(LEXICON_RETRY_MAX);
+    }
 }
 
 /// The saved count before the first save (or after a start that built the graph).
@@ -787,6 +822,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .trained_cf()
                 .map(|m| m.version.clone())
                 .unwrap_or_default(),
+            lexicon_words: catalog.lexicon_len() as u32,
         }))
     }
 

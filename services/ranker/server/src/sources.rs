@@ -1,7 +1,7 @@
 //! The ranker's view of its two dependencies, over gRPC: the encoder (query vectors, cached
 //! for a short time, and item vectors) and the knowledge graph (paths, and item facts).
 //! Every call carries a deadline so a slow dependency cannot hold a `Rank` past it.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,26 @@ impl GrpcEncoder {
             );
         }
         Ok(out)
+    }
+
+    /// The model's whole words (`Encoder.Words`), folded as the catalog's terms are: the
+    /// spelling lexicon.
+    ///
+    /// # Errors
+    /// When the encoder is unreachable, still loading, or runs past `timeout`.
+    pub async fn words(&self, timeout: Duration) -> Result<HashSet<String>, SourceError> {
+        let mut request = tonic::Request::new(enc::WordsRequest {});
+        request.set_timeout(timeout);
+        let mut client = self.client.clone();
+        let response = within(timeout, "encoder", client.words(request))
+            .await?
+            .map_err(|s| failed("encoder", &s))?;
+        Ok(response
+            .into_inner()
+            .words
+            .iter()
+            .map(|w| souk_ranker_core::bm25::fold(w))
+            .collect())
     }
 }
 

@@ -164,6 +164,7 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
                 version: "x".into(),
                 with_query: Some(weights(f32::INFINITY, 0.2)),
                 without_query: Some(weights(0.0, 0.0)),
+                with_item: None,
             }),
         })
         .await
@@ -172,9 +173,22 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     let bad = client
         .set_fusion(rk::SetFusionRequest {
             model: Some(rk::FusionModel {
+                version: "x".into(),
+                with_query: Some(weights(0.5, 0.2)),
+                without_query: Some(weights(0.0, 0.0)),
+                with_item: Some(weights(f32::NAN, 0.0)),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&bad, "with_item.dense");
+    let bad = client
+        .set_fusion(rk::SetFusionRequest {
+            model: Some(rk::FusionModel {
                 version: "no spaces".into(),
                 with_query: Some(weights(0.5, 0.2)),
                 without_query: Some(weights(0.0, 0.0)),
+                with_item: None,
             }),
         })
         .await
@@ -186,6 +200,8 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
                 version: "lexical-only-v2".into(),
                 with_query: Some(weights(0.0, 0.75)),
                 without_query: Some(weights(0.0, 0.0)),
+                // Unset: the item page's weights in use (the defaults) stay.
+                with_item: None,
             }),
         })
         .await
@@ -223,6 +239,18 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     assert_eq!(stats.model_version, "lexical-only-v2");
     let fusion = get_fusion(&mut client).await;
     assert_eq!(fusion.with_query, Some(weights(0.0, 0.75)));
+    let page = rk::FusionWeights {
+        dense: 0.4,
+        bm25: 0.0,
+        cf: 0.3,
+        kg: 0.2,
+        popularity: 0.1,
+    };
+    assert_eq!(
+        fusion.with_item,
+        Some(page),
+        "the default page weights kept"
+    );
     let again = client.rank(recommend("u066")).await.unwrap().into_inner();
     assert_eq!(
         again.items.iter().map(|i| &i.id).collect::<Vec<_>>(),

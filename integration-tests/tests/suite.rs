@@ -137,6 +137,85 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// An item's page through gRPC: items like the hiking boots (most of them boots), the item
+/// the triples file says complements them, every result explained by the page's item, and
+/// the item itself never among them; an unknown item is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    // Its partners, read from the triples file rather than asked of the graph.
+    let partners: Vec<String> = std::fs::read_to_string(repo_root().join("kg-data/triples.tsv"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let [head, relation, tail] = line.split('\t').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            let other = match (head, tail) {
+                ("item:p00141", other) | (other, "item:p00141") => other,
+                _ => return None,
+            };
+            let related = matches!(relation, "complements" | "goes_with" | "accessory_of");
+            other
+                .strip_prefix("item:")
+                .filter(|_| related)
+                .map(String::from)
+        })
+        .collect();
+    assert!(!partners.is_empty());
+    let page = rk::RankRequest {
+        item_id: "p00141".into(),
+        k: 10,
+        explain: true,
+        ..Default::default()
+    };
+    let r = client.rank(page.clone()).await.unwrap().into_inner();
+    assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+    assert_eq!(r.items.len(), 10);
+    assert!(!ids(&r).contains(&"p00141".to_string()), "{:?}", ids(&r));
+    for item in &r.items {
+        assert!(
+            item.reasons
+                .iter()
+                .any(|x| x.contains("this Trailhound Peak Hiking Boots 700")),
+            "{}: {:?}",
+            item.title,
+            item.reasons
+        );
+    }
+    let boots = r.items[..5]
+        .iter()
+        .filter(|i| i.category.last().map(String::as_str) == Some("Hiking Boots"))
+        .count();
+    assert!(
+        boots >= 3,
+        "{boots} of the first 5 are boots: {:#?}",
+        r.items
+    );
+    let partner = r
+        .items
+        .iter()
+        .find(|i| partners.contains(&i.id))
+        .unwrap_or_else(|| panic!("none of {partners:?} in {:?}", ids(&r)));
+    assert!(
+        partner
+            .reasons
+            .iter()
+            .any(|x| x == "goes with this Trailhound Peak Hiking Boots 700"),
+        "{:?}",
+        partner.reasons
+    );
+    let unknown = client
+        .rank(rk::RankRequest {
+            item_id: "p99999".into(),
+            ..page
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&unknown, "item_id \"p99999\" is not in the catalog");
+}
+
 /// The ranker's spelling lexicon (`Stats.lexicon_words`), once it has read it from the
 /// encoder (asked for in the background at start; 10 s at most).
 async fn lexicon_words(client: &mut RankerClient<tonic::transport::Channel>) -> u32 {

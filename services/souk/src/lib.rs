@@ -311,6 +311,10 @@ fn returning_user(events: &Path) -> anyhow::Result<String> {
         .context("events.csv has no purchases")
 }
 
+/// The demo's item page: a product of `kg-data/products.csv` that the graph pairs with others.
+const PAGE_ITEM: &str = "p00141";
+const PAGE_TITLE: &str = "Trailhound Peak Hiking Boots 700";
+
 async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
     let ranker_channel = soukctl::connect(&format!("http://{}", suite.ranker), "ranker").await?;
     let mut ranker = rk::ranker_client::RankerClient::new(ranker_channel.clone());
@@ -429,66 +433,61 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Each case: a title and the request; every request asks for 5 results with reasons.
+    let search = |query: &str| rk::RankRequest {
+        query: query.to_string(),
+        ..Default::default()
+    };
     let cases = [
         (
             "Search \"waterproof hiking boots\" (anonymous shopper)".to_string(),
-            String::new(),
-            "waterproof hiking boots".to_string(),
-            None,
-            Vec::new(),
-            false,
+            search("waterproof hiking boots"),
         ),
         (
             "Search \"lightweight\" in Tents under 300 (anonymous shopper, filtered)".to_string(),
-            String::new(),
-            "lightweight".to_string(),
-            Some(rk::Filters {
-                category: "Tents".into(),
-                max_price: Some(300.0),
-                ..Default::default()
-            }),
-            Vec::new(),
-            false,
+            rk::RankRequest {
+                filters: Some(rk::Filters {
+                    category: "Tents".into(),
+                    max_price: Some(300.0),
+                    ..Default::default()
+                }),
+                ..search("lightweight")
+            },
         ),
         (
             "Search \"wireless headphones\" in black or navy, in stock (attribute filter)"
                 .to_string(),
-            String::new(),
-            "wireless headphones".to_string(),
-            Some(rk::Filters {
-                in_stock_only: true,
-                attributes: vec![rk::AttributeFilter {
-                    name: "color".into(),
-                    values: vec!["black".into(), "navy".into()],
-                }],
-                ..Default::default()
-            }),
-            // What a search page shows beside the filters: every colour stays counted, the
-            // price slider's range and items per price bucket.
-            vec![
-                "brand".to_string(),
-                "attribute:color".to_string(),
-                "price".to_string(),
-                "price:50,100,200".to_string(),
-            ],
-            false,
+            rk::RankRequest {
+                filters: Some(rk::Filters {
+                    in_stock_only: true,
+                    attributes: vec![rk::AttributeFilter {
+                        name: "color".into(),
+                        values: vec!["black".into(), "navy".into()],
+                    }],
+                    ..Default::default()
+                }),
+                // What a search page shows beside the filters: every colour stays counted,
+                // the price slider's range and items per price bucket.
+                facets: vec![
+                    "brand".to_string(),
+                    "attribute:color".to_string(),
+                    "price".to_string(),
+                    "price:50,100,200".to_string(),
+                ],
+                ..search("wireless headphones")
+            },
         ),
         (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
-            String::new(),
-            "cofee grindr".to_string(),
-            None,
-            Vec::new(),
-            false,
+            search("cofee grindr"),
         ),
         (
             "Search as you type \"desk la\" (the last word completed among terms found with \"desk\")"
                 .to_string(),
-            String::new(),
-            "desk la".to_string(),
-            None,
-            Vec::new(),
-            true,
+            rk::RankRequest {
+                prefix: true,
+                ..search("desk la")
+            },
         ),
         (
             format!(
@@ -496,45 +495,44 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 names(&profile.categories),
                 names(&profile.brands)
             ),
-            user.clone(),
-            String::new(),
-            None,
-            Vec::new(),
-            false,
+            rk::RankRequest {
+                user_id: user.clone(),
+                ..Default::default()
+            },
         ),
         (
             format!("Search \"gift for a coffee lover\" for {user}"),
-            user.clone(),
-            "gift for a coffee lover".to_string(),
-            None,
-            Vec::new(),
-            false,
+            rk::RankRequest {
+                user_id: user.clone(),
+                ..search("gift for a coffee lover")
+            },
+        ),
+        (
+            format!("The page of the {PAGE_TITLE} [{PAGE_ITEM}]: items like it, bought with it or paired with it"),
+            rk::RankRequest {
+                item_id: PAGE_ITEM.to_string(),
+                ..Default::default()
+            },
         ),
         (
             "Recommendations for a brand-new shopper (no history, no query)".to_string(),
-            "someone-new".to_string(),
-            String::new(),
-            None,
-            Vec::new(),
-            false,
+            rk::RankRequest {
+                user_id: "someone-new".to_string(),
+                ..Default::default()
+            },
         ),
     ];
     let mut out = std::io::stdout();
-    for (title, user_id, query, filters, facets, prefix) in cases {
+    for (title, request) in cases {
         // Variety helps a recommendation shelf; a search should stay on what was asked.
-        let diversity = if query.is_empty() { 0.2 } else { 0.0 };
+        let diversity = if request.query.is_empty() { 0.2 } else { 0.0 };
         let started = Instant::now();
         let ranking = ranker
             .rank(rk::RankRequest {
-                user_id,
-                query,
                 k: 5,
                 explain: true,
                 diversity,
-                filters,
-                facets,
-                prefix,
-                ..Default::default()
+                ..request
             })
             .await?
             .into_inner();

@@ -277,6 +277,8 @@ pub async fn learn(
         version: version.to_string(),
         with_query: set(report.with_query.weights, current.with_query),
         without_query: set(report.without_query.weights, current.without_query),
+        // Not learned from feedback: the page weights in use stay.
+        with_item: None,
     };
     report.version = Some(crate::train::store_fusion(&mut client, model, ep).await?);
     Ok(report)

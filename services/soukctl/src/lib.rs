@@ -266,6 +266,10 @@ pub struct RankArgs {
     /// Search query; omit for recommendations.
     #[arg(long, short, default_value = "")]
     pub query: String,
+    /// An item's page: rank items like this one and items bought with it or related to it
+    /// in the graph (it is not returned itself).
+    #[arg(long, default_value = "")]
+    pub item: String,
     #[arg(short, long, default_value_t = 10)]
     pub k: u32,
     /// Skip this many results (a later page: `--offset 10 -k 10` is the second page of 10).
@@ -899,6 +903,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let request = rk::RankRequest {
                 user_id: args.user,
                 query: args.query,
+                item_id: args.item,
                 k: args.k,
                 filters: Some(rk::Filters {
                     category: args.category,

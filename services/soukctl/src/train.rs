@@ -271,6 +271,7 @@ pub async fn learn_fusion(args: &FusionArgs, ep: &Endpoints) -> anyhow::Result<F
             ..q
         }),
         without_query: current.without_query,
+        with_item: current.with_item,
     };
     report.version = Some(store_fusion(&mut client, model, ep).await?);
     Ok(report)

@@ -3,9 +3,10 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Nine request kinds, 400 each: a search by an
+//! once, after loading, as a store reload does. Eleven request kinds, 400 each: a search by an
 //! anonymous visitor, the same search misspelt (two letters swapped), the search by a known
-//! shopper, a recommendation (no query), and the anonymous search filtered to a department
+//! shopper, a recommendation (no query), an item's page (anonymous and for a known shopper),
+//! and the anonymous search filtered to a department
 //! (a twelfth of the items), by a price cap (an eighth), to one colour attribute (a tenth),
 //! or under 60 in two colours, and the anonymous search with facet counts (brand, category,
 //! colour).
@@ -271,7 +272,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 9] = [
+    // Item pages: items spread over the catalog (every cluster).
+    let page_item = |i: usize| Some(format!("p{:06}", (i * 7_919) % items));
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 11] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
@@ -293,6 +296,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         ("recommendation", &|i| RankQuery {
             user: shopper(i),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("item page, anonymous", &|i| RankQuery {
+            item: page_item(i),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("item page, known shopper", &|i| RankQuery {
+            user: shopper(i),
+            item: page_item(i),
             k: 10,
             explain: true,
             ..RankQuery::default()

@@ -154,12 +154,23 @@ impl Signal {
     }
 }
 
-/// Linear fusion: one weight set for requests with a query, one for recommendations.
+/// Linear fusion: one weight set for requests with a query, one for recommendations, one for
+/// an item's page (a request that names an item and has no query).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FusionModel {
     pub version: String,
     pub with_query: [f32; 5],
     pub without_query: [f32; 5],
+    /// Models stored before item pages had no such set: they read the default.
+    #[serde(default = "default_with_item")]
+    pub with_item: [f32; 5],
+}
+
+/// The default weights of an item's page: items like it (the dense signal against its
+/// vector) and items bought with it or related to it in the graph about equally, so the
+/// page shows both alternatives and complements; popularity breaks ties.
+pub fn default_with_item() -> [f32; 5] {
+    [0.40, 0.0, 0.30, 0.20, 0.10]
 }
 
 impl Default for FusionModel {
@@ -170,6 +181,7 @@ impl Default for FusionModel {
             version: "default-v1".into(),
             with_query: [0.55, 0.20, 0.10, 0.10, 0.05],
             without_query: [0.0, 0.0, 0.45, 0.35, 0.20],
+            with_item: default_with_item(),
         }
     }
 }
@@ -196,6 +208,7 @@ impl FusionModel {
         for (set, weights) in [
             ("with_query", &self.with_query),
             ("without_query", &self.without_query),
+            ("with_item", &self.with_item),
         ] {
             for (signal, w) in Signal::ALL.iter().zip(weights) {
                 if !w.is_finite() || w.abs() > 10.0 {
@@ -218,6 +231,10 @@ impl FusionModel {
 pub struct RankQuery {
     pub user: Option<UserKey>,
     pub query: Option<String>,
+    /// The item whose page is shown: items like it and items bought or related with it are
+    /// ranked (it leads the shopper's history; without a query its vector stands in for the
+    /// query's), and it is left out of the results.
+    pub item: Option<String>,
     pub k: usize,
     /// Results skipped before the k returned (a later page).
     pub offset: usize,
@@ -571,18 +588,21 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 Some(q) if !request.verbatim => catalog.read_query(q, completing),
                 _ => None,
             };
-            let history = request
+            let mut history = request
                 .user
                 .as_ref()
                 .map(|u| catalog.history(u))
                 .unwrap_or_default();
+            if let Some(item) = &request.item {
+                lead_with(&catalog, &mut history, item)?;
+            }
             (corrected, history)
         };
         let query = corrected.as_deref().or(typed);
-        let weights = if query.is_some() {
-            model.with_query
-        } else {
-            model.without_query
+        let weights = match (query, &request.item) {
+            (Some(_), _) => model.with_query,
+            (None, Some(_)) => model.with_item,
+            (None, None) => model.without_query,
         };
         // The graph entities of the shopper's most recent items, for every graph call.
         let rescores = graph_rescores(&history, &weights);
@@ -613,6 +633,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let (query_vector, related) = futures::join!(embed, related);
         let query_vector = match query_vector {
             Some(Ok(v)) => Some(v),
+            // An item's page without a query: items like the item are near its vector.
+            None if request.item.is_some() => self.item_vector(request.item.as_deref())?,
             Some(Err(error)) => {
                 tracing::warn!(%error, "encoder unavailable; ranking without the dense signal");
                 missing.push(Signal::Dense);
@@ -680,6 +702,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         }
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        let page = request.item.as_deref();
         let facets = if request.facets.is_empty() {
             Vec::new()
         } else {
@@ -707,7 +730,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     carrying.into_iter().map(contribution).collect();
                 contributions.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
                 let reasons = if request.explain {
-                    explain(&catalog, &c, &contributions, query, &history)
+                    explain(&catalog, &c, &contributions, query, &history, page)
                 } else {
                     Vec::new()
                 };
@@ -740,6 +763,17 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             corrected_query: corrected,
             facets,
         })
+    }
+
+    /// The vector of `item` (an item's page), `None` without one (a catalog loaded without
+    /// vectors).
+    fn item_vector(&self, item: Option<&str>) -> Result<Option<Vec<f32>>, RankError> {
+        let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        Ok(item
+            .and_then(|id| catalog.slot_of(id))
+            .and_then(|slot| catalog.item_at(slot))
+            .map(|(_, vector)| vector.to_vec())
+            .filter(|v| !v.is_empty()))
     }
 
     /// The picks of one tier of the ranking: the best `tier.picks` items (by MMR with diversity)
@@ -879,6 +913,44 @@ struct Shopper<'a> {
 
 /// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
 /// shortlist then).
+/// Puts the item of a page first in `history` (newest, and weighed as the strongest event in
+/// it, at least a purchase's), so that its bought-with neighbours and graph relations lead
+/// the CF and graph signals; the shopper's own events follow.
+///
+/// # Errors
+/// `InvalidInput` when the id is too long or the catalog has no such item.
+fn lead_with(
+    catalog: &Catalog,
+    history: &mut Vec<HistoryEntry>,
+    item: &str,
+) -> Result<(), RankError> {
+    if item.len() > crate::item::MAX_ID_BYTES {
+        return Err(RankError::InvalidInput(format!(
+            "item_id is {} bytes; the limit is {}",
+            item.len(),
+            crate::item::MAX_ID_BYTES
+        )));
+    }
+    if catalog.get(item).is_none() {
+        return Err(RankError::InvalidInput(format!(
+            "item_id {item:?} is not in the catalog"
+        )));
+    }
+    // A purchase's weight (`Interaction::weight`), or the history's strongest.
+    let weight = history.iter().map(|h| h.weight).fold(5.0, f32::max);
+    history.retain(|h| h.item_id != item);
+    history.insert(
+        0,
+        HistoryEntry {
+            item_id: item.to_string(),
+            kind: InteractionKind::View,
+            weight,
+            last_ms: i64::MAX,
+        },
+    );
+    Ok(())
+}
+
 fn graph_rescores(history: &[HistoryEntry], weights: &[f32; 5]) -> bool {
     !history.is_empty() && weights[3] > 0.0
 }
@@ -1065,6 +1137,7 @@ fn first_pass(
     let excluded: HashSet<u32> = request
         .exclude
         .iter()
+        .chain(&request.item)
         .chain(tier.placed.iter().map(|c| &c.id))
         .filter_map(|id| catalog.slot_of(id))
         .collect();
@@ -1449,10 +1522,19 @@ fn display(entity: &str) -> String {
     }
 }
 
-/// "the Trail Tent you bought", from a history item.
-fn your_item(catalog: &Catalog, history: &[HistoryEntry], entity: &str) -> String {
+/// "the Trail Tent you bought", from a history item; "this Trail Tent" for the item of the
+/// page (`page`).
+fn your_item(
+    catalog: &Catalog,
+    history: &[HistoryEntry],
+    page: Option<&str>,
+    entity: &str,
+) -> String {
     let id = entity_item(entity).unwrap_or(entity);
     let title = catalog.get(id).map(|i| i.title.as_str()).unwrap_or(id);
+    if page == Some(id) {
+        return format!("this {title}");
+    }
     let verb = history
         .iter()
         .find(|h| h.item_id == id)
@@ -1492,6 +1574,7 @@ fn explain(
     contributions: &[Contribution],
     query: Option<&str>,
     history: &[HistoryEntry],
+    page: Option<&str>,
 ) -> Vec<String> {
     let mut reasons = Vec::new();
     // Only the signals that carried the score: at least a fifth of it, at most three.
@@ -1502,21 +1585,25 @@ fn explain(
         .take(3)
     {
         let reason = match c.signal {
-            Signal::Dense | Signal::Bm25 => match query {
-                Some(q) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {
+            Signal::Dense | Signal::Bm25 => match (query, page) {
+                (Some(q), _) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {
                     Some(format!("matches your search \"{q}\""))
+                }
+                (None, Some(item)) => {
+                    let title = catalog.get(item).map_or(item, |i| i.title.as_str());
+                    Some(format!("similar to this {title}"))
                 }
                 _ => None,
             },
             Signal::Kg => candidate
                 .kg_path
                 .as_ref()
-                .map(|p| describe_path(p, &your_item(catalog, history, &p.source)))
+                .map(|p| describe_path(p, &your_item(catalog, history, page, &p.source)))
                 .or_else(|| {
                     candidate.kg_similar.as_ref().map(|source| {
                         format!(
                             "close in the product graph to {}",
-                            your_item(catalog, history, source)
+                            your_item(catalog, history, page, source)
                         )
                     })
                 }),

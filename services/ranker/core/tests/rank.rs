@@ -523,3 +523,63 @@ async fn bad_k_and_diversity_are_invalid() {
         "{e}"
     );
 }
+
+/// An item's page: items like it (its own vector stands in for a query's, so a dead encoder
+/// costs nothing), its accessory and its brand's other items, each explained by the item;
+/// the item itself is never returned, and an unknown one is refused.
+#[tokio::test]
+async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
+    let (ranker, h, switches) = shop();
+    switches.encoder_down.store(true, Ordering::SeqCst);
+    // The shopper bought the tent before: it is still no result on its own page.
+    record(&ranker, &h, "u", "p1", InteractionKind::Purchase, 10);
+    let page = |item: &str| RankQuery {
+        user: Some(h.key("u")),
+        item: Some(item.into()),
+        k: 8,
+        explain: true,
+        include_purchased: true,
+        ..Default::default()
+    };
+    let r = ranker.rank(&page("p1")).await.unwrap();
+    assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+    assert!(!ids(&r).contains(&"p1"), "{:?}", ids(&r));
+    let reasons = |id: &str| {
+        r.items
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.reasons.clone())
+            .unwrap_or_else(|| panic!("{id} missing from {:?}", ids(&r)))
+    };
+    assert_eq!(ids(&r)[0], "p6", "the tent's accessory, a tent item too");
+    assert!(
+        reasons("p6").contains(&"an accessory for this Trail Tent".to_string()),
+        "{:?}",
+        reasons("p6")
+    );
+    assert!(
+        reasons("p7").contains(&"similar to this Trail Tent".to_string()),
+        "{:?}",
+        reasons("p7")
+    );
+    assert!(
+        reasons("p2").contains(&"same brand (Acme) as this Trail Tent".to_string()),
+        "{:?}",
+        reasons("p2")
+    );
+    // Items like the page's rank above unrelated ones: the tents before the lamps.
+    let at = |id: &str| ids(&r).iter().position(|x| *x == id).unwrap_or(usize::MAX);
+    assert!(at("p7") < at("p5") && at("p7") < at("p8"), "{:?}", ids(&r));
+    // Another page, another ranking; the items of the lamp's page are lamps first.
+    let lamp = ranker.rank(&page("p5")).await.unwrap();
+    assert_eq!(ids(&lamp)[0], "p8", "{:?}", ids(&lamp));
+    for (item, message) in [
+        ("nope", "item_id \"nope\" is not in the catalog"),
+        (&"x".repeat(300), "item_id is 300 bytes; the limit is 256"),
+    ] {
+        match ranker.rank(&page(item)).await {
+            Err(RankError::InvalidInput(m)) => assert_eq!(m, message),
+            other => panic!("{item:.10}: {other:?}"),
+        }
+    }
+}

@@ -486,6 +486,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
     Ok(RankQuery {
         user,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
+        item: Some(request.item_id).filter(|i| !i.is_empty()),
         k: request.k as usize,
         offset: request.offset as usize,
         filters,
@@ -927,6 +928,10 @@ impl pb::ranker_server::Ranker for RankerService {
             },
             with_query: weights(model.with_query, "with_query")?,
             without_query: weights(model.without_query, "without_query")?,
+            with_item: match model.with_item {
+                Some(w) => weights(Some(w), "with_item")?,
+                None => ready.ranker.model().with_item,
+            },
         };
         model.validate().map_err(status)?;
         {
@@ -986,6 +991,7 @@ impl pb::ranker_server::Ranker for RankerService {
             version: model.version,
             with_query: Some(weights(model.with_query)),
             without_query: Some(weights(model.without_query)),
+            with_item: Some(weights(model.with_item)),
         }))
     }
 }

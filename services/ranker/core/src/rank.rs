@@ -1630,6 +1630,23 @@ mod tests {
     /// The set-based MMR picks what comparing with every picked item picks (the definition),
     /// at several diversities and depths, over items with shared leaves under different
     /// tops, empty categories and tied scores.
+    /// A fusion model stored before item pages (no `with_item`) still loads, with the default
+    /// page weights; a stored one keeps its own.
+    #[test]
+    fn a_stored_fusion_model_without_page_weights_reads_the_defaults() {
+        let old = r#"{"version":"fusion-1","with_query":[0.5,0.2,0.1,0.1,0.1],"without_query":[0.0,0.0,0.5,0.3,0.2]}"#;
+        let model: FusionModel = serde_json::from_str(old).unwrap();
+        assert_eq!(model.with_item, default_with_item());
+        assert_eq!(model.with_query, [0.5, 0.2, 0.1, 0.1, 0.1]);
+        let tuned = FusionModel {
+            with_item: [0.1, 0.0, 0.6, 0.2, 0.1],
+            ..model
+        };
+        let back: FusionModel =
+            serde_json::from_str(&serde_json::to_string(&tuned).unwrap()).unwrap();
+        assert_eq!(back, tuned);
+    }
+
     #[test]
     fn diversify_picks_what_pairwise_mmr_picks() {
         use crate::item::Item;

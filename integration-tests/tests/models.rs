@@ -239,12 +239,13 @@ async fn trained_cf_and_fusion_are_versioned_used_and_survive_a_restart() {
     assert_eq!(stats.model_version, "lexical-only-v2");
     let fusion = get_fusion(&mut client).await;
     assert_eq!(fusion.with_query, Some(weights(0.0, 0.75)));
+    let [dense, bm25, cf, kg, popularity] = souk_ranker_core::rank::default_with_item();
     let page = rk::FusionWeights {
-        dense: 0.4,
-        bm25: 0.0,
-        cf: 0.3,
-        kg: 0.2,
-        popularity: 0.1,
+        dense,
+        bm25,
+        cf,
+        kg,
+        popularity,
     };
     assert_eq!(
         fusion.with_item,

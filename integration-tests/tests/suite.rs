@@ -138,7 +138,7 @@ async fn the_demo_shop_ranks_with_reasons() {
 }
 
 /// An item's page through gRPC: items like the hiking boots (most of them boots), the item
-/// the triples file says complements them, every result explained by the page's item, and
+/// the triples file says complements them, the first results explained by the page's item, and
 /// the item itself never among them; an unknown item is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
@@ -174,11 +174,12 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
     assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
     assert_eq!(r.items.len(), 10);
     assert!(!ids(&r).contains(&"p00141".to_string()), "{:?}", ids(&r));
-    for item in &r.items {
+    // The first five are there for the page's item, and say so.
+    for item in &r.items[..5] {
         assert!(
             item.reasons
                 .iter()
-                .any(|x| x.contains("this Trailhound Peak Hiking Boots 700")),
+                .any(|x| x.contains("Trailhound Peak Hiking Boots 700")),
             "{}: {:?}",
             item.title,
             item.reasons

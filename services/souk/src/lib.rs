@@ -524,8 +524,10 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
     ];
     let mut out = std::io::stdout();
     for (title, request) in cases {
-        // Variety helps a recommendation shelf; a search should stay on what was asked.
-        let diversity = if request.query.is_empty() { 0.2 } else { 0.0 };
+        // Variety helps a recommendation shelf; a search, or an item's page, should stay on
+        // what was asked.
+        let shelf = request.query.is_empty() && request.item_id.is_empty();
+        let diversity = if shelf { 0.2 } else { 0.0 };
         let started = Instant::now();
         let ranking = ranker
             .rank(rk::RankRequest {

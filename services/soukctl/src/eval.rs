@@ -17,6 +17,10 @@ pub enum EvalCommand {
     Search(SearchArgs),
     /// Recommendation: Recall@k and NDCG@k on a fixed train/test split (TSV `user<TAB>item`).
     Rec(RecArgs),
+    /// Item pages: each test user's latest training item as the page, Recall@k and NDCG@k of
+    /// their held-out items in the page's ranking (`Rank` with `item_id`, in process), for
+    /// several weight sets. Needs item titles and timestamps, and the encoder.
+    Page(crate::eval_page::PageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -172,8 +176,62 @@ impl VectorCache {
     }
 }
 
+/// Every text's vector from the encoder behind `client`, in order, reusing and extending the
+/// vector cache at `cache_path` (see [`VectorCache`]).
+pub(crate) async fn embed_texts(
+    client: &mut souk_proto::encoder::v1::encoder_client::EncoderClient<tonic::transport::Channel>,
+    encoder_url: &str,
+    texts: &[String],
+    cache_path: Option<&Path>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let info = client
+        .info(souk_proto::encoder::v1::InfoRequest {})
+        .await?
+        .into_inner();
+    let mut cache = VectorCache::load(cache_path, &info.model_id, info.dimension as usize);
+    let missing: Vec<String> = texts
+        .iter()
+        .filter(|t| !cache.vectors.contains_key(&fnv1a(t)))
+        .cloned()
+        .collect();
+    eprintln!(
+        "{} distinct texts, {} cached; embedding {} with the encoder at {encoder_url} ...",
+        texts.len(),
+        texts.len() - missing.len(),
+        missing.len()
+    );
+    let started = Instant::now();
+    for chunk in missing.chunks(64) {
+        let response = client
+            .embed(souk_proto::encoder::v1::EmbedRequest {
+                texts: chunk.to_vec(),
+                truncate: Some(true),
+                normalize: Some(true),
+            })
+            .await?
+            .into_inner();
+        for (text, e) in chunk.iter().zip(response.embeddings) {
+            cache.vectors.insert(fnv1a(text), e.values);
+        }
+    }
+    eprintln!("embedded in {:.1}s", started.elapsed().as_secs_f64());
+    if let (Some(p), false) = (cache_path, missing.is_empty()) {
+        cache.save(p)?;
+    }
+    texts
+        .iter()
+        .map(|t| {
+            cache
+                .vectors
+                .get(&fnv1a(t))
+                .cloned()
+                .context("vector missing after embedding")
+        })
+        .collect()
+}
+
 /// Reads `user<TAB>item` pairs; a first line that is not two fields or reads `user item` is a header.
-fn read_pairs(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn read_pairs(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -224,6 +282,7 @@ pub async fn run(command: EvalCommand, encoder_url: &str) -> anyhow::Result<()> 
     match command {
         EvalCommand::Rec(args) => rec(args),
         EvalCommand::Search(args) => search(args, encoder_url).await,
+        EvalCommand::Page(args) => crate::eval_page::run(args, encoder_url).await,
     }
 }
 
@@ -441,50 +500,7 @@ pub(crate) async fn features(
             (intern(dense, &mut texts), *t, *f)
         })
         .collect();
-    let info = client
-        .info(souk_proto::encoder::v1::InfoRequest {})
-        .await?
-        .into_inner();
-    let mut cache = VectorCache::load(cache_path, &info.model_id, info.dimension as usize);
-    let missing: Vec<String> = texts
-        .iter()
-        .filter(|t| !cache.vectors.contains_key(&fnv1a(t)))
-        .cloned()
-        .collect();
-    eprintln!(
-        "{} distinct texts, {} cached; embedding {} with the encoder at {encoder_url} ...",
-        texts.len(),
-        texts.len() - missing.len(),
-        missing.len()
-    );
-    let started = Instant::now();
-    for chunk in missing.chunks(64) {
-        let response = client
-            .embed(souk_proto::encoder::v1::EmbedRequest {
-                texts: chunk.to_vec(),
-                truncate: Some(true),
-                normalize: Some(true),
-            })
-            .await?
-            .into_inner();
-        for (text, e) in chunk.iter().zip(response.embeddings) {
-            cache.vectors.insert(fnv1a(text), e.values);
-        }
-    }
-    eprintln!("embedded in {:.1}s", started.elapsed().as_secs_f64());
-    if let (Some(p), false) = (cache_path, missing.is_empty()) {
-        cache.save(p)?;
-    }
-    let vectors: Vec<Vec<f32>> = texts
-        .iter()
-        .map(|t| {
-            cache
-                .vectors
-                .get(&fnv1a(t))
-                .cloned()
-                .context("vector missing after embedding")
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let vectors = embed_texts(&mut client, encoder_url, &texts, cache_path).await?;
     let cos = |a: usize, b: usize| -> f64 {
         vectors[a]
             .iter()

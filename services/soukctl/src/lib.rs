@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod bench;
 pub mod eval;
+pub mod eval_page;
 pub mod feedback;
 pub mod files;
 pub mod kgembed;

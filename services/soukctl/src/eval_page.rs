@@ -18,7 +18,7 @@ use souk_ranker_core::cf::{CfAlgorithm, CfOptions, fit_served};
 use souk_ranker_core::eval::recall_ndcg_at;
 use souk_ranker_core::item::{Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
-    EmbeddingSource, FusionModel, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
+    EmbeddingSource, FusionModel, NoGraph, RankQuery, Ranker, SourceError,
 };
 
 #[derive(Debug, Args)]
@@ -68,20 +68,6 @@ struct NoEncoder;
 impl EmbeddingSource for NoEncoder {
     async fn embed_query(&self, _: &str) -> Result<Vec<f32>, SourceError> {
         Err(SourceError("no encoder in the page evaluation".into()))
-    }
-}
-
-/// The split's graph is over other ids: no paths, no relations.
-struct NoGraph;
-
-impl GraphSource for NoGraph {
-    async fn paths(
-        &self,
-        _: Vec<String>,
-        _: Vec<String>,
-        _: u32,
-    ) -> Result<Vec<GraphPath>, SourceError> {
-        Ok(Vec::new())
     }
 }
 

@@ -24,9 +24,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
-use souk_ranker_core::rank::{
-    EmbeddingSource, GraphPath, GraphSource, RankQuery, Ranker, SourceError,
-};
+use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SourceError};
 
 const DIM: usize = 384;
 const CLUSTERS: usize = 200;
@@ -165,18 +163,6 @@ impl EmbeddingSource for Encoder {
             .fold(7u64, |h, b| h.wrapping_mul(31) + u64::from(b));
         let mut rng = Rng(h | 1);
         Ok(near(&self.0[h as usize % CLUSTERS], 0.05, &mut rng))
-    }
-}
-
-struct NoGraph;
-impl GraphSource for NoGraph {
-    async fn paths(
-        &self,
-        _: Vec<String>,
-        _: Vec<String>,
-        _: u32,
-    ) -> Result<Vec<GraphPath>, SourceError> {
-        Ok(Vec::new())
     }
 }
 

@@ -104,6 +104,21 @@ impl<T: GraphSource> GraphSource for Arc<T> {
     }
 }
 
+/// A graph that relates nothing: for a ranker run without the graph service (benchmarks,
+/// evaluations on data with no graph over its ids). Not "down": nothing is reported missing.
+pub struct NoGraph;
+
+impl GraphSource for NoGraph {
+    async fn paths(
+        &self,
+        _sources: Vec<String>,
+        _targets: Vec<String>,
+        _max_hops: u32,
+    ) -> Result<Vec<GraphPath>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
 /// A dependency that could not answer (down, late, or refused).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

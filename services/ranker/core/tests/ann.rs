@@ -10,7 +10,8 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
-    EmbeddingSource, FirstPass, GraphPath, GraphSource, GraphStep, RankQuery, Ranker, SourceError,
+    EmbeddingSource, FirstPass, GraphPath, GraphSource, GraphStep, NoGraph, RankQuery, Ranker,
+    SourceError,
 };
 
 const DIM: usize = 32;
@@ -40,18 +41,6 @@ impl EmbeddingSource for Queries {
             .get(text)
             .cloned()
             .ok_or_else(|| SourceError("unknown".into()))
-    }
-}
-
-struct NoGraph;
-impl GraphSource for NoGraph {
-    async fn paths(
-        &self,
-        _: Vec<String>,
-        _: Vec<String>,
-        _: u32,
-    ) -> Result<Vec<GraphPath>, SourceError> {
-        Ok(Vec::new())
     }
 }
 

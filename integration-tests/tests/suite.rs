@@ -291,6 +291,10 @@ async fn a_misspelt_search_is_ranked_as_meant() {
         // but not beside "coffee" and "desk".
         ("coffee ma", "coffee maker"),
         ("desk la", "desk lamp"),
+        // Every yoga text says "material" too, as every other text does; "mat" only them.
+        ("yoga ma", "yoga mat"),
+        // Nothing "lo" begins goes with "coffee": left alone ("lover" is coming).
+        ("gift for a coffee lo", ""),
         ("wireless headphones", ""),
         // Begins no term: misspelt, so corrected.
         ("wireless hedphones", "wireless headphones"),

@@ -128,8 +128,9 @@ fn found_with(
 /// A term a half-typed word may become (see [`Bm25::complete`]).
 struct Completion<'a> {
     term: &'a str,
-    /// Documents it shares with the query's other word it shares most with; all of its own
-    /// when the query has no other indexed word.
+    /// Documents it shares with the query's other word it shares most with, when more than
+    /// chance (see `found_with`; else 0); all of its own when the query has no other indexed
+    /// word.
     items: usize,
     /// Documents holding it.
     documents: usize,
@@ -531,13 +532,17 @@ impl Bm25 {
 
     /// `query` with its last word, which may be half typed (search as you type), replaced by
     /// the indexed term it most likely begins: of the [`COMPLETIONS`] terms it begins that are
-    /// in the most documents (and the word itself when it is a term), the one that shares the
-    /// most documents with one of the query's other words ("coffee gr" -> "coffee grinder",
-    /// not the commoner "green"; "shower head" stays), then the one in the most documents
-    /// (ties: the shorter, then the first by text). Terms are folded and singular ("wireless
-    /// headp" -> "wireless headphone"). `None` when the query does not end in a letter or
-    /// digit (the word is finished), its last word has under [`MIN_PREFIX_CHARS`] letters or
-    /// is a stop word, begins no term, or is the term chosen.
+    /// in the most documents (and the word itself when it is a term), the one most specific to
+    /// the query's other words: sharing documents with one of them more often than chance
+    /// (see `found_with`), the most shared documents squared over its documents ("coffee gr"
+    /// -> "coffee grinder", not the commoner "green"; "yoga ma" -> "yoga mat", not "yoga
+    /// material", which the demo's texts all say; "shower head" stays), then the one in the
+    /// most documents (ties: the shorter, then the first by text). Terms are folded and
+    /// singular ("wireless headp" -> "wireless headphone"). `None` when the query does not
+    /// end in a letter or digit (the word is finished), its last word has under
+    /// [`MIN_PREFIX_CHARS`] letters or is a stop word, begins no term, is the term chosen, or
+    /// when the query has other indexed words and nothing it begins goes with them ("coffee
+    /// lo", typing "lover", is not finished as "coffee loved").
     ///
     /// # Complexity
     /// A walk over the terms the word begins (at most [`PREFIX_SCAN`]), then for each of
@@ -545,6 +550,11 @@ impl Bm25 {
     pub fn complete(&self, query: &str) -> Option<String> {
         let (head, completions) = self.completions(query)?;
         let best = completions.first()?;
+        // Nothing it begins goes with the other words: a word the catalog lacks ("coffee
+        // lo" for "coffee lover"), not one to finish as the commonest ("loved").
+        if best.items == 0 && !self.context(head).is_empty() {
+            return None;
+        }
         (!best.itself).then(|| format!("{head}{}", best.term))
     }
 
@@ -638,16 +648,22 @@ impl Bm25 {
             .map(|(documents, term)| Completion {
                 term,
                 items: match self.postings.get(term) {
-                    Some(docs) if !context.is_empty() => shared(docs, &context),
+                    Some(docs) if !context.is_empty() => found_with(docs, &context, self.documents),
                     _ => documents,
                 },
                 documents,
                 itself: itself.is_some_and(|(_, t)| t == term),
             })
             .collect();
+        // Most specific to the context first: shared documents squared over documents (the
+        // shared count times the share of the term's documents that are shared), so "yoga
+        // mat" (13 of 13) goes before "yoga material" (13 of the many texts saying
+        // "material"); without context, the commonest.
+        let specific = |c: &Completion| c.items as u128 * c.items as u128;
         completions.sort_by(|a, b| {
-            (b.items, b.documents)
-                .cmp(&(a.items, a.documents))
+            (specific(b) * a.documents.max(1) as u128)
+                .cmp(&(specific(a) * b.documents.max(1) as u128))
+                .then_with(|| (b.items, b.documents).cmp(&(a.items, a.documents)))
                 .then_with(|| a.term.len().cmp(&b.term.len()))
                 .then_with(|| a.term.cmp(b.term))
         });
@@ -885,6 +901,28 @@ mod tests {
     /// A half-typed last word becomes the term it begins that goes with the other words,
     /// else the commonest; a finished, known, short or unknown one stays.
     #[test]
+    fn a_completion_is_the_term_most_specific_to_the_other_words() {
+        // Every text says "material" and "loved" (boilerplate); "mat" only the yoga mats.
+        let texts = [
+            "yoga mat, non-slip material, loved by all",
+            "yoga mat, cork material, loved by all",
+            "yoga block, foam material, loved by all",
+            "coffee maker, steel material, loved by all",
+            "coffee beans, bag material, loved by all",
+            "desk lamp, metal material, loved by all",
+            "desk chair, mesh material, loved by all",
+        ];
+        let index = indexed(&texts);
+        assert_eq!(index.complete("yoga ma").as_deref(), Some("yoga mat"));
+        assert_eq!(index.complete("coffee ma").as_deref(), Some("coffee maker"));
+        // Nothing "lo" begins is found with "coffee" more than chance: left as typed.
+        assert_eq!(index.complete("coffee lo"), None);
+        assert!(index.suggest("coffee lo", 5).is_empty());
+        // Without other words, the commonest.
+        assert_eq!(index.complete("lo").as_deref(), Some("loved"));
+    }
+
+    #[test]
     fn a_half_typed_word_is_completed_in_context() {
         let mut index = indexed(&[
             "wireless headphones",
@@ -1070,8 +1108,8 @@ mod tests {
             Some("coffee lover")
         );
         assert_eq!(
-            index.read("coffee lover ja", true).as_deref(),
-            Some("coffee lover jacket")
+            index.read("coffee lover be", true).as_deref(),
+            Some("coffee lover bean")
         );
         index.set_lexicon(None);
         assert_eq!(

@@ -207,6 +207,36 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
         "{:?}",
         partner.reasons
     );
+    // Its "similar items" shelf: the request's own weights, dense alone.
+    let dense = |dense: f32| rk::FusionWeights {
+        dense,
+        ..Default::default()
+    };
+    let similar = client
+        .rank(rk::RankRequest {
+            weights: Some(dense(1.0)),
+            ..page.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(similar.model_version, "request");
+    for item in &similar.items[..5] {
+        assert_eq!(
+            item.category.last().map(String::as_str),
+            Some("Hiking Boots"),
+            "{}",
+            item.title
+        );
+    }
+    let bad = client
+        .rank(rk::RankRequest {
+            weights: Some(dense(f32::INFINITY)),
+            ..page.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&bad, "weights.dense must be a number in -10..10");
     let unknown = client
         .rank(rk::RankRequest {
             item_id: "p99999".into(),

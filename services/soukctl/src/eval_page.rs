@@ -49,7 +49,7 @@ pub struct PageArgs {
     pub weights: Vec<[f32; 5]>,
 }
 
-fn parse_weights(text: &str) -> Result<[f32; 5], String> {
+pub(crate) fn parse_weights(text: &str) -> Result<[f32; 5], String> {
     let values: Vec<f32> = text
         .split(',')
         .map(|v| v.trim().parse::<f32>().map_err(|e| format!("{v:?}: {e}")))

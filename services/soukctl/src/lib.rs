@@ -271,6 +271,10 @@ pub struct RankArgs {
     /// in the graph (it is not returned itself).
     #[arg(long, default_value = "")]
     pub item: String,
+    /// This request's fusion weights (dense,bm25,cf,kg,popularity) instead of the model's:
+    /// `--item p00141 --weights 1,0,0,0,0` is the page's "similar items" shelf.
+    #[arg(long, value_name = "D,B,C,K,P", value_parser = crate::eval_page::parse_weights)]
+    pub weights: Option<[f32; 5]>,
     #[arg(short, long, default_value_t = 10)]
     pub k: u32,
     /// Skip this many results (a later page: `--offset 10 -k 10` is the second page of 10).
@@ -905,6 +909,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 user_id: args.user,
                 query: args.query,
                 item_id: args.item,
+                weights: args
+                    .weights
+                    .map(|[dense, bm25, cf, kg, popularity]| rk::FusionWeights {
+                        dense,
+                        bm25,
+                        cf,
+                        kg,
+                        popularity,
+                    }),
                 k: args.k,
                 filters: Some(rk::Filters {
                     category: args.category,

@@ -229,21 +229,35 @@ impl FusionModel {
             ("without_query", &self.without_query),
             ("with_item", &self.with_item),
         ] {
-            for (signal, w) in Signal::ALL.iter().zip(weights) {
-                if !w.is_finite() || w.abs() > 10.0 {
-                    return bad(format!(
-                        "{set}.{} must be a number in -10..10, got {w}",
-                        signal.name()
-                    ));
-                }
-            }
-            if !weights.iter().any(|w| *w > 0.0) {
-                return bad(format!("{set} has no positive weight"));
-            }
+            validate_weights(set, weights)?;
         }
         Ok(())
     }
 }
+
+/// # Errors
+/// `InvalidInput` naming the weight (`{set}.{signal}`) that is not finite or outside
+/// -10..10, or saying the set has no positive weight (it could not rank anything by
+/// relevance).
+pub fn validate_weights(set: &str, weights: &[f32; 5]) -> Result<(), RankError> {
+    for (signal, w) in Signal::ALL.iter().zip(weights) {
+        if !w.is_finite() || w.abs() > 10.0 {
+            return Err(RankError::InvalidInput(format!(
+                "{set}.{} must be a number in -10..10, got {w}",
+                signal.name()
+            )));
+        }
+    }
+    if !weights.iter().any(|w| *w > 0.0) {
+        return Err(RankError::InvalidInput(format!(
+            "{set} has no positive weight"
+        )));
+    }
+    Ok(())
+}
+
+/// The `model_version` of a ranking scored by the request's own weights.
+pub const REQUEST_WEIGHTS: &str = "request";
 
 /// A validated `Rank` request.
 #[derive(Debug, Clone, Default)]
@@ -274,6 +288,9 @@ pub struct RankQuery {
     /// Counts to show beside the results (see [`Catalog::facet_counts`]; over `candidate_ids`
     /// when given), each field once.
     pub facets: Vec<FacetField>,
+    /// This request's fusion weights instead of the model's set for its kind (an A/B arm, or
+    /// one shelf of a page: dense alone for "similar items").
+    pub weights: Option<[f32; 5]>,
 }
 
 impl RankQuery {
@@ -302,6 +319,9 @@ impl RankQuery {
                 "diversity must be between 0 and 1, got {}",
                 self.diversity
             )));
+        }
+        if let Some(weights) = &self.weights {
+            validate_weights("weights", weights)?;
         }
         if self.facets.len() > MAX_FACETS {
             return Err(RankError::InvalidInput(format!(
@@ -618,10 +638,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             (corrected, history)
         };
         let query = corrected.as_deref().or(typed);
-        let weights = match (query, &request.item) {
-            (Some(_), _) => model.with_query,
-            (None, Some(_)) => model.with_item,
-            (None, None) => model.without_query,
+        let weights = match (request.weights, query, &request.item) {
+            (Some(weights), _, _) => weights,
+            (None, Some(_), _) => model.with_query,
+            (None, None, Some(_)) => model.with_item,
+            (None, None, None) => model.without_query,
         };
         // The graph entities of the shopper's most recent items, for every graph call.
         let rescores = graph_rescores(&history, &weights);
@@ -777,7 +798,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             items,
             missing_signals: missing,
             candidates: total,
-            model_version: model.version,
+            // Weights given with the request scored it, not the model.
+            model_version: if request.weights.is_some() {
+                REQUEST_WEIGHTS.to_string()
+            } else {
+                model.version
+            },
             first_pass: pass,
             corrected_query: corrected,
             facets,

@@ -580,6 +580,41 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
         .await
         .unwrap();
     assert_eq!(ids(&lamp)[0], "p8", "{:?}", ids(&lamp));
+    // The request's own weights: dense alone is the page's "similar items" shelf, scored by
+    // the request, not the model.
+    let similar = ranker
+        .rank(&RankQuery {
+            weights: Some([1.0, 0.0, 0.0, 0.0, 0.0]),
+            ..page("p1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&similar)[0],
+        "p7",
+        "the other plain tent: {:?}",
+        ids(&similar)
+    );
+    assert_eq!(similar.model_version, "request");
+    assert_eq!(r.model_version, "default-v1");
+    for (weights, message) in [
+        (
+            [f32::NAN, 0.0, 0.0, 0.0, 0.0],
+            "weights.dense must be a number in -10..10, got NaN",
+        ),
+        ([0.0, 0.0, -1.0, 0.0, 0.0], "weights has no positive weight"),
+    ] {
+        match ranker
+            .rank(&RankQuery {
+                weights: Some(weights),
+                ..page("p1")
+            })
+            .await
+        {
+            Err(RankError::InvalidInput(m)) => assert_eq!(m, message),
+            other => panic!("{weights:?}: {other:?}"),
+        }
+    }
     for (item, message) in [
         ("nope", "item_id \"nope\" is not in the catalog"),
         (&"x".repeat(300), "item_id is 300 bytes; the limit is 256"),

@@ -487,6 +487,9 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         user,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
         item: Some(request.item_id).filter(|i| !i.is_empty()),
+        weights: request
+            .weights
+            .map(|w| [w.dense, w.bm25, w.cf, w.kg, w.popularity]),
         k: request.k as usize,
         offset: request.offset as usize,
         filters,

@@ -247,6 +247,57 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
     assert_invalid(&unknown, "item_id \"p99999\" is not in the catalog");
 }
 
+/// A search sorted by price through gRPC lists every product of the demo file whose text
+/// matches a query word (recounted from the file), cheapest first, paged; an unknown order is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_sorted_by_price_lists_its_matches_cheapest_first() {
+    use souk_ranker_core::bm25::terms;
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let matching: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| {
+            terms(&format!("{} {}", &r[1], &r[2]))
+                .iter()
+                .any(|w| w == "espresso")
+        })
+        .map(|r| r[0].to_string())
+        .collect();
+    assert!(matching.len() > 3);
+    let sorted = |offset: u32, k: u32| rk::RankRequest {
+        query: "espresso".into(),
+        sort: rk::Sort::PriceAscending as i32,
+        offset,
+        k,
+        ..Default::default()
+    };
+    let all = client.rank(sorted(0, 1000)).await.unwrap().into_inner();
+    let listed = ids(&all);
+    for id in &matching {
+        assert!(listed.contains(id), "{id} missing from {listed:?}");
+    }
+    let prices: Vec<f64> = all.items.iter().map(|i| i.price).collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{prices:?}");
+    assert_eq!(all.candidates as usize, all.items.len());
+    assert!(
+        listed.len() < 50,
+        "only what the search matches: {listed:?}"
+    );
+    let page = client.rank(sorted(2, 3)).await.unwrap().into_inner();
+    assert_eq!(ids(&page), listed[2..5].to_vec());
+    let bad = client
+        .rank(rk::RankRequest {
+            sort: 7,
+            ..sorted(0, 5)
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&bad, "unknown sort 7");
+}
+
 /// The ranker's spelling lexicon (`Stats.lexicon_words`), once it has read it from the
 /// encoder (asked for in the background at start; 10 s at most).
 async fn lexicon_words(client: &mut RankerClient<tonic::transport::Channel>) -> u32 {

@@ -259,6 +259,14 @@ fn parse_attribute_filter(arg: &str) -> Result<AttributeArg, String> {
     })
 }
 
+/// `soukctl rank --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortArg {
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RankArgs {
     /// The shopper; omit for an anonymous request.
@@ -275,6 +283,9 @@ pub struct RankArgs {
     /// `--item p00141 --weights 1,0,0,0,0` is the page's "similar items" shelf.
     #[arg(long, value_name = "D,B,C,K,P", value_parser = crate::eval_page::parse_weights)]
     pub weights: Option<[f32; 5]>,
+    /// Order: relevance, or the matched items by price (`price-asc`, `price-desc`).
+    #[arg(long, value_enum, default_value_t = SortArg::Relevance)]
+    pub sort: SortArg,
     #[arg(short, long, default_value_t = 10)]
     pub k: u32,
     /// Skip this many results (a later page: `--offset 10 -k 10` is the second page of 10).
@@ -909,6 +920,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 user_id: args.user,
                 query: args.query,
                 item_id: args.item,
+                sort: match args.sort {
+                    SortArg::Relevance => rk::Sort::Relevance,
+                    SortArg::PriceAsc => rk::Sort::PriceAscending,
+                    SortArg::PriceDesc => rk::Sort::PriceDescending,
+                } as i32,
                 weights: args
                     .weights
                     .map(|[dense, bm25, cf, kg, popularity]| rk::FusionWeights {

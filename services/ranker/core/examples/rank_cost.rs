@@ -3,8 +3,8 @@
 //! popularity, fusion, diversity). A generated shop: titles of brand, colour, material and
 //! product words (so a colour matches a tenth of the catalog, as "black" does in a real one),
 //! 384-dimensional clustered unit vectors, shoppers with skewed picks; the HNSW graph is built
-//! once, after loading, as a store reload does. Eleven request kinds, 400 each: a search by an
-//! anonymous visitor, the same search misspelt (two letters swapped), the search by a known
+//! once, after loading, as a store reload does. Twelve request kinds, 400 each: a search by an
+//! anonymous visitor, the same search sorted by price, the same search misspelt (two letters swapped), the search by a known
 //! shopper, a recommendation (no query), an item's page (anonymous and for a known shopper),
 //! and the anonymous search filtered to a department
 //! (a twelfth of the items), by a price cap (an eighth), to one colour attribute (a tenth),
@@ -24,7 +24,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
-use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SourceError};
+use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SortOrder, SourceError};
 
 const DIM: usize = 384;
 const CLUSTERS: usize = 200;
@@ -260,11 +260,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
     // Item pages: items spread over the catalog (every cluster).
     let page_item = |i: usize| Some(format!("p{:06}", (i * 7_919) % items));
-    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 11] = [
+    let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 12] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
             k: 10,
             explain: true,
+            ..RankQuery::default()
+        }),
+        ("search, cheapest first", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            sort: SortOrder::PriceAscending,
             ..RankQuery::default()
         }),
         ("search, misspelt", &|i| RankQuery {

@@ -532,18 +532,7 @@ impl Catalog {
         filters: &Filters,
         fields: &[FacetField],
     ) -> Vec<FacetCounts> {
-        let lexical: Vec<u32> = match (scope.among, scope.words) {
-            (Some(ids), _) => {
-                let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
-                slots.sort_unstable();
-                slots.dedup();
-                slots
-            }
-            (None, Some(q)) => self.bm25(q).into_keys().collect(),
-            (None, None) if scope.nearest.is_none() => self.slots().collect(),
-            (None, None) => Vec::new(),
-        };
-        let nearest = scope.nearest.filter(|_| scope.among.is_none());
+        let lexical = self.lexical_scope(scope);
         // Facets whose filters (the request's, less their own side) are the same share the
         // set of matches that pass them: all of them when the request filters nothing they
         // count.
@@ -554,30 +543,7 @@ impl Catalog {
                 continue;
             }
             let filter = (!others[first].is_empty()).then(|| self.filter(&others[first]));
-            // The dense signal's matches, among the items these filters pass (the ones a
-            // search so filtered ranks from).
-            let mut matched = Cow::Borrowed(&lexical);
-            if let Some((vector, k)) = nearest {
-                let nearest = self.nearest(vector, k, filter.as_ref());
-                let best = nearest.first().map_or(0.0, |&(_, similarity)| similarity);
-                if best > 0.0 {
-                    let floor = NEAR_MATCH_RATIO * best;
-                    let union = matched.to_mut();
-                    union.extend(
-                        nearest
-                            .into_iter()
-                            .filter(|&(_, similarity)| similarity >= floor)
-                            .map(|(slot, _)| slot),
-                    );
-                    union.sort_unstable();
-                    union.dedup();
-                }
-            }
-            let passing: Vec<u32> = matched
-                .iter()
-                .copied()
-                .filter(|&slot| self.passes(filter.as_ref(), slot))
-                .collect();
+            let passing = self.scope_passing(scope, &lexical, filter.as_ref());
             let mut bits = vec![0u64; self.slots.len().div_ceil(64)];
             for &slot in &passing {
                 bits[slot as usize / 64] |= 1 << (slot % 64);
@@ -593,6 +559,87 @@ impl Catalog {
             }
         }
         counts.into_iter().flatten().collect()
+    }
+
+    /// The slots a scope starts from before its vector's nearest items, each once: a re-rank
+    /// request's candidates, the query words' BM25 matches, every item (no words and no
+    /// vector), or none (a vector alone).
+    fn lexical_scope(&self, scope: &FacetScope<'_>) -> Vec<u32> {
+        match (scope.among, scope.words) {
+            (Some(ids), _) => {
+                let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                slots
+            }
+            (None, Some(q)) => self.bm25(q).into_keys().collect(),
+            (None, None) if scope.nearest.is_none() => self.slots().collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The items of `scope` that `filter` passes: `lexical` (see [`Catalog::lexical_scope`])
+    /// and, unless the scope is a re-rank request's, the vector's nearest items among those
+    /// the filter passes, at least [`NEAR_MATCH_RATIO`] as similar as the nearest; each once.
+    fn scope_passing(
+        &self,
+        scope: &FacetScope<'_>,
+        lexical: &[u32],
+        filter: Option<&Filter>,
+    ) -> Vec<u32> {
+        // The dense signal's matches, among the items these filters pass (the ones a search
+        // so filtered ranks from).
+        let mut matched = Cow::Borrowed(lexical);
+        if let Some((vector, k)) = scope.nearest.filter(|_| scope.among.is_none()) {
+            let nearest = self.nearest(vector, k, filter);
+            let best = nearest.first().map_or(0.0, |&(_, similarity)| similarity);
+            if best > 0.0 {
+                let floor = NEAR_MATCH_RATIO * best;
+                let union = matched.to_mut();
+                union.extend(
+                    nearest
+                        .into_iter()
+                        .filter(|&(_, similarity)| similarity >= floor)
+                        .map(|(slot, _)| slot),
+                );
+                union.sort_unstable();
+                union.dedup();
+            }
+        }
+        matched
+            .iter()
+            .copied()
+            .filter(|&slot| self.passes(filter, slot))
+            .collect()
+    }
+
+    /// The items a search lists when sorted by price instead of relevance: those its facets
+    /// count (the query's word matches and nearest items, see [`FacetScope`]) that `filters`
+    /// pass, except `exclude`, by price (`descending`: dearest first; ties by id).
+    pub fn by_price(
+        &self,
+        scope: &FacetScope<'_>,
+        filters: &Filters,
+        exclude: &HashSet<u32>,
+        descending: bool,
+    ) -> Vec<u32> {
+        let filter = (!filters.is_empty()).then(|| self.filter(filters));
+        let lexical = self.lexical_scope(scope);
+        let mut slots: Vec<(f64, &str, u32)> = self
+            .scope_passing(scope, &lexical, filter.as_ref())
+            .into_iter()
+            .filter(|slot| !exclude.contains(slot))
+            .filter_map(|slot| {
+                self.slot(slot)
+                    .map(|e| (e.item.price, e.item.id.as_str(), slot))
+            })
+            .collect();
+        slots.sort_by(|a, b| {
+            let order = a.0.total_cmp(&b.0);
+            let order = if descending { order.reverse() } else { order };
+            order.then_with(|| a.1.cmp(b.1))
+        });
+        slots.into_iter().map(|(_, _, slot)| slot).collect()
     }
 
     /// One facet's counts over `passing` (`passes` answers membership). Two ways, the cheaper

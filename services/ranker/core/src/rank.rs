@@ -256,6 +256,30 @@ pub fn validate_weights(set: &str, weights: &[f32; 5]) -> Result<(), RankError> 
     Ok(())
 }
 
+/// How a request's results are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Best first, by the fused score.
+    #[default]
+    Relevance,
+    /// The items the search matches (what its facets count: its word matches and its nearest
+    /// items by vector, or every item a browse's filters pass), cheapest first.
+    PriceAscending,
+    /// The same items, dearest first.
+    PriceDescending,
+}
+
+impl SortOrder {
+    /// `Some(descending)` for the price orders.
+    pub fn by_price(self) -> Option<bool> {
+        match self {
+            SortOrder::Relevance => None,
+            SortOrder::PriceAscending => Some(false),
+            SortOrder::PriceDescending => Some(true),
+        }
+    }
+}
+
 /// The `model_version` of a ranking scored by the request's own weights.
 pub const REQUEST_WEIGHTS: &str = "request";
 
@@ -291,6 +315,8 @@ pub struct RankQuery {
     /// This request's fusion weights instead of the model's set for its kind (an A/B arm, or
     /// one shelf of a page: dense alone for "similar items").
     pub weights: Option<[f32; 5]>,
+    /// Relevance, or the matched items by price (no scores: `score` is 0).
+    pub sort: SortOrder,
 }
 
 impl RankQuery {
@@ -704,6 +730,69 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             related: &related,
             graph: graph_up && rescores,
         };
+        if let Some(descending) = request.sort.by_price() {
+            let catalog = self.catalog.read().map_err(|_| poisoned())?;
+            let scope = matched_scope(request, query, query_vector.as_deref());
+            // The caller's exclusions, the page's item and, unless kept, what was bought.
+            let exclude: HashSet<u32> = request
+                .exclude
+                .iter()
+                .chain(&request.item)
+                .chain(
+                    history
+                        .iter()
+                        .filter(|h| {
+                            !request.include_purchased && h.kind == InteractionKind::Purchase
+                        })
+                        .map(|h| &h.item_id),
+                )
+                .filter_map(|id| catalog.slot_of(id))
+                .collect();
+            let slots = catalog.by_price(&scope, &request.filters, &exclude, descending);
+            let reason = match (query, request.item.as_deref()) {
+                (Some(q), _) => format!("matches your search \"{q}\""),
+                (None, Some(item)) => format!(
+                    "similar to this {}",
+                    catalog.get(item).map_or(item, |i| i.title.as_str())
+                ),
+                (None, None) if !request.filters.is_empty() => "passes your filters".into(),
+                (None, None) => "in the catalog".into(),
+            };
+            let items = slots
+                .iter()
+                .skip(request.offset)
+                .take(request.k)
+                .filter_map(|&slot| catalog.item_at(slot))
+                .map(|(item, _)| RankedItem {
+                    id: item.id.clone(),
+                    score: 0.0,
+                    title: item.title.clone(),
+                    brand: item.brand.clone(),
+                    category: item.category.clone(),
+                    price: item.price,
+                    contributions: Vec::new(),
+                    reasons: if request.explain {
+                        vec![reason.clone()]
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect();
+            let facets = if request.facets.is_empty() {
+                Vec::new()
+            } else {
+                catalog.facet_counts(&scope, &request.filters, &request.facets)
+            };
+            return Ok(Ranking {
+                items,
+                missing_signals: missing,
+                candidates: slots.len(),
+                model_version: model.version,
+                first_pass: FirstPass::Members,
+                corrected_query: corrected,
+                facets,
+            });
+        }
 
         // The ranking is built tier by tier (`PAGE_TIERS`): positions up to 64 from a pool
         // sized for 64, the next ones from a pool sized for 256 without the items already
@@ -743,14 +832,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
         let page = request.item.as_deref();
+        let scope = matched_scope(request, query, query_vector.as_deref());
         let facets = if request.facets.is_empty() {
             Vec::new()
         } else {
-            let scope = FacetScope {
-                words: query,
-                nearest: query_vector.as_deref().map(|q| (q, FACET_NEAREST)),
-                among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
-            };
             catalog.facet_counts(&scope, &request.filters, &request.facets)
         };
         let items = chosen
@@ -958,6 +1043,20 @@ struct Shopper<'a> {
 
 /// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
 /// shortlist then).
+/// What a request's facets count and a price-sorted request lists: its candidates when given,
+/// else the query's word matches and its vector's nearest items (see [`FacetScope`]).
+fn matched_scope<'a>(
+    request: &'a RankQuery,
+    query: Option<&'a str>,
+    query_vector: Option<&'a [f32]>,
+) -> FacetScope<'a> {
+    FacetScope {
+        words: query,
+        nearest: query_vector.map(|q| (q, FACET_NEAREST)),
+        among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
+    }
+}
+
 /// Puts the item of a page first in `history` (newest, and weighed as the strongest event in
 /// it, at least a purchase's), so that its bought-with neighbours and graph relations lead
 /// the CF and graph signals; the shopper's own events follow.

@@ -625,3 +625,55 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
         }
     }
 }
+
+/// Sorted by price: the items the search matches (its word matches and nearest items), and
+/// only those, cheapest or dearest first, paged; filters and exclusions still apply; without
+/// a query, every item the filters pass.
+#[tokio::test]
+async fn a_search_sorted_by_price_lists_its_matches_by_price() {
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, _, _) = shop();
+    let by_price = |query: Option<&str>, sort: SortOrder| RankQuery {
+        query: query.map(String::from),
+        k: 20,
+        explain: true,
+        sort,
+        ..Default::default()
+    };
+    // "tent" matches the two tents and the pegs by word; the vector's nearest items add
+    // nothing unlike them.
+    let cheap = ranker
+        .rank(&by_price(Some("tent"), SortOrder::PriceAscending))
+        .await
+        .unwrap();
+    assert_eq!(ids(&cheap), ["p6", "p1", "p7"], "{:?}", cheap.items);
+    let dear = ranker
+        .rank(&by_price(Some("tent"), SortOrder::PriceDescending))
+        .await
+        .unwrap();
+    assert_eq!(ids(&dear), ["p7", "p1", "p6"]);
+    assert!(cheap.items.iter().all(|i| i.score == 0.0));
+    assert_eq!(cheap.items[0].reasons, ["matches your search \"tent\""]);
+    let prices: Vec<f64> = cheap.items.iter().map(|i| i.price).collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{prices:?}");
+    // Pages, filters and exclusions as with relevance.
+    let second = ranker
+        .rank(&RankQuery {
+            k: 1,
+            offset: 1,
+            ..by_price(Some("tent"), SortOrder::PriceAscending)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), ["p1"]);
+    let capped = ranker
+        .rank(&RankQuery {
+            filters: Filters::new("", &[], None, Some(100.0), false).unwrap(),
+            exclude: HashSet::from(["p5".to_string()]),
+            ..by_price(None, SortOrder::PriceDescending)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&capped), ["p4", "p3", "p8", "p2", "p6"]);
+    assert_eq!(capped.items[0].reasons, ["passes your filters"]);
+}

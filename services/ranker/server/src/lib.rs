@@ -23,7 +23,7 @@ use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
     Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
 };
-use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker};
+use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder};
 use souk_ranker_core::{RankError, UserHasher};
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -490,6 +490,17 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         weights: request
             .weights
             .map(|w| [w.dense, w.bm25, w.cf, w.kg, w.popularity]),
+        sort: match pb::Sort::try_from(request.sort) {
+            Ok(pb::Sort::Relevance) => SortOrder::Relevance,
+            Ok(pb::Sort::PriceAscending) => SortOrder::PriceAscending,
+            Ok(pb::Sort::PriceDescending) => SortOrder::PriceDescending,
+            Err(_) => {
+                return Err(RankError::InvalidInput(format!(
+                    "unknown sort {}",
+                    request.sort
+                )));
+            }
+        },
         k: request.k as usize,
         offset: request.offset as usize,
         filters,

@@ -733,60 +733,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         if let Some(descending) = request.sort.by_price() {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             let scope = matched_scope(request, query, query_vector.as_deref());
-            // The caller's exclusions, the page's item and, unless kept, what was bought.
-            let exclude: HashSet<u32> = request
-                .exclude
-                .iter()
-                .chain(&request.item)
-                .chain(
-                    history
-                        .iter()
-                        .filter(|h| {
-                            !request.include_purchased && h.kind == InteractionKind::Purchase
-                        })
-                        .map(|h| &h.item_id),
-                )
-                .filter_map(|id| catalog.slot_of(id))
-                .collect();
-            let slots = catalog.by_price(&scope, &request.filters, &exclude, descending);
-            let reason = match (query, request.item.as_deref()) {
-                (Some(q), _) => format!("matches your search \"{q}\""),
-                (None, Some(item)) => format!(
-                    "similar to this {}",
-                    catalog.get(item).map_or(item, |i| i.title.as_str())
-                ),
-                (None, None) if !request.filters.is_empty() => "passes your filters".into(),
-                (None, None) => "in the catalog".into(),
-            };
-            let items = slots
-                .iter()
-                .skip(request.offset)
-                .take(request.k)
-                .filter_map(|&slot| catalog.item_at(slot))
-                .map(|(item, _)| RankedItem {
-                    id: item.id.clone(),
-                    score: 0.0,
-                    title: item.title.clone(),
-                    brand: item.brand.clone(),
-                    category: item.category.clone(),
-                    price: item.price,
-                    contributions: Vec::new(),
-                    reasons: if request.explain {
-                        vec![reason.clone()]
-                    } else {
-                        Vec::new()
-                    },
-                })
-                .collect();
-            let facets = if request.facets.is_empty() {
-                Vec::new()
-            } else {
-                catalog.facet_counts(&scope, &request.filters, &request.facets)
-            };
+            let (items, listed) = by_price(&catalog, request, &scope, query, &history, descending);
+            let facets = facets(&catalog, request, &scope);
             return Ok(Ranking {
                 items,
                 missing_signals: missing,
-                candidates: slots.len(),
+                candidates: listed,
                 model_version: model.version,
                 first_pass: FirstPass::Members,
                 corrected_query: corrected,
@@ -833,11 +785,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
         let page = request.item.as_deref();
         let scope = matched_scope(request, query, query_vector.as_deref());
-        let facets = if request.facets.is_empty() {
-            Vec::new()
-        } else {
-            catalog.facet_counts(&scope, &request.filters, &request.facets)
-        };
+        let facets = facets(&catalog, request, &scope);
         let items = chosen
             .into_iter()
             .skip(request.offset)
@@ -1055,6 +1003,71 @@ fn matched_scope<'a>(
         nearest: query_vector.map(|q| (q, FACET_NEAREST)),
         among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
     }
+}
+
+/// The request's facets over `scope` (none asked: none computed).
+fn facets(catalog: &Catalog, request: &RankQuery, scope: &FacetScope<'_>) -> Vec<FacetCounts> {
+    if request.facets.is_empty() {
+        Vec::new()
+    } else {
+        catalog.facet_counts(scope, &request.filters, &request.facets)
+    }
+}
+
+/// A request sorted by price (`descending`: dearest first): the page of the items `scope`
+/// matches that its filters pass, less its exclusions, the page's item and (unless kept) what
+/// the shopper bought, each with score 0 and the reason it is listed; and how many are listed
+/// in all.
+fn by_price(
+    catalog: &Catalog,
+    request: &RankQuery,
+    scope: &FacetScope<'_>,
+    query: Option<&str>,
+    history: &[HistoryEntry],
+    descending: bool,
+) -> (Vec<RankedItem>, usize) {
+    let bought = history
+        .iter()
+        .filter(|h| !request.include_purchased && h.kind == InteractionKind::Purchase)
+        .map(|h| &h.item_id);
+    let exclude: HashSet<u32> = request
+        .exclude
+        .iter()
+        .chain(&request.item)
+        .chain(bought)
+        .filter_map(|id| catalog.slot_of(id))
+        .collect();
+    let slots = catalog.by_price(scope, &request.filters, &exclude, descending);
+    let reason = match (query, request.item.as_deref()) {
+        (Some(q), _) => format!("matches your search \"{q}\""),
+        (None, Some(item)) => format!(
+            "similar to this {}",
+            catalog.get(item).map_or(item, |i| i.title.as_str())
+        ),
+        (None, None) if !request.filters.is_empty() => "passes your filters".into(),
+        (None, None) => "in the catalog".into(),
+    };
+    let items = slots
+        .iter()
+        .skip(request.offset)
+        .take(request.k)
+        .filter_map(|&slot| catalog.item_at(slot))
+        .map(|(item, _)| RankedItem {
+            id: item.id.clone(),
+            score: 0.0,
+            title: item.title.clone(),
+            brand: item.brand.clone(),
+            category: item.category.clone(),
+            price: item.price,
+            contributions: Vec::new(),
+            reasons: if request.explain {
+                vec![reason.clone()]
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    (items, slots.len())
 }
 
 /// Puts the item of a page first in `history` (newest, and weighed as the strongest event in

@@ -639,7 +639,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (corrected, history) = {
+        let (corrected, history, page_vector) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
@@ -658,10 +658,18 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .as_ref()
                 .map(|u| catalog.history(u))
                 .unwrap_or_default();
+            // An item's page without a query: items like the item are near its own vector.
+            let mut page_vector = None;
             if let Some(item) = &request.item {
                 lead_with(&catalog, &mut history, item)?;
+                page_vector = typed
+                    .is_none()
+                    .then(|| catalog.slot_of(item).and_then(|slot| catalog.item_at(slot)))
+                    .flatten()
+                    .map(|(_, vector)| vector.to_vec())
+                    .filter(|v| !v.is_empty());
             }
-            (corrected, history)
+            (corrected, history, page_vector)
         };
         let query = corrected.as_deref().or(typed);
         let weights = match (request.weights, query, &request.item) {
@@ -699,14 +707,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let (query_vector, related) = futures::join!(embed, related);
         let query_vector = match query_vector {
             Some(Ok(v)) => Some(v),
-            // An item's page without a query: items like the item are near its vector.
-            None if request.item.is_some() => self.item_vector(request.item.as_deref())?,
+            None => page_vector,
             Some(Err(error)) => {
                 tracing::warn!(%error, "encoder unavailable; ranking without the dense signal");
                 missing.push(Signal::Dense);
                 None
             }
-            None => None,
         };
         // A graph that cannot list neighbours is not asked for paths either: a second
         // deadline would double the wait.
@@ -841,17 +847,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             corrected_query: corrected,
             facets,
         })
-    }
-
-    /// The vector of `item` (an item's page), `None` without one (a catalog loaded without
-    /// vectors).
-    fn item_vector(&self, item: Option<&str>) -> Result<Option<Vec<f32>>, RankError> {
-        let catalog = self.catalog.read().map_err(|_| poisoned())?;
-        Ok(item
-            .and_then(|id| catalog.slot_of(id))
-            .and_then(|slot| catalog.item_at(slot))
-            .map(|(_, vector)| vector.to_vec())
-            .filter(|v| !v.is_empty()))
     }
 
     /// The picks of one tier of the ranking: the best `tier.picks` items (by MMR with diversity)
@@ -1041,8 +1036,8 @@ fn by_price(
     let reason = match (query, request.item.as_deref()) {
         (Some(q), _) => format!("matches your search \"{q}\""),
         (None, Some(item)) => format!(
-            "similar to this {}",
-            catalog.get(item).map_or(item, |i| i.title.as_str())
+            "similar to {}",
+            your_item(catalog, history, Some(item), item)
         ),
         (None, None) if !request.filters.is_empty() => "passes your filters".into(),
         (None, None) => "in the catalog".into(),
@@ -1746,10 +1741,10 @@ fn explain(
                 (Some(q), _) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {
                     Some(format!("matches your search \"{q}\""))
                 }
-                (None, Some(item)) => {
-                    let title = catalog.get(item).map_or(item, |i| i.title.as_str());
-                    Some(format!("similar to this {title}"))
-                }
+                (None, Some(item)) => Some(format!(
+                    "similar to {}",
+                    your_item(catalog, history, page, item)
+                )),
                 _ => None,
             },
             Signal::Kg => candidate

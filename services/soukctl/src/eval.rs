@@ -415,15 +415,12 @@ pub(crate) async fn features(
     let mut bm_full = souk_ranker_core::bm25::Bm25::default();
     if !typing.no_lexicon {
         // The encoder's words as the spelling lexicon, as `Rank` reads them.
-        let words: std::collections::HashSet<String> = client
+        let words = client
             .words(souk_proto::encoder::v1::WordsRequest {})
             .await?
             .into_inner()
-            .words
-            .iter()
-            .map(|w| souk_ranker_core::bm25::fold(w))
-            .collect();
-        let words = Some(std::sync::Arc::new(words));
+            .words;
+        let words = Some(souk_ranker_core::bm25::lexicon(words));
         bm_title.set_lexicon(words.clone());
         bm_full.set_lexicon(words);
     }

@@ -53,6 +53,12 @@ pub fn fold(word: &str) -> String {
     out
 }
 
+/// A spelling lexicon (see [`Bm25::set_lexicon`]) of `words` (the encoder's `Words`), folded
+/// as query words are looked up in it.
+pub fn lexicon<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> Arc<HashSet<String>> {
+    Arc::new(words.into_iter().map(|w| fold(w.as_ref())).collect())
+}
+
 /// Query words shorter than this are never corrected: one edit turns most 3-letter words into
 /// another word ("mug" -> "rug"), so a short miss is more likely a word the shop lacks.
 const MIN_CORRECTED_CHARS: usize = 4;

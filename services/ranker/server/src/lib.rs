@@ -225,7 +225,7 @@ async fn learn_lexicon(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Recei
             Ok(words) => {
                 let count = words.len();
                 match ready.ranker.catalog().write() {
-                    Ok(mut catalog) => catalog.set_lexicon(Some(Arc::new(words))),
+                    Ok(mut catalog) => catalog.set_lexicon(Some(words)),
                     Err(_) => return,
                 }
                 tracing::info!(words = count, "spelling lexicon read from the encoder");

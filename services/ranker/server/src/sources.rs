@@ -2,7 +2,7 @@
 //! for a short time, and item vectors) and the knowledge graph (paths, and item facts).
 //! Every call carries a deadline so a slow dependency cannot hold a `Rank` past it.
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use souk_proto::encoder::v1 as enc;
@@ -108,24 +108,18 @@ impl GrpcEncoder {
         Ok(out)
     }
 
-    /// The model's whole words (`Encoder.Words`), folded as the catalog's terms are: the
-    /// spelling lexicon.
+    /// The model's whole words (`Encoder.Words`) as the spelling lexicon.
     ///
     /// # Errors
     /// When the encoder is unreachable, still loading, or runs past `timeout`.
-    pub async fn words(&self, timeout: Duration) -> Result<HashSet<String>, SourceError> {
+    pub async fn words(&self, timeout: Duration) -> Result<Arc<HashSet<String>>, SourceError> {
         let mut request = tonic::Request::new(enc::WordsRequest {});
         request.set_timeout(timeout);
         let mut client = self.client.clone();
         let response = within(timeout, "encoder", client.words(request))
             .await?
             .map_err(|s| failed("encoder", &s))?;
-        Ok(response
-            .into_inner()
-            .words
-            .iter()
-            .map(|w| souk_ranker_core::bm25::fold(w))
-            .collect())
+        Ok(souk_ranker_core::bm25::lexicon(response.into_inner().words))
     }
 }
 

@@ -678,8 +678,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             (None, None, Some(_)) => model.with_item,
             (None, None, None) => model.without_query,
         };
-        // The graph entities of the shopper's most recent items, for every graph call.
-        let rescores = graph_rescores(&history, &weights);
+        // The graph entities of the shopper's most recent items, for every graph call. A list
+        // sorted by price uses no relevance signal but the query's matches: the graph is not
+        // asked, so it is neither waited for nor reported missing.
+        let rescores = request.sort.by_price().is_none() && graph_rescores(&history, &weights);
         let recent: Vec<String> = if rescores {
             history
                 .iter()

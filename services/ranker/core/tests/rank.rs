@@ -116,6 +116,17 @@ impl GraphSource for FakeGraph {
             .filter_map(|e| self.vectors.get(&e).map(|v| (e, v.clone())))
             .collect())
     }
+
+    async fn related_items(
+        &self,
+        _items: Vec<String>,
+        _per_item: usize,
+    ) -> Result<Vec<String>, SourceError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SourceError("graph down".into()));
+        }
+        Ok(Vec::new())
+    }
 }
 
 fn item(id: &str, title: &str, category: &[&str], brand: &str, price: f64) -> Item {
@@ -632,7 +643,7 @@ async fn an_item_page_ranks_what_is_like_it_and_goes_with_it() {
 #[tokio::test]
 async fn a_search_sorted_by_price_lists_its_matches_by_price() {
     use souk_ranker_core::rank::SortOrder;
-    let (ranker, _, _) = shop();
+    let (ranker, hasher, switches) = shop();
     let by_price = |query: Option<&str>, sort: SortOrder| RankQuery {
         query: query.map(String::from),
         k: 20,
@@ -676,4 +687,25 @@ async fn a_search_sorted_by_price_lists_its_matches_by_price() {
         .unwrap();
     assert_eq!(ids(&capped), ["p4", "p3", "p8", "p2", "p6"]);
     assert_eq!(capped.items[0].reasons, ["passes your filters"]);
+
+    // The graph plays no part in a price order: a shopper's sorted list does not wait for it
+    // and does not report it missing when it is down (a relevance list does).
+    record(&ranker, &hasher, "u", "p1", InteractionKind::Purchase, 10);
+    switches.graph_down.store(true, Ordering::SeqCst);
+    let shopper = |sort| RankQuery {
+        user: Some(hasher.key("u")),
+        ..by_price(Some("tent"), sort)
+    };
+    let sorted = ranker
+        .rank(&shopper(SortOrder::PriceAscending))
+        .await
+        .unwrap();
+    assert_eq!(ids(&sorted), ["p6", "p7"], "the bought tent is left out");
+    assert!(
+        sorted.missing_signals.is_empty(),
+        "{:?}",
+        sorted.missing_signals
+    );
+    let relevance = ranker.rank(&shopper(SortOrder::Relevance)).await.unwrap();
+    assert_eq!(relevance.missing_signals, [Signal::Kg]);
 }

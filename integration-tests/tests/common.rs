@@ -103,6 +103,40 @@ pub async fn start_encoder(args: souk_encoder::EncoderArgs) -> Running {
     })
 }
 
+/// An encoder on `addr` (one stopped there a moment ago: a restart with another model).
+pub async fn start_encoder_at(addr: SocketAddr, args: souk_encoder::EncoderArgs) -> Running {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let running = spawn(listener, move |l, stop| {
+        souk_encoder::serve(l, args, async move {
+            let _ = stop.await;
+        })
+    });
+    wait_serving(&running.url()).await;
+    running
+}
+
+/// Another model of the same size: the default model cut to its first five layers (a copy
+/// of its files in `dir` with `num_hidden_layers` 5; the sixth layer's weights are unused).
+/// Its vectors have the default model's dimension but are not comparable with them.
+pub fn five_layer_model(dir: &Path) -> PathBuf {
+    let source = model_dir();
+    let target = dir.join("minilm-5-layers");
+    std::fs::create_dir_all(target.join("1_Pooling")).unwrap();
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(source.join(file), target.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["num_hidden_layers"] = 5.into();
+    std::fs::write(target.join("config.json"), config.to_string()).unwrap();
+    target
+}
+
 /// One encoder for the whole test binary, on its own runtime thread (the model is 90 MB;
 /// loading it once keeps the suite fast). Tests that kill the encoder start their own.
 pub async fn shared_encoder() -> String {
@@ -200,6 +234,7 @@ async fn start_ranker_with(
         query_cache_ttl_s: 300,
         ann_min_items,
         user_id_key: Some("test-secret".into()),
+        encoder_check_ms: 200,
         server,
     };
     let running = spawn(listener, move |l, stop| {

@@ -76,3 +76,141 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(value("souk_catalog_items"), 312.0);
     assert_eq!(value("souk_catalog_users"), 100.0);
 }
+
+/// The encoder restarted with another model: its query vectors are not comparable with the
+/// catalog's, so the ranker stops embedding queries (dense reported missing, words still
+/// rank), refuses loads that would mix the two models' vectors, and `Reembed` moves the
+/// whole catalog to the new model, which a restart keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_model = five_layer_model(dir.path());
+    let encoder = start_encoder(encoder_args(model_dir())).await;
+    wait_serving(&encoder.url()).await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let ranker_dir = dir.path().join("ranker");
+    let ranker = start_ranker(&ranker_dir, &encoder.url(), &kg.url()).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let state = async |client: &mut RankerClient<_>, want: &str| {
+        // The ranker checks every 200 ms in tests (30 s by default).
+        for _ in 0..200 {
+            let stats = client
+                .stats(rk::StatsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if stats.encoder == want {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("Stats.encoder never said {want:?}");
+    };
+    state(&mut client, "matches").await;
+    let search = |q: &str| rk::RankRequest {
+        query: q.into(),
+        k: 5,
+        explain: true,
+        ..Default::default()
+    };
+    let before = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.missing_signals.is_empty());
+
+    let addr = encoder.addr;
+    encoder.stop().await.unwrap();
+    let other = start_encoder_at(addr, encoder_args(other_model.clone())).await;
+    state(&mut client, "differs").await;
+    let r = client
+        .rank(search("cast iron skillet"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.missing_signals,
+        ["dense"],
+        "vectors of two models are not compared"
+    );
+    assert!(
+        r.items[0].title.contains("Cast Iron Skillet"),
+        "{}",
+        r.items[0].title
+    );
+    // A load would store the new model's vectors beside the old one's: refused, nothing kept.
+    let item = rk::Item {
+        id: "new-1".into(),
+        title: "Moka Pot".into(),
+        category: vec!["Kitchen".into()],
+        price: 30.0,
+        in_stock: true,
+        ..Default::default()
+    };
+    let refused = client
+        .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items: vec![item.clone()],
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("soukctl reembed"),
+        "{}",
+        refused.message()
+    );
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.items, 312);
+
+    let done = client
+        .reembed(rk::ReembedRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.items, done.dimension), (312, 384));
+    assert_eq!(state(&mut client, "matches").await.items, 312);
+    let after = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.missing_signals.is_empty());
+    assert!(
+        after.items[0].title.contains("Espresso"),
+        "{}",
+        after.items[0].title
+    );
+    client
+        .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items: vec![item],
+        }]))
+        .await
+        .unwrap();
+
+    // The new vectors and the new model's probe are stored: a restarted ranker agrees with
+    // the new model and ranks as before its restart, and the old model now differs.
+    ranker.stop().await.unwrap();
+    let ranker = start_ranker(&ranker_dir, &other.url(), &kg.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    assert_eq!(state(&mut client, "matches").await.items, 313);
+    let again = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&after));
+    other.stop().await.unwrap();
+    let _first = start_encoder_at(addr, encoder_args(model_dir())).await;
+    state(&mut client, "differs").await;
+}

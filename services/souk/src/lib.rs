@@ -136,6 +136,7 @@ impl Suite {
             query_cache_ttl_s: 300,
             ann_min_items: args.ann_min_items,
             user_id_key: None,
+            encoder_check_ms: 30_000,
             server: server_args(&args.server, metrics(2)),
         };
         let (stop, watch) = tokio::sync::watch::channel(false);

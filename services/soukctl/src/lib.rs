@@ -109,6 +109,9 @@ pub enum Command {
     Embed { texts: Vec<String> },
     /// Sizes of the catalog, the log and the graph.
     Stats,
+    /// Embed every catalog item again with the encoder's current model (after the model
+    /// changed: `stats` says the encoder "differs") and rank with the new vectors.
+    Reembed,
     /// Health of the three services (grpc.health.v1).
     Health,
     /// Standard metrics on real datasets, with the ranker's scoring code.
@@ -1056,6 +1059,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
             println!(
+                "encoder model: {}",
+                match r.encoder.as_str() {
+                    "matches" => "the one the catalog's vectors come from",
+                    "differs" => {
+                        "OTHER than the one the catalog's vectors come from: queries are not embedded; run `soukctl reembed`"
+                    }
+                    _ => "not checked yet (the encoder has not answered, or the catalog is empty)",
+                }
+            );
+            println!(
                 "spelling: {}",
                 if r.lexicon_words == 0 {
                     "no lexicon yet (the encoder has not answered Words)".to_string()
@@ -1070,6 +1083,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "graph: {} entities, {} relations, {} triples, {} bytes on disk",
                 g.entities, g.relations, g.triples, g.store_bytes
+            );
+        }
+        Command::Reembed => {
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = ranker
+                .reembed(with_token(rk::ReembedRequest {}, &ep.token)?)
+                .await?
+                .into_inner();
+            println!(
+                "re-embedded {} items ({}-d vectors) in {:.1} s",
+                r.items, r.dimension, r.seconds
             );
         }
         Command::Health => {

@@ -796,6 +796,72 @@ impl Catalog {
             .map(|e| (&e.item, self.vectors.get(start..start + d).unwrap_or(&[])))
     }
 
+    /// An item's vector.
+    pub fn vector(&self, id: &str) -> Option<&[f32]> {
+        self.item_at(self.slot_of(id)?).map(|(_, v)| v)
+    }
+
+    /// Every item, in no particular order.
+    pub fn items(&self) -> impl Iterator<Item = &Item> + '_ {
+        self.slots.iter().flatten().map(|e| &e.item)
+    }
+
+    /// Gives every item a new vector (the encoder's model changed: see the ranker server's
+    /// `Reembed`), of any one dimension, and builds the HNSW graph again over them. Ids the
+    /// catalog does not hold are skipped (deleted since they were read).
+    ///
+    /// # Errors
+    /// `InvalidInput` when an item has no vector, or the vectors differ in length; then
+    /// nothing changes.
+    pub fn replace_vectors(
+        &mut self,
+        vectors: &HashMap<String, Vec<f32>>,
+    ) -> Result<(), RankError> {
+        let mut d = None;
+        for id in self.by_id.keys() {
+            let Some(v) = vectors.get(id) else {
+                return Err(RankError::InvalidInput(format!(
+                    "item {id:?} has no new vector"
+                )));
+            };
+            match d {
+                None => d = Some(v.len()),
+                Some(d) if d != v.len() => {
+                    return Err(RankError::InvalidInput(format!(
+                        "item {id:?}: new vector has {} dimensions, the others {d}",
+                        v.len()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(d) = d else {
+            return Ok(());
+        };
+        let mut rows = vec![0.0; self.slots.len() * d];
+        let slots: Vec<(u32, &Vec<f32>)> = self
+            .by_id
+            .iter()
+            .filter_map(|(id, &slot)| vectors.get(id).map(|v| (slot, v)))
+            .collect();
+        for (slot, v) in slots {
+            let start = slot as usize * d;
+            rows[start..start + d].copy_from_slice(v);
+        }
+        self.vectors = rows;
+        self.dimension = Some(d);
+        // Every point of the old graph is stale: new versions, and a graph built afresh.
+        let live: Vec<u32> = self.by_id.values().copied().collect();
+        for slot in live {
+            self.bump_version(slot);
+        }
+        if self.ann.take().is_some() {
+            self.ann_changes += 1;
+        }
+        self.maintain_ann();
+        Ok(())
+    }
+
     /// Every live slot.
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_id.values().copied()
@@ -1221,6 +1287,50 @@ mod tests {
             in_stock: true,
             ..Item::default()
         }
+    }
+
+    /// A new model's vectors replace every item's (another dimension too): the nearest item
+    /// is then found by the new vectors, through a graph built over them; an incomplete set
+    /// changes nothing.
+    #[test]
+    fn every_vector_is_replaced_and_the_graph_rebuilt() {
+        let mut catalog = Catalog::default();
+        catalog.set_ann_min_items(20);
+        let unit = |d: usize, i: usize| {
+            let mut v: Vec<f32> = (0..d)
+                .map(|j| ((i + 1) as f32 * (j + 1) as f32 * 0.37).sin())
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+            v
+        };
+        for i in 0..40 {
+            catalog.upsert(item(format!("i{i}")), unit(4, i)).unwrap();
+        }
+        assert!(catalog.uses_ann());
+        // In the new space item i lies where item (i + 1) % 40 lay in the old one, at 6
+        // dimensions.
+        let new: HashMap<String, Vec<f32>> = (0..40)
+            .map(|i| (format!("i{i}"), unit(6, (i + 1) % 40)))
+            .collect();
+        let mut short = new.clone();
+        short.remove("i3");
+        assert!(catalog.replace_vectors(&short).is_err());
+        assert_eq!(catalog.dimension(), Some(4), "nothing changed");
+        let changes = catalog.ann_changes();
+        catalog.replace_vectors(&new).unwrap();
+        assert_eq!(catalog.dimension(), Some(6));
+        assert!(catalog.uses_ann() && catalog.ann_changes() > changes);
+        let first = |catalog: &Catalog, query: &[f32]| {
+            let found = catalog.nearest(query, 1, None);
+            catalog.item_at(found[0].0).unwrap().0.id.clone()
+        };
+        assert_eq!(first(&catalog, &unit(6, 10)), "i9");
+        assert!(
+            catalog.nearest(&unit(4, 10), 1, None).is_empty(),
+            "old space"
+        );
+        assert_eq!(catalog.items().count(), 40);
     }
 
     /// Facet counts: over the query's matches only (all items without one), case variants

@@ -9,9 +9,11 @@
 //! souk_ranker::run(args, souk_shared::shutdown::signal()).await
 //! # }
 //! ```
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,10 @@ pub struct RankerArgs {
     /// directory (`user-id.key`) on first start and reused.
     #[arg(long, env = "SOUK_USER_ID_KEY", hide_env_values = true)]
     pub user_id_key: Option<String>,
+    /// How often the encoder is asked whether it still serves the model the catalog's
+    /// vectors come from (and, when its model changed, for its words), in milliseconds.
+    #[arg(long, env = "SOUK_ENCODER_CHECK_MS", default_value_t = 30_000)]
+    pub encoder_check_ms: u64,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -100,6 +106,94 @@ struct Ready {
     encoder: Arc<GrpcEncoder>,
     graph: Arc<GrpcGraph>,
     load_timeout: Duration,
+    /// The probe text's vector from the model the catalog's vectors come from (see
+    /// [`RankerStore::probe`]); `None` until the catalog has one.
+    catalog_probe: RwLock<Option<Vec<f32>>>,
+    /// Whether the encoder has answered the probe since start.
+    encoder_checked: AtomicBool,
+    /// How often the encoder's model is checked.
+    encoder_check: Duration,
+    /// Held by `UpsertItems` and `Reembed`: a re-embedding must see every item, and a load
+    /// must not add vectors of the old model after it.
+    writing: tokio::sync::Mutex<()>,
+}
+
+/// Cosine from which two vectors of the probe text come from the same model (f16 and bf16
+/// runs of one model agree to 0.9998 and better; other models, even a layer apart, far less).
+const SAME_MODEL_COSINE: f32 = 0.999;
+
+/// Whether two probe vectors come from the same model.
+fn same_model(a: &[f32], b: &[f32]) -> bool {
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot >= SAME_MODEL_COSINE * norm(a) * norm(b)
+}
+
+impl Ready {
+    /// Compares the encoder's probe vector with the catalog's and marks the encoder as
+    /// serving another model or not; returns whether it does. A catalog stored before the
+    /// check existed (items, no probe) takes this model as its own.
+    ///
+    /// # Errors
+    /// When the store cannot take the probe.
+    fn compare_model(&self, probe: &[f32]) -> Result<bool, RankError> {
+        let stored = self
+            .catalog_probe
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .clone();
+        let differs = match stored {
+            Some(stored) => !same_model(&stored, probe),
+            None => {
+                let items = self
+                    .ranker
+                    .catalog()
+                    .read()
+                    .map_err(|_| lock_poisoned())?
+                    .len();
+                if items > 0 {
+                    self.store.put_probe(probe)?;
+                    *self.catalog_probe.write().map_err(|_| lock_poisoned())? =
+                        Some(probe.to_vec());
+                    tracing::info!(
+                        items,
+                        "the catalog's vectors are taken to be the encoder's model's (stored before models were checked)"
+                    );
+                }
+                false
+            }
+        };
+        let was = self.encoder.differs();
+        self.encoder.set_differs(differs);
+        self.encoder_checked.store(true, Ordering::Relaxed);
+        if differs && !was {
+            tracing::error!(
+                "the encoder serves another model than the one the catalog's vectors come from: queries are not embedded until `soukctl reembed` re-embeds the catalog"
+            );
+        } else if was && !differs {
+            tracing::info!("the encoder serves the catalog's model again");
+        }
+        Ok(differs)
+    }
+
+    /// What `Stats.encoder` says.
+    fn model_state(&self) -> &'static str {
+        let known = self
+            .catalog_probe
+            .read()
+            .map(|p| p.is_some())
+            .unwrap_or(false);
+        if !self.encoder_checked.load(Ordering::Relaxed) || !known {
+            "unknown"
+        } else if self.encoder.differs() {
+            "differs"
+        } else {
+            "matches"
+        }
+    }
 }
 
 struct RankerService {
@@ -129,7 +223,13 @@ pub async fn serve(
     server.add_service(
         pb::ranker_server::RankerServer::from_arc(state.clone())
             .max_decoding_message_size(64 * 1024 * 1024),
-        &["UpsertItems", "DeleteItems", "TrainCf", "SetFusion"],
+        &[
+            "UpsertItems",
+            "DeleteItems",
+            "TrainCf",
+            "SetFusion",
+            "Reembed",
+        ],
     );
     let health = server.health();
     let timeout = Duration::from_millis(args.dependency_timeout_ms.max(1));
@@ -155,6 +255,7 @@ pub async fn serve(
         let (mut catalog, ann_as_saved) = store.load(ann_min_items)?;
         let cf = store.cf()?;
         let fusion = store.fusion()?;
+        let probe = store.probe()?;
         tracing::info!(
             items = catalog.len(),
             users = catalog.users(),
@@ -168,12 +269,19 @@ pub async fn serve(
         } else {
             NOT_SAVED
         };
-        Ok((store, catalog, fusion, UserHasher::new(&secret), saved))
+        Ok((
+            store,
+            catalog,
+            fusion,
+            probe,
+            UserHasher::new(&secret),
+            saved,
+        ))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
-    let (store, catalog, fusion, hasher, saved) = opened;
+    let (store, catalog, fusion, probe, hasher, saved) = opened;
     let catalog = Arc::new(RwLock::new(catalog));
     registry
         .registry()
@@ -191,53 +299,86 @@ pub async fn serve(
         encoder,
         graph,
         load_timeout: Duration::from_millis(args.load_timeout_ms.max(1)),
+        catalog_probe: RwLock::new(probe),
+        encoder_checked: AtomicBool::new(false),
+        encoder_check: Duration::from_millis(args.encoder_check_ms.max(1)),
+        writing: tokio::sync::Mutex::new(()),
     });
     let _ = state.ready.set(ready.clone());
     health.set_ready().await;
     let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
     let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saved, stopped.clone()));
-    let lexicon = tokio::spawn(learn_lexicon(ready.clone(), stopped));
+    let watcher = tokio::spawn(watch_encoder(ready.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
     // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
     // dropped later, and while it holds `ready` the store stays open, so a new server on the
     // same directory cannot open it.
     let _ = stop_keeper.send(true);
     let _ = keeper.await;
-    let _ = lexicon.await;
+    let _ = watcher.await;
     served?;
     Ok(())
 }
 
-/// Longest wait between two asks for the encoder's words while it is down or loading.
-const LEXICON_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between two asks while the encoder is down or loading.
+const ENCODER_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Asks the encoder for its model's words until it answers, and gives them to the catalog as
-/// the spelling lexicon (real words the catalog lacks are then no misspellings). Retries
-/// from 100 ms, doubling to [`LEXICON_RETRY_MAX`], until `stopped`.
-async fn learn_lexicon(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let mut wait = Duration::from_millis(100);
+/// Watches the encoder's model: asks for its probe vector from start (retrying from 100 ms,
+/// doubling to [`ENCODER_RETRY_MAX`], while it is down) and then every `encoder_check`,
+/// until `stopped`. Each new model's words become the spelling lexicon (real words the
+/// catalog lacks are then no misspellings) and cached query vectors of the previous model
+/// are dropped; a model other than the catalog's is flagged ([`Ready::compare_model`]).
+async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut seen: Option<Vec<f32>> = None;
+    let mut retry = Duration::from_millis(100);
     loop {
-        let asked = tokio::select! {
-            asked = ready.encoder.words(ready.load_timeout) => asked,
+        let probed = tokio::select! {
+            probed = ready.encoder.probe(ready.load_timeout) => probed,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
-        match asked {
-            Ok(words) => {
-                let count = words.len();
-                match ready.ranker.catalog().write() {
-                    Ok(mut catalog) => catalog.set_lexicon(Some(words)),
-                    Err(_) => return,
+        let wait = match probed {
+            Ok(probe) => {
+                if seen.as_ref().is_none_or(|s| !same_model(s, &probe)) {
+                    let asked = tokio::select! {
+                        asked = ready.encoder.words(ready.load_timeout) => asked,
+                        _ = stopped.wait_for(|stop| *stop) => return,
+                    };
+                    match asked {
+                        Ok(words) => {
+                            let count = words.len();
+                            match ready.ranker.catalog().write() {
+                                Ok(mut catalog) => catalog.set_lexicon(Some(words)),
+                                Err(_) => return,
+                            }
+                            tracing::info!(words = count, "spelling lexicon read from the encoder");
+                            if seen.is_some() {
+                                ready.encoder.clear_cache();
+                            }
+                            seen = Some(probe.clone());
+                        }
+                        Err(e) => tracing::debug!(error = %e.0, "no spelling lexicon yet"),
+                    }
                 }
-                tracing::info!(words = count, "spelling lexicon read from the encoder");
-                return;
+                if let Err(error) = ready.compare_model(&probe) {
+                    tracing::warn!(%error, "cannot store the encoder's probe vector");
+                }
+                if seen.is_some() {
+                    retry = Duration::from_millis(100);
+                    ready.encoder_check
+                } else {
+                    retry
+                }
             }
-            Err(e) => tracing::debug!(error = %e.0, "no spelling lexicon yet"),
-        }
+            Err(e) => {
+                tracing::debug!(error = %e.0, "encoder not answering yet");
+                retry
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        wait = (wait * 2).min(LEXICON_RETRY_MAX);
+        retry = (retry * 2).min(ENCODER_RETRY_MAX);
     }
 }
 
@@ -644,6 +785,11 @@ impl pb::ranker_server::Ranker for RankerService {
         let mut stream = request.into_inner();
         let mut response = pb::UpsertItemsResponse::default();
         let mut batch_no = 0u64;
+        let _writing = ready.writing.lock().await;
+        // The encoder's model is checked once per stream, before its first vector is stored;
+        // the first items of an empty catalog store their model's probe with them.
+        let mut checked = false;
+        let mut first_probe: Option<Vec<f32>> = None;
         while let Some(message) = stream.next().await {
             let message = message?;
             let items = message
@@ -661,6 +807,26 @@ impl pb::ranker_server::Ranker for RankerService {
             batch_no += 1;
             if items.is_empty() {
                 continue;
+            }
+            if !checked {
+                let probe = ready
+                    .encoder
+                    .probe(ready.load_timeout)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("cannot embed items: {e}")))?;
+                if ready.compare_model(&probe).map_err(status)? {
+                    return Err(Status::failed_precondition(format!(
+                        "{}; this stream stored nothing",
+                        sources::OTHER_MODEL
+                    )));
+                }
+                let known = ready
+                    .catalog_probe
+                    .read()
+                    .map_err(|_| poisoned())?
+                    .is_some();
+                first_probe = (!known).then_some(probe);
+                checked = true;
             }
             let texts = items.iter().map(Item::text).collect();
             let vectors = ready
@@ -682,6 +848,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 // Stored, then taken into the catalog; the catalog's part links the batch into
                 // the HNSW graph on all cores, so it runs off the async workers too.
                 let ready = ready.clone();
+                let probe = first_probe.take();
                 tokio::task::spawn_blocking(move || -> Result<(), RankError> {
                     // Refused before it is stored: a vector of another size in the store
                     // would stop the next start's replay.
@@ -690,7 +857,12 @@ impl pb::ranker_server::Ranker for RankerService {
                         .read()
                         .map_err(|_| lock_poisoned())?
                         .check_vectors(&pairs)?;
-                    ready.store.put_items(&pairs)?;
+                    ready
+                        .store
+                        .put_items_embedded_by(&pairs, probe.as_deref())?;
+                    if probe.is_some() {
+                        *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
+                    }
                     catalog
                         .write()
                         .map_err(|_| lock_poisoned())?
@@ -838,6 +1010,95 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|m| m.version.clone())
                 .unwrap_or_default(),
             lexicon_words: catalog.lexicon_len() as u32,
+            encoder: ready.model_state().to_string(),
+        }))
+    }
+
+    async fn reembed(
+        &self,
+        _request: Request<pb::ReembedRequest>,
+    ) -> Result<Response<pb::ReembedResponse>, Status> {
+        let ready = self.ready()?;
+        let _writing = ready.writing.lock().await;
+        let started = Instant::now();
+        let unavailable = |e: souk_ranker_core::rank::SourceError| {
+            Status::unavailable(format!("cannot embed the catalog, nothing changed: {e}"))
+        };
+        let probe = ready
+            .encoder
+            .probe(ready.load_timeout)
+            .await
+            .map_err(unavailable)?;
+        let (ids, texts): (Vec<String>, Vec<String>) = ready
+            .ranker
+            .catalog()
+            .read()
+            .map_err(|_| poisoned())?
+            .items()
+            .map(|item| (item.id.clone(), item.text()))
+            .unzip();
+        let vectors = ready
+            .encoder
+            .embed_many(texts, ready.load_timeout)
+            .await
+            .map_err(unavailable)?;
+        if vectors.len() != ids.len() {
+            return Err(Status::internal(
+                "encoder returned the wrong number of vectors",
+            ));
+        }
+        // A model swapped while the items were embedded would leave vectors of two models.
+        let after = ready
+            .encoder
+            .probe(ready.load_timeout)
+            .await
+            .map_err(unavailable)?;
+        if !same_model(&probe, &after) {
+            return Err(Status::aborted(
+                "the encoder's model changed while the catalog was embedded; nothing changed, run it again",
+            ));
+        }
+        let dimension = probe.len();
+        if let Some(bad) = vectors.iter().position(|v| v.len() != dimension) {
+            return Err(Status::internal(format!(
+                "encoder returned a vector of {} dimensions for item {:?}, {dimension} for the probe",
+                vectors[bad].len(),
+                ids[bad]
+            )));
+        }
+        let count = ids.len() as u64;
+        let vectors: HashMap<String, Vec<f32>> = ids.into_iter().zip(vectors).collect();
+        {
+            let ready = ready.clone();
+            let probe = probe.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), RankError> {
+                // Stored first and at once (vectors and probe in one batch): a crash leaves
+                // either the old model's catalog or the new one's, never a mix.
+                ready.store.put_vectors(&vectors, &probe)?;
+                ready
+                    .ranker
+                    .catalog()
+                    .write()
+                    .map_err(|_| lock_poisoned())?
+                    .replace_vectors(&vectors)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(status)?;
+        }
+        *ready.catalog_probe.write().map_err(|_| poisoned())? = Some(probe.clone());
+        ready.encoder.clear_cache();
+        ready.compare_model(&probe).map_err(status)?;
+        tracing::info!(
+            items = count,
+            dimension,
+            seconds = started.elapsed().as_secs_f64(),
+            "catalog re-embedded with the encoder's model"
+        );
+        Ok(Response::new(pb::ReembedResponse {
+            items: count,
+            dimension: dimension as u32,
+            seconds: started.elapsed().as_secs_f64(),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! for a short time, and item vectors) and the knowledge graph (paths, and item facts).
 //! Every call carries a deadline so a slow dependency cannot hold a `Rank` past it.
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,14 @@ pub struct GrpcEncoder {
     /// Deadline of a query embedding inside `Rank`.
     query_timeout: Duration,
     cache: Mutex<QueryCache>,
+    /// Set while the encoder serves another model than the one the catalog's vectors come
+    /// from: its query vectors would be compared with vectors of another space, so queries
+    /// are not embedded and `Rank` reports the dense signal missing.
+    differs: AtomicBool,
 }
+
+/// Why a query is not embedded while [`GrpcEncoder::set_differs`] is set.
+pub const OTHER_MODEL: &str = "the encoder serves another model than the one the catalog's vectors come from (`soukctl reembed` re-embeds the catalog)";
 
 impl GrpcEncoder {
     pub fn new(channel: Channel, query_timeout: Duration, cache_ttl: Duration) -> Self {
@@ -71,7 +79,35 @@ impl GrpcEncoder {
                 ttl: cache_ttl,
                 capacity: 10_000,
             }),
+            differs: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the encoder's model as other than (or again the same as) the catalog's.
+    pub fn set_differs(&self, differs: bool) {
+        self.differs.store(differs, Ordering::Relaxed);
+    }
+
+    pub fn differs(&self) -> bool {
+        self.differs.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every cached query vector (they are the previous model's).
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.clear();
+        }
+    }
+
+    /// The encoder's vector of [`crate::store::PROBE_TEXT`], which identifies its model.
+    ///
+    /// # Errors
+    /// When the encoder is unreachable, refuses, or runs past `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<Vec<f32>, SourceError> {
+        self.embed_many(vec![crate::store::PROBE_TEXT.to_string()], timeout)
+            .await?
+            .pop()
+            .ok_or_else(|| SourceError("encoder returned no embedding".into()))
     }
 
     /// Embeds item texts (normalised), in requests of at most 64 texts.
@@ -125,6 +161,9 @@ impl GrpcEncoder {
 
 impl EmbeddingSource for GrpcEncoder {
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
+        if self.differs() {
+            return Err(SourceError(OTHER_MODEL.into()));
+        }
         if let Some(v) = self.cache.lock().ok().and_then(|cache| cache.get(text)) {
             return Ok(v);
         }

@@ -1,5 +1,6 @@
 //! The ranker's sled store: items and their vectors in one tree (`i`+id -> JSON item,
-//! `v`+id -> little-endian f32s, written together in one atomic batch) and the event log in
+//! `v`+id -> little-endian f32s, written together in one atomic batch; `p` -> the vector the
+//! model that embedded them gives a fixed probe text, see [`RankerStore::probe`]) and the event log in
 //! another (sequence number -> JSON event with the pseudonymised user); fitted models (fusion
 //! weights, the trained collaborative filter) as JSON by name in a third, with a factor
 //! model's vectors beside its record as little-endian f32s (`cf.vectors`). The HNSW graph
@@ -49,6 +50,15 @@ struct FactorRecord {
 }
 
 const CF_VECTORS: &str = "cf.vectors";
+
+/// Key of the probe text's vector in the catalog tree (no item key is one byte long).
+const PROBE_KEY: &[u8] = b"p";
+
+/// The text whose vector identifies the encoder's model (see [`RankerStore::probe`]): a
+/// shop query, a product title and non-English words, so that two models agreeing on it
+/// agree on the vector space.
+pub const PROBE_TEXT: &str =
+    "souk probe: waterproof hiking boots for men, Brewcraft espresso machine 15 bar, 蓝牙耳机";
 
 /// The saved HNSW graph, in the store's directory.
 const ANN_FILE: &str = "hnsw.graph";
@@ -107,6 +117,19 @@ impl RankerStore {
     /// # Errors
     /// When the write fails; then none of the batch is stored.
     pub fn put_items(&self, items: &[(Item, Vec<f32>)]) -> Result<(), RankError> {
+        self.put_items_embedded_by(items, None)
+    }
+
+    /// [`Self::put_items`], and in the same atomic batch the probe text's vector from the
+    /// model that embedded them (see [`Self::probe`]), when `probe` is given.
+    ///
+    /// # Errors
+    /// When the write fails; then none of the batch is stored.
+    pub fn put_items_embedded_by(
+        &self,
+        items: &[(Item, Vec<f32>)],
+        probe: Option<&[f32]>,
+    ) -> Result<(), RankError> {
         let mut batch = sled::Batch::default();
         for (item, vector) in items {
             batch.insert(
@@ -115,7 +138,60 @@ impl RankerStore {
             );
             batch.insert(key(b'v', &item.id), f32_bytes(vector));
         }
+        if let Some(probe) = probe {
+            batch.insert(PROBE_KEY, f32_bytes(probe));
+        }
         self.catalog.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Replaces the stored items' vectors, and the probe's, in one atomic batch (a new
+    /// encoder model's: `Reembed`). Ids without a stored item are skipped.
+    ///
+    /// # Errors
+    /// When the write fails; then nothing changed.
+    pub fn put_vectors(
+        &self,
+        vectors: &HashMap<String, Vec<f32>>,
+        probe: &[f32],
+    ) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for (id, vector) in vectors {
+            if self.catalog.contains_key(key(b'i', id)).map_err(internal)? {
+                batch.insert(key(b'v', id), f32_bytes(vector));
+            }
+        }
+        batch.insert(PROBE_KEY, f32_bytes(probe));
+        self.catalog.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// The vector the model that embedded the stored items gave [`PROBE_TEXT`]: an
+    /// encoder that gives it another one serves another model, whose vectors are not
+    /// comparable with the catalog's. `None`: no item was stored with one (an empty store, or
+    /// one written before the check existed).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn probe(&self) -> Result<Option<Vec<f32>>, RankError> {
+        Ok(self
+            .catalog
+            .get(PROBE_KEY)
+            .map_err(internal)?
+            .map(|bytes| f32s(&bytes)))
+    }
+
+    /// Stores the probe's vector alone (a store written before the check: its items are
+    /// taken to be the current model's).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn put_probe(&self, probe: &[f32]) -> Result<(), RankError> {
+        self.catalog
+            .insert(PROBE_KEY, f32_bytes(probe))
+            .map_err(internal)?;
         self.db.flush().map_err(internal)?;
         Ok(())
     }
@@ -486,6 +562,40 @@ mod tests {
         store.save_ann(&damaged).unwrap();
         let (catalog, as_saved) = store.load(0).unwrap();
         assert!(catalog.uses_ann() && !as_saved, "damaged: built instead");
+    }
+
+    /// The probe is stored with the first items and replaced with every vector at once by a
+    /// re-embedding; vectors of ids no longer stored are not written back.
+    #[test]
+    fn a_re_embedding_replaces_every_vector_and_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.probe().unwrap(), None);
+        let old = items(30, 1);
+        store
+            .put_items_embedded_by(&old, Some(&[1.0, 0.0]))
+            .unwrap();
+        store.put_items(&items(31, 1)[30..]).unwrap();
+        assert_eq!(store.probe().unwrap(), Some(vec![1.0, 0.0]));
+        store.delete_items(&["p0002".to_string()]).unwrap();
+        let new: HashMap<String, Vec<f32>> = items(31, 9)
+            .into_iter()
+            .map(|(item, v)| (item.id, v[..5].to_vec()))
+            .collect();
+        store.put_vectors(&new, &[0.0, 1.0, 0.0]).unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.probe().unwrap(), Some(vec![0.0, 1.0, 0.0]));
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(catalog.len(), 30);
+        assert_eq!(catalog.dimension(), Some(5));
+        assert!(
+            catalog.get("p0002").is_none(),
+            "a deleted item stays deleted"
+        );
+        for item in catalog.items() {
+            assert_eq!(catalog.vector(&item.id), Some(&new[&item.id][..]));
+        }
     }
 
     /// A factor model comes back as stored; an item-item model stored over it drops its

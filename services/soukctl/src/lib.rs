@@ -25,6 +25,36 @@ use souk_proto::ranker::v1 as rk;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// std's `println!`, except that a closed stdout (`soukctl rank ... | head -3`) ends the
+/// process quietly instead of panicking with a backtrace. Defined before the modules, so
+/// that every `println!` of the crate is this one.
+macro_rules! println {
+    () => {
+        $crate::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout (see the crate's `println!`); a reader that went away ends the
+/// process with success, as `head` expects of the command before it.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{line}") {
+        exit_on_closed_pipe(&error);
+        eprintln!("error: cannot write to stdout: {error}");
+    }
+}
+
+/// Ends the process with success when `error` is a closed pipe (the reader of the output
+/// stopped reading).
+pub fn exit_on_closed_pipe(error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
+
 pub mod bench;
 pub mod eval;
 pub mod eval_page;

@@ -25,6 +25,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
     let Some(source) = crowdflower() else {
         return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let args = soukctl::eval::SearchArgs {
         dataset: Some(source),
         folds: 5,
@@ -32,9 +33,11 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         test: None,
         k: 10,
         min_judged: 5,
-        cache: None,
+        cache: Some(dir.path().join("titles.vec")),
         titles_only: true,
         simulate_clicks: 20,
+        click_bias: 1.0,
+        shown_by: soukctl::eval::ShownBy::Dense,
         typos: None,
         typo_edits: 1,
         half_typed: None,
@@ -70,6 +73,29 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         clicks.weighted.1 > clicks.shown + 0.005 && clicks.weighted.0 > clicks.naive.0 + 0.003,
         "{clicks:?}"
     );
+    assert_eq!(
+        clicks.estimated_bias, None,
+        "one ranking: nothing to estimate from"
+    );
+
+    // Shoppers less position-biased than the 1/rank prior (1/sqrt(rank)), shown two rankings
+    // in turn: the bias is estimated from the clicks on items that moved (BENCHMARKS.md,
+    // session 17: 0.496-0.541 over seeds), and learning with it beats assuming 1/rank, which
+    // over-weights every low click (0.8496-0.8631 against 0.7937-0.8122).
+    let two = soukctl::eval::SearchArgs {
+        simulate_clicks: 10,
+        click_bias: 0.5,
+        shown_by: soukctl::eval::ShownBy::DenseAndBm25,
+        ..args
+    };
+    let report = soukctl::eval::search_report(&two, &shared_encoder().await, false)
+        .await
+        .unwrap();
+    let clicks = report.clicks.unwrap();
+    let (_, low, high) = clicks.estimated_bias.unwrap();
+    assert!(low > 0.4 && high < 0.6, "{clicks:?}");
+    let estimated = clicks.weighted_estimated.unwrap();
+    assert!(estimated.1 > clicks.weighted.2 + 0.02, "{clicks:?}");
 }
 
 /// Shoppers mistype: with one random edit in one word of every query (`--typos 1`), reading
@@ -105,6 +131,8 @@ async fn misspelt_queries_are_read_as_meant() {
                 cache: Some(dir.path().join("vectors")),
                 titles_only: true,
                 simulate_clicks: 0,
+                click_bias: 1.0,
+                shown_by: soukctl::eval::ShownBy::Dense,
                 typos,
                 typo_edits,
                 half_typed,

@@ -311,7 +311,7 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
     let mut args = soukctl::train::FusionArgs {
         labels: Some(labels.clone()),
         feedback: None,
-        position_bias: 1.0,
+        position_bias: None,
         min_lists: 20,
         folds: 3,
         min_judged: 5,
@@ -469,7 +469,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         token: None,
     };
     let options = soukctl::feedback::FeedbackOptions {
-        position_bias: 1.0,
+        position_bias: Some(1.0),
         min_lists: 10,
         folds: 3,
     };

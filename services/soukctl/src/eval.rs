@@ -101,6 +101,16 @@ pub struct SearchArgs {
     /// held-out NDCG is then measured with the real labels (k-fold mode only).
     #[arg(long, default_value_t = 0)]
     pub simulate_clicks: usize,
+    /// With `--simulate-clicks`: the simulated shoppers look at rank r with probability
+    /// 1/r^this (the position bias the learner must undo).
+    #[arg(long, default_value_t = 1.0)]
+    pub click_bias: f64,
+    /// With `--simulate-clicks`: which rankings the sessions are shown. `dense` (every
+    /// session the top 10 by dense(title)) or `dense-and-bm25` (every other session the top 10
+    /// by bm25(title) instead, as a shop's changing rankings move items between positions:
+    /// then the position bias is also estimated from the clicks and learned with).
+    #[arg(long, value_enum, default_value_t = ShownBy::Dense)]
+    pub shown_by: ShownBy,
     /// Misspell one word (4+ letters) of every query with one random edit, from this seed:
     /// how the ranking holds up when shoppers mistype.
     #[arg(long)]
@@ -122,6 +132,13 @@ pub struct SearchArgs {
     /// spelling lexicon that `Rank` leaves as typed ("lover" is not read as "over").
     #[arg(long)]
     pub no_lexicon: bool,
+}
+
+/// The rankings simulated sessions are shown (`--shown-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShownBy {
+    Dense,
+    DenseAndBm25,
 }
 
 /// Vectors by text, persisted as a header line (format, model id, dimension), then records of
@@ -843,18 +860,34 @@ pub async fn search_report(
             total / test_refs.len().max(1) as f64
         }
     };
+    let setup = ClickSetup {
+        sessions: args.simulate_clicks,
+        bias: args.click_bias,
+        shown_by: args.shown_by,
+    };
     let clicks = (args.simulate_clicks > 0 && folds > 1)
-        .then(|| simulate_clicks(&test_groups, folds, k, args.simulate_clicks));
+        .then(|| simulate_clicks(&test_groups, folds, k, setup));
     if let (Some(sim), true) = (&clicks, print) {
         println!(
-            "from simulated clicks ({} sessions per training query, top 10 by dense(title) \
-             shown; mean [min-max] over {CLICK_SEEDS} click seeds):",
-            args.simulate_clicks
+            "from simulated clicks ({} sessions per training query, top 10 by {} shown, \
+             rank r looked at with probability 1/r^{}; mean [min-max] over {CLICK_SEEDS} \
+             click seeds):",
+            args.simulate_clicks,
+            match args.shown_by {
+                ShownBy::Dense => "dense(title)",
+                ShownBy::DenseAndBm25 => "dense(title) or bm25(title), alternately",
+            },
+            args.click_bias
         );
         let row = |(mean, min, max): (f64, f64, f64)| format!("{mean:.4} [{min:.4}-{max:.4}]");
         println!("  shown order, dense(title)    {:.4}", sim.shown);
         println!("  naive (clicked > unclicked)  {}", row(sim.naive));
-        println!("  propensity-weighted (served) {}", row(sim.weighted));
+        println!("  propensity-weighted, 1/r     {}", row(sim.weighted));
+        if let (Some(exponent), Some(estimated)) = (sim.estimated_bias, sim.weighted_estimated) {
+            println!("  position bias estimated      {}", row(exponent));
+            println!("  propensity-weighted, 1/r^est {}", row(estimated));
+        }
+        println!("  propensity-weighted, truth   {}", row(sim.weighted_true));
         println!("  labels (upper bound)         {fused:.4}");
         println!(
             "  clicks per session           {:.2}",
@@ -889,49 +922,71 @@ pub struct ClickSimulation {
     pub shown: f64,
     /// Clicked items as gain 1, the rest of the shown list 0: (mean, min, max) over seeds.
     pub naive: (f64, f64, f64),
-    /// Propensity-weighted pairs, what `train fusion --feedback` fits: (mean, min, max).
+    /// Propensity-weighted pairs with the default exponent 1: (mean, min, max).
     pub weighted: (f64, f64, f64),
+    /// The exponent estimated from the clicks (`--shown-by dense-and-bm25` only; a log of
+    /// one ranking has nothing to estimate it from).
+    pub estimated_bias: Option<(f64, f64, f64)>,
+    /// Propensity-weighted pairs with the estimated exponent, what `train fusion
+    /// --feedback` fits by default.
+    pub weighted_estimated: Option<(f64, f64, f64)>,
+    /// Propensity-weighted pairs with the simulation's own exponent.
+    pub weighted_true: (f64, f64, f64),
     pub clicks_per_session: f64,
+}
+
+/// How clicks are simulated (`--simulate-clicks`, `--click-bias`, `--shown-by`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClickSetup {
+    pub sessions: usize,
+    pub bias: f64,
+    pub shown_by: ShownBy,
 }
 
 /// Click seeds per simulation: one seed's figure moved by up to 0.02 NDCG.
 const CLICK_SEEDS: u64 = 5;
 
 /// For each seed and fold, `sessions` simulated sessions per training query: the top 10 by
-/// dense(title) (the ranking before learning) are shown; rank r is looked at with
-/// probability 1/r, a looked-at item clicked with probability 0.05 + 0.95 x gain / 7 (gains
-/// 0, 1, 3, 7). Fusions learned from those clicks, naively (clicked gain 1, the rest of the
-/// shown list 0) and from propensity-weighted pairs, are scored on the held-out queries'
-/// labels.
+/// dense(title) (the ranking before learning; with [`ShownBy::DenseAndBm25`] every other
+/// session the top 10 by bm25(title)) are shown; rank r is looked at with probability
+/// 1/r^`bias`, a looked-at item clicked with probability 0.05 + 0.95 x gain / 7 (gains 0, 1,
+/// 3, 7). Fusions learned from those clicks, naively (clicked gain 1, the rest of the shown
+/// list 0) and from propensity-weighted pairs (exponent 1, the one estimated from the log,
+/// the simulation's own), are scored on the held-out queries' labels.
 fn simulate_clicks(
     groups: &[(String, souk_ranker_core::fusion::Group)],
     folds: usize,
     k: usize,
-    sessions: usize,
+    setup: ClickSetup,
 ) -> ClickSimulation {
     use souk_ranker_core::fusion::{ClickGroup, Group, TrainOptions, train, train_on_clicks};
+    use souk_ranker_core::propensity::estimate;
     let n = groups.len().max(1) as f64;
-    // Per fold, the same for every seed: the held-out queries, and each training query's top
-    // 10 by dense(title) as shown (features and gains in shown order).
-    type Shown = (Vec<Vec<f64>>, Vec<f64>);
+    // The top 10 of a query's products by one feature, best first (ties by index).
+    let top = |g: &Group, feature: usize| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..g.gains.len()).collect();
+        order.sort_by(|a, b| {
+            g.features[*b][feature]
+                .total_cmp(&g.features[*a][feature])
+                .then(a.cmp(b))
+        });
+        order.truncate(10);
+        order
+    };
+    // Per fold, the same for every seed: the held-out queries, and each training query's
+    // products with the rankings its sessions are shown (indices into them).
+    let rankings: &[usize] = match setup.shown_by {
+        ShownBy::Dense => &[0],
+        ShownBy::DenseAndBm25 => &[0, 2],
+    };
+    // A training query's products and the orders its sessions are shown them in.
+    type Shown<'g> = (&'g Group, Vec<Vec<usize>>);
     let splits: Vec<(Vec<&Group>, Vec<Shown>)> = (0..folds)
         .map(|fold| {
             let (held, rest) = fold_split(groups, folds, fold);
             let lists = rest
                 .into_iter()
-                .map(|(_, g)| {
-                    let mut order: Vec<usize> = (0..g.gains.len()).collect();
-                    order.sort_by(|a, b| {
-                        g.features[*b][0]
-                            .total_cmp(&g.features[*a][0])
-                            .then(a.cmp(b))
-                    });
-                    order.truncate(10);
-                    (
-                        order.iter().map(|&i| g.features[i].clone()).collect(),
-                        order.iter().map(|&i| g.gains[i]).collect(),
-                    )
-                })
+                .map(|(_, g)| (g, rankings.iter().map(|&f| top(g, f)).collect()))
                 .collect();
             (held.into_iter().map(|(_, g)| g).collect(), lists)
         })
@@ -941,27 +996,39 @@ fn simulate_clicks(
         .map(|(held, _)| mean_ndcg(held, k, |x| x[0]) * held.len() as f64)
         .sum();
     let (mut clicks, mut lists) = (0usize, 0usize);
-    let (mut naive, mut weighted) = (Vec::new(), Vec::new());
+    let (mut naive, mut weighted, mut truth) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut exponents, mut estimated) = (Vec::new(), Vec::new());
     for seed in 1..=CLICK_SEEDS {
         let mut rng = souk_ranker_core::rng::XorShift::new(seed);
-        let (mut naive_sum, mut weighted_sum) = (0.0, 0.0);
+        let (mut naive_sum, mut weighted_sum, mut truth_sum) = (0.0, 0.0, 0.0);
+        let (mut exponent_sum, mut estimated_sum, mut all_estimated) = (0.0, 0.0, true);
         for (held, shown_lists) in &splits {
             let mut logged: Vec<ClickGroup> = Vec::new();
-            for (features, gains) in shown_lists {
-                for _ in 0..sessions {
-                    let clicked: Vec<bool> = gains
+            // (query, product, position, clicked) of every shown product, for the estimate.
+            let mut log: Vec<(String, String, u32, bool)> = Vec::new();
+            for (q, (g, orders)) in shown_lists.iter().enumerate() {
+                for session in 0..setup.sessions {
+                    let order = &orders[session % orders.len()];
+                    let clicked: Vec<bool> = order
                         .iter()
                         .enumerate()
-                        .map(|(r, gain)| {
-                            rng.unit() < 1.0 / (r + 1) as f64
-                                && rng.unit() < 0.05 + 0.95 * gain / 7.0
+                        .map(|(r, &i)| {
+                            rng.unit() < 1.0 / ((r + 1) as f64).powf(setup.bias)
+                                && rng.unit() < 0.05 + 0.95 * g.gains[i] / 7.0
                         })
                         .collect();
                     clicks += clicked.iter().filter(|c| **c).count();
                     lists += 1;
+                    if orders.len() > 1 {
+                        log.extend(
+                            order.iter().zip(&clicked).enumerate().map(|(r, (&i, &c))| {
+                                (q.to_string(), i.to_string(), r as u32 + 1, c)
+                            }),
+                        );
+                    }
                     logged.push(ClickGroup {
-                        features: features.clone(),
-                        positions: (1..=gains.len() as u32).collect(),
+                        features: order.iter().map(|&i| g.features[i].clone()).collect(),
+                        positions: (1..=order.len() as u32).collect(),
                         clicked,
                     });
                 }
@@ -976,12 +1043,42 @@ fn simulate_clicks(
             let weight = held.len() as f64;
             let naive_model = train(&as_gains, TrainOptions::default());
             let logged: Vec<&ClickGroup> = logged.iter().collect();
-            let weighted_model = train_on_clicks(&logged, 1.0, TrainOptions::default());
+            let score = |bias: f64| {
+                let model = train_on_clicks(&logged, bias, TrainOptions::default());
+                mean_ndcg(held, k, |x| model.score(x)) * weight
+            };
             naive_sum += mean_ndcg(held, k, |x| naive_model.score(x)) * weight;
-            weighted_sum += mean_ndcg(held, k, |x| weighted_model.score(x)) * weight;
+            let default = score(1.0);
+            weighted_sum += default;
+            truth_sum += if setup.bias == 1.0 {
+                default
+            } else {
+                score(setup.bias)
+            };
+            let found = estimate(
+                log.iter().map(|(q, i, p, c)| souk_ranker_core::propensity::Shown {
+                    query: q,
+                    item: i,
+                    position: *p,
+                    clicked: *c,
+                }),
+                10,
+            );
+            match found {
+                Some(found) => {
+                    exponent_sum += found.exponent * weight;
+                    estimated_sum += score(found.exponent);
+                }
+                None => all_estimated = false,
+            }
         }
         naive.push(naive_sum / n);
         weighted.push(weighted_sum / n);
+        truth.push(truth_sum / n);
+        if all_estimated {
+            exponents.push(exponent_sum / n);
+            estimated.push(estimated_sum / n);
+        }
     }
     let spread = |v: &[f64]| {
         let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -989,10 +1086,14 @@ fn simulate_clicks(
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (mean, min, max)
     };
+    let every_seed = |v: &[f64]| (v.len() == CLICK_SEEDS as usize).then(|| spread(v));
     ClickSimulation {
         shown: shown / n,
         naive: spread(&naive),
         weighted: spread(&weighted),
+        estimated_bias: every_seed(&exponents),
+        weighted_estimated: every_seed(&estimated),
+        weighted_true: spread(&truth),
         clicks_per_session: clicks as f64 / lists.max(1) as f64,
     }
 }

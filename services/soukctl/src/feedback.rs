@@ -12,6 +12,7 @@ use std::path::Path;
 
 use souk_proto::ranker::v1 as rk;
 use souk_ranker_core::fusion::{ClickGroup, TrainOptions, train_on_clicks};
+use souk_ranker_core::propensity::{self, PositionBias, Shown};
 
 use crate::files::{self, ShownItem};
 
@@ -32,6 +33,10 @@ pub struct SetReport {
 /// What `train fusion --feedback` measured and stored.
 #[derive(Debug, Clone)]
 pub struct FeedbackReport {
+    /// The exponent the clicks were weighted with.
+    pub position_bias: f64,
+    /// What the log told of it (`None`: given, or too few clicks on moved items).
+    pub estimated: Option<PositionBias>,
     pub with_query: SetReport,
     pub without_query: SetReport,
     /// The stored version; `None` on a dry run or when nothing was learned.
@@ -42,8 +47,9 @@ pub struct FeedbackReport {
 #[derive(Debug, Clone)]
 pub struct FeedbackOptions {
     /// Exponent of the position-based model: rank r is looked at with probability
-    /// 1/r^position_bias (1 is the usual prior; 0 trusts every click equally).
-    pub position_bias: f64,
+    /// 1/r^position_bias (1 is the usual prior; 0 trusts every click equally). `None`:
+    /// estimated from the log ([`position_bias`]).
+    pub position_bias: Option<f64>,
     /// Lists with a click needed before a weight set is replaced.
     pub min_lists: usize,
     /// Folds over lists for the held-out report.
@@ -110,6 +116,37 @@ pub fn read_lists(path: &Path) -> anyhow::Result<Vec<(String, Vec<ShownItem>)>> 
     Ok(out)
 }
 
+/// Positions the position bias is estimated over (deeper ones are rarely looked at, and
+/// the learner clips their weight anyway).
+const ESTIMATED_POSITIONS: u32 = 20;
+
+/// The exponent to weight clicks with: `given`, or the one the log's searches tell
+/// ([`propensity::estimate`] over lists with a query: a recommendation's relevance is its
+/// shopper's, so its moved items say nothing), or 1 when they tell too little. Also what the
+/// estimate found.
+pub fn position_bias(
+    lists: &[(String, Vec<ShownItem>)],
+    given: Option<f64>,
+) -> (f64, Option<PositionBias>) {
+    if let Some(exponent) = given {
+        return (exponent, None);
+    }
+    let shown = lists
+        .iter()
+        .flat_map(|(_, items)| items)
+        .filter(|i| !i.query.is_empty())
+        .map(|i| Shown {
+            query: &i.query,
+            item: &i.item_id,
+            position: i.position,
+            clicked: i.clicked,
+        });
+    match propensity::estimate(shown, ESTIMATED_POSITIONS) {
+        Some(found) => (found.exponent, Some(found)),
+        None => (1.0, None),
+    }
+}
+
 fn click_group(items: &[ShownItem]) -> ClickGroup {
     ClickGroup {
         features: items.iter().map(|i| i.signals.to_vec()).collect(),
@@ -143,7 +180,12 @@ fn weights_of(w: Option<&rk::FusionWeights>) -> [f32; 5] {
     w.map_or([0.0; 5], |w| [w.dense, w.bm25, w.cf, w.kg, w.popularity])
 }
 
-fn learn_set(groups: &[ClickGroup], current: [f32; 5], options: &FeedbackOptions) -> SetReport {
+fn learn_set(
+    groups: &[ClickGroup],
+    current: [f32; 5],
+    bias: f64,
+    options: &FeedbackOptions,
+) -> SetReport {
     let clicked: Vec<&ClickGroup> = groups
         .iter()
         .filter(|g| g.clicked.contains(&true))
@@ -163,7 +205,7 @@ fn learn_set(groups: &[ClickGroup], current: [f32; 5], options: &FeedbackOptions
         move |x: &[f64]| -> f64 { x.iter().zip(w).map(|(v, w)| v * f64::from(w)).sum() }
     };
     let fit = |lists: &[&ClickGroup]| -> [f32; 5] {
-        let model = train_on_clicks(lists, options.position_bias, TrainOptions::default());
+        let model = train_on_clicks(lists, bias, TrainOptions::default());
         let w = model.raw_weights(f64::from(budget));
         std::array::from_fn(|k| w[k] as f32)
     };
@@ -175,8 +217,8 @@ fn learn_set(groups: &[ClickGroup], current: [f32; 5], options: &FeedbackOptions
         let rest: Vec<&ClickGroup> = rest.into_iter().copied().collect();
         let learned = fit(&rest);
         let n = held.len() as f64;
-        before += agreement(&held, options.position_bias, linear(current)) * n;
-        after += agreement(&held, options.position_bias, linear(learned)) * n;
+        before += agreement(&held, bias, linear(current)) * n;
+        after += agreement(&held, bias, linear(learned)) * n;
     }
     let n = clicked.len() as f64;
     report.current_agreement = Some(before / n);
@@ -199,6 +241,35 @@ pub async fn learn(
     ep: &crate::Endpoints,
 ) -> anyhow::Result<FeedbackReport> {
     let lists = read_lists(path)?;
+    let (bias, estimated) = position_bias(&lists, options.position_bias);
+    match (&estimated, options.position_bias) {
+        (Some(found), _) => {
+            let relative: Vec<String> = found
+                .relative
+                .iter()
+                .take(5)
+                .map(|(k, ratio, _)| format!("{k}: {ratio:.2}"))
+                .collect();
+            println!(
+                "position bias estimated from {} (query, item) pairs shown at two positions or \
+                 more ({} clicks): rank r looked at ~1/r^{bias:.2} (measured, relative to \
+                 rank 1: {})",
+                found.harvested,
+                found.clicks,
+                if relative.is_empty() {
+                    "none shown at rank 1".to_string()
+                } else {
+                    relative.join(", ")
+                }
+            );
+        }
+        (None, None) => println!(
+            "position bias: too few clicks on items the log shows at different positions for \
+             the same query (need {}): 1/rank assumed",
+            propensity::MIN_CLICKS
+        ),
+        (None, Some(_)) => {}
+    }
     let mut client =
         rk::ranker_client::RankerClient::new(crate::connect(&ep.ranker, "ranker").await?);
     let current = client
@@ -217,11 +288,13 @@ pub async fn learn(
     let with_query = learn_set(
         &groups(searches),
         weights_of(current.with_query.as_ref()),
+        bias,
         options,
     );
     let without_query = learn_set(
         &groups(recommendations),
         weights_of(current.without_query.as_ref()),
+        bias,
         options,
     );
     for (name, set) in [
@@ -250,6 +323,8 @@ pub async fn learn(
         }
     }
     let mut report = FeedbackReport {
+        position_bias: bias,
+        estimated,
         with_query,
         without_query,
         version: None,
@@ -282,4 +357,66 @@ pub async fn learn(
     };
     report.version = Some(crate::train::store_fusion(&mut client, model, ep).await?);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A log of searches whose lists alternate between two orders of the same 10 items (so
+    /// each item is shown at two positions), clicked under 1/rank^`bias`; and recommendations
+    /// clicked at rank 1 only, which must not count (their relevance is their shopper's).
+    fn log(bias: f64, lists: usize) -> Vec<(String, Vec<ShownItem>)> {
+        let mut rng = souk_ranker_core::rng::XorShift::new(3);
+        (0..lists)
+            .map(|l| {
+                let query = if l % 5 == 4 {
+                    String::new()
+                } else {
+                    format!("query {}", l % 20)
+                };
+                let items = (1..=10u32)
+                    .map(|position| {
+                        let item = if (l / 20) % 2 == 0 {
+                            position
+                        } else {
+                            11 - position
+                        };
+                        let clicked = if query.is_empty() {
+                            position == 1
+                        } else {
+                            rng.unit() < 1.0 / f64::from(position).powf(bias)
+                                && rng.unit() < 0.1 + 0.05 * f64::from(item)
+                        };
+                        ShownItem {
+                            line: 0,
+                            request_id: format!("r{l}"),
+                            position,
+                            item_id: format!("p{item}"),
+                            clicked,
+                            query: query.clone(),
+                            signals: [0.0; 5],
+                        }
+                    })
+                    .collect();
+                (format!("r{l}"), items)
+            })
+            .collect()
+    }
+
+    /// `auto` finds the log's bias from its searches; a given exponent is used as given; a
+    /// log too small to tell falls back to 1.
+    #[test]
+    fn the_position_bias_is_the_log_s_unless_given() {
+        let (bias, found) = position_bias(&log(0.5, 8_000), None);
+        assert!((bias - 0.5).abs() < 0.1, "{bias} {found:?}");
+        assert_eq!(
+            found.unwrap().harvested,
+            16 * 10,
+            "16 queries, 4 of 20 are recommendations"
+        );
+        assert_eq!(position_bias(&log(0.5, 8_000), Some(2.0)), (2.0, None));
+        assert_eq!(position_bias(&log(0.5, 20), None), (1.0, None));
+    }
 }

@@ -67,9 +67,10 @@ pub struct FusionArgs {
     #[arg(long, conflicts_with = "labels")]
     pub feedback: Option<PathBuf>,
     /// Feedback: rank r is taken as looked at with probability 1/r^this (0 trusts every
-    /// click alike).
-    #[arg(long, default_value_t = 1.0)]
-    pub position_bias: f64,
+    /// click alike). `auto`: estimated from the log, from searches whose items were shown
+    /// at different positions for the same query (1 when too few clicks tell).
+    #[arg(long, default_value = "auto", value_parser = parse_position_bias)]
+    pub position_bias: Option<f64>,
     /// Feedback: lists with a click needed before a weight set is replaced.
     #[arg(long, default_value_t = 20)]
     pub min_lists: usize,
@@ -97,11 +98,6 @@ pub async fn run(command: TrainCommand, ep: &Endpoints) -> anyhow::Result<()> {
         TrainCommand::Cf(args) => cf(args, ep).await,
         TrainCommand::Fusion(args) => match &args.feedback {
             Some(log) => {
-                anyhow::ensure!(
-                    args.position_bias.is_finite() && (0.0..=4.0).contains(&args.position_bias),
-                    "--position-bias must be in 0..=4, got {}",
-                    args.position_bias
-                );
                 let options = crate::feedback::FeedbackOptions {
                     position_bias: args.position_bias,
                     min_lists: args.min_lists,
@@ -113,6 +109,20 @@ pub async fn run(command: TrainCommand, ep: &Endpoints) -> anyhow::Result<()> {
             }
             None => fusion(args, ep).await,
         },
+    }
+}
+
+/// `--position-bias`: `auto` (`None`) or an exponent in 0..=4.
+fn parse_position_bias(text: &str) -> Result<Option<f64>, String> {
+    if text == "auto" {
+        return Ok(None);
+    }
+    let max = souk_ranker_core::propensity::MAX_EXPONENT;
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(format!(
+            "expected `auto` or a number in 0..={max}, got {text:?}"
+        )),
     }
 }
 

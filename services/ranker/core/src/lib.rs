@@ -23,6 +23,7 @@ pub mod eval;
 pub mod facet;
 pub mod fusion;
 pub mod item;
+pub mod propensity;
 pub mod rank;
 pub mod rng;
 mod user;

@@ -1056,12 +1056,13 @@ fn simulate_clicks(
                 score(setup.bias)
             };
             let found = estimate(
-                log.iter().map(|(q, i, p, c)| souk_ranker_core::propensity::Shown {
-                    query: q,
-                    item: i,
-                    position: *p,
-                    clicked: *c,
-                }),
+                log.iter()
+                    .map(|(q, i, p, c)| souk_ranker_core::propensity::Shown {
+                        query: q,
+                        item: i,
+                        position: *p,
+                        clicked: *c,
+                    }),
                 10,
             );
             match found {

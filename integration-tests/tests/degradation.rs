@@ -89,7 +89,13 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
     wait_serving(&encoder.url()).await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
     let ranker_dir = dir.path().join("ranker");
-    let ranker = start_ranker(&ranker_dir, &encoder.url(), &kg.url()).await;
+    let (ranker, metrics_port) = start_ranker_metrics(&ranker_dir, &encoder.url(), &kg.url()).await;
+    let differs_gauge = async || {
+        metric_value(
+            &scrape_metrics(metrics_port).await,
+            "souk_encoder_model_differs",
+        )
+    };
     load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let state = async |client: &mut RankerClient<_>, want: &str| {
@@ -125,6 +131,7 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
     encoder.stop().await.unwrap();
     let other = start_encoder_at(addr, encoder_args(other_model.clone())).await;
     state(&mut client, "differs").await;
+    assert_eq!(differs_gauge().await, 1.0, "the operator's alert");
     let r = client
         .rank(search("cast iron skillet"))
         .await
@@ -179,6 +186,7 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
         .into_inner();
     assert_eq!((done.items, done.dimension), (312, 384));
     assert_eq!(state(&mut client, "matches").await.items, 312);
+    assert_eq!(differs_gauge().await, 0.0);
     let after = client
         .rank(search("espresso machine"))
         .await

@@ -113,6 +113,9 @@ struct Ready {
     encoder_checked: AtomicBool,
     /// How often the encoder's model is checked.
     encoder_check: Duration,
+    /// `souk_encoder_model_differs`: 1 while the encoder serves another model than the
+    /// catalog's (an operator's alert: search runs on words alone until `Reembed`).
+    model_differs: prometheus::IntGauge,
     /// Held by `UpsertItems` and `Reembed`: a re-embedding must see every item, and a load
     /// must not add vectors of the old model after it.
     writing: tokio::sync::Mutex<()>,
@@ -168,6 +171,7 @@ impl Ready {
         };
         let was = self.encoder.differs();
         self.encoder.set_differs(differs);
+        self.model_differs.set(i64::from(differs));
         self.encoder_checked.store(true, Ordering::Relaxed);
         if differs && !was {
             tracing::error!(
@@ -286,6 +290,14 @@ pub async fn serve(
     registry
         .registry()
         .register(Box::new(metrics::CatalogSize::new(catalog.clone())?))?;
+    let model_differs = prometheus::IntGauge::new(
+        "encoder_model_differs",
+        "1 while the encoder serves another model than the one the catalog's vectors come \
+         from: queries are not embedded and loads are refused until Reembed.",
+    )?;
+    registry
+        .registry()
+        .register(Box::new(model_differs.clone()))?;
     let ranker = Ranker::new(catalog, encoder.clone(), graph.clone());
     if let Some(model) = fusion {
         ranker
@@ -302,6 +314,7 @@ pub async fn serve(
         catalog_probe: RwLock::new(probe),
         encoder_checked: AtomicBool::new(false),
         encoder_check: Duration::from_millis(args.encoder_check_ms.max(1)),
+        model_differs,
         writing: tokio::sync::Mutex::new(()),
     });
     let _ = state.ready.set(ready.clone());

@@ -6,6 +6,7 @@
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
+//! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
 use std::sync::{Arc, RwLock};
 
 use prometheus::core::{Collector, Desc};

@@ -296,6 +296,47 @@ async fn a_search_sorted_by_price_lists_its_matches_cheapest_first() {
         .await
         .unwrap_err();
     assert_invalid(&bad, "unknown sort 7");
+
+    // A budget in the words keeps the results to it: the listing above cut at 100, and the
+    // response says what it read; a ranked search keeps to it too.
+    let under: Vec<&str> = listed
+        .iter()
+        .zip(&prices)
+        .filter(|(_, p)| **p <= 100.0)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        !under.is_empty() && under.len() < listed.len(),
+        "{prices:?}"
+    );
+    let budget = client
+        .rank(rk::RankRequest {
+            query: "espresso under $100".into(),
+            ..sorted(0, 1000)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&budget), under);
+    let read = budget.price_from_query.unwrap();
+    assert_eq!((read.min_price, read.max_price), (None, Some(100.0)));
+    assert_eq!(read.phrase, "under $100");
+    let ranked = client
+        .rank(rk::RankRequest {
+            query: "espresso machine under 100".into(),
+            k: 5,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        ranked.items.iter().all(|i| i.price <= 100.0),
+        "{:?}",
+        ranked.items
+    );
+    assert!(!ranked.items.is_empty());
 }
 
 /// The ranker's spelling lexicon (`Stats.lexicon_words`), once it has read it from the

@@ -656,6 +656,19 @@ pub fn print_ranking(
     ranking: &rk::RankResponse,
     offset: u32,
 ) -> std::io::Result<()> {
+    if let Some(price) = &ranking.price_from_query {
+        let bound = match (price.min_price, price.max_price) {
+            (Some(lo), Some(hi)) => format!("{lo:.2} to {hi:.2}"),
+            (None, Some(hi)) => format!("up to {hi:.2}"),
+            (Some(lo), None) => format!("from {lo:.2}"),
+            (None, None) => "any".to_string(),
+        };
+        writeln!(
+            out,
+            "  price from your search \"{}\": {bound}",
+            price.phrase
+        )?;
+    }
     if !ranking.corrected_query.is_empty() {
         writeln!(out, "  showing results for \"{}\"", ranking.corrected_query)?;
     }

@@ -24,6 +24,7 @@ pub mod facet;
 pub mod fusion;
 pub mod item;
 pub mod propensity;
+pub mod query;
 pub mod rank;
 pub mod rng;
 mod user;

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
+use crate::query::{PricePhrase, price_phrase};
 use crate::{RankError, UserKey};
 
 /// Most results one request may ask for.
@@ -398,6 +399,9 @@ pub struct Ranking {
     pub corrected_query: Option<String>,
     /// The request's facets, in its order.
     pub facets: Vec<FacetCounts>,
+    /// A price phrase read from the query ("under 300"): the ranking kept to its bounds and
+    /// ranked the query's other words.
+    pub price_from_query: Option<PricePhrase>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -632,6 +636,33 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
     /// ranking comes from the other signals and `missing_signals` names the lost ones.
     pub async fn rank(&self, request: &RankQuery) -> Result<Ranking, RankError> {
         request.validate()?;
+        // A budget in the words ("tents under 300") is a price filter on the other words,
+        // unless the query is to be ranked as typed.
+        let phrase = match &request.query {
+            Some(q) if !request.verbatim => price_phrase(q),
+            _ => None,
+        };
+        let Some(phrase) = phrase else {
+            return self.rank_read(request).await;
+        };
+        let mut read = request.clone();
+        read.query = Some(phrase.rest.clone()).filter(|rest| !rest.is_empty());
+        let filters = &mut read.filters;
+        filters.min_price = match (filters.min_price, phrase.min) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        filters.max_price = match (filters.max_price, phrase.max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut ranking = self.rank_read(&read).await?;
+        ranking.price_from_query = Some(phrase);
+        Ok(ranking)
+    }
+
+    /// [`Self::rank`] of a request whose words are all to be ranked.
+    async fn rank_read(&self, request: &RankQuery) -> Result<Ranking, RankError> {
         let model = self.model.read().map_err(|_| poisoned())?.clone();
         let mut missing = Vec::new();
         let typed = request
@@ -751,6 +782,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 first_pass: FirstPass::Members,
                 corrected_query: corrected,
                 facets,
+                price_from_query: None,
             });
         }
 
@@ -848,6 +880,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             first_pass: pass,
             corrected_query: corrected,
             facets,
+            price_from_query: None,
         })
     }
 

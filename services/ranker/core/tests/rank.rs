@@ -709,3 +709,59 @@ async fn a_search_sorted_by_price_lists_its_matches_by_price() {
     let relevance = ranker.rank(&shopper(SortOrder::Relevance)).await.unwrap();
     assert_eq!(relevance.missing_signals, [Signal::Kg]);
 }
+
+/// A budget typed in the query is a price filter on the other words: "tent under 100" ranks
+/// "tent" among the items up to 100, tightening (never widening) the request's own bounds;
+/// `verbatim` ranks the words as typed.
+#[tokio::test]
+async fn a_budget_in_the_query_keeps_the_results_to_it() {
+    let (ranker, _, _) = shop();
+    let search = |query: &str| RankQuery {
+        query: Some(query.into()),
+        k: 10,
+        explain: true,
+        ..Default::default()
+    };
+    let cheap = ranker.rank(&search("tent under 100")).await.unwrap();
+    assert_eq!(
+        ids(&cheap)[0],
+        "p6",
+        "the pegs, the only tent item under 100"
+    );
+    assert!(
+        cheap.items.iter().all(|i| i.price <= 100.0),
+        "{:?}",
+        cheap.items
+    );
+    let phrase = cheap.price_from_query.unwrap();
+    assert_eq!((phrase.min, phrase.max), (None, Some(100.0)));
+    assert_eq!(phrase.phrase, "under 100");
+    assert_eq!(cheap.items[0].reasons, ["matches your search \"tent\""]);
+
+    let dear = ranker.rank(&search("tent over $200")).await.unwrap();
+    assert_eq!(ids(&dear)[0], "p7");
+    assert!(dear.items.iter().all(|i| i.price >= 200.0));
+
+    let tighter = ranker
+        .rank(&RankQuery {
+            filters: Filters::new("", &[], None, Some(50.0), false).unwrap(),
+            ..search("tent under 100")
+        })
+        .await
+        .unwrap();
+    assert!(tighter.items.iter().all(|i| i.price <= 50.0));
+
+    let typed = ranker
+        .rank(&RankQuery {
+            verbatim: true,
+            ..search("tent under 100")
+        })
+        .await
+        .unwrap();
+    assert_eq!(typed.price_from_query, None);
+    assert!(typed.items.iter().any(|i| i.price > 100.0));
+
+    // All budget: the items under it, by the usual signals.
+    let browse = ranker.rank(&search("under 10")).await.unwrap();
+    assert_eq!(ids(&browse), ["p6"]);
+}

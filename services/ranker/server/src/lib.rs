@@ -760,6 +760,11 @@ impl pb::ranker_server::Ranker for RankerService {
             candidates: ranking.candidates as u32,
             model_version: ranking.model_version,
             corrected_query: ranking.corrected_query.unwrap_or_default(),
+            price_from_query: ranking.price_from_query.map(|p| pb::QueryPrice {
+                min_price: p.min,
+                max_price: p.max,
+                phrase: p.phrase,
+            }),
             facets: ranking
                 .facets
                 .into_iter()

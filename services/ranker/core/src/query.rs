@@ -206,7 +206,9 @@ mod tests {
 
     #[test]
     fn budgets_are_read_and_taken_out_of_the_words() {
-        let cases: &[(&str, Option<f64>, Option<f64>, &str, &str)] = &[
+        // (query, min, max, the phrase as typed, the words left)
+        type Case<'a> = (&'a str, Option<f64>, Option<f64>, &'a str, &'a str);
+        let cases: &[Case] = &[
             ("tents under 300", None, Some(300.0), "under 300", "tents"),
             ("Tents UNDER $300", None, Some(300.0), "UNDER $300", "Tents"),
             (

@@ -53,6 +53,8 @@ def check_default(docs):
     assert "nvidia.com/gpu" not in encoder["resources"].get("limits", {}), "CPU by default"
     assert env(encoder)["SOUK_DEVICE"] == "cpu"
     assert env(encoder)["SOUK_ENCODER_ENGINE"] == "auto", "CPU pods pick the packed engine"
+    config = by_kind(docs, "ConfigMap", "-config")["data"]
+    assert config["SOUK_ENCODER_CHECK_MS"] == "30000", "the ranker checks the encoder's model"
     secret = by_kind(docs, "Secret", "-secrets")
     assert set(secret["data"]) == {"admin-token", "user-id-key"}
     ranker = container(by_kind(docs, "StatefulSet", "-ranker"))
@@ -88,7 +90,7 @@ def check_alerts(default_docs, docs, root):
     assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog"} <= alerts
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers"} <= alerts
     exported = exported_metrics(root)
     import promql_parser
     for r in rules:

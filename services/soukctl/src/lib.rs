@@ -135,7 +135,8 @@ pub enum Command {
         #[arg(short, long, default_value_t = 5)]
         k: u32,
     },
-    /// Embed texts with the encoder (prints dimension, tokens and the first values).
+    /// Embed texts with the encoder (prints dimension, tokens and the first values, and each
+    /// later text's cosine with the first).
     Embed { texts: Vec<String> },
     /// Sizes of the catalog, the log and the graph.
     Stats,
@@ -1073,11 +1074,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            for (text, e) in texts.iter().zip(&r.embeddings) {
+            let first = r.embeddings.first().map(|e| e.values.as_slice());
+            for (i, (text, e)) in texts.iter().zip(&r.embeddings).enumerate() {
                 let head: Vec<String> =
                     e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                // Vectors are normalised: the dot product is the cosine.
+                let similarity = match first {
+                    Some(first) if i > 0 => format!(
+                        ", cosine with the first {:.4}",
+                        first.iter().zip(&e.values).map(|(a, b)| a * b).sum::<f32>()
+                    ),
+                    _ => String::new(),
+                };
                 println!(
-                    "{text:?}: {} dims, {} tokens, [{} ...]",
+                    "{text:?}: {} dims, {} tokens, [{} ...]{similarity}",
                     e.values.len(),
                     e.tokens,
                     head.join(", ")

@@ -221,4 +221,33 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
     other.stop().await.unwrap();
     let _first = start_encoder_at(addr, encoder_args(model_dir())).await;
     state(&mut client, "differs").await;
+
+    // An emptied catalog has no vectors to compare: the next load is taken, and its model
+    // becomes the catalog's.
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    let mut every: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[0].to_string())
+        .collect();
+    every.push("new-1".into());
+    let deleted = client
+        .delete_items(rk::DeleteItemsRequest { ids: every })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 313);
+    state(&mut client, "unknown").await;
+    client
+        .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items: vec![rk::Item {
+                id: "again-1".into(),
+                title: "Espresso Machine".into(),
+                price: 200.0,
+                in_stock: true,
+                ..Default::default()
+            }],
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(state(&mut client, "matches").await.items, 1);
 }

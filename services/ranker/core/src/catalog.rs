@@ -221,6 +221,13 @@ impl Catalog {
         let Some(d) = self.batch_dimension(&items) else {
             return Ok(());
         };
+        if self.dimension != Some(d) {
+            // An emptied catalog taking vectors of another size: no row is in use.
+            self.vectors.clear();
+            if self.ann.take().is_some() {
+                self.ann_changes += 1;
+            }
+        }
         self.dimension = Some(d);
         let placed: Vec<(u32, u32)> = items
             .into_iter()
@@ -259,9 +266,15 @@ impl Catalog {
     }
 
     /// The dimension a batch's vectors must have: the catalog's, or in an empty catalog the
-    /// first item's (`None`: an empty batch in an empty catalog).
+    /// first item's, whatever the items it held before had (`None`: an empty batch in an
+    /// empty catalog).
     fn batch_dimension(&self, items: &[(Item, Vec<f32>)]) -> Option<usize> {
-        self.dimension.or(items.first().map(|(_, v)| v.len()))
+        let first = items.first().map(|(_, v)| v.len());
+        if self.is_empty() {
+            first
+        } else {
+            self.dimension.or(first)
+        }
     }
 
     /// Puts an item and its vector (of the catalog's dimension) in its slot, in every index
@@ -1331,6 +1344,16 @@ mod tests {
             "old space"
         );
         assert_eq!(catalog.items().count(), 40);
+
+        // Emptied, it takes vectors of any size again (a new model's first load).
+        for i in 0..40 {
+            assert!(catalog.delete(&format!("i{i}")));
+        }
+        catalog.upsert(item("j0".into()), unit(3, 0)).unwrap();
+        catalog.upsert(item("j1".into()), unit(3, 1)).unwrap();
+        assert!(catalog.upsert(item("j2".into()), unit(6, 2)).is_err());
+        assert_eq!(catalog.dimension(), Some(3));
+        assert_eq!(first(&catalog, &unit(3, 1)), "j1");
     }
 
     /// Facet counts: over the query's matches only (all items without one), case variants

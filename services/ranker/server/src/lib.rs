@@ -137,8 +137,9 @@ fn same_model(a: &[f32], b: &[f32]) -> bool {
 
 impl Ready {
     /// Compares the encoder's probe vector with the catalog's and marks the encoder as
-    /// serving another model or not; returns whether it does. A catalog stored before the
-    /// check existed (items, no probe) takes this model as its own.
+    /// serving another model or not; returns whether it does. An empty catalog has no
+    /// vectors to compare with (its next items store their model's probe); a catalog stored
+    /// before the check existed (items, no probe) takes this model as its own.
     ///
     /// # Errors
     /// When the store cannot take the probe.
@@ -148,24 +149,22 @@ impl Ready {
             .read()
             .map_err(|_| lock_poisoned())?
             .clone();
+        let items = self
+            .ranker
+            .catalog()
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .len();
         let differs = match stored {
+            _ if items == 0 => false,
             Some(stored) => !same_model(&stored, probe),
             None => {
-                let items = self
-                    .ranker
-                    .catalog()
-                    .read()
-                    .map_err(|_| lock_poisoned())?
-                    .len();
-                if items > 0 {
-                    self.store.put_probe(probe)?;
-                    *self.catalog_probe.write().map_err(|_| lock_poisoned())? =
-                        Some(probe.to_vec());
-                    tracing::info!(
-                        items,
-                        "the catalog's vectors are taken to be the encoder's model's (stored before models were checked)"
-                    );
-                }
+                self.store.put_probe(probe)?;
+                *self.catalog_probe.write().map_err(|_| lock_poisoned())? = Some(probe.to_vec());
+                tracing::info!(
+                    items,
+                    "the catalog's vectors are taken to be the encoder's model's (stored before models were checked)"
+                );
                 false
             }
         };
@@ -183,14 +182,14 @@ impl Ready {
         Ok(differs)
     }
 
-    /// What `Stats.encoder` says.
-    fn model_state(&self) -> &'static str {
+    /// What `Stats.encoder` says of a catalog that is `empty` or not.
+    fn model_state(&self, empty: bool) -> &'static str {
         let known = self
             .catalog_probe
             .read()
             .map(|p| p.is_some())
             .unwrap_or(false);
-        if !self.encoder_checked.load(Ordering::Relaxed) || !known {
+        if !self.encoder_checked.load(Ordering::Relaxed) || !known || empty {
             "unknown"
         } else if self.encoder.differs() {
             "differs"
@@ -838,12 +837,20 @@ impl pb::ranker_server::Ranker for RankerService {
                         sources::OTHER_MODEL
                     )));
                 }
+                // The first items of a catalog (or the first after it was emptied) store
+                // their model's probe with them.
                 let known = ready
                     .catalog_probe
                     .read()
                     .map_err(|_| poisoned())?
                     .is_some();
-                first_probe = (!known).then_some(probe);
+                let empty = ready
+                    .ranker
+                    .catalog()
+                    .read()
+                    .map_err(|_| poisoned())?
+                    .is_empty();
+                first_probe = (!known || empty).then_some(probe);
                 checked = true;
             }
             let texts = items.iter().map(Item::text).collect();
@@ -1028,7 +1035,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|m| m.version.clone())
                 .unwrap_or_default(),
             lexicon_words: catalog.lexicon_len() as u32,
-            encoder: ready.model_state().to_string(),
+            encoder: ready.model_state(catalog.is_empty()).to_string(),
         }))
     }
 

@@ -483,6 +483,11 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             search("cofee grindr"),
         ),
         (
+            "Search \"family tent under 150\" (a budget in the words: a price filter on the rest)"
+                .to_string(),
+            search("family tent under 150"),
+        ),
+        (
             "Search as you type \"desk la\" (the last word completed among terms found with \"desk\")"
                 .to_string(),
             rk::RankRequest {

@@ -394,22 +394,31 @@ async fn popularity_click_log(
         "cf",
         "kg",
         "popularity",
+        "page_item",
     ])
     .unwrap();
-    let mut requests: Vec<(String, String)> = Vec::new();
+    // (query, shopper, the page's item)
+    let mut requests: Vec<(String, String, String)> = Vec::new();
     for (i, q) in queries.iter().enumerate() {
         for u in 0..6 {
-            requests.push((q.to_string(), format!("u{:03}", 1 + (i * 7 + u * 13) % 100)));
+            let user = format!("u{:03}", 1 + (i * 7 + u * 13) % 100);
+            requests.push((q.to_string(), user, String::new()));
         }
     }
     for u in 1..=100 {
-        requests.push((String::new(), format!("u{u:03}")));
+        requests.push((String::new(), format!("u{u:03}"), String::new()));
     }
-    for (n, (query, user)) in requests.into_iter().enumerate() {
+    // The pages of 100 of the demo's items, each for a shopper.
+    for p in 0..100 {
+        let page = format!("p{:05}", 1 + p * 3);
+        requests.push((String::new(), format!("u{:03}", 1 + p), page));
+    }
+    for (n, (query, user, page)) in requests.into_iter().enumerate() {
         let ranked = client
             .rank(rk::RankRequest {
                 user_id: user,
                 query: query.clone(),
+                item_id: page.clone(),
                 k: 10,
                 all_signals: true,
                 ..Default::default()
@@ -450,6 +459,7 @@ async fn popularity_click_log(
                 query.clone(),
             ];
             row.extend(s.iter().map(|v| v.to_string()));
+            row.push(page.clone());
             out.write_record(&row).unwrap();
         }
     }
@@ -491,6 +501,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
     for (set, stored, default_popularity) in [
         (&report.with_query, fusion.with_query.unwrap(), 0.05),
         (&report.without_query, fusion.without_query.unwrap(), 0.20),
+        (&report.with_item, fusion.with_item.unwrap(), 0.40),
     ] {
         let learned = set.weights.unwrap();
         assert_eq!(stored.popularity, learned[4]);
@@ -536,6 +547,23 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         .to_string();
     assert!(
         err.contains("bad.csv:2: clicked \"perhaps\" is not 1/0 or true/false"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity,page_item\n\
+         r1,1,p00001,0,,0.5,0.1,0,0,0.2,p00010\n\
+         r1,2,p00002,1,,0.4,0.1,0,0,0.3,p00011\n",
+    )
+    .unwrap();
+    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with(
+            "bad.csv:3: request \"r1\" has page_item \"p00011\" here and \"p00010\" on line 2"
+        ),
         "{err}"
     );
     let fusion_after = get_fusion(&mut client).await;

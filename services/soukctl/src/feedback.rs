@@ -33,6 +33,8 @@ pub struct SetReport {
 /// What `train fusion --feedback` measured and stored.
 #[derive(Debug, Clone)]
 pub struct FeedbackReport {
+    /// Item pages without a query (`with_item`).
+    pub with_item: SetReport,
     /// The exponent the clicks were weighted with.
     pub position_bias: f64,
     /// What the log told of it (`None`: given, or too few clicks on moved items).
@@ -91,6 +93,16 @@ pub fn read_lists(path: &Path) -> anyhow::Result<Vec<(String, Vec<ShownItem>)>> 
     for (_, id, mut items) in ordered {
         items.sort_by_key(|i| i.position);
         for pair in items.windows(2) {
+            if pair[1].page_item != pair[0].page_item {
+                anyhow::bail!(
+                    "{}:{}: request {id:?} has page_item {:?} here and {:?} on line {}",
+                    path.display(),
+                    pair[1].line,
+                    pair[1].page_item,
+                    pair[0].page_item,
+                    pair[0].line
+                );
+            }
             if pair[1].query != pair[0].query {
                 anyhow::bail!(
                     "{}:{}: request {id:?} has query {:?} here and {:?} on line {}",
@@ -120,10 +132,10 @@ pub fn read_lists(path: &Path) -> anyhow::Result<Vec<(String, Vec<ShownItem>)>> 
 /// the learner clips their weight anyway).
 const ESTIMATED_POSITIONS: u32 = 20;
 
-/// The exponent to weight clicks with: `given`, or the one the log's searches tell
-/// ([`propensity::estimate`] over lists with a query: a recommendation's relevance is its
-/// shopper's, so its moved items say nothing), or 1 when they tell too little. Also what the
-/// estimate found.
+/// The exponent to weight clicks with: `given`, or the one the log's searches and item pages
+/// tell ([`propensity::estimate`] over lists with a query or a page item, which fix what is
+/// relevant: a recommendation's relevance is its shopper's, so its moved items say nothing),
+/// or 1 when they tell too little. Also what the estimate found.
 pub fn position_bias(
     lists: &[(String, Vec<ShownItem>)],
     given: Option<f64>,
@@ -131,12 +143,28 @@ pub fn position_bias(
     if let Some(exponent) = given {
         return (exponent, None);
     }
+    // What the list was for: its query, else its page's item (marked, so that no query
+    // text can be taken for a page).
+    let context: Vec<Vec<String>> = lists
+        .iter()
+        .map(|(_, items)| {
+            items
+                .iter()
+                .map(|i| match (i.query.is_empty(), i.page_item.is_empty()) {
+                    (false, _) => format!("q {}", i.query),
+                    (true, false) => format!("p {}", i.page_item),
+                    (true, true) => String::new(),
+                })
+                .collect()
+        })
+        .collect();
     let shown = lists
         .iter()
-        .flat_map(|(_, items)| items)
-        .filter(|i| !i.query.is_empty())
-        .map(|i| Shown {
-            query: &i.query,
+        .zip(&context)
+        .flat_map(|((_, items), context)| items.iter().zip(context))
+        .filter(|(_, context)| !context.is_empty())
+        .map(|(i, context)| Shown {
+            query: context,
             item: &i.item_id,
             position: i.position,
             clicked: i.clicked,
@@ -276,9 +304,13 @@ pub async fn learn(
         .get_fusion(rk::GetFusionRequest {})
         .await?
         .into_inner();
-    let (searches, recommendations): (Vec<_>, Vec<_>) = lists
+    // As `Rank` picks the weights: a query's, else an item page's, else a recommendation's.
+    let (searches, rest): (Vec<_>, Vec<_>) = lists
         .iter()
         .partition(|(_, items)| !items[0].query.is_empty());
+    let (pages, recommendations): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|(_, items)| !items[0].page_item.is_empty());
     let groups = |lists: Vec<&(String, Vec<ShownItem>)>| -> Vec<ClickGroup> {
         lists
             .into_iter()
@@ -297,9 +329,16 @@ pub async fn learn(
         bias,
         options,
     );
+    let with_item = learn_set(
+        &groups(pages),
+        weights_of(current.with_item.as_ref()),
+        bias,
+        options,
+    );
     for (name, set) in [
         ("searches", &with_query),
         ("recommendations", &without_query),
+        ("item pages", &with_item),
     ] {
         match (set.weights, set.current_agreement, set.learned_agreement) {
             (Some(w), Some(before), Some(after)) => println!(
@@ -323,13 +362,17 @@ pub async fn learn(
         }
     }
     let mut report = FeedbackReport {
+        with_item,
         position_bias: bias,
         estimated,
         with_query,
         without_query,
         version: None,
     };
-    if report.with_query.weights.is_none() && report.without_query.weights.is_none() {
+    if report.with_query.weights.is_none()
+        && report.without_query.weights.is_none()
+        && report.with_item.weights.is_none()
+    {
         println!("nothing learned: the ranker keeps {}", current.version);
         return Ok(report);
     }
@@ -352,8 +395,7 @@ pub async fn learn(
         version: version.to_string(),
         with_query: set(report.with_query.weights, current.with_query),
         without_query: set(report.without_query.weights, current.without_query),
-        // Not learned from feedback: the page weights in use stay.
-        with_item: None,
+        with_item: set(report.with_item.weights, current.with_item),
     };
     report.version = Some(crate::train::store_fusion(&mut client, model, ep).await?);
     Ok(report)
@@ -390,6 +432,7 @@ mod tests {
                                 && rng.unit() < 0.1 + 0.05 * f64::from(item)
                         };
                         ShownItem {
+                            page_item: String::new(),
                             line: 0,
                             request_id: format!("r{l}"),
                             position,
@@ -417,6 +460,23 @@ mod tests {
             "16 queries, 4 of 20 are recommendations"
         );
         assert_eq!(position_bias(&log(0.5, 8_000), Some(2.0)), (2.0, None));
+        // An item's page fixes what is relevant as a query does: the same lists shown on
+        // pages tell the same.
+        let pages: Vec<(String, Vec<ShownItem>)> = log(0.5, 8_000)
+            .into_iter()
+            .map(|(id, items)| {
+                let items = items
+                    .into_iter()
+                    .map(|i| ShownItem {
+                        page_item: i.query.clone(),
+                        query: String::new(),
+                        ..i
+                    })
+                    .collect();
+                (id, items)
+            })
+            .collect();
+        assert_eq!(position_bias(&pages, None).0, bias);
         assert_eq!(position_bias(&log(0.5, 20), None), (1.0, None));
     }
 }

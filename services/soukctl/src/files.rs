@@ -503,8 +503,10 @@ pub struct ShownItem {
     pub position: u32,
     pub item_id: String,
     pub clicked: bool,
-    /// Empty for a recommendation.
+    /// Empty for a recommendation or an item's page.
     pub query: String,
+    /// The item whose page showed the list (`Rank`'s `item_id`); empty otherwise.
+    pub page_item: String,
     /// The signal values `Rank` returned for it (`all_signals`): dense, bm25, cf, kg,
     /// popularity.
     pub signals: [f64; 5],
@@ -549,12 +551,13 @@ fn feedback_row(columns: &Columns, record: &csv::StringRecord) -> Result<ShownIt
         item_id: item_id.to_string(),
         clicked,
         query: columns.get(record, "query").to_string(),
+        page_item: columns.get(record, "page_item").to_string(),
         signals,
     })
 }
 
 /// Rows of a feedback log: `request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity`
-/// (`query` may be left out: recommendations only).
+/// and optionally `page_item` (`query` may be left out: recommendations and item pages only).
 pub fn feedback<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<ShownItem> {
     csv_rows(
         path,

@@ -16,7 +16,8 @@ pub enum TrainCommand {
     /// (`--labels`, CSV `query,product_title,product_description,median_relevance`: dense vs
     /// BM25 for searches; needs the encoder), or from a click log of the lists `Rank` showed
     /// (`--feedback`, CSV `request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity`
-    /// with the signal values `Rank` returned under `all_signals`: every weight of both sets).
+    /// and optionally `page_item`, with the signal values `Rank` returned under `all_signals`:
+    /// every weight of the search, recommendation and item-page sets).
     Fusion(FusionArgs),
 }
 

@@ -75,6 +75,26 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(value("souk_rank_candidates_count"), 4.0);
     assert_eq!(value("souk_catalog_items"), 312.0);
     assert_eq!(value("souk_catalog_users"), 100.0);
+
+    // Searches whose words no item holds are counted, and listed for the shop by query.
+    for q in ["Blendtec", "blendtec", "kobo ereader"] {
+        client.rank(search(q)).await.unwrap();
+    }
+    let scrape = scrape_metrics(metrics_port).await;
+    let value = |series: &str| metric_value(&scrape, series);
+    assert_eq!(value("souk_rank_searches_total{words=\"none\"}"), 3.0);
+    assert_eq!(value("souk_rank_searches_total{words=\"matched\"}"), 2.0);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<(&str, u64)> = stats
+        .unmatched_queries
+        .iter()
+        .map(|q| (q.query.as_str(), q.count))
+        .collect();
+    assert_eq!(listed, [("blendtec", 2), ("kobo ereader", 1)]);
 }
 
 /// The encoder restarted with another model: its query vectors are not comparable with the

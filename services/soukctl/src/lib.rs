@@ -1121,6 +1121,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => "not checked yet (the encoder has not answered, or the catalog is empty)",
                 }
             );
+            if !r.unmatched_queries.is_empty() {
+                let listed: Vec<String> = r
+                    .unmatched_queries
+                    .iter()
+                    .map(|q| format!("{:?} ({})", q.query, q.count))
+                    .collect();
+                println!(
+                    "searches no item's words match, since start: {}",
+                    listed.join(", ")
+                );
+            }
             println!(
                 "spelling: {}",
                 if r.lexicon_words == 0 {

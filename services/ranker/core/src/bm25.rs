@@ -836,6 +836,14 @@ impl Bm25 {
     ///
     /// # Complexity
     /// O(total postings of the query's terms).
+    /// Whether any item holds any of the query's words (what [`Self::scores`] would find
+    /// anything for): one lookup per word.
+    pub fn matches_any(&self, query: &str) -> bool {
+        terms(query)
+            .iter()
+            .any(|t| self.postings.get(t).is_some_and(|docs| !docs.is_empty()))
+    }
+
     pub fn scores(&self, query: &str) -> HashMap<u32, f32, IdHash> {
         let n = self.documents as f32;
         let mut out = HashMap::default();

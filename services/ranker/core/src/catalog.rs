@@ -895,6 +895,11 @@ impl Catalog {
         self.bm25.lexicon_len()
     }
 
+    /// Whether any item holds any of the query's words (see [`Bm25::matches_any`]).
+    pub fn matches_any_word(&self, query: &str) -> bool {
+        self.bm25.matches_any(query)
+    }
+
     /// Search-as-you-type suggestions for `query` (see [`Bm25::suggest`]).
     pub fn suggest(&self, query: &str, k: usize) -> Vec<(String, usize)> {
         self.bm25.suggest(query, k)

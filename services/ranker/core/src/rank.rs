@@ -402,6 +402,10 @@ pub struct Ranking {
     /// A price phrase read from the query ("under 300"): the ranking kept to its bounds and
     /// ranked the query's other words.
     pub price_from_query: Option<PricePhrase>,
+    /// With a query: whether any item holds any of its words (as ranked, corrected); a
+    /// search that matched none was ranked by its vector and the other signals alone, and
+    /// is worth a merchandiser's look ("blendtec" in a shop without the brand).
+    pub words_matched: Option<bool>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -670,7 +674,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (corrected, history, page_vector) = {
+        let (corrected, words_matched, history, page_vector) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
@@ -684,6 +688,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 Some(q) if !request.verbatim => catalog.read_query(q, completing),
                 _ => None,
             };
+            let words_matched =
+                typed.map(|q| catalog.matches_any_word(corrected.as_deref().unwrap_or(q)));
             let mut history = request
                 .user
                 .as_ref()
@@ -700,7 +706,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     .map(|(_, vector)| vector.to_vec())
                     .filter(|v| !v.is_empty());
             }
-            (corrected, history, page_vector)
+            (corrected, words_matched, history, page_vector)
         };
         let query = corrected.as_deref().or(typed);
         let weights = match (request.weights, query, &request.item) {
@@ -783,6 +789,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 corrected_query: corrected,
                 facets,
                 price_from_query: None,
+                words_matched,
             });
         }
 
@@ -881,6 +888,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             corrected_query: corrected,
             facets,
             price_from_query: None,
+            words_matched,
         })
     }
 

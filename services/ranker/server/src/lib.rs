@@ -121,6 +121,9 @@ struct Ready {
     writing: tokio::sync::Mutex<()>,
 }
 
+/// Unmatched queries `Stats` lists.
+const UNMATCHED_SHOWN: usize = 20;
+
 /// Cosine from which two vectors of the probe text come from the same model: f16 and bf16
 /// runs of one model agree with its f32 vectors to 0.99985 and better (BENCHMARKS.md, the GPU
 /// run); MiniLM cut to five layers falls under it (`degradation.rs`, tested).
@@ -728,7 +731,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let ready = self.ready()?;
         let query = rank_query(request.into_inner(), &ready.hasher).map_err(status)?;
         let ranking = ready.ranker.rank(&query).await.map_err(status)?;
-        self.metrics.observe(&ranking);
+        self.metrics.observe(&ranking, query.query.as_deref());
         Ok(Response::new(pb::RankResponse {
             items: ranking
                 .items
@@ -1037,6 +1040,17 @@ impl pb::ranker_server::Ranker for RankerService {
                 .unwrap_or_default(),
             lexicon_words: catalog.lexicon_len() as u32,
             encoder: ready.model_state(catalog.is_empty()).to_string(),
+            unmatched_queries: self
+                .metrics
+                .unmatched
+                .lock()
+                .map(|u| {
+                    u.top(UNMATCHED_SHOWN)
+                        .into_iter()
+                        .map(|(query, count)| pb::QueryCount { query, count })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }))
     }
 

@@ -5,9 +5,11 @@
 //! | `souk_rank_first_pass_total{pass}` | counter | where each `Rank`'s first pass looked: `given` (candidate_ids), `members` (a narrow filter's items), `pool` (the HNSW candidate pool), `scan` (every item: a catalog under the graph's threshold), `pool_then_scan` (a filter left the pool short of the page tier, so every item: a costly fallback), `pool_then_matches` (a common word matched more items than the pool takes, so the graph also walked among its matches) |
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
+//! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -20,6 +22,57 @@ pub struct RankMetrics {
     first_pass: IntCounterVec,
     missing: IntCounterVec,
     candidates: Histogram,
+    searches: IntCounterVec,
+    /// Searches that matched no item's words, by query.
+    pub unmatched: Mutex<UnmatchedQueries>,
+}
+
+/// Searches whose words no item holds, counted by query (lower-cased, spaces collapsed) since
+/// the ranker started: what shoppers look for that the shop lacks or names otherwise. In
+/// memory only, never stored (a query may hold anything a shopper typed), and bounded: past
+/// [`UNMATCHED_DISTINCT`] distinct queries, new ones are only counted in `others`.
+#[derive(Debug, Default)]
+pub struct UnmatchedQueries {
+    counts: HashMap<String, u64>,
+    others: u64,
+}
+
+/// Distinct unmatched queries kept.
+pub const UNMATCHED_DISTINCT: usize = 1_000;
+
+impl UnmatchedQueries {
+    pub fn record(&mut self, query: &str) {
+        let key = query
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        if key.is_empty() {
+            return;
+        }
+        let full = self.counts.len() >= UNMATCHED_DISTINCT;
+        match self.counts.get_mut(&key) {
+            Some(n) => *n += 1,
+            None if full => self.others += 1,
+            None => {
+                self.counts.insert(key, 1);
+            }
+        }
+    }
+
+    /// The `n` commonest, most searched first (ties alphabetically).
+    pub fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            self.counts.iter().map(|(q, &c)| (q.clone(), c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// Searches counted past the distinct-query bound.
+    pub fn others(&self) -> u64 {
+        self.others
+    }
 }
 
 impl RankMetrics {
@@ -64,17 +117,40 @@ impl RankMetrics {
         for signal in [Signal::Dense, Signal::Kg] {
             missing.with_label_values(&[signal.name()]);
         }
+        let searches = IntCounterVec::new(
+            Opts::new(
+                "rank_searches_total",
+                "Rank requests with a query, by whether any item holds any of its words \
+                 (none: ranked by its vector alone).",
+            ),
+            &["words"],
+        )?;
+        for words in ["matched", "none"] {
+            searches.with_label_values(&[words]);
+        }
         registry.register(Box::new(first_pass.clone()))?;
         registry.register(Box::new(missing.clone()))?;
         registry.register(Box::new(candidates.clone()))?;
+        registry.register(Box::new(searches.clone()))?;
         Ok(Self {
             first_pass,
             missing,
             candidates,
+            searches,
+            unmatched: Mutex::new(UnmatchedQueries::default()),
         })
     }
 
-    pub fn observe(&self, ranking: &Ranking) {
+    /// Counts a ranking of `query` (the request's text, as typed).
+    pub fn observe(&self, ranking: &Ranking, query: Option<&str>) {
+        if let Some(matched) = ranking.words_matched {
+            let words = if matched { "matched" } else { "none" };
+            self.searches.with_label_values(&[words]).inc();
+            if let (false, Some(query), Ok(mut unmatched)) = (matched, query, self.unmatched.lock())
+            {
+                unmatched.record(query);
+            }
+        }
         self.first_pass
             .with_label_values(&[ranking.first_pass.name()])
             .inc();
@@ -128,5 +204,38 @@ impl Collector for CatalogSize {
         let mut families = self.items.collect();
         families.extend(self.users.collect());
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counted by query as a shopper would read it, commonest first; bounded.
+    #[test]
+    fn unmatched_queries_are_counted_commonest_first_and_bounded() {
+        let mut u = UnmatchedQueries::default();
+        for q in [
+            "Blendtec",
+            "blendtec ",
+            "kobo  ereader",
+            "blendtec",
+            "kobo ereader",
+            "zz",
+            "  ",
+        ] {
+            u.record(q);
+        }
+        assert_eq!(
+            u.top(2),
+            [("blendtec".to_string(), 3), ("kobo ereader".to_string(), 2)]
+        );
+        for i in 0..UNMATCHED_DISTINCT + 5 {
+            u.record(&format!("q{i}"));
+        }
+        assert_eq!(u.counts.len(), UNMATCHED_DISTINCT);
+        assert_eq!(u.others(), 8, "3 + 5 past the bound");
+        u.record("blendtec");
+        assert_eq!(u.top(1)[0].1, 4, "known queries still count");
     }
 }

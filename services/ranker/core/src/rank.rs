@@ -651,6 +651,14 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
         let mut read = request.clone();
         read.query = Some(phrase.rest.clone()).filter(|rest| !rest.is_empty());
+        // Typing the budget, not the words before it: no word is half typed.
+        let typed_last = request.query.as_deref().is_some_and(|q| {
+            q.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .ends_with(&phrase.phrase)
+        });
+        read.prefix = request.prefix && !typed_last;
         let filters = &mut read.filters;
         filters.min_price = match (filters.min_price, phrase.min) {
             (Some(a), Some(b)) => Some(a.max(b)),

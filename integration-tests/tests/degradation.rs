@@ -26,6 +26,7 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
         .unwrap()
         .into_inner();
     assert!(healthy.missing_signals.is_empty());
+    assert_eq!(healthy.words_matched, Some(true));
 
     encoder.stop().await.unwrap();
     // A query never seen before, so no cached vector can hide the outage.
@@ -49,6 +50,7 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     };
     let with_graph = client.rank(user.clone()).await.unwrap().into_inner();
     assert!(with_graph.missing_signals.is_empty());
+    assert_eq!(with_graph.words_matched, None, "no query, no words");
     kg.stop().await.unwrap();
     let started = std::time::Instant::now();
     let r = client.rank(user).await.unwrap().into_inner();
@@ -78,7 +80,8 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
 
     // Searches whose words no item holds are counted, and listed for the shop by query.
     for q in ["Blendtec", "blendtec", "kobo ereader"] {
-        client.rank(search(q)).await.unwrap();
+        let r = client.rank(search(q)).await.unwrap().into_inner();
+        assert_eq!(r.words_matched, Some(false), "{q}");
     }
     let scrape = scrape_metrics(metrics_port).await;
     let value = |series: &str| metric_value(&scrape, series);

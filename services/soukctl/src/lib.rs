@@ -670,6 +670,12 @@ pub fn print_ranking(
             price.phrase
         )?;
     }
+    if ranking.words_matched == Some(false) {
+        writeln!(
+            out,
+            "  no item holds these words: nearest by meaning and the other signals"
+        )?;
+    }
     if !ranking.corrected_query.is_empty() {
         writeln!(out, "  showing results for \"{}\"", ranking.corrected_query)?;
     }

@@ -520,52 +520,36 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
 
     // A bad log is refused with the line, and nothing changes.
     let bad = shop._dir.path().join("bad.csv");
-    std::fs::write(
-        &bad,
-        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity\n\
-         r1,1,p00001,0,tent,0.5,0.1,0,0,0.2\n\
-         r1,1,p00002,1,tent,0.4,0.1,0,0,0.3\n",
-    )
-    .unwrap();
-    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.ends_with("bad.csv:3: request \"r1\" shows position 1 twice (also line 2)"),
-        "{err}"
-    );
-    std::fs::write(
-        &bad,
-        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity\n\
-         r1,1,p00001,perhaps,tent,0.5,0.1,0,0,0.2\n",
-    )
-    .unwrap();
-    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("bad.csv:2: clicked \"perhaps\" is not 1/0 or true/false"),
-        "{err}"
-    );
-    std::fs::write(
-        &bad,
-        "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity,page_item\n\
-         r1,1,p00001,0,,0.5,0.1,0,0,0.2,p00010\n\
-         r1,2,p00002,1,,0.4,0.1,0,0,0.3,p00011\n",
-    )
-    .unwrap();
-    let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.ends_with(
-            "bad.csv:3: request \"r1\" has page_item \"p00011\" here and \"p00010\" on line 2"
+    let header = "request_id,position,item_id,clicked,query,dense,bm25,cf,kg,popularity";
+    for (log, why) in [
+        (
+            format!(
+                "{header}\n\
+                 r1,1,p00001,0,tent,0.5,0.1,0,0,0.2\n\
+                 r1,1,p00002,1,tent,0.4,0.1,0,0,0.3\n"
+            ),
+            "bad.csv:3: request \"r1\" shows position 1 twice (also line 2)",
         ),
-        "{err}"
-    );
+        (
+            format!("{header}\nr1,1,p00001,perhaps,tent,0.5,0.1,0,0,0.2\n"),
+            "bad.csv:2: clicked \"perhaps\" is not 1/0 or true/false",
+        ),
+        (
+            format!(
+                "{header},page_item\n\
+                 r1,1,p00001,0,,0.5,0.1,0,0,0.2,p00010\n\
+                 r1,2,p00002,1,,0.4,0.1,0,0,0.3,p00011\n"
+            ),
+            "bad.csv:3: request \"r1\" has page_item \"p00011\" here and \"p00010\" on line 2",
+        ),
+    ] {
+        std::fs::write(&bad, log).unwrap();
+        let err = soukctl::feedback::learn(&bad, &options, "x", false, &ep)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{err}");
+    }
     let fusion_after = get_fusion(&mut client).await;
     assert_eq!(fusion_after.version, "from-clicks-1");
 }

@@ -139,15 +139,26 @@ fn same_model(a: &[f32], b: &[f32]) -> bool {
     dot >= SAME_MODEL_COSINE * norm(a) * norm(b)
 }
 
+/// What [`Ready::compare_model`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelCheck {
+    /// The catalog's vectors come from the encoder's model.
+    Same,
+    /// They come from another model: not comparable with the encoder's.
+    Other,
+    /// The catalog is empty: its next items store their model's probe with them.
+    EmptyCatalog,
+}
+
 impl Ready {
     /// Compares the encoder's probe vector with the catalog's and marks the encoder as
-    /// serving another model or not; returns whether it does. An empty catalog has no
+    /// serving another model or not; returns what it found. An empty catalog has no
     /// vectors to compare with (its next items store their model's probe); a catalog stored
     /// before the check existed (items, no probe) takes this model as its own.
     ///
     /// # Errors
     /// When the store cannot take the probe.
-    fn compare_model(&self, probe: &[f32]) -> Result<bool, RankError> {
+    fn compare_model(&self, probe: &[f32]) -> Result<ModelCheck, RankError> {
         let stored = self
             .catalog_probe
             .read()
@@ -159,9 +170,10 @@ impl Ready {
             .read()
             .map_err(|_| lock_poisoned())?
             .len();
-        let differs = match stored {
-            _ if items == 0 => false,
-            Some(stored) => !same_model(&stored, probe),
+        let check = match stored {
+            _ if items == 0 => ModelCheck::EmptyCatalog,
+            Some(stored) if same_model(&stored, probe) => ModelCheck::Same,
+            Some(_) => ModelCheck::Other,
             None => {
                 self.store.put_probe(probe)?;
                 *self.catalog_probe.write().map_err(|_| lock_poisoned())? = Some(probe.to_vec());
@@ -169,9 +181,10 @@ impl Ready {
                     items,
                     "the catalog's vectors are taken to be the encoder's model's (stored before models were checked)"
                 );
-                false
+                ModelCheck::Same
             }
         };
+        let differs = check == ModelCheck::Other;
         let was = self.encoder.differs();
         self.encoder.set_differs(differs);
         self.model_differs.set(i64::from(differs));
@@ -183,7 +196,7 @@ impl Ready {
         } else if was && !differs {
             tracing::info!("the encoder serves the catalog's model again");
         }
-        Ok(differs)
+        Ok(check)
     }
 
     /// What `Stats.encoder` says of a catalog that is `empty` or not.
@@ -836,26 +849,18 @@ impl pb::ranker_server::Ranker for RankerService {
                     .probe(ready.load_timeout)
                     .await
                     .map_err(|e| Status::unavailable(format!("cannot embed items: {e}")))?;
-                if ready.compare_model(&probe).map_err(status)? {
-                    return Err(Status::failed_precondition(format!(
-                        "{}; this stream stored nothing",
-                        sources::OTHER_MODEL
-                    )));
+                match ready.compare_model(&probe).map_err(status)? {
+                    ModelCheck::Other => {
+                        return Err(Status::failed_precondition(format!(
+                            "{}; this stream stored nothing",
+                            sources::OTHER_MODEL
+                        )));
+                    }
+                    // The first items of a catalog (or the first after it was emptied)
+                    // store their model's probe with them.
+                    ModelCheck::EmptyCatalog => first_probe = Some(probe),
+                    ModelCheck::Same => {}
                 }
-                // The first items of a catalog (or the first after it was emptied) store
-                // their model's probe with them.
-                let known = ready
-                    .catalog_probe
-                    .read()
-                    .map_err(|_| poisoned())?
-                    .is_some();
-                let empty = ready
-                    .ranker
-                    .catalog()
-                    .read()
-                    .map_err(|_| poisoned())?
-                    .is_empty();
-                first_probe = (!known || empty).then_some(probe);
                 checked = true;
             }
             let texts = items.iter().map(Item::text).collect();

@@ -16,6 +16,8 @@ pub struct PricePhrase {
     pub phrase: String,
     /// The query without it (empty when it was all price: a browse by price).
     pub rest: String,
+    /// Whether it is the query's last words (then no word before it is being typed).
+    pub ends_query: bool,
 }
 
 /// Words before a number that make it an upper bound.
@@ -92,20 +94,28 @@ fn word(token: &str) -> String {
         .to_lowercase()
 }
 
+/// What follows a number at `tokens[i - 1]`: `None` when a unit makes it a quantity, else
+/// whether `tokens[i]` is a currency word (part of the price).
+fn after_number(tokens: &[&str], i: usize) -> Option<bool> {
+    let Some(next) = tokens.get(i).map(|t| word(t)) else {
+        return Some(false);
+    };
+    if UNITS.contains(&next.as_str()) {
+        return None;
+    }
+    Some(CURRENCY_WORDS.contains(&next.as_str()))
+}
+
 /// A price at `tokens[i]`: its value and how many tokens it takes (a currency word after it
 /// counts), unless a unit follows it.
 fn price_at(tokens: &[&str], i: usize) -> Option<(f64, usize, bool)> {
-    let (value, mut signed) = price(tokens.get(i)?.trim_end_matches([',', '.', '!', '?']))?;
-    let mut used = 1;
-    if let Some(next) = tokens.get(i + 1).map(|t| word(t)) {
-        if CURRENCY_WORDS.contains(&next.as_str()) {
-            used += 1;
-            signed = true;
-        } else if UNITS.contains(&next.as_str()) {
-            return None;
-        }
-    }
-    Some((value, used, signed))
+    let (value, signed) = price(tokens.get(i)?.trim_end_matches([',', '.', '!', '?']))?;
+    let currency_word = after_number(tokens, i + 1)?;
+    Some((
+        value,
+        1 + usize::from(currency_word),
+        signed || currency_word,
+    ))
 }
 
 /// Whether `tokens[i..]` begins with one of `words`; how many tokens it takes.
@@ -158,6 +168,7 @@ pub fn price_phrase(query: &str) -> Option<PricePhrase> {
             max,
             phrase: tokens[start..end].join(" "),
             rest: rest.join(" "),
+            ends_query: end == tokens.len(),
         });
     }
     None
@@ -171,13 +182,7 @@ fn range(tokens: &[&str], i: usize, needs_currency: bool) -> Option<(f64, f64, u
     if let Some((a, b)) = first.split_once('-')
         && let (Some((lo, s1)), Some((hi, s2))) = (price(a), price(b))
     {
-        let after = tokens.get(i + 1).map(|t| word(t));
-        let currency_word = after
-            .as_deref()
-            .is_some_and(|w| CURRENCY_WORDS.contains(&w));
-        if after.as_deref().is_some_and(|w| UNITS.contains(&w)) {
-            return None;
-        }
+        let currency_word = after_number(tokens, i + 1)?;
         if needs_currency && !(s1 || s2 || currency_word) {
             return None;
         }
@@ -201,7 +206,15 @@ mod tests {
     use super::*;
 
     fn read(q: &str) -> Option<(Option<f64>, Option<f64>, String, String)> {
-        price_phrase(q).map(|p| (p.min, p.max, p.phrase, p.rest))
+        price_phrase(q).map(|p| {
+            // Last exactly when nothing of the query follows it.
+            assert_eq!(
+                p.ends_query,
+                q.trim_end().ends_with(p.phrase.as_str()),
+                "{q}"
+            );
+            (p.min, p.max, p.phrase, p.rest)
+        })
     }
 
     #[test]

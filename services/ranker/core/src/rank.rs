@@ -652,13 +652,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let mut read = request.clone();
         read.query = Some(phrase.rest.clone()).filter(|rest| !rest.is_empty());
         // Typing the budget, not the words before it: no word is half typed.
-        let typed_last = request.query.as_deref().is_some_and(|q| {
-            q.split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .ends_with(&phrase.phrase)
-        });
-        read.prefix = request.prefix && !typed_last;
+        read.prefix = request.prefix && !phrase.ends_query;
         let filters = &mut read.filters;
         filters.min_price = match (filters.min_price, phrase.min) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -143,31 +143,27 @@ pub fn position_bias(
     if let Some(exponent) = given {
         return (exponent, None);
     }
-    // What the list was for: its query, else its page's item (marked, so that no query
-    // text can be taken for a page).
-    let context: Vec<Vec<String>> = lists
+    // What each list was for (one per list: `read_lists` checks it): its query, else its
+    // page's item (marked, so that no query text can be taken for a page).
+    let context: Vec<String> = lists
         .iter()
-        .map(|(_, items)| {
-            items
-                .iter()
-                .map(|i| match (i.query.is_empty(), i.page_item.is_empty()) {
-                    (false, _) => format!("q {}", i.query),
-                    (true, false) => format!("p {}", i.page_item),
-                    (true, true) => String::new(),
-                })
-                .collect()
+        .map(|(_, items)| match items.first() {
+            Some(i) if !i.query.is_empty() => format!("q {}", i.query),
+            Some(i) if !i.page_item.is_empty() => format!("p {}", i.page_item),
+            _ => String::new(),
         })
         .collect();
     let shown = lists
         .iter()
         .zip(&context)
-        .flat_map(|((_, items), context)| items.iter().zip(context))
         .filter(|(_, context)| !context.is_empty())
-        .map(|(i, context)| Shown {
-            query: context,
-            item: &i.item_id,
-            position: i.position,
-            clicked: i.clicked,
+        .flat_map(|((_, items), context)| {
+            items.iter().map(move |i| Shown {
+                query: context,
+                item: &i.item_id,
+                position: i.position,
+                clicked: i.clicked,
+            })
         });
     match propensity::estimate(shown, ESTIMATED_POSITIONS) {
         Some(found) => (found.exponent, Some(found)),

@@ -852,14 +852,11 @@ impl Catalog {
             return Ok(());
         };
         let mut rows = vec![0.0; self.slots.len() * d];
-        let slots: Vec<(u32, &Vec<f32>)> = self
-            .by_id
-            .iter()
-            .filter_map(|(id, &slot)| vectors.get(id).map(|v| (slot, v)))
-            .collect();
-        for (slot, v) in slots {
-            let start = slot as usize * d;
-            rows[start..start + d].copy_from_slice(v);
+        for (id, &slot) in &self.by_id {
+            if let Some(v) = vectors.get(id) {
+                let start = slot as usize * d;
+                rows[start..start + d].copy_from_slice(v);
+            }
         }
         self.vectors = rows;
         self.dimension = Some(d);

@@ -192,7 +192,18 @@ pub async fn start_ranker_ann(
     kg_url: &str,
     ann_min_items: usize,
 ) -> Running {
-    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None).await
+    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None, 200).await
+}
+
+/// A ranker that asks the encoder for its model every `encoder_check_ms` (200 in the others).
+pub async fn start_ranker_checking_every(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    encoder_check_ms: u64,
+) -> Running {
+    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    start_ranker_with(data_dir, encoder_url, kg_url, ann, None, encoder_check_ms).await
 }
 
 /// A ranker that also serves Prometheus `/metrics` on the returned port.
@@ -209,6 +220,7 @@ pub async fn start_ranker_metrics(
         kg_url,
         souk_ranker::DEFAULT_ANN_MIN_ITEMS,
         metrics,
+        200,
     )
     .await;
     (ranker, port)
@@ -220,6 +232,7 @@ async fn start_ranker_with(
     kg_url: &str,
     ann_min_items: usize,
     metrics_listen: Option<std::net::SocketAddr>,
+    encoder_check_ms: u64,
 ) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut server = server_args(None);
@@ -234,7 +247,7 @@ async fn start_ranker_with(
         query_cache_ttl_s: 300,
         ann_min_items,
         user_id_key: Some("test-secret".into()),
-        encoder_check_ms: 200,
+        encoder_check_ms,
         server,
     };
     let running = spawn(listener, move |l, stop| {

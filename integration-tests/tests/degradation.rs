@@ -274,3 +274,102 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
         .unwrap();
     assert_eq!(state(&mut client, "matches").await.items, 1);
 }
+
+/// The encoder replaced between two of the ranker's periodic checks (an hour apart here):
+/// every answer names the model that made it, so no query vector of the new model is
+/// compared with the catalog's, and the first such answer has the model checked at once.
+/// Back on the catalog's model, dense relevance returns with its first answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_model_is_caught_at_its_first_answer() {
+    use souk_proto::encoder::v1::{InfoRequest, encoder_client::EncoderClient};
+    let dir = tempfile::tempdir().unwrap();
+    let other_model = five_layer_model(dir.path());
+    let encoder = start_encoder(encoder_args(model_dir())).await;
+    wait_serving(&encoder.url()).await;
+    let fingerprint = async |url: &str| {
+        let mut client = EncoderClient::new(channel(url).await);
+        let info = client.info(InfoRequest {}).await.unwrap().into_inner();
+        assert_ne!(info.model_fingerprint, 0, "the encoder names its model");
+        info.model_fingerprint
+    };
+    let first_model = fingerprint(&encoder.url()).await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let hour = 3_600_000;
+    let ranker =
+        start_ranker_checking_every(&dir.path().join("ranker"), &encoder.url(), &kg.url(), hour)
+            .await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let encoder_state = async |client: &mut RankerClient<_>| {
+        let stats = client.stats(rk::StatsRequest {}).await.unwrap();
+        stats.into_inner().encoder
+    };
+    assert_eq!(encoder_state(&mut client).await, "matches");
+    // Each search a query never asked before, so that no cached vector answers it.
+    let mut asked = 0;
+    let mut search = async |client: &mut RankerClient<_>| {
+        asked += 1;
+        let request = rk::RankRequest {
+            query: format!("cast iron skillet {asked}"),
+            k: 5,
+            ..Default::default()
+        };
+        client.rank(request).await.unwrap().into_inner()
+    };
+    assert!(search(&mut client).await.missing_signals.is_empty());
+
+    let addr = encoder.addr;
+    encoder.stop().await.unwrap();
+    let other = start_encoder_at(addr, encoder_args(other_model)).await;
+    wait_serving(&other.url()).await;
+    assert_ne!(fingerprint(&other.url()).await, first_model);
+    let mut caught = false;
+    for _ in 0..100 {
+        let r = search(&mut client).await;
+        assert_eq!(
+            r.missing_signals,
+            ["dense"],
+            "no vector of the new model is compared with the catalog's"
+        );
+        assert!(r.items[0].title.contains("Cast Iron Skillet"), "words rank");
+        if encoder_state(&mut client).await == "differs" {
+            caught = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        caught,
+        "the new model's answers had it checked before the hour"
+    );
+
+    other.stop().await.unwrap();
+    let again = start_encoder_at(addr, encoder_args(model_dir())).await;
+    wait_serving(&again.url()).await;
+    assert_eq!(
+        fingerprint(&again.url()).await,
+        first_model,
+        "the same files, the same fingerprint"
+    );
+    let mut back = false;
+    for _ in 0..100 {
+        if search(&mut client).await.missing_signals.is_empty() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        back,
+        "the catalog's model is used again at its first answer"
+    );
+    let mut matches = false;
+    for _ in 0..100 {
+        if encoder_state(&mut client).await == "matches" {
+            matches = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(matches, "and checked again before the hour");
+}

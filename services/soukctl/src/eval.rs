@@ -141,7 +141,7 @@ pub enum ShownBy {
     DenseAndBm25,
 }
 
-/// Vectors by text, persisted as a header line (format, model id, dimension), then records of
+/// Vectors by text, persisted as a header line (format, model id and fingerprint, dimension), then records of
 /// (FNV-1a hash of the text, f32 x dim). A stable hash, so the file works across builds.
 struct VectorCache {
     model: String,
@@ -205,7 +205,13 @@ pub(crate) async fn embed_texts(
         .info(souk_proto::encoder::v1::InfoRequest {})
         .await?
         .into_inner();
-    let mut cache = VectorCache::load(cache_path, &info.model_id, info.dimension as usize);
+    // Keyed by the model's fingerprint too: another model in a directory of the same name
+    // (a re-exported or cut copy) must not reuse the vectors.
+    let model = match info.model_fingerprint {
+        0 => info.model_id.clone(),
+        fingerprint => format!("{}@{fingerprint:016x}", info.model_id),
+    };
+    let mut cache = VectorCache::load(cache_path, &model, info.dimension as usize);
     let missing: Vec<String> = texts
         .iter()
         .filter(|t| !cache.vectors.contains_key(&fnv1a(t)))

@@ -104,11 +104,115 @@ impl ModelFiles {
         })
     }
 
+    /// Identifies the vector space this model makes: a hash of everything that shapes its
+    /// vectors (configuration, weights, tokenizer, pooling, maximum length), the first 8
+    /// bytes of a BLAKE3 digest. A copy of the same files has the same fingerprint wherever
+    /// it is loaded; the device and the numeric type do not enter it (f16 and f32 runs of one
+    /// model give vectors of one space). Never 0, which `Embed` callers read as "not said".
+    /// Reads the weights once (about 60 ms for MiniLM's 90 MB on this 2-core machine).
+    ///
+    /// # Errors
+    /// When a file cannot be read, naming it.
+    pub fn fingerprint(&self) -> Result<u64, EncoderError> {
+        let mut hasher = blake3::Hasher::new();
+        for path in [&self.config, &self.weights, &self.tokenizer] {
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))?;
+            let length = std::io::copy(&mut file, &mut hasher)
+                .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))?;
+            // Lengths keep the files' boundaries in the digest.
+            hasher.update(&length.to_le_bytes());
+        }
+        hasher.update(self.pooling.as_str().as_bytes());
+        hasher.update(&(self.max_seq_length as u64).to_le_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        Ok(u64::from_le_bytes(first).max(1))
+    }
+
     /// A short name for the model: its directory name.
     pub fn model_id(&self) -> String {
         self.dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.dir.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model directory with these files (the fingerprint reads bytes, not tensors).
+    fn model(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn fingerprint(files: &[(&str, &str)]) -> u64 {
+        let dir = model(files);
+        ModelFiles::open(dir.path()).unwrap().fingerprint().unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_shapes_the_vectors() {
+        let base = [
+            ("config.json", r#"{"max_position_embeddings": 512}"#),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+        ];
+        let first = fingerprint(&base);
+        assert_eq!(
+            fingerprint(&base),
+            first,
+            "a copy elsewhere is the same model"
+        );
+        let with = |name: &'static str, text: &'static str| {
+            let mut files = base.to_vec();
+            files.retain(|(n, _)| *n != name);
+            files.push((name, text));
+            fingerprint(&files)
+        };
+        assert_ne!(with("model.safetensors", "weightz"), first, "weights");
+        assert_ne!(with("tokenizer.json", "{ }"), first, "tokenizer");
+        assert_ne!(
+            with("config.json", r#"{"max_position_embeddings": 256}"#),
+            first,
+            "configuration (and the length it allows)"
+        );
+        assert_ne!(
+            with("sentence_bert_config.json", r#"{"max_seq_length": 128}"#),
+            first,
+            "texts cut shorter"
+        );
+        assert_ne!(
+            with(
+                "1_Pooling/config.json",
+                r#"{"pooling_mode_cls_token": true}"#
+            ),
+            first,
+            "pooling"
+        );
+        // The same bytes split differently between two files are another model.
+        let moved = [
+            ("config.json", r#"{"max_position_embeddings": 512}"#),
+            ("model.safetensors", "weight"),
+            ("tokenizer.json", "s{}"),
+        ];
+        assert_ne!(fingerprint(&moved), first, "file boundaries");
+        // Options that do not change the vectors' space leave it alone.
+        assert_eq!(
+            with(
+                "1_Pooling/config.json",
+                r#"{"pooling_mode_mean_tokens": true}"#
+            ),
+            first,
+            "mean pooling said explicitly is the default"
+        );
     }
 }

@@ -119,7 +119,7 @@ pub async fn serve(
                     }
                     Err(error) => tracing::warn!(%error, "queue depth metric not created"),
                 }
-                tracing::info!(model = %info.model_id, device = %info.device, dim = info.dimension, "model loaded");
+                tracing::info!(model = %info.model_id, fingerprint = %format!("{:016x}", info.model_fingerprint), device = %info.device, dim = info.dimension, "model loaded");
                 let _ = loader_state.info.set(info);
                 let _ = loader_state.batcher.set(batcher);
                 health.set_ready().await;
@@ -164,6 +164,7 @@ fn load(
     observer: Arc<metrics::EncoderMetrics>,
 ) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
     let files = ModelFiles::open(&args.model_dir)?;
+    let fingerprint = files.fingerprint()?;
     let tokenizer = TextTokenizer::load(&files)?;
     let engine = souk_encoder_candle::Engine::parse(&args.engine, &args.device)?;
     let backend = CandleBackend::load_engine(&files, &args.device, &args.dtype, engine)?;
@@ -184,6 +185,7 @@ fn load(
         max_batch_texts: args.max_batch_texts as u32,
         max_batch_tokens: options.max_batch_tokens as u32,
         engine: engine.name().to_string(),
+        model_fingerprint: fingerprint,
     };
     Ok((batcher, info))
 }
@@ -251,6 +253,7 @@ impl pb::encoder_server::Encoder for EncoderService {
                     tokens: e.tokens as u32,
                 })
                 .collect(),
+            model_fingerprint: self.info.get().map_or(0, |info| info.model_fingerprint),
         }))
     }
 

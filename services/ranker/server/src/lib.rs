@@ -156,9 +156,13 @@ impl Ready {
     /// vectors to compare with (its next items store their model's probe); a catalog stored
     /// before the check existed (items, no probe) takes this model as its own.
     ///
+    /// `model` is the fingerprint the probe's answer came with; what was found is recorded
+    /// under it, so that a query answered by it is admitted or not at once
+    /// ([`GrpcEncoder::record_model`]).
+    ///
     /// # Errors
     /// When the store cannot take the probe.
-    fn compare_model(&self, probe: &[f32]) -> Result<ModelCheck, RankError> {
+    fn compare_model(&self, probe: &[f32], model: u64) -> Result<ModelCheck, RankError> {
         let stored = self
             .catalog_probe
             .read()
@@ -176,7 +180,7 @@ impl Ready {
             Some(_) => ModelCheck::Other,
             None => {
                 self.store.put_probe(probe)?;
-                *self.catalog_probe.write().map_err(|_| lock_poisoned())? = Some(probe.to_vec());
+                self.set_catalog_model(probe.to_vec(), model)?;
                 tracing::info!(
                     items,
                     "the catalog's vectors are taken to be the encoder's model's (stored before models were checked)"
@@ -187,6 +191,7 @@ impl Ready {
         let differs = check == ModelCheck::Other;
         let was = self.encoder.differs();
         self.encoder.set_differs(differs);
+        self.encoder.record_model(model, !differs);
         self.model_differs.set(i64::from(differs));
         self.encoder_checked.store(true, Ordering::Relaxed);
         if differs && !was {
@@ -197,6 +202,17 @@ impl Ready {
             tracing::info!("the encoder serves the catalog's model again");
         }
         Ok(check)
+    }
+
+    /// The catalog's vectors now come from the model whose probe vector is `probe` and
+    /// fingerprint `model` (already stored).
+    ///
+    /// # Errors
+    /// When a lock is poisoned.
+    fn set_catalog_model(&self, probe: Vec<f32>, model: u64) -> Result<(), RankError> {
+        *self.catalog_probe.write().map_err(|_| lock_poisoned())? = Some(probe);
+        self.encoder.adopt_model(model);
+        Ok(())
     }
 
     /// What `Stats.encoder` says of a catalog that is `empty` or not.
@@ -349,6 +365,11 @@ pub async fn serve(
     Ok(())
 }
 
+/// Shortest time between two checks of the encoder's model that answers from an unchecked
+/// model asked for: encoder replicas serving two models in turn (a rolling update) would
+/// otherwise have every query ask for one.
+const RECHECK_GAP: Duration = Duration::from_millis(250);
+
 /// Longest wait between two asks while the encoder is down or loading.
 const ENCODER_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -357,6 +378,9 @@ const ENCODER_RETRY_MAX: Duration = Duration::from_secs(5);
 /// until `stopped`. Each new model's words become the spelling lexicon (real words the
 /// catalog lacks are then no misspellings) and cached query vectors of the previous model
 /// are dropped; a model other than the catalog's is flagged ([`Ready::compare_model`]).
+/// A query answered by another model than the last probe's wakes it early (at most every
+/// [`RECHECK_GAP`]), so a replaced model is checked at its first answer, not up to a period
+/// later.
 async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut seen: Option<Vec<f32>> = None;
     let mut retry = Duration::from_millis(100);
@@ -366,7 +390,7 @@ async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Recei
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let wait = match probed {
-            Ok(probe) => {
+            Ok((probe, model)) => {
                 if seen.as_ref().is_none_or(|s| !same_model(s, &probe)) {
                     let asked = tokio::select! {
                         asked = ready.encoder.words(ready.load_timeout) => asked,
@@ -388,7 +412,7 @@ async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Recei
                         Err(e) => tracing::debug!(error = %e.0, "no spelling lexicon yet"),
                     }
                 }
-                if let Err(error) = ready.compare_model(&probe) {
+                if let Err(error) = ready.compare_model(&probe, model) {
                     tracing::warn!(%error, "cannot store the encoder's probe vector");
                 }
                 if seen.is_some() {
@@ -403,8 +427,14 @@ async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Recei
                 retry
             }
         };
+        let earliest = tokio::time::Instant::now() + RECHECK_GAP;
+        let woken = async {
+            ready.encoder.recheck_wanted().await;
+            tokio::time::sleep_until(earliest).await;
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = woken => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         retry = (retry * 2).min(ENCODER_RETRY_MAX);
@@ -824,7 +854,10 @@ impl pb::ranker_server::Ranker for RankerService {
         // The encoder's model is checked once per stream, before its first vector is stored;
         // the first items of an empty catalog store their model's probe with them.
         let mut checked = false;
-        let mut first_probe: Option<Vec<f32>> = None;
+        // The probe's vector and fingerprint when this stream brings a catalog its first items.
+        let mut first_probe: Option<(Vec<f32>, u64)> = None;
+        // The fingerprint of the model the stream's probe came from.
+        let mut stream_model = 0;
         while let Some(message) = stream.next().await {
             let message = message?;
             let items = message
@@ -844,12 +877,13 @@ impl pb::ranker_server::Ranker for RankerService {
                 continue;
             }
             if !checked {
-                let probe = ready
+                let (probe, model) = ready
                     .encoder
                     .probe(ready.load_timeout)
                     .await
                     .map_err(|e| Status::unavailable(format!("cannot embed items: {e}")))?;
-                match ready.compare_model(&probe).map_err(status)? {
+                stream_model = model;
+                match ready.compare_model(&probe, model).map_err(status)? {
                     ModelCheck::Other => {
                         return Err(Status::failed_precondition(format!(
                             "{}; this stream stored nothing",
@@ -858,19 +892,29 @@ impl pb::ranker_server::Ranker for RankerService {
                     }
                     // The first items of a catalog (or the first after it was emptied)
                     // store their model's probe with them.
-                    ModelCheck::EmptyCatalog => first_probe = Some(probe),
+                    ModelCheck::EmptyCatalog => first_probe = Some((probe, model)),
                     ModelCheck::Same => {}
                 }
                 checked = true;
             }
             let texts = items.iter().map(Item::text).collect();
-            let vectors = ready
+            let embedded = ready
                 .encoder
                 .embed_many(texts, ready.load_timeout)
                 .await
                 .map_err(|e| {
                     Status::unavailable(format!("cannot embed items (batch {}): {e}", batch_no - 1))
                 })?;
+            // Checked per answer, not only at the stream's start: an encoder replaced during a
+            // long load would otherwise leave vectors of two models in the catalog.
+            if embedded.model != stream_model && embedded.model != 0 && stream_model != 0 {
+                return Err(Status::aborted(format!(
+                    "the encoder's model changed during this load: batch {} was not stored, {} earlier batches were (`soukctl stats` says whether the new model is the catalog's)",
+                    batch_no - 1,
+                    batch_no - 1
+                )));
+            }
+            let vectors = embedded.vectors;
             if vectors.len() != items.len() {
                 return Err(Status::internal(
                     "encoder returned the wrong number of vectors",
@@ -894,9 +938,9 @@ impl pb::ranker_server::Ranker for RankerService {
                         .check_vectors(&pairs)?;
                     ready
                         .store
-                        .put_items_embedded_by(&pairs, probe.as_deref())?;
-                    if probe.is_some() {
-                        *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
+                        .put_items_embedded_by(&pairs, probe.as_ref().map(|(v, _)| v.as_slice()))?;
+                    if let Some((probe, model)) = probe {
+                        ready.set_catalog_model(probe, model)?;
                     }
                     catalog
                         .write()
@@ -1070,7 +1114,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let unavailable = |e: souk_ranker_core::rank::SourceError| {
             Status::unavailable(format!("cannot embed the catalog, nothing changed: {e}"))
         };
-        let probe = ready
+        let (probe, model) = ready
             .encoder
             .probe(ready.load_timeout)
             .await
@@ -1083,25 +1127,33 @@ impl pb::ranker_server::Ranker for RankerService {
             .items()
             .map(|item| (item.id.clone(), item.text()))
             .unzip();
-        let vectors = ready
+        let embedded = ready
             .encoder
             .embed_many(texts, ready.load_timeout)
             .await
             .map_err(unavailable)?;
+        // A model swapped while the items were embedded would leave vectors of two models:
+        // every answer names its model (`embed_many` refuses answers from two), and an
+        // encoder that does not is asked for the probe again.
+        let swapped = if model != 0 {
+            embedded.model != model
+        } else {
+            let (after, _) = ready
+                .encoder
+                .probe(ready.load_timeout)
+                .await
+                .map_err(unavailable)?;
+            !same_model(&probe, &after)
+        };
+        if swapped {
+            return Err(Status::aborted(
+                "the encoder's model changed while the catalog was embedded; nothing changed, run it again",
+            ));
+        }
+        let vectors = embedded.vectors;
         if vectors.len() != ids.len() {
             return Err(Status::internal(
                 "encoder returned the wrong number of vectors",
-            ));
-        }
-        // A model swapped while the items were embedded would leave vectors of two models.
-        let after = ready
-            .encoder
-            .probe(ready.load_timeout)
-            .await
-            .map_err(unavailable)?;
-        if !same_model(&probe, &after) {
-            return Err(Status::aborted(
-                "the encoder's model changed while the catalog was embedded; nothing changed, run it again",
             ));
         }
         let dimension = probe.len();
@@ -1132,9 +1184,11 @@ impl pb::ranker_server::Ranker for RankerService {
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
             .map_err(status)?;
         }
-        *ready.catalog_probe.write().map_err(|_| poisoned())? = Some(probe.clone());
+        ready
+            .set_catalog_model(probe.clone(), model)
+            .map_err(status)?;
         ready.encoder.clear_cache();
-        ready.compare_model(&probe).map_err(status)?;
+        ready.compare_model(&probe, model).map_err(status)?;
         tracing::info!(
             items = count,
             dimension,

@@ -64,10 +64,36 @@ pub struct GrpcEncoder {
     /// from: its query vectors would be compared with vectors of another space, so queries
     /// are not embedded and `Rank` reports the dense signal missing.
     differs: AtomicBool,
+    /// What the probe said of each model the encoder has answered with, by fingerprint.
+    models: Mutex<Models>,
+    /// Woken when an answer comes from another model than the last probe's: the ranker's
+    /// watcher then checks it at once instead of at its next period.
+    recheck: tokio::sync::Notify,
+}
+
+/// The models the encoder's answers came from, as [`GrpcEncoder::record_model`] learnt them.
+#[derive(Default)]
+struct Models {
+    /// Fingerprint -> whether its vectors are comparable with the catalog's (its model's, or
+    /// any while the catalog is empty). Forgotten when the catalog's model changes.
+    comparable: HashMap<u64, bool>,
+    /// The fingerprint of the last probe's answer.
+    last_probed: u64,
 }
 
 /// Why a query is not embedded while [`GrpcEncoder::set_differs`] is set.
 pub const OTHER_MODEL: &str = "the encoder serves another model than the one the catalog's vectors come from (`soukctl reembed` re-embeds the catalog)";
+
+/// Why a query is not embedded when its answer came from a model not compared yet.
+const UNCHECKED_MODEL: &str =
+    "the encoder answered with a model not yet compared with the catalog's; it is being checked";
+
+/// The encoder's answer for some texts.
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    /// The model that made them (`EmbedResponse.model_fingerprint`; 0: not said).
+    pub model: u64,
+}
 
 impl GrpcEncoder {
     pub fn new(channel: Channel, query_timeout: Duration, cache_ttl: Duration) -> Self {
@@ -80,7 +106,64 @@ impl GrpcEncoder {
                 capacity: 10_000,
             }),
             differs: AtomicBool::new(false),
+            models: Mutex::new(Models::default()),
+            recheck: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Records what the probe found of `model`: whether its vectors are comparable with the
+    /// catalog's. 0 (an encoder that does not say) records nothing.
+    pub fn record_model(&self, model: u64, comparable: bool) {
+        if let Ok(mut models) = self.models.lock() {
+            models.last_probed = model;
+            if model != 0 {
+                models.comparable.insert(model, comparable);
+            }
+        }
+    }
+
+    /// The catalog's vectors now come from `model`: what was recorded of every other model is
+    /// forgotten (it was said against the previous vectors).
+    pub fn adopt_model(&self, model: u64) {
+        if let Ok(mut models) = self.models.lock() {
+            models.comparable.clear();
+        }
+        self.record_model(model, true);
+    }
+
+    /// Whether the vectors of `model` may be compared with the catalog's: the probe said so,
+    /// or, for an encoder that does not say which model answered (0), none is flagged.
+    /// Before the first probe every model passes (as before models were checked); later an
+    /// unknown one does not, and the watcher is woken to check it.
+    ///
+    /// # Errors
+    /// Why the vectors must not be used.
+    fn admit(&self, model: u64) -> Result<(), SourceError> {
+        if model == 0 {
+            return if self.differs() {
+                Err(SourceError(OTHER_MODEL.into()))
+            } else {
+                Ok(())
+            };
+        }
+        let models = self
+            .models
+            .lock()
+            .map_err(|_| SourceError("encoder state lock poisoned".into()))?;
+        if model != models.last_probed {
+            self.recheck.notify_one();
+        }
+        match models.comparable.get(&model) {
+            Some(true) => Ok(()),
+            Some(false) => Err(SourceError(OTHER_MODEL.into())),
+            None if models.comparable.is_empty() => Ok(()),
+            None => Err(SourceError(UNCHECKED_MODEL.into())),
+        }
+    }
+
+    /// Waits until an answer came from another model than the last probe's.
+    pub async fn recheck_wanted(&self) {
+        self.recheck.notified().await;
     }
 
     /// Marks the encoder's model as other than (or again the same as) the catalog's.
@@ -99,27 +182,34 @@ impl GrpcEncoder {
         }
     }
 
-    /// The encoder's vector of [`crate::store::PROBE_TEXT`], which identifies its model.
+    /// The encoder's vector of [`crate::store::PROBE_TEXT`], which identifies its model, and
+    /// the fingerprint its answer came with.
     ///
     /// # Errors
     /// When the encoder is unreachable, refuses, or runs past `timeout`.
-    pub async fn probe(&self, timeout: Duration) -> Result<Vec<f32>, SourceError> {
-        self.embed_many(vec![crate::store::PROBE_TEXT.to_string()], timeout)
-            .await?
+    pub async fn probe(&self, timeout: Duration) -> Result<(Vec<f32>, u64), SourceError> {
+        let mut embedded = self
+            .embed_many(vec![crate::store::PROBE_TEXT.to_string()], timeout)
+            .await?;
+        let vector = embedded
+            .vectors
             .pop()
-            .ok_or_else(|| SourceError("encoder returned no embedding".into()))
+            .ok_or_else(|| SourceError("encoder returned no embedding".into()))?;
+        Ok((vector, embedded.model))
     }
 
     /// Embeds item texts (normalised), in requests of at most 64 texts.
     ///
     /// # Errors
-    /// When the encoder is unreachable, refuses, or runs past `timeout` per request.
+    /// When the encoder is unreachable, refuses, runs past `timeout` per request, or its
+    /// answers come from two models (it was replaced meanwhile).
     pub async fn embed_many(
         &self,
         texts: Vec<String>,
         timeout: Duration,
-    ) -> Result<Vec<Vec<f32>>, SourceError> {
+    ) -> Result<Embedded, SourceError> {
         let mut out = Vec::with_capacity(texts.len());
+        let mut model = None;
         for chunk in texts.chunks(64) {
             let mut request = tonic::Request::new(enc::EmbedRequest {
                 texts: chunk.to_vec(),
@@ -132,16 +222,19 @@ impl GrpcEncoder {
                 .clone()
                 .embed(request)
                 .await
-                .map_err(|s| failed("encoder", &s))?;
-            out.extend(
-                response
-                    .into_inner()
-                    .embeddings
-                    .into_iter()
-                    .map(|e| e.values),
-            );
+                .map_err(|s| failed("encoder", &s))?
+                .into_inner();
+            if *model.get_or_insert(response.model_fingerprint) != response.model_fingerprint {
+                return Err(SourceError(
+                    "the encoder's model changed while these texts were embedded".into(),
+                ));
+            }
+            out.extend(response.embeddings.into_iter().map(|e| e.values));
         }
-        Ok(out)
+        Ok(Embedded {
+            vectors: out,
+            model: model.unwrap_or(0),
+        })
     }
 
     /// The model's whole words (`Encoder.Words`) as the spelling lexicon.
@@ -161,9 +254,8 @@ impl GrpcEncoder {
 
 impl EmbeddingSource for GrpcEncoder {
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, SourceError> {
-        if self.differs() {
-            return Err(SourceError(OTHER_MODEL.into()));
-        }
+        // A cached vector was admitted when it was made, and the cache is emptied when the
+        // catalog's model changes.
         if let Some(v) = self.cache.lock().ok().and_then(|cache| cache.get(text)) {
             return Ok(v);
         }
@@ -177,9 +269,12 @@ impl EmbeddingSource for GrpcEncoder {
         let call = client.embed(request);
         let response = within(self.query_timeout, "encoder", call)
             .await?
-            .map_err(|s| failed("encoder", &s))?;
+            .map_err(|s| failed("encoder", &s))?
+            .into_inner();
+        // Asked even while the model is flagged: the first answer from the catalog's model
+        // again is used at once.
+        self.admit(response.model_fingerprint)?;
         let vector = response
-            .into_inner()
             .embeddings
             .into_iter()
             .next()

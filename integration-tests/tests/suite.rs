@@ -1250,3 +1250,121 @@ async fn reflection_lists_every_service_to_a_client_that_knows_only_the_address(
         );
     }
 }
+
+/// The shop's synonyms (`kg-data/synonyms.txt`, read as `soukctl synonyms load` reads it):
+/// a word the texts lack finds the items of its equivalents, a brand the shop lacks is read
+/// as what it sells, a bad set is refused whole with its fault named, and the set survives
+/// a restart until an empty one clears it.
+#[tokio::test(flavor = "multi_thread")]
+async fn synonyms_find_what_the_shop_calls_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let data = dir.path().join("ranker");
+    let ranker = start_ranker(&data, &encoder, &kg.url()).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let search = |q: &str| rk::RankRequest {
+        query: q.into(),
+        k: 5,
+        ..Default::default()
+    };
+    let categories = |r: &rk::RankResponse| {
+        r.items
+            .iter()
+            .map(|i| i.category.last().cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let before = client.rank(search("rucksack")).await.unwrap().into_inner();
+    assert_eq!(before.words_matched, Some(false), "no title says rucksack");
+    let before_keurig = client.rank(search("keurig")).await.unwrap().into_inner();
+    assert_eq!(before_keurig.corrected_query, "");
+    // By words alone, so that the model's sense of "mobile phone" does not hide them.
+    let by_words = |q: &str| rk::RankRequest {
+        weights: Some(rk::FusionWeights {
+            bm25: 1.0,
+            ..Default::default()
+        }),
+        ..search(q)
+    };
+    let phone = client
+        .rank(by_words("mobile phone"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        categories(&phone)[0],
+        "Phone Cases",
+        "\"phone\" alone matched"
+    );
+
+    let file = repo_root().join("kg-data/synonyms.txt");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let synonyms = soukctl::files::synonyms(&file, &text).unwrap();
+    let set = client
+        .set_synonyms(rk::SetSynonymsRequest {
+            synonyms: synonyms.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.synonyms as usize, synonyms.len());
+
+    let r = client.rank(search("rucksack")).await.unwrap().into_inner();
+    assert_eq!(r.words_matched, Some(true));
+    assert_eq!(categories(&r), ["Backpacks"; 5], "{r:?}");
+    let r = client.rank(search("keurig")).await.unwrap().into_inner();
+    assert_eq!(r.corrected_query, "coffee maker");
+    assert_eq!(categories(&r), ["Coffee Makers"; 5], "{r:?}");
+    // A phrase of two words finds what says its one-word equivalent.
+    let r = client
+        .rank(by_words("mobile phone"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(categories(&r)[..2], ["Smartphones"; 2], "{r:?}");
+
+    // Refused whole, fault named; the set in use stays.
+    let mut bad = synonyms.clone();
+    bad.push(rk::Synonym {
+        phrases: vec!["Rucksacks".into(), "bag".into()],
+        replacement: None,
+    });
+    let refused = client
+        .set_synonyms(rk::SetSynonymsRequest { synonyms: bad })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains(&format!("synonym {}: \"Rucksacks\"", synonyms.len())),
+        "{}",
+        refused.message()
+    );
+    let listed = client
+        .get_synonyms(rk::GetSynonymsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.synonyms, synonyms);
+
+    ranker.stop().await.unwrap();
+    let ranker = start_ranker(&data, &encoder, &kg.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let listed = client
+        .get_synonyms(rk::GetSynonymsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.synonyms, synonyms, "stored");
+    let r = client.rank(search("rucksack")).await.unwrap().into_inner();
+    assert_eq!(categories(&r), ["Backpacks"; 5]);
+
+    client
+        .set_synonyms(rk::SetSynonymsRequest { synonyms: vec![] })
+        .await
+        .unwrap();
+    let r = client.rank(search("rucksack")).await.unwrap().into_inner();
+    assert_eq!(r.words_matched, Some(false), "cleared");
+}

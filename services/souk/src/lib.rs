@@ -368,6 +368,21 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             r.rows,
             r.elapsed.as_secs_f64()
         );
+        let synonyms_file = data.join("synonyms.txt");
+        if synonyms_file.is_file() {
+            let text = std::fs::read_to_string(&synonyms_file)
+                .with_context(|| synonyms_file.display().to_string())?;
+            let synonyms = soukctl::files::synonyms(&synonyms_file, &text)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let set = ranker
+                .set_synonyms(soukctl::with_token(
+                    rk::SetSynonymsRequest { synonyms },
+                    &token,
+                )?)
+                .await?
+                .into_inner();
+            eprintln!("  synonyms: {}", set.synonyms);
+        }
         // Entity embeddings of the whole graph (items, brands, categories, attributes): the
         // ranker's "close in the product graph" signal. Small settings: ~2 s on 2 cores.
         let started = std::time::Instant::now();
@@ -481,6 +496,11 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
         (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
             search("cofee grindr"),
+        ),
+        (
+            "Search \"keurig\" (a brand the shop lacks, read as \"coffee maker\" by its synonyms)"
+                .to_string(),
+            search("keurig"),
         ),
         (
             "Search \"family tent under 150\" (a budget in the words: a price filter on the rest)"

@@ -577,6 +577,81 @@ pub fn feedback<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<ShownI
     )
 }
 
+/// A synonyms file (`soukctl synonyms load`): one synonym a line, `sofa, couch, settee`
+/// (equivalent phrases) or `blendtec, blend tec => blender` (phrases read as the
+/// replacement); blank lines and `#` comments are skipped. Each synonym is checked as the
+/// ranker checks them ([`souk_ranker_core::synonyms::Synonyms::new`]), so a fault is
+/// reported with its line before anything is sent.
+///
+/// # Errors
+/// The first line that cannot be read or checked, as `file:line: reason`.
+pub fn synonyms(path: &Path, text: &str) -> Result<Vec<rk::Synonym>, LineError> {
+    use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
+    let at = |line: usize, reason: String| LineError {
+        file: path.to_path_buf(),
+        line: line as u64,
+        reason,
+    };
+    let mut rules = Vec::new();
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let (left, replacement) = match content.split_once("=>") {
+            Some((left, right)) => {
+                let right = right.trim();
+                if right.contains("=>") {
+                    return Err(at(line, "more than one `=>`".into()));
+                }
+                if right.contains(',') {
+                    return Err(at(
+                        line,
+                        format!("one replacement after `=>`, not a list: {right:?}"),
+                    ));
+                }
+                if right.is_empty() {
+                    return Err(at(line, "nothing after `=>`".into()));
+                }
+                (left, Some(right.to_string()))
+            }
+            None => (content, None),
+        };
+        let phrases: Vec<String> = left.split(',').map(|p| p.trim().to_string()).collect();
+        if phrases.iter().any(String::is_empty) {
+            return Err(at(
+                line,
+                "an empty phrase (two commas in a row, or one at an end)".into(),
+            ));
+        }
+        rules.push(SynonymRule {
+            phrases,
+            replacement,
+        });
+        lines.push(line);
+    }
+    if let Err(error) = Synonyms::new(rules.clone()) {
+        let line = error.rule.map_or(0, |r| lines[r]);
+        let reason = match error.named_by {
+            Some(other) if Some(other) != error.rule => {
+                format!("{} (already on line {})", error.reason, lines[other])
+            }
+            Some(_) => format!("{} (twice on this line)", error.reason),
+            None => error.reason,
+        };
+        return Err(at(line, reason));
+    }
+    Ok(rules
+        .into_iter()
+        .map(|rule| rk::Synonym {
+            phrases: rule.phrases,
+            replacement: rule.replacement,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,5 +836,51 @@ mod tests {
             missing[0].starts_with("f.csv:1: header lacks column(s): item_id, clicked"),
             "{missing:?}"
         );
+    }
+
+    /// A synonyms file as an admin writes it; each fault named with its line.
+    #[test]
+    fn a_synonyms_file_is_read_and_its_faults_named_by_line() {
+        let path = Path::new("syn.txt");
+        let read = synonyms(
+            path,
+            "# shop\n\nsofa, couch , settee  # all alike\nblendtec, blend tec => blender\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read,
+            [
+                rk::Synonym {
+                    phrases: vec!["sofa".into(), "couch".into(), "settee".into()],
+                    replacement: None,
+                },
+                rk::Synonym {
+                    phrases: vec!["blendtec".into(), "blend tec".into()],
+                    replacement: Some("blender".into()),
+                },
+            ]
+        );
+        assert!(synonyms(path, "# nothing\n").unwrap().is_empty());
+        for (text, want) in [
+            ("a => b => c", "syn.txt:1: more than one `=>`"),
+            ("sofa,, couch", "syn.txt:1: an empty phrase"),
+            (
+                "\ntv => television, telly",
+                "syn.txt:2: one replacement after `=>`",
+            ),
+            ("tv =>", "syn.txt:1: nothing after `=>`"),
+            ("sofa", "syn.txt:1: \"sofa\" alone"),
+            (
+                "sofa, couch\n# x\nsettee, Sofas",
+                "syn.txt:3: \"Sofas\" is named by two synonyms (already on line 1)",
+            ),
+            (
+                "tv, the",
+                "syn.txt:1: \"the\" has no word that search reads",
+            ),
+        ] {
+            let error = synonyms(path, text).unwrap_err().to_string();
+            assert!(error.starts_with(want), "{text:?}: {error}");
+        }
     }
 }

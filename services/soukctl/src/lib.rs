@@ -143,6 +143,9 @@ pub enum Command {
     /// Embed every catalog item again with the encoder's current model (after the model
     /// changed: `stats` says the encoder "differs") and rank with the new vectors.
     Reembed,
+    /// The shop's synonyms: what shoppers type that its texts say otherwise.
+    #[command(subcommand)]
+    Synonyms(SynonymsCommand),
     /// Health of the three services (grpc.health.v1).
     Health,
     /// Standard metrics on real datasets, with the ranker's scoring code.
@@ -238,6 +241,22 @@ pub enum CatalogCommand {
     },
     /// Delete items by id.
     Delete { ids: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SynonymsCommand {
+    /// Replace the shop's synonyms with a file's (an empty file clears them): one a line,
+    /// `sofa, couch, settee` (equivalent phrases: each finds the items saying any) or
+    /// `blendtec, blend tec => blender` (the phrases are read as the replacement); `#`
+    /// begins a comment. See `kg-data/synonyms.txt`.
+    Load {
+        file: PathBuf,
+        /// Check the file and report its first bad line without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The synonyms in use, in the file's format.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1154,6 +1173,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "graph: {} entities, {} relations, {} triples, {} bytes on disk",
                 g.entities, g.relations, g.triples, g.store_bytes
             );
+        }
+        Command::Synonyms(SynonymsCommand::Load { file, dry_run }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let synonyms = files::synonyms(&file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if dry_run {
+                println!("{}: {} synonyms (dry run)", file.display(), synonyms.len());
+                return Ok(());
+            }
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = ranker
+                .set_synonyms(with_token(rk::SetSynonymsRequest { synonyms }, &ep.token)?)
+                .await?
+                .into_inner();
+            println!("{}: {} synonyms in use", file.display(), r.synonyms);
+        }
+        Command::Synonyms(SynonymsCommand::List) => {
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = ranker
+                .get_synonyms(rk::GetSynonymsRequest {})
+                .await?
+                .into_inner();
+            for synonym in r.synonyms {
+                let phrases = synonym.phrases.join(", ");
+                match synonym.replacement {
+                    Some(to) => println!("{phrases} => {to}"),
+                    None => println!("{phrases}"),
+                }
+            }
         }
         Command::Reembed => {
             let mut ranker =

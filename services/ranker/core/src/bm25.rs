@@ -7,6 +7,7 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
 use crate::catalog::IdHash;
+use crate::synonyms::Synonyms;
 
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -387,6 +388,8 @@ pub struct Bm25 {
     sorted: BTreeSet<String>,
     /// Words of the language (folded), which are never read as misspellings.
     lexicon: Option<Arc<HashSet<String>>>,
+    /// The shop's synonyms, applied to queries.
+    synonyms: Arc<Synonyms>,
 }
 
 impl Bm25 {
@@ -399,6 +402,15 @@ impl Bm25 {
     /// although the catalog lacks them; `None` reads every unknown word as a possible slip.
     pub fn set_lexicon(&mut self, lexicon: Option<Arc<HashSet<String>>>) {
         self.lexicon = lexicon;
+    }
+
+    /// The shop's synonyms: queries are read and scored with them (see [`Synonyms`]).
+    pub fn set_synonyms(&mut self, synonyms: Arc<Synonyms>) {
+        self.synonyms = synonyms;
+    }
+
+    pub fn synonyms(&self) -> &Synonyms {
+        &self.synonyms
     }
 
     /// Words in the lexicon (0 without one).
@@ -519,14 +531,19 @@ impl Bm25 {
     /// like the rest when it begins no term ("wireless hedphones" is misspelt, not half
     /// typed). `None` when nothing changed.
     pub fn read(&self, query: &str, typing: bool) -> Option<String> {
-        if !typing {
-            return self.correct(query);
-        }
-        let fixed = self.correct_head(query);
-        let query = fixed.as_deref().unwrap_or(query);
-        self.complete(query)
-            .or_else(|| self.correct(query))
-            .or(fixed)
+        // The shop's one-way synonyms first: their words are meant, not misspelt.
+        let rewritten = self.synonyms.rewrite(query);
+        let query = rewritten.as_deref().unwrap_or(query);
+        let read = if typing {
+            let fixed = self.correct_head(query);
+            let query = fixed.as_deref().unwrap_or(query);
+            self.complete(query)
+                .or_else(|| self.correct(query))
+                .or(fixed)
+        } else {
+            self.correct(query)
+        };
+        read.or(rewritten)
     }
 
     /// `query` with the words before its last corrected ([`Bm25::correct`]), the last as
@@ -697,6 +714,7 @@ impl Bm25 {
         }
         let stem = plural_stem(folded.clone());
         if self.postings.contains_key(&stem)
+            || self.synonyms.names(&stem)
             || self
                 .lexicon
                 .as_ref()
@@ -832,18 +850,27 @@ impl Bm25 {
         Some((weight, word))
     }
 
-    /// BM25 score of every document matching at least one query term.
-    ///
-    /// # Complexity
-    /// O(total postings of the query's terms).
-    /// Whether any item holds any of the query's words (what [`Self::scores`] would find
-    /// anything for): one lookup per word.
+    /// Whether any item holds any of the query's words or their equivalents (what
+    /// [`Self::scores`] would find anything for): one lookup per word.
     pub fn matches_any(&self, query: &str) -> bool {
-        terms(query)
+        let holds = |t: &String| self.postings.get(t).is_some_and(|docs| !docs.is_empty());
+        let terms = terms(query);
+        if !self.synonyms.widens(&terms) {
+            return terms.iter().any(holds);
+        }
+        self.synonyms
+            .groups(&terms)
             .iter()
-            .any(|t| self.postings.get(t).is_some_and(|docs| !docs.is_empty()))
+            .flatten()
+            .flatten()
+            .any(holds)
     }
 
+    /// BM25 score of every document matching at least one query term (or an equivalent
+    /// phrase of the shop's synonyms).
+    ///
+    /// # Complexity
+    /// O(total postings of the query's terms and of their equivalents).
     pub fn scores(&self, query: &str) -> HashMap<u32, f32, IdHash> {
         let n = self.documents as f32;
         let mut out = HashMap::default();
@@ -851,10 +878,14 @@ impl Bm25 {
             return out;
         }
         let avg = (self.total_length as f32 / n).max(1e-6);
+        let terms = terms(query);
+        if self.synonyms.widens(&terms) {
+            return self.scores_with_synonyms(&terms, avg);
+        }
         // Each distinct term once, in query order (the order the scores are summed in).
         let mut seen: Vec<String> = Vec::new();
         let mut postings: Vec<&HashMap<u32, u32, IdHash>> = Vec::new();
-        for term in terms(query) {
+        for term in terms {
             if !seen.contains(&term) {
                 postings.extend(self.postings.get(&term));
                 seen.push(term);
@@ -862,14 +893,63 @@ impl Bm25 {
         }
         out.reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
         for docs in postings {
-            let df = docs.len() as f32;
-            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-            for (&doc, &tf) in docs {
-                let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
-                let tf = tf as f32;
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
-                *out.entry(doc).or_insert(0.0) += s;
+            self.add_term(&mut out, docs, avg);
+        }
+        out
+    }
+
+    /// Adds one term's BM25 contribution (its postings `docs`) to each document's score.
+    fn add_term(
+        &self,
+        out: &mut HashMap<u32, f32, IdHash>,
+        docs: &HashMap<u32, u32, IdHash>,
+        avg: f32,
+    ) {
+        let n = self.documents as f32;
+        let df = docs.len() as f32;
+        let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        for (&doc, &tf) in docs {
+            let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
+            let tf = tf as f32;
+            let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
+            *out.entry(doc).or_insert(0.0) += s;
+        }
+    }
+
+    /// [`Self::scores`] with the shop's equivalent phrases: a query phrase that has
+    /// equivalents scores each document by its best-scoring alternative (the phrase's terms
+    /// summed), so an item saying "sofa" matches "couch", and one saying both is not counted
+    /// twice; other terms score as without synonyms.
+    fn scores_with_synonyms(&self, terms: &[String], avg: f32) -> HashMap<u32, f32, IdHash> {
+        let mut out: HashMap<u32, f32, IdHash> = HashMap::default();
+        let mut seen: Vec<Vec<Vec<String>>> = Vec::new();
+        for group in self.synonyms.groups(terms) {
+            if seen.contains(&group) {
+                continue;
             }
+            if let [single] = group.as_slice()
+                && let [term] = single.as_slice()
+            {
+                if let Some(docs) = self.postings.get(term) {
+                    self.add_term(&mut out, docs, avg);
+                }
+            } else {
+                let mut best: HashMap<u32, f32, IdHash> = HashMap::default();
+                for phrase in &group {
+                    let mut sum: HashMap<u32, f32, IdHash> = HashMap::default();
+                    for docs in phrase.iter().filter_map(|t| self.postings.get(t)) {
+                        self.add_term(&mut sum, docs, avg);
+                    }
+                    for (doc, score) in sum {
+                        let kept = best.entry(doc).or_insert(0.0);
+                        *kept = kept.max(score);
+                    }
+                }
+                for (doc, score) in best {
+                    *out.entry(doc).or_insert(0.0) += score;
+                }
+            }
+            seen.push(group);
         }
         out
     }
@@ -886,6 +966,61 @@ mod tests {
             index.insert(doc as u32, text);
         }
         index
+    }
+
+    /// The shop's synonyms: an equivalent finds the items of its phrases, scored by the best
+    /// one (an item saying two is not counted twice); a one-way rule reads the query anew; a
+    /// word a rule names is no misspelling.
+    #[test]
+    fn synonyms_widen_and_rewrite_queries() {
+        use crate::synonyms::{SynonymRule, Synonyms};
+        let mut index = indexed(&[
+            "leather sofa",
+            "sofa couch cover",
+            "oak table",
+            "settle bench",
+            "steel blender",
+        ]);
+        let (sofa, couch_alone) = (index.scores("sofa"), index.scores("couch"));
+        assert!(couch_alone.len() == 1 && !index.matches_any("settee"));
+        assert_eq!(index.correct("settee").as_deref(), Some("settle"));
+        let rule = |phrases: &[&str], to: Option<&str>| SynonymRule {
+            phrases: phrases.iter().map(|p| p.to_string()).collect(),
+            replacement: to.map(str::to_string),
+        };
+        let synonyms = Synonyms::new(vec![
+            rule(&["sofa", "couch", "settee"], None),
+            rule(&["blendtec"], Some("blender")),
+        ])
+        .unwrap();
+        index.set_synonyms(Arc::new(synonyms));
+        let couch = index.scores("couch");
+        assert_eq!(
+            couch.keys().copied().collect::<BTreeSet<_>>(),
+            [0, 1].into()
+        );
+        assert_eq!(couch[&0], sofa[&0], "found by the phrase it says");
+        // Document 1 says "sofa" and "couch": the better of the two, not their sum.
+        assert_eq!(couch[&1], sofa[&1].max(couch_alone[&1]));
+        assert_eq!(index.scores("sofa"), couch, "equivalent either way");
+        let ranked = index.scores("leather settee");
+        assert!(ranked[&0] > ranked[&1], "{ranked:?}");
+        assert!(index.matches_any("settee"));
+        assert_eq!(
+            index.correct("settee"),
+            None,
+            "named by a rule: meant as typed"
+        );
+        assert_eq!(
+            index.read("Blendtec jar", false).as_deref(),
+            Some("blender jar")
+        );
+        assert_eq!(index.read("blendtec", true).as_deref(), Some("blender"));
+        // The rewrite, then the spelling of the rest.
+        assert_eq!(
+            index.read("blendtec stel", false).as_deref(),
+            Some("blender steel")
+        );
     }
 
     #[test]

@@ -902,6 +902,15 @@ impl Catalog {
         self.bm25.suggest(query, k)
     }
 
+    /// The shop's synonyms, for every query from now on (see [`crate::synonyms`]).
+    pub fn set_synonyms(&mut self, synonyms: Arc<crate::synonyms::Synonyms>) {
+        self.bm25.set_synonyms(synonyms);
+    }
+
+    pub fn synonyms(&self) -> &crate::synonyms::Synonyms {
+        self.bm25.synonyms()
+    }
+
     /// `query` as the catalog's texts read it (see [`Bm25::read`]).
     pub fn read_query(&self, query: &str, typing: bool) -> Option<String> {
         self.bm25.read(query, typing)

@@ -27,6 +27,7 @@ pub mod propensity;
 pub mod query;
 pub mod rank;
 pub mod rng;
+pub mod synonyms;
 mod user;
 
 pub use user::{UserHasher, UserKey};

@@ -26,6 +26,7 @@ use souk_ranker_core::item::{
     Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
 };
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder};
+use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserHasher};
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -265,6 +266,7 @@ pub async fn serve(
             "TrainCf",
             "SetFusion",
             "Reembed",
+            "SetSynonyms",
         ],
     );
     let health = server.health();
@@ -292,9 +294,16 @@ pub async fn serve(
         let cf = store.cf()?;
         let fusion = store.fusion()?;
         let probe = store.probe()?;
+        // Stored synonyms passed the same check when they were set; one failing it now (a
+        // limit lowered since) is reported and left stored, and search runs without them.
+        match Synonyms::new(store.synonyms()?) {
+            Ok(synonyms) => catalog.set_synonyms(Arc::new(synonyms)),
+            Err(error) => tracing::error!(%error, "stored synonyms not used"),
+        }
         tracing::info!(
             items = catalog.len(),
             users = catalog.users(),
+            synonyms = catalog.synonyms().rules().len(),
             cf = cf.as_ref().map_or("none", |m| m.version.as_str()),
             fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
@@ -1320,6 +1329,63 @@ impl pb::ranker_server::Ranker for RankerService {
         ready.ranker.set_model(model).map_err(status)?;
         tracing::info!(%version, "fusion weights replaced");
         Ok(Response::new(pb::SetFusionResponse { version }))
+    }
+
+    async fn set_synonyms(
+        &self,
+        request: Request<pb::SetSynonymsRequest>,
+    ) -> Result<Response<pb::SetSynonymsResponse>, Status> {
+        let ready = self.ready()?;
+        let rules: Vec<SynonymRule> = request
+            .into_inner()
+            .synonyms
+            .into_iter()
+            .map(|s| SynonymRule {
+                phrases: s.phrases,
+                replacement: s.replacement,
+            })
+            .collect();
+        let synonyms = Arc::new(
+            Synonyms::new(rules)
+                .map_err(|e| Status::invalid_argument(format!("{e}; the previous set stays")))?,
+        );
+        let count = synonyms.rules().len() as u32;
+        {
+            let ready = ready.clone();
+            let synonyms = synonyms.clone();
+            tokio::task::spawn_blocking(move || ready.store.put_synonyms(synonyms.rules()))
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                .map_err(status)?;
+        }
+        ready
+            .ranker
+            .catalog()
+            .write()
+            .map_err(|_| poisoned())?
+            .set_synonyms(synonyms);
+        // Cached query vectors stay right: an equivalence leaves the query's text as typed,
+        // and a one-way reading is embedded under its new text.
+        tracing::info!(synonyms = count, "synonyms replaced");
+        Ok(Response::new(pb::SetSynonymsResponse { synonyms: count }))
+    }
+
+    async fn get_synonyms(
+        &self,
+        _request: Request<pb::GetSynonymsRequest>,
+    ) -> Result<Response<pb::GetSynonymsResponse>, Status> {
+        let ready = self.ready()?;
+        let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+        let synonyms = catalog
+            .synonyms()
+            .rules()
+            .iter()
+            .map(|rule| pb::Synonym {
+                phrases: rule.phrases.clone(),
+                replacement: rule.replacement.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetSynonymsResponse { synonyms }))
     }
 
     async fn suggest(

@@ -14,6 +14,7 @@ use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::cf::{FoldIn, ItemFactors, TrainedCf};
 use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::rank::FusionModel;
+use souk_ranker_core::synonyms::SynonymRule;
 
 pub struct RankerStore {
     dir: PathBuf,
@@ -268,6 +269,22 @@ impl RankerStore {
         self.models.insert(name, bytes).map_err(internal)?;
         self.db.flush().map_err(internal)?;
         Ok(())
+    }
+
+    /// Stores the shop's synonyms, durably (replacing the previous set in one write).
+    ///
+    /// # Errors
+    /// When the write fails; the previous set stays stored.
+    pub fn put_synonyms(&self, rules: &[SynonymRule]) -> Result<(), RankError> {
+        self.put_model("synonyms", serde_json::to_vec(rules).map_err(internal)?)
+    }
+
+    /// The stored synonyms (none when never set).
+    ///
+    /// # Errors
+    /// When the store cannot be read or the record does not decode.
+    pub fn synonyms(&self) -> Result<Vec<SynonymRule>, RankError> {
+        Ok(self.model("synonyms")?.unwrap_or_default())
     }
 
     /// The stored fusion weights, if any were set.

@@ -15,7 +15,9 @@
 //! (items, shoppers; defaults 100000 and 10000; env `ANN_MIN` sets the HNSW threshold, and
 //! `UPSERTS=1` times adding items one at a time against batches, and
 //! `AGREEMENT=1` ranks every request again by exact scans and reports how much of each top 10
-//! the candidate pool found, and `KIND=colour` runs only the kinds whose name holds it).
+//! the candidate pool found, and `KIND=colour` runs only the kinds whose name holds it, and
+//! `SYNONYMS=1` sets the product words as equivalent pairs, "shoe, jacket", so that every
+//! query's product word also matches another common word's items: the dearest synonyms).
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -25,6 +27,7 @@ use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SortOrder, SourceError};
+use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 const DIM: usize = 384;
 const CLUSTERS: usize = 200;
@@ -224,6 +227,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started_ann.elapsed().as_secs_f64()
     );
 
+    if std::env::var("SYNONYMS").is_ok_and(|v| v == "1") {
+        let rules = NOUNS
+            .chunks_exact(2)
+            .map(|pair| SynonymRule {
+                phrases: pair.iter().map(|w| w.to_string()).collect(),
+                replacement: None,
+            })
+            .collect();
+        catalog.set_synonyms(Arc::new(Synonyms::new(rules)?));
+        println!(
+            "synonyms: {} equivalent pairs of product words",
+            NOUNS.len() / 2
+        );
+    }
     let ranker = Ranker::new(
         Arc::new(RwLock::new(catalog)),
         Encoder(centres.clone()),

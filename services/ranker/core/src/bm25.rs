@@ -934,19 +934,25 @@ impl Bm25 {
                     self.add_term(&mut out, docs, avg);
                 }
             } else {
+                // The typed phrase's sums, then each other phrase's kept where it is higher.
                 let mut best: HashMap<u32, f32, IdHash> = HashMap::default();
-                for phrase in &group {
-                    let mut sum: HashMap<u32, f32, IdHash> = HashMap::default();
+                let mut sum: HashMap<u32, f32, IdHash> = HashMap::default();
+                for (p, phrase) in group.iter().enumerate() {
+                    let into = if p == 0 { &mut best } else { &mut sum };
                     for docs in phrase.iter().filter_map(|t| self.postings.get(t)) {
-                        self.add_term(&mut sum, docs, avg);
+                        self.add_term(into, docs, avg);
                     }
-                    for (doc, score) in sum {
+                    for (doc, score) in sum.drain() {
                         let kept = best.entry(doc).or_insert(0.0);
                         *kept = kept.max(score);
                     }
                 }
-                for (doc, score) in best {
-                    *out.entry(doc).or_insert(0.0) += score;
+                if out.is_empty() {
+                    out = best;
+                } else {
+                    for (doc, score) in best {
+                        *out.entry(doc).or_insert(0.0) += score;
+                    }
                 }
             }
             seen.push(group);

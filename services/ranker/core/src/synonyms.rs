@@ -81,6 +81,8 @@ impl std::fmt::Display for SynonymError {
     }
 }
 
+impl std::error::Error for SynonymError {}
+
 impl From<SynonymError> for RankError {
     fn from(error: SynonymError) -> Self {
         RankError::InvalidInput(error.to_string())

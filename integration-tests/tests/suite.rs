@@ -1323,6 +1323,31 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
         .unwrap()
         .into_inner();
     assert_eq!(categories(&r)[..2], ["Smartphones"; 2], "{r:?}");
+    // What the spelling check read otherwise is listed for the shop, by typed and read
+    // query; a synonym's reading and a half-typed word completed are not.
+    for q in ["cofee grindr", "Cofee  Grindr", "cofee grindr"] {
+        let r = client.rank(search(q)).await.unwrap().into_inner();
+        let read: Vec<&str> = r.corrected_query.split_whitespace().collect();
+        assert_eq!(read, ["coffee", "grinder"], "as typed, spacing kept");
+    }
+    let typing = rk::RankRequest {
+        prefix: true,
+        ..search("desk la")
+    };
+    let r = client.rank(typing).await.unwrap().into_inner();
+    assert_eq!(r.corrected_query, "desk lamp");
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<(&str, &str, u64)> = stats
+        .corrected_queries
+        .iter()
+        .map(|q| (q.query.as_str(), q.read_as.as_str(), q.count))
+        .collect();
+    assert_eq!(listed, [("cofee grindr", "coffee grinder", 3)]);
+    assert_eq!(stats.synonyms as usize, synonyms.len());
 
     // Refused whole, fault named; the set in use stays.
     let mut bad = synonyms.clone();

@@ -1157,6 +1157,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     listed.join(", ")
                 );
             }
+            if !r.corrected_queries.is_empty() {
+                let listed: Vec<String> = r
+                    .corrected_queries
+                    .iter()
+                    .map(|q| format!("{:?} as {:?} ({})", q.query, q.read_as, q.count))
+                    .collect();
+                println!(
+                    "searches the spelling check read otherwise, since start: {} (a wrong one is fixed with a synonym: `soukctl synonyms load`)",
+                    listed.join(", ")
+                );
+            }
+            if r.synonyms > 0 {
+                println!("synonyms: {} (`soukctl synonyms list`)", r.synonyms);
+            }
             println!(
                 "spelling: {}",
                 if r.lexicon_words == 0 {

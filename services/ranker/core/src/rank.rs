@@ -406,6 +406,10 @@ pub struct Ranking {
     /// search that matched none was ranked by its vector and the other signals alone, and
     /// is worth a merchandiser's look ("blendtec" in a shop without the brand).
     pub words_matched: Option<bool>,
+    /// Whether the spelling check changed the query (not the shop's synonyms alone, nor the
+    /// completion of a half-typed word): a reading a merchandiser may want to confirm or fix
+    /// with a synonym ("blendtec" read as "blended").
+    pub spelling_corrected: bool,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -676,7 +680,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (corrected, words_matched, history, page_vector) = {
+        let (corrected, words_matched, spelling_corrected, history, page_vector) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
@@ -692,6 +696,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             };
             let words_matched =
                 typed.map(|q| catalog.matches_any_word(corrected.as_deref().unwrap_or(q)));
+            let spelling_corrected = match (typed, &corrected) {
+                (Some(q), Some(read)) if !completing => {
+                    catalog.synonyms().rewrite(q).as_deref() != Some(read.as_str())
+                }
+                _ => false,
+            };
             let mut history = request
                 .user
                 .as_ref()
@@ -708,7 +718,13 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     .map(|(_, vector)| vector.to_vec())
                     .filter(|v| !v.is_empty());
             }
-            (corrected, words_matched, history, page_vector)
+            (
+                corrected,
+                words_matched,
+                spelling_corrected,
+                history,
+                page_vector,
+            )
         };
         let query = corrected.as_deref().or(typed);
         let weights = match (request.weights, query, &request.item) {
@@ -792,6 +808,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 facets,
                 price_from_query: None,
                 words_matched,
+                spelling_corrected,
             });
         }
 
@@ -891,6 +908,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             facets,
             price_from_query: None,
             words_matched,
+            spelling_corrected,
         })
     }
 

@@ -120,9 +120,12 @@ struct Ready {
     /// Held by `UpsertItems` and `Reembed`: a re-embedding must see every item, and a load
     /// must not add vectors of the old model after it.
     writing: tokio::sync::Mutex<()>,
+    /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
+    /// memory: two calls at once must leave memory as the store, not one each.
+    settings: tokio::sync::Mutex<()>,
 }
 
-/// Unmatched queries `Stats` lists.
+/// Unmatched (and corrected) queries `Stats` lists.
 const UNMATCHED_SHOWN: usize = 20;
 
 /// Cosine from which two vectors of the probe text come from the same model: f16 and bf16
@@ -357,6 +360,7 @@ pub async fn serve(
         encoder_check: Duration::from_millis(args.encoder_check_ms.max(1)),
         model_differs,
         writing: tokio::sync::Mutex::new(()),
+        settings: tokio::sync::Mutex::new(()),
     });
     let _ = state.ready.set(ready.clone());
     health.set_ready().await;
@@ -1110,6 +1114,22 @@ impl pb::ranker_server::Ranker for RankerService {
                         .collect()
                 })
                 .unwrap_or_default(),
+            corrected_queries: self
+                .metrics
+                .corrected
+                .lock()
+                .map(|c| {
+                    c.top(UNMATCHED_SHOWN)
+                        .into_iter()
+                        .map(|((query, read_as), count)| pb::QueryReading {
+                            query,
+                            read_as,
+                            count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            synonyms: catalog.synonyms().rules().len() as u32,
         }))
     }
 
@@ -1318,6 +1338,7 @@ impl pb::ranker_server::Ranker for RankerService {
             },
         };
         model.validate().map_err(status)?;
+        let _settings = ready.settings.lock().await;
         {
             let (ready, model) = (ready.clone(), model.clone());
             tokio::task::spawn_blocking(move || ready.store.put_fusion(&model))
@@ -1350,6 +1371,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map_err(|e| Status::invalid_argument(format!("{e}; the previous set stays")))?,
         );
         let count = synonyms.rules().len() as u32;
+        let _settings = ready.settings.lock().await;
         {
             let ready = ready.clone();
             let synonyms = synonyms.clone();

@@ -5,7 +5,7 @@
 //! | `souk_rank_first_pass_total{pass}` | counter | where each `Rank`'s first pass looked: `given` (candidate_ids), `members` (a narrow filter's items), `pool` (the HNSW candidate pool), `scan` (every item: a catalog under the graph's threshold), `pool_then_scan` (a filter left the pool short of the page tier, so every item: a costly fallback), `pool_then_matches` (a common word matched more items than the pool takes, so the graph also walked among its matches) |
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
-//! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest) |
+//! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest; `Stats.corrected_queries` those the spelling check read otherwise) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
 use std::collections::HashMap;
@@ -24,32 +24,47 @@ pub struct RankMetrics {
     candidates: Histogram,
     searches: IntCounterVec,
     /// Searches that matched no item's words, by query.
-    pub unmatched: Mutex<UnmatchedQueries>,
+    pub unmatched: Mutex<QueryCounts<String>>,
+    /// Searches the spelling check read as another query, by (typed, read).
+    pub corrected: Mutex<QueryCounts<(String, String)>>,
 }
 
-/// Searches whose words no item holds, counted by query (lower-cased, spaces collapsed) since
-/// the ranker started: what shoppers look for that the shop lacks or names otherwise. In
+/// Searches counted by what was typed (lower-cased, spaces collapsed: see [`normal`]) since
+/// the ranker started: those whose words no item holds (what shoppers look for that the shop
+/// lacks or names otherwise), and those the spelling check read as another query (keyed by
+/// both, "blendtec" read as "blended": a reading to confirm, or to fix with a synonym). In
 /// memory only, never stored (a query may hold anything a shopper typed), and bounded: past
-/// [`UNMATCHED_DISTINCT`] distinct queries, new ones are only counted in `others`.
-#[derive(Debug, Default)]
-pub struct UnmatchedQueries {
-    counts: HashMap<String, u64>,
+/// [`UNMATCHED_DISTINCT`] distinct keys, new ones are only counted in `others`.
+#[derive(Debug)]
+pub struct QueryCounts<K> {
+    counts: HashMap<K, u64>,
     others: u64,
 }
 
-/// Distinct unmatched queries kept.
+impl<K> Default for QueryCounts<K> {
+    fn default() -> Self {
+        Self {
+            counts: HashMap::new(),
+            others: 0,
+        }
+    }
+}
+
+/// Distinct queries kept per list.
 pub const UNMATCHED_DISTINCT: usize = 1_000;
 
-impl UnmatchedQueries {
-    pub fn record(&mut self, query: &str) {
-        let key = query
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
-        if key.is_empty() {
-            return;
-        }
+/// A query as a shopper would read it: lower-cased, spaces collapsed; `None` when blank.
+pub fn normal(query: &str) -> Option<String> {
+    let key = query
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    (!key.is_empty()).then_some(key)
+}
+
+impl<K: std::hash::Hash + Eq + Ord + Clone> QueryCounts<K> {
+    pub fn record(&mut self, key: K) {
         let full = self.counts.len() >= UNMATCHED_DISTINCT;
         match self.counts.get_mut(&key) {
             Some(n) => *n += 1,
@@ -60,16 +75,15 @@ impl UnmatchedQueries {
         }
     }
 
-    /// The `n` commonest, most searched first (ties alphabetically).
-    pub fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut all: Vec<(String, u64)> =
-            self.counts.iter().map(|(q, &c)| (q.clone(), c)).collect();
+    /// The `n` commonest, most searched first (ties in key order).
+    pub fn top(&self, n: usize) -> Vec<(K, u64)> {
+        let mut all: Vec<(K, u64)> = self.counts.iter().map(|(q, &c)| (q.clone(), c)).collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
     }
 
-    /// Searches counted past the distinct-query bound.
+    /// Searches counted past the distinct-key bound.
     pub fn others(&self) -> u64 {
         self.others
     }
@@ -137,7 +151,8 @@ impl RankMetrics {
             missing,
             candidates,
             searches,
-            unmatched: Mutex::new(UnmatchedQueries::default()),
+            unmatched: Mutex::new(QueryCounts::default()),
+            corrected: Mutex::new(QueryCounts::default()),
         })
     }
 
@@ -146,10 +161,20 @@ impl RankMetrics {
         if let Some(matched) = ranking.words_matched {
             let words = if matched { "matched" } else { "none" };
             self.searches.with_label_values(&[words]).inc();
-            if let (false, Some(query), Ok(mut unmatched)) = (matched, query, self.unmatched.lock())
+            if let (false, Some(query), Ok(mut unmatched)) =
+                (matched, query.and_then(normal), self.unmatched.lock())
             {
                 unmatched.record(query);
             }
+        }
+        if ranking.spelling_corrected
+            && let (Some(typed), Some(read), Ok(mut corrected)) = (
+                query.and_then(normal),
+                ranking.corrected_query.as_deref().and_then(normal),
+                self.corrected.lock(),
+            )
+        {
+            corrected.record((typed, read));
         }
         self.first_pass
             .with_label_values(&[ranking.first_pass.name()])
@@ -214,7 +239,7 @@ mod tests {
     /// Counted by query as a shopper would read it, commonest first; bounded.
     #[test]
     fn unmatched_queries_are_counted_commonest_first_and_bounded() {
-        let mut u = UnmatchedQueries::default();
+        let mut u = QueryCounts::default();
         for q in [
             "Blendtec",
             "blendtec ",
@@ -224,18 +249,20 @@ mod tests {
             "zz",
             "  ",
         ] {
-            u.record(q);
+            if let Some(q) = normal(q) {
+                u.record(q);
+            }
         }
         assert_eq!(
             u.top(2),
             [("blendtec".to_string(), 3), ("kobo ereader".to_string(), 2)]
         );
         for i in 0..UNMATCHED_DISTINCT + 5 {
-            u.record(&format!("q{i}"));
+            u.record(format!("q{i}"));
         }
         assert_eq!(u.counts.len(), UNMATCHED_DISTINCT);
         assert_eq!(u.others(), 8, "3 + 5 past the bound");
-        u.record("blendtec");
+        u.record("blendtec".to_string());
         assert_eq!(u.top(1)[0].1, 4, "known queries still count");
     }
 }

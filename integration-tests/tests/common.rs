@@ -398,3 +398,14 @@ pub fn metric_value(scrape: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
 }
+
+/// Whether `done` answers yes within about 5 s (100 asks, 50 ms apart).
+pub async fn soon(mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

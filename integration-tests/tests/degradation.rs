@@ -351,25 +351,11 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
         first_model,
         "the same files, the same fingerprint"
     );
-    let mut back = false;
-    for _ in 0..100 {
-        if search(&mut client).await.missing_signals.is_empty() {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let back = soon(async || search(&mut client).await.missing_signals.is_empty()).await;
     assert!(
         back,
         "the catalog's model is used again at its first answer"
     );
-    let mut matches = false;
-    for _ in 0..100 {
-        if encoder_state(&mut client).await == "matches" {
-            matches = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let matches = soon(async || encoder_state(&mut client).await == "matches").await;
     assert!(matches, "and checked again before the hour");
 }

@@ -1146,28 +1146,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => "not checked yet (the encoder has not answered, or the catalog is empty)",
                 }
             );
-            if !r.unmatched_queries.is_empty() {
-                let listed: Vec<String> = r
-                    .unmatched_queries
+            let listed = |what: &str, queries: Vec<String>| {
+                if !queries.is_empty() {
+                    println!("{what}, since start: {}", queries.join(", "));
+                }
+            };
+            listed(
+                "searches no item's words match",
+                r.unmatched_queries
                     .iter()
                     .map(|q| format!("{:?} ({})", q.query, q.count))
-                    .collect();
-                println!(
-                    "searches no item's words match, since start: {}",
-                    listed.join(", ")
-                );
-            }
-            if !r.corrected_queries.is_empty() {
-                let listed: Vec<String> = r
-                    .corrected_queries
+                    .collect(),
+            );
+            listed(
+                "searches the spelling check read otherwise (a wrong reading is fixed with a synonym: `soukctl synonyms load`)",
+                r.corrected_queries
                     .iter()
                     .map(|q| format!("{:?} as {:?} ({})", q.query, q.read_as, q.count))
-                    .collect();
-                println!(
-                    "searches the spelling check read otherwise, since start: {} (a wrong one is fixed with a synonym: `soukctl synonyms load`)",
-                    listed.join(", ")
-                );
-            }
+                    .collect(),
+            );
             if r.synonyms > 0 {
                 println!("synonyms: {} (`soukctl synonyms list`)", r.synonyms);
             }

@@ -1323,6 +1323,28 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
         .unwrap()
         .into_inner();
     assert_eq!(categories(&r)[..2], ["Smartphones"; 2], "{r:?}");
+    // Typed letter by letter: a synonym the texts lack is completed too.
+    let suggested = client
+        .suggest(rk::SuggestRequest {
+            query: "ruck".into(),
+            k: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(suggested.suggestions[0].query, "rucksack", "{suggested:?}");
+    for (typed, read, category) in [
+        ("ruck", "rucksack", "Backpacks"),
+        ("keur", "coffee maker", "Coffee Makers"),
+    ] {
+        let typing = rk::RankRequest {
+            prefix: true,
+            ..search(typed)
+        };
+        let r = client.rank(typing).await.unwrap().into_inner();
+        assert_eq!(r.corrected_query, read);
+        assert_eq!(categories(&r), [category; 5], "{r:?}");
+    }
     // What the spelling check read otherwise is listed for the shop, by typed and read
     // query; a synonym's reading and a half-typed word completed are not.
     for q in ["cofee grindr", "Cofee  Grindr", "cofee grindr"] {

@@ -543,6 +543,8 @@ impl Bm25 {
         } else {
             self.correct(query)
         };
+        // A half-typed word completed to a one-way synonym is read as its replacement too.
+        let read = read.map(|read| self.synonyms.rewrite(&read).unwrap_or(read));
         read.or(rewritten)
     }
 
@@ -665,12 +667,27 @@ impl Bm25 {
         {
             begun.push(itself);
         }
+        // (documents, the term shown, the term it is weighed by).
+        let mut begun: Vec<(usize, &str, &str)> =
+            begun.into_iter().map(|(d, t)| (d, t, t)).collect();
+        // The shop's one-word synonyms the word begins, weighed by the term they find that
+        // the most items hold: "ruck" -> "rucksack", weighed by "backpack".
+        for (word, finds) in self.synonyms.words_beginning(&folded, COMPLETIONS) {
+            if self.postings.contains_key(word) {
+                continue;
+            }
+            if let Some(by) = finds.iter().max_by_key(|t| documents(t))
+                && documents(by) > 0
+            {
+                begun.push((documents(by), word, by));
+            }
+        }
         let context = self.context(head);
         let mut completions: Vec<Completion> = begun
             .into_iter()
-            .map(|(documents, term)| Completion {
+            .map(|(documents, term, by)| Completion {
                 term,
-                items: match self.postings.get(term) {
+                items: match self.postings.get(by) {
                     Some(docs) if !context.is_empty() => found_with(docs, &context, self.documents),
                     _ => documents,
                 },
@@ -1026,6 +1043,20 @@ mod tests {
         assert_eq!(
             index.read("blendtec stel", false).as_deref(),
             Some("blender steel")
+        );
+        // A half-typed word completed to a synonym the texts lack, weighed by what it
+        // finds; a one-way one is then read as its replacement.
+        assert_eq!(
+            index.complete("leather sett").as_deref(),
+            Some("leather settee")
+        );
+        let suggested = index.suggest("sett", 3);
+        let suggested: Vec<(&str, usize)> =
+            suggested.iter().map(|(q, n)| (q.as_str(), *n)).collect();
+        assert_eq!(suggested, [("settee", 2), ("settle", 1)], "the sofas count");
+        assert_eq!(
+            index.read("steel blendt", true).as_deref(),
+            Some("steel blender")
         );
     }
 

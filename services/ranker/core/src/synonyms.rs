@@ -13,8 +13,9 @@
 //!
 //! Phrases match whole words as the index reads them (folded, plural-free, stop words
 //! skipped: "Sofas" matches "sofa"); the longest phrase starting at a word wins. A word a
-//! rule names is never read as a misspelling.
-use std::collections::{HashMap, HashSet};
+//! rule names is never read as a misspelling, and a half-typed word may be completed to a
+//! one-word phrase the texts lack, weighed by what it finds ("ruck" -> "rucksack").
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,10 @@ pub struct Synonyms {
     replacements: HashMap<String, Vec<(Terms, String)>>,
     /// Every term a rule names, on either side.
     named: HashSet<String>,
+    /// One-word phrases, each with the first terms of what it finds (its rule's other
+    /// phrases, or its replacement): a half-typed word may be completed to it, weighed by
+    /// those ("ruck" -> "rucksack", weighed by "backpack").
+    words: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a set of rules was refused.
@@ -173,12 +178,16 @@ impl Synonyms {
                         )));
                     }
                     for (p, phrase) in phrases.iter().enumerate() {
-                        let others = phrases
+                        let others: Vec<Terms> = phrases
                             .iter()
                             .enumerate()
                             .filter(|&(o, _)| o != p)
                             .map(|(_, other)| other.clone())
                             .collect();
+                        if let [word] = phrase.as_slice() {
+                            let finds = others.iter().map(|o| o[0].clone()).collect();
+                            out.words.insert(word.clone(), finds);
+                        }
                         out.equivalents
                             .entry(phrase[0].clone())
                             .or_default()
@@ -189,6 +198,11 @@ impl Synonyms {
                     let target = phrase_terms(i, replacement)?;
                     if let Some(same) = phrases.iter().position(|p| *p == target) {
                         return Err(bad(format!("{:?} is read as itself", rule.phrases[same])));
+                    }
+                    for phrase in &phrases {
+                        if let [word] = phrase.as_slice() {
+                            out.words.insert(word.clone(), vec![target[0].clone()]);
+                        }
                     }
                     out.named.extend(target);
                     for phrase in phrases {
@@ -223,6 +237,20 @@ impl Synonyms {
     /// typed, never a misspelling.
     pub fn names(&self, term: &str) -> bool {
         self.named.contains(term)
+    }
+
+    /// One-word phrases that begin with `prefix` (folded), in text order, each with the
+    /// terms of what it finds (at most `limit`).
+    pub fn words_beginning(&self, prefix: &str, limit: usize) -> Vec<(&str, &[String])> {
+        self.words
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(word, _)| word.starts_with(prefix))
+            .take(limit)
+            .map(|(word, finds)| (word.as_str(), finds.as_slice()))
+            .collect()
     }
 
     /// `query` with every phrase of a one-way rule replaced by its replacement, the rest as

@@ -1300,7 +1300,7 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
 
     let file = repo_root().join("kg-data/synonyms.txt");
     let text = std::fs::read_to_string(&file).unwrap();
-    let synonyms = soukctl::files::synonyms(&file, &text).unwrap();
+    let synonyms = soukctl::files::synonyms(&file, &text).unwrap().synonyms;
     let set = client
         .set_synonyms(rk::SetSynonymsRequest {
             synonyms: synonyms.clone(),
@@ -1309,6 +1309,7 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
         .unwrap()
         .into_inner();
     assert_eq!(set.synonyms as usize, synonyms.len());
+    assert!(set.finding_nothing.is_empty(), "each finds items");
 
     let r = client.rank(search("rucksack")).await.unwrap().into_inner();
     assert_eq!(r.words_matched, Some(true));
@@ -1408,6 +1409,18 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
     let r = client.rank(search("rucksack")).await.unwrap().into_inner();
     assert_eq!(categories(&r), ["Backpacks"; 5]);
 
+    // A synonym nothing in the shop answers is taken, and named for the admin.
+    let mut idle = synonyms.clone();
+    idle.push(rk::Synonym {
+        phrases: vec!["divan".into(), "ottoman".into()],
+        replacement: None,
+    });
+    let set = client
+        .set_synonyms(rk::SetSynonymsRequest { synonyms: idle })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.finding_nothing, [synonyms.len() as u32]);
     client
         .set_synonyms(rk::SetSynonymsRequest { synonyms: vec![] })
         .await

@@ -373,7 +373,8 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&synonyms_file)
                 .with_context(|| synonyms_file.display().to_string())?;
             let synonyms = soukctl::files::synonyms(&synonyms_file, &text)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .synonyms;
             let set = ranker
                 .set_synonyms(soukctl::with_token(
                     rk::SetSynonymsRequest { synonyms },

@@ -585,7 +585,7 @@ pub fn feedback<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<ShownI
 ///
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
-pub fn synonyms(path: &Path, text: &str) -> Result<Vec<rk::Synonym>, LineError> {
+pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
     use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
     let at = |line: usize, reason: String| LineError {
         file: path.to_path_buf(),
@@ -643,13 +643,23 @@ pub fn synonyms(path: &Path, text: &str) -> Result<Vec<rk::Synonym>, LineError> 
         };
         return Err(at(line, reason));
     }
-    Ok(rules
-        .into_iter()
-        .map(|rule| rk::Synonym {
-            phrases: rule.phrases,
-            replacement: rule.replacement,
-        })
-        .collect())
+    Ok(SynonymsFile {
+        synonyms: rules
+            .into_iter()
+            .map(|rule| rk::Synonym {
+                phrases: rule.phrases,
+                replacement: rule.replacement,
+            })
+            .collect(),
+        lines,
+    })
+}
+
+/// A synonyms file as read: its synonyms and the line each was on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynonymsFile {
+    pub synonyms: Vec<rk::Synonym>,
+    pub lines: Vec<usize>,
 }
 
 #[cfg(test)]
@@ -847,8 +857,9 @@ mod tests {
             "# shop\n\nsofa, couch , settee  # all alike\nblendtec, blend tec => blender\n",
         )
         .unwrap();
+        assert_eq!(read.lines, [3, 4]);
         assert_eq!(
-            read,
+            read.synonyms,
             [
                 rk::Synonym {
                     phrases: vec!["sofa".into(), "couch".into(), "settee".into()],
@@ -860,7 +871,7 @@ mod tests {
                 },
             ]
         );
-        assert!(synonyms(path, "# nothing\n").unwrap().is_empty());
+        assert!(synonyms(path, "# nothing\n").unwrap().synonyms.is_empty());
         for (text, want) in [
             ("a => b => c", "syn.txt:1: more than one `=>`"),
             ("sofa,, couch", "syn.txt:1: an empty phrase"),

@@ -1188,17 +1188,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synonyms(SynonymsCommand::Load { file, dry_run }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let synonyms = files::synonyms(&file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let read = files::synonyms(&file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
             if dry_run {
-                println!("{}: {} synonyms (dry run)", file.display(), synonyms.len());
+                println!(
+                    "{}: {} synonyms (dry run)",
+                    file.display(),
+                    read.synonyms.len()
+                );
                 return Ok(());
             }
             let mut ranker =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let request = rk::SetSynonymsRequest {
+                synonyms: read.synonyms,
+            };
             let r = ranker
-                .set_synonyms(with_token(rk::SetSynonymsRequest { synonyms }, &ep.token)?)
+                .set_synonyms(with_token(request, &ep.token)?)
                 .await?
                 .into_inner();
+            for i in r.finding_nothing {
+                let line = read.lines.get(i as usize).copied().unwrap_or(0);
+                eprintln!(
+                    "{}:{line}: finds nothing: no item's words hold any of its phrases (or its replacement)",
+                    file.display()
+                );
+            }
             println!("{}: {} synonyms in use", file.display(), r.synonyms);
         }
         Command::Synonyms(SynonymsCommand::List) => {

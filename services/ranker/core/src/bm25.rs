@@ -867,6 +867,24 @@ impl Bm25 {
         Some((weight, word))
     }
 
+    /// Whether one document holds every one of `terms` (a phrase's, as [`terms`] reads it).
+    pub fn holds_all(&self, terms: &[String]) -> bool {
+        let mut lists: Vec<&HashMap<u32, u32, IdHash>> = Vec::with_capacity(terms.len());
+        for term in terms {
+            match self.postings.get(term) {
+                Some(docs) => lists.push(docs),
+                None => return false,
+            }
+        }
+        lists.sort_by_key(|docs| docs.len());
+        match lists.split_first() {
+            Some((smallest, rest)) => smallest
+                .keys()
+                .any(|doc| rest.iter().all(|docs| docs.contains_key(doc))),
+            None => false,
+        }
+    }
+
     /// Whether any item holds any of the query's words or their equivalents (what
     /// [`Self::scores`] would find anything for): one lookup per word.
     pub fn matches_any(&self, query: &str) -> bool {
@@ -1058,6 +1076,15 @@ mod tests {
             index.read("steel blendt", true).as_deref(),
             Some("steel blender")
         );
+        // A rule whose phrases no item holds finds nothing (a warning for the shop).
+        let idle = Synonyms::new(vec![
+            rule(&["sofa", "couch"], None),
+            rule(&["divan", "ottoman"], None),
+            rule(&["vitamix"], Some("steel blender")),
+            rule(&["thermomix"], Some("oak blender")),
+        ])
+        .unwrap();
+        assert_eq!(idle.finding_nothing(|t| index.holds_all(t)), [1, 3]);
     }
 
     #[test]

@@ -911,6 +911,11 @@ impl Catalog {
         self.bm25.synonyms()
     }
 
+    /// Whether one item's words hold every one of `terms`.
+    pub fn holds_all(&self, terms: &[String]) -> bool {
+        self.bm25.holds_all(terms)
+    }
+
     /// `query` as the catalog's texts read it (see [`Bm25::read`]).
     pub fn read_query(&self, query: &str, typing: bool) -> Option<String> {
         self.bm25.read(query, typing)

@@ -56,6 +56,8 @@ pub struct Synonyms {
     replacements: HashMap<String, Vec<(Terms, String)>>,
     /// Every term a rule names, on either side.
     named: HashSet<String>,
+    /// What each rule finds: all its phrases (an equivalence) or its replacement.
+    finds: Vec<Vec<Terms>>,
     /// One-word phrases, each with the first terms of what it finds (its rule's other
     /// phrases, or its replacement): a half-typed word may be completed to it, weighed by
     /// those ("ruck" -> "rucksack", weighed by "backpack").
@@ -169,6 +171,7 @@ impl Synonyms {
                 phrases.push(terms);
             }
             out.named.extend(phrases.iter().flatten().cloned());
+            out.finds.push(phrases.clone());
             match &rule.replacement {
                 None => {
                     if phrases.len() < 2 {
@@ -204,6 +207,9 @@ impl Synonyms {
                             out.words.insert(word.clone(), vec![target[0].clone()]);
                         }
                     }
+                    if let Some(finds) = out.finds.last_mut() {
+                        *finds = vec![target.clone()];
+                    }
                     out.named.extend(target);
                     for phrase in phrases {
                         out.replacements
@@ -222,6 +228,18 @@ impl Synonyms {
         }
         out.rules = rules;
         Ok(out)
+    }
+
+    /// The rules (counted from 0) that find nothing: no phrase they find (an equivalence's
+    /// phrases, a one-way rule's replacement) is held by an item, as `holds` says of a
+    /// phrase's terms. Such a rule is allowed (the items may come later) but worth a warning.
+    pub fn finding_nothing(&self, holds: impl Fn(&[String]) -> bool) -> Vec<usize> {
+        self.finds
+            .iter()
+            .enumerate()
+            .filter(|(_, phrases)| !phrases.iter().any(|p| holds(p)))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The rules as they were set.

@@ -1380,16 +1380,19 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map_err(|e| Status::internal(format!("store task failed: {e}")))?
                 .map_err(status)?;
         }
-        ready
-            .ranker
-            .catalog()
-            .write()
-            .map_err(|_| poisoned())?
-            .set_synonyms(synonyms);
+        let finding_nothing = {
+            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+            let idle = synonyms.finding_nothing(|terms| catalog.holds_all(terms));
+            catalog.set_synonyms(synonyms);
+            idle.into_iter().map(|i| i as u32).collect()
+        };
         // Cached query vectors stay right: an equivalence leaves the query's text as typed,
         // and a one-way reading is embedded under its new text.
         tracing::info!(synonyms = count, "synonyms replaced");
-        Ok(Response::new(pb::SetSynonymsResponse { synonyms: count }))
+        Ok(Response::new(pb::SetSynonymsResponse {
+            synonyms: count,
+            finding_nothing,
+        }))
     }
 
     async fn get_synonyms(

@@ -192,18 +192,33 @@ pub async fn start_ranker_ann(
     kg_url: &str,
     ann_min_items: usize,
 ) -> Running {
-    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None, 200).await
+    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None, WATCH).await
 }
 
-/// A ranker that asks the encoder for its model every `encoder_check_ms` (200 in the others).
-pub async fn start_ranker_checking_every(
+/// How a test ranker watches the encoder's model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelWatch {
+    /// `--encoder-check-ms`.
+    pub every_ms: u64,
+    /// `--reembed-on-model-change`.
+    pub reembed: bool,
+}
+
+/// Every 200 ms (30 s by default outside tests), no re-embedding of its own.
+pub const WATCH: ModelWatch = ModelWatch {
+    every_ms: 200,
+    reembed: false,
+};
+
+/// A ranker that watches the encoder's model as `watch` says.
+pub async fn start_ranker_watching(
     data_dir: &Path,
     encoder_url: &str,
     kg_url: &str,
-    encoder_check_ms: u64,
+    watch: ModelWatch,
 ) -> Running {
     let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
-    start_ranker_with(data_dir, encoder_url, kg_url, ann, None, encoder_check_ms).await
+    start_ranker_with(data_dir, encoder_url, kg_url, ann, None, watch).await
 }
 
 /// A ranker that also serves Prometheus `/metrics` on the returned port.
@@ -220,7 +235,7 @@ pub async fn start_ranker_metrics(
         kg_url,
         souk_ranker::DEFAULT_ANN_MIN_ITEMS,
         metrics,
-        200,
+        WATCH,
     )
     .await;
     (ranker, port)
@@ -232,7 +247,7 @@ async fn start_ranker_with(
     kg_url: &str,
     ann_min_items: usize,
     metrics_listen: Option<std::net::SocketAddr>,
-    encoder_check_ms: u64,
+    watch: ModelWatch,
 ) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut server = server_args(None);
@@ -247,7 +262,8 @@ async fn start_ranker_with(
         query_cache_ttl_s: 300,
         ann_min_items,
         user_id_key: Some("test-secret".into()),
-        encoder_check_ms,
+        encoder_check_ms: watch.every_ms,
+        reembed_on_model_change: watch.reembed,
         server,
     };
     let running = spawn(listener, move |l, stop| {
@@ -399,9 +415,15 @@ pub fn metric_value(scrape: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
 }
 
-/// Whether `done` answers yes within about 5 s (100 asks, 50 ms apart).
-pub async fn soon(mut done: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
+/// Whether `done` answers yes within about 5 s (asks 50 ms apart).
+pub async fn soon(done: impl AsyncFnMut() -> bool) -> bool {
+    soon_within(5, done).await
+}
+
+/// Whether `done` answers yes within about `seconds` (asks 50 ms apart).
+pub async fn soon_within(seconds: u64, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
         if done().await {
             return true;
         }

@@ -294,10 +294,17 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
     };
     let first_model = fingerprint(&encoder.url()).await;
     let kg = start_kg(&dir.path().join("kg"), None).await;
-    let hour = 3_600_000;
-    let ranker =
-        start_ranker_checking_every(&dir.path().join("ranker"), &encoder.url(), &kg.url(), hour)
-            .await;
+    let hourly = ModelWatch {
+        every_ms: 3_600_000,
+        reembed: false,
+    };
+    let ranker = start_ranker_watching(
+        &dir.path().join("ranker"),
+        &encoder.url(),
+        &kg.url(),
+        hourly,
+    )
+    .await;
     load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let encoder_state = async |client: &mut RankerClient<_>| {
@@ -358,4 +365,85 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
     );
     let matches = soon(async || encoder_state(&mut client).await == "matches").await;
     assert!(matches, "and checked again before the hour");
+}
+
+/// With `--reembed-on-model-change`, an encoder rolled out with another model has the
+/// catalog re-embedded by the ranker itself: dense relevance comes back with no admin step,
+/// and the new model's vectors are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ranker_can_re_embed_on_its_own_when_the_model_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_model = five_layer_model(dir.path());
+    let encoder = start_encoder(encoder_args(model_dir())).await;
+    wait_serving(&encoder.url()).await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let data = dir.path().join("ranker");
+    let watch = ModelWatch {
+        every_ms: 200,
+        reembed: true,
+    };
+    let ranker = start_ranker_watching(&data, &encoder.url(), &kg.url(), watch).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let search = |q: &str| rk::RankRequest {
+        query: q.into(),
+        k: 5,
+        ..Default::default()
+    };
+    let before = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.missing_signals.is_empty());
+
+    let addr = encoder.addr;
+    encoder.stop().await.unwrap();
+    let other = start_encoder_at(addr, encoder_args(other_model)).await;
+    wait_serving(&other.url()).await;
+    // The new model is seen, the 312 items re-embedded (a few seconds on 2 cores), and
+    // queries are embedded again, with no Reembed call.
+    let mut asked = 0;
+    let back = soon_within(60, async || {
+        asked += 1;
+        let r = client
+            .rank(search(&format!("espresso machine {asked}")))
+            .await
+            .unwrap()
+            .into_inner();
+        r.missing_signals.is_empty()
+    })
+    .await;
+    assert!(back, "dense relevance came back on its own");
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.encoder.as_str(), stats.items), ("matches", 312));
+    let r = client
+        .rank(search("espresso machine"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.items[0].title.contains("Espresso"),
+        "{}",
+        r.items[0].title
+    );
+
+    // Stored: a restarted ranker agrees with the new model at once.
+    ranker.stop().await.unwrap();
+    let ranker = start_ranker_watching(&data, &other.url(), &kg.url(), watch).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let matches = soon(async || {
+        let stats = client
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        stats.encoder == "matches"
+    })
+    .await;
+    assert!(matches);
 }

@@ -55,6 +55,7 @@ def check_default(docs):
     assert env(encoder)["SOUK_ENCODER_ENGINE"] == "auto", "CPU pods pick the packed engine"
     config = by_kind(docs, "ConfigMap", "-config")["data"]
     assert config["SOUK_ENCODER_CHECK_MS"] == "30000", "the ranker checks the encoder's model"
+    assert config["SOUK_REEMBED_ON_MODEL_CHANGE"] == "false", "re-embedding waits for an admin"
     secret = by_kind(docs, "Secret", "-secrets")
     assert set(secret["data"]) == {"admin-token", "user-id-key"}
     ranker = container(by_kind(docs, "StatefulSet", "-ranker"))

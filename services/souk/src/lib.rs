@@ -137,6 +137,7 @@ impl Suite {
             ann_min_items: args.ann_min_items,
             user_id_key: None,
             encoder_check_ms: 30_000,
+            reembed_on_model_change: false,
             server: server_args(&args.server, metrics(2)),
         };
         let (stop, watch) = tokio::sync::watch::channel(false);

@@ -537,14 +537,22 @@ impl Bm25 {
         let read = if typing {
             let fixed = self.correct_head(query);
             let query = fixed.as_deref().unwrap_or(query);
-            self.complete(query)
-                .or_else(|| self.correct(query))
-                .or(fixed)
+            match self.complete(query) {
+                // A half-typed word completed to a one-way synonym is read as its
+                // replacement too (that word only: a replacement holding its own phrase,
+                // "tv => smart tv", is not read twice).
+                Some(completed) => {
+                    let (head, last) = last_word(&completed);
+                    Some(match self.synonyms.rewrite(last) {
+                        Some(replacement) => format!("{head}{replacement}"),
+                        None => completed,
+                    })
+                }
+                None => self.correct(query).or(fixed),
+            }
         } else {
             self.correct(query)
         };
-        // A half-typed word completed to a one-way synonym is read as its replacement too.
-        let read = read.map(|read| self.synonyms.rewrite(&read).unwrap_or(read));
         read.or(rewritten)
     }
 
@@ -1076,6 +1084,18 @@ mod tests {
             index.read("steel blendt", true).as_deref(),
             Some("steel blender")
         );
+        // A replacement holding its own phrase is read once, typed or typing.
+        let mut tv = indexed(&["smart tv stand", "oak table"]);
+        let once = Synonyms::new(vec![rule(&["tv"], Some("smart tv"))]).unwrap();
+        tv.set_synonyms(Arc::new(once));
+        for typing in [false, true] {
+            assert_eq!(
+                tv.read("tv", typing).as_deref(),
+                Some("smart tv"),
+                "{typing}"
+            );
+        }
+        assert_eq!(tv.read("tv sta", true).as_deref(), Some("smart tv stand"));
         // A rule whose phrases no item holds finds nothing (a warning for the shop).
         let idle = Synonyms::new(vec![
             rule(&["sofa", "couch"], None),

@@ -313,11 +313,13 @@ pub async fn serve(
         let cf = store.cf()?;
         let fusion = store.fusion()?;
         let probe = store.probe()?;
-        // Stored synonyms passed the same check when they were set; one failing it now (a
-        // limit lowered since) is reported and left stored, and search runs without them.
-        match Synonyms::new(store.synonyms()?) {
-            Ok(synonyms) => catalog.set_synonyms(Arc::new(synonyms)),
-            Err(error) => tracing::error!(%error, "stored synonyms not used"),
+        // Stored synonyms passed the same check when they were set; a set failing it now (a
+        // limit lowered since) or a damaged record is reported and left stored, and search
+        // runs without synonyms rather than the ranker not starting.
+        match store.synonyms().map(Synonyms::new) {
+            Ok(Ok(synonyms)) => catalog.set_synonyms(Arc::new(synonyms)),
+            Ok(Err(error)) => tracing::error!(%error, "stored synonyms not used"),
+            Err(error) => tracing::error!(%error, "stored synonyms unreadable, not used"),
         }
         tracing::info!(
             items = catalog.len(),

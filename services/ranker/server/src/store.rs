@@ -618,6 +618,30 @@ mod tests {
     /// A factor model comes back as stored; an item-item model stored over it drops its
     /// vectors; damaged vectors are refused with what is wrong, not served.
     #[test]
+    fn synonyms_round_trip_and_a_damaged_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![
+            SynonymRule {
+                phrases: vec!["sofa".into(), "couch".into()],
+                replacement: None,
+            },
+            SynonymRule {
+                phrases: vec!["keurig".into()],
+                replacement: Some("coffee maker".into()),
+            },
+        ];
+        {
+            let store = RankerStore::open(dir.path()).unwrap();
+            assert!(store.synonyms().unwrap().is_empty(), "none set");
+            store.put_synonyms(&rules).unwrap();
+        }
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.synonyms().unwrap(), rules);
+        store.models.insert("synonyms", &b"{not json"[..]).unwrap();
+        assert!(store.synonyms().is_err());
+    }
+
+    #[test]
     fn factor_models_round_trip_and_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let model = ials();

@@ -1313,6 +1313,7 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
 
     let r = client.rank(search("rucksack")).await.unwrap().into_inner();
     assert_eq!(r.words_matched, Some(true));
+    assert_eq!(r.widened_to, ["backpack", "knapsack"], "said, for the page");
     assert_eq!(categories(&r), ["Backpacks"; 5], "{r:?}");
     let r = client.rank(search("keurig")).await.unwrap().into_inner();
     assert_eq!(r.corrected_query, "coffee maker");

@@ -698,6 +698,13 @@ pub fn print_ranking(
     if !ranking.corrected_query.is_empty() {
         writeln!(out, "  showing results for \"{}\"", ranking.corrected_query)?;
     }
+    if !ranking.widened_to.is_empty() {
+        writeln!(
+            out,
+            "  also matching the shop's synonyms: {}",
+            ranking.widened_to.join(", ")
+        )?;
+    }
     if !ranking.missing_signals.is_empty() {
         writeln!(
             out,

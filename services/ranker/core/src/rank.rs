@@ -410,6 +410,9 @@ pub struct Ranking {
     /// completion of a half-typed word): a reading a merchandiser may want to confirm or fix
     /// with a synonym ("blendtec" read as "blended").
     pub spelling_corrected: bool,
+    /// The shop's equivalent phrases the query's words were widened to ("backpack",
+    /// "knapsack" for "rucksack"), as the shop wrote them.
+    pub widened_to: Vec<String>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -680,7 +683,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (corrected, words_matched, spelling_corrected, history, page_vector) = {
+        let (corrected, words_matched, spelling_corrected, widened_to, history, page_vector) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
@@ -696,6 +699,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             };
             let words_matched =
                 typed.map(|q| catalog.matches_any_word(corrected.as_deref().unwrap_or(q)));
+            let widened_to = corrected
+                .as_deref()
+                .or(typed)
+                .map(|q| catalog.synonyms().widened_to(&crate::bm25::terms(q)))
+                .unwrap_or_default();
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     catalog.synonyms().rewrite(q).as_deref() != Some(read.as_str())
@@ -722,6 +730,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 corrected,
                 words_matched,
                 spelling_corrected,
+                widened_to,
                 history,
                 page_vector,
             )
@@ -809,6 +818,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 price_from_query: None,
                 words_matched,
                 spelling_corrected,
+                widened_to,
             });
         }
 
@@ -909,6 +919,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             price_from_query: None,
             words_matched,
             spelling_corrected,
+            widened_to,
         })
     }
 

@@ -56,6 +56,8 @@ pub struct Synonyms {
     replacements: HashMap<String, Vec<(Terms, String)>>,
     /// Every term a rule names, on either side.
     named: HashSet<String>,
+    /// Each phrase as the shop wrote it (trimmed), by its terms.
+    written: HashMap<Terms, String>,
     /// What each rule finds: all its phrases (an equivalence) or its replacement.
     finds: Vec<Vec<Terms>>,
     /// One-word phrases, each with the first terms of what it finds (its rule's other
@@ -168,6 +170,7 @@ impl Synonyms {
                     });
                 }
                 owner.insert(terms.clone(), i);
+                out.written.insert(terms.clone(), phrase.trim().to_string());
                 phrases.push(terms);
             }
             out.named.extend(phrases.iter().flatten().cloned());
@@ -310,6 +313,25 @@ impl Synonyms {
         !self.equivalents.is_empty() && terms.iter().any(|t| self.equivalents.contains_key(t))
     }
 
+    /// The equivalent phrases, as the shop wrote them, that a query of `terms` is widened to
+    /// (each phrase's rule's other phrases, in the rule's order; none twice).
+    pub fn widened_to(&self, terms: &[String]) -> Vec<String> {
+        if !self.widens(terms) {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for group in self.groups(terms) {
+            for phrase in group.iter().skip(1) {
+                if let Some(text) = self.written.get(phrase)
+                    && !out.contains(text)
+                {
+                    out.push(text.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// A query's terms in groups, each a list of alternative phrases: a phrase of an
     /// equivalence (the longest starting at a term) with its rule's other phrases after it,
     /// and every other term alone.
@@ -424,6 +446,15 @@ mod tests {
         assert_eq!(
             synonyms.groups(&t("hooded jacket")),
             vec![vec![t("hooded")], vec![t("jacket")]]
+        );
+        assert_eq!(
+            synonyms.widened_to(&t("Leather Sofas")),
+            ["couch", "settee"]
+        );
+        assert_eq!(synonyms.widened_to(&t("hooded sweatshirt")), ["hoodie"]);
+        assert!(
+            synonyms.widened_to(&t("tv stand")).is_empty(),
+            "one-way: a reading"
         );
         assert!(synonyms.names("settee") && synonyms.names("television"));
         assert!(!synonyms.names("leather"));

@@ -43,6 +43,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         half_typed: None,
         correct: soukctl::eval::Correct::All,
         no_lexicon: false,
+        synonyms: None,
     };
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
@@ -138,6 +139,7 @@ async fn misspelt_queries_are_read_as_meant() {
                 half_typed,
                 correct,
                 no_lexicon: false,
+                synonyms: None,
             };
             let report = soukctl::eval::search_report(&args, &encoder, false)
                 .await

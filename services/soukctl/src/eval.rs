@@ -132,6 +132,10 @@ pub struct SearchArgs {
     /// spelling lexicon that `Rank` leaves as typed ("lover" is not read as "over").
     #[arg(long)]
     pub no_lexicon: bool,
+    /// A synonyms file (`soukctl synonyms load`'s format), applied as `Rank` applies a
+    /// shop's synonyms: what they do to relevance before they are set.
+    #[arg(long)]
+    pub synonyms: Option<PathBuf>,
 }
 
 /// The rankings simulated sessions are shown (`--shown-by`).
@@ -451,6 +455,10 @@ pub(crate) async fn features(
         bm_title.insert(*t as u32, &texts[*t]);
         bm_full.insert(*f as u32, &texts[*f]);
     }
+    if let Some(synonyms) = &typing.synonyms {
+        bm_title.set_synonyms(synonyms.clone());
+        bm_full.set_synonyms(synonyms.clone());
+    }
     // With `typos`, each query as a shopper might mistype it (keyed by the query as judged,
     // so the folds stay the same).
     let typed: HashMap<String, String> = rows
@@ -588,8 +596,12 @@ pub(crate) async fn features(
 }
 
 /// How the evaluated queries are typed and read.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Typing {
+    /// The shop's synonyms, as `Rank` applies them: equivalent phrases widen the lexical
+    /// signals' words; one-way phrases are read as their replacement with the spelling
+    /// check (so not with `--correct none`).
+    pub synonyms: Option<std::sync::Arc<souk_ranker_core::synonyms::Synonyms>>,
     /// Misspell one word of each query (seed).
     pub typos: Option<u64>,
     /// Edits in the misspelt word (1 or 2).
@@ -773,7 +785,26 @@ pub async fn search_report(
     let mut signals = Vec::new();
     use souk_ranker_core::fusion::{TrainOptions, train};
     let k = args.k;
+    let synonyms = match &args.synonyms {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let read = crate::files::synonyms(path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rules = read
+                .synonyms
+                .into_iter()
+                .map(|s| souk_ranker_core::synonyms::SynonymRule {
+                    phrases: s.phrases,
+                    replacement: s.replacement,
+                })
+                .collect();
+            let synonyms = souk_ranker_core::synonyms::Synonyms::new(rules)?;
+            Some(std::sync::Arc::new(synonyms))
+        }
+    };
     let typing = Typing {
+        synonyms,
         typos: args.typos,
         edits: args.typo_edits,
         half_typed: args.half_typed.map(|n| n as usize),
@@ -787,7 +818,7 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
-                typing,
+                typing.clone(),
             )
             .await?;
             (None, groups, args.folds.max(2))
@@ -798,7 +829,7 @@ pub async fn search_report(
                 encoder_url,
                 args.min_judged,
                 args.cache.as_deref(),
-                typing,
+                typing.clone(),
             )
             .await?;
             let te = features(

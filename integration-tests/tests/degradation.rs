@@ -100,6 +100,16 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(listed, [("blendtec", 2), ("kobo ereader", 1)]);
 }
 
+/// Stops `encoder` and starts one serving `model` on its address (what a rollout of another
+/// model looks like to the ranker), serving when returned.
+async fn swap_encoder(encoder: Running, model: std::path::PathBuf) -> Running {
+    let addr = encoder.addr;
+    encoder.stop().await.unwrap();
+    let swapped = start_encoder_at(addr, encoder_args(model)).await;
+    wait_serving(&swapped.url()).await;
+    swapped
+}
+
 /// The encoder restarted with another model: its query vectors are not comparable with the
 /// catalog's, so the ranker stops embedding queries (dense reported missing, words still
 /// rank), refuses loads that would mix the two models' vectors, and `Reembed` moves the
@@ -150,9 +160,7 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
         .into_inner();
     assert!(before.missing_signals.is_empty());
 
-    let addr = encoder.addr;
-    encoder.stop().await.unwrap();
-    let other = start_encoder_at(addr, encoder_args(other_model.clone())).await;
+    let other = swap_encoder(encoder, other_model.clone()).await;
     state(&mut client, "differs").await;
     assert_eq!(differs_gauge().await, 1.0, "the operator's alert");
     let r = client
@@ -241,8 +249,7 @@ async fn a_changed_encoder_model_is_caught_and_the_catalog_re_embedded() {
         .into_inner();
     let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&again), ids(&after));
-    other.stop().await.unwrap();
-    let _first = start_encoder_at(addr, encoder_args(model_dir())).await;
+    let _first = swap_encoder(other, model_dir()).await;
     state(&mut client, "differs").await;
 
     // An emptied catalog has no vectors to compare: the next load is taken, and its model
@@ -325,10 +332,7 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
     };
     assert!(search(&mut client).await.missing_signals.is_empty());
 
-    let addr = encoder.addr;
-    encoder.stop().await.unwrap();
-    let other = start_encoder_at(addr, encoder_args(other_model)).await;
-    wait_serving(&other.url()).await;
+    let other = swap_encoder(encoder, other_model).await;
     assert_ne!(fingerprint(&other.url()).await, first_model);
     let mut caught = false;
     for _ in 0..100 {
@@ -350,9 +354,7 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
         "the new model's answers had it checked before the hour"
     );
 
-    other.stop().await.unwrap();
-    let again = start_encoder_at(addr, encoder_args(model_dir())).await;
-    wait_serving(&again.url()).await;
+    let again = swap_encoder(other, model_dir()).await;
     assert_eq!(
         fingerprint(&again.url()).await,
         first_model,
@@ -397,10 +399,7 @@ async fn the_ranker_can_re_embed_on_its_own_when_the_model_changes() {
         .into_inner();
     assert!(before.missing_signals.is_empty());
 
-    let addr = encoder.addr;
-    encoder.stop().await.unwrap();
-    let other = start_encoder_at(addr, encoder_args(other_model)).await;
-    wait_serving(&other.url()).await;
+    let other = swap_encoder(encoder, other_model).await;
     // The new model is seen, the 312 items re-embedded (a few seconds on 2 cores), and
     // queries are embedded again, with no Reembed call.
     let mut asked = 0;

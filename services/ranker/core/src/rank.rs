@@ -699,11 +699,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             };
             let words_matched =
                 typed.map(|q| catalog.matches_any_word(corrected.as_deref().unwrap_or(q)));
-            let widened_to = corrected
-                .as_deref()
-                .or(typed)
-                .map(|q| catalog.synonyms().widened_to(&crate::bm25::terms(q)))
-                .unwrap_or_default();
+            let synonyms = catalog.synonyms();
+            let widened_to = match corrected.as_deref().or(typed) {
+                Some(q) if !synonyms.is_empty() => synonyms.widened_to(&crate::bm25::terms(q)),
+                _ => Vec::new(),
+            };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     catalog.synonyms().rewrite(q).as_deref() != Some(read.as_str())

@@ -500,6 +500,11 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             search("cofee grindr"),
         ),
         (
+            "Search \"rucksack\" (a word no title holds, widened by the shop's synonyms)"
+                .to_string(),
+            search("rucksack"),
+        ),
+        (
             "Search \"keurig\" (a brand the shop lacks, read as \"coffee maker\" by its synonyms)"
                 .to_string(),
             search("keurig"),

@@ -706,7 +706,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
-                    catalog.synonyms().rewrite(q).as_deref() != Some(read.as_str())
+                    synonyms.rewrite(q).as_deref() != Some(read.as_str())
                 }
                 _ => false,
             };

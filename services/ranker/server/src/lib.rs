@@ -210,7 +210,6 @@ impl Ready {
         };
         let differs = check == ModelCheck::Other;
         let was = self.encoder.differs();
-        self.encoder.set_differs(differs);
         self.encoder.record_model(model, !differs);
         self.model_differs.set(i64::from(differs));
         self.encoder_checked.store(true, Ordering::Relaxed);

@@ -81,7 +81,16 @@ struct Models {
     last_probed: u64,
 }
 
-/// Why a query is not embedded while [`GrpcEncoder::set_differs`] is set.
+impl Models {
+    fn note(&mut self, model: u64, comparable: bool) {
+        self.last_probed = model;
+        if model != 0 {
+            self.comparable.insert(model, comparable);
+        }
+    }
+}
+
+/// Why a query is not embedded while the encoder serves another model ([`GrpcEncoder::differs`]).
 pub const OTHER_MODEL: &str = "the encoder serves another model than the one the catalog's vectors come from (`soukctl reembed` re-embeds the catalog)";
 
 /// Why a query is not embedded when its answer came from a model not compared yet.
@@ -111,24 +120,25 @@ impl GrpcEncoder {
         }
     }
 
-    /// Records what the probe found of `model`: whether its vectors are comparable with the
-    /// catalog's. 0 (an encoder that does not say) records nothing.
+    /// Records what the probe found of `model`, the encoder's model now: whether its vectors
+    /// are comparable with the catalog's. Queries are embedded or not from then on by it
+    /// ([`Self::differs`]; by fingerprint in [`Self::admit`], where 0, an encoder that does
+    /// not say, records nothing).
     pub fn record_model(&self, model: u64, comparable: bool) {
+        self.differs.store(!comparable, Ordering::Relaxed);
         if let Ok(mut models) = self.models.lock() {
-            models.last_probed = model;
-            if model != 0 {
-                models.comparable.insert(model, comparable);
-            }
+            models.note(model, comparable);
         }
     }
 
     /// The catalog's vectors now come from `model`: what was recorded of every other model is
-    /// forgotten (it was said against the previous vectors).
+    /// forgotten (it was said against the previous vectors). Whether the encoder differs is
+    /// left to the next [`Self::record_model`].
     pub fn adopt_model(&self, model: u64) {
         if let Ok(mut models) = self.models.lock() {
             models.comparable.clear();
+            models.note(model, true);
         }
-        self.record_model(model, true);
     }
 
     /// Whether the vectors of `model` may be compared with the catalog's: the probe said so,
@@ -164,11 +174,6 @@ impl GrpcEncoder {
     /// Waits until an answer came from another model than the last probe's.
     pub async fn recheck_wanted(&self) {
         self.recheck.notified().await;
-    }
-
-    /// Marks the encoder's model as other than (or again the same as) the catalog's.
-    pub fn set_differs(&self, differs: bool) {
-        self.differs.store(differs, Ordering::Relaxed);
     }
 
     pub fn differs(&self) -> bool {

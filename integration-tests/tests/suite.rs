@@ -1299,8 +1299,7 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
     );
 
     let file = repo_root().join("kg-data/synonyms.txt");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let synonyms = soukctl::files::synonyms(&file, &text).unwrap().synonyms;
+    let synonyms = soukctl::files::read_synonyms(&file).unwrap().messages();
     let set = client
         .set_synonyms(rk::SetSynonymsRequest {
             synonyms: synonyms.clone(),

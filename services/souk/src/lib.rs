@@ -371,11 +371,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
         );
         let synonyms_file = data.join("synonyms.txt");
         if synonyms_file.is_file() {
-            let text = std::fs::read_to_string(&synonyms_file)
-                .with_context(|| synonyms_file.display().to_string())?;
-            let synonyms = soukctl::files::synonyms(&synonyms_file, &text)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .synonyms;
+            let synonyms = soukctl::files::read_synonyms(&synonyms_file)?.messages();
             let set = ranker
                 .set_synonyms(soukctl::with_token(
                     rk::SetSynonymsRequest { synonyms },

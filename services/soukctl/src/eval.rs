@@ -786,22 +786,10 @@ pub async fn search_report(
     use souk_ranker_core::fusion::{TrainOptions, train};
     let k = args.k;
     let synonyms = match &args.synonyms {
+        Some(path) => Some(std::sync::Arc::new(
+            crate::files::read_synonyms(path)?.checked,
+        )),
         None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let read = crate::files::synonyms(path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let rules = read
-                .synonyms
-                .into_iter()
-                .map(|s| souk_ranker_core::synonyms::SynonymRule {
-                    phrases: s.phrases,
-                    replacement: s.replacement,
-                })
-                .collect();
-            let synonyms = souk_ranker_core::synonyms::Synonyms::new(rules)?;
-            Some(std::sync::Arc::new(synonyms))
-        }
     };
     let typing = Typing {
         synonyms,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use souk_kg_core::{Triple, parse};
 use souk_proto::ranker::v1 as rk;
+use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 /// A line that could not be used.
 #[derive(Debug, Clone)]
@@ -586,7 +587,6 @@ pub fn feedback<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<ShownI
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
 pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
-    use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
     let at = |line: usize, reason: String| LineError {
         file: path.to_path_buf(),
         line: line as u64,
@@ -632,34 +632,52 @@ pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
         });
         lines.push(line);
     }
-    if let Err(error) = Synonyms::new(rules.clone()) {
-        let line = error.rule.map_or(0, |r| lines[r]);
-        let reason = match error.named_by {
-            Some(other) if Some(other) != error.rule => {
-                format!("{} (already on line {})", error.reason, lines[other])
-            }
-            Some(_) => format!("{} (twice on this line)", error.reason),
-            None => error.reason,
-        };
-        return Err(at(line, reason));
+    match Synonyms::new(rules) {
+        Ok(checked) => Ok(SynonymsFile { checked, lines }),
+        Err(error) => {
+            let line = error.rule.map_or(0, |r| lines[r]);
+            let reason = match error.named_by {
+                Some(other) if Some(other) != error.rule => {
+                    format!("{} (already on line {})", error.reason, lines[other])
+                }
+                Some(_) => format!("{} (twice on this line)", error.reason),
+                None => error.reason,
+            };
+            Err(at(line, reason))
+        }
     }
-    Ok(SynonymsFile {
-        synonyms: rules
-            .into_iter()
-            .map(|rule| rk::Synonym {
-                phrases: rule.phrases,
-                replacement: rule.replacement,
-            })
-            .collect(),
-        lines,
-    })
 }
 
-/// A synonyms file as read: its synonyms and the line each was on.
-#[derive(Debug, Clone, PartialEq)]
+/// Reads and checks the synonyms file at `path` (see [`synonyms`]).
+///
+/// # Errors
+/// When it cannot be read, or its first bad line as `file:line: reason`.
+pub fn read_synonyms(path: &Path) -> anyhow::Result<SynonymsFile> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    synonyms(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A synonyms file as read: its synonyms, checked and indexed as the ranker would, and the
+/// line each was on.
+#[derive(Debug, Clone)]
 pub struct SynonymsFile {
-    pub synonyms: Vec<rk::Synonym>,
+    pub checked: Synonyms,
     pub lines: Vec<usize>,
+}
+
+impl SynonymsFile {
+    /// The synonyms as `SetSynonyms` takes them.
+    pub fn messages(&self) -> Vec<rk::Synonym> {
+        self.checked
+            .rules()
+            .iter()
+            .map(|rule| rk::Synonym {
+                phrases: rule.phrases.clone(),
+                replacement: rule.replacement.clone(),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -859,7 +877,7 @@ mod tests {
         .unwrap();
         assert_eq!(read.lines, [3, 4]);
         assert_eq!(
-            read.synonyms,
+            read.messages(),
             [
                 rk::Synonym {
                     phrases: vec!["sofa".into(), "couch".into(), "settee".into()],
@@ -871,7 +889,7 @@ mod tests {
                 },
             ]
         );
-        assert!(synonyms(path, "# nothing\n").unwrap().synonyms.is_empty());
+        assert!(synonyms(path, "# nothing\n").unwrap().messages().is_empty());
         for (text, want) in [
             ("a => b => c", "syn.txt:1: more than one `=>`"),
             ("sofa,, couch", "syn.txt:1: an empty phrase"),

@@ -1193,21 +1193,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Synonyms(SynonymsCommand::Load { file, dry_run }) => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let read = files::synonyms(&file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let read = files::read_synonyms(&file)?;
             if dry_run {
                 println!(
                     "{}: {} synonyms (dry run)",
                     file.display(),
-                    read.synonyms.len()
+                    read.checked.rules().len()
                 );
                 return Ok(());
             }
             let mut ranker =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let request = rk::SetSynonymsRequest {
-                synonyms: read.synonyms,
+                synonyms: read.messages(),
             };
             let r = ranker
                 .set_synonyms(with_token(request, &ep.token)?)

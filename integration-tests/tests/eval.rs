@@ -44,6 +44,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         correct: soukctl::eval::Correct::All,
         no_lexicon: false,
         synonyms: None,
+        per_query: None,
     };
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
@@ -140,6 +141,7 @@ async fn misspelt_queries_are_read_as_meant() {
                 correct,
                 no_lexicon: false,
                 synonyms: None,
+                per_query: None,
             };
             let report = soukctl::eval::search_report(&args, &encoder, false)
                 .await

@@ -1297,6 +1297,25 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
         "Phone Cases",
         "\"phone\" alone matched"
     );
+    // Words the titles write together or apart find them, with no synonym set: "back pack"
+    // the Backpacks, "overear" the Over-Ear headphones; the page is told.
+    let r = client
+        .rank(by_words("back pack"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.widened_to, ["backpack"]);
+    assert_eq!(categories(&r), ["Backpacks"; 5], "{r:?}");
+    let r = client
+        .rank(by_words("overear headphones"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.widened_to, ["over ear"]);
+    assert!(
+        r.items.iter().all(|i| i.title.contains("Over-Ear")),
+        "{r:?}"
+    );
 
     let file = repo_root().join("kg-data/synonyms.txt");
     let synonyms = soukctl::files::read_synonyms(&file).unwrap().messages();

@@ -136,6 +136,11 @@ pub struct SearchArgs {
     /// shop's synonyms: what they do to relevance before they are set.
     #[arg(long)]
     pub synonyms: Option<PathBuf>,
+    /// Also write each query's NDCG@k (each signal and the fusion, tab-separated, one
+    /// query a line) to this file: two runs' files side by side say which queries a change
+    /// moved.
+    #[arg(long)]
+    pub per_query: Option<PathBuf>,
 }
 
 /// The rankings simulated sessions are shown (`--shown-by`).
@@ -740,21 +745,21 @@ pub(crate) fn mean_ndcg(
     k: usize,
     score: impl Fn(&[f64]) -> f64,
 ) -> f64 {
-    let total: f64 = groups
-        .iter()
-        .map(|g| {
-            let mut order: Vec<usize> = (0..g.gains.len()).collect();
-            // Ties broken by position in the file, the same for every signal.
-            order.sort_by(|a, b| {
-                score(&g.features[*b])
-                    .total_cmp(&score(&g.features[*a]))
-                    .then(a.cmp(b))
-            });
-            let ranked: Vec<f64> = order.iter().map(|&i| g.gains[i]).collect();
-            souk_ranker_core::eval::ndcg_at(&ranked, k)
-        })
-        .sum();
+    let total: f64 = groups.iter().map(|g| ndcg(g, k, &score)).sum();
     total / groups.len().max(1) as f64
+}
+
+/// NDCG@k of ranking one group by `score`.
+fn ndcg(group: &souk_ranker_core::fusion::Group, k: usize, score: impl Fn(&[f64]) -> f64) -> f64 {
+    let mut order: Vec<usize> = (0..group.gains.len()).collect();
+    // Ties broken by position in the file, the same for every signal.
+    order.sort_by(|a, b| {
+        score(&group.features[*b])
+            .total_cmp(&score(&group.features[*a]))
+            .then(a.cmp(b))
+    });
+    let ranked: Vec<f64> = order.iter().map(|&i| group.gains[i]).collect();
+    souk_ranker_core::eval::ndcg_at(&ranked, k)
 }
 
 /// What `eval search` measured.
@@ -764,6 +769,8 @@ pub struct SearchReport {
     /// (signal, NDCG@k) for each signal alone.
     pub signals: Vec<(String, f64)>,
     pub best_single: f64,
+    /// `Rank`'s default weights over dense and BM25 of the title (no training).
+    pub default_blend: f64,
     pub fused: f64,
     /// With `--simulate-clicks`: the fusions learned from simulated clicks.
     pub clicks: Option<ClickSimulation>,
@@ -853,6 +860,20 @@ pub async fn search_report(
         }
         signals.push((name.to_string(), v));
     }
+    // What `Rank` does with its default weights and these two signals (dense and BM25 of
+    // the title; the others, personal, are not in a judged set): no training.
+    let [dense_weight, bm25_weight, ..] = souk_ranker_core::rank::FusionModel::default().with_query;
+    let default_blend =
+        |x: &[f64]| f64::from(dense_weight) * x[0].max(0.0) + f64::from(bm25_weight) * x[2];
+    let blended = mean_ndcg(&test_refs, k, default_blend);
+    if print {
+        println!(
+            "{:<22} {blended:.4}  (Rank's default weights, {dense_weight} dense + {bm25_weight} bm25, title)",
+            "default blend"
+        );
+    }
+    // Each query's fused NDCG, in `test_groups`' order.
+    let mut fused_by_query = vec![0.0; test_groups.len()];
     let fused = match train_groups {
         Some(train_groups) => {
             let refs: Vec<souk_ranker_core::fusion::Group> =
@@ -868,6 +889,9 @@ pub async fn search_report(
                         .collect::<Vec<_>>()
                 );
             }
+            for (out, group) in fused_by_query.iter_mut().zip(&test_refs) {
+                *out = ndcg(group, k, |x| model.score(x));
+            }
             mean_ndcg(&test_refs, k, |x| model.score(x))
         }
         None => {
@@ -880,11 +904,35 @@ pub async fn search_report(
                 let model = train(&training, TrainOptions::default());
                 let held: Vec<&souk_ranker_core::fusion::Group> =
                     held.into_iter().map(|(_, g)| g).collect();
+                // `fold_split` holds every `folds`-th query out, from the fold's number on.
+                for (i, group) in held.iter().enumerate() {
+                    fused_by_query[fold + i * folds] = ndcg(group, k, |x| model.score(x));
+                }
                 total += mean_ndcg(&held, k, |x| model.score(x)) * held.len() as f64;
             }
             total / test_refs.len().max(1) as f64
         }
     };
+    if let Some(path) = &args.per_query {
+        let mut out = String::from("query");
+        for name in SIGNALS {
+            out.push('\t');
+            out.push_str(name);
+        }
+        out.push_str("\tdefault blend\tfused\n");
+        for ((name, group), fused) in test_groups.iter().zip(&fused_by_query) {
+            out.push_str(name);
+            for i in 0..SIGNALS.len() {
+                out.push_str(&format!("\t{:.4}", ndcg(group, k, |x| x[i])));
+            }
+            out.push_str(&format!(
+                "\t{:.4}\t{fused:.4}\n",
+                ndcg(group, k, default_blend)
+            ));
+        }
+        std::fs::write(path, out)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+    }
     let setup = ClickSetup {
         sessions: args.simulate_clicks,
         bias: args.click_bias,
@@ -935,6 +983,7 @@ pub async fn search_report(
         queries: test_refs.len(),
         signals,
         best_single,
+        default_blend: blended,
         fused,
         clicks,
     })

@@ -699,11 +699,7 @@ pub fn print_ranking(
         writeln!(out, "  showing results for \"{}\"", ranking.corrected_query)?;
     }
     if !ranking.widened_to.is_empty() {
-        writeln!(
-            out,
-            "  also matching the shop's synonyms: {}",
-            ranking.widened_to.join(", ")
-        )?;
+        writeln!(out, "  also matching: {}", ranking.widened_to.join(", "))?;
     }
     if !ranking.missing_signals.is_empty() {
         writeln!(

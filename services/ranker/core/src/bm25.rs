@@ -85,6 +85,10 @@ const CONTEXT_WORDS: usize = 8;
 /// begins ~1,200 of the 37k terms of Crowdflower's and Flipkart's texts.
 const PREFIX_SCAN: usize = 4096;
 
+/// Fewest letters of each part of a query word split in two ([`Bm25::split`]): "soda" +
+/// "stream"; shorter parts are inside most words by chance.
+const MIN_SPLIT_CHARS: usize = 3;
+
 /// `query` split before its last word (the word a shopper is typing): ("wireless ", "headp").
 /// The last word is empty when the query ends in anything but a letter or digit.
 pub fn last_word(query: &str) -> (&str, &str) {
@@ -366,6 +370,10 @@ fn is_word(lexicon: &HashSet<String>, word: &str) -> bool {
                 || (z == 'i' && known(&format!("{cut}y")))
         })
 }
+
+/// Alternative phrases (each a list of terms) a query's words may be read as, the typed one
+/// first ([`Bm25::scores`] scores a document by the best).
+type Group = Vec<Vec<String>>;
 
 /// A document's length slot when the document is not indexed.
 const ABSENT: u32 = u32::MAX;
@@ -896,17 +904,132 @@ impl Bm25 {
     /// Whether any item holds any of the query's words or their equivalents (what
     /// [`Self::scores`] would find anything for): one lookup per word.
     pub fn matches_any(&self, query: &str) -> bool {
-        let holds = |t: &String| self.postings.get(t).is_some_and(|docs| !docs.is_empty());
         let terms = terms(query);
-        if !self.synonyms.widens(&terms) {
-            return terms.iter().any(holds);
+        match self.groups(&terms) {
+            None => terms.iter().any(|t| self.holds(t)),
+            Some((groups, _)) => groups.iter().flatten().flatten().any(|t| self.holds(t)),
         }
-        self.synonyms
-            .groups(&terms)
-            .iter()
-            .flatten()
-            .flatten()
-            .any(holds)
+    }
+
+    /// Whether any document holds `term`.
+    fn holds(&self, term: &str) -> bool {
+        self.postings.get(term).is_some_and(|docs| !docs.is_empty())
+    }
+
+    /// The query's `terms` in groups of alternative phrases (the first as typed), when
+    /// anything widens them: the shop's equivalent phrases ([`Synonyms::groups`]), and the
+    /// texts' way of writing words together or apart: two neighbouring words an indexed term
+    /// joins ("mac book" also finds "MacBook", "coffee maker" "coffeemaker"), a word no text
+    /// holds that two words found together split ([`Self::split`]: "sodastream" finds "Soda
+    /// Stream"). Also the alternatives the texts' writing added, their terms spaced
+    /// ("macbook", "soda stream"). `None` when nothing widens the query (each term alone).
+    ///
+    /// # Complexity
+    /// A lookup per pair of neighbouring words; for a word no text holds, two per split place
+    /// and, where both parts are terms, the smaller of their posting lists.
+    fn groups(&self, terms: &[String]) -> Option<(Vec<Group>, Vec<String>)> {
+        let by_synonyms = self.synonyms.widens(terms);
+        if !by_synonyms && !self.written_apart(terms) {
+            return None;
+        }
+        let groups: Vec<Group> = if by_synonyms {
+            self.synonyms.groups(terms)
+        } else {
+            terms.iter().map(|t| vec![vec![t.clone()]]).collect()
+        };
+        let alone = |group: &[Vec<String>]| match group {
+            [phrase] => match phrase.as_slice() {
+                [term] => Some(term.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(groups.len());
+        let mut written = Vec::new();
+        let mut i = 0;
+        while i < groups.len() {
+            let this = alone(&groups[i]);
+            if let Some(a) = &this
+                && let Some(b) = groups.get(i + 1).and_then(|g| alone(g))
+            {
+                let joined = format!("{a}{b}");
+                if self.holds(&joined) {
+                    written.push(joined.clone());
+                    out.push(vec![vec![a.clone(), b], vec![joined]]);
+                    i += 2;
+                    continue;
+                }
+            }
+            match this.as_deref().and_then(|word| self.split(word)) {
+                Some((a, b)) => {
+                    written.push(format!("{a} {b}"));
+                    out.push(vec![vec![this.unwrap_or_default()], vec![a, b]]);
+                }
+                None => out.push(groups[i].clone()),
+            }
+            i += 1;
+        }
+        (by_synonyms || !written.is_empty()).then_some((out, written))
+    }
+
+    /// Whether two neighbouring `terms` join into an indexed term or one splits in two
+    /// ([`Self::groups`]' test, without building a group: most queries have neither).
+    fn written_apart(&self, terms: &[String]) -> bool {
+        let mut joined = String::new();
+        terms.windows(2).any(|pair| {
+            joined.clear();
+            joined.push_str(&pair[0]);
+            joined.push_str(&pair[1]);
+            self.holds(&joined)
+        }) || terms.iter().any(|t| self.split(t).is_some())
+    }
+
+    /// `word` (a query term) split into two indexed terms of [`MIN_SPLIT_CHARS`]+ letters,
+    /// neither a stop word, that documents hold together: the split the most documents hold
+    /// ("sodastream" -> "soda", "stream" where the texts write "Soda Stream"). `None` when a
+    /// document holds the word itself, it is longer than a corrected word may be, or no
+    /// split is held together. A misspelling is corrected before (`Bm25::read`), so this
+    /// reads only the words the spelling check found no neighbour for.
+    fn split(&self, word: &str) -> Option<(String, String)> {
+        if self.holds(word) || word.chars().count() > MAX_CORRECTED_CHARS {
+            return None;
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for (at, _) in word.char_indices().skip(MIN_SPLIT_CHARS) {
+            let (a, b) = word.split_at(at);
+            if b.chars().count() < MIN_SPLIT_CHARS {
+                break;
+            }
+            if STOP.contains(&a) || STOP.contains(&b) {
+                continue;
+            }
+            let (Some(x), Some(y)) = (self.postings.get(a), self.postings.get(b)) else {
+                continue;
+            };
+            let (small, large) = if x.len() <= y.len() { (x, y) } else { (y, x) };
+            let together = small.keys().filter(|doc| large.contains_key(doc)).count();
+            if together > 0 && best.is_none_or(|(most, _)| together > most) {
+                best = Some((together, at));
+            }
+        }
+        best.map(|(_, at)| (word[..at].to_string(), word[at..].to_string()))
+    }
+
+    /// What a search for `query` is widened to beyond its own words, as the index reads them
+    /// or as the shop wrote them: the shop's equivalent phrases, the terms two neighbouring
+    /// words join into and the words one is split into ("sodastream" -> "soda stream").
+    pub fn widened_to(&self, query: &str) -> Vec<String> {
+        let terms = terms(query);
+        let Some((_, written)) = self.groups(&terms) else {
+            return Vec::new();
+        };
+        let mut out = self.synonyms.widened_to(&terms);
+        for alternative in written {
+            if !out.contains(&alternative) {
+                out.push(alternative);
+            }
+        }
+        out
     }
 
     /// BM25 score of every document matching at least one query term (or an equivalent
@@ -922,8 +1045,8 @@ impl Bm25 {
         }
         let avg = (self.total_length as f32 / n).max(1e-6);
         let terms = terms(query);
-        if self.synonyms.widens(&terms) {
-            return self.scores_with_synonyms(&terms, avg);
+        if let Some((groups, _)) = self.groups(&terms) {
+            return self.scores_grouped(groups, avg);
         }
         // Each distinct term once, in query order (the order the scores are summed in).
         let mut seen: Vec<String> = Vec::new();
@@ -959,14 +1082,14 @@ impl Bm25 {
         }
     }
 
-    /// [`Self::scores`] with the shop's equivalent phrases: a query phrase that has
-    /// equivalents scores each document by its best-scoring alternative (the phrase's terms
-    /// summed), so an item saying "sofa" matches "couch", and one saying both is not counted
-    /// twice; other terms score as without synonyms.
-    fn scores_with_synonyms(&self, terms: &[String], avg: f32) -> HashMap<u32, f32, IdHash> {
+    /// [`Self::scores`] of a widened query ([`Self::groups`]): a group of alternative phrases
+    /// scores each document by its best-scoring alternative (the phrase's terms summed), so an
+    /// item saying "sofa" matches "couch", and one saying both is not counted twice; a term
+    /// alone scores as in any query.
+    fn scores_grouped(&self, groups: Vec<Group>, avg: f32) -> HashMap<u32, f32, IdHash> {
         let mut out: HashMap<u32, f32, IdHash> = HashMap::default();
-        let mut seen: Vec<Vec<Vec<String>>> = Vec::new();
-        for group in self.synonyms.groups(terms) {
+        let mut seen: Vec<Group> = Vec::new();
+        for group in groups {
             if seen.contains(&group) {
                 continue;
             }
@@ -1105,6 +1228,46 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(idle.finding_nothing(|t| index.holds_all(t)), [1, 3]);
+    }
+
+    /// Words the texts write together or apart: two query words an indexed term joins find
+    /// it, a word no text holds is split into two words texts hold together, and the
+    /// alternatives are named for the page; a term the texts hold is not split.
+    #[test]
+    fn words_written_together_or_apart_find_each_other() {
+        let index = indexed(&[
+            "Apple MacBook Air laptop",
+            "book light for reading",
+            "mac cosmetics lipstick",
+            "Soda Stream sparkling water maker",
+            "stream deck controller",
+            "coffeemaker with grinder",
+            "coffee maker 12 cup",
+            "deck of cards",
+        ]);
+        let found = |q: &str| index.scores(q).keys().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(found("mac book"), [0, 1, 2].into());
+        assert_eq!(index.widened_to("mac book"), ["macbook"]);
+        assert_eq!(found("coffee maker"), [3, 5, 6].into());
+        assert_eq!(index.widened_to("coffee maker"), ["coffeemaker"]);
+        // Split where the parts are found together; the pair outranks either part alone.
+        assert!(index.matches_any("sodastream"));
+        assert_eq!(index.widened_to("Sodastream"), ["soda stream"]);
+        let scores = index.scores("sodastream");
+        assert!(scores[&3] > scores[&4], "{scores:?}");
+        assert_eq!(
+            index.read("sodastream", false),
+            None,
+            "no misspelling: it is read as two words"
+        );
+        // Parts no document holds together, and words the texts hold, are left alone.
+        assert!(!index.matches_any("cardstream"));
+        assert!(index.widened_to("cardstream").is_empty());
+        assert_eq!(found("coffeemaker"), [5].into());
+        assert!(index.widened_to("macbook laptop").is_empty());
+        // Nothing to widen: the plain sum, as before.
+        assert!(index.widened_to("sparkling water").is_empty());
+        assert_eq!(found("sparkling water"), [3].into());
     }
 
     #[test]

@@ -916,6 +916,11 @@ impl Catalog {
         self.bm25.holds_all(terms)
     }
 
+    /// What a search for `query` is widened to beyond its words (see [`Bm25::widened_to`]).
+    pub fn widened_to(&self, query: &str) -> Vec<String> {
+        self.bm25.widened_to(query)
+    }
+
     /// `query` as the catalog's texts read it (see [`Bm25::read`]).
     pub fn read_query(&self, query: &str, typing: bool) -> Option<String> {
         self.bm25.read(query, typing)

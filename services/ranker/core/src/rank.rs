@@ -410,8 +410,9 @@ pub struct Ranking {
     /// completion of a half-typed word): a reading a merchandiser may want to confirm or fix
     /// with a synonym ("blendtec" read as "blended").
     pub spelling_corrected: bool,
-    /// The shop's equivalent phrases the query's words were widened to ("backpack",
-    /// "knapsack" for "rucksack"), as the shop wrote them.
+    /// What the query's words were widened to (see [`crate::bm25::Bm25::widened_to`]): the
+    /// shop's equivalent phrases as it wrote them ("backpack", "knapsack" for "rucksack"),
+    /// then the words as the texts write them together or apart ("macbook" for "mac book").
     pub widened_to: Vec<String>,
 }
 
@@ -700,10 +701,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             let words_matched =
                 typed.map(|q| catalog.matches_any_word(corrected.as_deref().unwrap_or(q)));
             let synonyms = catalog.synonyms();
-            let widened_to = match corrected.as_deref().or(typed) {
-                Some(q) if !synonyms.is_empty() => synonyms.widened_to(&crate::bm25::terms(q)),
-                _ => Vec::new(),
-            };
+            let widened_to = corrected
+                .as_deref()
+                .or(typed)
+                .map(|q| catalog.widened_to(q))
+                .unwrap_or_default();
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     synonyms.rewrite(q).as_deref() != Some(read.as_str())

@@ -874,7 +874,7 @@ pub async fn search_report(
     }
     // Each query's fused NDCG, in `test_groups`' order.
     let mut fused_by_query = vec![0.0; test_groups.len()];
-    let fused = match train_groups {
+    match train_groups {
         Some(train_groups) => {
             let refs: Vec<souk_ranker_core::fusion::Group> =
                 train_groups.into_iter().map(|(_, g)| g).collect();
@@ -892,11 +892,9 @@ pub async fn search_report(
             for (out, group) in fused_by_query.iter_mut().zip(&test_refs) {
                 *out = ndcg(group, k, |x| model.score(x));
             }
-            mean_ndcg(&test_refs, k, |x| model.score(x))
         }
         None => {
             // k-fold over queries: each query is scored by a model that never saw it.
-            let mut total = 0.0;
             for fold in 0..folds {
                 let (held, rest) = fold_split(&test_groups, folds, fold);
                 let training: Vec<souk_ranker_core::fusion::Group> =
@@ -908,11 +906,10 @@ pub async fn search_report(
                 for (i, group) in held.iter().enumerate() {
                     fused_by_query[fold + i * folds] = ndcg(group, k, |x| model.score(x));
                 }
-                total += mean_ndcg(&held, k, |x| model.score(x)) * held.len() as f64;
             }
-            total / test_refs.len().max(1) as f64
         }
-    };
+    }
+    let fused = fused_by_query.iter().sum::<f64>() / fused_by_query.len().max(1) as f64;
     if let Some(path) = &args.per_query {
         let mut out = String::from("query");
         for name in SIGNALS {

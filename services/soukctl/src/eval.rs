@@ -388,7 +388,7 @@ pub(crate) fn read_judged(path: &Path, titles_only: bool) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-const SIGNALS: [&str; 7] = [
+const SIGNALS: [&str; 8] = [
     "dense(title)",
     "dense(title+desc)",
     "bm25(title)",
@@ -396,7 +396,15 @@ const SIGNALS: [&str; 7] = [
     "term overlap",
     "phrase in title",
     "dense(desc)",
+    "lexical (Rank's)",
 ];
+
+/// The columns of [`SIGNALS`] that `Rank`'s query-time signals are: dense over the item's
+/// text (title. description) and its lexical relevance ([`Matches::relevance`]).
+///
+/// [`Matches::relevance`]: souk_ranker_core::bm25::Matches::relevance
+pub(crate) const RANK_DENSE: usize = 1;
+pub(crate) const RANK_LEXICAL: usize = 7;
 
 /// Features of every judged pair, grouped by query: the same signals the ranker uses
 /// (MiniLM cosine from the encoder service, BM25 max-normalised within the query's candidates).
@@ -456,9 +464,10 @@ pub(crate) async fn features(
         bm_title.set_lexicon(words.clone());
         bm_full.set_lexicon(words);
     }
-    for (t, f) in &products {
+    for ((t, f), r) in products.iter().zip(rows) {
         bm_title.insert(*t as u32, &texts[*t]);
-        bm_full.insert(*f as u32, &texts[*f]);
+        // As the ranker's catalog indexes an item: the title's words marked.
+        bm_full.insert_titled(*f as u32, &r.title, &r.description);
     }
     if let Some(synonyms) = &typing.synonyms {
         bm_title.set_synonyms(synonyms.clone());
@@ -554,15 +563,13 @@ pub(crate) async fn features(
         let name = query;
         let query = understood[query].as_str();
         let st = bm_title.scores(query);
-        let sf = bm_full.scores(query);
+        let matches = bm_full.matches(query);
+        let sf = |f: usize| matches.get(f as u32).map_or(0.0, |m| m.bm25);
         let max_t = members
             .iter()
             .map(|&m| st.get(&(ids[m].1 as u32)).copied().unwrap_or(0.0))
             .fold(0.0f32, f32::max);
-        let max_f = members
-            .iter()
-            .map(|&m| sf.get(&(ids[m].2 as u32)).copied().unwrap_or(0.0))
-            .fold(0.0f32, f32::max);
+        let max_f = members.iter().map(|&m| sf(ids[m].2)).fold(0.0f32, f32::max);
         let q_terms = souk_ranker_core::bm25::terms(query);
         let mut group = souk_ranker_core::fusion::Group::default();
         for &m in &members {
@@ -585,10 +592,11 @@ pub(crate) async fn features(
                 cos(qi, t),
                 cos(qi, f),
                 norm(st.get(&(t as u32)).copied().unwrap_or(0.0), max_t),
-                norm(sf.get(&(f as u32)).copied().unwrap_or(0.0), max_f),
+                norm(sf(f), max_f),
                 overlap,
                 phrase,
                 descriptions[m].map_or(cos(qi, t), |d| cos(qi, d)),
+                f64::from(matches.relevance(f as u32)),
             ]);
             group
                 .gains
@@ -860,15 +868,16 @@ pub async fn search_report(
         }
         signals.push((name.to_string(), v));
     }
-    // What `Rank` does with its default weights and these two signals (dense and BM25 of
-    // the title; the others, personal, are not in a judged set): no training.
+    // What `Rank` does with its default weights and its two query-time signals (the others,
+    // personal, are not in a judged set): no training.
     let [dense_weight, bm25_weight, ..] = souk_ranker_core::rank::FusionModel::default().with_query;
-    let default_blend =
-        |x: &[f64]| f64::from(dense_weight) * x[0].max(0.0) + f64::from(bm25_weight) * x[2];
+    let default_blend = |x: &[f64]| {
+        f64::from(dense_weight) * x[RANK_DENSE].max(0.0) + f64::from(bm25_weight) * x[RANK_LEXICAL]
+    };
     let blended = mean_ndcg(&test_refs, k, default_blend);
     if print {
         println!(
-            "{:<22} {blended:.4}  (Rank's default weights, {dense_weight} dense + {bm25_weight} bm25, title)",
+            "{:<22} {blended:.4}  (Rank's default weights: {dense_weight} dense(title+desc) + {bm25_weight} lexical)",
             "default blend"
         );
     }

@@ -158,16 +158,17 @@ async fn cf(args: CfArgs, ep: &Endpoints) -> anyhow::Result<()> {
 }
 
 /// The service's query-time features of a judged pair: dense cosine of the query and the
-/// item text (title. description), clamped at 0 like `Rank`, and BM25 over the item text
-/// normalised by the best judged product of the query.
+/// item text (title. description), clamped at 0 like `Rank`, and its lexical relevance as
+/// `Rank` computes it (the query's words in the title, and BM25 over the item text).
 fn service_features(groups: &[(String, Group)]) -> Vec<Group> {
+    use crate::eval::{RANK_DENSE, RANK_LEXICAL};
     groups
         .iter()
         .map(|(_, g)| Group {
             features: g
                 .features
                 .iter()
-                .map(|f| vec![f[1].max(0.0), f[3]])
+                .map(|f| vec![f[RANK_DENSE].max(0.0), f[RANK_LEXICAL]])
                 .collect(),
             gains: g.gains.clone(),
         })

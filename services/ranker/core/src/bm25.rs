@@ -12,6 +12,19 @@ use crate::synonyms::Synonyms;
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
+/// A posting's term frequency with this bit set: the term is in the document's title.
+const IN_TITLE: u32 = 1 << 31;
+
+/// The share of [`Matches::relevance`] that is the query's words the item holds ([`Match::words`]);
+/// the rest is BM25 over the whole text, normalised by the best match's. Measured on
+/// Crowdflower dev (`soukctl eval search`, `Rank`'s default weights 0.55 dense + 0.20 this;
+/// BENCHMARKS.md "Session 20").
+const WORDS_SHARE: f32 = 0.9;
+
+/// What a query word found in the description (not the title) counts for in [`Match::words`]
+/// (in the title: 1).
+const DESCRIPTION_WORD: f32 = 0.5;
+
 const STOP: &[&str] = &[
     "the", "and", "for", "with", "a", "an", "of", "in", "on", "to", "is", "by",
 ];
@@ -426,10 +439,21 @@ impl Bm25 {
         self.lexicon.as_ref().map_or(0, |l| l.len())
     }
 
-    /// Indexes `text` as document `doc`, replacing what `doc` held before.
+    /// Indexes `text` as document `doc`, replacing what `doc` held before; all of it reads as
+    /// the title ([`Matches::relevance`]).
     pub fn insert(&mut self, doc: u32, text: &str) {
+        self.insert_titled(doc, text, "");
+    }
+
+    /// Indexes `title` and `rest` (a description) as one text, document `doc`, replacing what
+    /// `doc` held before; the title's terms are marked ([`Matches::relevance`] counts the
+    /// query's words found there).
+    pub fn insert_titled(&mut self, doc: u32, title: &str, rest: &str) {
         self.remove(doc);
-        let terms = terms(text);
+        let title = terms(title);
+        let in_title = title.len();
+        let mut terms = title;
+        terms.extend(self::terms(rest));
         let i = doc as usize;
         if self.lengths.len() <= i {
             self.lengths.resize(i + 1, ABSENT);
@@ -441,7 +465,7 @@ impl Bm25 {
         self.documents += 1;
         self.total_length += u64::from(self.lengths[i]);
         let mut distinct = Vec::new();
-        for term in terms {
+        for (at, term) in terms.into_iter().enumerate() {
             if !self.postings.contains_key(&term) {
                 self.vocabulary.add(&term);
                 self.sorted.insert(term.clone());
@@ -455,7 +479,14 @@ impl Bm25 {
             if *tf == 0 {
                 distinct.push(term);
             }
-            *tf += 1;
+            // The count stays under the flag (texts are capped far below 2^31 terms).
+            let count = ((*tf & !IN_TITLE) + 1).min(IN_TITLE - 1);
+            let title = if at < in_title {
+                IN_TITLE
+            } else {
+                *tf & IN_TITLE
+            };
+            *tf = count | title;
         }
         self.doc_terms[i] = distinct;
     }
@@ -1038,15 +1069,28 @@ impl Bm25 {
     /// # Complexity
     /// O(total postings of the query's terms and of their equivalents).
     pub fn scores(&self, query: &str) -> HashMap<u32, f32, IdHash> {
-        let n = self.documents as f32;
-        let mut out = HashMap::default();
+        self.matches(query)
+            .docs
+            .into_iter()
+            .map(|(doc, m)| (doc, m.bm25))
+            .collect()
+    }
+
+    /// Every document matching at least one query term (or an equivalent phrase of the shop's
+    /// synonyms, or a way the texts write its words together or apart), with its BM25 score
+    /// and how many of the query's words its title holds ([`Matches::relevance`]).
+    ///
+    /// # Complexity
+    /// O(total postings of the query's terms and of their equivalents).
+    pub fn matches(&self, query: &str) -> Matches {
+        let mut out = Matches::default();
         if self.documents == 0 {
             return out;
         }
-        let avg = (self.total_length as f32 / n).max(1e-6);
+        let avg = (self.total_length as f32 / self.documents as f32).max(1e-6);
         let terms = terms(query);
         if let Some((groups, _)) = self.groups(&terms) {
-            return self.scores_grouped(groups, avg);
+            return self.matches_grouped(groups, avg);
         }
         // Each distinct term once, in query order (the order the scores are summed in).
         let mut seen: Vec<String> = Vec::new();
@@ -1057,37 +1101,51 @@ impl Bm25 {
                 seen.push(term);
             }
         }
-        out.reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
+        out.words = seen.len() as f32;
+        out.docs
+            .reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
         for docs in postings {
-            self.add_term(&mut out, docs, avg);
+            self.add_term(&mut out.docs, docs, avg, 1.0);
         }
+        out.best_bm25 = out.docs.values().map(|m| m.bm25).fold(0.0, f32::max);
         out
     }
 
-    /// Adds one term's BM25 contribution (its postings `docs`) to each document's score.
+    /// Adds one term's BM25 contribution (its postings `docs`) to each document's score, and
+    /// `share` of a word to the words it holds ([`Match::words`]: half of it where only the
+    /// description holds the term).
     fn add_term(
         &self,
-        out: &mut HashMap<u32, f32, IdHash>,
+        out: &mut HashMap<u32, Match, IdHash>,
         docs: &HashMap<u32, u32, IdHash>,
         avg: f32,
+        share: f32,
     ) {
         let n = self.documents as f32;
         let df = docs.len() as f32;
         let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
         for (&doc, &tf) in docs {
             let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
-            let tf = tf as f32;
+            let held = if tf & IN_TITLE != 0 {
+                share
+            } else {
+                share * DESCRIPTION_WORD
+            };
+            let tf = (tf & !IN_TITLE) as f32;
             let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
-            *out.entry(doc).or_insert(0.0) += s;
+            let m = out.entry(doc).or_default();
+            m.bm25 += s;
+            m.words += held;
         }
     }
 
-    /// [`Self::scores`] of a widened query ([`Self::groups`]): a group of alternative phrases
+    /// [`Self::matches`] of a widened query ([`Self::groups`]): a group of alternative phrases
     /// scores each document by its best-scoring alternative (the phrase's terms summed), so an
     /// item saying "sofa" matches "couch", and one saying both is not counted twice; a term
-    /// alone scores as in any query.
-    fn scores_grouped(&self, groups: Vec<Group>, avg: f32) -> HashMap<u32, f32, IdHash> {
-        let mut out: HashMap<u32, f32, IdHash> = HashMap::default();
+    /// alone scores as in any query. A group is one word of the query: its title share is
+    /// the best alternative's share of terms in the title.
+    fn matches_grouped(&self, groups: Vec<Group>, avg: f32) -> Matches {
+        let mut out: HashMap<u32, Match, IdHash> = HashMap::default();
         let mut seen: Vec<Group> = Vec::new();
         for group in groups {
             if seen.contains(&group) {
@@ -1097,33 +1155,116 @@ impl Bm25 {
                 && let [term] = single.as_slice()
             {
                 if let Some(docs) = self.postings.get(term) {
-                    self.add_term(&mut out, docs, avg);
+                    self.add_term(&mut out, docs, avg, 1.0);
                 }
             } else {
                 // The typed phrase's sums, then each other phrase's kept where it is higher.
-                let mut best: HashMap<u32, f32, IdHash> = HashMap::default();
-                let mut sum: HashMap<u32, f32, IdHash> = HashMap::default();
+                let mut best: HashMap<u32, Match, IdHash> = HashMap::default();
+                let mut sum: HashMap<u32, Match, IdHash> = HashMap::default();
                 for (p, phrase) in group.iter().enumerate() {
                     let into = if p == 0 { &mut best } else { &mut sum };
+                    let share = 1.0 / phrase.len().max(1) as f32;
                     for docs in phrase.iter().filter_map(|t| self.postings.get(t)) {
-                        self.add_term(into, docs, avg);
+                        self.add_term(into, docs, avg, share);
                     }
-                    for (doc, score) in sum.drain() {
-                        let kept = best.entry(doc).or_insert(0.0);
-                        *kept = kept.max(score);
+                    for (doc, m) in sum.drain() {
+                        let kept = best.entry(doc).or_default();
+                        kept.bm25 = kept.bm25.max(m.bm25);
+                        kept.words = kept.words.max(m.words);
                     }
                 }
                 if out.is_empty() {
                     out = best;
                 } else {
-                    for (doc, score) in best {
-                        *out.entry(doc).or_insert(0.0) += score;
+                    for (doc, m) in best {
+                        let kept = out.entry(doc).or_default();
+                        kept.bm25 += m.bm25;
+                        kept.words += m.words;
                     }
                 }
             }
             seen.push(group);
         }
-        out
+        let best_bm25 = out.values().map(|m| m.bm25).fold(0.0, f32::max);
+        Matches {
+            docs: out,
+            words: seen.len() as f32,
+            best_bm25,
+        }
+    }
+}
+
+/// One document's match with a query.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Match {
+    /// BM25 over the whole text.
+    pub bm25: f32,
+    /// The query's words it holds, each counting 1 in the title and [`DESCRIPTION_WORD`]
+    /// (0.5) only in the description (a word widened to a phrase counts the best phrase's
+    /// share of terms, held the same way).
+    pub words: f32,
+}
+
+/// The documents a query's words match ([`Bm25::matches`]).
+#[derive(Debug, Clone, Default)]
+pub struct Matches {
+    docs: HashMap<u32, Match, IdHash>,
+    /// Distinct words of the query (a widened word counted once), held or not.
+    words: f32,
+    best_bm25: f32,
+}
+
+impl Matches {
+    /// How well document `doc` matches the query's words, 0..=1 (0 when it holds none):
+    /// [`WORDS_SHARE`] (0.9) of it the share of the query's words it holds ([`Match::words`]:
+    /// title words count twice description words), the rest its BM25 over the whole text
+    /// relative to the best match's. A title holding every word the shopper typed is the
+    /// strongest lexical sign of relevance on judged shop data; a BM25 sum normalised by the
+    /// best match calls the best half-match "1" as well.
+    pub fn relevance(&self, doc: u32) -> f32 {
+        self.docs.get(&doc).map_or(0.0, |m| self.relevance_of(m))
+    }
+
+    fn relevance_of(&self, m: &Match) -> f32 {
+        let words = if self.words > 0.0 {
+            (m.words / self.words).min(1.0)
+        } else {
+            0.0
+        };
+        let bm25 = if self.best_bm25 > 0.0 {
+            m.bm25 / self.best_bm25
+        } else {
+            0.0
+        };
+        WORDS_SHARE * words + (1.0 - WORDS_SHARE) * bm25
+    }
+
+    /// Each matching document with its [`Self::relevance`], in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
+        self.docs
+            .iter()
+            .map(|(doc, m)| (*doc, self.relevance_of(m)))
+    }
+
+    /// The matching documents, in no particular order.
+    pub fn docs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.docs.keys().copied()
+    }
+
+    pub fn contains(&self, doc: u32) -> bool {
+        self.docs.contains_key(&doc)
+    }
+
+    pub fn get(&self, doc: u32) -> Option<&Match> {
+        self.docs.get(&doc)
+    }
+
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
     }
 }
 
@@ -1268,6 +1409,57 @@ mod tests {
         // Nothing to widen: the plain sum, as before.
         assert!(index.widened_to("sparkling water").is_empty());
         assert_eq!(found("sparkling water"), [3].into());
+    }
+
+    /// Lexical relevance: a title holding every word the shopper typed outranks a short text
+    /// that says them in its description only (BM25 alone put that first, here they count
+    /// half) and a title with one of them; a widened word counts once.
+    #[test]
+    fn titles_holding_the_query_words_are_the_most_relevant() {
+        let mut index = Bm25::default();
+        let docs = [
+            (
+                "Trail running shoes",
+                "Light and grippy on wet rock, mud and gravel, with a cushioned sole for long days",
+            ),
+            ("Running socks", "Running socks for running"),
+            ("Aurora", "Waterproof trail running shoes"),
+            ("Trail map", ""),
+            ("Apple MacBook Air", "A laptop"),
+        ];
+        for (doc, (title, description)) in docs.iter().enumerate() {
+            index.insert_titled(doc as u32, title, description);
+        }
+        let matches = index.matches("running shoes");
+        let bm25 = index.scores("running shoes");
+        assert!(
+            bm25[&2] > bm25[&0],
+            "the premise: BM25 prefers a short text saying both words in its description {bm25:?}"
+        );
+        let r = |doc: u32| matches.relevance(doc);
+        assert!(
+            r(0) > 0.9 && r(0) <= 1.0,
+            "both words in the title: {}",
+            r(0)
+        );
+        assert!(r(0) > r(1) && r(0) > r(2), "{} {} {}", r(0), r(1), r(2));
+        assert!(
+            r(2) > 0.5 && r(2) < 0.6,
+            "words in the description count half: {}",
+            r(2)
+        );
+        assert_eq!(r(3), 0.0, "no word of the query");
+        assert_eq!(matches.len(), 3);
+        assert_eq!(matches.get(1).map(|m| m.words), Some(1.0));
+        // "mac book" is one word read two ways: the title holding it holds the whole query.
+        let matches = index.matches("mac book");
+        assert!(matches.relevance(4) > 0.9, "{}", matches.relevance(4));
+        // An unindexed text (insert) reads as all title.
+        let plain = indexed(&["running shoes", "shoes"]);
+        let matches = plain.matches("running shoes");
+        assert_eq!(matches.get(0).map(|m| m.words), Some(2.0));
+        assert!(matches.relevance(0) > matches.relevance(1));
+        assert!(Bm25::default().matches("shoes").is_empty());
     }
 
     #[test]

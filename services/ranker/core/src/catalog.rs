@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::ann::{AnnIndex, Decoded};
-use crate::bm25::Bm25;
+use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
@@ -297,7 +297,8 @@ impl Catalog {
                 slot
             }
         };
-        self.bm25.insert(slot, &item.text());
+        self.bm25
+            .insert_titled(slot, &item.title, &item.description);
         if let Some(old) = &self.slots[slot as usize] {
             self.facets.remove(slot, &old.item);
         }
@@ -585,7 +586,7 @@ impl Catalog {
                 slots.dedup();
                 slots
             }
-            (None, Some(q)) => self.bm25(q).into_keys().collect(),
+            (None, Some(q)) => self.matches(q).docs().collect(),
             (None, None) if scope.nearest.is_none() => self.slots().collect(),
             (None, None) => Vec::new(),
         }
@@ -877,8 +878,10 @@ impl Catalog {
         self.by_id.values().copied()
     }
 
-    pub(crate) fn bm25(&self, query: &str) -> HashMap<u32, f32, IdHash> {
-        self.bm25.scores(query)
+    /// The items the query's words match, with their lexical relevance (see
+    /// [`Matches::relevance`]).
+    pub(crate) fn matches(&self, query: &str) -> Matches {
+        self.bm25.matches(query)
     }
 
     /// The language's words, which spelling correction leaves as typed (see

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
+use crate::bm25::Matches;
 use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, entity_item, item_entity};
@@ -1248,7 +1249,7 @@ pub(crate) fn filtered_scan_limit(items: usize) -> usize {
 fn candidate_pool(
     catalog: &Catalog,
     query_vector: Option<&[f32]>,
-    bm25: &HashMap<u32, f32, IdHash>,
+    matches: &Matches,
     cf: &HashMap<u32, (f32, &str), IdHash>,
     filter: Option<&Filter>,
     keep: usize,
@@ -1269,10 +1270,9 @@ fn candidate_pool(
         _ => 1.0,
     };
     // The best BM25 hits only: a common word ("black") matches thousands of items.
-    let mut lexical: Vec<(u32, f32)> = bm25
+    let mut lexical: Vec<(u32, f32)> = matches
         .iter()
-        .filter(|(s, _)| catalog.passes(filter, **s))
-        .map(|(s, v)| (*s, *v))
+        .filter(|(s, _)| catalog.passes(filter, *s))
         .collect();
     let cap = if lexical.len() <= BM25_ALL_MATCHES {
         lexical.len()
@@ -1282,10 +1282,10 @@ fn candidate_pool(
     let mut left_out = None;
     if lexical.len() > cap {
         lexical.select_nth_unstable_by(cap - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let bm25 = lexical[cap..].iter().map(|(_, v)| *v).fold(0.0, f32::max);
+        let best_left = lexical[cap..].iter().map(|(_, v)| *v).fold(0.0, f32::max);
         left_out = Some(LeftOut {
             dense: dense_beyond,
-            bm25,
+            lexical: best_left,
             popularity: 0.0,
         });
         lexical.truncate(cap);
@@ -1321,11 +1321,12 @@ struct CandidatePool {
 }
 
 /// Bounds on the raw features of a match the pool left out: its dense score is at most the
-/// graph's farthest answer's, its BM25 at most the best match not taken, its popularity at
-/// most the least popular item taken for popularity; every CF neighbour is in the pool.
+/// graph's farthest answer's, its lexical relevance at most the best match not taken's, its
+/// popularity at most the least popular item taken for popularity; every CF neighbour is in
+/// the pool.
 struct LeftOut {
     dense: f32,
-    bm25: f32,
+    lexical: f32,
     popularity: f32,
 }
 
@@ -1369,8 +1370,7 @@ fn first_pass(
         .chain(tier.placed.iter().map(|c| &c.id))
         .filter_map(|id| catalog.slot_of(id))
         .collect();
-    let bm25 = query.map(|q| catalog.bm25(q)).unwrap_or_default();
-    let bm25_max = bm25.values().copied().fold(0.0, f32::max);
+    let matches = query.map(|q| catalog.matches(q)).unwrap_or_default();
     // CF neighbours by slot: the scan below must not hash an item id per item.
     let cf_by_slot: HashMap<u32, (f32, &str), IdHash> = if history.is_empty() {
         HashMap::default()
@@ -1401,7 +1401,7 @@ fn first_pass(
         let pool = candidate_pool(
             catalog,
             query_vector,
-            &bm25,
+            &matches,
             &cf_by_slot,
             filter,
             keep,
@@ -1447,11 +1447,7 @@ fn first_pass(
                 continue;
             }
             let dense = query_vector.map(|q| dot(q, vector).max(0.0)).unwrap_or(0.0);
-            let lexical = if bm25_max > 0.0 {
-                bm25.get(&slot).copied().unwrap_or(0.0) / bm25_max
-            } else {
-                0.0
-            };
+            let lexical = matches.relevance(slot);
             let cf_score = match cf_by_slot.get(&slot) {
                 Some((s, _)) if cf_max > 0.0 => s / cf_max,
                 _ => 0.0,
@@ -1492,7 +1488,7 @@ fn first_pass(
         let rest = fuse(
             &[
                 0.0,
-                left.bm25 / bm25_max,
+                left.lexical,
                 0.0,
                 0.0,
                 popularity_feature(left.popularity),
@@ -1508,10 +1504,9 @@ fn first_pass(
             // The dense score a left-out match needs to reach the tier (the graph's vectors
             // are f16: a little under it).
             let min_dot = (last - rest) / weights[0] - 0.01;
-            let seeds: Vec<u32> = bm25
-                .keys()
-                .copied()
-                .step_by((bm25.len() / MATCH_SEEDS).max(1))
+            let seeds: Vec<u32> = matches
+                .docs()
+                .step_by((matches.len() / MATCH_SEEDS).max(1))
                 .filter(|&s| catalog.passes(filter.as_ref(), s))
                 .collect();
             let more = catalog
@@ -1521,7 +1516,7 @@ fn first_pass(
                     &seeds,
                     min_dot,
                     |slot| {
-                        bm25.contains_key(&slot)
+                        matches.contains(slot)
                             && pool.binary_search(&slot).is_err()
                             && catalog.passes(filter.as_ref(), slot)
                     },

@@ -89,12 +89,28 @@ async fn the_demo_shop_ranks_with_reasons() {
             "{}",
             item.title
         );
+        // It holds the words (all of them, or those named): not a match by meaning alone.
         assert!(
-            item.reasons[0].contains("matches your search"),
+            item.reasons[0].starts_with("matches")
+                && item.reasons[0].contains("your search \"waterproof hiking boots\""),
             "{:?}",
             item.reasons
         );
     }
+    // No title or description says "portable": the results are near in meaning only,
+    // and say so rather than that they match.
+    let r = client
+        .rank(rank("", "portable", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.words_matched, Some(false));
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.reasons[0] == "close in meaning to your search \"portable\""),
+        "{r:?}"
+    );
 
     // A returning shopper: the graph explains at least one result by a path from their history.
     let r = client

@@ -932,6 +932,30 @@ impl Bm25 {
         }
     }
 
+    /// The query's words, as typed, that document `doc` holds (each of a word's terms in its
+    /// text; a word equivalent by synonyms or by writing does not count), and how many words
+    /// the query has that count at all (stop words do not). For explaining a result, so a
+    /// few documents per request.
+    pub fn held_words<'q>(&self, query: &'q str, doc: u32) -> (Vec<&'q str>, usize) {
+        let mut held: Vec<&str> = Vec::new();
+        let mut words: Vec<Vec<String>> = Vec::new();
+        for word in query.split(|c: char| !c.is_alphanumeric()) {
+            let terms = terms(word);
+            if terms.is_empty() || words.contains(&terms) {
+                continue;
+            }
+            if terms.iter().all(|t| {
+                self.postings
+                    .get(t)
+                    .is_some_and(|docs| docs.contains_key(&doc))
+            }) {
+                held.push(word);
+            }
+            words.push(terms);
+        }
+        (held, words.len())
+    }
+
     /// Whether any item holds any of the query's words or their equivalents (what
     /// [`Self::scores`] would find anything for): one lookup per word.
     pub fn matches_any(&self, query: &str) -> bool {

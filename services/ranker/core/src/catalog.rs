@@ -895,6 +895,12 @@ impl Catalog {
         self.bm25.lexicon_len()
     }
 
+    /// The query's words item `slot` holds, and how many words count (see
+    /// [`Bm25::held_words`]).
+    pub(crate) fn held_words<'q>(&self, query: &'q str, slot: u32) -> (Vec<&'q str>, usize) {
+        self.bm25.held_words(query, slot)
+    }
+
     /// Whether any item holds any of the query's words (see [`Bm25::matches_any`]).
     pub fn matches_any_word(&self, query: &str) -> bool {
         self.bm25.matches_any(query)

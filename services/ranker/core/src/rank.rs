@@ -1110,21 +1110,26 @@ fn by_price(
         .filter_map(|id| catalog.slot_of(id))
         .collect();
     let slots = catalog.by_price(scope, &request.filters, &exclude, descending);
-    let reason = match (query, request.item.as_deref()) {
-        (Some(q), _) => format!("matches your search \"{q}\""),
-        (None, Some(item)) => format!(
+    // The query's matches, to tell a word match from a match by meaning alone.
+    let matches = match (query, request.explain) {
+        (Some(q), true) => catalog.matches(q),
+        _ => Matches::default(),
+    };
+    // Without a query, every item's reason is the same.
+    let browsed = match request.item.as_deref() {
+        Some(item) => format!(
             "similar to {}",
             your_item(catalog, history, Some(item), item)
         ),
-        (None, None) if !request.filters.is_empty() => "passes your filters".into(),
-        (None, None) => "in the catalog".into(),
+        None if !request.filters.is_empty() => "passes your filters".into(),
+        None => "in the catalog".into(),
     };
     let items = slots
         .iter()
         .skip(request.offset)
         .take(request.k)
-        .filter_map(|&slot| catalog.item_at(slot))
-        .map(|(item, _)| RankedItem {
+        .filter_map(|&slot| catalog.item_at(slot).map(|(item, _)| (slot, item)))
+        .map(|(slot, item)| RankedItem {
             id: item.id.clone(),
             score: 0.0,
             title: item.title.clone(),
@@ -1132,10 +1137,10 @@ fn by_price(
             category: item.category.clone(),
             price: item.price,
             contributions: Vec::new(),
-            reasons: if request.explain {
-                vec![reason.clone()]
-            } else {
-                Vec::new()
+            reasons: match (request.explain, query) {
+                (false, _) => Vec::new(),
+                (true, Some(q)) => vec![search_reason(catalog, slot, q, matches.contains(slot))],
+                (true, None) => vec![browsed.clone()],
             },
         })
         .collect();
@@ -1791,6 +1796,21 @@ pub fn describe_path(path: &GraphPath, yours: &str) -> String {
     }
 }
 
+/// Why item `slot` answers the search `query`: it holds every word (or, with `matched`, an
+/// equivalent by the shop's synonyms or by writing), some of them (named), or none, when
+/// only its meaning is near.
+fn search_reason(catalog: &Catalog, slot: u32, query: &str, matched: bool) -> String {
+    let (held, words) = catalog.held_words(query, slot);
+    if !held.is_empty() && held.len() < words {
+        let named: Vec<String> = held.iter().map(|w| format!("\"{w}\"")).collect();
+        format!("matches {} of your search \"{query}\"", named.join(", "))
+    } else if matched || !held.is_empty() {
+        format!("matches your search \"{query}\"")
+    } else {
+        format!("close in meaning to your search \"{query}\"")
+    }
+}
+
 fn explain(
     catalog: &Catalog,
     candidate: &Candidate,
@@ -1800,6 +1820,7 @@ fn explain(
     page: Option<&str>,
 ) -> Vec<String> {
     let mut reasons = Vec::new();
+    let mut said_search = false;
     // Only the signals that carried the score: at least a fifth of it, at most three.
     let total: f32 = contributions.iter().map(|c| c.contribution).sum();
     for c in contributions
@@ -1809,8 +1830,13 @@ fn explain(
     {
         let reason = match c.signal {
             Signal::Dense | Signal::Bm25 => match (query, page) {
-                (Some(q), _) if !reasons.iter().any(|r: &String| r.starts_with("matches")) => {
-                    Some(format!("matches your search \"{q}\""))
+                (Some(q), _) if !said_search => {
+                    said_search = true;
+                    let lexical = contributions
+                        .iter()
+                        .find(|c| c.signal == Signal::Bm25)
+                        .is_some_and(|c| c.value > 0.0);
+                    Some(search_reason(catalog, candidate.slot, q, lexical))
                 }
                 (None, Some(item)) => Some(format!(
                     "similar to {}",

@@ -765,3 +765,52 @@ async fn a_budget_in_the_query_keeps_the_results_to_it() {
     let browse = ranker.rank(&search("under 10")).await.unwrap();
     assert_eq!(ids(&browse), ["p6"]);
 }
+
+/// A search's reasons say how each result answers it: every word, which words, or only its
+/// meaning (a result that holds none of the words does not "match your search").
+#[tokio::test]
+async fn reasons_say_which_words_of_the_search_a_result_holds() {
+    let (ranker, _, _) = shop();
+    let reason = |r: &souk_ranker_core::rank::Ranking, id: &str| {
+        r.items
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.reasons[0].clone())
+    };
+    let q = RankQuery {
+        query: Some("trail running shoe".into()),
+        k: 9,
+        explain: true,
+        include_purchased: true,
+        ..Default::default()
+    };
+    let r = ranker.rank(&q).await.unwrap();
+    assert_eq!(
+        reason(&r, "p9").as_deref(),
+        Some("matches your search \"trail running shoe\"")
+    );
+    assert_eq!(
+        reason(&r, "p3").as_deref(),
+        Some("matches \"running\", \"shoe\" of your search \"trail running shoe\"")
+    );
+    assert_eq!(
+        reason(&r, "p1").as_deref(),
+        Some("matches \"trail\" of your search \"trail running shoe\"")
+    );
+    assert_eq!(
+        reason(&r, "p5").as_deref(),
+        Some("close in meaning to your search \"trail running shoe\"")
+    );
+    // Sorted by price, the same words are named.
+    let by_price = ranker
+        .rank(&RankQuery {
+            sort: souk_ranker_core::rank::SortOrder::PriceAscending,
+            ..q
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&by_price, "p3").as_deref(),
+        Some("matches \"running\", \"shoe\" of your search \"trail running shoe\"")
+    );
+}

@@ -102,6 +102,9 @@ const PREFIX_SCAN: usize = 4096;
 /// "stream"; shorter parts are inside most words by chance.
 const MIN_SPLIT_CHARS: usize = 3;
 
+/// Letters each part of a split needs to be read instead of a term two edits away.
+const MIN_TWO_WORD_CHARS: usize = 4;
+
 /// `query` split before its last word (the word a shopper is typing): ("wireless ", "headp").
 /// The last word is empty when the query ends in anything but a letter or digit.
 pub fn last_word(query: &str) -> (&str, &str) {
@@ -851,6 +854,16 @@ impl Bm25 {
         }
         let ((together, _), word) = match best {
             Some((weight, _, word)) => (weight, word),
+            // Two words written together ("hardisk": "hard disk") are read as such
+            // (`Bm25::groups`), not as a term two edits away ("sandisk"); words of 4+
+            // letters, since short ones split too much ("topelf", "towels" with two slips,
+            // is "top" and "elf").
+            None if self.split(&stem).is_some_and(|(a, b)| {
+                a.chars().count() >= MIN_TWO_WORD_CHARS && b.chars().count() >= MIN_TWO_WORD_CHARS
+            }) =>
+            {
+                return None;
+            }
             None if length >= MIN_TWO_EDIT_CHARS => self.two_edits_away(&lower, context)?,
             None => return None,
         };
@@ -1041,33 +1054,37 @@ impl Bm25 {
 
     /// `word` (a query term) split into two indexed terms of [`MIN_SPLIT_CHARS`]+ letters,
     /// neither a stop word, that documents hold together: the split the most documents hold
-    /// ("sodastream" -> "soda", "stream" where the texts write "Soda Stream"). `None` when a
-    /// document holds the word itself, it is longer than a corrected word may be, or no
-    /// split is held together. A misspelling is corrected before (`Bm25::read`), so this
-    /// reads only the words the spelling check found no neighbour for.
+    /// ("sodastream" -> "soda", "stream" where the texts write "Soda Stream"). The letter at
+    /// the join may be typed once for both ("hardisk" -> "hard", "disk"; "hardrive" ->
+    /// "hard", "drive"). `None` when a document holds the word itself, it is longer than a
+    /// corrected word may be, or no split is held together. A misspelling one edit away is
+    /// corrected before (`Bm25::read`), so this reads only the words the spelling check found
+    /// no such neighbour for.
     fn split(&self, word: &str) -> Option<(String, String)> {
         if self.holds(word) || word.chars().count() > MAX_CORRECTED_CHARS {
             return None;
         }
-        let mut best: Option<(usize, usize)> = None;
-        for (at, _) in word.char_indices().skip(MIN_SPLIT_CHARS) {
-            let (a, b) = word.split_at(at);
-            if b.chars().count() < MIN_SPLIT_CHARS {
-                break;
-            }
-            if STOP.contains(&a) || STOP.contains(&b) {
-                continue;
-            }
-            let (Some(x), Some(y)) = (self.postings.get(a), self.postings.get(b)) else {
-                continue;
-            };
-            let (small, large) = if x.len() <= y.len() { (x, y) } else { (y, x) };
-            let together = small.keys().filter(|doc| large.contains_key(doc)).count();
-            if together > 0 && best.is_none_or(|(most, _)| together > most) {
-                best = Some((together, at));
+        // (documents holding both, end of the first part, start of the second).
+        let mut best: Option<(usize, usize, usize)> = None;
+        let starts: Vec<usize> = word.char_indices().map(|(at, _)| at).collect();
+        for (i, &at) in starts.iter().enumerate().skip(MIN_SPLIT_CHARS) {
+            // The plain split, then the one that shares the letter before the join.
+            for from in [at, starts[i - 1]] {
+                let (a, b) = (&word[..at], &word[from..]);
+                if b.chars().count() < MIN_SPLIT_CHARS || STOP.contains(&a) || STOP.contains(&b) {
+                    continue;
+                }
+                let (Some(x), Some(y)) = (self.postings.get(a), self.postings.get(b)) else {
+                    continue;
+                };
+                let (small, large) = if x.len() <= y.len() { (x, y) } else { (y, x) };
+                let together = small.keys().filter(|doc| large.contains_key(doc)).count();
+                if together > 0 && best.is_none_or(|(most, _, _)| together > most) {
+                    best = Some((together, at, from));
+                }
             }
         }
-        best.map(|(_, at)| (word[..at].to_string(), word[at..].to_string()))
+        best.map(|(_, at, from)| (word[..at].to_string(), word[from..].to_string()))
     }
 
     /// What a search for `query` is widened to beyond its own words, as the index reads them
@@ -1433,6 +1450,25 @@ mod tests {
         // Nothing to widen: the plain sum, as before.
         assert!(index.widened_to("sparkling water").is_empty());
         assert_eq!(found("sparkling water"), [3].into());
+
+        // The letter at the join typed once: two words, not a term two edits away.
+        let index = indexed(&[
+            "external hard disk 500 GB",
+            "portable hard disk drive",
+            "SanDisk memory card",
+            "SanDisk USB stick",
+            "hard drive enclosure",
+        ]);
+        assert_eq!(
+            index.read("extenal hardisk", false).as_deref(),
+            Some("external hardisk")
+        );
+        assert_eq!(index.widened_to("hardisk"), ["hard disk"]);
+        assert_eq!(index.widened_to("hardrive"), ["hard drive"]);
+        let scores = index.scores("hardisk");
+        assert!(scores[&0] > 0.0 && !scores.contains_key(&2), "{scores:?}");
+        // A slip one edit away is still corrected first.
+        assert_eq!(index.read("sandisc", false).as_deref(), Some("sandisk"));
     }
 
     /// Lexical relevance: a title holding every word the shopper typed outranks a short text

@@ -1274,7 +1274,8 @@ fn candidate_pool(
             .map_or(1.0, |(_, v)| dot(q, v).max(0.0)),
         _ => 1.0,
     };
-    // The best BM25 hits only: a common word ("black") matches thousands of items.
+    // The most relevant word matches only: a common word ("black") matches thousands of
+    // items.
     let mut lexical: Vec<(u32, f32)> = matches
         .iter()
         .filter(|(s, _)| catalog.passes(filter, *s))
@@ -1832,10 +1833,8 @@ fn explain(
             Signal::Dense | Signal::Bm25 => match (query, page) {
                 (Some(q), _) if !said_search => {
                     said_search = true;
-                    let lexical = contributions
-                        .iter()
-                        .find(|c| c.signal == Signal::Bm25)
-                        .is_some_and(|c| c.value > 0.0);
+                    // The feature, whatever its weight: a word match is one.
+                    let lexical = candidate.features[1] > 0.0;
                     Some(search_reason(catalog, candidate.slot, q, lexical))
                 }
                 (None, Some(item)) => Some(format!(

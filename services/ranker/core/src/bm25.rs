@@ -1119,14 +1119,13 @@ impl Bm25 {
 
     /// Every document matching at least one query term (or an equivalent phrase of the shop's
     /// synonyms, or a way the texts write its words together or apart), with its BM25 score
-    /// and how many of the query's words its title holds ([`Matches::relevance`]).
+    /// and how many of the query's words it holds ([`Match::words`], [`Matches::relevance`]).
     ///
     /// # Complexity
     /// O(total postings of the query's terms and of their equivalents).
     pub fn matches(&self, query: &str) -> Matches {
-        let mut out = Matches::default();
         if self.documents == 0 {
-            return out;
+            return Matches::default();
         }
         let avg = (self.total_length as f32 / self.documents as f32).max(1e-6);
         let terms = terms(query);
@@ -1142,14 +1141,12 @@ impl Bm25 {
                 seen.push(term);
             }
         }
-        out.words = seen.len() as f32;
-        out.docs
-            .reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
-        for docs in postings {
-            self.add_term(&mut out.docs, docs, avg, 1.0);
+        let mut docs = HashMap::default();
+        docs.reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
+        for term_docs in postings {
+            self.add_term(&mut docs, term_docs, avg, 1.0);
         }
-        out.best_bm25 = out.docs.values().map(|m| m.bm25).fold(0.0, f32::max);
-        out
+        Matches::new(docs, seen.len())
     }
 
     /// Adds one term's BM25 contribution (its postings `docs`) to each document's score, and
@@ -1183,8 +1180,8 @@ impl Bm25 {
     /// [`Self::matches`] of a widened query ([`Self::groups`]): a group of alternative phrases
     /// scores each document by its best-scoring alternative (the phrase's terms summed), so an
     /// item saying "sofa" matches "couch", and one saying both is not counted twice; a term
-    /// alone scores as in any query. A group is one word of the query: its title share is
-    /// the best alternative's share of terms in the title.
+    /// alone scores as in any query. A group is one word of the query: the words it holds
+    /// ([`Match::words`]) are the best alternative's share of terms held.
     fn matches_grouped(&self, groups: Vec<Group>, avg: f32) -> Matches {
         let mut out: HashMap<u32, Match, IdHash> = HashMap::default();
         let mut seen: Vec<Group> = Vec::new();
@@ -1226,12 +1223,7 @@ impl Bm25 {
             }
             seen.push(group);
         }
-        let best_bm25 = out.values().map(|m| m.bm25).fold(0.0, f32::max);
-        Matches {
-            docs: out,
-            words: seen.len() as f32,
-            best_bm25,
-        }
+        Matches::new(out, seen.len())
     }
 }
 
@@ -1256,6 +1248,16 @@ pub struct Matches {
 }
 
 impl Matches {
+    /// The matching `docs` of a query of `words` distinct words (a widened word counted once).
+    fn new(docs: HashMap<u32, Match, IdHash>, words: usize) -> Self {
+        let best_bm25 = docs.values().map(|m| m.bm25).fold(0.0, f32::max);
+        Self {
+            docs,
+            words: words as f32,
+            best_bm25,
+        }
+    }
+
     /// How well document `doc` matches the query's words, 0..=1 (0 when it holds none):
     /// [`WORDS_SHARE`] (0.9) of it the share of the query's words it holds ([`Match::words`]:
     /// title words count twice description words), the rest its BM25 over the whole text

@@ -249,7 +249,101 @@ async fn start_ranker_with(
     metrics_listen: Option<std::net::SocketAddr>,
     watch: ModelWatch,
 ) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica = Replica {
+        at: "127.0.0.1:0".parse().unwrap(),
+        primary: None,
+        user_id_key: "test-secret",
+    };
+    start_ranker_as(
+        data_dir,
+        encoder_url,
+        kg_url,
+        ann_min_items,
+        metrics_listen,
+        watch,
+        replica,
+    )
+    .await
+}
+
+/// Where a test ranker listens and whose replica it is.
+pub struct Replica<'a> {
+    /// Its address (port 0: any; a ranker stopped there a moment ago: a restart).
+    pub at: SocketAddr,
+    /// `--primary`.
+    pub primary: Option<&'a str>,
+    /// `--user-id-key`: a replica must use its primary's.
+    pub user_id_key: &'a str,
+}
+
+/// A ranker as `replica` says, with the demo's settings otherwise; waits for SERVING (a
+/// replica reports it once it holds its primary's copy).
+pub async fn start_ranker_replica(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    replica: Replica<'_>,
+) -> Running {
+    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    start_ranker_as(data_dir, encoder_url, kg_url, ann, None, WATCH, replica).await
+}
+
+/// [`start_ranker_replica`] without waiting for SERVING.
+pub async fn spawn_ranker_replica(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    replica: Replica<'_>,
+) -> Running {
+    let listener = TcpListener::bind(replica.at).await.unwrap();
+    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    spawn_ranker(
+        listener,
+        data_dir,
+        encoder_url,
+        kg_url,
+        ann,
+        None,
+        WATCH,
+        &replica,
+    )
+}
+
+async fn start_ranker_as(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    ann_min_items: usize,
+    metrics_listen: Option<std::net::SocketAddr>,
+    watch: ModelWatch,
+    replica: Replica<'_>,
+) -> Running {
+    let listener = TcpListener::bind(replica.at).await.unwrap();
+    let running = spawn_ranker(
+        listener,
+        data_dir,
+        encoder_url,
+        kg_url,
+        ann_min_items,
+        metrics_listen,
+        watch,
+        &replica,
+    );
+    wait_serving(&running.url()).await;
+    running
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_ranker(
+    listener: TcpListener,
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    ann_min_items: usize,
+    metrics_listen: Option<std::net::SocketAddr>,
+    watch: ModelWatch,
+    replica: &Replica<'_>,
+) -> Running {
     let mut server = server_args(None);
     server.metrics_listen = metrics_listen;
     let args = souk_ranker::RankerArgs {
@@ -261,18 +355,17 @@ async fn start_ranker_with(
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
         ann_min_items,
-        user_id_key: Some("test-secret".into()),
+        user_id_key: Some(replica.user_id_key.into()),
         encoder_check_ms: watch.every_ms,
         reembed_on_model_change: watch.reembed,
+        primary: replica.primary.map(String::from),
         server,
     };
-    let running = spawn(listener, move |l, stop| {
+    spawn(listener, move |l, stop| {
         souk_ranker::serve(l, args, async move {
             let _ = stop.await;
         })
-    });
-    wait_serving(&running.url()).await;
-    running
+    })
 }
 
 /// Polls grpc.health.v1 until SERVING (60 s at most).

@@ -8,4 +8,5 @@ mod encoder;
 mod eval;
 mod graph;
 mod models;
+mod replicas;
 mod suite;

@@ -61,6 +61,13 @@ def check_default(docs):
     ranker = container(by_kind(docs, "StatefulSet", "-ranker"))
     names = {e["name"] for e in ranker["env"]}
     assert {"SOUK_ADMIN_TOKEN", "SOUK_USER_ID_KEY"} <= names
+    # Replicas follow pod 0 by its stable DNS name, which only the headless Service gives.
+    primary = env(ranker)["SOUK_RANKER_PRIMARY"]
+    headless = by_kind(docs, "Service", "-ranker-headless")
+    assert primary.startswith("http://souk-ranker-0." + headless["metadata"]["name"] + "."), primary
+    assert primary.endswith(":50053"), primary
+    writes = by_kind(docs, "Service", "-ranker-primary")
+    assert writes["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "souk-ranker-0"
 
 
 def check_gpu(docs):
@@ -91,7 +98,7 @@ def check_alerts(default_docs, docs, root):
     assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers"} <= alerts
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync"} <= alerts
     exported = exported_metrics(root)
     import promql_parser
     for r in rules:

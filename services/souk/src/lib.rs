@@ -138,6 +138,7 @@ impl Suite {
             user_id_key: None,
             encoder_check_ms: 30_000,
             reembed_on_model_change: false,
+            primary: None,
             server: server_args(&args.server, metrics(2)),
         };
         let (stop, watch) = tokio::sync::watch::channel(false);

@@ -1139,6 +1139,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.cf_version.as_str()
                 }
             );
+            if !r.follows.is_empty() {
+                println!(
+                    "replica of {}: {}",
+                    r.follows,
+                    if r.in_sync {
+                        "in sync (takes its writes as they are stored)"
+                    } else {
+                        "NOT in sync (connecting or copying; serves its last copy)"
+                    }
+                );
+            }
             println!(
                 "encoder model: {}",
                 match r.encoder.as_str() {

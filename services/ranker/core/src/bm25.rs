@@ -428,6 +428,11 @@ impl Bm25 {
         self.lexicon = lexicon;
     }
 
+    /// The lexicon in use, if any.
+    pub fn lexicon(&self) -> Option<Arc<HashSet<String>>> {
+        self.lexicon.clone()
+    }
+
     /// The shop's synonyms: queries are read and scored with them (see [`Synonyms`]).
     pub fn set_synonyms(&mut self, synonyms: Arc<Synonyms>) {
         self.synonyms = synonyms;

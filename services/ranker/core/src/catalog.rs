@@ -890,6 +890,12 @@ impl Catalog {
         self.bm25.set_lexicon(words);
     }
 
+    /// The spelling lexicon in use, if any (a replica's catalog rebuilt from its primary's
+    /// store keeps the words its encoder gave).
+    pub fn lexicon(&self) -> Option<Arc<HashSet<String>>> {
+        self.bm25.lexicon()
+    }
+
     /// Words in the spelling lexicon (0 without one).
     pub fn lexicon_len(&self) -> usize {
         self.bm25.lexicon_len()

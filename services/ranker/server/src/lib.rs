@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub use souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS;
 
 pub mod metrics;
+pub mod replica;
 pub mod sources;
 pub mod store;
 
@@ -94,8 +95,31 @@ pub struct RankerArgs {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub reembed_on_model_change: bool,
+    /// Makes this ranker a replica of the primary ranker at this URL: it copies the
+    /// primary's store, applies each of its writes as they are stored, serves reads, passes
+    /// `RecordInteractions` on to it and refuses admin writes (send them to the primary).
+    /// Its `--user-id-key` and `--admin-token` must be the primary's. A ranker whose host name
+    /// (`HOSTNAME`) is the URL host's first label is that primary and follows no one, so every
+    /// pod of a StatefulSet can be given the same URL (ARCHITECTURE.md, "Ranker replicas").
+    #[arg(long, env = "SOUK_RANKER_PRIMARY")]
+    pub primary: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// The primary a ranker started with `primary` follows: none when `primary` is unset or
+/// empty, or names this host (`hostname`, the first label of the URL's host).
+pub fn follows(primary: Option<&str>, hostname: Option<&str>) -> Option<String> {
+    let url = primary.map(str::trim).filter(|u| !u.is_empty())?;
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    let first_label = host.split('.').next().unwrap_or_default();
+    let is_me = hostname.is_some_and(|h| !h.is_empty() && h.eq_ignore_ascii_case(first_label));
+    (!is_me).then(|| url.to_string())
 }
 
 /// Binds `args.listen` and serves until `shutdown`.
@@ -139,6 +163,8 @@ struct Ready {
     /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
     /// memory: two calls at once must leave memory as the store, not one each.
     settings: tokio::sync::Mutex<()>,
+    /// A replica's store is a copy of its primary's: it writes nothing of its own.
+    replica: bool,
 }
 
 /// Unmatched (and corrected) queries `Stats` lists.
@@ -198,6 +224,8 @@ impl Ready {
             _ if items == 0 => ModelCheck::EmptyCatalog,
             Some(stored) if same_model(&stored, probe) => ModelCheck::Same,
             Some(_) => ModelCheck::Other,
+            // A replica takes the probe its primary stored, never one of its own.
+            None if self.replica => ModelCheck::Same,
             None => {
                 self.store.put_probe(probe)?;
                 self.set_catalog_model(probe.to_vec(), model)?;
@@ -256,6 +284,16 @@ struct RankerService {
     metrics: metrics::RankMetrics,
     /// Held while a CF fit runs: one at a time (each holds an items x items matrix).
     fitting: tokio::sync::Mutex<()>,
+    /// On a replica: the primary's URL, and a client of it (`RecordInteractions` is passed on).
+    follows: Option<(
+        String,
+        pb::ranker_client::RankerClient<tonic::transport::Channel>,
+    )>,
+    /// On a replica: whether it is in sync with the primary.
+    replica: Arc<replica::ReplicaState>,
+    /// Turns true when the server stops: ends the `Follow` streams, which would otherwise
+    /// hold the graceful shutdown open.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves on `listener`; health turns SERVING once the store is open and replayed. The
@@ -270,10 +308,35 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut server = GrpcServer::new("ranker", args.server.options()).await?;
     let registry = server.metrics();
+    let primary = follows(
+        args.primary.as_deref(),
+        std::env::var("HOSTNAME").ok().as_deref(),
+    );
+    let follows = match &primary {
+        Some(url) => Some((
+            url.clone(),
+            pb::ranker_client::RankerClient::new(souk_shared::client::lazy_channel(
+                url,
+                Duration::from_secs(5),
+            )?),
+        )),
+        None => None,
+    };
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
     let state = Arc::new(RankerService {
         ready: OnceLock::new(),
         metrics: metrics::RankMetrics::register(registry.registry())?,
         fitting: tokio::sync::Mutex::new(()),
+        follows,
+        replica: Arc::new(match &primary {
+            Some(_) => replica::ReplicaState::registered(registry.registry())?,
+            None => replica::ReplicaState::default(),
+        }),
+        stopping,
     });
     server.add_service(
         pb::ranker_server::RankerServer::from_arc(state.clone())
@@ -285,6 +348,7 @@ pub async fn serve(
             "SetFusion",
             "Reembed",
             "SetSynonyms",
+            "Follow",
         ],
     );
     let health = server.health();
@@ -308,6 +372,7 @@ pub async fn serve(
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
+        let mid_sync = store.mid_sync()?;
         let (mut catalog, ann_as_saved) = store.load(ann_min_items)?;
         let cf = store.cf()?;
         let fusion = store.fusion()?;
@@ -341,12 +406,16 @@ pub async fn serve(
             probe,
             UserHasher::new(&secret),
             saved,
+            mid_sync,
         ))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
-    let (store, catalog, fusion, probe, hasher, saved) = opened;
+    let (store, catalog, fusion, probe, hasher, saved, mid_sync) = opened;
+    // A replica serves an earlier copy at once, but not a half-taken one or none at all: it
+    // reports SERVING once it holds the primary's catalog.
+    let serve_at_once = primary.is_none() || (!mid_sync && !catalog.is_empty());
     let catalog = Arc::new(RwLock::new(catalog));
     registry
         .registry()
@@ -375,25 +444,77 @@ pub async fn serve(
         catalog_probe: RwLock::new(probe),
         encoder_checked: AtomicBool::new(false),
         encoder_check: Duration::from_millis(args.encoder_check_ms.max(1)),
-        reembed_on_change: args.reembed_on_model_change,
+        // A replica's primary re-embeds; the replica copies its vectors.
+        reembed_on_change: args.reembed_on_model_change && primary.is_none(),
         model_differs,
         writing: tokio::sync::Mutex::new(()),
         settings: tokio::sync::Mutex::new(()),
+        replica: primary.is_some(),
     });
     let _ = state.ready.set(ready.clone());
-    health.set_ready().await;
+    if serve_at_once {
+        health.set_ready().await;
+    }
     let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
-    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), saved, stopped.clone()));
+    // A replica's graph is rebuilt with each copy; only a primary saves its own.
+    let keeper = match &primary {
+        None => Some(tokio::spawn(keep_ann_saved(
+            ready.clone(),
+            saved,
+            stopped.clone(),
+        ))),
+        Some(_) => None,
+    };
+    let follower = primary.map(|url| {
+        tokio::spawn(replica::follow(
+            ready.clone(),
+            url,
+            args.server.admin_token.clone(),
+            state.replica.clone(),
+            ann_min_items,
+            health.clone(),
+            stopped.clone(),
+        ))
+    });
     let watcher = tokio::spawn(watch_encoder(ready.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
     // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
     // dropped later, and while it holds `ready` the store stays open, so a new server on the
     // same directory cannot open it.
     let _ = stop_keeper.send(true);
-    let _ = keeper.await;
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     let _ = watcher.await;
     served?;
     Ok(())
+}
+
+/// Asks the encoder for the probe's vector now and compares it with the catalog's: a
+/// replica's copy, or a re-embedding copied from its primary, may come from another model
+/// than the last check's. Cached query vectors are dropped, and when the encoder's model is
+/// the catalog's new one, what was recorded of other models is forgotten (as the primary's
+/// own re-embedding does).
+async fn check_model_now(ready: &Arc<Ready>) {
+    ready.encoder.clear_cache();
+    match ready.encoder.probe(ready.load_timeout).await {
+        Ok((probe, model)) => {
+            let adopted = ready
+                .catalog_probe
+                .read()
+                .is_ok_and(|p| p.as_ref().is_some_and(|p| same_model(p, &probe)));
+            if adopted {
+                ready.encoder.adopt_model(model);
+            }
+            if let Err(error) = ready.compare_model(&probe, model) {
+                tracing::warn!(%error, "cannot compare the encoder's model with the catalog's");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "the encoder did not answer the model check"),
+    }
 }
 
 /// Shortest time between two checks of the encoder's model that answers from an unchecked
@@ -760,6 +881,16 @@ fn poisoned() -> Status {
 }
 
 impl RankerService {
+    /// Refuses `what` on a replica: the primary's store is the one written.
+    fn primary_only(&self, what: &str) -> Result<(), Status> {
+        match &self.follows {
+            Some((url, _)) => Err(Status::failed_precondition(format!(
+                "this ranker is a replica of {url}: send {what} to the primary"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn ready(&self) -> Result<Arc<Ready>, Status> {
         self.ready
             .get()
@@ -1001,6 +1132,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<Streaming<pb::UpsertItemsRequest>>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        self.primary_only("UpsertItems")?;
         let ready = self.ready()?;
         let mut stream = request.into_inner();
         let mut response = pb::UpsertItemsResponse::default();
@@ -1121,6 +1253,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        self.primary_only("DeleteItems")?;
         let ready = self.ready()?;
         let ids = request.into_inner().ids;
         let known: Vec<String> = {
@@ -1152,6 +1285,13 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<Streaming<pb::RecordInteractionsRequest>>,
     ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+        if let Some((_, primary)) = &self.follows {
+            // Passed on as it comes; the replica takes the events with the primary's next
+            // writes, like every other replica.
+            // A message the shop's stream failed on ends what is passed on.
+            let events = tokio_stream::StreamExt::map_while(request.into_inner(), Result::ok);
+            return primary.clone().record_interactions(events).await;
+        }
         let ready = self.ready()?;
         let mut stream = request.into_inner();
         let mut response = pb::RecordInteractionsResponse::default();
@@ -1272,6 +1412,12 @@ impl pb::ranker_server::Ranker for RankerService {
                 })
                 .unwrap_or_default(),
             synonyms: catalog.synonyms().rules().len() as u32,
+            follows: self
+                .follows
+                .as_ref()
+                .map(|(url, _)| url.clone())
+                .unwrap_or_default(),
+            in_sync: self.replica.in_sync(),
         }))
     }
 
@@ -1279,6 +1425,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         _request: Request<pb::ReembedRequest>,
     ) -> Result<Response<pb::ReembedResponse>, Status> {
+        self.primary_only("Reembed")?;
         let ready = self.ready()?;
         Ok(Response::new(reembed(&ready).await?))
     }
@@ -1287,6 +1434,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<pb::TrainCfRequest>,
     ) -> Result<Response<pb::TrainCfResponse>, Status> {
+        self.primary_only("TrainCf")?;
         let ready = self.ready()?;
         let request = request.into_inner();
         let algorithm = match pb::CfAlgorithm::try_from(request.algorithm) {
@@ -1367,6 +1515,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<pb::SetFusionRequest>,
     ) -> Result<Response<pb::SetFusionResponse>, Status> {
+        self.primary_only("SetFusion")?;
         let ready = self.ready()?;
         let model = request
             .into_inner()
@@ -1408,6 +1557,7 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<pb::SetSynonymsRequest>,
     ) -> Result<Response<pb::SetSynonymsResponse>, Status> {
+        self.primary_only("SetSynonyms")?;
         let ready = self.ready()?;
         let rules: Vec<SynonymRule> = request
             .into_inner()
@@ -1445,6 +1595,24 @@ impl pb::ranker_server::Ranker for RankerService {
             synonyms: count,
             finding_nothing,
         }))
+    }
+
+    type FollowStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StoreChange, Status>>;
+
+    async fn follow(
+        &self,
+        _request: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        if let Some((url, _)) = &self.follows {
+            return Err(Status::failed_precondition(format!(
+                "this ranker is itself a replica of {url}: follow the primary"
+            )));
+        }
+        let ready = self.ready()?;
+        let changes = replica::stream_store(ready, self.stopping.clone())?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            changes,
+        )))
     }
 
     async fn get_synonyms(
@@ -1517,6 +1685,29 @@ impl pb::ranker_server::Ranker for RankerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pod of a StatefulSet gets the same `--primary`: pod 0 serves as the primary,
+    /// the others follow it; elsewhere an explicit URL is always followed.
+    #[test]
+    fn the_pod_named_by_the_primary_url_is_the_primary() {
+        let url = "http://souk-ranker-0.souk-ranker-headless.shop.svc:50053";
+        assert_eq!(follows(Some(url), Some("souk-ranker-0")), None);
+        assert_eq!(follows(Some(url), Some("SOUK-RANKER-0")), None);
+        assert_eq!(
+            follows(Some(url), Some("souk-ranker-1")).as_deref(),
+            Some(url)
+        );
+        assert_eq!(
+            follows(Some("10.0.0.7:50053"), Some("souk-ranker-0")).as_deref(),
+            Some("10.0.0.7:50053")
+        );
+        assert_eq!(
+            follows(Some("http://127.0.0.1:1"), None).as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert_eq!(follows(Some(" "), Some("x")), None);
+        assert_eq!(follows(None, Some("x")), None);
+    }
 
     /// A changed graph is written once it holds still for one look; one that keeps changing
     /// (a catalog load) is written every `ANN_SAVE_MAX_WAIT`; a saved one is not written.

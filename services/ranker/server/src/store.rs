@@ -23,7 +23,77 @@ pub struct RankerStore {
     events: sled::Tree,
     /// Fitted models by name (`fusion`, `cf`), JSON with their version inside.
     models: sled::Tree,
+    /// Numbers every write and hands it to the replicas following this store (see
+    /// [`RankerStore::subscribe`]).
+    journal: std::sync::Mutex<Journal>,
 }
+
+/// The store's trees, as a replica names them ([`StoreChange`]'s `tree`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeName {
+    Catalog = 0,
+    Events = 1,
+    Models = 2,
+}
+
+impl TreeName {
+    /// The tree numbered `n` on the wire.
+    ///
+    /// # Errors
+    /// When no tree has that number.
+    pub fn from_wire(n: u32) -> Result<Self, RankError> {
+        match n {
+            0 => Ok(Self::Catalog),
+            1 => Ok(Self::Events),
+            2 => Ok(Self::Models),
+            other => Err(RankError::InvalidInput(format!("no store tree {other}"))),
+        }
+    }
+}
+
+/// A record's key and its new value (`None`: removed).
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// One write of the store, as it was applied: every record of it is in one tree and was
+/// stored atomically. `seq` counts the store's writes since it was opened, from 1.
+#[derive(Debug)]
+pub struct Change {
+    pub seq: u64,
+    pub tree: TreeName,
+    pub writes: Vec<Write>,
+}
+
+/// What a live write from a primary changes in memory ([`RankerStore::decode`]).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Items stored with their vectors (a load).
+    pub upserted: Vec<(Item, Vec<f32>)>,
+    /// New vectors of stored items, without the items (a re-embedding).
+    pub vectors: HashMap<String, Vec<f32>>,
+    /// Items removed.
+    pub deleted: Vec<String>,
+    /// The probe text's vector, when the write set it.
+    pub probe: Option<Vec<f32>>,
+    /// Events appended.
+    pub events: Vec<Interaction>,
+    /// Names of the models and settings written (`fusion`, `cf`, `synonyms`), to be read back
+    /// from the store.
+    pub models: Vec<String>,
+}
+
+/// Writes waiting for a replica that is slower than the primary's writes: past them the
+/// replica is cut off and copies a snapshot again. A write is one batch of a load (a few
+/// hundred items) or of events, so this holds a few seconds of a bulk load.
+const JOURNAL_CAPACITY: usize = 512;
+
+struct Journal {
+    seq: u64,
+    sender: tokio::sync::broadcast::Sender<std::sync::Arc<Change>>,
+}
+
+/// Key in the models tree that a replica sets while it copies its primary's store: found at
+/// start, the copy was cut short and the store holds part of it.
+const SYNCING_KEY: &[u8] = b"replica.syncing";
 
 fn internal(e: impl std::fmt::Display) -> RankError {
     RankError::Internal(format!("ranker store: {e}"))
@@ -110,7 +180,216 @@ impl RankerStore {
             catalog,
             events,
             models,
+            journal: std::sync::Mutex::new(Journal {
+                seq: 0,
+                sender: tokio::sync::broadcast::channel(JOURNAL_CAPACITY).0,
+            }),
         })
+    }
+
+    fn tree(&self, name: TreeName) -> &sled::Tree {
+        match name {
+            TreeName::Catalog => &self.catalog,
+            TreeName::Events => &self.events,
+            TreeName::Models => &self.models,
+        }
+    }
+
+    /// Applies `writes` to `tree` atomically and durably, numbers them and hands them to the
+    /// replicas following this store, in the order they were applied.
+    fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in &writes {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        {
+            // Applied and numbered under one lock, so replicas see writes in the order the
+            // store took them. The flush, the slow part, is outside it.
+            let mut journal = self
+                .journal
+                .lock()
+                .map_err(|_| internal("journal lock poisoned"))?;
+            self.tree(tree).apply_batch(batch).map_err(internal)?;
+            journal.seq += 1;
+            if journal.sender.receiver_count() > 0 {
+                let change = Change {
+                    seq: journal.seq,
+                    tree,
+                    writes,
+                };
+                // No receiver left (it went away meanwhile) is not an error.
+                let _ = journal.sender.send(std::sync::Arc::new(change));
+            }
+        }
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Every write from now on, in order, and the number of the last write before them: what
+    /// a replica needs besides a copy of the records ([`Self::records`]).
+    ///
+    /// # Errors
+    /// When the journal's lock is poisoned.
+    pub fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>, RankError> {
+        let journal = self
+            .journal
+            .lock()
+            .map_err(|_| internal("journal lock poisoned"))?;
+        Ok(journal.sender.subscribe())
+    }
+
+    /// The number of the last write applied.
+    ///
+    /// # Errors
+    /// When the journal's lock is poisoned.
+    pub fn last_seq(&self) -> Result<u64, RankError> {
+        Ok(self
+            .journal
+            .lock()
+            .map_err(|_| internal("journal lock poisoned"))?
+            .seq)
+    }
+
+    /// Every record of the store, tree by tree (each tree read as it is while it is read:
+    /// writes meanwhile are seen or not, and a replica applies them again after the copy).
+    pub fn records(&self) -> impl Iterator<Item = Result<(TreeName, Write), RankError>> + '_ {
+        [TreeName::Catalog, TreeName::Events, TreeName::Models]
+            .into_iter()
+            .flat_map(move |name| {
+                self.tree(name).iter().map(move |entry| {
+                    entry
+                        .map(|(k, v)| (name, (k.to_vec(), Some(v.to_vec()))))
+                        .map_err(internal)
+                })
+            })
+            .filter(|r| !matches!(r, Ok((TreeName::Models, (k, _))) if k == SYNCING_KEY))
+    }
+
+    /// A replica's first step of a copy of its primary's store: marks the store as mid-copy
+    /// (see [`Self::mid_sync`]), then empties it and removes the saved HNSW graph.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub fn begin_sync(&self) -> Result<(), RankError> {
+        self.models.insert(SYNCING_KEY, &[]).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        self.catalog.clear().map_err(internal)?;
+        self.events.clear().map_err(internal)?;
+        for key in self.models.iter().keys() {
+            let key = key.map_err(internal)?;
+            if key != SYNCING_KEY {
+                self.models.remove(key).map_err(internal)?;
+            }
+        }
+        match std::fs::remove_file(self.ann_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(internal(format!("{}: {e}", self.ann_path().display())));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stores records copied from a primary as they are (a snapshot's or a live write's),
+    /// atomically per tree; not handed on to replicas of this store.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            if tree == TreeName::Models && key == SYNCING_KEY {
+                continue;
+            }
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        self.tree(tree).apply_batch(batch).map_err(internal)
+    }
+
+    /// The copy from the primary is whole: the mark of [`Self::begin_sync`] is removed and
+    /// the store flushed.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn end_sync(&self) -> Result<(), RankError> {
+        self.models.remove(SYNCING_KEY).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Whether a copy from a primary began and did not end (the process stopped during it):
+    /// the store holds part of the primary's records.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn mid_sync(&self) -> Result<bool, RankError> {
+        self.models.contains_key(SYNCING_KEY).map_err(internal)
+    }
+
+    /// What a live write copied from a primary changes in memory, decoded from the store's
+    /// encoding (see [`Decoded`]).
+    ///
+    /// # Errors
+    /// When a record does not decode.
+    pub fn decode(tree: TreeName, writes: &[Write]) -> Result<Decoded, RankError> {
+        let mut decoded = Decoded::default();
+        match tree {
+            TreeName::Catalog => {
+                let mut items = Vec::new();
+                let mut vectors = HashMap::new();
+                for (key, value) in writes {
+                    if key.as_slice() == PROBE_KEY {
+                        decoded.probe = value.as_deref().map(f32s);
+                        continue;
+                    }
+                    let Some((&kind, id)) = key.split_first() else {
+                        continue;
+                    };
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    match (kind, value) {
+                        (b'i', Some(value)) => {
+                            items.push(serde_json::from_slice::<Item>(value).map_err(internal)?)
+                        }
+                        (b'i', None) => decoded.deleted.push(id),
+                        (b'v', Some(value)) => {
+                            vectors.insert(id, f32s(value));
+                        }
+                        _ => {}
+                    }
+                }
+                for item in items {
+                    let vector = vectors
+                        .remove(&item.id)
+                        .ok_or_else(|| internal(format!("item {:?} has no vector", item.id)))?;
+                    decoded.upserted.push((item, vector));
+                }
+                decoded.vectors = vectors;
+            }
+            TreeName::Events => {
+                for (_, value) in writes {
+                    if let Some(value) = value {
+                        decoded
+                            .events
+                            .push(serde_json::from_slice(value).map_err(internal)?);
+                    }
+                }
+            }
+            TreeName::Models => {
+                decoded.models = writes
+                    .iter()
+                    .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
+                    .collect();
+            }
+        }
+        Ok(decoded)
     }
 
     /// Stores items with their vectors atomically and durably.
@@ -131,20 +410,18 @@ impl RankerStore {
         items: &[(Item, Vec<f32>)],
         probe: Option<&[f32]>,
     ) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(2 * items.len() + 1);
         for (item, vector) in items {
-            batch.insert(
+            writes.push((
                 key(b'i', &item.id),
-                serde_json::to_vec(item).map_err(internal)?,
-            );
-            batch.insert(key(b'v', &item.id), f32_bytes(vector));
+                Some(serde_json::to_vec(item).map_err(internal)?),
+            ));
+            writes.push((key(b'v', &item.id), Some(f32_bytes(vector))));
         }
         if let Some(probe) = probe {
-            batch.insert(PROBE_KEY, f32_bytes(probe));
+            writes.push((PROBE_KEY.to_vec(), Some(f32_bytes(probe))));
         }
-        self.catalog.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.commit(TreeName::Catalog, writes)
     }
 
     /// Replaces the stored items' vectors, and the probe's, in one atomic batch (a new
@@ -157,16 +434,14 @@ impl RankerStore {
         vectors: &HashMap<String, Vec<f32>>,
         probe: &[f32],
     ) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(vectors.len() + 1);
         for (id, vector) in vectors {
             if self.catalog.contains_key(key(b'i', id)).map_err(internal)? {
-                batch.insert(key(b'v', id), f32_bytes(vector));
+                writes.push((key(b'v', id), Some(f32_bytes(vector))));
             }
         }
-        batch.insert(PROBE_KEY, f32_bytes(probe));
-        self.catalog.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        writes.push((PROBE_KEY.to_vec(), Some(f32_bytes(probe))));
+        self.commit(TreeName::Catalog, writes)
     }
 
     /// The vector the model that embedded the stored items gave [`PROBE_TEXT`]: an
@@ -190,24 +465,20 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn put_probe(&self, probe: &[f32]) -> Result<(), RankError> {
-        self.catalog
-            .insert(PROBE_KEY, f32_bytes(probe))
-            .map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.commit(
+            TreeName::Catalog,
+            vec![(PROBE_KEY.to_vec(), Some(f32_bytes(probe)))],
+        )
     }
 
     /// # Errors
     /// When the write fails.
     pub fn delete_items(&self, ids: &[String]) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(key(b'i', id));
-            batch.remove(key(b'v', id));
-        }
-        self.catalog.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        let writes = ids
+            .iter()
+            .flat_map(|id| [(key(b'i', id), None), (key(b'v', id), None)])
+            .collect();
+        self.commit(TreeName::Catalog, writes)
     }
 
     /// Appends events durably.
@@ -215,17 +486,15 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn append_events(&self, events: &[Interaction]) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(events.len());
         for event in events {
             let seq = self.db.generate_id().map_err(internal)?;
-            batch.insert(
-                &seq.to_be_bytes(),
-                serde_json::to_vec(event).map_err(internal)?,
-            );
+            writes.push((
+                seq.to_be_bytes().to_vec(),
+                Some(serde_json::to_vec(event).map_err(internal)?),
+            ));
         }
-        self.events.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.commit(TreeName::Events, writes)
     }
 
     /// Stores the fusion weights in use, durably (replacing the previous ones in one write).
@@ -254,21 +523,24 @@ impl RankerStore {
                 unobserved: f.model.unobserved(),
             }),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert("cf", serde_json::to_vec(&record).map_err(internal)?);
-        match &model.factors {
-            Some(f) => batch.insert(CF_VECTORS, f32_bytes(f.model.vectors())),
-            None => batch.remove(CF_VECTORS),
-        }
-        self.models.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        let vectors = model.factors.as_ref().map(|f| f32_bytes(f.model.vectors()));
+        self.commit(
+            TreeName::Models,
+            vec![
+                (
+                    b"cf".to_vec(),
+                    Some(serde_json::to_vec(&record).map_err(internal)?),
+                ),
+                (CF_VECTORS.as_bytes().to_vec(), vectors),
+            ],
+        )
     }
 
     fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<(), RankError> {
-        self.models.insert(name, bytes).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.commit(
+            TreeName::Models,
+            vec![(name.as_bytes().to_vec(), Some(bytes))],
+        )
     }
 
     /// Stores the shop's synonyms, durably (replacing the previous set in one write).

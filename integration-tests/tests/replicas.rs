@@ -1,0 +1,351 @@
+//! Ranker replicas (`--primary`): a replica copies its primary's store, takes every later
+//! write, serves the same rankings, passes events on, refuses admin writes, and catches up
+//! after either side restarts.
+use souk_proto::ranker::v1 as rk;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+async fn client(url: &str) -> RankerClient<Channel> {
+    RankerClient::new(channel(url).await)
+}
+
+async fn stats(client: &mut RankerClient<Channel>) -> rk::StatsResponse {
+    client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// What a shopper would see: ids, scores and reasons of a search and a recommendation.
+async fn rankings(client: &mut RankerClient<Channel>) -> Vec<(String, String, Vec<String>)> {
+    let mut seen = Vec::new();
+    for (user, query) in [("u066", "tent"), ("u066", ""), ("", "wireless headphones")] {
+        let request = rk::RankRequest {
+            user_id: user.into(),
+            query: query.into(),
+            k: 8,
+            explain: true,
+            ..Default::default()
+        };
+        let response = client.rank(request).await.unwrap().into_inner();
+        assert!(response.missing_signals.is_empty(), "{response:?}");
+        for item in response.items {
+            seen.push((item.id, format!("{:.5}", item.score), item.reasons));
+        }
+    }
+    seen
+}
+
+/// Whether the replica's catalog, log and models are the primary's, as `Stats` counts them.
+async fn same_counts(
+    primary: &mut RankerClient<Channel>,
+    replica: &mut RankerClient<Channel>,
+) -> bool {
+    let (p, r) = (stats(primary).await, stats(replica).await);
+    r.in_sync
+        && (
+            p.items,
+            p.users,
+            p.interactions,
+            &p.model_version,
+            &p.cf_version,
+            p.synonyms,
+        ) == (
+            r.items,
+            r.users,
+            r.interactions,
+            &r.model_version,
+            &r.cf_version,
+            r.synonyms,
+        )
+}
+
+fn purchase(user: &str, item: &str) -> rk::RecordInteractionsRequest {
+    rk::RecordInteractionsRequest {
+        interactions: vec![rk::Interaction {
+            user_id: user.into(),
+            item_id: item.into(),
+            kind: rk::InteractionKind::Purchase as i32,
+            value: 1.0,
+            timestamp_ms: 0,
+        }],
+    }
+}
+
+fn replica_of<'a>(primary: &'a str) -> Replica<'a> {
+    Replica {
+        at: "127.0.0.1:0".parse().unwrap(),
+        primary: Some(primary),
+        user_id_key: "test-secret",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let primary = start_ranker(&dir.path().join("primary"), &encoder, &kg.url()).await;
+    load_demo(&kg.url(), &primary.url()).await;
+    let primary_url = primary.url();
+    let replica_dir = dir.path().join("replica");
+    let replica =
+        start_ranker_replica(&replica_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
+    let (mut p, mut r) = (client(&primary.url()).await, client(&replica.url()).await);
+
+    // The copy: SERVING means the whole catalog and log are there, and rankings match.
+    let at_start = stats(&mut r).await;
+    assert_eq!(at_start.follows, primary.url());
+    assert!(same_counts(&mut p, &mut r).await, "{at_start:?}");
+    assert!(
+        at_start.items > 100 && at_start.interactions > 1000,
+        "{at_start:?}"
+    );
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
+
+    // Live writes of every kind reach it: a deletion, events sent to the replica (passed on
+    // to the primary), synonyms, fusion weights and a fitted collaborative filter.
+    let first_tent = p
+        .rank(rk::RankRequest {
+            query: "tent".into(),
+            k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items[0]
+        .id
+        .clone();
+    let deleted = p
+        .delete_items(rk::DeleteItemsRequest {
+            ids: vec![first_tent.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    let recorded = r
+        .record_interactions(futures::stream::iter(vec![purchase(
+            "new-shopper",
+            "p00002",
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        recorded.recorded, 1,
+        "the replica passes events on to the primary"
+    );
+    p.set_synonyms(rk::SetSynonymsRequest {
+        synonyms: vec![rk::Synonym {
+            phrases: vec!["rucksack".into()],
+            replacement: Some("backpack".into()),
+        }],
+    })
+    .await
+    .unwrap();
+    let weights = |dense| rk::FusionWeights {
+        dense,
+        bm25: 0.3,
+        cf: 0.1,
+        kg: 0.1,
+        popularity: 0.05,
+    };
+    p.set_fusion(rk::SetFusionRequest {
+        model: Some(rk::FusionModel {
+            version: "replicated-1".into(),
+            with_query: Some(weights(0.7)),
+            without_query: Some(weights(0.0)),
+            with_item: None,
+        }),
+    })
+    .await
+    .unwrap();
+    let trained = p
+        .train_cf(rk::TrainCfRequest {
+            algorithm: rk::CfAlgorithm::ItemKnn as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        soon(async || same_counts(&mut p, &mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    let now = stats(&mut r).await;
+    assert_eq!(
+        (now.items, now.interactions),
+        (at_start.items - 1, at_start.interactions + 1)
+    );
+    assert_eq!(
+        (
+            now.model_version.as_str(),
+            now.cf_version.as_str(),
+            now.synonyms
+        ),
+        ("replicated-1", trained.version.as_str(), 1)
+    );
+    let tents = r
+        .rank(rk::RankRequest {
+            query: "tent".into(),
+            k: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tents.items.iter().all(|i| i.id != first_tent),
+        "the deleted item is still served"
+    );
+    let profile = r
+        .user_profile(rk::UserProfileRequest {
+            user_id: "new-shopper".into(),
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(profile.recent_items, vec!["p00002".to_string()]);
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
+
+    // Admin writes are the primary's: refused, naming it, and nothing changes.
+    let refused = r
+        .delete_items(rk::DeleteItemsRequest {
+            ids: vec!["p00001".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains(&primary.url()), "{refused:?}");
+    let refused = r
+        .upsert_items(futures::stream::iter(Vec::<rk::UpsertItemsRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(stats(&mut r).await.items, now.items);
+
+    // The replica restarts while the primary changes: it serves its last copy at once, then
+    // takes the primary's state again.
+    replica.stop().await.unwrap();
+    p.delete_items(rk::DeleteItemsRequest {
+        ids: vec!["p00001".into()],
+    })
+    .await
+    .unwrap();
+    let replica =
+        start_ranker_replica(&replica_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
+    let mut r = client(&replica.url()).await;
+    assert!(
+        soon(async || same_counts(&mut p, &mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    assert_eq!(stats(&mut r).await.items, now.items - 1);
+
+    // The primary restarts (a graceful stop does not wait on its replica's stream): the
+    // replica serves meanwhile, reconnects, copies again and takes later writes.
+    let primary_addr = primary.addr;
+    primary.stop().await.unwrap();
+    assert_eq!(
+        stats(&mut r).await.items,
+        now.items - 1,
+        "a replica serves while its primary is away"
+    );
+    let primary = start_ranker_replica(
+        &dir.path().join("primary"),
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            user_id_key: "test-secret",
+        },
+    )
+    .await;
+    let mut p = client(&primary.url()).await;
+    p.delete_items(rk::DeleteItemsRequest {
+        ids: vec!["p00003".into()],
+    })
+    .await
+    .unwrap();
+    assert!(
+        soon_within(20, async || same_counts(&mut p, &mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    assert_eq!(stats(&mut r).await.items, now.items - 2);
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_with_another_user_id_key_refuses_to_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let primary = start_ranker(&dir.path().join("primary"), &encoder, &kg.url()).await;
+    load_demo(&kg.url(), &primary.url()).await;
+    let primary_url = primary.url();
+    let wrong = Replica {
+        user_id_key: "another-secret",
+        ..replica_of(&primary_url)
+    };
+    let replica =
+        spawn_ranker_replica(&dir.path().join("replica"), &encoder, &kg.url(), wrong).await;
+    // A replica with the right key copies the demo shop in well under this.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut r = client(&replica.url()).await;
+    let s = stats(&mut r).await;
+    assert!(!s.in_sync && s.items == 0, "{s:?}");
+    assert_ne!(soukctl::health(&replica.url()).await.unwrap(), "SERVING");
+}
+
+/// The encoder moved to another model and the primary re-embedded its catalog: the replica
+/// takes the new vectors and the new model's probe, and ranks with the new model as the
+/// primary does (no signal lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_re_embedding_on_the_primary_reaches_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_model = five_layer_model(dir.path());
+    let encoder = start_encoder(encoder_args(model_dir())).await;
+    wait_serving(&encoder.url()).await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let primary = start_ranker(&dir.path().join("primary"), &encoder.url(), &kg.url()).await;
+    load_demo(&kg.url(), &primary.url()).await;
+    let primary_url = primary.url();
+    let replica = start_ranker_replica(
+        &dir.path().join("replica"),
+        &encoder.url(),
+        &kg.url(),
+        replica_of(&primary_url),
+    )
+    .await;
+    let (mut p, mut r) = (client(&primary.url()).await, client(&replica.url()).await);
+    let before = rankings(&mut r).await;
+    assert_eq!(before, rankings(&mut p).await);
+
+    let addr = encoder.addr;
+    encoder.stop().await.unwrap();
+    let _other = start_encoder_at(addr, encoder_args(other_model)).await;
+    let matches = async |c: &mut RankerClient<Channel>| stats(c).await.encoder == "matches";
+    assert!(
+        soon(async || !matches(&mut r).await).await,
+        "the replica sees the new model"
+    );
+    let reembedded = p.reembed(rk::ReembedRequest {}).await.unwrap().into_inner();
+    assert_eq!(reembedded.items, stats(&mut p).await.items);
+    assert!(
+        soon(async || matches(&mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    let after = rankings(&mut r).await;
+    assert_eq!(after, rankings(&mut p).await);
+    assert_ne!(after, before, "the new model's vectors rank");
+}

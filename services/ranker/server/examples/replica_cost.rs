@@ -1,0 +1,265 @@
+//! What a ranker replica costs, over real gRPC on loopback with real sled stores:
+//!
+//! 1. **Copy**: a new replica's time from start to holding the primary's catalog (snapshot
+//!    streamed, catalog and HNSW graph rebuilt), against the primary's own cold start on the
+//!    same store (replay, graph built) in the same run.
+//! 2. **Lag**: how long after a write is sent to the primary the replica serves it, against
+//!    the write's own round trip.
+//! 3. **Write cost**: bulk `RecordInteractions` throughput on the primary with a replica
+//!    following and with none, alternating.
+//!
+//! ```text
+//! cargo run --release -p souk-ranker --example replica_cost -- ITEMS EVENTS WRITES
+//! ```
+//! Items get synthetic 384-d vectors and 4-word titles; no encoder runs (the ranker serves
+//! without one), so the figures are the replication's own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use souk_proto::ranker::v1 as pb;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use souk_ranker::store::RankerStore;
+use souk_ranker::{RankerArgs, serve};
+use souk_ranker_core::UserHasher;
+use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+use souk_ranker_core::rng::XorShift;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+const DIM: usize = 384;
+const KEY: &str = "replica-cost";
+const WORDS: [&str; 24] = [
+    "wireless", "steel", "portable", "leather", "camping", "coffee", "desk", "lamp", "boots",
+    "hiking", "travel", "smart", "cotton", "kitchen", "knife", "backpack", "tent", "chair",
+    "office", "running", "shoes", "speaker", "mug", "jacket",
+];
+
+fn fill(dir: &Path, items: usize, events: usize) {
+    let store = RankerStore::open(dir).unwrap();
+    let mut rng = XorShift::new(7);
+    let word = |rng: &mut XorShift| WORDS[(rng.uniform() * WORDS.len() as f64) as usize % 24];
+    for start in (0..items).step_by(512) {
+        let batch: Vec<(Item, Vec<f32>)> = (start..(start + 512).min(items))
+            .map(|i| {
+                let title = (0..4).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ");
+                let item = Item {
+                    id: format!("p{i:06}"),
+                    title,
+                    description: String::new(),
+                    category: vec![format!("c{}", i % 50)],
+                    brand: format!("b{}", i % 200),
+                    price: 10.0 + (i % 90) as f64,
+                    attributes: Default::default(),
+                    in_stock: true,
+                };
+                let v: Vec<f32> = (0..DIM).map(|_| rng.uniform() as f32 - 0.5).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (item, v.iter().map(|x| x / n).collect())
+            })
+            .collect();
+        store.put_items(&batch).unwrap();
+    }
+    let hasher = UserHasher::new(KEY.as_bytes());
+    for start in (0..events).step_by(1000) {
+        let batch: Vec<Interaction> = (start..(start + 1000).min(events))
+            .map(|_| Interaction {
+                user: hasher.key(&format!("u{}", (rng.uniform() * 10_000.0) as usize)),
+                item_id: format!("p{:06}", (rng.uniform() * items as f64) as usize % items),
+                kind: InteractionKind::Click,
+                value: 1.0,
+                timestamp_ms: 1_700_000_000_000,
+            })
+            .collect();
+        store.append_events(&batch).unwrap();
+    }
+}
+
+struct Server {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(dir: &Path, primary: Option<String>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let args = RankerArgs {
+        listen: listener.local_addr().unwrap(),
+        data_dir: dir.to_path_buf(),
+        encoder_url: "http://127.0.0.1:9".into(),
+        kg_url: "http://127.0.0.1:9".into(),
+        dependency_timeout_ms: 100,
+        load_timeout_ms: 1_000,
+        query_cache_ttl_s: 300,
+        ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+        user_id_key: Some(KEY.into()),
+        encoder_check_ms: 60_000,
+        reembed_on_model_change: false,
+        primary,
+        server: Default::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, args, async move {
+        let _ = stopped.await;
+    }));
+    Server { url, stop, task }
+}
+
+impl Server {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn client(url: &str) -> RankerClient<Channel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect_lazy();
+    RankerClient::new(channel)
+}
+
+async fn stats(client: &mut RankerClient<Channel>) -> Option<pb::StatsResponse> {
+    client
+        .stats(pb::StatsRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Polls until `done` holds of the stats (1 ms apart).
+async fn wait(client: &mut RankerClient<Channel>, done: impl Fn(&pb::StatsResponse) -> bool) {
+    loop {
+        if stats(client).await.is_some_and(|s| done(&s)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn events(n: usize, user: &str) -> pb::RecordInteractionsRequest {
+    pb::RecordInteractionsRequest {
+        interactions: (0..n)
+            .map(|i| pb::Interaction {
+                user_id: format!("{user}-{i}"),
+                item_id: format!("p{:06}", i % 1000),
+                kind: pb::InteractionKind::View as i32,
+                value: 1.0,
+                timestamp_ms: 0,
+            })
+            .collect(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Bulk events per second into `client`: `batches` streams of one 1,000-event batch.
+async fn bulk_rate(client: &mut RankerClient<Channel>, batches: usize, tag: &str) -> f64 {
+    let started = Instant::now();
+    for b in 0..batches {
+        client
+            .record_interactions(futures::stream::iter(vec![events(
+                1000,
+                &format!("{tag}{b}"),
+            )]))
+            .await
+            .unwrap();
+    }
+    (batches * 1000) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(default)
+    };
+    let (items, events_n, writes) = (arg(1, 10_000), arg(2, 100_000), arg(3, 200));
+    let dir = tempfile::tempdir().unwrap();
+    let primary_dir = dir.path().join("primary");
+    let started = Instant::now();
+    fill(&primary_dir, items, events_n);
+    println!(
+        "store: {items} items ({DIM}-d), {events_n} events, written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 1. The primary's cold start on this store, then a replica's copy of it.
+    let t = Instant::now();
+    let primary = start(&primary_dir, None).await;
+    let mut p = client(&primary.url).await;
+    wait(&mut p, |s| s.items == items as u64).await;
+    let primary_start = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let replica = start(&dir.path().join("replica"), Some(primary.url.clone())).await;
+    let mut r = client(&replica.url).await;
+    wait(&mut r, |s| s.in_sync && s.items == items as u64).await;
+    let copy = t.elapsed().as_secs_f64();
+    let (ps, rs) = (stats(&mut p).await.unwrap(), stats(&mut r).await.unwrap());
+    assert_eq!(
+        (ps.items, ps.interactions, ps.users),
+        (rs.items, rs.interactions, rs.users)
+    );
+    println!(
+        "copy: primary cold start {primary_start:.2} s, replica start to in sync {copy:.2} s ({:.2}x)",
+        copy / primary_start
+    );
+
+    // 2. Lag of single-event writes.
+    let (mut rtt, mut lag) = (Vec::new(), Vec::new());
+    for w in 0..writes {
+        let expected = rs.interactions + w as u64 + 1;
+        let t = Instant::now();
+        p.record_interactions(futures::stream::iter(vec![events(1, &format!("lag{w}"))]))
+            .await
+            .unwrap();
+        rtt.push(t.elapsed().as_secs_f64() * 1e3);
+        wait(&mut r, |s| s.interactions == expected).await;
+        lag.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    rtt.sort_by(f64::total_cmp);
+    lag.sort_by(f64::total_cmp);
+    println!(
+        "lag over {writes} one-event writes: write round trip p50 {:.2} / p99 {:.2} ms; served by the replica p50 {:.2} / p99 {:.2} ms after the send (Stats polled 1 ms apart)",
+        percentile(&rtt, 0.5),
+        percentile(&rtt, 0.99),
+        percentile(&lag, 0.5),
+        percentile(&lag, 0.99)
+    );
+
+    // 3. Bulk writes with and without a replica following, alternating.
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    let mut replica = Some(replica);
+    for round in 0..2 {
+        if replica.is_none() {
+            let started = start(&dir.path().join("replica"), Some(primary.url.clone())).await;
+            let mut r = client(&started.url).await;
+            wait(&mut r, |s| s.in_sync).await;
+            replica = Some(started);
+        }
+        with.push(bulk_rate(&mut p, 20, &format!("with{round}")).await);
+        if let Some(replica) = replica.take() {
+            replica.stop().await;
+        }
+        without.push(bulk_rate(&mut p, 20, &format!("without{round}")).await);
+    }
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "bulk events/s into the primary (20 x 1,000): with a replica following {}, with none {}",
+        fmt(&with),
+        fmt(&without)
+    );
+    primary.stop().await;
+}

@@ -1,0 +1,496 @@
+//! Ranker replicas: a primary streams its store ([`stream_store`], the `Follow` RPC) and a
+//! replica started with `--primary URL` keeps a copy of it ([`follow`]): a snapshot of every
+//! record, then every write as the primary stores it, in order. The replica's own sled store
+//! holds the copy (so a restart serves the last copy at once while it connects again), and
+//! its in-memory catalog takes each write as the primary's did. A replica serves reads
+//! (`Rank`, `Suggest`, `UserProfile`, `Stats`); it refuses admin writes, naming the primary,
+//! and passes `RecordInteractions` on to it, so a shop can send events to any replica.
+//!
+//! Consistency: a write is served by the replica once it arrives (milliseconds behind on a
+//! local network); a replica cut off (the primary restarted, or the replica fell
+//! [`JOURNAL_CAPACITY`](crate::store) writes behind) serves what it has and copies a new
+//! snapshot when it gets through again. The copy rebuilds the catalog (and its HNSW graph)
+//! from the copied store, as a restart does.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use souk_proto::ranker::v1 as pb;
+use souk_ranker_core::RankError;
+use souk_ranker_core::synonyms::Synonyms;
+use souk_shared::server::Health;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+
+use crate::store::{Change, Decoded, RankerStore, TreeName, Write};
+use crate::{Ready, lock_poisoned};
+
+/// The user id whose keyed hash a primary sends first: a replica with another user-id key
+/// would file every event under other users and find nobody's history.
+const KEY_CHECK_USER: &str = "souk replica: user-id key check";
+
+/// Records per snapshot message, and the most bytes one holds (a record is never split).
+const SNAPSHOT_RECORDS: usize = 1024;
+const SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest message a replica takes from its primary: one write is one batch of a load,
+/// or a whole fitted model (an item-kNN model's neighbour lists, a factor model's vectors).
+pub const MAX_CHANGE_BYTES: usize = 512 * 1024 * 1024;
+
+fn to_pb(seq: u64, tree: TreeName, writes: &[Write]) -> pb::StoreChange {
+    pb::StoreChange {
+        seq,
+        records: writes
+            .iter()
+            .map(|(key, value)| pb::StoreRecord {
+                tree: tree as u32,
+                key: key.clone(),
+                removed: value.is_none(),
+                value: value.clone().unwrap_or_default(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The `Follow` stream of the primary's store: the user-id key check, a snapshot of every
+/// record, the writes applied while the snapshot was read, `snapshot_done`, then each write
+/// as it is stored, until the replica goes away, falls too far behind (RESOURCE_EXHAUSTED)
+/// or the server stops (`stopping`).
+pub(crate) fn stream_store(
+    ready: Arc<Ready>,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<mpsc::Receiver<Result<pb::StoreChange, Status>>, Status> {
+    let (tx, rx) = mpsc::channel(4);
+    // Subscribed before the first record is read: every write from here on is sent, and
+    // applying one the snapshot already holds again changes nothing.
+    let mut changes = ready.store.subscribe().map_err(crate::status)?;
+    let check = ready
+        .hasher
+        .key(KEY_CHECK_USER)
+        .as_str()
+        .as_bytes()
+        .to_vec();
+    tokio::spawn(async move {
+        let first = pb::StoreChange {
+            user_key_check: check,
+            ..Default::default()
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let copied = {
+            let (ready, tx) = (ready.clone(), tx.clone());
+            tokio::task::spawn_blocking(move || send_snapshot(&ready.store, &tx)).await
+        };
+        let last = match copied {
+            Ok(Ok(Some(last))) => last,
+            // The replica went away.
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                let _ = tx.send(Err(crate::status(error))).await;
+                return;
+            }
+            Err(error) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!(
+                        "snapshot task failed: {error}"
+                    ))))
+                    .await;
+                return;
+            }
+        };
+        // The writes up to `last` are waiting in `changes` already: sent before the end of
+        // the snapshot, so that the replica's copy is the primary's as of `last`.
+        let mut held = None;
+        loop {
+            match changes.try_recv() {
+                Ok(change) if change.seq <= last => {
+                    if tx
+                        .send(Ok(to_pb(0, change.tree, &change.writes)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(change) => {
+                    held = Some(change);
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    let _ = tx.send(Err(behind())).await;
+                    return;
+                }
+                Err(broadcast::error::TryRecvError::Closed) => return,
+            }
+        }
+        let done = pb::StoreChange {
+            seq: last,
+            snapshot_done: true,
+            ..Default::default()
+        };
+        if tx.send(Ok(done)).await.is_err() {
+            return;
+        }
+        if let Some(change) = held
+            && tx.send(Ok(to_change(&change))).await.is_err()
+        {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                next = changes.recv() => next,
+                _ = tx.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            match next {
+                Ok(change) => {
+                    if tx.send(Ok(to_change(&change))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = tx.send(Err(behind())).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn to_change(change: &Change) -> pb::StoreChange {
+    to_pb(change.seq, change.tree, &change.writes)
+}
+
+fn behind() -> Status {
+    Status::resource_exhausted(
+        "this replica fell too far behind the primary's writes: copy a snapshot again",
+    )
+}
+
+/// Sends every record of `store` in messages of [`SNAPSHOT_RECORDS`] or [`SNAPSHOT_BYTES`];
+/// returns the number of the last write before the end of the copy, or `None` when the
+/// replica went away.
+fn send_snapshot(
+    store: &RankerStore,
+    tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,
+) -> Result<Option<u64>, RankError> {
+    let mut message = pb::StoreChange::default();
+    let mut bytes = 0;
+    for record in store.records() {
+        let (tree, (key, value)) = record?;
+        let value = value.unwrap_or_default();
+        bytes += key.len() + value.len();
+        message.records.push(pb::StoreRecord {
+            tree: tree as u32,
+            key,
+            value,
+            removed: false,
+        });
+        if message.records.len() >= SNAPSHOT_RECORDS || bytes >= SNAPSHOT_BYTES {
+            if tx.blocking_send(Ok(std::mem::take(&mut message))).is_err() {
+                return Ok(None);
+            }
+            bytes = 0;
+        }
+    }
+    if !message.records.is_empty() && tx.blocking_send(Ok(message)).is_err() {
+        return Ok(None);
+    }
+    store.last_seq().map(Some)
+}
+
+/// How a replica stands, for `Stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct ReplicaState {
+    /// Holds the primary's state and receives its writes.
+    in_sync: std::sync::atomic::AtomicBool,
+    /// `souk_replica_in_sync` (replicas only).
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl ReplicaState {
+    /// A replica's state, reported as `souk_replica_in_sync` in `registry`.
+    pub fn registered(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let gauge = prometheus::IntGauge::new(
+            "replica_in_sync",
+            "1 while this ranker replica holds its primary's state and receives its writes; \
+             0 while it connects or copies (it serves its last copy meanwhile).",
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        Ok(Self {
+            in_sync: Default::default(),
+            gauge: Some(gauge),
+        })
+    }
+
+    pub fn in_sync(&self) -> bool {
+        self.in_sync.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, in_sync: bool) {
+        self.in_sync.store(in_sync, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::from(in_sync));
+        }
+    }
+}
+
+/// Longest wait between two tries to reach the primary.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Follows the primary at `url` until `stopped`: copies its store, then applies its writes;
+/// cut off, tries again (from 100 ms, doubling to [`RETRY_MAX`]) and copies a new snapshot.
+/// `health` turns SERVING after each whole copy (a replica with no earlier copy reports
+/// SERVING only then).
+pub(crate) async fn follow(
+    ready: Arc<Ready>,
+    url: String,
+    token: Option<String>,
+    state: Arc<ReplicaState>,
+    ann_min_items: usize,
+    health: Health,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let followed = tokio::select! {
+            followed = follow_once(&ready, &url, &token, &state, ann_min_items, &health) => followed,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        state.set(false);
+        let synced = match followed {
+            Ok(synced) => {
+                tracing::warn!(primary = %url, "the primary ended the replica's stream");
+                synced
+            }
+            Err(FollowError { synced, error }) => {
+                tracing::warn!(primary = %url, %error, "cannot follow the primary; trying again");
+                synced
+            }
+        };
+        if synced {
+            retry = Duration::from_millis(100);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+struct FollowError {
+    /// Whether a whole copy was taken before the error.
+    synced: bool,
+    error: String,
+}
+
+/// One connection to the primary: the copy, then its writes until the stream ends (`Ok`,
+/// with whether a copy was taken) or fails.
+async fn follow_once(
+    ready: &Arc<Ready>,
+    url: &str,
+    token: &Option<String>,
+    state: &ReplicaState,
+    ann_min_items: usize,
+    health: &Health,
+) -> Result<bool, FollowError> {
+    let fail = |synced: bool| move |error: String| FollowError { synced, error };
+    let channel = souk_shared::client::lazy_channel(url, Duration::from_secs(5))
+        .map_err(|e| e.to_string())
+        .map_err(fail(false))?;
+    let mut client =
+        pb::ranker_client::RankerClient::new(channel).max_decoding_message_size(MAX_CHANGE_BYTES);
+    let mut request = tonic::Request::new(pb::FollowRequest {});
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the admin token is not a valid header value".to_string())
+            .map_err(fail(false))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut stream = client
+        .follow(request)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        .map_err(fail(false))?
+        .into_inner();
+    let next = async |stream: &mut tonic::Streaming<pb::StoreChange>, synced: bool| {
+        stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            .map_err(fail(synced))
+    };
+    let Some(first) = next(&mut stream, false).await? else {
+        return Ok(false);
+    };
+    let ours = ready.hasher.key(KEY_CHECK_USER);
+    if first.user_key_check != ours.as_str().as_bytes() {
+        return Err(fail(false)(
+            "the primary pseudonymises user ids with another key (--user-id-key): a replica must use the same one"
+                .into(),
+        ));
+    }
+    blocking(ready, |ready| ready.store.begin_sync())
+        .await
+        .map_err(fail(false))?;
+    tracing::info!(primary = %url, "copying the primary's store");
+    let started = std::time::Instant::now();
+    let mut copied = 0u64;
+    loop {
+        let Some(message) = next(&mut stream, false).await? else {
+            return Ok(false);
+        };
+        if message.snapshot_done {
+            break;
+        }
+        copied += message.records.len() as u64;
+        let writes = by_tree(message.records).map_err(fail(false))?;
+        blocking(ready, move |ready| {
+            for (tree, writes) in &writes {
+                ready.store.apply(*tree, writes)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(fail(false))?;
+    }
+    blocking(ready, move |ready| take_copy(ready, ann_min_items))
+        .await
+        .map_err(fail(false))?;
+    state.set(true);
+    health.set_ready().await;
+    let items = ready.ranker.catalog().read().map(|c| c.len()).unwrap_or(0);
+    tracing::info!(
+        primary = %url,
+        records = copied,
+        items,
+        seconds = started.elapsed().as_secs_f64(),
+        "the primary's store is copied; following its writes"
+    );
+    // Checked at once: the copy may come from another model than the last check's.
+    crate::check_model_now(ready).await;
+    while let Some(message) = next(&mut stream, true).await? {
+        let writes = by_tree(message.records).map_err(fail(true))?;
+        let probe_changed = blocking(ready, move |ready| apply_live(ready, &writes))
+            .await
+            .map_err(fail(true))?;
+        if probe_changed {
+            crate::check_model_now(ready).await;
+        }
+    }
+    Ok(true)
+}
+
+/// Runs `work` on the blocking pool; its panics and errors as text.
+async fn blocking<T: Send + 'static>(
+    ready: &Arc<Ready>,
+    work: impl FnOnce(&Ready) -> Result<T, RankError> + Send + 'static,
+) -> Result<T, String> {
+    let ready = ready.clone();
+    tokio::task::spawn_blocking(move || work(&ready))
+        .await
+        .map_err(|e| format!("replica task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// A message's records, grouped by tree in the order they came (one write touches one tree).
+fn by_tree(records: Vec<pb::StoreRecord>) -> Result<Vec<(TreeName, Vec<Write>)>, String> {
+    let mut grouped: Vec<(TreeName, Vec<Write>)> = Vec::new();
+    for record in records {
+        let tree = TreeName::from_wire(record.tree).map_err(|e| e.to_string())?;
+        let value = (!record.removed).then_some(record.value);
+        match grouped.last_mut() {
+            Some((last, writes)) if *last == tree => writes.push((record.key, value)),
+            _ => grouped.push((tree, vec![(record.key, value)])),
+        }
+    }
+    Ok(grouped)
+}
+
+/// The copy is whole: the catalog, models and settings are rebuilt from the store, as at a
+/// start, and replace the ones served (the spelling lexicon read from the encoder stays).
+fn take_copy(ready: &Ready, ann_min_items: usize) -> Result<(), RankError> {
+    let (mut catalog, _) = ready.store.load(ann_min_items)?;
+    catalog.set_trained_cf(ready.store.cf()?.map(Arc::new));
+    match ready.store.synonyms().map(Synonyms::new) {
+        Ok(Ok(synonyms)) => catalog.set_synonyms(Arc::new(synonyms)),
+        Ok(Err(error)) => tracing::error!(%error, "the primary's synonyms not used"),
+        Err(error) => tracing::error!(%error, "the primary's synonyms unreadable, not used"),
+    }
+    let fusion = ready.store.fusion()?;
+    let probe = ready.store.probe()?;
+    {
+        let mut served = ready
+            .ranker
+            .catalog()
+            .write()
+            .map_err(|_| lock_poisoned())?;
+        catalog.set_lexicon(served.lexicon());
+        *served = catalog;
+    }
+    ready.ranker.set_model(fusion.unwrap_or_default())?;
+    *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
+    ready.store.end_sync()
+}
+
+/// Applies one live write of the primary to the store and to memory; returns whether it
+/// set the probe's vector (the catalog's model changed: checked against the encoder's).
+fn apply_live(ready: &Ready, writes: &[(TreeName, Vec<Write>)]) -> Result<bool, RankError> {
+    let mut probe_changed = false;
+    for (tree, writes) in writes {
+        ready.store.apply(*tree, writes)?;
+        let Decoded {
+            upserted,
+            vectors,
+            deleted,
+            probe,
+            events,
+            models,
+        } = RankerStore::decode(*tree, writes)?;
+        {
+            let catalog = ready.ranker.catalog();
+            let mut catalog = catalog.write().map_err(|_| lock_poisoned())?;
+            for id in &deleted {
+                catalog.delete(id);
+            }
+            if !upserted.is_empty() {
+                catalog.upsert_many(upserted)?;
+            }
+            if !vectors.is_empty() {
+                catalog.replace_vectors(&vectors)?;
+            }
+            for event in &events {
+                catalog.record(event);
+            }
+            for model in &models {
+                match model.as_str() {
+                    "cf" => catalog.set_trained_cf(ready.store.cf()?.map(Arc::new)),
+                    "synonyms" => match Synonyms::new(ready.store.synonyms()?) {
+                        Ok(synonyms) => catalog.set_synonyms(Arc::new(synonyms)),
+                        Err(error) => tracing::error!(%error, "the primary's synonyms not used"),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if models.iter().any(|m| m == "fusion") {
+            ready
+                .ranker
+                .set_model(ready.store.fusion()?.unwrap_or_default())?;
+        }
+        if let Some(probe) = probe {
+            *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = Some(probe);
+            probe_changed = true;
+        }
+    }
+    Ok(probe_changed)
+}

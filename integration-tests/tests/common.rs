@@ -253,6 +253,7 @@ async fn start_ranker_with(
         at: "127.0.0.1:0".parse().unwrap(),
         primary: None,
         user_id_key: "test-secret",
+        ann_min_items,
     };
     start_ranker_as(
         data_dir,
@@ -274,6 +275,8 @@ pub struct Replica<'a> {
     pub primary: Option<&'a str>,
     /// `--user-id-key`: a replica must use its primary's.
     pub user_id_key: &'a str,
+    /// `--ann-min-items`.
+    pub ann_min_items: usize,
 }
 
 /// A ranker as `replica` says, with the demo's settings otherwise; waits for SERVING (a
@@ -284,7 +287,7 @@ pub async fn start_ranker_replica(
     kg_url: &str,
     replica: Replica<'_>,
 ) -> Running {
-    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    let ann = replica.ann_min_items;
     start_ranker_as(data_dir, encoder_url, kg_url, ann, None, WATCH, replica).await
 }
 
@@ -296,7 +299,7 @@ pub async fn spawn_ranker_replica(
     replica: Replica<'_>,
 ) -> Running {
     let listener = TcpListener::bind(replica.at).await.unwrap();
-    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    let ann = replica.ann_min_items;
     spawn_ranker(
         listener,
         data_dir,

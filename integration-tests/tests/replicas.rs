@@ -80,6 +80,7 @@ fn replica_of<'a>(primary: &'a str) -> Replica<'a> {
         at: "127.0.0.1:0".parse().unwrap(),
         primary: Some(primary),
         user_id_key: "test-secret",
+        ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
     }
 }
 
@@ -265,7 +266,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         Replica {
             at: primary_addr,
             primary: None,
-            user_id_key: "test-secret",
+            ..replica_of("")
         },
     )
     .await;
@@ -348,4 +349,35 @@ async fn a_re_embedding_on_the_primary_reaches_the_replica() {
     let after = rankings(&mut r).await;
     assert_eq!(after, rankings(&mut p).await);
     assert_ne!(after, before, "the new model's vectors rank");
+}
+
+/// A catalog served through an HNSW graph: the replica takes the primary's graph with the
+/// copy (saved as its own, read back instead of built) and ranks as the primary does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_reads_the_primarys_hnsw_graph_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let primary = start_ranker_ann(&dir.path().join("primary"), &encoder, &kg.url(), 0).await;
+    load_demo(&kg.url(), &primary.url()).await;
+    let primary_url = primary.url();
+    let replica_dir = dir.path().join("replica");
+    let replica = start_ranker_replica(
+        &replica_dir,
+        &encoder,
+        &kg.url(),
+        Replica {
+            ann_min_items: 0,
+            ..replica_of(&primary_url)
+        },
+    )
+    .await;
+    let graph = std::fs::metadata(replica_dir.join("hnsw.graph")).unwrap();
+    assert!(
+        graph.len() > 311 * 384,
+        "the primary's graph, {} bytes",
+        graph.len()
+    );
+    let (mut p, mut r) = (client(&primary.url()).await, client(&replica.url()).await);
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }

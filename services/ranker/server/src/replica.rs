@@ -82,7 +82,7 @@ pub(crate) fn stream_store(
         }
         let copied = {
             let (ready, tx) = (ready.clone(), tx.clone());
-            tokio::task::spawn_blocking(move || send_snapshot(&ready.store, &tx)).await
+            tokio::task::spawn_blocking(move || send_snapshot(&ready, &tx)).await
         };
         let last = match copied {
             Ok(Ok(Some(last))) => last,
@@ -173,16 +173,16 @@ fn behind() -> Status {
     )
 }
 
-/// Sends every record of `store` in messages of [`SNAPSHOT_RECORDS`] or [`SNAPSHOT_BYTES`];
-/// returns the number of the last write before the end of the copy, or `None` when the
-/// replica went away.
+/// Sends every record of `ready`'s store in messages of [`SNAPSHOT_RECORDS`] or
+/// [`SNAPSHOT_BYTES`], then its HNSW graph in pieces of [`SNAPSHOT_BYTES`]; returns the
+/// number of the last write before the end of the copy, or `None` when the replica went away.
 fn send_snapshot(
-    store: &RankerStore,
+    ready: &Ready,
     tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,
 ) -> Result<Option<u64>, RankError> {
     let mut message = pb::StoreChange::default();
     let mut bytes = 0;
-    for record in store.records() {
+    for record in ready.store.records() {
         let (tree, (key, value)) = record?;
         let value = value.unwrap_or_default();
         bytes += key.len() + value.len();
@@ -202,7 +202,25 @@ fn send_snapshot(
     if !message.records.is_empty() && tx.blocking_send(Ok(message)).is_err() {
         return Ok(None);
     }
-    store.last_seq().map(Some)
+    // The graph as it is now (the copy holds the catalog's read lock: writes wait, `Rank`
+    // does not). It may hold items the records above lack, or lack some they hold: the
+    // replica reads back only points whose item and vector it holds, and adds the rest.
+    let graph = ready
+        .ranker
+        .catalog()
+        .read()
+        .map_err(|_| lock_poisoned())?
+        .ann_snapshot();
+    for piece in graph.as_deref().unwrap_or_default().chunks(SNAPSHOT_BYTES) {
+        let message = pb::StoreChange {
+            graph: piece.to_vec(),
+            ..Default::default()
+        };
+        if tx.blocking_send(Ok(message)).is_err() {
+            return Ok(None);
+        }
+    }
+    ready.store.last_seq().map(Some)
 }
 
 /// How a replica stands, for `Stats` and `/metrics`.
@@ -345,6 +363,7 @@ async fn follow_once(
     tracing::info!(primary = %url, "copying the primary's store");
     let started = std::time::Instant::now();
     let mut copied = 0u64;
+    let mut graph = Vec::new();
     loop {
         let Some(message) = next(&mut stream, false).await? else {
             return Ok(false);
@@ -352,6 +371,7 @@ async fn follow_once(
         if message.snapshot_done {
             break;
         }
+        graph.extend_from_slice(&message.graph);
         copied += message.records.len() as u64;
         let writes = by_tree(message.records).map_err(fail(false))?;
         blocking(ready, move |ready| {
@@ -363,7 +383,8 @@ async fn follow_once(
         .await
         .map_err(fail(false))?;
     }
-    blocking(ready, move |ready| take_copy(ready, ann_min_items))
+    let graph_bytes = graph.len();
+    blocking(ready, move |ready| take_copy(ready, &graph, ann_min_items))
         .await
         .map_err(fail(false))?;
     state.set(true);
@@ -372,6 +393,7 @@ async fn follow_once(
     tracing::info!(
         primary = %url,
         records = copied,
+        graph_bytes,
         items,
         seconds = started.elapsed().as_secs_f64(),
         "the primary's store is copied; following its writes"
@@ -416,9 +438,14 @@ fn by_tree(records: Vec<pb::StoreRecord>) -> Result<Vec<(TreeName, Vec<Write>)>,
     Ok(grouped)
 }
 
-/// The copy is whole: the catalog, models and settings are rebuilt from the store, as at a
-/// start, and replace the ones served (the spelling lexicon read from the encoder stays).
-fn take_copy(ready: &Ready, ann_min_items: usize) -> Result<(), RankError> {
+/// The copy is whole: the primary's graph (when it sent one) is saved as this store's, and
+/// the catalog, models and settings are rebuilt from the store, as at a start (the graph read
+/// back, not built), and replace the ones served (the spelling lexicon read from the encoder
+/// stays).
+fn take_copy(ready: &Ready, graph: &[u8], ann_min_items: usize) -> Result<(), RankError> {
+    if !graph.is_empty() {
+        ready.store.save_ann(graph)?;
+    }
     let (mut catalog, _) = ready.store.load(ann_min_items)?;
     catalog.set_trained_cf(ready.store.cf()?.map(Arc::new));
     match ready.store.synonyms().map(Synonyms::new) {

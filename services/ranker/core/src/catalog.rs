@@ -88,6 +88,64 @@ pub struct HistoryEntry {
     pub last_ms: i64,
 }
 
+/// From this many items, a shopper's history keeps an index for [`Catalog::record`]: one
+/// shopper id with a huge history (a guest id shared by every anonymous visitor, a bot)
+/// would otherwise make each of their events scan and sort all of it, and replaying the log
+/// at start quadratic in their events (BENCHMARKS.md, "Ranker replicas").
+const LONG_HISTORY: usize = 256;
+
+/// A shopper's history: items in the order first touched, and for a long one an index.
+#[derive(Debug, Default)]
+struct History {
+    entries: Vec<HistoryEntry>,
+    long: Option<Box<LongHistory>>,
+}
+
+/// What [`Catalog::record`] reads of a long history without scanning it.
+#[derive(Debug, Default)]
+struct LongHistory {
+    /// Each item's position in `entries`, by CF id.
+    position: HashMap<u32, u32, IdHash>,
+    /// The [`HISTORY_WINDOW`] most recent entries as `(Reverse(last_ms), position, CF id)`,
+    /// in order: most recent first, and of equal times the first touched first (the order
+    /// a stable sort of the whole history by recency gives). An entry's key only improves
+    /// (its time only grows), so an entry outside the window enters it only when touched.
+    recent: Vec<(Reverse<i64>, u32, u32)>,
+}
+
+impl LongHistory {
+    /// `entries`' index (their CF ids in `cf`, in order).
+    fn new(entries: &[HistoryEntry], cf: &[u32]) -> Self {
+        let position = cf.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        let mut recent: Vec<_> = entries
+            .iter()
+            .zip(cf)
+            .enumerate()
+            .map(|(i, (e, &c))| (Reverse(e.last_ms), i as u32, c))
+            .collect();
+        recent.sort_unstable();
+        recent.truncate(HISTORY_WINDOW);
+        Self { position, recent }
+    }
+
+    /// Entry `position` (CF id `cf`) was touched at `last_ms` (its time now).
+    fn touched(&mut self, position: u32, cf: u32, last_ms: i64) {
+        let key = (Reverse(last_ms), position, cf);
+        if let Some(at) = self.recent.iter().position(|e| e.1 == position) {
+            self.recent.remove(at);
+        } else if self.recent.len() >= HISTORY_WINDOW {
+            match self.recent.last() {
+                Some(worst) if key < *worst => {
+                    self.recent.pop();
+                }
+                _ => return,
+            }
+        }
+        let at = self.recent.partition_point(|e| *e < key);
+        self.recent.insert(at, key);
+    }
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     slots: Vec<Option<Entry>>,
@@ -118,7 +176,7 @@ pub struct Catalog {
     cf_slots: Vec<u32>,
     /// Distinct users per item (by CF id), the CF normaliser.
     item_users: Vec<u32>,
-    histories: HashMap<UserKey, Vec<HistoryEntry>>,
+    histories: HashMap<UserKey, History>,
     /// Co-occurrence counts by CF id.
     cooccurrence: Vec<HashMap<u32, f32, IdHash>>,
     /// The trained model's neighbours by CF id (EASE, item-kNN).
@@ -964,7 +1022,11 @@ impl Catalog {
 
     /// The user's history, most recent first.
     pub fn history(&self, user: &UserKey) -> Vec<HistoryEntry> {
-        let mut h = self.histories.get(user).cloned().unwrap_or_default();
+        let mut h = self
+            .histories
+            .get(user)
+            .map(|h| h.entries.clone())
+            .unwrap_or_default();
         h.sort_by(|a, b| {
             b.last_ms
                 .cmp(&a.last_ms)
@@ -991,29 +1053,63 @@ impl Catalog {
         }
         let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
-        if let Some(entry) = history.iter_mut().find(|e| e.item_id == event.item_id) {
+        let known = match &history.long {
+            Some(long) => long.position.get(&item).map(|&p| p as usize),
+            None => history
+                .entries
+                .iter()
+                .position(|e| e.item_id == event.item_id),
+        };
+        if let Some(at) = known {
+            let entry = &mut history.entries[at];
             entry.weight += weight;
             entry.last_ms = entry.last_ms.max(event.timestamp_ms);
             if kind_rank(event.kind) > kind_rank(entry.kind) {
                 entry.kind = event.kind;
             }
+            let last_ms = entry.last_ms;
+            if let Some(long) = &mut history.long {
+                long.touched(at as u32, item, last_ms);
+            }
             return;
         }
         // First time this user touches this item: it co-occurs with their recent items.
         self.item_users[item as usize] += 1;
-        let mut recent: Vec<&HistoryEntry> = history.iter().collect();
-        recent.sort_by_key(|e| std::cmp::Reverse(e.last_ms));
-        let neighbours: Vec<u32> = recent
-            .iter()
-            .take(HISTORY_WINDOW)
-            .filter_map(|e| self.cf_ids.get(&e.item_id).copied())
-            .collect();
-        history.push(HistoryEntry {
+        let neighbours: Vec<u32> = match &history.long {
+            Some(long) => long.recent.iter().map(|&(_, _, cf)| cf).collect(),
+            None => {
+                let mut recent: Vec<&HistoryEntry> = history.entries.iter().collect();
+                recent.sort_by_key(|e| std::cmp::Reverse(e.last_ms));
+                recent
+                    .iter()
+                    .take(HISTORY_WINDOW)
+                    .filter_map(|e| self.cf_ids.get(&e.item_id).copied())
+                    .collect()
+            }
+        };
+        let at = history.entries.len() as u32;
+        history.entries.push(HistoryEntry {
             item_id: event.item_id.clone(),
             kind: event.kind,
             weight,
             last_ms: event.timestamp_ms,
         });
+        match &mut history.long {
+            Some(long) => {
+                long.position.insert(item, at);
+                long.touched(at, item, event.timestamp_ms);
+            }
+            None if history.entries.len() >= LONG_HISTORY => {
+                // Every history item has a CF id: it was interned when recorded.
+                let cf: Vec<u32> = history
+                    .entries
+                    .iter()
+                    .map(|e| self.cf_ids.get(&e.item_id).copied().unwrap_or(item))
+                    .collect();
+                history.long = Some(Box::new(LongHistory::new(&history.entries, &cf)));
+            }
+            None => {}
+        }
         for other in neighbours {
             *self.cooccurrence[other as usize].entry(item).or_default() += 1.0;
             *self.cooccurrence[item as usize].entry(other).or_default() += 1.0;
@@ -1041,7 +1137,7 @@ impl Catalog {
     pub fn user_item_sets(&self) -> Vec<Vec<String>> {
         self.histories
             .values()
-            .map(|h| h.iter().map(|e| e.item_id.clone()).collect())
+            .map(|h| h.entries.iter().map(|e| e.item_id.clone()).collect())
             .collect()
     }
 
@@ -1336,6 +1432,81 @@ mod tests {
             in_stock: true,
             ..Item::default()
         }
+    }
+
+    /// A shopper with thousands of events (a shared guest id) is recorded through the long
+    /// history's index: the co-occurrence it builds is exactly what scanning and sorting the
+    /// whole history at each event gives (ties in time, events out of order, items touched
+    /// again and again), as is the history itself.
+    #[test]
+    fn a_long_history_records_as_a_short_one_would() {
+        let mut catalog = Catalog::default();
+        let mut rng = crate::rng::XorShift::new(11);
+        let mut events = Vec::new();
+        for e in 0..3000 {
+            // 600 items, some touched often; times mostly rising, with ties and late events.
+            let item = ((rng.unit() * rng.unit()) * 600.0) as usize;
+            let t = e as i64 / 3 - if rng.unit() < 0.1 { 40 } else { 0 };
+            let user = if e % 5 == 0 { "light" } else { "guest" };
+            let kind = if rng.unit() < 0.3 {
+                InteractionKind::Purchase
+            } else {
+                InteractionKind::View
+            };
+            events.push(Interaction {
+                user: UserKey::from_stored(user.into()),
+                item_id: format!("p{item}"),
+                kind,
+                value: 1.0,
+                timestamp_ms: t,
+            });
+        }
+        for event in &events {
+            catalog.record(event);
+        }
+        // The reference: every history scanned and sorted by recency (stable) at each event.
+        let mut histories: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        let mut expected: HashMap<(String, String), f32> = HashMap::new();
+        for event in &events {
+            let history = histories
+                .entry(event.user.as_str().to_string())
+                .or_default();
+            if let Some(entry) = history.iter_mut().find(|(i, _)| *i == event.item_id) {
+                entry.1 = entry.1.max(event.timestamp_ms);
+                continue;
+            }
+            let mut recent: Vec<&(String, i64)> = history.iter().collect();
+            recent.sort_by_key(|(_, t)| Reverse(*t));
+            for (other, _) in recent.into_iter().take(HISTORY_WINDOW) {
+                *expected
+                    .entry((other.clone(), event.item_id.clone()))
+                    .or_default() += 1.0;
+                *expected
+                    .entry((event.item_id.clone(), other.clone()))
+                    .or_default() += 1.0;
+            }
+            history.push((event.item_id.clone(), event.timestamp_ms));
+        }
+        let guest = &catalog.histories[&UserKey::from_stored("guest".into())];
+        assert!(guest.long.is_some() && guest.entries.len() > LONG_HISTORY);
+        let mut got: HashMap<(String, String), f32> = HashMap::new();
+        for (from, row) in catalog.cooccurrence.iter().enumerate() {
+            for (&to, &count) in row {
+                let pair = (
+                    catalog.cf_names[from].clone(),
+                    catalog.cf_names[to as usize].clone(),
+                );
+                got.insert(pair, count);
+            }
+        }
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got, expected);
+        let times: Vec<(String, i64)> = guest
+            .entries
+            .iter()
+            .map(|e| (e.item_id.clone(), e.last_ms))
+            .collect();
+        assert_eq!(times, histories["guest"]);
     }
 
     /// A new model's vectors replace every item's (another dimension too): the nearest item

@@ -1,0 +1,84 @@
+//! What replaying the event log costs (every start of a ranker, and every copy a replica
+//! takes): `Catalog::record` for each stored event, in order, into a catalog of ITEMS items.
+//! USERS shoppers each touch EVENTS / USERS distinct items (the shape of MovieLens or of a
+//! shop's click log: about a hundred items a shopper), half of them twice (a view, then a
+//! click), popular items more often.
+//!
+//! GUEST percent of the events come from one shared id (a guest id every anonymous visitor
+//! is sent under, or a bot).
+//!
+//! `cargo run --release -p souk-ranker-core --example replay_cost -- 100000 1000000 10000 0`
+//! (items, events, users, guest share in percent).
+use std::time::Instant;
+
+use souk_ranker_core::UserHasher;
+use souk_ranker_core::catalog::Catalog;
+use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let items = args.next().transpose()?.unwrap_or(100_000);
+    let events = args.next().transpose()?.unwrap_or(1_000_000);
+    let users = args.next().transpose()?.unwrap_or(10_000);
+    let guest = args.next().transpose()?.unwrap_or(0);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut catalog = Catalog::default();
+    catalog.set_ann_min_items(usize::MAX);
+    for i in 0..items {
+        let item = Item {
+            id: format!("p{i:06}"),
+            title: format!("thing {i}"),
+            description: String::new(),
+            category: vec![format!("c{}", i % 50)],
+            brand: String::new(),
+            price: 1.0,
+            attributes: Default::default(),
+            in_stock: true,
+        };
+        catalog.upsert(item, vec![1.0, 0.0, 0.0, 0.0])?;
+    }
+    let hasher = UserHasher::new(b"replay");
+    let keys: Vec<_> = (0..users).map(|u| hasher.key(&format!("u{u}"))).collect();
+    let guest_key = hasher.key("guest");
+    let mut log = Vec::with_capacity(events);
+    let mut t = 1_700_000_000_000i64;
+    while log.len() < events {
+        let user = next(users);
+        let key = if next(100) < guest {
+            &guest_key
+        } else {
+            &keys[user]
+        };
+        let item = next(items).min(next(items));
+        for kind in [InteractionKind::View, InteractionKind::Click] {
+            t += 1000;
+            log.push(Interaction {
+                user: key.clone(),
+                item_id: format!("p{item:06}"),
+                kind,
+                value: 1.0,
+                timestamp_ms: t,
+            });
+            if next(2) == 0 {
+                break;
+            }
+        }
+    }
+    log.truncate(events);
+    let started = Instant::now();
+    for event in &log {
+        catalog.record(event);
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "replayed {events} events ({users} shoppers, {guest}% under one guest id, {items} items) in {took:.2} s: {:.2} us per event",
+        took * 1e6 / events as f64
+    );
+    Ok(())
+}

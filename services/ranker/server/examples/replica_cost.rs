@@ -39,7 +39,7 @@ const WORDS: [&str; 24] = [
 fn fill(dir: &Path, items: usize, events: usize) {
     let store = RankerStore::open(dir).unwrap();
     let mut rng = XorShift::new(7);
-    let word = |rng: &mut XorShift| WORDS[(rng.uniform() * WORDS.len() as f64) as usize % 24];
+    let word = |rng: &mut XorShift| WORDS[(rng.unit() * WORDS.len() as f64) as usize % 24];
     for start in (0..items).step_by(512) {
         let batch: Vec<(Item, Vec<f32>)> = (start..(start + 512).min(items))
             .map(|i| {
@@ -65,8 +65,8 @@ fn fill(dir: &Path, items: usize, events: usize) {
     for start in (0..events).step_by(1000) {
         let batch: Vec<Interaction> = (start..(start + 1000).min(events))
             .map(|_| Interaction {
-                user: hasher.key(&format!("u{}", (rng.uniform() * 10_000.0) as usize)),
-                item_id: format!("p{:06}", (rng.uniform() * items as f64) as usize % items),
+                user: hasher.key(&format!("u{}", (rng.unit() * 10_000.0) as usize)),
+                item_id: format!("p{:06}", (rng.unit() * items as f64) as usize % items),
                 kind: InteractionKind::Click,
                 value: 1.0,
                 timestamp_ms: 1_700_000_000_000,

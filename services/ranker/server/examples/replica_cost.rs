@@ -54,7 +54,7 @@ fn fill(dir: &Path, items: usize, events: usize) {
                     attributes: Default::default(),
                     in_stock: true,
                 };
-                let v: Vec<f32> = (0..DIM).map(|_| rng.uniform() as f32 - 0.5).collect();
+                let v: Vec<f32> = (0..DIM).map(|_| rng.uniform() as f32).collect();
                 let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 (item, v.iter().map(|x| x / n).collect())
             })

@@ -308,10 +308,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut server = GrpcServer::new("ranker", args.server.options()).await?;
     let registry = server.metrics();
-    let primary = follows(
-        args.primary.as_deref(),
-        std::env::var("HOSTNAME").ok().as_deref(),
-    );
+    // Kubernetes sets HOSTNAME to the pod's name; a shell may not export it.
+    let hostname = std::env::var("HOSTNAME").ok().or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+    });
+    let primary = follows(args.primary.as_deref(), hostname.as_deref());
     let follows = match &primary {
         Some(url) => Some((
             url.clone(),

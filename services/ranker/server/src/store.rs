@@ -28,7 +28,7 @@ pub struct RankerStore {
     journal: std::sync::Mutex<Journal>,
 }
 
-/// The store's trees, as a replica names them ([`StoreChange`]'s `tree`).
+/// The store's trees, as a replica names them (the `tree` of the `Follow` stream's records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TreeName {
     Catalog = 0,
@@ -228,8 +228,9 @@ impl RankerStore {
         Ok(())
     }
 
-    /// Every write from now on, in order, and the number of the last write before them: what
-    /// a replica needs besides a copy of the records ([`Self::records`]).
+    /// Every write from now on, in order: what a replica needs besides a copy of the records
+    /// ([`Self::records`]) and the number of the last write the copy may miss
+    /// ([`Self::last_seq`], read after it).
     ///
     /// # Errors
     /// When the journal's lock is poisoned.

@@ -259,7 +259,6 @@ async fn start_ranker_with(
         data_dir,
         encoder_url,
         kg_url,
-        ann_min_items,
         metrics_listen,
         watch,
         replica,
@@ -287,8 +286,7 @@ pub async fn start_ranker_replica(
     kg_url: &str,
     replica: Replica<'_>,
 ) -> Running {
-    let ann = replica.ann_min_items;
-    start_ranker_as(data_dir, encoder_url, kg_url, ann, None, WATCH, replica).await
+    start_ranker_as(data_dir, encoder_url, kg_url, None, WATCH, replica).await
 }
 
 /// [`start_ranker_replica`] without waiting for SERVING.
@@ -299,13 +297,11 @@ pub async fn spawn_ranker_replica(
     replica: Replica<'_>,
 ) -> Running {
     let listener = TcpListener::bind(replica.at).await.unwrap();
-    let ann = replica.ann_min_items;
     spawn_ranker(
         listener,
         data_dir,
         encoder_url,
         kg_url,
-        ann,
         None,
         WATCH,
         &replica,
@@ -316,7 +312,6 @@ async fn start_ranker_as(
     data_dir: &Path,
     encoder_url: &str,
     kg_url: &str,
-    ann_min_items: usize,
     metrics_listen: Option<std::net::SocketAddr>,
     watch: ModelWatch,
     replica: Replica<'_>,
@@ -327,7 +322,6 @@ async fn start_ranker_as(
         data_dir,
         encoder_url,
         kg_url,
-        ann_min_items,
         metrics_listen,
         watch,
         &replica,
@@ -336,13 +330,11 @@ async fn start_ranker_as(
     running
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_ranker(
     listener: TcpListener,
     data_dir: &Path,
     encoder_url: &str,
     kg_url: &str,
-    ann_min_items: usize,
     metrics_listen: Option<std::net::SocketAddr>,
     watch: ModelWatch,
     replica: &Replica<'_>,
@@ -357,7 +349,7 @@ fn spawn_ranker(
         dependency_timeout_ms: 2_000,
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
-        ann_min_items,
+        ann_min_items: replica.ann_min_items,
         user_id_key: Some(replica.user_id_key.into()),
         encoder_check_ms: watch.every_ms,
         reembed_on_model_change: watch.reembed,

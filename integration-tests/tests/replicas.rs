@@ -84,13 +84,20 @@ fn replica_of<'a>(primary: &'a str) -> Replica<'a> {
     }
 }
 
+/// The shared encoder, a graph and a primary ranker (in `dir`/primary, graphs from
+/// `ann_min_items` items) with the demo shop loaded.
+async fn demo_primary(dir: &std::path::Path, ann_min_items: usize) -> (String, Running, Running) {
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.join("kg"), None).await;
+    let primary = start_ranker_ann(&dir.join("primary"), &encoder, &kg.url(), ann_min_items).await;
+    load_demo(&kg.url(), &primary.url()).await;
+    (encoder, kg, primary)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     let dir = tempfile::tempdir().unwrap();
-    let encoder = shared_encoder().await;
-    let kg = start_kg(&dir.path().join("kg"), None).await;
-    let primary = start_ranker(&dir.path().join("primary"), &encoder, &kg.url()).await;
-    load_demo(&kg.url(), &primary.url()).await;
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
     let primary_url = primary.url();
     let replica_dir = dir.path().join("replica");
     let replica =
@@ -288,10 +295,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_with_another_user_id_key_refuses_to_follow() {
     let dir = tempfile::tempdir().unwrap();
-    let encoder = shared_encoder().await;
-    let kg = start_kg(&dir.path().join("kg"), None).await;
-    let primary = start_ranker(&dir.path().join("primary"), &encoder, &kg.url()).await;
-    load_demo(&kg.url(), &primary.url()).await;
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
     let primary_url = primary.url();
     let wrong = Replica {
         user_id_key: "another-secret",
@@ -356,10 +360,7 @@ async fn a_re_embedding_on_the_primary_reaches_the_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_reads_the_primarys_hnsw_graph_back() {
     let dir = tempfile::tempdir().unwrap();
-    let encoder = shared_encoder().await;
-    let kg = start_kg(&dir.path().join("kg"), None).await;
-    let primary = start_ranker_ann(&dir.path().join("primary"), &encoder, &kg.url(), 0).await;
-    load_demo(&kg.url(), &primary.url()).await;
+    let (encoder, kg, primary) = demo_primary(dir.path(), 0).await;
     let primary_url = primary.url();
     let replica_dir = dir.path().join("replica");
     let replica = start_ranker_replica(

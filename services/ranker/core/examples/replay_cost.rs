@@ -14,6 +14,7 @@ use std::time::Instant;
 use souk_ranker_core::UserHasher;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::item::{Interaction, InteractionKind, Item};
+use souk_ranker_core::rng::XorShift;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
@@ -21,13 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events = args.next().transpose()?.unwrap_or(1_000_000);
     let users = args.next().transpose()?.unwrap_or(10_000);
     let guest = args.next().transpose()?.unwrap_or(0);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut rng = XorShift::new(42);
+    let mut next = move |n: usize| ((rng.unit() * n as f64) as usize).min(n - 1);
     let mut catalog = Catalog::default();
     catalog.set_ann_min_items(usize::MAX);
     for i in 0..items {

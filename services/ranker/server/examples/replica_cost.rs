@@ -174,6 +174,12 @@ async fn bulk_rate(client: &mut RankerClient<Channel>, batches: usize, tag: &str
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=info` shows the replica's split of a copy: receiving and storing the records
+    // (`receive_seconds`) against the whole (`seconds`, the rebuild from the store after).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let arg = |i: usize, default: usize| {
         std::env::args()
             .nth(i)

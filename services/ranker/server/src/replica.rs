@@ -384,6 +384,7 @@ async fn follow_once(
         .map_err(fail(false))?;
     }
     let graph_bytes = graph.len();
+    let received = started.elapsed();
     blocking(ready, move |ready| take_copy(ready, &graph, ann_min_items))
         .await
         .map_err(fail(false))?;
@@ -396,6 +397,7 @@ async fn follow_once(
         graph_bytes,
         items,
         seconds = started.elapsed().as_secs_f64(),
+        receive_seconds = received.as_secs_f64(),
         "the primary's store is copied; following its writes"
     );
     // Checked at once: the copy may come from another model than the last check's.

@@ -376,27 +376,17 @@ pub async fn serve(
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
         let mid_sync = store.mid_sync()?;
-        let (mut catalog, ann_as_saved) = store.load(ann_min_items)?;
-        let cf = store.cf()?;
+        let (catalog, ann_as_saved) = store.served_catalog(ann_min_items)?;
         let fusion = store.fusion()?;
         let probe = store.probe()?;
-        // Stored synonyms passed the same check when they were set; a set failing it now (a
-        // limit lowered since) or a damaged record is reported and left stored, and search
-        // runs without synonyms rather than the ranker not starting.
-        match store.synonyms().map(Synonyms::new) {
-            Ok(Ok(synonyms)) => catalog.set_synonyms(Arc::new(synonyms)),
-            Ok(Err(error)) => tracing::error!(%error, "stored synonyms not used"),
-            Err(error) => tracing::error!(%error, "stored synonyms unreadable, not used"),
-        }
         tracing::info!(
             items = catalog.len(),
             users = catalog.users(),
             synonyms = catalog.synonyms().rules().len(),
-            cf = cf.as_ref().map_or("none", |m| m.version.as_str()),
+            cf = catalog.trained_cf().map_or("none", |m| m.version.as_str()),
             fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
         );
-        catalog.set_trained_cf(cf.map(Arc::new));
         let saved = if ann_as_saved {
             catalog.ann_changes()
         } else {

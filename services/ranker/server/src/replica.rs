@@ -18,7 +18,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::RankError;
-use souk_ranker_core::synonyms::Synonyms;
 use souk_shared::server::Health;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -38,18 +37,20 @@ const SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
 /// or a whole fitted model (an item-kNN model's neighbour lists, a factor model's vectors).
 pub const MAX_CHANGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// One record on the wire.
+fn record_pb(tree: TreeName, (key, value): Write) -> pb::StoreRecord {
+    pb::StoreRecord {
+        tree: tree as u32,
+        key,
+        removed: value.is_none(),
+        value: value.unwrap_or_default(),
+    }
+}
+
 fn to_pb(seq: u64, tree: TreeName, writes: &[Write]) -> pb::StoreChange {
     pb::StoreChange {
         seq,
-        records: writes
-            .iter()
-            .map(|(key, value)| pb::StoreRecord {
-                tree: tree as u32,
-                key: key.clone(),
-                removed: value.is_none(),
-                value: value.clone().unwrap_or_default(),
-            })
-            .collect(),
+        records: writes.iter().map(|w| record_pb(tree, w.clone())).collect(),
         ..Default::default()
     }
 }
@@ -183,15 +184,9 @@ fn send_snapshot(
     let mut message = pb::StoreChange::default();
     let mut bytes = 0;
     for record in ready.store.records() {
-        let (tree, (key, value)) = record?;
-        let value = value.unwrap_or_default();
-        bytes += key.len() + value.len();
-        message.records.push(pb::StoreRecord {
-            tree: tree as u32,
-            key,
-            value,
-            removed: false,
-        });
+        let (tree, write) = record?;
+        bytes += write.0.len() + write.1.as_ref().map_or(0, Vec::len);
+        message.records.push(record_pb(tree, write));
         if message.records.len() >= SNAPSHOT_RECORDS || bytes >= SNAPSHOT_BYTES {
             if tx.blocking_send(Ok(std::mem::take(&mut message))).is_err() {
                 return Ok(None);
@@ -448,13 +443,7 @@ fn take_copy(ready: &Ready, graph: &[u8], ann_min_items: usize) -> Result<(), Ra
     if !graph.is_empty() {
         ready.store.save_ann(graph)?;
     }
-    let (mut catalog, _) = ready.store.load(ann_min_items)?;
-    catalog.set_trained_cf(ready.store.cf()?.map(Arc::new));
-    match ready.store.synonyms().map(Synonyms::new) {
-        Ok(Ok(synonyms)) => catalog.set_synonyms(Arc::new(synonyms)),
-        Ok(Err(error)) => tracing::error!(%error, "the primary's synonyms not used"),
-        Err(error) => tracing::error!(%error, "the primary's synonyms unreadable, not used"),
-    }
+    let (mut catalog, _) = ready.store.served_catalog(ann_min_items)?;
     let fusion = ready.store.fusion()?;
     let probe = ready.store.probe()?;
     {
@@ -503,10 +492,11 @@ fn apply_live(ready: &Ready, writes: &[(TreeName, Vec<Write>)]) -> Result<bool, 
             for model in &models {
                 match model.as_str() {
                     "cf" => catalog.set_trained_cf(ready.store.cf()?.map(Arc::new)),
-                    "synonyms" => match Synonyms::new(ready.store.synonyms()?) {
-                        Ok(synonyms) => catalog.set_synonyms(Arc::new(synonyms)),
-                        Err(error) => tracing::error!(%error, "the primary's synonyms not used"),
-                    },
+                    "synonyms" => {
+                        if let Some(synonyms) = ready.store.usable_synonyms() {
+                            catalog.set_synonyms(Arc::new(synonyms));
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -14,7 +14,7 @@ use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::cf::{FoldIn, ItemFactors, TrainedCf};
 use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::rank::FusionModel;
-use souk_ranker_core::synonyms::SynonymRule;
+use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 pub struct RankerStore {
     dir: PathBuf,
@@ -147,6 +147,18 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// `writes` as one sled batch.
+fn batch<'a>(writes: impl IntoIterator<Item = &'a Write>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+            None => batch.remove(key.as_slice()),
+        }
+    }
+    batch
+}
+
 fn key(prefix: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(prefix);
@@ -198,13 +210,7 @@ impl RankerStore {
     /// Applies `writes` to `tree` atomically and durably, numbers them and hands them to the
     /// replicas following this store, in the order they were applied.
     fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in &writes {
-            match value {
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                None => batch.remove(key.as_slice()),
-            }
-        }
+        let batch = batch(&writes);
         {
             // Applied and numbered under one lock, so replicas see writes in the order the
             // store took them. The flush, the slow part, is outside it.
@@ -302,16 +308,11 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            if tree == TreeName::Models && key == SYNCING_KEY {
-                continue;
-            }
-            match value {
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                None => batch.remove(key.as_slice()),
-            }
-        }
+        let batch = batch(
+            writes
+                .iter()
+                .filter(|(key, _)| tree != TreeName::Models || key != SYNCING_KEY),
+        );
         self.tree(tree).apply_batch(batch).map_err(internal)
     }
 
@@ -683,6 +684,37 @@ impl RankerStore {
         catalog.set_ann_min_items(ann_min_items);
         let as_saved = as_saved && catalog.ann_changes() == before;
         Ok((catalog, as_saved))
+    }
+
+    /// The catalog as it is served: [`Self::load`], with the trained collaborative filter
+    /// and the shop's synonyms set on it. What a start serves, and a replica's copy.
+    ///
+    /// # Errors
+    /// As [`Self::load`] and [`Self::cf`].
+    pub fn served_catalog(&self, ann_min_items: usize) -> Result<(Catalog, bool), RankError> {
+        let (mut catalog, as_saved) = self.load(ann_min_items)?;
+        catalog.set_trained_cf(self.cf()?.map(std::sync::Arc::new));
+        if let Some(synonyms) = self.usable_synonyms() {
+            catalog.set_synonyms(std::sync::Arc::new(synonyms));
+        }
+        Ok((catalog, as_saved))
+    }
+
+    /// The stored synonyms, checked. They passed the same check when they were set; a set
+    /// failing it now (a limit lowered since) or a damaged record is logged, left stored and
+    /// `None`: search runs without synonyms rather than the ranker not starting.
+    pub fn usable_synonyms(&self) -> Option<Synonyms> {
+        match self.synonyms().map(Synonyms::new) {
+            Ok(Ok(synonyms)) => Some(synonyms),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "stored synonyms not used");
+                None
+            }
+            Err(error) => {
+                tracing::error!(%error, "stored synonyms unreadable, not used");
+                None
+            }
+        }
     }
 
     /// Takes the saved graph into `catalog` when it can; true when it was taken as it is.

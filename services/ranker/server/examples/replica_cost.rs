@@ -7,6 +7,9 @@
 //!    the write's own round trip.
 //! 3. **Write cost**: bulk `RecordInteractions` throughput on the primary with a replica
 //!    following and with none, alternating.
+//! 4. **Copy under load**: a new replica's copy while four clients keep sending one-event
+//!    writes to the primary (more of them than the primary's journal holds): the time to in
+//!    sync, and that the replica then holds every event the primary does.
 //!
 //! ```text
 //! cargo run --release -p souk-ranker --example replica_cost -- ITEMS EVENTS WRITES
@@ -267,5 +270,53 @@ async fn main() {
         fmt(&with),
         fmt(&without)
     );
+
+    // 4. A copy while writes keep coming.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Four clients, each sending one-event writes one after another.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (mut p, writing) = (p.clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    p.record_interactions(futures::stream::iter(vec![events(
+                        1,
+                        &format!("load{w}-{sent}"),
+                    )]))
+                    .await
+                    .unwrap();
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let replica = start(&dir.path().join("loaded"), Some(primary.url.clone())).await;
+    let mut r = client(&replica.url).await;
+    let synced = tokio::time::timeout(Duration::from_secs(120), wait(&mut r, |s| s.in_sync))
+        .await
+        .is_ok();
+    let copy = t.elapsed().as_secs_f64();
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for writer in writers {
+        sent += writer.await.unwrap();
+    }
+    if synced {
+        let expected = stats(&mut p).await.unwrap().interactions;
+        wait(&mut r, |s| s.interactions == expected).await;
+        println!(
+            "copy under load: in sync after {copy:.2} s while {sent} one-event writes were sent ({:.0}/s); then holds all {expected} events",
+            sent as f64 / copy
+        );
+    } else {
+        println!(
+            "copy under load: NOT in sync after {copy:.2} s while {sent} one-event writes were sent ({:.0}/s)",
+            sent as f64 / copy
+        );
+    }
+    replica.stop().await;
     primary.stop().await;
 }

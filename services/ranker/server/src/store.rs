@@ -63,6 +63,16 @@ pub struct Change {
     pub writes: Vec<Write>,
 }
 
+impl Change {
+    /// The bytes of its keys and values.
+    pub fn bytes(&self) -> usize {
+        self.writes
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
 /// What a live write from a primary changes in memory ([`RankerStore::decode`]).
 #[derive(Debug, Default)]
 pub struct Decoded {
@@ -81,9 +91,9 @@ pub struct Decoded {
     pub models: Vec<String>,
 }
 
-/// Writes waiting for a replica that is slower than the primary's writes: past them the
-/// replica is cut off and copies a snapshot again. A write is one batch of a load (a few
-/// hundred items) or of events, so this holds a few seconds of a bulk load.
+/// Writes waiting in the journal for a follower's backlog to take them (the `Follow` stream
+/// moves each into its own backlog at once, bounded by bytes: `replica::BACKLOG_BYTES`).
+/// Past them the follower is cut off and copies a snapshot again.
 const JOURNAL_CAPACITY: usize = 512;
 
 struct Journal {
@@ -234,20 +244,27 @@ impl RankerStore {
         Ok(())
     }
 
-    /// Every write from now on, in order: what a replica needs besides a copy of the records
-    /// ([`Self::records`]) and the number of the last write the copy may miss
-    /// ([`Self::last_seq`], read after it).
+    /// Every write from now on, in order, and the number of the last write before them: what
+    /// a replica needs besides a copy of the records ([`Self::records`]) and the number of the
+    /// last write the copy may miss ([`Self::last_seq`], read after it). The writes numbered
+    /// from the one returned here + 1 to that last one all come through the receiver.
     ///
     /// # Errors
     /// When the journal's lock is poisoned.
     pub fn subscribe(
         &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>, RankError> {
+    ) -> Result<
+        (
+            tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>,
+            u64,
+        ),
+        RankError,
+    > {
         let journal = self
             .journal
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
-        Ok(journal.sender.subscribe())
+        Ok((journal.sender.subscribe(), journal.seq))
     }
 
     /// The number of the last write applied.

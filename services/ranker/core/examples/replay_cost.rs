@@ -7,8 +7,12 @@
 //! GUEST percent of the events come from one shared id (a guest id every anonymous visitor
 //! is sent under, or a bot).
 //!
-//! `cargo run --release -p souk-ranker-core --example replay_cost -- 100000 1000000 10000 0`
-//! (items, events, users, guest share in percent).
+//! ROW is the online co-occurrence's items kept per item (`Catalog::set_cooccurrence_row`;
+//! 0 keeps every pair, as before session 22): the pairs held and the process's peak RSS
+//! are printed with the time.
+//!
+//! `cargo run --release -p souk-ranker-core --example replay_cost -- 100000 1000000 10000 0 256`
+//! (items, events, users, guest share in percent, row).
 use std::time::Instant;
 
 use souk_ranker_core::UserHasher;
@@ -22,10 +26,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events = args.next().transpose()?.unwrap_or(1_000_000);
     let users = args.next().transpose()?.unwrap_or(10_000);
     let guest = args.next().transpose()?.unwrap_or(0);
+    let row = args
+        .next()
+        .transpose()?
+        .unwrap_or(souk_ranker_core::catalog::COOCCURRENCE_ROW);
     let mut rng = XorShift::new(42);
     let mut next = move |n: usize| ((rng.unit() * n as f64) as usize).min(n - 1);
     let mut catalog = Catalog::default();
     catalog.set_ann_min_items(usize::MAX);
+    catalog.set_cooccurrence_row(if row == 0 { usize::MAX } else { row });
     for i in 0..items {
         let item = Item {
             id: format!("p{i:06}"),
@@ -72,9 +81,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         catalog.record(event);
     }
     let took = started.elapsed().as_secs_f64();
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or("?".to_string(), |kb| format!("{:.0} MB", kb / 1024.0));
     println!(
-        "replayed {events} events ({users} shoppers, {guest}% under one guest id, {items} items) in {took:.2} s: {:.2} us per event",
-        took * 1e6 / events as f64
+        "replayed {events} events ({users} shoppers, {guest}% under one guest id, {items} items, row {row}) in {took:.2} s: {:.2} us per event; {} co-occurrence pairs; peak RSS {peak}",
+        took * 1e6 / events as f64,
+        catalog.cooccurrence_pairs()
     );
     Ok(())
 }

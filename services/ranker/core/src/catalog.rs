@@ -38,6 +38,11 @@ pub const ONLINE_SHARE_WITH_MODEL: f32 = 0.25;
 /// ones, each credited to the history item that contributed most (BENCHMARKS.md has the
 /// cost per `Rank`).
 pub const FOLD_IN_CANDIDATES: usize = 500;
+/// Co-occurring items kept per item by the online co-occurrence: a row past this that fills
+/// its hash table is cut back to its highest counts rather than growing it.
+/// Without it the counts grow with every new pair: 1M events of 10,000 shoppers on 100k
+/// items held ~100M pairs. Picked on validation splits (the `rec_datasets` test).
+pub const COOCCURRENCE_ROW: usize = 256;
 
 const NO_ROW: u32 = u32::MAX;
 /// A CF id whose item is not in the catalog.
@@ -192,6 +197,8 @@ pub struct Catalog {
     online_share: f32,
     /// Recent history items the trained model scores from ([`TRAINED_CF_WINDOW`]).
     trained_window: usize,
+    /// Co-occurring items kept per item ([`COOCCURRENCE_ROW`]).
+    cooccurrence_row: usize,
     /// Bumped whenever a slot's item is replaced or deleted; ANN points carry the version they
     /// were inserted for.
     slot_versions: Vec<u32>,
@@ -233,6 +240,7 @@ impl Default for Catalog {
             trained_cf: None,
             online_share: ONLINE_SHARE_WITH_MODEL,
             trained_window: TRAINED_CF_WINDOW,
+            cooccurrence_row: COOCCURRENCE_ROW,
             slot_versions: Vec::new(),
             ann: None,
             ann_min_items: DEFAULT_ANN_MIN_ITEMS,
@@ -1110,10 +1118,30 @@ impl Catalog {
             }
             None => {}
         }
+        let keep = self.cooccurrence_row;
         for other in neighbours {
-            *self.cooccurrence[other as usize].entry(item).or_default() += 1.0;
-            *self.cooccurrence[item as usize].entry(other).or_default() += 1.0;
+            for (from, to) in [(other, item), (item, other)] {
+                let row = &mut self.cooccurrence[from as usize];
+                *row.entry(to).or_default() += 1.0;
+                // Cut back instead of growing the table: a row's memory stays that of the
+                // table it had when it first passed `keep` (448 entries' worth for 256).
+                if row.len() > keep && row.len() >= row.capacity() {
+                    keep_strongest(row, keep);
+                }
+            }
         }
+    }
+
+    /// Co-occurring items kept per item: [`COOCCURRENCE_ROW`] unless set (at least 1). Rows
+    /// are cut back as they grow, so set it before recording events. For measurements (the
+    /// `rec_datasets` test picks the default on validation splits with it).
+    pub fn set_cooccurrence_row(&mut self, keep: usize) {
+        self.cooccurrence_row = keep.max(1);
+    }
+
+    /// Item pairs the online co-occurrence counts (each direction once).
+    pub fn cooccurrence_pairs(&self) -> usize {
+        self.cooccurrence.iter().map(HashMap::len).sum()
     }
 
     /// The CF id of an item id, interning it on first sight.
@@ -1418,6 +1446,22 @@ impl std::hash::Hasher for IdHasher {
 /// The hasher of maps keyed by ids the catalog hands out (CF ids, slots).
 pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
+/// Cuts a co-occurrence row back to its `keep` highest counts; ties go to the item first seen
+/// later (a newer product's pairs are the ones still counting up), and are decided by id so
+/// that a replay keeps what the live catalog kept. (Kept by count / sqrt(users) instead, what
+/// the pairs score with, validation recall fell: rare items' single pairs crowded out the
+/// counted ones; BENCHMARKS.md, "Session 22".)
+fn keep_strongest(row: &mut HashMap<u32, f32, IdHash>, keep: usize) {
+    let mut ranked: Vec<(f32, u32)> = row.iter().map(|(&c, &n)| (n, c)).collect();
+    if ranked.len() <= keep {
+        return;
+    }
+    ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    for &(_, c) in &ranked[keep..] {
+        row.remove(&c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1434,6 +1478,86 @@ mod tests {
         }
     }
 
+    /// An item every shopper touches (a bestseller) co-occurs with everything: its row is cut
+    /// back to the items bought with it most instead of growing with every new pair, and a
+    /// shopper who holds it is still recommended those.
+    #[test]
+    fn a_cooccurrence_row_keeps_its_strongest_pairs_within_its_table() {
+        let mut catalog = Catalog::default();
+        catalog.set_cooccurrence_row(8);
+        let ids = (0..300).map(|n| format!("once{n}"));
+        let ids = ids.chain([
+            "bestseller".into(),
+            "strong0".into(),
+            "strong1".into(),
+            "strong2".into(),
+        ]);
+        for id in ids {
+            catalog.upsert(item(id), vec![1.0]).unwrap();
+        }
+        let mut t = 0;
+        let mut touch = |catalog: &mut Catalog, user: &str, item: &str| {
+            t += 1;
+            catalog.record(&Interaction {
+                user: UserKey::from_stored(user.into()),
+                item_id: item.into(),
+                kind: InteractionKind::Purchase,
+                value: 1.0,
+                timestamp_ms: t,
+            });
+        };
+        // Three items bought with the bestseller by five shoppers each, then 300 bought
+        // with it once, interleaved.
+        for n in 0..300 {
+            let user = format!("u{n}");
+            touch(&mut catalog, &user, "bestseller");
+            touch(&mut catalog, &user, &format!("once{n}"));
+            if n % 20 < 15 {
+                touch(&mut catalog, &user, &format!("strong{}", n % 3));
+            }
+        }
+        let hub = catalog.cf_ids["bestseller"] as usize;
+        let row = &catalog.cooccurrence[hub];
+        assert!(
+            row.len() <= 32 && row.capacity() <= 32,
+            "{} pairs in a table for {} (kept: 8)",
+            row.len(),
+            row.capacity()
+        );
+        for strong in ["strong0", "strong1", "strong2"] {
+            let id = catalog.cf_ids[strong];
+            assert!(row.get(&id).is_some_and(|&n| n >= 60.0), "{strong} lost");
+        }
+        let shopper = catalog.history(&UserKey::from_stored("newcomer".into()));
+        assert!(shopper.is_empty());
+        touch(&mut catalog, "newcomer", "bestseller");
+        let shopper = catalog.history(&UserKey::from_stored("newcomer".into()));
+        let mut scored: Vec<(f32, u32, &str)> = catalog
+            .cf_scores(&shopper)
+            .into_iter()
+            .map(|(slot, (score, by))| (score, slot, by))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut top: Vec<(&str, &str)> = scored[..3]
+            .iter()
+            .map(|&(_, slot, by)| {
+                (
+                    catalog.item_at(slot).map_or("?", |(i, _)| i.id.as_str()),
+                    by,
+                )
+            })
+            .collect();
+        top.sort_unstable();
+        assert_eq!(
+            top,
+            [
+                ("strong0", "bestseller"),
+                ("strong1", "bestseller"),
+                ("strong2", "bestseller")
+            ]
+        );
+    }
+
     /// A shopper with thousands of events (a shared guest id) is recorded through the long
     /// history's index: the co-occurrence it builds is exactly what scanning and sorting the
     /// whole history at each event gives (ties in time, events out of order, items touched
@@ -1441,6 +1565,8 @@ mod tests {
     #[test]
     fn a_long_history_records_as_a_short_one_would() {
         let mut catalog = Catalog::default();
+        // The reference counts every pair.
+        catalog.set_cooccurrence_row(usize::MAX);
         let mut rng = crate::rng::XorShift::new(11);
         let mut events = Vec::new();
         for e in 0..3000 {

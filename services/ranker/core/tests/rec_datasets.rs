@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use souk_ranker_core::UserKey;
-use souk_ranker_core::catalog::{Catalog, ONLINE_SHARE_WITH_MODEL, TRAINED_CF_WINDOW};
+use souk_ranker_core::catalog::{
+    COOCCURRENCE_ROW, Catalog, ONLINE_SHARE_WITH_MODEL, TRAINED_CF_WINDOW,
+};
 use souk_ranker_core::cf::{
     CfAlgorithm, CfOptions, Ease, Ials, IalsOptions, Popularity, Recommender, fit_served,
 };
@@ -120,7 +122,18 @@ fn served_recall(
 /// A catalog holding every item of `train` and `rest`, with `train` replayed into it as
 /// purchases in time order (`times`; file order where a pair has none).
 fn replayed(train: &Pairs, rest: &[&Pairs], times: &HashMap<(String, String), i64>) -> Catalog {
+    replayed_keeping(train, rest, times, COOCCURRENCE_ROW)
+}
+
+/// [`replayed`], its online co-occurrence keeping `row` items per item.
+fn replayed_keeping(
+    train: &Pairs,
+    rest: &[&Pairs],
+    times: &HashMap<(String, String), i64>,
+    row: usize,
+) -> Catalog {
     let mut catalog = Catalog::default();
+    catalog.set_cooccurrence_row(row);
     let mut ids: Vec<&String> = train
         .iter()
         .chain(rest.iter().copied().flatten())
@@ -241,8 +254,8 @@ fn movielens_times() -> HashMap<(String, String), i64> {
 }
 
 /// What a shop gets from the CF signal alone once `TrainCf` ran (BENCHMARKS.md, "as
-/// served"): Last.FM online 0.340, EASE 0.383, iALS 0.419 (the model alone 0.424); ML-100k
-/// online 0.298, EASE 0.353, iALS 0.357. Losing the trained window (200 recent items) or
+/// served"): Last.FM online 0.343, EASE 0.383, iALS 0.420 (the model alone 0.424); ML-100k
+/// online 0.298, EASE 0.352, iALS 0.356 (session 22, rows of 256 co-occurring items). Losing the trained window (200 recent items) or
 /// letting online co-occurrence count as much as the model drops ML-100k's by 0.01-0.03.
 #[test]
 fn trained_models_as_served_lift_the_cf_signal() {
@@ -348,6 +361,58 @@ fn the_served_cf_constants_are_validation_picks() {
     eprintln!("mean over {cells} cells: by share {shares:.4?}, by window {windows:.4?}");
     assert_picked("online share", &SHARES, &shares, ONLINE_SHARE_WITH_MODEL);
     assert_picked("trained window", &WINDOWS, &windows, TRAINED_CF_WINDOW);
+}
+
+/// `COOCCURRENCE_ROW` (co-occurring items kept per item) picked on validation: each train
+/// split carved as above, replayed keeping each number of items per row, online
+/// co-occurrence scored alone (where the cut shows most) on the carved-out items. The
+/// constant must be the smallest row whose mean over both datasets is within 0.002 of
+/// keeping every pair: memory is what it buys.
+#[test]
+fn the_cooccurrence_row_is_a_validation_pick() {
+    const ROWS: [usize; 6] = [32, 64, 128, 256, 512, usize::MAX];
+    let mut means = [0.0f64; ROWS.len()];
+    let mut cells = 0;
+    for (name, times) in [
+        ("lastfm-kgcn", HashMap::new()),
+        ("ml-100k", movielens_times()),
+    ] {
+        let Some((train, test)) = pairs(name) else {
+            continue;
+        };
+        let (fit, valid) = carve_validation(&train, 42);
+        let mut row = Vec::new();
+        for (&keep, sum) in ROWS.iter().zip(&mut means) {
+            let catalog = replayed_keeping(&fit, &[&valid, &test], &times, keep);
+            let recall = cf_recall(&catalog, &held_out(&catalog, &valid));
+            *sum += recall;
+            row.push(format!(
+                "{keep}: {recall:.4} ({} pairs)",
+                catalog.cooccurrence_pairs()
+            ));
+        }
+        cells += 1;
+        eprintln!(
+            "{name} online validation recall@20 by row: {}",
+            row.join(", ")
+        );
+    }
+    if cells == 0 {
+        return;
+    }
+    let means: Vec<f64> = means.iter().map(|m| m / f64::from(cells)).collect();
+    eprintln!("mean over {cells} datasets by row {ROWS:?}: {means:.4?}");
+    let every_pair = means[ROWS.len() - 1];
+    let smallest = ROWS
+        .iter()
+        .zip(&means)
+        .find(|(_, m)| **m >= every_pair - 0.002)
+        .map(|(r, _)| *r);
+    assert_eq!(
+        smallest,
+        Some(COOCCURRENCE_ROW),
+        "mean validation recall by row {means:.4?} for {ROWS:?}"
+    );
 }
 
 /// Scores the served CF signal on `held` at each value of `grid` (set with `set`), adding

@@ -17,7 +17,9 @@
 //! `AGREEMENT=1` ranks every request again by exact scans and reports how much of each top 10
 //! the candidate pool found, and `KIND=colour` runs only the kinds whose name holds it, and
 //! `SYNONYMS=1` sets the product words as equivalent pairs, "shoe, jacket", so that every
-//! query's product word also matches another common word's items: the dearest synonyms).
+//! query's product word also matches another common word's items: the dearest synonyms), and
+//! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
+//! distinct items and adds two kinds, its search and its recommendation).
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -213,6 +215,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     }
+    // GUEST=N: one id with N distinct items, one in five bought.
+    let guest = std::env::var("GUEST")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    for j in 0..guest {
+        timestamp_ms += 1;
+        catalog.record(&Interaction {
+            user: UserKey::from_stored("guest".into()),
+            item_id: format!("p{:06}", (j * 7_919) % items),
+            kind: if j % 5 == 0 {
+                InteractionKind::Purchase
+            } else {
+                InteractionKind::View
+            },
+            value: 1.0,
+            timestamp_ms,
+        });
+    }
     let started_ann = Instant::now();
     // ANN_MIN=1000000000: no graph, every `Rank` an exact scan (what a catalog serves below
     // the threshold, or if it had to serve before its graph is built).
@@ -277,6 +298,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
     // Item pages: items spread over the catalog (every cluster).
     let page_item = |i: usize| Some(format!("p{:06}", (i * 7_919) % items));
+    let guest_user = || Some(UserKey::from_stored("guest".into()));
+    let guest_kinds: [(&str, &dyn Fn(usize) -> RankQuery); 2] = [
+        ("search, guest", &|i| RankQuery {
+            user: guest_user(),
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+        ("recommendation, guest", &|_| RankQuery {
+            user: guest_user(),
+            k: 10,
+            explain: true,
+            ..RankQuery::default()
+        }),
+    ];
     let kinds: [(&str, &dyn Fn(usize) -> RankQuery); 12] = [
         ("search, anonymous", &|i| RankQuery {
             query: Some(queries[i].clone()),
@@ -388,8 +425,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     // KIND=department: only the kinds whose name holds it (for a profile of one).
     let only = std::env::var("KIND").unwrap_or_default();
+    let guest_kinds = if guest > 0 { &guest_kinds[..] } else { &[] };
     let kinds: Vec<_> = kinds
         .iter()
+        .chain(guest_kinds)
         .filter(|(name, _)| name.contains(&only))
         .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();

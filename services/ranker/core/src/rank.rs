@@ -713,10 +713,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 }
                 _ => false,
             };
+            // The recent part only: a long history (a shared guest id) is not copied whole.
             let mut history = request
                 .user
                 .as_ref()
-                .map(|u| catalog.history(u))
+                .map(|u| catalog.recent_history(u, catalog.rank_window()))
                 .unwrap_or_default();
             // An item's page without a query: items like the item are near its own vector.
             let mut page_vector = None;
@@ -800,6 +801,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             }
         };
         let shopper = Shopper {
+            user: request.user.as_ref(),
             history: &history,
             recent: &recent,
             related: &related,
@@ -1049,12 +1051,15 @@ struct TierPicks {
     graph_missing: bool,
 }
 
-/// The shopper's side of a request: recent history (newest first), the graph entities of its
+/// The shopper's side of a request: who it is, recent history (newest first,
+/// [`Catalog::rank_window`] entries and the page's item), the graph entities of its
 /// [`KG_SOURCES`] most recent items (empty when the graph does not rescore), the items the
 /// graph relates to them (ids), and whether the graph signal rescores (a history, a graph
 /// weight and a graph that answered).
 #[derive(Debug, Clone, Copy)]
 struct Shopper<'a> {
+    /// Whose purchases are left out (over the whole history: `history` is its recent part).
+    user: Option<&'a UserKey>,
     history: &'a [HistoryEntry],
     recent: &'a [String],
     related: &'a [String],
@@ -1098,17 +1103,15 @@ fn by_price(
     history: &[HistoryEntry],
     descending: bool,
 ) -> (Vec<RankedItem>, usize) {
-    let bought = history
-        .iter()
-        .filter(|h| !request.include_purchased && h.kind == InteractionKind::Purchase)
-        .map(|h| &h.item_id);
-    let exclude: HashSet<u32> = request
+    let mut exclude: HashSet<u32> = request
         .exclude
         .iter()
         .chain(&request.item)
-        .chain(bought)
         .filter_map(|id| catalog.slot_of(id))
         .collect();
+    if let Some(user) = request.user.as_ref().filter(|_| !request.include_purchased) {
+        exclude.extend(catalog.purchased_slots(user));
+    }
     let slots = catalog.by_price(scope, &request.filters, &exclude, descending);
     // The query's matches, to tell a word match from a match by meaning alone.
     let matches = match (query, request.explain) {
@@ -1362,11 +1365,10 @@ fn first_pass(
         .iter()
         .filter_map(|id| catalog.slot_of(id))
         .collect();
-    let purchased: HashSet<u32> = history
-        .iter()
-        .filter(|h| h.kind == InteractionKind::Purchase)
-        .filter_map(|h| catalog.slot_of(&h.item_id))
-        .collect();
+    let purchased = match shopper.user {
+        Some(user) if !request.include_purchased => catalog.purchased_slots(user),
+        _ => HashSet::default(),
+    };
     // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
     // changed between tiers).
     let excluded: HashSet<u32> = request
@@ -1447,7 +1449,7 @@ fn first_pass(
                 continue;
             };
             if excluded.contains(&slot)
-                || (!request.include_purchased && purchased.contains(&slot))
+                || purchased.contains(&slot)
                 || filter.as_ref().is_some_and(|f| !f.accepts(slot, item))
             {
                 continue;

@@ -814,3 +814,76 @@ async fn reasons_say_which_words_of_the_search_a_result_holds() {
         Some("matches \"running\", \"shoe\" of your search \"trail running shoe\"")
     );
 }
+
+/// A shopper with a long history (a shared guest id) is ranked from its recent part, but
+/// what it bought long ago is still left out: of a search, of recommendations and of a
+/// price-sorted list.
+#[tokio::test]
+async fn a_long_history_still_leaves_out_what_was_bought_long_ago() {
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, h, _) = shop();
+    {
+        let mut catalog = ranker.catalog().write().unwrap();
+        for i in 0..600 {
+            let gadget = item(&format!("g{i:03}"), "Gadget", &["Gadgets"], "Gizmo", 20.0);
+            let v = fake_vector(&gadget.text());
+            catalog.upsert(gadget.validated().unwrap(), v).unwrap();
+        }
+    }
+    for (u, ts) in [("a", 1), ("b", 2), ("guest", 3)] {
+        record(&ranker, &h, u, "p5", InteractionKind::Purchase, ts);
+    }
+    for i in 0..600 {
+        record(
+            &ranker,
+            &h,
+            "guest",
+            &format!("g{i:03}"),
+            InteractionKind::View,
+            10 + i,
+        );
+    }
+    // Recommendations in the lamps' department (the guest's own gadgets would fill any
+    // page); searches over the whole shop.
+    let ask = |user: &str, query: Option<&str>, sort: SortOrder, include_purchased: bool| {
+        let filters = match query {
+            None => Filters::new("Home", &[], None, None, false).unwrap(),
+            Some(_) => Filters::default(),
+        };
+        let request = RankQuery {
+            user: Some(h.key(user)),
+            query: query.map(String::from),
+            k: 30,
+            sort,
+            include_purchased,
+            filters,
+            ..Default::default()
+        };
+        let ranker = &ranker;
+        async move { ranker.rank(&request).await.unwrap() }
+    };
+    let newcomer = ask("new", None, SortOrder::Relevance, false).await;
+    assert_eq!(
+        ids(&newcomer),
+        ["p5", "p8"],
+        "the shop's most bought item first"
+    );
+    for (query, sort) in [
+        (None, SortOrder::Relevance),
+        (Some("lamp"), SortOrder::Relevance),
+        (Some("lamp"), SortOrder::PriceAscending),
+    ] {
+        let guest = ask("guest", query, sort, false).await;
+        assert!(
+            !ids(&guest).contains(&"p5"),
+            "{query:?} {sort:?}: bought 600 items ago, listed: {:?}",
+            ids(&guest)
+        );
+        let included = ask("guest", query, sort, true).await;
+        assert!(
+            ids(&included).contains(&"p5"),
+            "{query:?} {sort:?} with include_purchased: {:?}",
+            ids(&included)
+        );
+    }
+}

@@ -1329,8 +1329,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let user = ready.hasher.key(request.user_id.trim());
         let (profile, history) = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-            let mut history = catalog.history(&user);
-            history.truncate(HISTORY_WINDOW);
+            let history = catalog.recent_history(&user, HISTORY_WINDOW);
             (catalog.profile(&user, limit), history)
         };
         let mut response = pb::UserProfileResponse {

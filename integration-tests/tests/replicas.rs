@@ -260,12 +260,32 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     // The primary restarts (a graceful stop does not wait on its replica's stream): the
     // replica serves meanwhile, reconnects, copies again and takes later writes.
     let primary_addr = primary.addr;
+    let before = stats(&mut p).await.interactions;
     primary.stop().await.unwrap();
     assert_eq!(
         stats(&mut r).await.items,
         now.items - 1,
         "a replica serves while its primary is away"
     );
+    // Events sent to the replica meanwhile wait in its outbox, on its disk: a replica
+    // restarted in between still holds them.
+    let away = vec![purchase("u901", "p00010"), purchase("u902", "p00011")];
+    let queued = r
+        .record_interactions(futures::stream::iter(away))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((queued.recorded, queued.queued), (0, 2), "{queued:?}");
+    let bad = r
+        .record_interactions(futures::stream::iter(vec![purchase("", "p00010")]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    replica.stop().await.unwrap();
+    let replica =
+        start_ranker_replica(&replica_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
+    let mut r = client(&replica.url()).await;
+    assert_eq!(stats(&mut r).await.outbox, 2);
     let primary = start_ranker_replica(
         &dir.path().join("primary"),
         &encoder,
@@ -284,11 +304,18 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     .await
     .unwrap();
     assert!(
-        soon_within(20, async || same_counts(&mut p, &mut r).await).await,
+        soon_within(20, async || same_counts(&mut p, &mut r).await
+            && stats(&mut r).await.outbox == 0)
+        .await,
         "{:?}",
         stats(&mut r).await
     );
     assert_eq!(stats(&mut r).await.items, now.items - 2);
+    assert_eq!(
+        stats(&mut p).await.interactions,
+        before + 2,
+        "the events sent while the primary was away reached it, once"
+    );
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
 

@@ -1149,6 +1149,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         "NOT in sync (connecting or copying; serves its last copy)"
                     }
                 );
+                if r.outbox > 0 {
+                    println!(
+                        "outbox: {} events taken while the primary was unreachable, not yet passed on",
+                        r.outbox
+                    );
+                }
             }
             println!(
                 "encoder model: {}",

@@ -5,11 +5,14 @@
 //!    same store (replay, graph built) in the same run.
 //! 2. **Lag**: how long after a write is sent to the primary the replica serves it, against
 //!    the write's own round trip.
+//!    Bulk events sent through the replica (passed on) against sent to the primary.
 //! 3. **Write cost**: bulk `RecordInteractions` throughput on the primary with a replica
 //!    following and with none, alternating.
 //! 4. **Copy under load**: a new replica's copy while four clients keep sending one-event
 //!    writes to the primary (more of them than the primary's journal holds): the time to in
 //!    sync, and that the replica then holds every event the primary does.
+//! 5. **Outbox**: the primary stopped, 100,000 events sent through the replica (queued on its
+//!    disk), the primary started again: how soon the outbox reaches it.
 //!
 //! ```text
 //! cargo run --release -p souk-ranker --example replica_cost -- ITEMS EVENTS WRITES
@@ -80,14 +83,20 @@ fn fill(dir: &Path, items: usize, events: usize) {
 }
 
 struct Server {
+    addr: std::net::SocketAddr,
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 async fn start(dir: &Path, primary: Option<String>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    start_at("127.0.0.1:0".parse().unwrap(), dir, primary).await
+}
+
+async fn start_at(at: std::net::SocketAddr, dir: &Path, primary: Option<String>) -> Server {
+    let listener = TcpListener::bind(at).await.unwrap();
+    let listener_addr = listener.local_addr().unwrap();
+    let url = format!("http://{listener_addr}");
     let args = RankerArgs {
         listen: listener.local_addr().unwrap(),
         data_dir: dir.to_path_buf(),
@@ -107,7 +116,12 @@ async fn start(dir: &Path, primary: Option<String>) -> Server {
     let task = tokio::spawn(serve(listener, args, async move {
         let _ = stopped.await;
     }));
-    Server { url, stop, task }
+    Server {
+        addr: listener_addr,
+        url,
+        stop,
+        task,
+    }
 }
 
 impl Server {
@@ -242,6 +256,25 @@ async fn main() {
         percentile(&lag, 0.99)
     );
 
+    // 2b. Bulk events sent through the replica (passed on to the primary) against sent to
+    // the primary itself, alternating.
+    let (mut through, mut direct) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        through.push(bulk_rate(&mut r, 20, &format!("through{round}")).await);
+        direct.push(bulk_rate(&mut p, 20, &format!("direct{round}")).await);
+    }
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "bulk events/s (20 x 1,000) sent through the replica {}, to the primary {}",
+        fmt(&through),
+        fmt(&direct)
+    );
+
     // 3. Bulk writes with and without a replica following, alternating.
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -259,12 +292,6 @@ async fn main() {
         }
         without.push(bulk_rate(&mut p, 20, &format!("without{round}")).await);
     }
-    let fmt = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
     println!(
         "bulk events/s into the primary (20 x 1,000): with a replica following {}, with none {}",
         fmt(&with),
@@ -317,6 +344,26 @@ async fn main() {
             sent as f64 / copy
         );
     }
+    // 5. The primary away: events sent through the replica go to its outbox, and reach the
+    // primary once it is back.
+    let mut r = client(&replica.url).await;
+    let expected = stats(&mut p).await.unwrap().interactions + 100_000;
+    let addr = primary.addr;
+    primary.stop().await;
+    let queue = bulk_rate(&mut r, 100, "away").await;
+    let queued = stats(&mut r).await.unwrap().outbox;
+    let t = Instant::now();
+    let primary = start_at(addr, &primary_dir, None).await;
+    let mut p = client(&primary.url).await;
+    wait(&mut p, |_| true).await;
+    let back = t.elapsed().as_secs_f64();
+    wait(&mut r, |s| s.outbox == 0).await;
+    let drained = t.elapsed().as_secs_f64() - back;
+    wait(&mut p, |s| s.interactions == expected).await;
+    println!(
+        "primary away: {queued} events queued on the replica at {queue:.0}/s; primary serving again after {back:.2} s, the outbox delivered {drained:.2} s later ({:.0} events/s)",
+        queued as f64 / drained
+    );
     replica.stop().await;
     primary.stop().await;
 }

@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub use souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS;
 
 pub mod metrics;
+mod outbox;
 pub mod replica;
 pub mod sources;
 pub mod store;
@@ -165,6 +166,8 @@ struct Ready {
     settings: tokio::sync::Mutex<()>,
     /// A replica's store is a copy of its primary's: it writes nothing of its own.
     replica: bool,
+    /// A replica's events that wait for its primary (`None` on a primary).
+    outbox: Option<Arc<outbox::Outbox>>,
 }
 
 /// Unmatched (and corrected) queries `Stats` lists.
@@ -413,6 +416,13 @@ pub async fn serve(
     registry
         .registry()
         .register(Box::new(metrics::CatalogSize::new(catalog.clone())?))?;
+    let outbox = match &primary {
+        Some(_) => Some(Arc::new(outbox::Outbox::open(
+            store.outbox_tree()?,
+            registry.registry(),
+        )?)),
+        None => None,
+    };
     let model_differs = prometheus::IntGauge::new(
         "encoder_model_differs",
         "1 while the encoder serves another model than the one the catalog's vectors come \
@@ -443,6 +453,7 @@ pub async fn serve(
         writing: tokio::sync::Mutex::new(()),
         settings: tokio::sync::Mutex::new(()),
         replica: primary.is_some(),
+        outbox: outbox.clone(),
     });
     let _ = state.ready.set(ready.clone());
     if serve_at_once {
@@ -469,6 +480,14 @@ pub async fn serve(
             stopped.clone(),
         ))
     });
+    let drain = match (outbox, &state.follows) {
+        (Some(outbox), Some((_, client))) => Some(tokio::spawn(outbox::drain(
+            outbox,
+            client.clone(),
+            stopped.clone(),
+        ))),
+        _ => None,
+    };
     let watcher = tokio::spawn(watch_encoder(ready.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
     // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
@@ -480,6 +499,9 @@ pub async fn serve(
     }
     if let Some(follower) = follower {
         let _ = follower.await;
+    }
+    if let Some(drain) = drain {
+        let _ = drain.await;
     }
     let _ = watcher.await;
     served?;
@@ -994,6 +1016,61 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
     })
 }
 
+/// A replica's `RecordInteractions`: each message checked as the primary checks it, then
+/// passed on to the primary, the replica taking the events with the primary's next writes
+/// like every other replica. While the primary cannot be reached, or while earlier messages
+/// still wait for it (their order is kept), a message goes to the replica's outbox instead
+/// (`queued`), which passes it on once the primary is back.
+async fn pass_on(
+    ready: &Ready,
+    primary: &pb::ranker_client::RankerClient<tonic::transport::Channel>,
+    mut stream: Streaming<pb::RecordInteractionsRequest>,
+) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+    let Some(outbox) = &ready.outbox else {
+        return Err(Status::internal("a replica without an outbox"));
+    };
+    let mut response = pb::RecordInteractionsResponse::default();
+    while let Some(message) = stream.next().await {
+        let message = message?;
+        for (i, event) in message.interactions.iter().enumerate() {
+            interaction_from_pb(event.clone(), &ready.hasher, i).map_err(status)?;
+        }
+        if outbox.is_empty() {
+            let sent = primary
+                .clone()
+                .record_interactions(futures::stream::iter([message.clone()]))
+                .await;
+            match sent {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    response.recorded += answer.recorded;
+                    response.unknown_items += answer.unknown_items;
+                    continue;
+                }
+                Err(error) if outbox::unreachable(&error) => {
+                    tracing::warn!(%error, "the primary is unreachable: events go to the outbox");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // An event without a time is given its arrival here, not its later delivery.
+        let mut message = message;
+        let now = unix_time().as_millis() as i64;
+        for event in &mut message.interactions {
+            if event.timestamp_ms == 0 {
+                event.timestamp_ms = now;
+            }
+        }
+        let events = message.interactions.len() as u64;
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.push(&message))
+            .await
+            .map_err(|e| Status::internal(format!("outbox task failed: {e}")))??;
+        response.queued += events;
+    }
+    Ok(Response::new(response))
+}
+
 fn interaction_from_pb(
     event: pb::Interaction,
     hasher: &UserHasher,
@@ -1279,11 +1356,14 @@ impl pb::ranker_server::Ranker for RankerService {
         request: Request<Streaming<pb::RecordInteractionsRequest>>,
     ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
         if let Some((_, primary)) = &self.follows {
-            // Passed on as it comes; the replica takes the events with the primary's next
-            // writes, like every other replica.
-            // A message the shop's stream failed on ends what is passed on.
-            let events = tokio_stream::StreamExt::map_while(request.into_inner(), Result::ok);
-            return primary.clone().record_interactions(events).await;
+            let ready = self.ready.get().filter(|r| r.outbox.is_some());
+            let Some(ready) = ready else {
+                // Still opening its store: passed on as it comes.
+                // A message the shop's stream failed on ends what is passed on.
+                let events = tokio_stream::StreamExt::map_while(request.into_inner(), Result::ok);
+                return primary.clone().record_interactions(events).await;
+            };
+            return pass_on(ready, primary, request.into_inner()).await;
         }
         let ready = self.ready()?;
         let mut stream = request.into_inner();
@@ -1410,6 +1490,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|(url, _)| url.clone())
                 .unwrap_or_default(),
             in_sync: self.replica.in_sync(),
+            outbox: ready.outbox.as_ref().map_or(0, |o| o.events()),
         }))
     }
 

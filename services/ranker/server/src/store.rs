@@ -209,6 +209,15 @@ impl RankerStore {
         })
     }
 
+    /// A replica's outbox (`crate::outbox`): its own tree, which a copy of the primary's
+    /// store neither sends ([`Self::records`]) nor clears ([`Self::begin_sync`]).
+    ///
+    /// # Errors
+    /// When the tree cannot be opened.
+    pub fn outbox_tree(&self) -> Result<sled::Tree, RankError> {
+        self.db.open_tree("outbox").map_err(internal)
+    }
+
     fn tree(&self, name: TreeName) -> &sled::Tree {
         match name {
             TreeName::Catalog => &self.catalog,

@@ -1477,3 +1477,50 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
     let r = client.rank(search("rucksack")).await.unwrap().into_inner();
     assert_eq!(r.words_matched, Some(false), "cleared");
 }
+
+/// A shop streaming one event per message: the ranker stores the messages that arrived
+/// together in one write, and still stores exactly those before a bad message, none after,
+/// naming the bad event as its own message numbers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let interactions = async |client: &mut RankerClient<tonic::transport::Channel>| {
+        client
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .interactions
+    };
+    let before = interactions(&mut client).await;
+    let one = |user: String| rk::RecordInteractionsRequest {
+        interactions: vec![rk::Interaction {
+            user_id: user,
+            item_id: "p00030".into(),
+            kind: rk::InteractionKind::View as i32,
+            value: 1.0,
+            timestamp_ms: 0,
+        }],
+    };
+    let mut messages: Vec<_> = (0..300).map(|i| one(format!("streamer{i}"))).collect();
+    messages.push(one(String::new()));
+    messages.extend((0..50).map(|i| one(format!("late{i}"))));
+    let status = client
+        .record_interactions(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "interactions[0]: user_id is empty");
+    assert_eq!(interactions(&mut client).await, before + 300);
+    let whole = client
+        .record_interactions(futures::stream::iter(
+            (0..500)
+                .map(|i| one(format!("whole{i}")))
+                .collect::<Vec<_>>(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.recorded, 500);
+    assert_eq!(interactions(&mut client).await, before + 800);
+}

@@ -274,6 +274,26 @@ async fn main() {
         fmt(&through),
         fmt(&direct)
     );
+    // One stream of 2,000 one-event messages (a shop forwarding each event as it happens).
+    let (mut through, mut direct) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        for (client, rates) in [(&mut r, &mut through), (&mut p, &mut direct)] {
+            let messages: Vec<_> = (0..2000)
+                .map(|i| events(1, &format!("single{round}-{i}")))
+                .collect();
+            let t = Instant::now();
+            client
+                .record_interactions(futures::stream::iter(messages))
+                .await
+                .unwrap();
+            rates.push(2000.0 / t.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "one stream of 2,000 one-event messages, events/s: through the replica {}, to the primary {}",
+        fmt(&through),
+        fmt(&direct)
+    );
 
     // 3. Bulk writes with and without a replica following, alternating.
     let mut with = Vec::new();

@@ -1017,7 +1017,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
 }
 
 /// A replica's `RecordInteractions`: each message checked as the primary checks it, then
-/// passed on to the primary, the replica taking the events with the primary's next writes
+/// passed on to the primary (with the messages that arrived with it), the replica taking the events with the primary's next writes
 /// like every other replica. While the primary cannot be reached, or while earlier messages
 /// still wait for it (their order is kept), a message goes to the replica's outbox instead
 /// (`queued`), which passes it on once the primary is back.
@@ -1029,11 +1029,33 @@ async fn pass_on(
     let Some(outbox) = &ready.outbox else {
         return Err(Status::internal("a replica without an outbox"));
     };
-    let mut response = pb::RecordInteractionsResponse::default();
-    while let Some(message) = stream.next().await {
+    let checked = |message: Result<pb::RecordInteractionsRequest, Status>| {
         let message = message?;
         for (i, event) in message.interactions.iter().enumerate() {
             interaction_from_pb(event.clone(), &ready.hasher, i).map_err(status)?;
+        }
+        Ok::<_, Status>(message)
+    };
+    let mut response = pb::RecordInteractionsResponse::default();
+    let mut failed = None;
+    while failed.is_none()
+        && let Some(first) = stream.next().await
+    {
+        // The messages that already arrived go on together (one call and one store write
+        // at the primary for many one-event messages), in order; a bad one ends the stream
+        // after those before it, as at the primary.
+        let mut message = checked(first)?;
+        while message.interactions.len() < PASS_ON_EVENTS {
+            match futures::FutureExt::now_or_never(stream.next()) {
+                Some(Some(next)) => match checked(next) {
+                    Ok(next) => message.interactions.extend(next.interactions),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                },
+                Some(None) | None => break,
+            }
         }
         if outbox.is_empty() {
             let sent = primary
@@ -1068,8 +1090,15 @@ async fn pass_on(
             .map_err(|e| Status::internal(format!("outbox task failed: {e}")))??;
         response.queued += events;
     }
-    Ok(Response::new(response))
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(Response::new(response)),
+    }
 }
+
+/// Events `RecordInteractions` gathers from messages that arrived together: into one store
+/// write on a primary, into one message for the primary on a replica.
+const PASS_ON_EVENTS: usize = 1000;
 
 fn interaction_from_pb(
     event: pb::Interaction,
@@ -1368,14 +1397,35 @@ impl pb::ranker_server::Ranker for RankerService {
         let ready = self.ready()?;
         let mut stream = request.into_inner();
         let mut response = pb::RecordInteractionsResponse::default();
-        while let Some(message) = stream.next().await {
-            let events = message?
+        let checked = |message: Result<pb::RecordInteractionsRequest, Status>| {
+            message?
                 .interactions
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| interaction_from_pb(e, &ready.hasher, i))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(status)?;
+                .map_err(status)
+        };
+        let mut failed = None;
+        while failed.is_none()
+            && let Some(first) = stream.next().await
+        {
+            // The messages that already arrived are stored in one write (a shop streaming
+            // one event per message pays one flush for many); a bad one ends the stream
+            // after those before it are stored.
+            let mut events = checked(first)?;
+            while events.len() < PASS_ON_EVENTS {
+                match futures::FutureExt::now_or_never(stream.next()) {
+                    Some(Some(next)) => match checked(next) {
+                        Ok(next) => events.extend(next),
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
+                    },
+                    Some(None) | None => break,
+                }
+            }
             {
                 let ready = ready.clone();
                 let events = events.clone();
@@ -1393,7 +1443,10 @@ impl pb::ranker_server::Ranker for RankerService {
             }
             response.recorded += events.len() as u64;
         }
-        Ok(Response::new(response))
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(Response::new(response)),
+        }
     }
 
     async fn user_profile(

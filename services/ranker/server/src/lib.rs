@@ -1076,7 +1076,6 @@ async fn pass_on(
             }
         }
         // An event without a time is given its arrival here, not its later delivery.
-        let mut message = message;
         let now = unix_time().as_millis() as i64;
         for event in &mut message.interactions {
             if event.timestamp_ms == 0 {

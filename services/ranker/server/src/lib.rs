@@ -1017,7 +1017,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
 }
 
 /// A replica's `RecordInteractions`: each message checked as the primary checks it, then
-/// passed on to the primary (with the messages that arrived with it), the replica taking the events with the primary's next writes
+/// passed on to the primary (gathered with the messages that arrived with it, [`gather`]), the replica taking the events with the primary's next writes
 /// like every other replica. While the primary cannot be reached, or while earlier messages
 /// still wait for it (their order is kept), a message goes to the replica's outbox instead
 /// (`queued`), which passes it on once the primary is back.
@@ -1034,29 +1034,19 @@ async fn pass_on(
         for (i, event) in message.interactions.iter().enumerate() {
             interaction_from_pb(event.clone(), &ready.hasher, i).map_err(status)?;
         }
-        Ok::<_, Status>(message)
+        Ok::<_, Status>(message.interactions)
     };
     let mut response = pb::RecordInteractionsResponse::default();
     let mut failed = None;
+    // The messages that already arrived go on together: one call, and one store write at
+    // the primary, for many one-event messages.
     while failed.is_none()
-        && let Some(first) = stream.next().await
+        && let Some(gathered) = gather(&mut stream, &checked).await?
     {
-        // The messages that already arrived go on together (one call and one store write
-        // at the primary for many one-event messages), in order; a bad one ends the stream
-        // after those before it, as at the primary.
-        let mut message = checked(first)?;
-        while message.interactions.len() < PASS_ON_EVENTS {
-            match futures::FutureExt::now_or_never(stream.next()) {
-                Some(Some(next)) => match checked(next) {
-                    Ok(next) => message.interactions.extend(next.interactions),
-                    Err(error) => {
-                        failed = Some(error);
-                        break;
-                    }
-                },
-                Some(None) | None => break,
-            }
-        }
+        failed = gathered.failed;
+        let mut message = pb::RecordInteractionsRequest {
+            interactions: gathered.events,
+        };
         if outbox.is_empty() {
             let sent = primary
                 .clone()
@@ -1097,7 +1087,45 @@ async fn pass_on(
 
 /// Events `RecordInteractions` gathers from messages that arrived together: into one store
 /// write on a primary, into one message for the primary on a replica.
-const PASS_ON_EVENTS: usize = 1000;
+const GATHER_EVENTS: usize = 1000;
+
+/// The events of a `RecordInteractions` stream's next message and of the messages that had
+/// already arrived after it (up to [`GATHER_EVENTS`]), each message checked by `check`.
+struct Gathered<T> {
+    events: Vec<T>,
+    /// A bad message after them: the stream ends with its error once they are stored, as
+    /// it would have one message at a time.
+    failed: Option<Status>,
+}
+
+/// The next [`Gathered`] events of `stream`; `None` at its end; a bad first message's error.
+async fn gather<T>(
+    stream: &mut Streaming<pb::RecordInteractionsRequest>,
+    check: &impl Fn(Result<pb::RecordInteractionsRequest, Status>) -> Result<Vec<T>, Status>,
+) -> Result<Option<Gathered<T>>, Status> {
+    let Some(first) = stream.next().await else {
+        return Ok(None);
+    };
+    let mut events = check(first)?;
+    while events.len() < GATHER_EVENTS {
+        match futures::FutureExt::now_or_never(stream.next()) {
+            Some(Some(next)) => match check(next) {
+                Ok(next) => events.extend(next),
+                Err(error) => {
+                    return Ok(Some(Gathered {
+                        events,
+                        failed: Some(error),
+                    }));
+                }
+            },
+            Some(None) | None => break,
+        }
+    }
+    Ok(Some(Gathered {
+        events,
+        failed: None,
+    }))
+}
 
 fn interaction_from_pb(
     event: pb::Interaction,
@@ -1406,25 +1434,13 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map_err(status)
         };
         let mut failed = None;
+        // The messages that already arrived are stored in one write (a shop streaming one
+        // event per message pays one flush for many).
         while failed.is_none()
-            && let Some(first) = stream.next().await
+            && let Some(gathered) = gather(&mut stream, &checked).await?
         {
-            // The messages that already arrived are stored in one write (a shop streaming
-            // one event per message pays one flush for many); a bad one ends the stream
-            // after those before it are stored.
-            let mut events = checked(first)?;
-            while events.len() < PASS_ON_EVENTS {
-                match futures::FutureExt::now_or_never(stream.next()) {
-                    Some(Some(next)) => match checked(next) {
-                        Ok(next) => events.extend(next),
-                        Err(error) => {
-                            failed = Some(error);
-                            break;
-                        }
-                    },
-                    Some(None) | None => break,
-                }
-            }
+            failed = gathered.failed;
+            let events = gathered.events;
             {
                 let ready = ready.clone();
                 let events = events.clone();

@@ -1480,7 +1480,8 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
 
 /// A shop streaming one event per message: the ranker stores the messages that arrived
 /// together in one write, and still stores exactly those before a bad message, none after,
-/// naming the bad event as its own message numbers it.
+/// naming the bad event as its own message numbers it; a large message among them is
+/// stored whole, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
     let shop = demo_shop().await;
@@ -1512,15 +1513,18 @@ async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
         .unwrap_err();
     assert_invalid(&status, "interactions[0]: user_id is empty");
     assert_eq!(interactions(&mut client).await, before + 300);
+    // A message larger than what is gathered goes alone, between single events.
+    let mut messages: Vec<_> = (0..500).map(|i| one(format!("whole{i}"))).collect();
+    let large = (0..1500).flat_map(|i| one(format!("bulk{i}")).interactions);
+    messages.push(rk::RecordInteractionsRequest {
+        interactions: large.collect(),
+    });
+    messages.extend((0..10).map(|i| one(format!("after{i}"))));
     let whole = client
-        .record_interactions(futures::stream::iter(
-            (0..500)
-                .map(|i| one(format!("whole{i}")))
-                .collect::<Vec<_>>(),
-        ))
+        .record_interactions(futures::stream::iter(messages))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(whole.recorded, 500);
-    assert_eq!(interactions(&mut client).await, before + 800);
+    assert_eq!(whole.recorded, 2010);
+    assert_eq!(interactions(&mut client).await, before + 2310);
 }

@@ -1017,20 +1017,19 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
 }
 
 /// A replica's `RecordInteractions`: each message checked as the primary checks it, then
-/// passed on to the primary (gathered with the messages that arrived with it, [`gather`]), the replica taking the events with the primary's next writes
-/// like every other replica. While the primary cannot be reached, or while earlier messages
+/// passed on to the primary ([`Gathered`] with the messages that arrived with it), the
+/// replica taking the events with the primary's next writes like every other replica. While the primary cannot be reached, or while earlier messages
 /// still wait for it (their order is kept), a message goes to the replica's outbox instead
 /// (`queued`), which passes it on once the primary is back.
 async fn pass_on(
     ready: &Ready,
     primary: &pb::ranker_client::RankerClient<tonic::transport::Channel>,
-    mut stream: Streaming<pb::RecordInteractionsRequest>,
+    stream: Streaming<pb::RecordInteractionsRequest>,
 ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
     let Some(outbox) = &ready.outbox else {
         return Err(Status::internal("a replica without an outbox"));
     };
-    let checked = |message: Result<pb::RecordInteractionsRequest, Status>| {
-        let message = message?;
+    let checked = |message: pb::RecordInteractionsRequest| {
         for (i, event) in message.interactions.iter().enumerate() {
             interaction_from_pb(event.clone(), &ready.hasher, i).map_err(status)?;
         }
@@ -1040,8 +1039,9 @@ async fn pass_on(
     let mut failed = None;
     // The messages that already arrived go on together: one call, and one store write at
     // the primary, for many one-event messages.
+    let mut stream = Gatherer::new(stream);
     while failed.is_none()
-        && let Some(gathered) = gather(&mut stream, &checked).await?
+        && let Some(gathered) = stream.next(&checked).await?
     {
         failed = gathered.failed;
         let mut message = pb::RecordInteractionsRequest {
@@ -1090,7 +1090,8 @@ async fn pass_on(
 const GATHER_EVENTS: usize = 1000;
 
 /// The events of a `RecordInteractions` stream's next message and of the messages that had
-/// already arrived after it (up to [`GATHER_EVENTS`]), each message checked by `check`.
+/// already arrived after it, as long as they come to at most [`GATHER_EVENTS`] (a larger
+/// message goes alone), each message checked as it is taken.
 struct Gathered<T> {
     events: Vec<T>,
     /// A bad message after them: the stream ends with its error once they are stored, as
@@ -1098,18 +1099,48 @@ struct Gathered<T> {
     failed: Option<Status>,
 }
 
-/// The next [`Gathered`] events of `stream`; `None` at its end; a bad first message's error.
-async fn gather<T>(
-    stream: &mut Streaming<pb::RecordInteractionsRequest>,
-    check: &impl Fn(Result<pb::RecordInteractionsRequest, Status>) -> Result<Vec<T>, Status>,
-) -> Result<Option<Gathered<T>>, Status> {
-    let Some(first) = stream.next().await else {
-        return Ok(None);
-    };
-    let mut events = check(first)?;
-    while events.len() < GATHER_EVENTS {
-        match futures::FutureExt::now_or_never(stream.next()) {
-            Some(Some(next)) => match check(next) {
+/// A `RecordInteractions` stream read as [`Gathered`] events.
+struct Gatherer {
+    stream: Streaming<pb::RecordInteractionsRequest>,
+    /// A message taken that did not fit the events before it: the first of the next.
+    held: Option<pb::RecordInteractionsRequest>,
+}
+
+impl Gatherer {
+    fn new(stream: Streaming<pb::RecordInteractionsRequest>) -> Self {
+        Self { stream, held: None }
+    }
+
+    /// The next gathered events; `None` at the end of the stream; a bad first message's
+    /// error.
+    async fn next<T>(
+        &mut self,
+        check: &impl Fn(pb::RecordInteractionsRequest) -> Result<Vec<T>, Status>,
+    ) -> Result<Option<Gathered<T>>, Status> {
+        let first = match self.held.take() {
+            Some(held) => held,
+            None => match self.stream.next().await {
+                Some(first) => first?,
+                None => return Ok(None),
+            },
+        };
+        let mut events = check(first)?;
+        while events.len() < GATHER_EVENTS {
+            let next = match futures::FutureExt::now_or_never(self.stream.next()) {
+                Some(Some(Ok(next))) => next,
+                Some(Some(Err(error))) => {
+                    return Ok(Some(Gathered {
+                        events,
+                        failed: Some(error),
+                    }));
+                }
+                Some(None) | None => break,
+            };
+            if events.len() + next.interactions.len() > GATHER_EVENTS {
+                self.held = Some(next);
+                break;
+            }
+            match check(next) {
                 Ok(next) => events.extend(next),
                 Err(error) => {
                     return Ok(Some(Gathered {
@@ -1117,14 +1148,13 @@ async fn gather<T>(
                         failed: Some(error),
                     }));
                 }
-            },
-            Some(None) | None => break,
+            }
         }
+        Ok(Some(Gathered {
+            events,
+            failed: None,
+        }))
     }
-    Ok(Some(Gathered {
-        events,
-        failed: None,
-    }))
 }
 
 fn interaction_from_pb(
@@ -1422,10 +1452,10 @@ impl pb::ranker_server::Ranker for RankerService {
             return pass_on(ready, primary, request.into_inner()).await;
         }
         let ready = self.ready()?;
-        let mut stream = request.into_inner();
+        let mut stream = Gatherer::new(request.into_inner());
         let mut response = pb::RecordInteractionsResponse::default();
-        let checked = |message: Result<pb::RecordInteractionsRequest, Status>| {
-            message?
+        let checked = |message: pb::RecordInteractionsRequest| {
+            message
                 .interactions
                 .into_iter()
                 .enumerate()
@@ -1437,7 +1467,7 @@ impl pb::ranker_server::Ranker for RankerService {
         // The messages that already arrived are stored in one write (a shop streaming one
         // event per message pays one flush for many).
         while failed.is_none()
-            && let Some(gathered) = gather(&mut stream, &checked).await?
+            && let Some(gathered) = stream.next(&checked).await?
         {
             failed = gathered.failed;
             let events = gathered.events;

@@ -801,7 +801,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             }
         };
         let shopper = Shopper {
-            user: request.user.as_ref(),
             history: &history,
             recent: &recent,
             related: &related,
@@ -1051,15 +1050,13 @@ struct TierPicks {
     graph_missing: bool,
 }
 
-/// The shopper's side of a request: who it is, recent history (newest first,
+/// The shopper's side of a request: recent history (newest first,
 /// [`Catalog::rank_window`] entries and the page's item), the graph entities of its
 /// [`KG_SOURCES`] most recent items (empty when the graph does not rescore), the items the
 /// graph relates to them (ids), and whether the graph signal rescores (a history, a graph
 /// weight and a graph that answered).
 #[derive(Debug, Clone, Copy)]
 struct Shopper<'a> {
-    /// Whose purchases are left out (over the whole history: `history` is its recent part).
-    user: Option<&'a UserKey>,
     history: &'a [HistoryEntry],
     recent: &'a [String],
     related: &'a [String],
@@ -1091,6 +1088,15 @@ fn facets(catalog: &Catalog, request: &RankQuery, scope: &FacetScope<'_>) -> Vec
     }
 }
 
+/// The slots of what the request's shopper bought, over the whole history (a request's
+/// history is its recent part), unless the request includes purchases.
+fn left_out_purchases(catalog: &Catalog, request: &RankQuery) -> HashSet<u32, IdHash> {
+    match &request.user {
+        Some(user) if !request.include_purchased => catalog.purchased_slots(user),
+        _ => HashSet::default(),
+    }
+}
+
 /// A request sorted by price (`descending`: dearest first): the page of the items `scope`
 /// matches that its filters pass, less its exclusions, the page's item and (unless kept) what
 /// the shopper bought, each with score 0 and the reason it is listed; and how many are listed
@@ -1109,9 +1115,7 @@ fn by_price(
         .chain(&request.item)
         .filter_map(|id| catalog.slot_of(id))
         .collect();
-    if let Some(user) = request.user.as_ref().filter(|_| !request.include_purchased) {
-        exclude.extend(catalog.purchased_slots(user));
-    }
+    exclude.extend(left_out_purchases(catalog, request));
     let slots = catalog.by_price(scope, &request.filters, &exclude, descending);
     // The query's matches, to tell a word match from a match by meaning alone.
     let matches = match (query, request.explain) {
@@ -1365,10 +1369,7 @@ fn first_pass(
         .iter()
         .filter_map(|id| catalog.slot_of(id))
         .collect();
-    let purchased = match shopper.user {
-        Some(user) if !request.include_purchased => catalog.purchased_slots(user),
-        _ => HashSet::default(),
-    };
+    let purchased = left_out_purchases(catalog, request);
     // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
     // changed between tiers).
     let excluded: HashSet<u32> = request

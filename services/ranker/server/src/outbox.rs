@@ -9,7 +9,6 @@
 //! is sent again. Each message is passed on alone, so that is one message at most.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use prost::Message;
 use souk_proto::ranker::v1 as pb;
@@ -18,13 +17,12 @@ use tokio::sync::{Notify, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::replica::{Backoff, RETRY_MAX};
+
 /// The most bytes of events an outbox holds; past them `RecordInteractions` on the replica
 /// answers RESOURCE_EXHAUSTED (the shop keeps them and tries again) rather than fill the
 /// disk. A 1,000-event message is ~60 KB: this holds ~4M events.
 pub const OUTBOX_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Longest wait between two tries to pass the oldest message on.
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 fn internal(e: impl std::fmt::Display) -> RankError {
     RankError::Internal(format!("replica outbox: {e}"))
@@ -150,7 +148,7 @@ fn key_number(key: &[u8]) -> u64 {
 
 /// Passes the outbox's messages on to `primary`, oldest first, one per call, until
 /// `stopped`: a message leaves the outbox once the primary answered for it. While the
-/// primary is unreachable it waits (100 ms doubling to [`RETRY_MAX`]); a message the
+/// primary is unreachable it waits ([`Backoff`]); a message the
 /// primary refuses (it was checked as the primary checks it, so only a primary with other
 /// rules does) is logged and dropped, so one bad message cannot hold up the rest.
 pub(crate) async fn drain(
@@ -158,7 +156,7 @@ pub(crate) async fn drain(
     primary: pb::ranker_client::RankerClient<Channel>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut retry = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let oldest = match outbox.tree.first() {
             Ok(oldest) => oldest,
@@ -193,7 +191,7 @@ pub(crate) async fn drain(
         };
         match sent {
             Ok(_) => {
-                retry = Duration::from_millis(100);
+                backoff.reset();
                 if let Err(error) = outbox.remove(&key, bytes, events) {
                     tracing::error!(%error, "cannot remove a delivered message from the outbox");
                     return;
@@ -203,11 +201,9 @@ pub(crate) async fn drain(
                 }
             }
             Err(status) if unreachable(&status) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = stopped.wait_for(|stop| *stop) => return,
+                if !backoff.wait(&mut stopped).await {
+                    return;
                 }
-                retry = (retry * 2).min(RETRY_MAX);
             }
             Err(status) => {
                 tracing::error!(

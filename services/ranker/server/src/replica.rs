@@ -22,7 +22,7 @@ use souk_shared::server::Health;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
-use crate::store::{Change, Decoded, RankerStore, TreeName, Write};
+use crate::store::{Change, Decoded, RankerStore, TreeName, Write, write_bytes};
 use crate::{Ready, lock_poisoned};
 
 /// The user id whose keyed hash a primary sends first: a replica with another user-id key
@@ -244,7 +244,7 @@ fn send_snapshot(
     let mut bytes = 0;
     for record in ready.store.records() {
         let (tree, write) = record?;
-        bytes += write.0.len() + write.1.as_ref().map_or(0, Vec::len);
+        bytes += write_bytes(&write);
         message.records.push(record_pb(tree, write));
         if message.records.len() >= SNAPSHOT_RECORDS || bytes >= SNAPSHOT_BYTES {
             if tx.blocking_send(Ok(std::mem::take(&mut message))).is_err() {
@@ -314,7 +314,34 @@ impl ReplicaState {
 }
 
 /// Longest wait between two tries to reach the primary.
-const RETRY_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The wait between tries to reach the primary (following it, passing events on): from
+/// 100 ms, doubling to [`RETRY_MAX`].
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    /// Back to the first wait, after a try that got through.
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// Sleeps the current wait and doubles the next; false when `stopped` came first.
+    pub async fn wait(&mut self, stopped: &mut watch::Receiver<bool>) -> bool {
+        let slept = tokio::select! {
+            _ = tokio::time::sleep(self.0) => true,
+            _ = stopped.wait_for(|stop| *stop) => false,
+        };
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+        slept
+    }
+}
 
 /// Follows the primary at `url` until `stopped`: copies its store, then applies its writes;
 /// cut off, tries again (from 100 ms, doubling to [`RETRY_MAX`]) and copies a new snapshot.
@@ -329,7 +356,7 @@ pub(crate) async fn follow(
     health: Health,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut retry = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let followed = tokio::select! {
             followed = follow_once(&ready, &url, &token, &state, ann_min_items, &health) => followed,
@@ -347,13 +374,11 @@ pub(crate) async fn follow(
             }
         };
         if synced {
-            retry = Duration::from_millis(100);
+            backoff.reset();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(retry) => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
+        if !backoff.wait(&mut stopped).await {
+            return;
         }
-        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 

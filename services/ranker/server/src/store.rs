@@ -66,11 +66,13 @@ pub struct Change {
 impl Change {
     /// The bytes of its keys and values.
     pub fn bytes(&self) -> usize {
-        self.writes
-            .iter()
-            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
-            .sum()
+        self.writes.iter().map(write_bytes).sum()
     }
+}
+
+/// The bytes of a write's key and value.
+pub fn write_bytes((key, value): &Write) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
 }
 
 /// What a live write from a primary changes in memory ([`RankerStore::decode`]).

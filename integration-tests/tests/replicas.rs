@@ -240,11 +240,18 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert_eq!(stats(&mut r).await.items, now.items);
 
     // The replica restarts while the primary changes: it serves its last copy at once, then
-    // takes the primary's state again.
+    // takes the writes it missed from the primary, which kept them: no copy.
+    assert_eq!((now.replica_copies, now.replica_resumes), (1, 0), "{now:?}");
     replica.stop().await.unwrap();
     p.delete_items(rk::DeleteItemsRequest {
         ids: vec!["p00001".into()],
     })
+    .await
+    .unwrap();
+    p.record_interactions(futures::stream::iter(vec![
+        purchase("u066", "p00004"),
+        purchase("new-shopper", "p00005"),
+    ]))
     .await
     .unwrap();
     let replica =
@@ -255,7 +262,17 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         "{:?}",
         stats(&mut r).await
     );
-    assert_eq!(stats(&mut r).await.items, now.items - 1);
+    let resumed = stats(&mut r).await;
+    assert_eq!(
+        (resumed.items, resumed.interactions),
+        (now.items - 1, now.interactions + 2)
+    );
+    assert_eq!(
+        (resumed.replica_copies, resumed.replica_resumes),
+        (0, 1),
+        "a restarted replica takes only the writes it missed"
+    );
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 
     // The primary restarts (a graceful stop does not wait on its replica's stream): the
     // replica serves meanwhile, reconnects, copies again and takes later writes.
@@ -310,7 +327,13 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         "{:?}",
         stats(&mut r).await
     );
-    assert_eq!(stats(&mut r).await.items, now.items - 2);
+    let resumed = stats(&mut r).await;
+    assert_eq!(resumed.items, now.items - 2);
+    assert_eq!(
+        (resumed.replica_copies, resumed.replica_resumes),
+        (0, 1),
+        "a primary stopped cleanly numbers on from its last write: the replica resumes"
+    );
     assert_eq!(
         stats(&mut p).await.interactions,
         before + 2,

@@ -1149,6 +1149,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         "NOT in sync (connecting or copying; serves its last copy)"
                     }
                 );
+                println!(
+                    "caught up since start: {} by copying the whole store, {} from the last write held",
+                    r.replica_copies, r.replica_resumes
+                );
                 if r.outbox > 0 {
                     println!(
                         "outbox: {} events taken while the primary was unreachable, not yet passed on",

@@ -13,6 +13,9 @@
 //!    sync, and that the replica then holds every event the primary does.
 //! 5. **Outbox**: the primary stopped, 100,000 events sent through the replica (queued on its
 //!    disk), the primary started again: how soon the outbox reaches it.
+//! 6. **Restart** (run before 5): the replica of part 4 stopped, 50,000 events written to the
+//!    primary, the replica started again: its time to in sync (its own store replayed, then
+//!    the writes it missed), against a new replica's copy of the same primary.
 //!
 //! ```text
 //! cargo run --release -p souk-ranker --example replica_cost -- ITEMS EVENTS WRITES
@@ -364,6 +367,36 @@ async fn main() {
             sent as f64 / copy
         );
     }
+    // 6. The replica restarts while 50,000 events reach the primary: it replays its own store
+    // and takes the writes it missed (the primary kept them), against a new replica's copy.
+    let replica_addr = replica.addr;
+    replica.stop().await;
+    let missed = bulk_rate(&mut p, 50, "missed").await;
+    let expected = stats(&mut p).await.unwrap().interactions;
+    let t = Instant::now();
+    let replica = start_at(
+        replica_addr,
+        &dir.path().join("loaded"),
+        Some(primary.url.clone()),
+    )
+    .await;
+    let mut r = client(&replica.url).await;
+    wait(&mut r, |s| s.in_sync && s.interactions == expected).await;
+    let restart = t.elapsed().as_secs_f64();
+    let s = stats(&mut r).await.unwrap();
+    let t = Instant::now();
+    let fresh = start(&dir.path().join("fresh"), Some(primary.url.clone())).await;
+    let mut f = client(&fresh.url).await;
+    wait(&mut f, |s| s.in_sync && s.interactions == expected).await;
+    let copy = t.elapsed().as_secs_f64();
+    fresh.stop().await;
+    println!(
+        "replica restart while 50,000 events were written ({missed:.0}/s): in sync after {restart:.2} s ({} copies, {} resumes); a new replica's copy {copy:.2} s ({:.2}x)",
+        s.replica_copies,
+        s.replica_resumes,
+        restart / copy
+    );
+
     // 5. The primary away: events sent through the replica go to its outbox, and reach the
     // primary once it is back.
     let mut r = client(&replica.url).await;
@@ -380,9 +413,14 @@ async fn main() {
     wait(&mut r, |s| s.outbox == 0).await;
     let drained = t.elapsed().as_secs_f64() - back;
     wait(&mut p, |s| s.interactions == expected).await;
+    wait(&mut r, |s| s.in_sync && s.interactions == expected).await;
+    let synced = t.elapsed().as_secs_f64();
+    let s = stats(&mut r).await.unwrap();
     println!(
-        "primary away: {queued} events queued on the replica at {queue:.0}/s; primary serving again after {back:.2} s, the outbox delivered {drained:.2} s later ({:.0} events/s)",
-        queued as f64 / drained
+        "primary away: {queued} events queued on the replica at {queue:.0}/s; primary serving again after {back:.2} s, the outbox delivered {drained:.2} s later ({:.0} events/s); the replica in sync with all of them {synced:.2} s after the primary's start ({} copies, {} resumes since its start)",
+        queued as f64 / drained,
+        s.replica_copies,
+        s.replica_resumes,
     );
     replica.stop().await;
     primary.stop().await;

@@ -390,10 +390,10 @@ pub async fn serve(
             fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
         );
-        let saved = if ann_as_saved {
+        *store.lock_ann_file()? = if ann_as_saved {
             catalog.ann_changes()
         } else {
-            NOT_SAVED
+            store::ANN_NOT_SAVED
         };
         Ok((
             store,
@@ -401,14 +401,13 @@ pub async fn serve(
             fusion,
             probe,
             UserHasher::new(&secret),
-            saved,
             mid_sync,
         ))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?
     .map_err(|e| anyhow::anyhow!("cannot open the ranker store: {e}"))?;
-    let (store, catalog, fusion, probe, hasher, saved, mid_sync) = opened;
+    let (store, catalog, fusion, probe, hasher, mid_sync) = opened;
     // A replica serves an earlier copy at once, but not a half-taken one or none at all: it
     // reports SERVING once it holds the primary's catalog.
     let serve_at_once = primary.is_none() || (!mid_sync && !catalog.is_empty());
@@ -460,15 +459,9 @@ pub async fn serve(
         health.set_ready().await;
     }
     let (stop_keeper, stopped) = tokio::sync::watch::channel(false);
-    // A replica's graph is rebuilt with each copy; only a primary saves its own.
-    let keeper = match &primary {
-        None => Some(tokio::spawn(keep_ann_saved(
-            ready.clone(),
-            saved,
-            stopped.clone(),
-        ))),
-        Some(_) => None,
-    };
+    // A replica saves its own too: it resumes after a restart instead of copying the
+    // primary's graph again.
+    let keeper = tokio::spawn(keep_ann_saved(ready.clone(), stopped.clone()));
     let follower = primary.map(|url| {
         tokio::spawn(replica::follow(
             ready.clone(),
@@ -494,9 +487,7 @@ pub async fn serve(
     // dropped later, and while it holds `ready` the store stays open, so a new server on the
     // same directory cannot open it.
     let _ = stop_keeper.send(true);
-    if let Some(keeper) = keeper {
-        let _ = keeper.await;
-    }
+    let _ = keeper.await;
     if let Some(follower) = follower {
         let _ = follower.await;
     }
@@ -504,6 +495,11 @@ pub async fn serve(
         let _ = drain.await;
     }
     let _ = watcher.await;
+    // Where the journal stands is kept for the next start: replicas that hold every write
+    // resume after a restart instead of copying the store.
+    if let Err(error) = ready.store.close() {
+        tracing::warn!(%error, "cannot keep the journal's position: replicas will copy the store");
+    }
     served?;
     Ok(())
 }
@@ -731,9 +727,6 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
     })
 }
 
-/// The saved count before the first save (or after a start that built the graph).
-const NOT_SAVED: u64 = u64::MAX;
-
 /// How often the saver looks at the HNSW graph, and the longest a changed graph waits while
 /// it keeps changing (a catalog load): it is saved at the first look that finds it as the
 /// previous look did, or once it has waited this long.
@@ -744,51 +737,54 @@ fn lock_poisoned() -> RankError {
     RankError::Internal("lock poisoned".into())
 }
 
-/// Writes `hnsw.graph` if the graph changed since `saved` (the catalog's `ann_changes()` the
-/// file holds), so that a restart reads it (under a second at 100k items) instead of building
-/// one (~8 s on 2 cores). Answers what the file holds now; `None` when the save failed
-/// (logged; the graph is then rebuilt at the next start, as without a file).
-async fn save_ann(ready: &Arc<Ready>, saved: u64) -> Option<u64> {
+/// Writes `hnsw.graph` if the graph changed since the file was written (see
+/// [`RankerStore::ann_saved`]), so that a restart reads it (under a second at 100k items)
+/// instead of building one (~8 s on 2 cores). False when the save failed (logged; the graph
+/// is then rebuilt at the next start, as without a file).
+async fn save_ann(ready: &Arc<Ready>) -> bool {
     let ready = ready.clone();
     let written = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
         let started = Instant::now();
+        let mut saved = ready.store.lock_ann_file()?;
         let (changes, bytes) = {
             let catalog = ready.ranker.catalog().read().map_err(|_| lock_poisoned())?;
             let changes = catalog.ann_changes();
-            if changes == saved {
-                return Ok((changes, None));
+            if changes == *saved {
+                return Ok(None);
             }
             (changes, catalog.ann_snapshot())
         };
         // Without a graph (a small catalog, or the graph turned off) the file is left as it
         // is: a later start that wants a graph can still use what of it matches.
         let Some(bytes) = bytes else {
-            return Ok((changes, None));
+            *saved = changes;
+            return Ok(None);
         };
         // Writers (loads) wait for the copy above; `Rank` does not.
         let copied = started.elapsed();
         ready.store.save_ann(&bytes)?;
-        Ok((changes, Some((bytes.len(), copied, started.elapsed()))))
+        *saved = changes;
+        Ok(Some((bytes.len(), copied, started.elapsed())))
     })
     .await;
     match written {
-        Ok(Ok((changes, Some((bytes, copied, took))))) => {
+        Ok(Ok(Some((bytes, copied, took)))) => {
             tracing::info!(
                 bytes,
                 copy_seconds = copied.as_secs_f64(),
                 seconds = took.as_secs_f64(),
                 "saved the HNSW graph"
             );
-            Some(changes)
+            true
         }
-        Ok(Ok((changes, None))) => Some(changes),
+        Ok(Ok(None)) => true,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot save the HNSW graph");
-            None
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, "saving the HNSW graph panicked");
-            None
+            false
         }
     }
 }
@@ -821,11 +817,7 @@ impl SavePolicy {
 
 /// Keeps `hnsw.graph` close to the served graph (see [`SavePolicy`]) until `stop`, then saves
 /// the last changes.
-async fn keep_ann_saved(
-    ready: Arc<Ready>,
-    mut saved: u64,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn keep_ann_saved(ready: Arc<Ready>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(ANN_SAVE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut policy = SavePolicy::default();
@@ -838,18 +830,19 @@ async fn keep_ann_saved(
             _ = stop.changed() => true,
         };
         if stopping {
-            save_ann(&ready, saved).await;
+            save_ann(&ready).await;
             return;
         }
         let Ok(changes) = ready.ranker.catalog().read().map(|c| c.ann_changes()) else {
             return;
         };
+        // Busy: a replica is taking a copy; looked at again at the next tick.
+        let Some(saved) = ready.store.ann_saved() else {
+            continue;
+        };
         let now = Instant::now();
-        if now >= next_try && policy.due(changes, saved, now) {
-            match save_ann(&ready, saved).await {
-                Some(now_saved) => saved = now_saved,
-                None => next_try = now + ANN_SAVE_MAX_WAIT,
-            }
+        if now >= next_try && policy.due(changes, saved, now) && !save_ann(&ready).await {
+            next_try = now + ANN_SAVE_MAX_WAIT;
         }
     }
 }
@@ -1543,6 +1536,7 @@ impl pb::ranker_server::Ranker for RankerService {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let ready = self.ready()?;
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+        let (replica_copies, replica_resumes) = self.replica.catch_ups();
         Ok(Response::new(pb::StatsResponse {
             items: catalog.len() as u64,
             users: catalog.users() as u64,
@@ -1588,6 +1582,8 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|(url, _)| url.clone())
                 .unwrap_or_default(),
             in_sync: self.replica.in_sync(),
+            replica_copies,
+            replica_resumes,
             outbox: ready.outbox.as_ref().map_or(0, |o| o.events()),
         }))
     }
@@ -1772,7 +1768,7 @@ impl pb::ranker_server::Ranker for RankerService {
 
     async fn follow(
         &self,
-        _request: Request<pb::FollowRequest>,
+        request: Request<pb::FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
         if let Some((url, _)) = &self.follows {
             return Err(Status::failed_precondition(format!(
@@ -1780,7 +1776,9 @@ impl pb::ranker_server::Ranker for RankerService {
             )));
         }
         let ready = self.ready()?;
-        let changes = replica::stream_store(ready, self.stopping.clone())?;
+        let request = request.into_inner();
+        let resume = (request.origin != 0).then_some((request.origin, request.after));
+        let changes = replica::stream_store(ready, resume, self.stopping.clone())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             changes,
         )))
@@ -1888,10 +1886,13 @@ mod tests {
         let at = |looks: u32| start + ANN_SAVE_CHECK * looks;
         let mut policy = SavePolicy::default();
         assert!(
-            !policy.due(3, NOT_SAVED, at(0)),
+            !policy.due(3, store::ANN_NOT_SAVED, at(0)),
             "changed since the last look"
         );
-        assert!(policy.due(3, NOT_SAVED, at(1)), "quiet for one look");
+        assert!(
+            policy.due(3, store::ANN_NOT_SAVED, at(1)),
+            "quiet for one look"
+        );
         assert!(!policy.due(3, 3, at(2)), "saved");
 
         let per_wait = (ANN_SAVE_MAX_WAIT.as_secs() / ANN_SAVE_CHECK.as_secs()) as u32;

@@ -7,10 +7,13 @@
 //! and passes `RecordInteractions` on to it, so a shop can send events to any replica.
 //!
 //! Consistency: a write is served by the replica once it arrives (milliseconds behind on a
-//! local network); a replica cut off (the primary restarted, or the replica fell
-//! [`BACKLOG_BYTES`] of writes behind) serves what it has and copies a new snapshot when it
-//! gets through again. The copy rebuilds the catalog (and its HNSW graph)
-//! from the copied store, as a restart does.
+//! local network); a replica cut off (it restarted, its connection dropped, the primary
+//! restarted, or it fell [`BACKLOG_BYTES`] of writes behind) serves what it has meanwhile.
+//! When it gets through again it names the last write it holds (its store keeps that number
+//! with each write): if the primary is the same process and still keeps every later write
+//! (its latest [`crate::store::RECENT_BYTES`]), it sends just those; otherwise the replica
+//! copies a new snapshot, which rebuilds the catalog (and its HNSW graph) from the copied
+//! store, as a restart does.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -121,19 +124,25 @@ impl Backlog {
     }
 }
 
-/// The `Follow` stream of the primary's store: the user-id key check, a snapshot of every
-/// record, the writes applied while the snapshot was read, `snapshot_done`, then each write
-/// as it is stored, until the replica goes away, falls [`BACKLOG_BYTES`] behind
-/// (RESOURCE_EXHAUSTED) or the server stops (`stopping`).
+/// The `Follow` stream of the primary's store: the user-id key check and this store's
+/// origin, a snapshot of every record, the writes applied while the snapshot was read,
+/// `snapshot_done`, then each write as it is stored, until the replica goes away, falls
+/// [`BACKLOG_BYTES`] behind (RESOURCE_EXHAUSTED) or the server stops (`stopping`).
+///
+/// `resume`: where the replica's copy stands (origin, last write taken); when the store
+/// kept every write since, the first message says `resumed` and those writes follow it,
+/// without a snapshot.
 pub(crate) fn stream_store(
     ready: Arc<Ready>,
+    resume: Option<(u64, u64)>,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Result<pb::StoreChange, Status>>, Status> {
     let (tx, rx) = mpsc::channel(4);
     // Subscribed before the first record is read: every write from here on is sent, and
     // applying one the snapshot already holds again changes nothing.
-    let (journal, subscribed) = ready.store.subscribe().map_err(crate::status)?;
-    let mut changes = Backlog::hold(journal, BACKLOG_BYTES);
+    let subscription = ready.store.subscribe(resume).map_err(crate::status)?;
+    let subscribed = subscription.seq;
+    let mut changes = Backlog::hold(subscription.changes, BACKLOG_BYTES);
     let check = ready
         .hasher
         .key(KEY_CHECK_USER)
@@ -143,9 +152,20 @@ pub(crate) fn stream_store(
     tokio::spawn(async move {
         let first = pb::StoreChange {
             user_key_check: check,
+            origin: subscription.origin,
+            resumed: subscription.missed.is_some(),
             ..Default::default()
         };
         if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        if let Some(missed) = subscription.missed {
+            for change in missed {
+                if tx.send(Ok(to_change(&change))).await.is_err() {
+                    return;
+                }
+            }
+            live(&mut changes, &tx, &mut stopping).await;
             return;
         }
         let copied = {
@@ -200,27 +220,37 @@ pub(crate) fn stream_store(
         if tx.send(Ok(done)).await.is_err() {
             return;
         }
-        loop {
-            let next = tokio::select! {
-                next = changes.next() => next,
-                _ = tx.closed() => return,
-                _ = stopping.wait_for(|stop| *stop) => return,
-            };
-            match next {
-                Some(Held::Write(change)) => {
-                    if tx.send(Ok(to_change(&change))).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Held::Behind) => {
-                    let _ = tx.send(Err(behind())).await;
-                    return;
-                }
-                None => return,
-            }
-        }
+        live(&mut changes, &tx, &mut stopping).await;
     });
     Ok(rx)
+}
+
+/// Sends each write as it is stored, until the follower goes away, falls behind or the
+/// server stops.
+async fn live(
+    changes: &mut Backlog,
+    tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,
+    stopping: &mut watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = changes.next() => next,
+            _ = tx.closed() => return,
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        match next {
+            Some(Held::Write(change)) => {
+                if tx.send(Ok(to_change(&change))).await.is_err() {
+                    return;
+                }
+            }
+            Some(Held::Behind) => {
+                let _ = tx.send(Err(behind())).await;
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 fn to_change(change: &Change) -> pb::StoreChange {
@@ -282,12 +312,17 @@ fn send_snapshot(
 pub(crate) struct ReplicaState {
     /// Holds the primary's state and receives its writes.
     in_sync: std::sync::atomic::AtomicBool,
-    /// `souk_replica_in_sync` (replicas only).
-    gauge: Option<prometheus::IntGauge>,
+    /// Whole copies of the primary's store taken since start.
+    copies: std::sync::atomic::AtomicU64,
+    /// Catch-ups from the last write held, without a copy, since start.
+    resumes: std::sync::atomic::AtomicU64,
+    /// `souk_replica_in_sync` and `souk_replica_catch_ups_total{how}` (replicas only).
+    metrics: Option<(prometheus::IntGauge, prometheus::IntCounterVec)>,
 }
 
 impl ReplicaState {
-    /// A replica's state, reported as `souk_replica_in_sync` in `registry`.
+    /// A replica's state, reported as `souk_replica_in_sync` and
+    /// `souk_replica_catch_ups_total{how="copy"|"resume"}` in `registry`.
     pub fn registered(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let gauge = prometheus::IntGauge::new(
             "replica_in_sync",
@@ -295,9 +330,19 @@ impl ReplicaState {
              0 while it connects or copies (it serves its last copy meanwhile).",
         )?;
         registry.register(Box::new(gauge.clone()))?;
+        let catch_ups = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "replica_catch_ups_total",
+                "Connections of this ranker replica to its primary that took its state: \
+                 how=\"copy\" copied the whole store, how=\"resume\" took only the writes \
+                 since the last one held.",
+            ),
+            &["how"],
+        )?;
+        registry.register(Box::new(catch_ups.clone()))?;
         Ok(Self {
-            in_sync: Default::default(),
-            gauge: Some(gauge),
+            metrics: Some((gauge, catch_ups)),
+            ..Self::default()
         })
     }
 
@@ -305,10 +350,32 @@ impl ReplicaState {
         self.in_sync.load(Ordering::Relaxed)
     }
 
+    /// Whole copies taken and catch-ups without one, since start.
+    pub fn catch_ups(&self) -> (u64, u64) {
+        (
+            self.copies.load(Ordering::Relaxed),
+            self.resumes.load(Ordering::Relaxed),
+        )
+    }
+
     fn set(&self, in_sync: bool) {
         self.in_sync.store(in_sync, Ordering::Relaxed);
-        if let Some(gauge) = &self.gauge {
+        if let Some((gauge, _)) = &self.metrics {
             gauge.set(i64::from(in_sync));
+        }
+    }
+
+    fn copied(&self) {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, catch_ups)) = &self.metrics {
+            catch_ups.with_label_values(&["copy"]).inc();
+        }
+    }
+
+    fn resumed(&self) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, catch_ups)) = &self.metrics {
+            catch_ups.with_label_values(&["resume"]).inc();
         }
     }
 }
@@ -388,8 +455,9 @@ struct FollowError {
     error: String,
 }
 
-/// One connection to the primary: the copy, then its writes until the stream ends (`Ok`,
-/// with whether a copy was taken) or fails.
+/// One connection to the primary: the copy (or, when the primary kept every write since
+/// the last one this replica took, those writes), then its writes until the stream ends
+/// (`Ok`, with whether the replica held the primary's state) or fails.
 async fn follow_once(
     ready: &Arc<Ready>,
     url: &str,
@@ -404,7 +472,11 @@ async fn follow_once(
         .map_err(fail(false))?;
     let mut client =
         pb::ranker_client::RankerClient::new(channel).max_decoding_message_size(MAX_CHANGE_BYTES);
-    let mut request = tonic::Request::new(pb::FollowRequest {});
+    let position = blocking(ready, |ready| ready.store.position())
+        .await
+        .map_err(fail(false))?;
+    let (origin, after) = position.unwrap_or_default();
+    let mut request = tonic::Request::new(pb::FollowRequest { origin, after });
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         let value = format!("Bearer {token}")
             .parse()
@@ -418,15 +490,7 @@ async fn follow_once(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))
         .map_err(fail(false))?
         .into_inner();
-    let next = async |stream: &mut tonic::Streaming<pb::StoreChange>, synced: bool| {
-        stream
-            .next()
-            .await
-            .transpose()
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
-            .map_err(fail(synced))
-    };
-    let Some(first) = next(&mut stream, false).await? else {
+    let Some(first) = next(&mut stream).await.map_err(fail(false))? else {
         return Ok(false);
     };
     let ours = ready.hasher.key(KEY_CHECK_USER);
@@ -436,39 +500,96 @@ async fn follow_once(
                 .into(),
         ));
     }
-    blocking(ready, |ready| ready.store.begin_sync())
+    let origin = first.origin;
+    if first.resumed && position.is_none() {
+        return Err(fail(false)(
+            "the primary resumed a stream this replica asked to copy".into(),
+        ));
+    }
+    if first.resumed {
+        state.resumed();
+        tracing::info!(primary = %url, after, "the primary kept every write since this replica's last: following from there");
+    } else {
+        copy(ready, url, &mut stream, origin, ann_min_items)
+            .await
+            .map_err(fail(false))?;
+        state.copied();
+    }
+    state.set(true);
+    health.set_ready().await;
+    // Checked at once: the copy may come from another model than the last check's.
+    crate::check_model_now(ready).await;
+    while let Some(message) = next(&mut stream).await.map_err(fail(true))? {
+        let position = (origin, message.seq);
+        let writes = by_tree(message.records).map_err(fail(true))?;
+        let probe_changed = blocking(ready, move |ready| {
+            apply_live(ready, &writes, position).inspect_err(|_| {
+                // The store may hold the write and the served catalog not: the next
+                // connection copies the whole store again.
+                if let Err(error) = ready.store.forget_position() {
+                    tracing::warn!(%error, "cannot drop the replica's position");
+                }
+            })
+        })
         .await
-        .map_err(fail(false))?;
+        .map_err(fail(true))?;
+        if probe_changed {
+            crate::check_model_now(ready).await;
+        }
+    }
+    Ok(true)
+}
+
+/// The next message of the primary's stream; its errors as text.
+async fn next(
+    stream: &mut tonic::Streaming<pb::StoreChange>,
+) -> Result<Option<pb::StoreChange>, String> {
+    stream
+        .next()
+        .await
+        .transpose()
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+/// Copies the primary's store from its stream: empties this one, stores the snapshot's
+/// records and the writes during it, then rebuilds the catalog from the copy (as of the
+/// primary's write `snapshot_done` names, of `origin`).
+async fn copy(
+    ready: &Arc<Ready>,
+    url: &str,
+    stream: &mut tonic::Streaming<pb::StoreChange>,
+    origin: u64,
+    ann_min_items: usize,
+) -> Result<(), String> {
+    blocking(ready, |ready| ready.store.begin_sync()).await?;
     tracing::info!(primary = %url, "copying the primary's store");
     let started = std::time::Instant::now();
     let mut copied = 0u64;
     let mut graph = Vec::new();
-    loop {
-        let Some(message) = next(&mut stream, false).await? else {
-            return Ok(false);
+    let last = loop {
+        let Some(message) = next(stream).await? else {
+            return Err("the primary ended the stream during the copy".into());
         };
         if message.snapshot_done {
-            break;
+            break message.seq;
         }
         graph.extend_from_slice(&message.graph);
         copied += message.records.len() as u64;
-        let writes = by_tree(message.records).map_err(fail(false))?;
+        let writes = by_tree(message.records)?;
         blocking(ready, move |ready| {
             for (tree, writes) in &writes {
                 ready.store.apply(*tree, writes)?;
             }
             Ok(())
         })
-        .await
-        .map_err(fail(false))?;
-    }
+        .await?;
+    };
     let graph_bytes = graph.len();
     let received = started.elapsed();
-    blocking(ready, move |ready| take_copy(ready, &graph, ann_min_items))
-        .await
-        .map_err(fail(false))?;
-    state.set(true);
-    health.set_ready().await;
+    blocking(ready, move |ready| {
+        take_copy(ready, &graph, (origin, last), ann_min_items)
+    })
+    .await?;
     let items = ready.ranker.catalog().read().map(|c| c.len()).unwrap_or(0);
     tracing::info!(
         primary = %url,
@@ -479,18 +600,7 @@ async fn follow_once(
         receive_seconds = received.as_secs_f64(),
         "the primary's store is copied; following its writes"
     );
-    // Checked at once: the copy may come from another model than the last check's.
-    crate::check_model_now(ready).await;
-    while let Some(message) = next(&mut stream, true).await? {
-        let writes = by_tree(message.records).map_err(fail(true))?;
-        let probe_changed = blocking(ready, move |ready| apply_live(ready, &writes))
-            .await
-            .map_err(fail(true))?;
-        if probe_changed {
-            crate::check_model_now(ready).await;
-        }
-    }
-    Ok(true)
+    Ok(())
 }
 
 /// Runs `work` on the blocking pool; its panics and errors as text.
@@ -523,11 +633,22 @@ fn by_tree(records: Vec<pb::StoreRecord>) -> Result<Vec<(TreeName, Vec<Write>)>,
 /// the catalog, models and settings are rebuilt from the store, as at a start (the graph read
 /// back, not built), and replace the ones served (the spelling lexicon read from the encoder
 /// stays).
-fn take_copy(ready: &Ready, graph: &[u8], ann_min_items: usize) -> Result<(), RankError> {
+fn take_copy(
+    ready: &Ready,
+    graph: &[u8],
+    position: (u64, u64),
+    ann_min_items: usize,
+) -> Result<(), RankError> {
+    let mut file = ready.store.lock_ann_file()?;
     if !graph.is_empty() {
         ready.store.save_ann(graph)?;
     }
-    let (mut catalog, _) = ready.store.served_catalog(ann_min_items)?;
+    let (mut catalog, as_saved) = ready.store.served_catalog(ann_min_items)?;
+    *file = if as_saved {
+        catalog.ann_changes()
+    } else {
+        crate::store::ANN_NOT_SAVED
+    };
     let fusion = ready.store.fusion()?;
     let probe = ready.store.probe()?;
     {
@@ -539,17 +660,23 @@ fn take_copy(ready: &Ready, graph: &[u8], ann_min_items: usize) -> Result<(), Ra
         catalog.set_lexicon(served.lexicon());
         *served = catalog;
     }
+    drop(file);
     ready.ranker.set_model(fusion.unwrap_or_default())?;
     *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
-    ready.store.end_sync()
+    ready.store.end_sync(position)
 }
 
-/// Applies one live write of the primary to the store and to memory; returns whether it
-/// set the probe's vector (the catalog's model changed: checked against the encoder's).
-fn apply_live(ready: &Ready, writes: &[(TreeName, Vec<Write>)]) -> Result<bool, RankError> {
+/// Applies one live write of the primary to the store (with its `position`, see
+/// [`RankerStore::position`]) and to memory; returns whether it set the probe's vector (the
+/// catalog's model changed: checked against the encoder's).
+fn apply_live(
+    ready: &Ready,
+    writes: &[(TreeName, Vec<Write>)],
+    position: (u64, u64),
+) -> Result<bool, RankError> {
     let mut probe_changed = false;
     for (tree, writes) in writes {
-        ready.store.apply(*tree, writes)?;
+        ready.store.apply_at(*tree, writes, position)?;
         let Decoded {
             upserted,
             vectors,

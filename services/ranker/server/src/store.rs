@@ -6,8 +6,9 @@
 //! model's vectors beside its record as little-endian f32s (`cf.vectors`). The HNSW graph
 //! over item vectors is a file beside sled's (`hnsw.graph`), written whole and renamed into
 //! place, so that a restart reads it instead of rebuilding it (see [`RankerStore::save_ann`]).
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use souk_ranker_core::RankError;
 use souk_ranker_core::catalog::Catalog;
@@ -26,6 +27,10 @@ pub struct RankerStore {
     /// Numbers every write and hands it to the replicas following this store (see
     /// [`RankerStore::subscribe`]).
     journal: std::sync::Mutex<Journal>,
+    /// Held while `hnsw.graph` is written, or read into a catalog that replaces the served
+    /// one (see [`RankerStore::lock_ann_file`]); holds the served catalog's `ann_changes()`
+    /// that the file holds ([`ANN_NOT_SAVED`]: none).
+    ann_file: std::sync::Mutex<u64>,
 }
 
 /// The store's trees, as a replica names them (the `tree` of the `Follow` stream's records).
@@ -98,9 +103,155 @@ pub struct Decoded {
 /// Past them the follower is cut off and copies a snapshot again.
 const JOURNAL_CAPACITY: usize = 512;
 
+/// The most bytes of its latest writes a store keeps in memory once a replica has followed
+/// it, so that a replica that restarts or loses its connection resumes after the last write
+/// it took instead of copying the whole store: a replica's restart (its own store replayed,
+/// ~10 s at 100k items and 1M events) during a bulk load of ~10 MB/s of events.
+pub const RECENT_BYTES: usize = 64 * 1024 * 1024;
+
 struct Journal {
+    /// Names this numbering of writes: drawn at each open.
+    origin: u64,
+    /// The origin and last write number of the store as it was closed cleanly before this
+    /// open (numbering goes on from there): a follower at exactly that point holds this
+    /// store's state as of that number. Not the same origin again: a copy of a closed store
+    /// (a backup restored while replicas hold later writes of the original) would number
+    /// other writes the same.
+    continues: Option<(u64, u64)>,
     seq: u64,
-    sender: tokio::sync::broadcast::Sender<std::sync::Arc<Change>>,
+    sender: tokio::sync::broadcast::Sender<Arc<Change>>,
+    /// The latest writes, oldest first, at most [`RECENT_BYTES`] of them; kept once a
+    /// follower subscribed (a store nobody follows keeps none).
+    recent: VecDeque<Arc<Change>>,
+    recent_bytes: usize,
+    /// [`RECENT_BYTES`] (smaller in tests).
+    recent_budget: usize,
+    keep_recent: bool,
+    /// [`RankerStore::close`] was called: no more writes.
+    closed: bool,
+    /// Every write numbered after this one is in `recent`.
+    kept_after: u64,
+}
+
+impl Journal {
+    /// A journal of a new origin, numbering on from the closed store it `continues` (or
+    /// from 0); it keeps its latest writes from the start when that store was `followed`
+    /// (its replicas reconnect after the first writes of a restarted primary).
+    fn new(continues: Option<(u64, u64)>, followed: bool) -> Self {
+        let seq = continues.map_or(0, |(_, seq)| seq);
+        Self {
+            origin: draw_origin(),
+            continues,
+            seq,
+            sender: tokio::sync::broadcast::channel(JOURNAL_CAPACITY).0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_budget: RECENT_BYTES,
+            keep_recent: followed,
+            closed: false,
+            kept_after: seq,
+        }
+    }
+
+    /// Numbers a write just applied and hands it on.
+    fn push(&mut self, tree: TreeName, writes: Vec<Write>) {
+        self.seq += 1;
+        if !self.keep_recent {
+            self.kept_after = self.seq;
+            if self.sender.receiver_count() == 0 {
+                return;
+            }
+        }
+        let change = Arc::new(Change {
+            seq: self.seq,
+            tree,
+            writes,
+        });
+        // No receiver left (it went away meanwhile) is not an error.
+        let _ = self.sender.send(change.clone());
+        if self.keep_recent {
+            self.recent_bytes += change.bytes();
+            self.recent.push_back(change);
+            while self.recent_bytes > self.recent_budget {
+                let Some(oldest) = self.recent.pop_front() else {
+                    break;
+                };
+                self.recent_bytes -= oldest.bytes();
+                self.kept_after = oldest.seq;
+            }
+        }
+    }
+
+    /// The writes numbered after `after`, when `origin` is this journal's (or `after` is
+    /// where the store it continues was closed) and it kept every one of them.
+    fn since(&self, origin: u64, after: u64) -> Option<Vec<Arc<Change>>> {
+        let ours = origin == self.origin || self.continues == Some((origin, after));
+        (ours && self.kept_after <= after && after <= self.seq).then(|| {
+            self.recent
+                .iter()
+                .filter(|change| change.seq > after)
+                .cloned()
+                .collect()
+        })
+    }
+}
+
+/// A nonzero number unlikely to be drawn twice (`RandomState` is seeded from the OS).
+fn draw_origin() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new()
+        .hash_one((now, std::process::id()))
+        .max(1)
+}
+
+/// What [`RankerStore::subscribe`] gives a follower.
+pub struct Subscription {
+    /// Every write from now on, in order.
+    pub changes: tokio::sync::broadcast::Receiver<Arc<Change>>,
+    /// The number of the last write before them.
+    pub seq: u64,
+    /// Names the store's numbering of writes since it was opened.
+    pub origin: u64,
+    /// When the follower asked to resume and the store kept every write it missed: those
+    /// writes, in order (the ones numbered after its last, up to `seq`).
+    pub missed: Option<Vec<Arc<Change>>>,
+}
+
+/// Key in the models tree where a replica keeps where its copy stands: the primary's origin
+/// and the number of the last write applied, 16 bytes big-endian (see
+/// [`RankerStore::position`]).
+const POSITION_KEY: &[u8] = b"replica.position";
+
+/// Key in the models tree where a store closed cleanly ([`RankerStore::close`]) keeps its journal's origin and last
+/// write number (16 bytes, as [`POSITION_KEY`]) and whether anyone followed it (1 byte):
+/// opened again, it numbers on from there, so
+/// that replicas that held every write resume instead of copying it after a restart. Taken
+/// out at open (a crash leaves none: replicas copy).
+const JOURNAL_KEY: &[u8] = b"journal.position";
+
+/// The models tree's keys a store writes for itself: never sent to a follower nor taken
+/// from a primary.
+fn store_own(tree: TreeName, key: &[u8]) -> bool {
+    tree == TreeName::Models && (key == SYNCING_KEY || key == POSITION_KEY || key == JOURNAL_KEY)
+}
+
+/// The two numbers of [`position_bytes`], `None` when `bytes` is not 16 long.
+fn position_from(bytes: &[u8]) -> Option<(u64, u64)> {
+    let number = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    (bytes.len() == 16).then_some(())?;
+    number(0..8).zip(number(8..16))
+}
+
+fn position_bytes((origin, seq): (u64, u64)) -> Vec<u8> {
+    [origin.to_be_bytes(), seq.to_be_bytes()].concat()
 }
 
 /// Key in the models tree that a replica sets while it copies its primary's store: found at
@@ -145,6 +296,10 @@ pub const PROBE_TEXT: &str =
 
 /// The saved HNSW graph, in the store's directory.
 const ANN_FILE: &str = "hnsw.graph";
+
+/// What [`RankerStore::ann_saved`] says while `hnsw.graph` holds no graph of the served
+/// catalog (before its first save, or after a start or a copy that built the graph).
+pub const ANN_NOT_SAVED: u64 = u64::MAX;
 
 /// Little-endian f32s, how vectors are stored (item vectors, a factor model's vectors).
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -198,16 +353,22 @@ impl RankerStore {
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
         let models = db.open_tree("models").map_err(internal)?;
+        // A clean close left where the journal stood; taken out (durably) before any write,
+        // so that a crash from here on leaves none.
+        let closed = models.remove(JOURNAL_KEY).map_err(internal)?;
+        let continues = closed.as_deref().and_then(|b| position_from(b.get(..16)?));
+        let followed = closed.as_deref().and_then(|b| b.get(16)) == Some(&1);
+        if closed.is_some() {
+            db.flush().map_err(internal)?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
             catalog,
             events,
             models,
-            journal: std::sync::Mutex::new(Journal {
-                seq: 0,
-                sender: tokio::sync::broadcast::channel(JOURNAL_CAPACITY).0,
-            }),
+            journal: std::sync::Mutex::new(Journal::new(continues, followed)),
+            ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
         })
     }
 
@@ -239,17 +400,11 @@ impl RankerStore {
                 .journal
                 .lock()
                 .map_err(|_| internal("journal lock poisoned"))?;
-            self.tree(tree).apply_batch(batch).map_err(internal)?;
-            journal.seq += 1;
-            if journal.sender.receiver_count() > 0 {
-                let change = Change {
-                    seq: journal.seq,
-                    tree,
-                    writes,
-                };
-                // No receiver left (it went away meanwhile) is not an error.
-                let _ = journal.sender.send(std::sync::Arc::new(change));
+            if journal.closed {
+                return Err(internal("the store is closed"));
             }
+            self.tree(tree).apply_batch(batch).map_err(internal)?;
+            journal.push(tree, writes);
         }
         self.db.flush().map_err(internal)?;
         Ok(())
@@ -260,22 +415,51 @@ impl RankerStore {
     /// last write the copy may miss ([`Self::last_seq`], read after it). The writes numbered
     /// from the one returned here + 1 to that last one all come through the receiver.
     ///
+    /// `resume`: the origin and last write number of a follower's earlier stream; when this
+    /// store kept every write since, they are returned (`missed`) and no copy is needed.
+    /// From the first call on, the store keeps its latest [`RECENT_BYTES`] of writes.
+    ///
     /// # Errors
     /// When the journal's lock is poisoned.
-    pub fn subscribe(
-        &self,
-    ) -> Result<
-        (
-            tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>,
-            u64,
-        ),
-        RankError,
-    > {
-        let journal = self
+    pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Result<Subscription, RankError> {
+        let mut journal = self
             .journal
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
-        Ok((journal.sender.subscribe(), journal.seq))
+        let missed = resume.and_then(|(origin, after)| journal.since(origin, after));
+        journal.keep_recent = true;
+        Ok(Subscription {
+            changes: journal.sender.subscribe(),
+            seq: journal.seq,
+            origin: journal.origin,
+            missed,
+        })
+    }
+
+    /// Closes the store for writes and keeps where its journal stands ([`JOURNAL_KEY`]):
+    /// every write up to it is in the store, so replicas that hold them all resume after a
+    /// restart. Called once the server has stopped; a write after it is an error (it would
+    /// not be in the kept number).
+    ///
+    /// # Errors
+    /// When the journal's lock is poisoned or the store cannot be written.
+    pub fn close(&self) -> Result<(), RankError> {
+        let mut journal = self
+            .journal
+            .lock()
+            .map_err(|_| internal("journal lock poisoned"))?;
+        if journal.closed {
+            return Ok(());
+        }
+        journal.closed = true;
+        let kept = [
+            position_bytes((journal.origin, journal.seq)),
+            vec![u8::from(journal.keep_recent)],
+        ]
+        .concat();
+        self.models.insert(JOURNAL_KEY, kept).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
     }
 
     /// The number of the last write applied.
@@ -302,7 +486,7 @@ impl RankerStore {
                         .map_err(internal)
                 })
             })
-            .filter(|r| !matches!(r, Ok((TreeName::Models, (k, _))) if k == SYNCING_KEY))
+            .filter(|r| !matches!(r, Ok((tree, (key, _))) if store_own(*tree, key)))
     }
 
     /// A replica's first step of a copy of its primary's store: marks the store as mid-copy
@@ -336,22 +520,74 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
-        let batch = batch(
-            writes
-                .iter()
-                .filter(|(key, _)| tree != TreeName::Models || key != SYNCING_KEY),
-        );
+        let batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
         self.tree(tree).apply_batch(batch).map_err(internal)
     }
 
-    /// The copy from the primary is whole: the mark of [`Self::begin_sync`] is removed and
-    /// the store flushed.
+    /// Stores a live write copied from a primary ([`Self::apply`]) and, in the same atomic
+    /// step, `position`: the primary's origin and the write's number (see [`Self::position`]).
     ///
     /// # Errors
     /// When the write fails.
-    pub fn end_sync(&self) -> Result<(), RankError> {
-        self.models.remove(SYNCING_KEY).map_err(internal)?;
+    pub fn apply_at(
+        &self,
+        tree: TreeName,
+        writes: &[Write],
+        position: (u64, u64),
+    ) -> Result<(), RankError> {
+        use sled::Transactional;
+        use sled::transaction::ConflictableTransactionError;
+        let mut batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
+        if tree == TreeName::Models {
+            batch.insert(POSITION_KEY, position_bytes(position));
+            return self.models.apply_batch(batch).map_err(internal);
+        }
+        let position = position_bytes(position);
+        (self.tree(tree), &self.models)
+            .transaction(|(written, models)| {
+                written.apply_batch(&batch)?;
+                models.insert(POSITION_KEY, position.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    /// The copy from the primary is whole, as of `position` (the primary's origin and the
+    /// number of its last write in the copy): the mark of [`Self::begin_sync`] is replaced by
+    /// it and the store flushed.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn end_sync(&self, position: (u64, u64)) -> Result<(), RankError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(SYNCING_KEY);
+        batch.insert(POSITION_KEY, position_bytes(position));
+        self.models.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Where a replica's copy stands: its primary's origin and the number of the last write
+    /// of it the store holds (every earlier one, and no later one); `None` when the store
+    /// holds no whole copy, or the replica forgot it ([`Self::forget_position`]).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn position(&self) -> Result<Option<(u64, u64)>, RankError> {
+        if self.mid_sync()? {
+            return Ok(None);
+        }
+        let value = self.models.get(POSITION_KEY).map_err(internal)?;
+        Ok(value.as_deref().and_then(position_from))
+    }
+
+    /// Drops the position ([`Self::position`]): the next connection copies the whole store
+    /// (after a write the store took and the served catalog did not).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn forget_position(&self) -> Result<(), RankError> {
+        self.models.remove(POSITION_KEY).map_err(internal)?;
         Ok(())
     }
 
@@ -653,6 +889,25 @@ impl RankerStore {
         self.dir.join(ANN_FILE)
     }
 
+    /// Serialises saves of the HNSW graph (they share one temporary file) with a replica's
+    /// take of a copy (which writes its primary's graph and reads it back): the graph of the
+    /// catalog served before a copy is never written between the two. The guard holds the
+    /// served catalog's `ann_changes()` that the file holds, for the holder to set.
+    ///
+    /// # Errors
+    /// When the lock is poisoned.
+    pub fn lock_ann_file(&self) -> Result<std::sync::MutexGuard<'_, u64>, RankError> {
+        self.ann_file
+            .lock()
+            .map_err(|_| internal("graph file lock poisoned"))
+    }
+
+    /// The served catalog's `ann_changes()` that `hnsw.graph` holds ([`ANN_NOT_SAVED`]:
+    /// none); `None` while the file is written or read back.
+    pub fn ann_saved(&self) -> Option<u64> {
+        self.ann_file.try_lock().ok().map(|saved| *saved)
+    }
+
     /// Writes the HNSW graph's bytes ([`Catalog::ann_snapshot`]) durably: to a temporary
     /// file, synced, renamed over the previous one, and the directory synced, so that a crash
     /// leaves the old graph or the new one, never half of one.
@@ -866,6 +1121,178 @@ mod tests {
     /// A saved graph is read back as it was (same bytes when saved again); an item deleted
     /// or re-embedded since makes it read back with stale points; a damaged file is not used
     /// and the graph is built instead. The catalog serves from a graph in every case.
+    fn event_write(n: u8, bytes: usize) -> Write {
+        (vec![n], Some(vec![n; bytes - 1]))
+    }
+
+    /// A replica that restarts resumes after its last write when the primary kept every
+    /// later one: exactly those, in order; otherwise (another origin, a write the journal
+    /// dropped, a number it never reached) it copies the store.
+    #[test]
+    fn a_follower_resumes_only_while_the_journal_kept_every_later_write() {
+        let mut journal = Journal::new(None, false);
+        journal.recent_budget = 1000;
+        // Before anyone follows, nothing is kept (a store nobody follows holds no copies).
+        journal.push(TreeName::Events, vec![event_write(1, 100)]);
+        assert!(journal.recent.is_empty());
+        assert!(journal.since(journal.origin, 0).is_none());
+        journal.keep_recent = true;
+        for n in 2..=9 {
+            journal.push(TreeName::Events, vec![event_write(n, 100)]);
+        }
+        let origin = journal.origin;
+        let seqs = |journal: &Journal, after| {
+            journal
+                .since(origin, after)
+                .map(|missed| missed.iter().map(|c| c.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(&journal, 1), Some((2..=9).collect()));
+        assert_eq!(seqs(&journal, 6), Some(vec![7, 8, 9]));
+        assert_eq!(seqs(&journal, 9), Some(vec![]));
+        assert_eq!(
+            seqs(&journal, 0),
+            None,
+            "write 1 came before anyone followed"
+        );
+        assert_eq!(
+            seqs(&journal, 10),
+            None,
+            "a number this journal never reached"
+        );
+        assert!(journal.since(origin ^ 1, 6).is_none(), "another origin");
+        // Past its bytes the oldest go: 1,000 bytes hold ten 100-byte writes.
+        for n in 10..=14 {
+            journal.push(TreeName::Events, vec![event_write(n, 100)]);
+        }
+        assert_eq!(journal.recent_bytes, 1000);
+        assert_eq!(seqs(&journal, 3), None);
+        assert_eq!(seqs(&journal, 4), Some((5..=14).collect()));
+        // One write over the budget is handed on but not kept.
+        journal.push(TreeName::Events, vec![event_write(15, 2000)]);
+        assert_eq!((journal.recent.len(), journal.recent_bytes), (0, 0));
+        assert_eq!(seqs(&journal, 14), None);
+        assert_eq!(seqs(&journal, 15), Some(vec![]));
+    }
+
+    fn click(user: &str) -> Interaction {
+        Interaction {
+            user: souk_ranker_core::UserHasher::new(b"k").key(user),
+            item_id: "p0001".into(),
+            kind: souk_ranker_core::item::InteractionKind::Click,
+            value: 1.0,
+            timestamp_ms: 1,
+        }
+    }
+
+    /// A primary stopped cleanly numbers on from its last write, so that replicas holding
+    /// every write resume after its restart; only those at exactly that point (a backup of
+    /// the store restored under replicas that took later writes must not let them resume),
+    /// and a crash (no clean close) leaves no position to number on from.
+    #[test]
+    fn a_store_closed_cleanly_lets_followers_at_its_last_write_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let first = store.subscribe(None).unwrap();
+        for n in 0..3 {
+            store.append_events(&[click(&format!("u{n}"))]).unwrap();
+        }
+        let origin = first.origin;
+        drop(first);
+        store.close().unwrap();
+        assert!(
+            store.append_events(&[click("late")]).is_err(),
+            "a write after the kept number"
+        );
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.models.get(JOURNAL_KEY).unwrap(),
+            None,
+            "taken out while open: a crash leaves none"
+        );
+        // A write before the replicas reconnect is kept for them: the store was followed.
+        store.append_events(&[click("u3")]).unwrap();
+        let missed = |store: &RankerStore, after| {
+            store
+                .subscribe(Some((origin, after)))
+                .unwrap()
+                .missed
+                .map(|m| m.iter().map(|c| c.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(missed(&store, 3), Some(vec![4]));
+        assert_eq!(missed(&store, 2), None, "write 3 is not kept");
+        let now = store.subscribe(None).unwrap();
+        assert_ne!(now.origin, origin, "each open draws a new origin");
+        assert_eq!(now.seq, 4);
+        store.append_events(&[click("u9")]).unwrap();
+        assert_eq!(missed(&store, 3), Some(vec![4, 5]));
+        // A store nobody followed keeps nothing after a restart either.
+        drop(now);
+        drop(store);
+        let lone = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(lone.path()).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = RankerStore::open(lone.path()).unwrap();
+        store.append_events(&[click("u2")]).unwrap();
+        assert!(store.journal.lock().unwrap().recent.is_empty());
+        assert!(
+            store
+                .records()
+                .all(|r| !matches!(r, Ok((TreeName::Models, _))))
+        );
+    }
+
+    /// Where a replica's copy stands is stored with each live write, atomically, and only
+    /// while the store holds a whole copy; it never reaches the replica's own followers.
+    #[test]
+    fn a_replicas_position_goes_with_its_writes_and_only_with_a_whole_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.position().unwrap(), None);
+        store.begin_sync().unwrap();
+        store
+            .apply(TreeName::Events, &[event_write(1, 10)])
+            .unwrap();
+        assert_eq!(store.position().unwrap(), None, "mid-copy");
+        store.end_sync((77, 5)).unwrap();
+        assert_eq!(store.position().unwrap(), Some((77, 5)));
+        store
+            .apply_at(TreeName::Events, &[event_write(2, 10)], (77, 6))
+            .unwrap();
+        store
+            .apply_at(TreeName::Models, &[event_write(3, 10)], (77, 7))
+            .unwrap();
+        assert_eq!(store.position().unwrap(), Some((77, 7)));
+        let keys: Vec<_> = store
+            .records()
+            .map(|r| r.unwrap())
+            .map(|(tree, (key, _))| (tree, key))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (TreeName::Events, vec![1]),
+                (TreeName::Events, vec![2]),
+                (TreeName::Models, vec![3])
+            ],
+            "the position is the replica's own"
+        );
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.position().unwrap(),
+            Some((77, 7)),
+            "kept over a restart"
+        );
+        store.forget_position().unwrap();
+        assert_eq!(store.position().unwrap(), None);
+        store.end_sync((78, 1)).unwrap();
+        store.begin_sync().unwrap();
+        assert_eq!(store.position().unwrap(), None, "a new copy drops it");
+    }
+
     #[test]
     fn the_hnsw_graph_is_saved_read_back_and_rebuilt_when_damaged() {
         let dir = tempfile::tempdir().unwrap();

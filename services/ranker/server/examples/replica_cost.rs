@@ -12,7 +12,8 @@
 //!    writes to the primary (more of them than the primary's journal holds): the time to in
 //!    sync, and that the replica then holds every event the primary does.
 //! 5. **Outbox**: the primary stopped, 100,000 events sent through the replica (queued on its
-//!    disk), the primary started again: how soon the outbox reaches it.
+//!    disk), the primary started again: how soon the outbox reaches it, and how soon the
+//!    replica is in sync again holding every event (it resumes: the primary stopped cleanly).
 //! 6. **Restart** (run before 5): the replica of part 4 stopped, 50,000 events written to the
 //!    primary, the replica started again: its time to in sync (its own store replayed, then
 //!    the writes it missed), against a new replica's copy of the same primary.

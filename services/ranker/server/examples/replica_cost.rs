@@ -14,6 +14,7 @@
 //! 5. **Outbox**: the primary stopped, 100,000 events sent through the replica (queued on its
 //!    disk), the primary started again: how soon the outbox reaches it, and how soon the
 //!    replica is in sync again holding every event (it resumes: the primary stopped cleanly).
+//!    The stop comes 0.5 s into another new replica's copy: how long the graceful stop takes.
 //! 6. **Restart** (run before 5): the replica of part 4 stopped, 50,000 events written to the
 //!    primary, the replica started again: its time to in sync (its own store replayed, then
 //!    the writes it missed), against a new replica's copy of the same primary.
@@ -403,7 +404,14 @@ async fn main() {
     let mut r = client(&replica.url).await;
     let expected = stats(&mut p).await.unwrap().interactions + 100_000;
     let addr = primary.addr;
+    // The stop comes while another new replica copies the primary.
+    let copying = start(&dir.path().join("copying"), Some(primary.url.clone())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
     primary.stop().await;
+    let stop = t.elapsed().as_secs_f64();
+    copying.stop().await;
+    println!("the primary's graceful stop, 0.5 s into a new replica's copy: {stop:.2} s");
     let queue = bulk_rate(&mut r, 100, "away").await;
     let queued = stats(&mut r).await.unwrap().outbox;
     let t = Instant::now();

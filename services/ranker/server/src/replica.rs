@@ -169,12 +169,12 @@ pub(crate) fn stream_store(
             return;
         }
         let copied = {
-            let (ready, tx) = (ready.clone(), tx.clone());
-            tokio::task::spawn_blocking(move || send_snapshot(&ready, &tx)).await
+            let (ready, tx, stopping) = (ready.clone(), tx.clone(), stopping.clone());
+            tokio::task::spawn_blocking(move || send_snapshot(&ready, &tx, &stopping)).await
         };
         let last = match copied {
             Ok(Ok(Some(last))) => last,
-            // The replica went away.
+            // The replica went away, or the server stops.
             Ok(Ok(None)) => return,
             Ok(Err(error)) => {
                 let _ = tx.send(Err(crate::status(error))).await;
@@ -194,7 +194,11 @@ pub(crate) fn stream_store(
         // `last`.
         let mut caught_up = subscribed;
         while caught_up < last {
-            match changes.next().await {
+            let next = tokio::select! {
+                next = changes.next() => next,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            match next {
                 Some(Held::Write(change)) => {
                     caught_up = change.seq;
                     if tx
@@ -265,10 +269,13 @@ fn behind() -> Status {
 
 /// Sends every record of `ready`'s store in messages of [`SNAPSHOT_RECORDS`] or
 /// [`SNAPSHOT_BYTES`], then its HNSW graph in pieces of [`SNAPSHOT_BYTES`]; returns the
-/// number of the last write before the end of the copy, or `None` when the replica went away.
+/// number of the last write before the end of the copy, or `None` when the replica went away
+/// or the server stops (`stopping`: a graceful stop does not wait for a copy, which takes
+/// a minute at 100k items and 1M events; the replica copies again from the next primary).
 fn send_snapshot(
     ready: &Ready,
     tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,
+    stopping: &watch::Receiver<bool>,
 ) -> Result<Option<u64>, RankError> {
     let mut message = pb::StoreChange::default();
     let mut bytes = 0;
@@ -277,7 +284,7 @@ fn send_snapshot(
         bytes += write_bytes(&write);
         message.records.push(record_pb(tree, write));
         if message.records.len() >= SNAPSHOT_RECORDS || bytes >= SNAPSHOT_BYTES {
-            if tx.blocking_send(Ok(std::mem::take(&mut message))).is_err() {
+            if *stopping.borrow() || tx.blocking_send(Ok(std::mem::take(&mut message))).is_err() {
                 return Ok(None);
             }
             bytes = 0;
@@ -296,6 +303,9 @@ fn send_snapshot(
         .map_err(|_| lock_poisoned())?
         .ann_snapshot();
     for piece in graph.as_deref().unwrap_or_default().chunks(SNAPSHOT_BYTES) {
+        if *stopping.borrow() {
+            return Ok(None);
+        }
         let message = pb::StoreChange {
             graph: piece.to_vec(),
             ..Default::default()

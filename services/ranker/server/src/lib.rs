@@ -379,7 +379,7 @@ pub async fn serve(
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
         };
         let mid_sync = store.mid_sync()?;
-        let (catalog, ann_as_saved) = store.served_catalog(ann_min_items)?;
+        let (catalog, ann_saved) = store.served_catalog(ann_min_items)?;
         let fusion = store.fusion()?;
         let probe = store.probe()?;
         tracing::info!(
@@ -390,11 +390,7 @@ pub async fn serve(
             fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
         );
-        *store.lock_ann_file()? = if ann_as_saved {
-            catalog.ann_changes()
-        } else {
-            store::ANN_NOT_SAVED
-        };
+        *store.lock_ann_file()? = ann_saved;
         Ok((
             store,
             catalog,

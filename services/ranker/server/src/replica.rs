@@ -322,11 +322,8 @@ fn send_snapshot(
 pub(crate) struct ReplicaState {
     /// Holds the primary's state and receives its writes.
     in_sync: std::sync::atomic::AtomicBool,
-    /// Whole copies of the primary's store taken since start.
-    copies: std::sync::atomic::AtomicU64,
-    /// Catch-ups from the last write held, without a copy, since start.
-    resumes: std::sync::atomic::AtomicU64,
-    /// `souk_replica_in_sync` and `souk_replica_catch_ups_total{how}` (replicas only).
+    /// `souk_replica_in_sync` and `souk_replica_catch_ups_total{how}`, which counts the
+    /// whole copies and the resumes since start (replicas only).
     metrics: Option<(prometheus::IntGauge, prometheus::IntCounterVec)>,
 }
 
@@ -360,12 +357,12 @@ impl ReplicaState {
         self.in_sync.load(Ordering::Relaxed)
     }
 
-    /// Whole copies taken and catch-ups without one, since start.
+    /// Whole copies taken and catch-ups without one, since start (0 on a primary).
     pub fn catch_ups(&self) -> (u64, u64) {
-        (
-            self.copies.load(Ordering::Relaxed),
-            self.resumes.load(Ordering::Relaxed),
-        )
+        self.metrics.as_ref().map_or((0, 0), |(_, catch_ups)| {
+            let count = |how| catch_ups.with_label_values(&[how]).get();
+            (count("copy"), count("resume"))
+        })
     }
 
     fn set(&self, in_sync: bool) {
@@ -375,17 +372,10 @@ impl ReplicaState {
         }
     }
 
-    fn copied(&self) {
-        self.copies.fetch_add(1, Ordering::Relaxed);
+    /// Counts one catch-up: `how` is "copy" or "resume".
+    fn caught_up(&self, how: &str) {
         if let Some((_, catch_ups)) = &self.metrics {
-            catch_ups.with_label_values(&["copy"]).inc();
-        }
-    }
-
-    fn resumed(&self) {
-        self.resumes.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, catch_ups)) = &self.metrics {
-            catch_ups.with_label_values(&["resume"]).inc();
+            catch_ups.with_label_values(&[how]).inc();
         }
     }
 }
@@ -517,13 +507,13 @@ async fn follow_once(
         ));
     }
     if first.resumed {
-        state.resumed();
+        state.caught_up("resume");
         tracing::info!(primary = %url, after, "the primary kept every write since this replica's last: following from there");
     } else {
         copy(ready, url, &mut stream, origin, ann_min_items)
             .await
             .map_err(fail(false))?;
-        state.copied();
+        state.caught_up("copy");
     }
     state.set(true);
     health.set_ready().await;
@@ -653,12 +643,8 @@ fn take_copy(
     if !graph.is_empty() {
         ready.store.save_ann(graph)?;
     }
-    let (mut catalog, as_saved) = ready.store.served_catalog(ann_min_items)?;
-    *file = if as_saved {
-        catalog.ann_changes()
-    } else {
-        crate::store::ANN_NOT_SAVED
-    };
+    let (mut catalog, saved) = ready.store.served_catalog(ann_min_items)?;
+    *file = saved;
     let fusion = ready.store.fusion()?;
     let probe = ready.store.probe()?;
     {

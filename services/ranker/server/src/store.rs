@@ -225,11 +225,11 @@ pub struct Subscription {
 /// [`RankerStore::position`]).
 const POSITION_KEY: &[u8] = b"replica.position";
 
-/// Key in the models tree where a store closed cleanly ([`RankerStore::close`]) keeps its journal's origin and last
-/// write number (16 bytes, as [`POSITION_KEY`]) and whether anyone followed it (1 byte):
-/// opened again, it numbers on from there, so
-/// that replicas that held every write resume instead of copying it after a restart. Taken
-/// out at open (a crash leaves none: replicas copy).
+/// Key in the models tree where a store closed cleanly ([`RankerStore::close`]) keeps its
+/// journal's origin and last write number (16 bytes, as [`POSITION_KEY`]) and whether anyone
+/// followed it (1 byte): opened again, it numbers on from there, so that replicas that held
+/// every write resume instead of copying it after a restart. Taken out at open (a crash
+/// leaves none: replicas copy).
 const JOURNAL_KEY: &[u8] = b"journal.position";
 
 /// The models tree's keys a store writes for itself: never sent to a follower nor taken
@@ -240,14 +240,9 @@ fn store_own(tree: TreeName, key: &[u8]) -> bool {
 
 /// The two numbers of [`position_bytes`], `None` when `bytes` is not 16 long.
 fn position_from(bytes: &[u8]) -> Option<(u64, u64)> {
-    let number = |range: std::ops::Range<usize>| {
-        bytes
-            .get(range)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-    };
-    (bytes.len() == 16).then_some(())?;
-    number(0..8).zip(number(8..16))
+    let (origin, seq) = bytes.split_first_chunk::<8>()?;
+    let seq: [u8; 8] = seq.try_into().ok()?;
+    Some((u64::from_be_bytes(*origin), u64::from_be_bytes(seq)))
 }
 
 fn position_bytes((origin, seq): (u64, u64)) -> Vec<u8> {
@@ -970,17 +965,24 @@ impl RankerStore {
     }
 
     /// The catalog as it is served: [`Self::load`], with the trained collaborative filter
-    /// and the shop's synonyms set on it. What a start serves, and a replica's copy.
+    /// and the shop's synonyms set on it. What a start serves, and a replica's copy. With it,
+    /// what `hnsw.graph` holds of it, for the caller to set under [`Self::lock_ann_file`]: its
+    /// `ann_changes()` when the graph was read back as saved, else [`ANN_NOT_SAVED`].
     ///
     /// # Errors
     /// As [`Self::load`] and [`Self::cf`].
-    pub fn served_catalog(&self, ann_min_items: usize) -> Result<(Catalog, bool), RankError> {
+    pub fn served_catalog(&self, ann_min_items: usize) -> Result<(Catalog, u64), RankError> {
         let (mut catalog, as_saved) = self.load(ann_min_items)?;
         catalog.set_trained_cf(self.cf()?.map(std::sync::Arc::new));
         if let Some(synonyms) = self.usable_synonyms() {
             catalog.set_synonyms(std::sync::Arc::new(synonyms));
         }
-        Ok((catalog, as_saved))
+        let saved = if as_saved {
+            catalog.ann_changes()
+        } else {
+            ANN_NOT_SAVED
+        };
+        Ok((catalog, saved))
     }
 
     /// The stored synonyms, checked. They passed the same check when they were set; a set

@@ -154,6 +154,11 @@ pub(crate) fn stream_store(
             user_key_check: check,
             origin: subscription.origin,
             resumed: subscription.missed.is_some(),
+            resumed_through: if subscription.missed.is_some() {
+                subscribed
+            } else {
+                0
+            },
             ..Default::default()
         };
         if tx.send(Ok(first)).await.is_err() {
@@ -334,7 +339,8 @@ impl ReplicaState {
         let gauge = prometheus::IntGauge::new(
             "replica_in_sync",
             "1 while this ranker replica holds its primary's state and receives its writes; \
-             0 while it connects or copies (it serves its last copy meanwhile).",
+             0 while it connects, copies or takes the writes it missed (it serves its \
+             last copy meanwhile).",
         )?;
         registry.register(Box::new(gauge.clone()))?;
         let catch_ups = prometheus::IntCounterVec::new(
@@ -506,21 +512,28 @@ async fn follow_once(
             "the primary resumed a stream this replica asked to copy".into(),
         ));
     }
+    // A resumed replica holds the primary's state once it applied the writes it missed
+    // (up to `store::RECENT_BYTES` of them): until then it reports not in sync.
+    let mut missed_through = 0;
     if first.resumed {
         state.caught_up("resume");
-        tracing::info!(primary = %url, after, "the primary kept every write since this replica's last: following from there");
+        missed_through = first.resumed_through;
+        tracing::info!(primary = %url, after, through = missed_through, "the primary kept every write since this replica's last: following from there");
     } else {
         copy(ready, url, &mut stream, origin, ann_min_items)
             .await
             .map_err(fail(false))?;
         state.caught_up("copy");
     }
-    state.set(true);
+    if missed_through <= after {
+        state.set(true);
+    }
     health.set_ready().await;
     // Checked at once: the copy may come from another model than the last check's.
     crate::check_model_now(ready).await;
     while let Some(message) = next(&mut stream).await.map_err(fail(true))? {
-        let position = (origin, message.seq);
+        let seq = message.seq;
+        let position = (origin, seq);
         let writes = by_tree(message.records).map_err(fail(true))?;
         let probe_changed = blocking(ready, move |ready| {
             apply_live(ready, &writes, position).inspect_err(|_| {
@@ -535,6 +548,10 @@ async fn follow_once(
         .map_err(fail(true))?;
         if probe_changed {
             crate::check_model_now(ready).await;
+        }
+        if seq >= missed_through && !state.in_sync() {
+            tracing::info!(primary = %url, seq, "the replica took every write it missed");
+            state.set(true);
         }
     }
     Ok(true)

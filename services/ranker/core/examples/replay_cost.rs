@@ -1,5 +1,5 @@
 //! What replaying the event log costs (every start of a ranker, and every copy a replica
-//! takes): `Catalog::record` for each stored event, in order, into a catalog of ITEMS items.
+//! takes): `Catalog::replay` of the stored events, in order, into a catalog of ITEMS items.
 //! USERS shoppers each touch EVENTS / USERS distinct items (the shape of MovieLens or of a
 //! shop's click log: about a hundred items a shopper), half of them twice (a view, then a
 //! click), popular items more often.
@@ -77,9 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     log.truncate(events);
     let started = Instant::now();
-    for event in &log {
-        catalog.record(event);
-    }
+    catalog.replay(&log);
     let took = started.elapsed().as_secs_f64();
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()

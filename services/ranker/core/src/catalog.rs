@@ -103,6 +103,10 @@ const LONG_HISTORY: usize = 256;
 #[derive(Debug, Default)]
 struct History {
     entries: Vec<HistoryEntry>,
+    /// Each entry's CF id, in the same order: what [`Catalog::record`] compares and walks
+    /// instead of item ids (comparing ids was ~40% of a replay's CPU: BENCHMARKS.md,
+    /// "start-up replay").
+    cf: Vec<u32>,
     long: Option<Box<LongHistory>>,
 }
 
@@ -1086,6 +1090,32 @@ impl Catalog {
     /// Records an event: popularity, the user's history and co-occurrence all move at once,
     /// so the next `Rank` sees it.
     pub fn record(&mut self, event: &Interaction) {
+        self.record_event(event, true);
+    }
+
+    /// Records every event of a log as [`Self::record`] does, in order, and orders the items
+    /// by popularity once at the end instead of moving one item per event: what a start's
+    /// replay of the stored log does.
+    pub fn replay<E: std::borrow::Borrow<Interaction>>(
+        &mut self,
+        events: impl IntoIterator<Item = E>,
+    ) {
+        for event in events {
+            self.record_event(event.borrow(), false);
+        }
+        self.by_popularity = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, entry)| {
+                let popularity = entry.as_ref()?.popularity;
+                (popularity > 0.0).then_some((Reverse(popularity.to_bits()), slot as u32))
+            })
+            .collect();
+    }
+
+    /// [`Self::record`]; `rank`: whether to move the item in the popularity order now.
+    fn record_event(&mut self, event: &Interaction, rank: bool) {
         self.interactions += 1;
         let weight = event.weight();
         let popularity = self.popularity.entry(event.item_id.clone()).or_default();
@@ -1097,16 +1127,15 @@ impl Catalog {
             && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
         {
             entry.popularity = popularity;
-            self.rank_popularity(slot, old, popularity);
+            if rank {
+                self.rank_popularity(slot, old, popularity);
+            }
         }
         let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
         let known = match &history.long {
             Some(long) => long.position.get(&item).map(|&p| p as usize),
-            None => history
-                .entries
-                .iter()
-                .position(|e| e.item_id == event.item_id),
+            None => history.cf.iter().position(|&c| c == item),
         };
         if let Some(at) = known {
             let entry = &mut history.entries[at];
@@ -1125,14 +1154,23 @@ impl Catalog {
         self.item_users[item as usize] += 1;
         let neighbours: Vec<u32> = match &history.long {
             Some(long) => long.recent.iter().map(|&(_, _, cf)| cf).collect(),
+            // The HISTORY_WINDOW most recent, in the order a stable sort by recency gives
+            // (most recent first, of equal times the first touched first), as a long
+            // history's index keeps them.
             None => {
-                let mut recent: Vec<&HistoryEntry> = history.entries.iter().collect();
-                recent.sort_by_key(|e| std::cmp::Reverse(e.last_ms));
-                recent
+                let mut recent: Vec<(Reverse<i64>, u32, u32)> = history
+                    .entries
                     .iter()
-                    .take(HISTORY_WINDOW)
-                    .filter_map(|e| self.cf_ids.get(&e.item_id).copied())
-                    .collect()
+                    .zip(&history.cf)
+                    .enumerate()
+                    .map(|(i, (e, &cf))| (Reverse(e.last_ms), i as u32, cf))
+                    .collect();
+                if recent.len() > HISTORY_WINDOW {
+                    recent.select_nth_unstable(HISTORY_WINDOW);
+                    recent.truncate(HISTORY_WINDOW);
+                }
+                recent.sort_unstable();
+                recent.into_iter().map(|(_, _, cf)| cf).collect()
             }
         };
         let at = history.entries.len() as u32;
@@ -1142,33 +1180,35 @@ impl Catalog {
             weight,
             last_ms: event.timestamp_ms,
         });
+        history.cf.push(item);
         match &mut history.long {
             Some(long) => {
                 long.position.insert(item, at);
                 long.touched(at, item, event.timestamp_ms);
             }
             None if history.entries.len() >= LONG_HISTORY => {
-                // Every history item has a CF id: it was interned when recorded.
-                let cf: Vec<u32> = history
-                    .entries
-                    .iter()
-                    .map(|e| self.cf_ids.get(&e.item_id).copied().unwrap_or(item))
-                    .collect();
-                history.long = Some(Box::new(LongHistory::new(&history.entries, &cf)));
+                history.long = Some(Box::new(LongHistory::new(&history.entries, &history.cf)));
             }
             None => {}
         }
         let keep = self.cooccurrence_row;
-        for other in neighbours {
-            for (from, to) in [(other, item), (item, other)] {
-                let row = &mut self.cooccurrence[from as usize];
-                *row.entry(to).or_default() += 1.0;
-                // Cut back instead of growing the table: a row's memory stays that of the
-                // table it had when it first passed `keep` (448 entries' worth for 256).
-                if row.len() > keep && row.len() >= row.capacity() {
-                    keep_strongest(row, keep);
-                }
+        // Cut back instead of growing the table: a row's memory stays that of the table it
+        // had when it first passed `keep` (448 entries' worth for 256).
+        let count = |row: &mut HashMap<u32, f32, IdHash>, to: u32| {
+            *row.entry(to).or_default() += 1.0;
+            if row.len() > keep && row.len() >= row.capacity() {
+                keep_strongest(row, keep);
             }
+        };
+        // The item's own row first, then each neighbour's: each row takes its counts in the
+        // order of `neighbours` as before, and the neighbours' updates, one per row, are
+        // independent of one another (their memory reads overlap).
+        let row = &mut self.cooccurrence[item as usize];
+        for &other in &neighbours {
+            count(row, other);
+        }
+        for &other in &neighbours {
+            count(&mut self.cooccurrence[other as usize], item);
         }
     }
 
@@ -1609,6 +1649,81 @@ mod tests {
             .filter(|e| e.kind == InteractionKind::Purchase)
             .filter_map(|e| catalog.slot_of(&e.item_id))
             .collect()
+    }
+
+    /// A start replays the stored log (`Catalog::replay`, the popularity order built once at
+    /// the end): the catalog it leaves serves what recording each event as it came does:
+    /// the same popular items, histories, co-occurrence (rows cut back included) and counts.
+    #[test]
+    fn a_replayed_log_serves_what_recording_each_event_does() {
+        let mut rng = crate::rng::XorShift::new(5);
+        let events: Vec<Interaction> = (0..6000)
+            .map(|e| {
+                // 400 item ids (the last 100 not in the catalog), popular ones more often;
+                // 40 shoppers and a guest id that passes the long-history size.
+                let item = ((rng.unit() * rng.unit()) * 400.0) as usize;
+                let user = if e % 3 == 0 {
+                    "guest".to_string()
+                } else {
+                    format!("u{}", (rng.unit() * 40.0) as usize)
+                };
+                let kind = [
+                    InteractionKind::View,
+                    InteractionKind::Click,
+                    InteractionKind::Cart,
+                    InteractionKind::Purchase,
+                ][(rng.unit() * 4.0) as usize % 4];
+                Interaction {
+                    user: UserKey::from_stored(user),
+                    item_id: format!("p{item}"),
+                    kind,
+                    value: 1.0,
+                    timestamp_ms: e as i64 / 4,
+                }
+            })
+            .collect();
+        let shop = || {
+            let mut catalog = Catalog::default();
+            catalog.set_cooccurrence_row(8);
+            for i in 0..300 {
+                catalog
+                    .upsert(item(format!("p{i}")), vec![1.0, (i % 7) as f32])
+                    .unwrap();
+            }
+            catalog
+        };
+        let mut recorded = shop();
+        for event in &events {
+            recorded.record(event);
+        }
+        let mut replayed = shop();
+        replayed.replay(&events);
+        assert!(
+            replayed.histories[&UserKey::from_stored("guest".into())]
+                .long
+                .is_some()
+        );
+        assert_eq!(replayed.interactions(), recorded.interactions());
+        assert_eq!(replayed.users(), recorded.users());
+        assert_eq!(replayed.max_popularity(), recorded.max_popularity());
+        assert_eq!(replayed.most_popular(400), recorded.most_popular(400));
+        assert_eq!(replayed.cooccurrence_pairs(), recorded.cooccurrence_pairs());
+        let mut users: Vec<&UserKey> = recorded.histories.keys().collect();
+        users.sort();
+        for user in users {
+            let history = recorded.history(user);
+            assert_eq!(replayed.history(user), history);
+            let scores = |catalog: &Catalog| {
+                let mut scores: Vec<(u32, f32)> = catalog
+                    .cf_scores(&history)
+                    .into_iter()
+                    .map(|(slot, (score, _))| (slot, score))
+                    .collect();
+                scores.sort_by_key(|&(slot, _)| slot);
+                scores
+            };
+            assert_eq!(scores(&replayed), scores(&recorded), "{user:?}");
+        }
     }
 
     /// A shopper with thousands of events (a shared guest id) is recorded through the long

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::ann::{AnnIndex, Decoded};
 use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
+use crate::cooccur::{CoRow, prefetch};
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
 use crate::rank::{dot, filtered_scan_limit};
@@ -39,7 +40,7 @@ pub const ONLINE_SHARE_WITH_MODEL: f32 = 0.25;
 /// cost per `Rank`).
 pub const FOLD_IN_CANDIDATES: usize = 500;
 /// Co-occurring items kept per item by the online co-occurrence: a row past this that fills
-/// its hash table is cut back to its highest counts rather than growing it.
+/// its table (`cooccur.rs`) is cut back to its highest counts rather than growing it.
 /// Without it the counts grow with every new pair: 1M events of 10,000 shoppers on 100k
 /// items held ~100M pairs. Picked on validation splits (the `rec_datasets` test).
 pub const COOCCURRENCE_ROW: usize = 256;
@@ -187,7 +188,7 @@ pub struct Catalog {
     item_users: Vec<u32>,
     histories: HashMap<UserKey, History>,
     /// Co-occurrence counts by CF id.
-    cooccurrence: Vec<HashMap<u32, f32, IdHash>>,
+    cooccurrence: Vec<CoRow>,
     /// The trained model's neighbours by CF id (EASE, item-kNN).
     trained_rows: Vec<Vec<(u32, f32)>>,
     /// A factor model's (iALS) row of each CF id ([`NO_ROW`] when it has none; ids interned
@@ -1193,19 +1194,28 @@ impl Catalog {
         }
         let keep = self.cooccurrence_row;
         // Cut back instead of growing the table: a row's memory stays that of the table it
-        // had when it first passed `keep` (448 entries' worth for 256).
-        let count = |row: &mut HashMap<u32, f32, IdHash>, to: u32| {
-            *row.entry(to).or_default() += 1.0;
+        // had when it first passed `keep` (448 pairs in 512 slots for 256).
+        let count = |row: &mut CoRow, to: u32| {
+            row.add(to, 1.0);
             if row.len() > keep && row.len() >= row.capacity() {
-                keep_strongest(row, keep);
+                row.keep_strongest(keep);
             }
         };
-        // The item's own row first, then each neighbour's: each row takes its counts in the
-        // order of `neighbours` as before, and the neighbours' updates, one per row, are
-        // independent of one another (their memory reads overlap).
+        // Each count waits on memory (a row of 100k, a slot in it): the rows and then the
+        // slots are prefetched for all neighbours before any is counted, so that the misses
+        // overlap. Each row takes its counts in the order of `neighbours`.
+        for &other in &neighbours {
+            prefetch(&self.cooccurrence[other as usize]);
+        }
         let row = &mut self.cooccurrence[item as usize];
         for &other in &neighbours {
+            row.prefetch(other);
+        }
+        for &other in &neighbours {
             count(row, other);
+        }
+        for &other in &neighbours {
+            self.cooccurrence[other as usize].prefetch(item);
         }
         for &other in &neighbours {
             count(&mut self.cooccurrence[other as usize], item);
@@ -1221,7 +1231,7 @@ impl Catalog {
 
     /// Item pairs the online co-occurrence counts (each direction once).
     pub fn cooccurrence_pairs(&self) -> usize {
-        self.cooccurrence.iter().map(HashMap::len).sum()
+        self.cooccurrence.iter().map(CoRow::len).sum()
     }
 
     /// The CF id of an item id, interning it on first sight.
@@ -1235,7 +1245,7 @@ impl Catalog {
         self.cf_slots
             .push(self.by_id.get(item_id).copied().unwrap_or(NO_SLOT));
         self.item_users.push(0);
-        self.cooccurrence.push(HashMap::default());
+        self.cooccurrence.push(CoRow::default());
         self.trained_rows.push(Vec::new());
         id
     }
@@ -1325,7 +1335,7 @@ impl Catalog {
         for &(h, weight, _) in recent {
             let uh = self.item_users[h as usize].max(1) as f32;
             let wh = weight.ln_1p();
-            for (&c, &count) in &self.cooccurrence[h as usize] {
+            for (c, count) in self.cooccurrence[h as usize].iter() {
                 let uc = self.item_users[c as usize].max(1) as f32;
                 add_score(&mut online, c, wh * count / (uh * uc).sqrt(), h);
             }
@@ -1529,22 +1539,6 @@ impl std::hash::Hasher for IdHasher {
 /// The hasher of maps keyed by ids the catalog hands out (CF ids, slots).
 pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
-/// Cuts a co-occurrence row back to its `keep` highest counts; ties go to the item first seen
-/// later (a newer product's pairs are the ones still counting up), and are decided by id so
-/// that a replay keeps what the live catalog kept. (Kept by count / sqrt(users) instead, what
-/// the pairs score with, validation recall fell: rare items' single pairs crowded out the
-/// counted ones; BENCHMARKS.md, "Session 22".)
-fn keep_strongest(row: &mut HashMap<u32, f32, IdHash>, keep: usize) {
-    let mut ranked: Vec<(f32, u32)> = row.iter().map(|(&c, &n)| (n, c)).collect();
-    if ranked.len() <= keep {
-        return;
-    }
-    ranked.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-    for &(_, c) in &ranked[keep..] {
-        row.remove(&c);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1609,7 +1603,7 @@ mod tests {
         );
         for strong in ["strong0", "strong1", "strong2"] {
             let id = catalog.cf_ids[strong];
-            assert!(row.get(&id).is_some_and(|&n| n >= 60.0), "{strong} lost");
+            assert!(row.get(id).is_some_and(|n| n >= 60.0), "{strong} lost");
         }
         let shopper = catalog.history(&UserKey::from_stored("newcomer".into()));
         assert!(shopper.is_empty());
@@ -1785,7 +1779,7 @@ mod tests {
         assert!(guest.long.is_some() && guest.entries.len() > LONG_HISTORY);
         let mut got: HashMap<(String, String), f32> = HashMap::new();
         for (from, row) in catalog.cooccurrence.iter().enumerate() {
-            for (&to, &count) in row {
+            for (to, count) in row.iter() {
                 let pair = (
                     catalog.cf_names[from].clone(),
                     catalog.cf_names[to as usize].clone(),

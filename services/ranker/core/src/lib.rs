@@ -19,6 +19,7 @@ pub mod ann;
 pub mod bm25;
 pub mod catalog;
 pub mod cf;
+mod cooccur;
 pub mod eval;
 pub mod facet;
 pub mod fusion;

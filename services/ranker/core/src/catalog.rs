@@ -106,7 +106,7 @@ struct History {
     entries: Vec<HistoryEntry>,
     /// Each entry's CF id, in the same order: what [`Catalog::record`] compares and walks
     /// instead of item ids (comparing ids was ~40% of a replay's CPU: BENCHMARKS.md,
-    /// "start-up replay").
+    /// "Session 24: a start's rebuild from the store").
     cf: Vec<u32>,
     long: Option<Box<LongHistory>>,
 }

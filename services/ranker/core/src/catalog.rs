@@ -1193,14 +1193,6 @@ impl Catalog {
             None => {}
         }
         let keep = self.cooccurrence_row;
-        // Cut back instead of growing the table: a row's memory stays that of the table it
-        // had when it first passed `keep` (448 pairs in 512 slots for 256).
-        let count = |row: &mut CoRow, to: u32| {
-            row.add(to, 1.0);
-            if row.len() > keep && row.len() >= row.capacity() {
-                row.keep_strongest(keep);
-            }
-        };
         // Each count waits on memory (a row of 100k, a slot in it): the rows and then the
         // slots are prefetched for all neighbours before any is counted, so that the misses
         // overlap. Each row takes its counts in the order of `neighbours`.
@@ -1212,13 +1204,13 @@ impl Catalog {
             row.prefetch(other);
         }
         for &other in &neighbours {
-            count(row, other);
+            row.count(other, keep);
         }
         for &other in &neighbours {
             self.cooccurrence[other as usize].prefetch(item);
         }
         for &other in &neighbours {
-            count(&mut self.cooccurrence[other as usize], item);
+            self.cooccurrence[other as usize].count(item, keep);
         }
     }
 

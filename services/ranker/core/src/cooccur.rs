@@ -47,7 +47,7 @@ impl CoRow {
         (hashed >> (64 - bits)) as usize
     }
 
-    /// Asks the CPU to fetch the slot `item`'s count starts at, ahead of [`Self::add`].
+    /// Asks the CPU to fetch the slot `item`'s count starts at, ahead of [`Self::count`].
     pub fn prefetch(&self, item: u32) {
         if self.slots.is_empty() {
             return;
@@ -55,8 +55,18 @@ impl CoRow {
         prefetch(&self.slots[self.home(item)]);
     }
 
-    /// Adds `by` to `item`'s count (a new pair starts from 0).
-    pub fn add(&mut self, item: u32, by: f32) {
+    /// Counts one more pair with `item`. A row past `keep` pairs that fills its table is cut
+    /// back to its `keep` strongest instead of growing: its memory stays that of the table
+    /// it had when it first passed `keep` (448 pairs in 512 slots for 256).
+    pub fn count(&mut self, item: u32, keep: usize) {
+        self.add(item, 1.0);
+        if self.len() > keep && self.len() >= self.capacity() {
+            self.keep_strongest(keep);
+        }
+    }
+
+    /// Adds `by` to `item`'s count (a new pair starts from 0), growing the table when full.
+    fn add(&mut self, item: u32, by: f32) {
         if self.slots.is_empty() {
             self.slots = vec![(EMPTY, 0.0); MIN_SLOTS].into_boxed_slice();
         }
@@ -96,7 +106,7 @@ impl CoRow {
     /// decided by id so that a replay keeps what the live catalog kept. (Kept by count /
     /// sqrt(users) instead, what the pairs score with, validation recall fell: rare items'
     /// single pairs crowded out the counted ones; BENCHMARKS.md, "Session 22".)
-    pub fn keep_strongest(&mut self, keep: usize) {
+    fn keep_strongest(&mut self, keep: usize) {
         let mut ranked: Vec<(u32, f32)> = self.iter().collect();
         if ranked.len() <= keep {
             return;

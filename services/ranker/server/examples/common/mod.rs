@@ -1,8 +1,6 @@
 //! The synthetic shop the ranker server's examples measure: items with random unit 384-d
 //! vectors and 4-word titles, clicks of 10,000 shoppers on uniformly drawn items, written
 //! straight into a sled store.
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use souk_ranker::store::RankerStore;

@@ -112,12 +112,12 @@ pub const RECENT_BYTES: usize = 64 * 1024 * 1024;
 struct Journal {
     /// Names this numbering of writes: drawn at each open.
     origin: u64,
-    /// The origin and last write number of the store as it was closed cleanly before this
-    /// open (numbering goes on from there): a follower at exactly that point holds this
-    /// store's state as of that number. Not the same origin again: a copy of a closed store
-    /// (a backup restored while replicas hold later writes of the original) would number
-    /// other writes the same.
-    continues: Option<(u64, u64)>,
+    /// The names (origin, number) of the last write the store held when this open found it,
+    /// cleanly closed or not (numbering goes on from there): a follower at exactly one of
+    /// them holds this store's state as of that write. Not the same origin again: a copy of
+    /// the store (a backup restored while replicas hold later writes of the original) would
+    /// number other writes the same.
+    continues: Vec<(u64, u64)>,
     seq: u64,
     sender: tokio::sync::broadcast::Sender<Arc<Change>>,
     /// The latest writes, oldest first, at most [`RECENT_BYTES`] of them; kept once a
@@ -134,11 +134,12 @@ struct Journal {
 }
 
 impl Journal {
-    /// A journal of a new origin, numbering on from the closed store it `continues` (or
-    /// from 0); it keeps its latest writes from the start when that store was `followed`
-    /// (its replicas reconnect after the first writes of a restarted primary).
-    fn new(continues: Option<(u64, u64)>, followed: bool) -> Self {
-        let seq = continues.map_or(0, |(_, seq)| seq);
+    /// A journal of a new origin, numbering on from the store's last write `seq`, which
+    /// `continues` names (or from 0); it keeps its latest writes from the start when that
+    /// store was `followed` (its replicas reconnect after the first writes of a restarted
+    /// primary).
+    fn new(continues: Vec<(u64, u64)>, followed: bool) -> Self {
+        let seq = continues.first().map_or(0, |&(_, seq)| seq);
         Self {
             origin: draw_origin(),
             continues,
@@ -185,7 +186,7 @@ impl Journal {
     /// The writes numbered after `after`, when `origin` is this journal's (or `after` is
     /// where the store it continues was closed) and it kept every one of them.
     fn since(&self, origin: u64, after: u64) -> Option<Vec<Arc<Change>>> {
-        let ours = origin == self.origin || self.continues == Some((origin, after));
+        let ours = origin == self.origin || self.continues.contains(&(origin, after));
         (ours && self.kept_after <= after && after <= self.seq).then(|| {
             self.recent
                 .iter()
@@ -225,17 +226,44 @@ pub struct Subscription {
 /// [`RankerStore::position`]).
 const POSITION_KEY: &[u8] = b"replica.position";
 
-/// Key in the models tree where a store closed cleanly ([`RankerStore::close`]) keeps its
+/// Key in the models tree where a store closed cleanly by an earlier version kept its
 /// journal's origin and last write number (16 bytes, as [`POSITION_KEY`]) and whether anyone
-/// followed it (1 byte): opened again, it numbers on from there, so that replicas that held
-/// every write resume instead of copying it after a restart. Taken out at open (a crash
-/// leaves none: replicas copy).
+/// followed it (1 byte). Read (and taken out) at open; [`WRITTEN_KEY`], [`NAMES_KEY`] and
+/// [`FOLLOWED_KEY`] say the same now, crash or not.
 const JOURNAL_KEY: &[u8] = b"journal.position";
 
-/// The models tree's keys a store writes for itself: never sent to a follower nor taken
-/// from a primary.
+/// Key in the models tree holding the names (origin, number: 16 bytes each) of the store's
+/// last write as an open found it, the new origin's among them (replicas copy from a primary
+/// that has not written yet, and their position then names its origin), written at each
+/// open; at most [`MAX_NAMES`]. Outdated by the next write ([`WRITTEN_KEY`] is then later).
+const NAMES_KEY: &[u8] = b"journal.names";
+
+/// The most names [`NAMES_KEY`] keeps (opens without a write in between each add one).
+const MAX_NAMES: usize = 16;
+
+/// Key in each of the three trees where a primary keeps the origin and number of its last
+/// write to that tree (16 bytes, as [`POSITION_KEY`]), in the same atomic batch as the
+/// write: opened again after a crash as after a clean stop, the store numbers on from the
+/// latest of the three, so a replica that held exactly the writes the store kept resumes
+/// instead of copying it. (sled recovers a prefix of its log and every write is flushed
+/// before it is answered, so the store holds every write up to that one. A replica that took
+/// a write the crash lost is at a later number: it copies.) No item, event or model key
+/// starts with 0xff.
+const WRITTEN_KEY: &[u8] = b"\xffjournal.written";
+
+/// Key in the models tree set once a follower subscribed: a store restarted after a crash
+/// keeps its latest writes from its first one for replicas reconnecting.
+const FOLLOWED_KEY: &[u8] = b"journal.followed";
+
+/// The keys a store writes for itself: never sent to a follower nor taken from a primary.
 fn store_own(tree: TreeName, key: &[u8]) -> bool {
-    tree == TreeName::Models && (key == SYNCING_KEY || key == POSITION_KEY || key == JOURNAL_KEY)
+    key == WRITTEN_KEY
+        || tree == TreeName::Models
+            && (key == SYNCING_KEY
+                || key == POSITION_KEY
+                || key == JOURNAL_KEY
+                || key == NAMES_KEY
+                || key == FOLLOWED_KEY)
 }
 
 /// The two numbers of [`position_bytes`], `None` when `bytes` is not 16 long.
@@ -348,21 +376,49 @@ impl RankerStore {
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
         let models = db.open_tree("models").map_err(internal)?;
-        // A clean close left where the journal stood; taken out (durably) before any write,
-        // so that a crash from here on leaves none.
+        // Where numbering goes on: the store's last write, by every name it has (the latest
+        // write of each tree, what the last open named, what an earlier version's clean
+        // close left).
         let closed = models.remove(JOURNAL_KEY).map_err(internal)?;
-        let continues = closed.as_deref().and_then(|b| position_from(b.get(..16)?));
-        let followed = closed.as_deref().and_then(|b| b.get(16)) == Some(&1);
-        if closed.is_some() {
-            db.flush().map_err(internal)?;
+        let mut names: Vec<(u64, u64)> = closed
+            .as_deref()
+            .and_then(|b| position_from(b.get(..16)?))
+            .into_iter()
+            .collect();
+        let named = models.get(NAMES_KEY).map_err(internal)?;
+        names.extend(
+            named
+                .iter()
+                .flat_map(|b| b.chunks_exact(16).filter_map(position_from)),
+        );
+        for tree in [&catalog, &events, &models] {
+            let written = tree.get(WRITTEN_KEY).map_err(internal)?;
+            names.extend(written.as_deref().and_then(position_from));
         }
+        let last = names.iter().map(|&(_, seq)| seq).max();
+        names.retain(|&(_, seq)| Some(seq) == last);
+        names.dedup();
+        let followed = closed.as_deref().and_then(|b| b.get(16)) == Some(&1)
+            || models.contains_key(FOLLOWED_KEY).map_err(internal)?;
+        let journal = Journal::new(names, followed);
+        let mut named: Vec<u8> = journal
+            .continues
+            .iter()
+            .rev()
+            .take(MAX_NAMES - 1)
+            .rev()
+            .flat_map(|&name| position_bytes(name))
+            .collect();
+        named.extend(position_bytes((journal.origin, journal.seq)));
+        models.insert(NAMES_KEY, named).map_err(internal)?;
+        db.flush().map_err(internal)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
             catalog,
             events,
             models,
-            journal: std::sync::Mutex::new(Journal::new(continues, followed)),
+            journal: std::sync::Mutex::new(journal),
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
         })
     }
@@ -387,7 +443,7 @@ impl RankerStore {
     /// Applies `writes` to `tree` atomically and durably, numbers them and hands them to the
     /// replicas following this store, in the order they were applied.
     fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
-        let batch = batch(&writes);
+        let mut batch = batch(&writes);
         {
             // Applied and numbered under one lock, so replicas see writes in the order the
             // store took them. The flush, the slow part, is outside it.
@@ -398,6 +454,10 @@ impl RankerStore {
             if journal.closed {
                 return Err(internal("the store is closed"));
             }
+            batch.insert(
+                WRITTEN_KEY,
+                position_bytes((journal.origin, journal.seq + 1)),
+            );
             self.tree(tree).apply_batch(batch).map_err(internal)?;
             journal.push(tree, writes);
         }
@@ -422,7 +482,10 @@ impl RankerStore {
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
         let missed = resume.and_then(|(origin, after)| journal.since(origin, after));
-        journal.keep_recent = true;
+        if !journal.keep_recent {
+            journal.keep_recent = true;
+            self.models.insert(FOLLOWED_KEY, &[]).map_err(internal)?;
+        }
         Ok(Subscription {
             changes: journal.sender.subscribe(),
             seq: journal.seq,
@@ -431,10 +494,9 @@ impl RankerStore {
         })
     }
 
-    /// Closes the store for writes and keeps where its journal stands ([`JOURNAL_KEY`]):
-    /// every write up to it is in the store, so replicas that hold them all resume after a
-    /// restart. Called once the server has stopped; a write after it is an error (it would
-    /// not be in the kept number).
+    /// Closes the store for writes, flushed. Called once the server has stopped; a write
+    /// after it is an error. (Where the journal stands is in the store with every write, so a
+    /// crash lets replicas resume as a clean stop does: see [`WRITTEN_KEY`].)
     ///
     /// # Errors
     /// When the journal's lock is poisoned or the store cannot be written.
@@ -447,12 +509,6 @@ impl RankerStore {
             return Ok(());
         }
         journal.closed = true;
-        let kept = [
-            position_bytes((journal.origin, journal.seq)),
-            vec![u8::from(journal.keep_recent)],
-        ]
-        .concat();
-        self.models.insert(JOURNAL_KEY, kept).map_err(internal)?;
         self.db.flush().map_err(internal)?;
         Ok(())
     }
@@ -981,6 +1037,9 @@ impl RankerStore {
             scope.spawn(move || {
                 let mut batch = Vec::with_capacity(BATCH);
                 for entry in self.events.iter() {
+                    if matches!(&entry, Ok((key, _)) if key == WRITTEN_KEY) {
+                        continue;
+                    }
                     let event = entry.map_err(internal).and_then(|(_, v)| {
                         serde_json::from_slice::<Interaction>(&v).map_err(internal)
                     });
@@ -1178,7 +1237,7 @@ mod tests {
     /// dropped, a number it never reached) it copies the store.
     #[test]
     fn a_follower_resumes_only_while_the_journal_kept_every_later_write() {
-        let mut journal = Journal::new(None, false);
+        let mut journal = Journal::new(Vec::new(), false);
         journal.recent_budget = 1000;
         // Before anyone follows, nothing is kept (a store nobody follows holds no copies).
         journal.push(TreeName::Events, vec![event_write(1, 100)]);
@@ -1232,10 +1291,19 @@ mod tests {
         }
     }
 
+    /// The writes a follower missed after `after` of `origin`, by number, or `None` when the
+    /// store cannot resume it.
+    fn missed(store: &RankerStore, origin: u64, after: u64) -> Option<Vec<u64>> {
+        store
+            .subscribe(Some((origin, after)))
+            .unwrap()
+            .missed
+            .map(|m| m.iter().map(|c| c.seq).collect())
+    }
+
     /// A primary stopped cleanly numbers on from its last write, so that replicas holding
     /// every write resume after its restart; only those at exactly that point (a backup of
-    /// the store restored under replicas that took later writes must not let them resume),
-    /// and a crash (no clean close) leaves no position to number on from.
+    /// the store restored under replicas that took later writes must not let them resume).
     #[test]
     fn a_store_closed_cleanly_lets_followers_at_its_last_write_resume() {
         let dir = tempfile::tempdir().unwrap();
@@ -1249,31 +1317,19 @@ mod tests {
         store.close().unwrap();
         assert!(
             store.append_events(&[click("late")]).is_err(),
-            "a write after the kept number"
+            "a write after the close"
         );
         drop(store);
         let store = RankerStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.models.get(JOURNAL_KEY).unwrap(),
-            None,
-            "taken out while open: a crash leaves none"
-        );
         // A write before the replicas reconnect is kept for them: the store was followed.
         store.append_events(&[click("u3")]).unwrap();
-        let missed = |store: &RankerStore, after| {
-            store
-                .subscribe(Some((origin, after)))
-                .unwrap()
-                .missed
-                .map(|m| m.iter().map(|c| c.seq).collect::<Vec<_>>())
-        };
-        assert_eq!(missed(&store, 3), Some(vec![4]));
-        assert_eq!(missed(&store, 2), None, "write 3 is not kept");
+        assert_eq!(missed(&store, origin, 3), Some(vec![4]));
+        assert_eq!(missed(&store, origin, 2), None, "write 3 is not kept");
         let now = store.subscribe(None).unwrap();
         assert_ne!(now.origin, origin, "each open draws a new origin");
         assert_eq!(now.seq, 4);
         store.append_events(&[click("u9")]).unwrap();
-        assert_eq!(missed(&store, 3), Some(vec![4, 5]));
+        assert_eq!(missed(&store, origin, 3), Some(vec![4, 5]));
         // A store nobody followed keeps nothing after a restart either.
         drop(now);
         drop(store);
@@ -1288,8 +1344,98 @@ mod tests {
         assert!(
             store
                 .records()
-                .all(|r| !matches!(r, Ok((TreeName::Models, _))))
+                .all(|r| !matches!(r, Ok((TreeName::Models, _)))),
+            "the journal's own keys are never sent to a follower"
         );
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(catalog.interactions(), 2, "the journal's key is no event");
+    }
+
+    /// A primary that crashed numbers on from the last write its store kept, as a clean stop
+    /// does: a follower at exactly that write resumes, one behind it (its writes were in the
+    /// lost memory) or ahead of it (it took a write the crash lost) copies. The last write is
+    /// named by every origin that found it so: a replica that copied from a restarted primary
+    /// before its first write holds that primary's origin.
+    #[test]
+    fn a_crashed_store_lets_followers_at_its_last_kept_write_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let first = store.subscribe(None).unwrap();
+        store.put_items(&items(3, 1)).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        store
+            .put_fusion(&souk_ranker_core::rank::FusionModel::default())
+            .unwrap();
+        let origin = first.origin;
+        drop(first);
+        drop(store); // no close
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(missed(&store, origin, 3), Some(vec![]));
+        assert_eq!(missed(&store, origin, 2), None, "write 3 was not kept");
+        assert_eq!(missed(&store, origin, 4), None, "a write the crash lost");
+        // A replica copies from the restarted primary before its first write, then it crashes
+        // again: both names of write 3 resume, and the store still keeps writes for them.
+        let second = store.subscribe(None).unwrap().origin;
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(missed(&store, second, 3), Some(vec![]));
+        store.append_events(&[click("u2")]).unwrap();
+        assert_eq!(missed(&store, origin, 3), Some(vec![4]));
+        assert_eq!(missed(&store, second, 3), Some(vec![4]));
+        // Writes to any tree number on: the latest of the three trees' keys wins.
+        store.delete_items(&["p0000".to_string()]).unwrap();
+        let third = store.subscribe(None).unwrap().origin;
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(missed(&store, third, 5), Some(vec![]));
+        assert_eq!(missed(&store, third, 4), None);
+        assert_eq!(store.subscribe(None).unwrap().seq, 5);
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!((catalog.len(), catalog.interactions()), (2, 2));
+        // Opens without writes add names, at most MAX_NAMES of them.
+        drop(store);
+        let origins: Vec<u64> = (0..2 * MAX_NAMES)
+            .map(|_| {
+                let store = RankerStore::open(dir.path()).unwrap();
+                store.subscribe(None).unwrap().origin
+            })
+            .collect();
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(missed(&store, origins[2 * MAX_NAMES - 1], 5), Some(vec![]));
+        assert_eq!(missed(&store, origins[0], 5), None, "an old name dropped");
+        assert_eq!(
+            missed(&store, third, 5),
+            Some(vec![]),
+            "the writer's name stays"
+        );
+        let names = store.models.get(NAMES_KEY).unwrap().unwrap();
+        assert_eq!(names.len(), 16 * MAX_NAMES);
+    }
+
+    /// A store an earlier version closed cleanly kept its position in one record, and numbers
+    /// on from it.
+    #[test]
+    fn a_store_closed_by_an_earlier_version_numbers_on_from_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        let old = 77;
+        for tree in [&store.catalog, &store.events, &store.models] {
+            tree.remove(WRITTEN_KEY).unwrap();
+        }
+        store.models.remove(NAMES_KEY).unwrap();
+        let record = [position_bytes((old, 9)), vec![1]].concat();
+        store.models.insert(JOURNAL_KEY, record).unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.models.get(JOURNAL_KEY).unwrap(), None);
+        store.append_events(&[click("u2")]).unwrap();
+        assert_eq!(
+            missed(&store, old, 9),
+            Some(vec![10]),
+            "kept: it was followed"
+        );
+        assert_eq!(missed(&store, old, 8), None);
     }
 
     /// Where a replica's copy stands is stored with each live write, atomically, and only

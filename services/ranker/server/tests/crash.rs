@@ -1,0 +1,193 @@
+//! kill -9 of a primary ranker, against real `souk-ranker` processes: started again, it numbers
+//! its writes on from the last one its store kept, so a replica that held exactly those writes
+//! takes the later ones instead of copying the whole store again; killed in the middle of a
+//! stream of writes, every write it answered is still there and the replica ends with exactly
+//! the primary's log, whichever way it caught up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use souk_proto::ranker::v1 as rk;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A ranker process, killed when the test ends however it ends.
+struct Ranker(Child);
+
+impl Ranker {
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap(); // SIGKILL
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Ranker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A ranker on `port` with its store in `dir`, following `primary` if given. No encoder or
+/// graph runs (events need neither).
+fn spawn(dir: &std::path::Path, port: u16, primary: Option<u16>) -> Ranker {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_souk-ranker"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .args(["--encoder-url", &nowhere, "--kg-url", &nowhere])
+        .args(["--user-id-key", "crash-test"]);
+    if let Some(primary) = primary {
+        command.args(["--primary", &format!("http://127.0.0.1:{primary}")]);
+    }
+    Ranker(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn connect(port: u16) -> RankerClient<Channel> {
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+        {
+            let mut client = RankerClient::new(channel);
+            if client.stats(rk::StatsRequest {}).await.is_ok() {
+                return client;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "souk-ranker did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stats(client: &mut RankerClient<Channel>) -> rk::StatsResponse {
+    client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn events(from: usize, n: usize) -> rk::RecordInteractionsRequest {
+    rk::RecordInteractionsRequest {
+        interactions: (from..from + n)
+            .map(|i| rk::Interaction {
+                user_id: format!("u{}", i % 97),
+                item_id: format!("p{}", i % 31),
+                kind: rk::InteractionKind::Click as i32,
+                value: 1.0,
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+            })
+            .collect(),
+    }
+}
+
+async fn record(client: &mut RankerClient<Channel>, from: usize, n: usize) -> tonic::Result<u64> {
+    let response = client
+        .record_interactions(futures::stream::iter(vec![events(from, n)]))
+        .await?;
+    Ok(response.into_inner().recorded)
+}
+
+/// Waits until the replica says it is in sync and holds the primary's log; its stats then.
+async fn caught_up(
+    primary: &mut RankerClient<Channel>,
+    replica: &mut RankerClient<Channel>,
+) -> rk::StatsResponse {
+    let started = Instant::now();
+    loop {
+        let (p, r) = (stats(primary).await, stats(replica).await);
+        if r.in_sync && r.interactions == p.interactions {
+            return r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the replica did not catch up: primary {p:?}, replica {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_resumes_after_its_primary_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_port, replica_port) = (free_port(), free_port());
+    let mut primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut p = connect(primary_port).await;
+    let _replica = spawn(
+        &dir.path().join("replica"),
+        replica_port,
+        Some(primary_port),
+    );
+    let mut r = connect(replica_port).await;
+    for i in 0..20 {
+        assert_eq!(record(&mut p, 10 * i, 10).await.unwrap(), 10);
+    }
+    let before = caught_up(&mut p, &mut r).await;
+    assert_eq!(before.interactions, 200);
+    assert_eq!((before.replica_copies, before.replica_resumes), (1, 0));
+
+    // Killed while quiet: the store kept every write the replica holds; the replica resumes.
+    primary.kill_9();
+    let mut primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut p = connect(primary_port).await;
+    assert_eq!(stats(&mut p).await.interactions, 200);
+    assert_eq!(record(&mut p, 200, 10).await.unwrap(), 10);
+    let after = caught_up(&mut p, &mut r).await;
+    assert_eq!(after.interactions, 210);
+    assert_eq!(
+        (after.replica_copies, after.replica_resumes),
+        (1, 1),
+        "a replica holding every write the killed primary kept resumes instead of copying"
+    );
+
+    // Killed in the middle of a stream of writes: whatever the primary answered is kept, and
+    // the replica ends with exactly its log (resumed when it held exactly what the store
+    // kept, copied when it held more or less).
+    let writer = tokio::spawn(async move {
+        let mut answered = 0;
+        let mut from = 1_000;
+        while record(&mut p, from, 5).await.is_ok() {
+            answered += 5;
+            from += 5;
+        }
+        answered
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    primary.kill_9();
+    let answered = writer.await.unwrap();
+    assert!(answered > 0, "no write reached the primary before the kill");
+    let _primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut p = connect(primary_port).await;
+    let kept = stats(&mut p).await.interactions;
+    assert!(kept >= 210 + answered, "kept {kept}, answered {answered}");
+    assert_eq!(record(&mut p, 100_000, 3).await.unwrap(), 3);
+    let last = caught_up(&mut p, &mut r).await;
+    assert_eq!(last.interactions, kept + 3);
+    assert_eq!(
+        last.replica_copies + last.replica_resumes,
+        after.replica_copies + after.replica_resumes + 1,
+        "one catch-up per restart: {last:?}"
+    );
+}

@@ -7,8 +7,8 @@
 # STORE: a primary's store, filled first when it does not exist (the shop of the
 # `replica_cost` example: ITEMS items, EVENTS events, default 100000 and 1000000; its HNSW
 # graph saved). Runs target/release/souk-ranker and soukctl (RANKER=/path/to/souk-ranker
-# to compare another build of the ranker); no encoder or graph runs. Each run adds 10 events
-# to STORE.
+# to compare another build of the ranker: a store written by this build cannot be opened by
+# one before session 25); no encoder or graph runs. Each run adds an event to STORE.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 store=${1:?STORE [ITEMS EVENTS]}
@@ -20,22 +20,27 @@ if [ ! -d "$store" ]; then
   cargo run --release -q -p souk-ranker --example load_cost -- "$store" "$items" "$events" 0
 fi
 work=$(mktemp -d)
-pids=()
-trap 'pkill -9 -f "data-dir $work/replica" 2>/dev/null; pkill -9 -f "data-dir $store" 2>/dev/null; tail -5 "$work"/log-* >&2; rm -rf "$work"' EXIT
+trap 'pkill -9 -f "data-dir $work/replica" 2>/dev/null; pkill -9 -f "data-dir $store" 2>/dev/null; rm -rf "$work"' EXIT
 nowhere=http://127.0.0.1:9
 start() { # DIR PORT [PRIMARY_PORT]
   local follow=()
   [ -n "${3:-}" ] && follow=(--primary "http://127.0.0.1:$3")
   "$ranker" --listen "127.0.0.1:$2" --data-dir "$1" --encoder-url $nowhere --kg-url $nowhere \
     --user-id-key replica-cost "${follow[@]}" >"$work/log-$2" 2>&1 &
-  pids+=($!)
   echo $!
 }
 stats() { target/release/soukctl --ranker-url "http://127.0.0.1:$1" stats 2>/dev/null || true; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-wait_for() { # PORT PATTERN
-  until stats "$1" | grep -q "$2"; do sleep 0.05; done
+wait_for() { # PORT PATTERN: fails when the ranker on PORT has exited
+  until stats "$1" | grep -q "$2"; do
+    if ! pgrep -f -- "--listen 127.0.0.1:$1 " >/dev/null; then
+      echo "the ranker on port $1 exited:" >&2
+      grep -v '^  ' "$work/log-$1" | tail -3 >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
 }
 
 t=$(now)
@@ -52,6 +57,7 @@ crash1,p000001,click,1,1700000000000
 EOF
 sleep 1
 kill -9 "$primary"
+while kill -0 "$primary" 2>/dev/null; do sleep 0.01; done
 t=$(now)
 start "$store" 50190 >/dev/null
 wait_for 50190 "catalog:"

@@ -60,7 +60,7 @@ impl TreeName {
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
 /// One write of the store, as it was applied: every record of it is in one tree and was
-/// stored atomically. `seq` counts the store's writes since it was opened, from 1.
+/// stored atomically. `seq` numbers the store's writes from 1, on over its restarts.
 #[derive(Debug)]
 pub struct Change {
     pub seq: u64,
@@ -248,8 +248,50 @@ const MAX_NAMES: usize = 16;
 /// instead of copying it. (sled recovers a prefix of its log and every write is flushed
 /// before it is answered, so the store holds every write up to that one. A replica that took
 /// a write the crash lost is at a later number: it copies.) No item, event or model key
-/// starts with 0xff.
-const WRITTEN_KEY: &[u8] = b"\xffjournal.written";
+/// starts with [`OWN`].
+const WRITTEN_KEY: &[u8] = &[
+    OWN, b'j', b'o', b'u', b'r', b'n', b'a', b'l', b'.', b'w', b'r', b'i', b't', b't', b'e', b'n',
+];
+
+/// Keys of the store's own records in the catalog and events trees (and in models) start
+/// with this byte, which no item, event or model key does.
+const OWN: u8 = 0xff;
+
+/// Each write also lists the keys it set or removed, in its own tree under `[OWN, b'w',
+/// number]` (value: the writing origin, then each key as a little-endian u32 length and its
+/// bytes), in the same atomic batch; a write drops its tree's lists older than
+/// [`LISTED_WRITES`] writes. A primary restarted after a crash has lost the writes it kept in
+/// memory, so a replica a few writes behind its last stored one would copy the whole store;
+/// from these lists it sends those writes again instead, each key with its value now (the
+/// replica ends in the same state: every later write is sent too, and no two writes set the
+/// same event key). See [`RankerStore::subscribe`].
+const LISTED_WRITES: u64 = 4096;
+
+fn list_key(seq: u64) -> Vec<u8> {
+    [&[OWN, b'w'][..], &seq.to_be_bytes()].concat()
+}
+
+fn list_bytes(origin: u64, writes: &[Write]) -> Vec<u8> {
+    let mut bytes = origin.to_be_bytes().to_vec();
+    for (key, _) in writes {
+        bytes.extend((key.len() as u32).to_le_bytes());
+        bytes.extend(key);
+    }
+    bytes
+}
+
+/// The origin and keys of a [`list_bytes`] record; `None` when it is damaged.
+fn listed(bytes: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
+    let (origin, mut rest) = bytes.split_first_chunk::<8>()?;
+    let mut keys = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        let (key, after) = after.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+        keys.push(key.to_vec());
+        rest = after;
+    }
+    Some((u64::from_be_bytes(*origin), keys))
+}
 
 /// Key in the models tree set once a follower subscribed: a store restarted after a crash
 /// keeps its latest writes from its first one for replicas reconnecting.
@@ -257,7 +299,7 @@ const FOLLOWED_KEY: &[u8] = b"journal.followed";
 
 /// The keys a store writes for itself: never sent to a follower nor taken from a primary.
 fn store_own(tree: TreeName, key: &[u8]) -> bool {
-    key == WRITTEN_KEY
+    key.first() == Some(&OWN)
         || tree == TreeName::Models
             && (key == SYNCING_KEY
                 || key == POSITION_KEY
@@ -454,11 +496,17 @@ impl RankerStore {
             if journal.closed {
                 return Err(internal("the store is closed"));
             }
-            batch.insert(
-                WRITTEN_KEY,
-                position_bytes((journal.origin, journal.seq + 1)),
-            );
-            self.tree(tree).apply_batch(batch).map_err(internal)?;
+            let seq = journal.seq + 1;
+            let target = self.tree(tree);
+            batch.insert(WRITTEN_KEY, position_bytes((journal.origin, seq)));
+            batch.insert(list_key(seq), list_bytes(journal.origin, &writes));
+            // A write drops up to two lists past the window: a tree written rarely still
+            // sheds its old ones.
+            let lists = target.range(list_key(0)..=list_key(seq.saturating_sub(LISTED_WRITES)));
+            for old in lists.keys().take(2) {
+                batch.remove(old.map_err(internal)?);
+            }
+            target.apply_batch(batch).map_err(internal)?;
             journal.push(tree, writes);
         }
         self.db.flush().map_err(internal)?;
@@ -471,17 +519,22 @@ impl RankerStore {
     /// from the one returned here + 1 to that last one all come through the receiver.
     ///
     /// `resume`: the origin and last write number of a follower's earlier stream; when this
-    /// store kept every write since, they are returned (`missed`) and no copy is needed.
+    /// store kept every write since, they are returned (`missed`) and no copy is needed:
+    /// from memory, and for the writes before this open (a restart after a crash), from
+    /// their key lists (see [`LISTED_WRITES`]), at most [`RECENT_BYTES`] of them.
     /// From the first call on, the store keeps its latest [`RECENT_BYTES`] of writes.
     ///
     /// # Errors
-    /// When the journal's lock is poisoned.
+    /// When the journal's lock is poisoned or the store cannot be read.
     pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Result<Subscription, RankError> {
         let mut journal = self
             .journal
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
-        let missed = resume.and_then(|(origin, after)| journal.since(origin, after));
+        let mut missed = resume.and_then(|(origin, after)| journal.since(origin, after));
+        if let (None, Some((origin, after))) = (&missed, resume) {
+            missed = self.listed_since(&journal, origin, after)?;
+        }
         if !journal.keep_recent {
             journal.keep_recent = true;
             self.models.insert(FOLLOWED_KEY, &[]).map_err(internal)?;
@@ -492,6 +545,59 @@ impl RankerStore {
             origin: journal.origin,
             missed,
         })
+    }
+
+    /// The writes numbered after `after` (of `origin`) up to the first one the journal keeps
+    /// in memory, rebuilt from their key lists with each key's value now, followed by the
+    /// journal's; `None` when `(origin, after)` names no write the store holds, a list is
+    /// gone, or they pass [`RECENT_BYTES`].
+    fn listed_since(
+        &self,
+        journal: &Journal,
+        origin: u64,
+        after: u64,
+    ) -> Result<Option<Vec<Arc<Change>>>, RankError> {
+        let trees = [TreeName::Catalog, TreeName::Events, TreeName::Models];
+        /// A write's tree, origin and keys.
+        type Listed = (TreeName, u64, Vec<Vec<u8>>);
+        let list = |seq: u64| -> Result<Option<Listed>, RankError> {
+            for tree in trees {
+                if let Some(bytes) = self.tree(tree).get(list_key(seq)).map_err(internal)? {
+                    let (origin, keys) = listed(&bytes)
+                        .ok_or_else(|| internal(format!("write {seq}'s key list is damaged")))?;
+                    return Ok(Some((tree, origin, keys)));
+                }
+            }
+            Ok(None)
+        };
+        let through = journal.kept_after;
+        if after >= through || after > journal.seq {
+            return Ok(None);
+        }
+        let named = journal.continues.contains(&(origin, after))
+            || matches!(list(after)?, Some((_, writer, _)) if writer == origin);
+        if !named {
+            return Ok(None);
+        }
+        let (mut missed, mut bytes) = (Vec::new(), 0);
+        for seq in after + 1..=through {
+            let Some((tree, _, keys)) = list(seq)? else {
+                return Ok(None);
+            };
+            let mut writes = Vec::with_capacity(keys.len());
+            for key in keys {
+                let value = self.tree(tree).get(&key).map_err(internal)?;
+                writes.push((key, value.map(|v| v.to_vec())));
+            }
+            let change = Change { seq, tree, writes };
+            bytes += change.bytes();
+            if bytes > RECENT_BYTES {
+                return Ok(None);
+            }
+            missed.push(Arc::new(change));
+        }
+        missed.extend(journal.recent.iter().filter(|c| c.seq > through).cloned());
+        Ok(Some(missed))
     }
 
     /// Closes the store for writes, flushed. Called once the server has stopped; a write
@@ -1037,7 +1143,7 @@ impl RankerStore {
             scope.spawn(move || {
                 let mut batch = Vec::with_capacity(BATCH);
                 for entry in self.events.iter() {
-                    if matches!(&entry, Ok((key, _)) if key == WRITTEN_KEY) {
+                    if matches!(&entry, Ok((key, _)) if key.first() == Some(&OWN)) {
                         continue;
                     }
                     let event = entry.map_err(internal).and_then(|(_, v)| {
@@ -1324,7 +1430,11 @@ mod tests {
         // A write before the replicas reconnect is kept for them: the store was followed.
         store.append_events(&[click("u3")]).unwrap();
         assert_eq!(missed(&store, origin, 3), Some(vec![4]));
-        assert_eq!(missed(&store, origin, 2), None, "write 3 is not kept");
+        assert_eq!(
+            missed(&store, origin, 2),
+            Some(vec![3, 4]),
+            "write 3 from its key list"
+        );
         let now = store.subscribe(None).unwrap();
         assert_ne!(now.origin, origin, "each open draws a new origin");
         assert_eq!(now.seq, 4);
@@ -1352,8 +1462,8 @@ mod tests {
     }
 
     /// A primary that crashed numbers on from the last write its store kept, as a clean stop
-    /// does: a follower at exactly that write resumes, one behind it (its writes were in the
-    /// lost memory) or ahead of it (it took a write the crash lost) copies. The last write is
+    /// does: a follower at exactly that write resumes, one behind it takes the writes it lacks
+    /// from their key lists, one ahead of it (it took a write the crash lost) copies. The last write is
     /// named by every origin that found it so: a replica that copied from a restarted primary
     /// before its first write holds that primary's origin.
     #[test]
@@ -1371,7 +1481,11 @@ mod tests {
         drop(store); // no close
         let store = RankerStore::open(dir.path()).unwrap();
         assert_eq!(missed(&store, origin, 3), Some(vec![]));
-        assert_eq!(missed(&store, origin, 2), None, "write 3 was not kept");
+        assert_eq!(
+            missed(&store, origin, 2),
+            Some(vec![3]),
+            "write 3 from its key list"
+        );
         assert_eq!(missed(&store, origin, 4), None, "a write the crash lost");
         // A replica copies from the restarted primary before its first write, then it crashes
         // again: both names of write 3 resume, and the store still keeps writes for them.
@@ -1388,7 +1502,12 @@ mod tests {
         drop(store);
         let store = RankerStore::open(dir.path()).unwrap();
         assert_eq!(missed(&store, third, 5), Some(vec![]));
-        assert_eq!(missed(&store, third, 4), None);
+        assert_eq!(
+            missed(&store, third, 4),
+            Some(vec![5]),
+            "from write 5's list"
+        );
+        assert_eq!(missed(&store, second, 4), None, "another origin's write 4");
         assert_eq!(store.subscribe(None).unwrap().seq, 5);
         let (catalog, _) = store.load(usize::MAX).unwrap();
         assert_eq!((catalog.len(), catalog.interactions()), (2, 2));
@@ -1410,6 +1529,59 @@ mod tests {
         );
         let names = store.models.get(NAMES_KEY).unwrap().unwrap();
         assert_eq!(names.len(), 16 * MAX_NAMES);
+    }
+
+    /// A primary restarted after a crash has lost the writes it kept in memory: a follower a
+    /// few writes behind its last stored one takes them from their key lists, with each key's
+    /// value now, and ends with the primary's records; writes of the new open follow from
+    /// memory. Lists past the window are dropped as writes go on.
+    #[test]
+    fn after_a_crash_a_follower_a_few_writes_behind_takes_them_from_their_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(&dir.path().join("primary")).unwrap();
+        let origin = store.subscribe(None).unwrap().origin;
+        store.put_items(&items(3, 1)).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        let replica = RankerStore::open(&dir.path().join("replica")).unwrap();
+        for record in store.records() {
+            let (tree, write) = record.unwrap();
+            replica.apply(tree, &[write]).unwrap();
+        }
+        store.append_events(&[click("u2"), click("u3")]).unwrap();
+        store.delete_items(&["p0001".to_string()]).unwrap();
+        store.put_items(&items(2, 9)).unwrap(); // p0000 and p0001 again, other vectors
+        store
+            .put_fusion(&souk_ranker_core::rank::FusionModel::default())
+            .unwrap();
+        drop(store); // no close
+        let store = RankerStore::open(&dir.path().join("primary")).unwrap();
+        let taken = store.subscribe(Some((origin, 2))).unwrap().missed.unwrap();
+        assert_eq!(
+            taken.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+        for change in &taken {
+            RankerStore::decode(change.tree, &change.writes).unwrap();
+            replica.apply(change.tree, &change.writes).unwrap();
+        }
+        let all = |s: &RankerStore| s.records().map(Result::unwrap).collect::<Vec<_>>();
+        assert_eq!(all(&replica), all(&store));
+        assert_eq!(missed(&store, origin ^ 1, 2), None, "another origin");
+        store.append_events(&[click("u4")]).unwrap();
+        assert_eq!(missed(&store, origin, 2), Some(vec![3, 4, 5, 6, 7]));
+        // The window: lists of older writes go, two per write.
+        for n in 0..LISTED_WRITES + 10 {
+            store.append_events(&[click(&format!("w{n}"))]).unwrap();
+        }
+        let lists = |tree: &sled::Tree| tree.scan_prefix([OWN, b'w']).count() as u64;
+        assert_eq!(lists(&store.events), LISTED_WRITES);
+        assert_eq!(
+            lists(&store.catalog),
+            3,
+            "a tree not written since keeps its lists"
+        );
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(catalog.interactions(), 4 + LISTED_WRITES + 10);
     }
 
     /// A store an earlier version closed cleanly kept its position in one record, and numbers

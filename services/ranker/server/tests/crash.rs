@@ -2,7 +2,8 @@
 //! its writes on from the last one its store kept, so a replica that held exactly those writes
 //! takes the later ones instead of copying the whole store again; killed in the middle of a
 //! stream of writes, every write it answered is still there and the replica ends with exactly
-//! the primary's log, whichever way it caught up.
+//! the primary's log, whichever way it caught up; a replica that was down meanwhile, a few
+//! writes behind, takes them from the primary's store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -135,7 +136,7 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
     let (primary_port, replica_port) = (free_port(), free_port());
     let mut primary = spawn(&dir.path().join("primary"), primary_port, None);
     let mut p = connect(primary_port).await;
-    let _replica = spawn(
+    let mut replica = spawn(
         &dir.path().join("replica"),
         replica_port,
         Some(primary_port),
@@ -178,7 +179,7 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
     primary.kill_9();
     let answered = writer.await.unwrap();
     assert!(answered > 0, "no write reached the primary before the kill");
-    let _primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut primary = spawn(&dir.path().join("primary"), primary_port, None);
     let mut p = connect(primary_port).await;
     let kept = stats(&mut p).await.interactions;
     assert!(kept >= 210 + answered, "kept {kept}, answered {answered}");
@@ -189,5 +190,28 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
         last.replica_copies + last.replica_resumes,
         after.replica_copies + after.replica_resumes + 1,
         "one catch-up per restart: {last:?}"
+    );
+
+    // The replica is down while the primary takes writes and dies: started again, both find
+    // the writes the replica lacks only in the primary's store, and it takes them from there.
+    replica.kill_9();
+    for i in 0..5 {
+        assert_eq!(record(&mut p, 200_000 + 10 * i, 10).await.unwrap(), 10);
+    }
+    primary.kill_9();
+    let _primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut p = connect(primary_port).await;
+    let _replica = spawn(
+        &dir.path().join("replica"),
+        replica_port,
+        Some(primary_port),
+    );
+    let mut r = connect(replica_port).await;
+    let behind = caught_up(&mut p, &mut r).await;
+    assert_eq!(behind.interactions, kept + 3 + 50);
+    assert_eq!(
+        (behind.replica_copies, behind.replica_resumes),
+        (0, 1),
+        "a replica five writes behind a killed primary's store takes them from it"
     );
 }

@@ -6,7 +6,8 @@
 #
 # STORE: a primary's store, filled first when it does not exist (the shop of the
 # `replica_cost` example: ITEMS items, EVENTS events, default 100000 and 1000000; its HNSW
-# graph saved). Runs target/release/souk-ranker and soukctl (RANKER=/path/to/souk-ranker
+# graph saved). Then the replica is killed, the primary takes 1,000 events and is killed
+# too, and both start again: the replica's start to in sync. Runs target/release/souk-ranker and soukctl (RANKER=/path/to/souk-ranker
 # to compare another build of the ranker: a store written by this build cannot be opened by
 # one before session 25); no encoder or graph runs. Each run adds an event to STORE.
 set -euo pipefail
@@ -48,7 +49,7 @@ primary=$(start "$store" 50190)
 wait_for 50190 "catalog:"
 echo "primary start: $(since "$t") s"
 t=$(now)
-start "$work/replica" 50191 50190 >/dev/null
+replica=$(start "$work/replica" 50191 50190)
 wait_for 50191 "in sync (takes"
 echo "replica's first copy: $(since "$t") s"
 target/release/soukctl --ranker-url http://127.0.0.1:50190 events load /dev/stdin >/dev/null <<EOF
@@ -59,7 +60,7 @@ sleep 1
 kill -9 "$primary"
 while kill -0 "$primary" 2>/dev/null; do sleep 0.01; done
 t=$(now)
-start "$store" 50190 >/dev/null
+primary=$(start "$store" 50190)
 wait_for 50190 "catalog:"
 echo "primary restart after kill -9: $(since "$t") s"
 until stats 50191 | grep -Eq "caught up since start: (2 by copying|1 by copying the whole store, 1 from)"; do
@@ -67,4 +68,31 @@ until stats 50191 | grep -Eq "caught up since start: (2 by copying|1 by copying 
 done
 wait_for 50191 "in sync (takes"
 echo "replica in sync again: $(since "$t") s after the primary's restart began"
+stats 50191 | grep -E "catalog:|caught up"
+
+# 2. The replica down while the primary takes 10 writes of 100 events and is killed; both
+# started again: the replica's start to in sync (its own store replayed, then the writes it
+# lacks, or a whole copy).
+kill -9 "$replica"
+while kill -0 "$replica" 2>/dev/null; do sleep 0.01; done
+python3 - "$work/events.csv" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("user_id,item_id,kind,value,timestamp_ms\n")
+    for i in range(1000):
+        f.write(f"behind{i % 37},p{i % 997:06d},click,1,{1700000000000 + i}\n")
+PY
+target/release/soukctl --ranker-url http://127.0.0.1:50190 events load "$work/events.csv" \
+  --batch-size 100 >/dev/null 2>&1
+kill -9 "$primary"
+while kill -0 "$primary" 2>/dev/null; do sleep 0.01; done
+start "$store" 50190 >/dev/null
+wait_for 50190 "catalog:"
+t=$(now)
+start "$work/replica" 50191 50190 >/dev/null
+until stats 50191 | grep -Eq "caught up since start: (1 by copying|0 by copying the whole store, 1 from)"; do
+  sleep 0.05
+done
+wait_for 50191 "in sync (takes"
+echo "replica behind the killed primary, restarted: in sync $(since "$t") s after its start"
 stats 50191 | grep -E "catalog:|caught up"

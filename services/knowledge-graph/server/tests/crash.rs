@@ -3,11 +3,12 @@
 //! again ends in exactly the state of an uninterrupted load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
+use souk_testkit::{Process, connect_when, free_port};
 use tonic::transport::Channel;
 
 const BATCH: usize = 2_000;
@@ -25,64 +26,24 @@ fn batch(i: usize) -> kg::LoadTriplesRequest {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server process, killed when the test ends however it ends (a failed assertion must not
-/// leave a `souk-kg` running).
-struct Server(Child);
-
-impl Server {
-    fn kill_9(&mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &std::path::Path, port: u16) -> Server {
-    Server(
-        Command::new(env!("CARGO_BIN_EXE_souk-kg"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+fn spawn(dir: &std::path::Path, port: u16) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_souk-kg"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir);
+    Process::spawn(command)
 }
 
 async fn connect(port: u16) -> KnowledgeGraphClient<Channel> {
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-        {
-            let mut client = KnowledgeGraphClient::new(channel);
-            if client.stats(kg::StatsRequest {}).await.is_ok() {
-                return client;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "souk-kg did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    connect_when(port, "souk-kg", async |channel| {
+        let mut client = KnowledgeGraphClient::new(channel);
+        client
+            .stats(kg::StatsRequest {})
+            .await
+            .is_ok()
+            .then_some(client)
+    })
+    .await
 }
 
 async fn triples(client: &mut KnowledgeGraphClient<Channel>) -> u64 {

@@ -6,41 +6,17 @@
 //! writes behind, takes them from the primary's store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
+use souk_testkit::{Process, connect_when, free_port};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A ranker process, killed when the test ends however it ends.
-struct Ranker(Child);
-
-impl Ranker {
-    fn kill_9(&mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Ranker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A ranker on `port` with its store in `dir`, following `primary` if given. No encoder or
 /// graph runs (events need neither).
-fn spawn(dir: &std::path::Path, port: u16, primary: Option<u16>) -> Ranker {
+fn spawn(dir: &std::path::Path, port: u16, primary: Option<u16>) -> Process {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_souk-ranker"));
     command
@@ -51,35 +27,19 @@ fn spawn(dir: &std::path::Path, port: u16, primary: Option<u16>) -> Ranker {
     if let Some(primary) = primary {
         command.args(["--primary", &format!("http://127.0.0.1:{primary}")]);
     }
-    Ranker(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    Process::spawn(command)
 }
 
 async fn connect(port: u16) -> RankerClient<Channel> {
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-        {
-            let mut client = RankerClient::new(channel);
-            if client.stats(rk::StatsRequest {}).await.is_ok() {
-                return client;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "souk-ranker did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    connect_when(port, "souk-ranker", async |channel| {
+        let mut client = RankerClient::new(channel);
+        client
+            .stats(rk::StatsRequest {})
+            .await
+            .is_ok()
+            .then_some(client)
+    })
+    .await
 }
 
 async fn stats(client: &mut RankerClient<Channel>) -> rk::StatsResponse {

@@ -1,0 +1,73 @@
+//! What the services' process tests share (tests that start a real server binary and kill it
+//! with SIGKILL): a free port, a server process that dies with the test however the test
+//! ends, and a client once the server answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+/// A port free on loopback a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process, killed when dropped (a failed assertion must not leave it running).
+pub struct Process(Child);
+
+impl Process {
+    /// Starts `command` with its output discarded.
+    pub fn spawn(mut command: Command) -> Self {
+        Self(
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The client `ready` makes of a channel to the server on `port`, once the server answers it
+/// (`ready` returns `None` until then); panics after 30 s naming `server`.
+pub async fn connect_when<T>(
+    port: u16,
+    server: &str,
+    mut ready: impl AsyncFnMut(Channel) -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+            && let Some(client) = ready(channel).await
+        {
+            return client;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{server} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

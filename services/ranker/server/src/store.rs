@@ -439,7 +439,13 @@ impl RankerStore {
         }
         let last = names.iter().map(|&(_, seq)| seq).max();
         names.retain(|&(_, seq)| Some(seq) == last);
-        names.dedup();
+        let mut unique = Vec::with_capacity(names.len());
+        for name in names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        let names = unique;
         let followed = closed.as_deref().and_then(|b| b.get(16)) == Some(&1)
             || models.contains_key(FOLLOWED_KEY).map_err(internal)?;
         let journal = Journal::new(names, followed);
@@ -550,7 +556,8 @@ impl RankerStore {
     /// The writes numbered after `after` (of `origin`) up to the first one the journal keeps
     /// in memory, rebuilt from their key lists with each key's value now, followed by the
     /// journal's; `None` when `(origin, after)` names no write the store holds, a list is
-    /// gone, or they pass [`RECENT_BYTES`].
+    /// gone or damaged, or they pass [`RECENT_BYTES`]. Read under the journal's lock: writes
+    /// wait meanwhile (a resume after a restart, at most [`RECENT_BYTES`] read).
     fn listed_since(
         &self,
         journal: &Journal,
@@ -563,9 +570,13 @@ impl RankerStore {
         let list = |seq: u64| -> Result<Option<Listed>, RankError> {
             for tree in trees {
                 if let Some(bytes) = self.tree(tree).get(list_key(seq)).map_err(internal)? {
-                    let (origin, keys) = listed(&bytes)
-                        .ok_or_else(|| internal(format!("write {seq}'s key list is damaged")))?;
-                    return Ok(Some((tree, origin, keys)));
+                    // Damaged: as if gone (the follower copies), never an error it would
+                    // meet again at each reconnection.
+                    let listed = listed(&bytes).map(|(origin, keys)| (tree, origin, keys));
+                    if listed.is_none() {
+                        tracing::warn!(seq, "a write's key list is damaged: a follower copies");
+                    }
+                    return Ok(listed);
                 }
             }
             Ok(None)
@@ -1569,6 +1580,8 @@ mod tests {
         assert_eq!(missed(&store, origin ^ 1, 2), None, "another origin");
         store.append_events(&[click("u4")]).unwrap();
         assert_eq!(missed(&store, origin, 2), Some(vec![3, 4, 5, 6, 7]));
+        store.events.insert(list_key(3), &[1, 2, 3][..]).unwrap();
+        assert_eq!(missed(&store, origin, 2), None, "a damaged list: a copy");
         // The window: lists of older writes go, two per write.
         for n in 0..LISTED_WRITES + 10 {
             store.append_events(&[click(&format!("w{n}"))]).unwrap();

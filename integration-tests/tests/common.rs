@@ -354,6 +354,7 @@ fn spawn_ranker(
         encoder_check_ms: watch.every_ms,
         reembed_on_model_change: watch.reembed,
         primary: replica.primary.map(String::from),
+        prepare_downgrade: false,
         server,
     };
     spawn(listener, move |l, stop| {

@@ -139,6 +139,7 @@ impl Suite {
             encoder_check_ms: 30_000,
             reembed_on_model_change: false,
             primary: None,
+            prepare_downgrade: false,
             server: server_args(&args.server, metrics(2)),
         };
         let (stop, watch) = tokio::sync::watch::channel(false);

@@ -66,6 +66,7 @@ async fn start_at(at: std::net::SocketAddr, dir: &Path, primary: Option<String>)
         encoder_check_ms: 60_000,
         reembed_on_model_change: false,
         primary,
+        prepare_downgrade: false,
         server: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

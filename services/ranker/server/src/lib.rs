@@ -104,6 +104,10 @@ pub struct RankerArgs {
     /// pod of a StatefulSet can be given the same URL (ARCHITECTURE.md, "Ranker replicas").
     #[arg(long, env = "SOUK_RANKER_PRIMARY")]
     pub primary: Option<String>,
+    /// Ready the stopped store in `--data-dir` for a build before session 25 (a rollback:
+    /// those builds cannot read the records this one keeps beside each write), then exit.
+    #[arg(long)]
+    pub prepare_downgrade: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -128,6 +132,16 @@ pub fn follows(primary: Option<&str>, hostname: Option<&str>) -> Option<String> 
 /// # Errors
 /// When the address cannot be bound, the store cannot be opened or the server fails.
 pub async fn run(args: RankerArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if args.prepare_downgrade {
+        let store = RankerStore::open(&args.data_dir)?;
+        let removed = store.prepare_downgrade()?;
+        tracing::info!(
+            data_dir = %args.data_dir.display(),
+            removed,
+            "store ready for a build before session 25"
+        );
+        return Ok(());
+    }
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(
         addr = %listener.local_addr()?,

@@ -611,6 +611,46 @@ impl RankerStore {
         Ok(Some(missed))
     }
 
+    /// Readies the store for a build before session 25, which reads the trees' own records of
+    /// this one ([`WRITTEN_KEY`], the key lists) as damaged items and events: removes them and
+    /// the journal's keys in models, and leaves that build's clean-stop record
+    /// ([`JOURNAL_KEY`]) naming the last write by its writer, so replicas holding it resume
+    /// under the older build too. Returns how many records it removed. Run on a stopped
+    /// store; nothing else changes.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub fn prepare_downgrade(&self) -> Result<usize, RankError> {
+        let mut last: Option<(u64, u64)> = None;
+        for tree in [&self.catalog, &self.events, &self.models] {
+            let written = tree.get(WRITTEN_KEY).map_err(internal)?;
+            if let Some(name) = written.as_deref().and_then(position_from)
+                && last.is_none_or(|(_, seq)| name.1 > seq)
+            {
+                last = Some(name);
+            }
+        }
+        let mut removed = 0;
+        for tree in [&self.catalog, &self.events, &self.models] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix([OWN]).keys() {
+                batch.remove(key.map_err(internal)?);
+                removed += 1;
+            }
+            tree.apply_batch(batch).map_err(internal)?;
+        }
+        for key in [NAMES_KEY, FOLLOWED_KEY] {
+            removed += usize::from(self.models.remove(key).map_err(internal)?.is_some());
+        }
+        if let Some(last) = last {
+            let followed = self.journal.lock().map_or(false, |j| j.keep_recent);
+            let record = [position_bytes(last), vec![u8::from(followed)]].concat();
+            self.models.insert(JOURNAL_KEY, record).map_err(internal)?;
+        }
+        self.db.flush().map_err(internal)?;
+        Ok(removed)
+    }
+
     /// Closes the store for writes, flushed. Called once the server has stopped; a write
     /// after it is an error. (Where the journal stands is in the store with every write, so a
     /// crash lets replicas resume as a clean stop does: see [`WRITTEN_KEY`].)
@@ -1595,6 +1635,48 @@ mod tests {
         );
         let (catalog, _) = store.load(usize::MAX).unwrap();
         assert_eq!(catalog.interactions(), 4 + LISTED_WRITES + 10);
+    }
+
+    /// Readied for an older build, a store holds nothing that build cannot read (no record of
+    /// the store's own in catalog or events, none of the new journal keys) and that build's
+    /// clean-stop record names the last write by its writer; opened again by this build, it
+    /// numbers on from it.
+    #[test]
+    fn a_store_readied_for_an_older_build_holds_only_what_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let origin = store.subscribe(None).unwrap().origin;
+        store.put_items(&items(3, 1)).unwrap();
+        store.append_events(&[click("u1"), click("u2")]).unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert!(store.prepare_downgrade().unwrap() >= 4);
+        for tree in [&store.catalog, &store.events] {
+            assert_eq!(tree.scan_prefix([OWN]).count(), 0);
+        }
+        for (key, value) in store.events.iter().map(Result::unwrap) {
+            assert_eq!(key.len(), 8);
+            serde_json::from_slice::<Interaction>(&value).unwrap();
+        }
+        assert!(store.catalog.iter().keys().all(|k| {
+            let k = k.unwrap();
+            k.as_ref() == PROBE_KEY || matches!(k.first(), Some(b'i' | b'v'))
+        }));
+        let models: Vec<_> = store.models.iter().keys().map(|k| k.unwrap()).collect();
+        assert_eq!(
+            models,
+            [JOURNAL_KEY],
+            "only the older build's clean-stop record"
+        );
+        let record = store.models.get(JOURNAL_KEY).unwrap().unwrap();
+        assert_eq!(
+            record.as_ref(),
+            [position_bytes((origin, 2)), vec![1]].concat()
+        );
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        store.append_events(&[click("u3")]).unwrap();
+        assert_eq!(missed(&store, origin, 2), Some(vec![3]));
     }
 
     /// A store an earlier version closed cleanly kept its position in one record, and numbers

@@ -643,7 +643,7 @@ impl RankerStore {
             removed += usize::from(self.models.remove(key).map_err(internal)?.is_some());
         }
         if let Some(last) = last {
-            let followed = self.journal.lock().map_or(false, |j| j.keep_recent);
+            let followed = self.journal.lock().is_ok_and(|j| j.keep_recent);
             let record = [position_bytes(last), vec![u8::from(followed)]].concat();
             self.models.insert(JOURNAL_KEY, record).map_err(internal)?;
         }

@@ -460,11 +460,8 @@ pub fn assert_invalid(status: &tonic::Status, what: &str) {
     );
 }
 
-/// A port nothing listens on now (bound and let go).
-pub fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
+/// A port nothing listens on now, never handed out before in this run.
+pub use souk_testkit::free_port;
 
 /// The text of `/metrics` on `port`.
 pub async fn scrape_metrics(port: u16) -> String {

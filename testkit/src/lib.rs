@@ -8,13 +8,23 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-/// A port free on loopback a moment ago.
+/// A port free on loopback a moment ago, and not handed out before by this process: the
+/// system may give the same free port to two binds in a row (a test's primary and replica
+/// then met on one port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
 }
 
 /// A server process, killed when dropped (a failed assertion must not leave it running).

@@ -177,7 +177,7 @@ pub(crate) fn stream_store(
             let (ready, tx, stopping) = (ready.clone(), tx.clone(), stopping.clone());
             tokio::task::spawn_blocking(move || send_snapshot(&ready, &tx, &stopping)).await
         };
-        let last = match copied {
+        let (numbered_by, last) = match copied {
             Ok(Ok(Some(last))) => last,
             // The replica went away, or the server stops.
             Ok(Ok(None)) => return,
@@ -223,6 +223,7 @@ pub(crate) fn stream_store(
         }
         let done = pb::StoreChange {
             seq: last,
+            numbered_by,
             snapshot_done: true,
             ..Default::default()
         };
@@ -263,7 +264,10 @@ async fn live(
 }
 
 fn to_change(change: &Change) -> pb::StoreChange {
-    to_pb(change.seq, change.tree, &change.writes)
+    pb::StoreChange {
+        numbered_by: change.origin,
+        ..to_pb(change.seq, change.tree, &change.writes)
+    }
 }
 
 fn behind() -> Status {
@@ -274,14 +278,14 @@ fn behind() -> Status {
 
 /// Sends every record of `ready`'s store in messages of [`SNAPSHOT_RECORDS`] or
 /// [`SNAPSHOT_BYTES`], then its HNSW graph in pieces of [`SNAPSHOT_BYTES`]; returns the
-/// number of the last write before the end of the copy, or `None` when the replica went away
-/// or the server stops (`stopping`: a graceful stop does not wait for a copy, which takes
+/// name of the last write before the end of the copy (see [`RankerStore::last_written`]),
+/// or `None` when the replica went away or the server stops (`stopping`: a graceful stop does not wait for a copy, which takes
 /// a minute at 100k items and 1M events; the replica copies again from the next primary).
 fn send_snapshot(
     ready: &Ready,
     tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,
     stopping: &watch::Receiver<bool>,
-) -> Result<Option<u64>, RankError> {
+) -> Result<Option<(u64, u64)>, RankError> {
     let mut message = pb::StoreChange::default();
     let mut bytes = 0;
     for record in ready.store.records() {
@@ -319,7 +323,7 @@ fn send_snapshot(
             return Ok(None);
         }
     }
-    ready.store.last_seq().map(Some)
+    ready.store.last_written().map(Some)
 }
 
 /// How a replica stands, for `Stats` and `/metrics`.
@@ -533,7 +537,7 @@ async fn follow_once(
     crate::check_model_now(ready).await;
     while let Some(message) = next(&mut stream).await.map_err(fail(true))? {
         let seq = message.seq;
-        let position = (origin, seq);
+        let position = (numbered(&message, origin), seq);
         let writes = by_tree(message.records).map_err(fail(true))?;
         let probe_changed = blocking(ready, move |ready| {
             apply_live(ready, &writes, position).inspect_err(|_| {
@@ -557,6 +561,20 @@ async fn follow_once(
     Ok(true)
 }
 
+/// The origin that numbered a write the stream sends (`origin`: the stream's), under which
+/// the replica keeps its position. A write numbered before the primary's start (sent from
+/// its store at a resume, or the last one of a copy before the primary's first write) keeps
+/// its earlier open's name, which the primary's later opens still know by the write's key
+/// list; under the stream's origin, a replica whose last kept write was such one would copy
+/// after the primary's next crash.
+fn numbered(message: &pb::StoreChange, origin: u64) -> u64 {
+    if message.numbered_by == 0 {
+        origin
+    } else {
+        message.numbered_by
+    }
+}
+
 /// The next message of the primary's stream; its errors as text.
 async fn next(
     stream: &mut tonic::Streaming<pb::StoreChange>,
@@ -570,7 +588,7 @@ async fn next(
 
 /// Copies the primary's store from its stream: empties this one, stores the snapshot's
 /// records and the writes during it, then rebuilds the catalog from the copy (as of the
-/// primary's write `snapshot_done` names, of `origin`).
+/// primary's write `snapshot_done` names; `origin`: the stream's).
 async fn copy(
     ready: &Arc<Ready>,
     url: &str,
@@ -588,7 +606,7 @@ async fn copy(
             return Err("the primary ended the stream during the copy".into());
         };
         if message.snapshot_done {
-            break message.seq;
+            break (numbered(&message, origin), message.seq);
         }
         graph.extend_from_slice(&message.graph);
         copied += message.records.len() as u64;
@@ -604,7 +622,7 @@ async fn copy(
     let graph_bytes = graph.len();
     let received = started.elapsed();
     blocking(ready, move |ready| {
-        take_copy(ready, &graph, (origin, last), ann_min_items)
+        take_copy(ready, &graph, last, ann_min_items)
     })
     .await?;
     let items = ready.ranker.catalog().read().map(|c| c.len()).unwrap_or(0);
@@ -747,6 +765,7 @@ mod tests {
     fn write(seq: u64, bytes: usize) -> Arc<Change> {
         Arc::new(Change {
             seq,
+            origin: 1,
             tree: TreeName::Events,
             writes: vec![(seq.to_be_bytes().to_vec(), Some(vec![0; bytes - 8]))],
         })

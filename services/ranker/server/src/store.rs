@@ -64,6 +64,10 @@ pub type Write = (Vec<u8>, Option<Vec<u8>>);
 #[derive(Debug)]
 pub struct Change {
     pub seq: u64,
+    /// The origin that numbered it: the journal's, or for a write taken from its key list
+    /// after a restart, the earlier open's that wrote it. A follower keeps its position
+    /// under this name, which every later open of the store still knows (by the list).
+    pub origin: u64,
     pub tree: TreeName,
     pub writes: Vec<Write>,
 }
@@ -165,6 +169,7 @@ impl Journal {
         }
         let change = Arc::new(Change {
             seq: self.seq,
+            origin: self.origin,
             tree,
             writes,
         });
@@ -379,6 +384,9 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// A write as its key list tells it: its tree, the origin that numbered it, its keys.
+type Listed = (TreeName, u64, Vec<Vec<u8>>);
+
 /// `writes` as one sled batch.
 fn batch<'a>(writes: impl IntoIterator<Item = &'a Write>) -> sled::Batch {
     let mut batch = sled::Batch::default();
@@ -521,7 +529,7 @@ impl RankerStore {
 
     /// Every write from now on, in order, and the number of the last write before them: what
     /// a replica needs besides a copy of the records ([`Self::records`]) and the number of the
-    /// last write the copy may miss ([`Self::last_seq`], read after it). The writes numbered
+    /// last write the copy may miss ([`Self::last_written`], read after it). The writes numbered
     /// from the one returned here + 1 to that last one all come through the receiver.
     ///
     /// `resume`: the origin and last write number of a follower's earlier stream; when this
@@ -564,35 +572,18 @@ impl RankerStore {
         origin: u64,
         after: u64,
     ) -> Result<Option<Vec<Arc<Change>>>, RankError> {
-        let trees = [TreeName::Catalog, TreeName::Events, TreeName::Models];
-        /// A write's tree, origin and keys.
-        type Listed = (TreeName, u64, Vec<Vec<u8>>);
-        let list = |seq: u64| -> Result<Option<Listed>, RankError> {
-            for tree in trees {
-                if let Some(bytes) = self.tree(tree).get(list_key(seq)).map_err(internal)? {
-                    // Damaged: as if gone (the follower copies), never an error it would
-                    // meet again at each reconnection.
-                    let listed = listed(&bytes).map(|(origin, keys)| (tree, origin, keys));
-                    if listed.is_none() {
-                        tracing::warn!(seq, "a write's key list is damaged: a follower copies");
-                    }
-                    return Ok(listed);
-                }
-            }
-            Ok(None)
-        };
         let through = journal.kept_after;
         if after >= through || after > journal.seq {
             return Ok(None);
         }
         let named = journal.continues.contains(&(origin, after))
-            || matches!(list(after)?, Some((_, writer, _)) if writer == origin);
+            || matches!(self.list(after)?, Some((_, writer, _)) if writer == origin);
         if !named {
             return Ok(None);
         }
         let (mut missed, mut bytes) = (Vec::new(), 0);
         for seq in after + 1..=through {
-            let Some((tree, _, keys)) = list(seq)? else {
+            let Some((tree, writer, keys)) = self.list(seq)? else {
                 return Ok(None);
             };
             let mut writes = Vec::with_capacity(keys.len());
@@ -600,7 +591,12 @@ impl RankerStore {
                 let value = self.tree(tree).get(&key).map_err(internal)?;
                 writes.push((key, value.map(|v| v.to_vec())));
             }
-            let change = Change { seq, tree, writes };
+            let change = Change {
+                seq,
+                origin: writer,
+                tree,
+                writes,
+            };
             bytes += change.bytes();
             if bytes > RECENT_BYTES {
                 return Ok(None);
@@ -609,6 +605,22 @@ impl RankerStore {
         }
         missed.extend(journal.recent.iter().filter(|c| c.seq > through).cloned());
         Ok(Some(missed))
+    }
+
+    /// Write `seq`'s tree, origin (the open that numbered it) and keys, from its key list;
+    /// `None` when the list is gone or damaged (as if gone: the follower copies, never an
+    /// error it would meet again at each reconnection).
+    fn list(&self, seq: u64) -> Result<Option<Listed>, RankError> {
+        for tree in [TreeName::Catalog, TreeName::Events, TreeName::Models] {
+            if let Some(bytes) = self.tree(tree).get(list_key(seq)).map_err(internal)? {
+                let listed = listed(&bytes).map(|(origin, keys)| (tree, origin, keys));
+                if listed.is_none() {
+                    tracing::warn!(seq, "a write's key list is damaged: a follower copies");
+                }
+                return Ok(listed);
+            }
+        }
+        Ok(None)
     }
 
     /// Readies the store for a build before session 25, which reads the trees' own records of
@@ -670,16 +682,25 @@ impl RankerStore {
         Ok(())
     }
 
-    /// The number of the last write applied.
+    /// The store's last write, named by the open that numbered it: (origin, number). Before
+    /// this open's first write that is an earlier open's, whose name every later open still
+    /// knows by the write's key list (this open's own name for it, only until the next open
+    /// after a write): a replica's copy takes it for its position.
     ///
     /// # Errors
-    /// When the journal's lock is poisoned.
-    pub fn last_seq(&self) -> Result<u64, RankError> {
-        Ok(self
+    /// When the journal's lock is poisoned or the store cannot be read.
+    pub fn last_written(&self) -> Result<(u64, u64), RankError> {
+        let journal = self
             .journal
             .lock()
-            .map_err(|_| internal("journal lock poisoned"))?
-            .seq)
+            .map_err(|_| internal("journal lock poisoned"))?;
+        let start = journal.continues.first().map_or(0, |&(_, seq)| seq);
+        if journal.seq == start
+            && let Some((_, writer, _)) = self.list(journal.seq)?
+        {
+            return Ok((writer, journal.seq));
+        }
+        Ok((journal.origin, journal.seq))
     }
 
     /// Every record of the store, tree by tree (each tree read as it is while it is read:
@@ -1580,6 +1601,54 @@ mod tests {
         );
         let names = store.models.get(NAMES_KEY).unwrap().unwrap();
         assert_eq!(names.len(), 16 * MAX_NAMES);
+    }
+
+    /// The writes a restarted primary sends from their key lists, and the last write of a
+    /// copy before its first own write, carry the name of the open that numbered them: a
+    /// follower that kept only some of them (killed before its store flushed the rest)
+    /// resumes from there, from the same primary and after the primary's next crash, since
+    /// every later open still knows that name by the write's list. The restarted primary's
+    /// own name for those numbers is no write's after its first write: a copy.
+    #[test]
+    fn writes_sent_from_their_lists_keep_the_name_of_their_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let first = store.subscribe(None).unwrap().origin;
+        for n in 0..4 {
+            store.append_events(&[click(&format!("u{n}"))]).unwrap();
+        }
+        drop(store); // no close
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.last_written().unwrap(),
+            (first, 4),
+            "a copy before this open's first write is as of the first open's write 4"
+        );
+        let resumed = store.subscribe(Some((first, 1))).unwrap();
+        let taken = resumed.missed.unwrap();
+        assert_eq!(
+            taken.iter().map(|c| (c.origin, c.seq)).collect::<Vec<_>>(),
+            [(first, 2), (first, 3), (first, 4)]
+        );
+        store.append_events(&[click("u4")]).unwrap();
+        assert_eq!(store.last_written().unwrap(), (resumed.origin, 5));
+        // The follower kept write 2 of them: the same primary sends 3 on.
+        assert_eq!(missed(&store, first, 2), Some(vec![3, 4, 5]));
+        assert_eq!(missed(&store, resumed.origin, 2), None);
+        drop(store); // a crash again
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(missed(&store, first, 2), Some(vec![3, 4, 5]));
+        assert_eq!(
+            missed(&store, first, 4),
+            Some(vec![5]),
+            "a copy's last write"
+        );
+        assert_eq!(missed(&store, resumed.origin, 5), Some(vec![]));
+        assert_eq!(
+            missed(&store, resumed.origin, 2),
+            None,
+            "write 2 was the first open's"
+        );
     }
 
     /// A primary restarted after a crash has lost the writes it kept in memory: a follower a

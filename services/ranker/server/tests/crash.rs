@@ -3,7 +3,8 @@
 //! takes the later ones instead of copying the whole store again; killed in the middle of a
 //! stream of writes, every write it answered is still there and the replica ends with exactly
 //! the primary's log, whichever way it caught up; a replica that was down meanwhile, a few
-//! writes behind, takes them from the primary's store.
+//! writes behind, takes them from the primary's store, also when its copy was as of a write
+//! an earlier run of the primary numbered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -159,7 +160,7 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
         assert_eq!(record(&mut p, 200_000 + 10 * i, 10).await.unwrap(), 10);
     }
     primary.kill_9();
-    let _primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut primary = spawn(&dir.path().join("primary"), primary_port, None);
     let mut p = connect(primary_port).await;
     let _replica = spawn(
         &dir.path().join("replica"),
@@ -173,5 +174,31 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
         (behind.replica_copies, behind.replica_resumes),
         (0, 1),
         "a replica five writes behind a killed primary's store takes them from it"
+    );
+
+    // A new replica copies from the restarted primary before its first write, and is down
+    // while the primary takes writes and dies: its copy is as of a write the primary's
+    // earlier run numbered, and the primary's next run still knows it by that name.
+    let second_port = free_port();
+    let second_dir = dir.path().join("second");
+    let mut second = spawn(&second_dir, second_port, Some(primary_port));
+    let mut s = connect(second_port).await;
+    let copied = caught_up(&mut p, &mut s).await;
+    assert_eq!((copied.replica_copies, copied.replica_resumes), (1, 0));
+    second.kill_9();
+    for i in 0..3 {
+        assert_eq!(record(&mut p, 300_000 + 10 * i, 10).await.unwrap(), 10);
+    }
+    primary.kill_9();
+    let _primary = spawn(&dir.path().join("primary"), primary_port, None);
+    let mut p = connect(primary_port).await;
+    let _second = spawn(&second_dir, second_port, Some(primary_port));
+    let mut s = connect(second_port).await;
+    let resumed = caught_up(&mut p, &mut s).await;
+    assert_eq!(resumed.interactions, kept + 3 + 50 + 30);
+    assert_eq!(
+        (resumed.replica_copies, resumed.replica_resumes),
+        (0, 1),
+        "a replica that copied before the primary's first write resumes after its next crash"
     );
 }

@@ -122,6 +122,8 @@ struct Journal {
     /// the store (a backup restored while replicas hold later writes of the original) would
     /// number other writes the same.
     continues: Vec<(u64, u64)>,
+    /// The store's last write when this open found it: numbering goes on from here.
+    start: u64,
     seq: u64,
     sender: tokio::sync::broadcast::Sender<Arc<Change>>,
     /// The latest writes, oldest first, at most [`RECENT_BYTES`] of them; kept once a
@@ -138,23 +140,22 @@ struct Journal {
 }
 
 impl Journal {
-    /// A journal of a new origin, numbering on from the store's last write `seq`, which
-    /// `continues` names (or from 0); it keeps its latest writes from the start when that
-    /// store was `followed` (its replicas reconnect after the first writes of a restarted
-    /// primary).
-    fn new(continues: Vec<(u64, u64)>, followed: bool) -> Self {
-        let seq = continues.first().map_or(0, |&(_, seq)| seq);
+    /// A journal of a new origin, numbering on from the store's last write `start`, which
+    /// `continues` names; it keeps its latest writes from the start when that store was
+    /// `followed` (its replicas reconnect after the first writes of a restarted primary).
+    fn new(start: u64, continues: Vec<(u64, u64)>, followed: bool) -> Self {
         Self {
             origin: draw_origin(),
             continues,
-            seq,
+            start,
+            seq: start,
             sender: tokio::sync::broadcast::channel(JOURNAL_CAPACITY).0,
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_budget: RECENT_BYTES,
             keep_recent: followed,
             closed: false,
-            kept_after: seq,
+            kept_after: start,
         }
     }
 
@@ -233,30 +234,18 @@ const POSITION_KEY: &[u8] = b"replica.position";
 
 /// Key in the models tree where a store closed cleanly by an earlier version kept its
 /// journal's origin and last write number (16 bytes, as [`POSITION_KEY`]) and whether anyone
-/// followed it (1 byte). Read (and taken out) at open; [`WRITTEN_KEY`], [`NAMES_KEY`] and
-/// [`FOLLOWED_KEY`] say the same now, crash or not.
+/// followed it (1 byte). Read (and taken out) at open; the key lists ([`LISTED_WRITES`]),
+/// [`NAMES_KEY`] and [`FOLLOWED_KEY`] say the same now, crash or not.
 const JOURNAL_KEY: &[u8] = b"journal.position";
 
 /// Key in the models tree holding the names (origin, number: 16 bytes each) of the store's
 /// last write as an open found it, the new origin's among them (replicas copy from a primary
 /// that has not written yet, and their position then names its origin), written at each
-/// open; at most [`MAX_NAMES`]. Outdated by the next write ([`WRITTEN_KEY`] is then later).
+/// open; at most [`MAX_NAMES`]. Outdated by the next write (its key list is then later).
 const NAMES_KEY: &[u8] = b"journal.names";
 
 /// The most names [`NAMES_KEY`] keeps (opens without a write in between each add one).
 const MAX_NAMES: usize = 16;
-
-/// Key in each of the three trees where a primary keeps the origin and number of its last
-/// write to that tree (16 bytes, as [`POSITION_KEY`]), in the same atomic batch as the
-/// write: opened again after a crash as after a clean stop, the store numbers on from the
-/// latest of the three, so a replica that held exactly the writes the store kept resumes
-/// instead of copying it. (sled recovers a prefix of its log and every write is flushed
-/// before it is answered, so the store holds every write up to that one. A replica that took
-/// a write the crash lost is at a later number: it copies.) No item, event or model key
-/// starts with [`OWN`].
-const WRITTEN_KEY: &[u8] = &[
-    OWN, b'j', b'o', b'u', b'r', b'n', b'a', b'l', b'.', b'w', b'r', b'i', b't', b't', b'e', b'n',
-];
 
 /// Keys of the store's own records in the catalog and events trees (and in models) start
 /// with this byte, which no item, event or model key does.
@@ -265,11 +254,18 @@ const OWN: u8 = 0xff;
 /// Each write also lists the keys it set or removed, in its own tree under `[OWN, b'w',
 /// number]` (value: the writing origin, then each key as a little-endian u32 length and its
 /// bytes), in the same atomic batch; a write drops its tree's lists older than
-/// [`LISTED_WRITES`] writes. A primary restarted after a crash has lost the writes it kept in
-/// memory, so a replica a few writes behind its last stored one would copy the whole store;
-/// from these lists it sends those writes again instead, each key with its value now (the
-/// replica ends in the same state: every later write is sent too, and no two writes set the
-/// same event key). See [`RankerStore::subscribe`].
+/// [`LISTED_WRITES`] writes, never the tree's newest.
+///
+/// The newest list of the three trees names the store's last write: opened again after a
+/// crash as after a clean stop, the store numbers on from it, so a replica that held exactly
+/// the writes the store kept resumes instead of copying it. (sled recovers a prefix of its
+/// log and every write is flushed before it is answered, so the store holds every write up
+/// to that one. A replica that took a write the crash lost is at a later number: it copies.)
+/// And a primary restarted after a crash has lost the writes it kept in memory, so a replica
+/// a few writes behind its last stored one would copy the whole store; from these lists it
+/// sends those writes again instead, each key with its value now (the replica ends in the
+/// same state: every later write is sent too, and no two writes set the same event key). See
+/// [`RankerStore::subscribe`]. No item, event or model key starts with [`OWN`].
 const LISTED_WRITES: u64 = 4096;
 
 fn list_key(seq: u64) -> Vec<u8> {
@@ -283,6 +279,28 @@ fn list_bytes(origin: u64, writes: &[Write]) -> Vec<u8> {
         bytes.extend(key);
     }
     bytes
+}
+
+/// The store's last write as the newest key list of `trees` tells it: its number, and the
+/// origin that numbered it (`None` when that list is damaged); `None` when no tree holds a
+/// list (a new store, or one last written by a build before session 25).
+fn last_listed(trees: [&sled::Tree; 3]) -> Result<Option<(u64, Option<u64>)>, RankError> {
+    let mut last: Option<(u64, Option<u64>)> = None;
+    for tree in trees {
+        let newest = tree.scan_prefix([OWN, b'w']).next_back();
+        let Some((key, value)) = newest.transpose().map_err(internal)? else {
+            continue;
+        };
+        let Some(seq) = key.get(2..).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            continue;
+        };
+        let seq = u64::from_be_bytes(seq);
+        if last.is_none_or(|(last, _)| seq > last) {
+            let origin = value.first_chunk::<8>().map(|o| u64::from_be_bytes(*o));
+            last = Some((seq, origin));
+        }
+    }
+    Ok(last)
 }
 
 /// The origin and keys of a [`list_bytes`] record; `None` when it is damaged.
@@ -426,9 +444,9 @@ impl RankerStore {
         let catalog = db.open_tree("catalog").map_err(internal)?;
         let events = db.open_tree("events").map_err(internal)?;
         let models = db.open_tree("models").map_err(internal)?;
-        // Where numbering goes on: the store's last write, by every name it has (the latest
-        // write of each tree, what the last open named, what an earlier version's clean
-        // close left).
+        // Where numbering goes on: the store's last write, by every name it has (its key
+        // list's writer, what the last open named, what an earlier version's clean close
+        // left).
         let closed = models.remove(JOURNAL_KEY).map_err(internal)?;
         let mut names: Vec<(u64, u64)> = closed
             .as_deref()
@@ -441,12 +459,17 @@ impl RankerStore {
                 .iter()
                 .flat_map(|b| b.chunks_exact(16).filter_map(position_from)),
         );
-        for tree in [&catalog, &events, &models] {
-            let written = tree.get(WRITTEN_KEY).map_err(internal)?;
-            names.extend(written.as_deref().and_then(position_from));
+        let listed = last_listed([&catalog, &events, &models])?;
+        if let Some((seq, Some(writer))) = listed {
+            names.push((writer, seq));
         }
-        let last = names.iter().map(|&(_, seq)| seq).max();
-        names.retain(|&(_, seq)| Some(seq) == last);
+        let start = names
+            .iter()
+            .map(|&(_, seq)| seq)
+            .chain(listed.map(|(seq, _)| seq))
+            .max()
+            .unwrap_or(0);
+        names.retain(|&(_, seq)| seq == start);
         let mut unique = Vec::with_capacity(names.len());
         for name in names {
             if !unique.contains(&name) {
@@ -456,7 +479,7 @@ impl RankerStore {
         let names = unique;
         let followed = closed.as_deref().and_then(|b| b.get(16)) == Some(&1)
             || models.contains_key(FOLLOWED_KEY).map_err(internal)?;
-        let journal = Journal::new(names, followed);
+        let journal = Journal::new(start, names, followed);
         let mut named: Vec<u8> = journal
             .continues
             .iter()
@@ -512,7 +535,6 @@ impl RankerStore {
             }
             let seq = journal.seq + 1;
             let target = self.tree(tree);
-            batch.insert(WRITTEN_KEY, position_bytes((journal.origin, seq)));
             batch.insert(list_key(seq), list_bytes(journal.origin, &writes));
             // A write drops up to two lists past the window: a tree written rarely still
             // sheds its old ones.
@@ -624,7 +646,7 @@ impl RankerStore {
     }
 
     /// Readies the store for a build before session 25, which reads the trees' own records of
-    /// this one ([`WRITTEN_KEY`], the key lists) as damaged items and events: removes them and
+    /// this one (the key lists) as damaged items and events: removes them and
     /// the journal's keys in models, and leaves that build's clean-stop record
     /// ([`JOURNAL_KEY`]) naming the last write by its writer, so replicas holding it resume
     /// under the older build too. Returns how many records it removed. Run on a stopped
@@ -633,15 +655,7 @@ impl RankerStore {
     /// # Errors
     /// When the store cannot be read or written.
     pub fn prepare_downgrade(&self) -> Result<usize, RankError> {
-        let mut last: Option<(u64, u64)> = None;
-        for tree in [&self.catalog, &self.events, &self.models] {
-            let written = tree.get(WRITTEN_KEY).map_err(internal)?;
-            if let Some(name) = written.as_deref().and_then(position_from)
-                && last.is_none_or(|(_, seq)| name.1 > seq)
-            {
-                last = Some(name);
-            }
-        }
+        let last = self.last_written()?;
         let mut removed = 0;
         for tree in [&self.catalog, &self.events, &self.models] {
             let mut batch = sled::Batch::default();
@@ -654,7 +668,7 @@ impl RankerStore {
         for key in [NAMES_KEY, FOLLOWED_KEY] {
             removed += usize::from(self.models.remove(key).map_err(internal)?.is_some());
         }
-        if let Some(last) = last {
+        if last.1 > 0 {
             let followed = self.journal.lock().is_ok_and(|j| j.keep_recent);
             let record = [position_bytes(last), vec![u8::from(followed)]].concat();
             self.models.insert(JOURNAL_KEY, record).map_err(internal)?;
@@ -665,7 +679,7 @@ impl RankerStore {
 
     /// Closes the store for writes, flushed. Called once the server has stopped; a write
     /// after it is an error. (Where the journal stands is in the store with every write, so a
-    /// crash lets replicas resume as a clean stop does: see [`WRITTEN_KEY`].)
+    /// crash lets replicas resume as a clean stop does: see [`LISTED_WRITES`].)
     ///
     /// # Errors
     /// When the journal's lock is poisoned or the store cannot be written.
@@ -694,8 +708,7 @@ impl RankerStore {
             .journal
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
-        let start = journal.continues.first().map_or(0, |&(_, seq)| seq);
-        if journal.seq == start
+        if journal.seq == journal.start
             && let Some((_, writer, _)) = self.list(journal.seq)?
         {
             return Ok((writer, journal.seq));
@@ -1415,7 +1428,7 @@ mod tests {
     /// dropped, a number it never reached) it copies the store.
     #[test]
     fn a_follower_resumes_only_while_the_journal_kept_every_later_write() {
-        let mut journal = Journal::new(Vec::new(), false);
+        let mut journal = Journal::new(0, Vec::new(), false);
         journal.recent_budget = 1000;
         // Before anyone follows, nothing is kept (a store nobody follows holds no copies).
         journal.push(TreeName::Events, vec![event_write(1, 100)]);
@@ -1601,6 +1614,11 @@ mod tests {
         );
         let names = store.models.get(NAMES_KEY).unwrap().unwrap();
         assert_eq!(names.len(), 16 * MAX_NAMES);
+        // The last write's list damaged: its writer is unknown, its number is not reused.
+        store.catalog.insert(list_key(5), &[1, 2][..]).unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.subscribe(None).unwrap().seq, 5);
     }
 
     /// The writes a restarted primary sends from their key lists, and the last write of a
@@ -1757,7 +1775,9 @@ mod tests {
         store.append_events(&[click("u1")]).unwrap();
         let old = 77;
         for tree in [&store.catalog, &store.events, &store.models] {
-            tree.remove(WRITTEN_KEY).unwrap();
+            for key in tree.scan_prefix([OWN, b'w']).keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
         }
         store.models.remove(NAMES_KEY).unwrap();
         let record = [position_bytes((old, 9)), vec![1]].concat();

@@ -279,8 +279,9 @@ fn behind() -> Status {
 /// Sends every record of `ready`'s store in messages of [`SNAPSHOT_RECORDS`] or
 /// [`SNAPSHOT_BYTES`], then its HNSW graph in pieces of [`SNAPSHOT_BYTES`]; returns the
 /// name of the last write before the end of the copy (see [`RankerStore::last_written`]),
-/// or `None` when the replica went away or the server stops (`stopping`: a graceful stop does not wait for a copy, which takes
-/// a minute at 100k items and 1M events; the replica copies again from the next primary).
+/// or `None` when the replica went away or the server stops (`stopping`: a graceful stop
+/// does not wait for a copy, which takes a minute at 100k items and 1M events; the replica
+/// copies again from the next primary).
 fn send_snapshot(
     ready: &Ready,
     tx: &mpsc::Sender<Result<pb::StoreChange, Status>>,

@@ -1548,9 +1548,10 @@ mod tests {
 
     /// A primary that crashed numbers on from the last write its store kept, as a clean stop
     /// does: a follower at exactly that write resumes, one behind it takes the writes it lacks
-    /// from their key lists, one ahead of it (it took a write the crash lost) copies. The last write is
-    /// named by every origin that found it so: a replica that copied from a restarted primary
-    /// before its first write holds that primary's origin.
+    /// from their key lists, one ahead of it (it took a write the crash lost) copies. The last
+    /// write is named by every origin that found it so: a replica that copied from a
+    /// restarted primary before its first write holds that primary's origin when the write
+    /// has no key list (an earlier build's) or the replica is an earlier build.
     #[test]
     fn a_crashed_store_lets_followers_at_its_last_kept_write_resume() {
         let dir = tempfile::tempdir().unwrap();

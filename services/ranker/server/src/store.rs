@@ -124,7 +124,14 @@ struct Journal {
     continues: Vec<(u64, u64)>,
     /// The store's last write when this open found it: numbering goes on from here.
     start: u64,
+    /// The last write numbered (applied to the trees, maybe not yet flushed).
     seq: u64,
+    /// The last write handed on to followers: every write up to it is flushed. A follower
+    /// never holds a write the store could lose to a crash, so a replica that followed a
+    /// killed primary is never ahead of what it kept (it would copy the whole store).
+    sent: u64,
+    /// Writes numbered but not yet flushed, oldest first, waiting for [`Journal::release`].
+    unflushed: VecDeque<(u64, TreeName, Vec<Write>)>,
     sender: tokio::sync::broadcast::Sender<Arc<Change>>,
     /// The latest writes, oldest first, at most [`RECENT_BYTES`] of them; kept once a
     /// follower subscribed (a store nobody follows keeps none).
@@ -149,6 +156,8 @@ impl Journal {
             continues,
             start,
             seq: start,
+            sent: start,
+            unflushed: VecDeque::new(),
             sender: tokio::sync::broadcast::channel(JOURNAL_CAPACITY).0,
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -159,17 +168,39 @@ impl Journal {
         }
     }
 
-    /// Numbers a write just applied and hands it on.
-    fn push(&mut self, tree: TreeName, writes: Vec<Write>) {
+    /// Numbers a write just applied; it waits until a flush passed it ([`Self::release`]).
+    fn push(&mut self, tree: TreeName, writes: Vec<Write>) -> u64 {
         self.seq += 1;
+        self.unflushed.push_back((self.seq, tree, writes));
+        self.seq
+    }
+
+    /// Hands on every write numbered up to `flushed`, in order: a flush that began after
+    /// write `flushed` was applied returned, so the store keeps them all through a crash
+    /// (sled recovers a prefix of its log).
+    fn release(&mut self, flushed: u64) {
+        while self
+            .unflushed
+            .front()
+            .is_some_and(|(seq, ..)| *seq <= flushed)
+        {
+            let Some((seq, tree, writes)) = self.unflushed.pop_front() else {
+                break;
+            };
+            self.hand_on(seq, tree, writes);
+        }
+    }
+
+    fn hand_on(&mut self, seq: u64, tree: TreeName, writes: Vec<Write>) {
+        self.sent = seq;
         if !self.keep_recent {
-            self.kept_after = self.seq;
+            self.kept_after = seq;
             if self.sender.receiver_count() == 0 {
                 return;
             }
         }
         let change = Arc::new(Change {
-            seq: self.seq,
+            seq,
             origin: self.origin,
             tree,
             writes,
@@ -193,7 +224,7 @@ impl Journal {
     /// where the store it continues was closed) and it kept every one of them.
     fn since(&self, origin: u64, after: u64) -> Option<Vec<Arc<Change>>> {
         let ours = origin == self.origin || self.continues.contains(&(origin, after));
-        (ours && self.kept_after <= after && after <= self.seq).then(|| {
+        (ours && self.kept_after <= after && after <= self.sent).then(|| {
             self.recent
                 .iter()
                 .filter(|change| change.seq > after)
@@ -259,8 +290,9 @@ const OWN: u8 = 0xff;
 /// The newest list of the three trees names the store's last write: opened again after a
 /// crash as after a clean stop, the store numbers on from it, so a replica that held exactly
 /// the writes the store kept resumes instead of copying it. (sled recovers a prefix of its
-/// log and every write is flushed before it is answered, so the store holds every write up
-/// to that one. A replica that took a write the crash lost is at a later number: it copies.)
+/// log and every write is flushed before it is answered or handed to a follower, so the
+/// store holds every write up to that one and every write a replica took. A replica at a
+/// later number, which only a store restored from a backup can meet, copies.)
 /// And a primary restarted after a crash has lost the writes it kept in memory, so a replica
 /// a few writes behind its last stored one would copy the whole store; from these lists it
 /// sends those writes again instead, each key with its value now (the replica ends in the
@@ -519,11 +551,11 @@ impl RankerStore {
         }
     }
 
-    /// Applies `writes` to `tree` atomically and durably, numbers them and hands them to the
-    /// replicas following this store, in the order they were applied.
+    /// Applies `writes` to `tree` atomically and durably, numbers them and, once flushed,
+    /// hands them to the replicas following this store, in the order they were applied.
     fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
         let mut batch = batch(&writes);
-        {
+        let seq = {
             // Applied and numbered under one lock, so replicas see writes in the order the
             // store took them. The flush, the slow part, is outside it.
             let mut journal = self
@@ -543,9 +575,15 @@ impl RankerStore {
                 batch.remove(old.map_err(internal)?);
             }
             target.apply_batch(batch).map_err(internal)?;
-            journal.push(tree, writes);
-        }
+            journal.push(tree, writes)
+        };
         self.db.flush().map_err(internal)?;
+        // Writes applied before this one are flushed too (they were applied before the flush
+        // began): a flush that returns first hands on the writes of those still in theirs.
+        self.journal
+            .lock()
+            .map_err(|_| internal("journal lock poisoned"))?
+            .release(seq);
         Ok(())
     }
 
@@ -577,7 +615,7 @@ impl RankerStore {
         }
         Ok(Subscription {
             changes: journal.sender.subscribe(),
-            seq: journal.seq,
+            seq: journal.sent,
             origin: journal.origin,
             missed,
         })
@@ -595,7 +633,7 @@ impl RankerStore {
         after: u64,
     ) -> Result<Option<Vec<Arc<Change>>>, RankError> {
         let through = journal.kept_after;
-        if after >= through || after > journal.seq {
+        if after >= through || after > journal.sent {
             return Ok(None);
         }
         let named = journal.continues.contains(&(origin, after))
@@ -693,6 +731,8 @@ impl RankerStore {
         }
         journal.closed = true;
         self.db.flush().map_err(internal)?;
+        let last = journal.seq;
+        journal.release(last);
         Ok(())
     }
 
@@ -1423,6 +1463,46 @@ mod tests {
         (vec![n], Some(vec![n; bytes - 1]))
     }
 
+    /// Numbers `write` and hands it on as its flush returned.
+    fn flushed(journal: &mut Journal, write: Write) {
+        let seq = journal.push(TreeName::Events, vec![write]);
+        journal.release(seq);
+    }
+
+    /// A write reaches followers only once flushed, in order: writes whose flushes return
+    /// out of order (concurrent writers) are handed on with the first flush past them. A
+    /// follower handed a write the store then lost to a crash would be ahead of the
+    /// restarted primary, and copy the whole store.
+    #[test]
+    fn a_write_reaches_followers_only_once_flushed() {
+        let mut journal = Journal::new(7, Vec::new(), true);
+        let mut follower = journal.sender.subscribe();
+        let (a, b) = (
+            journal.push(TreeName::Events, vec![event_write(1, 10)]),
+            journal.push(TreeName::Catalog, vec![event_write(2, 10)]),
+        );
+        assert_eq!((a, b), (8, 9));
+        assert!(follower.try_recv().is_err(), "handed on before its flush");
+        assert_eq!(journal.sent, 7);
+        assert!(
+            journal.since(journal.origin, 8).is_none(),
+            "write 8 is not out yet"
+        );
+        // The second writer's flush returns first: it covers both writes.
+        journal.release(b);
+        let seqs: Vec<u64> = std::iter::from_fn(|| follower.try_recv().ok())
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, vec![8, 9]);
+        journal.release(a);
+        assert!(follower.try_recv().is_err(), "handed on twice");
+        assert_eq!(journal.sent, 9);
+        let c = journal.push(TreeName::Events, vec![event_write(3, 10)]);
+        assert_eq!(journal.since(journal.origin, 8).map(|m| m.len()), Some(1));
+        journal.release(c);
+        assert_eq!(follower.try_recv().map(|c| c.seq).ok(), Some(10));
+    }
+
     /// A replica that restarts resumes after its last write when the primary kept every
     /// later one: exactly those, in order; otherwise (another origin, a write the journal
     /// dropped, a number it never reached) it copies the store.
@@ -1431,12 +1511,12 @@ mod tests {
         let mut journal = Journal::new(0, Vec::new(), false);
         journal.recent_budget = 1000;
         // Before anyone follows, nothing is kept (a store nobody follows holds no copies).
-        journal.push(TreeName::Events, vec![event_write(1, 100)]);
+        flushed(&mut journal, event_write(1, 100));
         assert!(journal.recent.is_empty());
         assert!(journal.since(journal.origin, 0).is_none());
         journal.keep_recent = true;
         for n in 2..=9 {
-            journal.push(TreeName::Events, vec![event_write(n, 100)]);
+            flushed(&mut journal, event_write(n, 100));
         }
         let origin = journal.origin;
         let seqs = |journal: &Journal, after| {
@@ -1460,13 +1540,13 @@ mod tests {
         assert!(journal.since(origin ^ 1, 6).is_none(), "another origin");
         // Past its bytes the oldest go: 1,000 bytes hold ten 100-byte writes.
         for n in 10..=14 {
-            journal.push(TreeName::Events, vec![event_write(n, 100)]);
+            flushed(&mut journal, event_write(n, 100));
         }
         assert_eq!(journal.recent_bytes, 1000);
         assert_eq!(seqs(&journal, 3), None);
         assert_eq!(seqs(&journal, 4), Some((5..=14).collect()));
         // One write over the budget is handed on but not kept.
-        journal.push(TreeName::Events, vec![event_write(15, 2000)]);
+        flushed(&mut journal, event_write(15, 2000));
         assert_eq!((journal.recent.len(), journal.recent_bytes), (0, 0));
         assert_eq!(seqs(&journal, 14), None);
         assert_eq!(seqs(&journal, 15), Some(vec![]));
@@ -1548,7 +1628,8 @@ mod tests {
 
     /// A primary that crashed numbers on from the last write its store kept, as a clean stop
     /// does: a follower at exactly that write resumes, one behind it takes the writes it lacks
-    /// from their key lists, one ahead of it (it took a write the crash lost) copies. The last
+    /// from their key lists, one ahead of it (a write the store lost: a backup restored)
+    /// copies. The last
     /// write is named by every origin that found it so: a replica that copied from a
     /// restarted primary before its first write holds that primary's origin when the write
     /// has no key list (an earlier build's) or the replica is an earlier build.

@@ -111,6 +111,73 @@ struct History {
     long: Option<Box<LongHistory>>,
 }
 
+impl History {
+    /// Takes in one event of item `item` (CF id) weighing `weight`: `None` when the user
+    /// touched the item before; the first time, the CF ids of their recent items it now
+    /// co-occurs with ([`Catalog::record`] counts each pair). Depends on this history alone,
+    /// so [`Catalog::forget`] finds the pairs a user's events counted by taking them again.
+    fn take(&mut self, event: &Interaction, item: u32, weight: f32) -> Option<Vec<u32>> {
+        let known = match &self.long {
+            Some(long) => long.position.get(&item).map(|&p| p as usize),
+            None => self.cf.iter().position(|&c| c == item),
+        };
+        if let Some(at) = known {
+            let entry = &mut self.entries[at];
+            entry.weight += weight;
+            entry.last_ms = entry.last_ms.max(event.timestamp_ms);
+            if kind_rank(event.kind) > kind_rank(entry.kind) {
+                entry.kind = event.kind;
+            }
+            let last_ms = entry.last_ms;
+            if let Some(long) = &mut self.long {
+                long.touched(at as u32, item, last_ms);
+            }
+            return None;
+        }
+        // First time this user touches this item: it co-occurs with their recent items.
+        let neighbours: Vec<u32> = match &self.long {
+            Some(long) => long.recent.iter().map(|&(_, _, cf)| cf).collect(),
+            // The HISTORY_WINDOW most recent, in the order a stable sort by recency gives
+            // (most recent first, of equal times the first touched first), as a long
+            // history's index keeps them.
+            None => {
+                let mut recent: Vec<(Reverse<i64>, u32, u32)> = self
+                    .entries
+                    .iter()
+                    .zip(&self.cf)
+                    .enumerate()
+                    .map(|(i, (e, &cf))| (Reverse(e.last_ms), i as u32, cf))
+                    .collect();
+                if recent.len() > HISTORY_WINDOW {
+                    recent.select_nth_unstable(HISTORY_WINDOW);
+                    recent.truncate(HISTORY_WINDOW);
+                }
+                recent.sort_unstable();
+                recent.into_iter().map(|(_, _, cf)| cf).collect()
+            }
+        };
+        let at = self.entries.len() as u32;
+        self.entries.push(HistoryEntry {
+            item_id: event.item_id.clone(),
+            kind: event.kind,
+            weight,
+            last_ms: event.timestamp_ms,
+        });
+        self.cf.push(item);
+        match &mut self.long {
+            Some(long) => {
+                long.position.insert(item, at);
+                long.touched(at, item, event.timestamp_ms);
+            }
+            None if self.entries.len() >= LONG_HISTORY => {
+                self.long = Some(Box::new(LongHistory::new(&self.entries, &self.cf)));
+            }
+            None => {}
+        }
+        Some(neighbours)
+    }
+}
+
 /// What [`Catalog::record`] reads of a long history without scanning it.
 #[derive(Debug, Default)]
 struct LongHistory {
@@ -1094,6 +1161,73 @@ impl Catalog {
         self.record_event(event, true);
     }
 
+    /// Forgets shoppers (a request to erase them): `events`, every stored event of some
+    /// users in the order they were recorded, are taken out of what they moved. Each of
+    /// those users' history goes, and what their events added is subtracted: popularity,
+    /// users per item, the event count, and each co-occurrence pair their histories counted
+    /// (found by taking their events again into an empty history: a history's pairs depend
+    /// on it alone). The result is what a replay of the log without them gives, except where
+    /// a co-occurrence row was cut back (see [`COOCCURRENCE_ROW`]): a pair the cut dropped
+    /// stays out, and one it kept instead of a pair the replay keeps stays in, until the next
+    /// start replays the log. A trained CF model keeps what it learnt from them until it is
+    /// trained again. Events of users with no history here are skipped. Returns the events
+    /// taken out.
+    pub fn forget(&mut self, events: &[Interaction]) -> usize {
+        let mut taken: HashMap<UserKey, History> = HashMap::new();
+        for event in events {
+            if !taken.contains_key(&event.user) && self.histories.remove(&event.user).is_some() {
+                taken.insert(event.user.clone(), History::default());
+            }
+        }
+        let mut forgotten = 0;
+        for event in events {
+            let Some(history) = taken.get_mut(&event.user) else {
+                continue;
+            };
+            forgotten += 1;
+            self.interactions = self.interactions.saturating_sub(1);
+            let weight = event.weight();
+            if let Some(popularity) = self.popularity.get_mut(&event.item_id) {
+                let old = *popularity;
+                // Weights are small multiples of 1/4: sums and differences are exact.
+                let mut new = old - weight;
+                if new <= 0.0 {
+                    new = 0.0;
+                    self.popularity.remove(&event.item_id);
+                } else {
+                    *popularity = new;
+                }
+                if let Some(&slot) = self.by_id.get(&event.item_id)
+                    && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
+                {
+                    entry.popularity = new;
+                    self.rank_popularity(slot, old, new);
+                }
+            }
+            let Some(&item) = self.cf_ids.get(&event.item_id) else {
+                continue;
+            };
+            let Some(neighbours) = history.take(event, item, weight) else {
+                continue;
+            };
+            if let Some(users) = self.item_users.get_mut(item as usize) {
+                *users = users.saturating_sub(1);
+            }
+            for other in neighbours {
+                if let Some(row) = self.cooccurrence.get_mut(item as usize) {
+                    row.subtract(other, 1.0);
+                }
+                if let Some(row) = self.cooccurrence.get_mut(other as usize) {
+                    row.subtract(item, 1.0);
+                }
+            }
+        }
+        if forgotten > 0 {
+            self.max_popularity = self.popularity.values().copied().fold(0.0, f32::max);
+        }
+        forgotten
+    }
+
     /// Records every event of a log as [`Self::record`] does, in order, and orders the items
     /// by popularity once at the end instead of moving one item per event: what a start's
     /// replay of the stored log does.
@@ -1134,64 +1268,10 @@ impl Catalog {
         }
         let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
-        let known = match &history.long {
-            Some(long) => long.position.get(&item).map(|&p| p as usize),
-            None => history.cf.iter().position(|&c| c == item),
-        };
-        if let Some(at) = known {
-            let entry = &mut history.entries[at];
-            entry.weight += weight;
-            entry.last_ms = entry.last_ms.max(event.timestamp_ms);
-            if kind_rank(event.kind) > kind_rank(entry.kind) {
-                entry.kind = event.kind;
-            }
-            let last_ms = entry.last_ms;
-            if let Some(long) = &mut history.long {
-                long.touched(at as u32, item, last_ms);
-            }
+        let Some(neighbours) = history.take(event, item, weight) else {
             return;
-        }
-        // First time this user touches this item: it co-occurs with their recent items.
-        self.item_users[item as usize] += 1;
-        let neighbours: Vec<u32> = match &history.long {
-            Some(long) => long.recent.iter().map(|&(_, _, cf)| cf).collect(),
-            // The HISTORY_WINDOW most recent, in the order a stable sort by recency gives
-            // (most recent first, of equal times the first touched first), as a long
-            // history's index keeps them.
-            None => {
-                let mut recent: Vec<(Reverse<i64>, u32, u32)> = history
-                    .entries
-                    .iter()
-                    .zip(&history.cf)
-                    .enumerate()
-                    .map(|(i, (e, &cf))| (Reverse(e.last_ms), i as u32, cf))
-                    .collect();
-                if recent.len() > HISTORY_WINDOW {
-                    recent.select_nth_unstable(HISTORY_WINDOW);
-                    recent.truncate(HISTORY_WINDOW);
-                }
-                recent.sort_unstable();
-                recent.into_iter().map(|(_, _, cf)| cf).collect()
-            }
         };
-        let at = history.entries.len() as u32;
-        history.entries.push(HistoryEntry {
-            item_id: event.item_id.clone(),
-            kind: event.kind,
-            weight,
-            last_ms: event.timestamp_ms,
-        });
-        history.cf.push(item);
-        match &mut history.long {
-            Some(long) => {
-                long.position.insert(item, at);
-                long.touched(at, item, event.timestamp_ms);
-            }
-            None if history.entries.len() >= LONG_HISTORY => {
-                history.long = Some(Box::new(LongHistory::new(&history.entries, &history.cf)));
-            }
-            None => {}
-        }
+        self.item_users[item as usize] += 1;
         let keep = self.cooccurrence_row;
         // Each count waits on memory (a row of 100k, a slot in it): the rows and then the
         // slots are prefetched for all neighbours before any is counted, so that the misses
@@ -1710,6 +1790,99 @@ mod tests {
             };
             assert_eq!(scores(&replayed), scores(&recorded), "{user:?}");
         }
+    }
+
+    /// Forgetting shoppers leaves what a replay of the log without their events gives (rows
+    /// not cut back): the same counts, popular items, histories, users per item and every
+    /// co-occurrence pair, a long history's (the guest id's) included; others' events stay.
+    #[test]
+    fn forgetting_shoppers_leaves_what_a_log_without_them_gives() {
+        let mut rng = crate::rng::XorShift::new(9);
+        let events: Vec<Interaction> = (0..6000)
+            .map(|e| {
+                let item = ((rng.unit() * rng.unit()) * 400.0) as usize;
+                let user = if e % 3 == 0 {
+                    "guest".to_string()
+                } else {
+                    format!("u{}", (rng.unit() * 40.0) as usize)
+                };
+                let kind = [
+                    InteractionKind::View,
+                    InteractionKind::Click,
+                    InteractionKind::Purchase,
+                    InteractionKind::Rating,
+                ][(rng.unit() * 4.0) as usize % 4];
+                Interaction {
+                    user: UserKey::from_stored(user),
+                    item_id: format!("p{item}"),
+                    kind,
+                    value: 3.5,
+                    timestamp_ms: e as i64 / 4,
+                }
+            })
+            .collect();
+        let shop = || {
+            let mut catalog = Catalog::default();
+            catalog.set_cooccurrence_row(usize::MAX);
+            for i in 0..300 {
+                catalog
+                    .upsert(item(format!("p{i}")), vec![1.0, (i % 7) as f32])
+                    .unwrap();
+            }
+            catalog
+        };
+        let gone = [
+            UserKey::from_stored("guest".into()),
+            UserKey::from_stored("u3".into()),
+        ];
+        let (theirs, others): (Vec<Interaction>, Vec<Interaction>) =
+            events.iter().cloned().partition(|e| gone.contains(&e.user));
+        let mut forgot = shop();
+        for event in &events {
+            forgot.record(event);
+        }
+        assert!(forgot.histories[&gone[0]].long.is_some());
+        let before = forgot.cooccurrence_pairs();
+        assert_eq!(forgot.forget(&theirs), theirs.len());
+        let mut replayed = shop();
+        replayed.replay(&others);
+        assert!(forgot.cooccurrence_pairs() < before);
+        assert_eq!(forgot.interactions(), replayed.interactions());
+        assert_eq!(forgot.users(), replayed.users());
+        assert_eq!(forgot.max_popularity(), replayed.max_popularity());
+        assert_eq!(forgot.most_popular(400), replayed.most_popular(400));
+        for id in (0..400).map(|i| format!("p{i}")) {
+            assert_eq!(forgot.popularity(&id), replayed.popularity(&id), "{id}");
+        }
+        assert!(forgot.history(&gone[0]).is_empty() && forgot.history(&gone[1]).is_empty());
+        for user in replayed.histories.keys() {
+            assert_eq!(forgot.history(user), replayed.history(user));
+        }
+        // By item id: CF ids are interned in the order items were first seen.
+        let pairs = |catalog: &Catalog| {
+            let mut pairs: Vec<(String, String, f32)> = Vec::new();
+            for (item, row) in catalog.cooccurrence.iter().enumerate() {
+                for (other, count) in row.iter() {
+                    let name = |cf: u32| catalog.cf_names[cf as usize].clone();
+                    pairs.push((name(item as u32), name(other), count));
+                }
+            }
+            pairs.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            pairs
+        };
+        assert_eq!(pairs(&forgot), pairs(&replayed));
+        let users = |catalog: &Catalog| {
+            let mut users: Vec<(String, u32)> = (0..catalog.item_users.len())
+                .map(|cf| (catalog.cf_names[cf].clone(), catalog.item_users[cf]))
+                .filter(|&(_, n)| n > 0)
+                .collect();
+            users.sort();
+            users
+        };
+        assert_eq!(users(&forgot), users(&replayed));
+        // Forgetting them again, or events of nobody known, changes nothing.
+        assert_eq!(forgot.forget(&theirs), 0);
+        assert_eq!(forgot.interactions(), replayed.interactions());
     }
 
     /// A shopper with thousands of events (a shared guest id) is recorded through the long

@@ -93,6 +93,58 @@ impl CoRow {
         }
     }
 
+    /// Takes `by` off `item`'s count, removing the pair when nothing is left of it; a pair
+    /// the row does not hold (a cut-back dropped it) stays out. Removal shifts the pairs
+    /// after it back into place (no tombstones: lookups stop at the first empty slot).
+    pub fn subtract(&mut self, item: u32, by: f32) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(item);
+        loop {
+            match self.slots[at].0 {
+                EMPTY => return,
+                held if held == item => break,
+                _ => at = (at + 1) & mask,
+            }
+        }
+        self.slots[at].1 -= by;
+        // Counts are sums of 1s, exact in f32; a pair at 0 is no pair.
+        if self.slots[at].1 > 0.0 {
+            return;
+        }
+        self.slots[at] = (EMPTY, 0.0);
+        self.len -= 1;
+        let mut hole = at;
+        let mut next = (hole + 1) & mask;
+        while self.slots[next].0 != EMPTY {
+            let home = self.home(self.slots[next].0);
+            // The pair at `next` may fill the hole when its home is not cyclically in
+            // (hole, next]: probing from its home passes the hole.
+            if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(hole) & mask) {
+                self.slots[hole] = self.slots[next];
+                self.slots[next] = (EMPTY, 0.0);
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+    }
+
+    /// `item`'s count, found as [`Self::add`] finds it (probing from its home slot).
+    #[cfg(test)]
+    fn get_by_probe(&self, item: u32) -> Option<f32> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut at = self.home(item);
+        loop {
+            match self.slots[at] {
+                (EMPTY, _) => return None,
+                (held, count) if held == item => return Some(count),
+                _ => at = (at + 1) & mask,
+            }
+        }
+    }
+
     /// `item`'s count, if the row holds it.
     #[cfg(test)]
     pub fn get(&self, item: u32) -> Option<f32> {
@@ -189,5 +241,36 @@ mod tests {
         assert_eq!(row.get(strongest[0].0), Some(strongest[0].1 + 2.0));
         row.add(999, 1.0);
         assert_eq!((row.len(), row.get(999)), (11, Some(1.0)));
+    }
+
+    /// Taking counts off, down to removing pairs, leaves the row a plain map would hold, and
+    /// every pair left still found (removal in the middle of a probe run shifts the rest).
+    #[test]
+    fn subtracting_counts_removes_pairs_and_keeps_the_rest_found() {
+        let mut rng = crate::rng::XorShift::new(11);
+        let mut row = CoRow::default();
+        let mut reference: HashMap<u32, f32> = HashMap::new();
+        for _ in 0..3000 {
+            let item = (rng.unit() * 200.0) as u32;
+            if rng.unit() < 0.6 {
+                row.add(item, 1.0);
+                *reference.entry(item).or_default() += 1.0;
+            } else {
+                row.subtract(item, 1.0);
+                if let Some(count) = reference.get_mut(&item) {
+                    *count -= 1.0;
+                    if *count <= 0.0 {
+                        reference.remove(&item);
+                    }
+                }
+            }
+            assert_eq!(row.len(), reference.len());
+            for (&item, &count) in &reference {
+                assert_eq!(row.get_by_probe(item), Some(count), "pair {item} lost");
+            }
+        }
+        assert!(!reference.is_empty() && reference.len() < 200);
+        row.subtract(100_000, 1.0);
+        assert_eq!(row.len(), reference.len(), "an absent pair changes nothing");
     }
 }

@@ -223,6 +223,58 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert_eq!(profile.recent_items, vec!["p00002".to_string()]);
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 
+    // A shopper asks to be forgotten: their events leave the primary's store and memory
+    // and the replica's (`rankings` ranks for u066: both serve the same lists again).
+    async fn recent(client: &mut RankerClient<Channel>, user: &str) -> Vec<String> {
+        let request = rk::UserProfileRequest {
+            user_id: user.into(),
+            limit: 5,
+        };
+        client
+            .user_profile(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .recent_items
+    }
+    assert!(!recent(&mut r, "u066").await.is_empty());
+    let before = stats(&mut p).await;
+    let forget = |ids: &[&str]| rk::ForgetUsersRequest {
+        user_ids: ids.iter().map(|id| id.to_string()).collect(),
+    };
+    let forgot = p
+        .forget_users(forget(&["u066", "nobody-here"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forgot.users, 1);
+    assert!(forgot.events > 0);
+    assert!(
+        soon(async || same_counts(&mut p, &mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    let after = stats(&mut r).await;
+    assert_eq!(
+        (after.users, after.interactions),
+        (before.users - 1, before.interactions - forgot.events)
+    );
+    assert!(recent(&mut p, "u066").await.is_empty());
+    assert!(recent(&mut r, "u066").await.is_empty());
+    assert_eq!(
+        recent(&mut r, "new-shopper").await,
+        vec!["p00002".to_string()]
+    );
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
+    for bad in [forget(&[]), forget(&["u001", " "])] {
+        let refused = p.forget_users(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    let refused = r.forget_users(forget(&["u001"])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(stats(&mut p).await.interactions, after.interactions);
+    let now = after;
+
     // Admin writes are the primary's: refused, naming it, and nothing changes.
     let refused = r
         .delete_items(rk::DeleteItemsRequest {

@@ -267,6 +267,14 @@ pub enum EventsCommand {
         #[command(flatten)]
         options: LoadOptions,
     },
+    /// Forget shoppers (a request to be erased): every stored event of each user id goes,
+    /// with their history and what their events added to popularity and co-occurrence.
+    /// A trained CF model keeps what it learnt from them until `train cf` runs again.
+    Forget {
+        /// User ids as the events named them (up to 1,000 per call).
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
 }
 
 /// How a file is loaded.
@@ -970,6 +978,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!("deleted {}, not found {}", r.deleted, r.not_found);
+        }
+        Command::Events(EventsCommand::Forget { users }) => {
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let request = rk::ForgetUsersRequest { user_ids: users };
+            let r = client
+                .forget_users(with_token(request, &ep.token)?)
+                .await?
+                .into_inner();
+            println!(
+                "forgot {} users with events, {} events removed",
+                r.users, r.events
+            );
         }
         Command::Events(EventsCommand::Load { file, options }) => {
             let channel = if options.dry_run {

@@ -178,6 +178,11 @@ struct Ready {
     /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
     /// memory: two calls at once must leave memory as the store, not one each.
     settings: tokio::sync::Mutex<()>,
+    /// Held shared by `RecordInteractions` from its store write to memory, and alone by
+    /// `ForgetUsers` from its read of the log to memory: an event of a shopper being
+    /// forgotten is either in the log it reads or recorded after it, never stored before
+    /// and counted in memory after.
+    events: tokio::sync::RwLock<()>,
     /// A replica's store is a copy of its primary's: it writes nothing of its own.
     replica: bool,
     /// A replica's events that wait for its primary (`None` on a primary).
@@ -364,6 +369,7 @@ pub async fn serve(
         &[
             "UpsertItems",
             "DeleteItems",
+            "ForgetUsers",
             "TrainCf",
             "SetFusion",
             "Reembed",
@@ -461,6 +467,7 @@ pub async fn serve(
         model_differs,
         writing: tokio::sync::Mutex::new(()),
         settings: tokio::sync::Mutex::new(()),
+        events: tokio::sync::RwLock::new(()),
         replica: primary.is_some(),
         outbox: outbox.clone(),
     });
@@ -944,6 +951,9 @@ fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<us
 
 /// Longest text `Suggest` reads: a search box's, not a document.
 const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
+
+/// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
+const MAX_FORGET_USERS: usize = 1000;
 
 fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery, RankError> {
     let filters = match request.filters {
@@ -1440,6 +1450,71 @@ impl pb::ranker_server::Ranker for RankerService {
         }))
     }
 
+    async fn forget_users(
+        &self,
+        request: Request<pb::ForgetUsersRequest>,
+    ) -> Result<Response<pb::ForgetUsersResponse>, Status> {
+        self.primary_only("ForgetUsers")?;
+        let ready = self.ready()?;
+        let ids = request.into_inner().user_ids;
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("user_ids is empty"));
+        }
+        if ids.len() > MAX_FORGET_USERS {
+            return Err(Status::invalid_argument(format!(
+                "{} user ids: at most {MAX_FORGET_USERS} per request",
+                ids.len()
+            )));
+        }
+        if let Some(at) = ids.iter().position(|id| id.trim().is_empty()) {
+            return Err(Status::invalid_argument(format!("user_ids[{at}] is empty")));
+        }
+        let users: std::collections::HashSet<souk_ranker_core::UserKey> =
+            ids.iter().map(|id| ready.hasher.key(id)).collect();
+        let users = Arc::new(users);
+        // The log up to a cut taken while no event is being written is read without holding
+        // writers back (~1.3 s at 1M events: BENCHMARKS.md, "Session 27"); only the events
+        // since are read, and all of them removed, with `RecordInteractions` waiting.
+        let cut = {
+            let _alone = ready.events.write().await;
+            ready.store.event_cut().map_err(status)?
+        };
+        let read = |before: bool| {
+            let (ready, users, cut) = (ready.clone(), users.clone(), cut.clone());
+            async move {
+                tokio::task::spawn_blocking(move || ready.store.events_of(&users, &cut, before))
+                    .await
+                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                    .map_err(status)
+            }
+        };
+        let mut found = read(true).await?;
+        let _alone = ready.events.write().await;
+        found.extend(read(false).await?);
+        let (keys, events): (Vec<Vec<u8>>, Vec<Interaction>) = found.into_iter().unzip();
+        {
+            let ready = ready.clone();
+            tokio::task::spawn_blocking(move || ready.store.remove_events(keys))
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                .map_err(status)?;
+        }
+        let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
+            events.iter().map(|e| &e.user).collect();
+        let users = forgotten.len() as u64;
+        ready
+            .ranker
+            .catalog()
+            .write()
+            .map_err(|_| poisoned())?
+            .forget(&events);
+        tracing::info!(users, events = events.len(), "forgot shoppers");
+        Ok(Response::new(pb::ForgetUsersResponse {
+            users,
+            events: events.len() as u64,
+        }))
+    }
+
     async fn record_interactions(
         &self,
         request: Request<Streaming<pb::RecordInteractionsRequest>>,
@@ -1474,6 +1549,7 @@ impl pb::ranker_server::Ranker for RankerService {
         {
             failed = gathered.failed;
             let events = gathered.events;
+            let _recording = ready.events.read().await;
             {
                 let ready = ready.clone();
                 let events = events.clone();

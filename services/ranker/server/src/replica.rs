@@ -708,6 +708,17 @@ fn apply_live(
 ) -> Result<bool, RankError> {
     let mut probe_changed = false;
     for (tree, writes) in writes {
+        // Events the write removes (shoppers forgotten: `ForgetUsers`) leave memory too: read
+        // before the write takes them out of the store.
+        let forgotten = match tree {
+            TreeName::Events => ready.store.events_at(
+                writes
+                    .iter()
+                    .filter(|(_, value)| value.is_none())
+                    .map(|(key, _)| key.as_slice()),
+            )?,
+            _ => Vec::new(),
+        };
         ready.store.apply_at(*tree, writes, position)?;
         let Decoded {
             upserted,
@@ -728,6 +739,9 @@ fn apply_live(
             }
             if !vectors.is_empty() {
                 catalog.replace_vectors(&vectors)?;
+            }
+            if !forgotten.is_empty() {
+                catalog.forget(&forgotten);
             }
             for event in &events {
                 catalog.record(event);

@@ -6,16 +6,16 @@
 //! model's vectors beside its record as little-endian f32s (`cf.vectors`). The HNSW graph
 //! over item vectors is a file beside sled's (`hnsw.graph`), written whole and renamed into
 //! place, so that a restart reads it instead of rebuilding it (see [`RankerStore::save_ann`]).
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use souk_ranker_core::RankError;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::cf::{FoldIn, ItemFactors, TrainedCf};
 use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::rank::FusionModel;
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
+use souk_ranker_core::{RankError, UserKey};
 
 pub struct RankerStore {
     dir: PathBuf,
@@ -1045,6 +1045,97 @@ impl RankerStore {
         self.commit(TreeName::Events, writes)
     }
 
+    /// A key no stored event passes and every later one does (events are keyed by sled's
+    /// monotonic ids): taken while no event is being written, it splits the log in two, the
+    /// part before read without holding writers back ([`Self::events_of`]).
+    ///
+    /// # Errors
+    /// When the store cannot number it.
+    pub fn event_cut(&self) -> Result<Vec<u8>, RankError> {
+        Ok(self
+            .db
+            .generate_id()
+            .map_err(internal)?
+            .to_be_bytes()
+            .to_vec())
+    }
+
+    /// The stored events of `users` keyed before `cut` (`before`) or after it, in the order
+    /// they were stored, with their keys. Only each event's user is decoded until one
+    /// matches.
+    ///
+    /// # Errors
+    /// When the log cannot be read or an event does not decode (as a start would fail on it).
+    pub fn events_of(
+        &self,
+        users: &HashSet<UserKey>,
+        cut: &[u8],
+        before: bool,
+    ) -> Result<Vec<(Vec<u8>, Interaction)>, RankError> {
+        /// An event's user alone: the rest of each event is skipped, not decoded.
+        #[derive(serde::Deserialize)]
+        struct Whose<'a> {
+            #[serde(borrow)]
+            user: std::borrow::Cow<'a, str>,
+        }
+        let users: HashSet<&str> = users.iter().map(UserKey::as_str).collect();
+        let range = if before {
+            self.events.range(..cut)
+        } else {
+            self.events.range(cut..)
+        };
+        let mut found = Vec::new();
+        for entry in range {
+            let (key, value) = entry.map_err(internal)?;
+            if key.first() == Some(&OWN) {
+                continue;
+            }
+            let whose: Whose = serde_json::from_slice(&value).map_err(internal)?;
+            if users.contains(whose.user.as_ref()) {
+                let event = serde_json::from_slice::<Interaction>(&value).map_err(internal)?;
+                found.push((key.to_vec(), event));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the events under `keys` in one write, durably (followers take it as any
+    /// write; none when `keys` is empty).
+    ///
+    /// # Errors
+    /// When the write fails: then nothing is removed.
+    pub fn remove_events(&self, keys: Vec<Vec<u8>>) -> Result<(), RankError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.commit(
+            TreeName::Events,
+            keys.into_iter().map(|k| (k, None)).collect(),
+        )
+    }
+
+    /// The stored events under `keys` (keys of the events tree; those not stored are
+    /// skipped), in the order given: what a follower reads before it applies a write that
+    /// removes them, to take them out of memory too.
+    ///
+    /// # Errors
+    /// When the store cannot be read or an event does not decode.
+    pub fn events_at<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<Interaction>, RankError> {
+        let mut events = Vec::new();
+        for key in keys {
+            if key.first() == Some(&OWN) {
+                continue;
+            }
+            if let Some(value) = self.events.get(key).map_err(internal)? {
+                events.push(serde_json::from_slice(&value).map_err(internal)?);
+            }
+        }
+        Ok(events)
+    }
+
     /// Stores the fusion weights in use, durably (replacing the previous ones in one write).
     ///
     /// # Errors
@@ -1560,6 +1651,60 @@ mod tests {
             value: 1.0,
             timestamp_ms: 1,
         }
+    }
+
+    /// Forgetting shoppers finds their stored events, and only theirs, on both sides of a
+    /// cut, and removes them in one write that followers take; a start after it replays the
+    /// log without them.
+    #[test]
+    fn forgetting_users_removes_their_events_and_only_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        store
+            .append_events(&[click("u1"), click("u2"), click("u1")])
+            .unwrap();
+        let mut follower = store.subscribe(None).unwrap().changes;
+        let gone: HashSet<UserKey> = [click("u1").user].into();
+        let cut = store.event_cut().unwrap();
+        // Written after the cut: found on its far side only.
+        store.append_events(&[click("u2"), click("u1")]).unwrap();
+        let before = store.events_of(&gone, &cut, true).unwrap();
+        let after = store.events_of(&gone, &cut, false).unwrap();
+        assert_eq!((before.len(), after.len()), (2, 1));
+        assert!(
+            before
+                .iter()
+                .chain(&after)
+                .all(|(_, e)| e.user == click("u1").user)
+        );
+        assert!(before[1].0 < after[0].0, "in the order stored");
+        let keys = before
+            .into_iter()
+            .chain(after)
+            .map(|(key, _)| key)
+            .collect();
+        follower.try_recv().unwrap();
+        store.remove_events(keys).unwrap();
+        let change = follower.try_recv().unwrap();
+        assert_eq!(change.tree, TreeName::Events);
+        assert_eq!(change.writes.len(), 3);
+        assert!(change.writes.iter().all(|(_, value)| value.is_none()));
+        assert_eq!(
+            store
+                .events_at(change.writes.iter().map(|(k, _)| k.as_slice()))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert!(store.events_of(&gone, &cut, true).unwrap().is_empty());
+        store.remove_events(Vec::new()).unwrap();
+        assert!(follower.try_recv().is_err(), "nothing to remove, no write");
+        drop(follower);
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!((catalog.interactions(), catalog.users()), (2, 1));
+        assert!(catalog.history(&click("u1").user).is_empty());
     }
 
     /// The writes a follower missed after `after` of `origin`, by number, or `None` when the

@@ -328,8 +328,8 @@ fn last_listed(trees: [&sled::Tree; 3]) -> Result<Option<(u64, Option<u64>)>, Ra
         };
         let seq = u64::from_be_bytes(seq);
         if last.is_none_or(|(last, _)| seq > last) {
-            let origin = value.first_chunk::<8>().map(|o| u64::from_be_bytes(*o));
-            last = Some((seq, origin));
+            // Read as `RankerStore::list` reads it: a list damaged anywhere names no writer.
+            last = Some((seq, listed(&value).map(|(origin, _)| origin)));
         }
     }
     Ok(last)

@@ -1100,7 +1100,9 @@ impl RankerStore {
     }
 
     /// Removes the events under `keys` in one write, durably (followers take it as any
-    /// write; none when `keys` is empty).
+    /// write; none when `keys` is empty). One atomic write, so a failed call leaves the store
+    /// and memory as they were; its size is the shoppers' events (~12 bytes each in the
+    /// message a replica takes: its 512 MB limit holds tens of millions).
     ///
     /// # Errors
     /// When the write fails: then nothing is removed.

@@ -350,6 +350,7 @@ fn spawn_ranker(
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
         ann_min_items: replica.ann_min_items,
+        popularity_half_life_days: souk_ranker::POPULARITY_HALF_LIFE_DAYS,
         user_id_key: Some(replica.user_id_key.into()),
         encoder_check_ms: watch.every_ms,
         reembed_on_model_change: watch.reembed,

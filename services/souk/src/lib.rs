@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// of scanning every item vector.
     #[arg(long, env = "SOUK_ANN_MIN_ITEMS", default_value_t = souk_ranker::DEFAULT_ANN_MIN_ITEMS)]
     pub ann_min_items: usize,
+    /// Days after which an event counts half as much in an item's popularity (0: never).
+    #[arg(long, env = "SOUK_POPULARITY_HALF_LIFE_DAYS", default_value_t = souk_ranker::POPULARITY_HALF_LIFE_DAYS)]
+    pub popularity_half_life_days: f64,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -135,6 +138,7 @@ impl Suite {
             load_timeout_ms: 120_000,
             query_cache_ttl_s: 300,
             ann_min_items: args.ann_min_items,
+            popularity_half_life_days: args.popularity_half_life_days,
             user_id_key: None,
             encoder_check_ms: 30_000,
             reembed_on_model_change: false,

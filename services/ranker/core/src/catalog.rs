@@ -44,6 +44,19 @@ pub const FOLD_IN_CANDIDATES: usize = 500;
 /// Without it the counts grow with every new pair: 1M events of 10,000 shoppers on 100k
 /// items held ~100M pairs. Picked on validation splits (the `rec_datasets` test).
 pub const COOCCURRENCE_ROW: usize = 256;
+/// Days after which an event counts half as much in an item's popularity, as of the latest
+/// event recorded: "popular" means popular lately (last season's bestsellers fade, this
+/// week's rise). The validation pick on MovieLens-100k split by time (grid 1-90 days and
+/// all-time; `examples/popularity_decay.rs`): the popularity recommender's test recall@20
+/// goes from 0.1230 with all-time counts to 0.1816 (BENCHMARKS.md, "Session 27: popularity
+/// that fades"). One dataset of movie ratings: a shop sets its own with the ranker's
+/// `--popularity-half-life-days` (0: every event counts alike, forever).
+pub const POPULARITY_HALF_LIFE_DAYS: f64 = 3.0;
+
+/// Half-lives past the popularity reference time after which stored popularity is moved to
+/// a later reference (each value multiplied down): the weight of an event is 2^(half-lives
+/// since the reference), which f32 holds up to 2^127.
+const RESCALE_HALF_LIVES: f64 = 32.0;
 
 const NO_ROW: u32 = u32::MAX;
 /// A CF id whose item is not in the catalog.
@@ -244,6 +257,15 @@ pub struct Catalog {
     by_popularity: BTreeSet<(Reverse<u32>, u32)>,
     /// The largest popularity of any item id (events only add, so it only grows).
     max_popularity: f32,
+    /// With a half-life ([`POPULARITY_HALF_LIFE_DAYS`]), popularity is stored in the units of
+    /// `popularity_reference_ms`: an event at time t adds weight x 2^((t - reference) / half
+    /// life), so no stored value changes as time passes (only the rescales past
+    /// [`RESCALE_HALF_LIVES`] move them all), and the popularity as of the latest event is
+    /// the stored value x [`Catalog::popularity_scale`].
+    popularity_half_life_ms: Option<f64>,
+    popularity_reference_ms: Option<i64>,
+    /// The latest event time recorded: what "now" is for popularity.
+    latest_event_ms: i64,
     /// Item ids seen by the collaborative filter (events may name items not in the catalog),
     /// interned so the per-request CF walk indexes arrays instead of hashing strings.
     cf_ids: HashMap<String, u32>,
@@ -299,6 +321,9 @@ impl Default for Catalog {
             popularity: HashMap::new(),
             by_popularity: BTreeSet::new(),
             max_popularity: 0.0,
+            popularity_half_life_ms: Some(POPULARITY_HALF_LIFE_DAYS * 86_400_000.0),
+            popularity_reference_ms: None,
+            latest_event_ms: i64::MIN,
             cf_ids: HashMap::new(),
             cf_names: Vec::new(),
             cf_slots: Vec::new(),
@@ -876,7 +901,7 @@ impl Catalog {
 
     /// The `k` most popular items' slots, most popular first (ties by slot); items without
     /// events are not among them.
-    pub(crate) fn most_popular(&self, k: usize) -> Vec<u32> {
+    pub fn most_popular(&self, k: usize) -> Vec<u32> {
         self.by_popularity.iter().take(k).map(|&(_, s)| s).collect()
     }
 
@@ -1161,6 +1186,72 @@ impl Catalog {
         self.record_event(event, true);
     }
 
+    /// Sets popularity's half-life in days (`None`: every event counts alike, forever). Set
+    /// it before recording events: stored popularity is not recomputed.
+    pub fn set_popularity_half_life(&mut self, days: Option<f64>) {
+        self.popularity_half_life_ms = days.filter(|d| *d > 0.0).map(|d| d * 86_400_000.0);
+    }
+
+    /// What an event of `weight` at `at_ms` adds to popularity, in the stored units.
+    fn popularity_weight(&self, weight: f32, at_ms: i64) -> f32 {
+        match (self.popularity_half_life_ms, self.popularity_reference_ms) {
+            (Some(half_life), Some(reference)) => {
+                (f64::from(weight) * ((at_ms - reference) as f64 / half_life).exp2()) as f32
+            }
+            _ => weight,
+        }
+    }
+
+    /// Takes the first event's time as the reference, and moves the reference to `at_ms`
+    /// when an event there would weigh past 2^[`RESCALE_HALF_LIVES`]: every stored value is
+    /// multiplied down to the new units (the same operations on a replay of the same log).
+    fn move_popularity_reference(&mut self, at_ms: i64) {
+        let Some(half_life) = self.popularity_half_life_ms else {
+            return;
+        };
+        let Some(reference) = self.popularity_reference_ms else {
+            self.popularity_reference_ms = Some(at_ms);
+            return;
+        };
+        if ((at_ms - reference) as f64 / half_life) <= RESCALE_HALF_LIVES {
+            return;
+        }
+        let factor = ((reference - at_ms) as f64 / half_life).exp2();
+        let scaled = |value: f32| (f64::from(value) * factor) as f32;
+        for value in self.popularity.values_mut() {
+            *value = scaled(*value);
+        }
+        for entry in self.slots.iter_mut().flatten() {
+            entry.popularity = scaled(entry.popularity);
+        }
+        self.max_popularity = scaled(self.max_popularity);
+        self.by_popularity = self.popular_order();
+        self.popularity_reference_ms = Some(at_ms);
+    }
+
+    /// Stored popularity times this is popularity as of the latest event (1 without a
+    /// half-life).
+    pub(crate) fn popularity_scale(&self) -> f32 {
+        match (self.popularity_half_life_ms, self.popularity_reference_ms) {
+            (Some(half_life), Some(reference)) => {
+                ((reference - self.latest_event_ms) as f64 / half_life).exp2() as f32
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// The catalog's items with popularity > 0, most popular first (ties by slot).
+    fn popular_order(&self) -> BTreeSet<(Reverse<u32>, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, entry)| {
+                let popularity = entry.as_ref()?.popularity;
+                (popularity > 0.0).then_some((Reverse(popularity.to_bits()), slot as u32))
+            })
+            .collect()
+    }
+
     /// Forgets shoppers (a request to erase them): `events`, every stored event of some
     /// users in the order they were recorded, are taken out of what they moved. Each of
     /// those users' history goes, and what their events added is subtracted: popularity,
@@ -1187,11 +1278,14 @@ impl Catalog {
             forgotten += 1;
             self.interactions = self.interactions.saturating_sub(1);
             let weight = event.weight();
+            let added = self.popularity_weight(weight, event.timestamp_ms);
             if let Some(popularity) = self.popularity.get_mut(&event.item_id) {
                 let old = *popularity;
-                // Weights are small multiples of 1/4: sums and differences are exact.
-                let mut new = old - weight;
-                if new <= 0.0 {
+                // Without a half-life weights are small multiples of 1/4, and sums and
+                // differences exact; with one, what is left of a value all of whose events
+                // went is rounding.
+                let mut new = old - added;
+                if new <= old * 1e-5 {
                     new = 0.0;
                     self.popularity.remove(&event.item_id);
                 } else {
@@ -1238,24 +1332,19 @@ impl Catalog {
         for event in events {
             self.record_event(event.borrow(), false);
         }
-        self.by_popularity = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, entry)| {
-                let popularity = entry.as_ref()?.popularity;
-                (popularity > 0.0).then_some((Reverse(popularity.to_bits()), slot as u32))
-            })
-            .collect();
+        self.by_popularity = self.popular_order();
     }
 
     /// [`Self::record`]; `rank`: whether to move the item in the popularity order now.
     fn record_event(&mut self, event: &Interaction, rank: bool) {
         self.interactions += 1;
         let weight = event.weight();
+        self.latest_event_ms = self.latest_event_ms.max(event.timestamp_ms);
+        self.move_popularity_reference(event.timestamp_ms);
+        let added = self.popularity_weight(weight, event.timestamp_ms);
         let popularity = self.popularity.entry(event.item_id.clone()).or_default();
         let old = *popularity;
-        *popularity += weight;
+        *popularity += added;
         let popularity = *popularity;
         self.max_popularity = self.max_popularity.max(popularity);
         if let Some(&slot) = self.by_id.get(&event.item_id)
@@ -1824,6 +1913,8 @@ mod tests {
         let shop = || {
             let mut catalog = Catalog::default();
             catalog.set_cooccurrence_row(usize::MAX);
+            // Every event alike: popularity sums are exact, so equal to the replay's.
+            catalog.set_popularity_half_life(None);
             for i in 0..300 {
                 catalog
                     .upsert(item(format!("p{i}")), vec![1.0, (i % 7) as f32])
@@ -1883,6 +1974,98 @@ mod tests {
         // Forgetting them again, or events of nobody known, changes nothing.
         assert_eq!(forgot.forget(&theirs), 0);
         assert_eq!(forgot.interactions(), replayed.interactions());
+    }
+
+    /// Popularity fades with its half-life, as of the latest event: four views two
+    /// half-lives old weigh one view now; past [`RESCALE_HALF_LIVES`] the stored values move
+    /// to a later reference, and a replay of the log ends with the same values bit for bit.
+    /// Forgetting a shopper leaves each item's share of the most popular one's as a replay
+    /// without them does.
+    #[test]
+    fn popularity_fades_with_its_half_life() {
+        let day = 86_400_000;
+        let view = |user: &str, item: &str, at: i64| Interaction {
+            user: UserKey::from_stored(user.into()),
+            item_id: item.into(),
+            kind: InteractionKind::View,
+            value: 1.0,
+            timestamp_ms: at,
+        };
+        let shop = |half_life: Option<f64>| {
+            let mut catalog = Catalog::default();
+            catalog.set_popularity_half_life(half_life);
+            for id in ["old", "new", "p2", "p3"] {
+                catalog.upsert(item(id.into()), vec![1.0, 0.0]).unwrap();
+            }
+            catalog
+        };
+        let slot = |catalog: &Catalog, id: &str| catalog.slot_of(id).unwrap();
+        let mut faded = shop(Some(7.0));
+        let mut counted = shop(None);
+        let mut log = Vec::new();
+        for user in ["a", "b", "c", "d"] {
+            log.push(view(user, "old", 0));
+        }
+        log.extend([view("e", "new", 14 * day), view("f", "new", 14 * day)]);
+        for event in &log {
+            faded.record(event);
+            counted.record(event);
+        }
+        let now = |catalog: &Catalog, id: &str| catalog.popularity(id) * catalog.popularity_scale();
+        assert!(
+            (now(&faded, "old") - 1.0).abs() < 1e-6,
+            "{}",
+            now(&faded, "old")
+        );
+        assert!((now(&faded, "new") - 2.0).abs() < 1e-6);
+        assert_eq!(
+            faded.most_popular(2),
+            vec![slot(&faded, "new"), slot(&faded, "old")]
+        );
+        assert_eq!(
+            counted.most_popular(2),
+            vec![slot(&counted, "old"), slot(&counted, "new")]
+        );
+        // A year of events, past the rescale point several times.
+        let mut rng = crate::rng::XorShift::new(4);
+        for e in 0..3000 {
+            let item = ["new", "p2", "p3"][(rng.unit() * 3.0) as usize % 3];
+            let at = 14 * day + e * 365 * day / 3000;
+            log.push(view(&format!("u{}", e % 50), item, at));
+        }
+        for event in &log[6..] {
+            faded.record(event);
+        }
+        assert!(
+            faded.popularity_reference_ms > Some(200 * day),
+            "never rescaled"
+        );
+        let mut replayed = shop(Some(7.0));
+        replayed.replay(&log);
+        for id in ["old", "new", "p2", "p3"] {
+            assert_eq!(
+                faded.popularity(id).to_bits(),
+                replayed.popularity(id).to_bits()
+            );
+        }
+        assert_eq!(faded.most_popular(4), replayed.most_popular(4));
+        assert_eq!(faded.max_popularity(), replayed.max_popularity());
+        assert!(
+            now(&faded, "old") < 1e-6,
+            "a year-old item's views are gone"
+        );
+        // The latest event is u49's (2999 % 50); forget u7 and compare shares.
+        let gone = UserKey::from_stored("u7".into());
+        let theirs: Vec<Interaction> = log.iter().filter(|e| e.user == gone).cloned().collect();
+        let others: Vec<Interaction> = log.iter().filter(|e| e.user != gone).cloned().collect();
+        assert!(faded.forget(&theirs) > 0);
+        let mut without = shop(Some(7.0));
+        without.replay(&others);
+        for id in ["new", "p2", "p3"] {
+            let share = |c: &Catalog| c.popularity(id) / c.max_popularity();
+            let (a, b) = (share(&faded), share(&without));
+            assert!((a - b).abs() < 1e-4 * b.max(1e-3), "{id}: {a} vs {b}");
+        }
     }
 
     /// A shopper with thousands of events (a shared guest id) is recorded through the long

@@ -1432,11 +1432,12 @@ fn first_pass(
         });
         (pool, pass)
     };
-    // Popularity as a feature: log-scaled to the most popular item's.
-    let pop_norm = catalog.max_popularity().ln_1p();
+    // Popularity as a feature: as of the latest event, log-scaled to the most popular item's.
+    let pop_scale = catalog.popularity_scale();
+    let pop_norm = (catalog.max_popularity() * pop_scale).ln_1p();
     let popularity_feature = |popularity: f32| {
         if pop_norm > 0.0 {
-            popularity.ln_1p() / pop_norm
+            (popularity * pop_scale).ln_1p() / pop_norm
         } else {
             0.0
         }

@@ -62,6 +62,7 @@ async fn start_at(at: std::net::SocketAddr, dir: &Path, primary: Option<String>)
         load_timeout_ms: 1_000,
         query_cache_ttl_s: 300,
         ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+        popularity_half_life_days: souk_ranker::POPULARITY_HALF_LIFE_DAYS,
         user_id_key: Some(KEY.into()),
         encoder_check_ms: 60_000,
         reembed_on_model_change: false,

@@ -33,7 +33,7 @@ use souk_shared::server::GrpcServer;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS;
+pub use souk_ranker_core::catalog::{DEFAULT_ANN_MIN_ITEMS, POPULARITY_HALF_LIFE_DAYS};
 
 pub mod metrics;
 mod outbox;
@@ -78,6 +78,10 @@ pub struct RankerArgs {
     /// instead of a scan of every vector (0: always; a huge number: never).
     #[arg(long, env = "SOUK_ANN_MIN_ITEMS", default_value_t = DEFAULT_ANN_MIN_ITEMS)]
     pub ann_min_items: usize,
+    /// Days after which an event counts half as much in an item's popularity, as of the
+    /// latest event (0: every event counts alike, forever).
+    #[arg(long, env = "SOUK_POPULARITY_HALF_LIFE_DAYS", default_value_t = POPULARITY_HALF_LIFE_DAYS)]
+    pub popularity_half_life_days: f64,
     /// Secret for pseudonymising user ids. Unset: a random one is created in the data
     /// directory (`user-id.key`) on first start and reused.
     #[arg(long, env = "SOUK_USER_ID_KEY", hide_env_values = true)]
@@ -392,8 +396,10 @@ pub async fn serve(
     let data_dir = args.data_dir.clone();
     let secret = args.user_id_key.clone();
     let ann_min_items = args.ann_min_items;
+    let half_life = args.popularity_half_life_days;
     let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
-        let store = RankerStore::open(&data_dir)?;
+        let store = RankerStore::open(&data_dir)?
+            .with_popularity_half_life((half_life > 0.0).then_some(half_life));
         let secret = match secret.filter(|s| !s.is_empty()) {
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,

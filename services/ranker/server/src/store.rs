@@ -31,6 +31,9 @@ pub struct RankerStore {
     /// one (see [`RankerStore::lock_ann_file`]); holds the served catalog's `ann_changes()`
     /// that the file holds ([`ANN_NOT_SAVED`]: none).
     ann_file: std::sync::Mutex<u64>,
+    /// Popularity's half-life in days for the catalogs built from this store (`None`: every
+    /// event alike); see `Catalog::set_popularity_half_life`.
+    popularity_half_life: Option<f64>,
 }
 
 /// The store's trees, as a replica names them (the `tree` of the `Follow` stream's records).
@@ -531,7 +534,15 @@ impl RankerStore {
             models,
             journal: std::sync::Mutex::new(journal),
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
+            popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS),
         })
+    }
+
+    /// The store, building catalogs whose popularity fades with `days` (`None`: never).
+    #[must_use]
+    pub fn with_popularity_half_life(mut self, days: Option<f64>) -> Self {
+        self.popularity_half_life = days;
+        self
     }
 
     /// A replica's outbox (`crate::outbox`): its own tree, which a copy of the primary's
@@ -1318,6 +1329,7 @@ impl RankerStore {
         let started = std::time::Instant::now();
         let mut catalog = Catalog::default();
         catalog.set_ann_min_items(usize::MAX);
+        catalog.set_popularity_half_life(self.popularity_half_life);
         for entry in self.catalog.scan_prefix([b'i']) {
             let (k, v) = entry.map_err(internal)?;
             let item: Item = serde_json::from_slice(&v).map_err(internal)?;

@@ -1806,16 +1806,13 @@ mod tests {
             .collect()
     }
 
-    /// A start replays the stored log (`Catalog::replay`, the popularity order built once at
-    /// the end): the catalog it leaves serves what recording each event as it came does:
-    /// the same popular items, histories, co-occurrence (rows cut back included) and counts.
-    #[test]
-    fn a_replayed_log_serves_what_recording_each_event_does() {
-        let mut rng = crate::rng::XorShift::new(5);
-        let events: Vec<Interaction> = (0..6000)
+    /// 6,000 events: 400 item ids (the last 100 not in the catalog), popular ones more
+    /// often; 40 shoppers and a guest id that passes the long-history size; views, clicks,
+    /// purchases and `fourth` events of `value`.
+    fn mixed_log(seed: u64, fourth: InteractionKind, value: f32) -> Vec<Interaction> {
+        let mut rng = crate::rng::XorShift::new(seed);
+        (0..6000)
             .map(|e| {
-                // 400 item ids (the last 100 not in the catalog), popular ones more often;
-                // 40 shoppers and a guest id that passes the long-history size.
                 let item = ((rng.unit() * rng.unit()) * 400.0) as usize;
                 let user = if e % 3 == 0 {
                     "guest".to_string()
@@ -1825,18 +1822,26 @@ mod tests {
                 let kind = [
                     InteractionKind::View,
                     InteractionKind::Click,
-                    InteractionKind::Cart,
+                    fourth,
                     InteractionKind::Purchase,
                 ][(rng.unit() * 4.0) as usize % 4];
                 Interaction {
                     user: UserKey::from_stored(user),
                     item_id: format!("p{item}"),
                     kind,
-                    value: 1.0,
+                    value,
                     timestamp_ms: e as i64 / 4,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// A start replays the stored log (`Catalog::replay`, the popularity order built once at
+    /// the end): the catalog it leaves serves what recording each event as it came does:
+    /// the same popular items, histories, co-occurrence (rows cut back included) and counts.
+    #[test]
+    fn a_replayed_log_serves_what_recording_each_event_does() {
+        let events = mixed_log(5, InteractionKind::Cart, 1.0);
         let shop = || {
             let mut catalog = Catalog::default();
             catalog.set_cooccurrence_row(8);
@@ -1886,30 +1891,7 @@ mod tests {
     /// co-occurrence pair, a long history's (the guest id's) included; others' events stay.
     #[test]
     fn forgetting_shoppers_leaves_what_a_log_without_them_gives() {
-        let mut rng = crate::rng::XorShift::new(9);
-        let events: Vec<Interaction> = (0..6000)
-            .map(|e| {
-                let item = ((rng.unit() * rng.unit()) * 400.0) as usize;
-                let user = if e % 3 == 0 {
-                    "guest".to_string()
-                } else {
-                    format!("u{}", (rng.unit() * 40.0) as usize)
-                };
-                let kind = [
-                    InteractionKind::View,
-                    InteractionKind::Click,
-                    InteractionKind::Purchase,
-                    InteractionKind::Rating,
-                ][(rng.unit() * 4.0) as usize % 4];
-                Interaction {
-                    user: UserKey::from_stored(user),
-                    item_id: format!("p{item}"),
-                    kind,
-                    value: 3.5,
-                    timestamp_ms: e as i64 / 4,
-                }
-            })
-            .collect();
+        let events = mixed_log(9, InteractionKind::Rating, 3.5);
         let shop = || {
             let mut catalog = Catalog::default();
             catalog.set_cooccurrence_row(usize::MAX);

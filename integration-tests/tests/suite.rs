@@ -1527,4 +1527,14 @@ async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
         .into_inner();
     assert_eq!(whole.recorded, 2010);
     assert_eq!(interactions(&mut client).await, before + 2310);
+    // Microseconds sent for milliseconds: years ahead, refused, nothing stored (popularity
+    // fades as of the latest event: one such event would fade all the others).
+    let mut future = one("clockless".into());
+    future.interactions[0].timestamp_ms = 1_788_238_930_000_000;
+    let status = client
+        .record_interactions(futures::stream::iter(vec![future]))
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "interactions[0]: timestamp_ms 1788238930000000 is not");
+    assert_eq!(interactions(&mut client).await, before + 2310);
 }

@@ -477,9 +477,20 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
     let timestamp_ms = if ts_text.is_empty() {
         0
     } else {
-        ts_text.parse::<i64>().map_err(|_| {
+        let t = ts_text.parse::<i64>().map_err(|_| {
             format!("timestamp_ms {ts_text:?} is not an integer (Unix milliseconds)")
-        })?
+        })?;
+        // The ranker refuses times more than a day ahead of its clock: caught here with the
+        // line (seconds or microseconds written for milliseconds).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if t < 0 || t > now_ms.saturating_add(24 * 3_600_000) {
+            return Err(format!(
+                "timestamp_ms {t} is not Unix milliseconds up to a day from now ({now_ms})"
+            ));
+        }
+        t
     };
     Ok(rk::Interaction {
         user_id: user_id.to_string(),
@@ -809,8 +820,8 @@ mod tests {
 
     #[test]
     fn events_parse_kind_value_and_time() {
-        let data =
-            "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n";
+        let data = "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n\
+             u1,p1,view,,1788238930000000\n";
         let rows: Vec<_> = events(Path::new("e.csv"), data.as_bytes()).collect();
         let e = rows[0].as_ref().unwrap();
         assert_eq!(
@@ -823,6 +834,11 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("e.csv:3: kind \"teleport\"")
+        );
+        let micro = rows[2].as_ref().unwrap_err().to_string();
+        assert!(
+            micro.contains("e.csv:4: timestamp_ms 1788238930000000"),
+            "{micro}"
         );
     }
 

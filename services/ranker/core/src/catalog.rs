@@ -1196,7 +1196,7 @@ impl Catalog {
     fn popularity_weight(&self, weight: f32, at_ms: i64) -> f32 {
         match (self.popularity_half_life_ms, self.popularity_reference_ms) {
             (Some(half_life), Some(reference)) => {
-                (f64::from(weight) * ((at_ms - reference) as f64 / half_life).exp2()) as f32
+                (f64::from(weight) * ((at_ms as f64 - reference as f64) / half_life).exp2()) as f32
             }
             _ => weight,
         }
@@ -1213,10 +1213,10 @@ impl Catalog {
             self.popularity_reference_ms = Some(at_ms);
             return;
         };
-        if ((at_ms - reference) as f64 / half_life) <= RESCALE_HALF_LIVES {
+        if (at_ms as f64 - reference as f64) / half_life <= RESCALE_HALF_LIVES {
             return;
         }
-        let factor = ((reference - at_ms) as f64 / half_life).exp2();
+        let factor = ((reference as f64 - at_ms as f64) / half_life).exp2();
         let scaled = |value: f32| (f64::from(value) * factor) as f32;
         for value in self.popularity.values_mut() {
             *value = scaled(*value);
@@ -1234,7 +1234,7 @@ impl Catalog {
     pub(crate) fn popularity_scale(&self) -> f32 {
         match (self.popularity_half_life_ms, self.popularity_reference_ms) {
             (Some(half_life), Some(reference)) => {
-                ((reference - self.latest_event_ms) as f64 / half_life).exp2() as f32
+                ((reference as f64 - self.latest_event_ms as f64) / half_life).exp2() as f32
             }
             _ => 1.0,
         }

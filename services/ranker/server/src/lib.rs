@@ -958,6 +958,10 @@ fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<us
 /// Longest text `Suggest` reads: a search box's, not a document.
 const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
 
+/// How far ahead of the ranker's clock an event's time may be (clocks of shops' servers
+/// drift; seconds or microseconds sent for milliseconds are years off).
+const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
 /// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
 const MAX_FORGET_USERS: usize = 1000;
 
@@ -1202,13 +1206,19 @@ fn interaction_from_pb(
     if !event.value.is_finite() {
         return Err(bad("value is not a finite number".into()));
     }
-    let timestamp_ms = if event.timestamp_ms == 0 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    } else {
-        event.timestamp_ms
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let timestamp_ms = match event.timestamp_ms {
+        0 => now_ms,
+        t if t < 0 || t > now_ms.saturating_add(MAX_AHEAD_MS) => {
+            return Err(bad(format!(
+                "timestamp_ms {t} is not Unix time in milliseconds up to a day from now \
+                 ({now_ms})"
+            )));
+        }
+        t => t,
     };
     Ok(Interaction {
         user: hasher.key(event.user_id.trim()),

@@ -1535,6 +1535,9 @@ async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
         .record_interactions(futures::stream::iter(vec![future]))
         .await
         .unwrap_err();
-    assert_invalid(&status, "interactions[0]: timestamp_ms 1788238930000000 is not");
+    assert_invalid(
+        &status,
+        "interactions[0]: timestamp_ms 1788238930000000 is not",
+    );
     assert_eq!(interactions(&mut client).await, before + 2310);
 }

@@ -534,7 +534,8 @@ impl RankerStore {
             models,
             journal: std::sync::Mutex::new(journal),
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
-            popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS),
+            popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS)
+                .filter(|days| *days > 0.0),
         })
     }
 

@@ -398,8 +398,7 @@ pub async fn serve(
     let ann_min_items = args.ann_min_items;
     let half_life = args.popularity_half_life_days;
     let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
-        let store = RankerStore::open(&data_dir)?
-            .with_popularity_half_life((half_life > 0.0).then_some(half_life));
+        let store = RankerStore::open(&data_dir)?.with_popularity_half_life(Some(half_life));
         let secret = match secret.filter(|s| !s.is_empty()) {
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
@@ -715,9 +714,8 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
     let count = ids.len() as u64;
     let vectors: HashMap<String, Vec<f32>> = ids.into_iter().zip(vectors).collect();
     {
-        let ready = ready.clone();
         let probe = probe.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), RankError> {
+        blocking(ready, move |ready| {
             // Stored first and at once (vectors and probe in one batch): a crash leaves
             // either the old model's catalog or the new one's, never a mix.
             ready.store.put_vectors(&vectors, &probe)?;
@@ -728,9 +726,7 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
                 .map_err(|_| lock_poisoned())?
                 .replace_vectors(&vectors)
         })
-        .await
-        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-        .map_err(status)?;
+        .await?;
     }
     ready
         .set_catalog_model(probe.clone(), model)
@@ -871,6 +867,19 @@ async fn keep_ann_saved(ready: Arc<Ready>, mut stop: tokio::sync::watch::Receive
 }
 
 /// Maps ranker errors to gRPC codes; internal detail is logged, not sent.
+/// Runs `work` on `ready` off the async workers (store writes flush; catalog changes may
+/// link HNSW points on all cores), its error as [`status`] gives it.
+async fn blocking<T: Send + 'static>(
+    ready: &Arc<Ready>,
+    work: impl FnOnce(&Ready) -> Result<T, RankError> + Send + 'static,
+) -> Result<T, Status> {
+    let ready = ready.clone();
+    tokio::task::spawn_blocking(move || work(&ready))
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(status)
+}
+
 fn status(error: RankError) -> Status {
     match error {
         RankError::InvalidInput(m) => Status::invalid_argument(m),
@@ -1398,9 +1407,8 @@ impl pb::ranker_server::Ranker for RankerService {
             {
                 // Stored, then taken into the catalog; the catalog's part links the batch into
                 // the HNSW graph on all cores, so it runs off the async workers too.
-                let ready = ready.clone();
                 let probe = first_probe.take();
-                tokio::task::spawn_blocking(move || -> Result<(), RankError> {
+                blocking(&ready, move |ready| {
                     // Refused before it is stored: a vector of another size in the store
                     // would stop the next start's replay.
                     let catalog = ready.ranker.catalog();
@@ -1419,9 +1427,7 @@ impl pb::ranker_server::Ranker for RankerService {
                         .map_err(|_| lock_poisoned())?
                         .upsert_many(pairs)
                 })
-                .await
-                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                .map_err(status)?;
+                .await?;
             }
             response.upserted += count;
             match ready.graph.load_facts(facts, ready.load_timeout).await {
@@ -1449,12 +1455,8 @@ impl pb::ranker_server::Ranker for RankerService {
                 .collect()
         };
         {
-            let ready = ready.clone();
             let known = known.clone();
-            tokio::task::spawn_blocking(move || ready.store.delete_items(&known))
-                .await
-                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                .map_err(status)?;
+            blocking(&ready, move |ready| ready.store.delete_items(&known)).await?;
         }
         let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
         for id in &known {
@@ -1496,25 +1498,16 @@ impl pb::ranker_server::Ranker for RankerService {
             ready.store.event_cut().map_err(status)?
         };
         let read = |before: bool| {
-            let (ready, users, cut) = (ready.clone(), users.clone(), cut.clone());
-            async move {
-                tokio::task::spawn_blocking(move || ready.store.events_of(&users, &cut, before))
-                    .await
-                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                    .map_err(status)
-            }
+            let (users, cut) = (users.clone(), cut.clone());
+            blocking(&ready, move |ready| {
+                ready.store.events_of(&users, &cut, before)
+            })
         };
         let mut found = read(true).await?;
         let _alone = ready.events.write().await;
         found.extend(read(false).await?);
         let (keys, events): (Vec<Vec<u8>>, Vec<Interaction>) = found.into_iter().unzip();
-        {
-            let ready = ready.clone();
-            tokio::task::spawn_blocking(move || ready.store.remove_events(keys))
-                .await
-                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                .map_err(status)?;
-        }
+        blocking(&ready, move |ready| ready.store.remove_events(keys)).await?;
         let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
             events.iter().map(|e| &e.user).collect();
         let users = forgotten.len() as u64;
@@ -1567,12 +1560,8 @@ impl pb::ranker_server::Ranker for RankerService {
             let events = gathered.events;
             let _recording = ready.events.read().await;
             {
-                let ready = ready.clone();
                 let events = events.clone();
-                tokio::task::spawn_blocking(move || ready.store.append_events(&events))
-                    .await
-                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                    .map_err(status)?;
+                blocking(&ready, move |ready| ready.store.append_events(&events)).await?;
             }
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
             for event in &events {
@@ -1810,11 +1799,8 @@ impl pb::ranker_server::Ranker for RankerService {
         model.validate().map_err(status)?;
         let _settings = ready.settings.lock().await;
         {
-            let (ready, model) = (ready.clone(), model.clone());
-            tokio::task::spawn_blocking(move || ready.store.put_fusion(&model))
-                .await
-                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                .map_err(status)?;
+            let model = model.clone();
+            blocking(&ready, move |ready| ready.store.put_fusion(&model)).await?;
         }
         let version = model.version.clone();
         ready.ranker.set_model(model).map_err(status)?;
@@ -1844,12 +1830,11 @@ impl pb::ranker_server::Ranker for RankerService {
         let count = synonyms.rules().len() as u32;
         let _settings = ready.settings.lock().await;
         {
-            let ready = ready.clone();
             let synonyms = synonyms.clone();
-            tokio::task::spawn_blocking(move || ready.store.put_synonyms(synonyms.rules()))
-                .await
-                .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-                .map_err(status)?;
+            blocking(&ready, move |ready| {
+                ready.store.put_synonyms(synonyms.rules())
+            })
+            .await?;
         }
         let finding_nothing = {
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;

@@ -54,6 +54,11 @@ pub const COOCCURRENCE_ROW: usize = 256;
 /// (`--popularity-half-life-days 3`) until the weights are fitted with it.
 pub const POPULARITY_HALF_LIFE_DAYS: f64 = 0.0;
 
+/// A half-life of `days` in milliseconds; `None` (every event alike) for 0, less, or NaN.
+fn half_life_ms(days: f64) -> Option<f64> {
+    (days > 0.0).then_some(days * 86_400_000.0)
+}
+
 /// Half-lives past the popularity reference time after which stored popularity is moved to
 /// a later reference (each value multiplied down): the weight of an event is 2^(half-lives
 /// since the reference), which f32 holds up to 2^127.
@@ -322,8 +327,7 @@ impl Default for Catalog {
             popularity: HashMap::new(),
             by_popularity: BTreeSet::new(),
             max_popularity: 0.0,
-            popularity_half_life_ms: (POPULARITY_HALF_LIFE_DAYS > 0.0)
-                .then_some(POPULARITY_HALF_LIFE_DAYS * 86_400_000.0),
+            popularity_half_life_ms: half_life_ms(POPULARITY_HALF_LIFE_DAYS),
             popularity_reference_ms: None,
             latest_event_ms: i64::MIN,
             cf_ids: HashMap::new(),
@@ -1188,10 +1192,10 @@ impl Catalog {
         self.record_event(event, true);
     }
 
-    /// Sets popularity's half-life in days (`None`: every event counts alike, forever). Set
-    /// it before recording events: stored popularity is not recomputed.
+    /// Sets popularity's half-life in days (`None`, 0 or less: every event counts alike,
+    /// forever). Set it before recording events: stored popularity is not recomputed.
     pub fn set_popularity_half_life(&mut self, days: Option<f64>) {
-        self.popularity_half_life_ms = days.filter(|d| *d > 0.0).map(|d| d * 86_400_000.0);
+        self.popularity_half_life_ms = days.and_then(half_life_ms);
     }
 
     /// What an event of `weight` at `at_ms` adds to popularity, in the stored units.

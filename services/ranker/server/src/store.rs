@@ -31,8 +31,8 @@ pub struct RankerStore {
     /// one (see [`RankerStore::lock_ann_file`]); holds the served catalog's `ann_changes()`
     /// that the file holds ([`ANN_NOT_SAVED`]: none).
     ann_file: std::sync::Mutex<u64>,
-    /// Popularity's half-life in days for the catalogs built from this store (`None`: every
-    /// event alike); see `Catalog::set_popularity_half_life`.
+    /// Popularity's half-life in days for the catalogs built from this store (`None`, 0 or
+    /// less: every event alike); see `Catalog::set_popularity_half_life`.
     popularity_half_life: Option<f64>,
 }
 
@@ -534,12 +534,12 @@ impl RankerStore {
             models,
             journal: std::sync::Mutex::new(journal),
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
-            popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS)
-                .filter(|days| *days > 0.0),
+            popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS),
         })
     }
 
-    /// The store, building catalogs whose popularity fades with `days` (`None`: never).
+    /// The store, building catalogs whose popularity fades with `days` (`None`, 0 or less:
+    /// never).
     #[must_use]
     pub fn with_popularity_half_life(mut self, days: Option<f64>) -> Self {
         self.popularity_half_life = days;

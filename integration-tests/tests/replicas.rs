@@ -75,6 +75,21 @@ fn purchase(user: &str, item: &str) -> rk::RecordInteractionsRequest {
     }
 }
 
+/// `message`'s events stamped at `ms` (Unix ms).
+fn stamped(mut message: rk::RecordInteractionsRequest, ms: i64) -> rk::RecordInteractionsRequest {
+    for event in &mut message.interactions {
+        event.timestamp_ms = ms;
+    }
+    message
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 fn replica_of<'a>(primary: &'a str) -> Replica<'a> {
     Replica {
         at: "127.0.0.1:0".parse().unwrap(),
@@ -242,8 +257,11 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     let forget = |ids: &[&str]| rk::ForgetUsersRequest {
         user_ids: ids.iter().map(|id| id.to_string()).collect(),
     };
+    // Stamped before the forget: as the events a replica's outbox still held would be.
+    let before_forget = stamped(purchase("u066", "p00012"), unix_ms());
+    // Ids are trimmed as `RecordInteractions` trims them.
     let forgot = p
-        .forget_users(forget(&["u066", "nobody-here"]))
+        .forget_users(forget(&[" u066 ", "nobody-here"]))
         .await
         .unwrap()
         .into_inner();
@@ -272,7 +290,16 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     }
     let refused = r.forget_users(forget(&["u001"])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    // An event of theirs from before the forget that arrives now is turned away, passed
+    // on by the replica as by the primary itself.
+    let late = r
+        .record_interactions(futures::stream::iter([before_forget.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((late.recorded, late.forgotten), (0, 1), "{late:?}");
     assert_eq!(stats(&mut p).await.interactions, after.interactions);
+    assert!(recent(&mut p, "u066").await.is_empty());
     let now = after;
 
     // Admin writes are the primary's: refused, naming it, and nothing changes.
@@ -352,13 +379,19 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     );
     // Events sent to the replica meanwhile wait in its outbox, on its disk: a replica
     // restarted in between still holds them.
-    let away = vec![purchase("u901", "p00010"), purchase("u902", "p00011")];
+    // The forgotten shopper's event from before the forget among them is turned away
+    // when the outbox delivers it.
+    let away = vec![
+        purchase("u901", "p00010"),
+        before_forget,
+        purchase("u902", "p00011"),
+    ];
     let queued = r
         .record_interactions(futures::stream::iter(away))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((queued.recorded, queued.queued), (0, 2), "{queued:?}");
+    assert_eq!((queued.recorded, queued.queued), (0, 3), "{queued:?}");
     let bad = r
         .record_interactions(futures::stream::iter(vec![purchase("", "p00010")]))
         .await
@@ -368,7 +401,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     let replica =
         start_ranker_replica(&replica_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
     let mut r = client(&replica.url()).await;
-    assert_eq!(stats(&mut r).await.outbox, 2);
+    assert_eq!(stats(&mut r).await.outbox, 3);
     let primary = start_ranker_replica(
         &dir.path().join("primary"),
         &encoder,
@@ -403,8 +436,10 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert_eq!(
         stats(&mut p).await.interactions,
         before + 2,
-        "the events sent while the primary was away reached it, once"
+        "the events sent while the primary was away reached it, once, but the forgotten \
+         shopper's"
     );
+    assert_eq!(recent(&mut p, "u066").await, vec!["p00004".to_string()]);
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
 

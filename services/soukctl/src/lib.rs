@@ -270,6 +270,8 @@ pub enum EventsCommand {
     /// Forget shoppers (a request to be erased): every stored event of each user id goes,
     /// with their history and what their events added to popularity and co-occurrence.
     /// A trained CF model keeps what it learnt from them until `train cf` runs again.
+    /// Their events stamped up to now that arrive later (a replica's outbox, this log
+    /// loaded again) are not recorded; later ones are.
     Forget {
         /// User ids as the events named them (up to 1,000 per call).
         #[arg(required = true)]
@@ -1001,10 +1003,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (report, response) = load_events(channel, &file, &options, &ep.token).await?;
             let extra = response
                 .map(|r| {
-                    format!(
+                    let mut extra = format!(
                         ", {} recorded ({} for items not in the catalog)",
                         r.recorded, r.unknown_items
-                    )
+                    );
+                    if r.queued > 0 {
+                        extra += &format!(
+                            ", {} queued on the replica for its unreachable primary",
+                            r.queued
+                        );
+                    }
+                    if r.forgotten > 0 {
+                        extra += &format!(
+                            ", {} not recorded: of shoppers forgotten after them",
+                            r.forgotten
+                        );
+                    }
+                    extra
                 })
                 .unwrap_or_else(|| " (dry run)".into());
             report_load(&file.display().to_string(), &report, extra);

@@ -1089,6 +1089,7 @@ async fn pass_on(
                     let answer = answer.into_inner();
                     response.recorded += answer.recorded;
                     response.unknown_items += answer.unknown_items;
+                    response.forgotten += answer.forgotten;
                     continue;
                 }
                 Err(error) if outbox::unreachable(&error) => {
@@ -1487,8 +1488,9 @@ impl pb::ranker_server::Ranker for RankerService {
         if let Some(at) = ids.iter().position(|id| id.trim().is_empty()) {
             return Err(Status::invalid_argument(format!("user_ids[{at}] is empty")));
         }
+        // Trimmed as `RecordInteractions` trims the ids it stores.
         let users: std::collections::HashSet<souk_ranker_core::UserKey> =
-            ids.iter().map(|id| ready.hasher.key(id)).collect();
+            ids.iter().map(|id| ready.hasher.key(id.trim())).collect();
         let users = Arc::new(users);
         // The log up to a cut taken while no event is being written is read without holding
         // writers back (~1.3 s at 1M events: BENCHMARKS.md, "Session 27"); only the events
@@ -1507,7 +1509,10 @@ impl pb::ranker_server::Ranker for RankerService {
         let _alone = ready.events.write().await;
         found.extend(read(false).await?);
         let (keys, events): (Vec<Vec<u8>>, Vec<Interaction>) = found.into_iter().unzip();
-        blocking(&ready, move |ready| ready.store.remove_events(keys)).await?;
+        // Events of theirs stamped until now that arrive later (a replica's outbox, a log
+        // loaded again) are turned away; their events after it are new ones.
+        let at_ms = unix_time().as_millis() as i64;
+        blocking(&ready, move |ready| ready.store.forget(&users, at_ms, keys)).await?;
         let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
             events.iter().map(|e| &e.user).collect();
         let users = forgotten.len() as u64;
@@ -1557,12 +1562,17 @@ impl pb::ranker_server::Ranker for RankerService {
             && let Some(gathered) = stream.next(&checked).await?
         {
             failed = gathered.failed;
-            let events = gathered.events;
+            let mut events = gathered.events;
             let _recording = ready.events.read().await;
-            {
-                let events = events.clone();
-                blocking(&ready, move |ready| ready.store.append_events(&events)).await?;
-            }
+            let (events, forgotten) = blocking(&ready, move |ready| {
+                let forgotten = ready.store.unforgotten(&mut events)?;
+                if !events.is_empty() {
+                    ready.store.append_events(&events)?;
+                }
+                Ok((events, forgotten))
+            })
+            .await?;
+            response.forgotten += forgotten;
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
             for event in &events {
                 if catalog.get(&event.item_id).is_none() {

@@ -190,8 +190,15 @@ pub(crate) async fn drain(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         match sent {
-            Ok(_) => {
+            Ok(answer) => {
                 backoff.reset();
+                let forgotten = answer.into_inner().forgotten;
+                if forgotten > 0 {
+                    tracing::info!(
+                        forgotten,
+                        "queued events of shoppers forgotten since were not recorded"
+                    );
+                }
                 if let Err(error) = outbox.remove(&key, bytes, events) {
                     tracing::error!(%error, "cannot remove a delivered message from the outbox");
                     return;

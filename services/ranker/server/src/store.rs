@@ -34,6 +34,10 @@ pub struct RankerStore {
     /// Popularity's half-life in days for the catalogs built from this store (`None`, 0 or
     /// less: every event alike); see `Catalog::set_popularity_half_life`.
     popularity_half_life: Option<f64>,
+    /// The models tree's [`FORGOTTEN`] records in memory (who, and when), read at open and
+    /// kept with every write of them: checked for every event recorded
+    /// ([`RankerStore::unforgotten`]; a sled read per shopper cost 0.6x the batch's write).
+    forgotten: std::sync::RwLock<HashMap<UserKey, i64>>,
 }
 
 /// The store's trees, as a replica names them (the `tree` of the `Follow` stream's records).
@@ -351,6 +355,36 @@ fn listed(bytes: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
     Some((u64::from_be_bytes(*origin), keys))
 }
 
+/// Keys in the models tree that remember a forgotten shopper (`ForgetUsers`): this prefix,
+/// then the user's key; the value is when they were forgotten (Unix ms, big-endian i64).
+/// Events of theirs stamped at or before it are not recorded again
+/// ([`RankerStore::unforgotten`]); later ones are (the shopper came back). In the models
+/// tree, which builds before them read by name only, so an older build still opens the
+/// store; replicas take them as any write.
+const FORGOTTEN: &[u8] = b"forgotten/";
+
+fn forgotten_key(user: &UserKey) -> Vec<u8> {
+    [FORGOTTEN, user.as_str().as_bytes()].concat()
+}
+
+/// The time of a [`FORGOTTEN`] record's value; `None` when it is not 8 bytes.
+fn forgotten_at(value: &[u8]) -> Option<i64> {
+    <[u8; 8]>::try_from(value).ok().map(i64::from_be_bytes)
+}
+
+/// Every [`FORGOTTEN`] record of `models`: who, and when.
+fn read_forgotten(models: &sled::Tree) -> Result<HashMap<UserKey, i64>, RankError> {
+    let mut forgotten = HashMap::new();
+    for entry in models.scan_prefix(FORGOTTEN) {
+        let (key, value) = entry.map_err(internal)?;
+        let user = String::from_utf8_lossy(&key[FORGOTTEN.len()..]).into_owned();
+        let at = forgotten_at(&value)
+            .ok_or_else(|| internal(format!("a damaged record of forgotten shopper {user}")))?;
+        forgotten.insert(UserKey::from_stored(user), at);
+    }
+    Ok(forgotten)
+}
+
 /// Key in the models tree set once a follower subscribed: a store restarted after a crash
 /// keeps its latest writes from its first one for replicas reconnecting.
 const FOLLOWED_KEY: &[u8] = b"journal.followed";
@@ -526,6 +560,7 @@ impl RankerStore {
         named.extend(position_bytes((journal.origin, journal.seq)));
         models.insert(NAMES_KEY, named).map_err(internal)?;
         db.flush().map_err(internal)?;
+        let forgotten = std::sync::RwLock::new(read_forgotten(&models)?);
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
@@ -535,6 +570,7 @@ impl RankerStore {
             journal: std::sync::Mutex::new(journal),
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
             popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS),
+            forgotten,
         })
     }
 
@@ -799,6 +835,10 @@ impl RankerStore {
                 self.models.remove(key).map_err(internal)?;
             }
         }
+        self.forgotten
+            .write()
+            .map_err(|_| internal("forgotten shoppers' lock poisoned"))?
+            .clear();
         match std::fs::remove_file(self.ann_path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(internal(format!("{}: {e}", self.ann_path().display())));
@@ -815,7 +855,8 @@ impl RankerStore {
     /// When the write fails.
     pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
         let batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
-        self.tree(tree).apply_batch(batch).map_err(internal)
+        self.tree(tree).apply_batch(batch).map_err(internal)?;
+        self.note_forgotten(tree, writes)
     }
 
     /// Stores a live write copied from a primary ([`Self::apply`]) and, in the same atomic
@@ -834,7 +875,8 @@ impl RankerStore {
         let mut batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
         if tree == TreeName::Models {
             batch.insert(POSITION_KEY, position_bytes(position));
-            return self.models.apply_batch(batch).map_err(internal);
+            self.models.apply_batch(batch).map_err(internal)?;
+            return self.note_forgotten(tree, writes);
         }
         let position = position_bytes(position);
         (self.tree(tree), &self.models)
@@ -1111,14 +1153,33 @@ impl RankerStore {
         Ok(found)
     }
 
-    /// Removes the events under `keys` in one write, durably (followers take it as any
-    /// write; none when `keys` is empty). One atomic write, so a failed call leaves the store
-    /// and memory as they were; its size is the shoppers' events (~12 bytes each in the
-    /// message a replica takes: its 512 MB limit holds tens of millions).
+    /// Forgets `users` as of `at_ms` (Unix ms): remembers each of them with that time (a
+    /// [`FORGOTTEN`] record, so that [`Self::unforgotten`] turns away their events stamped
+    /// until then when they arrive later), then removes the events under `keys` in one
+    /// write (none when `keys` is empty). Followers take both writes as any. The removal is
+    /// one atomic write, so a failed call leaves the events and memory as they were (the
+    /// records may stay: the call is repeated); its size is the shoppers' events (~12 bytes
+    /// each in the message a replica takes: its 512 MB limit holds tens of millions).
     ///
     /// # Errors
-    /// When the write fails: then nothing is removed.
-    pub fn remove_events(&self, keys: Vec<Vec<u8>>) -> Result<(), RankError> {
+    /// When a write fails.
+    pub fn forget(
+        &self,
+        users: &HashSet<UserKey>,
+        at_ms: i64,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<(), RankError> {
+        let records = users
+            .iter()
+            .map(|user| (forgotten_key(user), Some(at_ms.to_be_bytes().to_vec())))
+            .collect();
+        self.commit(TreeName::Models, records)?;
+        for user in users {
+            self.forgotten
+                .write()
+                .map_err(|_| internal("forgotten shoppers' lock poisoned"))?
+                .insert(user.clone(), at_ms);
+        }
         if keys.is_empty() {
             return Ok(());
         }
@@ -1126,6 +1187,48 @@ impl RankerStore {
             TreeName::Events,
             keys.into_iter().map(|k| (k, None)).collect(),
         )
+    }
+
+    /// Takes out of `events` those of forgotten shoppers stamped at or before their forget
+    /// (see [`FORGOTTEN`]): events that were on their way while they were forgotten (a
+    /// replica's outbox, a shop's retry) or an old log loaded again. Returns how many it
+    /// took out. One lookup per shopper of the batch, none while nobody was ever forgotten.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn unforgotten(&self, events: &mut Vec<Interaction>) -> Result<u64, RankError> {
+        let forgotten = self
+            .forgotten
+            .read()
+            .map_err(|_| internal("forgotten shoppers' lock poisoned"))?;
+        if forgotten.is_empty() {
+            return Ok(0);
+        }
+        let before = events.len();
+        events.retain(|e| forgotten.get(&e.user).is_none_or(|&at| e.timestamp_ms > at));
+        Ok((before - events.len()) as u64)
+    }
+
+    /// Keeps [`Self::forgotten`] as the models tree's [`FORGOTTEN`] records after `writes`
+    /// to `tree` (a forget here, or a primary's write or copy applied on a replica).
+    fn note_forgotten(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
+        if tree != TreeName::Models || !writes.iter().any(|(k, _)| k.starts_with(FORGOTTEN)) {
+            return Ok(());
+        }
+        let mut forgotten = self
+            .forgotten
+            .write()
+            .map_err(|_| internal("forgotten shoppers' lock poisoned"))?;
+        for (key, value) in writes {
+            if let Some(user) = key.strip_prefix(FORGOTTEN) {
+                let user = UserKey::from_stored(String::from_utf8_lossy(user).into_owned());
+                match value.as_deref().and_then(forgotten_at) {
+                    Some(at) => forgotten.insert(user, at),
+                    None => forgotten.remove(&user),
+                };
+            }
+        }
+        Ok(())
     }
 
     /// The stored events under `keys` (keys of the events tree; those not stored are
@@ -1699,7 +1802,26 @@ mod tests {
             .map(|(key, _)| key)
             .collect();
         follower.try_recv().unwrap();
-        store.remove_events(keys).unwrap();
+        store.forget(&gone, 5, keys).unwrap();
+        let change = follower.try_recv().unwrap();
+        assert_eq!(change.tree, TreeName::Models, "who was forgotten, and when");
+        assert_eq!(change.writes.len(), 1);
+        // A replica applying it turns their late events away too (were it made primary).
+        let replica_dir = tempfile::tempdir().unwrap();
+        let replica = RankerStore::open(replica_dir.path()).unwrap();
+        replica
+            .apply_at(change.tree, &change.writes, (change.origin, change.seq))
+            .unwrap();
+        let mut late = vec![click("u1"), click("u2")];
+        assert_eq!(replica.unforgotten(&mut late).unwrap(), 1);
+        assert_eq!(late, [click("u2")]);
+        replica.begin_sync().unwrap();
+        let mut late = vec![click("u1")];
+        assert_eq!(
+            replica.unforgotten(&mut late).unwrap(),
+            0,
+            "a copy starts empty"
+        );
         let change = follower.try_recv().unwrap();
         assert_eq!(change.tree, TreeName::Events);
         assert_eq!(change.writes.len(), 3);
@@ -1712,14 +1834,38 @@ mod tests {
             0
         );
         assert!(store.events_of(&gone, &cut, true).unwrap().is_empty());
-        store.remove_events(Vec::new()).unwrap();
-        assert!(follower.try_recv().is_err(), "nothing to remove, no write");
+        let nobody: HashSet<UserKey> = [click("u9").user].into();
+        store.forget(&nobody, 5, Vec::new()).unwrap();
+        assert_eq!(follower.try_recv().unwrap().tree, TreeName::Models);
+        assert!(
+            follower.try_recv().is_err(),
+            "nothing to remove, no removal"
+        );
         drop(follower);
         drop(store);
         let store = RankerStore::open(dir.path()).unwrap();
         let (catalog, _) = store.load(usize::MAX).unwrap();
         assert_eq!((catalog.interactions(), catalog.users()), (2, 1));
         assert!(catalog.history(&click("u1").user).is_empty());
+        // Their events stamped up to the forget (time 5) are turned away when they arrive
+        // later, after a restart too; later ones and other shoppers' are kept.
+        let at = |user: &str, ms: i64| Interaction {
+            timestamp_ms: ms,
+            ..click(user)
+        };
+        let mut arriving = vec![at("u1", 1), at("u2", 1), at("u1", 5), at("u1", 6)];
+        assert_eq!(store.unforgotten(&mut arriving).unwrap(), 2);
+        assert_eq!(arriving, [at("u2", 1), at("u1", 6)]);
+    }
+
+    /// A store where nobody was forgotten keeps every event (and reads no record per event).
+    #[test]
+    fn no_event_is_turned_away_while_nobody_was_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let mut arriving = vec![click("u1"), click("u2")];
+        assert_eq!(store.unforgotten(&mut arriving).unwrap(), 0);
+        assert_eq!(arriving.len(), 2);
     }
 
     /// The writes a follower missed after `after` of `origin`, by number, or `None` when the

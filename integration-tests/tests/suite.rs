@@ -153,6 +153,56 @@ async fn the_demo_shop_ranks_with_reasons() {
     assert_eq!(r.items[0].reasons, vec!["popular with shoppers"]);
 }
 
+/// An admin loading the events file a second time (a load that failed halfway and is run
+/// again, a retry) changes nothing: every event is already stored, and counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_the_events_file_again_changes_nothing() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let stats = async |client: &mut RankerClient<_>| {
+        let s = client
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        (s.users, s.interactions)
+    };
+    let before = stats(&mut client).await;
+    let rows = csv::Reader::from_path(repo_root().join("kg-data/events.csv"))
+        .unwrap()
+        .records()
+        .count() as u64;
+    assert_eq!(before, (100, rows));
+    let popular = ids(&client.rank(rank("", "", 10)).await.unwrap().into_inner());
+    let theirs = ids(&client
+        .rank(rank("u010", "", 10))
+        .await
+        .unwrap()
+        .into_inner());
+    let (_, again) = soukctl::load_events(
+        channel(&shop.ranker.url()).await,
+        &repo_root().join("kg-data/events.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    let again = again.unwrap();
+    assert_eq!((again.recorded, again.duplicates), (0, rows), "{again:?}");
+    assert_eq!(stats(&mut client).await, before);
+    let popular_again = client.rank(rank("", "", 10)).await.unwrap().into_inner();
+    assert_eq!(ids(&popular_again), popular);
+    let theirs_again = client
+        .rank(rank("u010", "", 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&theirs_again), theirs);
+    // A new event is still recorded.
+    let new = purchase(&mut client, "u010", "p00001").await;
+    assert_eq!((new.recorded, new.duplicates), (1, 0));
+}
+
 /// An item's page through gRPC: items like the hiking boots (most of them boots), the item
 /// the triples file says complements them, the first results explained by the page's item, and
 /// the item itself never among them; an unknown item is refused.

@@ -1013,6 +1013,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             r.queued
                         );
                     }
+                    if r.duplicates > 0 {
+                        extra += &format!(
+                            ", {} already stored (identical events are stored once)",
+                            r.duplicates
+                        );
+                    }
                     if r.forgotten > 0 {
                         extra += &format!(
                             ", {} not recorded: of shoppers forgotten after them",

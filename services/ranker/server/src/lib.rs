@@ -1090,6 +1090,7 @@ async fn pass_on(
                     response.recorded += answer.recorded;
                     response.unknown_items += answer.unknown_items;
                     response.forgotten += answer.forgotten;
+                    response.duplicates += answer.duplicates;
                     continue;
                 }
                 Err(error) if outbox::unreachable(&error) => {
@@ -1512,7 +1513,11 @@ impl pb::ranker_server::Ranker for RankerService {
         // Events of theirs stamped until now that arrive later (a replica's outbox, a log
         // loaded again) are turned away; their events after it are new ones.
         let at_ms = unix_time().as_millis() as i64;
-        blocking(&ready, move |ready| ready.store.forget(&users, at_ms, keys)).await?;
+        let events = blocking(&ready, move |ready| {
+            ready.store.forget(&users, at_ms, keys, &events)?;
+            Ok(events)
+        })
+        .await?;
         let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
             events.iter().map(|e| &e.user).collect();
         let users = forgotten.len() as u64;
@@ -1562,17 +1567,12 @@ impl pb::ranker_server::Ranker for RankerService {
             && let Some(gathered) = stream.next(&checked).await?
         {
             failed = gathered.failed;
-            let mut events = gathered.events;
+            let events = gathered.events;
             let _recording = ready.events.read().await;
-            let (events, forgotten) = blocking(&ready, move |ready| {
-                let forgotten = ready.store.unforgotten(&mut events)?;
-                if !events.is_empty() {
-                    ready.store.append_events(&events)?;
-                }
-                Ok((events, forgotten))
-            })
-            .await?;
-            response.forgotten += forgotten;
+            let recorded = blocking(&ready, move |ready| ready.store.record(events)).await?;
+            response.forgotten += recorded.forgotten;
+            response.duplicates += recorded.duplicates;
+            let events = recorded.events;
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
             for event in &events {
                 if catalog.get(&event.item_id).is_none() {

@@ -720,6 +720,7 @@ fn apply_live(
             _ => Vec::new(),
         };
         ready.store.apply_at(*tree, writes, position)?;
+        ready.store.note_events(&forgotten, false)?;
         let Decoded {
             upserted,
             vectors,
@@ -728,6 +729,7 @@ fn apply_live(
             events,
             models,
         } = RankerStore::decode(*tree, writes)?;
+        ready.store.note_events(&events, true)?;
         {
             let catalog = ready.ranker.catalog();
             let mut catalog = catalog.write().map_err(|_| lock_poisoned())?;

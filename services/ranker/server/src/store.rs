@@ -38,6 +38,46 @@ pub struct RankerStore {
     /// kept with every write of them: checked for every event recorded
     /// ([`RankerStore::unforgotten`]; a sled read per shopper cost 0.6x the batch's write).
     forgotten: std::sync::RwLock<HashMap<UserKey, i64>>,
+    /// Keys [`RankerStore::fingerprint`] (random per process: the prints live in memory only).
+    print_keys: std::hash::RandomState,
+    /// The fingerprints of the stored events, built by each replay of the log and kept with
+    /// every event stored or removed since (on a replica too, by `replica::apply_live`):
+    /// what [`RankerStore::record`] checks a batch against (~19 MB at 1M events).
+    prints: std::sync::Mutex<Prints>,
+}
+
+/// A set of [`RankerStore::fingerprint`]s: already hashes, so not hashed again.
+type Prints = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// The identity hasher for [`Prints`]: a fingerprint is its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// What [`RankerStore::record`] did with a batch of events.
+#[derive(Debug)]
+pub struct Recorded {
+    /// The events stored, in the batch's order.
+    pub events: Vec<Interaction>,
+    /// Events of forgotten shoppers not stored ([`RankerStore::unforgotten`]).
+    pub forgotten: u64,
+    /// Events not stored because an identical one was.
+    pub duplicates: u64,
 }
 
 /// The store's trees, as a replica names them (the `tree` of the `Follow` stream's records).
@@ -571,6 +611,8 @@ impl RankerStore {
             ann_file: std::sync::Mutex::new(ANN_NOT_SAVED),
             popularity_half_life: Some(souk_ranker_core::catalog::POPULARITY_HALF_LIFE_DAYS),
             forgotten,
+            print_keys: std::hash::RandomState::new(),
+            prints: std::sync::Mutex::new(Prints::default()),
         })
     }
 
@@ -1083,7 +1125,86 @@ impl RankerStore {
         self.commit(TreeName::Catalog, writes)
     }
 
-    /// Appends events durably.
+    /// An event's fingerprint: a 64-bit hash of its user, item, kind, value and time.
+    pub fn fingerprint(&self, event: &Interaction) -> u64 {
+        std::hash::BuildHasher::hash_one(
+            &self.print_keys,
+            (
+                event.user.as_str(),
+                event.item_id.as_str(),
+                event.kind as u8,
+                event.value.to_bits(),
+                event.timestamp_ms,
+            ),
+        )
+    }
+
+    fn prints(&self) -> Result<std::sync::MutexGuard<'_, Prints>, RankError> {
+        self.prints
+            .lock()
+            .map_err(|_| internal("event fingerprints' lock poisoned"))
+    }
+
+    /// Stores the new events of a batch, durably, in one write: not those of forgotten
+    /// shoppers stamped until their forget ([`Self::unforgotten`]), nor an event identical
+    /// (same user, item, kind, value and millisecond: [`Self::fingerprint`]) to one stored
+    /// already or by a batch in flight (a file loaded again, a delivery repeated), so that
+    /// sending the same events twice stores them once. Identical events within the batch
+    /// are each stored: the sender said there were two.
+    ///
+    /// # Errors
+    /// When the write fails: then nothing of the batch is stored.
+    pub fn record(&self, mut events: Vec<Interaction>) -> Result<Recorded, RankError> {
+        let forgotten = self.unforgotten(&mut events)?;
+        let mut prints: Vec<u64> = events.iter().map(|e| self.fingerprint(e)).collect();
+        let before = events.len();
+        {
+            let mut stored = self.prints()?;
+            let new: Vec<bool> = prints.iter().map(|p| !stored.contains(p)).collect();
+            let mut at = 0..;
+            events.retain(|_| at.next().is_some_and(|i| new[i]));
+            let mut at = 0..;
+            prints.retain(|_| at.next().is_some_and(|i| new[i]));
+            // Taken now, so that a batch in flight beside this one finds them.
+            stored.extend(&prints);
+        }
+        let duplicates = (before - events.len()) as u64;
+        if !events.is_empty()
+            && let Err(error) = self.append_events(&events)
+        {
+            let mut stored = self.prints()?;
+            for print in &prints {
+                stored.remove(print);
+            }
+            return Err(error);
+        }
+        Ok(Recorded {
+            events,
+            forgotten,
+            duplicates,
+        })
+    }
+
+    /// Keeps the fingerprints with events a primary stored (`stored`) or removed, applied
+    /// on a replica.
+    ///
+    /// # Errors
+    /// When the fingerprints' lock is poisoned.
+    pub fn note_events(&self, events: &[Interaction], stored: bool) -> Result<(), RankError> {
+        let mut prints = self.prints()?;
+        for event in events {
+            let print = self.fingerprint(event);
+            if stored {
+                prints.insert(print);
+            } else {
+                prints.remove(&print);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends events durably (all of them: [`Self::record`] is what a shop's events go
+    /// through).
     ///
     /// # Errors
     /// When the write fails.
@@ -1156,7 +1277,7 @@ impl RankerStore {
     /// Forgets `users` as of `at_ms` (Unix ms): remembers each of them with that time (a
     /// [`FORGOTTEN`] record, so that [`Self::unforgotten`] turns away their events stamped
     /// until then when they arrive later), then removes the events under `keys` in one
-    /// write (none when `keys` is empty). Followers take both writes as any. The removal is
+    /// write (none when `keys` is empty); `events` are those events, whose fingerprints go. Followers take both writes as any. The removal is
     /// one atomic write, so a failed call leaves the events and memory as they were (the
     /// records may stay: the call is repeated); its size is the shoppers' events (~12 bytes
     /// each in the message a replica takes: its 512 MB limit holds tens of millions).
@@ -1168,6 +1289,7 @@ impl RankerStore {
         users: &HashSet<UserKey>,
         at_ms: i64,
         keys: Vec<Vec<u8>>,
+        events: &[Interaction],
     ) -> Result<(), RankError> {
         let records = users
             .iter()
@@ -1186,7 +1308,8 @@ impl RankerStore {
         self.commit(
             TreeName::Events,
             keys.into_iter().map(|k| (k, None)).collect(),
-        )
+        )?;
+        self.note_events(events, false)
     }
 
     /// Takes out of `events` those of forgotten shoppers stamped at or before their forget
@@ -1473,8 +1596,10 @@ impl RankerStore {
         /// Events decoded per message between the two threads.
         const BATCH: usize = 4096;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Interaction>, RankError>>(4);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
+        let prints = std::thread::scope(|scope| {
+            // The reader also takes each event's fingerprint, off the recording thread.
+            let reader = scope.spawn(move || {
+                let mut prints = Prints::default();
                 let mut batch = Vec::with_capacity(BATCH);
                 for entry in self.events.iter() {
                     if matches!(&entry, Ok((key, _)) if key.first() == Some(&OWN)) {
@@ -1484,10 +1609,13 @@ impl RankerStore {
                         serde_json::from_slice::<Interaction>(&v).map_err(internal)
                     });
                     match event {
-                        Ok(event) => batch.push(event),
+                        Ok(event) => {
+                            prints.insert(self.fingerprint(&event));
+                            batch.push(event);
+                        }
                         Err(error) => {
                             let _ = tx.send(Err(error));
-                            return;
+                            return prints;
                         }
                     }
                     if batch.len() == BATCH
@@ -1495,10 +1623,11 @@ impl RankerStore {
                             .send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))
                             .is_err()
                     {
-                        return;
+                        return prints;
                     }
                 }
                 let _ = tx.send(Ok(batch));
+                prints
             });
             let mut failed = None;
             // An error ends the replay and drops `rx` with the iterator: the reader's next
@@ -1508,8 +1637,13 @@ impl RankerStore {
                 .map_while(|batch| batch.map_err(|error| failed = Some(error)).ok())
                 .flatten();
             catalog.replay(events);
-            failed.map_or(Ok(()), Err)
-        })
+            let prints = reader
+                .join()
+                .map_err(|_| internal("the log's reader panicked"))?;
+            failed.map_or(Ok(prints), Err)
+        })?;
+        *self.prints()? = prints;
+        Ok(())
     }
 
     /// The catalog as it is served: [`Self::load`], with the trained collaborative filter
@@ -1802,7 +1936,7 @@ mod tests {
             .map(|(key, _)| key)
             .collect();
         follower.try_recv().unwrap();
-        store.forget(&gone, 5, keys).unwrap();
+        store.forget(&gone, 5, keys, &[]).unwrap();
         let change = follower.try_recv().unwrap();
         assert_eq!(change.tree, TreeName::Models, "who was forgotten, and when");
         assert_eq!(change.writes.len(), 1);
@@ -1835,7 +1969,7 @@ mod tests {
         );
         assert!(store.events_of(&gone, &cut, true).unwrap().is_empty());
         let nobody: HashSet<UserKey> = [click("u9").user].into();
-        store.forget(&nobody, 5, Vec::new()).unwrap();
+        store.forget(&nobody, 5, Vec::new(), &[]).unwrap();
         assert_eq!(follower.try_recv().unwrap().tree, TreeName::Models);
         assert!(
             follower.try_recv().is_err(),
@@ -1856,6 +1990,75 @@ mod tests {
         let mut arriving = vec![at("u1", 1), at("u2", 1), at("u1", 5), at("u1", 6)];
         assert_eq!(store.unforgotten(&mut arriving).unwrap(), 2);
         assert_eq!(arriving, [at("u2", 1), at("u1", 6)]);
+    }
+
+    /// Events sent again are stored once, across a restart too; identical events within
+    /// one batch are each stored; an event removed by a forget is new again.
+    #[test]
+    fn an_event_sent_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |user: &str, item: &str, ms: i64| Interaction {
+            item_id: item.into(),
+            timestamp_ms: ms,
+            ..click(user)
+        };
+        let stored = |store: &RankerStore| store.load(usize::MAX).unwrap().0.interactions();
+        {
+            let store = RankerStore::open(dir.path()).unwrap();
+            let first = store
+                .record(vec![at("u1", "a", 10), at("u2", "a", 10)])
+                .unwrap();
+            assert_eq!((first.events.len(), first.duplicates), (2, 0));
+            let again = store
+                .record(vec![
+                    at("u1", "a", 10),
+                    at("u1", "a", 11),
+                    at("u1", "b", 10),
+                ])
+                .unwrap();
+            assert_eq!(again.duplicates, 1);
+            assert_eq!(again.events, [at("u1", "a", 11), at("u1", "b", 10)]);
+            let twice = store
+                .record(vec![at("u3", "a", 10), at("u3", "a", 10)])
+                .unwrap();
+            assert_eq!(
+                (twice.events.len(), twice.duplicates),
+                (2, 0),
+                "the sender said two"
+            );
+            let rated = Interaction {
+                value: 4.0,
+                ..at("u1", "a", 10)
+            };
+            assert_eq!(
+                store.record(vec![rated]).unwrap().duplicates,
+                0,
+                "another value"
+            );
+            assert_eq!(stored(&store), 7);
+        }
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(stored(&store), 7);
+        let after_restart = store
+            .record(vec![
+                at("u1", "a", 10),
+                at("u2", "a", 10),
+                at("u2", "a", 12),
+            ])
+            .unwrap();
+        assert_eq!(after_restart.duplicates, 2, "the replay took the prints");
+        // u2 forgotten as of time 0: their events (at 10 and 12) removed, not turned away.
+        let gone: HashSet<UserKey> = [at("u2", "a", 0).user].into();
+        let cut = store.event_cut().unwrap();
+        let (keys, events): (Vec<_>, Vec<_>) = store
+            .events_of(&gone, &cut, true)
+            .unwrap()
+            .into_iter()
+            .unzip();
+        assert_eq!(events.len(), 2);
+        store.forget(&gone, 0, keys, &events).unwrap();
+        let back = store.record(vec![at("u2", "a", 10)]).unwrap();
+        assert_eq!((back.events.len(), back.duplicates), (1, 0));
     }
 
     /// A store where nobody was forgotten keeps every event (and reads no record per event).

@@ -77,14 +77,28 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(value("souk_rank_candidates_count"), 4.0);
     assert_eq!(value("souk_catalog_items"), 312.0);
     assert_eq!(value("souk_catalog_users"), 100.0);
+    // What became of the events sent: the demo's file, each recorded once.
+    assert_eq!(value("souk_events_total{outcome=\"recorded\"}"), 3242.0);
+    assert_eq!(value("souk_events_total{outcome=\"duplicate\"}"), 0.0);
 
     // Searches whose words no item holds are counted, and listed for the shop by query.
     for q in ["Blendtec", "blendtec", "kobo ereader"] {
         let r = client.rank(search(q)).await.unwrap().into_inner();
         assert_eq!(r.words_matched, Some(false), "{q}");
     }
+    // The file sent again: every event counted as a duplicate, none recorded.
+    soukctl::load_events(
+        channel(&ranker.url()).await,
+        &repo_root().join("kg-data/events.csv"),
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
     let scrape = scrape_metrics(metrics_port).await;
     let value = |series: &str| metric_value(&scrape, series);
+    assert_eq!(value("souk_events_total{outcome=\"recorded\"}"), 3242.0);
+    assert_eq!(value("souk_events_total{outcome=\"duplicate\"}"), 3242.0);
     assert_eq!(value("souk_rank_searches_total{words=\"none\"}"), 3.0);
     assert_eq!(value("souk_rank_searches_total{words=\"matched\"}"), 2.0);
     let stats = client

@@ -1572,6 +1572,11 @@ impl pb::ranker_server::Ranker for RankerService {
             let recorded = blocking(&ready, move |ready| ready.store.record(events)).await?;
             response.forgotten += recorded.forgotten;
             response.duplicates += recorded.duplicates;
+            self.metrics.events(
+                recorded.events.len() as u64,
+                recorded.duplicates,
+                recorded.forgotten,
+            );
             let events = recorded.events;
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
             for event in &events {

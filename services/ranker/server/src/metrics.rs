@@ -23,6 +23,7 @@ pub struct RankMetrics {
     missing: IntCounterVec,
     candidates: Histogram,
     searches: IntCounterVec,
+    events: IntCounterVec,
     /// Searches that matched no item's words, by query.
     pub unmatched: Mutex<QueryCounts<String>>,
     /// Searches the spelling check read as another query, by (typed, read).
@@ -142,7 +143,20 @@ impl RankMetrics {
         for words in ["matched", "none"] {
             searches.with_label_values(&[words]);
         }
+        let events = IntCounterVec::new(
+            Opts::new(
+                "events_total",
+                "Events RecordInteractions took on this primary, by outcome: recorded, \
+                 duplicate (identical to a stored one: a file loaded again, a retry) or \
+                 forgotten (of a shopper forgotten after them).",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["recorded", "duplicate", "forgotten"] {
+            events.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(first_pass.clone()))?;
+        registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(missing.clone()))?;
         registry.register(Box::new(candidates.clone()))?;
         registry.register(Box::new(searches.clone()))?;
@@ -151,9 +165,21 @@ impl RankMetrics {
             missing,
             candidates,
             searches,
+            events,
             unmatched: Mutex::new(QueryCounts::default()),
             corrected: Mutex::new(QueryCounts::default()),
         })
+    }
+
+    /// Counts what became of a batch of events (`souk_events_total`).
+    pub fn events(&self, recorded: u64, duplicates: u64, forgotten: u64) {
+        for (outcome, n) in [
+            ("recorded", recorded),
+            ("duplicate", duplicates),
+            ("forgotten", forgotten),
+        ] {
+            self.events.with_label_values(&[outcome]).inc_by(n);
+        }
     }
 
     /// Counts a ranking of `query` (the request's text, as typed).

@@ -1156,18 +1156,24 @@ impl RankerStore {
     /// When the write fails: then nothing of the batch is stored.
     pub fn record(&self, mut events: Vec<Interaction>) -> Result<Recorded, RankError> {
         let forgotten = self.unforgotten(&mut events)?;
-        let mut prints: Vec<u64> = events.iter().map(|e| self.fingerprint(e)).collect();
         let before = events.len();
-        {
+        let printed: Vec<(Interaction, u64)> = events
+            .into_iter()
+            .map(|event| {
+                let print = self.fingerprint(&event);
+                (event, print)
+            })
+            .collect();
+        let (events, prints): (Vec<Interaction>, Vec<u64>) = {
             let mut stored = self.prints()?;
-            let new: Vec<bool> = prints.iter().map(|p| !stored.contains(p)).collect();
-            let mut at = 0..;
-            events.retain(|_| at.next().is_some_and(|i| new[i]));
-            let mut at = 0..;
-            prints.retain(|_| at.next().is_some_and(|i| new[i]));
+            let new: (Vec<_>, Vec<_>) = printed
+                .into_iter()
+                .filter(|(_, print)| !stored.contains(print))
+                .unzip();
             // Taken now, so that a batch in flight beside this one finds them.
-            stored.extend(&prints);
-        }
+            stored.extend(&new.1);
+            new
+        };
         let duplicates = (before - events.len()) as u64;
         if !events.is_empty()
             && let Err(error) = self.append_events(&events)

@@ -433,6 +433,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut answers: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
+    let mut passes: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
     // Two rounds; the second is reported (the first warms caches and the allocator).
     for round in 0..2 {
         for (name, request) in &kinds {
@@ -443,6 +444,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let started = Instant::now();
                 let ranking = futures::executor::block_on(ranker.rank(&request))?;
                 micros.push(started.elapsed().as_secs_f64() * 1e6);
+                if round == 1 {
+                    *passes
+                        .entry(name)
+                        .or_default()
+                        .entry(ranking.first_pass.name())
+                        .or_default() += 1;
+                }
                 if ranking.items.is_empty() {
                     return Err(format!("{name}: no results for request {i}").into());
                 }
@@ -490,8 +498,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .get(name)
             .map(|a| format!("  top 10 as the exact scan's: {:.1}%", a * 100.0))
             .unwrap_or_default();
+        // Where the first passes looked, when not all in one place.
+        let mut looked: Vec<(&str, usize)> = passes
+            .remove(name)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        looked.sort();
+        let looked = if looked.len() > 1 {
+            let each: Vec<String> = looked.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            format!("  ({})", each.join(", "))
+        } else {
+            looked
+                .first()
+                .map(|(p, _)| format!("  ({p})"))
+                .unwrap_or_default()
+        };
         println!(
-            "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us{agrees}",
+            "{name:<22} mean {mean:>7.0} us  p50 {:>7.0} us  p99 {:>7.0} us{agrees}{looked}",
             at(0.5).unwrap_or(0.0),
             at(0.99).unwrap_or(0.0)
         );

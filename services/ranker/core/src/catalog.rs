@@ -680,7 +680,7 @@ impl Catalog {
         }
         let scan: Box<dyn Iterator<Item = u32>> = match members {
             Some(members) => Box::new(members.into_iter()),
-            None => Box::new(self.slots()),
+            None => self.filtered_slots(filter),
         };
         let mut scored: Vec<(u32, f32)> = scan
             .filter(|&slot| self.passes(filter, slot))
@@ -1045,6 +1045,20 @@ impl Catalog {
     /// Every live slot.
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_id.values().copied()
+    }
+
+    /// What an exact pass over the items `filter` may pass walks: the filter's members when
+    /// it can list them and they are at most half the catalog (a department of a 1M-item
+    /// catalog: 83k slots instead of 1M filter checks), else every item. Callers still check
+    /// `filter` on each.
+    pub(crate) fn filtered_slots<'a>(
+        &'a self,
+        filter: Option<&Filter>,
+    ) -> Box<dyn Iterator<Item = u32> + 'a> {
+        match filter.and_then(|f| f.members_within(self.len() / 2)) {
+            Some(members) => Box::new(members.into_iter()),
+            None => Box::new(self.slots()),
+        }
     }
 
     /// The items the query's words match, with their lexical relevance (see

@@ -1477,7 +1477,7 @@ fn first_pass(
     // depth, so that every page of the tier comes from the same candidates.
     let place = tier.end - tier.start;
     if scored.len() < place && pass == FirstPass::Pool {
-        scored = score(&mut catalog.slots());
+        scored = score(&mut catalog.filtered_slots(filter.as_ref()));
         pass = FirstPass::PoolThenScan;
     }
     // A common word ("Lite", "Pro") matches thousands of titles with near-equal BM25; the

@@ -1578,6 +1578,10 @@ impl pb::ranker_server::Ranker for RankerService {
                 recorded.forgotten,
             );
             let events = recorded.events;
+            if events.is_empty() {
+                // All sent before (a file loaded again): `Rank` is not held up for nothing.
+                continue;
+            }
             let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
             for event in &events {
                 if catalog.get(&event.item_id).is_none() {

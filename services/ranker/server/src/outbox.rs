@@ -192,11 +192,15 @@ pub(crate) async fn drain(
         match sent {
             Ok(answer) => {
                 backoff.reset();
-                let forgotten = answer.into_inner().forgotten;
-                if forgotten > 0 {
+                let answer = answer.into_inner();
+                let (forgotten, duplicates) = (answer.forgotten, answer.duplicates);
+                if forgotten > 0 || duplicates > 0 {
+                    // Duplicates: a message whose answer was lost, sent again.
                     tracing::info!(
                         forgotten,
-                        "queued events of shoppers forgotten since were not recorded"
+                        duplicates,
+                        "queued events not recorded: of shoppers forgotten since, or \
+                         recorded already"
                     );
                 }
                 if let Err(error) = outbox.remove(&key, bytes, events) {

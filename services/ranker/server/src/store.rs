@@ -1297,17 +1297,13 @@ impl RankerStore {
         keys: Vec<Vec<u8>>,
         events: &[Interaction],
     ) -> Result<(), RankError> {
-        let records = users
+        let records: Vec<Write> = users
             .iter()
             .map(|user| (forgotten_key(user), Some(at_ms.to_be_bytes().to_vec())))
             .collect();
-        self.commit(TreeName::Models, records)?;
-        for user in users {
-            self.forgotten
-                .write()
-                .map_err(|_| internal("forgotten shoppers' lock poisoned"))?
-                .insert(user.clone(), at_ms);
-        }
+        // Memory follows the records as on a replica that applies them.
+        self.commit(TreeName::Models, records.clone())?;
+        self.note_forgotten(TreeName::Models, &records)?;
         if keys.is_empty() {
             return Ok(());
         }

@@ -5,18 +5,27 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::ann::{AnnIndex, Decoded};
 use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
 use crate::cooccur::{CoRow, prefetch};
-use crate::facet::{FacetCounts, FacetField, Facets, Filter, Tally};
+use crate::facet::{FacetCounts, FacetField, Facets, Filter, SlotBits, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
 use crate::rank::{dot, filtered_scan_limit};
 use crate::{RankError, UserKey};
 
 /// Items of a user's history that feed CF and the graph signal.
+/// A filter one of whose sides holds at most 1 / this of the catalog lists the slots that
+/// pass as bits before the request checks any ([`Filter::with_passing_bits`]): building them
+/// costs a hash lookup per member of that side and per other side, while a search checks a
+/// common word's matches (~100k at 1M items) and every item its graph walk visits, each
+/// otherwise a read of the item (a cache miss) and a hash lookup per side. A broader side
+/// (in stock, when nearly everything is) would cost more to list than most requests check.
+pub const PASSING_BITS_SHARE: usize = 2;
+
 pub const HISTORY_WINDOW: usize = 50;
 
 /// Most recent items of a history that a trained model (`TrainCf`) scores from. The online
@@ -700,6 +709,14 @@ impl Catalog {
         self.facets.resolve(filters)
     }
 
+    /// [`Self::filter`] for a request that checks many slots against it (a common word's
+    /// matches, a filtered graph walk): with the slots that pass as bits when it has no price
+    /// bound and a side of it holds at most 1 / [`PASSING_BITS_SHARE`] of the catalog (see
+    /// [`Filter::with_passing_bits`]).
+    pub(crate) fn filter_checked_often<'a>(&self, filter: Filter<'a>) -> Filter<'a> {
+        filter.with_passing_bits(self.len() / PASSING_BITS_SHARE)
+    }
+
     /// Counts for a search page's facets over the items a search matches (see
     /// [`FacetScope`]) that pass `filters`, each facet without its own side (see
     /// [`FacetField::others`]). Values differing only in case are one, shown as one of its
@@ -725,16 +742,14 @@ impl Catalog {
             if counts[first].is_some() {
                 continue;
             }
-            let filter = (!others[first].is_empty()).then(|| self.filter(&others[first]));
+            let filter = (!others[first].is_empty())
+                .then(|| self.filter_checked_often(self.filter(&others[first])));
             let passing = self.scope_passing(scope, &lexical, filter.as_ref());
-            let mut bits = vec![0u64; self.slots.len().div_ceil(64)];
+            let mut bits = SlotBits::with_slots(self.slots.len());
             for &slot in &passing {
-                bits[slot as usize / 64] |= 1 << (slot % 64);
+                bits.insert(slot);
             }
-            let passes = |slot: u32| {
-                bits.get(slot as usize / 64)
-                    .is_some_and(|w| w & (1 << (slot % 64)) != 0)
-            };
+            let passes = |slot: u32| bits.contains(slot);
             for i in first..fields.len() {
                 if counts[i].is_none() && others[i] == others[first] {
                     counts[i] = Some(self.count_facet(&fields[i], &passing, &passes));
@@ -798,31 +813,61 @@ impl Catalog {
 
     /// The items a search lists when sorted by price instead of relevance: those its facets
     /// count (the query's word matches and nearest items, see [`FacetScope`]) that `filters`
-    /// pass, except `exclude`, by price (`descending`: dearest first; ties by id).
+    /// pass, except `exclude`, by price (`descending`: dearest first; ties by id): the
+    /// positions `page` of that list, and how many it lists in all.
+    ///
+    /// # Complexity
+    /// The scope's items and a selection of the page's end among them; only the items up to
+    /// the page's end (and their price's ties) are sorted.
     pub fn by_price(
         &self,
         scope: &FacetScope<'_>,
         filters: &Filters,
         exclude: &HashSet<u32>,
         descending: bool,
-    ) -> Vec<u32> {
-        let filter = (!filters.is_empty()).then(|| self.filter(filters));
+        page: Range<usize>,
+    ) -> (Vec<u32>, usize) {
+        let filter = (!filters.is_empty()).then(|| self.filter_checked_often(self.filter(filters)));
         let lexical = self.lexical_scope(scope);
-        let mut slots: Vec<(f64, &str, u32)> = self
+        // Prices from the facet index's array (an item's key orders as its price), not from
+        // each item: a common word's ~100k matches at 1M items were as many cache misses.
+        let mut keyed: Vec<(u64, u32)> = self
             .scope_passing(scope, &lexical, filter.as_ref())
             .into_iter()
             .filter(|slot| !exclude.contains(slot))
-            .filter_map(|slot| {
-                self.slot(slot)
-                    .map(|e| (e.item.price, e.item.id.as_str(), slot))
-            })
+            .filter_map(|slot| Some((self.facets.price_key_of(slot)?, slot)))
             .collect();
-        slots.sort_by(|a, b| {
-            let order = a.0.total_cmp(&b.0);
-            let order = if descending { order.reverse() } else { order };
-            order.then_with(|| a.1.cmp(b.1))
-        });
-        slots.into_iter().map(|(_, _, slot)| slot).collect()
+        let listed = keyed.len();
+        let end = page.end.min(listed);
+        if page.start >= end {
+            return (Vec::new(), listed);
+        }
+        let by_price = |a: &(u64, u32), b: &(u64, u32)| {
+            if descending {
+                b.0.cmp(&a.0)
+            } else {
+                a.0.cmp(&b.0)
+            }
+        };
+        // Only the page's items and those before it are ordered: the first `end` by price,
+        // and every other item at the price of the last of them, which the ties' order by id
+        // may place before it.
+        if end < listed {
+            keyed.select_nth_unstable_by(end - 1, by_price);
+            let last = keyed[end - 1].0;
+            let mut kept = end;
+            for i in end..listed {
+                if keyed[i].0 == last {
+                    keyed.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            keyed.truncate(kept);
+        }
+        let id_of = |slot: u32| self.slot(slot).map_or("", |e| e.item.id.as_str());
+        keyed.sort_by(|a, b| by_price(a, b).then_with(|| id_of(a.1).cmp(id_of(b.1))));
+        let slots = keyed[page.start..end].iter().map(|&(_, s)| s).collect();
+        (slots, listed)
     }
 
     /// One facet's counts over `passing` (`passes` answers membership). Two ways, the cheaper
@@ -902,7 +947,10 @@ impl Catalog {
     /// Whether the item in `slot` passes `filter` (false for an empty slot); without a filter
     /// every slot passes, and none is read.
     pub(crate) fn passes(&self, filter: Option<&Filter>, slot: u32) -> bool {
-        filter.is_none_or(|f| self.slot(slot).is_some_and(|e| f.accepts(slot, &e.item)))
+        filter.is_none_or(|f| {
+            f.passes_slot(slot)
+                .unwrap_or_else(|| self.slot(slot).is_some_and(|e| f.accepts(slot, &e.item)))
+        })
     }
 
     /// The `k` most popular items' slots, most popular first (ties by slot); items without
@@ -2220,6 +2268,66 @@ mod tests {
         assert!(catalog.upsert(item("j2".into()), unit(6, 2)).is_err());
         assert_eq!(catalog.dimension(), Some(3));
         assert_eq!(first(&catalog, &unit(3, 1)), "j1");
+    }
+
+    /// A listing by price: every page of it, cheapest or dearest first, is the matching slice
+    /// of the whole list sorted by (price, id), whatever the page's bounds cut through a run
+    /// of equal prices (ids out of slot order, so a tie kept by slot would show); the count
+    /// is the whole list's; a filter and exclusions apply before the page.
+    #[test]
+    fn a_listing_by_price_pages_through_the_whole_order() {
+        use crate::rng::XorShift;
+        let mut rng = XorShift::new(7);
+        let mut catalog = Catalog::default();
+        let prices = [0.0, 5.0, 5.0, 9.5, 12.0, 12.0, 12.0, 40.0];
+        for n in 0..300 {
+            // Ids count down while slots count up.
+            let mut it = item(format!("i{:03}", 999 - n));
+            it.title = if n % 5 == 0 { "plain mug" } else { "blue mug" }.into();
+            it.price = prices[(rng.unit() * prices.len() as f64) as usize];
+            it.category = vec![if n % 3 == 0 { "Cups" } else { "Home" }.into()];
+            catalog
+                .upsert(it.validated().unwrap(), vec![1.0, 0.0])
+                .unwrap();
+        }
+        let scope = FacetScope {
+            words: Some("blue mug"),
+            ..FacetScope::default()
+        };
+        let exclude: HashSet<u32> = [catalog.slot_of("i999").unwrap(), 7].into();
+        let cups = Filters::new("cups", &[], None, None, false).unwrap();
+        for (filters, passes) in [
+            (
+                Filters::default(),
+                &(|_: &Item| true) as &dyn Fn(&Item) -> bool,
+            ),
+            (cups, &|it: &Item| it.category[0] == "Cups"),
+        ] {
+            for descending in [false, true] {
+                let mut whole: Vec<(f64, String, u32)> = catalog
+                    .slots()
+                    .filter(|s| !exclude.contains(s))
+                    .filter_map(|s| Some((s, &catalog.slot(s)?.item)))
+                    .filter(|(_, it)| passes(it))
+                    .map(|(s, it)| (it.price, it.id.clone(), s))
+                    .collect();
+                whole.sort_by(|a, b| {
+                    let order = a.0.total_cmp(&b.0);
+                    let order = if descending { order.reverse() } else { order };
+                    order.then_with(|| a.1.cmp(&b.1))
+                });
+                let whole: Vec<u32> = whole.into_iter().map(|(_, _, s)| s).collect();
+                assert!(whole.len() > 50, "{}", whole.len());
+                for page in [0..10, 3..17, 40..41, 0..1000, 50..60, 290..400, 10..10] {
+                    let (slots, listed) =
+                        catalog.by_price(&scope, &filters, &exclude, descending, page.clone());
+                    assert_eq!(listed, whole.len(), "{page:?}");
+                    let end = page.end.min(whole.len());
+                    let expected = whole.get(page.start.min(end)..end).unwrap_or(&[]);
+                    assert_eq!(slots, expected, "{filters:?} {descending} {page:?}");
+                }
+            }
+        }
     }
 
     /// Facet counts: over the query's matches only (all items without one), case variants

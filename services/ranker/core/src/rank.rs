@@ -1116,7 +1116,8 @@ fn by_price(
         .filter_map(|id| catalog.slot_of(id))
         .collect();
     exclude.extend(left_out_purchases(catalog, request));
-    let slots = catalog.by_price(scope, &request.filters, &exclude, descending);
+    let page = request.offset..request.offset.saturating_add(request.k);
+    let (slots, listed) = catalog.by_price(scope, &request.filters, &exclude, descending, page);
     // The query's matches, to tell a word match from a match by meaning alone.
     let matches = match (query, request.explain) {
         (Some(q), true) => catalog.matches(q),
@@ -1133,8 +1134,6 @@ fn by_price(
     };
     let items = slots
         .iter()
-        .skip(request.offset)
-        .take(request.k)
         .filter_map(|&slot| catalog.item_at(slot).map(|(item, _)| (slot, item)))
         .map(|(slot, item)| RankedItem {
             id: item.id.clone(),
@@ -1151,7 +1150,7 @@ fn by_price(
             },
         })
         .collect();
-    (items, slots.len())
+    (items, listed)
 }
 
 /// Puts the item of a page first in `history` (newest, and weighed as the strongest event in
@@ -1387,7 +1386,14 @@ fn first_pass(
         catalog.cf_scores(history)
     };
     let cf_max = cf_by_slot.values().map(|(s, _)| *s).fold(0.0, f32::max);
-    let filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
+    let mut filter = (!request.filters.is_empty()).then(|| catalog.filter(&request.filters));
+    let members = if request.candidate_ids.is_empty() {
+        filter
+            .as_ref()
+            .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())))
+    } else {
+        None
+    };
     let mut left_out = None;
     // Where the first pass looks (`None`: every item).
     let (pool, mut pass) = if !request.candidate_ids.is_empty() {
@@ -1399,13 +1405,12 @@ fn first_pass(
             .filter_map(|id| catalog.slot_of(id))
             .collect();
         (Some(given), FirstPass::Given)
-    } else if let Some(members) = filter
-        .as_ref()
-        .and_then(|f| f.members_within(filtered_scan_limit(catalog.len())))
-    {
+    } else if let Some(members) = members {
         // The items a narrow filter may pass, all scored: exact.
         (Some(members), FirstPass::Members)
     } else {
+        // The pool checks the filter on every match and every item the graph walk visits.
+        filter = filter.map(|f| catalog.filter_checked_often(f));
         let filter = filter.as_ref();
         let pool = candidate_pool(
             catalog,

@@ -1109,6 +1109,28 @@ impl Bm25 {
         out
     }
 
+    /// Whether a document is among [`Self::matches`] of `query`, answered per document: the
+    /// posting lists of every term the query is read as (its terms, or every phrase of its
+    /// widened groups), looked up for each document asked about. For a few documents (a
+    /// page's reasons) instead of listing a common word's ~100k matches again.
+    pub fn matcher(&self, query: &str) -> impl Fn(u32) -> bool + '_ {
+        let terms = terms(query);
+        let lists: Vec<&HashMap<u32, u32, IdHash>> = if self.documents == 0 {
+            Vec::new()
+        } else {
+            match self.groups(&terms) {
+                Some((groups, _)) => groups
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|t| self.postings.get(t))
+                    .collect(),
+                None => terms.iter().filter_map(|t| self.postings.get(t)).collect(),
+            }
+        };
+        move |doc| lists.iter().any(|docs| docs.contains_key(&doc))
+    }
+
     /// BM25 score of every document matching at least one query term (or an equivalent
     /// phrase of the shop's synonyms).
     ///
@@ -2064,5 +2086,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The per-document matcher answers as the listed matches do, for plain, widened
+    /// (synonyms, words written together) and unmatched queries, over every document.
+    #[test]
+    fn the_matcher_agrees_with_the_matches() {
+        use crate::synonyms::{SynonymRule, Synonyms};
+        let mut index = indexed(&[
+            "leather sofa",
+            "sofa couch cover",
+            "macbook air",
+            "mac book stand",
+            "red running shoes",
+            "blue kettle",
+        ]);
+        let rule = |phrases: &[&str], to: Option<&str>| SynonymRule {
+            phrases: phrases.iter().map(|p| p.to_string()).collect(),
+            replacement: to.map(str::to_string),
+        };
+        let synonyms = Synonyms::new(vec![
+            rule(&["couch", "settee"], None),
+            rule(&["boiler"], Some("kettle")),
+        ]);
+        index.set_synonyms(Arc::new(synonyms.unwrap()));
+        for query in [
+            "sofa",
+            "settee",
+            "macbook",
+            "mac book",
+            "running",
+            "kettle red",
+            "boiler",
+            "nothing",
+            "",
+        ] {
+            let matches = index.matches(query);
+            let matcher = index.matcher(query);
+            for doc in 0..8 {
+                assert_eq!(matcher(doc), matches.contains(doc), "{query:?} doc {doc}");
+            }
+        }
+        assert!(!Bm25::default().matcher("sofa")(0));
     }
 }

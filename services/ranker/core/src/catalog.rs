@@ -1109,6 +1109,11 @@ impl Catalog {
         }
     }
 
+    /// Whether the query's words match an item (one of [`Self::matches`]), asked per slot.
+    pub(crate) fn word_matcher(&self, query: &str) -> impl Fn(u32) -> bool + '_ {
+        self.bm25.matcher(query)
+    }
+
     /// The items the query's words match, with their lexical relevance (see
     /// [`Matches::relevance`]).
     pub(crate) fn matches(&self, query: &str) -> Matches {

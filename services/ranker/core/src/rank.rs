@@ -1118,11 +1118,13 @@ fn by_price(
     exclude.extend(left_out_purchases(catalog, request));
     let page = request.offset..request.offset.saturating_add(request.k);
     let (slots, listed) = catalog.by_price(scope, &request.filters, &exclude, descending, page);
-    // The query's matches, to tell a word match from a match by meaning alone.
-    let matches = match (query, request.explain) {
-        (Some(q), true) => catalog.matches(q),
-        _ => Matches::default(),
+    // Whether a listed item matches the query's words, to tell a word match from a match
+    // by meaning alone: asked for the page's items only.
+    let matcher = match (query, request.explain) {
+        (Some(q), true) => Some(catalog.word_matcher(q)),
+        _ => None,
     };
+    let matched = |slot: u32| matcher.as_ref().is_some_and(|m| m(slot));
     // Without a query, every item's reason is the same.
     let browsed = match request.item.as_deref() {
         Some(item) => format!(
@@ -1145,7 +1147,7 @@ fn by_price(
             contributions: Vec::new(),
             reasons: match (request.explain, query) {
                 (false, _) => Vec::new(),
-                (true, Some(q)) => vec![search_reason(catalog, slot, q, matches.contains(slot))],
+                (true, Some(q)) => vec![search_reason(catalog, slot, q, matched(slot))],
                 (true, None) => vec![browsed.clone()],
             },
         })

@@ -17,7 +17,6 @@ use crate::item::{Filters, Interaction, InteractionKind, Item};
 use crate::rank::{dot, filtered_scan_limit};
 use crate::{RankError, UserKey};
 
-/// Items of a user's history that feed CF and the graph signal.
 /// A filter one of whose sides holds at most 1 / this of the catalog lists the slots that
 /// pass as bits before the request checks any ([`Filter::with_passing_bits`]): building them
 /// costs a hash lookup per member of that side and per other side, while a search checks a
@@ -26,6 +25,7 @@ use crate::{RankError, UserKey};
 /// (in stock, when nearly everything is) would cost more to list than most requests check.
 pub const PASSING_BITS_SHARE: usize = 2;
 
+/// Items of a user's history that feed CF and the graph signal.
 pub const HISTORY_WINDOW: usize = 50;
 
 /// Most recent items of a history that a trained model (`TrainCf`) scores from. The online

@@ -355,12 +355,10 @@ impl Filter<'_> {
             smallest.members().collect()
         } else if sides.len() >= 2 && *len <= intersect_limit {
             let mut both = Vec::new();
-            for slot in smallest.members() {
-                if sides[1..].iter().all(|(_, side)| side.holds(slot)) {
-                    both.push(slot);
-                    if both.len() > limit {
-                        return None;
-                    }
+            for slot in on_every_side(&sides) {
+                both.push(slot);
+                if both.len() > limit {
+                    return None;
                 }
             }
             both
@@ -417,17 +415,12 @@ impl Filter<'_> {
             return self;
         }
         let sides = self.sides(limit);
-        let Some((len, smallest)) = sides.first() else {
-            return self;
-        };
-        if *len > limit {
+        if sides.first().is_none_or(|(len, _)| *len > limit) {
             return self;
         }
         let mut bits = SlotBits::default();
-        for slot in smallest.members() {
-            if sides[1..].iter().all(|(_, side)| side.holds(slot)) {
-                bits.insert(slot);
-            }
+        for slot in on_every_side(&sides) {
+            bits.insert(slot);
         }
         drop(sides);
         self.passing = Some(bits);
@@ -442,6 +435,19 @@ impl Filter<'_> {
         }
         self.passing.as_ref().map(|bits| bits.contains(slot))
     }
+}
+
+/// The members of the first of `sides` (the smallest, see [`Filter::sides`]) that every other
+/// side holds; none without sides.
+fn on_every_side<'s>(sides: &'s [(usize, Side<'s>)]) -> impl Iterator<Item = u32> + 's {
+    let (first, others) = match sides.split_first() {
+        Some(((_, first), others)) => (Some(first), others),
+        None => (None, sides),
+    };
+    first
+        .into_iter()
+        .flat_map(Side::members)
+        .filter(move |&slot| others.iter().all(|(_, side)| side.holds(slot)))
 }
 
 /// One side of a [`Filter`]: the items it lets through.

@@ -18,6 +18,7 @@
 //! the candidate pool found, and `KIND=colour` runs only the kinds whose name holds it, and
 //! `SYNONYMS=1` sets the product words as equivalent pairs, "shoe, jacket", so that every
 //! query's product word also matches another common word's items: the dearest synonyms), and
+//! `DESCRIBED=1` gives every item a ~550-byte description and five attributes, and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation).
 use std::collections::HashMap;
@@ -137,23 +138,52 @@ fn near(centre: &[f32], spread: f32, rng: &mut Rng) -> Vec<f32> {
 }
 
 /// A product of `cluster`: a title of brand, colour, material and the cluster's noun, and a
-/// vector near the cluster's centre.
-fn product(id: String, cluster: usize, centres: &[Vec<f32>], rng: &mut Rng) -> (Item, Vec<f32>) {
+/// vector near the cluster's centre. `described`: also a description of ~550 bytes (80
+/// words of a 5,000-word vocabulary, common ones more often: Flipkart's descriptions average
+/// 548 bytes) and four more attributes, as a real shop's products have.
+fn product(
+    id: String,
+    cluster: usize,
+    centres: &[Vec<f32>],
+    rng: &mut Rng,
+    described: bool,
+) -> (Item, Vec<f32>) {
     let noun = NOUNS[cluster % NOUNS.len()];
     let brand = rng.below(300);
     let colour = COLOURS[rng.below(COLOURS.len())];
-    let title = format!(
-        "Brand{brand} {colour} {} {noun}",
-        MATERIALS[rng.below(MATERIALS.len())],
-    );
+    let material = MATERIALS[rng.below(MATERIALS.len())];
+    let title = format!("Brand{brand} {colour} {material} {noun}");
+    let mut attributes = vec![("colour".to_string(), colour.to_string())];
+    let mut description = String::new();
+    if described {
+        for _ in 0..80 {
+            let word = rng.below(5_000).min(rng.below(5_000));
+            description.push_str(&format!("word{word} "));
+        }
+        attributes.extend([
+            ("material".to_string(), material.to_string()),
+            (
+                "size".to_string(),
+                ["S", "M", "L", "XL"][rng.below(4)].to_string(),
+            ),
+            (
+                "season".to_string(),
+                ["summer", "winter", "all"][rng.below(3)].to_string(),
+            ),
+            (
+                "warranty".to_string(),
+                format!("{} months", 6 * (1 + rng.below(4))),
+            ),
+        ]);
+    }
     let item = Item {
         id,
         title,
-        description: String::new(),
+        description,
         category: vec![format!("dept{}", cluster % 12), noun.to_string()],
         brand: String::new(),
         price: 5.0 + rng.below(200) as f64,
-        attributes: [("colour".to_string(), colour.to_string())].into(),
+        attributes: attributes.into_iter().collect(),
         in_stock: true,
     };
     (item, near(&centres[cluster], 0.08, rng))
@@ -171,6 +201,18 @@ impl EmbeddingSource for Encoder {
     }
 }
 
+/// The process's resident memory in MB (Linux; 0 elsewhere).
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let items = args.next().transpose()?.unwrap_or(100_000);
@@ -183,11 +225,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut catalog = Catalog::default();
     catalog.set_ann_min_items(usize::MAX);
+    let described = std::env::var("DESCRIBED").is_ok_and(|v| v == "1");
     for i in 0..items {
-        let (item, vector) = product(format!("p{i:06}"), i % CLUSTERS, &centres, &mut rng);
+        let (item, vector) = product(
+            format!("p{i:06}"),
+            i % CLUSTERS,
+            &centres,
+            &mut rng,
+            described,
+        );
         catalog.upsert(item, vector)?;
     }
     let loaded = started.elapsed().as_secs_f64();
+    let rss_items = rss_mb();
     // Shoppers stay mostly inside a few clusters; picks are skewed to popular items.
     let mut timestamp_ms = 0;
     for u in 0..users {
@@ -234,6 +284,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             timestamp_ms,
         });
     }
+    let rss_events = rss_mb();
     let started_ann = Instant::now();
     // ANN_MIN=1000000000: no graph, every `Rank` an exact scan (what a catalog serves below
     // the threshold, or if it had to serve before its graph is built).
@@ -246,6 +297,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{items} items ({loaded:.1} s), {users} shoppers, {} events; HNSW {:.1} s",
         catalog.interactions(),
         started_ann.elapsed().as_secs_f64()
+    );
+    println!(
+        "resident: {rss_items} MB with the items, {rss_events} MB with the events, {} MB with the graph",
+        rss_mb()
     );
 
     if std::env::var("SYNONYMS").is_ok_and(|v| v == "1") {
@@ -533,7 +588,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let batch: Vec<(Item, Vec<f32>)> = (0..640)
                     .map(|j| {
                         next += 1;
-                        product(format!("n{next:06}"), j % CLUSTERS, &centres, &mut rng)
+                        product(
+                            format!("n{next:06}"),
+                            j % CLUSTERS,
+                            &centres,
+                            &mut rng,
+                            described,
+                        )
                     })
                     .collect();
                 let started = Instant::now();

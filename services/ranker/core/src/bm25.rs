@@ -394,6 +394,51 @@ type Group = Vec<Vec<String>>;
 /// A document's length slot when the document is not indexed.
 const ABSENT: u32 = u32::MAX;
 
+/// Each indexed term's number, for [`Bm25`]'s lists of the terms in each document: 4 bytes
+/// per term a document holds instead of a `String` of its own (~56 bytes), which was most of
+/// the ranker's memory for items with descriptions (BENCHMARKS.md, "Session 30").
+#[derive(Debug, Clone, Default)]
+struct TermIds {
+    ids: HashMap<String, u32>,
+    /// Each number's term ("" while the number is free).
+    names: Vec<String>,
+    free: Vec<u32>,
+}
+
+impl TermIds {
+    /// `term`'s number, given it now if it has none.
+    fn id(&mut self, term: &str) -> u32 {
+        if let Some(&id) = self.ids.get(term) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = term.to_string();
+                id
+            }
+            None => {
+                self.names.push(term.to_string());
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.ids.insert(term.to_string(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+
+    /// Frees the number of a term no document holds any more.
+    fn release(&mut self, id: u32) {
+        if let Some(name) = self.names.get_mut(id as usize) {
+            self.ids.remove(name.as_str());
+            *name = String::new();
+            self.free.push(id);
+        }
+    }
+}
+
 /// Postings keyed by document slot. Documents are the catalog's slots (small dense numbers), so
 /// lengths sit in an array and the postings and scores hash them with the id hasher: a common
 /// word ("black") matches a tenth of a 100k-item catalog, and SipHash over those postings was
@@ -404,8 +449,9 @@ pub struct Bm25 {
     /// Term count of each document, [`ABSENT`] where none is indexed.
     lengths: Vec<u32>,
     documents: usize,
-    /// Distinct terms of each document, so removal touches only its postings.
-    doc_terms: Vec<Vec<String>>,
+    /// Distinct terms of each document (by number), so removal touches only its postings.
+    doc_terms: Vec<Box<[u32]>>,
+    term_ids: TermIds,
     total_length: u64,
     vocabulary: Vocabulary,
     /// Every term in text order, for completing a half-typed word.
@@ -465,7 +511,7 @@ impl Bm25 {
         let i = doc as usize;
         if self.lengths.len() <= i {
             self.lengths.resize(i + 1, ABSENT);
-            self.doc_terms.resize_with(i + 1, Vec::new);
+            self.doc_terms.resize_with(i + 1, Box::default);
         }
         // A text of 4 billion terms cannot arrive (requests are capped far below), but its
         // length must not collide with ABSENT if it did.
@@ -485,7 +531,7 @@ impl Bm25 {
                 .entry(doc)
                 .or_default();
             if *tf == 0 {
-                distinct.push(term);
+                distinct.push(self.term_ids.id(&term));
             }
             // The count stays under the flag (texts are capped far below 2^31 terms).
             let count = ((*tf & !IN_TITLE) + 1).min(IN_TITLE - 1);
@@ -496,7 +542,7 @@ impl Bm25 {
             };
             *tf = count | title;
         }
-        self.doc_terms[i] = distinct;
+        self.doc_terms[i] = distinct.into_boxed_slice();
     }
 
     pub fn remove(&mut self, doc: u32) {
@@ -507,13 +553,15 @@ impl Bm25 {
         self.lengths[i] = ABSENT;
         self.documents -= 1;
         self.total_length -= u64::from(length);
-        for term in std::mem::take(&mut self.doc_terms[i]) {
-            if let Some(docs) = self.postings.get_mut(&term) {
+        for id in std::mem::take(&mut self.doc_terms[i]) {
+            let term = self.term_ids.name(id);
+            if let Some(docs) = self.postings.get_mut(term) {
                 docs.remove(&doc);
                 if docs.is_empty() {
-                    self.postings.remove(&term);
-                    self.vocabulary.remove(&term);
-                    self.sorted.remove(&term);
+                    self.postings.remove(term);
+                    self.vocabulary.remove(term);
+                    self.sorted.remove(term);
+                    self.term_ids.release(id);
                 }
             }
         }
@@ -1349,6 +1397,33 @@ mod tests {
             index.insert(doc as u32, text);
         }
         index
+    }
+
+    /// Documents replaced and removed take exactly their own terms out (the numbers of terms
+    /// no document holds are given to new terms), so what is left finds what it should.
+    #[test]
+    fn removing_documents_takes_out_their_terms_only() {
+        let mut index = indexed(&["red shoe", "blue shoe"]);
+        let found = |index: &Bm25, word: &str| index.matches(word).docs().collect::<Vec<_>>();
+        index.remove(0);
+        assert!(found(&index, "red").is_empty());
+        // Takes the number "red" had.
+        index.insert(2, "green hat");
+        index.insert_titled(1, "blue boot", "green laces");
+        assert_eq!(found(&index, "shoe"), Vec::<u32>::new());
+        assert_eq!(found(&index, "boot"), [1]);
+        let mut green = found(&index, "green");
+        green.sort_unstable();
+        assert_eq!(green, [1, 2]);
+        index.remove(2);
+        assert_eq!(found(&index, "green"), [1]);
+        assert!(found(&index, "hat").is_empty());
+        assert_eq!(index.terms_len(), 4, "blue, boot, green, laces");
+        index.remove(1);
+        assert_eq!(index.terms_len(), 0);
+        index.insert(0, "red shoe");
+        assert_eq!(found(&index, "red"), [0]);
+        assert_eq!(index.terms_len(), 2);
     }
 
     /// The shop's synonyms: an equivalent finds the items of its phrases, scored by the best

@@ -379,7 +379,8 @@ fn row(vectors: &[f32], d: usize, slot: u32) -> &[f32] {
 }
 
 impl Catalog {
-    /// Adds or replaces an item with its text vector.
+    /// Adds or replaces an item with its text vector. Its description is indexed for word
+    /// matches but not kept: [`Catalog::get`] and [`Catalog::items`] give items without one.
     ///
     /// # Errors
     /// `InvalidInput` when the vector's length differs from the catalog's.
@@ -457,8 +458,11 @@ impl Catalog {
 
     /// Puts an item and its vector (of the catalog's dimension) in its slot, in every index
     /// but the HNSW graph (where its old point, if any, is counted stale); returns the slot
-    /// and its new version, for the graph.
-    fn place(&mut self, item: Item, vector: &[f32]) -> (u32, u32) {
+    /// and its new version, for the graph. The description is indexed by BM25 and then
+    /// dropped: nothing in memory reads it again, and at a real shop's ~550 bytes a
+    /// description (Flipkart's average) it would be the largest thing an item holds after its
+    /// vector (the ranker's store keeps it, for `Reembed`).
+    fn place(&mut self, mut item: Item, vector: &[f32]) -> (u32, u32) {
         let popularity = self.popularity(&item.id);
         let slot = match self.by_id.get(&item.id) {
             Some(&slot) => slot,
@@ -477,6 +481,7 @@ impl Catalog {
         };
         self.bm25
             .insert_titled(slot, &item.title, &item.description);
+        item.description = String::new();
         if let Some(old) = &self.slots[slot as usize] {
             self.facets.remove(slot, &old.item);
         }
@@ -1004,6 +1009,7 @@ impl Catalog {
         self.dimension
     }
 
+    /// The item `id`, without its description (see [`Catalog::upsert`]).
     pub fn get(&self, id: &str) -> Option<&Item> {
         self.by_id
             .get(id)
@@ -1032,7 +1038,7 @@ impl Catalog {
         self.item_at(self.slot_of(id)?).map(|(_, v)| v)
     }
 
-    /// Every item, in no particular order.
+    /// Every item (without its description), in no particular order.
     pub fn items(&self) -> impl Iterator<Item = &Item> + '_ {
         self.slots.iter().flatten().map(|e| &e.item)
     }
@@ -1787,6 +1793,29 @@ mod tests {
             in_stock: true,
             ..Item::default()
         }
+    }
+
+    /// A description is searched but not kept: its words still find the item after the
+    /// catalog dropped it, and a replacement without them stops finding it.
+    #[test]
+    fn a_description_is_indexed_then_dropped() {
+        let mut catalog = Catalog::default();
+        let bottle = Item {
+            title: "Trail Bottle".into(),
+            description: "Folds flat when empty".into(),
+            ..item("p1".into())
+        };
+        catalog.upsert(bottle.clone(), vec![1.0]).unwrap();
+        assert_eq!(catalog.get("p1").unwrap().description, "");
+        assert_eq!(catalog.matches("folds").docs().collect::<Vec<_>>(), [0]);
+        let plain = Item {
+            description: "Holds a litre".into(),
+            ..bottle
+        };
+        catalog.upsert(plain, vec![1.0]).unwrap();
+        assert_eq!(catalog.matches("folds").len(), 0);
+        assert_eq!(catalog.matches("litre").docs().collect::<Vec<_>>(), [0]);
+        assert_eq!(catalog.get("p1").unwrap().title, "Trail Bottle");
     }
 
     /// An item every shopper touches (a bestseller) co-occurs with everything: its row is cut

@@ -16,8 +16,101 @@ pub struct Item {
     pub category: Vec<String>,
     pub brand: String,
     pub price: f64,
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
     pub in_stock: bool,
+}
+
+/// An item's attributes, name -> value, sorted by name with one value per name (as a
+/// `BTreeMap` would hold them, and stored the same way: a JSON object), in one allocation
+/// of exactly the pairs held. A `BTreeMap` allocates a whole node (11 pairs, ~550 bytes) for
+/// the first pair, which was ~20% of the ranker's memory per item at a million items with
+/// one attribute each (BENCHMARKS.md, "Session 30").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attributes(Box<[(String, String)]>);
+
+impl Attributes {
+    /// The value of `name` (exact, case and all).
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Every `(name, value)`, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Sets `name`'s value, handing back the one it replaces (a `BTreeMap`'s `insert`; it
+    /// copies the pairs, which is fine at an item's handful).
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&name)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                let mut pairs = std::mem::take(&mut self.0).into_vec();
+                pairs.insert(i, (name, value));
+                self.0 = pairs.into_boxed_slice();
+                None
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Pairs in any order; of two with one name the later is kept, as a `BTreeMap` keeps it.
+impl FromIterator<(String, String)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(String, String)> = pairs.into_iter().collect();
+        // Stable: pairs with one name stay in the order given, so the last of each run wins.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match kept.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => kept.push(pair),
+            }
+        }
+        Self(kept.into_boxed_slice())
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Attributes {
+    fn from(pairs: [(String, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Attributes {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl serde::Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(map.into_iter().collect())
+    }
 }
 
 /// Checks an item id.
@@ -430,6 +523,43 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Attributes hold what a `BTreeMap` held: sorted by name, the later of two values for
+    /// one name, and stored as the same JSON object (items already in a store read back).
+    #[test]
+    fn attributes_behave_and_store_as_the_map_they_replace() {
+        let pairs = [
+            ("size", "M"),
+            ("Color", "red"),
+            ("fit", "slim"),
+            ("size", "L"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let ours: Attributes = pairs.clone().into_iter().collect();
+        let map: BTreeMap<String, String> = pairs.into_iter().collect();
+        let listed: Vec<(&String, &String)> = ours.iter().collect();
+        assert_eq!(listed, map.iter().collect::<Vec<_>>());
+        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.get("size").map(String::as_str), Some("L"));
+        assert_eq!(ours.get("color"), None, "names are exact");
+        assert_eq!(
+            serde_json::to_string(&ours).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        let back: Attributes = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+        assert_eq!(back, ours);
+
+        let mut grown = ours.clone();
+        assert_eq!(grown.insert("brim".into(), "wide".into()), None);
+        assert_eq!(
+            grown.insert("fit".into(), "loose".into()).as_deref(),
+            Some("slim")
+        );
+        let names: Vec<&str> = grown.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Color", "brim", "fit", "size"]);
+        assert_eq!(grown.get("fit").map(String::as_str), Some("loose"));
+        assert!(Attributes::default().is_empty());
     }
 
     /// Attribute filters: every named attribute must hold one of its values, compared the

@@ -666,14 +666,13 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
         .probe(ready.load_timeout)
         .await
         .map_err(unavailable)?;
-    let (ids, texts): (Vec<String>, Vec<String>) = ready
-        .ranker
-        .catalog()
-        .read()
-        .map_err(|_| poisoned())?
-        .items()
-        .map(|item| (item.id.clone(), item.text()))
-        .unzip();
+    // From the store: the catalog in memory keeps no descriptions. Under `writing`, the
+    // two hold the same items.
+    let (ids, texts): (Vec<String>, Vec<String>) =
+        blocking(ready, |ready| ready.store.item_texts())
+            .await?
+            .into_iter()
+            .unzip();
     let embedded = ready
         .encoder
         .embed_many(texts, ready.load_timeout)

@@ -1068,6 +1068,24 @@ impl RankerStore {
         self.commit(TreeName::Catalog, writes)
     }
 
+    /// Every stored item's id and the text the encoder embeds for it ([`Item::text`]: title
+    /// and description), by id. The catalog in memory keeps no descriptions (BM25 has
+    /// indexed them), so `Reembed` reads its texts here.
+    ///
+    /// # Errors
+    /// When the store cannot be read or an item does not decode.
+    pub fn item_texts(&self) -> Result<Vec<(String, String)>, RankError> {
+        self.catalog
+            .scan_prefix([b'i'])
+            .map(|record| {
+                let (_, value) = record.map_err(internal)?;
+                let item: Item = serde_json::from_slice(&value).map_err(internal)?;
+                let text = item.text();
+                Ok((item.id, text))
+            })
+            .collect()
+    }
+
     /// Replaces the stored items' vectors, and the probe's, in one atomic batch (a new
     /// encoder model's: `Reembed`). Ids without a stored item are skipped.
     ///
@@ -1905,6 +1923,34 @@ mod tests {
             value: 1.0,
             timestamp_ms: 1,
         }
+    }
+
+    /// `Reembed` embeds what a load embedded, title and description, for every stored item
+    /// and only those: the catalog in memory has dropped the descriptions.
+    #[test]
+    fn item_texts_are_what_a_load_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let mut stored = items(3, 1);
+        stored[1].0.description = "Folds flat; holds 2 litres.".into();
+        store.put_items(&stored).unwrap();
+        store.delete_items(&["p0002".into()]).unwrap();
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(
+            catalog.get("p0001").unwrap().description,
+            "",
+            "not in memory"
+        );
+        assert_eq!(
+            store.item_texts().unwrap(),
+            [
+                ("p0000".to_string(), "thing 0".to_string()),
+                (
+                    "p0001".to_string(),
+                    "thing 1. Folds flat; holds 2 litres.".to_string()
+                ),
+            ]
+        );
     }
 
     /// Forgetting shoppers finds their stored events, and only theirs, on both sides of a

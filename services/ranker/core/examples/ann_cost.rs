@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
-use souk_ranker_core::ann::AnnIndex;
+use souk_ranker_core::ann::{AnnIndex, to_f16_row};
 use souk_ranker_core::rng::XorShift;
 
 #[derive(Default, Clone, Copy)]
@@ -71,9 +71,9 @@ fn main() {
     );
 
     let started = Instant::now();
+    let rows: Vec<Vec<u16>> = vectors.iter().map(|v| to_f16_row(v)).collect();
     let ours = AnnIndex::build(
-        vectors
-            .iter()
+        rows.iter()
             .enumerate()
             .map(|(i, v)| (i as u32, 1, v.as_slice())),
     );

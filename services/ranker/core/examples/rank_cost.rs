@@ -18,6 +18,7 @@
 //! the candidate pool found, and `KIND=colour` runs only the kinds whose name holds it, and
 //! `SYNONYMS=1` sets the product words as equivalent pairs, "shoe, jacket", so that every
 //! query's product word also matches another common word's items: the dearest synonyms), and
+//! `ANSWERS=path` writes every answer's ids there (to compare two builds' rankings), and
 //! `DESCRIBED=1` gives every item a ~550-byte description and five attributes, and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation).
@@ -488,12 +489,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut answers: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
+    let mut scores: HashMap<&str, Vec<Vec<f32>>> = HashMap::new();
     let mut passes: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
     // Two rounds; the second is reported (the first warms caches and the allocator).
     for round in 0..2 {
         for (name, request) in &kinds {
             let mut micros = Vec::with_capacity(queries.len());
             let mut ids = Vec::with_capacity(queries.len());
+            let mut scored = Vec::with_capacity(queries.len());
             for i in 0..queries.len() {
                 let request = request(i);
                 let started = Instant::now();
@@ -509,13 +512,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if ranking.items.is_empty() {
                     return Err(format!("{name}: no results for request {i}").into());
                 }
+                scored.push(ranking.items.iter().map(|r| r.score).collect());
                 ids.push(ranking.items.into_iter().map(|r| r.id).collect());
             }
             if round == 1 {
                 by_kind.insert(name, micros);
                 answers.insert(name, ids);
+                scores.insert(name, scored);
             }
         }
+    }
+    // ANSWERS=path: every answer's ids and scores, a line per request
+    // ("kind<TAB>i<TAB>id,id,...<TAB>score,score,..."), to compare two builds' rankings.
+    if let Ok(path) = std::env::var("ANSWERS") {
+        let mut lines = String::new();
+        for (name, _) in &kinds {
+            let scored = scores.get(name).into_iter().flatten();
+            for (i, (ids, scored)) in answers
+                .get(name)
+                .into_iter()
+                .flatten()
+                .zip(scored)
+                .enumerate()
+            {
+                let scored: Vec<String> = scored.iter().map(f32::to_string).collect();
+                lines.push_str(&format!(
+                    "{name}\t{i}\t{}\t{}\n",
+                    ids.join(","),
+                    scored.join(",")
+                ));
+            }
+        }
+        std::fs::write(path, lines)?;
     }
     // AGREEMENT=1: the same requests again by exact scans over every item; how much of each
     // top 10 the candidate pool found.

@@ -9,7 +9,9 @@
 //! reader that refuses a damaged file with a reason instead of asserting, and so that points
 //! are inserted in parallel batches (see [`AnnIndex::build`]). The graph walks f16 copies of
 //! the vectors (AVX2 + F16C): half the memory and the file, 1.45x faster searches, the same
-//! recall (BENCHMARKS.md); the catalog scores what it finds with the f32 vectors.
+//! recall (BENCHMARKS.md). The catalog keeps its vectors in f16 too (since session 30); the
+//! graph has its own copy because a replaced item's old point keeps the vector it was
+//! linked by.
 //!
 //! HNSW cannot delete. Each indexed point remembers the slot and the slot's version it was
 //! inserted for; a replaced or deleted item bumps its slot's version, so its old point is
@@ -55,11 +57,15 @@ fn distance(a: &[f32], b: &[u16]) -> f32 {
     d
 }
 
-fn to_f16(x: f32) -> u16 {
-    half::f16::from_f32(x).to_bits()
+/// A vector in f16 (as bits), as the catalog keeps it and the graph links it.
+pub fn to_f16_row(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect()
 }
 
-fn widen(row: &[u16]) -> Vec<f32> {
+/// A row of f16 bits back in f32.
+pub fn widen(row: &[u16]) -> Vec<f32> {
     row.iter()
         .map(|&h| half::f16::from_bits(h).to_f32())
         .collect()
@@ -132,8 +138,7 @@ fn level_of(point: usize) -> usize {
 pub struct AnnIndex {
     dim: usize,
     /// Each point's vector in f16 (as bits), row-major: the graph's own copy (a replaced
-    /// item's old point keeps the vector it was linked by), at half the memory of the
-    /// catalog's f32 vectors, which score the candidates it finds exactly.
+    /// item's old point keeps the vector it was linked by).
     vectors: Vec<u16>,
     levels: Vec<u8>,
     /// Base-layer links, `M0` places per point, `base_len` of them used.
@@ -179,7 +184,7 @@ impl AnnIndex {
 
     /// Builds the graph over `(slot, version, vector)`, on all cores (rayon) once past the
     /// first [`SERIAL_POINTS`].
-    pub fn build<'a>(items: impl Iterator<Item = (u32, u32, &'a [f32])>) -> Self {
+    pub fn build<'a>(items: impl Iterator<Item = (u32, u32, &'a [u16])>) -> Self {
         let mut items = items.peekable();
         let dim = items.peek().map_or(0, |(_, _, v)| v.len());
         let mut index = Self::empty(dim);
@@ -187,10 +192,10 @@ impl AnnIndex {
         index
     }
 
-    /// Adds points `(slot, version, vector)` and links them: one at a time while the graph is
-    /// small, then in batches whose searches run in parallel against the graph as it was
-    /// before the batch.
-    pub fn add_all<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [f32])>) {
+    /// Adds points `(slot, version, vector)` (f16 bits, [`to_f16_row`]) and links them: one
+    /// at a time while the graph is small, then in batches whose searches run in parallel
+    /// against the graph as it was before the batch.
+    pub fn add_all<'a>(&mut self, items: impl Iterator<Item = (u32, u32, &'a [u16])>) {
         let first = self.points.len();
         for (slot, version, vector) in items {
             self.push(slot, version, vector);
@@ -209,14 +214,14 @@ impl AnnIndex {
     }
 
     /// Appends a point, not yet linked (no search reaches it until [`Self::link`]).
-    fn push(&mut self, slot: u32, version: u32, vector: &[f32]) {
+    fn push(&mut self, slot: u32, version: u32, vector: &[u16]) {
         if self.points.is_empty() {
             self.dim = vector.len();
         }
         let level = level_of(self.points.len());
         self.note_point(slot, self.points.len() as u32);
         self.points.push((slot, version));
-        self.vectors.extend(vector.iter().map(|&x| to_f16(x)));
+        self.vectors.extend_from_slice(vector);
         self.levels.push(level as u8);
         self.base.extend(std::iter::repeat_n(0, M0));
         self.base_len.push(0);
@@ -802,9 +807,9 @@ mod tests {
 
     /// A graph over `vectors`, point i standing for slot i (version 1).
     fn built(vectors: &[Vec<f32>]) -> AnnIndex {
+        let rows: Vec<Vec<u16>> = vectors.iter().map(|v| to_f16_row(v)).collect();
         AnnIndex::build(
-            vectors
-                .iter()
+            rows.iter()
                 .enumerate()
                 .map(|(i, v)| (i as u32, 1, v.as_slice())),
         )
@@ -842,7 +847,7 @@ mod tests {
         let batched = built(&vectors);
         let mut serial = AnnIndex::build(std::iter::empty());
         for (i, v) in vectors.iter().enumerate() {
-            serial.add_all(std::iter::once((i as u32, 1, v.as_slice())));
+            serial.add_all(std::iter::once((i as u32, 1, to_f16_row(v).as_slice())));
         }
         for index in [&batched, &serial] {
             let r = recall(index, &vectors, &queries);
@@ -945,7 +950,7 @@ mod tests {
     }
 
     fn halved(v: &[f32]) -> Vec<u16> {
-        v.iter().map(|&x| to_f16(x)).collect()
+        to_f16_row(v)
     }
 
     fn ids(n: usize) -> Vec<String> {

@@ -14,7 +14,7 @@ use crate::cf::TrainedCf;
 use crate::cooccur::{CoRow, prefetch};
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, SlotBits, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
-use crate::rank::{dot, filtered_scan_limit};
+use crate::rank::{dot_f16, filtered_scan_limit};
 use crate::{RankError, UserKey};
 
 /// A filter one of whose sides holds at most 1 / this of the catalog lists the slots that
@@ -256,7 +256,10 @@ pub struct Catalog {
     slots: Vec<Option<Entry>>,
     /// Every slot's vector, row-major (`slot * dimension`): a full scan streams one array
     /// instead of chasing 10k heap pointers (it was memory-bound: ~4 ms per `Rank` at 10k items).
-    vectors: Vec<f32>,
+    /// In f16 (as bits): half the memory of f32 (1.5 GB at a million 384-d items), and a
+    /// query's dot product with a unit vector moves by ~1e-5 (BENCHMARKS.md, "Session 30");
+    /// the store keeps the f32 vectors the encoder gave.
+    vectors: Vec<u16>,
     free: Vec<u32>,
     by_id: HashMap<String, u32>,
     dimension: Option<usize>,
@@ -373,7 +376,7 @@ fn kind_rank(kind: InteractionKind) -> u8 {
 
 /// Slot `slot`'s vector in the catalog's row-major array of `d`-dimensional vectors (a free
 /// function, so that it borrows only the array while the graph is borrowed mutably).
-fn row(vectors: &[f32], d: usize, slot: u32) -> &[f32] {
+fn row(vectors: &[u16], d: usize, slot: u32) -> &[u16] {
     let start = slot as usize * d;
     &vectors[start..start + d]
 }
@@ -489,9 +492,11 @@ impl Catalog {
         let d = vector.len();
         let start = slot as usize * d;
         if self.vectors.len() < start + d {
-            self.vectors.resize(start + d, 0.0);
+            self.vectors.resize(start + d, 0);
         }
-        self.vectors[start..start + d].copy_from_slice(vector);
+        for (kept, &x) in self.vectors[start..start + d].iter_mut().zip(vector) {
+            *kept = half::f16::from_f32(x).to_bits();
+        }
         let replaced = self.slots[slot as usize]
             .replace(Entry { item, popularity })
             .is_some();
@@ -522,7 +527,7 @@ impl Catalog {
             let d = self.dimension.unwrap_or(0);
             let versions = &self.slot_versions;
             let vectors = &self.vectors;
-            let live = self.by_id.values().map(|&slot| {
+            let live = self.slots().map(|slot| {
                 (
                     slot,
                     versions.get(slot as usize).copied().unwrap_or(0),
@@ -573,11 +578,7 @@ impl Catalog {
         let mut claimed = vec![false; self.slots.len()];
         let (mut ann, decoded) = AnnIndex::decode(bytes, |id, vector| {
             let slot = *self.by_id.get(id)?;
-            let same = vector.len() == d
-                && row(&self.vectors, d, slot)
-                    .iter()
-                    .zip(vector)
-                    .all(|(a, b)| half::f16::from_f32(*a).to_bits() == *b);
+            let same = vector.len() == d && row(&self.vectors, d, slot) == vector;
             // A slot is claimed by the first point whose vector is its vector, only.
             if !same || std::mem::replace(&mut claimed[slot as usize], true) {
                 return None;
@@ -591,9 +592,7 @@ impl Catalog {
             ));
         }
         let missing: Vec<u32> = self
-            .by_id
-            .values()
-            .copied()
+            .slots()
             .filter(|&slot| !claimed[slot as usize])
             .collect();
         if decoded.stale * 4 > decoded.points + missing.len() {
@@ -684,7 +683,7 @@ impl Catalog {
         if k == 0 || self.dimension != Some(query.len()) {
             return Vec::new();
         }
-        let similarity = |slot: u32| Some((slot, dot(query, self.item_at(slot)?.1)));
+        let similarity = |slot: u32| Some((slot, dot_f16(query, self.item_at(slot)?.1)));
         let members = filter.and_then(|f| f.members_within(filtered_scan_limit(self.len())));
         if members.is_none()
             && let Some(found) = self.ann_search(query, k, k, filter)
@@ -1026,16 +1025,17 @@ impl Catalog {
         self.by_id.get(id).copied()
     }
 
-    pub(crate) fn item_at(&self, slot: u32) -> Option<(&Item, &[f32])> {
+    pub(crate) fn item_at(&self, slot: u32) -> Option<(&Item, &[u16])> {
         let d = self.dimension.unwrap_or(0);
         let start = slot as usize * d;
         self.slot(slot)
             .map(|e| (&e.item, self.vectors.get(start..start + d).unwrap_or(&[])))
     }
 
-    /// An item's vector.
-    pub fn vector(&self, id: &str) -> Option<&[f32]> {
-        self.item_at(self.slot_of(id)?).map(|(_, v)| v)
+    /// An item's vector, as kept: rounded to f16.
+    pub fn vector(&self, id: &str) -> Option<Vec<f32>> {
+        self.item_at(self.slot_of(id)?)
+            .map(|(_, v)| crate::ann::widen(v))
     }
 
     /// Every item (without its description), in no particular order.
@@ -1075,11 +1075,13 @@ impl Catalog {
         let Some(d) = d else {
             return Ok(());
         };
-        let mut rows = vec![0.0; self.slots.len() * d];
+        let mut rows = vec![0; self.slots.len() * d];
         for (id, &slot) in &self.by_id {
             if let Some(v) = vectors.get(id) {
                 let start = slot as usize * d;
-                rows[start..start + d].copy_from_slice(v);
+                for (kept, &x) in rows[start..start + d].iter_mut().zip(v) {
+                    *kept = half::f16::from_f32(x).to_bits();
+                }
             }
         }
         self.vectors = rows;
@@ -1096,9 +1098,16 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every live slot.
+    /// Every live slot, in order: a scan then reads the vectors' array front to back, and a
+    /// graph built from it is the same in every process (the id map's order is random per
+    /// process, so two starts, or two replicas rebuilding, linked different graphs and
+    /// answered ~0.5% of top 10s differently: BENCHMARKS.md, "Session 30").
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.by_id.values().copied()
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.is_some())
+            .map(|(slot, _)| slot as u32)
     }
 
     /// What an exact pass over the items `filter` may pass walks: the filter's members when
@@ -2248,6 +2257,26 @@ mod tests {
         let bought: HashSet<u32, IdHash> = guest_bought(&catalog);
         assert!(bought.len() > 100, "{} bought", bought.len());
         assert_eq!(catalog.purchased_slots(&key), bought);
+    }
+
+    /// Two processes (or two replicas) holding the same items build the same graph, point
+    /// for point, and so answer alike: the build follows the slots, not the id map's order,
+    /// which is random per map.
+    #[test]
+    fn the_same_items_build_the_same_graph() {
+        let build = || {
+            let mut catalog = Catalog::default();
+            catalog.set_ann_min_items(usize::MAX);
+            let mut rng = crate::rng::XorShift::new(3);
+            for i in 0..3_000 {
+                let v: Vec<f32> = (0..8).map(|_| rng.uniform() as f32 - 0.5).collect();
+                catalog.upsert(item(format!("i{i}")), v).unwrap();
+            }
+            catalog.set_ann_min_items(100);
+            catalog.ann_snapshot().unwrap()
+        };
+        let first = build();
+        assert!(first == build(), "two builds differ");
     }
 
     /// A new model's vectors replace every item's (another dimension too): the nearest item

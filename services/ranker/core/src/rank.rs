@@ -527,6 +527,17 @@ pub(crate) fn scan(rows: &[f32], v: &[f32], mut each: impl FnMut(usize, f32)) {
     scan_with(rows, v, &mut each);
 }
 
+/// The dot product of a query with one row of f16 numbers (as bits), the catalog's vectors;
+/// 0 when their lengths differ.
+pub(crate) fn dot_f16(q: &[f32], row: &[u16]) -> f32 {
+    if q.len() != row.len() {
+        return 0.0;
+    }
+    let mut s = 0.0;
+    scan_f16(row, q, |_, d| s = d);
+    s
+}
+
 /// [`scan`] over rows of f16 numbers (as bits): the CF fold-in's pass over a model's item
 /// vectors kept in half precision. AVX2 with F16C converts 8 at a time where the CPU has it
 /// (every x86-64 CPU since 2013); elsewhere each number is widened on its own.
@@ -727,7 +738,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     .is_none()
                     .then(|| catalog.slot_of(item).and_then(|slot| catalog.item_at(slot)))
                     .flatten()
-                    .map(|(_, vector)| vector.to_vec())
+                    .map(|(_, vector)| crate::ann::widen(vector))
                     .filter(|v| !v.is_empty());
             }
             (
@@ -1279,7 +1290,7 @@ fn candidate_pool(
     let dense_beyond = match (query_vector, pool.last()) {
         (Some(q), Some(&far)) if pool.len() >= n => catalog
             .item_at(far)
-            .map_or(1.0, |(_, v)| dot(q, v).max(0.0)),
+            .map_or(1.0, |(_, v)| dot_f16(q, v).max(0.0)),
         _ => 1.0,
     };
     // The most relevant word matches only: a common word ("black") matches thousands of
@@ -1463,7 +1474,9 @@ fn first_pass(
             {
                 continue;
             }
-            let dense = query_vector.map(|q| dot(q, vector).max(0.0)).unwrap_or(0.0);
+            let dense = query_vector
+                .map(|q| dot_f16(q, vector).max(0.0))
+                .unwrap_or(0.0);
             let lexical = matches.relevance(slot);
             let cf_score = match cf_by_slot.get(&slot) {
                 Some((s, _)) if cf_max > 0.0 => s / cf_max,
@@ -1993,6 +2006,31 @@ mod tests {
                 assert_eq!(got, want, "diversity {diversity}, k {k}");
             }
         }
+    }
+
+    /// The catalog keeps vectors in f16: a query's dot product with a 384-d unit vector
+    /// moves by ~1e-5 (at most 1e-4 here), far below what separates two results' scores, and
+    /// a query of another length scores 0 instead of reading past the row.
+    #[test]
+    fn a_dot_with_an_f16_row_stays_within_1e_4_of_the_f32_one() {
+        let mut rng = crate::rng::XorShift::new(7);
+        let mut unit = || {
+            let v: Vec<f32> = (0..384).map(|_| rng.uniform() as f32 - 0.5).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let mut worst = 0.0f32;
+        let mut sum = 0.0f32;
+        for _ in 0..2_000 {
+            let (q, v) = (unit(), unit());
+            let row = crate::ann::to_f16_row(&v);
+            let error = (dot_f16(&q, &row) - dot(&q, &v)).abs();
+            worst = worst.max(error);
+            sum += error;
+        }
+        assert!(worst <= 1e-4, "worst {worst}");
+        assert!(sum / 2_000.0 <= 2e-5, "mean {}", sum / 2_000.0);
+        assert_eq!(dot_f16(&[1.0; 3], &crate::ann::to_f16_row(&[1.0; 4])), 0.0);
     }
 
     /// The half-precision scan (AVX2 with F16C where the CPU has it, and the portable loop)

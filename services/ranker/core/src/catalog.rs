@@ -527,7 +527,7 @@ impl Catalog {
             let d = self.dimension.unwrap_or(0);
             let versions = &self.slot_versions;
             let vectors = &self.vectors;
-            let live = self.slots().map(|slot| {
+            let live = self.scattered_slots().into_iter().map(|slot| {
                 (
                     slot,
                     versions.get(slot as usize).copied().unwrap_or(0),
@@ -591,10 +591,8 @@ impl Catalog {
                 ann.dim()
             ));
         }
-        let missing: Vec<u32> = self
-            .slots()
-            .filter(|&slot| !claimed[slot as usize])
-            .collect();
+        let mut missing = self.scattered_slots();
+        missing.retain(|&slot| !claimed[slot as usize]);
         if decoded.stale * 4 > decoded.points + missing.len() {
             // It would be rebuilt at once (see `needs_rebuild`): skip adding to it.
             return Err(format!(
@@ -1098,16 +1096,26 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every live slot, in order: a scan then reads the vectors' array front to back, and a
-    /// graph built from it is the same in every process (the id map's order is random per
-    /// process, so two starts, or two replicas rebuilding, linked different graphs and
-    /// answered ~0.5% of top 10s differently: BENCHMARKS.md, "Session 30").
+    /// Every live slot, in order: a scan reads the vectors' array front to back.
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, entry)| entry.is_some())
             .map(|(slot, _)| slot as u32)
+    }
+
+    /// Every live slot in the order the HNSW graph links them: one fixed shuffle of the
+    /// slots, so that every process builds the same graph (the id map's order, used before,
+    /// is random per process: two starts, or two replicas rebuilding, linked different graphs
+    /// and answered ~0.5% of top 10s differently; BENCHMARKS.md, "Session 30"), and a catalog
+    /// loaded one category after another is still linked in mixed order (HNSW links sorted
+    /// input poorly).
+    fn scattered_slots(&self) -> Vec<u32> {
+        let mut slots: Vec<u32> = self.slots().collect();
+        // Multiplying by an odd number permutes the u32s: a shuffle with no state.
+        slots.sort_unstable_by_key(|&slot| slot.wrapping_mul(0x9E37_79B9));
+        slots
     }
 
     /// What an exact pass over the items `filter` may pass walks: the filter's members when

@@ -59,9 +59,17 @@ fn distance(a: &[f32], b: &[u16]) -> f32 {
 
 /// A vector in f16 (as bits), as the catalog keeps it and the graph links it.
 pub fn to_f16_row(v: &[f32]) -> Vec<u16> {
-    v.iter()
-        .map(|&x| half::f16::from_f32(x).to_bits())
-        .collect()
+    let mut row = vec![0; v.len()];
+    write_f16(&mut row, v);
+    row
+}
+
+/// Writes `v` in f16 (as bits) into `row` (as many numbers as both hold): [`to_f16_row`]
+/// without the allocation, for a row of the catalog's array.
+pub fn write_f16(row: &mut [u16], v: &[f32]) {
+    for (kept, &x) in row.iter_mut().zip(v) {
+        *kept = half::f16::from_f32(x).to_bits();
+    }
 }
 
 /// A row of f16 bits back in f32.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::ann::{AnnIndex, Decoded};
+use crate::ann::{AnnIndex, Decoded, write_f16};
 use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
 use crate::cooccur::{CoRow, prefetch};
@@ -494,9 +494,7 @@ impl Catalog {
         if self.vectors.len() < start + d {
             self.vectors.resize(start + d, 0);
         }
-        for (kept, &x) in self.vectors[start..start + d].iter_mut().zip(vector) {
-            *kept = half::f16::from_f32(x).to_bits();
-        }
+        write_f16(&mut self.vectors[start..start + d], vector);
         let replaced = self.slots[slot as usize]
             .replace(Entry { item, popularity })
             .is_some();
@@ -1077,9 +1075,7 @@ impl Catalog {
         for (id, &slot) in &self.by_id {
             if let Some(v) = vectors.get(id) {
                 let start = slot as usize * d;
-                for (kept, &x) in rows[start..start + d].iter_mut().zip(v) {
-                    *kept = half::f16::from_f32(x).to_bits();
-                }
+                write_f16(&mut rows[start..start + d], v);
             }
         }
         self.vectors = rows;

@@ -39,7 +39,7 @@ impl Attributes {
 
     /// Every `(name, value)`, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 
     /// Sets `name`'s value, handing back the one it replaces (a `BTreeMap`'s `insert`; it

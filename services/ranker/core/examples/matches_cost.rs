@@ -36,21 +36,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(1_000_000);
     let mut rng = Rng(0x5eed);
-    let mut index = Bm25::default();
-    let started = Instant::now();
-    for doc in 0..docs {
-        let title = format!(
+    let title = |rng: &mut Rng| {
+        format!(
             "Brand{} {} {} noun{}",
             rng.below(300),
             COLOURS[rng.below(COLOURS.len())],
             MATERIALS[rng.below(MATERIALS.len())],
             rng.below(40),
-        );
-        index.insert(doc as u32, &title);
+        )
+    };
+    let titles: Vec<String> = (0..docs).map(|_| title(&mut rng)).collect();
+    let mut index = Bm25::default();
+    let started = Instant::now();
+    for (doc, title) in titles.iter().enumerate() {
+        index.insert(doc as u32, title);
     }
     println!(
-        "{docs} documents indexed in {:.1} s",
+        "{docs} documents indexed in {:.2} s",
         started.elapsed().as_secs_f64()
+    );
+    // A tenth of the documents, scattered, indexed again: with their own text (a catalog
+    // loaded again), with another (an edited title), then removed and put back.
+    let tenth: Vec<usize> = (0..docs / 10).map(|_| rng.below(docs)).collect();
+    let started = Instant::now();
+    for &doc in &tenth {
+        index.insert(doc as u32, &titles[doc]);
+    }
+    let same = started.elapsed().as_secs_f64();
+    let others: Vec<String> = tenth.iter().map(|_| title(&mut rng)).collect();
+    let started = Instant::now();
+    for (&doc, text) in tenth.iter().zip(&others) {
+        index.insert(doc as u32, text);
+    }
+    let edited = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for &doc in &tenth {
+        index.remove(doc as u32);
+    }
+    let removed = started.elapsed().as_secs_f64();
+    for &doc in &tenth {
+        index.insert(doc as u32, &titles[doc]);
+    }
+    println!(
+        "{} scattered documents: indexed again with their text {same:.3} s, with another \
+         {edited:.3} s, removed {removed:.3} s",
+        tenth.len()
     );
     let kinds: [(&str, &[&str]); 4] = [
         ("one colour", &["black", "white", "navy"]),

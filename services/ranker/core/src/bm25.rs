@@ -117,17 +117,10 @@ pub fn last_word(query: &str) -> (&str, &str) {
 }
 
 /// Documents `docs` shares with the `context` word it shares most with (0 without context).
-fn shared(docs: &HashMap<u32, u32, IdHash>, context: &[&HashMap<u32, u32, IdHash>]) -> usize {
+fn shared(docs: &Postings, context: &[&Postings]) -> usize {
     context
         .iter()
-        .map(|other| {
-            let (small, large) = if docs.len() <= other.len() {
-                (docs, *other)
-            } else {
-                (*other, docs)
-            };
-            small.keys().filter(|d| large.contains_key(d)).count()
-        })
+        .map(|other| docs.shared(other))
         .max()
         .unwrap_or(0)
 }
@@ -136,11 +129,7 @@ fn shared(docs: &HashMap<u32, u32, IdHash>, context: &[&HashMap<u32, u32, IdHash
 /// (shared / its documents over the share of all `total` documents the word is in), the most
 /// of them; 0 when it goes with none. A word in every description ("Loved by reviewers") is
 /// found with everything about as often as chance, so it is no reading of a misspelt word.
-fn found_with(
-    docs: &HashMap<u32, u32, IdHash>,
-    context: &[&HashMap<u32, u32, IdHash>],
-    total: usize,
-) -> usize {
+fn found_with(docs: &Postings, context: &[&Postings], total: usize) -> usize {
     context
         .iter()
         .map(|other| {
@@ -394,6 +383,205 @@ type Group = Vec<Vec<String>>;
 /// A document's length slot when the document is not indexed.
 const ABSENT: u32 = u32::MAX;
 
+/// Out-of-order postings a list gathers before they are merged into its sorted run: this
+/// many, or the square root of the run's length where that is more (a late posting costs a
+/// shift of up to that many, and its share of a merge about as much: ~300 for a common
+/// word's 100k postings).
+const LATE_POSTINGS: usize = 64;
+
+/// One term's postings: the documents holding it, each with its count (the [`IN_TITLE`] bit
+/// set where the title holds it). 8 bytes a posting, where a `HashMap<u32, u32>` per term
+/// took ~17-20 with its tables' slack (the largest share of a described item's memory), and
+/// a scan reads them front to back (BENCHMARKS.md, "Session 31").
+///
+/// Documents indexed in ascending order (a load: new items take new slots) are appended to a
+/// sorted run. A document put out of order (an edited title gaining a word) goes to a short
+/// sorted `late` list, merged into the run now and then ([`LATE_POSTINGS`]), instead of shifting a
+/// common word's ~100k postings. A removed document's posting stays as a tombstone (count
+/// 0) until tombstones outnumber the live postings, so a removal is a binary search, and a
+/// document indexed again with the same words (a catalog loaded again) takes its tombstones
+/// back in place. A document is in the run or in `late`, never both.
+#[derive(Debug, Clone, Default)]
+struct Postings {
+    /// Ascending by document.
+    entries: Vec<(u32, u32)>,
+    /// Ascending by document, each under the run's last document.
+    late: Vec<(u32, u32)>,
+    /// Postings with a count (not tombstones).
+    live: u32,
+}
+
+/// Where `doc` is in a sorted list of postings, or where it would go.
+fn find(list: &[(u32, u32)], doc: u32) -> Result<usize, usize> {
+    list.binary_search_by_key(&doc, |&(d, _)| d)
+}
+
+/// Documents both sorted lists hold with a count: each of `small`'s looked up in `large` from
+/// where the last one was found.
+fn shared_sorted(small: &[(u32, u32)], large: &[(u32, u32)]) -> usize {
+    let mut rest = large;
+    let mut both = 0;
+    for &(doc, tf) in small {
+        if tf == 0 {
+            continue;
+        }
+        rest = &rest[rest.partition_point(|&(d, _)| d < doc)..];
+        match rest.first() {
+            None => break,
+            Some(&(d, tf)) if d == doc && tf != 0 => both += 1,
+            Some(_) => {}
+        }
+    }
+    both
+}
+
+impl Postings {
+    /// Documents holding the term.
+    fn len(&self) -> usize {
+        self.live as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Each document holding the term with its count, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.entries
+            .iter()
+            .chain(&self.late)
+            .copied()
+            .filter(|&(_, tf)| tf != 0)
+    }
+
+    /// Each document holding the term, in no particular order.
+    fn docs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.iter().map(|(doc, _)| doc)
+    }
+
+    fn contains(&self, doc: u32) -> bool {
+        self.count(doc) != 0
+    }
+
+    /// `doc`'s count (0 where it does not hold the term).
+    fn count(&self, doc: u32) -> u32 {
+        match find(&self.entries, doc) {
+            Ok(i) => self.entries[i].1,
+            Err(_) => find(&self.late, doc).map_or(0, |i| self.late[i].1),
+        }
+    }
+
+    /// Sets `doc`'s count to `tf` (not 0).
+    fn put(&mut self, doc: u32, tf: u32) {
+        debug_assert!(tf != 0, "a count of 0 is a tombstone");
+        // Past the run's last document, so in neither list (`late` is all under it).
+        if self.entries.last().is_none_or(|&(last, _)| last < doc) {
+            self.make_room();
+            self.entries.push((doc, tf));
+            self.live += 1;
+            return;
+        }
+        let (list, at) = match find(&self.entries, doc) {
+            Ok(i) => (&mut self.entries, Ok(i)),
+            Err(_) => {
+                let at = find(&self.late, doc);
+                (&mut self.late, at)
+            }
+        };
+        match at {
+            Ok(i) => {
+                if list[i].1 == 0 {
+                    self.live += 1;
+                }
+                list[i].1 = tf;
+            }
+            Err(i) => {
+                list.insert(i, (doc, tf));
+                self.live += 1;
+                if self.late.len() >= LATE_POSTINGS.max(self.entries.len().isqrt()) {
+                    self.merge();
+                }
+            }
+        }
+    }
+
+    /// Room for one more posting in the run: a quarter more when full, not double (a list
+    /// keeps ~10% spare on average instead of ~40%; the extra copies while loading are a few
+    /// memcpy of the postings).
+    fn make_room(&mut self) {
+        let len = self.entries.len();
+        if len == self.entries.capacity() {
+            self.entries.reserve_exact(len / 4 + 1);
+        }
+    }
+
+    /// Takes `doc` out (a tombstone; tombstones are swept out when they outnumber the live
+    /// postings, so that costs O(1) a removal over time).
+    fn remove(&mut self, doc: u32) {
+        let tf = match find(&self.entries, doc) {
+            Ok(i) => &mut self.entries[i].1,
+            Err(_) => match find(&self.late, doc) {
+                Ok(i) => &mut self.late[i].1,
+                Err(_) => return,
+            },
+        };
+        if *tf == 0 {
+            return;
+        }
+        *tf = 0;
+        self.live -= 1;
+        if self.entries.len() + self.late.len() > 2 * self.live as usize + 8 {
+            self.merge();
+        }
+    }
+
+    /// One sorted run of the live postings: `late` merged in, tombstones dropped.
+    fn merge(&mut self) {
+        let mut merged = Vec::with_capacity(self.live as usize + self.live as usize / 8);
+        let (mut run, mut late) = (
+            self.entries.iter().copied().peekable(),
+            std::mem::take(&mut self.late).into_iter().peekable(),
+        );
+        loop {
+            let next = match (run.peek(), late.peek()) {
+                (Some(a), Some(b)) if a.0 < b.0 => run.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => late.next(),
+                (Some(_), None) => run.next(),
+                (None, None) => break,
+            };
+            if let Some(posting) = next.filter(|&(_, tf)| tf != 0) {
+                merged.push(posting);
+            }
+        }
+        self.entries = merged;
+    }
+
+    /// Documents both lists hold.
+    fn shared(&self, other: &Postings) -> usize {
+        let (small, large) = if self.entries.len() <= other.entries.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        // Run with run, then each late posting looked up once: small's in all of large,
+        // large's in small's run (small's late ones with them are counted already).
+        let mut both = shared_sorted(&small.entries, &large.entries);
+        both += small
+            .late
+            .iter()
+            .filter(|&&(doc, tf)| tf != 0 && large.contains(doc))
+            .count();
+        both += large
+            .late
+            .iter()
+            .filter(|&&(doc, tf)| {
+                tf != 0 && find(&small.entries, doc).is_ok_and(|i| small.entries[i].1 != 0)
+            })
+            .count();
+        both
+    }
+}
+
 /// Each indexed term's number, for [`Bm25`]'s lists of the terms in each document: 4 bytes
 /// per term a document holds instead of a `String` of its own (~56 bytes), which was most of
 /// the ranker's memory for items with descriptions (BENCHMARKS.md, "Session 30").
@@ -445,7 +633,7 @@ impl TermIds {
 /// most of a search's BM25 cost.
 #[derive(Debug, Clone, Default)]
 pub struct Bm25 {
-    postings: HashMap<String, HashMap<u32, u32, IdHash>>,
+    postings: HashMap<String, Postings>,
     /// Term count of each document, [`ABSENT`] where none is indexed.
     lengths: Vec<u32>,
     documents: usize,
@@ -518,29 +706,35 @@ impl Bm25 {
         self.lengths[i] = (terms.len() as u32).min(ABSENT - 1);
         self.documents += 1;
         self.total_length += u64::from(self.lengths[i]);
+        // Each distinct term once (in text order: the same index whatever the process), with
+        // its count and whether the title holds it.
+        let mut terms: Vec<(String, bool)> = terms
+            .into_iter()
+            .enumerate()
+            .map(|(at, term)| (term, at < in_title))
+            .collect();
+        terms.sort_unstable();
         let mut distinct = Vec::new();
-        for (at, term) in terms.into_iter().enumerate() {
-            if !self.postings.contains_key(&term) {
-                self.vocabulary.add(&term);
-                self.sorted.insert(term.clone());
-            }
-            let tf = self
-                .postings
-                .entry(term.clone())
-                .or_default()
-                .entry(doc)
-                .or_default();
-            if *tf == 0 {
-                distinct.push(self.term_ids.id(&term));
-            }
+        for run in terms.chunk_by(|a, b| a.0 == b.0) {
+            let term = &run[0].0;
             // The count stays under the flag (texts are capped far below 2^31 terms).
-            let count = ((*tf & !IN_TITLE) + 1).min(IN_TITLE - 1);
-            let title = if at < in_title {
-                IN_TITLE
+            let count = (run.len() as u32).min(IN_TITLE - 1);
+            let tf = if run.iter().any(|&(_, title)| title) {
+                count | IN_TITLE
             } else {
-                *tf & IN_TITLE
+                count
             };
-            *tf = count | title;
+            distinct.push(self.term_ids.id(term));
+            match self.postings.get_mut(term) {
+                Some(docs) => docs.put(doc, tf),
+                None => {
+                    self.vocabulary.add(term);
+                    self.sorted.insert(term.clone());
+                    let mut docs = Postings::default();
+                    docs.put(doc, tf);
+                    self.postings.insert(term.clone(), docs);
+                }
+            }
         }
         self.doc_terms[i] = distinct.into_boxed_slice();
     }
@@ -556,7 +750,7 @@ impl Bm25 {
         for id in std::mem::take(&mut self.doc_terms[i]) {
             let term = self.term_ids.name(id);
             if let Some(docs) = self.postings.get_mut(term) {
-                docs.remove(&doc);
+                docs.remove(doc);
                 if docs.is_empty() {
                     self.postings.remove(term);
                     self.vocabulary.remove(term);
@@ -709,7 +903,7 @@ impl Bm25 {
     /// The postings of the last [`CONTEXT_WORDS`] indexed words of `query`: what a
     /// correction or completion of another word is weighed against (a query is not bounded
     /// by the API, and each word costs an intersection per candidate).
-    fn context(&self, query: &str) -> Vec<&HashMap<u32, u32, IdHash>> {
+    fn context(&self, query: &str) -> Vec<&Postings> {
         let mut words = terms(query);
         words.reverse();
         words.dedup();
@@ -723,11 +917,7 @@ impl Bm25 {
     /// A misspelt word's neighbour's weight, for one-edit and two-edit neighbours alike: the
     /// documents it shares with the `context` word it goes with most (see [`found_with`]),
     /// then the documents holding it.
-    fn weigh(
-        &self,
-        docs: &HashMap<u32, u32, IdHash>,
-        context: &[&HashMap<u32, u32, IdHash>],
-    ) -> (usize, usize) {
+    fn weigh(&self, docs: &Postings, context: &[&Postings]) -> (usize, usize) {
         (found_with(docs, context, self.documents), docs.len())
     }
 
@@ -748,7 +938,7 @@ impl Bm25 {
             .postings
             .get_key_value(&plural_stem(folded.clone()))
             .map(|(term, docs)| (docs.len(), term.as_str()));
-        let documents = |term: &str| self.postings.get(term).map_or(0, HashMap::len);
+        let documents = |term: &str| self.postings.get(term).map_or(0, Postings::len);
         let mut begun: Vec<(usize, &str)> = self
             .sorted
             .range::<str, _>((Bound::Included(folded.as_str()), Bound::Unbounded))
@@ -815,12 +1005,7 @@ impl Bm25 {
 
     /// The most common indexed neighbour of one query word (see [`Bm25::correct`]); counts
     /// in `tried` the words it searched neighbours for.
-    fn correct_word(
-        &self,
-        word: &str,
-        context: &[&HashMap<u32, u32, IdHash>],
-        tried: &mut usize,
-    ) -> Option<String> {
+    fn correct_word(&self, word: &str, context: &[&Postings], tried: &mut usize) -> Option<String> {
         let length = word.chars().count();
         if !(MIN_CORRECTED_CHARS..=MAX_CORRECTED_CHARS).contains(&length)
             || word.chars().any(char::is_numeric)
@@ -936,7 +1121,7 @@ impl Bm25 {
     fn two_edits_away(
         &self,
         lower: &str,
-        context: &[&HashMap<u32, u32, IdHash>],
+        context: &[&Postings],
     ) -> Option<((usize, usize), String)> {
         let folded = fold(lower);
         let stem = plural_stem(folded.clone());
@@ -982,7 +1167,7 @@ impl Bm25 {
 
     /// Whether one document holds every one of `terms` (a phrase's, as [`terms`] reads it).
     pub fn holds_all(&self, terms: &[String]) -> bool {
-        let mut lists: Vec<&HashMap<u32, u32, IdHash>> = Vec::with_capacity(terms.len());
+        let mut lists: Vec<&Postings> = Vec::with_capacity(terms.len());
         for term in terms {
             match self.postings.get(term) {
                 Some(docs) => lists.push(docs),
@@ -992,8 +1177,8 @@ impl Bm25 {
         lists.sort_by_key(|docs| docs.len());
         match lists.split_first() {
             Some((smallest, rest)) => smallest
-                .keys()
-                .any(|doc| rest.iter().all(|docs| docs.contains_key(doc))),
+                .docs()
+                .any(|doc| rest.iter().all(|docs| docs.contains(doc))),
             None => false,
         }
     }
@@ -1010,11 +1195,10 @@ impl Bm25 {
             if terms.is_empty() || words.contains(&terms) {
                 continue;
             }
-            if terms.iter().all(|t| {
-                self.postings
-                    .get(t)
-                    .is_some_and(|docs| docs.contains_key(&doc))
-            }) {
+            if terms
+                .iter()
+                .all(|t| self.postings.get(t).is_some_and(|docs| docs.contains(doc)))
+            {
                 held.push(word);
             }
             words.push(terms);
@@ -1130,8 +1314,7 @@ impl Bm25 {
                 let (Some(x), Some(y)) = (self.postings.get(a), self.postings.get(b)) else {
                     continue;
                 };
-                let (small, large) = if x.len() <= y.len() { (x, y) } else { (y, x) };
-                let together = small.keys().filter(|doc| large.contains_key(doc)).count();
+                let together = x.shared(y);
                 if together > 0 && best.is_none_or(|(most, _, _)| together > most) {
                     best = Some((together, at, from));
                 }
@@ -1163,7 +1346,7 @@ impl Bm25 {
     /// page's reasons) instead of listing a common word's ~100k matches again.
     pub fn matcher(&self, query: &str) -> impl Fn(u32) -> bool + '_ {
         let terms = terms(query);
-        let lists: Vec<&HashMap<u32, u32, IdHash>> = if self.documents == 0 {
+        let lists: Vec<&Postings> = if self.documents == 0 {
             Vec::new()
         } else {
             match self.groups(&terms) {
@@ -1176,7 +1359,7 @@ impl Bm25 {
                 None => terms.iter().filter_map(|t| self.postings.get(t)).collect(),
             }
         };
-        move |doc| lists.iter().any(|docs| docs.contains_key(&doc))
+        move |doc| lists.iter().any(|docs| docs.contains(doc))
     }
 
     /// BM25 score of every document matching at least one query term (or an equivalent
@@ -1209,7 +1392,7 @@ impl Bm25 {
         }
         // Each distinct term once, in query order (the order the scores are summed in).
         let mut seen: Vec<String> = Vec::new();
-        let mut postings: Vec<&HashMap<u32, u32, IdHash>> = Vec::new();
+        let mut postings: Vec<&Postings> = Vec::new();
         for term in terms {
             if !seen.contains(&term) {
                 postings.extend(self.postings.get(&term));
@@ -1230,14 +1413,14 @@ impl Bm25 {
     fn add_term(
         &self,
         out: &mut HashMap<u32, Match, IdHash>,
-        docs: &HashMap<u32, u32, IdHash>,
+        docs: &Postings,
         avg: f32,
         share: f32,
     ) {
         let n = self.documents as f32;
         let df = docs.len() as f32;
         let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-        for (&doc, &tf) in docs {
+        for (doc, tf) in docs.iter() {
             let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
             let held = if tf & IN_TITLE != 0 {
                 share
@@ -1397,6 +1580,83 @@ mod tests {
             index.insert(doc as u32, text);
         }
         index
+    }
+
+    /// A term's postings stay what a plain map of document to count says under any mix of
+    /// appends, out-of-order puts, removals (their tombstones swept now and then) and
+    /// re-indexing: the documents listed ascending, the counts, `len` and what two lists
+    /// share. A posting lost or resurrected by a sweep would find an item that no longer
+    /// holds the word, or lose one that does.
+    #[test]
+    fn postings_agree_with_a_map_of_the_same_puts_and_removals() {
+        let mut rng = crate::rng::XorShift::new(31);
+        let mut below = |n: u32| (rng.unit() * f64::from(n)) as u32;
+        let (mut a, mut b) = (Postings::default(), Postings::default());
+        let (mut model_a, mut model_b) = (
+            std::collections::BTreeMap::new(),
+            std::collections::BTreeMap::new(),
+        );
+        let mut next = 0;
+        for step in 0..22_000 {
+            let (list, model) = if below(2) == 0 {
+                (&mut a, &mut model_a)
+            } else {
+                (&mut b, &mut model_b)
+            };
+            // Phases of loading and of clearing out, so that tombstones pile up and are swept.
+            let clearing = (step / 2_000) % 2 == 1;
+            match below(10) + if clearing { 4 } else { 0 } {
+                // A load: the next document, appended.
+                0..=3 => {
+                    let tf = (1 + below(3)) | if below(2) == 0 { IN_TITLE } else { 0 };
+                    list.put(next, tf);
+                    model.insert(next, tf);
+                    next += 1;
+                }
+                // A document re-indexed, or one given the term it lacked.
+                4..=5 => {
+                    let doc = below(next + 1);
+                    let tf = 1 + below(5);
+                    list.put(doc, tf);
+                    model.insert(doc, tf);
+                }
+                _ => {
+                    // Mostly a document the list holds.
+                    let doc = match model.keys().nth(below(model.len() as u32 + 1) as usize) {
+                        Some(&doc) => doc,
+                        None => below(next + 1),
+                    };
+                    list.remove(doc);
+                    model.remove(&doc);
+                }
+            }
+            if step % 500 == 0 || step == 21_999 {
+                for (list, model) in [(&a, &model_a), (&b, &model_b)] {
+                    let mut listed: Vec<(u32, u32)> = list.iter().collect();
+                    listed.sort_unstable();
+                    let expected: Vec<(u32, u32)> = model.iter().map(|(&d, &t)| (d, t)).collect();
+                    assert_eq!(listed, expected, "step {step}");
+                    assert_eq!(list.len(), model.len());
+                    for doc in 0..=next {
+                        assert_eq!(list.contains(doc), model.contains_key(&doc), "doc {doc}");
+                    }
+                    // Tombstones never outnumber live postings by much, and the late ones are
+                    // few.
+                    assert!(
+                        list.entries.len() + list.late.len() <= 2 * list.len() + 8,
+                        "step {step}"
+                    );
+                    assert!(
+                        list.late.len() < LATE_POSTINGS.max(list.entries.len().isqrt()),
+                        "step {step}"
+                    );
+                }
+                let shared = model_a.keys().filter(|d| model_b.contains_key(d)).count();
+                assert_eq!(a.shared(&b), shared, "step {step}");
+                assert_eq!(b.shared(&a), shared, "step {step}");
+            }
+        }
+        assert!(a.len() > 50 && b.len() > 50, "{} {}", a.len(), b.len());
     }
 
     /// Documents replaced and removed take exactly their own terms out (the numbers of terms

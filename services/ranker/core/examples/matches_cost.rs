@@ -1,6 +1,6 @@
 //! What a query's BM25 matches cost at a given catalog size, apart from the rest of `Rank`:
-//! building them ([`Bm25::matches`]) and what the first pass then reads of them (each match's
-//! relevance, and membership of items a graph walk visits). Titles as `rank_cost` makes them
+//! building them ([`Bm25::matches`]), what the first pass then reads of them (each match's
+//! relevance, and membership of items a graph walk visits), and dropping them. Titles as `rank_cost` makes them
 //! (brand, colour, material, product word: a colour matches a tenth of the catalog, a
 //! product word a fortieth).
 //!
@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("brand", &["brand17", "brand250"]),
     ];
     for (kind, queries) in kinds {
-        let (mut build, mut read, mut found) = (Vec::new(), Vec::new(), 0);
+        let (mut build, mut read, mut freed, mut found) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for round in 0..200 {
             let query = queries[round % queries.len()];
             let t = Instant::now();
@@ -108,17 +108,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             black_box((best, held));
             let reading = t.elapsed();
             found = matches.len();
+            let t = Instant::now();
             drop(matches);
+            let dropped = t.elapsed();
             if round >= 100 {
                 build.push(built.as_secs_f64() * 1e6);
                 read.push(reading.as_secs_f64() * 1e6);
+                freed.push(dropped.as_secs_f64() * 1e6);
             }
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         println!(
-            "{kind:<22} {found:>7} matches  build {:>8.0} us  read {:>8.0} us",
+            "{kind:<22} {found:>7} matches  build {:>8.0} us  read {:>8.0} us  free {:>6.0} us",
             mean(&build),
-            mean(&read)
+            mean(&read),
+            mean(&freed)
         );
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! What a query's BM25 matches cost at a given catalog size, apart from the rest of `Rank`:
 //! building them ([`Bm25::matches`]), what the first pass then reads of them (each match's
-//! relevance, and membership of items a graph walk visits), and dropping them. Titles as `rank_cost` makes them
-//! (brand, colour, material, product word: a colour matches a tenth of the catalog, a
-//! product word a fortieth).
+//! relevance, and membership of items a graph walk visits), and dropping them. Titles as
+//! `rank_cost` makes them (brand, colour, material, product word: a colour matches a tenth
+//! of the catalog, a product word a fortieth). Before the queries, a tenth of the documents
+//! are indexed again (same text, another text) and removed, timed.
 //!
 //! `cargo run --release -p souk-ranker-core --example matches_cost -- 1000000`
 //! (documents; default 1,000,000; 200 rounds of each query kind, the second 100 reported).

@@ -396,11 +396,11 @@ const LATE_POSTINGS: usize = 64;
 ///
 /// Documents indexed in ascending order (a load: new items take new slots) are appended to a
 /// sorted run. A document put out of order (an edited title gaining a word) goes to a short
-/// sorted `late` list, merged into the run now and then ([`LATE_POSTINGS`]), instead of shifting a
-/// common word's ~100k postings. A removed document's posting stays as a tombstone (count
-/// 0) until tombstones outnumber the live postings, so a removal is a binary search, and a
-/// document indexed again with the same words (a catalog loaded again) takes its tombstones
-/// back in place. A document is in the run or in `late`, never both.
+/// sorted `late` list, merged into the run now and then ([`LATE_POSTINGS`]), instead of
+/// shifting a common word's ~100k postings. A removed document's posting stays as a
+/// tombstone (count 0) until tombstones outnumber the live postings, so a removal is a
+/// binary search, and a document indexed again with the same words (a catalog loaded again)
+/// takes its tombstones back in place. A document is in the run or in `late`, never both.
 #[derive(Debug, Clone, Default)]
 struct Postings {
     /// Ascending by document.
@@ -627,10 +627,11 @@ impl TermIds {
     }
 }
 
-/// Postings keyed by document slot. Documents are the catalog's slots (small dense numbers), so
-/// lengths sit in an array and the postings and scores hash them with the id hasher: a common
-/// word ("black") matches a tenth of a 100k-item catalog, and SipHash over those postings was
-/// most of a search's BM25 cost.
+/// Postings by document slot. Documents are the catalog's slots (small dense numbers), so
+/// lengths sit in an array, each term's postings are a sorted list of slots ([`Postings`]),
+/// and a query's scores are summed in a map by slot with the id hasher: a common word
+/// ("black") matches a tenth of a 100k-item catalog, and SipHash over those slots was most of
+/// a search's BM25 cost.
 #[derive(Debug, Clone, Default)]
 pub struct Bm25 {
     postings: HashMap<String, Postings>,
@@ -706,8 +707,8 @@ impl Bm25 {
         self.lengths[i] = (terms.len() as u32).min(ABSENT - 1);
         self.documents += 1;
         self.total_length += u64::from(self.lengths[i]);
-        // Each distinct term once (in text order: the same index whatever the process), with
-        // its count and whether the title holds it.
+        // Each distinct term once (sorted by its text, so the same index in every process),
+        // with its count and whether the title holds it.
         let mut terms: Vec<(String, bool)> = terms
             .into_iter()
             .enumerate()

@@ -411,6 +411,32 @@ struct Postings {
     live: u32,
 }
 
+/// Two sorted lists of postings as one, ascending (a document in at most one of them).
+fn merge_sorted<'a>(
+    a: &'a [(u32, u32)],
+    b: &'a [(u32, u32)],
+) -> impl Iterator<Item = (u32, u32)> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                i += 1;
+                x
+            }
+            (_, Some(y)) => {
+                j += 1;
+                y
+            }
+            (Some(x), None) => {
+                i += 1;
+                x
+            }
+            (None, None) => return None,
+        };
+        Some(*next)
+    })
+}
+
 /// Where `doc` is in a sorted list of postings, or where it would go.
 fn find(list: &[(u32, u32)], doc: u32) -> Result<usize, usize> {
     list.binary_search_by_key(&doc, |&(d, _)| d)
@@ -535,25 +561,17 @@ impl Postings {
         }
     }
 
+    /// Each document holding the term with its count, ascending.
+    fn sorted(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        merge_sorted(&self.entries, &self.late).filter(|&(_, tf)| tf != 0)
+    }
+
     /// One sorted run of the live postings: `late` merged in, tombstones dropped.
     fn merge(&mut self) {
         let mut merged = Vec::with_capacity(self.live as usize + self.live as usize / 8);
-        let (mut run, mut late) = (
-            self.entries.iter().copied().peekable(),
-            std::mem::take(&mut self.late).into_iter().peekable(),
-        );
-        loop {
-            let next = match (run.peek(), late.peek()) {
-                (Some(a), Some(b)) if a.0 < b.0 => run.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => late.next(),
-                (Some(_), None) => run.next(),
-                (None, None) => break,
-            };
-            if let Some(posting) = next.filter(|&(_, tf)| tf != 0) {
-                merged.push(posting);
-            }
-        }
+        merged.extend(self.sorted());
         self.entries = merged;
+        self.late.clear();
     }
 
     /// Documents both lists hold.
@@ -1400,28 +1418,22 @@ impl Bm25 {
                 seen.push(term);
             }
         }
-        let mut docs = HashMap::default();
-        docs.reserve(postings.iter().map(|d| d.len()).max().unwrap_or(0));
+        let mut docs = Sums::new();
         for term_docs in postings {
-            self.add_term(&mut docs, term_docs, avg, 1.0);
+            docs = summed(docs, self.term_sums(term_docs, avg, 1.0));
         }
         Matches::new(docs, seen.len())
     }
 
-    /// Adds one term's BM25 contribution (its postings `docs`) to each document's score, and
+    /// One term's BM25 contribution (its postings `docs`) to each document's score, and
     /// `share` of a word to the words it holds ([`Match::words`]: half of it where only the
-    /// description holds the term).
-    fn add_term(
-        &self,
-        out: &mut HashMap<u32, Match, IdHash>,
-        docs: &Postings,
-        avg: f32,
-        share: f32,
-    ) {
+    /// description holds the term), ascending by document.
+    fn term_sums(&self, docs: &Postings, avg: f32, share: f32) -> Sums {
         let n = self.documents as f32;
         let df = docs.len() as f32;
         let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-        for (doc, tf) in docs.iter() {
+        let mut sums = Sums::with_capacity(docs.len());
+        for (doc, tf) in docs.sorted() {
             let len = self.lengths.get(doc as usize).copied().unwrap_or(0) as f32;
             let held = if tf & IN_TITLE != 0 {
                 share
@@ -1430,10 +1442,15 @@ impl Bm25 {
             };
             let tf = (tf & !IN_TITLE) as f32;
             let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
-            let m = out.entry(doc).or_default();
-            m.bm25 += s;
-            m.words += held;
+            sums.push((
+                doc,
+                Match {
+                    bm25: s,
+                    words: held,
+                },
+            ));
         }
+        sums
     }
 
     /// [`Self::matches`] of a widened query ([`Self::groups`]): a group of alternative phrases
@@ -1442,7 +1459,7 @@ impl Bm25 {
     /// alone scores as in any query. A group is one word of the query: the words it holds
     /// ([`Match::words`]) are the best alternative's share of terms held.
     fn matches_grouped(&self, groups: Vec<Group>, avg: f32) -> Matches {
-        let mut out: HashMap<u32, Match, IdHash> = HashMap::default();
+        let mut out = Sums::new();
         let mut seen: Vec<Group> = Vec::new();
         for group in groups {
             if seen.contains(&group) {
@@ -1452,33 +1469,27 @@ impl Bm25 {
                 && let [term] = single.as_slice()
             {
                 if let Some(docs) = self.postings.get(term) {
-                    self.add_term(&mut out, docs, avg, 1.0);
+                    out = summed(out, self.term_sums(docs, avg, 1.0));
                 }
             } else {
                 // The typed phrase's sums, then each other phrase's kept where it is higher.
-                let mut best: HashMap<u32, Match, IdHash> = HashMap::default();
-                let mut sum: HashMap<u32, Match, IdHash> = HashMap::default();
+                let mut best = Sums::new();
                 for (p, phrase) in group.iter().enumerate() {
-                    let into = if p == 0 { &mut best } else { &mut sum };
                     let share = 1.0 / phrase.len().max(1) as f32;
+                    let mut sum = Sums::new();
                     for docs in phrase.iter().filter_map(|t| self.postings.get(t)) {
-                        self.add_term(into, docs, avg, share);
+                        sum = summed(sum, self.term_sums(docs, avg, share));
                     }
-                    for (doc, m) in sum.drain() {
-                        let kept = best.entry(doc).or_default();
-                        kept.bm25 = kept.bm25.max(m.bm25);
-                        kept.words = kept.words.max(m.words);
-                    }
+                    best = if p == 0 {
+                        sum
+                    } else {
+                        combined(best, sum, |kept, m| {
+                            kept.bm25 = kept.bm25.max(m.bm25);
+                            kept.words = kept.words.max(m.words);
+                        })
+                    };
                 }
-                if out.is_empty() {
-                    out = best;
-                } else {
-                    for (doc, m) in best {
-                        let kept = out.entry(doc).or_default();
-                        kept.bm25 += m.bm25;
-                        kept.words += m.words;
-                    }
-                }
+                out = summed(out, best);
             }
             seen.push(group);
         }
@@ -1497,24 +1508,113 @@ pub struct Match {
     pub words: f32,
 }
 
-/// The documents a query's words match ([`Bm25::matches`]).
+/// A slot's hash: murmur3's 32-bit finaliser (spreads neighbouring slots over all of u32).
+fn slot_hash(slot: u32) -> u32 {
+    let mut h = slot.wrapping_mul(0x9E37_79B9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^ (h >> 16)
+}
+
+/// Sums per document ([`Match`]), ascending by document.
+type Sums = Vec<(u32, Match)>;
+
+/// `a` and `b` as one list: a document in both gets `b`'s added to `a`'s (the order the
+/// query's terms are summed in), one in either keeps its own.
+fn summed(a: Sums, b: Sums) -> Sums {
+    combined(a, b, |kept, m| {
+        kept.bm25 += m.bm25;
+        kept.words += m.words;
+    })
+}
+
+/// `a` and `b` (each ascending by document) as one ascending list, `both` folding `b`'s
+/// sums into `a`'s for a document in both.
+fn combined(a: Sums, b: Sums, both: impl Fn(&mut Match, &Match)) -> Sums {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Sums::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 < y.0 => out.extend(a.next()),
+            (Some(x), Some(y)) if x.0 > y.0 => out.extend(b.next()),
+            (Some(_), Some(_)) => {
+                if let (Some((doc, mut kept)), Some((_, m))) = (a.next(), b.next()) {
+                    both(&mut kept, &m);
+                    out.push((doc, kept));
+                }
+            }
+            (Some(_), None) => out.extend(a.by_ref()),
+            (None, Some(_)) => out.extend(b.by_ref()),
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+/// The documents a query's words match ([`Bm25::matches`]): their sums in one list ascending
+/// by document, and a bit per document with a count of the bits before each 64, so that
+/// asking about one document (the pool reads a match's relevance, a graph walk whether a
+/// visited item matches) is two reads, not a search or a hash lookup. A common word matches
+/// ~100k items at 1M; summing them into a hash map was most of building them
+/// (BENCHMARKS.md "Session 31").
 #[derive(Debug, Clone, Default)]
 pub struct Matches {
-    docs: HashMap<u32, Match, IdHash>,
+    docs: Sums,
+    /// Bit `doc % 64` of word `doc / 64` set for each matching document.
+    bits: Vec<u64>,
+    /// Matching documents in the words of `bits` before each.
+    before: Vec<u32>,
     /// Distinct words of the query (a widened word counted once), held or not.
     words: f32,
     best_bm25: f32,
 }
 
 impl Matches {
-    /// The matching `docs` of a query of `words` distinct words (a widened word counted once).
-    fn new(docs: HashMap<u32, Match, IdHash>, words: usize) -> Self {
-        let best_bm25 = docs.values().map(|m| m.bm25).fold(0.0, f32::max);
+    /// The matching `docs` (ascending) of a query of `words` distinct words (a widened word
+    /// counted once).
+    fn new(docs: Sums, words: usize) -> Self {
+        let best_bm25 = docs.iter().map(|(_, m)| m.bm25).fold(0.0, f32::max);
+        let words_of_bits = docs.last().map_or(0, |&(doc, _)| doc as usize / 64 + 1);
+        let mut bits = vec![0u64; words_of_bits];
+        debug_assert!(docs.windows(2).all(|w| w[0].0 < w[1].0), "not ascending");
+        for &(doc, _) in &docs {
+            if let Some(word) = bits.get_mut(doc as usize / 64) {
+                *word |= 1 << (doc % 64);
+            }
+        }
+        let mut before = Vec::with_capacity(bits.len());
+        let mut count = 0;
+        for word in &bits {
+            before.push(count);
+            count += word.count_ones();
+        }
         Self {
             docs,
+            bits,
+            before,
             words: words as f32,
             best_bm25,
         }
+    }
+
+    /// Where `doc` is in `docs`, if it matches.
+    fn index(&self, doc: u32) -> Option<usize> {
+        let at = doc as usize / 64;
+        let word = *self.bits.get(at)?;
+        let bit = 1u64 << (doc % 64);
+        if word & bit == 0 {
+            return None;
+        }
+        let before = *self.before.get(at)? as usize;
+        Some(before + (word & (bit - 1)).count_ones() as usize)
     }
 
     /// How well document `doc` matches the query's words, 0..=1 (0 when it holds none):
@@ -1524,7 +1624,7 @@ impl Matches {
     /// strongest lexical sign of relevance on judged shop data; a BM25 sum normalised by the
     /// best match calls the best half-match "1" as well.
     pub fn relevance(&self, doc: u32) -> f32 {
-        self.docs.get(&doc).map_or(0.0, |m| self.relevance_of(m))
+        self.get(doc).map_or(0.0, |m| self.relevance_of(m))
     }
 
     fn relevance_of(&self, m: &Match) -> f32 {
@@ -1541,24 +1641,40 @@ impl Matches {
         WORDS_SHARE * words + (1.0 - WORDS_SHARE) * bm25
     }
 
-    /// Each matching document with its [`Self::relevance`], in no particular order.
+    /// Each matching document with its [`Self::relevance`], ascending by document.
     pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
         self.docs
             .iter()
             .map(|(doc, m)| (*doc, self.relevance_of(m)))
     }
 
-    /// The matching documents, in no particular order.
+    /// The matching documents, ascending.
     pub fn docs(&self) -> impl Iterator<Item = u32> + '_ {
-        self.docs.keys().copied()
+        self.docs.iter().map(|&(doc, _)| doc)
     }
 
     pub fn contains(&self, doc: u32) -> bool {
-        self.docs.contains_key(&doc)
+        self.index(doc).is_some()
+    }
+
+    /// About `n` matching documents drawn from all of them: those whose slot's hash falls
+    /// under `n` in the matches' count (a sample independent of the list's order, so neither
+    /// bunched at its start nor every k-th slot, which a catalog's items alike every k slots
+    /// would defeat; the same documents for the same matches every time). One multiplication
+    /// per match.
+    pub fn spread(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
+        let share = n as f64 / self.docs.len().max(1) as f64;
+        let under = (share.min(1.0) * f64::from(u32::MAX)) as u32;
+        self.docs
+            .iter()
+            .map(|&(doc, _)| doc)
+            .filter(move |&doc| slot_hash(doc) <= under)
     }
 
     pub fn get(&self, doc: u32) -> Option<&Match> {
-        self.docs.get(&doc)
+        self.index(doc)
+            .and_then(|i| self.docs.get(i))
+            .map(|(_, m)| m)
     }
 
     pub fn len(&self) -> usize {
@@ -1581,6 +1697,103 @@ mod tests {
             index.insert(doc as u32, text);
         }
         index
+    }
+
+    /// A query's matches, built by merging its terms' sorted sums, are each document holding
+    /// any of its words once, ascending, with each word's BM25 and share added up: what the
+    /// one-word queries give, summed. Asked about one document (`contains`, `get`, as the pool
+    /// and the graph walk ask) they answer as a look through the whole list does, at word
+    /// edges (documents 63, 64) and past the last match too. The index has edited and removed
+    /// documents, so postings sit in late lists and tombstones as well as in sorted runs.
+    #[test]
+    fn matches_are_the_sum_of_their_words_and_answer_per_document() {
+        let words = ["red", "blue", "shoe", "boot", "wool", "silk", "lamp"];
+        let mut rng = crate::rng::XorShift::new(7);
+        let mut pick = |n: usize| (rng.unit() * n as f64) as usize;
+        let mut index = Bm25::default();
+        let text = |pick: &mut dyn FnMut(usize) -> usize| {
+            (0..1 + pick(4))
+                .map(|_| words[pick(words.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for doc in 0..600 {
+            index.insert(doc, &text(&mut pick));
+        }
+        for _ in 0..300 {
+            let doc = pick(600) as u32;
+            match pick(3) {
+                0 => index.remove(doc),
+                _ => {
+                    let (title, rest) = (text(&mut pick), text(&mut pick));
+                    index.insert_titled(doc, &title, &rest);
+                }
+            }
+        }
+        assert!(index.postings.values().any(|p| !p.late.is_empty()));
+        for query in [
+            "red",
+            "red blue",
+            "shoe wool lamp",
+            "boot boot silk",
+            "blue lamp",
+        ] {
+            let matches = index.matches(query);
+            let listed: Vec<u32> = matches.docs().collect();
+            assert!(listed.windows(2).all(|w| w[0] < w[1]), "{query:?}");
+            let terms: Vec<String> = terms(query);
+            let holding: Vec<u32> = (0..700)
+                .filter(|&d| terms.iter().any(|t| index.postings[t].contains(d)))
+                .collect();
+            assert_eq!(listed, holding, "{query:?}");
+            let mut distinct = terms.clone();
+            distinct.dedup();
+            let alone: Vec<Matches> = distinct.iter().map(|t| index.matches(t)).collect();
+            for doc in 0..700 {
+                let found = matches.docs.iter().find(|(d, _)| *d == doc).map(|(_, m)| m);
+                assert_eq!(matches.get(doc), found, "{query:?} doc {doc}");
+                assert_eq!(matches.contains(doc), found.is_some());
+                let mut sum = Match::default();
+                for one in &alone {
+                    if let Some(m) = one.get(doc) {
+                        sum.bm25 += m.bm25;
+                        sum.words += m.words;
+                    }
+                }
+                assert_eq!(
+                    found.copied().unwrap_or_default(),
+                    sum,
+                    "{query:?} doc {doc}"
+                );
+            }
+        }
+    }
+
+    /// The graph walk's starting points among a common word's matches: matches, each once,
+    /// about as many as asked, from every stretch of the list (not bunched at its start), and
+    /// not every k-th document (a catalog's items alike every k slots would all be seeds).
+    #[test]
+    fn seeds_are_spread_over_the_matches() {
+        let texts: Vec<String> = (0..5000)
+            .map(|i| if i % 3 == 0 { "black shoe" } else { "red shoe" }.to_string())
+            .collect();
+        let index = indexed(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+        let matches = index.matches("black");
+        let seeds: Vec<u32> = matches.spread(128).collect();
+        assert!((100..=160).contains(&seeds.len()), "{}", seeds.len());
+        assert!(seeds.iter().all(|&s| matches.contains(s)));
+        assert!(
+            seeds.windows(2).all(|w| w[0] < w[1]),
+            "each once, in list order"
+        );
+        // Every tenth of the matches has seeds.
+        let listed: Vec<u32> = matches.docs().collect();
+        for tenth in listed.chunks(listed.len() / 10).take(10) {
+            assert!(seeds.iter().any(|s| tenth.contains(s)));
+        }
+        let gaps: std::collections::HashSet<u32> = seeds.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() > 10, "a fixed stride: {gaps:?}");
+        assert_eq!(Matches::default().spread(128).count(), 0);
     }
 
     /// A term's postings stay what a plain map of document to count says under any mix of

@@ -1535,8 +1535,7 @@ fn first_pass(
             // are f16: a little under it).
             let min_dot = (last - rest) / weights[0] - 0.01;
             let seeds: Vec<u32> = matches
-                .docs()
-                .step_by((matches.len() / MATCH_SEEDS).max(1))
+                .spread(MATCH_SEEDS)
                 .filter(|&s| catalog.passes(filter.as_ref(), s))
                 .collect();
             let more = catalog

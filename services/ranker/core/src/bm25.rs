@@ -647,9 +647,9 @@ impl TermIds {
 
 /// Postings by document slot. Documents are the catalog's slots (small dense numbers), so
 /// lengths sit in an array, each term's postings are a sorted list of slots ([`Postings`]),
-/// and a query's scores are summed in a map by slot with the id hasher: a common word
-/// ("black") matches a tenth of a 100k-item catalog, and SipHash over those slots was most of
-/// a search's BM25 cost.
+/// and a query's sums are merged from those lists into one sorted list ([`Matches`]): a
+/// common word ("black") matches a tenth of the catalog, and hashing every one of those
+/// slots (SipHash, then the id hasher into a map per query) was most of a search's BM25 cost.
 #[derive(Debug, Clone, Default)]
 pub struct Bm25 {
     postings: HashMap<String, Postings>,
@@ -1540,22 +1540,24 @@ fn combined(a: Sums, b: Sums, both: impl Fn(&mut Match, &Match)) -> Sums {
         return a;
     }
     let mut out = Sums::with_capacity(a.len().max(b.len()));
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x.0 < y.0 => out.extend(a.next()),
-            (Some(x), Some(y)) if x.0 > y.0 => out.extend(b.next()),
-            (Some(_), Some(_)) => {
-                if let (Some((doc, mut kept)), Some((_, m))) = (a.next(), b.next()) {
-                    both(&mut kept, &m);
-                    out.push((doc, kept));
-                }
-            }
-            (Some(_), None) => out.extend(a.by_ref()),
-            (None, Some(_)) => out.extend(b.by_ref()),
-            (None, None) => break,
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&(x, kept)), Some(&(y, m))) = (a.get(i), b.get(j)) {
+        if x < y {
+            out.push((x, kept));
+            i += 1;
+        } else if y < x {
+            out.push((y, m));
+            j += 1;
+        } else {
+            let mut kept = kept;
+            both(&mut kept, &m);
+            out.push((x, kept));
+            i += 1;
+            j += 1;
         }
     }
+    out.extend_from_slice(a.get(i..).unwrap_or_default());
+    out.extend_from_slice(b.get(j..).unwrap_or_default());
     out
 }
 

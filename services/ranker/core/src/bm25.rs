@@ -442,6 +442,11 @@ fn find(list: &[(u32, u32)], doc: u32) -> Result<usize, usize> {
     list.binary_search_by_key(&doc, |&(d, _)| d)
 }
 
+/// `doc`'s count in a sorted list of postings (0 where it is not there or a tombstone).
+fn count_in(list: &[(u32, u32)], doc: u32) -> u32 {
+    find(list, doc).map_or(0, |i| list[i].1)
+}
+
 /// Documents both sorted lists hold with a count: each of `small`'s looked up in `large` from
 /// where the last one was found.
 fn shared_sorted(small: &[(u32, u32)], large: &[(u32, u32)]) -> usize {
@@ -471,18 +476,9 @@ impl Postings {
         self.live == 0
     }
 
-    /// Each document holding the term with its count, in no particular order.
-    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.entries
-            .iter()
-            .chain(&self.late)
-            .copied()
-            .filter(|&(_, tf)| tf != 0)
-    }
-
-    /// Each document holding the term, in no particular order.
+    /// Each document holding the term, ascending.
     fn docs(&self) -> impl Iterator<Item = u32> + '_ {
-        self.iter().map(|(doc, _)| doc)
+        self.sorted().map(|(doc, _)| doc)
     }
 
     fn contains(&self, doc: u32) -> bool {
@@ -491,9 +487,9 @@ impl Postings {
 
     /// `doc`'s count (0 where it does not hold the term).
     fn count(&self, doc: u32) -> u32 {
-        match find(&self.entries, doc) {
-            Ok(i) => self.entries[i].1,
-            Err(_) => find(&self.late, doc).map_or(0, |i| self.late[i].1),
+        match count_in(&self.entries, doc) {
+            0 => count_in(&self.late, doc),
+            tf => tf,
         }
     }
 
@@ -592,9 +588,7 @@ impl Postings {
         both += large
             .late
             .iter()
-            .filter(|&&(doc, tf)| {
-                tf != 0 && find(&small.entries, doc).is_ok_and(|i| small.entries[i].1 != 0)
-            })
+            .filter(|&&(doc, tf)| tf != 0 && count_in(&small.entries, doc) != 0)
             .count();
         both
     }
@@ -1848,8 +1842,7 @@ mod tests {
             }
             if step % 500 == 0 || step == 21_999 {
                 for (list, model) in [(&a, &model_a), (&b, &model_b)] {
-                    let mut listed: Vec<(u32, u32)> = list.iter().collect();
-                    listed.sort_unstable();
+                    let listed: Vec<(u32, u32)> = list.sorted().collect();
                     let expected: Vec<(u32, u32)> = model.iter().map(|(&d, &t)| (d, t)).collect();
                     assert_eq!(listed, expected, "step {step}");
                     assert_eq!(list.len(), model.len());

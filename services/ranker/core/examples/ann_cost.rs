@@ -4,7 +4,7 @@
 //! ask (128 candidates, beam 128), at k = 10 (beam 128), and at wider beams (256, 512).
 //!
 //! `cargo run --release -p souk-ranker-core --example ann_cost -- [POINTS] [DIM] [QUERIES]`
-//! (default 100000 384 300).
+//! (default 100000 384 300; `OURS_ONLY=1` skips `hnsw_rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
 
@@ -79,6 +79,9 @@ fn main() {
     );
     let ours_build = started.elapsed().as_secs_f64();
 
+    // `OURS_ONLY=1`: only our graph (to compare two builds of it at sizes where `hnsw_rs`
+    // would take most of the run).
+    let ours_only = std::env::var("OURS_ONLY").is_ok_and(|v| v == "1");
     let started = Instant::now();
     let theirs = Hnsw::<f32, UnitDot>::new(16, n.max(1024) * 2, 16, 100, UnitDot);
     let data: Vec<(&[f32], usize)> = vectors
@@ -86,7 +89,9 @@ fn main() {
         .enumerate()
         .map(|(i, v)| (v.as_slice(), i))
         .collect();
-    theirs.parallel_insert_slice(&data);
+    if !ours_only {
+        theirs.parallel_insert_slice(&data);
+    }
     let theirs_build = started.elapsed().as_secs_f64();
 
     let score = |found: &[Vec<u32>]| -> f64 {
@@ -104,6 +109,13 @@ fn main() {
             .map(|q| ours.search(q, k, ef, |_, _| true))
             .collect();
         let ours_us = started.elapsed().as_secs_f64() * 1e6 / nq as f64;
+        if ours_only {
+            println!(
+                "k {k:>3} ef {ef}: ours {ours_us:>7.0} us/search, exact top 10 found {:.4}",
+                score(&a)
+            );
+            continue;
+        }
         let started = Instant::now();
         let b: Vec<Vec<u32>> = queries
             .iter()
@@ -121,6 +133,10 @@ fn main() {
             score(&a),
             score(&b)
         );
+    }
+    if ours_only {
+        println!("build: ours {ours_build:.2} s");
+        return;
     }
     println!(
         "build: ours {ours_build:.2} s, hnsw_rs {theirs_build:.2} s ({:.2}x)",

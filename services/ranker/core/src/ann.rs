@@ -22,6 +22,7 @@ use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
+use crate::cooccur::prefetch;
 use crate::rank::scan_f16;
 use crate::rng::XorShift;
 
@@ -253,6 +254,15 @@ impl AnnIndex {
         &self.vectors[start..start + self.dim]
     }
 
+    /// Asks the CPU to fetch point `p`'s vector, ahead of [`Self::vector`].
+    fn prefetch_vector(&self, p: u32) {
+        let row = self.vector(p);
+        // A cache line holds 32 f16 numbers.
+        for at in (0..row.len()).step_by(32) {
+            prefetch(&row[at]);
+        }
+    }
+
     fn links(&self, p: u32, layer: usize) -> &[u32] {
         let p = p as usize;
         if layer == 0 {
@@ -464,19 +474,30 @@ impl AnnIndex {
             if computed >= budget {
                 break;
             }
-            for &n in self.links(c.id, layer) {
-                if !visited.first(n) {
-                    continue;
+            // The unvisited neighbours' vectors are asked for before any is read, so their
+            // cache misses overlap instead of following one another.
+            // (A list holds at most M0 links; a longer one would be taken M0 at a time.)
+            for links in self.links(c.id, layer).chunks(M0) {
+                let mut fresh = [0u32; M0];
+                let mut count = 0;
+                for &n in links {
+                    if visited.first(n) {
+                        fresh[count] = n;
+                        count += 1;
+                        self.prefetch_vector(n);
+                    }
                 }
-                let d = distance(q, self.vector(n));
-                computed += 1;
-                if found.len() < ef || found.peek().is_some_and(|worst| d < worst.d) {
-                    let near = Near { d, id: n };
-                    frontier.push(std::cmp::Reverse(near));
-                    if d <= within && accept(n) {
-                        found.push(near);
-                        if found.len() > ef {
-                            found.pop();
+                for &n in &fresh[..count] {
+                    let d = distance(q, self.vector(n));
+                    computed += 1;
+                    if found.len() < ef || found.peek().is_some_and(|worst| d < worst.d) {
+                        let near = Near { d, id: n };
+                        frontier.push(std::cmp::Reverse(near));
+                        if d <= within && accept(n) {
+                            found.push(near);
+                            if found.len() > ef {
+                                found.pop();
+                            }
                         }
                     }
                 }
@@ -548,17 +569,20 @@ impl AnnIndex {
             return Vec::new();
         }
         let ef = ef.max(k);
+        let seeds: Vec<u32> = seeds
+            .iter()
+            .filter_map(|&slot| self.point_of.get(slot as usize).copied())
+            .filter(|&p| p != NO_POINT)
+            .collect();
+        // Every seed's vector is asked for before the descent, whose reads overlap them.
+        for &p in &seeds {
+            self.prefetch_vector(p);
+        }
         let mut entries = vec![self.descend(query, entry, 0)];
-        entries.extend(
-            seeds
-                .iter()
-                .filter_map(|&slot| self.point_of.get(slot as usize))
-                .filter(|&&p| p != NO_POINT)
-                .map(|&p| Near {
-                    d: distance(query, self.vector(p)),
-                    id: p,
-                }),
-        );
+        entries.extend(seeds.into_iter().map(|p| Near {
+            d: distance(query, self.vector(p)),
+            id: p,
+        }));
         let accept = |id: u32| {
             let (slot, version) = self.points[id as usize];
             slot != NO_SLOT && accept(slot, version)

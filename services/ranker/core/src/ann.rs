@@ -7,11 +7,13 @@
 //! Our own rather than `hnsw_rs` (used until session 10) so that the graph can be saved with
 //! the store and read back at start (20 s of rebuild at 100k items became a read), with a
 //! reader that refuses a damaged file with a reason instead of asserting, and so that points
-//! are inserted in parallel batches (see [`AnnIndex::build`]). The graph walks f16 copies of
-//! the vectors (AVX2 + F16C): half the memory and the file, 1.45x faster searches, the same
-//! recall (BENCHMARKS.md). The catalog keeps its vectors in f16 too (since session 30); the
-//! graph has its own copy because a replaced item's old point keeps the vector it was
-//! linked by.
+//! are inserted in parallel batches (see [`AnnIndex::build`]). The graph walks 8-bit copies of
+//! the vectors ([`crate::quant`], since session 32; f16 before, f32 before that): a walk at a
+//! million items waits on memory, so a row of 7 cache lines instead of 12, and every
+//! unvisited neighbour's row asked for before any is read, made searches and the build
+//! faster at the same recall (BENCHMARKS.md). The catalog keeps its vectors in f16 (since
+//! session 30) and scores every answer from those; the graph has its own copy because a
+//! replaced item's old point keeps the vector it was linked by.
 //!
 //! HNSW cannot delete. Each indexed point remembers the slot and the slot's version it was
 //! inserted for; a replaced or deleted item bumps its slot's version, so its old point is
@@ -23,7 +25,7 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use crate::cooccur::prefetch;
-use crate::rank::scan_f16;
+use crate::quant::{Row, SCALE_BYTES, push_row};
 use crate::rng::XorShift;
 
 /// Links per node above the base layer, and on the base layer; the construction beam. The
@@ -50,15 +52,13 @@ const MAX_BATCH: usize = 4096;
 /// the items pass; so the walk gives up only on filters that ~2% or fewer pass.
 const FILTERED_BUDGET: usize = 256;
 
-/// Distance of a unit vector to a stored point's (f16 bits): 1 - dot (only its order
-/// matters; rounding may make it < 0).
-fn distance(a: &[f32], b: &[u16]) -> f32 {
-    let mut d = 1.0;
-    scan_f16(b, a, |_, dot| d = 1.0 - dot);
-    d
+/// Distance of a unit vector to a stored point's: 1 - dot (only its order matters;
+/// rounding may make it < 0).
+fn distance(a: &[f32], b: Row<'_>) -> f32 {
+    1.0 - b.dot(a)
 }
 
-/// A vector in f16 (as bits), as the catalog keeps it and the graph links it.
+/// A vector in f16 (as bits), as the catalog keeps it and hands it to the graph.
 pub fn to_f16_row(v: &[f32]) -> Vec<u16> {
     let mut row = vec![0; v.len()];
     write_f16(&mut row, v);
@@ -146,9 +146,10 @@ fn level_of(point: usize) -> usize {
 
 pub struct AnnIndex {
     dim: usize,
-    /// Each point's vector in f16 (as bits), row-major: the graph's own copy (a replaced
-    /// item's old point keeps the vector it was linked by).
-    vectors: Vec<u16>,
+    /// Each point's vector in 8 bits ([`crate::quant`]: `dim` codes and a scale, `stride`
+    /// bytes), one after another: the graph's own copy (a replaced item's old point keeps
+    /// the vector it was linked by).
+    vectors: Vec<i8>,
     levels: Vec<u8>,
     /// Base-layer links, `M0` places per point, `base_len` of them used.
     base: Vec<u32>,
@@ -230,7 +231,7 @@ impl AnnIndex {
         let level = level_of(self.points.len());
         self.note_point(slot, self.points.len() as u32);
         self.points.push((slot, version));
-        self.vectors.extend_from_slice(vector);
+        push_row(&mut self.vectors, &widen(vector));
         self.levels.push(level as u8);
         self.base.extend(std::iter::repeat_n(0, M0));
         self.base_len.push(0);
@@ -249,17 +250,26 @@ impl AnnIndex {
         self.point_of[at] = point;
     }
 
-    fn vector(&self, p: u32) -> &[u16] {
-        let start = p as usize * self.dim;
-        &self.vectors[start..start + self.dim]
+    /// Bytes per point in [`Self::vectors`].
+    fn stride(&self) -> usize {
+        self.dim + SCALE_BYTES
+    }
+
+    fn vector(&self, p: u32) -> Row<'_> {
+        let start = p as usize * self.stride();
+        Row::read(&self.vectors[start..start + self.stride()], self.dim)
     }
 
     /// Asks the CPU to fetch point `p`'s vector, ahead of [`Self::vector`].
     fn prefetch_vector(&self, p: u32) {
-        let row = self.vector(p);
-        // A cache line holds 32 f16 numbers.
-        for at in (0..row.len()).step_by(32) {
+        let start = p as usize * self.stride();
+        let row = &self.vectors[start..start + self.stride()];
+        // Every 64-byte cache line the row touches: bytes at most 64 apart, and its last.
+        for at in (0..row.len()).step_by(64) {
             prefetch(&row[at]);
+        }
+        if let Some(last) = row.last() {
+            prefetch(last);
         }
     }
 
@@ -341,7 +351,7 @@ impl AnnIndex {
         if current.len() + added.len() <= cap {
             return current.iter().chain(added).copied().collect();
         }
-        let v = widen(self.vector(node));
+        let v = self.vector(node).widen();
         let mut candidates: Vec<Near> = current
             .iter()
             .chain(added)
@@ -360,7 +370,7 @@ impl AnnIndex {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
-        let q = widen(self.vector(p));
+        let q = self.vector(p).widen();
         let q = q.as_slice();
         let level = (self.levels[p as usize] as usize).min(self.top);
         let ep = self.descend(q, entry, level);
@@ -394,7 +404,7 @@ impl AnnIndex {
             if kept.len() == m {
                 break;
             }
-            let v = widen(self.vector(c.id));
+            let v = self.vector(c.id).widen();
             if kept.iter().all(|&k| distance(&v, self.vector(k)) >= c.d) {
                 kept.push(c.id);
             }
@@ -602,7 +612,9 @@ impl AnnIndex {
 
 /// The saved graph's first bytes, and its layout's version.
 const MAGIC: &[u8; 8] = b"SOUKHNSW";
-const FORMAT: u32 = 2;
+/// 3: vectors in 8 bits (session 32); 2 (f16 vectors) is still read.
+const FORMAT: u32 = 3;
+const FORMAT_F16: u32 = 2;
 
 /// Little-endian reads over a saved graph that answer a short or bad file with a reason.
 struct Reader<'a> {
@@ -636,6 +648,33 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A saved point's vector as [`AnnIndex::decode`] read it, for its caller to compare with an
+/// item's vector now.
+#[derive(Clone, Copy)]
+pub struct SavedVector<'a> {
+    /// The row as saved: 8-bit codes and a scale, or f16 numbers (format 2).
+    bytes: &'a [u8],
+    f16: bool,
+}
+
+impl SavedVector<'_> {
+    /// Whether `row` (f16 bits, as the catalog keeps vectors) is the vector the point was
+    /// linked by: bit for bit in a file of f16 vectors, the same codes and scale (what the
+    /// graph would store for it) in a file of 8-bit ones.
+    pub fn is(&self, row: &[u16]) -> bool {
+        if self.f16 {
+            return self.bytes.len() == row.len() * 2
+                && row
+                    .iter()
+                    .zip(self.bytes.chunks_exact(2))
+                    .all(|(h, b)| h.to_le_bytes() == [b[0], b[1]]);
+        }
+        let mut codes = Vec::with_capacity(row.len() + SCALE_BYTES);
+        push_row(&mut codes, &widen(row));
+        codes.len() == self.bytes.len() && codes.iter().zip(self.bytes).all(|(&c, &b)| c as u8 == b)
+    }
+}
+
 /// What [`AnnIndex::decode`] made of a saved graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
@@ -649,7 +688,7 @@ impl AnnIndex {
     /// version)`, `None` for a stale point), the vectors, and a BLAKE3 hash of all of it.
     pub fn encode<'a>(&self, id_of: impl Fn(u32, u32) -> Option<&'a str>) -> Vec<u8> {
         let n = self.points.len();
-        let mut out = Vec::with_capacity(64 + n * (M0 * 4 + 24) + self.vectors.len() * 4);
+        let mut out = Vec::with_capacity(64 + n * (M0 * 4 + 24) + self.vectors.len());
         out.extend_from_slice(MAGIC);
         for x in [
             FORMAT,
@@ -679,14 +718,15 @@ impl AnnIndex {
                 None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
             }
         }
-        out.extend(self.vectors.iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(self.vectors.iter().map(|&b| b as u8));
         let hash = blake3::hash(&out);
         out.extend_from_slice(hash.as_bytes());
         out
     }
 
-    /// Reads back what [`Self::encode`] wrote. `resolve(id, vector as f16 bits)` gives the slot and version
-    /// a point stands for now, `None` when its item is gone or changed (the point is then kept
+    /// Reads back what [`Self::encode`] wrote (or a graph of f16 vectors, format 2, whose
+    /// vectors are put in 8 bits). `resolve(id, saved vector)` gives the slot and version a
+    /// point stands for now, `None` when its item is gone or changed (the point is then kept
     /// for the links through it but counted stale). A damaged or foreign file, or one saved
     /// with other settings, is refused with the reason.
     ///
@@ -694,7 +734,7 @@ impl AnnIndex {
     /// The reason the bytes are not a graph this build can use.
     pub fn decode(
         bytes: &[u8],
-        mut resolve: impl FnMut(&str, &[u16]) -> Option<(u32, u32)>,
+        mut resolve: impl FnMut(&str, SavedVector<'_>) -> Option<(u32, u32)>,
     ) -> Result<(Self, Decoded), String> {
         let Some(body_len) = bytes.len().checked_sub(32) else {
             return Err("too short to be a saved graph".into());
@@ -711,8 +751,10 @@ impl AnnIndex {
             at: MAGIC.len(),
         };
         let format = r.u32()?;
-        if format != FORMAT {
-            return Err(format!("format {format}, this build reads {FORMAT}"));
+        if format != FORMAT && format != FORMAT_F16 {
+            return Err(format!(
+                "format {format}, this build reads {FORMAT_F16} and {FORMAT}"
+            ));
         }
         let dim = r.u32()? as usize;
         let n = r.u32()? as usize;
@@ -722,9 +764,14 @@ impl AnnIndex {
         }
         let entry = r.u32()?;
         let top = r.u32()? as usize;
-        // Every point takes at least 4 bytes and every vector 2 per dimension: a header
-        // claiming more than the file holds is refused before anything is allocated for it.
-        let vector_bytes = n.checked_mul(dim).and_then(|x| x.checked_mul(2));
+        // Every point takes at least 4 bytes and every vector its row: a header claiming
+        // more than the file holds is refused before anything is allocated for it.
+        let row_bytes = if format == FORMAT_F16 {
+            dim.checked_mul(2)
+        } else {
+            dim.checked_add(SCALE_BYTES)
+        };
+        let vector_bytes = row_bytes.and_then(|row| n.checked_mul(row));
         if vector_bytes.is_none_or(|v| v.saturating_add(n.saturating_mul(4)) > body.len()) {
             return Err(format!(
                 "{n} points of {dim} dimensions do not fit in the file"
@@ -778,14 +825,24 @@ impl AnnIndex {
                 )
             });
         }
-        let raw = r.take(n * dim * 2)?;
+        // (Checked above: n * row_bytes fits in the file.)
+        let row_bytes = row_bytes.unwrap_or(0);
+        let raw = r.take(n * row_bytes)?;
         if r.at != body.len() {
             return Err(format!("{} bytes after the vectors", body.len() - r.at));
         }
-        index.vectors = raw
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
+        if format == FORMAT_F16 {
+            index.vectors.reserve(n * index.stride());
+            for row in raw.chunks_exact(row_bytes.max(1)).take(n) {
+                let bits: Vec<u16> = row
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                push_row(&mut index.vectors, &widen(&bits));
+            }
+        } else {
+            index.vectors = raw.iter().map(|&b| b as i8).collect();
+        }
         if n > 0 {
             if entry as usize >= n || index.levels[entry as usize] as usize != top {
                 return Err(format!("entry point {entry} is not on the top level {top}"));
@@ -794,9 +851,11 @@ impl AnnIndex {
             index.top = top;
         }
         for (p, id) in ids.iter().enumerate() {
-            let point = id
-                .as_deref()
-                .and_then(|id| resolve(id, index.vector(p as u32)));
+            let saved = SavedVector {
+                bytes: raw.get(p * row_bytes..(p + 1) * row_bytes).unwrap_or(&[]),
+                f16: format == FORMAT_F16,
+            };
+            let point = id.as_deref().and_then(|id| resolve(id, saved));
             let (slot, version) = point.unwrap_or((NO_SLOT, 0));
             index.note_point(slot, p as u32);
             index.points.push((slot, version));
@@ -977,8 +1036,11 @@ mod tests {
         // The floor: the 30th nearest's dot product.
         let floor = crate::rank::dot(&q, &vectors[want[29] as usize]) - 1e-3;
         let got = index.search_from(&q, 100, 100, &seeds, floor, |s, _| fifth(s));
-        assert!((29..=31).contains(&got.len()), "{}", got.len());
-        assert_eq!(got[..29], want[..29]);
+        // (The graph's 8-bit vectors may move a dot product across the floor by ~1e-3:
+        // the 28 surest are all found, and nothing from beyond the exact 32.)
+        assert!((28..=32).contains(&got.len()), "{}", got.len());
+        assert!(want[..28].iter().all(|s| got.contains(s)), "{got:?}");
+        assert!(got.iter().all(|s| want[..32].contains(s)), "{got:?}");
     }
 
     fn halved(v: &[f32]) -> Vec<u16> {
@@ -1000,7 +1062,7 @@ mod tests {
         let by_name = |id: &str| names.iter().position(|n| n == id);
         let (back, decoded) = AnnIndex::decode(&bytes, |id, v| {
             let i = by_name(id)?;
-            (halved(&vectors[i]) == v).then_some((i as u32 + 10_000, 3))
+            v.is(&halved(&vectors[i])).then_some((i as u32 + 10_000, 3))
         })
         .unwrap();
         assert_eq!(
@@ -1016,17 +1078,19 @@ mod tests {
             assert_eq!(got, want.iter().map(|s| s + 10_000).collect::<Vec<_>>());
         }
 
-        // Item 7 deleted, item 8 re-embedded: both stale, the rest found as before.
+        // Item 7 deleted, item 8 re-embedded (another vector now): both stale, the rest
+        // found as before.
         let (back, decoded) = AnnIndex::decode(&bytes, |id, v| {
             let i = by_name(id)?;
-            (i != 7 && i != 8 && halved(&vectors[i]) == v).then_some((i as u32, 1))
+            let now = if i == 8 { &vectors[100] } else { &vectors[i] };
+            (i != 7 && v.is(&halved(now))).then_some((i as u32, 1))
         })
         .unwrap();
         assert_eq!(decoded.stale, 2);
         assert!(!back.search(&vectors[7], 5, 64, |_, _| true).contains(&7));
         assert_eq!(back.search(&vectors[9], 1, 64, |_, _| true), vec![9]);
 
-        let resolve = |_: &str, _: &[u16]| Some((0, 0));
+        let resolve = |_: &str, _: SavedVector<'_>| Some((0, 0));
         let mut rng = XorShift::new(1);
         for _ in 0..200 {
             let mut damaged = bytes.clone();
@@ -1047,6 +1111,52 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "not a saved HNSW graph");
+    }
+
+    /// A graph saved before session 32 (format 2: f16 vectors) is still read: its vectors
+    /// are put in 8 bits, a point is matched to its item by the f16 bits, and searches find
+    /// the points nearest as before.
+    #[test]
+    fn saved_graphs_of_f16_vectors_still_read_back() {
+        let vectors = clustered(1500, 16, 8);
+        let names = ids(vectors.len());
+        let index = built(&vectors);
+        let bytes = index.encode(|slot, _| Some(names[slot as usize].as_str()));
+        // The same file as format 2 wrote it: the format field, then f16 rows after the
+        // points instead of 8-bit ones.
+        let rows = vectors.len() * (16 + SCALE_BYTES);
+        let mut old = bytes[..bytes.len() - 32 - rows].to_vec();
+        old[8..12].copy_from_slice(&FORMAT_F16.to_le_bytes());
+        for v in &vectors {
+            old.extend(halved(v).iter().flat_map(|h| h.to_le_bytes()));
+        }
+        let hash = blake3::hash(&old);
+        old.extend_from_slice(hash.as_bytes());
+        let by_name = |id: &str| names.iter().position(|n| n == id);
+        let (back, decoded) = AnnIndex::decode(&old, |id, v| {
+            let i = by_name(id)?;
+            let now = if i == 8 { &vectors[100] } else { &vectors[i] };
+            v.is(&halved(now)).then_some((i as u32, 1))
+        })
+        .unwrap();
+        assert_eq!(
+            decoded,
+            Decoded {
+                points: 1500,
+                stale: 1
+            }
+        );
+        let mut same = 0;
+        for q in vectors.iter().step_by(10) {
+            let want = exact(&vectors, q, 10);
+            let got = back.search(q, 10, 64, |s, _| s != 8);
+            same += got.iter().filter(|s| want.contains(s) && **s != 8).count();
+            assert_eq!(got[0], want[0], "each point finds itself first");
+        }
+        // (Every query's 10 less point 8 where it is among them.)
+        assert!(same >= 1450, "{same} of the exact top 10s");
+        // Re-encoded, it is a file of this format.
+        assert_eq!(back.encode(|_, _| None)[8..12], FORMAT.to_le_bytes());
     }
 
     /// A header that lies (links past the end, a level above the top) is refused even when

@@ -563,8 +563,8 @@ impl Catalog {
     }
 
     /// Takes a saved HNSW graph instead of building one: each saved point stands again for
-    /// the item of its id when that item's vector, in f16, is bit for bit the one it was linked by
-    /// (else it is stale), and items the graph lacks are added to it. Call after the items
+    /// the item of its id when that item's vector is the one it was linked by (as the graph
+    /// stores it, see [`crate::ann::SavedVector::is`]; else it is stale), and items the graph lacks are added to it. Call after the items
     /// are loaded; [`Self::set_ann_min_items`] then keeps it, or rebuilds when too much of it
     /// is stale. Returns the points read, the stale ones, and the items added.
     ///
@@ -576,7 +576,7 @@ impl Catalog {
         let mut claimed = vec![false; self.slots.len()];
         let (mut ann, decoded) = AnnIndex::decode(bytes, |id, vector| {
             let slot = *self.by_id.get(id)?;
-            let same = vector.len() == d && row(&self.vectors, d, slot) == vector;
+            let same = vector.is(row(&self.vectors, d, slot));
             // A slot is claimed by the first point whose vector is its vector, only.
             if !same || std::mem::replace(&mut claimed[slot as usize], true) {
                 return None;
@@ -681,11 +681,15 @@ impl Catalog {
         }
         let similarity = |slot: u32| Some((slot, dot_f16(query, self.item_at(slot)?.1)));
         let members = filter.and_then(|f| f.members_within(filtered_scan_limit(self.len())));
+        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if members.is_none()
             && let Some(found) = self.ann_search(query, k, k, filter)
             && found.len() >= k
         {
-            return found.into_iter().filter_map(similarity).collect();
+            // The graph orders by its 8-bit copies; the answer is ordered by these vectors.
+            let mut found: Vec<(u32, f32)> = found.into_iter().filter_map(similarity).collect();
+            found.sort_unstable_by(by_score);
+            return found;
         }
         let scan: Box<dyn Iterator<Item = u32>> = match members {
             Some(members) => Box::new(members.into_iter()),
@@ -695,7 +699,6 @@ impl Catalog {
             .filter(|&slot| self.passes(filter, slot))
             .filter_map(similarity)
             .collect();
-        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if scored.len() > k {
             scored.select_nth_unstable_by(k - 1, by_score);
             scored.truncate(k);

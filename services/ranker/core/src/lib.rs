@@ -25,6 +25,7 @@ pub mod facet;
 pub mod fusion;
 pub mod item;
 pub mod propensity;
+mod quant;
 pub mod query;
 pub mod rank;
 pub mod rng;

@@ -1552,8 +1552,8 @@ fn first_pass(
             .select_nth_unstable_by(place - 1, |a, b| b.total_cmp(a))
             .1;
         if rest + weights[0] * left.dense >= last {
-            // The dense score a left-out match needs to reach the tier (the graph's vectors
-            // are f16: a little under it).
+            // The dense score a left-out match needs to reach the tier (a little under it:
+            // the graph walks 8-bit vectors, whose dot products move by up to ~1e-3).
             let min_dot = (last - rest) / weights[0] - 0.01;
             let seeds: Vec<u32> = matches
                 .spread(MATCH_SEEDS)

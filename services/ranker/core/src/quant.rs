@@ -187,9 +187,7 @@ mod tests {
     #[test]
     fn the_8_bit_dot_agrees_at_every_length_and_bad_vectors_store_zeros() {
         for d in 1i32..=72 {
-            let codes: Vec<i8> = (0..d)
-                .map(|i| (i * 37 % 255 - 127) as i8)
-                .collect();
+            let codes: Vec<i8> = (0..d).map(|i| (i * 37 % 255 - 127) as i8).collect();
             let v: Vec<f32> = (0..d).map(|i| ((i * 13 % 17) as f32 - 8.0) / 7.0).collect();
             let want: f64 = codes
                 .iter()

@@ -4,7 +4,7 @@
 //! ask (128 candidates, beam 128), at k = 10 (beam 128), and at wider beams (256, 512).
 //!
 //! `cargo run --release -p souk-ranker-core --example ann_cost -- [POINTS] [DIM] [QUERIES]`
-//! (default 100000 384 300; `OURS_ONLY=1` skips `hnsw_rs` and prints the saved graph's size).
+//! (default 100000 384 300; `OURS_ONLY=1` skips `hnsw_rs` and saves the graph and reads it back).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
 
@@ -135,9 +135,22 @@ fn main() {
         );
     }
     if ours_only {
-        // Saved without item ids (a real save adds each id's bytes).
-        let saved = ours.encode(|_, _| None).len() as f64 / 1e6;
-        println!("build: ours {ours_build:.2} s, saved {saved:.1} MB");
+        // Saved with ids "p<n>", and read back matching each point to its row by id.
+        let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        let bytes = ours.encode(|slot, _| ids.get(slot as usize).map(String::as_str));
+        let started = Instant::now();
+        let (_, decoded) = AnnIndex::decode(&bytes, |id, saved| {
+            let i: usize = id[1..].parse().ok()?;
+            saved.is(&rows[i]).then_some((i as u32, 1))
+        })
+        .expect("a graph just saved reads back");
+        let read = started.elapsed().as_secs_f64();
+        println!(
+            "build: ours {ours_build:.2} s; saved {:.1} MB, read back in {read:.2} s ({} of {} points stale)",
+            bytes.len() as f64 / 1e6,
+            decoded.stale,
+            decoded.points
+        );
         return;
     }
     println!(

@@ -832,8 +832,11 @@ impl AnnIndex {
             return Err(format!("{} bytes after the vectors", body.len() - r.at));
         }
         if format == FORMAT_F16 {
+            // One 8-bit row per point (a row of `dim` numbers and a scale, even at 0
+            // dimensions, so that every point's row is where `vector` reads it).
             index.vectors.reserve(n * index.stride());
-            for row in raw.chunks_exact(row_bytes.max(1)).take(n) {
+            for p in 0..n {
+                let row = raw.get(p * row_bytes..(p + 1) * row_bytes).unwrap_or(&[]);
                 let bits: Vec<u16> = row
                     .chunks_exact(2)
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))

@@ -1485,7 +1485,7 @@ fn first_pass(
     // of them by (score, id) spent most of its ~10 ms there.
     let score = |slots: &mut dyn Iterator<Item = u32>| {
         let mut scored: Vec<(u32, f32, [f32; 5])> = Vec::with_capacity(slots.size_hint().0);
-        for slot in catalog.prefetching(slots) {
+        for slot in catalog.prefetching(slots, query_vector.is_some()) {
             let Some((item, vector)) = catalog.item_at(slot) else {
                 continue;
             };

@@ -608,9 +608,10 @@ impl Catalog {
 
     /// Takes a saved HNSW graph instead of building one: each saved point stands again for
     /// the item of its id when that item's vector is the one it was linked by (as the graph
-    /// stores it, see [`crate::ann::SavedVector::is`]; else it is stale), and items the graph lacks are added to it. Call after the items
-    /// are loaded; [`Self::set_ann_min_items`] then keeps it, or rebuilds when too much of it
-    /// is stale. Returns the points read, the stale ones, and the items added.
+    /// stores it, see [`crate::ann::SavedVector::is`]; else it is stale), and items the graph
+    /// lacks are added to it. Call after the items are loaded; [`Self::set_ann_min_items`]
+    /// then keeps it, or rebuilds when too much of it is stale. Returns the points read, the
+    /// stale ones, and the items added.
     ///
     /// # Errors
     /// Why the bytes cannot be used (damaged, other settings, other dimension); the catalog

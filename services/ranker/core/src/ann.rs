@@ -24,7 +24,7 @@ use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
-use crate::cooccur::prefetch;
+use crate::cooccur::prefetch_slice;
 use crate::quant::{Row, SCALE_BYTES, push_row};
 use crate::rng::XorShift;
 
@@ -255,22 +255,19 @@ impl AnnIndex {
         self.dim + SCALE_BYTES
     }
 
-    fn vector(&self, p: u32) -> Row<'_> {
+    /// Point `p`'s row as stored: its codes and its scale's bytes.
+    fn stored(&self, p: u32) -> &[i8] {
         let start = p as usize * self.stride();
-        Row::read(&self.vectors[start..start + self.stride()], self.dim)
+        &self.vectors[start..start + self.stride()]
+    }
+
+    fn vector(&self, p: u32) -> Row<'_> {
+        Row::read(self.stored(p), self.dim)
     }
 
     /// Asks the CPU to fetch point `p`'s vector, ahead of [`Self::vector`].
     fn prefetch_vector(&self, p: u32) {
-        let start = p as usize * self.stride();
-        let row = &self.vectors[start..start + self.stride()];
-        // Every 64-byte cache line the row touches: bytes at most 64 apart, and its last.
-        for at in (0..row.len()).step_by(64) {
-            prefetch(&row[at]);
-        }
-        if let Some(last) = row.last() {
-            prefetch(last);
-        }
+        prefetch_slice(self.stored(p));
     }
 
     fn links(&self, p: u32, layer: usize) -> &[u32] {

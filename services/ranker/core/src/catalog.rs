@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::ann::{AnnIndex, Decoded, write_f16};
 use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
-use crate::cooccur::{CoRow, prefetch};
+use crate::cooccur::{CoRow, prefetch, prefetch_slice};
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, SlotBits, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
 use crate::rank::{dot_f16, filtered_scan_limit};
@@ -726,25 +726,24 @@ impl Catalog {
         }
         let similarity = |slot: u32| Some((slot, dot_f16(query, self.item_at(slot)?.1)));
         let members = filter.and_then(|f| f.members_within(filtered_scan_limit(self.len())));
-        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if members.is_none()
+        // The graph's answer (ordered by its 8-bit copies) or a scan's, ordered below by
+        // these vectors.
+        let mut scored: Vec<(u32, f32)> = if members.is_none()
             && let Some(found) = self.ann_search(query, k, k, filter)
             && found.len() >= k
         {
-            // The graph orders by its 8-bit copies; the answer is ordered by these vectors.
-            let mut found: Vec<(u32, f32)> = found.into_iter().filter_map(similarity).collect();
-            found.sort_unstable_by(by_score);
-            return found;
-        }
-        let scan: Box<dyn Iterator<Item = u32>> = match members {
-            Some(members) => Box::new(members.into_iter()),
-            None => self.filtered_slots(filter),
+            found.into_iter().filter_map(similarity).collect()
+        } else {
+            let scan: Box<dyn Iterator<Item = u32>> = match members {
+                Some(members) => Box::new(members.into_iter()),
+                None => self.filtered_slots(filter),
+            };
+            self.prefetching(scan, true)
+                .filter(|&slot| self.passes(filter, slot))
+                .filter_map(similarity)
+                .collect()
         };
-        let mut scored: Vec<(u32, f32)> = self
-            .prefetching(scan, true)
-            .filter(|&slot| self.passes(filter, slot))
-            .filter_map(similarity)
-            .collect();
+        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if scored.len() > k {
             scored.select_nth_unstable_by(k - 1, by_score);
             scored.truncate(k);
@@ -1082,13 +1081,7 @@ impl Catalog {
         let d = self.dimension.unwrap_or(0);
         let start = slot as usize * d;
         if let Some(row) = self.vectors.get(start..start + d) {
-            // Every cache line of the row: numbers at most 32 (64 bytes) apart, and its last.
-            for at in (0..row.len()).step_by(32) {
-                prefetch(&row[at]);
-            }
-            if let Some(last) = row.last() {
-                prefetch(last);
-            }
+            prefetch_slice(row);
         }
     }
 

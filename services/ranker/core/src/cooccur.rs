@@ -200,6 +200,18 @@ pub(crate) fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
+/// A hint that every cache line of `values` will be read soon (an item's vector, a graph
+/// point's row): an element at least every 64 bytes, and the last.
+pub(crate) fn prefetch_slice<T>(values: &[T]) {
+    let step = (64 / std::mem::size_of::<T>().max(1)).max(1);
+    for at in (0..values.len()).step_by(step) {
+        prefetch(&values[at]);
+    }
+    if let Some(last) = values.last() {
+        prefetch(last);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -7,6 +7,7 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
 use crate::catalog::IdHash;
+use crate::rng::SlotSample;
 use crate::synonyms::Synonyms;
 
 const K1: f32 = 1.2;
@@ -1502,16 +1503,6 @@ pub struct Match {
     pub words: f32,
 }
 
-/// A slot's hash: murmur3's 32-bit finaliser (spreads neighbouring slots over all of u32).
-fn slot_hash(slot: u32) -> u32 {
-    let mut h = slot.wrapping_mul(0x9E37_79B9);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85EB_CA6B);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xC2B2_AE35);
-    h ^ (h >> 16)
-}
-
 /// Sums per document ([`Match`]), ascending by document.
 type Sums = Vec<(u32, Match)>;
 
@@ -1653,18 +1644,13 @@ impl Matches {
         self.index(doc).is_some()
     }
 
-    /// About `n` matching documents drawn from all of them: those whose slot's hash falls
-    /// under `n` in the matches' count (a sample independent of the list's order, so neither
-    /// bunched at its start nor every k-th slot, which a catalog's items alike every k slots
-    /// would defeat; the same documents for the same matches every time). One multiplication
-    /// per match.
+    /// About `n` matching documents drawn from all of them (see [`SlotSample`]).
     pub fn spread(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
-        let share = n as f64 / self.docs.len().max(1) as f64;
-        let under = (share.min(1.0) * f64::from(u32::MAX)) as u32;
+        let sample = SlotSample::new(n, self.docs.len());
         self.docs
             .iter()
             .map(|&(doc, _)| doc)
-            .filter(move |&doc| slot_hash(doc) <= under)
+            .filter(move |&doc| sample.holds(doc))
     }
 
     pub fn get(&self, doc: u32) -> Option<&Match> {

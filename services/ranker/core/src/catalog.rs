@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::ann::{AnnIndex, Decoded, write_f16};
+use crate::ann::{AnnIndex, Decoded, Walk, write_f16};
 use crate::bm25::{Bm25, Matches};
 use crate::cf::TrainedCf;
 use crate::cooccur::{CoRow, prefetch, prefetch_slice};
@@ -681,7 +681,18 @@ impl Catalog {
         filter: Option<&Filter>,
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
-        Some(ann.search(query, k, ef, |slot, version| {
+        // A filter with bits (a side at most half the catalog) is walked from members spread
+        // over the graph, hopping over what it refuses: the query's own region may hold
+        // none that pass (a department not the query's).
+        let walk = match filter.map(Filter::spread) {
+            Some(seeds) if !seeds.is_empty() => Walk {
+                seeds,
+                hop: true,
+                ..Walk::default()
+            },
+            _ => Walk::default(),
+        };
+        Some(ann.search_from(query, k, ef, walk, |slot, version| {
             self.is_live(slot, version) && self.passes(filter, slot)
         }))
     }
@@ -705,9 +716,20 @@ impl Catalog {
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
         Some(
-            ann.search_from(query, k, k, seeds, min_dot, |slot, version| {
-                self.is_live(slot, version) && accept(slot)
-            }),
+            // Walked through, not hopped over: a common word's matches lie near the query,
+            // and hopping cost exact top 10s when a filter narrows them (`rank_cost` at 300k,
+            // under 30: 97.2 -> 94.4% as the exact scan's).
+            ann.search_from(
+                query,
+                k,
+                k,
+                Walk {
+                    seeds,
+                    min_dot,
+                    hop: false,
+                },
+                |slot, version| self.is_live(slot, version) && accept(slot),
+            ),
         )
     }
 

@@ -16,6 +16,7 @@ use std::ops::{RangeBounds, RangeInclusive};
 
 use crate::catalog::IdHash;
 use crate::item::{Filters, Item};
+use crate::rng::SlotSample;
 
 /// Slots, unordered.
 pub type SlotSet = HashSet<u32, IdHash>;
@@ -24,6 +25,10 @@ pub type SlotSet = HashSet<u32, IdHash>;
 /// side intersected with its others (a hash lookup per member and side, ~1 ms for 40k at
 /// 100k items) to see whether few items pass.
 pub const INTERSECT_FACTOR: usize = 4;
+
+/// Members a filter with bits keeps spread over all that pass (see [`Filter::spread`]): as
+/// many as the beam a ranking's graph walk fills.
+pub const SPREAD_MEMBERS: usize = 128;
 
 /// Slots by lower-cased category level (every level of an item's path), by lower-cased
 /// brand (items without a brand are under none), by lower-cased attribute name and value,
@@ -290,6 +295,7 @@ impl Facets {
             in_stock: filters.in_stock_only.then_some(&self.in_stock),
             nothing,
             passing: None,
+            spread: Vec::new(),
         }
     }
 }
@@ -314,6 +320,9 @@ pub struct Filter<'a> {
     nothing: bool,
     /// The slots that pass, when built (see [`Filter::with_passing_bits`]).
     passing: Option<SlotBits>,
+    /// About [`SPREAD_MEMBERS`] of the slots that pass, picked by their hash, when the bits
+    /// are built (ascending).
+    spread: Vec<u32>,
 }
 
 impl Filter<'_> {
@@ -419,12 +428,26 @@ impl Filter<'_> {
             return self;
         }
         let mut bits = SlotBits::default();
+        let mut spread = Vec::new();
+        let sample = SlotSample::new(SPREAD_MEMBERS, sides[0].0);
         for slot in on_every_side(&sides) {
             bits.insert(slot);
+            if sample.holds(slot) {
+                spread.push(slot);
+            }
         }
         drop(sides);
+        spread.sort_unstable();
         self.passing = Some(bits);
+        self.spread = spread;
         self
+    }
+
+    /// Members spread over all that pass, when the filter has its bits (see
+    /// [`Self::with_passing_bits`]; empty otherwise): where a filtered graph walk starts
+    /// besides the query's own region, which may hold none that pass.
+    pub fn spread(&self) -> &[u32] {
+        &self.spread
     }
 
     /// Whether `slot` passes, when the filter knows without its item (see
@@ -1087,7 +1110,7 @@ mod tests {
                 items[slot] = Some(new);
             }
         }
-        let mut built = 0;
+        let (mut built, mut spreads) = (0, 0);
         for _ in 0..1000 {
             let category = ["", "outdoor", "TENTS", "garden", "nowhere"][pick(5)];
             let brands: Vec<String> = (0..pick(3)).map(|_| BRANDS[pick(5)].to_string()).collect();
@@ -1112,8 +1135,18 @@ mod tests {
             let resolved = facets.resolve(&f).with_passing_bits(limit);
             let has_bits = resolved.passing.is_some();
             built += usize::from(has_bits);
+            // The spread: members that pass, ascending, about SPREAD_MEMBERS of a side.
+            let spread = resolved.spread();
+            assert!(has_bits || spread.is_empty());
+            assert!(spread.is_sorted_by(|a, b| a < b), "{spread:?}");
+            assert!(spread.len() <= 2 * SPREAD_MEMBERS, "{}", spread.len());
+            let mut passing = 0;
             for (slot, it) in items.iter().enumerate() {
                 let expected = it.as_ref().is_some_and(|it| f.accepts(it));
+                passing += usize::from(expected);
+                if spread.binary_search(&(slot as u32)).is_ok() {
+                    assert!(expected, "{slot} in the spread of {f:?}");
+                }
                 match (resolved.passes_slot(slot as u32), it) {
                     (Some(passes), _) => assert_eq!(passes, expected, "{f:?} on {it:?}"),
                     (None, Some(it)) => assert_eq!(resolved.accepts(slot as u32, it), expected),
@@ -1125,7 +1158,17 @@ mod tests {
             } else if limit == 3000 && !resolved.nothing {
                 assert!(has_bits, "every side is within the catalog: {f:?}");
             }
+            if has_bits && passing >= 600 {
+                spreads += 1;
+                // (About SPREAD_MEMBERS x passing / side: at least a fifth of that here.)
+                assert!(
+                    spread.len() >= SPREAD_MEMBERS / 25,
+                    "{} of {passing}",
+                    spread.len()
+                );
+            }
         }
         assert!(built > 60, "bits built for {built} filters");
+        assert!(spreads > 10, "{spreads} filters passing 600 with bits");
     }
 }

@@ -1,5 +1,5 @@
 //! A seeded xorshift64* generator: fits, simulations and tests that must give the same result
-//! for the same seed, without a dependency.
+//! for the same seed, without a dependency; and samples of slots by their hash.
 
 /// xorshift64* (Vigna 2016). Not for anything secret.
 #[derive(Debug, Clone)]
@@ -51,4 +51,36 @@ mod tests {
                 .all(|x| (-1.0..1.0).contains(&x))
         );
     }
+}
+
+/// About `n` of `of` slots, each in the sample when its hash falls under `n` in `of`: a sample
+/// independent of the order the slots come in (neither bunched at a list's start nor every
+/// k-th slot, which a catalog's items alike every k slots would defeat) and the same for the
+/// same slots every time. One multiplication per slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotSample {
+    under: u32,
+}
+
+impl SlotSample {
+    pub fn new(n: usize, of: usize) -> Self {
+        let share = n as f64 / of.max(1) as f64;
+        Self {
+            under: (share.min(1.0) * f64::from(u32::MAX)) as u32,
+        }
+    }
+
+    pub fn holds(&self, slot: u32) -> bool {
+        slot_hash(slot) <= self.under
+    }
+}
+
+/// A slot's hash: murmur3's 32-bit finaliser (spreads neighbouring slots over all of u32).
+fn slot_hash(slot: u32) -> u32 {
+    let mut h = slot.wrapping_mul(0x9E37_79B9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^ (h >> 16)
 }

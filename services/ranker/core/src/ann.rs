@@ -61,27 +61,27 @@ struct Beam {
     budget: usize,
     /// The farthest distance answered.
     within: f32,
-    /// Refused points are hopped over (see [`Walk::hop`]).
-    hop: bool,
 }
 
 /// Where a search's walk on the base layer starts besides the query's entry, what it answers
-/// and how it passes refused points (see [`AnnIndex::search_from`]).
-#[derive(Debug, Clone, Copy)]
+/// and which points it hops over (see [`AnnIndex::search_from`]).
+#[derive(Clone, Copy)]
 pub struct Walk<'s> {
     /// Slots whose points the walk starts from too (those without a point are skipped).
     pub seeds: &'s [u32],
     /// Only points whose dot product with the query is at least this are answered: the walk
     /// stops once every point it could still expand is below it.
     pub min_dot: f32,
-    /// A refused point is hopped over, not walked through: its neighbours that pass are
-    /// walked to, and it is neither given a distance nor expanded (ACORN's two-hop
-    /// expansion). For a filter whose items lie away from the query (a department not the
-    /// query's: every point near the query is refused and nearer than any that passes, so a
-    /// walk through them visits the query's whole region first), started from seeds spread
-    /// over the items that pass. `rank_cost` at 300k items, a department: 8.8 -> 1.8 ms, the
-    /// same top 10s; one colour (a tenth of the items, all over): 2.7 -> 2.3 ms, the same.
-    pub hop: bool,
+    /// The walk keeps to the points whose slots this passes: one it refuses is hopped over,
+    /// not walked through (its neighbours that pass are walked to, and it is neither given a
+    /// distance nor expanded: ACORN's two-hop expansion). Points on the path that the
+    /// search's `accept` refuses are still walked through. For a filter whose items lie away
+    /// from the query (a department not the query's: every point near the query is refused
+    /// and nearer than any that passes, so a walk through them visits the query's whole
+    /// region first), started from seeds spread over the items that pass. `rank_cost` at
+    /// 300k items, a department: 8.8 -> 1.8 ms, the same top 10s; one colour (a tenth of the
+    /// items, all over): 2.7 -> 2.3 ms, the same.
+    pub keep_to: Option<&'s dyn Fn(u32) -> bool>,
 }
 
 impl Default for Walk<'_> {
@@ -89,7 +89,7 @@ impl Default for Walk<'_> {
         Self {
             seeds: &[],
             min_dot: f32::NEG_INFINITY,
-            hop: false,
+            keep_to: None,
         }
     }
 }
@@ -426,9 +426,8 @@ impl AnnIndex {
                     layer,
                     budget: usize::MAX,
                     within: f32::INFINITY,
-                    hop: false,
                 };
-                let found = self.search_layer(q, &entries, visited, |_| true, beam);
+                let found = self.search_layer(q, &entries, visited, |_| true, None, beam);
                 plan[layer] = self.select(&found, M);
                 entries = found;
             }
@@ -488,14 +487,15 @@ impl AnnIndex {
     /// (hnswlib's filtered search), so the beam widens until it holds `ef` accepted points or
     /// its nearest unexpanded point is farther than all of them; it also stops after
     /// `beam.budget` distances, since a filter few points pass would otherwise walk most of the
-    /// graph (the caller then gets fewer than `ef`). With `beam.hop`, refused points are hopped
-    /// over instead (see [`Walk::hop`]).
+    /// graph (the caller then gets fewer than `ef`). Points `keep_to` refuses are hopped over
+    /// (see [`Walk::keep_to`]).
     fn search_layer(
         &self,
         q: &[f32],
         entries: &[Near],
         visited: &mut Visited,
         accept: impl Fn(u32) -> bool,
+        keep_to: Option<&dyn Fn(u32) -> bool>,
         beam: Beam,
     ) -> Vec<Near> {
         let Beam {
@@ -503,8 +503,8 @@ impl AnnIndex {
             layer,
             budget,
             within,
-            hop,
         } = beam;
+        let on_path = |p: u32| keep_to.is_none_or(|keep| keep(p));
         visited.start(self.points.len());
         let mut frontier: BinaryHeap<std::cmp::Reverse<Near>> = BinaryHeap::new();
         let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
@@ -531,21 +531,21 @@ impl AnnIndex {
                 break;
             }
             // The unvisited neighbours' vectors are asked for before any is read, so their
-            // cache misses overlap instead of following one another. A refused neighbour
-            // hopped over stays unmarked past its own mark: its neighbours that are refused
-            // too are not marked, so that a later hop through them still walks on.
+            // cache misses overlap instead of following one another. A neighbour off the path
+            // is hopped over; its own neighbours off the path are not marked, so that a later
+            // hop through them still walks on.
             fresh.clear();
             for &n in self.links(c.id, layer) {
                 if !visited.first(n) {
                     continue;
                 }
-                if !hop || accept(n) {
+                if on_path(n) {
                     fresh.push(n);
                     self.prefetch_vector(n);
                     continue;
                 }
                 for &m in self.links(n, layer) {
-                    if !visited.seen(m) && accept(m) {
+                    if !visited.seen(m) && on_path(m) {
                         visited.first(m);
                         fresh.push(m);
                         self.prefetch_vector(m);
@@ -648,15 +648,22 @@ impl AnnIndex {
             let (slot, version) = self.points[id as usize];
             slot != NO_SLOT && accept(slot, version)
         };
+        let keep_to = walk.keep_to.map(|keep| {
+            move |id: u32| {
+                let slot = self.points[id as usize].0;
+                slot != NO_SLOT && keep(slot)
+            }
+        });
         let beam = Beam {
             ef,
             layer: 0,
             budget: ef.saturating_mul(FILTERED_BUDGET),
             within: 1.0 - walk.min_dot,
-            hop: walk.hop,
         };
-        let found = VISITED
-            .with_borrow_mut(|visited| self.search_layer(query, &entries, visited, accept, beam));
+        let found = VISITED.with_borrow_mut(|visited| {
+            let keep_to = keep_to.as_ref().map(|k| k as &dyn Fn(u32) -> bool);
+            self.search_layer(query, &entries, visited, accept, keep_to, beam)
+        });
         found
             .into_iter()
             .map(|n| self.points[n.id as usize].0)
@@ -1057,7 +1064,7 @@ mod tests {
             let seeds: Vec<u32> = passing.iter().copied().step_by(passing.len() / 8).collect();
             let walk = Walk {
                 seeds: &seeds,
-                hop,
+                keep_to: Some(passes),
                 ..Walk::default()
             };
             let kept: Vec<Vec<f32>> = (0..vectors.len() as u32)
@@ -1132,7 +1139,7 @@ mod tests {
             Walk {
                 seeds: &seeds,
                 min_dot: floor,
-                hop: false,
+                keep_to: None,
             },
             |s, _| fifth(s),
         );

@@ -1565,6 +1565,7 @@ fn first_pass(
                     ANN_CANDIDATES.max(2 * tier.end),
                     &seeds,
                     min_dot,
+                    filter.as_ref(),
                     |slot| {
                         matches.contains(slot)
                             && pool.binary_search(&slot).is_err()

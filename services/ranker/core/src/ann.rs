@@ -1036,11 +1036,11 @@ mod tests {
         assert_eq!(after[..4], first[1..]);
     }
 
-    /// A filter that a tenth of the clusters, a tenth of each cluster or a half of the points pass: the answer
-    /// holds only points it accepts and is nearly the exact top 10 among them, also for
-    /// queries whose own cluster has none of them, whether the walk passes through refused
-    /// points or hops over them from seeds spread over those that pass. A filter nothing
-    /// passes answers nothing, within its budget.
+    /// A filter that a tenth of the clusters, a tenth of each cluster or half of the points
+    /// pass: the answer holds only points it accepts and is nearly the exact top 10 among them,
+    /// also for queries whose own cluster has none of them, whether the walk passes through
+    /// refused points or keeps to those that pass (hopping over the rest) from eight seeds
+    /// among them. A filter nothing passes answers nothing, within its budget.
     #[test]
     fn filtered_searches_find_the_nearest_points_that_pass() {
         let vectors = clustered(4000, 24, 6);
@@ -1051,7 +1051,7 @@ mod tests {
         let tenth = |s: u32| s % 40 < 4;
         let scattered = |s: u32| (s / 40) % 10 == 3;
         let half = |s: u32| s.is_multiple_of(2);
-        for (passes, hop) in [
+        for (passes, keep) in [
             (&tenth as &dyn Fn(u32) -> bool, false),
             (&scattered, false),
             (&half, false),
@@ -1079,7 +1079,7 @@ mod tests {
             let mut hits = 0;
             for q in &queries {
                 let want: Vec<u32> = exact(&kept, q, 10);
-                let got = if hop {
+                let got = if keep {
                     index.search_from(q, 10, 64, walk, |s, _| passes(s))
                 } else {
                     index.search(q, 10, 64, |s, _| passes(s))
@@ -1089,7 +1089,7 @@ mod tests {
                 hits += got.iter().filter(|s| want.contains(s)).count();
             }
             let r = hits as f64 / (10 * queries.len()) as f64;
-            assert!(r >= 0.95, "filtered recall@10: {r:.3} (hop {hop})");
+            assert!(r >= 0.95, "filtered recall@10: {r:.3} (kept to it: {keep})");
         }
         assert!(index.search(&queries[0], 10, 64, |_, _| false).is_empty());
     }

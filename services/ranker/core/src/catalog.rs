@@ -431,6 +431,24 @@ fn kept_to<'f>(filter: Option<&'f Filter<'_>>) -> impl Fn(u32) -> bool + 'f {
     move |slot| filter.and_then(|f| f.passes_slot(slot)) != Some(false)
 }
 
+/// A graph walk from `seeds` answering dot products of at least `min_dot`, kept to `keep_to`
+/// (see [`kept_to`]) when `filter` has its bits and so its spread members: a filter with
+/// bits (a side at most half the catalog) may pass none of the query's own region (a
+/// department not the query's), and the walk starts from its spread members too.
+fn filtered_walk<'w>(
+    filter: Option<&Filter>,
+    keep_to: &'w dyn Fn(u32) -> bool,
+    seeds: &'w [u32],
+    min_dot: f32,
+) -> Walk<'w> {
+    let has_bits = filter.is_some_and(|f| !f.spread().is_empty());
+    Walk {
+        seeds,
+        min_dot,
+        keep_to: has_bits.then_some(keep_to),
+    }
+}
+
 impl Catalog {
     /// Adds or replaces an item with its text vector. Its description is indexed for word
     /// matches but not kept: [`Catalog::get`] and [`Catalog::items`] give items without one.
@@ -687,18 +705,9 @@ impl Catalog {
         filter: Option<&Filter>,
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
-        // A filter with bits (a side at most half the catalog) is walked from members spread
-        // over the graph and keeps to them: the query's own region may hold none that pass
-        // (a department not the query's).
         let keep_to = kept_to(filter);
-        let walk = match filter.map(Filter::spread) {
-            Some(seeds) if !seeds.is_empty() => Walk {
-                seeds,
-                keep_to: Some(&keep_to),
-                ..Walk::default()
-            },
-            _ => Walk::default(),
-        };
+        let seeds = filter.map_or(&[][..], Filter::spread);
+        let walk = filtered_walk(filter, &keep_to, seeds, f32::NEG_INFINITY);
         Some(ann.search_from(query, k, ef, walk, |slot, version| {
             self.is_live(slot, version) && self.passes(filter, slot)
         }))
@@ -725,13 +734,7 @@ impl Catalog {
     ) -> Option<Vec<u32>> {
         let ann = self.ann.as_ref()?;
         let keep_to = kept_to(filter);
-        let walk = Walk {
-            seeds,
-            min_dot,
-            keep_to: filter
-                .is_some_and(|f| !f.spread().is_empty())
-                .then_some(&keep_to as &dyn Fn(u32) -> bool),
-        };
+        let walk = filtered_walk(filter, &keep_to, seeds, min_dot);
         Some(ann.search_from(query, k, k, walk, |slot, version| {
             self.is_live(slot, version) && accept(slot)
         }))

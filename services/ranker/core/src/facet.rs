@@ -450,13 +450,28 @@ impl Filter<'_> {
         &self.spread
     }
 
-    /// Whether `slot` passes, when the filter knows without its item (see
-    /// [`Self::with_passing_bits`]).
+    /// Whether `slot` passes, when the filter knows without its item: from its bits (see
+    /// [`Self::with_passing_bits`]), or when a price range is all it asks, from the price
+    /// index's key per slot (a price cap is the commonest filter without bits, and a common
+    /// word's matches and a graph walk check it per item: the item's read was the cost).
     pub fn passes_slot(&self, slot: u32) -> Option<bool> {
         if self.nothing {
             return Some(false);
         }
-        self.passing.as_ref().map(|bits| bits.contains(slot))
+        if let Some(bits) = &self.passing {
+            return Some(bits.contains(slot));
+        }
+        match &self.prices {
+            Some((index, range))
+                if self.category.is_none()
+                    && self.filters.brands.is_empty()
+                    && self.attributes.is_empty()
+                    && self.in_stock.is_none() =>
+            {
+                Some(index.holds(range, slot))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -1118,31 +1118,20 @@ mod tests {
             .collect();
         let seeds: Vec<u32> = (0..4000).filter(|&s| fifth(s)).step_by(20).collect();
         let want = exact(&kept, &q, 100);
-        let got = index.search_from(
-            &q,
-            100,
-            100,
-            Walk {
+        let walk = |min_dot: f32| {
+            let walk = Walk {
                 seeds: &seeds,
-                ..Walk::default()
-            },
-            |s, _| fifth(s),
-        );
+                min_dot,
+                keep_to: None,
+            };
+            index.search_from(&q, 100, 100, walk, |s, _| fifth(s))
+        };
+        let got = walk(f32::NEG_INFINITY);
         let hits = got.iter().filter(|s| want.contains(s)).count();
         assert!(hits >= 98, "{hits} of the exact 100");
         // The floor: the 30th nearest's dot product.
         let floor = crate::rank::dot(&q, &vectors[want[29] as usize]) - 1e-3;
-        let got = index.search_from(
-            &q,
-            100,
-            100,
-            Walk {
-                seeds: &seeds,
-                min_dot: floor,
-                keep_to: None,
-            },
-            |s, _| fifth(s),
-        );
+        let got = walk(floor);
         // (The graph's 8-bit vectors may move a dot product across the floor by ~1e-3:
         // the 28 surest are all found, and nothing from beyond the exact 32.)
         assert!((28..=32).contains(&got.len()), "{}", got.len());

@@ -763,12 +763,14 @@ impl Catalog {
         {
             found.into_iter().filter_map(similarity).collect()
         } else {
+            // A filter's members all pass (see `Filter::members_within`).
+            let exact = members.is_some();
             let scan: Box<dyn Iterator<Item = u32>> = match members {
                 Some(members) => Box::new(members.into_iter()),
                 None => self.filtered_slots(filter),
             };
             self.prefetching(scan, true)
-                .filter(|&slot| self.passes(filter, slot))
+                .filter(|&slot| exact || self.passes(filter, slot))
                 .filter_map(similarity)
                 .collect()
         };

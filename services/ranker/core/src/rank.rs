@@ -1481,6 +1481,11 @@ fn first_pass(
             0.0
         }
     };
+    // A filter's members are exactly the items that pass it (`Filter::members_within`): not
+    // checked again, item by item.
+    let unchecked = (pass != FirstPass::Members)
+        .then_some(filter.as_ref())
+        .flatten();
     // Scores first, without allocating: a 10k-item scan that cloned every id and sorted all
     // of them by (score, id) spent most of its ~10 ms there.
     let score = |slots: &mut dyn Iterator<Item = u32>| {
@@ -1491,7 +1496,7 @@ fn first_pass(
             };
             if excluded.contains(&slot)
                 || purchased.contains(&slot)
-                || filter.as_ref().is_some_and(|f| !f.accepts(slot, item))
+                || unchecked.is_some_and(|f| !f.accepts(slot, item))
             {
                 continue;
             }

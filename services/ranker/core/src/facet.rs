@@ -1122,7 +1122,7 @@ mod tests {
                 items[slot] = Some(new);
             }
         }
-        let (mut built, mut spreads) = (0, 0);
+        let (mut built, mut spreads, mut listed) = (0, 0, 0);
         for _ in 0..1000 {
             let category = ["", "outdoor", "TENTS", "garden", "nowhere"][pick(5)];
             let brands: Vec<String> = (0..pick(3)).map(|_| BRANDS[pick(5)].to_string()).collect();
@@ -1153,9 +1153,13 @@ mod tests {
             assert!(spread.is_sorted_by(|a, b| a < b), "{spread:?}");
             assert!(spread.len() <= 2 * SPREAD_MEMBERS, "{}", spread.len());
             let mut passing = 0;
+            let mut passing_slots = Vec::new();
             for (slot, it) in items.iter().enumerate() {
                 let expected = it.as_ref().is_some_and(|it| f.accepts(it));
                 passing += usize::from(expected);
+                if expected {
+                    passing_slots.push(slot as u32);
+                }
                 if spread.binary_search(&(slot as u32)).is_ok() {
                     assert!(expected, "{slot} in the spread of {f:?}");
                 }
@@ -1170,6 +1174,11 @@ mod tests {
             } else if limit == 3000 && !resolved.nothing {
                 assert!(has_bits, "every side is within the catalog: {f:?}");
             }
+            // Members, when listed, are exactly what passes (price sides included).
+            if let Some(members) = resolved.members_within(limit) {
+                assert_eq!(members, passing_slots, "{f:?} within {limit}");
+                listed += 1;
+            }
             if has_bits && passing >= 600 {
                 spreads += 1;
                 // (About SPREAD_MEMBERS x passing / side: at least a fifth of that here.)
@@ -1182,5 +1191,6 @@ mod tests {
         }
         assert!(built > 60, "bits built for {built} filters");
         assert!(spreads > 10, "{spreads} filters passing 600 with bits");
+        assert!(listed > 100, "members listed for {listed} filters");
     }
 }

@@ -28,35 +28,10 @@ impl XorShift {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_seed_same_draws_in_range() {
-        let (mut a, mut b) = (XorShift::new(5), XorShift::new(5));
-        let draws: Vec<f64> = (0..1000).map(|_| a.unit()).collect();
-        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
-        assert!(
-            draws
-                .iter()
-                .zip((0..1000).map(|_| b.unit()))
-                .all(|(x, y)| *x == y)
-        );
-        let mean = draws.iter().sum::<f64>() / 1000.0;
-        assert!((mean - 0.5).abs() < 0.05, "{mean}");
-        assert!(
-            (0..1000)
-                .map(|_| a.uniform())
-                .all(|x| (-1.0..1.0).contains(&x))
-        );
-    }
-}
-
 /// About `n` of `of` slots, each in the sample when its hash falls under `n` in `of`: a sample
 /// independent of the order the slots come in (neither bunched at a list's start nor every
 /// k-th slot, which a catalog's items alike every k slots would defeat) and the same for the
-/// same slots every time. One multiplication per slot.
+/// same slots every time. A hash (three multiplications) per slot.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotSample {
     under: u32,
@@ -83,4 +58,29 @@ fn slot_hash(slot: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xC2B2_AE35);
     h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_draws_in_range() {
+        let (mut a, mut b) = (XorShift::new(5), XorShift::new(5));
+        let draws: Vec<f64> = (0..1000).map(|_| a.unit()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(
+            draws
+                .iter()
+                .zip((0..1000).map(|_| b.unit()))
+                .all(|(x, y)| *x == y)
+        );
+        let mean = draws.iter().sum::<f64>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.05, "{mean}");
+        assert!(
+            (0..1000)
+                .map(|_| a.uniform())
+                .all(|x| (-1.0..1.0).contains(&x))
+        );
+    }
 }

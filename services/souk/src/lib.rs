@@ -577,6 +577,12 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "\n== {title}  ({:.0} ms)",
             started.elapsed().as_secs_f64() * 1e3
         );
+        if shelf {
+            // MMR reorders the shelf, so a score may follow a lower one: say why.
+            println!(
+                "  varied (diversity {diversity}): an item of a category already shown steps back"
+            );
+        }
         soukctl::print_ranking(&mut out, &ranking, 0)?;
     }
     println!();

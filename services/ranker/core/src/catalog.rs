@@ -1,7 +1,6 @@
 //! The ranker's in-memory state: items with their vectors, the BM25 index, popularity, user
 //! histories and item co-occurrence (the online item-kNN collaborative filter). The server
 //! persists items and events in sled and replays them into a `Catalog` at start.
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -828,17 +827,16 @@ impl Catalog {
             for &slot in &passing {
                 bits.insert(slot);
             }
-            let passes = |slot: u32| bits.contains(slot);
             for i in first..fields.len() {
                 if counts[i].is_none() && others[i] == others[first] {
-                    counts[i] = Some(self.count_facet(&fields[i], &passing, &passes));
+                    counts[i] = Some(self.count_facet(&fields[i], &passing, &bits));
                 }
             }
         }
         counts.into_iter().flatten().collect()
     }
 
-    /// The slots a scope starts from before its vector's nearest items, each once: a re-rank
+    /// The slots a scope starts from before its vector's nearest items, ascending, each once: a re-rank
     /// request's candidates, the query words' BM25 matches, every item (no words and no
     /// vector), or none (a vector alone).
     fn lexical_scope(&self, scope: &FacetScope<'_>) -> Vec<u32> {
@@ -866,26 +864,24 @@ impl Catalog {
     ) -> Vec<u32> {
         // The dense signal's matches, among the items these filters pass (the ones a search
         // so filtered ranks from).
-        let mut matched = Cow::Borrowed(lexical);
+        let mut near: Vec<u32> = Vec::new();
         if let Some((vector, k)) = scope.nearest.filter(|_| scope.among.is_none()) {
             let nearest = self.nearest(vector, k, filter);
             let best = nearest.first().map_or(0.0, |&(_, similarity)| similarity);
             if best > 0.0 {
                 let floor = NEAR_MATCH_RATIO * best;
-                let union = matched.to_mut();
-                union.extend(
-                    nearest
-                        .into_iter()
-                        .filter(|&(_, similarity)| similarity >= floor)
-                        .map(|(slot, _)| slot),
-                );
-                union.sort_unstable();
-                union.dedup();
+                near = nearest
+                    .into_iter()
+                    .filter(|&(_, similarity)| similarity >= floor)
+                    .map(|(slot, _)| slot)
+                    .collect();
+                // A few dozen, merged into the ascending word matches rather than sorted
+                // with them (a common word's 20k+ at 300k items: 3.6% of such a search).
+                near.sort_unstable();
+                near.dedup();
             }
         }
-        matched
-            .iter()
-            .copied()
+        union_ascending(lexical, &near)
             .filter(|&slot| self.passes(filter, slot))
             .collect()
     }
@@ -949,18 +945,19 @@ impl Catalog {
         (slots, listed)
     }
 
-    /// One facet's counts over `passing` (`passes` answers membership). Two ways, the cheaper
-    /// for the sizes: each passing item's values (a few pointer hops per item), or each
-    /// value's items in the facet index checked against `passes` (a bit per item, and one
-    /// item read per value for its spelling), which wins once the matches are more than
-    /// ~1/256 of the index's entries for the field: `rank_cost -- 100000 10000`, three facets
-    /// over 5-15k matches, cost a search +7.9 ms item by item, +4.6 ms switching at 1/16,
-    /// +1.2 ms at 1/64, +1.0 ms at 1/256 (BENCHMARKS.md, "facet counts").
+    /// One facet's counts over `passing` (`passing_bits` holds the same slots). Two ways, the
+    /// cheaper for the sizes: each passing item's values (a few pointer hops per item), or
+    /// each value's items in the facet index counted against `passing_bits` (a bit per item
+    /// of a sparse value, a word per 64 slots of a dense one, see [`crate::facet::SlotSet::count_within`],
+    /// and one item read per value for its spelling), which wins once the matches are more
+    /// than ~1/256 of the index's steps for the field: `rank_cost -- 100000 10000`, three
+    /// facets over 5-15k matches, cost a search +7.9 ms item by item, +4.6 ms switching at
+    /// 1/16, +1.2 ms at 1/64, +1.0 ms at 1/256 (BENCHMARKS.md, "facet counts").
     fn count_facet(
         &self,
         field: &FacetField,
         passing: &[u32],
-        passes: &dyn Fn(u32) -> bool,
+        passing_bits: &SlotBits,
     ) -> FacetCounts {
         match field {
             FacetField::Price => {
@@ -987,9 +984,9 @@ impl Catalog {
             _ => {}
         }
         let sets = self.facets.value_sets(field);
-        let entries: usize = sets.iter().map(|(_, slots)| slots.len()).sum();
+        let walk: usize = sets.iter().map(|(_, slots)| slots.walk_cost()).sum();
         let mut tally = Tally::default();
-        if entries > 256 * passing.len() {
+        if walk > 256 * passing.len() {
             for &slot in passing {
                 if let Some(entry) = self.slot(slot) {
                     for value in field.values(&entry.item) {
@@ -999,17 +996,9 @@ impl Catalog {
             }
         } else {
             for (value, slots) in sets {
-                let mut n = 0;
-                let mut first = u32::MAX;
-                for &slot in slots {
-                    if passes(slot) {
-                        n += 1;
-                        first = first.min(slot);
-                    }
-                }
-                if n == 0 {
+                let (n, Some(first)) = slots.count_within(passing_bits) else {
                     continue;
-                }
+                };
                 // Shown as the lowest passing slot's item writes it.
                 let shown = self.slot(first).and_then(|e| {
                     field
@@ -1017,7 +1006,7 @@ impl Catalog {
                         .into_iter()
                         .find(|v| v.to_lowercase() == value)
                 });
-                tally.add_n(shown.unwrap_or(value), n);
+                tally.add_n(shown.unwrap_or(value), n as u64);
             }
         }
         tally.finish(field.clone())
@@ -1883,6 +1872,27 @@ fn add_score(scores: &mut HashMap<u32, (f32, u32, f32), IdHash>, c: u32, s: f32,
     }
 }
 
+/// The slots of two ascending lists without repeats, ascending, each once.
+fn union_ascending<'a>(a: &'a [u32], b: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
+        (Some(&x), Some(&y)) => {
+            i += usize::from(x <= y);
+            j += usize::from(y <= x);
+            Some(x.min(y))
+        }
+        (Some(&x), None) => {
+            i += 1;
+            Some(x)
+        }
+        (None, Some(&y)) => {
+            j += 1;
+            Some(y)
+        }
+        (None, None) => None,
+    })
+}
+
 /// Hashes the u32 ids of the CF maps with one multiply (Fibonacci hashing): SipHash's
 /// resistance to chosen keys is not needed for ids the catalog hands out itself.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1920,6 +1930,31 @@ mod tests {
             price: 1.0,
             in_stock: true,
             ..Item::default()
+        }
+    }
+
+    /// A facet scope's word matches and nearest items are merged, not sorted together: the
+    /// merge yields every slot of either list once, ascending, whichever list is longer,
+    /// empty or holds the other's slots.
+    #[test]
+    fn the_union_of_two_ascending_lists_is_ascending_and_each_once() {
+        let cases: [(&[u32], &[u32]); 6] = [
+            (&[], &[]),
+            (&[1, 4, 9], &[]),
+            (&[], &[2, 3]),
+            (&[1, 4, 9, 12], &[0, 4, 5, 12, 40]),
+            (&[3, 5, 7], &[3, 5, 7]),
+            (&[10, 20], &[1, 2, 3, 30]),
+        ];
+        for (a, b) in cases {
+            let mut want: Vec<u32> = a.iter().chain(b).copied().collect();
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(
+                union_ascending(a, b).collect::<Vec<_>>(),
+                want,
+                "{a:?} {b:?}"
+            );
         }
     }
 

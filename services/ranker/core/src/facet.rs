@@ -11,15 +11,13 @@
 //! sides (category, brands, an attribute, price range, stock) narrows to few items is answered
 //! by scoring exactly those items, and a broader one by a graph walk that only answers with
 //! items the filter accepts (qdrant decides the same way, by the filter's cardinality).
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::{RangeBounds, RangeInclusive};
 
 use crate::catalog::IdHash;
 use crate::item::{Filters, Item};
 use crate::rng::SlotSample;
-
-/// Slots, unordered.
-pub type SlotSet = HashSet<u32, IdHash>;
+pub use crate::slots::{SlotBits, SlotSet};
 
 /// A filter whose smallest side holds up to this many times the member-scan limit has that
 /// side intersected with its others (a hash lookup per member and side, ~1 ms for 40k at
@@ -229,7 +227,7 @@ impl Facets {
     pub fn remove(&mut self, slot: u32, item: &Item) {
         fn take(map: &mut HashMap<String, SlotSet>, key: &str, slot: u32) {
             if let Some(set) = map.get_mut(key) {
-                set.remove(&slot);
+                set.remove(slot);
                 if set.is_empty() {
                     map.remove(key);
                 }
@@ -251,7 +249,7 @@ impl Facets {
             }
         }
         self.prices.remove(price_key(item.price), slot);
-        self.in_stock.remove(&slot);
+        self.in_stock.remove(slot);
     }
 
     /// A request's filters against this index.
@@ -334,15 +332,15 @@ impl Filter<'_> {
         if !self.filters.accepts_stock_and_price(item) {
             return false;
         }
-        if self.category.is_some_and(|set| !set.contains(&slot)) {
+        if self.category.is_some_and(|set| !set.contains(slot)) {
             return false;
         }
-        if !self.filters.brands.is_empty() && !self.brands.iter().any(|set| set.contains(&slot)) {
+        if !self.filters.brands.is_empty() && !self.brands.iter().any(|set| set.contains(slot)) {
             return false;
         }
         self.attributes
             .iter()
-            .all(|sets| sets.iter().any(|set| set.contains(&slot)))
+            .all(|sets| sets.iter().any(|set| set.contains(slot)))
     }
 
     /// The slots that pass, when they are at most `limit`, in slot order (a scan then reads
@@ -494,45 +492,16 @@ enum Side<'s> {
 impl Side<'_> {
     fn members(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match self {
-            Side::Sets(sets) => Box::new(sets.iter().flat_map(|s| s.iter().copied())),
+            Side::Sets(sets) => Box::new(sets.iter().flat_map(|s| s.iter())),
             Side::Prices(index, range) => Box::new(index.members(range)),
         }
     }
 
     fn holds(&self, slot: u32) -> bool {
         match self {
-            Side::Sets(sets) => sets.iter().any(|s| s.contains(&slot)),
+            Side::Sets(sets) => sets.iter().any(|s| s.contains(slot)),
             Side::Prices(index, range) => index.holds(range, slot),
         }
-    }
-}
-
-/// Slots as one bit each: a membership test that neither hashes nor reads the item.
-#[derive(Debug, Clone, Default)]
-pub struct SlotBits {
-    words: Vec<u64>,
-}
-
-impl SlotBits {
-    /// An empty set sized for slots below `slots` (it grows past them).
-    pub fn with_slots(slots: usize) -> Self {
-        Self {
-            words: vec![0; slots.div_ceil(64)],
-        }
-    }
-
-    pub fn insert(&mut self, slot: u32) {
-        let word = slot as usize / 64;
-        if self.words.len() <= word {
-            self.words.resize(word + 1, 0);
-        }
-        self.words[word] |= 1 << (slot % 64);
-    }
-
-    pub fn contains(&self, slot: u32) -> bool {
-        self.words
-            .get(slot as usize / 64)
-            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
     }
 }
 
@@ -1075,7 +1044,7 @@ mod tests {
             "empty values go"
         );
         assert!(!facets.attributes.contains_key("season"), "empty names go");
-        assert!(!facets.in_stock.contains(&2));
+        assert!(!facets.in_stock.contains(2));
     }
 
     /// A generated catalog of 3,000 items (categories, brands, colours, prices on and off

@@ -29,6 +29,7 @@ mod quant;
 pub mod query;
 pub mod rank;
 pub mod rng;
+mod slots;
 pub mod synonyms;
 mod user;
 

@@ -788,8 +788,8 @@ impl Catalog {
     }
 
     /// [`Self::filter`] for a request that checks many slots against it (a common word's
-    /// matches, a filtered graph walk): with the slots that pass as bits when it has no price
-    /// bound and a side of it holds at most 1 / [`PASSING_BITS_SHARE`] of the catalog (see
+    /// matches, a filtered graph walk): with the slots that pass as bits when its smallest
+    /// side, not a price range, holds at most 1 / [`PASSING_BITS_SHARE`] of the catalog (see
     /// [`Filter::with_passing_bits`]).
     pub(crate) fn filter_checked_often<'a>(&self, filter: Filter<'a>) -> Filter<'a> {
         filter.with_passing_bits(self.len() / PASSING_BITS_SHARE)

@@ -401,39 +401,40 @@ impl Filter<'_> {
         sides
     }
 
-    /// The same filter, with the slots that pass as one bit each when it has no price side
-    /// and its smallest side (a category, brands, an attribute or the stock) holds at most
-    /// `limit` items: every later check is a bit test instead of reading the item and a
-    /// hash lookup per side. Built from the sides alone (the smallest side's members, each
-    /// looked up in the others); worth it when a request checks many slots: a common word's
-    /// ~100k matches at 1M items and every item a filtered graph walk visits, each a cache
-    /// miss on the item otherwise (`rank_cost` at 1M items: a department 36.1 -> 29.0 ms,
-    /// one colour 14.9 -> 9.7 ms). A filter with a price range is not listed: walking the
-    /// ordered price index, or reading each member's price by slot (a cache miss per member
-    /// again), cost as much as the bits saved or more (under 30: no gain; under 60 in two
-    /// colours: 14.4 -> 16.3 ms; BENCHMARKS.md, "Session 29").
+    /// The same filter, with the slots that pass as one bit each when its smallest side (a
+    /// category, brands, an attribute or the stock; not a price range) holds at most `limit`
+    /// items: every later check is a bit test instead of reading the item and a hash lookup
+    /// per side. Built from the sides alone (the smallest side's members, each looked up in
+    /// the others); worth it when a request checks many slots: a common word's ~100k
+    /// matches at 1M items and every item a filtered graph walk visits, each a cache miss on
+    /// the item otherwise (`rank_cost` at 1M items: a department 36.1 -> 29.0 ms, one colour
+    /// 14.9 -> 9.7 ms). A price range is checked by slot in the price index's array
+    /// (`PriceIndex::holds`), which a large side's bitmap walks in slot order; a filter whose
+    /// smallest side is its price range is not listed (walking the ordered price index cost
+    /// as much as the bits saved: under 30, BENCHMARKS.md, "Session 29"; a price range alone
+    /// is answered by slot anyway, see [`Self::passes_slot`]).
     #[must_use]
     pub fn with_passing_bits(mut self, limit: usize) -> Self {
-        if self.nothing || self.passing.is_some() || self.prices.is_some() {
+        if self.nothing || self.passing.is_some() {
             return self;
         }
         let sides = self.sides(limit);
-        if sides.first().is_none_or(|(len, _)| *len > limit) {
-            return self;
+        match sides.first() {
+            Some((len, Side::Sets(_))) if *len <= limit => {}
+            _ => return self,
         }
         let mut bits = SlotBits::default();
-        let mut spread = Vec::new();
-        let sample = SlotSample::new(SPREAD_MEMBERS, sides[0].0);
+        let mut passing = 0;
         for slot in on_every_side(&sides) {
             bits.insert(slot);
-            if sample.holds(slot) {
-                spread.push(slot);
-            }
+            passing += 1;
         }
         drop(sides);
-        spread.sort_unstable();
+        // Drawn from what passes, not from the smallest side: "under 60" with two colours
+        // passes ~28% of the colours' items, and a spread sized on them held ~36 seeds.
+        let sample = SlotSample::new(SPREAD_MEMBERS, passing);
+        self.spread = bits.iter().filter(|&slot| sample.holds(slot)).collect();
         self.passing = Some(bits);
-        self.spread = spread;
         self
     }
 
@@ -1047,11 +1048,66 @@ mod tests {
         assert!(!facets.in_stock.contains(2));
     }
 
+    /// A filter whose sides each pass half the items but together an eighth (two attributes
+    /// and a price cap, the price side checked by slot): it lists its bits, and its spread is
+    /// about SPREAD_MEMBERS of what passes, not of its smallest side (which would leave a
+    /// quarter of that: seeds too few for the walks that keep to the filter).
+    #[test]
+    fn a_narrowing_filter_spreads_over_what_passes() {
+        let mut facets = Facets::default();
+        let mut items = Vec::new();
+        for slot in 0..4000u32 {
+            let hash = u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+            let mut it = item(&["Outdoor"], "", 10.0 + (hash % 100) as f64, true);
+            it.attributes = [
+                (
+                    "colour".to_string(),
+                    ["black", "white"][(hash >> 8) as usize % 2].to_string(),
+                ),
+                (
+                    "size".to_string(),
+                    ["L", "M"][(hash >> 16) as usize % 2].to_string(),
+                ),
+            ]
+            .into();
+            facets.add(slot, &it);
+            items.push(it);
+        }
+        let f = Filters::new("", &[], None, Some(80.0), false)
+            .unwrap()
+            .with_attributes([
+                ("colour".to_string(), vec!["black".to_string()]),
+                ("size".to_string(), vec!["l".to_string()]),
+            ])
+            .unwrap();
+        let resolved = facets.resolve(&f).with_passing_bits(items.len());
+        let passing: Vec<u32> = (0..4000u32)
+            .filter(|&s| f.accepts(&items[s as usize]))
+            .collect();
+        assert!(
+            (300..800).contains(&passing.len()),
+            "{} pass",
+            passing.len()
+        );
+        for slot in 0..4000u32 {
+            let expected = passing.binary_search(&slot).is_ok();
+            assert_eq!(resolved.passes_slot(slot), Some(expected), "slot {slot}");
+        }
+        let spread = resolved.spread();
+        assert!(
+            (SPREAD_MEMBERS / 2..=2 * SPREAD_MEMBERS).contains(&spread.len()),
+            "{} of {} in the spread",
+            spread.len(),
+            passing.len()
+        );
+        assert!(spread.iter().all(|s| passing.binary_search(s).is_ok()));
+    }
+
     /// A generated catalog of 3,000 items (categories, brands, colours, prices on and off
     /// round figures, 0 included, stock) and 1,000 generated filters, some items replaced or
     /// removed: the bits ([`Filter::with_passing_bits`]) pass exactly what `Filters::accepts`
-    /// passes, for every slot; a filter with a price bound, or a limit under the smallest
-    /// side, builds none.
+    /// passes, for every slot; a price range alone, or a limit under the smallest side,
+    /// builds none.
     #[test]
     fn passing_bits_agree_with_the_filters_everywhere() {
         use crate::rng::XorShift;
@@ -1116,7 +1172,7 @@ mod tests {
             let resolved = facets.resolve(&f).with_passing_bits(limit);
             let has_bits = resolved.passing.is_some();
             built += usize::from(has_bits);
-            // The spread: members that pass, ascending, about SPREAD_MEMBERS of a side.
+            // The spread: members that pass, ascending, about SPREAD_MEMBERS of them.
             let spread = resolved.spread();
             assert!(has_bits || spread.is_empty());
             assert!(spread.is_sorted_by(|a, b| a < b), "{spread:?}");
@@ -1138,9 +1194,14 @@ mod tests {
                     (None, None) => {}
                 }
             }
-            if lo.is_some() || hi.is_some() {
-                assert!(!has_bits, "a price side is checked per item: {f:?}");
-            } else if limit == 3000 && !resolved.nothing {
+            let priced = lo.is_some() || hi.is_some();
+            let only_priced = f.category.is_none()
+                && f.brands.is_empty()
+                && f.attributes.is_empty()
+                && !f.in_stock_only;
+            if priced && only_priced {
+                assert!(!has_bits, "a price range alone is checked by slot: {f:?}");
+            } else if limit == 3000 && !resolved.nothing && !priced {
                 assert!(has_bits, "every side is within the catalog: {f:?}");
             }
             // Members, when listed, are exactly what passes (price sides included).
@@ -1150,10 +1211,11 @@ mod tests {
             }
             if has_bits && passing >= 600 {
                 spreads += 1;
-                // (About SPREAD_MEMBERS x passing / side: at least a fifth of that here.)
+                // About SPREAD_MEMBERS drawn from what passes, not from the smallest side
+                // (that held ~36 when a price bound beside two colours passed 28% of them).
                 assert!(
-                    spread.len() >= SPREAD_MEMBERS / 25,
-                    "{} of {passing}",
+                    spread.len() >= SPREAD_MEMBERS / 2,
+                    "{} of {passing} in the spread of {f:?}",
                     spread.len()
                 );
             }

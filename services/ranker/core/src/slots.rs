@@ -287,6 +287,11 @@ impl SlotBits {
         let (word, bit) = place(slot);
         self.words.get(word).is_some_and(|w| w & bit != 0)
     }
+
+    /// The slots held, ascending.
+    pub fn iter(&self) -> Ones<'_> {
+        ones(&self.words)
+    }
 }
 
 #[cfg(test)]

@@ -2722,6 +2722,115 @@ mod tests {
         );
     }
 
+    /// Facet counts over a catalog large enough that its common values are bitmaps in the
+    /// facet index (the department, two colours, the stock) while its brands stay hash sets:
+    /// every count equals one made item by item, before and after a third of the items are
+    /// deleted and some replaced, and after all but a tenth are (thinned-out sets turn back
+    /// into hash sets).
+    #[test]
+    fn facet_counts_agree_with_counting_item_by_item_at_any_density() {
+        use crate::rng::XorShift;
+        let mut rng = XorShift::new(34);
+        let mut pick = |n: usize| (rng.unit() * n as f64) as usize;
+        const BRANDS: [&str; 12] = [
+            "Acme", "Zeta", "Nova", "Orbit", "Pixel", "Quill", "Rune", "Sable", "Tarn", "Umber",
+            "Vale", "",
+        ];
+        const COLOURS: [&str; 4] = ["black", "white", "red", "teal"];
+        const SUBS: [&str; 3] = ["Lighting", "Decor", "Kitchen"];
+        let mut make = |i: usize| {
+            let mut it = item(format!("i{i}"));
+            it.title = ["desk lamp", "widget", "lamp shade"][pick(3)].into();
+            it.brand = BRANDS[pick(12)].into();
+            it.category = vec!["Home".into(), SUBS[pick(3)].into()];
+            // Black and white on most items, red and teal on few.
+            let colour = [0, 0, 0, 1, 1, 1, 2, 3][pick(8)];
+            it.attributes.insert("Color".into(), COLOURS[colour].into());
+            it.in_stock = pick(5) > 0;
+            it
+        };
+        let mut catalog = Catalog::default();
+        let mut items: HashMap<String, Item> = HashMap::new();
+        for i in 0..3000 {
+            let it = make(i).validated().unwrap();
+            items.insert(it.id.clone(), it.clone());
+            catalog.upsert(it, vec![1.0, 0.0]).unwrap();
+        }
+        let fields = [
+            FacetField::Brand,
+            FacetField::Category,
+            FacetField::parse("attribute:color").unwrap(),
+        ];
+        let check = |catalog: &Catalog, items: &HashMap<String, Item>| {
+            let filter_sets = [
+                Filters::default(),
+                Filters::new("lighting", &[], None, None, false).unwrap(),
+                Filters::new(
+                    "",
+                    &["zeta".to_string(), "acme".to_string()],
+                    None,
+                    None,
+                    true,
+                )
+                .unwrap(),
+                Filters::default()
+                    .with_attributes([("color".to_string(), vec!["black".to_string()])])
+                    .unwrap(),
+            ];
+            for query in [None, Some("lamp"), Some("widget")] {
+                for filters in &filter_sets {
+                    let scope = FacetScope {
+                        words: query,
+                        ..FacetScope::default()
+                    };
+                    let counted = catalog.facet_counts(&scope, filters, &fields);
+                    for (field, got) in fields.iter().zip(&counted) {
+                        let others = field.others(filters);
+                        let mut want: HashMap<String, u64> = HashMap::new();
+                        for it in items.values() {
+                            let matched =
+                                query.is_none_or(|q| it.title.contains(q.trim_end_matches('s')));
+                            if matched && others.accepts(it) {
+                                for value in field.values(it) {
+                                    *want.entry(value.to_string()).or_default() += 1;
+                                }
+                            }
+                        }
+                        let mut want: Vec<(String, u64)> = want.into_iter().collect();
+                        want.sort();
+                        let mut got_values = got.values.clone();
+                        got_values.sort();
+                        assert_eq!(got_values, want, "{field:?} {query:?} {filters:?}");
+                        assert_eq!(got.other_values, 0);
+                    }
+                }
+            }
+        };
+        check(&catalog, &items);
+        // A third deleted and a sixth replaced (new colours, brands and stock).
+        for i in 0..3000 {
+            let id = format!("i{i}");
+            if i % 3 == 0 {
+                assert!(catalog.delete(&id));
+                items.remove(&id);
+            } else if i % 6 == 1 {
+                let it = make(i).validated().unwrap();
+                items.insert(id, it.clone());
+                catalog.upsert(it, vec![1.0, 0.0]).unwrap();
+            }
+        }
+        check(&catalog, &items);
+        // All but every tenth deleted: the colours' bitmaps turn back into hash sets.
+        for i in (0..3000).filter(|i| i % 10 != 0) {
+            let id = format!("i{i}");
+            if items.remove(&id).is_some() {
+                assert!(catalog.delete(&id));
+            }
+        }
+        assert!(items.len() < 300, "{} left", items.len());
+        check(&catalog, &items);
+    }
+
     /// A search's facets count its vector's nearest items beside its words' matches, each
     /// facet's nearest among what its other filters pass, alike by scan and by the graph.
     #[test]

@@ -423,12 +423,36 @@ impl Filter<'_> {
             Some((len, Side::Sets(_))) if *len <= limit => {}
             _ => return self,
         }
-        let mut bits = SlotBits::default();
-        let mut passing = 0;
-        for slot in on_every_side(&sides) {
-            bits.insert(slot);
-            passing += 1;
-        }
+        let dense_first = match &sides[0].1 {
+            Side::Sets(sets) => SlotBits::union_of_dense(sets),
+            Side::Prices(..) => None,
+        };
+        let (bits, passing) = match dense_first {
+            // A first side of bitmaps (a department, a colour): its words, each other side's
+            // ANDed in when it is bitmaps too, else asked per slot in slot order.
+            Some(mut bits) => {
+                for (_, side) in &sides[1..] {
+                    match side {
+                        Side::Sets(sets) => match SlotBits::union_of_dense(sets) {
+                            Some(other) => bits.intersect(&other),
+                            None => bits.retain(|slot| side.holds(slot)),
+                        },
+                        Side::Prices(..) => bits.retain(|slot| side.holds(slot)),
+                    }
+                }
+                let passing = bits.count();
+                (bits, passing)
+            }
+            None => {
+                let mut bits = SlotBits::default();
+                let mut passing = 0;
+                for slot in on_every_side(&sides) {
+                    bits.insert(slot);
+                    passing += 1;
+                }
+                (bits, passing)
+            }
+        };
         drop(sides);
         // Drawn from what passes, not from the smallest side: "under 60" with two colours
         // passes ~28% of the colours' items, and a spread sized on them held ~36 seeds.

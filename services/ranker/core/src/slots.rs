@@ -292,6 +292,51 @@ impl SlotBits {
     pub fn iter(&self) -> Ones<'_> {
         ones(&self.words)
     }
+
+    /// How many slots it holds.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The union of `sets` when every one of them is a bitmap (`None` otherwise): a word-wise
+    /// OR, no member visited.
+    pub fn union_of_dense(sets: &[&SlotSet]) -> Option<Self> {
+        let mut words: Vec<u64> = Vec::new();
+        for set in sets {
+            let Repr::Dense(dense) = &set.repr else {
+                return None;
+            };
+            if words.len() < dense.len() {
+                words.resize(dense.len(), 0);
+            }
+            for (w, d) in words.iter_mut().zip(dense) {
+                *w |= d;
+            }
+        }
+        Some(Self { words })
+    }
+
+    /// Keeps the slots `other` holds too.
+    pub fn intersect(&mut self, other: &SlotBits) {
+        self.words.truncate(other.words.len());
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w &= o;
+        }
+    }
+
+    /// Keeps the slots `keep` answers true for, asked in ascending order.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        for (i, word) in self.words.iter_mut().enumerate() {
+            let mut rest = *word;
+            while rest != 0 {
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                if !keep(i as u32 * 64 + bit) {
+                    *word &= !(1 << bit);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -428,7 +428,7 @@ impl Filter<'_> {
             Side::Sets(sets) => SlotBits::union_of_dense(sets),
             Side::Prices(..) => None,
         };
-        let (bits, passing) = match dense_first {
+        let bits = match dense_first {
             // A first side of bitmaps (a department, a colour): its words, each other side's
             // ANDed in when it is bitmaps too, else asked per slot in slot order.
             Some(mut bits) => {
@@ -441,23 +441,20 @@ impl Filter<'_> {
                         Side::Prices(..) => bits.retain(|slot| side.holds(slot)),
                     }
                 }
-                let passing = bits.count();
-                (bits, passing)
+                bits
             }
             None => {
                 let mut bits = SlotBits::default();
-                let mut passing = 0;
                 for slot in on_every_side(&sides) {
                     bits.insert(slot);
-                    passing += 1;
                 }
-                (bits, passing)
+                bits
             }
         };
         drop(sides);
         // Drawn from what passes, not from the smallest side: "under 60" with two colours
         // passes ~28% of the colours' items, and a spread sized on them held ~36 seeds.
-        let sample = SlotSample::new(SPREAD_MEMBERS, passing);
+        let sample = SlotSample::new(SPREAD_MEMBERS, bits.count());
         self.spread = bits.iter().filter(|&slot| sample.holds(slot)).collect();
         self.passing = Some(bits);
         self

@@ -33,7 +33,7 @@ enum Repr {
     /// With one past the highest slot ever inserted (an upper bound of the span).
     Sparse(HashSet<u32, IdHash>, usize),
     /// One bit per slot from 0, no trailing zero words beyond what removals left.
-    Dense(Vec<u64>),
+    Dense(SlotBits),
 }
 
 impl Default for Repr {
@@ -59,15 +59,7 @@ impl SlotSet {
                 *bound = (*bound).max(slot as usize + 1);
                 set.insert(slot)
             }
-            Repr::Dense(words) => {
-                let (word, bit) = place(slot);
-                if words.len() <= word {
-                    words.resize(word + 1, 0);
-                }
-                let added = words[word] & bit == 0;
-                words[word] |= bit;
-                added
-            }
+            Repr::Dense(bits) => bits.insert(slot),
         };
         if added {
             self.len += 1;
@@ -75,12 +67,11 @@ impl SlotSet {
                 && self.len >= DENSE_MIN
                 && self.len * DENSE_SHARE >= *bound
             {
-                let mut words = vec![0; bound.div_ceil(64)];
+                let mut bits = SlotBits::with_slots(*bound);
                 for &slot in set {
-                    let (word, bit) = place(slot);
-                    words[word] |= bit;
+                    bits.insert(slot);
                 }
-                self.repr = Repr::Dense(words);
+                self.repr = Repr::Dense(bits);
             }
         }
         added
@@ -90,23 +81,14 @@ impl SlotSet {
     pub fn remove(&mut self, slot: u32) -> bool {
         let removed = match &mut self.repr {
             Repr::Sparse(set, _) => set.remove(&slot),
-            Repr::Dense(words) => {
-                let (word, bit) = place(slot);
-                match words.get_mut(word) {
-                    Some(w) if *w & bit != 0 => {
-                        *w &= !bit;
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            Repr::Dense(bits) => bits.remove(slot),
         };
         if removed {
             self.len -= 1;
-            if let Repr::Dense(words) = &self.repr
-                && (self.len < DENSE_MIN / 2 || self.len * SPARSE_SHARE < words.len() * 64)
+            if let Repr::Dense(bits) = &self.repr
+                && (self.len < DENSE_MIN / 2 || self.len * SPARSE_SHARE < bits.words.len() * 64)
             {
-                let set: HashSet<u32, IdHash> = ones(words).collect();
+                let set: HashSet<u32, IdHash> = bits.iter().collect();
                 let bound = set.iter().max().map_or(0, |&s| s as usize + 1);
                 self.repr = Repr::Sparse(set, bound);
             }
@@ -117,10 +99,7 @@ impl SlotSet {
     pub fn contains(&self, slot: u32) -> bool {
         match &self.repr {
             Repr::Sparse(set, _) => set.contains(&slot),
-            Repr::Dense(words) => {
-                let (word, bit) = place(slot);
-                words.get(word).is_some_and(|w| w & bit != 0)
-            }
+            Repr::Dense(bits) => bits.contains(slot),
         }
     }
 
@@ -128,7 +107,7 @@ impl SlotSet {
     pub fn iter(&self) -> Iter<'_> {
         match &self.repr {
             Repr::Sparse(set, _) => Iter::Sparse(set.iter()),
-            Repr::Dense(words) => Iter::Dense(ones(words)),
+            Repr::Dense(bits) => Iter::Dense(bits.iter()),
         }
     }
 
@@ -137,7 +116,7 @@ impl SlotSet {
     pub fn walk_cost(&self) -> usize {
         match &self.repr {
             Repr::Sparse(..) => self.len,
-            Repr::Dense(words) => words.len(),
+            Repr::Dense(bits) => bits.words.len(),
         }
     }
 
@@ -158,7 +137,7 @@ impl SlotSet {
                 }
                 (n, (n > 0).then_some(lowest))
             }
-            Repr::Dense(words) => count_both(words, &bits.words),
+            Repr::Dense(dense) => count_both(&dense.words, &bits.words),
         }
     }
 }
@@ -275,12 +254,27 @@ impl SlotBits {
         }
     }
 
-    pub fn insert(&mut self, slot: u32) {
+    /// Adds `slot`; false when it was there.
+    pub fn insert(&mut self, slot: u32) -> bool {
         let (word, bit) = place(slot);
         if self.words.len() <= word {
             self.words.resize(word + 1, 0);
         }
+        let added = self.words[word] & bit == 0;
         self.words[word] |= bit;
+        added
+    }
+
+    /// Takes `slot` out; false when it was not there.
+    pub fn remove(&mut self, slot: u32) -> bool {
+        let (word, bit) = place(slot);
+        match self.words.get_mut(word) {
+            Some(w) if *w & bit != 0 => {
+                *w &= !bit;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn contains(&self, slot: u32) -> bool {
@@ -306,10 +300,10 @@ impl SlotBits {
             let Repr::Dense(dense) = &set.repr else {
                 return None;
             };
-            if words.len() < dense.len() {
-                words.resize(dense.len(), 0);
+            if words.len() < dense.words.len() {
+                words.resize(dense.words.len(), 0);
             }
-            for (w, d) in words.iter_mut().zip(dense) {
+            for (w, d) in words.iter_mut().zip(&dense.words) {
                 *w |= d;
             }
         }

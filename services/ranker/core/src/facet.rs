@@ -47,9 +47,13 @@ pub struct Facets {
 struct PriceIndex {
     items: BTreeSet<(u64, u32)>,
     buckets: BTreeMap<u64, usize>,
-    /// Each slot's key, so that a slot found on another side is checked without a walk.
-    by_slot: Vec<Option<u64>>,
+    /// Each slot's key ([`NO_PRICE`] for an empty slot), so that a slot found on another
+    /// side is checked without a walk, and a range's slots are found by one pass in slot order.
+    by_slot: Vec<u64>,
 }
+
+/// [`PriceIndex::by_slot`]'s mark of an empty slot: above every item's key (see [`price_key`]).
+const NO_PRICE: u64 = u64::MAX;
 
 /// A price filter's range of [`PriceIndex::items`].
 type PriceRange = RangeInclusive<(u64, u32)>;
@@ -67,16 +71,16 @@ impl PriceIndex {
         }
         let at = slot as usize;
         if self.by_slot.len() <= at {
-            self.by_slot.resize(at + 1, None);
+            self.by_slot.resize(at + 1, NO_PRICE);
         }
-        self.by_slot[at] = Some(key);
+        self.by_slot[at] = key;
     }
 
     fn remove(&mut self, key: u64, slot: u32) {
         if let Some(k) = self.by_slot.get_mut(slot as usize)
-            && *k == Some(key)
+            && *k == key
         {
-            *k = None;
+            *k = NO_PRICE;
         }
         if self.items.remove(&(key, slot))
             && let Some(n) = self.buckets.get_mut(&bucket(key))
@@ -123,7 +127,23 @@ impl PriceIndex {
 
     /// The price key of the item in `slot` (`None` for an empty slot).
     fn key_of(&self, slot: u32) -> Option<u64> {
-        self.by_slot.get(slot as usize).copied().flatten()
+        self.by_slot
+            .get(slot as usize)
+            .copied()
+            .filter(|&key| key != NO_PRICE)
+    }
+
+    /// The slots priced within `range` (a filter's, which holds every slot of its end keys;
+    /// see [`Facets::resolve`]) as bits, from one pass over the keys in slot order: ~1 ms at
+    /// 1M items, where walking the ordered index's ~125k items of "under 30" cost several
+    /// (`rank_cost`, BENCHMARKS.md "Session 35").
+    fn bits_within(&self, range: &PriceRange) -> SlotBits {
+        let (low, high) = (range.start().0, range.end().0.min(NO_PRICE - 1));
+        let Some(span) = high.checked_sub(low) else {
+            return SlotBits::default();
+        };
+        // One unsigned compare: keys below `low` wrap to above `span`, and so does NO_PRICE.
+        SlotBits::of_entries(&self.by_slot, |key| key.wrapping_sub(low) <= span)
     }
 }
 
@@ -402,18 +422,17 @@ impl Filter<'_> {
     }
 
     /// The same filter, with the slots that pass as one bit each when its smallest side (a
-    /// category, brands, an attribute or the stock; not a price range) holds at most `limit`
+    /// category, brands, an attribute, the stock or its price range) holds at most `limit`
     /// items: every later check is a bit test instead of reading the item and a hash lookup
-    /// per side. Built from the sides alone (a smallest side of bitmaps word by word, other
-    /// bitmap sides ANDed in; else the smallest side's members, each looked up in the
-    /// others); worth it when a request checks many slots: a common word's ~100k
-    /// matches at 1M items and every item a filtered graph walk visits, each a cache miss on
-    /// the item otherwise (`rank_cost` at 1M items: a department 36.1 -> 29.0 ms, one colour
-    /// 14.9 -> 9.7 ms). A price range is checked by slot in the price index's array
-    /// (`PriceIndex::holds`), which a large side's bitmap walks in slot order; a filter whose
-    /// smallest side is its price range is not listed (walking the ordered price index cost
-    /// as much as the bits saved: under 30, BENCHMARKS.md, "Session 29"; a price range alone
-    /// is answered by slot anyway, see [`Self::passes_slot`]).
+    /// per side. Built from the sides alone: a smallest side of bitmaps word by word, or a
+    /// price range by one pass over the price index's keys in slot order
+    /// (`PriceIndex::bits_within`), other bitmap sides ANDed in and the rest asked per
+    /// passing slot in slot order (a price range by its array, read forwards); else the
+    /// smallest side's members, each looked up in the others. Worth it when a request
+    /// checks many slots: a common word's ~100k matches at 1M items and every item a
+    /// filtered graph walk visits, each a cache miss on the item otherwise (`rank_cost` at 1M
+    /// items: a department 36.1 -> 29.0 ms, one colour 14.9 -> 9.7 ms, BENCHMARKS.md "Session
+    /// 29"; under 30, its price range alone, 9.4 -> ... ms, "Session 35").
     #[must_use]
     pub fn with_passing_bits(mut self, limit: usize) -> Self {
         if self.nothing || self.passing.is_some() {
@@ -421,12 +440,12 @@ impl Filter<'_> {
         }
         let sides = self.sides(limit);
         match sides.first() {
-            Some((len, Side::Sets(_))) if *len <= limit => {}
+            Some((len, _)) if *len <= limit => {}
             _ => return self,
         }
         let dense_first = match &sides[0].1 {
             Side::Sets(sets) => SlotBits::union_of_dense(sets),
-            Side::Prices(..) => None,
+            Side::Prices(index, range) => Some(index.bits_within(range)),
         };
         let bits = match dense_first {
             // A first side of bitmaps (a department, a colour): its words, each other side's
@@ -469,8 +488,9 @@ impl Filter<'_> {
 
     /// Whether `slot` passes, when the filter knows without its item: from its bits (see
     /// [`Self::with_passing_bits`]), or when a price range is all it asks, from the price
-    /// index's key per slot (a price cap is the commonest filter without bits, and a common
-    /// word's matches and a graph walk check it per item: the item's read was the cost).
+    /// index's key per slot (a range too broad for bits, such as "under 1000", is still
+    /// checked per item by a common word's matches and a graph walk: the item's read was
+    /// the cost).
     pub fn passes_slot(&self, slot: u32) -> Option<bool> {
         if self.nothing {
             return Some(false);
@@ -1169,7 +1189,7 @@ mod tests {
                 items[slot] = Some(new);
             }
         }
-        let (mut built, mut spreads, mut listed) = (0, 0, 0);
+        let (mut built, mut spreads, mut listed, mut price_bits) = (0, 0, 0, 0);
         for _ in 0..1000 {
             let category = ["", "outdoor", "TENTS", "garden", "nowhere"][pick(5)];
             let brands: Vec<String> = (0..pick(3)).map(|_| BRANDS[pick(5)].to_string()).collect();
@@ -1221,11 +1241,11 @@ mod tests {
                 && f.brands.is_empty()
                 && f.attributes.is_empty()
                 && !f.in_stock_only;
-            if priced && only_priced {
-                assert!(!has_bits, "a price range alone is checked by slot: {f:?}");
-            } else if limit == 3000 && !resolved.nothing && !priced {
+            if limit == 3000 && !resolved.nothing {
                 assert!(has_bits, "every side is within the catalog: {f:?}");
             }
+            // A price range alone, or the smallest of its filter's sides, has bits too.
+            price_bits += usize::from(priced && only_priced && has_bits);
             // Members, when listed, are exactly what passes (price sides included).
             if let Some(members) = resolved.members_within(limit) {
                 assert_eq!(members, passing_slots, "{f:?} within {limit}");
@@ -1245,5 +1265,6 @@ mod tests {
         assert!(built > 60, "bits built for {built} filters");
         assert!(spreads > 10, "{spreads} filters passing 600 with bits");
         assert!(listed > 100, "members listed for {listed} filters");
+        assert!(price_bits >= 3, "bits for {price_bits} price ranges alone");
     }
 }

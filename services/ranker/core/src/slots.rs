@@ -310,6 +310,21 @@ impl SlotBits {
         Some(Self { words })
     }
 
+    /// The slots whose entry in `entries` (one per slot, slot 0 first) `holds` answers true
+    /// for: 64 entries a word, read front to back without a branch per entry.
+    pub fn of_entries<T: Copy>(entries: &[T], holds: impl Fn(T) -> bool) -> Self {
+        let words = entries
+            .chunks(64)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |word, (bit, &e)| word | (u64::from(holds(e)) << bit))
+            })
+            .collect();
+        Self { words }
+    }
+
     /// Keeps the slots `other` holds too.
     pub fn intersect(&mut self, other: &SlotBits) {
         self.words.truncate(other.words.len());

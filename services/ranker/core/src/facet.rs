@@ -134,9 +134,10 @@ impl PriceIndex {
     }
 
     /// The slots priced within `range` (a filter's, which holds every slot of its end keys;
-    /// see [`Facets::resolve`]) as bits, from one pass over the keys in slot order: ~1 ms at
-    /// 1M items, where walking the ordered index's ~125k items of "under 30" cost several
-    /// (`rank_cost`, BENCHMARKS.md "Session 35").
+    /// see [`Facets::resolve`]) as bits, from one pass over the keys in slot order. Walking
+    /// the ordered index instead cost ~40 ns an item (its leaves lie scattered): "under 30"
+    /// at 1M items took 15.3 ms that way, 6.6 ms this way (`rank_cost`, BENCHMARKS.md
+    /// "Session 35").
     fn bits_within(&self, range: &PriceRange) -> SlotBits {
         let (low, high) = (range.start().0, range.end().0.min(NO_PRICE - 1));
         let Some(span) = high.checked_sub(low) else {
@@ -432,7 +433,7 @@ impl Filter<'_> {
     /// checks many slots: a common word's ~100k matches at 1M items and every item a
     /// filtered graph walk visits, each a cache miss on the item otherwise (`rank_cost` at 1M
     /// items: a department 36.1 -> 29.0 ms, one colour 14.9 -> 9.7 ms, BENCHMARKS.md "Session
-    /// 29"; under 30, its price range alone, 9.4 -> ... ms, "Session 35").
+    /// 29"; under 30, its price range alone, 9.4 -> 6.6 ms, "Session 35").
     #[must_use]
     pub fn with_passing_bits(mut self, limit: usize) -> Self {
         if self.nothing || self.passing.is_some() {

@@ -1644,6 +1644,11 @@ impl Matches {
         self.index(doc).is_some()
     }
 
+    /// The matching documents as bits: bit `doc % 64` of word `doc / 64`.
+    pub(crate) fn bits(&self) -> &[u64] {
+        &self.bits
+    }
+
     /// About `n` matching documents drawn from all of them (see [`SlotSample`]).
     pub fn spread(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
         let sample = SlotSample::new(n, self.docs.len());

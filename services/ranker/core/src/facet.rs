@@ -480,6 +480,11 @@ impl Filter<'_> {
         self
     }
 
+    /// The slots that pass, when the filter has its bits (see [`Self::with_passing_bits`]).
+    pub(crate) fn passing(&self) -> Option<&SlotBits> {
+        self.passing.as_ref()
+    }
+
     /// Members spread over all that pass, when the filter has its bits (see
     /// [`Self::with_passing_bits`]; empty otherwise): where a filtered graph walk starts
     /// besides the query's own region, which may hold none that pass.

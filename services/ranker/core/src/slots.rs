@@ -325,6 +325,30 @@ impl SlotBits {
         Self { words }
     }
 
+    /// How many slots it holds that are also set in `words` (bit `slot % 64` of word `slot /
+    /// 64`, as [`Self`] keeps them): an AND and a popcount per 64 slots.
+    pub fn count_and(&self, words: &[u64]) -> usize {
+        count_both(&self.words, words).0
+    }
+
+    /// The slots it holds that are also set in `words` (as in [`Self::count_and`]), ascending.
+    pub fn iter_and<'a>(&'a self, words: &'a [u64]) -> impl Iterator<Item = u32> + 'a {
+        self.words
+            .iter()
+            .zip(words)
+            .enumerate()
+            .flat_map(|(i, (a, b))| {
+                let mut rest = a & b;
+                std::iter::from_fn(move || {
+                    (rest != 0).then(|| {
+                        let bit = rest.trailing_zeros();
+                        rest &= rest - 1;
+                        i as u32 * 64 + bit
+                    })
+                })
+            })
+    }
+
     /// Keeps the slots `other` holds too.
     pub fn intersect(&mut self, other: &SlotBits) {
         self.words.truncate(other.words.len());
@@ -409,6 +433,33 @@ mod tests {
         assert!(was_dense, "the set never became a bitmap");
         assert!(was_sparse_again, "the thinned-out set stayed a bitmap");
         assert!(want.len() < DENSE_MIN / 2, "{} left", want.len());
+    }
+
+    /// What a set shares with another's words (a search's matches as bits), counted and
+    /// listed, against a plain intersection; words past either end share nothing.
+    #[test]
+    fn slots_shared_with_other_words_are_counted_and_listed() {
+        let mut rng = XorShift::new(7);
+        for (span, other_span) in [(5_000, 3_000), (3_000, 5_000), (64, 64), (0, 100)] {
+            let mut bits = SlotBits::default();
+            let mut words = vec![0u64; (other_span as usize).div_ceil(64)];
+            let (mut mine, mut theirs) = (Vec::new(), std::collections::HashSet::new());
+            for slot in 0..span {
+                if rng.uniform() < 0.3 {
+                    bits.insert(slot);
+                    mine.push(slot);
+                }
+            }
+            for slot in 0..other_span {
+                if rng.uniform() < 0.5 {
+                    words[slot as usize / 64] |= 1 << (slot % 64);
+                    theirs.insert(slot);
+                }
+            }
+            let both: Vec<u32> = mine.into_iter().filter(|s| theirs.contains(s)).collect();
+            assert_eq!(bits.count_and(&words), both.len());
+            assert_eq!(bits.iter_and(&words).collect::<Vec<_>>(), both);
+        }
     }
 
     /// A set of few members at high slots (new items in a large catalog) stays a hash set: a

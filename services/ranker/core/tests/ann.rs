@@ -395,12 +395,13 @@ async fn related_items_from_the_graph_are_candidates() {
     }
 }
 
-/// "lite" is in 5,000 of 6,000 titles, most of them short (the best BM25); the 300 whose
+/// "lite" is in 11,000 of 12,000 titles, most of them short (the best BM25); the 300 whose
 /// vectors are near the query have long titles, and 1,000 items without the word are nearer
 /// still. The exact top 10 are those 300's best (dense and a little BM25 beat dense alone),
 /// yet the pool's graph answers are the 1,000 and its 1,024 BM25 hits the short titles: the
 /// pool alone ranks the nearest non-matching items first. The graph's walk among the matches
-/// finds them, and a rarer word's search needs no walk.
+/// finds them, a department's share of them (half the catalog: bits, not members) is scored
+/// whole, and a rarer word's search needs no walk.
 #[tokio::test]
 async fn a_common_word_s_best_matches_are_found_among_thousands() {
     let mut rng = Rng(11);
@@ -415,13 +416,13 @@ async fn a_common_word_s_best_matches_are_found_among_thousands() {
         let mut rng = Rng(13);
         let mut catalog = Catalog::default();
         catalog.set_ann_min_items(min_items);
-        for i in 0..6_000 {
+        for i in 0..12_000 {
             let (title, centre) = match i {
                 0..1_000 => ("Thing".to_string(), &query),
                 1_000..1_300 => (format!("Lite {}", fillers.join(" ")), &near),
                 _ => {
                     let words = &fillers[..i % 4];
-                    let rare = if i % 2 == 0 { " rare" } else { "" };
+                    let rare = if i % 4 == 0 { " rare" } else { "" };
                     (format!("Lite {}{rare}", words.join(" ")), &far[i % 20])
                 }
             };
@@ -458,7 +459,25 @@ async fn a_common_word_s_best_matches_are_found_among_thousands() {
         "{wanted:?}"
     );
     assert_eq!(found, wanted);
-    // 2,500 matches: all in the pool, nothing left out.
+    // Half the catalog in one department (bits, not members: too many to score all), 5,500
+    // of the word's matches in it: more than the pool takes whole (4,096), few enough to
+    // score them all instead of walking to them.
+    let in_department = RankQuery {
+        filters: Filters::new("d0", &[], None, None, false).unwrap(),
+        ..search("lite")
+    };
+    let ranking = ann.rank(&in_department).await.unwrap();
+    assert_eq!(ranking.first_pass, FirstPass::PoolThenPassingMatches);
+    let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
+    let wanted = ids(&exact, &in_department).await;
+    assert!(
+        wanted
+            .iter()
+            .all(|id| ("x01000".."x01300").contains(&id.as_str())),
+        "{wanted:?}"
+    );
+    assert_eq!(found, wanted);
+    // 2,675 matches: all in the pool, nothing left out.
     let ranking = ann.rank(&search("rare")).await.unwrap();
     assert_eq!(ranking.first_pass, FirstPass::Pool);
     let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();

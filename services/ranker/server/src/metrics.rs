@@ -2,7 +2,7 @@
 //!
 //! | metric | kind | what |
 //! |---|---|---|
-//! | `souk_rank_first_pass_total{pass}` | counter | where each `Rank`'s first pass looked: `given` (candidate_ids), `members` (a narrow filter's items), `pool` (the HNSW candidate pool), `scan` (every item: a catalog under the graph's threshold), `pool_then_scan` (a filter left the pool short of the page tier, so every item: a costly fallback), `pool_then_matches` (a common word matched more items than the pool takes, so the graph also walked among its matches) |
+//! | `souk_rank_first_pass_total{pass}` | counter | where each `Rank`'s first pass looked: `given` (candidate_ids), `members` (a narrow filter's items), `pool` (the HNSW candidate pool), `scan` (every item: a catalog under the graph's threshold), `pool_then_scan` (a filter left the pool short of the page tier, so every item: a costly fallback), `pool_then_matches` (a common word matched more items than the pool takes, so the graph also walked among its matches), `pool_then_passing_matches` (the same, but few enough of the matches pass the request's filter to score them all) |
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
 //! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest; `Stats.corrected_queries` those the spelling check read otherwise) |

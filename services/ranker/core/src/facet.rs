@@ -444,13 +444,13 @@ impl Filter<'_> {
             Some((len, _)) if *len <= limit => {}
             _ => return self,
         }
-        let dense_first = match &sides[0].1 {
+        let first_bits = match &sides[0].1 {
             Side::Sets(sets) => SlotBits::union_of_dense(sets),
             Side::Prices(index, range) => Some(index.bits_within(range)),
         };
-        let bits = match dense_first {
-            // A first side of bitmaps (a department, a colour): its words, each other side's
-            // ANDed in when it is bitmaps too, else asked per slot in slot order.
+        let bits = match first_bits {
+            // A first side of bitmaps (a department, a colour) or a price range: its bits,
+            // each other side's ANDed in when it is bitmaps, else asked per slot in slot order.
             Some(mut bits) => {
                 for (_, side) in &sides[1..] {
                     match side {
@@ -493,10 +493,9 @@ impl Filter<'_> {
     }
 
     /// Whether `slot` passes, when the filter knows without its item: from its bits (see
-    /// [`Self::with_passing_bits`]), or when a price range is all it asks, from the price
-    /// index's key per slot (a range too broad for bits, such as "under 1000", is still
-    /// checked per item by a common word's matches and a graph walk: the item's read was
-    /// the cost).
+    /// [`Self::with_passing_bits`]), or when a price range too broad for bits ("under 1000")
+    /// is all it asks, from the price index's key per slot (a common word's matches and a
+    /// graph walk check every slot they meet: reading each item was the cost).
     pub fn passes_slot(&self, slot: u32) -> Option<bool> {
         if self.nothing {
             return Some(false);

@@ -1581,10 +1581,10 @@ fn first_pass(
                 .and_then(Filter::passing)
                 .filter(|bits| bits.count_and(matches.bits()) <= PASSING_MATCHES_SCORED);
             if let Some(bits) = passing {
-                let more = bits
+                let mut more = bits
                     .iter_and(matches.bits())
                     .filter(|slot| pool.binary_search(slot).is_err());
-                scored.extend(score(&mut more.into_iter()));
+                scored.extend(score(&mut more));
                 pass = FirstPass::PoolThenPassingMatches;
             } else {
                 let seeds: Vec<u32> = matches

@@ -448,17 +448,6 @@ async fn a_common_word_s_best_matches_are_found_among_thousands() {
         k: 10,
         ..Default::default()
     };
-    let ranking = ann.rank(&search("lite")).await.unwrap();
-    assert_eq!(ranking.first_pass, FirstPass::PoolThenMatches);
-    let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
-    let wanted = ids(&exact, &search("lite")).await;
-    assert!(
-        wanted
-            .iter()
-            .all(|id| ("x01000".."x01300").contains(&id.as_str())),
-        "{wanted:?}"
-    );
-    assert_eq!(found, wanted);
     // Half the catalog in one department (bits, not members: too many to score all), 5,500
     // of the word's matches in it: more than the pool takes whole (4,096), few enough to
     // score them all instead of walking to them.
@@ -466,17 +455,22 @@ async fn a_common_word_s_best_matches_are_found_among_thousands() {
         filters: Filters::new("d0", &[], None, None, false).unwrap(),
         ..search("lite")
     };
-    let ranking = ann.rank(&in_department).await.unwrap();
-    assert_eq!(ranking.first_pass, FirstPass::PoolThenPassingMatches);
-    let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
-    let wanted = ids(&exact, &in_department).await;
-    assert!(
-        wanted
-            .iter()
-            .all(|id| ("x01000".."x01300").contains(&id.as_str())),
-        "{wanted:?}"
-    );
-    assert_eq!(found, wanted);
+    for (request, pass) in [
+        (search("lite"), FirstPass::PoolThenMatches),
+        (in_department, FirstPass::PoolThenPassingMatches),
+    ] {
+        let ranking = ann.rank(&request).await.unwrap();
+        assert_eq!(ranking.first_pass, pass);
+        let found: Vec<String> = ranking.items.into_iter().map(|i| i.id).collect();
+        let wanted = ids(&exact, &request).await;
+        assert!(
+            wanted
+                .iter()
+                .all(|id| ("x01000".."x01300").contains(&id.as_str())),
+            "{wanted:?}"
+        );
+        assert_eq!(found, wanted);
+    }
     // 2,675 matches: all in the pool, nothing left out.
     let ranking = ann.rank(&search("rare")).await.unwrap();
     assert_eq!(ranking.first_pass, FirstPass::Pool);

@@ -453,12 +453,13 @@ impl Filter<'_> {
             // each other side's ANDed in when it is bitmaps, else asked per slot in slot order.
             Some(mut bits) => {
                 for (_, side) in &sides[1..] {
-                    match side {
-                        Side::Sets(sets) => match SlotBits::union_of_dense(sets) {
-                            Some(other) => bits.intersect(&other),
-                            None => bits.retain(|slot| side.holds(slot)),
-                        },
-                        Side::Prices(..) => bits.retain(|slot| side.holds(slot)),
+                    let dense = match side {
+                        Side::Sets(sets) => SlotBits::union_of_dense(sets),
+                        Side::Prices(..) => None,
+                    };
+                    match dense {
+                        Some(other) => bits.intersect(&other),
+                        None => bits.retain(|slot| side.holds(slot)),
                     }
                 }
                 bits

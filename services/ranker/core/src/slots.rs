@@ -185,8 +185,11 @@ fn place(slot: u32) -> (usize, u64) {
     (slot as usize / 64, 1 << (slot % 64))
 }
 
-/// The slots whose bits are set, ascending.
-fn ones(words: &[u64]) -> Ones<'_> {
+/// A bitmap's words, in order.
+type Words<'a> = std::iter::Copied<std::slice::Iter<'a, u64>>;
+
+/// The slots whose bits are set in `words` (bit `slot % 64` of word `slot / 64`), ascending.
+fn ones<W: Iterator<Item = u64>>(words: W) -> Ones<W> {
     Ones {
         words,
         next: 0,
@@ -200,7 +203,7 @@ fn ones(words: &[u64]) -> Ones<'_> {
 /// at 300k items).
 pub enum Iter<'a> {
     Sparse(std::collections::hash_set::Iter<'a, u32>),
-    Dense(Ones<'a>),
+    Dense(Ones<Words<'a>>),
 }
 
 impl Iterator for Iter<'_> {
@@ -214,10 +217,10 @@ impl Iterator for Iter<'_> {
     }
 }
 
-/// The set bits of a bitmap, as slots, ascending.
-pub struct Ones<'a> {
-    words: &'a [u64],
-    /// The word after `word`.
+/// The set bits of a bitmap's words, as slots, ascending.
+pub struct Ones<W> {
+    words: W,
+    /// The index of the word after `word`.
     next: usize,
     /// The index of the word `rest` is left of.
     word: usize,
@@ -225,12 +228,12 @@ pub struct Ones<'a> {
     rest: u64,
 }
 
-impl Iterator for Ones<'_> {
+impl<W: Iterator<Item = u64>> Iterator for Ones<W> {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
         while self.rest == 0 {
-            self.rest = *self.words.get(self.next)?;
+            self.rest = self.words.next()?;
             self.word = self.next;
             self.next += 1;
         }
@@ -283,8 +286,8 @@ impl SlotBits {
     }
 
     /// The slots held, ascending.
-    pub fn iter(&self) -> Ones<'_> {
-        ones(&self.words)
+    pub fn iter(&self) -> Ones<Words<'_>> {
+        ones(self.words.iter().copied())
     }
 
     /// How many slots it holds.
@@ -333,20 +336,7 @@ impl SlotBits {
 
     /// The slots it holds that are also set in `words` (as in [`Self::count_and`]), ascending.
     pub fn iter_and<'a>(&'a self, words: &'a [u64]) -> impl Iterator<Item = u32> + 'a {
-        self.words
-            .iter()
-            .zip(words)
-            .enumerate()
-            .flat_map(|(i, (a, b))| {
-                let mut rest = a & b;
-                std::iter::from_fn(move || {
-                    (rest != 0).then(|| {
-                        let bit = rest.trailing_zeros();
-                        rest &= rest - 1;
-                        i as u32 * 64 + bit
-                    })
-                })
-            })
+        ones(self.words.iter().zip(words).map(|(a, b)| a & b))
     }
 
     /// Keeps the slots `other` holds too.

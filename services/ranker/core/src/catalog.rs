@@ -13,6 +13,7 @@ use crate::cf::TrainedCf;
 use crate::cooccur::{CoRow, prefetch, prefetch_slice};
 use crate::facet::{FacetCounts, FacetField, Facets, Filter, SlotBits, Tally};
 use crate::item::{Filters, Interaction, InteractionKind, Item};
+use crate::names::NameIndex;
 use crate::rank::{dot_f16, filtered_scan_limit};
 use crate::{RankError, UserKey};
 
@@ -171,14 +172,27 @@ pub struct HistoryEntry {
 /// at start quadratic in their events (BENCHMARKS.md, "Ranker replicas").
 const LONG_HISTORY: usize = 256;
 
+/// One item of a shopper's history as memory keeps it: the item by CF id (its name is in
+/// `Catalog::cf_names`), 24 bytes, where a [`HistoryEntry`] takes 40 and a heap copy of
+/// the item's id (~90 bytes a touched item in all; BENCHMARKS.md, "Session 36"). Readers get
+/// [`HistoryEntry`]s ([`Catalog::recent_history`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Touch {
+    last_ms: i64,
+    /// Summed event weights.
+    weight: f32,
+    /// The item's CF id: what [`Catalog::record`] compares and walks instead of item ids
+    /// (comparing ids was ~40% of a replay's CPU: BENCHMARKS.md, "Session 24: a start's
+    /// rebuild from the store").
+    cf: u32,
+    /// The strongest thing the user did with it.
+    kind: InteractionKind,
+}
+
 /// A shopper's history: items in the order first touched, and for a long one an index.
 #[derive(Debug, Default)]
 struct History {
-    entries: Vec<HistoryEntry>,
-    /// Each entry's CF id, in the same order: what [`Catalog::record`] compares and walks
-    /// instead of item ids (comparing ids was ~40% of a replay's CPU: BENCHMARKS.md,
-    /// "Session 24: a start's rebuild from the store").
-    cf: Vec<u32>,
+    entries: Vec<Touch>,
     long: Option<Box<LongHistory>>,
 }
 
@@ -190,7 +204,7 @@ impl History {
     fn take(&mut self, event: &Interaction, item: u32, weight: f32) -> Option<Vec<u32>> {
         let known = match &self.long {
             Some(long) => long.position.get(&item).map(|&p| p as usize),
-            None => self.cf.iter().position(|&c| c == item),
+            None => self.entries.iter().position(|e| e.cf == item),
         };
         if let Some(at) = known {
             let entry = &mut self.entries[at];
@@ -215,9 +229,8 @@ impl History {
                 let mut recent: Vec<(Reverse<i64>, u32, u32)> = self
                     .entries
                     .iter()
-                    .zip(&self.cf)
                     .enumerate()
-                    .map(|(i, (e, &cf))| (Reverse(e.last_ms), i as u32, cf))
+                    .map(|(i, e)| (Reverse(e.last_ms), i as u32, e.cf))
                     .collect();
                 if recent.len() > HISTORY_WINDOW {
                     recent.select_nth_unstable(HISTORY_WINDOW);
@@ -228,20 +241,19 @@ impl History {
             }
         };
         let at = self.entries.len() as u32;
-        self.entries.push(HistoryEntry {
-            item_id: event.item_id.clone(),
-            kind: event.kind,
-            weight,
+        self.entries.push(Touch {
             last_ms: event.timestamp_ms,
+            weight,
+            cf: item,
+            kind: event.kind,
         });
-        self.cf.push(item);
         match &mut self.long {
             Some(long) => {
                 long.position.insert(item, at);
                 long.touched(at, item, event.timestamp_ms);
             }
             None if self.entries.len() >= LONG_HISTORY => {
-                self.long = Some(Box::new(LongHistory::new(&self.entries, &self.cf)));
+                self.long = Some(Box::new(LongHistory::new(&self.entries)));
             }
             None => {}
         }
@@ -262,14 +274,17 @@ struct LongHistory {
 }
 
 impl LongHistory {
-    /// `entries`' index (their CF ids in `cf`, in order).
-    fn new(entries: &[HistoryEntry], cf: &[u32]) -> Self {
-        let position = cf.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    /// `entries`' index.
+    fn new(entries: &[Touch]) -> Self {
+        let position = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.cf, i as u32))
+            .collect();
         let mut recent: Vec<_> = entries
             .iter()
-            .zip(cf)
             .enumerate()
-            .map(|(i, (e, &c))| (Reverse(e.last_ms), i as u32, c))
+            .map(|(i, e)| (Reverse(e.last_ms), i as u32, e.cf))
             .collect();
         recent.sort_unstable();
         recent.truncate(HISTORY_WINDOW);
@@ -304,13 +319,17 @@ pub struct Catalog {
     /// the store keeps the f32 vectors the encoder gave.
     vectors: Vec<u16>,
     free: Vec<u32>,
-    by_id: HashMap<String, u32>,
+    /// Each item's slot by id (the id is the slot's item's: see [`slot_id`]).
+    by_id: NameIndex,
     dimension: Option<usize>,
     bm25: Bm25,
     /// Slots by category level, brand, attribute, price and stock: what a filtered `Rank` may
     /// return.
     facets: Facets,
-    popularity: HashMap<String, f32>,
+    /// Every CF id's popularity (summed event weights, in the units of
+    /// `popularity_reference_ms`): by id, not by item id, as no string key need be held
+    /// again for it (~70 bytes an item with events; BENCHMARKS.md, "Session 36").
+    popularity: Vec<f32>,
     /// The catalog's items with popularity > 0, most popular first (ties by slot): the popular
     /// candidates of a `Rank` are the head of it. Keyed by the f32's bits, which order like the
     /// numbers for positive floats. Scanning every item for them was ~40% of a search's CPU
@@ -328,8 +347,9 @@ pub struct Catalog {
     /// The latest event time recorded: what "now" is for popularity.
     latest_event_ms: i64,
     /// Item ids seen by the collaborative filter (events may name items not in the catalog),
-    /// interned so the per-request CF walk indexes arrays instead of hashing strings.
-    cf_ids: HashMap<String, u32>,
+    /// interned so the per-request CF walk indexes arrays instead of hashing strings: each
+    /// id's CF id, found through `cf_names` (the ids are held there only).
+    cf_ids: NameIndex,
     cf_names: Vec<String>,
     /// The catalog slot of each CF id ([`NO_SLOT`] while the item is not in the catalog), so
     /// that `cf_scores` hands back slots without hashing an item id per scored item.
@@ -375,17 +395,17 @@ impl Default for Catalog {
             slots: Vec::new(),
             vectors: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: NameIndex::default(),
             dimension: None,
             bm25: Bm25::default(),
             facets: Facets::default(),
-            popularity: HashMap::new(),
+            popularity: Vec::new(),
             by_popularity: BTreeSet::new(),
             max_popularity: 0.0,
             popularity_half_life_ms: half_life_ms(POPULARITY_HALF_LIFE_DAYS),
             popularity_reference_ms: None,
             latest_event_ms: i64::MIN,
-            cf_ids: HashMap::new(),
+            cf_ids: NameIndex::default(),
             cf_names: Vec::new(),
             cf_slots: Vec::new(),
             item_users: Vec::new(),
@@ -415,6 +435,15 @@ fn kind_rank(kind: InteractionKind) -> u8 {
         InteractionKind::Cart => 3,
         InteractionKind::Purchase => 4,
     }
+}
+
+/// The id of the item in `slot` ("" for an empty slot): the name [`Catalog`]'s `by_id`
+/// indexes each slot under.
+fn slot_id(slots: &[Option<Entry>], slot: u32) -> &str {
+    slots
+        .get(slot as usize)
+        .and_then(Option::as_ref)
+        .map_or("", |e| e.item.id.as_str())
 }
 
 /// Slot `slot`'s vector in the catalog's row-major array of `d`-dimensional vectors (a free
@@ -534,15 +563,15 @@ impl Catalog {
     /// vector (the ranker's store keeps it, for `Reembed`).
     fn place(&mut self, mut item: Item, vector: &[f32]) -> (u32, u32) {
         let popularity = self.popularity(&item.id);
-        let slot = match self.by_id.get(&item.id) {
-            Some(&slot) => slot,
+        let known = self.slot_of(&item.id);
+        let slot = match known {
+            Some(slot) => slot,
             None => {
                 let slot = self.free.pop().unwrap_or(self.slots.len() as u32);
                 if slot as usize == self.slots.len() {
                     self.slots.push(None);
                 }
-                self.by_id.insert(item.id.clone(), slot);
-                if let Some(&cf) = self.cf_ids.get(&item.id) {
+                if let Some(cf) = self.cf_of(&item.id) {
                     self.cf_slots[cf as usize] = slot;
                 }
                 self.rank_popularity(slot, 0.0, popularity);
@@ -565,6 +594,12 @@ impl Catalog {
         let replaced = self.slots[slot as usize]
             .replace(Entry { item, popularity })
             .is_some();
+        if known.is_none() {
+            // Indexed once the slot holds the item: the index reads ids from the slots.
+            let slots = &self.slots;
+            let id = slot_id(slots, slot);
+            self.by_id.insert(id, slot, |s| slot_id(slots, s));
+        }
         if replaced && let Some(ann) = &mut self.ann {
             ann.mark_stale();
         }
@@ -643,7 +678,7 @@ impl Catalog {
         let d = self.dimension.unwrap_or(0);
         let mut claimed = vec![false; self.slots.len()];
         let (mut ann, decoded) = AnnIndex::decode(bytes, |id, vector| {
-            let slot = *self.by_id.get(id)?;
+            let slot = self.slot_of(id)?;
             let same = vector.is(row(&self.vectors, d, slot));
             // A slot is claimed by the first point whose vector is its vector, only.
             if !same || std::mem::replace(&mut claimed[slot as usize], true) {
@@ -1039,10 +1074,11 @@ impl Catalog {
 
     /// Removes an item from every index it ranks in. Returns false when it was not there.
     pub fn delete(&mut self, id: &str) -> bool {
-        let Some(slot) = self.by_id.remove(id) else {
+        let slots = &self.slots;
+        let Some(slot) = self.by_id.remove(id, |s| slot_id(slots, s)) else {
             return false;
         };
-        if let Some(&cf) = self.cf_ids.get(id) {
+        if let Some(cf) = self.cf_of(id) {
             self.cf_slots[cf as usize] = NO_SLOT;
         }
         self.rank_popularity(slot, self.popularity_at(slot), 0.0);
@@ -1074,10 +1110,7 @@ impl Catalog {
 
     /// The item `id`, without its description (see [`Catalog::upsert`]).
     pub fn get(&self, id: &str) -> Option<&Item> {
-        self.by_id
-            .get(id)
-            .and_then(|&s| self.slot(s))
-            .map(|e| &e.item)
+        self.slot_of(id).and_then(|s| self.slot(s)).map(|e| &e.item)
     }
 
     fn slot(&self, slot: u32) -> Option<&Entry> {
@@ -1086,7 +1119,21 @@ impl Catalog {
 
     /// The slot an item id lives in: what [`Catalog::cf_scores`] keys its scores by.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        self.by_id.get(id, |s| slot_id(&self.slots, s))
+    }
+
+    /// The CF id of item id `id`, once an event named it.
+    fn cf_of(&self, id: &str) -> Option<u32> {
+        self.cf_ids
+            .get(id, |cf| self.cf_names[cf as usize].as_str())
+    }
+
+    /// Every item's slot and id, in slot order.
+    fn live_slots(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| Some((slot as u32, e.as_ref()?.item.id.as_str())))
     }
 
     /// Asks the CPU for the item in `slot`, and its vector when `vector`, ahead of
@@ -1155,7 +1202,7 @@ impl Catalog {
         vectors: &HashMap<String, Vec<f32>>,
     ) -> Result<(), RankError> {
         let mut d = None;
-        for id in self.by_id.keys() {
+        for (_, id) in self.live_slots() {
             let Some(v) = vectors.get(id) else {
                 return Err(RankError::InvalidInput(format!(
                     "item {id:?} has no new vector"
@@ -1176,7 +1223,7 @@ impl Catalog {
             return Ok(());
         };
         let mut rows = vec![0; self.slots.len() * d];
-        for (id, &slot) in &self.by_id {
+        for (slot, id) in self.live_slots() {
             if let Some(v) = vectors.get(id) {
                 let start = slot as usize * d;
                 write_f16(&mut rows[start..start + d], v);
@@ -1185,7 +1232,7 @@ impl Catalog {
         self.vectors = rows;
         self.dimension = Some(d);
         // Every point of the old graph is stale: new versions, and a graph built afresh.
-        let live: Vec<u32> = self.by_id.values().copied().collect();
+        let live: Vec<u32> = self.live_slots().map(|(slot, _)| slot).collect();
         for slot in live {
             self.bump_version(slot);
         }
@@ -1306,7 +1353,10 @@ impl Catalog {
     }
 
     pub fn popularity(&self, id: &str) -> f32 {
-        self.popularity.get(id).copied().unwrap_or(0.0)
+        self.cf_of(id)
+            .and_then(|cf| self.popularity.get(cf as usize))
+            .copied()
+            .unwrap_or(0.0)
     }
 
     pub(crate) fn max_popularity(&self) -> f32 {
@@ -1333,18 +1383,24 @@ impl Catalog {
         let Some(history) = self.histories.get(user) else {
             return Vec::new();
         };
-        let newest_first = |a: &&HistoryEntry, b: &&HistoryEntry| {
-            b.last_ms
-                .cmp(&a.last_ms)
-                .then_with(|| a.item_id.cmp(&b.item_id))
-        };
-        let mut recent: Vec<&HistoryEntry> = history.entries.iter().collect();
+        let name = |t: &Touch| self.cf_names[t.cf as usize].as_str();
+        let newest_first =
+            |a: &&Touch, b: &&Touch| b.last_ms.cmp(&a.last_ms).then_with(|| name(a).cmp(name(b)));
+        let mut recent: Vec<&Touch> = history.entries.iter().collect();
         if recent.len() > n {
             recent.select_nth_unstable_by(n, newest_first);
             recent.truncate(n);
         }
         recent.sort_by(newest_first);
-        recent.into_iter().cloned().collect()
+        recent
+            .into_iter()
+            .map(|t| HistoryEntry {
+                item_id: name(t).to_string(),
+                kind: t.kind,
+                weight: t.weight,
+                last_ms: t.last_ms,
+            })
+            .collect()
     }
 
     /// How many of a history's most recent entries `Rank` reads: the trained model's window
@@ -1359,21 +1415,14 @@ impl Catalog {
         let Some(history) = self.histories.get(user) else {
             return HashSet::default();
         };
-        let bought = |at: usize| history.entries[at].kind == InteractionKind::Purchase;
-        match &history.long {
-            // By CF id: thousands of item ids hashed per `Rank` took 9 ms at 20k purchases.
-            Some(long) => long
-                .position
-                .iter()
-                .filter(|&(_, &at)| bought(at as usize))
-                .filter_map(|(&cf, _)| self.cf_slots.get(cf as usize).copied())
-                .filter(|&slot| slot != NO_SLOT)
-                .collect(),
-            None => (0..history.entries.len())
-                .filter(|&at| bought(at))
-                .filter_map(|at| self.slot_of(&history.entries[at].item_id))
-                .collect(),
-        }
+        // By CF id: thousands of item ids hashed per `Rank` took 9 ms at 20k purchases.
+        history
+            .entries
+            .iter()
+            .filter(|e| e.kind == InteractionKind::Purchase)
+            .filter_map(|e| self.cf_slots.get(e.cf as usize).copied())
+            .filter(|&slot| slot != NO_SLOT)
+            .collect()
     }
 
     /// Records an event: popularity, the user's history and co-occurrence all move at once,
@@ -1414,7 +1463,7 @@ impl Catalog {
         }
         let factor = ((reference as f64 - at_ms as f64) / half_life).exp2();
         let scaled = |value: f32| (f64::from(value) * factor) as f32;
-        for value in self.popularity.values_mut() {
+        for value in &mut self.popularity {
             *value = scaled(*value);
         }
         for entry in self.slots.iter_mut().flatten() {
@@ -1475,7 +1524,12 @@ impl Catalog {
             self.interactions = self.interactions.saturating_sub(1);
             let weight = event.weight();
             let added = self.popularity_weight(weight, event.timestamp_ms);
-            if let Some(popularity) = self.popularity.get_mut(&event.item_id) {
+            let Some(item) = self.cf_of(&event.item_id) else {
+                continue;
+            };
+            if let Some(popularity) = self.popularity.get_mut(item as usize)
+                && *popularity > 0.0
+            {
                 let old = *popularity;
                 // Without a half-life weights are small multiples of 1/4, and sums and
                 // differences exact; with one, what is left of a value all of whose events
@@ -1483,20 +1537,15 @@ impl Catalog {
                 let mut new = old - added;
                 if new <= old * 1e-5 {
                     new = 0.0;
-                    self.popularity.remove(&event.item_id);
-                } else {
-                    *popularity = new;
                 }
-                if let Some(&slot) = self.by_id.get(&event.item_id)
+                *popularity = new;
+                if let Some(slot) = self.slot_of(&event.item_id)
                     && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
                 {
                     entry.popularity = new;
                     self.rank_popularity(slot, old, new);
                 }
             }
-            let Some(&item) = self.cf_ids.get(&event.item_id) else {
-                continue;
-            };
             let Some(neighbours) = history.take(event, item, weight) else {
                 continue;
             };
@@ -1513,7 +1562,7 @@ impl Catalog {
             }
         }
         if forgotten > 0 {
-            self.max_popularity = self.popularity.values().copied().fold(0.0, f32::max);
+            self.max_popularity = self.popularity.iter().copied().fold(0.0, f32::max);
         }
         forgotten
     }
@@ -1538,12 +1587,13 @@ impl Catalog {
         self.latest_event_ms = self.latest_event_ms.max(event.timestamp_ms);
         self.move_popularity_reference(event.timestamp_ms);
         let added = self.popularity_weight(weight, event.timestamp_ms);
-        let popularity = self.popularity.entry(event.item_id.clone()).or_default();
+        let item = self.cf_id(&event.item_id);
+        let popularity = &mut self.popularity[item as usize];
         let old = *popularity;
         *popularity += added;
         let popularity = *popularity;
         self.max_popularity = self.max_popularity.max(popularity);
-        if let Some(&slot) = self.by_id.get(&event.item_id)
+        if let Some(slot) = self.slot_of(&event.item_id)
             && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
         {
             entry.popularity = popularity;
@@ -1551,7 +1601,6 @@ impl Catalog {
                 self.rank_popularity(slot, old, popularity);
             }
         }
-        let item = self.cf_id(&event.item_id);
         let history = self.histories.entry(event.user.clone()).or_default();
         let Some(neighbours) = history.take(event, item, weight) else {
             return;
@@ -1593,15 +1642,17 @@ impl Catalog {
 
     /// The CF id of an item id, interning it on first sight.
     fn cf_id(&mut self, item_id: &str) -> u32 {
-        if let Some(&id) = self.cf_ids.get(item_id) {
+        if let Some(id) = self.cf_of(item_id) {
             return id;
         }
         let id = self.cf_names.len() as u32;
-        self.cf_ids.insert(item_id.to_string(), id);
         self.cf_names.push(item_id.to_string());
-        self.cf_slots
-            .push(self.by_id.get(item_id).copied().unwrap_or(NO_SLOT));
+        let names = &self.cf_names;
+        self.cf_ids
+            .insert(item_id, id, |cf| names[cf as usize].as_str());
+        self.cf_slots.push(self.slot_of(item_id).unwrap_or(NO_SLOT));
         self.item_users.push(0);
+        self.popularity.push(0.0);
         self.cooccurrence.push(CoRow::default());
         self.trained_rows.push(Vec::new());
         id
@@ -1612,7 +1663,12 @@ impl Catalog {
     pub fn user_item_sets(&self) -> Vec<Vec<String>> {
         self.histories
             .values()
-            .map(|h| h.entries.iter().map(|e| e.item_id.clone()).collect())
+            .map(|h| {
+                h.entries
+                    .iter()
+                    .map(|e| self.cf_names[e.cf as usize].clone())
+                    .collect()
+            })
             .collect()
     }
 
@@ -1683,7 +1739,7 @@ impl Catalog {
             .take(window)
             .enumerate()
             .filter_map(|(at, h)| {
-                let id = *self.cf_ids.get(&h.item_id)?;
+                let id = self.cf_of(&h.item_id)?;
                 Some((id, h.weight, at < HISTORY_WINDOW))
             })
             .collect();
@@ -1770,7 +1826,8 @@ impl Catalog {
         let mut brands: BTreeMap<String, f32> = BTreeMap::new();
         let mut attributes: BTreeMap<String, f32> = BTreeMap::new();
         for h in history {
-            let Some(item) = self.get(&h.item_id) else {
+            let slot = self.cf_slots.get(h.cf as usize).copied().unwrap_or(NO_SLOT);
+            let Some(item) = self.slot(slot).map(|e| &e.item) else {
                 continue;
             };
             for c in &item.category {
@@ -2047,7 +2104,7 @@ mod tests {
                 touch(&mut catalog, &user, &format!("strong{}", n % 3));
             }
         }
-        let hub = catalog.cf_ids["bestseller"] as usize;
+        let hub = catalog.cf_of("bestseller").unwrap() as usize;
         let row = &catalog.cooccurrence[hub];
         assert!(
             row.len() <= 32 && row.capacity() <= 32,
@@ -2056,7 +2113,7 @@ mod tests {
             row.capacity()
         );
         for strong in ["strong0", "strong1", "strong2"] {
-            let id = catalog.cf_ids[strong];
+            let id = catalog.cf_of(strong).unwrap();
             assert!(row.get(id).is_some_and(|n| n >= 60.0), "{strong} lost");
         }
         let shopper = catalog.history(&UserKey::from_stored("newcomer".into()));
@@ -2087,16 +2144,6 @@ mod tests {
                 ("strong2", "bestseller")
             ]
         );
-    }
-
-    /// The guest's purchases by scanning its whole history.
-    fn guest_bought(catalog: &Catalog) -> HashSet<u32, IdHash> {
-        catalog.histories[&UserKey::from_stored("guest".into())]
-            .entries
-            .iter()
-            .filter(|e| e.kind == InteractionKind::Purchase)
-            .filter_map(|e| catalog.slot_of(&e.item_id))
-            .collect()
     }
 
     /// 6,000 events: 400 item ids (the last 100 not in the catalog), popular ones more
@@ -2415,28 +2462,33 @@ mod tests {
         let times: Vec<(String, i64)> = guest
             .entries
             .iter()
-            .map(|e| (e.item_id.clone(), e.last_ms))
+            .map(|e| (catalog.cf_names[e.cf as usize].clone(), e.last_ms))
             .collect();
         assert_eq!(times, histories["guest"]);
         // What `Rank` reads: the most recent part, in the order of the whole history sorted.
         let key = UserKey::from_stored("guest".into());
-        let mut sorted = guest.entries.clone();
-        sorted.sort_by(|a, b| {
-            (Reverse(a.last_ms), &a.item_id).cmp(&(Reverse(b.last_ms), &b.item_id))
-        });
-        let sorted: Vec<&str> = sorted.iter().map(|e| e.item_id.as_str()).collect();
+        let mut sorted: Vec<(Reverse<i64>, &str)> = times
+            .iter()
+            .map(|(id, last_ms)| (Reverse(*last_ms), id.as_str()))
+            .collect();
+        sorted.sort();
+        let sorted: Vec<&str> = sorted.iter().map(|e| e.1).collect();
         for n in [0, 1, 50, 200, sorted.len(), sorted.len() + 5] {
             let recent = catalog.recent_history(&key, n);
             let recent: Vec<&str> = recent.iter().map(|e| e.item_id.as_str()).collect();
             assert_eq!(recent, sorted[..n.min(sorted.len())], "{n} most recent");
         }
-        // Purchases over the whole history, read through the long history's index.
+        // Purchases over the whole history, not only the recent part.
         for event in &events {
             catalog
                 .upsert(item(event.item_id.clone()), vec![1.0])
                 .unwrap();
         }
-        let bought: HashSet<u32, IdHash> = guest_bought(&catalog);
+        let bought: HashSet<u32, IdHash> = events
+            .iter()
+            .filter(|e| e.user == key && e.kind == InteractionKind::Purchase)
+            .filter_map(|e| catalog.slot_of(&e.item_id))
+            .collect();
         assert!(bought.len() > 100, "{} bought", bought.len());
         assert_eq!(catalog.purchased_slots(&key), bought);
     }

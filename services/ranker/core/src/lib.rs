@@ -24,6 +24,7 @@ pub mod eval;
 pub mod facet;
 pub mod fusion;
 pub mod item;
+mod names;
 pub mod propensity;
 mod quant;
 pub mod query;

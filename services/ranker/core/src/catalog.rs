@@ -1554,10 +1554,10 @@ impl Catalog {
             }
             for other in neighbours {
                 if let Some(row) = self.cooccurrence.get_mut(item as usize) {
-                    row.subtract(other, 1.0);
+                    row.subtract(other, 1);
                 }
                 if let Some(row) = self.cooccurrence.get_mut(other as usize) {
-                    row.subtract(item, 1.0);
+                    row.subtract(item, 1);
                 }
             }
         }

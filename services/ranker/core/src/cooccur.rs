@@ -7,17 +7,39 @@
 //! the slot a count will land in for every neighbour before it counts any of them, so the
 //! cache misses overlap instead of following one another.
 
+use std::collections::HashMap;
+
 /// Marks an empty slot (never a CF id: ids count from 0 up to the items seen).
 const EMPTY: u32 = u32::MAX;
 
 /// A row's table never holds fewer slots than this.
 const MIN_SLOTS: usize = 8;
 
+/// One slot of a row: the other item's CF id and the pair's count, in 6 bytes (a `(u32,
+/// f32)` took 8; the rows are most of what events cost in memory: BENCHMARKS.md, "Session 36").
+/// A count past `u16::MAX` keeps `u16::MAX` here and the rest in the row's `over`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(2))]
+struct Slot {
+    item: u32,
+    count: u16,
+}
+
+const VACANT: Slot = Slot {
+    item: EMPTY,
+    count: 0,
+};
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CoRow {
     /// A power of two of slots (or none before the first count).
-    slots: Box<[(u32, f32)]>,
+    slots: Box<[Slot]>,
     len: u32,
+    /// What the pairs whose slot holds `u16::MAX` count beyond it (a pair of two best
+    /// sellers in a shop of millions): counts stay exact, the slots small. Boxed: a row
+    /// without any (nearly every row) pays 8 bytes for it, not an empty map's 48.
+    #[allow(clippy::box_collection)]
+    over: Option<Box<HashMap<u32, u32>>>,
 }
 
 impl CoRow {
@@ -33,10 +55,32 @@ impl CoRow {
 
     /// Every `(item, count)`, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
+        self.pairs().map(|(item, count)| (item, count as f32))
+    }
+
+    /// Every `(item, count)` with the count exact.
+    fn pairs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.slots
             .iter()
             .copied()
-            .filter(|&(item, _)| item != EMPTY)
+            .filter(|slot| slot.item != EMPTY)
+            .map(|slot| (slot.item, self.full(slot)))
+    }
+
+    /// The count a slot stands for.
+    fn full(&self, slot: Slot) -> u32 {
+        let count = u32::from(slot.count);
+        if slot.count < u16::MAX {
+            return count;
+        }
+        let item = slot.item;
+        count
+            + self
+                .over
+                .as_ref()
+                .and_then(|o| o.get(&item))
+                .copied()
+                .unwrap_or(0)
     }
 
     /// The slot `item` starts probing from.
@@ -59,72 +103,97 @@ impl CoRow {
     /// back to its `keep` strongest instead of growing: its memory stays that of the table
     /// it had when it first passed `keep` (448 pairs in 512 slots for 256).
     pub fn count(&mut self, item: u32, keep: usize) {
-        self.add(item, 1.0);
+        self.add(item, 1);
         if self.len() > keep && self.len() >= self.capacity() {
             self.keep_strongest(keep);
         }
     }
 
+    /// Where `item`'s pair is, or the empty slot that ends its probe run.
+    fn find(&self, item: u32) -> (usize, bool) {
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(item);
+        loop {
+            let held = self.slots[at].item;
+            if held == item {
+                return (at, true);
+            }
+            if held == EMPTY {
+                return (at, false);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
     /// Adds `by` to `item`'s count (a new pair starts from 0), growing the table when full.
-    fn add(&mut self, item: u32, by: f32) {
+    fn add(&mut self, item: u32, by: u32) {
         if self.slots.is_empty() {
-            self.slots = vec![(EMPTY, 0.0); MIN_SLOTS].into_boxed_slice();
+            self.slots = vec![VACANT; MIN_SLOTS].into_boxed_slice();
         }
         loop {
-            let mask = self.slots.len() - 1;
-            let mut at = self.home(item);
-            loop {
-                let slot = &mut self.slots[at];
-                if slot.0 == item {
-                    slot.1 += by;
-                    return;
-                }
-                if slot.0 == EMPTY {
-                    break;
-                }
-                at = (at + 1) & mask;
+            let (at, held) = self.find(item);
+            if held {
+                let count = self.full(self.slots[at]).saturating_add(by);
+                self.set(at, item, count);
+                return;
             }
             if self.len() < self.capacity() {
-                self.slots[at] = (item, by);
+                self.set(at, item, by);
                 self.len += 1;
                 return;
             }
-            self.rebuild(self.slots.len() * 2, self.iter().collect());
+            self.rebuild(self.slots.len() * 2, self.pairs().collect());
         }
+    }
+
+    /// Puts `item` with `count` in slot `at`, the part past `u16::MAX` in `over`.
+    fn set(&mut self, at: usize, item: u32, count: u32) {
+        let narrow = u16::try_from(count).unwrap_or(u16::MAX);
+        let beyond = count - u32::from(narrow);
+        if beyond > 0 {
+            self.over
+                .get_or_insert_with(Box::default)
+                .insert(item, beyond);
+        } else if let Some(over) = &mut self.over {
+            over.remove(&item);
+            if over.is_empty() {
+                self.over = None;
+            }
+        }
+        self.slots[at] = Slot {
+            item,
+            count: narrow,
+        };
     }
 
     /// Takes `by` off `item`'s count, removing the pair when nothing is left of it; a pair
     /// the row does not hold (a cut-back dropped it) stays out. Removal shifts the pairs
     /// after it back into place (no tombstones: lookups stop at the first empty slot).
-    pub fn subtract(&mut self, item: u32, by: f32) {
+    pub fn subtract(&mut self, item: u32, by: u32) {
         if self.slots.is_empty() {
             return;
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(item);
-        loop {
-            match self.slots[at].0 {
-                EMPTY => return,
-                held if held == item => break,
-                _ => at = (at + 1) & mask,
-            }
-        }
-        self.slots[at].1 -= by;
-        // Counts are sums of 1s, exact in f32; a pair at 0 is no pair.
-        if self.slots[at].1 > 0.0 {
+        let (at, held) = self.find(item);
+        if !held {
             return;
         }
-        self.slots[at] = (EMPTY, 0.0);
+        let count = self.full(self.slots[at]).saturating_sub(by);
+        self.set(at, item, count);
+        if count > 0 {
+            return;
+        }
+        self.slots[at] = VACANT;
         self.len -= 1;
+        let mask = self.slots.len() - 1;
         let mut hole = at;
         let mut next = (hole + 1) & mask;
-        while self.slots[next].0 != EMPTY {
-            let home = self.home(self.slots[next].0);
+        while self.slots[next].item != EMPTY {
+            let home = self.home(self.slots[next].item);
             // The pair at `next` may fill the hole when its home is not cyclically in
             // (hole, next]: probing from its home passes the hole.
             if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(hole) & mask) {
                 self.slots[hole] = self.slots[next];
-                self.slots[next] = (EMPTY, 0.0);
+                self.slots[next] = VACANT;
                 hole = next;
             }
             next = (next + 1) & mask;
@@ -133,16 +202,12 @@ impl CoRow {
 
     /// `item`'s count, found as [`Self::add`] finds it (probing from its home slot).
     #[cfg(test)]
-    fn get_by_probe(&self, item: u32) -> Option<f32> {
-        let mask = self.slots.len().checked_sub(1)?;
-        let mut at = self.home(item);
-        loop {
-            match self.slots[at] {
-                (EMPTY, _) => return None,
-                (held, count) if held == item => return Some(count),
-                _ => at = (at + 1) & mask,
-            }
+    fn get_by_probe(&self, item: u32) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
         }
+        let (at, held) = self.find(item);
+        held.then(|| self.full(self.slots[at]))
     }
 
     /// `item`'s count, if the row holds it.
@@ -159,26 +224,23 @@ impl CoRow {
     /// sqrt(users) instead, what the pairs score with, validation recall fell: rare items'
     /// single pairs crowded out the counted ones; BENCHMARKS.md, "Session 22".)
     fn keep_strongest(&mut self, keep: usize) {
-        let mut ranked: Vec<(u32, f32)> = self.iter().collect();
+        let mut ranked: Vec<(u32, u32)> = self.pairs().collect();
         if ranked.len() <= keep {
             return;
         }
-        ranked.select_nth_unstable_by(keep, |a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+        ranked.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
         ranked.truncate(keep);
         self.rebuild(self.slots.len(), ranked);
     }
 
     /// The table with `slots` slots holding `pairs`.
-    fn rebuild(&mut self, slots: usize, pairs: Vec<(u32, f32)>) {
-        self.slots = vec![(EMPTY, 0.0); slots.max(MIN_SLOTS)].into_boxed_slice();
+    fn rebuild(&mut self, slots: usize, pairs: Vec<(u32, u32)>) {
+        self.slots = vec![VACANT; slots.max(MIN_SLOTS)].into_boxed_slice();
         self.len = 0;
-        let mask = self.slots.len() - 1;
+        self.over = None;
         for (item, count) in pairs {
-            let mut at = self.home(item);
-            while self.slots[at].0 != EMPTY {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = (item, count);
+            let (at, _) = self.find(item);
+            self.set(at, item, count);
             self.len += 1;
         }
     }
@@ -228,7 +290,7 @@ mod tests {
         assert_eq!((row.len(), row.capacity()), (0, 0));
         for _ in 0..5000 {
             let item = ((rng.unit() * rng.unit()) * 300.0) as u32;
-            row.add(item, 1.0);
+            row.add(item, 1);
             *reference.entry(item).or_default() += 1.0;
             assert_eq!(row.len(), reference.len());
             assert!(row.len() <= row.capacity());
@@ -249,9 +311,9 @@ mod tests {
         }
         assert_eq!(row.get(strongest[10].0), None);
         // Counting goes on in the cut-back table.
-        row.add(strongest[0].0, 2.0);
+        row.add(strongest[0].0, 2);
         assert_eq!(row.get(strongest[0].0), Some(strongest[0].1 + 2.0));
-        row.add(999, 1.0);
+        row.add(999, 1);
         assert_eq!((row.len(), row.get(999)), (11, Some(1.0)));
     }
 
@@ -265,10 +327,10 @@ mod tests {
         for _ in 0..3000 {
             let item = (rng.unit() * 200.0) as u32;
             if rng.unit() < 0.6 {
-                row.add(item, 1.0);
+                row.add(item, 1);
                 *reference.entry(item).or_default() += 1.0;
             } else {
-                row.subtract(item, 1.0);
+                row.subtract(item, 1);
                 if let Some(count) = reference.get_mut(&item) {
                     *count -= 1.0;
                     if *count <= 0.0 {
@@ -278,11 +340,42 @@ mod tests {
             }
             assert_eq!(row.len(), reference.len());
             for (&item, &count) in &reference {
-                assert_eq!(row.get_by_probe(item), Some(count), "pair {item} lost");
+                assert_eq!(
+                    row.get_by_probe(item),
+                    Some(count as u32),
+                    "pair {item} lost"
+                );
             }
         }
         assert!(!reference.is_empty() && reference.len() < 200);
-        row.subtract(100_000, 1.0);
+        row.subtract(100_000, 1);
         assert_eq!(row.len(), reference.len(), "an absent pair changes nothing");
+    }
+
+    /// A pair counted past what a slot holds (`u16::MAX`) keeps its exact count through
+    /// more counts, the table's growth, a cut-back and subtraction back under the limit,
+    /// and its overflow goes when it is under again.
+    #[test]
+    fn counts_past_a_slots_limit_stay_exact() {
+        let mut row = CoRow::default();
+        let limit = u32::from(u16::MAX);
+        row.add(7, limit - 2);
+        row.add(7, 5);
+        assert_eq!(row.get_by_probe(7), Some(limit + 3));
+        assert!(row.over.is_some());
+        // Growth rebuilds the table: the count moves with it.
+        for item in 100..200 {
+            row.add(item, 1);
+        }
+        assert_eq!(row.get(7), Some((limit + 3) as f32));
+        // A cut-back ranks by the whole count.
+        row.keep_strongest(3);
+        assert_eq!(row.get_by_probe(7), Some(limit + 3));
+        assert_eq!(row.len(), 3);
+        row.subtract(7, 4);
+        assert_eq!(row.get_by_probe(7), Some(limit - 1));
+        assert!(row.over.is_none(), "nothing left past the limit");
+        row.subtract(7, limit);
+        assert_eq!((row.get_by_probe(7), row.len()), (None, 2));
     }
 }

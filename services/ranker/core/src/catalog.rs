@@ -845,7 +845,19 @@ impl Catalog {
         filters: &Filters,
         fields: &[FacetField],
     ) -> Vec<FacetCounts> {
-        let lexical = self.lexical_scope(scope);
+        self.facet_counts_matched(scope, None, filters, fields)
+    }
+
+    /// [`Self::facet_counts`], with the scope's word matches when the caller already found
+    /// them in this catalog (`Rank`'s first pass did).
+    pub fn facet_counts_matched(
+        &self,
+        scope: &FacetScope<'_>,
+        matches: Option<&Matches>,
+        filters: &Filters,
+        fields: &[FacetField],
+    ) -> Vec<FacetCounts> {
+        let lexical = self.lexical_scope(scope, matches);
         // Facets whose filters (the request's, less their own side) are the same share the
         // set of matches that pass them: all of them when the request filters nothing they
         // count.
@@ -872,9 +884,9 @@ impl Catalog {
     }
 
     /// The slots a scope starts from before its vector's nearest items, ascending, each once: a re-rank
-    /// request's candidates, the query words' BM25 matches, every item (no words and no
-    /// vector), or none (a vector alone).
-    fn lexical_scope(&self, scope: &FacetScope<'_>) -> Vec<u32> {
+    /// request's candidates, the query words' BM25 matches (`matches`, when already found),
+    /// every item (no words and no vector), or none (a vector alone).
+    fn lexical_scope(&self, scope: &FacetScope<'_>, matches: Option<&Matches>) -> Vec<u32> {
         match (scope.among, scope.words) {
             (Some(ids), _) => {
                 let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
@@ -882,6 +894,7 @@ impl Catalog {
                 slots.dedup();
                 slots
             }
+            (None, Some(_)) if let Some(matches) = matches => matches.docs().collect(),
             (None, Some(q)) => self.matches(q).docs().collect(),
             (None, None) if scope.nearest.is_none() => self.slots().collect(),
             (None, None) => Vec::new(),
@@ -938,7 +951,7 @@ impl Catalog {
         page: Range<usize>,
     ) -> (Vec<u32>, usize) {
         let filter = (!filters.is_empty()).then(|| self.filter_checked_often(self.filter(filters)));
-        let lexical = self.lexical_scope(scope);
+        let lexical = self.lexical_scope(scope, None);
         // Prices from the facet index's array (an item's key orders as its price), not from
         // each item: a common word's ~100k matches at 1M items were as many cache misses.
         let mut keyed: Vec<(u64, u32)> = self

@@ -710,6 +710,48 @@ async fn a_search_sorted_by_price_lists_its_matches_by_price() {
     assert_eq!(relevance.missing_signals, [Signal::Kg]);
 }
 
+/// A ranking's facets count what its words and vector match, whichever order it lists them
+/// in: a relevance ranking counts them from its first pass's word matches, a price listing
+/// finds the matches again; both count the same (a misspelt query, corrected, and a filter
+/// on one facet too).
+#[tokio::test]
+async fn facets_count_the_same_matches_in_either_order() {
+    use souk_ranker_core::facet::FacetField;
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, _, _) = shop();
+    for (query, filters) in [
+        ("tent", Filters::default()),
+        (
+            "running",
+            Filters::new("", &["Swift".to_string()], None, None, false).unwrap(),
+        ),
+        ("runing shoe", Filters::default()),
+        (
+            "lamp",
+            Filters::new("", &[], None, Some(50.0), false).unwrap(),
+        ),
+    ] {
+        let request = |sort| RankQuery {
+            query: Some(query.into()),
+            k: 3,
+            filters: filters.clone(),
+            facets: vec![FacetField::Brand, FacetField::Category, FacetField::Price],
+            sort,
+            ..Default::default()
+        };
+        let ranked = ranker.rank(&request(SortOrder::Relevance)).await.unwrap();
+        let listed = ranker
+            .rank(&request(SortOrder::PriceAscending))
+            .await
+            .unwrap();
+        assert!(
+            ranked.facets.iter().any(|f| !f.values.is_empty()),
+            "{query}: nothing counted"
+        );
+        assert_eq!(ranked.facets, listed.facets, "{query}");
+    }
+}
+
 /// A budget typed in the query is a price filter on the other words: "tent under 100" ranks
 /// "tent" among the items up to 100, tightening (never widening) the request's own bounds;
 /// `verbatim` ranks the words as typed.

@@ -1418,7 +1418,8 @@ const PASSING_MATCHES_SCORED: usize = 16_384;
 /// Candidates (the caller's ids; the candidate pool of a catalog with an HNSW graph; or the
 /// whole catalog: an exact scan) that pass filters and exclusions, with dense, BM25, CF and
 /// popularity features normalised to 0..1 and a first score: the best `keep` of them, best
-/// first, how many were scored, and where they came from.
+/// first, how many were scored, where they came from, and the query's word matches (which
+/// the first tier's facets count).
 fn first_pass(
     catalog: &Catalog,
     request: &RankQuery,

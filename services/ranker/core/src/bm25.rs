@@ -8,6 +8,7 @@ use unicode_normalization::char::is_combining_mark;
 
 use crate::catalog::IdHash;
 use crate::rng::SlotSample;
+use crate::slots::{RankedBits, SlotBits};
 use crate::synonyms::Synonyms;
 
 const K1: f32 = 1.2;
@@ -1555,10 +1556,8 @@ fn combined(a: Sums, b: Sums, both: impl Fn(&mut Match, &Match)) -> Sums {
 #[derive(Debug, Clone, Default)]
 pub struct Matches {
     docs: Sums,
-    /// Bit `doc % 64` of word `doc / 64` set for each matching document.
-    bits: Vec<u64>,
-    /// Matching documents in the words of `bits` before each.
-    before: Vec<u32>,
+    /// The matching documents, each with its position in `docs`.
+    bits: RankedBits,
     /// Distinct words of the query (a widened word counted once), held or not.
     words: f32,
     best_bm25: f32,
@@ -1569,24 +1568,11 @@ impl Matches {
     /// counted once).
     fn new(docs: Sums, words: usize) -> Self {
         let best_bm25 = docs.iter().map(|(_, m)| m.bm25).fold(0.0, f32::max);
-        let words_of_bits = docs.last().map_or(0, |&(doc, _)| doc as usize / 64 + 1);
-        let mut bits = vec![0u64; words_of_bits];
         debug_assert!(docs.windows(2).all(|w| w[0].0 < w[1].0), "not ascending");
-        for &(doc, _) in &docs {
-            if let Some(word) = bits.get_mut(doc as usize / 64) {
-                *word |= 1 << (doc % 64);
-            }
-        }
-        let mut before = Vec::with_capacity(bits.len());
-        let mut count = 0;
-        for word in &bits {
-            before.push(count);
-            count += word.count_ones();
-        }
+        let bits = RankedBits::of_ascending(docs.iter().map(|&(doc, _)| doc));
         Self {
             docs,
             bits,
-            before,
             words: words as f32,
             best_bm25,
         }
@@ -1594,14 +1580,7 @@ impl Matches {
 
     /// Where `doc` is in `docs`, if it matches.
     fn index(&self, doc: u32) -> Option<usize> {
-        let at = doc as usize / 64;
-        let word = *self.bits.get(at)?;
-        let bit = 1u64 << (doc % 64);
-        if word & bit == 0 {
-            return None;
-        }
-        let before = *self.before.get(at)? as usize;
-        Some(before + (word & (bit - 1)).count_ones() as usize)
+        self.bits.position(doc)
     }
 
     /// How well document `doc` matches the query's words, 0..=1 (0 when it holds none):
@@ -1644,9 +1623,9 @@ impl Matches {
         self.index(doc).is_some()
     }
 
-    /// The matching documents as bits: bit `doc % 64` of word `doc / 64`.
-    pub(crate) fn bits(&self) -> &[u64] {
-        &self.bits
+    /// The matching documents as bits.
+    pub(crate) fn bits(&self) -> &SlotBits {
+        self.bits.bits()
     }
 
     /// About `n` matching documents drawn from all of them (see [`SlotSample`]).

@@ -328,15 +328,14 @@ impl SlotBits {
         Self { words }
     }
 
-    /// How many slots it holds that are also set in `words` (bit `slot % 64` of word `slot /
-    /// 64`, as [`Self`] keeps them): an AND and a popcount per 64 slots.
-    pub fn count_and(&self, words: &[u64]) -> usize {
-        count_both(&self.words, words).0
+    /// How many slots it holds that `other` holds too: an AND and a popcount per 64 slots.
+    pub fn count_and(&self, other: &SlotBits) -> usize {
+        count_both(&self.words, &other.words).0
     }
 
-    /// The slots it holds that are also set in `words` (as in [`Self::count_and`]), ascending.
-    pub fn iter_and<'a>(&'a self, words: &'a [u64]) -> impl Iterator<Item = u32> + 'a {
-        ones(self.words.iter().zip(words).map(|(a, b)| a & b))
+    /// The slots it holds that `other` holds too, ascending.
+    pub fn iter_and<'a>(&'a self, other: &'a SlotBits) -> impl Iterator<Item = u32> + 'a {
+        ones(self.words.iter().zip(&other.words).map(|(a, b)| a & b))
     }
 
     /// Keeps the slots `other` holds too.
@@ -359,6 +358,49 @@ impl SlotBits {
                 }
             }
         }
+    }
+}
+
+/// Slots as bits that also say where a slot falls among those held: the position of an
+/// entry in a list kept in slot order (a query's BM25 matches), found by a popcount instead of
+/// a binary search through the list.
+#[derive(Debug, Clone, Default)]
+pub struct RankedBits {
+    bits: SlotBits,
+    /// How many slots the words before each hold.
+    before: Vec<u32>,
+}
+
+impl RankedBits {
+    /// The bits of `slots`, given ascending.
+    pub fn of_ascending(slots: impl IntoIterator<Item = u32>) -> Self {
+        let mut bits = SlotBits::default();
+        for slot in slots {
+            bits.insert(slot);
+        }
+        let mut before = Vec::with_capacity(bits.words.len());
+        let mut count = 0;
+        for word in &bits.words {
+            before.push(count);
+            count += word.count_ones();
+        }
+        Self { bits, before }
+    }
+
+    pub fn bits(&self) -> &SlotBits {
+        &self.bits
+    }
+
+    /// Where `slot` falls among the slots held, counting from 0 in ascending order; `None`
+    /// when it is not held.
+    pub fn position(&self, slot: u32) -> Option<usize> {
+        let (at, bit) = place(slot);
+        let word = *self.bits.words.get(at)?;
+        if word & bit == 0 {
+            return None;
+        }
+        let before = *self.before.get(at)? as usize;
+        Some(before + (word & (bit - 1)).count_ones() as usize)
     }
 }
 
@@ -425,15 +467,16 @@ mod tests {
         assert!(want.len() < DENSE_MIN / 2, "{} left", want.len());
     }
 
-    /// What a set shares with another's words (a search's matches as bits), counted and
-    /// listed, against a plain intersection; words past either end share nothing.
+    /// What a set shares with a search's matches (ranked bits built from ascending slots),
+    /// counted and listed, against a plain intersection; slots past either end share
+    /// nothing. Each match's position is its index in the ascending list, and a slot not
+    /// held has none.
     #[test]
-    fn slots_shared_with_other_words_are_counted_and_listed() {
+    fn slots_shared_with_ranked_bits_are_counted_listed_and_placed() {
         let mut rng = XorShift::new(7);
         for (span, other_span) in [(5_000, 3_000), (3_000, 5_000), (64, 64), (0, 100)] {
             let mut bits = SlotBits::default();
-            let mut words = vec![0u64; (other_span as usize).div_ceil(64)];
-            let (mut mine, mut theirs) = (Vec::new(), std::collections::HashSet::new());
+            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
             for slot in 0..span {
                 if rng.uniform() < 0.3 {
                     bits.insert(slot);
@@ -442,13 +485,18 @@ mod tests {
             }
             for slot in 0..other_span {
                 if rng.uniform() < 0.5 {
-                    words[slot as usize / 64] |= 1 << (slot % 64);
-                    theirs.insert(slot);
+                    theirs.push(slot);
                 }
             }
-            let both: Vec<u32> = mine.into_iter().filter(|s| theirs.contains(s)).collect();
-            assert_eq!(bits.count_and(&words), both.len());
-            assert_eq!(bits.iter_and(&words).collect::<Vec<_>>(), both);
+            let ranked = RankedBits::of_ascending(theirs.iter().copied());
+            let held: std::collections::HashSet<u32> = theirs.iter().copied().collect();
+            let both: Vec<u32> = mine.into_iter().filter(|s| held.contains(s)).collect();
+            assert_eq!(bits.count_and(ranked.bits()), both.len());
+            assert_eq!(bits.iter_and(ranked.bits()).collect::<Vec<_>>(), both);
+            for slot in 0..other_span + 70 {
+                let want = theirs.binary_search(&slot).ok();
+                assert_eq!(ranked.position(slot), want, "slot {slot}");
+            }
         }
     }
 

@@ -1141,6 +1141,16 @@ impl Catalog {
             .get(id, |cf| self.cf_names[cf as usize].as_str())
     }
 
+    /// The catalog slot of CF id `cf`, while its item is in the catalog: what
+    /// [`Self::slot_of`] gives for its id, read from an array kept in step with loads and
+    /// deletes instead of looking the id up again.
+    fn cf_slot(&self, cf: u32) -> Option<u32> {
+        self.cf_slots
+            .get(cf as usize)
+            .copied()
+            .filter(|&slot| slot != NO_SLOT)
+    }
+
     /// Every item's slot and id, in slot order.
     fn live_slots(&self) -> impl Iterator<Item = (u32, &str)> {
         self.slots
@@ -1433,8 +1443,7 @@ impl Catalog {
             .entries
             .iter()
             .filter(|e| e.kind == InteractionKind::Purchase)
-            .filter_map(|e| self.cf_slots.get(e.cf as usize).copied())
-            .filter(|&slot| slot != NO_SLOT)
+            .filter_map(|e| self.cf_slot(e.cf))
             .collect()
     }
 
@@ -1552,7 +1561,7 @@ impl Catalog {
                     new = 0.0;
                 }
                 *popularity = new;
-                if let Some(slot) = self.slot_of(&event.item_id)
+                if let Some(slot) = self.cf_slot(item)
                     && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
                 {
                     entry.popularity = new;
@@ -1606,7 +1615,7 @@ impl Catalog {
         *popularity += added;
         let popularity = *popularity;
         self.max_popularity = self.max_popularity.max(popularity);
-        if let Some(slot) = self.slot_of(&event.item_id)
+        if let Some(slot) = self.cf_slot(item)
             && let Some(Some(entry)) = self.slots.get_mut(slot as usize)
         {
             entry.popularity = popularity;
@@ -1823,8 +1832,7 @@ impl Catalog {
         out.into_iter()
             .filter(|(_, (s, _, _))| *s > 0.0)
             .filter_map(|(c, (s, by, _))| {
-                let slot = self.cf_slots[c as usize];
-                (slot != NO_SLOT).then(|| (slot, (s, self.cf_names[by as usize].as_str())))
+                Some((self.cf_slot(c)?, (s, self.cf_names[by as usize].as_str())))
             })
             .collect()
     }
@@ -1839,8 +1847,11 @@ impl Catalog {
         let mut brands: BTreeMap<String, f32> = BTreeMap::new();
         let mut attributes: BTreeMap<String, f32> = BTreeMap::new();
         for h in history {
-            let slot = self.cf_slots.get(h.cf as usize).copied().unwrap_or(NO_SLOT);
-            let Some(item) = self.slot(slot).map(|e| &e.item) else {
+            let Some(item) = self
+                .cf_slot(h.cf)
+                .and_then(|slot| self.slot(slot))
+                .map(|e| &e.item)
+            else {
                 continue;
             };
             for c in &item.category {

@@ -192,8 +192,7 @@ type Words<'a> = std::iter::Copied<std::slice::Iter<'a, u64>>;
 fn ones<W: Iterator<Item = u64>>(words: W) -> Ones<W> {
     Ones {
         words,
-        next: 0,
-        word: 0,
+        taken: 0,
         rest: 0,
     }
 }
@@ -220,10 +219,8 @@ impl Iterator for Iter<'_> {
 /// The set bits of a bitmap's words, as slots, ascending.
 pub struct Ones<W> {
     words: W,
-    /// The index of the word after `word`.
-    next: usize,
-    /// The index of the word `rest` is left of.
-    word: usize,
+    /// Words taken from `words`: `rest` is left of the last of them.
+    taken: usize,
     /// The bits of that word not yet yielded.
     rest: u64,
 }
@@ -234,12 +231,12 @@ impl<W: Iterator<Item = u64>> Iterator for Ones<W> {
     fn next(&mut self) -> Option<u32> {
         while self.rest == 0 {
             self.rest = self.words.next()?;
-            self.word = self.next;
-            self.next += 1;
+            self.taken += 1;
         }
         let bit = self.rest.trailing_zeros();
         self.rest &= self.rest - 1;
-        Some(self.word as u32 * 64 + bit)
+        // `rest` is non-zero only once a word was taken.
+        Some((self.taken - 1) as u32 * 64 + bit)
     }
 }
 

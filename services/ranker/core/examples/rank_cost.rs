@@ -491,8 +491,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut answers: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
     let mut scores: HashMap<&str, Vec<Vec<f32>>> = HashMap::new();
     let mut passes: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
-    // Two rounds; the second is reported (the first warms caches and the allocator).
-    for round in 0..2 {
+    // Two rounds; the last is reported (the first warms caches and the allocator).
+    // ROUNDS=n runs more, long enough for a profiler to attach.
+    let rounds = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2)
+        .max(2);
+    for round in 0..rounds {
         for (name, request) in &kinds {
             let mut micros = Vec::with_capacity(queries.len());
             let mut ids = Vec::with_capacity(queries.len());
@@ -502,7 +508,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let started = Instant::now();
                 let ranking = futures::executor::block_on(ranker.rank(&request))?;
                 micros.push(started.elapsed().as_secs_f64() * 1e6);
-                if round == 1 {
+                if round + 1 == rounds {
                     *passes
                         .entry(name)
                         .or_default()
@@ -515,7 +521,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 scored.push(ranking.items.iter().map(|r| r.score).collect());
                 ids.push(ranking.items.into_iter().map(|r| r.id).collect());
             }
-            if round == 1 {
+            if round + 1 == rounds {
                 by_kind.insert(name, micros);
                 answers.insert(name, ids);
                 scores.insert(name, scored);

@@ -254,6 +254,8 @@ async fn start_ranker_with(
         primary: None,
         user_id_key: "test-secret",
         ann_min_items,
+        accept_new_store: false,
+        restore_from: None,
     };
     start_ranker_as(
         data_dir,
@@ -276,6 +278,10 @@ pub struct Replica<'a> {
     pub user_id_key: &'a str,
     /// `--ann-min-items`.
     pub ann_min_items: usize,
+    /// `--accept-new-primary-store`.
+    pub accept_new_store: bool,
+    /// `--restore-from`.
+    pub restore_from: Option<&'a str>,
 }
 
 /// A ranker as `replica` says, with the demo's settings otherwise; waits for SERVING (a
@@ -355,6 +361,8 @@ fn spawn_ranker(
         encoder_check_ms: watch.every_ms,
         reembed_on_model_change: watch.reembed,
         primary: replica.primary.map(String::from),
+        accept_new_primary_store: replica.accept_new_store,
+        restore_from: replica.restore_from.map(String::from),
         prepare_downgrade: false,
         server,
     };

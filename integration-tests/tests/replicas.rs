@@ -96,6 +96,8 @@ fn replica_of<'a>(primary: &'a str) -> Replica<'a> {
         primary: Some(primary),
         user_id_key: "test-secret",
         ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
+        accept_new_store: false,
+        restore_from: None,
     }
 }
 
@@ -440,6 +442,207 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
          shopper's"
     );
     assert_eq!(recent(&mut p, "u066").await, vec!["p00004".to_string()]);
+    assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
+}
+
+/// The primary's volume is lost and it starts again empty: its replicas keep their copies
+/// (and say why they do not follow), hold the events sent to them, and a replica's store
+/// started as the primary serves the shop again, those events recorded; the other replica
+/// takes the promoted store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_lost_its_store_empties_no_replica_and_a_replica_takes_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let primary_url = primary.url();
+    let primary_addr = primary.addr;
+    let (one_dir, two_dir) = (dir.path().join("one"), dir.path().join("two"));
+    let one = start_ranker_replica(&one_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
+    let two = start_ranker_replica(&two_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
+    let mut p = client(&primary_url).await;
+    let (mut r1, mut r2) = (client(&one.url()).await, client(&two.url()).await);
+    assert!(
+        soon_within(20, async || same_counts(&mut p, &mut r1).await
+            && same_counts(&mut p, &mut r2).await)
+        .await
+    );
+    let shop = stats(&mut p).await;
+    assert!(shop.items > 100 && shop.interactions > 100, "{shop:?}");
+    let shown = rankings(&mut p).await;
+
+    // The primary comes back on an empty volume.
+    primary.stop().await.unwrap();
+    let empty = start_ranker_replica(
+        &dir.path().join("lost"),
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            ..replica_of("")
+        },
+    )
+    .await;
+    let mut e = client(&empty.url()).await;
+    assert!(
+        soon_within(30, async || !stats(&mut r1)
+            .await
+            .replica_refused
+            .is_empty()
+            && !stats(&mut r2).await.replica_refused.is_empty())
+        .await,
+        "{:?}",
+        stats(&mut r1).await
+    );
+    let refusing = stats(&mut r1).await;
+    assert!(
+        refusing
+            .replica_refused
+            .contains("--accept-new-primary-store"),
+        "{refusing:?}"
+    );
+    assert!(!refusing.in_sync);
+    assert_eq!(
+        (refusing.items, refusing.interactions),
+        (shop.items, shop.interactions),
+        "the replica keeps its copy"
+    );
+    assert_eq!(rankings(&mut r1).await, shown, "and serves it");
+    // Events sent to a refusing replica wait in its outbox, not in the empty store.
+    let held = r1
+        .record_interactions(futures::stream::iter(vec![purchase("u901", "p00010")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((held.recorded, held.queued), (0, 1), "{held:?}");
+    assert_eq!(stats(&mut e).await.interactions, 0);
+
+    // Replica one's store is started as the primary (in a cluster: its volume copied to the
+    // primary's); replica two takes it, and the held event is recorded once.
+    empty.stop().await.unwrap();
+    one.stop().await.unwrap();
+    let promoted = start_ranker_replica(
+        &one_dir,
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            ..replica_of("")
+        },
+    )
+    .await;
+    let mut p = client(&promoted.url()).await;
+    let now = stats(&mut p).await;
+    assert_eq!(
+        (now.items, now.interactions),
+        (shop.items, shop.interactions + 1),
+        "the promoted store holds the shop and the event its outbox held"
+    );
+    assert!(
+        soon_within(30, async || same_counts(&mut p, &mut r2).await).await,
+        "{:?}",
+        stats(&mut r2).await
+    );
+    let taken = stats(&mut r2).await;
+    assert!(taken.replica_refused.is_empty(), "{taken:?}");
+    assert_eq!(
+        taken.replica_copies, 2,
+        "the promoted store's numbering is new: a copy"
+    );
+    assert_eq!(rankings(&mut r2).await, rankings(&mut p).await);
+}
+
+/// The primary's volume is lost; it starts again with `--restore-from` a replica: it copies
+/// the replica's store before serving, and the replica then follows it (a copy of the same
+/// history), its held events delivered. A replica in sync refuses to be restored from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let primary_url = primary.url();
+    let primary_addr = primary.addr;
+    let one = start_ranker_replica(
+        &dir.path().join("one"),
+        &encoder,
+        &kg.url(),
+        replica_of(&primary_url),
+    )
+    .await;
+    let mut p = client(&primary_url).await;
+    let mut r = client(&one.url()).await;
+    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
+    let refused = r
+        .follow(rk::FollowRequest {
+            restore: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let shop = stats(&mut p).await;
+    let shown = rankings(&mut p).await;
+
+    primary.stop().await.unwrap();
+    let empty = start_ranker_replica(
+        &dir.path().join("lost"),
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            ..replica_of("")
+        },
+    )
+    .await;
+    assert!(soon_within(30, async || !stats(&mut r).await.replica_refused.is_empty()).await);
+    let held = r
+        .record_interactions(futures::stream::iter(vec![purchase("u901", "p00010")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.queued, 1, "{held:?}");
+    empty.stop().await.unwrap();
+
+    let one_url = one.url();
+    let restored = start_ranker_replica(
+        &dir.path().join("restored"),
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            restore_from: Some(&one_url),
+            ..replica_of("")
+        },
+    )
+    .await;
+    let mut p = client(&restored.url()).await;
+    let now = stats(&mut p).await;
+    assert_eq!(
+        (&now.cf_version, now.synonyms, now.items),
+        (&shop.cf_version, shop.synonyms, shop.items),
+        "restored before serving"
+    );
+    // The replica's held event may reach it at once.
+    assert!(now.interactions >= shop.interactions, "{now:?}");
+    assert_eq!(rankings(&mut p).await, shown);
+    assert!(
+        soon_within(30, async || same_counts(&mut p, &mut r).await
+            && stats(&mut r).await.outbox == 0)
+        .await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    assert_eq!(
+        stats(&mut p).await.interactions,
+        shop.interactions + 1,
+        "the event held while the replica refused reached the restored primary"
+    );
+    assert!(stats(&mut r).await.replica_refused.is_empty());
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
 

@@ -56,6 +56,10 @@ def check_default(docs):
     config = by_kind(docs, "ConfigMap", "-config")["data"]
     assert config["SOUK_ENCODER_CHECK_MS"] == "30000", "the ranker checks the encoder's model"
     assert config["SOUK_REEMBED_ON_MODEL_CHANGE"] == "false", "re-embedding waits for an admin"
+    # A replica never copies a primary's store of another history unless told to, and pod 0
+    # restores from a replica only when told which.
+    assert config["SOUK_ACCEPT_NEW_PRIMARY_STORE"] == "false"
+    assert config["SOUK_RESTORE_FROM"] == ""
     secret = by_kind(docs, "Secret", "-secrets")
     assert set(secret["data"]) == {"admin-token", "user-id-key"}
     ranker = container(by_kind(docs, "StatefulSet", "-ranker"))

@@ -143,6 +143,8 @@ impl Suite {
             encoder_check_ms: 30_000,
             reembed_on_model_change: false,
             primary: None,
+            accept_new_primary_store: false,
+            restore_from: None,
             prepare_downgrade: false,
             server: server_args(&args.server, metrics(2)),
         };

@@ -1187,10 +1187,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.follows,
                     if r.in_sync {
                         "in sync (takes its writes as they are stored)"
+                    } else if !r.replica_refused.is_empty() {
+                        "NOT in sync (refuses the primary's store; serves its last copy)"
                     } else {
                         "NOT in sync (connecting or copying; serves its last copy)"
                     }
                 );
+                if !r.replica_refused.is_empty() {
+                    println!("refused: {}", r.replica_refused);
+                }
                 println!(
                     "caught up since start: {} by copying the whole store, {} from the last write held",
                     r.replica_copies, r.replica_resumes

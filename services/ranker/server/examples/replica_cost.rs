@@ -67,6 +67,8 @@ async fn start_at(at: std::net::SocketAddr, dir: &Path, primary: Option<String>)
         encoder_check_ms: 60_000,
         reembed_on_model_change: false,
         primary,
+        accept_new_primary_store: false,
+        restore_from: None,
         prepare_downgrade: false,
         server: Default::default(),
     };

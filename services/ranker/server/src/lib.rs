@@ -108,6 +108,22 @@ pub struct RankerArgs {
     /// pod of a StatefulSet can be given the same URL (ARCHITECTURE.md, "Ranker replicas").
     #[arg(long, env = "SOUK_RANKER_PRIMARY")]
     pub primary: Option<String>,
+    /// On a replica: copy the primary's store even when it holds another history than this
+    /// replica's copy (the primary's store was lost, or replaced by a new one on purpose).
+    /// Without it such a replica keeps serving its copy and says why in `Stats` and its
+    /// log, so that a primary restarted on an empty volume does not empty every replica.
+    #[arg(
+        long,
+        env = "SOUK_ACCEPT_NEW_PRIMARY_STORE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub accept_new_primary_store: bool,
+    /// On the primary, when its store is empty (its volume was lost): first copy the store
+    /// of the ranker at this URL (a replica, which keeps its copy when its primary's store
+    /// is lost), then serve as the primary. Ignored when the store holds anything, and on a
+    /// replica.
+    #[arg(long, env = "SOUK_RESTORE_FROM")]
+    pub restore_from: Option<String>,
     /// Ready the stopped store in `--data-dir` for a build before session 25 (a rollback:
     /// those builds cannot read the records this one keeps beside each write), then exit.
     #[arg(long)]
@@ -397,8 +413,14 @@ pub async fn serve(
     let secret = args.user_id_key.clone();
     let ann_min_items = args.ann_min_items;
     let half_life = args.popularity_half_life_days;
+    let is_primary = primary.is_none();
     let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
         let store = RankerStore::open(&data_dir)?.with_popularity_half_life(Some(half_life));
+        // Named at a primary's start, so that a backup of its store carries the name too.
+        if is_primary {
+            let lineage = store.ensure_lineage()?;
+            tracing::info!(lineage = format!("{lineage:016x}"), "the store's history");
+        }
         let secret = match secret.filter(|s| !s.is_empty()) {
             Some(s) => s.into_bytes(),
             None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
@@ -476,7 +498,28 @@ pub async fn serve(
         replica: primary.is_some(),
         outbox: outbox.clone(),
     });
+    if primary.is_none()
+        && let Some(url) = args.restore_from.as_deref().map(str::trim)
+        && !url.is_empty()
+    {
+        replica::restore(&ready, url, &args.server.admin_token, ann_min_items)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot restore the store from {url}: {e}"))?;
+    }
     let _ = state.ready.set(ready.clone());
+    if primary.is_none() {
+        let left = record_left_in_outbox(&ready, &state.metrics)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the events left in the outbox: {e}"))?;
+        if left.recorded + left.duplicates + left.forgotten > 0 {
+            tracing::info!(
+                recorded = left.recorded,
+                duplicates = left.duplicates,
+                forgotten = left.forgotten,
+                "recorded the events this store's outbox held (it was a replica's)"
+            );
+        }
+    }
     if serve_at_once {
         health.set_ready().await;
     }
@@ -490,7 +533,7 @@ pub async fn serve(
             url,
             args.server.admin_token.clone(),
             state.replica.clone(),
-            ann_min_items,
+            (ann_min_items, args.accept_new_primary_store),
             health.clone(),
             stopped.clone(),
         ))
@@ -499,6 +542,7 @@ pub async fn serve(
         (Some(outbox), Some((_, client))) => Some(tokio::spawn(outbox::drain(
             outbox,
             client.clone(),
+            state.replica.clone(),
             stopped.clone(),
         ))),
         _ => None,
@@ -1047,14 +1091,87 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
     })
 }
 
+/// Stores checked events on a primary and takes them into memory (what `RecordInteractions`
+/// does with each gathered batch), counting them into `response`.
+async fn record_checked(
+    ready: &Arc<Ready>,
+    metrics: &metrics::RankMetrics,
+    events: Vec<Interaction>,
+    response: &mut pb::RecordInteractionsResponse,
+) -> Result<(), Status> {
+    let _recording = ready.events.read().await;
+    let recorded = blocking(ready, move |ready| ready.store.record(events)).await?;
+    response.forgotten += recorded.forgotten;
+    response.duplicates += recorded.duplicates;
+    metrics.events(
+        recorded.events.len() as u64,
+        recorded.duplicates,
+        recorded.forgotten,
+    );
+    let events = recorded.events;
+    if events.is_empty() {
+        // All sent before (a file loaded again): `Rank` is not held up for nothing.
+        return Ok(());
+    }
+    let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+    for event in &events {
+        if catalog.get(&event.item_id).is_none() {
+            response.unknown_items += 1;
+        }
+        catalog.record(event);
+    }
+    response.recorded += events.len() as u64;
+    Ok(())
+}
+
+/// A primary whose store was a replica's (promoted: ARCHITECTURE.md, "Ranker replicas")
+/// records the events that replica's outbox still held for the primary it lost, oldest
+/// first, as `RecordInteractions` would have (duplicates and forgotten shoppers' events
+/// turned away), and empties the outbox. A message that does not decode or check is logged
+/// and dropped, as the outbox's own delivery drops one its primary refuses.
+async fn record_left_in_outbox(
+    ready: &Arc<Ready>,
+    metrics: &metrics::RankMetrics,
+) -> Result<pb::RecordInteractionsResponse, Status> {
+    let tree = ready.store.outbox_tree().map_err(status)?;
+    let mut response = pb::RecordInteractionsResponse::default();
+    for entry in tree.iter() {
+        let (key, value) = entry.map_err(|e| Status::internal(format!("outbox: {e}")))?;
+        let checked = <pb::RecordInteractionsRequest as prost::Message>::decode(value.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|message| {
+                message
+                    .interactions
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| interaction_from_pb(e, &ready.hasher, i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
+            });
+        match checked {
+            Ok(events) => record_checked(ready, metrics, events, &mut response).await?,
+            Err(error) => {
+                tracing::error!(%error, "a message left in the outbox cannot be recorded; dropped");
+            }
+        }
+        tree.remove(key)
+            .map_err(|e| Status::internal(format!("outbox: {e}")))?;
+    }
+    tree.flush()
+        .map_err(|e| Status::internal(format!("outbox: {e}")))?;
+    Ok(response)
+}
+
 /// A replica's `RecordInteractions`: each message checked as the primary checks it, then
 /// passed on to the primary ([`Gathered`] with the messages that arrived with it), the
 /// replica taking the events with the primary's next writes like every other replica. While the primary cannot be reached, or while earlier messages
-/// still wait for it (their order is kept), a message goes to the replica's outbox instead
-/// (`queued`), which passes it on once the primary is back.
+/// still wait for it (their order is kept), or while `hold` (the replica refuses its
+/// primary's store), a message goes to the replica's outbox instead (`queued`), which
+/// passes it on once the primary is back.
 async fn pass_on(
     ready: &Ready,
     primary: &pb::ranker_client::RankerClient<tonic::transport::Channel>,
+    hold: bool,
     stream: Streaming<pb::RecordInteractionsRequest>,
 ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
     let Some(outbox) = &ready.outbox else {
@@ -1078,7 +1195,7 @@ async fn pass_on(
         let mut message = pb::RecordInteractionsRequest {
             interactions: gathered.events,
         };
-        if outbox.is_empty() {
+        if outbox.is_empty() && !hold {
             let sent = primary
                 .clone()
                 .record_interactions(futures::stream::iter([message.clone()]))
@@ -1545,7 +1662,11 @@ impl pb::ranker_server::Ranker for RankerService {
                 let events = tokio_stream::StreamExt::map_while(request.into_inner(), Result::ok);
                 return primary.clone().record_interactions(events).await;
             };
-            return pass_on(ready, primary, request.into_inner()).await;
+            // While the replica refuses its primary's store (another history), its events
+            // wait in the outbox for a primary that holds this replica's: they are not
+            // recorded into a store that is about to be replaced.
+            let hold = self.replica.refused().is_some();
+            return pass_on(ready, primary, hold, request.into_inner()).await;
         }
         let ready = self.ready()?;
         let mut stream = Gatherer::new(request.into_inner());
@@ -1566,29 +1687,7 @@ impl pb::ranker_server::Ranker for RankerService {
             && let Some(gathered) = stream.next(&checked).await?
         {
             failed = gathered.failed;
-            let events = gathered.events;
-            let _recording = ready.events.read().await;
-            let recorded = blocking(&ready, move |ready| ready.store.record(events)).await?;
-            response.forgotten += recorded.forgotten;
-            response.duplicates += recorded.duplicates;
-            self.metrics.events(
-                recorded.events.len() as u64,
-                recorded.duplicates,
-                recorded.forgotten,
-            );
-            let events = recorded.events;
-            if events.is_empty() {
-                // All sent before (a file loaded again): `Rank` is not held up for nothing.
-                continue;
-            }
-            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
-            for event in &events {
-                if catalog.get(&event.item_id).is_none() {
-                    response.unknown_items += 1;
-                }
-                catalog.record(event);
-            }
-            response.recorded += events.len() as u64;
+            record_checked(&ready, &self.metrics, gathered.events, &mut response).await?;
         }
         match failed {
             Some(error) => Err(error),
@@ -1693,6 +1792,7 @@ impl pb::ranker_server::Ranker for RankerService {
             in_sync: self.replica.in_sync(),
             replica_copies,
             replica_resumes,
+            replica_refused: self.replica.refused().unwrap_or_default(),
             outbox: ready.outbox.as_ref().map_or(0, |o| o.events()),
         }))
     }
@@ -1875,13 +1975,28 @@ impl pb::ranker_server::Ranker for RankerService {
         &self,
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        if let Some((url, _)) = &self.follows {
+        let request = request.into_inner();
+        if let Some((url, _)) = &self.follows
+            && !request.restore
+        {
             return Err(Status::failed_precondition(format!(
                 "this ranker is itself a replica of {url}: follow the primary"
             )));
         }
+        if self.follows.is_some() && self.replica.in_sync() {
+            return Err(Status::failed_precondition(
+                "this replica is in sync with its primary: restore from it only while its \
+                 primary cannot be followed (its store was lost)",
+            ));
+        }
         let ready = self.ready()?;
-        let request = request.into_inner();
+        if request.restore {
+            tracing::info!("a ranker restores its store from this one's");
+            let changes = replica::stream_store(ready, None, self.stopping.clone())?;
+            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                changes,
+            )));
+        }
         let resume = (request.origin != 0).then_some((request.origin, request.after));
         let changes = replica::stream_store(ready, resume, self.stopping.clone())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::replica::{Backoff, RETRY_MAX};
+use crate::replica::{Backoff, RETRY_MAX, ReplicaState};
 
 /// The most bytes of events an outbox holds; past them `RecordInteractions` on the replica
 /// answers RESOURCE_EXHAUSTED (the shop keeps them and tries again) rather than fill the
@@ -150,14 +150,24 @@ fn key_number(key: &[u8]) -> u64 {
 /// `stopped`: a message leaves the outbox once the primary answered for it. While the
 /// primary is unreachable it waits ([`Backoff`]); a message the
 /// primary refuses (it was checked as the primary checks it, so only a primary with other
-/// rules does) is logged and dropped, so one bad message cannot hold up the rest.
+/// rules does) is logged and dropped, so one bad message cannot hold up the rest. While the
+/// replica refuses its primary's store ([`ReplicaState::refused`]) nothing is sent.
 pub(crate) async fn drain(
     outbox: Arc<Outbox>,
     primary: pb::ranker_client::RankerClient<Channel>,
+    replica: Arc<ReplicaState>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
     loop {
+        if replica.refused().is_some() {
+            // The primary's store is another history than the replica's copy: the events
+            // wait for one that holds it (see `replica::follow`).
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_MAX) => continue,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
         let oldest = match outbox.tree.first() {
             Ok(oldest) => oldest,
             Err(error) => {

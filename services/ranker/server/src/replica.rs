@@ -142,6 +142,7 @@ pub(crate) fn stream_store(
     // applying one the snapshot already holds again changes nothing.
     let subscription = ready.store.subscribe(resume).map_err(crate::status)?;
     let subscribed = subscription.seq;
+    let lineage = ready.store.lineage().map_err(crate::status)?.unwrap_or(0);
     let mut changes = Backlog::hold(subscription.changes, BACKLOG_BYTES);
     let check = ready
         .hasher
@@ -153,6 +154,7 @@ pub(crate) fn stream_store(
         let first = pb::StoreChange {
             user_key_check: check,
             origin: subscription.origin,
+            lineage,
             resumed: subscription.missed.is_some(),
             resumed_through: if subscription.missed.is_some() {
                 subscribed
@@ -335,6 +337,8 @@ pub(crate) struct ReplicaState {
     /// `souk_replica_in_sync` and `souk_replica_catch_ups_total{how}`, which counts the
     /// whole copies and the resumes since start (replicas only).
     metrics: Option<(prometheus::IntGauge, prometheus::IntCounterVec)>,
+    /// Why the replica refuses to copy its primary's store, while it does.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl ReplicaState {
@@ -380,6 +384,17 @@ impl ReplicaState {
         self.in_sync.store(in_sync, Ordering::Relaxed);
         if let Some((gauge, _)) = &self.metrics {
             gauge.set(i64::from(in_sync));
+        }
+    }
+
+    /// Why the replica refuses to copy its primary's store (`None`: it does not).
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn refuse(&self, why: Option<String>) {
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused = why;
         }
     }
 
@@ -430,14 +445,14 @@ pub(crate) async fn follow(
     url: String,
     token: Option<String>,
     state: Arc<ReplicaState>,
-    ann_min_items: usize,
+    (ann_min_items, accept_new_store): (usize, bool),
     health: Health,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
     loop {
         let followed = tokio::select! {
-            followed = follow_once(&ready, &url, &token, &state, ann_min_items, &health) => followed,
+            followed = follow_once(&ready, &url, &token, &state, (ann_min_items, accept_new_store), &health) => followed,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         state.set(false);
@@ -474,7 +489,7 @@ async fn follow_once(
     url: &str,
     token: &Option<String>,
     state: &ReplicaState,
-    ann_min_items: usize,
+    (ann_min_items, accept_new_store): (usize, bool),
     health: &Health,
 ) -> Result<bool, FollowError> {
     let fail = |synced: bool| move |error: String| FollowError { synced, error };
@@ -487,7 +502,11 @@ async fn follow_once(
         .await
         .map_err(fail(false))?;
     let (origin, after) = position.unwrap_or_default();
-    let mut request = tonic::Request::new(pb::FollowRequest { origin, after });
+    let mut request = tonic::Request::new(pb::FollowRequest {
+        origin,
+        after,
+        restore: false,
+    });
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         let value = format!("Bearer {token}")
             .parse()
@@ -517,6 +536,37 @@ async fn follow_once(
             "the primary resumed a stream this replica asked to copy".into(),
         ));
     }
+    // A copy empties this store first: not for a primary whose store holds another history
+    // than the one this replica copied (its volume was lost and it started empty, or the URL
+    // names another shop's), unless the operator said so.
+    let held = blocking(ready, |ready| ready.store.lineage())
+        .await
+        .map_err(fail(false))?;
+    if !first.resumed
+        && !accept_new_store
+        && let Some(held) = held
+        && first.lineage != 0
+        && first.lineage != held
+    {
+        let refused = format!(
+            "the primary's store is not the one this replica copied (its history {:016x}, \
+             the copy's {held:016x}): it was replaced or lost, so this replica keeps serving its \
+             copy instead of taking the primary's over it. To restore the primary from this \
+             copy, see README \"Losing the primary's store\"; to take the primary's store \
+             anyway, restart this replica with --accept-new-primary-store",
+            first.lineage
+        );
+        state.refuse(Some(refused.clone()));
+        return Err(fail(false)(refused));
+    }
+    state.refuse(None);
+    if first.resumed && first.lineage != 0 && held != Some(first.lineage) {
+        // A copy taken before lineages were kept belongs to the primary's history.
+        let lineage = first.lineage;
+        blocking(ready, move |ready| ready.store.set_lineage(lineage))
+            .await
+            .map_err(fail(false))?;
+    }
     // A resumed replica holds the primary's state once it applied the writes it missed
     // (up to `store::RECENT_BYTES` of them): until then it reports not in sync.
     let mut missed_through = 0;
@@ -525,9 +575,15 @@ async fn follow_once(
         missed_through = first.resumed_through;
         tracing::info!(primary = %url, after, through = missed_through, "the primary kept every write since this replica's last: following from there");
     } else {
-        copy(ready, url, &mut stream, origin, ann_min_items)
-            .await
-            .map_err(fail(false))?;
+        copy(
+            ready,
+            url,
+            &mut stream,
+            (origin, first.lineage),
+            ann_min_items,
+        )
+        .await
+        .map_err(fail(false))?;
         state.caught_up("copy");
     }
     if missed_through <= after {
@@ -562,6 +618,73 @@ async fn follow_once(
     Ok(true)
 }
 
+/// A primary's start with `--restore-from`: when its store holds nothing, copies the store
+/// of the ranker at `url` (a replica that kept its copy of the store this primary lost) as a
+/// replica copies its primary's, then serves it as the primary: the copy's lineage is the
+/// lost store's, so the other replicas take it. A store holding anything is left alone.
+pub(crate) async fn restore(
+    ready: &Arc<Ready>,
+    url: &str,
+    token: &Option<String>,
+    ann_min_items: usize,
+) -> Result<(), String> {
+    let empty = blocking(ready, |ready| {
+        Ok(ready.store.records().next().is_none() && !ready.store.mid_sync()?)
+    })
+    .await?;
+    if !empty {
+        tracing::info!(from = %url, "the store holds a shop: not restored (--restore-from)");
+        return Ok(());
+    }
+    let channel = souk_shared::client::lazy_channel(url, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mut client =
+        pb::ranker_client::RankerClient::new(channel).max_decoding_message_size(MAX_CHANGE_BYTES);
+    let mut request = tonic::Request::new(pb::FollowRequest {
+        restore: true,
+        ..Default::default()
+    });
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the admin token is not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut stream = client
+        .follow(request)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let Some(first) = next(&mut stream).await? else {
+        return Err("the ranker ended the stream before its copy".into());
+    };
+    if first.user_key_check != ready.hasher.key(KEY_CHECK_USER).as_str().as_bytes() {
+        return Err(
+            "that ranker pseudonymises user ids with another key (--user-id-key): this \
+             primary would find nobody's history in its copy"
+                .into(),
+        );
+    }
+    tracing::info!(from = %url, "restoring the store from another ranker's copy");
+    copy(
+        ready,
+        url,
+        &mut stream,
+        (first.origin, first.lineage),
+        ann_min_items,
+    )
+    .await?;
+    // A primary follows no one: the position names the copy's source.
+    blocking(ready, |ready| ready.store.forget_position()).await?;
+    let lineage = blocking(ready, |ready| ready.store.ensure_lineage()).await?;
+    tracing::info!(
+        from = %url,
+        lineage = format!("{lineage:016x}"),
+        "the store is restored; serving it as the primary"
+    );
+    Ok(())
+}
+
 /// The origin that numbered a write the stream sends (`origin`: the stream's), under which
 /// the replica keeps its position. A write numbered before the primary's start (sent from
 /// its store at a resume, or the last one of a copy before the primary's first write) keeps
@@ -594,7 +717,7 @@ async fn copy(
     ready: &Arc<Ready>,
     url: &str,
     stream: &mut tonic::Streaming<pb::StoreChange>,
-    origin: u64,
+    (origin, lineage): (u64, u64),
     ann_min_items: usize,
 ) -> Result<(), String> {
     blocking(ready, |ready| ready.store.begin_sync()).await?;
@@ -623,7 +746,7 @@ async fn copy(
     let graph_bytes = graph.len();
     let received = started.elapsed();
     blocking(ready, move |ready| {
-        take_copy(ready, &graph, last, ann_min_items)
+        take_copy(ready, &graph, last, lineage, ann_min_items)
     })
     .await?;
     let items = ready.ranker.catalog().read().map(|c| c.len()).unwrap_or(0);
@@ -668,11 +791,12 @@ fn by_tree(records: Vec<pb::StoreRecord>) -> Result<Vec<(TreeName, Vec<Write>)>,
 /// The copy is whole: the primary's graph (when it sent one) is saved as this store's, and
 /// the catalog, models and settings are rebuilt from the store, as at a start (the graph read
 /// back, not built), and replace the ones served (the spelling lexicon read from the encoder
-/// stays).
+/// stays); the store keeps the primary's `lineage` as its own.
 fn take_copy(
     ready: &Ready,
     graph: &[u8],
     position: (u64, u64),
+    lineage: u64,
     ann_min_items: usize,
 ) -> Result<(), RankError> {
     let mut file = ready.store.lock_ann_file()?;
@@ -695,7 +819,7 @@ fn take_copy(
     drop(file);
     ready.ranker.set_model(fusion.unwrap_or_default())?;
     *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
-    ready.store.end_sync(position)
+    ready.store.end_sync(position, lineage)
 }
 
 /// Applies one live write of the primary to the store (with its `position`, see

@@ -429,6 +429,15 @@ fn read_forgotten(models: &sled::Tree) -> Result<HashMap<UserKey, i64>, RankErro
 /// keeps its latest writes from its first one for replicas reconnecting.
 const FOLLOWED_KEY: &[u8] = b"journal.followed";
 
+/// Key in the models tree naming the history the store's records belong to (8 bytes,
+/// big-endian, never 0): drawn the first time the store serves as a primary
+/// ([`RankerStore::ensure_lineage`]) and kept from then on, taken by a replica with each
+/// whole copy ([`RankerStore::end_sync`]). A store that is a copy of another (a replica's,
+/// one restored from a backup) holds the same; an empty store that replaced a lost one
+/// draws another. A replica holding a copy refuses to copy a primary of another history
+/// over it: a primary restarted on an empty volume would otherwise empty every replica.
+const LINEAGE_KEY: &[u8] = b"store.lineage";
+
 /// The keys a store writes for itself: never sent to a follower nor taken from a primary.
 fn store_own(tree: TreeName, key: &[u8]) -> bool {
     key.first() == Some(&OWN)
@@ -437,7 +446,8 @@ fn store_own(tree: TreeName, key: &[u8]) -> bool {
                 || key == POSITION_KEY
                 || key == JOURNAL_KEY
                 || key == NAMES_KEY
-                || key == FOLLOWED_KEY)
+                || key == FOLLOWED_KEY
+                || key == LINEAGE_KEY)
 }
 
 /// The two numbers of [`position_bytes`], `None` when `bytes` is not 16 long.
@@ -932,14 +942,18 @@ impl RankerStore {
 
     /// The copy from the primary is whole, as of `position` (the primary's origin and the
     /// number of its last write in the copy): the mark of [`Self::begin_sync`] is replaced by
-    /// it and the store flushed.
+    /// it, the primary's `lineage` (0: a primary too old to name one) kept, and the store
+    /// flushed.
     ///
     /// # Errors
     /// When the write fails.
-    pub fn end_sync(&self, position: (u64, u64)) -> Result<(), RankError> {
+    pub fn end_sync(&self, position: (u64, u64), lineage: u64) -> Result<(), RankError> {
         let mut batch = sled::Batch::default();
         batch.remove(SYNCING_KEY);
         batch.insert(POSITION_KEY, position_bytes(position));
+        if lineage != 0 {
+            batch.insert(LINEAGE_KEY, &lineage.to_be_bytes());
+        }
         self.models.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
         Ok(())
@@ -957,6 +971,47 @@ impl RankerStore {
         }
         let value = self.models.get(POSITION_KEY).map_err(internal)?;
         Ok(value.as_deref().and_then(position_from))
+    }
+
+    /// The history the store's records belong to (see [`LINEAGE_KEY`]); `None` for a store
+    /// that never served as a primary nor holds a whole copy taken by this version.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn lineage(&self) -> Result<Option<u64>, RankError> {
+        let value = self.models.get(LINEAGE_KEY).map_err(internal)?;
+        Ok(value
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .filter(|&l| l != 0))
+    }
+
+    /// The store's lineage ([`Self::lineage`]), drawn and stored (flushed) when it has none:
+    /// a primary's, at its start.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub fn ensure_lineage(&self) -> Result<u64, RankError> {
+        if let Some(lineage) = self.lineage()? {
+            return Ok(lineage);
+        }
+        let lineage = draw_origin();
+        self.set_lineage(lineage)?;
+        Ok(lineage)
+    }
+
+    /// Keeps `lineage` as the store's (a replica that resumed a primary naming one: its
+    /// copy, taken before this version, belongs to that history).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn set_lineage(&self, lineage: u64) -> Result<(), RankError> {
+        self.models
+            .insert(LINEAGE_KEY, &lineage.to_be_bytes())
+            .map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(())
     }
 
     /// Drops the position ([`Self::position`]): the next connection copies the whole store
@@ -2445,7 +2500,7 @@ mod tests {
             .apply(TreeName::Events, &[event_write(1, 10)])
             .unwrap();
         assert_eq!(store.position().unwrap(), None, "mid-copy");
-        store.end_sync((77, 5)).unwrap();
+        store.end_sync((77, 5), 0).unwrap();
         assert_eq!(store.position().unwrap(), Some((77, 5)));
         store
             .apply_at(TreeName::Events, &[event_write(2, 10)], (77, 6))
@@ -2477,9 +2532,46 @@ mod tests {
         );
         store.forget_position().unwrap();
         assert_eq!(store.position().unwrap(), None);
-        store.end_sync((78, 1)).unwrap();
+        store.end_sync((78, 1), 0).unwrap();
         store.begin_sync().unwrap();
         assert_eq!(store.position().unwrap(), None, "a new copy drops it");
+    }
+
+    /// A store's lineage is drawn once and kept over restarts; a copy takes its primary's
+    /// (and none when the primary names none); it is never sent as a record.
+    #[test]
+    fn a_stores_lineage_is_kept_and_a_copy_takes_its_primarys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.lineage().unwrap(), None, "not drawn by an open");
+        let drawn = store.ensure_lineage().unwrap();
+        assert_ne!(drawn, 0);
+        assert_eq!(store.ensure_lineage().unwrap(), drawn, "drawn once");
+        assert_eq!(store.records().count(), 0, "the store's own: never sent");
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.lineage().unwrap(), Some(drawn), "kept over a restart");
+        let other = tempfile::tempdir().unwrap();
+        let other = RankerStore::open(other.path()).unwrap();
+        assert_ne!(other.ensure_lineage().unwrap(), drawn, "another store's");
+
+        store.begin_sync().unwrap();
+        assert_eq!(
+            store.lineage().unwrap(),
+            None,
+            "a copy under way holds none"
+        );
+        store.end_sync((5, 1), 42).unwrap();
+        assert_eq!(store.lineage().unwrap(), Some(42), "the primary's");
+        store.begin_sync().unwrap();
+        store.end_sync((6, 1), 0).unwrap();
+        assert_eq!(
+            store.lineage().unwrap(),
+            None,
+            "an older primary names none"
+        );
+        store.set_lineage(43).unwrap();
+        assert_eq!(store.ensure_lineage().unwrap(), 43);
     }
 
     /// A saved graph is read back as it was (same bytes when saved again); an item deleted

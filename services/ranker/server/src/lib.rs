@@ -502,9 +502,22 @@ pub async fn serve(
         && let Some(url) = args.restore_from.as_deref().map(str::trim)
         && !url.is_empty()
     {
-        replica::restore(&ready, url, &args.server.admin_token, ann_min_items)
+        let taken = replica::restore(&ready, url, &args.server.admin_token, ann_min_items)
             .await
             .map_err(|e| anyhow::anyhow!("cannot restore the store from {url}: {e}"))?;
+        if !taken.is_empty() {
+            // The events the empty store took meanwhile, over the copy (once: those the
+            // copy holds too are duplicates).
+            let mut recorded = pb::RecordInteractionsResponse::default();
+            record_checked(&ready, &state.metrics, taken, &mut recorded)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot record the events taken before: {e}"))?;
+            tracing::info!(
+                recorded = recorded.recorded,
+                duplicates = recorded.duplicates,
+                "recorded the events the empty store took before the restore"
+            );
+        }
     }
     let _ = state.ready.set(ready.clone());
     if primary.is_none() {

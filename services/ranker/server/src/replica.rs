@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::RankError;
+use souk_ranker_core::item::Interaction;
 use souk_shared::server::Health;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -618,24 +619,30 @@ async fn follow_once(
     Ok(true)
 }
 
-/// A primary's start with `--restore-from`: when its store holds nothing, copies the store
+/// A primary's start with `--restore-from`: when its store holds no item, copies the store
 /// of the ranker at `url` (a replica that kept its copy of the store this primary lost) as a
 /// replica copies its primary's, then serves it as the primary: the copy's lineage is the
-/// lost store's, so the other replicas take it. A store holding anything is left alone.
+/// lost store's, so the other replicas take it. Returns the events the store held before
+/// (shops sent them to the empty primary meanwhile), to record again over the copy; the
+/// rest it held (settings written to an empty shop) is replaced. A store holding items is
+/// left alone.
 pub(crate) async fn restore(
     ready: &Arc<Ready>,
     url: &str,
     token: &Option<String>,
     ann_min_items: usize,
-) -> Result<(), String> {
-    let empty = blocking(ready, |ready| {
-        Ok(ready.store.records().next().is_none() && !ready.store.mid_sync()?)
+) -> Result<Vec<Interaction>, String> {
+    let held = blocking(ready, |ready| {
+        if ready.store.holds_items()? {
+            return Ok(None);
+        }
+        ready.store.stored_events().map(Some)
     })
     .await?;
-    if !empty {
+    let Some(events) = held else {
         tracing::info!(from = %url, "the store holds a shop: not restored (--restore-from)");
-        return Ok(());
-    }
+        return Ok(Vec::new());
+    };
     let channel = souk_shared::client::lazy_channel(url, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     let mut client =
@@ -682,7 +689,7 @@ pub(crate) async fn restore(
         lineage = format!("{lineage:016x}"),
         "the store is restored; serving it as the primary"
     );
-    Ok(())
+    Ok(events)
 }
 
 /// The origin that numbered a write the stream sends (`origin`: the stream's), under which

@@ -973,6 +973,37 @@ impl RankerStore {
         Ok(value.as_deref().and_then(position_from))
     }
 
+    /// Whether the store holds any item.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn holds_items(&self) -> Result<bool, RankError> {
+        Ok(self
+            .catalog
+            .scan_prefix([b'i'])
+            .next()
+            .transpose()
+            .map_err(internal)?
+            .is_some())
+    }
+
+    /// Every stored event, in the order they were stored (for a store of few: a primary's
+    /// that is about to be restored from a replica, see `replica::restore`).
+    ///
+    /// # Errors
+    /// When the store cannot be read or an event does not decode.
+    pub fn stored_events(&self) -> Result<Vec<Interaction>, RankError> {
+        let mut events = Vec::new();
+        for entry in self.events.iter() {
+            let (key, value) = entry.map_err(internal)?;
+            if key.first() == Some(&OWN) {
+                continue;
+            }
+            events.push(serde_json::from_slice::<Interaction>(&value).map_err(internal)?);
+        }
+        Ok(events)
+    }
+
     /// The history the store's records belong to (see [`LINEAGE_KEY`]); `None` for a store
     /// that never served as a primary nor holds a whole copy taken by this version.
     ///

@@ -654,6 +654,61 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
 
+/// A restore cut short (the primary stopped mid-copy: its store holds part of one) is taken
+/// again at the next start, though the store then holds items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_cut_short_is_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let primary_url = primary.url();
+    let primary_addr = primary.addr;
+    let one = start_ranker_replica(
+        &dir.path().join("one"),
+        &encoder,
+        &kg.url(),
+        replica_of(&primary_url),
+    )
+    .await;
+    let mut p = client(&primary_url).await;
+    let mut r = client(&one.url()).await;
+    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
+    let shop = stats(&mut p).await;
+    primary.stop().await.unwrap();
+    // What a copy stopped midway leaves: the mark, and one of the items.
+    let lost = dir.path().join("lost");
+    {
+        let store = souk_ranker::store::RankerStore::open(&lost).unwrap();
+        store.begin_sync().unwrap();
+        let item = souk_ranker_core::item::Item {
+            id: "p00001".into(),
+            title: "half copied".into(),
+            ..Default::default()
+        };
+        store.put_items(&[(item, vec![0.1; 384])]).unwrap();
+    }
+    let one_url = one.url();
+    let restored = start_ranker_replica(
+        &lost,
+        &encoder,
+        &kg.url(),
+        Replica {
+            at: primary_addr,
+            primary: None,
+            restore_from: Some(&one_url),
+            ..replica_of("")
+        },
+    )
+    .await;
+    let mut p = client(&restored.url()).await;
+    let now = stats(&mut p).await;
+    assert_eq!(
+        (now.items, now.interactions),
+        (shop.items, shop.interactions),
+        "{now:?}"
+    );
+    assert!(soon_within(30, async || same_counts(&mut p, &mut r).await).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_with_another_user_id_key_refuses_to_follow() {
     let dir = tempfile::tempdir().unwrap();

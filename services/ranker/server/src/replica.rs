@@ -503,18 +503,15 @@ async fn follow_once(
         .await
         .map_err(fail(false))?;
     let (origin, after) = position.unwrap_or_default();
-    let mut request = tonic::Request::new(pb::FollowRequest {
-        origin,
-        after,
-        restore: false,
-    });
-    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the admin token is not a valid header value".to_string())
-            .map_err(fail(false))?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = follow_request(
+        pb::FollowRequest {
+            origin,
+            after,
+            restore: false,
+        },
+        token,
+    )
+    .map_err(fail(false))?;
     let mut stream = client
         .follow(request)
         .await
@@ -619,13 +616,28 @@ async fn follow_once(
     Ok(true)
 }
 
+/// `Follow`'s request, with the admin token when there is one.
+fn follow_request(
+    request: pb::FollowRequest,
+    token: &Option<String>,
+) -> Result<tonic::Request<pb::FollowRequest>, String> {
+    let mut request = tonic::Request::new(request);
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the admin token is not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 /// A primary's start with `--restore-from`: when its store holds no item, copies the store
 /// of the ranker at `url` (a replica that kept its copy of the store this primary lost) as a
 /// replica copies its primary's, then serves it as the primary: the copy's lineage is the
 /// lost store's, so the other replicas take it. Returns the events the store held before
 /// (shops sent them to the empty primary meanwhile), to record again over the copy; the
 /// rest it held (settings written to an empty shop) is replaced. A store holding items is
-/// left alone.
+/// left alone, unless it is a copy cut short (a restore that stopped midway is taken again).
 pub(crate) async fn restore(
     ready: &Arc<Ready>,
     url: &str,
@@ -633,6 +645,11 @@ pub(crate) async fn restore(
     ann_min_items: usize,
 ) -> Result<Vec<Interaction>, String> {
     let held = blocking(ready, |ready| {
+        if ready.store.mid_sync()? {
+            // A restore (or a replica's copy) cut short: its own events went with the
+            // store's emptying, the rest is part of the copy.
+            return Ok(Some(Vec::new()));
+        }
         if ready.store.holds_items()? {
             return Ok(None);
         }
@@ -647,16 +664,13 @@ pub(crate) async fn restore(
         .map_err(|e| e.to_string())?;
     let mut client =
         pb::ranker_client::RankerClient::new(channel).max_decoding_message_size(MAX_CHANGE_BYTES);
-    let mut request = tonic::Request::new(pb::FollowRequest {
-        restore: true,
-        ..Default::default()
-    });
-    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the admin token is not a valid header value".to_string())?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = follow_request(
+        pb::FollowRequest {
+            restore: true,
+            ..Default::default()
+        },
+        token,
+    )?;
     let mut stream = client
         .follow(request)
         .await

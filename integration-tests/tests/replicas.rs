@@ -111,6 +111,35 @@ async fn demo_primary(dir: &std::path::Path, ann_min_items: usize) -> (String, R
     (encoder, kg, primary)
 }
 
+/// A ranker without `--primary` on `dir` at `at` (a primary started again where the last
+/// one listened), restoring its store from `restore_from` when given.
+async fn primary_at(
+    dir: &std::path::Path,
+    (encoder, kg): (&str, &str),
+    at: std::net::SocketAddr,
+    restore_from: Option<&str>,
+) -> Running {
+    let primary = Replica {
+        at,
+        primary: None,
+        restore_from,
+        ..replica_of("")
+    };
+    start_ranker_replica(dir, encoder, kg, primary).await
+}
+
+/// A replica of `primary` in `dir`, once it holds the primary's state.
+async fn replica_in_sync(
+    dir: &std::path::Path,
+    (encoder, kg): (&str, &str),
+    primary: &str,
+) -> (Running, RankerClient<Channel>) {
+    let replica = start_ranker_replica(dir, encoder, kg, replica_of(primary)).await;
+    let (mut p, mut r) = (client(primary).await, client(&replica.url()).await);
+    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
+    (replica, r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -404,15 +433,11 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         start_ranker_replica(&replica_dir, &encoder, &kg.url(), replica_of(&primary_url)).await;
     let mut r = client(&replica.url()).await;
     assert_eq!(stats(&mut r).await.outbox, 3);
-    let primary = start_ranker_replica(
+    let primary = primary_at(
         &dir.path().join("primary"),
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            ..replica_of("")
-        },
+        (&encoder, &kg.url()),
+        primary_addr,
+        None,
     )
     .await;
     let mut p = client(&primary.url()).await;
@@ -471,15 +496,11 @@ async fn a_primary_that_lost_its_store_empties_no_replica_and_a_replica_takes_it
 
     // The primary comes back on an empty volume.
     primary.stop().await.unwrap();
-    let empty = start_ranker_replica(
+    let empty = primary_at(
         &dir.path().join("lost"),
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            ..replica_of("")
-        },
+        (&encoder, &kg.url()),
+        primary_addr,
+        None,
     )
     .await;
     let mut e = client(&empty.url()).await;
@@ -520,17 +541,7 @@ async fn a_primary_that_lost_its_store_empties_no_replica_and_a_replica_takes_it
     // primary's); replica two takes it, and the held event is recorded once.
     empty.stop().await.unwrap();
     one.stop().await.unwrap();
-    let promoted = start_ranker_replica(
-        &one_dir,
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            ..replica_of("")
-        },
-    )
-    .await;
+    let promoted = primary_at(&one_dir, (&encoder, &kg.url()), primary_addr, None).await;
     let mut p = client(&promoted.url()).await;
     let now = stats(&mut p).await;
     assert_eq!(
@@ -562,16 +573,9 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
     let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
     let primary_url = primary.url();
     let primary_addr = primary.addr;
-    let one = start_ranker_replica(
-        &dir.path().join("one"),
-        &encoder,
-        &kg.url(),
-        replica_of(&primary_url),
-    )
-    .await;
+    let (one, mut r) =
+        replica_in_sync(&dir.path().join("one"), (&encoder, &kg.url()), &primary_url).await;
     let mut p = client(&primary_url).await;
-    let mut r = client(&one.url()).await;
-    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
     let refused = r
         .follow(rk::FollowRequest {
             restore: true,
@@ -587,15 +591,11 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
     let shop = stats(&mut p).await;
 
     primary.stop().await.unwrap();
-    let empty = start_ranker_replica(
+    let empty = primary_at(
         &dir.path().join("lost"),
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            ..replica_of("")
-        },
+        (&encoder, &kg.url()),
+        primary_addr,
+        None,
     )
     .await;
     assert!(soon_within(30, async || !stats(&mut r).await.replica_refused.is_empty()).await);
@@ -617,16 +617,11 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
 
     let one_url = one.url();
     // Pod 0 starts again on the same volume, told to restore.
-    let restored = start_ranker_replica(
+    let restored = primary_at(
         &dir.path().join("lost"),
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            restore_from: Some(&one_url),
-            ..replica_of("")
-        },
+        (&encoder, &kg.url()),
+        primary_addr,
+        Some(&one_url),
     )
     .await;
     let mut p = client(&restored.url()).await;
@@ -662,16 +657,9 @@ async fn a_restore_cut_short_is_taken_again() {
     let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
     let primary_url = primary.url();
     let primary_addr = primary.addr;
-    let one = start_ranker_replica(
-        &dir.path().join("one"),
-        &encoder,
-        &kg.url(),
-        replica_of(&primary_url),
-    )
-    .await;
+    let (one, mut r) =
+        replica_in_sync(&dir.path().join("one"), (&encoder, &kg.url()), &primary_url).await;
     let mut p = client(&primary_url).await;
-    let mut r = client(&one.url()).await;
-    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
     let shop = stats(&mut p).await;
     primary.stop().await.unwrap();
     // What a copy stopped midway leaves: the mark, and one of the items.
@@ -687,18 +675,7 @@ async fn a_restore_cut_short_is_taken_again() {
         store.put_items(&[(item, vec![0.1; 384])]).unwrap();
     }
     let one_url = one.url();
-    let restored = start_ranker_replica(
-        &lost,
-        &encoder,
-        &kg.url(),
-        Replica {
-            at: primary_addr,
-            primary: None,
-            restore_from: Some(&one_url),
-            ..replica_of("")
-        },
-    )
-    .await;
+    let restored = primary_at(&lost, (&encoder, &kg.url()), primary_addr, Some(&one_url)).await;
     let mut p = client(&restored.url()).await;
     let now = stats(&mut p).await;
     assert_eq!(

@@ -118,10 +118,11 @@ pub struct RankerArgs {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub accept_new_primary_store: bool,
-    /// On the primary, when its store is empty (its volume was lost): first copy the store
-    /// of the ranker at this URL (a replica, which keeps its copy when its primary's store
-    /// is lost), then serve as the primary. Ignored when the store holds anything, and on a
-    /// replica.
+    /// On the primary, when its store holds no item (its volume was lost): first copy the
+    /// store of the ranker at this URL (a replica, which keeps its copy when its primary's
+    /// store is lost), record again the events the empty store took, then serve as the
+    /// primary. Ignored when the store holds items (unless a restore was cut short), and on
+    /// a replica.
     #[arg(long, env = "SOUK_RESTORE_FROM")]
     pub restore_from: Option<String>,
     /// Ready the stopped store in `--data-dir` for a build before session 25 (a rollback:

@@ -1154,13 +1154,7 @@ async fn record_left_in_outbox(
         let checked = <pb::RecordInteractionsRequest as prost::Message>::decode(value.as_ref())
             .map_err(|e| e.to_string())
             .and_then(|message| {
-                message
-                    .interactions
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| interaction_from_pb(e, &ready.hasher, i))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())
+                interactions_from_pb(message, &ready.hasher).map_err(|e| e.to_string())
             });
         match checked {
             Ok(events) => record_checked(ready, metrics, events, &mut response).await?,
@@ -1319,6 +1313,20 @@ impl Gatherer {
             failed: None,
         }))
     }
+}
+
+/// A `RecordInteractions` message's events as the store keeps them; the first bad one is
+/// the error (naming its index).
+fn interactions_from_pb(
+    message: pb::RecordInteractionsRequest,
+    hasher: &UserHasher,
+) -> Result<Vec<Interaction>, RankError> {
+    message
+        .interactions
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| interaction_from_pb(e, hasher, i))
+        .collect()
 }
 
 fn interaction_from_pb(
@@ -1686,13 +1694,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let mut stream = Gatherer::new(request.into_inner());
         let mut response = pb::RecordInteractionsResponse::default();
         let checked = |message: pb::RecordInteractionsRequest| {
-            message
-                .interactions
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| interaction_from_pb(e, &ready.hasher, i))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(status)
+            interactions_from_pb(message, &ready.hasher).map_err(status)
         };
         let mut failed = None;
         // The messages that already arrived are stored in one write (a shop streaming one
@@ -2006,12 +2008,10 @@ impl pb::ranker_server::Ranker for RankerService {
         let ready = self.ready()?;
         if request.restore {
             tracing::info!("a ranker restores its store from this one's");
-            let changes = replica::stream_store(ready, None, self.stopping.clone())?;
-            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-                changes,
-            )));
         }
-        let resume = (request.origin != 0).then_some((request.origin, request.after));
+        // A restore is a whole copy.
+        let resume =
+            (request.origin != 0 && !request.restore).then_some((request.origin, request.after));
         let changes = replica::stream_store(ready, resume, self.stopping.clone())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             changes,

@@ -649,6 +649,141 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
 
+/// `from`, every file under it, copied to `to` (a backup of a stopped ranker's data).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Shoppers u910.. buy an item, each purchase its own write.
+async fn purchases(primary: &mut RankerClient<Channel>, count: usize) {
+    for n in 0..count {
+        let message = purchase(&format!("u91{n}"), "p00010");
+        primary
+            .record_interactions(futures::stream::iter(vec![message]))
+            .await
+            .unwrap();
+    }
+}
+
+/// An older backup of the primary's store is put back in its place: the replica, whose
+/// copy holds the writes the backup lacks, keeps serving it instead of copying the backup;
+/// the primary started on an empty volume and restored from the replica brings them back,
+/// and the replica follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let kg_url = kg.url();
+    let services = (encoder.as_str(), kg_url.as_str());
+    let primary_addr = primary.addr;
+    let (primary_dir, backup) = (dir.path().join("primary"), dir.path().join("backup"));
+    primary.stop().await.unwrap();
+    copy_dir(&primary_dir, &backup);
+    let primary = primary_at(&primary_dir, services, primary_addr, None).await;
+    let (one, mut r) = replica_in_sync(&dir.path().join("one"), services, &primary.url()).await;
+    let mut p = client(&primary.url()).await;
+    purchases(&mut p, 5).await;
+    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
+    let shop = stats(&mut r).await;
+    primary.stop().await.unwrap();
+
+    let put_back = primary_at(&backup, services, primary_addr, None).await;
+    let mut b = client(&put_back.url()).await;
+    assert_eq!(stats(&mut b).await.interactions, shop.interactions - 5);
+    assert!(
+        soon_within(30, async || !stats(&mut r).await.replica_refused.is_empty()).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    let refusing = stats(&mut r).await;
+    assert!(
+        refusing.replica_refused.contains("lacks writes"),
+        "{refusing:?}"
+    );
+    assert!(!refusing.in_sync);
+    assert_eq!(
+        (refusing.items, refusing.interactions),
+        (shop.items, shop.interactions),
+        "the replica keeps its copy"
+    );
+
+    put_back.stop().await.unwrap();
+    let one_url = one.url();
+    let restored = primary_at(
+        &dir.path().join("restored"),
+        services,
+        primary_addr,
+        Some(&one_url),
+    )
+    .await;
+    let mut p = client(&restored.url()).await;
+    assert_eq!(stats(&mut p).await.interactions, shop.interactions);
+    assert!(
+        soon_within(30, async || same_counts(&mut p, &mut r).await).await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    assert!(stats(&mut r).await.replica_refused.is_empty());
+}
+
+/// The primary's store is lost and the copy of a replica that stopped early is started as
+/// the primary: a replica that took later writes refuses to copy it (they would be lost),
+/// keeps serving its copy, and copies it only when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_further_ahead_than_the_promoted_one_keeps_its_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let kg_url = kg.url();
+    let services = (encoder.as_str(), kg_url.as_str());
+    let (primary_url, primary_addr) = (primary.url(), primary.addr);
+    let (one_dir, two_dir) = (dir.path().join("one"), dir.path().join("two"));
+    let (one, _) = replica_in_sync(&one_dir, services, &primary_url).await;
+    one.stop().await.unwrap();
+    let mut p = client(&primary_url).await;
+    purchases(&mut p, 3).await;
+    let (two, mut r2) = replica_in_sync(&two_dir, services, &primary_url).await;
+    let shop = stats(&mut r2).await;
+    primary.stop().await.unwrap();
+
+    let promoted = primary_at(&one_dir, services, primary_addr, None).await;
+    let mut p = client(&promoted.url()).await;
+    assert_eq!(stats(&mut p).await.interactions, shop.interactions - 3);
+    assert!(
+        soon_within(30, async || !stats(&mut r2)
+            .await
+            .replica_refused
+            .is_empty())
+        .await,
+        "{:?}",
+        stats(&mut r2).await
+    );
+    let refusing = stats(&mut r2).await;
+    assert!(
+        refusing.replica_refused.contains("promoted"),
+        "{refusing:?}"
+    );
+    assert_eq!(refusing.interactions, shop.interactions, "its copy is kept");
+
+    two.stop().await.unwrap();
+    let promoted_url = promoted.url();
+    let told = Replica {
+        accept_new_store: true,
+        ..replica_of(&promoted_url)
+    };
+    let two = start_ranker_replica(&two_dir, services.0, services.1, told).await;
+    let mut r2 = client(&two.url()).await;
+    assert!(soon_within(30, async || same_counts(&mut p, &mut r2).await).await);
+}
+
 /// A restore cut short (the primary stopped mid-copy: its store holds part of one) is taken
 /// again at the next start, though the store then holds items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -109,9 +109,11 @@ pub struct RankerArgs {
     #[arg(long, env = "SOUK_RANKER_PRIMARY")]
     pub primary: Option<String>,
     /// On a replica: copy the primary's store even when it holds another history than this
-    /// replica's copy (the primary's store was lost, or replaced by a new one on purpose).
-    /// Without it such a replica keeps serving its copy and says why in `Stats` and its
-    /// log, so that a primary restarted on an empty volume does not empty every replica.
+    /// replica's copy (the primary's store was lost, or replaced by a new one on purpose) or
+    /// lacks writes the copy holds (an older backup put back, a replica further behind
+    /// promoted). Without it such a replica keeps serving its copy and says why in `Stats`
+    /// and its log, so that a primary restarted on an empty volume does not empty every
+    /// replica.
     #[arg(
         long,
         env = "SOUK_ACCEPT_NEW_PRIMARY_STORE",
@@ -417,9 +419,10 @@ pub async fn serve(
     let is_primary = primary.is_none();
     let opened = tokio::task::spawn_blocking(move || -> Result<_, RankError> {
         let store = RankerStore::open(&data_dir)?.with_popularity_half_life(Some(half_life));
-        // Named at a primary's start, so that a backup of its store carries the name too.
+        // Named at a primary's start, so that a backup of its store carries the name too; a
+        // replica's copy started as the primary goes on as a history of its own.
         if is_primary {
-            let lineage = store.ensure_lineage()?;
+            let lineage = store.lineage_as_primary()?;
             tracing::info!(lineage = format!("{lineage:016x}"), "the store's history");
         }
         let secret = match secret.filter(|s| !s.is_empty()) {
@@ -2012,7 +2015,8 @@ impl pb::ranker_server::Ranker for RankerService {
         // A restore is a whole copy.
         let resume =
             (request.origin != 0 && !request.restore).then_some((request.origin, request.after));
-        let changes = replica::stream_store(ready, resume, self.stopping.clone())?;
+        let of_replica = self.follows.is_some();
+        let changes = replica::stream_store(ready, resume, of_replica, self.stopping.clone())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             changes,
         )))

@@ -132,10 +132,12 @@ impl Backlog {
 ///
 /// `resume`: where the replica's copy stands (origin, last write taken); when the store
 /// kept every write since, the first message says `resumed` and those writes follow it,
-/// without a snapshot.
+/// without a snapshot. `of_replica`: the store is a replica's (a primary restores from it),
+/// whose last write of its history is the last one it took from its primary.
 pub(crate) fn stream_store(
     ready: Arc<Ready>,
     resume: Option<(u64, u64)>,
+    of_replica: bool,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Result<pb::StoreChange, Status>>, Status> {
     let (tx, rx) = mpsc::channel(4);
@@ -144,6 +146,19 @@ pub(crate) fn stream_store(
     let subscription = ready.store.subscribe(resume).map_err(crate::status)?;
     let subscribed = subscription.seq;
     let lineage = ready.store.lineage().map_err(crate::status)?.unwrap_or(0);
+    let ancestors = ready
+        .store
+        .ancestors()
+        .map_err(crate::status)?
+        .into_iter()
+        .map(|(lineage, through)| pb::Ancestor { lineage, through })
+        .collect();
+    let through = if of_replica {
+        let position = ready.store.position().map_err(crate::status)?;
+        position.map(|(_, after)| after)
+    } else {
+        Some(subscribed)
+    };
     let mut changes = Backlog::hold(subscription.changes, BACKLOG_BYTES);
     let check = ready
         .hasher
@@ -156,6 +171,8 @@ pub(crate) fn stream_store(
             user_key_check: check,
             origin: subscription.origin,
             lineage,
+            ancestors,
+            through,
             resumed: subscription.missed.is_some(),
             resumed_through: if subscription.missed.is_some() {
                 subscribed
@@ -534,26 +551,17 @@ async fn follow_once(
             "the primary resumed a stream this replica asked to copy".into(),
         ));
     }
-    // A copy empties this store first: not for a primary whose store holds another history
-    // than the one this replica copied (its volume was lost and it started empty, or the URL
-    // names another shop's), unless the operator said so.
+    // A copy empties this store first: not for a primary whose store lacks writes this
+    // copy holds (its volume was lost and it started empty, a backup was put back, a
+    // replica further behind was promoted) or holds another shop's, unless the operator
+    // said so.
     let held = blocking(ready, |ready| ready.store.lineage())
         .await
         .map_err(fail(false))?;
     if !first.resumed
         && !accept_new_store
-        && let Some(held) = held
-        && first.lineage != 0
-        && first.lineage != held
+        && let Some(refused) = refusal(held, after, &first)
     {
-        let refused = format!(
-            "the primary's store is not the one this replica copied (its history {:016x}, \
-             the copy's {held:016x}): it was replaced or lost, so this replica keeps serving its \
-             copy instead of taking the primary's over it. To restore the primary from this \
-             copy, see README \"Losing the primary's store\"; to take the primary's store \
-             anyway, restart this replica with --accept-new-primary-store",
-            first.lineage
-        );
         state.refuse(Some(refused.clone()));
         return Err(fail(false)(refused));
     }
@@ -573,15 +581,9 @@ async fn follow_once(
         missed_through = first.resumed_through;
         tracing::info!(primary = %url, after, through = missed_through, "the primary kept every write since this replica's last: following from there");
     } else {
-        copy(
-            ready,
-            url,
-            &mut stream,
-            (origin, first.lineage),
-            ann_min_items,
-        )
-        .await
-        .map_err(fail(false))?;
+        copy(ready, url, &mut stream, &first, ann_min_items)
+            .await
+            .map_err(fail(false))?;
         state.caught_up("copy");
     }
     if missed_through <= after {
@@ -614,6 +616,47 @@ async fn follow_once(
         }
     }
     Ok(true)
+}
+
+/// Why a replica holding a copy of the history `held`, its primary's write `after` last
+/// (that history's numbering; 0: none), must not copy the store whose stream begins with
+/// `first` over it; `None` when it may. It may when the store is of its history and holds
+/// every write the copy does, or continues its history from a fork that did; a store of an
+/// older version (naming no history) or a copy naming none is copied as before.
+fn refusal(held: Option<u64>, after: u64, first: &pb::StoreChange) -> Option<String> {
+    const ADVICE: &str = "so this replica keeps serving its copy instead of taking the \
+        primary's over it. To bring the primary back with the latest writes, start it from \
+        the copy of the replica that took the most (see README \"Losing the primary's \
+        store\"); to take the primary's store anyway, restart this replica with \
+        --accept-new-primary-store";
+    let held = held?;
+    if first.lineage == 0 {
+        return None;
+    }
+    if first.lineage == held {
+        let through = first.through?;
+        return (after > through).then(|| {
+            format!(
+                "the primary's store lacks writes this replica's copy holds (it ends at write \
+                 {through} of their history, the copy at {after}): it was put back from a \
+                 backup or lost its latest writes, {ADVICE}"
+            )
+        });
+    }
+    match first.ancestors.iter().find(|a| a.lineage == held) {
+        Some(fork) if fork.through != 0 && after > fork.through => Some(format!(
+            "the primary's store went on from a copy of this replica's history that lacks \
+             writes this copy holds (the copy it went on from ends at write {}, this one at \
+             {after}): a replica further behind was promoted or restored from, {ADVICE}",
+            fork.through
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "the primary's store is not of the history this replica copied (its history \
+             {:016x}, the copy's {held:016x}): it was replaced or lost, {ADVICE}",
+            first.lineage
+        )),
+    }
 }
 
 /// `Follow`'s request, with the admin token when there is one.
@@ -687,17 +730,10 @@ pub(crate) async fn restore(
         );
     }
     tracing::info!(from = %url, "restoring the store from another ranker's copy");
-    copy(
-        ready,
-        url,
-        &mut stream,
-        (first.origin, first.lineage),
-        ann_min_items,
-    )
-    .await?;
-    // A primary follows no one: the position names the copy's source.
-    blocking(ready, |ready| ready.store.forget_position()).await?;
-    let lineage = blocking(ready, |ready| ready.store.ensure_lineage()).await?;
+    copy(ready, url, &mut stream, &first, ann_min_items).await?;
+    // The copy goes on as a history of its own, from the last write the replica took.
+    let through = first.through.unwrap_or(0);
+    let lineage = blocking(ready, move |ready| ready.store.fork(through)).await?;
     tracing::info!(
         from = %url,
         lineage = format!("{lineage:016x}"),
@@ -733,14 +769,24 @@ async fn next(
 
 /// Copies the primary's store from its stream: empties this one, stores the snapshot's
 /// records and the writes during it, then rebuilds the catalog from the copy (as of the
-/// primary's write `snapshot_done` names; `origin`: the stream's).
+/// primary's write `snapshot_done` names; `first`: the stream's first message, naming its
+/// origin and history).
 async fn copy(
     ready: &Arc<Ready>,
     url: &str,
     stream: &mut tonic::Streaming<pb::StoreChange>,
-    (origin, lineage): (u64, u64),
+    first: &pb::StoreChange,
     ann_min_items: usize,
 ) -> Result<(), String> {
+    let origin = first.origin;
+    let history = (
+        first.lineage,
+        first
+            .ancestors
+            .iter()
+            .map(|a| (a.lineage, a.through))
+            .collect::<Vec<_>>(),
+    );
     blocking(ready, |ready| ready.store.begin_sync()).await?;
     tracing::info!(primary = %url, "copying the primary's store");
     let started = std::time::Instant::now();
@@ -767,7 +813,7 @@ async fn copy(
     let graph_bytes = graph.len();
     let received = started.elapsed();
     blocking(ready, move |ready| {
-        take_copy(ready, &graph, last, lineage, ann_min_items)
+        take_copy(ready, &graph, last, &history, ann_min_items)
     })
     .await?;
     let items = ready.ranker.catalog().read().map(|c| c.len()).unwrap_or(0);
@@ -812,12 +858,12 @@ fn by_tree(records: Vec<pb::StoreRecord>) -> Result<Vec<(TreeName, Vec<Write>)>,
 /// The copy is whole: the primary's graph (when it sent one) is saved as this store's, and
 /// the catalog, models and settings are rebuilt from the store, as at a start (the graph read
 /// back, not built), and replace the ones served (the spelling lexicon read from the encoder
-/// stays); the store keeps the primary's `lineage` as its own.
+/// stays); the store keeps the primary's history (lineage and ancestors) as its own.
 fn take_copy(
     ready: &Ready,
     graph: &[u8],
     position: (u64, u64),
-    lineage: u64,
+    (lineage, ancestors): &(u64, Vec<(u64, u64)>),
     ann_min_items: usize,
 ) -> Result<(), RankError> {
     let mut file = ready.store.lock_ann_file()?;
@@ -840,7 +886,7 @@ fn take_copy(
     drop(file);
     ready.ranker.set_model(fusion.unwrap_or_default())?;
     *ready.catalog_probe.write().map_err(|_| lock_poisoned())? = probe;
-    ready.store.end_sync(position, lineage)
+    ready.store.end_sync(position, *lineage, ancestors)
 }
 
 /// Applies one live write of the primary to the store (with its `position`, see
@@ -923,6 +969,64 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::store::TreeName;
+
+    fn first(lineage: u64, through: Option<u64>, ancestors: &[(u64, u64)]) -> pb::StoreChange {
+        pb::StoreChange {
+            lineage,
+            through,
+            ancestors: ancestors
+                .iter()
+                .map(|&(lineage, through)| pb::Ancestor { lineage, through })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A replica copies a primary of its history that holds every write its copy does,
+    /// or one forked from its history at or after its last write; it refuses a primary
+    /// behind its copy (a backup put back), one forked before its last write (a replica
+    /// further behind promoted) and one of another history. Older versions on either
+    /// side (no history named, no last write sent) are copied as before.
+    #[test]
+    fn a_replica_copies_only_a_store_that_holds_every_write_of_its_copy() {
+        let may = |held, after, first: pb::StoreChange| refusal(held, after, &first).is_none();
+        assert!(may(Some(7), 40, first(7, Some(40), &[])), "level");
+        assert!(may(Some(7), 40, first(7, Some(41), &[])), "ahead");
+        let behind = refusal(Some(7), 40, &first(7, Some(39), &[])).unwrap();
+        assert!(
+            behind.contains("write 39") && behind.contains("at 40"),
+            "{behind}"
+        );
+        assert!(behind.contains("--accept-new-primary-store"), "{behind}");
+        assert!(may(Some(7), 40, first(7, None, &[])), "an older primary");
+        assert!(
+            may(Some(7), 0, first(7, Some(3), &[])),
+            "a copy with no position"
+        );
+
+        assert!(
+            may(Some(7), 40, first(9, Some(2), &[(7, 40)])),
+            "forked at its last"
+        );
+        assert!(
+            may(Some(7), 30, first(9, Some(2), &[(8, 5), (7, 40)])),
+            "forked later"
+        );
+        let forked_before = refusal(Some(7), 41, &first(9, Some(2), &[(7, 40)])).unwrap();
+        assert!(forked_before.contains("promoted"), "{forked_before}");
+        assert!(
+            may(Some(7), 41, first(9, Some(2), &[(7, 0)])),
+            "fork point not known"
+        );
+
+        let other = refusal(Some(7), 40, &first(9, Some(90), &[(8, 40)])).unwrap();
+        assert!(other.contains("not of the history"), "{other}");
+        assert!(
+            may(Some(7), 40, first(0, None, &[])),
+            "a primary naming none"
+        );
+        assert!(may(None, 40, first(9, Some(1), &[])), "a copy naming none");
+    }
 
     fn write(seq: u64, bytes: usize) -> Arc<Change> {
         Arc::new(Change {

@@ -438,6 +438,21 @@ const FOLLOWED_KEY: &[u8] = b"journal.followed";
 /// over it: a primary restarted on an empty volume would otherwise empty every replica.
 const LINEAGE_KEY: &[u8] = b"store.lineage";
 
+/// Key in the models tree naming the histories the store's history continues, newest
+/// first, at most [`MAX_ANCESTORS`]: each a lineage (8 bytes) and the number of its last
+/// write the store held when it went on as a history of its own (8 bytes, 0: not known),
+/// big-endian. A store forks ([`RankerStore::fork`]) when a copy of another starts serving
+/// as a primary (a replica promoted, a primary restored from a replica's copy): its
+/// numbering of writes is its own from then on, and a replica of the history it continues
+/// copies it only when the replica's copy holds no write the fork did not
+/// (`replica::follow_once`). Within one lineage the numbering of writes only grows, so a
+/// primary whose last write is older than a replica's is a store that lost writes (a
+/// backup put back).
+const ANCESTORS_KEY: &[u8] = b"store.ancestors";
+
+/// The most histories [`ANCESTORS_KEY`] names (promotions one after another).
+const MAX_ANCESTORS: usize = 16;
+
 /// The keys a store writes for itself: never sent to a follower nor taken from a primary.
 fn store_own(tree: TreeName, key: &[u8]) -> bool {
     key.first() == Some(&OWN)
@@ -447,7 +462,21 @@ fn store_own(tree: TreeName, key: &[u8]) -> bool {
                 || key == JOURNAL_KEY
                 || key == NAMES_KEY
                 || key == FOLLOWED_KEY
-                || key == LINEAGE_KEY)
+                || key == LINEAGE_KEY
+                || key == ANCESTORS_KEY)
+}
+
+/// [`ANCESTORS_KEY`]'s value.
+fn ancestors_bytes(ancestors: &[(u64, u64)]) -> Vec<u8> {
+    ancestors
+        .iter()
+        .flat_map(|&pair| position_bytes(pair))
+        .collect()
+}
+
+/// The pairs of an [`ANCESTORS_KEY`] value (a damaged tail is left out).
+fn ancestors_from(bytes: &[u8]) -> Vec<(u64, u64)> {
+    bytes.chunks_exact(16).filter_map(position_from).collect()
 }
 
 /// The two numbers of [`position_bytes`], `None` when `bytes` is not 16 long.
@@ -942,17 +971,25 @@ impl RankerStore {
 
     /// The copy from the primary is whole, as of `position` (the primary's origin and the
     /// number of its last write in the copy): the mark of [`Self::begin_sync`] is replaced by
-    /// it, the primary's `lineage` (0: a primary too old to name one) kept, and the store
-    /// flushed.
+    /// it, the primary's `lineage` (0: a primary too old to name one) and `ancestors` kept
+    /// (see [`Self::ancestors`]), and the store flushed.
     ///
     /// # Errors
     /// When the write fails.
-    pub fn end_sync(&self, position: (u64, u64), lineage: u64) -> Result<(), RankError> {
+    pub fn end_sync(
+        &self,
+        position: (u64, u64),
+        lineage: u64,
+        ancestors: &[(u64, u64)],
+    ) -> Result<(), RankError> {
         let mut batch = sled::Batch::default();
         batch.remove(SYNCING_KEY);
         batch.insert(POSITION_KEY, position_bytes(position));
         if lineage != 0 {
             batch.insert(LINEAGE_KEY, &lineage.to_be_bytes());
+        }
+        if !ancestors.is_empty() {
+            batch.insert(ANCESTORS_KEY, ancestors_bytes(ancestors));
         }
         self.models.apply_batch(batch).map_err(internal)?;
         self.db.flush().map_err(internal)?;
@@ -1030,6 +1067,56 @@ impl RankerStore {
         let lineage = draw_origin();
         self.set_lineage(lineage)?;
         Ok(lineage)
+    }
+
+    /// The histories the store's history continues, newest first: (lineage, the number of
+    /// its last write the store held when it forked; 0: not known). See [`ANCESTORS_KEY`].
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn ancestors(&self) -> Result<Vec<(u64, u64)>, RankError> {
+        let value = self.models.get(ANCESTORS_KEY).map_err(internal)?;
+        Ok(value.as_deref().map(ancestors_from).unwrap_or_default())
+    }
+
+    /// The lineage a primary serves its store under, at its start: the store's own
+    /// ([`Self::ensure_lineage`]), unless the store is a replica's whole copy, which then
+    /// forks ([`Self::fork`]) at the primary's write it holds last.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub fn lineage_as_primary(&self) -> Result<u64, RankError> {
+        match self.position()? {
+            Some((_, through)) if self.lineage()?.is_some() => self.fork(through),
+            _ => self.ensure_lineage(),
+        }
+    }
+
+    /// Starts a history of the store's own, continuing its lineage from its write numbered
+    /// `through` (in that lineage's numbering; 0: not known): a copy of another store about
+    /// to serve as a primary, whose numbering of writes is its own. The store's lineage goes
+    /// first among its ancestors, a new one is drawn, and the position of a replica's copy
+    /// is dropped (a primary follows no one), in one flushed step. A store naming no lineage
+    /// draws one ([`Self::ensure_lineage`]).
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub fn fork(&self, through: u64) -> Result<u64, RankError> {
+        let Some(lineage) = self.lineage()? else {
+            self.forget_position()?;
+            return self.ensure_lineage();
+        };
+        let mut ancestors = vec![(lineage, through)];
+        ancestors.extend(self.ancestors()?);
+        ancestors.truncate(MAX_ANCESTORS);
+        let forked = draw_origin();
+        let mut batch = sled::Batch::default();
+        batch.insert(LINEAGE_KEY, &forked.to_be_bytes());
+        batch.insert(ANCESTORS_KEY, ancestors_bytes(&ancestors));
+        batch.remove(POSITION_KEY);
+        self.models.apply_batch(batch).map_err(internal)?;
+        self.db.flush().map_err(internal)?;
+        Ok(forked)
     }
 
     /// Keeps `lineage` as the store's (a replica that resumed a primary naming one: its
@@ -2531,7 +2618,7 @@ mod tests {
             .apply(TreeName::Events, &[event_write(1, 10)])
             .unwrap();
         assert_eq!(store.position().unwrap(), None, "mid-copy");
-        store.end_sync((77, 5), 0).unwrap();
+        store.end_sync((77, 5), 0, &[]).unwrap();
         assert_eq!(store.position().unwrap(), Some((77, 5)));
         store
             .apply_at(TreeName::Events, &[event_write(2, 10)], (77, 6))
@@ -2563,7 +2650,7 @@ mod tests {
         );
         store.forget_position().unwrap();
         assert_eq!(store.position().unwrap(), None);
-        store.end_sync((78, 1), 0).unwrap();
+        store.end_sync((78, 1), 0, &[]).unwrap();
         store.begin_sync().unwrap();
         assert_eq!(store.position().unwrap(), None, "a new copy drops it");
     }
@@ -2592,17 +2679,58 @@ mod tests {
             None,
             "a copy under way holds none"
         );
-        store.end_sync((5, 1), 42).unwrap();
+        store.end_sync((5, 1), 42, &[(41, 9)]).unwrap();
         assert_eq!(store.lineage().unwrap(), Some(42), "the primary's");
+        assert_eq!(store.ancestors().unwrap(), [(41, 9)], "and its ancestors");
         store.begin_sync().unwrap();
-        store.end_sync((6, 1), 0).unwrap();
+        store.end_sync((6, 1), 0, &[]).unwrap();
         assert_eq!(
             store.lineage().unwrap(),
             None,
             "an older primary names none"
         );
+        assert!(store.ancestors().unwrap().is_empty());
         store.set_lineage(43).unwrap();
         assert_eq!(store.ensure_lineage().unwrap(), 43);
+    }
+
+    /// A replica's copy started as a primary forks: a new lineage, the copy's first among
+    /// its ancestors with the primary's last write it held, no position; once. A primary's
+    /// own store keeps its lineage at every start.
+    #[test]
+    fn a_copy_serving_as_a_primary_forks_its_history_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let own = store.lineage_as_primary().unwrap();
+        assert_eq!(store.lineage_as_primary().unwrap(), own, "a primary's own");
+        assert!(store.ancestors().unwrap().is_empty());
+
+        store.begin_sync().unwrap();
+        store.end_sync((5, 30), 42, &[(41, 9)]).unwrap();
+        store.apply_at(TreeName::Models, &[], (5, 31)).unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        let forked = store.lineage_as_primary().unwrap();
+        assert!(forked != 42 && forked != 0, "{forked}");
+        assert_eq!(store.lineage().unwrap(), Some(forked));
+        assert_eq!(
+            store.ancestors().unwrap(),
+            [(42, 31), (41, 9)],
+            "the copy's history, forked at the last write it took"
+        );
+        assert_eq!(store.position().unwrap(), None, "a primary follows no one");
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.lineage_as_primary().unwrap(), forked, "forked once");
+        assert_eq!(store.ancestors().unwrap().len(), 2);
+        assert_eq!(store.records().count(), 0, "the store's own: never sent");
+
+        for n in 0..MAX_ANCESTORS as u64 {
+            store.fork(n).unwrap();
+        }
+        let kept = store.ancestors().unwrap();
+        assert_eq!(kept.len(), MAX_ANCESTORS, "at most {MAX_ANCESTORS}");
+        assert_eq!(kept[0].1, MAX_ANCESTORS as u64 - 1, "newest first");
     }
 
     /// A saved graph is read back as it was (same bytes when saved again); an item deleted

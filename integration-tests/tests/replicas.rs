@@ -663,10 +663,10 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Shoppers u910.. buy an item, each purchase its own write.
-async fn purchases(primary: &mut RankerClient<Channel>, count: usize) {
+/// Shoppers `who`0.. buy an item, each purchase its own write.
+async fn purchases(primary: &mut RankerClient<Channel>, who: &str, count: usize) {
     for n in 0..count {
-        let message = purchase(&format!("u91{n}"), "p00010");
+        let message = purchase(&format!("{who}{n}"), "p00010");
         primary
             .record_interactions(futures::stream::iter(vec![message]))
             .await
@@ -675,9 +675,10 @@ async fn purchases(primary: &mut RankerClient<Channel>, count: usize) {
 }
 
 /// An older backup of the primary's store is put back in its place: the replica, whose
-/// copy holds the writes the backup lacks, keeps serving it instead of copying the backup;
-/// the primary started on an empty volume and restored from the replica brings them back,
-/// and the replica follows it.
+/// copy holds the writes the backup lacks, keeps serving it instead of copying the backup,
+/// also once the backup took more writes of its own than it lacked; the primary started on
+/// an empty volume and restored from the replica brings them back, and the replica follows
+/// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     let dir = tempfile::tempdir().unwrap();
@@ -689,9 +690,10 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     primary.stop().await.unwrap();
     copy_dir(&primary_dir, &backup);
     let primary = primary_at(&primary_dir, services, primary_addr, None).await;
-    let (one, mut r) = replica_in_sync(&dir.path().join("one"), services, &primary.url()).await;
+    let primary_url = primary.url();
+    let (one, mut r) = replica_in_sync(&dir.path().join("one"), services, &primary_url).await;
     let mut p = client(&primary.url()).await;
-    purchases(&mut p, 5).await;
+    purchases(&mut p, "u91", 5).await;
     assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
     let shop = stats(&mut r).await;
     primary.stop().await.unwrap();
@@ -715,6 +717,23 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
         (shop.items, shop.interactions),
         "the replica keeps its copy"
     );
+    // The backup's numbering passes the copy's while the replica is away.
+    let one_dir = dir.path().join("one");
+    one.stop().await.unwrap();
+    purchases(&mut b, "u92", 8).await;
+    let one =
+        start_ranker_replica(&one_dir, services.0, services.1, replica_of(&primary_url)).await;
+    let mut r = client(&one.url()).await;
+    assert!(
+        soon_within(30, async || stats(&mut r)
+            .await
+            .replica_refused
+            .contains("writes of its own"))
+        .await,
+        "{:?}",
+        stats(&mut r).await
+    );
+    assert_eq!(stats(&mut r).await.interactions, shop.interactions);
 
     put_back.stop().await.unwrap();
     let one_url = one.url();
@@ -749,7 +768,7 @@ async fn a_replica_further_ahead_than_the_promoted_one_keeps_its_copy() {
     let (one, _) = replica_in_sync(&one_dir, services, &primary_url).await;
     one.stop().await.unwrap();
     let mut p = client(&primary_url).await;
-    purchases(&mut p, 3).await;
+    purchases(&mut p, "u91", 3).await;
     let (two, mut r2) = replica_in_sync(&two_dir, services, &primary_url).await;
     let shop = stats(&mut r2).await;
     primary.stop().await.unwrap();

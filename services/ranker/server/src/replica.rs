@@ -173,6 +173,7 @@ pub(crate) fn stream_store(
             lineage,
             ancestors,
             through,
+            diverged: subscription.diverged,
             resumed: subscription.missed.is_some(),
             resumed_through: if subscription.missed.is_some() {
                 subscribed
@@ -634,6 +635,13 @@ fn refusal(held: Option<u64>, after: u64, first: &pb::StoreChange) -> Option<Str
         return None;
     }
     if first.lineage == held {
+        if first.diverged {
+            return Some(format!(
+                "the primary's store lacks writes this replica's copy holds (its write {after} \
+                 is another than the copy's): it was put back from a backup and took writes \
+                 of its own, {ADVICE}"
+            ));
+        }
         let through = first.through?;
         return (after > through).then(|| {
             format!(
@@ -999,6 +1007,17 @@ mod tests {
         );
         assert!(behind.contains("--accept-new-primary-store"), "{behind}");
         assert!(may(Some(7), 40, first(7, None, &[])), "an older primary");
+        let diverged = pb::StoreChange {
+            diverged: true,
+            ..first(7, Some(90), &[])
+        };
+        let separate = refusal(Some(7), 40, &diverged).unwrap();
+        assert!(separate.contains("writes of its own"), "{separate}");
+        let forked = pb::StoreChange {
+            diverged: true,
+            ..first(9, Some(90), &[(7, 40)])
+        };
+        assert!(may(Some(7), 40, forked), "a fork numbers its own writes");
         assert!(
             may(Some(7), 0, first(7, Some(3), &[])),
             "a copy with no position"

@@ -303,6 +303,12 @@ pub struct Subscription {
     /// When the follower asked to resume and the store kept every write it missed: those
     /// writes, in order (the ones numbered after its last, up to `seq`).
     pub missed: Option<Vec<Arc<Change>>>,
+    /// When the follower asked to resume and its last write is not this store's write of
+    /// that number (another open numbered it, by the write's key list): the follower's copy
+    /// and this store went separate ways after their last common write (a backup put back
+    /// took writes of its own). `false` also when the store cannot tell (no write of that
+    /// number yet, or its list is gone).
+    pub diverged: bool,
 }
 
 /// Key in the models tree where a replica keeps where its copy stands: the primary's origin
@@ -735,8 +741,10 @@ impl RankerStore {
             .lock()
             .map_err(|_| internal("journal lock poisoned"))?;
         let mut missed = resume.and_then(|(origin, after)| journal.since(origin, after));
+        let mut diverged = false;
         if let (None, Some((origin, after))) = (&missed, resume) {
             missed = self.listed_since(&journal, origin, after)?;
+            diverged = missed.is_none() && self.names(&journal, (origin, after))? == Some(false);
         }
         if !journal.keep_recent {
             journal.keep_recent = true;
@@ -747,7 +755,24 @@ impl RankerStore {
             seq: journal.sent,
             origin: journal.origin,
             missed,
+            diverged,
         })
+    }
+
+    /// Whether this store's write numbered `after` is the one a follower's position
+    /// `(origin, after)` names: `Some(false)` when its key list says another open numbered
+    /// it, `None` when the store holds no write of that number or its list is gone.
+    fn names(
+        &self,
+        journal: &Journal,
+        (origin, after): (u64, u64),
+    ) -> Result<Option<bool>, RankError> {
+        if origin == journal.origin && after <= journal.seq
+            || journal.continues.contains(&(origin, after))
+        {
+            return Ok(Some(true));
+        }
+        Ok(self.list(after)?.map(|(_, writer, _)| writer == origin))
     }
 
     /// The writes numbered after `after` (of `origin`) up to the first one the journal keeps
@@ -2479,6 +2504,57 @@ mod tests {
             None,
             "write 2 was the first open's"
         );
+    }
+
+    /// An older copy of the store (a backup put back) numbers its own writes as the original
+    /// numbered later ones: a follower whose last write is one the copy numbered otherwise
+    /// is told the two went separate ways; one whose write the copy holds is not (it
+    /// resumes), nor one past the copy's last write (nothing to tell by).
+    #[test]
+    fn a_backup_put_back_tells_a_follower_of_the_original_they_went_separate_ways() {
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    copy_dir(&entry.path(), &to.join(entry.file_name()));
+                } else {
+                    std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (original, backup) = (dir.path().join("original"), dir.path().join("backup"));
+        let store = RankerStore::open(&original).unwrap();
+        let first = store.subscribe(None).unwrap().origin;
+        for n in 0..3 {
+            store.append_events(&[click(&format!("u{n}"))]).unwrap();
+        }
+        store.close().unwrap();
+        drop(store);
+        copy_dir(&original, &backup);
+        let store = RankerStore::open(&original).unwrap();
+        let later = store.subscribe(None).unwrap().origin;
+        store.append_events(&[click("u3")]).unwrap();
+        store.append_events(&[click("u4")]).unwrap();
+        drop(store);
+
+        let store = RankerStore::open(&backup).unwrap();
+        let ahead = store.subscribe(Some((later, 5))).unwrap();
+        assert!(
+            ahead.missed.is_none() && !ahead.diverged,
+            "no write 5 to tell by"
+        );
+        store.append_events(&[click("v3")]).unwrap();
+        store.append_events(&[click("v4")]).unwrap();
+        for after in [4, 5] {
+            let told = store.subscribe(Some((later, after))).unwrap();
+            assert!(told.missed.is_none() && told.diverged, "write {after}");
+        }
+        let common = store.subscribe(Some((first, 3))).unwrap();
+        assert_eq!(common.missed.map(|m| m.len()), Some(2), "resumed");
+        assert!(!common.diverged);
+        assert!(!store.subscribe(None).unwrap().diverged, "a copy asked for");
     }
 
     /// A primary restarted after a crash has lost the writes it kept in memory: a follower a

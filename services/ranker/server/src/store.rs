@@ -1106,15 +1106,23 @@ impl RankerStore {
 
     /// The lineage a primary serves its store under, at its start: the store's own
     /// ([`Self::ensure_lineage`]), unless the store is a replica's whole copy, which then
-    /// forks ([`Self::fork`]) at the primary's write it holds last.
+    /// forks ([`Self::fork`]) at the primary's write it holds last. A copy that numbered
+    /// writes of its own already served as a primary (started so by a build before session
+    /// 38, which kept the position): its replicas copied it under its lineage, which it
+    /// keeps; the position goes.
     ///
     /// # Errors
     /// When the store cannot be read or written.
     pub fn lineage_as_primary(&self) -> Result<u64, RankError> {
-        match self.position()? {
-            Some((_, through)) if self.lineage()?.is_some() => self.fork(through),
-            _ => self.ensure_lineage(),
+        let Some((_, through)) = self.position()? else {
+            return self.ensure_lineage();
+        };
+        // A copy empties the store's key lists, and a replica numbers none of its own.
+        if self.last_written()?.1 == 0 && self.lineage()?.is_some() {
+            return self.fork(through);
         }
+        self.forget_position()?;
+        self.ensure_lineage()
     }
 
     /// Starts a history of the store's own, continuing its lineage from its write numbered
@@ -2800,6 +2808,14 @@ mod tests {
         assert_eq!(store.lineage_as_primary().unwrap(), forked, "forked once");
         assert_eq!(store.ancestors().unwrap().len(), 2);
         assert_eq!(store.records().count(), 0, "the store's own: never sent");
+
+        // A copy that served as a primary before this version (it numbered writes of its
+        // own and kept its position): its lineage stays, the position goes.
+        store.apply_at(TreeName::Models, &[], (5, 32)).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        assert_eq!(store.lineage_as_primary().unwrap(), forked);
+        assert_eq!(store.position().unwrap(), None);
+        assert_eq!(store.ancestors().unwrap().len(), 2);
 
         for n in 0..MAX_ANCESTORS as u64 {
             store.fork(n).unwrap();

@@ -674,6 +674,20 @@ async fn purchases(primary: &mut RankerClient<Channel>, who: &str, count: usize)
     }
 }
 
+/// The replica's `Stats` once it refuses its primary's store for a reason saying `why`.
+async fn refusing_for(replica: &mut RankerClient<Channel>, why: &str) -> rk::StatsResponse {
+    assert!(
+        soon_within(30, async || stats(replica)
+            .await
+            .replica_refused
+            .contains(why))
+        .await,
+        "{:?}",
+        stats(replica).await
+    );
+    stats(replica).await
+}
+
 /// An older backup of the primary's store is put back in its place: the replica, whose
 /// copy holds the writes the backup lacks, keeps serving it instead of copying the backup,
 /// also once the backup took more writes of its own than it lacked; the primary started on
@@ -701,16 +715,7 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     let put_back = primary_at(&backup, services, primary_addr, None).await;
     let mut b = client(&put_back.url()).await;
     assert_eq!(stats(&mut b).await.interactions, shop.interactions - 5);
-    assert!(
-        soon_within(30, async || !stats(&mut r).await.replica_refused.is_empty()).await,
-        "{:?}",
-        stats(&mut r).await
-    );
-    let refusing = stats(&mut r).await;
-    assert!(
-        refusing.replica_refused.contains("lacks writes"),
-        "{refusing:?}"
-    );
+    let refusing = refusing_for(&mut r, "lacks writes").await;
     assert!(!refusing.in_sync);
     assert_eq!(
         (refusing.items, refusing.interactions),
@@ -724,16 +729,8 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     let one =
         start_ranker_replica(&one_dir, services.0, services.1, replica_of(&primary_url)).await;
     let mut r = client(&one.url()).await;
-    assert!(
-        soon_within(30, async || stats(&mut r)
-            .await
-            .replica_refused
-            .contains("writes of its own"))
-        .await,
-        "{:?}",
-        stats(&mut r).await
-    );
-    assert_eq!(stats(&mut r).await.interactions, shop.interactions);
+    let refusing = refusing_for(&mut r, "writes of its own").await;
+    assert_eq!(refusing.interactions, shop.interactions);
 
     put_back.stop().await.unwrap();
     let one_url = one.url();
@@ -776,20 +773,7 @@ async fn a_replica_further_ahead_than_the_promoted_one_keeps_its_copy() {
     let promoted = primary_at(&one_dir, services, primary_addr, None).await;
     let mut p = client(&promoted.url()).await;
     assert_eq!(stats(&mut p).await.interactions, shop.interactions - 3);
-    assert!(
-        soon_within(30, async || !stats(&mut r2)
-            .await
-            .replica_refused
-            .is_empty())
-        .await,
-        "{:?}",
-        stats(&mut r2).await
-    );
-    let refusing = stats(&mut r2).await;
-    assert!(
-        refusing.replica_refused.contains("promoted"),
-        "{refusing:?}"
-    );
+    let refusing = refusing_for(&mut r2, "promoted").await;
     assert_eq!(refusing.interactions, shop.interactions, "its copy is kept");
 
     two.stop().await.unwrap();

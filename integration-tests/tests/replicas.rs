@@ -710,6 +710,16 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     purchases(&mut p, "u91", 5).await;
     assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
     let shop = stats(&mut r).await;
+    let at_primary = stats(&mut p).await;
+    assert!(
+        !shop.history.is_empty() && shop.history_write > 5,
+        "{shop:?}"
+    );
+    assert_eq!(
+        (&shop.history, shop.history_write),
+        (&at_primary.history, at_primary.history_write),
+        "a replica in sync holds its primary's history up to its last write"
+    );
     primary.stop().await.unwrap();
 
     let put_back = primary_at(&backup, services, primary_addr, None).await;
@@ -717,6 +727,13 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     assert_eq!(stats(&mut b).await.interactions, shop.interactions - 5);
     let refusing = refusing_for(&mut r, "lacks writes").await;
     assert!(!refusing.in_sync);
+    let backup_stats = stats(&mut b).await;
+    assert_eq!(backup_stats.history, refusing.history);
+    assert_eq!(
+        backup_stats.history_write + 5,
+        refusing.history_write,
+        "what an operator compares: the replica holds 5 writes more"
+    );
     assert_eq!(
         (refusing.items, refusing.interactions),
         (shop.items, shop.interactions),
@@ -774,6 +791,11 @@ async fn a_replica_further_ahead_than_the_promoted_one_keeps_its_copy() {
     let mut p = client(&promoted.url()).await;
     assert_eq!(stats(&mut p).await.interactions, shop.interactions - 3);
     let refusing = refusing_for(&mut r2, "promoted").await;
+    assert_ne!(
+        stats(&mut p).await.history,
+        refusing.history,
+        "the promoted copy goes on as a history of its own"
+    );
     assert_eq!(refusing.interactions, shop.interactions, "its copy is kept");
 
     two.stop().await.unwrap();

@@ -1181,6 +1181,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.cf_version.as_str()
                 }
             );
+            if !r.history.is_empty() {
+                println!(
+                    "store: history {}, holds its writes up to number {}",
+                    r.history, r.history_write
+                );
+            }
             if !r.follows.is_empty() {
                 println!(
                     "replica of {}: {}",

@@ -1762,6 +1762,16 @@ impl pb::ranker_server::Ranker for RankerService {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let ready = self.ready()?;
+        let history = ready.store.lineage().map_err(status)?;
+        let history_write = if self.follows.is_some() {
+            ready
+                .store
+                .position()
+                .map_err(status)?
+                .map_or(0, |(_, after)| after)
+        } else {
+            ready.store.last_written().map_err(status)?.1
+        };
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
         let (replica_copies, replica_resumes) = self.replica.catch_ups();
         Ok(Response::new(pb::StatsResponse {
@@ -1813,6 +1823,8 @@ impl pb::ranker_server::Ranker for RankerService {
             replica_resumes,
             replica_refused: self.replica.refused().unwrap_or_default(),
             outbox: ready.outbox.as_ref().map_or(0, |o| o.events()),
+            history: history.map(|h| format!("{h:016x}")).unwrap_or_default(),
+            history_write,
         }))
     }
 

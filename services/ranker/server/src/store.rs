@@ -767,9 +767,7 @@ impl RankerStore {
         journal: &Journal,
         (origin, after): (u64, u64),
     ) -> Result<Option<bool>, RankError> {
-        if origin == journal.origin && after <= journal.seq
-            || journal.continues.contains(&(origin, after))
-        {
+        if journal.continues.contains(&(origin, after)) {
             return Ok(Some(true));
         }
         Ok(self.list(after)?.map(|(_, writer, _)| writer == origin))
@@ -790,9 +788,7 @@ impl RankerStore {
         if after >= through || after > journal.sent {
             return Ok(None);
         }
-        let named = journal.continues.contains(&(origin, after))
-            || matches!(self.list(after)?, Some((_, writer, _)) if writer == origin);
-        if !named {
+        if self.names(journal, (origin, after))? != Some(true) {
             return Ok(None);
         }
         let (mut missed, mut bytes) = (Vec::new(), 0);
@@ -1118,7 +1114,7 @@ impl RankerStore {
             return self.ensure_lineage();
         };
         // A copy empties the store's key lists, and a replica numbers none of its own.
-        if self.last_written()?.1 == 0 && self.lineage()?.is_some() {
+        if self.last_written()?.1 == 0 {
             return self.fork(through);
         }
         self.forget_position()?;

@@ -323,6 +323,8 @@ pub struct Catalog {
     by_id: NameIndex,
     dimension: Option<usize>,
     bm25: Bm25,
+    /// The shop's pinned results (see [`crate::pins`]).
+    pins: Arc<crate::pins::Pins>,
     /// Slots by category level, brand, attribute, price and stock: what a filtered `Rank` may
     /// return.
     facets: Facets,
@@ -398,6 +400,7 @@ impl Default for Catalog {
             by_id: NameIndex::default(),
             dimension: None,
             bm25: Bm25::default(),
+            pins: Arc::default(),
             facets: Facets::default(),
             popularity: Vec::new(),
             by_popularity: BTreeSet::new(),
@@ -1353,6 +1356,15 @@ impl Catalog {
 
     pub fn synonyms(&self) -> &crate::synonyms::Synonyms {
         self.bm25.synonyms()
+    }
+
+    /// The shop's pinned results, for every search from now on (see [`crate::pins`]).
+    pub fn set_pins(&mut self, pins: Arc<crate::pins::Pins>) {
+        self.pins = pins;
+    }
+
+    pub fn pins(&self) -> &crate::pins::Pins {
+        &self.pins
     }
 
     /// Whether one item's words hold every one of `terms`.

@@ -25,6 +25,7 @@ pub mod facet;
 pub mod fusion;
 pub mod item;
 mod names;
+pub mod pins;
 pub mod propensity;
 mod quant;
 pub mod query;

@@ -386,6 +386,8 @@ pub struct RankedItem {
     pub price: f64,
     pub contributions: Vec<Contribution>,
     pub reasons: Vec<String>,
+    /// Placed here by the shop's pin rule for the query, not by its score.
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -479,6 +481,8 @@ struct Candidate {
     /// path) set the graph feature.
     kg_similar: Option<String>,
     score: f32,
+    /// Placed by the shop's pin rule for the query (see [`crate::pins`]).
+    pinned: bool,
 }
 
 /// The ranker's logic over a shared catalog and two sources.
@@ -724,7 +728,15 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (corrected, words_matched, spelling_corrected, widened_to, history, page_vector) = {
+        let (
+            corrected,
+            words_matched,
+            spelling_corrected,
+            widened_to,
+            history,
+            page_vector,
+            pin_rule,
+        ) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
             // Crowdflower with one typo per query, correcting both the lexical and the dense
@@ -746,6 +758,14 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .or(typed)
                 .map(|q| catalog.widened_to(q))
                 .unwrap_or_default();
+            // The shop's pins for the search as ranked; not for a list by price, nor for a
+            // re-ranking of the caller's own candidates.
+            let pin_rule = corrected
+                .as_deref()
+                .or(typed)
+                .filter(|_| request.sort.by_price().is_none() && request.candidate_ids.is_empty())
+                .and_then(|q| catalog.pins().for_query(q))
+                .cloned();
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     synonyms.rewrite(q).as_deref() != Some(read.as_str())
@@ -776,6 +796,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 widened_to,
                 history,
                 page_vector,
+                pin_rule,
             )
         };
         let query = corrected.as_deref().or(typed);
@@ -890,6 +911,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         end: tier,
                         placed: &chosen,
                         picks: depth.min(tier) - chosen.len(),
+                        pinned: match &pin_rule {
+                            Some(rule) if start == 0 => &rule.items,
+                            _ => &[],
+                        },
                     },
                 )
                 .await?;
@@ -925,11 +950,17 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 let mut contributions: Vec<Contribution> =
                     carrying.into_iter().map(contribution).collect();
                 contributions.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
-                let reasons = if request.explain {
+                let mut reasons = if request.explain {
                     explain(&catalog, &c, &contributions, query, &history, page)
                 } else {
                     Vec::new()
                 };
+                if let Some(rule) = pin_rule.as_ref().filter(|_| c.pinned && request.explain) {
+                    reasons.insert(
+                        0,
+                        format!("featured by the shop for \"{}\"", rule.query.trim()),
+                    );
+                }
                 if request.all_signals {
                     // The carrying signals first, as with `explain`, then the rest.
                     contributions.extend(rest.into_iter().map(contribution));
@@ -947,6 +978,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         Vec::new()
                     },
                     reasons,
+                    pinned: c.pinned,
                 })
             })
             .collect();
@@ -1055,15 +1087,27 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         }
 
+        // The shop's pins first, in its order; the rest by score and diversity, with the
+        // pins counted as picked.
+        let (pins, candidates): (Vec<Candidate>, Vec<Candidate>) =
+            candidates.into_iter().partition(|c| c.pinned);
+        let mut picked = in_pinned_order(pins, tier.pinned, tier.picks);
+        let with_pins: Vec<Candidate>;
+        let placed = if picked.is_empty() {
+            tier.placed
+        } else {
+            with_pins = tier.placed.iter().chain(&picked).cloned().collect();
+            &with_pins
+        };
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
-        let picked = diversify(
+        picked.extend(diversify(
             &catalog,
             candidates,
-            tier.placed,
-            tier.picks,
+            placed,
+            tier.picks - picked.len(),
             mmr_pool(tier.end),
             request.diversity,
-        );
+        ));
         Ok(TierPicks {
             picked,
             scored,
@@ -1091,6 +1135,9 @@ struct Tier<'a> {
     end: usize,
     placed: &'a [Candidate],
     picks: usize,
+    /// The ids the shop pins for the query, in its order: placed first (the first tier
+    /// only; later tiers find them placed).
+    pinned: &'a [String],
 }
 
 /// What one tier placed.
@@ -1209,6 +1256,7 @@ fn by_price(
                 (true, Some(q)) => vec![search_reason(catalog, slot, q, matched(slot))],
                 (true, None) => vec![browsed.clone()],
             },
+            pinned: false,
         })
         .collect();
     (items, listed)
@@ -1438,6 +1486,13 @@ fn first_pass(
         .iter()
         .filter_map(|id| catalog.slot_of(id))
         .collect();
+    // The shop's pins for the query: in the pool and kept below `keep` too, to be placed
+    // first whatever their score (if they pass the filters and exclusions).
+    let pinned: Vec<u32> = tier
+        .pinned
+        .iter()
+        .filter_map(|id| catalog.slot_of(id))
+        .collect();
     let purchased = left_out_purchases(catalog, request);
     // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
     // changed between tiers).
@@ -1497,8 +1552,9 @@ fn first_pass(
             FirstPass::Scan
         };
         let pool = pool.map(|mut pool| {
-            if !related.is_empty() {
+            if !related.is_empty() || !pinned.is_empty() {
                 pool.slots.extend(&related);
+                pool.slots.extend(&pinned);
                 pool.slots.sort_unstable();
                 pool.slots.dedup();
             }
@@ -1642,7 +1698,7 @@ fn first_pass(
     if keep < total && keep > 0 {
         scored.select_nth_unstable_by(keep - 1, order);
         let mut below = scored.split_off(keep);
-        below.retain(|(slot, _, _)| related.contains(slot));
+        below.retain(|(slot, _, _)| related.contains(slot) || pinned.contains(slot));
         scored.extend(below);
     }
     scored.sort_by(order);
@@ -1659,9 +1715,17 @@ fn first_pass(
                 .map(|(_, by)| (*by).to_string()),
             kg_path: None,
             kg_similar: None,
+            pinned: pinned.contains(&slot),
         })
         .collect();
     (candidates, total, pass, matches)
+}
+
+/// The pinned candidates in the order of `ids`, at most `picks` of them.
+fn in_pinned_order(mut pins: Vec<Candidate>, ids: &[String], picks: usize) -> Vec<Candidate> {
+    pins.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
+    pins.truncate(picks);
+    pins
 }
 
 /// How much a path says: a direct item-to-item relation (accessory, complement) most, a shared
@@ -2030,6 +2094,7 @@ mod tests {
                 cf_by: None,
                 kg_path: None,
                 kg_similar: None,
+                pinned: false,
                 // Hundredths, so equal values happen.
                 score: below(100) as f32 / 100.0,
             });

@@ -929,3 +929,171 @@ async fn a_long_history_still_leaves_out_what_was_bought_long_ago() {
         );
     }
 }
+
+fn pin(ranker: &Ranker<FakeEncoder, FakeGraph>, query: &str, items: &[&str]) {
+    use souk_ranker_core::pins::{PinRule, Pins};
+    let pins = Pins::new(vec![PinRule {
+        query: query.into(),
+        items: items.iter().map(|s| s.to_string()).collect(),
+    }])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+}
+
+/// A shop's pins for a search come first, in its order, and the ranking goes on without
+/// them; pages continue the same list; filters, exclusions and purchases still hold; a
+/// price order, a re-ranking of given ids and any other search are not pinned.
+#[tokio::test]
+async fn pinned_items_lead_their_search_and_the_ranking_goes_on_without_them() {
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, hasher, _) = shop();
+    let search = |query: &str| RankQuery {
+        query: Some(query.into()),
+        k: 9,
+        explain: true,
+        ..Default::default()
+    };
+    let organic = ranker.rank(&search("tent")).await.unwrap();
+    assert!(organic.items.iter().all(|i| !i.pinned));
+    assert!(!ids(&organic)[..3].contains(&"p5"), "a lamp is no tent");
+    // A lamp the shop promotes for "tent", the family tent, and an id not (yet) in the shop.
+    pin(&ranker, "tent", &["p5", "nope", "p7"]);
+    let pinned = ranker.rank(&search("Tents")).await.unwrap();
+    assert_eq!(ids(&pinned)[..2], ["p5", "p7"]);
+    assert!(pinned.items[0].pinned && pinned.items[1].pinned);
+    assert!(pinned.items[2..].iter().all(|i| !i.pinned));
+    assert_eq!(
+        pinned.items[0].reasons[0],
+        "featured by the shop for \"tent\""
+    );
+    let rest: Vec<&str> = ids(&organic)
+        .into_iter()
+        .filter(|id| !["p5", "p7"].contains(id))
+        .collect();
+    assert_eq!(ids(&pinned)[2..], rest[..], "the ranking after the pins");
+    // A page of it is a slice of it; one result is the first pin.
+    let page = ranker
+        .rank(&RankQuery {
+            k: 3,
+            offset: 1,
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ids(&pinned)[1..4]);
+    let one = ranker
+        .rank(&RankQuery {
+            k: 1,
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&one), ["p5"]);
+    // Pins pass the request's filters and exclusions like every result.
+    let tents = ranker
+        .rank(&RankQuery {
+            filters: Filters::new("Tents", &[], None, None, false).unwrap(),
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&tents)[0], "p7", "the lamp is not in Tents");
+    assert!(!ids(&tents).contains(&"p5"));
+    let excluded = ranker
+        .rank(&RankQuery {
+            exclude: HashSet::from(["p5".to_string()]),
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&excluded)[0], "p7");
+    assert!(!ids(&excluded).contains(&"p5"));
+    record(&ranker, &hasher, "u", "p5", InteractionKind::Purchase, 1);
+    let bought = ranker
+        .rank(&RankQuery {
+            user: Some(hasher.key("u")),
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&bought)[0], "p7", "the shopper bought the lamp");
+    assert!(!ids(&bought).contains(&"p5"));
+    // Not pinned: a price order, given candidates, another search.
+    let cheap = ranker
+        .rank(&RankQuery {
+            sort: SortOrder::PriceAscending,
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&cheap), ["p6", "p1", "p7"]);
+    let given = ranker
+        .rank(&RankQuery {
+            candidate_ids: vec!["p1".into(), "p5".into()],
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&given), ["p1", "p5"]);
+    assert!(given.items.iter().all(|i| !i.pinned));
+    let pegs = ranker.rank(&search("tent pegs")).await.unwrap();
+    assert_eq!(ids(&pegs)[0], "p6");
+    assert!(pegs.items.iter().all(|i| !i.pinned));
+}
+
+/// In a catalog large enough for the candidate pool (the HNSW graph's nearest items, the
+/// best word matches, popular items), a pinned item that none of them brings is still
+/// placed first.
+#[tokio::test]
+async fn an_item_the_candidate_pool_would_not_hold_is_still_pinned() {
+    let (ranker, _, _) = shop();
+    {
+        let mut catalog = ranker.catalog().write().unwrap();
+        catalog.set_ann_min_items(100);
+        for i in 0..2_000 {
+            let gadget = item(
+                &format!("g{i:04}"),
+                &format!("Gadget {i} widget"),
+                &["Gadgets"],
+                "Gizmo",
+                20.0,
+            );
+            // Scattered; the pinned one points away from the query.
+            let mut v: Vec<f32> = if i == 1234 {
+                fake_vector("camping stove").iter().map(|x| -x).collect()
+            } else {
+                (0..=VOCAB.len())
+                    .map(|d| ((i * 7919 + d * 104_729) % 1_000) as f32 / 500.0 - 1.0)
+                    .collect()
+            };
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            catalog.upsert(gadget.validated().unwrap(), v).unwrap();
+        }
+    }
+    pin(&ranker, "camping stove", &["g1234", "p2"]);
+    let r = ranker
+        .rank(&RankQuery {
+            query: Some("camping stove".into()),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&r)[..2], ["g1234", "p2"]);
+    assert_eq!(r.first_pass, souk_ranker_core::rank::FirstPass::Pool);
+    // A word all 2,000 gadgets hold: more candidates than the first pass keeps for a page;
+    // the pinned lamp, which holds no word of it, is kept and placed all the same.
+    pin(&ranker, "widget", &["p5"]);
+    let r = ranker
+        .rank(&RankQuery {
+            query: Some("widget".into()),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.candidates > 1_000, "{}", r.candidates);
+    assert_eq!(ids(&r)[0], "p5");
+    assert!(ids(&r)[1..].iter().all(|id| id.starts_with('g')));
+}

@@ -1,0 +1,237 @@
+//! Pins: items a shop puts first for a query, in its order ("tent" -> the tent on promotion,
+//! then its footprint), what merchandisers call a pinned or promoted result. The ranking goes
+//! on after them without them.
+//!
+//! A rule applies to a search whose words, as the index reads them (folded, plural-free, stop
+//! words skipped: "Tents" and "a tent" are "tent"), are exactly the rule's; after spelling
+//! correction, a one-way synonym or the completion of a half-typed word, so "tnet" and "ten"
+//! (typing) reach "tent"'s pins too. A pinned item still has to pass the request's filters and
+//! exclusions (and is left out once bought, as every result is): pins never show what the
+//! shopper asked not to see. Lists sorted by price, and re-rankings of the caller's own
+//! candidates, are not pinned.
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::RankError;
+use crate::bm25::terms;
+use crate::item::validate_id;
+
+/// Most rules a shop may set.
+pub const MAX_PIN_RULES: usize = 10_000;
+/// Most items one rule pins: the top of the first page.
+pub const MAX_PINNED: usize = 16;
+/// Longest query of a rule, in bytes.
+pub const MAX_PIN_QUERY_BYTES: usize = 256;
+
+/// One rule as the shop wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRule {
+    /// The search it applies to.
+    pub query: String,
+    /// Item ids, first shown first.
+    pub items: Vec<String>,
+}
+
+/// Why a set of rules was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinError {
+    /// The rule at fault, counted from 0 (`None`: the set as a whole).
+    pub rule: Option<usize>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for PinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(rule) = self.rule {
+            write!(f, "pin rule {rule}: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for PinError {}
+
+impl From<PinError> for RankError {
+    fn from(error: PinError) -> Self {
+        RankError::InvalidInput(error.to_string())
+    }
+}
+
+/// The rules in force, by their query's terms.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    rules: Vec<PinRule>,
+    by_terms: HashMap<Vec<String>, usize>,
+}
+
+impl Pins {
+    /// The rules, checked: each names a query with a word search reads (at most
+    /// [`MAX_PIN_QUERY_BYTES`]) and 1 to [`MAX_PINNED`] distinct valid item ids, and no two
+    /// rules name the same search (which would win is not for the engine to guess). Ids are
+    /// not looked up: an item may be loaded after its pin (see [`Self::missing`]).
+    ///
+    /// # Errors
+    /// The rule at fault (counted from 0) and what is wrong with it.
+    pub fn new(rules: Vec<PinRule>) -> Result<Self, PinError> {
+        if rules.len() > MAX_PIN_RULES {
+            return Err(PinError {
+                rule: None,
+                reason: format!("{} rules; the limit is {MAX_PIN_RULES}", rules.len()),
+            });
+        }
+        let mut by_terms = HashMap::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            let bad = |reason: String| PinError {
+                rule: Some(i),
+                reason,
+            };
+            let query = rule.query.trim();
+            if query.len() > MAX_PIN_QUERY_BYTES {
+                return Err(bad(format!(
+                    "a query of {} bytes; the limit is {MAX_PIN_QUERY_BYTES}",
+                    query.len()
+                )));
+            }
+            let read = terms(query);
+            if read.is_empty() {
+                return Err(bad(format!(
+                    "query {query:?} has no word that search reads (stop words and punctuation are skipped)"
+                )));
+            }
+            if rule.items.is_empty() {
+                return Err(bad(format!("query {query:?} pins no item")));
+            }
+            if rule.items.len() > MAX_PINNED {
+                return Err(bad(format!(
+                    "{} items pinned; the limit is {MAX_PINNED}",
+                    rule.items.len()
+                )));
+            }
+            for (n, id) in rule.items.iter().enumerate() {
+                validate_id(id).map_err(|e| bad(format!("item {n}: {e}")))?;
+                if rule.items[..n].contains(id) {
+                    return Err(bad(format!("item {id:?} is pinned twice")));
+                }
+            }
+            if let Some(other) = by_terms.insert(read, i) {
+                return Err(bad(format!(
+                    "query {query:?} is the search of pin rule {other} too"
+                )));
+            }
+        }
+        Ok(Self { rules, by_terms })
+    }
+
+    /// The rule for a search (as typed or as corrected), if one names it.
+    pub fn for_query(&self, query: &str) -> Option<&PinRule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        self.by_terms
+            .get(&terms(query))
+            .and_then(|&i| self.rules.get(i))
+    }
+
+    /// The rules as they were set.
+    pub fn rules(&self) -> &[PinRule] {
+        &self.rules
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The pinned ids `known` says are not in the catalog, each once, in rule order: allowed
+    /// (the item may come later, and until then the rule shows the others) but worth a
+    /// warning.
+    pub fn missing(&self, known: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for id in self.rules.iter().flat_map(|r| &r.items) {
+            if !known(id) && !out.contains(id) {
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(query: &str, items: &[&str]) -> PinRule {
+        PinRule {
+            query: query.into(),
+            items: items.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rule_answers_its_search_however_it_is_written_and_no_other() {
+        let pins = Pins::new(vec![
+            rule("tent", &["t1", "t2"]),
+            rule("hiking boots", &["b1"]),
+        ])
+        .unwrap();
+        for query in ["tent", "Tents", " a TENT ", "tent!"] {
+            assert_eq!(
+                pins.for_query(query).map(|r| r.items.clone()),
+                Some(vec!["t1".to_string(), "t2".to_string()]),
+                "{query}"
+            );
+        }
+        assert_eq!(pins.for_query("Hiking Boot").unwrap().items, ["b1"]);
+        // Only the whole search: a longer or shorter one is not the rule's.
+        for query in ["tent pegs", "boots", "hiking", "", "the"] {
+            assert!(pins.for_query(query).is_none(), "{query}");
+        }
+        assert!(Pins::default().for_query("tent").is_none());
+    }
+
+    #[test]
+    fn bad_rules_are_refused_naming_the_rule_and_the_fault() {
+        let refused = |rules: Vec<PinRule>| Pins::new(rules).unwrap_err().to_string();
+        let ok = rule("tent", &["t1"]);
+        assert_eq!(
+            refused(vec![ok.clone(), rule("the", &["x"])]),
+            "pin rule 1: query \"the\" has no word that search reads (stop words and punctuation are skipped)"
+        );
+        assert_eq!(
+            refused(vec![rule("tent", &[])]),
+            "pin rule 0: query \"tent\" pins no item"
+        );
+        let many: Vec<String> = (0..=MAX_PINNED).map(|i| format!("i{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            refused(vec![rule("tent", &many)]),
+            format!("pin rule 0: 17 items pinned; the limit is {MAX_PINNED}")
+        );
+        assert_eq!(
+            refused(vec![rule("tent", &["t1", "t1"])]),
+            "pin rule 0: item \"t1\" is pinned twice"
+        );
+        assert!(refused(vec![rule("tent", &["t1", ""])]).starts_with("pin rule 0: item 1: "));
+        assert!(refused(vec![rule("tent", &["a\u{0}b"])]).contains("control character"));
+        assert_eq!(
+            refused(vec![ok.clone(), rule("Tents", &["t2"])]),
+            "pin rule 1: query \"Tents\" is the search of pin rule 0 too"
+        );
+        let long = "tent ".repeat(60);
+        assert!(refused(vec![rule(&long, &["t1"])]).contains("the limit is 256"));
+        let rules = vec![ok; MAX_PIN_RULES + 1];
+        assert_eq!(refused(rules), "10001 rules; the limit is 10000");
+    }
+
+    #[test]
+    fn ids_not_in_the_catalog_are_named_once() {
+        let pins = Pins::new(vec![
+            rule("tent", &["t1", "gone", "t2"]),
+            rule("stove", &["gone", "s1", "later"]),
+        ])
+        .unwrap();
+        let known = |id: &str| id.starts_with('t') || id.starts_with('s');
+        assert_eq!(pins.missing(known), ["gone", "later"]);
+        assert!(pins.missing(|_| true).is_empty());
+    }
+}

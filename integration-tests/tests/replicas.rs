@@ -53,6 +53,7 @@ async fn same_counts(
             &p.model_version,
             &p.cf_version,
             p.synonyms,
+            p.pin_rules,
         ) == (
             r.items,
             r.users,
@@ -60,6 +61,7 @@ async fn same_counts(
             &r.model_version,
             &r.cf_version,
             r.synonyms,
+            r.pin_rules,
         )
 }
 
@@ -161,7 +163,8 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 
     // Live writes of every kind reach it: a deletion, events sent to the replica (passed on
-    // to the primary), synonyms, fusion weights and a fitted collaborative filter.
+    // to the primary), synonyms, pinned results, fusion weights and a fitted collaborative
+    // filter.
     let first_tent = p
         .rank(rk::RankRequest {
             query: "tent".into(),
@@ -198,6 +201,14 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         synonyms: vec![rk::Synonym {
             phrases: vec!["rucksack".into()],
             replacement: Some("backpack".into()),
+        }],
+    })
+    .await
+    .unwrap();
+    p.set_pins(rk::SetPinsRequest {
+        rules: vec![rk::PinRule {
+            query: "sleeping bag".into(),
+            items: vec!["p00110".into()],
         }],
     })
     .await
@@ -257,6 +268,19 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert!(
         tents.items.iter().all(|i| i.id != first_tent),
         "the deleted item is still served"
+    );
+    let bags = r
+        .rank(rk::RankRequest {
+            query: "sleeping bags".into(),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        bags.items[0].pinned && bags.items[0].id == "p00110",
+        "{bags:?}"
     );
     let profile = r
         .user_profile(rk::UserProfileRequest {

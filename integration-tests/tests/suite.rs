@@ -1528,6 +1528,146 @@ async fn synonyms_find_what_the_shop_calls_otherwise() {
     assert_eq!(r.words_matched, Some(false), "cleared");
 }
 
+/// The shop's pinned results (`kg-data/pins.txt`, read as `soukctl pins load` reads it):
+/// its items lead their search in its order and the ranking goes on without them, they still
+/// pass the shopper's filters, a bad set is refused whole with its fault named, an id the
+/// catalog lacks is named, and the set survives a restart until an empty one clears it.
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_results_lead_their_search_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let data = dir.path().join("ranker");
+    let ranker = start_ranker(&data, &encoder, &kg.url()).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let search = |q: &str| rk::RankRequest {
+        query: q.into(),
+        k: 8,
+        explain: true,
+        ..Default::default()
+    };
+    let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let organic = client
+        .rank(search("sleeping bag"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(organic.items.iter().all(|i| !i.pinned));
+    assert_ne!(
+        ids(&organic)[..2],
+        ["p00110", "p00107"],
+        "pinned by the file, not by score"
+    );
+
+    let file = repo_root().join("kg-data/pins.txt");
+    let rules = soukctl::files::read_pins(&file).unwrap().messages();
+    let set = client
+        .set_pins(rk::SetPinsRequest {
+            rules: rules.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((set.rules, set.missing_items.len()), (1, 0));
+    let pinned = |r: &rk::RankResponse| {
+        r.items
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let shown = |client: &mut RankerClient<tonic::transport::Channel>, request| {
+        let mut client = client.clone();
+        async move { client.rank(request).await.unwrap().into_inner() }
+    };
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(ids(&r)[..2], ["p00110", "p00107"]);
+    assert_eq!(pinned(&r), ["p00110", "p00107"]);
+    assert_eq!(
+        r.items[0].reasons[0],
+        "featured by the shop for \"sleeping bag\""
+    );
+    let rest: Vec<String> = ids(&organic)
+        .into_iter()
+        .filter(|id| id != "p00110" && id != "p00107")
+        .collect();
+    assert_eq!(ids(&r)[2..], rest[..6], "the ranking goes on without them");
+    // The same search written otherwise.
+    let plural = shown(&mut client, search("Sleeping Bags")).await;
+    assert_eq!(pinned(&plural), ["p00110", "p00107"]);
+    // A budget keeps the 274.10 bag out; the 85.79 one still leads.
+    let cheap = shown(&mut client, search("sleeping bags under 100")).await;
+    assert_eq!(pinned(&cheap), ["p00110"]);
+    assert_eq!(ids(&cheap)[0], "p00110");
+    assert!(cheap.items.iter().all(|i| i.price <= 100.0));
+    // Another search is not pinned.
+    let bag = shown(&mut client, search("down sleeping bag")).await;
+    assert!(pinned(&bag).is_empty());
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.pin_rules, 1);
+
+    // Refused whole, fault named; the set in use stays.
+    let mut bad = rules.clone();
+    bad.push(rk::PinRule {
+        query: "Sleeping-bags!".into(),
+        items: vec!["p00105".into()],
+    });
+    let refused = client
+        .set_pins(rk::SetPinsRequest { rules: bad })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "pin rule 1: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays"
+    );
+    let listed = client
+        .get_pins(rk::GetPinsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rules, rules);
+
+    ranker.stop().await.unwrap();
+    let ranker = start_ranker(&data, &encoder, &kg.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let listed = client
+        .get_pins(rk::GetPinsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rules, rules, "stored");
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(pinned(&r), ["p00110", "p00107"], "read back");
+
+    // An id the catalog lacks is taken, and named for the admin; the rule shows the rest.
+    let set = client
+        .set_pins(rk::SetPinsRequest {
+            rules: vec![rk::PinRule {
+                query: "sleeping bag".into(),
+                items: vec!["p99999".into(), "p00107".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.missing_items, ["p99999"]);
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(pinned(&r), ["p00107"]);
+    client
+        .set_pins(rk::SetPinsRequest { rules: vec![] })
+        .await
+        .unwrap();
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert!(pinned(&r).is_empty(), "cleared");
+    assert_eq!(ids(&r), ids(&organic));
+}
+
 /// A shop streaming one event per message: the ranker stores the messages that arrived
 /// together in one write, and still stores exactly those before a bad message, none after,
 /// naming the bad event as its own message numbers it; a large message among them is

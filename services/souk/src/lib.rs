@@ -389,6 +389,15 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 .into_inner();
             eprintln!("  synonyms: {}", set.synonyms);
         }
+        let pins_file = data.join("pins.txt");
+        if pins_file.is_file() {
+            let rules = soukctl::files::read_pins(&pins_file)?.messages();
+            let set = ranker
+                .set_pins(soukctl::with_token(rk::SetPinsRequest { rules }, &token)?)
+                .await?
+                .into_inner();
+            eprintln!("  pinned searches: {}", set.rules);
+        }
         // Entity embeddings of the whole graph (items, brands, categories, attributes): the
         // ranker's "close in the product graph" signal. Small settings: ~2 s on 2 cores.
         let started = std::time::Instant::now();
@@ -512,6 +521,11 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "Search \"keurig\" (a brand the shop lacks, read as \"coffee maker\" by its synonyms)"
                 .to_string(),
             search("keurig"),
+        ),
+        (
+            "Search \"sleeping bags\" (the shop pins its promoted bags first: kg-data/pins.txt)"
+                .to_string(),
+            search("sleeping bags"),
         ),
         (
             "Search \"family tent under 150\" (a budget in the words: a price filter on the rest)"

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use souk_kg_core::{Triple, parse};
 use souk_proto::ranker::v1 as rk;
+use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 /// A line that could not be used.
@@ -691,6 +692,95 @@ impl SynonymsFile {
     }
 }
 
+/// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012` (the search,
+/// then the items to show first for it, in order); blank lines and `#` comments are
+/// skipped. Each rule is checked as the ranker checks them
+/// ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line before
+/// anything is sent. (An id holding a comma or `#` cannot be written here; `SetPins` takes
+/// it.)
+///
+/// # Errors
+/// The first line that cannot be read or checked, as `file:line: reason`.
+pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
+    let at = |line: usize, reason: String| LineError {
+        file: path.to_path_buf(),
+        line: line as u64,
+        reason,
+    };
+    let mut rules = Vec::new();
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let Some((query, items)) = content.split_once("=>") else {
+            return Err(at(
+                line,
+                "expected `search => id, id, ...` (no `=>` on this line)".into(),
+            ));
+        };
+        if items.contains("=>") {
+            return Err(at(line, "more than one `=>`".into()));
+        }
+        let items: Vec<String> = items.split(',').map(|p| p.trim().to_string()).collect();
+        if items.iter().any(String::is_empty) {
+            return Err(at(
+                line,
+                "an empty id (nothing after `=>`, two commas in a row, or one at an end)".into(),
+            ));
+        }
+        rules.push(PinRule {
+            query: query.trim().to_string(),
+            items,
+        });
+        lines.push(line);
+    }
+    match Pins::new(rules) {
+        Ok(checked) => Ok(PinsFile { checked, lines }),
+        Err(error) => {
+            let line = error.rule.map_or(0, |r| lines[r]);
+            let reason = match error.named_by {
+                Some(other) => format!("{} (on line {})", error.reason, lines[other]),
+                None => error.reason,
+            };
+            Err(at(line, reason))
+        }
+    }
+}
+
+/// Reads and checks the pins file at `path` (see [`pins`]).
+///
+/// # Errors
+/// When it cannot be read, or its first bad line as `file:line: reason`.
+pub fn read_pins(path: &Path) -> anyhow::Result<PinsFile> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    pins(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A pins file as read: its rules, checked as the ranker would, and the line each was on.
+#[derive(Debug, Clone)]
+pub struct PinsFile {
+    pub checked: Pins,
+    pub lines: Vec<usize>,
+}
+
+impl PinsFile {
+    /// The rules as `SetPins` takes them.
+    pub fn messages(&self) -> Vec<rk::PinRule> {
+        self.checked
+            .rules()
+            .iter()
+            .map(|rule| rk::PinRule {
+                query: rule.query.clone(),
+                items: rule.items.clone(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,6 +970,50 @@ mod tests {
             missing[0].starts_with("f.csv:1: header lacks column(s): item_id, clicked"),
             "{missing:?}"
         );
+    }
+
+    /// A pins file as an admin writes it; each fault named with its line.
+    #[test]
+    fn a_pins_file_is_read_and_its_faults_named_by_line() {
+        let path = Path::new("pins.txt");
+        let read = pins(
+            path,
+            "# spring\n\ntent => p007 , p012  # the promoted tent first\nhiking boots=>p020\n",
+        )
+        .unwrap();
+        assert_eq!(read.lines, [3, 4]);
+        assert_eq!(
+            read.messages(),
+            [
+                rk::PinRule {
+                    query: "tent".into(),
+                    items: vec!["p007".into(), "p012".into()],
+                },
+                rk::PinRule {
+                    query: "hiking boots".into(),
+                    items: vec!["p020".into()],
+                },
+            ]
+        );
+        assert!(pins(path, "# nothing\n").unwrap().messages().is_empty());
+        for (text, want) in [
+            ("tent p007", "pins.txt:1: expected `search => id, id, ...`"),
+            ("a => b => c", "pins.txt:1: more than one `=>`"),
+            ("tent => p1,, p2", "pins.txt:1: an empty id"),
+            ("\ntent =>", "pins.txt:2: an empty id"),
+            (
+                "the => p1",
+                "pins.txt:1: query \"the\" has no word that search reads",
+            ),
+            ("tent => p1, p1", "pins.txt:1: item \"p1\" is pinned twice"),
+            (
+                "tent => p1\n# x\nTents => p2",
+                "pins.txt:3: query \"Tents\" has a rule already (on line 1)",
+            ),
+        ] {
+            let error = pins(path, text).unwrap_err().to_string();
+            assert!(error.starts_with(want), "{text:?}: {error}");
+        }
     }
 
     /// A synonyms file as an admin writes it; each fault named with its line.

@@ -146,6 +146,9 @@ pub enum Command {
     /// The shop's synonyms: what shoppers type that its texts say otherwise.
     #[command(subcommand)]
     Synonyms(SynonymsCommand),
+    /// The shop's pinned results: items shown first for a search.
+    #[command(subcommand)]
+    Pins(PinsCommand),
     /// Health of the three services (grpc.health.v1).
     Health,
     /// Standard metrics on real datasets, with the ranker's scoring code.
@@ -256,6 +259,22 @@ pub enum SynonymsCommand {
         dry_run: bool,
     },
     /// The synonyms in use, in the file's format.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// Replace the shop's pinned results with a file's (an empty file clears them): one
+    /// rule a line, `tent => p007, p012` (for the search "tent", those items first, in that
+    /// order, when they pass the shopper's filters); `#` begins a comment. See
+    /// `kg-data/pins.txt`.
+    Load {
+        file: PathBuf,
+        /// Check the file and report its first bad line without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The pin rules in use, in the file's format.
     List,
 }
 
@@ -724,13 +743,14 @@ pub fn print_ranking(
     for (i, item) in ranking.items.iter().enumerate() {
         writeln!(
             out,
-            "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}",
+            "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}{}",
             i + offset as usize + 1,
             item.title,
             item.id,
             item.category.last().map(String::as_str).unwrap_or("-"),
             item.price,
-            item.score
+            item.score,
+            if item.pinned { "  (pinned)" } else { "" }
         )?;
         for reason in &item.reasons {
             writeln!(out, "       - {reason}")?;
@@ -1245,6 +1265,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if r.synonyms > 0 {
                 println!("synonyms: {} (`soukctl synonyms list`)", r.synonyms);
             }
+            if r.pin_rules > 0 {
+                println!("pinned searches: {} (`soukctl pins list`)", r.pin_rules);
+            }
             println!(
                 "spelling: {}",
                 if r.lexicon_words == 0 {
@@ -1303,6 +1326,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(to) => println!("{phrases} => {to}"),
                     None => println!("{phrases}"),
                 }
+            }
+        }
+        Command::Pins(PinsCommand::Load { file, dry_run }) => {
+            let read = files::read_pins(&file)?;
+            if dry_run {
+                println!(
+                    "{}: {} pin rules (dry run)",
+                    file.display(),
+                    read.checked.rules().len()
+                );
+                return Ok(());
+            }
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let request = rk::SetPinsRequest {
+                rules: read.messages(),
+            };
+            let r = ranker
+                .set_pins(with_token(request, &ep.token)?)
+                .await?
+                .into_inner();
+            for id in r.missing_items {
+                eprintln!(
+                    "{}: {id:?} is not in the catalog (its rules show the other items until it is)",
+                    file.display()
+                );
+            }
+            println!("{}: {} pin rules in use", file.display(), r.rules);
+        }
+        Command::Pins(PinsCommand::List) => {
+            let mut ranker =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
+            for rule in r.rules {
+                println!("{} => {}", rule.query, rule.items.join(", "));
             }
         }
         Command::Reembed => {

@@ -39,6 +39,8 @@ pub struct PinError {
     /// The rule at fault, counted from 0 (`None`: the set as a whole).
     pub rule: Option<usize>,
     pub reason: String,
+    /// The earlier rule for the same search, when that is the fault.
+    pub named_by: Option<usize>,
 }
 
 impl std::fmt::Display for PinError {
@@ -46,7 +48,11 @@ impl std::fmt::Display for PinError {
         if let Some(rule) = self.rule {
             write!(f, "pin rule {rule}: ")?;
         }
-        f.write_str(&self.reason)
+        f.write_str(&self.reason)?;
+        match self.named_by {
+            Some(other) => write!(f, " (pin rule {other})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -78,6 +84,7 @@ impl Pins {
             return Err(PinError {
                 rule: None,
                 reason: format!("{} rules; the limit is {MAX_PIN_RULES}", rules.len()),
+                named_by: None,
             });
         }
         let mut by_terms = HashMap::with_capacity(rules.len());
@@ -85,6 +92,7 @@ impl Pins {
             let bad = |reason: String| PinError {
                 rule: Some(i),
                 reason,
+                named_by: None,
             };
             let query = rule.query.trim();
             if query.len() > MAX_PIN_QUERY_BYTES {
@@ -115,9 +123,10 @@ impl Pins {
                 }
             }
             if let Some(other) = by_terms.insert(read, i) {
-                return Err(bad(format!(
-                    "query {query:?} is the search of pin rule {other} too"
-                )));
+                return Err(PinError {
+                    named_by: Some(other),
+                    ..bad(format!("query {query:?} has a rule already"))
+                });
             }
         }
         Ok(Self { rules, by_terms })
@@ -215,7 +224,7 @@ mod tests {
         assert!(refused(vec![rule("tent", &["a\u{0}b"])]).contains("control character"));
         assert_eq!(
             refused(vec![ok.clone(), rule("Tents", &["t2"])]),
-            "pin rule 1: query \"Tents\" is the search of pin rule 0 too"
+            "pin rule 1: query \"Tents\" has a rule already (pin rule 0)"
         );
         let long = "tent ".repeat(60);
         assert!(refused(vec![rule(&long, &["t1"])]).contains("the limit is 256"));

@@ -25,6 +25,7 @@ use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
     Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
 };
+use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserHasher};
@@ -437,6 +438,7 @@ pub async fn serve(
             items = catalog.len(),
             users = catalog.users(),
             synonyms = catalog.synonyms().rules().len(),
+            pin_rules = catalog.pins().rules().len(),
             cf = catalog.trained_cf().map_or("none", |m| m.version.as_str()),
             fusion = fusion.as_ref().map_or("default", |m| m.version.as_str()),
             "catalog replayed from the store"
@@ -1418,6 +1420,7 @@ impl pb::ranker_server::Ranker for RankerService {
                         })
                         .collect(),
                     reasons: i.reasons,
+                    pinned: i.pinned,
                 })
                 .collect(),
             missing_signals: ranking
@@ -1813,6 +1816,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 })
                 .unwrap_or_default(),
             synonyms: catalog.synonyms().rules().len() as u32,
+            pin_rules: catalog.pins().rules().len() as u32,
             follows: self
                 .follows
                 .as_ref()
@@ -1998,6 +2002,62 @@ impl pb::ranker_server::Ranker for RankerService {
             synonyms: count,
             finding_nothing,
         }))
+    }
+
+    async fn set_pins(
+        &self,
+        request: Request<pb::SetPinsRequest>,
+    ) -> Result<Response<pb::SetPinsResponse>, Status> {
+        self.primary_only("SetPins")?;
+        let ready = self.ready()?;
+        let rules: Vec<PinRule> = request
+            .into_inner()
+            .rules
+            .into_iter()
+            .map(|r| PinRule {
+                query: r.query,
+                items: r.items,
+            })
+            .collect();
+        let pins = Arc::new(
+            Pins::new(rules)
+                .map_err(|e| Status::invalid_argument(format!("{e}; the previous set stays")))?,
+        );
+        let count = pins.rules().len() as u32;
+        let _settings = ready.settings.lock().await;
+        {
+            let pins = pins.clone();
+            blocking(&ready, move |ready| ready.store.put_pins(pins.rules())).await?;
+        }
+        let missing_items = {
+            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+            let missing = pins.missing(|id| catalog.get(id).is_some());
+            catalog.set_pins(pins);
+            missing
+        };
+        tracing::info!(rules = count, "pinned results replaced");
+        Ok(Response::new(pb::SetPinsResponse {
+            rules: count,
+            missing_items,
+        }))
+    }
+
+    async fn get_pins(
+        &self,
+        _request: Request<pb::GetPinsRequest>,
+    ) -> Result<Response<pb::GetPinsResponse>, Status> {
+        let ready = self.ready()?;
+        let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+        let rules = catalog
+            .pins()
+            .rules()
+            .iter()
+            .map(|rule| pb::PinRule {
+                query: rule.query.clone(),
+                items: rule.items.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetPinsResponse { rules }))
     }
 
     type FollowStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StoreChange, Status>>;

@@ -955,6 +955,11 @@ fn apply_live(
                             catalog.set_synonyms(Arc::new(synonyms));
                         }
                     }
+                    "pins" => {
+                        if let Some(pins) = ready.store.usable_pins() {
+                            catalog.set_pins(Arc::new(pins));
+                        }
+                    }
                     _ => {}
                 }
             }

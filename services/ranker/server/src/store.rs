@@ -13,6 +13,7 @@ use std::sync::Arc;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::cf::{FoldIn, ItemFactors, TrainedCf};
 use souk_ranker_core::item::{Interaction, Item};
+use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::FusionModel;
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserKey};
@@ -144,7 +145,7 @@ pub struct Decoded {
     pub probe: Option<Vec<f32>>,
     /// Events appended.
     pub events: Vec<Interaction>,
-    /// Names of the models and settings written (`fusion`, `cf`, `synonyms`), to be read back
+    /// Names of the models and settings written (`fusion`, `cf`, `synonyms`, `pins`), to be read back
     /// from the store.
     pub models: Vec<String>,
 }
@@ -1660,6 +1661,22 @@ impl RankerStore {
         Ok(self.model("synonyms")?.unwrap_or_default())
     }
 
+    /// Stores the shop's pin rules, durably (replacing the previous set in one write).
+    ///
+    /// # Errors
+    /// When the write fails; the previous set stays stored.
+    pub fn put_pins(&self, rules: &[PinRule]) -> Result<(), RankError> {
+        self.put_model("pins", serde_json::to_vec(rules).map_err(internal)?)
+    }
+
+    /// The stored pin rules (none when never set).
+    ///
+    /// # Errors
+    /// When the store cannot be read or the record does not decode.
+    pub fn pins(&self) -> Result<Vec<PinRule>, RankError> {
+        Ok(self.model("pins")?.unwrap_or_default())
+    }
+
     /// The stored fusion weights, if any were set.
     ///
     /// # Errors
@@ -1869,7 +1886,7 @@ impl RankerStore {
     }
 
     /// The catalog as it is served: [`Self::load`], with the trained collaborative filter
-    /// and the shop's synonyms set on it. What a start serves, and a replica's copy. With it,
+    /// and the shop's synonyms and pins set on it. What a start serves, and a replica's copy. With it,
     /// what `hnsw.graph` holds of it, for the caller to set under [`Self::lock_ann_file`]: its
     /// `ann_changes()` when the graph was read back as saved, else [`ANN_NOT_SAVED`].
     ///
@@ -1880,6 +1897,9 @@ impl RankerStore {
         catalog.set_trained_cf(self.cf()?.map(std::sync::Arc::new));
         if let Some(synonyms) = self.usable_synonyms() {
             catalog.set_synonyms(std::sync::Arc::new(synonyms));
+        }
+        if let Some(pins) = self.usable_pins() {
+            catalog.set_pins(std::sync::Arc::new(pins));
         }
         let saved = if as_saved {
             catalog.ann_changes()
@@ -1893,17 +1913,13 @@ impl RankerStore {
     /// failing it now (a limit lowered since) or a damaged record is logged, left stored and
     /// `None`: search runs without synonyms rather than the ranker not starting.
     pub fn usable_synonyms(&self) -> Option<Synonyms> {
-        match self.synonyms().map(Synonyms::new) {
-            Ok(Ok(synonyms)) => Some(synonyms),
-            Ok(Err(error)) => {
-                tracing::error!(%error, "stored synonyms not used");
-                None
-            }
-            Err(error) => {
-                tracing::error!(%error, "stored synonyms unreadable, not used");
-                None
-            }
-        }
+        usable("synonyms", self.synonyms().map(Synonyms::new))
+    }
+
+    /// The stored pin rules, checked, as [`Self::usable_synonyms`]: search runs without
+    /// pins rather than the ranker not starting.
+    pub fn usable_pins(&self) -> Option<Pins> {
+        usable("pins", self.pins().map(Pins::new))
     }
 
     /// Takes the saved graph into `catalog` when it can; true when it was taken as it is.
@@ -1967,6 +1983,22 @@ impl RankerStore {
             .and_then(|()| file.sync_all())
             .map_err(|e| internal(format!("{}: {e}", path.display())))?;
         Ok(secret.into_bytes())
+    }
+}
+
+/// Stored rules (`what`: synonyms, pins) as read and checked: a set failing its check now
+/// (a limit lowered since) or a damaged record is logged, left stored and not used.
+fn usable<T, E: std::fmt::Display>(what: &str, read: Result<Result<T, E>, RankError>) -> Option<T> {
+    match read {
+        Ok(Ok(rules)) => Some(rules),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "stored {what} not used");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "stored {what} unreadable, not used");
+            None
+        }
     }
 }
 
@@ -2958,6 +2990,40 @@ mod tests {
         assert_eq!(store.synonyms().unwrap(), rules);
         store.models.insert("synonyms", &b"{not json"[..]).unwrap();
         assert!(store.synonyms().is_err());
+    }
+
+    /// The shop's pin rules come back as set and are served after a start; a damaged
+    /// record is an error, and the ranker then starts without pins.
+    #[test]
+    fn pins_round_trip_and_a_damaged_record_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![PinRule {
+            query: "tent".into(),
+            items: vec!["p7".into(), "p1".into()],
+        }];
+        {
+            let store = RankerStore::open(dir.path()).unwrap();
+            assert!(store.pins().unwrap().is_empty(), "none set");
+            store.put_pins(&rules).unwrap();
+        }
+        let store = RankerStore::open(dir.path()).unwrap();
+        assert_eq!(store.pins().unwrap(), rules);
+        let (served, _) = store
+            .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
+            .unwrap();
+        assert_eq!(
+            served.pins().for_query("Tents").unwrap().items,
+            ["p7", "p1"]
+        );
+        store
+            .models
+            .insert("pins", &b"[{\"query\": 3}]"[..])
+            .unwrap();
+        assert!(store.pins().is_err());
+        let (served, _) = store
+            .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
+            .unwrap();
+        assert!(served.pins().is_empty());
     }
 
     /// A factor model comes back as stored; an item-item model stored over it drops its

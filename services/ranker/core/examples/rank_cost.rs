@@ -20,9 +20,10 @@
 //! query's product word also matches another common word's items: the dearest synonyms), and
 //! `ANSWERS=path` writes every answer's ids there (to compare two builds' rankings), and
 //! `DESCRIBED=1` gives every item a ~550-byte description and five attributes, and
+//! `PINS=1` pins 16 items for each query's search (see `souk_ranker_core::pins`), and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
+use souk_ranker_core::pins::{MAX_PINNED, PinRule, Pins};
 use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SortOrder, SourceError};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
@@ -351,6 +353,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             words.join(" ")
         })
         .collect();
+    // PINS=1: every query's search pins 16 items spread over the catalog (mostly far from
+    // it: they join the pool and are scored wherever they are), what a pinned search costs.
+    if std::env::var("PINS").is_ok_and(|v| v == "1") {
+        let mut seen = HashSet::new();
+        let rules: Vec<PinRule> = queries
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| seen.insert(souk_ranker_core::bm25::terms(q)))
+            .map(|(i, q)| PinRule {
+                query: q.clone(),
+                items: (0..MAX_PINNED)
+                    .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
+                    .collect(),
+            })
+            .collect();
+        println!("pins: {} searches pin {MAX_PINNED} items each", rules.len());
+        let pins = Arc::new(Pins::new(rules)?);
+        ranker
+            .catalog()
+            .write()
+            .map_err(|_| "catalog lock poisoned")?
+            .set_pins(pins);
+    }
     let shopper = |i: usize| Some(UserKey::from_stored(format!("{:016x}", (i * 7919) % users)));
     // Item pages: items spread over the catalog (every cluster).
     let page_item = |i: usize| Some(format!("p{:06}", (i * 7_919) % items));

@@ -1487,12 +1487,15 @@ fn first_pass(
         .filter_map(|id| catalog.slot_of(id))
         .collect();
     // The shop's pins for the query: in the pool and kept below `keep` too, to be placed
-    // first whatever their score (if they pass the filters and exclusions).
-    let pinned: Vec<u32> = tier
+    // first whatever their score (if they pass the filters and exclusions). Sorted, as
+    // every candidate is looked up in it.
+    let mut pinned: Vec<u32> = tier
         .pinned
         .iter()
         .filter_map(|id| catalog.slot_of(id))
         .collect();
+    pinned.sort_unstable();
+    let is_pinned = |slot: &u32| !pinned.is_empty() && pinned.binary_search(slot).is_ok();
     let purchased = left_out_purchases(catalog, request);
     // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
     // changed between tiers).
@@ -1698,7 +1701,7 @@ fn first_pass(
     if keep < total && keep > 0 {
         scored.select_nth_unstable_by(keep - 1, order);
         let mut below = scored.split_off(keep);
-        below.retain(|(slot, _, _)| related.contains(slot) || pinned.contains(slot));
+        below.retain(|(slot, _, _)| related.contains(slot) || is_pinned(slot));
         scored.extend(below);
     }
     scored.sort_by(order);
@@ -1715,7 +1718,7 @@ fn first_pass(
                 .map(|(_, by)| (*by).to_string()),
             kg_path: None,
             kg_similar: None,
-            pinned: pinned.contains(&slot),
+            pinned: is_pinned(&slot),
         })
         .collect();
     (candidates, total, pass, matches)

@@ -674,19 +674,6 @@ async fn a_primary_that_lost_its_store_restores_it_from_a_replica() {
 }
 
 /// `from`, every file under it, copied to `to` (a backup of a stopped ranker's data).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Shoppers `who`0.. buy an item, each purchase its own write.
 async fn purchases(primary: &mut RankerClient<Channel>, who: &str, count: usize) {
     for n in 0..count {
@@ -726,7 +713,7 @@ async fn a_primary_put_back_from_an_older_backup_empties_no_replica() {
     let primary_addr = primary.addr;
     let (primary_dir, backup) = (dir.path().join("primary"), dir.path().join("backup"));
     primary.stop().await.unwrap();
-    copy_dir(&primary_dir, &backup);
+    souk_testkit::copy_dir(&primary_dir, &backup);
     let primary = primary_at(&primary_dir, services, primary_addr, None).await;
     let primary_url = primary.url();
     let (one, mut r) = replica_in_sync(&dir.path().join("one"), services, &primary_url).await;

@@ -1,12 +1,27 @@
 //! What the services' process tests share (tests that start a real server binary and kill it
 //! with SIGKILL): a free port, a server process that dies with the test however the test
-//! ends, and a client once the server answers.
+//! ends, a client once the server answers, and a store's directory copied as a backup is.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+
+/// Copies the directory `from` (a stopped server's store) to `to`, files and folders, as a
+/// file-level backup takes it.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
 
 /// A port free on loopback a moment ago, and not handed out before by this process: the
 /// system may give the same free port to two binds in a row (a test's primary and replica

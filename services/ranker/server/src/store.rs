@@ -2548,17 +2548,6 @@ mod tests {
     /// resumes), nor one past the copy's last write (nothing to tell by).
     #[test]
     fn a_backup_put_back_tells_a_follower_of_the_original_they_went_separate_ways() {
-        fn copy_dir(from: &Path, to: &Path) {
-            std::fs::create_dir_all(to).unwrap();
-            for entry in std::fs::read_dir(from).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    copy_dir(&entry.path(), &to.join(entry.file_name()));
-                } else {
-                    std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-                }
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let (original, backup) = (dir.path().join("original"), dir.path().join("backup"));
         let store = RankerStore::open(&original).unwrap();
@@ -2568,7 +2557,7 @@ mod tests {
         }
         store.close().unwrap();
         drop(store);
-        copy_dir(&original, &backup);
+        souk_testkit::copy_dir(&original, &backup);
         let store = RankerStore::open(&original).unwrap();
         let later = store.subscribe(None).unwrap().origin;
         store.append_events(&[click("u3")]).unwrap();

@@ -209,6 +209,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         rules: vec![rk::PinRule {
             query: "sleeping bag".into(),
             items: vec!["p00110".into()],
+            hidden: vec![],
         }],
     })
     .await

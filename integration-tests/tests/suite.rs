@@ -1616,6 +1616,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     bad.push(rk::PinRule {
         query: "Sleeping-bags!".into(),
         items: vec!["p00105".into()],
+        hidden: vec![],
     });
     let refused = client
         .set_pins(rk::SetPinsRequest { rules: bad })
@@ -1646,11 +1647,14 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(pinned(&r), ["p00110", "p00107"], "read back");
 
     // An id the catalog lacks is taken, and named for the admin; the rule shows the rest.
+    // The search's first result by score hidden: gone from it, by relevance and by price.
+    let first = ids(&organic)[0].clone();
     let set = client
         .set_pins(rk::SetPinsRequest {
             rules: vec![rk::PinRule {
                 query: "sleeping bag".into(),
                 items: vec!["p99999".into(), "p00107".into()],
+                hidden: vec![first.clone()],
             }],
         })
         .await
@@ -1659,6 +1663,18 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(set.missing_items, ["p99999"]);
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00107"]);
+    assert!(!ids(&r).contains(&first), "{first} hidden: {:?}", ids(&r));
+    let by_price = shown(
+        &mut client,
+        rk::RankRequest {
+            k: 20,
+            sort: rk::Sort::PriceAscending as i32,
+            ..search("sleeping bag")
+        },
+    )
+    .await;
+    assert!(by_price.items.len() > 5);
+    assert!(!ids(&by_price).contains(&first), "hidden by price too");
     client
         .set_pins(rk::SetPinsRequest { rules: vec![] })
         .await

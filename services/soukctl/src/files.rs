@@ -692,12 +692,12 @@ impl SynonymsFile {
     }
 }
 
-/// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012` (the search,
-/// then the items to show first for it, in order); blank lines and `#` comments are
-/// skipped. Each rule is checked as the ranker checks them
+/// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012, -p300` (the
+/// search, then the items to show first for it, in order, and with a `-` the items to hide
+/// from it); blank lines and `#` comments are skipped. Each rule is checked as the ranker checks them
 /// ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line before
-/// anything is sent. (An id holding a comma or `#` cannot be written here; `SetPins` takes
-/// it.)
+/// anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
+/// written here; `SetPins` takes it.)
 ///
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
@@ -724,16 +724,25 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
         if items.contains("=>") {
             return Err(at(line, "more than one `=>`".into()));
         }
-        let items: Vec<String> = items.split(',').map(|p| p.trim().to_string()).collect();
-        if items.iter().any(String::is_empty) {
-            return Err(at(
-                line,
-                "an empty id (nothing after `=>`, two commas in a row, or one at an end)".into(),
-            ));
+        let (mut pinned, mut hidden) = (Vec::new(), Vec::new());
+        for id in items.split(',').map(str::trim) {
+            let (list, id) = match id.strip_prefix('-') {
+                Some(rest) => (&mut hidden, rest.trim()),
+                None => (&mut pinned, id),
+            };
+            if id.is_empty() {
+                return Err(at(
+                    line,
+                    "an empty id (nothing after `=>` or `-`, two commas in a row, or one at an end)"
+                        .into(),
+                ));
+            }
+            list.push(id.to_string());
         }
         rules.push(PinRule {
             query: query.trim().to_string(),
-            items,
+            items: pinned,
+            hidden,
         });
         lines.push(line);
     }
@@ -776,6 +785,7 @@ impl PinsFile {
             .map(|rule| rk::PinRule {
                 query: rule.query.clone(),
                 items: rule.items.clone(),
+                hidden: rule.hidden.clone(),
             })
             .collect()
     }
@@ -978,20 +988,27 @@ mod tests {
         let path = Path::new("pins.txt");
         let read = pins(
             path,
-            "# spring\n\ntent => p007 , p012  # the promoted tent first\nhiking boots=>p020\n",
+            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\n",
         )
         .unwrap();
-        assert_eq!(read.lines, [3, 4]);
+        assert_eq!(read.lines, [3, 4, 5]);
         assert_eq!(
             read.messages(),
             [
                 rk::PinRule {
                     query: "tent".into(),
                     items: vec!["p007".into(), "p012".into()],
+                    hidden: vec!["p300".into()],
                 },
                 rk::PinRule {
                     query: "hiking boots".into(),
                     items: vec!["p020".into()],
+                    hidden: vec![],
+                },
+                rk::PinRule {
+                    query: "lamp".into(),
+                    items: vec![],
+                    hidden: vec!["p007".into()],
                 },
             ]
         );
@@ -1006,6 +1023,11 @@ mod tests {
                 "pins.txt:1: query \"the\" has no word that search reads",
             ),
             ("tent => p1, p1", "pins.txt:1: item \"p1\" is pinned twice"),
+            ("tent => p1, -", "pins.txt:1: an empty id"),
+            (
+                "tent => p1, -p1",
+                "pins.txt:1: item \"p1\" is both pinned and hidden",
+            ),
             (
                 "tent => p1\n# x\nTents => p2",
                 "pins.txt:3: query \"Tents\" has a rule already (on line 1)",

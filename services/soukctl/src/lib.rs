@@ -265,9 +265,9 @@ pub enum SynonymsCommand {
 #[derive(Debug, Subcommand)]
 pub enum PinsCommand {
     /// Replace the shop's pinned results with a file's (an empty file clears them): one
-    /// rule a line, `tent => p007, p012` (for the search "tent", those items first, in that
-    /// order, when they pass the shopper's filters); `#` begins a comment. See
-    /// `kg-data/pins.txt`.
+    /// rule a line, `tent => p007, p012, -p300` (for the search "tent", those items first,
+    /// in that order, when they pass the shopper's filters, and p300 never); `#` begins a
+    /// comment. See `kg-data/pins.txt`.
     Load {
         file: PathBuf,
         /// Check the file and report its first bad line without sending anything.
@@ -1360,7 +1360,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
             for rule in r.rules {
-                println!("{} => {}", rule.query, rule.items.join(", "));
+                let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
+                let ids: Vec<String> = rule.items.into_iter().chain(hidden).collect();
+                println!("{} => {}", rule.query, ids.join(", "));
             }
         }
         Command::Reembed => {

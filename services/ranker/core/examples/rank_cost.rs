@@ -366,6 +366,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 items: (0..MAX_PINNED)
                     .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
                     .collect(),
+                hidden: Vec::new(),
             })
             .collect();
         println!("pins: {} searches pin {MAX_PINNED} items each", rules.len());

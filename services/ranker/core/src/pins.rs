@@ -1,6 +1,8 @@
 //! Pins: items a shop puts first for a query, in its order ("tent" -> the tent on promotion,
 //! then its footprint), what merchandisers call a pinned or promoted result. The ranking goes
-//! on after them without them.
+//! on after them without them. A rule may also hide items from its search (a lamp that the
+//! word "tent" in its description brings up): they are left out of it, by relevance or by
+//! price.
 //!
 //! A rule applies to a search whose words, as the index reads them (folded, plural-free, stop
 //! words skipped: "Tents" and "a tent" are "tent"), are exactly the rule's; after spelling
@@ -9,7 +11,7 @@
 //! exclusions (and is left out once bought, as every result is): pins never show what the
 //! shopper asked not to see. Lists sorted by price, and re-rankings of the caller's own
 //! candidates, are not pinned.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,8 @@ use crate::item::validate_id;
 pub const MAX_PIN_RULES: usize = 10_000;
 /// Most items one rule pins: the top of the first page.
 pub const MAX_PINNED: usize = 16;
+/// Most items one rule hides.
+pub const MAX_HIDDEN: usize = 256;
 /// Longest query of a rule, in bytes.
 pub const MAX_PIN_QUERY_BYTES: usize = 256;
 
@@ -31,6 +35,9 @@ pub struct PinRule {
     pub query: String,
     /// Item ids, first shown first.
     pub items: Vec<String>,
+    /// Item ids never shown for the search, by relevance or by price.
+    #[serde(default)]
+    pub hidden: Vec<String>,
 }
 
 /// Why a set of rules was refused.
@@ -73,9 +80,10 @@ pub struct Pins {
 
 impl Pins {
     /// The rules, checked: each names a query with a word search reads (at most
-    /// [`MAX_PIN_QUERY_BYTES`]) and 1 to [`MAX_PINNED`] distinct valid item ids, and no two
-    /// rules name the same search (which would win is not for the engine to guess). Ids are
-    /// not looked up: an item may be loaded after its pin (see [`Self::missing`]).
+    /// [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin and [`MAX_HIDDEN`] to hide
+    /// (at least one of either; valid ids, each named once), and no two rules name the same
+    /// search (which would win is not for the engine to guess). Ids are not looked up: an
+    /// item may be loaded after its rule (see [`Self::missing`]).
     ///
     /// # Errors
     /// The rule at fault (counted from 0) and what is wrong with it.
@@ -107,8 +115,8 @@ impl Pins {
                     "query {query:?} has no word that search reads (stop words and punctuation are skipped)"
                 )));
             }
-            if rule.items.is_empty() {
-                return Err(bad(format!("query {query:?} pins no item")));
+            if rule.items.is_empty() && rule.hidden.is_empty() {
+                return Err(bad(format!("query {query:?} pins and hides no item")));
             }
             if rule.items.len() > MAX_PINNED {
                 return Err(bad(format!(
@@ -116,10 +124,26 @@ impl Pins {
                     rule.items.len()
                 )));
             }
+            if rule.hidden.len() > MAX_HIDDEN {
+                return Err(bad(format!(
+                    "{} items hidden; the limit is {MAX_HIDDEN}",
+                    rule.hidden.len()
+                )));
+            }
             for (n, id) in rule.items.iter().enumerate() {
                 validate_id(id).map_err(|e| bad(format!("item {n}: {e}")))?;
                 if rule.items[..n].contains(id) {
                     return Err(bad(format!("item {id:?} is pinned twice")));
+                }
+            }
+            let mut hidden: HashSet<&str> = HashSet::with_capacity(rule.hidden.len());
+            for (n, id) in rule.hidden.iter().enumerate() {
+                validate_id(id).map_err(|e| bad(format!("hidden item {n}: {e}")))?;
+                if rule.items.contains(id) {
+                    return Err(bad(format!("item {id:?} is both pinned and hidden")));
+                }
+                if !hidden.insert(id) {
+                    return Err(bad(format!("item {id:?} is hidden twice")));
                 }
             }
             if let Some(other) = by_terms.insert(read, i) {
@@ -151,12 +175,16 @@ impl Pins {
         self.rules.is_empty()
     }
 
-    /// The pinned ids `known` says are not in the catalog, each once, in rule order: allowed
-    /// (the item may come later, and until then the rule shows the others) but worth a
-    /// warning.
+    /// The pinned or hidden ids `known` says are not in the catalog, each once, in rule
+    /// order: allowed (the item may come later, and until then the rule shows the others)
+    /// but worth a warning.
     pub fn missing(&self, known: impl Fn(&str) -> bool) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for id in self.rules.iter().flat_map(|r| &r.items) {
+        for id in self
+            .rules
+            .iter()
+            .flat_map(|r| r.items.iter().chain(&r.hidden))
+        {
             if !known(id) && !out.contains(id) {
                 out.push(id.clone());
             }
@@ -173,6 +201,14 @@ mod tests {
         PinRule {
             query: query.into(),
             items: items.iter().map(|s| s.to_string()).collect(),
+            hidden: Vec::new(),
+        }
+    }
+
+    fn hiding(query: &str, items: &[&str], hidden: &[&str]) -> PinRule {
+        PinRule {
+            hidden: hidden.iter().map(|s| s.to_string()).collect(),
+            ..rule(query, items)
         }
     }
 
@@ -208,7 +244,29 @@ mod tests {
         );
         assert_eq!(
             refused(vec![rule("tent", &[])]),
-            "pin rule 0: query \"tent\" pins no item"
+            "pin rule 0: query \"tent\" pins and hides no item"
+        );
+        assert!(
+            Pins::new(vec![hiding("tent", &[], &["lamp"])]).is_ok(),
+            "hiding alone"
+        );
+        assert_eq!(
+            refused(vec![hiding("tent", &["t1"], &["t1"])]),
+            "pin rule 0: item \"t1\" is both pinned and hidden"
+        );
+        assert_eq!(
+            refused(vec![hiding("tent", &[], &["x", "x"])]),
+            "pin rule 0: item \"x\" is hidden twice"
+        );
+        assert!(
+            refused(vec![hiding("tent", &[], &["x", ""])])
+                .starts_with("pin rule 0: hidden item 1: ")
+        );
+        let hidden: Vec<String> = (0..=MAX_HIDDEN).map(|i| format!("h{i}")).collect();
+        let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+        assert_eq!(
+            refused(vec![hiding("tent", &[], &hidden)]),
+            format!("pin rule 0: 257 items hidden; the limit is {MAX_HIDDEN}")
         );
         let many: Vec<String> = (0..=MAX_PINNED).map(|i| format!("i{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
@@ -236,11 +294,11 @@ mod tests {
     fn ids_not_in_the_catalog_are_named_once() {
         let pins = Pins::new(vec![
             rule("tent", &["t1", "gone", "t2"]),
-            rule("stove", &["gone", "s1", "later"]),
+            hiding("stove", &["gone", "s1", "later"], &["s2", "hid"]),
         ])
         .unwrap();
         let known = |id: &str| id.starts_with('t') || id.starts_with('s');
-        assert_eq!(pins.missing(known), ["gone", "later"]);
+        assert_eq!(pins.missing(known), ["gone", "later", "hid"]);
         assert!(pins.missing(|_| true).is_empty());
     }
 }

@@ -758,12 +758,12 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .or(typed)
                 .map(|q| catalog.widened_to(q))
                 .unwrap_or_default();
-            // The shop's pins for the search as ranked; not for a list by price, nor for a
-            // re-ranking of the caller's own candidates.
+            // The shop's rule for the search as ranked (not for a re-ranking of the caller's
+            // own candidates).
             let pin_rule = corrected
                 .as_deref()
                 .or(typed)
-                .filter(|_| request.sort.by_price().is_none() && request.candidate_ids.is_empty())
+                .filter(|_| request.candidate_ids.is_empty())
                 .and_then(|q| catalog.pins().for_query(q))
                 .cloned();
             let spelling_corrected = match (typed, &corrected) {
@@ -800,6 +800,28 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             )
         };
         let query = corrected.as_deref().or(typed);
+        // Items the shop hides from this search are left out as the request's own
+        // exclusions are, in any order; its pins lead a relevance ranking only.
+        let with_hidden: RankQuery;
+        let request = match &pin_rule {
+            Some(rule) if !rule.hidden.is_empty() => {
+                with_hidden = RankQuery {
+                    exclude: request
+                        .exclude
+                        .iter()
+                        .chain(&rule.hidden)
+                        .cloned()
+                        .collect(),
+                    ..request.clone()
+                };
+                &with_hidden
+            }
+            _ => request,
+        };
+        let pins: &[String] = match &pin_rule {
+            Some(rule) if request.sort.by_price().is_none() => &rule.items,
+            _ => &[],
+        };
         let weights = match (request.weights, query, &request.item) {
             (Some(weights), _, _) => weights,
             (None, Some(_), _) => model.with_query,
@@ -911,10 +933,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         end: tier,
                         placed: &chosen,
                         picks: depth.min(tier) - chosen.len(),
-                        pinned: match &pin_rule {
-                            Some(rule) if start == 0 => &rule.items,
-                            _ => &[],
-                        },
+                        pinned: if start == 0 { pins } else { &[] },
                     },
                 )
                 .await?;

@@ -931,13 +931,91 @@ async fn a_long_history_still_leaves_out_what_was_bought_long_ago() {
 }
 
 fn pin(ranker: &Ranker<FakeEncoder, FakeGraph>, query: &str, items: &[&str]) {
+    pin_and_hide(ranker, query, items, &[]);
+}
+
+fn pin_and_hide(
+    ranker: &Ranker<FakeEncoder, FakeGraph>,
+    query: &str,
+    items: &[&str],
+    hidden: &[&str],
+) {
     use souk_ranker_core::pins::{PinRule, Pins};
+    let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
     let pins = Pins::new(vec![PinRule {
         query: query.into(),
-        items: items.iter().map(|s| s.to_string()).collect(),
+        items: strings(items),
+        hidden: strings(hidden),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+}
+
+/// Items a shop hides from a search are left out of it by relevance and by price, on every
+/// page, and shown again for any other search; the rule's pins still lead.
+#[tokio::test]
+async fn hidden_items_leave_their_search_in_any_order() {
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, _, _) = shop();
+    let search = |query: &str, sort| RankQuery {
+        query: Some(query.into()),
+        k: 9,
+        sort,
+        ..Default::default()
+    };
+    let organic = ranker
+        .rank(&search("tent", SortOrder::Relevance))
+        .await
+        .unwrap();
+    assert!(ids(&organic).contains(&"p6"), "the pegs match \"tent\"");
+    // The pegs hidden, the family tent pinned.
+    pin_and_hide(&ranker, "tent", &["p7"], &["p6"]);
+    let r = ranker
+        .rank(&search("Tents", SortOrder::Relevance))
+        .await
+        .unwrap();
+    assert_eq!(ids(&r)[0], "p7");
+    let rest: Vec<&str> = ids(&organic)
+        .into_iter()
+        .filter(|id| !["p6", "p7"].contains(id))
+        .collect();
+    assert_eq!(ids(&r)[1..], rest[..]);
+    let cheap = ranker
+        .rank(&search("tent", SortOrder::PriceAscending))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&cheap),
+        ["p1", "p7"],
+        "hidden by price too; no pin there"
+    );
+    for offset in 0..8 {
+        let page = ranker
+            .rank(&RankQuery {
+                k: 1,
+                offset,
+                ..search("tent", SortOrder::Relevance)
+            })
+            .await
+            .unwrap();
+        assert!(!ids(&page).contains(&"p6"), "page {offset}");
+    }
+    let pegs = ranker
+        .rank(&search("tent pegs", SortOrder::Relevance))
+        .await
+        .unwrap();
+    assert_eq!(ids(&pegs)[0], "p6", "another search still finds them");
+    // Hiding alone.
+    pin_and_hide(&ranker, "tent", &[], &["p6", "p1"]);
+    let r = ranker
+        .rank(&search("tent", SortOrder::Relevance))
+        .await
+        .unwrap();
+    assert!(
+        r.items
+            .iter()
+            .all(|i| !i.pinned && i.id != "p6" && i.id != "p1")
+    );
 }
 
 /// A shop's pins for a search come first, in its order, and the ranking goes on without

@@ -2017,6 +2017,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .map(|r| PinRule {
                 query: r.query,
                 items: r.items,
+                hidden: r.hidden,
             })
             .collect();
         let pins = Arc::new(
@@ -2055,6 +2056,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .map(|rule| pb::PinRule {
                 query: rule.query.clone(),
                 items: rule.items.clone(),
+                hidden: rule.hidden.clone(),
             })
             .collect();
         Ok(Response::new(pb::GetPinsResponse { rules }))

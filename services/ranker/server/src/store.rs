@@ -2989,6 +2989,7 @@ mod tests {
         let rules = vec![PinRule {
             query: "tent".into(),
             items: vec!["p7".into(), "p1".into()],
+            hidden: vec!["p6".into()],
         }];
         {
             let store = RankerStore::open(dir.path()).unwrap();

@@ -665,9 +665,18 @@ pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
 /// # Errors
 /// When it cannot be read, or its first bad line as `file:line: reason`.
 pub fn read_synonyms(path: &Path) -> anyhow::Result<SynonymsFile> {
+    read_rules(path, synonyms)
+}
+
+/// Reads the rules file at `path` whole and checks it with `check` (a file of the shop's
+/// rules is small: synonyms, pins).
+fn read_rules<T>(
+    path: &Path,
+    check: impl FnOnce(&Path, &str) -> Result<T, LineError>,
+) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    synonyms(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
+    check(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A synonyms file as read: its synonyms, checked and indexed as the ranker would, and the
@@ -764,9 +773,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
 /// # Errors
 /// When it cannot be read, or its first bad line as `file:line: reason`.
 pub fn read_pins(path: &Path) -> anyhow::Result<PinsFile> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    pins(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
+    read_rules(path, pins)
 }
 
 /// A pins file as read: its rules, checked as the ranker would, and the line each was on.

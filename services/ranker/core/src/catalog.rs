@@ -102,6 +102,8 @@ pub struct FacetScope<'a> {
     pub nearest: Option<(&'a [f32], usize)>,
     /// A re-rank request's candidate ids: these and nothing else.
     pub among: Option<&'a [String]>,
+    /// Ids never counted (the items the shop's pin rule hides from the search).
+    pub except: &'a [String],
 }
 
 #[derive(Debug, Clone)]
@@ -932,8 +934,17 @@ impl Catalog {
                 near.dedup();
             }
         }
+        let mut except: Vec<u32> = scope
+            .except
+            .iter()
+            .filter_map(|id| self.slot_of(id))
+            .collect();
+        except.sort_unstable();
         union_ascending(lexical, &near)
-            .filter(|&slot| self.passes(filter, slot))
+            .filter(|&slot| {
+                self.passes(filter, slot)
+                    && (except.is_empty() || except.binary_search(&slot).is_err())
+            })
             .collect()
     }
 
@@ -2954,6 +2965,7 @@ mod tests {
                 words,
                 nearest: (k > 0).then_some((&query[..], k)),
                 among: None,
+                except: &[],
             };
             catalog
                 .facet_counts(&scope, filters, &fields)

@@ -319,6 +319,10 @@ pub struct RankQuery {
     pub weights: Option<[f32; 5]>,
     /// Relevance, or the matched items by price (no scores: `score` is 0).
     pub sort: SortOrder,
+    /// Ids left out of the results and of the facet counts: `Ranker::rank` sets them from
+    /// the shop's pin rule for the search (see [`crate::pins`]), beside the caller's
+    /// `exclude` (which facets still count).
+    pub hidden: Vec<String>,
 }
 
 impl RankQuery {
@@ -801,7 +805,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
         let query = corrected.as_deref().or(typed);
         // Items the shop hides from this search are left out as the request's own
-        // exclusions are, in any order; its pins lead a relevance ranking only.
+        // exclusions are, in any order, and of its facet counts; its pins lead a relevance
+        // ranking only.
         let with_hidden: RankQuery;
         let request = match &pin_rule {
             Some(rule) if !rule.hidden.is_empty() => {
@@ -812,6 +817,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         .chain(&rule.hidden)
                         .cloned()
                         .collect(),
+                    hidden: rule.hidden.clone(),
                     ..request.clone()
                 };
                 &with_hidden
@@ -1195,6 +1201,7 @@ fn matched_scope<'a>(
         words: query,
         nearest: query_vector.map(|q| (q, FACET_NEAREST)),
         among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
+        except: &request.hidden,
     }
 }
 

@@ -952,22 +952,33 @@ fn pin_and_hide(
 }
 
 /// Items a shop hides from a search are left out of it by relevance and by price, on every
-/// page, and shown again for any other search; the rule's pins still lead.
+/// page, and of its facet counts, and shown again for any other search; the rule's pins
+/// still lead.
 #[tokio::test]
 async fn hidden_items_leave_their_search_in_any_order() {
+    use souk_ranker_core::facet::FacetField;
     use souk_ranker_core::rank::SortOrder;
     let (ranker, _, _) = shop();
     let search = |query: &str, sort| RankQuery {
         query: Some(query.into()),
         k: 9,
         sort,
+        facets: vec![FacetField::Brand],
         ..Default::default()
+    };
+    let brands = |r: &souk_ranker_core::rank::Ranking| {
+        r.facets[0]
+            .values
+            .iter()
+            .map(|(brand, _)| brand.clone())
+            .collect::<HashSet<_>>()
     };
     let organic = ranker
         .rank(&search("tent", SortOrder::Relevance))
         .await
         .unwrap();
     assert!(ids(&organic).contains(&"p6"), "the pegs match \"tent\"");
+    assert!(brands(&organic).contains("Pegco"));
     // The pegs hidden, the family tent pinned.
     pin_and_hide(&ranker, "tent", &["p7"], &["p6"]);
     let r = ranker
@@ -980,6 +991,10 @@ async fn hidden_items_leave_their_search_in_any_order() {
         .filter(|id| !["p6", "p7"].contains(id))
         .collect();
     assert_eq!(ids(&r)[1..], rest[..]);
+    assert!(
+        !brands(&r).contains("Pegco"),
+        "the pegs' brand counted nothing"
+    );
     let cheap = ranker
         .rank(&search("tent", SortOrder::PriceAscending))
         .await
@@ -989,6 +1004,7 @@ async fn hidden_items_leave_their_search_in_any_order() {
         ["p1", "p7"],
         "hidden by price too; no pin there"
     );
+    assert_eq!(brands(&cheap), brands(&r));
     for offset in 0..8 {
         let page = ranker
             .rank(&RankQuery {

@@ -1079,6 +1079,8 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         .map(|u| hasher.key(u));
     Ok(RankQuery {
         user,
+        // Set by the ranker from the shop's pin rules, not by a request.
+        hidden: Vec::new(),
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
         item: Some(request.item_id).filter(|i| !i.is_empty()),
         weights: request

@@ -606,12 +606,7 @@ pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
     };
     let mut rules = Vec::new();
     let mut lines = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
-        if content.is_empty() {
-            continue;
-        }
+    for (line, content) in rule_lines(text) {
         let (left, replacement) = match content.split_once("=>") {
             Some((left, right)) => {
                 let right = right.trim();
@@ -660,6 +655,15 @@ pub fn synonyms(path: &Path, text: &str) -> Result<SynonymsFile, LineError> {
     }
 }
 
+/// A rules file's lines that hold a rule (synonyms, pins): each numbered from 1 and without
+/// its `#` comment, trimmed; blank and comment-only lines are skipped.
+fn rule_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter_map(|(i, raw)| {
+        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+        (!content.is_empty()).then_some((i + 1, content))
+    })
+}
+
 /// Reads and checks the synonyms file at `path` (see [`synonyms`]).
 ///
 /// # Errors
@@ -703,9 +707,9 @@ impl SynonymsFile {
 
 /// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012, -p300` (the
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
-/// from it); blank lines and `#` comments are skipped. Each rule is checked as the ranker checks them
-/// ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line before
-/// anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
+/// from it); blank lines and `#` comments are skipped. Each rule is checked as the ranker
+/// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
+/// before anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
 /// written here; `SetPins` takes it.)
 ///
 /// # Errors
@@ -718,12 +722,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
     };
     let mut rules = Vec::new();
     let mut lines = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
-        if content.is_empty() {
-            continue;
-        }
+    for (line, content) in rule_lines(text) {
         let Some((query, items)) = content.split_once("=>") else {
             return Err(at(
                 line,

@@ -811,12 +811,6 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         let request = match &pin_rule {
             Some(rule) if !rule.hidden.is_empty() => {
                 with_hidden = RankQuery {
-                    exclude: request
-                        .exclude
-                        .iter()
-                        .chain(&rule.hidden)
-                        .cloned()
-                        .collect(),
                     hidden: rule.hidden.clone(),
                     ..request.clone()
                 };
@@ -1244,6 +1238,7 @@ fn by_price(
     let mut exclude: HashSet<u32> = request
         .exclude
         .iter()
+        .chain(&request.hidden)
         .chain(&request.item)
         .filter_map(|id| catalog.slot_of(id))
         .collect();
@@ -1523,11 +1518,12 @@ fn first_pass(
     pinned.sort_unstable();
     let is_pinned = |slot: &u32| !pinned.is_empty() && pinned.binary_search(slot).is_ok();
     let purchased = left_out_purchases(catalog, request);
-    // The caller's exclusions and what earlier tiers placed (by id: the catalog may have
-    // changed between tiers).
+    // The caller's exclusions, what the shop hides from the search and what earlier tiers
+    // placed (by id: the catalog may have changed between tiers).
     let excluded: HashSet<u32> = request
         .exclude
         .iter()
+        .chain(&request.hidden)
         .chain(&request.item)
         .chain(tier.placed.iter().map(|c| &c.id))
         .filter_map(|id| catalog.slot_of(id))

@@ -206,11 +206,20 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     .await
     .unwrap();
     p.set_pins(rk::SetPinsRequest {
-        rules: vec![rk::PinRule {
-            query: "sleeping bag".into(),
-            items: vec!["p00110".into()],
-            hidden: vec![],
-        }],
+        rules: vec![
+            rk::PinRule {
+                query: "sleeping bag".into(),
+                category: String::new(),
+                items: vec!["p00110".into()],
+                hidden: vec![],
+            },
+            rk::PinRule {
+                query: String::new(),
+                category: "Coffee".into(),
+                items: vec!["p00176".into()],
+                hidden: vec![],
+            },
+        ],
     })
     .await
     .unwrap();
@@ -282,6 +291,22 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert!(
         bags.items[0].pinned && bags.items[0].id == "p00110",
         "{bags:?}"
+    );
+    let coffee = r
+        .rank(rk::RankRequest {
+            filters: Some(rk::Filters {
+                category: "Coffee".into(),
+                ..Default::default()
+            }),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        coffee.items[0].pinned && coffee.items[0].id == "p00176",
+        "the category page's rule is copied: {coffee:?}"
     );
     let profile = r
         .user_profile(rk::UserProfileRequest {

@@ -1569,7 +1569,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((set.rules, set.missing_items.len()), (1, 0));
+    assert_eq!((set.rules, set.missing_items.len()), (2, 0));
     let pinned = |r: &rk::RankResponse| {
         r.items
             .iter()
@@ -1609,12 +1609,62 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stats.pin_rules, 1);
+    assert_eq!(stats.pin_rules, 2);
+    // The Coffee page (the category as the filter, no search) opens on the file's picks,
+    // then the page as it was; a search within Coffee, and Coffee by price, are not pinned.
+    let coffee = |category: &str| rk::RankRequest {
+        filters: Some(rk::Filters {
+            category: category.into(),
+            ..Default::default()
+        }),
+        ..search("")
+    };
+    client
+        .set_pins(rk::SetPinsRequest { rules: vec![] })
+        .await
+        .unwrap();
+    let page = shown(&mut client, coffee("Coffee")).await;
+    client
+        .set_pins(rk::SetPinsRequest {
+            rules: rules.clone(),
+        })
+        .await
+        .unwrap();
+    let picks = ["p00159", "p00176", "p00194"];
+    let r = shown(&mut client, coffee("coffee")).await;
+    assert_eq!(pinned(&r), picks);
+    assert_eq!(ids(&r)[..3], picks);
+    assert_eq!(r.items[0].reasons[0], "featured by the shop in Coffee");
+    let rest: Vec<String> = ids(&page)
+        .into_iter()
+        .filter(|id| !picks.contains(&id.as_str()))
+        .collect();
+    assert_eq!(ids(&r)[3..], rest[..5], "the page goes on without them");
+    let searched = shown(
+        &mut client,
+        rk::RankRequest {
+            query: "grinder".into(),
+            ..coffee("Coffee")
+        },
+    )
+    .await;
+    assert!(pinned(&searched).is_empty());
+    let cheapest = shown(
+        &mut client,
+        rk::RankRequest {
+            sort: rk::Sort::PriceAscending as i32,
+            ..coffee("Coffee")
+        },
+    )
+    .await;
+    assert!(pinned(&cheapest).is_empty());
+    assert!(pinned(&shown(&mut client, coffee("Grinders")).await).is_empty());
 
     // Refused whole, fault named; the set in use stays.
     let mut bad = rules.clone();
     bad.push(rk::PinRule {
         query: "Sleeping-bags!".into(),
+        category: String::new(),
         items: vec!["p00105".into()],
         hidden: vec![],
     });
@@ -1625,7 +1675,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         refused.message(),
-        "pin rule 1: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays"
+        "pin rule 2: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays"
     );
     let listed = client
         .get_pins(rk::GetPinsRequest {})
@@ -1645,6 +1695,8 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(listed.rules, rules, "stored");
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00110", "p00107"], "read back");
+    let r = shown(&mut client, coffee("Coffee")).await;
+    assert_eq!(pinned(&r), picks, "read back");
 
     // An id the catalog lacks is taken, and named for the admin; the rule shows the rest.
     // The search's first result by score hidden: gone from it, by relevance and by price.
@@ -1653,6 +1705,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .set_pins(rk::SetPinsRequest {
             rules: vec![rk::PinRule {
                 query: "sleeping bag".into(),
+                category: String::new(),
                 items: vec!["p99999".into(), "p00107".into()],
                 hidden: vec![first.clone()],
             }],

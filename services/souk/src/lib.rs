@@ -396,7 +396,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 .set_pins(soukctl::with_token(rk::SetPinsRequest { rules }, &token)?)
                 .await?
                 .into_inner();
-            eprintln!("  pinned searches: {}", set.rules);
+            eprintln!("  pin rules (searches and category pages): {}", set.rules);
         }
         // Entity embeddings of the whole graph (items, brands, categories, attributes): the
         // ranker's "close in the product graph" signal. Small settings: ~2 s on 2 cores.
@@ -526,6 +526,17 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             "Search \"sleeping bags\" (the shop pins its promoted bags first: kg-data/pins.txt)"
                 .to_string(),
             search("sleeping bags"),
+        ),
+        (
+            "The Coffee page (a category without a search: the shop's picks first, kg-data/pins.txt)"
+                .to_string(),
+            rk::RankRequest {
+                filters: Some(rk::Filters {
+                    category: "Coffee".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         ),
         (
             "Search \"family tent under 150\" (a budget in the words: a price filter on the rest)"

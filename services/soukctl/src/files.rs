@@ -707,7 +707,8 @@ impl SynonymsFile {
 
 /// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012, -p300` (the
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
-/// from it); blank lines and `#` comments are skipped. Each rule is checked as the ranker
+/// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]);
+/// blank lines and `#` comments are skipped. Each rule is checked as the ranker
 /// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
 /// before anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
 /// written here; `SetPins` takes it.)
@@ -747,8 +748,13 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             }
             list.push(id.to_string());
         }
+        let (query, category) = match strip_prefix_ignoring_case(query.trim(), CATEGORY_RULE) {
+            Some(category) => (String::new(), category.trim().to_string()),
+            None => (query.trim().to_string(), String::new()),
+        };
         rules.push(PinRule {
-            query: query.trim().to_string(),
+            query,
+            category,
             items: pinned,
             hidden,
         });
@@ -764,6 +770,27 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             };
             Err(at(line, reason))
         }
+    }
+}
+
+/// How a pins file's line names a category's page instead of a search: `category:Tents`.
+pub const CATEGORY_RULE: &str = "category:";
+
+/// `text` without `prefix`, in any case, if it begins with it.
+fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// A rule's line as a pins file writes it (`soukctl pins list`): `tent => p007, -p300`,
+/// `category:Tents => p007`.
+pub fn pin_line(rule: &rk::PinRule) -> String {
+    let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
+    let ids: Vec<String> = rule.items.iter().cloned().chain(hidden).collect();
+    match rule.category.as_str() {
+        "" => format!("{} => {}", rule.query, ids.join(", ")),
+        category => format!("{CATEGORY_RULE}{category} => {}", ids.join(", ")),
     }
 }
 
@@ -790,6 +817,7 @@ impl PinsFile {
             .iter()
             .map(|rule| rk::PinRule {
                 query: rule.query.clone(),
+                category: rule.category.clone(),
                 items: rule.items.clone(),
                 hidden: rule.hidden.clone(),
             })
@@ -994,30 +1022,45 @@ mod tests {
         let path = Path::new("pins.txt");
         let read = pins(
             path,
-            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\n",
+            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\nCategory: Desk Lamps => p031, -p032\n",
         )
         .unwrap();
-        assert_eq!(read.lines, [3, 4, 5]);
+        assert_eq!(read.lines, [3, 4, 5, 6]);
+        let messages = read.messages();
         assert_eq!(
-            read.messages(),
+            messages,
             [
                 rk::PinRule {
                     query: "tent".into(),
+                    category: String::new(),
                     items: vec!["p007".into(), "p012".into()],
                     hidden: vec!["p300".into()],
                 },
                 rk::PinRule {
                     query: "hiking boots".into(),
+                    category: String::new(),
                     items: vec!["p020".into()],
                     hidden: vec![],
                 },
                 rk::PinRule {
                     query: "lamp".into(),
+                    category: String::new(),
                     items: vec![],
                     hidden: vec!["p007".into()],
                 },
+                rk::PinRule {
+                    query: String::new(),
+                    category: "Desk Lamps".into(),
+                    items: vec!["p031".into()],
+                    hidden: vec!["p032".into()],
+                },
             ]
         );
+        // `pins list` writes each rule as a line this reader takes back.
+        let listed: Vec<String> = messages.iter().map(pin_line).collect();
+        assert_eq!(listed[0], "tent => p007, p012, -p300");
+        assert_eq!(listed[3], "category:Desk Lamps => p031, -p032");
+        assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), messages);
         assert!(pins(path, "# nothing\n").unwrap().messages().is_empty());
         for (text, want) in [
             ("tent p007", "pins.txt:1: expected `search => id, id, ...`"),
@@ -1037,6 +1080,14 @@ mod tests {
             (
                 "tent => p1\n# x\nTents => p2",
                 "pins.txt:3: query \"Tents\" has a rule already (on line 1)",
+            ),
+            (
+                "category:Tents => p1\ncategory: tents => p2",
+                "pins.txt:2: category \"tents\" has a rule already (on line 1)",
+            ),
+            (
+                "category: => p1",
+                "pins.txt:1: names no query and no category",
             ),
         ] {
             let error = pins(path, text).unwrap_err().to_string();

@@ -266,8 +266,9 @@ pub enum SynonymsCommand {
 pub enum PinsCommand {
     /// Replace the shop's pinned results with a file's (an empty file clears them): one
     /// rule a line, `tent => p007, p012, -p300` (for the search "tent", those items first,
-    /// in that order, when they pass the shopper's filters, and p300 never); `#` begins a
-    /// comment. See `kg-data/pins.txt`.
+    /// in that order, when they pass the shopper's filters, and p300 never), or
+    /// `category:Tents => p007` for the Tents page (a rank with that category and no
+    /// query); `#` begins a comment. See `kg-data/pins.txt`.
     Load {
         file: PathBuf,
         /// Check the file and report its first bad line without sending anything.
@@ -1266,7 +1267,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("synonyms: {} (`soukctl synonyms list`)", r.synonyms);
             }
             if r.pin_rules > 0 {
-                println!("pinned searches: {} (`soukctl pins list`)", r.pin_rules);
+                println!(
+                    "pin rules (searches and category pages): {} (`soukctl pins list`)",
+                    r.pin_rules
+                );
             }
             println!(
                 "spelling: {}",
@@ -1359,10 +1363,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut ranker =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
-            for rule in r.rules {
-                let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
-                let ids: Vec<String> = rule.items.into_iter().chain(hidden).collect();
-                println!("{} => {}", rule.query, ids.join(", "));
+            for rule in &r.rules {
+                println!("{}", files::pin_line(rule));
             }
         }
         Command::Reembed => {

@@ -363,6 +363,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|(_, q)| seen.insert(souk_ranker_core::bm25::terms(q)))
             .map(|(i, q)| PinRule {
                 query: q.clone(),
+                category: String::new(),
                 items: (0..MAX_PINNED)
                     .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
                     .collect(),

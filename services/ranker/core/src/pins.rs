@@ -11,6 +11,11 @@
 //! exclusions (and is left out once bought, as every result is): pins never show what the
 //! shopper asked not to see. Lists sorted by price, and re-rankings of the caller's own
 //! candidates, are not pinned.
+//!
+//! A rule may name a category instead of a search: it applies to that category's page, a
+//! `Rank` without a query or an item whose category filter is the rule's (case and the
+//! surrounding spaces aside; "Tents" is not "Outdoor", though the "Outdoor" page lists
+//! tents too): a shop's landing pages are merchandised as its searches are.
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -25,14 +30,49 @@ pub const MAX_PIN_RULES: usize = 10_000;
 pub const MAX_PINNED: usize = 16;
 /// Most items one rule hides.
 pub const MAX_HIDDEN: usize = 256;
-/// Longest query of a rule, in bytes.
+/// Longest query or category of a rule, in bytes.
 pub const MAX_PIN_QUERY_BYTES: usize = 256;
 
-/// One rule as the shop wrote it.
+impl PinRule {
+    /// What the rule applies to, as its faults and reasons name it: `query "tent"` or
+    /// `category "Tents"`.
+    pub fn target(&self) -> String {
+        match self.category.trim() {
+            "" => format!("query {:?}", self.query.trim()),
+            category => format!("category {category:?}"),
+        }
+    }
+
+    /// The first reason a pinned item gives.
+    pub fn reason(&self) -> String {
+        match self.category.trim() {
+            "" => format!("featured by the shop for \"{}\"", self.query.trim()),
+            category => format!("featured by the shop in {category}"),
+        }
+    }
+}
+
+/// What a rule is looked up by.
+enum Key {
+    /// A search's words as the index reads them.
+    Terms(Vec<String>),
+    /// A category as [`category_key`] reads it.
+    Category(String),
+}
+
+/// A category as a rule and a request's filter both read it.
+fn category_key(category: &str) -> String {
+    category.trim().to_lowercase()
+}
+
+/// One rule as the shop wrote it: for a search or for a category's page (one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRule {
-    /// The search it applies to.
+    /// The search it applies to (empty for a category's rule).
     pub query: String,
+    /// The category whose page it applies to (empty for a search's rule).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub category: String,
     /// Item ids, first shown first.
     pub items: Vec<String>,
     /// Item ids never shown for the search, by relevance or by price.
@@ -71,18 +111,19 @@ impl From<PinError> for RankError {
     }
 }
 
-/// The rules in force, by their query's terms.
+/// The rules in force, by their query's terms or their category.
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
     rules: Vec<PinRule>,
     by_terms: HashMap<Vec<String>, usize>,
+    by_category: HashMap<String, usize>,
 }
 
 impl Pins {
-    /// The rules, checked: each names a query with a word search reads (at most
-    /// [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin and [`MAX_HIDDEN`] to hide
+    /// The rules, checked: each names a query with a word search reads or a category (not
+    /// both; at most [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin and [`MAX_HIDDEN`] to hide
     /// (at least one of either; valid ids, each named once), and no two rules name the same
-    /// search (which would win is not for the engine to guess). Ids are not looked up: an
+    /// search or category (which would win is not for the engine to guess). Ids are not looked up: an
     /// item may be loaded after its rule (see [`Self::missing`]).
     ///
     /// # Errors
@@ -96,27 +137,54 @@ impl Pins {
             });
         }
         let mut by_terms = HashMap::with_capacity(rules.len());
+        let mut by_category = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
             let bad = |reason: String| PinError {
                 rule: Some(i),
                 reason,
                 named_by: None,
             };
-            let query = rule.query.trim();
-            if query.len() > MAX_PIN_QUERY_BYTES {
-                return Err(bad(format!(
-                    "a query of {} bytes; the limit is {MAX_PIN_QUERY_BYTES}",
-                    query.len()
-                )));
-            }
-            let read = terms(query);
-            if read.is_empty() {
-                return Err(bad(format!(
-                    "query {query:?} has no word that search reads (stop words and punctuation are skipped)"
-                )));
-            }
+            let (query, category) = (rule.query.trim(), rule.category.trim());
+            let key = match (query.is_empty(), category.is_empty()) {
+                (true, true) => return Err(bad("names no query and no category".into())),
+                (false, false) => {
+                    return Err(bad(format!(
+                        "names both query {query:?} and category {category:?}; a rule is for one"
+                    )));
+                }
+                (false, true) => {
+                    if query.len() > MAX_PIN_QUERY_BYTES {
+                        return Err(bad(format!(
+                            "a query of {} bytes; the limit is {MAX_PIN_QUERY_BYTES}",
+                            query.len()
+                        )));
+                    }
+                    let read = terms(query);
+                    if read.is_empty() {
+                        return Err(bad(format!(
+                            "query {query:?} has no word that search reads (stop words and punctuation are skipped)"
+                        )));
+                    }
+                    Key::Terms(read)
+                }
+                (true, false) => {
+                    if category.len() > MAX_PIN_QUERY_BYTES {
+                        return Err(bad(format!(
+                            "a category of {} bytes; the limit is {MAX_PIN_QUERY_BYTES}",
+                            category.len()
+                        )));
+                    }
+                    if category.chars().any(char::is_control) {
+                        return Err(bad(format!(
+                            "category {category:?} holds a control character"
+                        )));
+                    }
+                    Key::Category(category_key(category))
+                }
+            };
+            let target = rule.target();
             if rule.items.is_empty() && rule.hidden.is_empty() {
-                return Err(bad(format!("query {query:?} pins and hides no item")));
+                return Err(bad(format!("{target} pins and hides no item")));
             }
             if rule.items.len() > MAX_PINNED {
                 return Err(bad(format!(
@@ -146,14 +214,22 @@ impl Pins {
                     return Err(bad(format!("item {id:?} is hidden twice")));
                 }
             }
-            if let Some(other) = by_terms.insert(read, i) {
+            let earlier = match key {
+                Key::Terms(read) => by_terms.insert(read, i),
+                Key::Category(category) => by_category.insert(category, i),
+            };
+            if let Some(other) = earlier {
                 return Err(PinError {
                     named_by: Some(other),
-                    ..bad(format!("query {query:?} has a rule already"))
+                    ..bad(format!("{target} has a rule already"))
                 });
             }
         }
-        Ok(Self { rules, by_terms })
+        Ok(Self {
+            rules,
+            by_terms,
+            by_category,
+        })
     }
 
     /// The rule for a search (as typed or as corrected), if one names it.
@@ -163,6 +239,17 @@ impl Pins {
         }
         self.by_terms
             .get(&terms(query))
+            .and_then(|&i| self.rules.get(i))
+    }
+
+    /// The rule for a category's page, if one names it; `category` as a request's filter
+    /// holds it (see [`crate::item::Filters`]: trimmed, lower-cased).
+    pub fn for_category(&self, category: &str) -> Option<&PinRule> {
+        if self.by_category.is_empty() {
+            return None;
+        }
+        self.by_category
+            .get(&category_key(category))
             .and_then(|&i| self.rules.get(i))
     }
 
@@ -200,8 +287,17 @@ mod tests {
     fn rule(query: &str, items: &[&str]) -> PinRule {
         PinRule {
             query: query.into(),
+            category: String::new(),
             items: items.iter().map(|s| s.to_string()).collect(),
             hidden: Vec::new(),
+        }
+    }
+
+    fn in_category(category: &str, items: &[&str]) -> PinRule {
+        PinRule {
+            query: String::new(),
+            category: category.into(),
+            ..rule("", items)
         }
     }
 
@@ -288,6 +384,65 @@ mod tests {
         assert!(refused(vec![rule(&long, &["t1"])]).contains("the limit is 256"));
         let rules = vec![ok; MAX_PIN_RULES + 1];
         assert_eq!(refused(rules), "10001 rules; the limit is 10000");
+    }
+
+    #[test]
+    fn a_category_rule_answers_its_page_only() {
+        let pins = Pins::new(vec![
+            in_category(" Tents ", &["t1"]),
+            rule("tent", &["t2"]),
+            in_category("Desk Lamps", &["l1"]),
+        ])
+        .unwrap();
+        // As a request's category filter holds it (trimmed, lower-cased).
+        for category in ["tents", "TENTS", " Tents"] {
+            assert_eq!(
+                pins.for_category(category).unwrap().items,
+                ["t1"],
+                "{category}"
+            );
+        }
+        assert_eq!(pins.for_category("desk lamps").unwrap().items, ["l1"]);
+        for category in ["tent", "outdoor", "desk lamp", ""] {
+            assert!(pins.for_category(category).is_none(), "{category}");
+        }
+        // The search and the page are two rules.
+        assert_eq!(pins.for_query("tents").unwrap().items, ["t2"]);
+        assert!(pins.for_query("desk lamps").is_none());
+        assert_eq!(
+            pins.for_category("tents").unwrap().reason(),
+            "featured by the shop in Tents"
+        );
+        assert_eq!(
+            pins.for_query("tent").unwrap().reason(),
+            "featured by the shop for \"tent\""
+        );
+
+        let refused = |rules: Vec<PinRule>| Pins::new(rules).unwrap_err().to_string();
+        assert_eq!(
+            refused(vec![
+                in_category("Tents", &["t1"]),
+                in_category("tents", &["t2"])
+            ]),
+            "pin rule 1: category \"tents\" has a rule already (pin rule 0)"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                category: "Tents".into(),
+                ..rule("tent", &["t1"])
+            }]),
+            "pin rule 0: names both query \"tent\" and category \"Tents\"; a rule is for one"
+        );
+        assert_eq!(
+            refused(vec![in_category("  ", &["t1"])]),
+            "pin rule 0: names no query and no category"
+        );
+        assert_eq!(
+            refused(vec![in_category("Tents", &[])]),
+            "pin rule 0: category \"Tents\" pins and hides no item"
+        );
+        assert!(refused(vec![in_category("a\u{7}b", &["t1"])]).contains("control character"));
+        assert!(refused(vec![in_category(&"x".repeat(257), &["t1"])]).contains("the limit is 256"));
     }
 
     #[test]

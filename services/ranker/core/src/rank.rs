@@ -390,7 +390,8 @@ pub struct RankedItem {
     pub price: f64,
     pub contributions: Vec<Contribution>,
     pub reasons: Vec<String>,
-    /// Placed here by the shop's pin rule for the query, not by its score.
+    /// Placed here by the shop's pin rule for the query or the category page, not by its
+    /// score.
     pub pinned: bool,
 }
 
@@ -762,14 +763,23 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 .or(typed)
                 .map(|q| catalog.widened_to(q))
                 .unwrap_or_default();
-            // The shop's rule for the search as ranked (not for a re-ranking of the caller's
-            // own candidates).
-            let pin_rule = corrected
-                .as_deref()
-                .or(typed)
-                .filter(|_| request.candidate_ids.is_empty())
-                .and_then(|q| catalog.pins().for_query(q))
-                .cloned();
+            // The shop's rule for the search as ranked, or for the category's page when
+            // there is no search and no item (not for a re-ranking of the caller's own
+            // candidates).
+            let pin_rule = if !request.candidate_ids.is_empty() {
+                None
+            } else if let Some(q) = corrected.as_deref().or(typed) {
+                catalog.pins().for_query(q)
+            } else if request.item.is_none() {
+                request
+                    .filters
+                    .category
+                    .as_deref()
+                    .and_then(|c| catalog.pins().for_category(c))
+            } else {
+                None
+            }
+            .cloned();
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     synonyms.rewrite(q).as_deref() != Some(read.as_str())
@@ -975,10 +985,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     Vec::new()
                 };
                 if let Some(rule) = pin_rule.as_ref().filter(|_| c.pinned && request.explain) {
-                    reasons.insert(
-                        0,
-                        format!("featured by the shop for \"{}\"", rule.query.trim()),
-                    );
+                    reasons.insert(0, rule.reason());
                 }
                 if request.all_signals {
                     // The carrying signals first, as with `explain`, then the rest.

@@ -944,11 +944,98 @@ fn pin_and_hide(
     let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
     let pins = Pins::new(vec![PinRule {
         query: query.into(),
+        category: String::new(),
         items: strings(items),
         hidden: strings(hidden),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+}
+
+/// A category's page (no query, no item, that category as the filter) is merchandised as a
+/// search is: the shop's pins first, its hidden items left out of the page and its facet
+/// counts, in any order; another category, a search within the category and an item's page
+/// are not touched.
+#[tokio::test]
+async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
+    use souk_ranker_core::facet::FacetField;
+    use souk_ranker_core::pins::{PinRule, Pins};
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, _, _) = shop();
+    let browse = |category: &str| RankQuery {
+        filters: Filters::new(category, &[], None, None, false).unwrap(),
+        k: 9,
+        explain: true,
+        facets: vec![FacetField::Brand],
+        ..Default::default()
+    };
+    let brands = |r: &souk_ranker_core::rank::Ranking| {
+        r.facets[0]
+            .values
+            .iter()
+            .map(|(brand, _)| brand.clone())
+            .collect::<HashSet<_>>()
+    };
+    let organic = ranker.rank(&browse("Outdoor")).await.unwrap();
+    assert_eq!(ids(&organic).len(), 4, "{:?}", ids(&organic));
+    let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
+    // The family tent first on the Outdoor page, then the stove; the pegs hidden there; the
+    // lamp pinned there too, but no filter of "Outdoor" passes it.
+    let pins = Pins::new(vec![PinRule {
+        query: String::new(),
+        category: "Outdoor ".into(),
+        items: strings(&["p7", "p5", "p2"]),
+        hidden: strings(&["p6"]),
+    }])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    let page = ranker.rank(&browse(" OUTDOOR")).await.unwrap();
+    assert_eq!(ids(&page), ["p7", "p2", "p1"]);
+    assert!(page.items[0].pinned && page.items[1].pinned && !page.items[2].pinned);
+    assert_eq!(page.items[0].reasons[0], "featured by the shop in Outdoor");
+    assert!(!brands(&page).contains("Pegco"), "hidden from the counts");
+    assert!(brands(&organic).contains("Pegco"));
+    // By price: hidden, not pinned.
+    let cheap = ranker
+        .rank(&RankQuery {
+            sort: SortOrder::PriceAscending,
+            ..browse("outdoor")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&cheap), ["p2", "p1", "p7"]);
+    // The shopper's other filters still hold: a brand the pins lack.
+    let acme = ranker
+        .rank(&RankQuery {
+            filters: Filters::new("Outdoor", &["Acme".into()], None, None, false).unwrap(),
+            ..browse("Outdoor")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&acme)[0], "p2", "the stove: pinned and Acme's");
+    assert_eq!(ids(&acme).len(), 2);
+    // Untouched: a narrower category, a search in the category, an item's page in it.
+    let tents = ranker.rank(&browse("Tents")).await.unwrap();
+    assert!(ids(&tents).contains(&"p6"));
+    assert!(tents.items.iter().all(|i| !i.pinned));
+    let search = ranker
+        .rank(&RankQuery {
+            query: Some("tent".into()),
+            ..browse("Outdoor")
+        })
+        .await
+        .unwrap();
+    assert!(ids(&search).contains(&"p6"));
+    assert!(search.items.iter().all(|i| !i.pinned));
+    let item_page = ranker
+        .rank(&RankQuery {
+            item: Some("p1".into()),
+            ..browse("Outdoor")
+        })
+        .await
+        .unwrap();
+    assert!(item_page.items.iter().all(|i| !i.pinned));
+    assert!(ids(&item_page).contains(&"p6"));
 }
 
 /// Items a shop hides from a search are left out of it by relevance and by price, on every

@@ -2018,6 +2018,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .into_iter()
             .map(|r| PinRule {
                 query: r.query,
+                category: r.category,
                 items: r.items,
                 hidden: r.hidden,
             })
@@ -2057,6 +2058,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .iter()
             .map(|rule| pb::PinRule {
                 query: rule.query.clone(),
+                category: rule.category.clone(),
                 items: rule.items.clone(),
                 hidden: rule.hidden.clone(),
             })

@@ -2986,11 +2986,20 @@ mod tests {
     #[test]
     fn pins_round_trip_and_a_damaged_record_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
-        let rules = vec![PinRule {
-            query: "tent".into(),
-            items: vec!["p7".into(), "p1".into()],
-            hidden: vec!["p6".into()],
-        }];
+        let rules = vec![
+            PinRule {
+                query: "tent".into(),
+                category: String::new(),
+                items: vec!["p7".into(), "p1".into()],
+                hidden: vec!["p6".into()],
+            },
+            PinRule {
+                query: String::new(),
+                category: "Tents".into(),
+                items: vec!["p1".into()],
+                hidden: vec![],
+            },
+        ];
         {
             let store = RankerStore::open(dir.path()).unwrap();
             assert!(store.pins().unwrap().is_empty(), "none set");
@@ -3005,6 +3014,19 @@ mod tests {
             served.pins().for_query("Tents").unwrap().items,
             ["p7", "p1"]
         );
+        assert_eq!(served.pins().for_category("tents").unwrap().items, ["p1"]);
+        // A record stored before rules could name a category reads as searches' rules.
+        store
+            .models
+            .insert(
+                "pins",
+                &br#"[{"query":"tent","items":["p7"],"hidden":[]}]"#[..],
+            )
+            .unwrap();
+        let (served, _) = store
+            .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
+            .unwrap();
+        assert_eq!(served.pins().for_query("tent").unwrap().items, ["p7"]);
         store
             .models
             .insert("pins", &b"[{\"query\": 3}]"[..])

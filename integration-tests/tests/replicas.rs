@@ -212,12 +212,14 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 category: String::new(),
                 items: vec!["p00110".into()],
                 hidden: vec![],
+                boosts: vec![],
             },
             rk::PinRule {
                 query: String::new(),
                 category: "Coffee".into(),
                 items: vec!["p00176".into()],
                 hidden: vec![],
+                boosts: vec![],
             },
         ],
     })

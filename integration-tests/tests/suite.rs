@@ -1623,7 +1623,14 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .set_pins(rk::SetPinsRequest { rules: vec![] })
         .await
         .unwrap();
-    let page = shown(&mut client, coffee("Coffee")).await;
+    let page = shown(
+        &mut client,
+        rk::RankRequest {
+            k: 50,
+            ..coffee("Coffee")
+        },
+    )
+    .await;
     client
         .set_pins(rk::SetPinsRequest {
             rules: rules.clone(),
@@ -1631,15 +1638,38 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .await
         .unwrap();
     let picks = ["p00159", "p00176", "p00194"];
-    let r = shown(&mut client, coffee("coffee")).await;
+    let r = shown(
+        &mut client,
+        rk::RankRequest {
+            k: 50,
+            ..coffee("coffee")
+        },
+    )
+    .await;
     assert_eq!(pinned(&r), picks);
     assert_eq!(ids(&r)[..3], picks);
     assert_eq!(r.items[0].reasons[0], "featured by the shop in Coffee");
-    let rest: Vec<String> = ids(&page)
-        .into_iter()
-        .filter(|id| !picks.contains(&id.as_str()))
-        .collect();
-    assert_eq!(ids(&r)[3..], rest[..5], "the page goes on without them");
+    // Then the page as it was, burr grinders lifted by 0.1 (the file's boost).
+    let organic_score = |id: &str| page.items.iter().find(|i| i.id == id).unwrap().score;
+    let burr = [
+        "p00170", "p00172", "p00174", "p00175", "p00178", "p00180", "p00181",
+    ];
+    let rest = &r.items[3..];
+    assert_eq!(rest.len() + 3, page.items.len());
+    for item in rest {
+        let lifted = burr.contains(&item.id.as_str());
+        assert_eq!(item.boost, if lifted { 0.1 } else { 0.0 }, "{}", item.id);
+        assert!((item.score - organic_score(&item.id) - item.boost).abs() < 1e-4);
+        if lifted {
+            assert_eq!(item.reasons[0], "promoted by the shop: grind burr");
+        }
+    }
+    assert!(rest.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(
+        burr.contains(&rest[0].id.as_str()),
+        "a burr grinder leads the rest: {:?}",
+        ids(&r)
+    );
     let searched = shown(
         &mut client,
         rk::RankRequest {
@@ -1667,6 +1697,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         category: String::new(),
         items: vec!["p00105".into()],
         hidden: vec![],
+        boosts: vec![],
     });
     let refused = client
         .set_pins(rk::SetPinsRequest { rules: bad })
@@ -1677,6 +1708,37 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         refused.message(),
         "pin rule 2: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays"
     );
+    for (boost, fault) in [
+        (
+            rk::Boost {
+                when: Some(rk::Filters {
+                    brands: vec!["Santoro".into()],
+                    ..Default::default()
+                }),
+                amount: f32::NAN,
+            },
+            "amount NaN; it moves a score by -1..1, not 0",
+        ),
+        (
+            rk::Boost {
+                when: None,
+                amount: 0.1,
+            },
+            "names no condition (a category, a brand, an attribute value, in stock or a price bound)",
+        ),
+    ] {
+        let mut bad = rules.clone();
+        bad[1].boosts.push(boost);
+        let refused = client
+            .set_pins(rk::SetPinsRequest { rules: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            format!("pin rule 1: boost 1: {fault}; the previous set stays")
+        );
+    }
     let listed = client
         .get_pins(rk::GetPinsRequest {})
         .await
@@ -1708,6 +1770,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
                 category: String::new(),
                 items: vec!["p99999".into(), "p00107".into()],
                 hidden: vec![first.clone()],
+                boosts: vec![],
             }],
         })
         .await

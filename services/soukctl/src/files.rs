@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use souk_kg_core::{Triple, parse};
 use souk_proto::ranker::v1 as rk;
-use souk_ranker_core::pins::{PinRule, Pins};
+use souk_ranker_core::pins::{Boost, PinRule, Pins};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 /// A line that could not be used.
@@ -708,7 +708,11 @@ impl SynonymsFile {
 /// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012, -p300` (the
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
 /// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]);
-/// blank lines and `#` comments are skipped. Each rule is checked as the ranker
+/// blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
+/// `brand:Trailhound +0.2`, `category:Tent Pegs -0.3`, `color=green|olive +0.1`,
+/// `in-stock +0.1`, `price:..50 +0.05` (`price:20..`, `price:20..50`); conditions joined by
+/// `&` must all hold (`brand:Acme & in-stock +0.2`), `|` lists the values one may take (see
+/// [`parse_boost`]). Each rule is checked as the ranker
 /// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
 /// before anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
 /// written here; `SetPins` takes it.)
@@ -733,8 +737,12 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
         if items.contains("=>") {
             return Err(at(line, "more than one `=>`".into()));
         }
-        let (mut pinned, mut hidden) = (Vec::new(), Vec::new());
+        let (mut pinned, mut hidden, mut boosts) = (Vec::new(), Vec::new(), Vec::new());
         for id in items.split(',').map(str::trim) {
+            if let Some((condition, amount)) = boost_parts(id) {
+                boosts.push(parse_boost(condition, amount).map_err(|e| at(line, e))?);
+                continue;
+            }
             let (list, id) = match id.strip_prefix('-') {
                 Some(rest) => (&mut hidden, rest.trim()),
                 None => (&mut pinned, id),
@@ -757,6 +765,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             category,
             items: pinned,
             hidden,
+            boosts,
         });
         lines.push(line);
     }
@@ -773,6 +782,104 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
     }
 }
 
+/// A boost's condition and amount, when `text` is one: words, then a number written with
+/// its sign (`brand:Acme +0.2`).
+fn boost_parts(text: &str) -> Option<(&str, f32)> {
+    let (condition, amount) = text.rsplit_once(char::is_whitespace)?;
+    if !amount.starts_with(['+', '-']) {
+        return None;
+    }
+    let amount: f32 = amount.parse().ok()?;
+    Some((condition.trim(), amount))
+}
+
+/// A boost's conditions (see [`pins`]) as a [`Boost`] moving scores by `amount` (checked
+/// with its rule by `Pins::new`).
+///
+/// # Errors
+/// A condition that is none of `brand:`, `category:`, `price:`, `in-stock` or `name=value`,
+/// or one given twice.
+pub fn parse_boost(conditions: &str, amount: f32) -> Result<Boost, String> {
+    let mut boost = Boost {
+        amount,
+        ..Boost::default()
+    };
+    let values =
+        |list: &str| -> Vec<String> { list.split('|').map(|v| v.trim().to_string()).collect() };
+    for condition in conditions.split('&').map(str::trim) {
+        let twice = || {
+            format!("boost `{conditions}`: `{condition}` is a second condition on the same field")
+        };
+        if let Some(brands) = strip_prefix_ignoring_case(condition, "brand:") {
+            if !boost.brands.is_empty() {
+                return Err(twice());
+            }
+            boost.brands = values(brands);
+        } else if let Some(category) = strip_prefix_ignoring_case(condition, CATEGORY_RULE) {
+            if !boost.category.is_empty() {
+                return Err(twice());
+            }
+            boost.category = category.trim().to_string();
+        } else if let Some(range) = strip_prefix_ignoring_case(condition, "price:") {
+            if boost.min_price.is_some() || boost.max_price.is_some() {
+                return Err(twice());
+            }
+            let bad = || {
+                format!(
+                    "boost `{conditions}`: price range `{range}`: expected `LO..HI`, `LO..` or `..HI`"
+                )
+            };
+            let (lo, hi) = range.split_once("..").ok_or_else(bad)?;
+            let bound = |b: &str| -> Result<Option<f64>, String> {
+                match b.trim() {
+                    "" => Ok(None),
+                    b => b.parse().map(Some).map_err(|_| bad()),
+                }
+            };
+            (boost.min_price, boost.max_price) = (bound(lo)?, bound(hi)?);
+        } else if condition.eq_ignore_ascii_case("in-stock") {
+            boost.in_stock = true;
+        } else if let Some((name, listed)) = condition.split_once('=') {
+            boost
+                .attributes
+                .push((name.trim().to_string(), values(listed)));
+        } else {
+            return Err(format!(
+                "boost `{conditions}`: unknown condition `{condition}` (brand:NAME, category:NAME, price:LO..HI, in-stock or NAME=VALUE)"
+            ));
+        }
+    }
+    Ok(boost)
+}
+
+/// A boost as a pins file writes it (see [`pins`]).
+fn boost_text(boost: &rk::Boost) -> String {
+    let mut parts = Vec::new();
+    if let Some(when) = &boost.when {
+        if !when.category.is_empty() {
+            parts.push(format!("{CATEGORY_RULE}{}", when.category));
+        }
+        if !when.brands.is_empty() {
+            parts.push(format!("brand:{}", when.brands.join("|")));
+        }
+        for a in &when.attributes {
+            parts.push(format!("{}={}", a.name, a.values.join("|")));
+        }
+        if when.in_stock_only {
+            parts.push("in-stock".into());
+        }
+        if when.min_price.is_some() || when.max_price.is_some() {
+            let bound = |b: Option<f64>| b.map(|b| b.to_string()).unwrap_or_default();
+            parts.push(format!(
+                "price:{}..{}",
+                bound(when.min_price),
+                bound(when.max_price)
+            ));
+        }
+    }
+    format!("{} {:+}", parts.join(" & "), boost.amount)
+}
+
 /// How a pins file's line names a category's page instead of a search: `category:Tents`.
 pub const CATEGORY_RULE: &str = "category:";
 
@@ -787,7 +894,14 @@ fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str
 /// `category:Tents => p007`.
 pub fn pin_line(rule: &rk::PinRule) -> String {
     let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
-    let ids: Vec<String> = rule.items.iter().cloned().chain(hidden).collect();
+    let boosts = rule.boosts.iter().map(boost_text);
+    let ids: Vec<String> = rule
+        .items
+        .iter()
+        .cloned()
+        .chain(hidden)
+        .chain(boosts)
+        .collect();
     match rule.category.as_str() {
         "" => format!("{} => {}", rule.query, ids.join(", ")),
         category => format!("{CATEGORY_RULE}{category} => {}", ids.join(", ")),
@@ -812,16 +926,7 @@ pub struct PinsFile {
 impl PinsFile {
     /// The rules as `SetPins` takes them.
     pub fn messages(&self) -> Vec<rk::PinRule> {
-        self.checked
-            .rules()
-            .iter()
-            .map(|rule| rk::PinRule {
-                query: rule.query.clone(),
-                category: rule.category.clone(),
-                items: rule.items.clone(),
-                hidden: rule.hidden.clone(),
-            })
-            .collect()
+        self.checked.rules().iter().map(rk::PinRule::from).collect()
     }
 }
 
@@ -1022,37 +1127,67 @@ mod tests {
         let path = Path::new("pins.txt");
         let read = pins(
             path,
-            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\nCategory: Desk Lamps => p031, -p032\n",
+            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\nCategory: Desk Lamps => p031, -p032\nstove => brand:Acme|Bigtop +0.25, color = green|olive & in-stock & price:..50.5 -0.1, category:Pegs -1\n",
         )
         .unwrap();
-        assert_eq!(read.lines, [3, 4, 5, 6]);
+        assert_eq!(read.lines, [3, 4, 5, 6, 7]);
         let messages = read.messages();
         assert_eq!(
             messages,
             [
                 rk::PinRule {
                     query: "tent".into(),
-                    category: String::new(),
                     items: vec!["p007".into(), "p012".into()],
                     hidden: vec!["p300".into()],
+                    ..Default::default()
                 },
                 rk::PinRule {
                     query: "hiking boots".into(),
-                    category: String::new(),
                     items: vec!["p020".into()],
-                    hidden: vec![],
+                    ..Default::default()
                 },
                 rk::PinRule {
                     query: "lamp".into(),
-                    category: String::new(),
-                    items: vec![],
                     hidden: vec!["p007".into()],
+                    ..Default::default()
                 },
                 rk::PinRule {
-                    query: String::new(),
                     category: "Desk Lamps".into(),
                     items: vec!["p031".into()],
                     hidden: vec!["p032".into()],
+                    ..Default::default()
+                },
+                rk::PinRule {
+                    query: "stove".into(),
+                    boosts: vec![
+                        rk::Boost {
+                            when: Some(rk::Filters {
+                                brands: vec!["Acme".into(), "Bigtop".into()],
+                                ..Default::default()
+                            }),
+                            amount: 0.25,
+                        },
+                        rk::Boost {
+                            when: Some(rk::Filters {
+                                attributes: vec![rk::AttributeFilter {
+                                    name: "color".into(),
+                                    values: vec!["green".into(), "olive".into()],
+                                }],
+                                in_stock_only: true,
+                                max_price: Some(50.5),
+                                ..Default::default()
+                            }),
+                            amount: -0.1,
+                        },
+                        rk::Boost {
+                            when: Some(rk::Filters {
+                                category: "Pegs".into(),
+                                ..Default::default()
+                            }),
+                            amount: -1.0,
+                        },
+                    ],
+                    ..Default::default()
                 },
             ]
         );
@@ -1060,6 +1195,10 @@ mod tests {
         let listed: Vec<String> = messages.iter().map(pin_line).collect();
         assert_eq!(listed[0], "tent => p007, p012, -p300");
         assert_eq!(listed[3], "category:Desk Lamps => p031, -p032");
+        assert_eq!(
+            listed[4],
+            "stove => brand:Acme|Bigtop +0.25, color=green|olive & in-stock & price:..50.5 -0.1, category:Pegs -1"
+        );
         assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), messages);
         assert!(pins(path, "# nothing\n").unwrap().messages().is_empty());
         for (text, want) in [
@@ -1089,6 +1228,23 @@ mod tests {
                 "category: => p1",
                 "pins.txt:1: names no query and no category",
             ),
+            (
+                "tent => size:big +0.1",
+                "pins.txt:1: boost `size:big`: unknown condition `size:big`",
+            ),
+            (
+                "tent => brand:a & brand:b +0.1",
+                "pins.txt:1: boost `brand:a & brand:b`: `brand:b` is a second condition on the same field",
+            ),
+            (
+                "tent => price:cheap +0.1",
+                "pins.txt:1: boost `price:cheap`: price range `cheap`: expected",
+            ),
+            (
+                "tent => brand:a +2",
+                "pins.txt:1: boost 0: amount 2; it moves a score by -1..1, not 0",
+            ),
+            ("tent => in-stock +0", "pins.txt:1: boost 0: amount 0;"),
         ] {
             let error = pins(path, text).unwrap_err().to_string();
             assert!(error.starts_with(want), "{text:?}: {error}");

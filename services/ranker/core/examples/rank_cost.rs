@@ -368,6 +368,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
                     .collect(),
                 hidden: Vec::new(),
+                boosts: Vec::new(),
             })
             .collect();
         println!("pins: {} searches pin {MAX_PINNED} items each", rules.len());

@@ -16,13 +16,19 @@
 //! `Rank` without a query or an item whose category filter is the rule's (case and the
 //! surrounding spaces aside; "Tents" is not "Outdoor", though the "Outdoor" page lists
 //! tents too): a shop's landing pages are merchandised as its searches are.
+//!
+//! A rule may also **boost** the items that pass a filter (a brand, a category, an attribute's
+//! value, in stock, a price range): their score in its search or page moves by the boost's
+//! amount, up (a brand on promotion) or down (an accessory that crowds out the thing
+//! searched). Unlike a pin, a boost only reorders what the search finds: an item the search
+//! does not bring is not brought by it.
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::RankError;
 use crate::bm25::terms;
-use crate::item::validate_id;
+use crate::item::{Filters, validate_id};
 
 /// Most rules a shop may set.
 pub const MAX_PIN_RULES: usize = 10_000;
@@ -32,6 +38,82 @@ pub const MAX_PINNED: usize = 16;
 pub const MAX_HIDDEN: usize = 256;
 /// Longest query or category of a rule, in bytes.
 pub const MAX_PIN_QUERY_BYTES: usize = 256;
+/// Most boosts one rule holds.
+pub const MAX_BOOSTS: usize = 16;
+/// The largest amount a boost moves a score by, up or down: a fused score is a weighted sum
+/// of features in 0..1 whose weights sum to about 1, so 1 lifts an item over any other.
+pub const MAX_BOOST: f32 = 1.0;
+
+/// Items whose score a rule moves: those that pass every condition given (a category at any
+/// level of the path, one of the brands, one of each attribute's values, in stock, the
+/// price range; names and values as a request's filters read them), by `amount`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Boost {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub category: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brands: Vec<String>,
+    /// Attribute names with the values each may take (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<(String, Vec<String>)>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_stock: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_price: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<f64>,
+    /// Added to the score of each item that passes: -1..=1, not 0.
+    pub amount: f32,
+}
+
+impl Boost {
+    /// The items it applies to, as a request's filters (see [`Filters`]).
+    ///
+    /// # Errors
+    /// What [`Filters::new`] and [`Filters::with_attributes`] refuse, or no condition.
+    pub fn filters(&self) -> Result<Filters, RankError> {
+        let filters = Filters::new(
+            &self.category,
+            &self.brands,
+            self.min_price,
+            self.max_price,
+            self.in_stock,
+        )?
+        .with_attributes(self.attributes.iter().cloned())?;
+        if filters.is_empty() {
+            return Err(RankError::InvalidInput(
+                "names no condition (a category, a brand, an attribute value, in stock or a price bound)"
+                    .into(),
+            ));
+        }
+        Ok(filters)
+    }
+
+    /// The condition in words, for a reason shown with a result: `brand Santoro`,
+    /// `color black or white`, `in stock`, `under 50`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.category.trim().is_empty() {
+            parts.push(format!("category {}", self.category.trim()));
+        }
+        if !self.brands.is_empty() {
+            parts.push(format!("brand {}", self.brands.join(" or ")));
+        }
+        for (name, values) in &self.attributes {
+            parts.push(format!("{name} {}", values.join(" or ")));
+        }
+        if self.in_stock {
+            parts.push("in stock".into());
+        }
+        match (self.min_price, self.max_price) {
+            (Some(lo), Some(hi)) => parts.push(format!("priced {lo}-{hi}")),
+            (Some(lo), None) => parts.push(format!("from {lo}")),
+            (None, Some(hi)) => parts.push(format!("under {hi}")),
+            (None, None) => {}
+        }
+        parts.join(", ")
+    }
+}
 
 impl PinRule {
     /// What the rule applies to, as its faults and reasons name it: `query "tent"` or
@@ -66,7 +148,7 @@ fn category_key(category: &str) -> String {
 }
 
 /// One rule as the shop wrote it: for a search or for a category's page (one of the two).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PinRule {
     /// The search it applies to (empty for a category's rule).
     pub query: String,
@@ -78,6 +160,9 @@ pub struct PinRule {
     /// Item ids never shown for the search, by relevance or by price.
     #[serde(default)]
     pub hidden: Vec<String>,
+    /// Scores moved for the items that pass a filter, in a ranking by relevance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boosts: Vec<Boost>,
 }
 
 /// Why a set of rules was refused.
@@ -115,8 +200,25 @@ impl From<PinError> for RankError {
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
     rules: Vec<PinRule>,
+    /// Each rule's boosts as filters with their amounts, by rule.
+    boosts: Vec<Vec<(Filters, f32)>>,
     by_terms: HashMap<Vec<String>, usize>,
     by_category: HashMap<String, usize>,
+}
+
+/// A rule in force: as written, and its boosts ready to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule<'a> {
+    pub rule: &'a PinRule,
+    pub boosts: &'a [(Filters, f32)],
+}
+
+impl std::ops::Deref for Rule<'_> {
+    type Target = PinRule;
+
+    fn deref(&self) -> &PinRule {
+        self.rule
+    }
 }
 
 impl Pins {
@@ -138,6 +240,7 @@ impl Pins {
         }
         let mut by_terms = HashMap::with_capacity(rules.len());
         let mut by_category = HashMap::new();
+        let mut boosts = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             let bad = |reason: String| PinError {
                 rule: Some(i),
@@ -183,9 +286,33 @@ impl Pins {
                 }
             };
             let target = rule.target();
-            if rule.items.is_empty() && rule.hidden.is_empty() {
-                return Err(bad(format!("{target} pins and hides no item")));
+            if rule.items.is_empty() && rule.hidden.is_empty() && rule.boosts.is_empty() {
+                return Err(bad(format!("{target} pins, hides and boosts nothing")));
             }
+            if rule.boosts.len() > MAX_BOOSTS {
+                return Err(bad(format!(
+                    "{} boosts; the limit is {MAX_BOOSTS}",
+                    rule.boosts.len()
+                )));
+            }
+            let mut filters = Vec::with_capacity(rule.boosts.len());
+            for (n, boost) in rule.boosts.iter().enumerate() {
+                let amount = boost.amount;
+                if !amount.is_finite() || amount == 0.0 || amount.abs() > MAX_BOOST {
+                    return Err(bad(format!(
+                        "boost {n}: amount {amount}; it moves a score by -{MAX_BOOST}..{MAX_BOOST}, not 0"
+                    )));
+                }
+                let when = boost.filters().map_err(|e| {
+                    let reason = match e {
+                        RankError::InvalidInput(reason) => reason,
+                        other => other.to_string(),
+                    };
+                    bad(format!("boost {n}: {reason}"))
+                })?;
+                filters.push((when, amount));
+            }
+            boosts.push(filters);
             if rule.items.len() > MAX_PINNED {
                 return Err(bad(format!(
                     "{} items pinned; the limit is {MAX_PINNED}",
@@ -227,30 +354,36 @@ impl Pins {
         }
         Ok(Self {
             rules,
+            boosts,
             by_terms,
             by_category,
         })
     }
 
     /// The rule for a search (as typed or as corrected), if one names it.
-    pub fn for_query(&self, query: &str) -> Option<&PinRule> {
-        if self.rules.is_empty() {
+    pub fn for_query(&self, query: &str) -> Option<Rule<'_>> {
+        if self.by_terms.is_empty() {
             return None;
         }
-        self.by_terms
-            .get(&terms(query))
-            .and_then(|&i| self.rules.get(i))
+        self.by_terms.get(&terms(query)).and_then(|&i| self.rule(i))
+    }
+
+    fn rule(&self, i: usize) -> Option<Rule<'_>> {
+        Some(Rule {
+            rule: self.rules.get(i)?,
+            boosts: self.boosts.get(i)?,
+        })
     }
 
     /// The rule for a category's page, if one names it; `category` as a request's filter
     /// holds it (see [`crate::item::Filters`]: trimmed, lower-cased).
-    pub fn for_category(&self, category: &str) -> Option<&PinRule> {
+    pub fn for_category(&self, category: &str) -> Option<Rule<'_>> {
         if self.by_category.is_empty() {
             return None;
         }
         self.by_category
             .get(&category_key(category))
-            .and_then(|&i| self.rules.get(i))
+            .and_then(|&i| self.rule(i))
     }
 
     /// The rules as they were set.
@@ -280,6 +413,80 @@ impl Pins {
     }
 }
 
+/// The rules as `SetPins` takes them and `GetPins` lists them.
+#[cfg(feature = "proto")]
+mod wire {
+    use souk_proto::ranker::v1 as pb;
+
+    use super::{Boost, PinRule};
+
+    impl From<pb::PinRule> for PinRule {
+        fn from(rule: pb::PinRule) -> Self {
+            PinRule {
+                query: rule.query,
+                category: rule.category,
+                items: rule.items,
+                hidden: rule.hidden,
+                boosts: rule.boosts.into_iter().map(Boost::from).collect(),
+            }
+        }
+    }
+
+    impl From<&PinRule> for pb::PinRule {
+        fn from(rule: &PinRule) -> Self {
+            pb::PinRule {
+                query: rule.query.clone(),
+                category: rule.category.clone(),
+                items: rule.items.clone(),
+                hidden: rule.hidden.clone(),
+                boosts: rule.boosts.iter().map(pb::Boost::from).collect(),
+            }
+        }
+    }
+
+    impl From<pb::Boost> for Boost {
+        fn from(boost: pb::Boost) -> Self {
+            let when = boost.when.unwrap_or_default();
+            Boost {
+                category: when.category,
+                brands: when.brands,
+                attributes: when
+                    .attributes
+                    .into_iter()
+                    .map(|a| (a.name, a.values))
+                    .collect(),
+                in_stock: when.in_stock_only,
+                min_price: when.min_price,
+                max_price: when.max_price,
+                amount: boost.amount,
+            }
+        }
+    }
+
+    impl From<&Boost> for pb::Boost {
+        fn from(boost: &Boost) -> Self {
+            pb::Boost {
+                when: Some(pb::Filters {
+                    category: boost.category.clone(),
+                    brands: boost.brands.clone(),
+                    min_price: boost.min_price,
+                    max_price: boost.max_price,
+                    in_stock_only: boost.in_stock,
+                    attributes: boost
+                        .attributes
+                        .iter()
+                        .map(|(name, values)| pb::AttributeFilter {
+                            name: name.clone(),
+                            values: values.clone(),
+                        })
+                        .collect(),
+                }),
+                amount: boost.amount,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +497,7 @@ mod tests {
             category: String::new(),
             items: items.iter().map(|s| s.to_string()).collect(),
             hidden: Vec::new(),
+            boosts: Vec::new(),
         }
     }
 
@@ -340,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![rule("tent", &[])]),
-            "pin rule 0: query \"tent\" pins and hides no item"
+            "pin rule 0: query \"tent\" pins, hides and boosts nothing"
         );
         assert!(
             Pins::new(vec![hiding("tent", &[], &["lamp"])]).is_ok(),
@@ -439,10 +647,85 @@ mod tests {
         );
         assert_eq!(
             refused(vec![in_category("Tents", &[])]),
-            "pin rule 0: category \"Tents\" pins and hides no item"
+            "pin rule 0: category \"Tents\" pins, hides and boosts nothing"
         );
         assert!(refused(vec![in_category("a\u{7}b", &["t1"])]).contains("control character"));
         assert!(refused(vec![in_category(&"x".repeat(257), &["t1"])]).contains("the limit is 256"));
+    }
+
+    #[test]
+    fn boosts_are_checked_and_described() {
+        let boosted = |boosts: Vec<Boost>| PinRule {
+            boosts,
+            ..rule("tent", &[])
+        };
+        let brand = |amount: f32| Boost {
+            brands: vec!["Acme".into()],
+            amount,
+            ..Default::default()
+        };
+        let pins = Pins::new(vec![boosted(vec![brand(0.2), brand(-1.0)])]).unwrap();
+        let found = pins.for_query("tents").unwrap();
+        assert_eq!(found.boosts.len(), 2);
+        assert_eq!(
+            found.boosts[0].0.brands,
+            ["acme"],
+            "read as a filter reads it"
+        );
+        assert_eq!(found.boosts[1].1, -1.0);
+
+        let refused =
+            |boosts: Vec<Boost>| Pins::new(vec![boosted(boosts)]).unwrap_err().to_string();
+        for amount in [0.0, 1.5, -1.01, f32::NAN, f32::INFINITY] {
+            assert!(
+                refused(vec![brand(0.1), brand(amount)]).starts_with(&format!(
+                    "pin rule 0: boost 1: amount {amount}; it moves a score by -1..1, not 0"
+                )),
+                "{amount}"
+            );
+        }
+        assert_eq!(
+            refused(vec![Boost {
+                amount: 0.1,
+                ..Default::default()
+            }]),
+            "pin rule 0: boost 0: names no condition (a category, a brand, an attribute value, in stock or a price bound)"
+        );
+        assert!(
+            refused(vec![Boost {
+                attributes: vec![("color".into(), vec![])],
+                amount: 0.1,
+                ..Default::default()
+            }])
+            .starts_with("pin rule 0: boost 0: filters.attributes[0] (color) lists no value")
+        );
+        assert!(
+            refused(vec![Boost {
+                min_price: Some(50.0),
+                max_price: Some(10.0),
+                amount: 0.1,
+                ..Default::default()
+            }])
+            .starts_with("pin rule 0: boost 0: ")
+        );
+        assert_eq!(
+            refused(vec![brand(0.1); MAX_BOOSTS + 1]),
+            "pin rule 0: 17 boosts; the limit is 16"
+        );
+
+        let described = Boost {
+            category: " Tents ".into(),
+            brands: vec!["Acme".into(), "Bigtop".into()],
+            attributes: vec![("color".into(), vec!["green".into(), "black".into()])],
+            in_stock: true,
+            max_price: Some(50.0),
+            amount: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(
+            described.describe(),
+            "category Tents, brand Acme or Bigtop, color green or black, in stock, under 50"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::bm25::Matches;
 use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
-use crate::item::{Filters, InteractionKind, entity_item, item_entity};
+use crate::item::{Filters, InteractionKind, Item, entity_item, item_entity};
 use crate::query::{PricePhrase, price_phrase};
 use crate::{RankError, UserKey};
 
@@ -393,6 +393,9 @@ pub struct RankedItem {
     /// Placed here by the shop's pin rule for the query or the category page, not by its
     /// score.
     pub pinned: bool,
+    /// What the shop's boosts for the query or the page added to `score` (negative:
+    /// lowered); 0 when none applies.
+    pub boost: f32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -488,6 +491,8 @@ struct Candidate {
     score: f32,
     /// Placed by the shop's pin rule for the query (see [`crate::pins`]).
     pinned: bool,
+    /// What the shop's rule adds to the score (its boosts the item passes), in `score`.
+    boost: f32,
 }
 
 /// The ranker's logic over a shared catalog and two sources.
@@ -779,7 +784,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             } else {
                 None
             }
-            .cloned();
+            .map(|rule| (rule.rule.clone(), rule.boosts.to_vec()));
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     synonyms.rewrite(q).as_deref() != Some(read.as_str())
@@ -814,6 +819,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             )
         };
         let query = corrected.as_deref().or(typed);
+        let (pin_rule, boosts) = match pin_rule {
+            Some((rule, boosts)) => (Some(rule), boosts),
+            None => (None, Vec::new()),
+        };
         // Items the shop hides from this search are left out as the request's own
         // exclusions are, in any order, and of its facet counts; its pins lead a relevance
         // ranking only.
@@ -944,6 +953,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         placed: &chosen,
                         picks: depth.min(tier) - chosen.len(),
                         pinned: if start == 0 { pins } else { &[] },
+                        boosts: &boosts,
                     },
                 )
                 .await?;
@@ -984,8 +994,23 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 } else {
                     Vec::new()
                 };
-                if let Some(rule) = pin_rule.as_ref().filter(|_| c.pinned && request.explain) {
-                    reasons.insert(0, rule.reason());
+                if let Some(rule) = pin_rule.as_ref().filter(|_| request.explain) {
+                    if c.pinned {
+                        reasons.insert(0, rule.reason());
+                    } else if c.boost != 0.0 {
+                        // Each boost that moved it: a lift first, a lowering last.
+                        for (boost, (when, _)) in rule.boosts.iter().zip(&boosts) {
+                            if !when.accepts(item) {
+                                continue;
+                            }
+                            let what = boost.describe();
+                            if boost.amount > 0.0 {
+                                reasons.insert(0, format!("promoted by the shop: {what}"));
+                            } else {
+                                reasons.push(format!("placed lower by the shop: {what}"));
+                            }
+                        }
+                    }
                 }
                 if request.all_signals {
                     // The carrying signals first, as with `explain`, then the rest.
@@ -1005,6 +1030,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     },
                     reasons,
                     pinned: c.pinned,
+                    boost: c.boost,
                 })
             })
             .collect();
@@ -1164,6 +1190,9 @@ struct Tier<'a> {
     /// The ids the shop pins for the query, in its order: placed first (the first tier
     /// only; later tiers find them placed).
     pinned: &'a [String],
+    /// The shop's boosts for the query: added to the score of the items that pass each,
+    /// in every tier.
+    boosts: &'a [(Filters, f32)],
 }
 
 /// What one tier placed.
@@ -1285,6 +1314,7 @@ fn by_price(
                 (true, None) => vec![browsed.clone()],
             },
             pinned: false,
+            boost: 0.0,
         })
         .collect();
     (items, listed)
@@ -1524,6 +1554,22 @@ fn first_pass(
         .collect();
     pinned.sort_unstable();
     let is_pinned = |slot: &u32| !pinned.is_empty() && pinned.binary_search(slot).is_ok();
+    // The shop's boosts for the query, against the facet index: each item's score moves by
+    // the amounts of those it passes.
+    let boosts: Vec<(Filter<'_>, f32)> = tier
+        .boosts
+        .iter()
+        .map(|(filters, amount)| (catalog.filter(filters), *amount))
+        .collect();
+    let boost_of = |slot: u32, item: &Item| -> f32 {
+        boosts
+            .iter()
+            .filter(|(when, _)| when.accepts(slot, item))
+            .map(|(_, amount)| amount)
+            .sum()
+    };
+    // The most any item gains: what a left-out match may add to its bound.
+    let most_gained: f32 = boosts.iter().map(|(_, a)| a.max(0.0)).sum();
     let purchased = left_out_purchases(catalog, request);
     // The caller's exclusions, what the shop hides from the search and what earlier tiers
     // placed (by id: the catalog may have changed between tiers).
@@ -1634,7 +1680,11 @@ fn first_pass(
             };
             let popularity = popularity_feature(catalog.popularity_at(slot));
             let features = [dense, lexical, cf_score, 0.0, popularity];
-            scored.push((slot, fuse(&features, weights), features));
+            let mut score = fuse(&features, weights);
+            if !boosts.is_empty() {
+                score += boost_of(slot, item);
+            }
+            scored.push((slot, score, features));
         }
         scored
     };
@@ -1674,7 +1724,7 @@ fn first_pass(
                 popularity_feature(left.popularity),
             ],
             weights,
-        );
+        ) + most_gained;
         // The score at the tier's last place.
         let mut scores: Vec<f32> = scored.iter().map(|(_, s, _)| *s).collect();
         let last = *scores
@@ -1740,6 +1790,10 @@ fn first_pass(
             slot,
             id: id_of(slot).to_owned(),
             score,
+            boost: match catalog.item_at(slot) {
+                Some((item, _)) if !boosts.is_empty() => boost_of(slot, item),
+                _ => 0.0,
+            },
             features,
             cf_by: cf_by_slot
                 .get(&slot)
@@ -1805,7 +1859,7 @@ fn apply_paths(
         if let Some((strength, path, sources)) = best.remove(&item_entity(&c.id)) {
             c.features[3] = (strength + 0.1 * (sources.len() as f32 - 1.0)).min(1.0);
             c.kg_path = Some(path);
-            c.score = fuse(&c.features, weights);
+            c.score = fuse(&c.features, weights) + c.boost;
         }
     }
 }
@@ -1845,7 +1899,7 @@ fn apply_similarity(
                 c.features[3] = value;
                 c.kg_path = None;
                 c.kg_similar = Some(source.clone());
-                c.score = fuse(&c.features, weights);
+                c.score = fuse(&c.features, weights) + c.boost;
             }
         }
     }
@@ -2127,6 +2181,7 @@ mod tests {
                 kg_path: None,
                 kg_similar: None,
                 pinned: false,
+                boost: 0.0,
                 // Hundredths, so equal values happen.
                 score: below(100) as f32 / 100.0,
             });

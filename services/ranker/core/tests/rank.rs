@@ -947,9 +947,149 @@ fn pin_and_hide(
         category: String::new(),
         items: strings(items),
         hidden: strings(hidden),
+        boosts: Vec::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+}
+
+/// A rule's boosts move the scores of the items that pass their filters in its search or
+/// page, by their amounts, up or down; the ranking is otherwise the same, pages are slices
+/// of it, pins still lead, and nothing else (another search, a price order) moves.
+#[tokio::test]
+async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
+    use souk_ranker_core::pins::{Boost, PinRule, Pins};
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, hasher, _) = shop();
+    let search = |query: &str| RankQuery {
+        query: Some(query.into()),
+        k: 9,
+        explain: true,
+        ..Default::default()
+    };
+    // A shopper who viewed the trail tent: the graph relates the pegs to it (an accessory),
+    // and rescores them.
+    record(&ranker, &hasher, "u", "p1", InteractionKind::View, 1);
+    let shopper = |query: &str| RankQuery {
+        user: Some(hasher.key("u")),
+        ..search(query)
+    };
+    let known = ranker.rank(&shopper("tent")).await.unwrap();
+    let set = |rules: Vec<PinRule>| {
+        let pins = Pins::new(rules).unwrap();
+        ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    };
+    let brand = |brand: &str, amount: f32| Boost {
+        brands: vec![brand.into()],
+        amount,
+        ..Default::default()
+    };
+    let rule = |query: &str, items: &[&str], boosts: Vec<Boost>| PinRule {
+        query: query.into(),
+        category: String::new(),
+        items: items.iter().map(|s| s.to_string()).collect(),
+        hidden: Vec::new(),
+        boosts,
+    };
+    let organic = ranker.rank(&search("tent")).await.unwrap();
+    let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
+        r.items.iter().find(|i| i.id == id).map(|i| i.score)
+    };
+    let top = ids(&organic)[0];
+    assert_ne!(top, "p7");
+    assert!(
+        ids(&organic).iter().position(|&id| id == "p6") < Some(3),
+        "the pegs match \"tent\" well: {:?}",
+        ids(&organic)
+    );
+    // The family tent's maker on promotion; the pegs' maker lowered.
+    set(vec![rule(
+        "tent",
+        &[],
+        vec![brand("BIGTOP", 0.5), brand("Pegco", -0.5)],
+    )]);
+    let boosted = ranker.rank(&search("Tents")).await.unwrap();
+    assert_eq!(ids(&boosted)[0], "p7");
+    let first = &boosted.items[0];
+    assert!(!first.pinned);
+    assert_eq!(first.boost, 0.5);
+    assert!((first.score - score(&organic, "p7").unwrap() - 0.5).abs() < 1e-5);
+    assert_eq!(first.reasons[0], "promoted by the shop: brand BIGTOP");
+    let pegs = boosted.items.iter().find(|i| i.id == "p6").unwrap();
+    assert_eq!(pegs.boost, -0.5);
+    assert!((pegs.score - score(&organic, "p6").unwrap() + 0.5).abs() < 1e-5);
+    assert_eq!(
+        pegs.reasons.last().unwrap(),
+        "placed lower by the shop: brand Pegco"
+    );
+    // Every other item keeps its score, and the list is ordered by the scores as moved.
+    for item in &boosted.items {
+        if item.id != "p6" && item.id != "p7" {
+            assert_eq!(item.boost, 0.0);
+            assert_eq!(Some(item.score), score(&organic, &item.id), "{}", item.id);
+        }
+    }
+    assert!(boosted.items.windows(2).all(|w| w[0].score >= w[1].score));
+    // For the shopper too, after the graph rescored the pegs.
+    let theirs = ranker.rank(&shopper("tent")).await.unwrap();
+    let pegs = theirs.items.iter().find(|i| i.id == "p6").unwrap();
+    assert!(pegs.contributions.iter().any(|c| c.signal == Signal::Kg));
+    assert!((pegs.score - score(&known, "p6").unwrap() + 0.5).abs() < 1e-5);
+    for offset in 0..4 {
+        let page = ranker
+            .rank(&RankQuery {
+                k: 2,
+                offset,
+                ..search("tent")
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&page),
+            ids(&boosted)[offset..offset + 2],
+            "page {offset}"
+        );
+    }
+    // Pins still lead; the boosts order the rest.
+    set(vec![rule("tent", &["p1"], vec![brand("Bigtop", 0.5)])]);
+    let both = ranker.rank(&search("tent")).await.unwrap();
+    assert_eq!(ids(&both)[..2], ["p1", "p7"]);
+    assert!(both.items[0].pinned && !both.items[1].pinned);
+    // Not moved: another search, a price order.
+    let pegs_search = ranker.rank(&search("tent pegs")).await.unwrap();
+    assert!(pegs_search.items.iter().all(|i| i.boost == 0.0));
+    let cheap = ranker
+        .rank(&RankQuery {
+            sort: SortOrder::PriceAscending,
+            ..search("tent")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&cheap), ["p6", "p1", "p7"]);
+    // A category's page: what is under 50 lifted on the Outdoor page.
+    set(vec![PinRule {
+        query: String::new(),
+        category: "Outdoor".into(),
+        boosts: vec![Boost {
+            max_price: Some(50.0),
+            amount: 1.0,
+            ..Default::default()
+        }],
+        ..rule("", &[], vec![])
+    }]);
+    let page = ranker
+        .rank(&RankQuery {
+            filters: Filters::new("Outdoor", &[], None, None, false).unwrap(),
+            k: 9,
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut cheap_first: Vec<&str> = ids(&page)[..2].to_vec();
+    cheap_first.sort_unstable();
+    assert_eq!(cheap_first, ["p2", "p6"], "{:?}", ids(&page));
+    assert_eq!(page.items[0].reasons[0], "promoted by the shop: under 50");
 }
 
 /// A category's page (no query, no item, that category as the filter) is merchandised as a
@@ -986,6 +1126,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         category: "Outdoor ".into(),
         items: strings(&["p7", "p5", "p2"]),
         hidden: strings(&["p6"]),
+        boosts: Vec::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

@@ -1423,6 +1423,7 @@ impl pb::ranker_server::Ranker for RankerService {
                         .collect(),
                     reasons: i.reasons,
                     pinned: i.pinned,
+                    boost: i.boost,
                 })
                 .collect(),
             missing_signals: ranking
@@ -2016,12 +2017,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .into_inner()
             .rules
             .into_iter()
-            .map(|r| PinRule {
-                query: r.query,
-                category: r.category,
-                items: r.items,
-                hidden: r.hidden,
-            })
+            .map(PinRule::from)
             .collect();
         let pins = Arc::new(
             Pins::new(rules)
@@ -2056,12 +2052,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .pins()
             .rules()
             .iter()
-            .map(|rule| pb::PinRule {
-                query: rule.query.clone(),
-                category: rule.category.clone(),
-                items: rule.items.clone(),
-                hidden: rule.hidden.clone(),
-            })
+            .map(pb::PinRule::from)
             .collect();
         Ok(Response::new(pb::GetPinsResponse { rules }))
     }

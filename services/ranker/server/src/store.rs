@@ -2992,12 +2992,20 @@ mod tests {
                 category: String::new(),
                 items: vec!["p7".into(), "p1".into()],
                 hidden: vec!["p6".into()],
+                boosts: vec![],
             },
             PinRule {
                 query: String::new(),
                 category: "Tents".into(),
                 items: vec!["p1".into()],
                 hidden: vec![],
+                boosts: vec![souk_ranker_core::pins::Boost {
+                    brands: vec!["Bigtop".into()],
+                    attributes: vec![("color".into(), vec!["green".into()])],
+                    max_price: Some(200.0),
+                    amount: -0.25,
+                    ..Default::default()
+                }],
             },
         ];
         {
@@ -3014,7 +3022,10 @@ mod tests {
             served.pins().for_query("Tents").unwrap().items,
             ["p7", "p1"]
         );
-        assert_eq!(served.pins().for_category("tents").unwrap().items, ["p1"]);
+        let tents = served.pins().for_category("tents").unwrap();
+        assert_eq!(tents.items, ["p1"]);
+        assert_eq!(tents.boosts[0].0.brands, ["bigtop"]);
+        assert_eq!(tents.boosts[0].1, -0.25);
         // A record stored before rules could name a category reads as searches' rules.
         store
             .models

@@ -268,7 +268,9 @@ pub enum PinsCommand {
     /// rule a line, `tent => p007, p012, -p300` (for the search "tent", those items first,
     /// in that order, when they pass the shopper's filters, and p300 never), or
     /// `category:Tents => p007` for the Tents page (a rank with that category and no
-    /// query); `#` begins a comment. See `kg-data/pins.txt`.
+    /// query); a condition with a signed amount boosts the items that pass it
+    /// (`brand:Acme +0.2`, `color=green -0.1`); `#` begins a comment. See
+    /// `kg-data/README.md` and `kg-data/pins.txt`.
     Load {
         file: PathBuf,
         /// Check the file and report its first bad line without sending anything.

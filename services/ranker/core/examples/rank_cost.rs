@@ -21,6 +21,7 @@
 //! `ANSWERS=path` writes every answer's ids there (to compare two builds' rankings), and
 //! `DESCRIBED=1` gives every item a ~550-byte description and five attributes, and
 //! `PINS=1` pins 16 items for each query's search (see `souk_ranker_core::pins`), and
+//! `BOOSTS=1` gives each query's search three boosts (a colour, a price cap, a department), and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation).
 use std::collections::{HashMap, HashSet};
@@ -31,7 +32,7 @@ use souk_ranker_core::UserKey;
 use souk_ranker_core::catalog::{Catalog, DEFAULT_ANN_MIN_ITEMS};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
-use souk_ranker_core::pins::{MAX_PINNED, PinRule, Pins};
+use souk_ranker_core::pins::{Boost, MAX_PINNED, PinRule, Pins};
 use souk_ranker_core::rank::{EmbeddingSource, NoGraph, RankQuery, Ranker, SortOrder, SourceError};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
@@ -355,7 +356,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // PINS=1: every query's search pins 16 items spread over the catalog (mostly far from
     // it: they join the pool and are scored wherever they are), what a pinned search costs.
-    if std::env::var("PINS").is_ok_and(|v| v == "1") {
+    // BOOSTS=1: every query's search lifts one colour (a tenth of the items) and a
+    // department (a twelfth) and lowers what is under 60 (about a quarter): every candidate
+    // checked against three filters.
+    let pinning = std::env::var("PINS").is_ok_and(|v| v == "1");
+    let boosting = std::env::var("BOOSTS").is_ok_and(|v| v == "1");
+    if pinning || boosting {
+        let boosts = |i: usize| {
+            if !boosting {
+                return Vec::new();
+            }
+            vec![
+                Boost {
+                    attributes: vec![("colour".into(), vec![COLOURS[i % COLOURS.len()].into()])],
+                    amount: 0.1,
+                    ..Default::default()
+                },
+                Boost {
+                    max_price: Some(60.0),
+                    amount: -0.05,
+                    ..Default::default()
+                },
+                Boost {
+                    category: format!("dept{}", i % 12),
+                    amount: 0.05,
+                    ..Default::default()
+                },
+            ]
+        };
         let mut seen = HashSet::new();
         let rules: Vec<PinRule> = queries
             .iter()
@@ -365,13 +393,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 query: q.clone(),
                 category: String::new(),
                 items: (0..MAX_PINNED)
+                    .filter(|_| pinning)
                     .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
                     .collect(),
                 hidden: Vec::new(),
-                boosts: Vec::new(),
+                boosts: boosts(i),
             })
             .collect();
-        println!("pins: {} searches pin {MAX_PINNED} items each", rules.len());
+        println!(
+            "pins: {} searches pin {} items each, with {} boosts",
+            rules.len(),
+            if pinning { MAX_PINNED } else { 0 },
+            if boosting { 3 } else { 0 }
+        );
         let pins = Arc::new(Pins::new(rules)?);
         ranker
             .catalog()

@@ -217,6 +217,15 @@ fn ids(r: &souk_ranker_core::rank::Ranking) -> Vec<&str> {
     r.items.iter().map(|i| i.id.as_str()).collect()
 }
 
+/// The values the first facet counts (the brands, when it is the brand facet).
+fn brands(r: &souk_ranker_core::rank::Ranking) -> HashSet<String> {
+    r.facets[0]
+        .values
+        .iter()
+        .map(|(brand, _)| brand.clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_new_user_without_a_query_gets_popular_items() {
     let (ranker, h, _) = shop();
@@ -1109,13 +1118,6 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         facets: vec![FacetField::Brand],
         ..Default::default()
     };
-    let brands = |r: &souk_ranker_core::rank::Ranking| {
-        r.facets[0]
-            .values
-            .iter()
-            .map(|(brand, _)| brand.clone())
-            .collect::<HashSet<_>>()
-    };
     let organic = ranker.rank(&browse("Outdoor")).await.unwrap();
     assert_eq!(ids(&organic).len(), 4, "{:?}", ids(&organic));
     let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
@@ -1193,13 +1195,6 @@ async fn hidden_items_leave_their_search_in_any_order() {
         sort,
         facets: vec![FacetField::Brand],
         ..Default::default()
-    };
-    let brands = |r: &souk_ranker_core::rank::Ranking| {
-        r.facets[0]
-            .values
-            .iter()
-            .map(|(brand, _)| brand.clone())
-            .collect::<HashSet<_>>()
     };
     let organic = ranker
         .rank(&search("tent", SortOrder::Relevance))

@@ -893,12 +893,7 @@ impl Catalog {
     /// every item (no words and no vector), or none (a vector alone).
     fn lexical_scope(&self, scope: &FacetScope<'_>, matches: Option<&Matches>) -> Vec<u32> {
         match (scope.among, scope.words) {
-            (Some(ids), _) => {
-                let mut slots: Vec<u32> = ids.iter().filter_map(|id| self.slot_of(id)).collect();
-                slots.sort_unstable();
-                slots.dedup();
-                slots
-            }
+            (Some(ids), _) => self.sorted_slots(ids),
             (None, Some(_)) if let Some(matches) = matches => matches.docs().collect(),
             (None, Some(q)) => self.matches(q).docs().collect(),
             (None, None) if scope.nearest.is_none() => self.slots().collect(),
@@ -934,12 +929,7 @@ impl Catalog {
                 near.dedup();
             }
         }
-        let mut except: Vec<u32> = scope
-            .except
-            .iter()
-            .filter_map(|id| self.slot_of(id))
-            .collect();
-        except.sort_unstable();
+        let except = self.sorted_slots(scope.except);
         union_ascending(lexical, &near)
             .filter(|&slot| {
                 self.passes(filter, slot)
@@ -1147,6 +1137,15 @@ impl Catalog {
     /// The slot an item id lives in: what [`Catalog::cf_scores`] keys its scores by.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
         self.by_id.get(id, |s| slot_id(&self.slots, s))
+    }
+
+    /// The slots of the ids the catalog holds, ascending, each once: a set a scan looks
+    /// slots up in by binary search (pins, hidden items, a re-rank's candidates).
+    pub fn sorted_slots<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<u32> {
+        let mut slots: Vec<u32> = ids.into_iter().filter_map(|id| self.slot_of(id)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        slots
     }
 
     /// The CF id of item id `id`, once an event named it.

@@ -244,6 +244,12 @@ pub fn entity_item(entity: &str) -> Option<&str> {
     entity.strip_prefix("item:")
 }
 
+/// A category as a filter holds it (and a category page's pin rule is keyed by it):
+/// trimmed, lower-cased.
+pub(crate) fn category_key(category: &str) -> String {
+    category.trim().to_lowercase()
+}
+
 /// Restrictions on what `Rank` may return.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filters {
@@ -294,7 +300,7 @@ impl Filters {
             )));
         }
         Ok(Self {
-            category: Some(category.trim().to_lowercase()).filter(|c| !c.is_empty()),
+            category: Some(category_key(category)).filter(|c| !c.is_empty()),
             brands: brands
                 .iter()
                 .map(|b| b.trim().to_lowercase())

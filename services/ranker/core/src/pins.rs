@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::RankError;
 use crate::bm25::terms;
-use crate::item::{Filters, validate_id};
+use crate::item::{Filters, category_key, validate_id};
 
 /// Most rules a shop may set.
 pub const MAX_PIN_RULES: usize = 10_000;
@@ -138,13 +138,8 @@ impl PinRule {
 enum Key {
     /// A search's words as the index reads them.
     Terms(Vec<String>),
-    /// A category as [`category_key`] reads it.
+    /// A category as a request's filter holds it ([`category_key`]).
     Category(String),
-}
-
-/// A category as a rule and a request's filter both read it.
-fn category_key(category: &str) -> String {
-    category.trim().to_lowercase()
 }
 
 /// One rule as the shop wrote it: for a search or for a category's page (one of the two).
@@ -223,10 +218,12 @@ impl std::ops::Deref for Rule<'_> {
 
 impl Pins {
     /// The rules, checked: each names a query with a word search reads or a category (not
-    /// both; at most [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin and [`MAX_HIDDEN`] to hide
-    /// (at least one of either; valid ids, each named once), and no two rules name the same
-    /// search or category (which would win is not for the engine to guess). Ids are not looked up: an
-    /// item may be loaded after its rule (see [`Self::missing`]).
+    /// both; at most [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin,
+    /// [`MAX_HIDDEN`] to hide and [`MAX_BOOSTS`] boosts (at least one of any; valid ids, each
+    /// named once; each boost a filter with a condition and an amount in -1..1, not 0), and
+    /// no two rules name the same search or category (which would win is not for the engine
+    /// to guess). Ids are not looked up: an item may be loaded after its rule (see
+    /// [`Self::missing`]).
     ///
     /// # Errors
     /// The rule at fault (counted from 0) and what is wrong with it.
@@ -376,7 +373,7 @@ impl Pins {
     }
 
     /// The rule for a category's page, if one names it; `category` as a request's filter
-    /// holds it (see [`crate::item::Filters`]: trimmed, lower-cased).
+    /// holds it (see [`crate::item::Filters`]).
     pub fn for_category(&self, category: &str) -> Option<Rule<'_>> {
         if self.by_category.is_empty() {
             return None;

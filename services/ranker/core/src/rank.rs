@@ -1547,12 +1547,7 @@ fn first_pass(
     // The shop's pins for the query: in the pool and kept below `keep` too, to be placed
     // first whatever their score (if they pass the filters and exclusions). Sorted, as
     // every candidate is looked up in it.
-    let mut pinned: Vec<u32> = tier
-        .pinned
-        .iter()
-        .filter_map(|id| catalog.slot_of(id))
-        .collect();
-    pinned.sort_unstable();
+    let pinned = catalog.sorted_slots(tier.pinned);
     let is_pinned = |slot: &u32| !pinned.is_empty() && pinned.binary_search(slot).is_ok();
     // The shop's boosts for the query, against the facet index: each item's score moves by
     // the amounts of those it passes.

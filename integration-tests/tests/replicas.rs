@@ -213,6 +213,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 items: vec!["p00110".into()],
                 hidden: vec![],
                 boosts: vec![],
+                everywhere: false,
             },
             rk::PinRule {
                 query: String::new(),
@@ -220,6 +221,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 items: vec!["p00176".into()],
                 hidden: vec![],
                 boosts: vec![],
+                everywhere: false,
             },
         ],
     })

@@ -1548,6 +1548,17 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         ..Default::default()
     };
     let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let by_price_of = |client: &mut RankerClient<tonic::transport::Channel>, request| {
+        let mut client = client.clone();
+        async move {
+            let request = rk::RankRequest {
+                k: 20,
+                sort: rk::Sort::PriceAscending as i32,
+                ..request
+            };
+            client.rank(request).await.unwrap().into_inner()
+        }
+    };
     let organic = client
         .rank(search("sleeping bag"))
         .await
@@ -1698,6 +1709,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         items: vec!["p00105".into()],
         hidden: vec![],
         boosts: vec![],
+        everywhere: false,
     });
     let refused = client
         .set_pins(rk::SetPinsRequest { rules: bad })
@@ -1771,6 +1783,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
                 items: vec!["p99999".into(), "p00107".into()],
                 hidden: vec![first.clone()],
                 boosts: vec![],
+                everywhere: false,
             }],
         })
         .await
@@ -1791,6 +1804,106 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     .await;
     assert!(by_price.items.len() > 5);
     assert!(!ids(&by_price).contains(&first), "hidden by price too");
+
+    // The rule for every ranking: the search's second result hidden from every list, and
+    // one maker's items a little ahead wherever they are ranked, beside the search's own
+    // rule (which still pins).
+    let (second, maker) = (
+        ids(&organic)[1].clone(),
+        organic.items[organic.items.len() - 1].brand.clone(),
+    );
+    let everywhere = rk::PinRule {
+        hidden: vec![second.clone()],
+        boosts: vec![rk::Boost {
+            when: Some(rk::Filters {
+                brands: vec![maker.clone()],
+                ..Default::default()
+            }),
+            amount: 0.3,
+        }],
+        everywhere: true,
+        ..Default::default()
+    };
+    let rules = vec![
+        rk::PinRule {
+            query: "sleeping bag".into(),
+            items: vec!["p00107".into()],
+            ..Default::default()
+        },
+        everywhere.clone(),
+    ];
+    client
+        .set_pins(rk::SetPinsRequest {
+            rules: rules.clone(),
+        })
+        .await
+        .unwrap();
+    let page_of = |item: &str| rk::RankRequest {
+        item_id: item.into(),
+        k: 20,
+        ..search("")
+    };
+    let similar = shown(&mut client, page_of("p00110")).await;
+    for (what, r) in [
+        ("search", shown(&mut client, search("sleeping bag")).await),
+        ("item page", similar.clone()),
+        (
+            "by price",
+            by_price_of(&mut client, search("sleeping bag")).await,
+        ),
+    ] {
+        assert!(
+            !ids(&r).contains(&second),
+            "{what}: {second} hidden: {:?}",
+            ids(&r)
+        );
+        let lifted: Vec<&rk::RankedItem> = r.items.iter().filter(|i| i.brand == maker).collect();
+        if what == "by price" {
+            assert!(
+                lifted.iter().all(|i| i.boost == 0.0),
+                "a price order is not moved"
+            );
+            continue;
+        }
+        assert!(
+            !lifted.is_empty(),
+            "{what}: no {maker} item in {:?}",
+            ids(&r)
+        );
+        for item in lifted.iter().filter(|i| !i.pinned) {
+            assert_eq!(item.boost, 0.3, "{what}: {}", item.id);
+            assert_eq!(
+                item.reasons[0],
+                format!("promoted by the shop: brand {maker}")
+            );
+        }
+        assert!(
+            r.items
+                .iter()
+                .filter(|i| i.brand != maker)
+                .all(|i| i.boost == 0.0),
+            "{what}"
+        );
+    }
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(pinned(&r), ["p00107"], "the search's rule still pins");
+    let listed = client
+        .get_pins(rk::GetPinsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rules, rules);
+    let refused = client
+        .set_pins(rk::SetPinsRequest {
+            rules: vec![everywhere.clone(), everywhere],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "pin rule 1: every ranking has a rule already (pin rule 0); the previous set stays"
+    );
     client
         .set_pins(rk::SetPinsRequest { rules: vec![] })
         .await

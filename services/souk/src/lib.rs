@@ -396,7 +396,10 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
                 .set_pins(soukctl::with_token(rk::SetPinsRequest { rules }, &token)?)
                 .await?
                 .into_inner();
-            eprintln!("  pin rules (searches and category pages): {}", set.rules);
+            eprintln!(
+                "  pin rules (searches, category pages, every ranking): {}",
+                set.rules
+            );
         }
         // Entity embeddings of the whole graph (items, brands, categories, attributes): the
         // ranker's "close in the product graph" signal. Small settings: ~2 s on 2 cores.

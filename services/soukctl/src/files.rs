@@ -707,8 +707,9 @@ impl SynonymsFile {
 
 /// A pins file (`soukctl pins load`): one rule a line, `tent => p007, p012, -p300` (the
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
-/// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]);
-/// blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
+/// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]), or
+/// `* => -p300, in-stock +0.05` for every ranking (hides and boosts only; see
+/// [`EVERYWHERE_RULE`]); blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
 /// `brand:Trailhound +0.2`, `category:Tent Pegs -0.3`, `color=green|olive +0.1`,
 /// `in-stock +0.1`, `price:..50 +0.05` (`price:20..`, `price:20..50`); conditions joined by
 /// `&` must all hold (`brand:Acme & in-stock +0.2`), `|` lists the values one may take (see
@@ -756,7 +757,9 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             }
             list.push(id.to_string());
         }
+        let everywhere = query.trim() == EVERYWHERE_RULE;
         let (query, category) = match strip_prefix_ignoring_case(query.trim(), CATEGORY_RULE) {
+            _ if everywhere => (String::new(), String::new()),
             Some(category) => (String::new(), category.trim().to_string()),
             None => (query.trim().to_string(), String::new()),
         };
@@ -766,6 +769,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             items: pinned,
             hidden,
             boosts,
+            everywhere,
         });
         lines.push(line);
     }
@@ -883,6 +887,9 @@ fn boost_text(boost: &rk::Boost) -> String {
 /// How a pins file's line names a category's page instead of a search: `category:Tents`.
 pub const CATEGORY_RULE: &str = "category:";
 
+/// How a pins file's line names the rule for every ranking: `* => -p300, in-stock +0.05`.
+pub const EVERYWHERE_RULE: &str = "*";
+
 /// `text` without `prefix`, in any case, if it begins with it.
 fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
@@ -891,7 +898,7 @@ fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str
 }
 
 /// A rule's line as a pins file writes it (`soukctl pins list`): `tent => p007, -p300`,
-/// `category:Tents => p007`.
+/// `category:Tents => p007`, `* => in-stock +0.05`.
 pub fn pin_line(rule: &rk::PinRule) -> String {
     let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
     let boosts = rule.boosts.iter().map(boost_text);
@@ -903,6 +910,7 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
         .chain(boosts)
         .collect();
     match rule.category.as_str() {
+        _ if rule.everywhere => format!("{EVERYWHERE_RULE} => {}", ids.join(", ")),
         "" => format!("{} => {}", rule.query, ids.join(", ")),
         category => format!("{CATEGORY_RULE}{category} => {}", ids.join(", ")),
     }
@@ -1127,10 +1135,10 @@ mod tests {
         let path = Path::new("pins.txt");
         let read = pins(
             path,
-            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\nCategory: Desk Lamps => p031, -p032\nstove => brand:Acme|Bigtop +0.25, color = green|olive & in-stock & price:..50.5 -0.1, category:Pegs -1\n",
+            "# spring\n\ntent => p007 , p012, - p300  # the promoted tent first\nhiking boots=>p020\nlamp => -p007\nCategory: Desk Lamps => p031, -p032\nstove => brand:Acme|Bigtop +0.25, color = green|olive & in-stock & price:..50.5 -0.1, category:Pegs -1\n * => -p666, in-stock +0.05\n",
         )
         .unwrap();
-        assert_eq!(read.lines, [3, 4, 5, 6, 7]);
+        assert_eq!(read.lines, [3, 4, 5, 6, 7, 8]);
         let messages = read.messages();
         assert_eq!(
             messages,
@@ -1189,6 +1197,18 @@ mod tests {
                     ],
                     ..Default::default()
                 },
+                rk::PinRule {
+                    hidden: vec!["p666".into()],
+                    boosts: vec![rk::Boost {
+                        when: Some(rk::Filters {
+                            in_stock_only: true,
+                            ..Default::default()
+                        }),
+                        amount: 0.05,
+                    }],
+                    everywhere: true,
+                    ..Default::default()
+                },
             ]
         );
         // `pins list` writes each rule as a line this reader takes back.
@@ -1199,6 +1219,7 @@ mod tests {
             listed[4],
             "stove => brand:Acme|Bigtop +0.25, color=green|olive & in-stock & price:..50.5 -0.1, category:Pegs -1"
         );
+        assert_eq!(listed[5], "* => -p666, in-stock +0.05");
         assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), messages);
         assert!(pins(path, "# nothing\n").unwrap().messages().is_empty());
         for (text, want) in [
@@ -1227,6 +1248,14 @@ mod tests {
             (
                 "category: => p1",
                 "pins.txt:1: names no query and no category",
+            ),
+            (
+                "* => -p1\n* => in-stock +0.1",
+                "pins.txt:2: every ranking has a rule already (on line 1)",
+            ),
+            (
+                "* => p1",
+                "pins.txt:1: the rule for every ranking pins an item (pins are set per search",
             ),
             (
                 "tent => size:big +0.1",

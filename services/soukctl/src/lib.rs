@@ -269,7 +269,8 @@ pub enum PinsCommand {
     /// in that order, when they pass the shopper's filters, and p300 never), or
     /// `category:Tents => p007` for the Tents page (a rank with that category and no
     /// query); a condition with a signed amount boosts the items that pass it
-    /// (`brand:Acme +0.2`, `color=green -0.1`); `#` begins a comment. See
+    /// (`brand:Acme +0.2`, `color=green -0.1`); `* => -p300, in-stock +0.05` hides and
+    /// boosts in every ranking; `#` begins a comment. See
     /// `kg-data/README.md` and `kg-data/pins.txt`.
     Load {
         file: PathBuf,
@@ -1270,7 +1271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if r.pin_rules > 0 {
                 println!(
-                    "pin rules (searches and category pages): {} (`soukctl pins list`)",
+                    "pin rules (searches, category pages, every ranking): {} (`soukctl pins list`)",
                     r.pin_rules
                 );
             }

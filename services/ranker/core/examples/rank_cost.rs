@@ -22,6 +22,8 @@
 //! `DESCRIBED=1` gives every item a ~550-byte description and five attributes, and
 //! `PINS=1` pins 16 items for each query's search (see `souk_ranker_core::pins`), and
 //! `BOOSTS=1` gives each query's search three boosts (a colour, a price cap, a department), and
+//! `EVERYWHERE=1` sets a rule for every ranking (64 items hidden; in stock +0.05, one
+//! department -0.1), and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation).
 use std::collections::{HashMap, HashSet};
@@ -361,7 +363,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // checked against three filters.
     let pinning = std::env::var("PINS").is_ok_and(|v| v == "1");
     let boosting = std::env::var("BOOSTS").is_ok_and(|v| v == "1");
-    if pinning || boosting {
+    // EVERYWHERE=1: one rule for every ranking, as a shop would set it: a recall's worth of
+    // items off every list, what is in stock a little ahead (every item here) and one
+    // department a little lower.
+    let everywhere = std::env::var("EVERYWHERE").is_ok_and(|v| v == "1");
+    if pinning || boosting || everywhere {
         let boosts = |i: usize| {
             if !boosting {
                 return Vec::new();
@@ -385,9 +391,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ]
         };
         let mut seen = HashSet::new();
-        let rules: Vec<PinRule> = queries
+        let mut rules: Vec<PinRule> = queries
             .iter()
             .enumerate()
+            .filter(|_| pinning || boosting)
             .filter(|(_, q)| seen.insert(souk_ranker_core::bm25::terms(q)))
             .map(|(i, q)| PinRule {
                 query: q.clone(),
@@ -398,6 +405,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect(),
                 hidden: Vec::new(),
                 boosts: boosts(i),
+                everywhere: false,
             })
             .collect();
         println!(
@@ -406,6 +414,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if pinning { MAX_PINNED } else { 0 },
             if boosting { 3 } else { 0 }
         );
+        if everywhere {
+            println!("pins: a rule for every ranking hides 64 items, with 2 boosts");
+            rules.push(PinRule {
+                hidden: (0..64)
+                    .map(|j| format!("p{:06}", (j * (items / 64).max(1) + 7) % items))
+                    .collect(),
+                boosts: vec![
+                    Boost {
+                        in_stock: true,
+                        amount: 0.05,
+                        ..Default::default()
+                    },
+                    Boost {
+                        category: "dept3".into(),
+                        amount: -0.1,
+                        ..Default::default()
+                    },
+                ],
+                everywhere: true,
+                ..Default::default()
+            });
+        }
         let pins = Arc::new(Pins::new(rules)?);
         ranker
             .catalog()

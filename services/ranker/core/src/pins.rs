@@ -22,6 +22,12 @@
 //! amount, up (a brand on promotion) or down (an accessory that crowds out the thing
 //! searched). Unlike a pin, a boost only reorders what the search finds: an item the search
 //! does not bring is not brought by it.
+//!
+//! One rule may apply **everywhere**: to every ranking the shop asks for (searches, category
+//! pages, item pages, a shopper's own picks; not re-rankings of the caller's candidates), on
+//! top of the search's or the page's own rule. It hides and boosts (in stock a little
+//! ahead everywhere, a recalled item out of every list) but pins nothing: what leads is
+//! decided per search or page.
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +126,7 @@ impl PinRule {
     /// `category "Tents"`.
     pub fn target(&self) -> String {
         match self.category.trim() {
+            _ if self.everywhere => "every ranking".into(),
             "" => format!("query {:?}", self.query.trim()),
             category => format!("category {category:?}"),
         }
@@ -140,10 +147,12 @@ enum Key {
     Terms(Vec<String>),
     /// A category as a request's filter holds it ([`category_key`]).
     Category(String),
+    /// Every ranking.
+    Everywhere,
 }
 
 /// One rule as the shop wrote it: for a search or for a category's page (one of the two).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PinRule {
     /// The search it applies to (empty for a category's rule).
     pub query: String,
@@ -158,6 +167,10 @@ pub struct PinRule {
     /// Scores moved for the items that pass a filter, in a ranking by relevance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boosts: Vec<Boost>,
+    /// For every ranking, beside its search's or page's rule (no query, no category, no
+    /// pins): see the module's documentation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub everywhere: bool,
 }
 
 /// Why a set of rules was refused.
@@ -199,6 +212,8 @@ pub struct Pins {
     boosts: Vec<Vec<(Filters, f32)>>,
     by_terms: HashMap<Vec<String>, usize>,
     by_category: HashMap<String, usize>,
+    /// The rule for every ranking, if one is set.
+    everywhere: Option<usize>,
 }
 
 /// A rule in force: as written, and its boosts ready to apply.
@@ -213,6 +228,57 @@ impl std::ops::Deref for Rule<'_> {
 
     fn deref(&self) -> &PinRule {
         self.rule
+    }
+}
+
+/// What the shop's rules do to one ranking: the pins of its search's or page's rule, and the
+/// hidden items and boosts of that rule and of the rule for every ranking.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Items to lead a ranking by relevance with, in order.
+    pub pinned: Vec<String>,
+    /// The reason a pinned item gives ([`PinRule::reason`]).
+    pub pin_reason: String,
+    /// Items left out of the ranking, by relevance or by price.
+    pub hidden: Vec<String>,
+    /// The boosts as filters with their amounts.
+    pub boosts: Vec<(Filters, f32)>,
+    /// The same boosts as the shop wrote them, for the reasons they give.
+    pub written: Vec<Boost>,
+}
+
+impl Applied {
+    /// The rules `rules` together: pins from the first that pins (a search's or page's rule:
+    /// the rule for every ranking pins nothing), the hidden items and boosts of all.
+    pub fn of<'a>(rules: impl IntoIterator<Item = Rule<'a>>) -> Self {
+        let mut applied = Applied::default();
+        for rule in rules {
+            if applied.pinned.is_empty() && !rule.items.is_empty() {
+                applied.pinned.clone_from(&rule.items);
+                applied.pin_reason = rule.reason();
+            }
+            applied.hidden.extend(rule.hidden.iter().cloned());
+            applied.boosts.extend(rule.boosts.iter().cloned());
+            applied.written.extend(rule.rule.boosts.iter().cloned());
+        }
+        applied
+    }
+
+    /// The reasons the boosts that `item` passes give, lifts and lowerings apart:
+    /// `promoted by the shop: brand Santoro`, `placed lower by the shop: in stock`.
+    pub fn boost_reasons(&self, item: &crate::item::Item) -> (Vec<String>, Vec<String>) {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for (boost, (when, _)) in self.written.iter().zip(&self.boosts) {
+            if when.accepts(item) {
+                let what = boost.describe();
+                if boost.amount > 0.0 {
+                    up.push(format!("promoted by the shop: {what}"));
+                } else {
+                    down.push(format!("placed lower by the shop: {what}"));
+                }
+            }
+        }
+        (up, down)
     }
 }
 
@@ -237,6 +303,7 @@ impl Pins {
         }
         let mut by_terms = HashMap::with_capacity(rules.len());
         let mut by_category = HashMap::new();
+        let mut everywhere = None;
         let mut boosts = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             let bad = |reason: String| PinError {
@@ -246,7 +313,33 @@ impl Pins {
             };
             let (query, category) = (rule.query.trim(), rule.category.trim());
             let key = match (query.is_empty(), category.is_empty()) {
-                (true, true) => return Err(bad("names no query and no category".into())),
+                _ if rule.everywhere => {
+                    if !query.is_empty() || !category.is_empty() {
+                        return Err(bad(format!(
+                            "applies everywhere yet names {}; a rule for every ranking names no query and no category",
+                            if query.is_empty() {
+                                format!("category {category:?}")
+                            } else {
+                                format!("query {query:?}")
+                            }
+                        )));
+                    }
+                    if !rule.items.is_empty() {
+                        return Err(bad(format!(
+                            "the rule for every ranking pins {} (pins are set per search or category; it hides and boosts)",
+                            match rule.items.len() {
+                                1 => "an item".to_string(),
+                                n => format!("{n} items"),
+                            }
+                        )));
+                    }
+                    Key::Everywhere
+                }
+                (true, true) => {
+                    return Err(bad(
+                        "names no query and no category (and does not apply everywhere)".into(),
+                    ));
+                }
                 (false, false) => {
                     return Err(bad(format!(
                         "names both query {query:?} and category {category:?}; a rule is for one"
@@ -341,6 +434,7 @@ impl Pins {
             let earlier = match key {
                 Key::Terms(read) => by_terms.insert(read, i),
                 Key::Category(category) => by_category.insert(category, i),
+                Key::Everywhere => everywhere.replace(i),
             };
             if let Some(other) = earlier {
                 return Err(PinError {
@@ -354,6 +448,7 @@ impl Pins {
             boosts,
             by_terms,
             by_category,
+            everywhere,
         })
     }
 
@@ -381,6 +476,11 @@ impl Pins {
         self.by_category
             .get(&category_key(category))
             .and_then(|&i| self.rule(i))
+    }
+
+    /// The rule for every ranking, if one is set.
+    pub fn everywhere(&self) -> Option<Rule<'_>> {
+        self.everywhere.and_then(|i| self.rule(i))
     }
 
     /// The rules as they were set.
@@ -425,6 +525,7 @@ mod wire {
                 items: rule.items,
                 hidden: rule.hidden,
                 boosts: rule.boosts.into_iter().map(Boost::from).collect(),
+                everywhere: rule.everywhere,
             }
         }
     }
@@ -437,6 +538,7 @@ mod wire {
                 items: rule.items.clone(),
                 hidden: rule.hidden.clone(),
                 boosts: rule.boosts.iter().map(pb::Boost::from).collect(),
+                everywhere: rule.everywhere,
             }
         }
     }
@@ -495,6 +597,7 @@ mod tests {
             items: items.iter().map(|s| s.to_string()).collect(),
             hidden: Vec::new(),
             boosts: Vec::new(),
+            everywhere: false,
         }
     }
 
@@ -640,7 +743,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![in_category("  ", &["t1"])]),
-            "pin rule 0: names no query and no category"
+            "pin rule 0: names no query and no category (and does not apply everywhere)"
         );
         assert_eq!(
             refused(vec![in_category("Tents", &[])]),
@@ -722,6 +825,78 @@ mod tests {
         assert_eq!(
             described.describe(),
             "category Tents, brand Acme or Bigtop, color green or black, in stock, under 50"
+        );
+    }
+
+    #[test]
+    fn the_rule_for_every_ranking_hides_and_boosts_beside_a_searchs_own() {
+        let in_stock = Boost {
+            in_stock: true,
+            amount: 0.05,
+            ..Default::default()
+        };
+        let everywhere = PinRule {
+            hidden: vec!["recalled".into()],
+            boosts: vec![in_stock.clone()],
+            everywhere: true,
+            ..rule("", &[])
+        };
+        let tent = PinRule {
+            boosts: vec![Boost {
+                brands: vec!["Acme".into()],
+                amount: -0.2,
+                ..Default::default()
+            }],
+            ..hiding("tent", &["t1"], &["lamp"])
+        };
+        let pins = Pins::new(vec![tent, everywhere.clone()]).unwrap();
+        assert!(pins.everywhere().is_some_and(|r| r.everywhere));
+        // It is no search's and no page's rule.
+        assert!(pins.for_query("").is_none());
+        assert!(pins.for_category("").is_none());
+
+        let both = Applied::of(pins.for_query("tents").into_iter().chain(pins.everywhere()));
+        assert_eq!(both.pinned, ["t1"]);
+        assert_eq!(both.pin_reason, "featured by the shop for \"tent\"");
+        assert_eq!(both.hidden, ["lamp", "recalled"]);
+        assert_eq!(
+            both.boosts.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+            [-0.2, 0.05]
+        );
+        assert_eq!(both.written.len(), 2);
+        assert_eq!(both.written[1], in_stock);
+        let alone = Applied::of(pins.for_query("stove").into_iter().chain(pins.everywhere()));
+        assert!(alone.pinned.is_empty(), "it pins nothing");
+        assert_eq!(alone.hidden, ["recalled"]);
+        assert_eq!(alone.boosts.len(), 1);
+        assert!(Applied::of(None).boosts.is_empty());
+
+        let refused = |rules: Vec<PinRule>| Pins::new(rules).unwrap_err().to_string();
+        assert_eq!(
+            refused(vec![everywhere.clone(), everywhere.clone()]),
+            "pin rule 1: every ranking has a rule already (pin rule 0)"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                items: vec!["t1".into()],
+                ..everywhere.clone()
+            }]),
+            "pin rule 0: the rule for every ranking pins an item (pins are set per search or category; it hides and boosts)"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                query: "tent".into(),
+                ..everywhere.clone()
+            }]),
+            "pin rule 0: applies everywhere yet names query \"tent\"; a rule for every ranking names no query and no category"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                hidden: vec![],
+                boosts: vec![],
+                ..everywhere
+            }]),
+            "pin rule 0: every ranking pins, hides and boosts nothing"
         );
     }
 

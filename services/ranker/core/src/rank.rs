@@ -9,6 +9,7 @@ use crate::bm25::Matches;
 use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, Item, entity_item, item_entity};
+use crate::pins::Applied;
 use crate::query::{PricePhrase, price_phrase};
 use crate::{RankError, UserKey};
 
@@ -745,7 +746,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             widened_to,
             history,
             page_vector,
-            pin_rule,
+            applied,
         ) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
@@ -771,20 +772,24 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             // The shop's rule for the search as ranked, or for the category's page when
             // there is no search and no item (not for a re-ranking of the caller's own
             // candidates).
-            let pin_rule = if !request.candidate_ids.is_empty() {
-                None
-            } else if let Some(q) = corrected.as_deref().or(typed) {
-                catalog.pins().for_query(q)
-            } else if request.item.is_none() {
-                request
-                    .filters
-                    .category
-                    .as_deref()
-                    .and_then(|c| catalog.pins().for_category(c))
+            // And the shop's rule for every ranking, beside it.
+            let pins = catalog.pins();
+            let applied = if !request.candidate_ids.is_empty() || pins.is_empty() {
+                Applied::default()
             } else {
-                None
-            }
-            .map(|rule| (rule.rule.clone(), rule.boosts.to_vec()));
+                let own = if let Some(q) = corrected.as_deref().or(typed) {
+                    pins.for_query(q)
+                } else if request.item.is_none() {
+                    request
+                        .filters
+                        .category
+                        .as_deref()
+                        .and_then(|c| pins.for_category(c))
+                } else {
+                    None
+                };
+                Applied::of(own.into_iter().chain(pins.everywhere()))
+            };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
                     synonyms.rewrite(q).as_deref() != Some(read.as_str())
@@ -815,31 +820,26 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 widened_to,
                 history,
                 page_vector,
-                pin_rule,
+                applied,
             )
         };
         let query = corrected.as_deref().or(typed);
-        let (pin_rule, boosts) = match pin_rule {
-            Some((rule, boosts)) => (Some(rule), boosts),
-            None => (None, Vec::new()),
-        };
         // Items the shop hides from this search are left out as the request's own
         // exclusions are, in any order, and of its facet counts; its pins lead a relevance
         // ranking only.
         let with_hidden: RankQuery;
-        let request = match &pin_rule {
-            Some(rule) if !rule.hidden.is_empty() => {
-                with_hidden = RankQuery {
-                    hidden: rule.hidden.clone(),
-                    ..request.clone()
-                };
-                &with_hidden
-            }
-            _ => request,
+        let request = if applied.hidden.is_empty() {
+            request
+        } else {
+            with_hidden = RankQuery {
+                hidden: applied.hidden.clone(),
+                ..request.clone()
+            };
+            &with_hidden
         };
-        let pins: &[String] = match &pin_rule {
-            Some(rule) if request.sort.by_price().is_none() => &rule.items,
-            _ => &[],
+        let pins: &[String] = match request.sort.by_price() {
+            None => &applied.pinned,
+            Some(_) => &[],
         };
         let weights = match (request.weights, query, &request.item) {
             (Some(weights), _, _) => weights,
@@ -953,7 +953,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                         placed: &chosen,
                         picks: depth.min(tier) - chosen.len(),
                         pinned: if start == 0 { pins } else { &[] },
-                        boosts: &boosts,
+                        boosts: &applied.boosts,
                     },
                 )
                 .await?;
@@ -994,23 +994,13 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 } else {
                     Vec::new()
                 };
-                if let Some(rule) = pin_rule.as_ref().filter(|_| request.explain) {
-                    if c.pinned {
-                        reasons.insert(0, rule.reason());
-                    } else if c.boost != 0.0 {
-                        // Each boost that moved it: a lift first, a lowering last.
-                        for (boost, (when, _)) in rule.boosts.iter().zip(&boosts) {
-                            if !when.accepts(item) {
-                                continue;
-                            }
-                            let what = boost.describe();
-                            if boost.amount > 0.0 {
-                                reasons.insert(0, format!("promoted by the shop: {what}"));
-                            } else {
-                                reasons.push(format!("placed lower by the shop: {what}"));
-                            }
-                        }
-                    }
+                if request.explain && c.pinned {
+                    reasons.insert(0, applied.pin_reason.clone());
+                } else if request.explain && c.boost != 0.0 {
+                    // Each boost that moved it: a lift first, a lowering last.
+                    let (up, down) = applied.boost_reasons(item);
+                    reasons.splice(0..0, up);
+                    reasons.extend(down);
                 }
                 if request.all_signals {
                     // The carrying signals first, as with `explain`, then the rest.

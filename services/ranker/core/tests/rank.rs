@@ -957,6 +957,7 @@ fn pin_and_hide(
         items: strings(items),
         hidden: strings(hidden),
         boosts: Vec::new(),
+        everywhere: false,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -999,6 +1000,7 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
         items: items.iter().map(|s| s.to_string()).collect(),
         hidden: Vec::new(),
         boosts,
+        everywhere: false,
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1101,6 +1103,165 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
     assert_eq!(page.items[0].reasons[0], "promoted by the shop: under 50");
 }
 
+/// The shop's rule for every ranking hides its items from and moves its boosts' items in
+/// every ranking (a search, beside the search's own rule; a category's page; an item's page;
+/// a shopper's picks; a price order hides only), and leaves a re-ranking of the caller's own
+/// candidates alone.
+#[tokio::test]
+async fn the_rule_for_every_ranking_moves_every_ranking_but_a_re_ranking() {
+    use souk_ranker_core::pins::{Boost, PinRule, Pins};
+    use souk_ranker_core::rank::{Ranking, SortOrder};
+    let (ranker, hasher, _) = shop();
+    record(&ranker, &hasher, "u", "p3", InteractionKind::View, 1);
+    let everything = RankQuery {
+        k: 9,
+        explain: true,
+        ..Default::default()
+    };
+    let asks = [
+        (
+            "search",
+            RankQuery {
+                query: Some("tent".into()),
+                ..everything.clone()
+            },
+        ),
+        (
+            "another search",
+            RankQuery {
+                query: Some("running".into()),
+                ..everything.clone()
+            },
+        ),
+        (
+            "category page",
+            RankQuery {
+                filters: Filters::new("Home", &[], None, None, false).unwrap(),
+                ..everything.clone()
+            },
+        ),
+        (
+            "item page",
+            RankQuery {
+                item: Some("p8".into()),
+                ..everything.clone()
+            },
+        ),
+        (
+            "shopper's picks",
+            RankQuery {
+                user: Some(hasher.key("u")),
+                ..everything.clone()
+            },
+        ),
+    ];
+    let mut organic = Vec::new();
+    for (_, ask) in &asks {
+        organic.push(ranker.rank(ask).await.unwrap());
+    }
+    let brand = |brand: &str, amount: f32| Boost {
+        brands: vec![brand.into()],
+        amount,
+        ..Default::default()
+    };
+    let pins = Pins::new(vec![
+        PinRule {
+            query: "tent".into(),
+            items: vec!["p7".into()],
+            boosts: vec![brand("Pegco", -0.5)],
+            ..Default::default()
+        },
+        PinRule {
+            hidden: vec!["p5".into()],
+            boosts: vec![brand("Swift", 0.5)],
+            everywhere: true,
+            ..Default::default()
+        },
+    ])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    let score = |r: &Ranking, id: &str| r.items.iter().find(|i| i.id == id).map(|i| i.score);
+    for ((what, ask), organic) in asks.iter().zip(&organic) {
+        let now = ranker.rank(ask).await.unwrap();
+        assert!(!ids(&now).contains(&"p5"), "{what}: hidden {:?}", ids(&now));
+        let listed = |r: &Ranking| -> Vec<String> {
+            let mut ids: Vec<String> = r
+                .items
+                .iter()
+                .filter(|i| i.id != "p5")
+                .map(|i| i.id.clone())
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(listed(&now), listed(organic), "{what}: the same items");
+        assert!(
+            now.items
+                .windows(2)
+                .all(|w| w[0].pinned || w[0].score >= w[1].score)
+        );
+        for item in now.items.iter().filter(|i| !i.pinned) {
+            let moved = match item.brand.as_str() {
+                "Swift" => 0.5,
+                "Pegco" if *what == "search" => -0.5,
+                _ => 0.0,
+            };
+            assert_eq!(item.boost, moved, "{what}: {}", item.id);
+            let before = score(organic, &item.id).unwrap();
+            assert!(
+                (item.score - before - moved).abs() < 1e-5,
+                "{what}: {} {} -> {}",
+                item.id,
+                before,
+                item.score
+            );
+            if moved > 0.0 {
+                assert_eq!(item.reasons[0], "promoted by the shop: brand Swift");
+            }
+        }
+        // The Home page holds no Swift item; every other ranking lists some.
+        assert_eq!(
+            now.items.iter().any(|i| i.boost == 0.5),
+            *what != "category page",
+            "{what}: {:?}",
+            ids(&now)
+        );
+        // The search's own rule still pins; nothing else is pinned.
+        let pinned: Vec<&str> = now
+            .items
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.id.as_str())
+            .collect();
+        let expected: &[&str] = if *what == "search" { &["p7"] } else { &[] };
+        assert_eq!(pinned, expected, "{what}");
+    }
+    // Asked for the Swift items and others, the shoes lead everywhere the words allow.
+    let running = ranker.rank(&asks[1].1).await.unwrap();
+    assert!(running.items.iter().take(3).all(|i| i.brand == "Swift"));
+    // A price order hides, and moves nothing.
+    let cheap = ranker
+        .rank(&RankQuery {
+            query: Some("lamp".into()),
+            sort: SortOrder::PriceAscending,
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&cheap), ["p8"]);
+    // A re-ranking of the caller's own candidates is the caller's: not hidden, not moved.
+    let mine = ranker
+        .rank(&RankQuery {
+            query: Some("lamp".into()),
+            candidate_ids: vec!["p5".into(), "p8".into(), "p3".into()],
+            ..everything
+        })
+        .await
+        .unwrap();
+    assert!(ids(&mine).contains(&"p5"), "{:?}", ids(&mine));
+    assert!(mine.items.iter().all(|i| i.boost == 0.0));
+}
+
 /// A category's page (no query, no item, that category as the filter) is merchandised as a
 /// search is: the shop's pins first, its hidden items left out of the page and its facet
 /// counts, in any order; another category, a search within the category and an item's page
@@ -1129,6 +1290,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         items: strings(&["p7", "p5", "p2"]),
         hidden: strings(&["p6"]),
         boosts: Vec::new(),
+        everywhere: false,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

@@ -2993,6 +2993,7 @@ mod tests {
                 items: vec!["p7".into(), "p1".into()],
                 hidden: vec!["p6".into()],
                 boosts: vec![],
+                everywhere: false,
             },
             PinRule {
                 query: String::new(),
@@ -3006,6 +3007,12 @@ mod tests {
                     amount: -0.25,
                     ..Default::default()
                 }],
+                everywhere: false,
+            },
+            PinRule {
+                hidden: vec!["p9".into()],
+                everywhere: true,
+                ..Default::default()
             },
         ];
         {
@@ -3026,6 +3033,7 @@ mod tests {
         assert_eq!(tents.items, ["p1"]);
         assert_eq!(tents.boosts[0].0.brands, ["bigtop"]);
         assert_eq!(tents.boosts[0].1, -0.25);
+        assert_eq!(served.pins().everywhere().unwrap().hidden, ["p9"]);
         // A record stored before rules could name a category reads as searches' rules.
         store
             .models
@@ -3038,6 +3046,7 @@ mod tests {
             .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
             .unwrap();
         assert_eq!(served.pins().for_query("tent").unwrap().items, ["p7"]);
+        assert!(served.pins().everywhere().is_none());
         store
             .models
             .insert("pins", &b"[{\"query\": 3}]"[..])

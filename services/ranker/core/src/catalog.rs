@@ -950,7 +950,7 @@ impl Catalog {
         &self,
         scope: &FacetScope<'_>,
         filters: &Filters,
-        exclude: &HashSet<u32>,
+        exclude: &HashSet<u32, IdHash>,
         descending: bool,
         page: Range<usize>,
     ) -> (Vec<u32>, usize) {
@@ -2637,7 +2637,8 @@ mod tests {
             words: Some("blue mug"),
             ..FacetScope::default()
         };
-        let exclude: HashSet<u32> = [catalog.slot_of("i999").unwrap(), 7].into();
+        let exclude: HashSet<u32, IdHash> =
+            [catalog.slot_of("i999").unwrap(), 7].into_iter().collect();
         let cups = Filters::new("cups", &[], None, None, false).unwrap();
         for (filters, passes) in [
             (

@@ -1261,10 +1261,10 @@ fn by_price(
     history: &[HistoryEntry],
     descending: bool,
 ) -> (Vec<RankedItem>, usize) {
-    let mut exclude: HashSet<u32> = request
+    // What the shop hides is out of `scope` already (`FacetScope::except`).
+    let mut exclude: HashSet<u32, IdHash> = request
         .exclude
         .iter()
-        .chain(&request.hidden)
         .chain(&request.item)
         .filter_map(|id| catalog.slot_of(id))
         .collect();
@@ -1558,7 +1558,7 @@ fn first_pass(
     let purchased = left_out_purchases(catalog, request);
     // The caller's exclusions, what the shop hides from the search and what earlier tiers
     // placed (by id: the catalog may have changed between tiers).
-    let excluded: HashSet<u32> = request
+    let excluded: HashSet<u32, IdHash> = request
         .exclude
         .iter()
         .chain(&request.hidden)

@@ -102,8 +102,9 @@ pub struct FacetScope<'a> {
     pub nearest: Option<(&'a [f32], usize)>,
     /// A re-rank request's candidate ids: these and nothing else.
     pub among: Option<&'a [String]>,
-    /// Ids never counted (the items the shop's pin rule hides from the search).
-    pub except: &'a [String],
+    /// Slots never counted nor listed, ascending (a request's exclusions, its page's item,
+    /// what the shop hides, what the shopper bought).
+    pub except: &'a [u32],
 }
 
 #[derive(Debug, Clone)]
@@ -929,7 +930,7 @@ impl Catalog {
                 near.dedup();
             }
         }
-        let except = self.sorted_slots(scope.except);
+        let except = scope.except;
         union_ascending(lexical, &near)
             .filter(|&slot| {
                 self.passes(filter, slot)
@@ -939,8 +940,8 @@ impl Catalog {
     }
 
     /// The items a search lists when sorted by price instead of relevance: those its facets
-    /// count (the query's word matches and nearest items, see [`FacetScope`]) that `filters`
-    /// pass, except `exclude`, by price (`descending`: dearest first; ties by id): the
+    /// count (the query's word matches and nearest items less its `except`, see
+    /// [`FacetScope`]) that `filters` pass, by price (`descending`: dearest first; ties by id): the
     /// positions `page` of that list, and how many it lists in all.
     ///
     /// # Complexity
@@ -950,7 +951,6 @@ impl Catalog {
         &self,
         scope: &FacetScope<'_>,
         filters: &Filters,
-        exclude: &HashSet<u32, IdHash>,
         descending: bool,
         page: Range<usize>,
     ) -> (Vec<u32>, usize) {
@@ -961,7 +961,6 @@ impl Catalog {
         let mut keyed: Vec<(u64, u32)> = self
             .scope_passing(scope, &lexical, filter.as_ref())
             .into_iter()
-            .filter(|slot| !exclude.contains(slot))
             .filter_map(|slot| Some((self.facets.price_key_of(slot)?, slot)))
             .collect();
         let listed = keyed.len();
@@ -2633,12 +2632,13 @@ mod tests {
                 .upsert(it.validated().unwrap(), vec![1.0, 0.0])
                 .unwrap();
         }
+        let mut exclude = vec![catalog.slot_of("i999").unwrap(), 7];
+        exclude.sort_unstable();
         let scope = FacetScope {
             words: Some("blue mug"),
+            except: &exclude,
             ..FacetScope::default()
         };
-        let exclude: HashSet<u32, IdHash> =
-            [catalog.slot_of("i999").unwrap(), 7].into_iter().collect();
         let cups = Filters::new("cups", &[], None, None, false).unwrap();
         for (filters, passes) in [
             (
@@ -2664,7 +2664,7 @@ mod tests {
                 assert!(whole.len() > 50, "{}", whole.len());
                 for page in [0..10, 3..17, 40..41, 0..1000, 50..60, 290..400, 10..10] {
                     let (slots, listed) =
-                        catalog.by_price(&scope, &filters, &exclude, descending, page.clone());
+                        catalog.by_price(&scope, &filters, descending, page.clone());
                     assert_eq!(listed, whole.len(), "{page:?}");
                     let end = page.end.min(whole.len());
                     let expected = whole.get(page.start.min(end)..end).unwrap_or(&[]);

@@ -909,9 +909,10 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         };
         if let Some(descending) = request.sort.by_price() {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
-            let scope = matched_scope(request, query, query_vector.as_deref());
+            let left_out = left_out_slots(&catalog, request);
+            let scope = matched_scope(request, query, query_vector.as_deref(), &left_out);
             let (items, listed) = by_price(&catalog, request, &scope, query, &history, descending);
-            let facets = facets(&catalog, request, &scope, None);
+            let facets = facets(&catalog, request, query, query_vector.as_deref(), None);
             return Ok(Ranking {
                 items,
                 missing_signals: missing,
@@ -969,10 +970,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
 
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
         let page = request.item.as_deref();
-        let facets = counted.unwrap_or_else(|| {
-            let scope = matched_scope(request, query, query_vector.as_deref());
-            facets(&catalog, request, &scope, None)
-        });
+        let facets = counted
+            .unwrap_or_else(|| facets(&catalog, request, query, query_vector.as_deref(), None));
         let items = chosen
             .into_iter()
             .skip(request.offset)
@@ -1071,10 +1070,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 weights,
                 tier,
             );
-            let facets = (tier.start == 0).then(|| {
-                let scope = matched_scope(request, query, query_vector);
-                facets(&catalog, request, &scope, Some(&matches))
-            });
+            let facets = (tier.start == 0)
+                .then(|| facets(&catalog, request, query, query_vector, Some(&matches)));
             (candidates, scored, pass, facets)
         };
 
@@ -1211,33 +1208,58 @@ struct Shopper<'a> {
 /// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
 /// shortlist then).
 /// What a request's facets count and a price-sorted request lists: its candidates when given,
-/// else the query's word matches and its vector's nearest items (see [`FacetScope`]).
+/// else the query's word matches and its vector's nearest items (see [`FacetScope`]), less
+/// `left_out` ([`left_out_slots`]).
 fn matched_scope<'a>(
     request: &'a RankQuery,
     query: Option<&'a str>,
     query_vector: Option<&'a [f32]>,
+    left_out: &'a [u32],
 ) -> FacetScope<'a> {
     FacetScope {
         words: query,
         nearest: query_vector.map(|q| (q, FACET_NEAREST)),
         among: (!request.candidate_ids.is_empty()).then_some(&request.candidate_ids[..]),
-        except: &request.hidden,
+        except: left_out,
     }
 }
 
-/// The request's facets over `scope` (none asked: none computed); `matches`: the scope's
-/// word matches when already found, under the same read of the catalog.
+/// The slots no ranking of `request` lists, ascending, each once: its exclusions, the
+/// page's item, what the shop hides and (unless kept) what the shopper bought.
+fn left_out_slots(catalog: &Catalog, request: &RankQuery) -> Vec<u32> {
+    let mut slots = catalog.sorted_slots(
+        request
+            .exclude
+            .iter()
+            .chain(&request.hidden)
+            .chain(&request.item),
+    );
+    let purchased = left_out_purchases(catalog, request);
+    if !purchased.is_empty() {
+        slots.extend(purchased);
+        slots.sort_unstable();
+        slots.dedup();
+    }
+    slots
+}
+
+/// The request's facets (none asked: none computed), counted over what it may list (see
+/// [`matched_scope`]), so a count is what the shopper finds on choosing the value;
+/// `matches`: the query's word matches when already found, under the same read of the
+/// catalog.
 fn facets(
     catalog: &Catalog,
     request: &RankQuery,
-    scope: &FacetScope<'_>,
+    query: Option<&str>,
+    query_vector: Option<&[f32]>,
     matches: Option<&Matches>,
 ) -> Vec<FacetCounts> {
     if request.facets.is_empty() {
-        Vec::new()
-    } else {
-        catalog.facet_counts_matched(scope, matches, &request.filters, &request.facets)
+        return Vec::new();
     }
+    let left_out = left_out_slots(catalog, request);
+    let scope = matched_scope(request, query, query_vector, &left_out);
+    catalog.facet_counts_matched(&scope, matches, &request.filters, &request.facets)
 }
 
 /// The slots of what the request's shopper bought, over the whole history (a request's
@@ -1250,9 +1272,9 @@ fn left_out_purchases(catalog: &Catalog, request: &RankQuery) -> HashSet<u32, Id
 }
 
 /// A request sorted by price (`descending`: dearest first): the page of the items `scope`
-/// matches that its filters pass, less its exclusions, the page's item and (unless kept) what
-/// the shopper bought, each with score 0 and the reason it is listed; and how many are listed
-/// in all.
+/// matches that its filters pass (`scope` leaves out its exclusions, the page's item, what
+/// the shop hides and, unless kept, what the shopper bought: [`left_out_slots`]), each with
+/// score 0 and the reason it is listed; and how many are listed in all.
 fn by_price(
     catalog: &Catalog,
     request: &RankQuery,
@@ -1261,16 +1283,8 @@ fn by_price(
     history: &[HistoryEntry],
     descending: bool,
 ) -> (Vec<RankedItem>, usize) {
-    // What the shop hides is out of `scope` already (`FacetScope::except`).
-    let mut exclude: HashSet<u32, IdHash> = request
-        .exclude
-        .iter()
-        .chain(&request.item)
-        .filter_map(|id| catalog.slot_of(id))
-        .collect();
-    exclude.extend(left_out_purchases(catalog, request));
     let page = request.offset..request.offset.saturating_add(request.k);
-    let (slots, listed) = catalog.by_price(scope, &request.filters, &exclude, descending, page);
+    let (slots, listed) = catalog.by_price(scope, &request.filters, descending, page);
     // Whether a listed item matches the query's words, to tell a word match from a match
     // by meaning alone: asked for the page's items only.
     let matcher = match (query, request.explain) {

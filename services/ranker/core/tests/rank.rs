@@ -1262,6 +1262,92 @@ async fn the_rule_for_every_ranking_moves_every_ranking_but_a_re_ranking() {
     assert!(mine.items.iter().all(|i| i.boost == 0.0));
 }
 
+/// A facet's counts are what the shopper finds on choosing the value: the request's own
+/// exclusions and what the shopper bought (unless kept) are not counted, as they are not
+/// listed, by relevance or by price.
+#[tokio::test]
+async fn facet_counts_leave_out_what_the_ranking_leaves_out() {
+    use souk_ranker_core::facet::FacetField;
+    use souk_ranker_core::rank::{Ranking, SortOrder};
+    let (ranker, hasher, _) = shop();
+    record(&ranker, &hasher, "u", "p1", InteractionKind::Purchase, 10);
+    let outdoor = RankQuery {
+        filters: Filters::new("Outdoor", &[], None, None, false).unwrap(),
+        k: 9,
+        facets: vec![FacetField::Brand],
+        ..Default::default()
+    };
+    let counts = |r: &Ranking| -> Vec<(String, u64)> {
+        let mut values = r.facets[0].values.clone();
+        values.sort();
+        values
+    };
+    let listed_brands = |r: &Ranking| -> Vec<(String, u64)> {
+        let mut by_brand: HashMap<String, u64> = HashMap::new();
+        for item in &r.items {
+            *by_brand.entry(item.brand.clone()).or_default() += 1;
+        }
+        let mut values: Vec<(String, u64)> = by_brand.into_iter().collect();
+        values.sort();
+        values
+    };
+    let all = ranker.rank(&outdoor).await.unwrap();
+    let owned = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+        pairs.iter().map(|&(b, n)| (b.to_string(), n)).collect()
+    };
+    assert_eq!(
+        counts(&all),
+        owned(&[("Acme", 2), ("Bigtop", 1), ("Pegco", 1)])
+    );
+    for sort in [SortOrder::Relevance, SortOrder::PriceAscending] {
+        let asks = [
+            (
+                "excluded",
+                RankQuery {
+                    exclude: ["p2".to_string()].into(),
+                    sort,
+                    ..outdoor.clone()
+                },
+                &[("Acme", 1), ("Bigtop", 1), ("Pegco", 1)][..],
+            ),
+            (
+                "bought",
+                RankQuery {
+                    user: Some(hasher.key("u")),
+                    sort,
+                    ..outdoor.clone()
+                },
+                &[("Acme", 1), ("Bigtop", 1), ("Pegco", 1)][..],
+            ),
+            (
+                "bought and kept",
+                RankQuery {
+                    user: Some(hasher.key("u")),
+                    include_purchased: true,
+                    sort,
+                    ..outdoor.clone()
+                },
+                &[("Acme", 2), ("Bigtop", 1), ("Pegco", 1)][..],
+            ),
+            (
+                "both",
+                RankQuery {
+                    user: Some(hasher.key("u")),
+                    exclude: ["p2".to_string(), "p7".to_string()].into(),
+                    sort,
+                    ..outdoor.clone()
+                },
+                &[("Pegco", 1)][..],
+            ),
+        ];
+        for (what, ask, expected) in asks {
+            let r = ranker.rank(&ask).await.unwrap();
+            assert_eq!(counts(&r), owned(expected), "{what} {sort:?}");
+            assert_eq!(counts(&r), listed_brands(&r), "{what} {sort:?}: as listed");
+        }
+    }
+}
+
 /// A category's page (no query, no item, that category as the filter) is merchandised as a
 /// search is: the shop's pins first, its hidden items left out of the page and its facet
 /// counts, in any order; another category, a search within the category and an item's page

@@ -801,6 +801,36 @@ async fn facet_counts_match_a_recount_of_the_catalog_file() {
     );
     assert!(got[0].1.len() > 1, "every brand, not only {brand}: {got:?}");
     assert!(response.items.iter().all(|i| i.brand == brand));
+    // An item the request excludes is not listed, so not counted: its brand's count falls
+    // by one, every other count stays (all of them listed: fewer than 20 brands).
+    assert!(got[0].1.len() < 20, "{got:?}");
+    let gone = response.items[0].id.clone();
+    let without = client
+        .rank(rk::RankRequest {
+            exclude: vec![gone.clone()],
+            filters: Some(rk::Filters {
+                brands: vec![brand.to_uppercase()],
+                in_stock_only: true,
+                ..Default::default()
+            }),
+            facets: vec!["brand".into()],
+            ..rank("", query, 5)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ids(&without).contains(&gone));
+    let expected: Vec<(String, u64)> = got[0]
+        .1
+        .iter()
+        .map(|(b, n)| (b.clone(), if b == brand { n - 1 } else { *n }))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let mut counted = values(&without.facets[0]);
+    counted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut expected = expected;
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    assert_eq!(counted, expected, "{gone} excluded");
     let price = &response.facets[3];
     let low = of_brand
         .iter()

@@ -913,9 +913,14 @@ impl Catalog {
     ) -> Vec<u32> {
         // The dense signal's matches, among the items these filters pass (the ones a search
         // so filtered ranks from).
+        let except = scope.except;
+        let listed = |slot: u32| except.is_empty() || except.binary_search(&slot).is_err();
         let mut near: Vec<u32> = Vec::new();
         if let Some((vector, k)) = scope.nearest.filter(|_| scope.among.is_none()) {
-            let nearest = self.nearest(vector, k, filter);
+            // The floor is set by the nearest item the ranking may list: an item's page
+            // (its own vector the query) is not its own nearest match.
+            let mut nearest = self.nearest(vector, k, filter);
+            nearest.retain(|&(slot, _)| listed(slot));
             let best = nearest.first().map_or(0.0, |&(_, similarity)| similarity);
             if best > 0.0 {
                 let floor = NEAR_MATCH_RATIO * best;
@@ -930,12 +935,8 @@ impl Catalog {
                 near.dedup();
             }
         }
-        let except = scope.except;
         union_ascending(lexical, &near)
-            .filter(|&slot| {
-                self.passes(filter, slot)
-                    && (except.is_empty() || except.binary_search(&slot).is_err())
-            })
+            .filter(|&slot| self.passes(filter, slot) && listed(slot))
             .collect()
     }
 

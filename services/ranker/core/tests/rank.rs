@@ -1263,8 +1263,8 @@ async fn the_rule_for_every_ranking_moves_every_ranking_but_a_re_ranking() {
 }
 
 /// A facet's counts are what the shopper finds on choosing the value: the request's own
-/// exclusions and what the shopper bought (unless kept) are not counted, as they are not
-/// listed, by relevance or by price.
+/// exclusions, the page's item and what the shopper bought (unless kept) are not counted, as
+/// they are not listed, by relevance or by price.
 #[tokio::test]
 async fn facet_counts_leave_out_what_the_ranking_leaves_out() {
     use souk_ranker_core::facet::FacetField;
@@ -1344,6 +1344,25 @@ async fn facet_counts_leave_out_what_the_ranking_leaves_out() {
             let r = ranker.rank(&ask).await.unwrap();
             assert_eq!(counts(&r), owned(expected), "{what} {sort:?}");
             assert_eq!(counts(&r), listed_brands(&r), "{what} {sort:?}: as listed");
+        }
+        // An item's page (its vector the query: the items nearest it count) counts the
+        // items like it, not the item itself, nor only those as like it as itself.
+        let page = ranker
+            .rank(&RankQuery {
+                item: Some("p6".into()),
+                sort,
+                ..outdoor.clone()
+            })
+            .await
+            .unwrap();
+        let listed = listed_brands(&page);
+        assert!(!counts(&page).is_empty(), "{sort:?}");
+        for (brand, n) in counts(&page) {
+            assert_ne!(brand, "Pegco", "{sort:?}: the page's item counted");
+            assert!(
+                listed.iter().any(|(b, m)| *b == brand && *m >= n),
+                "{sort:?}: {brand} {n} counted, listed {listed:?}"
+            );
         }
     }
 }

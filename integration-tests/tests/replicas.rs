@@ -214,6 +214,8 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 hidden: vec![],
                 boosts: vec![],
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             },
             rk::PinRule {
                 query: String::new(),
@@ -222,6 +224,8 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 hidden: vec![],
                 boosts: vec![],
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             },
         ],
     })

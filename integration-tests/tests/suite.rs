@@ -1740,6 +1740,8 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         hidden: vec![],
         boosts: vec![],
         everywhere: false,
+        starts_ms: None,
+        ends_ms: None,
     });
     let refused = client
         .set_pins(rk::SetPinsRequest { rules: bad })
@@ -1814,6 +1816,8 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
                 hidden: vec![first.clone()],
                 boosts: vec![],
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             }],
         })
         .await
@@ -1933,6 +1937,66 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(
         refused.message(),
         "pin rule 1: every ranking has a rule already (pin rule 0); the previous set stays"
+    );
+
+    // Scheduled rules, read at the server's clock: the one in force now replaces the
+    // standing rule; one that ended, or is yet to start, does not.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    let bag = |item: &str, starts_ms: Option<i64>, ends_ms: Option<i64>| rk::PinRule {
+        query: "sleeping bag".into(),
+        items: vec![item.into()],
+        starts_ms,
+        ends_ms,
+        ..Default::default()
+    };
+    let scheduled = vec![
+        bag("p00107", None, None),
+        bag("p00110", Some(now_ms - hour), Some(now_ms + hour)),
+        bag(&first, None, Some(now_ms - hour)),
+        bag(&second, Some(now_ms + hour), None),
+    ];
+    client
+        .set_pins(rk::SetPinsRequest {
+            rules: scheduled.clone(),
+        })
+        .await
+        .unwrap();
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(pinned(&r), ["p00110"], "the rule in force now");
+    let listed = client
+        .get_pins(rk::GetPinsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rules, scheduled);
+    client
+        .set_pins(rk::SetPinsRequest {
+            rules: vec![scheduled[0].clone(), scheduled[2].clone()],
+        })
+        .await
+        .unwrap();
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(
+        pinned(&r),
+        ["p00107"],
+        "the standing rule, the other one ended"
+    );
+    let mut overlapping = scheduled[1].clone();
+    overlapping.items = vec!["p00105".into()];
+    let refused = client
+        .set_pins(rk::SetPinsRequest {
+            rules: vec![scheduled[1].clone(), overlapping],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "pin rule 1: query \"sleeping bag\" has a scheduled rule already for part of that time (pin rule 0); the previous set stays"
     );
     client
         .set_pins(rk::SetPinsRequest { rules: vec![] })

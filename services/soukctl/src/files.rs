@@ -709,7 +709,8 @@ impl SynonymsFile {
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
 /// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]), or
 /// `* => -p300, in-stock +0.05` for every ranking (hides and boosts only; see
-/// [`EVERYWHERE_RULE`]); blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
+/// [`EVERYWHERE_RULE`]); `@FROM..UNTIL` after the search schedules its rule
+/// (`tent @2026-03-01..2026-04-01 => p007`, see [`parse_schedule`]); blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
 /// `brand:Trailhound +0.2`, `category:Tent Pegs -0.3`, `color=green|olive +0.1`,
 /// `in-stock +0.1`, `price:..50 +0.05` (`price:20..`, `price:20..50`); conditions joined by
 /// `&` must all hold (`brand:Acme & in-stock +0.2`), `|` lists the values one may take (see
@@ -757,6 +758,13 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             }
             list.push(id.to_string());
         }
+        let (query, starts_ms, ends_ms) = match query.rsplit_once(SCHEDULE) {
+            Some((query, times)) => {
+                let (starts, ends) = parse_schedule(times).map_err(|e| at(line, e))?;
+                (query, starts, ends)
+            }
+            None => (query, None, None),
+        };
         let everywhere = query.trim() == EVERYWHERE_RULE;
         let (query, category) = match strip_prefix_ignoring_case(query.trim(), CATEGORY_RULE) {
             _ if everywhere => (String::new(), String::new()),
@@ -770,6 +778,8 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             hidden,
             boosts,
             everywhere,
+            starts_ms,
+            ends_ms,
         });
         lines.push(line);
     }
@@ -890,6 +900,115 @@ pub const CATEGORY_RULE: &str = "category:";
 /// How a pins file's line names the rule for every ranking: `* => -p300, in-stock +0.05`.
 pub const EVERYWHERE_RULE: &str = "*";
 
+/// How a pins file's line gives its rule a schedule, after the search: `tent
+/// @2026-03-01..2026-04-01 => p007` (see [`parse_schedule`]).
+pub const SCHEDULE: char = '@';
+
+/// A schedule as a pins file writes it (`2026-03-01..2026-04-01`): from the first time
+/// (included) until the second (not included), each a UTC day (`2026-03-01`), a UTC minute
+/// (`2026-03-01T09:30`) or ms since the Unix epoch; either may be left out
+/// (`2026-03-01..`, `..2026-04-01`). Checked with its rule by `Pins::new`.
+///
+/// # Errors
+/// No `..`, neither end given, or a time that is none of those forms.
+pub fn parse_schedule(text: &str) -> Result<(Option<i64>, Option<i64>), String> {
+    let bad = || {
+        format!(
+            "schedule `@{}`: expected `@FROM..UNTIL`, each a UTC day (2026-03-01), minute (2026-03-01T09:30) or ms since 1970, either left out",
+            text.trim()
+        )
+    };
+    let (from, until) = text.split_once("..").ok_or_else(bad)?;
+    let time = |t: &str| -> Result<Option<i64>, String> {
+        match t.trim() {
+            "" => Ok(None),
+            t => utc_ms(t).map(Some).ok_or_else(bad),
+        }
+    };
+    match (time(from)?, time(until)?) {
+        (None, None) => Err(bad()),
+        times => Ok(times),
+    }
+}
+
+/// `2026-03-01`, `2026-03-01T09:30` (UTC) or a number of ms, as ms since the Unix epoch.
+fn utc_ms(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let (day, minute) = match text.split_once(['T', 't', ' ']) {
+        Some((day, minute)) => (day, Some(minute)),
+        None => (text, None),
+    };
+    let mut parts = day.splitn(3, '-');
+    let (year, month, date) = (parts.next()?, parts.next()?, parts.next()?);
+    if year.len() != 4 || month.len() != 2 || date.len() != 2 {
+        return None;
+    }
+    let (year, month, date): (i64, u32, u32) =
+        (year.parse().ok()?, month.parse().ok()?, date.parse().ok()?);
+    let days = days_from_civil(year, month, date);
+    // A date that does not exist (2026-02-30) reads back as another.
+    if civil_from_days(days) != (year, month, date) {
+        return None;
+    }
+    let minutes = match minute {
+        None => 0,
+        Some(hm) => {
+            let (h, m) = hm.split_once(':')?;
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if !(0..24).contains(&h) || !(0..60).contains(&m) || hm.len() != 5 {
+                return None;
+            }
+            h * 60 + m
+        }
+    };
+    Some((days * 1_440 + minutes) * 60_000)
+}
+
+/// A time as a pins file writes it: a UTC day, or minute, or else its ms.
+fn utc_text(ms: i64) -> String {
+    if ms.rem_euclid(60_000) != 0 {
+        return ms.to_string();
+    }
+    let minutes = ms.div_euclid(60_000);
+    let (year, month, date) = civil_from_days(minutes.div_euclid(1_440));
+    let minute = minutes.rem_euclid(1_440);
+    match minute {
+        0 => format!("{year:04}-{month:02}-{date:02}"),
+        m => format!("{year:04}-{month:02}-{date:02}T{:02}:{:02}", m / 60, m % 60),
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, date: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let of_era = year.rem_euclid(400);
+    let from_march = (i64::from(month) + 9) % 12;
+    let of_year = (153 * from_march + 2) / 5 + i64::from(date) - 1;
+    let of_era_days = of_era * 365 + of_era / 4 - of_era / 100 + of_year;
+    era * 146_097 + of_era_days - 719_468
+}
+
+/// The date of a day counted from 1970-01-01 (the inverse of [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let of_era = days.rem_euclid(146_097);
+    let year_of_era = (of_era - of_era / 1_460 + of_era / 36_524 - of_era / 146_096) / 365;
+    let of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let from_march = (5 * of_year + 2) / 153;
+    let date = (of_year - (153 * from_march + 2) / 5 + 1) as u32;
+    let month = if from_march < 10 {
+        from_march + 3
+    } else {
+        from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, date)
+}
+
 /// `text` without `prefix`, in any case, if it begins with it.
 fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
@@ -898,7 +1017,7 @@ fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str
 }
 
 /// A rule's line as a pins file writes it (`soukctl pins list`): `tent => p007, -p300`,
-/// `category:Tents => p007`, `* => in-stock +0.05`.
+/// `category:Tents => p007`, `* => in-stock +0.05`, `tent @2026-03-01..2026-04-01 => p9`.
 pub fn pin_line(rule: &rk::PinRule) -> String {
     let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
     let boosts = rule.boosts.iter().map(boost_text);
@@ -909,11 +1028,20 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
         .chain(hidden)
         .chain(boosts)
         .collect();
-    match rule.category.as_str() {
-        _ if rule.everywhere => format!("{EVERYWHERE_RULE} => {}", ids.join(", ")),
-        "" => format!("{} => {}", rule.query, ids.join(", ")),
-        category => format!("{CATEGORY_RULE}{category} => {}", ids.join(", ")),
-    }
+    let target = match rule.category.as_str() {
+        _ if rule.everywhere => EVERYWHERE_RULE.to_string(),
+        "" => rule.query.clone(),
+        category => format!("{CATEGORY_RULE}{category}"),
+    };
+    let schedule = match (rule.starts_ms, rule.ends_ms) {
+        (None, None) => String::new(),
+        (from, until) => format!(
+            " {SCHEDULE}{}..{}",
+            from.map(utc_text).unwrap_or_default(),
+            until.map(utc_text).unwrap_or_default()
+        ),
+    };
+    format!("{target}{schedule} => {}", ids.join(", "))
 }
 
 /// Reads and checks the pins file at `path` (see [`pins`]).
@@ -1274,6 +1402,69 @@ mod tests {
                 "pins.txt:1: boost 0: amount 2; it moves a score by -1..1, not 0",
             ),
             ("tent => in-stock +0", "pins.txt:1: boost 0: amount 0;"),
+        ] {
+            let error = pins(path, text).unwrap_err().to_string();
+            assert!(error.starts_with(want), "{text:?}: {error}");
+        }
+    }
+
+    /// A rule's schedule in a pins file: UTC days or minutes (or ms), either end open, read
+    /// and written back the same; faults named by line.
+    #[test]
+    fn a_pins_files_schedules_are_read_as_utc_times() {
+        let path = Path::new("pins.txt");
+        let read = pins(
+            path,
+            "tent => p1\ntent @2026-03-01..2026-04-01 => p2\n* @2026-11-27T09:30.. => brand:Acme +0.2\ncategory:Tents @..1000 => p3\n",
+        )
+        .unwrap();
+        let rules = read.messages();
+        let times: Vec<(Option<i64>, Option<i64>)> =
+            rules.iter().map(|r| (r.starts_ms, r.ends_ms)).collect();
+        assert_eq!(
+            times,
+            [
+                (None, None),
+                (Some(1_772_323_200_000), Some(1_775_001_600_000)),
+                (Some(1_795_771_800_000), None),
+                (None, Some(1_000)),
+            ]
+        );
+        assert_eq!(rules[1].query, "tent");
+        assert!(rules[2].everywhere);
+        assert_eq!(rules[3].category, "Tents");
+        let listed: Vec<String> = rules.iter().map(pin_line).collect();
+        assert_eq!(listed[1], "tent @2026-03-01..2026-04-01 => p2");
+        assert_eq!(listed[2], "* @2026-11-27T09:30.. => brand:Acme +0.2");
+        assert_eq!(listed[3], "category:Tents @..1000 => p3");
+        assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
+        for (day, ms) in [
+            ("1970-01-01", 0),
+            ("2000-02-29", 951_782_400_000),
+            ("1969-12-31", -86_400_000),
+        ] {
+            assert_eq!(utc_ms(day), Some(ms), "{day}");
+            assert_eq!(utc_text(ms), day);
+        }
+        for (text, want) in [
+            (
+                "tent @2026-02-30.. => p1",
+                "pins.txt:1: schedule `@2026-02-30..`: expected `@FROM..UNTIL`",
+            ),
+            ("tent @.. => p1", "pins.txt:1: schedule `@..`: expected"),
+            (
+                "tent @2026-03-01 => p1",
+                "pins.txt:1: schedule `@2026-03-01`",
+            ),
+            ("tent @2026-03-01T24:00.. => p1", "pins.txt:1: schedule"),
+            (
+                "tent @2026-04-01..2026-03-01 => p1",
+                "pins.txt:1: ends at 1772323200000 ms, not after it starts (1775001600000 ms)",
+            ),
+            (
+                "tent @2026-03-01..2026-04-01 => p1\ntent @2026-03-31.. => p2",
+                "pins.txt:2: query \"tent\" has a scheduled rule already for part of that time (on line 1)",
+            ),
         ] {
             let error = pins(path, text).unwrap_err().to_string();
             assert!(error.starts_with(want), "{text:?}: {error}");

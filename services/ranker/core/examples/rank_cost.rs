@@ -406,6 +406,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 hidden: Vec::new(),
                 boosts: boosts(i),
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             })
             .collect();
         println!(

@@ -28,6 +28,12 @@
 //! top of the search's or the page's own rule. It hides and boosts (in stock a little
 //! ahead everywhere, a recalled item out of every list) but pins nothing: what leads is
 //! decided per search or page.
+//!
+//! A rule may be **scheduled**: in force from `starts_ms` (included) until `ends_ms` (not
+//! included), milliseconds since the Unix epoch, either end open (a spring promotion, a
+//! weekend's sale). A search, a page or every ranking may have one standing rule (no
+//! schedule) and any number of scheduled ones whose times do not overlap: while a scheduled
+//! rule is in force it replaces the standing one, which applies again when it ends.
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -132,6 +138,29 @@ impl PinRule {
         }
     }
 
+    /// Whether it holds only for a time (see the module's documentation).
+    pub fn is_scheduled(&self) -> bool {
+        self.starts_ms.is_some() || self.ends_ms.is_some()
+    }
+
+    /// Whether it is in force at `now_ms`.
+    pub fn in_force_at(&self, now_ms: i64) -> bool {
+        self.starts_ms.is_none_or(|s| s <= now_ms) && self.ends_ms.is_none_or(|e| now_ms < e)
+    }
+
+    /// Whether it and `other` are both in force at some time.
+    fn overlaps(&self, other: &PinRule) -> bool {
+        let (a0, a1) = (
+            self.starts_ms.unwrap_or(i64::MIN),
+            self.ends_ms.unwrap_or(i64::MAX),
+        );
+        let (b0, b1) = (
+            other.starts_ms.unwrap_or(i64::MIN),
+            other.ends_ms.unwrap_or(i64::MAX),
+        );
+        a0 < b1 && b0 < a1
+    }
+
     /// The first reason a pinned item gives.
     pub fn reason(&self) -> String {
         match self.category.trim() {
@@ -171,6 +200,12 @@ pub struct PinRule {
     /// pins): see the module's documentation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub everywhere: bool,
+    /// In force from this time on (ms since the Unix epoch; `None`: since always).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_ms: Option<i64>,
+    /// In force until this time, not included (`None`: for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_ms: Option<i64>,
 }
 
 /// Why a set of rules was refused.
@@ -210,10 +245,11 @@ pub struct Pins {
     rules: Vec<PinRule>,
     /// Each rule's boosts as filters with their amounts, by rule.
     boosts: Vec<Vec<(Filters, f32)>>,
-    by_terms: HashMap<Vec<String>, usize>,
-    by_category: HashMap<String, usize>,
-    /// The rule for every ranking, if one is set.
-    everywhere: Option<usize>,
+    /// The rules of each search (its standing rule and its scheduled ones), by its terms.
+    by_terms: HashMap<Vec<String>, Vec<usize>>,
+    by_category: HashMap<String, Vec<usize>>,
+    /// The rules for every ranking.
+    everywhere: Vec<usize>,
 }
 
 /// A rule in force: as written, and its boosts ready to apply.
@@ -301,9 +337,9 @@ impl Pins {
                 named_by: None,
             });
         }
-        let mut by_terms = HashMap::with_capacity(rules.len());
-        let mut by_category = HashMap::new();
-        let mut everywhere = None;
+        let mut by_terms: HashMap<Vec<String>, Vec<usize>> = HashMap::with_capacity(rules.len());
+        let mut by_category: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut everywhere: Vec<usize> = Vec::new();
         let mut boosts = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             let bad = |reason: String| PinError {
@@ -431,17 +467,39 @@ impl Pins {
                     return Err(bad(format!("item {id:?} is hidden twice")));
                 }
             }
-            let earlier = match key {
-                Key::Terms(read) => by_terms.insert(read, i),
-                Key::Category(category) => by_category.insert(category, i),
-                Key::Everywhere => everywhere.replace(i),
+            match (rule.starts_ms, rule.ends_ms) {
+                (Some(start), _) if start < 0 => {
+                    return Err(bad(format!("starts at {start} ms, before 1970")));
+                }
+                (Some(start), Some(end)) if end <= start => {
+                    return Err(bad(format!(
+                        "ends at {end} ms, not after it starts ({start} ms)"
+                    )));
+                }
+                _ => {}
+            }
+            let same = match key {
+                Key::Terms(read) => by_terms.entry(read).or_default(),
+                Key::Category(category) => by_category.entry(category).or_default(),
+                Key::Everywhere => &mut everywhere,
             };
-            if let Some(other) = earlier {
+            // One standing rule, and scheduled ones that never hold at once.
+            let clash = same.iter().copied().find(|&other| {
+                let other = &rules[other];
+                other.is_scheduled() == rule.is_scheduled() && other.overlaps(rule)
+            });
+            if let Some(other) = clash {
+                let reason = if rule.is_scheduled() {
+                    format!("{target} has a scheduled rule already for part of that time")
+                } else {
+                    format!("{target} has a rule already")
+                };
                 return Err(PinError {
                     named_by: Some(other),
-                    ..bad(format!("{target} has a rule already"))
+                    ..bad(reason)
                 });
             }
+            same.push(i);
         }
         Ok(Self {
             rules,
@@ -452,12 +510,30 @@ impl Pins {
         })
     }
 
-    /// The rule for a search (as typed or as corrected), if one names it.
-    pub fn for_query(&self, query: &str) -> Option<Rule<'_>> {
+    /// The rule in force at `now_ms` for a search (as typed or as corrected), if one names
+    /// it.
+    pub fn for_query(&self, query: &str, now_ms: i64) -> Option<Rule<'_>> {
         if self.by_terms.is_empty() {
             return None;
         }
-        self.by_terms.get(&terms(query)).and_then(|&i| self.rule(i))
+        self.by_terms
+            .get(&terms(query))
+            .and_then(|rules| self.in_force(rules, now_ms))
+    }
+
+    /// Of one search's (or page's) rules, the scheduled one in force at `now_ms`, else its
+    /// standing one.
+    fn in_force(&self, rules: &[usize], now_ms: i64) -> Option<Rule<'_>> {
+        let mut standing = None;
+        for &i in rules {
+            let rule = self.rules.get(i)?;
+            if !rule.is_scheduled() {
+                standing = Some(i);
+            } else if rule.in_force_at(now_ms) {
+                return self.rule(i);
+            }
+        }
+        standing.and_then(|i| self.rule(i))
     }
 
     fn rule(&self, i: usize) -> Option<Rule<'_>> {
@@ -467,20 +543,20 @@ impl Pins {
         })
     }
 
-    /// The rule for a category's page, if one names it; `category` as a request's filter
-    /// holds it (see [`crate::item::Filters`]).
-    pub fn for_category(&self, category: &str) -> Option<Rule<'_>> {
+    /// The rule in force at `now_ms` for a category's page, if one names it; `category` as a
+    /// request's filter holds it (see [`crate::item::Filters`]).
+    pub fn for_category(&self, category: &str, now_ms: i64) -> Option<Rule<'_>> {
         if self.by_category.is_empty() {
             return None;
         }
         self.by_category
             .get(&category_key(category))
-            .and_then(|&i| self.rule(i))
+            .and_then(|rules| self.in_force(rules, now_ms))
     }
 
-    /// The rule for every ranking, if one is set.
-    pub fn everywhere(&self) -> Option<Rule<'_>> {
-        self.everywhere.and_then(|i| self.rule(i))
+    /// The rule for every ranking in force at `now_ms`, if one is set.
+    pub fn everywhere(&self, now_ms: i64) -> Option<Rule<'_>> {
+        self.in_force(&self.everywhere, now_ms)
     }
 
     /// The rules as they were set.
@@ -526,6 +602,8 @@ mod wire {
                 hidden: rule.hidden,
                 boosts: rule.boosts.into_iter().map(Boost::from).collect(),
                 everywhere: rule.everywhere,
+                starts_ms: rule.starts_ms,
+                ends_ms: rule.ends_ms,
             }
         }
     }
@@ -539,6 +617,8 @@ mod wire {
                 hidden: rule.hidden.clone(),
                 boosts: rule.boosts.iter().map(pb::Boost::from).collect(),
                 everywhere: rule.everywhere,
+                starts_ms: rule.starts_ms,
+                ends_ms: rule.ends_ms,
             }
         }
     }
@@ -598,6 +678,8 @@ mod tests {
             hidden: Vec::new(),
             boosts: Vec::new(),
             everywhere: false,
+            starts_ms: None,
+            ends_ms: None,
         }
     }
 
@@ -625,17 +707,17 @@ mod tests {
         .unwrap();
         for query in ["tent", "Tents", " a TENT ", "tent!"] {
             assert_eq!(
-                pins.for_query(query).map(|r| r.items.clone()),
+                pins.for_query(query, 0).map(|r| r.items.clone()),
                 Some(vec!["t1".to_string(), "t2".to_string()]),
                 "{query}"
             );
         }
-        assert_eq!(pins.for_query("Hiking Boot").unwrap().items, ["b1"]);
+        assert_eq!(pins.for_query("Hiking Boot", 0).unwrap().items, ["b1"]);
         // Only the whole search: a longer or shorter one is not the rule's.
         for query in ["tent pegs", "boots", "hiking", "", "the"] {
-            assert!(pins.for_query(query).is_none(), "{query}");
+            assert!(pins.for_query(query, 0).is_none(), "{query}");
         }
-        assert!(Pins::default().for_query("tent").is_none());
+        assert!(Pins::default().for_query("tent", 0).is_none());
     }
 
     #[test]
@@ -705,24 +787,24 @@ mod tests {
         // As a request's category filter holds it (trimmed, lower-cased).
         for category in ["tents", "TENTS", " Tents"] {
             assert_eq!(
-                pins.for_category(category).unwrap().items,
+                pins.for_category(category, 0).unwrap().items,
                 ["t1"],
                 "{category}"
             );
         }
-        assert_eq!(pins.for_category("desk lamps").unwrap().items, ["l1"]);
+        assert_eq!(pins.for_category("desk lamps", 0).unwrap().items, ["l1"]);
         for category in ["tent", "outdoor", "desk lamp", ""] {
-            assert!(pins.for_category(category).is_none(), "{category}");
+            assert!(pins.for_category(category, 0).is_none(), "{category}");
         }
         // The search and the page are two rules.
-        assert_eq!(pins.for_query("tents").unwrap().items, ["t2"]);
-        assert!(pins.for_query("desk lamps").is_none());
+        assert_eq!(pins.for_query("tents", 0).unwrap().items, ["t2"]);
+        assert!(pins.for_query("desk lamps", 0).is_none());
         assert_eq!(
-            pins.for_category("tents").unwrap().reason(),
+            pins.for_category("tents", 0).unwrap().reason(),
             "featured by the shop in Tents"
         );
         assert_eq!(
-            pins.for_query("tent").unwrap().reason(),
+            pins.for_query("tent", 0).unwrap().reason(),
             "featured by the shop for \"tent\""
         );
 
@@ -765,7 +847,7 @@ mod tests {
             ..Default::default()
         };
         let pins = Pins::new(vec![boosted(vec![brand(0.2), brand(-1.0)])]).unwrap();
-        let found = pins.for_query("tents").unwrap();
+        let found = pins.for_query("tents", 0).unwrap();
         assert_eq!(found.boosts.len(), 2);
         assert_eq!(
             found.boosts[0].0.brands,
@@ -850,12 +932,16 @@ mod tests {
             ..hiding("tent", &["t1"], &["lamp"])
         };
         let pins = Pins::new(vec![tent, everywhere.clone()]).unwrap();
-        assert!(pins.everywhere().is_some_and(|r| r.everywhere));
+        assert!(pins.everywhere(0).is_some_and(|r| r.everywhere));
         // It is no search's and no page's rule.
-        assert!(pins.for_query("").is_none());
-        assert!(pins.for_category("").is_none());
+        assert!(pins.for_query("", 0).is_none());
+        assert!(pins.for_category("", 0).is_none());
 
-        let both = Applied::of(pins.for_query("tents").into_iter().chain(pins.everywhere()));
+        let both = Applied::of(
+            pins.for_query("tents", 0)
+                .into_iter()
+                .chain(pins.everywhere(0)),
+        );
         assert_eq!(both.pinned, ["t1"]);
         assert_eq!(both.pin_reason, "featured by the shop for \"tent\"");
         assert_eq!(both.hidden, ["lamp", "recalled"]);
@@ -865,7 +951,11 @@ mod tests {
         );
         assert_eq!(both.written.len(), 2);
         assert_eq!(both.written[1], in_stock);
-        let alone = Applied::of(pins.for_query("stove").into_iter().chain(pins.everywhere()));
+        let alone = Applied::of(
+            pins.for_query("stove", 0)
+                .into_iter()
+                .chain(pins.everywhere(0)),
+        );
         assert!(alone.pinned.is_empty(), "it pins nothing");
         assert_eq!(alone.hidden, ["recalled"]);
         assert_eq!(alone.boosts.len(), 1);
@@ -897,6 +987,71 @@ mod tests {
                 ..everywhere
             }]),
             "pin rule 0: every ranking pins, hides and boosts nothing"
+        );
+    }
+
+    #[test]
+    fn a_scheduled_rule_replaces_the_standing_one_while_in_force() {
+        let (march, april, may) = (1_000, 2_000, 3_000);
+        let during = |from: Option<i64>, until: Option<i64>, items: &[&str]| PinRule {
+            starts_ms: from,
+            ends_ms: until,
+            ..rule("tent", items)
+        };
+        let pins = Pins::new(vec![
+            rule("tent", &["standing"]),
+            during(Some(march), Some(april), &["march"]),
+            during(Some(may), None, &["from may"]),
+            PinRule {
+                query: String::new(),
+                hidden: vec!["x".into()],
+                everywhere: true,
+                ..during(Some(april), Some(may), &[])
+            },
+        ])
+        .unwrap();
+        let at = |now: i64| pins.for_query("tents", now).map(|r| r.items.clone());
+        let one = |id: &str| Some(vec![id.to_string()]);
+        assert_eq!(at(0), one("standing"));
+        assert_eq!(at(march - 1), one("standing"));
+        assert_eq!(at(march), one("march"), "from its start, included");
+        assert_eq!(at(april - 1), one("march"));
+        assert_eq!(at(april), one("standing"), "until its end, not included");
+        assert_eq!(at(may), one("from may"));
+        assert_eq!(at(i64::MAX), one("from may"));
+        // Every ranking's rule only in April; no standing one.
+        assert!(pins.everywhere(march).is_none());
+        assert_eq!(pins.everywhere(april).unwrap().hidden, ["x"]);
+        assert!(pins.everywhere(may).is_none());
+
+        let refused = |rules: Vec<PinRule>| Pins::new(rules).unwrap_err().to_string();
+        assert_eq!(
+            refused(vec![
+                during(Some(march), Some(may), &["a"]),
+                during(Some(april), None, &["b"]),
+            ]),
+            "pin rule 1: query \"tent\" has a scheduled rule already for part of that time (pin rule 0)"
+        );
+        assert!(
+            Pins::new(vec![
+                during(None, Some(april), &["a"]),
+                during(Some(april), None, &["b"]),
+                rule("tent", &["c"]),
+            ])
+            .is_ok(),
+            "back to back, and a standing rule beside them"
+        );
+        assert_eq!(
+            refused(vec![during(Some(april), Some(april), &["a"])]),
+            "pin rule 0: ends at 2000 ms, not after it starts (2000 ms)"
+        );
+        assert_eq!(
+            refused(vec![during(Some(-1), None, &["a"])]),
+            "pin rule 0: starts at -1 ms, before 1970"
+        );
+        assert_eq!(
+            refused(vec![rule("tent", &["a"]), rule("Tents", &["b"])]),
+            "pin rule 1: query \"Tents\" has a rule already (pin rule 0)"
         );
     }
 

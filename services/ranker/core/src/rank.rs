@@ -321,9 +321,12 @@ pub struct RankQuery {
     /// Relevance, or the matched items by price (no scores: `score` is 0).
     pub sort: SortOrder,
     /// Ids left out of the results and of the facet counts: `Ranker::rank` sets them from
-    /// the shop's pin rule for the search (see [`crate::pins`]), beside the caller's
-    /// `exclude` (which facets still count).
+    /// the shop's pin rules for the search (see [`crate::pins`]), beside the caller's
+    /// `exclude`.
     pub hidden: Vec<String>,
+    /// The time the shop's scheduled rules are read at, ms since the Unix epoch (`None`:
+    /// now, by the wall clock).
+    pub now_ms: Option<i64>,
 }
 
 impl RankQuery {
@@ -772,23 +775,24 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             // The shop's rule for the search as ranked, or for the category's page when
             // there is no search and no item (not for a re-ranking of the caller's own
             // candidates).
-            // And the shop's rule for every ranking, beside it.
+            // And the shop's rule for every ranking, beside it; each as in force now.
             let pins = catalog.pins();
             let applied = if !request.candidate_ids.is_empty() || pins.is_empty() {
                 Applied::default()
             } else {
+                let now = request.now_ms.unwrap_or_else(wall_clock_ms);
                 let own = if let Some(q) = corrected.as_deref().or(typed) {
-                    pins.for_query(q)
+                    pins.for_query(q, now)
                 } else if request.item.is_none() {
                     request
                         .filters
                         .category
                         .as_deref()
-                        .and_then(|c| pins.for_category(c))
+                        .and_then(|c| pins.for_category(c, now))
                 } else {
                     None
                 };
-                Applied::of(own.into_iter().chain(pins.everywhere()))
+                Applied::of(own.into_iter().chain(pins.everywhere(now)))
             };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {
@@ -1207,6 +1211,13 @@ struct Shopper<'a> {
 
 /// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
 /// shortlist then).
+/// Now, in ms since the Unix epoch (0 on a clock set before it).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// What a request's facets count and a price-sorted request lists: its candidates when given,
 /// else the query's word matches and its vector's nearest items (see [`FacetScope`]), less
 /// `left_out` ([`left_out_slots`]).

@@ -958,6 +958,8 @@ fn pin_and_hide(
         hidden: strings(hidden),
         boosts: Vec::new(),
         everywhere: false,
+        starts_ms: None,
+        ends_ms: None,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -1001,6 +1003,8 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
         hidden: Vec::new(),
         boosts,
         everywhere: false,
+        starts_ms: None,
+        ends_ms: None,
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1262,6 +1266,52 @@ async fn the_rule_for_every_ranking_moves_every_ranking_but_a_re_ranking() {
     assert!(mine.items.iter().all(|i| i.boost == 0.0));
 }
 
+/// A scheduled rule pins while in force, at the request's time (the wall clock when it
+/// gives none), and the standing rule again after it.
+#[tokio::test]
+async fn a_scheduled_rule_pins_only_while_in_force() {
+    use souk_ranker_core::pins::{PinRule, Pins};
+    let (ranker, _, _) = shop();
+    let rule = |items: &[&str], starts_ms: Option<i64>, ends_ms: Option<i64>| PinRule {
+        query: "tent".into(),
+        items: items.iter().map(|s| s.to_string()).collect(),
+        starts_ms,
+        ends_ms,
+        ..Default::default()
+    };
+    let pins = Pins::new(vec![
+        rule(&["p6"], None, None),
+        rule(&["p7"], Some(1_000), Some(2_000)),
+    ])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    let pinned_at = async |now_ms: Option<i64>| {
+        let r = ranker
+            .rank(&RankQuery {
+                query: Some("tent".into()),
+                k: 5,
+                now_ms,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        r.items
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pinned_at(Some(999)).await, ["p6"]);
+    assert_eq!(pinned_at(Some(1_000)).await, ["p7"]);
+    assert_eq!(pinned_at(Some(1_999)).await, ["p7"]);
+    assert_eq!(pinned_at(Some(2_000)).await, ["p6"]);
+    assert_eq!(
+        pinned_at(None).await,
+        ["p6"],
+        "the wall clock is long past 2 s"
+    );
+}
+
 /// A facet's counts are what the shopper finds on choosing the value: the request's own
 /// exclusions, the page's item and what the shopper bought (unless kept) are not counted, as
 /// they are not listed, by relevance or by price.
@@ -1396,6 +1446,8 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         hidden: strings(&["p6"]),
         boosts: Vec::new(),
         everywhere: false,
+        starts_ms: None,
+        ends_ms: None,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

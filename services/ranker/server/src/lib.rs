@@ -1081,6 +1081,8 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         user,
         // Set by the ranker from the shop's pin rules, not by a request.
         hidden: Vec::new(),
+        // The shop's scheduled rules are read at the server's clock.
+        now_ms: None,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
         item: Some(request.item_id).filter(|i| !i.is_empty()),
         weights: request

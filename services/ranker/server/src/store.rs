@@ -2994,6 +2994,8 @@ mod tests {
                 hidden: vec!["p6".into()],
                 boosts: vec![],
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             },
             PinRule {
                 query: String::new(),
@@ -3008,10 +3010,13 @@ mod tests {
                     ..Default::default()
                 }],
                 everywhere: false,
+                starts_ms: None,
+                ends_ms: None,
             },
             PinRule {
                 hidden: vec!["p9".into()],
                 everywhere: true,
+                starts_ms: Some(1_000),
                 ..Default::default()
             },
         ];
@@ -3026,14 +3031,18 @@ mod tests {
             .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
             .unwrap();
         assert_eq!(
-            served.pins().for_query("Tents").unwrap().items,
+            served.pins().for_query("Tents", 0).unwrap().items,
             ["p7", "p1"]
         );
-        let tents = served.pins().for_category("tents").unwrap();
+        let tents = served.pins().for_category("tents", 0).unwrap();
         assert_eq!(tents.items, ["p1"]);
         assert_eq!(tents.boosts[0].0.brands, ["bigtop"]);
         assert_eq!(tents.boosts[0].1, -0.25);
-        assert_eq!(served.pins().everywhere().unwrap().hidden, ["p9"]);
+        assert!(
+            served.pins().everywhere(999).is_none(),
+            "scheduled from 1 s"
+        );
+        assert_eq!(served.pins().everywhere(1_000).unwrap().hidden, ["p9"]);
         // A record stored before rules could name a category reads as searches' rules.
         store
             .models
@@ -3045,8 +3054,8 @@ mod tests {
         let (served, _) = store
             .served_catalog(souk_ranker_core::catalog::DEFAULT_ANN_MIN_ITEMS)
             .unwrap();
-        assert_eq!(served.pins().for_query("tent").unwrap().items, ["p7"]);
-        assert!(served.pins().everywhere().is_none());
+        assert_eq!(served.pins().for_query("tent", 0).unwrap().items, ["p7"]);
+        assert!(served.pins().everywhere(0).is_none());
         store
             .models
             .insert("pins", &b"[{\"query\": 3}]"[..])

@@ -1571,6 +1571,41 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     let ranker = start_ranker(&data, &encoder, &kg.url()).await;
     load_demo(&kg.url(), &ranker.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
+    // The shop's rules set (the response), refused (with exactly `fault`, the set in use
+    // kept) and as in use, through gRPC.
+    let put = |client: &mut RankerClient<tonic::transport::Channel>, rules: Vec<rk::PinRule>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .set_pins(rk::SetPinsRequest { rules })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let refuse = |client: &mut RankerClient<tonic::transport::Channel>,
+                  rules: Vec<rk::PinRule>,
+                  fault: &str| {
+        let (mut client, fault) = (client.clone(), fault.to_string());
+        async move {
+            let status = client
+                .set_pins(rk::SetPinsRequest { rules })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(status.message(), fault);
+        }
+    };
+    let in_use = |client: &mut RankerClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_pins(rk::GetPinsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
     let search = |q: &str| rk::RankRequest {
         query: q.into(),
         k: 8,
@@ -1603,13 +1638,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
 
     let file = repo_root().join("kg-data/pins.txt");
     let rules = soukctl::files::read_pins(&file).unwrap().messages();
-    let set = client
-        .set_pins(rk::SetPinsRequest {
-            rules: rules.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = put(&mut client, rules.clone()).await;
     assert_eq!((set.rules, set.missing_items.len()), (2, 0));
     let pinned = |r: &rk::RankResponse| {
         r.items
@@ -1660,10 +1689,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         }),
         ..search("")
     };
-    client
-        .set_pins(rk::SetPinsRequest { rules: vec![] })
-        .await
-        .unwrap();
+    put(&mut client, vec![]).await;
     let page = shown(
         &mut client,
         rk::RankRequest {
@@ -1672,12 +1698,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         },
     )
     .await;
-    client
-        .set_pins(rk::SetPinsRequest {
-            rules: rules.clone(),
-        })
-        .await
-        .unwrap();
+    put(&mut client, rules.clone()).await;
     let picks = ["p00159", "p00176", "p00194"];
     let r = shown(
         &mut client,
@@ -1743,15 +1764,12 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         starts_ms: None,
         ends_ms: None,
     });
-    let refused = client
-        .set_pins(rk::SetPinsRequest { rules: bad })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        refused.message(),
-        "pin rule 2: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays"
-    );
+    refuse(
+        &mut client,
+        bad,
+        "pin rule 2: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays",
+    )
+    .await;
     for (boost, fault) in [
         (
             rk::Boost {
@@ -1773,31 +1791,20 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     ] {
         let mut bad = rules.clone();
         bad[1].boosts.push(boost);
-        let refused = client
-            .set_pins(rk::SetPinsRequest { rules: bad })
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-        assert_eq!(
-            refused.message(),
-            format!("pin rule 1: boost 1: {fault}; the previous set stays")
-        );
+        refuse(
+            &mut client,
+            bad,
+            &format!("pin rule 1: boost 1: {fault}; the previous set stays"),
+        )
+        .await;
     }
-    let listed = client
-        .get_pins(rk::GetPinsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, rules);
 
     ranker.stop().await.unwrap();
     let ranker = start_ranker(&data, &encoder, &kg.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
-    let listed = client
-        .get_pins(rk::GetPinsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, rules, "stored");
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00110", "p00107"], "read back");
@@ -1807,22 +1814,21 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     // An id the catalog lacks is taken, and named for the admin; the rule shows the rest.
     // The search's first result by score hidden: gone from it, by relevance and by price.
     let first = ids(&organic)[0].clone();
-    let set = client
-        .set_pins(rk::SetPinsRequest {
-            rules: vec![rk::PinRule {
-                query: "sleeping bag".into(),
-                category: String::new(),
-                items: vec!["p99999".into(), "p00107".into()],
-                hidden: vec![first.clone()],
-                boosts: vec![],
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = put(
+        &mut client,
+        vec![rk::PinRule {
+            query: "sleeping bag".into(),
+            category: String::new(),
+            items: vec!["p99999".into(), "p00107".into()],
+            hidden: vec![first.clone()],
+            boosts: vec![],
+            everywhere: false,
+            starts_ms: None,
+            ends_ms: None,
+        }],
+    )
+    .await;
+
     assert_eq!(set.missing_items, ["p99999"]);
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00107"]);
@@ -1866,12 +1872,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         },
         everywhere.clone(),
     ];
-    client
-        .set_pins(rk::SetPinsRequest {
-            rules: rules.clone(),
-        })
-        .await
-        .unwrap();
+    put(&mut client, rules.clone()).await;
     let page_of = |item: &str| rk::RankRequest {
         item_id: item.into(),
         k: 20,
@@ -1921,23 +1922,14 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     }
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00107"], "the search's rule still pins");
-    let listed = client
-        .get_pins(rk::GetPinsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, rules);
-    let refused = client
-        .set_pins(rk::SetPinsRequest {
-            rules: vec![everywhere.clone(), everywhere],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        refused.message(),
-        "pin rule 1: every ranking has a rule already (pin rule 0); the previous set stays"
-    );
+    refuse(
+        &mut client,
+        vec![everywhere.clone(), everywhere],
+        "pin rule 1: every ranking has a rule already (pin rule 0); the previous set stays",
+    )
+    .await;
 
     // Scheduled rules, read at the server's clock: the one in force now replaces the
     // standing rule; one that ended, or is yet to start, does not.
@@ -1959,26 +1951,16 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         bag(&first, None, Some(now_ms - hour)),
         bag(&second, Some(now_ms + hour), None),
     ];
-    client
-        .set_pins(rk::SetPinsRequest {
-            rules: scheduled.clone(),
-        })
-        .await
-        .unwrap();
+    put(&mut client, scheduled.clone()).await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00110"], "the rule in force now");
-    let listed = client
-        .get_pins(rk::GetPinsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, scheduled);
-    client
-        .set_pins(rk::SetPinsRequest {
-            rules: vec![scheduled[0].clone(), scheduled[2].clone()],
-        })
-        .await
-        .unwrap();
+    put(
+        &mut client,
+        vec![scheduled[0].clone(), scheduled[2].clone()],
+    )
+    .await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(
         pinned(&r),
@@ -1987,21 +1969,13 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     );
     let mut overlapping = scheduled[1].clone();
     overlapping.items = vec!["p00105".into()];
-    let refused = client
-        .set_pins(rk::SetPinsRequest {
-            rules: vec![scheduled[1].clone(), overlapping],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        refused.message(),
-        "pin rule 1: query \"sleeping bag\" has a scheduled rule already for part of that time (pin rule 0); the previous set stays"
-    );
-    client
-        .set_pins(rk::SetPinsRequest { rules: vec![] })
-        .await
-        .unwrap();
+    refuse(
+        &mut client,
+        vec![scheduled[1].clone(), overlapping],
+        "pin rule 1: query \"sleeping bag\" has a scheduled rule already for part of that time (pin rule 0); the previous set stays",
+    )
+    .await;
+    put(&mut client, vec![]).await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert!(pinned(&r).is_empty(), "cleared");
     assert_eq!(ids(&r), ids(&organic));

@@ -1044,6 +1044,17 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
     format!("{target}{schedule} => {}", ids.join(", "))
 }
 
+/// Where a scheduled rule stands at `now_ms`, as `pins list` notes it after its line
+/// (`in force now`, `ended`, `starts later`); `None` for a standing rule.
+pub fn schedule_note(rule: &rk::PinRule, now_ms: i64) -> Option<&'static str> {
+    match (rule.starts_ms, rule.ends_ms) {
+        (None, None) => None,
+        (_, Some(end)) if end <= now_ms => Some("ended"),
+        (Some(start), _) if now_ms < start => Some("starts later"),
+        _ => Some("in force now"),
+    }
+}
+
 /// Reads and checks the pins file at `path` (see [`pins`]).
 ///
 /// # Errors
@@ -1438,6 +1449,20 @@ mod tests {
         assert_eq!(listed[2], "* @2026-11-27T09:30.. => brand:Acme +0.2");
         assert_eq!(listed[3], "category:Tents @..1000 => p3");
         assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
+        let notes: Vec<Option<&str>> = rules
+            .iter()
+            .map(|r| schedule_note(r, 1_773_000_000_000))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                None,
+                Some("in force now"),
+                Some("starts later"),
+                Some("ended")
+            ]
+        );
+        assert_eq!(schedule_note(&rules[1], 1_775_001_600_000), Some("ended"));
         for (day, ms) in [
             ("1970-01-01", 0),
             ("2000-02-29", 951_782_400_000),

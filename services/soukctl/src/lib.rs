@@ -279,7 +279,8 @@ pub enum PinsCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// The pin rules in use, in the file's format.
+    /// The pin rules in use, in the file's format (a scheduled rule noted `# in force
+    /// now`, `# ended` or `# starts later`, by this machine's clock).
     List,
 }
 
@@ -1367,8 +1368,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut ranker =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
+            // A scheduled rule's standing, by this machine's clock, as a comment the file
+            // format skips.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             for rule in &r.rules {
-                println!("{}", files::pin_line(rule));
+                match files::schedule_note(rule, now_ms) {
+                    Some(note) => println!("{}  # {note}", files::pin_line(rule)),
+                    None => println!("{}", files::pin_line(rule)),
+                }
             }
         }
         Command::Reembed => {

@@ -320,10 +320,12 @@ impl Applied {
 
 impl Pins {
     /// The rules, checked: each names a query with a word search reads or a category (not
-    /// both; at most [`MAX_PIN_QUERY_BYTES`]), up to [`MAX_PINNED`] items to pin,
-    /// [`MAX_HIDDEN`] to hide and [`MAX_BOOSTS`] boosts (at least one of any; valid ids, each
-    /// named once; each boost a filter with a condition and an amount in -1..1, not 0), and
-    /// no two rules name the same search or category (which would win is not for the engine
+    /// both; at most [`MAX_PIN_QUERY_BYTES`]) or applies everywhere (pinning nothing), up to
+    /// [`MAX_PINNED`] items to pin, [`MAX_HIDDEN`] to hide and [`MAX_BOOSTS`] boosts (at
+    /// least one of any; valid ids, each named once; each boost a filter with a condition
+    /// and an amount in -1..1, not 0), a schedule that starts from 1970 and ends after it
+    /// starts, and no two rules for the same search, category or every ranking both
+    /// standing or both scheduled for a common time (which would win is not for the engine
     /// to guess). Ids are not looked up: an item may be loaded after its rule (see
     /// [`Self::missing`]).
     ///

@@ -216,6 +216,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 everywhere: false,
                 starts_ms: None,
                 ends_ms: None,
+                contains: false,
             },
             rk::PinRule {
                 query: String::new(),
@@ -226,6 +227,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 everywhere: false,
                 starts_ms: None,
                 ends_ms: None,
+                contains: false,
             },
         ],
     })

@@ -1763,6 +1763,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         everywhere: false,
         starts_ms: None,
         ends_ms: None,
+        contains: false,
     });
     refuse(
         &mut client,
@@ -1825,6 +1826,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
             everywhere: false,
             starts_ms: None,
             ends_ms: None,
+            contains: false,
         }],
     )
     .await;
@@ -1975,6 +1977,28 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         "pin rule 1: query \"sleeping bag\" has a scheduled rule already for part of that time (pin rule 0); the previous set stays",
     )
     .await;
+
+    // A rule for every search containing "bag": the organic third result hidden from
+    // "sleeping bag" and from "bags under 100" alike, kept in a search without the word.
+    let third = ids(&organic)[2].clone();
+    let bags = vec![rk::PinRule {
+        query: "Bags".into(),
+        contains: true,
+        hidden: vec![third.clone()],
+        ..Default::default()
+    }];
+    put(&mut client, bags.clone()).await;
+    for q in ["sleeping bag", "down sleeping bags"] {
+        let r = shown(&mut client, search(q)).await;
+        assert!(
+            !ids(&r).contains(&third),
+            "{q}: {third} hidden: {:?}",
+            ids(&r)
+        );
+    }
+    let r = shown(&mut client, search("sleeping")).await;
+    assert!(ids(&r).contains(&third), "no \"bag\" here: {:?}", ids(&r));
+    assert_eq!(in_use(&mut client).await.rules, bags);
     put(&mut client, vec![]).await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert!(pinned(&r).is_empty(), "cleared");

@@ -709,7 +709,8 @@ impl SynonymsFile {
 /// search, then the items to show first for it, in order, and with a `-` the items to hide
 /// from it), or `category:Tents => p007` for a category's page (see [`CATEGORY_RULE`]), or
 /// `* => -p300, in-stock +0.05` for every ranking (hides and boosts only; see
-/// [`EVERYWHERE_RULE`]); `@FROM..UNTIL` after the search schedules its rule
+/// [`EVERYWHERE_RULE`]), or `contains:tent => brand:Acme +0.1` for every search holding
+/// the words (hides and boosts only; see [`CONTAINS_RULE`]); `@FROM..UNTIL` after the search schedules its rule
 /// (`tent @2026-03-01..2026-04-01 => p007`, see [`parse_schedule`]); blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
 /// `brand:Trailhound +0.2`, `category:Tent Pegs -0.3`, `color=green|olive +0.1`,
 /// `in-stock +0.1`, `price:..50 +0.05` (`price:20..`, `price:20..50`); conditions joined by
@@ -766,10 +767,11 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             None => (query, None, None),
         };
         let everywhere = query.trim() == EVERYWHERE_RULE;
+        let contained = strip_prefix_ignoring_case(query.trim(), CONTAINS_RULE);
         let (query, category) = match strip_prefix_ignoring_case(query.trim(), CATEGORY_RULE) {
             _ if everywhere => (String::new(), String::new()),
             Some(category) => (String::new(), category.trim().to_string()),
-            None => (query.trim().to_string(), String::new()),
+            None => (contained.unwrap_or(query).trim().to_string(), String::new()),
         };
         rules.push(PinRule {
             query,
@@ -778,6 +780,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             hidden,
             boosts,
             everywhere,
+            contains: contained.is_some(),
             starts_ms,
             ends_ms,
         });
@@ -899,6 +902,10 @@ pub const CATEGORY_RULE: &str = "category:";
 
 /// How a pins file's line names the rule for every ranking: `* => -p300, in-stock +0.05`.
 pub const EVERYWHERE_RULE: &str = "*";
+
+/// How a pins file's line names every search containing words: `contains:tent =>
+/// brand:Trailhound +0.1`.
+pub const CONTAINS_RULE: &str = "contains:";
 
 /// How a pins file's line gives its rule a schedule, after the search: `tent
 /// @2026-03-01..2026-04-01 => p007` (see [`parse_schedule`]).
@@ -1030,6 +1037,7 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
         .collect();
     let target = match rule.category.as_str() {
         _ if rule.everywhere => EVERYWHERE_RULE.to_string(),
+        "" if rule.contains => format!("{CONTAINS_RULE}{}", rule.query),
         "" => rule.query.clone(),
         category => format!("{CATEGORY_RULE}{category}"),
     };
@@ -1393,6 +1401,10 @@ mod tests {
                 "pins.txt:2: every ranking has a rule already (on line 1)",
             ),
             (
+                "contains:tent => p1",
+                "pins.txt:1: the rule for any search with \"tent\" pins an item",
+            ),
+            (
                 "* => p1",
                 "pins.txt:1: the rule for every ranking pins an item (pins are set per search",
             ),
@@ -1426,7 +1438,7 @@ mod tests {
         let path = Path::new("pins.txt");
         let read = pins(
             path,
-            "tent => p1\ntent @2026-03-01..2026-04-01 => p2\n* @2026-11-27T09:30.. => brand:Acme +0.2\ncategory:Tents @..1000 => p3\n",
+            "tent => p1\ntent @2026-03-01..2026-04-01 => p2\n* @2026-11-27T09:30.. => brand:Acme +0.2\ncategory:Tents @..1000 => p3\nContains: tent pegs @5.. => -p4\n",
         )
         .unwrap();
         let rules = read.messages();
@@ -1439,8 +1451,10 @@ mod tests {
                 (Some(1_772_323_200_000), Some(1_775_001_600_000)),
                 (Some(1_795_771_800_000), None),
                 (None, Some(1_000)),
+                (Some(5), None),
             ]
         );
+        assert!(rules[4].contains && rules[4].query == "tent pegs");
         assert_eq!(rules[1].query, "tent");
         assert!(rules[2].everywhere);
         assert_eq!(rules[3].category, "Tents");
@@ -1448,6 +1462,7 @@ mod tests {
         assert_eq!(listed[1], "tent @2026-03-01..2026-04-01 => p2");
         assert_eq!(listed[2], "* @2026-11-27T09:30.. => brand:Acme +0.2");
         assert_eq!(listed[3], "category:Tents @..1000 => p3");
+        assert_eq!(listed[4], "contains:tent pegs @5.. => -p4");
         assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
         let notes: Vec<Option<&str>> = rules
             .iter()
@@ -1459,7 +1474,8 @@ mod tests {
                 None,
                 Some("in force now"),
                 Some("starts later"),
-                Some("ended")
+                Some("ended"),
+                Some("in force now")
             ]
         );
         assert_eq!(schedule_note(&rules[1], 1_775_001_600_000), Some("ended"));

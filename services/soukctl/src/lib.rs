@@ -270,7 +270,8 @@ pub enum PinsCommand {
     /// `category:Tents => p007` for the Tents page (a rank with that category and no
     /// query); a condition with a signed amount boosts the items that pass it
     /// (`brand:Acme +0.2`, `color=green -0.1`); `* => -p300, in-stock +0.05` hides and
-    /// boosts in every ranking; `tent @2026-03-01..2026-04-01 => p9` holds for that time
+    /// boosts in every ranking, `contains:tent => brand:Acme +0.1` in every search holding
+    /// "tent"; `tent @2026-03-01..2026-04-01 => p9` holds for that time
     /// (UTC) only; `#` begins a comment. See
     /// `kg-data/README.md` and `kg-data/pins.txt`.
     Load {

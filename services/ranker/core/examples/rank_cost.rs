@@ -408,6 +408,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 everywhere: false,
                 starts_ms: None,
                 ends_ms: None,
+                contains: false,
             })
             .collect();
         println!(

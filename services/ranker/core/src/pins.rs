@@ -29,6 +29,11 @@
 //! ahead everywhere, a recalled item out of every list) but pins nothing: what leads is
 //! decided per search or page.
 //!
+//! A search's rule may **contain** its words instead of being exactly them: it then applies
+//! to every search that holds all its words, in any order and among others ("tent" to "tent
+//! pegs" and "family tent"), on top of that search's own rule, as the rule for every ranking
+//! is. Like it, it hides and boosts but pins nothing.
+//!
 //! A rule may be **scheduled**: in force from `starts_ms` (included) until `ends_ms` (not
 //! included), milliseconds since the Unix epoch, either end open (a spring promotion, a
 //! weekend's sale). A search, a page or every ranking may have one standing rule (no
@@ -133,6 +138,7 @@ impl PinRule {
     pub fn target(&self) -> String {
         match self.category.trim() {
             _ if self.everywhere => "every ranking".into(),
+            "" if self.contains => format!("any search with {:?}", self.query.trim()),
             "" => format!("query {:?}", self.query.trim()),
             category => format!("category {category:?}"),
         }
@@ -176,6 +182,8 @@ enum Key {
     Terms(Vec<String>),
     /// A category as a request's filter holds it ([`category_key`]).
     Category(String),
+    /// Every search holding these words (as the index reads them, each once).
+    Contains(Vec<String>),
     /// Every ranking.
     Everywhere,
 }
@@ -200,6 +208,10 @@ pub struct PinRule {
     /// pins): see the module's documentation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub everywhere: bool,
+    /// For every search holding the query's words, not only for that search (no pins): see
+    /// the module's documentation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub contains: bool,
     /// In force from this time on (ms since the Unix epoch; `None`: since always).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_ms: Option<i64>,
@@ -250,6 +262,10 @@ pub struct Pins {
     by_category: HashMap<String, Vec<usize>>,
     /// The rules for every ranking.
     everywhere: Vec<usize>,
+    /// The rules for searches containing words, by those words.
+    by_words: HashMap<Vec<String>, Vec<usize>>,
+    /// The keys of `by_words` by their first word: a search finds those of its words.
+    words_first: HashMap<String, Vec<Vec<String>>>,
 }
 
 /// A rule in force: as written, and its boosts ready to apply.
@@ -342,6 +358,7 @@ impl Pins {
         let mut by_terms: HashMap<Vec<String>, Vec<usize>> = HashMap::with_capacity(rules.len());
         let mut by_category: HashMap<String, Vec<usize>> = HashMap::new();
         let mut everywhere: Vec<usize> = Vec::new();
+        let mut by_words: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
         let mut boosts = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             let bad = |reason: String| PinError {
@@ -371,7 +388,17 @@ impl Pins {
                             }
                         )));
                     }
+                    if rule.contains {
+                        return Err(bad(
+                            "applies everywhere and to searches containing words; it is one or the other".into(),
+                        ));
+                    }
                     Key::Everywhere
+                }
+                (_, false) if rule.contains => {
+                    return Err(bad(format!(
+                        "category {category:?} with `contains`: only a search's words are contained"
+                    )));
                 }
                 (true, true) => {
                     return Err(bad(
@@ -390,13 +417,28 @@ impl Pins {
                             query.len()
                         )));
                     }
-                    let read = terms(query);
+                    let mut read = terms(query);
                     if read.is_empty() {
                         return Err(bad(format!(
                             "query {query:?} has no word that search reads (stop words and punctuation are skipped)"
                         )));
                     }
-                    Key::Terms(read)
+                    if rule.contains {
+                        if !rule.items.is_empty() {
+                            return Err(bad(format!(
+                                "the rule for any search with {query:?} pins {} (pins are set per search or category; it hides and boosts)",
+                                match rule.items.len() {
+                                    1 => "an item".to_string(),
+                                    n => format!("{n} items"),
+                                }
+                            )));
+                        }
+                        read.sort_unstable();
+                        read.dedup();
+                        Key::Contains(read)
+                    } else {
+                        Key::Terms(read)
+                    }
                 }
                 (true, false) => {
                     if category.len() > MAX_PIN_QUERY_BYTES {
@@ -484,6 +526,7 @@ impl Pins {
                 Key::Terms(read) => by_terms.entry(read).or_default(),
                 Key::Category(category) => by_category.entry(category).or_default(),
                 Key::Everywhere => &mut everywhere,
+                Key::Contains(words) => by_words.entry(words).or_default(),
             };
             // One standing rule, and scheduled ones that never hold at once.
             let clash = same.iter().copied().find(|&other| {
@@ -506,9 +549,19 @@ impl Pins {
         Ok(Self {
             rules,
             boosts,
+            words_first: by_words.keys().fold(HashMap::new(), |mut first, words| {
+                if let Some(word) = words.first() {
+                    first
+                        .entry(word.clone())
+                        .or_insert_with(Vec::new)
+                        .push(words.clone());
+                }
+                first
+            }),
             by_terms,
             by_category,
             everywhere,
+            by_words,
         })
     }
 
@@ -554,6 +607,31 @@ impl Pins {
         self.by_category
             .get(&category_key(category))
             .and_then(|rules| self.in_force(rules, now_ms))
+    }
+
+    /// The rules in force at `now_ms` for searches containing words that `query` (as typed or
+    /// as corrected) holds, each once.
+    pub fn containing(&self, query: &str, now_ms: i64) -> Vec<Rule<'_>> {
+        if self.words_first.is_empty() {
+            return Vec::new();
+        }
+        let mut held = terms(query);
+        held.sort_unstable();
+        held.dedup();
+        let mut found = Vec::new();
+        for word in &held {
+            for words in self.words_first.get(word).into_iter().flatten() {
+                if words.iter().all(|w| held.binary_search(w).is_ok())
+                    && let Some(rule) = self
+                        .by_words
+                        .get(words)
+                        .and_then(|rules| self.in_force(rules, now_ms))
+                {
+                    found.push(rule);
+                }
+            }
+        }
+        found
     }
 
     /// The rule for every ranking in force at `now_ms`, if one is set.
@@ -604,6 +682,7 @@ mod wire {
                 hidden: rule.hidden,
                 boosts: rule.boosts.into_iter().map(Boost::from).collect(),
                 everywhere: rule.everywhere,
+                contains: rule.contains,
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
             }
@@ -619,6 +698,7 @@ mod wire {
                 hidden: rule.hidden.clone(),
                 boosts: rule.boosts.iter().map(pb::Boost::from).collect(),
                 everywhere: rule.everywhere,
+                contains: rule.contains,
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
             }
@@ -682,6 +762,7 @@ mod tests {
             everywhere: false,
             starts_ms: None,
             ends_ms: None,
+            contains: false,
         }
     }
 
@@ -1054,6 +1135,74 @@ mod tests {
         assert_eq!(
             refused(vec![rule("tent", &["a"]), rule("Tents", &["b"])]),
             "pin rule 1: query \"Tents\" has a rule already (pin rule 0)"
+        );
+    }
+
+    #[test]
+    fn a_rule_containing_words_applies_to_every_search_holding_them() {
+        let holding = |query: &str, hidden: &[&str]| PinRule {
+            contains: true,
+            ..hiding(query, &[], hidden)
+        };
+        let pins = Pins::new(vec![
+            rule("tent", &["t1"]),
+            holding("Tents", &["lamp"]),
+            holding("sleeping bag", &["pad"]),
+            holding("bag", &["purse"]),
+        ])
+        .unwrap();
+        let hidden = |query: &str| -> Vec<String> {
+            let mut all: Vec<String> = pins
+                .containing(query, 0)
+                .iter()
+                .flat_map(|r| r.hidden.clone())
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(hidden("tent"), ["lamp"]);
+        assert_eq!(hidden("family tents for 4"), ["lamp"]);
+        assert_eq!(
+            hidden("bag for sleeping"),
+            ["pad", "purse"],
+            "any order, both rules"
+        );
+        assert_eq!(
+            hidden("sleeping pad"),
+            Vec::<String>::new(),
+            "every word, not one"
+        );
+        assert_eq!(hidden("stove"), Vec::<String>::new());
+        // The search's own rule is apart: it still pins.
+        assert_eq!(pins.for_query("tent", 0).unwrap().items, ["t1"]);
+        assert!(pins.for_query("bag", 0).is_none());
+
+        let refused = |rules: Vec<PinRule>| Pins::new(rules).unwrap_err().to_string();
+        assert_eq!(
+            refused(vec![holding("tent", &["a"]), holding("Tents", &["b"])]),
+            "pin rule 1: any search with \"Tents\" has a rule already (pin rule 0)"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                contains: true,
+                ..rule("tent", &["t1"])
+            }]),
+            "pin rule 0: the rule for any search with \"tent\" pins an item (pins are set per search or category; it hides and boosts)"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                contains: true,
+                ..in_category("Tents", &["t1"])
+            }]),
+            "pin rule 0: category \"Tents\" with `contains`: only a search's words are contained"
+        );
+        assert_eq!(
+            refused(vec![PinRule {
+                query: String::new(),
+                everywhere: true,
+                ..holding("", &["a"])
+            }]),
+            "pin rule 0: applies everywhere and to searches containing words; it is one or the other"
         );
     }
 

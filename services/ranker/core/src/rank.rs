@@ -781,7 +781,8 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 Applied::default()
             } else {
                 let now = request.now_ms.unwrap_or_else(wall_clock_ms);
-                let own = if let Some(q) = corrected.as_deref().or(typed) {
+                let searched = corrected.as_deref().or(typed);
+                let own = if let Some(q) = searched {
                     pins.for_query(q, now)
                 } else if request.item.is_none() {
                     request
@@ -792,7 +793,15 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 } else {
                     None
                 };
-                Applied::of(own.into_iter().chain(pins.everywhere(now)))
+                // Then the rules for searches containing some of its words.
+                let containing = searched
+                    .map(|q| pins.containing(q, now))
+                    .unwrap_or_default();
+                Applied::of(
+                    own.into_iter()
+                        .chain(containing)
+                        .chain(pins.everywhere(now)),
+                )
             };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {

@@ -960,6 +960,7 @@ fn pin_and_hide(
         everywhere: false,
         starts_ms: None,
         ends_ms: None,
+        contains: false,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -1005,6 +1006,7 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
         everywhere: false,
         starts_ms: None,
         ends_ms: None,
+        contains: false,
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1312,6 +1314,75 @@ async fn a_scheduled_rule_pins_only_while_in_force() {
     );
 }
 
+/// A rule for the searches containing a word moves every search that holds it, beside the
+/// search's own rule (which alone pins), and no other search.
+#[tokio::test]
+async fn a_rule_containing_a_word_moves_every_search_holding_it() {
+    use souk_ranker_core::pins::{Boost, PinRule, Pins};
+    let (ranker, _, _) = shop();
+    let search = |query: &str| RankQuery {
+        query: Some(query.into()),
+        k: 9,
+        explain: true,
+        ..Default::default()
+    };
+    let queries = ["tent", "tent pegs", "family tents", "trail running"];
+    let mut organic = Vec::new();
+    for q in queries {
+        organic.push(ranker.rank(&search(q)).await.unwrap());
+    }
+    let pins = Pins::new(vec![
+        PinRule {
+            query: "tent".into(),
+            items: vec!["p1".into()],
+            ..Default::default()
+        },
+        PinRule {
+            query: "Tents".into(),
+            contains: true,
+            hidden: vec!["p6".into()],
+            boosts: vec![Boost {
+                brands: vec!["Bigtop".into()],
+                amount: 0.4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    ])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    for (q, before) in queries.iter().zip(&organic) {
+        let now = ranker.rank(&search(q)).await.unwrap();
+        let holds = q.contains("tent");
+        assert_eq!(
+            ids(&now).contains(&"p6"),
+            !holds && ids(before).contains(&"p6"),
+            "{q}"
+        );
+        for item in now.items.iter().filter(|i| !i.pinned) {
+            let moved = if holds && item.brand == "Bigtop" {
+                0.4
+            } else {
+                0.0
+            };
+            assert_eq!(item.boost, moved, "{q}: {}", item.id);
+            let was = before.items.iter().find(|i| i.id == item.id).unwrap().score;
+            assert!((item.score - was - moved).abs() < 1e-5, "{q}: {}", item.id);
+        }
+        let pinned: Vec<&str> = now
+            .items
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.id.as_str())
+            .collect();
+        let expected: &[&str] = if *q == "tent" { &["p1"] } else { &[] };
+        assert_eq!(pinned, expected, "{q}: only the search's own rule pins");
+        if holds {
+            assert_eq!(ids(&now)[usize::from(*q == "tent")], "p7", "{q}: lifted");
+        }
+    }
+}
+
 /// A facet's counts are what the shopper finds on choosing the value: the request's own
 /// exclusions, the page's item and what the shopper bought (unless kept) are not counted, as
 /// they are not listed, by relevance or by price.
@@ -1448,6 +1519,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         everywhere: false,
         starts_ms: None,
         ends_ms: None,
+        contains: false,
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

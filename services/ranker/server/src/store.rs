@@ -2996,6 +2996,7 @@ mod tests {
                 everywhere: false,
                 starts_ms: None,
                 ends_ms: None,
+                contains: false,
             },
             PinRule {
                 query: String::new(),
@@ -3012,6 +3013,7 @@ mod tests {
                 everywhere: false,
                 starts_ms: None,
                 ends_ms: None,
+                contains: false,
             },
             PinRule {
                 hidden: vec!["p9".into()],

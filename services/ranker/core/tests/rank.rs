@@ -213,6 +213,16 @@ fn record(
     });
 }
 
+/// A search for `query`'s first `k` results, with their reasons.
+fn explained(query: &str, k: usize) -> RankQuery {
+    RankQuery {
+        query: Some(query.into()),
+        k,
+        explain: true,
+        ..Default::default()
+    }
+}
+
 fn ids(r: &souk_ranker_core::rank::Ranking) -> Vec<&str> {
     r.items.iter().map(|i| i.id.as_str()).collect()
 }
@@ -767,12 +777,7 @@ async fn facets_count_the_same_matches_in_either_order() {
 #[tokio::test]
 async fn a_budget_in_the_query_keeps_the_results_to_it() {
     let (ranker, _, _) = shop();
-    let search = |query: &str| RankQuery {
-        query: Some(query.into()),
-        k: 10,
-        explain: true,
-        ..Default::default()
-    };
+    let search = |query: &str| explained(query, 10);
     let cheap = ranker.rank(&search("tent under 100")).await.unwrap();
     assert_eq!(
         ids(&cheap)[0],
@@ -974,12 +979,7 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
     use souk_ranker_core::pins::{Boost, PinRule, Pins};
     use souk_ranker_core::rank::SortOrder;
     let (ranker, hasher, _) = shop();
-    let search = |query: &str| RankQuery {
-        query: Some(query.into()),
-        k: 9,
-        explain: true,
-        ..Default::default()
-    };
+    let search = |query: &str| explained(query, 9);
     // A shopper who viewed the trail tent: the graph relates the pegs to it (an accessory),
     // and rescores them.
     record(&ranker, &hasher, "u", "p1", InteractionKind::View, 1);
@@ -1320,12 +1320,7 @@ async fn a_scheduled_rule_pins_only_while_in_force() {
 async fn a_rule_containing_a_word_moves_every_search_holding_it() {
     use souk_ranker_core::pins::{Boost, PinRule, Pins};
     let (ranker, _, _) = shop();
-    let search = |query: &str| RankQuery {
-        query: Some(query.into()),
-        k: 9,
-        explain: true,
-        ..Default::default()
-    };
+    let search = |query: &str| explained(query, 9);
     let queries = ["tent", "tent pegs", "family tents", "trail running"];
     let mut organic = Vec::new();
     for q in queries {
@@ -1655,12 +1650,7 @@ async fn hidden_items_leave_their_search_in_any_order() {
 async fn pinned_items_lead_their_search_and_the_ranking_goes_on_without_them() {
     use souk_ranker_core::rank::SortOrder;
     let (ranker, hasher, _) = shop();
-    let search = |query: &str| RankQuery {
-        query: Some(query.into()),
-        k: 9,
-        explain: true,
-        ..Default::default()
-    };
+    let search = |query: &str| explained(query, 9);
     let organic = ranker.rank(&search("tent")).await.unwrap();
     assert!(organic.items.iter().all(|i| !i.pinned));
     assert!(!ids(&organic)[..3].contains(&"p5"), "a lamp is no tent");

@@ -112,6 +112,35 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
         .map(|q| (q.query.as_str(), q.count))
         .collect();
     assert_eq!(listed, [("blendtec", 2), ("kobo ereader", 1)]);
+
+    // Answers the shop's rules changed, by effect: none yet; then the demo's rules pin the
+    // "sleeping bag" search and pin and lift on the Coffee page.
+    let shop_rules = async |effect: &str| {
+        metric_value(
+            &scrape_metrics(metrics_port).await,
+            &format!("souk_rank_shop_rules_total{{effect=\"{effect}\"}}"),
+        )
+    };
+    assert_eq!(shop_rules("pinned").await, 0.0);
+    let rules = soukctl::files::read_pins(&repo_root().join("kg-data/pins.txt"))
+        .unwrap()
+        .messages();
+    client.set_pins(rk::SetPinsRequest { rules }).await.unwrap();
+    client.rank(search("sleeping bag")).await.unwrap();
+    let coffee = rk::RankRequest {
+        filters: Some(rk::Filters {
+            category: "Coffee".into(),
+            ..Default::default()
+        }),
+        k: 20,
+        ..Default::default()
+    };
+    let page = client.rank(coffee).await.unwrap().into_inner();
+    assert!(page.items.iter().any(|i| i.boost > 0.0));
+    client.rank(search("kobo ereader")).await.unwrap();
+    assert_eq!(shop_rules("pinned").await, 2.0);
+    assert_eq!(shop_rules("promoted").await, 1.0);
+    assert_eq!(shop_rules("lowered").await, 0.0);
 }
 
 /// Stops `encoder` and starts one serving `model` on its address (what a rollout of another

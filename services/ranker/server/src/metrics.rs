@@ -6,6 +6,7 @@
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
 //! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest; `Stats.corrected_queries` those the spelling check read otherwise) |
+//! | `souk_rank_shop_rules_total{effect}` | counter | `Rank` answers the shop's rules changed, by effect on the results returned: `pinned` (an item placed by a pin rule), `promoted` / `lowered` (an item's score moved up / down by a boost); an answer may count under several (is a promotion live, and how often does it show?) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ pub struct RankMetrics {
     candidates: Histogram,
     searches: IntCounterVec,
     events: IntCounterVec,
+    shop_rules: IntCounterVec,
     /// Searches that matched no item's words, by query.
     pub unmatched: Mutex<QueryCounts<String>>,
     /// Searches the spelling check read as another query, by (typed, read).
@@ -155,6 +157,18 @@ impl RankMetrics {
         for outcome in ["recorded", "duplicate", "forgotten"] {
             events.with_label_values(&[outcome]);
         }
+        let shop_rules = IntCounterVec::new(
+            Opts::new(
+                "rank_shop_rules_total",
+                "Rank answers whose results the shop's rules changed: an item pinned, an \
+                 item's score raised (promoted) or lowered by a boost.",
+            ),
+            &["effect"],
+        )?;
+        for effect in ["pinned", "promoted", "lowered"] {
+            shop_rules.with_label_values(&[effect]);
+        }
+        registry.register(Box::new(shop_rules.clone()))?;
         registry.register(Box::new(first_pass.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(missing.clone()))?;
@@ -166,6 +180,7 @@ impl RankMetrics {
             candidates,
             searches,
             events,
+            shop_rules,
             unmatched: Mutex::new(QueryCounts::default()),
             corrected: Mutex::new(QueryCounts::default()),
         })
@@ -209,6 +224,15 @@ impl RankMetrics {
             self.missing.with_label_values(&[signal.name()]).inc();
         }
         self.candidates.observe(ranking.candidates as f64);
+        for (effect, shown) in [
+            ("pinned", ranking.items.iter().any(|i| i.pinned)),
+            ("promoted", ranking.items.iter().any(|i| i.boost > 0.0)),
+            ("lowered", ranking.items.iter().any(|i| i.boost < 0.0)),
+        ] {
+            if shown {
+                self.shop_rules.with_label_values(&[effect]).inc();
+            }
+        }
     }
 }
 

@@ -483,9 +483,7 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
         })?;
         // The ranker refuses times more than a day ahead of its clock: caught here with the
         // line (seconds or microseconds written for milliseconds).
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = souk_ranker_core::item::now_ms();
         if t < 0 || t > now_ms.saturating_add(24 * 3_600_000) {
             return Err(format!(
                 "timestamp_ms {t} is not Unix milliseconds up to a day from now ({now_ms})"

@@ -1371,9 +1371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
             // A scheduled rule's standing, by this machine's clock, as a comment the file
             // format skips.
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let now_ms = souk_ranker_core::item::now_ms();
             for rule in &r.rules {
                 match files::schedule_note(rule, now_ms) {
                     Some(note) => println!("{}  # {note}", files::pin_line(rule)),

@@ -235,6 +235,14 @@ impl Item {
 }
 
 /// `item:<id>`, how items are named in the knowledge graph.
+/// Now, in ms since the Unix epoch: the clock events are timed by and scheduled pin rules
+/// are read at (0 on a clock set before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub fn item_entity(id: &str) -> String {
     format!("item:{id}")
 }

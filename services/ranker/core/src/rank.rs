@@ -780,7 +780,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             let applied = if !request.candidate_ids.is_empty() || pins.is_empty() {
                 Applied::default()
             } else {
-                let now = request.now_ms.unwrap_or_else(wall_clock_ms);
+                let now = request.now_ms.unwrap_or_else(crate::item::now_ms);
                 let searched = corrected.as_deref().or(typed);
                 let own = if let Some(q) = searched {
                     pins.for_query(q, now)
@@ -1218,15 +1218,6 @@ struct Shopper<'a> {
     graph: bool,
 }
 
-/// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
-/// shortlist then).
-/// Now, in ms since the Unix epoch (0 on a clock set before it).
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// What a request's facets count and a price-sorted request lists: its candidates when given,
 /// else the query's word matches and its vector's nearest items (see [`FacetScope`]), less
 /// `left_out` ([`left_out_slots`]).
@@ -1382,6 +1373,8 @@ fn lead_with(
     Ok(())
 }
 
+/// Whether the graph signal will rescore this shopper's candidates (the first pass keeps its
+/// shortlist then).
 fn graph_rescores(history: &[HistoryEntry], weights: &[f32; 5]) -> bool {
     !history.is_empty() && weights[3] > 0.0
 }

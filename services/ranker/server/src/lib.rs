@@ -1364,10 +1364,7 @@ fn interaction_from_pb(
     if !event.value.is_finite() {
         return Err(bad("value is not a finite number".into()));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = souk_ranker_core::item::now_ms();
     let timestamp_ms = match event.timestamp_ms {
         0 => now_ms,
         t if t < 0 || t > now_ms.saturating_add(MAX_AHEAD_MS) => {

@@ -749,7 +749,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             widened_to,
             history,
             page_vector,
-            applied,
+            mut applied,
         ) = {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             // Misspelt words corrected against the catalog's texts, for every signal: on
@@ -845,7 +845,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             request
         } else {
             with_hidden = RankQuery {
-                hidden: applied.hidden.clone(),
+                hidden: std::mem::take(&mut applied.hidden),
                 ..request.clone()
             };
             &with_hidden
@@ -925,7 +925,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             let left_out = left_out_slots(&catalog, request);
             let scope = matched_scope(request, query, query_vector.as_deref(), &left_out);
             let (items, listed) = by_price(&catalog, request, &scope, query, &history, descending);
-            let facets = facets(&catalog, request, query, query_vector.as_deref(), None);
+            let facets = facets_over(&catalog, request, &scope, None);
             return Ok(Ranking {
                 items,
                 missing_signals: missing,
@@ -1270,7 +1270,20 @@ fn facets(
     }
     let left_out = left_out_slots(catalog, request);
     let scope = matched_scope(request, query, query_vector, &left_out);
-    catalog.facet_counts_matched(&scope, matches, &request.filters, &request.facets)
+    facets_over(catalog, request, &scope, matches)
+}
+
+/// [`facets`] over a scope already built (a price listing's).
+fn facets_over(
+    catalog: &Catalog,
+    request: &RankQuery,
+    scope: &FacetScope<'_>,
+    matches: Option<&Matches>,
+) -> Vec<FacetCounts> {
+    if request.facets.is_empty() {
+        return Vec::new();
+    }
+    catalog.facet_counts_matched(scope, matches, &request.filters, &request.facets)
 }
 
 /// The slots of what the request's shopper bought, over the whole history (a request's

@@ -367,6 +367,20 @@ impl Pins {
                 named_by: None,
             };
             let (query, category) = (rule.query.trim(), rule.category.trim());
+            // A rule for many searches (every ranking, or every search containing words)
+            // hides and boosts: what leads is set per search or page.
+            let pins_nothing = || match rule.items.len() {
+                0 => Ok(()),
+                n => Err(bad(format!(
+                    "the rule for {} pins {} (pins are set per search or category; it hides and boosts)",
+                    rule.target(),
+                    if n == 1 {
+                        "an item".to_string()
+                    } else {
+                        format!("{n} items")
+                    }
+                ))),
+            };
             let key = match (query.is_empty(), category.is_empty()) {
                 _ if rule.everywhere => {
                     if !query.is_empty() || !category.is_empty() {
@@ -379,15 +393,7 @@ impl Pins {
                             }
                         )));
                     }
-                    if !rule.items.is_empty() {
-                        return Err(bad(format!(
-                            "the rule for every ranking pins {} (pins are set per search or category; it hides and boosts)",
-                            match rule.items.len() {
-                                1 => "an item".to_string(),
-                                n => format!("{n} items"),
-                            }
-                        )));
-                    }
+                    pins_nothing()?;
                     if rule.contains {
                         return Err(bad(
                             "applies everywhere and to searches containing words; it is one or the other".into(),
@@ -424,15 +430,7 @@ impl Pins {
                         )));
                     }
                     if rule.contains {
-                        if !rule.items.is_empty() {
-                            return Err(bad(format!(
-                                "the rule for any search with {query:?} pins {} (pins are set per search or category; it hides and boosts)",
-                                match rule.items.len() {
-                                    1 => "an item".to_string(),
-                                    n => format!("{n} items"),
-                                }
-                            )));
-                        }
+                        pins_nothing()?;
                         read.sort_unstable();
                         read.dedup();
                         Key::Contains(read)

@@ -114,7 +114,8 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(listed, [("blendtec", 2), ("kobo ereader", 1)]);
 
     // Answers the shop's rules changed, by effect: none yet; then the demo's rules pin the
-    // "sleeping bag" search and pin and lift on the Coffee page.
+    // "sleeping bag" search, pin and lift on the Coffee page and send "returns" to the
+    // shop's returns page.
     let shop_rules = async |effect: &str| {
         metric_value(
             &scrape_metrics(metrics_port).await,
@@ -138,9 +139,12 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     let page = client.rank(coffee).await.unwrap().into_inner();
     assert!(page.items.iter().any(|i| i.boost > 0.0));
     client.rank(search("kobo ereader")).await.unwrap();
+    let returns = client.rank(search("returns")).await.unwrap().into_inner();
+    assert_eq!(returns.redirect, "/help/returns");
     assert_eq!(shop_rules("pinned").await, 2.0);
     assert_eq!(shop_rules("promoted").await, 1.0);
     assert_eq!(shop_rules("lowered").await, 0.0);
+    assert_eq!(shop_rules("redirected").await, 1.0);
 }
 
 /// Stops `encoder` and starts one serving `model` on its address (what a rollout of another

@@ -217,6 +217,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 starts_ms: None,
                 ends_ms: None,
                 contains: false,
+                redirect: String::new(),
             },
             rk::PinRule {
                 query: String::new(),
@@ -228,6 +229,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 starts_ms: None,
                 ends_ms: None,
                 contains: false,
+                redirect: String::new(),
             },
         ],
     })

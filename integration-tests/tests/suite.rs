@@ -1639,7 +1639,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     let file = repo_root().join("kg-data/pins.txt");
     let rules = soukctl::files::read_pins(&file).unwrap().messages();
     let set = put(&mut client, rules.clone()).await;
-    assert_eq!((set.rules, set.missing_items.len()), (2, 0));
+    assert_eq!((set.rules, set.missing_items.len()), (3, 0));
     let pinned = |r: &rk::RankResponse| {
         r.items
             .iter()
@@ -1679,7 +1679,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stats.pin_rules, 2);
+    assert_eq!(stats.pin_rules, 3);
     // The Coffee page (the category as the filter, no search) opens on the file's picks,
     // then the page as it was; a search within Coffee, and Coffee by price, are not pinned.
     let coffee = |category: &str| rk::RankRequest {
@@ -1764,11 +1764,12 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         starts_ms: None,
         ends_ms: None,
         contains: false,
+        redirect: String::new(),
     });
     refuse(
         &mut client,
         bad,
-        "pin rule 2: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays",
+        "pin rule 3: query \"Sleeping-bags!\" has a rule already (pin rule 0); the previous set stays",
     )
     .await;
     for (boost, fault) in [
@@ -1827,6 +1828,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
             starts_ms: None,
             ends_ms: None,
             contains: false,
+            redirect: String::new(),
         }],
     )
     .await;
@@ -1999,6 +2001,35 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     let r = shown(&mut client, search("sleeping")).await;
     assert!(ids(&r).contains(&third), "no \"bag\" here: {:?}", ids(&r));
     assert_eq!(in_use(&mut client).await.rules, bags);
+
+    // A search sent to another page: the address comes back with the results, which are
+    // ranked as without the rule; another search is not sent; a bad address is refused.
+    let sent = vec![rk::PinRule {
+        query: "Sleeping Bags".into(),
+        redirect: "/guides/sleeping-bags".into(),
+        ..Default::default()
+    }];
+    put(&mut client, sent.clone()).await;
+    let r = shown(&mut client, search("sleeping bag")).await;
+    assert_eq!(r.redirect, "/guides/sleeping-bags");
+    assert_eq!(ids(&r), ids(&organic), "ranked as without the rule");
+    assert_eq!(
+        by_price_of(&mut client, search("sleeping bag"))
+            .await
+            .redirect,
+        "/guides/sleeping-bags"
+    );
+    assert_eq!(shown(&mut client, search("sleeping")).await.redirect, "");
+    refuse(
+        &mut client,
+        vec![rk::PinRule {
+            redirect: "guides/sleeping-bags".into(),
+            ..sent[0].clone()
+        }],
+        "pin rule 0: redirect \"guides/sleeping-bags\": expected a path on the shop's site (/help/returns) or an http(s) URL; the previous set stays",
+    )
+    .await;
+    assert_eq!(in_use(&mut client).await.rules, sent);
     put(&mut client, vec![]).await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert!(pinned(&r).is_empty(), "cleared");

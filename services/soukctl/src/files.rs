@@ -709,14 +709,17 @@ impl SynonymsFile {
 /// `* => -p300, in-stock +0.05` for every ranking (hides and boosts only; see
 /// [`EVERYWHERE_RULE`]), or `contains:tent => brand:Acme +0.1` for every search holding
 /// the words (hides and boosts only; see [`CONTAINS_RULE`]); `@FROM..UNTIL` after the search schedules its rule
-/// (`tent @2026-03-01..2026-04-01 => p007`, see [`parse_schedule`]); blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
+/// (`tent @2026-03-01..2026-04-01 => p007`, see [`parse_schedule`]; an `@` inside a word or
+/// before no time is the search's own: `t@ble`); `redirect:ADDRESS` among a search's
+/// entries sends it to another page (`returns => redirect:/help/returns`, see [`REDIRECT`]);
+/// blank lines and `#` comments are skipped. A boost is a condition and a signed amount:
 /// `brand:Trailhound +0.2`, `category:Tent Pegs -0.3`, `color=green|olive +0.1`,
 /// `in-stock +0.1`, `price:..50 +0.05` (`price:20..`, `price:20..50`); conditions joined by
 /// `&` must all hold (`brand:Acme & in-stock +0.2`), `|` lists the values one may take (see
 /// [`parse_boost`]). Each rule is checked as the ranker
 /// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
-/// before anything is sent. (An id holding a comma or `#`, or beginning with `-`, cannot be
-/// written here; `SetPins` takes it.)
+/// before anything is sent. (An id or a redirect holding a comma or `#`, or an id beginning
+/// with `-` or `redirect:`, cannot be written here; `SetPins` takes it.)
 ///
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
@@ -739,7 +742,21 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             return Err(at(line, "more than one `=>`".into()));
         }
         let (mut pinned, mut hidden, mut boosts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut redirect = String::new();
         for id in items.split(',').map(str::trim) {
+            if let Some(url) = strip_prefix_ignoring_case(id, REDIRECT) {
+                if !redirect.is_empty() {
+                    return Err(at(
+                        line,
+                        "a second `redirect:` (a search goes to one page)".into(),
+                    ));
+                }
+                redirect = url.trim().to_string();
+                if redirect.is_empty() {
+                    return Err(at(line, "`redirect:` without an address".into()));
+                }
+                continue;
+            }
             if let Some((condition, amount)) = boost_parts(id) {
                 boosts.push(parse_boost(condition, amount).map_err(|e| at(line, e))?);
                 continue;
@@ -757,7 +774,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             }
             list.push(id.to_string());
         }
-        let (query, starts_ms, ends_ms) = match query.rsplit_once(SCHEDULE) {
+        let (query, starts_ms, ends_ms) = match schedule_split(query) {
             Some((query, times)) => {
                 let (starts, ends) = parse_schedule(times).map_err(|e| at(line, e))?;
                 (query, starts, ends)
@@ -781,6 +798,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             contains: contained.is_some(),
             starts_ms,
             ends_ms,
+            redirect,
         });
         lines.push(line);
     }
@@ -795,6 +813,20 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             Err(at(line, reason))
         }
     }
+}
+
+/// A rule's target and its schedule (see [`SCHEDULE`]), when it has one: the last `@` that
+/// begins a word and is followed by a time or `..` (`tent @2026-03-01..`, `tent @..1700000000000`),
+/// so an `@` inside a search ("t@ble", "email @home") stays the search's.
+fn schedule_split(target: &str) -> Option<(&str, &str)> {
+    target.match_indices(SCHEDULE).rev().find_map(|(at, _)| {
+        let (before, times) = (&target[..at], &target[at + SCHEDULE.len_utf8()..]);
+        let begins_word = before.is_empty() || before.ends_with(char::is_whitespace);
+        let a_time = times
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_digit() || c == '.');
+        (begins_word && a_time).then_some((before, times))
+    })
 }
 
 /// A boost's condition and amount, when `text` is one: words, then a number written with
@@ -904,6 +936,10 @@ pub const EVERYWHERE_RULE: &str = "*";
 /// How a pins file's line names every search containing words: `contains:tent =>
 /// brand:Trailhound +0.1`.
 pub const CONTAINS_RULE: &str = "contains:";
+
+/// How a pins file's line sends its search to another page: `returns =>
+/// redirect:/help/returns` (see [`souk_ranker_core::pins::PinRule::redirect`]).
+pub const REDIRECT: &str = "redirect:";
 
 /// How a pins file's line gives its rule a schedule, after the search: `tent
 /// @2026-03-01..2026-04-01 => p007` (see [`parse_schedule`]).
@@ -1047,7 +1083,9 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
             until.map(utc_text).unwrap_or_default()
         ),
     };
-    format!("{target}{schedule} => {}", ids.join(", "))
+    let redirect = (!rule.redirect.is_empty()).then(|| format!("{REDIRECT}{}", rule.redirect));
+    let entries: Vec<String> = redirect.into_iter().chain(ids).collect();
+    format!("{target}{schedule} => {}", entries.join(", "))
 }
 
 /// Where a scheduled rule stands at `now_ms`, as `pins list` notes it after its line
@@ -1431,6 +1469,63 @@ mod tests {
 
     /// A rule's schedule in a pins file: UTC days or minutes (or ms), either end open, read
     /// and written back the same; faults named by line.
+    #[test]
+    fn a_pins_files_redirects_are_read_and_written_back() {
+        let path = Path::new("pins.txt");
+        let text = "returns => redirect:/help/returns\nblack friday @2026-11-27..2026-11-30 => Redirect: https://shop.example/sale , p1, -p2\nt@ble => p3\nemail @home => p4\n";
+        let rules = pins(path, text).unwrap().messages();
+        let read: Vec<(&str, &str, Option<i64>)> = rules
+            .iter()
+            .map(|r| (r.query.as_str(), r.redirect.as_str(), r.starts_ms))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("returns", "/help/returns", None),
+                (
+                    "black friday",
+                    "https://shop.example/sale",
+                    Some(1_795_737_600_000)
+                ),
+                ("t@ble", "", None),
+                ("email @home", "", None),
+            ],
+            "an `@` before no time is the search's"
+        );
+        assert_eq!(
+            (rules[1].items.as_slice(), rules[1].hidden.as_slice()),
+            (&["p1".to_string()][..], &["p2".to_string()][..])
+        );
+        let listed: Vec<String> = rules.iter().map(pin_line).collect();
+        assert_eq!(listed[0], "returns => redirect:/help/returns");
+        assert_eq!(
+            listed[1],
+            "black friday @2026-11-27..2026-11-30 => redirect:https://shop.example/sale, p1, -p2"
+        );
+        assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
+        for (text, want) in [
+            (
+                "returns => redirect:/a, redirect:/b",
+                "pins.txt:1: a second `redirect:` (a search goes to one page)",
+            ),
+            (
+                "returns => redirect: ",
+                "pins.txt:1: `redirect:` without an address",
+            ),
+            (
+                "\ncategory:Tents => redirect:/tents",
+                "pins.txt:2: the rule for category \"Tents\" redirects; a redirect answers one search (a query's own rule)",
+            ),
+            (
+                "returns => redirect:help",
+                "pins.txt:1: redirect \"help\": expected a path on the shop's site (/help/returns) or an http(s) URL",
+            ),
+        ] {
+            let error = pins(path, text).unwrap_err().to_string();
+            assert_eq!(error, want, "{text}");
+        }
+    }
+
     #[test]
     fn a_pins_files_schedules_are_read_as_utc_times() {
         let path = Path::new("pins.txt");

@@ -725,6 +725,13 @@ pub fn print_ranking(
             price.phrase
         )?;
     }
+    if !ranking.redirect.is_empty() {
+        writeln!(
+            out,
+            "  the shop sends this search to {} (results below for a caller that stays)",
+            ranking.redirect
+        )?;
+    }
     if ranking.words_matched == Some(false) {
         writeln!(
             out,

@@ -409,6 +409,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 starts_ms: None,
                 ends_ms: None,
                 contains: false,
+                redirect: String::new(),
             })
             .collect();
         println!(

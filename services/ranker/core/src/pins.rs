@@ -39,6 +39,13 @@
 //! weekend's sale). A search, a page or every ranking may have one standing rule (no
 //! schedule) and any number of scheduled ones whose times do not overlap: while a scheduled
 //! rule is in force it replaces the standing one, which applies again when it ends.
+//!
+//! A search's own rule may **redirect** it: the shop's front end goes to that address
+//! instead of showing results ("returns" to the returns policy, "black friday" to the sale's
+//! page while it runs). The ranking is still computed and returned (pins, hidden items and
+//! boosts applied), so a caller that ignores the redirect shows results as before. A rule
+//! for a category's page, for every ranking or for searches containing words does not
+//! redirect: a redirect answers one search.
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +67,8 @@ pub const MAX_BOOSTS: usize = 16;
 /// The largest amount a boost moves a score by, up or down: a fused score is a weighted sum
 /// of features in 0..1 whose weights sum to about 1, so 1 lifts an item over any other.
 pub const MAX_BOOST: f32 = 1.0;
+/// Longest redirect address, in bytes (what browsers and proxies take in a URL).
+pub const MAX_REDIRECT_BYTES: usize = 2_048;
 
 /// Items whose score a rule moves: those that pass every condition given (a category at any
 /// level of the path, one of the brands, one of each attribute's values, in stock, the
@@ -218,6 +227,10 @@ pub struct PinRule {
     /// In force until this time, not included (`None`: for good).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_ms: Option<i64>,
+    /// Where the search's page goes instead (a path such as `/help/returns`, or an http(s)
+    /// URL); empty: it shows its results. See the module's documentation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub redirect: String,
 }
 
 /// Why a set of rules was refused.
@@ -297,17 +310,23 @@ pub struct Applied {
     pub boosts: Vec<(Filters, f32)>,
     /// The same boosts as the shop wrote them, for the reasons they give.
     pub written: Vec<Boost>,
+    /// Where the search's rule sends the shopper instead ([`PinRule::redirect`]).
+    pub redirect: Option<String>,
 }
 
 impl Applied {
     /// The rules `rules` together: pins from the first that pins (a search's or page's rule:
-    /// the rule for every ranking pins nothing), the hidden items and boosts of all.
+    /// the rule for every ranking pins nothing), the redirect of the first that redirects (a
+    /// search's own rule: no other may), the hidden items and boosts of all.
     pub fn of<'a>(rules: impl IntoIterator<Item = Rule<'a>>) -> Self {
         let mut applied = Applied::default();
         for rule in rules {
             if applied.pinned.is_empty() && !rule.items.is_empty() {
                 applied.pinned.clone_from(&rule.items);
                 applied.pin_reason = rule.reason();
+            }
+            if applied.redirect.is_none() && !rule.redirect.is_empty() {
+                applied.redirect = Some(rule.redirect.clone());
             }
             applied.hidden.extend(rule.hidden.iter().cloned());
             applied.boosts.extend(rule.boosts.iter().cloned());
@@ -454,8 +473,22 @@ impl Pins {
                 }
             };
             let target = rule.target();
-            if rule.items.is_empty() && rule.hidden.is_empty() && rule.boosts.is_empty() {
-                return Err(bad(format!("{target} pins, hides and boosts nothing")));
+            if !rule.redirect.is_empty() {
+                if !matches!(key, Key::Terms(_)) {
+                    return Err(bad(format!(
+                        "the rule for {target} redirects; a redirect answers one search (a query's own rule)"
+                    )));
+                }
+                check_redirect(&rule.redirect).map_err(bad)?;
+            }
+            if rule.items.is_empty()
+                && rule.hidden.is_empty()
+                && rule.boosts.is_empty()
+                && rule.redirect.is_empty()
+            {
+                return Err(bad(format!(
+                    "{target} pins, hides, boosts and redirects nothing"
+                )));
             }
             if rule.boosts.len() > MAX_BOOSTS {
                 return Err(bad(format!(
@@ -664,6 +697,37 @@ impl Pins {
     }
 }
 
+/// Whether `url` is an address a front end can go to: a path on the shop's own site
+/// (`/help/returns`) or an http(s) URL, at most [`MAX_REDIRECT_BYTES`], with no space or
+/// control character (written `%20` in a URL).
+fn check_redirect(url: &str) -> Result<(), String> {
+    if url.len() > MAX_REDIRECT_BYTES {
+        return Err(format!(
+            "a redirect of {} bytes; the limit is {MAX_REDIRECT_BYTES}",
+            url.len()
+        ));
+    }
+    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "redirect {url:?} holds {c:?}; a URL writes it escaped (a space is %20)"
+        ));
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = ["https://", "http://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme));
+    match rest {
+        Some(host) if host.is_empty() || host.starts_with('/') => {
+            Err(format!("redirect {url:?} names no host after its scheme"))
+        }
+        Some(_) => Ok(()),
+        None if url.starts_with('/') => Ok(()),
+        None => Err(format!(
+            "redirect {url:?}: expected a path on the shop's site (/help/returns) or an http(s) URL"
+        )),
+    }
+}
+
 /// The rules as `SetPins` takes them and `GetPins` lists them.
 #[cfg(feature = "proto")]
 mod wire {
@@ -683,6 +747,7 @@ mod wire {
                 contains: rule.contains,
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
+                redirect: rule.redirect,
             }
         }
     }
@@ -699,6 +764,7 @@ mod wire {
                 contains: rule.contains,
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
+                redirect: rule.redirect.clone(),
             }
         }
     }
@@ -761,6 +827,7 @@ mod tests {
             starts_ms: None,
             ends_ms: None,
             contains: false,
+            redirect: String::new(),
         }
     }
 
@@ -811,7 +878,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![rule("tent", &[])]),
-            "pin rule 0: query \"tent\" pins, hides and boosts nothing"
+            "pin rule 0: query \"tent\" pins, hides, boosts and redirects nothing"
         );
         assert!(
             Pins::new(vec![hiding("tent", &[], &["lamp"])]).is_ok(),
@@ -910,7 +977,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![in_category("Tents", &[])]),
-            "pin rule 0: category \"Tents\" pins, hides and boosts nothing"
+            "pin rule 0: category \"Tents\" pins, hides, boosts and redirects nothing"
         );
         assert!(refused(vec![in_category("a\u{7}b", &["t1"])]).contains("control character"));
         assert!(refused(vec![in_category(&"x".repeat(257), &["t1"])]).contains("the limit is 256"));
@@ -1067,7 +1134,7 @@ mod tests {
                 boosts: vec![],
                 ..everywhere
             }]),
-            "pin rule 0: every ranking pins, hides and boosts nothing"
+            "pin rule 0: every ranking pins, hides, boosts and redirects nothing"
         );
     }
 
@@ -1202,6 +1269,95 @@ mod tests {
             }]),
             "pin rule 0: applies everywhere and to searches containing words; it is one or the other"
         );
+    }
+
+    #[test]
+    fn a_searchs_rule_may_redirect_and_no_other_rule_may() {
+        let returns = PinRule {
+            query: "returns".into(),
+            redirect: "/help/returns".into(),
+            ..Default::default()
+        };
+        let everywhere = PinRule {
+            everywhere: true,
+            hidden: vec!["recalled".into()],
+            ..Default::default()
+        };
+        let pins = Pins::new(vec![returns.clone(), everywhere.clone()]).unwrap();
+        let applied = Applied::of(
+            pins.for_query("Returns", 0)
+                .into_iter()
+                .chain(pins.everywhere(0)),
+        );
+        assert_eq!(applied.redirect.as_deref(), Some("/help/returns"));
+        assert!(applied.pinned.is_empty(), "a redirect alone pins nothing");
+        assert_eq!(applied.hidden, ["recalled"]);
+        assert_eq!(Applied::of(pins.everywhere(0)).redirect, None);
+
+        let refused = |rule: PinRule| Pins::new(vec![rule]).unwrap_err().to_string();
+        let to = |redirect: &str| PinRule {
+            redirect: redirect.into(),
+            ..returns.clone()
+        };
+        for fine in [
+            "/",
+            "/help/returns?from=search",
+            "https://help.example.com/returns",
+            "HTTP://example.com",
+        ] {
+            assert!(Pins::new(vec![to(fine)]).is_ok(), "{fine}");
+        }
+        assert_eq!(
+            refused(to("help/returns")),
+            "pin rule 0: redirect \"help/returns\": expected a path on the shop's site (/help/returns) or an http(s) URL"
+        );
+        assert_eq!(
+            refused(to("/help/free returns")),
+            "pin rule 0: redirect \"/help/free returns\" holds ' '; a URL writes it escaped (a space is %20)"
+        );
+        assert_eq!(
+            refused(to("https://")),
+            "pin rule 0: redirect \"https://\" names no host after its scheme"
+        );
+        assert_eq!(
+            refused(to("javascript:alert(1)")),
+            "pin rule 0: redirect \"javascript:alert(1)\": expected a path on the shop's site (/help/returns) or an http(s) URL"
+        );
+        assert_eq!(
+            refused(to(&format!("/{}", "a".repeat(MAX_REDIRECT_BYTES)))),
+            "pin rule 0: a redirect of 2049 bytes; the limit is 2048"
+        );
+        for (rule, target) in [
+            (
+                PinRule {
+                    redirect: "/x".into(),
+                    ..everywhere
+                },
+                "every ranking",
+            ),
+            (
+                PinRule {
+                    redirect: "/x".into(),
+                    ..in_category("Tents", &["t1"])
+                },
+                "category \"Tents\"",
+            ),
+            (
+                PinRule {
+                    contains: true,
+                    hidden: vec!["lamp".into()],
+                    ..to("/x")
+                },
+                "any search with \"returns\"",
+            ),
+        ] {
+            assert_eq!(
+                refused(rule),
+                format!(
+                    "pin rule 0: the rule for {target} redirects; a redirect answers one search (a query's own rule)"
+                )
+            );
+        }
     }
 
     #[test]

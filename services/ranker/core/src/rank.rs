@@ -429,6 +429,9 @@ pub struct Ranking {
     /// shop's equivalent phrases as it wrote them ("backpack", "knapsack" for "rucksack"),
     /// then the words as the texts write them together or apart ("macbook" for "mac book").
     pub widened_to: Vec<String>,
+    /// Where the shop's rule for the search sends the shopper instead of these results
+    /// ([`crate::pins::PinRule::redirect`]); they are ranked all the same.
+    pub redirect: Option<String>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -938,6 +941,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 words_matched,
                 spelling_corrected,
                 widened_to,
+                redirect: applied.redirect,
             });
         }
 
@@ -1053,6 +1057,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             words_matched,
             spelling_corrected,
             widened_to,
+            redirect: applied.redirect,
         })
     }
 

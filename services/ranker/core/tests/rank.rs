@@ -966,6 +966,7 @@ fn pin_and_hide(
         starts_ms: None,
         ends_ms: None,
         contains: false,
+        redirect: String::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -1007,6 +1008,7 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
         starts_ms: None,
         ends_ms: None,
         contains: false,
+        redirect: String::new(),
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1314,6 +1316,91 @@ async fn a_scheduled_rule_pins_only_while_in_force() {
     );
 }
 
+/// A search's rule may send it to another page: the ranking names the address while the
+/// rule is in force, for that search however written and by price too, and is ranked as
+/// it would be without it (a caller that stays shows the same results); other searches, a
+/// category's page and a re-ranking of the caller's candidates are not redirected.
+#[tokio::test]
+async fn a_redirected_search_names_its_page_and_is_ranked_all_the_same() {
+    use souk_ranker_core::pins::{PinRule, Pins};
+    let (ranker, _, _) = shop();
+    let before = ranker.rank(&explained("tent", 9)).await.unwrap();
+    assert_eq!(before.redirect, None);
+    let pins = Pins::new(vec![
+        PinRule {
+            query: "tent".into(),
+            redirect: "/sale/tents".into(),
+            ..Default::default()
+        },
+        PinRule {
+            query: "tent".into(),
+            redirect: "https://shop.example/spring".into(),
+            starts_ms: Some(1_000),
+            ends_ms: Some(2_000),
+            ..Default::default()
+        },
+    ])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    let at = |query: &str, now_ms: i64| RankQuery {
+        now_ms: Some(now_ms),
+        ..explained(query, 9)
+    };
+    let redirected = ranker.rank(&at("tent", 0)).await.unwrap();
+    assert_eq!(redirected.redirect.as_deref(), Some("/sale/tents"));
+    assert_eq!(
+        redirected.items, before.items,
+        "the results are ranked as without the rule"
+    );
+    let spring = ranker.rank(&at("tent", 1_500)).await.unwrap();
+    let written_otherwise = ranker.rank(&at("Tents", 0)).await.unwrap();
+    assert_eq!(written_otherwise.redirect.as_deref(), Some("/sale/tents"));
+    assert_eq!(
+        spring.redirect.as_deref(),
+        Some("https://shop.example/spring"),
+        "the scheduled rule in force replaces the standing one"
+    );
+    assert_eq!(
+        ranker
+            .rank(&at("tent", 2_000))
+            .await
+            .unwrap()
+            .redirect
+            .as_deref(),
+        Some("/sale/tents")
+    );
+    let by_price = RankQuery {
+        sort: souk_ranker_core::rank::SortOrder::PriceAscending,
+        ..at("tent", 0)
+    };
+    assert_eq!(
+        ranker.rank(&by_price).await.unwrap().redirect.as_deref(),
+        Some("/sale/tents")
+    );
+    for (what, request) in [
+        ("another search", at("tent pegs", 0)),
+        (
+            "a re-ranking",
+            RankQuery {
+                candidate_ids: vec!["p1".into(), "p7".into()],
+                ..at("tent", 0)
+            },
+        ),
+        (
+            "the Tents page",
+            RankQuery {
+                query: None,
+                filters: Filters::new("Tents", &[], None, None, false).unwrap(),
+                ..at("", 0)
+            },
+        ),
+    ] {
+        let ranking = ranker.rank(&request).await.unwrap();
+        assert_eq!(ranking.redirect, None, "{what}");
+        assert!(!ranking.items.is_empty(), "{what}");
+    }
+}
+
 /// A rule for the searches containing a word moves every search that holds it, beside the
 /// search's own rule (which alone pins), and no other search.
 #[tokio::test]
@@ -1515,6 +1602,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         starts_ms: None,
         ends_ms: None,
         contains: false,
+        redirect: String::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

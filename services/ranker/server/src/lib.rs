@@ -1435,6 +1435,7 @@ impl pb::ranker_server::Ranker for RankerService {
             corrected_query: ranking.corrected_query.unwrap_or_default(),
             words_matched: ranking.words_matched,
             widened_to: ranking.widened_to,
+            redirect: ranking.redirect.unwrap_or_default(),
             price_from_query: ranking.price_from_query.map(|p| pb::QueryPrice {
                 min_price: p.min,
                 max_price: p.max,

@@ -2997,6 +2997,7 @@ mod tests {
                 starts_ms: None,
                 ends_ms: None,
                 contains: false,
+                redirect: String::new(),
             },
             PinRule {
                 query: String::new(),
@@ -3014,6 +3015,7 @@ mod tests {
                 starts_ms: None,
                 ends_ms: None,
                 contains: false,
+                redirect: String::new(),
             },
             PinRule {
                 hidden: vec!["p9".into()],

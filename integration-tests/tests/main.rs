@@ -8,5 +8,6 @@ mod encoder;
 mod eval;
 mod graph;
 mod models;
+mod random_requests;
 mod replicas;
 mod suite;

@@ -280,7 +280,8 @@ pub const MAX_ATTRIBUTE_VALUES: usize = 256;
 
 impl Filters {
     /// # Errors
-    /// `InvalidInput` for a negative or non-finite price bound or min above max.
+    /// `InvalidInput` for a negative or non-finite price bound, min above max, or an empty
+    /// brand.
     pub fn new(
         category: &str,
         brands: &[String],
@@ -307,13 +308,16 @@ impl Filters {
                 "filters.min_price ({lo}) is above filters.max_price ({hi})"
             )));
         }
+        // An empty name would read as no brand filter at all: every brand passing where the
+        // caller meant one (a shop front end sending an unset selection).
+        if let Some(i) = brands.iter().position(|b| b.trim().is_empty()) {
+            return Err(RankError::InvalidInput(format!(
+                "filters.brands[{i}] is empty"
+            )));
+        }
         Ok(Self {
             category: Some(category_key(category)).filter(|c| !c.is_empty()),
-            brands: brands
-                .iter()
-                .map(|b| b.trim().to_lowercase())
-                .filter(|b| !b.is_empty())
-                .collect(),
+            brands: brands.iter().map(|b| b.trim().to_lowercase()).collect(),
             min_price,
             max_price,
             in_stock_only,
@@ -524,6 +528,12 @@ mod tests {
         cheap.price = 10.0;
         assert!(!f.accepts(&cheap));
         assert!(Filters::new("", &[], Some(5.0), Some(1.0), false).is_err());
+        let unset = Filters::new("", &["Acme".into(), " ".into()], None, None, false);
+        assert_eq!(
+            unset.unwrap_err().to_string(),
+            RankError::InvalidInput("filters.brands[1] is empty".into()).to_string(),
+            "an empty brand is not read as any brand"
+        );
         assert!(Filters::new("", &[], Some(-1.0), None, false).is_err());
     }
 

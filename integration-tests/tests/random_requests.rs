@@ -1,0 +1,263 @@
+//! Requests drawn at random, valid and not, against the demo shop over gRPC: every answer is a
+//! ranking that keeps the request's promises or an InvalidArgument that says what was wrong,
+//! never another code (a panic in a handler answers Unknown or Internal, or kills the
+//! connection), and the ranker serves normally afterwards.
+use std::collections::HashSet;
+
+use souk_proto::ranker::v1 as rk;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use souk_ranker_core::rng::XorShift;
+
+use crate::common::*;
+
+/// A small random source for drawing request fields.
+struct Draw(XorShift);
+
+impl Draw {
+    fn below(&mut self, n: usize) -> usize {
+        (self.0.unit() * n as f64) as usize
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.0.unit() < p
+    }
+
+    fn one<T: Clone>(&mut self, of: &[T]) -> T {
+        of[self.below(of.len())].clone()
+    }
+
+    fn some<T: Clone>(&mut self, of: &[T], most: usize) -> Vec<T> {
+        (0..self.below(most + 1)).map(|_| self.one(of)).collect()
+    }
+
+    /// One of `valid`, or now and then (1 in 30) one of `bad`: a request draws about a dozen
+    /// such fields, so about half the requests hold a fault.
+    fn mostly<T: Clone>(&mut self, valid: &[T], bad: &[T]) -> T {
+        if self.chance(1.0 / 30.0) {
+            self.one(bad)
+        } else {
+            self.one(valid)
+        }
+    }
+}
+
+const IDS: &[&str] = &[
+    "p00001", "p00030", "p00107", "p00110", "p00141", "p00159", "p00300", "p99999", "", " ",
+    "p\u{0}1", "é",
+];
+
+const WORDS: &[&str] = &[
+    "tent",
+    "sleeping",
+    "bags",
+    "wireless",
+    "headphones",
+    "cofee",
+    "grindr",
+    "desk",
+    "la",
+    "under",
+    "150",
+    "between",
+    "50",
+    "and",
+    "$10-$20",
+    "over",
+    "-5",
+    "rucksack",
+    "keurig",
+    "returns",
+    "the",
+    "a",
+    "🎒",
+    "\u{0}",
+    "\t",
+    "\u{fffd}",
+    "ß",
+    "@",
+    "..",
+    "mac",
+    "book",
+    "1e400",
+    "NaN",
+];
+
+const FACETS: &[&str] = &[
+    "brand",
+    "category",
+    "attribute:color",
+    "price",
+    "price:25,50,100",
+];
+
+const BAD_FACETS: &[&str] = &[
+    "attribute:",
+    "price:50,25",
+    "price:",
+    "price:0",
+    "price:-1,5",
+    "price:nan",
+    "bogus",
+];
+
+fn draw_request(d: &mut Draw) -> rk::RankRequest {
+    let long = "tent ".repeat(3_000);
+    let query = match d.below(12) {
+        0 => String::new(),
+        1 => long,
+        _ => d.some(WORDS, 5).join(" "),
+    };
+    let price = |d: &mut Draw| {
+        d.chance(0.3).then(|| {
+            d.mostly(
+                &[0.0, 10.0, 99.5, 300.0, 1e300],
+                &[-1.0, f64::NAN, f64::INFINITY],
+            )
+        })
+    };
+    let filters = d.chance(0.4).then(|| rk::Filters {
+        category: d
+            .one(&["", "Tents", "Coffee", "Outdoor", "Nowhere", "\u{0}"])
+            .into(),
+        brands: (0..d.below(3))
+            .map(|_| {
+                d.mostly(&["Trailhound", "Pinecrest", "nobody"], &["", " "])
+                    .into()
+            })
+            .collect(),
+        min_price: price(d),
+        max_price: price(d),
+        in_stock_only: d.chance(0.3),
+        attributes: (0..d.below(2))
+            .map(|_| rk::AttributeFilter {
+                name: d.mostly(&["color", "grind", "size"], &["", "\u{0}"]).into(),
+                values: (0..d.mostly(&[1, 2], &[0]))
+                    .map(|_| d.mostly(&["black", "navy", "burr"], &["", " "]).into())
+                    .collect(),
+            })
+            .collect(),
+    });
+    let weight = |d: &mut Draw| d.mostly(&[0.0f32, 0.5, 1.0, -1.0], &[11.0, f32::NAN]);
+    let weights = d.chance(0.15).then(|| rk::FusionWeights {
+        dense: weight(d),
+        bm25: weight(d),
+        cf: weight(d),
+        kg: weight(d),
+        popularity: weight(d),
+    });
+    let ids = |d: &mut Draw, most| {
+        d.some(IDS, most)
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    rk::RankRequest {
+        user_id: d.one(&["", "u010", "u020", "someone-new", "\u{0}"]).into(),
+        query,
+        k: d.mostly(&[1, 5, 20, 100], &[0, 1_000, 1_001, u32::MAX]),
+        filters,
+        exclude: ids(d, 3),
+        item_id: if d.chance(0.2) {
+            d.mostly(&IDS[..7], &IDS[7..]).into()
+        } else {
+            String::new()
+        },
+        weights,
+        sort: d.mostly(&[0, 0, 1, 2], &[3, -1]),
+        candidate_ids: if d.chance(0.15) {
+            ids(d, 6)
+        } else {
+            Vec::new()
+        },
+        explain: d.chance(0.5),
+        diversity: d.mostly(&[0.0, 0.0, 0.3, 1.0], &[1.5, -0.1, f32::NAN]),
+        include_purchased: d.chance(0.2),
+        offset: d.mostly(&[0, 0, 5, 40], &[995, 1_000, u32::MAX]),
+        all_signals: d.chance(0.2),
+        verbatim: d.chance(0.2),
+        prefix: d.chance(0.3),
+        facets: (0..d.below(3))
+            .map(|_| d.mostly(FACETS, BAD_FACETS).into())
+            .collect(),
+    }
+}
+
+/// What a ranking promised, checked: at most k results, none excluded or the page's own
+/// item, each once, scores finite, a price order in price order, the filters' price bounds
+/// and brands kept.
+fn assert_kept(request: &rk::RankRequest, answer: &rk::RankResponse) {
+    let items = &answer.items;
+    assert!(items.len() <= request.k as usize, "{request:?}");
+    let mut seen = HashSet::new();
+    for item in items {
+        assert!(seen.insert(&item.id), "{} twice: {request:?}", item.id);
+        assert!(!request.exclude.contains(&item.id), "{request:?}");
+        assert_ne!(item.id, request.item_id, "{request:?}");
+        assert!(item.score.is_finite(), "{request:?}");
+        if let Some(filters) = &request.filters {
+            if let Some(min) = filters.min_price {
+                assert!(item.price >= min, "{request:?}");
+            }
+            if let Some(max) = filters.max_price {
+                assert!(item.price <= max, "{request:?}");
+            }
+            if !filters.brands.is_empty() {
+                assert!(
+                    filters
+                        .brands
+                        .iter()
+                        .any(|b| b.trim().eq_ignore_ascii_case(&item.brand)),
+                    "{request:?}"
+                );
+            }
+        }
+    }
+    let prices: Vec<f64> = items.iter().map(|i| i.price).collect();
+    match request.sort {
+        1 => assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{request:?}"),
+        2 => assert!(prices.windows(2).all(|w| w[0] >= w[1]), "{request:?}"),
+        _ => {}
+    }
+}
+
+/// 600 random `Rank` requests: each answered with a ranking that keeps what it asked for,
+/// or refused as InvalidArgument with a message; both kinds occur; the ranker still ranks.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_rank_requests_are_ranked_or_refused_never_failed() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut d = Draw(XorShift::new(42));
+    let (mut ranked, mut refused) = (0, 0);
+    for n in 0..600 {
+        let request = draw_request(&mut d);
+        match client.rank(request.clone()).await {
+            Ok(answer) => {
+                assert_kept(&request, &answer.into_inner());
+                ranked += 1;
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::InvalidArgument,
+                    "request {n}: {status:?} for {request:?}"
+                );
+                assert!(!status.message().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        ranked > 50 && refused > 50,
+        "{ranked} ranked, {refused} refused"
+    );
+    let after = client
+        .rank(rk::RankRequest {
+            query: "sleeping bag".into(),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.items.len(), 5);
+}

@@ -1802,12 +1802,17 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     }
     let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, rules);
+    // The rankings each rule applied to since this set was made: the Coffee page and
+    // Coffee by price (not pinned, but the rule's hidden items would be left out), not a
+    // search within Coffee or the Grinders page; no "sleeping bag" search since.
+    assert_eq!(listed.applied, [0, 2, 0]);
 
     ranker.stop().await.unwrap();
     let ranker = start_ranker(&data, &encoder, &kg.url()).await;
     let mut client = RankerClient::new(channel(&ranker.url()).await);
     let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, rules, "stored");
+    assert_eq!(listed.applied, [0, 0, 0], "counted from each start");
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00110", "p00107"], "read back");
     let r = shown(&mut client, coffee("Coffee")).await;

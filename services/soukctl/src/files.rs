@@ -1099,6 +1099,35 @@ pub fn schedule_note(rule: &rk::PinRule, now_ms: i64) -> Option<&'static str> {
     }
 }
 
+/// What `pins list` writes after a rule's line, as a comment: how many rankings it applied
+/// to (`applied`, as `GetPins` counts them; `None` from a ranker that does not count) and,
+/// for a scheduled rule, where it stands at `now_ms` (`applied to 1,204 rankings; in force
+/// now`).
+pub fn pin_note(rule: &rk::PinRule, now_ms: i64, applied: Option<u64>) -> String {
+    let count = applied.map(|n| match n {
+        1 => "applied to 1 ranking".to_string(),
+        n => format!("applied to {} rankings", thousands(n)),
+    });
+    count
+        .into_iter()
+        .chain(schedule_note(rule, now_ms).map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `n` with a comma between thousands: `1,204`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Reads and checks the pins file at `path` (see [`pins`]).
 ///
 /// # Errors
@@ -1833,6 +1862,22 @@ mod tests {
             ]
         );
         assert_eq!(schedule_note(&rules[1], 1_775_001_600_000), Some("ended"));
+        let at = 1_773_000_000_000;
+        assert_eq!(
+            pin_note(&rules[0], at, None),
+            "",
+            "a standing rule, not counted"
+        );
+        assert_eq!(pin_note(&rules[0], at, Some(1)), "applied to 1 ranking");
+        assert_eq!(
+            pin_note(&rules[1], at, Some(1_204_000)),
+            "applied to 1,204,000 rankings; in force now"
+        );
+        assert_eq!(
+            pin_note(&rules[2], at, Some(0)),
+            "applied to 0 rankings; starts later"
+        );
+        assert_eq!(pin_note(&rules[3], at, None), "ended");
         for (day, ms) in [
             ("1970-01-01", 0),
             ("2000-02-29", 951_782_400_000),

@@ -1376,13 +1376,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut ranker =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let r = ranker.get_pins(rk::GetPinsRequest {}).await?.into_inner();
-            // A scheduled rule's standing, by this machine's clock, as a comment the file
-            // format skips.
+            // How often each rule applied, and a scheduled rule's standing by this
+            // machine's clock, as a comment the file format skips.
             let now_ms = souk_ranker_core::item::now_ms();
-            for rule in &r.rules {
-                match files::schedule_note(rule, now_ms) {
-                    Some(note) => println!("{}  # {note}", files::pin_line(rule)),
-                    None => println!("{}", files::pin_line(rule)),
+            for (i, rule) in r.rules.iter().enumerate() {
+                match files::pin_note(rule, now_ms, r.applied.get(i).copied()) {
+                    note if note.is_empty() => println!("{}", files::pin_line(rule)),
+                    note => println!("{}  # {note}", files::pin_line(rule)),
                 }
             }
         }

@@ -47,6 +47,8 @@
 //! for a category's page, for every ranking or for searches containing words does not
 //! redirect: a redirect answers one search.
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +281,8 @@ pub struct Pins {
     by_words: HashMap<Vec<String>, Vec<usize>>,
     /// The keys of `by_words` by their first word: a search finds those of its words.
     words_first: HashMap<String, Vec<Vec<String>>>,
+    /// Rankings each rule applied to since the set was made (see [`Self::apply`]).
+    applied: Arc<Vec<AtomicU64>>,
 }
 
 /// A rule in force: as written, and its boosts ready to apply.
@@ -286,6 +290,8 @@ pub struct Pins {
 pub struct Rule<'a> {
     pub rule: &'a PinRule,
     pub boosts: &'a [(Filters, f32)],
+    /// Its place in the set, counted from 0.
+    pub index: usize,
 }
 
 impl std::ops::Deref for Rule<'_> {
@@ -578,6 +584,7 @@ impl Pins {
             same.push(i);
         }
         Ok(Self {
+            applied: Arc::new(rules.iter().map(|_| AtomicU64::new(0)).collect()),
             rules,
             boosts,
             words_first: by_words.keys().fold(HashMap::new(), |mut first, words| {
@@ -594,6 +601,28 @@ impl Pins {
             everywhere,
             by_words,
         })
+    }
+
+    /// The rules `rules` (looked up in this set) applied to one ranking: merged as
+    /// [`Applied::of`] merges them, and each counted (see [`Self::applied_counts`]).
+    pub fn apply<'a>(&'a self, rules: impl IntoIterator<Item = Rule<'a>>) -> Applied {
+        let rules: Vec<Rule<'a>> = rules.into_iter().collect();
+        for rule in &rules {
+            if let Some(count) = self.applied.get(rule.index) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Applied::of(rules)
+    }
+
+    /// How many rankings each rule (in set order) applied to since the set was made: a
+    /// merchandiser's check that a rule is live and how often it shows. Counted by this
+    /// process alone, from 0 at each `SetPins` and each start.
+    pub fn applied_counts(&self) -> Vec<u64> {
+        self.applied
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The rule in force at `now_ms` for a search (as typed or as corrected), if one names
@@ -626,6 +655,7 @@ impl Pins {
         Some(Rule {
             rule: self.rules.get(i)?,
             boosts: self.boosts.get(i)?,
+            index: i,
         })
     }
 
@@ -1358,6 +1388,37 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn each_rule_counts_the_rankings_it_applied_to() {
+        let pins = Pins::new(vec![
+            rule("tent", &["t1"]),
+            PinRule {
+                everywhere: true,
+                hidden: vec!["recalled".into()],
+                ..Default::default()
+            },
+            rule("stove", &["s1"]),
+        ])
+        .unwrap();
+        assert_eq!(pins.applied_counts(), [0, 0, 0]);
+        for query in ["tent", "Tents", "lamp"] {
+            let applied = pins.apply(
+                pins.for_query(query, 0)
+                    .into_iter()
+                    .chain(pins.everywhere(0)),
+            );
+            assert_eq!(applied.hidden, ["recalled"]);
+        }
+        assert_eq!(pins.applied_counts(), [2, 3, 0]);
+        // A copy of the set shares its counts (the catalog's rebuilds keep one set).
+        let copy = pins.clone();
+        copy.apply(copy.for_query("stove", 0));
+        assert_eq!(pins.applied_counts(), [2, 3, 1]);
+        // A new set starts from 0.
+        let again = Pins::new(pins.rules().to_vec()).unwrap();
+        assert_eq!(again.applied_counts(), [0, 0, 0]);
     }
 
     #[test]

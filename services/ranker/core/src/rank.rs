@@ -800,7 +800,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 let containing = searched
                     .map(|q| pins.containing(q, now))
                     .unwrap_or_default();
-                Applied::of(
+                pins.apply(
                     own.into_iter()
                         .chain(containing)
                         .chain(pins.everywhere(now)),

@@ -2048,13 +2048,12 @@ impl pb::ranker_server::Ranker for RankerService {
     ) -> Result<Response<pb::GetPinsResponse>, Status> {
         let ready = self.ready()?;
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-        let rules = catalog
-            .pins()
-            .rules()
-            .iter()
-            .map(pb::PinRule::from)
-            .collect();
-        Ok(Response::new(pb::GetPinsResponse { rules }))
+        let pins = catalog.pins();
+        let rules = pins.rules().iter().map(pb::PinRule::from).collect();
+        Ok(Response::new(pb::GetPinsResponse {
+            rules,
+            applied: pins.applied_counts(),
+        }))
     }
 
     type FollowStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StoreChange, Status>>;

@@ -261,3 +261,235 @@ async fn random_rank_requests_are_ranked_or_refused_never_failed() {
         .into_inner();
     assert_eq!(after.items.len(), 5);
 }
+
+/// The shop's state as an admin write may change it: item and event counts, the rules and
+/// the synonyms in use.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    items: u64,
+    interactions: u64,
+    pins: Vec<rk::PinRule>,
+    synonyms: Vec<rk::Synonym>,
+}
+
+async fn stored(client: &mut RankerClient<tonic::transport::Channel>) -> Stored {
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    Stored {
+        items: stats.items,
+        interactions: stats.interactions,
+        pins: client
+            .get_pins(rk::GetPinsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rules,
+        synonyms: client
+            .get_synonyms(rk::GetSynonymsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .synonyms,
+    }
+}
+
+fn draw_rule(d: &mut Draw) -> rk::PinRule {
+    let ids = |d: &mut Draw| -> Vec<String> {
+        (0..d.below(3))
+            .map(|_| d.mostly(&IDS[..7], &IDS[7..]).into())
+            .collect()
+    };
+    let time = |d: &mut Draw| {
+        d.chance(0.2)
+            .then(|| d.mostly(&[0, 1_000, 2_000_000_000_000], &[-5, i64::MIN]))
+    };
+    let (query, category, everywhere, contains) = match d.below(4) {
+        0 => (
+            String::new(),
+            d.one(&["Tents", "Coffee", " "]).into(),
+            false,
+            false,
+        ),
+        1 => (String::new(), String::new(), true, false),
+        2 => (d.some(WORDS, 3).join(" "), String::new(), false, true),
+        _ => (d.some(WORDS, 3).join(" "), String::new(), false, false),
+    };
+    rk::PinRule {
+        query,
+        category,
+        items: ids(d),
+        hidden: ids(d),
+        boosts: (0..d.below(2))
+            .map(|_| rk::Boost {
+                when: d.chance(0.9).then(|| rk::Filters {
+                    brands: vec![d.mostly(&["Trailhound", "Pinecrest"], &[""]).into()],
+                    in_stock_only: d.chance(0.5),
+                    ..Default::default()
+                }),
+                amount: d.mostly(&[0.1f32, -0.3, 1.0], &[0.0, f32::NAN, 2.0]),
+            })
+            .collect(),
+        everywhere,
+        starts_ms: time(d),
+        ends_ms: time(d),
+        contains,
+        redirect: if d.chance(0.2) {
+            d.mostly(
+                &["/help", "https://shop.example/x"],
+                &["help", "https://", "/a b"],
+            )
+            .into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+fn draw_item(d: &mut Draw) -> rk::Item {
+    let long = "x".repeat(70_000);
+    rk::Item {
+        id: d
+            .mostly(
+                &["p00001", "p00107", "pnew1", "pnew2"],
+                &["", " ", "p\u{0}1"],
+            )
+            .into(),
+        title: d
+            .mostly(
+                &["Trail Tent 2", "Ultralight Stove", "Café Mug"],
+                &["", long.as_str()],
+            )
+            .into(),
+        description: d.mostly(&["", "A good one."], &["\u{0}\u{1}"]).into(),
+        category: d
+            .mostly(
+                &[vec!["Outdoor".to_string(), "Tents".to_string()], Vec::new()],
+                &[vec![String::new()]],
+            )
+            .clone(),
+        brand: d.mostly(&["Trailhound", ""], &["\u{0}"]).into(),
+        price: d.mostly(&[10.0, 0.0, 249.99], &[f64::NAN, -1.0, f64::INFINITY]),
+        attributes: [(
+            d.mostly(&["color", "grind"], &[""]).to_string(),
+            d.mostly(&["black", "burr"], &[""]).to_string(),
+        )]
+        .into_iter()
+        .take(d.below(2))
+        .collect(),
+        in_stock: d.chance(0.7),
+    }
+}
+
+fn draw_event(d: &mut Draw) -> rk::Interaction {
+    let now = souk_ranker_core::item::now_ms();
+    rk::Interaction {
+        user_id: d
+            .mostly(&["u010", "u020", "newcomer"], &["", "\u{0}"])
+            .into(),
+        item_id: d.mostly(&IDS[..6], &IDS[7..]).into(),
+        kind: d.mostly(&[0, 1, 2, 3], &[9, -1]),
+        value: d.mostly(&[1.0, 0.5, 4.0], &[f32::NAN, f32::INFINITY]),
+        timestamp_ms: d.mostly(&[0, now - 60_000], &[-5, now + 1_000_000_000_000]),
+    }
+}
+
+/// 200 random admin writes (rules, synonyms, items, events; valid and not): each is taken,
+/// or refused as InvalidArgument with what was stored left exactly as it was; a rule set or
+/// synonym set taken reads back as sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_admin_writes_are_taken_or_refused_whole() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut d = Draw(XorShift::new(9));
+    let (mut taken, mut refused) = (0, 0);
+    for n in 0..200 {
+        let before = stored(&mut client).await;
+        let kind = d.below(4);
+        let (answer, rules, synonyms) = match kind {
+            0 => {
+                let rules: Vec<rk::PinRule> = (0..d.below(4)).map(|_| draw_rule(&mut d)).collect();
+                let answer = client
+                    .set_pins(rk::SetPinsRequest {
+                        rules: rules.clone(),
+                    })
+                    .await
+                    .map(drop);
+                (answer, Some(rules), None)
+            }
+            1 => {
+                let synonyms: Vec<rk::Synonym> = (0..d.below(3))
+                    .map(|_| rk::Synonym {
+                        phrases: d.some(WORDS, 3).into_iter().map(String::from).collect(),
+                        replacement: d.chance(0.3).then(|| d.one(WORDS).into()),
+                    })
+                    .collect();
+                let answer = client
+                    .set_synonyms(rk::SetSynonymsRequest {
+                        synonyms: synonyms.clone(),
+                    })
+                    .await
+                    .map(drop);
+                (answer, None, Some(synonyms))
+            }
+            2 => {
+                let items = (0..1 + d.below(3)).map(|_| draw_item(&mut d)).collect();
+                let message = rk::UpsertItemsRequest { items };
+                let answer = client
+                    .upsert_items(futures::stream::iter(vec![message]))
+                    .await
+                    .map(drop);
+                (answer, None, None)
+            }
+            _ => {
+                let interactions = (0..1 + d.below(3)).map(|_| draw_event(&mut d)).collect();
+                let message = rk::RecordInteractionsRequest { interactions };
+                let answer = client
+                    .record_interactions(futures::stream::iter(vec![message]))
+                    .await
+                    .map(drop);
+                (answer, None, None)
+            }
+        };
+        let after = stored(&mut client).await;
+        match answer {
+            Ok(()) => {
+                taken += 1;
+                if let Some(rules) = rules {
+                    assert_eq!(after.pins, rules, "write {n}");
+                }
+                if let Some(synonyms) = synonyms {
+                    assert_eq!(after.synonyms.len(), synonyms.len(), "write {n}");
+                }
+                assert!(after.items >= before.items, "write {n}");
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::InvalidArgument,
+                    "write {n} (kind {kind}): {status:?}"
+                );
+                assert!(!status.message().is_empty());
+                assert_eq!(after, before, "write {n} refused: {}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        taken > 40 && refused > 40,
+        "{taken} taken, {refused} refused"
+    );
+    // The shop still ranks.
+    let r = client
+        .rank(rk::RankRequest {
+            query: "tent".into(),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.items.len(), 3);
+}

@@ -1,7 +1,9 @@
-//! Requests drawn at random, valid and not, against the demo shop over gRPC: every answer is a
-//! ranking that keeps the request's promises or an InvalidArgument that says what was wrong,
-//! never another code (a panic in a handler answers Unknown or Internal, or kills the
-//! connection), and the ranker serves normally afterwards.
+//! Requests drawn at random, valid and not, against the demo shop over gRPC: every `Rank`
+//! answer is a ranking that keeps the request's promises or an InvalidArgument that says what
+//! was wrong, never another code (a panic in a handler answers Unknown or Internal, or kills
+//! the connection); every admin write is taken or refused whole, with nothing stored changed;
+//! and the ranker serves normally afterwards. Each field is drawn valid most of the time and
+//! now and then from a list of faults, so about half the requests hold one.
 use std::collections::HashSet;
 
 use souk_proto::ranker::v1 as rk;

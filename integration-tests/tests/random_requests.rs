@@ -181,6 +181,9 @@ fn draw_request(d: &mut Draw) -> rk::RankRequest {
         facets: (0..d.below(3))
             .map(|_| d.mostly(FACETS, BAD_FACETS).into())
             .collect(),
+        rules_at_ms: d
+            .chance(0.2)
+            .then(|| d.mostly(&[0, 2_000_000_000_000], &[-1, i64::MAX])),
     }
 }
 

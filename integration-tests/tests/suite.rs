@@ -1963,6 +1963,21 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     put(&mut client, scheduled.clone()).await;
     let r = shown(&mut client, search("sleeping bag")).await;
     assert_eq!(pinned(&r), ["p00110"], "the rule in force now");
+    // A preview at another time: the rule in force then.
+    let at = |ms: i64| rk::RankRequest {
+        rules_at_ms: Some(ms),
+        ..search("sleeping bag")
+    };
+    assert_eq!(
+        pinned(&shown(&mut client, at(now_ms + 2 * hour)).await),
+        std::slice::from_ref(&second)
+    );
+    assert_eq!(
+        pinned(&shown(&mut client, at(now_ms - 2 * hour)).await),
+        std::slice::from_ref(&first)
+    );
+    let status = client.rank(at(-1)).await.unwrap_err();
+    assert_invalid(&status, "rules_at_ms -1 is not a time from 1970 to 9999");
     let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, scheduled);
     put(

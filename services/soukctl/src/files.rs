@@ -972,6 +972,19 @@ pub fn parse_schedule(text: &str) -> Result<(Option<i64>, Option<i64>), String> 
     }
 }
 
+/// A time as a pins file's schedules write it (`2026-03-01`, `2026-03-01T09:30` UTC, or ms
+/// since 1970), as ms since the Unix epoch: `soukctl rank --rules-at`.
+///
+/// # Errors
+/// A text that is none of those forms.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    utc_ms(text.trim()).ok_or_else(|| {
+        format!(
+            "{text:?}: expected a UTC day (2026-03-01), minute (2026-03-01T09:30) or ms since 1970"
+        )
+    })
+}
+
 /// `2026-03-01`, `2026-03-01T09:30` (UTC) or a number of ms, as ms since the Unix epoch.
 fn utc_ms(text: &str) -> Option<i64> {
     if let Ok(ms) = text.parse::<i64>() {
@@ -1878,6 +1891,13 @@ mod tests {
             "applied to 0 rankings; starts later"
         );
         assert_eq!(pin_note(&rules[3], at, None), "ended");
+        assert_eq!(parse_time(" 2026-11-27T09:30 "), Ok(1_795_771_800_000));
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert!(
+            parse_time("next friday")
+                .unwrap_err()
+                .contains("expected a UTC day")
+        );
         for (day, ms) in [
             ("1970-01-01", 0),
             ("2000-02-29", 951_782_400_000),

@@ -419,6 +419,10 @@ pub struct RankArgs {
     /// filters.
     #[arg(long = "facet", value_name = "FIELD")]
     pub facets: Vec<String>,
+    /// Rank as the shop's rules stand at this time instead of now (a UTC day `2026-11-27`,
+    /// minute `2026-11-27T09:30` or ms since 1970): a preview of a scheduled rule.
+    #[arg(long, value_name = "TIME", value_parser = files::parse_time)]
+    pub rules_at: Option<i64>,
 }
 
 /// Connects to a service, failing fast with a message that says what to check.
@@ -1111,6 +1115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 verbatim: args.verbatim,
                 prefix: args.prefix,
                 facets: args.facets,
+                rules_at_ms: args.rules_at,
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();

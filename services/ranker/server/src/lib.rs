@@ -1036,6 +1036,9 @@ const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
 /// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
 const MAX_FORGET_USERS: usize = 1000;
 
+/// The last time `RankRequest.rules_at_ms` may name: 9999-12-31T23:59:59.999 UTC.
+const LAST_RULES_AT_MS: i64 = 253_402_300_799_999;
+
 fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery, RankError> {
     let filters = match request.filters {
         Some(f) => Filters::new(
@@ -1077,12 +1080,20 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
     let user = Some(request.user_id.trim())
         .filter(|u| !u.is_empty())
         .map(|u| hasher.key(u));
+    if let Some(at) = request.rules_at_ms
+        && !(0..=LAST_RULES_AT_MS).contains(&at)
+    {
+        return Err(RankError::InvalidInput(format!(
+            "rules_at_ms {at} is not a time from 1970 to 9999 in ms since the Unix epoch"
+        )));
+    }
     Ok(RankQuery {
         user,
         // Set by the ranker from the shop's pin rules, not by a request.
         hidden: Vec::new(),
-        // The shop's scheduled rules are read at the server's clock.
-        now_ms: None,
+        // The shop's scheduled rules are read at the server's clock, or at the time the
+        // request previews.
+        now_ms: request.rules_at_ms,
         query: Some(request.query).filter(|q| !q.trim().is_empty()),
         item: Some(request.item_id).filter(|i| !i.is_empty()),
         weights: request

@@ -1978,6 +1978,10 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     );
     let status = client.rank(at(-1)).await.unwrap_err();
     assert_invalid(&status, "rules_at_ms -1 is not a time from 1970 to 9999");
+    // Previews are not counted as the rules' rankings; the shopper's search above is
+    // (the scheduled rule in force now).
+    let applied = in_use(&mut client).await.applied;
+    assert_eq!(applied, [0, 1, 0, 0]);
     let listed = in_use(&mut client).await;
     assert_eq!(listed.rules, scheduled);
     put(

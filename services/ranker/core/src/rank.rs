@@ -325,7 +325,8 @@ pub struct RankQuery {
     /// `exclude`.
     pub hidden: Vec<String>,
     /// The time the shop's scheduled rules are read at, ms since the Unix epoch (`None`:
-    /// now, by the wall clock).
+    /// now, by the wall clock). Set, the ranking is a preview: its rules are not counted
+    /// ([`crate::pins::Pins::applied_counts`]).
     pub now_ms: Option<i64>,
 }
 
@@ -800,11 +801,16 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 let containing = searched
                     .map(|q| pins.containing(q, now))
                     .unwrap_or_default();
-                pins.apply(
-                    own.into_iter()
-                        .chain(containing)
-                        .chain(pins.everywhere(now)),
-                )
+                let found = own
+                    .into_iter()
+                    .chain(containing)
+                    .chain(pins.everywhere(now));
+                // A preview at another time is no shopper's ranking: not counted.
+                if request.now_ms.is_some() {
+                    Applied::of(found)
+                } else {
+                    pins.apply(found)
+                }
             };
             let spelling_corrected = match (typed, &corrected) {
                 (Some(q), Some(read)) if !completing => {

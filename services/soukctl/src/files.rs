@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use souk_kg_core::{Triple, parse};
 use souk_proto::ranker::v1 as rk;
-use souk_ranker_core::pins::{Boost, PinRule, Pins};
+use souk_ranker_core::pins::{Boost, PinRule, Pins, Standing};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 
 /// A line that could not be used.
@@ -1104,12 +1104,16 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
 /// Where a scheduled rule stands at `now_ms`, as `pins list` notes it after its line
 /// (`in force now`, `ended`, `starts later`); `None` for a standing rule.
 pub fn schedule_note(rule: &rk::PinRule, now_ms: i64) -> Option<&'static str> {
-    match (rule.starts_ms, rule.ends_ms) {
-        (None, None) => None,
-        (_, Some(end)) if end <= now_ms => Some("ended"),
-        (Some(start), _) if now_ms < start => Some("starts later"),
-        _ => Some("in force now"),
-    }
+    let window = PinRule {
+        starts_ms: rule.starts_ms,
+        ends_ms: rule.ends_ms,
+        ..PinRule::default()
+    };
+    window.standing_at(now_ms).map(|standing| match standing {
+        Standing::InForce => "in force now",
+        Standing::Ended => "ended",
+        Standing::StartsLater => "starts later",
+    })
 }
 
 /// What `pins list` writes after a rule's line, as a comment: how many rankings it applied

@@ -165,6 +165,19 @@ impl PinRule {
         self.starts_ms.is_none_or(|s| s <= now_ms) && self.ends_ms.is_none_or(|e| now_ms < e)
     }
 
+    /// Where a scheduled rule stands at `now_ms` (`None` for a standing rule).
+    pub fn standing_at(&self, now_ms: i64) -> Option<Standing> {
+        if !self.is_scheduled() {
+            None
+        } else if self.in_force_at(now_ms) {
+            Some(Standing::InForce)
+        } else if self.ends_ms.is_some_and(|end| end <= now_ms) {
+            Some(Standing::Ended)
+        } else {
+            Some(Standing::StartsLater)
+        }
+    }
+
     /// Whether it and `other` are both in force at some time.
     fn overlaps(&self, other: &PinRule) -> bool {
         let (a0, a1) = (
@@ -185,6 +198,14 @@ impl PinRule {
             category => format!("featured by the shop in {category}"),
         }
     }
+}
+
+/// Where a scheduled rule stands at a time ([`PinRule::standing_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    InForce,
+    Ended,
+    StartsLater,
 }
 
 /// What a rule is looked up by.

@@ -138,6 +138,7 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     };
     let page = client.rank(coffee).await.unwrap().into_inner();
     assert!(page.items.iter().any(|i| i.boost > 0.0));
+    assert_eq!(page.banners, ["Espresso week: burr grinders up front"]);
     client.rank(search("kobo ereader")).await.unwrap();
     let returns = client.rank(search("returns")).await.unwrap().into_inner();
     assert_eq!(returns.redirect, "/help/returns");
@@ -145,6 +146,7 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
     assert_eq!(shop_rules("promoted").await, 1.0);
     assert_eq!(shop_rules("lowered").await, 0.0);
     assert_eq!(shop_rules("redirected").await, 1.0);
+    assert_eq!(shop_rules("banner").await, 1.0, "the Coffee page's");
 }
 
 /// Stops `encoder` and starts one serving `model` on its address (what a rollout of another

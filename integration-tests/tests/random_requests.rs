@@ -350,6 +350,15 @@ fn draw_rule(d: &mut Draw) -> rk::PinRule {
         } else {
             String::new()
         },
+        banner: if d.chance(0.2) {
+            d.mostly(
+                &["Free shipping on tents", "{\"promo\": 7}"],
+                &[" ", "a\nb"],
+            )
+            .into()
+        } else {
+            String::new()
+        },
     }
 }
 

@@ -218,6 +218,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 ends_ms: None,
                 contains: false,
                 redirect: String::new(),
+                banner: String::new(),
             },
             rk::PinRule {
                 query: String::new(),
@@ -230,6 +231,7 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
                 ends_ms: None,
                 contains: false,
                 redirect: String::new(),
+                banner: String::new(),
             },
         ],
     })

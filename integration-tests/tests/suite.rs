@@ -1711,6 +1711,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     assert_eq!(pinned(&r), picks);
     assert_eq!(ids(&r)[..3], picks);
     assert_eq!(r.items[0].reasons[0], "featured by the shop in Coffee");
+    assert_eq!(r.banners, ["Espresso week: burr grinders up front"]);
     // Then the page as it was, burr grinders lifted by 0.1 (the file's boost).
     let organic_score = |id: &str| page.items.iter().find(|i| i.id == id).unwrap().score;
     let burr = [
@@ -1765,6 +1766,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         ends_ms: None,
         contains: false,
         redirect: String::new(),
+        banner: String::new(),
     });
     refuse(
         &mut client,
@@ -1834,6 +1836,7 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
             ends_ms: None,
             contains: false,
             redirect: String::new(),
+            banner: String::new(),
         }],
     )
     .await;

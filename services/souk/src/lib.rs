@@ -531,7 +531,7 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             search("sleeping bags"),
         ),
         (
-            "The Coffee page (a category without a search: the shop's picks first, then burr grinders lifted; kg-data/pins.txt)"
+            "The Coffee page (a category without a search: the shop's banner, its picks first, then burr grinders lifted; kg-data/pins.txt)"
                 .to_string(),
             rk::RankRequest {
                 filters: Some(rk::Filters {

@@ -718,8 +718,10 @@ impl SynonymsFile {
 /// `&` must all hold (`brand:Acme & in-stock +0.2`), `|` lists the values one may take (see
 /// [`parse_boost`]). Each rule is checked as the ranker
 /// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
-/// before anything is sent. (An id or a redirect holding a comma or `#`, or an id beginning
-/// with `-` or `redirect:`, cannot be written here; `SetPins` takes it.)
+/// before anything is sent. `banner:TEXT` as a line's last entry gives its rule a banner
+/// (the rest of the line; see [`BANNER`]). (An id or a redirect holding a comma or `#`, an
+/// id beginning with `-`, `redirect:` or `banner:`, or a banner holding `#` or `=>`, cannot
+/// be written here; `SetPins` takes it.)
 ///
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
@@ -741,9 +743,21 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
         if items.contains("=>") {
             return Err(at(line, "more than one `=>`".into()));
         }
+        // A banner runs to the end of the line, commas and all.
+        let (items, banner) = split_banner(items);
+        let banner = match banner.map(str::trim) {
+            Some("") => return Err(at(line, "`banner:` without a text".into())),
+            Some(text) => text.to_string(),
+            None => String::new(),
+        };
         let (mut pinned, mut hidden, mut boosts) = (Vec::new(), Vec::new(), Vec::new());
         let mut redirect = String::new();
-        for id in items.split(',').map(str::trim) {
+        // A rule that only shows a banner has no other entry.
+        let entries = (!(items.trim().is_empty() && !banner.is_empty()))
+            .then(|| items.split(',').map(str::trim))
+            .into_iter()
+            .flatten();
+        for id in entries {
             if let Some(url) = strip_prefix_ignoring_case(id, REDIRECT) {
                 if !redirect.is_empty() {
                     return Err(at(
@@ -799,6 +813,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             starts_ms,
             ends_ms,
             redirect,
+            banner,
         });
         lines.push(line);
     }
@@ -813,6 +828,20 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             Err(at(line, reason))
         }
     }
+}
+
+/// A rule's entries and its banner (see [`BANNER`]): the first entry that begins with
+/// `banner:` and the rest of the line after it.
+fn split_banner(entries: &str) -> (&str, Option<&str>) {
+    let starts = std::iter::once(0).chain(entries.match_indices(',').map(|(i, _)| i + 1));
+    for start in starts {
+        let entry = entries[start..].trim_start();
+        if let Some(text) = strip_prefix_ignoring_case(entry, BANNER) {
+            let before = entries[..start].trim_end().trim_end_matches(',');
+            return (before, Some(text));
+        }
+    }
+    (entries, None)
 }
 
 /// A rule's target and its schedule (see [`SCHEDULE`]), when it has one: the last `@` that
@@ -936,6 +965,10 @@ pub const EVERYWHERE_RULE: &str = "*";
 /// How a pins file's line names every search containing words: `contains:tent =>
 /// brand:Trailhound +0.1`.
 pub const CONTAINS_RULE: &str = "contains:";
+
+/// How a pins file's line gives its rule a banner, as its last entry (the rest of the line,
+/// commas and all): `tent => p007, banner: Free shipping on tents, this week only`.
+pub const BANNER: &str = "banner:";
 
 /// How a pins file's line sends its search to another page: `returns =>
 /// redirect:/help/returns` (see [`souk_ranker_core::pins::PinRule::redirect`]).
@@ -1097,7 +1130,8 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
         ),
     };
     let redirect = (!rule.redirect.is_empty()).then(|| format!("{REDIRECT}{}", rule.redirect));
-    let entries: Vec<String> = redirect.into_iter().chain(ids).collect();
+    let banner = (!rule.banner.is_empty()).then(|| format!("{BANNER} {}", rule.banner));
+    let entries: Vec<String> = redirect.into_iter().chain(ids).chain(banner).collect();
     format!("{target}{schedule} => {}", entries.join(", "))
 }
 
@@ -1810,7 +1844,24 @@ mod tests {
             "black friday @2026-11-27..2026-11-30 => redirect:https://shop.example/sale, p1, -p2"
         );
         assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
+        // A banner is the rest of its line, commas and all; alone, or after other entries.
+        let text = "tent => p1, -p2, Banner: Free shipping, this week only\n* => banner:{\"sale\": 1}  # data\n";
+        let rules = pins(path, text).unwrap().messages();
+        assert_eq!(rules[0].banner, "Free shipping, this week only");
+        assert_eq!((rules[0].items.len(), rules[0].hidden.len()), (1, 1));
+        assert_eq!(rules[1].banner, "{\"sale\": 1}");
+        assert!(rules[1].everywhere && rules[1].hidden.is_empty());
+        let listed: Vec<String> = rules.iter().map(pin_line).collect();
+        assert_eq!(
+            listed[0],
+            "tent => p1, -p2, banner: Free shipping, this week only"
+        );
+        assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
         for (text, want) in [
+            (
+                "tent => p1, banner:",
+                "pins.txt:1: `banner:` without a text",
+            ),
             (
                 "returns => redirect:/a, redirect:/b",
                 "pins.txt:1: a second `redirect:` (a search goes to one page)",

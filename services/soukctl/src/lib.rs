@@ -729,6 +729,9 @@ pub fn print_ranking(
             price.phrase
         )?;
     }
+    for banner in &ranking.banners {
+        writeln!(out, "  [shop banner] {banner}")?;
+    }
     if !ranking.redirect.is_empty() {
         writeln!(
             out,

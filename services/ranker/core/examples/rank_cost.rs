@@ -410,6 +410,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ends_ms: None,
                 contains: false,
                 redirect: String::new(),
+                banner: String::new(),
             })
             .collect();
         println!(

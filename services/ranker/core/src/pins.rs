@@ -46,6 +46,12 @@
 //! boosts applied), so a caller that ignores the redirect shows results as before. A rule
 //! for a category's page, for every ranking or for searches containing words does not
 //! redirect: a redirect answers one search.
+//!
+//! Any rule may carry a **banner**: text (or a snippet of data) the shop's front end shows
+//! above the results while the rule applies ("Free shipping on every tent this week").
+//! A ranking returns the banners of every rule that applied to it, the search's or page's
+//! own first, then those of the rules containing its words, then the rule for every
+//! ranking's, each once.
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +77,8 @@ pub const MAX_BOOSTS: usize = 16;
 pub const MAX_BOOST: f32 = 1.0;
 /// Longest redirect address, in bytes (what browsers and proxies take in a URL).
 pub const MAX_REDIRECT_BYTES: usize = 2_048;
+/// Longest banner, in bytes.
+pub const MAX_BANNER_BYTES: usize = 1_024;
 
 /// Items whose score a rule moves: those that pass every condition given (a category at any
 /// level of the path, one of the brands, one of each attribute's values, in stock, the
@@ -254,6 +262,10 @@ pub struct PinRule {
     /// URL); empty: it shows its results. See the module's documentation.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub redirect: String,
+    /// What the front end shows above the results while the rule applies; empty: none. See
+    /// the module's documentation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub banner: String,
 }
 
 /// Why a set of rules was refused.
@@ -339,12 +351,14 @@ pub struct Applied {
     pub written: Vec<Boost>,
     /// Where the search's rule sends the shopper instead ([`PinRule::redirect`]).
     pub redirect: Option<String>,
+    /// The banners of the rules, in their order, each once ([`PinRule::banner`]).
+    pub banners: Vec<String>,
 }
 
 impl Applied {
     /// The rules `rules` together: pins from the first that pins (a search's or page's rule:
     /// the rule for every ranking pins nothing), the redirect of the first that redirects (a
-    /// search's own rule: no other may), the hidden items and boosts of all.
+    /// search's own rule: no other may), the hidden items, boosts and banners of all.
     pub fn of<'a>(rules: impl IntoIterator<Item = Rule<'a>>) -> Self {
         let mut applied = Applied::default();
         for rule in rules {
@@ -354,6 +368,9 @@ impl Applied {
             }
             if applied.redirect.is_none() && !rule.redirect.is_empty() {
                 applied.redirect = Some(rule.redirect.clone());
+            }
+            if !rule.banner.is_empty() && !applied.banners.contains(&rule.banner) {
+                applied.banners.push(rule.banner.clone());
             }
             applied.hidden.extend(rule.hidden.iter().cloned());
             applied.boosts.extend(rule.boosts.iter().cloned());
@@ -508,13 +525,17 @@ impl Pins {
                 }
                 check_redirect(&rule.redirect).map_err(bad)?;
             }
+            if !rule.banner.is_empty() {
+                check_banner(&rule.banner).map_err(bad)?;
+            }
             if rule.items.is_empty()
                 && rule.hidden.is_empty()
                 && rule.boosts.is_empty()
                 && rule.redirect.is_empty()
+                && rule.banner.is_empty()
             {
                 return Err(bad(format!(
-                    "{target} pins, hides, boosts and redirects nothing"
+                    "{target} pins, hides, boosts, redirects and shows nothing"
                 )));
             }
             if rule.boosts.len() > MAX_BOOSTS {
@@ -779,6 +800,24 @@ fn check_redirect(url: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `banner` is something a front end can show: at most [`MAX_BANNER_BYTES`], no
+/// control character (one line), not only spaces.
+fn check_banner(banner: &str) -> Result<(), String> {
+    if banner.len() > MAX_BANNER_BYTES {
+        return Err(format!(
+            "a banner of {} bytes; the limit is {MAX_BANNER_BYTES}",
+            banner.len()
+        ));
+    }
+    if banner.chars().any(char::is_control) {
+        return Err(format!("banner {banner:?} holds a control character"));
+    }
+    if banner.trim().is_empty() {
+        return Err("a banner of spaces only".into());
+    }
+    Ok(())
+}
+
 /// The rules as `SetPins` takes them and `GetPins` lists them.
 #[cfg(feature = "proto")]
 mod wire {
@@ -799,6 +838,7 @@ mod wire {
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
                 redirect: rule.redirect,
+                banner: rule.banner,
             }
         }
     }
@@ -816,6 +856,7 @@ mod wire {
                 starts_ms: rule.starts_ms,
                 ends_ms: rule.ends_ms,
                 redirect: rule.redirect.clone(),
+                banner: rule.banner.clone(),
             }
         }
     }
@@ -879,6 +920,7 @@ mod tests {
             ends_ms: None,
             contains: false,
             redirect: String::new(),
+            banner: String::new(),
         }
     }
 
@@ -929,7 +971,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![rule("tent", &[])]),
-            "pin rule 0: query \"tent\" pins, hides, boosts and redirects nothing"
+            "pin rule 0: query \"tent\" pins, hides, boosts, redirects and shows nothing"
         );
         assert!(
             Pins::new(vec![hiding("tent", &[], &["lamp"])]).is_ok(),
@@ -1028,7 +1070,7 @@ mod tests {
         );
         assert_eq!(
             refused(vec![in_category("Tents", &[])]),
-            "pin rule 0: category \"Tents\" pins, hides, boosts and redirects nothing"
+            "pin rule 0: category \"Tents\" pins, hides, boosts, redirects and shows nothing"
         );
         assert!(refused(vec![in_category("a\u{7}b", &["t1"])]).contains("control character"));
         assert!(refused(vec![in_category(&"x".repeat(257), &["t1"])]).contains("the limit is 256"));
@@ -1185,7 +1227,7 @@ mod tests {
                 boosts: vec![],
                 ..everywhere
             }]),
-            "pin rule 0: every ranking pins, hides, boosts and redirects nothing"
+            "pin rule 0: every ranking pins, hides, boosts, redirects and shows nothing"
         );
     }
 
@@ -1409,6 +1451,72 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn banners_come_from_every_rule_applied_each_once() {
+        let with_banner = |rule: PinRule, banner: &str| PinRule {
+            banner: banner.into(),
+            ..rule
+        };
+        let pins = Pins::new(vec![
+            with_banner(rule("tent", &["t1"]), "Tents: free shipping"),
+            with_banner(
+                PinRule {
+                    contains: true,
+                    hidden: vec!["lamp".into()],
+                    ..rule("tent", &[])
+                },
+                "Camping week",
+            ),
+            with_banner(
+                PinRule {
+                    everywhere: true,
+                    ..Default::default()
+                },
+                "Camping week",
+            ),
+            with_banner(
+                PinRule {
+                    query: "stove".into(),
+                    ..Default::default()
+                },
+                "Stoves, with a comma",
+            ),
+        ])
+        .unwrap();
+        let banners = |query: &str| {
+            Applied::of(
+                pins.for_query(query, 0)
+                    .into_iter()
+                    .chain(pins.containing(query, 0))
+                    .chain(pins.everywhere(0)),
+            )
+            .banners
+        };
+        assert_eq!(banners("tents"), ["Tents: free shipping", "Camping week"]);
+        assert_eq!(banners("tent pegs"), ["Camping week"], "each once");
+        assert_eq!(banners("stove"), ["Stoves, with a comma", "Camping week"]);
+        assert_eq!(banners("lamp"), ["Camping week"]);
+
+        let refused = |banner: &str| {
+            Pins::new(vec![with_banner(rule("tent", &[]), banner)])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("two\nlines"),
+            "pin rule 0: banner \"two\\nlines\" holds a control character"
+        );
+        assert_eq!(refused("   "), "pin rule 0: a banner of spaces only");
+        assert_eq!(
+            refused(&"b".repeat(MAX_BANNER_BYTES + 1)),
+            "pin rule 0: a banner of 1025 bytes; the limit is 1024"
+        );
+        assert_eq!(
+            Pins::new(vec![rule("tent", &[])]).unwrap_err().to_string(),
+            "pin rule 0: query \"tent\" pins, hides, boosts, redirects and shows nothing"
+        );
     }
 
     #[test]

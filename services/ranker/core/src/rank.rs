@@ -433,6 +433,8 @@ pub struct Ranking {
     /// Where the shop's rule for the search sends the shopper instead of these results
     /// ([`crate::pins::PinRule::redirect`]); they are ranked all the same.
     pub redirect: Option<String>,
+    /// The banners of the shop's rules that applied ([`crate::pins::PinRule::banner`]).
+    pub banners: Vec<String>,
 }
 
 /// Which items a `Rank`'s first pass scored.
@@ -948,6 +950,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                 spelling_corrected,
                 widened_to,
                 redirect: applied.redirect,
+                banners: applied.banners,
             });
         }
 
@@ -1064,6 +1067,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             spelling_corrected,
             widened_to,
             redirect: applied.redirect,
+            banners: applied.banners,
         })
     }
 

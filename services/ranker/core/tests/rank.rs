@@ -967,6 +967,7 @@ fn pin_and_hide(
         ends_ms: None,
         contains: false,
         redirect: String::new(),
+        banner: String::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -1009,6 +1010,7 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
         ends_ms: None,
         contains: false,
         redirect: String::new(),
+        banner: String::new(),
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1377,6 +1379,7 @@ async fn a_redirected_search_names_its_page_and_is_ranked_all_the_same() {
         ranker.rank(&by_price).await.unwrap().redirect.as_deref(),
         Some("/sale/tents")
     );
+    assert!(redirected.banners.is_empty());
     for (what, request) in [
         ("another search", at("tent pegs", 0)),
         (
@@ -1399,6 +1402,59 @@ async fn a_redirected_search_names_its_page_and_is_ranked_all_the_same() {
         assert_eq!(ranking.redirect, None, "{what}");
         assert!(!ranking.items.is_empty(), "{what}");
     }
+}
+
+/// The banners of the rules that apply come back with the ranking (the search's own first,
+/// then the rule for every ranking's), also by price, and not with a re-ranking.
+#[tokio::test]
+async fn a_rankings_banners_are_those_of_its_rules() {
+    use souk_ranker_core::pins::{PinRule, Pins};
+    let (ranker, _, _) = shop();
+    let pins = Pins::new(vec![
+        PinRule {
+            query: "tent".into(),
+            banner: "Tents ship free".into(),
+            ..Default::default()
+        },
+        PinRule {
+            everywhere: true,
+            banner: "Spring sale".into(),
+            ..Default::default()
+        },
+    ])
+    .unwrap();
+    ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
+    let banners = async |request: RankQuery| ranker.rank(&request).await.unwrap().banners;
+    assert_eq!(
+        banners(explained("tents", 5)).await,
+        ["Tents ship free", "Spring sale"]
+    );
+    assert_eq!(banners(explained("lamp", 5)).await, ["Spring sale"]);
+    assert_eq!(
+        banners(RankQuery {
+            sort: souk_ranker_core::rank::SortOrder::PriceAscending,
+            ..explained("tent", 5)
+        })
+        .await,
+        ["Tents ship free", "Spring sale"]
+    );
+    assert_eq!(
+        banners(RankQuery {
+            k: 5,
+            ..Default::default()
+        })
+        .await,
+        ["Spring sale"],
+        "a shopper's picks"
+    );
+    assert!(
+        banners(RankQuery {
+            candidate_ids: vec!["p1".into()],
+            ..explained("tent", 5)
+        })
+        .await
+        .is_empty()
+    );
 }
 
 /// A rule for the searches containing a word moves every search that holds it, beside the
@@ -1603,6 +1659,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         ends_ms: None,
         contains: false,
         redirect: String::new(),
+        banner: String::new(),
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

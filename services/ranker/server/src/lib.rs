@@ -1447,6 +1447,7 @@ impl pb::ranker_server::Ranker for RankerService {
             words_matched: ranking.words_matched,
             widened_to: ranking.widened_to,
             redirect: ranking.redirect.unwrap_or_default(),
+            banners: ranking.banners,
             price_from_query: ranking.price_from_query.map(|p| pb::QueryPrice {
                 min_price: p.min,
                 max_price: p.max,

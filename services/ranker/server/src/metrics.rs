@@ -6,7 +6,7 @@
 //! | `souk_rank_missing_signals_total{signal}` | counter | `Rank` answers without the `dense` (encoder) or `kg` (graph) signal: the dependency was down or late |
 //! | `souk_rank_candidates` | histogram | candidates scored per `Rank` |
 //! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest; `Stats.corrected_queries` those the spelling check read otherwise) |
-//! | `souk_rank_shop_rules_total{effect}` | counter | `Rank` answers the shop's rules changed, by effect on the results returned: `pinned` (an item placed by a pin rule), `promoted` / `lowered` (an item's score moved up / down by a boost), `redirected` (the search's rule sends the shopper to another page); an answer may count under several (is a promotion live, and how often does it show?) |
+//! | `souk_rank_shop_rules_total{effect}` | counter | `Rank` answers the shop's rules changed, by effect on the results returned: `pinned` (an item placed by a pin rule), `promoted` / `lowered` (an item's score moved up / down by a boost), `redirected` (the search's rule sends the shopper to another page), `banner` (a rule's banner returned); an answer may count under several (is a promotion live, and how often does it show?) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
 use std::collections::HashMap;
@@ -161,11 +161,11 @@ impl RankMetrics {
             Opts::new(
                 "rank_shop_rules_total",
                 "Rank answers the shop's rules changed: an item pinned, an item's score \
-                 raised (promoted) or lowered by a boost, the search redirected.",
+                 raised (promoted) or lowered by a boost, the search redirected, a banner shown.",
             ),
             &["effect"],
         )?;
-        for effect in ["pinned", "promoted", "lowered", "redirected"] {
+        for effect in ["pinned", "promoted", "lowered", "redirected", "banner"] {
             shop_rules.with_label_values(&[effect]);
         }
         registry.register(Box::new(shop_rules.clone()))?;
@@ -229,6 +229,7 @@ impl RankMetrics {
             ("promoted", ranking.items.iter().any(|i| i.boost > 0.0)),
             ("lowered", ranking.items.iter().any(|i| i.boost < 0.0)),
             ("redirected", ranking.redirect.is_some()),
+            ("banner", !ranking.banners.is_empty()),
         ] {
             if shown {
                 self.shop_rules.with_label_values(&[effect]).inc();

@@ -2998,6 +2998,7 @@ mod tests {
                 ends_ms: None,
                 contains: false,
                 redirect: String::new(),
+                banner: String::new(),
             },
             PinRule {
                 query: String::new(),
@@ -3016,6 +3017,7 @@ mod tests {
                 ends_ms: None,
                 contains: false,
                 redirect: String::new(),
+                banner: String::new(),
             },
             PinRule {
                 hidden: vec!["p9".into()],

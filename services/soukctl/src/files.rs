@@ -753,7 +753,7 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
         let (mut pinned, mut hidden, mut boosts) = (Vec::new(), Vec::new(), Vec::new());
         let mut redirect = String::new();
         // A rule that only shows a banner has no other entry.
-        let entries = (!(items.trim().is_empty() && !banner.is_empty()))
+        let entries = (!items.trim().is_empty() || banner.is_empty())
             .then(|| items.split(',').map(str::trim))
             .into_iter()
             .flatten();

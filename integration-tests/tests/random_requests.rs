@@ -507,3 +507,61 @@ async fn random_admin_writes_are_taken_or_refused_whole() {
         .into_inner();
     assert_eq!(r.items.len(), 3);
 }
+
+/// 300 random `Suggest` and `UserProfile` requests (half-typed words, control characters,
+/// limits in and out of range): each answered within its limit, or refused as
+/// InvalidArgument, never another code.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_suggest_and_profile_requests_are_answered_or_refused() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut d = Draw(XorShift::new(5));
+    let (mut answered, mut refused) = (0, 0);
+    let mut outcome = |n: usize, what: &str, status: Option<tonic::Status>| match status {
+        None => answered += 1,
+        Some(status) => {
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{what} {n}: {status:?}"
+            );
+            assert!(!status.message().is_empty());
+            refused += 1;
+        }
+    };
+    for n in 0..300 {
+        if d.chance(0.5) {
+            let mut query = d.some(WORDS, 3).join(" ");
+            // Half a word typed, cut anywhere (inside a character is not possible in a
+            // string: cut at a character).
+            let cut = d.below(query.chars().count() + 1);
+            query = query.chars().take(cut).collect();
+            let k = d.mostly(&[0, 1, 5, 16], &[17, u32::MAX]);
+            let request = rk::SuggestRequest {
+                query: query.clone(),
+                k,
+            };
+            match client.suggest(request).await {
+                Ok(answer) => {
+                    let most = if k == 0 { 5 } else { k as usize };
+                    assert!(answer.into_inner().suggestions.len() <= most, "{query:?}");
+                    outcome(n, "suggest", None);
+                }
+                Err(status) => outcome(n, "suggest", Some(status)),
+            }
+        } else {
+            let request = rk::UserProfileRequest {
+                user_id: d
+                    .mostly(&["u010", "u020", "someone-new"], &["", "\u{0}", " "])
+                    .into(),
+                limit: d.mostly(&[0, 1, 3, 10], &[u32::MAX]),
+            };
+            let answer = client.user_profile(request).await;
+            outcome(n, "profile", answer.err());
+        }
+    }
+    assert!(
+        answered > 150 && refused > 0,
+        "{answered} answered, {refused} refused"
+    );
+}

@@ -272,7 +272,9 @@ pub enum PinsCommand {
     /// (`brand:Acme +0.2`, `color=green -0.1`); `* => -p300, in-stock +0.05` hides and
     /// boosts in every ranking, `contains:tent => brand:Acme +0.1` in every search holding
     /// "tent"; `tent @2026-03-01..2026-04-01 => p9` holds for that time
-    /// (UTC) only; `#` begins a comment. See
+    /// (UTC) only; `returns => redirect:/help/returns` sends a search to another page;
+    /// `banner: TEXT` as a line's last entry is shown above its results; `#` begins a
+    /// comment. See
     /// `kg-data/README.md` and `kg-data/pins.txt`.
     Load {
         file: PathBuf,
@@ -280,8 +282,9 @@ pub enum PinsCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// The pin rules in use, in the file's format (a scheduled rule noted `# in force
-    /// now`, `# ended` or `# starts later`, by this machine's clock).
+    /// The pin rules in use, in the file's format, each noted with the rankings it applied
+    /// to (`# applied to 1,204 rankings`) and a scheduled rule with its standing by this
+    /// machine's clock (`in force now`, `ended` or `starts later`).
     List,
 }
 

@@ -234,7 +234,6 @@ impl Item {
     }
 }
 
-/// `item:<id>`, how items are named in the knowledge graph.
 /// Now, in ms since the Unix epoch: the clock events are timed by and scheduled pin rules
 /// are read at (0 on a clock set before 1970).
 pub fn now_ms() -> i64 {
@@ -243,6 +242,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// `item:<id>`, how items are named in the knowledge graph.
 pub fn item_entity(id: &str) -> String {
     format!("item:{id}")
 }

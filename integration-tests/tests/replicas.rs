@@ -209,29 +209,14 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         rules: vec![
             rk::PinRule {
                 query: "sleeping bag".into(),
-                category: String::new(),
                 items: vec!["p00110".into()],
-                hidden: vec![],
-                boosts: vec![],
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-                contains: false,
-                redirect: String::new(),
-                banner: String::new(),
+                ..Default::default()
             },
             rk::PinRule {
                 query: String::new(),
                 category: "Coffee".into(),
                 items: vec!["p00176".into()],
-                hidden: vec![],
-                boosts: vec![],
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-                contains: false,
-                redirect: String::new(),
-                banner: String::new(),
+                ..Default::default()
             },
         ],
     })

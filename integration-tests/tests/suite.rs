@@ -1757,16 +1757,8 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
     let mut bad = rules.clone();
     bad.push(rk::PinRule {
         query: "Sleeping-bags!".into(),
-        category: String::new(),
         items: vec!["p00105".into()],
-        hidden: vec![],
-        boosts: vec![],
-        everywhere: false,
-        starts_ms: None,
-        ends_ms: None,
-        contains: false,
-        redirect: String::new(),
-        banner: String::new(),
+        ..Default::default()
     });
     refuse(
         &mut client,
@@ -1827,16 +1819,9 @@ async fn pinned_results_lead_their_search_and_survive_a_restart() {
         &mut client,
         vec![rk::PinRule {
             query: "sleeping bag".into(),
-            category: String::new(),
             items: vec!["p99999".into(), "p00107".into()],
             hidden: vec![first.clone()],
-            boosts: vec![],
-            everywhere: false,
-            starts_ms: None,
-            ends_ms: None,
-            contains: false,
-            redirect: String::new(),
-            banner: String::new(),
+            ..Default::default()
         }],
     )
     .await;

@@ -398,19 +398,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|(_, q)| seen.insert(souk_ranker_core::bm25::terms(q)))
             .map(|(i, q)| PinRule {
                 query: q.clone(),
-                category: String::new(),
                 items: (0..MAX_PINNED)
                     .filter(|_| pinning)
                     .map(|j| format!("p{:06}", (i * 7_919 + j * 104_729) % items))
                     .collect(),
-                hidden: Vec::new(),
                 boosts: boosts(i),
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-                contains: false,
-                redirect: String::new(),
-                banner: String::new(),
+                ..Default::default()
             })
             .collect();
         println!(

@@ -911,16 +911,8 @@ mod tests {
     fn rule(query: &str, items: &[&str]) -> PinRule {
         PinRule {
             query: query.into(),
-            category: String::new(),
             items: items.iter().map(|s| s.to_string()).collect(),
-            hidden: Vec::new(),
-            boosts: Vec::new(),
-            everywhere: false,
-            starts_ms: None,
-            ends_ms: None,
-            contains: false,
-            redirect: String::new(),
-            banner: String::new(),
+            ..Default::default()
         }
     }
 

@@ -958,16 +958,9 @@ fn pin_and_hide(
     let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
     let pins = Pins::new(vec![PinRule {
         query: query.into(),
-        category: String::new(),
         items: strings(items),
         hidden: strings(hidden),
-        boosts: Vec::new(),
-        everywhere: false,
-        starts_ms: None,
-        ends_ms: None,
-        contains: false,
-        redirect: String::new(),
-        banner: String::new(),
+        ..Default::default()
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));
@@ -1001,16 +994,9 @@ async fn boosts_lift_and_lower_the_items_that_pass_their_filters() {
     };
     let rule = |query: &str, items: &[&str], boosts: Vec<Boost>| PinRule {
         query: query.into(),
-        category: String::new(),
         items: items.iter().map(|s| s.to_string()).collect(),
-        hidden: Vec::new(),
         boosts,
-        everywhere: false,
-        starts_ms: None,
-        ends_ms: None,
-        contains: false,
-        redirect: String::new(),
-        banner: String::new(),
+        ..Default::default()
     };
     let organic = ranker.rank(&search("tent")).await.unwrap();
     let score = |r: &souk_ranker_core::rank::Ranking, id: &str| {
@@ -1653,13 +1639,7 @@ async fn a_category_page_leads_with_its_pins_and_hides_what_the_shop_hides() {
         category: "Outdoor ".into(),
         items: strings(&["p7", "p5", "p2"]),
         hidden: strings(&["p6"]),
-        boosts: Vec::new(),
-        everywhere: false,
-        starts_ms: None,
-        ends_ms: None,
-        contains: false,
-        redirect: String::new(),
-        banner: String::new(),
+        ..Default::default()
     }])
     .unwrap();
     ranker.catalog().write().unwrap().set_pins(Arc::new(pins));

@@ -2989,22 +2989,14 @@ mod tests {
         let rules = vec![
             PinRule {
                 query: "tent".into(),
-                category: String::new(),
                 items: vec!["p7".into(), "p1".into()],
                 hidden: vec!["p6".into()],
-                boosts: vec![],
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-                contains: false,
-                redirect: String::new(),
-                banner: String::new(),
+                ..Default::default()
             },
             PinRule {
                 query: String::new(),
                 category: "Tents".into(),
                 items: vec!["p1".into()],
-                hidden: vec![],
                 boosts: vec![souk_ranker_core::pins::Boost {
                     brands: vec!["Bigtop".into()],
                     attributes: vec![("color".into(), vec!["green".into()])],
@@ -3012,12 +3004,7 @@ mod tests {
                     amount: -0.25,
                     ..Default::default()
                 }],
-                everywhere: false,
-                starts_ms: None,
-                ends_ms: None,
-                contains: false,
-                redirect: String::new(),
-                banner: String::new(),
+                ..Default::default()
             },
             PinRule {
                 hidden: vec!["p9".into()],

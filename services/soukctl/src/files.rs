@@ -719,9 +719,10 @@ impl SynonymsFile {
 /// [`parse_boost`]). Each rule is checked as the ranker
 /// checks them ([`souk_ranker_core::pins::Pins::new`]), so a fault is reported with its line
 /// before anything is sent. `banner:TEXT` as a line's last entry gives its rule a banner
-/// (the rest of the line; see [`BANNER`]). (An id or a redirect holding a comma or `#`, an
-/// id beginning with `-`, `redirect:` or `banner:`, or a banner holding `#` or `=>`, cannot
-/// be written here; `SetPins` takes it.)
+/// (the rest of the line; see [`BANNER`]). A `\` before an ASCII punctuation character
+/// makes it plain text (see [`ESCAPE`]: `brand:Mast \& Harbour +0.2`, `p\,1`,
+/// `redirect:/help\#returns`), and [`pin_line`] writes every rule `SetPins` takes so (texts
+/// without leading or trailing spaces), so that this reads it back as itself.
 ///
 /// # Errors
 /// The first line that cannot be read or checked, as `file:line: reason`.
@@ -733,7 +734,10 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
     };
     let mut rules = Vec::new();
     let mut lines = Vec::new();
-    for (line, content) in rule_lines(text) {
+    for (line, content) in escaped_rule_lines(text) {
+        let at = |line: usize, reason: String| at(line, shown(&reason));
+        let content = content.map_err(|reason| at(line, reason))?;
+        let content = content.as_str();
         let Some((query, items)) = content.split_once("=>") else {
             return Err(at(
                 line,
@@ -803,17 +807,17 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             None => (contained.unwrap_or(query).trim().to_string(), String::new()),
         };
         rules.push(PinRule {
-            query,
-            category,
-            items: pinned,
-            hidden,
-            boosts,
+            query: plain(&query),
+            category: plain(&category),
+            items: pinned.iter().map(|id| plain(id)).collect(),
+            hidden: hidden.iter().map(|id| plain(id)).collect(),
+            boosts: boosts.into_iter().map(plain_boost).collect(),
             everywhere,
             contains: contained.is_some(),
             starts_ms,
             ends_ms,
-            redirect,
-            banner,
+            redirect: plain(&redirect),
+            banner: plain(&banner),
         });
         lines.push(line);
     }
@@ -828,6 +832,112 @@ pub fn pins(path: &Path, text: &str) -> Result<PinsFile, LineError> {
             Err(at(line, reason))
         }
     }
+}
+
+/// How a pins file makes a character plain text: `\` before an ASCII punctuation character
+/// (`Mast \& Harbour`, `redirect:/help\#returns`, `banner: Our \#1 tent`, `p\,1`); a `\`
+/// before anything else is itself.
+pub const ESCAPE: char = '\\';
+
+/// Where an escaped character stands while a line is read: `\p` becomes this plus `p` (a
+/// character of the last private-use plane), so that the grammar's splits pass over it; the
+/// rule's texts then read it back as `p` ([`plain`]). A line holding one of these itself is
+/// refused.
+const ESCAPED_BASE: u32 = 0x10_FF00;
+
+/// `c` as an escaped character stands while its line is read (see [`ESCAPED_BASE`]).
+fn masked(c: char) -> char {
+    char::from_u32(ESCAPED_BASE + c as u32).unwrap_or(c)
+}
+
+/// The plain character an escaped one stands for, if `c` is one.
+fn unmasked(c: char) -> Option<char> {
+    let code = (c as u32).checked_sub(ESCAPED_BASE)?;
+    u8::try_from(code)
+        .ok()
+        .filter(u8::is_ascii_punctuation)
+        .map(char::from)
+}
+
+/// `line` with each `\p` (`p` ASCII punctuation) as the character standing for it.
+///
+/// # Errors
+/// A line holding a character kept for that.
+fn mask_escapes(line: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if unmasked(c).is_some() {
+            return Err(format!(
+                "character U+{:X} is kept for escapes in this file; write it in a rule with `SetPins`",
+                c as u32
+            ));
+        }
+        match chars.peek() {
+            Some(&p) if c == ESCAPE && p.is_ascii_punctuation() => {
+                out.push(masked(p));
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// A rule's text as read: each escaped character as itself.
+fn plain(text: &str) -> String {
+    text.chars().map(|c| unmasked(c).unwrap_or(c)).collect()
+}
+
+/// A text with escaped characters written back as the file had them (`\#`), for a fault's
+/// reason.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match unmasked(c) {
+            Some(p) => {
+                out.push(ESCAPE);
+                out.push(p);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// A boost as read, its names and values each as [`plain`].
+fn plain_boost(boost: Boost) -> Boost {
+    let all = |values: Vec<String>| values.iter().map(|v| plain(v)).collect();
+    Boost {
+        category: plain(&boost.category),
+        brands: all(boost.brands),
+        attributes: boost
+            .attributes
+            .into_iter()
+            .map(|(name, values)| (plain(&name), all(values)))
+            .collect(),
+        ..boost
+    }
+}
+
+/// A pins file's lines that hold a rule, as [`rule_lines`], each with its escapes masked
+/// first (so an escaped `#` begins no comment), or why it cannot be read.
+fn escaped_rule_lines(text: &str) -> impl Iterator<Item = (usize, Result<String, String>)> {
+    text.lines().enumerate().filter_map(|(i, raw)| {
+        let content = match mask_escapes(raw) {
+            Ok(masked) => {
+                let content = masked
+                    .split_once('#')
+                    .map_or(masked.as_str(), |(before, _)| before);
+                Ok(content.trim().to_string())
+            }
+            Err(reason) => Err(reason),
+        };
+        match content {
+            Ok(content) if content.is_empty() => None,
+            content => Some((i + 1, content)),
+        }
+    })
 }
 
 /// A rule's entries and its banner (see [`BANNER`]): the first entry that begins with
@@ -932,14 +1042,25 @@ pub fn parse_boost(conditions: &str, amount: f32) -> Result<Boost, String> {
 fn boost_text(boost: &rk::Boost) -> String {
     let mut parts = Vec::new();
     if let Some(when) = &boost.when {
+        let values = |values: &[String]| -> String {
+            let values: Vec<String> = values.iter().map(|v| escaped(v, Field::Value)).collect();
+            values.join("|")
+        };
         if !when.category.is_empty() {
-            parts.push(format!("{CATEGORY_RULE}{}", when.category));
+            parts.push(format!(
+                "{CATEGORY_RULE}{}",
+                escaped(&when.category, Field::Value)
+            ));
         }
         if !when.brands.is_empty() {
-            parts.push(format!("brand:{}", when.brands.join("|")));
+            parts.push(format!("brand:{}", values(&when.brands)));
         }
         for a in &when.attributes {
-            parts.push(format!("{}={}", a.name, a.values.join("|")));
+            parts.push(format!(
+                "{}={}",
+                escaped(&a.name, Field::AttributeName),
+                values(&a.values)
+            ));
         }
         if when.in_stock_only {
             parts.push("in-stock".into());
@@ -1103,23 +1224,89 @@ fn strip_prefix_ignoring_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str
         .then(|| &text[prefix.len()..])
 }
 
+/// Where a text stands in a pins file's line, for [`escaped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// A search's own words, before `=>`.
+    Search,
+    /// After `category:` or `contains:`, before `=>`.
+    Words,
+    /// An entry after `=>`: an id (pinned or hidden) or a redirect's address.
+    Entry,
+    /// A boost's category, brand or attribute value.
+    Value,
+    /// A boost's attribute name.
+    AttributeName,
+    /// A banner (the rest of the line).
+    Banner,
+}
+
+/// `text` as a pins file writes it in `field`, each character that the file's grammar would
+/// read there escaped (see [`ESCAPE`]), and no other: `pins load` reads back the text itself.
+fn escaped(text: &str, field: Field) -> String {
+    let lower = text.to_ascii_lowercase();
+    // A prefix that would give the text another meaning (`category:` before a search's
+    // words, `banner:` before an id): its colon.
+    let prefix_colon = match field {
+        Field::Search => [CATEGORY_RULE, CONTAINS_RULE].as_slice(),
+        Field::Entry => [REDIRECT, BANNER].as_slice(),
+        _ => [].as_slice(),
+    }
+    .iter()
+    .find(|prefix| lower.starts_with(*prefix))
+    .map(|prefix| prefix.len() - 1);
+    let mut out = String::with_capacity(text.len() + 2);
+    let mut before: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let after = chars.peek().map(|&(_, c)| c);
+        let begins_word = before.is_none_or(char::is_whitespace);
+        let special = match c {
+            ESCAPE | '#' => true,
+            // `=>` ends the target anywhere; an attribute's name ends at its `=`.
+            '=' => after == Some('>') || field == Field::AttributeName,
+            // A value follows its attribute's `=`.
+            '>' => i == 0,
+            ',' => matches!(field, Field::Entry | Field::Value | Field::AttributeName),
+            '&' | '|' => matches!(field, Field::Value | Field::AttributeName),
+            ':' => field == Field::AttributeName || prefix_colon == Some(i),
+            // A schedule begins at an `@` that begins a word.
+            SCHEDULE => matches!(field, Field::Search | Field::Words) && begins_word,
+            // An id's leading `-` hides it; ` +3` or ` -3` ending it reads as a boost.
+            '-' | '+' => field == Field::Entry && begins_word,
+            '*' => field == Field::Search && text == EVERYWHERE_RULE,
+            _ => false,
+        };
+        if special {
+            out.push(ESCAPE);
+        }
+        out.push(c);
+        before = Some(c);
+    }
+    out
+}
+
 /// A rule's line as a pins file writes it (`soukctl pins list`): `tent => p007, -p300`,
-/// `category:Tents => p007`, `* => in-stock +0.05`, `tent @2026-03-01..2026-04-01 => p9`.
+/// `category:Tents => p007`, `* => in-stock +0.05`, `tent @2026-03-01..2026-04-01 => p9`,
+/// `jackets => brand:Mast \& Harbour +0.2` (a character the grammar would read escaped).
 pub fn pin_line(rule: &rk::PinRule) -> String {
-    let hidden = rule.hidden.iter().map(|id| format!("-{id}"));
+    let hidden = rule
+        .hidden
+        .iter()
+        .map(|id| format!("-{}", escaped(id, Field::Entry)));
     let boosts = rule.boosts.iter().map(boost_text);
     let ids: Vec<String> = rule
         .items
         .iter()
-        .cloned()
+        .map(|id| escaped(id, Field::Entry))
         .chain(hidden)
         .chain(boosts)
         .collect();
     let target = match rule.category.as_str() {
         _ if rule.everywhere => EVERYWHERE_RULE.to_string(),
-        "" if rule.contains => format!("{CONTAINS_RULE}{}", rule.query),
-        "" => rule.query.clone(),
-        category => format!("{CATEGORY_RULE}{category}"),
+        "" if rule.contains => format!("{CONTAINS_RULE}{}", escaped(&rule.query, Field::Words)),
+        "" => escaped(&rule.query, Field::Search),
+        category => format!("{CATEGORY_RULE}{}", escaped(category, Field::Words)),
     };
     let schedule = match (rule.starts_ms, rule.ends_ms) {
         (None, None) => String::new(),
@@ -1129,8 +1316,10 @@ pub fn pin_line(rule: &rk::PinRule) -> String {
             until.map(utc_text).unwrap_or_default()
         ),
     };
-    let redirect = (!rule.redirect.is_empty()).then(|| format!("{REDIRECT}{}", rule.redirect));
-    let banner = (!rule.banner.is_empty()).then(|| format!("{BANNER} {}", rule.banner));
+    let redirect = (!rule.redirect.is_empty())
+        .then(|| format!("{REDIRECT}{}", escaped(&rule.redirect, Field::Entry)));
+    let banner = (!rule.banner.is_empty())
+        .then(|| format!("{BANNER} {}", escaped(&rule.banner, Field::Banner)));
     let entries: Vec<String> = redirect.into_iter().chain(ids).chain(banner).collect();
     format!("{target}{schedule} => {}", entries.join(", "))
 }
@@ -1882,6 +2071,183 @@ mod tests {
             let error = pins(path, text).unwrap_err().to_string();
             assert_eq!(error, want, "{text}");
         }
+    }
+
+    #[test]
+    fn a_pins_files_escapes_write_what_the_grammar_would_read() {
+        let path = Path::new("pins.txt");
+        let text = r"jackets => brand:Mast \& Harbour +0.2, size=S\|M +0.1, p\,1, \-p2, -p\#3, Model \+3
+returns\#policy => redirect:/help\#returns  # the anchor is the address's
+tent => banner: Our \#1 tent \=> now 20% off
+deals \@2026 => p4
+contains\:x => p5, C:\path
+";
+        let rules = pins(path, text).unwrap().messages();
+        let when = rules[0].boosts[0].when.as_ref().unwrap();
+        assert_eq!(when.brands, ["Mast & Harbour"]);
+        let size = &rules[0].boosts[1].when.as_ref().unwrap().attributes[0];
+        assert_eq!(
+            (size.name.as_str(), size.values.as_slice()),
+            ("size", &["S|M".to_string()][..])
+        );
+        assert_eq!(rules[0].items, ["p,1", "-p2", "Model +3"]);
+        assert_eq!(rules[0].hidden, ["p#3"]);
+        assert_eq!(
+            (rules[1].query.as_str(), rules[1].redirect.as_str()),
+            ("returns#policy", "/help#returns")
+        );
+        assert_eq!(rules[2].banner, "Our #1 tent => now 20% off");
+        assert_eq!(
+            (rules[3].query.as_str(), rules[3].starts_ms),
+            ("deals @2026", None)
+        );
+        // A `\` before a letter is itself.
+        assert_eq!(
+            (rules[4].query.as_str(), rules[4].contains),
+            ("contains:x", false)
+        );
+        assert_eq!(rules[4].items, ["p5", r"C:\path"]);
+        let listed: Vec<String> = rules.iter().map(pin_line).collect();
+        assert_eq!(
+            listed[0],
+            r"jackets => p\,1, \-p2, Model \+3, -p\#3, brand:Mast \& Harbour +0.2, size=S\|M +0.1"
+        );
+        assert_eq!(listed[1], r"returns\#policy => redirect:/help\#returns");
+        assert_eq!(listed[4], r"contains\:x => p5, C:\\path");
+        assert_eq!(pins(path, &listed.join("\n")).unwrap().messages(), rules);
+        // A fault names the text as written, escapes and all.
+        let error = pins(path, "x => brand:A\\&B & nope +0.1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(r"unknown condition `nope`") && error.contains(r"A\&B"),
+            "{error}"
+        );
+        let error = pins(path, "x => p1\u{10ff23}").unwrap_err().to_string();
+        assert!(
+            error.starts_with("pins.txt:1: character U+10FF23 is kept"),
+            "{error}"
+        );
+    }
+
+    /// Rules made of texts full of the grammar's own characters, each set the ranker takes:
+    /// `pins list`'s lines read back (`pins load`) as the same rules, field for field.
+    #[test]
+    fn every_rule_set_pins_takes_is_written_back_as_itself() {
+        const PIECES: &[&str] = &[
+            "a",
+            "tent",
+            "Mast",
+            "p1",
+            " ",
+            ",",
+            "#",
+            "=>",
+            "=",
+            ">",
+            "&",
+            "|",
+            "@",
+            "@2026-03-01",
+            "..",
+            "-",
+            "+3",
+            " -0.5",
+            "\\",
+            "\\#",
+            ":",
+            "category:",
+            "contains:",
+            "redirect:",
+            "banner:",
+            "brand:",
+            "in-stock",
+            "price:",
+            "*",
+            "é",
+            "🎒",
+            "/",
+            "%20",
+        ];
+        let mut rng = souk_ranker_core::rng::XorShift::new(11);
+        let mut pick = |n: usize| (rng.unit() * n as f64) as usize;
+        let text = |pick: &mut dyn FnMut(usize) -> usize, no_space: bool| -> String {
+            let t: String = (0..1 + pick(5))
+                .map(|_| PIECES[pick(PIECES.len())])
+                .collect();
+            let t = if no_space { t.replace(' ', "") } else { t };
+            let t = t.trim().to_string();
+            if t.is_empty() { "x".into() } else { t }
+        };
+        let (mut taken, mut refused) = (0, 0);
+        for _ in 0..4_000 {
+            let mut rules = Vec::new();
+            for _ in 0..1 + pick(3) {
+                let kind = pick(4);
+                let mut rule = PinRule {
+                    everywhere: kind == 3,
+                    contains: kind == 2,
+                    ..PinRule::default()
+                };
+                match kind {
+                    0 | 2 => rule.query = text(&mut pick, false),
+                    1 => rule.category = text(&mut pick, false),
+                    _ => {}
+                }
+                if kind < 2 {
+                    rule.items = (0..pick(3)).map(|_| text(&mut pick, false)).collect();
+                }
+                rule.hidden = (0..pick(2)).map(|_| text(&mut pick, false)).collect();
+                for _ in 0..pick(3) {
+                    let mut boost = Boost {
+                        amount: [0.25, -0.1, 1.0][pick(3)],
+                        ..Boost::default()
+                    };
+                    match pick(3) {
+                        0 => {
+                            boost.brands =
+                                (0..1 + pick(2)).map(|_| text(&mut pick, false)).collect()
+                        }
+                        1 => boost.category = text(&mut pick, false),
+                        _ => {
+                            boost.attributes = vec![(
+                                text(&mut pick, false),
+                                (0..1 + pick(2)).map(|_| text(&mut pick, false)).collect(),
+                            )]
+                        }
+                    }
+                    rule.boosts.push(boost);
+                }
+                if kind == 0 && pick(3) == 0 {
+                    rule.redirect = format!("/{}", text(&mut pick, true));
+                }
+                if pick(3) == 0 {
+                    rule.banner = text(&mut pick, false);
+                }
+                if pick(4) == 0 {
+                    rule.starts_ms = Some(1_795_737_600_000 + 60_000 * pick(3) as i64);
+                }
+                rules.push(rule);
+            }
+            let Ok(checked) = Pins::new(rules.clone()) else {
+                refused += 1;
+                continue;
+            };
+            taken += 1;
+            let messages: Vec<rk::PinRule> =
+                checked.rules().iter().map(rk::PinRule::from).collect();
+            let listed: Vec<String> = messages.iter().map(pin_line).collect();
+            let file = listed.join("\n");
+            let read = match pins(Path::new("pins.txt"), &file) {
+                Ok(read) => read,
+                Err(e) => panic!("{rules:?}\nwritten as\n{file}\nrefused: {e}"),
+            };
+            assert_eq!(read.checked.rules(), rules.as_slice(), "written as\n{file}");
+        }
+        assert!(
+            taken > 500 && refused > 0,
+            "{taken} taken, {refused} refused"
+        );
     }
 
     #[test]

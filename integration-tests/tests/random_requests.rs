@@ -184,6 +184,15 @@ fn draw_request(d: &mut Draw) -> rk::RankRequest {
         rules_at_ms: d
             .chance(0.2)
             .then(|| d.mostly(&[0, 2_000_000_000_000], &[-1, i64::MAX])),
+        collapse: if d.chance(0.25) {
+            d.mostly(
+                &["brand", "attribute:color", " brand "],
+                &["category", "price", "bogus", "attribute:"],
+            )
+            .into()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -215,6 +224,22 @@ fn assert_kept(request: &rk::RankRequest, answer: &rk::RankResponse) {
                     "{request:?}"
                 );
             }
+        }
+    }
+    if request.collapse.trim() == "brand" {
+        // One result per brand, but for the shop's pins (which may share one): each takes
+        // its brand's place.
+        let mut brands: HashSet<String> = items
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.brand.to_lowercase())
+            .collect();
+        for item in items.iter().filter(|i| !i.pinned && !i.brand.is_empty()) {
+            assert!(
+                brands.insert(item.brand.to_lowercase()),
+                "{} twice: {request:?}",
+                item.brand
+            );
         }
     }
     let prices: Vec<f64> = items.iter().map(|i| i.price).collect();

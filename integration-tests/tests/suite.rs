@@ -926,6 +926,34 @@ async fn pages_are_slices_of_one_ranking() {
         }
         assert_eq!(paged, whole, "{user} {query:?}");
     }
+    // Collapsed on brand: each brand once, and the pages slice that list too.
+    for (user, query) in [("u010", ""), ("", "bag")] {
+        let page = |offset: u32, k: u32| rk::RankRequest {
+            offset,
+            diversity: 0.5,
+            collapse: "brand".into(),
+            ..rank(user, query, k)
+        };
+        let whole = client.rank(page(0, 100)).await.unwrap().into_inner().items;
+        let brands: std::collections::HashSet<String> =
+            whole.iter().map(|i| i.brand.to_lowercase()).collect();
+        assert_eq!(brands.len(), whole.len(), "{user} {query:?}: a brand twice");
+        assert!(
+            whole.len() >= 10,
+            "{user} {query:?}: {} brands",
+            whole.len()
+        );
+        let whole: Vec<String> = whole.into_iter().map(|i| i.id).collect();
+        let mut paged = Vec::new();
+        for offset in (0..whole.len() as u32).step_by(4) {
+            paged.extend(ids(&client
+                .rank(page(offset, 4))
+                .await
+                .unwrap()
+                .into_inner()));
+        }
+        assert_eq!(paged, whole, "{user} {query:?} collapsed");
+    }
 }
 
 /// An attribute filter through gRPC: black or navy (any case), in stock. Every item of the
@@ -1050,6 +1078,14 @@ async fn bad_requests_are_invalid_argument_with_the_reason() {
                 ..Default::default()
             },
             "offset + k must be at most 1000, got 901 + 100",
+        ),
+        (
+            rk::RankRequest {
+                k: 5,
+                collapse: "category".into(),
+                ..Default::default()
+            },
+            "collapse: cannot collapse on \"category\": brand or attribute:<name>",
         ),
     ];
     for (request, message) in cases {

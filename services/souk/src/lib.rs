@@ -512,6 +512,14 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             },
         ),
         (
+            "Search \"headphones\", one per brand (collapsed: each brand's best)"
+                .to_string(),
+            rk::RankRequest {
+                collapse: "brand".into(),
+                ..search("headphones")
+            },
+        ),
+        (
             "Search \"cofee grindr\" (misspelt: ranked as meant, and said so)".to_string(),
             search("cofee grindr"),
         ),

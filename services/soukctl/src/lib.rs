@@ -426,6 +426,10 @@ pub struct RankArgs {
     /// minute `2026-11-27T09:30` or ms since 1970): a preview of a scheduled rule.
     #[arg(long, value_name = "TIME", value_parser = files::parse_time)]
     pub rules_at: Option<i64>,
+    /// One result per value of `brand` or `attribute:NAME` (a style code: its colours shown
+    /// once), the best of each.
+    #[arg(long, value_name = "FIELD")]
+    pub collapse: Option<String>,
 }
 
 /// Connects to a service, failing fast with a message that says what to check.
@@ -1122,6 +1126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 prefix: args.prefix,
                 facets: args.facets,
                 rules_at_ms: args.rules_at,
+                collapse: args.collapse.unwrap_or_default(),
             };
             let started = Instant::now();
             let ranking = client.rank(request).await?.into_inner();

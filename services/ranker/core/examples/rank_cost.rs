@@ -25,7 +25,9 @@
 //! `EVERYWHERE=1` sets a rule for every ranking (64 items hidden; in stock +0.05, one
 //! department -0.1), and
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
-//! distinct items and adds two kinds, its search and its recommendation).
+//! distinct items and adds two kinds, its search and its recommendation, and
+//! `COLLAPSE=1` adds the anonymous search and its price order collapsed to one result per
+//! colour).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -569,12 +571,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..RankQuery::default()
         }),
     ];
+    // COLLAPSE=1: the anonymous search and its price order, one result per colour (ten
+    // groups, most of every pool dropped: the dearest case for the groups' lookups).
+    let colour = FacetField::Attribute("colour".into());
+    let collapsed_kinds: [(&str, &dyn Fn(usize) -> RankQuery); 2] = [
+        ("search, one per colour", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            collapse: Some(colour.clone()),
+            ..RankQuery::default()
+        }),
+        ("search, cheapest first, one per colour", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            sort: SortOrder::PriceAscending,
+            collapse: Some(colour.clone()),
+            ..RankQuery::default()
+        }),
+    ];
+    let collapsing = std::env::var("COLLAPSE").is_ok_and(|v| v == "1");
+    let collapsed_kinds = if collapsing {
+        &collapsed_kinds[..]
+    } else {
+        &[]
+    };
     // KIND=department: only the kinds whose name holds it (for a profile of one).
     let only = std::env::var("KIND").unwrap_or_default();
     let guest_kinds = if guest > 0 { &guest_kinds[..] } else { &[] };
     let kinds: Vec<_> = kinds
         .iter()
         .chain(guest_kinds)
+        .chain(collapsed_kinds)
         .filter(|(name, _)| name.contains(&only))
         .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();

@@ -954,6 +954,7 @@ impl Catalog {
         filters: &Filters,
         descending: bool,
         page: Range<usize>,
+        collapse: Option<&FacetField>,
     ) -> (Vec<u32>, usize) {
         let filter = (!filters.is_empty()).then(|| self.filter_checked_often(self.filter(filters)));
         let lexical = self.lexical_scope(scope, None);
@@ -964,11 +965,6 @@ impl Catalog {
             .into_iter()
             .filter_map(|slot| Some((self.facets.price_key_of(slot)?, slot)))
             .collect();
-        let listed = keyed.len();
-        let end = page.end.min(listed);
-        if page.start >= end {
-            return (Vec::new(), listed);
-        }
         let by_price = |a: &(u64, u32), b: &(u64, u32)| {
             if descending {
                 b.0.cmp(&a.0)
@@ -976,25 +972,73 @@ impl Catalog {
                 a.0.cmp(&b.0)
             }
         };
-        // Only the page's items and those before it are ordered: the first `end` by price,
-        // and every other item at the price of the last of them, which the ties' order by id
-        // may place before it.
-        if end < listed {
-            keyed.select_nth_unstable_by(end - 1, by_price);
-            let last = keyed[end - 1].0;
-            let mut kept = end;
-            for i in end..listed {
-                if keyed[i].0 == last {
-                    keyed.swap(kept, i);
-                    kept += 1;
-                }
-            }
-            keyed.truncate(kept);
-        }
         let id_of = |slot: u32| self.slot(slot).map_or("", |e| e.item.id.as_str());
-        keyed.sort_by(|a, b| by_price(a, b).then_with(|| id_of(a.1).cmp(id_of(b.1))));
+        let in_order = |a: &(u64, u32), b: &(u64, u32)| {
+            by_price(a, b).then_with(|| id_of(a.1).cmp(id_of(b.1)))
+        };
+        if let Some(field) = collapse {
+            // One item per group, the first in the list's order (cheapest or dearest, then
+            // by id), as a relevance ranking keeps a group's best. The list is ordered a
+            // prefix at a time, four times longer each round, until its groups fill the
+            // page: a page's few groups do not cost a group lookup per match.
+            let listed = keyed.len();
+            let mut take = page.end.saturating_mul(4).max(64);
+            loop {
+                let prefix = Self::price_prefix(&mut keyed, take, by_price);
+                keyed[..prefix].sort_by(in_order);
+                let mut groups: HashSet<String> = HashSet::new();
+                let firsts: Vec<u32> = keyed[..prefix]
+                    .iter()
+                    .filter(|&&(_, slot)| {
+                        let group = self.slot(slot).and_then(|e| field.group_of(&e.item));
+                        group.is_none_or(|g| groups.insert(g))
+                    })
+                    .take(page.end)
+                    .map(|&(_, slot)| slot)
+                    .collect();
+                if firsts.len() >= page.end || prefix == listed {
+                    let page = firsts.get(page.start..).unwrap_or_default().to_vec();
+                    return (page, listed);
+                }
+                take = take.saturating_mul(4);
+            }
+        }
+        let listed = keyed.len();
+        let end = page.end.min(listed);
+        if page.start >= end {
+            return (Vec::new(), listed);
+        }
+        // Only the page's items and those before it are ordered.
+        let prefix = Self::price_prefix(&mut keyed, end, by_price);
+        keyed[..prefix].sort_by(in_order);
         let slots = keyed[page.start..end].iter().map(|&(_, s)| s).collect();
         (slots, listed)
+    }
+
+    /// Moves to the front of `keyed` the first `take` items by `by_price` and every other
+    /// item at the price of the last of them (which the ties' order by id may place before
+    /// it): a prefix of the list in its whole order (price, then id), unordered. Its length.
+    fn price_prefix(
+        keyed: &mut [(u64, u32)],
+        take: usize,
+        by_price: impl Fn(&(u64, u32), &(u64, u32)) -> std::cmp::Ordering,
+    ) -> usize {
+        if take >= keyed.len() {
+            return keyed.len();
+        }
+        if take == 0 {
+            return 0;
+        }
+        keyed.select_nth_unstable_by(take - 1, &by_price);
+        let last = keyed[take - 1].0;
+        let mut kept = take;
+        for i in take..keyed.len() {
+            if keyed[i].0 == last {
+                keyed.swap(kept, i);
+                kept += 1;
+            }
+        }
+        kept
     }
 
     /// One facet's counts over `passing` (`passing_bits` holds the same slots). Two ways, the
@@ -2629,6 +2673,10 @@ mod tests {
             it.title = if n % 5 == 0 { "plain mug" } else { "blue mug" }.into();
             it.price = prices[(rng.unit() * prices.len() as f64) as usize];
             it.category = vec![if n % 3 == 0 { "Cups" } else { "Home" }.into()];
+            // Seven brands (in two spellings) and, for one item in eleven, none.
+            if n % 11 != 0 {
+                it.brand = format!("{}{}", if n % 2 == 0 { "b" } else { "B" }, n % 7);
+            }
             catalog
                 .upsert(it.validated().unwrap(), vec![1.0, 0.0])
                 .unwrap();
@@ -2663,13 +2711,47 @@ mod tests {
                 });
                 let whole: Vec<u32> = whole.into_iter().map(|(_, _, s)| s).collect();
                 assert!(whole.len() > 50, "{}", whole.len());
-                for page in [0..10, 3..17, 40..41, 0..1000, 50..60, 290..400, 10..10] {
-                    let (slots, listed) =
-                        catalog.by_price(&scope, &filters, descending, page.clone());
-                    assert_eq!(listed, whole.len(), "{page:?}");
-                    let end = page.end.min(whole.len());
-                    let expected = whole.get(page.start.min(end)..end).unwrap_or(&[]);
-                    assert_eq!(slots, expected, "{filters:?} {descending} {page:?}");
+                // Collapsed on brand: each brand's first in that order, and every item
+                // without one (its prefix grows past the first 64 for the later pages).
+                let mut brands = HashSet::new();
+                let firsts: Vec<u32> = whole
+                    .iter()
+                    .copied()
+                    .filter(|&s| {
+                        let brand = catalog.slot(s).unwrap().item.brand.to_lowercase();
+                        brand.is_empty() || brands.insert(brand)
+                    })
+                    .collect();
+                assert!(firsts.len() > 12 && firsts.len() < 40, "{}", firsts.len());
+                let passing = whole.len();
+                for (collapse, whole) in [(None, &whole), (Some(FacetField::Brand), &firsts)] {
+                    for page in [
+                        0..10,
+                        3..17,
+                        10..20,
+                        15..40,
+                        40..41,
+                        0..1000,
+                        50..60,
+                        290..400,
+                        10..10,
+                    ] {
+                        let (slots, listed) = catalog.by_price(
+                            &scope,
+                            &filters,
+                            descending,
+                            page.clone(),
+                            collapse.as_ref(),
+                        );
+                        // How many items pass, collapsed or not.
+                        assert_eq!(listed, passing, "{page:?}");
+                        let end = page.end.min(whole.len());
+                        let expected = whole.get(page.start.min(end)..end).unwrap_or(&[]);
+                        assert_eq!(
+                            slots, expected,
+                            "{filters:?} {descending} {page:?} {collapse:?}"
+                        );
+                    }
                 }
             }
         }

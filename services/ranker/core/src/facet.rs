@@ -611,6 +611,34 @@ impl FacetField {
         }
     }
 
+    /// What a ranking collapses on (`RankRequest.collapse`): "brand" or "attribute:<name>",
+    /// a field an item has at most one value of (a category path has several).
+    ///
+    /// # Errors
+    /// The reason `name` is none of those.
+    pub fn parse_collapse(name: &str) -> Result<Self, String> {
+        match Self::parse(name) {
+            Ok(field @ (Self::Brand | Self::Attribute(_))) => Ok(field),
+            Ok(field) => Err(format!(
+                "cannot collapse on {:?}: brand or attribute:<name> (a field an item holds one value of)",
+                field.name()
+            )),
+            Err(_) => {
+                let shown: String = name.chars().take(64).collect();
+                let more = if shown.len() < name.len() { "..." } else { "" };
+                Err(format!(
+                    "cannot collapse on {shown:?}{more}: brand or attribute:<name>"
+                ))
+            }
+        }
+    }
+
+    /// The group `item` falls in when a ranking collapses on this field: its value, lower
+    /// case; `None` (a group of its own) when it has none.
+    pub fn group_of(&self, item: &Item) -> Option<String> {
+        self.values(item).first().map(|v| v.to_lowercase())
+    }
+
     /// The name a response gives it (the parsed form: "attribute:color").
     pub fn name(&self) -> String {
         match self {

@@ -328,6 +328,10 @@ pub struct RankQuery {
     /// now, by the wall clock). Set, the ranking is a preview: its rules are not counted
     /// ([`crate::pins::Pins::applied_counts`]).
     pub now_ms: Option<i64>,
+    /// At most one result per value of this field (brand, or an attribute such as a
+    /// product's style code: its variants in one place): the first the ranking places, by
+    /// relevance or by price; an item without a value stands alone. See [`collapse`].
+    pub collapse: Option<FacetField>,
 }
 
 impl RankQuery {
@@ -1167,6 +1171,18 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             &with_pins
         };
         let catalog = self.catalog.read().map_err(|_| poisoned())?;
+        let candidates = match &request.collapse {
+            // As many as the picks below read: the MMR pool, or the picks themselves.
+            Some(field) => {
+                let read = if request.diversity > 0.0 {
+                    mmr_pool(tier.end)
+                } else {
+                    tier.picks - picked.len()
+                };
+                collapse(&catalog, field, candidates, placed, read)
+            }
+            None => candidates,
+        };
         picked.extend(diversify(
             &catalog,
             candidates,
@@ -1183,6 +1199,33 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             facets,
         })
     }
+}
+
+/// `candidates` (best first) with only the first of each group of `field`
+/// ([`FacetField::group_of`]), and none of a group an item of `placed` holds (pinned, or
+/// placed by an earlier tier): one result per group, its best (as Elasticsearch's `collapse`
+/// and Algolia's `distinct`). The shop's pinned items all stay, each taking its group.
+/// Groups are found among the candidates a tier scored, so a ranking of few groups may
+/// return fewer than k items. Only the first `read` that stay are kept (what the picks read
+/// of them), so a page's few groups do not cost a group lookup per candidate.
+fn collapse(
+    catalog: &Catalog,
+    field: &FacetField,
+    candidates: Vec<Candidate>,
+    placed: &[Candidate],
+    read: usize,
+) -> Vec<Candidate> {
+    let group = |slot: u32| {
+        catalog
+            .item_at(slot)
+            .and_then(|(item, _)| field.group_of(item))
+    };
+    let mut taken: HashSet<String> = placed.iter().filter_map(|c| group(c.slot)).collect();
+    candidates
+        .into_iter()
+        .filter(|c| group(c.slot).is_none_or(|g| taken.insert(g)))
+        .take(read)
+        .collect()
 }
 
 /// Where each tier of a ranking ends: positions `0..64` come from a first pass sized for 64
@@ -1323,7 +1366,13 @@ fn by_price(
     descending: bool,
 ) -> (Vec<RankedItem>, usize) {
     let page = request.offset..request.offset.saturating_add(request.k);
-    let (slots, listed) = catalog.by_price(scope, &request.filters, descending, page);
+    let (slots, listed) = catalog.by_price(
+        scope,
+        &request.filters,
+        descending,
+        page,
+        request.collapse.as_ref(),
+    );
     // Whether a listed item matches the query's words, to tell a word match from a match
     // by meaning alone: asked for the page's items only.
     let matcher = match (query, request.explain) {

@@ -1920,3 +1920,146 @@ async fn an_item_the_candidate_pool_would_not_hold_is_still_pinned() {
     assert_eq!(ids(&r)[0], "p5");
     assert!(ids(&r)[1..].iter().all(|id| id.starts_with('g')));
 }
+
+/// A ranking collapsed on a field keeps each value's first item and drops the rest: it is
+/// the uncollapsed ranking less each value's later items, by relevance and by price; pages
+/// are slices of it; an item without the field stands alone; the shop's pins all stay, each
+/// taking its value's place.
+#[tokio::test]
+async fn a_collapsed_ranking_keeps_each_values_first_item() {
+    use souk_ranker_core::facet::FacetField;
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, _, _) = shop();
+    // Two colours of one style, and a tent of none.
+    for (id, title, style) in [
+        ("v1", "Trail Tent Green", Some("TT-1")),
+        ("v2", "Trail Tent Blue", Some("tt-1")),
+        ("v3", "Dome Tent", None),
+    ] {
+        let mut item = item(id, title, &["Outdoor", "Tents"], "Acme", 99.0);
+        if let Some(style) = style {
+            item.attributes.insert("style".into(), style.into());
+        }
+        let v = fake_vector(&item.text());
+        ranker
+            .catalog()
+            .write()
+            .unwrap()
+            .upsert(item.validated().unwrap(), v)
+            .unwrap();
+    }
+    let brand = FacetField::parse_collapse("brand").unwrap();
+    let style = FacetField::parse_collapse("attribute:Style").unwrap();
+    let brand_of = |id: &str| {
+        ranker
+            .catalog()
+            .read()
+            .unwrap()
+            .get(id)
+            .unwrap()
+            .brand
+            .clone()
+    };
+    let style_of = |id: &str| {
+        let catalog = ranker.catalog().read().unwrap();
+        catalog
+            .get(id)
+            .unwrap()
+            .attributes
+            .get("style")
+            .map(|s| s.to_lowercase())
+    };
+    let mut rankings_collapsed = 0;
+    for query in [Some("tent"), Some("running"), Some("lamp"), None] {
+        for sort in [
+            SortOrder::Relevance,
+            SortOrder::PriceAscending,
+            SortOrder::PriceDescending,
+        ] {
+            for (field, group) in [
+                (&brand, &brand_of as &dyn Fn(&str) -> String),
+                (&style, &|id: &str| {
+                    style_of(id).unwrap_or_else(|| id.to_string())
+                }),
+            ] {
+                let request = RankQuery {
+                    query: query.map(String::from),
+                    k: 20,
+                    sort,
+                    ..Default::default()
+                };
+                let whole = ranker.rank(&request).await.unwrap();
+                let collapsed = RankQuery {
+                    collapse: Some(field.clone()),
+                    ..request.clone()
+                };
+                let got = ranker.rank(&collapsed).await.unwrap();
+                let mut seen = HashSet::new();
+                let want: Vec<&str> = ids(&whole)
+                    .into_iter()
+                    .filter(|id| seen.insert(group(id)))
+                    .collect();
+                assert_eq!(ids(&got), want, "{query:?} {sort:?} {field:?}");
+                if want.len() < whole.items.len() {
+                    rankings_collapsed += 1;
+                }
+                // Pages are slices of the collapsed list.
+                let mut paged = Vec::new();
+                for offset in (0..want.len()).step_by(2) {
+                    let page = ranker
+                        .rank(&RankQuery {
+                            k: 2,
+                            offset,
+                            ..collapsed.clone()
+                        })
+                        .await
+                        .unwrap();
+                    paged.extend(page.items.into_iter().map(|i| i.id));
+                }
+                assert_eq!(paged, want, "{query:?} {sort:?} {field:?} paged");
+            }
+        }
+    }
+    // Every brand ranking (12) drops items, and so does every style ranking that lists both
+    // styled tents (20 of the 24 in all).
+    assert!(rankings_collapsed >= 18, "{rankings_collapsed}");
+    // Both styled tents are Acme's and of one style: collapsed, only one is listed.
+    let tents = RankQuery {
+        query: Some("tent".into()),
+        k: 20,
+        collapse: Some(style.clone()),
+        ..Default::default()
+    };
+    let listed = ranker.rank(&tents).await.unwrap();
+    let styled = ids(&listed)
+        .iter()
+        .filter(|id| id.starts_with("v") && **id != "v3")
+        .count();
+    assert_eq!(styled, 1, "{:?}", ids(&listed));
+    assert!(ids(&listed).contains(&"v3") && ids(&listed).contains(&"p1"));
+
+    // Pins stay, each taking its brand's place: "running" pins a Swift jacket, and no other
+    // Swift item follows; two pinned Swift items both stay.
+    let running = RankQuery {
+        query: Some("running".into()),
+        k: 20,
+        collapse: Some(brand.clone()),
+        ..Default::default()
+    };
+    pin(&ranker, "running", &["p4"]);
+    let pinned = ranker.rank(&running).await.unwrap();
+    assert_eq!(ids(&pinned)[0], "p4");
+    assert!(
+        pinned.items[1..].iter().all(|i| i.brand != "Swift"),
+        "{:?}",
+        ids(&pinned)
+    );
+    pin(&ranker, "running", &["p4", "p3"]);
+    let pinned = ranker.rank(&running).await.unwrap();
+    assert_eq!(ids(&pinned)[..2], ["p4", "p3"]);
+    assert!(
+        pinned.items[2..].iter().all(|i| i.brand != "Swift"),
+        "{:?}",
+        ids(&pinned)
+    );
+}

@@ -1122,6 +1122,13 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
         verbatim: request.verbatim,
         prefix: request.prefix,
         facets,
+        collapse: match request.collapse.trim() {
+            "" => None,
+            name => Some(
+                FacetField::parse_collapse(name)
+                    .map_err(|e| RankError::InvalidInput(format!("collapse: {e}")))?,
+            ),
+        },
     })
 }
 

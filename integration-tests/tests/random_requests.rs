@@ -165,7 +165,7 @@ fn draw_request(d: &mut Draw) -> rk::RankRequest {
             String::new()
         },
         weights,
-        sort: d.mostly(&[0, 0, 1, 2], &[3, -1]),
+        sort: d.mostly(&[0, 0, 1, 2, 3], &[4, -1]),
         candidate_ids: if d.chance(0.15) {
             ids(d, 6)
         } else {

@@ -363,6 +363,41 @@ async fn a_search_sorted_by_price_lists_its_matches_cheapest_first() {
         .unwrap_err();
     assert_invalid(&bad, "unknown sort 7");
 
+    // By popularity: the same items, in the order of a recount of events.csv (each event
+    // weighed by its kind, as `Interaction::weight`; identical rows once), ties by id.
+    let weight = |kind: &str, value: f32| match kind {
+        "view" => 1.0,
+        "click" => 2.0,
+        "cart" => 3.0,
+        "purchase" => 5.0,
+        _ => (value.clamp(0.0, 5.0) - 1.0).max(0.25),
+    };
+    let mut events = csv::Reader::from_path(repo_root().join("kg-data/events.csv")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut popularity: std::collections::HashMap<String, f32> = Default::default();
+    for row in events.records().map(Result::unwrap) {
+        if seen.insert(row.iter().collect::<Vec<_>>().join(",")) {
+            *popularity.entry(row[1].to_string()).or_default() +=
+                weight(&row[2], row[3].parse().unwrap());
+        }
+    }
+    let mut want = listed.clone();
+    want.sort_by(|a, b| {
+        let (pa, pb) = (popularity.get(a), popularity.get(b));
+        let (pa, pb) = (pa.copied().unwrap_or(0.0), pb.copied().unwrap_or(0.0));
+        pb.total_cmp(&pa).then_with(|| a.cmp(b))
+    });
+    let popular = client
+        .rank(rk::RankRequest {
+            sort: rk::Sort::Popularity as i32,
+            ..sorted(0, 1000)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&popular), want);
+    assert!(popularity.get(&want[0]).is_some_and(|&p| p > 0.0));
+
     // A budget in the words keeps the results to it: the listing above cut at 100, and the
     // response says what it read; a ranked search keeps to it too.
     let under: Vec<&str> = listed
@@ -937,6 +972,12 @@ async fn pages_are_slices_of_one_ranking() {
         let whole = client.rank(page(0, 100)).await.unwrap().into_inner().items;
         let brands: std::collections::HashSet<String> =
             whole.iter().map(|i| i.brand.to_lowercase()).collect();
+        // Each stands for its brand's items in the catalog file.
+        for item in &whole {
+            let of_brand =
+                demo_products_where(|r| r[4].eq_ignore_ascii_case(&item.brand)).len() as u32;
+            assert_eq!(item.group_size, of_brand, "{}", item.brand);
+        }
         assert_eq!(brands.len(), whole.len(), "{user} {query:?}: a brand twice");
         assert!(
             whole.len() >= 10,

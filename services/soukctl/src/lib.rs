@@ -357,6 +357,8 @@ pub enum SortArg {
     Relevance,
     PriceAsc,
     PriceDesc,
+    /// Most popular first (best sellers).
+    Popular,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -375,7 +377,8 @@ pub struct RankArgs {
     /// `--item p00141 --weights 1,0,0,0,0` is the page's "similar items" shelf.
     #[arg(long, value_name = "D,B,C,K,P", value_parser = crate::eval_page::parse_weights)]
     pub weights: Option<[f32; 5]>,
-    /// Order: relevance, or the matched items by price (`price-asc`, `price-desc`).
+    /// Order: relevance, or the matched items by price (`price-asc`, `price-desc`) or by
+    /// popularity (`popular`).
     #[arg(long, value_enum, default_value_t = SortArg::Relevance)]
     pub sort: SortArg,
     #[arg(short, long, default_value_t = 10)]
@@ -771,14 +774,19 @@ pub fn print_ranking(
     for (i, item) in ranking.items.iter().enumerate() {
         writeln!(
             out,
-            "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}{}",
+            "{:>3}. {}  [{}]  {}  {:.2}  score {:.3}{}{}",
             i + offset as usize + 1,
             item.title,
             item.id,
             item.category.last().map(String::as_str).unwrap_or("-"),
             item.price,
             item.score,
-            if item.pinned { "  (pinned)" } else { "" }
+            if item.pinned { "  (pinned)" } else { "" },
+            // A collapsed ranking's item stands for its group.
+            match item.group_size {
+                0 | 1 => String::new(),
+                n => format!("  (+{} more alike)", n - 1),
+            }
         )?;
         for reason in &item.reasons {
             writeln!(out, "       - {reason}")?;
@@ -1089,6 +1097,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     SortArg::Relevance => rk::Sort::Relevance,
                     SortArg::PriceAsc => rk::Sort::PriceAscending,
                     SortArg::PriceDesc => rk::Sort::PriceDescending,
+                    SortArg::Popular => rk::Sort::Popularity,
                 } as i32,
                 weights: args
                     .weights

@@ -27,7 +27,7 @@
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation, and
 //! `COLLAPSE=1` adds the anonymous search and its price order collapsed to one result per
-//! colour).
+//! colour, and `POPULAR=1` the anonymous search listed by popularity).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -597,6 +597,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         &[]
     };
+    // POPULAR=1: the anonymous search listed by popularity (best sellers first).
+    let popular_kinds: [(&str, &dyn Fn(usize) -> RankQuery); 1] =
+        [("search, most popular first", &|i| RankQuery {
+            query: Some(queries[i].clone()),
+            k: 10,
+            explain: true,
+            sort: SortOrder::Popularity,
+            ..RankQuery::default()
+        })];
+    let popular = std::env::var("POPULAR").is_ok_and(|v| v == "1");
+    let popular_kinds = if popular { &popular_kinds[..] } else { &[] };
     // KIND=department: only the kinds whose name holds it (for a profile of one).
     let only = std::env::var("KIND").unwrap_or_default();
     let guest_kinds = if guest > 0 { &guest_kinds[..] } else { &[] };
@@ -604,6 +615,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .chain(guest_kinds)
         .chain(collapsed_kinds)
+        .chain(popular_kinds)
         .filter(|(name, _)| name.contains(&only))
         .collect();
     let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();

@@ -312,6 +312,17 @@ impl LongHistory {
     }
 }
 
+/// How a listing orders a search's items instead of by relevance ([`Catalog::listing`]);
+/// ties by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOrder {
+    PriceAscending,
+    PriceDescending,
+    /// Most popular first (the popularity signal: shoppers' events, weighed by kind and
+    /// fading when a half-life is set).
+    Popularity,
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     slots: Vec<Option<Entry>>,
@@ -940,45 +951,55 @@ impl Catalog {
             .collect()
     }
 
-    /// The items a search lists when sorted by price instead of relevance: those its facets
-    /// count (the query's word matches and nearest items less its `except`, see
-    /// [`FacetScope`]) that `filters` pass, by price (`descending`: dearest first; ties by id): the
-    /// positions `page` of that list, and how many it lists in all.
+    /// The items a search lists when sorted by price or popularity instead of relevance:
+    /// those its facets count (the query's word matches and nearest items less its `except`,
+    /// see [`FacetScope`]) that `filters` pass, in `order` (ties by id): the positions `page`
+    /// of that list, and how many it lists in all.
     ///
     /// # Complexity
     /// The scope's items and a selection of the page's end among them; only the items up to
-    /// the page's end (and their price's ties) are sorted.
-    pub fn by_price(
+    /// the page's end (and their key's ties) are sorted.
+    pub fn listing(
         &self,
         scope: &FacetScope<'_>,
         filters: &Filters,
-        descending: bool,
+        order: ListOrder,
         page: Range<usize>,
         collapse: Option<&FacetField>,
     ) -> (Vec<u32>, usize) {
         let filter = (!filters.is_empty()).then(|| self.filter_checked_often(self.filter(filters)));
         let lexical = self.lexical_scope(scope, None);
-        // Prices from the facet index's array (an item's key orders as its price), not from
-        // each item: a common word's ~100k matches at 1M items were as many cache misses.
+        // Each item's key, rising in the list's order. Prices from the facet index's array
+        // (an item's key orders as its price), not from each item: a common word's ~100k
+        // matches at 1M items were as many cache misses.
+        let key = |slot: u32| -> Option<u64> {
+            match order {
+                ListOrder::PriceAscending => self.facets.price_key_of(slot),
+                ListOrder::PriceDescending => self.facets.price_key_of(slot).map(|k| u64::MAX - k),
+                // Most popular first; a popularity is >= 0, whose f32 bits order as it does.
+                ListOrder::Popularity => self.slot(slot).map(|e| {
+                    let bits = if e.popularity > 0.0 {
+                        e.popularity.to_bits()
+                    } else {
+                        0
+                    };
+                    u64::from(u32::MAX - bits)
+                }),
+            }
+        };
         let mut keyed: Vec<(u64, u32)> = self
             .scope_passing(scope, &lexical, filter.as_ref())
             .into_iter()
-            .filter_map(|slot| Some((self.facets.price_key_of(slot)?, slot)))
+            .filter_map(|slot| Some((key(slot)?, slot)))
             .collect();
-        let by_price = |a: &(u64, u32), b: &(u64, u32)| {
-            if descending {
-                b.0.cmp(&a.0)
-            } else {
-                a.0.cmp(&b.0)
-            }
-        };
+        let by_price = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0);
         let id_of = |slot: u32| self.slot(slot).map_or("", |e| e.item.id.as_str());
         let in_order = |a: &(u64, u32), b: &(u64, u32)| {
             by_price(a, b).then_with(|| id_of(a.1).cmp(id_of(b.1)))
         };
         if let Some(field) = collapse {
-            // One item per group, the first in the list's order (cheapest or dearest, then
-            // by id), as a relevance ranking keeps a group's best. The list is ordered a
+            // One item per group, the first in the list's order (cheapest, dearest or most
+            // popular, then by id), as a relevance ranking keeps a group's best. The list is ordered a
             // prefix at a time, four times longer each round, until its groups fill the
             // page: a page's few groups do not cost a group lookup per match.
             let listed = keyed.len();
@@ -1106,6 +1127,14 @@ impl Catalog {
             }
         }
         tally.finish(field.clone())
+    }
+
+    /// How many items of the catalog fall in `item`'s group of `field` (see
+    /// [`FacetField::group_of`]), `item` included: 0 when it has no value.
+    pub fn group_size(&self, field: &FacetField, item: &Item) -> usize {
+        field
+            .group_of(item)
+            .map_or(0, |group| self.facets.value_count(field, &group))
     }
 
     /// Whether the item in `slot` passes `filter` (false for an empty slot); without a filter
@@ -2736,10 +2765,15 @@ mod tests {
                         290..400,
                         10..10,
                     ] {
-                        let (slots, listed) = catalog.by_price(
+                        let order = if descending {
+                            ListOrder::PriceDescending
+                        } else {
+                            ListOrder::PriceAscending
+                        };
+                        let (slots, listed) = catalog.listing(
                             &scope,
                             &filters,
-                            descending,
+                            order,
                             page.clone(),
                             collapse.as_ref(),
                         );

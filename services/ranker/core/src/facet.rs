@@ -210,6 +210,18 @@ impl Facets {
         counts
     }
 
+    /// How many items hold `value` (lower-cased) of `field` (0 for the price).
+    pub(crate) fn value_count(&self, field: &FacetField, value: &str) -> usize {
+        let sets = match field {
+            FacetField::Brand => Some(&self.brands),
+            FacetField::Category => Some(&self.categories),
+            FacetField::Attribute(a) => self.attributes.get(a),
+            FacetField::Price | FacetField::PriceBuckets(_) => None,
+        };
+        sets.and_then(|sets| sets.get(value))
+            .map_or(0, SlotSet::len)
+    }
+
     /// The items of each value of `field`, by lower-cased value (none for the price).
     pub(crate) fn value_sets(&self, field: &FacetField) -> Vec<(&str, &SlotSet)> {
         let sets = match field {

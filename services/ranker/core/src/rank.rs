@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use crate::bm25::Matches;
-use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash};
+use crate::catalog::{Catalog, FacetScope, HistoryEntry, IdHash, ListOrder};
 use crate::facet::{FacetCounts, FacetField, Filter, MAX_FACETS};
 use crate::item::{Filters, InteractionKind, Item, entity_item, item_entity};
 use crate::pins::Applied;
@@ -270,15 +270,18 @@ pub enum SortOrder {
     PriceAscending,
     /// The same items, dearest first.
     PriceDescending,
+    /// The same items, most popular first ("best sellers": the popularity signal).
+    Popularity,
 }
 
 impl SortOrder {
-    /// `Some(descending)` for the price orders.
-    pub fn by_price(self) -> Option<bool> {
+    /// How a listing orders the items (`None`: by relevance, a ranking).
+    pub fn listing(self) -> Option<ListOrder> {
         match self {
             SortOrder::Relevance => None,
-            SortOrder::PriceAscending => Some(false),
-            SortOrder::PriceDescending => Some(true),
+            SortOrder::PriceAscending => Some(ListOrder::PriceAscending),
+            SortOrder::PriceDescending => Some(ListOrder::PriceDescending),
+            SortOrder::Popularity => Some(ListOrder::Popularity),
         }
     }
 }
@@ -405,6 +408,9 @@ pub struct RankedItem {
     /// What the shop's boosts for the query or the page added to `score` (negative:
     /// lowered); 0 when none applies.
     pub boost: f32,
+    /// In a collapsed ranking, how many items of the catalog share its value (it included;
+    /// "in 4 colours", "3 more from Acme"), whatever the request's filters; 0 otherwise.
+    pub group_size: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -865,7 +871,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             };
             &with_hidden
         };
-        let pins: &[String] = match request.sort.by_price() {
+        let pins: &[String] = match request.sort.listing() {
             None => &applied.pinned,
             Some(_) => &[],
         };
@@ -878,7 +884,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
         // The graph entities of the shopper's most recent items, for every graph call. A list
         // sorted by price uses no relevance signal but the query's matches: the graph is not
         // asked, so it is neither waited for nor reported missing.
-        let rescores = request.sort.by_price().is_none() && graph_rescores(&history, &weights);
+        let rescores = request.sort.listing().is_none() && graph_rescores(&history, &weights);
         let recent: Vec<String> = if rescores {
             history
                 .iter()
@@ -935,11 +941,11 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
             related: &related,
             graph: graph_up && rescores,
         };
-        if let Some(descending) = request.sort.by_price() {
+        if let Some(order) = request.sort.listing() {
             let catalog = self.catalog.read().map_err(|_| poisoned())?;
             let left_out = left_out_slots(&catalog, request);
             let scope = matched_scope(request, query, query_vector.as_deref(), &left_out);
-            let (items, listed) = by_price(&catalog, request, &scope, query, &history, descending);
+            let (items, listed) = listing(&catalog, request, &scope, query, &history, order);
             let facets = facets_over(&catalog, request, &scope, None);
             return Ok(Ranking {
                 items,
@@ -1050,6 +1056,7 @@ impl<E: EmbeddingSource, G: GraphSource> Ranker<E, G> {
                     reasons,
                     pinned: c.pinned,
                     boost: c.boost,
+                    group_size: group_size(&catalog, request, item),
                 })
             })
             .collect();
@@ -1353,23 +1360,23 @@ fn left_out_purchases(catalog: &Catalog, request: &RankQuery) -> HashSet<u32, Id
     }
 }
 
-/// A request sorted by price (`descending`: dearest first): the page of the items `scope`
+/// A request sorted by price or popularity (`order`): the page of the items `scope`
 /// matches that its filters pass (`scope` leaves out its exclusions, the page's item, what
 /// the shop hides and, unless kept, what the shopper bought: [`left_out_slots`]), each with
 /// score 0 and the reason it is listed; and how many are listed in all.
-fn by_price(
+fn listing(
     catalog: &Catalog,
     request: &RankQuery,
     scope: &FacetScope<'_>,
     query: Option<&str>,
     history: &[HistoryEntry],
-    descending: bool,
+    order: ListOrder,
 ) -> (Vec<RankedItem>, usize) {
     let page = request.offset..request.offset.saturating_add(request.k);
-    let (slots, listed) = catalog.by_price(
+    let (slots, listed) = catalog.listing(
         scope,
         &request.filters,
-        descending,
+        order,
         page,
         request.collapse.as_ref(),
     );
@@ -1407,9 +1414,17 @@ fn by_price(
             },
             pinned: false,
             boost: 0.0,
+            group_size: group_size(catalog, request, item),
         })
         .collect();
     (items, listed)
+}
+
+/// [`RankedItem::group_size`] of `item` for `request`.
+fn group_size(catalog: &Catalog, request: &RankQuery, item: &Item) -> u32 {
+    request.collapse.as_ref().map_or(0, |field| {
+        u32::try_from(catalog.group_size(field, item)).unwrap_or(u32::MAX)
+    })
 }
 
 /// Puts the item of a page first in `history` (newest, and weighed as the strongest event in

@@ -2023,7 +2023,8 @@ async fn a_collapsed_ranking_keeps_each_values_first_item() {
     // Every brand ranking (12) drops items, and so does every style ranking that lists both
     // styled tents (20 of the 24 in all).
     assert!(rankings_collapsed >= 18, "{rankings_collapsed}");
-    // Both styled tents are Acme's and of one style: collapsed, only one is listed.
+    // Both styled tents are Acme's and of one style: collapsed, only one is listed, which
+    // says its group holds two; a tent of no style stands alone (0).
     let tents = RankQuery {
         query: Some("tent".into()),
         k: 20,
@@ -2031,6 +2032,31 @@ async fn a_collapsed_ranking_keeps_each_values_first_item() {
         ..Default::default()
     };
     let listed = ranker.rank(&tents).await.unwrap();
+    let sizes: HashMap<&str, u32> = listed
+        .items
+        .iter()
+        .map(|i| (i.id.as_str(), i.group_size))
+        .collect();
+    let styled = sizes.iter().find(|(id, _)| ["v1", "v2"].contains(*id));
+    assert_eq!(styled.map(|(_, n)| *n), Some(2), "{sizes:?}");
+    assert_eq!((sizes["v3"], sizes["p1"]), (0, 0));
+    // By brand, by price too: Acme has five items; uncollapsed, no group is given.
+    for sort in [SortOrder::Relevance, SortOrder::PriceDescending] {
+        let by_brand = RankQuery {
+            collapse: Some(brand.clone()),
+            sort,
+            ..tents.clone()
+        };
+        let ranking = ranker.rank(&by_brand).await.unwrap();
+        let acme = ranking.items.iter().find(|i| i.brand == "Acme").unwrap();
+        assert_eq!(acme.group_size, 5, "{sort:?}");
+        let whole = RankQuery {
+            collapse: None,
+            ..by_brand
+        };
+        let ranking = ranker.rank(&whole).await.unwrap();
+        assert!(ranking.items.iter().all(|i| i.group_size == 0));
+    }
     let styled = ids(&listed)
         .iter()
         .filter(|id| id.starts_with("v") && **id != "v3")
@@ -2062,4 +2088,59 @@ async fn a_collapsed_ranking_keeps_each_values_first_item() {
         "{:?}",
         ids(&pinned)
     );
+}
+
+/// Sorted by popularity, a search lists the same items as by price, best sellers first and
+/// ties by id, each with score 0; a browse lists every item so; pages slice it, and a
+/// collapsed listing keeps each brand's most popular.
+#[tokio::test]
+async fn a_search_sorted_by_popularity_lists_its_best_sellers_first() {
+    use souk_ranker_core::facet::FacetField;
+    use souk_ranker_core::rank::SortOrder;
+    let (ranker, hasher, _) = shop();
+    record(&ranker, &hasher, "a", "p7", InteractionKind::Purchase, 1);
+    record(&ranker, &hasher, "b", "p7", InteractionKind::Purchase, 2);
+    record(&ranker, &hasher, "c", "p6", InteractionKind::View, 3);
+    record(&ranker, &hasher, "c", "p2", InteractionKind::Purchase, 4);
+    let listed = |query: Option<&str>| RankQuery {
+        query: query.map(String::from),
+        k: 20,
+        explain: true,
+        sort: SortOrder::Popularity,
+        ..Default::default()
+    };
+    let tents = ranker.rank(&listed(Some("tent"))).await.unwrap();
+    assert_eq!(ids(&tents), ["p7", "p6", "p1"], "{:?}", tents.items);
+    assert!(tents.items.iter().all(|i| i.score == 0.0));
+    let popularity = |id: &str| ranker.catalog().read().unwrap().popularity(id);
+    assert!(popularity("p7") > popularity("p6") && popularity("p6") > 0.0);
+    // Every item: the three bought or viewed first (p7's two purchases, then p2's one, then
+    // p6's view), the rest by id.
+    let all = ranker.rank(&listed(None)).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        ["p7", "p2", "p6", "p1", "p3", "p4", "p5", "p8", "p9"]
+    );
+    let mut paged = Vec::new();
+    for offset in (0..9).step_by(4) {
+        let page = ranker
+            .rank(&RankQuery {
+                k: 4,
+                offset,
+                ..listed(None)
+            })
+            .await
+            .unwrap();
+        paged.extend(page.items.into_iter().map(|i| i.id));
+    }
+    assert_eq!(paged, ids(&all));
+    // One per brand: Acme's most popular is p2 (a purchase), before its tent p1.
+    let by_brand = ranker
+        .rank(&RankQuery {
+            collapse: Some(FacetField::Brand),
+            ..listed(None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_brand), ["p7", "p2", "p6", "p3", "p5"]);
 }

@@ -1103,6 +1103,7 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
             Ok(pb::Sort::Relevance) => SortOrder::Relevance,
             Ok(pb::Sort::PriceAscending) => SortOrder::PriceAscending,
             Ok(pb::Sort::PriceDescending) => SortOrder::PriceDescending,
+            Ok(pb::Sort::Popularity) => SortOrder::Popularity,
             Err(_) => {
                 return Err(RankError::InvalidInput(format!(
                     "unknown sort {}",
@@ -1441,6 +1442,7 @@ impl pb::ranker_server::Ranker for RankerService {
                     reasons: i.reasons,
                     pinned: i.pinned,
                     boost: i.boost,
+                    group_size: i.group_size,
                 })
                 .collect(),
             missing_signals: ranking

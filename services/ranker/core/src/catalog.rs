@@ -992,20 +992,18 @@ impl Catalog {
             .into_iter()
             .filter_map(|slot| Some((key(slot)?, slot)))
             .collect();
-        let by_price = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0);
         let id_of = |slot: u32| self.slot(slot).map_or("", |e| e.item.id.as_str());
-        let in_order = |a: &(u64, u32), b: &(u64, u32)| {
-            by_price(a, b).then_with(|| id_of(a.1).cmp(id_of(b.1)))
-        };
+        let in_order =
+            |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0).then_with(|| id_of(a.1).cmp(id_of(b.1)));
         if let Some(field) = collapse {
             // One item per group, the first in the list's order (cheapest, dearest or most
-            // popular, then by id), as a relevance ranking keeps a group's best. The list is ordered a
-            // prefix at a time, four times longer each round, until its groups fill the
-            // page: a page's few groups do not cost a group lookup per match.
+            // popular, then by id), as a relevance ranking keeps a group's best. The list is
+            // ordered a prefix at a time, four times longer each round, until its groups fill
+            // the page: a page's few groups do not cost a group lookup per match.
             let listed = keyed.len();
             let mut take = page.end.saturating_mul(4).max(64);
             loop {
-                let prefix = Self::price_prefix(&mut keyed, take, by_price);
+                let prefix = Self::key_prefix(&mut keyed, take);
                 keyed[..prefix].sort_by(in_order);
                 let mut groups: HashSet<String> = HashSet::new();
                 let firsts: Vec<u32> = keyed[..prefix]
@@ -1030,27 +1028,23 @@ impl Catalog {
             return (Vec::new(), listed);
         }
         // Only the page's items and those before it are ordered.
-        let prefix = Self::price_prefix(&mut keyed, end, by_price);
+        let prefix = Self::key_prefix(&mut keyed, end);
         keyed[..prefix].sort_by(in_order);
         let slots = keyed[page.start..end].iter().map(|&(_, s)| s).collect();
         (slots, listed)
     }
 
-    /// Moves to the front of `keyed` the first `take` items by `by_price` and every other
-    /// item at the price of the last of them (which the ties' order by id may place before
-    /// it): a prefix of the list in its whole order (price, then id), unordered. Its length.
-    fn price_prefix(
-        keyed: &mut [(u64, u32)],
-        take: usize,
-        by_price: impl Fn(&(u64, u32), &(u64, u32)) -> std::cmp::Ordering,
-    ) -> usize {
+    /// Moves to the front of `keyed` the first `take` items by key and every other item of
+    /// the last one's key (which the ties' order by id may place before it): a prefix of the
+    /// list in its whole order (key, then id), unordered. Its length.
+    fn key_prefix(keyed: &mut [(u64, u32)], take: usize) -> usize {
         if take >= keyed.len() {
             return keyed.len();
         }
         if take == 0 {
             return 0;
         }
-        keyed.select_nth_unstable_by(take - 1, &by_price);
+        keyed.select_nth_unstable_by_key(take - 1, |&(key, _)| key);
         let last = keyed[take - 1].0;
         let mut kept = take;
         for i in take..keyed.len() {

@@ -210,27 +210,28 @@ impl Facets {
         counts
     }
 
-    /// How many items hold `value` (lower-cased) of `field` (0 for the price).
-    pub(crate) fn value_count(&self, field: &FacetField, value: &str) -> usize {
-        let sets = match field {
+    /// The items of each lower-cased value of `field` (`None` for the price, or an attribute
+    /// no item has).
+    fn sets_of(&self, field: &FacetField) -> Option<&HashMap<String, SlotSet>> {
+        match field {
             FacetField::Brand => Some(&self.brands),
             FacetField::Category => Some(&self.categories),
             FacetField::Attribute(a) => self.attributes.get(a),
             FacetField::Price | FacetField::PriceBuckets(_) => None,
-        };
-        sets.and_then(|sets| sets.get(value))
+        }
+    }
+
+    /// How many items hold `value` (lower-cased) of `field` (0 for the price).
+    pub(crate) fn value_count(&self, field: &FacetField, value: &str) -> usize {
+        self.sets_of(field)
+            .and_then(|sets| sets.get(value))
             .map_or(0, SlotSet::len)
     }
 
     /// The items of each value of `field`, by lower-cased value (none for the price).
     pub(crate) fn value_sets(&self, field: &FacetField) -> Vec<(&str, &SlotSet)> {
-        let sets = match field {
-            FacetField::Brand => Some(&self.brands),
-            FacetField::Category => Some(&self.categories),
-            FacetField::Attribute(a) => self.attributes.get(a),
-            FacetField::Price | FacetField::PriceBuckets(_) => None,
-        };
-        sets.into_iter()
+        self.sets_of(field)
+            .into_iter()
             .flatten()
             .map(|(v, slots)| (v.as_str(), slots))
             .collect()
@@ -611,14 +612,10 @@ impl FacetField {
                     attr.len()
                 )),
                 Some(attr) if !attr.is_empty() => Ok(Self::Attribute(attr.to_lowercase())),
-                _ => {
-                    // A name echoed back whole could be megabytes.
-                    let shown: String = name.chars().take(64).collect();
-                    let more = if shown.len() < name.len() { "..." } else { "" };
-                    Err(format!(
-                        "unknown facet {shown:?}{more} (brand, category, price, price:<edges> or attribute:<name>)"
-                    ))
-                }
+                _ => Err(format!(
+                    "unknown facet {} (brand, category, price, price:<edges> or attribute:<name>)",
+                    shown_name(name)
+                )),
             },
         }
     }
@@ -635,13 +632,10 @@ impl FacetField {
                 "cannot collapse on {:?}: brand or attribute:<name> (a field an item holds one value of)",
                 field.name()
             )),
-            Err(_) => {
-                let shown: String = name.chars().take(64).collect();
-                let more = if shown.len() < name.len() { "..." } else { "" };
-                Err(format!(
-                    "cannot collapse on {shown:?}{more}: brand or attribute:<name>"
-                ))
-            }
+            Err(_) => Err(format!(
+                "cannot collapse on {}: brand or attribute:<name>",
+                shown_name(name)
+            )),
         }
     }
 
@@ -722,6 +716,14 @@ impl FacetField {
             Self::Price | Self::PriceBuckets(_) => Vec::new(),
         }
     }
+}
+
+/// A field's name as a fault quotes it: its first 64 characters, and `...` for the rest (a
+/// name echoed back whole could be megabytes).
+fn shown_name(name: &str) -> String {
+    let shown: String = name.chars().take(64).collect();
+    let more = if shown.len() < name.len() { "..." } else { "" };
+    format!("{shown:?}{more}")
 }
 
 /// A price-bucket facet's edges ("25, 50, 100"): positive prices, rising, at most

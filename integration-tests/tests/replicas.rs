@@ -845,6 +845,39 @@ async fn a_replica_further_ahead_than_the_promoted_one_keeps_its_copy() {
     assert!(soon_within(30, async || same_counts(&mut p, &mut r2).await).await);
 }
 
+/// A primary started with `--restore-from` while its replica still follows the old primary
+/// (a supervisor's restart at once, before the replica has seen the old process go) asks
+/// again until the replica lets it copy, instead of failing its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_waits_for_the_replica_to_see_its_primary_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let primary_url = primary.url();
+    let (one, _) =
+        replica_in_sync(&dir.path().join("one"), (&encoder, &kg.url()), &primary_url).await;
+    let shop = stats(&mut client(&primary_url).await).await;
+    let one_url = one.url();
+    // The old primary goes a second after the new one first asks.
+    let (lost, kg_url) = (dir.path().join("lost"), kg.url());
+    let restoring = primary_at(
+        &lost,
+        (&encoder, &kg_url),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(&one_url),
+    );
+    let stop_later = async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        primary.stop().await.unwrap();
+    };
+    let (restored, ()) = tokio::join!(restoring, stop_later);
+    let now = stats(&mut client(&restored.url()).await).await;
+    assert_eq!(
+        (now.items, now.interactions),
+        (shop.items, shop.interactions),
+        "{now:?}"
+    );
+}
+
 /// A restore cut short (the primary stopped mid-copy: its store holds part of one) is taken
 /// again at the next start, though the store then holds items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -428,6 +428,11 @@ impl ReplicaState {
 /// Longest wait between two tries to reach the primary.
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a `--restore-from` start asks again a replica that refuses because it still
+/// follows its primary (it sees a stopped primary's stream end within moments, a killed
+/// one's at its connection's reset), before it gives up with that refusal.
+const RESTORE_WAIT: Duration = Duration::from_secs(20);
+
 /// The wait between tries to reach the primary (following it, passing events on): from
 /// 100 ms, doubling to [`RETRY_MAX`].
 pub(crate) struct Backoff(Duration);
@@ -715,18 +720,34 @@ pub(crate) async fn restore(
         .map_err(|e| e.to_string())?;
     let mut client =
         pb::ranker_client::RankerClient::new(channel).max_decoding_message_size(MAX_CHANGE_BYTES);
-    let request = follow_request(
-        pb::FollowRequest {
-            restore: true,
-            ..Default::default()
-        },
-        token,
-    )?;
-    let mut stream = client
-        .follow(request)
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+    // A replica refuses while it still follows its primary: one restarted at once after
+    // its store was lost (a supervisor's restart) can ask before the replica has seen the
+    // old process go, so that refusal is waited out for a while.
+    let asked = std::time::Instant::now();
+    let mut stream = loop {
+        let request = follow_request(
+            pb::FollowRequest {
+                restore: true,
+                ..Default::default()
+            },
+            token,
+        )?;
+        match client.follow(request).await {
+            Ok(response) => break response.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    && asked.elapsed() < RESTORE_WAIT =>
+            {
+                tracing::info!(
+                    from = %url,
+                    refused = status.message(),
+                    "the replica still follows its primary; asking again"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => return Err(format!("{}: {}", status.code(), status.message())),
+        }
+    };
     let Some(first) = next(&mut stream).await? else {
         return Err("the ranker ended the stream before its copy".into());
     };

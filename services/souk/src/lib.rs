@@ -550,6 +550,18 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
             },
         ),
         (
+            "Best sellers in Coffee (sorted by popularity: shoppers' events, weighed by kind)"
+                .to_string(),
+            rk::RankRequest {
+                filters: Some(rk::Filters {
+                    category: "Coffee".into(),
+                    ..Default::default()
+                }),
+                sort: rk::Sort::Popularity as i32,
+                ..Default::default()
+            },
+        ),
+        (
             "Search \"family tent under 150\" (a budget in the words: a price filter on the rest)"
                 .to_string(),
             search("family tent under 150"),
@@ -599,7 +611,9 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
     for (title, request) in cases {
         // Variety helps a recommendation shelf; a search, or an item's page, should stay on
         // what was asked.
-        let shelf = request.query.is_empty() && request.item_id.is_empty();
+        let shelf = request.query.is_empty()
+            && request.item_id.is_empty()
+            && request.sort == rk::Sort::Relevance as i32;
         let diversity = if shelf { 0.2 } else { 0.0 };
         let started = Instant::now();
         let ranking = ranker

@@ -1409,6 +1409,16 @@ fn listing(
             contributions: Vec::new(),
             reasons: match (request.explain, query) {
                 (false, _) => Vec::new(),
+                (true, _)
+                    if order == ListOrder::Popularity && catalog.popularity_at(slot) > 0.0 =>
+                {
+                    // What placed it first, then why it is listed at all.
+                    let listed = match query {
+                        Some(q) => search_reason(catalog, slot, q, matched(slot)),
+                        None => browsed.clone(),
+                    };
+                    vec!["popular with shoppers".to_string(), listed]
+                }
                 (true, Some(q)) => vec![search_reason(catalog, slot, q, matched(slot))],
                 (true, None) => vec![browsed.clone()],
             },

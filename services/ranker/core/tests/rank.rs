@@ -2112,6 +2112,12 @@ async fn a_search_sorted_by_popularity_lists_its_best_sellers_first() {
     let tents = ranker.rank(&listed(Some("tent"))).await.unwrap();
     assert_eq!(ids(&tents), ["p7", "p6", "p1"], "{:?}", tents.items);
     assert!(tents.items.iter().all(|i| i.score == 0.0));
+    // A bought or viewed item says so first; one no shopper touched only why it is listed.
+    assert_eq!(
+        tents.items[0].reasons,
+        ["popular with shoppers", "matches your search \"tent\""]
+    );
+    assert_eq!(tents.items[2].reasons, ["matches your search \"tent\""]);
     let popularity = |id: &str| ranker.catalog().read().unwrap().popularity(id);
     assert!(popularity("p7") > popularity("p6") && popularity("p6") > 0.0);
     // Every item: the three bought or viewed first (p7's two purchases, then p2's one, then

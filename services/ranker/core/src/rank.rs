@@ -1407,20 +1407,19 @@ fn listing(
             category: item.category.clone(),
             price: item.price,
             contributions: Vec::new(),
-            reasons: match (request.explain, query) {
-                (false, _) => Vec::new(),
-                (true, _)
-                    if order == ListOrder::Popularity && catalog.popularity_at(slot) > 0.0 =>
-                {
-                    // What placed it first, then why it is listed at all.
-                    let listed = match query {
-                        Some(q) => search_reason(catalog, slot, q, matched(slot)),
-                        None => browsed.clone(),
-                    };
+            reasons: if request.explain {
+                // Why it is listed at all; first, for a best seller, what placed it there.
+                let listed = match query {
+                    Some(q) => search_reason(catalog, slot, q, matched(slot)),
+                    None => browsed.clone(),
+                };
+                if order == ListOrder::Popularity && catalog.popularity_at(slot) > 0.0 {
                     vec!["popular with shoppers".to_string(), listed]
+                } else {
+                    vec![listed]
                 }
-                (true, Some(q)) => vec![search_reason(catalog, slot, q, matched(slot))],
-                (true, None) => vec![browsed.clone()],
+            } else {
+                Vec::new()
             },
             pinned: false,
             boost: 0.0,

@@ -192,7 +192,19 @@ pub async fn start_ranker_ann(
     kg_url: &str,
     ann_min_items: usize,
 ) -> Running {
-    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, None, WATCH).await
+    let server = server_args(None);
+    start_ranker_with(data_dir, encoder_url, kg_url, ann_min_items, server, WATCH).await
+}
+
+/// A ranker with the server flags `server` (an admin token, JSON over HTTP).
+pub async fn start_ranker_serving(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    server: ServerArgs,
+) -> Running {
+    let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
+    start_ranker_with(data_dir, encoder_url, kg_url, ann, server, WATCH).await
 }
 
 /// How a test ranker watches the encoder's model.
@@ -218,7 +230,8 @@ pub async fn start_ranker_watching(
     watch: ModelWatch,
 ) -> Running {
     let ann = souk_ranker::DEFAULT_ANN_MIN_ITEMS;
-    start_ranker_with(data_dir, encoder_url, kg_url, ann, None, watch).await
+    let server = server_args(None);
+    start_ranker_with(data_dir, encoder_url, kg_url, ann, server, watch).await
 }
 
 /// A ranker that also serves Prometheus `/metrics` on the returned port.
@@ -228,13 +241,14 @@ pub async fn start_ranker_metrics(
     kg_url: &str,
 ) -> (Running, u16) {
     let port = free_port();
-    let metrics = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut server = server_args(None);
+    server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let ranker = start_ranker_with(
         data_dir,
         encoder_url,
         kg_url,
         souk_ranker::DEFAULT_ANN_MIN_ITEMS,
-        metrics,
+        server,
         WATCH,
     )
     .await;
@@ -246,7 +260,7 @@ async fn start_ranker_with(
     encoder_url: &str,
     kg_url: &str,
     ann_min_items: usize,
-    metrics_listen: Option<std::net::SocketAddr>,
+    server: ServerArgs,
     watch: ModelWatch,
 ) -> Running {
     let replica = Replica {
@@ -257,15 +271,7 @@ async fn start_ranker_with(
         accept_new_store: false,
         restore_from: None,
     };
-    start_ranker_as(
-        data_dir,
-        encoder_url,
-        kg_url,
-        metrics_listen,
-        watch,
-        replica,
-    )
-    .await
+    start_ranker_as(data_dir, encoder_url, kg_url, server, watch, replica).await
 }
 
 /// Where a test ranker listens and whose replica it is.
@@ -292,7 +298,8 @@ pub async fn start_ranker_replica(
     kg_url: &str,
     replica: Replica<'_>,
 ) -> Running {
-    start_ranker_as(data_dir, encoder_url, kg_url, None, WATCH, replica).await
+    let server = server_args(None);
+    start_ranker_as(data_dir, encoder_url, kg_url, server, WATCH, replica).await
 }
 
 /// [`start_ranker_replica`] without waiting for SERVING.
@@ -303,12 +310,13 @@ pub async fn spawn_ranker_replica(
     replica: Replica<'_>,
 ) -> Running {
     let listener = TcpListener::bind(replica.at).await.unwrap();
+    let server = server_args(None);
     spawn_ranker(
         listener,
         data_dir,
         encoder_url,
         kg_url,
-        None,
+        server,
         WATCH,
         &replica,
     )
@@ -318,7 +326,7 @@ async fn start_ranker_as(
     data_dir: &Path,
     encoder_url: &str,
     kg_url: &str,
-    metrics_listen: Option<std::net::SocketAddr>,
+    server: ServerArgs,
     watch: ModelWatch,
     replica: Replica<'_>,
 ) -> Running {
@@ -328,7 +336,7 @@ async fn start_ranker_as(
         data_dir,
         encoder_url,
         kg_url,
-        metrics_listen,
+        server,
         watch,
         &replica,
     );
@@ -341,12 +349,10 @@ fn spawn_ranker(
     data_dir: &Path,
     encoder_url: &str,
     kg_url: &str,
-    metrics_listen: Option<std::net::SocketAddr>,
+    server: ServerArgs,
     watch: ModelWatch,
     replica: &Replica<'_>,
 ) -> Running {
-    let mut server = server_args(None);
-    server.metrics_listen = metrics_listen;
     let args = souk_ranker::RankerArgs {
         listen: listener.local_addr().unwrap(),
         data_dir: data_dir.to_path_buf(),

@@ -7,6 +7,7 @@ mod degradation;
 mod encoder;
 mod eval;
 mod graph;
+mod http;
 mod models;
 mod random_requests;
 mod replicas;

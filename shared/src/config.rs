@@ -10,6 +10,10 @@ pub struct ServerArgs {
     /// Address the Prometheus `/metrics` endpoint listens on; unset disables it.
     #[arg(long, env = "SOUK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address where the unary RPCs are also answered as JSON over HTTP/1.1 (`POST
+    /// /souk.ranker.v1.Ranker/Rank`, `content-type: application/json`); unset: gRPC only.
+    #[arg(long, env = "SOUK_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Deadline for one request, in milliseconds.
     #[arg(long, env = "SOUK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -26,6 +30,7 @@ impl Default for ServerArgs {
     fn default() -> Self {
         Self {
             metrics_listen: None,
+            http_listen: None,
             request_timeout_ms: 30_000,
             concurrency_limit: 256,
             admin_token: None,
@@ -41,6 +46,7 @@ impl ServerArgs {
             concurrency_limit: self.concurrency_limit.max(1),
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             metrics_listen: self.metrics_listen,
+            http_listen: self.http_listen,
         }
     }
 }

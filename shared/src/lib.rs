@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod deadline;
+pub mod gateway;
 pub mod metrics;
 pub mod server;
 pub mod shed;
@@ -35,6 +36,10 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {0} for {1}: {2}")]
+    Bind(std::net::SocketAddr, &'static str, std::io::Error),
+    #[error("descriptor set: {0}")]
+    Descriptors(String),
     #[error("invalid address {0:?}: {1}")]
     Address(String, String),
 }

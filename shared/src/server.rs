@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
@@ -14,10 +15,12 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
 
 use crate::Error;
 use crate::auth::AdminAuthLayer;
 use crate::deadline::DeadlineLayer;
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::shed::LoadShedLayer;
 
@@ -45,6 +48,9 @@ pub struct ServerOptions {
     pub admin_token: Option<String>,
     /// Where `/metrics` is served; `None` disables the endpoint (metrics are still recorded).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the unary methods are also served as JSON over HTTP/1.1 ([`crate::gateway`]);
+    /// `None`: gRPC only.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +60,7 @@ impl Default for ServerOptions {
             concurrency_limit: 256,
             admin_token: None,
             metrics_listen: None,
+            http_listen: None,
         }
     }
 }
@@ -152,10 +159,11 @@ impl GrpcServer {
         self.metrics.clone()
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains open calls.
+    /// Serves on `listener` (and JSON over HTTP on `http_listen`, when set) until `shutdown`
+    /// completes, then drains open calls.
     ///
     /// # Errors
-    /// When the metrics address cannot be bound or the transport fails.
+    /// When the metrics or HTTP address cannot be bound or the transport fails.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -198,13 +206,46 @@ impl GrpcServer {
                 &self.admin_methods,
             ))
             .into_inner();
-        let result = Server::builder()
+        // The HTTP gateway sends each call through the same layers (one concurrency limit,
+        // one token check) into the same routes.
+        let gateway = match options.http_listen {
+            Some(addr) => {
+                let http = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Bind(addr, "JSON over HTTP", e))?;
+                let stack = ServiceBuilder::new()
+                    .layer(layers.clone())
+                    .service(routes.clone());
+                let gateway = Gateway::new(
+                    &[
+                        souk_proto::FILE_DESCRIPTOR_SET,
+                        tonic_health::pb::FILE_DESCRIPTOR_SET,
+                    ],
+                    std::iter::once("grpc.health.v1.Health")
+                        .chain(self.health.services.iter().copied())
+                        .map(String::from)
+                        .collect(),
+                    BoxCloneSyncService::new(stack),
+                )?;
+                let bound = http.local_addr()?;
+                tracing::info!(%bound, "JSON over HTTP on http://{bound}/<service>/<method>");
+                Some((Arc::new(gateway), http))
+            }
+            None => None,
+        };
+        let shutdown = shutdown.shared();
+        let grpc = Server::builder()
             .tcp_nodelay(true)
             .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
             .layer(layers)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming(listener), shutdown.clone());
+        let http = async {
+            if let Some((gateway, http)) = gateway {
+                gateway.serve(http, shutdown.clone()).await;
+            }
+        };
+        let (result, ()) = tokio::join!(grpc, http);
         if let Some(task) = metrics_task {
             task.abort();
         }
@@ -231,11 +272,13 @@ mod tests {
     }
 
     async fn start() -> Running {
+        start_with(ServerOptions::default()).await
+    }
+
+    async fn start_with(options: ServerOptions) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = GrpcServer::new("test", ServerOptions::default())
-            .await
-            .unwrap();
+        let server = GrpcServer::new("test", options).await.unwrap();
         let (health, metrics) = (server.health(), server.metrics());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
@@ -335,6 +378,154 @@ mod tests {
             "latency histogram"
         );
         assert!(body.contains("service=\"test\""));
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    /// The health service's `Check` over the HTTP gateway: the JSON a caller without gRPC sends
+    /// and gets, and each way a call can be wrong answered with its HTTP status and a Connect
+    /// error body naming what was wrong.
+    #[tokio::test]
+    async fn unary_methods_answer_json_over_http_and_bad_calls_say_why() {
+        use souk_testkit::{http_call, post_json};
+        let http: SocketAddr = format!("127.0.0.1:{}", souk_testkit::free_port())
+            .parse()
+            .unwrap();
+        let Running {
+            health,
+            metrics,
+            client: _,
+            stop,
+            task,
+        } = start_with(ServerOptions {
+            http_listen: Some(http),
+            ..ServerOptions::default()
+        })
+        .await;
+        let check = "/grpc.health.v1.Health/Check";
+        // The listener is bound inside `serve`: wait for it.
+        let mut reply = None;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(http).await.is_ok() {
+                reply = Some(post_json(http, check, "{}").await);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reply = reply.expect("the HTTP gateway never listened");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.body, r#"{"status":"NOT_SERVING"}"#);
+        health.set_ready().await;
+        let reply = post_json(http, check, r#"{"service": ""}"#).await;
+        assert_eq!(reply.body, r#"{"status":"SERVING"}"#);
+        // An empty body is the empty message.
+        let reply = post_json(http, check, "").await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, r#"{"status":"SERVING"}"#)
+        );
+
+        let error = |reply: &souk_testkit::HttpReply| -> (u16, String, String) {
+            let body: serde_json::Value =
+                serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+            (
+                reply.status,
+                body["code"].as_str().unwrap().to_string(),
+                body["message"].as_str().unwrap().to_string(),
+            )
+        };
+        // The service's own error keeps its code and message.
+        let (status, code, message) =
+            error(&post_json(http, check, r#"{"service": "no.such.Service"}"#).await);
+        assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
+        // A misspelt field, a wrong type and trailing text are the caller's fault.
+        for (body, names) in [
+            (r#"{"servce": ""}"#, "servce"),
+            (r#"{"service": 7}"#, "line 1 column"),
+            (r#"{"service": ""} {}"#, "trailing"),
+            ("{", "EOF"),
+        ] {
+            let (status, code, message) = error(&post_json(http, check, body).await);
+            assert_eq!(
+                (status, code.as_str()),
+                (400, "invalid_argument"),
+                "{body}: {message}"
+            );
+            assert!(message.contains("HealthCheckRequest"), "{message}");
+            assert!(message.contains(names), "{body}: {message} lacks {names:?}");
+        }
+        let reply = http_call(http, "GET", check, &[], b"").await;
+        assert_eq!(reply.status, 405, "{reply:?}");
+        assert_eq!(reply.header("allow"), Some("POST"));
+        let reply = http_call(
+            http,
+            "POST",
+            check,
+            &[("content-type", "text/plain")],
+            b"{}",
+        )
+        .await;
+        assert_eq!(reply.status, 415, "{reply:?}");
+        assert_eq!(reply.header("accept-post"), Some("application/json"));
+        let (status, code, message) =
+            error(&post_json(http, "/grpc.health.v1.Health/Watch", "{}").await);
+        assert_eq!((status, code.as_str()), (501, "unimplemented"));
+        assert!(message.contains("streams"), "{message}");
+        for path in [
+            "/no.such.Service/Check",
+            "/grpc.health.v1.Health/Nope",
+            "/",
+            "/x",
+        ] {
+            let (status, code, message) = error(&post_json(http, path, "{}").await);
+            assert_eq!((status, code.as_str()), (404, "unimplemented"), "{path}");
+            assert!(message.contains(path), "{message}");
+        }
+        let big = format!(
+            r#"{{"service": "{}"}}"#,
+            "x".repeat(crate::gateway::MAX_BODY_BYTES)
+        );
+        let (status, code, _) = error(&post_json(http, check, &big).await);
+        assert_eq!((status, code.as_str()), (413, "resource_exhausted"));
+        let reply = http_call(
+            http,
+            "POST",
+            check,
+            &[
+                ("content-type", "application/json"),
+                ("connect-timeout-ms", "soon"),
+            ],
+            b"{}",
+        )
+        .await;
+        let (status, _, message) = error(&reply);
+        assert_eq!(status, 400);
+        assert!(message.contains("connect-timeout-ms"), "{message}");
+        let reply = http_call(
+            http,
+            "POST",
+            check,
+            &[
+                ("content-type", "application/json; charset=utf-8"),
+                ("connect-timeout-ms", "5000"),
+            ],
+            b"{}",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+
+        // HTTP calls pass through the same layers as gRPC calls: they are counted.
+        let rendered = metrics.render();
+        let ok = rendered
+            .lines()
+            .find(|l| {
+                l.starts_with("souk_grpc_requests_total")
+                    && l.contains("Health/Check")
+                    && l.contains("code=\"Ok\"")
+            })
+            .unwrap_or_else(|| panic!("no request counter in {rendered}"));
+        assert!(ok.ends_with(" 4"), "four answered checks: {ok}");
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
     }

@@ -82,9 +82,12 @@ pub struct Suite {
     tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
-fn server_args(base: &ServerArgs, metrics_port: Option<u16>) -> ServerArgs {
+/// One server's flags: the shared ones, its own metrics port, and `--http-listen` for the
+/// ranker alone (the service shops call; one address cannot serve three servers).
+fn server_args(base: &ServerArgs, metrics_port: Option<u16>, ranker: bool) -> ServerArgs {
     ServerArgs {
         metrics_listen: metrics_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        http_listen: base.http_listen.filter(|_| ranker),
         ..base.clone()
     }
 }
@@ -122,12 +125,12 @@ impl Suite {
             max_batch_texts: 512,
             queue_capacity: 256,
             inference_workers: 1,
-            server: server_args(&args.server, metrics(0)),
+            server: server_args(&args.server, metrics(0), false),
         };
         let kg_args = KgArgs {
             listen: kg,
             data_dir: args.data_dir.join("kg"),
-            server: server_args(&args.server, metrics(1)),
+            server: server_args(&args.server, metrics(1), false),
         };
         let ranker_args = RankerArgs {
             listen: ranker,
@@ -146,7 +149,7 @@ impl Suite {
             accept_new_primary_store: false,
             restore_from: None,
             prepare_downgrade: false,
-            server: server_args(&args.server, metrics(2)),
+            server: server_args(&args.server, metrics(2), true),
         };
         let (stop, watch) = tokio::sync::watch::channel(false);
         let signal = move || {
@@ -188,10 +191,14 @@ impl Suite {
         let started = Instant::now();
         let mut serving = None;
         loop {
-            for (name, task) in &self.tasks {
-                if task.is_finished() {
-                    anyhow::bail!("the {name} stopped during startup; see the log above");
-                }
+            if let Some(i) = self.tasks.iter().position(|(_, task)| task.is_finished()) {
+                let (name, task) = self.tasks.swap_remove(i);
+                let why = match task.await {
+                    Ok(Ok(())) => anyhow::anyhow!("it returned before it was ready"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("it panicked: {e}"),
+                };
+                return Err(why.context(format!("the {name} stopped during startup")));
             }
             let mut ready = true;
             for addr in [self.encoder, self.kg, self.ranker] {
@@ -282,6 +289,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 suite.ranker,
                 args.data_dir.display()
             );
+            if let Some(http) = args.server.http_listen {
+                eprintln!(
+                    "JSON over HTTP: curl -H 'content-type: application/json' -d '{{\"query\": \"coffee\", \"k\": 3}}' http://{http}/souk.ranker.v1.Ranker/Rank"
+                );
+            }
             tokio::select! {
                 () = souk_shared::shutdown::signal() => {}
                 name = suite.any_stopped() => eprintln!("the {name} stopped; shutting down"),

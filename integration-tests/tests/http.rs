@@ -1,0 +1,217 @@
+//! JSON over HTTP (`--http-listen`): a shop backend without gRPC calls the ranker with `curl`
+//! or any HTTP client and gets what a gRPC client gets, under the same rules (admin token,
+//! bad input named).
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use souk_proto::ranker::v1 as rk;
+use souk_proto::ranker::v1::ranker_client::RankerClient;
+use souk_testkit::{http_call, post_json};
+
+use crate::common::*;
+
+const TOKEN: &str = "http-test-token";
+const RANK: &str = "/souk.ranker.v1.Ranker/Rank";
+
+/// The demo shop behind a ranker that needs an admin token and serves JSON on `http`.
+async fn shop_over_http() -> (Running, Running, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder_url = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut server = server_args(Some(TOKEN));
+    server.http_listen = Some(http);
+    let ranker =
+        start_ranker_serving(&dir.path().join("ranker"), &encoder_url, &kg.url(), server).await;
+    let data = repo_root().join("kg-data");
+    let token = Some(TOKEN.to_string());
+    soukctl::load_triples(
+        channel(&kg.url()).await,
+        &data.join("triples.tsv"),
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    soukctl::load_catalog(
+        channel(&ranker.url()).await,
+        &data.join("products.csv"),
+        &quiet(),
+        &token,
+    )
+    .await
+    .unwrap();
+    soukctl::load_events(
+        channel(&ranker.url()).await,
+        &data.join("events.csv"),
+        &quiet(),
+        &token,
+    )
+    .await
+    .unwrap();
+    (kg, ranker, http, dir)
+}
+
+/// (id, title, price, reasons) of each item of a JSON `RankResponse`.
+fn json_items(body: &Value) -> Vec<(String, String, f64, Vec<String>)> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {body}"))
+        .iter()
+        .map(|item| {
+            (
+                item["id"].as_str().unwrap().to_string(),
+                item["title"].as_str().unwrap().to_string(),
+                item["price"].as_f64().unwrap(),
+                item["reasons"]
+                    .as_array()
+                    .map(|r| r.iter().map(|r| r.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn grpc_items(response: &rk::RankResponse) -> Vec<(String, String, f64, Vec<String>)> {
+    response
+        .items
+        .iter()
+        .map(|i| (i.id.clone(), i.title.clone(), i.price, i.reasons.clone()))
+        .collect()
+}
+
+fn parse(reply: &souk_testkit::HttpReply) -> Value {
+    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shop_backend_ranks_over_json_and_gets_what_grpc_gets() {
+    let (_kg, ranker, http, _dir) = shop_over_http().await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    // The same requests written both ways: proto3 JSON (camelCase or the proto's own names,
+    // enums by name) and the generated message.
+    let cases = [
+        (
+            r#"{"query": "trail running shoes", "k": 5, "explain": true}"#,
+            rk::RankRequest {
+                query: "trail running shoes".into(),
+                k: 5,
+                explain: true,
+                ..Default::default()
+            },
+        ),
+        (
+            r#"{"query": "coffee", "k": 4, "sort": "SORT_PRICE_ASCENDING",
+                "filters": {"max_price": 40}, "offset": 2, "explain": true}"#,
+            rk::RankRequest {
+                query: "coffee".into(),
+                k: 4,
+                sort: rk::Sort::PriceAscending as i32,
+                filters: Some(rk::Filters {
+                    max_price: Some(40.0),
+                    ..Default::default()
+                }),
+                offset: 2,
+                explain: true,
+                ..Default::default()
+            },
+        ),
+        (
+            r#"{"query": "headphones", "k": 6, "collapse": "brand", "userId": "u001"}"#,
+            rk::RankRequest {
+                query: "headphones".into(),
+                k: 6,
+                collapse: "brand".into(),
+                user_id: "u001".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (json, request) in cases {
+        let reply = post_json(http, RANK, json).await;
+        assert_eq!(reply.status, 200, "{json}: {reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let over_http = json_items(&parse(&reply));
+        let over_grpc = grpc_items(&client.rank(request).await.unwrap().into_inner());
+        assert!(!over_grpc.is_empty(), "{json}");
+        assert_eq!(over_http, over_grpc, "{json}");
+    }
+
+    // Bad input is the caller's fault, said as gRPC says it.
+    for (json, says) in [
+        (r#"{"query": "coffee", "k": 0}"#, "k must be 1..=1000"),
+        (
+            r#"{"query": "coffee", "k": 5, "collapse": "price"}"#,
+            "collapse",
+        ),
+        (r#"{"qurey": "coffee", "k": 5}"#, "qurey"),
+        (
+            r#"{"query": "coffee", "k": 5, "sort": "SORT_BY_MOOD"}"#,
+            "SORT_BY_MOOD",
+        ),
+        (r#"{"query": "coffee", "k": -1}"#, "RankRequest"),
+    ] {
+        let reply = post_json(http, RANK, json).await;
+        let body = parse(&reply);
+        assert_eq!(
+            (reply.status, body["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{json}: {reply:?}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{json}: {message} lacks {says:?}");
+    }
+    // Streams stay gRPC only.
+    let reply = post_json(http, "/souk.ranker.v1.Ranker/UpsertItems", "{}").await;
+    assert_eq!(reply.status, 501, "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_calls_over_http_need_the_token_as_over_grpc() {
+    let (_kg, ranker, http, _dir) = shop_over_http().await;
+    let delete = "/souk.ranker.v1.Ranker/DeleteItems";
+    let body = br#"{"ids": ["p00168"]}"#;
+    let json = ("content-type", "application/json");
+    for authorization in [None, Some("Bearer wrong-token")] {
+        let headers: Vec<_> = [Some(json), authorization.map(|a| ("authorization", a))]
+            .into_iter()
+            .flatten()
+            .collect();
+        let reply = http_call(http, "POST", delete, &headers, body).await;
+        assert_eq!(reply.status, 401, "{authorization:?}: {reply:?}");
+        assert_eq!(parse(&reply)["code"], "unauthenticated");
+    }
+    let stats = || async {
+        let mut client = RankerClient::new(channel(&ranker.url()).await);
+        client
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    assert_eq!(stats().await, 312, "a refused delete removed nothing");
+    let bearer = format!("Bearer {TOKEN}");
+    let reply = http_call(
+        http,
+        "POST",
+        delete,
+        &[json, ("authorization", &bearer)],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(stats().await, 311);
+    let reply = post_json(http, RANK, r#"{"query": "drip coffee maker", "k": 20}"#).await;
+    let ids: Vec<String> = json_items(&parse(&reply))
+        .into_iter()
+        .map(|i| i.0)
+        .collect();
+    assert!(!ids.is_empty());
+    assert!(!ids.contains(&"p00168".to_string()), "{ids:?}");
+    // Read-only calls need no token; 64-bit counts are strings in proto3 JSON.
+    let reply = post_json(http, "/souk.ranker.v1.Ranker/Stats", "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(parse(&reply)["items"], "311");
+}

@@ -1,0 +1,460 @@
+//! Unary RPCs over HTTP/1.1 with JSON bodies, for callers that do not speak gRPC (a shop's PHP
+//! or Node backend, `curl`). The wire format is the Connect protocol's unary call:
+//!
+//! ```text
+//! POST /souk.ranker.v1.Ranker/Rank HTTP/1.1
+//! content-type: application/json
+//!
+//! {"query": "trail shoes", "k": 5}
+//! ```
+//!
+//! answered `200` with the response message as proto3 JSON (camelCase names, enums by name,
+//! 64-bit integers as strings, default values left out), or an error status with
+//! `{"code": "invalid_argument", "message": "..."}` (the gRPC code in snake case, its message
+//! unchanged). Every call is transcoded in process into a gRPC request and sent through the
+//! same tower stack as a gRPC call: metrics, load shedding, admin auth and deadlines treat the
+//! two protocols alike, and both share one concurrency limit. `authorization` and other
+//! metadata travel as headers; `connect-timeout-ms` becomes `grpc-timeout`.
+//!
+//! The JSON mapping comes from the descriptor set the servers already carry for reflection
+//! (prost-reflect), so every unary method of a hosted service is reachable without generated
+//! code. Streaming methods (bulk loads) stay gRPC only.
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+use crate::Error;
+
+/// Largest request body read: tonic's own default for a decoded gRPC message.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long open HTTP calls may finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The in-process gRPC stack a call is sent through (routes behind the server's layers).
+pub type GrpcStack = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Serves the unary methods of `services` as JSON over HTTP/1.1.
+pub struct Gateway {
+    pool: DescriptorPool,
+    services: Vec<String>,
+    stack: GrpcStack,
+}
+
+/// A call that cannot be answered 200: its HTTP status and the Connect error body.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    code: tonic::Code,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            status: http_status(code),
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn into_response(self) -> http::Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "code": connect_code(self.code),
+            "message": self.message,
+        });
+        let mut response = json_response(self.status, body.to_string().into());
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            response.headers_mut().insert(
+                header::HeaderName::from_static("accept-post"),
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self::new(status.code(), status.message())
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The HTTP status of a gRPC code (the mapping of `google.rpc.Code`, which Connect follows).
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code::*;
+    match code {
+        Ok => StatusCode::OK,
+        Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        InvalidArgument | FailedPrecondition | OutOfRange => StatusCode::BAD_REQUEST,
+        DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        NotFound => StatusCode::NOT_FOUND,
+        AlreadyExists | Aborted => StatusCode::CONFLICT,
+        PermissionDenied => StatusCode::FORBIDDEN,
+        ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Unauthenticated => StatusCode::UNAUTHORIZED,
+        Unknown | Internal | DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Connect's name of a gRPC code.
+fn connect_code(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "canceled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Request headers that describe the HTTP call itself and are not passed on as metadata.
+fn is_transport_header(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "content-type"
+            | "content-length"
+            | "content-encoding"
+            | "accept"
+            | "accept-encoding"
+            | "expect"
+    ) || name.as_str().starts_with("connect-")
+        || name.as_str().starts_with("grpc-")
+}
+
+/// `connect-timeout-ms` (at most 10 digits) as a `grpc-timeout` value (at most 8 digits, so
+/// longer waits are said in seconds).
+fn grpc_timeout(value: &HeaderValue) -> Result<HeaderValue, Failure> {
+    let bad = || {
+        Failure::new(
+            tonic::Code::InvalidArgument,
+            "connect-timeout-ms: expected a whole number of milliseconds (at most 10 digits)",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let ms: u64 = text.parse().map_err(|_| bad())?;
+    let grpc = if ms <= 99_999_999 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", ms.div_ceil(1000).min(99_999_999))
+    };
+    HeaderValue::from_str(&grpc).map_err(|_| bad())
+}
+
+/// The one message of a unary gRPC response body: a 5-byte prefix (compressed flag, length)
+/// and the message.
+fn unframe(mut body: Bytes) -> Result<Bytes, Failure> {
+    let internal = |what: &str| Failure::new(tonic::Code::Internal, format!("response: {what}"));
+    if body.len() < 5 {
+        return Err(internal("no message in the gRPC response"));
+    }
+    let compressed = body.get_u8();
+    let length = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err(internal("compressed gRPC message"));
+    }
+    if body.len() != length {
+        return Err(internal("gRPC message length does not match its frame"));
+    }
+    Ok(body)
+}
+
+fn frame(message: &[u8]) -> Result<Bytes, Failure> {
+    let length = u32::try_from(message.len())
+        .map_err(|_| Failure::new(tonic::Code::ResourceExhausted, "request too large"))?;
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(length);
+    framed.put_slice(message);
+    Ok(framed.freeze())
+}
+
+impl Gateway {
+    /// A gateway to the unary methods of `services` (full names, e.g. `souk.ranker.v1.Ranker`)
+    /// described in `descriptor_sets` (encoded `FileDescriptorSet`s), sent through `stack`.
+    ///
+    /// # Errors
+    /// When a descriptor set cannot be decoded.
+    pub fn new(
+        descriptor_sets: &[&[u8]],
+        services: Vec<String>,
+        stack: GrpcStack,
+    ) -> Result<Self, Error> {
+        let mut pool = DescriptorPool::new();
+        for set in descriptor_sets {
+            pool.decode_file_descriptor_set(*set)
+                .map_err(|e| Error::Descriptors(e.to_string()))?;
+        }
+        Ok(Self {
+            pool,
+            services,
+            stack,
+        })
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match self.call(request).await {
+            Ok(response) => response,
+            Err(failure) => failure.into_response(),
+        }
+    }
+
+    fn method(&self, path: &str) -> Result<MethodDescriptor, Failure> {
+        let not_found = || {
+            Failure::new(
+                tonic::Code::Unimplemented,
+                format!(
+                    "no method {path}: POST to /<service>/<method>, e.g. /{}/<method>",
+                    self.services.first().map_or("souk.ranker.v1.Ranker", |s| s)
+                ),
+            )
+            .with_status(StatusCode::NOT_FOUND)
+        };
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .ok_or_else(not_found)?;
+        if !self.services.iter().any(|s| s == service) {
+            return Err(not_found());
+        }
+        let method = self
+            .pool
+            .get_service_by_name(service)
+            .and_then(|s| s.methods().find(|m| m.name() == method))
+            .ok_or_else(not_found)?;
+        if method.is_client_streaming() || method.is_server_streaming() {
+            return Err(Failure::new(
+                tonic::Code::Unimplemented,
+                format!("{path} streams: call it over gRPC (soukctl does)"),
+            ));
+        }
+        Ok(method)
+    }
+
+    async fn call<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<Full<Bytes>>, Failure>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        if parts.method != Method::POST {
+            return Err(Failure::new(
+                tonic::Code::Unimplemented,
+                format!("{} is not served: call a method with POST", parts.method),
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED));
+        }
+        let method = self.method(parts.uri.path())?;
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(Failure::new(
+                tonic::Code::InvalidArgument,
+                "content-type: send application/json",
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        let body = Limited::new(body, MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Failure::new(
+                        tonic::Code::ResourceExhausted,
+                        format!("request body over {MAX_BODY_BYTES} bytes"),
+                    )
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    Failure::new(tonic::Code::Cancelled, format!("request body: {e}"))
+                }
+            })?
+            .to_bytes();
+        let message = if body.iter().all(u8::is_ascii_whitespace) {
+            DynamicMessage::new(method.input())
+        } else {
+            let mut reader = serde_json::Deserializer::from_slice(&body);
+            DynamicMessage::deserialize(method.input(), &mut reader)
+                .and_then(|m| reader.end().map(|()| m))
+                .map_err(|e| {
+                    Failure::new(
+                        tonic::Code::InvalidArgument,
+                        format!("request body (a {} in JSON): {e}", method.input().name()),
+                    )
+                })?
+        };
+        let grpc = self.grpc_request(&parts.uri, &parts.headers, &message)?;
+        let response = self
+            .stack
+            .clone()
+            .oneshot(grpc)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let (parts, body) = response.into_parts();
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status.into());
+        }
+        let collected = body.collect().await.map_err(Failure::from)?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = tonic::Status::from_header_map(&trailers).ok_or_else(|| {
+            Failure::new(
+                tonic::Code::Internal,
+                "response: no grpc-status from the service",
+            )
+        })?;
+        if status.code() != tonic::Code::Ok {
+            return Err(status.into());
+        }
+        let reply = DynamicMessage::decode(method.output(), unframe(collected.to_bytes())?)
+            .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
+        let json = serde_json::to_vec(&reply)
+            .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
+        Ok(json_response(StatusCode::OK, json.into()))
+    }
+
+    fn grpc_request(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        message: &DynamicMessage,
+    ) -> Result<http::Request<tonic::body::Body>, Failure> {
+        let body = frame(&message.encode_to_vec())?;
+        let mut request = http::Request::new(tonic::body::Body::new(Full::new(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = http::Uri::builder()
+            .path_and_query(uri.path())
+            .build()
+            .map_err(|e| Failure::new(tonic::Code::InvalidArgument, format!("path: {e}")))?;
+        *request.version_mut() = http::Version::HTTP_2;
+        let out = request.headers_mut();
+        for (name, value) in headers {
+            if !is_transport_header(name) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        out.insert(header::TE, HeaderValue::from_static("trailers"));
+        if let Some(timeout) = headers.get("connect-timeout-ms") {
+            out.insert("grpc-timeout", grpc_timeout(timeout)?);
+        }
+        Ok(request)
+    }
+
+    /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets open calls finish
+    /// (for at most 10 s).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "http: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "http: connection ended");
+                }
+            });
+        }
+        if tokio::time::timeout(DRAIN, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("http: calls still open {DRAIN:?} after shutdown began; closed");
+        }
+    }
+}

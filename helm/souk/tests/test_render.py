@@ -72,6 +72,12 @@ def check_default(docs):
     assert primary.endswith(":50053"), primary
     writes = by_kind(docs, "Service", "-ranker-primary")
     assert writes["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "souk-ranker-0"
+    # JSON over HTTP for shops without gRPC: the ranker listens where its Services send it.
+    assert env(ranker)["SOUK_HTTP_LISTEN"] == "0.0.0.0:8080"
+    http = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
+    for suffix in ("-ranker", "-ranker-primary"):
+        ports = {p["name"]: p for p in by_kind(docs, "Service", suffix)["spec"]["ports"]}
+        assert ports["http"]["targetPort"] == "http" and ports["http"]["port"] == http, suffix
 
 
 def check_gpu(docs):

@@ -3,12 +3,16 @@
 //! bad input named).
 use std::net::SocketAddr;
 
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::Value;
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
+use souk_ranker_core::rng::XorShift;
 use souk_testkit::{http_call, post_json};
 
 use crate::common::*;
+use crate::random_requests::{Draw, draw_request};
 
 const TOKEN: &str = "http-test-token";
 const RANK: &str = "/souk.ranker.v1.Ranker/Rank";
@@ -53,11 +57,14 @@ async fn shop_over_http() -> (Running, Running, SocketAddr, tempfile::TempDir) {
     (kg, ranker, http, dir)
 }
 
-/// (id, title, price, reasons) of each item of a JSON `RankResponse`.
+/// (id, title, price, reasons) of each item of a JSON `RankResponse` (proto3 JSON leaves
+/// out an empty list).
 fn json_items(body: &Value) -> Vec<(String, String, f64, Vec<String>)> {
+    assert!(body.is_object() && body.get("code").is_none(), "{body}");
+    let none = Vec::new();
     body["items"]
         .as_array()
-        .unwrap_or_else(|| panic!("no items in {body}"))
+        .unwrap_or(&none)
         .iter()
         .map(|item| {
             (
@@ -214,4 +221,108 @@ async fn admin_calls_over_http_need_the_token_as_over_grpc() {
     let reply = post_json(http, "/souk.ranker.v1.Ranker/Stats", "").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(parse(&reply)["items"], "311");
+}
+
+/// The HTTP status a gRPC code is answered with (the gateway's table, written out again).
+fn status_of(code: tonic::Code) -> u16 {
+    match code {
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 400,
+        tonic::Code::Unauthenticated => 401,
+        tonic::Code::NotFound => 404,
+        tonic::Code::ResourceExhausted => 429,
+        tonic::Code::Unavailable => 503,
+        tonic::Code::DeadlineExceeded => 504,
+        other => panic!("no status expected for {other:?}"),
+    }
+}
+
+/// The random `Rank` requests of `random_requests` (valid, and about half with a fault),
+/// each sent over gRPC and, written as proto3 JSON, over HTTP: the same ranking, or the same
+/// refusal with the same message. Then the same JSON texts cut short or with a character
+/// changed: each answered 200 or 400 with a Connect error body, never a server error.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_rank_requests_get_the_same_answer_over_json_as_over_grpc() {
+    let (_kg, ranker, http, _dir) = shop_over_http().await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let pool = DescriptorPool::decode(souk_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let desc = pool
+        .get_message_by_name("souk.ranker.v1.RankRequest")
+        .unwrap();
+    let mut d = Draw(XorShift::new(44));
+    let (mut ranked, mut refused) = (0, 0);
+    let mut texts = Vec::new();
+    for n in 0..300 {
+        let request = draw_request(&mut d);
+        let json = serde_json::to_string(
+            &DynamicMessage::decode(desc.clone(), request.encode_to_vec().as_slice()).unwrap(),
+        )
+        .unwrap();
+        let reply = post_json(http, RANK, &json).await;
+        match client.rank(request).await {
+            Ok(answer) => {
+                assert_eq!(reply.status, 200, "request {n}: {json}: {reply:?}");
+                let answer = answer.into_inner();
+                assert_eq!(
+                    json_items(&parse(&reply)),
+                    grpc_items(&answer),
+                    "request {n}"
+                );
+                ranked += 1;
+            }
+            Err(status) => {
+                let body = parse(&reply);
+                assert_eq!(
+                    reply.status,
+                    status_of(status.code()),
+                    "request {n}: {json}"
+                );
+                assert_eq!(body["message"], status.message(), "request {n}: {json}");
+                refused += 1;
+            }
+        }
+        texts.push(json);
+    }
+    assert!(
+        ranked > 100 && refused > 30,
+        "{ranked} ranked, {refused} refused"
+    );
+
+    let mut rng = XorShift::new(7);
+    let mut below = |n: usize| ((rng.unit() * n as f64) as usize).min(n.saturating_sub(1));
+    const JUNK: &[char] = &[
+        '{', '}', '[', ']', '"', ':', ',', '\\', '0', '-', 'e', 'x', ' ', 'é',
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    for (n, text) in texts.iter().enumerate() {
+        let chars: Vec<char> = text.chars().collect();
+        let at = below(chars.len());
+        let broken: String = if n % 3 == 0 {
+            chars[..at].iter().collect()
+        } else {
+            let mut changed = chars.clone();
+            changed[at] = JUNK[below(JUNK.len())];
+            changed.into_iter().collect()
+        };
+        let reply = post_json(http, RANK, &broken).await;
+        *statuses.entry(reply.status).or_insert(0) += 1;
+        assert!(
+            reply.status == 200 || reply.status == 400,
+            "{broken}: {reply:?}"
+        );
+        if reply.status == 400 {
+            let body = parse(&reply);
+            assert_eq!(body["code"], "invalid_argument", "{broken}");
+            assert!(!body["message"].as_str().unwrap().is_empty());
+        }
+    }
+    assert!(
+        statuses.get(&400).copied().unwrap_or(0) > 100,
+        "{statuses:?}"
+    );
+    let reply = post_json(http, RANK, r#"{"query": "sleeping bag", "k": 5}"#).await;
+    assert_eq!(
+        json_items(&parse(&reply)).len(),
+        5,
+        "the ranker still ranks"
+    );
 }

@@ -13,7 +13,7 @@ use souk_ranker_core::rng::XorShift;
 use crate::common::*;
 
 /// A small random source for drawing request fields.
-struct Draw(XorShift);
+pub(crate) struct Draw(pub(crate) XorShift);
 
 impl Draw {
     fn below(&mut self, n: usize) -> usize {
@@ -102,7 +102,7 @@ const BAD_FACETS: &[&str] = &[
     "bogus",
 ];
 
-fn draw_request(d: &mut Draw) -> rk::RankRequest {
+pub(crate) fn draw_request(d: &mut Draw) -> rk::RankRequest {
     let long = "tent ".repeat(3_000);
     let query = match d.below(12) {
         0 => String::new(),

@@ -14,6 +14,14 @@ pub struct ServerArgs {
     /// /souk.ranker.v1.Ranker/Rank`, `content-type: application/json`); unset: gRPC only.
     #[arg(long, env = "SOUK_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Browser origin allowed to call the HTTP endpoint (CORS), e.g. `https://shop.example`;
+    /// repeat the flag or separate with commas; `*` allows any. Unset: no browser origin.
+    #[arg(
+        long = "http-cors-origin",
+        env = "SOUK_HTTP_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub http_cors_origins: Vec<String>,
     /// Deadline for one request, in milliseconds.
     #[arg(long, env = "SOUK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -31,6 +39,7 @@ impl Default for ServerArgs {
         Self {
             metrics_listen: None,
             http_listen: None,
+            http_cors_origins: Vec::new(),
             request_timeout_ms: 30_000,
             concurrency_limit: 256,
             admin_token: None,
@@ -47,6 +56,7 @@ impl ServerArgs {
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             metrics_listen: self.metrics_listen,
             http_listen: self.http_listen,
+            http_cors_origins: self.http_cors_origins.clone(),
         }
     }
 }

@@ -16,6 +16,10 @@
 //! two protocols alike, and both share one concurrency limit. `authorization` and other
 //! metadata travel as headers; `connect-timeout-ms` becomes `grpc-timeout`.
 //!
+//! Browsers (a shop's search box calling `Suggest` as the shopper types) may call it from the
+//! origins `--http-cors-origin` names: their preflight `OPTIONS` is answered and every answer
+//! to them carries `access-control-allow-origin`.
+//!
 //! The JSON mapping comes from the descriptor set the servers already carry for reflection
 //! (prost-reflect), so every unary method of a hosted service is reachable without generated
 //! code. Streaming methods (bulk loads) stay gRPC only.
@@ -49,11 +53,52 @@ pub type GrpcStack = BoxCloneSyncService<
     Infallible,
 >;
 
+/// How long a browser may keep a preflight's answer.
+const PREFLIGHT_MAX_AGE_S: &str = "7200";
+
+/// Request headers a browser may send cross-origin: Connect's, and the admin token.
+const CORS_HEADERS: &str =
+    "content-type, connect-protocol-version, connect-timeout-ms, authorization";
+
+/// Which browser origins may call the gateway (CORS).
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    /// Origins as `https://shop.example` (scheme, host and any port; compared without case,
+    /// a trailing `/` ignored), or `*` for any. Empty: no browser origin is allowed.
+    pub fn new(origins: &[String]) -> Self {
+        let origins: Vec<String> = origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        Self {
+            any: origins.iter().any(|o| o == "*"),
+            origins,
+        }
+    }
+
+    /// The `access-control-allow-origin` value for a request's `origin`, when it is allowed.
+    fn allow(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        if self.any {
+            return Some(HeaderValue::from_static("*"));
+        }
+        let origin = origin?;
+        let text = origin.to_str().ok()?.to_ascii_lowercase();
+        self.origins.contains(&text).then(|| origin.clone())
+    }
+}
+
 /// Serves the unary methods of `services` as JSON over HTTP/1.1.
 pub struct Gateway {
     pool: DescriptorPool,
     services: Vec<String>,
     stack: GrpcStack,
+    cors: Cors,
 }
 
 /// A call that cannot be answered 200: its HTTP status and the Connect error body.
@@ -238,6 +283,7 @@ impl Gateway {
         descriptor_sets: &[&[u8]],
         services: Vec<String>,
         stack: GrpcStack,
+        cors: Cors,
     ) -> Result<Self, Error> {
         let mut pool = DescriptorPool::new();
         for set in descriptor_sets {
@@ -248,6 +294,7 @@ impl Gateway {
             pool,
             services,
             stack,
+            cors,
         })
     }
 
@@ -257,10 +304,49 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        match self.call(request).await {
-            Ok(response) => response,
-            Err(failure) => failure.into_response(),
+        let allowed = self.cors.allow(request.headers().get(header::ORIGIN));
+        let mut response = if request.method() == Method::OPTIONS {
+            self.preflight(allowed.is_some())
+        } else {
+            match self.call(request).await {
+                Ok(response) => response,
+                Err(failure) => failure.into_response(),
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        if let Some(origin) = allowed {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
+        response
+    }
+
+    /// A browser's CORS preflight: 204 with what it may send, when its origin is allowed.
+    fn preflight(&self, allowed: bool) -> http::Response<Full<Bytes>> {
+        if !allowed {
+            return Failure::new(
+                tonic::Code::PermissionDenied,
+                "this origin may not call from a browser: the server allows the origins \
+                 --http-cors-origin names",
+            )
+            .into_response();
+        }
+        let mut response = http::Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_HEADERS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(PREFLIGHT_MAX_AGE_S),
+        );
+        response
     }
 
     fn method(&self, path: &str) -> Result<MethodDescriptor, Failure> {

@@ -20,7 +20,7 @@ use tower::util::BoxCloneSyncService;
 use crate::Error;
 use crate::auth::AdminAuthLayer;
 use crate::deadline::DeadlineLayer;
-use crate::gateway::Gateway;
+use crate::gateway::{Cors, Gateway};
 use crate::metrics::Metrics;
 use crate::shed::LoadShedLayer;
 
@@ -51,6 +51,8 @@ pub struct ServerOptions {
     /// Where the unary methods are also served as JSON over HTTP/1.1 ([`crate::gateway`]);
     /// `None`: gRPC only.
     pub http_listen: Option<SocketAddr>,
+    /// Browser origins allowed to call the HTTP gateway (`*`: any); empty: none.
+    pub http_cors_origins: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +63,7 @@ impl Default for ServerOptions {
             admin_token: None,
             metrics_listen: None,
             http_listen: None,
+            http_cors_origins: Vec::new(),
         }
     }
 }
@@ -226,6 +229,7 @@ impl GrpcServer {
                         .map(String::from)
                         .collect(),
                     BoxCloneSyncService::new(stack),
+                    Cors::new(&options.http_cors_origins),
                 )?;
                 let bound = http.local_addr()?;
                 tracing::info!(%bound, "JSON over HTTP on http://{bound}/<service>/<method>");
@@ -528,5 +532,100 @@ mod tests {
         assert!(ok.ends_with(" 4"), "four answered checks: {ok}");
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
+    }
+
+    /// A shop's page calling from a browser: the preflight of an allowed origin is answered
+    /// with what it may send, and its calls carry the origin back; another origin gets no
+    /// CORS header (the browser then refuses the answer) and its preflight is refused.
+    #[tokio::test]
+    async fn browsers_may_call_from_the_allowed_origins_only() {
+        use souk_testkit::http_call;
+        let free = || -> SocketAddr {
+            format!("127.0.0.1:{}", souk_testkit::free_port())
+                .parse()
+                .unwrap()
+        };
+        let (shop, anyone) = (free(), free());
+        let one = start_with(ServerOptions {
+            http_listen: Some(shop),
+            http_cors_origins: vec!["https://Shop.example/".into()],
+            ..ServerOptions::default()
+        })
+        .await;
+        let any = start_with(ServerOptions {
+            http_listen: Some(anyone),
+            http_cors_origins: vec!["*".into()],
+            ..ServerOptions::default()
+        })
+        .await;
+        for addr in [shop, anyone] {
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let check = "/grpc.health.v1.Health/Check";
+        let preflight = |addr, origin| async move {
+            http_call(
+                addr,
+                "OPTIONS",
+                check,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    ("access-control-request-headers", "content-type"),
+                ],
+                b"",
+            )
+            .await
+        };
+        let post = |addr, origin| async move {
+            http_call(
+                addr,
+                "POST",
+                check,
+                &[("origin", origin), ("content-type", "application/json")],
+                b"{}",
+            )
+            .await
+        };
+        let reply = preflight(shop, "https://shop.example").await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        assert_eq!(reply.header("access-control-allow-methods"), Some("POST"));
+        let allowed = reply.header("access-control-allow-headers").unwrap();
+        assert!(allowed.contains("content-type") && allowed.contains("authorization"));
+        let reply = post(shop, "https://shop.example").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        assert_eq!(reply.header("vary"), Some("origin"));
+
+        let reply = preflight(shop, "https://elsewhere.example").await;
+        assert_eq!(reply.status, 403, "{reply:?}");
+        assert_eq!(reply.header("access-control-allow-origin"), None);
+        let reply = post(shop, "https://elsewhere.example").await;
+        assert_eq!(
+            reply.status, 200,
+            "a caller outside a browser still gets its answer"
+        );
+        assert_eq!(reply.header("access-control-allow-origin"), None);
+
+        let reply = preflight(anyone, "https://elsewhere.example").await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        let reply = post(anyone, "https://elsewhere.example").await;
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        for running in [one, any] {
+            running.stop.send(()).unwrap();
+            running.task.await.unwrap().unwrap();
+        }
     }
 }

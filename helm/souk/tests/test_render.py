@@ -74,6 +74,7 @@ def check_default(docs):
     assert writes["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "souk-ranker-0"
     # JSON over HTTP for shops without gRPC: the ranker listens where its Services send it.
     assert env(ranker)["SOUK_HTTP_LISTEN"] == "0.0.0.0:8080"
+    assert "SOUK_HTTP_CORS_ORIGINS" not in env(ranker), "no browser origin unless named"
     http = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
     for suffix in ("-ranker", "-ranker-primary"):
         ports = {p["name"]: p for p in by_kind(docs, "Service", suffix)["spec"]["ports"]}

@@ -23,6 +23,7 @@
 //! The JSON mapping comes from the descriptor set the servers already carry for reflection
 //! (prost-reflect), so every unary method of a hosted service is reachable without generated
 //! code. Streaming methods (bulk loads) stay gRPC only.
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use crate::Error;
+
+pub mod json;
 
 /// Largest request body read: tonic's own default for a decoded gRPC message.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -99,6 +102,9 @@ pub struct Gateway {
     services: Vec<String>,
     stack: GrpcStack,
     cors: Cors,
+    /// How each unary method's reply is written as JSON, by the reply's type name (types
+    /// holding a well-known type have none and take the dynamic path).
+    plans: HashMap<String, json::JsonPlan>,
 }
 
 /// A call that cannot be answered 200: its HTTP status and the Connect error body.
@@ -290,11 +296,24 @@ impl Gateway {
             pool.decode_file_descriptor_set(*set)
                 .map_err(|e| Error::Descriptors(e.to_string()))?;
         }
+        let mut plans = HashMap::new();
+        for service in pool
+            .services()
+            .filter(|s| services.iter().any(|n| n == s.full_name()))
+        {
+            for method in service.methods() {
+                let output = method.output();
+                if let Ok(plan) = json::JsonPlan::new(&output) {
+                    plans.insert(output.full_name().to_string(), plan);
+                }
+            }
+        }
         Ok(Self {
             pool,
             services,
             stack,
             cors,
+            plans,
         })
     }
 
@@ -463,11 +482,21 @@ impl Gateway {
         if status.code() != tonic::Code::Ok {
             return Err(status.into());
         }
-        let reply = DynamicMessage::decode(method.output(), unframe(collected.to_bytes())?)
-            .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
-        let json = serde_json::to_vec(&reply)
-            .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
-        Ok(json_response(StatusCode::OK, json.into()))
+        let reply = unframe(collected.to_bytes())?;
+        let mut text = String::with_capacity(reply.len() * 2);
+        let written = self
+            .plans
+            .get(method.output().full_name())
+            .map(|plan| plan.write(&reply, &mut text));
+        if !matches!(written, Some(Ok(()))) {
+            // A well-known type, or bytes the direct writer cannot read: the dynamic message
+            // writes the first and says what is wrong with the second.
+            let reply = DynamicMessage::decode(method.output(), reply)
+                .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
+            text = serde_json::to_string(&reply)
+                .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
+        }
+        Ok(json_response(StatusCode::OK, text.into()))
     }
 
     fn grpc_request(

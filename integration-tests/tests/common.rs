@@ -412,14 +412,18 @@ pub fn quiet() -> soukctl::LoadOptions {
 
 /// Loads kg-data/ (graph, catalog, events) through soukctl's loaders, as `souk demo` does.
 pub async fn load_demo(kg_url: &str, ranker_url: &str) {
+    load_demo_with_token(kg_url, ranker_url, &None).await;
+}
+
+/// [`load_demo`] into a ranker that needs the admin token `ranker_token`.
+pub async fn load_demo_with_token(kg_url: &str, ranker_url: &str, ranker_token: &Option<String>) {
     let data = repo_root().join("kg-data");
-    let none = None;
     soukctl::load_triples(
         channel(kg_url).await,
         &data.join("triples.tsv"),
         None,
         &quiet(),
-        &none,
+        &None,
     )
     .await
     .unwrap();
@@ -427,7 +431,7 @@ pub async fn load_demo(kg_url: &str, ranker_url: &str) {
         channel(ranker_url).await,
         &data.join("products.csv"),
         &quiet(),
-        &none,
+        ranker_token,
     )
     .await
     .unwrap();
@@ -435,7 +439,7 @@ pub async fn load_demo(kg_url: &str, ranker_url: &str) {
         channel(ranker_url).await,
         &data.join("events.csv"),
         &quiet(),
-        &none,
+        ranker_token,
     )
     .await
     .unwrap();

@@ -27,33 +27,7 @@ async fn shop_over_http() -> (Running, Running, SocketAddr, tempfile::TempDir) {
     server.http_listen = Some(http);
     let ranker =
         start_ranker_serving(&dir.path().join("ranker"), &encoder_url, &kg.url(), server).await;
-    let data = repo_root().join("kg-data");
-    let token = Some(TOKEN.to_string());
-    soukctl::load_triples(
-        channel(&kg.url()).await,
-        &data.join("triples.tsv"),
-        None,
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
-    soukctl::load_catalog(
-        channel(&ranker.url()).await,
-        &data.join("products.csv"),
-        &quiet(),
-        &token,
-    )
-    .await
-    .unwrap();
-    soukctl::load_events(
-        channel(&ranker.url()).await,
-        &data.join("events.csv"),
-        &quiet(),
-        &token,
-    )
-    .await
-    .unwrap();
+    load_demo_with_token(&kg.url(), &ranker.url(), &Some(TOKEN.to_string())).await;
     (kg, ranker, http, dir)
 }
 

@@ -31,6 +31,20 @@ async fn shop_over_http() -> (Running, Running, SocketAddr, tempfile::TempDir) {
     (kg, ranker, http, dir)
 }
 
+/// `text` with every byte but ASCII letters and digits as `%XX`, as `encodeURIComponent`
+/// leaves fewer.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// (id, title, price, reasons) of each item of a JSON `RankResponse` (proto3 JSON leaves
 /// out an empty list).
 fn json_items(body: &Value) -> Vec<(String, String, f64, Vec<String>)> {
@@ -117,7 +131,20 @@ async fn a_shop_backend_ranks_over_json_and_gets_what_grpc_gets() {
         let over_grpc = grpc_items(&client.rank(request).await.unwrap().into_inner());
         assert!(!over_grpc.is_empty(), "{json}");
         assert_eq!(over_http, over_grpc, "{json}");
+        // Rank has no side effects, so a GET (cacheable by a CDN) asks the same.
+        let path = format!("{RANK}?encoding=json&message={}", percent_encoded(json));
+        let reply = http_call(http, "GET", &path, &[], b"").await;
+        assert_eq!(reply.status, 200, "{json}: {reply:?}");
+        assert_eq!(json_items(&parse(&reply)), over_grpc, "GET {json}");
     }
+    // A method that changes state is never called by a GET.
+    let path = format!(
+        "/souk.ranker.v1.Ranker/DeleteItems?encoding=json&message={}",
+        percent_encoded(r#"{"ids": ["p00168"]}"#)
+    );
+    let reply = http_call(http, "GET", &path, &[], b"").await;
+    assert_eq!(reply.status, 405, "{reply:?}");
+    assert_eq!(reply.header("allow"), Some("POST"));
 
     // Bad input is the caller's fault, said as gRPC says it.
     for (json, says) in [

@@ -23,7 +23,7 @@
 //! The JSON mapping comes from the descriptor set the servers already carry for reflection
 //! (prost-reflect), so every unary method of a hosted service is reachable without generated
 //! code. Streaming methods (bulk loads) stay gRPC only.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -105,6 +105,8 @@ pub struct Gateway {
     /// How each unary method's reply is written as JSON, by the reply's type name (types
     /// holding a well-known type have none and take the dynamic path).
     plans: HashMap<String, json::JsonPlan>,
+    /// Paths of the methods marked `idempotency_level = NO_SIDE_EFFECTS`: GET may call them.
+    without_side_effects: HashSet<String>,
 }
 
 /// A call that cannot be answered 200: its HTTP status and the Connect error body.
@@ -251,6 +253,111 @@ fn grpc_timeout(value: &HeaderValue) -> Result<HeaderValue, Failure> {
     HeaderValue::from_str(&grpc).map_err(|_| bad())
 }
 
+/// A POST's JSON body (4 MiB at most).
+async fn post_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Failure::new(
+            tonic::Code::InvalidArgument,
+            "content-type: send application/json",
+        )
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    Ok(Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Failure::new(
+                    tonic::Code::ResourceExhausted,
+                    format!("request body over {MAX_BODY_BYTES} bytes"),
+                )
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            } else {
+                Failure::new(tonic::Code::Cancelled, format!("request body: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
+/// The request message of a GET (Connect's form): `?encoding=json&message=<percent-encoded
+/// JSON>`, or the JSON in URL-safe base64 with `base64=1`; no message is the empty request.
+fn query_message(query: &str) -> Result<Bytes, Failure> {
+    let bad = |what: String| Failure::new(tonic::Code::InvalidArgument, what);
+    let (mut message, mut base64, mut encoding) = (None, false, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decoded(value)
+            .ok_or_else(|| bad(format!("query: {name} is not percent-encoded")))?;
+        match name {
+            "message" => message = Some(value),
+            "base64" => base64 = value == b"1",
+            "encoding" => encoding = Some(value),
+            "compression" if value.is_empty() || value == b"identity" => {}
+            "compression" => {
+                return Err(Failure::new(
+                    tonic::Code::Unimplemented,
+                    "compression: messages are sent uncompressed",
+                )
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+            }
+            _ => {}
+        }
+    }
+    if encoding.as_deref() != Some(b"json".as_slice()) {
+        return Err(Failure::new(
+            tonic::Code::InvalidArgument,
+            "encoding: a GET says encoding=json (and the request as message=<JSON>)",
+        )
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    let message = message.unwrap_or_default();
+    if !base64 {
+        return Ok(message.into());
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    base64::Engine::decode(&engine, &message)
+        .map(Bytes::from)
+        .map_err(|e| bad(format!("message: not URL-safe base64 ({e})")))
+}
+
+/// `%XX` escapes (and `+` for a space) decoded; `None` for a broken escape.
+fn percent_decoded(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The one message of a unary gRPC response body: a 5-byte prefix (compressed flag, length)
 /// and the message.
 fn unframe(mut body: Bytes) -> Result<Bytes, Failure> {
@@ -297,11 +404,24 @@ impl Gateway {
                 .map_err(|e| Error::Descriptors(e.to_string()))?;
         }
         let mut plans = HashMap::new();
+        let mut without_side_effects = HashSet::new();
         for service in pool
             .services()
             .filter(|s| services.iter().any(|n| n == s.full_name()))
         {
             for method in service.methods() {
+                let level = method
+                    .options()
+                    .get_field_by_name("idempotency_level")
+                    .and_then(|v| v.as_enum_number());
+                // google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS
+                if level == Some(1) {
+                    without_side_effects.insert(format!(
+                        "/{}/{}",
+                        service.full_name(),
+                        method.name()
+                    ));
+                }
                 let output = method.output();
                 if let Ok(plan) = json::JsonPlan::new(&output) {
                     plans.insert(output.full_name().to_string(), plan);
@@ -314,6 +434,7 @@ impl Gateway {
             stack,
             cors,
             plans,
+            without_side_effects,
         })
     }
 
@@ -355,7 +476,7 @@ impl Gateway {
         let headers = response.headers_mut();
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST"),
+            HeaderValue::from_static("GET, POST"),
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -409,42 +530,28 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
-        if parts.method != Method::POST {
-            return Err(Failure::new(
-                tonic::Code::Unimplemented,
-                format!("{} is not served: call a method with POST", parts.method),
-            )
-            .with_status(StatusCode::METHOD_NOT_ALLOWED));
+        let not_allowed = |why: String| {
+            Failure::new(tonic::Code::Unimplemented, why)
+                .with_status(StatusCode::METHOD_NOT_ALLOWED)
+        };
+        if parts.method != Method::POST && parts.method != Method::GET {
+            return Err(not_allowed(format!(
+                "{} is not served: call a method with POST",
+                parts.method
+            )));
         }
         let method = self.method(parts.uri.path())?;
-        let json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(Failure::new(
-                tonic::Code::InvalidArgument,
-                "content-type: send application/json",
-            )
-            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        }
-        let body = Limited::new(body, MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Failure::new(
-                        tonic::Code::ResourceExhausted,
-                        format!("request body over {MAX_BODY_BYTES} bytes"),
-                    )
-                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-                } else {
-                    Failure::new(tonic::Code::Cancelled, format!("request body: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = if parts.method == Method::GET {
+            if !self.without_side_effects.contains(parts.uri.path()) {
+                return Err(not_allowed(format!(
+                    "GET is for methods without side effects; POST to {}",
+                    parts.uri.path()
+                )));
+            }
+            query_message(parts.uri.query().unwrap_or_default())?
+        } else {
+            post_body(&parts.headers, body).await?
+        };
         let message = if body.iter().all(u8::is_ascii_whitespace) {
             DynamicMessage::new(method.input())
         } else {
@@ -570,6 +677,59 @@ impl Gateway {
             .is_err()
         {
             tracing::warn!("http: calls still open {DRAIN:?} after shutdown began; closed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_get_carries_its_request_in_the_query() {
+        let json =
+            |query: &str| query_message(query).map(|b| String::from_utf8_lossy(&b).into_owned());
+        assert_eq!(
+            json("encoding=json&message=%7B%22query%22%3A%22tent+poles%22%7D").ok(),
+            Some(r#"{"query":"tent poles"}"#.into())
+        );
+        // URL-safe base64 of {"k":5}, with and without padding; connect=v1 is ignored.
+        assert_eq!(
+            json("connect=v1&encoding=json&base64=1&message=eyJrIjo1fQ").ok(),
+            Some(r#"{"k":5}"#.into())
+        );
+        assert_eq!(
+            json("encoding=json&base64=1&message=eyJrIjo1fQ%3D%3D").ok(),
+            Some(r#"{"k":5}"#.into())
+        );
+        assert_eq!(
+            json("encoding=json").ok(),
+            Some(String::new()),
+            "the empty request"
+        );
+        for (query, status) in [
+            ("message=%7B%7D", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (
+                "encoding=proto&message=",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                "encoding=json&compression=gzip&message=x",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            ("encoding=json&message=%7", StatusCode::BAD_REQUEST),
+            ("encoding=json&message=%zz", StatusCode::BAD_REQUEST),
+            (
+                "encoding=json&base64=1&message=%%%",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "encoding=json&base64=1&message=not*base64",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let failure = query_message(query).err();
+            assert_eq!(failure.map(|f| f.status), Some(status), "{query}");
         }
     }
 }

@@ -597,7 +597,10 @@ mod tests {
             reply.header("access-control-allow-origin"),
             Some("https://shop.example")
         );
-        assert_eq!(reply.header("access-control-allow-methods"), Some("POST"));
+        assert_eq!(
+            reply.header("access-control-allow-methods"),
+            Some("GET, POST")
+        );
         let allowed = reply.header("access-control-allow-headers").unwrap();
         assert!(allowed.contains("content-type") && allowed.contains("authorization"));
         let reply = post(shop, "https://shop.example").await;

@@ -6,6 +6,8 @@
 #   BIN=target/release (another build's binaries, e.g. a worktree's, to compare on one store)
 #   SCALE=32 USERS=1000 (the shop generated when SHOP has none: 32 -> 9,984 items, 320 -> 99,840)
 #   FILTERED=0.5 (the share of requests that also filter to a category; default 0)
+#   PROTOCOLS="grpc http" (each QPS is run over each, in turn; http: JSON over HTTP/1.1 to the
+#   ranker's --http-listen 127.0.0.1:$HTTP_PORT, default 8053; default grpc only)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHOP=${SHOP:-/tmp/shop10k}
@@ -17,7 +19,9 @@ bin=${BIN:-target/release}
   python3 scripts/gen_demo_data.py --scale "${SCALE:-32}" --users "${USERS:-1000}" --out "$SHOP"
 fresh=0
 [ -d "$STORE" ] || fresh=1
-$bin/souk up --data-dir "$STORE" > /tmp/souk-up.log 2>&1 &
+PROTOCOLS=${PROTOCOLS:-grpc}
+HTTP_PORT=${HTTP_PORT:-8053}
+$bin/souk up --data-dir "$STORE" --http-listen "127.0.0.1:$HTTP_PORT" > /tmp/souk-up.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 for _ in $(seq 1 600); do
@@ -38,7 +42,13 @@ echo "warm-up (query cache) at 100 QPS"
 bench --qps 100 --seconds "$RUN" > /dev/null
 for q in "${@:-200 400}"; do
   for qps in $q; do
-    echo "== $qps QPS"
-    bench --qps "$qps" --seconds "$RUN"
+    for protocol in $PROTOCOLS; do
+      echo "== $qps QPS over $protocol"
+      if [ "$protocol" = http ]; then
+        bench --qps "$qps" --seconds "$RUN" --http "127.0.0.1:$HTTP_PORT"
+      else
+        bench --qps "$qps" --seconds "$RUN"
+      fi
+    done
   done
 done

@@ -45,6 +45,76 @@ pub struct RankBenchArgs {
     /// Share of requests (0..1) that also filter to a category.
     #[arg(long, default_value_t = 0.0)]
     pub filtered_share: f64,
+    /// Send the same requests as JSON over HTTP/1.1 to this address (the ranker's
+    /// `--http-listen`, e.g. 127.0.0.1:8053) instead of gRPC: a pool of keep-alive
+    /// connections, one call at a time on each, as an HTTP client library holds them.
+    #[arg(long)]
+    pub http: Option<String>,
+}
+
+/// Where the load goes: gRPC channels, or an HTTP/1.1 connection pool.
+#[derive(Clone)]
+enum Target {
+    Grpc(Vec<rk::ranker_client::RankerClient<tonic::transport::Channel>>),
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+        url: http::Uri,
+    },
+}
+
+impl Target {
+    /// Sends request `n`; the failure's code (gRPC's, or the JSON error's) when it fails.
+    async fn rank(&self, n: u64, request: rk::RankRequest) -> Result<(), String> {
+        match self {
+            Target::Grpc(clients) => {
+                let mut client = clients[(n as usize) % clients.len()].clone();
+                client
+                    .rank(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{:?}", s.code()))
+            }
+            Target::Http { client, url } => {
+                use http_body_util::BodyExt;
+                let mut body = serde_json::json!({
+                    "userId": request.user_id,
+                    "query": request.query,
+                    "k": request.k,
+                    "explain": request.explain,
+                });
+                if let Some(filters) = &request.filters {
+                    body["filters"] = serde_json::json!({ "category": filters.category });
+                }
+                let call = http::Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        body.to_string(),
+                    )))
+                    .map_err(|e| e.to_string())?;
+                let response = client
+                    .request(call)
+                    .await
+                    .map_err(|e| format!("http: {e}"))?;
+                let status = response.status();
+                let text = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("http: {e}"))?
+                    .to_bytes();
+                if status.is_success() {
+                    return Ok(());
+                }
+                let code = serde_json::from_slice::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["code"].as_str().map(String::from));
+                Err(code.unwrap_or_else(|| status.to_string()))
+            }
+        }
+    }
 }
 
 struct Pools {
@@ -150,17 +220,41 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
         "--filtered-share must be in [0, 1]"
     );
     let pools = Arc::new(pools(&args)?);
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(rk::ranker_client::RankerClient::new(
-            crate::connect(ranker_url, "ranker").await?,
-        ));
-    }
+    let connections = args.connections.max(1);
+    let target = match &args.http {
+        None => {
+            let mut clients = Vec::new();
+            for _ in 0..connections {
+                clients.push(rk::ranker_client::RankerClient::new(
+                    crate::connect(ranker_url, "ranker").await?,
+                ));
+            }
+            Target::Grpc(clients)
+        }
+        Some(addr) => {
+            let url: http::Uri = format!("http://{addr}/souk.ranker.v1.Ranker/Rank")
+                .parse()
+                .with_context(|| format!("--http {addr}: not an address"))?;
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(connector);
+            Target::Http { client, url }
+        }
+    };
     println!(
-        "rank load: {} qps for {} s (+2 s warm-up), {} connections, {} distinct queries, {} users, {:.0}% filtered to a category",
+        "rank load over {}: {} qps for {} s (+2 s warm-up), {} connections, {} distinct queries, {} users, {:.0}% filtered to a category",
+        match &args.http {
+            None => "gRPC".to_string(),
+            Some(addr) => format!("JSON/HTTP at {addr}"),
+        },
         args.qps,
         args.seconds,
-        clients.len(),
+        match &target {
+            Target::Grpc(clients) => clients.len().to_string(),
+            Target::Http { .. } => "pooled".to_string(),
+        },
         pools.queries.len(),
         pools.users.len(),
         args.filtered_share * 100.0
@@ -169,8 +263,7 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
     let warmup = Duration::from_secs(2);
     let total = warmup + Duration::from_secs(args.seconds);
     let started = Instant::now();
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Duration, Result<(), tonic::Code>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, Result<(), String>)>();
     let mut rng = souk_kg_embed::SplitMix64::new(args.seed ^ 0xBE4C);
     let mut n: u64 = 0;
     loop {
@@ -205,11 +298,11 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
             filters,
             ..Default::default()
         };
-        let mut client = clients[(n as usize) % clients.len()].clone();
+        let target = target.clone();
         let tx = tx.clone();
         let counted = scheduled.duration_since(started) >= warmup;
         tokio::spawn(async move {
-            let result = client.rank(request).await.map(|_| ()).map_err(|s| s.code());
+            let result = target.rank(n, request).await;
             if counted {
                 let _ = tx.send((scheduled.elapsed(), result));
             }
@@ -222,7 +315,7 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
     while let Some((latency, result)) = rx.recv().await {
         match result {
             Ok(()) => latencies.push(latency.as_secs_f64() * 1e3),
-            Err(code) => *errors.entry(format!("{code:?}")).or_default() += 1,
+            Err(code) => *errors.entry(code).or_default() += 1,
         }
     }
     let elapsed = started.elapsed().as_secs_f64() - warmup.as_secs_f64();

@@ -57,9 +57,11 @@ pub struct RankBenchArgs {
 enum Target {
     Grpc(Vec<rk::ranker_client::RankerClient<tonic::transport::Channel>>),
     Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            http_body_util::Full<bytes::Bytes>,
+        client: Box<
+            hyper_util::client::legacy::Client<
+                hyper_util::client::legacy::connect::HttpConnector,
+                http_body_util::Full<bytes::Bytes>,
+            >,
         >,
         url: http::Uri,
     },
@@ -240,7 +242,10 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build(connector);
-            Target::Http { client, url }
+            Target::Http {
+                client: Box::new(client),
+                url,
+            }
         }
     };
     println!(

@@ -643,15 +643,6 @@ fn bytes_of(value: Wire<'_>) -> Result<&[u8], Unsupported> {
     }
 }
 
-/// Writes the message `bytes` of type `desc` as proto3 JSON to `out` (a plan compiled for
-/// this one call; keep a [`JsonPlan`] to write many).
-///
-/// # Errors
-/// A well-known type in it, or bytes that are not such a message.
-pub fn write(desc: &MessageDescriptor, bytes: &[u8], out: &mut String) -> Result<(), Unsupported> {
-    JsonPlan::new(desc)?.write(bytes, out)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -661,6 +652,11 @@ mod tests {
     use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, Value};
 
     use super::*;
+
+    /// `bytes` of type `desc` as JSON, through a plan compiled for this one call.
+    fn write(desc: &MessageDescriptor, bytes: &[u8], out: &mut String) -> Result<(), Unsupported> {
+        JsonPlan::new(desc)?.write(bytes, out)
+    }
 
     /// xorshift64*: enough to draw values.
     struct Draw(u64);

@@ -484,17 +484,10 @@ pub use souk_testkit::free_port;
 
 /// The text of `/metrics` on `port`.
 pub async fn scrape_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = souk_testkit::http_call(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
 }
 
 /// The value of the first sample in `scrape` of `series`: a metric name, optionally with

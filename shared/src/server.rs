@@ -275,6 +275,17 @@ mod tests {
         task: tokio::task::JoinHandle<Result<(), Error>>,
     }
 
+    /// Waits (2 s at most) for the HTTP gateway, bound inside `serve`, to take connections.
+    async fn listening(addr: SocketAddr) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the HTTP gateway never listened on {addr}");
+    }
+
     async fn start() -> Running {
         start_with(ServerOptions::default()).await
     }
@@ -330,7 +341,6 @@ mod tests {
 
     #[tokio::test]
     async fn every_rpc_is_counted_and_timed_on_the_metrics_endpoint() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Running {
             health: _,
             metrics,
@@ -356,14 +366,9 @@ mod tests {
                 service: "no.such.Service".into(),
             })
             .await;
-        let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        let reply = souk_testkit::http_call(http, "GET", "/metrics", &[], b"").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let body = reply.body;
         let ok = body
             .lines()
             .find(|l| {
@@ -407,16 +412,8 @@ mod tests {
         })
         .await;
         let check = "/grpc.health.v1.Health/Check";
-        // The listener is bound inside `serve`: wait for it.
-        let mut reply = None;
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(http).await.is_ok() {
-                reply = Some(post_json(http, check, "{}").await);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let reply = reply.expect("the HTTP gateway never listened");
+        listening(http).await;
+        let reply = post_json(http, check, "{}").await;
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.header("content-type"), Some("application/json"));
         assert_eq!(reply.body, r#"{"status":"NOT_SERVING"}"#);
@@ -559,12 +556,7 @@ mod tests {
         })
         .await;
         for addr in [shop, anyone] {
-            for _ in 0..100 {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            listening(addr).await;
         }
         let check = "/grpc.health.v1.Health/Check";
         let preflight = |addr, origin| async move {

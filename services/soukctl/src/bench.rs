@@ -64,6 +64,8 @@ enum Target {
             >,
         >,
         url: http::Uri,
+        /// `RankRequest`'s descriptor: each request is sent as its proto3 JSON.
+        request: prost_reflect::MessageDescriptor,
     },
 }
 
@@ -79,22 +81,20 @@ impl Target {
                     .map(|_| ())
                     .map_err(|s| format!("{:?}", s.code()))
             }
-            Target::Http { client, url } => {
+            Target::Http {
+                client,
+                url,
+                request: desc,
+            } => {
                 use http_body_util::BodyExt;
-                let mut body = serde_json::json!({
-                    "userId": request.user_id,
-                    "query": request.query,
-                    "k": request.k,
-                    "explain": request.explain,
-                });
-                if let Some(filters) = &request.filters {
-                    body["filters"] = serde_json::json!({ "category": filters.category });
-                }
+                use prost::Message;
+                let wire = request.encode_to_vec();
+                let message = prost_reflect::DynamicMessage::decode(desc.clone(), wire.as_slice())
+                    .map_err(|e| e.to_string())?;
+                let body = serde_json::to_string(&message).map_err(|e| e.to_string())?;
                 let call = http::Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                        body.to_string(),
-                    )))
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                     .map_err(|e| e.to_string())?;
                 let response = client
                     .request(call)
@@ -242,9 +242,13 @@ pub async fn rank(args: RankBenchArgs, ranker_url: &str) -> anyhow::Result<f64> 
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build(connector);
+            let request = prost_reflect::DescriptorPool::decode(souk_proto::FILE_DESCRIPTOR_SET)?
+                .get_message_by_name("souk.ranker.v1.RankRequest")
+                .context("RankRequest is not in souk's descriptor set")?;
             Target::Http {
                 client: Box::new(client),
                 url,
+                request,
             }
         }
     };

@@ -327,3 +327,69 @@ async fn random_rank_requests_get_the_same_answer_over_json_as_over_grpc() {
         "the ranker still ranks"
     );
 }
+
+/// Every method of the ranker that changes state, called over gRPC without the token (an
+/// empty message, which each would otherwise answer, or a real write), is refused before it
+/// runs, whichever list of methods the server was built with: each method the proto does not
+/// mark `NO_SIDE_EFFECTS`, except `RecordInteractions` (shop backends send events). The shop's
+/// rules were open to anyone until this test: a stranger could redirect a search.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_write_of_the_ranker_needs_the_token() {
+    let (_kg, ranker, _http, _dir) = shop_over_http().await;
+    let channel = channel(&ranker.url()).await;
+    let pool = DescriptorPool::decode(souk_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let service = pool.get_service_by_name("souk.ranker.v1.Ranker").unwrap();
+    let mut writes = Vec::new();
+    for method in service.methods() {
+        let level = method
+            .options()
+            .get_field_by_name("idempotency_level")
+            .and_then(|v| v.as_enum_number());
+        let read = level == Some(1) || method.name() == "RecordInteractions";
+        let path = format!("/souk.ranker.v1.Ranker/{}", method.name());
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        // An empty message of any type is an empty body; streams take it as one message.
+        let reply = grpc
+            .unary(
+                tonic::Request::new(()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await;
+        let code = reply.err().map(|status| status.code());
+        if read {
+            assert_ne!(code, Some(tonic::Code::Unauthenticated), "{path}");
+        } else {
+            assert_eq!(code, Some(tonic::Code::Unauthenticated), "{path}");
+            writes.push(method.name().to_string());
+        }
+    }
+    assert!(writes.len() >= 9, "{writes:?}");
+    assert!(writes.contains(&"SetPins".to_string()), "{writes:?}");
+
+    // A stranger's rules: refused, and the shop's searches unchanged.
+    let mut client = RankerClient::new(channel);
+    let rank = rk::RankRequest {
+        query: "tent".into(),
+        k: 5,
+        ..Default::default()
+    };
+    let before = client.rank(rank.clone()).await.unwrap().into_inner();
+    let status = client
+        .set_pins(rk::SetPinsRequest {
+            rules: vec![rk::PinRule {
+                query: "tent".into(),
+                redirect: "https://attacker.example/".into(),
+                hidden: before.items.iter().map(|i| i.id.clone()).collect(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let after = client.rank(rank).await.unwrap().into_inner();
+    assert_eq!(after.redirect, "");
+    let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before));
+}

@@ -109,6 +109,17 @@ pub struct Gateway {
     without_side_effects: HashSet<String>,
 }
 
+/// Whether the proto marks `method` `idempotency_level = NO_SIDE_EFFECTS`: a read, which GET
+/// may call and which needs no admin token.
+pub(crate) fn has_no_side_effects(method: &prost_reflect::MethodDescriptor) -> bool {
+    let level = method
+        .options()
+        .get_field_by_name("idempotency_level")
+        .and_then(|v| v.as_enum_number());
+    // google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS
+    level == Some(1)
+}
+
 /// A call that cannot be answered 200: its HTTP status and the Connect error body.
 #[derive(Debug)]
 struct Failure {
@@ -410,12 +421,7 @@ impl Gateway {
             .filter(|s| services.iter().any(|n| n == s.full_name()))
         {
             for method in service.methods() {
-                let level = method
-                    .options()
-                    .get_field_by_name("idempotency_level")
-                    .and_then(|v| v.as_enum_number());
-                // google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS
-                if level == Some(1) {
+                if has_no_side_effects(&method) {
                     without_side_effects.insert(format!(
                         "/{}/{}",
                         service.full_name(),

@@ -7,7 +7,7 @@
 //! use souk_shared::server::{GrpcServer, ServerOptions};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let server = GrpcServer::new("demo", ServerOptions::default()).await?;
-//! // server.add_service(MyServiceServer::new(handler), &["AdminMethod"]);
+//! // server.add_service(MyServiceServer::new(handler), &["OpenWrite"])?;
 //! server.health().set_ready().await;
 //! server.serve(listener, souk_shared::shutdown::signal()).await?;
 //! # Ok(()) }

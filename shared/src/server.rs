@@ -94,6 +94,35 @@ impl Health {
     }
 }
 
+/// The full paths of the methods of `service` (a full name, `souk.ranker.v1.Ranker`) that
+/// need the admin token: those with side effects (not marked `NO_SIDE_EFFECTS` in souk's
+/// protos), less the ones `open` names.
+///
+/// # Errors
+/// When `service` is not in souk's descriptor set or `open` names a method it lacks.
+pub fn admin_methods(service: &str, open: &[&str]) -> Result<Vec<String>, Error> {
+    let pool = prost_reflect::DescriptorPool::decode(souk_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| Error::Descriptors(e.to_string()))?;
+    let Some(descriptor) = pool.get_service_by_name(service) else {
+        return Err(Error::Descriptors(format!(
+            "service {service} is not in souk's protos"
+        )));
+    };
+    if let Some(missing) = open
+        .iter()
+        .find(|m| !descriptor.methods().any(|d| d.name() == **m))
+    {
+        return Err(Error::Descriptors(format!(
+            "{service} has no method {missing} to leave open"
+        )));
+    }
+    Ok(descriptor
+        .methods()
+        .filter(|m| !crate::gateway::has_no_side_effects(m) && !open.contains(&m.name()))
+        .map(|m| format!("/{service}/{}", m.name()))
+        .collect())
+}
+
 /// A server under construction: add services, mark it ready when its state is loaded, serve.
 pub struct GrpcServer {
     options: ServerOptions,
@@ -127,10 +156,17 @@ impl GrpcServer {
         })
     }
 
-    /// Routes a tonic service; `admin` lists its methods (by name, e.g. `"LoadTriples"`) that
-    /// need the admin token. Admin methods are bulk operations (streamed loads, training): they
-    /// get no server-side default deadline, only the one their caller sets.
-    pub fn add_service<S>(&mut self, service: S, admin: &[&str]) -> &mut Self
+    /// Routes a tonic service. Every method of it that changes state needs the admin token:
+    /// each one its proto does not mark `idempotency_level = NO_SIDE_EFFECTS`, except those
+    /// `open` names (by name, e.g. `"RecordInteractions"`: shop backends send events). So a
+    /// write added to a proto is guarded from the start, without a list to remember (the
+    /// ranker's `SetPins`, once left off such a list, took anyone's rules). Admin methods are
+    /// bulk operations (streamed loads, training): they get no server-side default deadline,
+    /// only the one their caller sets.
+    ///
+    /// # Errors
+    /// When the service is not in souk's descriptor set, or `open` names a method it lacks.
+    pub fn add_service<S>(&mut self, service: S, open: &[&str]) -> Result<&mut Self, Error>
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -144,12 +180,11 @@ impl GrpcServer {
         S::Future: Send + 'static,
     {
         let name = S::NAME;
-        self.admin_methods
-            .extend(admin.iter().map(|m| format!("/{name}/{m}")));
+        self.admin_methods.extend(admin_methods(name, open)?);
         self.health.services.push(name);
         let routes = std::mem::take(&mut self.routes);
         self.routes = routes.add_service(service);
-        self
+        Ok(self)
     }
 
     /// The health handle: mark the server ready once its model or store is loaded.
@@ -263,6 +298,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tonic_health::pb::HealthCheckRequest;
+
+    #[test]
+    fn every_write_needs_the_token_unless_left_open() {
+        let ranker = admin_methods("souk.ranker.v1.Ranker", &["RecordInteractions"]).unwrap();
+        let path = |m: &str| format!("/souk.ranker.v1.Ranker/{m}");
+        for write in [
+            "UpsertItems",
+            "DeleteItems",
+            "ForgetUsers",
+            "TrainCf",
+            "SetFusion",
+            "Reembed",
+            "SetSynonyms",
+            "SetPins",
+            "Follow",
+        ] {
+            assert!(ranker.contains(&path(write)), "{write}: {ranker:?}");
+        }
+        for open in ["Rank", "Suggest", "Stats", "GetPins", "RecordInteractions"] {
+            assert!(!ranker.contains(&path(open)), "{open}: {ranker:?}");
+        }
+        let kg = admin_methods("souk.kg.v1.KnowledgeGraph", &[]).unwrap();
+        assert_eq!(
+            kg,
+            [
+                "/souk.kg.v1.KnowledgeGraph/LoadTriples",
+                "/souk.kg.v1.KnowledgeGraph/TrainEmbeddings"
+            ]
+        );
+        assert!(
+            admin_methods("souk.encoder.v1.Encoder", &[])
+                .unwrap()
+                .is_empty()
+        );
+        let err = admin_methods("souk.ranker.v1.Ranker", &["RecordEvents"]).unwrap_err();
+        assert!(err.to_string().contains("no method RecordEvents"), "{err}");
+        let err = admin_methods("souk.shop.v1.Shop", &[]).unwrap_err();
+        assert!(err.to_string().contains("souk.shop.v1.Shop"), "{err}");
+    }
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
     use tonic_health::pb::health_client::HealthClient;
 

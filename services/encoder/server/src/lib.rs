@@ -101,7 +101,7 @@ pub async fn serve(
         pb::encoder_server::EncoderServer::from_arc(state.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         &[],
-    );
+    )?;
     let health = server.health();
     let registry = server.metrics();
     let observer = Arc::new(metrics::EncoderMetrics::register(registry.registry())?);

@@ -74,8 +74,8 @@ pub async fn serve(
     server.add_service(
         pb::knowledge_graph_server::KnowledgeGraphServer::from_arc(state.clone())
             .max_decoding_message_size(64 * 1024 * 1024),
-        &["LoadTriples", "TrainEmbeddings"],
-    );
+        &[],
+    )?;
     let health = server.health();
     // Open the store before serving traffic (a missing or locked directory stops startup), but
     // keep the port open meanwhile so probes see NOT_SERVING rather than a refused connection.

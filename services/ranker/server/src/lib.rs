@@ -390,17 +390,9 @@ pub async fn serve(
     server.add_service(
         pb::ranker_server::RankerServer::from_arc(state.clone())
             .max_decoding_message_size(64 * 1024 * 1024),
-        &[
-            "UpsertItems",
-            "DeleteItems",
-            "ForgetUsers",
-            "TrainCf",
-            "SetFusion",
-            "Reembed",
-            "SetSynonyms",
-            "Follow",
-        ],
-    );
+        // Shop backends send events; every other write needs the admin token.
+        &["RecordInteractions"],
+    )?;
     let health = server.health();
     let timeout = Duration::from_millis(args.dependency_timeout_ms.max(1));
     let encoder = Arc::new(GrpcEncoder::new(

@@ -106,12 +106,12 @@ async fn rank_degrades_when_the_encoder_or_the_graph_dies() {
         .await
         .unwrap()
         .into_inner();
-    let listed: Vec<(&str, u64)> = stats
+    let listed: Vec<(&str, u64, u64)> = stats
         .unmatched_queries
         .iter()
-        .map(|q| (q.query.as_str(), q.count))
+        .map(|q| (q.query.as_str(), q.count, q.over_by))
         .collect();
-    assert_eq!(listed, [("blendtec", 2), ("kobo ereader", 1)]);
+    assert_eq!(listed, [("blendtec", 2, 0), ("kobo ereader", 1, 0)]);
 
     // Answers the shop's rules changed, by effect: none yet; then the demo's rules pin the
     // "sleeping bag" search, pin and lift on the Coffee page and send "returns" to the

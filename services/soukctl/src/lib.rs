@@ -814,6 +814,16 @@ pub fn print_ranking(
     Ok(())
 }
 
+/// A listed query's searches: "12", or "9-12" when the ranker's bounded count may overstate
+/// them by 3 (`QueryCount.over_by`).
+fn searches(count: u64, over_by: u64) -> String {
+    if over_by == 0 {
+        count.to_string()
+    } else {
+        format!("{}-{count}", count.saturating_sub(over_by))
+    }
+}
+
 fn direction(text: &str) -> anyhow::Result<kg::Direction> {
     match text {
         "in" => Ok(kg::Direction::In),
@@ -1291,14 +1301,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "searches no item's words match",
                 r.unmatched_queries
                     .iter()
-                    .map(|q| format!("{:?} ({})", q.query, q.count))
+                    .map(|q| format!("{:?} ({})", q.query, searches(q.count, q.over_by)))
                     .collect(),
             );
             listed(
                 "searches the spelling check read otherwise (a wrong reading is fixed with a synonym: `soukctl synonyms load`)",
                 r.corrected_queries
                     .iter()
-                    .map(|q| format!("{:?} as {:?} ({})", q.query, q.read_as, q.count))
+                    .map(|q| {
+                        format!(
+                            "{:?} as {:?} ({})",
+                            q.query,
+                            q.read_as,
+                            searches(q.count, q.over_by)
+                        )
+                    })
                     .collect(),
             );
             if r.synonyms > 0 {

@@ -1812,7 +1812,11 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|u| {
                     u.top(UNMATCHED_SHOWN)
                         .into_iter()
-                        .map(|(query, count)| pb::QueryCount { query, count })
+                        .map(|(query, counted)| pb::QueryCount {
+                            query,
+                            count: counted.count,
+                            over_by: counted.over_by,
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -1823,10 +1827,11 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map(|c| {
                     c.top(UNMATCHED_SHOWN)
                         .into_iter()
-                        .map(|((query, read_as), count)| pb::QueryReading {
+                        .map(|((query, read_as), counted)| pb::QueryReading {
                             query,
                             read_as,
-                            count,
+                            count: counted.count,
+                            over_by: counted.over_by,
                         })
                         .collect()
                 })

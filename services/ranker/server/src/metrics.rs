@@ -9,7 +9,7 @@
 //! | `souk_rank_shop_rules_total{effect}` | counter | `Rank` answers the shop's rules changed, by effect on the results returned: `pinned` (an item placed by a pin rule), `promoted` / `lowered` (an item's score moved up / down by a boost), `redirected` (the search's rule sends the shopper to another page), `banner` (a rule's banner returned); an answer may count under several (is a promotion live, and how often does it show?) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::core::{Collector, Desc};
@@ -36,19 +36,36 @@ pub struct RankMetrics {
 /// the ranker started: those whose words no item holds (what shoppers look for that the shop
 /// lacks or names otherwise), and those the spelling check read as another query (keyed by
 /// both, "blendtec" read as "blended": a reading to confirm, or to fix with a synonym). In
-/// memory only, never stored (a query may hold anything a shopper typed), and bounded: past
-/// [`UNMATCHED_DISTINCT`] distinct keys, new ones are only counted in `others`.
+/// memory only, never stored (a query may hold anything a shopper typed), and bounded to
+/// [`UNMATCHED_DISTINCT`] keys by the Space-Saving algorithm (Metwally, Agrawal and El Abbadi,
+/// 2005): a new key past the bound takes the place of the least counted one, starting from
+/// its count, which it may overstate by at most that much (`over_by`). So a query that
+/// becomes common late (a trend, a product the shop stopped selling) is listed as it grows,
+/// where a table of the first keys seen stops listing new queries once full; and any query
+/// searched more often than 1 in [`UNMATCHED_DISTINCT`] of the counted searches is held.
 #[derive(Debug)]
 pub struct QueryCounts<K> {
-    counts: HashMap<K, u64>,
-    others: u64,
+    /// Each key's count and the most it may overstate it.
+    counts: HashMap<K, Counted>,
+    /// The keys by count, least first, for the eviction.
+    by_count: BTreeSet<(u64, K)>,
+    /// Searches counted, held or not.
+    total: u64,
+}
+
+/// A key's count in [`QueryCounts`]: at least its true count, at most `over_by` more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub count: u64,
+    pub over_by: u64,
 }
 
 impl<K> Default for QueryCounts<K> {
     fn default() -> Self {
         Self {
             counts: HashMap::new(),
-            others: 0,
+            by_count: BTreeSet::new(),
+            total: 0,
         }
     }
 }
@@ -68,27 +85,55 @@ pub fn normal(query: &str) -> Option<String> {
 
 impl<K: std::hash::Hash + Eq + Ord + Clone> QueryCounts<K> {
     pub fn record(&mut self, key: K) {
-        let full = self.counts.len() >= UNMATCHED_DISTINCT;
-        match self.counts.get_mut(&key) {
-            Some(n) => *n += 1,
-            None if full => self.others += 1,
-            None => {
-                self.counts.insert(key, 1);
-            }
+        self.total += 1;
+        if let Some(counted) = self.counts.get_mut(&key) {
+            let mut entry = (counted.count, key);
+            self.by_count.remove(&entry);
+            counted.count += 1;
+            entry.0 = counted.count;
+            self.by_count.insert(entry);
+            return;
         }
+        let mut counted = Counted {
+            count: 1,
+            over_by: 0,
+        };
+        if self.counts.len() >= UNMATCHED_DISTINCT
+            && let Some((least, evicted)) = self.by_count.pop_first()
+        {
+            self.counts.remove(&evicted);
+            counted = Counted {
+                count: least + 1,
+                over_by: least,
+            };
+        }
+        self.counts.insert(key.clone(), counted);
+        self.by_count.insert((counted.count, key));
     }
 
     /// The `n` commonest, most searched first (ties in key order).
-    pub fn top(&self, n: usize) -> Vec<(K, u64)> {
-        let mut all: Vec<(K, u64)> = self.counts.iter().map(|(q, &c)| (q.clone(), c)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(n);
-        all
+    pub fn top(&self, n: usize) -> Vec<(K, Counted)> {
+        if n == 0 {
+            return Vec::new();
+        }
+        // Every key counted at least the n-th highest count, so that ties are cut in key
+        // order, not the set's.
+        let floor = self.by_count.iter().rev().nth(n - 1).map_or(0, |(c, _)| *c);
+        let mut top: Vec<(K, Counted)> = self
+            .by_count
+            .iter()
+            .rev()
+            .take_while(|(count, _)| *count >= floor)
+            .filter_map(|(_, key)| Some((key.clone(), *self.counts.get(key)?)))
+            .collect();
+        top.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
     }
 
-    /// Searches counted past the distinct-key bound.
-    pub fn others(&self) -> u64 {
-        self.others
+    /// Searches counted, the keys held or not.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 }
 
@@ -305,16 +350,85 @@ mod tests {
                 u.record(q);
             }
         }
+        let exact = |count| Counted { count, over_by: 0 };
         assert_eq!(
             u.top(2),
-            [("blendtec".to_string(), 3), ("kobo ereader".to_string(), 2)]
+            [
+                ("blendtec".to_string(), exact(3)),
+                ("kobo ereader".to_string(), exact(2))
+            ]
         );
+        assert_eq!(u.top(5).len(), 3);
+        assert_eq!(u.top(0), []);
+        // Ties in key order, whichever the table met first.
+        for q in ["b", "a", "c"] {
+            u.record(q.to_string());
+        }
+        let firsts: Vec<String> = u.top(4).into_iter().map(|(q, _)| q).collect();
+        assert_eq!(firsts, ["blendtec", "kobo ereader", "a", "b"]);
+
+        // Past the bound: the table stays bounded, the common ones stay listed.
         for i in 0..UNMATCHED_DISTINCT + 5 {
             u.record(format!("q{i}"));
         }
         assert_eq!(u.counts.len(), UNMATCHED_DISTINCT);
-        assert_eq!(u.others(), 8, "3 + 5 past the bound");
+        assert_eq!(u.by_count.len(), UNMATCHED_DISTINCT);
+        assert_eq!(u.total(), 6 + 3 + UNMATCHED_DISTINCT as u64 + 5);
         u.record("blendtec".to_string());
-        assert_eq!(u.top(1)[0].1, 4, "known queries still count");
+        assert_eq!(u.top(1)[0], ("blendtec".to_string(), exact(4)));
+
+        // A query that becomes common only once the table is full (a trend) is listed as it
+        // grows, its count bounded on both sides; a table of the first keys seen never listed it.
+        for i in 0..50 {
+            u.record("stanley cup".to_string());
+            u.record(format!("late{i}"));
+        }
+        let (query, counted) = &u.top(1)[0];
+        assert_eq!(query, "stanley cup");
+        assert!(
+            counted.count >= 50 && counted.count - counted.over_by <= 50,
+            "{counted:?}"
+        );
+        assert_eq!(u.top(2)[1], ("blendtec".to_string(), exact(4)));
+    }
+
+    /// Against exact counts on a long-tailed stream whose common queries change halfway:
+    /// every count held is an upper bound, less `over_by` a lower one, and every query
+    /// searched more than 1 in `UNMATCHED_DISTINCT` times is held (Space-Saving's guarantees).
+    #[test]
+    fn counts_stay_within_their_bounds_on_a_long_tailed_stream() {
+        let mut rng = souk_ranker_core::rng::XorShift::new(7);
+        let mut u = QueryCounts::default();
+        let mut truth: HashMap<String, u64> = HashMap::new();
+        let searches = 200_000u64;
+        for i in 0..searches {
+            // Zipf-like: term r drawn with weight ~1/r over 50k terms; the second half's
+            // commonest terms are other terms.
+            let r = (50_000f64.powf(rng.unit())) as u64;
+            let term = if i < searches / 2 { r } else { 50_000 - r };
+            let key = format!("t{term}");
+            *truth.entry(key.clone()).or_default() += 1;
+            u.record(key);
+        }
+        assert_eq!(u.total(), searches);
+        let held = u.top(UNMATCHED_DISTINCT);
+        assert_eq!(held.len(), UNMATCHED_DISTINCT);
+        for (key, counted) in &held {
+            let t = truth[key];
+            assert!(
+                counted.count >= t && counted.count - counted.over_by <= t,
+                "{key}: true {t}, {counted:?}"
+            );
+        }
+        let threshold = searches / UNMATCHED_DISTINCT as u64;
+        let frequent: Vec<&String> = truth
+            .iter()
+            .filter(|&(_, &t)| t > threshold)
+            .map(|(k, _)| k)
+            .collect();
+        assert!(frequent.len() > 20, "{}", frequent.len());
+        for key in frequent {
+            assert!(held.iter().any(|(k, _)| k == key), "{key} not held");
+        }
     }
 }

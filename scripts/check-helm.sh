@@ -42,7 +42,10 @@ trap 'rm -rf "$out"' EXIT
 # PrometheusRule is a prometheus-operator CRD, outside the API schemas: checked by test_render.py.
 "$helm" template souk "$chart" --set metrics.alerts.enabled=true --set metrics.alerts.labels.release=prom \
   --set-json metrics.alerts.rankP99Seconds=0.5 > "$out/alerts.yaml"
-for f in default gpu scaled; do
+# A ranker whose HTTP port faces browsers: only the shopper's methods on it.
+"$helm" template souk "$chart" --set 'ranker.httpCorsOrigins={https://shop.example}' \
+  --set 'ranker.httpMethods={Rank,souk.ranker.v1.Ranker/Suggest}' > "$out/public.yaml"
+for f in default gpu scaled public; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 "$out/$f.yaml"
 done
 # A bad value must fail at install time, not at runtime.
@@ -50,5 +53,9 @@ if "$helm" template souk "$chart" --set encoder.gpu.dtype=f64 >/dev/null 2>&1; t
   echo "values.schema.json accepted an invalid dtype" >&2
   exit 1
 fi
-"$venv/bin/python" "$chart/tests/test_render.py" "$out/default.yaml" "$out/gpu.yaml" "$out/alerts.yaml" "$root"
+if "$helm" template souk "$chart" --set 'ranker.httpMethods={Rank Suggest}' >/dev/null 2>&1; then
+  echo "values.schema.json accepted a malformed method name" >&2
+  exit 1
+fi
+"$venv/bin/python" "$chart/tests/test_render.py" "$out/default.yaml" "$out/gpu.yaml" "$out/alerts.yaml" "$root" "$out/public.yaml"
 echo "helm chart: lint, render, schema validation and render checks passed"

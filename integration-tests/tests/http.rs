@@ -393,3 +393,72 @@ async fn every_write_of_the_ranker_needs_the_token() {
     let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&after), ids(&before));
 }
+
+/// A ranker whose HTTP port faces browsers serves only the shopper's methods over it
+/// (`--http-method Rank,Suggest`): those answer as before, by POST and GET, the rest (the
+/// shop's numbers and rules, a shopper's profile) are refused with the reason, and gRPC
+/// still serves every method.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_http_port_serves_only_the_methods_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder_url = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut server = server_args(None);
+    server.http_listen = Some(http);
+    server.http_cors_origins = vec!["https://shop.example".into()];
+    server.http_methods = vec!["Rank".into(), "souk.ranker.v1.Ranker/Suggest".into()];
+    let ranker =
+        start_ranker_serving(&dir.path().join("ranker"), &encoder_url, &kg.url(), server).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+
+    let reply = post_json(http, RANK, r#"{"query": "tent", "k": 3}"#).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(json_items(&parse(&reply)).len(), 3);
+    let reply = http_call(
+        http,
+        "GET",
+        &format!(
+            "/souk.ranker.v1.Ranker/Suggest?encoding=json&message={}",
+            percent_encoded(r#"{"query": "hea"}"#)
+        ),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("head"), "{reply:?}");
+    for (path, body) in [
+        ("/souk.ranker.v1.Ranker/Stats", "{}"),
+        (
+            "/souk.ranker.v1.Ranker/UserProfile",
+            r#"{"userId": "u010"}"#,
+        ),
+        ("/souk.ranker.v1.Ranker/GetPins", "{}"),
+        (
+            "/souk.ranker.v1.Ranker/DeleteItems",
+            r#"{"ids": ["p00001"]}"#,
+        ),
+    ] {
+        let reply = post_json(http, path, body).await;
+        assert_eq!(reply.status, 403, "{path}: {reply:?}");
+        let error = parse(&reply);
+        assert_eq!(error["code"], "permission_denied");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("not served over HTTP here")
+                && message.contains("souk.ranker.v1.Ranker/Rank, souk.ranker.v1.Ranker/Suggest"),
+            "{message}"
+        );
+    }
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.items, 312,
+        "gRPC serves every method, and nothing was deleted"
+    );
+}

@@ -22,6 +22,12 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub http_cors_origins: Vec<String>,
+    /// The only methods answered over HTTP (`Rank`, or `souk.ranker.v1.Ranker/Rank`); repeat
+    /// the flag or separate with commas. Unset: every unary method. Name the shopper's
+    /// methods (`Rank,Suggest`) when browsers or the internet reach the HTTP port, so that
+    /// `Stats`, `UserProfile` and the shop's rules stay behind it.
+    #[arg(long = "http-method", env = "SOUK_HTTP_METHODS", value_delimiter = ',')]
+    pub http_methods: Vec<String>,
     /// Deadline for one request, in milliseconds.
     #[arg(long, env = "SOUK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -40,6 +46,7 @@ impl Default for ServerArgs {
             metrics_listen: None,
             http_listen: None,
             http_cors_origins: Vec::new(),
+            http_methods: Vec::new(),
             request_timeout_ms: 30_000,
             concurrency_limit: 256,
             admin_token: None,
@@ -57,6 +64,7 @@ impl ServerArgs {
             metrics_listen: self.metrics_listen,
             http_listen: self.http_listen,
             http_cors_origins: self.http_cors_origins.clone(),
+            http_methods: self.http_methods.clone(),
         }
     }
 }

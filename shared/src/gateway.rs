@@ -107,6 +107,73 @@ pub struct Gateway {
     plans: HashMap<String, json::JsonPlan>,
     /// Paths of the methods marked `idempotency_level = NO_SIDE_EFFECTS`: GET may call them.
     without_side_effects: HashSet<String>,
+    /// Paths of the only methods answered (`--http-method`); `None`: every unary method.
+    served: Option<HashSet<String>>,
+}
+
+/// The paths (`/service/Method`) of `methods` among the unary methods of `services`; `None`
+/// when `methods` is empty (every one is served).
+fn served_methods(
+    pool: &DescriptorPool,
+    services: &[String],
+    methods: &[String],
+) -> Result<Option<HashSet<String>>, Error> {
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m.trim().trim_start_matches('/'))
+        .filter(|m| !m.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let hosted: Vec<MethodDescriptor> = pool
+        .services()
+        .filter(|s| services.iter().any(|n| n == s.full_name()))
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+        .collect();
+    let mut served = HashSet::new();
+    for name in names {
+        let bad = |why: String| Error::Descriptors(format!("--http-method {name}: {why}"));
+        let found: Vec<&MethodDescriptor> = hosted
+            .iter()
+            .filter(|m| match name.split_once('/') {
+                Some((service, method)) => {
+                    m.parent_service().full_name() == service && m.name() == method
+                }
+                None => m.name() == name,
+            })
+            .collect();
+        let method = match found[..] {
+            [one] => one,
+            [] => {
+                let mut unary: Vec<&str> = hosted
+                    .iter()
+                    .filter(|m| !m.is_client_streaming() && !m.is_server_streaming())
+                    .map(|m| m.name())
+                    .collect();
+                unary.sort_unstable();
+                unary.dedup();
+                return Err(bad(format!(
+                    "no such method on this server; it has {}",
+                    unary.join(", ")
+                )));
+            }
+            _ => {
+                return Err(bad(
+                    "more than one service has it: name it as <service>/<method>".into(),
+                ));
+            }
+        };
+        if method.is_client_streaming() || method.is_server_streaming() {
+            return Err(bad("it streams, which HTTP does not serve".into()));
+        }
+        served.insert(format!(
+            "/{}/{}",
+            method.parent_service().full_name(),
+            method.name()
+        ));
+    }
+    Ok(Some(served))
 }
 
 /// Whether the proto marks `method` `idempotency_level = NO_SIDE_EFFECTS`: a read, which GET
@@ -401,13 +468,18 @@ impl Gateway {
     /// A gateway to the unary methods of `services` (full names, e.g. `souk.ranker.v1.Ranker`)
     /// described in `descriptor_sets` (encoded `FileDescriptorSet`s), sent through `stack`.
     ///
+    /// `methods`, when not empty, are the only ones answered: each a method's name (`Rank`)
+    /// or its service and name (`souk.ranker.v1.Ranker/Rank`).
+    ///
     /// # Errors
-    /// When a descriptor set cannot be decoded.
+    /// When a descriptor set cannot be decoded, or `methods` names a method the services do
+    /// not hold, a streaming one, or a bare name two services hold.
     pub fn new(
         descriptor_sets: &[&[u8]],
         services: Vec<String>,
         stack: GrpcStack,
         cors: Cors,
+        methods: &[String],
     ) -> Result<Self, Error> {
         let mut pool = DescriptorPool::new();
         for set in descriptor_sets {
@@ -434,6 +506,7 @@ impl Gateway {
                 }
             }
         }
+        let served = served_methods(&pool, &services, methods)?;
         Ok(Self {
             pool,
             services,
@@ -441,6 +514,7 @@ impl Gateway {
             cors,
             plans,
             without_side_effects,
+            served,
         })
     }
 
@@ -547,6 +621,20 @@ impl Gateway {
             )));
         }
         let method = self.method(parts.uri.path())?;
+        if let Some(served) = &self.served
+            && !served.contains(parts.uri.path())
+        {
+            let mut names: Vec<&str> = served.iter().map(|p| p.trim_start_matches('/')).collect();
+            names.sort_unstable();
+            return Err(Failure::new(
+                tonic::Code::PermissionDenied,
+                format!(
+                    "{} is not served over HTTP here (--http-method: {}); call it over gRPC",
+                    parts.uri.path().trim_start_matches('/'),
+                    names.join(", ")
+                ),
+            ));
+        }
         let body = if parts.method == Method::GET {
             if !self.without_side_effects.contains(parts.uri.path()) {
                 return Err(not_allowed(format!(

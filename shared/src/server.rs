@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub http_listen: Option<SocketAddr>,
     /// Browser origins allowed to call the HTTP gateway (`*`: any); empty: none.
     pub http_cors_origins: Vec<String>,
+    /// The only methods the HTTP gateway answers (`Rank` or `souk.ranker.v1.Ranker/Rank`);
+    /// empty: every unary method.
+    pub http_methods: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -64,6 +67,7 @@ impl Default for ServerOptions {
             metrics_listen: None,
             http_listen: None,
             http_cors_origins: Vec::new(),
+            http_methods: Vec::new(),
         }
     }
 }
@@ -265,7 +269,15 @@ impl GrpcServer {
                         .collect(),
                     BoxCloneSyncService::new(stack),
                     Cors::new(&options.http_cors_origins),
+                    &options.http_methods,
                 )?;
+                if !options.http_cors_origins.is_empty() && options.http_methods.is_empty() {
+                    tracing::warn!(
+                        "browsers of the allowed origins may call every method over HTTP \
+                         (Stats, UserProfile, the shop's rules): --http-method Rank,Suggest \
+                         serves only those"
+                    );
+                }
                 let bound = http.local_addr()?;
                 tracing::info!(%bound, "JSON over HTTP on http://{bound}/<service>/<method>");
                 Some((Arc::new(gateway), http))
@@ -608,6 +620,50 @@ mod tests {
     /// A shop's page calling from a browser: the preflight of an allowed origin is answered
     /// with what it may send, and its calls carry the origin back; another origin gets no
     /// CORS header (the browser then refuses the answer) and its preflight is refused.
+    /// `--http-method` names the only methods HTTP answers; a name the server cannot serve
+    /// stops it at start, saying why.
+    #[tokio::test]
+    async fn only_the_named_methods_answer_over_http_and_bad_names_stop_the_start() {
+        let addr: SocketAddr = format!("127.0.0.1:{}", souk_testkit::free_port())
+            .parse()
+            .unwrap();
+        let running = start_with(ServerOptions {
+            http_listen: Some(addr),
+            http_methods: vec!["grpc.health.v1.Health/Check".into()],
+            ..ServerOptions::default()
+        })
+        .await;
+        listening(addr).await;
+        let reply = souk_testkit::post_json(addr, "/grpc.health.v1.Health/Check", "{}").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap().unwrap();
+
+        for (methods, why) in [
+            (vec!["Watch"], "--http-method Watch: it streams"),
+            (
+                vec!["Check", "Rank"],
+                "--http-method Rank: no such method on this server; it has Check",
+            ),
+            (
+                vec!["souk.ranker.v1.Ranker/Rank"],
+                "--http-method souk.ranker.v1.Ranker/Rank: no such method",
+            ),
+        ] {
+            let addr: SocketAddr = format!("127.0.0.1:{}", souk_testkit::free_port())
+                .parse()
+                .unwrap();
+            let running = start_with(ServerOptions {
+                http_listen: Some(addr),
+                http_methods: methods.iter().map(|m| m.to_string()).collect(),
+                ..ServerOptions::default()
+            })
+            .await;
+            let error = running.task.await.unwrap().unwrap_err().to_string();
+            assert!(error.contains(why), "{methods:?}: {error}");
+        }
+    }
+
     #[tokio::test]
     async fn browsers_may_call_from_the_allowed_origins_only() {
         use souk_testkit::http_call;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Asserts what matters in the rendered chart:
-python3 test_render.py DEFAULT.yaml GPU.yaml ALERTS.yaml REPO_ROOT.
+python3 test_render.py DEFAULT.yaml GPU.yaml ALERTS.yaml REPO_ROOT PUBLIC.yaml.
 
 Run by scripts/check-helm.sh after `helm template`; needs PyYAML (kubernetes-validate brings it).
 """
@@ -75,6 +75,7 @@ def check_default(docs):
     # JSON over HTTP for shops without gRPC: the ranker listens where its Services send it.
     assert env(ranker)["SOUK_HTTP_LISTEN"] == "0.0.0.0:8080"
     assert "SOUK_HTTP_CORS_ORIGINS" not in env(ranker), "no browser origin unless named"
+    assert "SOUK_HTTP_METHODS" not in env(ranker), "every unary method unless named"
     http = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
     for suffix in ("-ranker", "-ranker-primary"):
         ports = {p["name"]: p for p in by_kind(docs, "Service", suffix)["spec"]["ports"]}
@@ -91,6 +92,13 @@ def check_gpu(docs):
     spec = encoder["spec"]["template"]["spec"]
     assert spec["nodeSelector"].get("nvidia.com/gpu.present") == "true"
     assert any(t.get("key") == "nvidia.com/gpu" for t in spec["tolerations"])
+
+
+def check_public(docs):
+    """A ranker whose HTTP port faces browsers: the origins and the methods reach the pod."""
+    ranker = env(container(by_kind(docs, "StatefulSet", "-ranker")))
+    assert ranker["SOUK_HTTP_CORS_ORIGINS"] == "https://shop.example"
+    assert ranker["SOUK_HTTP_METHODS"] == "Rank,souk.ranker.v1.Ranker/Suggest"
 
 
 def exported_metrics(root):
@@ -126,4 +134,5 @@ if __name__ == "__main__":
     check_default(default)
     check_gpu(load(sys.argv[2]))
     check_alerts(default, load(sys.argv[3]), sys.argv[4])
+    check_public(load(sys.argv[5]))
     print("chart render checks passed")

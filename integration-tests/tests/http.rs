@@ -170,9 +170,78 @@ async fn a_shop_backend_ranks_over_json_and_gets_what_grpc_gets() {
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(says), "{json}: {message} lacks {says:?}");
     }
-    // Streams stay gRPC only.
-    let reply = post_json(http, "/souk.ranker.v1.Ranker/UpsertItems", "{}").await;
+    // Answers that stream stay gRPC only.
+    let reply = post_json(http, "/souk.ranker.v1.Ranker/Follow", "{}").await;
     assert_eq!(reply.status, 501, "{reply:?}");
+}
+
+/// A shop backend without gRPC sends its shoppers' events and its new items as JSON: each
+/// call one batch of the streamed method (`RecordInteractions`, `UpsertItems`), stored as a
+/// one-message stream would be: counted, deduplicated, checked, under the same token rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shop_backend_sends_events_and_items_over_json() {
+    let (_kg, ranker, http, _dir) = shop_over_http().await;
+    let record = "/souk.ranker.v1.Ranker/RecordInteractions";
+    let events = r#"{"interactions": [
+        {"userId": "u900", "itemId": "p00168", "kind": "INTERACTION_KIND_PURCHASE", "timestampMs": "1764000000000"},
+        {"userId": "u900", "itemId": "p00170", "kind": "INTERACTION_KIND_CLICK", "timestampMs": "1764000001000"}
+    ]}"#;
+    let reply = post_json(http, record, events).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(parse(&reply)["recorded"], "2");
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let profile = client
+        .user_profile(rk::UserProfileRequest {
+            user_id: "u900".into(),
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(profile.recent_items, ["p00170", "p00168"]);
+    // The same batch again (a retry): stored once.
+    let reply = post_json(http, record, events).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(parse(&reply)["duplicates"], "2");
+    assert_eq!(parse(&reply).get("recorded"), None, "0 is left out");
+    let reply = post_json(
+        http,
+        record,
+        r#"{"interactions": [{"userId": "u900", "itemId": "p00168"}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = parse(&reply)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("interactions[0]: kind 0 is not one of view"),
+        "{message}"
+    );
+
+    // Items need the admin token, as over gRPC.
+    let upsert = "/souk.ranker.v1.Ranker/UpsertItems";
+    let item = r#"{"items": [{"id": "p09001", "title": "Quokka Trail Bivvy Shelter", "category": ["Outdoors", "Tents"], "brand": "Quokka", "price": 149.0, "inStock": true}]}"#;
+    let reply = post_json(http, upsert, item).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let bearer = format!("Bearer {TOKEN}");
+    let reply = http_call(
+        http,
+        "POST",
+        upsert,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        item.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(parse(&reply)["upserted"], "1");
+    let reply = post_json(http, RANK, r#"{"query": "quokka bivvy shelter", "k": 3}"#).await;
+    let ids: Vec<String> = json_items(&parse(&reply))
+        .into_iter()
+        .map(|i| i.0)
+        .collect();
+    assert_eq!(ids.first().map(String::as_str), Some("p09001"), "{ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

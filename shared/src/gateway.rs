@@ -22,7 +22,9 @@
 //!
 //! The JSON mapping comes from the descriptor set the servers already carry for reflection
 //! (prost-reflect), so every unary method of a hosted service is reachable without generated
-//! code. Streaming methods (bulk loads) stay gRPC only.
+//! code. A method that takes a stream and answers once (the shop's events, bulk loads) takes
+//! one message per call, one batch; methods whose answer streams stay gRPC only.
+//! `--http-method` narrows what a port answers (`Rank,Suggest` for one browsers reach).
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -164,8 +166,10 @@ fn served_methods(
                 ));
             }
         };
-        if method.is_client_streaming() || method.is_server_streaming() {
-            return Err(bad("it streams, which HTTP does not serve".into()));
+        if method.is_server_streaming() {
+            return Err(bad(
+                "it streams its answer, which HTTP does not serve".into()
+            ));
         }
         served.insert(format!(
             "/{}/{}",
@@ -592,10 +596,13 @@ impl Gateway {
             .get_service_by_name(service)
             .and_then(|s| s.methods().find(|m| m.name() == method))
             .ok_or_else(not_found)?;
-        if method.is_client_streaming() || method.is_server_streaming() {
+        // A stream of messages in, one answer out (a bulk load, the shop's events) takes one
+        // message here, in the unary form: on the wire a one-message client stream is a
+        // unary call, so the call below is the same. Answers that stream need gRPC.
+        if method.is_server_streaming() {
             return Err(Failure::new(
                 tonic::Code::Unimplemented,
-                format!("{path} streams: call it over gRPC (soukctl does)"),
+                format!("{path} streams its answer: call it over gRPC (soukctl does)"),
             ));
         }
         Ok(method)

@@ -495,3 +495,119 @@ async fn the_ranker_can_re_embed_on_its_own_when_the_model_changes() {
     .await;
     assert!(matches);
 }
+
+/// A shop's price and stock feed sends every item again with only prices and stock changed:
+/// the items whose text is unchanged keep their vectors, so the feed needs no encoder (it
+/// is stored while the encoder is down) and rankings show the new prices at once; an item
+/// whose text changed still needs the encoder, and its batch is refused, not half stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = start_encoder(encoder_args(model_dir())).await;
+    wait_serving(&encoder.url()).await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let ranker = start_ranker_ann(&dir.path().join("ranker"), &encoder.url(), &kg.url(), 0).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let search = rk::RankRequest {
+        query: "wireless earbuds".into(),
+        k: 5,
+        ..Default::default()
+    };
+    let before = client.rank(search.clone()).await.unwrap().into_inner();
+    assert!(before.missing_signals.is_empty());
+    let ids = |r: &rk::RankResponse| r.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+
+    // The demo's catalog with every price halved and p00001 out of stock.
+    let feed = |path: &std::path::Path, retitle: bool| {
+        let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let (id, title, price, stock) = (
+            column("id"),
+            column("title"),
+            column("price"),
+            column("in_stock"),
+        );
+        let mut writer = csv::Writer::from_path(path).unwrap();
+        writer.write_record(&headers).unwrap();
+        for record in reader.records() {
+            let record = record.unwrap();
+            let mut row: Vec<String> = record.iter().map(String::from).collect();
+            let halved = row[price].parse::<f64>().unwrap() / 2.0;
+            row[price] = format!("{halved:.2}");
+            if row[id] == "p00001" {
+                row[stock] = "false".into();
+                if retitle {
+                    row[title] = "Pixelon Flow Wireless Earbuds 100 (2027 edition)".into();
+                }
+            }
+            writer.write_record(&row).unwrap();
+        }
+        writer.flush().unwrap();
+    };
+    let prices = dir.path().join("prices.csv");
+    feed(&prices, false);
+
+    encoder.stop().await.unwrap();
+    let (_, response) =
+        soukctl::load_catalog(channel(&ranker.url()).await, &prices, &quiet(), &None)
+            .await
+            .unwrap();
+    let response = response.unwrap();
+    assert_eq!((response.upserted, response.kept_vectors), (312, 312));
+    // The same search (its vector cached from before the outage).
+    let after = client.rank(search.clone()).await.unwrap().into_inner();
+    assert_eq!(ids(&after), ids(&before), "the same vectors rank alike");
+    let price =
+        |r: &rk::RankResponse, id: &str| r.items.iter().find(|i| i.id == id).map(|i| i.price);
+    for item in &before.items {
+        if let Some(now) = price(&after, &item.id) {
+            assert!(
+                (now - item.price / 2.0).abs() < 0.006,
+                "{}: {} -> {now}",
+                item.id,
+                item.price
+            );
+        }
+    }
+    let in_stock = rk::RankRequest {
+        filters: Some(rk::Filters {
+            in_stock_only: true,
+            ..Default::default()
+        }),
+        k: 50,
+        ..search.clone()
+    };
+    let listed = client.rank(in_stock).await.unwrap().into_inner();
+    assert!(!listed.items.is_empty());
+    assert!(
+        listed.items.iter().all(|i| i.id != "p00001"),
+        "out of stock now"
+    );
+
+    // A changed title needs the encoder: refused, and nothing of its batch is stored.
+    let retitled = dir.path().join("retitled.csv");
+    feed(&retitled, true);
+    let error = soukctl::load_catalog(channel(&ranker.url()).await, &retitled, &quiet(), &None)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("cannot embed items"),
+        "{error:#}"
+    );
+    let title = client
+        .rank(rk::RankRequest {
+            query: "pixelon flow earbuds".into(),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .find(|i| i.id == "p00001")
+        .map(|i| i.title);
+    assert_eq!(title.as_deref(), Some("Pixelon Flow Wireless Earbuds 100"));
+}

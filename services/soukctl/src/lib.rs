@@ -1031,8 +1031,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let extra = response
                 .map(|r| {
                     format!(
-                        ", {} items stored, {} synced to the graph",
-                        r.upserted, r.graph_synced
+                        ", {} items stored ({} with their text unchanged, not embedded again), {} synced to the graph",
+                        r.upserted, r.kept_vectors, r.graph_synced
                     )
                 })
                 .unwrap_or_else(|| " (dry run)".into());

@@ -524,11 +524,15 @@ impl Catalog {
             }
         }
         self.dimension = Some(d);
+        // Items whose vector did not change (a price or stock update) keep their point in
+        // the graph: neither linked again nor counted stale.
         let placed: Vec<(u32, u32)> = items
             .into_iter()
-            .map(|(item, vector)| self.place(item, &vector))
+            .filter_map(|(item, vector)| self.place(item, &vector))
             .collect();
-        if let Some(ann) = &mut self.ann {
+        if let Some(ann) = &mut self.ann
+            && !placed.is_empty()
+        {
             let vectors = &self.vectors;
             ann.add_all(
                 placed
@@ -574,11 +578,12 @@ impl Catalog {
 
     /// Puts an item and its vector (of the catalog's dimension) in its slot, in every index
     /// but the HNSW graph (where its old point, if any, is counted stale); returns the slot
-    /// and its new version, for the graph. The description is indexed by BM25 and then
+    /// and its new version, for the graph, or `None` when the item was there already with
+    /// this vector (as the catalog keeps it, in f16): its point in the graph still stands. The description is indexed by BM25 and then
     /// dropped: nothing in memory reads it again, and at a real shop's ~550 bytes a
     /// description (Flipkart's average) it would be the largest thing an item holds after its
     /// vector (the ranker's store keeps it, for `Reembed`).
-    fn place(&mut self, mut item: Item, vector: &[f32]) -> (u32, u32) {
+    fn place(&mut self, mut item: Item, vector: &[f32]) -> Option<(u32, u32)> {
         let popularity = self.popularity(&item.id);
         let known = self.slot_of(&item.id);
         let slot = match known {
@@ -607,7 +612,10 @@ impl Catalog {
         if self.vectors.len() < start + d {
             self.vectors.resize(start + d, 0);
         }
-        write_f16(&mut self.vectors[start..start + d], vector);
+        let mut written = vec![0u16; d];
+        write_f16(&mut written, vector);
+        let same_vector = self.vectors[start..start + d] == written[..];
+        self.vectors[start..start + d].copy_from_slice(&written);
         let replaced = self.slots[slot as usize]
             .replace(Entry { item, popularity })
             .is_some();
@@ -617,10 +625,13 @@ impl Catalog {
             let id = slot_id(slots, slot);
             self.by_id.insert(id, slot, |s| slot_id(slots, s));
         }
+        if replaced && same_vector && known.is_some() {
+            return None;
+        }
         if replaced && let Some(ann) = &mut self.ann {
             ann.mark_stale();
         }
-        (slot, self.bump_version(slot))
+        Some((slot, self.bump_version(slot)))
     }
 
     fn bump_version(&mut self, slot: u32) -> u32 {
@@ -2624,6 +2635,55 @@ mod tests {
         };
         let first = build();
         assert!(first == build(), "two builds differ");
+    }
+
+    /// A feed that changes items' prices or stock but not their vectors keeps their points in
+    /// the graph: nothing linked again, nothing counted stale, so no rebuild however often it
+    /// comes; the new prices are served. A changed vector is linked again.
+    #[test]
+    fn an_unchanged_vector_keeps_its_point_in_the_graph() {
+        let mut catalog = Catalog::default();
+        catalog.set_ann_min_items(20);
+        let unit = |i: usize| {
+            let mut v: Vec<f32> = (0..4)
+                .map(|j| ((i + 1) as f32 * (j + 1) as f32 * 0.37).sin())
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+            v
+        };
+        for i in 0..40 {
+            catalog.upsert(item(format!("i{i}")), unit(i)).unwrap();
+        }
+        assert!(catalog.uses_ann());
+        let changes = catalog.ann_changes();
+        // Three whole feeds: were their points stale, the first would already rebuild.
+        for round in 0..3 {
+            let feed = (0..40)
+                .map(|i| {
+                    let priced = Item {
+                        price: 10.0 * (round + 2) as f64,
+                        in_stock: round % 2 == 0,
+                        ..item(format!("i{i}"))
+                    };
+                    (priced, unit(i))
+                })
+                .collect();
+            catalog.upsert_many(feed).unwrap();
+        }
+        assert_eq!(catalog.ann_changes(), changes, "the graph is untouched");
+        assert_eq!(catalog.get("i3").map(|i| i.price), Some(40.0));
+        assert_eq!(catalog.get("i3").map(|i| i.in_stock), Some(true));
+        let first = |catalog: &Catalog, query: &[f32]| {
+            let found = catalog.nearest(query, 1, None);
+            catalog.item_at(found[0].0).unwrap().0.id.clone()
+        };
+        assert_eq!(first(&catalog, &unit(10)), "i10");
+
+        catalog.upsert(item("i10".into()), unit(99)).unwrap();
+        assert!(catalog.ann_changes() > changes, "a new vector is linked");
+        assert_eq!(first(&catalog, &unit(99)), "i10");
+        assert_ne!(first(&catalog, &unit(10)), "i10", "its old point is stale");
     }
 
     /// A new model's vectors replace every item's (another dimension too): the nearest item

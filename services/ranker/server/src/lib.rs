@@ -1519,49 +1519,80 @@ impl pb::ranker_server::Ranker for RankerService {
             if items.is_empty() {
                 continue;
             }
-            if !checked {
-                let (probe, model) = ready
-                    .encoder
-                    .probe(ready.load_timeout)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("cannot embed items: {e}")))?;
-                stream_model = model;
-                match ready.compare_model(&probe, model).map_err(status)? {
-                    ModelCheck::Other => {
-                        return Err(Status::failed_precondition(format!(
-                            "{}; this stream stored nothing",
-                            sources::OTHER_MODEL
-                        )));
+            // An item whose text the catalog embedded already keeps its vector: a price or
+            // stock feed sends every item again, and embedding is most of a load's cost (and
+            // needs the encoder up). Only new and changed texts are embedded.
+            let mut vectors = {
+                let texts: Vec<(String, String)> =
+                    items.iter().map(|i| (i.id.clone(), i.text())).collect();
+                let dimension = ready
+                    .ranker
+                    .catalog()
+                    .read()
+                    .map_err(|_| poisoned())?
+                    .dimension();
+                blocking(&ready, move |ready| {
+                    ready.store.vectors_of_same_texts(&texts, dimension)
+                })
+                .await?
+            };
+            let to_embed: Vec<usize> = (0..items.len()).filter(|&i| vectors[i].is_none()).collect();
+            response.kept_vectors += (items.len() - to_embed.len()) as u64;
+            if !to_embed.is_empty() {
+                if !checked {
+                    let (probe, model) = ready
+                        .encoder
+                        .probe(ready.load_timeout)
+                        .await
+                        .map_err(|e| Status::unavailable(format!("cannot embed items: {e}")))?;
+                    stream_model = model;
+                    match ready.compare_model(&probe, model).map_err(status)? {
+                        ModelCheck::Other => {
+                            return Err(Status::failed_precondition(format!(
+                                "{}; this stream stored nothing",
+                                sources::OTHER_MODEL
+                            )));
+                        }
+                        // The first items of a catalog (or the first after it was emptied)
+                        // store their model's probe with them.
+                        ModelCheck::EmptyCatalog => first_probe = Some((probe, model)),
+                        ModelCheck::Same => {}
                     }
-                    // The first items of a catalog (or the first after it was emptied)
-                    // store their model's probe with them.
-                    ModelCheck::EmptyCatalog => first_probe = Some((probe, model)),
-                    ModelCheck::Same => {}
+                    checked = true;
                 }
-                checked = true;
+                let texts = to_embed.iter().map(|&i| items[i].text()).collect();
+                let embedded = ready
+                    .encoder
+                    .embed_many(texts, ready.load_timeout)
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "cannot embed items (batch {}): {e}",
+                            batch_no - 1
+                        ))
+                    })?;
+                // Checked per answer, not only at the stream's start: an encoder replaced
+                // during a long load would otherwise leave vectors of two models in the
+                // catalog.
+                if embedded.model != stream_model && embedded.model != 0 && stream_model != 0 {
+                    return Err(Status::aborted(format!(
+                        "the encoder's model changed during this load: batch {} was not stored, {} earlier batches were (`soukctl stats` says whether the new model is the catalog's)",
+                        batch_no - 1,
+                        batch_no - 1
+                    )));
+                }
+                if embedded.vectors.len() != to_embed.len() {
+                    return Err(Status::internal(
+                        "encoder returned the wrong number of vectors",
+                    ));
+                }
+                for (i, vector) in to_embed.into_iter().zip(embedded.vectors) {
+                    vectors[i] = Some(vector);
+                }
             }
-            let texts = items.iter().map(Item::text).collect();
-            let embedded = ready
-                .encoder
-                .embed_many(texts, ready.load_timeout)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!("cannot embed items (batch {}): {e}", batch_no - 1))
-                })?;
-            // Checked per answer, not only at the stream's start: an encoder replaced during a
-            // long load would otherwise leave vectors of two models in the catalog.
-            if embedded.model != stream_model && embedded.model != 0 && stream_model != 0 {
-                return Err(Status::aborted(format!(
-                    "the encoder's model changed during this load: batch {} was not stored, {} earlier batches were (`soukctl stats` says whether the new model is the catalog's)",
-                    batch_no - 1,
-                    batch_no - 1
-                )));
-            }
-            let vectors = embedded.vectors;
+            let vectors: Vec<Vec<f32>> = vectors.into_iter().flatten().collect();
             if vectors.len() != items.len() {
-                return Err(Status::internal(
-                    "encoder returned the wrong number of vectors",
-                ));
+                return Err(Status::internal("an item was left without a vector"));
             }
             let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();

@@ -1271,6 +1271,38 @@ impl RankerStore {
         self.commit(TreeName::Catalog, writes)
     }
 
+    /// For each `(id, text)`, the stored vector of that item when the stored item's text
+    /// ([`Item::text`]) is `text`: the vector the catalog's model gave that very text, so an
+    /// upsert that changes only an item's price, stock or attributes need not embed it again.
+    /// `None` for a new item, a changed text, or a vector of the wrong size (`dimension`).
+    ///
+    /// # Errors
+    /// When the store cannot be read or a stored item does not decode.
+    pub fn vectors_of_same_texts(
+        &self,
+        texts: &[(String, String)],
+        dimension: Option<usize>,
+    ) -> Result<Vec<Option<Vec<f32>>>, RankError> {
+        texts
+            .iter()
+            .map(|(id, text)| {
+                let Some(stored) = self.catalog.get(key(b'i', id)).map_err(internal)? else {
+                    return Ok(None);
+                };
+                let stored: Item = serde_json::from_slice(&stored).map_err(internal)?;
+                if stored.text() != *text {
+                    return Ok(None);
+                }
+                Ok(self
+                    .catalog
+                    .get(key(b'v', id))
+                    .map_err(internal)?
+                    .map(|bytes| f32s(&bytes))
+                    .filter(|v| Some(v.len()) == dimension))
+            })
+            .collect()
+    }
+
     /// Every stored item's id and the text the encoder embeds for it ([`Item::text`]: title
     /// and description), by id. The catalog in memory keeps no descriptions (BM25 has
     /// indexed them), so `Reembed` reads its texts here.

@@ -1548,10 +1548,18 @@ impl pb::ranker_server::Ranker for RankerService {
                     stream_model = model;
                     match ready.compare_model(&probe, model).map_err(status)? {
                         ModelCheck::Other => {
-                            return Err(Status::failed_precondition(format!(
-                                "{}; this stream stored nothing",
-                                sources::OTHER_MODEL
-                            )));
+                            // Earlier batches of this stream may have been stored: theirs
+                            // were texts the catalog had embedded already.
+                            let stored = batch_no - 1;
+                            return Err(Status::failed_precondition(if stored == 0 {
+                                format!("{}; this stream stored nothing", sources::OTHER_MODEL)
+                            } else {
+                                format!(
+                                    "{}; batch {stored} (new or changed texts) was not stored, \
+                                     the {stored} before it (unchanged texts) were",
+                                    sources::OTHER_MODEL
+                                )
+                            }));
                         }
                         // The first items of a catalog (or the first after it was emptied)
                         // store their model's probe with them.

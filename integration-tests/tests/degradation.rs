@@ -610,4 +610,91 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         .find(|i| i.id == "p00001")
         .map(|i| i.title);
     assert_eq!(title.as_deref(), Some("Pixelon Flow Wireless Earbuds 100"));
+
+    // A feed of the changed fields alone (`soukctl catalog update`), still without the
+    // encoder: prices, stock and attributes change, the rest stays; unknown ids are listed;
+    // a bad line is named by file and line and nothing of its batch is stored.
+    let updates = dir.path().join("updates.csv");
+    std::fs::write(
+        &updates,
+        "id,price,in_stock,attributes\n\
+         p00001,12.50,true,\n\
+         p00002,,,color=crimson; connectivity=\n\
+         p99999,1,,\n",
+    )
+    .unwrap();
+    let (_, response) =
+        soukctl::update_catalog(channel(&ranker.url()).await, &updates, &quiet(), &None)
+            .await
+            .unwrap();
+    let response = response.unwrap();
+    assert_eq!(
+        (response.updated, response.unknown, response.unknown_ids),
+        (2, 1, vec!["p99999".to_string()])
+    );
+    let crimson = client
+        .rank(rk::RankRequest {
+            query: "earbuds".into(),
+            k: 10,
+            filters: Some(rk::Filters {
+                attributes: vec![rk::AttributeFilter {
+                    name: "color".into(),
+                    values: vec!["crimson".into()],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let found: Vec<(&str, &str)> = crimson
+        .items
+        .iter()
+        .map(|i| (i.id.as_str(), i.title.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("p00002", "Auralis Lite Over-Ear Headphones 750")],
+        "the new colour is filtered on, the title kept"
+    );
+    let listed = client
+        .rank(rk::RankRequest {
+            query: "pixelon flow earbuds".into(),
+            k: 3,
+            filters: Some(rk::Filters {
+                in_stock_only: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p1 = listed.items.iter().find(|i| i.id == "p00001");
+    assert_eq!(p1.map(|i| i.price), Some(12.5), "back in stock at 12.50");
+
+    std::fs::write(&updates, "id,price\np00001,1\np00003,free\n").unwrap();
+    let error = soukctl::update_catalog(channel(&ranker.url()).await, &updates, &quiet(), &None)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("updates.csv: stopped after 1 bad line(s)"),
+        "{error:#}"
+    );
+    let listed = client
+        .rank(rk::RankRequest {
+            query: "pixelon flow earbuds".into(),
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p1 = listed.items.iter().find(|i| i.id == "p00001");
+    assert_eq!(
+        p1.map(|i| i.price),
+        Some(12.5),
+        "the bad line's batch was not sent"
+    );
 }

@@ -242,6 +242,51 @@ async fn a_shop_backend_sends_events_and_items_over_json() {
         .map(|i| i.0)
         .collect();
     assert_eq!(ids.first().map(String::as_str), Some("p09001"), "{ids:?}");
+
+    // A price feed of the changed fields; a bad update refuses its whole batch.
+    let update = "/souk.ranker.v1.Ranker/UpdateItems";
+    let call = |body: &'static str| {
+        let bearer = bearer.clone();
+        async move {
+            http_call(
+                http,
+                "POST",
+                update,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &bearer),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let reply =
+        call(r#"{"updates": [{"id": "p09001", "price": 99.5, "inStock": false}, {"id": "nope"}]}"#)
+            .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = parse(&reply);
+    assert_eq!(
+        (&body["updated"], &body["unknown"]),
+        (&"1".into(), &"1".into())
+    );
+    assert_eq!(body["unknownIds"], serde_json::json!(["nope"]));
+    let reply =
+        call(r#"{"updates": [{"id": "p09001", "price": 5}, {"id": "p09001", "price": -5}]}"#).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = parse(&reply)["message"].as_str().unwrap().to_string();
+    assert!(
+        message
+            .contains("batch 0, update 1: item \"p09001\": price must be finite and >= 0, got -5"),
+        "{message}"
+    );
+    let reply = post_json(http, RANK, r#"{"query": "quokka bivvy shelter", "k": 3}"#).await;
+    let first = json_items(&parse(&reply)).into_iter().next();
+    assert_eq!(
+        first.map(|i| (i.0, i.2)),
+        Some(("p09001".to_string(), 99.5)),
+        "the first update stands, the refused batch changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -185,6 +185,18 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
         .unwrap()
         .into_inner();
     assert_eq!(deleted.deleted, 1);
+    let updated = p
+        .update_items(futures::stream::iter(vec![rk::UpdateItemsRequest {
+            updates: vec![rk::ItemUpdate {
+                id: "p00002".into(),
+                price: Some(7.25),
+                ..Default::default()
+            }],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.updated, 1);
     let recorded = r
         .record_interactions(futures::stream::iter(vec![purchase(
             "new-shopper",
@@ -256,6 +268,25 @@ async fn a_replica_serves_its_primarys_shop_and_follows_every_write() {
     assert_eq!(
         (now.items, now.interactions),
         (at_start.items - 1, at_start.interactions + 1)
+    );
+    let price_of = async |client: &mut RankerClient<Channel>| {
+        client
+            .rank(rk::RankRequest {
+                candidate_ids: vec!["p00002".into()],
+                k: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .first()
+            .map(|i| i.price)
+    };
+    assert_eq!(
+        price_of(&mut r).await,
+        Some(7.25),
+        "the update reached the replica"
     );
     assert_eq!(
         (

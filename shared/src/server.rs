@@ -317,6 +317,7 @@ mod tests {
         let path = |m: &str| format!("/souk.ranker.v1.Ranker/{m}");
         for write in [
             "UpsertItems",
+            "UpdateItems",
             "DeleteItems",
             "ForgetUsers",
             "TrainCf",

@@ -258,6 +258,68 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
     })
 }
 
+/// One row of an item-update CSV: `id` and any of `price`, `in_stock`, `attributes`; an
+/// empty cell leaves that field as it is.
+fn item_update_row(
+    columns: &Columns,
+    record: &csv::StringRecord,
+) -> Result<rk::ItemUpdate, String> {
+    let id = columns.get(record, "id");
+    if id.is_empty() {
+        return Err("id is empty".into());
+    }
+    let price = match columns.get(record, "price") {
+        "" => None,
+        text => {
+            let price: f64 = text
+                .parse()
+                .map_err(|_| format!("item {id:?}: price {text:?} is not a number"))?;
+            if !price.is_finite() || price < 0.0 {
+                return Err(format!(
+                    "item {id:?}: price must be finite and >= 0, got {text}"
+                ));
+            }
+            Some(price)
+        }
+    };
+    let in_stock = match columns.get(record, "in_stock") {
+        "" => None,
+        text => Some(parse_bool(text).map_err(|e| format!("item {id:?}: {e}"))?),
+    };
+    let mut attributes = std::collections::HashMap::new();
+    for pair in columns
+        .get(record, "attributes")
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            format!("item {id:?}: attribute {pair:?} is not key=value (key= removes it)")
+        })?;
+        if k.trim().is_empty() {
+            return Err(format!("item {id:?}: attribute {pair:?} has no name"));
+        }
+        attributes.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    if price.is_none() && in_stock.is_none() && attributes.is_empty() {
+        return Err(format!(
+            "item {id:?}: nothing to change (price, in_stock and attributes are empty)"
+        ));
+    }
+    Ok(rk::ItemUpdate {
+        id: id.to_string(),
+        price,
+        in_stock,
+        attributes,
+    })
+}
+
+/// Item updates of a CSV with an `id` column and any of `price`, `in_stock`, `attributes`
+/// (kg-data/README.md).
+pub fn item_updates<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk::ItemUpdate> {
+    csv_rows(path, reader, &["id"], item_update_row)
+}
+
 /// CSV rows parsed by `parse`, numbered by physical line (header = line 1).
 fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     path: &Path,
@@ -1748,6 +1810,49 @@ mod tests {
         let branded = items.iter().filter(|i| !i.brand.is_empty()).count();
         assert!(branded >= 628, "the brand column has 628 values: {branded}");
         assert!(items.iter().all(|i| !i.category.is_empty()));
+    }
+
+    #[test]
+    fn item_update_rows_take_any_of_the_fields_and_report() {
+        let data = "id,price,in_stock,attributes\n\
+                    p1,9.99,,\n\
+                    p2,,false,color=red; size=\n\
+                    p3,,,\n\
+                    p4,cheap,,\n\
+                    p5,,maybe,\n\
+                    p6,,,color\n\
+                    ,1,,\n";
+        let rows: Vec<_> = item_updates(Path::new("u.csv"), data.as_bytes()).collect();
+        let p1 = rows[0].as_ref().unwrap();
+        assert_eq!(
+            (p1.price, p1.in_stock, p1.attributes.len()),
+            (Some(9.99), None, 0)
+        );
+        let p2 = rows[1].as_ref().unwrap();
+        assert_eq!((p2.price, p2.in_stock), (None, Some(false)));
+        assert_eq!(p2.attributes.get("color").map(String::as_str), Some("red"));
+        assert_eq!(p2.attributes.get("size").map(String::as_str), Some(""));
+        let errors: Vec<String> = rows[2..]
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "u.csv:4: item \"p3\": nothing to change (price, in_stock and attributes are empty)",
+                "u.csv:5: item \"p4\": price \"cheap\" is not a number",
+                "u.csv:6: item \"p5\": in_stock \"maybe\" is not true/false",
+                "u.csv:7: item \"p6\": attribute \"color\" is not key=value (key= removes it)",
+                "u.csv:8: id is empty",
+            ]
+        );
+        let missing: Vec<_> =
+            item_updates(Path::new("u.csv"), "sku,price\nx,1\n".as_bytes()).collect();
+        assert!(
+            missing[0].as_ref().unwrap_err().to_string().contains("id"),
+            "{:?}",
+            missing[0]
+        );
     }
 
     #[test]

@@ -242,6 +242,15 @@ pub enum CatalogCommand {
         #[command(flatten)]
         options: LoadOptions,
     },
+    /// Change the price, stock or attributes of stored items from a CSV of `id` and any of
+    /// `price`, `in_stock`, `attributes` (an empty cell leaves the field; `color=red;
+    /// size=` sets color and removes size): a price and stock feed, stored without the
+    /// encoder. Ids not in the catalog are reported, not stored.
+    Update {
+        file: PathBuf,
+        #[command(flatten)]
+        options: LoadOptions,
+    },
     /// Delete items by id.
     Delete { ids: Vec<String> },
 }
@@ -689,6 +698,31 @@ pub async fn load_catalog(
     .await
 }
 
+/// Sends a CSV of item updates (price, stock, attributes by id) to the ranker's
+/// `UpdateItems`.
+///
+/// # Errors
+/// As [`load_triples`].
+pub async fn update_catalog(
+    channel: Channel,
+    path: &Path,
+    options: &LoadOptions,
+    token: &Option<String>,
+) -> anyhow::Result<(LoadReport, Option<rk::UpdateItemsResponse>)> {
+    let mut client = rk::ranker_client::RankerClient::new(channel);
+    let file = path.to_path_buf();
+    let load = Load {
+        what: "updates",
+        default_batch: 512,
+        rows: Box::new(move |reader| files::item_updates(&file, reader)),
+        wrap: |updates| rk::UpdateItemsRequest { updates },
+    };
+    load_file(path, options, token, load, |request| async move {
+        client.update_items(request).await.map(|r| r.into_inner())
+    })
+    .await
+}
+
 /// Loads an events CSV into the ranker.
 ///
 /// # Errors
@@ -1034,6 +1068,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         ", {} items stored ({} with their text unchanged, not embedded again), {} synced to the graph",
                         r.upserted, r.kept_vectors, r.graph_synced
                     )
+                })
+                .unwrap_or_else(|| " (dry run)".into());
+            report_load(&file.display().to_string(), &report, extra);
+        }
+        Command::Catalog(CatalogCommand::Update { file, options }) => {
+            let channel = if options.dry_run {
+                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+            } else {
+                connect(&ep.ranker, "ranker").await?
+            };
+            let (report, response) = update_catalog(channel, &file, &options, &ep.token).await?;
+            let extra = response
+                .map(|r| {
+                    let mut extra = format!(", {} items updated", r.updated);
+                    if r.unknown > 0 {
+                        extra.push_str(&format!(
+                            ", {} not in the catalog (not stored): {}{}",
+                            r.unknown,
+                            r.unknown_ids.join(", "),
+                            if r.unknown > r.unknown_ids.len() as u64 {
+                                ", ..."
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    extra
                 })
                 .unwrap_or_else(|| " (dry run)".into());
             report_load(&file.display().to_string(), &report, extra);

@@ -190,6 +190,38 @@ impl Item {
         Ok(self)
     }
 
+    /// This item with its price, stock and attributes changed where given (`UpdateItems`):
+    /// an attribute set to an empty value is removed, the others are kept; validated as
+    /// [`Item::validated`]. Its text does not change, so neither does its vector.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the item: a price that is not finite and >= 0, an empty
+    /// attribute name.
+    pub fn updated(
+        mut self,
+        price: Option<f64>,
+        in_stock: Option<bool>,
+        attributes: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, RankError> {
+        if let Some(price) = price {
+            self.price = price;
+        }
+        if let Some(in_stock) = in_stock {
+            self.in_stock = in_stock;
+        }
+        for (name, value) in attributes {
+            let name = clean(&name);
+            if name.is_empty() {
+                return Err(RankError::InvalidInput(format!(
+                    "item {:?}: an attribute name is empty",
+                    self.id
+                )));
+            }
+            self.attributes.insert(name, value);
+        }
+        self.validated()
+    }
+
     /// The text the encoder embeds and BM25 indexes.
     pub fn text(&self) -> String {
         if self.description.is_empty() {
@@ -486,6 +518,70 @@ mod tests {
             price: 120.0,
             attributes: [("color".to_string(), "green".to_string())].into(),
             in_stock: true,
+        }
+    }
+
+    /// An update changes what it names and keeps the rest: the title, the text and so the
+    /// vector never change; an empty value removes an attribute; a bad price is refused.
+    #[test]
+    fn an_update_changes_only_what_it_names() {
+        let item = Item {
+            id: "p1".into(),
+            title: "Trail Tent".into(),
+            description: "Two people.".into(),
+            category: vec!["Outdoor".into(), "Tents".into()],
+            brand: "Northpeak".into(),
+            price: 199.0,
+            attributes: [
+                ("color".to_string(), "green".to_string()),
+                ("size".to_string(), "2".to_string()),
+            ]
+            .into(),
+            in_stock: true,
+        };
+        let updated = item
+            .clone()
+            .updated(
+                Some(149.5),
+                None,
+                [
+                    ("color".to_string(), " red ".to_string()),
+                    ("size".to_string(), String::new()),
+                    (" weight ".to_string(), "2 kg".to_string()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(updated.price, 149.5);
+        assert!(updated.in_stock, "stock unchanged");
+        let attributes: Vec<(&str, &str)> = updated
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(attributes, [("color", "red"), ("weight", "2 kg")]);
+        assert_eq!(updated.text(), item.text());
+        assert_eq!(
+            (&updated.title, &updated.category, &updated.brand),
+            (&item.title, &item.category, &item.brand)
+        );
+        let out = item.clone().updated(None, Some(false), []).unwrap();
+        assert!(!out.in_stock);
+        assert_eq!(out.price, 199.0);
+        for (price, attributes, says) in [
+            (Some(-1.0), vec![], "price must be finite and >= 0, got -1"),
+            (Some(f64::NAN), vec![], "price must be finite"),
+            (
+                None,
+                vec![(" ".to_string(), "x".to_string())],
+                "an attribute name is empty",
+            ),
+        ] {
+            let err = item
+                .clone()
+                .updated(price, None, attributes)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("item \"p1\"") && err.contains(says), "{err}");
         }
     }
 

@@ -1018,6 +1018,9 @@ fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<us
     }
 }
 
+/// Unknown ids `UpdateItems` lists (it counts them all).
+const MAX_UNKNOWN_IDS: usize = 100;
+
 /// Longest text `Suggest` reads: a search box's, not a document.
 const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
 
@@ -1636,6 +1639,89 @@ impl pb::ranker_server::Ranker for RankerService {
                 Err(error) => {
                     tracing::warn!(%error, "item facts did not reach the knowledge graph")
                 }
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn update_items(
+        &self,
+        request: Request<Streaming<pb::UpdateItemsRequest>>,
+    ) -> Result<Response<pb::UpdateItemsResponse>, Status> {
+        self.primary_only("UpdateItems")?;
+        let ready = self.ready()?;
+        let mut stream = request.into_inner();
+        let mut response = pb::UpdateItemsResponse::default();
+        let mut batch_no = 0u64;
+        // One writer at a time with UpsertItems and Reembed: an update applies to the item
+        // as the last load left it.
+        let _writing = ready.writing.lock().await;
+        while let Some(message) = stream.next().await {
+            let updates = message?.updates;
+            let batch = batch_no;
+            batch_no += 1;
+            let bad = |i: usize, e: RankError| {
+                Status::invalid_argument(format!(
+                    "batch {batch}, update {i}: {e}; this batch was not stored, {batch} earlier batches were"
+                ))
+            };
+            for (i, update) in updates.iter().enumerate() {
+                validate_id(&update.id).map_err(|e| bad(i, e))?;
+            }
+            let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+            let stored =
+                blocking(&ready, move |ready| ready.store.items_with_vectors(&ids)).await?;
+            // Several updates of one id apply in order, to one item.
+            let mut changed: Vec<(Item, Vec<f32>)> = Vec::new();
+            let mut at: HashMap<String, usize> = HashMap::new();
+            for (i, (update, stored)) in updates.into_iter().zip(stored).enumerate() {
+                let (item, vector) = match at.get(&update.id) {
+                    Some(&j) => changed[j].clone(),
+                    None => match stored {
+                        Some(found) => found,
+                        None => {
+                            response.unknown += 1;
+                            if response.unknown_ids.len() < MAX_UNKNOWN_IDS {
+                                response.unknown_ids.push(update.id);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let item = item
+                    .updated(update.price, update.in_stock, update.attributes)
+                    .map_err(|e| bad(i, e))?;
+                match at.get(&item.id) {
+                    Some(&j) => changed[j] = (item, vector),
+                    None => {
+                        at.insert(item.id.clone(), changed.len());
+                        changed.push((item, vector));
+                    }
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let facts: Vec<(String, String, String)> =
+                changed.iter().flat_map(|(item, _)| item.facts()).collect();
+            let count = changed.len() as u64;
+            blocking(&ready, move |ready| {
+                let catalog = ready.ranker.catalog();
+                catalog
+                    .read()
+                    .map_err(|_| lock_poisoned())?
+                    .check_vectors(&changed)?;
+                ready.store.put_items(&changed)?;
+                catalog
+                    .write()
+                    .map_err(|_| lock_poisoned())?
+                    .upsert_many(changed)
+            })
+            .await?;
+            response.updated += count;
+            // New attribute values reach the graph as a load's would.
+            if let Err(error) = ready.graph.load_facts(facts, ready.load_timeout).await {
+                tracing::warn!(%error, "updated items' facts did not reach the knowledge graph");
             }
         }
         Ok(Response::new(response))

@@ -544,6 +544,9 @@ const ANN_FILE: &str = "hnsw.graph";
 /// catalog (before its first save, or after a start or a copy that built the graph).
 pub const ANN_NOT_SAVED: u64 = u64::MAX;
 
+/// A stored item and its vector.
+pub type Embedded = (Item, Vec<f32>);
+
 /// Little-endian f32s, how vectors are stored (item vectors, a factor model's vectors).
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -1269,6 +1272,26 @@ impl RankerStore {
             writes.push((PROBE_KEY.to_vec(), Some(f32_bytes(probe))));
         }
         self.commit(TreeName::Catalog, writes)
+    }
+
+    /// Each id's stored item and vector, `None` for an id the store lacks (`UpdateItems`).
+    ///
+    /// # Errors
+    /// When the store cannot be read or a stored item does not decode.
+    pub fn items_with_vectors(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<Embedded>>, RankError> {
+        ids.iter()
+            .map(|id| {
+                let Some(stored) = self.catalog.get(key(b'i', id)).map_err(internal)? else {
+                    return Ok(None);
+                };
+                let item: Item = serde_json::from_slice(&stored).map_err(internal)?;
+                let vector = self.catalog.get(key(b'v', id)).map_err(internal)?;
+                Ok(vector.map(|bytes| (item, f32s(&bytes))))
+            })
+            .collect()
     }
 
     /// For each `(id, text)`, the stored vector of that item when the stored item's text

@@ -23,7 +23,7 @@ pub struct ServerArgs {
     )]
     pub http_cors_origins: Vec<String>,
     /// The only methods answered over HTTP (`Rank`, or `souk.ranker.v1.Ranker/Rank`); repeat
-    /// the flag or separate with commas. Unset: every unary method. Name the shopper's
+    /// the flag or separate with commas. Unset: every method HTTP serves. Name the shopper's
     /// methods (`Rank,Suggest`) when browsers or the internet reach the HTTP port, so that
     /// `Stats`, `UserProfile` and the shop's rules stay behind it.
     #[arg(long = "http-method", env = "SOUK_HTTP_METHODS", value_delimiter = ',')]

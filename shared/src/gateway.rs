@@ -109,12 +109,13 @@ pub struct Gateway {
     plans: HashMap<String, json::JsonPlan>,
     /// Paths of the methods marked `idempotency_level = NO_SIDE_EFFECTS`: GET may call them.
     without_side_effects: HashSet<String>,
-    /// Paths of the only methods answered (`--http-method`); `None`: every unary method.
+    /// Paths of the only methods answered (`--http-method`); `None`: every one HTTP can serve.
     served: Option<HashSet<String>>,
 }
 
-/// The paths (`/service/Method`) of `methods` among the unary methods of `services`; `None`
-/// when `methods` is empty (every one is served).
+/// The paths (`/service/Method`) of `methods` among the methods of `services` that HTTP can
+/// serve (those whose answer does not stream); `None` when `methods` is empty (every one is
+/// served).
 fn served_methods(
     pool: &DescriptorPool,
     services: &[String],
@@ -148,16 +149,17 @@ fn served_methods(
         let method = match found[..] {
             [one] => one,
             [] => {
-                let mut unary: Vec<&str> = hosted
+                // What HTTP can serve: every method whose answer does not stream.
+                let mut servable: Vec<&str> = hosted
                     .iter()
-                    .filter(|m| !m.is_client_streaming() && !m.is_server_streaming())
+                    .filter(|m| !m.is_server_streaming())
                     .map(|m| m.name())
                     .collect();
-                unary.sort_unstable();
-                unary.dedup();
+                servable.sort_unstable();
+                servable.dedup();
                 return Err(bad(format!(
                     "no such method on this server; it has {}",
-                    unary.join(", ")
+                    servable.join(", ")
                 )));
             }
             _ => {

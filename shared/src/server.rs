@@ -54,7 +54,7 @@ pub struct ServerOptions {
     /// Browser origins allowed to call the HTTP gateway (`*`: any); empty: none.
     pub http_cors_origins: Vec<String>,
     /// The only methods the HTTP gateway answers (`Rank` or `souk.ranker.v1.Ranker/Rank`);
-    /// empty: every unary method.
+    /// empty: every method HTTP can serve (those whose answer does not stream).
     pub http_methods: Vec<String>,
 }
 

@@ -1278,10 +1278,7 @@ impl RankerStore {
     ///
     /// # Errors
     /// When the store cannot be read or a stored item does not decode.
-    pub fn items_with_vectors(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<Option<Embedded>>, RankError> {
+    pub fn items_with_vectors(&self, ids: &[String]) -> Result<Vec<Option<Embedded>>, RankError> {
         ids.iter()
             .map(|id| {
                 let Some(stored) = self.catalog.get(key(b'i', id)).map_err(internal)? else {

@@ -44,7 +44,8 @@ trap 'rm -rf "$out"' EXIT
   --set-json metrics.alerts.rankP99Seconds=0.5 > "$out/alerts.yaml"
 # A ranker whose HTTP port faces browsers: only the shopper's methods on it.
 "$helm" template souk "$chart" --set 'ranker.httpCorsOrigins={https://shop.example}' \
-  --set 'ranker.httpMethods={Rank,souk.ranker.v1.Ranker/Suggest}' > "$out/public.yaml"
+  --set 'ranker.httpMethods={Rank,souk.ranker.v1.Ranker/Suggest}' \
+  --set ranker.httpCacheMaxAgeSeconds=60 > "$out/public.yaml"
 for f in default gpu scaled public; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 "$out/$f.yaml"
 done

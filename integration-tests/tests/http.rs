@@ -136,6 +136,7 @@ async fn a_shop_backend_ranks_over_json_and_gets_what_grpc_gets() {
         let reply = http_call(http, "GET", &path, &[], b"").await;
         assert_eq!(reply.status, 200, "{json}: {reply:?}");
         assert_eq!(json_items(&parse(&reply)), over_grpc, "GET {json}");
+        assert_eq!(reply.header("cache-control"), None, "not unless configured");
     }
     // A method that changes state is never called by a GET.
     let path = format!(
@@ -522,6 +523,7 @@ async fn a_public_http_port_serves_only_the_methods_named() {
     server.http_listen = Some(http);
     server.http_cors_origins = vec!["https://shop.example".into()];
     server.http_methods = vec!["Rank".into(), "souk.ranker.v1.Ranker/Suggest".into()];
+    server.http_cache_max_age_s = 60;
     let ranker =
         start_ranker_serving(&dir.path().join("ranker"), &encoder_url, &kg.url(), server).await;
     load_demo(&kg.url(), &ranker.url()).await;
@@ -542,6 +544,23 @@ async fn a_public_http_port_serves_only_the_methods_named() {
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("head"), "{reply:?}");
+    // GET answers may be kept a minute: by anyone, or by the shopper's browser alone when
+    // they are the shopper's own; POSTs and refusals carry no such header.
+    assert_eq!(reply.header("cache-control"), Some("public, max-age=60"));
+    let get = |json: &str| {
+        let path = format!("{RANK}?encoding=json&message={}", percent_encoded(json));
+        async move { http_call(http, "GET", &path, &[], b"").await }
+    };
+    let reply = get(r#"{"query": "tent", "k": 3}"#).await;
+    assert_eq!(reply.header("cache-control"), Some("public, max-age=60"));
+    let reply = get(r#"{"query": "tent", "k": 3, "userId": "u010"}"#).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("private, max-age=60"));
+    let reply = get(r#"{"query": "tent", "k": 0}"#).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.header("cache-control"), None);
+    let reply = post_json(http, RANK, r#"{"query": "tent", "k": 3}"#).await;
+    assert_eq!(reply.header("cache-control"), None);
     for (path, body) in [
         ("/souk.ranker.v1.Ranker/Stats", "{}"),
         (

@@ -28,6 +28,11 @@ pub struct ServerArgs {
     /// `Stats`, `UserProfile` and the shop's rules stay behind it.
     #[arg(long = "http-method", env = "SOUK_HTTP_METHODS", value_delimiter = ',')]
     pub http_methods: Vec<String>,
+    /// Lets browsers and CDNs keep a GET answer this many seconds (`cache-control:
+    /// max-age`; `private` when the request names a `user_id`, else `public`). 0: no
+    /// `cache-control` header. A catalog change shows once the kept answers expire.
+    #[arg(long, env = "SOUK_HTTP_CACHE_MAX_AGE_S", default_value_t = 0)]
+    pub http_cache_max_age_s: u64,
     /// Deadline for one request, in milliseconds.
     #[arg(long, env = "SOUK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -47,6 +52,7 @@ impl Default for ServerArgs {
             http_listen: None,
             http_cors_origins: Vec::new(),
             http_methods: Vec::new(),
+            http_cache_max_age_s: 0,
             request_timeout_ms: 30_000,
             concurrency_limit: 256,
             admin_token: None,
@@ -65,6 +71,7 @@ impl ServerArgs {
             http_listen: self.http_listen,
             http_cors_origins: self.http_cors_origins.clone(),
             http_methods: self.http_methods.clone(),
+            http_cache_max_age_s: self.http_cache_max_age_s,
         }
     }
 }

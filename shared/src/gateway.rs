@@ -111,6 +111,8 @@ pub struct Gateway {
     without_side_effects: HashSet<String>,
     /// Paths of the only methods answered (`--http-method`); `None`: every one HTTP can serve.
     served: Option<HashSet<String>>,
+    /// Seconds a GET answer may be kept (`cache-control: max-age`); 0: no header.
+    cache_max_age_s: u64,
 }
 
 /// The paths (`/service/Method`) of `methods` among the methods of `services` that HTTP can
@@ -521,7 +523,16 @@ impl Gateway {
             plans,
             without_side_effects,
             served,
+            cache_max_age_s: 0,
         })
+    }
+
+    /// Lets browsers and CDNs keep each successful GET answer `seconds` (0: no
+    /// `cache-control` header): `private` when the request names a `user_id` (a shopper's
+    /// own ranking: their browser may keep it, a shared cache may not), else `public`.
+    pub fn with_cache_max_age(mut self, seconds: u64) -> Self {
+        self.cache_max_age_s = seconds;
+        self
     }
 
     /// Answers one HTTP request.
@@ -668,6 +679,13 @@ impl Gateway {
                     )
                 })?
         };
+        let cache_control = (parts.method == Method::GET && self.cache_max_age_s > 0).then(|| {
+            let personal = message
+                .get_field_by_name("user_id")
+                .is_some_and(|v| v.as_str().is_some_and(|id| !id.trim().is_empty()));
+            let scope = if personal { "private" } else { "public" };
+            format!("{scope}, max-age={}", self.cache_max_age_s)
+        });
         let grpc = self.grpc_request(&parts.uri, &parts.headers, &message)?;
         let response = self
             .stack
@@ -706,7 +724,11 @@ impl Gateway {
             text = serde_json::to_string(&reply)
                 .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
         }
-        Ok(json_response(StatusCode::OK, text.into()))
+        let mut response = json_response(StatusCode::OK, text.into());
+        if let Some(value) = cache_control.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
+        Ok(response)
     }
 
     fn grpc_request(

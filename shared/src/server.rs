@@ -56,6 +56,8 @@ pub struct ServerOptions {
     /// The only methods the HTTP gateway answers (`Rank` or `souk.ranker.v1.Ranker/Rank`);
     /// empty: every method HTTP can serve (those whose answer does not stream).
     pub http_methods: Vec<String>,
+    /// Seconds a GET answer may be kept by browsers and CDNs (`cache-control`); 0: no header.
+    pub http_cache_max_age_s: u64,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +70,7 @@ impl Default for ServerOptions {
             http_listen: None,
             http_cors_origins: Vec::new(),
             http_methods: Vec::new(),
+            http_cache_max_age_s: 0,
         }
     }
 }
@@ -270,7 +273,8 @@ impl GrpcServer {
                     BoxCloneSyncService::new(stack),
                     Cors::new(&options.http_cors_origins),
                     &options.http_methods,
-                )?;
+                )?
+                .with_cache_max_age(options.http_cache_max_age_s);
                 if !options.http_cors_origins.is_empty() && options.http_methods.is_empty() {
                     tracing::warn!(
                         "browsers of the allowed origins may call every method over HTTP \

@@ -76,6 +76,7 @@ def check_default(docs):
     assert env(ranker)["SOUK_HTTP_LISTEN"] == "0.0.0.0:8080"
     assert "SOUK_HTTP_CORS_ORIGINS" not in env(ranker), "no browser origin unless named"
     assert "SOUK_HTTP_METHODS" not in env(ranker), "every unary method unless named"
+    assert "SOUK_HTTP_CACHE_MAX_AGE_S" not in env(ranker), "no cache-control unless asked"
     http = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
     for suffix in ("-ranker", "-ranker-primary"):
         ports = {p["name"]: p for p in by_kind(docs, "Service", suffix)["spec"]["ports"]}
@@ -99,6 +100,7 @@ def check_public(docs):
     ranker = env(container(by_kind(docs, "StatefulSet", "-ranker")))
     assert ranker["SOUK_HTTP_CORS_ORIGINS"] == "https://shop.example"
     assert ranker["SOUK_HTTP_METHODS"] == "Rank,souk.ranker.v1.Ranker/Suggest"
+    assert ranker["SOUK_HTTP_CACHE_MAX_AGE_S"] == "60"
 
 
 def exported_metrics(root):

@@ -2188,3 +2188,66 @@ async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
     );
     assert_eq!(interactions(&mut client).await, before + 2310);
 }
+
+/// An update and a delete of one item sent at once, many times over: whichever runs first,
+/// the item ends deleted (an update of a deleted item finds nothing; a delete after an
+/// update removes it), never brought back by an update that read it before the delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_never_brings_back_an_item_deleted_meanwhile() {
+    let shop = demo_shop().await;
+    let client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let item = rk::Item {
+        id: "p-race".into(),
+        title: "Racing Stripe Water Bottle".into(),
+        price: 10.0,
+        in_stock: true,
+        ..Default::default()
+    };
+    for round in 0..40 {
+        let mut c = client.clone();
+        c.upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items: vec![item.clone()],
+        }]))
+        .await
+        .unwrap();
+        let (mut updater, mut deleter) = (client.clone(), client.clone());
+        let update = tokio::spawn(async move {
+            updater
+                .update_items(futures::stream::iter(vec![rk::UpdateItemsRequest {
+                    updates: vec![rk::ItemUpdate {
+                        id: "p-race".into(),
+                        price: Some(round as f64 + 1.0),
+                        ..Default::default()
+                    }],
+                }]))
+                .await
+                .unwrap()
+                .into_inner()
+        });
+        let delete = tokio::spawn(async move {
+            deleter
+                .delete_items(rk::DeleteItemsRequest {
+                    ids: vec!["p-race".into()],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        });
+        let (updated, deleted) = (update.await.unwrap(), delete.await.unwrap());
+        assert_eq!(deleted.deleted, 1, "round {round}");
+        assert_eq!(updated.updated + updated.unknown, 1, "round {round}");
+        let left = c
+            .rank(rk::RankRequest {
+                candidate_ids: vec!["p-race".into()],
+                k: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            left.items.is_empty(),
+            "round {round}: the deleted item is back ({updated:?})"
+        );
+    }
+}

@@ -196,9 +196,13 @@ struct Ready {
     /// `souk_encoder_model_differs`: 1 while the encoder serves another model than the
     /// catalog's (an operator's alert: search runs on words alone until `Reembed`).
     model_differs: prometheus::IntGauge,
-    /// Held by `UpsertItems` and `Reembed`: a re-embedding must see every item, and a load
-    /// must not add vectors of the old model after it.
+    /// Held by `UpsertItems`, `UpdateItems` and `Reembed`: a re-embedding must see every
+    /// item, and a load must not add vectors of the old model after it.
     writing: tokio::sync::Mutex<()>,
+    /// Held by `UpdateItems` through each batch (read, change, store) and by `DeleteItems`,
+    /// so that an update does not bring back an item deleted in its middle. (A delete does
+    /// not wait for `writing`: a whole catalog's load takes minutes.)
+    editing: tokio::sync::Mutex<()>,
     /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
     /// memory: two calls at once must leave memory as the store, not one each.
     settings: tokio::sync::Mutex<()>,
@@ -491,6 +495,7 @@ pub async fn serve(
         reembed_on_change: args.reembed_on_model_change && primary.is_none(),
         model_differs,
         writing: tokio::sync::Mutex::new(()),
+        editing: tokio::sync::Mutex::new(()),
         settings: tokio::sync::Mutex::new(()),
         events: tokio::sync::RwLock::new(()),
         replica: primary.is_some(),
@@ -1668,6 +1673,8 @@ impl pb::ranker_server::Ranker for RankerService {
             for (i, update) in updates.iter().enumerate() {
                 validate_id(&update.id).map_err(|e| bad(i, e))?;
             }
+            // From the read to the store, no delete runs (it would be undone).
+            let editing = ready.editing.lock().await;
             let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
             let stored =
                 blocking(&ready, move |ready| ready.store.items_with_vectors(&ids)).await?;
@@ -1718,6 +1725,7 @@ impl pb::ranker_server::Ranker for RankerService {
                     .upsert_many(changed)
             })
             .await?;
+            drop(editing);
             response.updated += count;
             // New attribute values reach the graph as a load's would.
             if let Err(error) = ready.graph.load_facts(facts, ready.load_timeout).await {
@@ -1734,6 +1742,9 @@ impl pb::ranker_server::Ranker for RankerService {
         self.primary_only("DeleteItems")?;
         let ready = self.ready()?;
         let ids = request.into_inner().ids;
+        // Not in the middle of an update's batch: an update reads items, changes them and
+        // stores them, which would bring back an item deleted meanwhile.
+        let _editing = ready.editing.lock().await;
         let known: Vec<String> = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
             ids.iter()

@@ -596,20 +596,24 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         format!("{error:#}").contains("cannot embed items"),
         "{error:#}"
     );
-    let title = client
-        .rank(rk::RankRequest {
-            query: "pixelon flow earbuds".into(),
-            k: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .into_iter()
-        .find(|i| i.id == "p00001")
-        .map(|i| i.title);
-    assert_eq!(title.as_deref(), Some("Pixelon Flow Wireless Earbuds 100"));
+    // p00001 as a search for it finds it: (title, price).
+    let p00001 = async |client: &mut RankerClient<tonic::transport::Channel>| {
+        client
+            .rank(rk::RankRequest {
+                query: "pixelon flow earbuds".into(),
+                k: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .find(|i| i.id == "p00001")
+            .map(|i| (i.title, i.price))
+    };
+    let (title, _) = p00001(&mut client).await.unwrap();
+    assert_eq!(title, "Pixelon Flow Wireless Earbuds 100");
 
     // A feed of the changed fields alone (`soukctl catalog update`), still without the
     // encoder: prices, stock and attributes change, the rest stays; unknown ids are listed;
@@ -682,18 +686,8 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         format!("{error:#}").contains("updates.csv: stopped after 1 bad line(s)"),
         "{error:#}"
     );
-    let listed = client
-        .rank(rk::RankRequest {
-            query: "pixelon flow earbuds".into(),
-            k: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let p1 = listed.items.iter().find(|i| i.id == "p00001");
     assert_eq!(
-        p1.map(|i| i.price),
+        p00001(&mut client).await.map(|(_, price)| price),
         Some(12.5),
         "the bad line's batch was not sent"
     );

@@ -203,6 +203,35 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A price cell: a decimal number >= 0.
+fn price(id: &str, text: &str) -> Result<f64, String> {
+    let price: f64 = text
+        .parse()
+        .map_err(|_| format!("item {id:?}: price {text:?} is not a number"))?;
+    if !price.is_finite() || price < 0.0 {
+        return Err(format!(
+            "item {id:?}: price must be finite and >= 0, got {text}"
+        ));
+    }
+    Ok(price)
+}
+
+/// An attributes cell: `key=value` pairs separated by `;`, trimmed (`key=` gives an empty
+/// value: a catalog row drops it, an update removes the attribute).
+fn attribute_pairs(
+    id: &str,
+    text: &str,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut attributes = std::collections::HashMap::new();
+    for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("item {id:?}: attribute {pair:?} is not key=value"))?;
+        attributes.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(attributes)
+}
+
 /// Parses one catalog row (see kg-data/README.md).
 /// A catalog's category column (`Outdoor > Camping > Tents`) as its levels, trimmed, empty
 /// levels dropped.
@@ -223,28 +252,9 @@ fn catalog_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Item
     if title.is_empty() {
         return Err(format!("item {id:?}: title is empty"));
     }
-    let price_text = columns.get(record, "price");
-    let price: f64 = price_text
-        .parse()
-        .map_err(|_| format!("item {id:?}: price {price_text:?} is not a number"))?;
-    if !price.is_finite() || price < 0.0 {
-        return Err(format!(
-            "item {id:?}: price must be finite and >= 0, got {price_text}"
-        ));
-    }
+    let price = price(id, columns.get(record, "price"))?;
     let category = category_path(columns.get(record, "category"));
-    let mut attributes = std::collections::HashMap::new();
-    for pair in columns
-        .get(record, "attributes")
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("item {id:?}: attribute {pair:?} is not key=value"))?;
-        attributes.insert(k.trim().to_string(), v.trim().to_string());
-    }
+    let attributes = attribute_pairs(id, columns.get(record, "attributes"))?;
     Ok(rk::Item {
         id: id.to_string(),
         title: title.to_string(),
@@ -270,36 +280,15 @@ fn item_update_row(
     }
     let price = match columns.get(record, "price") {
         "" => None,
-        text => {
-            let price: f64 = text
-                .parse()
-                .map_err(|_| format!("item {id:?}: price {text:?} is not a number"))?;
-            if !price.is_finite() || price < 0.0 {
-                return Err(format!(
-                    "item {id:?}: price must be finite and >= 0, got {text}"
-                ));
-            }
-            Some(price)
-        }
+        text => Some(price(id, text)?),
     };
     let in_stock = match columns.get(record, "in_stock") {
         "" => None,
         text => Some(parse_bool(text).map_err(|e| format!("item {id:?}: {e}"))?),
     };
-    let mut attributes = std::collections::HashMap::new();
-    for pair in columns
-        .get(record, "attributes")
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').ok_or_else(|| {
-            format!("item {id:?}: attribute {pair:?} is not key=value (key= removes it)")
-        })?;
-        if k.trim().is_empty() {
-            return Err(format!("item {id:?}: attribute {pair:?} has no name"));
-        }
-        attributes.insert(k.trim().to_string(), v.trim().to_string());
+    let attributes = attribute_pairs(id, columns.get(record, "attributes"))?;
+    if attributes.contains_key("") {
+        return Err(format!("item {id:?}: an attribute has no name"));
     }
     if price.is_none() && in_stock.is_none() && attributes.is_empty() {
         return Err(format!(
@@ -1821,6 +1810,7 @@ mod tests {
                     p4,cheap,,\n\
                     p5,,maybe,\n\
                     p6,,,color\n\
+                    p7,,,=red\n\
                     ,1,,\n";
         let rows: Vec<_> = item_updates(Path::new("u.csv"), data.as_bytes()).collect();
         let p1 = rows[0].as_ref().unwrap();
@@ -1842,8 +1832,9 @@ mod tests {
                 "u.csv:4: item \"p3\": nothing to change (price, in_stock and attributes are empty)",
                 "u.csv:5: item \"p4\": price \"cheap\" is not a number",
                 "u.csv:6: item \"p5\": in_stock \"maybe\" is not true/false",
-                "u.csv:7: item \"p6\": attribute \"color\" is not key=value (key= removes it)",
-                "u.csv:8: id is empty",
+                "u.csv:7: item \"p6\": attribute \"color\" is not key=value",
+                "u.csv:8: item \"p7\": an attribute has no name",
+                "u.csv:9: id is empty",
             ]
         );
         let missing: Vec<_> =

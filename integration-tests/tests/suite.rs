@@ -2251,3 +2251,100 @@ async fn an_update_never_brings_back_an_item_deleted_meanwhile() {
         );
     }
 }
+
+/// A full feed loaded with `--delete-missing` removes the items it no longer lists, and only
+/// those; a cut-off file (most of the catalog missing) or one with a bad line deletes
+/// nothing unless told. `ListItemIds` pages through the catalog's ids in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_feed_deletes_the_items_it_no_longer_lists() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let catalog = std::fs::read_to_string(repo_root().join("kg-data/products.csv")).unwrap();
+    let gone = ["p00010,", "p00020,", "p00030,"];
+    let feed = shop._dir.path().join("feed.csv");
+    let kept: Vec<&str> = catalog
+        .lines()
+        .filter(|line| !gone.iter().any(|g| line.starts_with(g)))
+        .collect();
+    std::fs::write(&feed, kept.join("\n")).unwrap();
+    let (deleted, held) =
+        soukctl::delete_missing(channel(&shop.ranker.url()).await, &feed, &None, false)
+            .await
+            .unwrap();
+    assert_eq!((deleted, held), (3, 312));
+
+    // Every id, in pages of 100, in byte order, each once; the three are gone.
+    let mut ids: Vec<String> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .list_item_ids(rk::ListItemIdsRequest {
+                after: after.clone(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.ids.len() <= 100);
+        ids.extend(page.ids.iter().cloned());
+        match page.ids.last() {
+            Some(last) if page.more => after = last.clone(),
+            _ => break,
+        }
+    }
+    assert_eq!(ids.len(), 309);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ordered, no repeats");
+    assert!(!ids.contains(&"p00020".to_string()));
+    let status = client
+        .list_item_ids(rk::ListItemIdsRequest {
+            after: String::new(),
+            limit: 10_001,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "limit must be 1..=10000, got 10001");
+
+    // A file cut off after 100 rows: refused, nothing deleted; then allowed.
+    let cut = shop._dir.path().join("cut.csv");
+    std::fs::write(&cut, kept[..101].join("\n")).unwrap();
+    let error = soukctl::delete_missing(channel(&shop.ranker.url()).await, &cut, &None, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("leaves out 209 of the catalog's 309 items, more than 20%: nothing deleted"),
+        "{error}"
+    );
+    // A bad line: the file may not list every item, so nothing is deleted.
+    let bad = shop._dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!("{}\np09999,,1,,,,,\n", kept[..101].join("\n")),
+    )
+    .unwrap();
+    let error = soukctl::delete_missing(channel(&shop.ranker.url()).await, &bad, &None, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("bad.csv:102: item \"p09999\": title is empty"),
+        "{error}"
+    );
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.items, 309);
+    let (deleted, _) =
+        soukctl::delete_missing(channel(&shop.ranker.url()).await, &cut, &None, true)
+            .await
+            .unwrap();
+    assert_eq!(deleted, 209);
+    let stats = client
+        .stats(rk::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.items, 100);
+}

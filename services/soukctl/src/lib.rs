@@ -241,6 +241,14 @@ pub enum CatalogCommand {
         file: PathBuf,
         #[command(flatten)]
         options: LoadOptions,
+        /// The file is the whole catalog (a full feed): once it is loaded without a bad
+        /// line, delete the items it does not list. Refused when that would delete more
+        /// than a fifth of the catalog (a cut-off file?) unless --allow-large-delete.
+        #[arg(long)]
+        delete_missing: bool,
+        /// With --delete-missing, delete however many the file leaves out.
+        #[arg(long, requires = "delete_missing")]
+        allow_large_delete: bool,
     },
     /// Change the price, stock or attributes of stored items from a CSV of `id` and any of
     /// `price`, `in_stock`, `attributes` (an empty cell leaves the field; `color=red;
@@ -698,6 +706,73 @@ pub async fn load_catalog(
     .await
 }
 
+/// Share of the catalog `--delete-missing` deletes without `--allow-large-delete`.
+pub const MAX_DELETE_SHARE: f64 = 0.2;
+
+/// After a full feed from `path` was loaded: deletes the catalog's items the file does not
+/// list (`soukctl catalog load --delete-missing`), past [`MAX_DELETE_SHARE`] of the catalog
+/// only when `allow_large` is set. Returns (items deleted, items the catalog held).
+///
+/// # Errors
+/// When the file cannot be read again or has a bad line (nothing is deleted then), when the
+/// share is too large, or when the ranker refuses.
+pub async fn delete_missing(
+    channel: Channel,
+    path: &Path,
+    token: &Option<String>,
+    allow_large: bool,
+) -> anyhow::Result<(u64, u64)> {
+    let file = path.to_path_buf();
+    let listed: std::collections::HashSet<String> = tokio::task::spawn_blocking(move || {
+        let reader = std::fs::File::open(&file)
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        files::catalog(&file, reader)
+            .map(|row| row.map(|item| item.id).map_err(|e| anyhow::anyhow!("{e}")))
+            .collect::<anyhow::Result<std::collections::HashSet<String>>>()
+    })
+    .await??;
+    let mut client = rk::ranker_client::RankerClient::new(channel);
+    let (mut held, mut missing, mut after) = (0u64, Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_item_ids(rk::ListItemIdsRequest {
+                after: after.clone(),
+                limit: 10_000,
+            })
+            .await?
+            .into_inner();
+        held += page.ids.len() as u64;
+        if let Some(last) = page.ids.last() {
+            after = last.clone();
+        }
+        missing.extend(page.ids.into_iter().filter(|id| !listed.contains(id)));
+        if !page.more {
+            break;
+        }
+    }
+    if !allow_large && missing.len() as f64 > MAX_DELETE_SHARE * held as f64 {
+        anyhow::bail!(
+            "{}: the file leaves out {} of the catalog's {held} items, more than {:.0}%: nothing \
+             deleted (a cut-off file?); --allow-large-delete deletes them",
+            path.display(),
+            missing.len(),
+            MAX_DELETE_SHARE * 100.0
+        );
+    }
+    let mut deleted = 0;
+    for ids in missing.chunks(1000) {
+        deleted += client
+            .delete_items(with_token(
+                rk::DeleteItemsRequest { ids: ids.to_vec() },
+                token,
+            )?)
+            .await?
+            .into_inner()
+            .deleted;
+    }
+    Ok((deleted, held))
+}
+
 /// Sends a CSV of item updates (price, stock, attributes by id) to the ranker's
 /// `UpdateItems`.
 ///
@@ -1055,7 +1130,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("(search truncated at a hub or its node budget)");
             }
         }
-        Command::Catalog(CatalogCommand::Load { file, options }) => {
+        Command::Catalog(CatalogCommand::Load {
+            file,
+            options,
+            delete_missing: delete,
+            allow_large_delete,
+        }) => {
             let channel = if options.dry_run {
                 Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
             } else {
@@ -1071,6 +1151,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .unwrap_or_else(|| " (dry run)".into());
             report_load(&file.display().to_string(), &report, extra);
+            if delete && !options.dry_run {
+                if !report.errors.is_empty() {
+                    anyhow::bail!(
+                        "{}: {} bad line(s) were skipped, so the file may not list every item: \
+                         nothing deleted (--delete-missing)",
+                        file.display(),
+                        report.errors.len()
+                    );
+                }
+                let (deleted, held) = delete_missing(
+                    connect(&ep.ranker, "ranker").await?,
+                    &file,
+                    &ep.token,
+                    allow_large_delete,
+                )
+                .await?;
+                println!(
+                    "{}: {deleted} of the catalog's {held} items were not in the file: deleted",
+                    file.display()
+                );
+            }
         }
         Command::Catalog(CatalogCommand::Update { file, options }) => {
             let channel = if options.dry_run {

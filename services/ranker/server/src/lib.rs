@@ -1735,6 +1735,20 @@ impl pb::ranker_server::Ranker for RankerService {
         Ok(Response::new(response))
     }
 
+    async fn list_item_ids(
+        &self,
+        request: Request<pb::ListItemIdsRequest>,
+    ) -> Result<Response<pb::ListItemIdsResponse>, Status> {
+        let ready = self.ready()?;
+        let request = request.into_inner();
+        let limit = count_argument("limit", request.limit, 1000, 10_000)?;
+        let (ids, more) = blocking(&ready, move |ready| {
+            ready.store.item_ids_after(&request.after, limit)
+        })
+        .await?;
+        Ok(Response::new(pb::ListItemIdsResponse { ids, more }))
+    }
+
     async fn delete_items(
         &self,
         request: Request<pb::DeleteItemsRequest>,

@@ -1274,6 +1274,37 @@ impl RankerStore {
         self.commit(TreeName::Catalog, writes)
     }
 
+    /// Up to `limit` stored item ids after `after` (empty: from the first), in byte order,
+    /// and whether more follow (`ListItemIds`).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn item_ids_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), RankError> {
+        use std::ops::Bound;
+        let start = key(b'i', after);
+        let from = if after.is_empty() {
+            Bound::Included(start)
+        } else {
+            Bound::Excluded(start)
+        };
+        let mut ids = Vec::with_capacity(limit.min(10_000));
+        for record in self.catalog.range((from, Bound::Unbounded)) {
+            let (k, _) = record.map_err(internal)?;
+            let Some(id) = k.strip_prefix(b"i") else {
+                break;
+            };
+            if ids.len() == limit {
+                return Ok((ids, true));
+            }
+            ids.push(String::from_utf8_lossy(id).into_owned());
+        }
+        Ok((ids, false))
+    }
+
     /// Each id's stored item and vector, `None` for an id the store lacks (`UpdateItems`).
     ///
     /// # Errors

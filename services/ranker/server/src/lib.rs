@@ -928,6 +928,37 @@ async fn keep_ann_saved(ready: Arc<Ready>, mut stop: tokio::sync::watch::Receive
 /// Maps ranker errors to gRPC codes; internal detail is logged, not sent.
 /// Runs `work` on `ready` off the async workers (store writes flush; catalog changes may
 /// link HNSW points on all cores), its error as [`status`] gives it.
+/// Stores a batch of items with their vectors (and, for a catalog's first items, the probe
+/// vector of the model that embedded them, with that model), then takes them into the
+/// catalog, whose part links new vectors into the HNSW graph on all cores: so it runs off
+/// the async workers (`UpsertItems`, `UpdateItems`).
+async fn store_items(
+    ready: &Arc<Ready>,
+    pairs: Vec<(Item, Vec<f32>)>,
+    probe: Option<(Vec<f32>, u64)>,
+) -> Result<(), Status> {
+    blocking(ready, move |ready| {
+        // Refused before it is stored: a vector of another size in the store would stop the
+        // next start's replay.
+        let catalog = ready.ranker.catalog();
+        catalog
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .check_vectors(&pairs)?;
+        ready
+            .store
+            .put_items_embedded_by(&pairs, probe.as_ref().map(|(v, _)| v.as_slice()))?;
+        if let Some((probe, model)) = probe {
+            ready.set_catalog_model(probe, model)?;
+        }
+        catalog
+            .write()
+            .map_err(|_| lock_poisoned())?
+            .upsert_many(pairs)
+    })
+    .await
+}
+
 async fn blocking<T: Send + 'static>(
     ready: &Arc<Ready>,
     work: impl FnOnce(&Ready) -> Result<T, RankError> + Send + 'static,
@@ -1613,31 +1644,7 @@ impl pb::ranker_server::Ranker for RankerService {
             let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;
-            {
-                // Stored, then taken into the catalog; the catalog's part links the batch into
-                // the HNSW graph on all cores, so it runs off the async workers too.
-                let probe = first_probe.take();
-                blocking(&ready, move |ready| {
-                    // Refused before it is stored: a vector of another size in the store
-                    // would stop the next start's replay.
-                    let catalog = ready.ranker.catalog();
-                    catalog
-                        .read()
-                        .map_err(|_| lock_poisoned())?
-                        .check_vectors(&pairs)?;
-                    ready
-                        .store
-                        .put_items_embedded_by(&pairs, probe.as_ref().map(|(v, _)| v.as_slice()))?;
-                    if let Some((probe, model)) = probe {
-                        ready.set_catalog_model(probe, model)?;
-                    }
-                    catalog
-                        .write()
-                        .map_err(|_| lock_poisoned())?
-                        .upsert_many(pairs)
-                })
-                .await?;
-            }
+            store_items(&ready, pairs, first_probe.take()).await?;
             response.upserted += count;
             match ready.graph.load_facts(facts, ready.load_timeout).await {
                 Ok(()) => response.graph_synced += count,
@@ -1712,19 +1719,7 @@ impl pb::ranker_server::Ranker for RankerService {
             let facts: Vec<(String, String, String)> =
                 changed.iter().flat_map(|(item, _)| item.facts()).collect();
             let count = changed.len() as u64;
-            blocking(&ready, move |ready| {
-                let catalog = ready.ranker.catalog();
-                catalog
-                    .read()
-                    .map_err(|_| lock_poisoned())?
-                    .check_vectors(&changed)?;
-                ready.store.put_items(&changed)?;
-                catalog
-                    .write()
-                    .map_err(|_| lock_poisoned())?
-                    .upsert_many(changed)
-            })
-            .await?;
+            store_items(&ready, changed, None).await?;
             drop(editing);
             response.updated += count;
             // New attribute values reach the graph as a load's would.

@@ -452,6 +452,16 @@ pub struct RankArgs {
     pub collapse: Option<String>,
 }
 
+/// The channel a load sends on: `connect`ed, except for a dry run, which sends nothing and
+/// gets a lazy channel that never opens.
+async fn load_channel(options: &LoadOptions, url: &str, what: &str) -> anyhow::Result<Channel> {
+    if options.dry_run {
+        Ok(Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
+    } else {
+        connect(url, what).await
+    }
+}
+
 /// Connects to a service, failing fast with a message that says what to check.
 ///
 /// # Errors
@@ -1048,15 +1058,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if files.is_empty() {
                 anyhow::bail!("name at least one file to load");
             }
-            let channel = if options.dry_run {
-                None
-            } else {
-                Some(connect(&ep.kg, "knowledge graph").await?)
-            };
+            let channel = load_channel(&options, &ep.kg, "knowledge graph").await?;
             for path in files {
-                let ch = channel
-                    .clone()
-                    .unwrap_or_else(|| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
+                let ch = channel.clone();
                 let (report, response) =
                     load_triples(ch, &path, format, &options, &ep.token).await?;
                 let extra = response
@@ -1136,11 +1140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             delete_missing: delete,
             allow_large_delete,
         }) => {
-            let channel = if options.dry_run {
-                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
-            } else {
-                connect(&ep.ranker, "ranker").await?
-            };
+            let channel = load_channel(&options, &ep.ranker, "ranker").await?;
             let (report, response) = load_catalog(channel, &file, &options, &ep.token).await?;
             let extra = response
                 .map(|r| {
@@ -1174,11 +1174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Catalog(CatalogCommand::Update { file, options }) => {
-            let channel = if options.dry_run {
-                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
-            } else {
-                connect(&ep.ranker, "ranker").await?
-            };
+            let channel = load_channel(&options, &ep.ranker, "ranker").await?;
             let (report, response) = update_catalog(channel, &file, &options, &ep.token).await?;
             let extra = response
                 .map(|r| {
@@ -1223,11 +1219,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Events(EventsCommand::Load { file, options }) => {
-            let channel = if options.dry_run {
-                Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
-            } else {
-                connect(&ep.ranker, "ranker").await?
-            };
+            let channel = load_channel(&options, &ep.ranker, "ranker").await?;
             let (report, response) = load_events(channel, &file, &options, &ep.token).await?;
             let extra = response
                 .map(|r| {

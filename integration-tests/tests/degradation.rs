@@ -1,4 +1,6 @@
 //! Rank keeps answering when a dependency dies, and says which signal it lost.
+use souk_proto::kg::v1 as kg;
+use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
 
@@ -556,6 +558,11 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
             .unwrap();
     let response = response.unwrap();
     assert_eq!((response.upserted, response.kept_vectors), (312, 312));
+    assert_eq!(
+        (response.graph_synced, response.graph_facts_removed),
+        (312, 0),
+        "same facts: nothing leaves the graph"
+    );
     // The same search (its vector cached from before the outage).
     let after = client.rank(search.clone()).await.unwrap().into_inner();
     assert_eq!(ids(&after), ids(&before), "the same vectors rank alike");
@@ -618,6 +625,19 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
     // A feed of the changed fields alone (`soukctl catalog update`), still without the
     // encoder: prices, stock and attributes change, the rest stays; unknown ids are listed;
     // a bad line is named by file and line and nothing of its batch is stored.
+    // A fact loaded into the graph by hand is not the catalog's: an update leaves it.
+    let mut graph = KnowledgeGraphClient::new(channel(&kg.url()).await);
+    graph
+        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+            triples: vec![kg::Triple {
+                head: "item:p00002".into(),
+                relation: "attribute".into(),
+                tail: "attr:warranty=two-years".into(),
+            }],
+            remove: Vec::new(),
+        }]))
+        .await
+        .unwrap();
     let updates = dir.path().join("updates.csv");
     std::fs::write(
         &updates,
@@ -635,6 +655,31 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
     assert_eq!(
         (response.updated, response.unknown, response.unknown_ids),
         (2, 1, vec!["p99999".to_string()])
+    );
+    // The old colour and the removed connectivity leave the graph with the update, so no
+    // profile or explanation cites them.
+    assert_eq!(
+        (response.graph_synced, response.graph_facts_removed),
+        (2, 2)
+    );
+    let mut attributes: Vec<String> = graph
+        .neighbors(kg::NeighborsRequest {
+            entity: "item:p00002".into(),
+            relation: "attribute".into(),
+            direction: kg::Direction::Out as i32,
+            limit: 50,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .neighbors
+        .into_iter()
+        .map(|n| n.entity)
+        .collect();
+    attributes.sort();
+    assert_eq!(
+        attributes,
+        ["attr:color=crimson", "attr:warranty=two-years"]
     );
     let crimson = client
         .rank(rk::RankRequest {
@@ -677,6 +722,60 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         .into_inner();
     let p1 = listed.items.iter().find(|i| i.id == "p00001");
     assert_eq!(p1.map(|i| i.price), Some(12.5), "back in stock at 12.50");
+
+    // A whole row again (same text: no encoder needed) with another brand and colour: the
+    // old brand and colour leave the graph in the load's own batch.
+    let row = dir.path().join("rebranded.csv");
+    {
+        let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let mut writer = csv::Writer::from_path(&row).unwrap();
+        writer.write_record(&headers).unwrap();
+        let record = reader
+            .records()
+            .map(Result::unwrap)
+            .find(|r| &r[column("id")] == "p00002")
+            .unwrap();
+        let mut fields: Vec<String> = record.iter().map(String::from).collect();
+        fields[column("brand")] = "Sonora".into();
+        fields[column("attributes")] = "color=black".into();
+        writer.write_record(&fields).unwrap();
+        writer.flush().unwrap();
+    }
+    let (_, response) = soukctl::load_catalog(channel(&ranker.url()).await, &row, &quiet(), &None)
+        .await
+        .unwrap();
+    let response = response.unwrap();
+    assert_eq!(
+        (response.kept_vectors, response.graph_facts_removed),
+        (1, 2)
+    );
+    let mut edges: Vec<(String, String)> = graph
+        .neighbors(kg::NeighborsRequest {
+            entity: "item:p00002".into(),
+            direction: kg::Direction::Out as i32,
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .neighbors
+        .into_iter()
+        .map(|n| (n.relation, n.entity))
+        .collect();
+    edges.sort();
+    let edge = |r: &str, e: &str| (r.to_string(), e.to_string());
+    assert_eq!(
+        edges,
+        [
+            edge("attribute", "attr:color=black"),
+            edge("attribute", "attr:warranty=two-years"),
+            edge("brand", "brand:Sonora"),
+            edge("category", "category:Electronics/Audio/Headphones"),
+        ]
+    );
 
     std::fs::write(&updates, "id,price\np00001,1\np00003,free\n").unwrap();
     let error = soukctl::update_catalog(channel(&ranker.url()).await, &updates, &quiet(), &None)

@@ -15,7 +15,10 @@ fn triple(h: &str, r: &str, t: &str) -> kg::Triple {
 }
 
 fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
-    kg::LoadTriplesRequest { triples }
+    kg::LoadTriplesRequest {
+        triples,
+        remove: Vec::new(),
+    }
 }
 
 fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
@@ -436,4 +439,134 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
     let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
     assert_eq!(after.embeddings[0].values, before.embeddings[0].values);
     assert_eq!(after.model, kg::EmbeddingModel::Rotate as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let file = repo_root().join("kg-data/triples.tsv");
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
+    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+        .await
+        .unwrap();
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    let attributes = async |client: &mut KnowledgeGraphClient<_>| -> Vec<String> {
+        let mut found: Vec<String> = client
+            .neighbors(kg::NeighborsRequest {
+                entity: "item:p00001".into(),
+                relation: "attribute".into(),
+                direction: kg::Direction::Out as i32,
+                limit: 50,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .neighbors
+            .into_iter()
+            .map(|n| n.entity)
+            .collect();
+        found.sort();
+        found
+    };
+    let count = async |client: &mut KnowledgeGraphClient<_>| -> u64 {
+        client
+            .stats(kg::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .triples
+    };
+    assert_eq!(
+        attributes(&mut client).await,
+        ["attr:color=navy", "attr:connectivity=bluetooth"]
+    );
+
+    // A bad line stops the file before its batch is sent: nothing is removed.
+    let deletions = dir.path().join("gone.tsv");
+    std::fs::write(
+        &deletions,
+        "item:p00001\tattribute\tattr:color=navy\nitem:p00001\tattribute\n",
+    )
+    .unwrap();
+    let error = soukctl::delete_triples(
+        channel(&server.url()).await,
+        &deletions,
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("gone.tsv: stopped after 1 bad line(s)"),
+        "{error:#}"
+    );
+    assert_eq!(count(&mut client).await, lines);
+
+    // Two held triples and one the graph never had.
+    std::fs::write(
+        &deletions,
+        "item:p00001\tattribute\tattr:color=navy\n\
+         item:p00001\tbrand\tbrand:Pixelon\n\
+         item:p00001\tattribute\tattr:color=never-loaded\n",
+    )
+    .unwrap();
+    let (_, response) = soukctl::delete_triples(
+        channel(&server.url()).await,
+        &deletions,
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+    let response = response.unwrap();
+    assert_eq!((response.removed, response.not_found), (2, 1));
+    assert_eq!(count(&mut client).await, lines - 2);
+    assert_eq!(
+        attributes(&mut client).await,
+        ["attr:connectivity=bluetooth"]
+    );
+    let pixelon = client
+        .neighbors(kg::NeighborsRequest {
+            entity: "brand:Pixelon".into(),
+            direction: kg::Direction::In as i32,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        pixelon.neighbors.iter().all(|n| n.entity != "item:p00001"),
+        "the brand no longer lists the item"
+    );
+
+    // A bad removal refuses its batch with the index named; the graph is unchanged.
+    let status = client
+        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+            triples: vec![triple("x:a", "likes", "x:b")],
+            remove: vec![triple("item:p00001", "", "brand:Pixelon")],
+        }]))
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "batch 0, removal 0: relation is empty");
+    assert_eq!(count(&mut client).await, lines - 2);
+
+    // After a restart the removals hold; loading the file again brings back exactly them.
+    server.stop().await.unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    assert_eq!(count(&mut client).await, lines - 2);
+    assert_eq!(
+        attributes(&mut client).await,
+        ["attr:connectivity=bluetooth"]
+    );
+    let (_, again) =
+        soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+            .await
+            .unwrap();
+    assert_eq!(again.unwrap().inserted, 2);
+    assert_eq!(count(&mut client).await, lines);
 }

@@ -182,6 +182,16 @@ pub enum KgCommand {
         #[arg(long, value_enum)]
         format: Option<TripleFormat>,
     },
+    /// Remove the triples listed in TSV, CSV or N-Triples files (an entity stays; one left
+    /// without edges has no neighbours). Each batch is removed atomically.
+    Delete {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        options: LoadOptions,
+        /// Format; by default from the extension (.tsv/.txt, .csv, .nt).
+        #[arg(long, value_enum)]
+        format: Option<TripleFormat>,
+    },
     /// Edges around an entity.
     Neighbors {
         entity: String,
@@ -660,6 +670,49 @@ pub async fn load_triples(
     options: &LoadOptions,
     token: &Option<String>,
 ) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
+    let wrap = |triples: Vec<souk_kg_core::Triple>| kg::LoadTriplesRequest {
+        triples: triples.into_iter().map(triple_pb).collect(),
+        remove: Vec::new(),
+    };
+    send_triples(channel, path, format, options, token, wrap).await
+}
+
+/// Removes the triples a file lists from the knowledge graph (the file in any format
+/// [`load_triples`] reads); triples the graph does not hold are counted in `not_found`.
+///
+/// # Errors
+/// As [`load_triples`].
+pub async fn delete_triples(
+    channel: Channel,
+    path: &Path,
+    format: Option<TripleFormat>,
+    options: &LoadOptions,
+    token: &Option<String>,
+) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
+    let wrap = |triples: Vec<souk_kg_core::Triple>| kg::LoadTriplesRequest {
+        triples: Vec::new(),
+        remove: triples.into_iter().map(triple_pb).collect(),
+    };
+    send_triples(channel, path, format, options, token, wrap).await
+}
+
+fn triple_pb(t: souk_kg_core::Triple) -> kg::Triple {
+    kg::Triple {
+        head: t.head,
+        relation: t.relation,
+        tail: t.tail,
+    }
+}
+
+/// Streams a triple file's batches, each wrapped by `wrap`, as one `LoadTriples` call.
+async fn send_triples(
+    channel: Channel,
+    path: &Path,
+    format: Option<TripleFormat>,
+    options: &LoadOptions,
+    token: &Option<String>,
+    wrap: fn(Vec<souk_kg_core::Triple>) -> kg::LoadTriplesRequest,
+) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
     let format = format
         .or_else(|| TripleFormat::from_path(path))
         .with_context(|| {
@@ -675,16 +728,7 @@ pub async fn load_triples(
         what: "triples",
         default_batch: 10_000,
         rows: Box::new(move |reader| files::triples(&file, reader, format)),
-        wrap: |triples| kg::LoadTriplesRequest {
-            triples: triples
-                .into_iter()
-                .map(|t| kg::Triple {
-                    head: t.head,
-                    relation: t.relation,
-                    tail: t.tail,
-                })
-                .collect(),
-        },
+        wrap,
     };
     load_file(path, options, token, load, |request| async move {
         client.load_triples(request).await.map(|r| r.into_inner())
@@ -1069,6 +1113,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 report_load(&path.display().to_string(), &report, extra);
             }
         }
+        Command::Kg(KgCommand::Delete {
+            files,
+            options,
+            format,
+        }) => {
+            if files.is_empty() {
+                anyhow::bail!("name at least one file of triples to delete");
+            }
+            let channel = load_channel(&options, &ep.kg, "knowledge graph").await?;
+            for path in files {
+                let ch = channel.clone();
+                let (report, response) =
+                    delete_triples(ch, &path, format, &options, &ep.token).await?;
+                let extra = response
+                    .map(|r| format!(", {} removed, {} not in the graph", r.removed, r.not_found))
+                    .unwrap_or_else(|| " (dry run)".into());
+                report_load(&path.display().to_string(), &report, extra);
+            }
+        }
         Command::Kg(KgCommand::Neighbors {
             entity,
             relation,
@@ -1145,8 +1208,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let extra = response
                 .map(|r| {
                     format!(
-                        ", {} items stored ({} with their text unchanged, not embedded again), {} synced to the graph",
-                        r.upserted, r.kept_vectors, r.graph_synced
+                        ", {} items stored ({} with their text unchanged, not embedded again), {} synced to the graph ({} old facts removed)",
+                        r.upserted, r.kept_vectors, r.graph_synced, r.graph_facts_removed
                     )
                 })
                 .unwrap_or_else(|| " (dry run)".into());
@@ -1178,7 +1241,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (report, response) = update_catalog(channel, &file, &options, &ep.token).await?;
             let extra = response
                 .map(|r| {
-                    let mut extra = format!(", {} items updated", r.updated);
+                    let mut extra = format!(
+                        ", {} items updated, {} synced to the graph ({} old facts removed)",
+                        r.updated, r.graph_synced, r.graph_facts_removed
+                    );
                     if r.unknown > 0 {
                         extra.push_str(&format!(
                             ", {} not in the catalog (not stored): {}{}",

@@ -6,7 +6,7 @@ use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
-use crate::{Inserted, KgError, MAX_HOPS, Triple};
+use crate::{Change, KgError, MAX_HOPS, Triple};
 
 /// Nodes a path search may visit before it stops and reports `truncated`.
 pub const PATH_NODE_BUDGET: usize = 200_000;
@@ -177,12 +177,46 @@ impl Graph {
         self.degrees[t as usize] += 1;
     }
 
-    /// Mirrors what a store inserted. Ids must continue the graph's own numbering.
+    /// Takes out the edge `h -rel-> t`, if there is one, and uncounts it from both ends'
+    /// degrees. petgraph moves the last edge into the freed index but keeps every adjacency
+    /// list's order, so neighbours are listed as a restart (which replays the survivors in
+    /// insertion order) lists them.
+    fn unlink(&mut self, h: u32, rel: u32, t: u32) -> bool {
+        let Some(edge) = self.edge(h, rel, t) else {
+            return false;
+        };
+        self.graph.remove_edge(edge);
+        self.degrees[h as usize] -= 1;
+        self.degrees[t as usize] -= 1;
+        true
+    }
+
+    /// The edge `h -rel-> t`, found from `h`'s out-edges.
+    fn edge(&self, h: u32, rel: u32, t: u32) -> Option<petgraph::graph::EdgeIndex<u32>> {
+        if h as usize >= self.names.len() || t as usize >= self.names.len() {
+            return None;
+        }
+        self.graph
+            .edges_connecting(NodeIndex::new(h as usize), NodeIndex::new(t as usize))
+            .find(|e| *e.weight() == rel)
+            .map(|e| e.id())
+    }
+
+    /// Mirrors what a store applied: removals, then new names and triples. New ids must
+    /// continue the graph's own numbering.
     ///
     /// # Errors
-    /// `Storage` when the ids do not line up (the store and the mirror disagree).
-    pub fn apply(&mut self, inserted: &Inserted) -> Result<(), KgError> {
-        for (id, name) in &inserted.new_entities {
+    /// `Storage` when the ids do not line up or a removed triple is not in the graph (the
+    /// store and the mirror disagree).
+    pub fn apply(&mut self, change: &Change) -> Result<(), KgError> {
+        for &(h, rel, t) in &change.removed {
+            if !self.unlink(h, rel, t) {
+                return Err(KgError::Storage(format!(
+                    "removed triple ({h}, {rel}, {t}) is not in the graph"
+                )));
+            }
+        }
+        for (id, name) in &change.new_entities {
             if *id as usize != self.names.len() {
                 return Err(KgError::Storage(format!(
                     "entity id {id} out of sequence (expected {})",
@@ -194,7 +228,7 @@ impl Graph {
             self.index.insert(name.clone(), *id);
             self.names.push(name.clone());
         }
-        for (id, name) in &inserted.new_relations {
+        for (id, name) in &change.new_relations {
             if *id as usize != self.relations.len() {
                 return Err(KgError::Storage(format!(
                     "relation id {id} out of sequence (expected {})",
@@ -205,7 +239,7 @@ impl Graph {
             self.relations.push(name.clone());
         }
         let (n, r) = (self.names.len() as u32, self.relations.len() as u32);
-        for &(h, rel, t) in &inserted.new_triples {
+        for &(h, rel, t) in &change.new_triples {
             if h >= n || t >= n || rel >= r {
                 return Err(KgError::Storage(format!(
                     "triple ({h}, {rel}, {t}) refers to an unknown id"
@@ -216,62 +250,86 @@ impl Graph {
         Ok(())
     }
 
-    /// What inserting `triples` would change, without changing anything: existing names keep
-    /// their ids, new ones continue the numbering in order of first appearance, and triples
-    /// already present (or repeated in the batch) are left out. The store persists the plan,
-    /// then [`Graph::apply`] mirrors it, so lookups never touch the disk.
+    /// What inserting `triples` would change: [`Graph::plan_change`] with no removal.
+    pub fn plan(&self, triples: &[Triple]) -> Change {
+        self.plan_change(&[], triples)
+    }
+
+    /// What one batch would change, without changing anything: `remove` first (a triple the
+    /// graph does not hold is counted in `absent`; entities stay, an entity left without edges
+    /// has none to list), then `insert`: existing names keep their ids, new ones continue the
+    /// numbering in order of first appearance, and triples already present (or repeated in the
+    /// batch) are left out. The store persists the plan, then [`Graph::apply`] mirrors it, so
+    /// lookups never touch the disk.
     ///
     /// # Complexity
     /// O(triples x out-degree of their heads).
-    pub fn plan<'a>(&self, triples: &'a [Triple]) -> Inserted {
-        let mut inserted = Inserted::default();
+    pub fn plan_change<'a>(&self, remove: &[Triple], insert: &'a [Triple]) -> Change {
+        let mut change = Change::default();
+        let mut removed: HashSet<(u32, u32, u32)> = HashSet::new();
+        for triple in remove {
+            let ids = (
+                self.entity_id(&triple.head),
+                self.relation_id(&triple.relation),
+                self.entity_id(&triple.tail),
+            );
+            match ids {
+                (Some(h), Some(rel), Some(t)) if self.edge(h, rel, t).is_some() => {
+                    if removed.insert((h, rel, t)) {
+                        change.removed.push((h, rel, t));
+                    }
+                }
+                _ => change.absent += 1,
+            }
+        }
         let mut fresh_entities: HashMap<&'a str, u32> = HashMap::new();
         let mut fresh_relations: HashMap<&'a str, u32> = HashMap::new();
-        let mut seen: std::collections::HashSet<(u32, u32, u32)> = std::collections::HashSet::new();
-        for triple in triples {
+        let mut seen: HashSet<(u32, u32, u32)> = HashSet::new();
+        for triple in insert {
             let h = intern(
                 &self.index,
                 self.names.len(),
                 &mut fresh_entities,
                 &triple.head,
-                &mut inserted.new_entities,
+                &mut change.new_entities,
             );
             let t = intern(
                 &self.index,
                 self.names.len(),
                 &mut fresh_entities,
                 &triple.tail,
-                &mut inserted.new_entities,
+                &mut change.new_entities,
             );
             let rel = intern(
                 &self.relation_index,
                 self.relations.len(),
                 &mut fresh_relations,
                 &triple.relation,
-                &mut inserted.new_relations,
+                &mut change.new_relations,
             );
             if !seen.insert((h, rel, t)) {
                 continue;
             }
-            let known = (h as usize) < self.names.len()
-                && (t as usize) < self.names.len()
-                && self
-                    .graph
-                    .edges_connecting(NodeIndex::new(h as usize), NodeIndex::new(t as usize))
-                    .any(|e| *e.weight() == rel);
+            // A triple this batch removes is added back after the removal.
+            let known = self.edge(h, rel, t).is_some() && !removed.contains(&(h, rel, t));
             if !known {
-                inserted.new_triples.push((h, rel, t));
+                change.new_triples.push((h, rel, t));
             }
         }
-        inserted
+        change
     }
 
     /// Inserts triples directly (no store): plans, then applies.
-    pub fn insert(&mut self, triples: &[Triple]) -> Inserted {
-        let inserted = self.plan(triples);
+    pub fn insert(&mut self, triples: &[Triple]) -> Change {
+        self.change(&[], triples)
+    }
+
+    /// Removes, then inserts, directly (no store): plans, then applies.
+    pub fn change(&mut self, remove: &[Triple], insert: &[Triple]) -> Change {
+        let change = self.plan_change(remove, insert);
         // A plan made from this graph always lines up with it.
-        let _ = self.apply(&inserted);
-        inserted
+        let _ = self.apply(&change);
+        change
     }
 
     pub fn entity_id(&self, name: &str) -> Option<u32> {
@@ -785,6 +843,147 @@ mod tests {
         let again = g.insert(&[t("item:tent", "brand", "brand:acme")]);
         assert!(again.new_triples.is_empty() && again.new_entities.is_empty());
         assert_eq!((g.entity_count(), g.triple_count()), before);
+    }
+
+    #[test]
+    fn a_removed_triple_is_gone_from_neighbours_paths_and_degrees() {
+        let mut g = shop();
+        let before = g.entity_count();
+        let change = g.change(
+            &[
+                t("item:tent", "brand", "brand:acme"),
+                t("item:tent", "brand", "brand:acme"),
+                t("item:tent", "brand", "brand:nobody"),
+                t("item:ghost", "brand", "brand:acme"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            change.removed.len(),
+            1,
+            "a repeat in the batch removes once"
+        );
+        assert_eq!(change.absent, 2, "an unknown entity or edge is absent");
+        assert_eq!(g.triple_count(), 6);
+        assert_eq!(g.entity_count(), before, "entities keep their ids");
+        let acme = g.entity_id("brand:acme").unwrap();
+        assert_eq!(g.degree(acme), 1);
+        let around = |g: &Graph, entity: &str| -> Vec<String> {
+            let query = NeighborQuery {
+                entity: entity.into(),
+                relation: None,
+                direction: Direction::Both,
+                limit: 100,
+                prefix: None,
+            };
+            g.neighbors(&query)
+                .unwrap()
+                .neighbors
+                .into_iter()
+                .map(|n| n.entity)
+                .collect()
+        };
+        assert_eq!(around(&g, "brand:acme"), vec!["item:stove"]);
+        assert_eq!(around(&g, "item:tent"), vec!["cat:tents", "item:pegs"]);
+        let found = g
+            .paths(&query(&["item:tent"], &["item:stove"], 4, 5))
+            .unwrap();
+        assert_eq!(
+            found.paths[0].steps.len(),
+            4,
+            "without the brand edge only the category route is left"
+        );
+        // Removing again finds nothing; inserting brings the edge back.
+        assert_eq!(
+            g.change(&[t("item:tent", "brand", "brand:acme")], &[])
+                .absent,
+            1
+        );
+        g.insert(&[t("item:tent", "brand", "brand:acme")]);
+        assert_eq!(around(&g, "brand:acme").len(), 2);
+    }
+
+    #[test]
+    fn a_batch_that_removes_and_adds_a_triple_keeps_it() {
+        let mut g = shop();
+        let same = t("item:tent", "brand", "brand:acme");
+        let change = g.change(
+            std::slice::from_ref(&same),
+            &[same.clone(), t("item:tent", "color", "color:green")],
+        );
+        assert_eq!(change.removed.len(), 1);
+        assert_eq!(
+            change.new_triples.len(),
+            2,
+            "removed first, then added back"
+        );
+        assert_eq!(g.triple_count(), 8);
+        assert!(g.plan(&[same]).new_triples.is_empty(), "the edge is there");
+    }
+
+    #[test]
+    fn after_removals_neighbours_are_listed_as_a_rebuild_lists_them() {
+        // A hub with many edges, removals at its start, middle and end and of the graph's
+        // last edge index (which petgraph moves into the freed slot): every entity must list
+        // its neighbours in the order a restart gives (the survivors replayed in insertion
+        // order), or a limit would cut other edges after a restart.
+        let mut triples = Vec::new();
+        for i in 0..60 {
+            triples.push(t(&format!("item:{i}"), "category", "cat:hub"));
+            triples.push(t(
+                &format!("item:{i}"),
+                "brand",
+                &format!("brand:{}", i % 7),
+            ));
+            if i % 3 == 0 {
+                triples.push(t(&format!("item:{i}"), "with", &format!("item:{}", i + 1)));
+            }
+        }
+        let mut g = Graph::default();
+        g.insert(&triples);
+        let last = triples.last().unwrap().clone();
+        let remove: Vec<Triple> = triples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 5 == 0 || *i == 1)
+            .map(|(_, t)| t.clone())
+            .chain([last])
+            .collect();
+        g.change(&remove, &[]);
+        let survivors: Vec<(u32, u32, u32)> = triples
+            .iter()
+            .filter(|t| !remove.contains(t))
+            .map(|t| {
+                (
+                    g.entity_id(&t.head).unwrap(),
+                    g.relation_id(&t.relation).unwrap(),
+                    g.entity_id(&t.tail).unwrap(),
+                )
+            })
+            .collect();
+        let rebuilt = Graph::from_snapshot(Snapshot {
+            entities: g.names.clone(),
+            relations: g.relations.clone(),
+            triples: survivors,
+        })
+        .unwrap();
+        assert_eq!(g.triple_count(), rebuilt.triple_count());
+        for name in &g.names {
+            let query = NeighborQuery {
+                entity: name.clone(),
+                relation: None,
+                direction: Direction::Both,
+                limit: 10_000,
+                prefix: None,
+            };
+            assert_eq!(
+                g.neighbors(&query).unwrap().neighbors,
+                rebuilt.neighbors(&query).unwrap().neighbors,
+                "{name}"
+            );
+            let id = g.entity_id(name).unwrap();
+            assert_eq!(g.degree(id), rebuilt.degree(id), "{name}");
+        }
     }
 
     #[test]

@@ -92,25 +92,42 @@ pub fn validate_field(name: &str, value: &str) -> Result<(), KgError> {
     Ok(())
 }
 
-/// What a batch insert changed, with the ids the store assigned.
+/// What one batch changes, with the ids the store assigned: its removals first, then its
+/// new names and triples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Inserted {
+pub struct Change {
+    /// (head, relation, tail) ids of stored triples the batch takes out.
+    pub removed: Vec<(u32, u32, u32)>,
     pub new_entities: Vec<(u32, String)>,
     pub new_relations: Vec<(u32, String)>,
     /// (head, relation, tail) ids of triples that were not stored before.
     pub new_triples: Vec<(u32, u32, u32)>,
+    /// Removals asked for of triples the graph did not hold (a count for the caller; not
+    /// stored).
+    pub absent: usize,
+}
+
+impl Change {
+    /// Nothing to store: no removal, no new name, no new triple.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty()
+            && self.new_entities.is_empty()
+            && self.new_relations.is_empty()
+            && self.new_triples.is_empty()
+    }
 }
 
 /// Persistence of the graph. Implementations assign dense ids (0, 1, 2, ...) to entities and
 /// relations in insertion order, so the in-memory [`Graph`] can mirror them by index.
 pub trait TripleStore: Send + Sync {
-    /// Persists a plan made by [`Graph::plan`] atomically and durably: after a crash either
-    /// all of it is there or none. (The plan already left out triples that exist, so loading
-    /// twice is idempotent without the store reading anything.)
+    /// Persists a plan made by [`Graph::plan_change`] atomically and durably: after a crash
+    /// either all of it is there or none. (The plan already left out triples that exist and
+    /// removals of triples that do not, so loading twice is idempotent without the store
+    /// reading anything.)
     ///
     /// # Errors
     /// `Storage` when the write fails; nothing of the batch is stored then.
-    fn persist(&self, inserted: &Inserted) -> Result<(), KgError>;
+    fn persist(&self, change: &Change) -> Result<(), KgError>;
     /// Everything stored, to rebuild the in-memory graph at start.
     ///
     /// # Errors

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::{Stream, StreamExt};
-use souk_kg_core::{Direction, Graph, KgError, NeighborQuery, PathQuery, Triple, TripleStore};
+use souk_kg_core::{
+    Change, Direction, Graph, KgError, NeighborQuery, PathQuery, Triple, TripleStore,
+};
 use souk_proto::kg::v1 as pb;
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -216,9 +218,10 @@ fn direction_pb(d: Direction) -> i32 {
     }
 }
 
-/// Plans a batch against the in-memory mirror (ids, duplicates: no disk reads), persists the
-/// plan atomically and durably, then mirrors it. The writer lock keeps plans in order.
-fn insert_batch(loaded: &Loaded, triples: &[Triple]) -> Result<usize, KgError> {
+/// Plans a batch against the in-memory mirror (ids, duplicates, removals: no disk reads),
+/// persists the plan atomically and durably, then mirrors it. The writer lock keeps plans in
+/// order.
+fn apply_batch(loaded: &Loaded, remove: &[Triple], insert: &[Triple]) -> Result<Change, KgError> {
     let _writer = loaded
         .writer
         .lock()
@@ -227,14 +230,34 @@ fn insert_batch(loaded: &Loaded, triples: &[Triple]) -> Result<usize, KgError> {
         .graph
         .read()
         .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
-        .plan(triples);
+        .plan_change(remove, insert);
     loaded.store.persist(&plan)?;
     loaded
         .graph
         .write()
         .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
         .apply(&plan)?;
-    Ok(plan.new_triples.len())
+    Ok(plan)
+}
+
+/// Checks a batch's triples, naming the first bad one.
+fn triples_of(batch: Vec<pb::Triple>, what: &str, batch_no: u64) -> Result<Vec<Triple>, Status> {
+    batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let triple = Triple {
+                head: t.head,
+                relation: t.relation,
+                tail: t.tail,
+            };
+            triple.validate().map(|()| triple).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "batch {batch_no}, {what} {i}: {e}; this batch was not applied, {batch_no} earlier batches were"
+                ))
+            })
+        })
+        .collect()
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::TrainProgress, Status>> + Send>>;
@@ -251,27 +274,19 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
         while let Some(message) = stream.next().await {
             let message = message?;
             let batch_no = response.batches;
-            let triples = message
-                .triples
-                .into_iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let triple = Triple { head: t.head, relation: t.relation, tail: t.tail };
-                    triple.validate().map(|()| triple).map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "batch {batch_no}, triple {i}: {e}; this batch was not applied, {batch_no} earlier batches were"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+            let remove = triples_of(message.remove, "removal", batch_no)?;
+            let triples = triples_of(message.triples, "triple", batch_no)?;
             let received = triples.len() as u64;
             let writer = loaded.clone();
-            let inserted = tokio::task::spawn_blocking(move || insert_batch(&writer, &triples))
-                .await
-                .map_err(|e| Status::internal(format!("load task failed: {e}")))?
-                .map_err(status)?;
+            let change =
+                tokio::task::spawn_blocking(move || apply_batch(&writer, &remove, &triples))
+                    .await
+                    .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+                    .map_err(status)?;
             response.received += received;
-            response.inserted += inserted as u64;
+            response.inserted += change.new_triples.len() as u64;
+            response.removed += change.removed.len() as u64;
+            response.not_found += change.absent as u64;
             response.batches += 1;
         }
         Ok(Response::new(response))

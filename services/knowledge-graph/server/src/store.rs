@@ -3,6 +3,7 @@
 //! | key                     | value                                                    |
 //! |-------------------------|----------------------------------------------------------|
 //! | `b` seq (u64 BE)        | one `LoadTriples` batch: its new entity and relation names and its new triples as ids |
+//! | `d` seq (u64 BE)        | a batch that also removes triples: the removed ones as ids, then a `b` record |
 //! | `m` counter name        | u64 BE: entities, relations, triples, next batch seq     |
 //!
 //! A batch record is written with the counters in one `apply_batch` and flushed before the
@@ -18,10 +19,16 @@
 //! still read (its keys first, then the batch log).
 //!
 //! Record layout, little-endian: `u32 n` then `n x (u32 id, u32 len, name)` for entities, the
-//! same for relations, then `u32 m` and `m x (u32 h, u32 r, u32 t)`.
+//! same for relations, then `u32 m` and `m x (u32 h, u32 r, u32 t)`. A `d` record starts with
+//! `u32 k` and `k x (u32 h, u32 r, u32 t)` removed. Both kinds share one sequence, so a replay
+//! applies them in the order they were acknowledged. A batch without removals is still written
+//! as `b`, so a store that never removed anything stays readable by older builds (one that did
+//! is refused by them: its triple counter no longer matches their replay).
 use std::path::Path;
 
-use souk_kg_core::{Inserted, KgError, Snapshot, TripleStore};
+use std::collections::HashMap;
+
+use souk_kg_core::{Change, KgError, Snapshot, TripleStore};
 
 const ENTITIES: &[u8] = b"mentities";
 const RELATIONS: &[u8] = b"mrelations";
@@ -108,30 +115,37 @@ impl SledStore {
 }
 
 impl TripleStore for SledStore {
-    fn persist(&self, inserted: &Inserted) -> Result<(), KgError> {
-        if inserted.new_triples.is_empty()
-            && inserted.new_entities.is_empty()
-            && inserted.new_relations.is_empty()
-        {
+    fn persist(&self, change: &Change) -> Result<(), KgError> {
+        if change.is_empty() {
             return Ok(());
         }
         let (entities, relations, stored) = self.counts()?;
         let seq = self.counter(NEXT_BATCH)?;
         let mut batch = sled::Batch::default();
-        batch.insert(&key(b'b', &seq.to_be_bytes())[..], encode_record(inserted));
+        let record = if change.removed.is_empty() {
+            key(b'b', &seq.to_be_bytes())
+        } else {
+            key(b'd', &seq.to_be_bytes())
+        };
+        batch.insert(record, encode_record(change));
         batch.insert(NEXT_BATCH, &(seq + 1).to_be_bytes());
         batch.insert(
             ENTITIES,
-            &(entities + inserted.new_entities.len() as u64).to_be_bytes(),
+            &(entities + change.new_entities.len() as u64).to_be_bytes(),
         );
         batch.insert(
             RELATIONS,
-            &(relations + inserted.new_relations.len() as u64).to_be_bytes(),
+            &(relations + change.new_relations.len() as u64).to_be_bytes(),
         );
-        batch.insert(
-            TRIPLES,
-            &(stored + inserted.new_triples.len() as u64).to_be_bytes(),
-        );
+        let triples = (stored + change.new_triples.len() as u64)
+            .checked_sub(change.removed.len() as u64)
+            .ok_or_else(|| {
+                KgError::Storage(format!(
+                    "removing {} triples from a store that counts {stored}",
+                    change.removed.len()
+                ))
+            })?;
+        batch.insert(TRIPLES, &triples.to_be_bytes());
         // One atomic batch, flushed before the caller acknowledges it: a crash keeps whole
         // batches or nothing of them.
         self.tree.apply_batch(batch).map_err(storage)?;
@@ -168,11 +182,16 @@ impl TripleStore for SledStore {
             }
             all.push((be_u32(&k[1..5])?, be_u32(&k[5..9])?, be_u32(&k[9..13])?));
         }
-        for item in self.tree.scan_prefix([b'b']) {
+        let mut replay = Replay::new(all);
+        let records = merge_by_seq(self.tree.scan_prefix([b'b']), self.tree.scan_prefix([b'd']));
+        for item in records {
             let (k, v) = item.map_err(storage)?;
-            decode_record(&v, &mut entity_names, &mut relation_names, &mut all)
+            let removes = k.first() == Some(&b'd');
+            replay
+                .record(&v, removes, &mut entity_names, &mut relation_names)
                 .map_err(|e| KgError::Storage(format!("batch record {:?}: {e}", &k[1..])))?;
         }
+        let all = replay.survivors();
         for (what, have, want) in [
             ("entities", entity_names.len() as u64, entities),
             ("relations", relation_names.len() as u64, relations),
@@ -196,15 +215,23 @@ impl TripleStore for SledStore {
     }
 }
 
-fn encode_record(inserted: &Inserted) -> Vec<u8> {
-    let names: usize = inserted
+fn encode_record(change: &Change) -> Vec<u8> {
+    let names: usize = change
         .new_entities
         .iter()
-        .chain(&inserted.new_relations)
+        .chain(&change.new_relations)
         .map(|(_, n)| 8 + n.len())
         .sum();
-    let mut out = Vec::with_capacity(12 + names + 12 * inserted.new_triples.len());
-    for dictionary in [&inserted.new_entities, &inserted.new_relations] {
+    let removed = if change.removed.is_empty() {
+        0
+    } else {
+        4 + 12 * change.removed.len()
+    };
+    let mut out = Vec::with_capacity(removed + 12 + names + 12 * change.new_triples.len());
+    if !change.removed.is_empty() {
+        put_triples(&mut out, &change.removed);
+    }
+    for dictionary in [&change.new_entities, &change.new_relations] {
         out.extend_from_slice(&(dictionary.len() as u32).to_le_bytes());
         for (id, name) in dictionary {
             out.extend_from_slice(&id.to_le_bytes());
@@ -212,13 +239,120 @@ fn encode_record(inserted: &Inserted) -> Vec<u8> {
             out.extend_from_slice(name.as_bytes());
         }
     }
-    out.extend_from_slice(&(inserted.new_triples.len() as u32).to_le_bytes());
-    for &(h, r, t) in &inserted.new_triples {
+    put_triples(&mut out, &change.new_triples);
+    out
+}
+
+fn put_triples(out: &mut Vec<u8>, triples: &[(u32, u32, u32)]) {
+    out.extend_from_slice(&(triples.len() as u32).to_le_bytes());
+    for &(h, r, t) in triples {
         out.extend_from_slice(&h.to_le_bytes());
         out.extend_from_slice(&r.to_le_bytes());
         out.extend_from_slice(&t.to_le_bytes());
     }
-    out
+}
+
+/// The `b` and `d` records in one sequence (both are keyed by the shared batch number, and
+/// each scan is in key order).
+fn merge_by_seq(
+    b: sled::Iter,
+    d: sled::Iter,
+) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+    let mut b = b.peekable();
+    let mut d = d.peekable();
+    std::iter::from_fn(move || {
+        let take_d = match (b.peek(), d.peek()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            // An error is handed on from whichever side holds it.
+            (Some(Err(_)), _) => false,
+            (_, Some(Err(_))) => true,
+            (Some(Ok((kb, _))), Some(Ok((kd, _)))) => kd[1..] < kb[1..],
+        };
+        if take_d { d.next() } else { b.next() }
+    })
+}
+
+/// Triples in insertion order as the records are replayed. Removals leave tombstones, so the
+/// survivors keep the order they were inserted in (which is the order a neighbour list shows).
+/// The position index is built at the first removal: a store that never removed anything
+/// replays as a plain list.
+struct Replay {
+    triples: Vec<(u32, u32, u32)>,
+    removed: Vec<bool>,
+    at: Option<HashMap<(u32, u32, u32), usize>>,
+}
+
+impl Replay {
+    fn new(triples: Vec<(u32, u32, u32)>) -> Self {
+        Self {
+            triples,
+            removed: Vec::new(),
+            at: None,
+        }
+    }
+
+    fn record(
+        &mut self,
+        mut bytes: &[u8],
+        removes: bool,
+        entities: &mut Vec<String>,
+        relations: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if removes {
+            let mut gone = Vec::new();
+            take_triples(&mut bytes, &mut gone)?;
+            let triples = &self.triples;
+            let at = self
+                .at
+                .get_or_insert_with(|| triples.iter().enumerate().map(|(i, &t)| (t, i)).collect());
+            self.removed.resize(self.triples.len(), false);
+            for triple in gone {
+                let i = at
+                    .remove(&triple)
+                    .ok_or_else(|| format!("removes {triple:?}, which is not stored"))?;
+                self.removed[i] = true;
+            }
+        }
+        let first = self.triples.len();
+        decode_record(bytes, entities, relations, &mut self.triples)?;
+        if let Some(at) = &mut self.at {
+            for (i, &triple) in self.triples.iter().enumerate().skip(first) {
+                at.insert(triple, i);
+            }
+        }
+        Ok(())
+    }
+
+    fn survivors(self) -> Vec<(u32, u32, u32)> {
+        if self.at.is_none() {
+            return self.triples;
+        }
+        let removed = self.removed;
+        self.triples
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !removed.get(*i).copied().unwrap_or(false))
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+fn u32_at(bytes: &mut &[u8]) -> Result<u32, String> {
+    let (head, rest) = bytes.split_at_checked(4).ok_or("truncated record")?;
+    *bytes = rest;
+    Ok(u32::from_le_bytes([head[0], head[1], head[2], head[3]]))
+}
+
+/// Reads `u32 m` and `m` id triples.
+fn take_triples(bytes: &mut &[u8], triples: &mut Vec<(u32, u32, u32)>) -> Result<(), String> {
+    let m = u32_at(bytes)?;
+    // Bounded by what the record holds, not by the count it claims.
+    triples.reserve((m as usize).min(bytes.len() / 12));
+    for _ in 0..m {
+        triples.push((u32_at(bytes)?, u32_at(bytes)?, u32_at(bytes)?));
+    }
+    Ok(())
 }
 
 /// Appends one record's names (checking their ids continue the dictionaries) and triples.
@@ -228,11 +362,6 @@ fn decode_record(
     relations: &mut Vec<String>,
     triples: &mut Vec<(u32, u32, u32)>,
 ) -> Result<(), String> {
-    fn u32_at(bytes: &mut &[u8]) -> Result<u32, String> {
-        let (head, rest) = bytes.split_at_checked(4).ok_or("truncated record")?;
-        *bytes = rest;
-        Ok(u32::from_le_bytes([head[0], head[1], head[2], head[3]]))
-    }
     for dictionary in [entities, relations] {
         let n = u32_at(&mut bytes)?;
         for _ in 0..n {
@@ -249,15 +378,7 @@ fn decode_record(
             dictionary.push(String::from_utf8(name.to_vec()).map_err(|e| e.to_string())?);
         }
     }
-    let m = u32_at(&mut bytes)?;
-    triples.reserve(m as usize);
-    for _ in 0..m {
-        triples.push((
-            u32_at(&mut bytes)?,
-            u32_at(&mut bytes)?,
-            u32_at(&mut bytes)?,
-        ));
-    }
+    take_triples(&mut bytes, triples)?;
     if !bytes.is_empty() {
         return Err(format!("{} trailing bytes", bytes.len()));
     }
@@ -287,7 +408,7 @@ mod tests {
             store.persist(&plan).unwrap();
             graph.apply(&plan).unwrap();
             let again = graph.plan(&batch);
-            assert_eq!(again, Inserted::default(), "nothing new the second time");
+            assert_eq!(again, Change::default(), "nothing new the second time");
             store.persist(&again).unwrap();
             assert_eq!(store.counts().unwrap(), (3, 1, 2));
         }
@@ -299,9 +420,71 @@ mod tests {
         assert_eq!(graph.triple_count(), 2);
         assert_eq!(
             graph.plan(&batch),
-            Inserted::default(),
+            Change::default(),
             "the rebuilt graph knows every triple"
         );
+    }
+
+    #[test]
+    fn removals_replay_in_order_after_a_restart() {
+        use souk_kg_core::{Direction, Graph, NeighborQuery, Triple};
+        let t = |h: &str, r: &str, tl: &str| Triple::new(h, r, tl).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<Triple> = (0..30)
+            .map(|i| t(&format!("item:{i}"), "color", &format!("color:{}", i % 3)))
+            .collect();
+        let neighbours = |g: &Graph| -> Vec<Vec<souk_kg_core::Neighbor>> {
+            (0..3)
+                .map(|c| {
+                    let query = NeighborQuery {
+                        entity: format!("color:{c}"),
+                        relation: None,
+                        direction: Direction::Both,
+                        limit: 100,
+                        prefix: None,
+                    };
+                    g.neighbors(&query).unwrap().neighbors
+                })
+                .collect()
+        };
+        let expected = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut graph = Graph::default();
+            let mut apply = |remove: &[Triple], insert: &[Triple]| {
+                let plan = graph.plan_change(remove, insert);
+                store.persist(&plan).unwrap();
+                graph.apply(&plan).unwrap();
+                plan
+            };
+            apply(&[], &first);
+            // item 4 turns from colour 1 to colour 2; items 0..10 step 3 lose their colour.
+            let plan = apply(
+                &[t("item:4", "color", "color:1")],
+                &[t("item:4", "color", "color:2")],
+            );
+            assert_eq!((plan.removed.len(), plan.new_triples.len()), (1, 1));
+            let gone: Vec<Triple> = (0..10).step_by(3).map(|i| first[i].clone()).collect();
+            assert_eq!(apply(&gone, &[]).removed.len(), 4);
+            // A removed triple added back, then a plain batch after the removals.
+            apply(&[], &[first[3].clone()]);
+            apply(&[], &[t("item:99", "color", "color:0")]);
+            assert_eq!(store.counts().unwrap().2, 30 - 1 + 1 - 4 + 1 + 1);
+            assert_eq!(graph.triple_count(), 28);
+            neighbours(&graph)
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        let graph = Graph::from_snapshot(store.snapshot().unwrap()).unwrap();
+        assert_eq!(graph.triple_count(), 28);
+        assert_eq!(
+            neighbours(&graph),
+            expected,
+            "the restarted graph lists what the running one did, in the same order"
+        );
+        let c1: Vec<String> = expected[1].iter().map(|n| n.entity.clone()).collect();
+        assert!(!c1.contains(&"item:4".to_string()), "item 4 was recoloured");
+        assert!(c1.contains(&"item:1".to_string()) && c1.contains(&"item:7".to_string()));
+        let c0: Vec<String> = expected[0].iter().map(|n| n.entity.clone()).collect();
+        assert!(!c0.contains(&"item:6".to_string()) && c0.contains(&"item:3".to_string()));
     }
 
     #[test]
@@ -337,10 +520,11 @@ mod tests {
     #[test]
     fn a_damaged_record_is_an_error_not_a_panic() {
         let (mut e, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new());
-        let record = encode_record(&Inserted {
+        let record = encode_record(&Change {
             new_entities: vec![(0, "a".into()), (1, "b".into())],
             new_relations: vec![(0, "r".into())],
             new_triples: vec![(0, 0, 1)],
+            ..Change::default()
         });
         for cut in 0..record.len() {
             assert!(decode_record(&record[..cut], &mut e, &mut r, &mut t).is_err());
@@ -350,5 +534,19 @@ mod tests {
         }
         decode_record(&record, &mut e, &mut r, &mut t).unwrap();
         assert_eq!(t, vec![(0, 0, 1)]);
+        // A record that removes: cut anywhere, or removing what is not stored, is an error.
+        let record = encode_record(&Change {
+            removed: vec![(0, 0, 1)],
+            ..Change::default()
+        });
+        for cut in 0..record.len() {
+            let mut replay = Replay::new(vec![(0, 0, 1)]);
+            assert!(replay.record(&record[..cut], true, &mut e, &mut r).is_err());
+        }
+        let mut replay = Replay::new(vec![(0, 0, 2)]);
+        assert!(replay.record(&record, true, &mut e, &mut r).is_err());
+        let mut replay = Replay::new(vec![(0, 0, 2), (0, 0, 1)]);
+        replay.record(&record, true, &mut e, &mut r).unwrap();
+        assert_eq!(replay.survivors(), vec![(0, 0, 2)]);
     }
 }

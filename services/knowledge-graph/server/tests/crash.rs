@@ -23,6 +23,7 @@ fn batch(i: usize) -> kg::LoadTriplesRequest {
                 tail: format!("b{i}:e{}", j + 1),
             })
             .collect(),
+        remove: Vec::new(),
     }
 }
 

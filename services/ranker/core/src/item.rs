@@ -1,5 +1,5 @@
 //! Catalog items, request filters and interaction events, validated.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::RankError;
 
@@ -237,7 +237,7 @@ impl Item {
     }
 
     /// Facts about the item for the knowledge graph: brand, category chain, attributes.
-    pub fn facts(&self) -> Vec<(String, String, String)> {
+    pub fn facts(&self) -> Vec<Fact> {
         let me = self.entity();
         let mut facts = Vec::new();
         if !self.brand.is_empty() {
@@ -264,6 +264,23 @@ impl Item {
         }
         facts
     }
+}
+
+/// A knowledge-graph triple: (head, relation, tail).
+pub type Fact = (String, String, String);
+
+/// The facts `before` stated about the item that `after` (its new version) no longer states:
+/// what a load or update removes from the graph, so a recoloured item loses its old colour.
+/// Only the item's own edges: the category chain's `parent` edges are shared by every item
+/// of the category. Facts loaded into the graph by hand are not the catalog's and stay.
+pub fn dropped_facts(before: &Item, after: &Item) -> Vec<Fact> {
+    let me = before.entity();
+    let kept: HashSet<Fact> = after.facts().into_iter().collect();
+    before
+        .facts()
+        .into_iter()
+        .filter(|fact| fact.0 == me && !kept.contains(fact))
+        .collect()
 }
 
 /// Now, in ms since the Unix epoch: the clock events are timed by and scheduled pin rules
@@ -604,6 +621,37 @@ mod tests {
             "attribute".into(),
             "attr:color=green".into()
         )));
+    }
+
+    #[test]
+    fn a_new_version_drops_the_old_values_but_not_the_shared_category_chain() {
+        let before = item().validated().unwrap();
+        assert!(dropped_facts(&before, &before).is_empty());
+        let mut after = before.clone();
+        after.attributes.insert("color".into(), "red".into());
+        after.attributes.insert("size".into(), "xl".into());
+        after.brand = "Borealis".into();
+        after.category = vec!["Outdoor".into(), "Shelters".into()];
+        let mut dropped = dropped_facts(&before, &after);
+        dropped.sort();
+        let fact = |r: &str, t: &str| ("item:p1".to_string(), r.to_string(), t.to_string());
+        assert_eq!(
+            dropped,
+            vec![
+                fact("attribute", "attr:color=green"),
+                fact("brand", "brand:Acme"),
+                fact("category", "category:Outdoor/Tents"),
+            ],
+            "the old colour, brand and leaf category; not Tents' parent edge"
+        );
+        // An attribute taken away is dropped too; an added one drops nothing.
+        let mut fewer = before.clone();
+        fewer.attributes = Attributes::default();
+        assert_eq!(
+            dropped_facts(&before, &fewer),
+            vec![fact("attribute", "attr:color=green")]
+        );
+        assert!(dropped_facts(&fewer, &before).is_empty());
     }
 
     #[test]

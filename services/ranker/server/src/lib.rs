@@ -23,7 +23,7 @@ use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
 use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
 use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
-    Filters, Interaction, InteractionKind, Item, item_entity, validate_id,
+    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder};
@@ -1641,13 +1641,31 @@ impl pb::ranker_server::Ranker for RankerService {
             if vectors.len() != items.len() {
                 return Err(Status::internal("an item was left without a vector"));
             }
-            let facts: Vec<(String, String, String)> = items.iter().flat_map(Item::facts).collect();
+            // What the graph says of these items now: the old versions' facts the new ones
+            // drop leave it in the same batch.
+            let (remove, add) = {
+                let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+                let remove: Vec<Fact> = items
+                    .iter()
+                    .filter_map(|item| catalog.get(&item.id).map(|old| dropped_facts(old, item)))
+                    .flatten()
+                    .collect();
+                (remove, items.iter().flat_map(Item::facts).collect())
+            };
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;
             store_items(&ready, pairs, first_probe.take()).await?;
             response.upserted += count;
-            match ready.graph.load_facts(facts, ready.load_timeout).await {
-                Ok(()) => response.graph_synced += count,
+            // Under `writing`: graph batches of items go in the order the catalog took them.
+            match ready
+                .graph
+                .change_facts(remove, add, ready.load_timeout)
+                .await
+            {
+                Ok(removed) => {
+                    response.graph_synced += count;
+                    response.graph_facts_removed += removed;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "item facts did not reach the knowledge graph")
                 }
@@ -1687,12 +1705,17 @@ impl pb::ranker_server::Ranker for RankerService {
                 blocking(&ready, move |ready| ready.store.items_with_vectors(&ids)).await?;
             // Several updates of one id apply in order, to one item.
             let mut changed: Vec<(Item, Vec<f32>)> = Vec::new();
+            // The stored version of each item in `changed`, in the same order.
+            let mut before: Vec<Item> = Vec::new();
             let mut at: HashMap<String, usize> = HashMap::new();
             for (i, (update, stored)) in updates.into_iter().zip(stored).enumerate() {
                 let (item, vector) = match at.get(&update.id) {
                     Some(&j) => changed[j].clone(),
                     None => match stored {
-                        Some(found) => found,
+                        Some(found) => {
+                            before.push(found.0.clone());
+                            found
+                        }
                         None => {
                             response.unknown += 1;
                             if response.unknown_ids.len() < MAX_UNKNOWN_IDS {
@@ -1716,15 +1739,30 @@ impl pb::ranker_server::Ranker for RankerService {
             if changed.is_empty() {
                 continue;
             }
-            let facts: Vec<(String, String, String)> =
-                changed.iter().flat_map(|(item, _)| item.facts()).collect();
+            // Each item's first stored version against its last update in this batch.
+            let remove: Vec<Fact> = before
+                .iter()
+                .zip(&changed)
+                .flat_map(|(old, (new, _))| dropped_facts(old, new))
+                .collect();
+            let add: Vec<Fact> = changed.iter().flat_map(|(item, _)| item.facts()).collect();
             let count = changed.len() as u64;
             store_items(&ready, changed, None).await?;
             drop(editing);
             response.updated += count;
-            // New attribute values reach the graph as a load's would.
-            if let Err(error) = ready.graph.load_facts(facts, ready.load_timeout).await {
-                tracing::warn!(%error, "updated items' facts did not reach the knowledge graph");
+            // New attribute values reach the graph as a load's would, old ones leave it.
+            match ready
+                .graph
+                .change_facts(remove, add, ready.load_timeout)
+                .await
+            {
+                Ok(removed) => {
+                    response.graph_synced += count;
+                    response.graph_facts_removed += removed;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "updated items' facts did not reach the knowledge graph")
+                }
             }
         }
         Ok(Response::new(response))

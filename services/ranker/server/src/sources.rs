@@ -10,6 +10,7 @@ use souk_proto::encoder::v1 as enc;
 use souk_proto::encoder::v1::encoder_client::EncoderClient;
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
+use souk_ranker_core::item::Fact;
 use souk_ranker_core::rank::{EmbeddingSource, GraphPath, GraphSource, GraphStep, SourceError};
 use tonic::transport::Channel;
 
@@ -307,27 +308,28 @@ impl GrpcGraph {
         }
     }
 
-    /// Sends item facts to the graph as one atomic batch.
+    /// Removes `remove` and adds `add` in one atomic graph batch. Returns how many of
+    /// `remove` the graph held (and removed).
     ///
     /// # Errors
-    /// When the graph is unreachable or refuses the batch.
-    pub async fn load_facts(
+    /// When the graph is unreachable, refuses the batch or runs past `timeout`.
+    pub async fn change_facts(
         &self,
-        facts: Vec<(String, String, String)>,
+        remove: Vec<Fact>,
+        add: Vec<Fact>,
         timeout: Duration,
-    ) -> Result<(), SourceError> {
-        if facts.is_empty() {
-            return Ok(());
+    ) -> Result<u64, SourceError> {
+        if remove.is_empty() && add.is_empty() {
+            return Ok(0);
         }
+        let triple = |(head, relation, tail): Fact| kg::Triple {
+            head,
+            relation,
+            tail,
+        };
         let batch = kg::LoadTriplesRequest {
-            triples: facts
-                .into_iter()
-                .map(|(head, relation, tail)| kg::Triple {
-                    head,
-                    relation,
-                    tail,
-                })
-                .collect(),
+            triples: add.into_iter().map(triple).collect(),
+            remove: remove.into_iter().map(triple).collect(),
         };
         let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
         request.set_timeout(timeout);
@@ -337,12 +339,14 @@ impl GrpcGraph {
                 .map_err(|_| SourceError("admin token is not a valid header value".into()))?;
             request.metadata_mut().insert("authorization", value);
         }
-        self.client
+        let applied = self
+            .client
             .clone()
             .load_triples(request)
             .await
-            .map_err(|s| failed("knowledge graph", &s))?;
-        Ok(())
+            .map_err(|s| failed("knowledge graph", &s))?
+            .into_inner();
+        Ok(applied.removed)
     }
 }
 

@@ -1,6 +1,7 @@
 //! kill -9 in the middle of a load, against the real `souk-kg` process: the store reopens,
 //! every batch the server applied is there, no batch is there in part, and loading everything
-//! again ends in exactly the state of an uninterrupted load.
+//! again ends in exactly the state of an uninterrupted load. The same for a stream of
+//! removals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -24,6 +25,14 @@ fn batch(i: usize) -> kg::LoadTriplesRequest {
             })
             .collect(),
         remove: Vec::new(),
+    }
+}
+
+/// Batch `i`'s triples as removals.
+fn removal(i: usize) -> kg::LoadTriplesRequest {
+    kg::LoadTriplesRequest {
+        triples: Vec::new(),
+        remove: batch(i).triples,
     }
 }
 
@@ -64,7 +73,7 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
     let mut watcher = connect(port).await;
     let mut loader = watcher.clone();
     // Stream batches with a pause between them, so the kill lands mid-stream.
-    let stream = async_stream(BATCHES);
+    let stream = async_stream(BATCHES, batch);
     let load = tokio::spawn(async move { loader.load_triples(stream).await });
     let started = Instant::now();
     let seen = loop {
@@ -112,6 +121,54 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
         .into_inner();
     assert_eq!(stats.triples, (BATCH * BATCHES) as u64);
     assert_eq!(stats.entities, (BATCHES * (BATCH + 1)) as u64);
+    drop(_server);
+
+    // A stream of removals, killed midway: whole batches removed or none of one.
+    let mut server = spawn(dir.path(), port);
+    let mut watcher = connect(port).await;
+    let mut remover = watcher.clone();
+    let total = (BATCH * BATCHES) as u64;
+    let remove =
+        tokio::spawn(async move { remover.load_triples(async_stream(BATCHES, removal)).await });
+    let started = Instant::now();
+    let seen = loop {
+        let n = triples(&mut watcher).await;
+        if n <= total - (BATCH * 5) as u64 {
+            break n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "removals made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.kill_9();
+    assert!(remove.await.unwrap().is_err());
+    let server = spawn(dir.path(), port);
+    let mut client = connect(port).await;
+    let after = triples(&mut client).await;
+    assert!(
+        after <= seen,
+        "applied removals survive: saw {seen}, after {after}"
+    );
+    assert_eq!(after % BATCH as u64, 0, "no partial batch: {after} triples");
+    assert!(after > 0, "the kill interrupted the removals");
+    let all: Vec<_> = (0..BATCHES).map(removal).collect();
+    let response = client
+        .load_triples(futures_iter(all))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (response.removed, response.not_found),
+        (after, total - after)
+    );
+    assert_eq!(triples(&mut client).await, 0);
+    // Replaying the removal records at the next start agrees.
+    drop(server);
+    let _server = spawn(dir.path(), port);
+    let mut client = connect(port).await;
+    assert_eq!(triples(&mut client).await, 0);
 }
 
 fn futures_iter(
@@ -120,10 +177,13 @@ fn futures_iter(
     tokio_stream::iter(batches)
 }
 
-fn async_stream(n: usize) -> impl tokio_stream::Stream<Item = kg::LoadTriplesRequest> {
+fn async_stream(
+    n: usize,
+    make: fn(usize) -> kg::LoadTriplesRequest,
+) -> impl tokio_stream::Stream<Item = kg::LoadTriplesRequest> {
     use tokio_stream::StreamExt;
-    tokio_stream::iter(0..n).then(|i| async move {
+    tokio_stream::iter(0..n).then(move |i| async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        batch(i)
+        make(i)
     })
 }

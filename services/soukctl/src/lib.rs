@@ -996,6 +996,44 @@ fn direction(text: &str) -> anyhow::Result<kg::Direction> {
     }
 }
 
+/// What `kg load` and `kg delete` do with a file's triples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TripleEdit {
+    Load,
+    Delete,
+}
+
+/// `kg load` / `kg delete`: each file as one stream of batches, reported when it ends.
+async fn triple_files(
+    files: Vec<PathBuf>,
+    options: &LoadOptions,
+    format: Option<TripleFormat>,
+    ep: &Endpoints,
+    edit: TripleEdit,
+) -> anyhow::Result<()> {
+    if files.is_empty() {
+        anyhow::bail!("name at least one file of triples");
+    }
+    let channel = load_channel(options, &ep.kg, "knowledge graph").await?;
+    for path in files {
+        let ch = channel.clone();
+        let (report, response) = match edit {
+            TripleEdit::Load => load_triples(ch, &path, format, options, &ep.token).await?,
+            TripleEdit::Delete => delete_triples(ch, &path, format, options, &ep.token).await?,
+        };
+        let extra = response
+            .map(|r| match edit {
+                TripleEdit::Load => format!(", {} new triples", r.inserted),
+                TripleEdit::Delete => {
+                    format!(", {} removed, {} not in the graph", r.removed, r.not_found)
+                }
+            })
+            .unwrap_or_else(|| " (dry run)".into());
+        report_load(&path.display().to_string(), &report, extra);
+    }
+    Ok(())
+}
+
 fn report_load(what: &str, report: &LoadReport, extra: String) {
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     eprintln!(
@@ -1098,40 +1136,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             files,
             options,
             format,
-        }) => {
-            if files.is_empty() {
-                anyhow::bail!("name at least one file to load");
-            }
-            let channel = load_channel(&options, &ep.kg, "knowledge graph").await?;
-            for path in files {
-                let ch = channel.clone();
-                let (report, response) =
-                    load_triples(ch, &path, format, &options, &ep.token).await?;
-                let extra = response
-                    .map(|r| format!(", {} new triples", r.inserted))
-                    .unwrap_or_else(|| " (dry run)".into());
-                report_load(&path.display().to_string(), &report, extra);
-            }
-        }
+        }) => triple_files(files, &options, format, &ep, TripleEdit::Load).await?,
         Command::Kg(KgCommand::Delete {
             files,
             options,
             format,
-        }) => {
-            if files.is_empty() {
-                anyhow::bail!("name at least one file of triples to delete");
-            }
-            let channel = load_channel(&options, &ep.kg, "knowledge graph").await?;
-            for path in files {
-                let ch = channel.clone();
-                let (report, response) =
-                    delete_triples(ch, &path, format, &options, &ep.token).await?;
-                let extra = response
-                    .map(|r| format!(", {} removed, {} not in the graph", r.removed, r.not_found))
-                    .unwrap_or_else(|| " (dry run)".into());
-                report_load(&path.display().to_string(), &report, extra);
-            }
-        }
+        }) => triple_files(files, &options, format, &ep, TripleEdit::Delete).await?,
         Command::Kg(KgCommand::Neighbors {
             entity,
             relation,

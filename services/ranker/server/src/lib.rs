@@ -959,6 +959,23 @@ async fn store_items(
     .await
 }
 
+/// Sends a stored batch's facts to the knowledge graph, with the facts its items dropped as
+/// removals, in one graph batch. The catalog is the truth: a graph that cannot take them is
+/// logged, not an error of the load. Returns how many facts the graph removed, or `None`.
+async fn sync_graph(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<u64> {
+    match ready
+        .graph
+        .change_facts(remove, add, ready.load_timeout)
+        .await
+    {
+        Ok(removed) => Some(removed),
+        Err(error) => {
+            tracing::warn!(%error, "item facts did not reach the knowledge graph");
+            None
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     ready: &Arc<Ready>,
     work: impl FnOnce(&Ready) -> Result<T, RankError> + Send + 'static,
@@ -1657,18 +1674,9 @@ impl pb::ranker_server::Ranker for RankerService {
             store_items(&ready, pairs, first_probe.take()).await?;
             response.upserted += count;
             // Under `writing`: graph batches of items go in the order the catalog took them.
-            match ready
-                .graph
-                .change_facts(remove, add, ready.load_timeout)
-                .await
-            {
-                Ok(removed) => {
-                    response.graph_synced += count;
-                    response.graph_facts_removed += removed;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "item facts did not reach the knowledge graph")
-                }
+            if let Some(removed) = sync_graph(&ready, remove, add).await {
+                response.graph_synced += count;
+                response.graph_facts_removed += removed;
             }
         }
         Ok(Response::new(response))
@@ -1751,18 +1759,9 @@ impl pb::ranker_server::Ranker for RankerService {
             drop(editing);
             response.updated += count;
             // New attribute values reach the graph as a load's would, old ones leave it.
-            match ready
-                .graph
-                .change_facts(remove, add, ready.load_timeout)
-                .await
-            {
-                Ok(removed) => {
-                    response.graph_synced += count;
-                    response.graph_facts_removed += removed;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "updated items' facts did not reach the knowledge graph")
-                }
+            if let Some(removed) = sync_graph(&ready, remove, add).await {
+                response.graph_synced += count;
+                response.graph_facts_removed += removed;
             }
         }
         Ok(Response::new(response))

@@ -634,7 +634,7 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
                 relation: "attribute".into(),
                 tail: "attr:warranty=two-years".into(),
             }],
-            remove: Vec::new(),
+            ..Default::default()
         }]))
         .await
         .unwrap();

@@ -17,7 +17,7 @@ fn triple(h: &str, r: &str, t: &str) -> kg::Triple {
 fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
     kg::LoadTriplesRequest {
         triples,
-        remove: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -548,6 +548,7 @@ async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
         .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
             triples: vec![triple("x:a", "likes", "x:b")],
             remove: vec![triple("item:p00001", "", "brand:Pixelon")],
+            ..Default::default()
         }]))
         .await
         .unwrap_err();
@@ -569,4 +570,42 @@ async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
             .unwrap();
     assert_eq!(again.unwrap().inserted, 2);
     assert_eq!(count(&mut client).await, lines);
+
+    // A discontinued brand: every edge of the entity goes in one batch.
+    let edges_of = async |client: &mut KnowledgeGraphClient<_>, entity: &str| -> u64 {
+        client
+            .neighbors(kg::NeighborsRequest {
+                entity: entity.into(),
+                direction: kg::Direction::Both as i32,
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .total
+    };
+    let auralis = edges_of(&mut client, "brand:Auralis").await;
+    assert!(auralis > 5, "{auralis}");
+    let cleared = soukctl::clear_entities(
+        channel(&server.url()).await,
+        vec!["brand:Auralis".into(), "brand:nobody".into()],
+        &None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((cleared.removed, cleared.not_found), (auralis, 1));
+    assert_eq!(edges_of(&mut client, "brand:Auralis").await, 0);
+    assert_eq!(count(&mut client).await, lines - auralis);
+    let status = client
+        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+            remove_entities: vec!["brand:\tAuralis".into()],
+            ..Default::default()
+        }]))
+        .await
+        .unwrap_err();
+    assert_invalid(
+        &status,
+        "batch 0, entity to remove 0: entity contains a control character",
+    );
 }

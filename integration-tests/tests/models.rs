@@ -581,7 +581,7 @@ async fn user_profile_comes_through_the_graph_and_falls_back_to_the_catalog() {
                 relation: "attribute".into(),
                 tail: "attr:warranty=two-years".into(),
             }],
-            remove: Vec::new(),
+            ..Default::default()
         }]))
         .await
         .unwrap();

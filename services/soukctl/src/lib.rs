@@ -186,6 +186,10 @@ pub enum KgCommand {
     /// without edges has no neighbours). Each batch is removed atomically.
     Delete {
         files: Vec<PathBuf>,
+        /// Also remove every edge of this entity, either direction (repeat the flag); all
+        /// named entities are cleared in one atomic batch, before the files.
+        #[arg(long = "entity")]
+        entities: Vec<String>,
         #[command(flatten)]
         options: LoadOptions,
         /// Format; by default from the extension (.tsv/.txt, .csv, .nt).
@@ -672,7 +676,7 @@ pub async fn load_triples(
 ) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
     let wrap = |triples: Vec<souk_kg_core::Triple>| kg::LoadTriplesRequest {
         triples: triples.into_iter().map(triple_pb).collect(),
-        remove: Vec::new(),
+        ..Default::default()
     };
     send_triples(channel, path, format, options, token, wrap).await
 }
@@ -690,8 +694,8 @@ pub async fn delete_triples(
     token: &Option<String>,
 ) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
     let wrap = |triples: Vec<souk_kg_core::Triple>| kg::LoadTriplesRequest {
-        triples: Vec::new(),
         remove: triples.into_iter().map(triple_pb).collect(),
+        ..Default::default()
     };
     send_triples(channel, path, format, options, token, wrap).await
 }
@@ -702,6 +706,44 @@ fn triple_pb(t: souk_kg_core::Triple) -> kg::Triple {
         relation: t.relation,
         tail: t.tail,
     }
+}
+
+/// Checks entity names given on the command line.
+///
+/// # Errors
+/// Naming the first that is not a valid entity id.
+pub fn check_entities(entities: &[String]) -> anyhow::Result<()> {
+    for entity in entities {
+        souk_kg_core::validate_field("entity", entity)
+            .map_err(|e| anyhow::anyhow!("--entity {entity:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Removes every edge of `entities` from the knowledge graph in one atomic batch.
+///
+/// # Errors
+/// When a name is not a valid entity id, or the service is unreachable or refuses.
+pub async fn clear_entities(
+    channel: Channel,
+    entities: Vec<String>,
+    token: &Option<String>,
+) -> anyhow::Result<kg::LoadTriplesResponse> {
+    check_entities(&entities)?;
+    let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel);
+    let batch = kg::LoadTriplesRequest {
+        remove_entities: entities,
+        ..Default::default()
+    };
+    let request = with_token(futures::stream::iter(vec![batch]), token)?;
+    let response = client.load_triples(request).await.map_err(|status| {
+        anyhow::anyhow!(
+            "the service refused the removal: {:?}: {}",
+            status.code(),
+            status.message()
+        )
+    })?;
+    Ok(response.into_inner())
 }
 
 /// Streams a triple file's batches, each wrapped by `wrap`, as one `LoadTriples` call.
@@ -1011,9 +1053,6 @@ async fn triple_files(
     ep: &Endpoints,
     edit: TripleEdit,
 ) -> anyhow::Result<()> {
-    if files.is_empty() {
-        anyhow::bail!("name at least one file of triples");
-    }
     let channel = load_channel(options, &ep.kg, "knowledge graph").await?;
     for path in files {
         let ch = channel.clone();
@@ -1136,12 +1175,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             files,
             options,
             format,
-        }) => triple_files(files, &options, format, &ep, TripleEdit::Load).await?,
+        }) => {
+            if files.is_empty() {
+                anyhow::bail!("name at least one file of triples");
+            }
+            triple_files(files, &options, format, &ep, TripleEdit::Load).await?
+        }
         Command::Kg(KgCommand::Delete {
             files,
+            entities,
             options,
             format,
-        }) => triple_files(files, &options, format, &ep, TripleEdit::Delete).await?,
+        }) => {
+            if files.is_empty() && entities.is_empty() {
+                anyhow::bail!("name at least one file of triples or an --entity to delete");
+            }
+            if !entities.is_empty() {
+                let named = entities.len();
+                if options.dry_run {
+                    check_entities(&entities)?;
+                    println!("{named} entities (dry run)");
+                } else {
+                    let channel = connect(&ep.kg, "knowledge graph").await?;
+                    let r = clear_entities(channel, entities, &ep.token).await?;
+                    println!(
+                        "{named} entities: {} edges removed, {} entities not in the graph",
+                        r.removed, r.not_found
+                    );
+                }
+            }
+            triple_files(files, &options, format, &ep, TripleEdit::Delete).await?
+        }
         Command::Kg(KgCommand::Neighbors {
             entity,
             relation,

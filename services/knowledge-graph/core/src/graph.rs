@@ -293,18 +293,44 @@ impl Graph {
         self.plan_change(&[], triples)
     }
 
-    /// What one batch would change, without changing anything: `remove` first (a triple the
-    /// graph does not hold is counted in `absent`; entities stay, an entity left without edges
-    /// has none to list), then `insert`: existing names keep their ids, new ones continue the
-    /// numbering in order of first appearance, and triples already present (or repeated in the
-    /// batch) are left out. The store persists the plan, then [`Graph::apply`] mirrors it, so
-    /// lookups never touch the disk.
+    /// [`Graph::plan_edit`] with no entity cleared.
+    pub fn plan_change(&self, remove: &[Triple], insert: &[Triple]) -> Change {
+        self.plan_edit(remove, &[], insert)
+    }
+
+    /// What one batch would change, without changing anything: the `remove` triples and
+    /// every edge touching a `clear` entity first (a triple the graph does not hold, or an
+    /// entity it does not know, is counted in `absent`; entities stay, an entity left without
+    /// edges has none to list), then `insert`: existing names keep their ids, new ones
+    /// continue the numbering in order of first appearance, and triples already present (or
+    /// repeated in the batch) are left out. The store persists the plan, then
+    /// [`Graph::apply`] mirrors it, so lookups never touch the disk.
     ///
     /// # Complexity
-    /// O(triples x out-degree of their heads).
-    pub fn plan_change<'a>(&self, remove: &[Triple], insert: &'a [Triple]) -> Change {
+    /// O(triples x out-degree of their heads + degrees of the cleared entities).
+    pub fn plan_edit<'a>(
+        &self,
+        remove: &[Triple],
+        clear: &[String],
+        insert: &'a [Triple],
+    ) -> Change {
         let mut change = Change::default();
         let mut removed: HashSet<(u32, u32, u32)> = HashSet::new();
+        for name in clear {
+            let Some(id) = self.entity_id(name) else {
+                change.absent += 1;
+                continue;
+            };
+            for (other, rel, direction) in self.edges_of(id, Direction::Both, None) {
+                let triple = match direction {
+                    Direction::In => (other, rel, id),
+                    _ => (id, rel, other),
+                };
+                if removed.insert(triple) {
+                    change.removed.push(triple);
+                }
+            }
+        }
         for triple in remove {
             let ids = (
                 self.entity_id(&triple.head),
@@ -313,6 +339,7 @@ impl Graph {
             );
             match ids {
                 (Some(h), Some(rel), Some(t)) if self.edge(h, rel, t).is_some() => {
+                    // A repeat, or an edge of a cleared entity: removed once.
                     if removed.insert((h, rel, t)) {
                         change.removed.push((h, rel, t));
                     }
@@ -364,7 +391,12 @@ impl Graph {
 
     /// Removes, then inserts, directly (no store): plans, then applies.
     pub fn change(&mut self, remove: &[Triple], insert: &[Triple]) -> Change {
-        let change = self.plan_change(remove, insert);
+        self.edit(remove, &[], insert)
+    }
+
+    /// Removes triples and clears entities, then inserts, directly (no store).
+    pub fn edit(&mut self, remove: &[Triple], clear: &[String], insert: &[Triple]) -> Change {
+        let change = self.plan_edit(remove, clear, insert);
         // A plan made from this graph always lines up with it.
         let _ = self.apply(&change);
         change
@@ -942,6 +974,45 @@ mod tests {
         );
         g.insert(&[t("item:tent", "brand", "brand:acme")]);
         assert_eq!(around(&g, "brand:acme").len(), 2);
+    }
+
+    #[test]
+    fn clearing_an_entity_removes_every_edge_it_touches() {
+        let mut g = shop();
+        let change = g.edit(
+            &[t("item:tent", "brand", "brand:acme")],
+            &["item:tent".into(), "item:ghost".into(), "item:tent".into()],
+            &[],
+        );
+        // tent -brand-> acme, tent -category-> tents, pegs -accessory_of-> tent; the named
+        // triple and the repeated entity count once; the unknown entity is absent.
+        assert_eq!(change.removed.len(), 3);
+        assert_eq!(change.absent, 1);
+        let tent = g.entity_id("item:tent").unwrap();
+        assert_eq!(g.degree(tent), 0);
+        assert_eq!(g.triple_count(), 4);
+        let query = NeighborQuery {
+            entity: "item:tent".into(),
+            relation: None,
+            direction: Direction::Both,
+            limit: 10,
+            prefix: None,
+        };
+        assert_eq!(g.neighbors(&query).unwrap().total, 0);
+        let pegs = g.entity_id("item:pegs").unwrap();
+        assert_eq!(g.degree(pegs), 0, "the edge into the tent went too");
+        let stove = NeighborQuery {
+            entity: "brand:acme".into(),
+            ..query
+        };
+        let left: Vec<String> = g
+            .neighbors(&stove)
+            .unwrap()
+            .neighbors
+            .into_iter()
+            .map(|n| n.entity)
+            .collect();
+        assert_eq!(left, ["item:stove"], "other entities keep their edges");
     }
 
     #[test]

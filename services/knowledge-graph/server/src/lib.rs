@@ -221,7 +221,12 @@ fn direction_pb(d: Direction) -> i32 {
 /// Plans a batch against the in-memory mirror (ids, duplicates, removals: no disk reads),
 /// persists the plan atomically and durably, then mirrors it. The writer lock keeps plans in
 /// order.
-fn apply_batch(loaded: &Loaded, remove: &[Triple], insert: &[Triple]) -> Result<Change, KgError> {
+fn apply_batch(
+    loaded: &Loaded,
+    remove: &[Triple],
+    clear: &[String],
+    insert: &[Triple],
+) -> Result<Change, KgError> {
     let _writer = loaded
         .writer
         .lock()
@@ -230,7 +235,7 @@ fn apply_batch(loaded: &Loaded, remove: &[Triple], insert: &[Triple]) -> Result<
         .graph
         .read()
         .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
-        .plan_change(remove, insert);
+        .plan_edit(remove, clear, insert);
     loaded.store.persist(&plan)?;
     loaded
         .graph
@@ -275,14 +280,23 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             let message = message?;
             let batch_no = response.batches;
             let remove = triples_of(message.remove, "removal", batch_no)?;
+            let clear = message.remove_entities;
+            for (i, entity) in clear.iter().enumerate() {
+                souk_kg_core::validate_field("entity", entity).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "batch {batch_no}, entity to remove {i}: {e}; this batch was not applied, {batch_no} earlier batches were"
+                    ))
+                })?;
+            }
             let triples = triples_of(message.triples, "triple", batch_no)?;
             let received = triples.len() as u64;
             let writer = loaded.clone();
-            let change =
-                tokio::task::spawn_blocking(move || apply_batch(&writer, &remove, &triples))
-                    .await
-                    .map_err(|e| Status::internal(format!("load task failed: {e}")))?
-                    .map_err(status)?;
+            let change = tokio::task::spawn_blocking(move || {
+                apply_batch(&writer, &remove, &clear, &triples)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+            .map_err(status)?;
             response.received += received;
             response.inserted += change.new_triples.len() as u64;
             response.removed += change.removed.len() as u64;

@@ -24,15 +24,15 @@ fn batch(i: usize) -> kg::LoadTriplesRequest {
                 tail: format!("b{i}:e{}", j + 1),
             })
             .collect(),
-        remove: Vec::new(),
+        ..Default::default()
     }
 }
 
 /// Batch `i`'s triples as removals.
 fn removal(i: usize) -> kg::LoadTriplesRequest {
     kg::LoadTriplesRequest {
-        triples: Vec::new(),
         remove: batch(i).triples,
+        ..Default::default()
     }
 }
 

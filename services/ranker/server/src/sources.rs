@@ -330,6 +330,7 @@ impl GrpcGraph {
         let batch = kg::LoadTriplesRequest {
             triples: add.into_iter().map(triple).collect(),
             remove: remove.into_iter().map(triple).collect(),
+            remove_entities: Vec::new(),
         };
         let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
         request.set_timeout(timeout);

@@ -160,7 +160,20 @@ pub async fn shared_encoder() -> String {
 }
 
 pub async fn start_kg(data_dir: &Path, admin_token: Option<&str>) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_kg_on(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        data_dir,
+        admin_token,
+    )
+    .await
+}
+
+/// A graph on `addr` (one stopped there a moment ago: a restart).
+pub async fn start_kg_at(addr: SocketAddr, data_dir: &Path) -> Running {
+    start_kg_on(TcpListener::bind(addr).await.unwrap(), data_dir, None).await
+}
+
+async fn start_kg_on(listener: TcpListener, data_dir: &Path, admin_token: Option<&str>) -> Running {
     let args = souk_kg::KgArgs {
         listen: listener.local_addr().unwrap(),
         data_dir: data_dir.to_path_buf(),

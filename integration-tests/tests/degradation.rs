@@ -791,3 +791,66 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         "the bad line's batch was not sent"
     );
 }
+
+/// The graph away during a feed: the ranker stores the items, keeps their fact batches on
+/// disk (through its own restart) and sends them in order once the graph is back, so the
+/// graph ends with the last colour and without the earlier ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn item_facts_wait_for_a_graph_that_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder_url = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let kg_addr = kg.addr;
+    let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg.url()).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let updates = dir.path().join("updates.csv");
+    let update = async |ranker: &Running, color: &str| -> rk::UpdateItemsResponse {
+        std::fs::write(&updates, format!("id,attributes\np00002,color={color}\n")).unwrap();
+        let (_, response) =
+            soukctl::update_catalog(channel(&ranker.url()).await, &updates, &quiet(), &None)
+                .await
+                .unwrap();
+        response.unwrap()
+    };
+    kg.stop().await.unwrap();
+    // Two recolourings while the graph is away: stored, their facts queued.
+    for color in ["crimson", "teal"] {
+        let response = update(&ranker, color).await;
+        assert_eq!((response.updated, response.graph_synced), (1, 0), "{color}");
+    }
+    // The queue outlives the ranker.
+    ranker.stop().await.unwrap();
+    let kg_url = format!("http://{kg_addr}");
+    let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg_url).await;
+    let kg = start_kg_at(kg_addr, &dir.path().join("kg")).await;
+    let mut graph = KnowledgeGraphClient::new(channel(&kg.url()).await);
+    let expected = ["attr:color=teal", "attr:connectivity=bluetooth"];
+    let mut seen = Vec::new();
+    let caught_up = soon_within(30, async || {
+        let mut attributes: Vec<String> = graph
+            .neighbors(kg::NeighborsRequest {
+                entity: "item:p00002".into(),
+                relation: "attribute".into(),
+                direction: kg::Direction::Out as i32,
+                limit: 50,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .neighbors
+            .into_iter()
+            .map(|n| n.entity)
+            .collect();
+        attributes.sort();
+        seen = attributes.clone();
+        attributes == expected
+    })
+    .await;
+    assert!(caught_up, "the graph lists {seen:?}");
+    // With nothing queued, the next update goes straight through.
+    let response = update(&ranker, "olive").await;
+    assert_eq!(
+        (response.graph_synced, response.graph_facts_removed),
+        (1, 1)
+    );
+}

@@ -119,7 +119,7 @@ def check_alerts(default_docs, docs, root):
     assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog"} <= alerts
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog", "SoukRankerGraphOutboxBacklog"} <= alerts
     exported = exported_metrics(root)
     import promql_parser
     for r in rules:

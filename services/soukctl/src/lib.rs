@@ -1038,6 +1038,21 @@ fn direction(text: &str) -> anyhow::Result<kg::Direction> {
     }
 }
 
+/// Says so when some stored items' facts did not reach the knowledge graph: the catalog
+/// has them, the graph does not (and may still hold their old values) until they are sent
+/// again.
+fn warn_unsynced(file: &Path, stored: u64, synced: u64) {
+    if synced < stored {
+        eprintln!(
+            "warning: {}: the facts of {} of the {stored} items stored wait for the knowledge \
+             graph (unreachable: see the ranker's log); the ranker sends them, in order, when \
+             it answers (metric souk_graph_outbox_batches)",
+            file.display(),
+            stored - synced
+        );
+    }
+}
+
 /// What `kg load` and `kg delete` do with a file's triples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TripleEdit {
@@ -1279,6 +1294,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let channel = load_channel(&options, &ep.ranker, "ranker").await?;
             let (report, response) = load_catalog(channel, &file, &options, &ep.token).await?;
+            if let Some(r) = &response {
+                warn_unsynced(&file, r.upserted, r.graph_synced);
+            }
             let extra = response
                 .map(|r| {
                     format!(
@@ -1313,6 +1331,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(CatalogCommand::Update { file, options }) => {
             let channel = load_channel(&options, &ep.ranker, "ranker").await?;
             let (report, response) = update_catalog(channel, &file, &options, &ep.token).await?;
+            if let Some(r) = &response {
+                warn_unsynced(&file, r.updated, r.graph_synced);
+            }
             let extra = response
                 .map(|r| {
                     let mut extra = format!(

@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use souk_ranker_core::catalog::{DEFAULT_ANN_MIN_ITEMS, POPULARITY_HALF_LIFE_DAYS};
 
+mod graph_outbox;
 pub mod metrics;
 mod outbox;
 pub mod replica;
@@ -215,6 +216,9 @@ struct Ready {
     replica: bool,
     /// A replica's events that wait for its primary (`None` on a primary).
     outbox: Option<Arc<outbox::Outbox>>,
+    /// Item fact batches that wait for the knowledge graph (`None` on a replica, which
+    /// stores no items of its own).
+    graph_outbox: Option<Arc<graph_outbox::GraphOutbox>>,
 }
 
 /// Unmatched (and corrected) queries `Stats` lists.
@@ -467,6 +471,13 @@ pub async fn serve(
         )?)),
         None => None,
     };
+    let graph_outbox = match &primary {
+        Some(_) => None,
+        None => Some(Arc::new(graph_outbox::GraphOutbox::open(
+            store.graph_outbox_tree()?,
+            registry.registry(),
+        )?)),
+    };
     let model_differs = prometheus::IntGauge::new(
         "encoder_model_differs",
         "1 while the encoder serves another model than the one the catalog's vectors come \
@@ -500,6 +511,7 @@ pub async fn serve(
         events: tokio::sync::RwLock::new(()),
         replica: primary.is_some(),
         outbox: outbox.clone(),
+        graph_outbox,
     });
     if primary.is_none()
         && let Some(url) = args.restore_from.as_deref().map(str::trim)
@@ -563,6 +575,14 @@ pub async fn serve(
         ))),
         _ => None,
     };
+    let graph_drain = ready.graph_outbox.clone().map(|outbox| {
+        tokio::spawn(graph_outbox::drain(
+            outbox,
+            ready.graph.clone(),
+            ready.load_timeout,
+            stopped.clone(),
+        ))
+    });
     let watcher = tokio::spawn(watch_encoder(ready.clone(), stopped));
     let served = server.serve(listener, shutdown).await;
     // Stopped and awaited (it saves the last changes first), not aborted: an aborted task is
@@ -574,6 +594,9 @@ pub async fn serve(
         let _ = follower.await;
     }
     if let Some(drain) = drain {
+        let _ = drain.await;
+    }
+    if let Some(drain) = graph_drain {
         let _ = drain.await;
     }
     let _ = watcher.await;
@@ -960,17 +983,20 @@ async fn store_items(
 }
 
 /// Sends a stored batch's facts to the knowledge graph, with the facts its items dropped as
-/// removals, in one graph batch. The catalog is the truth: a graph that cannot take them is
-/// logged, not an error of the load. Returns how many facts the graph removed, or `None`.
+/// removals, in one graph batch; one the graph cannot take now waits in the graph outbox
+/// (sent in order when it answers). The catalog is the truth: a graph that is away is not an
+/// error of the load. Returns how many facts the graph removed, or `None` when queued.
 async fn sync_graph(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<u64> {
-    match ready
-        .graph
-        .change_facts(remove, add, ready.load_timeout)
+    let Some(outbox) = &ready.graph_outbox else {
+        return None;
+    };
+    match outbox
+        .send(&ready.graph, remove, add, ready.load_timeout)
         .await
     {
-        Ok(removed) => Some(removed),
+        Ok(sent) => sent,
         Err(error) => {
-            tracing::warn!(%error, "item facts did not reach the knowledge graph");
+            tracing::error!(%error, "item facts could not be sent nor queued for the graph");
             None
         }
     }

@@ -682,6 +682,15 @@ impl RankerStore {
         self.db.open_tree("outbox").map_err(internal)
     }
 
+    /// A primary's graph outbox (`crate::graph_outbox`): item fact batches the knowledge
+    /// graph has not taken yet. Like [`Self::outbox_tree`], never sent to replicas.
+    ///
+    /// # Errors
+    /// When the tree cannot be opened.
+    pub fn graph_outbox_tree(&self) -> Result<sled::Tree, RankError> {
+        self.db.open_tree("graph_outbox").map_err(internal)
+    }
+
     fn tree(&self, name: TreeName) -> &sled::Tree {
         match name {
             TreeName::Catalog => &self.catalog,

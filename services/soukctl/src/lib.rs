@@ -1044,9 +1044,10 @@ fn direction(text: &str) -> anyhow::Result<kg::Direction> {
 fn warn_unsynced(file: &Path, stored: u64, synced: u64) {
     if synced < stored {
         eprintln!(
-            "warning: {}: the facts of {} of the {stored} items stored wait for the knowledge \
-             graph (unreachable: see the ranker's log); the ranker sends them, in order, when \
-             it answers (metric souk_graph_outbox_batches)",
+            "warning: {}: the facts of {} of the {stored} items stored did not reach the \
+             knowledge graph: unreachable (the ranker keeps them and sends them, in order, \
+             when it answers: metric souk_graph_outbox_batches) or refused (see the ranker's \
+             log)",
             file.display(),
             stored - synced
         );

@@ -236,7 +236,9 @@ impl Item {
         item_entity(&self.id)
     }
 
-    /// Facts about the item for the knowledge graph: brand, category chain, attributes.
+    /// Facts about the item for the knowledge graph: brand, category chain, attributes. A
+    /// fact naming an entity over [`GRAPH_NAME_BYTES`] (a very long attribute value, a deep
+    /// category path) is left out: the graph would refuse the whole batch it came in.
     pub fn facts(&self) -> Vec<Fact> {
         let me = self.entity();
         let mut facts = Vec::new();
@@ -262,9 +264,15 @@ impl Item {
         for (k, v) in &self.attributes {
             facts.push((me.clone(), "attribute".into(), format!("attr:{k}={v}")));
         }
+        facts.retain(|(head, _, tail)| {
+            head.len() <= GRAPH_NAME_BYTES && tail.len() <= GRAPH_NAME_BYTES
+        });
         facts
     }
 }
+
+/// Longest entity name the knowledge graph takes, in bytes (`souk_kg_core::MAX_FIELD_BYTES`).
+pub const GRAPH_NAME_BYTES: usize = 1024;
 
 /// A knowledge-graph triple: (head, relation, tail).
 pub type Fact = (String, String, String);
@@ -621,6 +629,20 @@ mod tests {
             "attribute".into(),
             "attr:color=green".into()
         )));
+    }
+
+    #[test]
+    fn a_fact_the_graph_would_refuse_is_left_out() {
+        let mut long = item().validated().unwrap();
+        long.attributes.insert("notes".into(), "x".repeat(2_000));
+        let facts = long.facts();
+        assert!(
+            facts
+                .iter()
+                .all(|(_, _, tail)| !tail.starts_with("attr:notes="))
+        );
+        assert!(facts.iter().any(|(_, _, tail)| tail == "attr:color=green"));
+        assert_eq!(facts.len(), item().validated().unwrap().facts().len());
     }
 
     #[test]

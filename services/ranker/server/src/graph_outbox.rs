@@ -17,6 +17,7 @@ use souk_ranker_core::RankError;
 use souk_ranker_core::item::Fact;
 use tokio::sync::{Mutex, Notify, watch};
 
+use crate::outbox::unreachable;
 use crate::replica::Backoff;
 use crate::sources::GrpcGraph;
 
@@ -80,8 +81,10 @@ impl GraphOutbox {
     }
 
     /// Sends one stored batch's facts: at once when nothing waits (the number of removals
-    /// the graph made), else, or when the graph cannot take it, queued behind the others
-    /// (`None`; the drain sends it).
+    /// the graph made), else, or when the graph cannot be reached, queued behind the others
+    /// (`None`; the drain sends it). A batch the graph refuses (a fact it finds invalid, a
+    /// wrong admin token) is logged and dropped: sending it again would be refused again,
+    /// and it would hold up every batch behind it.
     ///
     /// # Errors
     /// When the batch cannot be queued (the store cannot be written).
@@ -99,8 +102,16 @@ impl GraphOutbox {
                 .await
             {
                 Ok(removed) => return Ok(Some(removed)),
-                Err(error) => {
-                    tracing::warn!(%error, "item facts did not reach the knowledge graph: queued");
+                Err(status) if !unreachable(&status) => {
+                    refused(&status);
+                    return Ok(None);
+                }
+                Err(status) => {
+                    tracing::warn!(
+                        code = ?status.code(),
+                        message = status.message(),
+                        "item facts did not reach the knowledge graph: queued"
+                    );
                 }
             }
         }
@@ -126,15 +137,21 @@ impl GraphOutbox {
     async fn flush(&self, graph: &GrpcGraph, timeout: Duration) -> Result<bool, RankError> {
         while let Some((key, value)) = self.tree.first().map_err(internal)? {
             match serde_json::from_slice::<Pending>(&value) {
-                Ok(pending) => {
-                    if let Err(error) = graph
-                        .change_facts(pending.remove, pending.add, timeout)
-                        .await
-                    {
-                        tracing::debug!(%error, waiting = self.len(), "knowledge graph still unreachable");
+                Ok(pending) => match graph
+                    .change_facts(pending.remove, pending.add, timeout)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(status) if !unreachable(&status) => refused(&status),
+                    Err(status) => {
+                        tracing::debug!(
+                            code = ?status.code(),
+                            waiting = self.len(),
+                            "knowledge graph still unreachable"
+                        );
                         return Ok(false);
                     }
-                }
+                },
                 Err(error) => {
                     tracing::error!(%error, "dropping a damaged graph outbox entry");
                 }
@@ -144,6 +161,15 @@ impl GraphOutbox {
         }
         Ok(true)
     }
+}
+
+/// Logs a batch the graph refused (it is not sent again).
+fn refused(status: &tonic::Status) {
+    tracing::error!(
+        code = ?status.code(),
+        message = status.message(),
+        "the knowledge graph refused a batch of item facts; it is dropped (the items are stored)"
+    );
 }
 
 fn key_number(key: &[u8]) -> u64 {

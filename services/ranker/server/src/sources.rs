@@ -312,13 +312,14 @@ impl GrpcGraph {
     /// `remove` the graph held (and removed).
     ///
     /// # Errors
-    /// When the graph is unreachable, refuses the batch or runs past `timeout`.
+    /// The graph's status when it is unreachable, refuses the batch or runs past `timeout`
+    /// (the caller tells a retry from a refusal by its code).
     pub async fn change_facts(
         &self,
         remove: Vec<Fact>,
         add: Vec<Fact>,
         timeout: Duration,
-    ) -> Result<u64, SourceError> {
+    ) -> Result<u64, tonic::Status> {
         if remove.is_empty() && add.is_empty() {
             return Ok(0);
         }
@@ -335,17 +336,16 @@ impl GrpcGraph {
         let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
         request.set_timeout(timeout);
         if let Some(token) = &self.admin_token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| SourceError("admin token is not a valid header value".into()))?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::failed_precondition("admin token is not a valid header value")
+            })?;
             request.metadata_mut().insert("authorization", value);
         }
         let applied = self
             .client
             .clone()
             .load_triples(request)
-            .await
-            .map_err(|s| failed("knowledge graph", &s))?
+            .await?
             .into_inner();
         Ok(applied.removed)
     }

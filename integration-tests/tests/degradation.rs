@@ -818,6 +818,19 @@ async fn item_facts_wait_for_a_graph_that_is_away() {
         let response = update(&ranker, color).await;
         assert_eq!((response.updated, response.graph_synced), (1, 0), "{color}");
     }
+    let waiting = async |ranker: &Running| -> u64 {
+        RankerClient::new(channel(&ranker.url()).await)
+            .stats(rk::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .graph_outbox
+    };
+    assert_eq!(
+        waiting(&ranker).await,
+        2,
+        "Stats shows the two batches waiting"
+    );
     // The queue outlives the ranker.
     ranker.stop().await.unwrap();
     let kg_url = format!("http://{kg_addr}");
@@ -847,6 +860,7 @@ async fn item_facts_wait_for_a_graph_that_is_away() {
     })
     .await;
     assert!(caught_up, "the graph lists {seen:?}");
+    assert!(soon(async || waiting(&ranker).await == 0).await);
     // With nothing queued, the next update goes straight through.
     let response = update(&ranker, "olive").await;
     assert_eq!(

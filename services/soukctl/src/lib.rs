@@ -1598,6 +1598,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+            if r.graph_outbox > 0 {
+                println!(
+                    "graph outbox: {} batches of item facts wait for the knowledge graph (unreachable); sent in order when it answers",
+                    r.graph_outbox
+                );
+            }
             println!(
                 "encoder model: {}",
                 match r.encoder.as_str() {

@@ -9,7 +9,7 @@
 //! souk_ranker::run(args, souk_shared::shutdown::signal()).await
 //! # }
 //! ```
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -1685,15 +1685,22 @@ impl pb::ranker_server::Ranker for RankerService {
                 return Err(Status::internal("an item was left without a vector"));
             }
             // What the graph says of these items now: the old versions' facts the new ones
-            // drop leave it in the same batch.
+            // drop leave it in the same batch. An id sent twice in a batch ends as its last
+            // row, so only that row's facts count.
             let (remove, add) = {
+                let mut seen = HashSet::new();
+                let last: Vec<&Item> = items
+                    .iter()
+                    .rev()
+                    .filter(|item| seen.insert(item.id.as_str()))
+                    .collect();
                 let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-                let remove: Vec<Fact> = items
+                let remove: Vec<Fact> = last
                     .iter()
                     .filter_map(|item| catalog.get(&item.id).map(|old| dropped_facts(old, item)))
                     .flatten()
                     .collect();
-                (remove, items.iter().flat_map(Item::facts).collect())
+                (remove, last.iter().flat_map(|item| item.facts()).collect())
             };
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;

@@ -542,3 +542,26 @@ pub async fn soon_within(seconds: u64, mut done: impl AsyncFnMut() -> bool) -> b
     }
     false
 }
+
+/// The entities `entity`'s out-edges of `relation` reach in the graph at `kg_url`, sorted
+/// (what the graph says of an item's attributes, brand or category).
+pub async fn out_edges(kg_url: &str, entity: &str, relation: &str) -> Vec<String> {
+    use souk_proto::kg::v1 as kg;
+    let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel(kg_url).await);
+    let mut found: Vec<String> = client
+        .neighbors(kg::NeighborsRequest {
+            entity: entity.into(),
+            relation: relation.into(),
+            direction: kg::Direction::Out as i32,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .neighbors
+        .into_iter()
+        .map(|n| n.entity)
+        .collect();
+    found.sort();
+    found
+}

@@ -662,23 +662,8 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         (response.graph_synced, response.graph_facts_removed),
         (2, 2)
     );
-    let mut attributes: Vec<String> = graph
-        .neighbors(kg::NeighborsRequest {
-            entity: "item:p00002".into(),
-            relation: "attribute".into(),
-            direction: kg::Direction::Out as i32,
-            limit: 50,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .neighbors
-        .into_iter()
-        .map(|n| n.entity)
-        .collect();
-    attributes.sort();
     assert_eq!(
-        attributes,
+        out_edges(&kg.url(), "item:p00002", "attribute").await,
         ["attr:color=crimson", "attr:warranty=two-years"]
     );
     let crimson = client
@@ -839,27 +824,11 @@ async fn item_facts_wait_for_a_graph_that_is_away() {
     let kg_url = format!("http://{kg_addr}");
     let ranker = start_ranker(&dir.path().join("ranker"), &encoder_url, &kg_url).await;
     let kg = start_kg_at(kg_addr, &dir.path().join("kg")).await;
-    let mut graph = KnowledgeGraphClient::new(channel(&kg.url()).await);
     let expected = ["attr:color=teal", "attr:connectivity=bluetooth"];
     let mut seen = Vec::new();
     let caught_up = soon_within(30, async || {
-        let mut attributes: Vec<String> = graph
-            .neighbors(kg::NeighborsRequest {
-                entity: "item:p00002".into(),
-                relation: "attribute".into(),
-                direction: kg::Direction::Out as i32,
-                limit: 50,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .neighbors
-            .into_iter()
-            .map(|n| n.entity)
-            .collect();
-        attributes.sort();
-        seen = attributes.clone();
-        attributes == expected
+        seen = out_edges(&kg.url(), "item:p00002", "attribute").await;
+        seen == expected
     })
     .await;
     assert!(caught_up, "the graph lists {seen:?}");

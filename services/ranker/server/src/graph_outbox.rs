@@ -37,6 +37,8 @@ struct Pending {
 pub(crate) struct GraphOutbox {
     tree: sled::Tree,
     next: AtomicU64,
+    /// Batches in `tree` (sled's own `len` scans the whole tree).
+    waiting: AtomicU64,
     /// Held while batches are sent or queued: one sender at a time keeps them in order.
     sending: Mutex<()>,
     /// Rung when a batch is queued.
@@ -61,7 +63,8 @@ impl GraphOutbox {
         registry
             .register(Box::new(gauge.clone()))
             .map_err(internal)?;
-        gauge.set(tree.len() as i64);
+        let waiting = tree.len() as u64;
+        gauge.set(waiting as i64);
         let next = match tree.last().map_err(internal)? {
             Some((key, _)) => key_number(&key) + 1,
             None => 0,
@@ -69,6 +72,7 @@ impl GraphOutbox {
         Ok(Self {
             tree,
             next: AtomicU64::new(next),
+            waiting: AtomicU64::new(waiting),
             sending: Mutex::new(()),
             queued: Notify::new(),
             gauge,
@@ -76,8 +80,8 @@ impl GraphOutbox {
     }
 
     /// Batches waiting for the graph.
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    pub fn len(&self) -> u64 {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Sends one stored batch's facts: at once when nothing waits (the number of removals
@@ -127,7 +131,8 @@ impl GraphOutbox {
             .insert(key.to_be_bytes(), value)
             .map_err(internal)?;
         self.tree.flush().map_err(internal)?;
-        self.gauge.set(self.tree.len() as i64);
+        let now = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+        self.gauge.set(now as i64);
         self.queued.notify_one();
         Ok(())
     }
@@ -157,7 +162,11 @@ impl GraphOutbox {
                 }
             }
             self.tree.remove(&key).map_err(internal)?;
-            self.gauge.set(self.tree.len() as i64);
+            let now = self
+                .waiting
+                .fetch_sub(1, Ordering::AcqRel)
+                .saturating_sub(1);
+            self.gauge.set(now as i64);
         }
         Ok(true)
     }

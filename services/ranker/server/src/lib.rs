@@ -2063,7 +2063,7 @@ impl pb::ranker_server::Ranker for RankerService {
             replica_resumes,
             replica_refused: self.replica.refused().unwrap_or_default(),
             outbox: ready.outbox.as_ref().map_or(0, |o| o.events()),
-            graph_outbox: ready.graph_outbox.as_ref().map_or(0, |o| o.len() as u64),
+            graph_outbox: ready.graph_outbox.as_ref().map_or(0, |o| o.len()),
             history: history.map(|h| format!("{h:016x}")).unwrap_or_default(),
             history_write,
         }))

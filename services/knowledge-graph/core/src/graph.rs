@@ -288,14 +288,9 @@ impl Graph {
         Ok(())
     }
 
-    /// What inserting `triples` would change: [`Graph::plan_change`] with no removal.
+    /// What inserting `triples` would change: [`Graph::plan_edit`] with no removal.
     pub fn plan(&self, triples: &[Triple]) -> Change {
-        self.plan_change(&[], triples)
-    }
-
-    /// [`Graph::plan_edit`] with no entity cleared.
-    pub fn plan_change(&self, remove: &[Triple], insert: &[Triple]) -> Change {
-        self.plan_edit(remove, &[], insert)
+        self.plan_edit(&[], &[], triples)
     }
 
     /// What one batch would change, without changing anything: the `remove` triples and
@@ -386,12 +381,7 @@ impl Graph {
 
     /// Inserts triples directly (no store): plans, then applies.
     pub fn insert(&mut self, triples: &[Triple]) -> Change {
-        self.change(&[], triples)
-    }
-
-    /// Removes, then inserts, directly (no store): plans, then applies.
-    pub fn change(&mut self, remove: &[Triple], insert: &[Triple]) -> Change {
-        self.edit(remove, &[], insert)
+        self.edit(&[], &[], triples)
     }
 
     /// Removes triples and clears entities, then inserts, directly (no store).
@@ -922,13 +912,14 @@ mod tests {
     fn a_removed_triple_is_gone_from_neighbours_paths_and_degrees() {
         let mut g = shop();
         let before = g.entity_count();
-        let change = g.change(
+        let change = g.edit(
             &[
                 t("item:tent", "brand", "brand:acme"),
                 t("item:tent", "brand", "brand:acme"),
                 t("item:tent", "brand", "brand:nobody"),
                 t("item:ghost", "brand", "brand:acme"),
             ],
+            &[],
             &[],
         );
         assert_eq!(
@@ -968,7 +959,7 @@ mod tests {
         );
         // Removing again finds nothing; inserting brings the edge back.
         assert_eq!(
-            g.change(&[t("item:tent", "brand", "brand:acme")], &[])
+            g.edit(&[t("item:tent", "brand", "brand:acme")], &[], &[])
                 .absent,
             1
         );
@@ -1019,8 +1010,9 @@ mod tests {
     fn a_batch_that_removes_and_adds_a_triple_keeps_it() {
         let mut g = shop();
         let same = t("item:tent", "brand", "brand:acme");
-        let change = g.change(
+        let change = g.edit(
             std::slice::from_ref(&same),
+            &[],
             &[same.clone(), t("item:tent", "color", "color:green")],
         );
         assert_eq!(change.removed.len(), 1);
@@ -1068,7 +1060,7 @@ mod tests {
             .map(|(_, t)| t.clone())
             .chain([last])
             .collect();
-        g.change(&remove, &[]);
+        g.edit(&remove, &[], &[]);
         assert_eq!(g.dead == 0, compacted, "{items} items");
         // Added back: it goes to the end of the insertion order.
         let back = remove[1].clone();

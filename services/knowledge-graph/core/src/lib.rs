@@ -120,7 +120,7 @@ impl Change {
 /// Persistence of the graph. Implementations assign dense ids (0, 1, 2, ...) to entities and
 /// relations in insertion order, so the in-memory [`Graph`] can mirror them by index.
 pub trait TripleStore: Send + Sync {
-    /// Persists a plan made by [`Graph::plan_change`] atomically and durably: after a crash
+    /// Persists a plan made by [`Graph::plan_edit`] atomically and durably: after a crash
     /// either all of it is there or none. (The plan already left out triples that exist and
     /// removals of triples that do not, so loading twice is idempotent without the store
     /// reading anything.)

@@ -256,13 +256,19 @@ fn triples_of(batch: Vec<pb::Triple>, what: &str, batch_no: u64) -> Result<Vec<T
                 relation: t.relation,
                 tail: t.tail,
             };
-            triple.validate().map(|()| triple).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "batch {batch_no}, {what} {i}: {e}; this batch was not applied, {batch_no} earlier batches were"
-                ))
-            })
+            triple
+                .validate()
+                .map(|()| triple)
+                .map_err(|e| refused_in_batch(batch_no, what, i, e))
         })
         .collect()
+}
+
+/// A batch refused for its `i`-th `what`; the stream's earlier batches stay applied.
+fn refused_in_batch(batch_no: u64, what: &str, i: usize, error: KgError) -> Status {
+    Status::invalid_argument(format!(
+        "batch {batch_no}, {what} {i}: {error}; this batch was not applied, {batch_no} earlier batches were"
+    ))
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::TrainProgress, Status>> + Send>>;
@@ -282,11 +288,8 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             let remove = triples_of(message.remove, "removal", batch_no)?;
             let clear = message.remove_entities;
             for (i, entity) in clear.iter().enumerate() {
-                souk_kg_core::validate_field("entity", entity).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "batch {batch_no}, entity to remove {i}: {e}; this batch was not applied, {batch_no} earlier batches were"
-                    ))
-                })?;
+                souk_kg_core::validate_field("entity", entity)
+                    .map_err(|e| refused_in_batch(batch_no, "entity to remove", i, e))?;
             }
             let triples = triples_of(message.triples, "triple", batch_no)?;
             let received = triples.len() as u64;

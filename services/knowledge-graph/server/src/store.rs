@@ -298,22 +298,17 @@ struct Replay {
 impl Replay {
     fn new(triples: Vec<(u32, u32, u32)>, watched: HashSet<(u32, u32, u32)>) -> Self {
         let mut replay = Self {
-            triples: Vec::new(),
+            triples,
             removed: Vec::new(),
             watched,
             at: HashMap::new(),
         };
-        replay.watch_from(0, triples);
+        replay.watch_from(0);
         replay
     }
 
-    /// Appends `triples` (starting at index `first`), indexing the watched ones.
-    fn watch_from(&mut self, first: usize, triples: Vec<(u32, u32, u32)>) {
-        if self.triples.is_empty() {
-            self.triples = triples;
-        } else {
-            self.triples.extend(triples);
-        }
+    /// Indexes the watched triples from position `first` on (those just appended).
+    fn watch_from(&mut self, first: usize) {
         if self.watched.is_empty() {
             return;
         }
@@ -344,9 +339,8 @@ impl Replay {
             }
         }
         let first = self.triples.len();
-        let mut added = Vec::new();
-        decode_record(bytes, entities, relations, &mut added)?;
-        self.watch_from(first, added);
+        decode_record(bytes, entities, relations, &mut self.triples)?;
+        self.watch_from(first);
         Ok(())
     }
 
@@ -477,7 +471,7 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             let mut graph = Graph::default();
             let mut apply = |remove: &[Triple], insert: &[Triple]| {
-                let plan = graph.plan_change(remove, insert);
+                let plan = graph.plan_edit(remove, &[], insert);
                 store.persist(&plan).unwrap();
                 graph.apply(&plan).unwrap();
                 plan

@@ -17,7 +17,7 @@ use souk_ranker_core::RankError;
 use souk_ranker_core::item::Fact;
 use tokio::sync::{Mutex, Notify, watch};
 
-use crate::outbox::unreachable;
+use crate::outbox::{next_key, unreachable};
 use crate::replica::Backoff;
 use crate::sources::GrpcGraph;
 
@@ -65,10 +65,7 @@ impl GraphOutbox {
             .map_err(internal)?;
         let waiting = tree.len() as u64;
         gauge.set(waiting as i64);
-        let next = match tree.last().map_err(internal)? {
-            Some((key, _)) => key_number(&key) + 1,
-            None => 0,
-        };
+        let next = next_key(&tree).map_err(internal)?;
         Ok(Self {
             tree,
             next: AtomicU64::new(next),
@@ -179,10 +176,6 @@ fn refused(status: &tonic::Status) {
         message = status.message(),
         "the knowledge graph refused a batch of item facts; it is dropped (the items are stored)"
     );
-}
-
-fn key_number(key: &[u8]) -> u64 {
-    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 /// Sends what the outbox holds whenever something is queued, retrying with a back-off while

@@ -982,6 +982,32 @@ async fn store_items(
     .await
 }
 
+/// A load's batch refused for its `i`-th `what`; the stream's earlier batches stay stored.
+fn refused_in_batch(batch: u64, what: &str, i: usize, error: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!(
+        "batch {batch}, {what} {i}: {error}; this batch was not stored, {batch} earlier batches were"
+    ))
+}
+
+/// The graph batch for `items` about to be stored (ids distinct): as removals, the facts
+/// their versions in the catalog state and they drop (a recoloured item's old colour); to
+/// add, all their facts. Read before the store, from the catalog (under `writing`, as the
+/// store holds them).
+fn graph_change<'a>(
+    ready: &Ready,
+    items: impl IntoIterator<Item = &'a Item>,
+) -> Result<(Vec<Fact>, Vec<Fact>), Status> {
+    let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+    let (mut remove, mut add) = (Vec::new(), Vec::new());
+    for item in items {
+        if let Some(old) = catalog.get(&item.id) {
+            remove.extend(dropped_facts(old, item));
+        }
+        add.extend(item.facts());
+    }
+    Ok((remove, add))
+}
+
 /// Sends a stored batch's facts to the knowledge graph, with the facts its items dropped as
 /// removals, in one graph batch; one the graph cannot take now waits in the graph outbox
 /// (sent in order when it answers). The catalog is the truth: a graph that is away is not an
@@ -1590,11 +1616,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    item_from_pb(item).map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "batch {batch_no}, item {i}: {e}; this batch was not stored, {batch_no} earlier batches were"
-                        ))
-                    })
+                    item_from_pb(item).map_err(|e| refused_in_batch(batch_no, "item", i, e))
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
             batch_no += 1;
@@ -1684,9 +1706,7 @@ impl pb::ranker_server::Ranker for RankerService {
             if vectors.len() != items.len() {
                 return Err(Status::internal("an item was left without a vector"));
             }
-            // What the graph says of these items now: the old versions' facts the new ones
-            // drop leave it in the same batch. An id sent twice in a batch ends as its last
-            // row, so only that row's facts count.
+            // An id sent twice in a batch ends as its last row, so only that row's facts count.
             let (remove, add) = {
                 let mut seen = HashSet::new();
                 let last: Vec<&Item> = items
@@ -1694,13 +1714,7 @@ impl pb::ranker_server::Ranker for RankerService {
                     .rev()
                     .filter(|item| seen.insert(item.id.as_str()))
                     .collect();
-                let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-                let remove: Vec<Fact> = last
-                    .iter()
-                    .filter_map(|item| catalog.get(&item.id).map(|old| dropped_facts(old, item)))
-                    .flatten()
-                    .collect();
-                (remove, last.iter().flat_map(|item| item.facts()).collect())
+                graph_change(&ready, last)?
             };
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;
@@ -1731,11 +1745,7 @@ impl pb::ranker_server::Ranker for RankerService {
             let updates = message?.updates;
             let batch = batch_no;
             batch_no += 1;
-            let bad = |i: usize, e: RankError| {
-                Status::invalid_argument(format!(
-                    "batch {batch}, update {i}: {e}; this batch was not stored, {batch} earlier batches were"
-                ))
-            };
+            let bad = |i: usize, e: RankError| refused_in_batch(batch, "update", i, e);
             for (i, update) in updates.iter().enumerate() {
                 validate_id(&update.id).map_err(|e| bad(i, e))?;
             }
@@ -1746,17 +1756,12 @@ impl pb::ranker_server::Ranker for RankerService {
                 blocking(&ready, move |ready| ready.store.items_with_vectors(&ids)).await?;
             // Several updates of one id apply in order, to one item.
             let mut changed: Vec<(Item, Vec<f32>)> = Vec::new();
-            // The stored version of each item in `changed`, in the same order.
-            let mut before: Vec<Item> = Vec::new();
             let mut at: HashMap<String, usize> = HashMap::new();
             for (i, (update, stored)) in updates.into_iter().zip(stored).enumerate() {
                 let (item, vector) = match at.get(&update.id) {
                     Some(&j) => changed[j].clone(),
                     None => match stored {
-                        Some(found) => {
-                            before.push(found.0.clone());
-                            found
-                        }
+                        Some(found) => found,
                         None => {
                             response.unknown += 1;
                             if response.unknown_ids.len() < MAX_UNKNOWN_IDS {
@@ -1780,13 +1785,8 @@ impl pb::ranker_server::Ranker for RankerService {
             if changed.is_empty() {
                 continue;
             }
-            // Each item's first stored version against its last update in this batch.
-            let remove: Vec<Fact> = before
-                .iter()
-                .zip(&changed)
-                .flat_map(|(old, (new, _))| dropped_facts(old, new))
-                .collect();
-            let add: Vec<Fact> = changed.iter().flat_map(|(item, _)| item.facts()).collect();
+            // Each item as stored against its last update in this batch.
+            let (remove, add) = graph_change(&ready, changed.iter().map(|(item, _)| item))?;
             let count = changed.len() as u64;
             store_items(&ready, changed, None).await?;
             drop(editing);

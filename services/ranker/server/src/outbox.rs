@@ -77,10 +77,7 @@ impl Outbox {
                 .map_or(0, |m| m.interactions.len() as u64);
         }
         gauge.set(events as i64);
-        let next = match tree.last().map_err(internal)? {
-            Some((key, _)) => key_number(&key) + 1,
-            None => 0,
-        };
+        let next = next_key(&tree).map_err(internal)?;
         Ok(Self {
             tree,
             next: AtomicU64::new(next),
@@ -137,6 +134,12 @@ impl Outbox {
         self.gauge.set(now as i64);
         Ok(())
     }
+}
+
+/// The number after the last key of a queue `tree` keyed by big-endian numbers (0 when
+/// empty): where the next message goes (this outbox and the graph's).
+pub(crate) fn next_key(tree: &sled::Tree) -> sled::Result<u64> {
+    Ok(tree.last()?.map_or(0, |(key, _)| key_number(&key) + 1))
 }
 
 fn key_number(key: &[u8]) -> u64 {

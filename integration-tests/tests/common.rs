@@ -178,6 +178,7 @@ async fn start_kg_on(listener: TcpListener, data_dir: &Path, admin_token: Option
         listen: listener.local_addr().unwrap(),
         data_dir: data_dir.to_path_buf(),
         server: server_args(admin_token),
+        compact_into: None,
     };
     let running = spawn(listener, move |l, stop| {
         souk_kg::serve(l, args, async move {

@@ -21,6 +21,17 @@ fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
     }
 }
 
+/// The graph's `Stats`.
+async fn kg_stats(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+) -> kg::StatsResponse {
+    client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
@@ -41,21 +52,13 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
             .unwrap();
     assert_eq!(first.unwrap().inserted, lines);
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    let stats = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = kg_stats(&mut client).await;
     let (_, second) =
         soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
             .await
             .unwrap();
     assert_eq!(second.unwrap().inserted, 0, "second load adds nothing");
-    let again = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let again = kg_stats(&mut client).await;
     assert_eq!(
         (again.entities, again.relations, again.triples),
         (stats.entities, stats.relations, stats.triples)
@@ -72,11 +75,7 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
     ]);
     let status = client.load_triples(stream).await.unwrap_err();
     assert_invalid(&status, "batch 1, triple 1: relation is empty");
-    let after_bad = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let after_bad = kg_stats(&mut client).await;
     assert_eq!(after_bad.triples, lines + 1);
     let missing = client
         .neighbors(kg::NeighborsRequest {
@@ -95,11 +94,7 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
     server.stop().await.unwrap();
     let server = start_kg(dir.path(), None).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    let reopened = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let reopened = kg_stats(&mut client).await;
     assert_eq!(
         reopened.triples,
         lines + 1,
@@ -311,11 +306,7 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
         progress[0].loss,
         progress[59].loss
     );
-    let stats = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = kg_stats(&mut client).await;
     assert_eq!(stats.embedding_model, kg::EmbeddingModel::Rotate as i32);
 
     // Known links: for every item, where does its stored brand rank among predicted tails?
@@ -439,6 +430,98 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
     let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
     assert_eq!(after.embeddings[0].values, before.embeddings[0].values);
     assert_eq!(after.model, kg::EmbeddingModel::Rotate as i32);
+
+    // A discontinued brand, cleared after training, is out of every answer: its trained row
+    // would otherwise still be predicted for items and listed as similar to other brands.
+    let (item, gone) = brands[0];
+    let other_brand = brands.iter().map(|(_, b)| *b).find(|b| *b != gone).unwrap();
+    let stats_before = kg_stats(&mut client).await;
+    assert_eq!(stats_before.entities_without_triples, 0);
+    let cleared = soukctl::clear_entities(channel(&server.url()).await, vec![gone.into()], &None)
+        .await
+        .unwrap();
+    assert!(cleared.removed > 0);
+    let all_brands = |head: &str, relation: &str| kg::PredictLinksRequest {
+        head: head.into(),
+        relation: relation.into(),
+        limit: 1_000,
+        ..Default::default()
+    };
+    let answers_without_it = |client: KnowledgeGraphClient<_>| async move {
+        let mut client: KnowledgeGraphClient<tonic::transport::Channel> = client;
+        let predicted = client
+            .predict_links(all_brands(item, "brand"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!predicted.entities.is_empty());
+        assert!(
+            predicted.entities.iter().all(|e| e.entity != gone),
+            "a cleared brand is predicted for {item}"
+        );
+        let similar = client
+            .similar_entities(kg::SimilarEntitiesRequest {
+                entity: other_brand.into(),
+                limit: 1_000,
+                prefix: "brand:".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!similar.entities.is_empty());
+        assert!(similar.entities.iter().all(|e| e.entity != gone));
+        let asked = client
+            .similar_entities(kg::SimilarEntitiesRequest {
+                entity: gone.into(),
+                limit: 5,
+                prefix: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(asked.code(), Code::NotFound);
+        assert!(asked.message().contains("no triples left"), "{asked:?}");
+        let rows = client
+            .entity_embeddings(kg::EntityEmbeddingsRequest {
+                entities: vec![gone.into(), other_brand.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rows.missing, [gone]);
+        assert_eq!(rows.embeddings.len(), 1);
+        let stats = kg_stats(&mut client).await;
+        assert_eq!(
+            (stats.entities, stats.entities_without_triples),
+            (stats_before.entities - 1, 1)
+        );
+        client
+    };
+    let client = answers_without_it(client).await;
+    drop(client);
+    server.stop().await.unwrap();
+    // The store replays to the same graph: the brand is still out after a restart.
+    let server = start_kg(dir.path(), None).await;
+    let client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    let mut client = answers_without_it(client).await;
+
+    // Loading a triple that names it brings it back, with its trained row.
+    client
+        .load_triples(futures::stream::iter(vec![batch(vec![triple(
+            item, "brand", gone,
+        )])]))
+        .await
+        .unwrap();
+    let predicted = client
+        .predict_links(all_brands(item, "brand"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(predicted.entities.iter().any(|e| e.entity == gone));
+    let stats = kg_stats(&mut client).await;
+    assert_eq!(
+        (stats.entities, stats.entities_without_triples),
+        (stats_before.entities, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -453,14 +536,8 @@ async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     let attributes =
         async |server: &Running| out_edges(&server.url(), "item:p00001", "attribute").await;
-    let count = async |client: &mut KnowledgeGraphClient<_>| -> u64 {
-        client
-            .stats(kg::StatsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .triples
-    };
+    let count =
+        async |client: &mut KnowledgeGraphClient<_>| -> u64 { kg_stats(client).await.triples };
     assert_eq!(
         attributes(&server).await,
         ["attr:color=navy", "attr:connectivity=bluetooth"]
@@ -586,4 +663,183 @@ async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
         &status,
         "batch 0, entity to remove 0: entity contains a control character",
     );
+}
+
+/// Every colour's items, in the order the graph lists them.
+async fn colour_lists(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+) -> Vec<Vec<String>> {
+    let mut lists = Vec::new();
+    for c in 0..7 {
+        let found = client
+            .neighbors(kg::NeighborsRequest {
+                entity: format!("color:{c}"),
+                relation: "color".into(),
+                direction: kg::Direction::In as i32,
+                limit: 10_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        lists.push(found.neighbors.into_iter().map(|n| n.entity).collect());
+    }
+    lists
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    let items = 10_000;
+    let colour = |i: usize, round: usize| format!("color:{}", (i + round) % 7);
+    let facts = |i: usize| {
+        let item = format!("item:{i}");
+        vec![
+            triple(&item, "color", &colour(i, 0)),
+            triple(&item, "brand", &format!("brand:{}", i % 13)),
+        ]
+    };
+    let load: Vec<_> = (0..items)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|ids| batch(ids.iter().flat_map(|&i| facts(i)).collect()))
+        .collect();
+    client
+        .load_triples(futures::stream::iter(load))
+        .await
+        .unwrap();
+    // A feed recolours 5,000 items, 1,000 a batch; a brand is discontinued.
+    let mut edits: Vec<_> = (0..5)
+        .map(|b| {
+            let ids = b * 1_000..(b + 1) * 1_000;
+            kg::LoadTriplesRequest {
+                remove: ids
+                    .clone()
+                    .map(|i| triple(&format!("item:{i}"), "color", &colour(i, 0)))
+                    .collect(),
+                triples: ids
+                    .map(|i| triple(&format!("item:{i}"), "color", &colour(i, 1)))
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    edits.push(kg::LoadTriplesRequest {
+        remove_entities: vec!["brand:12".into()],
+        ..Default::default()
+    });
+    let done = client
+        .load_triples(futures::stream::iter(edits))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.removed,
+        5_000 + 769,
+        "recoloured, and brand 12's items"
+    );
+    let mut progress = client
+        .train_embeddings(kg::TrainEmbeddingsRequest {
+            model: kg::EmbeddingModel::Transe as i32,
+            dim: 8,
+            epochs: 2,
+            seed: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while progress.message().await.unwrap().is_some() {}
+    let lookup = kg::EntityEmbeddingsRequest {
+        entities: vec!["item:42".into(), "brand:3".into()],
+    };
+    let rows = client
+        .entity_embeddings(lookup.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rows.embeddings.len(), 2);
+    let lists = colour_lists(&mut client).await;
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), items);
+    let stats = kg_stats(&mut client).await;
+    assert_eq!(stats.entities_without_triples, 1, "brand 12");
+    drop(client);
+    server.stop().await.unwrap();
+
+    // `souk-kg --data-dir DIR --compact-into NEW`.
+    let into = tempfile::tempdir().unwrap();
+    let compact = |into: std::path::PathBuf| souk_kg::KgArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        server: server_args(None),
+        compact_into: Some(into),
+    };
+    souk_kg::run(compact(into.path().to_path_buf()), std::future::pending())
+        .await
+        .unwrap();
+    let again = souk_kg::run(compact(into.path().to_path_buf()), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        again.to_string().contains("already holds a store"),
+        "{again}"
+    );
+    {
+        let store = souk_kg::store::SledStore::open(into.path()).unwrap();
+        let (plain, removing) = store.log_records().unwrap();
+        assert_eq!(removing, 0, "{plain} plain records and no removal record");
+        let old = souk_kg::store::SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            old.log_records().unwrap().1,
+            6,
+            "the old store is left as it was"
+        );
+    }
+    let server = start_kg(into.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    assert_eq!(
+        colour_lists(&mut client).await,
+        lists,
+        "the compacted store lists the same items in the same order"
+    );
+    let compacted = kg_stats(&mut client).await;
+    assert_eq!(
+        (
+            compacted.entities,
+            compacted.entities_without_triples,
+            compacted.relations,
+            compacted.triples,
+            compacted.embedding_model
+        ),
+        (
+            stats.entities,
+            stats.entities_without_triples,
+            stats.relations,
+            stats.triples,
+            kg::EmbeddingModel::Transe as i32
+        )
+    );
+    let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
+    assert_eq!(
+        after.embeddings, rows.embeddings,
+        "ids and trained rows unchanged"
+    );
+    // Loads and removals go on in the new store and survive a restart.
+    let one_more = kg::LoadTriplesRequest {
+        remove: vec![triple("item:0", "color", &colour(0, 1))],
+        triples: vec![triple("item:0", "color", &colour(0, 2))],
+        ..Default::default()
+    };
+    client
+        .load_triples(futures::stream::iter(vec![one_more]))
+        .await
+        .unwrap();
+    let after = colour_lists(&mut client).await;
+    assert_eq!(after[2].first().map(String::as_str), Some("item:0"));
+    drop(client);
+    server.stop().await.unwrap();
+    let server = start_kg(into.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    assert_eq!(colour_lists(&mut client).await, after);
 }

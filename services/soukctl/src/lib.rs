@@ -182,8 +182,9 @@ pub enum KgCommand {
         #[arg(long, value_enum)]
         format: Option<TripleFormat>,
     },
-    /// Remove the triples listed in TSV, CSV or N-Triples files (an entity stays; one left
-    /// without edges has no neighbours). Each batch is removed atomically.
+    /// Remove the triples listed in TSV, CSV or N-Triples files (an entity left without
+    /// triples is out of every answer; a triple naming it brings it back). Each batch is
+    /// removed atomically.
     Delete {
         files: Vec<PathBuf>,
         /// Also remove every edge of this entity, either direction (repeat the flag); all
@@ -1661,8 +1662,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 connect(&ep.kg, "knowledge graph").await?,
             );
             let g = graph.stats(kg::StatsRequest {}).await?.into_inner();
+            let isolated = if g.entities_without_triples > 0 {
+                format!(
+                    " (and {} named earlier whose triples were all removed)",
+                    g.entities_without_triples
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "graph: {} entities, {} relations, {} triples, {} bytes on disk",
+                "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk",
                 g.entities, g.relations, g.triples, g.store_bytes
             );
         }

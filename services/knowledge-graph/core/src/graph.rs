@@ -116,6 +116,9 @@ pub struct Graph {
     /// Edges touching each entity, both directions (petgraph counts them by walking a list:
     /// at a 10k-edge category that walk cost more than the path search's own work).
     degrees: Vec<u32>,
+    /// Entities whose degree is 0: named (their ids stay, trained embeddings index by them)
+    /// but no longer in the graph once their last triple is removed.
+    isolated: usize,
     names: Vec<String>,
     index: HashMap<String, u32>,
     relations: Vec<String>,
@@ -170,6 +173,7 @@ impl Graph {
             graph,
             dead: 0,
             degrees: vec![0; snapshot.entities.len()],
+            isolated: snapshot.entities.len(),
             names: snapshot.entities,
             index,
             relations: snapshot.relations,
@@ -190,8 +194,13 @@ impl Graph {
     fn link(&mut self, h: u32, rel: u32, t: u32) {
         self.graph
             .add_edge(NodeIndex::new(h as usize), NodeIndex::new(t as usize), rel);
-        self.degrees[h as usize] += 1;
-        self.degrees[t as usize] += 1;
+        for end in [h, t] {
+            let degree = &mut self.degrees[end as usize];
+            if *degree == 0 {
+                self.isolated -= 1;
+            }
+            *degree += 1;
+        }
     }
 
     /// Tombstones the edge `h -rel-> t`, if there is one, and uncounts it from both ends'
@@ -202,8 +211,13 @@ impl Graph {
         };
         self.graph[edge] = DEAD;
         self.dead += 1;
-        self.degrees[h as usize] -= 1;
-        self.degrees[t as usize] -= 1;
+        for end in [h, t] {
+            let degree = &mut self.degrees[end as usize];
+            *degree -= 1;
+            if *degree == 0 {
+                self.isolated += 1;
+            }
+        }
         true
     }
 
@@ -262,6 +276,7 @@ impl Graph {
             }
             self.graph.add_node(());
             self.degrees.push(0);
+            self.isolated += 1;
             self.index.insert(name.clone(), *id);
             self.names.push(name.clone());
         }
@@ -404,8 +419,22 @@ impl Graph {
         self.relation_index.get(name).copied()
     }
 
+    /// Every entity ever named, including those whose triples were all removed (their ids
+    /// stay: the store and trained embeddings index by them).
     pub fn entity_count(&self) -> usize {
         self.names.len()
+    }
+
+    /// Entities with no edge left: named, but listed by no query (see [`Graph::has_edges`]).
+    pub fn isolated_count(&self) -> usize {
+        self.isolated
+    }
+
+    /// Whether `id` is still in the graph: it touches at least one triple. An entity whose
+    /// triples were all removed (a discontinued brand, an old colour) keeps its id and name
+    /// but is no answer to a similarity or link prediction.
+    pub fn has_edges(&self, id: u32) -> bool {
+        self.degree(id) > 0
     }
 
     pub fn relation_count(&self) -> usize {
@@ -461,6 +490,16 @@ impl Graph {
             .flatten()
             .chain(incoming.into_iter().flatten())
             .filter(move |&(_, r, _)| r != DEAD && relation.is_none_or(|want| want == r))
+    }
+
+    /// What a store would hold for this graph: every name (with its id as position) and the
+    /// live triples in insertion order, the order a replay of the store gives.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            entities: self.names.clone(),
+            relations: self.relations.clone(),
+            triples: self.triples().collect(),
+        }
     }
 
     /// Every triple as ids, for training and export.
@@ -1004,6 +1043,23 @@ mod tests {
             .map(|n| n.entity)
             .collect();
         assert_eq!(left, ["item:stove"], "other entities keep their edges");
+        assert!(!g.has_edges(tent) && !g.has_edges(pegs));
+        assert_eq!(g.isolated_count(), 2, "the tent and its pegs; names stay");
+        assert_eq!(g.entity_count(), 7);
+
+        // A restart (a snapshot of what is left) counts the same entities out.
+        let rebuilt = Graph::from_snapshot(g.snapshot()).unwrap();
+        assert_eq!(rebuilt.isolated_count(), 2);
+
+        // Back in the graph with a new edge; a self-loop counts its entity once.
+        g.insert(&[
+            t("item:pegs", "accessory_of", "item:tent"),
+            t("item:loop", "same_as", "item:loop"),
+        ]);
+        assert_eq!(g.isolated_count(), 0);
+        g.edit(&[], &["item:loop".into()], &[]);
+        assert_eq!(g.isolated_count(), 1);
+        assert!(!g.has_edges(g.entity_id("item:loop").unwrap()));
     }
 
     #[test]

@@ -48,16 +48,46 @@ pub struct KgArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub server: ServerArgs,
+    /// Instead of serving: write the graph of `--data-dir` into a new store at this directory,
+    /// without the triples removed over time (names, ids and trained embeddings unchanged),
+    /// and exit. Stop the service first; start it on the new directory after.
+    #[arg(long, value_name = "DIR")]
+    pub compact_into: Option<PathBuf>,
 }
 
-/// Binds `args.listen` and serves until `shutdown`.
+/// Binds `args.listen` and serves until `shutdown` (or, with `--compact-into`, compacts the
+/// store and returns).
 ///
 /// # Errors
 /// When the address cannot be bound, the store cannot be opened or the server fails.
 pub async fn run(args: KgArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Some(into) = args.compact_into {
+        let from = args.data_dir;
+        return tokio::task::spawn_blocking(move || compact(&from, &into)).await?;
+    }
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "knowledge graph listening");
     serve(listener, args, shutdown).await
+}
+
+/// Writes the store at `from` into a new one at `into` without its removed triples.
+fn compact(from: &std::path::Path, into: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let store = SledStore::open(from)?;
+    let before = store.size_on_disk();
+    let done = store.compact_into(into)?;
+    tracing::info!(
+        from = %from.display(),
+        into = %into.display(),
+        triples = done.triples,
+        removed = done.removed,
+        records = done.records,
+        bytes_before = before,
+        bytes_after = done.bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store compacted; start the service on the new directory"
+    );
+    Ok(())
 }
 
 /// Serves on `listener`; health turns SERVING once the store is open and the graph rebuilt.
@@ -94,6 +124,15 @@ pub async fn serve(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "graph rebuilt from the store"
         );
+        let (removed, due) = store.removed_in_log(graph.triple_count() as u64);
+        if due {
+            tracing::warn!(
+                removed,
+                "the store's log still holds {removed} removed triples, which every start \
+                 replays; `souk-kg --data-dir DIR --compact-into NEW_DIR` (service stopped) \
+                 writes a store without them"
+            );
+        }
         Ok(Loaded {
             store,
             graph: RwLock::new(graph),
@@ -429,8 +468,11 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             ..Default::default()
         };
         for entity in request.entities {
+            // An entity whose triples were all removed is no longer in the graph: its old
+            // row would score a discontinued brand or a deleted item as if it were there.
             match graph
                 .entity_id(&entity)
+                .filter(|&id| graph.has_edges(id))
                 .and_then(|id| served.embeddings.entity(id))
             {
                 Some(row) => response.embeddings.push(pb::EntityEmbedding {
@@ -463,7 +505,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 .chunks_exact(width)
                 .zip(&served.norms)
                 .enumerate()
-                .filter(|&(other, _)| other as u32 != id)
+                .filter(|&(other, _)| other as u32 != id && graph.has_edges(other as u32))
                 .filter(|&(other, _)| {
                     request.prefix.is_empty()
                         || graph
@@ -533,7 +575,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 .into_iter()
                 .enumerate()
                 .map(|(id, s)| (id as u32, s))
-                .filter(|(id, _)| !exclude.contains(id));
+                .filter(|(id, _)| graph.has_edges(*id) && !exclude.contains(id));
             Ok(named_top(&graph, scored, limit))
         })
         .await
@@ -636,16 +678,18 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
         let loaded = self.loaded()?;
         // Counts come from the in-memory mirror, which takes a batch only after the store has
         // flushed it: Stats never reports a batch that a crash could still lose.
-        let (entities, relations, triples) = {
+        let (entities, isolated, relations, triples) = {
             let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
             (
                 graph.entity_count() as u64,
+                graph.isolated_count() as u64,
                 graph.relation_count() as u64,
                 graph.triple_count() as u64,
             )
         };
         Ok(Response::new(pb::StatsResponse {
-            entities,
+            entities: entities.saturating_sub(isolated),
+            entities_without_triples: isolated,
             relations,
             triples,
             store_bytes: loaded.store.size_on_disk(),
@@ -689,10 +733,19 @@ fn served(loaded: &Loaded) -> Result<Arc<Served>, Status> {
         })
 }
 
+/// The id of an entity still in the graph: `NotFound` for a name never loaded and for one
+/// whose triples were all removed.
 fn known_entity(graph: &Graph, name: &str) -> Result<u32, Status> {
-    graph
+    let id = graph
         .entity_id(name)
-        .ok_or_else(|| Status::not_found(format!("unknown entity {name:?}")))
+        .ok_or_else(|| Status::not_found(format!("unknown entity {name:?}")))?;
+    if graph.has_edges(id) {
+        Ok(id)
+    } else {
+        Err(Status::not_found(format!(
+            "entity {name:?} has no triples left (all were removed)"
+        )))
+    }
 }
 
 fn trained_row<'a>(served: &'a Served, id: u32, name: &str) -> Result<&'a [f32], Status> {

@@ -24,7 +24,16 @@
 //! applies them in the order they were acknowledged. A batch without removals is still written
 //! as `b`, so a store that never removed anything stays readable by older builds (one that did
 //! is refused by them: its triple counter no longer matches their replay).
+//!
+//! Removals only add records, so a store of a shop that recolours items every day grows without
+//! end and replays ever more tombstones. [`SledStore::compact_into`] writes the live graph into
+//! a new store (`souk-kg --compact-into DIR`, offline): names and ids unchanged (trained
+//! embeddings index by them, and are copied along), no removal record. Not done in place:
+//! sled 0.34 does not delete the blob files of records whose pages were last written before
+//! the process started, so replacing the log in place grew a churned 5M-triple store from 460
+//! to 724 MB (BENCHMARKS.md, "Session 47").
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,9 +44,20 @@ const RELATIONS: &[u8] = b"mrelations";
 const TRIPLES: &[u8] = b"mtriples";
 const NEXT_BATCH: &[u8] = b"mnextbatch";
 
+/// Removed triples in the log from which a start suggests a compaction: at least this many,
+/// and at least an eighth of the triples its records list.
+pub const COMPACT_AFTER: u64 = 100_000;
+/// Bytes of a `b` record of a compacted log (names, or ~87k triples), about what a load's
+/// batch of 10k triples with their new names writes.
+const COMPACT_RECORD_BYTES: usize = 1 << 20;
+
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Triples removed by the log's `d` records (counted at the last `snapshot`, and by every
+    /// `persist` since): each is a dead entry of some `b` record, read and dropped at every
+    /// replay.
+    removed_in_log: AtomicU64,
 }
 
 fn storage(e: sled::Error) -> KgError {
@@ -82,7 +102,101 @@ impl SledStore {
         let db = souk_shared::storage::open_sled(&config)
             .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
         let tree = db.open_tree("graph").map_err(storage)?;
-        Ok(Self { db, tree })
+        Ok(Self {
+            db,
+            tree,
+            removed_in_log: AtomicU64::new(0),
+        })
+    }
+
+    /// Triples the log's removal records remove, and whether that is enough to be worth a
+    /// compaction with `live` triples in the graph.
+    pub fn removed_in_log(&self, live: u64) -> (u64, bool) {
+        let removed = self.removed_in_log.load(Ordering::Relaxed);
+        let due =
+            removed >= COMPACT_AFTER && removed.saturating_mul(8) >= live.saturating_add(removed);
+        (removed, due)
+    }
+
+    /// Writes the graph this store holds into a new store at `dir` (which must hold none): the
+    /// entity and relation names with their ids, then the live triples in insertion order, in
+    /// records of about 1 MiB and no removal record; then every other tree (the trained
+    /// embeddings) as it is. The new store replays to the same graph, answers the same, and
+    /// is checked by replaying it before this returns. The caller stops the service first
+    /// (sled holds the directory) and swaps the directories after.
+    ///
+    /// # Errors
+    /// `Storage` when either store cannot be read or written, or `dir` already holds a graph.
+    pub fn compact_into(&self, dir: &Path) -> Result<Compacted, KgError> {
+        self.compact_in(dir, COMPACT_RECORD_BYTES)
+    }
+
+    /// [`SledStore::compact_into`] with records of about `record_bytes`.
+    fn compact_in(&self, dir: &Path, record_bytes: usize) -> Result<Compacted, KgError> {
+        let snapshot = self.snapshot()?;
+        let target = SledStore::open(dir)?;
+        if target.tree.iter().next().is_some() || target.db.tree_names().len() > 2 {
+            return Err(KgError::Storage(format!(
+                "{} already holds a store; compact into a new directory",
+                dir.display()
+            )));
+        }
+        // The other trees first: a store cut short before its graph's one batch holds no
+        // graph, never a graph without its embeddings.
+        for name in self.db.tree_names() {
+            if name == b"graph" {
+                continue;
+            }
+            let from = self.db.open_tree(&name).map_err(storage)?;
+            let to = target.db.open_tree(&name).map_err(storage)?;
+            let mut batch = sled::Batch::default();
+            for (i, item) in from.iter().enumerate() {
+                let (k, v) = item.map_err(storage)?;
+                batch.insert(k, v);
+                if i % 4096 == 4095 {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(storage)?;
+                }
+            }
+            to.apply_batch(batch).map_err(storage)?;
+        }
+        let mut batch = sled::Batch::default();
+        let mut records = 0u64;
+        compacted_records(
+            &snapshot.entities,
+            &snapshot.relations,
+            &snapshot.triples,
+            record_bytes,
+            |record| {
+                batch.insert(key(b'b', &records.to_be_bytes()), record);
+                records += 1;
+            },
+        );
+        batch.insert(NEXT_BATCH, &records.to_be_bytes());
+        for (counter, n) in [
+            (ENTITIES, snapshot.entities.len()),
+            (RELATIONS, snapshot.relations.len()),
+            (TRIPLES, snapshot.triples.len()),
+        ] {
+            batch.insert(counter, &(n as u64).to_be_bytes());
+        }
+        target.tree.apply_batch(batch).map_err(storage)?;
+        target.db.flush().map_err(storage)?;
+        let check = target.snapshot()?;
+        if (&check.entities, &check.relations, &check.triples)
+            != (&snapshot.entities, &snapshot.relations, &snapshot.triples)
+        {
+            return Err(KgError::Storage(format!(
+                "the compacted store at {} does not replay to the graph",
+                dir.display()
+            )));
+        }
+        Ok(Compacted {
+            triples: check.triples.len() as u64,
+            removed: self.removed_in_log.load(Ordering::Relaxed),
+            records,
+            bytes: target.size_on_disk(),
+        })
     }
 
     fn counter(&self, name: &[u8]) -> Result<u64, KgError> {
@@ -94,6 +208,22 @@ impl SledStore {
                 .map_err(|_| KgError::Storage("corrupt counter".into())),
             None => Ok(0),
         }
+    }
+
+    /// How many batch records the log holds: (plain `b` records, `d` records that remove).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn log_records(&self) -> Result<(usize, usize), KgError> {
+        let count = |prefix: u8| -> Result<usize, KgError> {
+            let mut n = 0;
+            for key in self.tree.scan_prefix([prefix]).keys() {
+                key.map_err(storage)?;
+                n += 1;
+            }
+            Ok(n)
+        };
+        Ok((count(b'b')?, count(b'd')?))
     }
 
     /// The database, for the embeddings' trees.
@@ -111,6 +241,65 @@ impl SledStore {
             self.counter(RELATIONS)?,
             self.counter(TRIPLES)?,
         ))
+    }
+}
+
+/// What [`SledStore::compact_into`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub triples: u64,
+    /// Removed triples the old log held and the new one does not.
+    pub removed: u64,
+    pub records: u64,
+    /// sled's size of the new store.
+    pub bytes: u64,
+}
+
+/// The records of a compacted log, each of about `budget` bytes at most (a single name may pass
+/// it), passed to `emit` in order: the entity names, the relation names, then the triples.
+/// Small records, as loads write them: sled keeps a leaf's values together, and a leaf of
+/// one huge record is written whole again when it changes.
+fn compacted_records(
+    entities: &[String],
+    relations: &[String],
+    triples: &[(u32, u32, u32)],
+    budget: usize,
+    mut emit: impl FnMut(Vec<u8>),
+) {
+    let zero = 0u32.to_le_bytes();
+    for (dictionary, of_relations) in [(entities, false), (relations, true)] {
+        let mut first = 0;
+        while first < dictionary.len() {
+            let mut out = Vec::with_capacity(budget);
+            if of_relations {
+                out.extend_from_slice(&zero); // no entity names
+            }
+            let count_at = out.len();
+            out.extend_from_slice(&zero);
+            let mut n = 0;
+            while let Some(name) = dictionary.get(first + n) {
+                if n > 0 && out.len() + 8 + name.len() > budget {
+                    break;
+                }
+                put_name(&mut out, (first + n) as u32, name);
+                n += 1;
+            }
+            out[count_at..count_at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+            if !of_relations {
+                out.extend_from_slice(&zero); // no relation names
+            }
+            out.extend_from_slice(&zero); // no triples
+            emit(out);
+            first += n;
+        }
+    }
+    let per_record = (budget.saturating_sub(12) / 12).max(1);
+    for chunk in triples.chunks(per_record) {
+        // Empty entity and relation dictionaries, then the triples.
+        let mut out = Vec::with_capacity(12 + 12 * chunk.len());
+        out.extend_from_slice(&[0; 8]);
+        put_triples(&mut out, chunk);
+        emit(out);
     }
 }
 
@@ -150,6 +339,8 @@ impl TripleStore for SledStore {
         // batches or nothing of them.
         self.tree.apply_batch(batch).map_err(storage)?;
         self.db.flush().map_err(storage)?;
+        self.removed_in_log
+            .fetch_add(change.removed.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -185,13 +376,16 @@ impl TripleStore for SledStore {
         // The triples any record removes: only their positions need an index (a first pass
         // over the removal records, which are few and short).
         let mut removed = HashSet::new();
+        let mut removals = 0u64;
         for item in self.tree.scan_prefix([b'd']) {
             let (k, v) = item.map_err(storage)?;
             let mut gone = Vec::new();
             take_triples(&mut &v[..], &mut gone)
                 .map_err(|e| KgError::Storage(format!("batch record {:?}: {e}", &k[1..])))?;
+            removals += gone.len() as u64;
             removed.extend(gone);
         }
+        self.removed_in_log.store(removals, Ordering::Relaxed);
         let mut replay = Replay::new(all, removed);
         let records = merge_by_seq(self.tree.scan_prefix([b'b']), self.tree.scan_prefix([b'd']));
         for item in records {
@@ -244,13 +438,17 @@ fn encode_record(change: &Change) -> Vec<u8> {
     for dictionary in [&change.new_entities, &change.new_relations] {
         out.extend_from_slice(&(dictionary.len() as u32).to_le_bytes());
         for (id, name) in dictionary {
-            out.extend_from_slice(&id.to_le_bytes());
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
+            put_name(&mut out, *id, name);
         }
     }
     put_triples(&mut out, &change.new_triples);
     out
+}
+
+fn put_name(out: &mut Vec<u8>, id: u32, name: &str) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
 }
 
 fn put_triples(out: &mut Vec<u8>, triples: &[(u32, u32, u32)]) {
@@ -538,6 +736,197 @@ mod tests {
         let snapshot = store.snapshot().unwrap();
         assert_eq!(snapshot.entities, vec!["a", "b", "c"]);
         assert_eq!(snapshot.triples, vec![(0, 0, 1), (1, 0, 2)]);
+        // Compacted, it is the batch log alone.
+        let into = tempfile::tempdir().unwrap();
+        store.compact_into(into.path()).unwrap();
+        let compacted = SledStore::open(into.path()).unwrap();
+        let keys: Vec<u8> = compacted
+            .tree
+            .iter()
+            .keys()
+            .map(|k| k.unwrap()[0])
+            .collect();
+        assert_eq!(
+            keys, b"bbbmmmm",
+            "entity names, relation names, triples; counters"
+        );
+        let again = compacted.snapshot().unwrap();
+        assert_eq!(
+            (again.entities, again.triples),
+            (snapshot.entities, snapshot.triples)
+        );
+    }
+
+    /// Random batches of removals, clears and inserts over a small graph (so that the same
+    /// triples are removed, added back and cleared again): after every batch the store's
+    /// replay equals the running graph, names, ids and triple order; a compaction midway
+    /// replays to it too, and the new store goes on the same way.
+    #[test]
+    fn random_edits_replay_to_the_running_graph_before_and_after_a_compaction() {
+        use souk_kg_core::{Graph, Triple};
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let triple = |next: &mut dyn FnMut(u64) -> u64| {
+            let relation = ["color", "brand", "similar"][next(3) as usize];
+            let tail = match relation {
+                "similar" => format!("item:{}", next(12)),
+                other => format!("{other}:{}", next(4)),
+            };
+            Triple::new(format!("item:{}", next(12)), relation, &tail).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let into = tempfile::tempdir().unwrap();
+        let mut graph = Graph::default();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        for round in 0..240 {
+            if round == 120 {
+                drop(store);
+                SledStore::open(dir.path())
+                    .unwrap()
+                    .compact_in(into.path(), 256)
+                    .unwrap();
+                store = SledStore::open(into.path()).unwrap();
+                let replayed = store.snapshot().unwrap();
+                assert_eq!(replayed.triples, graph.snapshot().triples, "compacted");
+            }
+            let (removes, inserts) = (next(6) as usize, next(8) as usize);
+            // Removals drawn from the live triples (and a few that are not there).
+            let live: Vec<(u32, u32, u32)> = graph.triples().collect();
+            let snapshot = graph.snapshot();
+            let name = |(h, r, t): (u32, u32, u32)| {
+                Triple::new(
+                    &snapshot.entities[h as usize],
+                    &snapshot.relations[r as usize],
+                    &snapshot.entities[t as usize],
+                )
+                .unwrap()
+            };
+            let mut remove: Vec<Triple> = (0..removes)
+                .filter(|_| !live.is_empty())
+                .map(|_| name(live[next(live.len() as u64) as usize]))
+                .collect();
+            remove.push(triple(&mut next));
+            let clear: Vec<String> = if next(10) == 0 {
+                vec![format!("item:{}", next(12))]
+            } else {
+                vec![]
+            };
+            let insert: Vec<Triple> = (0..inserts).map(|_| triple(&mut next)).collect();
+            let plan = graph.plan_edit(&remove, &clear, &insert);
+            store.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+            if round % 20 == 19 {
+                let replayed = store.snapshot().unwrap();
+                let expected = graph.snapshot();
+                assert_eq!(replayed.entities, expected.entities, "round {round}");
+                assert_eq!(replayed.relations, expected.relations, "round {round}");
+                assert_eq!(replayed.triples, expected.triples, "round {round}");
+            }
+        }
+        let dir_of_store = into.path().to_path_buf();
+        drop(store);
+        let replayed = SledStore::open(&dir_of_store).unwrap().snapshot().unwrap();
+        assert_eq!(replayed.triples, graph.snapshot().triples);
+        assert!(graph.triple_count() > 10, "the edits left a graph");
+    }
+
+    #[test]
+    fn a_compacted_store_replays_to_the_same_graph_without_its_removals() {
+        use souk_kg_core::{Graph, Triple};
+        let t = |h: &str, r: &str, tl: &str| Triple::new(h, r, tl).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let into = tempfile::tempdir().unwrap();
+        let items = 6_000;
+        let colour = |i: usize, round: usize| format!("color:{}", (i + round) % 5);
+        let mut graph = Graph::default();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let apply = |graph: &mut Graph, remove: &[Triple], insert: &[Triple]| {
+                let plan = graph.plan_edit(remove, &[], insert);
+                store.persist(&plan).unwrap();
+                graph.apply(&plan).unwrap();
+            };
+            let first: Vec<Triple> = (0..items)
+                .flat_map(|i| {
+                    let item = format!("item:{i}");
+                    [
+                        t(&item, "color", &colour(i, 0)),
+                        t(&item, "brand", "brand:a"),
+                    ]
+                })
+                .collect();
+            apply(&mut graph, &[], &first);
+            // Recolour 5,000 items, 1,000 a batch, and clear one of them.
+            for batch in 0..5 {
+                let ids = batch * 1_000..(batch + 1) * 1_000;
+                let old: Vec<Triple> = ids
+                    .clone()
+                    .map(|i| t(&format!("item:{i}"), "color", &colour(i, 0)))
+                    .collect();
+                let new: Vec<Triple> = ids
+                    .map(|i| t(&format!("item:{i}"), "color", &colour(i, 1)))
+                    .collect();
+                apply(&mut graph, &old, &new);
+            }
+            let plan = graph.plan_edit(&[], &["item:7".into()], &[]);
+            store.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+            // Another tree (the embeddings') goes along as it is.
+            let other = store.db.open_tree("embeddings").unwrap();
+            other.insert("current", &7u64.to_be_bytes()).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let live = graph.triple_count() as u64;
+        assert_eq!(live, 2 * items as u64 - 2);
+        assert_eq!(store.snapshot().unwrap().triples.len() as u64, live);
+        assert_eq!(store.removed_in_log(live).0, 5_002);
+        // Records of at most 16 KiB: ~100 KB of names and 144 KB of triples take several.
+        let compacted = store.compact_in(into.path(), 16_384).unwrap();
+        assert_eq!((compacted.triples, compacted.removed), (live, 5_002));
+        let again = store.compact_in(into.path(), 16_384).unwrap_err();
+        assert!(
+            again.to_string().contains("already holds a store"),
+            "{again}"
+        );
+        drop(store);
+        {
+            let target = SledStore::open(into.path()).unwrap();
+            let (plain, removing) = target.log_records().unwrap();
+            assert_eq!((plain as u64, removing), (compacted.records, 0));
+            let sizes: Vec<usize> = target
+                .tree
+                .scan_prefix([b'b'])
+                .map(|kv| kv.unwrap().1.len())
+                .collect();
+            assert!(sizes.len() > 16, "{} records", sizes.len());
+            assert!(sizes.iter().all(|&n| n <= 16_384), "{sizes:?}");
+            let other = target.db.open_tree("embeddings").unwrap();
+            assert_eq!(other.get("current").unwrap().unwrap(), 7u64.to_be_bytes());
+            let replayed = target.snapshot().unwrap();
+            assert_eq!(target.removed_in_log(live), (0, false));
+            let expected = graph.snapshot();
+            assert_eq!(replayed.entities, expected.entities, "ids unchanged");
+            assert_eq!(replayed.relations, expected.relations);
+            assert_eq!(
+                replayed.triples, expected.triples,
+                "the same triples in the same order as the running graph"
+            );
+            // The log goes on in the new store: one more recolouring, removals included.
+            let plan = graph.plan_edit(
+                &[t("item:0", "color", &colour(0, 1))],
+                &[],
+                &[t("item:0", "color", &colour(0, 2))],
+            );
+            target.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+        }
+        let target = SledStore::open(into.path()).unwrap();
+        assert_eq!(target.snapshot().unwrap().triples, graph.snapshot().triples);
     }
 
     #[test]

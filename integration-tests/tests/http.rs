@@ -9,7 +9,7 @@ use serde_json::Value;
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
 use souk_ranker_core::rng::XorShift;
-use souk_testkit::{http_call, post_json};
+use souk_testkit::{h2_call, h2_connect, http_call, post_json};
 
 use crate::common::*;
 use crate::random_requests::{Draw, draw_request};
@@ -78,6 +78,72 @@ fn grpc_items(response: &rk::RankResponse) -> Vec<(String, String, f64, Vec<Stri
 
 fn parse(reply: &souk_testkit::HttpReply) -> Value {
     serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+/// A backend (or a proxy in front) that speaks cleartext HTTP/2 to the JSON port sends its
+/// calls on one connection at once, and each gets what gRPC gives; GETs revalidate there too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_speaking_http2_sends_many_calls_on_one_connection() {
+    let (_kg, ranker, http, _dir) = shop_over_http().await;
+    let mut grpc = RankerClient::new(channel(&ranker.url()).await);
+    let (client, connection) = h2_connect(http).await;
+    let queries = [
+        "tent",
+        "coffee",
+        "headphones",
+        "boots",
+        "backpack",
+        "grinder",
+        "stove",
+        "jacket",
+    ];
+    let calls = queries.iter().map(|query| {
+        let client = client.clone();
+        async move {
+            let json = format!(r#"{{"query": "{query}", "k": 5}}"#);
+            let json_headers = [("content-type", "application/json")];
+            h2_call(&client, "POST", RANK, &json_headers, &json).await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    for (query, (status, headers, body)) in queries.iter().zip(answers) {
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(headers["content-type"], "application/json");
+        let over_grpc = grpc
+            .rank(rk::RankRequest {
+                query: (*query).into(),
+                k: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let over_h2 = json_items(&serde_json::from_str(&body).unwrap());
+        assert!(!over_h2.is_empty(), "{query}");
+        assert_eq!(over_h2, grpc_items(&over_grpc), "{query}");
+    }
+    let path = format!(
+        "{RANK}?encoding=json&message={}",
+        percent_encoded(r#"{"query": "tent", "k": 3}"#)
+    );
+    let (status, headers, body) = h2_call(&client, "GET", &path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let tag = headers["etag"].to_str().unwrap().to_string();
+    let (status, _, body) = h2_call(&client, "GET", &path, &[("if-none-match", &tag)], "").await;
+    assert_eq!((status, body.as_str()), (304, ""));
+    // Refusals are said the same way as over HTTP/1.1.
+    let (status, _, body) = h2_call(
+        &client,
+        "POST",
+        RANK,
+        &[("content-type", "application/json")],
+        r#"{"query": "tent", "k": 0}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("k must be 1..=1000"), "{body}");
+    drop(client);
+    connection.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -561,6 +627,63 @@ async fn a_public_http_port_serves_only_the_methods_named() {
     assert_eq!(reply.header("cache-control"), None);
     let reply = post_json(http, RANK, r#"{"query": "tent", "k": 3}"#).await;
     assert_eq!(reply.header("cache-control"), None);
+    assert_eq!(reply.header("etag"), None, "a POST is not revalidated");
+
+    // A GET answer names its bytes: asked again with that tag, the same answer is a bodiless
+    // 304 (what a CDN or browser revalidating an expired copy gets); once the catalog changes
+    // what the search shows, a full answer with a new tag.
+    let first = get(r#"{"query": "tent", "k": 3}"#).await;
+    let tag = first
+        .header("etag")
+        .expect("a GET answer has a tag")
+        .to_string();
+    assert!(
+        tag.len() == 34 && tag.starts_with('"') && tag.ends_with('"'),
+        "{tag}"
+    );
+    let path = format!(
+        "{RANK}?encoding=json&message={}",
+        percent_encoded(r#"{"query": "tent", "k": 3}"#)
+    );
+    let revalidate = |asked: String| {
+        let path = path.clone();
+        async move { http_call(http, "GET", &path, &[("if-none-match", &asked)], b"").await }
+    };
+    for asked in [tag.clone(), format!("\"0000\", W/{tag}"), "*".to_string()] {
+        let reply = revalidate(asked.clone()).await;
+        assert_eq!(reply.status, 304, "if-none-match: {asked}: {reply:?}");
+        assert!(reply.body.is_empty(), "{reply:?}");
+        assert_eq!(reply.header("etag"), Some(tag.as_str()));
+        assert_eq!(reply.header("cache-control"), Some("public, max-age=60"));
+    }
+    let reply = revalidate("\"0000\"".into()).await;
+    assert_eq!(reply.status, 200, "another tag: {reply:?}");
+    assert_eq!(
+        (reply.body.as_str(), reply.header("etag")),
+        (first.body.as_str(), Some(tag.as_str()))
+    );
+    let reply = get(r#"{"query": "tent", "k": 0}"#).await;
+    assert_eq!(reply.header("etag"), None, "a refusal has no tag");
+    let top = parse(&first)["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    client
+        .update_items(futures::stream::iter(vec![rk::UpdateItemsRequest {
+            updates: vec![rk::ItemUpdate {
+                id: top.clone(),
+                price: Some(1.25),
+                ..Default::default()
+            }],
+        }]))
+        .await
+        .unwrap();
+    let reply = revalidate(tag.clone()).await;
+    assert_eq!(reply.status, 200, "{top} repriced: {reply:?}");
+    assert!(reply.body.contains("1.25"), "{reply:?}");
+    assert_ne!(reply.header("etag"), Some(tag.as_str()));
+
     for (path, body) in [
         ("/souk.ranker.v1.Ranker/Stats", "{}"),
         (

@@ -1,6 +1,7 @@
 //! What writing a gRPC reply as JSON costs the HTTP gateway: the direct wire-to-JSON writer
 //! (`gateway::json::JsonPlan`, compiled once as the gateway does) against prost-reflect's `DynamicMessage::decode` + serde, on
-//! explained rankings of 10 and 100 items (the shape `Rank` answers), same bytes, same run.
+//! explained rankings of 10 and 100 items (the shape `Rank` answers), same bytes, same run;
+//! and the entity tag a GET answer carries (`gateway::entity_tag`, BLAKE3 of the JSON).
 //!
 //! ```text
 //! cargo run --release -p souk-shared --example json_cost -- [RUNS]
@@ -57,8 +58,10 @@ fn main() {
         .get_message_by_name("souk.ranker.v1.RankResponse")
         .unwrap();
     println!("{runs} runs each, mean us per reply");
-    println!("| reply | wire bytes | JSON bytes | DynamicMessage + serde | direct | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| reply | wire bytes | JSON bytes | DynamicMessage + serde | direct | ratio | entity tag |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for k in [10, 100] {
         let bytes = ranking(k).encode_to_vec();
         let plan = souk_shared::gateway::json::JsonPlan::new(&desc).unwrap();
@@ -71,7 +74,7 @@ fn main() {
             serde_json::from_str::<serde_json::Value>(&direct).unwrap(),
             serde_json::from_str::<serde_json::Value>(&dynamic).unwrap()
         );
-        let mut times = [0.0f64; 2];
+        let mut times = [0.0f64; 3];
         // Alternate the two in rounds of 100 so that noise falls on both.
         for _ in 0..runs / 100 {
             let started = Instant::now();
@@ -87,15 +90,21 @@ fn main() {
                 std::hint::black_box(out);
             }
             times[1] += started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            for _ in 0..100 {
+                std::hint::black_box(souk_shared::gateway::entity_tag(direct.as_bytes()));
+            }
+            times[2] += started.elapsed().as_secs_f64();
         }
         let per = |t: f64| t / (runs / 100 * 100) as f64 * 1e6;
         println!(
-            "| ranking, k={k}, explained | {} | {} | {:.1} | {:.1} | {:.1}x |",
+            "| ranking, k={k}, explained | {} | {} | {:.1} | {:.1} | {:.1}x | {:.2} |",
             bytes.len(),
             direct.len(),
             per(times[0]),
             per(times[1]),
-            times[0] / times[1]
+            times[0] / times[1],
+            per(times[2])
         );
     }
 }

@@ -34,7 +34,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use tokio::net::TcpListener;
@@ -242,6 +243,28 @@ impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         Self::new(status.code(), status.message())
     }
+}
+
+/// A strong entity tag for an answer's bytes: 128 bits of their BLAKE3 hash, quoted. The same
+/// answer gets the same tag from every replica and build.
+pub fn entity_tag(body: &[u8]) -> String {
+    let hash = blake3::hash(body);
+    let hex: String = hash.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether an `if-none-match` value names `tag` (or is `*`), by the weak comparison RFC 9110
+/// asks of it (a `W/` prefix is ignored).
+fn matches_any(asked: &HeaderValue, tag: &str) -> bool {
+    let Ok(asked) = asked.to_str() else {
+        return false;
+    };
+    asked.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == tag
+    })
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> http::Response<Full<Bytes>> {
@@ -679,7 +702,9 @@ impl Gateway {
                     )
                 })?
         };
-        let cache_control = (parts.method == Method::GET && self.cache_max_age_s > 0).then(|| {
+        let get = parts.method == Method::GET;
+        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let cache_control = (get && self.cache_max_age_s > 0).then(|| {
             let personal = message
                 .get_field_by_name("user_id")
                 .is_some_and(|v| v.as_str().is_some_and(|id| !id.trim().is_empty()));
@@ -724,9 +749,26 @@ impl Gateway {
             text = serde_json::to_string(&reply)
                 .map_err(|e| Failure::new(tonic::Code::Internal, format!("response: {e}")))?;
         }
-        let mut response = json_response(StatusCode::OK, text.into());
+        // A GET answer names its bytes, so a browser or CDN holding it asks again with
+        // `if-none-match` and gets a bodiless 304 while the answer is the same.
+        let tag = get.then(|| entity_tag(text.as_bytes()));
+        let unchanged = tag
+            .as_ref()
+            .zip(if_none_match)
+            .is_some_and(|(tag, asked)| matches_any(&asked, tag));
+        let mut response = if unchanged {
+            let mut response = http::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            json_response(StatusCode::OK, text.into())
+        };
+        let headers = response.headers_mut();
         if let Some(value) = cache_control.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            response.headers_mut().insert(header::CACHE_CONTROL, value);
+            headers.insert(header::CACHE_CONTROL, value);
+        }
+        if let Some(value) = tag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+            headers.insert(header::ETAG, value);
         }
         Ok(response)
     }
@@ -762,10 +804,14 @@ impl Gateway {
         Ok(request)
     }
 
-    /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets open calls finish
-    /// (for at most 10 s).
+    /// Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge, as a proxy or a Connect client
+    /// speaks it to a backend: many calls on one connection) on `listener` until `shutdown`
+    /// completes, then lets open calls finish (for at most 10 s).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -787,9 +833,9 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request).await) }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
@@ -809,6 +855,25 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_names_the_tag_weakly_in_a_list_or_by_star() {
+        let tag = entity_tag(b"{}");
+        assert_eq!(tag, entity_tag(b"{}"));
+        assert_ne!(tag, entity_tag(b"{ }"));
+        let asked = |v: &str| HeaderValue::from_str(v).unwrap();
+        assert!(matches_any(&asked(&tag), &tag));
+        assert!(matches_any(&asked(&format!("W/{tag}")), &tag));
+        assert!(matches_any(&asked(&format!("\"a\" ,{tag} , \"b\"")), &tag));
+        assert!(matches_any(&asked("*"), &tag));
+        assert!(!matches_any(&asked("\"a\", W/\"b\""), &tag));
+        assert!(
+            !matches_any(&asked(tag.trim_matches('"')), &tag),
+            "unquoted"
+        );
+        let opaque = HeaderValue::from_bytes(b"\"\xff\"").unwrap();
+        assert!(!matches_any(&opaque, &tag));
+    }
 
     #[test]
     fn a_get_carries_its_request_in_the_query() {

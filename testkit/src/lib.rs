@@ -174,3 +174,55 @@ pub async fn post_json(addr: std::net::SocketAddr, path: &str, json: &str) -> Ht
     )
     .await
 }
+
+/// A cleartext HTTP/2 connection to `addr` (prior knowledge), as a proxy or a Connect client
+/// opens one to a backend; its driver runs on a spawned task, which ends (with the
+/// connection's error, if any) once every handle to the connection is dropped.
+pub async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// One call on an HTTP/2 connection, [`http_call`]'s twin: `method` `path` with `headers` and
+/// `body` (none when empty). Returns the status, the headers and the whole body.
+pub async fn h2_call(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, String) {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, mut send) = client
+        .send_request(request.body(()).unwrap(), body.is_empty())
+        .unwrap();
+    if !body.is_empty() {
+        send.send_data(bytes::Bytes::from(body.to_string()), true)
+            .unwrap();
+    }
+    let (parts, mut received) = response.await.unwrap().into_parts();
+    let mut text = Vec::new();
+    while let Some(chunk) = received.data().await {
+        let chunk = chunk.unwrap();
+        let _ = received.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8(text).unwrap(),
+    )
+}

@@ -4,9 +4,10 @@
 //! ```text
 //! cargo run --release -p souk --example http_cost -- [ROUNDS]
 //! ```
-//! Each round sends every case once over gRPC (one tonic channel) and once over HTTP/1.1 (one
-//! keep-alive connection), alternating, ROUNDS times (default 2,000) after 100 rounds of
-//! warm-up; prints p50, p99 and mean latency per case and protocol, and the HTTP/gRPC ratio.
+//! Each round sends every case once over gRPC (one tonic channel), once as JSON over HTTP/1.1
+//! (one keep-alive connection) and once as JSON over cleartext HTTP/2 (one connection, prior
+//! knowledge), in turn, ROUNDS times (default 2,000) after 100 rounds of warm-up; prints p50,
+//! p99 and mean latency per case and protocol, and the ratios to gRPC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -185,17 +186,23 @@ async fn main() -> anyhow::Result<()> {
 
     let mut grpc = rk::ranker_client::RankerClient::new(connect(suite.ranker).await?);
     let mut http = Http::connect(http_listen.parse()?).await;
+    let (http2, _connection) = souk_testkit::h2_connect(http_listen.parse()?).await;
+    let json = [("content-type", "application/json")];
     let cases = cases();
     println!(
         "{rounds} rounds of {} Rank calls per protocol, alternating; demo shop (312 items)",
         cases.len()
     );
     println!(
-        "| case | gRPC p50 / p99 / mean (us) | JSON over HTTP p50 / p99 / mean (us) | HTTP/gRPC p50 | response bytes (JSON) |"
+        "| case | gRPC p50 / p99 / mean (us) | JSON over HTTP/1.1 p50 / p99 / mean (us) | JSON over HTTP/2 p50 / p99 / mean (us) | p50 HTTP/1.1 / gRPC | p50 HTTP/2 / gRPC | response bytes (JSON) |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for case in &cases {
-        let mut times = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        let mut times = (
+            Vec::with_capacity(rounds),
+            Vec::with_capacity(rounds),
+            Vec::with_capacity(rounds),
+        );
         let mut bytes = 0;
         for round in 0..rounds + 100 {
             let started = Instant::now();
@@ -204,10 +211,22 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let body = http.post("/souk.ranker.v1.Ranker/Rank", case.json).await;
             let over_http = started.elapsed();
+            let started = Instant::now();
+            let (_, _, body2) = souk_testkit::h2_call(
+                &http2,
+                "POST",
+                "/souk.ranker.v1.Ranker/Rank",
+                &json,
+                case.json,
+            )
+            .await;
+            let over_http2 = started.elapsed();
             if round >= 100 {
                 times.0.push(over_grpc);
                 times.1.push(over_http);
+                times.2.push(over_http2);
             } else if round == 0 {
+                assert_eq!(body2, body, "{}: HTTP/2 and HTTP/1.1 disagree", case.name);
                 let json: serde_json::Value = serde_json::from_str(&body)?;
                 let ids: Vec<&str> = json["items"]
                     .as_array()
@@ -220,9 +239,9 @@ async fn main() -> anyhow::Result<()> {
                 bytes = body.len();
             }
         }
-        let (g, h) = (summary(times.0), summary(times.1));
+        let (g, h, h2) = (summary(times.0), summary(times.1), summary(times.2));
         println!(
-            "| {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} | {bytes} |",
+            "| {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} | {:.2} | {bytes} |",
             case.name,
             g.0,
             g.1,
@@ -230,7 +249,11 @@ async fn main() -> anyhow::Result<()> {
             h.0,
             h.1,
             h.2,
-            h.0 / g.0
+            h2.0,
+            h2.1,
+            h2.2,
+            h.0 / g.0,
+            h2.0 / g.0
         );
     }
     suite.stop().await

@@ -316,6 +316,18 @@ pub async fn start_ranker_replica(
     start_ranker_as(data_dir, encoder_url, kg_url, server, WATCH, replica).await
 }
 
+/// [`start_ranker_replica`] requiring `token` for admin calls (and sending it to its primary).
+pub async fn start_ranker_replica_with_token(
+    data_dir: &Path,
+    encoder_url: &str,
+    kg_url: &str,
+    replica: Replica<'_>,
+    token: &str,
+) -> Running {
+    let server = server_args(Some(token));
+    start_ranker_as(data_dir, encoder_url, kg_url, server, WATCH, replica).await
+}
+
 /// [`start_ranker_replica`] without waiting for SERVING.
 pub async fn spawn_ranker_replica(
     data_dir: &Path,

@@ -1036,3 +1036,114 @@ async fn a_replica_reads_the_primarys_hnsw_graph_back() {
     let (mut p, mut r) = (client(&primary.url()).await, client(&replica.url()).await);
     assert_eq!(rankings(&mut r).await, rankings(&mut p).await);
 }
+
+/// (query, count) of a Stats' unmatched searches.
+fn unmatched(stats: &rk::StatsResponse) -> Vec<(String, u64)> {
+    stats
+        .unmatched_queries
+        .iter()
+        .map(|q| (q.query.clone(), q.count))
+        .collect()
+}
+
+/// A shop's searches go to whichever ranker the load balancer picks: the primary's Stats
+/// lists the searches its replicas served too (each sends its counts every few seconds),
+/// and a replica's its own. Both need an admin token, which the replica follows with and
+/// sends its counts with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primarys_stats_list_the_searches_its_replicas_served() {
+    const TOKEN: &str = "replica-test-token";
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let primary = start_ranker_replica_with_token(
+        &dir.path().join("primary"),
+        &encoder,
+        &kg.url(),
+        Replica {
+            primary: None,
+            ..replica_of("")
+        },
+        TOKEN,
+    )
+    .await;
+    load_demo_with_token(&kg.url(), &primary.url(), &Some(TOKEN.to_string())).await;
+    let primary_url = primary.url();
+    let _replica = start_ranker_replica_with_token(
+        &dir.path().join("replica"),
+        &encoder,
+        &kg.url(),
+        replica_of(&primary_url),
+        TOKEN,
+    )
+    .await;
+    let mut p = client(&primary.url()).await;
+    let mut r = client(&_replica.url()).await;
+    assert!(soon_within(20, async || same_counts(&mut p, &mut r).await).await);
+    let search = |query: &str| rk::RankRequest {
+        query: query.into(),
+        k: 3,
+        ..Default::default()
+    };
+    for query in ["Kobo eReader", "kobo  ereader", "cofee grindr", "tent"] {
+        r.rank(search(query)).await.unwrap();
+    }
+    p.rank(search("kobo ereader")).await.unwrap();
+    assert_eq!(
+        unmatched(&stats(&mut r).await),
+        [("kobo ereader".into(), 2)]
+    );
+    let whole_shop = [("kobo ereader".to_string(), 3)];
+    assert!(
+        soon_within(20, async || unmatched(&stats(&mut p).await) == whole_shop).await,
+        "{:?}",
+        stats(&mut p).await.unmatched_queries
+    );
+    let corrected: Vec<(String, String, u64)> = stats(&mut p)
+        .await
+        .corrected_queries
+        .into_iter()
+        .map(|q| (q.query, q.read_as, q.count))
+        .collect();
+    assert_eq!(
+        corrected,
+        [("cofee grindr".into(), "coffee grinder".into(), 1)]
+    );
+    // Each count is sent once: seconds later the primary still says 3, the replica 2.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(unmatched(&stats(&mut p).await), whole_shop);
+    assert_eq!(
+        unmatched(&stats(&mut r).await),
+        [("kobo ereader".into(), 2)]
+    );
+
+    // Only replicas' counts in their own words are taken, and only by a primary.
+    let bad = rk::RecordSearchesRequest {
+        unmatched: vec![rk::QueryCount {
+            query: "Kobo".into(),
+            count: 1,
+            over_by: 0,
+        }],
+        corrected: vec![],
+    };
+    let refused = p.record_searches(bad.clone()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unauthenticated,
+        "an admin call"
+    );
+    let with_token = |message: rk::RecordSearchesRequest| {
+        let mut request = tonic::Request::new(message);
+        let bearer = format!("Bearer {TOKEN}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    };
+    let refused = p.record_searches(with_token(bad)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("unmatched[0]"), "{refused:?}");
+    let on_replica = r
+        .record_searches(with_token(rk::RecordSearchesRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(on_replica.code(), tonic::Code::FailedPrecondition);
+}

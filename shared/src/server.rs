@@ -330,6 +330,7 @@ mod tests {
             "SetSynonyms",
             "SetPins",
             "Follow",
+            "RecordSearches",
         ] {
             assert!(ranker.contains(&path(write)), "{write}: {ranker:?}");
         }

@@ -1618,6 +1618,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listed = |what: &str, queries: Vec<String>| {
                 if !queries.is_empty() {
                     println!("{what}, since start: {}", queries.join(", "));
+                    if !r.follows.is_empty() {
+                        println!("  (this replica's own; its primary lists the whole shop's)");
+                    }
                 }
             };
             listed(

@@ -223,6 +223,93 @@ struct Ready {
 
 /// Unmatched (and corrected) queries `Stats` lists.
 const UNMATCHED_SHOWN: usize = 20;
+/// How often a replica sends the searches it counted to its primary.
+const SEARCHES_EVERY: Duration = Duration::from_secs(5);
+/// The longest query a `RecordSearches` message may name.
+const MAX_SEARCH_BYTES: usize = 1024;
+
+/// A `RecordSearches` message as a replica writes it: at most [`metrics::UNMATCHED_DISTINCT`]
+/// queries a list, each as Stats lists it (lower-cased, spaces collapsed, not blank, at most
+/// [`MAX_SEARCH_BYTES`]), counted at least once and overstated by less than its count.
+fn check_searches(request: &pb::RecordSearchesRequest) -> Result<(), Status> {
+    let check = |list: &str, i: usize, texts: &[&str], count: u64, over_by: u64| {
+        for text in texts {
+            if text.len() > MAX_SEARCH_BYTES || metrics::normal(text).as_deref() != Some(*text) {
+                return Err(Status::invalid_argument(format!(
+                    "{list}[{i}]: a query must be lower-cased, its spaces collapsed, not blank \
+                     and at most {MAX_SEARCH_BYTES} bytes"
+                )));
+            }
+        }
+        if count == 0 || over_by >= count {
+            return Err(Status::invalid_argument(format!(
+                "{list}[{i}]: count {count} (over by {over_by}): at least 1, over by less"
+            )));
+        }
+        Ok(())
+    };
+    for (list, n) in [
+        ("unmatched", request.unmatched.len()),
+        ("corrected", request.corrected.len()),
+    ] {
+        if n > metrics::UNMATCHED_DISTINCT {
+            return Err(Status::invalid_argument(format!(
+                "{list}: {n} queries, at most {}",
+                metrics::UNMATCHED_DISTINCT
+            )));
+        }
+    }
+    for (i, q) in request.unmatched.iter().enumerate() {
+        check("unmatched", i, &[&q.query], q.count, q.over_by)?;
+    }
+    for (i, q) in request.corrected.iter().enumerate() {
+        check("corrected", i, &[&q.query, &q.read_as], q.count, q.over_by)?;
+    }
+    Ok(())
+}
+
+/// On a replica: every [`SEARCHES_EVERY`], sends the searches it counted since to the primary
+/// (`RecordSearches`, with the admin token), so that the primary's Stats lists the whole
+/// shop's. While the primary is unreachable they are kept and added to the next; a refusal
+/// drops them (logged). The last few seconds' are lost when the replica stops.
+async fn send_searches(
+    state: Arc<RankerService>,
+    primary: pb::ranker_client::RankerClient<tonic::transport::Channel>,
+    token: Option<String>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SEARCHES_EVERY) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let Some(searches) = state.metrics.take_unsent() else {
+            continue;
+        };
+        let mut request = match sources::with_token(searches.clone(), &token) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::error!(%error, "cannot send this replica's search counts");
+                continue;
+            }
+        };
+        request.set_timeout(SEARCHES_EVERY);
+        let mut primary = primary.clone();
+        let sent = tokio::select! {
+            sent = primary.record_searches(request) => sent,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        match sent {
+            Ok(_) => {}
+            Err(status) if outbox::unreachable(&status) => state.metrics.add(&searches, true),
+            Err(status) => tracing::error!(
+                code = ?status.code(),
+                message = status.message(),
+                "the primary refused this replica's search counts; dropped"
+            ),
+        }
+    }
+}
 
 /// Cosine from which two vectors of the probe text come from the same model: f16 and bf16
 /// runs of one model agree with its f32 vectors to 0.99985 and better (BENCHMARKS.md, the GPU
@@ -386,7 +473,7 @@ pub async fn serve(
     };
     let state = Arc::new(RankerService {
         ready: OnceLock::new(),
-        metrics: metrics::RankMetrics::register(registry.registry())?,
+        metrics: metrics::RankMetrics::register(registry.registry(), primary.is_some())?,
         fitting: tokio::sync::Mutex::new(()),
         follows,
         replica: Arc::new(match &primary {
@@ -575,6 +662,14 @@ pub async fn serve(
         ))),
         _ => None,
     };
+    let searches = state.follows.as_ref().map(|(_, client)| {
+        tokio::spawn(send_searches(
+            state.clone(),
+            client.clone(),
+            args.server.admin_token.clone(),
+            stopped.clone(),
+        ))
+    });
     let graph_drain = ready.graph_outbox.clone().map(|outbox| {
         tokio::spawn(graph_outbox::drain(
             outbox,
@@ -595,6 +690,9 @@ pub async fn serve(
     }
     if let Some(drain) = drain {
         let _ = drain.await;
+    }
+    if let Some(searches) = searches {
+        let _ = searches.await;
     }
     if let Some(drain) = graph_drain {
         let _ = drain.await;
@@ -1845,6 +1943,17 @@ impl pb::ranker_server::Ranker for RankerService {
         }))
     }
 
+    async fn record_searches(
+        &self,
+        request: Request<pb::RecordSearchesRequest>,
+    ) -> Result<Response<pb::RecordSearchesResponse>, Status> {
+        self.primary_only("RecordSearches")?;
+        let request = request.into_inner();
+        check_searches(&request)?;
+        self.metrics.add(&request, false);
+        Ok(Response::new(pb::RecordSearchesResponse {}))
+    }
+
     async fn forget_users(
         &self,
         request: Request<pb::ForgetUsersRequest>,
@@ -2008,6 +2117,12 @@ impl pb::ranker_server::Ranker for RankerService {
         };
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
         let (replica_copies, replica_resumes) = self.replica.catch_ups();
+        let listed = self
+            .metrics
+            .queries
+            .lock()
+            .map(|q| q.top(UNMATCHED_SHOWN))
+            .unwrap_or_default();
         Ok(Response::new(pb::StatsResponse {
             items: catalog.len() as u64,
             users: catalog.users() as u64,
@@ -2020,37 +2135,8 @@ impl pb::ranker_server::Ranker for RankerService {
                 .unwrap_or_default(),
             lexicon_words: catalog.lexicon_len() as u32,
             encoder: ready.model_state(catalog.is_empty()).to_string(),
-            unmatched_queries: self
-                .metrics
-                .unmatched
-                .lock()
-                .map(|u| {
-                    u.top(UNMATCHED_SHOWN)
-                        .into_iter()
-                        .map(|(query, counted)| pb::QueryCount {
-                            query,
-                            count: counted.count,
-                            over_by: counted.over_by,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            corrected_queries: self
-                .metrics
-                .corrected
-                .lock()
-                .map(|c| {
-                    c.top(UNMATCHED_SHOWN)
-                        .into_iter()
-                        .map(|((query, read_as), counted)| pb::QueryReading {
-                            query,
-                            read_as,
-                            count: counted.count,
-                            over_by: counted.over_by,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            unmatched_queries: listed.unmatched,
+            corrected_queries: listed.corrected,
             synonyms: catalog.synonyms().rules().len() as u32,
             pin_rules: catalog.pins().rules().len() as u32,
             follows: self

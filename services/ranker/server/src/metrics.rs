@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::rank::{FirstPass, Ranking, Signal};
 
@@ -26,10 +27,76 @@ pub struct RankMetrics {
     searches: IntCounterVec,
     events: IntCounterVec,
     shop_rules: IntCounterVec,
-    /// Searches that matched no item's words, by query.
-    pub unmatched: Mutex<QueryCounts<String>>,
-    /// Searches the spelling check read as another query, by (typed, read).
-    pub corrected: Mutex<QueryCounts<(String, String)>>,
+    /// The searches `Stats` lists: this process's, and on a primary its replicas'.
+    pub queries: Mutex<Searches>,
+    /// On a replica: the same, counted since they were last sent to the primary
+    /// (`RecordSearches`); `None` on a primary.
+    pub unsent: Option<Mutex<Searches>>,
+}
+
+/// Searches that matched no item's words, by query, and searches the spelling check read as
+/// another query, by (typed, read).
+#[derive(Debug, Default)]
+pub struct Searches {
+    pub unmatched: QueryCounts<String>,
+    pub corrected: QueryCounts<(String, String)>,
+}
+
+impl Searches {
+    pub fn is_empty(&self) -> bool {
+        self.unmatched.total() == 0 && self.corrected.total() == 0
+    }
+
+    /// Counts one search: unmatched, read as another query, or both.
+    fn record(&mut self, unmatched: Option<&String>, corrected: Option<&(String, String)>) {
+        if let Some(query) = unmatched {
+            self.unmatched.record(query.clone());
+        }
+        if let Some(reading) = corrected {
+            self.corrected.record(reading.clone());
+        }
+    }
+
+    /// Adds searches counted elsewhere (a replica's, or a message kept for the next try).
+    pub fn add(&mut self, message: &pb::RecordSearchesRequest) {
+        let counted = |count, over_by| Counted { count, over_by };
+        for q in &message.unmatched {
+            self.unmatched
+                .add(q.query.clone(), counted(q.count, q.over_by));
+        }
+        for q in &message.corrected {
+            let key = (q.query.clone(), q.read_as.clone());
+            self.corrected.add(key, counted(q.count, q.over_by));
+        }
+    }
+
+    /// The `n` commonest of each list, most searched first, as `Stats` and `RecordSearches`
+    /// carry them.
+    pub fn top(&self, n: usize) -> pb::RecordSearchesRequest {
+        pb::RecordSearchesRequest {
+            unmatched: self
+                .unmatched
+                .top(n)
+                .into_iter()
+                .map(|(query, c)| pb::QueryCount {
+                    query,
+                    count: c.count,
+                    over_by: c.over_by,
+                })
+                .collect(),
+            corrected: self
+                .corrected
+                .top(n)
+                .into_iter()
+                .map(|((query, read_as), c)| pb::QueryReading {
+                    query,
+                    read_as,
+                    count: c.count,
+                    over_by: c.over_by,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Searches counted by what was typed (lower-cased, spaces collapsed: see [`normal`]) since
@@ -85,26 +152,37 @@ pub fn normal(query: &str) -> Option<String> {
 
 impl<K: std::hash::Hash + Eq + Ord + Clone> QueryCounts<K> {
     pub fn record(&mut self, key: K) {
-        self.total += 1;
-        if let Some(counted) = self.counts.get_mut(&key) {
-            let mut entry = (counted.count, key);
+        self.add(
+            key,
+            Counted {
+                count: 1,
+                over_by: 0,
+            },
+        );
+    }
+
+    /// Adds `counted` searches of `key` (another process's count of it, which may overstate
+    /// it by `counted.over_by`): the weighted form of [`QueryCounts::record`], so a key
+    /// past the bound starts from the evicted least count, and may overstate by that more.
+    pub fn add(&mut self, key: K, counted: Counted) {
+        self.total += counted.count;
+        if let Some(held) = self.counts.get_mut(&key) {
+            let mut entry = (held.count, key);
             self.by_count.remove(&entry);
-            counted.count += 1;
-            entry.0 = counted.count;
+            held.count += counted.count;
+            held.over_by += counted.over_by;
+            entry.0 = held.count;
             self.by_count.insert(entry);
             return;
         }
-        let mut counted = Counted {
-            count: 1,
-            over_by: 0,
-        };
+        let mut counted = counted;
         if self.counts.len() >= UNMATCHED_DISTINCT
             && let Some((least, evicted)) = self.by_count.pop_first()
         {
             self.counts.remove(&evicted);
             counted = Counted {
-                count: least + 1,
-                over_by: least,
+                count: least + counted.count,
+                over_by: least + counted.over_by,
             };
         }
         self.counts.insert(key.clone(), counted);
@@ -139,11 +217,12 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> QueryCounts<K> {
 
 impl RankMetrics {
     /// Creates and registers them; every label value starts at 0, so a dashboard sees the
-    /// series before the first fallback or outage.
+    /// series before the first fallback or outage. A `replica` also keeps the searches it has
+    /// not sent to its primary yet ([`RankMetrics::unsent`]).
     ///
     /// # Errors
     /// When a metric of the same name is already registered.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn register(registry: &Registry, replica: bool) -> Result<Self, prometheus::Error> {
         let first_pass = IntCounterVec::new(
             Opts::new(
                 "rank_first_pass_total",
@@ -226,9 +305,32 @@ impl RankMetrics {
             searches,
             events,
             shop_rules,
-            unmatched: Mutex::new(QueryCounts::default()),
-            corrected: Mutex::new(QueryCounts::default()),
+            queries: Mutex::new(Searches::default()),
+            unsent: replica.then(|| Mutex::new(Searches::default())),
         })
+    }
+
+    /// A replica's searches counted since the last call, as a `RecordSearches` message (none
+    /// when there were none, or on a primary).
+    pub fn take_unsent(&self) -> Option<pb::RecordSearchesRequest> {
+        let mut unsent = self.unsent.as_ref()?.lock().ok()?;
+        if unsent.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut *unsent).top(UNMATCHED_DISTINCT))
+    }
+
+    /// Adds searches counted elsewhere (a replica's, or a message that could not be sent
+    /// and is kept for the next try) to `unsent` when given, else to the listed ones.
+    pub fn add(&self, searches: &pb::RecordSearchesRequest, to_unsent: bool) {
+        let target = if to_unsent {
+            self.unsent.as_ref()
+        } else {
+            Some(&self.queries)
+        };
+        if let Some(Ok(mut target)) = target.map(|t| t.lock()) {
+            target.add(searches);
+        }
     }
 
     /// Counts what became of a batch of events (`souk_events_total`).
@@ -247,20 +349,24 @@ impl RankMetrics {
         if let Some(matched) = ranking.words_matched {
             let words = if matched { "matched" } else { "none" };
             self.searches.with_label_values(&[words]).inc();
-            if let (false, Some(query), Ok(mut unmatched)) =
-                (matched, query.and_then(normal), self.unmatched.lock())
-            {
-                unmatched.record(query);
-            }
         }
-        if ranking.spelling_corrected
-            && let (Some(typed), Some(read), Ok(mut corrected)) = (
-                query.and_then(normal),
-                ranking.corrected_query.as_deref().and_then(normal),
-                self.corrected.lock(),
-            )
-        {
-            corrected.record((typed, read));
+        let unmatched = (ranking.words_matched == Some(false))
+            .then(|| query.and_then(normal))
+            .flatten();
+        let corrected = ranking
+            .spelling_corrected
+            .then(|| {
+                query
+                    .and_then(normal)
+                    .zip(ranking.corrected_query.as_deref().and_then(normal))
+            })
+            .flatten();
+        if unmatched.is_some() || corrected.is_some() {
+            for searches in std::iter::once(&self.queries).chain(&self.unsent) {
+                if let Ok(mut searches) = searches.lock() {
+                    searches.record(unmatched.as_ref(), corrected.as_ref());
+                }
+            }
         }
         self.first_pass
             .with_label_values(&[ranking.first_pass.name()])
@@ -334,6 +440,78 @@ mod tests {
     use super::*;
 
     /// Counted by query as a shopper would read it, commonest first; bounded.
+    #[test]
+    fn counts_from_elsewhere_add_up_and_overstate_past_the_bound() {
+        let counted = |count, over_by| Counted { count, over_by };
+        let mut u = QueryCounts::default();
+        u.record("tent".to_string());
+        u.add("tent".to_string(), counted(4, 1));
+        u.add("stove".to_string(), counted(2, 0));
+        assert_eq!(
+            u.top(2),
+            [
+                ("tent".to_string(), counted(5, 1)),
+                ("stove".to_string(), counted(2, 0))
+            ]
+        );
+        assert_eq!(u.total(), 7);
+        // Full: a new key takes the least one's place and starts from its count.
+        for i in 0..UNMATCHED_DISTINCT - 2 {
+            u.add(format!("q{i}"), counted(3, 0));
+        }
+        u.add("late".to_string(), counted(10, 2));
+        assert_eq!(u.counts.len(), UNMATCHED_DISTINCT);
+        assert_eq!(
+            u.top(1)[0],
+            ("late".to_string(), counted(12, 4)),
+            "stove (2) evicted"
+        );
+        assert!(u.top(UNMATCHED_DISTINCT).iter().all(|(q, _)| q != "stove"));
+    }
+
+    #[test]
+    fn a_replica_hands_over_what_it_counted_once() {
+        let registry = Registry::new();
+        let metrics = RankMetrics::register(&registry, true).unwrap();
+        assert!(metrics.take_unsent().is_none());
+        let unsent = metrics.unsent.as_ref().unwrap();
+        unsent
+            .lock()
+            .unwrap()
+            .unmatched
+            .record("kobo ereader".into());
+        unsent
+            .lock()
+            .unwrap()
+            .corrected
+            .record(("cofee".into(), "coffee".into()));
+        let sent = metrics.take_unsent().unwrap();
+        assert_eq!(sent.unmatched.len(), 1);
+        assert_eq!(
+            (sent.corrected[0].query.as_str(), sent.corrected[0].count),
+            ("cofee", 1)
+        );
+        assert!(metrics.take_unsent().is_none(), "taken once");
+        // Not delivered: kept for the next message; delivered to a primary: its lists.
+        metrics.add(&sent, true);
+        assert_eq!(metrics.take_unsent().unwrap(), sent);
+        let primary = RankMetrics::register(&Registry::new(), false).unwrap();
+        primary.add(&sent, false);
+        primary.add(&sent, false);
+        let listed = primary.queries.lock().unwrap().unmatched.top(1);
+        assert_eq!(
+            listed,
+            [(
+                "kobo ereader".to_string(),
+                Counted {
+                    count: 2,
+                    over_by: 0
+                }
+            )]
+        );
+        assert!(primary.take_unsent().is_none());
+    }
+
     #[test]
     fn unmatched_queries_are_counted_commonest_first_and_bounded() {
         let mut u = QueryCounts::default();

@@ -677,14 +677,7 @@ fn follow_request(
     request: pb::FollowRequest,
     token: &Option<String>,
 ) -> Result<tonic::Request<pb::FollowRequest>, String> {
-    let mut request = tonic::Request::new(request);
-    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the admin token is not a valid header value".to_string())?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(request)
+    crate::sources::with_token(request, token)
 }
 
 /// A primary's start with `--restore-from`: when its store holds no item, copies the store

@@ -293,6 +293,23 @@ impl EmbeddingSource for GrpcEncoder {
     }
 }
 
+/// A request carrying this ranker's admin token, when there is one: for the admin calls it
+/// makes itself (a replica's `Follow` and search counts to its primary, which share the
+/// token; item facts to the knowledge graph).
+pub(crate) fn with_token<T>(
+    message: T,
+    token: &Option<String>,
+) -> Result<tonic::Request<T>, String> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the admin token is not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 pub struct GrpcGraph {
     client: KnowledgeGraphClient<Channel>,
     timeout: Duration,
@@ -333,14 +350,9 @@ impl GrpcGraph {
             remove: remove.into_iter().map(triple).collect(),
             remove_entities: Vec::new(),
         };
-        let mut request = tonic::Request::new(futures::stream::iter(vec![batch]));
+        let mut request = with_token(futures::stream::iter(vec![batch]), &self.admin_token)
+            .map_err(tonic::Status::failed_precondition)?;
         request.set_timeout(timeout);
-        if let Some(token) = &self.admin_token {
-            let value = format!("Bearer {token}").parse().map_err(|_| {
-                tonic::Status::failed_precondition("admin token is not a valid header value")
-            })?;
-            request.metadata_mut().insert("authorization", value);
-        }
         let applied = self
             .client
             .clone()

@@ -174,12 +174,31 @@ pub async fn start_kg_at(addr: SocketAddr, data_dir: &Path) -> Running {
 }
 
 async fn start_kg_on(listener: TcpListener, data_dir: &Path, admin_token: Option<&str>) -> Running {
-    let args = souk_kg::KgArgs {
+    let args = kg_args(&listener, data_dir, admin_token);
+    start_kg_with(listener, args).await
+}
+
+fn kg_args(listener: &TcpListener, data_dir: &Path, admin_token: Option<&str>) -> souk_kg::KgArgs {
+    souk_kg::KgArgs {
         listen: listener.local_addr().unwrap(),
         data_dir: data_dir.to_path_buf(),
         server: server_args(admin_token),
+        compact_after: souk_kg::store::COMPACT_AFTER,
         compact_into: None,
+    }
+}
+
+/// A graph that compacts its store from `removed` removed triples (and an eighth of its log).
+pub async fn start_kg_compacting_after(data_dir: &Path, removed: u64) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = souk_kg::KgArgs {
+        compact_after: removed,
+        ..kg_args(&listener, data_dir, None)
     };
+    start_kg_with(listener, args).await
+}
+
+async fn start_kg_with(listener: TcpListener, args: souk_kg::KgArgs) -> Running {
     let running = spawn(listener, move |l, stop| {
         souk_kg::serve(l, args, async move {
             let _ = stop.await;

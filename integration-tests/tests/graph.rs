@@ -686,13 +686,16 @@ async fn colour_lists(
     lists
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_removals() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_kg(dir.path(), None).await;
-    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    let items = 10_000;
-    let colour = |i: usize, round: usize| format!("color:{}", (i + round) % 7);
+/// Items of the churn tests' shop: each with a colour and one of 13 brands.
+const ITEMS: usize = 10_000;
+
+/// Item `i`'s colour after `round` recolourings.
+fn colour(i: usize, round: usize) -> String {
+    format!("color:{}", (i + round) % 7)
+}
+
+/// Loads the shop: [`ITEMS`] items, 1,000 a batch.
+async fn load_shop(client: &mut KnowledgeGraphClient<tonic::transport::Channel>) {
     let facts = |i: usize| {
         let item = format!("item:{i}");
         vec![
@@ -700,7 +703,7 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
             triple(&item, "brand", &format!("brand:{}", i % 13)),
         ]
     };
-    let load: Vec<_> = (0..items)
+    let load: Vec<_> = (0..ITEMS)
         .collect::<Vec<_>>()
         .chunks(1_000)
         .map(|ids| batch(ids.iter().flat_map(|&i| facts(i)).collect()))
@@ -709,36 +712,32 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
         .load_triples(futures::stream::iter(load))
         .await
         .unwrap();
-    // A feed recolours 5,000 items, 1,000 a batch; a brand is discontinued.
-    let mut edits: Vec<_> = (0..5)
-        .map(|b| {
-            let ids = b * 1_000..(b + 1) * 1_000;
-            kg::LoadTriplesRequest {
-                remove: ids
-                    .clone()
-                    .map(|i| triple(&format!("item:{i}"), "color", &colour(i, 0)))
-                    .collect(),
-                triples: ids
-                    .map(|i| triple(&format!("item:{i}"), "color", &colour(i, 1)))
-                    .collect(),
-                ..Default::default()
-            }
+}
+
+/// A feed's batches that recolour `items` from their first colour to the next, 1,000 a batch:
+/// each removes the old colour and adds the new one.
+fn recolouring(items: std::ops::Range<usize>) -> Vec<kg::LoadTriplesRequest> {
+    items
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|ids| kg::LoadTriplesRequest {
+            remove: ids
+                .iter()
+                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, 0)))
+                .collect(),
+            triples: ids
+                .iter()
+                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, 1)))
+                .collect(),
+            ..Default::default()
         })
-        .collect();
-    edits.push(kg::LoadTriplesRequest {
-        remove_entities: vec!["brand:12".into()],
-        ..Default::default()
-    });
-    let done = client
-        .load_triples(futures::stream::iter(edits))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        done.removed,
-        5_000 + 769,
-        "recoloured, and brand 12's items"
-    );
+        .collect()
+}
+
+/// Trains small TransE embeddings and returns two entities' rows (and the request for them).
+async fn train_and_look_up(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+) -> (kg::EntityEmbeddingsRequest, kg::EntityEmbeddingsResponse) {
     let mut progress = client
         .train_embeddings(kg::TrainEmbeddingsRequest {
             model: kg::EmbeddingModel::Transe as i32,
@@ -760,8 +759,34 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
         .unwrap()
         .into_inner();
     assert_eq!(rows.embeddings.len(), 2);
+    (lookup, rows)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    load_shop(&mut client).await;
+    // A feed recolours 5,000 items, 1,000 a batch; a brand is discontinued.
+    let mut edits = recolouring(0..5_000);
+    edits.push(kg::LoadTriplesRequest {
+        remove_entities: vec!["brand:12".into()],
+        ..Default::default()
+    });
+    let done = client
+        .load_triples(futures::stream::iter(edits))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.removed,
+        5_000 + 769,
+        "recoloured, and brand 12's items"
+    );
+    let (lookup, rows) = train_and_look_up(&mut client).await;
     let lists = colour_lists(&mut client).await;
-    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), items);
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
     let stats = kg_stats(&mut client).await;
     assert_eq!(stats.entities_without_triples, 1, "brand 12");
     drop(client);
@@ -773,6 +798,7 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         server: server_args(None),
+        compact_after: 0,
         compact_into: Some(into),
     };
     souk_kg::run(compact(into.path().to_path_buf()), std::future::pending())
@@ -842,4 +868,91 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
     let server = start_kg(into.path(), None).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     assert_eq!(colour_lists(&mut client).await, after);
+}
+
+/// A store whose log holds enough removed triples is compacted by the service itself while it
+/// serves: answers stay the same, the trained rows go along, the next write lands in the new
+/// store, a restart opens that one, and the old store's files are gone from the directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    std::fs::write(dir.path().join("notes.txt"), "an operator's").unwrap();
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    load_shop(&mut client).await;
+    let (lookup, rows) = train_and_look_up(&mut client).await;
+    // 1,000 removed, but under an eighth of the log (21k triples listed): not yet.
+    client
+        .load_triples(futures::stream::iter(recolouring(0..1_000)))
+        .await
+        .unwrap();
+    let churned = kg_stats(&mut client).await;
+    assert_eq!(churned.removed_triples_in_store, 1_000);
+    assert!(!dir.path().join("CURRENT").exists());
+    // 5,000 removed of 25k listed: compacted once this stream is in.
+    client
+        .load_triples(futures::stream::iter(recolouring(1_000..5_000)))
+        .await
+        .unwrap();
+    let lists = colour_lists(&mut client).await;
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
+    let churned = kg_stats(&mut client).await;
+    assert!(
+        soon_within(30, async || {
+            kg_stats(&mut client).await.removed_triples_in_store == 0
+        })
+        .await,
+        "compacted"
+    );
+    let compacted = kg_stats(&mut client).await;
+    assert_eq!(
+        (compacted.entities, compacted.relations, compacted.triples),
+        (churned.entities, churned.relations, churned.triples)
+    );
+    assert!(
+        compacted.store_bytes < churned.store_bytes,
+        "{} bytes after, {} before",
+        compacted.store_bytes,
+        churned.store_bytes
+    );
+    assert_eq!(colour_lists(&mut client).await, lists);
+    let after = client
+        .entity_embeddings(lookup.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.embeddings, rows.embeddings, "trained rows unchanged");
+    // The old store's files go once it is closed; an operator's own file stays.
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        soon(async || listing() == ["CURRENT", "compacted-1", "notes.txt"]).await,
+        "{:?}",
+        listing()
+    );
+    // The next write goes to the new store, and a restart opens it.
+    client
+        .load_triples(futures::stream::iter(recolouring(5_000..5_001)))
+        .await
+        .unwrap();
+    let lists = colour_lists(&mut client).await;
+    assert_eq!(kg_stats(&mut client).await.removed_triples_in_store, 1);
+    drop(client);
+    server.stop().await.unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    assert_eq!(colour_lists(&mut client).await, lists);
+    let restarted = kg_stats(&mut client).await;
+    assert_eq!(
+        (restarted.triples, restarted.removed_triples_in_store),
+        (compacted.triples, 1)
+    );
+    let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
+    assert_eq!(after.embeddings, rows.embeddings);
 }

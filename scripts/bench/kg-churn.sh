@@ -7,8 +7,12 @@
 # and the compacted store are restarted in turn, three times each. Several builds run one
 # after the other: KG_BINS="/tmp/souk-kg-old target/release/souk-kg" (COMPACT=0 for a build
 # without --compact-into).
+# The service compacts a churned store itself while it serves (from session 48, with
+# --compact-after 100000 by default): every compaction it did is printed after the command
+# that set it off ("writes_held_ms": how long loads waited). KG_ARGS="--compact-after 0" keeps
+# the store churned, as session 47 measured it.
 # usage: scripts/bench/kg-churn.sh    env: ROUNDS=2 STORE=/tmp/kgchurn PORT=50073 COMPACT=1
-#   KG_BINS (souk-kg binaries, default target/release/souk-kg) TRIPLES=/tmp/kg-5m.tsv
+#   KG_BINS (souk-kg binaries, default target/release/souk-kg) TRIPLES=/tmp/kg-5m.tsv KG_ARGS
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TRIPLES=${TRIPLES:-/tmp/kg-5m.tsv}
@@ -23,10 +27,19 @@ C="$ctl --kg-url http://127.0.0.1:$PORT"
 log=/tmp/kg-churn.log
 start() { # binary [store]
   : > $log.start
-  "$1" --data-dir "${2:-$STORE}" --listen "127.0.0.1:$PORT" > $log.start 2>&1 &
+  seen=0
+  # shellcheck disable=SC2086
+  "$1" --data-dir "${2:-$STORE}" --listen "127.0.0.1:$PORT" ${KG_ARGS:-} > $log.start 2>&1 &
   pid=$!
   for _ in $(seq 600); do grep -q "graph rebuilt" $log.start && return; sleep 0.2; done
   echo "souk-kg did not start" >&2; exit 1
+}
+compactions() { # the running service's compactions since the last call
+  seen=${seen:-0}
+  grep "compacted while serving" $log.start | tail -n +$((seen + 1)) |
+    grep -o 'triples=[0-9]* removed=[0-9]* bytes_before=[0-9]* bytes_after=[0-9]* writes_held_ms=[0-9]*' |
+    sed 's/^/  compacted while serving: /' || true
+  seen=$(grep -c "compacted while serving" $log.start || true)
 }
 stop() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -47,7 +60,10 @@ for bin in ${KG_BINS:-target/release/souk-kg}; do
   restart "$bin"
   for round in $(seq "${ROUNDS:-2}"); do
     /usr/bin/time -f "  round $round: delete 700k %e s" $C kg delete "$DEL" --quiet > /dev/null
+    compactions
     /usr/bin/time -f "  round $round: load back 700k %e s" $C kg load "$DEL" --quiet > /dev/null
+    sleep 3 # a compaction the load set off
+    compactions
     restart "$bin"
   done
   if [ "${COMPACT:-1}" = 1 ]; then

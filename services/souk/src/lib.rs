@@ -131,6 +131,7 @@ impl Suite {
             listen: kg,
             data_dir: args.data_dir.join("kg"),
             server: server_args(&args.server, metrics(1), false),
+            compact_after: souk_kg::store::COMPACT_AFTER,
             compact_into: None,
         };
         let ranker_args = RankerArgs {

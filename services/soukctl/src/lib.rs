@@ -1673,8 +1673,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 String::new()
             };
+            let removed = if g.removed_triples_in_store > 0 {
+                format!(
+                    " ({} removed triples still in its log until the next compaction)",
+                    g.removed_triples_in_store
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk",
+                "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk{removed}",
                 g.entities, g.relations, g.triples, g.store_bytes
             );
         }

@@ -27,12 +27,19 @@
 //!
 //! Removals only add records, so a store of a shop that recolours items every day grows without
 //! end and replays ever more tombstones. [`SledStore::compact_into`] writes the live graph into
-//! a new store (`souk-kg --compact-into DIR`, offline): names and ids unchanged (trained
-//! embeddings index by them, and are copied along), no removal record. Not done in place:
-//! sled 0.34 does not delete the blob files of records whose pages were last written before
-//! the process started, so replacing the log in place grew a churned 5M-triple store from 460
-//! to 724 MB (BENCHMARKS.md, "Session 47").
-use std::path::Path;
+//! a new store: names and ids unchanged (trained embeddings index by them, and are copied
+//! along), no removal record. Not done in place: sled 0.34 does not delete the blob files of
+//! records whose pages were last written before the process started, so replacing the log in
+//! place grew a churned 5M-triple store from 460 to 724 MB (BENCHMARKS.md, "Session 47").
+//!
+//! The service compacts while it serves ([`SledStore::compact_generation`]): the new store is
+//! written into a subdirectory of the data directory, `compacted-N`, and a file `CURRENT`
+//! naming it is put in place atomically; from then on [`SledStore::open_data_dir`] opens that
+//! one. Until the first compaction the store lives in the data directory itself (as every
+//! store written before this layout does). What the switch leaves behind (the old store's
+//! files, a compaction cut off before its `CURRENT`) is removed once the old store is closed,
+//! or at the next start ([`remove_stale`]).
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::collections::{HashMap, HashSet};
@@ -44,9 +51,17 @@ const RELATIONS: &[u8] = b"mrelations";
 const TRIPLES: &[u8] = b"mtriples";
 const NEXT_BATCH: &[u8] = b"mnextbatch";
 
-/// Removed triples in the log from which a start suggests a compaction: at least this many,
-/// and at least an eighth of the triples its records list.
+/// Removed triples in the log from which the service compacts its store (the default of
+/// `--compact-after`): at least this many, and at least an eighth of the triples its records
+/// list (so that a compaction, which costs what the live graph holds, is paid for by the
+/// replay and disk it saves).
 pub const COMPACT_AFTER: u64 = 100_000;
+/// The file of a data directory naming the subdirectory that holds its store.
+const CURRENT: &str = "CURRENT";
+/// Subdirectories of a data directory that hold a compacted store: `compacted-N`.
+const GENERATION: &str = "compacted-";
+/// What sled 0.34 writes into a store's directory (`Config::get_path` joins these).
+const SLED_FILES: [&str; 3] = ["conf", "db", "blobs"];
 /// Bytes of a `b` record of a compacted log (names, or ~87k triples), about what a load's
 /// batch of 10k triples with their new names writes.
 const COMPACT_RECORD_BYTES: usize = 1 << 20;
@@ -109,13 +124,64 @@ impl SledStore {
         })
     }
 
+    /// Opens the store of a service's data directory: the directory itself, or the
+    /// `compacted-N` subdirectory its `CURRENT` file names; then removes what an earlier
+    /// compaction left there (see [`remove_stale`]).
+    ///
+    /// # Errors
+    /// `Storage` when `CURRENT` cannot be read or names no compacted store, or the store
+    /// cannot be opened.
+    pub fn open_data_dir(dir: &Path) -> Result<Self, KgError> {
+        let generation = generation(dir)?;
+        let store = Self::open(&generation_dir(dir, generation))?;
+        // Only once the store is ours (sled holds its lock): another process on this
+        // directory could still be closing the files removed here.
+        remove_stale(dir)?;
+        Ok(store)
+    }
+
     /// Triples the log's removal records remove, and whether that is enough to be worth a
-    /// compaction with `live` triples in the graph.
-    pub fn removed_in_log(&self, live: u64) -> (u64, bool) {
+    /// compaction with `live` triples in the graph (at least `threshold` removed, and an
+    /// eighth of the log; never with a `threshold` of 0).
+    pub fn removed_in_log(&self, live: u64, threshold: u64) -> (u64, bool) {
         let removed = self.removed_in_log.load(Ordering::Relaxed);
-        let due =
-            removed >= COMPACT_AFTER && removed.saturating_mul(8) >= live.saturating_add(removed);
+        let due = threshold > 0
+            && removed >= threshold
+            && removed.saturating_mul(8) >= live.saturating_add(removed);
         (removed, due)
+    }
+
+    /// Compacts the store of the data directory `dir` (this one, opened by
+    /// [`SledStore::open_data_dir`]) while the service runs: writes it into the next
+    /// `compacted-N` subdirectory, then names that in `CURRENT` (written aside, synced and
+    /// renamed into place: a crash leaves the old name or the new one, never half of one).
+    /// Returns the new store, open; the caller writes to it from then on, closes this one and
+    /// calls [`remove_stale`]. No write may reach this store meanwhile (it would be lost).
+    ///
+    /// # Errors
+    /// `Storage` when either store or `CURRENT` cannot be read or written; the store in use
+    /// stays the old one.
+    pub fn compact_generation(&self, dir: &Path) -> Result<(SledStore, Compacted), KgError> {
+        let next = generation(dir)? + 1;
+        let target = generation_dir(dir, next);
+        // A compaction cut off before its CURRENT; nothing names it.
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| io(&target, e))?;
+        }
+        let (store, done) = self.compact_in(&target, COMPACT_RECORD_BYTES)?;
+        let aside = dir.join(format!("{CURRENT}.new"));
+        let name = format!("{GENERATION}{next}\n");
+        let written = std::fs::File::create(&aside).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, name.as_bytes())?;
+            file.sync_all()
+        });
+        written.map_err(|e| io(&aside, e))?;
+        let current = dir.join(CURRENT);
+        std::fs::rename(&aside, &current).map_err(|e| io(&current, e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(dir, e))?;
+        Ok((store, done))
     }
 
     /// Writes the graph this store holds into a new store at `dir` (which must hold none): the
@@ -128,11 +194,16 @@ impl SledStore {
     /// # Errors
     /// `Storage` when either store cannot be read or written, or `dir` already holds a graph.
     pub fn compact_into(&self, dir: &Path) -> Result<Compacted, KgError> {
-        self.compact_in(dir, COMPACT_RECORD_BYTES)
+        Ok(self.compact_in(dir, COMPACT_RECORD_BYTES)?.1)
     }
 
-    /// [`SledStore::compact_into`] with records of about `record_bytes`.
-    fn compact_in(&self, dir: &Path, record_bytes: usize) -> Result<Compacted, KgError> {
+    /// [`SledStore::compact_into`] with records of about `record_bytes`; returns the new
+    /// store, open.
+    fn compact_in(
+        &self,
+        dir: &Path,
+        record_bytes: usize,
+    ) -> Result<(SledStore, Compacted), KgError> {
         let snapshot = self.snapshot()?;
         let target = SledStore::open(dir)?;
         if target.tree.iter().next().is_some() || target.db.tree_names().len() > 2 {
@@ -191,12 +262,13 @@ impl SledStore {
                 dir.display()
             )));
         }
-        Ok(Compacted {
+        let done = Compacted {
             triples: check.triples.len() as u64,
             removed: self.removed_in_log.load(Ordering::Relaxed),
             records,
             bytes: target.size_on_disk(),
-        })
+        };
+        Ok((target, done))
     }
 
     fn counter(&self, name: &[u8]) -> Result<u64, KgError> {
@@ -242,6 +314,77 @@ impl SledStore {
             self.counter(TRIPLES)?,
         ))
     }
+}
+
+fn io(path: &Path, e: std::io::Error) -> KgError {
+    KgError::Storage(format!("{}: {e}", path.display()))
+}
+
+/// The generation of the store of the data directory `dir`: 0 (the directory itself) or the
+/// N of the `compacted-N` its `CURRENT` names.
+fn generation(dir: &Path) -> Result<u64, KgError> {
+    let path = dir.join(CURRENT);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(&path, e)),
+    };
+    text.trim()
+        .strip_prefix(GENERATION)
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0 && generation_dir(dir, n).is_dir())
+        .ok_or_else(|| {
+            KgError::Storage(format!(
+                "{}: {:?} names no compacted store of this directory",
+                path.display(),
+                text.trim()
+            ))
+        })
+}
+
+fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    if generation == 0 {
+        dir.to_path_buf()
+    } else {
+        dir.join(format!("{GENERATION}{generation}"))
+    }
+}
+
+/// Removes from the data directory `dir` what no longer belongs to the store its `CURRENT`
+/// names: every other `compacted-N` subdirectory (an older store, or a compaction cut off
+/// before it was named), and once a compacted store is in use the files sled wrote into `dir`
+/// itself for the store before it. Nothing else in `dir` is touched. The stores removed must
+/// be closed (by this process; another would have held the lock `open` took).
+///
+/// # Errors
+/// `Storage` when `CURRENT` or `dir` cannot be read or an entry removed.
+pub fn remove_stale(dir: &Path) -> Result<(), KgError> {
+    let generation = generation(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let older = name
+            .strip_prefix(GENERATION)
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n != generation);
+        let sled_file = generation > 0 && (SLED_FILES.contains(&name) || name.starts_with("snap."));
+        if !(older || sled_file) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| io(&path, e))?;
+        tracing::info!(path = %path.display(), "removed what a compaction left");
+    }
+    Ok(())
 }
 
 /// What [`SledStore::compact_into`] wrote.
@@ -884,11 +1027,11 @@ mod tests {
         let live = graph.triple_count() as u64;
         assert_eq!(live, 2 * items as u64 - 2);
         assert_eq!(store.snapshot().unwrap().triples.len() as u64, live);
-        assert_eq!(store.removed_in_log(live).0, 5_002);
+        assert_eq!(store.removed_in_log(live, COMPACT_AFTER).0, 5_002);
         // Records of at most 16 KiB: ~100 KB of names and 144 KB of triples take several.
-        let compacted = store.compact_in(into.path(), 16_384).unwrap();
+        let compacted = store.compact_in(into.path(), 16_384).unwrap().1;
         assert_eq!((compacted.triples, compacted.removed), (live, 5_002));
-        let again = store.compact_in(into.path(), 16_384).unwrap_err();
+        let again = store.compact_in(into.path(), 16_384).err().unwrap();
         assert!(
             again.to_string().contains("already holds a store"),
             "{again}"
@@ -908,7 +1051,7 @@ mod tests {
             let other = target.db.open_tree("embeddings").unwrap();
             assert_eq!(other.get("current").unwrap().unwrap(), 7u64.to_be_bytes());
             let replayed = target.snapshot().unwrap();
-            assert_eq!(target.removed_in_log(live), (0, false));
+            assert_eq!(target.removed_in_log(live, 1), (0, false));
             let expected = graph.snapshot();
             assert_eq!(replayed.entities, expected.entities, "ids unchanged");
             assert_eq!(replayed.relations, expected.relations);
@@ -961,5 +1104,80 @@ mod tests {
         let mut replay = Replay::new(vec![(0, 0, 2), (0, 0, 1)], watch());
         replay.record(&record, true, &mut e, &mut r).unwrap();
         assert_eq!(replay.survivors(), vec![(0, 0, 2)]);
+    }
+
+    /// The service's compaction: a store in the data directory itself (every store written
+    /// before this layout) moves to `compacted-1`, then `compacted-2`; each start opens the one
+    /// `CURRENT` names and removes what the switches left (the old sled files, the older
+    /// store, a compaction cut off before its `CURRENT`), and nothing else.
+    #[test]
+    fn compacting_a_data_directory_moves_its_store_and_leaves_nothing_behind() {
+        use souk_kg_core::{Graph, Triple};
+        let t = |h: &str, r: &str, tl: &str| Triple::new(h, r, tl).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        std::fs::write(dir.path().join("operator-notes.txt"), "mine").unwrap();
+        let mut graph = Graph::default();
+        let edit = |store: &SledStore, graph: &mut Graph, remove: &[Triple], insert: &[Triple]| {
+            let plan = graph.plan_edit(remove, &[], insert);
+            store.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+        };
+        let store = SledStore::open_data_dir(dir.path()).unwrap();
+        edit(
+            &store,
+            &mut graph,
+            &[],
+            &[t("a", "r", "b"), t("b", "r", "c"), t("c", "r", "a")],
+        );
+        edit(&store, &mut graph, &[t("b", "r", "c")], &[]);
+        assert!(names().contains(&"db".to_string()), "{:?}", names());
+
+        let (next, done) = store.compact_generation(dir.path()).unwrap();
+        assert_eq!((done.triples, done.removed), (2, 1));
+        let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+        assert_eq!(current, "compacted-1\n");
+        // The new store takes the next write; the old one is closed, then swept.
+        edit(&next, &mut graph, &[], &[t("c", "r", "d")]);
+        drop(store);
+        remove_stale(dir.path()).unwrap();
+        assert_eq!(names(), ["CURRENT", "compacted-1", "operator-notes.txt"]);
+        drop(next);
+
+        let reopened = SledStore::open_data_dir(dir.path()).unwrap();
+        assert_eq!(
+            reopened.snapshot().unwrap().triples,
+            graph.snapshot().triples
+        );
+        let (second, _) = reopened.compact_generation(dir.path()).unwrap();
+        drop((reopened, second));
+        // A third, cut off before its CURRENT.
+        std::fs::create_dir(dir.path().join("compacted-3")).unwrap();
+        std::fs::write(dir.path().join("compacted-3").join("db"), "half").unwrap();
+        let store = SledStore::open_data_dir(dir.path()).unwrap();
+        assert_eq!(names(), ["CURRENT", "compacted-2", "operator-notes.txt"]);
+        let replayed = store.snapshot().unwrap();
+        let expected = graph.snapshot();
+        assert_eq!(
+            (replayed.entities, replayed.triples),
+            (expected.entities, expected.triples)
+        );
+        drop(store);
+
+        // A CURRENT naming no store is refused, not taken for a new empty one.
+        std::fs::write(dir.path().join("CURRENT"), "compacted-9\n").unwrap();
+        let refused = SledStore::open_data_dir(dir.path()).err().unwrap();
+        assert!(
+            refused.to_string().contains("names no compacted store"),
+            "{refused}"
+        );
+        assert!(!dir.path().join("compacted-9").exists());
     }
 }

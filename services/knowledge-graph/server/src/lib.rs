@@ -50,7 +50,7 @@ pub struct KgArgs {
     pub server: ServerArgs,
     /// Removed triples from which the service compacts its store while it serves (and an
     /// eighth of its log at least): it writes the live graph into a new store inside
-    /// `--data-dir` and switches to it; writes wait meanwhile (~1.4 s for 5M triples).
+    /// `--data-dir` and switches to it; writes wait meanwhile (1.3-1.8 s for 5M triples).
     /// 0: never.
     #[arg(long, env = "SOUK_COMPACT_AFTER", default_value_t = store::COMPACT_AFTER)]
     pub compact_after: u64,

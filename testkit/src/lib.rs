@@ -135,8 +135,12 @@ pub async fn http_call(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    // Head and body in one write: a server that answers from the head alone and closes
+    // (`connection: close`) before a late body arrives resets the connection, and the
+    // reply is lost (seen once in CI as "connection reset by peer").
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let raw = String::from_utf8(raw).unwrap();

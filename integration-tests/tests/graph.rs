@@ -923,14 +923,7 @@ async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it()
         .into_inner();
     assert_eq!(after.embeddings, rows.embeddings, "trained rows unchanged");
     // The old store's files go once it is closed; an operator's own file stays.
-    let listing = || {
-        let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = || souk_testkit::dir_names(dir.path());
     assert!(
         soon(async || listing() == ["CURRENT", "compacted-1", "notes.txt"]).await,
         "{:?}",

@@ -23,6 +23,16 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The names of what the directory `dir` holds, sorted.
+pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A port free on loopback a moment ago, and not handed out before by this process: the
 /// system may give the same free port to two binds in a row (a test's primary and replica
 /// then met on one port).

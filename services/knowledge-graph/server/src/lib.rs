@@ -213,20 +213,37 @@ impl Loaded {
             .map_err(|_| KgError::Storage("store lock poisoned".into()))
     }
 
+    /// Replaces the store in use (under `writer`, by a compaction).
+    fn switch_store(&self, new: SledStore) -> Result<(), KgError> {
+        *self
+            .store
+            .write()
+            .map_err(|_| KgError::Storage("store lock poisoned".into()))? = Arc::new(new);
+        Ok(())
+    }
+
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, ()>, KgError> {
         self.writer
             .lock()
             .map_err(|_| KgError::Storage("writer lock poisoned".into()))
     }
 
+    fn graph(&self) -> Result<std::sync::RwLockReadGuard<'_, Graph>, KgError> {
+        self.graph
+            .read()
+            .map_err(|_| KgError::Storage("graph lock poisoned".into()))
+    }
+
+    fn graph_mut(&self) -> Result<std::sync::RwLockWriteGuard<'_, Graph>, KgError> {
+        self.graph
+            .write()
+            .map_err(|_| KgError::Storage("graph lock poisoned".into()))
+    }
+
     /// Whether the store's log holds enough removed triples to compact it.
     fn compaction_due(&self) -> Result<bool, KgError> {
-        let live = self
-            .graph
-            .read()
-            .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
-            .triple_count() as u64;
-        Ok(self.store()?.removed_in_log(live, self.compact_after).1)
+        let live = self.graph()?.triple_count() as u64;
+        Ok(self.store()?.compaction_due(live, self.compact_after))
     }
 }
 
@@ -259,10 +276,7 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
     let old = loaded.store()?;
     let before = old.size_on_disk();
     let (new, done) = old.compact_generation(&loaded.data_dir)?;
-    *loaded
-        .store
-        .write()
-        .map_err(|_| KgError::Storage("store lock poisoned".into()))? = Arc::new(new);
+    loaded.switch_store(new)?;
     drop(writer);
     tracing::info!(
         triples = done.triples,
@@ -364,17 +378,9 @@ fn apply_batch(
     insert: &[Triple],
 ) -> Result<Change, KgError> {
     let _writer = loaded.writer()?;
-    let plan = loaded
-        .graph
-        .read()
-        .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
-        .plan_edit(remove, clear, insert);
+    let plan = loaded.graph()?.plan_edit(remove, clear, insert);
     loaded.store()?.persist(&plan)?;
-    loaded
-        .graph
-        .write()
-        .map_err(|_| KgError::Storage("graph lock poisoned".into()))?
-        .apply(&plan)?;
+    loaded.graph_mut()?.apply(&plan)?;
     Ok(plan)
 }
 
@@ -794,7 +800,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             relations,
             triples,
             store_bytes: store.size_on_disk(),
-            removed_triples_in_store: store.removed_in_log(triples, 0).0,
+            removed_triples_in_store: store.removed_in_log(),
             embedding_model: loaded
                 .embeddings
                 .read()

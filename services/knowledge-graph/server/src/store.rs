@@ -140,15 +140,19 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Triples the log's removal records remove, and whether that is enough to be worth a
-    /// compaction with `live` triples in the graph (at least `threshold` removed, and an
-    /// eighth of the log; never with a `threshold` of 0).
-    pub fn removed_in_log(&self, live: u64, threshold: u64) -> (u64, bool) {
-        let removed = self.removed_in_log.load(Ordering::Relaxed);
-        let due = threshold > 0
+    /// Triples the log's removal records remove (what a compaction would drop).
+    pub fn removed_in_log(&self) -> u64 {
+        self.removed_in_log.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log's removed triples are worth a compaction with `live` triples in the
+    /// graph: at least `threshold` of them, and an eighth of the log; never with a
+    /// `threshold` of 0.
+    pub fn compaction_due(&self, live: u64, threshold: u64) -> bool {
+        let removed = self.removed_in_log();
+        threshold > 0
             && removed >= threshold
-            && removed.saturating_mul(8) >= live.saturating_add(removed);
-        (removed, due)
+            && removed.saturating_mul(8) >= live.saturating_add(removed)
     }
 
     /// Compacts the store of the data directory `dir` (this one, opened by
@@ -1030,7 +1034,20 @@ mod tests {
         let live = graph.triple_count() as u64;
         assert_eq!(live, 2 * items as u64 - 2);
         assert_eq!(store.snapshot().unwrap().triples.len() as u64, live);
-        assert_eq!(store.removed_in_log(live, COMPACT_AFTER).0, 5_002);
+        assert_eq!(store.removed_in_log(), 5_002);
+        assert!(store.compaction_due(live, 5_002));
+        assert!(
+            !store.compaction_due(live, 5_003),
+            "fewer removed than the threshold"
+        );
+        assert!(
+            !store.compaction_due(live, 0),
+            "a threshold of 0 never compacts"
+        );
+        assert!(
+            !store.compaction_due(8 * live, 1),
+            "removed triples under an eighth of the log"
+        );
         // Records of at most 16 KiB: ~100 KB of names and 144 KB of triples take several.
         let compacted = store.compact_in(into.path(), 16_384).unwrap().1;
         assert_eq!((compacted.triples, compacted.removed), (live, 5_002));
@@ -1054,7 +1071,8 @@ mod tests {
             let other = target.db.open_tree("embeddings").unwrap();
             assert_eq!(other.get("current").unwrap().unwrap(), 7u64.to_be_bytes());
             let replayed = target.snapshot().unwrap();
-            assert_eq!(target.removed_in_log(live, 1), (0, false));
+            assert_eq!(target.removed_in_log(), 0);
+            assert!(!target.compaction_due(live, 1));
             let expected = graph.snapshot();
             assert_eq!(replayed.entities, expected.entities, "ids unchanged");
             assert_eq!(replayed.relations, expected.relations);
@@ -1118,14 +1136,7 @@ mod tests {
         use souk_kg_core::{Graph, Triple};
         let t = |h: &str, r: &str, tl: &str| Triple::new(h, r, tl).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let names = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            names
-        };
+        let names = || souk_testkit::dir_names(dir.path());
         std::fs::write(dir.path().join("operator-notes.txt"), "mine").unwrap();
         let mut graph = Graph::default();
         let edit = |store: &SledStore, graph: &mut Graph, remove: &[Triple], insert: &[Triple]| {

@@ -9,7 +9,8 @@
 # without --compact-into).
 # The service compacts a churned store itself while it serves (from session 48, with
 # --compact-after 100000 by default): every compaction it did is printed after the command
-# that set it off ("writes_held_ms": how long loads waited). KG_ARGS="--compact-after 0" keeps
+# that set it off, once done ("writes_held_ms": how long loads waited; from session 49 the delete
+# sets one off that runs while the load back does). KG_ARGS="--compact-after 0" keeps
 # the store churned, as session 47 measured it.
 # usage: scripts/bench/kg-churn.sh    env: ROUNDS=2 STORE=/tmp/kgchurn PORT=50073 COMPACT=1
 #   KG_BINS (souk-kg binaries, default target/release/souk-kg) TRIPLES=/tmp/kg-5m.tsv KG_ARGS
@@ -34,10 +35,14 @@ start() { # binary [store]
   for _ in $(seq 600); do grep -q "graph rebuilt" $log.start && return; sleep 0.2; done
   echo "souk-kg did not start" >&2; exit 1
 }
-compactions() { # the running service's compactions since the last call
+compactions() { # the running service's compactions since the last call, once none runs
   seen=${seen:-0}
+  for _ in $(seq 300); do
+    [ "$(grep -c "compacting the store" $log.start)" -le "$(grep -c "compacted while serving" $log.start)" ] && break
+    sleep 0.2
+  done
   grep "compacted while serving" $log.start | tail -n +$((seen + 1)) |
-    grep -o 'triples=[0-9]* removed=[0-9]* bytes_before=[0-9]* bytes_after=[0-9]* writes_held_ms=[0-9]*' |
+    grep -o 'triples=.*writes_held_ms=[0-9]*' |
     sed 's/^/  compacted while serving: /' || true
   seen=$(grep -c "compacted while serving" $log.start || true)
 }
@@ -60,9 +65,7 @@ for bin in ${KG_BINS:-target/release/souk-kg}; do
   restart "$bin"
   for round in $(seq "${ROUNDS:-2}"); do
     /usr/bin/time -f "  round $round: delete 700k %e s" $C kg delete "$DEL" --quiet > /dev/null
-    compactions
     /usr/bin/time -f "  round $round: load back 700k %e s" $C kg load "$DEL" --quiet > /dev/null
-    sleep 3 # a compaction the load set off
     compactions
     restart "$bin"
   done

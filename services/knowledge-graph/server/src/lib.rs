@@ -192,7 +192,9 @@ struct Loaded {
     /// `--compact-after`.
     compact_after: u64,
     /// Held by the one compaction that runs, from its start to the removal of the old
-    /// store's files (a second one would write beside what that removal sweeps).
+    /// store's files (a second one would write beside what that removal sweeps); the
+    /// embeddings' save waits on it, since the compaction copies their trees without
+    /// holding writes off.
     compacting: Mutex<()>,
     graph: RwLock<Graph>,
     /// One writer at a time: the store assigns ids and the graph must mirror them in order.
@@ -220,6 +222,13 @@ impl Loaded {
             .write()
             .map_err(|_| KgError::Storage("store lock poisoned".into()))? = Arc::new(new);
         Ok(())
+    }
+
+    /// Waits for a compaction that runs, and holds the next one off.
+    fn after_compaction(&self) -> Result<std::sync::MutexGuard<'_, ()>, KgError> {
+        self.compacting
+            .lock()
+            .map_err(|_| KgError::Storage("compaction lock poisoned".into()))
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, ()>, KgError> {
@@ -259,31 +268,46 @@ fn compact_when_due(loaded: Arc<Loaded>) {
     });
 }
 
-/// Writes the live graph into a new store inside the data directory and switches to it,
-/// writes held off meanwhile (reads go on: they use the in-memory graph and embeddings);
-/// then closes the old store and removes its files.
+/// Writes the live graph into a new store inside the data directory and switches to it, then
+/// closes the old store and removes its files. Writes go on while the graph is copied (from a
+/// mark in the log) and are held off only while the records written since are copied after
+/// it and the new store is named; reads go on throughout (they use the in-memory graph and
+/// embeddings).
 fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
-    // One at a time; the next load after this one looks again.
+    // One at a time; the next load after this one looks again. Held to the end: the
+    // embeddings' save waits on it (their trees are copied without the writer lock).
     let Ok(_compacting) = loaded.compacting.try_lock() else {
         return Ok(());
     };
-    let started = std::time::Instant::now();
-    let writer = loaded.writer()?;
     // Another compaction may have come first.
     if !loaded.compaction_due()? {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let old = loaded.store()?;
     let before = old.size_on_disk();
-    let (new, done) = old.compact_generation(&loaded.data_dir)?;
+    tracing::info!(
+        removed = old.removed_in_log(),
+        "compacting the store while serving"
+    );
+    let mark = {
+        let _writer = loaded.writer()?;
+        old.mark()?
+    };
+    let next = old.begin_generation(&loaded.data_dir, &mark)?;
+    let writer = loaded.writer()?;
+    let held = std::time::Instant::now();
+    let (new, done) = old.finish_generation(&loaded.data_dir, next)?;
     loaded.switch_store(new)?;
     drop(writer);
     tracing::info!(
         triples = done.triples,
         removed = done.removed,
+        caught_up_records = done.caught_up,
         bytes_before = before,
         bytes_after = done.bytes,
-        writes_held_ms = started.elapsed().as_millis() as u64,
+        seconds = started.elapsed().as_secs_f32(),
+        writes_held_ms = held.elapsed().as_millis() as u64,
         "store compacted while serving"
     );
     // A call that took the old store just before the switch (Stats) is done with it soon.
@@ -740,11 +764,12 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 }
             };
             let served = Served::new(config, trained.embeddings, triples.len());
-            // Under the writer lock: a compaction copies the embeddings' trees, and must
-            // not miss these rows.
-            let saved = loaded
-                .writer()
-                .and_then(|_writer| embeddings::save(loaded.store()?.db(), &served));
+            // After any compaction (it copies the embeddings' trees while writes go on, and
+            // must not miss these rows), and under the writer lock.
+            let saved = loaded.after_compaction().and_then(|_compaction| {
+                let _writer = loaded.writer()?;
+                embeddings::save(loaded.store()?.db(), &served)
+            });
             if let Err(error) = saved {
                 let _ = tx.blocking_send(Err(status(error)));
                 return;

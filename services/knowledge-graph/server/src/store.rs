@@ -32,10 +32,13 @@
 //! records whose pages were last written before the process started, so replacing the log in
 //! place grew a churned 5M-triple store from 460 to 724 MB (BENCHMARKS.md, "Session 47").
 //!
-//! The service compacts while it serves ([`SledStore::compact_generation`]): the new store is
-//! written into a subdirectory of the data directory, `compacted-N`, and a file `CURRENT`
-//! naming it is put in place atomically; from then on [`SledStore::open_data_dir`] opens that
-//! one. Until the first compaction the store lives in the data directory itself (as every
+//! The service compacts while it serves, in two steps: [`SledStore::begin_generation`] writes
+//! the graph the log held at a mark ([`SledStore::mark`]) into a subdirectory of the data
+//! directory, `compacted-N`, while writes go on (records are never rewritten, so the log up to
+//! the mark stays as it was); [`SledStore::finish_generation`], with writes held off, copies
+//! the records written since the mark after it as they are (ids are the same in both stores)
+//! and puts a file `CURRENT` naming it in place atomically; from then on
+//! [`SledStore::open_data_dir`] opens that one. Until the first compaction the store lives in the data directory itself (as every
 //! store written before this layout does). What the switch leaves behind (the old store's
 //! files, a compaction cut off before its `CURRENT`) is removed once the old store is closed,
 //! or at the next start ([`remove_stale`]).
@@ -155,26 +158,110 @@ impl SledStore {
             && removed.saturating_mul(8) >= live.saturating_add(removed)
     }
 
-    /// Compacts the store of the data directory `dir` (this one, opened by
-    /// [`SledStore::open_data_dir`]) while the service runs: writes it into the next
-    /// `compacted-N` subdirectory, then names that in `CURRENT` (written aside, synced and
-    /// renamed into place: a crash leaves the old name or the new one, never half of one).
-    /// Returns the new store, open; the caller writes to it from then on, closes this one and
-    /// calls [`remove_stale`]. No write may reach this store meanwhile (it would be lost).
+    /// Where the log stands: the sequence number of its next record and its counters. Taken
+    /// with writes held off; a compaction copies the log up to it while writes go on, then
+    /// catches up on what came after it ([`SledStore::begin_generation`]).
     ///
     /// # Errors
-    /// `Storage` when either store or `CURRENT` cannot be read or written; the store in use
-    /// stays the old one.
-    pub fn compact_generation(&self, dir: &Path) -> Result<(SledStore, Compacted), KgError> {
-        let next = generation(dir)? + 1;
-        let target = generation_dir(dir, next);
+    /// When the store cannot be read.
+    pub fn mark(&self) -> Result<LogMark, KgError> {
+        Ok(LogMark {
+            next: self.counter(NEXT_BATCH)?,
+            counts: self.counts()?,
+        })
+    }
+
+    /// Compacts the store of the data directory `dir` (this one, opened by
+    /// [`SledStore::open_data_dir`]) while the service runs, first step: writes the graph the
+    /// log held at `mark` into the next `compacted-N` subdirectory, and checks it by replaying
+    /// it. Writes to this store may go on meanwhile; nothing names the new one yet. Nothing but
+    /// the graph's log may change in this store's other trees (the trained embeddings) until
+    /// [`SledStore::finish_generation`]: they are copied as they are now.
+    ///
+    /// # Errors
+    /// `Storage` when either store cannot be read or written; the store in use is unchanged.
+    pub fn begin_generation(&self, dir: &Path, mark: &LogMark) -> Result<NextGeneration, KgError> {
+        let generation = generation(dir)? + 1;
+        let target = generation_dir(dir, generation);
         // A compaction cut off before its CURRENT; nothing names it.
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| io(&target, e))?;
         }
-        let (store, done) = self.compact_in(&target, COMPACT_RECORD_BYTES)?;
+        let (store, done) = self.compact_in(&target, COMPACT_RECORD_BYTES, Some(mark))?;
+        Ok(NextGeneration {
+            store,
+            generation,
+            mark: *mark,
+            done,
+        })
+    }
+
+    /// Second step, with writes held off: copies the records written to this store since the
+    /// mark into the new one as they are (ids are the same in both), then names the new store
+    /// in `CURRENT` (written aside, synced and renamed into place: a crash leaves the old name
+    /// or the new one, never half of one). Returns the new store, open; the caller writes to
+    /// it from then on, closes this one and calls [`remove_stale`].
+    ///
+    /// # Errors
+    /// `Storage` when either store or `CURRENT` cannot be read or written; the store in use
+    /// stays the old one.
+    pub fn finish_generation(
+        &self,
+        dir: &Path,
+        next: NextGeneration,
+    ) -> Result<(SledStore, Compacted), KgError> {
+        let NextGeneration {
+            store,
+            generation,
+            mark,
+            mut done,
+        } = next;
+        let from = |prefix: u8| key(prefix, &mark.next.to_be_bytes());
+        let records = merge_by_seq(
+            self.tree.range(from(b'b')..[b'c'].to_vec()),
+            self.tree.range(from(b'd')..[b'e'].to_vec()),
+        );
+        let mut seq = done.records;
+        let mut removals = 0u64;
+        // A record at a time, flushed, as `persist` wrote them: copied in one sled batch, the
+        // same records left the new store 106-152 MB on disk instead of 84-87 MB at 5M
+        // triples (sled rewrote the leaf they extend several times over; BENCHMARKS.md,
+        // "Session 49"). Nothing names the new store yet, so a crash here leaves only a
+        // directory the next start removes.
+        for item in records {
+            let (k, v) = item.map_err(storage)?;
+            let prefix = k.first().copied().unwrap_or(b'b');
+            if prefix == b'd' {
+                let mut gone = Vec::new();
+                take_triples(&mut &v[..], &mut gone)
+                    .map_err(|e| KgError::Storage(format!("batch record {:?}: {e}", &k[1..])))?;
+                removals += gone.len() as u64;
+            }
+            store
+                .tree
+                .insert(key(prefix, &seq.to_be_bytes()), v)
+                .map_err(storage)?;
+            store.db.flush().map_err(storage)?;
+            seq += 1;
+        }
+        let (entities, relations, triples) = self.counts()?;
+        let mut batch = sled::Batch::default();
+        batch.insert(NEXT_BATCH, &seq.to_be_bytes());
+        for (counter, n) in [
+            (ENTITIES, entities),
+            (RELATIONS, relations),
+            (TRIPLES, triples),
+        ] {
+            batch.insert(counter, &n.to_be_bytes());
+        }
+        store.tree.apply_batch(batch).map_err(storage)?;
+        store.db.flush().map_err(storage)?;
+        store.removed_in_log.store(removals, Ordering::Relaxed);
+        done.caught_up = seq - done.records;
+        done.triples = triples;
+
         let aside = dir.join(format!("{CURRENT}.new"));
-        let name = format!("{GENERATION}{next}\n");
+        let name = format!("{GENERATION}{generation}\n");
         let written = std::fs::File::create(&aside).and_then(|mut file| {
             std::io::Write::write_all(&mut file, name.as_bytes())?;
             file.sync_all()
@@ -188,6 +275,7 @@ impl SledStore {
         if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
             tracing::warn!(%error, dir = %dir.display(), "cannot sync the data directory");
         }
+        done.bytes = store.size_on_disk();
         Ok((store, done))
     }
 
@@ -201,17 +289,21 @@ impl SledStore {
     /// # Errors
     /// `Storage` when either store cannot be read or written, or `dir` already holds a graph.
     pub fn compact_into(&self, dir: &Path) -> Result<Compacted, KgError> {
-        Ok(self.compact_in(dir, COMPACT_RECORD_BYTES)?.1)
+        Ok(self.compact_in(dir, COMPACT_RECORD_BYTES, None)?.1)
     }
 
-    /// [`SledStore::compact_into`] with records of about `record_bytes`; returns the new
-    /// store, open.
+    /// [`SledStore::compact_into`] with records of about `record_bytes`, of the log up to
+    /// `until` (all of it when `None`); returns the new store, open.
     fn compact_in(
         &self,
         dir: &Path,
         record_bytes: usize,
+        until: Option<&LogMark>,
     ) -> Result<(SledStore, Compacted), KgError> {
-        let snapshot = self.snapshot()?;
+        let (snapshot, removed) = match until {
+            None => (self.snapshot()?, self.removed_in_log()),
+            Some(mark) => self.replay(Some(mark))?,
+        };
         let target = SledStore::open(dir)?;
         if target.tree.iter().next().is_some() || target.db.tree_names().len() > 2 {
             return Err(KgError::Storage(format!(
@@ -271,8 +363,9 @@ impl SledStore {
         }
         let done = Compacted {
             triples: check.triples.len() as u64,
-            removed: self.removed_in_log.load(Ordering::Relaxed),
+            removed,
             records,
+            caught_up: 0,
             bytes: target.size_on_disk(),
         };
         Ok((target, done))
@@ -394,13 +487,33 @@ pub fn remove_stale(dir: &Path) -> Result<(), KgError> {
     Ok(())
 }
 
-/// What [`SledStore::compact_into`] wrote.
+/// Where a store's log stood: see [`SledStore::mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMark {
+    /// The sequence number of the next record.
+    next: u64,
+    /// (entities, relations, triples) the log held.
+    counts: (u64, u64, u64),
+}
+
+/// A compacted store written, not yet in use: see [`SledStore::begin_generation`].
+pub struct NextGeneration {
+    store: SledStore,
+    generation: u64,
+    mark: LogMark,
+    done: Compacted,
+}
+
+/// What a compaction wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compacted {
     pub triples: u64,
-    /// Removed triples the old log held and the new one does not.
+    /// Removed triples the old log held (up to the mark) and the new one does not.
     pub removed: u64,
+    /// Records of the compacted log.
     pub records: u64,
+    /// Records written after the mark, copied as they are.
+    pub caught_up: u64,
     /// sled's size of the new store.
     pub bytes: u64,
 }
@@ -495,7 +608,31 @@ impl TripleStore for SledStore {
     }
 
     fn snapshot(&self) -> Result<Snapshot, KgError> {
-        let (entities, relations, triples) = self.counts()?;
+        let (snapshot, removals) = self.replay(None)?;
+        self.removed_in_log.store(removals, Ordering::Relaxed);
+        Ok(snapshot)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl SledStore {
+    /// The graph the log holds up to `until` (all of it when `None`), and the triples its
+    /// removal records remove. Records written after the mark (while this runs, too) are left
+    /// out, so a replay to a mark needs no lock.
+    fn replay(&self, until: Option<&LogMark>) -> Result<(Snapshot, u64), KgError> {
+        let (entities, relations, triples) = match until {
+            Some(mark) => mark.counts,
+            None => self.counts()?,
+        };
+        let records = |prefix: u8| match until {
+            None => self.tree.scan_prefix([prefix]),
+            Some(mark) => self
+                .tree
+                .range(key(prefix, &[0; 8])..key(prefix, &mark.next.to_be_bytes())),
+        };
         // Legacy layout first (a key per name and per triple), then the batch log.
         let names = |prefix: u8| -> Result<Vec<String>, KgError> {
             let mut out = Vec::new();
@@ -527,7 +664,7 @@ impl TripleStore for SledStore {
         // over the removal records, which are few and short).
         let mut removed = HashSet::new();
         let mut removals = 0u64;
-        for item in self.tree.scan_prefix([b'd']) {
+        for item in records(b'd') {
             let (k, v) = item.map_err(storage)?;
             let mut gone = Vec::new();
             take_triples(&mut &v[..], &mut gone)
@@ -535,10 +672,8 @@ impl TripleStore for SledStore {
             removals += gone.len() as u64;
             removed.extend(gone);
         }
-        self.removed_in_log.store(removals, Ordering::Relaxed);
         let mut replay = Replay::new(all, removed);
-        let records = merge_by_seq(self.tree.scan_prefix([b'b']), self.tree.scan_prefix([b'd']));
-        for item in records {
+        for item in merge_by_seq(records(b'b'), records(b'd')) {
             let (k, v) = item.map_err(storage)?;
             let removes = k.first() == Some(&b'd');
             replay
@@ -557,15 +692,12 @@ impl TripleStore for SledStore {
                 )));
             }
         }
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             entities: entity_names,
             relations: relation_names,
             triples: all,
-        })
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        };
+        Ok((snapshot, removals))
     }
 }
 
@@ -938,7 +1070,7 @@ mod tests {
                 drop(store);
                 SledStore::open(dir.path())
                     .unwrap()
-                    .compact_in(into.path(), 256)
+                    .compact_in(into.path(), 256, None)
                     .unwrap();
                 store = SledStore::open(into.path()).unwrap();
                 let replayed = store.snapshot().unwrap();
@@ -1049,9 +1181,9 @@ mod tests {
             "removed triples under an eighth of the log"
         );
         // Records of at most 16 KiB: ~100 KB of names and 144 KB of triples take several.
-        let compacted = store.compact_in(into.path(), 16_384).unwrap().1;
+        let compacted = store.compact_in(into.path(), 16_384, None).unwrap().1;
         assert_eq!((compacted.triples, compacted.removed), (live, 5_002));
-        let again = store.compact_in(into.path(), 16_384).err().unwrap();
+        let again = store.compact_in(into.path(), 16_384, None).err().unwrap();
         assert!(
             again.to_string().contains("already holds a store"),
             "{again}"
@@ -1154,10 +1286,22 @@ mod tests {
         edit(&store, &mut graph, &[t("b", "r", "c")], &[]);
         assert!(names().contains(&"db".to_string()), "{:?}", names());
 
-        let (next, done) = store.compact_generation(dir.path()).unwrap();
-        assert_eq!((done.triples, done.removed), (2, 1));
+        // Writes go on while the graph up to the mark is copied; nothing names the copy yet.
+        let mark = store.mark().unwrap();
+        let begun = store.begin_generation(dir.path(), &mark).unwrap();
+        assert!(!dir.path().join("CURRENT").exists());
+        edit(&store, &mut graph, &[t("a", "r", "b")], &[t("x", "s", "y")]);
+        edit(&store, &mut graph, &[], &[t("y", "s", "z")]);
+        let (next, done) = store.finish_generation(dir.path(), begun).unwrap();
+        assert_eq!((done.triples, done.removed, done.caught_up), (3, 1, 2));
         let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
         assert_eq!(current, "compacted-1\n");
+        assert_eq!(next.counts().unwrap(), store.counts().unwrap());
+        assert_eq!(
+            next.removed_in_log(),
+            1,
+            "the removal after the mark is in the new log"
+        );
         // The new store takes the next write; the old one is closed, then swept.
         edit(&next, &mut graph, &[], &[t("c", "r", "d")]);
         drop(store);
@@ -1170,7 +1314,10 @@ mod tests {
             reopened.snapshot().unwrap().triples,
             graph.snapshot().triples
         );
-        let (second, _) = reopened.compact_generation(dir.path()).unwrap();
+        let mark = reopened.mark().unwrap();
+        let begun = reopened.begin_generation(dir.path(), &mark).unwrap();
+        let (second, done) = reopened.finish_generation(dir.path(), begun).unwrap();
+        assert_eq!((done.triples, done.removed, done.caught_up), (4, 1, 0));
         drop((reopened, second));
         // A third, cut off before its CURRENT.
         std::fs::create_dir(dir.path().join("compacted-3")).unwrap();

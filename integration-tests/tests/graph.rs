@@ -949,3 +949,67 @@ async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it()
     let after = client.entity_embeddings(lookup).await.unwrap().into_inner();
     assert_eq!(after.embeddings, rows.embeddings);
 }
+
+/// A compaction that fails (here it cannot name its new store: `CURRENT.new` is taken by a
+/// directory, as a full disk or a read-only mount would fail it) leaves the store in use as it
+/// was, removes what it wrote, says so in `Stats`, and the next start compacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("CURRENT.new")).unwrap();
+    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    load_shop(&mut client).await;
+    client
+        .load_triples(futures::stream::iter(recolouring(0..5_000)))
+        .await
+        .unwrap();
+    assert!(
+        soon_within(30, async || kg_stats(&mut client)
+            .await
+            .compaction_failed_at
+            > 0)
+        .await,
+        "the failure is reported"
+    );
+    let failed = kg_stats(&mut client).await;
+    assert_eq!(failed.removed_triples_in_store, 5_000);
+    let listing = souk_testkit::dir_names(dir.path());
+    assert!(
+        !listing
+            .iter()
+            .any(|n| n.starts_with("compacted-") || n == "CURRENT"),
+        "{listing:?}"
+    );
+    // The store in use takes the next load and keeps what it held.
+    client
+        .load_triples(futures::stream::iter(recolouring(5_000..6_000)))
+        .await
+        .unwrap();
+    let lists = colour_lists(&mut client).await;
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
+    for i in [0, 4_999, 5_000, 5_999] {
+        let c = (i + 1) % 7;
+        assert!(
+            lists[c].contains(&format!("item:{i}")),
+            "item {i} recoloured"
+        );
+    }
+    drop(client);
+    server.stop().await.unwrap();
+
+    std::fs::remove_dir(dir.path().join("CURRENT.new")).unwrap();
+    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    assert!(
+        soon_within(30, async || {
+            kg_stats(&mut client).await.removed_triples_in_store == 0
+        })
+        .await,
+        "compacted at start"
+    );
+    let compacted = kg_stats(&mut client).await;
+    assert_eq!(compacted.compaction_failed_at, 0);
+    assert_eq!(compacted.triples, failed.triples);
+    assert_eq!(colour_lists(&mut client).await, lists);
+}

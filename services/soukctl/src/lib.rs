@@ -1685,6 +1685,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk{removed}",
                 g.entities, g.relations, g.triples, g.store_bytes
             );
+            if g.compaction_failed_at > 0 {
+                println!(
+                    "graph: its last compaction failed {} ago (the store in use is unchanged; \
+                     the reason is in the service's log)",
+                    seconds_ago(g.compaction_failed_at)
+                );
+            }
         }
         Command::Synonyms(SynonymsCommand::Load { file, dry_run }) => {
             let read = files::read_synonyms(&file)?;
@@ -1823,6 +1830,18 @@ pub async fn health(url: &str) -> anyhow::Result<String> {
             Err(_) => format!("UNKNOWN({})", r.status),
         },
     )
+}
+
+/// How long ago the Unix time `at` (seconds) was, as "N s", "N min" or "N h".
+fn seconds_ago(at: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(at) {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3_600),
+    }
 }
 
 #[cfg(test)]

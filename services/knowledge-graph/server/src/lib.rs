@@ -136,6 +136,7 @@ pub async fn serve(
             data_dir,
             compact_after,
             compacting: Mutex::new(()),
+            compaction_failed: Mutex::new(None),
             graph: RwLock::new(graph),
             writer: Mutex::new(()),
             embeddings: RwLock::new(served),
@@ -196,6 +197,9 @@ struct Loaded {
     /// embeddings' save waits on it, since the compaction copies their trees without
     /// holding writes off.
     compacting: Mutex<()>,
+    /// When the last compaction failed (cleared by one that succeeds): loads do not set off
+    /// another before [`COMPACTION_RETRY`] has passed.
+    compaction_failed: Mutex<Option<(std::time::Instant, std::time::SystemTime)>>,
     graph: RwLock<Graph>,
     /// One writer at a time: the store assigns ids and the graph must mirror them in order.
     writer: Mutex<()>,
@@ -256,14 +260,38 @@ impl Loaded {
     }
 }
 
-/// Compacts the store in the background when [`Loaded::compaction_due`] says so.
+/// How long after a failed compaction (a full disk, say) loads set off the next one: each
+/// try costs a copy of the graph, so it is not retried after every load.
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Compacts the store in the background when [`Loaded::compaction_due`] says so, unless one
+/// failed less than [`COMPACTION_RETRY`] ago.
 fn compact_when_due(loaded: Arc<Loaded>) {
     if !loaded.compaction_due().unwrap_or(false) {
         return;
     }
+    let failed_lately = loaded.compaction_failed.lock().is_ok_and(|failed| {
+        failed
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < COMPACTION_RETRY)
+    });
+    if failed_lately {
+        return;
+    }
     tokio::task::spawn_blocking(move || {
-        if let Err(error) = compact_store(&loaded) {
-            tracing::error!(%error, "store compaction failed; the store in use is unchanged");
+        let result = compact_store(&loaded);
+        if let Err(error) = &result {
+            tracing::error!(
+                %error,
+                retry_after_s = COMPACTION_RETRY.as_secs(),
+                "store compaction failed; the store in use is unchanged, and loads try again \
+                 after retry_after_s (a start tries at once)"
+            );
+        }
+        if let Ok(mut failed) = loaded.compaction_failed.lock() {
+            *failed = result
+                .err()
+                .map(|_| (std::time::Instant::now(), std::time::SystemTime::now()));
         }
     });
 }
@@ -826,6 +854,13 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             triples,
             store_bytes: store.size_on_disk(),
             removed_triples_in_store: store.removed_in_log(),
+            // When, not why: the reason (paths, the OS error) goes to the service log.
+            compaction_failed_at: loaded
+                .compaction_failed
+                .lock()
+                .map_err(|_| lock_poisoned())?
+                .and_then(|(_, at)| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |since| since.as_secs()),
             embedding_model: loaded
                 .embeddings
                 .read()

@@ -187,7 +187,9 @@ impl SledStore {
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| io(&target, e))?;
         }
-        let (store, done) = self.compact_in(&target, COMPACT_RECORD_BYTES, Some(mark))?;
+        let (store, done) = self
+            .compact_in(&target, COMPACT_RECORD_BYTES, Some(mark))
+            .inspect_err(|_| remove_unnamed(&target))?;
         Ok(NextGeneration {
             store,
             generation,
@@ -206,6 +208,17 @@ impl SledStore {
     /// `Storage` when either store or `CURRENT` cannot be read or written; the store in use
     /// stays the old one.
     pub fn finish_generation(
+        &self,
+        dir: &Path,
+        next: NextGeneration,
+    ) -> Result<(SledStore, Compacted), KgError> {
+        let target = generation_dir(dir, next.generation);
+        // On an error the new store is closed (dropped) before its files go.
+        self.finish_in(dir, next)
+            .inspect_err(|_| remove_unnamed(&target))
+    }
+
+    fn finish_in(
         &self,
         dir: &Path,
         next: NextGeneration,
@@ -271,7 +284,8 @@ impl SledStore {
         std::fs::rename(&aside, &current).map_err(|e| io(&current, e))?;
         // From the rename on, a start opens the new store: the caller must switch to it even
         // when the directory's sync fails (the rename may then not outlive a power cut, and a
-        // start would open the old store, missing the writes after it).
+        // start would open the old store, missing the writes after it). Nothing from here on
+        // returns an error (`finish_generation` removes the new store on one).
         if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
             tracing::warn!(%error, dir = %dir.display(), "cannot sync the data directory");
         }
@@ -502,6 +516,14 @@ pub struct NextGeneration {
     generation: u64,
     mark: LogMark,
     done: Compacted,
+}
+
+/// Removes the store a failed compaction wrote and nothing names (a full disk gets its space
+/// back at once); what cannot be removed goes at the next start ([`remove_stale`]).
+fn remove_unnamed(target: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(target) {
+        tracing::warn!(%error, path = %target.display(), "cannot remove a failed compaction's store");
+    }
 }
 
 /// What a compaction wrote.

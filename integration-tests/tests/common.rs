@@ -188,14 +188,17 @@ fn kg_args(listener: &TcpListener, data_dir: &Path, admin_token: Option<&str>) -
     }
 }
 
-/// A graph that compacts its store from `removed` removed triples (and an eighth of its log).
-pub async fn start_kg_compacting_after(data_dir: &Path, removed: u64) -> Running {
+/// A graph that compacts its store from `removed` removed triples (and an eighth of its log),
+/// and serves Prometheus `/metrics` on the returned port.
+pub async fn start_kg_compacting_after(data_dir: &Path, removed: u64) -> (Running, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let args = souk_kg::KgArgs {
+    let port = free_port();
+    let mut args = souk_kg::KgArgs {
         compact_after: removed,
         ..kg_args(&listener, data_dir, None)
     };
-    start_kg_with(listener, args).await
+    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    (start_kg_with(listener, args).await, port)
 }
 
 async fn start_kg_with(listener: TcpListener, args: souk_kg::KgArgs) -> Running {

@@ -876,7 +876,7 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    let (server, metrics) = start_kg_compacting_after(dir.path(), 1_000).await;
     std::fs::write(dir.path().join("notes.txt"), "an operator's").unwrap();
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     load_shop(&mut client).await;
@@ -909,6 +909,8 @@ async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it()
         (compacted.entities, compacted.relations, compacted.triples),
         (churned.entities, churned.relations, churned.triples)
     );
+    let ok = r#"souk_kg_compactions_total{result="ok"}"#;
+    assert!(soon(async || metric_value(&scrape_metrics(metrics).await, ok) == 1.0).await);
     assert!(
         compacted.store_bytes < churned.store_bytes,
         "{} bytes after, {} before",
@@ -957,7 +959,7 @@ async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it()
 async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("CURRENT.new")).unwrap();
-    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    let (server, metrics) = start_kg_compacting_after(dir.path(), 1_000).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     load_shop(&mut client).await;
     client
@@ -974,6 +976,19 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
     );
     let failed = kg_stats(&mut client).await;
     assert_eq!(failed.removed_triples_in_store, 5_000);
+    let scrape = scrape_metrics(metrics).await;
+    assert_eq!(
+        metric_value(&scrape, r#"souk_kg_compactions_total{result="failed"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&scrape, r#"souk_kg_compactions_total{result="ok"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&scrape, "souk_kg_removed_triples_in_store"),
+        5_000.0
+    );
     let listing = souk_testkit::dir_names(dir.path());
     assert!(
         !listing
@@ -999,7 +1014,7 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
     server.stop().await.unwrap();
 
     std::fs::remove_dir(dir.path().join("CURRENT.new")).unwrap();
-    let server = start_kg_compacting_after(dir.path(), 1_000).await;
+    let (server, metrics) = start_kg_compacting_after(dir.path(), 1_000).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     assert!(
         soon_within(30, async || {
@@ -1010,6 +1025,18 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
     );
     let compacted = kg_stats(&mut client).await;
     assert_eq!(compacted.compaction_failed_at, 0);
+    // Counted once the new store is in use (a moment after Stats shows it).
+    let ok = r#"souk_kg_compactions_total{result="ok"}"#;
+    assert!(soon(async || metric_value(&scrape_metrics(metrics).await, ok) == 1.0).await);
+    let scrape = scrape_metrics(metrics).await;
+    assert_eq!(
+        metric_value(&scrape, "souk_kg_removed_triples_in_store"),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&scrape, "souk_kg_compaction_writes_held_seconds_count"),
+        1.0
+    );
     assert_eq!(compacted.triples, failed.triples);
     assert_eq!(colour_lists(&mut client).await, lists);
 }

@@ -37,6 +37,7 @@ def check_default(docs):
     assert claims and claims[0]["metadata"]["name"] == "data", "the graph keeps its store on a volume"
     mounts = {m["name"]: m["mountPath"] for m in container(kg)["volumeMounts"]}
     assert env(container(kg))["SOUK_DATA_DIR"].startswith(mounts["data"]), "the store lives on the volume"
+    assert env(container(kg))["SOUK_COMPACT_AFTER"] == "100000", "the graph compacts its store"
     for kind, suffix, port in [("Deployment", "-encoder", 50051), ("StatefulSet", "-kg", 50052), ("StatefulSet", "-ranker", 50053)]:
         w = by_kind(docs, kind, suffix)
         c = container(w)
@@ -119,7 +120,7 @@ def check_alerts(default_docs, docs, root):
     assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog", "SoukRankerGraphOutboxBacklog"} <= alerts
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog", "SoukRankerGraphOutboxBacklog", "SoukGraphCompactionFailing"} <= alerts
     exported = exported_metrics(root)
     import promql_parser
     for r in rules:

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod embeddings;
+mod metrics;
 pub mod store;
 
 use embeddings::Served;
@@ -115,6 +116,7 @@ pub async fn serve(
         &[],
     )?;
     let health = server.health();
+    let metrics = metrics::KgMetrics::register(server.metrics().registry())?;
     // Open the store before serving traffic (a missing or locked directory stops startup), but
     // keep the port open meanwhile so probes see NOT_SERVING rather than a refused connection.
     let data_dir = args.data_dir.clone();
@@ -137,6 +139,7 @@ pub async fn serve(
             compact_after,
             compacting: Mutex::new(()),
             compaction_failed: Mutex::new(None),
+            metrics,
             graph: RwLock::new(graph),
             writer: Mutex::new(()),
             embeddings: RwLock::new(served),
@@ -200,6 +203,7 @@ struct Loaded {
     /// When the last compaction failed (cleared by one that succeeds): loads do not set off
     /// another before [`COMPACTION_RETRY`] has passed.
     compaction_failed: Mutex<Option<(std::time::Instant, std::time::SystemTime)>>,
+    metrics: metrics::KgMetrics,
     graph: RwLock<Graph>,
     /// One writer at a time: the store assigns ids and the graph must mirror them in order.
     writer: Mutex<()>,
@@ -267,6 +271,9 @@ const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(300
 /// Compacts the store in the background when [`Loaded::compaction_due`] says so, unless one
 /// failed less than [`COMPACTION_RETRY`] ago.
 fn compact_when_due(loaded: Arc<Loaded>) {
+    if let Ok(store) = loaded.store() {
+        loaded.metrics.removed_in_store(store.removed_in_log());
+    }
     if !loaded.compaction_due().unwrap_or(false) {
         return;
     }
@@ -281,6 +288,7 @@ fn compact_when_due(loaded: Arc<Loaded>) {
     tokio::task::spawn_blocking(move || {
         let result = compact_store(&loaded);
         if let Err(error) = &result {
+            loaded.metrics.compaction_failed();
             tracing::error!(
                 %error,
                 retry_after_s = COMPACTION_RETRY.as_secs(),
@@ -326,8 +334,12 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
     let writer = loaded.writer()?;
     let held = std::time::Instant::now();
     let (new, done) = old.finish_generation(&loaded.data_dir, next)?;
+    let removed_since = new.removed_in_log();
     loaded.switch_store(new)?;
     drop(writer);
+    let writes_held = held.elapsed();
+    loaded.metrics.compacted(writes_held);
+    loaded.metrics.removed_in_store(removed_since);
     tracing::info!(
         triples = done.triples,
         removed = done.removed,
@@ -335,7 +347,7 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
         bytes_before = before,
         bytes_after = done.bytes,
         seconds = started.elapsed().as_secs_f32(),
-        writes_held_ms = held.elapsed().as_millis() as u64,
+        writes_held_ms = writes_held.as_millis() as u64,
         "store compacted while serving"
     );
     // A call that took the old store just before the switch (Stats) is done with it soon.

@@ -38,10 +38,10 @@
 //! the mark stays as it was); [`SledStore::finish_generation`], with writes held off, copies
 //! the records written since the mark after it as they are (ids are the same in both stores)
 //! and puts a file `CURRENT` naming it in place atomically; from then on
-//! [`SledStore::open_data_dir`] opens that one. Until the first compaction the store lives in the data directory itself (as every
-//! store written before this layout does). What the switch leaves behind (the old store's
-//! files, a compaction cut off before its `CURRENT`) is removed once the old store is closed,
-//! or at the next start ([`remove_stale`]).
+//! [`SledStore::open_data_dir`] opens that one. Until the first compaction the store lives in
+//! the data directory itself (as every store written before this layout does). What the
+//! switch leaves behind (the old store's files, a compaction cut off before its `CURRENT`) is
+//! removed once the old store is closed, or at the next start ([`remove_stale`]).
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -72,6 +72,8 @@ const COMPACT_RECORD_BYTES: usize = 1 << 20;
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// The directory sled's files are in.
+    dir: PathBuf,
     /// Triples removed by the log's `d` records (counted at the last `snapshot`, and by every
     /// `persist` since): each is a dead entry of some `b` record, read and dropped at every
     /// replay.
@@ -123,6 +125,7 @@ impl SledStore {
         Ok(Self {
             db,
             tree,
+            dir: dir.to_path_buf(),
             removed_in_log: AtomicU64::new(0),
         })
     }
@@ -544,6 +547,51 @@ fn digest(snapshot: &Snapshot) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// Bytes allocated on disk to sled's files in `dir` (`conf`, `db`, `snap.*` and `blobs/`),
+/// nothing else there (a data directory also holds a compaction's `compacted-N/`, and may hold
+/// an operator's files). What cannot be read counts 0.
+fn disk_usage(dir: &Path) -> u64 {
+    fn allocated(meta: &std::fs::Metadata) -> u64 {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::MetadataExt::blocks(meta) * 512
+        }
+        #[cfg(not(unix))]
+        {
+            meta.len()
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !(SLED_FILES.contains(&name) || name.starts_with("snap.")) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            let blobs = std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten();
+            total += blobs
+                .filter_map(|blob| blob.metadata().ok())
+                .map(|meta| allocated(&meta))
+                .sum::<u64>();
+        } else {
+            total += allocated(&meta);
+        }
+    }
+    total
+}
+
 /// Removes the store a failed compaction wrote and nothing names (a full disk gets its space
 /// back at once); what cannot be removed goes at the next start ([`remove_stale`]).
 fn remove_unnamed(target: &Path) {
@@ -661,8 +709,11 @@ impl TripleStore for SledStore {
         Ok(snapshot)
     }
 
+    /// What sled's files take on disk, as `du` counts it. Not sled's own `size_on_disk`: that
+    /// adds up file lengths, and its files hold holes where freed segments were punched out
+    /// (it read 200 MB for a store `du` put at 85 MB; BENCHMARKS.md "Session 48").
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        disk_usage(&self.dir)
     }
 }
 
@@ -1305,6 +1356,34 @@ mod tests {
         let mut replay = Replay::new(vec![(0, 0, 2), (0, 0, 1)], watch());
         replay.record(&record, true, &mut e, &mut r).unwrap();
         assert_eq!(replay.survivors(), vec![(0, 0, 2)]);
+    }
+
+    /// `size_on_disk` (what `Stats.store_bytes` reports) holds the records written, and
+    /// nothing else in the directory: not an operator's file, not a compaction's store beside
+    /// it (both 4 MB here).
+    #[test]
+    fn the_size_on_disk_counts_the_store_and_nothing_beside_it() {
+        use souk_kg_core::{Graph, Triple};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut graph = Graph::default();
+        let triples: Vec<Triple> = (0..50_000)
+            .map(|i| Triple::new(format!("item:{i}"), "color", format!("c{}", i % 7)).unwrap())
+            .collect();
+        for chunk in triples.chunks(10_000) {
+            let plan = graph.plan_edit(&[], &[], chunk);
+            store.persist(&plan).unwrap();
+            graph.apply(&plan).unwrap();
+        }
+        let used = store.size_on_disk();
+        // 50k triples of 12 bytes and 50k names of ~10: at least that much.
+        assert!(used >= 50_000 * 22, "{used} bytes");
+        std::fs::write(dir.path().join("notes.bin"), vec![1u8; 4 << 20]).unwrap();
+        let beside = dir.path().join("compacted-1");
+        std::fs::create_dir(&beside).unwrap();
+        std::fs::write(beside.join("db"), vec![1u8; 4 << 20]).unwrap();
+        let again = store.size_on_disk();
+        assert!(again < used + (1 << 20), "{used} -> {again} bytes");
     }
 
     /// The service's compaction: a store in the data directory itself (every store written

@@ -734,6 +734,21 @@ fn recolouring(items: std::ops::Range<usize>) -> Vec<kg::LoadTriplesRequest> {
         .collect()
 }
 
+/// Loads [`recolouring`] of `items` and returns the colour lists after it, every item still
+/// in exactly one.
+async fn recolour(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+    items: std::ops::Range<usize>,
+) -> Vec<Vec<String>> {
+    client
+        .load_triples(futures::stream::iter(recolouring(items)))
+        .await
+        .unwrap();
+    let lists = colour_lists(client).await;
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
+    lists
+}
+
 /// Trains small TransE embeddings and returns two entities' rows (and the request for them).
 async fn train_and_look_up(
     client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
@@ -873,6 +888,25 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
 /// A store whose log holds enough removed triples is compacted by the service itself while it
 /// serves: answers stay the same, the trained rows go along, the next write lands in the new
 /// store, a restart opens that one, and the old store's files are gone from the directory.
+/// Waits (up to 30 s) for the service (serving metrics on `metrics`) to have compacted its
+/// store once: no removed triple left in it, one compaction counted. Returns its Stats then.
+async fn compacted_once(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+    metrics: u16,
+) -> kg::StatsResponse {
+    assert!(
+        soon_within(30, async || {
+            kg_stats(client).await.removed_triples_in_store == 0
+        })
+        .await,
+        "compacted"
+    );
+    // Counted once the new store is in use, a moment after Stats shows it.
+    let ok = r#"souk_kg_compactions_total{result="ok"}"#;
+    assert!(soon(async || metric_value(&scrape_metrics(metrics).await, ok) == 1.0).await);
+    kg_stats(client).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,27 +924,13 @@ async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it()
     assert_eq!(churned.removed_triples_in_store, 1_000);
     assert!(!dir.path().join("CURRENT").exists());
     // 5,000 removed of 25k listed: compacted once this stream is in.
-    client
-        .load_triples(futures::stream::iter(recolouring(1_000..5_000)))
-        .await
-        .unwrap();
-    let lists = colour_lists(&mut client).await;
-    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
+    let lists = recolour(&mut client, 1_000..5_000).await;
     let churned = kg_stats(&mut client).await;
-    assert!(
-        soon_within(30, async || {
-            kg_stats(&mut client).await.removed_triples_in_store == 0
-        })
-        .await,
-        "compacted"
-    );
-    let compacted = kg_stats(&mut client).await;
+    let compacted = compacted_once(&mut client, metrics).await;
     assert_eq!(
         (compacted.entities, compacted.relations, compacted.triples),
         (churned.entities, churned.relations, churned.triples)
     );
-    let ok = r#"souk_kg_compactions_total{result="ok"}"#;
-    assert!(soon(async || metric_value(&scrape_metrics(metrics).await, ok) == 1.0).await);
     assert!(
         compacted.store_bytes < churned.store_bytes,
         "{} bytes after, {} before",
@@ -997,12 +1017,7 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
         "{listing:?}"
     );
     // The store in use takes the next load and keeps what it held.
-    client
-        .load_triples(futures::stream::iter(recolouring(5_000..6_000)))
-        .await
-        .unwrap();
-    let lists = colour_lists(&mut client).await;
-    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), ITEMS);
+    let lists = recolour(&mut client, 5_000..6_000).await;
     for i in [0, 4_999, 5_000, 5_999] {
         let c = (i + 1) % 7;
         assert!(
@@ -1016,18 +1031,8 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
     std::fs::remove_dir(dir.path().join("CURRENT.new")).unwrap();
     let (server, metrics) = start_kg_compacting_after(dir.path(), 1_000).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
-    assert!(
-        soon_within(30, async || {
-            kg_stats(&mut client).await.removed_triples_in_store == 0
-        })
-        .await,
-        "compacted at start"
-    );
-    let compacted = kg_stats(&mut client).await;
+    let compacted = compacted_once(&mut client, metrics).await;
     assert_eq!(compacted.compaction_failed_at, 0);
-    // Counted once the new store is in use (a moment after Stats shows it).
-    let ok = r#"souk_kg_compactions_total{result="ok"}"#;
-    assert!(soon(async || metric_value(&scrape_metrics(metrics).await, ok) == 1.0).await);
     let scrape = scrape_metrics(metrics).await;
     assert_eq!(
         metric_value(&scrape, "souk_kg_removed_triples_in_store"),

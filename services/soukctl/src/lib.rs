@@ -1665,22 +1665,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 connect(&ep.kg, "knowledge graph").await?,
             );
             let g = graph.stats(kg::StatsRequest {}).await?.into_inner();
-            let isolated = if g.entities_without_triples > 0 {
-                format!(
-                    " (and {} named earlier whose triples were all removed)",
-                    g.entities_without_triples
-                )
-            } else {
-                String::new()
+            // A count's remark, " (before N after)", shown only when there is something to
+            // count.
+            let remark = |before: &str, n: u64, after: &str| {
+                if n > 0 {
+                    format!(" ({before}{n} {after})")
+                } else {
+                    String::new()
+                }
             };
-            let removed = if g.removed_triples_in_store > 0 {
-                format!(
-                    " ({} removed triples still in its log until the next compaction)",
-                    g.removed_triples_in_store
-                )
-            } else {
-                String::new()
-            };
+            let isolated = remark(
+                "and ",
+                g.entities_without_triples,
+                "named earlier whose triples were all removed",
+            );
+            let removed = remark(
+                "",
+                g.removed_triples_in_store,
+                "removed triples still in its log until the next compaction",
+            );
             println!(
                 "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk{removed}",
                 g.entities, g.relations, g.triples, g.store_bytes

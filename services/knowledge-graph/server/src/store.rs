@@ -63,8 +63,14 @@ pub const COMPACT_AFTER: u64 = 100_000;
 const CURRENT: &str = "CURRENT";
 /// Subdirectories of a data directory that hold a compacted store: `compacted-N`.
 const GENERATION: &str = "compacted-";
-/// What sled 0.34 writes into a store's directory (`Config::get_path` joins these).
+/// What sled 0.34 writes into a store's directory (`Config::get_path` joins these), besides
+/// its `snap.*` files: see [`is_sled_file`].
 const SLED_FILES: [&str; 3] = ["conf", "db", "blobs"];
+
+/// Whether `name`, in a store's directory, is one of sled's own files.
+fn is_sled_file(name: &str) -> bool {
+    SLED_FILES.contains(&name) || name.starts_with("snap.")
+}
 /// Bytes of a `b` record of a compacted log (names, or ~87k triples), about what a load's
 /// batch of 10k triples with their new names writes.
 const COMPACT_RECORD_BYTES: usize = 1 << 20;
@@ -114,8 +120,7 @@ impl SledStore {
     /// # Errors
     /// When sled cannot open the directory (permissions, another process holds it).
     pub fn open(dir: &Path) -> Result<Self, KgError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024);
@@ -490,7 +495,7 @@ pub fn remove_stale(dir: &Path) -> Result<(), KgError> {
             .strip_prefix(GENERATION)
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n != generation);
-        let sled_file = generation > 0 && (SLED_FILES.contains(&name) || name.starts_with("snap."));
+        let sled_file = generation > 0 && is_sled_file(name);
         if !(older || sled_file) {
             continue;
         }
@@ -570,7 +575,7 @@ fn disk_usage(dir: &Path) -> u64 {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if !(SLED_FILES.contains(&name) || name.starts_with("snap.")) {
+        if !is_sled_file(name) {
             continue;
         }
         let Ok(meta) = entry.metadata() else {

@@ -840,3 +840,72 @@ async fn item_facts_wait_for_a_graph_that_is_away() {
         (1, 1)
     );
 }
+
+/// `soukctl stats` during an incident: with the ranker down, the graph's and the encoder's
+/// stats are still printed, the ranker's section says it could not be read, and the command
+/// fails naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_reads_every_service_that_answers() {
+    let Shop {
+        kg,
+        ranker,
+        encoder_url,
+        _dir,
+    } = demo_shop().await;
+    let ep = soukctl::Endpoints {
+        ranker: ranker.url(),
+        kg: kg.url(),
+        encoder: encoder_url.clone(),
+        token: None,
+    };
+    let graph = KnowledgeGraphClient::new(channel(&kg.url()).await)
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let info =
+        souk_proto::encoder::v1::encoder_client::EncoderClient::new(channel(&encoder_url).await)
+            .info(souk_proto::encoder::v1::InfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    let graph_line = format!(
+        "graph: {} entities, {} relations, {} triples",
+        graph.entities, graph.relations, graph.triples
+    );
+    let encoder_line = format!("encoder: {} (384-d vectors, mean pooling", info.model_id);
+
+    let all = soukctl::stats::report(&ep).await;
+    assert!(all.unread.is_empty(), "{}", all.text);
+    for line in [
+        "catalog: 312 items (384-d vectors), 100 users",
+        graph_line.as_str(),
+        encoder_line.as_str(),
+        "encoder model: the one the catalog's vectors come from",
+    ] {
+        assert!(all.text.contains(line), "{line:?} not in\n{}", all.text);
+    }
+    assert!(!all.text.contains("NOT READ"), "{}", all.text);
+
+    let ranker_url = ranker.url();
+    ranker.stop().await.unwrap();
+    let without = soukctl::stats::report(&ep).await;
+    assert_eq!(without.unread, ["ranker"], "{}", without.text);
+    assert!(
+        without.text.starts_with(&format!(
+            "ranker: NOT READ from {ranker_url}: cannot reach the ranker"
+        )),
+        "{}",
+        without.text
+    );
+    for line in [graph_line.as_str(), encoder_line.as_str()] {
+        assert!(
+            without.text.contains(line),
+            "{line:?} not in\n{}",
+            without.text
+        );
+    }
+    assert!(!without.text.contains("catalog:"), "{}", without.text);
+    let error = soukctl::stats::print(&ep).await.unwrap_err();
+    assert_eq!(error.to_string(), "could not read the ranker");
+}

@@ -61,6 +61,7 @@ pub mod eval_page;
 pub mod feedback;
 pub mod files;
 pub mod kgembed;
+pub mod stats;
 pub mod train;
 
 use files::{LineError, TripleFormat};
@@ -138,7 +139,8 @@ pub enum Command {
     /// Embed texts with the encoder (prints dimension, tokens and the first values, and each
     /// later text's cosine with the first).
     Embed { texts: Vec<String> },
-    /// Sizes of the catalog, the log and the graph.
+    /// What each service holds: the catalog and the log, the graph, the encoder's model. A
+    /// service that cannot be read gets a line saying why; the others are still printed.
     Stats,
     /// Embed every catalog item again with the encoder's current model (after the model
     /// changed: `stats` says the encoder "differs") and rank with the new vectors.
@@ -1550,152 +1552,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Stats => {
-            let mut ranker =
-                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
-            let r = ranker.stats(rk::StatsRequest {}).await?.into_inner();
-            println!(
-                "catalog: {} items ({}-d vectors), {} users, {} events, fusion {}, cf {}",
-                r.items,
-                r.dimension,
-                r.users,
-                r.interactions,
-                r.model_version,
-                if r.cf_version.is_empty() {
-                    "online co-occurrence only"
-                } else {
-                    r.cf_version.as_str()
-                }
-            );
-            if !r.history.is_empty() {
-                println!(
-                    "store: history {}, holds its writes up to number {}",
-                    r.history, r.history_write
-                );
-            }
-            if !r.follows.is_empty() {
-                println!(
-                    "replica of {}: {}",
-                    r.follows,
-                    if r.in_sync {
-                        "in sync (takes its writes as they are stored)"
-                    } else if !r.replica_refused.is_empty() {
-                        "NOT in sync (refuses the primary's store; serves its last copy)"
-                    } else {
-                        "NOT in sync (connecting or copying; serves its last copy)"
-                    }
-                );
-                if !r.replica_refused.is_empty() {
-                    println!("refused: {}", r.replica_refused);
-                }
-                println!(
-                    "caught up since start: {} by copying the whole store, {} from the last write held",
-                    r.replica_copies, r.replica_resumes
-                );
-                if r.outbox > 0 {
-                    println!(
-                        "outbox: {} events taken while the primary was unreachable, not yet passed on",
-                        r.outbox
-                    );
-                }
-            }
-            if r.graph_outbox > 0 {
-                println!(
-                    "graph outbox: {} batches of item facts wait for the knowledge graph (unreachable); sent in order when it answers",
-                    r.graph_outbox
-                );
-            }
-            println!(
-                "encoder model: {}",
-                match r.encoder.as_str() {
-                    "matches" => "the one the catalog's vectors come from",
-                    "differs" => {
-                        "OTHER than the one the catalog's vectors come from: queries are not embedded; run `soukctl reembed`"
-                    }
-                    _ => "not checked yet (the encoder has not answered, or the catalog is empty)",
-                }
-            );
-            let listed = |what: &str, queries: Vec<String>| {
-                if !queries.is_empty() {
-                    println!("{what}, since start: {}", queries.join(", "));
-                    if !r.follows.is_empty() {
-                        println!("  (this replica's own; its primary lists the whole shop's)");
-                    }
-                }
-            };
-            listed(
-                "searches no item's words match",
-                r.unmatched_queries
-                    .iter()
-                    .map(|q| format!("{:?} ({})", q.query, searches(q.count, q.over_by)))
-                    .collect(),
-            );
-            listed(
-                "searches the spelling check read otherwise (a wrong reading is fixed with a synonym: `soukctl synonyms load`)",
-                r.corrected_queries
-                    .iter()
-                    .map(|q| {
-                        format!(
-                            "{:?} as {:?} ({})",
-                            q.query,
-                            q.read_as,
-                            searches(q.count, q.over_by)
-                        )
-                    })
-                    .collect(),
-            );
-            if r.synonyms > 0 {
-                println!("synonyms: {} (`soukctl synonyms list`)", r.synonyms);
-            }
-            if r.pin_rules > 0 {
-                println!(
-                    "pin rules (searches, category pages, every ranking): {} (`soukctl pins list`)",
-                    r.pin_rules
-                );
-            }
-            println!(
-                "spelling: {}",
-                if r.lexicon_words == 0 {
-                    "no lexicon yet (the encoder has not answered Words)".to_string()
-                } else {
-                    format!("{} lexicon words from the encoder", r.lexicon_words)
-                }
-            );
-            let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(
-                connect(&ep.kg, "knowledge graph").await?,
-            );
-            let g = graph.stats(kg::StatsRequest {}).await?.into_inner();
-            // A count's remark, " (before N after)", shown only when there is something to
-            // count.
-            let remark = |before: &str, n: u64, after: &str| {
-                if n > 0 {
-                    format!(" ({before}{n} {after})")
-                } else {
-                    String::new()
-                }
-            };
-            let isolated = remark(
-                "and ",
-                g.entities_without_triples,
-                "named earlier whose triples were all removed",
-            );
-            let removed = remark(
-                "",
-                g.removed_triples_in_store,
-                "removed triples still in its log until the next compaction",
-            );
-            println!(
-                "graph: {} entities{isolated}, {} relations, {} triples, {} bytes on disk{removed}",
-                g.entities, g.relations, g.triples, g.store_bytes
-            );
-            if g.compaction_failed_at > 0 {
-                println!(
-                    "graph: its last compaction failed {} ago (the store in use is unchanged; \
-                     the reason is in the service's log)",
-                    seconds_ago(g.compaction_failed_at)
-                );
-            }
-        }
+        Command::Stats => stats::print(&ep).await?,
         Command::Synonyms(SynonymsCommand::Load { file, dry_run }) => {
             let read = files::read_synonyms(&file)?;
             if dry_run {

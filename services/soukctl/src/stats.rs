@@ -76,8 +76,8 @@ async fn read(section: impl Future<Output = anyhow::Result<String>>) -> anyhow::
 /// lists and the shop's rules.
 async fn ranker(url: &str) -> anyhow::Result<String> {
     let mut ranker = rk::ranker_client::RankerClient::new(connect(url, "ranker").await?);
-    let mut out = String::new();
     let r = ranker.stats(rk::StatsRequest {}).await?.into_inner();
+    let mut out = String::new();
     writeln!(
         out,
         "catalog: {} items ({}-d vectors), {} users, {} events, fusion {}, cf {}",
@@ -236,7 +236,7 @@ async fn graph(url: &str) -> anyhow::Result<String> {
         writeln!(
             out,
             "graph: its last compaction failed {} ago (the store in use is unchanged; \
-                 the reason is in the service's log)",
+             the reason is in the service's log)",
             seconds_ago(g.compaction_failed_at)
         )?;
     }

@@ -909,3 +909,56 @@ async fn stats_reads_every_service_that_answers() {
     let error = soukctl::stats::print(&ep).await.unwrap_err();
     assert_eq!(error.to_string(), "could not read the ranker");
 }
+
+/// A service that takes the connection and never answers (a stopped process, another program
+/// on its port) does not hold `soukctl health` or `soukctl stats`: each gives up on it after
+/// `ANSWER_TIMEOUT`, names it with the reason, and still reports the other services.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_stats_give_up_on_a_service_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder_url = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    // Connections to it complete in the kernel's backlog; nothing ever reads them.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = soukctl::Endpoints {
+        ranker: format!("http://{}", mute.local_addr().unwrap()),
+        kg: kg.url(),
+        encoder: encoder_url,
+        token: None,
+    };
+    let limit = soukctl::ANSWER_TIMEOUT + std::time::Duration::from_secs(10);
+    let ((health, serving), stats) = tokio::time::timeout(limit, async {
+        tokio::join!(soukctl::health_report(&ep), soukctl::stats::report(&ep))
+    })
+    .await
+    .expect("health and stats waited on the mute ranker");
+
+    assert!(!serving, "{health}");
+    let lines: Vec<&str> = health.lines().collect();
+    assert_eq!(lines.len(), 3, "{health}");
+    assert!(
+        lines[0].starts_with("encoder") && lines[0].ends_with(" SERVING"),
+        "{health}"
+    );
+    assert!(
+        lines[1].starts_with("knowledge-graph") && lines[1].ends_with(" SERVING"),
+        "{health}"
+    );
+    assert!(
+        lines[2].starts_with("ranker") && lines[2].ends_with("UNREACHABLE (no answer within 10 s)"),
+        "{health}"
+    );
+
+    assert_eq!(stats.unread, ["ranker"], "{}", stats.text);
+    assert!(
+        stats.text.starts_with(&format!(
+            "ranker: NOT READ from {}: no answer within 10 s\n",
+            ep.ranker
+        )),
+        "{}",
+        stats.text
+    );
+    assert!(stats.text.contains("\ngraph: 0 entities"), "{}", stats.text);
+    assert!(stats.text.contains("\nencoder: "), "{}", stats.text);
+    drop(mute);
+}

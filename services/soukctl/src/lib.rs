@@ -1650,25 +1650,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Health => {
-            let mut all_ok = true;
-            for (name, url) in [
-                ("encoder", &ep.encoder),
-                ("knowledge-graph", &ep.kg),
-                ("ranker", &ep.ranker),
-            ] {
-                let state = match health(url).await {
-                    Ok(s) => s,
-                    Err(e) => format!("UNREACHABLE ({e})"),
-                };
-                all_ok &= state == "SERVING";
-                println!("{name:<16} {url:<28} {state}");
-            }
-            if !all_ok {
+            let (text, all_serving) = health_report(&ep).await;
+            print!("{text}");
+            if !all_serving {
                 anyhow::bail!("not every service is serving");
             }
         }
     }
     Ok(())
+}
+
+/// How long `health` and `stats` wait for one service, its connection included: a service that
+/// takes the connection and never answers (stopped, wedged, another program on its port) must
+/// not hold the command, nor the other services' lines, during an incident.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`'s result, or an error saying it did not answer within `ANSWER_TIMEOUT`.
+async fn answered<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(ANSWER_TIMEOUT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))?
+}
+
+/// `soukctl health`: one line per service, "NAME URL STATE", asked at once; a service that
+/// cannot be reached, or does not answer in time, is UNREACHABLE with the reason. Also returns
+/// whether all three are SERVING.
+pub async fn health_report(ep: &Endpoints) -> (String, bool) {
+    let (encoder, kg, ranker) = tokio::join!(
+        answered(health(&ep.encoder)),
+        answered(health(&ep.kg)),
+        answered(health(&ep.ranker)),
+    );
+    let mut text = String::new();
+    let mut all_serving = true;
+    for (name, url, state) in [
+        ("encoder", &ep.encoder, encoder),
+        ("knowledge-graph", &ep.kg, kg),
+        ("ranker", &ep.ranker, ranker),
+    ] {
+        let state = state.unwrap_or_else(|e| format!("UNREACHABLE ({e:#})"));
+        all_serving &= state == "SERVING";
+        text.push_str(&format!("{name:<16} {url:<28} {state}\n"));
+    }
+    (text, all_serving)
 }
 
 /// The grpc.health.v1 status of a server ("SERVING", "NOT_SERVING", ...).

@@ -4,18 +4,12 @@
 //! a service that cannot be read gets one line saying so (and why) and the others are printed
 //! all the same; the command fails at the end, naming what it could not read.
 
-use std::fmt::Write as _;
-use std::time::Duration;
-
 use souk_proto::encoder::v1 as enc;
 use souk_proto::kg::v1 as kg;
 use souk_proto::ranker::v1 as rk;
+use std::fmt::Write as _;
 
-use crate::{Endpoints, connect, searches, seconds_ago};
-
-/// How long one service's stats may take, connection included: a service that accepts the
-/// connection and never answers must not hold the others' report.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{Endpoints, answered, connect, searches, seconds_ago};
 
 /// The stats of every service, as `soukctl stats` prints them.
 #[derive(Debug, Default)]
@@ -40,12 +34,12 @@ pub async fn print(ep: &Endpoints) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the three services at once.
+/// Reads the three services at once, waiting for each at most `ANSWER_TIMEOUT`.
 pub async fn report(ep: &Endpoints) -> Report {
     let (r, g, e) = tokio::join!(
-        read(ranker(&ep.ranker)),
-        read(graph(&ep.kg)),
-        read(encoder(&ep.encoder)),
+        answered(ranker(&ep.ranker)),
+        answered(graph(&ep.kg)),
+        answered(encoder(&ep.encoder)),
     );
     let mut report = Report::default();
     for (name, url, section) in [
@@ -64,12 +58,6 @@ pub async fn report(ep: &Endpoints) -> Report {
         }
     }
     report
-}
-
-async fn read(section: impl Future<Output = anyhow::Result<String>>) -> anyhow::Result<String> {
-    tokio::time::timeout(READ_TIMEOUT, section)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {} s", READ_TIMEOUT.as_secs()))?
 }
 
 /// The catalog, the log, replication, the encoder's model as the ranker sees it, the search

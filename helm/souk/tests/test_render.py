@@ -84,6 +84,27 @@ def check_default(docs):
         assert ports["http"]["targetPort"] == "http" and ports["http"]["port"] == http, suffix
 
 
+def check_health_test(docs):
+    """`helm test` runs soukctl against the Services the chart makes, on their ports."""
+    pod = by_kind(docs, "Pod", "-health")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test", "only `helm test` runs it"
+    c = pod["spec"]["containers"][0]
+    assert c["command"][-1] == "soukctl health && soukctl stats", c["command"]
+    services = {
+        d["metadata"]["name"]: {p["name"]: p["port"] for p in d["spec"]["ports"]}
+        for d in docs
+        if d["kind"] == "Service"
+    }
+    for var, suffix in [("SOUK_ENCODER_URL", "-encoder"), ("SOUK_KG_URL", "-kg"), ("SOUK_RANKER_URL", "-ranker")]:
+        url = env(c)[var]
+        host, port = url.removeprefix("http://").split(":")
+        assert host.endswith(suffix) and host in services, f"{var}={url}: no such Service"
+        assert int(port) == services[host]["grpc"], f"{var}={url}: not the Service's gRPC port"
+    assert c["securityContext"]["readOnlyRootFilesystem"], "hardened like the services"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert pod["spec"]["restartPolicy"] == "Never", "a failed check is a failed test, not a retry"
+
+
 def check_gpu(docs):
     encoder = by_kind(docs, "Deployment", "-encoder")
     c = container(encoder)
@@ -135,6 +156,7 @@ def check_alerts(default_docs, docs, root):
 if __name__ == "__main__":
     default = load(sys.argv[1])
     check_default(default)
+    check_health_test(default)
     check_gpu(load(sys.argv[2]))
     check_alerts(default, load(sys.argv[3]), sys.argv[4])
     check_public(load(sys.argv[5]))

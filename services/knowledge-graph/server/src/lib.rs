@@ -331,6 +331,13 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
         old.mark()?
     };
     let next = old.begin_generation(&loaded.data_dir, &mark)?;
+    // The batches loaded while the graph was copied (a long load's can be many), copied while
+    // loads go on: only those loaded during this catch-up wait for the lock below.
+    let upto = {
+        let _writer = loaded.writer()?;
+        old.mark()?
+    };
+    let next = old.catch_up(&loaded.data_dir, next, &upto)?;
     let writer = loaded.writer()?;
     let held = std::time::Instant::now();
     let (new, done) = old.finish_generation(&loaded.data_dir, next)?;
@@ -344,6 +351,7 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
         triples = done.triples,
         removed = done.removed,
         caught_up_records = done.caught_up,
+        records_copied_while_held = done.held,
         bytes_before = before,
         bytes_after = done.bytes,
         seconds = started.elapsed().as_secs_f32(),

@@ -203,11 +203,80 @@ impl SledStore {
             generation,
             mark: *mark,
             done,
+            copied: 0,
+            removals: 0,
         })
     }
 
+    /// Between the two steps, with writes going on: copies the records written to this store
+    /// since the last mark up to `upto` (a later [`SledStore::mark`]) into the new store, so
+    /// that [`SledStore::finish_generation`] holds writes off only for those written during
+    /// this copy, not for every batch loaded while the graph was copied.
+    ///
+    /// # Errors
+    /// `Storage` when either store cannot be read or written; the new store is removed, the
+    /// store in use is unchanged.
+    pub fn catch_up(
+        &self,
+        dir: &Path,
+        next: NextGeneration,
+        upto: &LogMark,
+    ) -> Result<NextGeneration, KgError> {
+        let target = generation_dir(dir, next.generation);
+        // On an error the new store is closed (dropped) before its files go.
+        self.copy_since_mark(next, Some(upto.next))
+            .inspect_err(|_| remove_unnamed(&target))
+    }
+
+    /// Copies this store's records from `next`'s mark on (up to the record numbered `upto`,
+    /// or all) into the new store as they are (ids are the same in both); moves the mark to
+    /// `upto`.
+    fn copy_since_mark(
+        &self,
+        mut next: NextGeneration,
+        upto: Option<u64>,
+    ) -> Result<NextGeneration, KgError> {
+        let from = |prefix: u8| key(prefix, &next.mark.next.to_be_bytes());
+        let to = |prefix: u8| match upto {
+            Some(n) => key(prefix, &n.to_be_bytes()),
+            None => vec![prefix + 1],
+        };
+        let records = merge_by_seq(
+            self.tree.range(from(b'b')..to(b'b')),
+            self.tree.range(from(b'd')..to(b'd')),
+        );
+        // A record at a time, flushed, as `persist` wrote them: copied in one sled batch, the
+        // same records left the new store 106-152 MB on disk instead of 84-87 MB at 5M
+        // triples (sled rewrote the leaf they extend several times over; BENCHMARKS.md,
+        // "Session 49"). Nothing names the new store yet, so a crash here leaves only a
+        // directory the next start removes.
+        for item in records {
+            let (k, v) = item.map_err(storage)?;
+            let prefix = k.first().copied().unwrap_or(b'b');
+            if prefix == b'd' {
+                let mut gone = Vec::new();
+                take_triples(&mut &v[..], &mut gone)
+                    .map_err(|e| KgError::Storage(format!("batch record {:?}: {e}", &k[1..])))?;
+                next.removals += gone.len() as u64;
+            }
+            let seq = next.done.records + next.copied;
+            next.store
+                .tree
+                .insert(key(prefix, &seq.to_be_bytes()), v)
+                .map_err(storage)?;
+            next.store.db.flush().map_err(storage)?;
+            next.copied += 1;
+        }
+        // After the last copy (`upto` None) the mark is not read again.
+        if let Some(n) = upto {
+            next.mark.next = n;
+        }
+        Ok(next)
+    }
+
     /// Second step, with writes held off: copies the records written to this store since the
-    /// mark into the new one as they are (ids are the same in both), then names the new store
+    /// mark (or the last [`SledStore::catch_up`]) into the new one as they are (ids are the
+    /// same in both), then names the new store
     /// in `CURRENT` (written aside, synced and renamed into place: a crash leaves the old name
     /// or the new one, never half of one). Returns the new store, open; the caller writes to
     /// it from then on, closes this one and calls [`remove_stale`].
@@ -231,40 +300,16 @@ impl SledStore {
         dir: &Path,
         next: NextGeneration,
     ) -> Result<(SledStore, Compacted), KgError> {
+        let before = next.copied;
         let NextGeneration {
             store,
             generation,
-            mark,
             mut done,
-        } = next;
-        let from = |prefix: u8| key(prefix, &mark.next.to_be_bytes());
-        let records = merge_by_seq(
-            self.tree.range(from(b'b')..[b'c'].to_vec()),
-            self.tree.range(from(b'd')..[b'e'].to_vec()),
-        );
-        let mut seq = done.records;
-        let mut removals = 0u64;
-        // A record at a time, flushed, as `persist` wrote them: copied in one sled batch, the
-        // same records left the new store 106-152 MB on disk instead of 84-87 MB at 5M
-        // triples (sled rewrote the leaf they extend several times over; BENCHMARKS.md,
-        // "Session 49"). Nothing names the new store yet, so a crash here leaves only a
-        // directory the next start removes.
-        for item in records {
-            let (k, v) = item.map_err(storage)?;
-            let prefix = k.first().copied().unwrap_or(b'b');
-            if prefix == b'd' {
-                let mut gone = Vec::new();
-                take_triples(&mut &v[..], &mut gone)
-                    .map_err(|e| KgError::Storage(format!("batch record {:?}: {e}", &k[1..])))?;
-                removals += gone.len() as u64;
-            }
-            store
-                .tree
-                .insert(key(prefix, &seq.to_be_bytes()), v)
-                .map_err(storage)?;
-            store.db.flush().map_err(storage)?;
-            seq += 1;
-        }
+            copied,
+            removals,
+            ..
+        } = self.copy_since_mark(next, None)?;
+        let seq = done.records + copied;
         let (entities, relations, triples) = self.counts()?;
         let mut batch = sled::Batch::default();
         batch.insert(NEXT_BATCH, &seq.to_be_bytes());
@@ -278,7 +323,8 @@ impl SledStore {
         store.tree.apply_batch(batch).map_err(storage)?;
         store.db.flush().map_err(storage)?;
         store.removed_in_log.store(removals, Ordering::Relaxed);
-        done.caught_up = seq - done.records;
+        done.caught_up = copied;
+        done.held = copied - before;
         done.triples = triples;
 
         let aside = dir.join(format!("{CURRENT}.new"));
@@ -390,6 +436,7 @@ impl SledStore {
             removed,
             records,
             caught_up: 0,
+            held: 0,
             bytes: target.size_on_disk(),
         };
         Ok((target, done))
@@ -526,6 +573,9 @@ pub struct NextGeneration {
     generation: u64,
     mark: LogMark,
     done: Compacted,
+    /// Records written after the mark copied so far, and the triples their removals remove.
+    copied: u64,
+    removals: u64,
 }
 
 /// BLAKE3 of a graph's names and triples, each list and name length-prefixed.
@@ -615,6 +665,8 @@ pub struct Compacted {
     pub records: u64,
     /// Records written after the mark, copied as they are.
     pub caught_up: u64,
+    /// Of those, the records copied with writes held off (written during the last catch-up).
+    pub held: u64,
     /// sled's size of the new store.
     pub bytes: u64,
 }
@@ -1424,15 +1476,29 @@ mod tests {
         assert!(!dir.path().join("CURRENT").exists());
         edit(&store, &mut graph, &[t("a", "r", "b")], &[t("x", "s", "y")]);
         edit(&store, &mut graph, &[], &[t("y", "s", "z")]);
+        // Those two are copied while writes go on; only what comes after this catch-up's mark
+        // is copied with writes held off.
+        let upto = store.mark().unwrap();
+        let begun = store.catch_up(dir.path(), begun, &upto).unwrap();
+        assert!(!dir.path().join("CURRENT").exists());
+        edit(&store, &mut graph, &[t("x", "s", "y")], &[t("z", "s", "w")]);
         let (next, done) = store.finish_generation(dir.path(), begun).unwrap();
-        assert_eq!((done.triples, done.removed, done.caught_up), (3, 1, 2));
+        assert_eq!(
+            (done.triples, done.removed, done.caught_up, done.held),
+            (3, 1, 3, 1)
+        );
         let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
         assert_eq!(current, "compacted-1\n");
         assert_eq!(next.counts().unwrap(), store.counts().unwrap());
         assert_eq!(
             next.removed_in_log(),
-            1,
-            "the removal after the mark is in the new log"
+            2,
+            "the removals after the mark, before and after the catch-up, are in the new log"
+        );
+        assert_eq!(
+            next.snapshot().unwrap().triples,
+            graph.snapshot().triples,
+            "the new log replays to the graph: every record once, in order"
         );
         // The new store takes the next write; the old one is closed, then swept.
         edit(&next, &mut graph, &[], &[t("c", "r", "d")]);
@@ -1449,7 +1515,7 @@ mod tests {
         let mark = reopened.mark().unwrap();
         let begun = reopened.begin_generation(dir.path(), &mark).unwrap();
         let (second, done) = reopened.finish_generation(dir.path(), begun).unwrap();
-        assert_eq!((done.triples, done.removed, done.caught_up), (4, 1, 0));
+        assert_eq!((done.triples, done.removed, done.caught_up), (4, 2, 0));
         drop((reopened, second));
         // A third, cut off before its CURRENT.
         std::fs::create_dir(dir.path().join("compacted-3")).unwrap();

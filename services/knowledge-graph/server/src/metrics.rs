@@ -4,7 +4,7 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `souk_kg_compactions_total{result}` | counter | compactions of the store while serving: `ok` or `failed` |
-//! | `souk_kg_compaction_writes_held_seconds` | histogram | how long a compaction held loads off (its catch-up) |
+//! | `souk_kg_compaction_writes_held_seconds` | histogram | how long a compaction held loads off (copying what was loaded during its catch-up, naming the new store) |
 //! | `souk_kg_removed_triples_in_store` | gauge | removed triples still in the store's log (what the next compaction drops) |
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 

@@ -167,8 +167,9 @@ impl SledStore {
     }
 
     /// Where the log stands: the sequence number of its next record and its counters. Taken
-    /// with writes held off; a compaction copies the log up to it while writes go on, then
-    /// catches up on what came after it ([`SledStore::begin_generation`]).
+    /// with writes held off; a compaction copies the log up to it while writes go on
+    /// ([`SledStore::begin_generation`]), then catches up on what came after it up to a later
+    /// mark, still while writes go on ([`SledStore::catch_up`]).
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -276,10 +277,10 @@ impl SledStore {
 
     /// Second step, with writes held off: copies the records written to this store since the
     /// mark (or the last [`SledStore::catch_up`]) into the new one as they are (ids are the
-    /// same in both), then names the new store
-    /// in `CURRENT` (written aside, synced and renamed into place: a crash leaves the old name
-    /// or the new one, never half of one). Returns the new store, open; the caller writes to
-    /// it from then on, closes this one and calls [`remove_stale`].
+    /// same in both), then names the new store in `CURRENT` (written aside, synced and renamed
+    /// into place: a crash leaves the old name or the new one, never half of one). Returns the
+    /// new store, open; the caller writes to it from then on, closes this one and calls
+    /// [`remove_stale`].
     ///
     /// # Errors
     /// `Storage` when either store or `CURRENT` cannot be read or written; the store in use

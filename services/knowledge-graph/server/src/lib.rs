@@ -306,9 +306,9 @@ fn compact_when_due(loaded: Arc<Loaded>) {
 
 /// Writes the live graph into a new store inside the data directory and switches to it, then
 /// closes the old store and removes its files. Writes go on while the graph is copied (from a
-/// mark in the log) and are held off only while the records written since are copied after
-/// it and the new store is named; reads go on throughout (they use the in-memory graph and
-/// embeddings).
+/// mark in the log) and while the records written since are copied after it (up to a second
+/// mark); they are held off only while those written during that catch-up are copied and the
+/// new store is named. Reads go on throughout (they use the in-memory graph and embeddings).
 fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
     // One at a time; the next load after this one looks again. Held to the end: the
     // embeddings' save waits on it (their trees are copied without the writer lock).

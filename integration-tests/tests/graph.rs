@@ -885,9 +885,6 @@ async fn a_compacted_store_serves_the_same_graph_and_embeddings_without_its_remo
     assert_eq!(colour_lists(&mut client).await, after);
 }
 
-/// A store whose log holds enough removed triples is compacted by the service itself while it
-/// serves: answers stay the same, the trained rows go along, the next write lands in the new
-/// store, a restart opens that one, and the old store's files are gone from the directory.
 /// Waits (up to 30 s) for the service (serving metrics on `metrics`) to have compacted its
 /// store once: no removed triple left in it, one compaction counted. Returns its Stats then.
 async fn compacted_once(
@@ -907,6 +904,9 @@ async fn compacted_once(
     kg_stats(client).await
 }
 
+/// A store whose log holds enough removed triples is compacted by the service itself while it
+/// serves: answers stay the same, the trained rows go along, the next write lands in the new
+/// store, a restart opens that one, and the old store's files are gone from the directory.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_compacts_a_churned_store_while_serving_and_restarts_on_it() {
     let dir = tempfile::tempdir().unwrap();

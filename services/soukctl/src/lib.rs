@@ -1022,16 +1022,6 @@ pub fn print_ranking(
     Ok(())
 }
 
-/// A listed query's searches: "12", or "9-12" when the ranker's bounded count may overstate
-/// them by 3 (`QueryCount.over_by`).
-fn searches(count: u64, over_by: u64) -> String {
-    if over_by == 0 {
-        count.to_string()
-    } else {
-        format!("{}-{count}", count.saturating_sub(over_by))
-    }
-}
-
 fn direction(text: &str) -> anyhow::Result<kg::Direction> {
     match text {
         "in" => Ok(kg::Direction::In),
@@ -1714,18 +1704,6 @@ pub async fn health(url: &str) -> anyhow::Result<String> {
             Err(_) => format!("UNKNOWN({})", r.status),
         },
     )
-}
-
-/// How long ago the Unix time `at` (seconds) was, as "N s", "N min" or "N h".
-fn seconds_ago(at: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    match now.saturating_sub(at) {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7_200 => format!("{} min", s / 60),
-        s => format!("{} h", s / 3_600),
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use souk_proto::kg::v1 as kg;
 use souk_proto::ranker::v1 as rk;
 use std::fmt::Write as _;
 
-use crate::{Endpoints, answered, connect, searches, seconds_ago};
+use crate::{Endpoints, answered, connect};
 
 /// The stats of every service, as `soukctl stats` prints them.
 #[derive(Debug, Default)]
@@ -247,4 +247,26 @@ async fn encoder(url: &str) -> anyhow::Result<String> {
         i.engine, i.device, i.dtype, i.max_batch_texts, i.max_batch_tokens
     )?;
     Ok(out)
+}
+
+/// A listed query's searches: "12", or "9-12" when the ranker's bounded count may overstate
+/// them by 3 (`QueryCount.over_by`).
+fn searches(count: u64, over_by: u64) -> String {
+    if over_by == 0 {
+        count.to_string()
+    } else {
+        format!("{}-{count}", count.saturating_sub(over_by))
+    }
+}
+
+/// How long ago the Unix time `at` (seconds) was, as "N s", "N min" or "N h".
+fn seconds_ago(at: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(at) {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3_600),
+    }
 }

@@ -326,18 +326,15 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
         removed = old.removed_in_log(),
         "compacting the store while serving"
     );
-    let mark = {
+    // Where the log stands, read with loads held off for that moment only.
+    let mark = || {
         let _writer = loaded.writer()?;
-        old.mark()?
+        old.mark()
     };
-    let next = old.begin_generation(&loaded.data_dir, &mark)?;
+    let next = old.begin_generation(&loaded.data_dir, &mark()?)?;
     // The batches loaded while the graph was copied (a long load's can be many), copied while
     // loads go on: only those loaded during this catch-up wait for the lock below.
-    let upto = {
-        let _writer = loaded.writer()?;
-        old.mark()?
-    };
-    let next = old.catch_up(&loaded.data_dir, next, &upto)?;
+    let next = old.catch_up(&loaded.data_dir, next, &mark()?)?;
     let writer = loaded.writer()?;
     let held = std::time::Instant::now();
     let (new, done) = old.finish_generation(&loaded.data_dir, next)?;

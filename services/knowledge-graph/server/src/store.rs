@@ -66,11 +66,6 @@ const GENERATION: &str = "compacted-";
 /// What sled 0.34 writes into a store's directory (`Config::get_path` joins these), besides
 /// its `snap.*` files: see [`is_sled_file`].
 const SLED_FILES: [&str; 3] = ["conf", "db", "blobs"];
-
-/// Whether `name`, in a store's directory, is one of sled's own files.
-fn is_sled_file(name: &str) -> bool {
-    SLED_FILES.contains(&name) || name.starts_with("snap.")
-}
 /// Bytes of a `b` record of a compacted log (names, or ~87k triples), about what a load's
 /// batch of 10k triples with their new names writes.
 const COMPACT_RECORD_BYTES: usize = 1 << 20;
@@ -603,6 +598,11 @@ fn digest(snapshot: &Snapshot) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// Whether `name`, in a store's directory, is one of sled's own files.
+fn is_sled_file(name: &str) -> bool {
+    SLED_FILES.contains(&name) || name.starts_with("snap.")
+}
+
 /// Bytes allocated on disk to sled's files in `dir` (`conf`, `db`, `snap.*` and `blobs/`),
 /// nothing else there (a data directory also holds a compaction's `compacted-N/`, and may hold
 /// an operator's files). What cannot be read counts 0.
@@ -668,7 +668,7 @@ pub struct Compacted {
     pub caught_up: u64,
     /// Of those, the records copied with writes held off (written during the last catch-up).
     pub held: u64,
-    /// sled's size of the new store.
+    /// The new store's size on disk, as `du` counts it ([`TripleStore::size_on_disk`]).
     pub bytes: u64,
 }
 

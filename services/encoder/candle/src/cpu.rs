@@ -194,6 +194,70 @@ fn tile_n<const R: usize>(kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [
     }
 }
 
+/// GFLOPS of the packed matrix multiply (`x W' + b`, the kernel every BERT linear layer runs
+/// through) at `rows x inputs -> outputs`, on the calling thread's rayon pool, median of
+/// `repeats` timed passes after one warm-up. Synthetic values; the kernel's speed does not
+/// depend on them.
+pub fn gemm_gflops(rows: usize, inputs: usize, outputs: usize, repeats: usize) -> f64 {
+    let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 13) as f32 * 0.01).collect();
+    let w: Vec<f32> = (0..outputs * inputs)
+        .map(|i| (i % 7) as f32 * 0.01)
+        .collect();
+    let packed = Packed::new(&w, vec![0.0; outputs], outputs, inputs);
+    let mut out = vec![0.0; rows * outputs];
+    let flops = 2.0 * (rows * inputs * outputs) as f64;
+    let mut gflops: Vec<f64> = (0..=repeats.max(1))
+        .map(|_| {
+            let start = std::time::Instant::now();
+            packed.forward(&x, rows, None, &mut out);
+            flops / start.elapsed().as_secs_f64().max(1e-12) / 1e9
+        })
+        .skip(1)
+        .collect();
+    std::hint::black_box(&out);
+    gflops.sort_by(f64::total_cmp);
+    gflops[gflops.len() / 2]
+}
+
+/// This core's f32 FMA ceiling in GFLOPS: 12 independent 8-lane FMA chains (the accumulators
+/// a 6x16 tile keeps), no memory traffic. What [`gemm_gflops`] is measured against; `None`
+/// without AVX2/FMA.
+pub fn fma_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
+        #[allow(unsafe_code)]
+        return Some(unsafe { fma_chains() });
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains() -> f64 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+    const ROUNDS: usize = 20_000_000;
+    let mut acc: [__m256; 12] = std::array::from_fn(|i| _mm256_set1_ps(black_box(i as f32)));
+    let (a, b) = (
+        _mm256_set1_ps(black_box(0.5)),
+        _mm256_set1_ps(black_box(0.5)),
+    );
+    let start = std::time::Instant::now();
+    for _ in 0..ROUNDS {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(a, b, *v);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64().max(1e-12);
+    // Every chain feeds the result, so none is optimised away.
+    black_box(
+        acc.iter()
+            .fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v)),
+    );
+    (ROUNDS * acc.len() * 16) as f64 / seconds / 1e9
+}
+
 struct Norm {
     gamma: Vec<f32>,
     beta: Vec<f32>,

@@ -19,6 +19,8 @@ use candle_transformers::models::bert::Config;
 mod cpu;
 mod fused;
 mod layers;
+
+pub use cpu::{fma_peak_gflops, gemm_gflops};
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
 
 /// Word + position + token-type embeddings and their layer norm (BERT's input layer).

@@ -5,6 +5,8 @@
 //! - `texts`: texts/s over a file of texts through the dynamic batcher, in requests of `--batch`.
 //! - `reference` / `agree`: write f32 CPU vectors for a text file; compare another device or dtype
 //!   against them (minimum cosine; exits non-zero under `--min-cosine`).
+//! - `gemm`: GFLOPS of the packed engine's matrix multiply at BERT's shapes on one thread,
+//!   against this core's FMA ceiling measured in the same run.
 //! - `convert`: copy a model directory with its weights cast (f16 halves what a GPU run carries).
 use std::path::PathBuf;
 use std::time::Instant;
@@ -90,6 +92,15 @@ enum Command {
     },
     /// Copy the model directory with weights cast to --dtype.
     Convert { out: PathBuf },
+    /// GFLOPS of the packed engine's matrix multiply on one thread at the model's linear
+    /// shapes (`--tokens` rows), against this core's FMA ceiling in the same run.
+    Gemm {
+        /// Rows (tokens packed in one batch): 32 titles of ~18 word pieces by default.
+        #[arg(long, default_value_t = 576)]
+        tokens: usize,
+        #[arg(long, default_value_t = 15)]
+        repeats: usize,
+    },
 }
 
 fn synthetic(batch: usize, seq: usize) -> Batch {
@@ -133,12 +144,50 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-12)
 }
 
+/// `gemm`: the kernel alone, one thread, at the four linear shapes of the model's layers.
+fn gemm(model: &std::path::Path, tokens: usize, repeats: usize) -> anyhow::Result<()> {
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(model.join("config.json"))
+            .with_context(|| format!("{}/config.json", model.display()))?,
+    )?;
+    let size = |key: &str| {
+        config[key]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("config.json has no {key}"))
+    };
+    let (hidden, intermediate) = (size("hidden_size")?, size("intermediate_size")?);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let peak = souk_encoder_candle::fma_peak_gflops();
+    match peak {
+        Some(p) => println!("FMA ceiling (12 chains, no memory): {p:.1} GFLOPS"),
+        None => println!("FMA ceiling: no AVX2/FMA on this CPU (portable kernel)"),
+    }
+    for (name, inputs, outputs) in [
+        ("query/key/value", hidden, 3 * hidden),
+        ("attention output", hidden, hidden),
+        ("feed-forward in", hidden, intermediate),
+        ("feed-forward out", intermediate, hidden),
+    ] {
+        let g = pool.install(|| souk_encoder_candle::gemm_gflops(tokens, inputs, outputs, repeats));
+        let share = peak.map_or(String::new(), |p| {
+            format!(" = {:.0}% of the ceiling", 100.0 * g / p)
+        });
+        println!("{name:>17} {tokens}x{inputs} -> {outputs}: {g:.1} GFLOPS{share}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Gemm { tokens, repeats } = cli.command {
+        return gemm(&cli.model, tokens, repeats);
+    }
     let files = ModelFiles::open(&cli.model)?;
     let engine = Engine::parse(&cli.engine, &cli.device)?;
     let load = || CandleBackend::load_engine(&files, &cli.device, &cli.dtype, engine);
     match cli.command {
+        Command::Gemm { .. } => unreachable!("answered before the model is loaded"),
         Command::Convert { out } => {
             souk_encoder_candle::convert_model(&files, &out, &cli.dtype)?;
             println!("wrote {} ({})", out.display(), cli.dtype);

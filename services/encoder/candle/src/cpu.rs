@@ -58,22 +58,27 @@ impl Packed {
     /// `out = x W' + b (+ residual)` for `rows` rows of `x`; `out` is `rows x outputs`.
     fn forward(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
         let n = self.outputs;
-        for r in 0..rows {
-            let row = &mut out[r * n..(r + 1) * n];
-            row.copy_from_slice(&self.bias);
-            if let Some(res) = residual {
-                row.iter_mut()
-                    .zip(&res[r * n..(r + 1) * n])
-                    .for_each(|(o, v)| *o += v);
-            }
-        }
-        // Row blocks over the rayon pool (one thread when the server runs several workers).
+        // Row blocks over the rayon pool (one thread when the server runs several workers);
+        // each block starts from bias (+ residual) on its own thread.
         let threads = rayon::current_num_threads().max(1);
         let block = rows.div_ceil(threads).div_ceil(MR).max(1) * MR;
         out[..rows * n]
             .par_chunks_mut(block * n)
             .zip(x[..rows * self.inputs].par_chunks(block * self.inputs))
-            .for_each(|(out, x)| gemm_rows(self, x, out));
+            .enumerate()
+            .for_each(|(b, (out, x))| {
+                let first = b * block * n;
+                for (r, row) in out.chunks_exact_mut(n).enumerate() {
+                    row.copy_from_slice(&self.bias);
+                    if let Some(res) = residual {
+                        let at = first + r * n;
+                        row.iter_mut()
+                            .zip(&res[at..at + n])
+                            .for_each(|(o, v)| *o += v);
+                    }
+                }
+                gemm_rows(self, x, out);
+            });
     }
 }
 
@@ -273,8 +278,15 @@ impl Norm {
         })
     }
 
-    /// Layer norm of every row of `x` in place (two-pass mean and variance, as candle).
+    /// Layer norm of every row of `x` in place (two-pass mean and variance, as candle), rows
+    /// split over the rayon pool.
     fn apply(&self, x: &mut [f32]) {
+        let h = self.gamma.len();
+        x.par_chunks_mut(h * 64)
+            .for_each(|rows| self.apply_rows(rows));
+    }
+
+    fn apply_rows(&self, x: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
@@ -297,8 +309,9 @@ impl Norm {
     fn apply_body(&self, x: &mut [f32]) {
         let h = self.gamma.len();
         for row in x.chunks_exact_mut(h) {
-            let mean = row.iter().sum::<f32>() / h as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+            // Eight-lane sums: `iter().sum()` of f32 is one serial chain of 384 adds.
+            let mean = souk_lanes::sum(row, row, |v, _| v) / h as f32;
+            let var = souk_lanes::sum(row, row, |v, _| (v - mean) * (v - mean)) / h as f32;
             let inv = 1.0 / (var + self.eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
                 *v = (*v - mean) * inv * g + b;
@@ -504,17 +517,23 @@ fn attend(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]
         }
         return;
     }
-    attend_body(rows, len, hidden, heads, out);
+    attend_body::<false>(rows, len, hidden, heads, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn attend_avx2(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]) {
-    attend_body(rows, len, hidden, heads, out);
+    attend_body::<true>(rows, len, hidden, heads, out);
 }
 
 #[inline(always)]
-fn attend_body(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]) {
+fn attend_body<const FMA: bool>(
+    rows: &[f32],
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    out: &mut [f32],
+) {
     let d = hidden / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let width = 3 * hidden;
@@ -531,7 +550,7 @@ fn attend_body(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut 
             }
             let mut sum = 0.0;
             for s in scores.iter_mut() {
-                *s = exp_nonpositive(*s - max);
+                *s = exp_nonpositive::<FMA>(*s - max);
                 sum += *s;
             }
             let inv = 1.0 / sum;

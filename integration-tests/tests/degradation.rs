@@ -4,6 +4,8 @@ use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
 
+use clap::Parser;
+
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -960,5 +962,39 @@ async fn health_and_stats_give_up_on_a_service_that_never_answers() {
     );
     assert!(stats.text.contains("\ngraph: 0 entities"), "{}", stats.text);
     assert!(stats.text.contains("\nencoder: "), "{}", stats.text);
+
+    // The read commands give up on it too, naming it (they waited forever before), while the
+    // same command against a service that answers gets that service's own answer (the empty
+    // graph's NotFound, passed through as it was).
+    let command = |args: &[&str]| {
+        let mut argv = vec!["soukctl", "--ranker-url", ep.ranker.as_str(), "--kg-url"];
+        argv.extend(args);
+        soukctl::run(soukctl::Cli::try_parse_from(argv).unwrap())
+    };
+    let (rank, neighbors_mute, neighbors) = tokio::time::timeout(limit, async {
+        tokio::join!(
+            command(&[ep.kg.as_str(), "rank", "--query", "desk"]),
+            command(&[ep.ranker.as_str(), "kg", "neighbors", "brand:acme"]),
+            command(&[ep.kg.as_str(), "kg", "neighbors", "brand:acme"]),
+        )
+    })
+    .await
+    .expect("the read commands waited on the mute service");
+    let rank = rank.unwrap_err();
+    assert_eq!(
+        format!("{rank:#}"),
+        "the ranker did not answer within 10 s",
+        "{rank:?}"
+    );
+    let neighbors_mute = neighbors_mute.unwrap_err();
+    assert_eq!(
+        format!("{neighbors_mute:#}"),
+        "the knowledge graph did not answer within 10 s"
+    );
+    let neighbors = neighbors.unwrap_err();
+    assert!(
+        format!("{neighbors:#}").contains(r#"unknown entity \"brand:acme\""#),
+        "{neighbors:#}"
+    );
     drop(mute);
 }

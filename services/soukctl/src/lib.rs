@@ -1144,14 +1144,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
             );
-            let r = client
-                .similar_entities(kg::SimilarEntitiesRequest {
-                    entity,
-                    limit,
-                    prefix,
-                })
-                .await?
-                .into_inner();
+            let request = kg::SimilarEntitiesRequest {
+                entity,
+                limit,
+                prefix,
+            };
+            let r = ask("knowledge graph", request, |r| client.similar_entities(r)).await?;
             for e in &r.entities {
                 println!("{:.4}  {}", e.score, e.entity);
             }
@@ -1166,16 +1164,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
             );
-            let r = client
-                .predict_links(kg::PredictLinksRequest {
-                    head,
-                    relation,
-                    tail,
-                    limit,
-                    filter_known: new_only,
-                })
-                .await?
-                .into_inner();
+            let request = kg::PredictLinksRequest {
+                head,
+                relation,
+                tail,
+                limit,
+                filter_known: new_only,
+            };
+            let r = ask("knowledge graph", request, |r| client.predict_links(r)).await?;
             for e in &r.entities {
                 println!("{:.4}  {}", e.score, e.entity);
             }
@@ -1224,15 +1220,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
             );
-            let r = client
-                .neighbors(kg::NeighborsRequest {
-                    entity: entity.clone(),
-                    relation,
-                    direction: direction(&d)? as i32,
-                    limit,
-                })
-                .await?
-                .into_inner();
+            let request = kg::NeighborsRequest {
+                entity: entity.clone(),
+                relation,
+                direction: direction(&d)? as i32,
+                limit,
+            };
+            let r = ask("knowledge graph", request, |r| client.neighbors(r)).await?;
             for n in &r.neighbors {
                 let arrow = if n.direction == kg::Direction::In as i32 {
                     "<-"
@@ -1252,16 +1246,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
             );
-            let r = client
-                .paths(kg::PathsRequest {
-                    sources: from,
-                    targets: to,
-                    max_hops,
-                    limit,
-                    relations: vec![],
-                })
-                .await?
-                .into_inner();
+            let request = kg::PathsRequest {
+                sources: from,
+                targets: to,
+                max_hops,
+                limit,
+                relations: vec![],
+            };
+            let r = ask("knowledge graph", request, |r| client.paths(r)).await?;
             for p in &r.paths {
                 let mut line = p.source.clone();
                 for s in &p.steps {
@@ -1457,7 +1449,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 collapse: args.collapse.unwrap_or_default(),
             };
             let started = Instant::now();
-            let ranking = client.rank(request).await?.into_inner();
+            let ranking = ask("ranker", request, |r| client.rank(r)).await?;
             if args.raw {
                 println!("{ranking:#?}");
             } else {
@@ -1473,10 +1465,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Suggest { query, k } => {
             let mut client =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
-            let response = client
-                .suggest(rk::SuggestRequest { query, k })
-                .await?
-                .into_inner();
+            let request = rk::SuggestRequest { query, k };
+            let response = ask("ranker", request, |r| client.suggest(r)).await?;
             for s in &response.suggestions {
                 println!("{}  ({} items)", s.query, s.items);
             }
@@ -1484,13 +1474,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile { user, limit } => {
             let mut client =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
-            let p = client
-                .user_profile(rk::UserProfileRequest {
-                    user_id: user,
-                    limit,
-                })
-                .await?
-                .into_inner();
+            let request = rk::UserProfileRequest {
+                user_id: user,
+                limit,
+            };
+            let p = ask("ranker", request, |r| client.user_profile(r)).await?;
             println!("items interacted with: {}", p.interactions);
             for (label, list) in [
                 ("categories", &p.categories),
@@ -1514,14 +1502,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed { texts } => {
             let mut client =
                 enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
-            let r = client
-                .embed(enc::EmbedRequest {
-                    texts: texts.clone(),
-                    truncate: None,
-                    normalize: None,
-                })
-                .await?
-                .into_inner();
+            let request = enc::EmbedRequest {
+                texts: texts.clone(),
+                truncate: None,
+                normalize: None,
+            };
+            let r = ask("encoder", request, |r| client.embed(r)).await?;
             let first = r.embeddings.first().map(|e| e.values.as_slice());
             for (i, (text, e)) in texts.iter().zip(&r.embeddings).enumerate() {
                 let head: Vec<String> =
@@ -1650,9 +1636,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long `health` and `stats` wait for one service, its connection included: a service that
-/// takes the connection and never answers (stopped, wedged, another program on its port) must
-/// not hold the command, nor the other services' lines, during an incident.
+/// How long `health`, `stats` and the read commands (`rank`, `suggest`, `profile`, `embed`,
+/// `kg neighbors|paths|similar|predict`) wait for a service, its connection included: a service
+/// that takes the connection and never answers (stopped, wedged, another program on its port)
+/// must not hold the command, nor the other services' lines, during an incident. Loads,
+/// deletes, training and re-embedding wait as long as the work takes: giving up on a write
+/// would not undo it.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `call`'s result, or an error saying it did not answer within `ANSWER_TIMEOUT`.
@@ -1660,6 +1649,41 @@ async fn answered<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::R
     tokio::time::timeout(ANSWER_TIMEOUT, call)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))?
+}
+
+/// A read command's one call to a service: `call` gets `message` as a request carrying the
+/// deadline (`grpc-timeout`, so the service drops the work too), and the answer must come within
+/// `ANSWER_TIMEOUT`. Past it, or when the service reports its own deadline expired, the error
+/// names the service and the wait instead of tonic's "Timeout expired".
+///
+/// # Errors
+/// The service's status, or the deadline.
+pub async fn ask<M, R, Fut>(
+    what: &str,
+    message: M,
+    call: impl FnOnce(tonic::Request<M>) -> Fut,
+) -> anyhow::Result<R>
+where
+    Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let late = || {
+        anyhow::anyhow!(
+            "the {what} did not answer within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        )
+    };
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(ANSWER_TIMEOUT);
+    match tokio::time::timeout(ANSWER_TIMEOUT, call(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status))
+            if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
+        {
+            Err(late())
+        }
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(late()),
+    }
 }
 
 /// `soukctl health`: one line per service, "NAME URL STATE", asked at once; a service that

@@ -15,6 +15,8 @@ fi
 cargo build --release -q -p souk-encoder --bin souk-encoder-bench
 python3 scripts/gen_bench_texts.py > /tmp/souk-bench-texts.txt
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+# The matrix kernel alone on one thread against this core's FMA ceiling (same run).
+./target/release/souk-encoder-bench --model "$MODEL" gemm
 for b in ${BATCHES//,/ }; do
   # candle's own graph (padded batches), for comparison with the packed path that serves.
   echo "candle path (--engine graph):"

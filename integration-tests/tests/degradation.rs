@@ -859,6 +859,7 @@ async fn stats_reads_every_service_that_answers() {
         kg: kg.url(),
         encoder: encoder_url.clone(),
         token: None,
+        timeout_s: soukctl::DEFAULT_TIMEOUT_S,
     };
     let graph = KnowledgeGraphClient::new(channel(&kg.url()).await)
         .stats(kg::StatsRequest {})
@@ -913,8 +914,8 @@ async fn stats_reads_every_service_that_answers() {
 }
 
 /// A service that takes the connection and never answers (a stopped process, another program
-/// on its port) does not hold `soukctl health` or `soukctl stats`: each gives up on it after
-/// `ANSWER_TIMEOUT`, names it with the reason, and still reports the other services.
+/// on its port) does not hold `soukctl health`, `soukctl stats` or a read command: each gives
+/// up on it after `--timeout`, names it with the reason, and still reports the other services.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_stats_give_up_on_a_service_that_never_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -927,8 +928,11 @@ async fn health_and_stats_give_up_on_a_service_that_never_answers() {
         kg: kg.url(),
         encoder: encoder_url,
         token: None,
+        // `--timeout 5`: shorter, so the test waits 2 x 5 s, not 2 x 10 s; the services that
+        // answer do so in milliseconds.
+        timeout_s: 5,
     };
-    let limit = soukctl::ANSWER_TIMEOUT + std::time::Duration::from_secs(10);
+    let limit = ep.answer_timeout() + std::time::Duration::from_secs(10);
     let ((health, serving), stats) = tokio::time::timeout(limit, async {
         tokio::join!(soukctl::health_report(&ep), soukctl::stats::report(&ep))
     })
@@ -947,14 +951,14 @@ async fn health_and_stats_give_up_on_a_service_that_never_answers() {
         "{health}"
     );
     assert!(
-        lines[2].starts_with("ranker") && lines[2].ends_with("UNREACHABLE (no answer within 10 s)"),
+        lines[2].starts_with("ranker") && lines[2].ends_with("UNREACHABLE (no answer within 5 s)"),
         "{health}"
     );
 
     assert_eq!(stats.unread, ["ranker"], "{}", stats.text);
     assert!(
         stats.text.starts_with(&format!(
-            "ranker: NOT READ from {}: no answer within 10 s\n",
+            "ranker: NOT READ from {}: no answer within 5 s\n",
             ep.ranker
         )),
         "{}",
@@ -967,7 +971,14 @@ async fn health_and_stats_give_up_on_a_service_that_never_answers() {
     // same command against a service that answers gets that service's own answer (the empty
     // graph's NotFound, passed through as it was).
     let command = |args: &[&str]| {
-        let mut argv = vec!["soukctl", "--ranker-url", ep.ranker.as_str(), "--kg-url"];
+        let mut argv = vec![
+            "soukctl",
+            "--timeout",
+            "5",
+            "--ranker-url",
+            ep.ranker.as_str(),
+            "--kg-url",
+        ];
         argv.extend(args);
         soukctl::run(soukctl::Cli::try_parse_from(argv).unwrap())
     };
@@ -983,13 +994,13 @@ async fn health_and_stats_give_up_on_a_service_that_never_answers() {
     let rank = rank.unwrap_err();
     assert_eq!(
         format!("{rank:#}"),
-        "the ranker did not answer within 10 s",
+        "the ranker did not answer within 5 s",
         "{rank:?}"
     );
     let neighbors_mute = neighbors_mute.unwrap_err();
     assert_eq!(
         format!("{neighbors_mute:#}"),
-        "the knowledge graph did not answer within 10 s"
+        "the knowledge graph did not answer within 5 s"
     );
     let neighbors = neighbors.unwrap_err();
     assert!(

@@ -307,6 +307,7 @@ async fn soukctl_train_fusion_learns_from_labels_and_stores_a_version() {
         kg: kg.url(),
         encoder: encoder.clone(),
         token: None,
+        timeout_s: soukctl::DEFAULT_TIMEOUT_S,
     };
     let mut args = soukctl::train::FusionArgs {
         labels: Some(labels.clone()),
@@ -477,6 +478,7 @@ async fn soukctl_train_fusion_learns_from_a_click_log() {
         kg: shop.kg.url(),
         encoder: shop.encoder_url.clone(),
         token: None,
+        timeout_s: soukctl::DEFAULT_TIMEOUT_S,
     };
     let options = soukctl::feedback::FeedbackOptions {
         position_bias: Some(1.0),

@@ -109,6 +109,25 @@ pub struct Endpoints {
     /// Admin token sent as `authorization: Bearer <token>` with loads.
     #[arg(long, global = true, env = "SOUK_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Seconds `health`, `stats` and the read commands (rank, suggest, profile, embed, kg
+    /// neighbors/paths/similar/predict) wait for a service before giving up on it; sent with
+    /// the request as its deadline. Writes, training and re-embedding wait as long as the work
+    /// takes.
+    #[arg(
+        long = "timeout",
+        global = true,
+        env = "SOUK_TIMEOUT_S",
+        default_value_t = DEFAULT_TIMEOUT_S,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub timeout_s: u64,
+}
+
+impl Endpoints {
+    /// How long a read waits for one service (`--timeout`).
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -1149,7 +1168,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 prefix,
             };
-            let r = ask("knowledge graph", request, |r| client.similar_entities(r)).await?;
+            let r = ask(ep.answer_timeout(), "knowledge graph", request, |r| {
+                client.similar_entities(r)
+            })
+            .await?;
             for e in &r.entities {
                 println!("{:.4}  {}", e.score, e.entity);
             }
@@ -1171,7 +1193,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 filter_known: new_only,
             };
-            let r = ask("knowledge graph", request, |r| client.predict_links(r)).await?;
+            let r = ask(ep.answer_timeout(), "knowledge graph", request, |r| {
+                client.predict_links(r)
+            })
+            .await?;
             for e in &r.entities {
                 println!("{:.4}  {}", e.score, e.entity);
             }
@@ -1226,7 +1251,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 direction: direction(&d)? as i32,
                 limit,
             };
-            let r = ask("knowledge graph", request, |r| client.neighbors(r)).await?;
+            let r = ask(ep.answer_timeout(), "knowledge graph", request, |r| {
+                client.neighbors(r)
+            })
+            .await?;
             for n in &r.neighbors {
                 let arrow = if n.direction == kg::Direction::In as i32 {
                     "<-"
@@ -1253,7 +1281,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 relations: vec![],
             };
-            let r = ask("knowledge graph", request, |r| client.paths(r)).await?;
+            let r = ask(ep.answer_timeout(), "knowledge graph", request, |r| {
+                client.paths(r)
+            })
+            .await?;
             for p in &r.paths {
                 let mut line = p.source.clone();
                 for s in &p.steps {
@@ -1449,7 +1480,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 collapse: args.collapse.unwrap_or_default(),
             };
             let started = Instant::now();
-            let ranking = ask("ranker", request, |r| client.rank(r)).await?;
+            let ranking = ask(ep.answer_timeout(), "ranker", request, |r| client.rank(r)).await?;
             if args.raw {
                 println!("{ranking:#?}");
             } else {
@@ -1466,7 +1497,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
             let request = rk::SuggestRequest { query, k };
-            let response = ask("ranker", request, |r| client.suggest(r)).await?;
+            let response = ask(ep.answer_timeout(), "ranker", request, |r| {
+                client.suggest(r)
+            })
+            .await?;
             for s in &response.suggestions {
                 println!("{}  ({} items)", s.query, s.items);
             }
@@ -1478,7 +1512,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 user_id: user,
                 limit,
             };
-            let p = ask("ranker", request, |r| client.user_profile(r)).await?;
+            let p = ask(ep.answer_timeout(), "ranker", request, |r| {
+                client.user_profile(r)
+            })
+            .await?;
             println!("items interacted with: {}", p.interactions);
             for (label, list) in [
                 ("categories", &p.categories),
@@ -1507,7 +1544,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 truncate: None,
                 normalize: None,
             };
-            let r = ask("encoder", request, |r| client.embed(r)).await?;
+            let r = ask(ep.answer_timeout(), "encoder", request, |r| client.embed(r)).await?;
             let first = r.embeddings.first().map(|e| e.values.as_slice());
             for (i, (text, e)) in texts.iter().zip(&r.embeddings).enumerate() {
                 let head: Vec<String> =
@@ -1636,29 +1673,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long `health`, `stats` and the read commands (`rank`, `suggest`, `profile`, `embed`,
-/// `kg neighbors|paths|similar|predict`) wait for a service, its connection included: a service
-/// that takes the connection and never answers (stopped, wedged, another program on its port)
-/// must not hold the command, nor the other services' lines, during an incident. Loads,
-/// deletes, training and re-embedding wait as long as the work takes: giving up on a write
-/// would not undo it.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--timeout`: how long `health`, `stats` and the read commands (`rank`,
+/// `suggest`, `profile`, `embed`, `kg neighbors|paths|similar|predict`) wait for a service, its
+/// connection included: a service that takes the connection and never answers (stopped,
+/// wedged, another program on its port) must not hold the command, nor the other services'
+/// lines, during an incident. Loads, deletes, training and re-embedding wait as long as the
+/// work takes: giving up on a write would not undo it.
+pub const DEFAULT_TIMEOUT_S: u64 = 10;
 
-/// `call`'s result, or an error saying it did not answer within `ANSWER_TIMEOUT`.
-async fn answered<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::time::timeout(ANSWER_TIMEOUT, call)
+/// `call`'s result, or an error saying it did not answer within `limit`.
+async fn answered<T>(
+    limit: Duration,
+    call: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, call)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))?
+        .map_err(|_| anyhow::anyhow!("no answer within {} s", limit.as_secs()))?
 }
 
 /// A read command's one call to a service: `call` gets `message` as a request carrying the
 /// deadline (`grpc-timeout`, so the service drops the work too), and the answer must come within
-/// `ANSWER_TIMEOUT`. Past it, or when the service reports its own deadline expired, the error
-/// names the service and the wait instead of tonic's "Timeout expired".
+/// `limit`. Past it, or when the service reports its own deadline expired, the error names the
+/// service and the wait instead of tonic's "Timeout expired".
 ///
 /// # Errors
 /// The service's status, or the deadline.
 pub async fn ask<M, R, Fut>(
+    limit: Duration,
     what: &str,
     message: M,
     call: impl FnOnce(tonic::Request<M>) -> Fut,
@@ -1666,15 +1707,10 @@ pub async fn ask<M, R, Fut>(
 where
     Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
 {
-    let late = || {
-        anyhow::anyhow!(
-            "the {what} did not answer within {} s",
-            ANSWER_TIMEOUT.as_secs()
-        )
-    };
+    let late = || anyhow::anyhow!("the {what} did not answer within {} s", limit.as_secs());
     let mut request = tonic::Request::new(message);
-    request.set_timeout(ANSWER_TIMEOUT);
-    match tokio::time::timeout(ANSWER_TIMEOUT, call(request)).await {
+    request.set_timeout(limit);
+    match tokio::time::timeout(limit, call(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status))
             if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
@@ -1691,9 +1727,9 @@ where
 /// whether all three are SERVING.
 pub async fn health_report(ep: &Endpoints) -> (String, bool) {
     let (encoder, kg, ranker) = tokio::join!(
-        answered(health(&ep.encoder)),
-        answered(health(&ep.kg)),
-        answered(health(&ep.ranker)),
+        answered(ep.answer_timeout(), health(&ep.encoder)),
+        answered(ep.answer_timeout(), health(&ep.kg)),
+        answered(ep.answer_timeout(), health(&ep.ranker)),
     );
     let mut text = String::new();
     let mut all_serving = true;

@@ -34,12 +34,12 @@ pub async fn print(ep: &Endpoints) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the three services at once, waiting for each at most `ANSWER_TIMEOUT`.
+/// Reads the three services at once, waiting for each at most `--timeout`.
 pub async fn report(ep: &Endpoints) -> Report {
     let (r, g, e) = tokio::join!(
-        answered(ranker(&ep.ranker)),
-        answered(graph(&ep.kg)),
-        answered(encoder(&ep.encoder)),
+        answered(ep.answer_timeout(), ranker(&ep.ranker)),
+        answered(ep.answer_timeout(), graph(&ep.kg)),
+        answered(ep.answer_timeout(), encoder(&ep.encoder)),
     );
     let mut report = Report::default();
     for (name, url, section) in [

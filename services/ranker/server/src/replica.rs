@@ -1111,10 +1111,16 @@ mod tests {
         for seq in 2..=12 {
             journal.send(write(seq, 100)).unwrap();
         }
-        // All taken from the journal before the follower takes any.
-        while !journal.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        // All taken from the journal and weighed before the follower takes any: ten writes
+        // and the cut-off queued. (An empty journal is not enough: the backlog's task may
+        // hold write 12 unweighed while the follower drains, and then it fits.)
+        let weighed = async {
+            while backlog.queue.len() < 11 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let queued = tokio::time::timeout(Duration::from_secs(10), weighed).await;
+        assert!(queued.is_ok(), "queued {} of 11", backlog.queue.len());
         for seq in 2..=11 {
             assert!(matches!(backlog.next().await, Some(Held::Write(c)) if c.seq == seq));
         }

@@ -772,13 +772,39 @@ async fn a_price_and_stock_feed_keeps_the_vectors_and_needs_no_encoder() {
         .await
         .unwrap_err();
     assert!(
-        format!("{error:#}").contains("updates.csv: stopped after 1 bad line(s)"),
+        format!("{error:#}").contains(
+            "updates.csv: stopped after 1 bad line(s) (--max-errors 0); nothing was sent: \
+             the 1 good updates read before it were held back"
+        ),
         "{error:#}"
     );
     assert_eq!(
         p00001(&mut client).await.map(|(_, price)| price),
         Some(12.5),
         "the bad line's batch was not sent"
+    );
+
+    // One row a batch: the first is sent (and stays) before the bad line stops the file, and
+    // the message says so rather than counting what was only read.
+    let one_a_batch = soukctl::LoadOptions {
+        batch_size: Some(1),
+        ..quiet()
+    };
+    let error =
+        soukctl::update_catalog(channel(&ranker.url()).await, &updates, &one_a_batch, &None)
+            .await
+            .unwrap_err();
+    assert!(
+        format!("{error:#}").ends_with(
+            "updates.csv: stopped after 1 bad line(s) (--max-errors 0); \
+             1 updates in 1 batch(es) were sent before it and stay applied"
+        ),
+        "{error:#}"
+    );
+    assert_eq!(
+        p00001(&mut client).await.map(|(_, price)| price),
+        Some(1.0),
+        "the batch sent before the stop was applied"
     );
 }
 

@@ -560,7 +560,8 @@ async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
     .await
     .unwrap_err();
     assert!(
-        format!("{error:#}").contains("gone.tsv: stopped after 1 bad line(s)"),
+        format!("{error:#}")
+            .contains("gone.tsv: stopped after 1 bad line(s) (--max-errors 0); nothing was sent"),
         "{error:#}"
     );
     assert_eq!(count(&mut client).await, lines);

@@ -537,8 +537,13 @@ pub fn with_token<T>(message: T, token: &Option<String>) -> anyhow::Result<tonic
 /// What a load did.
 #[derive(Debug, Default)]
 pub struct LoadReport {
+    /// Good rows read (sent or not).
     pub rows: u64,
+    /// Batches handed to the service.
     pub batches: u64,
+    /// Rows in those batches: what the service has; the rest of `rows` were read after the
+    /// last full batch of a load that stopped, and were never sent.
+    pub sent: u64,
     pub errors: Vec<LineError>,
     pub elapsed: Duration,
     /// Set when bad lines exceeded `--max-errors` and the load stopped.
@@ -574,6 +579,9 @@ fn progress(size: u64, quiet: bool, label: &str) -> ProgressBar {
 struct Load<T, Req> {
     /// Progress-bar label and the noun in messages ("triples", "items", "events").
     what: &'static str,
+    /// What a batch the service took did ("loaded", "removed", "applied"), for the message of a
+    /// load that stopped.
+    done: &'static str,
     /// Rows per batch when `--batch-size` is not given.
     default_batch: usize,
     /// Parses the opened file into rows.
@@ -604,6 +612,7 @@ where
     let bar = progress(size, options.quiet, load.what);
     let default_batch = load.default_batch;
     let wrap = load.wrap;
+    let done = load.done;
     let started = Instant::now();
     let batch_size = options.batch_size.unwrap_or(default_batch).max(1);
     let (tx, rx) = tokio::sync::mpsc::channel::<Req>(4);
@@ -633,6 +642,7 @@ where
                                 break; // the RPC ended (refused); its error explains why
                             }
                             report.batches += 1;
+                            report.sent += batch_size as u64;
                             tick(&report);
                         }
                     }
@@ -646,8 +656,10 @@ where
                 }
             }
         }
+        let last = batch.len() as u64;
         if !batch.is_empty() && !dry_run && tx.blocking_send(wrap(batch)).is_ok() {
             report.batches += 1;
+            report.sent += last;
         }
         tick(&report);
         report
@@ -669,20 +681,44 @@ where
         )
     })?;
     if report.stopped {
-        return Err(stopped_error(&report, path, load.what));
+        return Err(stopped_error(&report, path, load.what, done, dry_run));
     }
     Ok((report, response))
 }
 
-fn stopped_error(report: &LoadReport, path: &Path, what: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{}: stopped after {} bad line(s) (--max-errors {}); {} {what} in {} batch(es) before the stop are loaded",
+/// The error of a load that met more bad lines than `--max-errors`: the batches sent before
+/// the stop stay with the service (each was stored whole), and the good rows read after the
+/// last of them were not sent.
+fn stopped_error(
+    report: &LoadReport,
+    path: &Path,
+    what: &str,
+    done: &str,
+    dry_run: bool,
+) -> anyhow::Error {
+    let head = format!(
+        "{}: stopped after {} bad line(s) (--max-errors {})",
         path.display(),
         report.errors.len(),
         report.errors.len().saturating_sub(1),
-        report.rows,
-        report.batches
-    )
+    );
+    let unsent = report.rows.saturating_sub(report.sent);
+    if dry_run {
+        anyhow::anyhow!("{head}; a dry run: nothing was sent")
+    } else if report.batches == 0 {
+        anyhow::anyhow!(
+            "{head}; nothing was sent: the {unsent} good {what} read before it were held back"
+        )
+    } else {
+        let sent = format!(
+            "{head}; {} {what} in {} batch(es) were sent before it and stay {done}",
+            report.sent, report.batches
+        );
+        match unsent {
+            0 => anyhow::anyhow!("{sent}"),
+            n => anyhow::anyhow!("{sent}; the {n} read after them were not sent"),
+        }
+    }
 }
 
 /// Loads a triple file into the knowledge graph.
@@ -700,7 +736,7 @@ pub async fn load_triples(
         triples: triples.into_iter().map(triple_pb).collect(),
         ..Default::default()
     };
-    send_triples(channel, path, format, options, token, wrap).await
+    send_triples(channel, path, format, options, token, wrap, "loaded").await
 }
 
 /// Removes the triples a file lists from the knowledge graph (the file in any format
@@ -719,7 +755,7 @@ pub async fn delete_triples(
         remove: triples.into_iter().map(triple_pb).collect(),
         ..Default::default()
     };
-    send_triples(channel, path, format, options, token, wrap).await
+    send_triples(channel, path, format, options, token, wrap, "removed").await
 }
 
 fn triple_pb(t: souk_kg_core::Triple) -> kg::Triple {
@@ -776,6 +812,7 @@ async fn send_triples(
     options: &LoadOptions,
     token: &Option<String>,
     wrap: fn(Vec<souk_kg_core::Triple>) -> kg::LoadTriplesRequest,
+    done: &'static str,
 ) -> anyhow::Result<(LoadReport, Option<kg::LoadTriplesResponse>)> {
     let format = format
         .or_else(|| TripleFormat::from_path(path))
@@ -790,6 +827,7 @@ async fn send_triples(
     let file = path.to_path_buf();
     let load = Load {
         what: "triples",
+        done,
         default_batch: 10_000,
         rows: Box::new(move |reader| files::triples(&file, reader, format)),
         wrap,
@@ -814,6 +852,7 @@ pub async fn load_catalog(
     let file = path.to_path_buf();
     let load = Load {
         what: "items",
+        done: "stored",
         default_batch: 64,
         rows: Box::new(move |reader| files::catalog(&file, reader)),
         wrap: |items| rk::UpsertItemsRequest { items },
@@ -906,6 +945,7 @@ pub async fn update_catalog(
     let file = path.to_path_buf();
     let load = Load {
         what: "updates",
+        done: "applied",
         default_batch: 512,
         rows: Box::new(move |reader| files::item_updates(&file, reader)),
         wrap: |updates| rk::UpdateItemsRequest { updates },
@@ -930,6 +970,7 @@ pub async fn load_events(
     let file = path.to_path_buf();
     let load = Load {
         what: "events",
+        done: "recorded",
         default_batch: 2_000,
         rows: Box::new(move |reader| files::events(&file, reader)),
         wrap: |interactions| rk::RecordInteractionsRequest { interactions },

@@ -29,7 +29,7 @@ pub type Rows<T> = Box<dyn Iterator<Item = Result<T, LineError>> + Send>;
 /// Triple file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TripleFormat {
-    /// head<TAB>relation<TAB>tail
+    /// head<TAB>relation<TAB>tail (a header row `head<TAB>relation<TAB>tail` is skipped)
     Tsv,
     /// head,relation,tail (RFC 4180 quoting; a header row `head,relation,tail` is skipped)
     Csv,
@@ -64,13 +64,28 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Opens `path` for reading with a byte counter.
+/// The UTF-8 byte-order mark that Excel and other Windows tools write at the start of a text
+/// file: not part of the first line's text.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Opens `path` for reading with a byte counter, past a leading byte-order mark (which would
+/// otherwise become part of the first field: an entity `\u{feff}item:p1` that no one can name).
 ///
 /// # Errors
-/// When the file cannot be opened.
+/// When the file cannot be opened or read.
 pub fn open(path: &Path) -> anyhow::Result<(Counting<File>, u64)> {
-    let file = File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    use std::io::{Seek, SeekFrom};
+    let failed = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
+    let mut file = File::open(path).map_err(failed)?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut head = Vec::with_capacity(BOM.len());
+    (&mut file)
+        .take(BOM.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(failed)?;
+    if head != BOM {
+        file.seek(SeekFrom::Start(0)).map_err(failed)?;
+    }
     Ok((
         Counting {
             inner: file,
@@ -106,6 +121,7 @@ pub fn triples<R: Read + Send + 'static>(
                         };
                         match line {
                             Err(e) => Some(Err(at(format!("cannot read: {e}")))),
+                            Ok(line) if i == 0 && is_triple_header(line.split('\t')) => None,
                             Ok(line) => match parse_line(&line) {
                                 Ok(Some(t)) => Some(Ok(t)),
                                 Ok(None) => None,
@@ -135,12 +151,7 @@ pub fn triples<R: Read + Send + 'static>(
                             Ok(r) => r,
                             Err(e) => return Some(Err(at(format!("bad CSV: {e}")))),
                         };
-                        if line == 1
-                            && record
-                                .iter()
-                                .map(|f| f.trim().to_ascii_lowercase())
-                                .eq(["head", "relation", "tail"])
-                        {
+                        if line == 1 && is_triple_header(record.iter()) {
                             return None;
                         }
                         if record.len() != 3 {
@@ -157,6 +168,14 @@ pub fn triples<R: Read + Send + 'static>(
             )
         }
     }
+}
+
+/// A triple file's optional header row: `head`, `relation`, `tail` in any case. Read as a
+/// triple it would join two entities named "head" and "tail".
+fn is_triple_header<'a>(fields: impl Iterator<Item = &'a str>) -> bool {
+    fields
+        .map(|f| f.trim().to_ascii_lowercase())
+        .eq(["head", "relation", "tail"])
 }
 
 /// Column positions of a CSV header, by lower-cased name.
@@ -729,7 +748,8 @@ fn read_rules<T>(
 ) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    check(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    check(path, text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A synonyms file as read: its synonyms, checked and indexed as the ranker would, and the
@@ -1740,6 +1760,65 @@ mod tests {
                 .to_string()
                 .starts_with("t.csv:3:")
         );
+    }
+
+    #[test]
+    fn tsv_triples_skip_a_header_on_the_first_line_only() {
+        let data = "Head\tRelation\tTail\r\na\tr\tb\nhead\trelation\ttail\n";
+        let all: Vec<Triple> = triples(Path::new("t.tsv"), data.as_bytes(), TripleFormat::Tsv)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let heads: Vec<&str> = all.iter().map(|t| t.head.as_str()).collect();
+        assert_eq!(heads, ["a", "head"], "a later row with those names is data");
+    }
+
+    /// A byte-order mark (Excel's "CSV UTF-8", Notepad) is not part of the first field, in
+    /// every format the loads read through `open`, and in the rules files.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, [BOM, text.as_bytes()].concat()).unwrap();
+            path
+        };
+        for (name, format, text) in [
+            ("t.tsv", TripleFormat::Tsv, "item:p1\tbrand\tbrand:a\n"),
+            (
+                "h.tsv",
+                TripleFormat::Tsv,
+                "head\trelation\ttail\nitem:p1\tbrand\tbrand:a\n",
+            ),
+            ("t.csv", TripleFormat::Csv, "item:p1,brand,brand:a\n"),
+            ("t.nt", TripleFormat::Nt, "<item:p1> <brand> <brand:a> .\n"),
+        ] {
+            let path = file(name, text);
+            let (reader, size) = open(&path).unwrap();
+            assert_eq!(size, (BOM.len() + text.len()) as u64);
+            let all: Vec<Triple> = triples(&path, reader, format)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(all.len(), 1, "{name}");
+            assert_eq!(all[0].head, "item:p1", "{name}");
+        }
+        let path = file("e.csv", "user_id,item_id,kind\nu1,p1,click\n");
+        let (reader, _) = open(&path).unwrap();
+        let events: Vec<rk::Interaction> = events(&path, reader).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            events[0].user_id, "u1",
+            "the header's first column is found"
+        );
+        let path = file("s.txt", "backpack, rucksack\n");
+        let read = read_synonyms(&path).unwrap();
+        assert_eq!(read.messages()[0].phrases[0], "backpack");
+        // A file without one is read from its first byte.
+        let path = dir.path().join("plain.tsv");
+        std::fs::write(&path, "ite\tr\tb\n").unwrap();
+        let (reader, _) = open(&path).unwrap();
+        let all: Vec<Triple> = triples(&path, reader, TripleFormat::Tsv)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(all[0].head, "ite");
     }
 
     #[test]

@@ -2179,12 +2179,24 @@ async fn a_stream_of_single_events_is_stored_whole_up_to_a_bad_one() {
     let mut future = one("clockless".into());
     future.interactions[0].timestamp_ms = 1_788_238_930_000_000;
     let status = client
-        .record_interactions(futures::stream::iter(vec![future]))
+        .record_interactions(futures::stream::iter(vec![future.clone()]))
         .await
         .unwrap_err();
     assert_invalid(
         &status,
         "interactions[0]: timestamp_ms 1788238930000000 is not",
+    );
+    // Seconds sent for milliseconds: January 1970, refused the same way (the event would
+    // count for nothing once popularity fades).
+    let mut past = future;
+    past.interactions[0].timestamp_ms = 1_788_238_930;
+    let status = client
+        .record_interactions(futures::stream::iter(vec![past]))
+        .await
+        .unwrap_err();
+    assert_invalid(
+        &status,
+        "interactions[0]: timestamp_ms 1788238930 would be in 1970-1973: Unix seconds?",
     );
     assert_eq!(interactions(&mut client).await, before + 2310);
 }

@@ -551,13 +551,10 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
         let t = ts_text.parse::<i64>().map_err(|_| {
             format!("timestamp_ms {ts_text:?} is not an integer (Unix milliseconds)")
         })?;
-        // The ranker refuses times more than a day ahead of its clock: caught here with the
-        // line (seconds or microseconds written for milliseconds).
-        let now_ms = souk_ranker_core::item::now_ms();
-        if t < 0 || t > now_ms.saturating_add(24 * 3_600_000) {
-            return Err(format!(
-                "timestamp_ms {t} is not Unix milliseconds up to a day from now ({now_ms})"
-            ));
+        // The ranker's own check (seconds or microseconds written for milliseconds), caught
+        // here with the line.
+        if t != 0 {
+            souk_ranker_core::item::check_event_ms(t, souk_ranker_core::item::now_ms())?;
         }
         t
     };
@@ -1955,13 +1952,13 @@ mod tests {
 
     #[test]
     fn events_parse_kind_value_and_time() {
-        let data = "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,17\nu1,p1,teleport,,\n\
-             u1,p1,view,,1788238930000000\n";
+        let data = "user_id,item_id,kind,value,timestamp_ms\nu1,p1,purchase,,1788238930000\n\
+             u1,p1,teleport,,\nu1,p1,view,,1788238930000000\nu1,p1,view,,1788238930\n";
         let rows: Vec<_> = events(Path::new("e.csv"), data.as_bytes()).collect();
         let e = rows[0].as_ref().unwrap();
         assert_eq!(
             (e.kind, e.value, e.timestamp_ms),
-            (rk::InteractionKind::Purchase as i32, 1.0, 17)
+            (rk::InteractionKind::Purchase as i32, 1.0, 1_788_238_930_000)
         );
         assert!(
             rows[1]
@@ -1974,6 +1971,11 @@ mod tests {
         assert!(
             micro.contains("e.csv:4: timestamp_ms 1788238930000000"),
             "{micro}"
+        );
+        let seconds = rows[3].as_ref().unwrap_err().to_string();
+        assert!(
+            seconds.contains("e.csv:5: timestamp_ms 1788238930 would be in 1970-1973"),
+            "{seconds}"
         );
     }
 

@@ -706,9 +706,12 @@ fn stopped_error(
     if dry_run {
         anyhow::anyhow!("{head}; a dry run: nothing was sent")
     } else if report.batches == 0 {
-        anyhow::anyhow!(
-            "{head}; nothing was sent: the {unsent} good {what} read before it were held back"
-        )
+        match unsent {
+            0 => anyhow::anyhow!("{head}; nothing was sent"),
+            n => anyhow::anyhow!(
+                "{head}; nothing was sent: the {n} good {what} read before it were held back"
+            ),
+        }
     } else {
         let sent = format!(
             "{head}; {} {what} in {} batch(es) were sent before it and stay {done}",

@@ -299,6 +299,35 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The earliest event time taken, 1973-03-03T09:46:40Z: a time under it is almost surely Unix
+/// seconds sent for milliseconds (today's seconds stay under it until the year 5138), which
+/// would date the event to January 1970.
+pub const MIN_EVENT_MS: i64 = 100_000_000_000;
+
+/// How far ahead of the clock an event's time may be (clocks of shops' servers drift;
+/// microseconds sent for milliseconds are centuries ahead).
+pub const MAX_EVENT_AHEAD_MS: i64 = 24 * 3_600_000;
+
+/// Checks an event's time (`timestamp_ms`, not 0, which means "now") against `now_ms`: Unix
+/// milliseconds from [`MIN_EVENT_MS`] to a day ahead.
+///
+/// # Errors
+/// The reason, naming the likely mistake (seconds or microseconds for milliseconds).
+pub fn check_event_ms(timestamp_ms: i64, now_ms: i64) -> Result<(), String> {
+    let t = timestamp_ms;
+    if (1..MIN_EVENT_MS).contains(&t) {
+        return Err(format!(
+            "timestamp_ms {t} would be in 1970-1973: Unix seconds? (send milliseconds, or 0 for now)"
+        ));
+    }
+    if t < 0 || t > now_ms.saturating_add(MAX_EVENT_AHEAD_MS) {
+        return Err(format!(
+            "timestamp_ms {t} is not Unix time in milliseconds up to a day from now ({now_ms})"
+        ));
+    }
+    Ok(())
+}
+
 /// `item:<id>`, how items are named in the knowledge graph.
 pub fn item_entity(id: &str) -> String {
     format!("item:{id}")
@@ -532,6 +561,21 @@ impl Interaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times_refuse_seconds_and_microseconds_sent_for_milliseconds() {
+        let now = 1_788_238_930_000; // 2026-09-01
+        assert_eq!(check_event_ms(now, now), Ok(()));
+        assert_eq!(check_event_ms(MIN_EVENT_MS, now), Ok(()));
+        assert_eq!(check_event_ms(now + MAX_EVENT_AHEAD_MS, now), Ok(()));
+        let seconds = check_event_ms(now / 1000, now).unwrap_err();
+        assert!(seconds.contains("Unix seconds?"), "{seconds}");
+        assert!(check_event_ms(MIN_EVENT_MS - 1, now).is_err());
+        let micros = check_event_ms(now * 1000, now).unwrap_err();
+        assert!(micros.contains("up to a day from now"), "{micros}");
+        assert!(check_event_ms(now + MAX_EVENT_AHEAD_MS + 1, now).is_err());
+        assert!(check_event_ms(-5, now).is_err());
+    }
 
     fn item() -> Item {
         Item {

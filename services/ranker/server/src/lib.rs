@@ -1227,10 +1227,6 @@ const MAX_UNKNOWN_IDS: usize = 100;
 /// Longest text `Suggest` reads: a search box's, not a document.
 const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
 
-/// How far ahead of the ranker's clock an event's time may be (clocks of shops' servers
-/// drift; seconds or microseconds sent for milliseconds are years off).
-const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
-
 /// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
 const MAX_FORGET_USERS: usize = 1000;
 
@@ -1584,13 +1580,10 @@ fn interaction_from_pb(
     let now_ms = souk_ranker_core::item::now_ms();
     let timestamp_ms = match event.timestamp_ms {
         0 => now_ms,
-        t if t < 0 || t > now_ms.saturating_add(MAX_AHEAD_MS) => {
-            return Err(bad(format!(
-                "timestamp_ms {t} is not Unix time in milliseconds up to a day from now \
-                 ({now_ms})"
-            )));
+        t => {
+            souk_ranker_core::item::check_event_ms(t, now_ms).map_err(bad)?;
+            t
         }
-        t => t,
     };
     Ok(Interaction {
         user: hasher.key(event.user_id.trim()),

@@ -236,7 +236,7 @@ fn price(id: &str, text: &str) -> Result<f64, String> {
 }
 
 /// An attributes cell: `key=value` pairs separated by `;`, trimmed (`key=` gives an empty
-/// value: a catalog row drops it, an update removes the attribute).
+/// value: a catalog row drops it, an update removes the attribute; `=value` is refused).
 fn attribute_pairs(
     id: &str,
     text: &str,
@@ -246,6 +246,10 @@ fn attribute_pairs(
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("item {id:?}: attribute {pair:?} is not key=value"))?;
+        if k.trim().is_empty() {
+            // The ranker would drop it from a catalog row without a word.
+            return Err(format!("item {id:?}: attribute {pair:?} has no name"));
+        }
         attributes.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(attributes)
@@ -306,9 +310,6 @@ fn item_update_row(
         text => Some(parse_bool(text).map_err(|e| format!("item {id:?}: {e}"))?),
     };
     let attributes = attribute_pairs(id, columns.get(record, "attributes"))?;
-    if attributes.contains_key("") {
-        return Err(format!("item {id:?}: an attribute has no name"));
-    }
     if price.is_none() && in_stock.is_none() && attributes.is_empty() {
         return Err(format!(
             "item {id:?}: nothing to change (price, in_stock and attributes are empty)"
@@ -1909,7 +1910,7 @@ mod tests {
                 "u.csv:5: item \"p4\": price \"cheap\" is not a number",
                 "u.csv:6: item \"p5\": in_stock \"maybe\" is not true/false",
                 "u.csv:7: item \"p6\": attribute \"color\" is not key=value",
-                "u.csv:8: item \"p7\": an attribute has no name",
+                "u.csv:8: item \"p7\": attribute \"=red\" has no name",
                 "u.csv:9: id is empty",
             ]
         );
@@ -1927,7 +1928,8 @@ mod tests {
         let data = "id,title,price,category,attributes,in_stock\n\
                     p1,Tent,99.5,Outdoor > Tents,color=green; size=2,true\n\
                     p2,Stove,cheap,,,\n\
-                    p3,Lamp,5,,color,\n";
+                    p3,Lamp,5,,color,\n\
+                    p4,Mug,5,,=red,\n";
         let rows: Vec<_> = catalog(Path::new("c.csv"), data.as_bytes()).collect();
         let p1 = rows[0].as_ref().unwrap();
         assert_eq!(p1.category, vec!["Outdoor", "Tents"]);
@@ -1942,6 +1944,11 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("c.csv:4: item \"p3\": attribute")
+        );
+        assert_eq!(
+            rows[3].as_ref().unwrap_err().to_string(),
+            "c.csv:5: item \"p4\": attribute \"=red\" has no name",
+            "the ranker would drop it without a word"
         );
         let missing = errors(catalog(Path::new("c.csv"), "id,name\n".as_bytes()));
         assert_eq!(

@@ -2,6 +2,7 @@
 //! called through generated tonic clients. One test binary (modules below) to save link time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod common;
 mod degradation;
 mod encoder;

@@ -240,3 +240,115 @@ pub async fn h2_call(
         String::from_utf8(text).unwrap(),
     )
 }
+
+/// Values tried for a flag that takes one: a number, a fraction, `auto`, a word, a pair, a
+/// day, an address, a URL, a list.
+const FLAG_VALUES: &[&str] = &[
+    "1",
+    "0.5",
+    "auto",
+    "x",
+    "a=b",
+    "2026-03-01",
+    "127.0.0.1:1",
+    "http://127.0.0.1:1",
+    "1,1,1,1,1",
+];
+
+/// Parses `T`'s command line (`bin` names the program) for every command that runs (each
+/// leaf of its subcommands) with what it requires, then once more for each of its flags set
+/// (each value of [`FLAG_VALUES`] or of the flag's own choices): panics listing every line
+/// that did not parse with only its requirements, or whose parse panicked. Clap's derive
+/// checks a field's type against its parser only when the field is read, so a mismatch (an
+/// `Option<f64>` field whose parser returns `Option<f64>`) builds, passes
+/// `Command::debug_assert`, and panics on every call of its command; a refused value (a clap
+/// error) is fine here. `extra` gives, by command path, arguments that a leaf needs beyond
+/// its formally required ones (one of a group: `train fusion --labels F`).
+pub fn every_flag_reads<T: clap::Parser>(bin: &str, extra: &[(&[&str], &[&str])]) {
+    fn leaves(
+        command: &clap::Command,
+        path: Vec<String>,
+        out: &mut Vec<(Vec<String>, clap::Command)>,
+    ) {
+        let subcommands: Vec<_> = command
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subcommands.is_empty() {
+            out.push((path, command.clone()));
+            return;
+        }
+        for sub in subcommands {
+            let mut next = path.clone();
+            next.push(sub.get_name().to_string());
+            leaves(sub, next, out);
+        }
+    }
+    let value = |arg: &clap::Arg| -> Vec<String> {
+        let choices: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        if choices.is_empty() {
+            FLAG_VALUES.iter().map(|v| v.to_string()).collect()
+        } else {
+            choices
+        }
+    };
+    let parse = |argv: &[String]| {
+        std::panic::catch_unwind(|| T::try_parse_from(argv).map(drop).map_err(|e| e.kind()))
+    };
+    let mut root = T::command();
+    root.build(); // settles each argument's number of values
+    let mut all = Vec::new();
+    leaves(&root, Vec::new(), &mut all);
+    let mut failed = Vec::new();
+    for (path, command) in &all {
+        let mut argv = vec![bin.to_string()];
+        argv.extend(path.iter().cloned());
+        let mut positionals = Vec::new();
+        for arg in command.get_arguments().filter(|a| a.is_required_set()) {
+            let first = value(arg).swap_remove(0);
+            match arg.get_long() {
+                Some(long) => argv.extend([format!("--{long}"), first]),
+                None => positionals.push(first),
+            }
+        }
+        for (name, more) in extra {
+            if path.iter().map(String::as_str).eq(name.iter().copied()) {
+                argv.extend(more.iter().map(|s| s.to_string()));
+            }
+        }
+        match parse(&[argv.clone(), positionals.clone()].concat()) {
+            Ok(Ok(())) => {}
+            Ok(Err(kind)) => failed.push(format!("{}: {kind:?}", argv.join(" "))),
+            Err(_) => failed.push(format!("{}: panicked", argv.join(" "))),
+        }
+        let optional = command.get_arguments().filter(|a| {
+            !a.is_required_set()
+                && !a.is_positional()
+                && a.get_long().is_some()
+                && !a.is_global_set()
+        });
+        for arg in optional {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            let tries: Vec<Vec<String>> = if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                value(arg)
+                    .into_iter()
+                    .map(|v| vec![flag.clone(), v])
+                    .collect()
+            } else {
+                vec![vec![flag.clone()]]
+            };
+            for set in tries {
+                let line = [argv.clone(), set.clone(), positionals.clone()].concat();
+                if parse(&line).is_err() {
+                    failed.push(format!("{}: panicked", line.join(" ")));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

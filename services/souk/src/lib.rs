@@ -654,3 +654,13 @@ async fn demo(suite: &Suite, up: &UpArgs, data: &Path) -> anyhow::Result<()> {
     println!();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// `souk up` and `souk demo` read every flag they define (a field whose type does not match
+    /// its parser would panic at start, which no build or `--help` shows).
+    #[test]
+    fn every_command_and_flag_parses_without_panicking() {
+        souk_testkit::every_flag_reads::<super::Cli>("souk", &[]);
+    }
+}

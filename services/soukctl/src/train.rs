@@ -70,8 +70,10 @@ pub struct FusionArgs {
     /// Feedback: rank r is taken as looked at with probability 1/r^this (0 trusts every
     /// click alike). `auto`: estimated from the log, from searches whose items were shown
     /// at different positions for the same query (1 when too few clicks tell).
+    // Spelled out so that clap takes the parser's `Option` as the value (`auto` is `None`)
+    // instead of reading the field as an optional f64 and panicking at the first access.
     #[arg(long, default_value = "auto", value_parser = parse_position_bias)]
-    pub position_bias: Option<f64>,
+    pub position_bias: ::std::option::Option<f64>,
     /// Feedback: lists with a click needed before a weight set is replaced.
     #[arg(long, default_value_t = 20)]
     pub min_lists: usize,

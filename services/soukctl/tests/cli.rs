@@ -65,36 +65,45 @@ fn documented(file: &str) -> Vec<(String, Vec<String>)> {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut in_block = false;
     let mut out = Vec::new();
+    // A command continued on the next line with `\`: its text so far and first line.
+    let mut continued: Option<(String, usize)> = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim_start().starts_with("```") {
             in_block = !in_block;
+            continued = None;
             continue;
         }
         if !in_block {
             continue;
         }
-        let line = line.trim();
+        let (line, at) = match continued.take() {
+            Some((before, at)) => (format!("{before} {}", line.trim()), at),
+            None => (line.trim().to_string(), i + 1),
+        };
+        if let Some(head) = line.strip_suffix('\\') {
+            continued = Some((head.trim_end().to_string(), at));
+            continue;
+        }
         let rest = line
             .strip_prefix("cargo run --release -p soukctl -- ")
             .or_else(|| line.strip_prefix("soukctl "));
-        let Some(rest) = rest else { continue };
-        // A line continued with `\` (read as a whole it would be one command), or one that
-        // elides its arguments with `...`.
-        if rest.ends_with('\\') || rest.contains("...") {
+        // One that elides its arguments with `...` is not a command to type.
+        let Some(rest) = rest.filter(|r| !r.contains("...")) else {
             continue;
-        }
-        out.push((format!("{file}:{}", i + 1), words(rest)));
+        };
+        out.push((format!("{file}:{at}"), words(rest)));
     }
     out
 }
 
-/// What README.md and kg-data/README.md tell users to type parses (flags renamed or removed
-/// since would fail here, and so would a command that panics on reading its fields).
+/// What README.md and kg-data/README.md tell users to type, and the commands BENCHMARKS.md
+/// gives to reproduce its figures, parse (flags renamed or removed since would fail here, and
+/// so would a command that panics on reading its fields).
 #[test]
 fn the_documented_commands_parse() {
     let mut seen = 0;
     let mut failed = Vec::new();
-    for file in ["README.md", "kg-data/README.md"] {
+    for file in ["README.md", "kg-data/README.md", "BENCHMARKS.md"] {
         for (at, argv) in documented(file) {
             seen += 1;
             if let Err(e) = parse(&argv) {
@@ -102,7 +111,7 @@ fn the_documented_commands_parse() {
             }
         }
     }
-    assert!(seen >= 30, "only {seen} documented commands found");
+    assert!(seen >= 40, "only {seen} documented commands found");
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 

@@ -229,6 +229,10 @@ impl Failure {
                 header::HeaderName::from_static("accept-post"),
                 HeaderValue::from_static("application/json"),
             );
+            response.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             response
@@ -379,6 +383,19 @@ where
             "content-type: send application/json",
         )
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    // A compressed body would otherwise be read as JSON and refused as "expected value at
+    // line 1 column 1"; Connect's answer to a compression the server lacks is `unimplemented`,
+    // and HTTP's is 415 with the codings it reads (RFC 9110, 15.5.16).
+    if let Some(coding) = headers.get(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("?").trim();
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+            return Err(Failure::new(
+                tonic::Code::Unimplemented,
+                format!("content-encoding {coding:?}: send the body uncompressed"),
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
     }
     Ok(Limited::new(body, MAX_BODY_BYTES)
         .collect()

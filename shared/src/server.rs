@@ -561,6 +561,33 @@ mod tests {
         .await;
         assert_eq!(reply.status, 415, "{reply:?}");
         assert_eq!(reply.header("accept-post"), Some("application/json"));
+        // A compressed body is refused as such, not read as broken JSON; identity is read.
+        let json = ("content-type", "application/json");
+        let reply = http_call(
+            http,
+            "POST",
+            check,
+            &[json, ("content-encoding", "gzip")],
+            b"{}",
+        )
+        .await;
+        assert_eq!(reply.status, 415, "{reply:?}");
+        assert_eq!(reply.header("accept-encoding"), Some("identity"));
+        assert!(
+            reply.body.contains("unimplemented")
+                && reply.body.contains("gzip")
+                && reply.body.contains("send the body uncompressed"),
+            "{reply:?}"
+        );
+        let reply = http_call(
+            http,
+            "POST",
+            check,
+            &[json, ("content-encoding", "identity")],
+            b"{}",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
         let (status, code, message) =
             error(&post_json(http, "/grpc.health.v1.Health/Watch", "{}").await);
         assert_eq!((status, code.as_str()), (501, "unimplemented"));
@@ -618,7 +645,7 @@ mod tests {
                     && l.contains("code=\"Ok\"")
             })
             .unwrap_or_else(|| panic!("no request counter in {rendered}"));
-        assert!(ok.ends_with(" 4"), "four answered checks: {ok}");
+        assert!(ok.ends_with(" 5"), "five answered checks: {ok}");
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
     }

@@ -102,8 +102,8 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
     );
     let paths = client
         .paths(kg::PathsRequest {
-            sources: vec!["item:p00040".into()],
-            targets: vec!["item:p00029".into()],
+            sources: vec!["item:p00040".into(), "item:gone".into()],
+            targets: vec!["item:p00029".into(), "item:nope".into()],
             max_hops: 2,
             limit: 1,
             relations: vec![],
@@ -114,6 +114,11 @@ async fn loading_is_idempotent_atomic_per_batch_and_survives_restart() {
     assert_eq!(
         paths.paths[0].steps[0].relation, "accessory_of",
         "the rebuilt graph still traverses"
+    );
+    assert_eq!(
+        paths.unknown,
+        ["item:gone", "item:nope"],
+        "the answer names what has no path because the graph lacks it"
     );
     // Several entities' item neighbours in one call, in the order asked; an unknown one has
     // none.

@@ -1340,6 +1340,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!("{line}");
             }
+            for entity in &r.unknown {
+                println!("{entity}: not in the graph");
+            }
             if r.paths.is_empty() {
                 println!("no path within {max_hops} hops");
             }

@@ -591,9 +591,17 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             relations: request.relations,
         };
         let loaded = self.loaded()?;
-        let found = tokio::task::spawn_blocking(move || {
+        let (found, unknown) = tokio::task::spawn_blocking(move || {
             let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
-            graph.paths(&query).map_err(status)
+            let found = graph.paths(&query).map_err(status)?;
+            let unknown: Vec<String> = query
+                .sources
+                .iter()
+                .chain(&query.targets)
+                .filter(|e| !graph.entity_id(e).is_some_and(|id| graph.has_edges(id)))
+                .cloned()
+                .collect();
+            Ok::<_, Status>((found, unknown))
         })
         .await
         .map_err(|e| Status::internal(format!("path task failed: {e}")))??;
@@ -616,6 +624,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 })
                 .collect(),
             truncated: found.truncated,
+            unknown,
         }))
     }
 

@@ -1181,6 +1181,15 @@ fn simulate_clicks(
 
 fn rec(args: RecArgs) -> anyhow::Result<()> {
     let split = RecSplit::from_pairs(&read_pairs(&args.train)?, &read_pairs(&args.test)?);
+    if split.test.is_empty() {
+        // Every metric would read 0.0000, as if every model had failed.
+        anyhow::bail!(
+            "{}: no test user ({} users in {}): nothing to evaluate",
+            args.test.display(),
+            split.train.users.len(),
+            args.train.display()
+        );
+    }
     println!(
         "{} users, {} items, {} test users",
         split.train.users.len(),

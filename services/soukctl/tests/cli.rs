@@ -123,3 +123,27 @@ fn words_split_as_a_shell_does() {
     );
     assert_eq!(words("suggest ''"), ["suggest", ""]);
 }
+
+/// `eval rec` with no test user (an empty or header-only test file) says so instead of
+/// printing a table of zeros that reads as every model failing.
+#[tokio::test]
+async fn eval_rec_without_a_test_user_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
+    std::fs::write(&train, "u1\ti1\nu1\ti2\n").unwrap();
+    std::fs::write(&test, "user\titem\n").unwrap();
+    let argv = [
+        "eval",
+        "rec",
+        "--train",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+    ];
+    let cli = parse(&argv.map(String::from)).unwrap();
+    let error = soukctl::run(cli).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("test.tsv: no test user (1 users in"),
+        "{error:#}"
+    );
+}

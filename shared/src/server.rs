@@ -562,15 +562,14 @@ mod tests {
         assert_eq!(reply.status, 415, "{reply:?}");
         assert_eq!(reply.header("accept-post"), Some("application/json"));
         // A compressed body is refused as such, not read as broken JSON; identity is read.
-        let json = ("content-type", "application/json");
-        let reply = http_call(
-            http,
-            "POST",
-            check,
-            &[json, ("content-encoding", "gzip")],
-            b"{}",
-        )
-        .await;
+        let encoded = async |coding: &str| {
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-encoding", coding),
+            ];
+            http_call(http, "POST", check, &headers, b"{}").await
+        };
+        let reply = encoded("gzip").await;
         assert_eq!(reply.status, 415, "{reply:?}");
         assert_eq!(reply.header("accept-encoding"), Some("identity"));
         assert!(
@@ -579,14 +578,7 @@ mod tests {
                 && reply.body.contains("send the body uncompressed"),
             "{reply:?}"
         );
-        let reply = http_call(
-            http,
-            "POST",
-            check,
-            &[json, ("content-encoding", "identity")],
-            b"{}",
-        )
-        .await;
+        let reply = encoded("identity").await;
         assert_eq!(reply.status, 200, "{reply:?}");
         let (status, code, message) =
             error(&post_json(http, "/grpc.health.v1.Health/Watch", "{}").await);

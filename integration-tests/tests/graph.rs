@@ -1,5 +1,7 @@
 //! The knowledge-graph service: loading (good, bad, twice, guarded by the admin token),
 //! queries and their errors, and a restart that rebuilds the graph from sled.
+use std::collections::HashSet;
+
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use tonic::Code;
@@ -355,6 +357,42 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
         .unwrap()
         .into_inner();
     assert!(new_only.entities.iter().all(|e| e.entity != brands[0].1));
+
+    // Candidates are the entities the graph has at that end of the relation: brands for a
+    // `brand` link, unless any entity is asked for.
+    let every = |any_entity| kg::PredictLinksRequest {
+        head: brands[0].0.into(),
+        relation: "brand".into(),
+        limit: 1_000,
+        any_entity,
+        ..Default::default()
+    };
+    let typed = client
+        .predict_links(every(false))
+        .await
+        .unwrap()
+        .into_inner();
+    let named = |r: &kg::PredictLinksResponse, prefix: &str| {
+        r.entities
+            .iter()
+            .filter(|e| e.entity.starts_with(prefix))
+            .count()
+    };
+    let brand_count = brands.iter().map(|(_, b)| *b).collect::<HashSet<_>>().len();
+    assert!(
+        named(&typed, "brand:") >= brand_count,
+        "every brand is a candidate"
+    );
+    assert_eq!(named(&typed, "brand:"), typed.entities.len(), "only brands");
+    let any = client
+        .predict_links(every(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        named(&any, "item:") > 0,
+        "items too when any entity is asked for"
+    );
 
     let similar = client
         .similar_entities(kg::SimilarEntitiesRequest {

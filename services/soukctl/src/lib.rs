@@ -267,6 +267,10 @@ pub enum KgCommand {
         /// Leave out links already in the graph.
         #[arg(long)]
         new_only: bool,
+        /// Also rank entities never seen at that end of the relation (by default a `brand`
+        /// link's candidates are the graph's brands).
+        #[arg(long)]
+        any_entity: bool,
     },
 }
 
@@ -1226,6 +1230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
             limit,
             new_only,
+            any_entity,
         }) => {
             let mut client = kg::knowledge_graph_client::KnowledgeGraphClient::new(
                 connect(&ep.kg, "knowledge graph").await?,
@@ -1236,6 +1241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tail,
                 limit,
                 filter_known: new_only,
+                any_entity,
             };
             let r = ask(ep.answer_timeout(), "knowledge graph", request, |r| {
                 client.predict_links(r)

@@ -750,11 +750,23 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             } else {
                 Default::default()
             };
+            // The entities the graph has at the predicted end of this relation.
+            let seen: Option<std::collections::HashSet<u32>> = (!request.any_entity).then(|| {
+                graph
+                    .triples()
+                    .filter(|&(_, r, _)| r == relation)
+                    .map(|(h, _, t)| match side {
+                        Side::Tail => t,
+                        Side::Head => h,
+                    })
+                    .collect()
+            });
             let scored = scores
                 .into_iter()
                 .enumerate()
                 .map(|(id, s)| (id as u32, s))
-                .filter(|(id, _)| graph.has_edges(*id) && !exclude.contains(id));
+                .filter(|(id, _)| graph.has_edges(*id) && !exclude.contains(id))
+                .filter(|(id, _)| seen.as_ref().is_none_or(|seen| seen.contains(id)));
             Ok(named_top(&graph, scored, limit))
         })
         .await

@@ -554,9 +554,7 @@ fn event_row(columns: &Columns, record: &csv::StringRecord) -> Result<rk::Intera
         })?;
         // The ranker's own check (seconds or microseconds written for milliseconds), caught
         // here with the line.
-        if t != 0 {
-            souk_ranker_core::item::check_event_ms(t, souk_ranker_core::item::now_ms())?;
-        }
+        souk_ranker_core::item::check_event_ms(t, souk_ranker_core::item::now_ms())?;
         t
     };
     Ok(rk::Interaction {
@@ -744,10 +742,13 @@ fn read_rules<T>(
     path: &Path,
     check: impl FnOnce(&Path, &str) -> Result<T, LineError>,
 ) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    check(path, text).map_err(|e| anyhow::anyhow!("{e}"))
+    // Through `open`, so that a byte-order mark is skipped here as in the loads.
+    let (mut reader, _) = open(path)?;
+    let mut text = String::new();
+    reader
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    check(path, &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A synonyms file as read: its synonyms, checked and indexed as the ranker would, and the

@@ -616,7 +616,6 @@ where
     let bar = progress(size, options.quiet, load.what);
     let default_batch = load.default_batch;
     let wrap = load.wrap;
-    let done = load.done;
     let started = Instant::now();
     let batch_size = options.batch_size.unwrap_or(default_batch).max(1);
     let (tx, rx) = tokio::sync::mpsc::channel::<Req>(4);
@@ -685,7 +684,7 @@ where
         )
     })?;
     if report.stopped {
-        return Err(stopped_error(&report, path, load.what, done, dry_run));
+        return Err(stopped_error(&report, path, load.what, load.done, dry_run));
     }
     Ok((report, response))
 }

@@ -98,6 +98,9 @@ pub struct PathsFound {
     pub paths: Vec<Path>,
     /// The search hit its node budget or skipped a hub's edges: longer paths may exist.
     pub truncated: bool,
+    /// The sources, then the targets, that the graph does not hold (never named, or every
+    /// triple of theirs removed), in query order: they have no path.
+    pub unknown: Vec<String>,
 }
 
 /// The graph in memory. Entity `i` is node `i`.
@@ -617,11 +620,16 @@ impl Graph {
             )
         };
         let allows = |rel: u32| rel != DEAD && allowed.as_ref().is_none_or(|a| a.contains(&rel));
-        let sources: Vec<u32> = query
-            .sources
-            .iter()
-            .filter_map(|s| self.entity_id(s))
-            .collect();
+        let mut found = PathsFound::default();
+        // Each name's id, noting as it goes the names the graph does not hold.
+        let mut resolve = |name: &String| {
+            let id = self.entity_id(name);
+            if !id.is_some_and(|id| self.has_edges(id)) {
+                found.unknown.push(name.clone());
+            }
+            id
+        };
+        let sources: Vec<u32> = query.sources.iter().filter_map(&mut resolve).collect();
         if sources.is_empty() {
             return Err(KgError::NotFound(
                 "none of the sources is in the graph".into(),
@@ -630,10 +638,9 @@ impl Graph {
         let targets: HashSet<u32> = query
             .targets
             .iter()
-            .filter_map(|t| self.entity_id(t))
+            .filter_map(&mut resolve)
             .filter(|t| !sources.contains(t))
             .collect();
-        let mut found = PathsFound::default();
         if targets.is_empty() {
             return Ok(found);
         }

@@ -591,17 +591,9 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             relations: request.relations,
         };
         let loaded = self.loaded()?;
-        let (found, unknown) = tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
             let graph = loaded.graph.read().map_err(|_| lock_poisoned())?;
-            let found = graph.paths(&query).map_err(status)?;
-            let unknown: Vec<String> = query
-                .sources
-                .iter()
-                .chain(&query.targets)
-                .filter(|e| !graph.entity_id(e).is_some_and(|id| graph.has_edges(id)))
-                .cloned()
-                .collect();
-            Ok::<_, Status>((found, unknown))
+            graph.paths(&query).map_err(status)
         })
         .await
         .map_err(|e| Status::internal(format!("path task failed: {e}")))??;
@@ -624,7 +616,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
                 })
                 .collect(),
             truncated: found.truncated,
-            unknown,
+            unknown: found.unknown,
         }))
     }
 

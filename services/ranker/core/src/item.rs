@@ -308,7 +308,7 @@ pub const MIN_EVENT_MS: i64 = 100_000_000_000;
 /// microseconds sent for milliseconds are centuries ahead).
 pub const MAX_EVENT_AHEAD_MS: i64 = 24 * 3_600_000;
 
-/// Checks an event's time (`timestamp_ms`, not 0, which means "now") against `now_ms`: Unix
+/// Checks an event's time (`timestamp_ms`) against `now_ms`: 0 (which means "now"), or Unix
 /// milliseconds from [`MIN_EVENT_MS`] to a day ahead.
 ///
 /// # Errors
@@ -566,6 +566,7 @@ mod tests {
     fn event_times_refuse_seconds_and_microseconds_sent_for_milliseconds() {
         let now = 1_788_238_930_000; // 2026-09-01
         assert_eq!(check_event_ms(now, now), Ok(()));
+        assert_eq!(check_event_ms(0, now), Ok(()), "0 means now");
         assert_eq!(check_event_ms(MIN_EVENT_MS, now), Ok(()));
         assert_eq!(check_event_ms(now + MAX_EVENT_AHEAD_MS, now), Ok(()));
         let seconds = check_event_ms(now / 1000, now).unwrap_err();

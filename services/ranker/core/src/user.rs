@@ -42,7 +42,17 @@ impl UserHasher {
         let hash = blake3::keyed_hash(&self.key, user_id.as_bytes());
         UserKey(hex::encode(&hash.as_bytes()[..16]))
     }
+
+    /// The key of a fixed id that no shopper has: two hashers agree on it exactly when they
+    /// share a secret, and it tells nothing of the secret. A primary sends it to its
+    /// replicas, and a store keeps the one its shoppers were filed under.
+    pub fn check(&self) -> UserKey {
+        self.key(KEY_CHECK_USER)
+    }
 }
+
+/// The id [`UserHasher::check`] hashes (also on the wire of `Follow`: keep it).
+const KEY_CHECK_USER: &str = "souk replica: user-id key check";
 
 #[cfg(test)]
 mod tests {
@@ -61,5 +71,7 @@ mod tests {
         );
         assert!(!a.key("alice").as_str().contains("alice"));
         assert_eq!(a.key("alice").as_str().len(), 32);
+        assert_eq!(a.check(), UserHasher::new(b"secret-a").check());
+        assert_ne!(a.check(), b.check(), "the check tells secrets apart");
     }
 }

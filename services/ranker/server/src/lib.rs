@@ -85,7 +85,8 @@ pub struct RankerArgs {
     #[arg(long, env = "SOUK_POPULARITY_HALF_LIFE_DAYS", default_value_t = POPULARITY_HALF_LIFE_DAYS)]
     pub popularity_half_life_days: f64,
     /// Secret for pseudonymising user ids. Unset: a random one is created in the data
-    /// directory (`user-id.key`) on first start and reused.
+    /// directory (`user-id.key`) on first start and reused. A store refuses to start with a
+    /// key other than the one its shoppers were filed under.
     #[arg(long, env = "SOUK_USER_ID_KEY", hide_env_values = true)]
     pub user_id_key: Option<String>,
     /// How often the encoder is asked whether it still serves the model the catalog's
@@ -513,10 +514,11 @@ pub async fn serve(
             let lineage = store.lineage_as_primary()?;
             tracing::info!(lineage = format!("{lineage:016x}"), "the store's history");
         }
-        let secret = match secret.filter(|s| !s.is_empty()) {
-            Some(s) => s.into_bytes(),
-            None => RankerStore::user_id_secret(&data_dir.join("user-id.key"))?,
-        };
+        let given = secret.filter(|s| !s.is_empty());
+        let hasher = store.user_hasher(
+            given.as_deref().map(str::as_bytes),
+            &data_dir.join("user-id.key"),
+        )?;
         let mid_sync = store.mid_sync()?;
         let (catalog, ann_saved) = store.served_catalog(ann_min_items)?;
         let fusion = store.fusion()?;
@@ -531,14 +533,7 @@ pub async fn serve(
             "catalog replayed from the store"
         );
         *store.lock_ann_file()? = ann_saved;
-        Ok((
-            store,
-            catalog,
-            fusion,
-            probe,
-            UserHasher::new(&secret),
-            mid_sync,
-        ))
+        Ok((store, catalog, fusion, probe, hasher, mid_sync))
     })
     .await
     .map_err(|e| anyhow::anyhow!("store opening panicked: {e}"))?

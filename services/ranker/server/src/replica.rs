@@ -29,10 +29,6 @@ use tonic::Status;
 use crate::store::{Change, Decoded, RankerStore, TreeName, Write, write_bytes};
 use crate::{Ready, lock_poisoned};
 
-/// The user id whose keyed hash a primary sends first: a replica with another user-id key
-/// would file every event under other users and find nobody's history.
-const KEY_CHECK_USER: &str = "souk replica: user-id key check";
-
 /// Records per snapshot message, and the most bytes one holds (a record is never split).
 const SNAPSHOT_RECORDS: usize = 1024;
 const SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
@@ -160,12 +156,9 @@ pub(crate) fn stream_store(
         Some(subscribed)
     };
     let mut changes = Backlog::hold(subscription.changes, BACKLOG_BYTES);
-    let check = ready
-        .hasher
-        .key(KEY_CHECK_USER)
-        .as_str()
-        .as_bytes()
-        .to_vec();
+    // First, the user-id key check: a replica with another user-id key would file every
+    // event under other users and find nobody's history.
+    let check = ready.hasher.check().as_str().as_bytes().to_vec();
     tokio::spawn(async move {
         let first = pb::StoreChange {
             user_key_check: check,
@@ -544,7 +537,7 @@ async fn follow_once(
     let Some(first) = next(&mut stream).await.map_err(fail(false))? else {
         return Ok(false);
     };
-    let ours = ready.hasher.key(KEY_CHECK_USER);
+    let ours = ready.hasher.check();
     if first.user_key_check != ours.as_str().as_bytes() {
         return Err(fail(false)(
             "the primary pseudonymises user ids with another key (--user-id-key): a replica must use the same one"
@@ -744,7 +737,7 @@ pub(crate) async fn restore(
     let Some(first) = next(&mut stream).await? else {
         return Err("the ranker ended the stream before its copy".into());
     };
-    if first.user_key_check != ready.hasher.key(KEY_CHECK_USER).as_str().as_bytes() {
+    if first.user_key_check != ready.hasher.check().as_str().as_bytes() {
         return Err(
             "that ranker pseudonymises user ids with another key (--user-id-key): this \
              primary would find nobody's history in its copy"

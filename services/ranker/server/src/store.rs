@@ -16,7 +16,7 @@ use souk_ranker_core::item::{Interaction, Item};
 use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::FusionModel;
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
-use souk_ranker_core::{RankError, UserKey};
+use souk_ranker_core::{RankError, UserHasher, UserKey};
 
 pub struct RankerStore {
     dir: PathBuf,
@@ -457,6 +457,12 @@ const LINEAGE_KEY: &[u8] = b"store.lineage";
 /// backup put back).
 const ANCESTORS_KEY: &[u8] = b"store.ancestors";
 
+/// Key in the models tree holding the user-id key check ([`UserHasher::check`]) of the key
+/// the store's shoppers are filed under: a ranker started with another key (a lost
+/// `user-id.key`, another `--user-id-key`) would find none of their histories, so it refuses
+/// to start. The store's own: a replica checks its primary's key on the `Follow` stream.
+const USER_KEY_CHECK_KEY: &[u8] = b"store.user-key-check";
+
 /// The most histories [`ANCESTORS_KEY`] names (promotions one after another).
 const MAX_ANCESTORS: usize = 16;
 
@@ -470,7 +476,8 @@ fn store_own(tree: TreeName, key: &[u8]) -> bool {
                 || key == NAMES_KEY
                 || key == FOLLOWED_KEY
                 || key == LINEAGE_KEY
-                || key == ANCESTORS_KEY)
+                || key == ANCESTORS_KEY
+                || key == USER_KEY_CHECK_KEY)
 }
 
 /// [`ANCESTORS_KEY`]'s value.
@@ -946,7 +953,7 @@ impl RankerStore {
         self.events.clear().map_err(internal)?;
         for key in self.models.iter().keys() {
             let key = key.map_err(internal)?;
-            if key != SYNCING_KEY {
+            if key != SYNCING_KEY && key != USER_KEY_CHECK_KEY {
                 self.models.remove(key).map_err(internal)?;
             }
         }
@@ -2048,34 +2055,93 @@ impl RankerStore {
         }
     }
 
-    /// Reads the secret for user-id hashing from `path`, creating a random one (owner-only
-    /// permissions) when absent.
+    /// The hasher that pseudonymises user ids: keyed by `given` (`--user-id-key`), else by
+    /// the secret in `key_file`, which is drawn at random (owner-only permissions) when the
+    /// file is absent or empty and the store records no key yet (a new store, or one written
+    /// before the check). The first start records the key's check ([`USER_KEY_CHECK_KEY`]);
+    /// a later start whose key does not match it is refused, before anything is filed under
+    /// the wrong key.
     ///
     /// # Errors
-    /// When the file cannot be read or written.
-    pub fn user_id_secret(path: &Path) -> Result<Vec<u8>, RankError> {
-        if let Ok(existing) = std::fs::read(path)
-            && !existing.is_empty()
-        {
-            return Ok(existing);
+    /// When the key is not the one the store's shoppers are filed under, the key file is
+    /// missing for a store that has one, or the store or the file cannot be read or written.
+    pub fn user_hasher(
+        &self,
+        given: Option<&[u8]>,
+        key_file: &Path,
+    ) -> Result<UserHasher, RankError> {
+        let recorded = self.models.get(USER_KEY_CHECK_KEY).map_err(internal)?;
+        let secret = match given {
+            Some(secret) => secret.to_vec(),
+            None => match read_secret(key_file)? {
+                Some(secret) => secret,
+                None if recorded.is_some() => {
+                    return Err(RankError::InvalidInput(format!(
+                        "{} is missing or empty, and this store's shoppers are filed under the \
+                         key it held: put the file back, or pass the key they were stored with \
+                         as --user-id-key (SOUK_USER_ID_KEY); a new key would find none of their \
+                         histories",
+                        key_file.display()
+                    )));
+                }
+                None => create_secret(key_file)?,
+            },
+        };
+        let hasher = UserHasher::new(&secret);
+        let check = hasher.check();
+        match recorded {
+            Some(recorded) if recorded != check.as_str().as_bytes() => {
+                let source = match given {
+                    Some(_) => "the --user-id-key (SOUK_USER_ID_KEY) given".to_string(),
+                    None => format!("the key in {}", key_file.display()),
+                };
+                Err(RankError::InvalidInput(format!(
+                    "{source} is not the key this store's shoppers are filed under: with it, \
+                     the ranker would find none of their histories. Start it with the key \
+                     they were stored with (the data directory's user-id.key, or \
+                     --user-id-key)"
+                )))
+            }
+            Some(_) => Ok(hasher),
+            None => {
+                self.models
+                    .insert(USER_KEY_CHECK_KEY, check.as_str().as_bytes())
+                    .map_err(internal)?;
+                self.db.flush().map_err(internal)?;
+                Ok(hasher)
+            }
         }
-        let secret = hex::encode(rand::random::<[u8; 32]>());
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        use std::io::Write;
-        let mut file = options
-            .open(path)
-            .map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        file.write_all(secret.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        Ok(secret.into_bytes())
     }
+}
+
+/// The secret in `path`; `None` when the file is absent or empty.
+fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, RankError> {
+    match std::fs::read(path) {
+        Ok(secret) if !secret.is_empty() => Ok(Some(secret)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Draws a random secret and writes it to `path` (owner-only permissions), synced.
+fn create_secret(path: &Path) -> Result<Vec<u8>, RankError> {
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options
+        .open(path)
+        .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+    Ok(secret.into_bytes())
 }
 
 /// Stored rules (`what`: synonyms, pins) as read and checked: a set failing its check now
@@ -3192,5 +3258,70 @@ mod tests {
         store.models.remove(CF_VECTORS).unwrap();
         let err = store.cf().unwrap_err().to_string();
         assert!(err.contains("its vectors are missing"), "{err}");
+    }
+
+    #[test]
+    fn a_store_refuses_a_user_id_key_other_than_its_shoppers() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("user-id.key");
+        let first = {
+            let store = RankerStore::open(dir.path()).unwrap();
+            store.user_hasher(None, &key_file).unwrap()
+        };
+        let drawn = std::fs::read(&key_file).unwrap();
+        assert_eq!(drawn.len(), 64, "a random key is drawn and kept");
+        let store = RankerStore::open(dir.path()).unwrap();
+        let again = store.user_hasher(None, &key_file).unwrap();
+        assert_eq!(
+            again.key("u1"),
+            first.key("u1"),
+            "restarts file shoppers alike"
+        );
+        let given = store.user_hasher(Some(&drawn), &key_file).unwrap();
+        assert_eq!(
+            given.key("u1"),
+            first.key("u1"),
+            "the file's key given as a flag"
+        );
+
+        let err = store
+            .user_hasher(Some(b"another"), &key_file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the --user-id-key (SOUK_USER_ID_KEY) given is not"),
+            "{err}"
+        );
+        std::fs::write(&key_file, "cut").unwrap();
+        let err = store.user_hasher(None, &key_file).unwrap_err().to_string();
+        assert!(err.contains("user-id.key is not the key"), "{err}");
+        for lost in ["", "removed"] {
+            match lost {
+                "" => std::fs::write(&key_file, "").unwrap(),
+                _ => std::fs::remove_file(&key_file).unwrap(),
+            }
+            let err = store.user_hasher(None, &key_file).unwrap_err().to_string();
+            assert!(err.contains("user-id.key is missing or empty"), "{err}");
+        }
+        assert!(
+            !key_file.exists(),
+            "no key is drawn for a store that has one"
+        );
+
+        // A copy for a replica keeps the store's own check.
+        store.begin_sync().unwrap();
+        assert!(store.user_hasher(Some(b"another"), &key_file).is_err());
+
+        // A store written before the check takes the key it is started with.
+        let old = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(old.path()).unwrap();
+        store
+            .models
+            .insert(LINEAGE_KEY, &7u64.to_be_bytes())
+            .unwrap();
+        let key_file = old.path().join("user-id.key");
+        std::fs::write(&key_file, "old-secret").unwrap();
+        store.user_hasher(None, &key_file).unwrap();
+        assert!(store.user_hasher(Some(b"another"), &key_file).is_err());
     }
 }

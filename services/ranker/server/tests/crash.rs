@@ -4,7 +4,8 @@
 //! stream of writes, every write it answered is still there and the replica, never handed a
 //! write before its flush, resumes and ends with exactly the primary's log; a replica that was down meanwhile, a few
 //! writes behind, takes them from the primary's store, also when its copy was as of a write
-//! an earlier run of the primary numbered.
+//! an earlier run of the primary numbered. And a ranker started on a store with another
+//! user-id key (or with its key file lost) refuses to start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -18,17 +19,26 @@ use tonic::transport::Channel;
 /// A ranker on `port` with its store in `dir`, following `primary` if given. No encoder or
 /// graph runs (events need neither).
 fn spawn(dir: &std::path::Path, port: u16, primary: Option<u16>) -> Process {
+    let mut command = ranker(dir, port, Some("crash-test"));
+    if let Some(primary) = primary {
+        command.args(["--primary", &format!("http://127.0.0.1:{primary}")]);
+    }
+    Process::spawn(command)
+}
+
+/// The command of a ranker on `port` with its store in `dir`, pseudonymising user ids with
+/// `user_id_key` (`None`: the key file in `dir`).
+fn ranker(dir: &std::path::Path, port: u16, user_id_key: Option<&str>) -> Command {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_souk-ranker"));
     command
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
-        .args(["--encoder-url", &nowhere, "--kg-url", &nowhere])
-        .args(["--user-id-key", "crash-test"]);
-    if let Some(primary) = primary {
-        command.args(["--primary", &format!("http://127.0.0.1:{primary}")]);
+        .args(["--encoder-url", &nowhere, "--kg-url", &nowhere]);
+    if let Some(key) = user_id_key {
+        command.args(["--user-id-key", key]);
     }
-    Process::spawn(command)
+    command
 }
 
 async fn connect(port: u16) -> RankerClient<Channel> {
@@ -201,4 +211,69 @@ async fn a_replica_resumes_after_its_primary_is_killed() {
         (0, 1),
         "a replica that copied before the primary's first write resumes after its next crash"
     );
+}
+
+/// What a ranker that must not start printed: it exits within 30 s, unsuccessfully.
+fn refused_start(mut command: Command) -> String {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("the ranker started, and would find nobody's history");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn items_of(client: &mut RankerClient<Channel>, user: &str) -> u64 {
+    let request = rk::UserProfileRequest {
+        user_id: user.into(),
+        ..Default::default()
+    };
+    client
+        .user_profile(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .interactions
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ranker_with_another_user_id_key_refuses_to_start_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = Process::spawn(ranker(dir.path(), port, None));
+    let mut client = connect(port).await;
+    assert_eq!(record(&mut client, 0, 97 * 3).await.unwrap(), 97 * 3);
+    let held = items_of(&mut client, "u5").await;
+    assert_eq!(held, 3, "u5's three items");
+    first.kill_9();
+
+    // The key file drawn at the first start, lost: no new key is drawn in its place.
+    let key_file = dir.path().join("user-id.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let said = refused_start(ranker(dir.path(), free_port(), None));
+    assert!(said.contains("user-id.key is missing or empty"), "{said}");
+    assert!(!key_file.exists());
+    let said = refused_start(ranker(dir.path(), free_port(), Some("another")));
+    assert!(
+        said.contains("--user-id-key (SOUK_USER_ID_KEY) given is not the key"),
+        "{said}"
+    );
+
+    // The same key, as a flag: every shopper's history is there.
+    let port = free_port();
+    let _again = Process::spawn(ranker(dir.path(), port, Some(&key)));
+    let mut client = connect(port).await;
+    assert_eq!(items_of(&mut client, "u5").await, held);
+    assert_eq!(stats(&mut client).await.interactions, 97 * 3);
 }

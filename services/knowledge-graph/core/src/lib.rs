@@ -148,4 +148,13 @@ pub enum KgError {
     FailedPrecondition(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The store failed to write to its disk (`full`: no space left). The store it came from
+    /// takes no further write until the service restarts: sled's state after a failed write
+    /// is not to be trusted (later calls repeat the error, or a flush waits forever).
+    #[error(
+        "the graph's store cannot write to its disk ({message}): it takes no more writes until the \
+         service restarts{}; reads are still answered",
+        if *full { " with room on its disk" } else { "" }
+    )]
+    StoreFailed { message: String, full: bool },
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use souk_kg_core::KgError;
+
+use crate::store::storage;
 use souk_kg_embed::{Config, Embeddings};
 
 const META: &str = "embeddings";
@@ -58,8 +60,9 @@ impl Served {
     }
 }
 
-fn storage(e: impl std::fmt::Display) -> KgError {
-    KgError::Storage(e.to_string())
+/// A header that cannot be written or read as JSON.
+fn corrupt(e: serde_json::Error) -> KgError {
+    KgError::Storage(format!("embeddings header: {e}"))
 }
 
 fn config_key(generation: u64) -> Vec<u8> {
@@ -141,7 +144,7 @@ pub fn save(db: &sled::Db, served: &Served) -> Result<(), KgError> {
     let meta = db.open_tree(META).map_err(storage)?;
     meta.insert(
         config_key(generation),
-        serde_json::to_vec(&header).map_err(storage)?,
+        serde_json::to_vec(&header).map_err(corrupt)?,
     )
     .map_err(storage)?;
     db.flush().map_err(storage)?;
@@ -171,7 +174,7 @@ pub fn load(db: &sled::Db) -> Result<Option<Arc<Served>>, KgError> {
         .ok_or_else(|| {
             KgError::Storage(format!("embeddings generation {generation} has no header"))
         })?;
-    let header: Stored = serde_json::from_slice(&header).map_err(storage)?;
+    let header: Stored = serde_json::from_slice(&header).map_err(corrupt)?;
     let width = header.config.model.entity_width(header.config.dim);
     let dim = header.config.dim;
     let tree = db.open_tree(rows_tree(generation)).map_err(storage)?;

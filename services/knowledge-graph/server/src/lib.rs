@@ -394,6 +394,12 @@ fn status(error: KgError) -> Status {
             tracing::error!(error = %m, "graph storage failure");
             Status::internal("graph storage failure; see the service log")
         }
+        // gRPC's code for a file system out of space; any other failure of the disk passes
+        // when the service restarts (on another node, or after a repair).
+        failed @ KgError::StoreFailed { full: true, .. } => {
+            Status::resource_exhausted(failed.to_string())
+        }
+        failed @ KgError::StoreFailed { .. } => Status::unavailable(failed.to_string()),
     }
 }
 
@@ -826,7 +832,9 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             // must not miss these rows), and under the writer lock.
             let saved = loaded.after_compaction().and_then(|_compaction| {
                 let _writer = loaded.writer()?;
-                embeddings::save(loaded.store()?.db(), &served)
+                let store = loaded.store()?;
+                store.writable()?;
+                store.watch(embeddings::save(store.db(), &served))
             });
             if let Err(error) = saved {
                 let _ = tx.blocking_send(Err(status(error)));

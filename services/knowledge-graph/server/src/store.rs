@@ -79,10 +79,22 @@ pub struct SledStore {
     /// `persist` since): each is a dead entry of some `b` record, read and dropped at every
     /// replay.
     removed_in_log: AtomicU64,
+    /// The write that failed on the disk, once one did: every later write is refused with
+    /// it, without calling sled (after a failed write of its log, sled 0.34 answers later
+    /// calls with the error again, or waits forever in a flush: seen with a full disk).
+    failed: std::sync::OnceLock<KgError>,
 }
 
-fn storage(e: sled::Error) -> KgError {
-    KgError::Storage(e.to_string())
+/// A sled error as the graph's: an IO error is [`KgError::StoreFailed`] (see
+/// [`SledStore::writable`]).
+pub(crate) fn storage(e: sled::Error) -> KgError {
+    match e {
+        sled::Error::Io(io) => KgError::StoreFailed {
+            message: io.to_string(),
+            full: io.kind() == std::io::ErrorKind::StorageFull,
+        },
+        other => KgError::Storage(other.to_string()),
+    }
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -127,6 +139,7 @@ impl SledStore {
             tree,
             dir: dir.to_path_buf(),
             removed_in_log: AtomicU64::new(0),
+            failed: std::sync::OnceLock::new(),
         })
     }
 
@@ -144,6 +157,40 @@ impl SledStore {
         // directory could still be closing the files removed here.
         remove_stale(dir)?;
         Ok(store)
+    }
+
+    /// Refuses a write once one failed on the disk ([`KgError::StoreFailed`]): the store
+    /// takes writes again only when the service restarts and sled reopens it.
+    ///
+    /// # Errors
+    /// The failure of the first write that failed.
+    pub fn writable(&self) -> Result<(), KgError> {
+        match self.failed.get() {
+            Some(KgError::StoreFailed { message, full }) => Err(KgError::StoreFailed {
+                message: message.clone(),
+                full: *full,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `result` of a write, noting a failure on the disk for [`Self::writable`].
+    pub fn watch<T>(&self, result: Result<T, KgError>) -> Result<T, KgError> {
+        if let Err(KgError::StoreFailed { message, full }) = &result {
+            let first = KgError::StoreFailed {
+                message: message.clone(),
+                full: *full,
+            };
+            if self.failed.set(first).is_ok() {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    error = %message,
+                    "the graph's store failed to write to its disk: it takes no more writes \
+                     until the service restarts; reads are answered from memory"
+                );
+            }
+        }
+        result
     }
 
     /// Triples the log's removal records remove (what a compaction would drop).
@@ -725,6 +772,28 @@ impl TripleStore for SledStore {
         if change.is_empty() {
             return Ok(());
         }
+        self.writable()?;
+        let written = self.write(change);
+        self.watch(written)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, KgError> {
+        let (snapshot, removals) = self.replay(None)?;
+        self.removed_in_log.store(removals, Ordering::Relaxed);
+        Ok(snapshot)
+    }
+
+    /// What sled's files take on disk, as `du` counts it. Not sled's own `size_on_disk`: that
+    /// adds up file lengths, and its files hold holes where freed segments were punched out
+    /// (it read 200 MB for a store `du` put at 85 MB; BENCHMARKS.md "Session 48").
+    fn size_on_disk(&self) -> u64 {
+        disk_usage(&self.dir)
+    }
+}
+
+impl SledStore {
+    /// One change as one batch record with the counters, flushed.
+    fn write(&self, change: &Change) -> Result<(), KgError> {
         let (entities, relations, stored) = self.counts()?;
         let seq = self.counter(NEXT_BATCH)?;
         let mut batch = sled::Batch::default();
@@ -761,21 +830,6 @@ impl TripleStore for SledStore {
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Snapshot, KgError> {
-        let (snapshot, removals) = self.replay(None)?;
-        self.removed_in_log.store(removals, Ordering::Relaxed);
-        Ok(snapshot)
-    }
-
-    /// What sled's files take on disk, as `du` counts it. Not sled's own `size_on_disk`: that
-    /// adds up file lengths, and its files hold holes where freed segments were punched out
-    /// (it read 200 MB for a store `du` put at 85 MB; BENCHMARKS.md "Session 48").
-    fn size_on_disk(&self) -> u64 {
-        disk_usage(&self.dir)
-    }
-}
-
-impl SledStore {
     /// The graph the log holds up to `until` (all of it when `None`), and the triples its
     /// removal records remove. Records written after the mark (while this runs, too) are left
     /// out, so a replay to a mark needs no lock.

@@ -1,7 +1,8 @@
 //! kill -9 in the middle of a load, against the real `souk-kg` process: the store reopens,
 //! every batch the server applied is there, no batch is there in part, and loading everything
 //! again ends in exactly the state of an uninterrupted load. The same for a stream of
-//! removals.
+//! removals. And a write that fails on the disk: every later write is refused at once, reads
+//! go on, and a restart with room takes writes again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -169,6 +170,87 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
     let _server = spawn(dir.path(), port);
     let mut client = connect(port).await;
     assert_eq!(triples(&mut client).await, 0);
+}
+
+/// A `souk-kg` whose files may not grow past `kib` KiB (`ulimit -f`; a write past it fails
+/// with EFBIG, as a full disk fails one with ENOSPC).
+fn spawn_limited(dir: &std::path::Path, port: u16, kib: u32) -> Process {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" --listen 127.0.0.1:{port} --data-dir \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_souk-kg"))
+        .arg(dir);
+    Process::spawn(command)
+}
+
+/// `n` triples of one load request (~20 bytes each once stored).
+fn triples_of(prefix: &str, n: usize) -> kg::LoadTriplesRequest {
+    kg::LoadTriplesRequest {
+        triples: (0..n)
+            .map(|j| kg::Triple {
+                head: format!("{prefix}:e{j}"),
+                relation: "next".into(),
+                tail: format!("{prefix}:e{}", j + 1),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = spawn_limited(dir.path(), port, 100);
+    let mut client = connect(port).await;
+    let small = || futures_iter(vec![triples_of("small", 1_000)]);
+    let big = || futures_iter(vec![triples_of("big", 20_000)]);
+    client.load_triples(small()).await.unwrap();
+
+    // A 20k-triple batch is a ~400 KiB record: past the limit.
+    let failed = client.load_triples(big()).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    assert!(
+        failed
+            .message()
+            .contains("cannot write to its disk (File too large")
+            && failed.message().contains("until the service restarts"),
+        "{failed:?}"
+    );
+    // Refused at once, and again: sled, called after such a failure, may wait forever.
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.load_triples(futures_iter(vec![triples_of("later", 10)])),
+    )
+    .await
+    .expect("a write after the failure is answered")
+    .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    // Reads are answered from memory.
+    let neighbors = client
+        .neighbors(kg::NeighborsRequest {
+            entity: "small:e1".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(neighbors.neighbors.len(), 2, "{neighbors:?}");
+    assert_eq!(triples(&mut client).await, 1_000);
+    drop(server);
+
+    // Restarted with room: the acknowledged batch is there, the failed one is not, and
+    // writes are taken again.
+    let _server = spawn(dir.path(), port);
+    let mut client = connect(port).await;
+    assert_eq!(triples(&mut client).await, 1_000);
+    let loaded = client.load_triples(big()).await.unwrap().into_inner();
+    assert_eq!(loaded.inserted, 20_000);
+    assert_eq!(triples(&mut client).await, 21_000);
 }
 
 fn futures_iter(

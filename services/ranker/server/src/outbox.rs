@@ -28,12 +28,17 @@ fn internal(e: impl std::fmt::Display) -> RankError {
     RankError::Internal(format!("replica outbox: {e}"))
 }
 
-/// Whether `status` says the primary could not take a message (try again later), rather than
-/// that it refused it.
+/// Whether `status` says the primary (or the graph) could not take a message now (try again
+/// later), rather than that it refused it: a message refused is dropped. RESOURCE_EXHAUSTED
+/// is a server over its concurrency limit, or a store whose disk is full: it passes (in this
+/// system no message is refused with it for what it holds).
 pub(crate) fn unreachable(status: &Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::ResourceExhausted
     )
 }
 
@@ -241,6 +246,39 @@ pub(crate) async fn drain(
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn messages_a_server_could_not_take_now_are_kept_and_refused_ones_dropped() {
+        let kept = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            // Over the concurrency limit, or the store's disk full: it passes.
+            Code::ResourceExhausted,
+        ];
+        for code in kept {
+            assert!(unreachable(&Status::new(code, "")), "{code:?} is dropped");
+        }
+        let refused = [
+            Code::InvalidArgument,
+            Code::Internal,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+        ];
+        for code in refused {
+            assert!(
+                !unreachable(&Status::new(code, "")),
+                "{code:?} is kept forever"
+            );
         }
     }
 }

@@ -52,3 +52,32 @@ mod tests {
         drop(held);
     }
 }
+
+/// A store's failed write as a person reads it, and whether the disk is full. sled hands an
+/// IO error on as one built from the first's `Debug` text (`Os { code: 28, kind:
+/// StorageFull, .. }`), so that one is named by its kind ("no storage space").
+pub fn io_failure(error: &std::io::Error) -> (String, bool) {
+    let full = error.kind() == std::io::ErrorKind::StorageFull;
+    let message = match error.raw_os_error() {
+        Some(_) => error.to_string(),
+        None => error.kind().to_string(),
+    };
+    (message, full)
+}
+
+#[cfg(test)]
+mod io_failure_tests {
+    use super::io_failure;
+
+    #[test]
+    fn a_full_disk_is_named_whether_sled_passes_the_os_error_or_its_text() {
+        let os = std::io::Error::from_raw_os_error(28);
+        let (message, full) = io_failure(&os);
+        assert!(full);
+        assert!(message.contains("No space left on device"), "{message}");
+        let rebuilt = std::io::Error::new(os.kind(), format!("{os:?}"));
+        assert_eq!(io_failure(&rebuilt), ("no storage space".to_string(), true));
+        let other = std::io::Error::from_raw_os_error(27);
+        assert!(!io_failure(&other).1);
+    }
+}

@@ -678,7 +678,8 @@ where
     report.print_errors();
     let response = response.transpose().map_err(|status| {
         anyhow::anyhow!(
-            "the service refused the load: {:?}: {}",
+            "the service refused the load: {:?}: {}\n(the batches it took before stay stored; \
+             loading the file again once that is mended stores the rest, and nothing twice)",
             status.code(),
             status.message()
         )

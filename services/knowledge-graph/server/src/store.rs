@@ -89,10 +89,10 @@ pub struct SledStore {
 /// [`SledStore::writable`]).
 pub(crate) fn storage(e: sled::Error) -> KgError {
     match e {
-        sled::Error::Io(io) => KgError::StoreFailed {
-            message: io.to_string(),
-            full: io.kind() == std::io::ErrorKind::StorageFull,
-        },
+        sled::Error::Io(io) => {
+            let (message, full) = souk_shared::storage::io_failure(&io);
+            KgError::StoreFailed { message, full }
+        }
         other => KgError::Storage(other.to_string()),
     }
 }
@@ -231,7 +231,10 @@ impl SledStore {
     ///
     /// # Errors
     /// `Storage` when either store cannot be read or written; the store in use is unchanged.
+    /// `StoreFailed` when a write of this store failed ([`Self::writable`]): its tree may hold
+    /// the record of a write refused to its caller, which a copy would make durable.
     pub fn begin_generation(&self, dir: &Path, mark: &LogMark) -> Result<NextGeneration, KgError> {
+        self.writable()?;
         let generation = generation(dir)? + 1;
         let target = generation_dir(dir, generation);
         // A compaction cut off before its CURRENT; nothing names it.

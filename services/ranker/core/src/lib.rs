@@ -48,4 +48,13 @@ pub enum RankError {
     /// Something failed inside (INTERNAL, detail logged).
     #[error("{0}")]
     Internal(String),
+    /// The store failed to write to its disk (`full`: no space left). It takes no further
+    /// write until the service restarts: sled's state after a failed write is not to be
+    /// trusted (later calls repeat the error, or a flush waits forever).
+    #[error(
+        "the ranker's store cannot write to its disk ({message}): it takes no more writes until \
+         the service restarts{}; rankings are still answered",
+        if *full { " with room on its disk" } else { "" }
+    )]
+    StoreFailed { message: String, full: bool },
 }

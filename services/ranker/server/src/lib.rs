@@ -1140,6 +1140,12 @@ fn status(error: RankError) -> Status {
             tracing::error!(error = %m, "ranker failure");
             Status::internal("ranker failure; see the service log")
         }
+        // gRPC's code for a file system out of space; any other failure of the disk passes
+        // when the service restarts (on another node, or after a repair).
+        failed @ RankError::StoreFailed { full: true, .. } => {
+            Status::resource_exhausted(failed.to_string())
+        }
+        failed @ RankError::StoreFailed { .. } => Status::unavailable(failed.to_string()),
     }
 }
 

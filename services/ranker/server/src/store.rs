@@ -45,6 +45,11 @@ pub struct RankerStore {
     /// every event stored or removed since (on a replica too, by `replica::apply_live`):
     /// what [`RankerStore::record`] checks a batch against (~19 MB at 1M events).
     prints: std::sync::Mutex<Prints>,
+    /// The first write that failed on the disk, (the OS error, whether the disk is full):
+    /// every later write is refused with it without calling sled (after a failed write of its
+    /// log, sled 0.34 answers later calls with the error again, or waits forever in a flush:
+    /// seen with a full disk). See [`RankerStore::writable`].
+    failed: std::sync::OnceLock<(String, bool)>,
 }
 
 /// A set of [`RankerStore::fingerprint`]s: already hashes, so not hashed again.
@@ -508,9 +513,39 @@ fn position_bytes((origin, seq): (u64, u64)) -> Vec<u8> {
 /// start, the copy was cut short and the store holds part of it.
 const SYNCING_KEY: &[u8] = b"replica.syncing";
 
-fn internal(e: impl std::fmt::Display) -> RankError {
-    RankError::Internal(format!("ranker store: {e}"))
+fn internal(e: impl Fault) -> RankError {
+    e.into_error()
 }
+
+/// What failed in the store, as a [`RankError`]: an IO error of sled is
+/// [`RankError::StoreFailed`] (see [`RankerStore::writable`]), the rest `Internal`.
+trait Fault {
+    fn into_error(self) -> RankError;
+}
+
+impl Fault for sled::Error {
+    fn into_error(self) -> RankError {
+        match self {
+            sled::Error::Io(io) => {
+                let (message, full) = souk_shared::storage::io_failure(&io);
+                RankError::StoreFailed { message, full }
+            }
+            other => RankError::Internal(format!("ranker store: {other}")),
+        }
+    }
+}
+
+/// Errors that are never the disk's: `Internal`.
+macro_rules! internal_faults {
+    ($($t:ty),*) => {$(
+        impl Fault for $t {
+            fn into_error(self) -> RankError {
+                RankError::Internal(format!("ranker store: {self}"))
+            }
+        }
+    )*};
+}
+internal_faults!(String, &str, serde_json::Error);
 
 /// The stored form of a [`TrainedCf`]. Records written before factor models existed have no
 /// `factors` and read as they did.
@@ -669,6 +704,7 @@ impl RankerStore {
             forgotten,
             print_keys: std::hash::RandomState::new(),
             prints: std::sync::Mutex::new(Prints::default()),
+            failed: std::sync::OnceLock::new(),
         })
     }
 
@@ -706,9 +742,46 @@ impl RankerStore {
         }
     }
 
+    /// Refuses a write once one failed on the disk ([`RankError::StoreFailed`]): the store
+    /// takes writes again only when the service restarts and sled reopens it.
+    ///
+    /// # Errors
+    /// The failure of the first write that failed.
+    pub fn writable(&self) -> Result<(), RankError> {
+        match self.failed.get() {
+            Some((message, full)) => Err(RankError::StoreFailed {
+                message: message.clone(),
+                full: *full,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `result` of a write, noting a failure on the disk for [`Self::writable`].
+    fn watch<T>(&self, result: Result<T, RankError>) -> Result<T, RankError> {
+        if let Err(RankError::StoreFailed { message, full }) = &result
+            && self.failed.set((message.clone(), *full)).is_ok()
+        {
+            tracing::error!(
+                dir = %self.dir.display(),
+                error = %message,
+                "the ranker's store failed to write to its disk: it takes no more writes until \
+                 the service restarts; rankings are answered from memory"
+            );
+        }
+        result
+    }
+
     /// Applies `writes` to `tree` atomically and durably, numbers them and, once flushed,
     /// hands them to the replicas following this store, in the order they were applied.
+    /// Refused once a write failed on the disk ([`Self::writable`]).
     fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
+        self.writable()?;
+        let committed = self.commit_unwatched(tree, writes);
+        self.watch(committed)
+    }
+
+    fn commit_unwatched(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
         let mut batch = batch(&writes);
         let seq = {
             // Applied and numbered under one lock, so replicas see writes in the order the
@@ -754,8 +827,11 @@ impl RankerStore {
     /// From the first call on, the store keeps its latest [`RECENT_BYTES`] of writes.
     ///
     /// # Errors
-    /// When the journal's lock is poisoned or the store cannot be read.
+    /// When the journal's lock is poisoned or the store cannot be read; `StoreFailed` once a
+    /// write failed on the disk ([`Self::writable`]): the trees may hold a write refused to
+    /// its caller and never flushed, which a follower's copy would keep.
     pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Result<Subscription, RankError> {
+        self.writable()?;
         let mut journal = self
             .journal
             .lock()
@@ -976,8 +1052,10 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
+        self.writable()?;
         let batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
-        self.tree(tree).apply_batch(batch).map_err(internal)?;
+        let applied = self.tree(tree).apply_batch(batch).map_err(internal);
+        self.watch(applied)?;
         self.note_forgotten(tree, writes)
     }
 
@@ -993,21 +1071,27 @@ impl RankerStore {
         position: (u64, u64),
     ) -> Result<(), RankError> {
         use sled::Transactional;
-        use sled::transaction::ConflictableTransactionError;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        self.writable()?;
         let mut batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
         if tree == TreeName::Models {
             batch.insert(POSITION_KEY, position_bytes(position));
-            self.models.apply_batch(batch).map_err(internal)?;
+            let applied = self.models.apply_batch(batch).map_err(internal);
+            self.watch(applied)?;
             return self.note_forgotten(tree, writes);
         }
         let position = position_bytes(position);
-        (self.tree(tree), &self.models)
+        let applied = (self.tree(tree), &self.models)
             .transaction(|(written, models)| {
                 written.apply_batch(&batch)?;
                 models.insert(POSITION_KEY, position.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| internal(format!("{e:?}")))
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => internal(e),
+                TransactionError::Abort(()) => internal("a live write's transaction aborted"),
+            });
+        self.watch(applied)
     }
 
     /// The copy from the primary is whole, as of `position` (the primary's origin and the
@@ -1535,6 +1619,7 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn append_events(&self, events: &[Interaction]) -> Result<(), RankError> {
+        self.writable()?;
         let mut writes = Vec::with_capacity(events.len());
         for event in events {
             let seq = self.db.generate_id().map_err(internal)?;

@@ -4,8 +4,9 @@
 //! stream of writes, every write it answered is still there and the replica, never handed a
 //! write before its flush, resumes and ends with exactly the primary's log; a replica that was down meanwhile, a few
 //! writes behind, takes them from the primary's store, also when its copy was as of a write
-//! an earlier run of the primary numbered. And a ranker started on a store with another
-//! user-id key (or with its key file lost) refuses to start.
+//! an earlier run of the primary numbered. A ranker started on a store with another
+//! user-id key (or with its key file lost) refuses to start. And a write that fails on the
+//! disk: every later write is refused at once, reads go on, a restart with room writes again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -276,4 +277,44 @@ async fn a_ranker_with_another_user_id_key_refuses_to_start_on_the_store() {
     let mut client = connect(port).await;
     assert_eq!(items_of(&mut client, "u5").await, held);
     assert_eq!(stats(&mut client).await.interactions, 97 * 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Files may not grow past 600 KiB (`ulimit -f`): a write past it fails with EFBIG, as a
+    // full disk fails one with ENOSPC. sled's log fills its first 512 KiB segment first.
+    let mut limited = Command::new("bash");
+    limited
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 600; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_souk-ranker"))
+        .args(ranker(dir.path(), port, Some("crash-test")).get_args());
+    let server = Process::spawn(limited);
+    let mut client = connect(port).await;
+    assert_eq!(record(&mut client, 0, 100).await.unwrap(), 100);
+
+    let failed = record(&mut client, 100, 20_000).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    let said = failed.message().to_lowercase();
+    assert!(
+        said.contains("cannot write to its disk (file too large")
+            && said.contains("until the service restarts"),
+        "{failed:?}"
+    );
+    // Refused at once: sled, called after such a failure, may wait forever.
+    let again = tokio::time::timeout(Duration::from_secs(10), record(&mut client, 30_000, 10))
+        .await
+        .expect("a write after the failure is answered")
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    assert_eq!(stats(&mut client).await.interactions, 100, "reads go on");
+    drop(server);
+
+    let _server = spawn(dir.path(), port, None);
+    let mut client = connect(port).await;
+    assert_eq!(stats(&mut client).await.interactions, 100);
+    assert_eq!(record(&mut client, 100, 20_000).await.unwrap(), 20_000);
+    assert_eq!(stats(&mut client).await.interactions, 20_100);
 }

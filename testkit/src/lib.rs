@@ -52,6 +52,30 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `command`, run by bash with its files capped at `kib` KiB (`ulimit -f`, SIGXFSZ ignored): a
+/// write past the cap fails with EFBIG, as a write to a full disk fails with ENOSPC.
+pub fn with_file_limit(command: &Command, kib: u32) -> Command {
+    let mut limited = Command::new("bash");
+    limited
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    limited
+}
+
+/// Asserts that `status` is a store's refusal of a write once one failed on its disk (capped
+/// by [`with_file_limit`]): UNAVAILABLE, naming the error and the restart it needs.
+pub fn assert_disk_refused(status: &tonic::Status) {
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let said = status.message().to_lowercase();
+    assert!(
+        said.contains("cannot write to its disk (file too large")
+            && said.contains("until the service restarts"),
+        "{status:?}"
+    );
+}
+
 /// A server process, killed when dropped (a failed assertion must not leave it running).
 pub struct Process(Child);
 

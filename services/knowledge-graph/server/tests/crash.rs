@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
-use souk_testkit::{Process, connect_when, free_port};
+use souk_testkit::{Process, assert_disk_refused, connect_when, free_port, with_file_limit};
 use tonic::transport::Channel;
 
 const BATCH: usize = 2_000;
@@ -38,11 +38,15 @@ fn removal(i: usize) -> kg::LoadTriplesRequest {
 }
 
 fn spawn(dir: &std::path::Path, port: u16) -> Process {
+    Process::spawn(graph(dir, port))
+}
+
+fn graph(dir: &std::path::Path, port: u16) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_souk-kg"));
     command
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir);
-    Process::spawn(command)
+    command
 }
 
 async fn connect(port: u16) -> KnowledgeGraphClient<Channel> {
@@ -172,20 +176,6 @@ async fn kill_9_mid_load_keeps_whole_batches_and_reload_completes() {
     assert_eq!(triples(&mut client).await, 0);
 }
 
-/// A `souk-kg` whose files may not grow past `kib` KiB (`ulimit -f`; a write past it fails
-/// with EFBIG, as a full disk fails one with ENOSPC).
-fn spawn_limited(dir: &std::path::Path, port: u16, kib: u32) -> Process {
-    let mut command = Command::new("bash");
-    command
-        .arg("-c")
-        .arg(format!(
-            "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" --listen 127.0.0.1:{port} --data-dir \"$1\""
-        ))
-        .arg(env!("CARGO_BIN_EXE_souk-kg"))
-        .arg(dir);
-    Process::spawn(command)
-}
-
 /// `n` triples of one load request (~20 bytes each once stored).
 fn triples_of(prefix: &str, n: usize) -> kg::LoadTriplesRequest {
     kg::LoadTriplesRequest {
@@ -204,21 +194,14 @@ fn triples_of(prefix: &str, n: usize) -> kg::LoadTriplesRequest {
 async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = spawn_limited(dir.path(), port, 100);
+    let server = Process::spawn(with_file_limit(&graph(dir.path(), port), 100));
     let mut client = connect(port).await;
     let small = || futures_iter(vec![triples_of("small", 1_000)]);
     let big = || futures_iter(vec![triples_of("big", 20_000)]);
     client.load_triples(small()).await.unwrap();
 
     // A 20k-triple batch is a ~400 KiB record: past the limit.
-    let failed = client.load_triples(big()).await.unwrap_err();
-    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
-    let said = failed.message().to_lowercase();
-    assert!(
-        said.contains("cannot write to its disk (file too large")
-            && said.contains("until the service restarts"),
-        "{failed:?}"
-    );
+    assert_disk_refused(&client.load_triples(big()).await.unwrap_err());
     // Refused at once, and again: sled, called after such a failure, may wait forever.
     let again = tokio::time::timeout(
         Duration::from_secs(10),
@@ -227,7 +210,7 @@ async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on
     .await
     .expect("a write after the failure is answered")
     .unwrap_err();
-    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    assert_disk_refused(&again);
     // Reads are answered from memory.
     let neighbors = client
         .neighbors(kg::NeighborsRequest {

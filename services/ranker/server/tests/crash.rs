@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
-use souk_testkit::{Process, connect_when, free_port};
+use souk_testkit::{Process, assert_disk_refused, connect_when, free_port, with_file_limit};
 use tonic::transport::Channel;
 
 /// A ranker on `port` with its store in `dir`, following `primary` if given. No encoder or
@@ -283,32 +283,21 @@ async fn a_ranker_with_another_user_id_key_refuses_to_start_on_the_store() {
 async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    // Files may not grow past 600 KiB (`ulimit -f`): a write past it fails with EFBIG, as a
-    // full disk fails one with ENOSPC. sled's log fills its first 512 KiB segment first.
-    let mut limited = Command::new("bash");
-    limited
-        .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 600; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_souk-ranker"))
-        .args(ranker(dir.path(), port, Some("crash-test")).get_args());
-    let server = Process::spawn(limited);
+    // sled's log fills its first 512 KiB segment first.
+    let server = Process::spawn(with_file_limit(
+        &ranker(dir.path(), port, Some("crash-test")),
+        600,
+    ));
     let mut client = connect(port).await;
     assert_eq!(record(&mut client, 0, 100).await.unwrap(), 100);
 
-    let failed = record(&mut client, 100, 20_000).await.unwrap_err();
-    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
-    let said = failed.message().to_lowercase();
-    assert!(
-        said.contains("cannot write to its disk (file too large")
-            && said.contains("until the service restarts"),
-        "{failed:?}"
-    );
+    assert_disk_refused(&record(&mut client, 100, 20_000).await.unwrap_err());
     // Refused at once: sled, called after such a failure, may wait forever.
     let again = tokio::time::timeout(Duration::from_secs(10), record(&mut client, 30_000, 10))
         .await
         .expect("a write after the failure is answered")
         .unwrap_err();
-    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    assert_disk_refused(&again);
     assert_eq!(stats(&mut client).await.interactions, 100, "reads go on");
     drop(server);
 

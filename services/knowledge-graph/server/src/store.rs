@@ -79,10 +79,11 @@ pub struct SledStore {
     /// `persist` since): each is a dead entry of some `b` record, read and dropped at every
     /// replay.
     removed_in_log: AtomicU64,
-    /// The write that failed on the disk, once one did: every later write is refused with
-    /// it, without calling sled (after a failed write of its log, sled 0.34 answers later
-    /// calls with the error again, or waits forever in a flush: seen with a full disk).
-    failed: std::sync::OnceLock<KgError>,
+    /// The first write that failed on the disk, (the OS error, whether the disk is full):
+    /// every later write is refused with it, without calling sled (after a failed write of
+    /// its log, sled 0.34 answers later calls with the error again, or waits forever in a
+    /// flush: seen with a full disk). See [`SledStore::writable`].
+    failed: std::sync::OnceLock<(String, bool)>,
 }
 
 /// A sled error as the graph's: an IO error is [`KgError::StoreFailed`] (see
@@ -166,29 +167,25 @@ impl SledStore {
     /// The failure of the first write that failed.
     pub fn writable(&self) -> Result<(), KgError> {
         match self.failed.get() {
-            Some(KgError::StoreFailed { message, full }) => Err(KgError::StoreFailed {
+            Some((message, full)) => Err(KgError::StoreFailed {
                 message: message.clone(),
                 full: *full,
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
     /// `result` of a write, noting a failure on the disk for [`Self::writable`].
     pub fn watch<T>(&self, result: Result<T, KgError>) -> Result<T, KgError> {
-        if let Err(KgError::StoreFailed { message, full }) = &result {
-            let first = KgError::StoreFailed {
-                message: message.clone(),
-                full: *full,
-            };
-            if self.failed.set(first).is_ok() {
-                tracing::error!(
-                    dir = %self.dir.display(),
-                    error = %message,
-                    "the graph's store failed to write to its disk: it takes no more writes \
-                     until the service restarts; reads are answered from memory"
-                );
-            }
+        if let Err(KgError::StoreFailed { message, full }) = &result
+            && self.failed.set((message.clone(), *full)).is_ok()
+        {
+            tracing::error!(
+                dir = %self.dir.display(),
+                error = %message,
+                "the graph's store failed to write to its disk: it takes no more writes until \
+                 the service restarts; reads are answered from memory"
+            );
         }
         result
     }

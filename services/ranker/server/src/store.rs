@@ -2142,14 +2142,17 @@ impl RankerStore {
 
     /// The hasher that pseudonymises user ids: keyed by `given` (`--user-id-key`), else by
     /// the secret in `key_file`, which is drawn at random (owner-only permissions) when the
-    /// file is absent or empty and the store records no key yet (a new store, or one written
-    /// before the check). The first start records the key's check ([`USER_KEY_CHECK_KEY`]);
-    /// a later start whose key does not match it is refused, before anything is filed under
-    /// the wrong key.
+    /// file is absent or empty and the store files no shopper under a recorded key (a new
+    /// store, one written before the check, or one that holds no event yet). A start records
+    /// the key's check ([`USER_KEY_CHECK_KEY`]); a later start whose key does not match it is
+    /// refused while the store holds shoppers' events (or forgotten shoppers), before anything
+    /// is filed under the wrong key. Without them the check is replaced: a replica started
+    /// with a wrong key, refused by its primary before it copied anything, starts again with
+    /// the right one.
     ///
     /// # Errors
     /// When the key is not the one the store's shoppers are filed under, the key file is
-    /// missing for a store that has one, or the store or the file cannot be read or written.
+    /// missing for a store that has them, or the store or the file cannot be read or written.
     pub fn user_hasher(
         &self,
         given: Option<&[u8]>,
@@ -2160,7 +2163,7 @@ impl RankerStore {
             Some(secret) => secret.to_vec(),
             None => match read_secret(key_file)? {
                 Some(secret) => secret,
-                None if recorded.is_some() => {
+                None if recorded.is_some() && self.files_shoppers()? => {
                     return Err(RankError::InvalidInput(format!(
                         "{} is missing or empty, and this store's shoppers are filed under the \
                          key it held: put the file back, or pass the key they were stored with \
@@ -2175,7 +2178,8 @@ impl RankerStore {
         let hasher = UserHasher::new(&secret);
         let check = hasher.check();
         match recorded {
-            Some(recorded) if recorded != check.as_str().as_bytes() => {
+            Some(recorded) if recorded == check.as_str().as_bytes() => Ok(hasher),
+            Some(_) if self.files_shoppers()? => {
                 let source = match given {
                     Some(_) => "the --user-id-key (SOUK_USER_ID_KEY) given".to_string(),
                     None => format!("the key in {}", key_file.display()),
@@ -2187,8 +2191,13 @@ impl RankerStore {
                      --user-id-key)"
                 )))
             }
-            Some(_) => Ok(hasher),
-            None => {
+            replaced => {
+                if replaced.is_some() {
+                    tracing::info!(
+                        "the store holds no shopper yet: its user-id key check now names the \
+                         key this start was given"
+                    );
+                }
                 self.models
                     .insert(USER_KEY_CHECK_KEY, check.as_str().as_bytes())
                     .map_err(internal)?;
@@ -2196,6 +2205,18 @@ impl RankerStore {
                 Ok(hasher)
             }
         }
+    }
+}
+
+impl RankerStore {
+    /// Whether the store holds shoppers' events or forgotten shoppers, all filed under the
+    /// user-id key that pseudonymised them.
+    fn files_shoppers(&self) -> Result<bool, RankError> {
+        let forgotten = self
+            .forgotten
+            .read()
+            .map_err(|_| internal("forgotten shoppers' lock poisoned"))?;
+        Ok(!self.events.is_empty() || !forgotten.is_empty())
     }
 }
 
@@ -3368,6 +3389,7 @@ mod tests {
             first.key("u1"),
             "the file's key given as a flag"
         );
+        store.append_events(&[click("u1")]).unwrap();
 
         let err = store
             .user_hasher(Some(b"another"), &key_file)
@@ -3393,20 +3415,19 @@ mod tests {
             "no key is drawn for a store that has one"
         );
 
-        // A copy for a replica keeps the store's own check.
+        // A store that files no shopper takes another key: a replica started with a wrong
+        // one, refused by its primary before it copied anything, and started again.
+        let empty = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(empty.path()).unwrap();
+        store.user_hasher(Some(b"wrong"), &key_file).unwrap();
+        let right = store.user_hasher(Some(b"right"), &key_file).unwrap();
+        store.append_events(&[click("u1")]).unwrap();
+        assert!(store.user_hasher(Some(b"wrong"), &key_file).is_err());
+        // A copy for a replica keeps the store's own check, once it holds shoppers again.
         store.begin_sync().unwrap();
-        assert!(store.user_hasher(Some(b"another"), &key_file).is_err());
-
-        // A store written before the check takes the key it is started with.
-        let old = tempfile::tempdir().unwrap();
-        let store = RankerStore::open(old.path()).unwrap();
-        store
-            .models
-            .insert(LINEAGE_KEY, &7u64.to_be_bytes())
-            .unwrap();
-        let key_file = old.path().join("user-id.key");
-        std::fs::write(&key_file, "old-secret").unwrap();
-        store.user_hasher(None, &key_file).unwrap();
-        assert!(store.user_hasher(Some(b"another"), &key_file).is_err());
+        store.append_events(&[click("u2")]).unwrap();
+        assert!(store.user_hasher(Some(b"wrong"), &key_file).is_err());
+        let again = store.user_hasher(Some(b"right"), &key_file).unwrap();
+        assert_eq!(again.key("u1"), right.key("u1"));
     }
 }

@@ -68,13 +68,17 @@ impl<R: Read> Read for Counting<R> {
 /// file: not part of the first line's text.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// A file read from its start, or from past its byte-order mark: the bytes read to look for
+/// the mark go first. Not a seek back: a pipe (`/dev/stdin`, `<(zcat feed.csv.gz)`) cannot.
+pub type Opened = std::io::Chain<std::io::Cursor<Vec<u8>>, File>;
+
 /// Opens `path` for reading with a byte counter, past a leading byte-order mark (which would
 /// otherwise become part of the first field: an entity `\u{feff}item:p1` that no one can name).
+/// A pipe reads as a file does (its size is 0: no progress bar).
 ///
 /// # Errors
 /// When the file cannot be opened or read.
-pub fn open(path: &Path) -> anyhow::Result<(Counting<File>, u64)> {
-    use std::io::{Seek, SeekFrom};
+pub fn open(path: &Path) -> anyhow::Result<(Counting<Opened>, u64)> {
     let failed = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     let mut file = File::open(path).map_err(failed)?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -83,12 +87,12 @@ pub fn open(path: &Path) -> anyhow::Result<(Counting<File>, u64)> {
         .take(BOM.len() as u64)
         .read_to_end(&mut head)
         .map_err(failed)?;
-    if head != BOM {
-        file.seek(SeekFrom::Start(0)).map_err(failed)?;
+    if head == BOM {
+        head.clear();
     }
     Ok((
         Counting {
-            inner: file,
+            inner: std::io::Cursor::new(head).chain(file),
             read: Default::default(),
         },
         size,
@@ -1818,6 +1822,41 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(all[0].head, "ite");
+    }
+
+    /// A pipe (`/dev/stdin`, `<(zcat events.csv.gz)`) cannot seek: looking for a byte-order
+    /// mark must not need to go back (it did for a day: "Illegal seek").
+    #[test]
+    fn a_pipe_reads_as_a_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            (
+                "plain",
+                "user_id,item_id,kind\nu1,p1,click\n".as_bytes().to_vec(),
+            ),
+            (
+                "bom",
+                [BOM, b"user_id,item_id,kind\nu1,p1,click\n"].concat(),
+            ),
+        ] {
+            let fifo = dir.path().join(name);
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let writer = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+            };
+            let (reader, size) = open(&fifo).unwrap();
+            assert_eq!(size, 0, "a pipe has no size");
+            let read: Vec<rk::Interaction> =
+                events(&fifo, reader).collect::<Result<_, _>>().unwrap();
+            writer.join().unwrap();
+            assert_eq!(read.len(), 1, "{name}");
+            assert_eq!(read[0].user_id, "u1", "{name}");
+        }
     }
 
     #[test]

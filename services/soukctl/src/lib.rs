@@ -589,7 +589,7 @@ struct Load<T, Req> {
     /// Rows per batch when `--batch-size` is not given.
     default_batch: usize,
     /// Parses the opened file into rows.
-    rows: Box<dyn FnOnce(files::Counting<std::fs::File>) -> files::Rows<T>>,
+    rows: Box<dyn FnOnce(files::Counting<files::Opened>) -> files::Rows<T>>,
     /// Wraps one batch of rows into the streamed request message.
     wrap: fn(Vec<T>) -> Req,
 }

@@ -832,9 +832,7 @@ impl pb::knowledge_graph_server::KnowledgeGraph for KgService {
             // must not miss these rows), and under the writer lock.
             let saved = loaded.after_compaction().and_then(|_compaction| {
                 let _writer = loaded.writer()?;
-                let store = loaded.store()?;
-                store.writable()?;
-                store.watch(embeddings::save(store.db(), &served))
+                loaded.store()?.save_embeddings(&served)
             });
             if let Err(error) = saved {
                 let _ = tx.blocking_send(Err(status(error)));

@@ -175,8 +175,18 @@ impl SledStore {
         }
     }
 
+    /// Stores trained embeddings beside the graph ([`crate::embeddings::save`]), refused as
+    /// every write is once one failed on the disk.
+    ///
+    /// # Errors
+    /// As [`crate::embeddings::save`], and [`Self::writable`]'s.
+    pub fn save_embeddings(&self, served: &crate::embeddings::Served) -> Result<(), KgError> {
+        self.writable()?;
+        self.watch(crate::embeddings::save(&self.db, served))
+    }
+
     /// `result` of a write, noting a failure on the disk for [`Self::writable`].
-    pub fn watch<T>(&self, result: Result<T, KgError>) -> Result<T, KgError> {
+    fn watch<T>(&self, result: Result<T, KgError>) -> Result<T, KgError> {
         if let Err(KgError::StoreFailed { message, full }) = &result
             && self.failed.set((message.clone(), *full)).is_ok()
         {

@@ -530,36 +530,7 @@ pub fn assert_invalid(status: &tonic::Status, what: &str) {
 /// A port nothing listens on now, never handed out before in this run.
 pub use souk_testkit::free_port;
 
-/// The text of `/metrics` on `port`.
-pub async fn scrape_metrics(port: u16) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let reply = souk_testkit::http_call(addr, "GET", "/metrics", &[], b"").await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply.body
-}
-
-/// The value of the first sample in `scrape` of `series`: a metric name, optionally with
-/// labels that the sample must carry (in any order among its others), e.g.
-/// `souk_rank_first_pass_total{pass="scan"}`.
-pub fn metric_value(scrape: &str, series: &str) -> f64 {
-    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-    let labels: Vec<&str> = labels
-        .trim_end_matches('}')
-        .split(',')
-        .filter(|l| !l.is_empty())
-        .collect();
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let sample = l.split(' ').next().unwrap_or("");
-            let (n, rest) = sample.split_once('{').unwrap_or((sample, ""));
-            n == name && labels.iter().all(|want| rest.contains(want))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
-}
+pub use souk_testkit::{metric_value, scrape_metrics};
 
 /// Whether `done` answers yes within about 5 s (asks 50 ms apart).
 pub async fn soon(done: impl AsyncFnMut() -> bool) -> bool {

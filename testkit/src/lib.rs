@@ -91,6 +91,23 @@ impl Process {
         )
     }
 
+    /// SIGTERM, and whether the process is gone within `seconds` (SIGKILL then).
+    pub fn terminate(&mut self, seconds: u64) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while std::time::Instant::now() < deadline {
+            if self.0.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL, and waits until the process is gone.
     pub fn kill_9(&mut self) {
         self.0.kill().unwrap();
@@ -375,4 +392,35 @@ pub fn every_flag_reads<T: clap::Parser>(bin: &str, extra: &[(&[&str], &[&str])]
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The text of `/metrics` on `port`.
+pub async fn scrape_metrics(port: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = http_call(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
+/// The value of the first sample in `scrape` of `series`: a metric name, optionally with
+/// labels that the sample must carry (in any order among its others), e.g.
+/// `souk_rank_first_pass_total{pass="scan"}`.
+pub fn metric_value(scrape: &str, series: &str) -> f64 {
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    let labels: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .collect();
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let sample = l.split(' ').next().unwrap_or("");
+            let (n, rest) = sample.split_once('{').unwrap_or((sample, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
 }

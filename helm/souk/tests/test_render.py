@@ -130,8 +130,8 @@ def exported_metrics(root):
     names = set()
     for path in pathlib.Path(root, "services").rglob("*.rs"):
         names.update(re.findall(r'"([a-z_]+)"', path.read_text(encoding="utf-8")))
-    shared = pathlib.Path(root, "shared", "src", "metrics.rs").read_text(encoding="utf-8")
-    names.update(re.findall(r'"([a-z_]+)"', shared))
+    for path in pathlib.Path(root, "shared", "src").rglob("*.rs"):
+        names.update(re.findall(r'"([a-z_]+)"', path.read_text(encoding="utf-8")))
     return {"souk_" + n for n in names}
 
 
@@ -141,7 +141,7 @@ def check_alerts(default_docs, docs, root):
     assert rule["metadata"]["labels"]["release"] == "prom", "the ruleSelector's labels reach it"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog", "SoukRankerGraphOutboxBacklog", "SoukGraphCompactionFailing"} <= alerts
+    assert {"SoukRankLostSignal", "SoukRankFallbackScans", "SoukRankErrors", "SoukRankSlow", "SoukEncoderBacklog", "SoukEncoderModelDiffers", "SoukRankerReplicaOutOfSync", "SoukRankerOutboxBacklog", "SoukRankerGraphOutboxBacklog", "SoukGraphCompactionFailing", "SoukStoreWriteFailed"} <= alerts
     exported = exported_metrics(root)
     import promql_parser
     for r in rules:

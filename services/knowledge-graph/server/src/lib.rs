@@ -124,6 +124,7 @@ pub async fn serve(
     let opening = tokio::task::spawn_blocking(move || -> Result<Loaded, KgError> {
         let started = std::time::Instant::now();
         let store = SledStore::open_data_dir(&data_dir)?;
+        store.report_to(&metrics.store_write_failed);
         let graph = Graph::from_snapshot(store.snapshot()?)?;
         let served = embeddings::load(store.db())?;
         tracing::info!(
@@ -339,6 +340,7 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
     let held = std::time::Instant::now();
     let (new, done) = old.finish_generation(&loaded.data_dir, next)?;
     let removed_since = new.removed_in_log();
+    new.report_to(&loaded.metrics.store_write_failed);
     loaded.switch_store(new)?;
     drop(writer);
     let writes_held = held.elapsed();

@@ -6,6 +6,7 @@
 //! | `souk_kg_compactions_total{result}` | counter | compactions of the store while serving: `ok` or `failed` |
 //! | `souk_kg_compaction_writes_held_seconds` | histogram | how long a compaction held loads off (copying what was loaded during its catch-up, naming the new store) |
 //! | `souk_kg_removed_triples_in_store` | gauge | removed triples still in the store's log (what the next compaction drops) |
+//! | `souk_store_write_failed{reason}` | gauge | 1 once the store failed a write on its disk (`disk_full`, `io_error`): loads are refused until the service restarts (`souk_shared::storage::WriteLatch`) |
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 /// What the service reports about its store's compactions.
@@ -14,6 +15,8 @@ pub struct KgMetrics {
     compactions: IntCounterVec,
     writes_held: Histogram,
     removed_in_store: IntGauge,
+    /// `souk_store_write_failed`, which the store in use reports into.
+    pub store_write_failed: prometheus::IntGaugeVec,
 }
 
 impl KgMetrics {
@@ -43,6 +46,7 @@ impl KgMetrics {
                 "Removed triples still in the store's log, read at every start; the next \
                  compaction drops them.",
             )?,
+            store_write_failed: souk_shared::storage::write_failed_gauge(registry)?,
         };
         registry.register(Box::new(metrics.compactions.clone()))?;
         registry.register(Box::new(metrics.writes_held.clone()))?;

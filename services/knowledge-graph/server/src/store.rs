@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::{HashMap, HashSet};
 
 use souk_kg_core::{Change, KgError, Snapshot, TripleStore};
+use souk_shared::storage::{DiskFault, WriteLatch};
 
 const ENTITIES: &[u8] = b"mentities";
 const RELATIONS: &[u8] = b"mrelations";
@@ -79,15 +80,23 @@ pub struct SledStore {
     /// `persist` since): each is a dead entry of some `b` record, read and dropped at every
     /// replay.
     removed_in_log: AtomicU64,
-    /// The first write that failed on the disk, (the OS error, whether the disk is full):
-    /// every later write is refused with it, without calling sled (after a failed write of
-    /// its log, sled 0.34 answers later calls with the error again, or waits forever in a
-    /// flush: seen with a full disk). See [`SledStore::writable`].
-    failed: std::sync::OnceLock<(String, bool)>,
+    /// Refuses every write once one failed on the disk ([`KgError::StoreFailed`]): after a
+    /// failed write of its log, sled 0.34 answers later calls with the error again, or waits
+    /// forever in a flush (seen with a full disk).
+    latch: WriteLatch<KgError>,
 }
 
 /// A sled error as the graph's: an IO error is [`KgError::StoreFailed`] (see
 /// [`SledStore::writable`]).
+/// How [`KgError`] names a write failed on the disk, for the store's [`WriteLatch`].
+const DISK_FAULT: DiskFault<KgError> = DiskFault {
+    failure: |error| match error {
+        KgError::StoreFailed { message, full } => Some((message, *full)),
+        _ => None,
+    },
+    refusal: |message, full| KgError::StoreFailed { message, full },
+};
+
 pub(crate) fn storage(e: sled::Error) -> KgError {
     match e {
         sled::Error::Io(io) => {
@@ -135,12 +144,19 @@ impl SledStore {
         let db = souk_shared::storage::open_sled(&config)
             .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
         let tree = db.open_tree("graph").map_err(storage)?;
+        let latch = WriteLatch::new(
+            "the graph's store",
+            "reads are answered from memory",
+            dir,
+            &db,
+            DISK_FAULT,
+        );
         Ok(Self {
             db,
             tree,
             dir: dir.to_path_buf(),
             removed_in_log: AtomicU64::new(0),
-            failed: std::sync::OnceLock::new(),
+            latch,
         })
     }
 
@@ -166,13 +182,12 @@ impl SledStore {
     /// # Errors
     /// The failure of the first write that failed.
     pub fn writable(&self) -> Result<(), KgError> {
-        match self.failed.get() {
-            Some((message, full)) => Err(KgError::StoreFailed {
-                message: message.clone(),
-                full: *full,
-            }),
-            None => Ok(()),
-        }
+        self.latch.writable()
+    }
+
+    /// Reports a write failed on the disk in `gauge` (`souk_store_write_failed`).
+    pub fn report_to(&self, gauge: &prometheus::IntGaugeVec) {
+        self.latch.report_to(gauge);
     }
 
     /// Stores trained embeddings beside the graph ([`crate::embeddings::save`]), refused as
@@ -181,23 +196,8 @@ impl SledStore {
     /// # Errors
     /// As [`crate::embeddings::save`], and [`Self::writable`]'s.
     pub fn save_embeddings(&self, served: &crate::embeddings::Served) -> Result<(), KgError> {
-        self.writable()?;
-        self.watch(crate::embeddings::save(&self.db, served))
-    }
-
-    /// `result` of a write, noting a failure on the disk for [`Self::writable`].
-    fn watch<T>(&self, result: Result<T, KgError>) -> Result<T, KgError> {
-        if let Err(KgError::StoreFailed { message, full }) = &result
-            && self.failed.set((message.clone(), *full)).is_ok()
-        {
-            tracing::error!(
-                dir = %self.dir.display(),
-                error = %message,
-                "the graph's store failed to write to its disk: it takes no more writes until \
-                 the service restarts; reads are answered from memory"
-            );
-        }
-        result
+        self.latch
+            .write(|| crate::embeddings::save(&self.db, served))
     }
 
     /// Triples the log's removal records remove (what a compaction would drop).
@@ -782,9 +782,7 @@ impl TripleStore for SledStore {
         if change.is_empty() {
             return Ok(());
         }
-        self.writable()?;
-        let written = self.write(change);
-        self.watch(written)
+        self.latch.write(|| self.write(change))
     }
 
     fn snapshot(&self) -> Result<Snapshot, KgError> {

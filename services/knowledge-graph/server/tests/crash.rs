@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
-use souk_testkit::{Process, assert_disk_refused, connect_when, free_port, with_file_limit};
+use souk_testkit::{
+    Process, assert_disk_refused, connect_when, free_port, metric_value, scrape_metrics,
+    with_file_limit,
+};
 use tonic::transport::Channel;
 
 const BATCH: usize = 2_000;
@@ -194,8 +197,19 @@ fn triples_of(prefix: &str, n: usize) -> kg::LoadTriplesRequest {
 async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Process::spawn(with_file_limit(&graph(dir.path(), port), 100));
+    let metrics_port = free_port();
+    let mut command = graph(dir.path(), port);
+    command.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut server = Process::spawn(with_file_limit(&command, 100));
     let mut client = connect(port).await;
+    let failed = async |reason: &str| {
+        let scrape = scrape_metrics(metrics_port).await;
+        metric_value(
+            &scrape,
+            &format!("souk_store_write_failed{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(failed("io_error").await, 0.0);
     let small = || futures_iter(vec![triples_of("small", 1_000)]);
     let big = || futures_iter(vec![triples_of("big", 20_000)]);
     client.load_triples(small()).await.unwrap();
@@ -223,7 +237,11 @@ async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on
         .into_inner();
     assert_eq!(neighbors.neighbors.len(), 2, "{neighbors:?}");
     assert_eq!(triples(&mut client).await, 1_000);
-    drop(server);
+    // An operator's alert sees it.
+    assert_eq!(failed("io_error").await, 1.0);
+    assert_eq!(failed("disk_full").await, 0.0);
+    // And the service stops when told to (sled's flush may wait forever after the failure).
+    assert!(server.terminate(10), "the graph stops on SIGTERM");
 
     // Restarted with room: the acknowledged batch is there, the failed one is not, and
     // writes are taken again.

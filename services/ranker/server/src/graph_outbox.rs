@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use souk_ranker_core::RankError;
 use souk_ranker_core::item::Fact;
+use souk_shared::storage::WriteLatch;
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::outbox::{next_key, unreachable};
 use crate::replica::Backoff;
 use crate::sources::GrpcGraph;
+use crate::store::sled_error;
 
 fn internal(e: impl std::fmt::Display) -> RankError {
     RankError::Internal(format!("graph outbox: {e}"))
@@ -45,15 +47,22 @@ pub(crate) struct GraphOutbox {
     queued: Notify,
     /// `souk_graph_outbox_batches`.
     gauge: prometheus::IntGauge,
+    /// The store's ([`crate::store::RankerStore::latch`]): the tree is in its database.
+    latch: Arc<WriteLatch<RankError>>,
 }
 
 impl GraphOutbox {
     /// The outbox in `tree`, with what an earlier run left in it; its gauge registered in
-    /// `registry`.
+    /// `registry`. Its writes are refused once one of the store's failed on the disk
+    /// (`latch`, the store's).
     ///
     /// # Errors
     /// When the tree cannot be read or the gauge registered.
-    pub fn open(tree: sled::Tree, registry: &prometheus::Registry) -> Result<Self, RankError> {
+    pub fn open(
+        tree: sled::Tree,
+        registry: &prometheus::Registry,
+        latch: Arc<WriteLatch<RankError>>,
+    ) -> Result<Self, RankError> {
         let gauge = prometheus::IntGauge::new(
             "graph_outbox_batches",
             "Item fact batches stored in the catalog that the knowledge graph has not taken \
@@ -73,6 +82,7 @@ impl GraphOutbox {
             sending: Mutex::new(()),
             queued: Notify::new(),
             gauge,
+            latch,
         })
     }
 
@@ -124,10 +134,12 @@ impl GraphOutbox {
     fn push(&self, pending: &Pending) -> Result<(), RankError> {
         let value = serde_json::to_vec(pending).map_err(internal)?;
         let key = self.next.fetch_add(1, Ordering::AcqRel);
-        self.tree
-            .insert(key.to_be_bytes(), value)
-            .map_err(internal)?;
-        self.tree.flush().map_err(internal)?;
+        self.latch.write(|| {
+            self.tree
+                .insert(key.to_be_bytes(), value)
+                .map_err(sled_error)?;
+            self.tree.flush().map_err(sled_error)
+        })?;
         let now = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         self.gauge.set(now as i64);
         self.queued.notify_one();
@@ -137,6 +149,8 @@ impl GraphOutbox {
     /// Sends the queued batches in order, each removed once the graph took it; stops at the
     /// first the graph cannot take. True when none is left. The caller holds `sending`.
     async fn flush(&self, graph: &GrpcGraph, timeout: Duration) -> Result<bool, RankError> {
+        // A batch sent now could not be removed: it would go again at every try.
+        self.latch.writable()?;
         while let Some((key, value)) = self.tree.first().map_err(internal)? {
             match serde_json::from_slice::<Pending>(&value) {
                 Ok(pending) => match graph
@@ -158,7 +172,8 @@ impl GraphOutbox {
                     tracing::error!(%error, "dropping a damaged graph outbox entry");
                 }
             }
-            self.tree.remove(&key).map_err(internal)?;
+            self.latch
+                .write(|| self.tree.remove(&key).map_err(sled_error))?;
             let now = self
                 .waiting
                 .fetch_sub(1, Ordering::AcqRel)

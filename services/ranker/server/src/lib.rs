@@ -546,10 +546,16 @@ pub async fn serve(
     registry
         .registry()
         .register(Box::new(metrics::CatalogSize::new(catalog.clone())?))?;
+    store
+        .latch()
+        .report_to(&souk_shared::storage::write_failed_gauge(
+            registry.registry(),
+        )?);
     let outbox = match &primary {
         Some(_) => Some(Arc::new(outbox::Outbox::open(
             store.outbox_tree()?,
             registry.registry(),
+            store.latch(),
         )?)),
         None => None,
     };
@@ -558,6 +564,7 @@ pub async fn serve(
         None => Some(Arc::new(graph_outbox::GraphOutbox::open(
             store.graph_outbox_tree()?,
             registry.registry(),
+            store.latch(),
         )?)),
     };
     let model_differs = prometheus::IntGauge::new(

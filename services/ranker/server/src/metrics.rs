@@ -8,6 +8,7 @@
 //! | `souk_rank_searches_total{words}` | counter | `Rank` requests with a query, by whether any item holds any of its words (`matched`) or none (`none`: ranked by its vector alone; `Stats.unmatched_queries` lists the commonest; `Stats.corrected_queries` those the spelling check read otherwise) |
 //! | `souk_rank_shop_rules_total{effect}` | counter | `Rank` answers the shop's rules changed, by effect on the results returned: `pinned` (an item placed by a pin rule), `promoted` / `lowered` (an item's score moved up / down by a boost), `redirected` (the search's rule sends the shopper to another page), `banner` (a rule's banner returned); an answer may count under several (is a promotion live, and how often does it show?) |
 //! | `souk_catalog_items`, `souk_catalog_users` | gauges (read at scrape) | items in the catalog, shoppers with events |
+//! | `souk_store_write_failed{reason}` | gauge | 1 once the store failed a write on its disk (`disk_full`, `io_error`): writes are refused until the service restarts (`souk_shared::storage::WriteLatch`, registered in `lib.rs`) |
 //! | `souk_encoder_model_differs` | gauge | 1 while the encoder serves another model than the catalog's vectors come from (set in `lib.rs::Ready::compare_model`; `soukctl reembed` clears it) |
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message;
 use souk_proto::ranker::v1 as pb;
 use souk_ranker_core::RankError;
+use souk_shared::storage::WriteLatch;
 use tokio::sync::{Notify, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::replica::{Backoff, RETRY_MAX, ReplicaState};
+use crate::store::sled_error;
 
 /// The most bytes of events an outbox holds; past them `RecordInteractions` on the replica
 /// answers RESOURCE_EXHAUSTED (the shop keeps them and tries again) rather than fill the
@@ -55,15 +57,22 @@ pub(crate) struct Outbox {
     queued: Notify,
     /// `souk_replica_outbox_events`.
     gauge: prometheus::IntGauge,
+    /// The store's ([`crate::store::RankerStore::latch`]): the tree is in its database.
+    latch: Arc<WriteLatch<RankError>>,
 }
 
 impl Outbox {
     /// The outbox in `tree`, with what an earlier run left in it; `souk_replica_outbox_events`
-    /// registered in `registry`.
+    /// registered in `registry`. Its writes are refused once one of the store's failed on
+    /// the disk (`latch`, the store's).
     ///
     /// # Errors
     /// When the tree cannot be read or the gauge registered.
-    pub fn open(tree: sled::Tree, registry: &prometheus::Registry) -> Result<Self, RankError> {
+    pub fn open(
+        tree: sled::Tree,
+        registry: &prometheus::Registry,
+        latch: Arc<WriteLatch<RankError>>,
+    ) -> Result<Self, RankError> {
         let gauge = prometheus::IntGauge::new(
             "replica_outbox_events",
             "Events this replica took while its primary was unreachable and has not yet \
@@ -90,6 +99,7 @@ impl Outbox {
             bytes: AtomicU64::new(bytes),
             queued: Notify::new(),
             gauge,
+            latch,
         })
     }
 
@@ -105,8 +115,9 @@ impl Outbox {
     /// Queues `message` after the others, durably (flushed before it returns).
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED when the outbox holds [`OUTBOX_BYTES`]; INTERNAL when the store
-    /// cannot be written.
+    /// RESOURCE_EXHAUSTED when the outbox holds [`OUTBOX_BYTES`] or the disk is full;
+    /// UNAVAILABLE when the store failed another write on its disk (see
+    /// [`crate::status`]).
     pub fn push(&self, message: &pb::RecordInteractionsRequest) -> Result<(), Status> {
         let value = message.encode_to_vec();
         let size = value.len() as u64;
@@ -117,10 +128,15 @@ impl Outbox {
                 self.events()
             )));
         }
-        let store = |e: sled::Error| crate::status(internal(e));
         let key = self.next.fetch_add(1, Ordering::AcqRel);
-        self.tree.insert(key.to_be_bytes(), value).map_err(store)?;
-        self.tree.flush().map_err(store)?;
+        self.latch
+            .write(|| {
+                self.tree
+                    .insert(key.to_be_bytes(), value)
+                    .map_err(sled_error)?;
+                self.tree.flush().map_err(sled_error)
+            })
+            .map_err(crate::status)?;
         self.bytes.fetch_add(size, Ordering::AcqRel);
         let events = message.interactions.len() as u64;
         let now = self.events.fetch_add(events, Ordering::AcqRel) + events;
@@ -133,7 +149,8 @@ impl Outbox {
     /// lost to a crash sends the message once more, which a flush here would not prevent
     /// either (the crash may come before it).
     fn remove(&self, key: &[u8], bytes: u64, events: u64) -> Result<(), RankError> {
-        self.tree.remove(key).map_err(internal)?;
+        self.latch
+            .write(|| self.tree.remove(key).map_err(sled_error))?;
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         let now = self.events.fetch_sub(events, Ordering::AcqRel) - events;
         self.gauge.set(now as i64);

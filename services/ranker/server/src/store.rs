@@ -17,6 +17,7 @@ use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::FusionModel;
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserHasher, UserKey};
+use souk_shared::storage::{DiskFault, WriteLatch};
 
 pub struct RankerStore {
     dir: PathBuf,
@@ -45,11 +46,11 @@ pub struct RankerStore {
     /// every event stored or removed since (on a replica too, by `replica::apply_live`):
     /// what [`RankerStore::record`] checks a batch against (~19 MB at 1M events).
     prints: std::sync::Mutex<Prints>,
-    /// The first write that failed on the disk, (the OS error, whether the disk is full):
-    /// every later write is refused with it without calling sled (after a failed write of its
-    /// log, sled 0.34 answers later calls with the error again, or waits forever in a flush:
-    /// seen with a full disk). See [`RankerStore::writable`].
-    failed: std::sync::OnceLock<(String, bool)>,
+    /// Refuses every write once one failed on the disk ([`RankError::StoreFailed`]): after a
+    /// failed write of its log, sled 0.34 answers later calls with the error again, or waits
+    /// forever in a flush (seen with a full disk). Shared with the outboxes, whose trees are
+    /// in the same sled database.
+    latch: Arc<WriteLatch<RankError>>,
 }
 
 /// A set of [`RankerStore::fingerprint`]s: already hashes, so not hashed again.
@@ -513,7 +514,22 @@ fn position_bytes((origin, seq): (u64, u64)) -> Vec<u8> {
 /// start, the copy was cut short and the store holds part of it.
 const SYNCING_KEY: &[u8] = b"replica.syncing";
 
+/// How [`RankError`] names a write failed on the disk, for the store's [`WriteLatch`].
+const DISK_FAULT: DiskFault<RankError> = DiskFault {
+    failure: |error| match error {
+        RankError::StoreFailed { message, full } => Some((message, *full)),
+        _ => None,
+    },
+    refusal: |message, full| RankError::StoreFailed { message, full },
+};
+
 fn internal(e: impl Fault) -> RankError {
+    e.into_error()
+}
+
+/// A sled error of a tree of this store (the outboxes'), as [`RankError`]: an IO error is
+/// [`RankError::StoreFailed`], for the store's [`WriteLatch`].
+pub(crate) fn sled_error(e: sled::Error) -> RankError {
     e.into_error()
 }
 
@@ -692,6 +708,13 @@ impl RankerStore {
         models.insert(NAMES_KEY, named).map_err(internal)?;
         db.flush().map_err(internal)?;
         let forgotten = std::sync::RwLock::new(read_forgotten(&models)?);
+        let latch = Arc::new(WriteLatch::new(
+            "the ranker's store",
+            "rankings are answered from memory",
+            dir,
+            &db,
+            DISK_FAULT,
+        ));
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
@@ -704,7 +727,7 @@ impl RankerStore {
             forgotten,
             print_keys: std::hash::RandomState::new(),
             prints: std::sync::Mutex::new(Prints::default()),
-            failed: std::sync::OnceLock::new(),
+            latch,
         })
     }
 
@@ -748,37 +771,20 @@ impl RankerStore {
     /// # Errors
     /// The failure of the first write that failed.
     pub fn writable(&self) -> Result<(), RankError> {
-        match self.failed.get() {
-            Some((message, full)) => Err(RankError::StoreFailed {
-                message: message.clone(),
-                full: *full,
-            }),
-            None => Ok(()),
-        }
+        self.latch.writable()
     }
 
-    /// `result` of a write, noting a failure on the disk for [`Self::writable`].
-    fn watch<T>(&self, result: Result<T, RankError>) -> Result<T, RankError> {
-        if let Err(RankError::StoreFailed { message, full }) = &result
-            && self.failed.set((message.clone(), *full)).is_ok()
-        {
-            tracing::error!(
-                dir = %self.dir.display(),
-                error = %message,
-                "the ranker's store failed to write to its disk: it takes no more writes until \
-                 the service restarts; rankings are answered from memory"
-            );
-        }
-        result
+    /// What refuses this store's writes once one failed on the disk: shared by the outboxes
+    /// ([`Self::outbox_tree`], [`Self::graph_outbox_tree`]), whose trees are this store's.
+    pub fn latch(&self) -> Arc<WriteLatch<RankError>> {
+        self.latch.clone()
     }
 
     /// Applies `writes` to `tree` atomically and durably, numbers them and, once flushed,
     /// hands them to the replicas following this store, in the order they were applied.
     /// Refused once a write failed on the disk ([`Self::writable`]).
     fn commit(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
-        self.writable()?;
-        let committed = self.commit_unwatched(tree, writes);
-        self.watch(committed)
+        self.latch.write(|| self.commit_unwatched(tree, writes))
     }
 
     fn commit_unwatched(&self, tree: TreeName, writes: Vec<Write>) -> Result<(), RankError> {
@@ -844,7 +850,8 @@ impl RankerStore {
         }
         if !journal.keep_recent {
             journal.keep_recent = true;
-            self.models.insert(FOLLOWED_KEY, &[]).map_err(internal)?;
+            self.latch
+                .write(|| self.models.insert(FOLLOWED_KEY, &[]).map_err(internal))?;
         }
         Ok(Subscription {
             changes: journal.sender.subscribe(),
@@ -976,7 +983,9 @@ impl RankerStore {
             return Ok(());
         }
         journal.closed = true;
-        self.db.flush().map_err(internal)?;
+        // Not after a write failed on the disk: sled's flush may then wait forever (and
+        // every write since was refused).
+        self.latch.write(|| self.db.flush().map_err(internal))?;
         let last = journal.seq;
         journal.release(last);
         Ok(())
@@ -1023,16 +1032,19 @@ impl RankerStore {
     /// # Errors
     /// When the store cannot be written.
     pub fn begin_sync(&self) -> Result<(), RankError> {
-        self.models.insert(SYNCING_KEY, &[]).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        self.catalog.clear().map_err(internal)?;
-        self.events.clear().map_err(internal)?;
-        for key in self.models.iter().keys() {
-            let key = key.map_err(internal)?;
-            if key != SYNCING_KEY && key != USER_KEY_CHECK_KEY {
-                self.models.remove(key).map_err(internal)?;
+        self.latch.write(|| {
+            self.models.insert(SYNCING_KEY, &[]).map_err(internal)?;
+            self.db.flush().map_err(internal)?;
+            self.catalog.clear().map_err(internal)?;
+            self.events.clear().map_err(internal)?;
+            for key in self.models.iter().keys() {
+                let key = key.map_err(internal)?;
+                if key != SYNCING_KEY && key != USER_KEY_CHECK_KEY {
+                    self.models.remove(key).map_err(internal)?;
+                }
             }
-        }
+            Ok(())
+        })?;
         self.forgotten
             .write()
             .map_err(|_| internal("forgotten shoppers' lock poisoned"))?
@@ -1052,10 +1064,9 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn apply(&self, tree: TreeName, writes: &[Write]) -> Result<(), RankError> {
-        self.writable()?;
         let batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
-        let applied = self.tree(tree).apply_batch(batch).map_err(internal);
-        self.watch(applied)?;
+        self.latch
+            .write(|| self.tree(tree).apply_batch(batch).map_err(internal))?;
         self.note_forgotten(tree, writes)
     }
 
@@ -1072,26 +1083,26 @@ impl RankerStore {
     ) -> Result<(), RankError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
-        self.writable()?;
         let mut batch = batch(writes.iter().filter(|(key, _)| !store_own(tree, key)));
         if tree == TreeName::Models {
             batch.insert(POSITION_KEY, position_bytes(position));
-            let applied = self.models.apply_batch(batch).map_err(internal);
-            self.watch(applied)?;
+            self.latch
+                .write(|| self.models.apply_batch(batch).map_err(internal))?;
             return self.note_forgotten(tree, writes);
         }
         let position = position_bytes(position);
-        let applied = (self.tree(tree), &self.models)
-            .transaction(|(written, models)| {
-                written.apply_batch(&batch)?;
-                models.insert(POSITION_KEY, position.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => internal(e),
-                TransactionError::Abort(()) => internal("a live write's transaction aborted"),
-            });
-        self.watch(applied)
+        self.latch.write(|| {
+            (self.tree(tree), &self.models)
+                .transaction(|(written, models)| {
+                    written.apply_batch(&batch)?;
+                    models.insert(POSITION_KEY, position.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => internal(e),
+                    TransactionError::Abort(()) => internal("a live write's transaction aborted"),
+                })
+        })
     }
 
     /// The copy from the primary is whole, as of `position` (the primary's origin and the
@@ -1116,9 +1127,11 @@ impl RankerStore {
         if !ancestors.is_empty() {
             batch.insert(ANCESTORS_KEY, ancestors_bytes(ancestors));
         }
-        self.models.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.latch.write(|| {
+            self.models.apply_batch(batch).map_err(internal)?;
+            self.db.flush().map_err(internal)?;
+            Ok(())
+        })
     }
 
     /// Where a replica's copy stands: its primary's origin and the number of the last write
@@ -1247,8 +1260,10 @@ impl RankerStore {
         batch.insert(LINEAGE_KEY, &forked.to_be_bytes());
         batch.insert(ANCESTORS_KEY, ancestors_bytes(&ancestors));
         batch.remove(POSITION_KEY);
-        self.models.apply_batch(batch).map_err(internal)?;
-        self.db.flush().map_err(internal)?;
+        self.latch.write(|| {
+            self.models.apply_batch(batch).map_err(internal)?;
+            self.db.flush().map_err(internal)
+        })?;
         Ok(forked)
     }
 
@@ -1258,11 +1273,13 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn set_lineage(&self, lineage: u64) -> Result<(), RankError> {
-        self.models
-            .insert(LINEAGE_KEY, &lineage.to_be_bytes())
-            .map_err(internal)?;
-        self.db.flush().map_err(internal)?;
-        Ok(())
+        self.latch.write(|| {
+            self.models
+                .insert(LINEAGE_KEY, &lineage.to_be_bytes())
+                .map_err(internal)?;
+            self.db.flush().map_err(internal)?;
+            Ok(())
+        })
     }
 
     /// Drops the position ([`Self::position`]): the next connection copies the whole store
@@ -1271,7 +1288,8 @@ impl RankerStore {
     /// # Errors
     /// When the write fails.
     pub fn forget_position(&self) -> Result<(), RankError> {
-        self.models.remove(POSITION_KEY).map_err(internal)?;
+        self.latch
+            .write(|| self.models.remove(POSITION_KEY).map_err(internal))?;
         Ok(())
     }
 
@@ -2198,10 +2216,12 @@ impl RankerStore {
                          key this start was given"
                     );
                 }
-                self.models
-                    .insert(USER_KEY_CHECK_KEY, check.as_str().as_bytes())
-                    .map_err(internal)?;
-                self.db.flush().map_err(internal)?;
+                self.latch.write(|| {
+                    self.models
+                        .insert(USER_KEY_CHECK_KEY, check.as_str().as_bytes())
+                        .map_err(internal)?;
+                    self.db.flush().map_err(internal)
+                })?;
                 Ok(hasher)
             }
         }

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
-use souk_testkit::{Process, assert_disk_refused, connect_when, free_port, with_file_limit};
+use souk_testkit::{
+    Process, assert_disk_refused, connect_when, free_port, metric_value, scrape_metrics,
+    with_file_limit,
+};
 use tonic::transport::Channel;
 
 /// A ranker on `port` with its store in `dir`, following `primary` if given. No encoder or
@@ -284,11 +287,19 @@ async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // sled's log fills its first 512 KiB segment first.
-    let server = Process::spawn(with_file_limit(
-        &ranker(dir.path(), port, Some("crash-test")),
-        600,
-    ));
+    let metrics_port = free_port();
+    let mut command = ranker(dir.path(), port, Some("crash-test"));
+    command.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut server = Process::spawn(with_file_limit(&command, 600));
     let mut client = connect(port).await;
+    let failed = async |reason: &str| {
+        let scrape = scrape_metrics(metrics_port).await;
+        metric_value(
+            &scrape,
+            &format!("souk_store_write_failed{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(failed("io_error").await, 0.0);
     assert_eq!(record(&mut client, 0, 100).await.unwrap(), 100);
 
     assert_disk_refused(&record(&mut client, 100, 20_000).await.unwrap_err());
@@ -299,7 +310,12 @@ async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on
         .unwrap_err();
     assert_disk_refused(&again);
     assert_eq!(stats(&mut client).await.interactions, 100, "reads go on");
-    drop(server);
+    // An operator's alert sees it.
+    assert_eq!(failed("io_error").await, 1.0);
+    assert_eq!(failed("disk_full").await, 0.0);
+    // And the service stops when told to: its close skips sled's flush, which may wait
+    // forever after the failure.
+    assert!(server.terminate(10), "the ranker stops on SIGTERM");
 
     let _server = spawn(dir.path(), port, None);
     let mut client = connect(port).await;

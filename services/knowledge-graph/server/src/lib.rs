@@ -91,6 +91,7 @@ fn compact(from: &std::path::Path, into: &std::path::Path) -> anyhow::Result<()>
         records = done.records,
         bytes_before = before,
         bytes_after = done.bytes,
+        bytes_copied = done.payload,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "store compacted into a new directory"
     );
@@ -353,6 +354,7 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
         records_copied_while_held = done.held,
         bytes_before = before,
         bytes_after = done.bytes,
+        bytes_copied = done.payload,
         seconds = started.elapsed().as_secs_f32(),
         writes_held_ms = writes_held.as_millis() as u64,
         "store compacted while serving"

@@ -97,6 +97,29 @@ const DISK_FAULT: DiskFault<KgError> = DiskFault {
     refusal: |message, full| KgError::StoreFailed { message, full },
 };
 
+/// A write of a compaction's new store that failed on the disk, as the compaction's failure
+/// (not the store in use's, which [`KgError::StoreFailed`] would say).
+fn copy_failed(error: KgError) -> KgError {
+    match error {
+        KgError::StoreFailed { message, .. } => KgError::Storage(format!(
+            "the compacted copy could not be written ({message}); the store in use is \
+             unchanged, and the copy's files are removed"
+        )),
+        other => other,
+    }
+}
+
+/// The latch of the store the service writes to.
+fn served_latch(dir: &Path, db: &sled::Db) -> WriteLatch<KgError> {
+    WriteLatch::new(
+        "the graph's store",
+        "reads are answered from memory",
+        dir,
+        db,
+        DISK_FAULT,
+    )
+}
+
 pub(crate) fn storage(e: sled::Error) -> KgError {
     match e {
         sled::Error::Io(io) => {
@@ -144,13 +167,7 @@ impl SledStore {
         let db = souk_shared::storage::open_sled(&config)
             .map_err(|e| KgError::Storage(format!("{}: {e}", dir.display())))?;
         let tree = db.open_tree("graph").map_err(storage)?;
-        let latch = WriteLatch::new(
-            "the graph's store",
-            "reads are answered from memory",
-            dir,
-            &db,
-            DISK_FAULT,
-        );
+        let latch = served_latch(dir, &db);
         Ok(Self {
             db,
             tree,
@@ -183,6 +200,22 @@ impl SledStore {
     /// The failure of the first write that failed.
     pub fn writable(&self) -> Result<(), KgError> {
         self.latch.writable()
+    }
+
+    /// This store as a compaction's new one: a write of it that fails on the disk fails the
+    /// compaction, and the store is then never closed (sled's close would wait forever in its
+    /// flush, and with it the compaction, which holds the next one and the embeddings' save
+    /// off, and the service's stop: seen on a full disk). Its files are emptied and removed
+    /// ([`remove_unnamed`]), so their room comes back at once.
+    fn into_compaction_target(mut self) -> Self {
+        self.latch = WriteLatch::new(
+            "a compaction's new store",
+            "the store in use is unchanged, and the copy's files are emptied and removed",
+            &self.dir,
+            &self.db,
+            DISK_FAULT,
+        );
+        self
     }
 
     /// Reports a write failed on the disk in `gauge` (`souk_store_write_failed`).
@@ -313,11 +346,17 @@ impl SledStore {
                 next.removals += gone.len() as u64;
             }
             let seq = next.done.records + next.copied;
-            next.store
-                .tree
-                .insert(key(prefix, &seq.to_be_bytes()), v)
-                .map_err(storage)?;
-            next.store.db.flush().map_err(storage)?;
+            let store = &next.store;
+            store
+                .latch
+                .write(|| {
+                    store
+                        .tree
+                        .insert(key(prefix, &seq.to_be_bytes()), v)
+                        .map_err(storage)?;
+                    store.db.flush().map_err(storage)
+                })
+                .map_err(copy_failed)?;
             next.copied += 1;
         }
         // After the last copy (`upto` None) the mark is not read again.
@@ -373,8 +412,13 @@ impl SledStore {
         ] {
             batch.insert(counter, &n.to_be_bytes());
         }
-        store.tree.apply_batch(batch).map_err(storage)?;
-        store.db.flush().map_err(storage)?;
+        store
+            .latch
+            .write(|| {
+                store.tree.apply_batch(batch).map_err(storage)?;
+                store.db.flush().map_err(storage)
+            })
+            .map_err(copy_failed)?;
         store.removed_in_log.store(removals, Ordering::Relaxed);
         done.caught_up = copied;
         done.held = copied - before;
@@ -397,6 +441,11 @@ impl SledStore {
             tracing::warn!(%error, dir = %dir.display(), "cannot sync the data directory");
         }
         done.bytes = store.size_on_disk();
+        // The store the service writes to from now on: a failed write refuses the next.
+        let store = Self {
+            latch: served_latch(&store.dir, &store.db),
+            ..store
+        };
         Ok((store, done))
     }
 
@@ -425,40 +474,25 @@ impl SledStore {
             None => (self.snapshot()?, self.removed_in_log()),
             Some(mark) => self.replay(Some(mark))?,
         };
-        let target = SledStore::open(dir)?;
+        let target = SledStore::open(dir)?.into_compaction_target();
         if target.tree.iter().next().is_some() || target.db.tree_names().len() > 2 {
             return Err(KgError::Storage(format!(
                 "{} already holds a store; compact into a new directory",
                 dir.display()
             )));
         }
-        // The other trees first: a store cut short before its graph's one batch holds no
-        // graph, never a graph without its embeddings.
-        for name in self.db.tree_names() {
-            if name == b"graph" {
-                continue;
-            }
-            let from = self.db.open_tree(&name).map_err(storage)?;
-            let to = target.db.open_tree(&name).map_err(storage)?;
-            let mut batch = sled::Batch::default();
-            for (i, item) in from.iter().enumerate() {
-                let (k, v) = item.map_err(storage)?;
-                batch.insert(k, v);
-                if i % 4096 == 4095 {
-                    to.apply_batch(std::mem::take(&mut batch))
-                        .map_err(storage)?;
-                }
-            }
-            to.apply_batch(batch).map_err(storage)?;
-        }
+        // The graph's records are built first, and the other trees measured, to know the room
+        // the copy takes before any of it is written.
         let mut batch = sled::Batch::default();
         let mut records = 0u64;
+        let mut payload = 0u64;
         compacted_records(
             &snapshot.entities,
             &snapshot.relations,
             &snapshot.triples,
             record_bytes,
             |record| {
+                payload += record.len() as u64;
                 batch.insert(key(b'b', &records.to_be_bytes()), record);
                 records += 1;
             },
@@ -471,8 +505,42 @@ impl SledStore {
         ] {
             batch.insert(counter, &(n as u64).to_be_bytes());
         }
-        target.tree.apply_batch(batch).map_err(storage)?;
-        target.db.flush().map_err(storage)?;
+        let others: Vec<sled::IVec> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|name| name != b"graph")
+            .collect();
+        for name in &others {
+            for item in self.db.open_tree(name).map_err(storage)?.iter() {
+                let (k, v) = item.map_err(storage)?;
+                payload += (k.len() + v.len()) as u64;
+            }
+        }
+        check_room(dir, payload)?;
+        target
+            .latch
+            .write(|| {
+                // The other trees first: a store cut short before its graph's one batch holds no
+                // graph, never a graph without its embeddings.
+                for name in &others {
+                    let from = self.db.open_tree(name).map_err(storage)?;
+                    let to = target.db.open_tree(name).map_err(storage)?;
+                    let mut batch = sled::Batch::default();
+                    for (i, item) in from.iter().enumerate() {
+                        let (k, v) = item.map_err(storage)?;
+                        batch.insert(k, v);
+                        if i % 4096 == 4095 {
+                            to.apply_batch(std::mem::take(&mut batch))
+                                .map_err(storage)?;
+                        }
+                    }
+                    to.apply_batch(batch).map_err(storage)?;
+                }
+                target.tree.apply_batch(batch).map_err(storage)?;
+                target.db.flush().map_err(storage)
+            })
+            .map_err(copy_failed)?;
         // Compared by digest, so that the graph is held once, not twice, while it is checked
         // (~100 MB less at the peak of a 5M-triple compaction; BENCHMARKS.md "Session 49").
         let expected = digest(&snapshot);
@@ -491,6 +559,7 @@ impl SledStore {
             caught_up: 0,
             held: 0,
             bytes: target.size_on_disk(),
+            payload,
         };
         Ok((target, done))
     }
@@ -706,8 +775,29 @@ fn disk_usage(dir: &Path) -> u64 {
 }
 
 /// Removes the store a failed compaction wrote and nothing names (a full disk gets its space
-/// back at once); what cannot be removed goes at the next start ([`remove_stale`]).
+/// back at once); what cannot be removed goes at the next start ([`remove_stale`]). Its files
+/// are emptied first: a store whose write failed is never closed
+/// ([`SledStore::into_compaction_target`]), and a removed file held open keeps its room.
 fn remove_unnamed(target: &Path) {
+    let files = std::fs::read_dir(target)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|blob| blob.path())
+                .collect(),
+            _ => vec![entry.path()],
+        });
+    for file in files {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_len(0));
+    }
     if let Err(error) = std::fs::remove_dir_all(target) {
         tracing::warn!(%error, path = %target.display(), "cannot remove a failed compaction's store");
     }
@@ -727,6 +817,45 @@ pub struct Compacted {
     pub held: u64,
     /// The new store's size on disk, as `du` counts it ([`TripleStore::size_on_disk`]).
     pub bytes: u64,
+    /// The bytes of keys and values the copy of the graph and the other trees wrote (what
+    /// [`room_for`] is computed from).
+    pub payload: u64,
+}
+
+/// The most room on disk a compaction's copy of `payload` bytes of keys and values takes:
+/// sled writes each record of about 1 MiB into a blob file of its size, and its log (512 KiB
+/// segments) and configuration beside them. Measured: 2.27 MB on disk (`du`) for 2.26 MB of
+/// payload at 69,000 triples, 53 KB for 45 KB at 1,000 (BENCHMARKS.md "Session 55"); the
+/// half and the margin leave room for trees of small values (sled's log) and a catch-up.
+fn room_for(payload: u64) -> u64 {
+    payload + payload / 2 + ROOM_MARGIN
+}
+
+/// What a compacted store takes beside its payload at most (sled's first log segments, its
+/// configuration, a catch-up's records).
+const ROOM_MARGIN: u64 = 2 << 20;
+
+/// Refuses a compaction whose copy would not fit on the volume of `dir`: a copy that runs out
+/// of room fails anyway, after filling the disk the store in use writes to for a while (see
+/// [`SledStore::into_compaction_target`]).
+/// When the volume cannot be asked, the copy is tried.
+fn check_room(dir: &Path, payload: u64) -> Result<(), KgError> {
+    let needed = room_for(payload);
+    match fs2::available_space(dir) {
+        Ok(free) if free < needed => Err(KgError::Storage(format!(
+            "not enough room on disk for the compacted copy at {}: it takes up to {:.1} MB \
+             ({:.1} MB of records), {:.1} MB are free; the store in use is unchanged",
+            dir.display(),
+            needed as f64 / 1e6,
+            payload as f64 / 1e6,
+            free as f64 / 1e6,
+        ))),
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(%error, dir = %dir.display(), "cannot read the free space; compacting");
+            Ok(())
+        }
+    }
 }
 
 /// The records of a compacted log, each of about `budget` bytes at most (a single name may pass
@@ -1601,5 +1730,41 @@ mod tests {
             "{refused}"
         );
         assert!(!dir.path().join("compacted-9").exists());
+    }
+
+    /// A compaction whose copy would not fit on the volume is refused before it writes, saying
+    /// how much it needs; one that fits goes on.
+    #[test]
+    fn a_copy_larger_than_the_free_space_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = fs2::available_space(dir.path()).unwrap();
+        let refused = check_room(dir.path(), free).unwrap_err().to_string();
+        assert!(
+            refused.contains("not enough room on disk for the compacted copy")
+                && refused.contains("MB are free; the store in use is unchanged"),
+            "{refused}"
+        );
+        check_room(dir.path(), 1_000).unwrap();
+    }
+
+    /// The files of a failed compaction's store are emptied as they are removed: that store
+    /// is never closed (its close may wait forever), and a removed file held open would keep
+    /// its room on a full disk.
+    #[test]
+    fn a_failed_copy_gives_its_room_back_though_its_files_are_held_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("compacted-1");
+        std::fs::create_dir_all(target.join("blobs")).unwrap();
+        std::fs::write(target.join("db"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(target.join("blobs").join("42"), vec![7u8; 300_000]).unwrap();
+        let held = [
+            std::fs::File::open(target.join("db")).unwrap(),
+            std::fs::File::open(target.join("blobs").join("42")).unwrap(),
+        ];
+        remove_unnamed(&target);
+        assert!(!target.exists());
+        for file in held {
+            assert_eq!(file.metadata().unwrap().len(), 0);
+        }
     }
 }

@@ -15,6 +15,55 @@ use tower::{Layer, Service};
 
 use crate::Error;
 
+/// How long a client of the metrics endpoint has to send its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The metrics endpoint's answer to the request whose head is `head`: the metrics (`render`)
+/// for `GET` or `HEAD /metrics` (a query string is ignored), 405 for another method on it,
+/// 404 for any other path (a probe or a scrape pointed at the wrong path fails instead of
+/// passing on the metrics).
+fn reply(head: &[u8], render: impl FnOnce() -> String) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let method = words.next().unwrap_or_default();
+    let path = words
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    let (status, extra, body, send_body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "content-type: text/plain; version=0.0.4\r\n",
+            render(),
+            method == "GET",
+        ),
+        (_, "/metrics") => (
+            "405 Method Not Allowed",
+            "allow: GET, HEAD\r\n",
+            "only GET and HEAD read /metrics\n".to_string(),
+            true,
+        ),
+        _ => (
+            "404 Not Found",
+            "",
+            "not found: the metrics are at /metrics\n".to_string(),
+            true,
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if send_body {
+        response.extend_from_slice(body.as_bytes());
+    }
+    response
+}
+
 /// One service's registry with the per-RPC metrics every server records.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -86,25 +135,27 @@ impl Metrics {
             };
             let metrics = self.clone();
             tokio::spawn(async move {
-                // Read the request head (bounded); any path answers the metrics.
-                let mut head = [0u8; 4096];
-                let mut read = 0;
-                while read < head.len() {
-                    match stream.read(&mut head[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
+                // Read the request head (bounded in size and time: a client that sends none
+                // does not hold a task and a socket for good).
+                let reading = async {
+                    let mut head = [0u8; 4096];
+                    let mut read = 0;
+                    while read < head.len() {
+                        match stream.read(&mut head[read..]).await {
+                            Ok(0) | Err(_) => return None,
+                            Ok(n) => read += n,
+                        }
+                        if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
                     }
-                    if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let body = metrics.render();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                    body.len(),
-                    body
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                    Some(head[..read].to_vec())
+                };
+                let Ok(Some(head)) = tokio::time::timeout(HEAD_TIMEOUT, reading).await else {
+                    return;
+                };
+                let response = reply(&head, || metrics.render());
+                let _ = stream.write_all(&response).await;
             });
         }
     }
@@ -187,5 +238,47 @@ where
                 .inc();
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply;
+
+    fn answer(request: &str) -> String {
+        String::from_utf8(reply(request.as_bytes(), || "souk_x 1\n".to_string())).unwrap()
+    }
+
+    #[test]
+    fn only_the_metrics_path_answers_the_metrics() {
+        let got = answer("GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nsouk_x 1\n"), "{got}");
+        let got = answer("GET /metrics?name[]=souk_x HTTP/1.1\r\n\r\n");
+        assert!(got.ends_with("souk_x 1\n"), "{got}");
+        // HEAD: the length of what GET sends, and no body.
+        let got = answer("HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            got.contains("content-length: 9\r\n") && got.ends_with("\r\n\r\n"),
+            "{got}"
+        );
+
+        let got = answer("POST /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            got.starts_with("HTTP/1.1 405 ") && got.contains("allow: GET, HEAD"),
+            "{got}"
+        );
+        for other in [
+            "GET / HTTP/1.1",
+            "GET /healthz HTTP/1.1",
+            "GET /metricsx HTTP/1.1",
+            "\u{1}",
+        ] {
+            let got = answer(&format!("{other}\r\n\r\n"));
+            assert!(
+                got.starts_with("HTTP/1.1 404 ") && !got.contains("souk_x"),
+                "{got}"
+            );
+        }
     }
 }

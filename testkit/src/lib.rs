@@ -424,3 +424,13 @@ pub fn metric_value(scrape: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{scrape}"))
 }
+
+/// `souk_store_write_failed{reason}` on the metrics port `port`: 1 once the service's store
+/// failed a write on its disk for `reason` (`disk_full`, `io_error`).
+pub async fn store_write_failed(port: u16, reason: &str) -> f64 {
+    let scrape = scrape_metrics(port).await;
+    metric_value(
+        &scrape,
+        &format!("souk_store_write_failed{{reason=\"{reason}\"}}"),
+    )
+}

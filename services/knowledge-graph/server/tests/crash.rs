@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use souk_testkit::{
-    Process, assert_disk_refused, connect_when, free_port, metric_value, scrape_metrics,
-    with_file_limit,
+    Process, assert_disk_refused, connect_when, free_port, store_write_failed, with_file_limit,
 };
 use tonic::transport::Channel;
 
@@ -202,13 +201,7 @@ async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on
     command.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
     let mut server = Process::spawn(with_file_limit(&command, 100));
     let mut client = connect(port).await;
-    let failed = async |reason: &str| {
-        let scrape = scrape_metrics(metrics_port).await;
-        metric_value(
-            &scrape,
-            &format!("souk_store_write_failed{{reason=\"{reason}\"}}"),
-        )
-    };
+    let failed = async |reason| store_write_failed(metrics_port, reason).await;
     assert_eq!(failed("io_error").await, 0.0);
     let small = || futures_iter(vec![triples_of("small", 1_000)]);
     let big = || futures_iter(vec![triples_of("big", 20_000)]);

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
 use souk_testkit::{
-    Process, assert_disk_refused, connect_when, free_port, metric_value, scrape_metrics,
-    with_file_limit,
+    Process, assert_disk_refused, connect_when, free_port, store_write_failed, with_file_limit,
 };
 use tonic::transport::Channel;
 
@@ -286,19 +285,13 @@ async fn a_ranker_with_another_user_id_key_refuses_to_start_on_the_store() {
 async fn a_write_failed_on_the_disk_refuses_later_writes_at_once_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    // sled's log fills its first 512 KiB segment first.
     let metrics_port = free_port();
     let mut command = ranker(dir.path(), port, Some("crash-test"));
     command.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    // sled's log fills its first 512 KiB segment first.
     let mut server = Process::spawn(with_file_limit(&command, 600));
     let mut client = connect(port).await;
-    let failed = async |reason: &str| {
-        let scrape = scrape_metrics(metrics_port).await;
-        metric_value(
-            &scrape,
-            &format!("souk_store_write_failed{{reason=\"{reason}\"}}"),
-        )
-    };
+    let failed = async |reason| store_write_failed(metrics_port, reason).await;
     assert_eq!(failed("io_error").await, 0.0);
     assert_eq!(record(&mut client, 0, 100).await.unwrap(), 100);
 

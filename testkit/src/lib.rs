@@ -91,7 +91,7 @@ impl Process {
         )
     }
 
-    /// SIGTERM, and whether the process is gone within `seconds` (SIGKILL then).
+    /// SIGTERM, and whether the process is gone within `seconds` (if not, the drop kills it).
     pub fn terminate(&mut self, seconds: u64) -> bool {
         let sent = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])

@@ -86,8 +86,6 @@ pub struct SledStore {
     latch: WriteLatch<KgError>,
 }
 
-/// A sled error as the graph's: an IO error is [`KgError::StoreFailed`] (see
-/// [`SledStore::writable`]).
 /// How [`KgError`] names a write failed on the disk, for the store's [`WriteLatch`].
 const DISK_FAULT: DiskFault<KgError> = DiskFault {
     failure: |error| match error {
@@ -120,6 +118,8 @@ fn served_latch(dir: &Path, db: &sled::Db) -> WriteLatch<KgError> {
     )
 }
 
+/// A sled error as the graph's: an IO error is [`KgError::StoreFailed`] (see
+/// [`SledStore::writable`]).
 pub(crate) fn storage(e: sled::Error) -> KgError {
     match e {
         sled::Error::Io(io) => {

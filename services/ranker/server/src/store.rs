@@ -1967,7 +1967,9 @@ impl RankerStore {
     /// leaves the old graph or the new one, never half of one.
     ///
     /// # Errors
-    /// When the file cannot be written; the previous one stays.
+    /// When the file cannot be written; the previous one stays, and what was written of the
+    /// new one is removed (a graph of a large catalog, left half written on a full disk,
+    /// would keep it full for the store's own writes).
     pub fn save_ann(&self, bytes: &[u8]) -> Result<(), RankError> {
         let path = self.ann_path();
         let failed = |e: std::io::Error| internal(format!("{}: {e}", path.display()));
@@ -1977,7 +1979,10 @@ impl RankerStore {
             file.write_all(bytes)?;
             file.sync_all()
         });
-        written.map_err(failed)?;
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(error));
+        }
         std::fs::rename(&tmp, &path).map_err(failed)?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
@@ -3124,6 +3129,24 @@ mod tests {
         let kept = store.ancestors().unwrap();
         assert_eq!(kept.len(), MAX_ANCESTORS, "at most {MAX_ANCESTORS}");
         assert_eq!(kept[0].1, MAX_ANCESTORS as u64 - 1, "newest first");
+    }
+
+    /// A graph that cannot be written (here into `/dev/full`, through the temporary file's
+    /// name) leaves the saved one as it was and nothing of itself.
+    #[test]
+    fn a_graph_that_cannot_be_written_leaves_the_saved_one_and_no_part_of_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        store.save_ann(b"the saved graph").unwrap();
+        let tmp = dir.path().join(format!("{ANN_FILE}.tmp"));
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let error = store.save_ann(&vec![7u8; 1 << 20]).unwrap_err().to_string();
+        assert!(error.contains("No space left on device"), "{error}");
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "the temporary file is gone"
+        );
+        assert_eq!(std::fs::read(store.ann_path()).unwrap(), b"the saved graph");
     }
 
     /// A saved graph is read back as it was (same bytes when saved again); an item deleted

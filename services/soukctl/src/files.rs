@@ -1,5 +1,5 @@
 //! Reading load files into batches, with every bad line reported as `file:line: reason`.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -135,42 +135,32 @@ pub fn triples<R: Read + Send + 'static>(
                     }),
             )
         }
-        TripleFormat::Csv => {
-            let reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(reader);
-            Box::new(
-                reader
-                    .into_records()
-                    .enumerate()
-                    .filter_map(move |(i, record)| {
-                        let line = i as u64 + 1;
-                        let at = |reason: String| LineError {
-                            file: file.clone(),
-                            line,
-                            reason,
-                        };
-                        let record = match record {
-                            Ok(r) => r,
-                            Err(e) => return Some(Err(at(format!("bad CSV: {e}")))),
-                        };
-                        if line == 1 && is_triple_header(record.iter()) {
-                            return None;
-                        }
-                        if record.len() != 3 {
-                            return Some(Err(at(format!(
-                                "expected 3 columns (head, relation, tail), found {}",
-                                record.len()
-                            ))));
-                        }
-                        Some(
-                            Triple::new(record[0].trim(), record[1].trim(), record[2].trim())
-                                .map_err(|e| at(e.to_string())),
-                        )
-                    }),
-            )
-        }
+        TripleFormat::Csv => Box::new(CsvLines::new(reader).enumerate().filter_map(
+            move |(i, (line, record))| {
+                let at = |reason: String| LineError {
+                    file: file.clone(),
+                    line,
+                    reason,
+                };
+                let record = match record {
+                    Ok(r) => r,
+                    Err(reason) => return Some(Err(at(reason))),
+                };
+                if i == 0 && is_triple_header(record.iter()) {
+                    return None;
+                }
+                if record.len() != 3 {
+                    return Some(Err(at(format!(
+                        "expected 3 columns (head, relation, tail), found {}",
+                        record.len()
+                    ))));
+                }
+                Some(
+                    Triple::new(record[0].trim(), record[1].trim(), record[2].trim())
+                        .map_err(|e| at(e.to_string())),
+                )
+            },
+        )),
     }
 }
 
@@ -333,7 +323,7 @@ pub fn item_updates<R: Read + Send + 'static>(path: &Path, reader: R) -> Rows<rk
     csv_rows(path, reader, &["id"], item_update_row)
 }
 
-/// CSV rows parsed by `parse`, numbered by physical line (header = line 1).
+/// CSV rows parsed by `parse`, each numbered by the line it starts on (header = line 1).
 fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     path: &Path,
     reader: R,
@@ -341,16 +331,17 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
     parse: fn(&Columns, &csv::StringRecord) -> Result<T, String>,
 ) -> Rows<T> {
     let file = path.to_path_buf();
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-    let columns = match reader.headers() {
-        Ok(h) => Columns::new(h),
-        Err(e) => {
+    let mut records = CsvLines::new(reader);
+    let columns = match records.next() {
+        Some((_, Ok(headers))) => Columns::new(&headers),
+        Some((line, Err(reason))) => {
             return Box::new(std::iter::once(Err(LineError {
                 file,
-                line: 1,
-                reason: format!("bad CSV header: {e}"),
+                line,
+                reason: format!("bad CSV header: {reason}"),
             })));
         }
+        None => Columns::new(&csv::StringRecord::new()),
     };
     if let Err(reason) = columns.require(required) {
         return Box::new(std::iter::once(Err(LineError {
@@ -359,19 +350,98 @@ fn csv_rows<R: Read + Send + 'static, T: Send + 'static>(
             reason,
         })));
     }
-    Box::new(reader.into_records().map(move |record| {
-        let record = record.map_err(|e| LineError {
-            file: file.clone(),
-            line: e.position().map(|p| p.line()).unwrap_or(0),
-            reason: format!("bad CSV: {e}"),
-        })?;
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
-        parse(&columns, &record).map_err(|reason| LineError {
+    Box::new(records.map(move |(line, record)| {
+        let at = |reason: String| LineError {
             file: file.clone(),
             line,
             reason,
-        })
+        };
+        parse(&columns, &record.map_err(&at)?).map_err(at)
     }))
+}
+
+/// A CSV file's records, each with the line it starts on as an editor numbers them (one more
+/// than the `\n`s before it), or why it cannot be read. csv's own record position is where
+/// its reader stood before the record: before the blank lines it skips, and in a file with
+/// CRLF line ends (Excel's) before the `\n` ending the record above, so it names the line
+/// above. Here the line is counted back from where the record ends: the line breaks inside
+/// its quoted fields, and its own `\n` when it has one (`LineBreaks` says where they are).
+struct CsvLines<R> {
+    reader: csv::Reader<LineBreaks<R>>,
+    record: csv::ByteRecord,
+}
+
+impl<R: Read> CsvLines<R> {
+    fn new(reader: R) -> Self {
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(LineBreaks {
+                inner: reader,
+                read: 0,
+                breaks: VecDeque::new(),
+            });
+        Self {
+            reader,
+            record: csv::ByteRecord::new(),
+        }
+    }
+}
+
+impl<R: Read> Iterator for CsvLines<R> {
+    type Item = (u64, Result<csv::StringRecord, String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let before = self.reader.position().clone();
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // Only the reader's own failure: the csv crate reads no further after it.
+            Err(e) => return Some((before.line(), Err(format!("bad CSV: {e}")))),
+        }
+        let after = self.reader.position().clone();
+        // Whether the record's own `\n` ended it; the breaks before it are of no later record.
+        let end = after.byte();
+        let breaks = &mut self.reader.get_mut().breaks;
+        while breaks.front().is_some_and(|&at| at + 1 < end) {
+            breaks.pop_front();
+        }
+        let ended = breaks.front().is_some_and(|&at| at + 1 == end);
+        if ended {
+            breaks.pop_front();
+        }
+        // The lines the reader passed: blank ones it skipped, the `\n` of a CRLF above, the
+        // record's own; those inside quoted fields are counted only when some are left over
+        // (not in the common case of one line a record).
+        let passed = (after.line() - before.line()).saturating_sub(u64::from(ended));
+        let line = if passed == 0 {
+            before.line()
+        } else {
+            let inside = memchr::memchr_iter(b'\n', self.record.as_slice()).count() as u64;
+            before.line() + passed.saturating_sub(inside)
+        };
+        let record = csv::StringRecord::from_byte_record(self.record.clone())
+            .map_err(|e| format!("bad CSV: {e}"));
+        Some((line, record))
+    }
+}
+
+/// A reader that notes the offset of each `\n` it passes on, for [`CsvLines`] (which drops
+/// those it has passed: only the csv reader's read-ahead is held).
+struct LineBreaks<R> {
+    inner: R,
+    read: u64,
+    breaks: VecDeque<u64>,
+}
+
+impl<R: Read> Read for LineBreaks<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.breaks
+            .extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| self.read + i as u64));
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// Quoted strings (`'...'` or `"..."`) in order of appearance: the elements of a Python-list
@@ -1763,6 +1833,59 @@ mod tests {
                 .to_string()
                 .starts_with("t.csv:3:")
         );
+    }
+
+    /// An error names the line an editor shows: blank lines and names quoted over two lines
+    /// count (the record's index would say line 3 and 4 here, not 5 and 7).
+    #[test]
+    fn csv_triples_name_their_physical_line() {
+        let data = "a,r,b\n\n\"two\nlines\",r,b\nx,y\n\n,r,b\n";
+        let errors: Vec<String> = triples(Path::new("t.csv"), data.as_bytes(), TripleFormat::Csv)
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("t.csv:3: head contains a control"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].starts_with("t.csv:5: expected 3"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].starts_with("t.csv:7: head is empty"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    /// The same for the catalog, events and updates files, with Excel's CRLF line ends too
+    /// (csv's own record position names the line above in such a file: the header's line
+    /// for the first row).
+    #[test]
+    fn csv_rows_name_their_physical_line() {
+        for end in ["\n", "\r\n"] {
+            let data = [
+                "user_id,item_id,kind",
+                "u1,p1,view",
+                "",
+                "u2,,view",
+                "\"u3\",p1,\"not",
+                "a kind\"",
+                "u4,p1,cart",
+                "u5,p1,sneeze",
+            ]
+            .join(end);
+            let errors: Vec<String> = events(Path::new("e.csv"), std::io::Cursor::new(data))
+                .filter_map(Result::err)
+                .map(|e| e.to_string())
+                .collect();
+            let lines: Vec<&str> = errors.iter().filter_map(|e| e.split(':').nth(1)).collect();
+            assert_eq!(lines, ["4", "5", "8"], "{end:?}: {errors:?}");
+        }
     }
 
     #[test]

@@ -1204,7 +1204,8 @@ impl Bm25 {
     /// few documents per request.
     pub fn held_words<'q>(&self, query: &'q str, doc: u32) -> (Vec<&'q str>, usize) {
         let mut held: Vec<&str> = Vec::new();
-        let mut words: Vec<Vec<String>> = Vec::new();
+        // A set, not a list: a query's words against every word before it is quadratic.
+        let mut words: HashSet<Vec<String>> = HashSet::new();
         for word in query.split(|c: char| !c.is_alphanumeric()) {
             let terms = terms(word);
             if terms.is_empty() || words.contains(&terms) {
@@ -1216,7 +1217,7 @@ impl Bm25 {
             {
                 held.push(word);
             }
-            words.push(terms);
+            words.insert(terms);
         }
         (held, words.len())
     }

@@ -15,6 +15,10 @@ use crate::{RankError, UserKey};
 
 /// Most results one request may ask for.
 pub const MAX_K: usize = 1_000;
+/// The longest query a search (or `Suggest`) may send: a search box's text. A query's cost
+/// grows with its words (spelling, synonyms, and the words each result holds, for its
+/// explanation): 700 KB of misspelt words held a core for 9 s (BENCHMARKS.md "Session 56").
+pub const MAX_QUERY_BYTES: usize = 1024;
 /// Candidates sent to the graph for paths after the first scoring pass.
 const KG_CANDIDATES: usize = 300;
 /// History items the graph signal starts from.
@@ -344,8 +348,17 @@ impl RankQuery {
     }
 
     /// # Errors
-    /// `InvalidInput` for k outside 1..=1000, offset + k over 1000 or diversity outside 0..=1.
+    /// `InvalidInput` for a query over [`MAX_QUERY_BYTES`], k outside 1..=1000, offset + k
+    /// over 1000 or diversity outside 0..=1.
     pub fn validate(&self) -> Result<(), RankError> {
+        if let Some(query) = &self.query
+            && query.len() > MAX_QUERY_BYTES
+        {
+            return Err(RankError::InvalidInput(format!(
+                "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
+                query.len()
+            )));
+        }
         if self.k == 0 || self.k > MAX_K {
             return Err(RankError::InvalidInput(format!(
                 "k must be 1..={MAX_K}, got {}",

@@ -8,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use souk_ranker_core::catalog::Catalog;
 use souk_ranker_core::item::{Filters, Interaction, InteractionKind, Item};
 use souk_ranker_core::rank::{
-    EmbeddingSource, GraphPath, GraphSource, GraphStep, RankQuery, Ranker, Signal, SourceError,
+    EmbeddingSource, GraphPath, GraphSource, GraphStep, MAX_QUERY_BYTES, RankQuery, Ranker, Signal,
+    SourceError,
 };
 use souk_ranker_core::{RankError, UserHasher};
 
@@ -550,6 +551,28 @@ async fn bad_k_and_diversity_are_invalid() {
     assert!(
         e.to_string()
             .contains("offset + k must be at most 1000, got 995 + 10"),
+        "{e}"
+    );
+}
+
+/// A search box's text is ranked, up to the limit's last byte; a document pasted into it is
+/// refused with its size before any of its words cost anything.
+#[tokio::test]
+async fn a_query_over_the_limit_is_invalid() {
+    let (ranker, _, _) = shop();
+    let at_limit = format!("{} tent", "x".repeat(MAX_QUERY_BYTES - 5));
+    assert_eq!(at_limit.len(), MAX_QUERY_BYTES);
+    let request = |query: &str| RankQuery {
+        query: Some(query.to_string()),
+        k: 3,
+        ..Default::default()
+    };
+    let ranking = ranker.rank(&request(&at_limit)).await.unwrap();
+    assert_eq!(ranking.items.len(), 3);
+    let over = format!("{at_limit}s");
+    let e = ranker.rank(&request(&over)).await.unwrap_err();
+    assert!(
+        matches!(e, RankError::InvalidInput(ref m) if m == "query is 1025 bytes; the limit is 1024"),
         "{e}"
     );
 }

@@ -26,7 +26,7 @@ use souk_ranker_core::item::{
     Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
-use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder};
+use souk_ranker_core::rank::{FusionModel, MAX_QUERY_BYTES, RankQuery, Ranker, SortOrder};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserHasher};
 use souk_shared::config::ServerArgs;
@@ -1232,9 +1232,6 @@ fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<us
 /// Unknown ids `UpdateItems` lists (it counts them all).
 const MAX_UNKNOWN_IDS: usize = 100;
 
-/// Longest text `Suggest` reads: a search box's, not a document.
-const MAX_SUGGEST_QUERY_BYTES: usize = 1024;
-
 /// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
 const MAX_FORGET_USERS: usize = 1000;
 
@@ -2435,9 +2432,9 @@ impl pb::ranker_server::Ranker for RankerService {
     ) -> Result<Response<pb::SuggestResponse>, Status> {
         let ready = self.ready()?;
         let request = request.into_inner();
-        if request.query.len() > MAX_SUGGEST_QUERY_BYTES {
+        if request.query.len() > MAX_QUERY_BYTES {
             return Err(Status::invalid_argument(format!(
-                "query is {} bytes; the limit is {MAX_SUGGEST_QUERY_BYTES}",
+                "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
                 request.query.len()
             )));
         }

@@ -729,9 +729,36 @@ fn is_sled_file(name: &str) -> bool {
     SLED_FILES.contains(&name) || name.starts_with("snap.")
 }
 
-/// Bytes allocated on disk to sled's files in `dir` (`conf`, `db`, `snap.*` and `blobs/`),
-/// nothing else there (a data directory also holds a compaction's `compacted-N/`, and may hold
-/// an operator's files). What cannot be read counts 0.
+/// Each of sled's files in a store's directory `dir` (`conf`, `db`, `snap.*` and the files in
+/// `blobs/`) with its metadata; nothing else there (a data directory also holds a
+/// compaction's `compacted-N/`, and may hold an operator's files). What cannot be read is left
+/// out.
+fn sled_files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(is_sled_file) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            let blobs = std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten();
+            files.extend(blobs.filter_map(|blob| Some((blob.path(), blob.metadata().ok()?))));
+        } else {
+            files.push((entry.path(), meta));
+        }
+    }
+    files
+}
+
+/// Bytes allocated on disk to sled's files in `dir` ([`sled_files`]).
 fn disk_usage(dir: &Path) -> u64 {
     fn allocated(meta: &std::fs::Metadata) -> u64 {
         #[cfg(unix)]
@@ -743,35 +770,10 @@ fn disk_usage(dir: &Path) -> u64 {
             meta.len()
         }
     }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if !is_sled_file(name) {
-            continue;
-        }
-        let Ok(meta) = entry.metadata() else {
-            continue;
-        };
-        if meta.is_dir() {
-            let blobs = std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten();
-            total += blobs
-                .filter_map(|blob| blob.metadata().ok())
-                .map(|meta| allocated(&meta))
-                .sum::<u64>();
-        } else {
-            total += allocated(&meta);
-        }
-    }
-    total
+    sled_files(dir)
+        .iter()
+        .map(|(_, meta)| allocated(meta))
+        .sum()
 }
 
 /// Removes the store a failed compaction wrote and nothing names (a full disk gets its space
@@ -779,20 +781,7 @@ fn disk_usage(dir: &Path) -> u64 {
 /// are emptied first: a store whose write failed is never closed
 /// ([`SledStore::into_compaction_target`]), and a removed file held open keeps its room.
 fn remove_unnamed(target: &Path) {
-    let files = std::fs::read_dir(target)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|blob| blob.path())
-                .collect(),
-            _ => vec![entry.path()],
-        });
-    for file in files {
+    for (file, _) in sled_files(target) {
         let _ = std::fs::OpenOptions::new()
             .write(true)
             .open(&file)

@@ -7,7 +7,7 @@
 #[path = "../tests/demo_shop/mod.rs"]
 mod demo_shop;
 
-use demo_shop::{below, demo_items, misspell, shop};
+use demo_shop::{below, demo_items, misspell, shop, title_words};
 use souk_ranker_core::UserHasher;
 use souk_ranker_core::rank::RankQuery;
 use souk_ranker_core::rng::XorShift;
@@ -16,12 +16,7 @@ fn main() {
     let items = demo_items();
     let hasher = UserHasher::new(b"fuzz");
     let ranker = shop(&items, &hasher);
-    let mut words: Vec<String> = items
-        .iter()
-        .flat_map(|i| i.title.split_whitespace().map(str::to_lowercase))
-        .collect();
-    words.sort();
-    words.dedup();
+    let words = title_words(&items);
     let bytes: usize = std::env::args().nth(1).map_or(1024, |a| a.parse().unwrap());
     let mut rng = XorShift::new(3);
     for k in [10usize, 1000] {

@@ -12,7 +12,7 @@
 mod demo_shop;
 use std::collections::{HashMap, HashSet};
 
-use demo_shop::{below, chance, demo_items, misspell, pick, shop};
+use demo_shop::{below, chance, demo_items, misspell, pick, shop, title_words};
 use souk_ranker_core::facet::FacetField;
 use souk_ranker_core::item::{Filters, Item};
 use souk_ranker_core::rank::{MAX_QUERY_BYTES, RankQuery, SortOrder};
@@ -228,12 +228,7 @@ fn random_queries_are_answered_within_their_promises() {
     let hasher = UserHasher::new(b"fuzz");
     let ranker = shop(&items, &hasher);
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let mut words: Vec<String> = items
-        .iter()
-        .flat_map(|i| i.title.split_whitespace().map(str::to_lowercase))
-        .collect();
-    words.sort();
-    words.dedup();
+    let words = title_words(&items);
     let attribute = items
         .iter()
         .find_map(|i| i.attributes.iter().next().map(|(name, _)| name.clone()))
@@ -327,25 +322,21 @@ fn random_queries_are_answered_within_their_promises() {
             assert!(ranked.score.is_finite(), "{}: score", context());
             assert!(!request.exclude.contains(&ranked.id), "{}", context());
             assert!(request.item.as_ref() != Some(&ranked.id), "{}", context());
-            let phrase = ranking.price_from_query.as_ref();
-            let mut filters = request.filters.clone();
-            if let Some(phrase) = phrase {
-                filters.min_price = match (filters.min_price, phrase.min) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                filters.max_price = match (filters.max_price, phrase.max) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+            // The request's filters, and the budget its words typed, if any.
+            let budget = ranking
+                .price_from_query
+                .as_ref()
+                .map_or((None, None), |phrase| (phrase.min, phrase.max));
             assert!(
-                passes(&filters, item),
-                "{}: {} ({}, {}) outside the filters {filters:?}",
+                passes(&request.filters, item)
+                    && budget.0.is_none_or(|lo| item.price >= lo)
+                    && budget.1.is_none_or(|hi| item.price <= hi),
+                "{}: {} ({}, {}) outside the filters {:?} or the budget {budget:?}",
                 context(),
                 ranked.id,
                 item.price,
-                item.brand
+                item.brand,
+                request.filters
             );
         }
         // Suggestions for the same text, as the dropdown asks.

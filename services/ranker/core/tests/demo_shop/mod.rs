@@ -109,6 +109,17 @@ pub fn misspell(rng: &mut XorShift, word: &str) -> String {
     chars.into_iter().collect()
 }
 
+/// The words of the items' titles, lower-cased, each once, sorted.
+pub fn title_words(items: &[Item]) -> Vec<String> {
+    let mut words: Vec<String> = items
+        .iter()
+        .flat_map(|i| i.title.split_whitespace().map(str::to_lowercase))
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
 pub fn shop(items: &[Item], hasher: &UserHasher) -> Ranker<Encoder, Graph> {
     let mut catalog = Catalog::default();
     catalog.set_ann_min_items(50); // the HNSW graph answers, as in a large shop

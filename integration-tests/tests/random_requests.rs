@@ -82,6 +82,23 @@ const WORDS: &[&str] = &[
     "book",
     "1e400",
     "NaN",
+    // Letters whose lower case or compatibility form is longer, other scripts' digits,
+    // combining and direction marks, a family emoji, budgets of odd numbers.
+    "İ",
+    "ﬁ",
+    "Ⅻ",
+    "²",
+    "１５０",
+    "١٥٠",
+    "a\u{308}",
+    "\u{202e}",
+    "👩‍👩‍👧",
+    "under 1e400",
+    "under NaN",
+    "between 10 and 5",
+    "€30",
+    "30$",
+    "1,000",
 ];
 
 const FACETS: &[&str] = &[
@@ -103,7 +120,8 @@ const BAD_FACETS: &[&str] = &[
 ];
 
 pub(crate) fn draw_request(d: &mut Draw) -> rk::RankRequest {
-    let long = "tent ".repeat(3_000);
+    // The longest query taken (1,024 bytes), or a byte over it.
+    let long = "tent ".repeat(204) + if d.chance(0.5) { "tent" } else { "tents" };
     let query = match d.below(12) {
         0 => String::new(),
         1 => long,
@@ -202,6 +220,18 @@ pub(crate) fn draw_request(d: &mut Draw) -> rk::RankRequest {
 fn assert_kept(request: &rk::RankRequest, answer: &rk::RankResponse) {
     let items = &answer.items;
     assert!(items.len() <= request.k as usize, "{request:?}");
+    // A budget typed in the words ("tent under 150") bounds the prices as a filter does.
+    if let Some(budget) = &answer.price_from_query {
+        for item in items {
+            assert!(
+                budget.min_price.is_none_or(|min| item.price >= min)
+                    && budget.max_price.is_none_or(|max| item.price <= max),
+                "{} at {} outside {budget:?}: {request:?}",
+                item.id,
+                item.price
+            );
+        }
+    }
     let mut seen = HashSet::new();
     for item in items {
         assert!(seen.insert(&item.id), "{} twice: {request:?}", item.id);

@@ -413,7 +413,10 @@ impl<R: Read> Iterator for CsvLines<R> {
         // The lines the reader passed: blank ones it skipped, the `\n` of a CRLF above, the
         // record's own; those inside quoted fields are counted only when some are left over
         // (not in the common case of one line a record).
-        let passed = (after.line() - before.line()).saturating_sub(u64::from(ended));
+        let passed = after
+            .line()
+            .saturating_sub(before.line())
+            .saturating_sub(u64::from(ended));
         let line = if passed == 0 {
             before.line()
         } else {

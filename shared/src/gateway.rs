@@ -467,8 +467,12 @@ fn percent_decoded(text: &str) -> Option<Vec<u8>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would take "%+f" as 0x0f.
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -926,6 +930,7 @@ mod tests {
             ),
             ("encoding=json&message=%7", StatusCode::BAD_REQUEST),
             ("encoding=json&message=%zz", StatusCode::BAD_REQUEST),
+            ("encoding=json&message=%+f", StatusCode::BAD_REQUEST),
             (
                 "encoding=json&base64=1&message=%%%",
                 StatusCode::BAD_REQUEST,

@@ -19,6 +19,21 @@ pub const MAX_K: usize = 1_000;
 /// grows with its words (spelling, synonyms, and the words each result holds, for its
 /// explanation): 700 KB of misspelt words held a core for 9 s (BENCHMARKS.md "Session 56").
 pub const MAX_QUERY_BYTES: usize = 1024;
+
+/// A search's text checked against [`MAX_QUERY_BYTES`], for `Rank` and `Suggest` alike.
+///
+/// # Errors
+/// `InvalidInput` for a query (of `Rank` or `Suggest`) over [`MAX_QUERY_BYTES`], with its size.
+pub fn check_query_length(query: &str) -> Result<(), RankError> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(RankError::InvalidInput(format!(
+            "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
+            query.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Candidates sent to the graph for paths after the first scoring pass.
 const KG_CANDIDATES: usize = 300;
 /// History items the graph signal starts from.
@@ -351,13 +366,8 @@ impl RankQuery {
     /// `InvalidInput` for a query over [`MAX_QUERY_BYTES`], k outside 1..=1000, offset + k
     /// over 1000 or diversity outside 0..=1.
     pub fn validate(&self) -> Result<(), RankError> {
-        if let Some(query) = &self.query
-            && query.len() > MAX_QUERY_BYTES
-        {
-            return Err(RankError::InvalidInput(format!(
-                "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
-                query.len()
-            )));
+        if let Some(query) = &self.query {
+            check_query_length(query)?;
         }
         if self.k == 0 || self.k > MAX_K {
             return Err(RankError::InvalidInput(format!(

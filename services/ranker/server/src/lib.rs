@@ -26,7 +26,7 @@ use souk_ranker_core::item::{
     Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
-use souk_ranker_core::rank::{FusionModel, MAX_QUERY_BYTES, RankQuery, Ranker, SortOrder};
+use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder, check_query_length};
 use souk_ranker_core::synonyms::{SynonymRule, Synonyms};
 use souk_ranker_core::{RankError, UserHasher};
 use souk_shared::config::ServerArgs;
@@ -2432,12 +2432,7 @@ impl pb::ranker_server::Ranker for RankerService {
     ) -> Result<Response<pb::SuggestResponse>, Status> {
         let ready = self.ready()?;
         let request = request.into_inner();
-        if request.query.len() > MAX_QUERY_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
-                request.query.len()
-            )));
-        }
+        check_query_length(&request.query).map_err(status)?;
         let k = count_argument("k", request.k, 5, 16)?;
         let suggestions = {
             let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;

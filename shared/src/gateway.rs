@@ -467,12 +467,9 @@ fn percent_decoded(text: &str) -> Option<Vec<u8>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                // Two hex digits: `from_str_radix` alone would take "%+f" as 0x0f.
-                let hex = bytes.get(i + 1..i + 3)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                // Two hex digits, each checked (`u8::from_str_radix` would take "+f" as 0x0f).
+                let digit = |at: usize| char::from(*bytes.get(at)?).to_digit(16);
+                out.push((digit(i + 1)? * 16 + digit(i + 2)?) as u8);
                 i += 3;
             }
             b'+' => {

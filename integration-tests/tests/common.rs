@@ -8,22 +8,7 @@ use souk_shared::config::ServerArgs;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The default model, fetched by scripts/fetch-model.sh (CI runs it first).
-pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SOUK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "the model is missing at {}: run scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
+pub use souk_testkit::{model_dir, repo_root};
 
 /// A running server and the switch that stops it.
 pub struct Running {

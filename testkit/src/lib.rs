@@ -1,12 +1,32 @@
 //! What the services' process tests share (tests that start a real server binary and kill it
 //! with SIGKILL): a free port, a server process that dies with the test however the test
-//! ends, a client once the server answers, and a store's directory copied as a backup is.
+//! ends, a client once the server answers, and a store's directory copied as a backup is;
+//! and for every test with the real model, where the repository and that model are.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+
+/// The repository's root (this crate sits one level under it).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The default model, fetched by scripts/fetch-model.sh (CI runs it first), or the one
+/// `SOUK_MODEL_DIR` names.
+pub fn model_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("SOUK_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the model is missing at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
 
 /// Copies the directory `from` (a stopped server's store) to `to`, files and folders, as a
 /// file-level backup takes it.

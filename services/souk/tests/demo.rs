@@ -3,22 +3,14 @@
 //! result gives its reasons, from every signal; run again on the same directory it loads
 //! nothing and prints the same rankings (the stores hold everything the first run built).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use souk_testkit::{model_dir, repo_root};
 
 /// One `souk demo` run on `data_dir`: (stdout, stderr).
 fn demo(data_dir: &Path) -> (String, String) {
-    let root = repo_root();
-    let model = root.join("models/all-MiniLM-L6-v2");
-    assert!(
-        model.join("model.safetensors").is_file(),
-        "the model is missing at {}: run scripts/fetch-model.sh",
-        model.display()
-    );
+    let (root, model) = (repo_root(), model_dir());
     let out = Command::new(env!("CARGO_BIN_EXE_souk"))
         .arg("demo")
         .arg("--data-dir")

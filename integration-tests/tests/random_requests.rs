@@ -2,10 +2,12 @@
 //! answer is a ranking that keeps the request's promises or an InvalidArgument that says what
 //! was wrong, never another code (a panic in a handler answers Unknown or Internal, or kills
 //! the connection); every admin write is taken or refused whole, with nothing stored changed;
-//! and the ranker serves normally afterwards. Each field is drawn valid most of the time and
+//! and the ranker serves normally afterwards. The knowledge graph gets the same treatment. Each field is drawn valid most of the time and
 //! now and then from a list of faults, so about half the requests hold one.
 use std::collections::HashSet;
 
+use souk_proto::kg::v1 as kg;
+use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use souk_proto::ranker::v1 as rk;
 use souk_proto::ranker::v1::ranker_client::RankerClient;
 use souk_ranker_core::rng::XorShift;
@@ -619,4 +621,329 @@ async fn random_suggest_and_profile_requests_are_answered_or_refused() {
         answered > 150 && refused > 0,
         "{answered} answered, {refused} refused"
     );
+}
+
+/// Entity names for the graph's requests: the demo's (items, brands, categories, attribute
+/// values, with a `/` and a `=`), and names it does not hold.
+const ENTITIES: &[&str] = &[
+    "item:p00001",
+    "item:p00030",
+    "item:p00107",
+    "item:p00300",
+    "brand:Pixelon",
+    "category:Electronics",
+    "category:Electronics/Audio",
+    "attr:color=navy",
+    "item:p99999",
+    "",
+    " ",
+    "item:p\u{0}1",
+    "é",
+    "🎒",
+];
+
+const RELATIONS: &[&str] = &[
+    "",
+    "brand",
+    "category",
+    "attribute",
+    "parent",
+    "complements",
+    "accessory_of",
+    "bought",
+    "\u{0}",
+];
+
+/// The codes a graph read may answer with besides OK: a bad field, an entity or relation the
+/// graph does not hold, or embeddings that do not cover it. Never Internal or Unknown.
+fn assert_refused(n: usize, what: &str, status: &tonic::Status) {
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+        ),
+        "{what} {n}: {status:?}"
+    );
+    assert!(!status.message().is_empty(), "{what} {n}: {status:?}");
+}
+
+fn draw_triple(d: &mut Draw) -> kg::Triple {
+    let long = "x".repeat(1025);
+    let field = |d: &mut Draw, of: &[&str]| -> String {
+        if d.chance(1.0 / 30.0) {
+            d.one(&["", "\u{0}", long.as_str(), "a\tb", "a\nb"]).into()
+        } else {
+            d.one(of).into()
+        }
+    };
+    kg::Triple {
+        head: field(d, &ENTITIES[..8]),
+        relation: field(d, &RELATIONS[1..7]),
+        tail: field(d, &ENTITIES[..8]),
+    }
+}
+
+/// 400 random requests to the knowledge graph (neighbours, paths, embeddings, similar
+/// entities, predicted links, loads and removals, training runs; valid and not) over gRPC:
+/// each is answered within what it asked for (limits, directions, relations, hops, prefixes,
+/// scores best first), or refused with a message as InvalidArgument, NotFound or
+/// FailedPrecondition, never another code; a refused load leaves the graph as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_graph_requests_are_answered_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    let file = repo_root().join("kg-data/triples.tsv");
+    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
+        .await
+        .unwrap();
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    let train = |dim: u32, epochs: u32| kg::TrainEmbeddingsRequest {
+        model: kg::EmbeddingModel::Rotate as i32,
+        dim,
+        epochs,
+        negatives: 8,
+        threads: 1,
+        ..Default::default()
+    };
+    let mut progress = client
+        .train_embeddings(train(16, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    while progress.message().await.unwrap().is_some() {}
+
+    let mut d = Draw(XorShift::new(17));
+    let (mut answered, mut refused) = (0, 0);
+    let directions = [0, 1, 2, 3];
+    for n in 0..400 {
+        let kind = d.below(8);
+        let outcome: Result<(), tonic::Status> = match kind {
+            0 => {
+                let request = kg::NeighborsRequest {
+                    entity: d.one(ENTITIES).into(),
+                    relation: d.one(RELATIONS).into(),
+                    direction: d.mostly(&directions, &[4, -1, i32::MAX]),
+                    limit: d.mostly(&[1, 3, 50, 10_000], &[0, 10_001, u32::MAX]),
+                };
+                client.neighbors(request.clone()).await.map(|answer| {
+                    let answer = answer.into_inner();
+                    assert!(answer.neighbors.len() <= request.limit as usize, "{n}");
+                    assert!(answer.total >= answer.neighbors.len() as u64, "{n}");
+                    for neighbor in &answer.neighbors {
+                        if !request.relation.is_empty() {
+                            assert_eq!(neighbor.relation, request.relation, "{n}");
+                        }
+                        if matches!(request.direction, 1 | 2) {
+                            assert_eq!(neighbor.direction, request.direction, "{n}");
+                        }
+                    }
+                })
+            }
+            1 => {
+                let many: Vec<String> = ENTITIES
+                    .iter()
+                    .map(|e| e.to_string())
+                    .cycle()
+                    .take(257)
+                    .collect();
+                let entities = if d.chance(1.0 / 30.0) {
+                    d.one(&[Vec::new(), many])
+                } else {
+                    (0..1 + d.below(4))
+                        .map(|_| d.one(ENTITIES).into())
+                        .collect()
+                };
+                let request = kg::NeighborsOfEachRequest {
+                    entities,
+                    relation: d.one(RELATIONS).into(),
+                    direction: d.mostly(&directions, &[9]),
+                    limit: d.mostly(&[1, 3, 50], &[0, u32::MAX]),
+                    prefix: d
+                        .one(&["", "item:", "brand:", "category:Electronics/", "\u{0}"])
+                        .into(),
+                };
+                client
+                    .neighbors_of_each(request.clone())
+                    .await
+                    .map(|answer| {
+                        let answer = answer.into_inner();
+                        let asked: Vec<&String> = request.entities.iter().collect();
+                        let got: Vec<&String> = answer.results.iter().map(|r| &r.entity).collect();
+                        assert_eq!(got, asked, "{n}: one result per entity, in order");
+                        for result in &answer.results {
+                            assert!(result.neighbors.len() <= request.limit as usize, "{n}");
+                            assert!(result.total >= result.neighbors.len() as u64, "{n}");
+                            for neighbor in &result.neighbors {
+                                assert!(neighbor.entity.starts_with(&request.prefix), "{n}");
+                            }
+                        }
+                    })
+            }
+            2 => {
+                let request = kg::PathsRequest {
+                    sources: d.some(ENTITIES, 3).into_iter().map(String::from).collect(),
+                    targets: d.some(ENTITIES, 4).into_iter().map(String::from).collect(),
+                    max_hops: d.mostly(&[1, 2, 3, 4], &[0, 5, u32::MAX]),
+                    limit: d.mostly(&[1, 2, 10, 1_000], &[0, 1_001]),
+                    relations: d.some(RELATIONS, 2).into_iter().map(String::from).collect(),
+                };
+                client.paths(request.clone()).await.map(|answer| {
+                    let answer = answer.into_inner();
+                    let mut per_target = std::collections::HashMap::new();
+                    for path in &answer.paths {
+                        assert!(request.sources.contains(&path.source), "{n}: {path:?}");
+                        assert!(request.targets.contains(&path.target), "{n}: {path:?}");
+                        assert!(!path.steps.is_empty(), "{n}: {path:?}");
+                        assert!(
+                            path.steps.len() <= request.max_hops as usize,
+                            "{n}: {path:?}"
+                        );
+                        assert_eq!(path.steps.last().unwrap().entity, path.target, "{n}");
+                        for step in &path.steps {
+                            assert!(
+                                request.relations.iter().all(String::is_empty)
+                                    || request.relations.contains(&step.relation),
+                                "{n}: {path:?} for {request:?}"
+                            );
+                        }
+                        *per_target.entry(&path.target).or_insert(0u32) += 1;
+                    }
+                    assert!(per_target.values().all(|&c| c <= request.limit), "{n}");
+                })
+            }
+            3 => {
+                let request = kg::EntityEmbeddingsRequest {
+                    entities: d.some(ENTITIES, 4).into_iter().map(String::from).collect(),
+                };
+                client
+                    .entity_embeddings(request.clone())
+                    .await
+                    .map(|answer| {
+                        let answer = answer.into_inner();
+                        assert_eq!(
+                            answer.embeddings.len() + answer.missing.len(),
+                            request.entities.len(),
+                            "{n}"
+                        );
+                        let widths: HashSet<usize> =
+                            answer.embeddings.iter().map(|e| e.values.len()).collect();
+                        assert!(widths.len() <= 1, "{n}: {widths:?}");
+                    })
+            }
+            4 => {
+                let request = kg::SimilarEntitiesRequest {
+                    entity: d.one(ENTITIES).into(),
+                    limit: d.mostly(&[1, 5, 1_000], &[0, 1_001]),
+                    prefix: d.one(&["", "item:", "brand:", "nothing:"]).into(),
+                };
+                client
+                    .similar_entities(request.clone())
+                    .await
+                    .map(|answer| {
+                        let found = answer.into_inner().entities;
+                        assert!(found.len() <= request.limit as usize, "{n}");
+                        assert!(
+                            found.iter().all(|e| e.entity.starts_with(&request.prefix)),
+                            "{n}"
+                        );
+                        assert!(found.iter().all(|e| e.entity != request.entity), "{n}");
+                        assert!(found.windows(2).all(|w| w[0].score >= w[1].score), "{n}");
+                    })
+            }
+            5 => {
+                let (head, tail) = match d.below(4) {
+                    0 => (d.one(ENTITIES).into(), String::new()),
+                    1 => (String::new(), d.one(ENTITIES).into()),
+                    2 => (String::new(), String::new()),
+                    _ => (d.one(ENTITIES).into(), d.one(ENTITIES).into()),
+                };
+                let request = kg::PredictLinksRequest {
+                    head,
+                    relation: d.one(RELATIONS).into(),
+                    tail,
+                    limit: d.mostly(&[1, 5, 1_000], &[0, 1_001]),
+                    filter_known: d.chance(0.5),
+                    any_entity: d.chance(0.5),
+                };
+                client.predict_links(request.clone()).await.map(|answer| {
+                    let found = answer.into_inner().entities;
+                    assert!(found.len() <= request.limit as usize, "{n}");
+                    assert!(found.windows(2).all(|w| w[0].score >= w[1].score), "{n}");
+                })
+            }
+            6 => {
+                let before = client
+                    .stats(kg::StatsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let message = kg::LoadTriplesRequest {
+                    triples: (0..d.below(4)).map(|_| draw_triple(&mut d)).collect(),
+                    remove: (0..d.below(2)).map(|_| draw_triple(&mut d)).collect(),
+                    remove_entities: d
+                        .some(&ENTITIES[4..], 1)
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                };
+                let answer = client
+                    .load_triples(futures::stream::iter(vec![message]))
+                    .await
+                    .map(drop);
+                if answer.is_err() {
+                    let after = client
+                        .stats(kg::StatsRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(after, before, "{n}: a refused load changed the graph");
+                }
+                answer
+            }
+            _ => {
+                let mut request = train(d.mostly(&[4, 8], &[4_097]), 1);
+                request.model = d.mostly(&[1, 2, 3], &[0, 4]);
+                request.learning_rate = d.mostly(&[0.0, 0.01], &[-1.0, f32::NAN, 10.0]);
+                request.margin = d.mostly(&[0.0, 6.0], &[-1.0, f32::INFINITY]);
+                request.lr_drop_epoch = d.mostly(&[0, 1], &[2]);
+                match client.train_embeddings(request).await {
+                    Ok(progress) => {
+                        let mut progress = progress.into_inner();
+                        let mut done = false;
+                        loop {
+                            match progress.message().await {
+                                Ok(Some(p)) => done |= p.done,
+                                Ok(None) => break,
+                                Err(status) => {
+                                    assert_refused(n, "training", &status);
+                                    break;
+                                }
+                            }
+                        }
+                        assert!(done, "{n}: a training run ended without `done`");
+                        Ok(())
+                    }
+                    Err(status) => Err(status),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => answered += 1,
+            Err(status) => {
+                assert_refused(n, &format!("kind {kind}"), &status);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        answered > 150 && refused > 50,
+        "{answered} answered, {refused} refused"
+    );
+    let stats = client
+        .stats(kg::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.triples > 1_000, "{stats:?}");
+    drop(server);
 }

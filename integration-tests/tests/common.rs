@@ -443,6 +443,28 @@ pub fn quiet() -> soukctl::LoadOptions {
     }
 }
 
+/// A graph service on a fresh data directory with kg-data/triples.tsv loaded through
+/// soukctl's loader; the directory lives as long as the returned guard.
+pub async fn demo_graph() -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kg(dir.path(), None).await;
+    load_demo_triples(&server.url()).await;
+    (server, dir)
+}
+
+/// Loads kg-data/triples.tsv into the graph at `kg_url` through soukctl's loader.
+pub async fn load_demo_triples(kg_url: &str) {
+    soukctl::load_triples(
+        channel(kg_url).await,
+        &repo_root().join("kg-data/triples.tsv"),
+        None,
+        &quiet(),
+        &None,
+    )
+    .await
+    .unwrap();
+}
+
 /// Loads kg-data/ (graph, catalog, events) through soukctl's loaders, as `souk demo` does.
 pub async fn load_demo(kg_url: &str, ranker_url: &str) {
     load_demo_with_token(kg_url, ranker_url, &None).await;
@@ -451,15 +473,7 @@ pub async fn load_demo(kg_url: &str, ranker_url: &str) {
 /// [`load_demo`] into a ranker that needs the admin token `ranker_token`.
 pub async fn load_demo_with_token(kg_url: &str, ranker_url: &str, ranker_token: &Option<String>) {
     let data = repo_root().join("kg-data");
-    soukctl::load_triples(
-        channel(kg_url).await,
-        &data.join("triples.tsv"),
-        None,
-        &quiet(),
-        &None,
-    )
-    .await
-    .unwrap();
+    load_demo_triples(kg_url).await;
     soukctl::load_catalog(
         channel(ranker_url).await,
         &data.join("products.csv"),

@@ -266,12 +266,7 @@ async fn admin_rpcs_need_the_token_when_one_is_set() {
 /// a restart bit for bit, and bad requests get the right codes.
 #[tokio::test(flavor = "multi_thread")]
 async fn trained_embeddings_predict_known_links_and_survive_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_kg(dir.path(), None).await;
-    let file = repo_root().join("kg-data/triples.tsv");
-    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
-        .await
-        .unwrap();
+    let (server, dir) = demo_graph().await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
 
     let request = |model: kg::EmbeddingModel| kg::TrainEmbeddingsRequest {
@@ -317,7 +312,7 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
     assert_eq!(stats.embedding_model, kg::EmbeddingModel::Rotate as i32);
 
     // Known links: for every item, where does its stored brand rank among predicted tails?
-    let text = std::fs::read_to_string(&file).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("kg-data/triples.tsv")).unwrap();
     let brands: Vec<(&str, &str)> = text
         .lines()
         .filter_map(|l| {
@@ -569,13 +564,9 @@ async fn trained_embeddings_predict_known_links_and_survive_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_triples_takes_them_out_for_good_and_refuses_bad_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_kg(dir.path(), None).await;
+    let (server, dir) = demo_graph().await;
     let file = repo_root().join("kg-data/triples.tsv");
     let lines = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
-    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
-        .await
-        .unwrap();
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     let attributes =
         async |server: &Running| out_edges(&server.url(), "item:p00001", "attribute").await;

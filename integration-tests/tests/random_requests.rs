@@ -690,12 +690,7 @@ fn draw_triple(d: &mut Draw) -> kg::Triple {
 /// FailedPrecondition, never another code; a refused load leaves the graph as it was.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_graph_requests_are_answered_or_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_kg(dir.path(), None).await;
-    let file = repo_root().join("kg-data/triples.tsv");
-    soukctl::load_triples(channel(&server.url()).await, &file, None, &quiet(), &None)
-        .await
-        .unwrap();
+    let (server, _dir) = demo_graph().await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     let train = |dim: u32, epochs: u32| kg::TrainEmbeddingsRequest {
         model: kg::EmbeddingModel::Rotate as i32,

@@ -1,12 +1,13 @@
 //! The knowledge-graph service: loading (good, bad, twice, guarded by the admin token),
 //! queries and their errors, and a restart that rebuilds the graph from sled.
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use souk_proto::kg::v1 as kg;
 use souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient;
 use tonic::Code;
 
 use crate::common::*;
+use crate::random_requests::Draw;
 
 fn triple(h: &str, r: &str, t: &str) -> kg::Triple {
     kg::Triple {
@@ -752,17 +753,22 @@ async fn load_shop(client: &mut KnowledgeGraphClient<tonic::transport::Channel>)
 /// A feed's batches that recolour `items` from their first colour to the next, 1,000 a batch:
 /// each removes the old colour and adds the new one.
 fn recolouring(items: std::ops::Range<usize>) -> Vec<kg::LoadTriplesRequest> {
+    recolouring_from(items, 0)
+}
+
+/// [`recolouring`] from the colour of `round` to the next.
+fn recolouring_from(items: std::ops::Range<usize>, round: usize) -> Vec<kg::LoadTriplesRequest> {
     items
         .collect::<Vec<_>>()
         .chunks(1_000)
         .map(|ids| kg::LoadTriplesRequest {
             remove: ids
                 .iter()
-                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, 0)))
+                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, round)))
                 .collect(),
             triples: ids
                 .iter()
-                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, 1)))
+                .map(|&i| triple(&format!("item:{i}"), "color", &colour(i, round + 1)))
                 .collect(),
             ..Default::default()
         })
@@ -1079,4 +1085,195 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
     );
     assert_eq!(compacted.triples, failed.triples);
     assert_eq!(colour_lists(&mut client).await, lists);
+}
+
+/// A graceful stop waits for the compaction its last load set off: once `stop` returns the
+/// directory holds one store, named by `CURRENT`, or the uncompacted one; never a copy under
+/// way. A service started on the directory at once (a restart in one process) serves the whole
+/// graph. Before, the compaction went on after the stop, and the new service could open the
+/// old store as the compaction removed it, and serve an empty graph. Three rounds of churn,
+/// stop and start: each a chance to stop in the middle of a compaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_for_the_compaction_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start_kg_compacting_after(dir.path(), 1_000).await;
+    let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
+    load_shop(&mut client).await;
+    let mut server = server;
+    for round in 0..3 {
+        // 5,000 removed, at least an eighth of the log: the last batch of this stream sets a
+        // compaction off.
+        client
+            .load_triples(futures::stream::iter(recolouring_from(0..5_000, round)))
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+        let names = souk_testkit::dir_names(dir.path());
+        let current = std::fs::read_to_string(dir.path().join("CURRENT")).ok();
+        let settled = match current {
+            Some(named) => names == ["CURRENT".to_string(), named.trim().to_string()],
+            None => !names.iter().any(|n| n.starts_with("compacted-")),
+        };
+        assert!(
+            settled,
+            "round {round}: a compaction under way after the stop: {names:?}"
+        );
+
+        (server, _) = start_kg_compacting_after(dir.path(), 1_000).await;
+        client = KnowledgeGraphClient::new(channel(&server.url()).await);
+        let mut expected = vec![0; 7];
+        for i in 0..ITEMS {
+            expected[(i + if i < 5_000 { round + 1 } else { 0 }) % 7] += 1;
+        }
+        let lists = colour_lists(&mut client).await;
+        assert_eq!(
+            lists.iter().map(Vec::len).collect::<Vec<_>>(),
+            expected,
+            "round {round}"
+        );
+    }
+}
+
+/// The triples of one client's eight entities (`cK:e0`..`cK:e7`), read back both ways.
+async fn triples_of_client(
+    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
+    k: usize,
+) -> (BTreeSet<Fact>, BTreeSet<Fact>) {
+    let entities: Vec<String> = (0..8).map(|i| format!("c{k}:e{i}")).collect();
+    let mut both = (BTreeSet::new(), BTreeSet::new());
+    for (direction, found) in [
+        (kg::Direction::Out, &mut both.0),
+        (kg::Direction::In, &mut both.1),
+    ] {
+        let answer = client
+            .neighbors_of_each(kg::NeighborsOfEachRequest {
+                entities: entities.clone(),
+                direction: direction as i32,
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for result in answer.results {
+            for n in result.neighbors {
+                let (head, tail) = match direction {
+                    kg::Direction::Out => (result.entity.clone(), n.entity),
+                    _ => (n.entity, result.entity.clone()),
+                };
+                found.insert((head, n.relation, tail));
+            }
+        }
+    }
+    both
+}
+
+type Fact = (String, String, String);
+
+/// Three clients at once, each loading random batches (new triples, removals of triples held
+/// and not, entities cleared) over its own eight entities, with an occasional training run,
+/// into a service that compacts after every few removals; the service is stopped and started
+/// again between rounds. After every batch and every start each client's triples are exactly
+/// what its batches leave (a set model of the same edits), read both ways, and each answer
+/// counts what was inserted and removed. (A longer run of this found the compaction that
+/// outlived its service's stop: `a_stop_waits_for_the_compaction_under_way`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn random_loads_keep_exactly_their_triples_through_compactions_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models: Vec<BTreeSet<Fact>> = vec![BTreeSet::new(); 3];
+    for round in 0..4u64 {
+        let (server, metrics) = start_kg_compacting_after(dir.path(), 3).await;
+        let url = server.url();
+        let mut client = KnowledgeGraphClient::new(channel(&url).await);
+        for (k, model) in models.iter().enumerate() {
+            let read = triples_of_client(&mut client, k).await;
+            assert_eq!(
+                (&read.0, &read.1),
+                (model, model),
+                "round {round} start, client {k}"
+            );
+        }
+        let mut clients = Vec::new();
+        for (k, mut model) in models.into_iter().enumerate() {
+            let mut client = KnowledgeGraphClient::new(channel(&url).await);
+            clients.push(tokio::spawn(async move {
+                let mut d = Draw(souk_ranker_core::rng::XorShift::new(
+                    round * 10 + k as u64 + 1,
+                ));
+                let entity = |d: &mut Draw| format!("c{k}:e{}", d.below(8));
+                let fact = |d: &mut Draw| (entity(d), format!("r{}", d.below(3)), entity(d));
+                for step in 0..60 {
+                    let inserts: Vec<Fact> = (0..d.below(6)).map(|_| fact(&mut d)).collect();
+                    let mut removes: Vec<Fact> = (0..d.below(3)).map(|_| fact(&mut d)).collect();
+                    if let Some(held) = model.iter().nth(d.below(model.len().max(1))) {
+                        removes.push(held.clone());
+                    }
+                    let clears: Vec<String> = (0..usize::from(d.chance(0.15)))
+                        .map(|_| entity(&mut d))
+                        .collect();
+                    let answer = client
+                        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+                            triples: inserts.iter().map(|(h, r, t)| triple(h, r, t)).collect(),
+                            remove: removes.iter().map(|(h, r, t)| triple(h, r, t)).collect(),
+                            remove_entities: clears.clone(),
+                        }]))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    // Removals first, then the cleared entities' edges, then the new triples.
+                    let before = model.len();
+                    model.retain(|f| !removes.contains(f));
+                    model.retain(|(h, _, t)| !clears.contains(h) && !clears.contains(t));
+                    let removed = before - model.len();
+                    let inserted = inserts
+                        .iter()
+                        .filter(|f| model.insert((*f).clone()))
+                        .count();
+                    let at = format!("round {round}, client {k}, step {step}");
+                    assert_eq!(
+                        (answer.removed, answer.inserted),
+                        (removed as u64, inserted as u64),
+                        "{at}"
+                    );
+                    let read = triples_of_client(&mut client, k).await;
+                    assert_eq!((&read.0, &read.1), (&model, &model), "{at}");
+                    if d.chance(0.05) {
+                        let run = client
+                            .train_embeddings(kg::TrainEmbeddingsRequest {
+                                model: kg::EmbeddingModel::Rotate as i32,
+                                dim: 4,
+                                epochs: 1,
+                                negatives: 2,
+                                threads: 1,
+                                ..Default::default()
+                            })
+                            .await;
+                        match run {
+                            Ok(progress) => {
+                                let mut progress = progress.into_inner();
+                                while progress.message().await.unwrap().is_some() {}
+                            }
+                            // Another client's run holds the trainer.
+                            Err(status) => assert_eq!(status.code(), Code::Aborted, "{at}"),
+                        }
+                    }
+                }
+                model
+            }));
+        }
+        models = Vec::new();
+        for client in clients {
+            models.push(client.await.unwrap());
+        }
+        let stats = kg_stats(&mut client).await;
+        let held: usize = models.iter().map(BTreeSet::len).sum();
+        assert_eq!(stats.triples, held as u64, "round {round}");
+        let compacted = r#"souk_kg_compactions_total{result="ok"}"#;
+        let compactions = metric_value(&scrape_metrics(metrics).await, compacted);
+        assert!(
+            compactions >= 1.0,
+            "round {round}: {compactions} compactions"
+        );
+        server.stop().await.unwrap();
+    }
 }

@@ -18,11 +18,11 @@ use crate::common::*;
 pub(crate) struct Draw(pub(crate) XorShift);
 
 impl Draw {
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.0.unit() * n as f64) as usize
     }
 
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         self.0.unit() < p
     }
 

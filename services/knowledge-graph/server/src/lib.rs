@@ -146,6 +146,7 @@ pub async fn serve(
             writer: Mutex::new(()),
             embeddings: RwLock::new(served),
             training: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         })
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -162,14 +163,15 @@ pub async fn serve(
         }
         opened = opening => opened,
     };
-    match opened {
+    let loaded = match opened {
         Ok(Ok(loaded)) => {
             let loaded = Arc::new(loaded);
             let _ = state.loaded.set(loaded.clone());
             health.set_ready().await;
             // A store churned before this start (by an older build, or a stop that came
             // first) is compacted now.
-            compact_when_due(loaded);
+            compact_when_due(loaded.clone());
+            loaded
         }
         Ok(Err(error)) => {
             let _ = stop_tx.send(());
@@ -181,14 +183,36 @@ pub async fn serve(
             serving.await?;
             return Err(anyhow::anyhow!("store opening panicked: {join}"));
         }
+    };
+    let served = tokio::select! {
+        result = &mut serving => result,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(());
+            serving.await
+        }
+    };
+    wind_down(loaded).await;
+    served.map_err(Into::into)
+}
+
+/// Waits, once the server has stopped, for what still works on the data directory: a
+/// compaction that runs (to its end; none starts after this) and a training run (its caller
+/// gone, it stops at its next epoch and stores nothing). A process exiting would wait for them
+/// anyway (the runtime joins its blocking threads); a caller of [`serve`] that opens the
+/// directory again at once (a restart within one process) must not find the old service still
+/// switching its stores: the new one would open the store being removed.
+async fn wind_down(loaded: Arc<Loaded>) {
+    loaded.stopping.store(true, Ordering::SeqCst);
+    let waited = tokio::task::spawn_blocking(move || {
+        drop(loaded.after_compaction());
+        while loaded.training.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await;
+    if let Err(error) = waited {
+        tracing::error!(%error, "waiting for the store's last compaction failed");
     }
-    tokio::select! {
-        result = &mut serving => return result.map_err(Into::into),
-        () = &mut shutdown => {}
-    }
-    let _ = stop_tx.send(());
-    serving.await?;
-    Ok(())
 }
 
 struct Loaded {
@@ -213,6 +237,8 @@ struct Loaded {
     embeddings: RwLock<Option<Arc<Served>>>,
     /// Set while a training run holds the trainer (one at a time: it uses every core).
     training: AtomicBool,
+    /// Set once the server has stopped: no compaction starts after it ([`wind_down`]).
+    stopping: AtomicBool,
 }
 
 impl Loaded {
@@ -317,6 +343,10 @@ fn compact_store(loaded: &Loaded) -> Result<(), KgError> {
     let Ok(_compacting) = loaded.compacting.try_lock() else {
         return Ok(());
     };
+    // Not after the service stopped (a restart in this process may be opening the directory).
+    if loaded.stopping.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     // Another compaction may have come first.
     if !loaded.compaction_due()? {
         return Ok(());

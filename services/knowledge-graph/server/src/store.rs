@@ -185,12 +185,35 @@ impl SledStore {
     /// `Storage` when `CURRENT` cannot be read or names no compacted store, or the store
     /// cannot be opened.
     pub fn open_data_dir(dir: &Path) -> Result<Self, KgError> {
-        let generation = generation(dir)?;
-        let store = Self::open(&generation_dir(dir, generation))?;
-        // Only once the store is ours (sled holds its lock): another process on this
-        // directory could still be closing the files removed here.
-        remove_stale(dir)?;
-        Ok(store)
+        Self::open_named(dir, generation(dir)?)
+    }
+
+    /// [`SledStore::open_data_dir`] from `named`, the generation `CURRENT` named when it was
+    /// read. Another process on this directory may switch stores between that read and the
+    /// open: its compaction names the new store, closes the old (releasing sled's lock) and
+    /// removes its files, and `open` would then take the old one, or recreate it empty, and
+    /// serve an empty graph. So `CURRENT` is read again once the store is ours: a store it no
+    /// longer names is closed and the one it names opened instead (while that other process
+    /// still holds it, `open` fails on sled's lock, as a second service on one directory
+    /// always does).
+    fn open_named(dir: &Path, mut named: u64) -> Result<Self, KgError> {
+        for _ in 0..3 {
+            let store = Self::open(&generation_dir(dir, named))?;
+            let now = generation(dir)?;
+            if now == named {
+                // Only once the store is ours (sled holds its lock): another process on
+                // this directory could still be closing the files removed here.
+                remove_stale(dir)?;
+                return Ok(store);
+            }
+            drop(store);
+            named = now;
+        }
+        Err(KgError::Storage(format!(
+            "{}: its stores were switched three times while this start opened one; is another \
+             service compacting this directory?",
+            dir.display()
+        )))
     }
 
     /// Refuses a write once one failed on the disk ([`KgError::StoreFailed`]): the store
@@ -1709,6 +1732,14 @@ mod tests {
             (replayed.entities, replayed.triples),
             (expected.entities, expected.triples)
         );
+        drop(store);
+
+        // A start that read CURRENT before another process's compaction switched stores
+        // (and removed the old one's files) opens the store CURRENT names now, not the old
+        // one recreated empty.
+        let store = SledStore::open_named(dir.path(), 1).unwrap();
+        assert_eq!(store.snapshot().unwrap().triples, graph.snapshot().triples);
+        assert_eq!(names(), ["CURRENT", "compacted-2", "operator-notes.txt"]);
         drop(store);
 
         // A CURRENT naming no store is refused, not taken for a new empty one.

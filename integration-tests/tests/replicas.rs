@@ -1147,3 +1147,247 @@ async fn the_primarys_stats_list_the_searches_its_replicas_served() {
         .unwrap_err();
     assert_eq!(on_replica.code(), tonic::Code::FailedPrecondition);
 }
+
+/// What a ranker holds, as its callers read it: `Stats`' counts of the shop, every item
+/// (title, brand, categories, price; read by re-ranking all listed ids), the shop's rules and
+/// synonyms, some shoppers' profiles, and the rankings of [`rankings`].
+async fn holdings(client: &mut RankerClient<Channel>) -> String {
+    let s = stats(client).await;
+    let mut ids = Vec::new();
+    loop {
+        let page = client
+            .list_item_ids(rk::ListItemIdsRequest {
+                after: ids.last().cloned().unwrap_or_default(),
+                limit: 1_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.ids);
+        if !page.more {
+            break;
+        }
+    }
+    let items = client
+        .rank(rk::RankRequest {
+            k: ids.len() as u32,
+            candidate_ids: ids.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let mut items: Vec<_> = items
+        .into_iter()
+        .map(|i| (i.id, i.title, i.brand, i.category, i.price))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    // The rules, not how often each applied (each server counts its own rankings).
+    let pins = client
+        .get_pins(rk::GetPinsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    let synonyms = client
+        .get_synonyms(rk::GetSynonymsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut profiles = Vec::new();
+    for user in ["u010", "u066", "u901", "shopper-1", "shopper-2"] {
+        let profile = client
+            .user_profile(rk::UserProfileRequest {
+                user_id: user.into(),
+                limit: 5,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        profiles.push((profile.interactions, profile.recent_items));
+    }
+    format!(
+        "counts {:?}\nids {ids:?}\nitems {items:?}\npins {pins:?}\nsynonyms {synonyms:?}\n\
+         profiles {profiles:?}\nrankings {:?}",
+        (s.items, s.users, s.interactions, s.synonyms, s.pin_rules),
+        rankings(client).await
+    )
+}
+
+/// One random write to the primary `p` (or, for events, through the replica `r` when
+/// `through` is given): items added, renamed, repriced, restocked or deleted, shoppers'
+/// events, shoppers forgotten, pinned results, synonyms.
+async fn random_write(
+    d: &mut crate::random_requests::Draw,
+    p: &mut RankerClient<Channel>,
+    through: Option<&mut RankerClient<Channel>>,
+) {
+    let item = |d: &mut crate::random_requests::Draw| match d.below(3) {
+        0 => format!("new-{}", d.below(20)),
+        _ => format!("p{:05}", 1 + d.below(60)),
+    };
+    let user = |d: &mut crate::random_requests::Draw| {
+        d.one(&["u010", "u066", "u901", "shopper-1", "shopper-2"])
+            .to_string()
+    };
+    match d.below(7) {
+        0 => {
+            let items = (0..1 + d.below(2))
+                .map(|_| rk::Item {
+                    id: item(d),
+                    title: d
+                        .one(&["trail tent", "camp stove", "wool socks", "kettle"])
+                        .into(),
+                    brand: d.one(&["Acme", "Pixelon", ""]).into(),
+                    category: vec![d.one(&["Outdoor", "Kitchen"]).into()],
+                    price: 5.0 + d.below(100) as f64,
+                    in_stock: d.chance(0.8),
+                    ..Default::default()
+                })
+                .collect();
+            let message = rk::UpsertItemsRequest { items };
+            p.upsert_items(futures::stream::iter(vec![message]))
+                .await
+                .unwrap();
+        }
+        1 => {
+            let updates = (0..1 + d.below(3))
+                .map(|_| rk::ItemUpdate {
+                    id: item(d),
+                    price: d.chance(0.7).then(|| 1.0 + d.below(500) as f64 / 4.0),
+                    in_stock: d.chance(0.3).then(|| d.chance(0.5)),
+                    ..Default::default()
+                })
+                .collect();
+            let message = rk::UpdateItemsRequest { updates };
+            p.update_items(futures::stream::iter(vec![message]))
+                .await
+                .unwrap();
+        }
+        2 => {
+            let ids = (0..1 + d.below(2)).map(|_| item(d)).collect();
+            p.delete_items(rk::DeleteItemsRequest { ids })
+                .await
+                .unwrap();
+        }
+        3 => {
+            p.forget_users(rk::ForgetUsersRequest {
+                user_ids: vec![user(d)],
+            })
+            .await
+            .unwrap();
+        }
+        4 => {
+            let rules = ["tent", "stove", "socks"][..d.below(4)]
+                .iter()
+                .map(|query| rk::PinRule {
+                    query: (*query).into(),
+                    items: vec![item(d)],
+                    ..Default::default()
+                })
+                .collect();
+            p.set_pins(rk::SetPinsRequest { rules }).await.unwrap();
+        }
+        5 => {
+            let synonyms = (0..d.below(2))
+                .map(|_| rk::Synonym {
+                    phrases: vec![d.one(&["rucksack", "cooker", "hose"]).into()],
+                    replacement: Some(d.one(&["backpack", "stove", "socks"]).into()),
+                })
+                .collect();
+            p.set_synonyms(rk::SetSynonymsRequest { synonyms })
+                .await
+                .unwrap();
+        }
+        _ => {
+            let events: Vec<_> = (0..1 + d.below(3))
+                .map(|_| purchase(&user(d), &item(d)))
+                .collect();
+            let to = match through {
+                Some(r) if d.chance(0.5) => r,
+                _ => p,
+            };
+            to.record_interactions(futures::stream::iter(events))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Random writes of every kind to the primary (some events through the replica), with the
+/// replica or the primary stopped and started again at random between rounds (events sent
+/// to the replica while its primary is away): after each round the replica holds what the
+/// primary holds, as `holdings` reads them: counts, every item's fields, rules, synonyms,
+/// profiles and rankings. `SEED=N ROUNDS=M` draws another or a longer run (40 rounds of
+/// seeds 1-16 passed when it was written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let kg_url = kg.url();
+    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let (primary_url, primary_addr) = (primary.url(), primary.addr);
+    let mut primary = Some(primary);
+    let (replica, mut r) = replica_in_sync(&replica_dir, (&encoder, &kg_url), &primary_url).await;
+    let mut replica = Some(replica);
+    let mut p = client(&primary_url).await;
+    let mut d = crate::random_requests::Draw(souk_ranker_core::rng::XorShift::new(
+        std::env::var("SEED").map_or(11, |s| s.parse().unwrap()),
+    ));
+    let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    for round in 0..rounds {
+        for _ in 0..1 + d.below(10) {
+            random_write(&mut d, &mut p, Some(&mut r)).await;
+        }
+        match d.below(4) {
+            0 => {
+                replica.take().unwrap().stop().await.unwrap();
+                for _ in 0..d.below(4) {
+                    random_write(&mut d, &mut p, None).await;
+                }
+                // More writes while it starts again (resumes or copies).
+                let writes = async {
+                    for _ in 0..d.below(6) {
+                        random_write(&mut d, &mut p, None).await;
+                    }
+                };
+                let (started, ()) = tokio::join!(
+                    start_ranker_replica(&replica_dir, &encoder, &kg_url, replica_of(&primary_url)),
+                    writes
+                );
+                r = client(&started.url()).await;
+                replica = Some(started);
+            }
+            1 => {
+                primary.take().unwrap().stop().await.unwrap();
+                // Events sent meanwhile wait in the replica's outbox.
+                for _ in 0..d.below(3) {
+                    let event = purchase(d.one(&["u010", "shopper-1"]), "p00012");
+                    r.record_interactions(futures::stream::iter(vec![event]))
+                        .await
+                        .unwrap();
+                }
+                let started =
+                    primary_at(&primary_dir, (&encoder, &kg_url), primary_addr, None).await;
+                p = client(&started.url()).await;
+                primary = Some(started);
+            }
+            _ => {}
+        }
+        assert!(
+            soon_within(30, async || {
+                same_counts(&mut p, &mut r).await && stats(&mut r).await.outbox == 0
+            })
+            .await,
+            "round {round}: primary {:?}\nreplica {:?}",
+            stats(&mut p).await,
+            stats(&mut r).await
+        );
+        let (held, copied) = (holdings(&mut p).await, holdings(&mut r).await);
+        assert!(
+            held == copied,
+            "round {round}:\nprimary {held}\nreplica {copied}"
+        );
+    }
+}

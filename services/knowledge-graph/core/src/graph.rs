@@ -1426,4 +1426,172 @@ mod tests {
         }
         assert!(compared > 100, "only {compared} queries found paths");
     }
+
+    /// A path as (source, steps as (relation, walked head to tail, entity arrived at)).
+    type Walk = (String, Vec<(String, bool, String)>);
+
+    /// Every shortest path, by brute force over the live triples: breadth-first distances
+    /// from the sources walking edges both ways (allowed relations only), then each walk back
+    /// from `target` along edges that step one distance down, to a source.
+    fn shortest_paths(
+        triples: &[(String, String, String)],
+        q: &PathQuery,
+        target: &str,
+    ) -> Vec<Walk> {
+        let allowed = |r: &str| q.relations.is_empty() || q.relations.iter().any(|a| a == r);
+        let mut dist: HashMap<&str, u32> = q.sources.iter().map(|s| (s.as_str(), 0)).collect();
+        for d in 1..=q.max_hops {
+            let mut reached = Vec::new();
+            for (h, _, t) in triples.iter().filter(|(_, r, _)| allowed(r)) {
+                for (from, to) in [(h, t), (t, h)] {
+                    if dist.get(from.as_str()) == Some(&(d - 1)) && !dist.contains_key(to.as_str())
+                    {
+                        reached.push(to.as_str());
+                    }
+                }
+            }
+            for v in reached {
+                dist.entry(v).or_insert(d);
+            }
+        }
+        let mut found = Vec::new();
+        if !dist.contains_key(target) {
+            return found;
+        }
+        // (node, steps so far, walked back from the target)
+        let mut stack = vec![(target, Vec::<(String, bool, String)>::new())];
+        while let Some((node, steps)) = stack.pop() {
+            let here = dist[node];
+            if here == 0 {
+                let mut steps = steps;
+                steps.reverse();
+                found.push((node.to_string(), steps));
+                continue;
+            }
+            for (h, r, t) in triples.iter().filter(|(_, r, _)| allowed(r)) {
+                // h -> t walked forward arrives at t from h; walked back arrives at h from t.
+                for (prev, next, out) in [(h, t, true), (t, h, false)] {
+                    if next == node && dist.get(prev.as_str()) == Some(&(here - 1)) {
+                        let mut more = steps.clone();
+                        more.push((r.clone(), out, node.to_string()));
+                        stack.push((prev.as_str(), more));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// `paths` against brute force on random small graphs (parallel edges both ways,
+    /// self-loops, removed triples, relation filters, unknown names, 1-4 hops, limits that
+    /// bite and that do not): for each target, paths only of the shortest length, each a real
+    /// walk from a source; all of them when there are at most `limit`, else `limit` distinct
+    /// ones; none for a target out of reach or among the sources.
+    #[test]
+    fn paths_are_the_shortest_ones_up_to_the_limit() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut checked = 0;
+        for round in 0..300 {
+            let nodes = 4 + next(14);
+            let name = |i: usize| format!("n{i}");
+            let mut triples: Vec<(String, String, String)> = (0..next(3 * nodes))
+                .map(|_| {
+                    (
+                        name(next(nodes)),
+                        format!("r{}", next(3)),
+                        name(next(nodes)),
+                    )
+                })
+                .collect();
+            let mut g = Graph::default();
+            let all: Vec<Triple> = triples.iter().map(|(h, r, tl)| t(h, r, tl)).collect();
+            g.insert(&all);
+            // Some triples removed again (tombstones in the graph).
+            let gone: Vec<Triple> = all.iter().filter(|_| next(5) == 0).cloned().collect();
+            let plan = g.plan_edit(&gone, &[], &[]);
+            g.apply(&plan).unwrap();
+            triples.retain(|(h, r, tl)| !gone.contains(&t(h, r, tl)));
+            triples.sort();
+            triples.dedup();
+            for _ in 0..10 {
+                let pick = |next: &mut dyn FnMut(usize) -> usize| name(next(nodes + 2));
+                let sources: Vec<String> = (0..1 + next(3)).map(|_| pick(&mut next)).collect();
+                let targets: Vec<String> = (0..1 + next(4)).map(|_| pick(&mut next)).collect();
+                let q = PathQuery {
+                    sources,
+                    targets,
+                    max_hops: 1 + next(4) as u32,
+                    limit: 1 + next(4),
+                    relations: (0..next(3)).map(|_| format!("r{}", next(4))).collect(),
+                };
+                let Ok(found) = g.paths(&q) else {
+                    continue;
+                };
+                assert!(!found.truncated, "round {round}: {q:?}");
+                // Sources the graph holds (with a live edge); paths start only there.
+                let live = |n: &String| triples.iter().any(|(h, _, tl)| h == n || tl == n);
+                let mut q_live = q.clone();
+                q_live.sources.retain(|s| live(s));
+                let mut targets = q.targets.clone();
+                targets.sort();
+                targets.dedup();
+                for target in &targets {
+                    let mut got: Vec<Walk> = found
+                        .paths
+                        .iter()
+                        .filter(|p| &p.target == target)
+                        .map(|p| {
+                            let steps = p
+                                .steps
+                                .iter()
+                                .map(|s| {
+                                    (
+                                        s.relation.clone(),
+                                        s.direction == Direction::Out,
+                                        s.entity.clone(),
+                                    )
+                                })
+                                .collect();
+                            (p.source.clone(), steps)
+                        })
+                        .collect();
+                    got.sort();
+                    let before = got.len();
+                    got.dedup();
+                    assert_eq!(
+                        got.len(),
+                        before,
+                        "round {round}: a path twice for {target}: {q:?}"
+                    );
+                    let mut all = if q_live.sources.contains(target) || !live(target) {
+                        Vec::new()
+                    } else {
+                        shortest_paths(&triples, &q_live, target)
+                    };
+                    all.sort();
+                    all.dedup();
+                    if all.len() <= q.limit {
+                        assert_eq!(
+                            got, all,
+                            "round {round}, target {target}: {q:?}\n{triples:?}"
+                        );
+                    } else {
+                        assert_eq!(got.len(), q.limit, "round {round}, target {target}: {q:?}");
+                        assert!(
+                            got.iter().all(|p| all.contains(p)),
+                            "round {round}, target {target}: {got:?} not among {all:?}"
+                        );
+                    }
+                    checked += usize::from(!all.is_empty());
+                }
+            }
+        }
+        assert!(checked > 500, "only {checked} targets had paths");
+    }
 }

@@ -942,3 +942,112 @@ async fn random_graph_requests_are_answered_or_refused() {
     assert!(stats.triples > 1_000, "{stats:?}");
     drop(server);
 }
+
+/// A product of kg-data/products.csv as the filters read it (names and values lower case).
+struct Product {
+    id: String,
+    categories: Vec<String>,
+    brand: String,
+    price: f64,
+    attributes: Vec<(String, String)>,
+    in_stock: bool,
+}
+
+fn demo_products() -> Vec<Product> {
+    let mut reader = csv::Reader::from_path(repo_root().join("kg-data/products.csv")).unwrap();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            Product {
+                id: row[0].into(),
+                categories: row[3].split(" > ").map(str::to_lowercase).collect(),
+                brand: row[4].to_lowercase(),
+                price: row[5].parse().unwrap(),
+                attributes: row[6]
+                    .split("; ")
+                    .filter_map(|a| a.split_once('='))
+                    .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
+                    .collect(),
+                in_stock: &row[7] == "true",
+            }
+        })
+        .collect()
+}
+
+/// 300 random filters (a category at any level, brands, a price range, in stock only, an
+/// attribute value) without a query, for a new shopper and a known one, k 1,000: the answer
+/// lists every item of the demo shop that passes, and nothing else (a category page shows
+/// the whole category).
+#[tokio::test(flavor = "multi_thread")]
+async fn random_filters_without_a_query_list_every_item_that_passes() {
+    let shop = demo_shop().await;
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let products = demo_products();
+    let distinct = |values: Vec<String>| {
+        let mut values = values;
+        values.sort();
+        values.dedup();
+        values
+    };
+    let categories = distinct(products.iter().flat_map(|p| p.categories.clone()).collect());
+    let brands = distinct(products.iter().map(|p| p.brand.clone()).collect());
+    let mut attributes: Vec<(String, String)> =
+        products.iter().flat_map(|p| p.attributes.clone()).collect();
+    attributes.sort();
+    attributes.dedup();
+    let mut d = Draw(XorShift::new(3));
+    for n in 0..300 {
+        let category = if d.chance(0.5) {
+            d.one(&categories)
+        } else {
+            String::new()
+        };
+        let brands = if d.chance(0.3) {
+            d.some(&brands, 2)
+        } else {
+            Vec::new()
+        };
+        let min_price = d.chance(0.3).then(|| d.below(200) as f64);
+        let max_price = d.chance(0.3).then(|| 200.0 + d.below(400) as f64);
+        let in_stock_only = d.chance(0.5);
+        let attribute = d.chance(0.3).then(|| d.one(&attributes));
+        let passes = |p: &&Product| {
+            (category.is_empty() || p.categories.contains(&category))
+                && (brands.is_empty() || brands.contains(&p.brand))
+                && min_price.is_none_or(|m| p.price >= m)
+                && max_price.is_none_or(|m| p.price <= m)
+                && (!in_stock_only || p.in_stock)
+                && attribute.as_ref().is_none_or(|a| p.attributes.contains(a))
+        };
+        let expected: HashSet<String> = products
+            .iter()
+            .filter(passes)
+            .map(|p| p.id.clone())
+            .collect();
+        let request = rk::RankRequest {
+            user_id: d.one(&["", "u010"]).into(),
+            k: 1_000,
+            // A known shopper's purchases are left out otherwise.
+            include_purchased: true,
+            filters: Some(rk::Filters {
+                category: category.clone(),
+                brands: brands.clone(),
+                min_price,
+                max_price,
+                in_stock_only,
+                attributes: attribute
+                    .iter()
+                    .map(|(name, value)| rk::AttributeFilter {
+                        name: name.clone(),
+                        values: vec![value.clone()],
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        let answer = client.rank(request.clone()).await.unwrap().into_inner();
+        let got: HashSet<String> = answer.items.into_iter().map(|i| i.id).collect();
+        assert_eq!(got, expected, "request {n}: {request:?}");
+    }
+}

@@ -978,9 +978,11 @@ fn demo_products() -> Vec<Product> {
 /// 300 random filters (a category at any level, brands, a price range, in stock only, an
 /// attribute value) without a query, for a new shopper and a known one, k 1,000: the answer
 /// lists every item of the demo shop that passes, and nothing else (a category page shows
-/// the whole category).
+/// the whole category), and its facets (brand, category, colour, price buckets) count, for
+/// each value, the items that pass every filter but the facet's own, as counted here from
+/// the catalog file.
 #[tokio::test(flavor = "multi_thread")]
-async fn random_filters_without_a_query_list_every_item_that_passes() {
+async fn random_filters_without_a_query_list_and_count_every_item_that_passes() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
     let products = demo_products();
@@ -1012,17 +1014,21 @@ async fn random_filters_without_a_query_list_every_item_that_passes() {
         let max_price = d.chance(0.3).then(|| 200.0 + d.below(400) as f64);
         let in_stock_only = d.chance(0.5);
         let attribute = d.chance(0.3).then(|| d.one(&attributes));
-        let passes = |p: &&Product| {
-            (category.is_empty() || p.categories.contains(&category))
-                && (brands.is_empty() || brands.contains(&p.brand))
-                && min_price.is_none_or(|m| p.price >= m)
-                && max_price.is_none_or(|m| p.price <= m)
+        // Whether `p` passes every filter but the one a facet named `skip` counts over.
+        let passes_but = |p: &Product, skip: &str| {
+            (skip == "category" || category.is_empty() || p.categories.contains(&category))
+                && (skip == "brand" || brands.is_empty() || brands.contains(&p.brand))
+                && (skip == "price"
+                    || (min_price.is_none_or(|m| p.price >= m)
+                        && max_price.is_none_or(|m| p.price <= m)))
                 && (!in_stock_only || p.in_stock)
-                && attribute.as_ref().is_none_or(|a| p.attributes.contains(a))
+                && attribute.as_ref().is_none_or(|a| {
+                    skip == format!("attribute:{}", a.0) || p.attributes.contains(a)
+                })
         };
         let expected: HashSet<String> = products
             .iter()
-            .filter(passes)
+            .filter(|p| passes_but(p, ""))
             .map(|p| p.id.clone())
             .collect();
         let request = rk::RankRequest {
@@ -1030,6 +1036,9 @@ async fn random_filters_without_a_query_list_every_item_that_passes() {
             k: 1_000,
             // A known shopper's purchases are left out otherwise.
             include_purchased: true,
+            facets: ["brand", "category", "attribute:color", "price:50,100,200"]
+                .map(String::from)
+                .to_vec(),
             filters: Some(rk::Filters {
                 category: category.clone(),
                 brands: brands.clone(),
@@ -1049,5 +1058,55 @@ async fn random_filters_without_a_query_list_every_item_that_passes() {
         let answer = client.rank(request.clone()).await.unwrap().into_inner();
         let got: HashSet<String> = answer.items.into_iter().map(|i| i.id).collect();
         assert_eq!(got, expected, "request {n}: {request:?}");
+        assert_eq!(answer.facets.len(), 4, "request {n}");
+        for facet in &answer.facets {
+            let skip = match facet.name.as_str() {
+                "price:50,100,200" => "price",
+                name => name,
+            };
+            let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
+            for p in products.iter().filter(|p| passes_but(p, skip)) {
+                let values: Vec<String> = match skip {
+                    "brand" => vec![p.brand.clone()],
+                    "category" => p.categories.clone(),
+                    "attribute:color" => p
+                        .attributes
+                        .iter()
+                        .filter(|(name, _)| name == "color")
+                        .map(|(_, value)| value.clone())
+                        .collect(),
+                    _ => vec![
+                        match p.price {
+                            x if x < 50.0 => "*-50",
+                            x if x < 100.0 => "50-100",
+                            x if x < 200.0 => "100-200",
+                            _ => "200-*",
+                        }
+                        .into(),
+                    ],
+                };
+                for value in values {
+                    *counted.entry(value).or_default() += 1;
+                }
+            }
+            let listed: std::collections::BTreeMap<String, u64> = facet
+                .values
+                .iter()
+                .filter(|v| v.count > 0)
+                .map(|v| (v.value.to_lowercase(), v.count))
+                .collect();
+            let at = format!("request {n}, facet {}: {request:?}", facet.name);
+            // The 20 most common values are listed, the rest counted in other_values.
+            assert!(
+                listed.iter().all(|(v, c)| counted.get(v) == Some(c)),
+                "{at}"
+            );
+            assert_eq!(
+                listed.len() as u64 + facet.other_values,
+                counted.len() as u64,
+                "{at}"
+            );
+            assert_eq!(listed.len(), counted.len().min(20), "{at}");
+        }
     }
 }

@@ -978,7 +978,7 @@ fn demo_products() -> Vec<Product> {
 /// 300 random filters (a category at any level, brands, a price range, in stock only, an
 /// attribute value) without a query, for a new shopper and a known one, k 1,000: the answer
 /// lists every item of the demo shop that passes, and nothing else (a category page shows
-/// the whole category), and its facets (brand, category, colour, price buckets) count, for
+/// the whole category; sorted by price when asked), and its facets (brand, category, colour, price buckets) count, for
 /// each value, the items that pass every filter but the facet's own, as counted here from
 /// the catalog file.
 #[tokio::test(flavor = "multi_thread")]
@@ -1036,6 +1036,7 @@ async fn random_filters_without_a_query_list_and_count_every_item_that_passes() 
             k: 1_000,
             // A known shopper's purchases are left out otherwise.
             include_purchased: true,
+            sort: d.below(4) as i32,
             facets: ["brand", "category", "attribute:color", "price:50,100,200"]
                 .map(String::from)
                 .to_vec(),
@@ -1056,6 +1057,13 @@ async fn random_filters_without_a_query_list_and_count_every_item_that_passes() 
             ..Default::default()
         };
         let answer = client.rank(request.clone()).await.unwrap().into_inner();
+        let prices: Vec<f64> = answer.items.iter().map(|i| i.price).collect();
+        let in_order = match rk::Sort::try_from(request.sort) {
+            Ok(rk::Sort::PriceAscending) => prices.is_sorted(),
+            Ok(rk::Sort::PriceDescending) => prices.is_sorted_by(|a, b| a >= b),
+            _ => true,
+        };
+        assert!(in_order, "request {n}: {prices:?} for {request:?}");
         let got: HashSet<String> = answer.items.into_iter().map(|i| i.id).collect();
         assert_eq!(got, expected, "request {n}: {request:?}");
         assert_eq!(answer.facets.len(), 4, "request {n}");

@@ -282,8 +282,31 @@ fn assert_kept(request: &rk::RankRequest, answer: &rk::RankResponse) {
     }
 }
 
-/// 600 random `Rank` requests: each answered with a ranking that keeps what it asked for,
-/// or refused as InvalidArgument with a message; both kinds occur; the ranker still ranks.
+/// Fetched page by page (`size` results a page), `request`'s ranking is `answer`'s: pages
+/// neither repeat nor skip an item.
+async fn assert_pages_continue(
+    client: &mut RankerClient<tonic::transport::Channel>,
+    request: &rk::RankRequest,
+    answer: &rk::RankResponse,
+    size: usize,
+) {
+    let whole: Vec<&str> = answer.items.iter().map(|i| i.id.as_str()).collect();
+    let mut paged = Vec::new();
+    for start in (0..request.k as usize).step_by(size) {
+        let page = rk::RankRequest {
+            offset: request.offset + start as u32,
+            k: size.min(request.k as usize - start) as u32,
+            ..request.clone()
+        };
+        let items = client.rank(page).await.unwrap().into_inner().items;
+        paged.extend(items.into_iter().map(|i| i.id));
+    }
+    assert_eq!(paged, whole, "pages of {size} for {request:?}");
+}
+
+/// 600 random `Rank` requests: each answered with a ranking that keeps what it asked for
+/// (and, for one in five, the same ranking fetched page by page), or refused as
+/// InvalidArgument with a message; both kinds occur; the ranker still ranks.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_rank_requests_are_ranked_or_refused_never_failed() {
     let shop = demo_shop().await;
@@ -294,7 +317,11 @@ async fn random_rank_requests_are_ranked_or_refused_never_failed() {
         let request = draw_request(&mut d);
         match client.rank(request.clone()).await {
             Ok(answer) => {
-                assert_kept(&request, &answer.into_inner());
+                let answer = answer.into_inner();
+                assert_kept(&request, &answer);
+                if d.chance(0.2) {
+                    assert_pages_continue(&mut client, &request, &answer, 1 + d.below(7)).await;
+                }
                 ranked += 1;
             }
             Err(status) => {

@@ -1351,19 +1351,24 @@ mod tests {
         );
     }
 
+    /// A xorshift draw below `n`, from `seed`: the random graphs of the tests below.
+    fn draws(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut state = seed;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
+
     /// The last hop taken from the targets' side finds exactly what the forward walk finds
     /// (the same paths in the same order, the same `truncated`) on random graphs with a hub,
     /// parallel edges of several relations, self-loops, both edge directions, relation filters
     /// and 1-3 hops.
     #[test]
     fn last_hop_directions_agree() {
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = draws(0x853c_49e6_748f_ea9b);
         let relations = ["r0", "r1", "r2", "r3"];
         let mut triples = Vec::new();
         for _ in 0..HUB_DEGREE + 300 {
@@ -1489,13 +1494,7 @@ mod tests {
     /// ones; none for a target out of reach or among the sources.
     #[test]
     fn paths_are_the_shortest_ones_up_to_the_limit() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = draws(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
         for round in 0..300 {
             let nodes = 4 + next(14);

@@ -1145,3 +1145,111 @@ async fn random_filters_without_a_query_list_and_count_every_item_that_passes() 
         }
     }
 }
+
+/// 120 random item writes through the ranker (upserts that change an item's brand, category
+/// and attributes; updates that set or remove attributes, named in either case): after each,
+/// the knowledge graph states of every item written exactly what the catalog holds: its
+/// brand, its category's leaf and its attributes, old values gone (the facts a path cites,
+/// "same brand as ..."). Found an update naming "Color" adding a second colour beside the
+/// item's "color" (both then matched filters and stood in the graph).
+#[tokio::test(flavor = "multi_thread")]
+async fn random_item_writes_leave_the_graph_the_facts_the_catalog_holds() {
+    use std::collections::BTreeMap;
+    let shop = demo_shop().await;
+    let kg_url = shop.kg.url();
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let mut d = Draw(XorShift::new(21));
+    // (brand, category path, attributes) as the catalog holds them.
+    type Held = (String, Vec<String>, BTreeMap<String, String>);
+    let mut catalog: BTreeMap<String, Held> = BTreeMap::new();
+    let categories: [&[&str]; 4] = [
+        &["Outdoor"],
+        &["Outdoor", "Tents"],
+        &["Kitchen", "Kettles"],
+        &["Electronics", "Audio", "Headphones"],
+    ];
+    let attributes = |d: &mut Draw| -> BTreeMap<String, String> {
+        let mut held = BTreeMap::new();
+        for (name, values) in [
+            ("color", &["red", "blue", "navy"][..]),
+            ("size", &["s", "m"][..]),
+        ] {
+            if d.chance(0.5) {
+                held.insert(name.to_string(), d.one(values).to_string());
+            }
+        }
+        held
+    };
+    for n in 0..120 {
+        let id = format!("g{}", d.below(8));
+        match catalog.get_mut(&id) {
+            Some((_, _, held)) if d.chance(0.5) => {
+                // Set one attribute, or remove it (an empty value).
+                let name = d.one(&["color", "size", "Color"]).to_string();
+                let value = d.one(&["", "green", "l"]).to_string();
+                let update = rk::ItemUpdate {
+                    id: id.clone(),
+                    attributes: [(name.clone(), value.clone())].into(),
+                    ..Default::default()
+                };
+                client
+                    .update_items(futures::stream::iter(vec![rk::UpdateItemsRequest {
+                        updates: vec![update],
+                    }]))
+                    .await
+                    .unwrap();
+                // Names are one whatever their case; the last written case stays.
+                held.retain(|k, _| !k.eq_ignore_ascii_case(&name));
+                if !value.is_empty() {
+                    held.insert(name, value);
+                }
+            }
+            _ => {
+                let brand = d.one(&["Acme", "Pixelon", "Voltix", ""]).to_string();
+                let category: Vec<String> =
+                    d.one(&categories).iter().map(|c| c.to_string()).collect();
+                let held = attributes(&mut d);
+                let item = rk::Item {
+                    id: id.clone(),
+                    title: format!("{} thing {n}", category.last().unwrap()),
+                    brand: brand.clone(),
+                    category: category.clone(),
+                    price: 10.0,
+                    in_stock: true,
+                    attributes: held.clone().into_iter().collect(),
+                    ..Default::default()
+                };
+                client
+                    .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+                        items: vec![item],
+                    }]))
+                    .await
+                    .unwrap();
+                catalog.insert(id.clone(), (brand, category, held));
+            }
+        }
+        for (id, (brand, category, held)) in &catalog {
+            let entity = format!("item:{id}");
+            let want_brand: Vec<String> = (!brand.is_empty())
+                .then(|| format!("brand:{brand}"))
+                .into_iter()
+                .collect();
+            let want_category = vec![format!("category:{}", category.join("/"))];
+            let want_attributes: Vec<String> =
+                held.iter().map(|(k, v)| format!("attr:{k}={v}")).collect();
+            let want = (want_brand, want_category, want_attributes);
+            let stated = async || {
+                (
+                    out_edges(&kg_url, &entity, "brand").await,
+                    out_edges(&kg_url, &entity, "category").await,
+                    out_edges(&kg_url, &entity, "attribute").await,
+                )
+            };
+            assert!(
+                soon(async || stated().await == want).await,
+                "write {n}, {id}: the graph states {:?}, the catalog {want:?}",
+                stated().await
+            );
+        }
+    }
+}

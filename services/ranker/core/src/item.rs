@@ -56,6 +56,13 @@ impl Attributes {
         }
     }
 
+    /// Keeps the pairs `keep` says yes to (a `BTreeMap`'s `retain`).
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &String) -> bool) {
+        let mut pairs = std::mem::take(&mut self.0).into_vec();
+        pairs.retain(|(k, v)| keep(k, v));
+        self.0 = pairs.into_boxed_slice();
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -191,8 +198,9 @@ impl Item {
     }
 
     /// This item with its price, stock and attributes changed where given (`UpdateItems`):
-    /// an attribute set to an empty value is removed, the others are kept; validated as
-    /// [`Item::validated`]. Its text does not change, so neither does its vector.
+    /// an attribute set to an empty value is removed, the others are kept; a name matches the
+    /// item's whatever its case; validated as [`Item::validated`]. Its text does not change,
+    /// so neither does its vector.
     ///
     /// # Errors
     /// `InvalidInput` naming the item: a price that is not finite and >= 0, an empty
@@ -217,6 +225,11 @@ impl Item {
                     self.id
                 )));
             }
+            // One attribute whatever the case of its name, as filters and facets read it: a
+            // feed writing "Color" replaces (or removes) the item's "color", and the case
+            // given is kept.
+            let folded = name.to_lowercase();
+            self.attributes.retain(|k, _| k.to_lowercase() != folded);
             self.attributes.insert(name, value);
         }
         self.validated()
@@ -634,6 +647,24 @@ mod tests {
             (&updated.title, &updated.category, &updated.brand),
             (&item.title, &item.category, &item.brand)
         );
+        // A name in another case is the same attribute: replaced in the case given, or removed.
+        let recased = item
+            .clone()
+            .updated(
+                None,
+                None,
+                [
+                    ("Color".to_string(), "red".to_string()),
+                    ("SIZE".to_string(), String::new()),
+                ],
+            )
+            .unwrap();
+        let attributes: Vec<(&str, &str)> = recased
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(attributes, [("Color", "red")]);
         let out = item.clone().updated(None, Some(false), []).unwrap();
         assert!(!out.in_stock);
         assert_eq!(out.price, 199.0);

@@ -548,6 +548,17 @@ pub async fn soon_within(seconds: u64, mut done: impl AsyncFnMut() -> bool) -> b
     false
 }
 
+/// The graph's `Stats`.
+pub async fn kg_stats(
+    client: &mut souk_proto::kg::v1::knowledge_graph_client::KnowledgeGraphClient<Channel>,
+) -> souk_proto::kg::v1::StatsResponse {
+    client
+        .stats(souk_proto::kg::v1::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The entities `entity`'s out-edges of `relation` reach in the graph at `kg_url`, sorted
 /// (what the graph says of an item's attributes, brand or category).
 pub async fn out_edges(kg_url: &str, entity: &str, relation: &str) -> Vec<String> {

@@ -887,11 +887,7 @@ async fn stats_reads_every_service_that_answers() {
         token: None,
         timeout_s: soukctl::DEFAULT_TIMEOUT_S,
     };
-    let graph = KnowledgeGraphClient::new(channel(&kg.url()).await)
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let graph = kg_stats(&mut KnowledgeGraphClient::new(channel(&kg.url()).await)).await;
     let info =
         souk_proto::encoder::v1::encoder_client::EncoderClient::new(channel(&encoder_url).await)
             .info(souk_proto::encoder::v1::InfoRequest {})

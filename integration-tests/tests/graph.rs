@@ -24,17 +24,6 @@ fn batch(triples: Vec<kg::Triple>) -> kg::LoadTriplesRequest {
     }
 }
 
-/// The graph's `Stats`.
-async fn kg_stats(
-    client: &mut KnowledgeGraphClient<tonic::transport::Channel>,
-) -> kg::StatsResponse {
-    client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
@@ -1096,10 +1085,9 @@ async fn a_compaction_that_fails_keeps_the_store_in_use_and_removes_what_it_wrot
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_the_compaction_under_way() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start_kg_compacting_after(dir.path(), 1_000).await;
+    let (mut server, _) = start_kg_compacting_after(dir.path(), 1_000).await;
     let mut client = KnowledgeGraphClient::new(channel(&server.url()).await);
     load_shop(&mut client).await;
-    let mut server = server;
     for round in 0..3 {
         // 5,000 removed, at least an eighth of the log: the last batch of this stream sets a
         // compaction off.

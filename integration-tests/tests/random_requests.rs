@@ -2,8 +2,10 @@
 //! answer is a ranking that keeps the request's promises or an InvalidArgument that says what
 //! was wrong, never another code (a panic in a handler answers Unknown or Internal, or kills
 //! the connection); every admin write is taken or refused whole, with nothing stored changed;
-//! and the ranker serves normally afterwards. The knowledge graph gets the same treatment. Each field is drawn valid most of the time and
-//! now and then from a list of faults, so about half the requests hold one.
+//! and the ranker serves normally afterwards. The knowledge graph's requests get the same
+//! treatment. Each field is drawn valid most of the time and now and then from a list of
+//! faults, so about half the requests hold one. Then answers held to the catalog file itself:
+//! filtered listings and their facet counts, and the graph's facts of items written.
 use std::collections::HashSet;
 
 use souk_proto::kg::v1 as kg;
@@ -894,11 +896,7 @@ async fn random_graph_requests_are_answered_or_refused() {
                 })
             }
             6 => {
-                let before = client
-                    .stats(kg::StatsRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let before = kg_stats(&mut client).await;
                 let message = kg::LoadTriplesRequest {
                     triples: (0..d.below(4)).map(|_| draw_triple(&mut d)).collect(),
                     remove: (0..d.below(2)).map(|_| draw_triple(&mut d)).collect(),
@@ -913,11 +911,7 @@ async fn random_graph_requests_are_answered_or_refused() {
                     .await
                     .map(drop);
                 if answer.is_err() {
-                    let after = client
-                        .stats(kg::StatsRequest {})
-                        .await
-                        .unwrap()
-                        .into_inner();
+                    let after = kg_stats(&mut client).await;
                     assert_eq!(after, before, "{n}: a refused load changed the graph");
                 }
                 answer
@@ -961,13 +955,8 @@ async fn random_graph_requests_are_answered_or_refused() {
         answered > 150 && refused > 50,
         "{answered} answered, {refused} refused"
     );
-    let stats = client
-        .stats(kg::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = kg_stats(&mut client).await;
     assert!(stats.triples > 1_000, "{stats:?}");
-    drop(server);
 }
 
 /// A product of kg-data/products.csv as the filters read it (names and values lower case).
@@ -1005,26 +994,22 @@ fn demo_products() -> Vec<Product> {
 /// 300 random filters (a category at any level, brands, a price range, in stock only, an
 /// attribute value) without a query, for a new shopper and a known one, k 1,000: the answer
 /// lists every item of the demo shop that passes, and nothing else (a category page shows
-/// the whole category; sorted by price when asked), and its facets (brand, category, colour, price buckets) count, for
-/// each value, the items that pass every filter but the facet's own, as counted here from
-/// the catalog file.
+/// the whole category; sorted by price when asked), and its facets (brand, category, colour,
+/// price buckets) count, for each value, the items that pass every filter but the facet's
+/// own, as counted here from the catalog file.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_filters_without_a_query_list_and_count_every_item_that_passes() {
     let shop = demo_shop().await;
     let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
     let products = demo_products();
-    let distinct = |values: Vec<String>| {
-        let mut values = values;
+    fn distinct<T: Ord>(mut values: Vec<T>) -> Vec<T> {
         values.sort();
         values.dedup();
         values
-    };
+    }
     let categories = distinct(products.iter().flat_map(|p| p.categories.clone()).collect());
     let brands = distinct(products.iter().map(|p| p.brand.clone()).collect());
-    let mut attributes: Vec<(String, String)> =
-        products.iter().flat_map(|p| p.attributes.clone()).collect();
-    attributes.sort();
-    attributes.dedup();
+    let attributes = distinct(products.iter().flat_map(|p| p.attributes.clone()).collect());
     let mut d = Draw(XorShift::new(3));
     for n in 0..300 {
         let category = if d.chance(0.5) {

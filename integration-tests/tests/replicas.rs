@@ -6,6 +6,7 @@ use souk_proto::ranker::v1::ranker_client::RankerClient;
 use tonic::transport::Channel;
 
 use crate::common::*;
+use crate::random_requests::Draw;
 
 async fn client(url: &str) -> RankerClient<Channel> {
     RankerClient::new(channel(url).await)
@@ -1196,7 +1197,7 @@ async fn holdings(client: &mut RankerClient<Channel>) -> String {
         .unwrap()
         .into_inner();
     let mut profiles = Vec::new();
-    for user in ["u010", "u066", "u901", "shopper-1", "shopper-2"] {
+    for user in SHOPPERS {
         let profile = client
             .user_profile(rk::UserProfileRequest {
                 user_id: user.into(),
@@ -1215,22 +1216,22 @@ async fn holdings(client: &mut RankerClient<Channel>) -> String {
     )
 }
 
+/// The shoppers of [`random_write`]'s events, whose profiles [`holdings`] reads.
+const SHOPPERS: [&str; 5] = ["u010", "u066", "u901", "shopper-1", "shopper-2"];
+
 /// One random write to the primary `p` (or, for events, through the replica `r` when
 /// `through` is given): items added, renamed, repriced, restocked or deleted, shoppers'
 /// events, shoppers forgotten, pinned results, synonyms.
 async fn random_write(
-    d: &mut crate::random_requests::Draw,
+    d: &mut Draw,
     p: &mut RankerClient<Channel>,
     through: Option<&mut RankerClient<Channel>>,
 ) {
-    let item = |d: &mut crate::random_requests::Draw| match d.below(3) {
+    let item = |d: &mut Draw| match d.below(3) {
         0 => format!("new-{}", d.below(20)),
         _ => format!("p{:05}", 1 + d.below(60)),
     };
-    let user = |d: &mut crate::random_requests::Draw| {
-        d.one(&["u010", "u066", "u901", "shopper-1", "shopper-2"])
-            .to_string()
-    };
+    let user = |d: &mut Draw| d.one(&SHOPPERS).to_string();
     match d.below(7) {
         0 => {
             let items = (0..1 + d.below(2))
@@ -1320,8 +1321,8 @@ async fn random_write(
 /// to the replica while its primary is away): after each round the replica holds what the
 /// primary holds, as `holdings` reads them: counts, every item's fields, rules, synonyms,
 /// profiles and rankings; and a primary restarted with nothing sent meanwhile holds what it
-/// held. `SEED=N ROUNDS=M` draws another or a longer run (40 rounds of
-/// seeds 1-16 passed when it was written).
+/// held. `SEED=N ROUNDS=M` draws another or a longer run (40 rounds of seeds 1-16 passed when
+/// it was written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
     let dir = tempfile::tempdir().unwrap();
@@ -1333,7 +1334,7 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
     let (replica, mut r) = replica_in_sync(&replica_dir, (&encoder, &kg_url), &primary_url).await;
     let mut replica = Some(replica);
     let mut p = client(&primary_url).await;
-    let mut d = crate::random_requests::Draw(souk_ranker_core::rng::XorShift::new(
+    let mut d = Draw(souk_ranker_core::rng::XorShift::new(
         std::env::var("SEED").map_or(11, |s| s.parse().unwrap()),
     ));
     let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());

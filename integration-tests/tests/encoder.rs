@@ -279,3 +279,80 @@ async fn two_inference_workers_answer_every_caller_with_its_own_vectors() {
     }
     server.stop().await.unwrap();
 }
+
+/// Callers that give up (a deadline, a cancelled call) while their requests wait are not
+/// computed for: the next caller waits for the pass under way, not for every abandoned one.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_requests_are_not_computed() {
+    let port = free_port();
+    let mut args = encoder_args(model_dir());
+    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = start_encoder(args).await;
+    wait_serving(&server.url()).await;
+    const CALLERS: usize = 24;
+    const TEXTS: usize = 128;
+    let mut calls = Vec::new();
+    for c in 0..CALLERS {
+        let mut client = EncoderClient::new(channel(&server.url()).await);
+        let texts = (0..TEXTS)
+            .map(|i| {
+                format!(
+                    "caller {c} product {i} {}",
+                    "with a fairly long description ".repeat(8)
+                )
+            })
+            .collect();
+        let request = enc::EmbedRequest {
+            texts,
+            truncate: None,
+            normalize: None,
+        };
+        calls.push(tokio::spawn(async move { client.embed(request).await }));
+    }
+    // Every request tokenized, so queued; then every caller gives up.
+    let queued = soon(async || {
+        metric_value(
+            &scrape_metrics(port).await,
+            "souk_encoder_tokenize_seconds_count",
+        ) >= CALLERS as f64
+    })
+    .await;
+    assert!(queued, "the requests were not all tokenized");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for call in &calls {
+        call.abort();
+    }
+    let started = std::time::Instant::now();
+    let mut client = EncoderClient::new(channel(&server.url()).await);
+    let answer = client
+        .embed(enc::EmbedRequest {
+            texts: vec!["tent".into()],
+            truncate: None,
+            normalize: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.embeddings.len(), 1);
+    let waited = started.elapsed();
+    let scrape = scrape_metrics(port).await;
+    let computed = metric_value(&scrape, "souk_encoder_batch_texts_sum");
+    let abandoned = metric_value(&scrape, "souk_encoder_abandoned_texts_total");
+    eprintln!(
+        "waited {waited:?}, computed {computed} texts of {}",
+        CALLERS * TEXTS
+    );
+    // The passes under way when the callers gave up may finish; every other abandoned text is
+    // dropped (and counted), and the new caller's text is computed.
+    assert!(
+        computed < (CALLERS * TEXTS / 4) as f64,
+        "{computed} texts computed for {} abandoned ones",
+        CALLERS * TEXTS
+    );
+    assert!(
+        abandoned >= (CALLERS * TEXTS / 2) as f64
+            && computed + abandoned <= (CALLERS * TEXTS + 1) as f64,
+        "{abandoned} texts counted as abandoned, {computed} computed"
+    );
+    server.stop().await.unwrap();
+}

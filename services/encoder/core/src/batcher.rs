@@ -5,6 +5,9 @@
 //! up to the token budget, sorts all sequences by length (so each forward pass pads little),
 //! cuts them into passes of at most `max_batch_tokens` padded tokens, and replies to every job.
 //! A full queue answers [`EncoderError::Overloaded`] at once instead of growing memory.
+//! A request whose caller has gone (a deadline passed, the call was cancelled) is dropped
+//! unanswered before each forward pass, so a burst that callers gave up on costs the next
+//! caller one pass, not every abandoned one.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -87,6 +90,8 @@ pub struct BatcherStats {
     pub padded_tokens: AtomicU64,
     pub real_tokens: AtomicU64,
     pub inference_micros: AtomicU64,
+    /// Texts not computed because their caller had gone.
+    pub abandoned_texts: AtomicU64,
 }
 
 struct Job {
@@ -109,6 +114,8 @@ pub trait BatchObserver: Send + Sync + 'static {
         _elapsed: std::time::Duration,
     ) {
     }
+    /// Texts of requests whose caller had gone were dropped without a forward pass.
+    fn abandoned(&self, _texts: usize) {}
 }
 
 struct Unobserved;
@@ -295,21 +302,30 @@ fn run_inference<B: Backend>(
     loop {
         // The queue is held only while a batch is collected; the forward pass runs unlocked,
         // so another worker can collect the next batch meanwhile.
+        // It blocks for the first job whose caller still waits, then takes what else is
+        // queued up to the token budget; jobs whose callers have gone are dropped on the way.
         let jobs = {
             let Ok(mut rx) = rx.lock() else { return };
-            let Some(first) = rx.blocking_recv() else {
-                return;
-            };
-            let mut queued: usize = first.sequences.iter().map(|s| s.ids.len()).sum();
-            let mut jobs = vec![first];
-            while queued < options.max_batch_tokens {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        queued += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-                        jobs.push(job);
+            let mut jobs: Vec<Job> = Vec::new();
+            let mut queued = 0;
+            while jobs.is_empty() || queued < options.max_batch_tokens {
+                let job = if jobs.is_empty() {
+                    let Some(job) = rx.blocking_recv() else {
+                        return;
+                    };
+                    job
+                } else {
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                };
+                if job.reply.is_closed() {
+                    abandon(stats, observer, job.sequences.len());
+                    continue;
                 }
+                queued += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+                jobs.push(job);
             }
             jobs
         };
@@ -328,7 +344,16 @@ fn run_inference<B: Backend>(
             }
         }
         slots.sort_by_key(|s| s.sequence.ids.len());
-        for pass in split_by_budget(slots, options.max_batch_tokens) {
+        for mut pass in split_by_budget(slots, options.max_batch_tokens) {
+            // A caller may give up while earlier passes run: its texts are not computed.
+            let before = pass.len();
+            pass.retain(|s| !replies[s.job].0.is_closed());
+            if pass.len() < before {
+                abandon(stats, observer, before - pass.len());
+            }
+            if pass.is_empty() {
+                continue;
+            }
             let owners: Vec<(usize, usize)> = pass.iter().map(|s| (s.job, s.index)).collect();
             let batch = Batch {
                 sequences: pass.into_iter().map(|s| s.sequence).collect(),
@@ -389,6 +414,13 @@ fn run_inference<B: Backend>(
             let _ = reply.send(result);
         }
     }
+}
+
+fn abandon(stats: &BatcherStats, observer: &dyn BatchObserver, texts: usize) {
+    stats
+        .abandoned_texts
+        .fetch_add(texts as u64, Ordering::Relaxed);
+    observer.abandoned(texts);
 }
 
 fn record(stats: &BatcherStats, batch: &Batch, elapsed: std::time::Duration) {
@@ -536,6 +568,67 @@ mod tests {
         }
         let error = warm_up(&mut Short, &sound).unwrap_err().to_string();
         assert!(error.contains("vector 0 has 1 values"), "{error}");
+    }
+
+    #[test]
+    fn a_request_whose_caller_has_gone_is_not_computed() {
+        /// Counts the sequences it is given.
+        struct Counting(Arc<AtomicU64>);
+        impl Backend for Counting {
+            fn embed(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, EncoderError> {
+                self.0
+                    .fetch_add(batch.sequences.len() as u64, Ordering::Relaxed);
+                Ok(vec![vec![1.0, 0.0]; batch.sequences.len()])
+            }
+            fn dimension(&self) -> usize {
+                2
+            }
+            fn device(&self) -> String {
+                "test".into()
+            }
+            fn dtype(&self) -> String {
+                "f32".into()
+            }
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let sequence = Sequence {
+            ids: vec![101, 7, 102],
+            type_ids: vec![0; 3],
+        };
+        let mut answers = Vec::new();
+        for texts in [3, 2, 1] {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                sequences: vec![sequence.clone(); texts],
+                normalize: false,
+                reply,
+            };
+            assert!(tx.try_send(job).is_ok());
+            answers.push(answer);
+        }
+        drop(tx);
+        // The first and last callers gave up before the worker took their requests.
+        let mut answers = answers.into_iter();
+        drop(answers.next());
+        let waiting = answers.next();
+        drop(answers.next());
+        let seen = Arc::new(AtomicU64::new(0));
+        let stats = BatcherStats::default();
+        run_inference(
+            Counting(seen.clone()),
+            &std::sync::Mutex::new(rx),
+            BatcherOptions::default(),
+            &stats,
+            &Unobserved,
+        );
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            2,
+            "only the waiting caller's texts"
+        );
+        assert_eq!(stats.abandoned_texts.load(Ordering::Relaxed), 4);
+        let answer = waiting.map(|mut a| a.try_recv().map(|r| r.map(|v| v.len()).ok()));
+        assert_eq!(answer, Some(Ok(Some(2))));
     }
 
     #[test]

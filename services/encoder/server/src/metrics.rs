@@ -8,11 +8,12 @@
 //! | `souk_encoder_batch_padding_ratio` | histogram | padded / real tokens per forward pass |
 //! | `souk_encoder_tokenize_seconds` | histogram | tokenization of one request |
 //! | `souk_encoder_inference_seconds` | histogram | one forward pass |
+//! | `souk_encoder_abandoned_texts_total` | counter | texts not computed: their caller had gone (deadline, cancel) |
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, HistogramOpts, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use souk_encoder_core::batcher::{BatchObserver, Batcher};
 
 /// Histograms the batcher reports into.
@@ -22,6 +23,7 @@ pub struct EncoderMetrics {
     padding: Histogram,
     tokenize: Histogram,
     inference: Histogram,
+    abandoned: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, prometheus::Error> {
@@ -57,6 +59,10 @@ impl EncoderMetrics {
                 times.clone(),
             )?,
             inference: histogram("encoder_inference_seconds", "One forward pass.", times)?,
+            abandoned: IntCounter::new(
+                "encoder_abandoned_texts_total",
+                "Texts not computed because their caller had gone (a deadline, a cancelled call).",
+            )?,
         };
         for h in [
             &metrics.texts,
@@ -67,6 +73,7 @@ impl EncoderMetrics {
         ] {
             registry.register(Box::new(h.clone()))?;
         }
+        registry.register(Box::new(metrics.abandoned.clone()))?;
         Ok(metrics)
     }
 }
@@ -84,6 +91,10 @@ impl BatchObserver for EncoderMetrics {
                 .observe(padded_tokens as f64 / real_tokens as f64);
         }
         self.inference.observe(elapsed.as_secs_f64());
+    }
+
+    fn abandoned(&self, texts: usize) {
+        self.abandoned.inc_by(texts as u64);
     }
 }
 

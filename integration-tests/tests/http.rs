@@ -347,6 +347,34 @@ async fn a_shop_backend_sends_events_and_items_over_json() {
             .contains("batch 0, update 1: item \"p09001\": price must be finite and >= 0, got -5"),
         "{message}"
     );
+    // One attribute named twice (case, spaces) in an update or an item: refused, not guessed.
+    let reply =
+        call(r#"{"updates": [{"id": "p09001", "price": 7, "attributes": {"color": "red", "Color": "blue"}}]}"#)
+            .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = parse(&reply)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("item \"p09001\": attributes \"Color\" and \"color\" are one attribute"),
+        "{message}"
+    );
+    let twice = r#"{"items": [{"id": "p09001", "title": "Quokka Trail Bivvy Shelter", "price": 3, "attributes": {"size": "2", " Size": "3"}}]}"#;
+    let reply = http_call(
+        http,
+        "POST",
+        upsert,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        twice.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = parse(&reply)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("attributes \" Size\" and \"size\" are one attribute"),
+        "{message}"
+    );
     let reply = post_json(http, RANK, r#"{"query": "quokka bivvy shelter", "k": 3}"#).await;
     let first = json_items(&parse(&reply)).into_iter().next();
     assert_eq!(

@@ -244,6 +244,9 @@ fn attribute_pairs(
             // The ranker would drop it from a catalog row without a word.
             return Err(format!("item {id:?}: attribute {pair:?} has no name"));
         }
+        // The ranker reads names without case: two of one name would leave it to guess.
+        let names = attributes.keys().map(String::as_str).chain([k]);
+        souk_ranker_core::item::one_attribute_per_name(id, names).map_err(|e| e.to_string())?;
         attributes.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(attributes)
@@ -2098,7 +2101,9 @@ mod tests {
                     p1,Tent,99.5,Outdoor > Tents,color=green; size=2,true\n\
                     p2,Stove,cheap,,,\n\
                     p3,Lamp,5,,color,\n\
-                    p4,Mug,5,,=red,\n";
+                    p4,Mug,5,,=red,\n\
+                    p5,Cap,5,,Color=red; color=blue,\n\
+                    p6,Hat,5,,size=M;size=L,\n";
         let rows: Vec<_> = catalog(Path::new("c.csv"), data.as_bytes()).collect();
         let p1 = rows[0].as_ref().unwrap();
         assert_eq!(p1.category, vec!["Outdoor", "Tents"]);
@@ -2118,6 +2123,16 @@ mod tests {
             rows[3].as_ref().unwrap_err().to_string(),
             "c.csv:5: item \"p4\": attribute \"=red\" has no name",
             "the ranker would drop it without a word"
+        );
+        // One attribute given twice, in any case: which value was meant is for the file to say.
+        assert_eq!(
+            rows[4].as_ref().unwrap_err().to_string(),
+            "c.csv:6: item \"p5\": attributes \"Color\" and \"color\" are one attribute \
+             (names are read without case or extra spaces); give it once"
+        );
+        assert_eq!(
+            rows[5].as_ref().unwrap_err().to_string(),
+            "c.csv:7: item \"p6\": attribute \"size\" is given twice; give it once"
         );
         let missing = errors(catalog(Path::new("c.csv"), "id,name\n".as_bytes()));
         assert_eq!(

@@ -1,5 +1,5 @@
 //! Catalog items, request filters and interaction events, validated.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::RankError;
 
@@ -153,6 +153,41 @@ fn clean(s: &str) -> String {
         .join(" ")
 }
 
+/// Refuses two attribute names that are one attribute once whitespace is normalised and case
+/// is folded ("color" and "Color "): filters and facets read them as one, and which of the
+/// two values to keep is not the ranker's to guess (a request's map has no order).
+///
+/// # Errors
+/// `InvalidInput` naming the item and the two names.
+pub fn one_attribute_per_name<'a>(
+    id: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), RankError> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for name in names {
+        let folded = clean(name).to_lowercase();
+        if folded.is_empty() {
+            continue;
+        }
+        if let Some(other) = seen.insert(folded, name) {
+            let (a, b) = if other <= name {
+                (other, name)
+            } else {
+                (name, other)
+            };
+            return Err(RankError::InvalidInput(if a == b {
+                format!("item {id:?}: attribute {a:?} is given twice; give it once")
+            } else {
+                format!(
+                    "item {id:?}: attributes {a:?} and {b:?} are one attribute (names are read \
+                     without case or extra spaces); give it once"
+                )
+            }));
+        }
+    }
+    Ok(())
+}
+
 impl Item {
     /// Validates and normalises an item: id rules, a finite non-negative price, a title, and
     /// whitespace-normalised category, brand and attribute names.
@@ -204,7 +239,7 @@ impl Item {
     ///
     /// # Errors
     /// `InvalidInput` naming the item: a price that is not finite and >= 0, an empty
-    /// attribute name.
+    /// attribute name, two names of one attribute ([`one_attribute_per_name`]).
     pub fn updated(
         mut self,
         price: Option<f64>,
@@ -217,6 +252,8 @@ impl Item {
         if let Some(in_stock) = in_stock {
             self.in_stock = in_stock;
         }
+        let attributes: Vec<(String, String)> = attributes.into_iter().collect();
+        one_attribute_per_name(&self.id, attributes.iter().map(|(k, _)| k.as_str()))?;
         for (name, value) in attributes {
             let name = clean(&name);
             if name.is_empty() {
@@ -675,6 +712,14 @@ mod tests {
                 None,
                 vec![(" ".to_string(), "x".to_string())],
                 "an attribute name is empty",
+            ),
+            (
+                None,
+                vec![
+                    ("color".to_string(), "red".to_string()),
+                    ("Color".to_string(), String::new()),
+                ],
+                "attributes \"Color\" and \"color\" are one attribute",
             ),
         ] {
             let err = item

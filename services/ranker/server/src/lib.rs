@@ -23,7 +23,8 @@ use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
 use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
 use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
-    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity, validate_id,
+    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity,
+    one_attribute_per_name, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder, check_query_length};
@@ -1205,6 +1206,8 @@ impl RankerService {
 }
 
 fn item_from_pb(item: pb::Item) -> Result<Item, RankError> {
+    validate_id(&item.id)?;
+    one_attribute_per_name(&item.id, item.attributes.keys().map(String::as_str))?;
     Item {
         id: item.id,
         title: item.title,

@@ -290,17 +290,23 @@ async fn a_shop_backend_sends_events_and_items_over_json() {
     let reply = post_json(http, upsert, item).await;
     assert_eq!(reply.status, 401, "{reply:?}");
     let bearer = format!("Bearer {TOKEN}");
-    let reply = http_call(
-        http,
-        "POST",
-        upsert,
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &bearer),
-        ],
-        item.as_bytes(),
-    )
-    .await;
+    let admin = |path: &'static str, body: &'static str| {
+        let bearer = bearer.clone();
+        async move {
+            http_call(
+                http,
+                "POST",
+                path,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &bearer),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let reply = admin(upsert, item).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(parse(&reply)["upserted"], "1");
     let reply = post_json(http, RANK, r#"{"query": "quokka bivvy shelter", "k": 3}"#).await;
@@ -312,22 +318,7 @@ async fn a_shop_backend_sends_events_and_items_over_json() {
 
     // A price feed of the changed fields; a bad update refuses its whole batch.
     let update = "/souk.ranker.v1.Ranker/UpdateItems";
-    let call = |body: &'static str| {
-        let bearer = bearer.clone();
-        async move {
-            http_call(
-                http,
-                "POST",
-                update,
-                &[
-                    ("content-type", "application/json"),
-                    ("authorization", &bearer),
-                ],
-                body.as_bytes(),
-            )
-            .await
-        }
-    };
+    let call = |body: &'static str| admin(update, body);
     let reply =
         call(r#"{"updates": [{"id": "p09001", "price": 99.5, "inStock": false}, {"id": "nope"}]}"#)
             .await;
@@ -358,17 +349,7 @@ async fn a_shop_backend_sends_events_and_items_over_json() {
         "{message}"
     );
     let twice = r#"{"items": [{"id": "p09001", "title": "Quokka Trail Bivvy Shelter", "price": 3, "attributes": {"size": "2", " Size": "3"}}]}"#;
-    let reply = http_call(
-        http,
-        "POST",
-        upsert,
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &bearer),
-        ],
-        twice.as_bytes(),
-    )
-    .await;
+    let reply = admin(upsert, twice).await;
     assert_eq!(reply.status, 400, "{reply:?}");
     let message = parse(&reply)["message"].as_str().unwrap().to_string();
     assert!(

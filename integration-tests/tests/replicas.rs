@@ -6,6 +6,8 @@ use souk_proto::ranker::v1::ranker_client::RankerClient;
 use tonic::transport::Channel;
 
 use crate::common::*;
+use std::collections::BTreeSet;
+
 use crate::random_requests::Draw;
 
 async fn client(url: &str) -> RankerClient<Channel> {
@@ -1154,36 +1156,11 @@ async fn the_primarys_stats_list_the_searches_its_replicas_served() {
 /// synonyms, some shoppers' profiles, and the rankings of [`rankings`].
 async fn holdings(client: &mut RankerClient<Channel>) -> String {
     let s = stats(client).await;
-    let mut ids = Vec::new();
-    loop {
-        let page = client
-            .list_item_ids(rk::ListItemIdsRequest {
-                after: ids.last().cloned().unwrap_or_default(),
-                limit: 1_000,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.extend(page.ids);
-        if !page.more {
-            break;
-        }
-    }
-    let items = client
-        .rank(rk::RankRequest {
-            k: ids.len() as u32,
-            candidate_ids: ids.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
-    let mut items: Vec<_> = items
+    let (ids, items) = every_item(client).await;
+    let items: Vec<_> = items
         .into_iter()
         .map(|i| (i.id, i.title, i.brand, i.category, i.price))
         .collect();
-    items.sort_by(|a, b| a.0.cmp(&b.0));
     // The rules, not how often each applied (each server counts its own rankings).
     let pins = client
         .get_pins(rk::GetPinsRequest {})
@@ -1216,16 +1193,80 @@ async fn holdings(client: &mut RankerClient<Channel>) -> String {
     )
 }
 
+/// Every item's id, in order, and the item as `Rank` answers it (read by re-ranking all the
+/// listed ids), in the same order.
+async fn every_item(client: &mut RankerClient<Channel>) -> (Vec<String>, Vec<rk::RankedItem>) {
+    let mut ids = Vec::new();
+    loop {
+        let page = client
+            .list_item_ids(rk::ListItemIdsRequest {
+                after: ids.last().cloned().unwrap_or_default(),
+                limit: 1_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.ids);
+        if !page.more {
+            break;
+        }
+    }
+    let mut items = client
+        .rank(rk::RankRequest {
+            k: ids.len() as u32,
+            candidate_ids: ids.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    (ids, items)
+}
+
+/// Where the graph at `kg_url` does not state the brand and category leaf the catalog holds,
+/// for the items [`random_write`] writes, less those it ever deleted (a deleted item's facts
+/// stay in the graph, and one added again under its id adds its own beside them):
+/// `(id, the graph's, the catalog's)`.
+async fn graph_differs(
+    client: &mut RankerClient<Channel>,
+    kg_url: &str,
+    deleted: &BTreeSet<String>,
+) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut differs = Vec::new();
+    for item in every_item(client).await.1 {
+        let written = item.id.starts_with("new-") || item.id.as_str() <= "p00060";
+        if !written || deleted.contains(&item.id) {
+            continue;
+        }
+        let entity = format!("item:{}", item.id);
+        let mut stated = out_edges(kg_url, &entity, "brand").await;
+        stated.extend(out_edges(kg_url, &entity, "category").await);
+        let mut held: Vec<String> = (!item.brand.is_empty())
+            .then(|| format!("brand:{}", item.brand))
+            .into_iter()
+            .collect();
+        held.push(format!("category:{}", item.category.join("/")));
+        if stated != held {
+            differs.push((item.id, stated, held));
+        }
+    }
+    differs
+}
+
 /// The shoppers of [`random_write`]'s events, whose profiles [`holdings`] reads.
 const SHOPPERS: [&str; 5] = ["u010", "u066", "u901", "shopper-1", "shopper-2"];
 
 /// One random write to the primary `p` (or, for events, through the replica `r` when
-/// `through` is given): items added, renamed, repriced, restocked or deleted, shoppers'
-/// events, shoppers forgotten, pinned results, synonyms.
+/// `through` is given): items added, renamed, repriced, restocked or deleted (their ids put
+/// in `deleted` before the call), shoppers' events, shoppers forgotten, pinned results,
+/// synonyms.
 async fn random_write(
     d: &mut Draw,
     p: &mut RankerClient<Channel>,
     through: Option<&mut RankerClient<Channel>>,
+    deleted: &mut BTreeSet<String>,
 ) {
     let item = |d: &mut Draw| match d.below(3) {
         0 => format!("new-{}", d.below(20)),
@@ -1267,7 +1308,8 @@ async fn random_write(
                 .unwrap();
         }
         2 => {
-            let ids = (0..1 + d.below(2)).map(|_| item(d)).collect();
+            let ids: Vec<String> = (0..1 + d.below(2)).map(|_| item(d)).collect();
+            deleted.extend(ids.iter().cloned());
             p.delete_items(rk::DeleteItemsRequest { ids })
                 .await
                 .unwrap();
@@ -1338,20 +1380,21 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
         std::env::var("SEED").map_or(11, |s| s.parse().unwrap()),
     ));
     let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    let mut deleted = BTreeSet::new();
     for round in 0..rounds {
         for _ in 0..1 + d.below(10) {
-            random_write(&mut d, &mut p, Some(&mut r)).await;
+            random_write(&mut d, &mut p, Some(&mut r), &mut deleted).await;
         }
         match d.below(5) {
             0 => {
                 replica.take().unwrap().stop().await.unwrap();
                 for _ in 0..d.below(4) {
-                    random_write(&mut d, &mut p, None).await;
+                    random_write(&mut d, &mut p, None, &mut deleted).await;
                 }
                 // More writes while it starts again (resumes or copies).
                 let writes = async {
                     for _ in 0..d.below(6) {
-                        random_write(&mut d, &mut p, None).await;
+                        random_write(&mut d, &mut p, None, &mut deleted).await;
                     }
                 };
                 let (started, ()) = tokio::join!(
@@ -1406,4 +1449,70 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
             "round {round}:\nprimary {held}\nreplica {copied}"
         );
     }
+}
+
+/// Random writes whose callers give up at a random moment (the call dropped after 0.1-400 ms, as
+/// a deadline or a killed client drops it): whatever the primary stored, it serves, and its
+/// replica (which applies the store's writes) holds the same; a restart changes nothing a
+/// caller reads. `SEED=N ROUNDS=M` as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_cut_short_leave_the_primary_serving_what_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (encoder, kg, primary) = demo_primary(dir.path(), souk_ranker::DEFAULT_ANN_MIN_ITEMS).await;
+    let kg_url = kg.url();
+    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let (primary_url, primary_addr) = (primary.url(), primary.addr);
+    let mut primary = Some(primary);
+    let (_replica, mut r) = replica_in_sync(&replica_dir, (&encoder, &kg_url), &primary_url).await;
+    let mut p = client(&primary_url).await;
+    let mut d = Draw(souk_ranker_core::rng::XorShift::new(
+        std::env::var("SEED").map_or(5, |s| s.parse().unwrap()),
+    ));
+    let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    let mut cut = 0;
+    let mut deleted = BTreeSet::new();
+    for round in 0..rounds {
+        for _ in 0..10 + d.below(20) {
+            // 0.1-400 ms, as often under 1 ms as over 100: a write is cut at any of its
+            // steps (an upsert's embedding takes tens of ms, an event's store write one).
+            let scale = 100 << d.below(12);
+            let within = std::time::Duration::from_micros((scale + d.below(scale)) as u64);
+            let write = random_write(&mut d, &mut p, Some(&mut r), &mut deleted);
+            if tokio::time::timeout(within, write).await.is_err() {
+                cut += 1;
+            }
+        }
+        assert!(
+            soon_within(30, async || {
+                same_counts(&mut p, &mut r).await && stats(&mut r).await.outbox == 0
+            })
+            .await,
+            "round {round}: primary {:?}\nreplica {:?}",
+            stats(&mut p).await,
+            stats(&mut r).await
+        );
+        let (held, copied) = (holdings(&mut p).await, holdings(&mut r).await);
+        assert!(
+            held == copied,
+            "round {round}:\nprimary {held}\nreplica {copied}"
+        );
+        // Every stored batch's facts reached the graph (at once or through its outbox).
+        assert!(
+            soon(async || graph_differs(&mut p, &kg_url, &deleted).await.is_empty()).await,
+            "round {round}: the graph differs from the catalog: {:?}",
+            graph_differs(&mut p, &kg_url, &deleted).await
+        );
+        if d.chance(0.5) {
+            primary.take().unwrap().stop().await.unwrap();
+            let started = primary_at(&primary_dir, (&encoder, &kg_url), primary_addr, None).await;
+            p = client(&started.url()).await;
+            primary = Some(started);
+            let after = holdings(&mut p).await;
+            assert!(
+                held == after,
+                "round {round}, the primary restarted:\nbefore {held}\nafter {after}"
+            );
+        }
+    }
+    assert!(cut > rounds, "only {cut} writes were cut short");
 }

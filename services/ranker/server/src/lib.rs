@@ -199,21 +199,28 @@ struct Ready {
     /// `souk_encoder_model_differs`: 1 while the encoder serves another model than the
     /// catalog's (an operator's alert: search runs on words alone until `Reembed`).
     model_differs: prometheus::IntGauge,
+    /// The four locks below order writes. Each is held until its write is done in the store
+    /// *and* in memory: the guard moves into the task that does both, which runs to its end
+    /// even when the caller goes away (a deadline or a cancelled call drops the handler at
+    /// its next await). Before session 58 a caller that gave up between the two left the
+    /// store changed and memory not: a forgotten shopper still served, events stored (and
+    /// copied to replicas) but not counted, settings stored but not in force.
+    ///
     /// Held by `UpsertItems`, `UpdateItems` and `Reembed`: a re-embedding must see every
     /// item, and a load must not add vectors of the old model after it.
-    writing: tokio::sync::Mutex<()>,
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// Held by `UpdateItems` through each batch (read, change, store) and by `DeleteItems`,
     /// so that an update does not bring back an item deleted in its middle. (A delete does
     /// not wait for `writing`: a whole catalog's load takes minutes.)
-    editing: tokio::sync::Mutex<()>,
+    editing: Arc<tokio::sync::Mutex<()>>,
     /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
     /// memory: two calls at once must leave memory as the store, not one each.
-    settings: tokio::sync::Mutex<()>,
+    settings: Arc<tokio::sync::Mutex<()>>,
     /// Held shared by `RecordInteractions` from its store write to memory, and alone by
     /// `ForgetUsers` from its read of the log to memory: an event of a shopper being
     /// forgotten is either in the log it reads or recorded after it, never stored before
     /// and counted in memory after.
-    events: tokio::sync::RwLock<()>,
+    events: Arc<tokio::sync::RwLock<()>>,
     /// A replica's store is a copy of its primary's: it writes nothing of its own.
     replica: bool,
     /// A replica's events that wait for its primary (`None` on a primary).
@@ -424,9 +431,10 @@ impl Ready {
 
 struct RankerService {
     ready: OnceLock<Arc<Ready>>,
-    metrics: metrics::RankMetrics,
-    /// Held while a CF fit runs: one at a time (each holds an items x items matrix).
-    fitting: tokio::sync::Mutex<()>,
+    metrics: Arc<metrics::RankMetrics>,
+    /// Held while a CF fit runs, to its end: one at a time (each holds an items x items
+    /// matrix).
+    fitting: Arc<tokio::sync::Mutex<()>>,
     /// On a replica: the primary's URL, and a client of it (`RecordInteractions` is passed on).
     follows: Option<(
         String,
@@ -475,8 +483,11 @@ pub async fn serve(
     };
     let state = Arc::new(RankerService {
         ready: OnceLock::new(),
-        metrics: metrics::RankMetrics::register(registry.registry(), primary.is_some())?,
-        fitting: tokio::sync::Mutex::new(()),
+        metrics: Arc::new(metrics::RankMetrics::register(
+            registry.registry(),
+            primary.is_some(),
+        )?),
+        fitting: Default::default(),
         follows,
         replica: Arc::new(match &primary {
             Some(_) => replica::ReplicaState::registered(registry.registry())?,
@@ -595,10 +606,10 @@ pub async fn serve(
         // A replica's primary re-embeds; the replica copies its vectors.
         reembed_on_change: args.reembed_on_model_change && primary.is_none(),
         model_differs,
-        writing: tokio::sync::Mutex::new(()),
-        editing: tokio::sync::Mutex::new(()),
-        settings: tokio::sync::Mutex::new(()),
-        events: tokio::sync::RwLock::new(()),
+        writing: Default::default(),
+        editing: Default::default(),
+        settings: Default::default(),
+        events: Default::default(),
         replica: primary.is_some(),
         outbox: outbox.clone(),
         graph_outbox,
@@ -840,7 +851,7 @@ async fn watch_encoder(ready: Arc<Ready>, mut stopped: tokio::sync::watch::Recei
 /// UNAVAILABLE when the encoder cannot embed, ABORTED when its model changed meanwhile
 /// (nothing changed either way), INTERNAL when its answers are malformed or the store fails.
 async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
-    let _writing = ready.writing.lock().await;
+    let writing = ready.writing.clone().lock_owned().await;
     let started = Instant::now();
     let unavailable = |e: souk_ranker_core::rank::SourceError| {
         Status::unavailable(format!("cannot embed the catalog, nothing changed: {e}"))
@@ -896,26 +907,25 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
     }
     let count = ids.len() as u64;
     let vectors: HashMap<String, Vec<f32>> = ids.into_iter().zip(vectors).collect();
-    {
-        let probe = probe.clone();
-        blocking(ready, move |ready| {
-            // Stored first and at once (vectors and probe in one batch): a crash leaves
-            // either the old model's catalog or the new one's, never a mix.
-            ready.store.put_vectors(&vectors, &probe)?;
-            ready
-                .ranker
-                .catalog()
-                .write()
-                .map_err(|_| lock_poisoned())?
-                .replace_vectors(&vectors)
-        })
-        .await?;
-    }
-    ready
-        .set_catalog_model(probe.clone(), model)
-        .map_err(status)?;
-    ready.encoder.clear_cache();
-    ready.compare_model(&probe, model).map_err(status)?;
+    // Stored, then swapped in memory and the model adopted, in one task that runs to its
+    // end: a caller gone in between left the new vectors without their model in memory
+    // (queries not embedded until a restart).
+    blocking(ready, move |ready| {
+        let _writing = writing;
+        // Stored first and at once (vectors and probe in one batch): a crash leaves
+        // either the old model's catalog or the new one's, never a mix.
+        ready.store.put_vectors(&vectors, &probe)?;
+        ready
+            .ranker
+            .catalog()
+            .write()
+            .map_err(|_| lock_poisoned())?
+            .replace_vectors(&vectors)?;
+        ready.set_catalog_model(probe.clone(), model)?;
+        ready.encoder.clear_cache();
+        ready.compare_model(&probe, model)
+    })
+    .await?;
     tracing::info!(
         items = count,
         dimension,
@@ -1129,6 +1139,20 @@ async fn sync_graph(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<
     }
 }
 
+/// Runs `write` (a batch stored, applied in memory and sent to the graph) as a task of its
+/// own, which goes on to its end when the caller goes away meanwhile (a deadline or a
+/// cancelled call drops the handler at its next await): a batch the store took then reaches
+/// memory and the graph too. `held`, the guards that order such writes, is handed back when
+/// it is done; if the caller went, the task releases it then, not before.
+async fn to_the_end<H: Send + 'static, T: Send + 'static>(
+    held: H,
+    write: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<(H, T), Status> {
+    tokio::spawn(async move { write.await.map(|done| (held, done)) })
+        .await
+        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+}
+
 async fn blocking<T: Send + 'static>(
     ready: &Arc<Ready>,
     work: impl FnOnce(&Ready) -> Result<T, RankError> + Send + 'static,
@@ -1339,32 +1363,45 @@ fn rank_query(request: pb::RankRequest, hasher: &UserHasher) -> Result<RankQuery
 /// does with each gathered batch), counting them into `response`.
 async fn record_checked(
     ready: &Arc<Ready>,
-    metrics: &metrics::RankMetrics,
+    metrics: &Arc<metrics::RankMetrics>,
     events: Vec<Interaction>,
     response: &mut pb::RecordInteractionsResponse,
 ) -> Result<(), Status> {
-    let _recording = ready.events.read().await;
-    let recorded = blocking(ready, move |ready| ready.store.record(events)).await?;
+    let recording = ready.events.clone().read_owned().await;
+    let metrics = metrics.clone();
+    // Stored and counted in memory in one task: events stored but not counted would stay
+    // so (sent again, they are duplicates), and replicas, which apply the store's writes,
+    // would count them.
+    let (recorded, unknown_items) = blocking(ready, move |ready| {
+        let _recording = recording;
+        let recorded = ready.store.record(events)?;
+        metrics.events(
+            recorded.events.len() as u64,
+            recorded.duplicates,
+            recorded.forgotten,
+        );
+        let mut unknown_items = 0;
+        // All sent before (a file loaded again): `Rank` is not held up for nothing.
+        if !recorded.events.is_empty() {
+            let mut catalog = ready
+                .ranker
+                .catalog()
+                .write()
+                .map_err(|_| lock_poisoned())?;
+            for event in &recorded.events {
+                if catalog.get(&event.item_id).is_none() {
+                    unknown_items += 1;
+                }
+                catalog.record(event);
+            }
+        }
+        Ok((recorded, unknown_items))
+    })
+    .await?;
     response.forgotten += recorded.forgotten;
     response.duplicates += recorded.duplicates;
-    metrics.events(
-        recorded.events.len() as u64,
-        recorded.duplicates,
-        recorded.forgotten,
-    );
-    let events = recorded.events;
-    if events.is_empty() {
-        // All sent before (a file loaded again): `Rank` is not held up for nothing.
-        return Ok(());
-    }
-    let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
-    for event in &events {
-        if catalog.get(&event.item_id).is_none() {
-            response.unknown_items += 1;
-        }
-        catalog.record(event);
-    }
-    response.recorded += events.len() as u64;
+    response.unknown_items += unknown_items;
+    response.recorded += recorded.events.len() as u64;
     Ok(())
 }
 
@@ -1375,7 +1412,7 @@ async fn record_checked(
 /// and dropped, as the outbox's own delivery drops one its primary refuses.
 async fn record_left_in_outbox(
     ready: &Arc<Ready>,
-    metrics: &metrics::RankMetrics,
+    metrics: &Arc<metrics::RankMetrics>,
 ) -> Result<pb::RecordInteractionsResponse, Status> {
     let tree = ready.store.outbox_tree().map_err(status)?;
     let mut response = pb::RecordInteractionsResponse::default();
@@ -1700,7 +1737,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let mut stream = request.into_inner();
         let mut response = pb::UpsertItemsResponse::default();
         let mut batch_no = 0u64;
-        let _writing = ready.writing.lock().await;
+        let mut writing = ready.writing.clone().lock_owned().await;
         // The encoder's model is checked once per stream, before its first vector is stored;
         // the first items of an empty catalog store their model's probe with them.
         let mut checked = false;
@@ -1817,10 +1854,19 @@ impl pb::ranker_server::Ranker for RankerService {
             };
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;
-            store_items(&ready, pairs, first_probe.take()).await?;
-            response.upserted += count;
+            let probe = first_probe.take();
             // Under `writing`: graph batches of items go in the order the catalog took them.
-            if let Some(removed) = sync_graph(&ready, remove, add).await {
+            let (held, synced) = to_the_end(writing, {
+                let ready = ready.clone();
+                async move {
+                    store_items(&ready, pairs, probe).await?;
+                    Ok(sync_graph(&ready, remove, add).await)
+                }
+            })
+            .await?;
+            writing = held;
+            response.upserted += count;
+            if let Some(removed) = synced {
                 response.graph_synced += count;
                 response.graph_facts_removed += removed;
             }
@@ -1839,7 +1885,7 @@ impl pb::ranker_server::Ranker for RankerService {
         let mut batch_no = 0u64;
         // One writer at a time with UpsertItems and Reembed: an update applies to the item
         // as the last load left it.
-        let _writing = ready.writing.lock().await;
+        let mut writing = ready.writing.clone().lock_owned().await;
         while let Some(message) = stream.next().await {
             let updates = message?.updates;
             let batch = batch_no;
@@ -1849,7 +1895,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 validate_id(&update.id).map_err(|e| bad(i, e))?;
             }
             // From the read to the store, no delete runs (it would be undone).
-            let editing = ready.editing.lock().await;
+            let editing = ready.editing.clone().lock_owned().await;
             let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
             let stored =
                 blocking(&ready, move |ready| ready.store.items_with_vectors(&ids)).await?;
@@ -1887,11 +1933,19 @@ impl pb::ranker_server::Ranker for RankerService {
             // Each item as stored against its last update in this batch.
             let (remove, add) = graph_change(&ready, changed.iter().map(|(item, _)| item))?;
             let count = changed.len() as u64;
-            store_items(&ready, changed, None).await?;
-            drop(editing);
-            response.updated += count;
             // New attribute values reach the graph as a load's would, old ones leave it.
-            if let Some(removed) = sync_graph(&ready, remove, add).await {
+            let (held, synced) = to_the_end(writing, {
+                let ready = ready.clone();
+                async move {
+                    store_items(&ready, changed, None).await?;
+                    drop(editing);
+                    Ok(sync_graph(&ready, remove, add).await)
+                }
+            })
+            .await?;
+            writing = held;
+            response.updated += count;
+            if let Some(removed) = synced {
                 response.graph_synced += count;
                 response.graph_facts_removed += removed;
             }
@@ -1922,25 +1976,29 @@ impl pb::ranker_server::Ranker for RankerService {
         let ids = request.into_inner().ids;
         // Not in the middle of an update's batch: an update reads items, changes them and
         // stores them, which would bring back an item deleted meanwhile.
-        let _editing = ready.editing.lock().await;
-        let known: Vec<String> = {
-            let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
-            ids.iter()
-                .filter(|id| catalog.get(id).is_some())
-                .cloned()
-                .collect()
-        };
-        {
-            let known = known.clone();
-            blocking(&ready, move |ready| ready.store.delete_items(&known)).await?;
-        }
-        let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
-        for id in &known {
-            catalog.delete(id);
-        }
+        let editing = ready.editing.clone().lock_owned().await;
+        let asked = ids.len();
+        // Deleted from the store and from memory in one task.
+        let deleted = blocking(&ready, move |ready| {
+            let _editing = editing;
+            let catalog = ready.ranker.catalog();
+            let known: Vec<String> = {
+                let catalog = catalog.read().map_err(|_| lock_poisoned())?;
+                ids.into_iter()
+                    .filter(|id| catalog.get(id).is_some())
+                    .collect()
+            };
+            ready.store.delete_items(&known)?;
+            let mut catalog = catalog.write().map_err(|_| lock_poisoned())?;
+            for id in &known {
+                catalog.delete(id);
+            }
+            Ok(known.len())
+        })
+        .await?;
         Ok(Response::new(pb::DeleteItemsResponse {
-            deleted: known.len() as u64,
-            not_found: (ids.len() - known.len()) as u64,
+            deleted: deleted as u64,
+            not_found: (asked - deleted) as u64,
         }))
     }
 
@@ -1992,31 +2050,30 @@ impl pb::ranker_server::Ranker for RankerService {
             })
         };
         let mut found = read(true).await?;
-        let _alone = ready.events.write().await;
+        let alone = ready.events.clone().write_owned().await;
         found.extend(read(false).await?);
         let (keys, events): (Vec<Vec<u8>>, Vec<Interaction>) = found.into_iter().unzip();
         // Events of theirs stamped until now that arrive later (a replica's outbox, a log
         // loaded again) are turned away; their events after it are new ones.
         let at_ms = unix_time().as_millis() as i64;
-        let events = blocking(&ready, move |ready| {
+        // Forgotten by the store and by memory in one task: a caller that gave up in between
+        // left the shopper served from memory, and asking again found nothing left to forget.
+        let (users, events) = blocking(&ready, move |ready| {
+            let _alone = alone;
             ready.store.forget(&users, at_ms, keys, &events)?;
-            Ok(events)
+            ready
+                .ranker
+                .catalog()
+                .write()
+                .map_err(|_| lock_poisoned())?
+                .forget(&events);
+            let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
+                events.iter().map(|e| &e.user).collect();
+            Ok((forgotten.len() as u64, events.len() as u64))
         })
         .await?;
-        let forgotten: std::collections::HashSet<&souk_ranker_core::UserKey> =
-            events.iter().map(|e| &e.user).collect();
-        let users = forgotten.len() as u64;
-        ready
-            .ranker
-            .catalog()
-            .write()
-            .map_err(|_| poisoned())?
-            .forget(&events);
-        tracing::info!(users, events = events.len(), "forgot shoppers");
-        Ok(Response::new(pb::ForgetUsersResponse {
-            users,
-            events: events.len() as u64,
-        }))
+        tracing::info!(users, events, "forgot shoppers");
+        Ok(Response::new(pb::ForgetUsersResponse { users, events }))
     }
 
     async fn record_interactions(
@@ -2200,7 +2257,7 @@ impl pb::ranker_server::Ranker for RankerService {
             },
         };
         options.validate().map_err(status)?;
-        let Ok(_fitting) = self.fitting.try_lock() else {
+        let Ok(fitting) = self.fitting.clone().try_lock_owned() else {
             return Err(Status::aborted(
                 "a collaborative-filter fit is already running",
             ));
@@ -2215,9 +2272,17 @@ impl pb::ranker_server::Ranker for RankerService {
         let version = format!("{}-{}", algorithm.name(), unix_time().as_millis());
         let fitted = {
             let ready = ready.clone();
+            // Stored and served in one task, which holds `fitting` to its end.
             tokio::task::spawn_blocking(move || -> Result<_, RankError> {
-                let model = fit_served(&users, &options, version)?;
+                let _fitting = fitting;
+                let model = Arc::new(fit_served(&users, &options, version)?);
                 ready.store.put_cf(&model)?;
+                ready
+                    .ranker
+                    .catalog()
+                    .write()
+                    .map_err(|_| lock_poisoned())?
+                    .set_trained_cf(Some(model.clone()));
                 Ok(model)
             })
             .await
@@ -2237,12 +2302,6 @@ impl pb::ranker_server::Ranker for RankerService {
             seconds = response.seconds,
             "collaborative filter trained"
         );
-        ready
-            .ranker
-            .catalog()
-            .write()
-            .map_err(|_| poisoned())?
-            .set_trained_cf(Some(Arc::new(fitted)));
         Ok(Response::new(response))
     }
 
@@ -2274,13 +2333,14 @@ impl pb::ranker_server::Ranker for RankerService {
             },
         };
         model.validate().map_err(status)?;
-        let _settings = ready.settings.lock().await;
-        {
-            let model = model.clone();
-            blocking(&ready, move |ready| ready.store.put_fusion(&model)).await?;
-        }
+        let settings = ready.settings.clone().lock_owned().await;
         let version = model.version.clone();
-        ready.ranker.set_model(model).map_err(status)?;
+        blocking(&ready, move |ready| {
+            let _settings = settings;
+            ready.store.put_fusion(&model)?;
+            ready.ranker.set_model(model)
+        })
+        .await?;
         tracing::info!(%version, "fusion weights replaced");
         Ok(Response::new(pb::SetFusionResponse { version }))
     }
@@ -2305,20 +2365,20 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map_err(|e| Status::invalid_argument(format!("{e}; the previous set stays")))?,
         );
         let count = synonyms.rules().len() as u32;
-        let _settings = ready.settings.lock().await;
-        {
-            let synonyms = synonyms.clone();
-            blocking(&ready, move |ready| {
-                ready.store.put_synonyms(synonyms.rules())
-            })
-            .await?;
-        }
-        let finding_nothing = {
-            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+        let settings = ready.settings.clone().lock_owned().await;
+        let finding_nothing = blocking(&ready, move |ready| {
+            let _settings = settings;
+            ready.store.put_synonyms(synonyms.rules())?;
+            let mut catalog = ready
+                .ranker
+                .catalog()
+                .write()
+                .map_err(|_| lock_poisoned())?;
             let idle = synonyms.finding_nothing(|terms| catalog.holds_all(terms));
             catalog.set_synonyms(synonyms);
-            idle.into_iter().map(|i| i as u32).collect()
-        };
+            Ok(idle.into_iter().map(|i| i as u32).collect())
+        })
+        .await?;
         // Cached query vectors stay right: an equivalence leaves the query's text as typed,
         // and a one-way reading is embedded under its new text.
         tracing::info!(synonyms = count, "synonyms replaced");
@@ -2345,17 +2405,20 @@ impl pb::ranker_server::Ranker for RankerService {
                 .map_err(|e| Status::invalid_argument(format!("{e}; the previous set stays")))?,
         );
         let count = pins.rules().len() as u32;
-        let _settings = ready.settings.lock().await;
-        {
-            let pins = pins.clone();
-            blocking(&ready, move |ready| ready.store.put_pins(pins.rules())).await?;
-        }
-        let missing_items = {
-            let mut catalog = ready.ranker.catalog().write().map_err(|_| poisoned())?;
+        let settings = ready.settings.clone().lock_owned().await;
+        let missing_items = blocking(&ready, move |ready| {
+            let _settings = settings;
+            ready.store.put_pins(pins.rules())?;
+            let mut catalog = ready
+                .ranker
+                .catalog()
+                .write()
+                .map_err(|_| lock_poisoned())?;
             let missing = pins.missing(|id| catalog.get(id).is_some());
             catalog.set_pins(pins);
-            missing
-        };
+            Ok(missing)
+        })
+        .await?;
         tracing::info!(rules = count, "pinned results replaced");
         Ok(Response::new(pb::SetPinsResponse {
             rules: count,

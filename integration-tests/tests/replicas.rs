@@ -1434,21 +1434,32 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
             }
             _ => {}
         }
-        assert!(
-            soon_within(30, async || {
-                same_counts(&mut p, &mut r).await && stats(&mut r).await.outbox == 0
-            })
-            .await,
-            "round {round}: primary {:?}\nreplica {:?}",
-            stats(&mut p).await,
-            stats(&mut r).await
-        );
-        let (held, copied) = (holdings(&mut p).await, holdings(&mut r).await);
-        assert!(
-            held == copied,
-            "round {round}:\nprimary {held}\nreplica {copied}"
-        );
+        replica_holds_the_primarys(round, &mut p, &mut r).await;
     }
+}
+
+/// Waits for the replica `r` to catch up with the primary `p` (the same counts, its outbox
+/// empty), asserts that it holds what the primary holds ([`holdings`]), and returns that.
+async fn replica_holds_the_primarys(
+    round: usize,
+    p: &mut RankerClient<Channel>,
+    r: &mut RankerClient<Channel>,
+) -> String {
+    assert!(
+        soon_within(30, async || {
+            same_counts(p, r).await && stats(r).await.outbox == 0
+        })
+        .await,
+        "round {round}: primary {:?}\nreplica {:?}",
+        stats(p).await,
+        stats(r).await
+    );
+    let (held, copied) = (holdings(p).await, holdings(r).await);
+    assert!(
+        held == copied,
+        "round {round}:\nprimary {held}\nreplica {copied}"
+    );
+    held
 }
 
 /// Random writes whose callers give up at a random moment (the call dropped after 0.1-400 ms, as
@@ -1482,20 +1493,7 @@ async fn writes_cut_short_leave_the_primary_serving_what_it_stored() {
                 cut += 1;
             }
         }
-        assert!(
-            soon_within(30, async || {
-                same_counts(&mut p, &mut r).await && stats(&mut r).await.outbox == 0
-            })
-            .await,
-            "round {round}: primary {:?}\nreplica {:?}",
-            stats(&mut p).await,
-            stats(&mut r).await
-        );
-        let (held, copied) = (holdings(&mut p).await, holdings(&mut r).await);
-        assert!(
-            held == copied,
-            "round {round}:\nprimary {held}\nreplica {copied}"
-        );
+        let held = replica_holds_the_primarys(round, &mut p, &mut r).await;
         // Every stored batch's facts reached the graph (at once or through its outbox).
         assert!(
             soon(async || graph_differs(&mut p, &kg_url, &deleted).await.is_empty()).await,

@@ -88,6 +88,17 @@ pub async fn start_encoder(args: souk_encoder::EncoderArgs) -> Running {
     })
 }
 
+/// An encoder of the default model that also serves Prometheus `/metrics` on the returned
+/// port, once it answers.
+pub async fn start_encoder_metrics() -> (Running, u16) {
+    let port = free_port();
+    let mut args = encoder_args(model_dir());
+    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = start_encoder(args).await;
+    wait_serving(&server.url()).await;
+    (server, port)
+}
+
 /// An encoder on `addr` (one stopped there a moment ago: a restart with another model).
 pub async fn start_encoder_at(addr: SocketAddr, args: souk_encoder::EncoderArgs) -> Running {
     let listener = TcpListener::bind(addr).await.unwrap();

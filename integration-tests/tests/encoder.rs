@@ -199,11 +199,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
 /// inference time, and the queue depth read at scrape time.
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_metrics_are_exported() {
-    let port = free_port();
-    let mut args = encoder_args(model_dir());
-    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    let server = start_encoder(args).await;
-    wait_serving(&server.url()).await;
+    let (server, port) = start_encoder_metrics().await;
     let mut client = EncoderClient::new(channel(&server.url()).await);
     client
         .embed(enc::EmbedRequest {
@@ -284,11 +280,7 @@ async fn two_inference_workers_answer_every_caller_with_its_own_vectors() {
 /// computed for: the next caller waits for the pass under way, not for every abandoned one.
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_requests_are_not_computed() {
-    let port = free_port();
-    let mut args = encoder_args(model_dir());
-    args.server.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    let server = start_encoder(args).await;
-    wait_serving(&server.url()).await;
+    let (server, port) = start_encoder_metrics().await;
     const CALLERS: usize = 24;
     const TEXTS: usize = 128;
     let mut calls = Vec::new();

@@ -1132,11 +1132,14 @@ async fn random_filters_without_a_query_list_and_count_every_item_that_passes() 
 }
 
 /// 120 random item writes through the ranker (upserts that change an item's brand, category
-/// and attributes; updates that set or remove attributes, named in either case): after each,
-/// the knowledge graph states of every item written exactly what the catalog holds: its
-/// brand, its category's leaf and its attributes, old values gone (the facts a path cites,
-/// "same brand as ..."). Found an update naming "Color" adding a second colour beside the
-/// item's "color" (both then matched filters and stood in the graph).
+/// and attributes; updates that set or remove attributes, named in either case; deletes,
+/// and loads again under a deleted id): after each, the knowledge graph states of every
+/// item written exactly what the catalog holds: its brand, its category's leaf and its
+/// attributes, old values gone (the facts a path cites, "same brand as ..."); of a deleted
+/// item, what it held when deleted (histories and profiles read them). Found an update
+/// naming "Color" adding a second colour beside the item's "color" (both then matched
+/// filters and stood in the graph), and an item loaded again after its delete stating its
+/// old brand beside its new one.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_item_writes_leave_the_graph_the_facts_the_catalog_holds() {
     use std::collections::BTreeMap;
@@ -1147,6 +1150,8 @@ async fn random_item_writes_leave_the_graph_the_facts_the_catalog_holds() {
     // (brand, category path, attributes) as the catalog holds them.
     type Held = (String, Vec<String>, BTreeMap<String, String>);
     let mut catalog: BTreeMap<String, Held> = BTreeMap::new();
+    // Deleted items, as they were when deleted.
+    let mut gone: BTreeMap<String, Held> = BTreeMap::new();
     let categories: [&[&str]; 4] = [
         &["Outdoor"],
         &["Outdoor", "Tents"],
@@ -1168,6 +1173,17 @@ async fn random_item_writes_leave_the_graph_the_facts_the_catalog_holds() {
     for n in 0..120 {
         let id = format!("g{}", d.below(8));
         match catalog.get_mut(&id) {
+            Some(_) if d.chance(0.2) => {
+                let deleted = client
+                    .delete_items(rk::DeleteItemsRequest {
+                        ids: vec![id.clone()],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(deleted.deleted, 1);
+                gone.extend(catalog.remove_entry(&id));
+            }
             Some((_, _, held)) if d.chance(0.5) => {
                 // Set one attribute, or remove it (an empty value).
                 let name = d.one(&["color", "size", "Color"]).to_string();
@@ -1210,10 +1226,11 @@ async fn random_item_writes_leave_the_graph_the_facts_the_catalog_holds() {
                     }]))
                     .await
                     .unwrap();
+                gone.remove(&id);
                 catalog.insert(id.clone(), (brand, category, held));
             }
         }
-        for (id, (brand, category, held)) in &catalog {
+        for (id, (brand, category, held)) in catalog.iter().chain(&gone) {
             let entity = format!("item:{id}");
             let want_brand: Vec<String> = (!brand.is_empty())
                 .then(|| format!("brand:{brand}"))

@@ -6,7 +6,6 @@ use souk_proto::ranker::v1::ranker_client::RankerClient;
 use tonic::transport::Channel;
 
 use crate::common::*;
-use std::collections::BTreeSet;
 
 use crate::random_requests::Draw;
 
@@ -1226,18 +1225,17 @@ async fn every_item(client: &mut RankerClient<Channel>) -> (Vec<String>, Vec<rk:
 }
 
 /// Where the graph at `kg_url` does not state the brand and category leaf the catalog holds,
-/// for the items [`random_write`] writes, less those it ever deleted (a deleted item's facts
-/// stay in the graph, and one added again under its id adds its own beside them):
+/// for the items [`random_write`] writes (also those deleted and added again under their
+/// ids: the graph keeps a deleted item's facts, and the new ones replace them):
 /// `(id, the graph's, the catalog's)`.
 async fn graph_differs(
     client: &mut RankerClient<Channel>,
     kg_url: &str,
-    deleted: &BTreeSet<String>,
 ) -> Vec<(String, Vec<String>, Vec<String>)> {
     let mut differs = Vec::new();
     for item in every_item(client).await.1 {
         let written = item.id.starts_with("new-") || item.id.as_str() <= "p00060";
-        if !written || deleted.contains(&item.id) {
+        if !written {
             continue;
         }
         let entity = format!("item:{}", item.id);
@@ -1259,14 +1257,12 @@ async fn graph_differs(
 const SHOPPERS: [&str; 5] = ["u010", "u066", "u901", "shopper-1", "shopper-2"];
 
 /// One random write to the primary `p` (or, for events, through the replica `r` when
-/// `through` is given): items added, renamed, repriced, restocked or deleted (their ids put
-/// in `deleted` before the call), shoppers' events, shoppers forgotten, pinned results,
-/// synonyms.
+/// `through` is given): items added, renamed, repriced, restocked or deleted, shoppers'
+/// events, shoppers forgotten, pinned results, synonyms.
 async fn random_write(
     d: &mut Draw,
     p: &mut RankerClient<Channel>,
     through: Option<&mut RankerClient<Channel>>,
-    deleted: &mut BTreeSet<String>,
 ) {
     let item = |d: &mut Draw| match d.below(3) {
         0 => format!("new-{}", d.below(20)),
@@ -1309,7 +1305,6 @@ async fn random_write(
         }
         2 => {
             let ids: Vec<String> = (0..1 + d.below(2)).map(|_| item(d)).collect();
-            deleted.extend(ids.iter().cloned());
             p.delete_items(rk::DeleteItemsRequest { ids })
                 .await
                 .unwrap();
@@ -1380,21 +1375,20 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
         std::env::var("SEED").map_or(11, |s| s.parse().unwrap()),
     ));
     let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
-    let mut deleted = BTreeSet::new();
     for round in 0..rounds {
         for _ in 0..1 + d.below(10) {
-            random_write(&mut d, &mut p, Some(&mut r), &mut deleted).await;
+            random_write(&mut d, &mut p, Some(&mut r)).await;
         }
         match d.below(5) {
             0 => {
                 replica.take().unwrap().stop().await.unwrap();
                 for _ in 0..d.below(4) {
-                    random_write(&mut d, &mut p, None, &mut deleted).await;
+                    random_write(&mut d, &mut p, None).await;
                 }
                 // More writes while it starts again (resumes or copies).
                 let writes = async {
                     for _ in 0..d.below(6) {
-                        random_write(&mut d, &mut p, None, &mut deleted).await;
+                        random_write(&mut d, &mut p, None).await;
                     }
                 };
                 let (started, ()) = tokio::join!(
@@ -1463,9 +1457,9 @@ async fn replica_holds_the_primarys(
 }
 
 /// Random writes whose callers give up at a random moment (the call dropped after 0.1-400 ms, as
-/// a deadline or a killed client drops it): whatever the primary stored, it serves, and its
-/// replica (which applies the store's writes) holds the same; a restart changes nothing a
-/// caller reads. `SEED=N ROUNDS=M` as above.
+/// a deadline or a killed client drops it), some two at once: whatever the primary stored, it
+/// serves, and its replica (which applies the store's writes) holds the same; a restart
+/// changes nothing a caller reads. `SEED=N ROUNDS=M` as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_cut_short_leave_the_primary_serving_what_it_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -1481,24 +1475,40 @@ async fn writes_cut_short_leave_the_primary_serving_what_it_stored() {
     ));
     let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
     let mut cut = 0;
-    let mut deleted = BTreeSet::new();
     for round in 0..rounds {
         for _ in 0..10 + d.below(20) {
             // 0.1-400 ms, as often under 1 ms as over 100: a write is cut at any of its
             // steps (an upsert's embedding takes tens of ms, an event's store write one).
-            let scale = 100 << d.below(12);
-            let within = std::time::Duration::from_micros((scale + d.below(scale)) as u64);
-            let write = random_write(&mut d, &mut p, Some(&mut r), &mut deleted);
-            if tokio::time::timeout(within, write).await.is_err() {
-                cut += 1;
+            let within = |d: &mut Draw| {
+                let scale = 100 << d.below(12);
+                std::time::Duration::from_micros((scale + d.below(scale)) as u64)
+            };
+            let first = within(&mut d);
+            if d.chance(0.3) {
+                // Two at once, each cut on its own.
+                let mut other = Draw(souk_ranker_core::rng::XorShift::new(
+                    1 + d.below(1 << 30) as u64,
+                ));
+                let second = within(&mut other);
+                let (mut p2, mut r2) = (p.clone(), r.clone());
+                let (a, b) = tokio::join!(
+                    tokio::time::timeout(first, random_write(&mut d, &mut p, Some(&mut r))),
+                    tokio::time::timeout(second, random_write(&mut other, &mut p2, Some(&mut r2))),
+                );
+                cut += usize::from(a.is_err()) + usize::from(b.is_err());
+            } else {
+                let write = random_write(&mut d, &mut p, Some(&mut r));
+                if tokio::time::timeout(first, write).await.is_err() {
+                    cut += 1;
+                }
             }
         }
         let held = replica_holds_the_primarys(round, &mut p, &mut r).await;
         // Every stored batch's facts reached the graph (at once or through its outbox).
         assert!(
-            soon(async || graph_differs(&mut p, &kg_url, &deleted).await.is_empty()).await,
+            soon(async || graph_differs(&mut p, &kg_url).await.is_empty()).await,
             "round {round}: the graph differs from the catalog: {:?}",
-            graph_differs(&mut p, &kg_url, &deleted).await
+            graph_differs(&mut p, &kg_url).await
         );
         if d.chance(0.5) {
             primary.take().unwrap().stop().await.unwrap();

@@ -209,9 +209,11 @@ struct Ready {
     /// Held by `UpsertItems`, `UpdateItems` and `Reembed`: a re-embedding must see every
     /// item, and a load must not add vectors of the old model after it.
     writing: Arc<tokio::sync::Mutex<()>>,
-    /// Held by `UpdateItems` through each batch (read, change, store) and by `DeleteItems`,
-    /// so that an update does not bring back an item deleted in its middle. (A delete does
-    /// not wait for `writing`: a whole catalog's load takes minutes.)
+    /// Held by `UpdateItems` through each batch (read, change, store), by `UpsertItems` from
+    /// each batch's store write to memory, and by `DeleteItems`, so that an update does not
+    /// bring back an item deleted in its middle, and a delete does not fall between a load's
+    /// store and memory (memory then kept the deleted item). (A delete does not wait for
+    /// `writing`: a whole catalog's load takes minutes.)
     editing: Arc<tokio::sync::Mutex<()>>,
     /// Held by `SetFusion` and `SetSynonyms` from their store write to their swap in
     /// memory: two calls at once must leave memory as the store, not one each.
@@ -1103,18 +1105,38 @@ fn refused_in_batch(batch: u64, what: &str, i: usize, error: impl std::fmt::Disp
 /// The graph batch for `items` about to be stored (ids distinct): as removals, the facts
 /// their versions in the catalog state and they drop (a recoloured item's old colour); to
 /// add, all their facts. Read before the store, from the catalog (under `writing`, as the
-/// store holds them).
-fn graph_change<'a>(
-    ready: &Ready,
+/// store holds them). For an item the catalog lacks, its version last deleted stands for the
+/// old one: the graph keeps a deleted item's facts, and an item loaded again under its id
+/// would otherwise state its old brand beside its new one for good.
+async fn graph_change<'a>(
+    ready: &Arc<Ready>,
     items: impl IntoIterator<Item = &'a Item>,
 ) -> Result<(Vec<Fact>, Vec<Fact>), Status> {
-    let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
     let (mut remove, mut add) = (Vec::new(), Vec::new());
-    for item in items {
-        if let Some(old) = catalog.get(&item.id) {
-            remove.extend(dropped_facts(old, item));
+    let mut absent: Vec<Item> = Vec::new();
+    {
+        let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+        for item in items {
+            match catalog.get(&item.id) {
+                Some(old) => remove.extend(dropped_facts(old, item)),
+                None => absent.push(item.clone()),
+            }
+            add.extend(item.facts());
         }
-        add.extend(item.facts());
+    }
+    if !absent.is_empty() {
+        let dropped = blocking(ready, move |ready| {
+            let ids: Vec<&str> = absent.iter().map(|item| item.id.as_str()).collect();
+            let deleted = ready.store.deleted_items(&ids)?;
+            Ok(absent
+                .iter()
+                .zip(deleted)
+                .filter_map(|(item, old)| old.map(|old| dropped_facts(&old, item)))
+                .flatten()
+                .collect::<Vec<Fact>>())
+        })
+        .await?;
+        remove.extend(dropped);
     }
     Ok((remove, add))
 }
@@ -1850,7 +1872,7 @@ impl pb::ranker_server::Ranker for RankerService {
                     .rev()
                     .filter(|item| seen.insert(item.id.as_str()))
                     .collect();
-                graph_change(&ready, last)?
+                graph_change(&ready, last).await?
             };
             let pairs: Vec<(Item, Vec<f32>)> = items.into_iter().zip(vectors).collect();
             let count = pairs.len() as u64;
@@ -1859,7 +1881,11 @@ impl pb::ranker_server::Ranker for RankerService {
             let (held, synced) = to_the_end(writing, {
                 let ready = ready.clone();
                 async move {
+                    // No delete between the store and memory: memory would keep an item the
+                    // store deleted.
+                    let editing = ready.editing.clone().lock_owned().await;
                     store_items(&ready, pairs, probe).await?;
+                    drop(editing);
                     Ok(sync_graph(&ready, remove, add).await)
                 }
             })
@@ -1931,7 +1957,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 continue;
             }
             // Each item as stored against its last update in this batch.
-            let (remove, add) = graph_change(&ready, changed.iter().map(|(item, _)| item))?;
+            let (remove, add) = graph_change(&ready, changed.iter().map(|(item, _)| item)).await?;
             let count = changed.len() as u64;
             // New attribute values reach the graph as a load's would, old ones leave it.
             let (held, synced) = to_the_end(writing, {

@@ -1,6 +1,7 @@
 //! The ranker's sled store: items and their vectors in one tree (`i`+id -> JSON item,
 //! `v`+id -> little-endian f32s, written together in one atomic batch; `p` -> the vector the
-//! model that embedded them gives a fixed probe text, see [`RankerStore::probe`]) and the event log in
+//! model that embedded them gives a fixed probe text, see [`RankerStore::probe`]; `d`+id -> a
+//! deleted item's JSON, what the graph was told of it, see [`RankerStore::deleted_items`]) and the event log in
 //! another (sequence number -> JSON event with the pseudonymised user); fitted models (fusion
 //! weights, the trained collaborative filter) as JSON by name in a third, with a factor
 //! model's vectors beside its record as little-endian f32s (`cf.vectors`). The HNSW graph
@@ -1385,6 +1386,12 @@ impl RankerStore {
                 Some(serde_json::to_vec(item).map_err(internal)?),
             ));
             writes.push((key(b'v', &item.id), Some(f32_bytes(vector))));
+            // Stored again, the item is no longer deleted (only then is a removal written:
+            // one per item of every load would lengthen each write's key list).
+            let deleted = key(b'd', &item.id);
+            if self.catalog.contains_key(&deleted).map_err(internal)? {
+                writes.push((deleted, None));
+            }
         }
         if let Some(probe) = probe {
             writes.push((PROBE_KEY.to_vec(), Some(f32_bytes(probe))));
@@ -1537,14 +1544,49 @@ impl RankerStore {
         )
     }
 
+    /// Deletes items and their vectors, and keeps, in the same write, each deleted item as
+    /// the knowledge graph was told of it, without its title and description (see
+    /// [`Self::deleted_items`]). Run so that no put of the same ids runs meanwhile (the
+    /// ranker's `editing` lock): it reads the items it deletes.
+    ///
     /// # Errors
-    /// When the write fails.
+    /// When the store cannot be read or written, or a stored item does not decode.
     pub fn delete_items(&self, ids: &[String]) -> Result<(), RankError> {
-        let writes = ids
-            .iter()
-            .flat_map(|id| [(key(b'i', id), None), (key(b'v', id), None)])
-            .collect();
+        let mut writes = Vec::with_capacity(3 * ids.len());
+        for id in ids {
+            if let Some(stored) = self.catalog.get(key(b'i', id)).map_err(internal)? {
+                let mut item: Item = serde_json::from_slice(&stored).map_err(internal)?;
+                item.title.clear();
+                item.description.clear();
+                writes.push((
+                    key(b'd', id),
+                    Some(serde_json::to_vec(&item).map_err(internal)?),
+                ));
+            }
+            writes.extend([(key(b'i', id), None), (key(b'v', id), None)]);
+        }
         self.commit(TreeName::Catalog, writes)
+    }
+
+    /// Each id's item as it was when last deleted, `None` for one never deleted or stored
+    /// again since. The graph keeps a deleted item's facts (histories and profiles read
+    /// them), so an item loaded again under its id replaces the facts its deleted version
+    /// stated, as a load of a stored item replaces its old ones. One record per deleted id
+    /// (its brand, category and attributes: ~100-200 bytes), kept as long as the graph
+    /// keeps that item's facts.
+    ///
+    /// # Errors
+    /// When the store cannot be read or a record does not decode.
+    pub fn deleted_items(&self, ids: &[&str]) -> Result<Vec<Option<Item>>, RankError> {
+        ids.iter()
+            .map(|id| {
+                self.catalog
+                    .get(key(b'd', id))
+                    .map_err(internal)?
+                    .map(|stored| serde_json::from_slice(&stored).map_err(internal))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// An event's fingerprint: a 64-bit hash of its user, item, kind, value and time.
@@ -2345,6 +2387,51 @@ mod tests {
         (catalog, as_saved, decoded)
     }
 
+    /// A deleted item is kept as the graph was told of it (brand, category, attributes, not
+    /// its text), through a restart and in the write a follower copies, until it is stored
+    /// again; the deleted catalog serves without it, and an id that was not stored leaves
+    /// nothing.
+    #[test]
+    fn a_deleted_item_is_kept_for_the_graph_until_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RankerStore::open(dir.path()).unwrap();
+        let mut stored = items(3, 1);
+        stored[1].0.brand = "Acme".into();
+        stored[1].0.description = "a long text".into();
+        stored[1].0.attributes = [("color".to_string(), "red".to_string())].into();
+        store.put_items(&stored).unwrap();
+        let mut follower = store.subscribe(None).unwrap().changes;
+        store
+            .delete_items(&["p0001".to_string(), "never".to_string()])
+            .unwrap();
+        let copied = follower.try_recv().unwrap();
+        assert!(
+            copied
+                .writes
+                .iter()
+                .any(|(k, v)| k == b"dp0001" && v.is_some()),
+            "a follower copies the deleted item with the delete"
+        );
+        drop(follower);
+        store.close().unwrap();
+        drop(store);
+        let store = RankerStore::open(dir.path()).unwrap();
+        let kept = store.deleted_items(&["p0001", "p0000", "never"]).unwrap();
+        let want = Item {
+            title: String::new(),
+            description: String::new(),
+            ..stored[1].0.clone()
+        };
+        assert_eq!(kept, [Some(want), None, None]);
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(catalog.len(), 2, "the deleted item is not served");
+        store.put_items(&stored[1..2]).unwrap();
+        assert_eq!(store.deleted_items(&["p0001"]).unwrap(), [None]);
+        store.put_items(&stored[1..2]).unwrap();
+        let (catalog, _) = store.load(usize::MAX).unwrap();
+        assert_eq!(catalog.len(), 3);
+    }
+
     fn event_write(n: u8, bytes: usize) -> Write {
         (vec![n], Some(vec![n; bytes - 1]))
     }
@@ -2927,7 +3014,8 @@ mod tests {
     }
 
     /// Readied for an older build, a store holds nothing that build cannot read (no record of
-    /// the store's own in catalog or events, none of the new journal keys) and that build's
+    /// the store's own in catalog or events, none of the new journal keys; deleted items'
+    /// records stay, as that build reads only the `i` keys for items) and that build's
     /// clean-stop record names the last write by its writer; opened again by this build, it
     /// numbers on from it.
     #[test]
@@ -2937,6 +3025,7 @@ mod tests {
         let origin = store.subscribe(None).unwrap().origin;
         store.put_items(&items(3, 1)).unwrap();
         store.append_events(&[click("u1"), click("u2")]).unwrap();
+        store.delete_items(&["p0002".to_string()]).unwrap();
         drop(store);
         let store = RankerStore::open(dir.path()).unwrap();
         assert!(store.prepare_downgrade().unwrap() >= 4);
@@ -2949,7 +3038,7 @@ mod tests {
         }
         assert!(store.catalog.iter().keys().all(|k| {
             let k = k.unwrap();
-            k.as_ref() == PROBE_KEY || matches!(k.first(), Some(b'i' | b'v'))
+            k.as_ref() == PROBE_KEY || matches!(k.first(), Some(b'i' | b'v' | b'd'))
         }));
         let models: Vec<_> = store.models.iter().keys().map(|k| k.unwrap()).collect();
         assert_eq!(
@@ -2960,12 +3049,12 @@ mod tests {
         let record = store.models.get(JOURNAL_KEY).unwrap().unwrap();
         assert_eq!(
             record.as_ref(),
-            [position_bytes((origin, 2)), vec![1]].concat()
+            [position_bytes((origin, 3)), vec![1]].concat()
         );
         drop(store);
         let store = RankerStore::open(dir.path()).unwrap();
         store.append_events(&[click("u3")]).unwrap();
-        assert_eq!(missed(&store, origin, 2), Some(vec![3]));
+        assert_eq!(missed(&store, origin, 3), Some(vec![4]));
     }
 
     /// A store an earlier version closed cleanly kept its position in one record, and numbers

@@ -209,8 +209,8 @@ struct Ready {
     /// Held by `UpsertItems`, `UpdateItems` and `Reembed`: a re-embedding must see every
     /// item, and a load must not add vectors of the old model after it.
     writing: Arc<tokio::sync::Mutex<()>>,
-    /// Held by `UpdateItems` through each batch (read, change, store), by `UpsertItems` from
-    /// each batch's store write to memory, and by `DeleteItems`, so that an update does not
+    /// Held by `UpdateItems` through each batch (read, change, store), by `UpsertItems` and
+    /// `Reembed` from each store write to memory, and by `DeleteItems`, so that an update does not
     /// bring back an item deleted in its middle, and a delete does not fall between a load's
     /// store and memory (memory then kept the deleted item). (A delete does not wait for
     /// `writing`: a whole catalog's load takes minutes.)
@@ -911,9 +911,11 @@ async fn reembed(ready: &Arc<Ready>) -> Result<pb::ReembedResponse, Status> {
     let vectors: HashMap<String, Vec<f32>> = ids.into_iter().zip(vectors).collect();
     // Stored, then swapped in memory and the model adopted, in one task that runs to its
     // end: a caller gone in between left the new vectors without their model in memory
-    // (queries not embedded until a restart).
+    // (queries not embedded until a restart). Under `editing` too: a delete between the
+    // store's check that an item is there and its write left a vector without its item.
+    let editing = ready.editing.clone().lock_owned().await;
     blocking(ready, move |ready| {
-        let _writing = writing;
+        let _held = (writing, editing);
         // Stored first and at once (vectors and probe in one batch): a crash leaves
         // either the old model's catalog or the new one's, never a mix.
         ready.store.put_vectors(&vectors, &probe)?;

@@ -2360,3 +2360,127 @@ async fn a_full_feed_deletes_the_items_it_no_longer_lists() {
         .into_inner();
     assert_eq!(stats.items, 100);
 }
+
+/// `SyncGraph` sets the graph's brand, category and attribute edges of every catalog item to
+/// what the catalog holds, a page of 256 items at a time: a stale brand loaded by hand goes,
+/// a lost category and colour come back (with the category chain), edges of other relations
+/// and a deleted item's facts stay; a dry run counts the same and changes nothing; a second
+/// run finds nothing; with the graph stopped it answers UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_graph_sets_the_items_facts_to_the_catalogs() {
+    use souk_proto::kg::v1 as kg;
+    let shop = demo_shop().await;
+    let kg_url = shop.kg.url();
+    let mut client = RankerClient::new(channel(&shop.ranker.url()).await);
+    let sync = async |client: &mut RankerClient<tonic::transport::Channel>, dry_run: bool| {
+        client
+            .sync_graph(rk::SyncGraphRequest { dry_run })
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let in_step = sync(&mut client, false).await.unwrap();
+    assert_eq!(
+        (in_step.items, in_step.differing, in_step.partly_read),
+        (312, 0, 0),
+        "the demo's graph states what its catalog holds: {in_step:?}"
+    );
+
+    // Deleted from the catalog: its facts stay in the graph, for histories.
+    client
+        .delete_items(rk::DeleteItemsRequest {
+            ids: vec!["p00005".into()],
+        })
+        .await
+        .unwrap();
+    // Drift made in the graph by hand.
+    let triple = |h: &str, r: &str, t: &str| kg::Triple {
+        head: h.into(),
+        relation: r.into(),
+        tail: t.into(),
+    };
+    let mut graph = kg::knowledge_graph_client::KnowledgeGraphClient::new(channel(&kg_url).await);
+    let drift = kg::LoadTriplesRequest {
+        triples: vec![
+            triple("item:p00001", "brand", "brand:Auralis"),
+            triple("item:p00001", "accessory_of", "item:p00002"),
+            triple("item:p00005", "brand", "brand:Auralis"),
+        ],
+        remove: vec![
+            triple(
+                "item:p00002",
+                "category",
+                "category:Electronics/Audio/Headphones",
+            ),
+            triple("item:p00002", "attribute", "attr:color=black"),
+        ],
+        remove_entities: vec![],
+    };
+    graph
+        .load_triples(futures::stream::iter(vec![drift]))
+        .await
+        .unwrap();
+    let stated = async |entity: &str| {
+        let mut edges = Vec::new();
+        for relation in ["brand", "category", "attribute", "accessory_of"] {
+            for tail in out_edges(&kg_url, entity, relation).await {
+                edges.push(format!("{relation} {tail}"));
+            }
+        }
+        edges
+    };
+    let drifted = (stated("item:p00001").await, stated("item:p00002").await);
+
+    let counted = sync(&mut client, true).await.unwrap();
+    let want = rk::SyncGraphResponse {
+        items: 311,
+        differing: 2,
+        differing_ids: vec!["p00001".into(), "p00002".into()],
+        stale_facts: 1,
+        missing_facts: 2,
+        partly_read: 0,
+    };
+    assert_eq!(counted, want);
+    assert_eq!(
+        (stated("item:p00001").await, stated("item:p00002").await),
+        drifted,
+        "a dry run changes nothing"
+    );
+
+    assert_eq!(sync(&mut client, false).await.unwrap(), want);
+    assert_eq!(
+        stated("item:p00001").await,
+        [
+            "brand brand:Pixelon",
+            "category category:Electronics/Audio/Headphones",
+            "attribute attr:color=navy",
+            "attribute attr:connectivity=bluetooth",
+            "accessory_of item:p00002",
+        ]
+    );
+    assert_eq!(
+        stated("item:p00002").await,
+        [
+            "brand brand:Auralis",
+            "category category:Electronics/Audio/Headphones",
+            "attribute attr:color=black",
+            "attribute attr:connectivity=bluetooth",
+        ]
+    );
+    assert_eq!(
+        out_edges(&kg_url, "item:p00005", "brand").await,
+        ["brand:Auralis", "brand:Nimbus"],
+        "a deleted item is not the catalog's to set right"
+    );
+    let again = sync(&mut client, false).await.unwrap();
+    assert_eq!((again.items, again.differing), (311, 0));
+
+    shop.kg.stop().await.unwrap();
+    let status = sync(&mut client, true).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the knowledge graph did not answer"),
+        "{status:?}"
+    );
+}

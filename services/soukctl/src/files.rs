@@ -1506,7 +1506,7 @@ pub fn pin_note(rule: &rk::PinRule, now_ms: i64, applied: Option<u64>) -> String
 }
 
 /// `n` with a comma between thousands: `1,204`.
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

@@ -301,6 +301,14 @@ pub enum CatalogCommand {
     },
     /// Delete items by id.
     Delete { ids: Vec<String> },
+    /// Make the knowledge graph state of every item the brand, category and attributes the
+    /// catalog holds: its other values of these are removed, missing ones added (a graph
+    /// restored from an older backup, facts left by an earlier version). Other edges stay.
+    SyncGraph {
+        /// Count what differs, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -870,6 +878,48 @@ pub async fn load_catalog(
     .await
 }
 
+/// What `soukctl catalog sync-graph` prints of the ranker's answer.
+pub fn sync_graph_report(r: &rk::SyncGraphResponse, dry_run: bool) -> String {
+    use files::thousands;
+    let plural = |n: u64, one: &str, many: &str| {
+        format!("{} {}", thousands(n), if n == 1 { one } else { many })
+    };
+    let mut report = format!(
+        "checked {}: {} from what the catalog holds",
+        plural(r.items, "item", "items"),
+        match r.differing {
+            0 => "the graph states none differently".to_string(),
+            n => format!(
+                "the graph states {} differently",
+                plural(n, "item", "items")
+            ),
+        }
+    );
+    if r.differing > 0 {
+        let (stale, missing) = (
+            plural(r.stale_facts, "stale fact", "stale facts"),
+            plural(r.missing_facts, "missing fact", "missing facts"),
+        );
+        report += &if dry_run {
+            format!(" ({stale}, {missing}; nothing changed: --dry-run)")
+        } else {
+            format!(" ({stale} removed, {missing} added)")
+        };
+        let more = r.differing.saturating_sub(r.differing_ids.len() as u64);
+        report += &format!("\n  {}", r.differing_ids.join(", "));
+        if more > 0 {
+            report += &format!(" and {} more", thousands(more));
+        }
+    }
+    if r.partly_read > 0 {
+        report += &format!(
+            "\n{} over 10,000 edges, checked on the first 10,000",
+            plural(r.partly_read, "item has", "items have")
+        );
+    }
+    report
+}
+
 /// Share of the catalog `--delete-missing` deletes without `--allow-large-delete`.
 pub const MAX_DELETE_SHARE: f64 = 0.2;
 
@@ -1436,6 +1486,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             println!("deleted {}, not found {}", r.deleted, r.not_found);
         }
+        Command::Catalog(CatalogCommand::SyncGraph { dry_run }) => {
+            let mut client =
+                rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
+            let r = client
+                .sync_graph(with_token(rk::SyncGraphRequest { dry_run }, &ep.token)?)
+                .await?
+                .into_inner();
+            println!("{}", sync_graph_report(&r, dry_run));
+        }
         Command::Events(EventsCommand::Forget { users }) => {
             let mut client =
                 rk::ranker_client::RankerClient::new(connect(&ep.ranker, "ranker").await?);
@@ -1825,6 +1884,35 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn a_sync_graph_report_says_what_differed_and_what_was_done() {
+        let answer = rk::SyncGraphResponse {
+            items: 12_000,
+            differing: 102,
+            differing_ids: (0..100).map(|i| format!("p{i}")).collect(),
+            stale_facts: 1,
+            missing_facts: 2_400,
+            partly_read: 0,
+        };
+        let report = sync_graph_report(&answer, false);
+        assert!(report.starts_with(
+            "checked 12,000 items: the graph states 102 items differently from what the catalog \
+             holds (1 stale fact removed, 2,400 missing facts added)\n  p0, p1, "
+        ));
+        assert!(report.ends_with("p99 and 2 more"), "{report}");
+        assert!(sync_graph_report(&answer, true).contains("nothing changed: --dry-run"));
+        let clean = rk::SyncGraphResponse {
+            items: 1,
+            partly_read: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            sync_graph_report(&clean, false),
+            "checked 1 item: the graph states none differently from what the catalog holds\n\
+             1 item has over 10,000 edges, checked on the first 10,000"
+        );
+    }
 
     /// `--attr` takes NAME=VALUE[,VALUE...], repeated; a malformed one is a usage error.
     #[test]

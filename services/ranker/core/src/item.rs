@@ -341,6 +341,43 @@ pub fn dropped_facts(before: &Item, after: &Item) -> Vec<Fact> {
         .collect()
 }
 
+/// The relations of an item's own edges, which the catalog states (see [`Item::facts`]): the
+/// graph's edges of these from an item are the catalog's to keep true.
+pub const ITEM_RELATIONS: [&str; 3] = ["brand", "category", "attribute"];
+
+/// Where the graph's out-edges of `item` (`stated`: `(relation, tail)`, any relation) differ
+/// from its own facts: `(stale, missing)`, the edges of [`ITEM_RELATIONS`] it states and the
+/// item does not, and the item's own facts it lacks, each in the order found. Edges of other
+/// relations (loaded by hand: "accessory_of", ...) are not the catalog's.
+pub fn graph_difference(item: &Item, stated: &[(String, String)]) -> (Vec<Fact>, Vec<Fact>) {
+    let me = item.entity();
+    let own: Vec<Fact> = item.facts().into_iter().filter(|f| f.0 == me).collect();
+    let held: HashSet<(&str, &str)> = own
+        .iter()
+        .map(|(_, relation, tail)| (relation.as_str(), tail.as_str()))
+        .collect();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut stale = Vec::new();
+    for (relation, tail) in stated {
+        if !ITEM_RELATIONS.contains(&relation.as_str()) {
+            continue;
+        }
+        let edge = (relation.as_str(), tail.as_str());
+        if !held.contains(&edge) && seen.insert(edge) {
+            stale.push((me.clone(), relation.clone(), tail.clone()));
+        }
+    }
+    let found: HashSet<(&str, &str)> = stated
+        .iter()
+        .map(|(relation, tail)| (relation.as_str(), tail.as_str()))
+        .collect();
+    let missing = own
+        .into_iter()
+        .filter(|(_, relation, tail)| !found.contains(&(relation.as_str(), tail.as_str())))
+        .collect();
+    (stale, missing)
+}
+
 /// Now, in ms since the Unix epoch: the clock events are timed by and scheduled pin rules
 /// are read at (0 on a clock set before 1970).
 pub fn now_ms() -> i64 {
@@ -795,6 +832,50 @@ mod tests {
             vec![fact("attribute", "attr:color=green")]
         );
         assert!(dropped_facts(&fewer, &before).is_empty());
+    }
+
+    /// What the graph states of an item against its own facts: another brand and a colour
+    /// it no longer has are stale, its size missing; the edges of other relations (loaded by
+    /// hand) and the category chain's parent edges are not the item's to judge.
+    #[test]
+    fn the_graphs_edges_of_an_item_are_judged_by_its_own_facts_only() {
+        let mut item = item().validated().unwrap();
+        item.attributes.insert("size".into(), "xl".into());
+        let edge = |r: &str, t: &str| (r.to_string(), t.to_string());
+        let stated = vec![
+            edge("brand", "brand:Acme"),
+            edge("brand", "brand:Borealis"),
+            edge("category", "category:Outdoor/Tents"),
+            edge("attribute", "attr:color=green"),
+            edge("attribute", "attr:color=red"),
+            edge("accessory_of", "item:p2"),
+            edge("parent", "category:Outdoor"),
+        ];
+        let fact = |r: &str, t: &str| ("item:p1".to_string(), r.to_string(), t.to_string());
+        assert_eq!(
+            graph_difference(&item, &stated),
+            (
+                vec![
+                    fact("brand", "brand:Borealis"),
+                    fact("attribute", "attr:color=red")
+                ],
+                vec![fact("attribute", "attr:size=xl")]
+            )
+        );
+        let own: Vec<(String, String)> = item
+            .facts()
+            .into_iter()
+            .filter(|f| f.0 == "item:p1")
+            .map(|(_, r, t)| (r, t))
+            .collect();
+        assert_eq!(
+            graph_difference(&item, &own),
+            (vec![], vec![]),
+            "a graph in step"
+        );
+        let (stale, missing) = graph_difference(&item, &[]);
+        assert!(stale.is_empty());
+        assert_eq!(missing.len(), own.len(), "a graph that lost the item");
     }
 
     #[test]

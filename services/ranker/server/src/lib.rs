@@ -23,8 +23,8 @@ use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
 use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
 use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
-    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, item_entity,
-    one_attribute_per_name, validate_id,
+    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, graph_difference,
+    item_entity, one_attribute_per_name, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder, check_query_length};
@@ -1147,7 +1147,7 @@ async fn graph_change<'a>(
 /// removals, in one graph batch; one the graph cannot take now waits in the graph outbox
 /// (sent in order when it answers). The catalog is the truth: a graph that is away is not an
 /// error of the load. Returns how many facts the graph removed, or `None` when queued.
-async fn sync_graph(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<u64> {
+async fn send_facts(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<u64> {
     let Some(outbox) = &ready.graph_outbox else {
         return None;
     };
@@ -1282,6 +1282,10 @@ fn count_argument(name: &str, value: u32, default: usize, max: u32) -> Result<us
 
 /// Unknown ids `UpdateItems` lists (it counts them all).
 const MAX_UNKNOWN_IDS: usize = 100;
+
+/// Items `SyncGraph` checks per page: one `NeighborsOfEach` call (its limit) and one graph
+/// batch.
+const SYNC_PAGE: usize = 256;
 
 /// The most user ids one `ForgetUsers` takes (each call reads the whole log once).
 const MAX_FORGET_USERS: usize = 1000;
@@ -1888,7 +1892,7 @@ impl pb::ranker_server::Ranker for RankerService {
                     let editing = ready.editing.clone().lock_owned().await;
                     store_items(&ready, pairs, probe).await?;
                     drop(editing);
-                    Ok(sync_graph(&ready, remove, add).await)
+                    Ok(send_facts(&ready, remove, add).await)
                 }
             })
             .await?;
@@ -1967,7 +1971,7 @@ impl pb::ranker_server::Ranker for RankerService {
                 async move {
                     store_items(&ready, changed, None).await?;
                     drop(editing);
-                    Ok(sync_graph(&ready, remove, add).await)
+                    Ok(send_facts(&ready, remove, add).await)
                 }
             })
             .await?;
@@ -2028,6 +2032,89 @@ impl pb::ranker_server::Ranker for RankerService {
             deleted: deleted as u64,
             not_found: (asked - deleted) as u64,
         }))
+    }
+
+    async fn sync_graph(
+        &self,
+        request: Request<pb::SyncGraphRequest>,
+    ) -> Result<Response<pb::SyncGraphResponse>, Status> {
+        self.primary_only("SyncGraph")?;
+        let ready = self.ready()?;
+        let dry_run = request.into_inner().dry_run;
+        let mut response = pb::SyncGraphResponse::default();
+        let mut after = String::new();
+        loop {
+            // A page under `writing`: no load changes its items between the graph's read and
+            // the batch that sets them right, and the batch goes after the loads' batches.
+            let writing = ready.writing.clone().lock_owned().await;
+            let from = std::mem::take(&mut after);
+            let (ids, more) = blocking(&ready, move |ready| {
+                ready.store.item_ids_after(&from, SYNC_PAGE)
+            })
+            .await?;
+            let Some(last) = ids.last() else {
+                break;
+            };
+            after = last.clone();
+            // An item deleted since the page was listed is skipped.
+            let items: Vec<Item> = {
+                let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
+                ids.iter()
+                    .filter_map(|id| catalog.get(id).cloned())
+                    .collect()
+            };
+            let entities = items.iter().map(Item::entity).collect();
+            let stated = ready
+                .graph
+                .out_edges_of_each(entities, ready.load_timeout)
+                .await
+                .map_err(|status| {
+                    Status::unavailable(format!(
+                        "the knowledge graph did not answer ({:?}: {}); {} items were checked{}",
+                        status.code(),
+                        status.message(),
+                        response.items,
+                        if dry_run { "" } else { " and set right" }
+                    ))
+                })?;
+            if stated.len() != items.len() {
+                return Err(Status::internal(
+                    "the knowledge graph answered for another number of entities",
+                ));
+            }
+            let (mut remove, mut add) = (Vec::new(), Vec::new());
+            for (item, (edges, total)) in items.iter().zip(stated) {
+                response.items += 1;
+                response.partly_read += u64::from(total > edges.len() as u64);
+                let (stale, missing) = graph_difference(item, &edges);
+                if stale.is_empty() && missing.is_empty() {
+                    continue;
+                }
+                response.differing += 1;
+                if response.differing_ids.len() < MAX_UNKNOWN_IDS {
+                    response.differing_ids.push(item.id.clone());
+                }
+                response.stale_facts += stale.len() as u64;
+                response.missing_facts += missing.len() as u64;
+                remove.extend(stale);
+                // With its category chain's edges, which the graph may have lost too.
+                add.extend(item.facts());
+            }
+            let changes = !(remove.is_empty() && add.is_empty());
+            if changes && !dry_run {
+                // Sent (or queued in the graph outbox) however soon the caller goes away.
+                let ready = ready.clone();
+                to_the_end(
+                    writing,
+                    async move { Ok(send_facts(&ready, remove, add).await) },
+                )
+                .await?;
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn record_searches(

@@ -361,6 +361,44 @@ impl GrpcGraph {
             .into_inner();
         Ok(applied.removed)
     }
+
+    /// Each entity's out-edges `(relation, tail)`, up to 10,000 each, with how many it has
+    /// (`SyncGraph`); at most 256 entities. An entity the graph does not know has none.
+    ///
+    /// # Errors
+    /// The graph's status when it is unreachable, refuses or runs past `timeout`.
+    pub async fn out_edges_of_each(
+        &self,
+        entities: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<(Vec<(String, String)>, u64)>, tonic::Status> {
+        let mut request = tonic::Request::new(kg::NeighborsOfEachRequest {
+            entities,
+            relation: String::new(),
+            direction: kg::Direction::Out as i32,
+            limit: 10_000,
+            prefix: String::new(),
+        });
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, self.client.clone().neighbors_of_each(request))
+            .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}"))
+            })??;
+        Ok(answer
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|each| {
+                let edges = each
+                    .neighbors
+                    .into_iter()
+                    .map(|n| (n.relation, n.entity))
+                    .collect();
+                (edges, each.total)
+            })
+            .collect())
+    }
 }
 
 impl GrpcGraph {

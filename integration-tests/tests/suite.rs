@@ -2365,7 +2365,8 @@ async fn a_full_feed_deletes_the_items_it_no_longer_lists() {
 /// what the catalog holds, a page of 256 items at a time: a stale brand loaded by hand goes,
 /// a lost category and colour come back (with the category chain), edges of other relations
 /// and a deleted item's facts stay; a dry run counts the same and changes nothing; a second
-/// run finds nothing; with the graph stopped it answers UNAVAILABLE.
+/// run finds nothing; an item with more edges than a read takes is set right by runs again;
+/// with the graph stopped it answers UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_graph_sets_the_items_facts_to_the_catalogs() {
     use souk_proto::kg::v1 as kg;
@@ -2473,6 +2474,34 @@ async fn sync_graph_sets_the_items_facts_to_the_catalogs() {
     );
     let again = sync(&mut client, false).await.unwrap();
     assert_eq!((again.items, again.differing), (311, 0));
+
+    // Over 1,000 colours on one item: read 1,000 at a time, so a run sets right what it read
+    // and says the item was read in part; runs again end in step.
+    let colours = (0..1_200)
+        .map(|i| triple("item:p00003", "attribute", &format!("attr:color=c{i}")))
+        .collect();
+    graph
+        .load_triples(futures::stream::iter(vec![kg::LoadTriplesRequest {
+            triples: colours,
+            ..Default::default()
+        }]))
+        .await
+        .unwrap();
+    let first = sync(&mut client, false).await.unwrap();
+    assert_eq!(
+        (first.differing_ids, first.partly_read),
+        (vec!["p00003".to_string()], 1)
+    );
+    assert!(first.stale_facts >= 998, "{}", first.stale_facts);
+    let mut runs = 1;
+    while sync(&mut client, false).await.unwrap().differing > 0 {
+        runs += 1;
+        assert!(runs < 4, "not in step after {runs} runs");
+    }
+    assert_eq!(
+        out_edges(&kg_url, "item:p00003", "attribute").await,
+        ["attr:color=black", "attr:connectivity=bluetooth"]
+    );
 
     shop.kg.stop().await.unwrap();
     let status = sync(&mut client, true).await.unwrap_err();

@@ -913,7 +913,7 @@ pub fn sync_graph_report(r: &rk::SyncGraphResponse, dry_run: bool) -> String {
     }
     if r.partly_read > 0 {
         report += &format!(
-            "\n{} over 10,000 edges, checked on the first 10,000",
+            "\n{} over 1,000 edges of one relation, checked on the first 1,000",
             plural(r.partly_read, "item has", "items have")
         );
     }
@@ -1910,7 +1910,7 @@ mod tests {
         assert_eq!(
             sync_graph_report(&clean, false),
             "checked 1 item: the graph states none differently from what the catalog holds\n\
-             1 item has over 10,000 edges, checked on the first 10,000"
+             1 item has over 1,000 edges of one relation, checked on the first 1,000"
         );
     }
 

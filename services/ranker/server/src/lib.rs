@@ -23,8 +23,8 @@ use souk_ranker_core::catalog::{HISTORY_WINDOW, graph_profile};
 use souk_ranker_core::cf::{CfAlgorithm, CfOptions, IalsOptions, fit_served};
 use souk_ranker_core::facet::{FacetField, MAX_FACETS};
 use souk_ranker_core::item::{
-    Fact, Filters, Interaction, InteractionKind, Item, dropped_facts, graph_difference,
-    item_entity, one_attribute_per_name, validate_id,
+    Fact, Filters, ITEM_RELATIONS, Interaction, InteractionKind, Item, dropped_facts,
+    graph_difference, item_entity, one_attribute_per_name, validate_id,
 };
 use souk_ranker_core::pins::{PinRule, Pins};
 use souk_ranker_core::rank::{FusionModel, RankQuery, Ranker, SortOrder, check_query_length};
@@ -2063,10 +2063,10 @@ impl pb::ranker_server::Ranker for RankerService {
                     .filter_map(|id| catalog.get(id).cloned())
                     .collect()
             };
-            let entities = items.iter().map(Item::entity).collect();
+            let entities: Vec<String> = items.iter().map(Item::entity).collect();
             let stated = ready
                 .graph
-                .out_edges_of_each(entities, ready.load_timeout)
+                .out_edges_of_each(&entities, &ITEM_RELATIONS, ready.load_timeout)
                 .await
                 .map_err(|status| {
                     Status::unavailable(format!(
@@ -2077,15 +2077,10 @@ impl pb::ranker_server::Ranker for RankerService {
                         if dry_run { "" } else { " and set right" }
                     ))
                 })?;
-            if stated.len() != items.len() {
-                return Err(Status::internal(
-                    "the knowledge graph answered for another number of entities",
-                ));
-            }
             let (mut remove, mut add) = (Vec::new(), Vec::new());
-            for (item, (edges, total)) in items.iter().zip(stated) {
+            for (item, (edges, more)) in items.iter().zip(stated) {
                 response.items += 1;
-                response.partly_read += u64::from(total > edges.len() as u64);
+                response.partly_read += u64::from(more);
                 let (stale, missing) = graph_difference(item, &edges);
                 if stale.is_empty() && missing.is_empty() {
                     continue;

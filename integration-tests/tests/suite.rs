@@ -2439,6 +2439,7 @@ async fn sync_graph_sets_the_items_facts_to_the_catalogs() {
         stale_facts: 1,
         missing_facts: 2,
         partly_read: 0,
+        queued_batches: 0,
     };
     assert_eq!(counted, want);
     assert_eq!(

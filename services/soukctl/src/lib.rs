@@ -911,6 +911,12 @@ pub fn sync_graph_report(r: &rk::SyncGraphResponse, dry_run: bool) -> String {
             report += &format!(" and {} more", thousands(more));
         }
     }
+    if r.queued_batches > 0 {
+        report += &format!(
+            "\n{} of these changes wait for the graph (it stopped answering): sent when it answers",
+            plural(r.queued_batches, "batch", "batches")
+        );
+    }
     if r.partly_read > 0 {
         report += &format!(
             "\n{} over 1,000 edges of one relation, checked on the first 1,000",
@@ -1893,7 +1899,7 @@ mod tests {
             differing_ids: (0..100).map(|i| format!("p{i}")).collect(),
             stale_facts: 1,
             missing_facts: 2_400,
-            partly_read: 0,
+            ..Default::default()
         };
         let report = sync_graph_report(&answer, false);
         assert!(report.starts_with(
@@ -1902,6 +1908,14 @@ mod tests {
         ));
         assert!(report.ends_with("p99 and 2 more"), "{report}");
         assert!(sync_graph_report(&answer, true).contains("nothing changed: --dry-run"));
+        let waiting = rk::SyncGraphResponse {
+            queued_batches: 2,
+            ..answer.clone()
+        };
+        assert!(sync_graph_report(&waiting, false).ends_with(
+            "\n2 batches of these changes wait for the graph (it stopped answering): \
+             sent when it answers"
+        ));
         let clean = rk::SyncGraphResponse {
             items: 1,
             partly_read: 1,

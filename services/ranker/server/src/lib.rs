@@ -2099,11 +2099,13 @@ impl pb::ranker_server::Ranker for RankerService {
             if changes && !dry_run {
                 // Sent (or queued in the graph outbox) however soon the caller goes away.
                 let ready = ready.clone();
-                to_the_end(
-                    writing,
-                    async move { Ok(send_facts(&ready, remove, add).await) },
-                )
-                .await?;
+                let (_, sent) =
+                    to_the_end(
+                        writing,
+                        async move { Ok(send_facts(&ready, remove, add).await) },
+                    )
+                    .await?;
+                response.queued_batches += u64::from(sent.is_none());
             }
             if !more {
                 break;

@@ -2514,3 +2514,72 @@ async fn sync_graph_sets_the_items_facts_to_the_catalogs() {
         "{status:?}"
     );
 }
+
+/// A graph that refuses the ranker's batches (its admin token is not the ranker's): loads are
+/// stored all the same (the graph is told nothing), a dry run of `SyncGraph` finds every item
+/// missing from the graph, and the sync itself answers FAILED_PRECONDITION saying the graph
+/// refused, instead of reporting facts added.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_graph_says_when_the_graph_refuses_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), Some("graph-token")).await;
+    let ranker = start_ranker_serving(
+        &dir.path().join("ranker"),
+        &encoder,
+        &kg.url(),
+        server_args(Some("shop-token")),
+    )
+    .await;
+    let authed = |message| {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer shop-token".parse().unwrap());
+        request
+    };
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let items = (1..=3)
+        .map(|i| rk::Item {
+            id: format!("t{i}"),
+            title: "trail tent".into(),
+            brand: "Acme".into(),
+            category: vec!["Outdoor".into()],
+            price: 10.0,
+            in_stock: true,
+            ..Default::default()
+        })
+        .collect();
+    let mut upsert = tonic::Request::new(futures::stream::iter(vec![rk::UpsertItemsRequest {
+        items,
+    }]));
+    upsert
+        .metadata_mut()
+        .insert("authorization", "Bearer shop-token".parse().unwrap());
+    let loaded = client.upsert_items(upsert).await.unwrap().into_inner();
+    assert_eq!((loaded.upserted, loaded.graph_synced), (3, 0));
+
+    let counted = client
+        .sync_graph(authed(rk::SyncGraphRequest { dry_run: true }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((counted.differing, counted.missing_facts), (3, 6));
+    let status = client
+        .sync_graph(authed(rk::SyncGraphRequest { dry_run: false }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the knowledge graph refused a batch of item facts"),
+        "{status:?}"
+    );
+    let after = client
+        .sync_graph(authed(rk::SyncGraphRequest { dry_run: true }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.missing_facts, 6, "the graph took nothing");
+}

@@ -93,7 +93,7 @@ impl GraphOutbox {
 
     /// Sends one stored batch's facts: at once when nothing waits (the number of removals
     /// the graph made), else, or when the graph cannot be reached, queued behind the others
-    /// (`None`; the drain sends it). A batch the graph refuses (a fact it finds invalid, a
+    /// ([`Sent::Queued`]; the drain sends it). A batch the graph refuses (a fact it finds invalid, a
     /// wrong admin token) is logged and dropped: sending it again would be refused again,
     /// and it would hold up every batch behind it.
     ///
@@ -105,17 +105,17 @@ impl GraphOutbox {
         remove: Vec<Fact>,
         add: Vec<Fact>,
         timeout: Duration,
-    ) -> Result<Option<u64>, RankError> {
+    ) -> Result<Sent, RankError> {
         let _sending = self.sending.lock().await;
         if self.flush(graph, timeout).await? {
             match graph
                 .change_facts(remove.clone(), add.clone(), timeout)
                 .await
             {
-                Ok(removed) => return Ok(Some(removed)),
+                Ok(removed) => return Ok(Sent::Taken(removed)),
                 Err(status) if !unreachable(&status) => {
                     refused(&status);
-                    return Ok(None);
+                    return Ok(Sent::Refused);
                 }
                 Err(status) => {
                     tracing::warn!(
@@ -127,7 +127,7 @@ impl GraphOutbox {
             }
         }
         self.push(&Pending { remove, add })?;
-        Ok(None)
+        Ok(Sent::Queued)
     }
 
     /// Queues a batch after the others, durably.
@@ -185,6 +185,17 @@ impl GraphOutbox {
 }
 
 /// Logs a batch the graph refused (it is not sent again).
+/// What became of a batch of item facts given to [`GraphOutbox::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The graph took it, and removed this many of its removals.
+    Taken(u64),
+    /// It waits in the outbox, sent when the graph answers.
+    Queued,
+    /// The graph refused it (logged): dropped.
+    Refused,
+}
+
 fn refused(status: &tonic::Status) {
     tracing::error!(
         code = ?status.code(),

@@ -44,6 +44,7 @@ pub mod replica;
 pub mod sources;
 pub mod store;
 
+use graph_outbox::Sent;
 use sources::{GrpcEncoder, GrpcGraph};
 use store::RankerStore;
 
@@ -1146,10 +1147,11 @@ async fn graph_change<'a>(
 /// Sends a stored batch's facts to the knowledge graph, with the facts its items dropped as
 /// removals, in one graph batch; one the graph cannot take now waits in the graph outbox
 /// (sent in order when it answers). The catalog is the truth: a graph that is away is not an
-/// error of the load. Returns how many facts the graph removed, or `None` when queued.
-async fn send_facts(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<u64> {
+/// error of the load. Says what became of the batch (a replica has no outbox, and sends
+/// nothing: refused).
+async fn send_facts(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Sent {
     let Some(outbox) = &ready.graph_outbox else {
-        return None;
+        return Sent::Refused;
     };
     match outbox
         .send(&ready.graph, remove, add, ready.load_timeout)
@@ -1158,7 +1160,7 @@ async fn send_facts(ready: &Ready, remove: Vec<Fact>, add: Vec<Fact>) -> Option<
         Ok(sent) => sent,
         Err(error) => {
             tracing::error!(%error, "item facts could not be sent nor queued for the graph");
-            None
+            Sent::Refused
         }
     }
 }
@@ -1898,7 +1900,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .await?;
             writing = held;
             response.upserted += count;
-            if let Some(removed) = synced {
+            if let Sent::Taken(removed) = synced {
                 response.graph_synced += count;
                 response.graph_facts_removed += removed;
             }
@@ -1977,7 +1979,7 @@ impl pb::ranker_server::Ranker for RankerService {
             .await?;
             writing = held;
             response.updated += count;
-            if let Some(removed) = synced {
+            if let Sent::Taken(removed) = synced {
                 response.graph_synced += count;
                 response.graph_facts_removed += removed;
             }
@@ -2105,7 +2107,16 @@ impl pb::ranker_server::Ranker for RankerService {
                         async move { Ok(send_facts(&ready, remove, add).await) },
                     )
                     .await?;
-                response.queued_batches += u64::from(sent.is_none());
+                match sent {
+                    Sent::Taken(_) => {}
+                    Sent::Queued => response.queued_batches += 1,
+                    Sent::Refused => {
+                        return Err(Status::failed_precondition(format!(
+                            "the knowledge graph refused a batch of item facts (the ranker's log says why: a wrong admin token?); {} items were checked, the changes of those before this page made",
+                            response.items - items.len() as u64
+                        )));
+                    }
+                }
             }
             if !more {
                 break;

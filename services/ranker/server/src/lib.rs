@@ -2065,6 +2065,13 @@ impl pb::ranker_server::Ranker for RankerService {
                     .filter_map(|id| catalog.get(id).cloned())
                     .collect()
             };
+            if items.is_empty() {
+                // Every item of the page was deleted since it was listed.
+                if more {
+                    continue;
+                }
+                break;
+            }
             let entities: Vec<String> = items.iter().map(Item::entity).collect();
             let stated = ready
                 .graph

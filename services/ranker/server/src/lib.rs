@@ -1116,30 +1116,30 @@ async fn graph_change<'a>(
     items: impl IntoIterator<Item = &'a Item>,
 ) -> Result<(Vec<Fact>, Vec<Fact>), Status> {
     let (mut remove, mut add) = (Vec::new(), Vec::new());
-    let mut absent: Vec<Item> = Vec::new();
+    let mut absent: Vec<&Item> = Vec::new();
     {
         let catalog = ready.ranker.catalog().read().map_err(|_| poisoned())?;
         for item in items {
             match catalog.get(&item.id) {
                 Some(old) => remove.extend(dropped_facts(old, item)),
-                None => absent.push(item.clone()),
+                None => absent.push(item),
             }
             add.extend(item.facts());
         }
     }
     if !absent.is_empty() {
-        let dropped = blocking(ready, move |ready| {
-            let ids: Vec<&str> = absent.iter().map(|item| item.id.as_str()).collect();
-            let deleted = ready.store.deleted_items(&ids)?;
-            Ok(absent
-                .iter()
-                .zip(deleted)
-                .filter_map(|(item, old)| old.map(|old| dropped_facts(&old, item)))
-                .flatten()
-                .collect::<Vec<Fact>>())
+        // Only the ids go to the store's task (a first load's items are all absent).
+        let ids: Vec<String> = absent.iter().map(|item| item.id.clone()).collect();
+        let deleted = blocking(ready, move |ready| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            ready.store.deleted_items(&ids)
         })
         .await?;
-        remove.extend(dropped);
+        for (item, old) in absent.into_iter().zip(deleted) {
+            if let Some(old) = old {
+                remove.extend(dropped_facts(&old, item));
+            }
+        }
     }
     Ok((remove, add))
 }

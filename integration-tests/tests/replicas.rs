@@ -1253,6 +1253,14 @@ async fn graph_differs(
     differs
 }
 
+/// A random test's draw and number of rounds: `SEED=N ROUNDS=M` from the environment, else
+/// `seed` and 8.
+fn seeded_rounds(seed: u64) -> (Draw, usize) {
+    let seed = std::env::var("SEED").map_or(seed, |s| s.parse().unwrap());
+    let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    (Draw(souk_ranker_core::rng::XorShift::new(seed)), rounds)
+}
+
 /// The shoppers of [`random_write`]'s events, whose profiles [`holdings`] reads.
 const SHOPPERS: [&str; 5] = ["u010", "u066", "u901", "shopper-1", "shopper-2"];
 
@@ -1371,10 +1379,7 @@ async fn random_writes_and_restarts_leave_the_replica_what_the_primary_holds() {
     let (replica, mut r) = replica_in_sync(&replica_dir, (&encoder, &kg_url), &primary_url).await;
     let mut replica = Some(replica);
     let mut p = client(&primary_url).await;
-    let mut d = Draw(souk_ranker_core::rng::XorShift::new(
-        std::env::var("SEED").map_or(11, |s| s.parse().unwrap()),
-    ));
-    let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    let (mut d, rounds) = seeded_rounds(11);
     for round in 0..rounds {
         for _ in 0..1 + d.below(10) {
             random_write(&mut d, &mut p, Some(&mut r)).await;
@@ -1470,10 +1475,7 @@ async fn writes_cut_short_leave_the_primary_serving_what_it_stored() {
     let mut primary = Some(primary);
     let (_replica, mut r) = replica_in_sync(&replica_dir, (&encoder, &kg_url), &primary_url).await;
     let mut p = client(&primary_url).await;
-    let mut d = Draw(souk_ranker_core::rng::XorShift::new(
-        std::env::var("SEED").map_or(5, |s| s.parse().unwrap()),
-    ));
-    let rounds = std::env::var("ROUNDS").map_or(8, |s| s.parse().unwrap());
+    let (mut d, rounds) = seeded_rounds(5);
     let mut cut = 0;
     for round in 0..rounds {
         for _ in 0..10 + d.below(20) {

@@ -348,3 +348,115 @@ async fn abandoned_requests_are_not_computed() {
     );
     server.stop().await.unwrap();
 }
+
+/// A RoBERTa-family model served through the real RPC: the tiny XLM-RoBERTa of
+/// `services/encoder/candle/tests/data` (random weights, exact architecture; no such model can
+/// be fetched here) gives sentence-transformers' vectors, reports the 64 tokens its 66-row
+/// position table leaves, and refuses a text over them with truncate=false. A family souk's
+/// layers do not implement stops the encoder at start, naming what it read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_roberta_family_model_is_served_and_other_families_are_refused() {
+    let tiny = repo_root().join("services/encoder/candle/tests/data/tiny-xlm-roberta");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
+            .unwrap();
+    let items = reference["items"].as_array().unwrap();
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_string())
+        .collect();
+    let encoder = start_encoder(encoder_args(tiny.clone())).await;
+    wait_serving(&encoder.url()).await;
+    let mut client = EncoderClient::new(channel(&encoder.url()).await);
+    let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            info.model_id.as_str(),
+            info.dimension,
+            info.max_tokens,
+            info.pooling.as_str()
+        ),
+        ("tiny-xlm-roberta", 32, 64, "mean")
+    );
+    let answer = client
+        .embed(enc::EmbedRequest {
+            texts: texts.clone(),
+            truncate: None,
+            normalize: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.embeddings.len(), items.len());
+    for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
+        let want: Vec<f64> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let c = cosine(&got.values, &want);
+        assert!(c >= 0.9999, "cosine {c:.6} for {text:?}");
+        assert_eq!(
+            u64::from(got.tokens),
+            item["tokens"].as_u64().unwrap(),
+            "{text:?}"
+        );
+    }
+    let longest = texts
+        .iter()
+        .zip(items)
+        .position(|(_, i)| i["tokens"] == 64)
+        .expect("a reference text is cut at 64 tokens");
+    let status = client
+        .embed(enc::EmbedRequest {
+            texts: vec!["boots".into(), texts[longest].clone()],
+            truncate: Some(false),
+            normalize: None,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "texts[1]");
+    encoder.stop().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).unwrap()).unwrap();
+    for (key, value, said) in [
+        (
+            "model_type",
+            "distilbert",
+            r#"model_type "distilbert" is not supported"#,
+        ),
+        (
+            "hidden_act",
+            "relu",
+            r#"hidden_act "relu" is not supported"#,
+        ),
+    ] {
+        let other = dir.path().join(value);
+        std::fs::create_dir_all(other.join("1_Pooling")).unwrap();
+        for file in [
+            "model.safetensors",
+            "tokenizer.json",
+            "1_Pooling/config.json",
+        ] {
+            std::fs::copy(tiny.join(file), other.join(file)).unwrap();
+        }
+        let mut changed = config.clone();
+        changed[key] = value.into();
+        std::fs::write(other.join("config.json"), changed.to_string()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            souk_encoder::serve(listener, encoder_args(other), std::future::pending()),
+        )
+        .await
+        .expect("a refused model stops the encoder instead of serving");
+        let error = format!("{:#}", outcome.unwrap_err());
+        assert!(
+            error.contains("config.json") && error.contains(said),
+            "{value}: {error}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 use rayon::prelude::*;
+use souk_encoder_core::Positions;
 
 use crate::layers::{exp_nonpositive, gelu_slice};
 
@@ -336,6 +337,8 @@ pub(crate) struct CpuBert {
     heads: usize,
     words: Vec<f32>,
     positions: Vec<f32>,
+    /// How the model numbers positions (BERT from 0, RoBERTa after its padding id).
+    numbering: Positions,
     token_types: Vec<f32>,
     embedding_norm: Norm,
     layers: Vec<Layer>,
@@ -349,7 +352,11 @@ fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
 
 impl CpuBert {
     /// `vb` points at the model's root (the `bert.` prefix already applied).
-    pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+    pub(crate) fn load(
+        vb: VarBuilder,
+        config: &Config,
+        numbering: Positions,
+    ) -> candle_core::Result<Self> {
         let h = config.hidden_size;
         let eps = config.layer_norm_eps;
         let e = vb.pp("embeddings");
@@ -388,6 +395,7 @@ impl CpuBert {
                 &e.pp("position_embeddings")
                     .get((config.max_position_embeddings, h), "weight")?,
             )?,
+            numbering,
             token_types: flat(
                 &e.pp("token_type_embeddings")
                     .get((config.type_vocab_size, h), "weight")?,
@@ -412,14 +420,18 @@ impl CpuBert {
         }
         let tokens = offsets[sequences.len()];
         let mut x = vec![0.0f32; tokens * h];
+        let mut numbered = Vec::new();
         for (s, (ids, types)) in sequences.iter().enumerate() {
-            for (i, &id) in ids.iter().enumerate() {
+            numbered.clear();
+            self.numbering.extend(ids, &mut numbered);
+            for (i, (&id, &p)) in ids.iter().zip(&numbered).enumerate() {
                 let row = &mut x[(offsets[s] + i) * h..(offsets[s] + i + 1) * h];
                 let word = self
                     .words
                     .get(id as usize * h..(id as usize + 1) * h)
                     .ok_or_else(|| format!("token id {id} is outside the vocabulary"))?;
-                let pos = self.positions.get(i * h..(i + 1) * h).ok_or_else(|| {
+                let p = p as usize;
+                let pos = self.positions.get(p * h..(p + 1) * h).ok_or_else(|| {
                     format!(
                         "sequence of {} tokens is over the position table",
                         ids.len()

@@ -30,7 +30,7 @@ use candle_core::{
 };
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
-use souk_encoder_core::{Batch, Pooling};
+use souk_encoder_core::{Batch, Pooling, Positions};
 
 /// One transformer layer's weights, arranged for the fused kernels.
 struct FusedLayer {
@@ -62,6 +62,8 @@ pub(crate) struct FusedBert {
     intermediate: usize,
     eps: f32,
     max_positions: usize,
+    /// How the model numbers positions (BERT from 0, RoBERTa after its padding id).
+    numbering: Positions,
     /// Attention in one kernel (`attention` in fused.cu: no scores tensor) instead of two
     /// batched GEMMs around `masked_softmax` (`--engine flash`).
     one_pass: bool,
@@ -81,6 +83,7 @@ impl FusedBert {
     pub(crate) fn load(
         vb: VarBuilder,
         config: &Config,
+        numbering: Positions,
         one_pass: bool,
     ) -> candle_core::Result<Self> {
         let h = config.hidden_size;
@@ -166,6 +169,7 @@ impl FusedBert {
             intermediate: inter,
             eps: config.layer_norm_eps as f32,
             max_positions: config.max_position_embeddings,
+            numbering,
             one_pass,
         })
     }
@@ -198,10 +202,12 @@ impl FusedBert {
             return Ok(Vec::new());
         }
         let width = batch.max_len().max(1);
-        if width > self.max_positions {
+        // The longest sequence's positions reach `reserved + width - 1` at most; on a GPU an
+        // index past the table would read out of bounds, not fail.
+        if width + self.numbering.reserved() > self.max_positions {
             candle_core::bail!(
                 "sequence of {width} tokens is over the model's {} positions",
-                self.max_positions
+                self.max_positions - self.numbering.reserved().min(self.max_positions)
             );
         }
         if self.one_pass {
@@ -219,13 +225,19 @@ impl FusedBert {
         }
         let mut ids = vec![0u32; rows];
         let mut types = vec![0u32; rows];
-        let positions: Vec<u32> = (0..rows).map(|r| (r % width) as u32).collect();
+        // Padding rows take the first real token's row: any row in the table does, they are
+        // masked.
+        let mut positions = vec![self.numbering.reserved() as u32; rows];
+        let mut numbered = Vec::with_capacity(width);
         let mut lengths = Vec::with_capacity(n);
         let mut pool = vec![0f32; rows];
         for (s, seq) in batch.sequences.iter().enumerate() {
             let base = s * width;
             let len = seq.ids.len();
             ids[base..base + len].copy_from_slice(&seq.ids);
+            numbered.clear();
+            self.numbering.extend(&seq.ids, &mut numbered);
+            positions[base..base + len].copy_from_slice(&numbered);
             let typed = seq.type_ids.len().min(len);
             types[base..base + typed].copy_from_slice(&seq.type_ids[..typed]);
             lengths.push(len as u32);
@@ -368,7 +380,7 @@ impl FusedBert {
             let len = seq.ids.len();
             ids.extend_from_slice(&seq.ids);
             types.extend((0..len).map(|i| seq.type_ids.get(i).copied().unwrap_or(0)));
-            positions.extend(0..len as u32);
+            self.numbering.extend(&seq.ids, &mut positions);
             offsets.push(ids.len() as u32);
         }
         let ids = Tensor::from_vec(ids, total, device)?;

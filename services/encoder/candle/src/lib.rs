@@ -21,7 +21,7 @@ mod fused;
 mod layers;
 
 pub use cpu::{fma_peak_gflops, gemm_gflops};
-use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling};
+use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling, Positions};
 
 /// Word + position + token-type embeddings and their layer norm (BERT's input layer).
 #[derive(Clone)]
@@ -58,11 +58,15 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, ids: &Tensor, types: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, width) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, width as u32, ids.device())?;
-        let x = (self.words.forward(ids)? + self.token_types.forward(types)?)?
-            .broadcast_add(&self.positions.forward(&positions)?)?;
+    /// `positions`: each token's row of the position table, (batch, width) like `ids`.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        positions: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let x = ((self.words.forward(ids)? + self.token_types.forward(types)?)?
+            + self.positions.forward(positions)?)?;
         self.norm.forward(&x)
     }
 }
@@ -79,12 +83,8 @@ struct Bert {
 }
 
 impl Bert {
+    /// `vb`: the model's root (`embeddings.*`, `encoder.layer.N.*`).
     fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             encoder: layers::Encoder::load(vb.pp("encoder"), config)?,
@@ -96,10 +96,11 @@ impl Bert {
         &self,
         ids: &Tensor,
         types: &Tensor,
+        positions: &Tensor,
         mask: &Tensor,
         dtype: DType,
     ) -> candle_core::Result<Tensor> {
-        let x = self.embeddings.forward(ids, types)?;
+        let x = self.embeddings.forward(ids, types, positions)?;
         let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 10_000.0)?
             .to_dtype(dtype)?
             .unsqueeze(1)?
@@ -180,6 +181,8 @@ pub struct CandleBackend {
     device_name: String,
     dtype: DType,
     pooling: Pooling,
+    /// How the model numbers positions (the graph engine's padded batches need it).
+    numbering: Positions,
     dimension: usize,
 }
 
@@ -270,20 +273,22 @@ impl CandleBackend {
             as usize;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
-        let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb.clone()
-        };
+        // A base model's weights sit at the root; a task model's (`BertForMaskedLM`,
+        // `XLMRobertaForMaskedLM`) under its base's name.
+        let root = ["bert", "roberta"]
+            .into_iter()
+            .find(|base| vb.contains_tensor(&format!("{base}.embeddings.word_embeddings.weight")))
+            .map_or_else(|| vb.clone(), |base| vb.pp(base));
+        let numbering = files.positions;
         let loaded = match engine {
             Engine::Packed => Loaded::Packed(std::sync::Arc::new(
-                cpu::CpuBert::load(root, &config).map_err(backend_err)?,
+                cpu::CpuBert::load(root, &config, numbering).map_err(backend_err)?,
             )),
             Engine::Fused | Engine::Flash => Loaded::Fused(std::sync::Arc::new(
-                fused::FusedBert::load(root, &config, engine == Engine::Flash)
+                fused::FusedBert::load(root, &config, numbering, engine == Engine::Flash)
                     .map_err(backend_err)?,
             )),
-            Engine::Graph => Loaded::Graph(Bert::load(vb, &config).map_err(backend_err)?),
+            Engine::Graph => Loaded::Graph(Bert::load(root, &config).map_err(backend_err)?),
         };
         Ok(Self {
             loaded,
@@ -291,6 +296,7 @@ impl CandleBackend {
             device_name: device.to_string(),
             dtype: dtype_value,
             pooling: files.pooling,
+            numbering,
             dimension,
         })
     }
@@ -345,19 +351,26 @@ impl CandleBackend {
         let mut ids = vec![0u32; n * width];
         let mut types = vec![0u32; n * width];
         let mut mask = vec![0u32; n * width];
+        // Padding takes the first real token's row: any row does, it is masked.
+        let mut positions = vec![self.numbering.reserved() as u32; n * width];
+        let mut numbered = Vec::with_capacity(width);
         for (row, seq) in batch.sequences.iter().enumerate() {
             let base = row * width;
             ids[base..base + seq.ids.len()].copy_from_slice(&seq.ids);
+            numbered.clear();
+            self.numbering.extend(&seq.ids, &mut numbered);
+            positions[base..base + seq.ids.len()].copy_from_slice(&numbered);
             types[base..base + seq.type_ids.len()].copy_from_slice(&seq.type_ids);
             mask[base..base + seq.ids.len()].fill(1);
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let types = Tensor::from_vec(types, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
+        let positions = Tensor::from_vec(positions, (n, width), &self.device)?;
         let Loaded::Graph(model) = &self.loaded else {
             candle_core::bail!("candle's graph is not loaded");
         };
-        let hidden = model.forward(&ids, &types, &mask, self.dtype)?;
+        let hidden = model.forward(&ids, &types, &positions, &mask, self.dtype)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
@@ -463,8 +476,13 @@ pub fn profile_ops(
                         input.sequences.iter().flat_map(|s| s.ids.clone()).collect();
                     let ids = Tensor::from_vec(ids, (batch, seq), dev)?;
                     let types = ids.zeros_like()?;
+                    let mut positions = Vec::with_capacity(batch * seq);
+                    for s in &input.sequences {
+                        backend.numbering.extend(&s.ids, &mut positions);
+                    }
+                    let positions = Tensor::from_vec(positions, (batch, seq), dev)?;
                     let mask = Tensor::zeros((batch, 1, 1, seq), backend.dtype, dev)?;
-                    let x = model.embeddings.forward(&ids, &types)?;
+                    let x = model.embeddings.forward(&ids, &types, &positions)?;
                     step("embeddings + layer norm")?;
                     let hidden = model.encoder.forward_with(&x, &mask, &mut step)?;
                     let _pooled = hidden.mean(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;

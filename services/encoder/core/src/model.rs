@@ -20,6 +20,50 @@ impl Pooling {
     }
 }
 
+/// Which row of the position table each token takes: the one thing, besides the tokenizer
+/// (which `tokenizer.json` carries), in which the encoder families souk runs differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// BERT: token `i` at row `i`.
+    FromZero,
+    /// RoBERTa, XLM-RoBERTa, CamemBERT (fairseq's numbering, as transformers'
+    /// `create_position_ids_from_input_ids` computes it): rows up to `pad` are never a real
+    /// token's; the `n`-th token (from 1) that is not the padding id sits at `pad + n`, a
+    /// padding id at `pad`. Read as BERT, such a model gives vectors that look fine and are
+    /// wrong, so the family is read from `config.json`.
+    AfterPadding { pad: u32 },
+}
+
+impl Positions {
+    /// Rows of the table before the first real token's: sequences can be this much shorter
+    /// than the table.
+    #[must_use]
+    pub fn reserved(self) -> usize {
+        match self {
+            Positions::FromZero => 0,
+            Positions::AfterPadding { pad } => pad as usize + 1,
+        }
+    }
+
+    /// Appends the row of every token of `ids`, in order.
+    pub fn extend(self, ids: &[u32], out: &mut Vec<u32>) {
+        match self {
+            Positions::FromZero => out.extend(0..ids.len() as u32),
+            Positions::AfterPadding { pad } => {
+                let mut n = pad;
+                out.extend(ids.iter().map(|&id| {
+                    if id == pad {
+                        pad
+                    } else {
+                        n += 1;
+                        n
+                    }
+                }));
+            }
+        }
+    }
+}
+
 /// A model directory in the Hugging Face / sentence-transformers layout.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
@@ -30,6 +74,60 @@ pub struct ModelFiles {
     pub pooling: Pooling,
     /// Longest input in word pieces, [CLS] and [SEP] included.
     pub max_seq_length: usize,
+    /// `config.json`'s `model_type` ("bert" when it names none).
+    pub model_type: String,
+    /// How the model numbers positions, from its family.
+    pub positions: Positions,
+}
+
+/// The encoder families souk runs, by `model_type`: BERT's layers under BERT's or RoBERTa's
+/// position numbering. Anything else is refused by name rather than run as BERT.
+const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert";
+
+/// Reads the family and the settings souk's forward passes implement from `config.json`;
+/// refuses, naming the setting, a model they would compute wrongly.
+fn architecture(
+    config: &serde_json::Value,
+    path: &Path,
+) -> Result<(String, Positions), EncoderError> {
+    let refuse = |what: String| EncoderError::Model(format!("{}: {what}", path.display()));
+    let text = |key: &str| config.get(key).and_then(serde_json::Value::as_str);
+    let model_type = text("model_type").unwrap_or("bert").to_string();
+    let positions = match model_type.as_str() {
+        "bert" => Positions::FromZero,
+        "roberta" | "xlm-roberta" | "camembert" => {
+            let pad = match config.get("pad_token_id") {
+                None => 1,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .ok_or_else(|| refuse(format!("pad_token_id {v} is not a token id")))?,
+            };
+            Positions::AfterPadding { pad }
+        }
+        other => {
+            return Err(refuse(format!(
+                "model_type {other:?} is not supported (souk runs {SUPPORTED})"
+            )));
+        }
+    };
+    match text("hidden_act") {
+        None | Some("gelu") => {}
+        Some(other) => {
+            return Err(refuse(format!(
+                "hidden_act {other:?} is not supported (souk's layers compute \"gelu\", the exact one)"
+            )));
+        }
+    }
+    match text("position_embedding_type") {
+        None | Some("absolute") => {}
+        Some(other) => {
+            return Err(refuse(format!(
+                "position_embedding_type {other:?} is not supported (only \"absolute\")"
+            )));
+        }
+    }
+    Ok((model_type, positions))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, EncoderError> {
@@ -40,11 +138,15 @@ fn read_json(path: &Path) -> Result<serde_json::Value, EncoderError> {
 
 impl ModelFiles {
     /// Checks the directory holds `config.json`, `model.safetensors` and `tokenizer.json`, and
-    /// reads pooling (`1_Pooling/config.json`, default mean) and the maximum sequence length
-    /// (`sentence_bert_config.json`, else the model's `max_position_embeddings`, else 512).
+    /// reads pooling (`1_Pooling/config.json`, default mean), the maximum sequence length
+    /// (`sentence_bert_config.json`, else what the model's `max_position_embeddings` leaves
+    /// for tokens, else 512) and the model's family (`model_type`: BERT, RoBERTa, XLM-RoBERTa
+    /// or CamemBERT).
     ///
     /// # Errors
-    /// A missing file or malformed JSON, naming the file.
+    /// A missing file or malformed JSON, naming the file; a family or setting souk's forward
+    /// passes do not implement (another `model_type`, `hidden_act` or
+    /// `position_embedding_type`), naming it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, EncoderError> {
         let dir = dir.as_ref().to_path_buf();
         let need = |name: &str| {
@@ -78,10 +180,14 @@ impl ModelFiles {
         } else {
             Pooling::Mean
         };
-        let model_max = read_json(&config)?
+        let config_json = read_json(&config)?;
+        let (model_type, positions) = architecture(&config_json, &config)?;
+        // RoBERTa's 514 positions hold 512 tokens: the first rows are reserved.
+        let model_max = (config_json
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
-            .unwrap_or(512) as usize;
+            .unwrap_or(512) as usize)
+            .saturating_sub(positions.reserved());
         let st_path = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_path.is_file() {
             read_json(&st_path)?
@@ -101,6 +207,8 @@ impl ModelFiles {
             tokenizer,
             pooling,
             max_seq_length,
+            model_type,
+            positions,
         })
     }
 
@@ -214,5 +322,86 @@ mod tests {
             first,
             "mean pooling said explicitly is the default"
         );
+    }
+
+    fn opened(config: &str) -> Result<ModelFiles, EncoderError> {
+        let dir = model(&[
+            ("config.json", config),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+        ]);
+        ModelFiles::open(dir.path())
+    }
+
+    #[test]
+    fn the_family_sets_the_position_numbering_and_the_length_it_leaves() {
+        let bert = opened(r#"{"max_position_embeddings": 512}"#).unwrap();
+        assert_eq!(
+            (
+                bert.model_type.as_str(),
+                bert.positions,
+                bert.max_seq_length
+            ),
+            ("bert", Positions::FromZero, 512),
+            "no model_type is BERT"
+        );
+        let xlmr = opened(
+            r#"{"model_type": "xlm-roberta", "pad_token_id": 1, "max_position_embeddings": 514}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (xlmr.positions, xlmr.max_seq_length),
+            (Positions::AfterPadding { pad: 1 }, 512),
+            "RoBERTa's 514 rows hold 512 tokens"
+        );
+        let roberta =
+            opened(r#"{"model_type": "roberta", "max_position_embeddings": 514}"#).unwrap();
+        assert_eq!(roberta.positions, Positions::AfterPadding { pad: 1 });
+    }
+
+    #[test]
+    fn a_model_souk_would_compute_wrongly_is_refused_by_name() {
+        for (config, said) in [
+            (
+                r#"{"model_type": "distilbert"}"#,
+                r#"model_type "distilbert" is not supported (souk runs bert, roberta"#,
+            ),
+            (
+                r#"{"model_type": "bert", "hidden_act": "relu"}"#,
+                r#"hidden_act "relu" is not supported"#,
+            ),
+            (
+                r#"{"hidden_act": "gelu_new"}"#,
+                r#"hidden_act "gelu_new" is not supported"#,
+            ),
+            (
+                r#"{"position_embedding_type": "relative_key"}"#,
+                r#"position_embedding_type "relative_key" is not supported"#,
+            ),
+            (
+                r#"{"model_type": "roberta", "pad_token_id": -1}"#,
+                "pad_token_id -1 is not a token id",
+            ),
+        ] {
+            let error = opened(config).unwrap_err().to_string();
+            assert!(
+                error.contains("config.json: ") && error.contains(said),
+                "{config}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn roberta_numbers_real_tokens_after_the_padding_id() {
+        let mut rows = Vec::new();
+        Positions::AfterPadding { pad: 1 }.extend(&[0, 5, 1, 7, 2], &mut rows);
+        assert_eq!(
+            rows,
+            [2, 3, 1, 4, 5],
+            "a padding id stands at pad, uncounted"
+        );
+        rows.clear();
+        Positions::FromZero.extend(&[101, 1, 102], &mut rows);
+        assert_eq!(rows, [0, 1, 2]);
     }
 }

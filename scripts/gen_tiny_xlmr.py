@@ -14,7 +14,10 @@ The directory gets `config.json` (max_position_embeddings 66: 64 tokens after th
 rows), `model.safetensors`, `tokenizer.json` (a Unigram model trained here, with XLM-R's
 `<s> ... </s>` template), `1_Pooling/config.json` (mean), and `reference.json`: per text its
 token count and its L2-normalised vector. No `sentence_bert_config.json`: the encoder must find
-the 64-token limit from the position table itself. Seeded: the same versions give the same files.
+the 64-token limit from the position table itself. `config_sentence_transformers.json` holds
+e5's prompts ("query: ", "passage: "), and the reference has each text's vector with each.
+The weights are seeded, but the Unigram trainer's scores can differ in their last digits between
+runs (and so tokenize a text otherwise): commit the files of one run together.
 """
 import json
 import os
@@ -107,6 +110,10 @@ for junk in ["generation_config.json"]:
         os.remove(path)
 with open(os.path.join(out, "1_Pooling", "config.json"), "w") as f:
     json.dump({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, f, indent=2)
+# e5's prompts: queries and passages are embedded with different prefixes.
+prompts = {"query": "query: ", "passage": "passage: "}
+with open(os.path.join(out, "config_sentence_transformers.json"), "w") as f:
+    json.dump({"prompts": prompts, "default_prompt_name": None}, f, indent=2)
 
 texts = [
     "",
@@ -122,12 +129,30 @@ texts = [
 ]
 transformer = models.Transformer(out, max_seq_length=64)
 pooling = models.Pooling(32, pooling_mode="mean")
-st = SentenceTransformer(modules=[transformer, pooling], device="cpu")
-vectors = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+st = SentenceTransformer(modules=[transformer, pooling], device="cpu", prompts=prompts)
+
+
+def embedded(prompt_name):
+    prompt = prompts.get(prompt_name, "")
+    vectors = st.encode(
+        texts, prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True
+    )
+    return [
+        {
+            "tokens": len(fast(prompt + text, truncation=True, max_length=64)["input_ids"]),
+            "embedding": [float(v) for v in vector],
+        }
+        for text, vector in zip(texts, vectors)
+    ]
+
+
 items = []
-for text, vector in zip(texts, vectors):
-    tokens = len(fast(text, truncation=True, max_length=64)["input_ids"])
-    items.append({"text": text, "tokens": tokens, "embedding": [float(v) for v in vector]})
+# "embedding": no prompt (`encode`, the default prompt being none); "query" and "document":
+# with e5's prompts (`encode(prompt_name="query")`, `encode(prompt_name="passage")`).
+for text, plain, query, document in zip(
+    texts, embedded(None), embedded("query"), embedded("passage")
+):
+    items.append({"text": text, **plain, "query": query, "document": document})
 import sentence_transformers
 import transformers
 

@@ -32,6 +32,7 @@ async fn embeddings_match_sentence_transformers() {
             texts: texts.clone(),
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -114,6 +115,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         texts: vec!["x".into(); 513],
         truncate: None,
         normalize: None,
+        ..Default::default()
     };
     let status = client.embed(too_many).await.unwrap_err();
     assert_invalid(&status, "513 texts");
@@ -123,6 +125,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         texts: vec!["short".into(), long.clone()],
         truncate: Some(false),
         normalize: None,
+        ..Default::default()
     };
     let status = client.embed(strict).await.unwrap_err();
     assert_invalid(&status, "texts[1]");
@@ -133,6 +136,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         texts: vec![String::new(), "a\0b\u{7}c".into(), "\t\n".into()],
         truncate: None,
         normalize: None,
+        ..Default::default()
     };
     let mut good_client = EncoderClient::new(channel(&url).await);
     let mut bad_client = EncoderClient::new(channel(&url).await);
@@ -140,6 +144,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
         texts: vec![long],
         truncate: Some(false),
         normalize: None,
+        ..Default::default()
     };
     let (good, bad) = tokio::join!(good_client.embed(odd), bad_client.embed(bad));
     let good = good.unwrap().into_inner();
@@ -158,11 +163,13 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
             texts: vec![huge.clone(), "tent".into()],
             truncate: None,
             normalize: None,
+            ..Default::default()
         }),
         bad_client.embed(enc::EmbedRequest {
             texts: vec!["camping stove".into()],
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
     );
     let big = big.unwrap().into_inner();
@@ -179,6 +186,7 @@ async fn bad_input_is_refused_without_hurting_other_callers() {
             texts: vec!["ok".into(), huge],
             truncate: Some(false),
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -209,6 +217,7 @@ async fn batch_metrics_are_exported() {
             ],
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -249,6 +258,7 @@ async fn two_inference_workers_answer_every_caller_with_its_own_vectors() {
             texts: chunk.to_vec(),
             truncate: None,
             normalize: None,
+            ..Default::default()
         };
         calls.push(tokio::spawn(async move { client.embed(request).await }));
     }
@@ -262,6 +272,7 @@ async fn two_inference_workers_answer_every_caller_with_its_own_vectors() {
             texts: texts.clone(),
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -298,6 +309,7 @@ async fn abandoned_requests_are_not_computed() {
             texts,
             truncate: None,
             normalize: None,
+            ..Default::default()
         };
         calls.push(tokio::spawn(async move { client.embed(request).await }));
     }
@@ -321,6 +333,7 @@ async fn abandoned_requests_are_not_computed() {
             texts: vec!["tent".into()],
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -352,10 +365,11 @@ async fn abandoned_requests_are_not_computed() {
 /// A RoBERTa-family model served through the real RPC: the tiny XLM-RoBERTa of
 /// `services/encoder/candle/tests/data` (random weights, exact architecture; no such model can
 /// be fetched here) gives sentence-transformers' vectors, reports the 64 tokens its 66-row
-/// position table leaves, and refuses a text over them with truncate=false. A family souk's
+/// position table leaves, refuses a text over them with truncate=false, and puts e5's prompts
+/// before queries and documents as sentence-transformers does. A family souk's
 /// layers do not implement stops the encoder at start, naming what it read.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_roberta_family_model_is_served_and_other_families_are_refused() {
+async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_refused() {
     let tiny = repo_root().join("services/encoder/candle/tests/data/tiny-xlm-roberta");
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
@@ -383,6 +397,7 @@ async fn a_roberta_family_model_is_served_and_other_families_are_refused() {
             texts: texts.clone(),
             truncate: None,
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -413,10 +428,72 @@ async fn a_roberta_family_model_is_served_and_other_families_are_refused() {
             texts: vec!["boots".into(), texts[longest].clone()],
             truncate: Some(false),
             normalize: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_invalid(&status, "texts[1]");
+
+    // e5's prompts: a query and a product are embedded with their own prefixes, as
+    // sentence-transformers' `encode(prompt_name=...)` does.
+    assert_eq!(
+        info.prompts.get("query").map(String::as_str),
+        Some("query: ")
+    );
+    assert_eq!(info.default_prompt_name, "");
+    for (kind, prompt_name, key) in [
+        (enc::TextKind::Query, "", "query"),
+        (enc::TextKind::Document, "", "document"),
+        (enc::TextKind::Unspecified, "passage", "document"),
+        (enc::TextKind::Document, "query", "query"),
+    ] {
+        let answer = client
+            .embed(enc::EmbedRequest {
+                texts: texts.clone(),
+                kind: kind.into(),
+                prompt_name: prompt_name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
+            let want: Vec<f64> = item[key]["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let c = cosine(&got.values, &want);
+            assert!(
+                c >= 0.9999,
+                "{kind:?} {prompt_name:?}: cosine {c:.6} for {text:?}"
+            );
+            assert_eq!(
+                u64::from(got.tokens),
+                item[key]["tokens"].as_u64().unwrap(),
+                "{kind:?}: the prompt's pieces count, {text:?}"
+            );
+        }
+    }
+    let status = client
+        .embed(enc::EmbedRequest {
+            texts: vec!["boots".into()],
+            prompt_name: "search".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "prompt_name \"search\"");
+    let status = client
+        .embed(enc::EmbedRequest {
+            texts: vec!["boots".into()],
+            kind: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "kind 7");
     encoder.stop().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();

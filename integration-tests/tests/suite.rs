@@ -651,6 +651,8 @@ async fn embed(encoder_url: &str, texts: &[String]) -> Vec<Vec<f32>> {
             texts: chunk.to_vec(),
             truncate: Some(true),
             normalize: Some(true),
+            kind: enc::TextKind::Document.into(),
+            ..Default::default()
         };
         let response = client.embed(request).await.unwrap().into_inner();
         vectors.extend(response.embeddings.into_iter().map(|e| e.values));
@@ -2582,4 +2584,104 @@ async fn sync_graph_says_when_the_graph_refuses_its_batches() {
         .unwrap()
         .into_inner();
     assert_eq!(after.missing_facts, 6, "the graph took nothing");
+}
+
+/// A model that embeds searches and products with different prompts (e5's "query: " and
+/// "passage: ", on the tiny XLM-RoBERTa of `services/encoder/candle/tests/data`): the ranker
+/// asks for products as documents and for searches as queries, so a search's dense signal is
+/// the cosine of the two prompted vectors, not of the bare texts'.
+#[tokio::test(flavor = "multi_thread")]
+async fn searches_and_products_are_embedded_with_the_models_prompts() {
+    use souk_proto::encoder::v1 as enc;
+    use souk_proto::encoder::v1::encoder_client::EncoderClient;
+    let tiny = repo_root().join("services/encoder/candle/tests/data/tiny-xlm-roberta");
+    let encoder = start_encoder(encoder_args(tiny)).await;
+    wait_serving(&encoder.url()).await;
+    let (kg, _kg_dir) = demo_graph().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ranker = start_ranker(dir.path(), &encoder.url(), &kg.url()).await;
+    wait_serving(&ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let titles = [
+        "lightweight hiking boots",
+        "espresso machine",
+        "rechargeable desk lamp",
+        "organic coffee beans",
+    ];
+    let items = titles
+        .iter()
+        .enumerate()
+        .map(|(i, title)| rk::Item {
+            id: format!("t{i}"),
+            title: (*title).into(),
+            category: vec!["Things".into()],
+            price: 10.0,
+            in_stock: true,
+            ..Default::default()
+        })
+        .collect();
+    client
+        .upsert_items(futures::stream::iter(vec![rk::UpsertItemsRequest {
+            items,
+        }]))
+        .await
+        .unwrap();
+    let query = "boots for hiking";
+    let ranked = client
+        .rank(rk::RankRequest {
+            query: query.into(),
+            k: 4,
+            all_signals: true,
+            verbatim: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ranked.items.len(), 4, "{:?}", ranked.missing_signals);
+
+    let mut encoder_client = EncoderClient::new(channel(&encoder.url()).await);
+    let mut vectors = async |texts: Vec<String>, kind: enc::TextKind| -> Vec<Vec<f32>> {
+        encoder_client
+            .embed(enc::EmbedRequest {
+                texts,
+                kind: kind.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .embeddings
+            .into_iter()
+            .map(|e| e.values)
+            .collect()
+    };
+    let titles: Vec<String> = titles.iter().map(|t| (*t).to_string()).collect();
+    let as_query = vectors(vec![query.into()], enc::TextKind::Query).await;
+    let as_documents = vectors(titles.clone(), enc::TextKind::Document).await;
+    let bare_query = vectors(vec![query.into()], enc::TextKind::Unspecified).await;
+    let bare_titles = vectors(titles, enc::TextKind::Unspecified).await;
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut apart = 0.0f32;
+    for item in &ranked.items {
+        let i: usize = item.id[1..].parse().unwrap();
+        let dense = item
+            .contributions
+            .iter()
+            .find(|c| c.signal == "dense")
+            .map(|c| c.value)
+            .unwrap();
+        let want = dot(&as_query[0], &as_documents[i]).max(0.0);
+        // The catalog keeps f16 vectors: a few thousandths at most.
+        assert!(
+            (dense - want).abs() < 2e-3,
+            "{}: dense {dense}, the prompted vectors' cosine {want}",
+            item.id
+        );
+        apart = apart.max((want - dot(&bare_query[0], &bare_titles[i]).max(0.0)).abs());
+    }
+    assert!(
+        apart > 0.02,
+        "the prompts must move the cosine for this check to mean anything ({apart})"
+    );
 }

@@ -388,6 +388,8 @@ pub async fn embed(args: EmbedBenchArgs, encoder_url: &str) -> anyhow::Result<()
                 texts: vec![query.clone()],
                 truncate: None,
                 normalize: None,
+                kind: souk_proto::encoder::v1::TextKind::Query.into(),
+                prompt_name: String::new(),
             })
             .await?;
         if i >= 20 {

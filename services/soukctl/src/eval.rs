@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use souk_proto::encoder::v1::TextKind;
 use souk_ranker_core::cf::{
     Blend, Ease, Ials, IalsOptions, ItemKnn, Popularity, Recommender, Rp3Beta,
 };
@@ -164,6 +165,15 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// A text's key in the cache: a query's vector (made with the model's query prompt, if any)
+/// is kept apart from a document's of the same text; documents keep the keys they had.
+fn cache_key(text: &str, kind: TextKind) -> u64 {
+    match kind {
+        TextKind::Query => fnv1a(&format!("\u{0}query\u{0}{text}")),
+        TextKind::Document | TextKind::Unspecified => fnv1a(text),
+    }
+}
+
 impl VectorCache {
     fn load(path: Option<&Path>, model: &str, dim: usize) -> Self {
         let mut cache = Self {
@@ -202,12 +212,14 @@ impl VectorCache {
     }
 }
 
-/// Every text's vector from the encoder behind `client`, in order, reusing and extending the
+/// Every text's vector from the encoder behind `client`, in order, embedded as `kind` (queries
+/// or products: a model with prompts embeds them differently), reusing and extending the
 /// vector cache at `cache_path` (see [`VectorCache`]).
 pub(crate) async fn embed_texts(
     client: &mut souk_proto::encoder::v1::encoder_client::EncoderClient<tonic::transport::Channel>,
     encoder_url: &str,
     texts: &[String],
+    kind: TextKind,
     cache_path: Option<&Path>,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let info = client
@@ -223,7 +235,7 @@ pub(crate) async fn embed_texts(
     let mut cache = VectorCache::load(cache_path, &model, info.dimension as usize);
     let missing: Vec<String> = texts
         .iter()
-        .filter(|t| !cache.vectors.contains_key(&fnv1a(t)))
+        .filter(|t| !cache.vectors.contains_key(&cache_key(t, kind)))
         .cloned()
         .collect();
     eprintln!(
@@ -239,11 +251,13 @@ pub(crate) async fn embed_texts(
                 texts: chunk.to_vec(),
                 truncate: Some(true),
                 normalize: Some(true),
+                kind: kind.into(),
+                prompt_name: String::new(),
             })
             .await?
             .into_inner();
         for (text, e) in chunk.iter().zip(response.embeddings) {
-            cache.vectors.insert(fnv1a(text), e.values);
+            cache.vectors.insert(cache_key(text, kind), e.values);
         }
     }
     eprintln!("embedded in {:.1}s", started.elapsed().as_secs_f64());
@@ -255,7 +269,7 @@ pub(crate) async fn embed_texts(
         .map(|t| {
             cache
                 .vectors
-                .get(&fnv1a(t))
+                .get(&cache_key(t, kind))
                 .cloned()
                 .context("vector missing after embedding")
         })
@@ -531,6 +545,8 @@ pub(crate) async fn features(
             eprintln!("  {q:?}: typed {t:?}, read {:?}", understood[q.as_str()]);
         }
     }
+    let mut query_texts: Vec<String> = Vec::new();
+    let mut query_index: HashMap<String, usize> = HashMap::new();
     let ids: Vec<(usize, usize, usize)> = rows
         .iter()
         .zip(&products)
@@ -539,12 +555,33 @@ pub(crate) async fn features(
                 Correct::All => understood[r.query.as_str()].clone(),
                 Correct::None | Correct::Lexical => typed[&r.query].clone(),
             };
-            (intern(dense, &mut texts), *t, *f)
+            let next = query_texts.len();
+            let q = *query_index.entry(dense.clone()).or_insert_with(|| {
+                query_texts.push(dense);
+                next
+            });
+            (q, *t, *f)
         })
         .collect();
-    let vectors = embed_texts(&mut client, encoder_url, &texts, cache_path).await?;
+    let vectors = embed_texts(
+        &mut client,
+        encoder_url,
+        &texts,
+        TextKind::Document,
+        cache_path,
+    )
+    .await?;
+    let query_vectors = embed_texts(
+        &mut client,
+        encoder_url,
+        &query_texts,
+        TextKind::Query,
+        cache_path,
+    )
+    .await?;
+    // A query's vector against a product text's.
     let cos = |a: usize, b: usize| -> f64 {
-        vectors[a]
+        query_vectors[a]
             .iter()
             .zip(&vectors[b])
             .map(|(x, y)| f64::from(*x) * f64::from(*y))

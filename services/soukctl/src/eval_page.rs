@@ -189,8 +189,14 @@ pub async fn page_report(args: &PageArgs, encoder_url: &str) -> anyhow::Result<V
     let mut client = souk_proto::encoder::v1::encoder_client::EncoderClient::new(
         crate::connect(encoder_url, "encoder").await?,
     );
-    let vectors =
-        crate::eval::embed_texts(&mut client, encoder_url, &titles, args.cache.as_deref()).await?;
+    let vectors = crate::eval::embed_texts(
+        &mut client,
+        encoder_url,
+        &titles,
+        souk_proto::encoder::v1::TextKind::Document,
+        args.cache.as_deref(),
+    )
+    .await?;
     let mut catalog = Catalog::default();
     for ((id, title, genres), vector) in items.iter().zip(vectors) {
         let item = Item {

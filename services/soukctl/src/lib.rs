@@ -157,7 +157,16 @@ pub enum Command {
     },
     /// Embed texts with the encoder (prints dimension, tokens and the first values, and each
     /// later text's cosine with the first).
-    Embed { texts: Vec<String> },
+    Embed {
+        texts: Vec<String>,
+        /// Embed the texts as searches (`query`) or as what is searched (`document`): with
+        /// the model's prompt for that kind, if it has one (e5's "query: " / "passage: ").
+        #[arg(long, value_enum, default_value_t = EmbedKind::Text)]
+        kind: EmbedKind,
+        /// One of the model's prompts by name instead (`soukctl stats` lists them).
+        #[arg(long, default_value = "")]
+        prompt: String,
+    },
     /// What each service holds: the catalog and the log, the graph, the encoder's model. A
     /// service that cannot be read gets a line saying why; the others are still printed.
     Stats,
@@ -414,6 +423,17 @@ fn parse_attribute_filter(arg: &str) -> Result<AttributeArg, String> {
         name: name.trim().to_string(),
         values,
     })
+}
+
+/// `soukctl embed --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedKind {
+    /// Neither: the model's default prompt, if it names one.
+    Text,
+    /// Searches: the model's query prompt.
+    Query,
+    /// Products, passages: the model's document prompt.
+    Document,
 }
 
 /// `soukctl rank --sort`.
@@ -1654,13 +1674,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Embed { texts } => {
+        Command::Embed {
+            texts,
+            kind,
+            prompt,
+        } => {
             let mut client =
                 enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
             let request = enc::EmbedRequest {
                 texts: texts.clone(),
                 truncate: None,
                 normalize: None,
+                kind: match kind {
+                    EmbedKind::Text => enc::TextKind::Unspecified,
+                    EmbedKind::Query => enc::TextKind::Query,
+                    EmbedKind::Document => enc::TextKind::Document,
+                }
+                .into(),
+                prompt_name: prompt.clone(),
             };
             let r = ask(ep.answer_timeout(), "encoder", request, |r| client.embed(r)).await?;
             let first = r.embeddings.first().map(|e| e.values.as_slice());

@@ -246,6 +246,21 @@ async fn encoder(url: &str) -> anyhow::Result<String> {
         "encoder: runs the {} engine on {} in {}, batches of up to {} texts a request and {} tokens a pass",
         i.engine, i.device, i.dtype, i.max_batch_texts, i.max_batch_tokens
     )?;
+    if !i.prompts.is_empty() {
+        // Sorted: the answer's map has no order.
+        let mut prompts: Vec<String> = i
+            .prompts
+            .iter()
+            .map(|(name, text)| format!("{name} {text:?}"))
+            .collect();
+        prompts.sort();
+        let default = if i.default_prompt_name.is_empty() {
+            String::new()
+        } else {
+            format!(" (by default: {})", i.default_prompt_name)
+        };
+        writeln!(out, "encoder: prompts {}{default}", prompts.join(", "))?;
+    }
     Ok(out)
 }
 

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::EncoderError;
@@ -78,6 +79,58 @@ pub struct ModelFiles {
     pub model_type: String,
     /// How the model numbers positions, from its family.
     pub positions: Positions,
+    /// The model's non-empty prompts by name (`config_sentence_transformers.json`): texts put
+    /// before a query's or a document's text by models that embed the two differently.
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt `encode` uses when asked for none (`default_prompt_name`), when it is one of
+    /// `prompts`.
+    pub default_prompt_name: Option<String>,
+}
+
+/// What a text is, for the models that embed queries and documents differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// Not said: the model's default prompt, if any (sentence-transformers' `encode`).
+    Unspecified,
+    /// A search: the "query" prompt, or none (`encode_query`).
+    Query,
+    /// Something searched for: the first non-empty of "document", "passage", "corpus", or none.
+    Document,
+}
+
+/// Reads `config_sentence_transformers.json`'s prompts: the non-empty ones by name, and the
+/// default's name when its prompt is not empty.
+fn read_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>), EncoderError> {
+    let refuse = |what: String| EncoderError::Model(format!("{}: {what}", path.display()));
+    let json = read_json(path)?;
+    let mut named = BTreeMap::new();
+    let mut empty = Vec::new();
+    if let Some(prompts) = json.get("prompts").filter(|p| !p.is_null()) {
+        let prompts = prompts
+            .as_object()
+            .ok_or_else(|| refuse("prompts is not an object of names to texts".into()))?;
+        for (name, text) in prompts {
+            match text {
+                serde_json::Value::String(t) if t.is_empty() => empty.push(name.clone()),
+                serde_json::Value::String(t) => {
+                    named.insert(name.clone(), t.clone());
+                }
+                serde_json::Value::Null => empty.push(name.clone()),
+                other => return Err(refuse(format!("prompt {name:?} is {other}, not a text"))),
+            }
+        }
+    }
+    let default = match json.get("default_prompt_name") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(name)) if named.contains_key(name) => Some(name.clone()),
+        Some(serde_json::Value::String(name)) if empty.contains(name) => None,
+        Some(other) => {
+            return Err(refuse(format!(
+                "default_prompt_name {other} is not one of the prompts"
+            )));
+        }
+    };
+    Ok((named, default))
 }
 
 /// The encoder families souk runs, by `model_type`: BERT's layers under BERT's or RoBERTa's
@@ -167,6 +220,16 @@ impl ModelFiles {
         let pooling = if pooling_path.is_file() {
             let json = read_json(&pooling_path)?;
             let flag = |k: &str| json.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            if json
+                .get("include_prompt")
+                .and_then(serde_json::Value::as_bool)
+                == Some(false)
+            {
+                return Err(EncoderError::Model(format!(
+                    "{}: include_prompt false (pooling without the prompt's tokens) is not supported",
+                    pooling_path.display()
+                )));
+            }
             if flag("pooling_mode_cls_token") {
                 Pooling::Cls
             } else if flag("pooling_mode_mean_tokens") {
@@ -200,6 +263,12 @@ impl ModelFiles {
         }
         .min(model_max)
         .max(2);
+        let prompts_path = dir.join("config_sentence_transformers.json");
+        let (prompts, default_prompt_name) = if prompts_path.is_file() {
+            read_prompts(&prompts_path)?
+        } else {
+            (BTreeMap::new(), None)
+        };
         Ok(Self {
             dir,
             config,
@@ -209,6 +278,8 @@ impl ModelFiles {
             max_seq_length,
             model_type,
             positions,
+            prompts,
+            default_prompt_name,
         })
     }
 
@@ -233,9 +304,54 @@ impl ModelFiles {
         }
         hasher.update(self.pooling.as_str().as_bytes());
         hasher.update(&(self.max_seq_length as u64).to_le_bytes());
+        // Prompts shape the vectors made with them; a model without any (every model before
+        // prompts were read) keeps the fingerprint it had.
+        if !self.prompts.is_empty() {
+            for (name, text) in &self.prompts {
+                for part in [name, text] {
+                    hasher.update(&(part.len() as u64).to_le_bytes());
+                    hasher.update(part.as_bytes());
+                }
+            }
+            let default = self.default_prompt_name.as_deref().unwrap_or("");
+            hasher.update(&(default.len() as u64).to_le_bytes());
+            hasher.update(default.as_bytes());
+        }
         let mut first = [0u8; 8];
         first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
         Ok(u64::from_le_bytes(first).max(1))
+    }
+
+    /// The text put before each text of this kind, or of the prompt `name` when one is given
+    /// ("" for none), as sentence-transformers' `encode`, `encode_query` and
+    /// `encode_document` choose it.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a `name` the model has no prompt of.
+    pub fn prompt(&self, kind: TextKind, name: &str) -> Result<&str, EncoderError> {
+        if !name.is_empty() {
+            return self.prompts.get(name).map(String::as_str).ok_or_else(|| {
+                EncoderError::InvalidInput(format!(
+                    "prompt_name {name:?}: the model's prompts are {:?}",
+                    self.prompts.keys().collect::<Vec<_>>()
+                ))
+            });
+        }
+        let first = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| self.prompts.get(*n))
+                .map_or("", String::as_str)
+        };
+        Ok(match kind {
+            TextKind::Unspecified => self
+                .default_prompt_name
+                .as_ref()
+                .and_then(|n| self.prompts.get(n))
+                .map_or("", String::as_str),
+            TextKind::Query => first(&["query"]),
+            TextKind::Document => first(&["document", "passage", "corpus"]),
+        })
     }
 
     /// A short name for the model: its directory name.
@@ -403,5 +519,105 @@ mod tests {
         rows.clear();
         Positions::FromZero.extend(&[101, 1, 102], &mut rows);
         assert_eq!(rows, [0, 1, 2]);
+    }
+
+    fn with_prompts(prompts: &str) -> Result<ModelFiles, EncoderError> {
+        let dir = model(&[
+            ("config.json", "{}"),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+            ("config_sentence_transformers.json", prompts),
+        ]);
+        ModelFiles::open(dir.path())
+    }
+
+    #[test]
+    fn prompts_are_chosen_as_sentence_transformers_documents_them() {
+        let e5 = with_prompts(
+            r#"{"prompts": {"query": "query: ", "document": "", "passage": "passage: "},
+                "default_prompt_name": null}"#,
+        )
+        .unwrap();
+        assert_eq!(e5.prompt(TextKind::Query, "").unwrap(), "query: ");
+        assert_eq!(
+            e5.prompt(TextKind::Document, "").unwrap(),
+            "passage: ",
+            "an empty document prompt is none: the passage prompt serves"
+        );
+        assert_eq!(e5.prompt(TextKind::Unspecified, "").unwrap(), "");
+        assert_eq!(e5.prompt(TextKind::Query, "passage").unwrap(), "passage: ");
+        let unknown = e5.prompt(TextKind::Query, "search").unwrap_err();
+        assert!(
+            matches!(&unknown, EncoderError::InvalidInput(m)
+                if m.contains(r#"prompt_name "search""#) && m.contains(r#"["passage", "query"]"#)),
+            "{unknown}"
+        );
+        let bge = with_prompts(
+            r#"{"prompts": {"query": "Represent this sentence for searching relevant passages: "},
+                "default_prompt_name": "query"}"#,
+        )
+        .unwrap();
+        assert_eq!(bge.prompt(TextKind::Document, "").unwrap(), "");
+        assert!(
+            bge.prompt(TextKind::Unspecified, "")
+                .unwrap()
+                .starts_with("Represent")
+        );
+
+        for (prompts, said) in [
+            (r#"{"prompts": ["query: "]}"#, "prompts is not an object"),
+            (
+                r#"{"prompts": {"query": 3}}"#,
+                r#"prompt "query" is 3, not a text"#,
+            ),
+            (
+                r#"{"prompts": {"query": "q: "}, "default_prompt_name": "passage"}"#,
+                r#"default_prompt_name "passage" is not one of the prompts"#,
+            ),
+        ] {
+            let error = with_prompts(prompts).unwrap_err().to_string();
+            assert!(
+                error.contains("config_sentence_transformers.json: ") && error.contains(said),
+                "{prompts}: {error}"
+            );
+        }
+        let dir = model(&[
+            ("config.json", "{}"),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+            (
+                "1_Pooling/config.json",
+                r#"{"pooling_mode_mean_tokens": true, "include_prompt": false}"#,
+            ),
+        ]);
+        let error = ModelFiles::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("include_prompt false"), "{error}");
+    }
+
+    #[test]
+    fn prompts_enter_the_fingerprint_and_no_prompts_leave_it_as_it_was() {
+        let base = [
+            ("config.json", r#"{"max_position_embeddings": 512}"#),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+        ];
+        let with = |extra: &'static str| {
+            let mut files = base.to_vec();
+            files.push(("config_sentence_transformers.json", extra));
+            fingerprint(&files)
+        };
+        let bare = fingerprint(&base);
+        assert_eq!(
+            with(r#"{"__version__": {"sentence_transformers": "2.0.0"}}"#),
+            bare
+        );
+        assert_eq!(
+            with(r#"{"prompts": {"query": ""}}"#),
+            bare,
+            "an empty prompt is none"
+        );
+        let e5 = with(r#"{"prompts": {"query": "query: "}}"#);
+        assert_ne!(e5, bare);
+        assert_ne!(with(r#"{"prompts": {"query": "query:"}}"#), e5);
     }
 }

@@ -17,7 +17,7 @@ use souk_encoder_candle::CandleBackend;
 use souk_encoder_core::batcher::{Batcher, BatcherOptions};
 
 pub mod metrics;
-use souk_encoder_core::{EncoderError, ModelFiles, TextTokenizer};
+use souk_encoder_core::{EncoderError, ModelFiles, TextKind, TextTokenizer};
 use souk_proto::encoder::v1 as pb;
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -90,6 +90,7 @@ pub async fn serve(
     let state = Arc::new(EncoderService {
         batcher: OnceLock::new(),
         info: OnceLock::new(),
+        files: OnceLock::new(),
         words: OnceLock::new(),
         max_batch_texts: args.max_batch_texts.max(1),
     });
@@ -110,7 +111,7 @@ pub async fn serve(
     let loader = tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || load(&args, observer)).await;
         match loaded {
-            Ok(Ok((batcher, info))) => {
+            Ok(Ok((batcher, info, files))) => {
                 match metrics::QueueDepth::new(batcher.clone()) {
                     Ok(depth) => {
                         if let Err(error) = registry.registry().register(Box::new(depth)) {
@@ -121,6 +122,7 @@ pub async fn serve(
                 }
                 tracing::info!(model = %info.model_id, fingerprint = %format!("{:016x}", info.model_fingerprint), device = %info.device, dim = info.dimension, "model loaded");
                 let _ = loader_state.info.set(info);
+                let _ = loader_state.files.set(files);
                 let _ = loader_state.batcher.set(batcher);
                 health.set_ready().await;
             }
@@ -162,7 +164,7 @@ pub async fn serve(
 fn load(
     args: &EncoderArgs,
     observer: Arc<metrics::EncoderMetrics>,
-) -> anyhow::Result<(Batcher, pb::InfoResponse)> {
+) -> anyhow::Result<(Batcher, pb::InfoResponse, ModelFiles)> {
     let files = ModelFiles::open(&args.model_dir)?;
     let fingerprint = files.fingerprint()?;
     let tokenizer = TextTokenizer::load(&files)?;
@@ -186,13 +188,17 @@ fn load(
         max_batch_tokens: options.max_batch_tokens as u32,
         engine: engine.name().to_string(),
         model_fingerprint: fingerprint,
+        prompts: files.prompts.clone().into_iter().collect(),
+        default_prompt_name: files.default_prompt_name.clone().unwrap_or_default(),
     };
-    Ok((batcher, info))
+    Ok((batcher, info, files))
 }
 
 struct EncoderService {
     batcher: OnceLock<Batcher>,
     info: OnceLock<pb::InfoResponse>,
+    /// The model's files as read at load: its prompts.
+    files: OnceLock<ModelFiles>,
     /// The tokenizer's whole words, listed at the first `Words` call.
     words: OnceLock<Vec<String>>,
     max_batch_texts: usize,
@@ -237,9 +243,34 @@ impl pb::encoder_server::Encoder for EncoderService {
             )));
         }
         let batcher = self.batcher()?;
+        let kind = match pb::TextKind::try_from(request.kind) {
+            Ok(pb::TextKind::Unspecified) => TextKind::Unspecified,
+            Ok(pb::TextKind::Query) => TextKind::Query,
+            Ok(pb::TextKind::Document) => TextKind::Document,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "kind {} is not a TextKind (0 unspecified, 1 query, 2 document)",
+                    request.kind
+                )));
+            }
+        };
+        let files = self
+            .files
+            .get()
+            .ok_or_else(|| Status::unavailable("the model is still loading"))?;
+        let prompt = files.prompt(kind, &request.prompt_name).map_err(status)?;
+        let texts = if prompt.is_empty() {
+            request.texts
+        } else {
+            request
+                .texts
+                .into_iter()
+                .map(|text| format!("{prompt}{text}"))
+                .collect()
+        };
         let embedded = batcher
             .embed(
-                request.texts,
+                texts,
                 request.truncate.unwrap_or(true),
                 request.normalize.unwrap_or(true),
             )

@@ -204,7 +204,8 @@ impl GrpcEncoder {
         Ok((vector, embedded.model))
     }
 
-    /// Embeds item texts (normalised), in requests of at most 64 texts.
+    /// Embeds item texts (normalised, as documents: with the model's document prompt, if
+    /// any), in requests of at most 64 texts.
     ///
     /// # Errors
     /// When the encoder is unreachable, refuses, runs past `timeout` per request, or its
@@ -221,6 +222,9 @@ impl GrpcEncoder {
                 texts: chunk.to_vec(),
                 truncate: Some(true),
                 normalize: Some(true),
+                // Products are what searches look for: a model's document prompt, if any.
+                kind: enc::TextKind::Document.into(),
+                prompt_name: String::new(),
             });
             request.set_timeout(timeout);
             let response = self
@@ -269,6 +273,9 @@ impl EmbeddingSource for GrpcEncoder {
             texts: vec![text.to_string()],
             truncate: Some(true),
             normalize: Some(true),
+            // The model's query prompt, if any (e5's "query: ", bge's instruction).
+            kind: enc::TextKind::Query.into(),
+            prompt_name: String::new(),
         });
         request.set_timeout(self.query_timeout);
         let mut client = self.client.clone();

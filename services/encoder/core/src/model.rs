@@ -246,11 +246,19 @@ impl ModelFiles {
         let config_json = read_json(&config)?;
         let (model_type, positions) = architecture(&config_json, &config)?;
         // RoBERTa's 514 positions hold 512 tokens: the first rows are reserved.
-        let model_max = (config_json
+        let table = config_json
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
-            .unwrap_or(512) as usize)
-            .saturating_sub(positions.reserved());
+            .unwrap_or(512) as usize;
+        // [CLS] and [SEP] (or <s> and </s>) at least, after the reserved rows.
+        if positions.reserved() + 2 > table {
+            return Err(EncoderError::Model(format!(
+                "{}: max_position_embeddings {table} leaves no room for a text after {} reserved rows (pad_token_id)",
+                config.display(),
+                positions.reserved()
+            )));
+        }
+        let model_max = table - positions.reserved();
         let st_path = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_path.is_file() {
             read_json(&st_path)?
@@ -497,6 +505,10 @@ mod tests {
             (
                 r#"{"model_type": "roberta", "pad_token_id": -1}"#,
                 "pad_token_id -1 is not a token id",
+            ),
+            (
+                r#"{"model_type": "roberta", "pad_token_id": 4294967295, "max_position_embeddings": 514}"#,
+                "max_position_embeddings 514 leaves no room for a text after 4294967296 reserved rows",
             ),
         ] {
             let error = opened(config).unwrap_err().to_string();

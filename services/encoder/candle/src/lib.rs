@@ -18,6 +18,7 @@ use candle_transformers::models::bert::Config;
 
 mod cpu;
 mod fused;
+mod head;
 mod layers;
 
 pub use cpu::{fma_peak_gflops, gemm_gflops};
@@ -183,7 +184,10 @@ pub struct CandleBackend {
     pooling: Pooling,
     /// How the model numbers positions (the graph engine's padded batches need it).
     numbering: Positions,
+    /// The model's hidden size: what pooling gives.
     dimension: usize,
+    /// The modules after pooling (`modules.json`'s dense layers); none for most models.
+    head: std::sync::Arc<head::Head>,
 }
 
 fn backend_err(e: candle_core::Error) -> EncoderError {
@@ -297,6 +301,7 @@ impl CandleBackend {
             dtype: dtype_value,
             pooling: files.pooling,
             numbering,
+            head: std::sync::Arc::new(head::Head::load(&files.head, dimension)?),
             dimension,
         })
     }
@@ -401,17 +406,20 @@ impl Backend for CandleBackend {
         if batch.sequences.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.loaded {
+        let mut pooled = match &self.loaded {
             Loaded::Packed(packed) => self.forward_packed(packed, batch),
             Loaded::Fused(fused) => fused
                 .embed(batch, self.pooling, &self.device)
                 .map_err(backend_err),
             Loaded::Graph(_) => self.forward(batch).map_err(backend_err),
-        }
+        }?;
+        self.head.apply(&mut pooled);
+        Ok(pooled)
     }
 
+    /// What comes out: the last dense layer's size, else the model's hidden size.
     fn dimension(&self) -> usize {
-        self.dimension
+        self.head.dimension()
     }
 
     fn device(&self) -> String {
@@ -526,15 +534,38 @@ pub fn convert_model(
     };
     let io = |e: std::io::Error| EncoderError::Model(format!("{}: {e}", out.display()));
     std::fs::create_dir_all(out.join("1_Pooling")).map_err(io)?;
-    for name in [
+    let mut names: Vec<std::path::PathBuf> = [
         "config.json",
         "tokenizer.json",
+        "tokenizer_config.json",
         "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "modules.json",
         "1_Pooling/config.json",
-    ] {
-        let src = files.dir.join(name);
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
+    // The modules after pooling, as they are (small: a dense layer).
+    for module in &files.head {
+        if let souk_encoder_core::HeadModule::Dense(dense) = module
+            && let Some(dir) = dense.weights.parent()
+        {
+            for name in ["config.json", "model.safetensors"] {
+                if let Ok(relative) = dir.join(name).strip_prefix(&files.dir) {
+                    names.push(relative.to_path_buf());
+                }
+            }
+        }
+    }
+    for name in names {
+        let src = files.dir.join(&name);
         if src.is_file() {
-            std::fs::copy(&src, out.join(name)).map_err(io)?;
+            let target = out.join(&name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::copy(&src, target).map_err(io)?;
         }
     }
     let tensors =

@@ -1,17 +1,18 @@
-//! The RoBERTa family (here XLM-RoBERTa) against transformers' own implementation: a tiny,
-//! randomly initialised model of the exact architecture with a Unigram tokenizer
-//! (`tests/data/tiny-xlm-roberta`, written with its reference vectors by
-//! `scripts/gen_tiny_xlmr.py`; no RoBERTa-family model can be fetched here). Every engine, on
-//! each text alone and on all of them in one padded batch, must give sentence-transformers'
-//! vectors. What it holds: positions numbered after the padding id (a padding id in the text
-//! included), the 64-token limit read off a 66-row position table, and `<s> ... </s>` from the
-//! tokenizer. Read as BERT (positions from 0), the same model's vectors fall to cosine 0.41.
+//! Model families and sentence-transformers modules against transformers' and
+//! sentence-transformers' own implementations, on tiny, randomly initialised models of the
+//! exact architectures (`tests/data`, written with their reference vectors by
+//! `scripts/gen_tiny_encoders.py`; no such real model can be fetched here). Every engine, on
+//! each text alone and on all of them in one padded batch, must give the reference vectors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use souk_encoder_candle::{CandleBackend, Engine};
-use souk_encoder_core::{Backend, Batch, ModelFiles, Positions, TextTokenizer};
+use souk_encoder_core::{
+    Activation, Backend, Batch, HeadModule, ModelFiles, Pooling, Positions, TextTokenizer,
+};
 
-fn fixture() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-xlm-roberta")
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn normalised(v: &[f32]) -> Vec<f64> {
@@ -19,20 +20,14 @@ fn normalised(v: &[f32]) -> Vec<f64> {
     v.iter().map(|x| f64::from(*x) / norm).collect()
 }
 
-#[test]
-fn every_engine_gives_transformers_vectors_for_xlm_roberta() {
-    let files = ModelFiles::open(fixture()).unwrap();
-    assert_eq!(files.model_type, "xlm-roberta");
-    assert_eq!(files.positions, Positions::AfterPadding { pad: 1 });
-    assert_eq!(
-        files.max_seq_length, 64,
-        "66 position rows, the first 2 reserved"
-    );
+/// Every engine's vectors of the fixture's reference texts (tokenized by `tokenizer.json` as
+/// the service does) against its reference, alone and in one batch.
+fn every_engine_gives_the_reference(files: &ModelFiles, dimension: usize) -> Vec<Vec<u32>> {
     let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(files.dir.join("reference.json")).unwrap())
             .unwrap();
     let items = reference["items"].as_array().unwrap();
-    let tokenizer = TextTokenizer::load(&files).unwrap();
+    let tokenizer = TextTokenizer::load(files).unwrap();
     let sequences: Vec<_> = items
         .iter()
         .map(|item| {
@@ -46,15 +41,12 @@ fn every_engine_gives_transformers_vectors_for_xlm_roberta() {
             sequence
         })
         .collect();
-    assert!(
-        sequences.iter().any(|s| s.ids[1..].contains(&1)),
-        "a text holds the padding id, numbered as transformers numbers it"
-    );
     let all = Batch {
         sequences: sequences.clone(),
     };
     for engine in [Engine::Packed, Engine::Fused, Engine::Flash, Engine::Graph] {
-        let mut backend = CandleBackend::load_engine(&files, "cpu", "f32", engine).unwrap();
+        let mut backend = CandleBackend::load_engine(files, "cpu", "f32", engine).unwrap();
+        assert_eq!(backend.dimension(), dimension);
         let together = backend.embed(&all).unwrap();
         for (i, item) in items.iter().enumerate() {
             let alone = backend
@@ -69,13 +61,53 @@ fn every_engine_gives_transformers_vectors_for_xlm_roberta() {
                 .map(|v| v.as_f64().unwrap())
                 .collect();
             for (how, got) in [("alone", &alone[0]), ("in the batch", &together[i])] {
+                assert_eq!(got.len(), dimension);
                 let cosine: f64 = normalised(got).iter().zip(&want).map(|(a, b)| a * b).sum();
                 assert!(
                     cosine >= 0.9999,
-                    "{engine:?}, {:?} {how}: cosine {cosine:.6} to transformers' vector",
+                    "{}, {engine:?}, {:?} {how}: cosine {cosine:.6} to the reference",
+                    files.model_id(),
                     item["text"].as_str().unwrap()
                 );
             }
         }
     }
+    sequences.into_iter().map(|s| s.ids).collect()
+}
+
+/// XLM-RoBERTa: positions numbered after the padding id (a padding id in the text included),
+/// the 64-token limit read off a 66-row position table, and `<s> ... </s>` from the tokenizer.
+/// Read as BERT (positions from 0), the same model's vectors fall to cosine 0.41.
+#[test]
+fn every_engine_gives_transformers_vectors_for_xlm_roberta() {
+    let files = ModelFiles::open(fixture("tiny-xlm-roberta")).unwrap();
+    assert_eq!(files.model_type, "xlm-roberta");
+    assert_eq!(files.positions, Positions::AfterPadding { pad: 1 });
+    assert_eq!(
+        files.max_seq_length, 64,
+        "66 position rows, the first 2 reserved"
+    );
+    let ids = every_engine_gives_the_reference(&files, 32);
+    assert!(
+        ids.iter().any(|s| s[1..].contains(&1)),
+        "a text holds the padding id, numbered as transformers numbers it"
+    );
+}
+
+/// LaBSE's layout, saved by sentence-transformers 6: CLS pooling (its `"pooling_mode": "cls"`),
+/// a dense layer with tanh that makes 16 of 32 values, and the limit of 48 tokens from
+/// `tokenizer_config.json` (the table has 64).
+#[test]
+fn every_engine_gives_sentence_transformers_vectors_through_a_dense_layer() {
+    let files = ModelFiles::open(fixture("tiny-bert-dense")).unwrap();
+    assert_eq!(files.pooling, Pooling::Cls);
+    assert_eq!(files.max_seq_length, 48);
+    assert!(
+        matches!(files.head.as_slice(), [HeadModule::Dense(d)]
+            if d.activation == Activation::Tanh && d.out_features == 16),
+        "{:?}",
+        files.head
+    );
+    let ids = every_engine_gives_the_reference(&files, 16);
+    assert!(ids.iter().any(|s| s.len() == 48), "a text is cut at 48");
 }

@@ -17,7 +17,7 @@ pub mod batcher;
 mod model;
 mod tokenize;
 
-pub use model::{ModelFiles, Pooling, Positions, TextKind};
+pub use model::{Activation, DenseFiles, HeadModule, ModelFiles, Pooling, Positions, TextKind};
 pub use tokenize::{Sequence, TextTokenizer};
 
 /// A padded batch handed to a backend: `ids[i]` and `type_ids[i]` are sequence i, unpadded.

@@ -85,6 +85,186 @@ pub struct ModelFiles {
     /// The prompt `encode` uses when asked for none (`default_prompt_name`), when it is one of
     /// `prompts`.
     pub default_prompt_name: Option<String>,
+    /// What `modules.json` puts after pooling (LaBSE's and distiluse's dense layers), in
+    /// order; a final `Normalize` is left out (it is what `normalize`, the default, does).
+    pub head: Vec<HeadModule>,
+}
+
+/// A sentence-transformers module after pooling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadModule {
+    /// `Dense`: `activation(W x + b)`.
+    Dense(DenseFiles),
+    /// `Normalize` with a dense layer after it: L2 normalisation there.
+    Normalize,
+}
+
+/// A `Dense` module's directory, as its `config.json` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseFiles {
+    /// `model.safetensors`: `linear.weight` (out x in) and, with `bias`, `linear.bias`.
+    pub weights: PathBuf,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub activation: Activation,
+}
+
+/// A dense layer's activation (`torch.nn.modules.*` by its class name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Tanh,
+    Relu,
+    Sigmoid,
+}
+
+/// What `modules.json` says: where pooling's config is, and the modules after it.
+struct Modules {
+    pooling: String,
+    head: Vec<HeadModule>,
+}
+
+/// The module kinds souk computes, by the last part of their Python type name (which moved
+/// between sentence-transformers versions: `sentence_transformers.models.Pooling`,
+/// `sentence_transformers.sentence_transformer.modules.pooling.Pooling`).
+const MODULES: &str = "Transformer, Pooling, Dense, Normalize";
+
+/// Reads `modules.json` (absent: a transformer and `1_Pooling`, the layout before it existed).
+/// Refuses, naming it, a module souk does not compute, rather than serve vectors without it.
+fn read_modules(dir: &Path) -> Result<Modules, EncoderError> {
+    let path = dir.join("modules.json");
+    if !path.is_file() {
+        return Ok(Modules {
+            pooling: "1_Pooling".into(),
+            head: Vec::new(),
+        });
+    }
+    let refuse = |what: String| EncoderError::Model(format!("{}: {what}", path.display()));
+    let json = read_json(&path)?;
+    let list = json
+        .as_array()
+        .ok_or_else(|| refuse("not a list of modules".into()))?;
+    let mut pooling = None;
+    let mut head = Vec::new();
+    for (i, module) in list.iter().enumerate() {
+        let kind = module
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| refuse(format!("module {i} has no type")))?;
+        let at = module
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let short = kind.rsplit('.').next().unwrap_or(kind);
+        match (i, short, pooling.is_some()) {
+            (0, "Transformer", _) => {}
+            (1, "Pooling", _) => pooling = Some(at.to_string()),
+            (_, "Dense", true) => head.push(HeadModule::Dense(read_dense(&dir.join(at))?)),
+            (_, "Normalize", true) => head.push(HeadModule::Normalize),
+            _ => {
+                return Err(refuse(format!(
+                    "module {i} is {kind}; souk runs a Transformer, then Pooling, then any of Dense and Normalize ({MODULES})"
+                )));
+            }
+        }
+    }
+    let pooling = pooling.ok_or_else(|| refuse("no Pooling module".into()))?;
+    while head.last() == Some(&HeadModule::Normalize) {
+        head.pop();
+    }
+    Ok(Modules { pooling, head })
+}
+
+/// A `Dense` module's directory: its config and weights file.
+fn read_dense(dir: &Path) -> Result<DenseFiles, EncoderError> {
+    let config = dir.join("config.json");
+    let json = read_json(&config)?;
+    let refuse = |what: String| EncoderError::Model(format!("{}: {what}", config.display()));
+    let size = |key: &str| {
+        json.get(key)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+            .filter(|&v| v > 0)
+            .ok_or_else(|| refuse(format!("{key} is not a positive size")))
+    };
+    let activation = json
+        .get("activation_function")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("torch.nn.modules.activation.Tanh");
+    let activation = match activation.rsplit('.').next().unwrap_or(activation) {
+        "Identity" => Activation::Identity,
+        "Tanh" => Activation::Tanh,
+        "ReLU" => Activation::Relu,
+        "Sigmoid" => Activation::Sigmoid,
+        _ => {
+            return Err(refuse(format!(
+                "activation_function {activation:?} is not supported (Identity, Tanh, ReLU, Sigmoid)"
+            )));
+        }
+    };
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(EncoderError::Model(format!(
+            "{} is missing (a dense layer saved as pytorch_model.bin must be converted to safetensors)",
+            weights.display()
+        )));
+    }
+    Ok(DenseFiles {
+        weights,
+        in_features: size("in_features")?,
+        out_features: size("out_features")?,
+        bias: json
+            .get("bias")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true),
+        activation,
+    })
+}
+
+/// Reads a pooling config, in sentence-transformers 6's form (`"pooling_mode": "mean"`) or
+/// the older flags (`"pooling_mode_mean_tokens": true`). Only one mode, mean or CLS.
+fn read_pooling(path: &Path) -> Result<Pooling, EncoderError> {
+    let refuse = |what: String| EncoderError::Model(format!("{}: {what}", path.display()));
+    let json = read_json(path)?;
+    if json
+        .get("include_prompt")
+        .and_then(serde_json::Value::as_bool)
+        == Some(false)
+    {
+        return Err(refuse(
+            "include_prompt false (pooling without the prompt's tokens) is not supported".into(),
+        ));
+    }
+    let modes: Vec<String> = match json.get("pooling_mode") {
+        Some(serde_json::Value::String(mode)) => vec![mode.clone()],
+        Some(serde_json::Value::Array(modes)) => modes
+            .iter()
+            .map(|m| m.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| refuse("pooling_mode is not a list of names".into()))?,
+        Some(other) => return Err(refuse(format!("pooling_mode {other} is not a name"))),
+        None => [
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_mean_tokens", "mean"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+            ("pooling_mode_weightedmean_tokens", "weightedmean"),
+            ("pooling_mode_lasttoken", "lasttoken"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| json.get(*flag).and_then(serde_json::Value::as_bool) == Some(true))
+        .map(|(_, mode)| mode.to_string())
+        .collect(),
+    };
+    match modes.as_slice() {
+        [mode] if mode == "mean" => Ok(Pooling::Mean),
+        [mode] if mode == "cls" => Ok(Pooling::Cls),
+        [] => Err(refuse("names no pooling mode".into())),
+        other => Err(refuse(format!(
+            "pooling {other:?} is not supported (souk pools by one of mean and cls)"
+        ))),
+    }
 }
 
 /// What a text is, for the models that embed queries and documents differently.
@@ -216,30 +396,10 @@ impl ModelFiles {
         let config = need("config.json")?;
         let weights = need("model.safetensors")?;
         let tokenizer = need("tokenizer.json")?;
-        let pooling_path = dir.join("1_Pooling/config.json");
+        let modules = read_modules(&dir)?;
+        let pooling_path = dir.join(&modules.pooling).join("config.json");
         let pooling = if pooling_path.is_file() {
-            let json = read_json(&pooling_path)?;
-            let flag = |k: &str| json.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-            if json
-                .get("include_prompt")
-                .and_then(serde_json::Value::as_bool)
-                == Some(false)
-            {
-                return Err(EncoderError::Model(format!(
-                    "{}: include_prompt false (pooling without the prompt's tokens) is not supported",
-                    pooling_path.display()
-                )));
-            }
-            if flag("pooling_mode_cls_token") {
-                Pooling::Cls
-            } else if flag("pooling_mode_mean_tokens") {
-                Pooling::Mean
-            } else {
-                return Err(EncoderError::Model(format!(
-                    "{}: only mean and CLS pooling are supported",
-                    pooling_path.display()
-                )));
-            }
+            read_pooling(&pooling_path)?
         } else {
             Pooling::Mean
         };
@@ -259,16 +419,31 @@ impl ModelFiles {
             )));
         }
         let model_max = table - positions.reserved();
+        // sentence-transformers' order: its own config (up to version 5), else the
+        // tokenizer's `model_max_length` (where version 6 saves it), else the table.
         let st_path = dir.join("sentence_bert_config.json");
-        let max_seq_length = if st_path.is_file() {
+        let from_st = if st_path.is_file() {
             read_json(&st_path)?
                 .get("max_seq_length")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .unwrap_or(model_max)
+                .and_then(serde_json::Value::as_u64)
         } else {
-            model_max
+            None
+        };
+        let tokenizer_config = dir.join("tokenizer_config.json");
+        let from_tokenizer = || -> Result<Option<u64>, EncoderError> {
+            if !tokenizer_config.is_file() {
+                return Ok(None);
+            }
+            // transformers writes ~1e30 for "no limit": a float, not read as a length.
+            Ok(read_json(&tokenizer_config)?
+                .get("model_max_length")
+                .and_then(serde_json::Value::as_u64))
+        };
+        let max_seq_length = match from_st {
+            Some(length) => Some(length),
+            None => from_tokenizer()?,
         }
+        .map_or(model_max, |v| usize::try_from(v).unwrap_or(usize::MAX))
         .min(model_max)
         .max(2);
         let prompts_path = dir.join("config_sentence_transformers.json");
@@ -288,6 +463,7 @@ impl ModelFiles {
             positions,
             prompts,
             default_prompt_name,
+            head: modules.head,
         })
     }
 
@@ -324,6 +500,26 @@ impl ModelFiles {
             let default = self.default_prompt_name.as_deref().unwrap_or("");
             hasher.update(&(default.len() as u64).to_le_bytes());
             hasher.update(default.as_bytes());
+        }
+        // Likewise the modules after pooling: none (MiniLM's final Normalize is left out of
+        // `head`) adds nothing.
+        for module in &self.head {
+            match module {
+                HeadModule::Normalize => hasher.update(b"normalize"),
+                HeadModule::Dense(dense) => {
+                    hasher.update(b"dense");
+                    hasher.update(&(dense.in_features as u64).to_le_bytes());
+                    hasher.update(&(dense.out_features as u64).to_le_bytes());
+                    hasher.update(&[u8::from(dense.bias), dense.activation as u8]);
+                    let mut file = std::fs::File::open(&dense.weights).map_err(|e| {
+                        EncoderError::Model(format!("{}: {e}", dense.weights.display()))
+                    })?;
+                    let length = std::io::copy(&mut file, &mut hasher).map_err(|e| {
+                        EncoderError::Model(format!("{}: {e}", dense.weights.display()))
+                    })?;
+                    hasher.update(&length.to_le_bytes())
+                }
+            };
         }
         let mut first = [0u8; 8];
         first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
@@ -631,5 +827,158 @@ mod tests {
         let e5 = with(r#"{"prompts": {"query": "query: "}}"#);
         assert_ne!(e5, bare);
         assert_ne!(with(r#"{"prompts": {"query": "query:"}}"#), e5);
+    }
+
+    const MODULES_JSON: &str = r#"[
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}
+    ]"#;
+
+    #[test]
+    fn sentence_transformers_6_layouts_are_read_and_modules_it_cannot_run_refused() {
+        let base = [
+            ("config.json", r#"{"max_position_embeddings": 512}"#),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+        ];
+        let open = |extra: &[(&str, &str)]| {
+            let mut files = base.to_vec();
+            files.extend_from_slice(extra);
+            let dir = model(&files);
+            ModelFiles::open(dir.path())
+        };
+        // Version 6's pooling and length; version 5's length wins over the tokenizer's.
+        let six = open(&[
+            ("1_Pooling/config.json", r#"{"pooling_mode": "cls"}"#),
+            ("tokenizer_config.json", r#"{"model_max_length": 128}"#),
+        ])
+        .unwrap();
+        assert_eq!((six.pooling, six.max_seq_length), (Pooling::Cls, 128));
+        let five = open(&[
+            ("sentence_bert_config.json", r#"{"max_seq_length": 256}"#),
+            ("tokenizer_config.json", r#"{"model_max_length": 128}"#),
+        ])
+        .unwrap();
+        assert_eq!(five.max_seq_length, 256);
+        let unlimited = open(&[(
+            "tokenizer_config.json",
+            r#"{"model_max_length": 1000000000000000019884624838656}"#,
+        )])
+        .unwrap();
+        assert_eq!(unlimited.max_seq_length, 512, "no limit: the table's");
+        // A dense layer after pooling; the final Normalize is the request's `normalize`.
+        let dense = open(&[
+            ("modules.json", MODULES_JSON),
+            ("1_Pooling/config.json", r#"{"pooling_mode": "mean"}"#),
+            (
+                "2_Dense/config.json",
+                r#"{"in_features": 384, "out_features": 128, "bias": false,
+                    "activation_function": "torch.nn.modules.linear.Identity"}"#,
+            ),
+            ("2_Dense/model.safetensors", "w"),
+        ])
+        .unwrap();
+        assert!(
+            matches!(dense.head.as_slice(), [HeadModule::Dense(d)]
+                if (d.in_features, d.out_features, d.bias, d.activation)
+                    == (384, 128, false, Activation::Identity)),
+            "{:?}",
+            dense.head
+        );
+        for (extra, said) in [
+            (
+                vec![(
+                    "1_Pooling/config.json",
+                    r#"{"pooling_mode": ["mean", "max"]}"#,
+                )],
+                r#"pooling ["mean", "max"] is not supported"#,
+            ),
+            (
+                vec![(
+                    "1_Pooling/config.json",
+                    r#"{"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}"#,
+                )],
+                r#"pooling ["cls", "mean"] is not supported"#,
+            ),
+            (
+                vec![("1_Pooling/config.json", r#"{"pooling_mode": "lasttoken"}"#)],
+                r#"pooling ["lasttoken"] is not supported"#,
+            ),
+            (
+                vec![(
+                    "modules.json",
+                    r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+                        {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                        {"path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}]"#,
+                )],
+                "module 2 is sentence_transformers.models.LayerNorm; souk runs",
+            ),
+            (
+                vec![(
+                    "modules.json",
+                    r#"[{"path": "", "type": "sentence_transformers.models.Transformer"}]"#,
+                )],
+                "no Pooling module",
+            ),
+            (
+                vec![
+                    ("modules.json", MODULES_JSON),
+                    (
+                        "2_Dense/config.json",
+                        r#"{"in_features": 384, "out_features": 128}"#,
+                    ),
+                ],
+                "2_Dense/model.safetensors is missing",
+            ),
+            (
+                vec![
+                    ("modules.json", MODULES_JSON),
+                    (
+                        "2_Dense/config.json",
+                        r#"{"in_features": 384, "out_features": 128,
+                            "activation_function": "torch.nn.modules.activation.GELU"}"#,
+                    ),
+                    ("2_Dense/model.safetensors", "w"),
+                ],
+                r#"activation_function "torch.nn.modules.activation.GELU" is not supported"#,
+            ),
+        ] {
+            let error = open(&extra).unwrap_err().to_string();
+            assert!(error.contains(said), "{extra:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_dense_layer_enters_the_fingerprint_and_a_final_normalize_does_not() {
+        let base = [
+            ("config.json", r#"{"max_position_embeddings": 512}"#),
+            ("model.safetensors", "weights"),
+            ("tokenizer.json", "{}"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut files = base.to_vec();
+            files.extend_from_slice(extra);
+            fingerprint(&files)
+        };
+        let bare = fingerprint(&base);
+        let minilm = r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+            {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]"#;
+        assert_eq!(with(&[("modules.json", minilm)]), bare);
+        let dense = [
+            ("modules.json", MODULES_JSON),
+            (
+                "2_Dense/config.json",
+                r#"{"in_features": 384, "out_features": 128}"#,
+            ),
+            ("2_Dense/model.safetensors", "w"),
+        ];
+        let first = with(&dense);
+        assert_ne!(first, bare);
+        let mut other = dense.to_vec();
+        other[2] = ("2_Dense/model.safetensors", "v");
+        assert_ne!(with(&other), first, "the dense layer's weights");
     }
 }

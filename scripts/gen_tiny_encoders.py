@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Writes tiny, randomly initialised sentence encoders and the vectors sentence-transformers
+gives for a set of texts: the fixtures that hold souk's encoder to model families and
+sentence-transformers modules no real model of which can be fetched here. Each is checked
+against transformers' and sentence-transformers' own implementations.
+
+Needs torch, transformers, sentence-transformers and tokenizers: run it from a throwaway venv,
+never as a test dependency:
+
+    python3 -m venv /tmp/stv && /tmp/stv/bin/pip install torch transformers sentence-transformers
+    /tmp/stv/bin/python scripts/gen_tiny_encoders.py services/encoder/candle/tests/data [NAME...]
+
+NAME (default: both):
+- `tiny-xlm-roberta`: XLM-RoBERTa (positions after the padding id), a Unigram tokenizer with
+  XLM-R's `<s> ... </s>` template, mean pooling, e5's prompts ("query: ", "passage: ") in
+  `config_sentence_transformers.json`; max_position_embeddings 66 and no
+  `sentence_bert_config.json`: the encoder must find the 64-token limit from the position
+  table itself. The reference has each text's vector with no prompt and with each prompt.
+- `tiny-bert-dense`: BERT with a WordPiece tokenizer, CLS pooling, a dense layer (32 -> 16,
+  tanh) and Normalize, as LaBSE is built, saved by sentence-transformers 6 itself (its
+  `"pooling_mode": "cls"` and the 48-token limit in `tokenizer_config.json`, not in
+  `sentence_bert_config.json`).
+
+Weights are seeded, but the tokenizer trainers' scores can differ in their last digits between
+runs (and so tokenize a text otherwise): commit the files of one run together.
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import sentence_transformers
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer, models
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import Unigram, WordPiece
+from tokenizers.trainers import UnigramTrainer, WordPieceTrainer
+from transformers import (
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
+
+CORPUS = [
+    "lightweight waterproof hiking boots for women",
+    "wireless noise-cancelling over-ear headphones",
+    "stainless steel espresso machine with milk frother",
+    "bolsa de dormir ligera para acampar",
+    "chaussures de randonnée imperméables",
+    "wasserdichte Wanderschuhe für Damen",
+    "咖啡研磨机 不锈钢",
+    "cast iron skillet pre-seasoned 12 inch",
+    "organic single-origin coffee beans, medium roast",
+    "rechargeable desk lamp with USB-C charging",
+] * 20
+
+TEXTS = [
+    "",
+    "hiking boots",
+    "lightweight waterproof hiking boots for women",
+    "咖啡研磨机",
+    "chaussures de randonnée 🥾",
+    "  tabs\tand\nnewlines  ",
+    # A literal special token: transformers numbers a padding id in the text at `pad`.
+    "espresso <pad> machine",
+    # Far over the limit: truncated, the last position row used.
+    " ".join(CORPUS[:12]),
+]
+
+
+def widen(model):
+    """transformers initialises embeddings with std 0.02 and layer norms to the identity;
+    wider weights make every position row, and so a wrong numbering, visible in the vectors."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 2:
+                p.normal_(0.0, 0.5)
+            elif "LayerNorm.weight" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1)
+    model.eval()
+    return model
+
+
+def write_reference(out, name, max_seq_length, items):
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump(
+            {
+                "model": f"{name} (scripts/gen_tiny_encoders.py)",
+                "produced_with": f"sentence-transformers {sentence_transformers.__version__}, "
+                f"transformers {transformers.__version__}, torch {torch.__version__}, CPU, fp32",
+                "max_seq_length": max_seq_length,
+                "items": items,
+            },
+            f,
+            indent=1,
+            ensure_ascii=False,
+        )
+    print(f"wrote {out}: {len(items)} reference texts")
+
+
+def xlm_roberta(out):
+    os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
+    special = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(Unigram())
+    tok.normalizer = normalizers.NFKC()
+    # What transformers 5 builds for XLM-R (whitespace split, then the word-start marker); the
+    # real model's file adds a precompiled NFKC charsmap that cannot be made here.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()]
+    )
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(
+        CORPUS, UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="<unk>")
+    )
+    assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3]
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    # The generic class: it runs tokenizer.json as written (XLMRobertaTokenizer would rebuild
+    # its own pipeline), so the reference and souk tokenize alike.
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<unk>",
+    )
+    fast.save_pretrained(out)
+    torch.manual_seed(20261208)
+    config = XLMRobertaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    model = widen(XLMRobertaModel(config, add_pooling_layer=False))
+    model.save_pretrained(out, safe_serialization=True)
+    path = os.path.join(out, "generation_config.json")
+    if os.path.exists(path):
+        os.remove(path)
+    with open(os.path.join(out, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, f, indent=2)
+    # e5's prompts: queries and passages are embedded with different prefixes.
+    prompts = {"query": "query: ", "passage": "passage: "}
+    with open(os.path.join(out, "config_sentence_transformers.json"), "w") as f:
+        json.dump({"prompts": prompts, "default_prompt_name": None}, f, indent=2)
+
+    transformer = models.Transformer(out, max_seq_length=64)
+    pooling = models.Pooling(32, pooling_mode="mean")
+    st = SentenceTransformer(modules=[transformer, pooling], device="cpu", prompts=prompts)
+
+    def embedded(prompt_name):
+        prompt = prompts.get(prompt_name, "")
+        vectors = st.encode(
+            TEXTS, prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return [
+            {
+                "tokens": len(fast(prompt + text, truncation=True, max_length=64)["input_ids"]),
+                "embedding": [float(v) for v in vector],
+            }
+            for text, vector in zip(TEXTS, vectors)
+        ]
+
+    items = []
+    # "embedding": no prompt (`encode`, the default prompt being none); "query" and "document":
+    # with e5's prompts (`encode(prompt_name="query")`, `encode(prompt_name="passage")`).
+    for text, plain, query, document in zip(
+        TEXTS, embedded(None), embedded("query"), embedded("passage")
+    ):
+        items.append({"text": text, **plain, "query": query, "document": document})
+    write_reference(out, "tiny random XLM-RoBERTa", 64, items)
+
+
+def bert_dense(out):
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=300, special_tokens=special))
+    assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3, 4]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(20261209)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    model = widen(BertModel(config, add_pooling_layer=False))
+    with tempfile.TemporaryDirectory() as staged:
+        fast.save_pretrained(staged)
+        model.save_pretrained(staged, safe_serialization=True)
+        # LaBSE's layout: CLS, a dense layer with tanh, Normalize; saved by
+        # sentence-transformers itself, in its own format.
+        st = SentenceTransformer(
+            modules=[
+                models.Transformer(staged, max_seq_length=48),
+                models.Pooling(32, pooling_mode="cls"),
+                models.Dense(32, 16, activation_function=torch.nn.Tanh()),
+                models.Normalize(),
+            ],
+            device="cpu",
+        )
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        st.save(out)
+    for junk in ["README.md", "generation_config.json"]:
+        path = os.path.join(out, junk)
+        if os.path.exists(path):
+            os.remove(path)
+    # What a user's copy of the directory gives, read back as sentence-transformers reads it.
+    st = SentenceTransformer(out, device="cpu")
+    assert st.max_seq_length == 48, st.max_seq_length
+    vectors = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    items = [
+        {
+            "text": text,
+            "tokens": len(fast(text, truncation=True, max_length=48)["input_ids"]),
+            "embedding": [float(v) for v in vector],
+        }
+        for text, vector in zip(TEXTS, vectors)
+    ]
+    write_reference(out, "tiny random BERT, CLS pooling, dense layer", 48, items)
+
+
+MAKERS = {"tiny-xlm-roberta": xlm_roberta, "tiny-bert-dense": bert_dense}
+
+if __name__ == "__main__":
+    parent = sys.argv[1] if len(sys.argv) > 1 else "."
+    for name in sys.argv[2:] or list(MAKERS):
+        MAKERS[name](os.path.join(parent, name))

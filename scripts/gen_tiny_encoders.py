@@ -10,7 +10,7 @@ never as a test dependency:
     python3 -m venv /tmp/stv && /tmp/stv/bin/pip install torch transformers sentence-transformers
     /tmp/stv/bin/python scripts/gen_tiny_encoders.py services/encoder/candle/tests/data [NAME...]
 
-NAME (default: both):
+NAME (default: all):
 - `tiny-xlm-roberta`: XLM-RoBERTa (positions after the padding id), a Unigram tokenizer with
   XLM-R's `<s> ... </s>` template, mean pooling, e5's prompts ("query: ", "passage: ") in
   `config_sentence_transformers.json`; max_position_embeddings 66 and no
@@ -20,6 +20,8 @@ NAME (default: both):
   tanh) and Normalize, as LaBSE is built, saved by sentence-transformers 6 itself (its
   `"pooling_mode": "cls"` and the 48-token limit in `tokenizer_config.json`, not in
   `sentence_bert_config.json`).
+- `tiny-distilbert`: DistilBERT (BERT's layers under other names, no token types), mean
+  pooling, saved by sentence-transformers 6.
 
 Weights are seeded, but the tokenizer trainers' scores can differ in their last digits between
 runs (and so tokenize a text otherwise): commit the files of one run together.
@@ -40,6 +42,8 @@ from tokenizers.trainers import UnigramTrainer, WordPieceTrainer
 from transformers import (
     BertConfig,
     BertModel,
+    DistilBertConfig,
+    DistilBertModel,
     PreTrainedTokenizerFast,
     XLMRobertaConfig,
     XLMRobertaModel,
@@ -79,7 +83,7 @@ def widen(model):
         for name, p in model.named_parameters():
             if name.endswith("weight") and p.dim() == 2:
                 p.normal_(0.0, 0.5)
-            elif "LayerNorm.weight" in name:
+            elif "LayerNorm.weight" in name or "layer_norm.weight" in name:
                 p.uniform_(0.5, 1.5)
             else:
                 p.normal_(0.0, 0.1)
@@ -189,7 +193,8 @@ def xlm_roberta(out):
     write_reference(out, "tiny random XLM-RoBERTa", 64, items)
 
 
-def bert_dense(out):
+def wordpiece():
+    """A WordPiece tokenizer with BERT's pipeline, trained on the corpus, and its fast wrapper."""
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -210,6 +215,41 @@ def bert_dense(out):
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+    return tok, fast
+
+
+def sentence_transformers_dir(out, model, fast, modules, max_seq_length):
+    """Saves `model` with `fast` through sentence-transformers 6 (the Transformer module first,
+    then `modules`) into `out`, and reads it back as a user's copy would be read."""
+    with tempfile.TemporaryDirectory() as staged:
+        fast.save_pretrained(staged)
+        model.save_pretrained(staged, safe_serialization=True)
+        st = SentenceTransformer(
+            modules=[models.Transformer(staged, max_seq_length=max_seq_length)] + modules,
+            device="cpu",
+        )
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        st.save(out)
+    for junk in ["README.md", "generation_config.json"]:
+        path = os.path.join(out, junk)
+        if os.path.exists(path):
+            os.remove(path)
+    st = SentenceTransformer(out, device="cpu")
+    assert st.max_seq_length == max_seq_length, st.max_seq_length
+    vectors = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    return [
+        {
+            "text": text,
+            "tokens": len(fast(text, truncation=True, max_length=max_seq_length)["input_ids"]),
+            "embedding": [float(v) for v in vector],
+        }
+        for text, vector in zip(TEXTS, vectors)
+    ]
+
+
+def bert_dense(out):
+    tok, fast = wordpiece()
     torch.manual_seed(20261209)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(),
@@ -221,43 +261,45 @@ def bert_dense(out):
         pad_token_id=0,
     )
     model = widen(BertModel(config, add_pooling_layer=False))
-    with tempfile.TemporaryDirectory() as staged:
-        fast.save_pretrained(staged)
-        model.save_pretrained(staged, safe_serialization=True)
-        # LaBSE's layout: CLS, a dense layer with tanh, Normalize; saved by
-        # sentence-transformers itself, in its own format.
-        st = SentenceTransformer(
-            modules=[
-                models.Transformer(staged, max_seq_length=48),
-                models.Pooling(32, pooling_mode="cls"),
-                models.Dense(32, 16, activation_function=torch.nn.Tanh()),
-                models.Normalize(),
-            ],
-            device="cpu",
-        )
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        st.save(out)
-    for junk in ["README.md", "generation_config.json"]:
-        path = os.path.join(out, junk)
-        if os.path.exists(path):
-            os.remove(path)
-    # What a user's copy of the directory gives, read back as sentence-transformers reads it.
-    st = SentenceTransformer(out, device="cpu")
-    assert st.max_seq_length == 48, st.max_seq_length
-    vectors = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
-    items = [
-        {
-            "text": text,
-            "tokens": len(fast(text, truncation=True, max_length=48)["input_ids"]),
-            "embedding": [float(v) for v in vector],
-        }
-        for text, vector in zip(TEXTS, vectors)
-    ]
+    # LaBSE's layout: CLS, a dense layer with tanh, Normalize.
+    items = sentence_transformers_dir(
+        out,
+        model,
+        fast,
+        [
+            models.Pooling(32, pooling_mode="cls"),
+            models.Dense(32, 16, activation_function=torch.nn.Tanh()),
+            models.Normalize(),
+        ],
+        48,
+    )
     write_reference(out, "tiny random BERT, CLS pooling, dense layer", 48, items)
 
 
-MAKERS = {"tiny-xlm-roberta": xlm_roberta, "tiny-bert-dense": bert_dense}
+def distilbert(out):
+    _, fast = wordpiece()
+    torch.manual_seed(20261210)
+    config = DistilBertConfig(
+        vocab_size=fast.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    model = widen(DistilBertModel(config))
+    items = sentence_transformers_dir(
+        out, model, fast, [models.Pooling(32, pooling_mode="mean"), models.Normalize()], 64
+    )
+    write_reference(out, "tiny random DistilBERT, mean pooling", 64, items)
+
+
+MAKERS = {
+    "tiny-xlm-roberta": xlm_roberta,
+    "tiny-bert-dense": bert_dense,
+    "tiny-distilbert": distilbert,
+}
 
 if __name__ == "__main__":
     parent = sys.argv[1] if len(sys.argv) > 1 else "."

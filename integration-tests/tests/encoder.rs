@@ -502,8 +502,8 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
     for (key, value, said) in [
         (
             "model_type",
-            "distilbert",
-            r#"model_type "distilbert" is not supported"#,
+            "mpnet",
+            r#"model_type "mpnet" is not supported"#,
         ),
         (
             "hidden_act",
@@ -538,49 +538,58 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
     }
 }
 
-/// LaBSE's layout through the real RPC: the tiny BERT of `services/encoder/candle/tests/data`
-/// saved by sentence-transformers 6 (CLS pooling, a dense layer with tanh, Normalize) answers
-/// with its 16-value vectors, sentence-transformers' own, and says so in `Info`.
+/// Directories saved by sentence-transformers 6 through the real RPC: the tiny models of
+/// `services/encoder/candle/tests/data`, LaBSE's layout (CLS pooling, a dense layer with tanh
+/// making 16 values, Normalize) and a DistilBERT, answer with sentence-transformers' vectors
+/// and say what they are in `Info`.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_model_with_a_dense_layer_after_pooling_is_served_as_sentence_transformers_runs_it() {
-    let tiny = repo_root().join("services/encoder/candle/tests/data/tiny-bert-dense");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
-            .unwrap();
-    let items = reference["items"].as_array().unwrap();
-    let texts: Vec<String> = items
-        .iter()
-        .map(|i| i["text"].as_str().unwrap().to_string())
-        .collect();
-    let encoder = start_encoder(encoder_args(tiny)).await;
-    wait_serving(&encoder.url()).await;
-    let mut client = EncoderClient::new(channel(&encoder.url()).await);
-    let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
-    assert_eq!(
-        (info.dimension, info.max_tokens, info.pooling.as_str()),
-        (16, 48, "cls")
-    );
-    let answer = client
-        .embed(enc::EmbedRequest {
-            texts: texts.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
-        let want: Vec<f64> = item["embedding"]
-            .as_array()
-            .unwrap()
+async fn sentence_transformers_6_directories_are_served_as_it_runs_them() {
+    for (name, dimension, max_tokens, pooling) in [
+        ("tiny-bert-dense", 16, 48, "cls"),
+        ("tiny-distilbert", 32, 64, "mean"),
+    ] {
+        let tiny = repo_root()
+            .join("services/encoder/candle/tests/data")
+            .join(name);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
+                .unwrap();
+        let items = reference["items"].as_array().unwrap();
+        let texts: Vec<String> = items
             .iter()
-            .map(|v| v.as_f64().unwrap())
+            .map(|i| i["text"].as_str().unwrap().to_string())
             .collect();
-        assert_eq!(got.values.len(), 16, "{text:?}");
-        let c = cosine(&got.values, &want);
-        assert!(c >= 0.9999, "cosine {c:.6} for {text:?}");
-        let norm: f32 = got.values.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "{text:?}: norm {norm}");
-        assert_eq!(u64::from(got.tokens), item["tokens"].as_u64().unwrap());
+        let encoder = start_encoder(encoder_args(tiny)).await;
+        wait_serving(&encoder.url()).await;
+        let mut client = EncoderClient::new(channel(&encoder.url()).await);
+        let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            (info.dimension, info.max_tokens, info.pooling.as_str()),
+            (dimension, max_tokens, pooling),
+            "{name}"
+        );
+        let answer = client
+            .embed(enc::EmbedRequest {
+                texts: texts.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
+            let want: Vec<f64> = item["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.values.len(), dimension as usize, "{name}: {text:?}");
+            let c = cosine(&got.values, &want);
+            assert!(c >= 0.9999, "{name}: cosine {c:.6} for {text:?}");
+            let norm: f32 = got.values.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{name}, {text:?}: norm {norm}");
+            assert_eq!(u64::from(got.tokens), item["tokens"].as_u64().unwrap());
+        }
+        encoder.stop().await.unwrap();
     }
-    encoder.stop().await.unwrap();
 }

@@ -17,6 +17,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::Config;
 
 mod cpu;
+mod distilbert;
 mod fused;
 mod head;
 mod layers;
@@ -268,21 +269,29 @@ impl CandleBackend {
         }
         let config_text = std::fs::read_to_string(&files.config)
             .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
-        let config: Config = serde_json::from_str(&config_text)
-            .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
-        let dimension = serde_json::from_str::<serde_json::Value>(&config_text)
-            .ok()
-            .and_then(|v| v.get("hidden_size").and_then(|h| h.as_u64()))
-            .ok_or_else(|| EncoderError::Model("config.json has no hidden_size".into()))?
-            as usize;
+        let bad_config =
+            |e: String| EncoderError::Model(format!("{}: {e}", files.config.display()));
+        let distil = files.model_type == "distilbert";
+        let config: Config = if distil {
+            let json = serde_json::from_str(&config_text).map_err(|e| bad_config(e.to_string()))?;
+            distilbert::config(&json).map_err(bad_config)?
+        } else {
+            serde_json::from_str(&config_text).map_err(|e| bad_config(e.to_string()))?
+        };
+        let dimension = config.hidden_size;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
         // A base model's weights sit at the root; a task model's (`BertForMaskedLM`,
         // `XLMRobertaForMaskedLM`) under its base's name.
-        let root = ["bert", "roberta"]
+        let root = ["bert", "roberta", "distilbert"]
             .into_iter()
             .find(|base| vb.contains_tensor(&format!("{base}.embeddings.word_embeddings.weight")))
             .map_or_else(|| vb.clone(), |base| vb.pp(base));
+        let root = if distil {
+            distilbert::as_bert(root)
+        } else {
+            root
+        };
         let numbering = files.positions;
         let loaded = match engine {
             Engine::Packed => Loaded::Packed(std::sync::Arc::new(

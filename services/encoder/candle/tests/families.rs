@@ -111,3 +111,19 @@ fn every_engine_gives_sentence_transformers_vectors_through_a_dense_layer() {
     let ids = every_engine_gives_the_reference(&files, 16);
     assert!(ids.iter().any(|s| s.len() == 48), "a text is cut at 48");
 }
+
+/// DistilBERT: BERT's layers under other names and no token-type table, saved by
+/// sentence-transformers 6 (mean pooling, Normalize).
+#[test]
+fn every_engine_gives_sentence_transformers_vectors_for_distilbert() {
+    let files = ModelFiles::open(fixture("tiny-distilbert")).unwrap();
+    assert_eq!(
+        (files.model_type.as_str(), files.positions, files.pooling),
+        ("distilbert", Positions::FromZero, Pooling::Mean)
+    );
+    assert!(
+        files.head.is_empty(),
+        "the final Normalize is the request's"
+    );
+    every_engine_gives_the_reference(&files, 32);
+}

@@ -315,7 +315,7 @@ fn read_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>
 
 /// The encoder families souk runs, by `model_type`: BERT's layers under BERT's or RoBERTa's
 /// position numbering. Anything else is refused by name rather than run as BERT.
-const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert";
+const SUPPORTED: &str = "bert, distilbert, roberta, xlm-roberta, camembert";
 
 /// Reads the family and the settings souk's forward passes implement from `config.json`;
 /// refuses, naming the setting, a model they would compute wrongly.
@@ -327,7 +327,7 @@ fn architecture(
     let text = |key: &str| config.get(key).and_then(serde_json::Value::as_str);
     let model_type = text("model_type").unwrap_or("bert").to_string();
     let positions = match model_type.as_str() {
-        "bert" => Positions::FromZero,
+        "bert" | "distilbert" => Positions::FromZero,
         "roberta" | "xlm-roberta" | "camembert" => {
             let pad = match config.get("pad_token_id") {
                 None => 1,
@@ -344,7 +344,8 @@ fn architecture(
             )));
         }
     };
-    match text("hidden_act") {
+    // DistilBERT names its activation `activation`.
+    match text("hidden_act").or_else(|| text("activation")) {
         None | Some("gelu") => {}
         Some(other) => {
             return Err(refuse(format!(
@@ -683,8 +684,8 @@ mod tests {
     fn a_model_souk_would_compute_wrongly_is_refused_by_name() {
         for (config, said) in [
             (
-                r#"{"model_type": "distilbert"}"#,
-                r#"model_type "distilbert" is not supported (souk runs bert, roberta"#,
+                r#"{"model_type": "mpnet"}"#,
+                r#"model_type "mpnet" is not supported (souk runs bert, distilbert, roberta"#,
             ),
             (
                 r#"{"model_type": "bert", "hidden_act": "relu"}"#,

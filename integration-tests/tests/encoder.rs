@@ -11,21 +11,57 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
+/// A reference file: texts with the vectors and token counts sentence-transformers gave.
+struct Reference {
+    items: Vec<serde_json::Value>,
+}
+
+impl Reference {
+    fn read(path: &std::path::Path) -> Self {
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        Self {
+            items: file["items"].as_array().unwrap().clone(),
+        }
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.items
+            .iter()
+            .map(|i| i["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// One answer per text, each within cosine 0.9999 of its reference vector (of the
+    /// prompted view `item[view]` when given) and of its token count.
+    fn assert_answered(&self, answers: &[enc::Embedding], view: Option<&str>, what: &str) {
+        assert_eq!(answers.len(), self.items.len(), "{what}");
+        for (item, got) in self.items.iter().zip(answers) {
+            let text: String = item["text"].as_str().unwrap().chars().take(60).collect();
+            let want = view.map_or(item, |v| &item[v]);
+            let vector: Vec<f64> = want["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let c = cosine(&got.values, &vector);
+            assert!(c >= 0.9999, "{what}: cosine {c:.6} for {text:?}");
+            assert_eq!(
+                u64::from(got.tokens),
+                want["tokens"].as_u64().unwrap(),
+                "{what}: token count for {text:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_match_sentence_transformers() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/minilm-reference.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let items = fixture["items"].as_array().unwrap();
-    let texts: Vec<String> = items
-        .iter()
-        .map(|i| i["text"].as_str().unwrap().to_string())
-        .collect();
+    let reference = Reference::read(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm-reference.json"),
+    );
+    let texts = reference.texts();
     let mut client = EncoderClient::new(channel(&shared_encoder().await).await);
     let response = client
         .embed(enc::EmbedRequest {
@@ -37,27 +73,7 @@ async fn embeddings_match_sentence_transformers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.embeddings.len(), items.len());
-    for ((item, got), text) in items.iter().zip(&response.embeddings).zip(&texts) {
-        let want: Vec<f64> = item["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        let c = cosine(&got.values, &want);
-        assert!(
-            c >= 0.9999,
-            "cosine {c:.6} for {:?}",
-            text.chars().take(60).collect::<String>()
-        );
-        assert_eq!(
-            u64::from(got.tokens),
-            item["tokens"].as_u64().unwrap(),
-            "token count for {:?}",
-            text.chars().take(60).collect::<String>()
-        );
-    }
+    reference.assert_answered(&response.embeddings, None, "MiniLM");
     let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(
         (
@@ -371,14 +387,8 @@ async fn abandoned_requests_are_not_computed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_refused() {
     let tiny = repo_root().join("services/encoder/candle/tests/data/tiny-xlm-roberta");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
-            .unwrap();
-    let items = reference["items"].as_array().unwrap();
-    let texts: Vec<String> = items
-        .iter()
-        .map(|i| i["text"].as_str().unwrap().to_string())
-        .collect();
+    let reference = Reference::read(&tiny.join("reference.json"));
+    let texts = reference.texts();
     let encoder = start_encoder(encoder_args(tiny.clone())).await;
     wait_serving(&encoder.url()).await;
     let mut client = EncoderClient::new(channel(&encoder.url()).await);
@@ -402,26 +412,11 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.embeddings.len(), items.len());
-    for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
-        let want: Vec<f64> = item["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        let c = cosine(&got.values, &want);
-        assert!(c >= 0.9999, "cosine {c:.6} for {text:?}");
-        assert_eq!(
-            u64::from(got.tokens),
-            item["tokens"].as_u64().unwrap(),
-            "{text:?}"
-        );
-    }
-    let longest = texts
+    reference.assert_answered(&answer.embeddings, None, "no prompt");
+    let longest = reference
+        .items
         .iter()
-        .zip(items)
-        .position(|(_, i)| i["tokens"] == 64)
+        .position(|i| i["tokens"] == 64)
         .expect("a reference text is cut at 64 tokens");
     let status = client
         .embed(enc::EmbedRequest {
@@ -457,24 +452,12 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
             .await
             .unwrap()
             .into_inner();
-        for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
-            let want: Vec<f64> = item[key]["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let c = cosine(&got.values, &want);
-            assert!(
-                c >= 0.9999,
-                "{kind:?} {prompt_name:?}: cosine {c:.6} for {text:?}"
-            );
-            assert_eq!(
-                u64::from(got.tokens),
-                item[key]["tokens"].as_u64().unwrap(),
-                "{kind:?}: the prompt's pieces count, {text:?}"
-            );
-        }
+        // The prompt's pieces count toward the tokens.
+        reference.assert_answered(
+            &answer.embeddings,
+            Some(key),
+            &format!("{kind:?} {prompt_name:?}"),
+        );
     }
     let status = client
         .embed(enc::EmbedRequest {
@@ -551,14 +534,7 @@ async fn sentence_transformers_6_directories_are_served_as_it_runs_them() {
         let tiny = repo_root()
             .join("services/encoder/candle/tests/data")
             .join(name);
-        let reference: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
-                .unwrap();
-        let items = reference["items"].as_array().unwrap();
-        let texts: Vec<String> = items
-            .iter()
-            .map(|i| i["text"].as_str().unwrap().to_string())
-            .collect();
+        let reference = Reference::read(&tiny.join("reference.json"));
         let encoder = start_encoder(encoder_args(tiny)).await;
         wait_serving(&encoder.url()).await;
         let mut client = EncoderClient::new(channel(&encoder.url()).await);
@@ -570,25 +546,17 @@ async fn sentence_transformers_6_directories_are_served_as_it_runs_them() {
         );
         let answer = client
             .embed(enc::EmbedRequest {
-                texts: texts.clone(),
+                texts: reference.texts(),
                 ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
-        for ((item, got), text) in items.iter().zip(&answer.embeddings).zip(&texts) {
-            let want: Vec<f64> = item["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(got.values.len(), dimension as usize, "{name}: {text:?}");
-            let c = cosine(&got.values, &want);
-            assert!(c >= 0.9999, "{name}: cosine {c:.6} for {text:?}");
+        reference.assert_answered(&answer.embeddings, None, name);
+        for got in &answer.embeddings {
+            assert_eq!(got.values.len(), dimension as usize, "{name}");
             let norm: f32 = got.values.iter().map(|v| v * v).sum::<f32>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-5, "{name}, {text:?}: norm {norm}");
-            assert_eq!(u64::from(got.tokens), item["tokens"].as_u64().unwrap());
+            assert!((norm - 1.0).abs() < 1e-5, "{name}: norm {norm}");
         }
         encoder.stop().await.unwrap();
     }

@@ -22,6 +22,9 @@ NAME (default: all):
   `sentence_bert_config.json`).
 - `tiny-distilbert`: DistilBERT (BERT's layers under other names, no token types), mean
   pooling, saved by sentence-transformers 6.
+- `tiny-mpnet`: MPNet (RoBERTa's position numbering, a relative position bias in attention,
+  other names), mean pooling, saved by sentence-transformers 6; a 66-row table, texts up to
+  64 pieces, so distances reach the logarithmic buckets.
 
 Weights are seeded, but the tokenizer trainers' scores can differ in their last digits between
 runs (and so tokenize a text otherwise): commit the files of one run together.
@@ -44,6 +47,8 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertModel,
+    MPNetConfig,
+    MPNetModel,
     PreTrainedTokenizerFast,
     XLMRobertaConfig,
     XLMRobertaModel,
@@ -295,10 +300,57 @@ def distilbert(out):
     write_reference(out, "tiny random DistilBERT, mean pooling", 64, items)
 
 
+def mpnet(out):
+    # MPNet's tokenizer: WordPiece with <s> ... </s> and <pad> at 1 (positions are numbered
+    # after it, as RoBERTa's are).
+    special = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=300, special_tokens=special))
+    assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3, 4]
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="[UNK]",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    torch.manual_seed(20261211)
+    config = MPNetConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        relative_attention_num_buckets=32,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    model = widen(MPNetModel(config, add_pooling_layer=False))
+    # all-mpnet-base-v2's layout: mean pooling, Normalize.
+    items = sentence_transformers_dir(
+        out, model, fast, [models.Pooling(32, pooling_mode="mean"), models.Normalize()], 64
+    )
+    write_reference(out, "tiny random MPNet, mean pooling", 64, items)
+
+
 MAKERS = {
     "tiny-xlm-roberta": xlm_roberta,
     "tiny-bert-dense": bert_dense,
     "tiny-distilbert": distilbert,
+    "tiny-mpnet": mpnet,
 }
 
 if __name__ == "__main__":

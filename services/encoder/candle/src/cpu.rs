@@ -10,7 +10,11 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 use rayon::prelude::*;
+use std::sync::Arc;
+
 use souk_encoder_core::Positions;
+
+use crate::families::RelativeBias;
 
 use crate::layers::{exp_nonpositive, gelu_slice};
 
@@ -339,6 +343,8 @@ pub(crate) struct CpuBert {
     positions: Vec<f32>,
     /// How the model numbers positions (BERT from 0, RoBERTa after its padding id).
     numbering: Positions,
+    /// MPNet's relative position bias, added to every layer's attention scores.
+    relative: Option<Arc<RelativeBias>>,
     token_types: Vec<f32>,
     embedding_norm: Norm,
     layers: Vec<Layer>,
@@ -356,6 +362,7 @@ impl CpuBert {
         vb: VarBuilder,
         config: &Config,
         numbering: Positions,
+        relative: Option<Arc<RelativeBias>>,
     ) -> candle_core::Result<Self> {
         let h = config.hidden_size;
         let eps = config.layer_norm_eps;
@@ -396,6 +403,7 @@ impl CpuBert {
                     .get((config.max_position_embeddings, h), "weight")?,
             )?,
             numbering,
+            relative,
             token_types: flat(
                 &e.pp("token_type_embeddings")
                     .get((config.type_vocab_size, h), "weight")?,
@@ -463,7 +471,14 @@ impl CpuBert {
         let h = self.hidden;
         let tokens = x.len() / h;
         layer.qkv.forward(x, tokens, None, &mut s.qkv);
-        attention(&s.qkv, offsets, h, self.heads, &mut s.context);
+        attention(
+            &s.qkv,
+            offsets,
+            h,
+            self.heads,
+            self.relative.as_deref(),
+            &mut s.context,
+        );
         layer
             .attention_out
             .forward(&s.context, tokens, Some(x), &mut s.attended);
@@ -498,7 +513,14 @@ impl Scratch {
 
 /// Multi-head self-attention of each sequence over itself (no mask: there is no padding).
 /// `qkv` rows are `[q | k | v]` of `hidden` each; `context` gets the heads side by side.
-fn attention(qkv: &[f32], offsets: &[usize], hidden: usize, heads: usize, context: &mut [f32]) {
+fn attention(
+    qkv: &[f32],
+    offsets: &[usize],
+    hidden: usize,
+    heads: usize,
+    relative: Option<&RelativeBias>,
+    context: &mut [f32],
+) {
     let width = 3 * hidden;
     let sequences: Vec<(usize, usize)> = offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
     // Each sequence writes only its own rows of `context`.
@@ -514,29 +536,43 @@ fn attention(qkv: &[f32], offsets: &[usize], hidden: usize, heads: usize, contex
         .zip(sequences.par_iter())
         .for_each(|(out, &(start, len))| {
             let rows = &qkv[start * width..(start + len) * width];
-            attend(rows, len, hidden, heads, out);
+            attend(rows, len, hidden, heads, relative, out);
         });
 }
 
 /// One sequence's attention, AVX2-compiled where the CPU has it (SSE2 has no vector rounding,
 /// so the softmax's `exp` called `roundf` per score).
-fn attend(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]) {
+fn attend(
+    rows: &[f32],
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    relative: Option<&RelativeBias>,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
         #[allow(unsafe_code)]
         unsafe {
-            attend_avx2(rows, len, hidden, heads, out);
+            attend_avx2(rows, len, hidden, heads, relative, out);
         }
         return;
     }
-    attend_body::<false>(rows, len, hidden, heads, out);
+    attend_body::<false>(rows, len, hidden, heads, relative, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]) {
-    attend_body::<true>(rows, len, hidden, heads, out);
+fn attend_avx2(
+    rows: &[f32],
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    relative: Option<&RelativeBias>,
+    out: &mut [f32],
+) {
+    attend_body::<true>(rows, len, hidden, heads, relative, out);
 }
 
 #[inline(always)]
@@ -545,6 +581,7 @@ fn attend_body<const FMA: bool>(
     len: usize,
     hidden: usize,
     heads: usize,
+    relative: Option<&RelativeBias>,
     out: &mut [f32],
 ) {
     let d = hidden / heads;
@@ -559,6 +596,9 @@ fn attend_body<const FMA: bool>(
             for (j, s) in scores.iter_mut().enumerate() {
                 let k = &rows[j * width + ko..j * width + ko + d];
                 *s = souk_lanes::dot(q, k) * scale;
+                if let Some(relative) = relative {
+                    *s += relative.value(head, i, j);
+                }
                 max = max.max(*s);
             }
             let mut sum = 0.0;

@@ -17,12 +17,13 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::Config;
 
 mod cpu;
-mod distilbert;
+mod families;
 mod fused;
 mod head;
 mod layers;
 
 pub use cpu::{fma_peak_gflops, gemm_gflops};
+use families::{Family, RelativeBias};
 use souk_encoder_core::{Backend, Batch, EncoderError, ModelFiles, Pooling, Positions};
 
 /// Word + position + token-type embeddings and their layer norm (BERT's input layer).
@@ -82,14 +83,21 @@ impl Embeddings {
 struct Bert {
     embeddings: Embeddings,
     encoder: layers::Encoder,
+    /// MPNet's relative position bias, added to the scores with the mask.
+    relative: Option<std::sync::Arc<RelativeBias>>,
 }
 
 impl Bert {
     /// `vb`: the model's root (`embeddings.*`, `encoder.layer.N.*`).
-    fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        config: &Config,
+        relative: Option<std::sync::Arc<RelativeBias>>,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             encoder: layers::Encoder::load(vb.pp("encoder"), config)?,
+            relative,
         })
     }
 
@@ -104,10 +112,25 @@ impl Bert {
     ) -> candle_core::Result<Tensor> {
         let x = self.embeddings.forward(ids, types, positions)?;
         let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 10_000.0)?
-            .to_dtype(dtype)?
             .unsqueeze(1)?
             .unsqueeze(1)?;
-        self.encoder.forward(&x, &additive)
+        let additive = match &self.relative {
+            // (batch, 1, 1, width) + (1, heads, width, width).
+            Some(relative) => {
+                let (_, width) = ids.dims2()?;
+                let heads = relative.heads();
+                let mut bias = Vec::with_capacity(heads * width * width);
+                for head in 0..heads {
+                    for i in 0..width {
+                        bias.extend((0..width).map(|j| relative.value(head, i, j)));
+                    }
+                }
+                let bias = Tensor::from_vec(bias, (1, heads, width, width), ids.device())?;
+                additive.broadcast_add(&bias)?
+            }
+            None => additive,
+        };
+        self.encoder.forward(&x, &additive.to_dtype(dtype)?)
     }
 }
 
@@ -271,37 +294,67 @@ impl CandleBackend {
             .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
         let bad_config =
             |e: String| EncoderError::Model(format!("{}: {e}", files.config.display()));
-        let distil = files.model_type == "distilbert";
-        let config: Config = if distil {
-            let json = serde_json::from_str(&config_text).map_err(|e| bad_config(e.to_string()))?;
-            distilbert::config(&json).map_err(bad_config)?
-        } else {
-            serde_json::from_str(&config_text).map_err(|e| bad_config(e.to_string()))?
+        let family = match files.model_type.as_str() {
+            "distilbert" => Some(Family::DistilBert),
+            "mpnet" => Some(Family::MpNet),
+            _ => None,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&config_text).map_err(|e| bad_config(e.to_string()))?;
+        let config: Config = match family {
+            Some(Family::DistilBert) => families::distilbert_config(&json).map_err(bad_config)?,
+            Some(Family::MpNet) => families::mpnet_config(&json).map_err(bad_config)?,
+            None => serde_json::from_value(json.clone()).map_err(|e| bad_config(e.to_string()))?,
         };
         let dimension = config.hidden_size;
         // Memory-mapping is the one unsafe step: the file must not change while mapped.
         let vb = load_weights(&files.weights, dtype_value, &device_handle)?;
         // A base model's weights sit at the root; a task model's (`BertForMaskedLM`,
         // `XLMRobertaForMaskedLM`) under its base's name.
-        let root = ["bert", "roberta", "distilbert"]
+        let root = ["bert", "roberta", "distilbert", "mpnet"]
             .into_iter()
             .find(|base| vb.contains_tensor(&format!("{base}.embeddings.word_embeddings.weight")))
             .map_or_else(|| vb.clone(), |base| vb.pp(base));
-        let root = if distil {
-            distilbert::as_bert(root)
-        } else {
-            root
+        let relative = match family {
+            Some(Family::MpNet) => {
+                let buckets = json
+                    .get("relative_attention_num_buckets")
+                    .and_then(serde_json::Value::as_u64)
+                    .map_or(32, |b| b as usize);
+                let bias = RelativeBias::load(
+                    &root,
+                    buckets,
+                    config.num_attention_heads,
+                    config.max_position_embeddings,
+                )
+                .map_err(backend_err)?;
+                if matches!(engine, Engine::Fused | Engine::Flash) {
+                    return Err(EncoderError::Model(format!(
+                        "engine {} does not run MPNet's relative attention bias yet; use packed (CPU) or graph",
+                        engine.name()
+                    )));
+                }
+                Some(std::sync::Arc::new(bias))
+            }
+            _ => None,
+        };
+        let root = match family {
+            Some(family) => families::as_bert(root, family),
+            None => root,
         };
         let numbering = files.positions;
         let loaded = match engine {
             Engine::Packed => Loaded::Packed(std::sync::Arc::new(
-                cpu::CpuBert::load(root, &config, numbering).map_err(backend_err)?,
+                cpu::CpuBert::load(root, &config, numbering, relative.clone())
+                    .map_err(backend_err)?,
             )),
             Engine::Fused | Engine::Flash => Loaded::Fused(std::sync::Arc::new(
                 fused::FusedBert::load(root, &config, numbering, engine == Engine::Flash)
                     .map_err(backend_err)?,
             )),
-            Engine::Graph => Loaded::Graph(Bert::load(root, &config).map_err(backend_err)?),
+            Engine::Graph => {
+                Loaded::Graph(Bert::load(root, &config, relative.clone()).map_err(backend_err)?)
+            }
         };
         Ok(Self {
             loaded,

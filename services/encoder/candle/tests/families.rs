@@ -23,6 +23,18 @@ fn normalised(v: &[f32]) -> Vec<f64> {
 /// Every engine's vectors of the fixture's reference texts (tokenized by `tokenizer.json` as
 /// the service does) against its reference, alone and in one batch.
 fn every_engine_gives_the_reference(files: &ModelFiles, dimension: usize) -> Vec<Vec<u32>> {
+    engines_give_the_reference(
+        files,
+        dimension,
+        &[Engine::Packed, Engine::Fused, Engine::Flash, Engine::Graph],
+    )
+}
+
+fn engines_give_the_reference(
+    files: &ModelFiles,
+    dimension: usize,
+    engines: &[Engine],
+) -> Vec<Vec<u32>> {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(files.dir.join("reference.json")).unwrap())
             .unwrap();
@@ -44,8 +56,8 @@ fn every_engine_gives_the_reference(files: &ModelFiles, dimension: usize) -> Vec
     let all = Batch {
         sequences: sequences.clone(),
     };
-    for engine in [Engine::Packed, Engine::Fused, Engine::Flash, Engine::Graph] {
-        let mut backend = CandleBackend::load_engine(files, "cpu", "f32", engine).unwrap();
+    for engine in engines {
+        let mut backend = CandleBackend::load_engine(files, "cpu", "f32", *engine).unwrap();
         assert_eq!(backend.dimension(), dimension);
         let together = backend.embed(&all).unwrap();
         for (i, item) in items.iter().enumerate() {
@@ -126,4 +138,32 @@ fn every_engine_gives_sentence_transformers_vectors_for_distilbert() {
         "the final Normalize is the request's"
     );
     every_engine_gives_the_reference(&files, 32);
+}
+
+/// MPNet (all-mpnet-base-v2's family): RoBERTa's position numbering, BERT's layers under other
+/// names, and a relative position bias in every layer's attention, on the packed and graph
+/// engines; the fused and flash kernels do not add the bias, so they refuse the model by name.
+#[test]
+fn the_packed_and_graph_engines_give_sentence_transformers_vectors_for_mpnet() {
+    let files = ModelFiles::open(fixture("tiny-mpnet")).unwrap();
+    assert_eq!(
+        (
+            files.model_type.as_str(),
+            files.positions,
+            files.max_seq_length
+        ),
+        ("mpnet", Positions::AfterPadding { pad: 1 }, 64)
+    );
+    let ids = engines_give_the_reference(&files, 32, &[Engine::Packed, Engine::Graph]);
+    assert!(ids.iter().any(|s| s.len() == 64), "distances up to 63");
+    for engine in [Engine::Fused, Engine::Flash] {
+        let refused = CandleBackend::load_engine(&files, "cpu", "f32", engine)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("does not run MPNet's relative attention bias"),
+            "{engine:?}: {refused}"
+        );
+    }
 }

@@ -315,7 +315,7 @@ fn read_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>
 
 /// The encoder families souk runs, by `model_type`: BERT's layers under BERT's or RoBERTa's
 /// position numbering. Anything else is refused by name rather than run as BERT.
-const SUPPORTED: &str = "bert, distilbert, roberta, xlm-roberta, camembert";
+const SUPPORTED: &str = "bert, distilbert, mpnet, roberta, xlm-roberta, camembert";
 
 /// Reads the family and the settings souk's forward passes implement from `config.json`;
 /// refuses, naming the setting, a model they would compute wrongly.
@@ -328,7 +328,8 @@ fn architecture(
     let model_type = text("model_type").unwrap_or("bert").to_string();
     let positions = match model_type.as_str() {
         "bert" | "distilbert" => Positions::FromZero,
-        "roberta" | "xlm-roberta" | "camembert" => {
+        // MPNet numbers positions as RoBERTa does (its padding id is 1).
+        "roberta" | "xlm-roberta" | "camembert" | "mpnet" => {
             let pad = match config.get("pad_token_id") {
                 None => 1,
                 Some(v) => v
@@ -684,8 +685,8 @@ mod tests {
     fn a_model_souk_would_compute_wrongly_is_refused_by_name() {
         for (config, said) in [
             (
-                r#"{"model_type": "mpnet"}"#,
-                r#"model_type "mpnet" is not supported (souk runs bert, distilbert, roberta"#,
+                r#"{"model_type": "deberta-v2"}"#,
+                r#"model_type "deberta-v2" is not supported (souk runs bert, distilbert, mpnet"#,
             ),
             (
                 r#"{"model_type": "bert", "hidden_act": "relu"}"#,

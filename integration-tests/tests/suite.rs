@@ -2684,4 +2684,20 @@ async fn searches_and_products_are_embedded_with_the_models_prompts() {
         apart > 0.02,
         "the prompts must move the cosine for this check to mean anything ({apart})"
     );
+    // `soukctl stats` says which prompts the encoder's model has.
+    let report = soukctl::stats::report(&soukctl::Endpoints {
+        ranker: ranker.url(),
+        kg: kg.url(),
+        encoder: encoder.url(),
+        token: None,
+        timeout_s: soukctl::DEFAULT_TIMEOUT_S,
+    })
+    .await;
+    assert!(
+        report
+            .text
+            .contains(r#"encoder: prompts passage "passage: ", query "query: ""#),
+        "{}",
+        report.text
+    );
 }

@@ -178,6 +178,23 @@ impl Engine {
         }
     }
 
+    /// [`Engine::parse`] for a model of this `model_type`: `auto` on a GPU picks graph for
+    /// MPNet, whose relative position bias the fused and flash kernels do not add.
+    ///
+    /// # Errors
+    /// As [`Engine::parse`].
+    pub fn parse_for(name: &str, device: &str, model_type: &str) -> Result<Self, EncoderError> {
+        let engine = Self::parse(name, device)?;
+        let auto = matches!(name, "" | "auto");
+        Ok(
+            if auto && model_type == "mpnet" && matches!(engine, Self::Fused | Self::Flash) {
+                Self::Graph
+            } else {
+                engine
+            },
+        )
+    }
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -256,7 +273,8 @@ impl CandleBackend {
     /// A bad device, dtype or engine, or weights that do not fit the config.
     pub fn load(files: &ModelFiles, device: &str, dtype: &str) -> Result<Self, EncoderError> {
         let name = std::env::var("SOUK_ENCODER_ENGINE").unwrap_or_default();
-        Self::load_engine(files, device, dtype, Engine::parse(&name, device)?)
+        let engine = Engine::parse_for(&name, device, &files.model_type)?;
+        Self::load_engine(files, device, dtype, engine)
     }
 
     /// Loads `files` for one engine.

@@ -156,6 +156,19 @@ fn the_packed_and_graph_engines_give_sentence_transformers_vectors_for_mpnet() {
     );
     let ids = engines_give_the_reference(&files, 32, &[Engine::Packed, Engine::Graph]);
     assert!(ids.iter().any(|s| s.len() == 64), "distances up to 63");
+    // `auto` on a GPU picks graph for MPNet; asked for by name, fused and flash refuse it.
+    assert_eq!(
+        Engine::parse_for("auto", "cuda:0", &files.model_type).unwrap(),
+        Engine::Graph
+    );
+    assert_eq!(
+        Engine::parse_for("auto", "cuda:0", "bert").unwrap(),
+        Engine::Fused
+    );
+    assert_eq!(
+        Engine::parse_for("auto", "cpu", &files.model_type).unwrap(),
+        Engine::Packed
+    );
     for engine in [Engine::Fused, Engine::Flash] {
         let refused = CandleBackend::load_engine(&files, "cpu", "f32", engine)
             .err()

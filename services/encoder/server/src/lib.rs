@@ -168,7 +168,8 @@ fn load(
     let files = ModelFiles::open(&args.model_dir)?;
     let fingerprint = files.fingerprint()?;
     let tokenizer = TextTokenizer::load(&files)?;
-    let engine = souk_encoder_candle::Engine::parse(&args.engine, &args.device)?;
+    let engine =
+        souk_encoder_candle::Engine::parse_for(&args.engine, &args.device, &files.model_type)?;
     let backend = CandleBackend::load_engine(&files, &args.device, &args.dtype, engine)?;
     tracing::info!(engine = engine.name(), device = %args.device, dtype = %args.dtype, "encoder model loaded");
     let options = BatcherOptions {

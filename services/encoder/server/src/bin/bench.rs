@@ -184,7 +184,7 @@ fn main() -> anyhow::Result<()> {
         return gemm(&cli.model, tokens, repeats);
     }
     let files = ModelFiles::open(&cli.model)?;
-    let engine = Engine::parse(&cli.engine, &cli.device)?;
+    let engine = Engine::parse_for(&cli.engine, &cli.device, &files.model_type)?;
     let load = || CandleBackend::load_engine(&files, &cli.device, &cli.dtype, engine);
     match cli.command {
         Command::Gemm { .. } => unreachable!("answered before the model is loaded"),

@@ -33,13 +33,68 @@ const STOP: &[&str] = &[
 
 /// Lower-cased alphanumeric terms without accents ("Crème" matches "creme"), plurals folded
 /// ("lights" matches "light", "batteries" matches "battery"); a few stop words are dropped.
+/// Chinese, Japanese and Korean, written without spaces between words, become overlapping
+/// pairs of characters (Lucene's CJK bigrams: "咖啡研磨机" is 咖啡, 啡研, 研磨, 磨机), so a
+/// search for 研磨机 finds the grinder; a lone character is its own term.
 pub fn terms(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(fold)
-        .filter(|t| !STOP.contains(&t.as_str()))
-        .map(plural_stem)
-        .collect()
+    let mut out = Vec::new();
+    for token in text.split(|c: char| !c.is_alphanumeric()) {
+        if token.is_empty() {
+            continue;
+        }
+        if token.is_ascii() || !token.chars().any(is_cjk) {
+            push_word(token, &mut out);
+            continue;
+        }
+        // Runs of CJK characters as bigrams, the letters and digits between them as words.
+        let chars: Vec<(usize, char)> = token.char_indices().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let cjk = is_cjk(chars[i].1);
+            let mut j = i;
+            while j < chars.len() && is_cjk(chars[j].1) == cjk {
+                j += 1;
+            }
+            let end = chars.get(j).map_or(token.len(), |c| c.0);
+            let run = &token[chars[i].0..end];
+            if !cjk {
+                push_word(run, &mut out);
+            } else if j - i == 1 {
+                out.push(fold(run));
+            } else {
+                for k in i..j - 1 {
+                    let pair_end = chars.get(k + 2).map_or(token.len(), |c| c.0);
+                    out.push(fold(&token[chars[k].0..pair_end]));
+                }
+            }
+            i = j;
+        }
+    }
+    out
+}
+
+/// One word's term, unless it is a stop word.
+fn push_word(word: &str, out: &mut Vec<String>) {
+    let folded = fold(word);
+    if !STOP.contains(&folded.as_str()) {
+        out.push(plural_stem(folded));
+    }
+}
+
+/// A character of a script written without spaces between words, as Lucene's CJK bigram
+/// filter takes them: Han ideographs, Hiragana, Katakana (full and half width), Hangul.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3400..=0x4DBF // CJK Unified Ideographs Extension A
+        | 0x4E00..=0x9FFF // CJK Unified Ideographs
+        | 0xF900..=0xFAFF // CJK Compatibility Ideographs
+        | 0x20000..=0x2FFFF // Extensions B and later
+        | 0x3040..=0x309F // Hiragana
+        | 0x30A0..=0x30FF // Katakana
+        | 0x31F0..=0x31FF // Katakana Phonetic Extensions
+        | 0xFF66..=0xFF9F // Halfwidth Katakana
+        | 0xAC00..=0xD7AF // Hangul Syllables
+    )
 }
 
 /// A word lower-cased, with its accents and other combining marks dropped (canonical
@@ -2510,6 +2565,30 @@ mod tests {
         );
         assert_eq!(index.scores("CRÈME BRÛLÉE"), s);
         assert_eq!(terms("Crèmes brûlée"), ["creme", "brulee"]);
+    }
+
+    #[test]
+    fn chinese_and_japanese_words_are_found_inside_unspaced_titles() {
+        assert_eq!(
+            terms("不锈钢咖啡研磨机 Pro"),
+            ["不锈", "锈钢", "钢咖", "咖啡", "啡研", "研磨", "磨机", "pro"]
+        );
+        assert_eq!(terms("iPhone15手机壳"), ["iphone15", "手机", "机壳"]);
+        assert_eq!(terms("包 bags"), ["包", "bag"]);
+        assert_eq!(terms("ステンレス"), ["ステ", "テン", "ンレ", "レス"]);
+        let mut index = Bm25::default();
+        index.insert(0, "不锈钢咖啡研磨机");
+        index.insert(1, "电动咖啡机");
+        index.insert(2, "不锈钢保温杯");
+        let found = |query: &str| {
+            let mut ids: Vec<u32> = index.scores(query).into_keys().collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(found("研磨机"), [0], "a word inside a title");
+        assert_eq!(found("咖啡"), [0, 1]);
+        assert_eq!(found("不锈钢 杯"), [0, 2]);
+        assert_eq!(found("保温杯"), [2]);
     }
 
     #[test]

@@ -63,52 +63,52 @@ pub(crate) enum Family {
 
 /// BERT's name of a weight -> MPNet's (both relative to the model's root).
 fn mpnet_name(name: &str) -> String {
-    let Some(rest) = name.strip_prefix("encoder.layer.") else {
-        return name.to_string();
-    };
-    let Some((layer, part)) = rest.split_once('.') else {
-        return name.to_string();
-    };
-    let moved = [
-        ("attention.self.query.", "attention.attn.q."),
-        ("attention.self.key.", "attention.attn.k."),
-        ("attention.self.value.", "attention.attn.v."),
-        ("attention.output.dense.", "attention.attn.o."),
-        ("attention.output.LayerNorm.", "attention.LayerNorm."),
-    ]
-    .iter()
-    .find_map(|(bert, mpnet)| part.strip_prefix(bert).map(|leaf| format!("{mpnet}{leaf}")));
-    match moved {
-        Some(part) => format!("encoder.layer.{layer}.{part}"),
-        None => name.to_string(),
-    }
+    renamed_layer(
+        name,
+        "encoder.layer.",
+        &[
+            ("attention.self.query.", "attention.attn.q."),
+            ("attention.self.key.", "attention.attn.k."),
+            ("attention.self.value.", "attention.attn.v."),
+            ("attention.output.dense.", "attention.attn.o."),
+            ("attention.output.LayerNorm.", "attention.LayerNorm."),
+        ],
+    )
 }
 
 /// BERT's name of a weight -> DistilBERT's (both relative to the model's root).
 fn distilbert_name(name: &str) -> String {
-    let Some(rest) = name.strip_prefix("encoder.layer.") else {
+    renamed_layer(
+        name,
+        "transformer.layer.",
+        &[
+            ("attention.self.query.", "attention.q_lin."),
+            ("attention.self.key.", "attention.k_lin."),
+            ("attention.self.value.", "attention.v_lin."),
+            ("attention.output.dense.", "attention.out_lin."),
+            ("attention.output.LayerNorm.", "sa_layer_norm."),
+            ("intermediate.dense.", "ffn.lin1."),
+            ("output.dense.", "ffn.lin2."),
+            ("output.LayerNorm.", "output_layer_norm."),
+        ],
+    )
+}
+
+/// A weight of BERT's layer `encoder.layer.N.<part>` under the family's `<layers>N.<moved>`,
+/// `moved` the first of `parts` (BERT's, the family's) whose BERT prefix `part` has; any
+/// other weight (embeddings, a part the table does not move) keeps its name.
+fn renamed_layer(name: &str, layers: &str, parts: &[(&str, &str)]) -> String {
+    let Some((layer, part)) = name
+        .strip_prefix("encoder.layer.")
+        .and_then(|rest| rest.split_once('.'))
+    else {
         return name.to_string();
     };
-    let Some((layer, part)) = rest.split_once('.') else {
-        return name.to_string();
-    };
-    let moved = [
-        ("attention.self.query.", "attention.q_lin."),
-        ("attention.self.key.", "attention.k_lin."),
-        ("attention.self.value.", "attention.v_lin."),
-        ("attention.output.dense.", "attention.out_lin."),
-        ("attention.output.LayerNorm.", "sa_layer_norm."),
-        ("intermediate.dense.", "ffn.lin1."),
-        ("output.dense.", "ffn.lin2."),
-        ("output.LayerNorm.", "output_layer_norm."),
-    ]
-    .iter()
-    .find_map(|(bert, distil)| {
+    match parts.iter().find_map(|(bert, family)| {
         part.strip_prefix(bert)
-            .map(|leaf| format!("{distil}{leaf}"))
-    });
-    match moved {
-        Some(part) => format!("transformer.layer.{layer}.{part}"),
+            .map(|leaf| format!("{family}{leaf}"))
+    }) {
+        Some(part) => format!("{layers}{layer}.{part}"),
         None => name.to_string(),
     }
 }

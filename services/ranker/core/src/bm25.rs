@@ -2571,7 +2571,9 @@ mod tests {
     fn chinese_and_japanese_words_are_found_inside_unspaced_titles() {
         assert_eq!(
             terms("不锈钢咖啡研磨机 Pro"),
-            ["不锈", "锈钢", "钢咖", "咖啡", "啡研", "研磨", "磨机", "pro"]
+            [
+                "不锈", "锈钢", "钢咖", "咖啡", "啡研", "研磨", "磨机", "pro"
+            ]
         );
         assert_eq!(terms("iPhone15手机壳"), ["iphone15", "手机", "机壳"]);
         assert_eq!(terms("包 bags"), ["包", "bag"]);

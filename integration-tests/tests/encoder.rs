@@ -32,6 +32,30 @@ impl Reference {
             .collect()
     }
 
+    /// Embeds the reference's texts through `client` as `kind` (or the prompt named), and
+    /// checks the answers with [`Reference::assert_answered`]; returns them.
+    async fn assert_served(
+        &self,
+        client: &mut EncoderClient<tonic::transport::Channel>,
+        kind: enc::TextKind,
+        prompt_name: &str,
+        view: Option<&str>,
+        what: &str,
+    ) -> Vec<enc::Embedding> {
+        let answer = client
+            .embed(enc::EmbedRequest {
+                texts: self.texts(),
+                kind: kind.into(),
+                prompt_name: prompt_name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.assert_answered(&answer.embeddings, view, what);
+        answer.embeddings
+    }
+
     /// One answer per text, each within cosine 0.9999 of its reference vector (of the
     /// prompted view `item[view]` when given) and of its token count.
     fn assert_answered(&self, answers: &[enc::Embedding], view: Option<&str>, what: &str) {
@@ -61,19 +85,10 @@ async fn embeddings_match_sentence_transformers() {
     let reference = Reference::read(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm-reference.json"),
     );
-    let texts = reference.texts();
     let mut client = EncoderClient::new(channel(&shared_encoder().await).await);
-    let response = client
-        .embed(enc::EmbedRequest {
-            texts: texts.clone(),
-            truncate: None,
-            normalize: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    reference.assert_answered(&response.embeddings, None, "MiniLM");
+    reference
+        .assert_served(&mut client, enc::TextKind::Unspecified, "", None, "MiniLM")
+        .await;
     let info = client.info(enc::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(
         (
@@ -402,17 +417,15 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
         ),
         ("tiny-xlm-roberta", 32, 64, "mean")
     );
-    let answer = client
-        .embed(enc::EmbedRequest {
-            texts: texts.clone(),
-            truncate: None,
-            normalize: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    reference.assert_answered(&answer.embeddings, None, "no prompt");
+    reference
+        .assert_served(
+            &mut client,
+            enc::TextKind::Unspecified,
+            "",
+            None,
+            "no prompt",
+        )
+        .await;
     let longest = reference
         .items
         .iter()
@@ -442,22 +455,16 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
         (enc::TextKind::Unspecified, "passage", "document"),
         (enc::TextKind::Document, "query", "query"),
     ] {
-        let answer = client
-            .embed(enc::EmbedRequest {
-                texts: texts.clone(),
-                kind: kind.into(),
-                prompt_name: prompt_name.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
         // The prompt's pieces count toward the tokens.
-        reference.assert_answered(
-            &answer.embeddings,
-            Some(key),
-            &format!("{kind:?} {prompt_name:?}"),
-        );
+        reference
+            .assert_served(
+                &mut client,
+                kind,
+                prompt_name,
+                Some(key),
+                &format!("{kind:?} {prompt_name:?}"),
+            )
+            .await;
     }
     let status = client
         .embed(enc::EmbedRequest {
@@ -545,16 +552,10 @@ async fn sentence_transformers_6_directories_are_served_as_it_runs_them() {
             (dimension, max_tokens, pooling),
             "{name}"
         );
-        let answer = client
-            .embed(enc::EmbedRequest {
-                texts: reference.texts(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        reference.assert_answered(&answer.embeddings, None, name);
-        for got in &answer.embeddings {
+        let answers = reference
+            .assert_served(&mut client, enc::TextKind::Unspecified, "", None, name)
+            .await;
+        for got in &answers {
             assert_eq!(got.values.len(), dimension as usize, "{name}");
             let norm: f32 = got.values.iter().map(|v| v * v).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-5, "{name}: norm {norm}");

@@ -113,6 +113,40 @@ def write_reference(out, name, max_seq_length, items):
     print(f"wrote {out}: {len(items)} reference texts")
 
 
+def roberta_style(tok, unk, mask):
+    """`<s> $A </s>` around a trained tokenizer whose first ids are <s>, <pad>, </s>, and its
+    fast wrapper: the generic class, which runs tokenizer.json as written (a model's own
+    class, XLMRobertaTokenizer, would rebuild its own pipeline), so the reference and souk
+    tokenize alike."""
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token=unk,
+        pad_token="<pad>",
+        mask_token=mask,
+    )
+
+
+def bert_pipeline(special):
+    """A WordPiece tokenizer with BERT's normalizer and pre-tokenizer, trained on the corpus,
+    its `special` tokens first."""
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=300, special_tokens=special))
+    assert [tok.token_to_id(t) for t in special] == list(range(len(special)))
+    return tok
+
+
 def xlm_roberta(out):
     os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
     special = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -128,23 +162,7 @@ def xlm_roberta(out):
         CORPUS, UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="<unk>")
     )
     assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3]
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
-    # The generic class: it runs tokenizer.json as written (XLMRobertaTokenizer would rebuild
-    # its own pipeline), so the reference and souk tokenize alike.
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<unk>",
-    )
+    fast = roberta_style(tok, "<unk>", "<unk>")
     fast.save_pretrained(out)
     torch.manual_seed(20261208)
     config = XLMRobertaConfig(
@@ -200,13 +218,7 @@ def xlm_roberta(out):
 
 def wordpiece():
     """A WordPiece tokenizer with BERT's pipeline, trained on the corpus, and its fast wrapper."""
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=300, special_tokens=special))
-    assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3, 4]
+    tok = bert_pipeline(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -303,28 +315,8 @@ def distilbert(out):
 def mpnet(out):
     # MPNet's tokenizer: WordPiece with <s> ... </s> and <pad> at 1 (positions are numbered
     # after it, as RoBERTa's are).
-    special = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=300, special_tokens=special))
-    assert [tok.token_to_id(t) for t in special] == [0, 1, 2, 3, 4]
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="[UNK]",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    tok = bert_pipeline(["<s>", "<pad>", "</s>", "[UNK]", "<mask>"])
+    fast = roberta_style(tok, "[UNK]", "<mask>")
     torch.manual_seed(20261211)
     config = MPNetConfig(
         vocab_size=tok.get_vocab_size(),

@@ -26,6 +26,10 @@ NAME (default: all):
   other names), mean pooling, saved by sentence-transformers 6; a 66-row table, texts up to
   64 pieces, so distances reach the logarithmic buckets.
 
+- `tiny-bert-pooling`: BERT saved with max pooling; the reference has each text's vector
+  under every pooling mode sentence-transformers has (`item["modes"]`), for a test that
+  rewrites the pooling config per mode.
+
 Weights are seeded, but the tokenizer trainers' scores can differ in their last digits between
 runs (and so tokenize a text otherwise): commit the files of one run together.
 """
@@ -338,11 +342,50 @@ def mpnet(out):
     write_reference(out, "tiny random MPNet, mean pooling", 64, items)
 
 
+POOLING_MODES = ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", "mean", "cls"]
+
+
+def bert_pooling(out):
+    """BERT saved with max pooling, and each text's vector under every pooling mode
+    (`item["modes"][mode]`): the test rewrites `1_Pooling/config.json` per mode."""
+    tok, fast = wordpiece()
+    torch.manual_seed(20261212)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    model = widen(BertModel(config, add_pooling_layer=False))
+    items = sentence_transformers_dir(
+        out, model, fast, [models.Pooling(32, pooling_mode="max"), models.Normalize()], 64
+    )
+    for mode in POOLING_MODES:
+        st = SentenceTransformer(
+            modules=[
+                models.Transformer(out, max_seq_length=64),
+                models.Pooling(32, pooling_mode=mode),
+            ],
+            device="cpu",
+        )
+        vectors = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+        for item, vector in zip(items, vectors):
+            item.setdefault("modes", {})[mode] = [float(v) for v in vector]
+    for item in items:
+        off = max(abs(a - b) for a, b in zip(item["modes"]["max"], item["embedding"]))
+        assert off < 1e-6, f"the saved directory pools by max ({off})"
+    write_reference(out, "tiny random BERT, every pooling mode", 64, items)
+
+
 MAKERS = {
     "tiny-xlm-roberta": xlm_roberta,
     "tiny-bert-dense": bert_dense,
     "tiny-distilbert": distilbert,
     "tiny-mpnet": mpnet,
+    "tiny-bert-pooling": bert_pooling,
 }
 
 if __name__ == "__main__":

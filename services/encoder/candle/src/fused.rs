@@ -241,13 +241,8 @@ impl FusedBert {
             let typed = seq.type_ids.len().min(len);
             types[base..base + typed].copy_from_slice(&seq.type_ids[..typed]);
             lengths.push(len as u32);
-            match pooling {
-                Pooling::Cls => pool[base] = 1.0,
-                Pooling::Mean => {
-                    let w = 1.0 / len.max(1) as f32;
-                    pool[base..base + len].fill(w);
-                }
-            }
+            // Max pooling writes no weights: it is done on the host below.
+            pooling.weights(&mut pool[base..base + len]);
         }
         let dtype = self.words.dtype();
         let ids = Tensor::from_vec(ids, rows, device)?;
@@ -266,7 +261,18 @@ impl FusedBert {
         for layer in &self.layers {
             x = self.layer(layer, &x, &lengths, shape, step)?;
         }
-        let pooled = pool.matmul(&x.reshape((n, width, self.hidden))?)?;
+        let x = x.reshape((n, width, self.hidden))?;
+        if pooling == Pooling::Max {
+            let out = host_pool(
+                pooling,
+                &x.reshape((n * width, self.hidden))?,
+                |s| (s * width, s * width + batch.sequences[s].ids.len()),
+                n,
+            )?;
+            step("pooling + copy to host")?;
+            return Ok(out);
+        }
+        let pooled = pool.matmul(&x)?;
         let out = pooled.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         step("pooling + copy to host")?;
         Ok(out)
@@ -351,7 +357,8 @@ impl FusedBert {
 
     /// The one-pass engine: the batch's real tokens packed into rows (no padding anywhere, as
     /// the packed CPU engine and TEI's varlen attention do), attention by the one-pass kernel
-    /// over each sequence's rows, pooling by `segment_pool`.
+    /// over each sequence's rows, pooling by `segment_pool` (mean and CLS; the other modes on
+    /// the host).
     fn embed_rows(
         &self,
         batch: &Batch,
@@ -386,6 +393,8 @@ impl FusedBert {
         let ids = Tensor::from_vec(ids, total, device)?;
         let types = Tensor::from_vec(types, total, device)?;
         let positions = Tensor::from_vec(positions, total, device)?;
+        // Each sequence's first row, for the modes pooled on the host.
+        let starts: Vec<usize> = offsets.iter().map(|&o| o as usize).collect();
         let offsets = Tensor::from_vec(offsets, n + 1, device)?;
         let mut x = self.embeddings(&ids, &types, &positions)?;
         step("embeddings + layer norm")?;
@@ -401,16 +410,46 @@ impl FusedBert {
             step("attention (one pass)")?;
             x = self.feed_forward(layer, &x, &context, step)?;
         }
-        let pooled = x.apply_op2_no_bwd(
-            &offsets,
-            &SegmentPool {
-                cls: pooling == Pooling::Cls,
-            },
-        )?;
-        let out = pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let out = match pooling {
+            // The kernel's two modes pool on the device; the others copy the rows to the
+            // host (rare modes, not worth kernels no GPU here could check).
+            Pooling::Mean | Pooling::Cls => x
+                .apply_op2_no_bwd(
+                    &offsets,
+                    &SegmentPool {
+                        cls: pooling == Pooling::Cls,
+                    },
+                )?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?,
+            _ => host_pool(pooling, &x, |s| (starts[s], starts[s + 1]), n)?,
+        };
         step("pooling + copy to host")?;
         Ok(out)
     }
+}
+
+/// Pools `n` sequences of `rows` (tokens x hidden) on the host, sequence `s` being rows
+/// `span(s)`: the pooling modes the device kernels do not compute.
+fn host_pool(
+    pooling: Pooling,
+    rows: &Tensor,
+    span: impl Fn(usize) -> (usize, usize),
+    n: usize,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let hidden = rows.dim(1)?;
+    let states = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    (0..n)
+        .map(|s| {
+            let (start, end) = span(s);
+            let taken = states.get(start * hidden..end * hidden).ok_or_else(|| {
+                candle_core::Error::Msg(format!("sequence {s}: rows {start}..{end} out of range"))
+            })?;
+            let mut pooled = vec![0f32; hidden];
+            pooling.pool(taken, hidden, &mut pooled);
+            Ok(pooled)
+        })
+        .collect()
 }
 
 /// The padded batch's attention geometry.

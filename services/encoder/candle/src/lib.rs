@@ -413,19 +413,10 @@ impl CandleBackend {
         Ok(offsets
             .windows(2)
             .map(|w| {
-                let rows = &hidden[w[0] * h..w[1] * h];
-                match self.pooling {
-                    Pooling::Cls => rows.get(..h).map_or_else(|| vec![0.0; h], <[f32]>::to_vec),
-                    Pooling::Mean => {
-                        let mut sum = vec![0.0f32; h];
-                        for row in rows.chunks_exact(h) {
-                            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                        }
-                        let n = (w[1] - w[0]).max(1) as f32;
-                        sum.iter_mut().for_each(|s| *s /= n);
-                        sum
-                    }
-                }
+                let mut pooled = vec![0.0f32; h];
+                self.pooling
+                    .pool(&hidden[w[0] * h..w[1] * h], h, &mut pooled);
+                pooled
             })
             .collect())
     }
@@ -456,17 +447,50 @@ impl CandleBackend {
             candle_core::bail!("candle's graph is not loaded");
         };
         let hidden = model.forward(&ids, &types, &positions, &mask, self.dtype)?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let mask = mask.to_dtype(self.dtype)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1f64, f64::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-        };
-        pooled.to_dtype(DType::F32)?.to_vec2::<f32>()
+        pool_padded(self.pooling, batch, &hidden)
     }
+}
+
+/// Pools `hidden` (`n x width x dim` states of `batch`'s sequences, padded on the right):
+/// the weighted modes as one batched product with each sequence's weights on the device,
+/// max pooling on the host over each sequence's own rows.
+fn pool_padded(
+    pooling: Pooling,
+    batch: &Batch,
+    hidden: &Tensor,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (n, width, dim) = hidden.dims3()?;
+    let mut weights = vec![0f32; n * width];
+    let mut weighted = true;
+    for (row, seq) in weights.chunks_exact_mut(width).zip(&batch.sequences) {
+        let len = seq.ids.len().min(width);
+        weighted &= pooling.weights(&mut row[..len]);
+    }
+    if weighted {
+        let weights =
+            Tensor::from_vec(weights, (n, 1, width), hidden.device())?.to_dtype(hidden.dtype())?;
+        return weights
+            .matmul(&hidden.contiguous()?)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>();
+    }
+    let states = hidden.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+    Ok(states
+        .iter()
+        .zip(&batch.sequences)
+        .map(|(rows, seq)| {
+            let flat: Vec<f32> = rows
+                .iter()
+                .take(seq.ids.len().min(width))
+                .flatten()
+                .copied()
+                .collect();
+            let mut pooled = vec![0f32; dim];
+            pooling.pool(&flat, dim, &mut pooled);
+            pooled
+        })
+        .collect())
 }
 
 #[allow(unsafe_code)]

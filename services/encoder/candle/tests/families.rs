@@ -180,3 +180,63 @@ fn the_packed_and_graph_engines_give_sentence_transformers_vectors_for_mpnet() {
         );
     }
 }
+
+/// Every pooling mode sentence-transformers has, on every engine: max (on the host for the
+/// GPU engines), mean over the square root of the length, position-weighted mean, last token,
+/// and the two every real model here uses. The fixture is saved with max pooling; each mode
+/// is its pooling config rewritten, against sentence-transformers' vectors for that mode.
+#[test]
+fn every_engine_pools_each_mode_as_sentence_transformers_does() {
+    let source = fixture("tiny-bert-pooling");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("reference.json")).unwrap())
+            .unwrap();
+    let saved = ModelFiles::open(&source).unwrap();
+    assert_eq!(
+        saved.pooling,
+        Pooling::Max,
+        "as sentence-transformers saved it"
+    );
+    let mut seen = Vec::new();
+    for mode in reference["items"][0]["modes"].as_object().unwrap().keys() {
+        // Named by the mode: a failure names the directory.
+        let dir = tempfile::Builder::new().prefix(mode).tempdir().unwrap();
+        for entry in walk(&source) {
+            let to = dir.path().join(entry.strip_prefix(&source).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&entry, to).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            format!(
+                r#"{{"embedding_dimension": 32, "pooling_mode": "{mode}", "include_prompt": true}}"#
+            ),
+        )
+        .unwrap();
+        // The reference's vectors for this mode where the checker reads them.
+        let mut moded = reference.clone();
+        for item in moded["items"].as_array_mut().unwrap() {
+            item["embedding"] = item["modes"][mode].clone();
+        }
+        std::fs::write(dir.path().join("reference.json"), moded.to_string()).unwrap();
+        let files = ModelFiles::open(dir.path()).unwrap();
+        assert_eq!(files.pooling.as_str(), mode);
+        every_engine_gives_the_reference(&files, 32);
+        seen.push(files.pooling);
+    }
+    assert_eq!(seen.len(), 6, "every mode: {seen:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -3,13 +3,23 @@ use std::path::{Path, PathBuf};
 
 use crate::EncoderError;
 
-/// How token states become one vector (sentence-transformers' `1_Pooling/config.json`).
+/// How token states become one vector (sentence-transformers' `1_Pooling/config.json`, one
+/// mode; its names as `as_str` gives them). Every mode reads only a sequence's own tokens
+/// (the attention mask's), so padding never enters a vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
     /// Mean over the tokens the attention mask keeps.
     Mean,
     /// The [CLS] token's state.
     Cls,
+    /// Each dimension's largest value over the tokens.
+    Max,
+    /// The tokens' sum over the square root of their count.
+    MeanSqrtLen,
+    /// Mean weighted by position: token `i` (from 0) counts `i + 1` (SGPT's pooling).
+    WeightedMean,
+    /// The last token's state ([SEP] for BERT; decoder-style models' choice).
+    LastToken,
 }
 
 impl Pooling {
@@ -17,6 +27,78 @@ impl Pooling {
         match self {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Pooling::WeightedMean => "weightedmean",
+            Pooling::LastToken => "lasttoken",
+        }
+    }
+
+    /// The mode sentence-transformers names `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Pooling::Mean,
+            Pooling::Cls,
+            Pooling::Max,
+            Pooling::MeanSqrtLen,
+            Pooling::WeightedMean,
+            Pooling::LastToken,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+
+    /// The weight of each of a `len`-token sequence's states in its vector, written into
+    /// `out[..len]`, for the modes that are a weighted sum of the states (every one but
+    /// [`Pooling::Max`], for which it returns false and writes nothing). An empty sequence
+    /// gets no weight.
+    pub fn weights(self, out: &mut [f32]) -> bool {
+        let len = out.len();
+        if len == 0 {
+            return self != Pooling::Max;
+        }
+        match self {
+            Pooling::Max => return false,
+            Pooling::Mean => out.fill(1.0 / len as f32),
+            Pooling::MeanSqrtLen => out.fill(1.0 / (len as f32).sqrt()),
+            Pooling::Cls => {
+                out.fill(0.0);
+                out[0] = 1.0;
+            }
+            Pooling::LastToken => {
+                out.fill(0.0);
+                out[len - 1] = 1.0;
+            }
+            Pooling::WeightedMean => {
+                // 1 + 2 + ... + len.
+                let total = (len * (len + 1) / 2) as f32;
+                out.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, w)| *w = (i + 1) as f32 / total);
+            }
+        }
+        true
+    }
+
+    /// Pools `rows` (a sequence's token states, `dim` values each, in order) into `out`.
+    pub fn pool(self, rows: &[f32], dim: usize, out: &mut [f32]) {
+        let len = rows.len() / dim.max(1);
+        out.fill(0.0);
+        if len == 0 {
+            return;
+        }
+        let mut weights = vec![0f32; len];
+        if self.weights(&mut weights) {
+            for (row, w) in rows.chunks_exact(dim).zip(&weights) {
+                if *w != 0.0 {
+                    out.iter_mut().zip(row).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        } else {
+            out.copy_from_slice(&rows[..dim]);
+            for row in rows.chunks_exact(dim).skip(1) {
+                out.iter_mut().zip(row).for_each(|(o, v)| *o = o.max(*v));
+            }
         }
     }
 }
@@ -258,11 +340,15 @@ fn read_pooling(path: &Path) -> Result<Pooling, EncoderError> {
         .collect(),
     };
     match modes.as_slice() {
-        [mode] if mode == "mean" => Ok(Pooling::Mean),
-        [mode] if mode == "cls" => Ok(Pooling::Cls),
+        [mode] => Pooling::from_name(mode).ok_or_else(|| {
+            refuse(format!(
+                "pooling mode {mode:?} is not one sentence-transformers names (cls, mean, max, \
+                 mean_sqrt_len_tokens, weightedmean, lasttoken)"
+            ))
+        }),
         [] => Err(refuse("names no pooling mode".into())),
         other => Err(refuse(format!(
-            "pooling {other:?} is not supported (souk pools by one of mean and cls)"
+            "pooling {other:?} concatenates modes, which souk does not (one mode only)"
         ))),
     }
 }
@@ -839,6 +925,49 @@ mod tests {
     ]"#;
 
     #[test]
+    fn each_pooling_mode_reads_only_the_sequence_s_states_as_sentence_transformers_does() {
+        // Three tokens of two values each.
+        let rows = [1.0, -2.0, 3.0, 0.0, -1.0, 4.0];
+        let pooled = |p: Pooling| {
+            let mut out = [0f32; 2];
+            p.pool(&rows, 2, &mut out);
+            out
+        };
+        let close =
+            |a: [f32; 2], b: [f32; 2]| (a[0] - b[0]).abs() < 1e-6 && (a[1] - b[1]).abs() < 1e-6;
+        assert_eq!(pooled(Pooling::Cls), [1.0, -2.0]);
+        assert_eq!(pooled(Pooling::LastToken), [-1.0, 4.0]);
+        assert_eq!(pooled(Pooling::Max), [3.0, 4.0]);
+        assert!(close(pooled(Pooling::Mean), [1.0, 2.0 / 3.0]));
+        let root = 3f32.sqrt();
+        assert!(close(
+            pooled(Pooling::MeanSqrtLen),
+            [3.0 / root, 2.0 / root]
+        ));
+        // Weights 1, 2, 3 over 6.
+        assert!(close(
+            pooled(Pooling::WeightedMean),
+            [(1.0 + 6.0 - 3.0) / 6.0, (-2.0 + 0.0 + 12.0) / 6.0]
+        ));
+        // No token: a zero vector, whatever the mode.
+        for p in [Pooling::Max, Pooling::Mean, Pooling::LastToken] {
+            let mut out = [7f32; 2];
+            p.pool(&[], 2, &mut out);
+            assert_eq!(out, [0.0, 0.0]);
+        }
+        for p in [
+            Pooling::Mean,
+            Pooling::Cls,
+            Pooling::Max,
+            Pooling::MeanSqrtLen,
+            Pooling::WeightedMean,
+            Pooling::LastToken,
+        ] {
+            assert_eq!(Pooling::from_name(p.as_str()), Some(p));
+        }
+    }
+
+    #[test]
     fn sentence_transformers_6_layouts_are_read_and_modules_it_cannot_run_refused() {
         let base = [
             ("config.json", r#"{"max_position_embeddings": 512}"#),
@@ -858,6 +987,28 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((six.pooling, six.max_seq_length), (Pooling::Cls, 128));
+        // Every single mode, in both formats.
+        for (v6, v5, pooling) in [
+            ("max", "pooling_mode_max_tokens", Pooling::Max),
+            (
+                "mean_sqrt_len_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                Pooling::MeanSqrtLen,
+            ),
+            (
+                "weightedmean",
+                "pooling_mode_weightedmean_tokens",
+                Pooling::WeightedMean,
+            ),
+            ("lasttoken", "pooling_mode_lasttoken", Pooling::LastToken),
+        ] {
+            let six = format!(r#"{{"pooling_mode": "{v6}"}}"#);
+            let five = format!(r#"{{"{v5}": true, "pooling_mode_mean_tokens": false}}"#);
+            for config in [six, five] {
+                let files = open(&[("1_Pooling/config.json", config.as_str())]).unwrap();
+                assert_eq!(files.pooling, pooling, "{config}");
+            }
+        }
         let five = open(&[
             ("sentence_bert_config.json", r#"{"max_seq_length": 256}"#),
             ("tokenizer_config.json", r#"{"model_max_length": 128}"#),
@@ -895,18 +1046,18 @@ mod tests {
                     "1_Pooling/config.json",
                     r#"{"pooling_mode": ["mean", "max"]}"#,
                 )],
-                r#"pooling ["mean", "max"] is not supported"#,
+                r#"pooling ["mean", "max"] concatenates modes"#,
             ),
             (
                 vec![(
                     "1_Pooling/config.json",
                     r#"{"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}"#,
                 )],
-                r#"pooling ["cls", "mean"] is not supported"#,
+                r#"pooling ["cls", "mean"] concatenates modes"#,
             ),
             (
-                vec![("1_Pooling/config.json", r#"{"pooling_mode": "lasttoken"}"#)],
-                r#"pooling ["lasttoken"] is not supported"#,
+                vec![("1_Pooling/config.json", r#"{"pooling_mode": "attention"}"#)],
+                r#"pooling mode "attention" is not one sentence-transformers names"#,
             ),
             (
                 vec![(

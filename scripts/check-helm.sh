@@ -42,10 +42,11 @@ trap 'rm -rf "$out"' EXIT
 # PrometheusRule is a prometheus-operator CRD, outside the API schemas: checked by test_render.py.
 "$helm" template souk "$chart" --set metrics.alerts.enabled=true --set metrics.alerts.labels.release=prom \
   --set-json metrics.alerts.rankP99Seconds=0.5 > "$out/alerts.yaml"
-# A ranker whose HTTP port faces browsers: only the shopper's methods on it.
+# A ranker whose HTTP port faces browsers: only the shopper's methods on it (and its vectors
+# cut to 256 values).
 "$helm" template souk "$chart" --set 'ranker.httpCorsOrigins={https://shop.example}' \
   --set 'ranker.httpMethods={Rank,souk.ranker.v1.Ranker/Suggest}' \
-  --set ranker.httpCacheMaxAgeSeconds=60 > "$out/public.yaml"
+  --set ranker.httpCacheMaxAgeSeconds=60 --set ranker.embeddingDimensions=256 > "$out/public.yaml"
 for f in default gpu scaled public; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 "$out/$f.yaml"
 done

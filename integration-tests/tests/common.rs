@@ -246,12 +246,15 @@ pub struct ModelWatch {
     pub every_ms: u64,
     /// `--reembed-on-model-change`.
     pub reembed: bool,
+    /// `--embedding-dimensions`: the length vectors are cut to (`None`: whole).
+    pub dimensions: Option<u32>,
 }
 
 /// Every 200 ms (30 s by default outside tests), no re-embedding of its own.
 pub const WATCH: ModelWatch = ModelWatch {
     every_ms: 200,
     reembed: false,
+    dimensions: None,
 };
 
 /// A ranker that watches the encoder's model as `watch` says.
@@ -405,6 +408,7 @@ fn spawn_ranker(
         dependency_timeout_ms: 2_000,
         load_timeout_ms: 60_000,
         query_cache_ttl_s: 300,
+        embedding_dimensions: watch.dimensions,
         ann_min_items: replica.ann_min_items,
         popularity_half_life_days: souk_ranker::POPULARITY_HALF_LIFE_DAYS,
         user_id_key: Some(replica.user_id_key.into()),

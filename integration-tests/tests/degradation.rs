@@ -357,6 +357,7 @@ async fn a_replaced_model_is_caught_at_its_first_answer() {
     let hourly = ModelWatch {
         every_ms: 3_600_000,
         reembed: false,
+        ..WATCH
     };
     let ranker = start_ranker_watching(
         &dir.path().join("ranker"),
@@ -436,6 +437,7 @@ async fn the_ranker_can_re_embed_on_its_own_when_the_model_changes() {
     let watch = ModelWatch {
         every_ms: 200,
         reembed: true,
+        ..WATCH
     };
     let ranker = start_ranker_watching(&data, &encoder.url(), &kg.url(), watch).await;
     load_demo(&kg.url(), &ranker.url()).await;
@@ -498,6 +500,73 @@ async fn the_ranker_can_re_embed_on_its_own_when_the_model_changes() {
     })
     .await;
     assert!(matches);
+}
+
+/// `--embedding-dimensions` cuts every vector the ranker stores and asks for: the demo's
+/// searches still find their items with 128 of MiniLM's 384 values. Those vectors are another
+/// space: a ranker restarted on the store with whole vectors sees the encoder "differ" and,
+/// with `--reembed-on-model-change`, re-embeds the catalog at 384.
+#[tokio::test(flavor = "multi_thread")]
+async fn vectors_cut_by_the_ranker_are_a_space_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = shared_encoder().await;
+    let kg = start_kg(&dir.path().join("kg"), None).await;
+    let data = dir.path().join("ranker");
+    let cut = ModelWatch {
+        dimensions: Some(128),
+        ..WATCH
+    };
+    let ranker = start_ranker_watching(&data, &encoder, &kg.url(), cut).await;
+    load_demo(&kg.url(), &ranker.url()).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let stats = |client: &mut RankerClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .stats(rk::StatsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let s = stats(&mut client).await;
+    assert_eq!((s.items, s.dimension), (312, 128));
+    let espresso = rk::RankRequest {
+        query: "espresso machine".into(),
+        k: 5,
+        ..Default::default()
+    };
+    let r = client.rank(espresso.clone()).await.unwrap().into_inner();
+    assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+    assert!(
+        r.items[0].title.contains("Espresso"),
+        "{}",
+        r.items[0].title
+    );
+    ranker.stop().await.unwrap();
+
+    let whole = ModelWatch {
+        reembed: true,
+        ..WATCH
+    };
+    let ranker = start_ranker_watching(&data, &encoder, &kg.url(), whole).await;
+    let mut client = RankerClient::new(channel(&ranker.url()).await);
+    let mut last = None;
+    let back = soon_within(60, async || {
+        let s = stats(&mut client).await;
+        let done = (s.dimension, s.encoder.as_str()) == (384, "matches");
+        last = Some((s.dimension, s.encoder));
+        done
+    })
+    .await;
+    assert!(back, "re-embedded at 384: last {last:?}");
+    let r = client.rank(espresso).await.unwrap().into_inner();
+    assert!(r.missing_signals.is_empty(), "{:?}", r.missing_signals);
+    assert!(
+        r.items[0].title.contains("Espresso"),
+        "{}",
+        r.items[0].title
+    );
 }
 
 /// A shop's price and stock feed sends every item again with only prices and stock changed:

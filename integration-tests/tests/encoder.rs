@@ -101,6 +101,104 @@ async fn embeddings_match_sentence_transformers() {
     );
 }
 
+/// `dimensions` cuts each vector to its first values and normalises them after the cut, as
+/// sentence-transformers' `truncate_dim` does: the reference vectors' prefixes, renormalised.
+/// Each length answers with its own fingerprint, the whole length with the model's; a length
+/// the model lacks is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn vectors_cut_to_fewer_dimensions_are_the_normalised_prefixes() {
+    let reference = Reference::read(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm-reference.json"),
+    );
+    let mut client = EncoderClient::new(channel(&shared_encoder().await).await);
+    let model = client
+        .info(enc::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .model_fingerprint;
+    let embed = |dimensions: Option<u32>, normalize: Option<bool>| enc::EmbedRequest {
+        texts: reference.texts(),
+        normalize,
+        dimensions,
+        ..Default::default()
+    };
+    let whole = client
+        .embed(embed(None, Some(false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.model_fingerprint, model);
+    let mut prints = vec![model];
+    for cut in [64u32, 128, 256] {
+        let answer = client
+            .embed(embed(Some(cut), None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !prints.contains(&answer.model_fingerprint),
+            "{cut}: a print of its own"
+        );
+        prints.push(answer.model_fingerprint);
+        for (item, got) in reference.items.iter().zip(&answer.embeddings) {
+            let text = item["text"].as_str().unwrap();
+            let prefix: Vec<f64> = item["embedding"].as_array().unwrap()[..cut as usize]
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.values.len(), cut as usize);
+            let norm: f32 = got.values.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-4,
+                "{cut}: {text:?} normalised after the cut"
+            );
+            let c = cosine(&got.values, &prefix);
+            assert!(c >= 0.9999, "{cut}: cosine {c:.6} for {text:?}");
+        }
+        // The same length again: the same space.
+        let again = client
+            .embed(embed(Some(cut), None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.model_fingerprint, answer.model_fingerprint);
+    }
+    // Not normalised: the whole vector's first values as they are.
+    let raw = client
+        .embed(embed(Some(128), Some(false)))
+        .await
+        .unwrap()
+        .into_inner();
+    // (Within rounding: other tests' texts may share a forward pass with either request.)
+    for (cut, full) in raw.embeddings.iter().zip(&whole.embeddings) {
+        assert_eq!(cut.values.len(), 128);
+        let off = cut
+            .values
+            .iter()
+            .zip(&full.values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(off < 1e-4, "raw prefix off by {off}");
+    }
+    let all = client
+        .embed(embed(Some(384), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        all.model_fingerprint, model,
+        "the whole length is the model's space"
+    );
+    for bad in [0, 385] {
+        let status = client.embed(embed(Some(bad), None)).await.unwrap_err();
+        assert_invalid(
+            &status,
+            &format!("dimensions {bad}: this model's vectors have 1 to 384"),
+        );
+    }
+}
+
 /// `Words` lists the whole words of the model's vocabulary, recounted here from
 /// `tokenizer.json` itself: the ranker's spelling lexicon.
 #[tokio::test(flavor = "multi_thread")]

@@ -45,6 +45,7 @@ async fn fused_search_beats_every_single_signal_on_held_out_queries() {
         no_lexicon: false,
         synonyms: None,
         per_query: None,
+        dimensions: None,
     };
     let report = soukctl::eval::search_report(&args, &shared_encoder().await, false)
         .await
@@ -150,6 +151,7 @@ async fn misspelt_queries_are_read_as_meant() {
                 no_lexicon: false,
                 synonyms: None,
                 per_query: None,
+                dimensions: None,
             };
             let report = soukctl::eval::search_report(&args, &encoder, false)
                 .await

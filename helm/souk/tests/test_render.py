@@ -78,6 +78,7 @@ def check_default(docs):
     assert "SOUK_HTTP_CORS_ORIGINS" not in env(ranker), "no browser origin unless named"
     assert "SOUK_HTTP_METHODS" not in env(ranker), "every unary method unless named"
     assert "SOUK_HTTP_CACHE_MAX_AGE_S" not in env(ranker), "no cache-control unless asked"
+    assert "SOUK_EMBEDDING_DIMENSIONS" not in env(ranker), "whole vectors unless asked"
     http = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
     for suffix in ("-ranker", "-ranker-primary"):
         ports = {p["name"]: p for p in by_kind(docs, "Service", suffix)["spec"]["ports"]}
@@ -123,6 +124,7 @@ def check_public(docs):
     assert ranker["SOUK_HTTP_CORS_ORIGINS"] == "https://shop.example"
     assert ranker["SOUK_HTTP_METHODS"] == "Rank,souk.ranker.v1.Ranker/Suggest"
     assert ranker["SOUK_HTTP_CACHE_MAX_AGE_S"] == "60"
+    assert ranker["SOUK_EMBEDDING_DIMENSIONS"] == "256", "the vectors' cut reaches the pod"
 
 
 def exported_metrics(root):

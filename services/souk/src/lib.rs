@@ -69,6 +69,11 @@ pub struct UpArgs {
     /// Days after which an event counts half as much in an item's popularity (0: never).
     #[arg(long, env = "SOUK_POPULARITY_HALF_LIFE_DAYS", default_value_t = souk_ranker::POPULARITY_HALF_LIFE_DAYS)]
     pub popularity_half_life_days: f64,
+    /// Keep only the first this many values of every item and query vector (Matryoshka
+    /// truncation, for models trained for it; unset: whole vectors). Changing it later
+    /// re-embeds the catalog as for a new model (`soukctl reembed`).
+    #[arg(long, env = "SOUK_EMBEDDING_DIMENSIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub embedding_dimensions: Option<u32>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -142,6 +147,7 @@ impl Suite {
             dependency_timeout_ms: 300,
             load_timeout_ms: 120_000,
             query_cache_ttl_s: 300,
+            embedding_dimensions: args.embedding_dimensions,
             ann_min_items: args.ann_min_items,
             popularity_half_life_days: args.popularity_half_life_days,
             user_id_key: None,

@@ -390,6 +390,7 @@ pub async fn embed(args: EmbedBenchArgs, encoder_url: &str) -> anyhow::Result<()
                 normalize: None,
                 kind: souk_proto::encoder::v1::TextKind::Query.into(),
                 prompt_name: String::new(),
+                dimensions: None,
             })
             .await?;
         if i >= 20 {

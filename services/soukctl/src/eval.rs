@@ -142,6 +142,11 @@ pub struct SearchArgs {
     /// moved.
     #[arg(long)]
     pub per_query: Option<PathBuf>,
+    /// Cut every query and product vector to its first N values (normalised again), as the
+    /// ranker's `--embedding-dimensions` does: what a shorter vector costs in relevance.
+    /// Vectors are cached whole, so one cache serves every N.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dimensions: Option<u32>,
 }
 
 /// The rankings simulated sessions are shown (`--shown-by`).
@@ -253,6 +258,8 @@ pub(crate) async fn embed_texts(
                 normalize: Some(true),
                 kind: kind.into(),
                 prompt_name: String::new(),
+                // Whole vectors: a cut (`--dimensions`) is made from the cache's.
+                dimensions: None,
             })
             .await?
             .into_inner();
@@ -274,6 +281,18 @@ pub(crate) async fn embed_texts(
                 .context("vector missing after embedding")
         })
         .collect()
+}
+
+/// Each vector's first `dimensions` values, normalised again (the encoder's `dimensions`).
+fn cut(mut vectors: Vec<Vec<f32>>, dimensions: usize) -> Vec<Vec<f32>> {
+    for v in &mut vectors {
+        v.truncate(dimensions);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    vectors
 }
 
 /// Reads `user<TAB>item` pairs; a first line that is not two fields or reads `user item` is a header.
@@ -579,6 +598,10 @@ pub(crate) async fn features(
         cache_path,
     )
     .await?;
+    let (vectors, query_vectors) = match typing.dimensions {
+        Some(d) => (cut(vectors, d), cut(query_vectors, d)),
+        None => (vectors, query_vectors),
+    };
     // A query's vector against a product text's.
     let cos = |a: usize, b: usize| -> f64 {
         query_vectors[a]
@@ -662,6 +685,9 @@ pub(crate) struct Typing {
     /// Read every word the product texts lack as a possible misspelling, real words too
     /// (without the encoder's words as the lexicon).
     pub no_lexicon: bool,
+    /// Query and product vectors cut to their first this many values and normalised again,
+    /// as the encoder cuts them for the ranker's `--embedding-dimensions`.
+    pub dimensions: Option<usize>,
 }
 
 /// Which signals read the corrected query (`Bm25::correct`).
@@ -850,6 +876,7 @@ pub async fn search_report(
         half_typed: args.half_typed.map(|n| n as usize),
         correct: args.correct,
         no_lexicon: args.no_lexicon,
+        dimensions: args.dimensions.map(|d| d as usize),
     };
     let (train_groups, test_groups, folds) = match (&args.dataset, &args.train, &args.test) {
         (Some(dataset), _, _) => {

@@ -166,6 +166,10 @@ pub enum Command {
         /// One of the model's prompts by name instead (`soukctl stats` lists them).
         #[arg(long, default_value = "")]
         prompt: String,
+        /// Keep only each vector's first this many values, normalised after the cut
+        /// (Matryoshka truncation); unset: whole vectors.
+        #[arg(long)]
+        dimensions: Option<u32>,
     },
     /// What each service holds: the catalog and the log, the graph, the encoder's model. A
     /// service that cannot be read gets a line saying why; the others are still printed.
@@ -1678,6 +1682,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             texts,
             kind,
             prompt,
+            dimensions,
         } => {
             let mut client =
                 enc::encoder_client::EncoderClient::new(connect(&ep.encoder, "encoder").await?);
@@ -1692,6 +1697,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 .into(),
                 prompt_name: prompt.clone(),
+                dimensions,
             };
             let r = ask(ep.answer_timeout(), "encoder", request, |r| client.embed(r)).await?;
             let first = r.embeddings.first().map(|e| e.values.as_slice());

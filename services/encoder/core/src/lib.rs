@@ -73,6 +73,24 @@ pub enum EncoderError {
     Closed,
 }
 
+/// The fingerprint of `model`'s vectors cut to their first `dimensions` values (`Embed`'s
+/// Matryoshka truncation): another vector space for each length, so callers that keep
+/// vectors by fingerprint never compare a cut vector with a whole one, or two lengths. At
+/// the model's whole `dimension` (or more) it is `model` itself. Never 0.
+#[must_use]
+pub fn cut_fingerprint(model: u64, dimensions: usize, dimension: usize) -> u64 {
+    if dimensions >= dimension {
+        return model;
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"souk matryoshka cut");
+    hasher.update(&model.to_le_bytes());
+    hasher.update(&(dimensions as u64).to_le_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(first).max(1)
+}
+
 /// Scales `v` to unit length; a zero vector stays zero.
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -84,6 +102,26 @@ pub fn l2_normalize(v: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cut_length_is_its_own_space_and_the_whole_length_is_the_model() {
+        let model = 0x1234_5678_9abc_def0;
+        assert_eq!(cut_fingerprint(model, 384, 384), model);
+        let cuts: Vec<u64> = [1, 64, 128, 256, 383]
+            .into_iter()
+            .map(|d| cut_fingerprint(model, d, 384))
+            .collect();
+        for (i, a) in cuts.iter().enumerate() {
+            assert!(*a != 0 && *a != model);
+            assert!(
+                cuts[i + 1..].iter().all(|b| b != a),
+                "lengths share a print"
+            );
+        }
+        // Another model cut to the same length is another space.
+        assert_ne!(cut_fingerprint(model + 1, 128, 384), cuts[2]);
+        assert_eq!(cut_fingerprint(model, 128, 384), cuts[2], "stable");
+    }
 
     #[test]
     fn normalizing_gives_unit_length_and_keeps_zero() {

@@ -17,7 +17,9 @@ use souk_encoder_candle::CandleBackend;
 use souk_encoder_core::batcher::{Batcher, BatcherOptions};
 
 pub mod metrics;
-use souk_encoder_core::{EncoderError, ModelFiles, TextKind, TextTokenizer};
+use souk_encoder_core::{
+    EncoderError, ModelFiles, TextKind, TextTokenizer, cut_fingerprint, l2_normalize,
+};
 use souk_proto::encoder::v1 as pb;
 use souk_shared::config::ServerArgs;
 use souk_shared::server::GrpcServer;
@@ -269,14 +271,36 @@ impl pb::encoder_server::Encoder for EncoderService {
                 .map(|text| format!("{prompt}{text}"))
                 .collect()
         };
-        let embedded = batcher
+        let dimension = batcher.dimension();
+        let cut = match request.dimensions {
+            None => dimension,
+            Some(d) if d == 0 || d as usize > dimension => {
+                return Err(Status::invalid_argument(format!(
+                    "dimensions {d}: this model's vectors have 1 to {dimension}"
+                )));
+            }
+            Some(d) => d as usize,
+        };
+        let normalize = request.normalize.unwrap_or(true);
+        // A cut vector is normalised after the cut, as sentence-transformers' `truncate_dim`
+        // with `normalize_embeddings` does.
+        let mut embedded = batcher
             .embed(
                 texts,
                 request.truncate.unwrap_or(true),
-                request.normalize.unwrap_or(true),
+                normalize && cut == dimension,
             )
             .await
             .map_err(status)?;
+        if cut < dimension {
+            for e in &mut embedded {
+                e.vector.truncate(cut);
+                if normalize {
+                    l2_normalize(&mut e.vector);
+                }
+            }
+        }
+        let model = self.info.get().map_or(0, |info| info.model_fingerprint);
         Ok(Response::new(pb::EmbedResponse {
             embeddings: embedded
                 .into_iter()
@@ -285,7 +309,11 @@ impl pb::encoder_server::Encoder for EncoderService {
                     tokens: e.tokens as u32,
                 })
                 .collect(),
-            model_fingerprint: self.info.get().map_or(0, |info| info.model_fingerprint),
+            model_fingerprint: if model == 0 {
+                0
+            } else {
+                cut_fingerprint(model, cut, dimension)
+            },
         }))
     }
 

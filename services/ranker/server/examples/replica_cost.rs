@@ -61,6 +61,7 @@ async fn start_at(at: std::net::SocketAddr, dir: &Path, primary: Option<String>)
         dependency_timeout_ms: 100,
         load_timeout_ms: 1_000,
         query_cache_ttl_s: 300,
+        embedding_dimensions: None,
         ann_min_items: souk_ranker::DEFAULT_ANN_MIN_ITEMS,
         popularity_half_life_days: souk_ranker::POPULARITY_HALF_LIFE_DAYS,
         user_id_key: Some(KEY.into()),

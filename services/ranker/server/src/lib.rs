@@ -75,6 +75,13 @@ pub struct RankerArgs {
     /// Deadline for embedding and graph writes while loading the catalog, in milliseconds.
     #[arg(long, env = "SOUK_LOAD_TIMEOUT_MS", default_value_t = 120_000)]
     pub load_timeout_ms: u64,
+    /// Keep only the first this many values of every vector the encoder makes, items' and
+    /// queries' alike (Matryoshka truncation, `EmbedRequest.dimensions`): less memory and a
+    /// faster dense scan, for a model trained to keep its quality that way. Unset: whole
+    /// vectors. Changing it changes the vector space: the catalog is re-embedded as for a new
+    /// model (`soukctl reembed`, or `--reembed-on-model-change`).
+    #[arg(long, env = "SOUK_EMBEDDING_DIMENSIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub embedding_dimensions: Option<u32>,
     /// How long a query's vector is reused, in seconds.
     #[arg(long, env = "SOUK_QUERY_CACHE_TTL_S", default_value_t = 300)]
     pub query_cache_ttl_s: u64,
@@ -510,6 +517,7 @@ pub async fn serve(
         souk_shared::client::lazy_channel(&args.encoder_url, timeout)?,
         timeout,
         Duration::from_secs(args.query_cache_ttl_s),
+        args.embedding_dimensions,
     ));
     let graph = Arc::new(GrpcGraph::new(
         souk_shared::client::lazy_channel(&args.kg_url, timeout)?,

@@ -70,6 +70,8 @@ pub struct GrpcEncoder {
     /// Woken when an answer comes from another model than the last probe's: the ranker's
     /// watcher then checks it at once instead of at its next period.
     recheck: tokio::sync::Notify,
+    /// `EmbedRequest.dimensions` of every request: vectors cut to this length (`None`: whole).
+    dimensions: Option<u32>,
 }
 
 /// The models the encoder's answers came from, as [`GrpcEncoder::record_model`] learnt them.
@@ -106,7 +108,12 @@ pub struct Embedded {
 }
 
 impl GrpcEncoder {
-    pub fn new(channel: Channel, query_timeout: Duration, cache_ttl: Duration) -> Self {
+    pub fn new(
+        channel: Channel,
+        query_timeout: Duration,
+        cache_ttl: Duration,
+        dimensions: Option<u32>,
+    ) -> Self {
         Self {
             client: EncoderClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
             query_timeout,
@@ -118,6 +125,7 @@ impl GrpcEncoder {
             differs: AtomicBool::new(false),
             models: Mutex::new(Models::default()),
             recheck: tokio::sync::Notify::new(),
+            dimensions,
         }
     }
 
@@ -225,6 +233,7 @@ impl GrpcEncoder {
                 // Products are what searches look for: a model's document prompt, if any.
                 kind: enc::TextKind::Document.into(),
                 prompt_name: String::new(),
+                dimensions: self.dimensions,
             });
             request.set_timeout(timeout);
             let response = self
@@ -276,6 +285,7 @@ impl EmbeddingSource for GrpcEncoder {
             // The model's query prompt, if any (e5's "query: ", bge's instruction).
             kind: enc::TextKind::Query.into(),
             prompt_name: String::new(),
+            dimensions: self.dimensions,
         });
         request.set_timeout(self.query_timeout);
         let mut client = self.client.clone();

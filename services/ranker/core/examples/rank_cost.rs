@@ -27,7 +27,8 @@
 //! `GUEST=N` gives one shared id ("guest", as a shop may send every anonymous visitor) N
 //! distinct items and adds two kinds, its search and its recommendation, and
 //! `COLLAPSE=1` adds the anonymous search and its price order collapsed to one result per
-//! colour, and `POPULAR=1` the anonymous search listed by popularity).
+//! colour, and `POPULAR=1` the anonymous search listed by popularity, and `DIMS=N` cuts every
+//! vector to its first N values, renormalised, as `--embedding-dimensions N` does).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -137,12 +138,24 @@ fn unit(mut v: Vec<f32>) -> Vec<f32> {
 }
 
 fn near(centre: &[f32], spread: f32, rng: &mut Rng) -> Vec<f32> {
-    unit(
-        centre
-            .iter()
-            .map(|c| c + spread * rng.unit_noise())
-            .collect(),
-    )
+    let mut v: Vec<f32> = centre
+        .iter()
+        .map(|c| c + spread * rng.unit_noise())
+        .collect();
+    v.truncate(kept_dimensions());
+    unit(v)
+}
+
+/// `DIMS=N`: every item and query vector cut to its first N values and normalised again, as
+/// the encoder cuts them for the ranker's `--embedding-dimensions` (default: all 384).
+fn kept_dimensions() -> usize {
+    static KEPT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEPT.get_or_init(|| {
+        std::env::var("DIMS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(DIM, |d| d.clamp(1, DIM))
+    })
 }
 
 /// A product of `cluster`: a title of brand, colour, material and the cluster's noun, and a

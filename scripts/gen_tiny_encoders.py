@@ -30,6 +30,10 @@ NAME (default: all):
   under every pooling mode sentence-transformers has (`item["modes"]`), for a test that
   rewrites the pooling config per mode.
 
+- `tiny-modernbert`: ModernBERT (rotary positions with one base for global layers and
+  another for local ones, a 4-token local window, gated GELU, pre-norm, no biases), mean
+  pooling, saved by sentence-transformers 6.
+
 Weights are seeded, but the tokenizer trainers' scores can differ in their last digits between
 runs (and so tokenize a text otherwise): commit the files of one run together.
 """
@@ -51,6 +55,8 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertModel,
+    ModernBertConfig,
+    ModernBertModel,
     MPNetConfig,
     MPNetModel,
     PreTrainedTokenizerFast,
@@ -92,7 +98,7 @@ def widen(model):
         for name, p in model.named_parameters():
             if name.endswith("weight") and p.dim() == 2:
                 p.normal_(0.0, 0.5)
-            elif "LayerNorm.weight" in name or "layer_norm.weight" in name:
+            elif "LayerNorm.weight" in name or name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
             else:
                 p.normal_(0.0, 0.1)
@@ -380,12 +386,47 @@ def bert_pooling(out):
     write_reference(out, "tiny random BERT, every pooling mode", 64, items)
 
 
+def modernbert(out):
+    """ModernBERT with a local window of 4 tokens each side (`local_attention` 8) so that texts
+    of up to 64 pieces cross it; layers 0 and 3 global, 1 and 2 local; distinct rotary bases;
+    gated GELU; no biases; mean pooling."""
+    tok, fast = wordpiece()
+    torch.manual_seed(20261213)
+    config = ModernBertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        local_attention=8,
+        global_attn_every_n_layers=3,
+        global_rope_theta=160000.0,
+        local_rope_theta=10000.0,
+        pad_token_id=0,
+        cls_token_id=2,
+        sep_token_id=3,
+        bos_token_id=2,
+        eos_token_id=3,
+        attn_implementation="eager",
+    )
+    assert config.layer_types == [
+        "full_attention", "sliding_attention", "sliding_attention", "full_attention"
+    ], config.layer_types
+    model = widen(ModernBertModel(config))
+    items = sentence_transformers_dir(
+        out, model, fast, [models.Pooling(32, pooling_mode="mean"), models.Normalize()], 64
+    )
+    write_reference(out, "tiny random ModernBERT, mean pooling", 64, items)
+
+
 MAKERS = {
     "tiny-xlm-roberta": xlm_roberta,
     "tiny-bert-dense": bert_dense,
     "tiny-distilbert": distilbert,
     "tiny-mpnet": mpnet,
     "tiny-bert-pooling": bert_pooling,
+    "tiny-modernbert": modernbert,
 }
 
 if __name__ == "__main__":

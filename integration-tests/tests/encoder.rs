@@ -628,14 +628,16 @@ async fn a_roberta_family_model_and_its_prompts_are_served_and_other_families_re
 
 /// Directories saved by sentence-transformers 6 through the real RPC: the tiny models of
 /// `services/encoder/candle/tests/data`, LaBSE's layout (CLS pooling, a dense layer with tanh
-/// making 16 values, Normalize), a DistilBERT and an MPNet, answer with sentence-transformers' vectors
-/// and say what they are in `Info`.
+/// making 16 values, Normalize), a DistilBERT, an MPNet, a ModernBERT and a BERT pooled by max,
+/// answer with sentence-transformers' vectors and say what they are in `Info`.
 #[tokio::test(flavor = "multi_thread")]
 async fn sentence_transformers_6_directories_are_served_as_it_runs_them() {
     for (name, dimension, max_tokens, pooling) in [
         ("tiny-bert-dense", 16, 48, "cls"),
         ("tiny-distilbert", 32, 64, "mean"),
         ("tiny-mpnet", 32, 64, "mean"),
+        ("tiny-modernbert", 32, 64, "mean"),
+        ("tiny-bert-pooling", 32, 64, "max"),
     ] {
         let tiny = repo_root()
             .join("services/encoder/candle/tests/data")

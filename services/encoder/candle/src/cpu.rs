@@ -29,15 +29,15 @@ const MC: usize = 96;
 
 /// `y = x W' + b` with `W` (outputs x inputs) packed as `ceil(outputs/16)` panels of
 /// `inputs x 16` floats (zero-padded past `outputs`).
-struct Packed {
+pub(crate) struct Packed {
     inputs: usize,
-    outputs: usize,
+    pub(crate) outputs: usize,
     panels: Vec<f32>,
     bias: Vec<f32>,
 }
 
 impl Packed {
-    fn new(weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
+    pub(crate) fn new(weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
         let n_panels = outputs.div_ceil(NR);
         let mut panels = vec![0.0; n_panels * inputs * NR];
         for o in 0..outputs {
@@ -55,13 +55,33 @@ impl Packed {
     }
 
     fn load(vb: &VarBuilder, outputs: usize, inputs: usize) -> candle_core::Result<Self> {
+        Self::load_with(vb, outputs, inputs, true)
+    }
+
+    /// A layer with a bias (`bias`), or without one (a zero bias; ModernBERT's layers).
+    pub(crate) fn load_with(
+        vb: &VarBuilder,
+        outputs: usize,
+        inputs: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
         let w = flat(&vb.get((outputs, inputs), "weight")?)?;
-        let b = flat(&vb.get(outputs, "bias")?)?;
+        let b = if bias {
+            flat(&vb.get(outputs, "bias")?)?
+        } else {
+            vec![0.0; outputs]
+        };
         Ok(Self::new(&w, b, outputs, inputs))
     }
 
     /// `out = x W' + b (+ residual)` for `rows` rows of `x`; `out` is `rows x outputs`.
-    fn forward(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         let n = self.outputs;
         // Row blocks over the rayon pool (one thread when the server runs several workers);
         // each block starts from bias (+ residual) on its own thread.
@@ -269,7 +289,7 @@ fn fma_chains() -> f64 {
     (ROUNDS * acc.len() * 16) as f64 / seconds / 1e9
 }
 
-struct Norm {
+pub(crate) struct Norm {
     gamma: Vec<f32>,
     beta: Vec<f32>,
     eps: f32,
@@ -277,16 +297,30 @@ struct Norm {
 
 impl Norm {
     fn load(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        Self::load_with(vb, size, eps, true)
+    }
+
+    /// A layer norm with a shift (`bias`), or without one (ModernBERT's `norm_bias: false`).
+    pub(crate) fn load_with(
+        vb: &VarBuilder,
+        size: usize,
+        eps: f64,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             gamma: flat(&vb.get(size, "weight")?)?,
-            beta: flat(&vb.get(size, "bias")?)?,
+            beta: if bias {
+                flat(&vb.get(size, "bias")?)?
+            } else {
+                vec![0.0; size]
+            },
             eps: eps as f32,
         })
     }
 
     /// Layer norm of every row of `x` in place (two-pass mean and variance, as candle), rows
     /// split over the rayon pool.
-    fn apply(&self, x: &mut [f32]) {
+    pub(crate) fn apply(&self, x: &mut [f32]) {
         let h = self.gamma.len();
         x.par_chunks_mut(h * 64)
             .for_each(|rows| self.apply_rows(rows));
@@ -350,7 +384,7 @@ pub(crate) struct CpuBert {
     layers: Vec<Layer>,
 }
 
-fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()
@@ -477,6 +511,7 @@ impl CpuBert {
             h,
             self.heads,
             self.relative.as_deref(),
+            None,
             &mut s.context,
         );
         layer
@@ -513,12 +548,15 @@ impl Scratch {
 
 /// Multi-head self-attention of each sequence over itself (no mask: there is no padding).
 /// `qkv` rows are `[q | k | v]` of `hidden` each; `context` gets the heads side by side.
-fn attention(
+/// `window`: each token attends only to tokens at most this far from it (ModernBERT's local
+/// layers); `None`: to the whole sequence.
+pub(crate) fn attention(
     qkv: &[f32],
     offsets: &[usize],
     hidden: usize,
     heads: usize,
     relative: Option<&RelativeBias>,
+    window: Option<usize>,
     context: &mut [f32],
 ) {
     let width = 3 * hidden;
@@ -536,7 +574,7 @@ fn attention(
         .zip(sequences.par_iter())
         .for_each(|(out, &(start, len))| {
             let rows = &qkv[start * width..(start + len) * width];
-            attend(rows, len, hidden, heads, relative, out);
+            attend(rows, len, hidden, heads, relative, window, out);
         });
 }
 
@@ -548,6 +586,7 @@ fn attend(
     hidden: usize,
     heads: usize,
     relative: Option<&RelativeBias>,
+    window: Option<usize>,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -555,11 +594,11 @@ fn attend(
         // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
         #[allow(unsafe_code)]
         unsafe {
-            attend_avx2(rows, len, hidden, heads, relative, out);
+            attend_avx2(rows, len, hidden, heads, relative, window, out);
         }
         return;
     }
-    attend_body::<false>(rows, len, hidden, heads, relative, out);
+    attend_body::<false>(rows, len, hidden, heads, relative, window, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -570,9 +609,10 @@ fn attend_avx2(
     hidden: usize,
     heads: usize,
     relative: Option<&RelativeBias>,
+    window: Option<usize>,
     out: &mut [f32],
 ) {
-    attend_body::<true>(rows, len, hidden, heads, relative, out);
+    attend_body::<true>(rows, len, hidden, heads, relative, window, out);
 }
 
 #[inline(always)]
@@ -582,18 +622,25 @@ fn attend_body<const FMA: bool>(
     hidden: usize,
     heads: usize,
     relative: Option<&RelativeBias>,
+    window: Option<usize>,
     out: &mut [f32],
 ) {
     let d = hidden / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let width = 3 * hidden;
-    let mut scores = vec![0.0f32; len];
+    let mut all_scores = vec![0.0f32; len];
     for head in 0..heads {
         let (qo, ko, vo) = (head * d, hidden + head * d, 2 * hidden + head * d);
         for i in 0..len {
+            // The keys this token sees: `first..first + scores.len()`.
+            let (first, last) = match window {
+                Some(w) => (i.saturating_sub(w), (i + w + 1).min(len)),
+                None => (0, len),
+            };
+            let scores = &mut all_scores[..last - first];
             let q = &rows[i * width + qo..i * width + qo + d];
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
+            for (j, s) in (first..).zip(scores.iter_mut()) {
                 let k = &rows[j * width + ko..j * width + ko + d];
                 *s = souk_lanes::dot(q, k) * scale;
                 if let Some(relative) = relative {
@@ -609,7 +656,7 @@ fn attend_body<const FMA: bool>(
             let inv = 1.0 / sum;
             let ctx = &mut out[i * hidden + head * d..i * hidden + head * d + d];
             ctx.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
+            for (j, p) in (first..).zip(scores.iter()) {
                 let v = &rows[j * width + vo..j * width + vo + d];
                 let p = p * inv;
                 ctx.iter_mut().zip(v).for_each(|(c, v)| *c += p * v);

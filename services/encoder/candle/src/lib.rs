@@ -21,6 +21,7 @@ mod families;
 mod fused;
 mod head;
 mod layers;
+mod modernbert;
 
 pub use cpu::{fma_peak_gflops, gemm_gflops};
 use families::{Family, RelativeBias};
@@ -210,6 +211,8 @@ impl Engine {
 #[derive(Clone)]
 enum Loaded {
     Packed(std::sync::Arc<cpu::CpuBert>),
+    /// ModernBERT, on the packed engine (the only one that runs it).
+    Modern(std::sync::Arc<modernbert::CpuModernBert>),
     Fused(std::sync::Arc<fused::FusedBert>),
     Graph(Bert),
 }
@@ -312,6 +315,16 @@ impl CandleBackend {
             .map_err(|e| EncoderError::Model(format!("{}: {e}", files.config.display())))?;
         let bad_config =
             |e: String| EncoderError::Model(format!("{}: {e}", files.config.display()));
+        if files.model_type == "modernbert" {
+            return Self::load_modern(
+                files,
+                device_handle,
+                device,
+                dtype_value,
+                engine,
+                &config_text,
+            );
+        }
         let family = match files.model_type.as_str() {
             "distilbert" => Some(Family::DistilBert),
             "mpnet" => Some(Family::MpNet),
@@ -386,21 +399,58 @@ impl CandleBackend {
         })
     }
 
+    /// ModernBERT: the packed CPU engine only (`auto` on CPU); the GPU engines are BERT's
+    /// layers and refuse it by name.
+    fn load_modern(
+        files: &ModelFiles,
+        device_handle: Device,
+        device: &str,
+        dtype: DType,
+        engine: Engine,
+        config_text: &str,
+    ) -> Result<Self, EncoderError> {
+        let bad_config =
+            |e: String| EncoderError::Model(format!("{}: {e}", files.config.display()));
+        if engine != Engine::Packed || !device_handle.is_cpu() {
+            return Err(bad_config(format!(
+                "ModernBERT runs on the packed engine on cpu only, not engine {} on {device}",
+                engine.name()
+            )));
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(config_text).map_err(|e| bad_config(e.to_string()))?;
+        let config = modernbert::ModernConfig::read(&json).map_err(bad_config)?;
+        let vb = load_weights(&files.weights, dtype, &device_handle)?;
+        let model = modernbert::CpuModernBert::load(vb, config).map_err(backend_err)?;
+        let dimension = model.hidden();
+        Ok(Self {
+            loaded: Loaded::Modern(std::sync::Arc::new(model)),
+            device: device_handle,
+            device_name: device.to_string(),
+            dtype,
+            pooling: files.pooling,
+            numbering: files.positions,
+            head: std::sync::Arc::new(head::Head::load(&files.head, dimension)?),
+            dimension,
+        })
+    }
+
     /// The engine serving.
     #[must_use]
     pub fn engine(&self) -> Engine {
         match &self.loaded {
-            Loaded::Packed(_) => Engine::Packed,
+            Loaded::Packed(_) | Loaded::Modern(_) => Engine::Packed,
             Loaded::Fused(model) if model.one_pass() => Engine::Flash,
             Loaded::Fused(_) => Engine::Fused,
             Loaded::Graph(_) => Engine::Graph,
         }
     }
 
-    /// The packed CPU path: hidden states of real tokens only, pooled per sequence.
+    /// The packed CPU path: hidden states of real tokens only (`forward`, the model's), pooled
+    /// per sequence.
     fn forward_packed(
         &self,
-        packed: &cpu::CpuBert,
+        forward: impl Fn(&[(&[u32], &[u32])]) -> Result<(Vec<f32>, Vec<usize>), String>,
         batch: &Batch,
     ) -> Result<Vec<Vec<f32>>, EncoderError> {
         let sequences: Vec<(&[u32], &[u32])> = batch
@@ -408,7 +458,7 @@ impl CandleBackend {
             .iter()
             .map(|s| (s.ids.as_slice(), s.type_ids.as_slice()))
             .collect();
-        let (hidden, offsets) = packed.forward(&sequences).map_err(EncoderError::Backend)?;
+        let (hidden, offsets) = forward(&sequences).map_err(EncoderError::Backend)?;
         let h = self.dimension;
         Ok(offsets
             .windows(2)
@@ -511,7 +561,8 @@ impl Backend for CandleBackend {
             return Ok(Vec::new());
         }
         let mut pooled = match &self.loaded {
-            Loaded::Packed(packed) => self.forward_packed(packed, batch),
+            Loaded::Packed(packed) => self.forward_packed(|s| packed.forward(s), batch),
+            Loaded::Modern(model) => self.forward_packed(|s| model.forward(s), batch),
             Loaded::Fused(fused) => fused
                 .embed(batch, self.pooling, &self.device)
                 .map_err(backend_err),
@@ -600,7 +651,7 @@ pub fn profile_ops(
                     let _pooled = hidden.mean(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
                     step("pooling + copy to host")?;
                 }
-                Loaded::Packed(_) => {
+                Loaded::Packed(_) | Loaded::Modern(_) => {
                     candle_core::bail!(
                         "the packed engine has no per-op profile; use fused or graph"
                     )

@@ -181,6 +181,34 @@ fn the_packed_and_graph_engines_give_sentence_transformers_vectors_for_mpnet() {
     }
 }
 
+/// ModernBERT (gte-modernbert's, modernbert-embed's family): rotary positions with a base per
+/// layer kind, local layers that see 4 tokens each side (texts up to 64 pieces cross it),
+/// pre-norm layers with a gated GELU and no biases, on the packed engine; the other engines
+/// are BERT's layers and refuse it by name.
+#[test]
+fn the_packed_engine_gives_sentence_transformers_vectors_for_modernbert() {
+    let files = ModelFiles::open(fixture("tiny-modernbert")).unwrap();
+    assert_eq!(
+        (files.model_type.as_str(), files.max_seq_length),
+        ("modernbert", 64)
+    );
+    let ids = engines_give_the_reference(&files, 32, &[Engine::Packed]);
+    assert!(
+        ids.iter().any(|s| s.len() > 9),
+        "a text wider than the local window"
+    );
+    for engine in [Engine::Graph, Engine::Fused, Engine::Flash] {
+        let error = CandleBackend::load_engine(&files, "cpu", "f32", engine)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("ModernBERT runs on the packed engine on cpu only"),
+            "{error}"
+        );
+    }
+}
+
 /// Every pooling mode sentence-transformers has, on every engine: max (on the host for the
 /// GPU engines), mean over the square root of the length, position-weighted mean, last token,
 /// and the two every real model here uses. The fixture is saved with max pooling; each mode

@@ -400,8 +400,9 @@ fn read_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>
 }
 
 /// The encoder families souk runs, by `model_type`: BERT's layers under BERT's or RoBERTa's
-/// position numbering. Anything else is refused by name rather than run as BERT.
-const SUPPORTED: &str = "bert, distilbert, mpnet, roberta, xlm-roberta, camembert";
+/// position numbering, and ModernBERT's own (rotary positions, numbered from 0). Anything
+/// else is refused by name rather than run as BERT.
+const SUPPORTED: &str = "bert, distilbert, mpnet, roberta, xlm-roberta, camembert, modernbert";
 
 /// Reads the family and the settings souk's forward passes implement from `config.json`;
 /// refuses, naming the setting, a model they would compute wrongly.
@@ -413,7 +414,8 @@ fn architecture(
     let text = |key: &str| config.get(key).and_then(serde_json::Value::as_str);
     let model_type = text("model_type").unwrap_or("bert").to_string();
     let positions = match model_type.as_str() {
-        "bert" | "distilbert" => Positions::FromZero,
+        // ModernBERT has no position table: its rotary angles take the index from 0.
+        "bert" | "distilbert" | "modernbert" => Positions::FromZero,
         // MPNet numbers positions as RoBERTa does (its padding id is 1).
         "roberta" | "xlm-roberta" | "camembert" | "mpnet" => {
             let pad = match config.get("pad_token_id") {

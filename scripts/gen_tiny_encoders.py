@@ -275,9 +275,10 @@ def sentence_transformers_dir(out, model, fast, modules, max_seq_length):
     ]
 
 
-def bert_dense(out):
+def tiny_bert(seed):
+    """A WordPiece tokenizer and a widened 2-layer BERT, 32 wide, its weights from `seed`."""
     tok, fast = wordpiece()
-    torch.manual_seed(20261209)
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(),
         hidden_size=32,
@@ -287,7 +288,11 @@ def bert_dense(out):
         max_position_embeddings=64,
         pad_token_id=0,
     )
-    model = widen(BertModel(config, add_pooling_layer=False))
+    return fast, widen(BertModel(config, add_pooling_layer=False))
+
+
+def bert_dense(out):
+    fast, model = tiny_bert(20261209)
     # LaBSE's layout: CLS, a dense layer with tanh, Normalize.
     items = sentence_transformers_dir(
         out,
@@ -354,18 +359,7 @@ POOLING_MODES = ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", "me
 def bert_pooling(out):
     """BERT saved with max pooling, and each text's vector under every pooling mode
     (`item["modes"][mode]`): the test rewrites `1_Pooling/config.json` per mode."""
-    tok, fast = wordpiece()
-    torch.manual_seed(20261212)
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    model = widen(BertModel(config, add_pooling_layer=False))
+    fast, model = tiny_bert(20261212)
     items = sentence_transformers_dir(
         out, model, fast, [models.Pooling(32, pooling_mode="max"), models.Normalize()], 64
     )

@@ -34,18 +34,19 @@ impl Pooling {
         }
     }
 
+    /// Every mode, in sentence-transformers' order of names above.
+    pub const ALL: [Pooling; 6] = [
+        Pooling::Mean,
+        Pooling::Cls,
+        Pooling::Max,
+        Pooling::MeanSqrtLen,
+        Pooling::WeightedMean,
+        Pooling::LastToken,
+    ];
+
     /// The mode sentence-transformers names `name`.
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Pooling::Mean,
-            Pooling::Cls,
-            Pooling::Max,
-            Pooling::MeanSqrtLen,
-            Pooling::WeightedMean,
-            Pooling::LastToken,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == name)
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
     /// The weight of each of a `len`-token sequence's states in its vector, written into
@@ -957,14 +958,7 @@ mod tests {
             p.pool(&[], 2, &mut out);
             assert_eq!(out, [0.0, 0.0]);
         }
-        for p in [
-            Pooling::Mean,
-            Pooling::Cls,
-            Pooling::Max,
-            Pooling::MeanSqrtLen,
-            Pooling::WeightedMean,
-            Pooling::LastToken,
-        ] {
+        for p in Pooling::ALL {
             assert_eq!(Pooling::from_name(p.as_str()), Some(p));
         }
     }

@@ -230,7 +230,6 @@ impl FusedBert {
         let mut positions = vec![self.numbering.reserved() as u32; rows];
         let mut numbered = Vec::with_capacity(width);
         let mut lengths = Vec::with_capacity(n);
-        let mut pool = vec![0f32; rows];
         for (s, seq) in batch.sequences.iter().enumerate() {
             let base = s * width;
             let len = seq.ids.len();
@@ -241,15 +240,11 @@ impl FusedBert {
             let typed = seq.type_ids.len().min(len);
             types[base..base + typed].copy_from_slice(&seq.type_ids[..typed]);
             lengths.push(len as u32);
-            // Max pooling writes no weights: it is done on the host below.
-            pooling.weights(&mut pool[base..base + len]);
         }
-        let dtype = self.words.dtype();
         let ids = Tensor::from_vec(ids, rows, device)?;
         let types = Tensor::from_vec(types, rows, device)?;
         let positions = Tensor::from_vec(positions, rows, device)?;
         let lengths = Tensor::from_vec(lengths, n, device)?;
-        let pool = Tensor::from_vec(pool, (n, 1, width), device)?.to_dtype(dtype)?;
         let x = self.embeddings(&ids, &types, &positions)?;
         step("embeddings + layer norm")?;
         let shape = Attention {
@@ -261,19 +256,8 @@ impl FusedBert {
         for layer in &self.layers {
             x = self.layer(layer, &x, &lengths, shape, step)?;
         }
-        let x = x.reshape((n, width, self.hidden))?;
-        if pooling == Pooling::Max {
-            let out = host_pool(
-                pooling,
-                &x.reshape((n * width, self.hidden))?,
-                |s| (s * width, s * width + batch.sequences[s].ids.len()),
-                n,
-            )?;
-            step("pooling + copy to host")?;
-            return Ok(out);
-        }
-        let pooled = pool.matmul(&x)?;
-        let out = pooled.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        // The padded batch pools as the graph engine's does.
+        let out = crate::pool_padded(pooling, batch, &x.reshape((n, width, self.hidden))?)?;
         step("pooling + copy to host")?;
         Ok(out)
     }

@@ -91,6 +91,10 @@ TEXTS = [
 ]
 
 
+# The BERT-layer fixtures' sizes (XLM-RoBERTa, BERT, MPNet): 32 wide, 2 layers of 2 heads.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
 def widen(model):
     """transformers initialises embeddings with std 0.02 and layer norms to the identity;
     wider weights make every position row, and so a wrong numbering, visible in the vectors."""
@@ -177,10 +181,7 @@ def xlm_roberta(out):
     torch.manual_seed(20261208)
     config = XLMRobertaConfig(
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=66,
         type_vocab_size=1,
         pad_token_id=1,
@@ -281,10 +282,7 @@ def tiny_bert(seed):
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=64,
         pad_token_id=0,
     )
@@ -335,10 +333,7 @@ def mpnet(out):
     torch.manual_seed(20261211)
     config = MPNetConfig(
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=66,
         relative_attention_num_buckets=32,
         pad_token_id=1,

@@ -387,13 +387,26 @@ impl CandleBackend {
                 Loaded::Graph(Bert::load(root, &config, relative.clone()).map_err(backend_err)?)
             }
         };
+        Self::serving(loaded, device_handle, device, dtype_value, files, dimension)
+    }
+
+    /// The backend around a loaded forward pass: `files`' pooling, position numbering and
+    /// dense layers, for `dimension`-wide token states.
+    fn serving(
+        loaded: Loaded,
+        device_handle: Device,
+        device: &str,
+        dtype: DType,
+        files: &ModelFiles,
+        dimension: usize,
+    ) -> Result<Self, EncoderError> {
         Ok(Self {
             loaded,
             device: device_handle,
             device_name: device.to_string(),
-            dtype: dtype_value,
+            dtype,
             pooling: files.pooling,
-            numbering,
+            numbering: files.positions,
             head: std::sync::Arc::new(head::Head::load(&files.head, dimension)?),
             dimension,
         })
@@ -423,16 +436,8 @@ impl CandleBackend {
         let vb = load_weights(&files.weights, dtype, &device_handle)?;
         let model = modernbert::CpuModernBert::load(vb, config).map_err(backend_err)?;
         let dimension = model.hidden();
-        Ok(Self {
-            loaded: Loaded::Modern(std::sync::Arc::new(model)),
-            device: device_handle,
-            device_name: device.to_string(),
-            dtype,
-            pooling: files.pooling,
-            numbering: files.positions,
-            head: std::sync::Arc::new(head::Head::load(&files.head, dimension)?),
-            dimension,
-        })
+        let loaded = Loaded::Modern(std::sync::Arc::new(model));
+        Self::serving(loaded, device_handle, device, dtype, files, dimension)
     }
 
     /// The engine serving.
